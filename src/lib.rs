@@ -1,0 +1,9 @@
+//! seb, the Sovereign Execution Broker.
+//!
+//! The library holds everything that does not need a device: the grant schema, the
+//! authorization decision, certificate issuance over an abstract signer, and the offline
+//! verifier. Device code (PKCS#11) sits behind the `pkcs11` feature, so an executor can depend
+//! on `seb` with `default-features = false` and link no HSM or TPM code at all.
+
+pub mod duration;
+pub mod grants;
