@@ -6,4 +6,9 @@
 //! on `seb` with `default-features = false` and link no HSM or TPM code at all.
 
 pub mod duration;
+pub mod ca;
+pub mod cert;
+pub mod config;
 pub mod grants;
+pub mod store;
+pub mod backend;

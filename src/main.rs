@@ -1,1 +1,67 @@
-fn main() {}
+//! The `seb` command: one binary for the security team (init, certificates, revocation), the
+//! broker host and the benchmarks.
+//!
+//! The binary only parses arguments, wires configuration to the library and turns errors into a
+//! message and an exit status. It must never print a PIN, and never panic on bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// seb, the Sovereign Execution Broker.
+#[derive(Debug, Parser)]
+#[command(name = "seb", version, about, propagate_version = true)]
+struct Args {
+    /// Configuration file (seb.toml). Required by commands that use the HSM or the state.
+    #[arg(long, global = true, env = "SEB_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate the broker's keys inside the HSM and write the root and service certificates.
+    Init(cli::init::InitArgs),
+    /// Generate a P-384 key pair and a CSR for an agent, approver or executor (runs anywhere).
+    Keygen(cli::cert::KeygenArgs),
+    /// Issue and revoke certificates.
+    #[command(subcommand)]
+    Cert(cli::cert::CertCommand),
+    /// Write a CRL signed by the root key in the HSM.
+    Crl(cli::cert::CrlArgs),
+    /// List the broker's keys in the HSM and how the device protects them.
+    Keys,
+    /// Measure the HSM and the CA.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_tracing();
+    let result = match args.command {
+        Command::Keygen(a) => cli::cert::keygen(a),
+        Command::Init(a) => cli::with_config(args.config.as_deref(), |c| cli::init::run(c, a)),
+        Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
+        Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
+        Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
+        Command::Bench(b) => cli::with_config(args.config.as_deref(), |c| cli::bench::run(c, b)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(err.as_ref());
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

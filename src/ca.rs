@@ -1,0 +1,356 @@
+//! The certificate authority: the root, the broker's service certificates, and certificates for
+//! agents, approvers and executors, all signed through a [`P384Signer`] (so inside the device).
+//!
+//! This module decides what goes into a certificate (profiles, extensions, serials, validity)
+//! and checks what comes in (CSRs). It never touches a device directly and never sees a private
+//! key: it is handed a signer.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use der::asn1::{Ia5String, OctetString};
+use der::referenced::OwnedToRef;
+use der::Encode;
+use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
+use x509_cert::certificate::Version;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+
+use crate::backend::{BackendError, P384Signer, ECDSA_WITH_SHA384};
+use crate::cert::{CertError, Certificate, Extension, TbsCertificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use crate::grants::{GrantError, GrantSet, Role, RoleKind};
+
+pub mod crl;
+pub mod csr;
+mod profile;
+
+pub use profile::CertKind;
+
+/// id-at-commonName.
+const COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+
+/// Clock skew tolerated for freshly issued certificates: notBefore is set this far in the past.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// Errors while issuing certificates or CRLs.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The device refused or failed to sign.
+    #[error("signing with the CA key failed")]
+    Sign(#[source] BackendError),
+    /// The device failed while looking up a key.
+    #[error("CA key unavailable")]
+    Key(#[source] BackendError),
+    /// The CSR is not parseable.
+    #[error("malformed certificate signing request: {0}")]
+    MalformedCsr(String),
+    /// The CSR's self-signature does not verify.
+    #[error("the certificate signing request's signature does not verify")]
+    CsrSignature,
+    /// The CSR uses a key or signature algorithm seb does not accept.
+    #[error("unsupported key in certificate signing request: {0} (seb accepts EC P-256 and P-384 with ECDSA)")]
+    UnsupportedKey(String),
+    /// A subject name is malformed or empty.
+    #[error("invalid subject name {subject:?}: {reason}")]
+    Subject {
+        /// The name as given.
+        subject: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The requested validity is not acceptable.
+    #[error("invalid validity: {0}")]
+    Validity(String),
+    /// The grants are not acceptable.
+    #[error("invalid grants")]
+    Grants(#[source] GrantError),
+    /// Role and options do not fit together.
+    #[error("{0}")]
+    Role(String),
+    /// ASN.1 encoding or certificate building failed.
+    #[error("certificate encoding failed: {0}")]
+    Encoding(String),
+    /// A PEM input could not be read.
+    #[error("malformed PEM certificate: {0}")]
+    MalformedCertificate(String),
+}
+
+impl From<der::Error> for CaError {
+    fn from(e: der::Error) -> Self {
+        CaError::Encoding(e.to_string())
+    }
+}
+
+impl From<x509_cert::builder::Error> for CaError {
+    fn from(e: x509_cert::builder::Error) -> Self {
+        CaError::Encoding(e.to_string())
+    }
+}
+
+impl From<CertError> for CaError {
+    fn from(e: CertError) -> Self {
+        CaError::MalformedCertificate(e.to_string())
+    }
+}
+
+/// What to put into a certificate for an agent, approver or executor.
+#[derive(Debug, Clone)]
+pub struct LeafRequest {
+    /// The verified public key (from a CSR).
+    pub public_key: SubjectPublicKeyInfoOwned,
+    /// Subject name.
+    pub subject: Name,
+    /// Role and groups.
+    pub role: Role,
+    /// Grants (required for agents, refused for others).
+    pub grants: Option<GrantSet>,
+    /// Validity from now.
+    pub ttl: Duration,
+}
+
+/// Parses an RFC 4514 subject such as `CN=deploy-bot,O=example`. It must have a CN.
+pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
+    let err = |reason: &str| CaError::Subject {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let name = Name::from_str(subject).map_err(|e| err(&e.to_string()))?;
+    let has_cn = name.iter().any(|atv| atv.oid == COMMON_NAME);
+    if !has_cn {
+        return Err(err("a common name (CN=...) is required"));
+    }
+    Ok(name)
+}
+
+/// A fresh random serial: 16 random bytes, positive, so at most 17 octets encoded (RFC 5280
+/// §4.1.2.2 allows 20), with 127 bits of entropy.
+pub fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| CaError::Encoding(format!("no randomness: {e}")))?;
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        bytes[0] = 0x01;
+    }
+    Ok(SerialNumber::new(&bytes)?)
+}
+
+/// Validity from `now - BACKDATE` to `now + ttl`.
+pub fn validity_from(now: SystemTime, ttl: Duration) -> Result<Validity, CaError> {
+    let start = now.checked_sub(BACKDATE).unwrap_or(now);
+    let end = now
+        .checked_add(ttl)
+        .ok_or_else(|| CaError::Validity("overflow".into()))?;
+    Ok(Validity::new(
+        Time::try_from(start).map_err(|e| CaError::Validity(e.to_string()))?,
+        Time::try_from(end).map_err(|e| CaError::Validity(e.to_string()))?,
+    ))
+}
+
+/// Makes the self-signed root certificate for the key behind `signer`.
+pub fn self_signed_root(
+    signer: &P384Signer<'_>,
+    subject: &Name,
+    validity: Duration,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    let spki = signer_spki(signer)?;
+    let unsigned = Unsigned {
+        issuer: subject.clone(),
+        subject: subject.clone(),
+        kind: CertKind::Root,
+        extra: Vec::new(),
+        validity: validity_from(now, validity)?,
+        public_key: spki,
+    };
+    unsigned.sign(signer)
+}
+
+/// Issues a broker service certificate (token, audit or TLS key) under the root.
+pub fn issue_service(
+    root_signer: &P384Signer<'_>,
+    root: &Certificate,
+    public_key: SubjectPublicKeyInfoOwned,
+    subject: &Name,
+    kind: CertKind,
+    validity: Duration,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    // Service certificates carry no seb extensions: executors written in any language must be
+    // able to parse the token and audit certificates, and many X.509 parsers reject the UUID
+    // arc's 128-bit OIDs (see `crate::cert`).
+    let mut extra = Vec::new();
+    if let CertKind::TlsServer { names } = &kind {
+        extra.push(subject_alt_names(names)?);
+    }
+    let unsigned = Unsigned {
+        issuer: root.tbs.subject.clone(),
+        subject: subject.clone(),
+        kind,
+        extra,
+        validity: clamp_to_issuer(validity_from(now, validity)?, root),
+        public_key,
+    };
+    unsigned.sign(root_signer)
+}
+
+/// Issues a certificate for an agent, approver or executor.
+pub fn issue_leaf(
+    signer: &P384Signer<'_>,
+    issuer: &Certificate,
+    request: LeafRequest,
+    max_ttl: Duration,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    if request.ttl > max_ttl {
+        return Err(CaError::Validity(format!(
+            "requested {} but the CA issues at most {}",
+            crate::duration::format(request.ttl),
+            crate::duration::format(max_ttl)
+        )));
+    }
+    match (request.role.kind, &request.grants) {
+        (RoleKind::Agent, None) => {
+            return Err(CaError::Role("an agent certificate needs --grants".into()))
+        }
+        (RoleKind::Approver, _) if request.role.groups.is_empty() => {
+            return Err(CaError::Role(
+                "an approver certificate needs at least one --group".into(),
+            ))
+        }
+        (RoleKind::Broker, _) => {
+            return Err(CaError::Role(
+                "broker certificates are made by `seb init`, not `cert issue`".into(),
+            ))
+        }
+        (RoleKind::Approver | RoleKind::Executor, Some(_)) => {
+            return Err(CaError::Role(format!(
+                "grants only make sense on agent certificates, not on a {} certificate",
+                request.role.kind
+            )))
+        }
+        _ => {}
+    }
+    let mut extra = vec![role_extension(&request.role)?];
+    if let Some(grants) = &request.grants {
+        extra.push(grants_extension(grants)?);
+    }
+    let validity = validity_from(now, request.ttl)?;
+    if validity.not_after.to_system_time() > issuer.not_after() {
+        return Err(CaError::Validity(
+            "the certificate would outlive its issuer; use a shorter --ttl".into(),
+        ));
+    }
+    let unsigned = Unsigned {
+        issuer: issuer.tbs.subject.clone(),
+        subject: request.subject,
+        kind: CertKind::Client,
+        extra,
+        validity,
+        public_key: request.public_key,
+    };
+    unsigned.sign(signer)
+}
+
+/// The `sebRole` extension (non-critical: generic tools such as `openssl verify` must accept
+/// the certificate; seb itself treats the extension as authoritative).
+pub fn role_extension(role: &Role) -> Result<Extension, CaError> {
+    Ok(Extension::new(
+        SEB_ROLE_OID,
+        false,
+        role.to_der().map_err(CaError::Grants)?,
+    )?)
+}
+
+/// The `sebGrants` extension (non-critical, for the same reason as [`role_extension`]).
+pub fn grants_extension(grants: &GrantSet) -> Result<Extension, CaError> {
+    Ok(Extension::new(
+        SEB_GRANTS_OID,
+        false,
+        grants.to_der().map_err(CaError::Grants)?,
+    )?)
+}
+
+fn signer_spki(signer: &P384Signer<'_>) -> Result<SubjectPublicKeyInfoOwned, CaError> {
+    use signature::Keypair;
+    SubjectPublicKeyInfoOwned::from_key(&signer.verifying_key())
+        .map_err(|e| CaError::Encoding(e.to_string()))
+}
+
+fn subject_alt_names(names: &[String]) -> Result<Extension, CaError> {
+    use x509_cert::ext::pkix::SubjectAltName;
+    let mut general = Vec::new();
+    for name in names {
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            let bytes = match ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            general.push(GeneralName::IpAddress(OctetString::new(bytes)?));
+        } else {
+            general.push(GeneralName::DnsName(Ia5String::new(name)?));
+        }
+    }
+    let san = SubjectAltName(general);
+    Ok(Extension::new(
+        <SubjectAltName as der::oid::AssociatedOid>::OID.as_bytes(),
+        false,
+        san.to_der()?,
+    )?)
+}
+
+fn clamp_to_issuer(mut validity: Validity, issuer: &Certificate) -> Validity {
+    if validity.not_after.to_system_time() > issuer.not_after() {
+        validity.not_after = issuer.tbs.validity.not_after;
+    }
+    validity
+}
+
+/// A certificate ready to be signed.
+struct Unsigned {
+    issuer: Name,
+    subject: Name,
+    kind: CertKind,
+    extra: Vec<Extension>,
+    validity: Validity,
+    public_key: SubjectPublicKeyInfoOwned,
+}
+
+impl Unsigned {
+    /// Assembles the TBSCertificate, has the device sign its DER, and returns the certificate.
+    fn sign(self, signer: &P384Signer<'_>) -> Result<Certificate, CaError> {
+        let issuer_spki = signer_spki(signer)?;
+        let extensions = profile::extensions(
+            &self.kind,
+            &self.subject,
+            self.public_key.owned_to_ref(),
+            issuer_spki.owned_to_ref(),
+            self.extra,
+        )?;
+        let algorithm = AlgorithmIdentifierOwned {
+            oid: ECDSA_WITH_SHA384,
+            parameters: None,
+        };
+        let tbs = TbsCertificate {
+            version: Version::V3,
+            serial_number: random_serial()?,
+            signature: algorithm.clone(),
+            issuer: self.issuer,
+            validity: self.validity,
+            subject: self.subject,
+            subject_public_key_info: self.public_key,
+            issuer_unique_id: None,
+            subject_unique_id: None,
+            extensions: Some(extensions),
+        };
+        let signature = signer
+            .sign_message(&tbs.to_der()?)
+            .map_err(CaError::Sign)?;
+        Ok(Certificate {
+            tbs,
+            signature_algorithm: algorithm,
+            signature: signature.to_der().to_bitstring()?,
+        })
+    }
+}

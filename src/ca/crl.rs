@@ -1,0 +1,141 @@
+//! Certificate revocation lists, signed by the root key inside the device.
+//!
+//! A CRL lists every revoked serial with its revocation time and reason, carries a CRL number
+//! that only ever grows, and a nextUpdate after which relying parties must fetch a new one.
+
+use std::time::{Duration, SystemTime};
+
+use der::asn1::Uint;
+use der::Decode;
+use spki::SignatureBitStringEncoding;
+use x509_cert::builder::{Builder, CrlBuilder};
+use x509_cert::crl::{CertificateList, RevokedCert};
+use x509_cert::ext::pkix::{CrlNumber, CrlReason};
+use x509_cert::ext::ToExtension;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Time;
+
+use super::CaError;
+use crate::backend::P384Signer;
+
+/// Why a certificate was revoked (RFC 5280 §5.3.1 reason codes seb accepts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// No reason given.
+    Unspecified,
+    /// The subject's private key is believed compromised.
+    KeyCompromise,
+    /// The subject changed role or organisation.
+    AffiliationChanged,
+    /// Replaced by a new certificate.
+    Superseded,
+    /// The subject no longer operates.
+    CessationOfOperation,
+    /// The grants were withdrawn.
+    PrivilegeWithdrawn,
+}
+
+impl Reason {
+    /// All accepted reasons with their command-line spelling.
+    pub const ALL: [(&'static str, Reason); 6] = [
+        ("unspecified", Reason::Unspecified),
+        ("key-compromise", Reason::KeyCompromise),
+        ("affiliation-changed", Reason::AffiliationChanged),
+        ("superseded", Reason::Superseded),
+        ("cessation-of-operation", Reason::CessationOfOperation),
+        ("privilege-withdrawn", Reason::PrivilegeWithdrawn),
+    ];
+
+    /// Parses the command-line spelling (`key-compromise`, ...).
+    pub fn parse(s: &str) -> Option<Reason> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+    }
+
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("unspecified", |(n, _)| n)
+    }
+
+    fn code(self) -> CrlReason {
+        match self {
+            Reason::Unspecified => CrlReason::Unspecified,
+            Reason::KeyCompromise => CrlReason::KeyCompromise,
+            Reason::AffiliationChanged => CrlReason::AffiliationChanged,
+            Reason::Superseded => CrlReason::Superseded,
+            Reason::CessationOfOperation => CrlReason::CessationOfOperation,
+            Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+/// One revoked certificate as the store records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Serial number bytes (big-endian, as in the certificate).
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub revoked_at: SystemTime,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Builds and signs a CRL over `revoked` with the CA behind `signer` and its certificate.
+pub fn sign(
+    signer: &P384Signer<'_>,
+    issuer: &crate::cert::Certificate,
+    crl_number: u64,
+    revoked: &[Revocation],
+    now: SystemTime,
+    validity: Duration,
+) -> Result<CertificateList, CaError> {
+    let number = CrlNumber(Uint::new(&crl_number.to_be_bytes())?);
+    let this_update = Time::try_from(now).map_err(|e| CaError::Validity(e.to_string()))?;
+    let next_update = now
+        .checked_add(validity)
+        .ok_or_else(|| CaError::Validity("overflow".into()))
+        .and_then(|t| Time::try_from(t).map_err(|e| CaError::Validity(e.to_string())))?;
+    let mut entries = Vec::with_capacity(revoked.len());
+    for r in revoked {
+        let reason = r.reason.code();
+        let ext = reason.to_extension(&issuer.tbs.subject, &[])?;
+        entries.push(RevokedCert {
+            serial_number: SerialNumber::new(&r.serial)?,
+            revocation_date: Time::try_from(r.revoked_at)
+                .map_err(|e| CaError::Validity(e.to_string()))?,
+            crl_entry_extensions: Some(vec![ext]),
+        });
+    }
+    // The CRL issuer is the root, which carries no seb extensions, so x509-cert can read it.
+    let issuer = x509_cert::Certificate::from_der(&issuer.to_der_bytes()?)?;
+    let mut builder = CrlBuilder::new_with_this_update(&issuer, number, this_update)?
+        .with_next_update(Some(next_update));
+    if !entries.is_empty() {
+        builder = builder.with_certificates(entries.into_iter());
+    }
+    let tbs = builder.finalize(signer)?;
+    let signature = signer.sign_message(&tbs).map_err(CaError::Sign)?;
+    Ok(builder.assemble(signature.to_der().to_bitstring()?, signer)?)
+}
+
+/// PEM text of a CRL.
+pub fn to_pem(crl: &CertificateList) -> Result<String, CaError> {
+    Ok(der::EncodePem::to_pem(crl, der::pem::LineEnding::LF)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_their_spelling() {
+        for (name, reason) in Reason::ALL {
+            assert_eq!(Reason::parse(name), Some(reason));
+            assert_eq!(reason.as_str(), name);
+        }
+        assert_eq!(Reason::parse("KeyCompromise"), None);
+    }
+}

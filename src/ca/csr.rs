@@ -1,0 +1,183 @@
+//! Certificate signing requests: checking the ones agents send, and making them for
+//! `seb keygen`.
+//!
+//! A CSR is accepted only if it parses completely (no trailing bytes), carries an EC P-256 or
+//! P-384 key, and its self-signature verifies under that key: proof that the requester holds
+//! the private key. The subject and public key are the only things taken from it; extensions
+//! a CSR asks for are ignored (grants and roles come from the security team, never the
+//! requester).
+
+use der::{Decode, Encode};
+use signature::hazmat::PrehashVerifier;
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
+use x509_cert::name::Name;
+use x509_cert::request::CertReq;
+
+use super::CaError;
+
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+
+/// What a verified CSR yields.
+#[derive(Debug, Clone)]
+pub struct VerifiedCsr {
+    /// The subject the requester asked for.
+    pub subject: Name,
+    /// The requester's public key.
+    pub public_key: SubjectPublicKeyInfoOwned,
+}
+
+/// Parses a PEM or DER CSR and verifies its self-signature.
+pub fn verify(bytes: &[u8]) -> Result<VerifiedCsr, CaError> {
+    let req = parse(bytes)?;
+    let info_der = req.info.to_der()?;
+    let spki_der = req.info.public_key.to_der()?;
+    let digest: Vec<u8> = match req.algorithm.oid {
+        ECDSA_SHA256 => <sha2::Sha256 as sha2::Digest>::digest(&info_der).to_vec(),
+        ECDSA_SHA384 => <sha2::Sha384 as sha2::Digest>::digest(&info_der).to_vec(),
+        other => return Err(CaError::UnsupportedKey(format!("signature algorithm {other}"))),
+    };
+    if req.algorithm.parameters.is_some() {
+        return Err(CaError::MalformedCsr("ECDSA signature algorithm with parameters".into()));
+    }
+    let signature = req
+        .signature
+        .as_bytes()
+        .ok_or_else(|| CaError::MalformedCsr("signature has unused bits".into()))?;
+    if req.info.public_key.algorithm.oid != EC_PUBLIC_KEY {
+        return Err(CaError::UnsupportedKey(format!(
+            "key algorithm {}",
+            req.info.public_key.algorithm.oid
+        )));
+    }
+    let curve = req
+        .info
+        .public_key
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+        .ok_or_else(|| CaError::UnsupportedKey("EC key without a named curve".into()))?;
+    let verified = match curve {
+        P256 => {
+            use spki::DecodePublicKey;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
+                .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
+            let sig = p256::ecdsa::DerSignature::from_bytes(signature)
+                .and_then(|s| p256::ecdsa::Signature::try_from(s))
+                .map_err(|_| CaError::CsrSignature)?;
+            key.verify_prehash(&digest, &sig).is_ok()
+        }
+        P384 => {
+            use spki::DecodePublicKey;
+            let key = p384::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
+                .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
+            let sig = p384::ecdsa::DerSignature::from_bytes(signature)
+                .and_then(|s| p384::ecdsa::Signature::try_from(s))
+                .map_err(|_| CaError::CsrSignature)?;
+            key.verify_prehash(&digest, &sig).is_ok()
+        }
+        other => return Err(CaError::UnsupportedKey(format!("curve {other}"))),
+    };
+    if !verified {
+        return Err(CaError::CsrSignature);
+    }
+    Ok(VerifiedCsr {
+        subject: req.info.subject.clone(),
+        public_key: req.info.public_key.clone(),
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<CertReq, CaError> {
+    use der::DecodePem;
+    let text_start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let trimmed = &bytes[text_start..];
+    let parsed = if trimmed.starts_with(b"-----BEGIN") {
+        CertReq::from_pem(trimmed)
+    } else {
+        CertReq::from_der(bytes)
+    };
+    parsed.map_err(|e| CaError::MalformedCsr(e.to_string()))
+}
+
+/// A freshly generated P-384 key for an agent or approver, with its CSR. The key is made in
+/// software on purpose: it belongs to the requester, not the broker, and is written to the
+/// requester's own file.
+pub struct KeyAndCsr {
+    /// PKCS#8 PEM of the private key.
+    pub key_pem: secrecy::SecretString,
+    /// PEM of the CSR.
+    pub csr_pem: String,
+}
+
+/// Generates a P-384 key pair and a CSR for `subject`.
+pub fn generate(subject: Name) -> Result<KeyAndCsr, CaError> {
+    use p384::elliptic_curve::Generate;
+    use p384::pkcs8::EncodePrivateKey;
+    use x509_cert::builder::Builder;
+    use x509_cert::request::RequestBuilder;
+
+    let key = p384::ecdsa::SigningKey::try_generate()
+        .map_err(|e| CaError::Encoding(format!("no randomness: {e}")))?;
+    let builder = RequestBuilder::new(subject)?;
+    let req = builder.build::<_, p384::ecdsa::DerSignature>(&key)?;
+    let key_pem = key
+        .to_pkcs8_pem(der::pem::LineEnding::LF)
+        .map_err(|e| CaError::Encoding(e.to_string()))?;
+    let csr_pem = der::EncodePem::to_pem(&req, der::pem::LineEnding::LF)?;
+    Ok(KeyAndCsr {
+        key_pem: secrecy::SecretString::from(key_pem.as_str().to_owned()),
+        csr_pem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::parse_subject;
+
+    #[test]
+    fn generated_csr_verifies() {
+        let made = generate(parse_subject("CN=agent-1,O=test").unwrap()).unwrap();
+        let csr = verify(made.csr_pem.as_bytes()).unwrap();
+        assert_eq!(csr.subject.to_string(), "CN=agent-1,O=test");
+    }
+
+    #[test]
+    fn tampered_csr_is_refused() {
+        use der::DecodePem;
+        let made = generate(parse_subject("CN=agent-1").unwrap()).unwrap();
+        let mut req = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap();
+        req.info.subject = parse_subject("CN=root-impersonator").unwrap();
+        let der = req.to_der().unwrap();
+        assert!(matches!(verify(&der), Err(CaError::CsrSignature)));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for input in [
+            &b""[..],
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            b"\x30\x82\xff\xff",
+            b"\x30\x03\x02\x01\x01trailing",
+            b"not a csr at all",
+        ] {
+            assert!(matches!(verify(input), Err(CaError::MalformedCsr(_))), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_der_are_refused() {
+        use der::DecodePem;
+        let made = generate(parse_subject("CN=a").unwrap()).unwrap();
+        let mut der = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap().to_der().unwrap();
+        der.push(0);
+        assert!(matches!(verify(&der), Err(CaError::MalformedCsr(_))));
+    }
+}

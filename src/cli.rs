@@ -1,0 +1,104 @@
+//! Command-line plumbing shared by the subcommands: loading the configuration, opening the
+//! key backend and the store, writing files safely.
+
+use std::io::Write;
+use std::path::Path;
+
+use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
+use seb::backend::KeyBackend;
+use seb::config::{BackendConfig, Config, ConfigError};
+use seb::store::sqlite::SqliteStore;
+
+pub mod bench;
+pub mod cert;
+pub mod init;
+
+/// Errors reaching the top of the binary: printed with their source chain, never with secrets.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+/// Result of a subcommand.
+pub type CliResult = Result<(), CliError>;
+
+/// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings and errors).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Loads the configuration named by `--config`, applies the module environment, runs `f`.
+pub fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> CliResult) -> CliResult {
+    let path = path.ok_or("this command needs --config FILE (or SEB_CONFIG)")?;
+    let config = Config::load(path)?;
+    if let BackendConfig::Pkcs11(p) = &config.backend {
+        for (key, value) in &p.module_env {
+            // Runs before any thread exists, so no other code is reading the environment.
+            std::env::set_var(key, value);
+        }
+    }
+    f(&config)
+}
+
+/// Opens the configured key backend, optionally with a different signing pool size.
+pub fn open_backend(
+    config: &Config,
+    sessions: Option<usize>,
+) -> Result<Box<dyn KeyBackend>, CliError> {
+    match &config.backend {
+        BackendConfig::Pkcs11(p) => {
+            let settings = Pkcs11Settings {
+                module: p.module.clone(),
+                token: TokenSelector {
+                    label: p.token_label.clone(),
+                    serial: p.token_serial.clone(),
+                },
+                pin: p.read_pin()?,
+                sessions: sessions.unwrap_or_else(|| p.pool_size()),
+            };
+            Ok(Box::new(Pkcs11Backend::open(settings)?))
+        }
+        BackendConfig::Tpm(_) => Err(Box::new(ConfigError::BackendNotCompiled("tpm"))),
+    }
+}
+
+/// Opens the store in the state directory.
+pub fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
+    Ok(SqliteStore::open(&config.state_dir)?)
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees
+/// half a file. `private` files get mode 0600.
+pub fn write_file(path: &Path, contents: &[u8], private: bool) -> CliResult {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display()).into()
+    })
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}

@@ -1,0 +1,140 @@
+//! `seb init` and `seb keys`: generating the broker's keys inside the device and writing the
+//! trust material that everyone else pins.
+
+use std::time::SystemTime;
+
+use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
+use seb::ca::{self, CertKind};
+use seb::config::Config;
+use spki::SubjectPublicKeyInfoOwned;
+
+use super::{open_backend, write_file, CliResult};
+
+/// Options of `seb init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {}
+
+/// Generates root, token, audit and TLS keys in the device and certifies them.
+pub fn run(config: &Config, _args: InitArgs) -> CliResult {
+    let backend = open_backend(config, Some(1))?;
+    let labels = &config.keys;
+    let all = [
+        (&labels.root, KeyAlgorithm::EcP384),
+        (&labels.token, labels.token_algorithm),
+        (&labels.audit, KeyAlgorithm::EcP384),
+        (&labels.tls, KeyAlgorithm::EcP384),
+    ];
+    let mut present = Vec::new();
+    for (label, _) in &all {
+        if backend.contains(label)? {
+            present.push(label.as_str());
+        }
+    }
+    if !present.is_empty() {
+        return Err(format!(
+            "the token is already initialised (keys {present:?} exist); init changed nothing. \
+             To start over, create a new token and run init again"
+        )
+        .into());
+    }
+    let trust = config.trust_dir();
+    if trust.join("root.pem").exists() {
+        return Err(format!(
+            "{} already holds a root certificate; init changed nothing",
+            trust.display()
+        )
+        .into());
+    }
+
+    for (label, algorithm) in &all {
+        backend.generate(label, *algorithm)?;
+    }
+    let now = SystemTime::now();
+    let root_signer = P384Signer::new(backend.as_ref(), &labels.root)?;
+    let root_subject = ca::parse_subject(&config.ca.root_subject)?;
+    let root = ca::self_signed_root(&root_signer, &root_subject, config.ca.root_validity, now)?;
+
+    let service = |label: &str, cn: &str, kind: CertKind| -> Result<_, super::CliError> {
+        let public = spki_of(backend.as_ref(), label)?;
+        let subject = ca::parse_subject(&format!("CN={} {cn},O=seb", config.broker_id))?;
+        Ok(ca::issue_service(
+            &root_signer,
+            &root,
+            public,
+            &subject,
+            kind,
+            config.ca.service_validity,
+            now,
+        )?)
+    };
+    let token = service(&labels.token, "token signer", CertKind::Signing)?;
+    let audit = service(&labels.audit, "audit signer", CertKind::Signing)?;
+    let tls = service(
+        &labels.tls,
+        "broker",
+        CertKind::TlsServer {
+            names: config.ca.tls_names.clone(),
+        },
+    )?;
+
+    for (name, cert) in [
+        ("token.pem", &token),
+        ("audit.pem", &audit),
+        ("tls.pem", &tls),
+        ("root.pem", &root),
+    ] {
+        write_file(&trust.join(name), cert.to_pem_string()?.as_bytes(), false)?;
+    }
+    println!("initialised {}", backend.describe());
+    for (label, cert) in [
+        (&labels.root, &root),
+        (&labels.token, &token),
+        (&labels.audit, &audit),
+        (&labels.tls, &tls),
+    ] {
+        println!(
+            "  {label:<12} serial {}  {}",
+            cert.serial_hex(),
+            cert.subject_string()
+        );
+    }
+    println!("trust material written to {}", trust.display());
+    Ok(())
+}
+
+/// Lists the broker's keys with the protection the device reports.
+pub fn keys(config: &Config) -> CliResult {
+    let backend = open_backend(config, Some(1))?;
+    println!("{}", backend.describe());
+    let labels = &config.keys;
+    let mut all_bound = true;
+    for label in [&labels.root, &labels.token, &labels.audit, &labels.tls] {
+        if !backend.contains(label)? {
+            println!("  {label:<12} missing");
+            all_bound = false;
+            continue;
+        }
+        let public = backend.public_key(label)?;
+        let p = backend.protection(label)?;
+        all_bound &= p.is_hardware_bound();
+        println!(
+            "  {label:<12} {}  sensitive={} extractable={} always_sensitive={} never_extractable={} private_value_readable={}",
+            public.algorithm(),
+            p.sensitive,
+            p.extractable,
+            p.always_sensitive,
+            p.never_extractable,
+            p.private_value_readable
+        );
+    }
+    if !all_bound {
+        return Err("not every broker key is present and bound to the device".into());
+    }
+    Ok(())
+}
+
+fn spki_of(backend: &dyn KeyBackend, label: &str) -> Result<SubjectPublicKeyInfoOwned, super::CliError> {
+    use der::Decode;
+    let der = backend.public_key(label)?.to_spki_der()?;
+    Ok(SubjectPublicKeyInfoOwned::from_der(&der)?)
+}

@@ -1,0 +1,381 @@
+//! The broker's configuration file (`seb.toml`), parsed once into validated types.
+//!
+//! Every table rejects unknown keys, so a typo is an error rather than a silent default. PINs
+//! are never written in the file: it names a file or an environment variable that holds them,
+//! and the PIN is read into a [`SecretString`] that never shows in `Debug` output.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::backend::KeyAlgorithm;
+
+/// A configuration problem, named precisely enough to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (it names the line and the key).
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The PIN source could not be read.
+    #[error("cannot read the HSM PIN from {source_desc}: {reason}")]
+    Pin {
+        /// Which source (file path or variable name), never the PIN.
+        source_desc: String,
+        /// Why.
+        reason: String,
+    },
+    /// A backend type was selected that this build does not contain.
+    #[error("backend {0:?} was selected but this build of seb does not include it (rebuild with the `{0}` feature)")]
+    BackendNotCompiled(&'static str),
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identifies this broker in tokens (`iss`) and logs.
+    pub broker_id: String,
+    /// Where certificates, the store and the audit log live.
+    pub state_dir: PathBuf,
+    /// The device that holds the keys.
+    pub backend: BackendConfig,
+    /// Labels of the broker's keys inside the device.
+    #[serde(default)]
+    pub keys: KeyLabels,
+    /// Certificate authority settings.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// HTTPS listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// Which device holds the keys. Tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Config),
+    /// A TPM 2.0 (not in this build yet).
+    Tpm(BTreeMap<String, toml::Value>),
+}
+
+/// PKCS#11 backend settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Token label (CKA_LABEL of the token). Slot numbers are never used.
+    pub token_label: String,
+    /// Optional token serial, to disambiguate tokens with the same label.
+    pub token_serial: Option<String>,
+    /// File holding the user PIN (one line; surrounding whitespace is ignored).
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Sessions in the signing pool; defaults to the number of CPUs.
+    pub sessions: Option<usize>,
+    /// Environment the module reads at initialisation (e.g. `SOFTHSM2_CONF`). Applied by the
+    /// `seb` binary at start-up, before any thread exists.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+}
+
+impl Pkcs11Config {
+    /// Reads the PIN from the configured source.
+    pub fn read_pin(&self) -> Result<SecretString, ConfigError> {
+        match (&self.pin_file, &self.pin_env) {
+            (Some(path), None) => {
+                let desc = format!("file {}", path.display());
+                let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::Pin {
+                    source_desc: desc.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+                non_empty_pin(raw.trim(), desc)
+            }
+            (None, Some(var)) => {
+                let desc = format!("environment variable {var}");
+                let raw = std::env::var(var).map_err(|_| ConfigError::Pin {
+                    source_desc: desc.clone(),
+                    reason: "not set or not UTF-8".into(),
+                })?;
+                non_empty_pin(raw.trim(), desc)
+            }
+            _ => Err(ConfigError::Invalid(
+                "[backend] needs exactly one of pin_file or pin_env".into(),
+            )),
+        }
+    }
+
+    /// The signing pool size.
+    pub fn pool_size(&self) -> usize {
+        self.sessions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .clamp(1, 64)
+    }
+}
+
+fn non_empty_pin(pin: &str, source_desc: String) -> Result<SecretString, ConfigError> {
+    if pin.is_empty() {
+        return Err(ConfigError::Pin {
+            source_desc,
+            reason: "it is empty".into(),
+        });
+    }
+    Ok(SecretString::from(pin.to_owned()))
+}
+
+/// Labels of the broker's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyLabels {
+    /// Root CA key.
+    pub root: String,
+    /// Execution-token signing key.
+    pub token: String,
+    /// Audit checkpoint key.
+    pub audit: String,
+    /// HTTPS server key.
+    pub tls: String,
+    /// Curve of the token key: `ec-p384` (ES384, default) or `ec-p256` (ES256).
+    pub token_algorithm: KeyAlgorithm,
+}
+
+impl Default for KeyLabels {
+    fn default() -> Self {
+        Self {
+            root: "seb-root".into(),
+            token: "seb-token".into(),
+            audit: "seb-audit".into(),
+            tls: "seb-tls".into(),
+            token_algorithm: KeyAlgorithm::EcP384,
+        }
+    }
+}
+
+/// Certificate authority settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Subject of the root certificate, as an RFC 4514 string.
+    pub root_subject: String,
+    /// Validity of the root certificate.
+    #[serde(with = "duration_str")]
+    pub root_validity: Duration,
+    /// Validity of the token, audit and TLS certificates made by `init`.
+    #[serde(with = "duration_str")]
+    pub service_validity: Duration,
+    /// The longest validity `cert issue` accepts.
+    #[serde(with = "duration_str")]
+    pub max_leaf_validity: Duration,
+    /// How long a CRL is valid (its nextUpdate).
+    #[serde(with = "duration_str")]
+    pub crl_validity: Duration,
+    /// DNS names and IP addresses put into the TLS certificate.
+    pub tls_names: Vec<String>,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            root_subject: "CN=seb root CA,O=seb".into(),
+            root_validity: Duration::from_secs(10 * 365 * 86_400),
+            service_validity: Duration::from_secs(365 * 86_400),
+            max_leaf_validity: Duration::from_secs(397 * 86_400),
+            crl_validity: Duration::from_secs(7 * 86_400),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+/// HTTPS listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths in it are taken relative to
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.state_dir = base.join(&config.state_dir);
+        if let BackendConfig::Pkcs11(p) = &mut config.backend {
+            if let Some(f) = &p.pin_file {
+                p.pin_file = Some(base.join(f));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.broker_id.trim().is_empty() {
+            return Err(ConfigError::Invalid("broker_id must not be empty".into()));
+        }
+        let labels = [
+            &self.keys.root,
+            &self.keys.token,
+            &self.keys.audit,
+            &self.keys.tls,
+        ];
+        for (i, a) in labels.iter().enumerate() {
+            if a.is_empty() || a.len() > 64 {
+                return Err(ConfigError::Invalid(format!(
+                    "key label {a:?} must be 1 to 64 characters"
+                )));
+            }
+            if labels[i + 1..].contains(a) {
+                return Err(ConfigError::Invalid(format!(
+                    "key label {a:?} is used for two keys"
+                )));
+            }
+        }
+        if let BackendConfig::Pkcs11(p) = &self.backend {
+            if p.pin_file.is_some() == p.pin_env.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[backend] needs exactly one of pin_file or pin_env".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory holding the PEM trust material written by `init`.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.state_dir.join("trust")
+    }
+}
+
+/// Serde adapter for `"60s"`-style durations.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::duration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+broker_id = "b1"
+state_dir = "state"
+[backend]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "seb"
+pin_file = "user.pin"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.keys.root, "seb-root");
+        assert_eq!(c.keys.token_algorithm, KeyAlgorithm::EcP384);
+        assert_eq!(c.ca.crl_validity, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn typo_is_an_error() {
+        let text = MINIMAL.replace("token_label", "token_lable");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("token_lable"), "{err}");
+        let text = format!("{MINIMAL}\n[keys]\nrot = \"x\"\n");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn pin_needs_exactly_one_source() {
+        let none = MINIMAL.replace("pin_file = \"user.pin\"", "");
+        assert!(Config::parse(&none).is_err());
+        let both = MINIMAL.replace("pin_file = \"user.pin\"", "pin_file = \"a\"\npin_env = \"B\"");
+        assert!(Config::parse(&both).is_err());
+    }
+
+    #[test]
+    fn duplicate_labels_are_refused() {
+        let text = format!("{MINIMAL}\n[keys]\nroot = \"k\"\ntoken = \"k\"\n");
+        assert!(Config::parse(&text).unwrap_err().to_string().contains("two keys"));
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn empty_pin_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "  \n").unwrap();
+        let p = Pkcs11Config {
+            module: "/m.so".into(),
+            token_label: "t".into(),
+            token_serial: None,
+            pin_file: Some(pin),
+            pin_env: None,
+            sessions: None,
+            module_env: BTreeMap::new(),
+        };
+        assert!(p.read_pin().unwrap_err().to_string().contains("empty"));
+    }
+}
