@@ -348,6 +348,8 @@ impl Device {
             Attribute::Extractable(false),
             Attribute::Sign(true),
             Attribute::Derive(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id),
         ];

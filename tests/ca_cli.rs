@@ -1,0 +1,378 @@
+//! The foundation as a security team uses it: provision a token, `seb init`, issue, revoke,
+//! publish a CRL, with every certificate also checked by `openssl`.
+
+mod common;
+
+use common::{assert_clean_failure, openssl, Hsm};
+use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use seb::grants::{GrantSet, Role, RoleKind};
+
+const GRANTS: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "60s"
+params.replicas = { min = 1, max = 10 }
+params.image    = { prefix = "registry.internal/payments/" }
+params.strategy = { one_of = ["rolling", "canary"] }
+params.region   = { equals = "eu-west-1" }
+approval  = { required = 2, group = "sre-leads" }
+
+[[grant]]
+operation = "k8s.read.*"
+resource  = "prod/**"
+max_ttl   = "30s"
+params_any = true
+"#;
+
+fn write_grants(hsm: &Hsm, text: &str) -> String {
+    let path = hsm.path("grants.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn init_keys_are_sensitive_and_never_extractable() {
+    let hsm = Hsm::initialised();
+    let listing = hsm.seb_ok(&["keys"]);
+    for label in ["seb-root", "seb-token", "seb-audit", "seb-tls"] {
+        let line = listing
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label} missing from:\n{listing}"));
+        assert!(line.contains("ec-p384"), "{line}");
+        assert!(line.contains("sensitive=true"), "{line}");
+        assert!(line.contains("extractable=false"), "{line}");
+        assert!(line.contains("never_extractable=true"), "{line}");
+        assert!(line.contains("private_value_readable=false"), "{line}");
+    }
+
+    // The same facts through an independent PKCS#11 client.
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", hsm.softhsm_conf())
+        .args([
+            "--module",
+            &common::module(),
+            "--token-label",
+            "seb",
+            "--login",
+            "--pin",
+            &hsm.user_pin(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("Private Key Object; EC").count(), 4, "{text}");
+    assert_eq!(
+        text.matches("sensitive, always sensitive, never extractable, local")
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(!text.contains("decrypt"), "keys may only sign:\n{text}");
+}
+
+#[test]
+fn init_twice_refuses_and_changes_nothing() {
+    let hsm = Hsm::initialised();
+    let root_before = std::fs::read(hsm.trust("root.pem")).unwrap();
+    let tokens_before = dir_digest(&hsm.path("tokens"));
+    let out = hsm.seb(&["init"]);
+    assert_clean_failure(&out, "already initialised");
+    assert_eq!(std::fs::read(hsm.trust("root.pem")).unwrap(), root_before);
+    assert_eq!(dir_digest(&hsm.path("tokens")), tokens_before);
+}
+
+#[test]
+fn openssl_accepts_every_issued_chain() {
+    let hsm = Hsm::initialised();
+    let root = hsm.trust("root.pem");
+    let root = root.to_str().unwrap();
+    let dir = hsm.dir.path();
+
+    let (ok, text) = openssl(&["x509", "-in", root, "-noout", "-text"], dir);
+    assert!(ok, "{text}");
+    assert!(text.contains("CA:TRUE"), "{text}");
+    assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+    assert!(text.contains("ecdsa-with-SHA384"), "{text}");
+    assert!(text.contains("NIST CURVE: P-384"), "{text}");
+
+    for (name, purpose) in [
+        ("token.pem", "any"),
+        ("audit.pem", "any"),
+        ("tls.pem", "sslserver"),
+    ] {
+        let cert = hsm.trust(name);
+        let (ok, text) = openssl(
+            &["verify", "-purpose", purpose, "-CAfile", root, cert.to_str().unwrap()],
+            dir,
+        );
+        assert!(ok && text.contains(": OK"), "{name}: {text}");
+    }
+    let (_, tls_text) = openssl(
+        &["x509", "-in", hsm.trust("tls.pem").to_str().unwrap(), "-noout", "-text"],
+        dir,
+    );
+    assert!(tls_text.contains("DNS:localhost"), "{tls_text}");
+    assert!(tls_text.contains("IP Address:127.0.0.1"), "{tls_text}");
+
+    let grants = write_grants(&hsm, GRANTS);
+    let agent = hsm.issue("agent", "CN=deploy-bot,O=example", "agent", &["--grants", &grants]);
+    let approver = hsm.issue(
+        "approver",
+        "CN=alice,O=example",
+        "approver",
+        &["--group", "sre-leads"],
+    );
+    let executor = hsm.issue("executor", "CN=k8s-executor,O=example", "executor", &[]);
+    for cert in [&agent, &approver, &executor] {
+        let (ok, text) = openssl(
+            &["verify", "-purpose", "sslclient", "-CAfile", root, cert.to_str().unwrap()],
+            dir,
+        );
+        assert!(ok && text.contains(": OK"), "{}: {text}", cert.display());
+    }
+    let (ok, text) = openssl(&["x509", "-in", agent.to_str().unwrap(), "-noout", "-text"], dir);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("2.25.57569389650057206723867454425930272143.1:"),
+        "sebGrants must show:\n{text}"
+    );
+    assert!(
+        text.contains("2.25.57569389650057206723867454425930272143.2:"),
+        "sebRole must show:\n{text}"
+    );
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("Subject: O = example, CN = deploy-bot"), "{text}");
+    // Serial: positive, at most 20 octets.
+    let (_, serial) = openssl(&["x509", "-in", agent.to_str().unwrap(), "-noout", "-serial"], dir);
+    let hex = serial.trim().trim_start_matches("serial=");
+    assert!(hex.len() <= 40 && !hex.is_empty(), "{hex}");
+    assert!(u8::from_str_radix(&hex[..2], 16).unwrap() < 0x80, "{hex}");
+}
+
+#[test]
+fn grants_round_trip_through_a_certificate() {
+    let hsm = Hsm::initialised();
+    let grants = write_grants(&hsm, GRANTS);
+    let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", &grants]);
+    let cert = Certificate::parse(&std::fs::read(agent).unwrap()).unwrap();
+    let ext = cert.extension(SEB_GRANTS_OID).expect("sebGrants present");
+    assert!(!ext.critical);
+    let decoded = GrantSet::from_der(ext.extn_value.as_bytes()).unwrap();
+    assert_eq!(decoded, GrantSet::from_toml_str(GRANTS).unwrap());
+    let role = Role::from_der(cert.extension(SEB_ROLE_OID).unwrap().extn_value.as_bytes()).unwrap();
+    assert_eq!(role.kind, RoleKind::Agent);
+    // And back to TOML, which parses to the same grants again.
+    assert_eq!(
+        GrantSet::from_toml_str(&decoded.to_toml_string()).unwrap(),
+        decoded
+    );
+
+    let approver = hsm.issue(
+        "approver",
+        "CN=alice",
+        "approver",
+        &["--group", "sre-leads", "--group", "dba"],
+    );
+    let cert = Certificate::parse(&std::fs::read(approver).unwrap()).unwrap();
+    let role = Role::from_der(cert.extension(SEB_ROLE_OID).unwrap().extn_value.as_bytes()).unwrap();
+    assert_eq!(role.kind, RoleKind::Approver);
+    let mut groups = role.groups.clone();
+    groups.sort();
+    assert_eq!(groups, ["dba", "sre-leads"]);
+    assert!(cert.extension(SEB_GRANTS_OID).is_none(), "approvers carry no grants");
+}
+
+#[test]
+fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
+    let hsm = Hsm::initialised();
+    let dir = hsm.dir.path();
+    let root = hsm.trust("root.pem");
+    let root = root.to_str().unwrap();
+    let grants = write_grants(&hsm, GRANTS);
+    let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", &grants]);
+    let other = hsm.issue("other", "CN=other-bot", "agent", &["--grants", &grants]);
+    let serial = Certificate::parse(&std::fs::read(&agent).unwrap())
+        .unwrap()
+        .serial_hex();
+
+    let out = hsm.seb_ok(&["cert", "revoke", "--serial", &serial, "--reason", "key-compromise"]);
+    assert!(out.contains("revoked"), "{out}");
+    let again = hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+    assert!(again.contains("already revoked"), "{again}");
+
+    let crl = hsm.path("crl.pem");
+    let crl = crl.to_str().unwrap();
+    hsm.seb_ok(&["crl", "--out", crl]);
+    let (ok, text) = openssl(&["crl", "-in", crl, "-CAfile", root, "-noout"], dir);
+    assert!(ok && text.contains("verify OK"), "{text}");
+    let (_, text) = openssl(&["crl", "-in", crl, "-noout", "-text"], dir);
+    assert!(text.contains(&serial.to_uppercase()), "{text}");
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(text.contains("Next Update"), "{text}");
+
+    let (ok, text) = openssl(
+        &["verify", "-crl_check", "-CRLfile", crl, "-CAfile", root, agent.to_str().unwrap()],
+        dir,
+    );
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = openssl(
+        &["verify", "-crl_check", "-CRLfile", crl, "-CAfile", root, other.to_str().unwrap()],
+        dir,
+    );
+    assert!(ok, "an unrevoked certificate still verifies: {text}");
+
+    // CRL numbers grow.
+    let crl2 = hsm.path("crl2.pem");
+    hsm.seb_ok(&["crl", "--out", crl2.to_str().unwrap()]);
+    let (_, text) = openssl(&["crl", "-in", crl2.to_str().unwrap(), "-noout", "-crlnumber"], dir);
+    assert!(text.contains("crlNumber=0x02") || text.contains("crlNumber=02"), "{text}");
+}
+
+#[test]
+fn bad_csrs_are_refused_cleanly() {
+    let hsm = Hsm::initialised();
+    let grants = write_grants(&hsm, GRANTS);
+    let issue = |csr: &std::path::Path| {
+        hsm.seb(&[
+            "cert", "issue", "--csr", csr.to_str().unwrap(), "--grants", &grants, "--role",
+            "agent", "--ttl", "1d", "--out", hsm.path("x.pem").to_str().unwrap(),
+        ])
+    };
+    let garbage = hsm.path("garbage.csr");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n").unwrap();
+    assert_clean_failure(&issue(&garbage), "malformed certificate signing request");
+    std::fs::write(&garbage, [0x30, 0x82, 0xff, 0xff, 0x01]).unwrap();
+    assert_clean_failure(&issue(&garbage), "malformed certificate signing request");
+
+    // A well-formed CSR whose signature was made by another key.
+    hsm.seb_ok(&[
+        "keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr",
+        hsm.path("a.csr").to_str().unwrap(), "--subject", "CN=a",
+    ]);
+    let pem = std::fs::read_to_string(hsm.path("a.csr")).unwrap();
+    let (ok, der) = {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-in", hsm.path("a.csr").to_str().unwrap(), "-outform", "DER"])
+            .output()
+            .unwrap();
+        (out.status.success(), out.stdout)
+    };
+    assert!(ok, "{pem}");
+    let mut tampered = der.clone();
+    // Flip a bit in the last byte of the signature.
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let bad = hsm.path("tampered.csr");
+    std::fs::write(&bad, &tampered).unwrap();
+    assert_clean_failure(&issue(&bad), "signature does not verify");
+    assert!(!hsm.path("x.pem").exists(), "no certificate was written");
+}
+
+#[test]
+fn bad_options_are_refused_cleanly() {
+    let hsm = Hsm::initialised();
+    let grants = write_grants(&hsm, GRANTS);
+    hsm.seb_ok(&[
+        "keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr",
+        hsm.path("a.csr").to_str().unwrap(), "--subject", "CN=a",
+    ]);
+    let csr = hsm.path("a.csr").display().to_string();
+    let out = hsm.path("a.pem").display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["cert", "issue", "--csr", &csr, "--out", &out];
+        args.extend_from_slice(extra);
+        hsm.seb(&args)
+    };
+    assert_clean_failure(
+        &run(&["--grants", &grants, "--role", "agent", "--ttl", "7 days"]),
+        "invalid duration",
+    );
+    assert_clean_failure(
+        &run(&["--grants", &grants, "--role", "agent", "--ttl", "5000d"]),
+        "at most",
+    );
+    assert_clean_failure(
+        &run(&["--grants", &grants, "--role", "superuser", "--ttl", "1d"]),
+        "unknown role",
+    );
+    assert_clean_failure(&run(&["--role", "agent", "--ttl", "1d"]), "needs --grants");
+    assert_clean_failure(&run(&["--role", "approver", "--ttl", "1d"]), "--group");
+    let typo = write_grants(&hsm, "[[grant]]\noperation = \"a.b\"\nresourse = \"x\"\nmax_ttl = \"1s\"\n");
+    assert_clean_failure(&run(&["--grants", &typo, "--role", "agent", "--ttl", "1d"]), "invalid grants file");
+    assert!(!hsm.path("a.pem").exists());
+
+    assert_clean_failure(&hsm.seb(&["cert", "revoke", "--serial", "zz"]), "not hex");
+    assert_clean_failure(
+        &hsm.seb(&["cert", "revoke", "--serial", "01", "--reason", "bored"]),
+        "unknown reason",
+    );
+    assert_clean_failure(
+        &hsm.seb(&["keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr", "b.csr", "--subject", "CN=b"]),
+        "refusing to overwrite",
+    );
+    assert_clean_failure(
+        &hsm.seb(&["keygen", "--out-key", "c.key", "--out-csr", "c.csr", "--subject", "O=no-cn"]),
+        "common name",
+    );
+}
+
+#[test]
+fn device_and_config_problems_are_clear_errors() {
+    let hsm = Hsm::provision();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+
+    std::fs::write(hsm.path("user.pin"), "0000-wrong\n").unwrap();
+    assert_clean_failure(&hsm.seb(&["init"]), "refused the user PIN");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let write = |text: String| {
+        let path = other_dir.path().join("seb.toml");
+        std::fs::write(&path, text).unwrap();
+        common::seb(&["--config", path.to_str().unwrap(), "init"], other_dir.path())
+    };
+    let abs = |s: &str| s.replace("\"user.pin\"", &format!("{:?}", hsm.path("user.pin")));
+    let fixed_pin = hsm.path("good.pin");
+    std::fs::write(&fixed_pin, "whatever").unwrap();
+
+    let missing_module = abs(&config).replace(&common::module(), "/nonexistent/libpkcs11.so");
+    assert_clean_failure(&write(missing_module), "cannot load the PKCS#11 module");
+
+    let missing_token = abs(&config).replace("token_label = \"seb\"", "token_label = \"no-such-token\"");
+    assert_clean_failure(&write(missing_token), "no token labelled \"no-such-token\"");
+
+    let typo = config.replace("token_label", "token_lable");
+    assert_clean_failure(&write(typo), "token_lable");
+
+    let missing_pin = config.replace("pin_file = \"user.pin\"", "pin_file = \"/nonexistent/pin\"");
+    assert_clean_failure(&write(missing_pin), "cannot read the HSM PIN");
+
+    assert_clean_failure(&common::seb(&["init"], hsm.dir.path()), "needs --config");
+
+    // No error message ever contains the PIN.
+    let pin = hsm.user_pin();
+    std::fs::write(hsm.path("user.pin"), format!("{pin}x")).unwrap();
+    let out = hsm.seb(&["init"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&pin));
+}
+
+fn dir_digest(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
