@@ -11,7 +11,7 @@ pub mod matching;
 
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::canonical;
 use crate::grants::syntax;
@@ -303,28 +303,10 @@ pub fn decide(
         Err(e) => return Decision::deny(DenyCode::InvalidRequest, e.to_string()),
     };
 
-    // 6. Matching.
-    let mut best = Decision::deny(
-        DenyCode::OperationNotGranted,
-        format!("no grant covers operation {:?}", req.operation),
-    );
+    // 6. Matching: the first grant that allows wins; otherwise the most specific failure.
+    let mut best: Option<(DenyCode, String)> = None;
     for (grant_index, grant) in leaf_grants.grants.iter().enumerate() {
-        if !matching::operation_matches(&grant.operation, &req.operation) {
-            continue;
-        }
-        if !matching::resource_matches(&grant.resource, &req.resource) {
-            if best.deny_code() == Some(DenyCode::OperationNotGranted) {
-                best = Decision::deny(
-                    DenyCode::ResourceNotGranted,
-                    format!(
-                        "no grant for {:?} covers resource {:?}",
-                        req.operation, req.resource
-                    ),
-                );
-            }
-            continue;
-        }
-        match matching::params_satisfy(&grant.params, grant.params_any, params) {
+        match check_grant(grant, &req.operation, &req.resource, params) {
             Ok(()) => {
                 return Decision::Allow {
                     grant_index,
@@ -334,15 +316,57 @@ pub fn decide(
                     request_digest,
                 };
             }
-            Err(v) => {
-                if best.deny_code() != Some(DenyCode::ParamConstraintViolated) {
-                    best = Decision::deny(
-                        DenyCode::ParamConstraintViolated,
-                        format!("grant #{grant_index}: {v}"),
-                    );
+            Err((code, reason)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| specificity(code) > specificity(*b))
+                {
+                    best = Some((code, format!("grant #{grant_index}: {reason}")));
                 }
             }
         }
     }
-    best
+    match best {
+        Some((DenyCode::OperationNotGranted, _)) | None => Decision::deny(
+            DenyCode::OperationNotGranted,
+            format!("no grant covers operation {:?}", req.operation),
+        ),
+        Some((code, reason)) => Decision::deny(code, reason),
+    }
 }
+
+/// Checks one grant against a request already known to be well-formed. The error is the
+/// first unmet condition: operation, then resource, then parameters.
+pub fn check_grant(
+    grant: &Grant,
+    operation: &str,
+    resource: &str,
+    params: &Map<String, Value>,
+) -> Result<(), (DenyCode, String)> {
+    if !matching::operation_matches(&grant.operation, operation) {
+        return Err((
+            DenyCode::OperationNotGranted,
+            format!("operation {operation:?} is not {:?}", grant.operation),
+        ));
+    }
+    if !matching::resource_matches(&grant.resource, resource) {
+        return Err((
+            DenyCode::ResourceNotGranted,
+            format!("resource {resource:?} is not within {:?}", grant.resource),
+        ));
+    }
+    matching::params_satisfy(&grant.params, grant.params_any, params)
+        .map_err(|v| (DenyCode::ParamConstraintViolated, v.to_string()))
+}
+
+/// How far a request got into a grant; the deepest failure is the one reported.
+fn specificity(code: DenyCode) -> u8 {
+    match code {
+        DenyCode::ParamConstraintViolated => 3,
+        DenyCode::ResourceNotGranted => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests;
