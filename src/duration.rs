@@ -9,7 +9,9 @@ use std::time::Duration;
 
 /// A duration string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a positive whole number followed by s, m, h or d (e.g. \"60s\", \"90d\")")]
+#[error(
+    "invalid duration {input:?}: expected a positive whole number followed by s, m, h or d (e.g. \"60s\", \"90d\")"
+)]
 pub struct DurationError {
     /// What the user wrote.
     pub input: String,
@@ -82,8 +84,19 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in [
-            "", "s", "60", "-5s", "0s", "1.5h", "60 s", "60S", "1y", "99999999999999999999d",
-            "36600000d", "+5s", "٣s",
+            "",
+            "s",
+            "60",
+            "-5s",
+            "0s",
+            "1.5h",
+            "60 s",
+            "60S",
+            "1y",
+            "99999999999999999999d",
+            "36600000d",
+            "+5s",
+            "٣s",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be rejected");
         }

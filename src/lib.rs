@@ -5,6 +5,8 @@
 //! verifier. Device code (PKCS#11) sits behind the `pkcs11` feature, so an executor can depend
 //! on `seb` with `default-features = false` and link no HSM or TPM code at all.
 
+pub mod authz;
+pub mod canonical;
 pub mod duration;
 pub mod ca;
 pub mod cert;

@@ -1,0 +1,372 @@
+//! The authorization decision: from a certificate chain's facts, a revocation view, a request
+//! and the time, to Allow or Deny with a stable code.
+//!
+//! [`decide`] is a pure function: no I/O, no clock, no x509 parsing (the caller extracts
+//! [`CertFacts`]), no randomness, so the same inputs always give the same decision and every
+//! branch is testable. It must never allow on doubt: anything malformed is a Deny, and it
+//! never panics.
+
+pub mod cover;
+pub mod matching;
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+
+use crate::canonical;
+use crate::grants::syntax;
+use crate::grants::{ApprovalRule, Grant, GrantError, GrantSet, Role, RoleKind};
+
+pub use cover::{NotCovered, covers, grant_set_covered};
+
+/// What the decision needs to know about one certificate, extracted by the caller.
+#[derive(Debug)]
+pub struct CertFacts {
+    /// The certificate's serial number (big-endian bytes, as in the certificate).
+    pub serial: Vec<u8>,
+    /// Start of validity (inclusive).
+    pub not_before: SystemTime,
+    /// End of validity (inclusive, as in RFC 5280).
+    pub not_after: SystemTime,
+    /// The decoded `sebRole` extension; `None` if absent.
+    pub role: Option<Role>,
+    /// The decoded `sebGrants` extension: `None` if absent, `Some(Err)` if it did not decode.
+    pub grants: Option<Result<GrantSet, GrantError>>,
+}
+
+/// A certificate chain whose signatures the caller has already verified up to a trusted root.
+#[derive(Debug)]
+pub struct ChainView {
+    /// The agent's certificate.
+    pub leaf: CertFacts,
+    /// The issuers, nearest first, up to but excluding the root (which authorises everything
+    /// it signs and so imposes no grant bound).
+    pub ancestors: Vec<CertFacts>,
+}
+
+/// The revocation status the broker knows.
+pub trait RevocationView {
+    /// Whether the certificate with this serial is revoked.
+    fn is_revoked(&self, serial: &[u8]) -> bool;
+}
+
+/// What an agent asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The concrete operation (`deploy.rollout`).
+    pub operation: String,
+    /// The concrete resource (`prod/payments/api`).
+    pub resource: String,
+    /// The parameters: a JSON object.
+    pub params: Value,
+}
+
+/// The outcome of [`decide`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// A token may be issued (after approvals, if `approval` is set).
+    Allow {
+        /// Position in the leaf's grants of the first grant that allows the request.
+        grant_index: usize,
+        /// That grant.
+        grant: Grant,
+        /// Token lifetime: min(grant max_ttl, broker max, remaining validity of the chain).
+        token_ttl: Duration,
+        /// Approvals required before the token is released.
+        approval: Option<ApprovalRule>,
+        /// SHA-384 over the JCS of `{operation, resource, params}`: what tokens and approvals
+        /// bind to.
+        request_digest: [u8; 48],
+    },
+    /// Refused.
+    Deny {
+        /// Stable code for clients and the audit log.
+        code: DenyCode,
+        /// Human-readable reason; names the certificate or grant, never secrets.
+        reason: String,
+    },
+}
+
+impl Decision {
+    fn deny(code: DenyCode, reason: impl Into<String>) -> Self {
+        Decision::Deny {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The deny code, if this is a denial.
+    pub fn deny_code(&self) -> Option<DenyCode> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { code, .. } => Some(*code),
+        }
+    }
+}
+
+/// Stable reasons for a denial; [`DenyCode::as_str`] is what the API returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyCode {
+    /// A certificate in the chain is past its `notAfter` (or too close to it to issue a token).
+    CertificateExpired,
+    /// A certificate in the chain is before its `notBefore`.
+    CertificateNotYetValid,
+    /// A certificate in the chain is revoked.
+    CertificateRevoked,
+    /// The leaf is not an agent certificate (or has no role).
+    WrongRole,
+    /// A `sebGrants` extension in the chain did not decode or validate.
+    InvalidGrantsExtension,
+    /// The leaf carries no `sebGrants`.
+    NoGrants,
+    /// A certificate's grants are not covered by an ancestor's grants.
+    GrantChainEscalation,
+    /// The request's operation is outside the grammar.
+    InvalidOperation,
+    /// The request's resource is outside the grammar (traversal, encoding, look-alikes...).
+    InvalidResource,
+    /// The request's params are not a JSON object, or cannot be canonicalised.
+    InvalidRequest,
+    /// No grant names this operation.
+    OperationNotGranted,
+    /// A grant names the operation, but none the resource.
+    ResourceNotGranted,
+    /// A grant names operation and resource, but the parameters break its constraints.
+    ParamConstraintViolated,
+}
+
+impl DenyCode {
+    /// Every code, for documentation and exhaustive tests.
+    pub const ALL: [DenyCode; 13] = [
+        DenyCode::CertificateExpired,
+        DenyCode::CertificateNotYetValid,
+        DenyCode::CertificateRevoked,
+        DenyCode::WrongRole,
+        DenyCode::InvalidGrantsExtension,
+        DenyCode::NoGrants,
+        DenyCode::GrantChainEscalation,
+        DenyCode::InvalidOperation,
+        DenyCode::InvalidResource,
+        DenyCode::InvalidRequest,
+        DenyCode::OperationNotGranted,
+        DenyCode::ResourceNotGranted,
+        DenyCode::ParamConstraintViolated,
+    ];
+
+    /// The stable snake_case code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DenyCode::CertificateExpired => "certificate_expired",
+            DenyCode::CertificateNotYetValid => "certificate_not_yet_valid",
+            DenyCode::CertificateRevoked => "certificate_revoked",
+            DenyCode::WrongRole => "wrong_role",
+            DenyCode::InvalidGrantsExtension => "invalid_grants_extension",
+            DenyCode::NoGrants => "no_grants",
+            DenyCode::GrantChainEscalation => "grant_chain_escalation",
+            DenyCode::InvalidOperation => "invalid_operation",
+            DenyCode::InvalidResource => "invalid_resource",
+            DenyCode::InvalidRequest => "invalid_request",
+            DenyCode::OperationNotGranted => "operation_not_granted",
+            DenyCode::ResourceNotGranted => "resource_not_granted",
+            DenyCode::ParamConstraintViolated => "param_constraint_violated",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decides a request. Checks, in order (the first failure is the answer):
+///
+/// 1. every certificate, leaf first: revoked, then not yet valid, then expired;
+/// 2. the leaf's role is `agent`;
+/// 3. every `sebGrants` in the chain decoded; the leaf has grants;
+/// 4. attenuation: each certificate's grants are covered by the grants of every ancestor that
+///    carries them (an ancestor without grants bounds nothing but breaks no link);
+/// 5. the request is well-formed (operation, resource, params object, canonicalisable);
+/// 6. the first leaf grant matching operation, resource and params allows; otherwise the most
+///    specific failure over all grants is reported (params > resource > operation).
+pub fn decide(
+    chain: &ChainView,
+    revoked: &dyn RevocationView,
+    req: &Request,
+    now: SystemTime,
+    broker_max_ttl: Duration,
+) -> Decision {
+    let certs: Vec<(&str, &CertFacts)> = std::iter::once(("leaf", &chain.leaf))
+        .chain(chain.ancestors.iter().map(|c| ("issuer", c)))
+        .collect();
+
+    // 1. Validity and revocation; also the time left before the first certificate expires.
+    let mut remaining = broker_max_ttl;
+    for (depth, (what, cert)) in certs.iter().enumerate() {
+        let name = format!(
+            "{what} certificate (depth {depth}, serial {})",
+            hex::encode(&cert.serial)
+        );
+        if revoked.is_revoked(&cert.serial) {
+            return Decision::deny(DenyCode::CertificateRevoked, format!("{name} is revoked"));
+        }
+        if now < cert.not_before {
+            return Decision::deny(
+                DenyCode::CertificateNotYetValid,
+                format!("{name} is not valid yet"),
+            );
+        }
+        // now <= not_after here, so the subtraction cannot fail.
+        let left = cert.not_after.duration_since(now).ok();
+        match left {
+            None => {
+                return Decision::deny(DenyCode::CertificateExpired, format!("{name} has expired"));
+            }
+            Some(left) if left < Duration::from_secs(1) => {
+                return Decision::deny(
+                    DenyCode::CertificateExpired,
+                    format!("{name} expires in under a second; no token can be issued"),
+                );
+            }
+            Some(left) => remaining = remaining.min(left),
+        }
+    }
+
+    // 2. Role.
+    match &chain.leaf.role {
+        Some(role) if role.kind == RoleKind::Agent => {}
+        Some(role) => {
+            return Decision::deny(
+                DenyCode::WrongRole,
+                format!("certificate role is {}, not agent", role.kind),
+            );
+        }
+        None => {
+            return Decision::deny(
+                DenyCode::WrongRole,
+                "certificate carries no sebRole extension",
+            );
+        }
+    }
+
+    // 3. Every grants extension decodes.
+    let mut sets: Vec<(usize, &GrantSet)> = Vec::with_capacity(certs.len());
+    for (depth, (what, cert)) in certs.iter().enumerate() {
+        match &cert.grants {
+            None => {}
+            Some(Ok(set)) => sets.push((depth, set)),
+            Some(Err(e)) => {
+                return Decision::deny(
+                    DenyCode::InvalidGrantsExtension,
+                    format!("{what} certificate (depth {depth}): {e}"),
+                );
+            }
+        }
+    }
+    let leaf_grants = match sets.first() {
+        Some((0, set)) => *set,
+        _ => {
+            return Decision::deny(
+                DenyCode::NoGrants,
+                "certificate carries no sebGrants extension",
+            );
+        }
+    };
+
+    // 4. Attenuation: every pair (descendant, ancestor) among certificates with grants.
+    for (i, (child_depth, child)) in sets.iter().enumerate() {
+        for (parent_depth, parent) in &sets[i + 1..] {
+            if let Err(e) = grant_set_covered(parent, child) {
+                return Decision::deny(
+                    DenyCode::GrantChainEscalation,
+                    format!(
+                        "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {e}"
+                    ),
+                );
+            }
+        }
+    }
+
+    // 5. The request itself.
+    if let Err(e) = syntax::validate_operation(&req.operation) {
+        return Decision::deny(DenyCode::InvalidOperation, e);
+    }
+    if let Err(e) = syntax::validate_resource(&req.resource) {
+        return Decision::deny(DenyCode::InvalidResource, e);
+    }
+    let Value::Object(params) = &req.params else {
+        return Decision::deny(DenyCode::InvalidRequest, "params must be a JSON object");
+    };
+    let request_digest = match canonical::request_digest(&req.operation, &req.resource, &req.params)
+    {
+        Ok(d) => d,
+        Err(e) => return Decision::deny(DenyCode::InvalidRequest, e.to_string()),
+    };
+
+    // 6. Matching: the first grant that allows wins; otherwise the most specific failure.
+    let mut best: Option<(DenyCode, String)> = None;
+    for (grant_index, grant) in leaf_grants.grants.iter().enumerate() {
+        match check_grant(grant, &req.operation, &req.resource, params) {
+            Ok(()) => {
+                return Decision::Allow {
+                    grant_index,
+                    grant: grant.clone(),
+                    token_ttl: grant.max_ttl.min(remaining),
+                    approval: grant.approval.clone(),
+                    request_digest,
+                };
+            }
+            Err((code, reason)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| specificity(code) > specificity(*b))
+                {
+                    best = Some((code, format!("grant #{grant_index}: {reason}")));
+                }
+            }
+        }
+    }
+    match best {
+        Some((DenyCode::OperationNotGranted, _)) | None => Decision::deny(
+            DenyCode::OperationNotGranted,
+            format!("no grant covers operation {:?}", req.operation),
+        ),
+        Some((code, reason)) => Decision::deny(code, reason),
+    }
+}
+
+/// Checks one grant against a request already known to be well-formed. The error is the
+/// first unmet condition: operation, then resource, then parameters.
+pub fn check_grant(
+    grant: &Grant,
+    operation: &str,
+    resource: &str,
+    params: &Map<String, Value>,
+) -> Result<(), (DenyCode, String)> {
+    if !matching::operation_matches(&grant.operation, operation) {
+        return Err((
+            DenyCode::OperationNotGranted,
+            format!("operation {operation:?} is not {:?}", grant.operation),
+        ));
+    }
+    if !matching::resource_matches(&grant.resource, resource) {
+        return Err((
+            DenyCode::ResourceNotGranted,
+            format!("resource {resource:?} is not within {:?}", grant.resource),
+        ));
+    }
+    matching::params_satisfy(&grant.params, grant.params_any, params)
+        .map_err(|v| (DenyCode::ParamConstraintViolated, v.to_string()))
+}
+
+/// How far a request got into a grant; the deepest failure is the one reported.
+fn specificity(code: DenyCode) -> u8 {
+    match code {
+        DenyCode::ParamConstraintViolated => 3,
+        DenyCode::ResourceNotGranted => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! Does one grant allow one request? Operation, resource and parameter matching.
+//!
+//! Inputs are assumed syntactically valid (the grant was validated at decoding, the request by
+//! [`super::decide`]); on anything unexpected these functions answer "no", never panic.
+
+use serde_json::{Map, Value};
+
+use crate::grants::syntax::{self, OperationPattern, Segment};
+use crate::grants::{Constraint, Scalar};
+
+/// Whether `pattern` (a grant's operation) matches the concrete operation `op`.
+///
+/// `deploy.*` matches `deploy.x` and `deploy.x.y`, not `deploy` nor `deployx.y`.
+pub fn operation_matches(pattern: &str, op: &str) -> bool {
+    match syntax::parse_operation_pattern(pattern) {
+        Ok(OperationPattern::Any) => true,
+        Ok(OperationPattern::Exact(exact)) => exact == op,
+        Ok(OperationPattern::Prefix(prefix)) => op
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pattern` (a grant's resource glob) matches the concrete resource `resource`.
+pub fn resource_matches(pattern: &str, resource: &str) -> bool {
+    let Ok(pattern) = syntax::parse_resource_pattern(pattern) else {
+        return false;
+    };
+    let segments: Vec<&str> = resource.split('/').collect();
+    glob_match(&pattern, &segments)
+}
+
+/// Segment glob matching with `*` (one) and `**` (zero or more), by dynamic programming over
+/// (pattern position, resource position): O(p·r), no backtracking blow-up.
+fn glob_match(pattern: &[Segment<'_>], resource: &[&str]) -> bool {
+    let r = resource.len();
+    // reach[j]: the first i pattern segments can consume the first j resource segments.
+    let mut reach = vec![false; r + 1];
+    reach[0] = true;
+    for segment in pattern {
+        let mut next = vec![false; r + 1];
+        for j in 0..=r {
+            next[j] = match segment {
+                Segment::Many => reach[j] || (j > 0 && next[j - 1]),
+                Segment::One => j > 0 && reach[j - 1],
+                Segment::Literal(lit) => j > 0 && reach[j - 1] && resource[j - 1] == *lit,
+            };
+        }
+        reach = next;
+    }
+    reach[r]
+}
+
+/// Why a request's parameters do not satisfy a grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamViolation {
+    /// A constrained parameter is absent.
+    Missing(String),
+    /// A parameter the grant does not name, and the grant is not `params_any`.
+    NotPermitted(String),
+    /// A constrained parameter holds an object, array or null.
+    NotScalar(String),
+    /// A constrained parameter's value does not satisfy the constraint.
+    Violated(String),
+}
+
+impl std::fmt::Display for ParamViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamViolation::Missing(n) => write!(f, "parameter {n:?} is required"),
+            ParamViolation::NotPermitted(n) => write!(f, "parameter {n:?} is not permitted"),
+            ParamViolation::NotScalar(n) => {
+                write!(f, "parameter {n:?} must be a string, integer or boolean")
+            }
+            ParamViolation::Violated(n) => {
+                write!(f, "parameter {n:?} does not satisfy its constraint")
+            }
+        }
+    }
+}
+
+/// Checks request parameters (a JSON object) against a grant's constraints.
+pub fn params_satisfy(
+    constraints: &std::collections::BTreeMap<String, Constraint>,
+    params_any: bool,
+    params: &Map<String, Value>,
+) -> Result<(), ParamViolation> {
+    for (name, constraint) in constraints {
+        let value = params
+            .get(name)
+            .ok_or_else(|| ParamViolation::Missing(name.clone()))?;
+        if matches!(value, Value::Object(_) | Value::Array(_) | Value::Null) {
+            return Err(ParamViolation::NotScalar(name.clone()));
+        }
+        if !constraint_allows(constraint, value) {
+            return Err(ParamViolation::Violated(name.clone()));
+        }
+    }
+    if !params_any {
+        if let Some(extra) = params.keys().find(|k| !constraints.contains_key(*k)) {
+            return Err(ParamViolation::NotPermitted(extra.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON value satisfies a constraint; types are exact.
+pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
+    match constraint {
+        Constraint::Equals(s) => scalar_equals(s, value),
+        Constraint::OneOf(options) => options.iter().any(|s| scalar_equals(s, value)),
+        Constraint::Range { min, max } => {
+            json_integer(value).is_some_and(|i| *min <= i && i <= *max)
+        }
+        Constraint::Prefix(prefix) => value
+            .as_str()
+            .is_some_and(|s| s.starts_with(prefix.as_str())),
+    }
+}
+
+fn scalar_equals(scalar: &Scalar, value: &Value) -> bool {
+    match scalar {
+        Scalar::String(s) => value.as_str() == Some(s.as_str()),
+        Scalar::Integer(i) => json_integer(value) == Some(*i),
+        Scalar::Bool(b) => value.as_bool() == Some(*b),
+    }
+}
+
+/// A JSON number written as an integer that fits in i64. `5.0`, `5e0`, `2^64` and `"5"` are
+/// not integers here.
+fn json_integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) if !n.is_f64() => n.as_i64(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_wildcards() {
+        assert!(operation_matches("deploy.*", "deploy.x"));
+        assert!(operation_matches("deploy.*", "deploy.x.y"));
+        assert!(!operation_matches("deploy.*", "deploy"));
+        assert!(!operation_matches("deploy.*", "deployx.y"));
+        assert!(!operation_matches("deploy.*", "deploy."));
+        assert!(operation_matches("deploy", "deploy"));
+        assert!(!operation_matches("deploy", "deploy.x"));
+        assert!(operation_matches("*", "anything.at.all"));
+        assert!(!operation_matches("bad*", "bad"));
+    }
+
+    #[test]
+    fn resource_globs() {
+        let yes = [
+            ("prod/*", "prod/x"),
+            ("prod/**", "prod"),
+            ("prod/**", "prod/a/b/c"),
+            ("**", "a"),
+            ("a/**/b", "a/b"),
+            ("a/**/b", "a/x/y/b"),
+            ("*/x", "a/x"),
+            ("a/**/**/b", "a/b"),
+        ];
+        for (p, r) in yes {
+            assert!(resource_matches(p, r), "{p} ~ {r}");
+        }
+        let no = [
+            ("prod/*", "prod"),
+            ("prod/*", "prod/a/b"),
+            ("prod/**", "production"),
+            ("a/**/b", "a/b/c"),
+            ("*/x", "x"),
+            ("prod", "prod/x"),
+        ];
+        for (p, r) in no {
+            assert!(!resource_matches(p, r), "{p} !~ {r}");
+        }
+    }
+}

@@ -1,0 +1,1093 @@
+//! Decision tests: the request table, chains and escalation, and properties.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::grants::{Constraint, GrantSet, testing};
+
+const GRANTS: &str = r#"
+[[grant]]   # 0
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "60s"
+params.replicas = { min = 1, max = 10 }
+params.image    = { prefix = "registry.internal/payments/" }
+params.strategy = { one_of = ["rolling", "canary"] }
+params.region   = { equals = "eu-west-1" }
+approval  = { required = 2, group = "sre-leads" }
+
+[[grant]]   # 1
+operation = "k8s.read.*"
+resource  = "prod/**"
+max_ttl   = "30s"
+params_any = true
+
+[[grant]]   # 2
+operation = "db.migrate"
+resource  = "staging/db/*"
+max_ttl   = "10m"
+params.version = { equals = 42 }
+params.dry_run = { equals = true }
+
+[[grant]]   # 3
+operation = "fw.*"
+resource  = "prod/*/rules/**"
+max_ttl   = "2m"
+params.port  = { one_of = [443, 8443] }
+params.proto = { one_of = ["tcp"] }
+params_any = true
+
+[[grant]]   # 4
+operation = "scale.set"
+resource  = "prod/api"
+max_ttl   = "60s"
+params.count = { min = -5, max = 9007199254740991 }
+
+[[grant]]   # 5
+operation = "deploy.*"
+resource  = "dev/**"
+max_ttl   = "5m"
+params_any = true
+"#;
+
+const BROKER_MAX: Duration = Duration::from_secs(120);
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn cert(serial: u8, grants: Option<Result<GrantSet, GrantError>>) -> CertFacts {
+    CertFacts {
+        serial: vec![serial],
+        not_before: now() - Duration::from_secs(3600),
+        not_after: now() + Duration::from_secs(86_400),
+        role: None,
+        grants,
+    }
+}
+
+fn agent(grants: Option<Result<GrantSet, GrantError>>) -> CertFacts {
+    CertFacts {
+        role: Some(Role::new(RoleKind::Agent, vec![]).unwrap()),
+        ..cert(1, grants)
+    }
+}
+
+fn set(toml: &str) -> Option<Result<GrantSet, GrantError>> {
+    Some(Ok(GrantSet::from_toml_str(toml).unwrap()))
+}
+
+fn chain(leaf: CertFacts, ancestors: Vec<CertFacts>) -> ChainView {
+    ChainView { leaf, ancestors }
+}
+
+struct Revoked(HashSet<Vec<u8>>);
+
+impl RevocationView for Revoked {
+    fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.0.contains(serial)
+    }
+}
+
+fn none_revoked() -> Revoked {
+    Revoked(HashSet::new())
+}
+
+fn request(op: &str, res: &str, params: Value) -> Request {
+    Request {
+        operation: op.into(),
+        resource: res.into(),
+        params,
+    }
+}
+
+fn decide_now(chain: &ChainView, req: &Request) -> Decision {
+    decide(chain, &none_revoked(), req, now(), BROKER_MAX)
+}
+
+#[derive(Debug)]
+enum Expect {
+    Allow(usize),
+    Deny(DenyCode),
+    /// serde_json refuses the params text before any decision is made.
+    Unparseable,
+}
+
+use DenyCode::*;
+use Expect::{Allow, Deny, Unparseable};
+
+const P0: &str = r#"{"replicas": 3, "image": "registry.internal/payments/api:1.2", "strategy": "rolling", "region": "eu-west-1"}"#;
+
+fn p0_with(key: &str, value: &str) -> String {
+    let mut v: Value = serde_json::from_str(P0).unwrap();
+    let mut text = serde_json::to_string(&v).unwrap();
+    if v.get(key).is_some() {
+        v.as_object_mut().unwrap().remove(key);
+        text = serde_json::to_string(&v).unwrap();
+    }
+    if value.is_empty() {
+        return text;
+    }
+    format!("{{\"{key}\": {value}, {}", &text[1..])
+}
+
+fn table() -> Vec<(&'static str, String, String, Expect)> {
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let deep_ok = format!("{}1{}", "[".repeat(30), "]".repeat(30));
+    let mut rows: Vec<(&'static str, &str, String, Expect)> = vec![
+        // --- allowed ---
+        ("deploy.rollout", "prod/payments/api", P0.into(), Allow(0)),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "1"),
+            Allow(0),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "10"),
+            Allow(0),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("strategy", "\"canary\""),
+            Allow(0),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("image", "\"registry.internal/payments/\""),
+            Allow(0),
+        ),
+        ("k8s.read.pods", "prod", "{}".into(), Allow(1)),
+        ("k8s.read.pods", "prod/a/b/c", "{}".into(), Allow(1)),
+        (
+            "k8s.read.pods.logs",
+            "prod/x",
+            r#"{"anything": {"nested": [1, 2.5, null]}}"#.into(),
+            Allow(1),
+        ),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            format!("{{\"d\": {deep_ok}}}"),
+            Allow(1),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": 42, "dry_run": true}"#.into(),
+            Allow(2),
+        ),
+        (
+            "fw.open",
+            "prod/eu/rules/r1",
+            r#"{"port": 443, "proto": "tcp"}"#.into(),
+            Allow(3),
+        ),
+        (
+            "fw.open",
+            "prod/eu/rules",
+            r#"{"port": 8443, "proto": "tcp", "comment": "x"}"#.into(),
+            Allow(3),
+        ),
+        (
+            "fw.a.b",
+            "prod/eu/rules/x/y",
+            r#"{"port": 443, "proto": "tcp"}"#.into(),
+            Allow(3),
+        ),
+        ("scale.set", "prod/api", r#"{"count": -5}"#.into(), Allow(4)),
+        (
+            "scale.set",
+            "prod/api",
+            r#"{"count": 9007199254740991}"#.into(),
+            Allow(4),
+        ),
+        ("deploy.x", "dev/x", "{}".into(), Allow(5)),
+        ("deploy.x.y", "dev", "{}".into(), Allow(5)),
+        ("deploy.rollout", "dev/payments/api", "{}".into(), Allow(5)),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            r#"{"n": 18446744073709551616}"#.into(),
+            Allow(1),
+        ),
+        // --- operation: wildcards and syntax ---
+        ("deploy", "dev/x", "{}".into(), Deny(OperationNotGranted)),
+        ("deployx.y", "dev/x", "{}".into(), Deny(OperationNotGranted)),
+        ("k8s.read", "prod", "{}".into(), Deny(OperationNotGranted)),
+        (
+            "k8s.readx.pods",
+            "prod",
+            "{}".into(),
+            Deny(OperationNotGranted),
+        ),
+        (
+            "fw",
+            "prod/eu/rules",
+            r#"{"port": 443, "proto": "tcp"}"#.into(),
+            Deny(OperationNotGranted),
+        ),
+        (
+            "fwx.open",
+            "prod/eu/rules",
+            r#"{"port": 443, "proto": "tcp"}"#.into(),
+            Deny(OperationNotGranted),
+        ),
+        (
+            "deploy.rollbackx",
+            "prod/payments/api",
+            P0.into(),
+            Deny(ResourceNotGranted),
+        ),
+        ("deploy.", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        (".deploy", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("deploy..x", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("Deploy.x", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("deploy.*", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("*", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("", "dev/x", "{}".into(), Deny(InvalidOperation)),
+        ("deploy.х", "dev/x", "{}".into(), Deny(InvalidOperation)), // Cyrillic х
+        // --- resource: traversal, encoding, look-alikes ---
+        (
+            "deploy.rollout",
+            "prod/../prod/payments/api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/./api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/..",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments%2Fapi",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod%2fpayments/api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod//payments/api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api/",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "/prod/payments/api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod\\payments\\api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "\u{440}rod/payments/api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod\u{ff0f}payments\u{ff0f}api",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api\u{0}",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api\n",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/a pi",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/*",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api\u{200b}",
+            P0.into(),
+            Deny(InvalidResource),
+        ),
+        ("deploy.rollout", "", P0.into(), Deny(InvalidResource)),
+        (
+            "deploy.rollout",
+            "prod/payments/api/extra",
+            P0.into(),
+            Deny(ResourceNotGranted),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments",
+            P0.into(),
+            Deny(ResourceNotGranted),
+        ),
+        (
+            "deploy.rollout",
+            "prod/Payments/api",
+            P0.into(),
+            Deny(ResourceNotGranted),
+        ),
+        (
+            "k8s.read.pods",
+            "production/x",
+            "{}".into(),
+            Deny(ResourceNotGranted),
+        ),
+        (
+            "deploy.x",
+            "staging/x",
+            "{}".into(),
+            Deny(ResourceNotGranted),
+        ),
+        (
+            "fw.open",
+            "prod/rules",
+            r#"{"port": 443, "proto": "tcp"}"#.into(),
+            Deny(ResourceNotGranted),
+        ),
+        // --- parameters: types, ranges, huge numbers ---
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "\"5\""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "5.0"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "5.5"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "5e0"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "11"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "0"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "-1"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "1e2"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "18446744073709551616"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "9223372036854775808"),
+            Deny(InvalidRequest),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "-9223372036854775809"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "1e400"),
+            Unparseable,
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "true"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "null"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "[3]"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "{\"v\": 3}"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("region", ""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("force", "true"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("strategy", "\"Rolling\""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("strategy", "[\"rolling\"]"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("region", "\"eu-west-1 \""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("image", "\"registry.internal/payment/x\""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("image", "\"registry.internal/paymentsX\""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("image", "\"registry.internal\u{2215}payments/x\""),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "deploy.rollout",
+            "prod/payments/api",
+            p0_with("replicas", "3, \"replicas\": 50"),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": "42", "dry_run": true}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": 42.0, "dry_run": true}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": 42, "dry_run": "true"}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": 42, "dry_run": 1}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "db.migrate",
+            "staging/db/main",
+            r#"{"version": 42}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "fw.open",
+            "prod/eu/rules/r1",
+            r#"{"port": "443", "proto": "tcp"}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "fw.open",
+            "prod/eu/rules/r1",
+            r#"{"port": 80, "proto": "tcp"}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "fw.open",
+            "prod/eu/rules/r1",
+            r#"{"port": 443}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "scale.set",
+            "prod/api",
+            r#"{"count": -6}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        (
+            "scale.set",
+            "prod/api",
+            r#"{"count": 9007199254740992}"#.into(),
+            Deny(InvalidRequest),
+        ),
+        (
+            "scale.set",
+            "prod/api",
+            r#"{"count": 9007199254740993.0}"#.into(),
+            Deny(ParamConstraintViolated),
+        ),
+        // --- the params document itself ---
+        ("k8s.read.pods", "prod/x", "[]".into(), Deny(InvalidRequest)),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            "\"x\"".into(),
+            Deny(InvalidRequest),
+        ),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            "null".into(),
+            Deny(InvalidRequest),
+        ),
+        ("k8s.read.pods", "prod/x", "42".into(), Deny(InvalidRequest)),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            format!("{{\"d\": {deep}}}"),
+            Deny(InvalidRequest),
+        ),
+        (
+            "k8s.read.pods",
+            "prod/x",
+            r#"{"n": 1e400}"#.into(),
+            Unparseable,
+        ),
+    ];
+    rows.drain(..)
+        .map(|(op, res, params, expect)| (op, res.to_owned(), params, expect))
+        .collect()
+}
+
+#[test]
+fn decision_table() {
+    let chain = chain(agent(set(GRANTS)), vec![]);
+    let rows = table();
+    assert!(rows.len() >= 60, "{} rows", rows.len());
+    for (op, res, params_text, expect) in rows {
+        let params = match serde_json::from_str::<Value>(&params_text) {
+            Ok(p) => p,
+            Err(_) => {
+                assert!(
+                    matches!(expect, Unparseable),
+                    "{op} {res:?} {params_text}: unparseable"
+                );
+                continue;
+            }
+        };
+        let req = request(op, &res, params);
+        let got = decide_now(&chain, &req);
+        match (&expect, &got) {
+            (Allow(want), Decision::Allow { grant_index, .. }) if want == grant_index => {}
+            (Deny(want), Decision::Deny { code, reason }) if want == code => {
+                assert!(!reason.is_empty());
+            }
+            _ => panic!("{op} {res:?} {params_text}: expected {expect:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn allow_carries_ttl_approval_and_digest() {
+    let chain = chain(agent(set(GRANTS)), vec![]);
+    let params: Value = serde_json::from_str(P0).unwrap();
+    let req = request("deploy.rollout", "prod/payments/api", params.clone());
+    let Decision::Allow {
+        grant_index,
+        token_ttl,
+        approval,
+        request_digest,
+        grant,
+    } = decide_now(&chain, &req)
+    else {
+        panic!("denied")
+    };
+    assert_eq!(grant_index, 0);
+    assert_eq!(grant.operation, "deploy.rollout");
+    assert_eq!(token_ttl, Duration::from_secs(60));
+    assert_eq!(approval.unwrap().required, 2);
+    assert_eq!(
+        request_digest,
+        crate::canonical::request_digest("deploy.rollout", "prod/payments/api", &params).unwrap()
+    );
+    // Broker maximum below the grant's.
+    let req = request(
+        "db.migrate",
+        "staging/db/x",
+        json!({"version": 42, "dry_run": true}),
+    );
+    match decide_now(&chain, &req) {
+        Decision::Allow {
+            token_ttl,
+            approval,
+            ..
+        } => {
+            assert_eq!(token_ttl, BROKER_MAX);
+            assert_eq!(approval, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Certificate expiring sooner than both.
+    let mut leaf = agent(set(GRANTS));
+    leaf.not_after = now() + Duration::from_secs(7);
+    let req = request("deploy.x", "dev/x", json!({}));
+    match decide_now(
+        &ChainView {
+            leaf,
+            ancestors: vec![],
+        },
+        &req,
+    ) {
+        Decision::Allow { token_ttl, .. } => assert_eq!(token_ttl, Duration::from_secs(7)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn most_specific_reason_wins() {
+    // Grant 0 matches operation and resource but not params; grant 5 matches the operation
+    // only. The answer names the parameter.
+    let chain = chain(agent(set(GRANTS)), vec![]);
+    let req = request(
+        "deploy.rollout",
+        "prod/payments/api",
+        json!({"replicas": 3}),
+    );
+    match decide_now(&chain, &req) {
+        Decision::Deny { code, reason } => {
+            assert_eq!(code, ParamConstraintViolated);
+            assert!(reason.contains("grant #0"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn code(d: &Decision) -> Option<DenyCode> {
+    d.deny_code()
+}
+
+#[test]
+fn certificate_validity_and_revocation() {
+    let req = request("deploy.x", "dev/x", json!({}));
+    let ok = || chain(agent(set(GRANTS)), vec![cert(2, None)]);
+    assert_eq!(code(&decide_now(&ok(), &req)), None);
+
+    let mut c = ok();
+    c.leaf.not_after = now() - Duration::from_secs(1);
+    assert_eq!(code(&decide_now(&c, &req)), Some(CertificateExpired));
+    let mut c = ok();
+    c.leaf.not_after = now();
+    assert_eq!(
+        code(&decide_now(&c, &req)),
+        Some(CertificateExpired),
+        "no zero-length tokens"
+    );
+    let mut c = ok();
+    c.ancestors[0].not_after = now() - Duration::from_secs(1);
+    assert_eq!(code(&decide_now(&c, &req)), Some(CertificateExpired));
+    let mut c = ok();
+    c.leaf.not_before = now() + Duration::from_secs(1);
+    assert_eq!(code(&decide_now(&c, &req)), Some(CertificateNotYetValid));
+    let mut c = ok();
+    c.ancestors[0].not_before = now() + Duration::from_secs(1);
+    assert_eq!(code(&decide_now(&c, &req)), Some(CertificateNotYetValid));
+
+    let revoked_leaf = Revoked(HashSet::from([vec![1]]));
+    let revoked_issuer = Revoked(HashSet::from([vec![2]]));
+    let d = decide(&ok(), &revoked_leaf, &req, now(), BROKER_MAX);
+    assert_eq!(code(&d), Some(CertificateRevoked));
+    let d = decide(&ok(), &revoked_issuer, &req, now(), BROKER_MAX);
+    assert_eq!(code(&d), Some(CertificateRevoked));
+    // Revocation is reported before expiry.
+    let mut c = ok();
+    c.leaf.not_after = now() - Duration::from_secs(1);
+    let d = decide(&c, &revoked_leaf, &req, now(), BROKER_MAX);
+    assert_eq!(code(&d), Some(CertificateRevoked));
+}
+
+#[test]
+fn roles_and_missing_or_broken_grants() {
+    let req = request("deploy.x", "dev/x", json!({}));
+    let mut c = chain(agent(set(GRANTS)), vec![]);
+    c.leaf.role = None;
+    assert_eq!(code(&decide_now(&c, &req)), Some(WrongRole));
+    for kind in [RoleKind::Approver, RoleKind::Executor, RoleKind::Broker] {
+        let groups = if kind == RoleKind::Approver {
+            vec!["g".into()]
+        } else {
+            vec![]
+        };
+        c.leaf.role = Some(Role::new(kind, groups).unwrap());
+        assert_eq!(code(&decide_now(&c, &req)), Some(WrongRole));
+    }
+    let c = chain(agent(None), vec![]);
+    assert_eq!(code(&decide_now(&c, &req)), Some(NoGrants));
+    // Grants only on the issuer are not the agent's grants.
+    let c = chain(agent(None), vec![cert(2, set(GRANTS))]);
+    assert_eq!(code(&decide_now(&c, &req)), Some(NoGrants));
+
+    let broken = || Some(GrantSet::from_der(&[0x30, 0x03, 0x02, 0x01]));
+    let c = chain(agent(broken()), vec![]);
+    assert_eq!(code(&decide_now(&c, &req)), Some(InvalidGrantsExtension));
+    let c = chain(agent(set(GRANTS)), vec![cert(2, broken())]);
+    assert_eq!(code(&decide_now(&c, &req)), Some(InvalidGrantsExtension));
+    let c = chain(agent(set(GRANTS)), vec![cert(2, None), cert(3, broken())]);
+    assert_eq!(code(&decide_now(&c, &req)), Some(InvalidGrantsExtension));
+}
+
+const LEAF: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/api"
+max_ttl   = "60s"
+params.replicas = { min = 2, max = 5 }
+params.image    = { prefix = "registry.internal/payments/api:" }
+approval  = { required = 2, group = "sre-leads" }
+"#;
+
+const INTERMEDIATE: &str = r#"
+[[grant]]
+operation = "deploy.*"
+resource  = "prod/payments/*"
+max_ttl   = "5m"
+params.replicas = { min = 1, max = 10 }
+params.image    = { prefix = "registry.internal/payments/" }
+approval  = { required = 1, group = "sre-leads" }
+"#;
+
+const TOP: &str = r#"
+[[grant]]
+operation = "deploy.*"
+resource  = "prod/**"
+max_ttl   = "10m"
+params_any = true
+params.image = { prefix = "registry.internal/" }
+"#;
+
+fn leaf_req() -> Request {
+    request(
+        "deploy.rollout",
+        "prod/payments/api",
+        json!({"replicas": 3, "image": "registry.internal/payments/api:7"}),
+    )
+}
+
+fn escalates(leaf: &str, ancestors: &[Option<&str>]) -> Option<DenyCode> {
+    let ancestors = ancestors
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            cert(
+                2 + i as u8,
+                g.map(|t| Ok(GrantSet::from_toml_str(t).unwrap())),
+            )
+        })
+        .collect();
+    code(&decide_now(
+        &chain(agent(set(leaf)), ancestors),
+        &leaf_req(),
+    ))
+}
+
+#[test]
+fn attenuated_chains_allow() {
+    assert_eq!(escalates(LEAF, &[]), None);
+    assert_eq!(escalates(LEAF, &[Some(INTERMEDIATE)]), None);
+    assert_eq!(escalates(LEAF, &[Some(INTERMEDIATE), Some(TOP)]), None);
+    assert_eq!(escalates(LEAF, &[None, Some(TOP)]), None);
+    assert_eq!(
+        escalates(LEAF, &[Some(INTERMEDIATE), None, Some(TOP)]),
+        None
+    );
+}
+
+#[test]
+fn leaf_claiming_more_than_its_intermediate_is_escalation() {
+    let wider = [
+        LEAF.replace("\"60s\"", "\"6m\""),                    // lifetime
+        LEAF.replace("\"deploy.rollout\"", "\"*\""),          // operation (wider pattern)
+        LEAF.replace("\"deploy.rollout\"", "\"db.migrate\""), // operation (elsewhere)
+        LEAF.replace("\"prod/payments/api\"", "\"prod/**\""), // resource
+        LEAF.replace("\"prod/payments/api\"", "\"prod/payments/*/x\""), // resource (deeper)
+        LEAF.replace("max = 5", "max = 11"),                  // range
+        LEAF.replace(
+            "\"registry.internal/payments/api:\"",
+            "\"registry.internal/\"",
+        ), // prefix
+        LEAF.replace("params.replicas = { min = 2, max = 5 }\n", ""), // dropped constraint
+        format!("{LEAF}params.force = {{ equals = true }}\n"), // unnamed param
+        format!("{LEAF}params_any = true\n"),                 // params_any
+        LEAF.replace("approval  = { required = 2, group = \"sre-leads\" }\n", ""), // no approval
+        LEAF.replace("\"sre-leads\"", "\"dev-leads\""),       // other group
+    ];
+    for (i, leaf) in wider.iter().enumerate() {
+        GrantSet::from_toml_str(leaf).unwrap();
+        assert_eq!(
+            escalates(leaf, &[Some(INTERMEDIATE)]),
+            Some(GrantChainEscalation),
+            "case {i}: {leaf}"
+        );
+    }
+    // Weakened approval relative to the intermediate's rule.
+    let strict = INTERMEDIATE.replace("required = 1", "required = 3");
+    assert_eq!(
+        escalates(LEAF, &[Some(&strict)]),
+        Some(GrantChainEscalation)
+    );
+    // A second, unrelated leaf grant is enough to break the chain.
+    let extra = format!(
+        "{LEAF}\n[[grant]]\noperation = \"k8s.read.pods\"\nresource = \"prod/x\"\nmax_ttl = \"1s\"\n"
+    );
+    assert_eq!(
+        escalates(&extra, &[Some(INTERMEDIATE)]),
+        Some(GrantChainEscalation)
+    );
+}
+
+#[test]
+fn intermediate_claiming_more_than_its_parent_is_escalation() {
+    // The leaf is within both, but the intermediate exceeds the top (staging is not prod).
+    let wide_intermediate = INTERMEDIATE.replace("\"prod/payments/*\"", "\"*/payments/*\"");
+    assert_eq!(escalates(LEAF, &[Some(&wide_intermediate)]), None);
+    assert_eq!(
+        escalates(LEAF, &[Some(&wide_intermediate), Some(TOP)]),
+        Some(GrantChainEscalation)
+    );
+    let long_intermediate = INTERMEDIATE.replace("\"5m\"", "\"1h\"");
+    assert_eq!(
+        escalates(LEAF, &[Some(&long_intermediate), Some(TOP)]),
+        Some(GrantChainEscalation)
+    );
+}
+
+#[test]
+fn grantless_intermediate_does_not_break_the_bound() {
+    // Leaf → (no grants) → TOP: the leaf is still bounded by TOP.
+    let outside_top = LEAF.replace("\"registry.internal/payments/api:\"", "\"evil.example/\"");
+    assert_eq!(
+        escalates(&outside_top, &[None, Some(TOP)]),
+        Some(GrantChainEscalation)
+    );
+    assert_eq!(
+        escalates(&outside_top, &[Some(INTERMEDIATE), None, Some(TOP)]),
+        Some(GrantChainEscalation)
+    );
+    // Leaf within INTERMEDIATE, INTERMEDIATE within TOP, but with a grantless hop between.
+    assert_eq!(
+        escalates(LEAF, &[None, Some(INTERMEDIATE), None, Some(TOP)]),
+        None
+    );
+    let long_leaf = LEAF.replace("\"60s\"", "\"20m\"");
+    assert_eq!(
+        escalates(&long_leaf, &[None, None, Some(TOP)]),
+        Some(GrantChainEscalation)
+    );
+}
+
+#[test]
+fn deny_codes_are_stable_and_unique() {
+    let codes: HashSet<&str> = DenyCode::ALL.iter().map(DenyCode::as_str).collect();
+    assert_eq!(codes.len(), DenyCode::ALL.len());
+    for c in DenyCode::ALL {
+        assert!(
+            c.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+        );
+        assert_eq!(c.to_string(), c.as_str());
+    }
+}
+
+/// Whether any grant of `set` allows the (well-formed) request.
+fn set_allows(set: &GrantSet, op: &str, res: &str, params: &Value) -> bool {
+    let Value::Object(map) = params else {
+        return false;
+    };
+    set.grants
+        .iter()
+        .any(|g| check_grant(g, op, res, map).is_ok())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn covered_child_allows_nothing_the_parent_refuses(
+        parent in testing::grant(),
+        child in testing::grant(),
+        reqs in prop::collection::vec(testing::request(), 16),
+    ) {
+        if covers(&parent, &child) {
+            for (op, res, params) in &reqs {
+                let Value::Object(map) = params else { continue };
+                if check_grant(&child, op, res, map).is_ok() {
+                    prop_assert!(
+                        check_grant(&parent, op, res, map).is_ok(),
+                        "child {child:?} allows {op} {res} {params} but parent {parent:?} does not"
+                    );
+                }
+            }
+            prop_assert!(child.max_ttl <= parent.max_ttl);
+        }
+    }
+
+    #[test]
+    fn covered_set_through_decide(
+        parent in testing::grant_set(),
+        child in testing::grant_set(),
+        reqs in prop::collection::vec(testing::request(), 8),
+    ) {
+        let through_chain = chain(agent(Some(Ok(child.clone()))), vec![cert(2, Some(Ok(parent.clone())))]);
+        let alone = chain(agent(Some(Ok(parent.clone()))), vec![]);
+        let covered = grant_set_covered(&parent, &child).is_ok();
+        for (op, res, params) in reqs {
+            let req = request(&op, &res, params.clone());
+            let d = decide_now(&through_chain, &req);
+            if !covered {
+                prop_assert_eq!(code(&d), Some(GrantChainEscalation));
+                continue;
+            }
+            if let Decision::Allow { token_ttl, .. } = d {
+                prop_assert!(set_allows(&child, &op, &res, &params));
+                match decide_now(&alone, &req) {
+                    Decision::Allow { token_ttl: parent_ttl, .. } => {
+                        prop_assert!(token_ttl <= parent_ttl.max(token_ttl));
+                    }
+                    other => prop_assert!(false, "parent refuses what covered child allows: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_grant_covers_itself(g in testing::grant()) {
+        prop_assert!(covers(&g, &g));
+    }
+
+    #[test]
+    fn narrowing_stays_covered(g in testing::grant(), shrink in 0u64..30) {
+        // Shorter lifetime, stricter approval, params_any dropped, ranges shrunk.
+        let mut child = g.clone();
+        child.max_ttl = g.max_ttl - Duration::from_secs(shrink);
+        child.params_any = false;
+        if let Some(rule) = &mut child.approval {
+            rule.required += 1;
+        }
+        for c in child.params.values_mut() {
+            if let Constraint::Range { min, max } = c {
+                *min = (*min + 1).min(*max);
+            }
+            if let Constraint::OneOf(values) = c {
+                values.truncate(1);
+            }
+        }
+        prop_assert!(covers(&g, &child), "{g:?} should cover {child:?}");
+    }
+
+    #[test]
+    fn decide_never_panics_on_odd_requests(
+        op in "\\PC{0,12}",
+        res in "[a-z./%\\\\*\u{440}\u{ff0f} ]{0,16}",
+        params in testing::param_value(),
+    ) {
+        let c = chain(agent(set(GRANTS)), vec![]);
+        let _ = decide_now(&c, &request(&op, &res, params));
+    }
+}
+
+#[test]
+fn random_pairs_are_covered_often_enough_to_test() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (testing::grant(), testing::grant());
+    let mut covered = 0;
+    for _ in 0..4000 {
+        let (p, c) = strategy.new_tree(&mut runner).unwrap().current();
+        covered += usize::from(covers(&p, &c) && p != c);
+    }
+    assert!(
+        covered >= 20,
+        "only {covered} of 4000 random pairs were covered"
+    );
+}
