@@ -132,10 +132,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         LeafRequest {
             public_key: verified.public_key,
             subject: verified.subject,
-            role: Role {
-                kind,
-                groups: args.groups,
-            },
+            role: Role::new(kind, args.groups).map_err(|e| format!("invalid --group: {e}"))?,
             grants,
             ttl,
         },
