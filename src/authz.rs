@@ -62,6 +62,9 @@ pub struct Request {
 }
 
 /// The outcome of [`decide`].
+// Built once per request and consumed at once; boxing the larger variant would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// A token may be issued (after approvals, if `approval` is set).

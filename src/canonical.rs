@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha384};
 
-/// Deepest nesting of arrays and objects accepted in a value to canonicalise.
+/// Deepest nesting of arrays and objects accepted in a value to canonicalise. In
+/// [`request_digest`] the enclosing request object counts as the first level, so the params
+/// object is level 2.
 pub const MAX_DEPTH: usize = 32;
 
 /// Largest integer magnitude a JSON number may have to be canonicalised exactly: 2^53 - 1.

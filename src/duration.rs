@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn format_round_trips() {
         for s in ["1s", "59s", "1m", "90m", "1h", "25h", "1d", "365d"] {
-            assert_eq!(format(parse(s).unwrap()), s.replace("90m", "90m"));
+            assert_eq!(format(parse(s).unwrap()), s);
         }
         assert_eq!(format(Duration::from_secs(3600)), "1h");
         assert_eq!(format(Duration::from_secs(7200 + 60)), "121m");

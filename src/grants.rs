@@ -561,6 +561,15 @@ params_any = true                      # this grant does not constrain parameter
         );
         assert!(set.grants[1].params_any);
         assert_eq!(GrantSet::from_toml_str(&set.to_toml_string()).unwrap(), set);
+        let text = set.to_toml_string();
+        assert!(
+            text.contains("params.replicas = { min = 1, max = 10 }\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approval = { required = 2, group = \"sre-leads\" }\n"),
+            "{text}"
+        );
         assert_eq!(GrantSet::from_der(&set.to_der().unwrap()).unwrap(), set);
     }
 

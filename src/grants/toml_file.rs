@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use super::{ApprovalRule, Constraint, Grant, GrantError, GrantSet, Scalar};
+use super::{ApprovalRule, Constraint, Grant, GrantError, GrantSet, Scalar, syntax};
 use crate::duration;
 
 #[derive(Deserialize)]
@@ -169,14 +169,14 @@ pub(super) fn write(set: &GrantSet) -> String {
         let _ = writeln!(out, "resource = {}", quote(&g.resource));
         let _ = writeln!(out, "max_ttl = {}", quote(&duration::format(g.max_ttl)));
         for (name, constraint) in &g.params {
-            // Parameter names are validated bare keys; quoting keeps even an invalid set
-            // (which validation will then reject) syntactically intact.
-            let _ = writeln!(
-                out,
-                "params.{} = {}",
-                quote(name),
-                constraint_toml(constraint)
-            );
+            // Valid parameter names are bare keys; anything else is quoted so even an invalid
+            // set (which reading back will reject) stays syntactically intact.
+            let key = if syntax::validate_param_name(name).is_ok() {
+                name.clone()
+            } else {
+                quote(name)
+            };
+            let _ = writeln!(out, "params.{key} = {}", constraint_toml(constraint));
         }
         if g.params_any {
             out.push_str("params_any = true\n");
