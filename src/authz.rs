@@ -17,7 +17,7 @@ use crate::canonical;
 use crate::grants::syntax;
 use crate::grants::{ApprovalRule, Grant, GrantError, GrantSet, Role, RoleKind};
 
-pub use cover::{NotCovered, covers, grant_set_covered};
+pub use cover::{covers, grant_set_covered, NotCovered};
 
 /// What the decision needs to know about one certificate, extracted by the caller.
 #[derive(Debug)]

@@ -71,8 +71,12 @@ impl PublicKey {
     pub fn from_sec1(algorithm: KeyAlgorithm, point: &[u8]) -> Result<Self, BackendError> {
         let bad = |_| BackendError::MalformedPublicKey;
         Ok(match algorithm {
-            KeyAlgorithm::EcP256 => PublicKey::P256(p256::PublicKey::from_sec1_bytes(point).map_err(bad)?),
-            KeyAlgorithm::EcP384 => PublicKey::P384(p384::PublicKey::from_sec1_bytes(point).map_err(bad)?),
+            KeyAlgorithm::EcP256 => {
+                PublicKey::P256(p256::PublicKey::from_sec1_bytes(point).map_err(bad)?)
+            }
+            KeyAlgorithm::EcP384 => {
+                PublicKey::P384(p384::PublicKey::from_sec1_bytes(point).map_err(bad)?)
+            }
         })
     }
 
@@ -322,11 +326,10 @@ impl Keypair for P384Signer<'_> {
 impl SignatureAlgorithmIdentifier for P384Signer<'_> {
     type Params = der::asn1::AnyRef<'static>;
 
-    const SIGNATURE_ALGORITHM_IDENTIFIER: AlgorithmIdentifier<Self::Params> =
-        AlgorithmIdentifier {
-            oid: ECDSA_WITH_SHA384,
-            parameters: None,
-        };
+    const SIGNATURE_ALGORITHM_IDENTIFIER: AlgorithmIdentifier<Self::Params> = AlgorithmIdentifier {
+        oid: ECDSA_WITH_SHA384,
+        parameters: None,
+    };
 }
 
 impl signature::Signer<p384::ecdsa::DerSignature> for P384Signer<'_> {

@@ -19,7 +19,9 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
 use crate::backend::{BackendError, P384Signer, ECDSA_WITH_SHA384};
-use crate::cert::{CertError, Certificate, Extension, TbsCertificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use crate::cert::{
+    CertError, Certificate, Extension, TbsCertificate, SEB_GRANTS_OID, SEB_ROLE_OID,
+};
 use crate::grants::{GrantError, GrantSet, Role, RoleKind};
 
 pub mod crl;
@@ -344,9 +346,7 @@ impl Unsigned {
             subject_unique_id: None,
             extensions: Some(extensions),
         };
-        let signature = signer
-            .sign_message(&tbs.to_der()?)
-            .map_err(CaError::Sign)?;
+        let signature = signer.sign_message(&tbs.to_der()?).map_err(CaError::Sign)?;
         Ok(Certificate {
             tbs,
             signature_algorithm: algorithm,

@@ -23,13 +23,13 @@ use x509_cert::time::Validity;
 
 /// BER of `2.25.57569389650057206723867454425930272143.1` (`sebGrants`), without tag/length.
 pub const SEB_GRANTS_OID: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6,
-    0x8c, 0xd8, 0x9b, 0x0f, 0x01,
+    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
+    0xd8, 0x9b, 0x0f, 0x01,
 ];
 /// BER of `2.25.57569389650057206723867454425930272143.2` (`sebRole`), without tag/length.
 pub const SEB_ROLE_OID: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6,
-    0x8c, 0xd8, 0x9b, 0x0f, 0x02,
+    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
+    0xd8, 0x9b, 0x0f, 0x02,
 ];
 /// The dotted form of the arc, for documentation and messages.
 pub const SEB_ARC: &str = "2.25.57569389650057206723867454425930272143";
@@ -181,7 +181,10 @@ impl Certificate {
 
     fn check_well_formed(&self) -> Result<(), CertError> {
         if let Some(exts) = &self.tbs.extensions {
-            if exts.iter().any(|e| e.extn_id.tag() != Tag::ObjectIdentifier) {
+            if exts
+                .iter()
+                .any(|e| e.extn_id.tag() != Tag::ObjectIdentifier)
+            {
                 return Err(CertError::Malformed("extension id is not an OID".into()));
             }
             for (i, a) in exts.iter().enumerate() {
@@ -296,9 +299,18 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for input in [&b""[..], b"\x30", b"\x30\x80", b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----", b"\x30\x03\x02\x01\x00"] {
+        for input in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x80",
+            b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----",
+            b"\x30\x03\x02\x01\x00",
+        ] {
             assert!(Certificate::parse(input).is_err());
         }
-        assert_eq!(Certificate::parse_pem_chain(b"nothing here"), Err(CertError::Empty));
+        assert_eq!(
+            Certificate::parse_pem_chain(b"nothing here"),
+            Err(CertError::Empty)
+        );
     }
 }

@@ -346,14 +346,20 @@ pin_file = "user.pin"
     fn pin_needs_exactly_one_source() {
         let none = MINIMAL.replace("pin_file = \"user.pin\"", "");
         assert!(Config::parse(&none).is_err());
-        let both = MINIMAL.replace("pin_file = \"user.pin\"", "pin_file = \"a\"\npin_env = \"B\"");
+        let both = MINIMAL.replace(
+            "pin_file = \"user.pin\"",
+            "pin_file = \"a\"\npin_env = \"B\"",
+        );
         assert!(Config::parse(&both).is_err());
     }
 
     #[test]
     fn duplicate_labels_are_refused() {
         let text = format!("{MINIMAL}\n[keys]\nroot = \"k\"\ntoken = \"k\"\n");
-        assert!(Config::parse(&text).unwrap_err().to_string().contains("two keys"));
+        assert!(Config::parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("two keys"));
     }
 
     #[test]

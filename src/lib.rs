@@ -6,11 +6,11 @@
 //! on `seb` with `default-features = false` and link no HSM or TPM code at all.
 
 pub mod authz;
-pub mod canonical;
-pub mod duration;
+pub mod backend;
 pub mod ca;
+pub mod canonical;
 pub mod cert;
 pub mod config;
+pub mod duration;
 pub mod grants;
 pub mod store;
-pub mod backend;

@@ -72,7 +72,12 @@ pub trait Store: Send + Sync {
     /// Records an issued certificate.
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
     /// Records a revocation. Revoking twice keeps the first time and reason.
-    fn revoke(&self, serial: &[u8], reason: Reason, at: SystemTime) -> Result<RevokeOutcome, StoreError>;
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: Reason,
+        at: SystemTime,
+    ) -> Result<RevokeOutcome, StoreError>;
     /// Every revocation, oldest first.
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
     /// Whether `serial` is revoked.

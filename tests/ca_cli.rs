@@ -1,6 +1,8 @@
 //! The foundation as a security team uses it: provision a token, `seb init`, issue, revoke,
 //! publish a CRL, with every certificate also checked by `openssl`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{assert_clean_failure, openssl, Hsm};
@@ -84,7 +86,10 @@ fn init_twice_refuses_and_changes_nothing() {
     assert_clean_failure(&out, "already initialised");
     assert_eq!(std::fs::read(hsm.trust("root.pem")).unwrap(), root_before);
     assert_eq!(tokens_before.len(), 8, "four key pairs");
-    assert!(dir_digest(&hsm.path("tokens")) == tokens_before, "token objects changed");
+    assert!(
+        dir_digest(&hsm.path("tokens")) == tokens_before,
+        "token objects changed"
+    );
 }
 
 #[test]
@@ -108,20 +113,38 @@ fn openssl_accepts_every_issued_chain() {
     ] {
         let cert = hsm.trust(name);
         let (ok, text) = openssl(
-            &["verify", "-purpose", purpose, "-CAfile", root, cert.to_str().unwrap()],
+            &[
+                "verify",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                root,
+                cert.to_str().unwrap(),
+            ],
             dir,
         );
         assert!(ok && text.contains(": OK"), "{name}: {text}");
     }
     let (_, tls_text) = openssl(
-        &["x509", "-in", hsm.trust("tls.pem").to_str().unwrap(), "-noout", "-text"],
+        &[
+            "x509",
+            "-in",
+            hsm.trust("tls.pem").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
         dir,
     );
     assert!(tls_text.contains("DNS:localhost"), "{tls_text}");
     assert!(tls_text.contains("IP Address:127.0.0.1"), "{tls_text}");
 
     let grants = write_grants(&hsm, GRANTS);
-    let agent = hsm.issue("agent", "CN=deploy-bot,O=example", "agent", &["--grants", &grants]);
+    let agent = hsm.issue(
+        "agent",
+        "CN=deploy-bot,O=example",
+        "agent",
+        &["--grants", &grants],
+    );
     let approver = hsm.issue(
         "approver",
         "CN=alice,O=example",
@@ -131,12 +154,22 @@ fn openssl_accepts_every_issued_chain() {
     let executor = hsm.issue("executor", "CN=k8s-executor,O=example", "executor", &[]);
     for cert in [&agent, &approver, &executor] {
         let (ok, text) = openssl(
-            &["verify", "-purpose", "sslclient", "-CAfile", root, cert.to_str().unwrap()],
+            &[
+                "verify",
+                "-purpose",
+                "sslclient",
+                "-CAfile",
+                root,
+                cert.to_str().unwrap(),
+            ],
             dir,
         );
         assert!(ok && text.contains(": OK"), "{}: {text}", cert.display());
     }
-    let (ok, text) = openssl(&["x509", "-in", agent.to_str().unwrap(), "-noout", "-text"], dir);
+    let (ok, text) = openssl(
+        &["x509", "-in", agent.to_str().unwrap(), "-noout", "-text"],
+        dir,
+    );
     assert!(ok, "{text}");
     assert!(
         text.contains("2.25.57569389650057206723867454425930272143.1:"),
@@ -147,9 +180,15 @@ fn openssl_accepts_every_issued_chain() {
         "sebRole must show:\n{text}"
     );
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
-    assert!(text.contains("Subject: O = example, CN = deploy-bot"), "{text}");
+    assert!(
+        text.contains("Subject: O = example, CN = deploy-bot"),
+        "{text}"
+    );
     // Serial: positive, at most 20 octets.
-    let (_, serial) = openssl(&["x509", "-in", agent.to_str().unwrap(), "-noout", "-serial"], dir);
+    let (_, serial) = openssl(
+        &["x509", "-in", agent.to_str().unwrap(), "-noout", "-serial"],
+        dir,
+    );
     let hex = serial.trim().trim_start_matches("serial=");
     assert!(hex.len() <= 40 && !hex.is_empty(), "{hex}");
     assert!(u8::from_str_radix(&hex[..2], 16).unwrap() < 0x80, "{hex}");
@@ -185,7 +224,10 @@ fn grants_round_trip_through_a_certificate() {
     let mut groups = role.groups.clone();
     groups.sort();
     assert_eq!(groups, ["dba", "sre-leads"]);
-    assert!(cert.extension(SEB_GRANTS_OID).is_none(), "approvers carry no grants");
+    assert!(
+        cert.extension(SEB_GRANTS_OID).is_none(),
+        "approvers carry no grants"
+    );
 }
 
 #[test]
@@ -201,7 +243,14 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
         .unwrap()
         .serial_hex();
 
-    let out = hsm.seb_ok(&["cert", "revoke", "--serial", &serial, "--reason", "key-compromise"]);
+    let out = hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
     assert!(out.contains("revoked"), "{out}");
     let again = hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     assert!(again.contains("already revoked"), "{again}");
@@ -217,12 +266,28 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
     assert!(text.contains("Next Update"), "{text}");
 
     let (ok, text) = openssl(
-        &["verify", "-crl_check", "-CRLfile", crl, "-CAfile", root, agent.to_str().unwrap()],
+        &[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            crl,
+            "-CAfile",
+            root,
+            agent.to_str().unwrap(),
+        ],
         dir,
     );
     assert!(!ok && text.contains("certificate revoked"), "{text}");
     let (ok, text) = openssl(
-        &["verify", "-crl_check", "-CRLfile", crl, "-CAfile", root, other.to_str().unwrap()],
+        &[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            crl,
+            "-CAfile",
+            root,
+            other.to_str().unwrap(),
+        ],
         dir,
     );
     assert!(ok, "an unrevoked certificate still verifies: {text}");
@@ -230,8 +295,14 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
     // CRL numbers grow.
     let crl2 = hsm.path("crl2.pem");
     hsm.seb_ok(&["crl", "--out", crl2.to_str().unwrap()]);
-    let (_, text) = openssl(&["crl", "-in", crl2.to_str().unwrap(), "-noout", "-crlnumber"], dir);
-    assert!(text.contains("crlNumber=0x02") || text.contains("crlNumber=02"), "{text}");
+    let (_, text) = openssl(
+        &["crl", "-in", crl2.to_str().unwrap(), "-noout", "-crlnumber"],
+        dir,
+    );
+    assert!(
+        text.contains("crlNumber=0x02") || text.contains("crlNumber=02"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -240,25 +311,50 @@ fn bad_csrs_are_refused_cleanly() {
     let grants = write_grants(&hsm, GRANTS);
     let issue = |csr: &std::path::Path| {
         hsm.seb(&[
-            "cert", "issue", "--csr", csr.to_str().unwrap(), "--grants", &grants, "--role",
-            "agent", "--ttl", "1d", "--out", hsm.path("x.pem").to_str().unwrap(),
+            "cert",
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--grants",
+            &grants,
+            "--role",
+            "agent",
+            "--ttl",
+            "1d",
+            "--out",
+            hsm.path("x.pem").to_str().unwrap(),
         ])
     };
     let garbage = hsm.path("garbage.csr");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .unwrap();
     assert_clean_failure(&issue(&garbage), "malformed certificate signing request");
     std::fs::write(&garbage, [0x30, 0x82, 0xff, 0xff, 0x01]).unwrap();
     assert_clean_failure(&issue(&garbage), "malformed certificate signing request");
 
     // A well-formed CSR whose signature was made by another key.
     hsm.seb_ok(&[
-        "keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr",
-        hsm.path("a.csr").to_str().unwrap(), "--subject", "CN=a",
+        "keygen",
+        "--out-key",
+        hsm.path("a.key").to_str().unwrap(),
+        "--out-csr",
+        hsm.path("a.csr").to_str().unwrap(),
+        "--subject",
+        "CN=a",
     ]);
     let pem = std::fs::read_to_string(hsm.path("a.csr")).unwrap();
     let (ok, der) = {
         let out = std::process::Command::new("openssl")
-            .args(["req", "-in", hsm.path("a.csr").to_str().unwrap(), "-outform", "DER"])
+            .args([
+                "req",
+                "-in",
+                hsm.path("a.csr").to_str().unwrap(),
+                "-outform",
+                "DER",
+            ])
             .output()
             .unwrap();
         (out.status.success(), out.stdout)
@@ -279,8 +375,13 @@ fn bad_options_are_refused_cleanly() {
     let hsm = Hsm::initialised();
     let grants = write_grants(&hsm, GRANTS);
     hsm.seb_ok(&[
-        "keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr",
-        hsm.path("a.csr").to_str().unwrap(), "--subject", "CN=a",
+        "keygen",
+        "--out-key",
+        hsm.path("a.key").to_str().unwrap(),
+        "--out-csr",
+        hsm.path("a.csr").to_str().unwrap(),
+        "--subject",
+        "CN=a",
     ]);
     let csr = hsm.path("a.csr").display().to_string();
     let out = hsm.path("a.pem").display().to_string();
@@ -303,8 +404,14 @@ fn bad_options_are_refused_cleanly() {
     );
     assert_clean_failure(&run(&["--role", "agent", "--ttl", "1d"]), "needs --grants");
     assert_clean_failure(&run(&["--role", "approver", "--ttl", "1d"]), "--group");
-    let typo = write_grants(&hsm, "[[grant]]\noperation = \"a.b\"\nresourse = \"x\"\nmax_ttl = \"1s\"\n");
-    assert_clean_failure(&run(&["--grants", &typo, "--role", "agent", "--ttl", "1d"]), "invalid grants file");
+    let typo = write_grants(
+        &hsm,
+        "[[grant]]\noperation = \"a.b\"\nresourse = \"x\"\nmax_ttl = \"1s\"\n",
+    );
+    assert_clean_failure(
+        &run(&["--grants", &typo, "--role", "agent", "--ttl", "1d"]),
+        "invalid grants file",
+    );
     assert!(!hsm.path("a.pem").exists());
 
     assert_clean_failure(&hsm.seb(&["cert", "revoke", "--serial", "zz"]), "not hex");
@@ -313,11 +420,27 @@ fn bad_options_are_refused_cleanly() {
         "unknown reason",
     );
     assert_clean_failure(
-        &hsm.seb(&["keygen", "--out-key", hsm.path("a.key").to_str().unwrap(), "--out-csr", "b.csr", "--subject", "CN=b"]),
+        &hsm.seb(&[
+            "keygen",
+            "--out-key",
+            hsm.path("a.key").to_str().unwrap(),
+            "--out-csr",
+            "b.csr",
+            "--subject",
+            "CN=b",
+        ]),
         "refusing to overwrite",
     );
     assert_clean_failure(
-        &hsm.seb(&["keygen", "--out-key", "c.key", "--out-csr", "c.csr", "--subject", "O=no-cn"]),
+        &hsm.seb(&[
+            "keygen",
+            "--out-key",
+            "c.key",
+            "--out-csr",
+            "c.csr",
+            "--subject",
+            "O=no-cn",
+        ]),
         "common name",
     );
 }
@@ -334,7 +457,10 @@ fn device_and_config_problems_are_clear_errors() {
     let write = |text: String| {
         let path = other_dir.path().join("seb.toml");
         std::fs::write(&path, text).unwrap();
-        common::seb(&["--config", path.to_str().unwrap(), "init"], other_dir.path())
+        common::seb(
+            &["--config", path.to_str().unwrap(), "init"],
+            other_dir.path(),
+        )
     };
     let abs = |s: &str| s.replace("\"user.pin\"", &format!("{:?}", hsm.path("user.pin")));
     let fixed_pin = hsm.path("good.pin");
@@ -343,7 +469,8 @@ fn device_and_config_problems_are_clear_errors() {
     let missing_module = abs(&config).replace(&common::module(), "/nonexistent/libpkcs11.so");
     assert_clean_failure(&write(missing_module), "cannot load the PKCS#11 module");
 
-    let missing_token = abs(&config).replace("token_label = \"seb\"", "token_label = \"no-such-token\"");
+    let missing_token =
+        abs(&config).replace("token_label = \"seb\"", "token_label = \"no-such-token\"");
     assert_clean_failure(&write(missing_token), "no token labelled \"no-such-token\"");
 
     let typo = config.replace("token_label", "token_lable");

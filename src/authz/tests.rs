@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use super::*;
-use crate::grants::{Constraint, GrantSet, testing};
+use crate::grants::{testing, Constraint, GrantSet};
 
 const GRANTS: &str = r#"
 [[grant]]   # 0
@@ -969,11 +969,10 @@ fn deny_codes_are_stable_and_unique() {
     let codes: HashSet<&str> = DenyCode::ALL.iter().map(DenyCode::as_str).collect();
     assert_eq!(codes.len(), DenyCode::ALL.len());
     for c in DenyCode::ALL {
-        assert!(
-            c.as_str()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_')
-        );
+        assert!(c
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_'));
         assert_eq!(c.to_string(), c.as_str());
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use der::{Decode, Encode};
@@ -176,7 +178,9 @@ impl Pkcs11Backend {
                 Err(_) => {
                     // Someone still holds the old context; leave it (its sessions die with it)
                     // rather than finalise the library under their feet.
-                    tracing::error!("PKCS#11 context still in use after drain timeout; not finalising");
+                    tracing::error!(
+                        "PKCS#11 context still in use after drain timeout; not finalising"
+                    );
                     return;
                 }
             }
@@ -213,8 +217,13 @@ impl KeyBackend for Pkcs11Backend {
 
     fn ping(&self) -> Result<(), BackendError> {
         self.with_device("ping", |device| {
-            let session = device.anchor.lock().map_err(|_| Failure::Backend(poisoned()))?;
-            session.get_session_info().map_err(|e| Failure::Ck("session info", e))?;
+            let session = device
+                .anchor
+                .lock()
+                .map_err(|_| Failure::Backend(poisoned()))?;
+            session
+                .get_session_info()
+                .map_err(|e| Failure::Ck("session info", e))?;
             Ok(())
         })
     }
@@ -283,7 +292,9 @@ impl Device {
         let pin = cryptoki::types::AuthPin::from(settings.pin.expose_secret());
         match anchor.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => return Err(BackendError::PinIncorrect),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(BackendError::PinIncorrect)
+            }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => return Err(BackendError::PinLocked),
             Err(e) => return Err(unavailable("login", e)),
         }
@@ -320,7 +331,10 @@ impl Device {
     }
 
     fn generate(&self, label: &str, algorithm: KeyAlgorithm) -> Result<PublicKey, Failure> {
-        let session = self.anchor.lock().map_err(|_| Failure::Backend(poisoned()))?;
+        let session = self
+            .anchor
+            .lock()
+            .map_err(|_| Failure::Backend(poisoned()))?;
         let existing = find(&session, label, ObjectClass::PRIVATE_KEY)?.len()
             + find(&session, label, ObjectClass::PUBLIC_KEY)?.len();
         if existing > 0 {
@@ -354,7 +368,11 @@ impl Device {
             Attribute::Id(id),
         ];
         let (public, _private) = session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_template,
+                &private_template,
+            )
             .map_err(|e| Failure::Ck("C_GenerateKeyPair", e))?;
         let key = read_public_key(&session, public, label)?;
         tracing::info!(label, %algorithm, "generated key pair inside the token");
@@ -371,7 +389,10 @@ impl Device {
         {
             return Ok(entry.clone());
         }
-        let session = self.anchor.lock().map_err(|_| Failure::Backend(poisoned()))?;
+        let session = self
+            .anchor
+            .lock()
+            .map_err(|_| Failure::Backend(poisoned()))?;
         let private = single(find(&session, label, ObjectClass::PRIVATE_KEY)?, label)?;
         let public = single(find(&session, label, ObjectClass::PUBLIC_KEY)?, label)?;
         let entry = KeyEntry {
@@ -425,7 +446,10 @@ impl Device {
 
     fn protection(&self, label: &str) -> Result<KeyProtection, Failure> {
         let entry = self.key(label)?;
-        let session = self.anchor.lock().map_err(|_| Failure::Backend(poisoned()))?;
+        let session = self
+            .anchor
+            .lock()
+            .map_err(|_| Failure::Backend(poisoned()))?;
         let attributes = session
             .get_attributes(
                 entry.private,
@@ -458,7 +482,8 @@ impl Device {
         let info = session
             .get_attribute_info(entry.private, &[AttributeType::Value])
             .map_err(|e| Failure::Ck("C_GetAttributeValue(size)", e))?;
-        protection.private_value_readable = matches!(info.first(), Some(AttributeInfo::Available(_)));
+        protection.private_value_readable =
+            matches!(info.first(), Some(AttributeInfo::Available(_)));
         Ok(protection)
     }
 
@@ -540,7 +565,11 @@ fn single(handles: Vec<ObjectHandle>, label: &str) -> Result<ObjectHandle, Failu
     }
 }
 
-fn read_public_key(session: &Session, handle: ObjectHandle, label: &str) -> Result<PublicKey, Failure> {
+fn read_public_key(
+    session: &Session,
+    handle: ObjectHandle,
+    label: &str,
+) -> Result<PublicKey, Failure> {
     let attributes = session
         .get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])
         .map_err(|e| Failure::Ck("C_GetAttributeValue", e))?;

@@ -38,10 +38,16 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCsr, CaError> {
     let digest: Vec<u8> = match req.algorithm.oid {
         ECDSA_SHA256 => <sha2::Sha256 as sha2::Digest>::digest(&info_der).to_vec(),
         ECDSA_SHA384 => <sha2::Sha384 as sha2::Digest>::digest(&info_der).to_vec(),
-        other => return Err(CaError::UnsupportedKey(format!("signature algorithm {other}"))),
+        other => {
+            return Err(CaError::UnsupportedKey(format!(
+                "signature algorithm {other}"
+            )))
+        }
     };
     if req.algorithm.parameters.is_some() {
-        return Err(CaError::MalformedCsr("ECDSA signature algorithm with parameters".into()));
+        return Err(CaError::MalformedCsr(
+            "ECDSA signature algorithm with parameters".into(),
+        ));
     }
     let signature = req
         .signature
@@ -67,7 +73,7 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCsr, CaError> {
             let key = p256::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
                 .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
             let sig = p256::ecdsa::DerSignature::from_bytes(signature)
-                .and_then(|s| p256::ecdsa::Signature::try_from(s))
+                .and_then(p256::ecdsa::Signature::try_from)
                 .map_err(|_| CaError::CsrSignature)?;
             key.verify_prehash(&digest, &sig).is_ok()
         }
@@ -76,7 +82,7 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCsr, CaError> {
             let key = p384::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
                 .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
             let sig = p384::ecdsa::DerSignature::from_bytes(signature)
-                .and_then(|s| p384::ecdsa::Signature::try_from(s))
+                .and_then(p384::ecdsa::Signature::try_from)
                 .map_err(|_| CaError::CsrSignature)?;
             key.verify_prehash(&digest, &sig).is_ok()
         }
@@ -168,7 +174,10 @@ mod tests {
             b"\x30\x03\x02\x01\x01trailing",
             b"not a csr at all",
         ] {
-            assert!(matches!(verify(input), Err(CaError::MalformedCsr(_))), "{input:?}");
+            assert!(
+                matches!(verify(input), Err(CaError::MalformedCsr(_))),
+                "{input:?}"
+            );
         }
     }
 
@@ -176,7 +185,10 @@ mod tests {
     fn trailing_bytes_after_der_are_refused() {
         use der::DecodePem;
         let made = generate(parse_subject("CN=a").unwrap()).unwrap();
-        let mut der = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap().to_der().unwrap();
+        let mut der = CertReq::from_pem(made.csr_pem.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap();
         der.push(0);
         assert!(matches!(verify(&der), Err(CaError::MalformedCsr(_))));
     }

@@ -51,7 +51,12 @@ pub(crate) fn extensions(
 ) -> Result<Vec<Extension>, der::Error> {
     let mut out: Vec<x509_cert::ext::Extension> = Vec::new();
     let (ca, path_len, usage, eku) = match kind {
-        CertKind::Root => (true, None, KeyUsages::KeyCertSign | KeyUsages::CRLSign, None),
+        CertKind::Root => (
+            true,
+            None,
+            KeyUsages::KeyCertSign | KeyUsages::CRLSign,
+            None,
+        ),
         CertKind::Intermediate { path_len } => (
             true,
             *path_len,
@@ -85,8 +90,8 @@ pub(crate) fn extensions(
     }
     let ski = SubjectKeyIdentifier::try_from(spk).map_err(|_| der::Tag::BitString.value_error())?;
     out.push(ski.to_extension(subject, &out)?);
-    let issuer_ski =
-        SubjectKeyIdentifier::try_from(issuer_spk).map_err(|_| der::Tag::BitString.value_error())?;
+    let issuer_ski = SubjectKeyIdentifier::try_from(issuer_spk)
+        .map_err(|_| der::Tag::BitString.value_error())?;
     out.push(
         AuthorityKeyIdentifier {
             key_identifier: Some(issuer_ski.0),

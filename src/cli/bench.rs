@@ -100,7 +100,8 @@ pub fn sign_rate(
 fn issue_latency(config: &Config, count: usize) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
-    let root = seb::cert::Certificate::parse(&super::read_file(&config.trust_dir().join("root.pem"))?)?;
+    let root =
+        seb::cert::Certificate::parse(&super::read_file(&config.trust_dir().join("root.pem"))?)?;
     let made = csr::generate(ca::parse_subject("CN=bench-agent")?)?;
     let verified = csr::verify(made.csr_pem.as_bytes())?;
     let grants = GrantSet::from_toml_str(

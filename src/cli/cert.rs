@@ -83,7 +83,11 @@ pub struct CrlArgs {
 /// Generates a key pair and CSR for a requester.
 pub fn keygen(args: KeygenArgs) -> CliResult {
     if args.out_key.exists() {
-        return Err(format!("{} exists; refusing to overwrite a key", args.out_key.display()).into());
+        return Err(format!(
+            "{} exists; refusing to overwrite a key",
+            args.out_key.display()
+        )
+        .into());
     }
     let subject = ca::parse_subject(&args.subject)?;
     let made = csr::generate(subject)?;
@@ -162,7 +166,11 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let serial = parse_serial(&args.serial)?;
     let reason = Reason::parse(&args.reason).ok_or_else(|| {
         let names: Vec<&str> = Reason::ALL.iter().map(|(n, _)| *n).collect();
-        format!("unknown reason {:?} (one of {})", args.reason, names.join(", "))
+        format!(
+            "unknown reason {:?} (one of {})",
+            args.reason,
+            names.join(", ")
+        )
     })?;
     let store = open_store(config)?;
     match store.revoke(&serial, reason, SystemTime::now())? {
@@ -175,7 +183,10 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
             reason.as_str()
         ),
         RevokeOutcome::AlreadyRevoked => {
-            println!("{} was already revoked; nothing changed", hex::encode(&serial))
+            println!(
+                "{} was already revoked; nothing changed",
+                hex::encode(&serial)
+            )
         }
     }
     Ok(())

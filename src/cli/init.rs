@@ -133,7 +133,10 @@ pub fn keys(config: &Config) -> CliResult {
     Ok(())
 }
 
-fn spki_of(backend: &dyn KeyBackend, label: &str) -> Result<SubjectPublicKeyInfoOwned, super::CliError> {
+fn spki_of(
+    backend: &dyn KeyBackend,
+    label: &str,
+) -> Result<SubjectPublicKeyInfoOwned, super::CliError> {
     use der::Decode;
     let der = backend.public_key(label)?.to_spki_der()?;
     Ok(SubjectPublicKeyInfoOwned::from_der(&der)?)

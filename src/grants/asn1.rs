@@ -9,7 +9,7 @@ use std::time::Duration;
 use der::{Choice, Decode, Encode, Enumerated, Sequence};
 
 use super::{
-    ApprovalRule, Constraint, Grant, GrantError, GrantSet, MAX_DER_LEN, Role, RoleKind, Scalar,
+    ApprovalRule, Constraint, Grant, GrantError, GrantSet, Role, RoleKind, Scalar, MAX_DER_LEN,
 };
 
 const GRANTS: &str = "sebGrants";

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use super::{ApprovalRule, Constraint, Grant, GrantError, GrantSet, Scalar, syntax};
+use super::{syntax, ApprovalRule, Constraint, Grant, GrantError, GrantSet, Scalar};
 use crate::duration;
 
 #[derive(Deserialize)]

@@ -230,7 +230,10 @@ mod tests {
         assert_eq!(store.next_crl_number().unwrap(), 2);
         drop(store);
         assert_eq!(
-            SqliteStore::open(dir.path()).unwrap().next_crl_number().unwrap(),
+            SqliteStore::open(dir.path())
+                .unwrap()
+                .next_crl_number()
+                .unwrap(),
             3
         );
     }

@@ -5,7 +5,7 @@
 //! `softhsm-setup/provision.sh` that operators use, so tests run in parallel and clean up.
 //! A missing SoftHSM2 makes the test fail loudly; nothing is skipped.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -70,7 +70,10 @@ impl Hsm {
     pub fn seb(&self, args: &[&str]) -> Output {
         let mut full = vec!["--config".to_owned(), self.config().display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
-        seb(&full.iter().map(String::as_str).collect::<Vec<_>>(), self.dir.path())
+        seb(
+            &full.iter().map(String::as_str).collect::<Vec<_>>(),
+            self.dir.path(),
+        )
     }
 
     /// Runs seb and asserts success; returns stdout.
@@ -142,7 +145,10 @@ pub fn assert_success(out: &Output, what: &str) {
 /// Asserts a clean failure: non-zero exit, `needle` in stderr, and no panic.
 pub fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{stderr}"
+    );
     assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
     assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
     assert!(

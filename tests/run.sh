@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: installs missing system packages, checks the build without device
+# code (the offline verifier an executor links), lints, then runs every test with nextest
+# (each test in its own process, each device test with its own SoftHSM2 token / swtpm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/install-deps.sh
+
+echo "== build without default features (offline verifier only)"
+cargo build --locked --lib --no-default-features
+
+echo "== clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== tests"
+cargo nextest run --locked --no-fail-fast
