@@ -14,3 +14,4 @@ pub mod config;
 pub mod duration;
 pub mod grants;
 pub mod store;
+pub mod token;
