@@ -69,6 +69,32 @@ pub struct Config {
     /// HTTPS listener.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Issuance policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Issuance policy the security team controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Longest token lifetime, whatever a grant allows.
+    #[serde(with = "duration_str")]
+    pub max_token_ttl: Duration,
+    /// The policy epoch stamped into every token; executors refuse older epochs.
+    pub epoch: u64,
+    /// When true the broker issues nothing (the red button).
+    pub frozen: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_token_ttl: Duration::from_secs(60),
+            epoch: 1,
+            frozen: false,
+        }
+    }
 }
 
 /// Which device holds the keys. Tagged by `type`.
@@ -216,12 +242,31 @@ impl Default for CaConfig {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Time limit for one request, from headers read to response.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// Sustained requests per second allowed per client certificate.
+    pub rate_limit_per_second: u32,
+    /// Burst allowed per client certificate above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Most concurrent TLS connections.
+    pub max_connections: usize,
+    /// Whether TLS session resumption is offered (it skips the HSM signature).
+    pub tls_resumption: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            max_connections: 1024,
+            tls_resumption: true,
         }
     }
 }

@@ -7,11 +7,18 @@
 
 pub mod authz;
 pub mod backend;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod ca;
 pub mod canonical;
 pub mod cert;
+pub mod chain;
+#[cfg(feature = "broker")]
+pub mod client;
 pub mod config;
 pub mod duration;
 pub mod grants;
+#[cfg(feature = "broker")]
+pub mod server;
 pub mod store;
 pub mod token;

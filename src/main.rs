@@ -36,9 +36,14 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
-    /// Measure the HSM and the CA.
+    /// Measure the HSM, the CA and the broker.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Run the broker (HTTPS with client certificates) until SIGTERM.
+    Serve,
+    /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
+    /// approval, 1 denied or error.
+    Request(cli::serve::RequestArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,11 @@ fn main() -> ExitCode {
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::Bench(b) => cli::with_config(args.config.as_deref(), |c| cli::bench::run(c, b)),
+        Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
+        Command::Request(a) => match cli::serve::request(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,8 +67,101 @@ pub enum RevokeOutcome {
     AlreadyRevoked,
 }
 
+/// Status of an execution request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// A token was issued.
+    Granted,
+    /// Waiting for approvals.
+    PendingApproval,
+    /// Refused.
+    Denied,
+}
+
+impl ExecutionStatus {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Granted => "granted",
+            ExecutionStatus::PendingApproval => "pending_approval",
+            ExecutionStatus::Denied => "denied",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "granted" => Some(ExecutionStatus::Granted),
+            "pending_approval" => Some(ExecutionStatus::PendingApproval),
+            "denied" => Some(ExecutionStatus::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// One execution request as the broker recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionRecord {
+    /// Random request id (base64url).
+    pub request_id: String,
+    /// SHA-256 thumbprint of the agent certificate (base64url).
+    pub agent: String,
+    /// Agent subject.
+    pub agent_subject: String,
+    /// Operation.
+    pub operation: String,
+    /// Resource.
+    pub resource: String,
+    /// JCS of the params.
+    pub params: String,
+    /// base64url request digest.
+    pub request_digest: String,
+    /// Status.
+    pub status: ExecutionStatus,
+    /// Deny code, for denied requests.
+    pub deny_code: Option<String>,
+    /// Approvals the grant requires.
+    pub approvals_required: u32,
+    /// The token id, for granted requests.
+    pub jti: Option<String>,
+    /// The token, for granted requests (bound to the agent certificate by `cnf`).
+    pub token: Option<String>,
+    /// Token or request expiry.
+    pub expires_at: Option<SystemTime>,
+    /// When the request arrived.
+    pub created_at: SystemTime,
+}
+
+/// What `redeem` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    /// First redemption: the executor may act.
+    Redeemed,
+    /// Redeemed before (at that time); the executor must not act.
+    AlreadyRedeemed {
+        /// When it was first redeemed.
+        at: SystemTime,
+    },
+    /// No token with that id was issued by this broker's store.
+    Unknown,
+}
+
 /// The broker's durable state.
 pub trait Store: Send + Sync {
+    /// Records an execution request and, for a granted one, its token id (single-use state).
+    /// Durable when it returns; many concurrent calls share one commit.
+    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
+    /// The execution request with this id.
+    fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError>;
+    /// Marks token `jti` redeemed by `executor`, exactly once across restarts and replicas
+    /// sharing the store.
+    fn redeem(
+        &self,
+        jti: &str,
+        executor: &str,
+        at: SystemTime,
+    ) -> Result<RedeemOutcome, StoreError>;
+    /// A write-and-rollback round trip, for readiness checks.
+    fn check_writable(&self) -> Result<(), StoreError>;
     /// Records an issued certificate.
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
     /// Records a revocation. Revoking twice keeps the first time and reason.

@@ -1,13 +1,23 @@
 //! The embedded store: one SQLite database (`seb.db`) in the state directory, in WAL mode with
 //! `synchronous=FULL`, so a committed write survives a crash or power loss.
+//!
+//! Every write goes through one writer thread that practises group commit: it takes all the
+//! writes waiting at that moment, runs each in its own savepoint inside one transaction, and
+//! commits once, so a burst of token issuances costs one fsync rather than one each. A caller
+//! returns only after the commit that holds its write. Reads use a separate connection (WAL
+//! readers never wait for the writer).
 
 use std::path::Path;
+use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{IssuedCertificate, RevokeOutcome, Store, StoreError};
+use super::{
+    ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome, Store,
+    StoreError,
+};
 use crate::ca::crl::{Reason, Revocation};
 
 const SCHEMA: &str = "
@@ -29,16 +39,64 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS executions (
+    request_id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    agent_subject TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    params TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deny_code TEXT,
+    approvals_required INTEGER NOT NULL,
+    jti TEXT UNIQUE,
+    token TEXT,
+    expires_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS redemptions (
+    jti TEXT PRIMARY KEY,
+    executor TEXT NOT NULL,
+    redeemed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 ";
+
+/// Most writes one commit carries.
+const MAX_BATCH: usize = 512;
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: given the connection inside an open transaction, runs and returns what to do once
+/// the commit is known; given `None` (the transaction could not start), runs nothing.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Ok(mut writer) = self.writer.lock() {
+            if let Some(handle) = writer.take() {
+                let _ = handle.join();
+            }
+        }
     }
 }
 
@@ -51,39 +109,145 @@ impl SqliteStore {
             source: e,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
-        let conn = Connection::open(&path).map_err(|e| open_err(Box::new(e)))?;
-        conn.busy_timeout(Duration::from_secs(5))
+        let connect = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            Ok(conn)
+        };
+        let writer_conn = connect().map_err(|e| open_err(Box::new(e)))?;
+        writer_conn
+            .execute_batch(SCHEMA)
             .map_err(|e| open_err(Box::new(e)))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| open_err(Box::new(e)))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| open_err(Box::new(e)))?;
-        conn.execute_batch(SCHEMA)
+        let reader = connect().map_err(|e| open_err(Box::new(e)))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("seb-store-writer".into())
+            .spawn(move || write_loop(writer_conn, rx))
             .map_err(|e| open_err(Box::new(e)))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(reader),
         })
     }
 
-    fn with<T>(
+    /// Runs `f` in the writer's next commit and returns its result once committed.
+    fn write<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Io {
+        let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let outcome = match conn {
+                Some(conn) => run_in_savepoint(conn, f).map_err(Some),
+                None => Err(None),
+            };
+            Box::new(move |commit: Result<(), String>| {
+                let result = match (outcome, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(Some(e)), _) => Err(StoreError::Io {
+                        operation,
+                        source: Box::new(e),
+                    }),
+                    (Err(None), commit) => Err(StoreError::Io {
+                        operation,
+                        source: format!(
+                            "cannot start a transaction: {}",
+                            commit.err().unwrap_or_default()
+                        )
+                        .into(),
+                    }),
+                    (Ok(_), Err(e)) => Err(StoreError::Io {
+                        operation,
+                        source: format!("commit failed: {e}").into(),
+                    }),
+                };
+                let _ = tx.send(result);
+            })
+        });
+        let gone = || StoreError::Io {
+            operation,
+            source: "the store writer has stopped".into(),
+        };
+        {
+            let jobs = self.jobs.lock().map_err(|_| gone())?;
+            jobs.as_ref()
+                .ok_or_else(gone)?
+                .send(job)
+                .map_err(|_| gone())?;
+        }
+        rx.recv().map_err(|_| gone())?
+    }
+
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader.lock().map_err(|_| StoreError::Io {
             operation,
             source: "store lock poisoned".into(),
         })?;
-        f(&mut conn).map_err(|e| StoreError::Io {
+        f(&conn).map_err(|e| StoreError::Io {
             operation,
             source: Box::new(e),
         })
     }
 }
 
+fn run_in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+/// The writer thread: batches waiting jobs into one transaction each.
+fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = e.to_string();
+            for job in batch {
+                job(None)(Err(message.clone()));
+            }
+            let _ = conn.execute_batch("ROLLBACK");
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(&conn))).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for done in completions {
+            done(commit.clone());
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError> {
-        self.with("record issued certificate", |c| {
+        let cert = cert.clone();
+        self.write("record issued certificate", move |c| {
             c.execute(
                 "INSERT INTO issued (serial, subject, role, issuer_label, not_after, issued_at, pem)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -107,26 +271,25 @@ impl Store for SqliteStore {
         reason: Reason,
         at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError> {
-        self.with("revoke", |c| {
-            let tx = c.transaction()?;
-            let already: Option<i64> = tx
-                .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [serial], |r| {
+        let serial = serial.to_vec();
+        self.write("revoke", move |c| {
+            let already: Option<i64> = c
+                .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [&serial], |r| {
                     r.get(0)
                 })
                 .optional()?;
             if already.is_some() {
                 return Ok(RevokeOutcome::AlreadyRevoked);
             }
-            let known: Option<i64> = tx
-                .query_row("SELECT 1 FROM issued WHERE serial = ?1", [serial], |r| {
+            let known: Option<i64> = c
+                .query_row("SELECT 1 FROM issued WHERE serial = ?1", [&serial], |r| {
                     r.get(0)
                 })
                 .optional()?;
-            tx.execute(
+            c.execute(
                 "INSERT INTO revoked (serial, reason, revoked_at) VALUES (?1, ?2, ?3)",
                 params![serial, reason.as_str(), unix(at)],
             )?;
-            tx.commit()?;
             Ok(RevokeOutcome::Revoked {
                 known: known.is_some(),
             })
@@ -134,7 +297,7 @@ impl Store for SqliteStore {
     }
 
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        let rows: Vec<(Vec<u8>, String, i64)> = self.with("list revocations", |c| {
+        let rows: Vec<(Vec<u8>, String, i64)> = self.read("list revocations", |c| {
             let mut stmt = c.prepare(
                 "SELECT serial, reason, revoked_at FROM revoked ORDER BY revoked_at, serial",
             )?;
@@ -155,32 +318,173 @@ impl Store for SqliteStore {
     }
 
     fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError> {
-        self.with("check revocation", |c| {
-            c.query_row("SELECT 1 FROM revoked WHERE serial = ?1", [serial], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map(|row| row.is_some())
+        self.read("check revocation", |c| {
+            c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
+                .query_row([serial], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|row| row.is_some())
         })
     }
 
     fn next_crl_number(&self) -> Result<u64, StoreError> {
-        let value: i64 = self.with("allocate CRL number", |c| {
-            let tx = c.transaction()?;
-            tx.execute(
+        let value: i64 = self.write("allocate CRL number", |c| {
+            c.execute(
                 "INSERT INTO counters (name, value) VALUES ('crl_number', 1)
                  ON CONFLICT(name) DO UPDATE SET value = value + 1",
                 [],
             )?;
-            let v = tx.query_row(
+            c.query_row(
                 "SELECT value FROM counters WHERE name = 'crl_number'",
                 [],
                 |r| r.get(0),
-            )?;
-            tx.commit()?;
-            Ok(v)
+            )
         })?;
         u64::try_from(value).map_err(|_| StoreError::Corrupt("negative CRL number".into()))
+    }
+
+    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.write("record execution", move |c| {
+            c.prepare_cached(
+                "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
+                    params, request_digest, status, deny_code, approvals_required, jti, token,
+                    expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                r.request_id,
+                r.agent,
+                r.agent_subject,
+                r.operation,
+                r.resource,
+                r.params,
+                r.request_digest,
+                r.status.as_str(),
+                r.deny_code,
+                r.approvals_required,
+                r.jti,
+                r.token,
+                r.expires_at.map(unix),
+                unix(r.created_at),
+            ])
+            .map(|_| ())
+        })
+    }
+
+    fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            u32,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i64,
+        );
+        let row: Option<Row> = self.read("read execution", |c| {
+            c.prepare_cached(
+                "SELECT request_id, agent, agent_subject, operation, resource, params,
+                    request_digest, status, deny_code, approvals_required, jti, token,
+                    expires_at, created_at
+                 FROM executions WHERE request_id = ?1",
+            )?
+            .query_row([request_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                ))
+            })
+            .optional()
+        })?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(ExecutionRecord {
+            request_id: r.0,
+            agent: r.1,
+            agent_subject: r.2,
+            operation: r.3,
+            resource: r.4,
+            params: r.5,
+            request_digest: r.6,
+            status: ExecutionStatus::parse(&r.7)
+                .ok_or_else(|| StoreError::Corrupt(format!("execution status {:?}", r.7)))?,
+            deny_code: r.8,
+            approvals_required: r.9,
+            jti: r.10,
+            token: r.11,
+            expires_at: r.12.map(from_unix).transpose()?,
+            created_at: from_unix(r.13)?,
+        }))
+    }
+
+    fn redeem(
+        &self,
+        jti: &str,
+        executor: &str,
+        at: SystemTime,
+    ) -> Result<RedeemOutcome, StoreError> {
+        let (jti, executor) = (jti.to_owned(), executor.to_owned());
+        let (redeemed_at, known): (Option<i64>, bool) = self.write("redeem token", move |c| {
+            let known = c
+                .prepare_cached("SELECT 1 FROM executions WHERE jti = ?1")?
+                .query_row([&jti], |r| r.get::<_, i64>(0))
+                .optional()?
+                .is_some();
+            if !known {
+                return Ok((None, false));
+            }
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(jti) DO NOTHING",
+                )?
+                .execute(params![jti, executor, unix(at)])?;
+            if inserted == 1 {
+                return Ok((None, true));
+            }
+            let first: i64 = c.query_row(
+                "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
+                [&jti],
+                |r| r.get(0),
+            )?;
+            Ok((Some(first), true))
+        })?;
+        Ok(match (known, redeemed_at) {
+            (false, _) => RedeemOutcome::Unknown,
+            (true, None) => RedeemOutcome::Redeemed,
+            (true, Some(first)) => RedeemOutcome::AlreadyRedeemed {
+                at: from_unix(first)?,
+            },
+        })
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.write("health check write", |c| {
+            c.execute(
+                "INSERT INTO health (id, at) VALUES (1, ?1)
+                 ON CONFLICT(id) DO UPDATE SET at = excluded.at",
+                [unix(SystemTime::now())],
+            )
+            .map(|_| ())
+        })
     }
 }
 

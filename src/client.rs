@@ -1,0 +1,209 @@
+//! A small HTTPS client for the broker's API with a client certificate: used by `seb request`,
+//! `seb bench` and the end-to-end tests.
+//!
+//! It keeps one keep-alive HTTP/1.1 connection. It pins the broker's root from a file and
+//! never falls back to system trust. The agent's key is the agent's own (a file), not a broker
+//! key.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::RootCertStore;
+
+/// Client failures, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A file could not be read or parsed.
+    #[error("{0}")]
+    Input(String),
+    /// The broker URL is not `https://host:port`.
+    #[error("invalid broker URL {0:?}: expected https://host:port")]
+    Url(String),
+    /// Connecting or the TLS handshake failed.
+    #[error("cannot connect to the broker")]
+    Connect(#[source] std::io::Error),
+    /// HTTP failed.
+    #[error("HTTP error talking to the broker")]
+    Http(#[source] hyper::Error),
+}
+
+/// TLS settings for talking to a broker.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// Trusts `root_pem` only and authenticates with `chain_pem` (leaf first) and `key_pem`
+    /// (PKCS#8). `resumption` off forces a full handshake (and an HSM signature) per
+    /// connection.
+    pub fn new(
+        root_pem: &[u8],
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        resumption: bool,
+    ) -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in pem_blocks(root_pem, "CERTIFICATE")? {
+            roots
+                .add(CertificateDer::from(cert))
+                .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?;
+        }
+        let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let key = pem_blocks(key_pem, "PRIVATE KEY")?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Input("no PKCS#8 PRIVATE KEY in the key file".into()))?;
+        let key = PrivateKeyDer::Pkcs8(key.into());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Input(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ClientError::Input(format!("client certificate or key: {e}")))?;
+        if !resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// One keep-alive connection to a broker.
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+/// A response: status and parsed JSON (or the raw text as a JSON string).
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body.
+    pub body: serde_json::Value,
+    /// Body as text.
+    pub text: String,
+}
+
+impl Client {
+    /// Connects and completes the TLS handshake.
+    pub async fn connect(url: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        let authority = url
+            .strip_prefix("https://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| ClientError::Url(url.to_owned()))?
+            .to_owned();
+        let (host, _port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Url(url.to_owned()))?;
+        let tcp = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(ClientError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(ClientError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Http)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { sender, authority })
+    }
+
+    /// Sends a request with an optional body; returns status and body.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<ApiResponse, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Input(e.to_string()))?;
+        self.sender.ready().await.map_err(ClientError::Http)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(ClientError::Http)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+        Ok(ApiResponse { status, body, text })
+    }
+
+    /// POSTs a JSON value.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        value: &serde_json::Value,
+    ) -> Result<ApiResponse, ClientError> {
+        let body = serde_json::to_vec(value).map_err(|e| ClientError::Input(e.to_string()))?;
+        self.send("POST", path, Some(body)).await
+    }
+}
+
+/// The DER contents of every PEM block with `label` (e.g. "CERTIFICATE", "PRIVATE KEY").
+pub fn pem_blocks(pem: &[u8], label: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+    let text =
+        std::str::from_utf8(pem).map_err(|_| ClientError::Input("PEM is not UTF-8".into()))?;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&begin) {
+        let after = &rest[start + begin.len()..];
+        let stop = after
+            .find(&end)
+            .ok_or_else(|| ClientError::Input(format!("unterminated {label} PEM block")))?;
+        let b64: String = after[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push(
+            base64ct::Base64::decode_vec(&b64)
+                .map_err(|_| ClientError::Input(format!("bad base64 in {label} PEM block")))?,
+        );
+        rest = &after[stop + end.len()..];
+    }
+    if out.is_empty() {
+        return Err(ClientError::Input(format!("no {label} PEM block found")));
+    }
+    Ok(out)
+}
+
+use base64ct::Encoding as _;

@@ -1,0 +1,399 @@
+//! The broker over HTTPS: a tokio-rustls accept loop with mandatory client certificates, an
+//! axum router for the v1 API, and graceful shutdown.
+//!
+//! Device work (TLS handshake signatures, token signatures) and store work run on blocking
+//! threads, never on async workers. The caller's identity is established once per connection
+//! from its verified certificate chain and handed to every request on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::broker::{Broker, BrokerError, ExecutionRequest, Peer};
+
+pub mod error;
+pub mod json;
+pub mod ratelimit;
+pub mod tls;
+
+pub use error::ApiError;
+use ratelimit::RateLimiter;
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Shared state of the HTTP layer.
+#[derive(Clone)]
+pub struct App {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl App {
+    /// Wraps a broker with the HTTP layer's own state.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        let server = &broker.config().server;
+        let limiter = Arc::new(RateLimiter::new(
+            server.rate_limit_per_second,
+            server.rate_limit_burst,
+        ));
+        Self { broker, limiter }
+    }
+
+    fn check_rate(&self, peer: &Peer) -> Result<(), ApiError> {
+        if self.limiter.allow(&peer.thumbprint, Instant::now()) {
+            Ok(())
+        } else {
+            self.broker.metrics().record_request("any", "rate_limited");
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this certificate; slow down",
+            ))
+        }
+    }
+}
+
+/// The v1 API routes. Every route except the public ones needs a [`Peer`] extension, which the
+/// accept loop adds from the connection's client certificate.
+pub fn router(app: App) -> Router {
+    let config = &app.broker.config().server;
+    let timeout = config.request_timeout;
+    let body_limit = config.max_body_bytes;
+    Router::new()
+        .route("/v1/executions", post(create_execution))
+        .route("/v1/executions/{id}", get(get_execution))
+        .route("/v1/tokens/redeem", post(redeem))
+        .route("/v1/trust", get(trust))
+        .route("/v1/crl", get(crl))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |req, next| {
+            request_context(req, next, timeout)
+        }))
+        .with_state(app)
+}
+
+/// Serves until `shutdown` turns true, then stops accepting and lets open requests finish.
+pub async fn serve(
+    app: App,
+    tls_config: rustls::ServerConfig,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+    let router = router(app.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(app.broker.config().server.max_connections));
+    let handle = tokio::runtime::Handle::current();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, router, app, handle) = (
+            acceptor.clone(),
+            router.clone(),
+            app.clone(),
+            handle.clone(),
+        );
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(conn) = accept_connection(acceptor, stream, remote, app, handle).await {
+                let (tls, peer) = conn;
+                let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req
+                });
+                let hyper_service = hyper_util::service::TowerToHyperService::new(service);
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(30))
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tls), hyper_service);
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {
+            tracing::warn!("connections still open after 15 s; stopping anyway")
+        }
+    }
+    Ok(())
+}
+
+/// Runs the TLS handshake on a blocking thread (the HSM signature blocks), then builds the
+/// peer identity from the verified client chain, also off the async workers.
+async fn accept_connection(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    app: App,
+    handle: tokio::runtime::Handle,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Arc<Peer>,
+)> {
+    let handshake = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+        })
+    });
+    let tls = match handshake.await {
+        Ok(Ok(Ok(tls))) => tls,
+        Ok(Ok(Err(e))) => {
+            tracing::info!(%remote, error = %e, "TLS handshake failed");
+            app.broker
+                .metrics()
+                .record_request("tls", "handshake_failed");
+            return None;
+        }
+        Ok(Err(_)) => {
+            tracing::info!(%remote, "TLS handshake timed out");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(%remote, error = %e, "handshake task failed");
+            return None;
+        }
+    };
+    let presented: Vec<Vec<u8>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
+    let broker = app.broker.clone();
+    let peer = tokio::task::spawn_blocking(move || broker.peer(&presented, SystemTime::now()))
+        .await
+        .ok()?;
+    match peer {
+        Ok(peer) => Some((tls, Arc::new(peer))),
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "client certificate unusable");
+            None
+        }
+    }
+}
+
+/// Request id, tracing span, time limit and security headers for every request.
+async fn request_context(
+    req: Request<axum::body::Body>,
+    next: Next,
+    timeout: std::time::Duration,
+) -> Response {
+    let mut id_bytes = [0u8; 12];
+    let _ = getrandom::fill(&mut id_bytes);
+    let request_id = hex::encode(id_bytes);
+    let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
+    let mut response = match tokio::time::timeout(timeout, next.run(req).instrument(span)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; no token was issued",
+        )
+        .into_response(),
+    };
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(BrokerError::Internal(e.to_string()))),
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the broker accepts",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "cannot read the request body",
+            )
+        }
+    })?;
+    let value = json::parse_strict(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not acceptable JSON: {e}"),
+        )
+    })?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body does not have the expected fields: {e}"),
+        )
+    })
+}
+
+async fn create_execution(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
+    let request: ExecutionRequest = parse_body(body)?;
+    let broker = app.broker.clone();
+    let response = blocking(move || broker.request_execution(&peer, request)).await?;
+    let status = if response.token.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+async fn get_execution(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let broker = app.broker.clone();
+    let response = blocking(move || broker.execution(&peer, &id)).await?;
+    Ok(Json(response).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    token: String,
+}
+
+async fn redeem(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
+    let RedeemBody { token } = parse_body(body)?;
+    let broker = app.broker.clone();
+    let redemption = blocking(move || broker.redeem(&peer, &token)).await?;
+    Ok(Json(redemption).into_response())
+}
+
+async fn trust(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        app.broker.trust_pem().to_owned(),
+    )
+        .into_response()
+}
+
+async fn crl(State(app): State<App>) -> Result<Response, ApiError> {
+    let broker = app.broker.clone();
+    let pem = blocking(move || broker.crl_pem()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    let broker = app.broker.clone();
+    let checks = tokio::task::spawn_blocking(move || broker.health())
+        .await
+        .unwrap_or_else(|_| vec![("health", Err("health check task failed".into()))]);
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let detail: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!({"ok": true}),
+                Err(reason) => json!({"ok": false, "reason": reason}),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": detail})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.broker.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
