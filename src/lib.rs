@@ -10,8 +10,12 @@ pub mod backend;
 pub mod ca;
 pub mod canonical;
 pub mod cert;
+pub mod chain;
 pub mod config;
 pub mod duration;
 pub mod grants;
 pub mod store;
 pub mod token;
+
+#[cfg(test)]
+mod testkit;
