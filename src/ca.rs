@@ -1,5 +1,6 @@
 //! The certificate authority: the root, the broker's service certificates, and certificates for
-//! agents, approvers and executors, all signed through a [`P384Signer`] (so inside the device).
+//! agents, approvers and executors, all signed through a [`CaSigner`] (for the broker: a
+//! [`P384Signer`], so inside the device).
 //!
 //! This module decides what goes into a certificate (profiles, extensions, serials, validity)
 //! and checks what comes in (CSRs). It never touches a device directly and never sees a private
@@ -35,6 +36,43 @@ const COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::ne
 
 /// Clock skew tolerated for freshly issued certificates: notBefore is set this far in the past.
 pub const BACKDATE: Duration = Duration::from_secs(60);
+
+/// The key a CA signs with: a P-384 key that hashes with SHA-384 and signs.
+///
+/// The broker's own CA keys (the root and every intermediate made by `seb cert issue-ca
+/// --label`) are always a [`P384Signer`], i.e. a key inside the device. The software
+/// implementation on [`p384::ecdsa::SigningKey`] exists for keys that are genuinely not the
+/// broker's: an offline intermediate CA operated elsewhere, and the pure-logic tests and
+/// benchmarks. Nothing in the `seb` binary signs certificates with a software key for the broker.
+pub trait CaSigner {
+    /// The public half of the signing key.
+    fn verifying_key(&self) -> p384::ecdsa::VerifyingKey;
+    /// Hashes `message` with SHA-384 and signs it.
+    fn sign_message(&self, message: &[u8]) -> Result<p384::ecdsa::Signature, BackendError>;
+}
+
+impl CaSigner for P384Signer<'_> {
+    fn verifying_key(&self) -> p384::ecdsa::VerifyingKey {
+        signature::Keypair::verifying_key(self)
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Result<p384::ecdsa::Signature, BackendError> {
+        P384Signer::sign_message(self, message)
+    }
+}
+
+impl CaSigner for p384::ecdsa::SigningKey {
+    fn verifying_key(&self) -> p384::ecdsa::VerifyingKey {
+        *p384::ecdsa::SigningKey::verifying_key(self)
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Result<p384::ecdsa::Signature, BackendError> {
+        signature::Signer::try_sign(self, message).map_err(|e| BackendError::Device {
+            operation: "software signing",
+            source: Box::new(e),
+        })
+    }
+}
 
 /// Errors while issuing certificates or CRLs.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +115,23 @@ pub enum CaError {
     /// A PEM input could not be read.
     #[error("malformed PEM certificate: {0}")]
     MalformedCertificate(String),
+    /// The issuer cannot issue this certificate (not a CA, wrong key, expired, path length).
+    #[error("issuer {issuer:?} cannot issue this certificate: {reason}")]
+    Issuer {
+        /// The issuer's subject.
+        issuer: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The grants asked for exceed the grants of an issuing CA (attenuation, docs/GRANTS.md §5).
+    #[error("grant escalation: the requested grants exceed those of the issuing CA {ancestor:?}")]
+    Escalation {
+        /// The CA whose grants would be exceeded.
+        ancestor: String,
+        /// The first grant not covered.
+        #[source]
+        source: crate::authz::NotCovered,
+    },
 }
 
 impl From<der::Error> for CaError {
@@ -108,6 +163,23 @@ pub struct LeafRequest {
     pub role: Role,
     /// Grants (required for agents, refused for others).
     pub grants: Option<GrantSet>,
+    /// Validity from now.
+    pub ttl: Duration,
+}
+
+/// What to put into an intermediate CA certificate.
+#[derive(Debug, Clone)]
+pub struct IntermediateRequest {
+    /// The intermediate's public key (from the HSM, or from a verified CSR when the key is
+    /// held offline).
+    pub public_key: SubjectPublicKeyInfoOwned,
+    /// Subject name.
+    pub subject: Name,
+    /// Grants bounding everything beneath it; `None` bounds nothing (the ancestors' grants
+    /// still apply).
+    pub grants: Option<GrantSet>,
+    /// pathLenConstraint; `None` takes the tightest bound the ancestors leave (or none).
+    pub path_len: Option<u8>,
     /// Validity from now.
     pub ttl: Duration,
 }
@@ -152,7 +224,7 @@ pub fn validity_from(now: SystemTime, ttl: Duration) -> Result<Validity, CaError
 
 /// Makes the self-signed root certificate for the key behind `signer`.
 pub fn self_signed_root(
-    signer: &P384Signer<'_>,
+    signer: &dyn CaSigner,
     subject: &Name,
     validity: Duration,
     now: SystemTime,
@@ -171,7 +243,7 @@ pub fn self_signed_root(
 
 /// Issues a broker service certificate (token, audit or TLS key) under the root.
 pub fn issue_service(
-    root_signer: &P384Signer<'_>,
+    root_signer: &dyn CaSigner,
     root: &Certificate,
     public_key: SubjectPublicKeyInfoOwned,
     subject: &Name,
@@ -197,10 +269,26 @@ pub fn issue_service(
     unsigned.sign(root_signer)
 }
 
-/// Issues a certificate for an agent, approver or executor.
+/// Issues a certificate for an agent, approver or executor directly under `issuer` (the root,
+/// or an intermediate whose own issuers carry no grants). See [`issue_leaf_under`].
 pub fn issue_leaf(
-    signer: &P384Signer<'_>,
+    signer: &dyn CaSigner,
     issuer: &Certificate,
+    request: LeafRequest,
+    max_ttl: Duration,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    issue_leaf_under(signer, std::slice::from_ref(issuer), request, max_ttl, now)
+}
+
+/// Issues a certificate for an agent, approver or executor under `issuer_chain`: the issuing CA
+/// first, then its issuers up to the root (the root may be left out: it bounds nothing).
+/// `signer` must hold the issuing CA's key. The chain is trusted as given (the CLI builds it
+/// with [`crate::chain::validate`]); the grants must be covered by every CA in it that carries
+/// `sebGrants`.
+pub fn issue_leaf_under(
+    signer: &dyn CaSigner,
+    issuer_chain: &[Certificate],
     request: LeafRequest,
     max_ttl: Duration,
     now: SystemTime,
@@ -234,6 +322,10 @@ pub fn issue_leaf(
         }
         _ => {}
     }
+    let issuer = check_issuer_chain(signer, issuer_chain, false, now)?;
+    if let Some(grants) = &request.grants {
+        check_attenuation(grants, issuer_chain)?;
+    }
     let mut extra = vec![role_extension(&request.role)?];
     if let Some(grants) = &request.grants {
         extra.push(grants_extension(grants)?);
@@ -255,6 +347,174 @@ pub fn issue_leaf(
     unsigned.sign(signer)
 }
 
+/// Issues an intermediate CA certificate under `issuer_chain` (the issuing CA first, then its
+/// issuers up to the root, which may be left out). `signer` must hold the issuing CA's key.
+///
+/// Refuses (before signing) when [`check_intermediate`] does: grants not covered by every CA
+/// above that carries grants, a path length the ancestors do not allow, an issuer that is not a
+/// CA, expired, or not the signer's key, a validity outliving the issuer.
+pub fn issue_intermediate(
+    signer: &dyn CaSigner,
+    issuer_chain: &[Certificate],
+    request: IntermediateRequest,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    let path_len = check_intermediate(
+        issuer_chain,
+        request.grants.as_ref(),
+        request.path_len,
+        request.ttl,
+        now,
+    )?;
+    let issuer = check_issuer_chain(signer, issuer_chain, true, now)?;
+    let mut extra = Vec::new();
+    if let Some(grants) = &request.grants {
+        extra.push(grants_extension(grants)?);
+    }
+    let unsigned = Unsigned {
+        issuer: issuer.tbs.subject.clone(),
+        subject: request.subject,
+        kind: CertKind::Intermediate { path_len },
+        extra,
+        validity: validity_from(now, request.ttl)?,
+        public_key: request.public_key,
+    };
+    unsigned.sign(signer)
+}
+
+/// Everything [`issue_intermediate`] checks that does not need the new key, so the CLI can
+/// refuse before generating a key in the device. Returns the pathLenConstraint to put in the
+/// certificate: the requested one, or, when none is requested, the tightest bound left by the
+/// ancestors (`None` if they set none).
+pub fn check_intermediate(
+    issuer_chain: &[Certificate],
+    grants: Option<&GrantSet>,
+    path_len: Option<u8>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<Option<u8>, CaError> {
+    let issuer = issuer_chain.first().ok_or_else(|| CaError::Issuer {
+        issuer: String::new(),
+        reason: "no issuer given".into(),
+    })?;
+    check_ca_chain(issuer_chain, true, now)?;
+    if let Some(grants) = grants {
+        grants.validate().map_err(CaError::Grants)?;
+        check_attenuation(grants, issuer_chain)?;
+    }
+    let validity = validity_from(now, ttl)?;
+    if validity.not_after.to_system_time() > issuer.not_after() {
+        return Err(CaError::Validity(
+            "the certificate would outlive its issuer; use a shorter --ttl".into(),
+        ));
+    }
+    // The most intermediates the new CA may have below it without breaking an ancestor's
+    // pathLenConstraint: ancestor i already has i intermediates plus the new one below it.
+    let mut allowed: Option<u8> = None;
+    for (i, ancestor) in issuer_chain.iter().enumerate() {
+        if let Some(limit) = basic_constraints(ancestor)?.and_then(|bc| bc.path_len_constraint) {
+            let left = usize::from(limit).saturating_sub(i + 1);
+            let left = u8::try_from(left).unwrap_or(u8::MAX);
+            allowed = Some(allowed.map_or(left, |a| a.min(left)));
+        }
+    }
+    match (path_len, allowed) {
+        (Some(asked), Some(max)) if asked > max => Err(CaError::Issuer {
+            issuer: issuer.subject_string(),
+            reason: format!(
+                "the CAs above allow at most {max} intermediate(s) below the new one, not {asked}"
+            ),
+        }),
+        (Some(asked), _) => Ok(Some(asked)),
+        (None, allowed) => Ok(allowed),
+    }
+}
+
+/// Attenuation at issuance: every grant in `grants` must be covered by some grant of each CA
+/// in `issuer_chain` that carries `sebGrants` (a CA without grants bounds nothing).
+pub fn check_attenuation(grants: &GrantSet, issuer_chain: &[Certificate]) -> Result<(), CaError> {
+    for ancestor in issuer_chain {
+        let Some(ext) = ancestor.extension(SEB_GRANTS_OID) else {
+            continue;
+        };
+        let bound = GrantSet::from_der(ext.extn_value.as_bytes()).map_err(|e| CaError::Issuer {
+            issuer: ancestor.subject_string(),
+            reason: format!("its sebGrants extension is invalid: {e}"),
+        })?;
+        crate::authz::grant_set_covered(&bound, grants).map_err(|source| CaError::Escalation {
+            ancestor: ancestor.subject_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks the issuing chain and that `signer` holds the issuer's key; returns the issuer.
+fn check_issuer_chain<'c>(
+    signer: &dyn CaSigner,
+    issuer_chain: &'c [Certificate],
+    new_is_ca: bool,
+    now: SystemTime,
+) -> Result<&'c Certificate, CaError> {
+    let issuer = check_ca_chain(issuer_chain, new_is_ca, now)?;
+    let signer_key = crate::chain::CertKey::P384(signer.verifying_key());
+    if crate::chain::CertKey::of(issuer).ok() != Some(signer_key) {
+        return Err(CaError::Issuer {
+            issuer: issuer.subject_string(),
+            reason: "the signing key is not the key this certificate certifies".into(),
+        });
+    }
+    Ok(issuer)
+}
+
+/// Every certificate in the chain is a currently valid CA allowed to sign certificates, and
+/// no pathLenConstraint is broken by one more certificate (`new_is_ca`: one more CA) below.
+fn check_ca_chain(
+    issuer_chain: &[Certificate],
+    new_is_ca: bool,
+    now: SystemTime,
+) -> Result<&Certificate, CaError> {
+    let issuer = issuer_chain.first().ok_or_else(|| CaError::Issuer {
+        issuer: String::new(),
+        reason: "no issuer given".into(),
+    })?;
+    for (i, ca) in issuer_chain.iter().enumerate() {
+        let refuse = |reason: String| CaError::Issuer {
+            issuer: ca.subject_string(),
+            reason,
+        };
+        if now < ca.not_before() || now > ca.not_after() {
+            return Err(refuse("it is not valid now".into()));
+        }
+        let bc = basic_constraints(ca)?.filter(|bc| bc.ca);
+        let Some(bc) = bc else {
+            return Err(refuse("it is not a CA".into()));
+        };
+        let ku = ca
+            .standard_extension::<x509_cert::ext::pkix::KeyUsage>()
+            .map_err(CaError::from)?;
+        if !ku.is_some_and(|ku| ku.key_cert_sign()) {
+            return Err(refuse("its keyUsage lacks keyCertSign".into()));
+        }
+        let below = i + usize::from(new_is_ca);
+        if let Some(limit) = bc.path_len_constraint {
+            if below > usize::from(limit) {
+                return Err(refuse(format!(
+                    "its pathLenConstraint {limit} allows no further intermediate CA here"
+                )));
+            }
+        }
+    }
+    Ok(issuer)
+}
+
+fn basic_constraints(
+    cert: &Certificate,
+) -> Result<Option<x509_cert::ext::pkix::BasicConstraints>, CaError> {
+    cert.standard_extension::<x509_cert::ext::pkix::BasicConstraints>()
+        .map_err(CaError::from)
+}
+
 /// The `sebRole` extension (non-critical: generic tools such as `openssl verify` must accept
 /// the certificate; seb itself treats the extension as authoritative).
 pub fn role_extension(role: &Role) -> Result<Extension, CaError> {
@@ -274,8 +534,7 @@ pub fn grants_extension(grants: &GrantSet) -> Result<Extension, CaError> {
     )?)
 }
 
-fn signer_spki(signer: &P384Signer<'_>) -> Result<SubjectPublicKeyInfoOwned, CaError> {
-    use signature::Keypair;
+fn signer_spki(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, CaError> {
     SubjectPublicKeyInfoOwned::from_key(&signer.verifying_key())
         .map_err(|e| CaError::Encoding(e.to_string()))
 }
@@ -321,7 +580,7 @@ struct Unsigned {
 
 impl Unsigned {
     /// Assembles the TBSCertificate, has the device sign its DER, and returns the certificate.
-    fn sign(self, signer: &P384Signer<'_>) -> Result<Certificate, CaError> {
+    fn sign(self, signer: &dyn CaSigner) -> Result<Certificate, CaError> {
         let issuer_spki = signer_spki(signer)?;
         let extensions = profile::extensions(
             &self.kind,
@@ -354,3 +613,6 @@ impl Unsigned {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

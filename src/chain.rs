@@ -1,48 +1,671 @@
-//! TEMPORARY stand-in for the chain validator being written on the `verify` branch; replaced
-//! on merge. Builds the path by name only.
-use std::time::SystemTime;
+//! Certification path validation for seb certificates (RFC 5280 §6, the subset seb needs).
+//!
+//! [`validate`] builds a path from a leaf through the given intermediates to one of the given
+//! roots, matching issuer to subject by name and, where both are present, authority key
+//! identifier to subject key identifier. On every link it checks the issuer's signature (ECDSA
+//! P-256/P-384 with SHA-256/SHA-384), that the issuer is a CA (`basicConstraints cA`) allowed to
+//! sign certificates (`keyUsage keyCertSign`), its `pathLenConstraint`, and that no certificate
+//! carries a critical extension seb does not process. Paths are at most [`MAX_PATH_LEN`]
+//! certificates and building gives up after [`MAX_SIGNATURE_CHECKS`] signature checks, so a
+//! hostile bundle cannot make it loop or burn CPU.
+//!
+//! What this module deliberately leaves to its callers:
+//!
+//! * **Validity and revocation of the leaf and intermediates.** The decision engine
+//!   ([`crate::authz::decide`]) checks them with its stable codes (`certificate_expired`,
+//!   `certificate_not_yet_valid`, `certificate_revoked`) over [`ValidatedChain::chain_view`];
+//!   the offline verifier checks validity itself. Only the root's validity is checked here,
+//!   because the chain view excludes the root.
+//! * **Grants and roles.** They are read here ([`cert_facts`]) but judged by `authz::decide`.
+//! * **Extended key usage** is not enforced (it is understood, so a critical EKU is accepted);
+//!   callers that care about a purpose check it on the leaf.
+//!
+//! This module is pure: no I/O, no clock (the caller passes `now`), no device code. It compiles
+//! with `--no-default-features`. It must never accept a path it has not fully checked.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use der::asn1::ObjectIdentifier;
+use der::Encode;
+use signature::hazmat::PrehashVerifier;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::certificate::Version;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
+    SubjectKeyIdentifier,
+};
 
 use crate::authz::{CertFacts, ChainView};
 use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use crate::grants::{GrantSet, Role};
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ChainError(pub String);
+/// Most certificates in a path, leaf and root included.
+pub const MAX_PATH_LEN: usize = 8;
+/// Most intermediates a caller may offer.
+pub const MAX_INTERMEDIATES: usize = 32;
+/// Most trusted roots a caller may offer.
+pub const MAX_ROOTS: usize = 64;
+/// Largest encoded certificate accepted (a `sebGrants` extension alone may be 256 KiB).
+pub const MAX_CERT_LEN: usize = 320 * 1024;
+/// Signature checks one path building may spend before giving up.
+pub const MAX_SIGNATURE_CHECKS: usize = 64;
+
+/// id-ecPublicKey.
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// secp256r1.
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// secp384r1.
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// ecdsa-with-SHA256.
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// ecdsa-with-SHA384.
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+
+/// Why a path was refused. [`ChainError::code`] is the stable code for clients and logs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// Too many certificates were offered.
+    #[error("{count} {what} offered, more than the limit of {max}")]
+    TooManyCertificates {
+        /// `intermediates` or `roots`.
+        what: &'static str,
+        /// How many were offered.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A certificate is larger than [`MAX_CERT_LEN`].
+    #[error("certificate {subject:?} is {len} bytes, more than the limit of {max}")]
+    CertificateTooLarge {
+        /// Its subject.
+        subject: String,
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A certificate is not well-formed for seb (version, algorithms, extension encodings).
+    #[error("malformed certificate {subject:?}: {reason}")]
+    Malformed {
+        /// Its subject.
+        subject: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The signature algorithm is not one seb accepts.
+    #[error("certificate {subject:?} is signed with {algorithm}; seb accepts ecdsa-with-SHA256 and ecdsa-with-SHA384")]
+    UnsupportedSignatureAlgorithm {
+        /// The signed certificate's subject.
+        subject: String,
+        /// The algorithm's OID.
+        algorithm: String,
+    },
+    /// An issuer's key is not EC P-256 or P-384.
+    #[error("the key of {subject:?} is not supported: {reason} (seb accepts EC P-256 and P-384)")]
+    UnsupportedKey {
+        /// The key holder's subject.
+        subject: String,
+        /// What kind of key it is.
+        reason: String,
+    },
+    /// No offered certificate is the issuer of this one.
+    #[error("no trusted root or offered intermediate issued {subject:?} (issuer {issuer:?})")]
+    UnknownIssuer {
+        /// The orphan certificate's subject.
+        subject: String,
+        /// The issuer it names.
+        issuer: String,
+    },
+    /// The signature does not verify under the issuer's key.
+    #[error("the signature on {subject:?} does not verify under the key of {issuer:?}")]
+    BadSignature {
+        /// The signed certificate's subject.
+        subject: String,
+        /// The issuer tried.
+        issuer: String,
+    },
+    /// The issuer is not a CA.
+    #[error("{issuer:?} signed {subject:?} but is not a CA (basicConstraints cA is not set)")]
+    NotACa {
+        /// The would-be issuer.
+        issuer: String,
+        /// The certificate it signed.
+        subject: String,
+    },
+    /// The issuer's key usage does not include certificate signing.
+    #[error("{issuer:?} signed {subject:?} but its keyUsage lacks keyCertSign")]
+    NoKeyCertSign {
+        /// The would-be issuer.
+        issuer: String,
+        /// The certificate it signed.
+        subject: String,
+    },
+    /// An issuer's `pathLenConstraint` is exceeded.
+    #[error("{issuer:?} allows {path_len} intermediate CA(s) below it, the path has {below}")]
+    PathLenExceeded {
+        /// The constraining CA.
+        issuer: String,
+        /// Its pathLenConstraint.
+        path_len: u8,
+        /// Intermediates between it and the leaf.
+        below: usize,
+    },
+    /// No path of at most [`MAX_PATH_LEN`] certificates reaches a root.
+    #[error("no path of at most {max} certificates reaches a trusted root")]
+    PathTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// Path building spent its signature-check budget.
+    #[error("path building gave up after {max} signature checks")]
+    TooComplex {
+        /// The budget.
+        max: usize,
+    },
+    /// A certificate carries a critical extension seb does not process.
+    #[error("{subject:?} carries the critical extension {oid}, which seb does not process")]
+    UnknownCriticalExtension {
+        /// The certificate's subject.
+        subject: String,
+        /// The extension's OID.
+        oid: String,
+    },
+    /// The leaf is itself one of the trusted roots.
+    #[error("{subject:?} is a trusted root, not an end-entity certificate")]
+    LeafIsRoot {
+        /// Its subject.
+        subject: String,
+    },
+    /// The root the path reached is not valid yet.
+    #[error(
+        "the trusted root {subject:?} is not valid before {not_before} (now {now}, Unix seconds)"
+    )]
+    RootNotYetValid {
+        /// The root's subject.
+        subject: String,
+        /// Now, Unix seconds.
+        now: u64,
+        /// Its notBefore, Unix seconds.
+        not_before: u64,
+    },
+    /// The root the path reached has expired.
+    #[error("the trusted root {subject:?} expired at {not_after} (now {now}, Unix seconds)")]
+    RootExpired {
+        /// The root's subject.
+        subject: String,
+        /// Now, Unix seconds.
+        now: u64,
+        /// Its notAfter, Unix seconds.
+        not_after: u64,
+    },
+}
+
 impl ChainError {
+    /// The stable snake_case code.
     pub fn code(&self) -> &'static str {
-        "unknown_ca"
-    }
-}
-pub struct ValidatedChain {
-    pub certs: Vec<Certificate>,
-}
-pub fn validate(
-    leaf: &Certificate,
-    intermediates: &[Certificate],
-    _roots: &[Certificate],
-    _now: SystemTime,
-) -> Result<ValidatedChain, ChainError> {
-    let mut certs = vec![leaf.clone()];
-    certs.extend(intermediates.iter().cloned());
-    Ok(ValidatedChain { certs })
-}
-impl ValidatedChain {
-    pub fn chain_view(&self) -> ChainView {
-        let facts = |c: &Certificate| CertFacts {
-            serial: c.tbs.serial_number.as_bytes().to_vec(),
-            not_before: c.not_before(),
-            not_after: c.not_after(),
-            role: c
-                .extension(SEB_ROLE_OID)
-                .and_then(|e| Role::from_der(e.extn_value.as_bytes()).ok()),
-            grants: c
-                .extension(SEB_GRANTS_OID)
-                .map(|e| GrantSet::from_der(e.extn_value.as_bytes())),
-        };
-        ChainView {
-            leaf: facts(&self.certs[0]),
-            ancestors: self.certs[1..].iter().map(facts).collect(),
+        match self {
+            ChainError::TooManyCertificates { .. } | ChainError::CertificateTooLarge { .. } => {
+                "chain_too_large"
+            }
+            ChainError::Malformed { .. } => "malformed_certificate",
+            ChainError::UnsupportedSignatureAlgorithm { .. }
+            | ChainError::UnsupportedKey { .. } => "unsupported_algorithm",
+            ChainError::UnknownIssuer { .. } => "unknown_ca",
+            ChainError::BadSignature { .. } => "bad_signature",
+            ChainError::NotACa { .. } | ChainError::NoKeyCertSign { .. } => "not_a_ca",
+            ChainError::PathLenExceeded { .. } => "path_len_exceeded",
+            ChainError::PathTooLong { .. } | ChainError::TooComplex { .. } => "path_too_long",
+            ChainError::UnknownCriticalExtension { .. } => "unknown_critical_extension",
+            ChainError::LeafIsRoot { .. } => "leaf_is_root",
+            ChainError::RootNotYetValid { .. } => "certificate_not_yet_valid",
+            ChainError::RootExpired { .. } => "certificate_expired",
         }
     }
 }
+
+/// A path whose signatures and CA structure have been checked: leaf first, root last.
+#[derive(Clone, Debug)]
+pub struct ValidatedChain<'a> {
+    /// Invariant: at least two certificates (a leaf is never its own root), so the indexing
+    /// below cannot fail.
+    path: Vec<&'a Certificate>,
+}
+
+impl<'a> ValidatedChain<'a> {
+    /// The end-entity certificate.
+    pub fn leaf(&self) -> &'a Certificate {
+        self.path[0]
+    }
+
+    /// The intermediates, nearest the leaf first (possibly none).
+    pub fn intermediates(&self) -> &[&'a Certificate] {
+        &self.path[1..self.path.len() - 1]
+    }
+
+    /// The trusted root the path ends at.
+    pub fn root(&self) -> &'a Certificate {
+        self.path[self.path.len() - 1]
+    }
+
+    /// The whole path, leaf first, root last.
+    pub fn path(&self) -> &[&'a Certificate] {
+        &self.path
+    }
+
+    /// What the decision engine needs: the facts of the leaf and of every intermediate,
+    /// excluding the self-signed root (which authorises everything it signs).
+    pub fn chain_view(&self) -> ChainView {
+        ChainView {
+            leaf: cert_facts(self.leaf()),
+            ancestors: self.intermediates().iter().map(|c| cert_facts(c)).collect(),
+        }
+    }
+}
+
+/// The decision-relevant facts of one certificate. A malformed `sebGrants` becomes
+/// `Some(Err(..))` (the decision denies `invalid_grants_extension`); a malformed `sebRole`
+/// becomes `None` (the decision denies `wrong_role`).
+pub fn cert_facts(cert: &Certificate) -> CertFacts {
+    CertFacts {
+        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        not_before: cert.not_before(),
+        not_after: cert.not_after(),
+        role: cert
+            .extension(SEB_ROLE_OID)
+            .and_then(|e| Role::from_der(e.extn_value.as_bytes()).ok()),
+        grants: cert
+            .extension(SEB_GRANTS_OID)
+            .map(|e| GrantSet::from_der(e.extn_value.as_bytes())),
+    }
+}
+
+/// Builds and checks the path from `leaf` through `intermediates` (any order, any extras) to
+/// one of `roots`. `now` is used only for the root's validity (see the module documentation).
+pub fn validate<'a>(
+    leaf: &'a Certificate,
+    intermediates: &'a [Certificate],
+    roots: &'a [Certificate],
+    now: SystemTime,
+) -> Result<ValidatedChain<'a>, ChainError> {
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(ChainError::TooManyCertificates {
+            what: "intermediates",
+            count: intermediates.len(),
+            max: MAX_INTERMEDIATES,
+        });
+    }
+    if roots.len() > MAX_ROOTS {
+        return Err(ChainError::TooManyCertificates {
+            what: "roots",
+            count: roots.len(),
+            max: MAX_ROOTS,
+        });
+    }
+    for cert in std::iter::once(leaf).chain(intermediates).chain(roots) {
+        let len = cert.encoded_len().map_err(|e| malformed(cert, e))?;
+        let len = usize::try_from(u32::from(len)).unwrap_or(usize::MAX);
+        if len > MAX_CERT_LEN {
+            return Err(ChainError::CertificateTooLarge {
+                subject: cert.subject_string(),
+                len,
+                max: MAX_CERT_LEN,
+            });
+        }
+    }
+    if roots.iter().any(|r| r == leaf) {
+        return Err(ChainError::LeafIsRoot {
+            subject: leaf.subject_string(),
+        });
+    }
+    check_structure(leaf)?;
+
+    let mut builder = Builder {
+        intermediates,
+        roots,
+        used: vec![false; intermediates.len()],
+        checks: 0,
+    };
+    let mut path = vec![leaf];
+    builder.extend(&mut path)?;
+
+    let root = path[path.len() - 1];
+    let now_s = unix(now);
+    if now < root.not_before() {
+        return Err(ChainError::RootNotYetValid {
+            subject: root.subject_string(),
+            now: now_s,
+            not_before: unix(root.not_before()),
+        });
+    }
+    if now > root.not_after() {
+        return Err(ChainError::RootExpired {
+            subject: root.subject_string(),
+            now: now_s,
+            not_after: unix(root.not_after()),
+        });
+    }
+    Ok(ValidatedChain { path })
+}
+
+/// Depth-first path building with backtracking over the candidates for each issuer.
+struct Builder<'a> {
+    intermediates: &'a [Certificate],
+    roots: &'a [Certificate],
+    used: Vec<bool>,
+    checks: usize,
+}
+
+impl<'a> Builder<'a> {
+    /// Extends `path` (leaf first) up to a root. On failure `path` is as it was given.
+    fn extend(&mut self, path: &mut Vec<&'a Certificate>) -> Result<(), ChainError> {
+        let child = path[path.len() - 1];
+        // Intermediates already in the path, i.e. between a new issuer and the leaf.
+        let below = path.len() - 1;
+        let mut best: Option<ChainError> = None;
+        let note = |e: ChainError, best: &mut Option<ChainError>| {
+            // Keep the most informative failure: anything beats "unknown issuer".
+            if best
+                .as_ref()
+                .is_none_or(|b| matches!(b, ChainError::UnknownIssuer { .. }))
+            {
+                *best = Some(e);
+            }
+        };
+
+        for root in self.roots {
+            if !names_issuer(child, root)? {
+                continue;
+            }
+            match self.link(child, root, below) {
+                Ok(()) => {
+                    path.push(root);
+                    return Ok(());
+                }
+                Err(e @ ChainError::TooComplex { .. }) => return Err(e),
+                Err(e) => note(e, &mut best),
+            }
+        }
+
+        for (index, candidate) in self.intermediates.iter().enumerate() {
+            if self.used[index] || path.contains(&candidate) {
+                continue;
+            }
+            if !names_issuer(child, candidate)? {
+                continue;
+            }
+            if path.len() + 1 >= MAX_PATH_LEN {
+                // Taking this intermediate leaves no room for a root.
+                note(ChainError::PathTooLong { max: MAX_PATH_LEN }, &mut best);
+                continue;
+            }
+            if let Err(e) =
+                check_structure(candidate).and_then(|()| self.link(child, candidate, below))
+            {
+                if matches!(e, ChainError::TooComplex { .. }) {
+                    return Err(e);
+                }
+                note(e, &mut best);
+                continue;
+            }
+            self.used[index] = true;
+            path.push(candidate);
+            match self.extend(path) {
+                Ok(()) => return Ok(()),
+                Err(e @ ChainError::TooComplex { .. }) => return Err(e),
+                Err(e) => {
+                    path.pop();
+                    self.used[index] = false;
+                    // A deeper failure says more than a sibling's "unknown issuer".
+                    best = Some(match best {
+                        Some(b) if !matches!(b, ChainError::UnknownIssuer { .. }) => b,
+                        _ => e,
+                    });
+                }
+            }
+        }
+
+        Err(best.unwrap_or_else(|| ChainError::UnknownIssuer {
+            subject: child.subject_string(),
+            issuer: child.tbs.issuer.to_string(),
+        }))
+    }
+
+    /// Checks that `issuer` may have issued `child` with `below` intermediates under it, and
+    /// that it did (the signature).
+    fn link(
+        &mut self,
+        child: &Certificate,
+        issuer: &Certificate,
+        below: usize,
+    ) -> Result<(), ChainError> {
+        check_issuer(child, issuer, below)?;
+        if issuer != child {
+            // A root is checked for structure when it is used; its self-signature is not
+            // what makes it trusted (being in `roots` does).
+            check_structure(issuer)?;
+        }
+        if self.checks >= MAX_SIGNATURE_CHECKS {
+            return Err(ChainError::TooComplex {
+                max: MAX_SIGNATURE_CHECKS,
+            });
+        }
+        self.checks += 1;
+        verify_signature(child, issuer)
+    }
+}
+
+/// Whether `candidate`'s subject is `child`'s issuer, and the key identifiers, where both are
+/// present, agree.
+fn names_issuer(child: &Certificate, candidate: &Certificate) -> Result<bool, ChainError> {
+    if child.tbs.issuer != candidate.tbs.subject {
+        return Ok(false);
+    }
+    let aki = child
+        .standard_extension::<AuthorityKeyIdentifier>()
+        .map_err(|e| malformed(child, e))?
+        .and_then(|a| a.key_identifier);
+    let ski = candidate
+        .standard_extension::<SubjectKeyIdentifier>()
+        .map_err(|e| malformed(candidate, e))?;
+    Ok(match (aki, ski) {
+        (Some(aki), Some(ski)) => aki == ski.0,
+        _ => true,
+    })
+}
+
+/// Per-certificate rules: v3, one signature algorithm named consistently, standard extensions
+/// that decode, and no critical extension seb does not process.
+fn check_structure(cert: &Certificate) -> Result<(), ChainError> {
+    if cert.tbs.version != Version::V3 {
+        return Err(malformed(cert, "not an X.509 v3 certificate"));
+    }
+    if cert.tbs.signature != cert.signature_algorithm {
+        return Err(malformed(
+            cert,
+            "the signature algorithm inside and outside the signed part differ",
+        ));
+    }
+    for ext in cert.tbs.extensions.iter().flatten() {
+        if ext.critical && !is_processed(ext.oid_bytes()) {
+            return Err(ChainError::UnknownCriticalExtension {
+                subject: cert.subject_string(),
+                oid: ext.oid_string(),
+            });
+        }
+    }
+    cert.standard_extension::<BasicConstraints>()
+        .map_err(|e| malformed(cert, e))?;
+    cert.standard_extension::<KeyUsage>()
+        .map_err(|e| malformed(cert, e))?;
+    Ok(())
+}
+
+/// The extensions seb understands (and so may be critical).
+fn is_processed(oid: &[u8]) -> bool {
+    use der::oid::AssociatedOid;
+    [
+        BasicConstraints::OID,
+        KeyUsage::OID,
+        ExtendedKeyUsage::OID,
+        SubjectAltName::OID,
+        SubjectKeyIdentifier::OID,
+        AuthorityKeyIdentifier::OID,
+    ]
+    .iter()
+    .any(|known| known.as_bytes() == oid)
+        || oid == SEB_GRANTS_OID
+        || oid == SEB_ROLE_OID
+}
+
+/// CA rules for `issuer` signing `child` with `below` intermediates between it and the leaf.
+fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Result<(), ChainError> {
+    let names = || (issuer.subject_string(), child.subject_string());
+    let bc = issuer
+        .standard_extension::<BasicConstraints>()
+        .map_err(|e| malformed(issuer, e))?;
+    let Some(bc) = bc.filter(|bc| bc.ca) else {
+        let (issuer, subject) = names();
+        return Err(ChainError::NotACa { issuer, subject });
+    };
+    let ku = issuer
+        .standard_extension::<KeyUsage>()
+        .map_err(|e| malformed(issuer, e))?;
+    if !ku.is_some_and(|ku| ku.key_cert_sign()) {
+        let (issuer, subject) = names();
+        return Err(ChainError::NoKeyCertSign { issuer, subject });
+    }
+    if let Some(path_len) = bc.path_len_constraint {
+        if below > usize::from(path_len) {
+            return Err(ChainError::PathLenExceeded {
+                issuer: issuer.subject_string(),
+                path_len,
+                below,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Verifies `child`'s signature under `issuer`'s public key.
+fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {
+    let algorithm = &child.signature_algorithm;
+    if algorithm.parameters.is_some() {
+        return Err(malformed(
+            child,
+            "ECDSA signature algorithm with parameters",
+        ));
+    }
+    let tbs = child.tbs.to_der().map_err(|e| malformed(child, e))?;
+    let digest: Vec<u8> = match algorithm.oid {
+        ECDSA_SHA256 => <sha2::Sha256 as sha2::Digest>::digest(&tbs).to_vec(),
+        ECDSA_SHA384 => <sha2::Sha384 as sha2::Digest>::digest(&tbs).to_vec(),
+        other => {
+            return Err(ChainError::UnsupportedSignatureAlgorithm {
+                subject: child.subject_string(),
+                algorithm: other.to_string(),
+            })
+        }
+    };
+    let signature = child
+        .signature
+        .as_bytes()
+        .ok_or_else(|| malformed(child, "signature BIT STRING has unused bits"))?;
+    let key = CertKey::from_spki(&issuer.tbs.subject_public_key_info).map_err(|reason| {
+        ChainError::UnsupportedKey {
+            subject: issuer.subject_string(),
+            reason,
+        }
+    })?;
+    if key.verify_prehash_der(&digest, signature) {
+        Ok(())
+    } else {
+        Err(ChainError::BadSignature {
+            subject: child.subject_string(),
+            issuer: issuer.subject_string(),
+        })
+    }
+}
+
+/// A certificate's ECDSA public key, parsed and checked to lie on its curve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertKey {
+    /// NIST P-256.
+    P256(p256::ecdsa::VerifyingKey),
+    /// NIST P-384.
+    P384(p384::ecdsa::VerifyingKey),
+}
+
+impl CertKey {
+    /// The key of a certificate.
+    pub fn of(cert: &Certificate) -> Result<Self, String> {
+        Self::from_spki(&cert.tbs.subject_public_key_info)
+    }
+
+    /// Parses an EC P-256 or P-384 SubjectPublicKeyInfo; the error says what the key is.
+    pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, String> {
+        if spki.algorithm.oid != EC_PUBLIC_KEY {
+            return Err(format!("key algorithm {}", spki.algorithm.oid));
+        }
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+            .ok_or_else(|| "EC key without a named curve".to_owned())?;
+        let point = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| "public key BIT STRING has unused bits".to_owned())?;
+        match curve {
+            P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                .map(CertKey::P256)
+                .map_err(|_| "P-256 point not on the curve".to_owned()),
+            P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                .map(CertKey::P384)
+                .map_err(|_| "P-384 point not on the curve".to_owned()),
+            other => Err(format!("curve {other}")),
+        }
+    }
+
+    /// Verifies a DER-encoded ECDSA signature over a digest.
+    pub fn verify_prehash_der(&self, digest: &[u8], signature: &[u8]) -> bool {
+        match self {
+            CertKey::P256(key) => p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
+            CertKey::P384(key) => p384::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
+        }
+    }
+
+    /// Verifies a fixed-size `r‖s` ECDSA signature (the JWS encoding) over a digest. The
+    /// length must be exactly twice the curve's field size.
+    pub fn verify_prehash_raw(&self, digest: &[u8], signature: &[u8]) -> bool {
+        match self {
+            CertKey::P256(key) => {
+                signature.len() == 64
+                    && p256::ecdsa::Signature::from_slice(signature)
+                        .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok())
+            }
+            CertKey::P384(key) => {
+                signature.len() == 96
+                    && p384::ecdsa::Signature::from_slice(signature)
+                        .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok())
+            }
+        }
+    }
+}
+
+fn malformed(cert: &Certificate, reason: impl std::fmt::Display) -> ChainError {
+    ChainError::Malformed {
+        subject: cert.subject_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it), for error context.
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

@@ -22,3 +22,6 @@ pub mod grants;
 pub mod server;
 pub mod store;
 pub mod token;
+
+#[cfg(test)]
+mod testkit;

@@ -601,7 +601,8 @@ fn read_public_key(
 }
 
 /// Faults after which the context is rebuilt: sessions that are gone, a login that is gone,
-/// or a device that went away.
+/// a device that went away, or cached object handles that no longer name an object (the token
+/// was reloaded).
 fn is_recoverable(err: &CkError) -> bool {
     matches!(
         err,
@@ -614,7 +615,9 @@ fn is_recoverable(err: &CkError) -> bool {
                 | RvError::TokenNotPresent
                 | RvError::TokenNotRecognized
                 | RvError::CryptokiNotInitialized
-                | RvError::GeneralError,
+                | RvError::GeneralError
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
             _
         )
     )

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use seb::backend::P384Signer;
+use der::Decode;
+use seb::backend::{KeyAlgorithm, P384Signer};
 use seb::ca::crl::{self, Reason};
-use seb::ca::{self, csr, LeafRequest};
+use seb::ca::{self, csr, IntermediateRequest, LeafRequest};
 use seb::cert::Certificate;
+use seb::chain;
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
 use seb::store::{IssuedCertificate, RevokeOutcome, Store};
@@ -33,6 +35,9 @@ pub struct KeygenArgs {
 pub enum CertCommand {
     /// Issue a certificate for an agent, approver or executor from its CSR.
     Issue(IssueArgs),
+    /// Create an intermediate CA: its key in the HSM under --label, or (with --csr) an
+    /// offline intermediate whose key is held elsewhere.
+    IssueCa(IssueCaArgs),
     /// Revoke a certificate by serial number.
     Revoke(RevokeArgs),
 }
@@ -55,9 +60,44 @@ pub struct IssueArgs {
     /// Approver group (repeatable).
     #[arg(long = "group")]
     groups: Vec<String>,
-    /// Where to write the certificate (PEM).
+    /// Where to write the certificate (PEM), followed by the issuing intermediates up to but
+    /// excluding the root (leaf first).
     #[arg(long)]
     out: PathBuf,
+    /// Sign with this intermediate (`seb cert issue-ca --label NAME`) instead of the root.
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+/// Options of `seb cert issue-ca`.
+#[derive(Debug, clap::Args)]
+pub struct IssueCaArgs {
+    /// The intermediate's name: its key label in the HSM, and its certificate's file name
+    /// under `<state_dir>/trust/intermediates/`. Lower-case letters, digits, `.`, `_`, `-`.
+    #[arg(long)]
+    label: String,
+    /// Subject, e.g. "CN=payments-ops,O=example" (with --csr, defaults to the CSR's subject).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Grants file (TOML) bounding every certificate beneath this CA.
+    #[arg(long)]
+    grants: Option<PathBuf>,
+    /// pathLenConstraint: how many intermediate CAs may follow below this one.
+    #[arg(long)]
+    path_len: Option<u8>,
+    /// Validity, e.g. "365d".
+    #[arg(long)]
+    ttl: String,
+    /// Where to write the certificate (PEM), followed by its issuing intermediates up to but
+    /// excluding the root.
+    #[arg(long)]
+    out: PathBuf,
+    /// Certify an offline intermediate from its CSR instead of generating a key in the HSM.
+    #[arg(long)]
+    csr: Option<PathBuf>,
+    /// Parent intermediate (default: the root).
+    #[arg(long)]
+    issuer: Option<String>,
 }
 
 /// Options of `seb cert revoke`.
@@ -102,6 +142,7 @@ pub fn keygen(args: KeygenArgs) -> CliResult {
 pub fn run(config: &Config, command: CertCommand) -> CliResult {
     match command {
         CertCommand::Issue(a) => issue(config, a),
+        CertCommand::IssueCa(a) => issue_ca(config, a),
         CertCommand::Revoke(a) => revoke(config, a),
     }
 }
@@ -115,24 +156,15 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         .role
         .parse()
         .map_err(|_| format!("unknown role {:?} (agent, approver or executor)", args.role))?;
-    let grants = match &args.grants {
-        Some(path) => {
-            let text = String::from_utf8(read_file(path)?)
-                .map_err(|_| format!("{} is not UTF-8", path.display()))?;
-            Some(
-                GrantSet::from_toml_str(&text)
-                    .map_err(|e| format!("invalid grants file {}: {e}", path.display()))?,
-            )
-        }
-        None => None,
-    };
-    let root = load_root(config)?;
+    let grants = args.grants.as_deref().map(read_grants).transpose()?;
+    let now = SystemTime::now();
+    let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
-    let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
-    let cert = ca::issue_leaf(
+    let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
+    let cert = ca::issue_leaf_under(
         &signer,
-        &root,
+        &issuer_chain,
         LeafRequest {
             public_key: verified.public_key,
             subject: verified.subject,
@@ -141,18 +173,18 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
             ttl,
         },
         config.ca.max_leaf_validity,
-        SystemTime::now(),
+        now,
     )?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
         serial: cert.tbs.serial_number.as_bytes().to_vec(),
         subject: cert.subject_string(),
         role: kind.to_string(),
-        issuer_label: config.keys.root.clone(),
+        issuer_label,
         not_after: cert.not_after(),
         pem: pem.clone(),
     })?;
-    write_file(&args.out, pem.as_bytes(), false)?;
+    write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
     println!(
         "issued {kind} certificate serial {} for {} until {}",
         cert.serial_hex(),
@@ -160,6 +192,229 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         cert.tbs.validity.not_after
     );
     Ok(())
+}
+
+fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
+    // Check everything before touching the device, so a refusal leaves no key behind.
+    let name = &args.label;
+    check_intermediate_name(config, name)?;
+    let cert_path = intermediate_path(config, name);
+    if cert_path.exists() {
+        return Err(format!(
+            "an intermediate named {name:?} already exists ({}); choose another --label",
+            cert_path.display()
+        )
+        .into());
+    }
+    let ttl = seb::duration::parse(&args.ttl)?;
+    let grants = args.grants.as_deref().map(read_grants).transpose()?;
+    let offline = args.csr.as_deref().map(read_csr).transpose()?;
+    let subject = match (&args.subject, &offline) {
+        (Some(s), _) => ca::parse_subject(s)?,
+        (None, Some(csr)) => csr.subject.clone(),
+        (None, None) => return Err("--subject is required (unless --csr gives one)".into()),
+    };
+    let now = SystemTime::now();
+    let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    ca::check_intermediate(&issuer_chain, grants.as_ref(), args.path_len, ttl, now)?;
+
+    let store = open_store(config)?;
+    let backend = open_backend(config, Some(1))?;
+    let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
+    if backend.contains(name)? {
+        return Err(format!(
+            "the HSM already holds a key labelled {name:?}; refusing to reuse or shadow it"
+        )
+        .into());
+    }
+    let (public_key, held) = match offline {
+        Some(csr) => (csr.public_key, "offline (key held elsewhere)"),
+        None => {
+            let public = backend.generate(name, KeyAlgorithm::EcP384)?;
+            let der = public.to_spki_der()?;
+            (
+                spki::SubjectPublicKeyInfoOwned::from_der(&der)?,
+                "key generated in the HSM",
+            )
+        }
+    };
+    let cert = ca::issue_intermediate(
+        &signer,
+        &issuer_chain,
+        IntermediateRequest {
+            public_key,
+            subject,
+            grants,
+            path_len: args.path_len,
+            ttl,
+        },
+        now,
+    )
+    .map_err(|e| -> super::CliError {
+        if args.csr.is_none() {
+            format!(
+                "{e}; note: the key {name:?} was generated in the HSM before this failure, \
+                 so that label is now taken"
+            )
+            .into()
+        } else {
+            e.into()
+        }
+    })?;
+    let pem = cert.to_pem_string()?;
+    store.record_issued(&IssuedCertificate {
+        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        subject: cert.subject_string(),
+        role: "intermediate".into(),
+        issuer_label,
+        not_after: cert.not_after(),
+        pem: pem.clone(),
+    })?;
+    write_file(&cert_path, pem.as_bytes(), false)?;
+    write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
+    println!(
+        "issued intermediate CA {name:?} serial {} for {} until {} ({held})",
+        cert.serial_hex(),
+        cert.subject_string(),
+        cert.tbs.validity.not_after
+    );
+    Ok(())
+}
+
+/// The issuing chain for `--issuer NAME` (the intermediate, its issuers, the root), checked
+/// with [`chain::validate`] against the root so a tampered or foreign file in the trust
+/// directory cannot become an issuer; or just the root. Returns the issuing key's label too.
+fn issuer_chain(
+    config: &Config,
+    issuer: Option<&str>,
+    now: SystemTime,
+) -> Result<(String, Vec<Certificate>), super::CliError> {
+    let root = load_root(config)?;
+    let Some(name) = issuer else {
+        return Ok((config.keys.root.clone(), vec![root]));
+    };
+    check_name_syntax(name)?;
+    let path = intermediate_path(config, name);
+    let cert = Certificate::parse(&read_file(&path).map_err(|e| {
+        format!("{e} (no intermediate named {name:?}; create it with `seb cert issue-ca`)")
+    })?)?;
+    let known = load_intermediates(config)?;
+    let roots = [root];
+    let validated = chain::validate(&cert, &known, &roots, now).map_err(|e| {
+        format!(
+            "intermediate {name:?} does not chain to the root: {}: {e}",
+            e.code()
+        )
+    })?;
+    let issuer_chain = validated.path().iter().map(|c| (*c).clone()).collect();
+    Ok((name.to_owned(), issuer_chain))
+}
+
+/// Every intermediate certificate in `<state_dir>/trust/intermediates/`.
+fn load_intermediates(config: &Config) -> Result<Vec<Certificate>, super::CliError> {
+    let dir = config.trust_dir().join("intermediates");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(format!("cannot list {}: {e}", dir.display()).into()),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|x| x == "pem") {
+            out.push(Certificate::parse(&read_file(&path)?)?);
+        }
+        if out.len() > chain::MAX_INTERMEDIATES {
+            return Err(format!(
+                "more than {} intermediates in {}",
+                chain::MAX_INTERMEDIATES,
+                dir.display()
+            )
+            .into());
+        }
+    }
+    Ok(out)
+}
+
+/// The signer for the issuing key, with a clear message for an offline intermediate.
+fn issuer_signer<'b>(
+    backend: &'b dyn seb::backend::KeyBackend,
+    label: &str,
+    is_intermediate: bool,
+) -> Result<P384Signer<'b>, super::CliError> {
+    match P384Signer::new(backend, label) {
+        Ok(signer) => Ok(signer),
+        Err(seb::backend::BackendError::KeyNotFound { .. }) if is_intermediate => Err(format!(
+            "intermediate {label:?} has no key in this HSM: it is an offline intermediate, \
+             whose certificates are signed where its key is held"
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `pem` followed by the intermediates of `issuer_chain` (everything but the root).
+fn chain_pem(pem: &str, issuer_chain: &[Certificate]) -> Result<String, super::CliError> {
+    let mut out = pem.to_owned();
+    let below_root = issuer_chain.len().saturating_sub(1);
+    for cert in &issuer_chain[..below_root] {
+        out.push_str(&cert.to_pem_string()?);
+    }
+    Ok(out)
+}
+
+fn intermediate_path(config: &Config, name: &str) -> PathBuf {
+    config
+        .trust_dir()
+        .join("intermediates")
+        .join(format!("{name}.pem"))
+}
+
+/// An intermediate's name is a file name and a key label: `[a-z0-9][a-z0-9._-]{0,63}`.
+fn check_name_syntax(name: &str) -> CliResult {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid intermediate name {name:?}: 1-64 of a-z 0-9 . _ -, starting with a letter or digit"
+        )
+        .into())
+    }
+}
+
+/// A new intermediate's name must be valid and not one of the broker's own key labels.
+fn check_intermediate_name(config: &Config, name: &str) -> CliResult {
+    check_name_syntax(name)?;
+    let own = &config.keys;
+    if [&own.root, &own.token, &own.audit, &own.tls]
+        .iter()
+        .any(|label| label.as_str() == name)
+    {
+        return Err(format!("{name:?} is one of the broker's own key labels").into());
+    }
+    Ok(())
+}
+
+fn read_grants(path: &std::path::Path) -> Result<GrantSet, super::CliError> {
+    let text = String::from_utf8(read_file(path)?)
+        .map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    Ok(GrantSet::from_toml_str(&text)
+        .map_err(|e| format!("invalid grants file {}: {e}", path.display()))?)
+}
+
+fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError> {
+    Ok(csr::verify(&read_file(path)?)?)
 }
 
 fn revoke(config: &Config, args: RevokeArgs) -> CliResult {

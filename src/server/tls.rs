@@ -102,7 +102,10 @@ impl Signer for HsmSigner {
                 "the TLS key is not a P-384 key".into(),
             )),
             Err(e) => {
-                tracing::error!(error = %e, "TLS handshake signature failed in the HSM");
+                tracing::error!(
+                    error = %crate::server::error::ErrorChain(&e),
+                    "TLS handshake signature failed in the HSM"
+                );
                 Err(rustls::Error::General("HSM signature failed".into()))
             }
         }

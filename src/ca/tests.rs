@@ -1,0 +1,148 @@
+use std::time::Duration;
+
+use x509_cert::ext::pkix::BasicConstraints;
+
+use super::*;
+use crate::testkit::{grant, now, spki, Ca};
+
+fn path_len(cert: &Certificate) -> Option<u8> {
+    cert.standard_extension::<BasicConstraints>()
+        .unwrap()
+        .unwrap()
+        .path_len_constraint
+}
+
+#[test]
+fn an_intermediate_claiming_more_than_its_parent_is_refused() {
+    let root = Ca::root("root");
+    let parent = root
+        .intermediate("parent", Some(&grant("deploy.*", "prod/**", "60s")), None)
+        .unwrap();
+    for wider in [
+        grant("*", "prod/**", "60s"),
+        grant("deploy.*", "**", "60s"),
+        grant("deploy.*", "prod/**", "61s"),
+        grant("db.migrate", "prod/a", "1s"),
+    ] {
+        let err = parent
+            .intermediate("child", Some(&wider), None)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, CaError::Escalation { ancestor, .. } if ancestor == "CN=parent"),
+            "{wider}: {err}"
+        );
+    }
+    let narrower = parent
+        .intermediate("child", Some(&grant("deploy.x", "prod/a/*", "30s")), None)
+        .unwrap();
+    assert!(narrower.cert.extension(SEB_GRANTS_OID).is_some());
+    // Under a root (no grants), anything goes.
+    root.intermediate("wide", Some(&grant("*", "**", "1d")), None)
+        .unwrap();
+}
+
+#[test]
+fn a_leaf_claiming_more_than_its_intermediate_is_refused() {
+    let root = Ca::root("root");
+    let ops = root
+        .intermediate(
+            "ops",
+            Some(&grant("deploy.*", "prod/payments/*", "60s")),
+            None,
+        )
+        .unwrap();
+    let err = ops
+        .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+        .unwrap_err();
+    assert!(matches!(err, CaError::Escalation { .. }), "{err}");
+    assert!(err.to_string().contains("CN=ops"), "{err}");
+    ops.agent(
+        "agent",
+        &grant("deploy.rollout", "prod/payments/api", "60s"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn path_len_is_inherited_and_bounded() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, Some(2)).unwrap();
+    assert_eq!(path_len(&a.cert), Some(2));
+    let b = a.intermediate("b", None, None).unwrap();
+    assert_eq!(path_len(&b.cert), Some(1), "tightest bound left by a");
+    let err = a.intermediate("b", None, Some(2)).err().unwrap();
+    assert!(err.to_string().contains("at most 1"), "{err}");
+    let c = b.intermediate("c", None, None).unwrap();
+    assert_eq!(path_len(&c.cert), Some(0));
+    assert!(c.intermediate("d", None, None).is_err());
+    c.agent("agent", &grant("x", "y", "1s")).unwrap();
+    let free = root.intermediate("free", None, None).unwrap();
+    assert_eq!(path_len(&free.cert), None);
+}
+
+#[test]
+fn the_signer_must_hold_the_issuers_key() {
+    let root = Ca::root("root");
+    let ops = root.intermediate("ops", None, None).unwrap();
+    let mut wrong = ops.clone();
+    wrong.key = root.key.clone();
+    let err = wrong.agent("agent", &grant("x", "y", "1s")).unwrap_err();
+    assert!(matches!(err, CaError::Issuer { .. }), "{err}");
+    assert!(err.to_string().contains("signing key"), "{err}");
+}
+
+#[test]
+fn only_a_valid_ca_issues() {
+    let root = Ca::root("root");
+    let key = crate::testkit::key();
+    let agent = root
+        .leaf_with(
+            "agent",
+            &key,
+            &grant("x", "y", "1s"),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let as_ca = Ca {
+        key,
+        chain: vec![agent.clone(), root.cert.clone()],
+        cert: agent,
+    };
+    let err = as_ca.agent("sub", &grant("x", "y", "1s")).unwrap_err();
+    assert!(err.to_string().contains("not a CA"), "{err}");
+
+    // An intermediate outliving its issuer is refused.
+    let short = root.intermediate("short", None, None).unwrap();
+    let err = issue_intermediate(
+        &short.key,
+        &short.chain,
+        IntermediateRequest {
+            public_key: spki(&crate::testkit::key()),
+            subject: parse_subject("CN=long").unwrap(),
+            grants: None,
+            path_len: None,
+            ttl: Duration::from_secs(2 * 365 * 86_400),
+        },
+        now(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, CaError::Validity(_)), "{err}");
+
+    // An expired issuer issues nothing.
+    let later = now() + Duration::from_secs(400 * 86_400);
+    let err = issue_intermediate(
+        &short.key,
+        &short.chain,
+        IntermediateRequest {
+            public_key: spki(&crate::testkit::key()),
+            subject: parse_subject("CN=late").unwrap(),
+            grants: None,
+            path_len: None,
+            ttl: Duration::from_secs(60),
+        },
+        later,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not valid now"), "{err}");
+}

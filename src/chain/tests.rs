@@ -1,0 +1,597 @@
+use std::time::Duration;
+
+use der::oid::AssociatedOid;
+use p256::elliptic_curve::Generate;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+
+use super::*;
+use crate::authz::{decide, DenyCode, Request, RevocationView};
+use crate::cert::Extension;
+use crate::testkit::{grant, now, resign, resign_p256, set_extension, Ca};
+
+struct NoneRevoked;
+impl RevocationView for NoneRevoked {
+    fn is_revoked(&self, _: &[u8]) -> bool {
+        false
+    }
+}
+
+fn code(r: Result<ValidatedChain<'_>, ChainError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    }
+}
+
+fn deploy() -> String {
+    grant("deploy.*", "prod/**", "60s")
+}
+
+fn request(operation: &str, resource: &str) -> Request {
+    Request {
+        operation: operation.into(),
+        resource: resource.into(),
+        params: serde_json::json!({}),
+    }
+}
+
+fn decide_code(chain: &ValidatedChain<'_>, req: &Request, at: SystemTime) -> Option<DenyCode> {
+    decide(
+        &chain.chain_view(),
+        &NoneRevoked,
+        req,
+        at,
+        Duration::from_secs(300),
+    )
+    .deny_code()
+}
+
+fn standard(ext: impl der::Encode + AssociatedOid, critical: bool) -> Extension {
+    Extension::new(ext_oid(&ext), critical, ext.to_der().unwrap()).unwrap()
+}
+
+fn ext_oid<T: AssociatedOid>(_: &T) -> &'static [u8] {
+    T::OID.as_bytes()
+}
+
+#[test]
+fn leaf_directly_under_the_root() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let chain = validate(&leaf, &[], &roots, now()).unwrap();
+    assert_eq!(chain.path().len(), 2);
+    assert!(chain.intermediates().is_empty());
+    let view = chain.chain_view();
+    assert!(view.ancestors.is_empty());
+    assert!(matches!(view.leaf.grants, Some(Ok(_))));
+    assert!(view.leaf.role.is_some());
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/a"), now()),
+        None
+    );
+}
+
+#[test]
+fn path_is_built_through_shuffled_and_extra_intermediates() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", Some(&deploy()), None).unwrap();
+    let b = a.intermediate("b", None, None).unwrap();
+    let unrelated = Ca::root("other").intermediate("c", None, None).unwrap();
+    let leaf = b
+        .agent("agent", &grant("deploy.x", "prod/a", "30s"))
+        .unwrap();
+    let intermediates = [unrelated.cert.clone(), a.cert.clone(), b.cert.clone()];
+    let roots = [Ca::root("unrelated root").cert, root.cert.clone()];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    let subjects: Vec<String> = chain.path().iter().map(|c| c.subject_string()).collect();
+    assert_eq!(subjects, ["CN=agent", "CN=b", "CN=a", "CN=root"]);
+    assert_eq!(chain.chain_view().ancestors.len(), 2);
+    assert_eq!(chain.root(), &root.cert);
+}
+
+#[test]
+fn a_root_not_in_the_trusted_set_is_unknown() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    // Same name, other key: the key identifiers differ, so it is not even a candidate.
+    let other = [Ca::root("root").cert];
+    assert_eq!(code(validate(&leaf, &[], &other, now())), "unknown_ca");
+    let other = [Ca::root("someone else").cert];
+    assert_eq!(code(validate(&leaf, &[], &other, now())), "unknown_ca");
+    // Offering the real root as an intermediate does not make it trusted.
+    let as_intermediate = [root.cert.clone()];
+    assert_eq!(
+        code(validate(&leaf, &as_intermediate, &other, now())),
+        "unknown_ca"
+    );
+}
+
+#[test]
+fn a_missing_intermediate_is_unknown_ca() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let err = validate(&leaf, &[], &roots, now()).unwrap_err();
+    assert_eq!(err.code(), "unknown_ca");
+    assert!(err.to_string().contains("CN=a"), "{err}");
+}
+
+#[test]
+fn a_self_signed_leaf_is_unknown_ca_and_a_root_is_no_leaf() {
+    let rogue = Ca::root("agent");
+    let root = Ca::root("root");
+    let roots = [root.cert.clone()];
+    assert_eq!(
+        code(validate(&rogue.cert, &[], &roots, now())),
+        "unknown_ca"
+    );
+    assert_eq!(
+        code(validate(&root.cert, &[], &roots, now())),
+        "leaf_is_root"
+    );
+}
+
+#[test]
+fn tampering_with_any_signed_byte_breaks_the_signature() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", Some(&deploy()), None).unwrap();
+    let leaf = a
+        .agent("agent", &grant("deploy.x", "prod/a", "30s"))
+        .unwrap();
+    let roots = [root.cert.clone()];
+
+    let mut tampered = leaf.clone();
+    tampered.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[1, 2, 3]).unwrap();
+    let intermediates = [a.cert.clone()];
+    assert_eq!(
+        code(validate(&tampered, &intermediates, &roots, now())),
+        "bad_signature"
+    );
+
+    // The intermediate's grants widened after signing.
+    let mut widened = a.cert.clone();
+    set_extension(
+        &mut widened,
+        crate::ca::grants_extension(&crate::testkit::grants(&grant("*", "**", "1h"))).unwrap(),
+    );
+    let intermediates = [widened];
+    assert_eq!(
+        code(validate(&leaf, &intermediates, &roots, now())),
+        "bad_signature"
+    );
+
+    // A flipped bit in the signature itself.
+    let mut flipped = leaf.clone();
+    let mut raw = flipped.signature.raw_bytes().to_vec();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    flipped.signature = der::asn1::BitString::from_bytes(&raw).unwrap();
+    let intermediates = [a.cert.clone()];
+    assert_eq!(
+        code(validate(&flipped, &intermediates, &roots, now())),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn an_end_entity_cannot_act_as_a_ca() {
+    let root = Ca::root("root");
+    let agent_key = crate::testkit::key();
+    let agent = root
+        .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
+        .unwrap();
+    // A certificate "issued" by the agent: its name as issuer, signed with its key.
+    let mut forged = root.agent("victim", &deploy()).unwrap();
+    forged.tbs.issuer = agent.tbs.subject.clone();
+    if let Some(exts) = forged.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let forged = resign(forged, &agent_key);
+    let roots = [root.cert.clone()];
+    let intermediates = [agent];
+    let err = validate(&forged, &intermediates, &roots, now()).unwrap_err();
+    assert_eq!(err.code(), "not_a_ca", "{err}");
+}
+
+#[test]
+fn an_issuer_without_key_cert_sign_is_not_a_ca() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let mut no_sign = a.cert.clone();
+    set_extension(
+        &mut no_sign,
+        standard(KeyUsage(KeyUsages::CRLSign.into()), true),
+    );
+    let no_sign = resign(no_sign, &root.key);
+    let roots = [root.cert.clone()];
+    let intermediates = [no_sign];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NoKeyCertSign { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+
+    // Without basicConstraints at all.
+    let mut no_bc = a.cert.clone();
+    if let Some(exts) = no_bc.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&BasicConstraints::OID));
+    }
+    let intermediates = [resign(no_bc, &root.key)];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+}
+
+#[test]
+fn path_len_constraint_is_honoured() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, Some(0)).unwrap();
+    // The CA refuses an intermediate under a pathLen 0 CA ...
+    let refused = a.intermediate("b", None, None).err().unwrap();
+    assert!(
+        refused.to_string().contains("pathLenConstraint"),
+        "{refused}"
+    );
+    // ... so make one the way a careless offline CA would: lift a's constraint in the copy
+    // used for the CA's checks, sign with a's key.
+    let mut lifted = a.clone();
+    let mut cert = lifted.cert.clone();
+    set_extension(
+        &mut cert,
+        standard(
+            BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            },
+            true,
+        ),
+    );
+    lifted.chain[0] = cert;
+    let b = lifted.intermediate("b", None, None).unwrap();
+    let leaf = b.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let intermediates = [a.cert.clone(), b.cert.clone()];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert_eq!(err.code(), "path_len_exceeded", "{err}");
+    // A leaf directly under a (pathLen 0) is fine.
+    let direct = a.agent("agent", &deploy()).unwrap();
+    assert_eq!(code(validate(&direct, &intermediates, &roots, now())), "ok");
+}
+
+#[test]
+fn path_length_is_bounded() {
+    let root = Ca::root("root");
+    let mut cas = vec![root.clone()];
+    for i in 0..7 {
+        let next = cas[i].intermediate(&format!("i{i}"), None, None).unwrap();
+        cas.push(next);
+    }
+    let roots = [root.cert.clone()];
+    let all: Vec<Certificate> = cas[1..].iter().map(|c| c.cert.clone()).collect();
+    // root + 6 intermediates + leaf = 8: accepted.
+    let leaf6 = cas[6].agent("agent", &deploy()).unwrap();
+    assert_eq!(code(validate(&leaf6, &all, &roots, now())), "ok");
+    // root + 7 intermediates + leaf = 9: refused.
+    let leaf7 = cas[7].agent("agent", &deploy()).unwrap();
+    assert_eq!(code(validate(&leaf7, &all, &roots, now())), "path_too_long");
+}
+
+#[test]
+fn issuer_loops_terminate() {
+    // Two CAs that certify each other, and no root among them.
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let b = a.intermediate("b", None, None).unwrap();
+    let mut a_by_b = a.cert.clone();
+    a_by_b.tbs.issuer = b.cert.tbs.subject.clone();
+    if let Some(exts) = a_by_b.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let a_by_b = resign(a_by_b, &b.key);
+    let leaf = b.agent("agent", &deploy()).unwrap();
+    let intermediates = [a_by_b, b.cert.clone()];
+    let roots = [Ca::root("elsewhere").cert];
+    assert_eq!(
+        code(validate(&leaf, &intermediates, &roots, now())),
+        "unknown_ca"
+    );
+}
+
+#[test]
+fn input_sizes_are_bounded() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let many = vec![root.cert.clone(); MAX_INTERMEDIATES + 1];
+    let roots = [root.cert.clone()];
+    assert_eq!(
+        code(validate(&leaf, &many, &roots, now())),
+        "chain_too_large"
+    );
+    let many_roots = vec![root.cert.clone(); MAX_ROOTS + 1];
+    assert_eq!(
+        code(validate(&leaf, &[], &many_roots, now())),
+        "chain_too_large"
+    );
+    let mut huge = leaf.clone();
+    set_extension(
+        &mut huge,
+        Extension::new(&[0x2a, 0x03], false, vec![0u8; MAX_CERT_LEN]).unwrap(),
+    );
+    assert_eq!(code(validate(&huge, &[], &roots, now())), "chain_too_large");
+}
+
+#[test]
+fn many_same_named_candidates_exhaust_the_budget_not_the_cpu() {
+    // 32 intermediates with one name and different keys; the leaf's AKI is removed so key
+    // identifiers cannot narrow the search.
+    let root = Ca::root("root");
+    let cas: Vec<Ca> = (0..MAX_INTERMEDIATES)
+        .map(|_| root.intermediate("same", None, None).unwrap())
+        .collect();
+    let mut leaf = root.agent("agent", &deploy()).unwrap();
+    leaf.tbs.issuer = cas[0].cert.tbs.subject.clone();
+    if let Some(exts) = leaf.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let leaf = resign(leaf, &crate::testkit::key()); // signed by none of them
+    let intermediates: Vec<Certificate> = cas.iter().map(|c| c.cert.clone()).collect();
+    let roots = [root.cert.clone()];
+    assert_eq!(
+        code(validate(&leaf, &intermediates, &roots, now())),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn same_named_intermediates_are_told_apart() {
+    let root = Ca::root("root");
+    let old = root.intermediate("ops", None, None).unwrap();
+    let new = root.intermediate("ops", None, None).unwrap();
+    let leaf = new.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let intermediates = [old.cert.clone(), new.cert.clone()];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    assert_eq!(chain.intermediates()[0], &new.cert);
+    // Without key identifiers, backtracking over signatures finds it too.
+    let strip = |c: &Certificate, key: &dyn crate::ca::CaSigner| {
+        let mut c = c.clone();
+        if let Some(exts) = c.tbs.extensions.as_mut() {
+            exts.retain(|e| {
+                !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID)
+                    && !e.is(&x509_cert::ext::pkix::SubjectKeyIdentifier::OID)
+            });
+        }
+        resign(c, key)
+    };
+    let leaf = strip(&leaf, &new.key);
+    let intermediates = [strip(&old.cert, &root.key), strip(&new.cert, &root.key)];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    assert_eq!(chain.intermediates()[0], &intermediates[1]);
+}
+
+#[test]
+fn unknown_critical_extensions_are_refused_known_ones_accepted() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let mut critical = leaf.clone();
+    // 1.2.3.4, critical.
+    set_extension(
+        &mut critical,
+        Extension::new(&[0x2a, 0x03, 0x04], true, vec![0x05, 0x00]).unwrap(),
+    );
+    let critical = resign(critical, &root.key);
+    let err = validate(&critical, &[], &roots, now()).unwrap_err();
+    assert_eq!(err.code(), "unknown_critical_extension");
+    assert!(err.to_string().contains("1.2.3.4"), "{err}");
+
+    // sebGrants marked critical: understood.
+    let mut grants_critical = leaf.clone();
+    let mut ext = leaf.extension(crate::cert::SEB_GRANTS_OID).unwrap().clone();
+    ext.critical = true;
+    set_extension(&mut grants_critical, ext);
+    let grants_critical = resign(grants_critical, &root.key);
+    assert_eq!(code(validate(&grants_critical, &[], &roots, now())), "ok");
+}
+
+#[test]
+fn algorithm_rules() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+
+    let mut mismatch = leaf.clone();
+    mismatch.signature_algorithm.oid = ECDSA_SHA256;
+    assert_eq!(
+        code(validate(&mismatch, &[], &roots, now())),
+        "malformed_certificate"
+    );
+
+    let mut rsa = leaf.clone();
+    let sha256_rsa = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+    rsa.signature_algorithm.oid = sha256_rsa;
+    rsa.tbs.signature.oid = sha256_rsa;
+    let rsa = resign(rsa, &root.key);
+    let mut rsa = rsa;
+    rsa.signature_algorithm.oid = sha256_rsa;
+    assert_eq!(
+        code(validate(&rsa, &[], &roots, now())),
+        "unsupported_algorithm"
+    );
+}
+
+#[test]
+fn a_p256_offline_intermediate_signing_with_sha256_verifies() {
+    let root = Ca::root("root");
+    let p256_key = p256::ecdsa::SigningKey::try_generate().unwrap();
+    // Certify a P-256 key as intermediate; the CA accepts any EC public key for it.
+    let p256_spki = spki::SubjectPublicKeyInfoOwned::from_key(p256_key.verifying_key()).unwrap();
+    let cert = crate::ca::issue_intermediate(
+        &root.key,
+        &root.chain,
+        crate::ca::IntermediateRequest {
+            public_key: p256_spki,
+            subject: crate::ca::parse_subject("CN=offline").unwrap(),
+            grants: None,
+            path_len: Some(0),
+            ttl: Duration::from_secs(86_400),
+        },
+        now(),
+    )
+    .unwrap();
+    // Leaf signed by the P-256 key, ecdsa-with-SHA256.
+    let mut leaf = root.agent("agent", &deploy()).unwrap();
+    leaf.tbs.issuer = cert.tbs.subject.clone();
+    if let Some(exts) = leaf.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let leaf = resign_p256(leaf, &p256_key);
+    let roots = [root.cert.clone()];
+    let intermediates = [cert];
+    assert_eq!(code(validate(&leaf, &intermediates, &roots, now())), "ok");
+}
+
+#[test]
+fn validity_is_left_to_the_decision_except_for_the_root() {
+    let root = Ca::root("root");
+    let leaf = root
+        .leaf_with(
+            "agent",
+            &crate::testkit::key(),
+            &deploy(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let roots = [root.cert.clone()];
+    let later = now() + Duration::from_secs(7200);
+    let chain = validate(&leaf, &[], &roots, later).unwrap();
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/a"), later),
+        Some(DenyCode::CertificateExpired)
+    );
+    let mut future = leaf.clone();
+    future.tbs.validity.not_before =
+        x509_cert::time::Time::try_from(now() + Duration::from_secs(600)).unwrap();
+    let future = resign(future, &root.key);
+    let chain = validate(&future, &[], &roots, now()).unwrap();
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/a"), now()),
+        Some(DenyCode::CertificateNotYetValid)
+    );
+
+    let after_root = now() + Duration::from_secs(11 * 365 * 86_400);
+    let err = validate(&leaf, &[], &roots, after_root).unwrap_err();
+    assert!(matches!(err, ChainError::RootExpired { .. }), "{err}");
+    assert_eq!(err.code(), "certificate_expired");
+    let before_root = now() - Duration::from_secs(86_400);
+    assert_eq!(
+        code(validate(&leaf, &[], &roots, before_root)),
+        "certificate_not_yet_valid"
+    );
+}
+
+#[test]
+fn an_offline_intermediate_that_escalates_is_denied_by_the_decision() {
+    let root = Ca::root("root");
+    let ops = root
+        .intermediate(
+            "ops",
+            Some(&grant("deploy.*", "prod/payments/*", "60s")),
+            None,
+        )
+        .unwrap();
+    // The CA itself refuses.
+    let refused = ops
+        .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+        .unwrap_err();
+    assert!(
+        matches!(refused, crate::ca::CaError::Escalation { .. }),
+        "{refused}"
+    );
+    // Signed elsewhere with ops's key: the path is fine, the decision is not.
+    let leaf = ops
+        .unchecked()
+        .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+        .unwrap();
+    let roots = [root.cert.clone()];
+    let intermediates = [ops.cert.clone()];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/payments/api"), now()),
+        Some(DenyCode::GrantChainEscalation)
+    );
+}
+
+#[test]
+fn a_grantless_intermediate_between_two_does_not_break_the_bound() {
+    let root = Ca::root("root");
+    let top = root
+        .intermediate("top", Some(&grant("deploy.*", "prod/**", "60s")), None)
+        .unwrap();
+    let middle = top.intermediate("middle", None, None).unwrap();
+    // The CA checks against every ancestor, not just the grantless issuer.
+    let refused = middle
+        .intermediate("bottom", Some(&grant("*", "**", "60s")), None)
+        .err()
+        .unwrap();
+    assert!(refused.to_string().contains("CN=top"), "{refused}");
+    let bottom = middle
+        .intermediate("bottom", Some(&grant("deploy.x", "prod/**", "60s")), None)
+        .unwrap();
+    let fine = bottom
+        .agent("agent", &grant("deploy.x", "prod/a", "30s"))
+        .unwrap();
+    // Signed elsewhere: a leaf within bottom's grants... but bottom's grants escalated too.
+    let escalated_bottom = middle
+        .unchecked()
+        .intermediate("bottom", Some(&grant("db.*", "prod/**", "60s")), None)
+        .unwrap();
+    let sneaky = escalated_bottom
+        .agent("agent", &grant("db.migrate", "prod/a", "30s"))
+        .unwrap();
+    let roots = [root.cert.clone()];
+    let intermediates = [top.cert.clone(), middle.cert.clone(), bottom.cert.clone()];
+    let chain = validate(&fine, &intermediates, &roots, now()).unwrap();
+    assert_eq!(chain.chain_view().ancestors.len(), 3);
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/a"), now()),
+        None
+    );
+    let intermediates = [
+        top.cert.clone(),
+        middle.cert.clone(),
+        escalated_bottom.cert.clone(),
+    ];
+    let chain = validate(&sneaky, &intermediates, &roots, now()).unwrap();
+    assert_eq!(
+        decide_code(&chain, &request("db.migrate", "prod/a"), now()),
+        Some(DenyCode::GrantChainEscalation)
+    );
+}
+
+#[test]
+fn malformed_grants_reach_the_decision_as_invalid() {
+    let root = Ca::root("root");
+    let mut leaf = root.agent("agent", &deploy()).unwrap();
+    set_extension(
+        &mut leaf,
+        Extension::new(crate::cert::SEB_GRANTS_OID, false, vec![0x30, 0x03, 0x02]).unwrap(),
+    );
+    let leaf = resign(leaf, &root.key);
+    let roots = [root.cert.clone()];
+    let chain = validate(&leaf, &[], &roots, now()).unwrap();
+    assert!(matches!(chain.chain_view().leaf.grants, Some(Err(_))));
+    assert_eq!(
+        decide_code(&chain, &request("deploy.x", "prod/a"), now()),
+        Some(DenyCode::InvalidGrantsExtension)
+    );
+}
+
+#[test]
+fn certificates_read_back_from_der_still_verify() {
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let roots = [crate::testkit::reparse(&root.cert)];
+    let reparsed = crate::testkit::reparse(&leaf);
+    assert_eq!(code(validate(&reparsed, &[], &roots, now())), "ok");
+}
