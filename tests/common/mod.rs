@@ -196,3 +196,139 @@ pub fn module() -> String {
     }
     panic!("libsofthsm2.so not found: install softhsm2");
 }
+
+/// A running `seb serve` on the token of an [`Hsm`]; stopped with SIGTERM on drop.
+pub struct Broker {
+    pub child: Option<std::process::Child>,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Broker {
+    /// Starts the broker and waits until it listens.
+    pub fn start(hsm: &Hsm) -> Self {
+        use std::io::{BufRead, BufReader};
+        let log = hsm.path("broker.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+            .args(["--config", hsm.config().to_str().unwrap(), "serve"])
+            .current_dir(hsm.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start seb serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "broker did not start:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let url = line
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("https://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child: Some(child),
+            url,
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An identity (certificate chain + key) for talking to the broker.
+pub struct Identity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Hsm {
+    /// Issues a certificate with `seb cert issue` and returns the identity.
+    pub fn identity(&self, name: &str, subject: &str, role: &str, extra: &[&str]) -> Identity {
+        let cert = self.issue(name, subject, role, extra);
+        Identity {
+            cert,
+            key: self.path(&format!("{name}.key")),
+        }
+    }
+
+    /// Writes a grants file and returns its path.
+    pub fn grants_file(&self, name: &str, text: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// An agent with the given grants.
+    pub fn agent(&self, name: &str, grants: &str) -> Identity {
+        let file = self.grants_file(&format!("{name}-grants.toml"), grants);
+        self.identity(name, &format!("CN={name}"), "agent", &["--grants", &file])
+    }
+
+    pub fn tls(&self, who: &Identity, resumption: bool) -> seb::client::ClientTls {
+        seb::client::ClientTls::new(
+            &std::fs::read(self.trust("root.pem")).unwrap(),
+            &std::fs::read(&who.cert).unwrap(),
+            &std::fs::read(&who.key).unwrap(),
+            resumption,
+        )
+        .unwrap()
+    }
+}
+
+/// A single-threaded runtime for driving the client in tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

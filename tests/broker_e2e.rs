@@ -1,0 +1,585 @@
+//! The broker end to end, over real TLS with real certificates and a real SoftHSM2 token:
+//! what agents get, what they are refused, single-use redemption, and failing closed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{runtime, Broker, Hsm, Identity};
+use seb::client::{ApiResponse, Client};
+use serde_json::{json, Value};
+
+const DEPLOY: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "30s"
+params.replicas = { min = 1, max = 10 }
+params.image    = { prefix = "registry.internal/payments/" }
+
+[[grant]]
+operation = "db.migrate"
+resource  = "prod/payments/db"
+max_ttl   = "60s"
+params_any = true
+approval  = { required = 2, group = "sre-leads" }
+"#;
+
+fn good_request() -> Value {
+    json!({
+        "operation": "deploy.rollout",
+        "resource": "prod/payments/api",
+        "params": {"replicas": 3, "image": "registry.internal/payments/api:1.4.2"},
+        "justification": "roll out the fix for INC-1234",
+    })
+}
+
+struct Setup {
+    hsm: Hsm,
+    broker: Broker,
+    agent: Identity,
+}
+
+fn setup() -> Setup {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let broker = Broker::start(&hsm);
+    Setup { hsm, broker, agent }
+}
+
+fn post(s: &Setup, who: &Identity, path: &str, body: &Value) -> ApiResponse {
+    let tls = s.hsm.tls(who, true);
+    runtime().block_on(async {
+        let mut client = Client::connect(&s.broker.url, &tls).await.unwrap();
+        client.post_json(path, body).await.unwrap()
+    })
+}
+
+fn error_code(r: &ApiResponse) -> &str {
+    r.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {}", r.text))
+}
+
+fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&seb::token::unb64(part).unwrap()).unwrap()
+}
+
+#[test]
+fn granted_token_verifies_with_an_independent_jwt_library() {
+    let s = setup();
+    let r = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "granted");
+    let token = r.body["token"].as_str().unwrap();
+
+    // jsonwebtoken (ring) with nothing but the token certificate's public key.
+    let token_cert =
+        seb::cert::Certificate::parse(&std::fs::read(s.hsm.trust("token.pem")).unwrap()).unwrap();
+    let spki = der::Encode::to_der(&token_cert.tbs.subject_public_key_info).unwrap();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        <base64ct::Base64 as base64ct::Encoding>::encode_string(&spki)
+    );
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES384);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
+    validation.set_issuer(&["seb-dev"]);
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
+    assert_eq!(data.header.typ.as_deref(), Some("seb-exec+jwt"));
+    let claims = data.claims;
+    assert_eq!(claims["sub"], "CN=deploy-bot");
+    let detail = &claims["authorization_details"][0];
+    assert_eq!(detail["type"], "seb_execution");
+    assert_eq!(detail["operation"], "deploy.rollout");
+    assert_eq!(detail["resource"], "prod/payments/api");
+    let params = good_request()["params"].clone();
+    assert_eq!(
+        detail["params_digest"],
+        seb::token::b64(&seb::canonical::params_digest(&params).unwrap())
+    );
+    // Lifetime is the grant's 30 s, not the broker's 60 s default.
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        30
+    );
+    // Bound to the agent certificate (RFC 8705).
+    let agent = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
+    assert_eq!(
+        claims["cnf"]["x5t#S256"],
+        seb::token::b64(&agent.thumbprint_sha256().unwrap())
+    );
+    assert_eq!(claims["epoch"], 1);
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "128-bit id");
+
+    // A token whose claims were edited no longer verifies.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut edited = claims_of(token);
+    edited["authorization_details"][0]["resource"] = json!("prod/payments/everything");
+    parts[1] = seb::token::b64(&serde_json::to_vec(&edited).unwrap());
+    assert!(jsonwebtoken::decode::<Value>(&parts.join("."), &key, &validation).is_err());
+
+    // The agent can read its request back, token included.
+    let id = r.body["request_id"].as_str().unwrap();
+    let tls = s.hsm.tls(&s.agent, true);
+    let got = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        c.send("GET", &format!("/v1/executions/{id}"), None)
+            .await
+            .unwrap()
+    });
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.body["status"], "granted");
+    assert_eq!(got.body["token"], r.body["token"]);
+}
+
+#[test]
+fn each_grant_violation_has_its_own_code() {
+    let s = setup();
+    let cases = [
+        (
+            json!({"operation": "deploy.delete", "resource": "prod/payments/api", "params": {}}),
+            "operation_not_granted",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/ledger/api", "params": {"replicas": 3, "image": "registry.internal/payments/x"}}),
+            "resource_not_granted",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments/api", "params": {"replicas": 11, "image": "registry.internal/payments/x"}}),
+            "param_constraint_violated",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments/api", "params": {"replicas": "3", "image": "registry.internal/payments/x"}}),
+            "param_constraint_violated",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments/api", "params": {"replicas": 3, "image": "docker.io/evil"}}),
+            "param_constraint_violated",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments/api", "params": {"replicas": 3, "image": "registry.internal/payments/x", "privileged": true}}),
+            "param_constraint_violated",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments/../ledger", "params": {"replicas": 3, "image": "registry.internal/payments/x"}}),
+            "invalid_resource",
+        ),
+        (
+            json!({"operation": "deploy.rollout", "resource": "prod/payments%2Fapi", "params": {"replicas": 3, "image": "registry.internal/payments/x"}}),
+            "invalid_resource",
+        ),
+    ];
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        // One keep-alive connection for all of them.
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        for (body, code) in cases {
+            let r = c.post_json("/v1/executions", &body).await.unwrap();
+            assert_eq!(r.status, 403, "{body} -> {}", r.text);
+            assert_eq!(error_code(&r), code, "{body}");
+            assert!(r.body.get("token").is_none());
+        }
+    });
+
+    // A grant with an approval rule answers 202 pending, with no token.
+    let r = post(
+        &s,
+        &s.agent,
+        "/v1/executions",
+        &json!({"operation": "db.migrate", "resource": "prod/payments/db", "params": {"to": 42}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["status"], "pending_approval");
+    assert_eq!(r.body["approvals_required"], 2);
+    assert!(r.body.get("token").is_none());
+}
+
+#[test]
+fn wrong_role_revoked_and_expired_certificates_are_refused() {
+    let s = setup();
+    // An approver asking to execute.
+    let approver = s
+        .hsm
+        .identity("alice", "CN=alice", "approver", &["--group", "sre-leads"]);
+    let r = post(&s, &approver, "/v1/executions", &good_request());
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(error_code(&r), "wrong_role");
+
+    // An agent asking to redeem.
+    let r = post(
+        &s,
+        &s.agent,
+        "/v1/tokens/redeem",
+        &json!({"token": "x.y.z"}),
+    );
+    assert_eq!(error_code(&r), "wrong_role");
+
+    // Revocation takes effect on the next request, also on an open connection.
+    let tls = s.hsm.tls(&s.agent, true);
+    let serial = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap())
+        .unwrap()
+        .serial_hex();
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        s.hsm.seb_ok(&[
+            "cert",
+            "revoke",
+            "--serial",
+            &serial,
+            "--reason",
+            "key-compromise",
+        ]);
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(error_code(&r), "certificate_revoked");
+    });
+
+    // A certificate that expires while its connection stays open.
+    let file = s.hsm.grants_file("short.toml", DEPLOY);
+    let short = s
+        .hsm
+        .identity("short", "CN=short", "agent", &["--grants", &file]);
+    // Re-issue with a 2 s lifetime (the identity helper uses 30 d).
+    let cert2 = s.hsm.path("short2.pem");
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        s.hsm.path("short.csr").to_str().unwrap(),
+        "--grants",
+        &file,
+        "--role",
+        "agent",
+        "--ttl",
+        "2s",
+        "--out",
+        cert2.to_str().unwrap(),
+    ]);
+    let short = Identity {
+        cert: cert2,
+        key: short.key,
+    };
+    let tls = s.hsm.tls(&short, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        // webpki compares whole seconds; wait well past notAfter.
+        tokio::time::sleep(std::time::Duration::from_millis(3600)).await;
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(error_code(&r), "certificate_expired");
+        // A resumed TLS session skips certificate checks in the handshake, but the decision
+        // still refuses.
+        let mut resumed = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = resumed
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(error_code(&r), "certificate_expired");
+        // A full handshake does not get past TLS (with TLS 1.3 the client learns it on its
+        // first read).
+        let full = s.hsm.tls(&short, false);
+        let fresh = async {
+            let mut c = Client::connect(&s.broker.url, &full).await?;
+            c.post_json("/v1/executions", &good_request()).await
+        }
+        .await;
+        assert!(
+            fresh.is_err(),
+            "an expired certificate got an answer: {fresh:?}"
+        );
+    });
+}
+
+#[test]
+fn foreign_and_self_signed_agents_fail_the_handshake() {
+    let s = setup();
+    // An agent certified by another seb installation's root.
+    let other = Hsm::initialised();
+    let foreign = other.agent("foreign-bot", DEPLOY);
+    let tls = seb::client::ClientTls::new(
+        &std::fs::read(s.hsm.trust("root.pem")).unwrap(),
+        &std::fs::read(&foreign.cert).unwrap(),
+        &std::fs::read(&foreign.key).unwrap(),
+        true,
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let result = async {
+            let mut c = Client::connect(&s.broker.url, &tls).await?;
+            c.post_json("/v1/executions", &good_request()).await
+        }
+        .await;
+        assert!(result.is_err(), "a foreign agent got an answer: {result:?}");
+    });
+
+    // A self-signed certificate made with openssl.
+    let dir = s.hsm.dir.path();
+    let (ok, text) = common::openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-subj",
+            "/CN=deploy-bot",
+            "-days",
+            "1",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let tls = seb::client::ClientTls::new(
+        &std::fs::read(s.hsm.trust("root.pem")).unwrap(),
+        &std::fs::read(dir.join("self.pem")).unwrap(),
+        &std::fs::read(dir.join("self.key")).unwrap(),
+        true,
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let result = async {
+            let mut c = Client::connect(&s.broker.url, &tls).await?;
+            c.post_json("/v1/executions", &good_request()).await
+        }
+        .await;
+        assert!(
+            result.is_err(),
+            "a self-signed agent got an answer: {result:?}"
+        );
+    });
+    assert!(s.broker.log_text().contains("TLS handshake failed"));
+}
+
+#[test]
+fn redemption_is_single_use_across_restarts() {
+    let mut s = setup();
+    let executor = s
+        .hsm
+        .identity("executor", "CN=k8s-executor", "executor", &[]);
+    let r = post(&s, &s.agent, "/v1/executions", &good_request());
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    let r2 = post(&s, &s.agent, "/v1/executions", &good_request());
+    let token2 = r2.body["token"].as_str().unwrap().to_owned();
+
+    let first = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": token}));
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["status"], "redeemed");
+    assert_eq!(first.body["operation"], "deploy.rollout");
+    let again = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": token}));
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(error_code(&again), "token_already_redeemed");
+
+    assert!(s.broker.stop(), "graceful shutdown on SIGTERM");
+    s.broker = Broker::start(&s.hsm);
+    let after_restart = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": token}));
+    assert_eq!(after_restart.status, 409, "{}", after_restart.text);
+    // A token issued before the restart and not yet used still redeems once.
+    let other = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": token2}),
+    );
+    assert_eq!(other.status, 200, "{}", other.text);
+
+    // Tampered tokens are refused without touching the single-use state.
+    let mut parts: Vec<&str> = token2.split('.').collect();
+    let sig = parts[2].to_owned();
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('A') { "B" } else { "A" },
+        &sig[1..]
+    );
+    parts[2] = &flipped;
+    let bad = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": parts.join(".")}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(error_code(&bad), "invalid_token");
+}
+
+#[test]
+fn malformed_input_gets_a_4xx_with_a_code() {
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    let deep = format!("{{\"operation\":\"deploy.rollout\",\"resource\":\"prod/payments/api\",\"params\":{{\"a\":{}1{}}}}}", "[".repeat(100), "]".repeat(100));
+    let huge = format!(
+        "{{\"operation\":\"deploy.rollout\",\"resource\":\"prod/payments/api\",\"params\":{{\"a\":\"{}\"}}}}",
+        "x".repeat(200 * 1024)
+    );
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/executions", b"{not json".to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/executions", b"".to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/executions", br#"{"operation":1,"resource":"a","params":{}}"#.to_vec(), 400, "invalid_request"),
+        ("POST", "/v1/executions", br#"{"operation":"a.b","resource":"a","params":[]}"#.to_vec(), 400, "invalid_request"),
+        ("POST", "/v1/executions", br#"{"operation":"a.b","resource":"a","params":{},"admin":true}"#.to_vec(), 400, "invalid_request"),
+        ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":1,"replicas":99}}"#.to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/executions", deep.into_bytes(), 400, "malformed_json"),
+        ("POST", "/v1/executions", huge.into_bytes(), 413, "body_too_large"),
+        ("POST", "/v1/executions", vec![0xff, 0xfe, 0x00], 400, "malformed_json"),
+        ("GET", "/v1/executions", Vec::new(), 405, "method_not_allowed"),
+        ("GET", "/v1/nope", Vec::new(), 404, "not_found"),
+        ("GET", "/v1/executions/doesnotexist", Vec::new(), 404, "not_found"),
+    ];
+    runtime().block_on(async {
+        for (method, path, body, status, code) in cases {
+            // A fresh connection each time: some errors close the connection.
+            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+            let body = if method == "GET" { None } else { Some(body) };
+            let r = c.send(method, path, body).await.unwrap();
+            assert_eq!(r.status, status, "{method} {path}: {}", r.text);
+            assert_eq!(error_code(&r), code, "{method} {path}");
+            assert!(
+                !r.text.contains("panicked") && !r.text.contains("CKR_"),
+                "{}",
+                r.text
+            );
+        }
+    });
+    // The broker is still healthy afterwards.
+    let r = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        c.send("GET", "/healthz", None).await.unwrap()
+    });
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!s.broker.log_text().contains("panicked"));
+}
+
+#[test]
+fn lost_hsm_means_503_and_no_token_then_recovery() {
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    let tokens = s.hsm.path("tokens");
+    let token_dir = std::fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let aside = s.hsm.path("token-aside");
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+
+        // The token disappears from under the broker (the HSM is gone).
+        std::fs::rename(&token_dir, &aside).unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert_eq!(error_code(&r), "hsm_unavailable");
+        assert!(r.body.get("token").is_none());
+        assert!(
+            !r.text.contains("CKR"),
+            "no PKCS#11 internals leak: {}",
+            r.text
+        );
+        let h = c.send("GET", "/healthz", None).await.unwrap();
+        assert_eq!(h.status, 503, "{}", h.text);
+        assert_eq!(h.body["checks"]["hsm"]["ok"], false);
+
+        // It comes back: the broker recovers without a restart.
+        std::fs::rename(&aside, &token_dir).unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    });
+    let log = s.broker.log_text();
+    assert!(
+        log.contains("hsm_unavailable") || log.contains("HSM"),
+        "{log}"
+    );
+}
+
+#[test]
+fn public_endpoints_serve_trust_crl_health_and_metrics() {
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let _ = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        let trust = c.send("GET", "/v1/trust", None).await.unwrap();
+        assert_eq!(trust.status, 200);
+        assert_eq!(
+            trust.text.matches("BEGIN CERTIFICATE").count(),
+            4,
+            "{}",
+            trust.text
+        );
+        let crl = c.send("GET", "/v1/crl", None).await.unwrap();
+        assert_eq!(crl.status, 200);
+        let crl_path = s.hsm.path("served.crl");
+        std::fs::write(&crl_path, &crl.text).unwrap();
+        let (ok, text) = common::openssl(
+            &[
+                "crl",
+                "-in",
+                crl_path.to_str().unwrap(),
+                "-CAfile",
+                s.hsm.trust("root.pem").to_str().unwrap(),
+                "-noout",
+            ],
+            s.hsm.dir.path(),
+        );
+        assert!(ok && text.contains("verify OK"), "{text}");
+        let health = c.send("GET", "/healthz", None).await.unwrap();
+        assert_eq!(health.status, 200, "{}", health.text);
+        assert_eq!(health.body["status"], "ready");
+        let metrics = c.send("GET", "/metrics", None).await.unwrap();
+        assert!(
+            metrics
+                .text
+                .contains("seb_requests_total{endpoint=\"executions\",outcome=\"granted\"} 1"),
+            "{}",
+            metrics.text
+        );
+        assert!(
+            metrics.text.contains("seb_hsm_sign_seconds_count 1"),
+            "{}",
+            metrics.text
+        );
+        assert!(
+            !metrics.text.contains("deploy-bot"),
+            "no subjects in metrics"
+        );
+    });
+}
