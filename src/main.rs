@@ -36,7 +36,7 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
-    /// Measure the HSM and the CA.
+    /// Measure the HSM, the CA and the authorization decision.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
 }
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
-        Command::Bench(b) => cli::with_config(args.config.as_deref(), |c| cli::bench::run(c, b)),
+        Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
