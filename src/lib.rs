@@ -16,6 +16,7 @@ pub mod duration;
 pub mod grants;
 pub mod store;
 pub mod token;
+pub mod verify;
 
 #[cfg(test)]
 mod testkit;

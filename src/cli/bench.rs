@@ -197,9 +197,8 @@ fn decide_latency(iterations: usize) -> CliResult {
 
     // A throwaway software root: this measures the decision logic, not a device, and no key
     // made here is ever a broker key.
-    let software_key = || {
-        p384::ecdsa::SigningKey::try_generate().map_err(|e| format!("no randomness: {e}"))
-    };
+    let software_key =
+        || p384::ecdsa::SigningKey::try_generate().map_err(|e| format!("no randomness: {e}"));
     let now = SystemTime::now();
     let root_key = software_key()?;
     let root = ca::self_signed_root(
@@ -214,7 +213,10 @@ fn decide_latency(iterations: usize) -> CliResult {
         "decision benchmark: pure logic on a software test root (no HSM), {iterations} decisions per figure; \
          request matches the last grant after failing every other grant's parameters"
     );
-    for (with_intermediate, label) in [(false, "leaf under root"), (true, "leaf under intermediate with the same grants")] {
+    for (with_intermediate, label) in [
+        (false, "leaf under root"),
+        (true, "leaf under intermediate with the same grants"),
+    ] {
         for n in [1usize, 10, 100] {
             let grants = GrantSet::from_toml_str(&bench_grants(n))?;
             let spki_of = |k: &p384::ecdsa::SigningKey| {
@@ -306,7 +308,9 @@ fn decide_latency(iterations: usize) -> CliResult {
     fn check_allowed(decision: &Decision, n: usize) -> CliResult {
         match decision {
             Decision::Allow { grant_index, .. } if *grant_index == n - 1 => Ok(()),
-            other => Err(format!("benchmark request was not allowed by the last grant: {other:?}").into()),
+            other => Err(
+                format!("benchmark request was not allowed by the last grant: {other:?}").into(),
+            ),
         }
     }
     Ok(())
