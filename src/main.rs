@@ -36,6 +36,9 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
+    /// Verify execution tokens offline (needs no --config).
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
     /// Measure the HSM, the CA and the authorization decision.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
+        Command::Token(t) => cli::token::run(t),
         Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
     };
     match result {
