@@ -546,8 +546,9 @@ fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Resu
     Ok(())
 }
 
-/// Verifies `child`'s signature under `issuer`'s public key.
-fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {
+/// Verifies `child`'s signature under `issuer`'s public key (and nothing else: no CA or name
+/// checks). Used for self-signatures of roots in a trust bundle.
+pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {
     let algorithm = &child.signature_algorithm;
     if algorithm.parameters.is_some() {
         return Err(malformed(

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cert;
 pub mod init;
 pub mod serve;
+pub mod token;
 
 /// Errors reaching the top of the binary: printed with their source chain, never with secrets.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;

@@ -22,6 +22,7 @@ pub mod grants;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod verify;
 
 #[cfg(test)]
 mod testkit;

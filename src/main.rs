@@ -36,7 +36,10 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
-    /// Measure the HSM, the CA and the broker.
+    /// Verify execution tokens offline (needs no --config).
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
+    /// Measure the HSM, the CA, the authorization decision and the broker.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
@@ -55,7 +58,8 @@ fn main() -> ExitCode {
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
-        Command::Bench(b) => cli::with_config(args.config.as_deref(), |c| cli::bench::run(c, b)),
+        Command::Token(t) => cli::token::run(t),
+        Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
         Command::Request(a) => match cli::serve::request(a) {
             Ok(code) => return code,

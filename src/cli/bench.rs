@@ -1,7 +1,8 @@
 //! `seb bench`: measured figures, never asserted in tests.
 //!
 //! `seb bench sign` reports the raw device signing rate through the backend's session pool;
-//! `seb bench issue` reports certificate issuance latency through the HSM.
+//! `seb bench issue` reports certificate issuance latency through the HSM; `seb bench decide`
+//! reports the authorization decision's latency (pure logic, no device, no configuration).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
+    /// Authorization decision time for certificates with 1, 10 and 100 grants (pure logic:
+    /// needs no HSM and no --config; certificates come from a throwaway software root).
+    Decide {
+        /// Decisions measured per size and path.
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
+}
+
+/// Runs `bench decide` without configuration, the others with it.
+pub fn dispatch(config: Option<&std::path::Path>, command: BenchCommand) -> CliResult {
+    match command {
+        BenchCommand::Decide { iterations } => decide_latency(iterations),
+        other => super::with_config(config, |c| run(c, other)),
+    }
 }
 
 /// Runs a benchmark.
@@ -57,6 +73,7 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
             Ok(())
         }
         BenchCommand::Issue { count } => issue_latency(config, count),
+        BenchCommand::Decide { iterations } => decide_latency(iterations),
     }
 }
 
@@ -136,5 +153,165 @@ fn issue_latency(config: &Config, count: usize) -> CliResult {
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+/// Median and p99 of `samples` (sorted in place).
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
+/// A grant file with `n` grants on one operation and resource that differ only in the region
+/// they allow, so a request for the last grant goes through every grant's parameter checks.
+fn bench_grants(n: usize) -> String {
+    let mut toml = String::new();
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[grant]]\noperation = \"deploy.rollout\"\nresource = \"prod/payments/*\"\nmax_ttl = \"60s\"\n\
+             params.replicas = {{ min = 1, max = 10 }}\n\
+             params.image = {{ prefix = \"registry.internal/payments/\" }}\n\
+             params.strategy = {{ one_of = [\"rolling\", \"canary\"] }}\n\
+             params.region = {{ equals = \"region-{i}\" }}\n\n"
+        ));
+    }
+    toml
+}
+
+struct NoneRevoked;
+
+impl seb::authz::RevocationView for NoneRevoked {
+    fn is_revoked(&self, _serial: &[u8]) -> bool {
+        false
+    }
+}
+
+fn decide_latency(iterations: usize) -> CliResult {
+    use p384::elliptic_curve::Generate;
+    use seb::authz::{decide, Decision, Request};
+    use seb::ca::IntermediateRequest;
+
+    // A throwaway software root: this measures the decision logic, not a device, and no key
+    // made here is ever a broker key.
+    let software_key =
+        || p384::ecdsa::SigningKey::try_generate().map_err(|e| format!("no randomness: {e}"));
+    let now = SystemTime::now();
+    let root_key = software_key()?;
+    let root = ca::self_signed_root(
+        &root_key,
+        &ca::parse_subject("CN=bench root (software)")?,
+        Duration::from_secs(86_400),
+        now,
+    )?;
+    let roots = [root.clone()];
+    let iterations = iterations.max(1);
+    println!(
+        "decision benchmark: pure logic on a software test root (no HSM), {iterations} decisions per figure; \
+         request matches the last grant after failing every other grant's parameters"
+    );
+    for (with_intermediate, label) in [
+        (false, "leaf under root"),
+        (true, "leaf under intermediate with the same grants"),
+    ] {
+        for n in [1usize, 10, 100] {
+            let grants = GrantSet::from_toml_str(&bench_grants(n))?;
+            let spki_of = |k: &p384::ecdsa::SigningKey| {
+                spki::SubjectPublicKeyInfoOwned::from_key(k.verifying_key())
+                    .map_err(|e| e.to_string())
+            };
+            let (issuer_key, issuer_chain, intermediates) = if with_intermediate {
+                let key = software_key()?;
+                let cert = ca::issue_intermediate(
+                    &root_key,
+                    std::slice::from_ref(&root),
+                    IntermediateRequest {
+                        public_key: spki_of(&key)?,
+                        subject: ca::parse_subject("CN=bench intermediate")?,
+                        grants: Some(grants.clone()),
+                        path_len: Some(0),
+                        ttl: Duration::from_secs(3_600),
+                    },
+                    now,
+                )?;
+                (key, vec![cert.clone(), root.clone()], vec![cert])
+            } else {
+                (root_key.clone(), vec![root.clone()], vec![])
+            };
+            let agent_key = software_key()?;
+            let leaf = ca::issue_leaf_under(
+                &issuer_key,
+                &issuer_chain,
+                LeafRequest {
+                    public_key: spki_of(&agent_key)?,
+                    subject: ca::parse_subject("CN=bench agent")?,
+                    role: Role::new(RoleKind::Agent, vec![])?,
+                    grants: Some(grants),
+                    ttl: Duration::from_secs(600),
+                },
+                Duration::from_secs(600),
+                now,
+            )?;
+            let request = Request {
+                operation: "deploy.rollout".into(),
+                resource: "prod/payments/api".into(),
+                params: serde_json::json!({
+                    "replicas": 3,
+                    "image": "registry.internal/payments/api:1.2.3",
+                    "strategy": "canary",
+                    "region": format!("region-{}", n - 1),
+                }),
+            };
+            let validated = seb::chain::validate(&leaf, &intermediates, &roots, now)?;
+            let mut logic = Vec::with_capacity(iterations);
+            let mut full = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let start = Instant::now();
+                let decision = decide(
+                    &validated.chain_view(),
+                    &NoneRevoked,
+                    &request,
+                    now,
+                    Duration::from_secs(60),
+                );
+                logic.push(start.elapsed());
+                check_allowed(&decision, n)?;
+
+                let start = Instant::now();
+                let chain = seb::chain::validate(&leaf, &intermediates, &roots, now)?;
+                let decision = decide(
+                    &chain.chain_view(),
+                    &NoneRevoked,
+                    &request,
+                    now,
+                    Duration::from_secs(60),
+                );
+                full.push(start.elapsed());
+                check_allowed(&decision, n)?;
+            }
+            let (logic_p50, logic_p99) = percentiles(&mut logic);
+            let (full_p50, full_p99) = percentiles(&mut full);
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "{label}, {n:>3} grant(s): decision (chain view + decide) median {:.1} µs p99 {:.1} µs; \
+                 with chain::validate signatures median {:.1} µs p99 {:.1} µs",
+                us(logic_p50),
+                us(logic_p99),
+                us(full_p50),
+                us(full_p99)
+            );
+        }
+    }
+    fn check_allowed(decision: &Decision, n: usize) -> CliResult {
+        match decision {
+            Decision::Allow { grant_index, .. } if *grant_index == n - 1 => Ok(()),
+            other => Err(
+                format!("benchmark request was not allowed by the last grant: {other:?}").into(),
+            ),
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,950 @@
+//! Known-answer and negative vectors for the verifier. Every fixture comes from [`Fixture::new`]
+//! (a generator: fresh keys and certificates made by the real CA code, tokens made by
+//! `token::mint`); nothing is a hand-edited file. Most cases must fail, each with its code.
+//!
+//! The token key here is a software P-384 (or P-256) key standing for `seb-token`: these are
+//! unit tests of the verifier's pure logic. End-to-end tests with HSM-signed tokens live with
+//! the broker.
+
+use std::time::Duration;
+
+use p256::elliptic_curve::Generate;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::ca::{self, CertKind};
+use crate::testkit::{grant, now, spki, Ca};
+use crate::token::{b64, mint, AuthorizationDetail, Confirmation};
+
+const NOW: u64 = 1_750_000_000;
+
+enum TokenKey {
+    P384(p384::ecdsa::SigningKey),
+    P256(p256::ecdsa::SigningKey),
+}
+
+impl TokenKey {
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            TokenKey::P384(k) => {
+                let sig: p384::ecdsa::Signature = signature::Signer::sign(k, input);
+                sig.to_bytes().to_vec()
+            }
+            TokenKey::P256(k) => {
+                let sig: p256::ecdsa::Signature = signature::Signer::sign(k, input);
+                sig.to_bytes().to_vec()
+            }
+        }
+    }
+}
+
+/// A root, its token certificate, two agents, and the trust bundle.
+struct Fixture {
+    root: Ca,
+    key: TokenKey,
+    token_cert: Certificate,
+    agent: Certificate,
+    other_agent: Certificate,
+    trust: TrustStore,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::with_key(TokenKey::P384(crate::testkit::key()))
+    }
+
+    fn p256() -> Self {
+        Self::with_key(TokenKey::P256(
+            p256::ecdsa::SigningKey::try_generate().unwrap(),
+        ))
+    }
+
+    fn with_key(key: TokenKey) -> Self {
+        let root = Ca::root("seb root");
+        let public = match &key {
+            TokenKey::P384(k) => spki(k),
+            TokenKey::P256(k) => {
+                spki::SubjectPublicKeyInfoOwned::from_key(k.verifying_key()).unwrap()
+            }
+        };
+        let token_cert = ca::issue_service(
+            &root.key,
+            &root.cert,
+            public,
+            &ca::parse_subject("CN=seb token signer,O=seb").unwrap(),
+            CertKind::Signing,
+            Duration::from_secs(30 * 86_400),
+            now(),
+        )
+        .unwrap();
+        let agent = root
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        let other_agent = root
+            .agent("other", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        let trust =
+            TrustStore::from_certificates(vec![root.cert.clone(), token_cert.clone()]).unwrap();
+        Fixture {
+            root,
+            key,
+            token_cert,
+            agent,
+            other_agent,
+            trust,
+        }
+    }
+
+    fn alg(&self) -> &'static str {
+        match self.key {
+            TokenKey::P384(_) => "ES384",
+            TokenKey::P256(_) => "ES256",
+        }
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            alg: self.alg().into(),
+            typ: TOKEN_TYPE.into(),
+            kid: b64(&self.token_cert.thumbprint_sha256().unwrap()),
+        }
+    }
+
+    fn claims(&self) -> Claims {
+        Claims {
+            iss: "seb-test".into(),
+            sub: self.agent.subject_string(),
+            jti: b64(&[7; 16]),
+            iat: NOW,
+            nbf: NOW,
+            exp: NOW + 60,
+            cnf: Confirmation {
+                x5t_s256: b64(&self.agent.thumbprint_sha256().unwrap()),
+            },
+            authorization_details: vec![AuthorizationDetail {
+                kind: DETAIL_TYPE.into(),
+                operation: "deploy.rollout".into(),
+                resource: "prod/payments/api".into(),
+                params_digest: b64(&crate::canonical::params_digest(&params()).unwrap()),
+                request_digest: b64(&[3; 48]),
+                approvals: 0,
+            }],
+            att: None,
+            audit: None,
+            epoch: 5,
+            approvals: vec![],
+        }
+    }
+
+    fn token(&self) -> String {
+        self.mint(&self.header(), &self.claims())
+    }
+
+    fn mint(&self, header: &Header, claims: &Claims) -> String {
+        mint(header, claims, |input: &[u8]| {
+            Ok::<_, std::io::Error>(self.key.sign(input))
+        })
+        .unwrap()
+    }
+
+    /// A token over arbitrary header and claims JSON, properly signed.
+    fn mint_json(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self.key.sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig))
+    }
+
+    fn header_json(&self) -> Value {
+        serde_json::to_value(self.header()).unwrap()
+    }
+
+    fn claims_json(&self) -> Value {
+        serde_json::to_value(self.claims()).unwrap()
+    }
+
+    fn expect(&self) -> Expectations {
+        Expectations {
+            issuer: Some("seb-test".into()),
+            operation: Some("deploy.rollout".into()),
+            resource: Some("prod/payments/api".into()),
+            params: Some(params()),
+            agent_certificate: Some(self.agent.clone()),
+            min_epoch: 5,
+            ..Expectations::at(now())
+        }
+    }
+
+    fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        verify_token(token, &self.trust, &self.expect())
+    }
+
+    fn code(&self, token: &str) -> &'static str {
+        code(self.verify(token))
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104), for the key-confusion vector.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+fn params() -> Value {
+    json!({"replicas": 3, "image": "registry.internal/payments/api:1.2", "strategy": "canary"})
+}
+
+fn code(r: Result<VerifiedToken, VerifyError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    }
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+// ---------------------------------------------------------------------------------------
+// Known answers: tokens that must verify.
+
+#[test]
+fn a_good_es384_token_verifies_with_every_expectation() {
+    let f = Fixture::new();
+    let verified = f.verify(&f.token()).unwrap();
+    assert_eq!(verified.claims, f.claims());
+    assert_eq!(verified.header, f.header());
+    assert_eq!(verified.signer, f.token_cert);
+    // And with no expectations at all.
+    verify_token(&f.token(), &f.trust, &Expectations::at(now())).unwrap();
+}
+
+#[test]
+fn a_good_es256_token_verifies_on_a_p256_key() {
+    let f = Fixture::p256();
+    assert_eq!(f.code(&f.token()), "ok");
+}
+
+#[test]
+fn parameters_are_compared_by_canonical_digest() {
+    let f = Fixture::new();
+    let mut expect = f.expect();
+    // Same values, other key order and number spelling: JCS gives the same digest.
+    expect.params = Some(
+        serde_json::from_str(
+            r#"{"strategy":"canary","image":"registry.internal/payments/api:1.2","replicas":3}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(code(verify_token(&f.token(), &f.trust, &expect)), "ok");
+}
+
+#[test]
+fn a_high_s_signature_is_accepted() {
+    // ECDSA signatures are malleable; JWS does not require low-S and neither do we (replay
+    // protection is the broker's single-use jti, not signature uniqueness).
+    let f = Fixture::new();
+    let token = f.token();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = p384::ecdsa::Signature::from_slice(&crate::token::unb64(sig).unwrap()).unwrap();
+    let (r, s) = sig.split_scalars();
+    let flipped = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    assert_ne!(flipped, sig);
+    let other = format!("{input}.{}", b64(&flipped.to_bytes()));
+    assert_eq!(f.code(&other), "ok");
+}
+
+#[test]
+fn a_token_certificate_under_an_intermediate_verifies() {
+    let f = Fixture::new();
+    let ops = f.root.intermediate("signing ops", None, Some(0)).unwrap();
+    let key = crate::testkit::key();
+    let cert = ca::issue_service(
+        &ops.key,
+        &ops.cert,
+        spki(&key),
+        &ca::parse_subject("CN=token 2").unwrap(),
+        CertKind::Signing,
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap();
+    let trust =
+        TrustStore::from_certificates(vec![f.root.cert.clone(), ops.cert.clone(), cert.clone()])
+            .unwrap();
+    let g = Fixture {
+        key: TokenKey::P384(key),
+        token_cert: cert,
+        trust,
+        ..f
+    };
+    assert_eq!(g.code(&g.token()), "ok");
+    // Without the intermediate in the bundle, the path is gone.
+    let trust =
+        TrustStore::from_certificates(vec![g.root.cert.clone(), g.token_cert.clone()]).unwrap();
+    assert_eq!(
+        code(verify_token(&g.token(), &trust, &g.expect())),
+        "untrusted_token_certificate"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tampering.
+
+#[test]
+fn tampered_header_claims_or_signature_fail() {
+    let f = Fixture::new();
+    let token = f.token();
+    let parts: Vec<&str> = token.split('.').collect();
+
+    // Header re-encoded with another (still valid) kid spelling: signature no longer covers it.
+    let mut header = f.header_json();
+    header["typ"] = json!(TOKEN_TYPE);
+    let reordered = b64(format!(
+        "{{\"typ\":\"{TOKEN_TYPE}\",\"alg\":\"ES384\",\"kid\":{}}}",
+        header["kid"]
+    )
+    .as_bytes());
+    assert_eq!(
+        f.code(&format!("{reordered}.{}.{}", parts[1], parts[2])),
+        "bad_signature"
+    );
+
+    // Claims with another resource.
+    let mut claims = f.claims();
+    claims.authorization_details[0].resource = "prod/**".into();
+    let forged = b64(&serde_json::to_vec(&claims).unwrap());
+    assert_eq!(
+        f.code(&format!("{}.{forged}.{}", parts[0], parts[2])),
+        "bad_signature"
+    );
+
+    // Claims with a later expiry.
+    let mut claims = f.claims();
+    claims.exp += 3000;
+    let forged = b64(&serde_json::to_vec(&claims).unwrap());
+    assert_eq!(
+        f.code(&format!("{}.{forged}.{}", parts[0], parts[2])),
+        "bad_signature"
+    );
+
+    // One bit of the signature.
+    let mut sig = crate::token::unb64(parts[2]).unwrap();
+    sig[10] ^= 0x01;
+    assert_eq!(
+        f.code(&format!("{}.{}.{}", parts[0], parts[1], b64(&sig))),
+        "bad_signature"
+    );
+
+    // Another token's signature.
+    let mut other = f.claims();
+    other.jti = b64(&[8; 16]);
+    let other = f.mint(&f.header(), &other);
+    let other_sig = other.rsplit_once('.').unwrap().1;
+    assert_eq!(
+        f.code(&format!("{}.{}.{other_sig}", parts[0], parts[1])),
+        "bad_signature"
+    );
+}
+
+#[test]
+fn signatures_must_be_raw_r_s_of_the_curves_size() {
+    let f = Fixture::new();
+    let token = f.token();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let raw = crate::token::unb64(sig).unwrap();
+    let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
+    let der = sig.to_der();
+    assert_eq!(
+        f.code(&format!("{input}.{}", b64(der.as_bytes()))),
+        "bad_signature",
+        "DER-encoded signature"
+    );
+    assert_eq!(
+        f.code(&format!("{input}.{}", b64(&raw[..95]))),
+        "bad_signature"
+    );
+    let mut longer = raw.clone();
+    longer.push(0);
+    assert_eq!(
+        f.code(&format!("{input}.{}", b64(&longer))),
+        "bad_signature"
+    );
+    assert_eq!(
+        f.code(&format!("{input}.{}", b64(&[0u8; 96]))),
+        "bad_signature",
+        "r = s = 0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Header and algorithm.
+
+#[test]
+fn alg_none_and_hmac_are_refused() {
+    let f = Fixture::new();
+    for alg in [
+        "none", "None", "HS256", "HS384", "RS256", "PS384", "ES512", "EdDSA", "",
+    ] {
+        let mut header = f.header_json();
+        header["alg"] = json!(alg);
+        let token = f.mint_json(&header, &f.claims_json());
+        assert_eq!(f.code(&token), "unsupported_algorithm", "{alg}");
+    }
+    // alg none with an empty signature part.
+    let mut header = f.header_json();
+    header["alg"] = json!("none");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(header.to_string().as_bytes()),
+        b64(f.claims_json().to_string().as_bytes())
+    );
+    assert_eq!(f.code(&unsigned), "malformed_token");
+
+    // HS256 "signed" with the token certificate's public key as the HMAC secret (the classic
+    // key-confusion attack) is refused on alg alone.
+    let mut header = f.header_json();
+    header["alg"] = json!("HS256");
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(f.claims_json().to_string().as_bytes())
+    );
+    let secret = f
+        .token_cert
+        .tbs
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let tag = hmac_sha256(secret, input.as_bytes());
+    assert_eq!(
+        f.code(&format!("{input}.{}", b64(&tag))),
+        "unsupported_algorithm"
+    );
+}
+
+#[test]
+fn alg_must_fit_the_key_curve() {
+    let f = Fixture::new();
+    let mut header = f.header();
+    header.alg = "ES256".into();
+    assert_eq!(
+        f.code(&f.mint(&header, &f.claims())),
+        "algorithm_key_mismatch"
+    );
+    let g = Fixture::p256();
+    let mut header = g.header();
+    header.alg = "ES384".into();
+    assert_eq!(
+        g.code(&g.mint(&header, &g.claims())),
+        "algorithm_key_mismatch"
+    );
+}
+
+#[test]
+fn header_rules() {
+    let f = Fixture::new();
+    let mut header = f.header_json();
+    header["typ"] = json!("JWT");
+    assert_eq!(
+        f.code(&f.mint_json(&header, &f.claims_json())),
+        "wrong_token_type"
+    );
+
+    let mut header = f.header_json();
+    header["jku"] = json!("https://attacker.example/keys");
+    assert_eq!(
+        f.code(&f.mint_json(&header, &f.claims_json())),
+        "malformed_token"
+    );
+
+    let mut header = f.header_json();
+    header["x5c"] = json!(["MIIB..."]);
+    assert_eq!(
+        f.code(&f.mint_json(&header, &f.claims_json())),
+        "malformed_token"
+    );
+
+    let mut header = f.header_json();
+    header.as_object_mut().unwrap().remove("kid");
+    assert_eq!(
+        f.code(&f.mint_json(&header, &f.claims_json())),
+        "malformed_token"
+    );
+
+    let duplicate = format!(
+        "{{\"alg\":\"ES384\",\"alg\":\"none\",\"typ\":\"{TOKEN_TYPE}\",\"kid\":{}}}",
+        f.header_json()["kid"]
+    );
+    let input = format!(
+        "{}.{}",
+        b64(duplicate.as_bytes()),
+        b64(f.claims_json().to_string().as_bytes())
+    );
+    let sig = f.key.sign(input.as_bytes());
+    assert_eq!(f.code(&format!("{input}.{}", b64(&sig))), "malformed_token");
+
+    for not_json in ["[]", "null", "\"ES384\"", "{"] {
+        let input = format!(
+            "{}.{}",
+            b64(not_json.as_bytes()),
+            b64(f.claims_json().to_string().as_bytes())
+        );
+        let sig = f.key.sign(input.as_bytes());
+        assert_eq!(
+            f.code(&format!("{input}.{}", b64(&sig))),
+            "malformed_token",
+            "{not_json}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The signing certificate.
+
+#[test]
+fn an_unknown_kid_is_refused() {
+    let f = Fixture::new();
+    let mut header = f.header();
+    header.kid = b64(&[0; 32]);
+    assert_eq!(f.code(&f.mint(&header, &f.claims())), "unknown_key");
+    // The root's thumbprint: roots sign certificates, not tokens.
+    header.kid = b64(&f.root.cert.thumbprint_sha256().unwrap());
+    assert_eq!(f.code(&f.mint(&header, &f.claims())), "unknown_key");
+    // A certificate the bundle does not hold at all (the agent's).
+    header.kid = b64(&f.agent.thumbprint_sha256().unwrap());
+    assert_eq!(f.code(&f.mint(&header, &f.claims())), "unknown_key");
+}
+
+#[test]
+fn a_token_key_certified_by_another_root_is_untrusted() {
+    let f = Fixture::new();
+    let rogue = Fixture::new(); // its own root and token key
+                                // The rogue token certificate is in the bundle, its root is not.
+    let trust = TrustStore::from_certificates(vec![
+        f.root.cert.clone(),
+        f.token_cert.clone(),
+        rogue.token_cert.clone(),
+    ])
+    .unwrap();
+    let err = verify_token(&rogue.token(), &trust, &f.expect()).unwrap_err();
+    assert_eq!(err.code(), "untrusted_token_certificate", "{err}");
+    assert!(err.to_string().contains("unknown_ca"), "{err}");
+
+    // A self-signed "token certificate" is a root of its own, never a token signer.
+    let trust =
+        TrustStore::from_certificates(vec![f.root.cert.clone(), rogue.root.cert.clone()]).unwrap();
+    let mut header = rogue.header();
+    header.kid = b64(&rogue.root.cert.thumbprint_sha256().unwrap());
+    assert_eq!(
+        code(verify_token(
+            &rogue.mint(&header, &rogue.claims()),
+            &trust,
+            &f.expect()
+        )),
+        "unknown_key"
+    );
+}
+
+#[test]
+fn only_a_signing_certificate_may_sign_tokens() {
+    let f = Fixture::new();
+    // An agent's key and certificate (digitalSignature, clientAuth, sebRole): no.
+    let agent_key = crate::testkit::key();
+    let agent = f
+        .root
+        .leaf_with(
+            "agent",
+            &agent_key,
+            &grant("*", "**", "60s"),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), agent.clone()]).unwrap();
+    let g = Fixture {
+        key: TokenKey::P384(agent_key),
+        token_cert: agent,
+        trust,
+        ..Fixture::new()
+    };
+    let trust = g.trust.clone();
+    let mut header = g.header();
+    header.kid = b64(&g.token_cert.thumbprint_sha256().unwrap());
+    let token = g.mint(&header, &f.claims());
+    assert_eq!(
+        code(verify_token(&token, &trust, &f.expect())),
+        "not_a_token_certificate"
+    );
+
+    // An intermediate CA's key: no.
+    let ops = f.root.intermediate("ops", None, None).unwrap();
+    let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), ops.cert.clone()]).unwrap();
+    let g = Fixture {
+        key: TokenKey::P384(ops.key.clone()),
+        token_cert: ops.cert.clone(),
+        trust: trust.clone(),
+        ..Fixture::new()
+    };
+    assert_eq!(
+        code(verify_token(
+            &g.mint(&g.header(), &f.claims()),
+            &trust,
+            &f.expect()
+        )),
+        "not_a_token_certificate"
+    );
+}
+
+#[test]
+fn the_token_certificate_must_be_valid_now() {
+    let f = Fixture::new();
+    let token = f.token();
+    let mut expect = f.expect();
+    expect.now = at(NOW + 31 * 86_400);
+    assert_eq!(
+        code(verify_token(&token, &f.trust, &expect)),
+        "certificate_expired"
+    );
+    expect.now = at(NOW - 3600);
+    assert_eq!(
+        code(verify_token(&token, &f.trust, &expect)),
+        "certificate_not_yet_valid"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Lifetime and epoch.
+
+#[test]
+fn lifetime_rules() {
+    let f = Fixture::new();
+    let token = f.token();
+    let with_now = |secs: u64| {
+        let mut e = f.expect();
+        e.now = at(secs);
+        code(verify_token(&token, &f.trust, &e))
+    };
+    assert_eq!(with_now(NOW), "ok");
+    assert_eq!(with_now(NOW + 59), "ok");
+    assert_eq!(with_now(NOW + 60), "token_expired", "now == exp");
+    assert_eq!(with_now(NOW + 3600), "token_expired");
+    assert_eq!(with_now(NOW - 30), "ok", "within the leeway");
+    assert_eq!(with_now(NOW - 31), "invalid_lifetime", "iat in the future");
+
+    let mut claims = f.claims();
+    claims.nbf = NOW + 31;
+    claims.exp = NOW + 90;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "token_not_yet_valid");
+
+    let mut claims = f.claims();
+    claims.exp = claims.nbf;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+
+    let mut claims = f.claims();
+    claims.exp = NOW + 3601;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+
+    let mut claims = f.claims();
+    claims.iat = NOW + 120;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+
+    let mut claims = f.claims();
+    claims.exp = u64::MAX;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+}
+
+#[test]
+fn an_old_epoch_is_refused() {
+    let f = Fixture::new();
+    let mut expect = f.expect();
+    expect.min_epoch = 6;
+    let err = verify_token(&f.token(), &f.trust, &expect).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::StaleEpoch {
+            epoch: 5,
+            min_epoch: 6
+        }
+    );
+    assert_eq!(err.code(), "stale_epoch");
+}
+
+// ---------------------------------------------------------------------------------------
+// Claims.
+
+#[test]
+fn claims_must_be_exactly_the_seb_claims() {
+    let f = Fixture::new();
+    let mut claims = f.claims_json();
+    claims["admin"] = json!(true);
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+
+    let mut claims = f.claims_json();
+    claims["authorization_details"][0]["params"] = json!({"replicas": 99});
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+
+    let mut claims = f.claims_json();
+    claims["cnf"]["x5t"] = json!("abc");
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+
+    for missing in ["exp", "epoch", "cnf", "jti"] {
+        let mut claims = f.claims_json();
+        claims.as_object_mut().unwrap().remove(missing);
+        assert_eq!(
+            f.code(&f.mint_json(&f.header_json(), &claims)),
+            "invalid_claims",
+            "{missing}"
+        );
+    }
+
+    let mut claims = f.claims_json();
+    claims["exp"] = json!("1750000060");
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+    claims["exp"] = json!(-1);
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+    claims["exp"] = json!(1.75e9);
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &claims)),
+        "invalid_claims"
+    );
+}
+
+#[test]
+fn exactly_one_seb_execution_detail() {
+    let f = Fixture::new();
+    let mut claims = f.claims();
+    let detail = claims.authorization_details[0].clone();
+    claims.authorization_details.push(AuthorizationDetail {
+        operation: "db.drop".into(),
+        ..detail.clone()
+    });
+    assert_eq!(
+        f.code(&f.mint(&f.header(), &claims)),
+        "invalid_authorization_details"
+    );
+    claims.authorization_details.clear();
+    assert_eq!(
+        f.code(&f.mint(&f.header(), &claims)),
+        "invalid_authorization_details"
+    );
+    claims.authorization_details.push(AuthorizationDetail {
+        kind: "payment_initiation".into(),
+        ..detail
+    });
+    assert_eq!(
+        f.code(&f.mint(&f.header(), &claims)),
+        "invalid_authorization_details"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Expectations.
+
+#[test]
+fn the_token_must_be_for_this_operation_resource_and_parameters() {
+    let f = Fixture::new();
+    let token = f.token();
+    let check = |edit: &dyn Fn(&mut Expectations)| {
+        let mut e = f.expect();
+        edit(&mut e);
+        code(verify_token(&token, &f.trust, &e))
+    };
+    assert_eq!(
+        check(&|e| e.operation = Some("deploy.rollback".into())),
+        "wrong_operation"
+    );
+    assert_eq!(
+        check(&|e| e.operation = Some("deploy.*".into())),
+        "wrong_operation"
+    );
+    assert_eq!(
+        check(&|e| e.resource = Some("prod/payments/db".into())),
+        "wrong_resource"
+    );
+    assert_eq!(
+        check(&|e| e.resource = Some("prod/payments/api/".into())),
+        "wrong_resource"
+    );
+    assert_eq!(
+        check(&|e| {
+            e.params = Some(
+                json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
+            )
+        }),
+        "wrong_params"
+    );
+    assert_eq!(
+        check(&|e| {
+            e.params = Some(
+                json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
+            )
+        }),
+        "wrong_params",
+        "a string is not an integer"
+    );
+    assert_eq!(
+        check(&|e| e.params = Some(json!({"replicas": 9007199254740993u64}))),
+        "invalid_params"
+    );
+    assert_eq!(
+        check(&|e| e.issuer = Some("other-broker".into())),
+        "wrong_issuer"
+    );
+
+    let err = verify_token(
+        &token,
+        &f.trust,
+        &Expectations {
+            operation: Some("db.drop".into()),
+            ..f.expect()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::WrongOperation {
+            expected: "db.drop".into(),
+            token: "deploy.rollout".into()
+        }
+    );
+}
+
+#[test]
+fn a_token_presented_with_another_agents_certificate_is_refused() {
+    let f = Fixture::new();
+    let mut expect = f.expect();
+    expect.agent_certificate = Some(f.other_agent.clone());
+    let err = verify_token(&f.token(), &f.trust, &expect).unwrap_err();
+    assert_eq!(err.code(), "wrong_certificate");
+}
+
+// ---------------------------------------------------------------------------------------
+// Shape and size.
+
+#[test]
+fn shape_and_size() {
+    let f = Fixture::new();
+    let token = f.token();
+    let parts: Vec<&str> = token.split('.').collect();
+    for bad in [
+        String::new(),
+        ".".into(),
+        "..".into(),
+        "...".into(),
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{token}.{}", parts[2]),
+        format!("{}..{}", parts[0], parts[2]),
+        format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+        format!("{} .{}.{}", parts[0], parts[1], parts[2]),
+        token.replace('-', "+").replace('_', "/")
+            + if token.contains(['-', '_']) { "" } else { "!" },
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            &parts[2][..parts[2].len() - 1]
+        ),
+    ] {
+        let c = f.code(&bad);
+        assert!(
+            c == "malformed_token" || c == "bad_signature",
+            "{bad:?} gave {c}"
+        );
+    }
+    let truncated = &token[..token.len() - 10];
+    assert!(matches!(
+        f.code(truncated),
+        "malformed_token" | "bad_signature"
+    ));
+    let huge = "a".repeat(MAX_TOKEN_LEN + 1);
+    assert_eq!(f.code(&huge), "token_too_large");
+    // A valid token padded to the limit with a huge claim is refused on size, before parsing.
+    let mut claims = f.claims();
+    claims.sub = "x".repeat(MAX_TOKEN_LEN);
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "token_too_large");
+}
+
+#[test]
+fn non_canonical_base64_is_refused() {
+    assert_eq!(strict_b64("x", "QQ").unwrap(), b"A");
+    // "QR" carries the same byte with non-zero trailing bits: a second spelling.
+    assert!(strict_b64("x", "QR").is_err());
+    assert!(strict_b64("x", "QQ==").is_err());
+    assert!(strict_b64("x", "Q").is_err());
+    assert!(strict_b64("x", "").is_err());
+    assert!(strict_b64("x", "a+b/").is_err(), "standard alphabet");
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust bundles.
+
+#[test]
+fn trust_bundles() {
+    let f = Fixture::new();
+    let pem = format!(
+        "{}{}",
+        f.root.cert.to_pem_string().unwrap(),
+        f.token_cert.to_pem_string().unwrap()
+    );
+    let trust = TrustStore::from_pem(pem.as_bytes()).unwrap();
+    assert_eq!(trust.roots().len(), 1);
+    assert_eq!(code(verify_token(&f.token(), &trust, &f.expect())), "ok");
+
+    let code_of = |r: Result<TrustStore, VerifyError>| r.err().map(|e| e.code());
+    assert_eq!(
+        code_of(TrustStore::from_pem(b"no certificates")),
+        Some("invalid_trust_bundle")
+    );
+    assert_eq!(
+        code_of(TrustStore::from_pem(
+            f.token_cert.to_pem_string().unwrap().as_bytes()
+        )),
+        Some("invalid_trust_bundle"),
+        "no root"
+    );
+    let huge = vec![b' '; MAX_BUNDLE_LEN + 1];
+    assert_eq!(
+        code_of(TrustStore::from_pem(&huge)),
+        Some("invalid_trust_bundle")
+    );
+    // A self-issued certificate whose self-signature does not verify.
+    let mut forged = f.root.cert.clone();
+    forged.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[9]).unwrap();
+    assert_eq!(
+        code_of(TrustStore::from_certificates(vec![forged])),
+        Some("invalid_trust_bundle")
+    );
+}

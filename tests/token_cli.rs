@@ -1,0 +1,234 @@
+//! `seb token verify` as an executor runs it: no configuration, no HSM, just the broker's trust
+//! bundle and a token, here one signed by `seb-token` inside SoftHSM2.
+//!
+//! One test function on purpose: it points this process's SoftHSM2 at its own token
+//! directory through the environment, which must not race with another test in the process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::Hsm;
+use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
+use seb::backend::KeyBackend;
+use seb::cert::Certificate;
+use seb::config::{BackendConfig, Config};
+use seb::token::{b64, mint, AuthorizationDetail, Claims, Confirmation, Header, DETAIL_TYPE};
+use sha2::{Digest, Sha384};
+
+const GRANTS: &str = "[[grant]]\noperation = \"deploy.rollout\"\nresource = \"prod/payments/*\"\nmax_ttl = \"60s\"\nparams_any = true\n";
+
+fn verify(dir: &Path, args: &[&str]) -> Output {
+    let mut full = vec!["token", "verify"];
+    full.extend_from_slice(args);
+    common::seb(&full, dir)
+}
+
+fn assert_code(out: &Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {code}: ")),
+        "expected {code}:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout on failure");
+}
+
+#[test]
+fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
+    let hsm = Hsm::initialised();
+    let grants = hsm.path("grants.toml");
+    std::fs::write(&grants, GRANTS).unwrap();
+    let grants = grants.to_str().unwrap();
+    let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", grants]);
+    let other = hsm.issue("other", "CN=other-bot", "agent", &["--grants", grants]);
+    let agent_cert = Certificate::parse(&std::fs::read(&agent).unwrap()).unwrap();
+
+    // The broker's token key, reached in-process through the PKCS#11 backend.
+    let config = Config::load(&hsm.config()).unwrap();
+    let BackendConfig::Pkcs11(p11) = &config.backend else {
+        panic!("provision.sh configures pkcs11");
+    };
+    for (key, value) in &p11.module_env {
+        std::env::set_var(key, value);
+    }
+    let backend = Pkcs11Backend::open(Pkcs11Settings {
+        module: p11.module.clone(),
+        token: TokenSelector {
+            label: p11.token_label.clone(),
+            serial: None,
+        },
+        pin: p11.read_pin().unwrap(),
+        sessions: 1,
+    })
+    .unwrap();
+
+    let token_cert = Certificate::parse(&std::fs::read(hsm.trust("token.pem")).unwrap()).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let params = serde_json::json!({"replicas": 3, "strategy": "canary"});
+    let header = Header {
+        alg: "ES384".into(),
+        typ: seb::token::TOKEN_TYPE.into(),
+        kid: b64(&token_cert.thumbprint_sha256().unwrap()),
+    };
+    let claims = Claims {
+        iss: config.broker_id.clone(),
+        sub: agent_cert.subject_string(),
+        jti: b64(&[42; 16]),
+        iat: now,
+        nbf: now,
+        exp: now + 60,
+        cnf: Confirmation {
+            x5t_s256: b64(&agent_cert.thumbprint_sha256().unwrap()),
+        },
+        authorization_details: vec![AuthorizationDetail {
+            kind: DETAIL_TYPE.into(),
+            operation: "deploy.rollout".into(),
+            resource: "prod/payments/api".into(),
+            params_digest: b64(&seb::canonical::params_digest(&params).unwrap()),
+            request_digest: b64(&seb::canonical::request_digest(
+                "deploy.rollout",
+                "prod/payments/api",
+                &params,
+            )
+            .unwrap()),
+            approvals: 0,
+        }],
+        att: None,
+        audit: None,
+        epoch: 3,
+        approvals: vec![],
+    };
+    let token = mint(&header, &claims, |input: &[u8]| {
+        backend
+            .sign_digest(&config.keys.token, &Sha384::digest(input))
+            .map(|sig| sig.to_raw())
+    })
+    .unwrap();
+
+    let dir = hsm.dir.path();
+    let token_file = hsm.path("token.jwt");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut bundle = String::new();
+    for name in ["root.pem", "token.pem", "audit.pem", "tls.pem"] {
+        bundle.push_str(&std::fs::read_to_string(hsm.trust(name)).unwrap());
+    }
+    let trust = hsm.path("trust.pem");
+    std::fs::write(&trust, &bundle).unwrap();
+    let (trust, token_file) = (trust.to_str().unwrap(), token_file.to_str().unwrap());
+    let params_text = params.to_string();
+    let full = [
+        "--trust",
+        trust,
+        "--token",
+        token_file,
+        "--operation",
+        "deploy.rollout",
+        "--resource",
+        "prod/payments/api",
+        "--params",
+        &params_text,
+        "--cert",
+        agent.to_str().unwrap(),
+        "--min-epoch",
+        "3",
+        "--issuer",
+        &config.broker_id,
+    ];
+
+    // Good: the claims on stdout, exit 0, with no --config anywhere.
+    let out = verify(dir, &full);
+    common::assert_success(&out, "token verify");
+    let printed: Claims = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, claims);
+    // Parameters in another key order are the same request.
+    let mut reordered = full.to_vec();
+    reordered[9] = r#"{"strategy":"canary","replicas":3}"#;
+    common::assert_success(&verify(dir, &reordered), "reordered params");
+
+    // Each expectation, broken.
+    let with = |index: usize, value: &str| {
+        let mut args = full.to_vec();
+        args[index] = value;
+        verify(dir, &args)
+    };
+    assert_code(&with(5, "deploy.rollback"), "wrong_operation");
+    assert_code(&with(7, "prod/payments/db"), "wrong_resource");
+    assert_code(
+        &with(9, r#"{"replicas":4,"strategy":"canary"}"#),
+        "wrong_params",
+    );
+    assert_code(&with(9, "{not json"), "invalid_params");
+    assert_code(&with(11, other.to_str().unwrap()), "wrong_certificate");
+    assert_code(&with(13, "4"), "stale_epoch");
+    assert_code(&with(15, "another-broker"), "wrong_issuer");
+
+    // Time.
+    let later = (now + 61).to_string();
+    let mut args = full.to_vec();
+    args.extend_from_slice(&["--now", &later]);
+    assert_code(&verify(dir, &args), "token_expired");
+    let earlier = (now - 3600).to_string();
+    let mut args = full.to_vec();
+    args.extend_from_slice(&["--now", &earlier]);
+    assert_code(&verify(dir, &args), "certificate_not_yet_valid");
+
+    // The token itself.
+    let tampered = hsm.path("tampered.jwt");
+    let forged_claims = Claims {
+        exp: now + 3000,
+        ..claims.clone()
+    };
+    let forged = format!(
+        "{}.{}.{}",
+        token.split('.').next().unwrap(),
+        b64(&serde_json::to_vec(&forged_claims).unwrap()),
+        token.rsplit('.').next().unwrap()
+    );
+    std::fs::write(&tampered, forged).unwrap();
+    assert_code(&with(3, tampered.to_str().unwrap()), "bad_signature");
+    let garbage = hsm.path("garbage.jwt");
+    std::fs::write(&garbage, "not.a.token").unwrap();
+    assert_code(&with(3, garbage.to_str().unwrap()), "malformed_token");
+    let huge = hsm.path("huge.jwt");
+    std::fs::write(&huge, "a".repeat(20_000)).unwrap();
+    assert_code(&with(3, huge.to_str().unwrap()), "token_too_large");
+    assert_code(&with(3, "/nonexistent/token"), "invalid_input");
+
+    // Trust: the token certificate alone has no root; a bundle without the token certificate
+    // does not know the kid.
+    let no_root = hsm.path("no-root.pem");
+    std::fs::copy(hsm.trust("token.pem"), &no_root).unwrap();
+    assert_code(&with(1, no_root.to_str().unwrap()), "invalid_trust_bundle");
+    let root_only = hsm.trust("root.pem");
+    assert_code(&with(1, root_only.to_str().unwrap()), "unknown_key");
+
+    // stdin.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["token", "verify", "--trust", trust, "--token", "-"])
+        .env_remove("SEB_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(token.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    common::assert_success(&out, "token from stdin");
+}
