@@ -16,6 +16,8 @@ use sha2::{Digest, Sha384};
 
 use super::{open_backend, CliResult};
 
+mod broker;
+
 /// `seb bench ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -37,6 +39,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
+    /// The whole broker: starts it in this process on a loopback port, drives it with N
+    /// concurrent mTLS keep-alive agents, and reports tokens/s and latency next to the raw HSM
+    /// sign rate of the token key measured in the same run with the same number of sessions.
+    Broker(broker::BrokerBenchArgs),
     /// Authorization decision time for certificates with 1, 10 and 100 grants (pure logic:
     /// needs no HSM and no --config; certificates come from a throwaway software root).
     Decide {
@@ -73,6 +79,7 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
             Ok(())
         }
         BenchCommand::Issue { count } => issue_latency(config, count),
+        BenchCommand::Broker(args) => broker::run(config, args),
         BenchCommand::Decide { iterations } => decide_latency(iterations),
     }
 }

@@ -1,0 +1,234 @@
+//! `seb bench broker`: the broker under load, measured next to the raw HSM signing rate.
+//!
+//! Runs the real server (same code as `seb serve`) in this process on a loopback port with the
+//! configured device, a throwaway store under the state directory, and a bench agent
+//! certificate issued by the root key in the device. The per-certificate rate limit is lifted
+//! for the run (one agent identity drives all the load). Load comes from N concurrent
+//! keep-alive mTLS connections in a closed loop, and separately from full handshakes with TLS
+//! resumption off (each one costs an extra HSM signature).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use seb::backend::{KeyBackend, P384Signer};
+use seb::broker::Broker;
+use seb::ca::{self, csr, LeafRequest};
+use seb::client::{Client, ClientTls};
+use seb::config::Config;
+use seb::grants::{GrantSet, Role, RoleKind};
+use seb::server::{self, App};
+use seb::store::sqlite::SqliteStore;
+
+use super::super::{open_backend, read_file, CliError, CliResult};
+use super::sign_rate;
+
+/// Options of `seb bench broker`.
+#[derive(Debug, clap::Args)]
+pub struct BrokerBenchArgs {
+    /// Concurrent keep-alive agents, comma-separated (one measurement each).
+    #[arg(long, default_value = "1,32", value_delimiter = ',')]
+    agents: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent agents for the full-handshake measurement (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    handshake_agents: usize,
+}
+
+struct Stats {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1e3
+    }
+}
+
+/// Runs the benchmark and prints one line per measurement.
+pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
+    let backend: Arc<dyn KeyBackend> = Arc::from(open_backend(config, None)?);
+    let sessions = match &config.backend {
+        seb::config::BackendConfig::Pkcs11(p) => p.pool_size(),
+        seb::config::BackendConfig::Tpm(_) => 1,
+    };
+    let token_label = config.keys.token.clone();
+    let algorithm = backend.public_key(&token_label)?.algorithm();
+    println!("device: {}", backend.describe());
+    let raw = sign_rate(&backend, &token_label, sessions, Duration::from_secs(3))?;
+    println!(
+        "raw HSM sign, token key ({algorithm}), {sessions} session(s): {raw:.0} signatures/s"
+    );
+
+    let bench_dir = config
+        .state_dir
+        .join(format!("bench-{}", std::process::id()));
+    let result = run_load(config, backend, &bench_dir, &args, raw);
+    let _ = std::fs::remove_dir_all(&bench_dir);
+    result
+}
+
+fn run_load(
+    config: &Config,
+    backend: Arc<dyn KeyBackend>,
+    bench_dir: &std::path::Path,
+    args: &BrokerBenchArgs,
+    raw: f64,
+) -> CliResult {
+    let (cert_pem, key_pem) = bench_agent(config, backend.as_ref())?;
+    let root_pem = read_file(&config.trust_dir().join("root.pem"))?;
+    let store: Arc<dyn seb::store::Store> = Arc::new(SqliteStore::open(bench_dir)?);
+    let mut cfg = config.clone();
+    cfg.server.rate_limit_per_second = 10_000_000;
+    cfg.server.rate_limit_burst = 10_000_000;
+    cfg.server.tls_resumption = true;
+    let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+    let trust = config.trust_dir();
+    let tls_cert = first_der(&read_file(&trust.join("tls.pem"))?)?;
+    let root_der = first_der(&root_pem)?;
+    let tls = server::tls::server_config(backend, &cfg.keys.tls, tls_cert, root_der, true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(server::serve(App::new(broker), tls, listener, stop_rx));
+        let keep_alive = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), true)?;
+        let full = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), false)?;
+        let seconds = Duration::from_secs(args.seconds);
+        for &agents in &args.agents {
+            let stats = load(&url, &keep_alive, agents.max(1), seconds, true).await?;
+            println!(
+                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw)  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} ok, {} failed)",
+                stats.rate(),
+                100.0 * stats.rate() / raw,
+                stats.pct(0.50),
+                stats.pct(0.95),
+                stats.pct(0.99),
+                stats.ok,
+                stats.failed
+            );
+        }
+        if args.handshake_agents > 0 {
+            let stats = load(&url, &full, args.handshake_agents, seconds, false).await?;
+            println!(
+                "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  p50 {:.2} ms  p99 {:.2} ms  ({} ok, {} failed)",
+                args.handshake_agents,
+                stats.rate(),
+                stats.pct(0.50),
+                stats.pct(0.99),
+                stats.ok,
+                stats.failed
+            );
+        }
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        Ok::<(), CliError>(())
+    })
+}
+
+/// A closed loop: each agent sends its next request when the previous answer arrives.
+async fn load(
+    url: &str,
+    tls: &ClientTls,
+    agents: usize,
+    duration: Duration,
+    keep_alive: bool,
+) -> Result<Stats, CliError> {
+    let body = serde_json::json!({
+        "operation": "bench.run",
+        "resource": "bench/broker",
+        "params": {"n": 1},
+    });
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(agents);
+    for _ in 0..agents {
+        let (url, tls, body) = (url.to_owned(), tls.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0usize;
+            let mut client = None;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                if client.is_none() || !keep_alive {
+                    client = Client::connect(&url, &tls).await.ok();
+                }
+                let Some(c) = client.as_mut() else {
+                    failed += 1;
+                    continue;
+                };
+                match c.post_json("/v1/executions", &body).await {
+                    Ok(r) if r.status == 201 => latencies.push(t0.elapsed()),
+                    Ok(_) => failed += 1,
+                    Err(_) => {
+                        failed += 1;
+                        client = None;
+                    }
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut stats = Stats {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, failed) = task.await?;
+        stats.ok += latencies.len();
+        stats.failed += failed;
+        stats.latencies.extend(latencies);
+    }
+    stats.elapsed = start.elapsed();
+    stats.latencies.sort();
+    Ok(stats)
+}
+
+/// A bench agent: a software key (the agent's, not the broker's) certified by the root key in
+/// the device, with one grant for the bench operation.
+fn bench_agent(config: &Config, backend: &dyn KeyBackend) -> Result<(String, String), CliError> {
+    use secrecy::ExposeSecret;
+    let made = csr::generate(ca::parse_subject("CN=seb-bench-agent")?)?;
+    let verified = csr::verify(made.csr_pem.as_bytes())?;
+    let grants = GrantSet::from_toml_str(
+        "[[grant]]\noperation = \"bench.run\"\nresource = \"bench/*\"\nmax_ttl = \"60s\"\nparams_any = true\n",
+    )?;
+    let root = seb::cert::Certificate::parse(&read_file(&config.trust_dir().join("root.pem"))?)?;
+    let signer = P384Signer::new(backend, &config.keys.root)?;
+    let cert = ca::issue_leaf(
+        &signer,
+        &root,
+        LeafRequest {
+            public_key: verified.public_key,
+            subject: verified.subject,
+            role: Role::new(RoleKind::Agent, vec![])?,
+            grants: Some(grants),
+            ttl: Duration::from_secs(3600),
+        },
+        config.ca.max_leaf_validity,
+        SystemTime::now(),
+    )?;
+    Ok((cert.to_pem_string()?, made.key_pem.expose_secret().to_owned()))
+}
+
+fn first_der(pem: &[u8]) -> Result<Vec<u8>, CliError> {
+    Ok(seb::client::pem_blocks(pem, "CERTIFICATE")?
+        .into_iter()
+        .next()
+        .ok_or("no certificate")?)
+}
