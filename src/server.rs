@@ -71,6 +71,18 @@ impl App {
     }
 }
 
+/// Every route the router serves, as (method, path template): the OpenAPI document in
+/// `docs/openapi.json` must describe exactly these (a test checks both against the router).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/executions"),
+    ("GET", "/v1/executions/{id}"),
+    ("POST", "/v1/tokens/redeem"),
+    ("GET", "/v1/trust"),
+    ("GET", "/v1/crl"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+];
+
 /// The v1 API routes. Every route except the public ones needs a [`Peer`] extension, which the
 /// accept loop adds from the connection's client certificate.
 pub fn router(app: App) -> Router {

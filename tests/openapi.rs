@@ -1,0 +1,110 @@
+//! The OpenAPI document in docs/ against the real router, driven without a socket
+//! (`Router::oneshot`) over a real SoftHSM2 token: every documented operation exists and
+//! answers with a documented status, and every route is documented.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::Hsm;
+use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
+use seb::backend::KeyBackend;
+use seb::broker::Broker;
+use seb::config::{BackendConfig, Config};
+use seb::server::{router, App, ROUTES};
+use seb::store::sqlite::SqliteStore;
+use tower::ServiceExt;
+
+#[test]
+fn openapi_document_matches_the_router() {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "docs/openapi.json and server::ROUTES differ"
+    );
+
+    // A real broker on a real token, in this process (this test binary holds one test, so
+    // setting the SoftHSM configuration for the process is safe).
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("agent", "[[grant]]\noperation = \"a.b\"\nresource = \"x/*\"\nmax_ttl = \"10s\"\nparams_any = true\n");
+    std::env::set_var("SOFTHSM2_CONF", hsm.softhsm_conf());
+    let config = Config::load(&hsm.config()).unwrap();
+    let BackendConfig::Pkcs11(p) = &config.backend else {
+        panic!("pkcs11 expected")
+    };
+    let backend: Arc<dyn KeyBackend> = Arc::new(
+        Pkcs11Backend::open(Pkcs11Settings {
+            module: p.module.clone(),
+            token: TokenSelector {
+                label: p.token_label.clone(),
+                serial: None,
+            },
+            pin: p.read_pin().unwrap(),
+            sessions: 1,
+        })
+        .unwrap(),
+    );
+    let store = Arc::new(SqliteStore::open(&config.state_dir).unwrap());
+    let broker = Arc::new(Broker::new(config, backend, store).unwrap());
+    let der = seb::client::pem_blocks(&std::fs::read(&agent.cert).unwrap(), "CERTIFICATE").unwrap();
+    let peer = Arc::new(broker.peer(&der, std::time::SystemTime::now()).unwrap());
+    let app = router(App::new(broker));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (method, path) in &served {
+        let uri = path.replace("{id}", "no-such-request");
+        let body = match (method.as_str(), path.as_str()) {
+            ("POST", "/v1/executions") => r#"{"operation":"a.b","resource":"x/y","params":{}}"#,
+            ("POST", "/v1/tokens/redeem") => r#"{"token":"a.b.c"}"#,
+            _ => "",
+        };
+        let mut request = Request::builder()
+            .method(method.as_str())
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        request.extensions_mut().insert(peer.clone());
+        let response = runtime.block_on(app.clone().oneshot(request)).unwrap();
+        let status = response.status().as_u16().to_string();
+        let bytes = runtime
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("no such endpoint") && !text.contains("method_not_allowed"),
+            "{method} {path} is not routed: {text}"
+        );
+        let documented = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(
+            documented.get(&status).is_some(),
+            "{method} {path} answered {status}, which docs/openapi.json does not document: {text}"
+        );
+    }
+}
