@@ -171,6 +171,15 @@ pub struct Broker {
     trust_pem: String,
     epoch: AtomicU64,
     metrics: Metrics,
+    crl_cache: std::sync::Mutex<Option<CachedCrl>>,
+}
+
+/// The last CRL served, reused while the revocation list is unchanged and the CRL is fresh, so
+/// that the public `/v1/crl` endpoint cannot be used to make the HSM sign at will.
+struct CachedCrl {
+    pem: String,
+    revoked: Vec<crate::ca::crl::Revocation>,
+    made: Instant,
 }
 
 impl std::fmt::Debug for Broker {
@@ -235,6 +244,7 @@ impl Broker {
             trust_pem,
             epoch: AtomicU64::new(config.policy.epoch),
             metrics: Metrics::default(),
+            crl_cache: std::sync::Mutex::new(None),
             config,
             backend,
             store,
@@ -691,9 +701,30 @@ impl Broker {
         ]
     }
 
-    /// A CRL signed now by the root key (the device signs).
+    /// The current CRL, signed by the root key in the device. A new one is signed when the
+    /// revocation list changed or the cached one is past half its validity.
     pub fn crl_pem(&self) -> Result<String, BrokerError> {
         let revoked = self.store.revocations().map_err(BrokerError::Store)?;
+        let mut cache = self
+            .crl_cache
+            .lock()
+            .map_err(|_| BrokerError::Internal("CRL cache lock poisoned".into()))?;
+        if let Some(cached) = cache.as_ref() {
+            if cached.revoked == revoked && cached.made.elapsed() < self.config.ca.crl_validity / 2
+            {
+                return Ok(cached.pem.clone());
+            }
+        }
+        let pem = self.sign_crl(&revoked)?;
+        *cache = Some(CachedCrl {
+            pem: pem.clone(),
+            revoked,
+            made: Instant::now(),
+        });
+        Ok(pem)
+    }
+
+    fn sign_crl(&self, revoked: &[crate::ca::crl::Revocation]) -> Result<String, BrokerError> {
         let number = self.store.next_crl_number().map_err(BrokerError::Store)?;
         let signer = crate::backend::P384Signer::new(self.backend.as_ref(), &self.config.keys.root)
             .map_err(BrokerError::Hsm)?;
@@ -705,7 +736,7 @@ impl Broker {
             &signer,
             root,
             number,
-            &revoked,
+            revoked,
             SystemTime::now(),
             self.config.ca.crl_validity,
         )

@@ -547,6 +547,9 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
         );
         let crl = c.send("GET", "/v1/crl", None).await.unwrap();
         assert_eq!(crl.status, 200);
+        // The public endpoint does not make the HSM sign a new CRL on every call.
+        let again = c.send("GET", "/v1/crl", None).await.unwrap();
+        assert_eq!(again.text, crl.text);
         let crl_path = s.hsm.path("served.crl");
         std::fs::write(&crl_path, &crl.text).unwrap();
         let (ok, text) = common::openssl(
@@ -561,6 +564,20 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
             s.hsm.dir.path(),
         );
         assert!(ok && text.contains("verify OK"), "{text}");
+        // After a revocation the served CRL is a new one that lists it.
+        let other = s.hsm.agent("other-bot", DEPLOY);
+        let serial = seb::cert::Certificate::parse(&std::fs::read(&other.cert).unwrap())
+            .unwrap()
+            .serial_hex();
+        s.hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+        let fresh = c.send("GET", "/v1/crl", None).await.unwrap();
+        assert_ne!(fresh.text, crl.text);
+        std::fs::write(&crl_path, &fresh.text).unwrap();
+        let (_, listing) = common::openssl(
+            &["crl", "-in", crl_path.to_str().unwrap(), "-noout", "-text"],
+            s.hsm.dir.path(),
+        );
+        assert!(listing.contains(&serial.to_uppercase()), "{listing}");
         let health = c.send("GET", "/healthz", None).await.unwrap();
         assert_eq!(health.status, 200, "{}", health.text);
         assert_eq!(health.body["status"], "ready");
