@@ -600,3 +600,101 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
         );
     });
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (tests run as root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {}",
+            path.display()
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn full_store_means_503_and_no_token_then_recovery() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    // Move the state directory onto a 2 MiB filesystem.
+    let fs = SmallFs::mount(hsm.path("small-state"), "2m");
+    std::fs::create_dir_all(fs.0.join("trust")).unwrap();
+    for name in ["root.pem", "token.pem", "audit.pem", "tls.pem"] {
+        std::fs::copy(hsm.trust(name), fs.0.join("trust").join(name)).unwrap();
+    }
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        config.replace("state_dir = \"state\"", "state_dir = \"small-state\""),
+    )
+    .unwrap();
+    let broker = Broker::start(&hsm);
+    let s = Setup { hsm, broker, agent };
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+
+        // Fill the filesystem.
+        let filler = fs.0.join("filler");
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .output();
+        let mut refused = 0;
+        for _ in 0..20 {
+            let r = c
+                .post_json("/v1/executions", &good_request())
+                .await
+                .unwrap();
+            if r.status == 503 {
+                assert_eq!(error_code(&r), "store_unavailable", "{}", r.text);
+                assert!(r.body.get("token").is_none());
+                assert!(
+                    !r.text.contains("SQLITE") && !r.text.contains("disk"),
+                    "{}",
+                    r.text
+                );
+                refused += 1;
+            } else {
+                // Pages SQLite had already allocated may still take a few records.
+                assert_eq!(r.status, 201, "{}", r.text);
+            }
+        }
+        assert!(refused > 0, "a full store must refuse issuance");
+        let h = c.send("GET", "/healthz", None).await.unwrap();
+        assert_eq!(h.status, 503, "{}", h.text);
+        assert_eq!(h.body["checks"]["store"]["ok"], false);
+
+        // Space comes back: so does issuance.
+        std::fs::remove_file(&filler).unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    });
+    drop(s);
+}
