@@ -698,3 +698,219 @@ fn full_store_means_503_and_no_token_then_recovery() {
     });
     drop(s);
 }
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    der::DateTime::from_system_time(t).unwrap().to_string()
+}
+
+#[test]
+fn not_yet_valid_certificates_are_refused_and_never_backdated() {
+    let s = setup();
+    let file = s.hsm.grants_file("later.toml", DEPLOY);
+    let base = s
+        .hsm
+        .identity("later", "CN=later", "agent", &["--grants", &file]);
+    let later = s.hsm.path("later-scheduled.pem");
+    let start = rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        s.hsm.path("later.csr").to_str().unwrap(),
+        "--grants",
+        &file,
+        "--role",
+        "agent",
+        "--ttl",
+        "1d",
+        "--not-before",
+        &start,
+        "--out",
+        later.to_str().unwrap(),
+    ]);
+    let scheduled = Identity {
+        cert: later,
+        key: base.key,
+    };
+    let tls = s.hsm.tls(&scheduled, false);
+    let result = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await?;
+        c.post_json("/v1/executions", &good_request()).await
+    });
+    assert!(
+        result.is_err(),
+        "a not-yet-valid certificate got an answer: {result:?}"
+    );
+
+    let past = rfc3339(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
+    let out = s.hsm.seb(&[
+        "cert",
+        "issue",
+        "--csr",
+        s.hsm.path("later.csr").to_str().unwrap(),
+        "--grants",
+        &file,
+        "--role",
+        "agent",
+        "--ttl",
+        "1d",
+        "--not-before",
+        &past,
+        "--out",
+        s.hsm.path("never.pem").to_str().unwrap(),
+    ]);
+    common::assert_clean_failure(&out, "in the past");
+}
+
+#[test]
+fn an_agent_under_an_intermediate_presents_its_chain() {
+    let s = setup();
+    let team = s.hsm.grants_file("team.toml", DEPLOY);
+    let ca_out = s.hsm.path("payments-ca.pem");
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "payments-ca",
+        "--subject",
+        "CN=payments CA",
+        "--grants",
+        &team,
+        "--ttl",
+        "30d",
+        "--out",
+        ca_out.to_str().unwrap(),
+    ]);
+    let narrow = s.hsm.grants_file(
+        "narrow.toml",
+        "[[grant]]\noperation = \"deploy.rollout\"\nresource = \"prod/payments/api\"\nmax_ttl = \"20s\"\nparams.replicas = { min = 1, max = 5 }\nparams.image = { prefix = \"registry.internal/payments/\" }\n",
+    );
+    let agent = s.hsm.identity(
+        "team-bot",
+        "CN=team-bot",
+        "agent",
+        &["--grants", &narrow, "--issuer", "payments-ca"],
+    );
+    let chain = std::fs::read_to_string(&agent.cert).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + intermediate"
+    );
+    let r = post(&s, &agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let claims = claims_of(r.body["token"].as_str().unwrap());
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        20
+    );
+    // Narrower than the intermediate: 5 replicas at most.
+    let mut wide = good_request();
+    wide["params"]["replicas"] = json!(8);
+    let r = post(&s, &agent, "/v1/executions", &wide);
+    assert_eq!(error_code(&r), "param_constraint_violated");
+}
+
+#[test]
+fn seb_request_and_token_verify_work_against_the_running_broker() {
+    let s = setup();
+    let dir = s.hsm.dir.path();
+    let request = |op: &str, resource: &str, params: &str| {
+        common::seb(
+            &[
+                "request",
+                "--broker",
+                &s.broker.url,
+                "--ca",
+                s.hsm.trust("root.pem").to_str().unwrap(),
+                "--cert",
+                s.agent.cert.to_str().unwrap(),
+                "--key",
+                s.agent.key.to_str().unwrap(),
+                "--operation",
+                op,
+                "--resource",
+                resource,
+                "--params",
+                params,
+            ],
+            dir,
+        )
+    };
+    let params = r#"{"replicas":3,"image":"registry.internal/payments/api:1"}"#;
+    let granted = request("deploy.rollout", "prod/payments/api", params);
+    assert_eq!(
+        granted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    let body: Value = serde_json::from_slice(&granted.stdout).unwrap();
+    let pending = request("db.migrate", "prod/payments/db", "{}");
+    assert_eq!(pending.status.code(), Some(2));
+    let denied = request("db.drop", "prod/payments/db", "{}");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stdout).contains("operation_not_granted"));
+
+    // The executor's offline check of the HSM-signed token, with the bundle /v1/trust serves.
+    let tls = s.hsm.tls(&s.agent, true);
+    let bundle = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        c.send("GET", "/v1/trust", None).await.unwrap().text
+    });
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    std::fs::write(dir.join("token.jwt"), body["token"].as_str().unwrap()).unwrap();
+    let other = s.hsm.agent("other-bot", DEPLOY);
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "verify",
+            "--trust",
+            "bundle.pem",
+            "--token",
+            "token.jwt",
+        ];
+        args.extend_from_slice(extra);
+        common::seb(&args, dir)
+    };
+    let agent_cert = s.agent.cert.to_str().unwrap();
+    let ok = verify(&[
+        "--operation",
+        "deploy.rollout",
+        "--resource",
+        "prod/payments/api",
+        "--params",
+        params,
+        "--cert",
+        agent_cert,
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (extra, code) in [
+        (vec!["--operation", "deploy.rollback"], "wrong_operation"),
+        (vec!["--resource", "prod/payments/web"], "wrong_resource"),
+        (
+            vec![
+                "--params",
+                r#"{"replicas":9,"image":"registry.internal/payments/api:1"}"#,
+            ],
+            "wrong_params",
+        ),
+        (
+            vec!["--cert", other.cert.to_str().unwrap()],
+            "wrong_certificate",
+        ),
+    ] {
+        let out = verify(&extra);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(code),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

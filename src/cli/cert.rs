@@ -67,6 +67,32 @@ pub struct IssueArgs {
     /// Sign with this intermediate (`seb cert issue-ca --label NAME`) instead of the root.
     #[arg(long)]
     issuer: Option<String>,
+    /// Start of validity for a scheduled rotation, RFC 3339 UTC (e.g. 2027-01-01T00:00:00Z);
+    /// at most a year ahead, never in the past. Default: now (less 60 s for clock skew).
+    #[arg(long)]
+    not_before: Option<String>,
+}
+
+/// Longest a certificate's start may be scheduled ahead.
+const MAX_SCHEDULE_AHEAD: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
+/// Parses `--not-before`: a UTC RFC 3339 time, not in the past, at most a year ahead.
+fn parse_not_before(text: &str, now: SystemTime) -> Result<SystemTime, super::CliError> {
+    let time = <der::DateTime as std::str::FromStr>::from_str(text)
+        .map_err(|_| {
+            format!("--not-before {text:?} is not an RFC 3339 UTC time like 2027-01-01T00:00:00Z")
+        })?
+        .to_system_time();
+    if time < now {
+        return Err(format!(
+            "--not-before {text} is in the past; certificates are never backdated"
+        )
+        .into());
+    }
+    if time > now + MAX_SCHEDULE_AHEAD {
+        return Err(format!("--not-before {text} is more than a year ahead").into());
+    }
+    Ok(time)
 }
 
 /// Options of `seb cert issue-ca`.
@@ -158,6 +184,10 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         .map_err(|_| format!("unknown role {:?} (agent, approver or executor)", args.role))?;
     let grants = args.grants.as_deref().map(read_grants).transpose()?;
     let now = SystemTime::now();
+    let start = match &args.not_before {
+        Some(text) => parse_not_before(text, now)?,
+        None => now,
+    };
     let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
@@ -173,7 +203,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
             ttl,
         },
         config.ca.max_leaf_validity,
-        now,
+        start,
     )?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
