@@ -21,18 +21,12 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
-/// BER of `2.25.57569389650057206723867454425930272143.1` (`sebGrants`), without tag/length.
-pub const SEB_GRANTS_OID: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x01,
-];
-/// BER of `2.25.57569389650057206723867454425930272143.2` (`sebRole`), without tag/length.
-pub const SEB_ROLE_OID: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x02,
-];
+/// BER of `sebGrants` (`2.25.57569389650057206723867454425930272143.1`), without tag/length.
+pub const SEB_GRANTS_OID: &[u8] = crate::grants::SEB_GRANTS_OID_BER;
+/// BER of `sebRole` (`2.25.57569389650057206723867454425930272143.2`), without tag/length.
+pub const SEB_ROLE_OID: &[u8] = crate::grants::SEB_ROLE_OID_BER;
 /// The dotted form of the arc, for documentation and messages.
-pub const SEB_ARC: &str = "2.25.57569389650057206723867454425930272143";
+pub const SEB_ARC: &str = crate::grants::SEB_ARC;
 
 /// Errors decoding certificates.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -246,29 +246,14 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
 
     // A certificate that expires while its connection stays open.
     let file = s.hsm.grants_file("short.toml", DEPLOY);
-    let short = s
-        .hsm
+    s.hsm
         .identity("short", "CN=short", "agent", &["--grants", &file]);
     // Re-issue with a 2 s lifetime (the identity helper uses 30 d).
-    let cert2 = s.hsm.path("short2.pem");
-    s.hsm.seb_ok(&[
-        "cert",
-        "issue",
-        "--csr",
-        s.hsm.path("short.csr").to_str().unwrap(),
-        "--grants",
-        &file,
-        "--role",
-        "agent",
-        "--ttl",
-        "2s",
-        "--out",
-        cert2.to_str().unwrap(),
-    ]);
-    let short = Identity {
-        cert: cert2,
-        key: short.key,
-    };
+    let short = s.hsm.reissue(
+        "short",
+        "short2.pem",
+        &["--grants", &file, "--role", "agent", "--ttl", "2s"],
+    );
     let tls = s.hsm.tls(&short, true);
     runtime().block_on(async {
         let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
@@ -707,31 +692,23 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 fn not_yet_valid_certificates_are_refused_and_never_backdated() {
     let s = setup();
     let file = s.hsm.grants_file("later.toml", DEPLOY);
-    let base = s
-        .hsm
+    s.hsm
         .identity("later", "CN=later", "agent", &["--grants", &file]);
-    let later = s.hsm.path("later-scheduled.pem");
     let start = rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
-    s.hsm.seb_ok(&[
-        "cert",
-        "issue",
-        "--csr",
-        s.hsm.path("later.csr").to_str().unwrap(),
-        "--grants",
-        &file,
-        "--role",
-        "agent",
-        "--ttl",
-        "1d",
-        "--not-before",
-        &start,
-        "--out",
-        later.to_str().unwrap(),
-    ]);
-    let scheduled = Identity {
-        cert: later,
-        key: base.key,
-    };
+    let scheduled = s.hsm.reissue(
+        "later",
+        "later-scheduled.pem",
+        &[
+            "--grants",
+            &file,
+            "--role",
+            "agent",
+            "--ttl",
+            "1d",
+            "--not-before",
+            &start,
+        ],
+    );
     let tls = s.hsm.tls(&scheduled, false);
     let result = runtime().block_on(async {
         let mut c = Client::connect(&s.broker.url, &tls).await?;
@@ -743,11 +720,13 @@ fn not_yet_valid_certificates_are_refused_and_never_backdated() {
     );
 
     let past = rfc3339(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
+    let csr = s.hsm.path("later.csr");
+    let never = s.hsm.path("never.pem");
     let out = s.hsm.seb(&[
         "cert",
         "issue",
         "--csr",
-        s.hsm.path("later.csr").to_str().unwrap(),
+        csr.to_str().unwrap(),
         "--grants",
         &file,
         "--role",
@@ -757,7 +736,7 @@ fn not_yet_valid_certificates_are_refused_and_never_backdated() {
         "--not-before",
         &past,
         "--out",
-        s.hsm.path("never.pem").to_str().unwrap(),
+        never.to_str().unwrap(),
     ]);
     common::assert_clean_failure(&out, "in the past");
 }

@@ -301,6 +301,27 @@ impl Hsm {
         }
     }
 
+    /// Issues another certificate from the CSR `seb keygen` made for `name` (see [`Hsm::issue`]),
+    /// with `extra` options, into `out`; returns the identity (same key).
+    pub fn reissue(&self, name: &str, out: &str, extra: &[&str]) -> Identity {
+        let csr = self.path(&format!("{name}.csr"));
+        let cert = self.path(out);
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--out",
+            cert.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.seb_ok(&args);
+        Identity {
+            cert,
+            key: self.path(&format!("{name}.key")),
+        }
+    }
+
     /// Writes a grants file and returns its path.
     pub fn grants_file(&self, name: &str, text: &str) -> String {
         let path = self.path(name);
