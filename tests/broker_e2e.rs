@@ -893,3 +893,43 @@ fn seb_request_and_token_verify_work_against_the_running_broker() {
         );
     }
 }
+
+#[test]
+fn floods_from_one_certificate_are_rate_limited() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let other = hsm.agent("other-bot", DEPLOY);
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"", hsm.port);
+    assert!(config.contains(&listen));
+    std::fs::write(
+        hsm.config(),
+        config.replace(
+            &listen,
+            &format!("{listen}\nrate_limit_per_second = 1\nrate_limit_burst = 3"),
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&hsm);
+    let s = Setup { hsm, broker, agent };
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let r = c
+                .post_json("/v1/executions", &good_request())
+                .await
+                .unwrap();
+            codes.push(r.status);
+            if r.status == 429 {
+                assert_eq!(error_code(&r), "rate_limited");
+            }
+        }
+        assert_eq!(&codes[..3], &[201, 201, 201], "{codes:?}");
+        assert!(codes[3..].iter().all(|c| *c == 429), "{codes:?}");
+    });
+    // Another certificate is not affected.
+    let r = post(&s, &other, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+}
