@@ -233,6 +233,19 @@ impl Broker {
                 trust_pem.push_str(&text);
             }
         }
+        // Intermediate CAs, so relying parties can build agent paths from the bundle alone.
+        if let Ok(entries) = std::fs::read_dir(trust.join("intermediates")) {
+            let mut paths: Vec<_> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    trust_pem.push_str(&text);
+                }
+            }
+        }
         let token_der = token_cert
             .to_der_bytes()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;

@@ -756,7 +756,7 @@ fn an_agent_under_an_intermediate_presents_its_chain() {
         "--grants",
         &team,
         "--ttl",
-        "30d",
+        "60d", // outlives the 30 d leaf below
         "--out",
         ca_out.to_str().unwrap(),
     ]);
@@ -776,6 +776,16 @@ fn an_agent_under_an_intermediate_presents_its_chain() {
         2,
         "leaf + intermediate"
     );
+    // The trust bundle the broker serves includes the intermediate (after a restart).
+    let mut s = s;
+    assert!(s.broker.stop());
+    s.broker = Broker::start(&s.hsm);
+    let tls = s.hsm.tls(&s.agent, true);
+    let bundle = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        c.send("GET", "/v1/trust", None).await.unwrap().text
+    });
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 5, "{bundle}");
     let r = post(&s, &agent, "/v1/executions", &good_request());
     assert_eq!(r.status, 201, "{}", r.text);
     let claims = claims_of(r.body["token"].as_str().unwrap());
@@ -927,7 +937,10 @@ fn floods_from_one_certificate_are_rate_limited() {
             }
         }
         assert_eq!(&codes[..3], &[201, 201, 201], "{codes:?}");
-        assert!(codes[3..].iter().all(|c| *c == 429), "{codes:?}");
+        // One token a second refills the bucket; even on a slow machine the next three
+        // requests cannot all find one.
+        assert!(codes[3..].contains(&429), "{codes:?}");
+        assert!(codes.iter().all(|c| *c == 201 || *c == 429), "{codes:?}");
     });
     // Another certificate is not affected.
     let r = post(&s, &other, "/v1/executions", &good_request());
