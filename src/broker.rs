@@ -172,6 +172,7 @@ pub struct Broker {
     epoch: AtomicU64,
     metrics: Metrics,
     crl_cache: std::sync::Mutex<Option<CachedCrl>>,
+    peer_cache: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Instant, Arc<Peer>)>>,
 }
 
 /// The last CRL served, reused while the revocation list is unchanged and the CRL is fresh, so
@@ -192,6 +193,13 @@ impl std::fmt::Debug for Broker {
 
 /// Upper bound on `justification`.
 pub const MAX_JUSTIFICATION: usize = 1024;
+
+/// Most certificates of a presented client chain that are looked at.
+const MAX_PRESENTED: usize = 8;
+/// How long a validated client chain is reused for new connections.
+pub const PEER_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Most cached client chains; the cache is emptied when full.
+const PEER_CACHE_ENTRIES: usize = 4096;
 
 impl Broker {
     /// Loads the trust material written by `seb init` and checks that the token key in the
@@ -258,6 +266,7 @@ impl Broker {
             epoch: AtomicU64::new(config.policy.epoch),
             metrics: Metrics::default(),
             crl_cache: std::sync::Mutex::new(None),
+            peer_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             config,
             backend,
             store,
@@ -292,9 +301,39 @@ impl Broker {
     /// Builds the caller's identity from the chain it presented (leaf first). TLS already
     /// verified the chain; this rebuilds the verified path so the decision sees exactly the
     /// certificates that vouch for the leaf.
-    pub fn peer(&self, presented: &[Vec<u8>], now: SystemTime) -> Result<Peer, BrokerError> {
+    ///
+    /// Validated paths are cached by the SHA-256 of the presented chain (for
+    /// [`PEER_CACHE_TTL`]): the result depends only on those bytes and the roots, while
+    /// validity and revocation are checked again on every request by the decision.
+    pub fn peer(&self, presented: &[Vec<u8>], now: SystemTime) -> Result<Arc<Peer>, BrokerError> {
+        let mut hasher = Sha256::new();
+        for der in presented.iter().take(MAX_PRESENTED) {
+            hasher.update((der.len() as u64).to_be_bytes());
+            hasher.update(der);
+        }
+        let key: [u8; 32] = hasher.finalize().into();
+        if let Ok(cache) = self.peer_cache.lock() {
+            if let Some((made, peer)) = cache.get(&key) {
+                if made.elapsed() < PEER_CACHE_TTL {
+                    return Ok(peer.clone());
+                }
+            }
+        }
+        let peer = Arc::new(self.validate_peer(presented, now)?);
+        if peer.chain.is_ok() {
+            if let Ok(mut cache) = self.peer_cache.lock() {
+                if cache.len() >= PEER_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(key, (Instant::now(), peer.clone()));
+            }
+        }
+        Ok(peer)
+    }
+
+    fn validate_peer(&self, presented: &[Vec<u8>], now: SystemTime) -> Result<Peer, BrokerError> {
         let mut certs = Vec::with_capacity(presented.len());
-        for der in presented.iter().take(8) {
+        for der in presented.iter().take(MAX_PRESENTED) {
             certs.push(
                 Certificate::parse(der).map_err(|e| BrokerError::BadCertificate(e.to_string()))?,
             );

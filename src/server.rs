@@ -217,7 +217,7 @@ async fn accept_connection(
         .await
         .ok()?;
     match peer {
-        Ok(peer) => Some((tls, Arc::new(peer))),
+        Ok(peer) => Some((tls, peer)),
         Err(e) => {
             tracing::info!(%remote, error = %e, "client certificate unusable");
             None

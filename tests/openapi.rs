@@ -70,7 +70,7 @@ fn openapi_document_matches_the_router() {
     let store = Arc::new(SqliteStore::open(&config.state_dir).unwrap());
     let broker = Arc::new(Broker::new(config, backend, store).unwrap());
     let der = seb::client::pem_blocks(&std::fs::read(&agent.cert).unwrap(), "CERTIFICATE").unwrap();
-    let peer = Arc::new(broker.peer(&der, std::time::SystemTime::now()).unwrap());
+    let peer = broker.peer(&der, std::time::SystemTime::now()).unwrap();
     let app = router(App::new(broker));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
