@@ -172,7 +172,7 @@ pub struct Broker {
     epoch: AtomicU64,
     metrics: Metrics,
     crl_cache: std::sync::Mutex<Option<CachedCrl>>,
-    peer_cache: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Instant, Arc<Peer>)>>,
+    peer_cache: std::sync::Mutex<PeerCache>,
 }
 
 /// The last CRL served, reused while the revocation list is unchanged and the CRL is fresh, so
@@ -200,6 +200,9 @@ const MAX_PRESENTED: usize = 8;
 pub const PEER_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Most cached client chains; the cache is emptied when full.
 const PEER_CACHE_ENTRIES: usize = 4096;
+
+/// Validated peers by SHA-256 of the presented chain, with when they were validated.
+type PeerCache = std::collections::HashMap<[u8; 32], (Instant, Arc<Peer>)>;
 
 impl Broker {
     /// Loads the trust material written by `seb init` and checks that the token key in the
