@@ -88,7 +88,8 @@ impl ExecutionStatus {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses the API spelling.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "granted" => Some(ExecutionStatus::Granted),
             "pending_approval" => Some(ExecutionStatus::PendingApproval),
