@@ -69,7 +69,7 @@ echo "== the agent asks for a rollout it is granted"
   --operation deploy.rollout --resource prod/payments/api \
   --params '{"replicas":3,"image":"registry.internal/payments/api:1.4.2","strategy":"canary"}' \
   --justification "demo" | tee granted.json
-python3 -c 'import json,sys; print(json.load(open("granted.json"))["token"])' > token.jwt
+sed -E 's/.*"token":"([^"]+)".*/\1/' granted.json > token.jwt
 
 echo "== an executor verifies the token offline against the trust bundle"
 cat state/trust/root.pem state/trust/token.pem > trust-bundle.pem
