@@ -103,8 +103,28 @@ impl Default for PolicyConfig {
 pub enum BackendConfig {
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Config),
-    /// A TPM 2.0 (not in this build yet).
-    Tpm(BTreeMap<String, toml::Value>),
+    /// A TPM 2.0: keys are TPM objects stored as key blobs (see `backend::tpm`).
+    Tpm(TpmConfig),
+}
+
+/// TPM backend settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TCTI configuration: `device:/dev/tpmrm0` in production, `swtpm:host=127.0.0.1,port=P`
+    /// with the simulator.
+    pub tcti: String,
+    /// Directory of the key blobs; defaults to `STATE_DIR/tpm-keys`.
+    pub key_dir: Option<PathBuf>,
+}
+
+impl TpmConfig {
+    /// Where the key blobs live.
+    pub fn key_dir(&self, state_dir: &Path) -> PathBuf {
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tpm-keys"))
+    }
 }
 
 /// PKCS#11 backend settings.
@@ -293,6 +313,9 @@ impl Config {
                 p.pin_file = Some(base.join(f));
             }
         }
+        if let BackendConfig::Tpm(t) = &mut config.backend {
+            t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
+        }
         Ok(config)
     }
 
@@ -411,6 +434,23 @@ pin_file = "user.pin"
     fn bad_duration_is_refused() {
         let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
         assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn tpm_backend_is_parsed_strictly() {
+        let text = r#"
+broker_id = "b1"
+state_dir = "state"
+[backend]
+type = "tpm"
+tcti = "swtpm:host=127.0.0.1,port=2321"
+"#;
+        let c = Config::parse(text).unwrap();
+        let BackendConfig::Tpm(t) = &c.backend else {
+            panic!("not a TPM backend")
+        };
+        assert_eq!(t.key_dir(Path::new("/s")), Path::new("/s/tpm-keys"));
+        assert!(Config::parse(&text.replace("tcti =", "tcit =")).is_err());
     }
 
     #[test]

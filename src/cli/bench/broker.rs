@@ -68,9 +68,7 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let algorithm = backend.public_key(&token_label)?.algorithm();
     println!("device: {}", backend.describe());
     let raw = sign_rate(&backend, &token_label, sessions, Duration::from_secs(3))?;
-    println!(
-        "raw HSM sign, token key ({algorithm}), {sessions} session(s): {raw:.0} signatures/s"
-    );
+    println!("raw HSM sign, token key ({algorithm}), {sessions} session(s): {raw:.0} signatures/s");
 
     let bench_dir = config
         .state_dir
@@ -99,7 +97,9 @@ fn run_load(
     let tls_cert = first_der(&read_file(&trust.join("tls.pem"))?)?;
     let root_der = first_der(&root_pem)?;
     let tls = server::tls::server_config(backend, &cfg.keys.tls, tls_cert, root_der, true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
@@ -223,7 +223,10 @@ fn bench_agent(config: &Config, backend: &dyn KeyBackend) -> Result<(String, Str
         config.ca.max_leaf_validity,
         SystemTime::now(),
     )?;
-    Ok((cert.to_pem_string()?, made.key_pem.expose_secret().to_owned()))
+    Ok((
+        cert.to_pem_string()?,
+        made.key_pem.expose_secret().to_owned(),
+    ))
 }
 
 fn first_der(pem: &[u8]) -> Result<Vec<u8>, CliError> {
