@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha384};
 
+use crate::attest::selfcheck::AttestationState;
 use crate::authz::{self, ChainView, Decision, DenyCode, RevocationView};
 use crate::backend::{BackendError, KeyAlgorithm, KeyBackend};
 use crate::cert::Certificate;
@@ -72,6 +73,9 @@ pub enum BrokerError {
     /// Issuance is frozen by the security team.
     #[error("issuance is frozen")]
     Frozen,
+    /// The broker's attestation self-check failed or is too old: no token.
+    #[error("attestation self-check not good: {0}")]
+    Attestation(String),
     /// Internal invariant broken (encoding); no token.
     #[error("internal error: {0}")]
     Internal(String),
@@ -171,6 +175,7 @@ pub struct Broker {
     trust_pem: String,
     epoch: AtomicU64,
     metrics: Metrics,
+    attestation: Option<Arc<AttestationState>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -238,7 +243,20 @@ impl Broker {
             config,
             backend,
             store,
+            attestation: None,
         })
+    }
+
+    /// Gates issuance on the TPM self-check: from now on every token needs a recent good
+    /// self-attestation and carries it in `att`.
+    pub fn with_attestation(mut self, state: Arc<AttestationState>) -> Self {
+        self.attestation = Some(state);
+        self
+    }
+
+    /// The self-attestation state, when the broker attests.
+    pub fn attestation(&self) -> Option<&Arc<AttestationState>> {
+        self.attestation.as_ref()
     }
 
     /// The configuration.
@@ -333,6 +351,10 @@ impl Broker {
         if self.config.policy.frozen {
             return Err(BrokerError::Frozen);
         }
+        let att = match &self.attestation {
+            Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
+            None => None,
+        };
         if let Some(j) = &request.justification {
             if j.chars().count() > MAX_JUSTIFICATION {
                 return Err(BrokerError::InvalidRequest(format!(
@@ -433,7 +455,7 @@ impl Broker {
                 request_digest: record.request_digest.clone(),
                 approvals: 0,
             }],
-            att: None,
+            att,
             audit: None,
             epoch: self.epoch.load(Ordering::Relaxed),
             approvals: Vec::new(),
@@ -672,8 +694,17 @@ impl Broker {
         Ok(RevokedSet(revoked))
     }
 
-    /// Readiness: the device answers and the store takes a write.
+    /// Readiness: the device answers, the store takes a write and (when the broker attests)
+    /// the latest self-attestation is good.
     pub fn health(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut checks = self.health_base();
+        if let Some(state) = &self.attestation {
+            checks.push(("attestation", state.current().map(|_| ())));
+        }
+        checks
+    }
+
+    fn health_base(&self) -> Vec<(&'static str, Result<(), String>)> {
         vec![
             ("hsm", self.backend.ping().map_err(|e| e.to_string())),
             (
@@ -730,6 +761,7 @@ pub fn error_code(e: &BrokerError) -> &'static str {
         BrokerError::Hsm(_) => "hsm_unavailable",
         BrokerError::Store(_) => "store_unavailable",
         BrokerError::Frozen => "issuance_frozen",
+        BrokerError::Attestation(_) => "attestation_failed",
         BrokerError::Internal(_) => "internal_error",
     }
 }

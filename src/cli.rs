@@ -10,6 +10,7 @@ use seb::backend::KeyBackend;
 use seb::config::{BackendConfig, Config};
 use seb::store::sqlite::SqliteStore;
 
+pub mod attest;
 pub mod bench;
 pub mod cert;
 pub mod init;

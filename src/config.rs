@@ -72,6 +72,39 @@ pub struct Config {
     /// Issuance policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// TPM self-attestation (absent: the broker does not attest).
+    #[serde(default)]
+    pub attestation: Option<AttestationConfig>,
+}
+
+/// TPM self-attestation settings (docs/ATTESTATION.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// TCTI of the TPM that attests; defaults to the backend's when the backend is a TPM.
+    pub tcti: Option<String>,
+    /// Attestation policy file (reference measurements), e.g. `attest-policy.toml`.
+    pub policy: PathBuf,
+    /// The measured-boot event log in seb's JSON form.
+    pub event_log: PathBuf,
+    /// How often the broker quotes itself and compares with the policy.
+    #[serde(with = "duration_str", default = "default_attest_interval")]
+    pub interval: Duration,
+}
+
+fn default_attest_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Config {
+    /// The TCTI the attestor uses, if attestation is configured and a TPM is named.
+    pub fn attestation_tcti(&self) -> Option<String> {
+        let a = self.attestation.as_ref()?;
+        a.tcti.clone().or_else(|| match &self.backend {
+            BackendConfig::Tpm(t) => Some(t.tcti.clone()),
+            BackendConfig::Pkcs11(_) => None,
+        })
+    }
 }
 
 /// Issuance policy the security team controls.
@@ -316,6 +349,10 @@ impl Config {
         if let BackendConfig::Tpm(t) = &mut config.backend {
             t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
         }
+        if let Some(a) = &mut config.attestation {
+            a.policy = base.join(&a.policy);
+            a.event_log = base.join(&a.event_log);
+        }
         Ok(config)
     }
 
@@ -351,6 +388,18 @@ impl Config {
                 )));
             }
         }
+        if let Some(a) = &self.attestation {
+            if a.interval < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(
+                    "[attestation] interval must be at least 1s".into(),
+                ));
+            }
+            if self.attestation_tcti().is_none() {
+                return Err(ConfigError::Invalid(
+                    "[attestation] needs tcti = \"...\" unless [backend] is a TPM".into(),
+                ));
+            }
+        }
         if let BackendConfig::Pkcs11(p) = &self.backend {
             if p.pin_file.is_some() == p.pin_env.is_some() {
                 return Err(ConfigError::Invalid(
@@ -359,6 +408,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The attestation key blob (TPM), written by `seb attest enroll`.
+    pub fn ak_blob(&self) -> PathBuf {
+        self.state_dir.join("attest").join("ak.tpmkey")
     }
 
     /// Directory holding the PEM trust material written by `init`.

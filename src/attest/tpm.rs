@@ -449,3 +449,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AttestError> {
     file.write_all(bytes).map_err(file_err)?;
     file.sync_all().map_err(file_err)
 }
+
+/// Reads PCRs without an attestation key (for `seb attest record`).
+pub fn read_pcrs_of(
+    tpm: &Tpm,
+    bank: PcrBank,
+    pcrs: &[u8],
+) -> Result<BTreeMap<u8, Vec<u8>>, AttestError> {
+    let selection = selection(bank, pcrs)?;
+    tpm.run("PCR read", |ctx| read_pcrs(ctx, &selection, pcrs))
+        .map_err(tpm_error("PCR read"))
+}
