@@ -211,7 +211,7 @@ if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/nu
   port=$(cat swtpm.port)
   TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
   swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s >/dev/null 2>&1 || true
-  for _ in $(seq 1 50); do kill -0 "$(cat swtpm.pid)" 2>/dev/null || break; sleep 0.05; done
+  for _ in $(seq 1 50); do kill -0 "$(cat swtpm.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.05; done
 fi
 for pidfile in ./*.pid; do
   [ -f "$pidfile" ] || continue

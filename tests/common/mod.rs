@@ -36,6 +36,51 @@ impl Hsm {
         Self { dir, port }
     }
 
+    /// Provisions with `--tpm` (an swtpm under the directory, attestation configured and its
+    /// policy recorded); `tpm_backend` also keeps the broker's keys in that TPM.
+    pub fn provision_tpm(tpm_backend: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let tpm_port = free_port_pair();
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--tpm",
+                "--tpm-port",
+                &tpm_port.to_string(),
+            ])
+            .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"));
+        if tpm_backend {
+            cmd.args(["--backend", "tpm"]);
+        }
+        let out = cmd.output().expect("run provision.sh");
+        assert!(
+            out.status.success(),
+            "provision.sh --tpm failed (are swtpm, swtpm-tools and tpm2-tools installed?):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, port }
+    }
+
+    /// The TCTI of the swtpm that `provision_tpm` started.
+    pub fn tcti(&self) -> String {
+        let port = std::fs::read_to_string(self.path("swtpm.port")).unwrap();
+        format!("swtpm:host=127.0.0.1,port={}", port.trim())
+    }
+
+    /// Runs a tpm2-tools command against the provisioned swtpm.
+    pub fn tpm_tool(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("tpm2-tools are installed")
+    }
+
     /// Provisions and runs `seb init`.
     pub fn initialised() -> Self {
         let hsm = Self::provision();
@@ -170,6 +215,17 @@ pub fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A free port P on the loopback interface with P+1 also free (swtpm server + control).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        if p < u16::MAX - 1 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no pair of free ports");
 }
 
 /// A free TCP port on the loopback interface.
