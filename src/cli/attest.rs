@@ -29,6 +29,13 @@ pub enum AttestCommand {
     /// Verify a broker's attestation: fresh nonce, quote signature, AK chain to the root,
     /// event-log replay, policy (needs no --config).
     Verify(VerifyArgs),
+    /// Measure quote latency (PCR read + quote + consistency check) and the full self-check
+    /// (quote + verification against the policy) on this TPM.
+    Bench {
+        /// Number of quotes and of self-checks.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
 }
 
 /// Options of `seb attest record`.
@@ -86,6 +93,7 @@ pub fn dispatch(config_path: Option<&Path>, command: AttestCommand) -> CliResult
             enroll(c, backend.as_ref())
         }),
         AttestCommand::Record(a) => super::with_config(config_path, |c| record(c, a)),
+        AttestCommand::Bench { count } => super::with_config(config_path, |c| bench(c, count)),
     }
 }
 
@@ -271,6 +279,42 @@ fn verify(args: VerifyArgs) -> CliResult {
         }
         Err(e) => Err(format!("attestation REJECTED ({}): {e}", e.code()).into()),
     }
+}
+
+fn bench(config: &Config, count: usize) -> CliResult {
+    let state = attestation_state(config)?.ok_or("no [attestation] in the configuration")?;
+    let settings = attestation_config(config)?;
+    let policy = AttestPolicy::load(&settings.policy)?;
+    let attestor = TpmAttestor::open(open_tpm(config)?, &config.ak_blob())?;
+    println!("attestor: {}", attestor.describe());
+    let count = count.max(1);
+    let mut quotes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        attestor.quote(&[7u8; 32], policy.bank, &policy.pcrs)?;
+        quotes.push(started.elapsed());
+    }
+    let mut checks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        state.self_check()?;
+        checks.push(started.elapsed());
+    }
+    for (name, mut samples) in [
+        ("quote (PCR read + TPM2_Quote)", quotes),
+        ("self-check (quote + verify)", checks),
+    ] {
+        samples.sort_unstable();
+        let median = samples[samples.len() / 2];
+        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+        println!(
+            "{name}: median {:.2} ms, p99 {:.2} ms over {} runs",
+            median.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            samples.len()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the self-check now and then every interval on a dedicated thread (the TPM blocks).
