@@ -2,6 +2,7 @@
 # Provision a fresh SoftHSM2 token for seb under DIR, touching nothing outside DIR.
 #
 #   softhsm-setup/provision.sh DIR [--port PORT] [--label LABEL]
+#                              [--tpm [--tpm-port P] [--backend pkcs11|tpm]]
 #
 # Creates (only what is missing; running it again changes nothing):
 #   DIR/softhsm2.conf   SoftHSM2 configuration with its token directory DIR/tokens
@@ -10,23 +11,42 @@
 #   DIR/seb.toml        a seb configuration ready for every subcommand
 #                       (state_dir = DIR/state, broker on 127.0.0.1:PORT)
 #   DIR/stop.sh         stops whatever this script started
+# With --tpm it also (docs/ATTESTATION.md):
+#   DIR/tpm/            an swtpm manufactured by swtpm_setup (EK + EK certificate signed by a
+#                       local test EK CA in DIR/tpm/ek-ca), running on 127.0.0.1:P (control P+1)
+#   DIR/eventlog.json   the synthetic event log (firmware-config/swtpm-eventlog.json), extended
+#                       into the fresh swtpm
+#   DIR/attest-policy.toml  reference values recorded from it with `seb attest record`
+#                       (the seb binary: $SEB_BIN, else `seb` on PATH)
+#   [attestation] in DIR/seb.toml (self-check every 5 s); --backend tpm also keeps the
+#   broker's keys in that TPM instead of SoftHSM2. DIR/stop.sh sends TPM2_Shutdown first.
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
 set -euo pipefail
 
-usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL]" >&2; exit 2; }
+usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--tpm [--tpm-port P] [--backend pkcs11|tpm]]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 DIR=$1; shift
 PORT=8443
 LABEL=seb
+TPM=0
+TPM_PORT=2321
+BACKEND=pkcs11
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) [ $# -ge 2 ] || usage; PORT=$2; shift 2 ;;
     --label) [ $# -ge 2 ] || usage; LABEL=$2; shift 2 ;;
+    --tpm) TPM=1; shift ;;
+    --tpm-port) [ $# -ge 2 ] || usage; TPM_PORT=$2; shift 2 ;;
+    --backend) [ $# -ge 2 ] || usage; BACKEND=$2; shift 2 ;;
     *) usage ;;
   esac
 done
 case "$PORT" in ''|*[!0-9]*) echo "provision: --port must be a number" >&2; exit 2 ;; esac
+case "$TPM_PORT" in ''|*[!0-9]*) echo "provision: --tpm-port must be a number" >&2; exit 2 ;; esac
+case "$BACKEND" in pkcs11) ;; tpm) TPM=1 ;; *) echo "provision: --backend is pkcs11 or tpm" >&2; exit 2 ;; esac
+HERE=$(cd "$(dirname "$0")" && pwd)
+FIRMWARE="$HERE/../firmware-config"
 
 if ! command -v softhsm2-util >/dev/null 2>&1; then
   echo "provision: softhsm2-util not found. Install SoftHSM2 first: apt-get install softhsm2" >&2
@@ -70,7 +90,86 @@ else
   echo "provision: created SoftHSM2 token '$LABEL' in $DIR/tokens"
 fi
 
+if [ "$TPM" = 1 ]; then
+  for tool in swtpm swtpm_setup swtpm_ioctl tpm2_pcrextend tpm2_shutdown openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      echo "provision: $tool not found. Install: apt-get install swtpm swtpm-tools tpm2-tools openssl" >&2
+      exit 1
+    fi
+  done
+  # shellcheck source=../firmware-config/swtpm-profile.conf
+  . "$FIRMWARE/swtpm-profile.conf"
+  TCTI="swtpm:host=127.0.0.1,port=$TPM_PORT"
+  mkdir -p "$DIR/tpm/state" "$DIR/tpm/ek-ca"
+  if [ ! -f "$DIR/tpm/state/tpm2-00.permall" ]; then
+    openssl ecparam -name secp384r1 -genkey -noout -out "$DIR/tpm/ek-ca/signkey.pem"
+    openssl req -new -x509 -key "$DIR/tpm/ek-ca/signkey.pem" -subj "/CN=seb test EK CA" \
+      -days 3650 -out "$DIR/tpm/ek-ca/issuercert.pem" 2>/dev/null
+    echo 1 > "$DIR/tpm/ek-ca/certserial"
+    cat > "$DIR/tpm/localca.conf" <<CONF
+statedir = $DIR/tpm/ek-ca
+signingkey = $DIR/tpm/ek-ca/signkey.pem
+issuercert = $DIR/tpm/ek-ca/issuercert.pem
+certserial = $DIR/tpm/ek-ca/certserial
+CONF
+    printf -- '--platform-manufacturer seb\n--platform-version 1\n--platform-model swtpm\n' > "$DIR/tpm/localca.options"
+    cat > "$DIR/tpm/swtpm_setup.conf" <<CONF
+create_certs_tool = /usr/bin/swtpm_localca
+create_certs_tool_config = $DIR/tpm/localca.conf
+create_certs_tool_options = $DIR/tpm/localca.options
+active_pcr_banks = $SWTPM_PCR_BANKS
+CONF
+    swtpm_setup --tpm2 --tpmstate "$DIR/tpm/state" --create-ek-cert \
+      --config "$DIR/tpm/swtpm_setup.conf" > "$DIR/tpm/setup.log" 2>&1 \
+      || { cat "$DIR/tpm/setup.log" >&2; echo "provision: swtpm_setup failed" >&2; exit 1; }
+    echo "provision: manufactured an swtpm (EK certificate by the test EK CA) in $DIR/tpm"
+  fi
+  if [ -f "$DIR/swtpm.pid" ] && kill -0 "$(cat "$DIR/swtpm.pid")" 2>/dev/null; then
+    echo "provision: swtpm already running"
+  else
+    swtpm socket --tpm2 --tpmstate dir="$DIR/tpm/state" \
+      --server type=tcp,port="$TPM_PORT",bindaddr=127.0.0.1 \
+      --ctrl type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1 \
+      --flags "$SWTPM_FLAGS" --pid file="$DIR/swtpm.pid" --daemon \
+      --log file="$DIR/tpm/swtpm.log"
+    echo "$TPM_PORT" > "$DIR/swtpm.port"
+    for _ in $(seq 1 100); do
+      if swtpm_ioctl --tcp "127.0.0.1:$((TPM_PORT + 1))" -g >/dev/null 2>&1; then break; fi
+      sleep 0.05
+    done
+    # Measure the synthetic boot into the fresh TPM, exactly as the log says.
+    cp "$FIRMWARE/swtpm-eventlog.json" "$DIR/eventlog.json"
+    sed -n 's/.*"pcr": *\([0-9]*\), *"digest": *"\([0-9a-f]*\)".*/\1 \2/p' "$DIR/eventlog.json" |
+      while read -r pcr digest; do
+        TPM2TOOLS_TCTI="$TCTI" tpm2_pcrextend "$pcr:sha256=$digest"
+      done
+    echo "provision: swtpm on 127.0.0.1:$TPM_PORT with the synthetic boot measured"
+  fi
+fi
+
 if [ ! -f "$DIR/seb.toml" ]; then
+  if [ "$BACKEND" = tpm ]; then
+    BACKEND_TOML="type = \"tpm\"
+tcti = \"$TCTI\""
+  else
+    BACKEND_TOML="type = \"pkcs11\"
+module = \"$MODULE\"
+token_label = \"$LABEL\"
+pin_file = \"user.pin\"
+sessions = 2
+
+[backend.module_env]
+SOFTHSM2_CONF = \"$DIR/softhsm2.conf\""
+  fi
+  ATTEST_TOML=""
+  if [ "$TPM" = 1 ]; then
+    ATTEST_TOML="
+[attestation]
+tcti = \"$TCTI\"
+policy = \"attest-policy.toml\"
+event_log = \"eventlog.json\"
+interval = \"$SEB_ATTEST_INTERVAL\""
+  fi
   cat > "$DIR/seb.toml" <<TOML
 # seb configuration written by softhsm-setup/provision.sh (see deploy/seb.example.toml for
 # every option). Relative paths are relative to this file.
@@ -78,17 +177,11 @@ broker_id = "seb-dev"
 state_dir = "state"
 
 [backend]
-type = "pkcs11"
-module = "$MODULE"
-token_label = "$LABEL"
-pin_file = "user.pin"
-sessions = 2
-
-[backend.module_env]
-SOFTHSM2_CONF = "$DIR/softhsm2.conf"
+$BACKEND_TOML
 
 [server]
 listen = "127.0.0.1:$PORT"
+$ATTEST_TOML
 TOML
   umask 022
   chmod 644 "$DIR/seb.toml"
@@ -97,12 +190,29 @@ else
   echo "provision: $DIR/seb.toml exists; left unchanged"
 fi
 
-if [ ! -f "$DIR/stop.sh" ]; then
+if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
+  SEB=${SEB_BIN:-$(command -v seb || true)}
+  if [ -z "$SEB" ]; then
+    echo "provision: cannot record the attestation policy: set SEB_BIN to the seb binary" >&2
+    exit 1
+  fi
+  "$SEB" --config "$DIR/seb.toml" attest record --out "$DIR/attest-policy.toml" \
+    --pcrs "$SEB_ATTEST_PCRS" --ek-ca tpm/ek-ca/issuercert.pem --max-age "$SEB_ATTEST_MAX_AGE"
+fi
+
+if [ ! -f "$DIR/stop.sh" ] || ! grep -q swtpm "$DIR/stop.sh"; then
   cat > "$DIR/stop.sh" <<'STOP'
 #!/usr/bin/env bash
-# Stops what provision.sh started in this directory (processes recorded in *.pid files).
+# Stops what provision.sh started in this directory (processes recorded in *.pid files). An
+# swtpm first gets an orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure.
 set -u
 cd "$(dirname "$0")"
+if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/null; then
+  port=$(cat swtpm.port)
+  TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
+  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s >/dev/null 2>&1 || true
+  for _ in $(seq 1 50); do kill -0 "$(cat swtpm.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.05; done
+fi
 for pidfile in ./*.pid; do
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")

@@ -16,6 +16,8 @@ use spki::{AlgorithmIdentifier, ObjectIdentifier, SignatureAlgorithmIdentifier};
 
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 /// ecdsa-with-SHA384 (RFC 5758).
 pub const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");

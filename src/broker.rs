@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha384};
 
+use crate::attest::selfcheck::AttestationState;
 use crate::authz::{self, ChainView, Decision, DenyCode, RevocationView};
 use crate::backend::{BackendError, KeyAlgorithm, KeyBackend};
 use crate::cert::Certificate;
@@ -72,6 +73,9 @@ pub enum BrokerError {
     /// Issuance is frozen by the security team.
     #[error("issuance is frozen")]
     Frozen,
+    /// The broker's attestation self-check failed or is too old: no token.
+    #[error("attestation self-check not good: {0}")]
+    Attestation(String),
     /// Internal invariant broken (encoding); no token.
     #[error("internal error: {0}")]
     Internal(String),
@@ -173,6 +177,7 @@ pub struct Broker {
     metrics: Metrics,
     crl_cache: std::sync::Mutex<Option<CachedCrl>>,
     peer_cache: std::sync::Mutex<PeerCache>,
+    attestation: Option<Arc<AttestationState>>,
 }
 
 /// The last CRL served, reused while the revocation list is unchanged and the CRL is fresh, so
@@ -273,7 +278,20 @@ impl Broker {
             config,
             backend,
             store,
+            attestation: None,
         })
+    }
+
+    /// Gates issuance on the TPM self-check: from now on every token needs a recent good
+    /// self-attestation and carries it in `att`.
+    pub fn with_attestation(mut self, state: Arc<AttestationState>) -> Self {
+        self.attestation = Some(state);
+        self
+    }
+
+    /// The self-attestation state, when the broker attests.
+    pub fn attestation(&self) -> Option<&Arc<AttestationState>> {
+        self.attestation.as_ref()
     }
 
     /// The configuration.
@@ -398,6 +416,10 @@ impl Broker {
         if self.config.policy.frozen {
             return Err(BrokerError::Frozen);
         }
+        let att = match &self.attestation {
+            Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
+            None => None,
+        };
         if let Some(j) = &request.justification {
             if j.chars().count() > MAX_JUSTIFICATION {
                 return Err(BrokerError::InvalidRequest(format!(
@@ -498,7 +520,7 @@ impl Broker {
                 request_digest: record.request_digest.clone(),
                 approvals: 0,
             }],
-            att: None,
+            att,
             audit: None,
             epoch: self.epoch.load(Ordering::Relaxed),
             approvals: Vec::new(),
@@ -737,8 +759,17 @@ impl Broker {
         Ok(RevokedSet(revoked))
     }
 
-    /// Readiness: the device answers and the store takes a write.
+    /// Readiness: the device answers, the store takes a write and (when the broker attests)
+    /// the latest self-attestation is good.
     pub fn health(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut checks = self.health_base();
+        if let Some(state) = &self.attestation {
+            checks.push(("attestation", state.current().map(|_| ())));
+        }
+        checks
+    }
+
+    fn health_base(&self) -> Vec<(&'static str, Result<(), String>)> {
         vec![
             ("hsm", self.backend.ping().map_err(|e| e.to_string())),
             (
@@ -816,6 +847,7 @@ pub fn error_code(e: &BrokerError) -> &'static str {
         BrokerError::Hsm(_) => "hsm_unavailable",
         BrokerError::Store(_) => "store_unavailable",
         BrokerError::Frozen => "issuance_frozen",
+        BrokerError::Attestation(_) => "attestation_failed",
         BrokerError::Internal(_) => "internal_error",
     }
 }

@@ -5,10 +5,12 @@ use std::io::Write;
 use std::path::Path;
 
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
+use seb::backend::tpm::{TpmBackend, TpmSettings};
 use seb::backend::KeyBackend;
-use seb::config::{BackendConfig, Config, ConfigError};
+use seb::config::{BackendConfig, Config};
 use seb::store::sqlite::SqliteStore;
 
+pub mod attest;
 pub mod bench;
 pub mod cert;
 pub mod init;
@@ -61,7 +63,13 @@ pub fn open_backend(
             };
             Ok(Box::new(Pkcs11Backend::open(settings)?))
         }
-        BackendConfig::Tpm(_) => Err(Box::new(ConfigError::BackendNotCompiled("tpm"))),
+        BackendConfig::Tpm(t) => {
+            let settings = TpmSettings {
+                tcti: t.tcti.clone(),
+                key_dir: t.key_dir(&config.state_dir),
+            };
+            Ok(Box::new(TpmBackend::open(&settings)?))
+        }
     }
 }
 

@@ -72,6 +72,39 @@ pub struct Config {
     /// Issuance policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// TPM self-attestation (absent: the broker does not attest).
+    #[serde(default)]
+    pub attestation: Option<AttestationConfig>,
+}
+
+/// TPM self-attestation settings (docs/ATTESTATION.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// TCTI of the TPM that attests; defaults to the backend's when the backend is a TPM.
+    pub tcti: Option<String>,
+    /// Attestation policy file (reference measurements), e.g. `attest-policy.toml`.
+    pub policy: PathBuf,
+    /// The measured-boot event log in seb's JSON form.
+    pub event_log: PathBuf,
+    /// How often the broker quotes itself and compares with the policy.
+    #[serde(with = "duration_str", default = "default_attest_interval")]
+    pub interval: Duration,
+}
+
+fn default_attest_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Config {
+    /// The TCTI the attestor uses, if attestation is configured and a TPM is named.
+    pub fn attestation_tcti(&self) -> Option<String> {
+        let a = self.attestation.as_ref()?;
+        a.tcti.clone().or_else(|| match &self.backend {
+            BackendConfig::Tpm(t) => Some(t.tcti.clone()),
+            BackendConfig::Pkcs11(_) => None,
+        })
+    }
 }
 
 /// Issuance policy the security team controls.
@@ -103,8 +136,28 @@ impl Default for PolicyConfig {
 pub enum BackendConfig {
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Config),
-    /// A TPM 2.0 (not in this build yet).
-    Tpm(BTreeMap<String, toml::Value>),
+    /// A TPM 2.0: keys are TPM objects stored as key blobs (see `backend::tpm`).
+    Tpm(TpmConfig),
+}
+
+/// TPM backend settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TCTI configuration: `device:/dev/tpmrm0` in production, `swtpm:host=127.0.0.1,port=P`
+    /// with the simulator.
+    pub tcti: String,
+    /// Directory of the key blobs; defaults to `STATE_DIR/tpm-keys`.
+    pub key_dir: Option<PathBuf>,
+}
+
+impl TpmConfig {
+    /// Where the key blobs live.
+    pub fn key_dir(&self, state_dir: &Path) -> PathBuf {
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("tpm-keys"))
+    }
 }
 
 /// PKCS#11 backend settings.
@@ -293,6 +346,13 @@ impl Config {
                 p.pin_file = Some(base.join(f));
             }
         }
+        if let BackendConfig::Tpm(t) = &mut config.backend {
+            t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
+        }
+        if let Some(a) = &mut config.attestation {
+            a.policy = base.join(&a.policy);
+            a.event_log = base.join(&a.event_log);
+        }
         Ok(config)
     }
 
@@ -328,6 +388,18 @@ impl Config {
                 )));
             }
         }
+        if let Some(a) = &self.attestation {
+            if a.interval < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(
+                    "[attestation] interval must be at least 1s".into(),
+                ));
+            }
+            if self.attestation_tcti().is_none() {
+                return Err(ConfigError::Invalid(
+                    "[attestation] needs tcti = \"...\" unless [backend] is a TPM".into(),
+                ));
+            }
+        }
         if let BackendConfig::Pkcs11(p) = &self.backend {
             if p.pin_file.is_some() == p.pin_env.is_some() {
                 return Err(ConfigError::Invalid(
@@ -336,6 +408,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The attestation key blob (TPM), written by `seb attest enroll`.
+    pub fn ak_blob(&self) -> PathBuf {
+        self.state_dir.join("attest").join("ak.tpmkey")
     }
 
     /// Directory holding the PEM trust material written by `init`.
@@ -411,6 +488,23 @@ pin_file = "user.pin"
     fn bad_duration_is_refused() {
         let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
         assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn tpm_backend_is_parsed_strictly() {
+        let text = r#"
+broker_id = "b1"
+state_dir = "state"
+[backend]
+type = "tpm"
+tcti = "swtpm:host=127.0.0.1,port=2321"
+"#;
+        let c = Config::parse(text).unwrap();
+        let BackendConfig::Tpm(t) = &c.backend else {
+            panic!("not a TPM backend")
+        };
+        assert_eq!(t.key_dir(Path::new("/s")), Path::new("/s/tpm-keys"));
+        assert!(Config::parse(&text.replace("tcti =", "tcit =")).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! verifier. Device code (PKCS#11) sits behind the `pkcs11` feature, so an executor can depend
 //! on `seb` with `default-features = false` and link no HSM or TPM code at all.
 
+pub mod attest;
 pub mod authz;
 pub mod backend;
 #[cfg(feature = "broker")]

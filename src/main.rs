@@ -42,6 +42,9 @@ enum Command {
     /// Measure the HSM, the CA, the authorization decision and the broker.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// TPM attestation: enroll the attestation key, record reference values, verify a broker.
+    #[command(subcommand)]
+    Attest(cli::attest::AttestCommand),
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
     Serve,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::Token(t) => cli::token::run(t),
         Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
+        Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
         Command::Request(a) => match cli::serve::request(a) {
             Ok(code) => return code,

@@ -44,6 +44,7 @@ pub struct App {
     /// The broker.
     pub broker: Arc<Broker>,
     limiter: Arc<RateLimiter>,
+    attest_limiter: Arc<RateLimiter>,
 }
 
 impl App {
@@ -54,7 +55,12 @@ impl App {
             server.rate_limit_per_second,
             server.rate_limit_burst,
         ));
-        Self { broker, limiter }
+        Self {
+            broker,
+            limiter,
+            // Quotes serialise on the TPM (a few ms on swtpm, tens to hundreds on hardware).
+            attest_limiter: Arc::new(RateLimiter::new(20, 40)),
+        }
     }
 
     fn check_rate(&self, peer: &Peer) -> Result<(), ApiError> {
@@ -81,6 +87,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/crl"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    ("GET", "/v1/attestation"),
 ];
 
 /// The v1 API routes. Every route except the public ones needs a [`Peer`] extension, which the
@@ -95,6 +102,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/tokens/redeem", post(redeem))
         .route("/v1/trust", get(trust))
         .route("/v1/crl", get(crl))
+        .route("/v1/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -360,6 +368,64 @@ async fn crl(State(app): State<App>) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem()).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestationQuery {
+    nonce: String,
+}
+
+/// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
+/// certificate like every route, and globally, since quotes serialise on the TPM.
+async fn attestation(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+    query: Result<axum::extract::Query<AttestationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
+    if !app.attest_limiter.allow("attestation", Instant::now()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many attestation requests; slow down",
+        ));
+    }
+    let bad_nonce = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_nonce",
+            format!(
+                "nonce must be {} to {} bytes in hex",
+                crate::attest::MIN_NONCE,
+                crate::attest::MAX_NONCE
+            ),
+        )
+    };
+    let axum::extract::Query(query) = query.map_err(|_| bad_nonce())?;
+    let nonce = hex::decode(&query.nonce).map_err(|_| bad_nonce())?;
+    if !(crate::attest::MIN_NONCE..=crate::attest::MAX_NONCE).contains(&nonce.len()) {
+        return Err(bad_nonce());
+    }
+    let Some(state) = app.broker.attestation().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "attestation_not_configured",
+            "this broker does not attest (no [attestation] in its configuration)",
+        ));
+    };
+    let evidence = tokio::task::spawn_blocking(move || state.evidence(&nonce))
+        .await
+        .map_err(|e| ApiError::from(BrokerError::Internal(e.to_string())))?
+        .map_err(|e| {
+            tracing::error!(error = %error::ErrorChain(&e), "attestation quote failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "attestation_failed",
+                "the TPM could not produce a quote",
+            )
+        })?;
+    Ok(Json(evidence).into_response())
 }
 
 async fn healthz(State(app): State<App>) -> Response {

@@ -16,6 +16,8 @@ use x509_cert::name::Name;
 
 /// id-kp-serverAuth.
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+/// tcg-kp-AIKCertificate (TCG EK Credential Profile).
+const TCG_KP_AIK_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.8.3");
 /// id-kp-clientAuth.
 const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 
@@ -38,6 +40,9 @@ pub enum CertKind {
     },
     /// An agent, approver or executor: digitalSignature, clientAuth.
     Client,
+    /// The broker's TPM attestation key (AK), certified after credential activation against
+    /// the EK: digitalSignature, EKU tcg-kp-AIKCertificate (2.23.133.8.3).
+    AttestationKey,
 }
 
 /// The standard extensions of a certificate of `kind` for the key `spk`, issued by the key
@@ -75,6 +80,12 @@ pub(crate) fn extensions(
             None,
             KeyUsages::DigitalSignature.into(),
             Some(CLIENT_AUTH),
+        ),
+        CertKind::AttestationKey => (
+            false,
+            None,
+            KeyUsages::DigitalSignature.into(),
+            Some(TCG_KP_AIK_CERTIFICATE),
         ),
     };
     out.push(

@@ -99,6 +99,9 @@ pub fn run(config: &Config, _args: InitArgs) -> CliResult {
         );
     }
     println!("trust material written to {}", trust.display());
+    if config.attestation.is_some() {
+        super::attest::enroll(config, backend.as_ref())?;
+    }
     Ok(())
 }
 

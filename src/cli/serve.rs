@@ -14,7 +14,12 @@ use super::{open_backend, open_store, read_file, CliError, CliResult};
 pub fn serve(config: &Config) -> CliResult {
     let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
     let store: Arc<dyn seb::store::Store> = Arc::new(open_store(config)?);
-    let broker = Arc::new(Broker::new(config.clone(), backend.clone(), store)?);
+    let mut broker = Broker::new(config.clone(), backend.clone(), store)?;
+    if let Some(state) = super::attest::attestation_state(config)? {
+        super::attest::start_self_check(state.clone());
+        broker = broker.with_attestation(state);
+    }
+    let broker = Arc::new(broker);
     let trust = config.trust_dir();
     let tls_cert = first_der(&read_file(&trust.join("tls.pem"))?)?;
     let root = first_der(&read_file(&trust.join("root.pem"))?)?;

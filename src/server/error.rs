@@ -58,6 +58,10 @@ impl From<BrokerError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "issuance is frozen by the security team".into(),
             ),
+            BrokerError::Attestation(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker's attestation self-check does not match its reference measurements; no token was issued".into(),
+            ),
             BrokerError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error; no token was issued".into(),

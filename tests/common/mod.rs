@@ -36,6 +36,51 @@ impl Hsm {
         Self { dir, port }
     }
 
+    /// Provisions with `--tpm` (an swtpm under the directory, attestation configured and its
+    /// policy recorded); `tpm_backend` also keeps the broker's keys in that TPM.
+    pub fn provision_tpm(tpm_backend: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let tpm_port = free_port_pair();
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--tpm",
+                "--tpm-port",
+                &tpm_port.to_string(),
+            ])
+            .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"));
+        if tpm_backend {
+            cmd.args(["--backend", "tpm"]);
+        }
+        let out = cmd.output().expect("run provision.sh");
+        assert!(
+            out.status.success(),
+            "provision.sh --tpm failed (are swtpm, swtpm-tools and tpm2-tools installed?):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, port }
+    }
+
+    /// The TCTI of the swtpm that `provision_tpm` started.
+    pub fn tcti(&self) -> String {
+        let port = std::fs::read_to_string(self.path("swtpm.port")).unwrap();
+        format!("swtpm:host=127.0.0.1,port={}", port.trim())
+    }
+
+    /// Runs a tpm2-tools command against the provisioned swtpm.
+    pub fn tpm_tool(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("tpm2-tools are installed")
+    }
+
     /// Provisions and runs `seb init`.
     pub fn initialised() -> Self {
         let hsm = Self::provision();
@@ -170,6 +215,17 @@ pub fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A free port P on the loopback interface with P+1 also free (swtpm server + control).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        if p < u16::MAX - 1 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no pair of free ports");
 }
 
 /// A free TCP port on the loopback interface.
@@ -352,4 +408,221 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A running swtpm with its own state directory and loopback ports, manufactured by
+/// `swtpm_setup` with an EK certificate signed by a per-instance test EK CA (ECDSA P-384).
+/// On drop it gets an orderly TPM2_Shutdown, is told to exit and is killed if it lingers, so a
+/// restart never counts as a dictionary-attack failure. A missing swtpm fails the test.
+pub struct Swtpm {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Swtpm {
+    /// Manufactures a fresh TPM (EK + EK certificate) and starts it.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let state = d.join("state");
+        let ca = d.join("ek-ca");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&ca).unwrap();
+        let (ok, text) = openssl(
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "ek-ca/signkey.pem",
+            ],
+            d,
+        );
+        assert!(ok, "openssl ecparam: {text}");
+        let (ok, text) = openssl(
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-key",
+                "ek-ca/signkey.pem",
+                "-subj",
+                "/CN=seb test EK CA",
+                "-days",
+                "3650",
+                "-out",
+                "ek-ca/issuercert.pem",
+            ],
+            d,
+        );
+        assert!(ok, "openssl req: {text}");
+        std::fs::write(ca.join("certserial"), "1\n").unwrap();
+        std::fs::write(
+            d.join("localca.conf"),
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("localca.options"),
+            "--platform-manufacturer seb\n--platform-version 1\n--platform-model swtpm\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                d.join("localca.conf").display(),
+                d.join("localca.options").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--tpmstate"])
+            .arg(&state)
+            .args(["--create-ek-cert", "--config"])
+            .arg(d.join("swtpm_setup.conf"))
+            .output()
+            .expect("swtpm_setup is installed (apt-get install swtpm swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut tpm = Self {
+            dir,
+            port: 0,
+            child: None,
+        };
+        tpm.launch();
+        tpm
+    }
+
+    /// Starts swtpm on fresh ports (or the current ones when restarting).
+    fn launch(&mut self) {
+        for _ in 0..20 {
+            let port = if self.port != 0 {
+                self.port
+            } else {
+                let p = free_port();
+                if p >= u16::MAX - 1 || std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_err() {
+                    continue;
+                }
+                p
+            };
+            let log = std::fs::File::create(self.dir.path().join("swtpm.log")).unwrap();
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", self.dir.path().join("state").display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("swtpm is installed (apt-get install swtpm)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken or state locked: try again
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.port = port;
+                    self.child = Some(child);
+                    return;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if self.port != 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        panic!(
+            "swtpm did not start:\n{}",
+            std::fs::read_to_string(self.dir.path().join("swtpm.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The PEM certificate of the EK CA that signed this TPM's EK certificate.
+    pub fn ek_ca(&self) -> PathBuf {
+        self.dir.path().join("ek-ca/issuercert.pem")
+    }
+
+    /// Runs a tpm2-tools command against this TPM (e.g. `["tpm2_pcrextend", "23:sha256=..."]`).
+    pub fn tool(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("tpm2-tools are installed")
+    }
+
+    /// Extends `pcr` (SHA-256 bank) with `digest_hex`, as tampering would.
+    pub fn extend(&self, pcr: u8, digest_hex: &str) {
+        let out = self.tool(&["tpm2_pcrextend", &format!("{pcr}:sha256={digest_hex}")]);
+        assert_success(&out, "tpm2_pcrextend");
+    }
+
+    /// Orderly stop: TPM2_Shutdown, then swtpm exits.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = self.tool(&["tpm2_shutdown"]);
+        let _ = Command::new("swtpm_ioctl")
+            .args(["--tcp", &format!("127.0.0.1:{}", self.port + 1), "-s"])
+            .output();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills swtpm without a TPM2_Shutdown (a power loss): counts toward DA lockout for
+    /// objects without noDA.
+    pub fn kill_uncleanly(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts swtpm again on the same state and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Starts it again after [`Swtpm::kill_uncleanly`] or [`Swtpm::stop`].
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

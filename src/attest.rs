@@ -1,0 +1,557 @@
+//! Remote attestation of the broker's own boot state: the evidence a broker serves
+//! (`GET /v1/attestation`), the reference policy it is compared with (`firmware-config/`), and
+//! the offline verification a relying party runs.
+//!
+//! Verification is pure: it parses the TPM structures itself ([`tpm_types`]), checks the quote
+//! signature with the AK public key from the AK certificate, the AK certificate's chain to the
+//! seb root, the caller's nonce, the PCR digest against the PCR values served with it, replays
+//! the event log against those values and compares everything with the policy. It links no TPM
+//! code, so `seb attest verify` and executors can run it anywhere.
+//!
+//! Device code (the [`Attestor`] over a real TPM) sits in `attest::tpm` behind the `tpm`
+//! feature; the broker's periodic self-check in `attest::selfcheck` behind `broker`.
+//! Nothing in this module may trust evidence it has not verified, or accept a quote whose nonce
+//! it did not choose.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha384};
+
+use crate::cert::Certificate;
+use crate::chain::{self, CertKey};
+
+pub mod eventlog;
+pub mod policy;
+#[cfg(feature = "broker")]
+pub mod selfcheck;
+#[cfg(feature = "tpm")]
+pub mod tpm;
+pub mod tpm_types;
+
+pub use eventlog::{Event, EventLog};
+pub use policy::{AttestPolicy, PolicyError};
+
+/// tcg-kp-AIKCertificate (TCG EK Credential Profile): the EKU of an attestation key certificate.
+pub const TCG_KP_AIK_CERTIFICATE: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.23.133.8.3");
+
+/// Shortest nonce accepted, in bytes: shorter ones could be guessed and pre-computed.
+pub const MIN_NONCE: usize = 8;
+/// Longest nonce accepted, in bytes (a TPM2B_DATA holds at most a SHA-512 digest).
+pub const MAX_NONCE: usize = 64;
+
+/// A PCR bank (hash algorithm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcrBank {
+    /// SHA-256 PCRs (every TPM 2.0 has them).
+    Sha256,
+    /// SHA-384 PCRs, where the TPM has the bank.
+    Sha384,
+}
+
+impl PcrBank {
+    /// Size of one PCR value in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            PcrBank::Sha256 => 32,
+            PcrBank::Sha384 => 48,
+        }
+    }
+
+    /// Hashes `data` with the bank's algorithm.
+    pub fn hash(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            PcrBank::Sha256 => Sha256::digest(data).to_vec(),
+            PcrBank::Sha384 => Sha384::digest(data).to_vec(),
+        }
+    }
+
+    /// `PCR := H(PCR ‖ digest)`.
+    pub fn extend(self, pcr: &[u8], digest: &[u8]) -> Vec<u8> {
+        let mut data = Vec::with_capacity(pcr.len() + digest.len());
+        data.extend_from_slice(pcr);
+        data.extend_from_slice(digest);
+        self.hash(&data)
+    }
+}
+
+impl std::fmt::Display for PcrBank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PcrBank::Sha256 => "sha256",
+            PcrBank::Sha384 => "sha384",
+        })
+    }
+}
+
+/// What a TPM returns for one quote: the signed `TPMS_ATTEST`, the `TPMT_SIGNATURE` and the PCR
+/// values the quote covers (read in the same locked batch, checked against its digest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawQuote {
+    /// `TPMS_ATTEST` bytes, exactly as signed.
+    pub attest: Vec<u8>,
+    /// `TPMT_SIGNATURE` bytes.
+    pub signature: Vec<u8>,
+    /// PCR index → value, in the quoted bank.
+    pub pcrs: BTreeMap<u8, Vec<u8>>,
+}
+
+/// Errors from an attestor (the device side), distinct from verification failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The TPM failed or is unreachable.
+    #[error("TPM unavailable during {operation}")]
+    Tpm {
+        /// What we were doing.
+        operation: &'static str,
+        /// The TPM/TSS error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The PCRs kept changing between the read and the quote.
+    #[error("PCR values changed during {attempts} consecutive quote attempts")]
+    PcrRace {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The attestation identity (EK, AK, AK certificate) is missing or inconsistent.
+    #[error("attestation identity: {0}")]
+    Identity(String),
+    /// The nonce is too short or too long.
+    #[error("nonce must be {MIN_NONCE} to {MAX_NONCE} bytes, got {0}")]
+    Nonce(usize),
+    /// Files (AK blob, certificates, event log, policy) could not be read or written.
+    #[error("{what}: {reason}")]
+    File {
+        /// Which file.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A TPM that can quote its own PCRs with the broker's attestation key.
+///
+/// Implementations block on the device; async callers use `spawn_blocking`.
+pub trait Attestor: Send + Sync + std::fmt::Debug {
+    /// Quotes `pcrs` of `bank` with `nonce` as qualifying data, returning values consistent
+    /// with the quote's PCR digest (re-reading and re-quoting if the PCRs changed meanwhile).
+    fn quote(&self, nonce: &[u8], bank: PcrBank, pcrs: &[u8]) -> Result<RawQuote, AttestError>;
+
+    /// Reads the current PCR values (not signed: for recording reference values).
+    fn pcr_read(&self, bank: PcrBank, pcrs: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, AttestError>;
+
+    /// One line for logs.
+    fn describe(&self) -> String;
+}
+
+/// The body of `GET /v1/attestation`: everything a relying party needs to check the broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// The caller's nonce, hex (echoed; the check uses the caller's own copy).
+    pub nonce: String,
+    /// base64url `TPMS_ATTEST` as signed by the AK.
+    pub quote: String,
+    /// base64url `TPMT_SIGNATURE`.
+    pub signature: String,
+    /// The bank of `pcrs`.
+    pub pcr_bank: PcrBank,
+    /// PCR index → hex value, for every quoted PCR.
+    pub pcrs: BTreeMap<u8, String>,
+    /// PEM certificates, the AK certificate first, up to (not including) the root.
+    pub ak_chain: Vec<String>,
+    /// PEM EK certificate from the TPM's NV, when it has one.
+    pub ek_certificate: Option<String>,
+    /// The measured-boot event log of the quoted PCRs.
+    pub event_log: EventLog,
+    /// The broker's own latest self-check (unsigned, informational).
+    pub self_check: Option<SelfCheckReport>,
+}
+
+/// The broker's view of its latest self-check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfCheckReport {
+    /// Whether the latest check passed.
+    pub ok: bool,
+    /// Unix seconds of the latest check.
+    pub checked_at: u64,
+    /// Unix seconds of the latest good check, if any.
+    pub last_good: Option<u64>,
+    /// Why the latest check failed.
+    pub reason: Option<String>,
+}
+
+/// Why evidence was rejected. Messages name what differed; nothing here carries I/O types.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    /// A structure could not be parsed.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which structure.
+        what: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The signed structure is not a TPM-generated quote.
+    #[error("not a TPM quote: {reason}")]
+    NotAQuote {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An algorithm seb does not verify.
+    #[error("unsupported algorithm 0x{id:04x} in {what}")]
+    UnsupportedAlgorithm {
+        /// Where.
+        what: &'static str,
+        /// TPM algorithm id.
+        id: u16,
+    },
+    /// The nonce in the quote is not the one the verifier chose: a replayed or redirected quote.
+    #[error("the quote's nonce is not the nonce we sent (replayed or stale quote)")]
+    NonceMismatch,
+    /// The AK certificate does not chain to the trusted root.
+    #[error("the attestation key certificate is not certified by the trusted root: {reason}")]
+    AkNotCertified {
+        /// Why.
+        reason: String,
+    },
+    /// The quote's signature does not verify with the certified AK (another TPM, another key,
+    /// or a modified quote).
+    #[error("the quote signature does not verify with the certified attestation key (quote modified or signed by another key)")]
+    BadSignature,
+    /// The quoted PCR selection is not what the policy asks for.
+    #[error("the quote covers {quoted} but the policy requires {required}")]
+    SelectionMismatch {
+        /// What the quote covers.
+        quoted: String,
+        /// What the policy selects.
+        required: String,
+    },
+    /// The PCR values served with the quote do not hash to its PCR digest.
+    #[error("the PCR values served with the quote do not match the quote's PCR digest")]
+    PcrDigestMismatch,
+    /// The event log does not replay to a quoted PCR value.
+    #[error("the event log does not replay to PCR {pcr}: replayed {replayed}, quoted {quoted}")]
+    EventLogMismatch {
+        /// PCR index.
+        pcr: u8,
+        /// Replayed value (hex).
+        replayed: String,
+        /// Quoted value (hex).
+        quoted: String,
+    },
+    /// A PCR differs from its reference value.
+    #[error("PCR {pcr} is {actual}, the policy expects {expected}")]
+    PcrPolicy {
+        /// PCR index.
+        pcr: u8,
+        /// Reference value (hex).
+        expected: String,
+        /// Quoted value (hex).
+        actual: String,
+    },
+    /// The events measured into a PCR differ from the reference events.
+    #[error("the events measured into PCR {pcr} differ from the policy: {detail}")]
+    EventPolicy {
+        /// PCR index.
+        pcr: u8,
+        /// First difference.
+        detail: String,
+    },
+    /// The EK certificate is not issued by an accepted EK CA.
+    #[error("the EK certificate is not issued by an accepted EK CA: {reason}")]
+    EkNotAccepted {
+        /// Why.
+        reason: String,
+    },
+    /// The broker's last good self-check is older than the policy's maximum age.
+    #[error(
+        "the broker's last good self-check is {age_secs} s old, the policy allows {max_secs} s"
+    )]
+    Stale {
+        /// Age in seconds.
+        age_secs: u64,
+        /// Maximum in seconds.
+        max_secs: u64,
+    },
+}
+
+impl QuoteError {
+    /// A stable snake_case code for scripts and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QuoteError::Malformed { .. } => "malformed_evidence",
+            QuoteError::NotAQuote { .. } => "not_a_quote",
+            QuoteError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
+            QuoteError::NonceMismatch => "nonce_mismatch",
+            QuoteError::AkNotCertified { .. } => "ak_not_certified",
+            QuoteError::BadSignature => "bad_quote_signature",
+            QuoteError::SelectionMismatch { .. } => "pcr_selection_mismatch",
+            QuoteError::PcrDigestMismatch => "pcr_digest_mismatch",
+            QuoteError::EventLogMismatch { .. } => "event_log_mismatch",
+            QuoteError::PcrPolicy { .. } => "pcr_policy_mismatch",
+            QuoteError::EventPolicy { .. } => "event_policy_mismatch",
+            QuoteError::EkNotAccepted { .. } => "ek_not_accepted",
+            QuoteError::Stale { .. } => "stale_self_check",
+        }
+    }
+}
+
+/// What a successful verification established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedQuote {
+    /// The parsed quote.
+    pub info: tpm_types::QuoteInfo,
+    /// The quoted PCR values.
+    pub pcrs: BTreeMap<u8, Vec<u8>>,
+    /// The AK certificate's subject.
+    pub ak_subject: String,
+}
+
+/// What the verifier brings: its own nonce, its trust anchors, the reference policy, the time.
+#[derive(Clone, Copy, Debug)]
+pub struct QuoteCheck<'a> {
+    /// The nonce the verifier sent.
+    pub nonce: &'a [u8],
+    /// The seb root certificates the AK certificate must chain to.
+    pub roots: &'a [Certificate],
+    /// Reference measurements and rules.
+    pub policy: &'a AttestPolicy,
+    /// Now, for certificate validity and the self-check age.
+    pub now: SystemTime,
+}
+
+/// Verifies evidence end to end (see the module documentation for the order of checks).
+pub fn verify_evidence(
+    evidence: &Evidence,
+    check: &QuoteCheck<'_>,
+) -> Result<VerifiedQuote, QuoteError> {
+    let attest = crate::token::unb64(&evidence.quote).ok_or(QuoteError::Malformed {
+        what: "quote",
+        reason: "not base64url",
+    })?;
+    let signature = crate::token::unb64(&evidence.signature).ok_or(QuoteError::Malformed {
+        what: "quote signature",
+        reason: "not base64url",
+    })?;
+    let (ak, ak_subject) = certified_ak(&evidence.ak_chain, check.roots, check.now)?;
+    let info = verify_quote(&attest, &signature, &ak, check.nonce)?;
+    let pcrs = decode_pcrs(&evidence.pcrs, evidence.pcr_bank)?;
+    check_pcr_digest(&info, evidence.pcr_bank, &pcrs, &check.policy.pcrs)?;
+    evidence.event_log.check_replay(evidence.pcr_bank, &pcrs)?;
+    check.policy.compare(&pcrs, &evidence.event_log)?;
+    if let Some(ek) = &evidence.ek_certificate {
+        check
+            .policy
+            .check_ek_certificate(ek.as_bytes(), check.now)?;
+    } else if !check.policy.ek_cas().is_empty() {
+        return Err(QuoteError::EkNotAccepted {
+            reason: "the broker served no EK certificate".into(),
+        });
+    }
+    if let (Some(report), Some(max)) = (&evidence.self_check, check.policy.max_age) {
+        check_age(report.last_good, check.now, max)?;
+    }
+    Ok(VerifiedQuote {
+        info,
+        pcrs,
+        ak_subject,
+    })
+}
+
+/// Checks the quote's signature with `ak` and its nonce; returns the parsed quote.
+pub fn verify_quote(
+    attest: &[u8],
+    signature: &[u8],
+    ak: &CertKey,
+    nonce: &[u8],
+) -> Result<tpm_types::QuoteInfo, QuoteError> {
+    let info = tpm_types::parse_quote(attest)?;
+    let sig = tpm_types::parse_signature(signature)?;
+    let digest = match sig.hash {
+        tpm_types::ALG_SHA256 => Sha256::digest(attest).to_vec(),
+        tpm_types::ALG_SHA384 => Sha384::digest(attest).to_vec(),
+        other => {
+            return Err(QuoteError::UnsupportedAlgorithm {
+                what: "quote signature hash",
+                id: other,
+            })
+        }
+    };
+    let size = match ak {
+        CertKey::P256(_) => 32,
+        CertKey::P384(_) => 48,
+    };
+    let mut raw = pad(&sig.r, size).ok_or(QuoteError::BadSignature)?;
+    raw.extend_from_slice(&pad(&sig.s, size).ok_or(QuoteError::BadSignature)?);
+    if !ak.verify_prehash_raw(&digest, &raw) {
+        return Err(QuoteError::BadSignature);
+    }
+    // Only now is the content trustworthy; compare in constant time is unnecessary (public).
+    if info.extra_data != nonce {
+        return Err(QuoteError::NonceMismatch);
+    }
+    Ok(info)
+}
+
+/// The AK public key from a PEM chain (AK first) that must end under one of `roots`.
+pub fn certified_ak(
+    chain_pem: &[String],
+    roots: &[Certificate],
+    now: SystemTime,
+) -> Result<(CertKey, String), QuoteError> {
+    let bad = |reason: String| QuoteError::AkNotCertified { reason };
+    let mut certs = Vec::new();
+    for pem in chain_pem.iter().take(4) {
+        certs.extend(
+            Certificate::parse_pem_chain(pem.as_bytes())
+                .map_err(|e| bad(format!("unparseable certificate: {e}")))?,
+        );
+    }
+    let (ak, intermediates) = certs
+        .split_first()
+        .ok_or_else(|| bad("no AK certificate".into()))?;
+    let eku: Option<x509_cert::ext::pkix::ExtendedKeyUsage> = ak
+        .standard_extension()
+        .map_err(|e| bad(format!("unparseable extended key usage: {e}")))?;
+    if !eku.is_some_and(|e| e.0.contains(&TCG_KP_AIK_CERTIFICATE)) {
+        return Err(bad(
+            "the certificate is not an attestation key certificate (no tcg-kp-AIKCertificate EKU)"
+                .into(),
+        ));
+    }
+    // Walk up: each certificate must be validly signed by the next, the last by a root.
+    let mut path: Vec<&Certificate> = vec![ak];
+    path.extend(intermediates.iter());
+    for cert in &path {
+        if now < cert.not_before() || now > cert.not_after() {
+            return Err(bad(format!(
+                "{:?} is not valid at this time",
+                cert.subject_string()
+            )));
+        }
+    }
+    for pair in path.windows(2) {
+        chain::verify_signature(pair[0], pair[1]).map_err(|e| bad(e.to_string()))?;
+        if pair[0].tbs.issuer != pair[1].tbs.subject {
+            return Err(bad("issuer name does not match".into()));
+        }
+    }
+    let top = path
+        .last()
+        .copied()
+        .ok_or_else(|| bad("empty chain".into()))?;
+    let anchored = roots.iter().any(|root| {
+        top.tbs.issuer == root.tbs.subject && chain::verify_signature(top, root).is_ok()
+    });
+    if !anchored {
+        return Err(bad(format!(
+            "{:?} is not signed by a trusted root",
+            top.subject_string()
+        )));
+    }
+    let key = CertKey::of(ak).map_err(|e| bad(format!("AK key: {e}")))?;
+    Ok((key, ak.subject_string()))
+}
+
+/// Decodes the served PCR values and checks their length.
+pub fn decode_pcrs(
+    pcrs: &BTreeMap<u8, String>,
+    bank: PcrBank,
+) -> Result<BTreeMap<u8, Vec<u8>>, QuoteError> {
+    let mut out = BTreeMap::new();
+    for (index, value) in pcrs {
+        let bytes = hex::decode(value).map_err(|_| QuoteError::Malformed {
+            what: "PCR values",
+            reason: "not hex",
+        })?;
+        if bytes.len() != bank.digest_len() || *index > 23 {
+            return Err(QuoteError::Malformed {
+                what: "PCR values",
+                reason: "wrong length or index",
+            });
+        }
+        out.insert(*index, bytes);
+    }
+    Ok(out)
+}
+
+/// The quote must cover exactly the policy's PCRs in one bank, and the served values must hash
+/// to its PCR digest.
+pub fn check_pcr_digest(
+    info: &tpm_types::QuoteInfo,
+    bank: PcrBank,
+    pcrs: &BTreeMap<u8, Vec<u8>>,
+    required: &[u8],
+) -> Result<(), QuoteError> {
+    let mut required = required.to_vec();
+    required.sort_unstable();
+    required.dedup();
+    let quoted_desc = info
+        .selection
+        .iter()
+        .map(|(alg, p)| format!("0x{alg:04x}:{p:?}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let expected = vec![(tpm_types::bank_id(bank), required.clone())];
+    if info.selection != expected {
+        return Err(QuoteError::SelectionMismatch {
+            quoted: quoted_desc,
+            required: format!("{bank}:{required:?}"),
+        });
+    }
+    let served: Vec<u8> = pcrs.keys().copied().collect();
+    if served != required {
+        return Err(QuoteError::PcrDigestMismatch);
+    }
+    let concatenated: Vec<u8> = pcrs.values().flatten().copied().collect();
+    // The TPM hashes the PCR values with the signing scheme's hash; accept the one whose
+    // length matches the digest in the quote (SHA-256 or SHA-384).
+    let computed = match info.pcr_digest.len() {
+        32 => Sha256::digest(&concatenated).to_vec(),
+        48 => Sha384::digest(&concatenated).to_vec(),
+        _ => return Err(QuoteError::PcrDigestMismatch),
+    };
+    if computed != info.pcr_digest {
+        return Err(QuoteError::PcrDigestMismatch);
+    }
+    Ok(())
+}
+
+fn check_age(last_good: Option<u64>, now: SystemTime, max: Duration) -> Result<(), QuoteError> {
+    let now = chain::unix(now);
+    let age = last_good.map_or(u64::MAX, |t| now.saturating_sub(t));
+    if age > max.as_secs() {
+        return Err(QuoteError::Stale {
+            age_secs: age,
+            max_secs: max.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+fn pad(value: &[u8], size: usize) -> Option<Vec<u8>> {
+    let value = match value.iter().position(|b| *b != 0) {
+        Some(i) => &value[i..],
+        None => &[][..],
+    };
+    if value.len() > size {
+        return None;
+    }
+    let mut out = vec![0u8; size - value.len()];
+    out.extend_from_slice(value);
+    Some(out)
+}
+
+/// Hex of each value, for evidence and policies.
+pub fn hex_pcrs(pcrs: &BTreeMap<u8, Vec<u8>>) -> BTreeMap<u8, String> {
+    pcrs.iter().map(|(k, v)| (*k, hex::encode(v))).collect()
+}
+
+#[cfg(test)]
+mod tests;

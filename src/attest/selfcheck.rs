@@ -1,0 +1,236 @@
+//! The broker's own attestation: serving evidence for a caller's nonce, and the periodic
+//! self-check that gates issuance (ARCHITECTURE.md §3, §8).
+//!
+//! The self-check quotes with a fresh random nonce and runs the same [`super::verify_evidence`]
+//! that relying parties run (signature, AK chain to our root, PCR digest, event-log replay,
+//! policy). Issuance is allowed only while the latest check passed and is younger than the
+//! policy's `max_age` (or three check intervals when the policy sets none). A TPM error is a
+//! failed check: fail closed.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    verify_evidence, AttestError, AttestPolicy, Attestor, EventLog, Evidence, QuoteCheck,
+    SelfCheckReport,
+};
+use crate::cert::Certificate;
+use crate::token;
+
+/// Everything the broker needs to attest itself.
+pub struct AttestationState {
+    attestor: Arc<dyn Attestor>,
+    policy: AttestPolicy,
+    roots: Vec<Certificate>,
+    ak_chain: Vec<String>,
+    ek_certificate: Option<String>,
+    event_log: PathBuf,
+    interval: Duration,
+    status: Mutex<Status>,
+}
+
+impl std::fmt::Debug for AttestationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestationState")
+            .field("attestor", &self.attestor)
+            .field("event_log", &self.event_log)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Status {
+    checked_at: Option<SystemTime>,
+    last_good: Option<(SystemTime, Vec<u8>)>,
+    failure: Option<String>,
+}
+
+/// How the state is put together (see `seb serve`).
+#[derive(Debug)]
+pub struct AttestationSetup {
+    /// The TPM.
+    pub attestor: Arc<dyn Attestor>,
+    /// Reference policy.
+    pub policy: AttestPolicy,
+    /// seb roots (to check our own AK chain exactly as relying parties do).
+    pub roots: Vec<Certificate>,
+    /// PEM AK certificate (and intermediates), AK first.
+    pub ak_chain: Vec<String>,
+    /// PEM EK certificate, if the TPM has one.
+    pub ek_certificate: Option<String>,
+    /// Event log file (seb JSON form).
+    pub event_log: PathBuf,
+    /// Self-check period.
+    pub interval: Duration,
+}
+
+impl AttestationState {
+    /// Builds the state; no check has run yet (issuance is refused until one passes).
+    pub fn new(setup: AttestationSetup) -> Self {
+        Self {
+            attestor: setup.attestor,
+            policy: setup.policy,
+            roots: setup.roots,
+            ak_chain: setup.ak_chain,
+            ek_certificate: setup.ek_certificate,
+            event_log: setup.event_log,
+            interval: setup.interval,
+            status: Mutex::new(Status::default()),
+        }
+    }
+
+    /// The self-check period.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// A fresh quote over the policy's PCRs for `nonce`, with everything needed to verify it.
+    pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
+        let log = self.read_event_log()?;
+        let raw = self
+            .attestor
+            .quote(nonce, self.policy.bank, &self.policy.pcrs)?;
+        Ok(Evidence {
+            nonce: hex::encode(nonce),
+            quote: token::b64(&raw.attest),
+            signature: token::b64(&raw.signature),
+            pcr_bank: self.policy.bank,
+            pcrs: super::hex_pcrs(&raw.pcrs),
+            ak_chain: self.ak_chain.clone(),
+            ek_certificate: self.ek_certificate.clone(),
+            event_log: log,
+            self_check: Some(self.report()),
+        })
+    }
+
+    /// Quotes with a random nonce and verifies the result against the policy; records the
+    /// outcome. Returns the failure reason, if any.
+    pub fn self_check(&self) -> Result<(), String> {
+        let now = SystemTime::now();
+        let outcome = self.check_once(now);
+        let mut status = match self.status.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        status.checked_at = Some(now);
+        match &outcome {
+            Ok(digest) => {
+                if status.failure.is_some() {
+                    tracing::warn!("attestation self-check passes again; issuance resumes");
+                }
+                status.last_good = Some((now, digest.clone()));
+                status.failure = None;
+            }
+            Err(reason) => {
+                if status.failure.is_none() {
+                    tracing::error!(%reason, "attestation self-check failed; issuance stops");
+                }
+                status.failure = Some(reason.clone());
+            }
+        }
+        outcome.map(|_| ())
+    }
+
+    fn check_once(&self, now: SystemTime) -> Result<Vec<u8>, String> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+        let evidence = self.evidence(&nonce).map_err(|e| {
+            // The operator's log gets the whole chain (TPM response codes); clients only the
+            // top-level reason.
+            tracing::warn!(error = %error_chain(&e), "attestation self-check could not quote");
+            e.to_string()
+        })?;
+        let check = QuoteCheck {
+            nonce: &nonce,
+            roots: &self.roots,
+            policy: &self.policy,
+            now,
+        };
+        // Our own report's age is not what is being checked here.
+        let evidence = Evidence {
+            self_check: None,
+            ..evidence
+        };
+        let verified = verify_evidence(&evidence, &check).map_err(|e| e.to_string())?;
+        Ok(verified.info.pcr_digest)
+    }
+
+    /// The `att` claim for a token being minted now, or why issuance must stop.
+    pub fn current(&self) -> Result<token::Attestation, String> {
+        let status = self
+            .status
+            .lock()
+            .map_err(|_| "attestation state poisoned".to_owned())?
+            .clone();
+        if let Some(reason) = status.failure {
+            return Err(format!("attestation self-check failed: {reason}"));
+        }
+        let (at, digest) = status
+            .last_good
+            .ok_or_else(|| "no attestation self-check has passed yet".to_owned())?;
+        let max_age = self.policy.max_age.unwrap_or(self.interval * 3);
+        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+        if age > max_age {
+            return Err(format!(
+                "the last good attestation self-check is {} s old (limit {} s)",
+                age.as_secs(),
+                max_age.as_secs()
+            ));
+        }
+        Ok(token::Attestation {
+            pcr_digest: token::b64(&digest),
+            time: unix(at),
+        })
+    }
+
+    /// The latest outcome, for evidence and `/healthz`.
+    pub fn report(&self) -> SelfCheckReport {
+        let status = match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let current = self.current();
+        SelfCheckReport {
+            ok: current.is_ok(),
+            checked_at: status.checked_at.map_or(0, unix),
+            last_good: status.last_good.as_ref().map(|(t, _)| unix(*t)),
+            reason: current.err(),
+        }
+    }
+
+    /// A digest identifying the reference policy in logs.
+    pub fn policy_id(&self) -> String {
+        let text = format!("{:?}", self.policy);
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    }
+
+    fn read_event_log(&self) -> Result<EventLog, AttestError> {
+        let bytes = std::fs::read(&self.event_log).map_err(|e| AttestError::File {
+            what: format!("event log {}", self.event_log.display()),
+            reason: e.to_string(),
+        })?;
+        EventLog::from_json(&bytes).map_err(|reason| AttestError::File {
+            what: format!("event log {}", self.event_log.display()),
+            reason,
+        })
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,274 @@
+//! Known-answer and negative vectors for quote verification, with quotes built and signed in
+//! software (the TPM-backed end-to-end tests live in tests/attestation.rs).
+
+use std::time::Duration;
+
+use signature::hazmat::PrehashSigner;
+
+use super::tpm_types::{encode_quote, encode_signature, EcdsaSignature, QuoteInfo};
+use super::*;
+use crate::ca::{self, CertKind};
+use crate::testkit::{now, Ca};
+
+struct Fixture {
+    root: Ca,
+    ak: p384::ecdsa::SigningKey,
+    ak_pem: String,
+    log: EventLog,
+    pcrs: BTreeMap<u8, Vec<u8>>,
+    policy: AttestPolicy,
+}
+
+const NONCE: &[u8] = b"0123456789abcdef";
+
+fn event(pcr: u8, data: &str) -> Event {
+    Event {
+        pcr,
+        digest: hex::encode(Sha256::digest(data.as_bytes())),
+        kind: "EV_POST_CODE".into(),
+        data: data.into(),
+    }
+}
+
+fn ak_cert(root: &Ca, ak: &p384::ecdsa::SigningKey, kind: CertKind) -> String {
+    ca::issue_service(
+        &root.key,
+        &root.cert,
+        crate::testkit::spki(ak),
+        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
+        kind,
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap()
+    .to_pem_string()
+    .unwrap()
+}
+
+fn fixture() -> Fixture {
+    let root = Ca::root("seb root");
+    let ak = crate::testkit::key();
+    let ak_pem = ak_cert(&root, &ak, CertKind::AttestationKey);
+    let log = EventLog {
+        bank: PcrBank::Sha256,
+        events: vec![
+            event(0, "firmware"),
+            event(7, "secure boot"),
+            event(0, "sep"),
+        ],
+    };
+    let pcrs: BTreeMap<u8, Vec<u8>> = [0u8, 7, 23]
+        .iter()
+        .map(|p| (*p, log.replay(*p).unwrap()))
+        .collect();
+    let text = AttestPolicy::record_toml(PcrBank::Sha256, &pcrs, Some(&log), &[], "5m");
+    let policy = AttestPolicy::parse(&text, std::path::Path::new(".")).unwrap();
+    Fixture {
+        root,
+        ak,
+        ak_pem,
+        log,
+        pcrs,
+        policy,
+    }
+}
+
+impl Fixture {
+    fn info(&self, nonce: &[u8]) -> QuoteInfo {
+        let concatenated: Vec<u8> = self.pcrs.values().flatten().copied().collect();
+        QuoteInfo {
+            qualified_signer: vec![0, 0x0b, 1, 2, 3],
+            extra_data: nonce.to_vec(),
+            clock: 1000,
+            reset_count: 1,
+            restart_count: 0,
+            safe: true,
+            firmware_version: 7,
+            selection: vec![(tpm_types::ALG_SHA256, vec![0, 7, 23])],
+            pcr_digest: Sha384::digest(&concatenated).to_vec(),
+        }
+    }
+
+    fn evidence_for(&self, info: &QuoteInfo, key: &p384::ecdsa::SigningKey) -> Evidence {
+        let attest = encode_quote(info);
+        let sig: p384::ecdsa::Signature = key.sign_prehash(&Sha384::digest(&attest)).unwrap();
+        let (r, s) = sig.split_bytes();
+        let signature = encode_signature(&EcdsaSignature {
+            hash: tpm_types::ALG_SHA384,
+            r: r.to_vec(),
+            s: s.to_vec(),
+        });
+        Evidence {
+            nonce: hex::encode(&info.extra_data),
+            quote: crate::token::b64(&attest),
+            signature: crate::token::b64(&signature),
+            pcr_bank: PcrBank::Sha256,
+            pcrs: hex_pcrs(&self.pcrs),
+            ak_chain: vec![self.ak_pem.clone()],
+            ek_certificate: None,
+            event_log: self.log.clone(),
+            self_check: None,
+        }
+    }
+
+    fn good(&self) -> Evidence {
+        self.evidence_for(&self.info(NONCE), &self.ak)
+    }
+
+    fn verify(&self, e: &Evidence) -> Result<VerifiedQuote, QuoteError> {
+        verify_evidence(
+            e,
+            &QuoteCheck {
+                nonce: NONCE,
+                roots: std::slice::from_ref(&self.root.cert),
+                policy: &self.policy,
+                now: now(),
+            },
+        )
+    }
+}
+
+#[test]
+fn good_quote_verifies() {
+    let f = fixture();
+    let v = f.verify(&f.good()).unwrap();
+    assert_eq!(v.pcrs, f.pcrs);
+    assert_eq!(v.info.extra_data, NONCE);
+}
+
+#[test]
+fn wrong_nonce_is_rejected() {
+    let f = fixture();
+    let e = f.evidence_for(&f.info(b"another nonce!!!"), &f.ak);
+    assert_eq!(f.verify(&e).unwrap_err(), QuoteError::NonceMismatch);
+}
+
+#[test]
+fn tampered_quote_body_is_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    let mut attest = crate::token::unb64(&e.quote).unwrap();
+    let last = attest.len() - 1;
+    attest[last] ^= 1; // a bit of the PCR digest
+    e.quote = crate::token::b64(&attest);
+    assert_eq!(f.verify(&e).unwrap_err(), QuoteError::BadSignature);
+}
+
+#[test]
+fn tampered_pcr_values_are_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    e.pcrs.insert(7, hex::encode([0u8; 32]));
+    assert_eq!(f.verify(&e).unwrap_err(), QuoteError::PcrDigestMismatch);
+}
+
+#[test]
+fn event_log_that_does_not_replay_is_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    e.event_log.events.push(event(7, "hidden"));
+    let err = f.verify(&e).unwrap_err();
+    assert!(
+        matches!(err, QuoteError::EventLogMismatch { pcr: 7, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn pcr_value_differing_from_policy_is_rejected() {
+    let mut f = fixture();
+    // The host measured something extra into PCR 23, consistently in log and PCR.
+    f.log.events.push(event(23, "tampered"));
+    f.pcrs.insert(23, f.log.replay(23).unwrap());
+    let err = f.verify(&f.good()).unwrap_err();
+    assert!(
+        matches!(err, QuoteError::PcrPolicy { pcr: 23, .. }),
+        "{err}"
+    );
+    assert_eq!(err.code(), "pcr_policy_mismatch");
+}
+
+#[test]
+fn ak_not_certified_by_our_root_is_rejected() {
+    let f = fixture();
+    let other = Ca::root("seb root");
+    let mut e = f.good();
+    e.ak_chain = vec![ak_cert(&other, &f.ak, CertKind::AttestationKey)];
+    let err = f.verify(&e).unwrap_err();
+    assert!(matches!(err, QuoteError::AkNotCertified { .. }), "{err}");
+}
+
+#[test]
+fn certificate_without_the_ak_eku_is_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    e.ak_chain = vec![ak_cert(&f.root, &f.ak, CertKind::Signing)];
+    let err = f.verify(&e).unwrap_err();
+    assert!(err.to_string().contains("AIKCertificate"), "{err}");
+}
+
+#[test]
+fn quote_signed_by_another_key_is_rejected() {
+    let f = fixture();
+    let other_tpm_ak = crate::testkit::key();
+    let e = f.evidence_for(&f.info(NONCE), &other_tpm_ak);
+    assert_eq!(f.verify(&e).unwrap_err(), QuoteError::BadSignature);
+}
+
+#[test]
+fn selection_must_match_the_policy() {
+    let f = fixture();
+    let mut info = f.info(NONCE);
+    info.selection = vec![(tpm_types::ALG_SHA256, vec![0, 7])];
+    let err = f.verify(&f.evidence_for(&info, &f.ak)).unwrap_err();
+    assert!(matches!(err, QuoteError::SelectionMismatch { .. }), "{err}");
+}
+
+#[test]
+fn stale_self_check_is_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    e.self_check = Some(SelfCheckReport {
+        ok: true,
+        checked_at: 0,
+        last_good: Some(chain::unix(now()) - 3600),
+        reason: None,
+    });
+    assert!(matches!(
+        f.verify(&e).unwrap_err(),
+        QuoteError::Stale { .. }
+    ));
+}
+
+#[test]
+fn malformed_structures_are_errors_not_panics() {
+    let f = fixture();
+    let good = crate::token::unb64(&f.good().quote).unwrap();
+    for cut in 0..good.len() {
+        assert!(tpm_types::parse_quote(&good[..cut]).is_err());
+    }
+    let mut long = good.clone();
+    long.push(0);
+    assert!(tpm_types::parse_quote(&long).is_err());
+    let mut wrong_type = good;
+    wrong_type[4] = 0x80;
+    wrong_type[5] = 0x17;
+    assert!(matches!(
+        tpm_types::parse_quote(&wrong_type),
+        Err(QuoteError::NotAQuote { .. })
+    ));
+}
+
+#[test]
+fn policy_schema_is_strict() {
+    let base = std::path::Path::new(".");
+    let ok = "version = 1\npcr_bank = \"sha256\"\npcrs = [0]\n[expected_pcrs]\n0 = \"00000000000000000000000000000000000000000000000000000000000000ff\"\n";
+    AttestPolicy::parse(ok, base).unwrap();
+    assert!(AttestPolicy::parse(&ok.replace("pcrs =", "pcr ="), base).is_err());
+    assert!(AttestPolicy::parse(&ok.replace("[0]", "[0, 1]"), base)
+        .unwrap_err()
+        .to_string()
+        .contains("PCR 1"));
+    assert!(AttestPolicy::parse(&ok.replace("ff\"", "\""), base).is_err());
+    assert!(AttestPolicy::parse(&ok.replace("version = 1", "version = 2"), base).is_err());
+}

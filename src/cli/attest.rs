@@ -1,0 +1,362 @@
+//! `seb attest`: enrolling the broker's attestation key, recording reference measurements from
+//! a known-good host, and verifying a broker's attestation as a relying party.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use seb::attest::selfcheck::{AttestationSetup, AttestationState};
+use seb::attest::tpm::{create_ak, read_pcrs_of, TpmAttestor};
+use seb::attest::{self, AttestPolicy, Attestor, EventLog, Evidence, PcrBank, QuoteCheck};
+use seb::backend::tpm::Tpm;
+use seb::backend::{KeyBackend, P384Signer};
+use seb::ca::{self, CertKind};
+use seb::cert::Certificate;
+use seb::client::{Client, ClientTls};
+use seb::config::{AttestationConfig, Config};
+use spki::SubjectPublicKeyInfoOwned;
+
+use super::{open_backend, read_file, write_file, CliError, CliResult};
+
+/// `seb attest ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AttestCommand {
+    /// Create the attestation key in the TPM, bind it to the EK by credential activation and
+    /// certify it with the root (run by `seb init` when [attestation] is configured).
+    Enroll,
+    /// Record this host's current PCR values and event log as the reference policy.
+    Record(RecordArgs),
+    /// Verify a broker's attestation: fresh nonce, quote signature, AK chain to the root,
+    /// event-log replay, policy (needs no --config).
+    Verify(VerifyArgs),
+    /// Measure quote latency (PCR read + quote + consistency check) and the full self-check
+    /// (quote + verification against the policy) on this TPM.
+    Bench {
+        /// Number of quotes and of self-checks.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
+}
+
+/// Options of `seb attest record`.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// Where to write the policy (TOML).
+    #[arg(long)]
+    out: PathBuf,
+    /// PCRs to quote (comma-separated).
+    #[arg(long, default_value = "0,1,2,3,4,5,6,7,23", value_delimiter = ',')]
+    pcrs: Vec<u8>,
+    /// PCR bank.
+    #[arg(long, default_value = "sha256")]
+    bank: String,
+    /// Accepted EK CA certificate (PEM), as written into the policy; repeatable.
+    #[arg(long)]
+    ek_ca: Vec<String>,
+    /// Event log (seb JSON form); defaults to [attestation] event_log.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+    /// Maximum age of the broker's last good self-check.
+    #[arg(long, default_value = "5m")]
+    max_age: String,
+}
+
+/// Options of `seb attest verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Broker URL, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    broker: String,
+    /// The seb root certificate (PEM): TLS trust anchor and AK certificate anchor.
+    #[arg(long)]
+    trust: PathBuf,
+    /// The attestation policy (reference measurements).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Client certificate chain (PEM) for the broker's mutual TLS.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Client private key (PKCS#8 PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Also write the evidence received to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+/// Runs an attest subcommand.
+pub fn dispatch(config_path: Option<&Path>, command: AttestCommand) -> CliResult {
+    match command {
+        AttestCommand::Verify(a) => verify(a),
+        AttestCommand::Enroll => super::with_config(config_path, |c| {
+            let backend = open_backend(c, Some(1))?;
+            enroll(c, backend.as_ref())
+        }),
+        AttestCommand::Record(a) => super::with_config(config_path, |c| record(c, a)),
+        AttestCommand::Bench { count } => super::with_config(config_path, |c| bench(c, count)),
+    }
+}
+
+fn attestation_config(config: &Config) -> Result<&AttestationConfig, CliError> {
+    config
+        .attestation
+        .as_ref()
+        .ok_or_else(|| "this command needs an [attestation] section in the configuration".into())
+}
+
+fn open_tpm(config: &Config) -> Result<Arc<Tpm>, CliError> {
+    let tcti = config
+        .attestation_tcti()
+        .ok_or("[attestation] names no TPM (tcti)")?;
+    Ok(Tpm::open(&tcti)?)
+}
+
+/// Creates the AK if needed, proves it shares a TPM with the EK, checks the EK certificate
+/// against the policy's EK CAs and certifies the AK with the root key.
+pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
+    let settings = attestation_config(config)?;
+    let policy = AttestPolicy::load(&settings.policy)?;
+    let tpm = open_tpm(config)?;
+    let ak_path = config.ak_blob();
+    if !ak_path.exists() {
+        create_ak(&tpm, &ak_path)?;
+    }
+    let attestor = TpmAttestor::open(tpm, &ak_path)?;
+    let endorsement = attestor.activate_credential()?;
+    let trust = config.trust_dir();
+    let ek_pem = match &endorsement.ek_certificate {
+        Some(der) => {
+            let cert = Certificate::parse(der)
+                .map_err(|e| format!("the TPM's EK certificate is unparseable: {e}"))?;
+            if ek_modulus(&cert)? != strip_zeros(&endorsement.ek_modulus) {
+                return Err("the EK certificate in NV does not certify this TPM's EK".into());
+            }
+            let pem = cert.to_pem_string()?;
+            policy.check_ek_certificate(pem.as_bytes(), SystemTime::now())?;
+            Some(pem)
+        }
+        None if !policy.ek_cas().is_empty() => return Err(
+            "the TPM has no EK certificate, but the policy only accepts EKs certified by its ek_ca"
+                .into(),
+        ),
+        None => None,
+    };
+    let root = Certificate::parse(&read_file(&trust.join("root.pem"))?)?;
+    let signer = P384Signer::new(backend, &config.keys.root)?;
+    let spki = {
+        use der::Decode;
+        SubjectPublicKeyInfoOwned::from_der(&attestor.ak_public()?.to_spki_der()?)?
+    };
+    let subject = ca::parse_subject(&format!("CN={} attestation key,O=seb", config.broker_id))?;
+    let ak_cert = ca::issue_service(
+        &signer,
+        &root,
+        spki,
+        &subject,
+        CertKind::AttestationKey,
+        config.ca.service_validity,
+        SystemTime::now(),
+    )?;
+    write_file(
+        &trust.join("ak.pem"),
+        ak_cert.to_pem_string()?.as_bytes(),
+        false,
+    )?;
+    if let Some(pem) = ek_pem {
+        write_file(&trust.join("ek.pem"), pem.as_bytes(), false)?;
+    }
+    println!(
+        "attestation key enrolled ({}); credential activation against the EK succeeded; AK certificate serial {}",
+        attestor.describe(),
+        ak_cert.serial_hex()
+    );
+    Ok(())
+}
+
+/// The broker's attestation state, or `None` when [attestation] is absent.
+pub fn attestation_state(config: &Config) -> Result<Option<Arc<AttestationState>>, CliError> {
+    let Some(settings) = &config.attestation else {
+        return Ok(None);
+    };
+    let policy = AttestPolicy::load(&settings.policy)?;
+    let tpm = open_tpm(config)?;
+    let attestor: Arc<dyn Attestor> = Arc::new(TpmAttestor::open(tpm, &config.ak_blob())?);
+    let trust = config.trust_dir();
+    let root = Certificate::parse(&read_file(&trust.join("root.pem"))?)?;
+    let ak_pem =
+        String::from_utf8(read_file(&trust.join("ak.pem"))?).map_err(|_| "ak.pem is not UTF-8")?;
+    let ek_certificate = std::fs::read_to_string(trust.join("ek.pem")).ok();
+    Ok(Some(Arc::new(AttestationState::new(AttestationSetup {
+        attestor,
+        policy,
+        roots: vec![root],
+        ak_chain: vec![ak_pem],
+        ek_certificate,
+        event_log: settings.event_log.clone(),
+        interval: settings.interval,
+    }))))
+}
+
+fn record(config: &Config, args: RecordArgs) -> CliResult {
+    let settings = attestation_config(config)?;
+    let bank = match args.bank.as_str() {
+        "sha256" => PcrBank::Sha256,
+        "sha384" => PcrBank::Sha384,
+        other => return Err(format!("unknown PCR bank {other:?} (sha256 or sha384)").into()),
+    };
+    let log_path = args.event_log.unwrap_or_else(|| settings.event_log.clone());
+    let log = EventLog::from_json(&read_file(&log_path)?)
+        .map_err(|e| format!("event log {}: {e}", log_path.display()))?;
+    let tpm = open_tpm(config)?;
+    let pcrs = read_pcrs_of(&tpm, bank, &args.pcrs)?;
+    // Refuse to record a host whose log does not explain its PCRs.
+    log.check_replay(bank, &pcrs)
+        .map_err(|e| format!("not recording: {e}"))?;
+    let text = AttestPolicy::record_toml(bank, &pcrs, Some(&log), &args.ek_ca, &args.max_age);
+    let base = args.out.parent().unwrap_or(Path::new("."));
+    AttestPolicy::parse(&text, base)?;
+    write_file(&args.out, text.as_bytes(), false)?;
+    println!(
+        "recorded {} PCRs ({bank}) and {} events into {}",
+        pcrs.len(),
+        log.events.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> CliResult {
+    let root_pem = read_file(&args.trust)?;
+    let roots = Certificate::parse_pem_chain(&root_pem)?;
+    let policy = AttestPolicy::load(&args.policy)?;
+    let tls = ClientTls::new(
+        &root_pem,
+        &read_file(&args.cert)?,
+        &read_file(&args.key)?,
+        false,
+    )?;
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(async {
+        let mut client = Client::connect(&args.broker, &tls).await?;
+        client
+            .send(
+                "GET",
+                &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
+                None,
+            )
+            .await
+    })?;
+    if response.status != 200 {
+        return Err(format!("the broker answered {}: {}", response.status, response.text).into());
+    }
+    if let Some(path) = &args.save {
+        write_file(path, response.text.as_bytes(), false)?;
+    }
+    let evidence: Evidence = serde_json::from_slice(response.text.as_bytes())
+        .map_err(|e| format!("the broker's evidence is malformed: {e}"))?;
+    let check = QuoteCheck {
+        nonce: &nonce,
+        roots: &roots,
+        policy: &policy,
+        now: SystemTime::now(),
+    };
+    match attest::verify_evidence(&evidence, &check) {
+        Ok(v) => {
+            println!("attestation OK: {}", v.ak_subject);
+            println!(
+                "  PCRs {:?} ({}) match the policy; event log replays ({} events)",
+                v.pcrs.keys().collect::<Vec<_>>(),
+                evidence.pcr_bank,
+                evidence.event_log.events.len()
+            );
+            // resetCount/restartCount are obfuscated by the TPM for owner-hierarchy signers.
+            println!("  TPM clock {} ms", v.info.clock);
+            Ok(())
+        }
+        Err(e) => Err(format!("attestation REJECTED ({}): {e}", e.code()).into()),
+    }
+}
+
+fn bench(config: &Config, count: usize) -> CliResult {
+    let state = attestation_state(config)?.ok_or("no [attestation] in the configuration")?;
+    let settings = attestation_config(config)?;
+    let policy = AttestPolicy::load(&settings.policy)?;
+    let attestor = TpmAttestor::open(open_tpm(config)?, &config.ak_blob())?;
+    println!("attestor: {}", attestor.describe());
+    let count = count.max(1);
+    let mut quotes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        attestor.quote(&[7u8; 32], policy.bank, &policy.pcrs)?;
+        quotes.push(started.elapsed());
+    }
+    let mut checks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        state.self_check()?;
+        checks.push(started.elapsed());
+    }
+    for (name, mut samples) in [
+        ("quote (PCR read + TPM2_Quote)", quotes),
+        ("self-check (quote + verify)", checks),
+    ] {
+        samples.sort_unstable();
+        let median = samples[samples.len() / 2];
+        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+        println!(
+            "{name}: median {:.2} ms, p99 {:.2} ms over {} runs",
+            median.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            samples.len()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the self-check now and then every interval on a dedicated thread (the TPM blocks).
+pub fn start_self_check(state: Arc<AttestationState>) {
+    if let Err(reason) = state.self_check() {
+        tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes");
+    } else {
+        tracing::info!(policy = %state.policy_id(), "attestation self-check at start passed");
+    }
+    let interval = state.interval().max(Duration::from_secs(1));
+    let spawned = std::thread::Builder::new()
+        .name("seb-attest".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let _ = state.self_check();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the self-check thread; issuance will stop when the last check ages out");
+    }
+}
+
+/// The RSA modulus of an EK certificate's RSA public key.
+fn ek_modulus(cert: &Certificate) -> Result<Vec<u8>, CliError> {
+    #[derive(der::Sequence)]
+    struct RsaPublicKey<'a> {
+        modulus: der::asn1::UintRef<'a>,
+        exponent: der::asn1::UintRef<'a>,
+    }
+    use der::Decode;
+    let bits = cert
+        .tbs
+        .subject_public_key_info
+        .subject_public_key
+        .as_bytes()
+        .ok_or("EK certificate key has unused bits")?;
+    let key = RsaPublicKey::from_der(bits)
+        .map_err(|e| format!("the EK certificate does not hold an RSA key: {e}"))?;
+    let _ = key.exponent;
+    Ok(strip_zeros(key.modulus.as_bytes()))
+}
+
+fn strip_zeros(b: &[u8]) -> Vec<u8> {
+    let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    b[start..].to_vec()
+}
