@@ -50,23 +50,7 @@ fn init_keys_are_sensitive_and_never_extractable() {
     }
 
     // The same facts through an independent PKCS#11 client.
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", hsm.softhsm_conf())
-        .args([
-            "--module",
-            &common::module(),
-            "--token-label",
-            "seb",
-            "--login",
-            "--pin",
-            &hsm.user_pin(),
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .expect("pkcs11-tool (opensc) is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = hsm.pkcs11_private_keys();
     assert_eq!(text.matches("Private Key Object; EC").count(), 4, "{text}");
     assert_eq!(
         text.matches("sensitive, always sensitive, never extractable, local")

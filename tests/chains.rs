@@ -140,27 +140,6 @@ fn decision(
     .deny_code()
 }
 
-/// Lists private keys with pkcs11-tool (an independent PKCS#11 client).
-fn private_keys(hsm: &Hsm) -> String {
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", hsm.softhsm_conf())
-        .args([
-            "--module",
-            &common::module(),
-            "--token-label",
-            "seb",
-            "--login",
-            "--pin",
-            &hsm.user_pin(),
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .expect("pkcs11-tool (opensc) is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn an_intermediate_in_the_hsm_issues_chains_openssl_accepts() {
     let hsm = Hsm::initialised();
@@ -181,7 +160,7 @@ fn an_intermediate_in_the_hsm_issues_chains_openssl_accepts() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("key generated in the HSM"));
 
     // The key is in the device, sensitive and never extractable.
-    let keys = private_keys(&hsm);
+    let keys = hsm.pkcs11_private_keys();
     let block = keys
         .split("Private Key Object")
         .find(|b| b.contains("label:      payments-ops"))
@@ -308,7 +287,7 @@ fn an_intermediate_claiming_more_than_its_parent_is_refused_and_leaves_no_key() 
     assert_clean_failure(&out, "grant escalation");
     assert!(!hsm.trust("intermediates/team.pem").exists());
     assert!(
-        !private_keys(&hsm).contains("label:      team"),
+        !hsm.pkcs11_private_keys().contains("label:      team"),
         "a refused intermediate must not leave a key in the HSM"
     );
     // The same name with narrower grants then works.
@@ -393,7 +372,7 @@ fn an_offline_intermediate_that_escalates_is_caught_by_the_decision_engine() {
     common::assert_success(&out, "issue-ca --csr");
     assert!(String::from_utf8_lossy(&out.stdout).contains("offline"));
     assert!(
-        !private_keys(&hsm).contains("offline-ops"),
+        !hsm.pkcs11_private_keys().contains("offline-ops"),
         "no key for an offline intermediate in the broker's HSM"
     );
     let offline = read_chain(&hsm.path("offline-ops-chain.pem"));

@@ -378,6 +378,33 @@ impl Hsm {
         }
     }
 
+    /// The token's private keys as an independent PKCS#11 client (OpenSC's pkcs11-tool)
+    /// lists them.
+    pub fn pkcs11_private_keys(&self) -> String {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .args([
+                "--module",
+                &module(),
+                "--token-label",
+                "seb",
+                "--login",
+                "--pin",
+                &self.user_pin(),
+                "--list-objects",
+                "--type",
+                "privkey",
+            ])
+            .output()
+            .expect("pkcs11-tool (opensc) is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Writes a grants file and returns its path.
     pub fn grants_file(&self, name: &str, text: &str) -> String {
         let path = self.path(name);
