@@ -1,0 +1,76 @@
+//! The documentation stays true: the README starts with the two commands, CI runs the second,
+//! and the commented example configuration is a valid configuration.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+#[test]
+fn readme_starts_with_the_two_commands_and_ci_runs_the_second() {
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let block: Vec<&str> = readme
+        .split("```sh")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(block.len(), 2, "{block:?}");
+    assert!(block[0].starts_with("./deploy/demo.sh"), "{block:?}");
+    assert!(block[1].starts_with("./tests/run.sh"), "{block:?}");
+    let preamble = readme.split("```sh").next().unwrap();
+    assert_eq!(
+        preamble.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "only the title comes first"
+    );
+    let ci = std::fs::read_to_string(common::repo().join(".ci/run")).unwrap();
+    assert!(ci.contains("tests/run.sh"), "{ci}");
+    for script in [
+        "deploy/demo.sh",
+        "tests/run.sh",
+        ".ci/run",
+        "softhsm-setup/provision.sh",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(common::repo().join(script))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{script} is not executable");
+    }
+}
+
+#[test]
+fn the_example_configuration_parses() {
+    let text = std::fs::read_to_string(common::repo().join("deploy/seb.example.toml")).unwrap();
+    let config = seb::config::Config::parse(&text).unwrap();
+    assert_eq!(config.broker_id, "seb-prod-1");
+    // The commented TPM and attestation alternatives parse when enabled.
+    let block = |start: &str| -> String {
+        text.lines()
+            .skip_while(|l| !l.starts_with(start))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let tpm_backend: String = text
+        .lines()
+        .skip_while(|l| !l.contains("#   [backend]"))
+        .take_while(|l| l.starts_with("#   "))
+        .map(|l| l.trim_start_matches("#   "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(tpm_backend.contains("type = \"tpm\""), "{tpm_backend}");
+    let head = text.split("[backend]").next().unwrap();
+    let tail = text.split("[keys]").nth(1).unwrap();
+    let tpm = format!(
+        "{head}{tpm_backend}\n[keys]{tail}\n{}",
+        block("# [attestation]")
+    );
+    let config = seb::config::Config::parse(&tpm).unwrap();
+    assert!(matches!(config.backend, seb::config::BackendConfig::Tpm(_)));
+    assert!(config.attestation.is_some(), "{tpm}");
+}
