@@ -14,6 +14,7 @@ pub mod attest;
 pub mod bench;
 pub mod cert;
 pub mod init;
+pub mod seal;
 pub mod serve;
 pub mod token;
 
