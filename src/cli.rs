@@ -33,6 +33,24 @@ pub fn init_tracing() {
         .init();
 }
 
+/// Caps tpm2-tss' own logging (`TSS2_LOG`) at warning. Its info/debug/trace levels hex-dump
+/// command and response parameters after session decryption, which would print the unsealed
+/// HSM PIN (and sealing's input) to stderr. Called first thing in `main`, before any thread.
+pub fn cap_tss_logging() {
+    let Ok(requested) = std::env::var("TSS2_LOG") else {
+        return;
+    };
+    let lower = requested.to_ascii_lowercase();
+    if ["info", "debug", "trace"].iter().any(|l| lower.contains(l)) {
+        // Runs before any thread exists, so no other code is reading the environment.
+        std::env::set_var("TSS2_LOG", "all+warning");
+        tracing::warn!(
+            requested,
+            "TSS2_LOG capped at warning: tpm2-tss debug output would show secrets such as the unsealed HSM PIN"
+        );
+    }
+}
+
 /// Loads the configuration named by `--config`, applies the module environment, runs `f`.
 pub fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> CliResult) -> CliResult {
     let path = path.ok_or("this command needs --config FILE (or SEB_CONFIG)")?;

@@ -57,6 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_tracing();
+    cli::cap_tss_logging();
     let result = match args.command {
         Command::Keygen(a) => cli::cert::keygen(a),
         Command::Init(a) => cli::with_config(args.config.as_deref(), |c| cli::init::run(c, a)),
