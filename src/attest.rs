@@ -24,6 +24,8 @@ use crate::chain::{self, CertKey};
 
 pub mod eventlog;
 pub mod policy;
+#[cfg(feature = "tpm")]
+pub mod seal;
 #[cfg(feature = "broker")]
 pub mod selfcheck;
 #[cfg(feature = "tpm")]

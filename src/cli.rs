@@ -14,6 +14,7 @@ pub mod attest;
 pub mod bench;
 pub mod cert;
 pub mod init;
+pub mod seal;
 pub mod serve;
 pub mod token;
 
@@ -30,6 +31,24 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Caps tpm2-tss' own logging (`TSS2_LOG`) at warning. Its info/debug/trace levels hex-dump
+/// command and response parameters after session decryption, which would print the unsealed
+/// HSM PIN (and sealing's input) to stderr. Called first thing in `main`, before any thread.
+pub fn cap_tss_logging() {
+    let Ok(requested) = std::env::var("TSS2_LOG") else {
+        return;
+    };
+    let lower = requested.to_ascii_lowercase();
+    if ["info", "debug", "trace"].iter().any(|l| lower.contains(l)) {
+        // Runs before any thread exists, so no other code is reading the environment.
+        std::env::set_var("TSS2_LOG", "all+warning");
+        tracing::warn!(
+            requested,
+            "TSS2_LOG capped at warning: tpm2-tss debug output would show secrets such as the unsealed HSM PIN"
+        );
+    }
 }
 
 /// Loads the configuration named by `--config`, applies the module environment, runs `f`.

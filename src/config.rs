@@ -1,8 +1,10 @@
 //! The broker's configuration file (`seb.toml`), parsed once into validated types.
 //!
 //! Every table rejects unknown keys, so a typo is an error rather than a silent default. PINs
-//! are never written in the file: it names a file or an environment variable that holds them,
-//! and the PIN is read into a [`SecretString`] that never shows in `Debug` output.
+//! are never written in the file: it names a file, an environment variable or a TPM-sealed blob
+//! (docs/ATTESTATION.md, "PIN sealing") that holds them, and the PIN is read into a
+//! [`SecretString`] that never shows in `Debug` output. A sealed PIN that the TPM refuses to
+//! release is an error: there is no fallback to another source.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,24 @@ pub enum ConfigError {
     /// A backend type was selected that this build does not contain.
     #[error("backend {0:?} was selected but this build of seb does not include it (rebuild with the `{0}` feature)")]
     BackendNotCompiled(&'static str),
+    /// The TPM did not release the sealed PIN (boot state changed, another TPM, TPM
+    /// unreachable). The broker must not start.
+    #[error("cannot unseal the HSM PIN sealed in {path}")]
+    SealedPin {
+        /// The sealed blob.
+        path: PathBuf,
+        /// Why (`attest::seal::SealError`, with the TPM's reason).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A configured feature needs code this build does not contain.
+    #[error("{what} needs the `{feature}` feature, which this build of seb does not include")]
+    NotCompiled {
+        /// What was configured.
+        what: &'static str,
+        /// The Cargo feature.
+        feature: &'static str,
+    },
 }
 
 /// The whole configuration, validated.
@@ -174,6 +194,12 @@ pub struct Pkcs11Config {
     pub pin_file: Option<PathBuf>,
     /// Environment variable holding the user PIN.
     pub pin_env: Option<String>,
+    /// File holding the PIN sealed in the `[attestation]` TPM by `seb seal-pin`.
+    pub pin_sealed: Option<PathBuf>,
+    /// The TPM that unseals `pin_sealed`: `[attestation]`'s TCTI, filled in by
+    /// [`Config::parse`] (not a configuration key).
+    #[serde(skip)]
+    pub(crate) sealed_pin_tcti: Option<String>,
     /// Sessions in the signing pool; defaults to the number of CPUs.
     pub sessions: Option<usize>,
     /// Environment the module reads at initialisation (e.g. `SOFTHSM2_CONF`). Applied by the
@@ -183,10 +209,10 @@ pub struct Pkcs11Config {
 }
 
 impl Pkcs11Config {
-    /// Reads the PIN from the configured source.
+    /// Reads the PIN from the configured source; a sealed PIN is unsealed by the TPM.
     pub fn read_pin(&self) -> Result<SecretString, ConfigError> {
-        match (&self.pin_file, &self.pin_env) {
-            (Some(path), None) => {
+        match (&self.pin_file, &self.pin_env, &self.pin_sealed) {
+            (Some(path), None, None) => {
                 let desc = format!("file {}", path.display());
                 let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::Pin {
                     source_desc: desc.clone(),
@@ -194,7 +220,7 @@ impl Pkcs11Config {
                 })?;
                 non_empty_pin(raw.trim(), desc)
             }
-            (None, Some(var)) => {
+            (None, Some(var), None) => {
                 let desc = format!("environment variable {var}");
                 let raw = std::env::var(var).map_err(|_| ConfigError::Pin {
                     source_desc: desc.clone(),
@@ -202,10 +228,34 @@ impl Pkcs11Config {
                 })?;
                 non_empty_pin(raw.trim(), desc)
             }
-            _ => Err(ConfigError::Invalid(
-                "[backend] needs exactly one of pin_file or pin_env".into(),
-            )),
+            (None, None, Some(path)) => self.unseal_pin(path),
+            _ => Err(ConfigError::Invalid(PIN_SOURCES.into())),
         }
+    }
+
+    /// Whether the PIN comes from a TPM-sealed blob.
+    pub fn pin_is_sealed(&self) -> bool {
+        self.pin_sealed.is_some()
+    }
+
+    #[cfg(feature = "tpm")]
+    fn unseal_pin(&self, path: &Path) -> Result<SecretString, ConfigError> {
+        let tcti = self
+            .sealed_pin_tcti
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid(SEALED_NEEDS_TPM.into()))?;
+        crate::attest::seal::unseal_file(tcti, path).map_err(|e| ConfigError::SealedPin {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    #[cfg(not(feature = "tpm"))]
+    fn unseal_pin(&self, _path: &Path) -> Result<SecretString, ConfigError> {
+        Err(ConfigError::NotCompiled {
+            what: "pin_sealed (a TPM-sealed HSM PIN)",
+            feature: "tpm",
+        })
     }
 
     /// The signing pool size.
@@ -215,6 +265,10 @@ impl Pkcs11Config {
             .clamp(1, 64)
     }
 }
+
+const PIN_SOURCES: &str = "[backend] needs exactly one of pin_file, pin_env or pin_sealed";
+const SEALED_NEEDS_TPM: &str =
+    "[backend] pin_sealed needs the TPM that sealed it: [attestation] with tcti = \"...\"";
 
 fn non_empty_pin(pin: &str, source_desc: String) -> Result<SecretString, ConfigError> {
     if pin.is_empty() {
@@ -345,6 +399,9 @@ impl Config {
             if let Some(f) = &p.pin_file {
                 p.pin_file = Some(base.join(f));
             }
+            if let Some(f) = &p.pin_sealed {
+                p.pin_sealed = Some(base.join(f));
+            }
         }
         if let BackendConfig::Tpm(t) = &mut config.backend {
             t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
@@ -358,11 +415,17 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
         config.validate()?;
+        let tcti = config.attestation_tcti();
+        if let BackendConfig::Pkcs11(p) = &mut config.backend {
+            if p.pin_sealed.is_some() {
+                p.sealed_pin_tcti = tcti;
+            }
+        }
         Ok(config)
     }
 
@@ -401,10 +464,16 @@ impl Config {
             }
         }
         if let BackendConfig::Pkcs11(p) = &self.backend {
-            if p.pin_file.is_some() == p.pin_env.is_some() {
-                return Err(ConfigError::Invalid(
-                    "[backend] needs exactly one of pin_file or pin_env".into(),
-                ));
+            let sources = [
+                p.pin_file.is_some(),
+                p.pin_env.is_some(),
+                p.pin_sealed.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(ConfigError::Invalid(PIN_SOURCES.into()));
+            }
+            if p.pin_sealed.is_some() && self.attestation_tcti().is_none() {
+                return Err(ConfigError::Invalid(SEALED_NEEDS_TPM.into()));
             }
         }
         Ok(())
@@ -413,6 +482,11 @@ impl Config {
     /// The attestation key blob (TPM), written by `seb attest enroll`.
     pub fn ak_blob(&self) -> PathBuf {
         self.state_dir.join("attest").join("ak.tpmkey")
+    }
+
+    /// Where `seb seal-pin` writes the sealed PIN unless told otherwise.
+    pub fn default_sealed_pin(&self) -> PathBuf {
+        self.state_dir.join("pin.sealed")
     }
 
     /// Directory holding the PEM trust material written by `init`.
@@ -475,6 +549,96 @@ pin_file = "user.pin"
         assert!(Config::parse(&both).is_err());
     }
 
+    const ATTESTATION: &str = r#"
+[attestation]
+tcti = "swtpm:host=127.0.0.1,port=2321"
+policy = "attest-policy.toml"
+event_log = "eventlog.json"
+"#;
+
+    #[test]
+    fn sealed_pin_is_a_third_exclusive_source() {
+        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+        let BackendConfig::Pkcs11(p) = &c.backend else {
+            panic!("pkcs11 expected")
+        };
+        assert!(p.pin_is_sealed());
+        assert_eq!(
+            p.sealed_pin_tcti.as_deref(),
+            Some("swtpm:host=127.0.0.1,port=2321")
+        );
+        // Without a TPM to unseal with.
+        let err = Config::parse(&sealed).unwrap_err().to_string();
+        assert!(err.contains("[attestation]"), "{err}");
+        // With another source as well.
+        for other in ["pin_file = \"user.pin\"", "pin_env = \"SEB_PIN\""] {
+            let two = sealed.replace(
+                "pin_sealed = \"pin.sealed\"",
+                &format!("pin_sealed = \"pin.sealed\"\n{other}"),
+            );
+            let err = Config::parse(&format!("{two}{ATTESTATION}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("exactly one of"), "{err}");
+        }
+        let three = MINIMAL.replace(
+            "pin_file = \"user.pin\"",
+            "pin_file = \"a\"\npin_env = \"B\"\npin_sealed = \"c\"",
+        );
+        assert!(Config::parse(&format!("{three}{ATTESTATION}")).is_err());
+        // The internal TCTI is not a configuration key.
+        let smuggled = sealed.replace(
+            "pin_sealed = \"pin.sealed\"",
+            "pin_sealed = \"pin.sealed\"\nsealed_pin_tcti = \"x\"",
+        );
+        assert!(Config::parse(&format!("{smuggled}{ATTESTATION}")).is_err());
+    }
+
+    #[test]
+    fn sealed_pin_path_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seb.toml");
+        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+        std::fs::write(&file, format!("{sealed}{ATTESTATION}")).unwrap();
+        let c = Config::load(&file).unwrap();
+        let BackendConfig::Pkcs11(p) = &c.backend else {
+            panic!("pkcs11 expected")
+        };
+        assert_eq!(
+            p.pin_sealed.as_deref(),
+            Some(dir.path().join("pin.sealed").as_path())
+        );
+        assert_eq!(c.default_sealed_pin(), dir.path().join("state/pin.sealed"));
+    }
+
+    #[cfg(feature = "tpm")]
+    #[test]
+    fn unreadable_sealed_pin_fails_closed() {
+        let sealed = MINIMAL.replace(
+            "pin_file = \"user.pin\"",
+            "pin_sealed = \"/nonexistent/pin.sealed\"",
+        );
+        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+        let BackendConfig::Pkcs11(p) = &c.backend else {
+            panic!("pkcs11 expected")
+        };
+        let err = p.read_pin().unwrap_err();
+        assert!(matches!(err, ConfigError::SealedPin { .. }), "{err}");
+    }
+
+    #[cfg(not(feature = "tpm"))]
+    #[test]
+    fn sealed_pin_without_tpm_support_says_so() {
+        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+        let BackendConfig::Pkcs11(p) = &c.backend else {
+            panic!("pkcs11 expected")
+        };
+        let err = p.read_pin().unwrap_err().to_string();
+        assert!(err.contains("`tpm` feature"), "{err}");
+    }
+
     #[test]
     fn duplicate_labels_are_refused() {
         let text = format!("{MINIMAL}\n[keys]\nroot = \"k\"\ntoken = \"k\"\n");
@@ -518,6 +682,8 @@ tcti = "swtpm:host=127.0.0.1,port=2321"
             token_serial: None,
             pin_file: Some(pin),
             pin_env: None,
+            pin_sealed: None,
+            sealed_pin_tcti: None,
             sessions: None,
             module_env: BTreeMap::new(),
         };

@@ -36,6 +36,8 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
+    /// Seal the HSM user PIN in the [attestation] TPM to the current boot state (PCRs).
+    SealPin(cli::seal::SealArgs),
     /// Verify execution tokens offline (needs no --config).
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -55,12 +57,14 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_tracing();
+    cli::cap_tss_logging();
     let result = match args.command {
         Command::Keygen(a) => cli::cert::keygen(a),
         Command::Init(a) => cli::with_config(args.config.as_deref(), |c| cli::init::run(c, a)),
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
+        Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
         Command::Token(t) => cli::token::run(t),
         Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),

@@ -234,7 +234,7 @@ fn quote_consistent(
     Ok(None)
 }
 
-fn read_pcrs(
+pub(crate) fn read_pcrs(
     ctx: &mut Context,
     selection: &PcrSelectionList,
     pcrs: &[u8],
@@ -278,7 +278,7 @@ fn sorted(pcrs: &[u8]) -> Vec<u8> {
     v
 }
 
-fn selection(bank: PcrBank, pcrs: &[u8]) -> Result<PcrSelectionList, AttestError> {
+pub(crate) fn selection(bank: PcrBank, pcrs: &[u8]) -> Result<PcrSelectionList, AttestError> {
     selection_inner(bank, pcrs).map_err(|e| AttestError::Tpm {
         operation: "select PCRs",
         source: Box::new(e),

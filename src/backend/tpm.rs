@@ -560,7 +560,7 @@ impl KeyBlob {
     }
 }
 
-fn take_part(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+pub(crate) fn take_part(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
     let (len, rest) = bytes.split_at_checked(4).ok_or("truncated")?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     rest.split_at_checked(len).ok_or_else(|| "truncated".into())

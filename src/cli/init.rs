@@ -12,10 +12,14 @@ use super::{open_backend, write_file, CliResult};
 
 /// Options of `seb init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// Also seal the HSM user PIN in the [attestation] TPM (`seb seal-pin`).
+    #[arg(long)]
+    seal_pin: bool,
+}
 
 /// Generates root, token, audit and TLS keys in the device and certifies them.
-pub fn run(config: &Config, _args: InitArgs) -> CliResult {
+pub fn run(config: &Config, args: InitArgs) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     let labels = &config.keys;
     let all = [
@@ -101,6 +105,10 @@ pub fn run(config: &Config, _args: InitArgs) -> CliResult {
     println!("trust material written to {}", trust.display());
     if config.attestation.is_some() {
         super::attest::enroll(config, backend.as_ref())?;
+    }
+    if args.seal_pin {
+        drop(backend);
+        super::seal::run(config, super::seal::SealArgs::default())?;
     }
     Ok(())
 }

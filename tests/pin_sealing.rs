@@ -1,0 +1,255 @@
+//! PIN sealing end to end: each test provisions its own SoftHSM2 token and swtpm
+//! (`provision.sh --tpm`), seals the user PIN with `seb init --seal-pin`, switches the broker to
+//! `pin_sealed` with the plain PIN file moved away, and checks that the broker starts only in
+//! the sealed boot state, only with the TPM that sealed it, and never shows the PIN.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{runtime, Broker, Hsm, Identity, Swtpm};
+use seb::client::Client;
+use serde_json::json;
+
+const GRANTS: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "30s"
+params_any = true
+"#;
+
+/// The synthetic PCR 23 event (firmware-config/swtpm-eventlog.json).
+const PCR23_EVENT: &str = "c5a7f95196b9645cf2e0b13db0a0f4a6a2ad9b9f51fd5a6a4296b94c0dc15c48";
+
+/// A broker whose PIN is sealed; `pin` is the real PIN, kept only to look for leaks.
+struct Sealed {
+    hsm: Hsm,
+    pin: String,
+    agent: Identity,
+    /// Every output seen, to check none shows the PIN.
+    seen: Vec<String>,
+}
+
+impl Sealed {
+    fn setup() -> Self {
+        let hsm = Hsm::provision_tpm(false);
+        let pin = hsm.user_pin();
+        let out = hsm.seb(&["init", "--seal-pin"]);
+        common::assert_success(&out, "seb init --seal-pin");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(stdout.contains("sealed the HSM user PIN"), "{stdout}");
+        assert!(stdout.contains("pin_sealed = \""), "{stdout}");
+        let sealed = hsm.path("state/pin.sealed");
+        assert_eq!(mode(&sealed), 0o600);
+        let agent = hsm.agent("deploy-bot", GRANTS);
+        // Switch to the sealed PIN and take the plain one away: nothing may fall back to it.
+        let config = std::fs::read_to_string(hsm.config()).unwrap();
+        assert!(config.contains("pin_file = \"user.pin\""));
+        std::fs::write(
+            hsm.config(),
+            config.replace(
+                "pin_file = \"user.pin\"",
+                "pin_sealed = \"state/pin.sealed\"",
+            ),
+        )
+        .unwrap();
+        std::fs::rename(hsm.path("user.pin"), hsm.path("user.pin.escrow")).unwrap();
+        let mut s = Self {
+            hsm,
+            pin,
+            agent,
+            seen: Vec::new(),
+        };
+        s.record(&out);
+        s
+    }
+
+    fn seb(&mut self, args: &[&str]) -> Output {
+        let out = self.hsm.seb(args);
+        self.record(&out);
+        out
+    }
+
+    fn record(&mut self, out: &Output) {
+        self.seen
+            .push(String::from_utf8_lossy(&out.stdout).into_owned());
+        self.seen
+            .push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+
+    /// `seb serve` must refuse to start: runs it with a deadline and returns its output.
+    fn serve_refused(&mut self) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+            .args(["--config", self.hsm.config().to_str().unwrap(), "serve"])
+            .current_dir(self.hsm.dir.path())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "seb serve started although the PIN must not unseal:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        self.record(&out);
+        out
+    }
+
+    fn broker_issues_a_token(&mut self) {
+        let broker = Broker::start(&self.hsm);
+        let tls = self.hsm.tls(&self.agent, true);
+        let r = runtime().block_on(async {
+            let mut client = Client::connect(&broker.url, &tls).await.unwrap();
+            let body = json!({"operation": "deploy.rollout", "resource": "prod/payments/api", "params": {}});
+            client
+                .send(
+                    "POST",
+                    "/v1/executions",
+                    Some(serde_json::to_vec(&body).unwrap()),
+                )
+                .await
+                .unwrap()
+        });
+        assert_eq!(r.status, 201, "{}", r.text);
+        let mut broker = broker;
+        assert!(broker.stop(), "broker did not stop cleanly");
+        self.seen.push(broker.log_text());
+    }
+
+    fn assert_pin_never_shown(&self) {
+        assert!(self.pin.len() >= 16, "provisioned PINs are random and long");
+        // Hex dumps split it at 16 characters: look for either half.
+        for text in &self.seen {
+            for part in [&self.pin[..], &self.pin[..16], &self.pin[16..]] {
+                assert!(!text.contains(part), "the PIN was printed:\n{text}");
+            }
+        }
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn sealed_pin_opens_the_hsm_only_in_the_sealed_boot_state() {
+    let mut s = Sealed::setup();
+
+    // Good state: the broker unseals at start and issues tokens.
+    let out = s.seb(&["keys"]);
+    common::assert_success(&out, "seb keys with the sealed PIN");
+    // tpm2-tss would hex-dump the decrypted PIN at trace level; seb caps it.
+    let out = Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", s.hsm.config().to_str().unwrap(), "keys"])
+        .current_dir(s.hsm.dir.path())
+        .env("TSS2_LOG", "all+trace")
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    common::assert_success(&out, "seb keys with TSS2_LOG=all+trace");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TSS2_LOG capped"));
+    for half in [&s.pin[..16], &s.pin[16..]] {
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !String::from_utf8_lossy(text).contains(half),
+                "PIN in TSS trace"
+            );
+        }
+    }
+    s.record(&out);
+    s.broker_issues_a_token();
+
+    // Tampering: something unlogged is measured into PCR 23.
+    let out = s
+        .hsm
+        .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={}", "ab".repeat(32))]);
+    common::assert_success(&out, "tpm2_pcrextend");
+    for out in [s.seb(&["keys"]), s.serve_refused()] {
+        common::assert_clean_failure(&out, "the TPM refused to unseal the HSM PIN");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("measured boot state (PCRs 0,1,2,3,4,5,6,7,23, sha256)"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("changed: PCR 23"), "{stderr}");
+        assert!(stderr.contains("pin.sealed"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    }
+    // Re-sealing needs the PIN, which the tampered state cannot get.
+    let out = s.seb(&["seal-pin"]);
+    common::assert_clean_failure(&out, "the TPM refused to unseal the HSM PIN");
+
+    // Repair: back to the sealed state, and the broker starts again.
+    common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
+    common::assert_success(
+        &s.hsm
+            .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={PCR23_EVENT}")]),
+        "tpm2_pcrextend",
+    );
+    common::assert_success(&s.seb(&["keys"]), "seb keys after repair");
+    s.broker_issues_a_token();
+    // In the good state the sealed PIN can be re-sealed (e.g. to a new file).
+    let out = s.seb(&["seal-pin", "--out", "state/pin2.sealed"]);
+    common::assert_success(&out, "seb seal-pin from the sealed PIN");
+    s.assert_pin_never_shown();
+}
+
+#[test]
+fn sealed_pin_is_refused_by_another_tpm_and_without_a_tpm() {
+    let mut s = Sealed::setup();
+    common::assert_success(&s.seb(&["keys"]), "seb keys with the sealed PIN");
+
+    // Another TPM (its own EK, owner seed and storage primary).
+    let other = Swtpm::start();
+    let config = std::fs::read_to_string(s.hsm.config()).unwrap();
+    let ours = s.hsm.tcti();
+    assert!(config.contains(&ours));
+    std::fs::write(s.hsm.config(), config.replace(&ours, &other.tcti())).unwrap();
+    for out in [s.seb(&["keys"]), s.serve_refused()] {
+        common::assert_clean_failure(&out, "sealed by another TPM");
+    }
+    std::fs::write(s.hsm.config(), &config).unwrap();
+    drop(other);
+
+    // Our TPM gone: fail closed, no fallback to any other PIN source.
+    common::assert_success(
+        &Command::new("bash")
+            .arg(s.hsm.path("stop.sh"))
+            .output()
+            .unwrap(),
+        "stop.sh",
+    );
+    for out in [s.seb(&["keys"]), s.serve_refused()] {
+        common::assert_clean_failure(&out, "cannot reach the TPM to unseal the HSM PIN");
+    }
+    s.assert_pin_never_shown();
+}
+
+#[test]
+fn sealing_refuses_a_state_the_attestation_policy_rejects() {
+    let hsm = Hsm::provision_tpm(false);
+    let pin = hsm.user_pin();
+    hsm.seb_ok(&["init"]);
+    let out = hsm.tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={}", "cd".repeat(32))]);
+    common::assert_success(&out, "tpm2_pcrextend");
+    let out = hsm.seb(&["seal-pin"]);
+    common::assert_clean_failure(&out, "not sealing: the current boot state");
+    assert!(!hsm.path("state/pin.sealed").exists());
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(text).contains(&pin));
+    }
+}
