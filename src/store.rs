@@ -163,6 +163,12 @@ pub trait Store: Send + Sync {
     ) -> Result<RedeemOutcome, StoreError>;
     /// A write-and-rollback round trip, for readiness checks.
     fn check_writable(&self) -> Result<(), StoreError>;
+    /// Durably records a broker event (`kind` is a stable snake_case name such as
+    /// `attestation_failed`; `detail` is for people and never holds secrets). This is the
+    /// store's plain event record, until the tamper-evident audit log exists.
+    fn record_event(&self, kind: &str, detail: &str, at: SystemTime) -> Result<(), StoreError>;
+    /// Every recorded event of `kind`, oldest first, as (time, detail).
+    fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError>;
     /// Records an issued certificate.
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
     /// Records a revocation. Revoking twice keeps the first time and reason.

@@ -163,6 +163,19 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     assert!(reason.contains("PCR 23"), "{reason}");
     let out = attest_verify(&s);
     common::assert_clean_failure(&out, "event_log_mismatch");
+    // The failure is recorded durably in the broker's store, with its reason.
+    let events = |kind: &str| {
+        use seb::store::Store;
+        seb::store::sqlite::SqliteStore::open(&s.hsm.path("state"))
+            .unwrap()
+            .events(kind)
+            .unwrap()
+    };
+    eventually("the failure is recorded", || {
+        events("attestation_failed")
+            .iter()
+            .any(|(_, detail)| detail.contains("PCR 23"))
+    });
 
     // Repair: PCR 23 is resettable; measure the logged event again.
     common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
@@ -179,6 +192,9 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
         r.status == 201
     });
     common::assert_success(&attest_verify(&s), "seb attest verify after repair");
+    eventually("the recovery is recorded", || {
+        !events("attestation_restored").is_empty()
+    });
 
     // TPM unreachable: fail closed.
     common::assert_success(

@@ -318,18 +318,38 @@ fn bench(config: &Config, count: usize) -> CliResult {
 }
 
 /// Runs the self-check now and then every interval on a dedicated thread (the TPM blocks).
-pub fn start_self_check(state: Arc<AttestationState>) {
-    if let Err(reason) = state.self_check() {
-        tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes");
-    } else {
-        tracing::info!(policy = %state.policy_id(), "attestation self-check at start passed");
+pub fn start_self_check(state: Arc<AttestationState>, store: Arc<dyn seb::store::Store>) {
+    // Every change between passing and failing is recorded durably in the store's event
+    // record (`attestation_failed` with the reason, `attestation_restored`).
+    let record = move |previous: Option<bool>, outcome: &Result<(), String>| {
+        let (kind, detail) = match (previous, outcome) {
+            (Some(false), Ok(())) => ("attestation_restored", String::new()),
+            (None | Some(true), Err(reason)) => ("attestation_failed", reason.clone()),
+            _ => return,
+        };
+        if let Err(e) = store.record_event(kind, &detail, std::time::SystemTime::now()) {
+            tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
+        }
+    };
+    let first = state.self_check();
+    match &first {
+        Err(reason) => {
+            tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes")
+        }
+        Ok(()) => {
+            tracing::info!(policy = %state.policy_id(), "attestation self-check at start passed")
+        }
     }
+    record(None, &first);
+    let mut passing = first.is_ok();
     let interval = state.interval().max(Duration::from_secs(1));
     let spawned = std::thread::Builder::new()
         .name("seb-attest".into())
         .spawn(move || loop {
             std::thread::sleep(interval);
-            let _ = state.self_check();
+            let outcome = state.self_check();
+            record(Some(passing), &outcome);
+            passing = outcome.is_ok();
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the self-check thread; issuance will stop when the last check ages out");

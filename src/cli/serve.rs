@@ -14,9 +14,9 @@ use super::{open_backend, open_store, read_file, CliError, CliResult};
 pub fn serve(config: &Config) -> CliResult {
     let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
     let store: Arc<dyn seb::store::Store> = Arc::new(open_store(config)?);
-    let mut broker = Broker::new(config.clone(), backend.clone(), store)?;
+    let mut broker = Broker::new(config.clone(), backend.clone(), store.clone())?;
     if let Some(state) = super::attest::attestation_state(config)? {
-        super::attest::start_self_check(state.clone());
+        super::attest::start_self_check(state.clone(), store);
         broker = broker.with_attestation(state);
     }
     let broker = Arc::new(broker);

@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS redemptions (
     executor TEXT NOT NULL,
     redeemed_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
     at INTEGER NOT NULL
@@ -476,6 +482,29 @@ impl Store for SqliteStore {
         })
     }
 
+    fn record_event(&self, kind: &str, detail: &str, at: SystemTime) -> Result<(), StoreError> {
+        let (kind, detail) = (kind.to_owned(), detail.to_owned());
+        self.write("record event", move |c| {
+            c.execute(
+                "INSERT INTO events (kind, detail, at) VALUES (?1, ?2, ?3)",
+                params![kind, detail, unix(at)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
+        let rows: Vec<(i64, String)> = self.read("list events", |c| {
+            let mut stmt =
+                c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;
+            let rows = stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(at, detail)| Ok((from_unix(at)?, detail)))
+            .collect()
+    }
+
     fn check_writable(&self) -> Result<(), StoreError> {
         self.write("health check write", |c| {
             c.execute(
@@ -562,6 +591,31 @@ mod tests {
                 .unwrap(),
             RevokeOutcome::Revoked { known: true }
         );
+    }
+
+    #[test]
+    fn events_are_recorded_in_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        store
+            .record_event("attestation_failed", "PCR 23 differs", t)
+            .unwrap();
+        store.record_event("attestation_restored", "", t).unwrap();
+        store
+            .record_event("attestation_failed", "TPM unreachable", t)
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let failed = store.events("attestation_failed").unwrap();
+        assert_eq!(
+            failed,
+            vec![
+                (t, "PCR 23 differs".to_owned()),
+                (t, "TPM unreachable".to_owned())
+            ]
+        );
+        assert!(store.events("nothing").unwrap().is_empty());
     }
 
     #[test]
