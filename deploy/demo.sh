@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Brings up a working seb demo on this machine (Debian 12, as root):
 #   installs what is missing (SoftHSM2, swtpm, OpenSSL, ...), builds seb, provisions a
-#   SoftHSM2 token under ./demo, generates the broker's keys inside it, issues an agent and an
-#   executor certificate, starts the broker on https://127.0.0.1:8443, and walks one request
-#   through: a granted token, its offline verification, a denied request, single-use redemption.
-# The broker keeps running in the background; stop it with ./demo/stop.sh.
+#   SoftHSM2 token and an swtpm under ./demo, generates the broker's keys inside the token and
+#   its attestation key in the TPM, issues an agent and an executor certificate, starts the
+#   broker on https://127.0.0.1:8443, and walks through: a granted token, its offline
+#   verification, a denied request, and a relying party's check of the broker's boot state.
+# The broker and the swtpm keep running in the background; stop them with ./demo/stop.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DEMO="$ROOT/demo"
 PORT=${SEB_DEMO_PORT:-8443}
+TPM_PORT=${SEB_DEMO_TPM_PORT:-2321}
 
 bash deploy/install-deps.sh
 echo "== building seb (release)"
 cargo build --release --locked --bin seb
 SEB="$ROOT/target/release/seb"
 
-echo "== provisioning a SoftHSM2 token in $DEMO"
-bash softhsm-setup/provision.sh "$DEMO" --port "$PORT"
+echo "== provisioning a SoftHSM2 token and an swtpm in $DEMO"
+SEB_BIN="$SEB" bash softhsm-setup/provision.sh "$DEMO" --port "$PORT" --tpm --tpm-port "$TPM_PORT"
 CFG="$DEMO/seb.toml"
 if [ -f "$DEMO/broker.pid" ] && kill -0 "$(cat "$DEMO/broker.pid")" 2>/dev/null; then
   echo "== stopping the broker from an earlier run"
@@ -85,6 +87,12 @@ set +e
   --params '{"replicas":50,"image":"registry.internal/payments/api:1.4.2","strategy":"canary"}'
 echo "(exit status $?: denied)"
 set -e
+
+if grep -q '^\[attestation\]' "$CFG"; then
+  echo "== a relying party checks the broker's boot state (TPM quote, AK chain, event log, policy)"
+  "$SEB" attest verify --broker "$URL" --trust state/trust/root.pem --policy attest-policy.toml \
+    --cert executor.pem --key executor.key
+fi
 
 echo
 echo "Demo broker running at $URL (pid $(cat broker.pid)). Files are in $DEMO."
