@@ -35,8 +35,13 @@ pub mod tls;
 pub use error::ApiError;
 use ratelimit::RateLimiter;
 
-/// How long a client has to complete the TLS handshake.
+/// How long a client has to complete the TLS handshake, waiting for a slot included.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Handshakes in progress at once. Each holds a blocking thread (the HSM signature blocks);
+/// the bound keeps clients that stall their handshakes from taking every blocking thread away
+/// from token signing.
+const HANDSHAKE_SLOTS: usize = 32;
 
 /// Shared state of the HTTP layer.
 #[derive(Clone)]
@@ -45,6 +50,7 @@ pub struct App {
     pub broker: Arc<Broker>,
     limiter: Arc<RateLimiter>,
     attest_limiter: Arc<RateLimiter>,
+    handshakes: Arc<Semaphore>,
 }
 
 impl App {
@@ -60,6 +66,7 @@ impl App {
             limiter,
             // Quotes serialise on the TPM (a few ms on swtpm, tens to hundreds on hardware).
             attest_limiter: Arc::new(RateLimiter::new(20, 40)),
+            handshakes: Arc::new(Semaphore::new(HANDSHAKE_SLOTS)),
         }
     }
 
@@ -191,10 +198,21 @@ async fn accept_connection(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     Arc<Peer>,
 )> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let Ok(Ok(slot)) =
+        tokio::time::timeout_at(deadline, app.handshakes.clone().acquire_owned()).await
+    else {
+        tracing::warn!(%remote, "no handshake slot in time; closing");
+        app.broker
+            .metrics()
+            .record_request("tls", "handshake_slots_exhausted");
+        return None;
+    };
     let handshake = tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-        })
+        let _slot = slot;
+        handle.block_on(
+            async move { tokio::time::timeout_at(deadline, acceptor.accept(stream)).await },
+        )
     });
     let tls = match handshake.await {
         Ok(Ok(Ok(tls))) => tls,

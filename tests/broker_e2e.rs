@@ -960,3 +960,36 @@ fn floods_from_one_certificate_are_rate_limited() {
     let r = post(&s, &other, "/v1/executions", &good_request());
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+#[test]
+fn stalled_handshakes_do_not_starve_token_signing() {
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        // More silent connections than the runtime has blocking threads (512).
+        let addr = s.broker.url.trim_start_matches("https://").to_owned();
+        let mut stalled = Vec::new();
+        for _ in 0..600 {
+            stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "issuance waited {:?} behind stalled handshakes",
+            started.elapsed()
+        );
+        drop(stalled);
+    });
+}
