@@ -15,17 +15,6 @@ use seb::cert::Certificate;
 use seb::client::{ApiResponse, Client};
 use serde_json::{json, Value};
 
-const GRANTS: &str = r#"
-[[grant]]
-operation = "deploy.rollout"
-resource  = "prod/payments/*"
-max_ttl   = "30s"
-params_any = true
-"#;
-
-/// The synthetic PCR 23 event (firmware-config/swtpm-eventlog.json).
-const PCR23_EVENT: &str = "c5a7f95196b9645cf2e0b13db0a0f4a6a2ad9b9f51fd5a6a4296b94c0dc15c48";
-
 struct Setup {
     hsm: Hsm,
     broker: Broker,
@@ -36,7 +25,7 @@ struct Setup {
 fn setup(tpm_backend: bool) -> Setup {
     let hsm = Hsm::provision_tpm(tpm_backend);
     hsm.seb_ok(&["init"]);
-    let agent = hsm.agent("deploy-bot", GRANTS);
+    let agent = hsm.agent("deploy-bot", common::TPM_TEST_GRANTS);
     let executor = hsm.identity("runner", "CN=runner", "executor", &[]);
     let broker = Broker::start(&hsm);
     Setup {
@@ -180,8 +169,10 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     // Repair: PCR 23 is resettable; measure the logged event again.
     common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
     common::assert_success(
-        &s.hsm
-            .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={PCR23_EVENT}")]),
+        &s.hsm.tpm_tool(&[
+            "tpm2_pcrextend",
+            &format!("23:sha256={}", common::pcr23_event()),
+        ]),
         "tpm2_pcrextend",
     );
     eventually("issuance resumes", || {

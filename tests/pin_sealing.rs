@@ -14,17 +14,6 @@ use common::{runtime, Broker, Hsm, Identity, Swtpm};
 use seb::client::Client;
 use serde_json::json;
 
-const GRANTS: &str = r#"
-[[grant]]
-operation = "deploy.rollout"
-resource  = "prod/payments/*"
-max_ttl   = "30s"
-params_any = true
-"#;
-
-/// The synthetic PCR 23 event (firmware-config/swtpm-eventlog.json).
-const PCR23_EVENT: &str = "c5a7f95196b9645cf2e0b13db0a0f4a6a2ad9b9f51fd5a6a4296b94c0dc15c48";
-
 /// A broker whose PIN is sealed; `pin` is the real PIN, kept only to look for leaks.
 struct Sealed {
     hsm: Hsm,
@@ -45,7 +34,7 @@ impl Sealed {
         assert!(stdout.contains("pin_sealed = \""), "{stdout}");
         let sealed = hsm.path("state/pin.sealed");
         assert_eq!(mode(&sealed), 0o600);
-        let agent = hsm.agent("deploy-bot", GRANTS);
+        let agent = hsm.agent("deploy-bot", common::TPM_TEST_GRANTS);
         // Switch to the sealed PIN and take the plain one away: nothing may fall back to it.
         let config = std::fs::read_to_string(hsm.config()).unwrap();
         assert!(config.contains("pin_file = \"user.pin\""));
@@ -196,8 +185,10 @@ fn sealed_pin_opens_the_hsm_only_in_the_sealed_boot_state() {
     // Repair: back to the sealed state, and the broker starts again.
     common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
     common::assert_success(
-        &s.hsm
-            .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={PCR23_EVENT}")]),
+        &s.hsm.tpm_tool(&[
+            "tpm2_pcrextend",
+            &format!("23:sha256={}", common::pcr23_event()),
+        ]),
         "tpm2_pcrextend",
     );
     common::assert_success(&s.seb(&["keys"]), "seb keys after repair");

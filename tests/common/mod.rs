@@ -653,3 +653,29 @@ impl Drop for Swtpm {
         self.stop();
     }
 }
+
+/// Grants for the agents of the TPM tests.
+pub const TPM_TEST_GRANTS: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "30s"
+params_any = true
+"#;
+
+/// The digest the synthetic boot measures into PCR 23, read from the checked-in event log
+/// (firmware-config/swtpm-eventlog.json), for tests that reset and re-measure PCR 23.
+pub fn pcr23_event() -> String {
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("firmware-config/swtpm-eventlog.json")).unwrap(),
+    )
+    .unwrap();
+    log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pcr"] == 23)
+        .and_then(|e| e["digest"].as_str())
+        .expect("the synthetic event log measures PCR 23")
+        .to_owned()
+}
