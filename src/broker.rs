@@ -24,6 +24,7 @@ use crate::store::{ExecutionRecord, ExecutionStatus, RedeemOutcome, Store, Store
 use crate::token::{self, AuthorizationDetail, Claims, Confirmation, Header};
 
 pub mod metrics;
+pub mod signer;
 
 pub use metrics::Metrics;
 
@@ -174,7 +175,8 @@ pub struct Broker {
     token_alg: KeyAlgorithm,
     trust_pem: String,
     epoch: AtomicU64,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    signer: signer::SignQueue,
     crl_cache: std::sync::Mutex<Option<CachedCrl>>,
     peer_cache: std::sync::Mutex<PeerCache>,
     attestation: Option<Arc<AttestationState>>,
@@ -265,6 +267,18 @@ impl Broker {
         let token_der = token_cert
             .to_der_bytes()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let metrics = Arc::new(Metrics::default());
+        let observe = {
+            let metrics = metrics.clone();
+            Arc::new(move |elapsed| metrics.observe_hsm_sign(elapsed))
+        };
+        let signer = signer::SignQueue::start(
+            backend.clone(),
+            config.keys.token.clone(),
+            config.backend.signing_threads(),
+            observe,
+        )
+        .map_err(|e| BrokerError::Internal(format!("cannot start the signing threads: {e}")))?;
         Ok(Self {
             token_kid: token::b64(&Sha256::digest(&token_der)),
             token_alg: public.algorithm(),
@@ -272,7 +286,8 @@ impl Broker {
             token_cert,
             trust_pem,
             epoch: AtomicU64::new(config.policy.epoch),
-            metrics: Metrics::default(),
+            signer,
+            metrics,
             crl_cache: std::sync::Mutex::new(None),
             peer_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             config,
@@ -301,7 +316,7 @@ impl Broker {
 
     /// Counters and histograms for `/metrics`.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        self.metrics.as_ref()
     }
 
     /// The PEM bundle served at `/v1/trust`.
@@ -388,13 +403,16 @@ impl Broker {
     }
 
     /// Decides an agent's request and, when granted, mints and persists the token.
-    pub fn request_execution(
+    ///
+    /// The decision runs on the caller's thread; the device signature and the durable write
+    /// are waited for without holding a thread.
+    pub async fn request_execution(
         &self,
         peer: &Peer,
         request: ExecutionRequest,
     ) -> Result<ExecutionResponse, BrokerError> {
         let started = Instant::now();
-        let result = self.request_execution_inner(peer, request);
+        let result = self.request_execution_inner(peer, request).await;
         self.metrics.record_request(
             "executions",
             match &result {
@@ -408,7 +426,7 @@ impl Broker {
         result
     }
 
-    fn request_execution_inner(
+    async fn request_execution_inner(
         &self,
         peer: &Peer,
         request: ExecutionRequest,
@@ -444,7 +462,7 @@ impl Broker {
             params: request.params,
         };
         let decision = authz::decide(chain, &revoked, &req, now, self.config.policy.max_token_ttl);
-        let request_id = token::b64(&random::<16>()?);
+        let request_id = time_ordered_id()?;
         let params_jcs = crate::canonical::canonicalize(&req.params).unwrap_or_default();
         let mut record = ExecutionRecord {
             request_id: request_id.clone(),
@@ -466,7 +484,7 @@ impl Broker {
             Decision::Deny { code, reason } => {
                 record.deny_code = Some(code.as_str().to_owned());
                 // A denial is final whether or not it could be recorded.
-                let recorded = self.store.record_execution(&record).is_ok();
+                let recorded = self.persist(record).await.is_ok();
                 return Err(BrokerError::Denied {
                     code,
                     reason,
@@ -484,15 +502,14 @@ impl Broker {
         if let Some(rule) = approval {
             record.status = ExecutionStatus::PendingApproval;
             record.approvals_required = rule.required;
-            self.store
-                .record_execution(&record)
-                .map_err(BrokerError::Store)?;
+            let request_digest = record.request_digest.clone();
+            self.persist(record).await.map_err(BrokerError::Store)?;
             return Ok(ExecutionResponse {
                 status: ExecutionStatus::PendingApproval.as_str(),
                 request_id,
                 token: None,
                 expires_at: None,
-                request_digest: record.request_digest,
+                request_digest,
                 approvals_required: Some(rule.required),
             });
         }
@@ -501,7 +518,7 @@ impl Broker {
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
         let iat = unix(now);
         let exp = iat + grant_ttl.as_secs().max(1);
-        let jti = token::b64(&random::<16>()?);
+        let jti = time_ordered_id()?;
         let claims = Claims {
             iss: self.config.broker_id.clone(),
             sub: peer.subject.clone(),
@@ -525,23 +542,39 @@ impl Broker {
             epoch: self.epoch.load(Ordering::Relaxed),
             approvals: Vec::new(),
         };
-        let token = self.sign_token(&claims)?;
+        let token = self.sign_token(&claims).await?;
         record.status = ExecutionStatus::Granted;
         record.jti = Some(jti);
         record.token = Some(token.clone());
         record.expires_at = Some(UNIX_EPOCH + Duration::from_secs(exp));
+        let request_digest = record.request_digest.clone();
         // The token id must be durable before the token leaves (replay protection survives a
         // crash); if it cannot be stored, the signed token is dropped here.
-        self.store
-            .record_execution(&record)
-            .map_err(BrokerError::Store)?;
+        self.persist(record).await.map_err(BrokerError::Store)?;
         Ok(ExecutionResponse {
             status: ExecutionStatus::Granted.as_str(),
             request_id,
             token: Some(token),
             expires_at: Some(exp),
-            request_digest: record.request_digest,
+            request_digest,
             approvals_required: None,
+        })
+    }
+
+    /// Records `record` durably, waiting without holding a thread.
+    async fn persist(&self, record: ExecutionRecord) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.record_execution_then(
+            record,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Io {
+                operation: "record execution",
+                source: "the store dropped the write".into(),
+            })
         })
     }
 
@@ -722,31 +755,20 @@ impl Broker {
     }
 
     /// Signs a token with the token key in the device.
-    fn sign_token(&self, claims: &Claims) -> Result<String, BrokerError> {
+    async fn sign_token(&self, claims: &Claims) -> Result<String, BrokerError> {
         let header = Header {
             alg: token::alg_for(self.token_alg).into(),
             typ: token::TOKEN_TYPE.into(),
             kid: self.token_kid.clone(),
         };
-        let label = &self.config.keys.token;
-        let alg = self.token_alg;
-        token::mint(&header, claims, |input| {
-            let digest = match alg {
-                KeyAlgorithm::EcP384 => Sha384::digest(input).to_vec(),
-                KeyAlgorithm::EcP256 => Sha256::digest(input).to_vec(),
-            };
-            let started = Instant::now();
-            let signature = self.backend.sign_digest(label, &digest);
-            self.metrics.observe_hsm_sign(started.elapsed());
-            signature.map(|s| s.to_raw())
-        })
-        .map_err(|e| match e {
-            token::TokenError::Sign(source) => match source.downcast::<BackendError>() {
-                Ok(backend) => BrokerError::Hsm(*backend),
-                Err(other) => BrokerError::Internal(other.to_string()),
-            },
-            token::TokenError::Json(j) => BrokerError::Internal(j.to_string()),
-        })
+        let input = token::signing_input(&header, claims)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let digest = match self.token_alg {
+            KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
+            KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
+        };
+        let signature = self.signer.sign(digest).await.map_err(BrokerError::Hsm)?;
+        Ok(token::assemble(input, &signature.to_raw()))
     }
 
     fn revocation_view(&self, peer: &Peer) -> Result<RevokedSet, BrokerError> {
@@ -864,6 +886,20 @@ impl RevocationView for RevokedSet {
     fn is_revoked(&self, serial: &[u8]) -> bool {
         self.0.iter().any(|s| s == serial)
     }
+}
+
+/// A request or token id: 48 bits of milliseconds since the Unix epoch, then 128 random bits,
+/// base64url (30 characters). The random part makes ids unique and unguessable; the time
+/// prefix makes the store's indexes grow at one end, so that a group commit of many
+/// issuances touches a few index pages rather than one per token.
+fn time_ordered_id() -> Result<String, BrokerError> {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut id = [0u8; 22];
+    id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    id[6..].copy_from_slice(&random::<16>()?);
+    Ok(token::b64(&id))
 }
 
 fn random<const N: usize>() -> Result<[u8; N], BrokerError> {

@@ -80,6 +80,42 @@ impl ClientTls {
     }
 }
 
+/// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS
+/// handshake; returns the stream and the URL's authority (`host:port`).
+pub async fn connect_tls(
+    url: &str,
+    tls: &ClientTls,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        String,
+    ),
+    ClientError,
+> {
+    let authority = url
+        .strip_prefix("https://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| ClientError::Url(url.to_owned()))?
+        .to_owned();
+    let (host, _port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let server_name =
+        ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Url(url.to_owned()))?;
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(ClientError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let stream = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(ClientError::Connect)?;
+    Ok((stream, authority))
+}
+
 /// One keep-alive connection to a broker.
 pub struct Client {
     sender: SendRequest<Full<Bytes>>,
@@ -100,27 +136,7 @@ pub struct ApiResponse {
 impl Client {
     /// Connects and completes the TLS handshake.
     pub async fn connect(url: &str, tls: &ClientTls) -> Result<Self, ClientError> {
-        let authority = url
-            .strip_prefix("https://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?
-            .to_owned();
-        let (host, _port) = authority
-            .rsplit_once(':')
-            .ok_or_else(|| ClientError::Url(url.to_owned()))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name =
-            ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Url(url.to_owned()))?;
-        let tcp = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(ClientError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let stream = connector
-            .connect(server_name, tcp)
-            .await
-            .map_err(ClientError::Connect)?;
+        let (stream, authority) = connect_tls(url, tls).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(ClientError::Http)?;

@@ -160,6 +160,17 @@ pub enum BackendConfig {
     Tpm(TpmConfig),
 }
 
+impl BackendConfig {
+    /// How many threads sign tokens: one per PKCS#11 session, one for a TPM (which
+    /// serialises commands anyway).
+    pub fn signing_threads(&self) -> usize {
+        match self {
+            BackendConfig::Pkcs11(p) => p.pool_size(),
+            BackendConfig::Tpm(_) => 1,
+        }
+    }
+}
+
 /// TPM backend settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -332,8 +332,7 @@ async fn create_execution(
 ) -> Result<Response, ApiError> {
     app.check_rate(&peer)?;
     let request: ExecutionRequest = parse_body(body)?;
-    let broker = app.broker.clone();
-    let response = blocking(move || broker.request_execution(&peer, request)).await?;
+    let response = app.broker.request_execution(&peer, request).await?;
     let status = if response.token.is_some() {
         StatusCode::CREATED
     } else {

@@ -146,11 +146,21 @@ pub enum RedeemOutcome {
     Unknown,
 }
 
+/// Called once an asynchronous write is durable (`Ok`) or has failed.
+pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// The broker's durable state.
 pub trait Store: Send + Sync {
     /// Records an execution request and, for a granted one, its token id (single-use state).
     /// Durable when it returns; many concurrent calls share one commit.
     fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
+    /// Like [`Store::record_execution`], but returns at once and calls `done` (on a store
+    /// thread) once the record is durable or the write failed, so that an async caller can
+    /// wait without holding a thread. The default runs the synchronous write on the caller's
+    /// thread.
+    fn record_execution_then(&self, record: ExecutionRecord, done: WriteDone) {
+        done(self.record_execution(&record));
+    }
     /// The execution request with this id.
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError>;
     /// Marks token `jti` redeemed by `executor`, exactly once across restarts and replicas

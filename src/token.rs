@@ -159,16 +159,27 @@ pub fn mint<E>(
 where
     E: std::error::Error + Send + Sync + 'static,
 {
+    let input = signing_input(header, claims)?;
+    let signature = sign(input.as_bytes()).map_err(|e| TokenError::Sign(Box::new(e)))?;
+    Ok(assemble(input, &signature))
+}
+
+/// The JWS signing input `base64url(header) "." base64url(claims)`.
+pub fn signing_input(header: &Header, claims: &Claims) -> Result<String, TokenError> {
     let header = serde_json::to_vec(header).map_err(TokenError::Json)?;
     let claims = serde_json::to_vec(claims).map_err(TokenError::Json)?;
-    let mut token = String::with_capacity(512);
-    token.push_str(&b64(&header));
-    token.push('.');
-    token.push_str(&b64(&claims));
-    let signature = sign(token.as_bytes()).map_err(|e| TokenError::Sign(Box::new(e)))?;
-    token.push('.');
-    token.push_str(&b64(&signature));
-    Ok(token)
+    let mut input = String::with_capacity(640);
+    input.push_str(&b64(&header));
+    input.push('.');
+    input.push_str(&b64(&claims));
+    Ok(input)
+}
+
+/// The compact token: the signing input, ".", and the base64url raw `r‖s` signature.
+pub fn assemble(mut signing_input: String, signature: &[u8]) -> String {
+    signing_input.push('.');
+    signing_input.push_str(&b64(signature));
+    signing_input
 }
 
 #[cfg(test)]

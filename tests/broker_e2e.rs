@@ -111,7 +111,15 @@ fn granted_token_verifies_with_an_independent_jwt_library() {
         seb::token::b64(&agent.thumbprint_sha256().unwrap())
     );
     assert_eq!(claims["epoch"], 1);
-    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "128-bit id");
+    // 48-bit millisecond time prefix, then 128 random bits.
+    let jti = seb::token::unb64(claims["jti"].as_str().unwrap()).unwrap();
+    assert_eq!(jti.len(), 22, "time prefix and 128-bit random id");
+    let millis = u64::from_be_bytes([0, 0, jti[0], jti[1], jti[2], jti[3], jti[4], jti[5]]);
+    let iat_millis = claims["iat"].as_u64().unwrap() * 1000;
+    assert!(
+        millis >= iat_millis && millis < iat_millis + 1000,
+        "jti time prefix is the issue time"
+    );
 
     // A token whose claims were edited no longer verifies.
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();

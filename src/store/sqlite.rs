@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome, Store,
-    StoreError,
+    StoreError, WriteDone,
 };
 use crate::ca::crl::{Reason, Revocation};
 
@@ -84,6 +84,8 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpointer.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     reader: Mutex<Connection>,
 }
 
@@ -95,6 +97,12 @@ impl std::fmt::Debug for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        if let Ok(mut checkpointer) = self.checkpointer.lock() {
+            if let Some((stop, handle)) = checkpointer.take() {
+                drop(stop);
+                let _ = handle.join();
+            }
+        }
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
@@ -126,15 +134,28 @@ impl SqliteStore {
         writer_conn
             .execute_batch(SCHEMA)
             .map_err(|e| open_err(Box::new(e)))?;
+        // Commits only append to the write-ahead log (and fsync it); copying the log into the
+        // database, with its own fsyncs, is the checkpointer thread's job, off the path of
+        // every request.
+        writer_conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| open_err(Box::new(e)))?;
+        let checkpoint_conn = connect().map_err(|e| open_err(Box::new(e)))?;
         let reader = connect().map_err(|e| open_err(Box::new(e)))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
             .name("seb-store-writer".into())
             .spawn(move || write_loop(writer_conn, rx))
             .map_err(|e| open_err(Box::new(e)))?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("seb-store-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .map_err(|e| open_err(Box::new(e)))?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             reader: Mutex::new(reader),
         })
     }
@@ -146,13 +167,27 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
+        self.submit(operation, f, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
+    }
+
+    /// Queues `f` for the writer's next commit and returns at once; `done` receives its result
+    /// once the commit is known (on the writer thread), or at once if the writer has stopped.
+    fn submit<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
         let job: Job = Box::new(move |conn: Option<&Connection>| {
             let outcome = match conn {
                 Some(conn) => run_in_savepoint(conn, f).map_err(Some),
                 None => Err(None),
             };
             Box::new(move |commit: Result<(), String>| {
-                let result = match (outcome, commit) {
+                done(match (outcome, commit) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(Some(e)), _) => Err(StoreError::Io {
                         operation,
@@ -170,22 +205,20 @@ impl SqliteStore {
                         operation,
                         source: format!("commit failed: {e}").into(),
                     }),
-                };
-                let _ = tx.send(result);
+                })
             })
         });
-        let gone = || StoreError::Io {
-            operation,
-            source: "the store writer has stopped".into(),
+        let rejected = match self.jobs.lock() {
+            Ok(jobs) => match jobs.as_ref() {
+                Some(sender) => sender.send(job).err().map(|e| e.0),
+                None => Some(job),
+            },
+            Err(_) => Some(job),
         };
-        {
-            let jobs = self.jobs.lock().map_err(|_| gone())?;
-            jobs.as_ref()
-                .ok_or_else(gone)?
-                .send(job)
-                .map_err(|_| gone())?;
+        if let Some(job) = rejected {
+            // The writer is gone: fail the job without running it.
+            job(None)(Err("the store writer has stopped".into()));
         }
-        rx.recv().map_err(|_| gone())?
     }
 
     fn read<T>(
@@ -204,6 +237,13 @@ impl SqliteStore {
     }
 }
 
+fn writer_gone(operation: &'static str) -> StoreError {
+    StoreError::Io {
+        operation,
+        source: "the store writer has stopped".into(),
+    }
+}
+
 fn run_in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -219,6 +259,23 @@ fn run_in_savepoint<T>(
             Err(e)
         }
     }
+}
+
+/// How often the checkpointer copies committed log pages into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The checkpointer thread: a passive checkpoint (it never blocks the writer) every interval,
+/// and a full one when the store closes, until `stop` is dropped.
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| {
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store checkpoint failed; the log keeps growing until one succeeds");
+        }
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        checkpoint("PASSIVE");
+    }
+    checkpoint("TRUNCATE");
 }
 
 /// The writer thread: batches waiting jobs into one transaction each.
@@ -350,31 +407,15 @@ impl Store for SqliteStore {
 
     fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
         let r = record.clone();
-        self.write("record execution", move |c| {
-            c.prepare_cached(
-                "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
-                    params, request_digest, status, deny_code, approvals_required, jti, token,
-                    expires_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                r.request_id,
-                r.agent,
-                r.agent_subject,
-                r.operation,
-                r.resource,
-                r.params,
-                r.request_digest,
-                r.status.as_str(),
-                r.deny_code,
-                r.approvals_required,
-                r.jti,
-                r.token,
-                r.expires_at.map(unix),
-                unix(r.created_at),
-            ])
-            .map(|_| ())
-        })
+        self.write("record execution", move |c| insert_execution(c, &r))
+    }
+
+    fn record_execution_then(&self, record: ExecutionRecord, done: WriteDone) {
+        self.submit(
+            "record execution",
+            move |c| insert_execution(c, &record),
+            done,
+        );
     }
 
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
@@ -515,6 +556,32 @@ impl Store for SqliteStore {
             .map(|_| ())
         })
     }
+}
+
+fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
+            params, request_digest, status, deny_code, approvals_required, jti, token,
+            expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        r.request_id,
+        r.agent,
+        r.agent_subject,
+        r.operation,
+        r.resource,
+        r.params,
+        r.request_digest,
+        r.status.as_str(),
+        r.deny_code,
+        r.approvals_required,
+        r.jti,
+        r.token,
+        r.expires_at.map(unix),
+        unix(r.created_at),
+    ])
+    .map(|_| ())
 }
 
 fn unix(t: SystemTime) -> i64 {

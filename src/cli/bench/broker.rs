@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use seb::backend::{KeyBackend, P384Signer};
 use seb::broker::Broker;
 use seb::ca::{self, csr, LeafRequest};
-use seb::client::{Client, ClientTls};
+use seb::client::ClientTls;
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
 use seb::server::{self, App};
@@ -41,11 +41,23 @@ struct Stats {
     failed: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time of the whole process (broker, load generator and in-process SoftHSM2).
+    cpu: Option<Duration>,
 }
 
 impl Stats {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Process CPU time per granted request, in microseconds.
+    fn cpu_per_request(&self) -> String {
+        match self.cpu {
+            Some(cpu) if self.ok > 0 => {
+                format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / self.ok as f64)
+            }
+            _ => "n/a".into(),
+        }
     }
 
     fn pct(&self, p: f64) -> f64 {
@@ -60,10 +72,7 @@ impl Stats {
 /// Runs the benchmark and prints one line per measurement.
 pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let backend: Arc<dyn KeyBackend> = Arc::from(open_backend(config, None)?);
-    let sessions = match &config.backend {
-        seb::config::BackendConfig::Pkcs11(p) => p.pool_size(),
-        seb::config::BackendConfig::Tpm(_) => 1,
-    };
+    let sessions = config.backend.signing_threads();
     let token_label = config.keys.token.clone();
     let algorithm = backend.public_key(&token_label)?.algorithm();
     println!("device: {}", backend.describe());
@@ -111,12 +120,13 @@ fn run_load(
         for &agents in &args.agents {
             let stats = load(&url, &keep_alive, agents.max(1), seconds, true).await?;
             println!(
-                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw)  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} ok, {} failed)",
+                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw)  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
                 stats.rate(),
                 100.0 * stats.rate() / raw,
                 stats.pct(0.50),
                 stats.pct(0.95),
                 stats.pct(0.99),
+                stats.cpu_per_request(),
                 stats.ok,
                 stats.failed
             );
@@ -147,35 +157,39 @@ async fn load(
     duration: Duration,
     keep_alive: bool,
 ) -> Result<Stats, CliError> {
-    let body = serde_json::json!({
-        "operation": "bench.run",
-        "resource": "bench/broker",
-        "params": {"n": 1},
-    });
+    let body = br#"{"operation":"bench.run","resource":"bench/broker","params":{"n":1}}"#;
+    let request: Arc<[u8]> = format!(
+        "POST /v1/executions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+        body.len(),
+        String::from_utf8_lossy(body)
+    )
+    .into_bytes()
+    .into();
     let start = Instant::now();
+    let cpu_start = process_cpu();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(agents);
     for _ in 0..agents {
-        let (url, tls, body) = (url.to_owned(), tls.clone(), body.clone());
+        let (url, tls, request) = (url.to_owned(), tls.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failed = 0usize;
-            let mut client = None;
+            let mut agent = None;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                if client.is_none() || !keep_alive {
-                    client = Client::connect(&url, &tls).await.ok();
+                if agent.is_none() || !keep_alive {
+                    agent = RawAgent::connect(&url, &tls).await.ok();
                 }
-                let Some(c) = client.as_mut() else {
+                let Some(a) = agent.as_mut() else {
                     failed += 1;
                     continue;
                 };
-                match c.post_json("/v1/executions", &body).await {
-                    Ok(r) if r.status == 201 => latencies.push(t0.elapsed()),
+                match a.exchange(&request).await {
+                    Ok(201) => latencies.push(t0.elapsed()),
                     Ok(_) => failed += 1,
                     Err(_) => {
                         failed += 1;
-                        client = None;
+                        agent = None;
                     }
                 }
             }
@@ -187,6 +201,7 @@ async fn load(
         failed: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        cpu: None,
     };
     for task in tasks {
         let (latencies, failed) = task.await?;
@@ -195,8 +210,87 @@ async fn load(
         stats.latencies.extend(latencies);
     }
     stats.elapsed = start.elapsed();
+    stats.cpu = match (cpu_start, process_cpu()) {
+        (Some(a), Some(b)) => b.checked_sub(a),
+        _ => None,
+    };
     stats.latencies.sort();
     Ok(stats)
+}
+
+/// User plus system CPU time of this process so far, from `/proc/self/stat` (Linux; clock
+/// ticks of 10 ms, the kernel's USER_HZ).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// A load-generating agent: one mTLS keep-alive connection speaking just enough HTTP/1.1 to
+/// send a prepared request and read one complete response, so that the load generator (which
+/// shares the machine's cores with the broker) costs as little as it can.
+struct RawAgent {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawAgent {
+    async fn connect(url: &str, tls: &ClientTls) -> Result<Self, CliError> {
+        let (stream, _) = seb::client::connect_tls(url, tls).await?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends `request` and reads the whole response; returns its status. A granted answer
+    /// must carry a token.
+    async fn exchange(&mut self, request: &[u8]) -> Result<u16, CliError> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(request).await?;
+        self.stream.flush().await?;
+        self.buf.clear();
+        let (head_len, body_len, status) = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| "bad response")?;
+                let status: u16 = head
+                    .get(9..12)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("bad status line")?;
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .ok_or("no content-length")?;
+                break (end + 4, length, status);
+            }
+            self.read_more().await?;
+        };
+        while self.buf.len() < head_len + body_len {
+            self.read_more().await?;
+        }
+        let body = &self.buf[head_len..head_len + body_len];
+        if status == 201 && !body.windows(9).any(|w| w == b"\"token\":\"") {
+            return Err("a 201 without a token".into());
+        }
+        Ok(status)
+    }
+
+    async fn read_more(&mut self) -> Result<(), CliError> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
 }
 
 /// A bench agent: a software key (the agent's, not the broker's) certified by the root key in

@@ -1,0 +1,150 @@
+//! Token signing off the async runtime: one thread per HSM session, fed by a queue.
+//!
+//! Each thread takes the next digest, has the device sign it and hands the result back through
+//! a oneshot channel, so an async handler waits for the device without holding a thread. Under
+//! load a thread goes from one signature to the next without sleeping, and never more threads
+//! wait on the device than it has sessions.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::backend::{BackendError, KeyBackend, Signature};
+
+type Reply = oneshot::Sender<Result<Signature, BackendError>>;
+
+struct Queue {
+    jobs: VecDeque<(Vec<u8>, Reply)>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// Signs digests with one key on a fixed set of threads.
+pub struct SignQueue {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SignQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignQueue")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl SignQueue {
+    /// Starts `threads` signing threads for the key `label`; `observe` gets each device call's
+    /// duration.
+    pub fn start(
+        backend: Arc<dyn KeyBackend>,
+        label: String,
+        threads: usize,
+        observe: Arc<dyn Fn(Duration) + Send + Sync>,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
+        let mut handles = Vec::with_capacity(threads.max(1));
+        for i in 0..threads.max(1) {
+            let (mine, backend, label, observe) = (
+                shared.clone(),
+                backend.clone(),
+                label.clone(),
+                observe.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("seb-sign-{i}"))
+                .spawn(move || sign_loop(&mine, backend.as_ref(), &label, observe.as_ref()));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    let queue = SignQueue {
+                        shared,
+                        threads: handles,
+                    };
+                    drop(queue);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(SignQueue {
+            shared,
+            threads: handles,
+        })
+    }
+
+    /// Signs `digest` on a signing thread.
+    pub async fn sign(&self, digest: Vec<u8>) -> Result<Signature, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut queue = self.shared.queue.lock().map_err(|_| stopped())?;
+            if queue.closed {
+                return Err(stopped());
+            }
+            queue.jobs.push_back((digest, tx));
+        }
+        self.shared.ready.notify_one();
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for SignQueue {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.shared.queue.lock() {
+            queue.closed = true;
+        }
+        self.shared.ready.notify_all();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn sign_loop(shared: &Shared, backend: &dyn KeyBackend, label: &str, observe: &dyn Fn(Duration)) {
+    loop {
+        let job = {
+            let Ok(mut queue) = shared.queue.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = queue.jobs.pop_front() {
+                    break job;
+                }
+                if queue.closed {
+                    return;
+                }
+                queue = match shared.ready.wait(queue) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+        };
+        let (digest, reply) = job;
+        if reply.is_closed() {
+            continue; // the request was abandoned (timeout, disconnect): sign nothing
+        }
+        let started = Instant::now();
+        let result = backend.sign_digest(label, &digest);
+        observe(started.elapsed());
+        let _ = reply.send(result);
+    }
+}
+
+fn stopped() -> BackendError {
+    BackendError::Unavailable {
+        operation: "sign",
+        source: "the signing threads have stopped".into(),
+    }
+}
