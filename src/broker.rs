@@ -542,15 +542,27 @@ impl Broker {
             epoch: self.epoch.load(Ordering::Relaxed),
             approvals: Vec::new(),
         };
-        let token = self.sign_token(&claims).await?;
-        record.status = ExecutionStatus::Granted;
+        record.status = ExecutionStatus::Issuing;
         record.jti = Some(jti);
-        record.token = Some(token.clone());
         record.expires_at = Some(UNIX_EPOCH + Duration::from_secs(exp));
         let request_digest = record.request_digest.clone();
         // The token id must be durable before the token leaves (replay protection survives a
-        // crash); if it cannot be stored, the signed token is dropped here.
-        self.persist(record).await.map_err(BrokerError::Store)?;
+        // crash). The record is written while the device signs; the token goes out only when
+        // both have succeeded, and is then added to the record. If this future is dropped on
+        // the way (timeout, client gone), the guard marks the request failed: no token left.
+        let guard = IssuingGuard {
+            store: self.store.as_ref(),
+            request_id: Some(request_id.clone()),
+        };
+        let (persisted, signed) = tokio::join!(self.persist(record), self.sign_token(&claims));
+        let token = match (persisted, signed) {
+            (Ok(()), Ok(token)) => token,
+            (Ok(()), Err(signing)) => return Err(signing),
+            // Not durable: the signed token is dropped here.
+            (Err(store), Ok(_)) => return Err(BrokerError::Store(store)),
+            (Err(_), Err(signing)) => return Err(signing),
+        };
+        guard.complete(token.clone());
         Ok(ExecutionResponse {
             status: ExecutionStatus::Granted.as_str(),
             request_id,
@@ -594,7 +606,8 @@ impl Broker {
             // Other agents learn nothing, not even that the id exists.
             return Err(BrokerError::NotFound);
         }
-        let expired = record.expires_at.is_some_and(|t| t <= SystemTime::now());
+        let expired = matches!(record.status, ExecutionStatus::Granted)
+            && record.expires_at.is_some_and(|t| t <= SystemTime::now());
         let status = if expired {
             "expired"
         } else {
@@ -885,6 +898,39 @@ impl RevokedSet {
 impl RevocationView for RevokedSet {
     fn is_revoked(&self, serial: &[u8]) -> bool {
         self.0.iter().any(|s| s == serial)
+    }
+}
+
+/// Completes an `issuing` record exactly once: with the token, or (when dropped without one)
+/// as `failed`.
+struct IssuingGuard<'a> {
+    store: &'a dyn Store,
+    request_id: Option<String>,
+}
+
+impl IssuingGuard<'_> {
+    fn complete(mut self, token: String) {
+        if let Some(id) = self.request_id.take() {
+            self.store
+                .complete_issuance_then(&id, Some(token), Box::new(log_store_failure));
+        }
+    }
+}
+
+impl Drop for IssuingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.request_id.take() {
+            self.store
+                .complete_issuance_then(&id, None, Box::new(log_store_failure));
+        }
+    }
+}
+
+/// For writes nobody waits on: a failure is logged (the store's own health check turns the
+/// broker unready if writes keep failing).
+fn log_store_failure(result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "store write failed");
     }
 }
 

@@ -76,6 +76,12 @@ pub enum ExecutionStatus {
     PendingApproval,
     /// Refused.
     Denied,
+    /// Granted, and the token id reserved while the device signs. It stays so if the broker
+    /// stopped at that moment (the token may have left).
+    Issuing,
+    /// Granted, but no token left the broker (the device failed, or the client went away
+    /// before the token was ready).
+    Failed,
 }
 
 impl ExecutionStatus {
@@ -85,6 +91,8 @@ impl ExecutionStatus {
             ExecutionStatus::Granted => "granted",
             ExecutionStatus::PendingApproval => "pending_approval",
             ExecutionStatus::Denied => "denied",
+            ExecutionStatus::Issuing => "issuing",
+            ExecutionStatus::Failed => "failed",
         }
     }
 
@@ -94,6 +102,8 @@ impl ExecutionStatus {
             "granted" => Some(ExecutionStatus::Granted),
             "pending_approval" => Some(ExecutionStatus::PendingApproval),
             "denied" => Some(ExecutionStatus::Denied),
+            "issuing" => Some(ExecutionStatus::Issuing),
+            "failed" => Some(ExecutionStatus::Failed),
             _ => None,
         }
     }
@@ -161,7 +171,12 @@ pub trait Store: Send + Sync {
     fn record_execution_then(&self, record: ExecutionRecord, done: WriteDone) {
         done(self.record_execution(&record));
     }
-    /// The execution request with this id.
+    /// Completes an `issuing` execution: stores `token` and marks it `granted`, or with `None`
+    /// marks it `failed` (no token left the broker). Queued
+    /// behind every earlier write, so a later [`Store::execution`] sees it; `done` is called
+    /// once it is durable or has failed.
+    fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone);
+    /// The execution request with this id, reflecting every write made before the call.
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError>;
     /// Marks token `jti` redeemed by `executor`, exactly once across restarts and replicas
     /// sharing the store.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -78,7 +78,14 @@ const MAX_BATCH: usize = 512;
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: given the connection inside an open transaction, runs and returns what to do once
 /// the commit is known; given `None` (the transaction could not start), runs nothing.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+type Work = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+/// A queued write. A deferred one has nobody waiting for it: it rides along with the next
+/// commit someone does wait for, or is committed on its own after [`MAX_DEFER`].
+struct Job {
+    work: Work,
+    deferred: bool,
+}
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -181,7 +188,17 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) {
-        let job: Job = Box::new(move |conn: Option<&Connection>| {
+        self.enqueue(operation, f, done, false);
+    }
+
+    fn enqueue<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+        deferred: bool,
+    ) {
+        let work: Work = Box::new(move |conn: Option<&Connection>| {
             let outcome = match conn {
                 Some(conn) => run_in_savepoint(conn, f).map_err(Some),
                 None => Err(None),
@@ -208,6 +225,7 @@ impl SqliteStore {
                 })
             })
         });
+        let job = Job { work, deferred };
         let rejected = match self.jobs.lock() {
             Ok(jobs) => match jobs.as_ref() {
                 Some(sender) => sender.send(job).err().map(|e| e.0),
@@ -217,7 +235,7 @@ impl SqliteStore {
         };
         if let Some(job) = rejected {
             // The writer is gone: fail the job without running it.
-            job(None)(Err("the store writer has stopped".into()));
+            (job.work)(None)(Err("the store writer has stopped".into()));
         }
     }
 
@@ -278,32 +296,72 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     checkpoint("TRUNCATE");
 }
 
-/// The writer thread: batches waiting jobs into one transaction each.
+/// Longest a deferred write waits for a commit to ride along with.
+const MAX_DEFER: Duration = Duration::from_millis(50);
+
+/// The writer thread: batches waiting jobs into one transaction each. A batch of deferred
+/// jobs only is held back (up to [`MAX_DEFER`]) to join the next batch, so completing a record
+/// nobody waits on costs no fsync of its own.
 fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
+    let mut batch: Vec<Job> = Vec::new();
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let next = match held_since {
+            None => jobs
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(since) => jobs.recv_timeout(MAX_DEFER.saturating_sub(since.elapsed())),
+        };
+        let closed = match next {
+            Ok(job) => {
+                batch.push(job);
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = e.to_string();
-            for job in batch {
-                job(None)(Err(message.clone()));
-            }
-            let _ = conn.execute_batch("ROLLBACK");
+        let urgent = batch.iter().any(|job| !job.deferred);
+        let overdue = held_since.is_some_and(|since| since.elapsed() >= MAX_DEFER);
+        if !urgent && !overdue && !closed && batch.len() < MAX_BATCH {
+            held_since.get_or_insert_with(Instant::now);
             continue;
         }
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(&conn))).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        held_since = None;
+        commit_batch(&conn, std::mem::take(&mut batch));
+        if closed {
+            return;
         }
-        for done in completions {
-            done(commit.clone());
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = e.to_string();
+        for job in batch {
+            (job.work)(None)(Err(message.clone()));
         }
+        let _ = conn.execute_batch("ROLLBACK");
+        return;
+    }
+    let completions: Vec<Completion> = batch
+        .into_iter()
+        .map(|job| (job.work)(Some(conn)))
+        .collect();
+    let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in completions {
+        done(commit.clone());
     }
 }
 
@@ -418,6 +476,32 @@ impl Store for SqliteStore {
         );
     }
 
+    fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone) {
+        let request_id = request_id.to_owned();
+        self.enqueue(
+            "complete issuance",
+            move |c| {
+                match token {
+                    Some(token) => c
+                        .prepare_cached(
+                            "UPDATE executions SET token = ?2, status = 'granted'
+                             WHERE request_id = ?1 AND status = 'issuing'",
+                        )?
+                        .execute(params![request_id, token])?,
+                    None => c
+                        .prepare_cached(
+                            "UPDATE executions SET status = 'failed'
+                             WHERE request_id = ?1 AND status = 'issuing'",
+                        )?
+                        .execute(params![request_id])?,
+                };
+                Ok(())
+            },
+            done,
+            true,
+        );
+    }
+
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
         type Row = (
             String,
@@ -435,14 +519,16 @@ impl Store for SqliteStore {
             Option<i64>,
             i64,
         );
-        let row: Option<Row> = self.read("read execution", |c| {
+        // Read on the writer thread, behind any queued write for this request (its token).
+        let request_id = request_id.to_owned();
+        let row: Option<Row> = self.write("read execution", move |c| {
             c.prepare_cached(
                 "SELECT request_id, agent, agent_subject, operation, resource, params,
                     request_digest, status, deny_code, approvals_required, jti, token,
                     expires_at, created_at
                  FROM executions WHERE request_id = ?1",
             )?
-            .query_row([request_id], |r| {
+            .query_row([&request_id], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
