@@ -23,6 +23,7 @@ use crate::grants::RoleKind;
 use crate::store::{ExecutionRecord, ExecutionStatus, RedeemOutcome, Store, StoreError};
 use crate::token::{self, AuthorizationDetail, Claims, Confirmation, Header};
 
+pub mod issuance;
 pub mod metrics;
 pub mod signer;
 
@@ -554,13 +555,19 @@ impl Broker {
             store: self.store.as_ref(),
             request_id: Some(request_id.clone()),
         };
-        let (persisted, signed) = tokio::join!(self.persist(record), self.sign_token(&claims));
-        let token = match (persisted, signed) {
-            (Ok(()), Ok(token)) => token,
-            (Ok(()), Err(signing)) => return Err(signing),
+        let input = self.signing_input(&claims)?;
+        let digest = match self.token_alg {
+            KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
+            KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
+        };
+        let outcome =
+            issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
+        let token = match (outcome.stored, outcome.signed) {
+            (Ok(()), Ok(signature)) => token::assemble(input, &signature.to_raw()),
+            (Ok(()), Err(device)) => return Err(BrokerError::Hsm(device)),
             // Not durable: the signed token is dropped here.
             (Err(store), Ok(_)) => return Err(BrokerError::Store(store)),
-            (Err(_), Err(signing)) => return Err(signing),
+            (Err(_), Err(device)) => return Err(BrokerError::Hsm(device)),
         };
         guard.complete(token.clone());
         Ok(ExecutionResponse {
@@ -578,6 +585,7 @@ impl Broker {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store.record_execution_then(
             record,
+            crate::store::Commit::Now,
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -767,21 +775,14 @@ impl Broker {
         }
     }
 
-    /// Signs a token with the token key in the device.
-    async fn sign_token(&self, claims: &Claims) -> Result<String, BrokerError> {
+    /// The JWS signing input of a token with `claims`, under the token key's header.
+    fn signing_input(&self, claims: &Claims) -> Result<String, BrokerError> {
         let header = Header {
             alg: token::alg_for(self.token_alg).into(),
             typ: token::TOKEN_TYPE.into(),
             kid: self.token_kid.clone(),
         };
-        let input = token::signing_input(&header, claims)
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let digest = match self.token_alg {
-            KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
-            KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
-        };
-        let signature = self.signer.sign(digest).await.map_err(BrokerError::Hsm)?;
-        Ok(token::assemble(input, &signature.to_raw()))
+        token::signing_input(&header, claims).map_err(|e| BrokerError::Internal(e.to_string()))
     }
 
     fn revocation_view(&self, peer: &Peer) -> Result<RevokedSet, BrokerError> {

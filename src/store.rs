@@ -156,6 +156,16 @@ pub enum RedeemOutcome {
     Unknown,
 }
 
+/// How soon an asynchronous write must become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// In the next commit, which starts as soon as the store can.
+    Now,
+    /// In a commit someone else starts (an urgent write or [`Store::flush`]), or after a short
+    /// bound: for writes whose caller has other work to wait for first.
+    Deferred,
+}
+
 /// Called once an asynchronous write is durable (`Ok`) or has failed.
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -168,9 +178,12 @@ pub trait Store: Send + Sync {
     /// thread) once the record is durable or the write failed, so that an async caller can
     /// wait without holding a thread. The default runs the synchronous write on the caller's
     /// thread.
-    fn record_execution_then(&self, record: ExecutionRecord, done: WriteDone) {
+    fn record_execution_then(&self, record: ExecutionRecord, commit: Commit, done: WriteDone) {
+        let _ = commit;
         done(self.record_execution(&record));
     }
+    /// Starts a commit of every [`Commit::Deferred`] write queued so far.
+    fn flush(&self) {}
     /// Completes an `issuing` execution: stores `token` and marks it `granted`, or with `None`
     /// marks it `failed` (no token left the broker). Queued
     /// behind every earlier write, so a later [`Store::execution`] sees it; `done` is called

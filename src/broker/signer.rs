@@ -14,10 +14,30 @@ use tokio::sync::oneshot;
 
 use crate::backend::{BackendError, KeyBackend, Signature};
 
-type Reply = oneshot::Sender<Result<Signature, BackendError>>;
+/// Who waits for a signature.
+pub trait SignWaiter: Send {
+    /// False once nobody wants the signature any more: it is then not made.
+    fn wanted(&self) -> bool;
+    /// Receives the device's answer, on a signing thread.
+    fn finish(self: Box<Self>, result: Result<Signature, BackendError>);
+}
+
+struct OneshotWaiter(oneshot::Sender<Result<Signature, BackendError>>);
+
+impl SignWaiter for OneshotWaiter {
+    fn wanted(&self) -> bool {
+        !self.0.is_closed()
+    }
+
+    fn finish(self: Box<Self>, result: Result<Signature, BackendError>) {
+        let _ = self.0.send(result);
+    }
+}
 
 struct Queue {
-    jobs: VecDeque<(Vec<u8>, Reply)>,
+    jobs: VecDeque<(Vec<u8>, Box<dyn SignWaiter>)>,
+    /// Threads waiting for work.
+    idle: usize,
     closed: bool,
 }
 
@@ -52,6 +72,7 @@ impl SignQueue {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                idle: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -88,15 +109,31 @@ impl SignQueue {
     /// Signs `digest` on a signing thread.
     pub async fn sign(&self, digest: Vec<u8>) -> Result<Signature, BackendError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut queue = self.shared.queue.lock().map_err(|_| stopped())?;
-            if queue.closed {
-                return Err(stopped());
-            }
-            queue.jobs.push_back((digest, tx));
-        }
-        self.shared.ready.notify_one();
+        self.submit(digest, Box::new(OneshotWaiter(tx)));
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Whether a digest queued now would be signed at once (a thread is idle).
+    pub fn would_start_now(&self) -> bool {
+        self.shared
+            .queue
+            .lock()
+            .is_ok_and(|q| q.jobs.len() < q.idle)
+    }
+
+    /// Queues `digest`; `waiter` gets the signature on a signing thread.
+    pub fn submit(&self, digest: Vec<u8>, waiter: Box<dyn SignWaiter>) {
+        let rejected = match self.shared.queue.lock() {
+            Ok(mut queue) if !queue.closed => {
+                queue.jobs.push_back((digest, waiter));
+                None
+            }
+            Ok(_) | Err(_) => Some(waiter),
+        };
+        match rejected {
+            None => self.shared.ready.notify_one(),
+            Some(waiter) => waiter.finish(Err(stopped())),
+        }
     }
 }
 
@@ -125,20 +162,22 @@ fn sign_loop(shared: &Shared, backend: &dyn KeyBackend, label: &str, observe: &d
                 if queue.closed {
                     return;
                 }
+                queue.idle += 1;
                 queue = match shared.ready.wait(queue) {
                     Ok(q) => q,
                     Err(_) => return,
                 };
+                queue.idle -= 1;
             }
         };
-        let (digest, reply) = job;
-        if reply.is_closed() {
+        let (digest, waiter) = job;
+        if !waiter.wanted() {
             continue; // the request was abandoned (timeout, disconnect): sign nothing
         }
         let started = Instant::now();
         let result = backend.sign_digest(label, &digest);
         observe(started.elapsed());
-        let _ = reply.send(result);
+        waiter.finish(result);
     }
 }
 

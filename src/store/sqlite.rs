@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome, Store,
-    StoreError, WriteDone,
+    StoreError, WriteDone, Commit,
 };
 use crate::ca::crl::{Reason, Revocation};
 
@@ -468,12 +468,17 @@ impl Store for SqliteStore {
         self.write("record execution", move |c| insert_execution(c, &r))
     }
 
-    fn record_execution_then(&self, record: ExecutionRecord, done: WriteDone) {
-        self.submit(
+    fn record_execution_then(&self, record: ExecutionRecord, commit: Commit, done: WriteDone) {
+        self.enqueue(
             "record execution",
             move |c| insert_execution(c, &record),
             done,
+            commit == Commit::Deferred,
         );
+    }
+
+    fn flush(&self) {
+        self.submit("flush", |_| Ok(()), |_| ());
     }
 
     fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone) {

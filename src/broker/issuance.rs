@@ -1,0 +1,127 @@
+//! One issuance's two pieces of work, done at once: the device signs the token while the
+//! store makes the token id durable. Whichever finishes last wakes the waiting request, so it
+//! is woken once, and a signature that is ready before its record is durable asks the store to
+//! commit now rather than wait for company.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use super::signer::{SignQueue, SignWaiter};
+use crate::backend::{BackendError, Signature};
+use crate::store::{Commit, ExecutionRecord, Store, StoreError};
+
+/// Both results of an issuance.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Whether the record (with the token id) is durable.
+    pub stored: Result<(), StoreError>,
+    /// The device's signature over the token.
+    pub signed: Result<Signature, BackendError>,
+}
+
+/// Records `record` and signs `digest` concurrently; returns once both are done.
+///
+/// When a signing thread is idle the record is committed at once (it is then usually durable
+/// before the signature is ready). When signatures are queued, the record waits to share a
+/// commit with others, and the first signature that needs it durable starts that commit.
+pub async fn sign_and_record(
+    store: &Arc<dyn Store>,
+    signer: &SignQueue,
+    record: ExecutionRecord,
+    digest: Vec<u8>,
+) -> Outcome {
+    let (tx, rx) = oneshot::channel();
+    let commit = if signer.would_start_now() {
+        Commit::Now
+    } else {
+        Commit::Deferred
+    };
+    let meeting = Arc::new(Meeting {
+        slots: Mutex::new(Slots {
+            stored: None,
+            signed: None,
+            reply: Some(tx),
+        }),
+        store: store.clone(),
+        commit,
+    });
+    // The write is queued first, so that a flush from the signing thread comes after it.
+    let half = meeting.clone();
+    store.record_execution_then(record, commit, Box::new(move |r| half.stored(r)));
+    signer.submit(digest, Box::new(SignedHalf(meeting)));
+    rx.await.unwrap_or_else(|_| Outcome {
+        stored: Err(StoreError::Io {
+            operation: "record execution",
+            source: "the issuance was abandoned".into(),
+        }),
+        signed: Err(BackendError::Unavailable {
+            operation: "sign",
+            source: "the issuance was abandoned".into(),
+        }),
+    })
+}
+
+struct Slots {
+    stored: Option<Result<(), StoreError>>,
+    signed: Option<Result<Signature, BackendError>>,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+struct Meeting {
+    slots: Mutex<Slots>,
+    store: Arc<dyn Store>,
+    /// How the record was queued: a deferred one may need a flush.
+    commit: Commit,
+}
+
+impl Meeting {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // The slots are plain values; a panic elsewhere cannot leave them half-written.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stored(&self, result: Result<(), StoreError>) {
+        let mut slots = self.lock();
+        slots.stored = Some(result);
+        deliver(&mut slots);
+    }
+}
+
+/// Sends the outcome once both halves are in.
+fn deliver(slots: &mut Slots) {
+    if slots.stored.is_none() || slots.signed.is_none() {
+        return;
+    }
+    if let (Some(stored), Some(signed), Some(reply)) =
+        (slots.stored.take(), slots.signed.take(), slots.reply.take())
+    {
+        let _ = reply.send(Outcome { stored, signed });
+    }
+}
+
+struct SignedHalf(Arc<Meeting>);
+
+impl SignWaiter for SignedHalf {
+    fn wanted(&self) -> bool {
+        self.0
+            .lock()
+            .reply
+            .as_ref()
+            .is_some_and(|reply| !reply.is_closed())
+    }
+
+    fn finish(self: Box<Self>, result: Result<Signature, BackendError>) {
+        let flush = {
+            let mut slots = self.0.lock();
+            let needs_record =
+                self.0.commit == Commit::Deferred && result.is_ok() && slots.stored.is_none();
+            slots.signed = Some(result);
+            deliver(&mut slots);
+            needs_record
+        };
+        if flush {
+            self.0.store.flush();
+        }
+    }
+}
