@@ -560,8 +560,7 @@ impl Broker {
             KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
             KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
         };
-        let outcome =
-            issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
+        let outcome = issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Ok(signature)) => token::assemble(input, &signature.to_raw()),
             (Ok(()), Err(device)) => return Err(BrokerError::Hsm(device)),

@@ -112,7 +112,7 @@ impl ExecutionStatus {
 /// One execution request as the broker recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecutionRecord {
-    /// Random request id (base64url).
+    /// Request id: a millisecond time prefix and 128 random bits (base64url).
     pub request_id: String,
     /// SHA-256 thumbprint of the agent certificate (base64url).
     pub agent: String,

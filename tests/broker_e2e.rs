@@ -481,6 +481,33 @@ fn malformed_input_gets_a_4xx_with_a_code() {
     assert!(!s.broker.log_text().contains("panicked"));
 }
 
+/// The distinct statuses of all recorded executions, read from the broker's store (another
+/// process may read the SQLite store while the broker writes). An outcome that is not waited
+/// for is committed within moments, so this polls until no request is still `issuing`.
+fn execution_statuses(hsm: &Hsm) -> Vec<String> {
+    let path = hsm.path("state/seb.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut statement = conn
+            .prepare("SELECT DISTINCT status FROM executions ORDER BY status")
+            .unwrap();
+        let statuses: Vec<String> = statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        if !statuses.iter().any(|s| s == "issuing") || std::time::Instant::now() > deadline {
+            return statuses;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn lost_hsm_means_503_and_no_token_then_recovery() {
     let s = setup();
@@ -510,6 +537,12 @@ fn lost_hsm_means_503_and_no_token_then_recovery() {
         assert_eq!(r.status, 503, "{}", r.text);
         assert_eq!(error_code(&r), "hsm_unavailable");
         assert!(r.body.get("token").is_none());
+        // The grant was recorded while the device was asked to sign; the record now says
+        // that no token left (not "issuing", not "granted").
+        assert_eq!(
+            execution_statuses(&s.hsm),
+            vec!["failed".to_owned(), "granted".to_owned()]
+        );
         assert!(
             !r.text.contains("CKR"),
             "no PKCS#11 internals leak: {}",

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome, Store,
-    StoreError, WriteDone, Commit,
+    Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome,
+    Store, StoreError, WriteDone,
 };
 use crate::ca::crl::{Reason, Revocation};
 
@@ -781,5 +781,153 @@ mod tests {
         // /dev/null is a file, so a directory below it cannot exist (root ignores modes).
         let err = SqliteStore::open(Path::new("/dev/null/state")).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    }
+
+    fn issuing(id: &str) -> ExecutionRecord {
+        ExecutionRecord {
+            request_id: id.into(),
+            agent: "thumb".into(),
+            agent_subject: "CN=agent".into(),
+            operation: "deploy.restart".into(),
+            resource: "prod/api".into(),
+            params: "{}".into(),
+            request_digest: "digest".into(),
+            status: ExecutionStatus::Issuing,
+            deny_code: None,
+            approvals_required: 0,
+            jti: Some(format!("jti-{id}")),
+            token: None,
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_060)),
+            created_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    /// Queues `record` with `commit` and returns a receiver for its completion.
+    fn queue(store: &SqliteStore, record: ExecutionRecord, commit: Commit) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        store.record_execution_then(
+            record,
+            commit,
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+        rx
+    }
+
+    fn complete(store: &SqliteStore, id: &str, token: Option<&str>) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        store.complete_issuance_then(
+            id,
+            token.map(str::to_owned),
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+        rx
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn an_issuance_is_reserved_then_completed_and_reads_see_the_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(queue(&store, issuing("r1"), Commit::Now)
+            .recv_timeout(WAIT)
+            .unwrap());
+        let reserved = store.execution("r1").unwrap().unwrap();
+        assert_eq!(reserved.status, ExecutionStatus::Issuing);
+        assert_eq!(reserved.token, None);
+        // The token id is known to redemption as soon as it is reserved.
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        assert_eq!(
+            store.redeem("jti-r1", "exec", at).unwrap(),
+            RedeemOutcome::Redeemed
+        );
+
+        // The completion is queued without waiting; a read right after already sees it.
+        let done = complete(&store, "r1", Some("header.claims.sig"));
+        let granted = store.execution("r1").unwrap().unwrap();
+        assert_eq!(granted.status, ExecutionStatus::Granted);
+        assert_eq!(granted.token.as_deref(), Some("header.claims.sig"));
+        assert!(done.recv_timeout(WAIT).unwrap());
+
+        // An outcome is recorded once: a late failure does not undo a granted token.
+        assert!(complete(&store, "r1", None).recv_timeout(WAIT).unwrap());
+        assert_eq!(
+            store.execution("r1").unwrap().unwrap().status,
+            ExecutionStatus::Granted
+        );
+    }
+
+    #[test]
+    fn a_failed_issuance_is_marked_failed_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            assert!(queue(&store, issuing("r2"), Commit::Now)
+                .recv_timeout(WAIT)
+                .unwrap());
+            let _ = complete(&store, "r2", None);
+            // Closing commits what is still deferred.
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let failed = store.execution("r2").unwrap().unwrap();
+        assert_eq!(failed.status, ExecutionStatus::Failed);
+        assert_eq!(failed.token, None);
+    }
+
+    #[test]
+    fn deferred_writes_commit_on_flush_or_after_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // A flush makes a deferred write durable now.
+        let flushed = queue(&store, issuing("r3"), Commit::Deferred);
+        store.flush();
+        assert!(flushed.recv_timeout(WAIT).unwrap());
+        // With nothing else happening, a deferred write still commits on its own.
+        let alone = queue(&store, issuing("r4"), Commit::Deferred);
+        assert!(alone.recv_timeout(WAIT).unwrap());
+        // An urgent write takes the deferred ones along in its commit.
+        let deferred = queue(&store, issuing("r5"), Commit::Deferred);
+        let urgent = queue(&store, issuing("r6"), Commit::Now);
+        assert!(urgent.recv_timeout(WAIT).unwrap());
+        assert!(deferred.recv_timeout(WAIT).unwrap());
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for id in ["r3", "r4", "r5", "r6"] {
+            assert!(store.execution(id).unwrap().is_some(), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_write_after_the_writer_stopped_fails_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // Stop the writer as Drop would.
+        store.jobs.lock().unwrap().take();
+        let result = queue(&store, issuing("r7"), Commit::Now).recv_timeout(WAIT);
+        assert_eq!(result, Ok(false));
+        assert!(store.record_execution(&issuing("r8")).is_err());
+    }
+
+    #[test]
+    fn closing_the_store_checkpoints_the_log_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            for i in 0..200 {
+                store.record_execution(&issuing(&format!("c{i}"))).unwrap();
+            }
+            let wal = std::fs::metadata(dir.path().join("seb.db-wal"))
+                .unwrap()
+                .len();
+            assert!(wal > 0, "commits go to the write-ahead log first");
+        }
+        let wal = std::fs::metadata(dir.path().join("seb.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the log was copied into the database and truncated");
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(store.execution("c199").unwrap().is_some());
     }
 }

@@ -77,6 +77,12 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let algorithm = backend.public_key(&token_label)?.algorithm();
     println!("device: {}", backend.describe());
     println!("token key: {algorithm}, {sessions} HSM session(s)");
+    let single = sign_latency(backend.as_ref(), &token_label, 300)?;
+    println!(
+        "raw HSM sign latency, one signature at a time: p50 {:.2} ms  p99 {:.2} ms",
+        single.0.as_secs_f64() * 1e3,
+        single.1.as_secs_f64() * 1e3
+    );
 
     let bench_dir = config
         .state_dir
@@ -146,11 +152,12 @@ fn run_load(
         if args.handshake_agents > 0 {
             let stats = load(&url, &full, args.handshake_agents, seconds, false).await?;
             println!(
-                "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  p50 {:.2} ms  p99 {:.2} ms  ({} ok, {} failed)",
+                "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  p50 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
                 args.handshake_agents,
                 stats.rate(),
                 stats.pct(0.50),
                 stats.pct(0.99),
+                stats.cpu_per_request(),
                 stats.ok,
                 stats.failed
             );
@@ -159,6 +166,24 @@ fn run_load(
         let _ = server.await;
         Ok::<(), CliError>(())
     })
+}
+
+/// Median and 99th percentile of `count` signatures made one after another on one thread: the
+/// floor under the broker's latency with one agent.
+fn sign_latency(
+    backend: &dyn KeyBackend,
+    label: &str,
+    count: usize,
+) -> Result<(Duration, Duration), CliError> {
+    let len = backend.public_key(label)?.algorithm().digest_len();
+    let digest = vec![0x5a; len];
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        backend.sign_digest(label, &digest)?;
+        samples.push(started.elapsed());
+    }
+    Ok(super::percentiles(&mut samples))
 }
 
 /// The raw signing rate of the token key, with as many threads as the broker has sessions.

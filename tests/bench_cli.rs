@@ -1,0 +1,57 @@
+//! `seb bench broker` as an operator runs it, on a short setting: it must drive the real
+//! broker to completion and report every figure it promises, with no failed request. Speed is
+//! not asserted here (docs/PERFORMANCE.md has the measurements).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::Hsm;
+
+#[test]
+fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
+    let hsm = Hsm::initialised();
+    let out = hsm.seb_ok(&[
+        "bench",
+        "broker",
+        "--seconds",
+        "1",
+        "--agents",
+        "1,4",
+        "--handshake-agents",
+        "2",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    let keep_alive: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("keep-alive agent(s)"))
+        .collect();
+    assert_eq!(keep_alive.len(), 2, "{out}");
+    for line in keep_alive {
+        for field in [
+            "tokens/s",
+            "% of raw",
+            "before",
+            "after",
+            "p50",
+            "p99",
+            "µs/token",
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+        assert!(line.contains(", 0 failed)"), "{line}");
+        assert!(!line.contains("(0 ok"), "{line}");
+    }
+    let handshakes = lines
+        .iter()
+        .find(|l| l.contains("new connection per request"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(handshakes.contains(", 0 failed)"), "{handshakes}");
+    // The throwaway store of the run is removed.
+    let leftovers: Vec<_> = std::fs::read_dir(hsm.path("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bench-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
