@@ -138,14 +138,22 @@ impl SignQueue {
 }
 
 impl Drop for SignQueue {
+    /// Stops the threads: queued digests are not signed (their waiters get an error), and a
+    /// signature in progress finishes on its own. The threads are not joined, so that a device
+    /// that hangs cannot hold up the broker's shutdown.
     fn drop(&mut self) {
-        if let Ok(mut queue) = self.shared.queue.lock() {
-            queue.closed = true;
-        }
+        let queued: Vec<_> = match self.shared.queue.lock() {
+            Ok(mut queue) => {
+                queue.closed = true;
+                queue.jobs.drain(..).collect()
+            }
+            Err(_) => Vec::new(),
+        };
         self.shared.ready.notify_all();
-        for handle in self.threads.drain(..) {
-            let _ = handle.join();
+        for (_, waiter) in queued {
+            waiter.finish(Err(stopped()));
         }
+        self.threads.clear();
     }
 }
 
