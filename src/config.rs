@@ -160,6 +160,20 @@ pub enum BackendConfig {
     Tpm(TpmConfig),
 }
 
+impl Config {
+    /// How many async worker threads the server runs: `server.worker_threads`, or else the
+    /// CPUs left after one per signing thread, at least one. SoftHSM2 signs on the broker's own
+    /// CPUs, and an async worker more than the CPUs left over only adds context switches
+    /// (docs/PERFORMANCE.md).
+    pub fn worker_threads(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.server
+            .worker_threads
+            .unwrap_or_else(|| cpus.saturating_sub(self.backend.signing_threads()))
+            .clamp(1, 256)
+    }
+}
+
 impl BackendConfig {
     /// How many threads sign tokens: one per PKCS#11 session, one for a TPM (which
     /// serialises commands anyway).
@@ -373,6 +387,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Whether TLS session resumption is offered (it skips the HSM signature).
     pub tls_resumption: bool,
+    /// Async worker threads (TLS records, HTTP, JSON, decisions). Unset: the CPUs the signing
+    /// threads leave over, at least one (see [`Config::worker_threads`]).
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -385,6 +402,7 @@ impl Default for ServerConfig {
             rate_limit_burst: 100,
             max_connections: 1024,
             tls_resumption: true,
+            worker_threads: None,
         }
     }
 }
@@ -538,6 +556,23 @@ pin_file = "user.pin"
         assert_eq!(c.keys.root, "seb-root");
         assert_eq!(c.keys.token_algorithm, KeyAlgorithm::EcP384);
         assert_eq!(c.ca.crl_validity, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn async_workers_leave_the_signing_threads_their_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let two_sessions = format!("{MINIMAL}sessions = 2\n");
+        let c = Config::parse(&two_sessions).unwrap();
+        assert_eq!(c.backend.signing_threads(), 2);
+        assert_eq!(c.worker_threads(), cpus.saturating_sub(2).max(1));
+        let set = format!("{two_sessions}[server]\nworker_threads = 3\n");
+        assert_eq!(Config::parse(&set).unwrap().worker_threads(), 3);
+        let zero = format!("{two_sessions}[server]\nworker_threads = 0\n");
+        assert_eq!(
+            Config::parse(&zero).unwrap().worker_threads(),
+            1,
+            "never zero"
+        );
     }
 
     #[test]

@@ -102,17 +102,19 @@ pub fn sign_rate(
         .map(|_| {
             let (backend, stop, count) = (backend.clone(), stop.clone(), count.clone());
             let (label, digest) = (label.to_owned(), digest.clone());
-            std::thread::spawn(move || -> Result<(), String> {
-                while !stop.load(Ordering::Relaxed) {
-                    backend
-                        .sign_digest(&label, &digest)
-                        .map_err(|e| e.to_string())?;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            })
+            std::thread::Builder::new()
+                .name("seb-raw-sign".into())
+                .spawn(move || -> Result<(), String> {
+                    while !stop.load(Ordering::Relaxed) {
+                        backend
+                            .sign_digest(&label, &digest)
+                            .map_err(|e| e.to_string())?;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     std::thread::sleep(duration);
     stop.store(true, Ordering::Relaxed);
     for worker in workers {

@@ -31,6 +31,7 @@ pub fn serve(config: &Config) -> CliResult {
         config.server.tls_resumption,
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
         .enable_all()
         .thread_name("seb-worker")
         .build()?;

@@ -7,9 +7,10 @@
 //! returns only after the commit that holds its write. Reads use a separate connection (WAL
 //! readers never wait for the writer).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -80,16 +81,58 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// the commit is known; given `None` (the transaction could not start), runs nothing.
 type Work = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 
-/// A queued write. A deferred one has nobody waiting for it: it rides along with the next
+/// A queued write. A deferred one has nobody waiting for it yet: it rides along with the next
 /// commit someone does wait for, or is committed on its own after [`MAX_DEFER`].
 struct Job {
     work: Work,
     deferred: bool,
+    queued: Instant,
+}
+
+/// The writer's queue. Urgent writes wake the writer; deferred ones do not (that is the point:
+/// a deferred write costs neither an fsync nor a thread wake-up of its own).
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// How many queued jobs are not deferred.
+    urgent: usize,
+    closed: bool,
+}
+
+struct Jobs {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Jobs {
+    /// Queues `job`, or gives it back if the writer has stopped.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let Ok(mut queue) = self.queue.lock() else {
+            return Err(job);
+        };
+        if queue.closed {
+            return Err(job);
+        }
+        let urgent = !job.deferred;
+        queue.urgent += usize::from(urgent);
+        queue.jobs.push_back(job);
+        drop(queue);
+        if urgent {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.closed = true;
+        }
+        self.ready.notify_one();
+    }
 }
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Arc<Jobs>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -110,9 +153,7 @@ impl Drop for SqliteStore {
                 let _ = handle.join();
             }
         }
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.jobs.close();
         if let Ok(mut writer) = self.writer.lock() {
             if let Some(handle) = writer.take() {
                 let _ = handle.join();
@@ -149,10 +190,18 @@ impl SqliteStore {
             .map_err(|e| open_err(Box::new(e)))?;
         let checkpoint_conn = connect().map_err(|e| open_err(Box::new(e)))?;
         let reader = connect().map_err(|e| open_err(Box::new(e)))?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Jobs {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                urgent: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
+        let queue = jobs.clone();
         let writer = std::thread::Builder::new()
             .name("seb-store-writer".into())
-            .spawn(move || write_loop(writer_conn, rx))
+            .spawn(move || write_loop(writer_conn, &queue))
             .map_err(|e| open_err(Box::new(e)))?;
         let (stop, stopped) = mpsc::channel::<()>();
         let checkpointer = std::thread::Builder::new()
@@ -160,7 +209,7 @@ impl SqliteStore {
             .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
             .map_err(|e| open_err(Box::new(e)))?;
         Ok(Self {
-            jobs: Mutex::new(Some(tx)),
+            jobs,
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             reader: Mutex::new(reader),
@@ -225,15 +274,12 @@ impl SqliteStore {
                 })
             })
         });
-        let job = Job { work, deferred };
-        let rejected = match self.jobs.lock() {
-            Ok(jobs) => match jobs.as_ref() {
-                Some(sender) => sender.send(job).err().map(|e| e.0),
-                None => Some(job),
-            },
-            Err(_) => Some(job),
+        let job = Job {
+            work,
+            deferred,
+            queued: Instant::now(),
         };
-        if let Some(job) = rejected {
+        if let Err(job) = self.jobs.push(job) {
             // The writer is gone: fail the job without running it.
             (job.work)(None)(Err("the store writer has stopped".into()));
         }
@@ -299,41 +345,38 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 /// Longest a deferred write waits for a commit to ride along with.
 const MAX_DEFER: Duration = Duration::from_millis(50);
 
-/// The writer thread: batches waiting jobs into one transaction each. A batch of deferred
-/// jobs only is held back (up to [`MAX_DEFER`]) to join the next batch, so completing a record
-/// nobody waits on costs no fsync of its own.
-fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::new();
-    let mut held_since: Option<Instant> = None;
+/// The writer thread: commits waiting jobs, many to a transaction. It starts a commit when an
+/// urgent job is queued, when the oldest deferred job has waited [`MAX_DEFER`], or when the
+/// store closes; a batch of deferred jobs alone costs no fsync until then.
+fn write_loop(conn: Connection, jobs: &Jobs) {
     loop {
-        let next = match held_since {
-            None => jobs
-                .recv()
-                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(since) => jobs.recv_timeout(MAX_DEFER.saturating_sub(since.elapsed())),
-        };
-        let closed = match next {
-            Ok(job) => {
-                batch.push(job);
-                false
+        let (batch, closed) = {
+            let Ok(mut queue) = jobs.queue.lock() else {
+                return;
+            };
+            loop {
+                let overdue = queue
+                    .jobs
+                    .front()
+                    .map(|oldest| MAX_DEFER.saturating_sub(oldest.queued.elapsed()));
+                if queue.urgent > 0 || queue.closed || overdue == Some(Duration::ZERO) {
+                    break;
+                }
+                // Deferred jobs do not wake the writer: with an empty queue it looks again
+                // after MAX_DEFER, with a deferred job when that job is due.
+                let wait = overdue.unwrap_or(MAX_DEFER);
+                queue = match jobs.ready.wait_timeout(queue, wait) {
+                    Ok((q, _)) => q,
+                    Err(_) => return,
+                };
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+            let take = queue.jobs.len().min(MAX_BATCH);
+            let batch: Vec<Job> = queue.jobs.drain(..take).collect();
+            let urgent_taken = batch.iter().filter(|job| !job.deferred).count();
+            queue.urgent -= urgent_taken;
+            (batch, queue.closed && queue.jobs.is_empty())
         };
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let urgent = batch.iter().any(|job| !job.deferred);
-        let overdue = held_since.is_some_and(|since| since.elapsed() >= MAX_DEFER);
-        if !urgent && !overdue && !closed && batch.len() < MAX_BATCH {
-            held_since.get_or_insert_with(Instant::now);
-            continue;
-        }
-        held_since = None;
-        commit_batch(&conn, std::mem::take(&mut batch));
+        commit_batch(&conn, batch);
         if closed {
             return;
         }
@@ -906,7 +949,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         // Stop the writer as Drop would.
-        store.jobs.lock().unwrap().take();
+        store.jobs.close();
         let result = queue(&store, issuing("r7"), Commit::Now).recv_timeout(WAIT);
         assert_eq!(result, Ok(false));
         assert!(store.record_execution(&issuing("r8")).is_err());

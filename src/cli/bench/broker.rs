@@ -116,6 +116,7 @@ fn run_load(
     let root_der = first_der(&root_pem)?;
     let tls = server::tls::server_config(backend.clone(), &cfg.keys.tls, tls_cert, root_der, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async move {
