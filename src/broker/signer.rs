@@ -38,6 +38,8 @@ struct Queue {
     jobs: VecDeque<(Vec<u8>, Box<dyn SignWaiter>)>,
     /// Threads waiting for work.
     idle: usize,
+    /// Threads that have not exited.
+    alive: usize,
     closed: bool,
 }
 
@@ -73,6 +75,7 @@ impl SignQueue {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 idle: 0,
+                alive: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -85,12 +88,28 @@ impl SignQueue {
                 label.clone(),
                 observe.clone(),
             );
+            if let Ok(mut queue) = shared.queue.lock() {
+                queue.alive += 1;
+            }
             let spawned = std::thread::Builder::new()
                 .name(format!("seb-sign-{i}"))
-                .spawn(move || sign_loop(&mine, backend.as_ref(), &label, observe.as_ref()));
+                .spawn(move || {
+                    sign_loop(&mine, backend.as_ref(), &label, observe.as_ref());
+                    // The device handle goes before the exit is announced, so that whoever
+                    // waits for the exit also knows the handle is released.
+                    drop(backend);
+                    drop(observe);
+                    if let Ok(mut queue) = mine.queue.lock() {
+                        queue.alive -= 1;
+                    }
+                    mine.ready.notify_all();
+                });
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
+                    if let Ok(mut queue) = shared.queue.lock() {
+                        queue.alive -= 1;
+                    }
                     let queue = SignQueue {
                         shared,
                         threads: handles,
@@ -137,10 +156,14 @@ impl SignQueue {
     }
 }
 
+/// How long stopping waits for a signature in progress.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for SignQueue {
     /// Stops the threads: queued digests are not signed (their waiters get an error), and a
-    /// signature in progress finishes on its own. The threads are not joined, so that a device
-    /// that hangs cannot hold up the broker's shutdown.
+    /// signature in progress is waited for, up to [`STOP_WAIT`], so that the device is released
+    /// before the broker goes on shutting down. A device that hangs longer is left behind
+    /// rather than holding up the shutdown.
     fn drop(&mut self) {
         let queued: Vec<_> = match self.shared.queue.lock() {
             Ok(mut queue) => {
@@ -152,6 +175,20 @@ impl Drop for SignQueue {
         self.shared.ready.notify_all();
         for (_, waiter) in queued {
             waiter.finish(Err(stopped()));
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        if let Ok(mut queue) = self.shared.queue.lock() {
+            while queue.alive > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("a signing thread is still in the device; not waiting");
+                    break;
+                }
+                queue = match self.shared.ready.wait_timeout(queue, left) {
+                    Ok((q, _)) => q,
+                    Err(_) => break,
+                };
+            }
         }
         self.threads.clear();
     }
