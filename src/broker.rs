@@ -2,9 +2,11 @@
 //! whether the grants allow it, minting the token inside the device, persisting what must
 //! survive, and single-use redemption.
 //!
-//! Every method here is synchronous and may block on the device or the store; the HTTP layer
-//! calls them from blocking threads. Nothing here returns a token unless its id was durably
-//! stored first, and every device or store failure is an error (fail closed), never a token.
+//! Issuance (`request_execution`) is async: the decision runs on the caller's thread, and the
+//! device signature and the durable write are waited for without holding a thread. The other
+//! methods are synchronous and may block on the device or the store; the HTTP layer calls them
+//! from blocking threads. Nothing here returns a token unless its id was durably stored, and
+//! every device or store failure is an error (fail closed), never a token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -551,22 +553,26 @@ impl Broker {
         // crash). The record is written while the device signs; the token goes out only when
         // both have succeeded, and is then added to the record. If this future is dropped on
         // the way (timeout, client gone), the guard marks the request failed: no token left.
-        let guard = IssuingGuard {
-            store: self.store.as_ref(),
-            request_id: Some(request_id.clone()),
-        };
         let input = self.signing_input(&claims)?;
         let digest = match self.token_alg {
             KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
             KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
         };
+        let guard = IssuingGuard {
+            store: self.store.as_ref(),
+            request_id: Some(request_id.clone()),
+        };
         let outcome = issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
         let token = match (outcome.stored, outcome.signed) {
-            (Ok(()), Ok(signature)) => token::assemble(input, &signature.to_raw()),
-            (Ok(()), Err(device)) => return Err(BrokerError::Hsm(device)),
-            // Not durable: the signed token is dropped here.
-            (Err(store), Ok(_)) => return Err(BrokerError::Store(store)),
-            (Err(_), Err(device)) => return Err(BrokerError::Hsm(device)),
+            (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
+            (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
+            // Not durable: a signature, if one was made, is dropped here.
+            (Err(store), _) => return Err(BrokerError::Store(store)),
+            (Ok(()), None) => {
+                return Err(BrokerError::Internal(
+                    "issuance finished without a signature".into(),
+                ))
+            }
         };
         guard.complete(token.clone());
         Ok(ExecutionResponse {

@@ -3,7 +3,7 @@
 //! is woken once, and a signature that is ready before its record is durable asks the store to
 //! commit now rather than wait for company.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::oneshot;
 
@@ -16,8 +16,9 @@ use crate::store::{Commit, ExecutionRecord, Store, StoreError};
 pub struct Outcome {
     /// Whether the record (with the token id) is durable.
     pub stored: Result<(), StoreError>,
-    /// The device's signature over the token.
-    pub signed: Result<Signature, BackendError>,
+    /// The device's signature over the token; `None` when the record failed first and the
+    /// signature was not waited for (it is then not made, or dropped when it arrives).
+    pub signed: Option<Result<Signature, BackendError>>,
 }
 
 /// Records `record` and signs `digest` concurrently; returns once both are done.
@@ -43,7 +44,7 @@ pub async fn sign_and_record(
             signed: None,
             reply: Some(tx),
         }),
-        store: store.clone(),
+        store: Arc::downgrade(store),
         commit,
     });
     // The write is queued first, so that a flush from the signing thread comes after it.
@@ -55,10 +56,7 @@ pub async fn sign_and_record(
             operation: "record execution",
             source: "the issuance was abandoned".into(),
         }),
-        signed: Err(BackendError::Unavailable {
-            operation: "sign",
-            source: "the issuance was abandoned".into(),
-        }),
+        signed: None,
     })
 }
 
@@ -70,7 +68,9 @@ struct Slots {
 
 struct Meeting {
     slots: Mutex<Slots>,
-    store: Arc<dyn Store>,
+    /// Weak: the store's own writer thread may hold the last reference to this meeting, and
+    /// must not end up owning (and dropping) the store.
+    store: Weak<dyn Store>,
     /// How the record was queued: a deferred one may need a flush.
     commit: Commit,
 }
@@ -88,15 +88,18 @@ impl Meeting {
     }
 }
 
-/// Sends the outcome once both halves are in.
+/// Sends the outcome once both halves are in, or at once when the record failed: no token can
+/// leave then, so the request need not wait for the device.
 fn deliver(slots: &mut Slots) {
-    if slots.stored.is_none() || slots.signed.is_none() {
+    let record_failed = matches!(slots.stored, Some(Err(_)));
+    if slots.stored.is_none() || (slots.signed.is_none() && !record_failed) {
         return;
     }
-    if let (Some(stored), Some(signed), Some(reply)) =
-        (slots.stored.take(), slots.signed.take(), slots.reply.take())
-    {
-        let _ = reply.send(Outcome { stored, signed });
+    if let (Some(stored), Some(reply)) = (slots.stored.take(), slots.reply.take()) {
+        let _ = reply.send(Outcome {
+            stored,
+            signed: slots.signed.take(),
+        });
     }
 }
 
@@ -121,7 +124,9 @@ impl SignWaiter for SignedHalf {
             needs_record
         };
         if flush {
-            self.0.store.flush();
+            if let Some(store) = self.0.store.upgrade() {
+                store.flush();
+            }
         }
     }
 }

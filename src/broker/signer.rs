@@ -94,15 +94,11 @@ impl SignQueue {
             let spawned = std::thread::Builder::new()
                 .name(format!("seb-sign-{i}"))
                 .spawn(move || {
+                    // Declared first, so dropped last: the device handle is released before
+                    // the exit is announced, also when the thread unwinds.
+                    let _exit = SignerExit(mine.clone());
+                    let (backend, label, observe) = (backend, label, observe);
                     sign_loop(&mine, backend.as_ref(), &label, observe.as_ref());
-                    // The device handle goes before the exit is announced, so that whoever
-                    // waits for the exit also knows the handle is released.
-                    drop(backend);
-                    drop(observe);
-                    if let Ok(mut queue) = mine.queue.lock() {
-                        queue.alive -= 1;
-                    }
-                    mine.ready.notify_all();
                 });
             match spawned {
                 Ok(handle) => handles.push(handle),
@@ -191,6 +187,29 @@ impl Drop for SignQueue {
             }
         }
         self.threads.clear();
+    }
+}
+
+/// Announces a signing thread's exit, however it ends. The last thread to go closes the
+/// queue and fails what is left in it, so that no request waits for a thread that is gone.
+struct SignerExit(Arc<Shared>);
+
+impl Drop for SignerExit {
+    fn drop(&mut self) {
+        let orphans: Vec<_> = {
+            let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.alive = queue.alive.saturating_sub(1);
+            if queue.alive == 0 {
+                queue.closed = true;
+                queue.jobs.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        self.0.ready.notify_all();
+        for (_, waiter) in orphans {
+            waiter.finish(Err(stopped()));
+        }
     }
 }
 

@@ -128,6 +128,29 @@ impl Jobs {
         }
         self.ready.notify_one();
     }
+
+    /// Closes the queue and fails every job in it: for a writer that stops other than by
+    /// `close` (a panic, a poisoned lock), so that no caller waits for it forever.
+    fn abandon(&self) {
+        let left: Vec<Job> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.closed = true;
+            queue.urgent = 0;
+            queue.jobs.drain(..).collect()
+        };
+        for job in left {
+            (job.work)(None)(Err("the store writer has stopped".into()));
+        }
+    }
+}
+
+/// Fails what is left in the queue when the writer thread ends, however it ends.
+struct WriterExit<'a>(&'a Jobs);
+
+impl Drop for WriterExit<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 /// SQLite-backed [`Store`].
@@ -146,18 +169,25 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl Drop for SqliteStore {
+    /// Lets the writer commit what is queued, then has the checkpointer copy the log into the
+    /// database and truncate it.
     fn drop(&mut self) {
-        if let Ok(mut checkpointer) = self.checkpointer.lock() {
-            if let Some((stop, handle)) = checkpointer.take() {
-                drop(stop);
-                let _ = handle.join();
-            }
-        }
         self.jobs.close();
-        if let Ok(mut writer) = self.writer.lock() {
-            if let Some(handle) = writer.take() {
-                let _ = handle.join();
-            }
+        join_unless_current(self.writer.lock().ok().and_then(|mut w| w.take()));
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            join_unless_current(Some(handle));
+        }
+    }
+}
+
+/// Joins `handle`, unless this is that thread (a callback run by the writer may drop the last
+/// reference to the store; joining itself would fail).
+fn join_unless_current(handle: Option<std::thread::JoinHandle<()>>) {
+    if let Some(handle) = handle {
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
         }
     }
 }
@@ -353,6 +383,7 @@ const MAX_DEFER: Duration = Duration::from_millis(50);
 /// urgent job is queued, when the oldest deferred job has waited [`MAX_DEFER`], or when the
 /// store closes; a batch of deferred jobs alone costs no fsync until then.
 fn write_loop(conn: Connection, jobs: &Jobs) {
+    let _exit = WriterExit(jobs);
     loop {
         let (batch, closed) = {
             let Ok(mut queue) = jobs.queue.lock() else {
@@ -957,6 +988,27 @@ mod tests {
         let result = queue(&store, issuing("r7"), Commit::Now).recv_timeout(WAIT);
         assert_eq!(result, Ok(false));
         assert!(store.record_execution(&issuing("r8")).is_err());
+    }
+
+    #[test]
+    fn a_writer_callback_may_drop_the_last_reference_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let held = store.clone();
+        store.record_execution_then(
+            issuing("z1"),
+            Commit::Deferred,
+            Box::new(move |r| {
+                // The last reference goes on the writer thread, which then closes the store.
+                drop(held);
+                let _ = tx.send(r.is_ok());
+            }),
+        );
+        drop(store);
+        assert_eq!(rx.recv_timeout(WAIT), Ok(true));
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(store.execution("z1").unwrap().is_some());
     }
 
     #[test]
