@@ -1,8 +1,9 @@
 //! The broker over HTTPS: a tokio-rustls accept loop with mandatory client certificates, an
 //! axum router for the v1 API, and graceful shutdown.
 //!
-//! Device work (TLS handshake signatures, token signatures) and store work run on blocking
-//! threads, never on async workers. The caller's identity is established once per connection
+//! Device calls and store writes never run on async workers: TLS handshake signatures and
+//! other blocking work run on blocking threads, token signatures on the broker's signing
+//! threads, and store writes on the store's writer thread. The caller's identity is established once per connection
 //! from its verified certificate chain and handed to every request on it.
 
 use std::net::SocketAddr;
