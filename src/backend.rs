@@ -40,6 +40,14 @@ impl KeyAlgorithm {
             KeyAlgorithm::EcP384 => 48,
         }
     }
+
+    /// The digest of `message` that a key of this algorithm signs (SHA-256 or SHA-384).
+    pub fn digest(self, message: &[u8]) -> Vec<u8> {
+        match self {
+            KeyAlgorithm::EcP256 => sha2::Sha256::digest(message).to_vec(),
+            KeyAlgorithm::EcP384 => Sha384::digest(message).to_vec(),
+        }
+    }
 }
 
 impl fmt::Display for KeyAlgorithm {

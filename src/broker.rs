@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256, Sha384};
+use sha2::{Digest, Sha256};
 
 use crate::attest::selfcheck::AttestationState;
 use crate::authz::{self, ChainView, Decision, DenyCode, RevocationView};
@@ -554,10 +554,7 @@ impl Broker {
         // both have succeeded, and is then added to the record. If this future is dropped on
         // the way (timeout, client gone), the guard marks the request failed: no token left.
         let input = self.signing_input(&claims)?;
-        let digest = match self.token_alg {
-            KeyAlgorithm::EcP384 => Sha384::digest(input.as_bytes()).to_vec(),
-            KeyAlgorithm::EcP256 => Sha256::digest(input.as_bytes()).to_vec(),
-        };
+        let digest = self.token_alg.digest(input.as_bytes());
         let guard = IssuingGuard {
             store: self.store.as_ref(),
             request_id: Some(request_id.clone()),

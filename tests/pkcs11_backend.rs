@@ -17,16 +17,7 @@ use sha2::{Digest, Sha256, Sha384};
 use signature::hazmat::PrehashVerifier;
 
 fn open(hsm: &Hsm, sessions: usize) -> Pkcs11Backend {
-    Pkcs11Backend::open(Pkcs11Settings {
-        module: common::module().into(),
-        token: TokenSelector {
-            label: "seb".into(),
-            serial: None,
-        },
-        pin: hsm.user_pin().into(),
-        sessions,
-    })
-    .unwrap()
+    hsm.backend(sessions)
 }
 
 #[test]

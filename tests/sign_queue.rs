@@ -14,7 +14,6 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::Hsm;
-use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
 use seb::backend::{BackendError, KeyAlgorithm, KeyBackend, PublicKey, Signature};
 use seb::broker::signer::{SignQueue, SignWaiter};
 use sha2::{Digest, Sha384};
@@ -40,18 +39,7 @@ impl SignWaiter for Probe {
 fn signing_threads_sign_concurrently_skip_abandoned_work_and_stop_cleanly() {
     let hsm = Hsm::provision();
     std::env::set_var("SOFTHSM2_CONF", hsm.softhsm_conf());
-    let backend: Arc<dyn KeyBackend> = Arc::new(
-        Pkcs11Backend::open(Pkcs11Settings {
-            module: common::module().into(),
-            token: TokenSelector {
-                label: "seb".into(),
-                serial: None,
-            },
-            pin: hsm.user_pin().into(),
-            sessions: 2,
-        })
-        .unwrap(),
-    );
+    let backend: Arc<dyn KeyBackend> = Arc::new(hsm.backend(2));
     let PublicKey::P384(public) = backend.generate("queue-key", KeyAlgorithm::EcP384).unwrap()
     else {
         panic!("not a P-384 key");

@@ -255,23 +255,20 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        self.submit(operation, f, move |result| {
-            let _ = tx.send(result);
-        });
+        self.enqueue(
+            operation,
+            f,
+            move |result| {
+                let _ = tx.send(result);
+            },
+            false,
+        );
         rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
     }
 
-    /// Queues `f` for the writer's next commit and returns at once; `done` receives its result
-    /// once the commit is known (on the writer thread), or at once if the writer has stopped.
-    fn submit<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
-    ) {
-        self.enqueue(operation, f, done, false);
-    }
-
+    /// Queues `f` for the writer and returns at once; `done` receives its result once the
+    /// commit is known (on the writer thread), or at once if the writer has stopped. A
+    /// `deferred` job waits for a commit someone else starts (see [`Job`]).
     fn enqueue<T: Send + 'static>(
         &self,
         operation: &'static str,
@@ -556,7 +553,7 @@ impl Store for SqliteStore {
     }
 
     fn flush(&self) {
-        self.submit("flush", |_| Ok(()), |_| ());
+        self.enqueue("flush", |_| Ok(()), |_| (), false);
     }
 
     fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone) {

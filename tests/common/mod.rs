@@ -100,6 +100,21 @@ impl Hsm {
         self.path("state/trust").join(name)
     }
 
+    /// Opens this token in-process with `sessions` pool sessions. The caller must point the
+    /// process's SoftHSM2 at this token first (`SOFTHSM2_CONF`, see `softhsm_conf`).
+    pub fn backend(&self, sessions: usize) -> seb::backend::pkcs11::Pkcs11Backend {
+        seb::backend::pkcs11::Pkcs11Backend::open(seb::backend::pkcs11::Pkcs11Settings {
+            module: module().into(),
+            token: seb::backend::pkcs11::TokenSelector {
+                label: "seb".into(),
+                serial: None,
+            },
+            pin: self.user_pin().into(),
+            sessions,
+        })
+        .unwrap()
+    }
+
     pub fn softhsm_conf(&self) -> PathBuf {
         self.path("softhsm2.conf")
     }

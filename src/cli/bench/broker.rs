@@ -176,8 +176,10 @@ fn sign_latency(
     label: &str,
     count: usize,
 ) -> Result<(Duration, Duration), CliError> {
-    let len = backend.public_key(label)?.algorithm().digest_len();
-    let digest = vec![0x5a; len];
+    let digest = backend
+        .public_key(label)?
+        .algorithm()
+        .digest(b"seb bench latency");
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
