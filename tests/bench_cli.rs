@@ -20,11 +20,13 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         "1,4",
         "--handshake-agents",
         "2",
+        "--open-loop",
+        "0.5",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     let keep_alive: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains("keep-alive agent(s)"))
+        .filter(|l| l.contains("keep-alive agent(s):"))
         .collect();
     assert_eq!(keep_alive.len(), 2, "{out}");
     for line in keep_alive {
@@ -42,6 +44,18 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         assert!(line.contains(", 0 failed)"), "{line}");
         assert!(!line.contains("(0 ok"), "{line}");
     }
+    // The open loop runs the largest agent count at half its closed-loop rate.
+    let open: Vec<&&str> = lines.iter().filter(|l| l.contains("open loop")).collect();
+    assert_eq!(open.len(), 1, "{out}");
+    for field in [
+        "  4 keep-alive agent(s), open loop at",
+        "tokens/s offered (50 %",
+        "p99",
+    ] {
+        assert!(open[0].contains(field), "{field} missing: {}", open[0]);
+    }
+    assert!(open[0].contains(", 0 failed)"), "{}", open[0]);
+    assert!(!open[0].contains("(0 ok"), "{}", open[0]);
     let handshakes = lines
         .iter()
         .find(|l| l.contains("new connection per request"))

@@ -4,7 +4,10 @@
 //! configured device, a throwaway store under the state directory, and a bench agent
 //! certificate issued by the root key in the device. The per-certificate rate limit is lifted
 //! for the run (one agent identity drives all the load). Load comes from N concurrent
-//! keep-alive mTLS connections in a closed loop, and separately from full handshakes with TLS
+//! keep-alive mTLS connections in a closed loop (each agent asks again as soon as it has its
+//! answer: the peak rate), then from the same connections in an open loop at fixed fractions of
+//! that peak (requests sent on a schedule, latency counted from the scheduled time, as agents
+//! that ask when they need a token would see it), and separately from full handshakes with TLS
 //! resumption off (each one costs an extra HSM signature).
 
 use std::sync::Arc;
@@ -34,6 +37,20 @@ pub struct BrokerBenchArgs {
     /// Concurrent agents for the full-handshake measurement (0 skips it).
     #[arg(long, default_value_t = 8)]
     handshake_agents: usize,
+    /// Open-loop loads to measure after the closed-loop ones, as fractions of the closed-loop
+    /// rate of the largest agent count, comma-separated (0 skips them).
+    #[arg(long, default_value = "0.5,0.8", value_delimiter = ',')]
+    open_loop: Vec<f64>,
+}
+
+/// When an agent sends its next request.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// As soon as the previous answer arrives; latency counts from the send.
+    Closed,
+    /// Every `interval`, on a fixed schedule. A request sent late because the previous answer
+    /// was late counts its latency from the scheduled time, so that the wait is not hidden.
+    Every(Duration),
 }
 
 struct Stats {
@@ -127,12 +144,13 @@ fn run_load(
         let keep_alive = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), true)?;
         let full = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), false)?;
         let seconds = Duration::from_secs(args.seconds);
+        let mut peak = None;
         for &agents in &args.agents {
             // The raw rate drifts with the machine (by tens of percent within minutes on a
             // shared virtual machine), so it is measured right before and right after each
             // load and the load compared with their mean.
             let before = raw.measure(&backend).await?;
-            let stats = load(&url, &keep_alive, agents.max(1), seconds, true).await?;
+            let stats = load(&url, &keep_alive, agents.max(1), seconds, Pace::Closed, true).await?;
             let after = raw.measure(&backend).await?;
             let raw_mean = (before + after) / 2.0;
             println!(
@@ -149,9 +167,30 @@ fn run_load(
                 stats.ok,
                 stats.failed
             );
+            if peak.is_none_or(|(most, _)| agents >= most) {
+                peak = Some((agents, stats.rate()));
+            }
+        }
+        let open_loop = args.open_loop.iter().filter(|f| **f > 0.0);
+        for (&fraction, (agents, rate)) in open_loop.zip(std::iter::repeat(peak).flatten()) {
+            let offered = fraction * rate;
+            let agents = agents.max(1);
+            let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
+            let stats = load(&url, &keep_alive, agents, seconds, Pace::Every(interval), true).await?;
+            println!(
+                "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
+                100.0 * fraction,
+                stats.rate(),
+                stats.pct(0.50),
+                stats.pct(0.95),
+                stats.pct(0.99),
+                stats.cpu_per_request(),
+                stats.ok,
+                stats.failed
+            );
         }
         if args.handshake_agents > 0 {
-            let stats = load(&url, &full, args.handshake_agents, seconds, false).await?;
+            let stats = load(&url, &full, args.handshake_agents, seconds, Pace::Closed, false).await?;
             println!(
                 "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  p50 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
                 args.handshake_agents,
@@ -205,12 +244,13 @@ impl RawRate {
     }
 }
 
-/// A closed loop: each agent sends its next request when the previous answer arrives.
+/// `agents` concurrent agents sending requests at `pace` for `duration`.
 async fn load(
     url: &str,
     tls: &ClientTls,
     agents: usize,
     duration: Duration,
+    pace: Pace,
     keep_alive: bool,
 ) -> Result<Stats, CliError> {
     let body = br#"{"operation":"bench.run","resource":"bench/broker","params":{"n":1}}"#;
@@ -221,18 +261,47 @@ async fn load(
     )
     .into_bytes()
     .into();
+    // Keep-alive agents connect before the clock starts: the handshakes (each with an HSM
+    // signature) are not part of what a keep-alive load measures.
+    let mut connected = Vec::with_capacity(agents);
+    for _ in 0..agents {
+        connected.push(if keep_alive {
+            Some(RawAgent::connect(url, tls).await?)
+        } else {
+            None
+        });
+    }
     let start = Instant::now();
     let cpu_start = process_cpu();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(agents);
-    for _ in 0..agents {
+    for (i, mut agent) in connected.into_iter().enumerate() {
         let (url, tls, request) = (url.to_owned(), tls.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failed = 0usize;
-            let mut agent = None;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
+            // Open-loop agents start evenly spread over one interval.
+            let mut next = match pace {
+                Pace::Closed => start,
+                Pace::Every(interval) => start + interval.mul_f64(i as f64 / agents as f64),
+            };
+            while next < deadline && Instant::now() < deadline {
+                let t0 = match pace {
+                    Pace::Closed => Instant::now(),
+                    Pace::Every(interval) => {
+                        let scheduled = next;
+                        next += interval;
+                        if Instant::now() < scheduled {
+                            // On time: the clock starts when the timer fires (its up to a
+                            // millisecond of lag is the load generator's, not the broker's).
+                            tokio::time::sleep_until(scheduled.into()).await;
+                            Instant::now()
+                        } else {
+                            // Late, because the previous answer was: the wait counts.
+                            scheduled
+                        }
+                    }
+                };
                 if agent.is_none() || !keep_alive {
                     agent = RawAgent::connect(&url, &tls).await.ok();
                 }
