@@ -207,7 +207,8 @@ impl SqliteStore {
             conn.busy_timeout(Duration::from_secs(5))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
-            // Statement journals (one per write, for its savepoint) stay in memory.
+            // Statement journals (for the savepoints of writes of several statements) stay
+            // in memory.
             conn.pragma_update(None, "temp_store", "MEMORY")?;
             Ok(conn)
         };
@@ -294,11 +295,7 @@ impl SqliteStore {
                     }),
                     (Err(None), commit) => Err(StoreError::Io {
                         operation,
-                        source: format!(
-                            "cannot start a transaction: {}",
-                            commit.err().unwrap_or_default()
-                        )
-                        .into(),
+                        source: format!("not written: {}", commit.err().unwrap_or_default()).into(),
                     }),
                     (Ok(_), Err(e)) => Err(StoreError::Io {
                         operation,
@@ -1024,6 +1021,35 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         assert!(store.execution("r7").unwrap().is_some());
         assert!(store.execution("r8").unwrap().is_some());
+    }
+
+    #[test]
+    fn when_the_database_rolls_the_batch_back_no_write_of_it_is_reported_or_left_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            let before = queue(&store, issuing("r9"), Commit::Deferred);
+            // Stands for an I/O error or a full disk, after which SQLite ends the transaction
+            // itself: the writes after it must not run (each would commit on its own).
+            let (tx, breaker) = mpsc::channel();
+            store.enqueue(
+                "roll back",
+                |c| c.execute_batch("ROLLBACK"),
+                move |r| {
+                    let _ = tx.send(r.is_ok());
+                },
+                Scope::OneStatement,
+                true,
+            );
+            let after = queue(&store, issuing("r10"), Commit::Deferred);
+            store.flush();
+            assert!(!before.recv_timeout(WAIT).unwrap());
+            assert!(!breaker.recv_timeout(WAIT).unwrap());
+            assert!(!after.recv_timeout(WAIT).unwrap());
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(store.execution("r9").unwrap().is_none());
+        assert!(store.execution("r10").unwrap().is_none());
     }
 
     #[test]

@@ -56,6 +56,9 @@ enum Pace {
 struct Stats {
     ok: usize,
     failed: usize,
+    /// Open loop: requests due before the end that were never sent (their agent was still
+    /// waiting for an answer). Their latencies count, as the time from due to the end.
+    unsent: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
     /// CPU time of the whole process (broker, load generator and in-process SoftHSM2).
@@ -171,14 +174,14 @@ fn run_load(
                 peak = Some((agents, stats.rate()));
             }
         }
-        let open_loop = args.open_loop.iter().filter(|f| **f > 0.0);
-        for (&fraction, (agents, rate)) in open_loop.zip(std::iter::repeat(peak).flatten()) {
+        let fractions = args.open_loop.iter().filter(|f| **f > 0.0);
+        for (&fraction, (agents, rate)) in fractions.filter_map(|f| Some((f, peak?))) {
             let offered = fraction * rate;
             let agents = agents.max(1);
             let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
             let stats = load(&url, &keep_alive, agents, seconds, Pace::Every(interval), true).await?;
             println!(
-                "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
+                "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed, {} not sent by the end)",
                 100.0 * fraction,
                 stats.rate(),
                 stats.pct(0.50),
@@ -186,7 +189,8 @@ fn run_load(
                 stats.pct(0.99),
                 stats.cpu_per_request(),
                 stats.ok,
-                stats.failed
+                stats.failed,
+                stats.unsent
             );
         }
         if args.handshake_agents > 0 {
@@ -289,17 +293,14 @@ async fn load(
                 let t0 = match pace {
                     Pace::Closed => Instant::now(),
                     Pace::Every(interval) => {
+                        // The clock starts at the scheduled time, whatever delays the send:
+                        // a late previous answer, or the async worker the load generator
+                        // shares with the broker being busy. The timer's own granularity (up
+                        // to a millisecond) is counted too: the figures err on the slow side.
                         let scheduled = next;
                         next += interval;
-                        if Instant::now() < scheduled {
-                            // On time: the clock starts when the timer fires (its up to a
-                            // millisecond of lag is the load generator's, not the broker's).
-                            tokio::time::sleep_until(scheduled.into()).await;
-                            Instant::now()
-                        } else {
-                            // Late, because the previous answer was: the wait counts.
-                            scheduled
-                        }
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        scheduled
                     }
                 };
                 if agent.is_none() || !keep_alive {
@@ -318,20 +319,32 @@ async fn load(
                     }
                 }
             }
-            (latencies, failed)
+            // Requests the schedule called for but that could not be sent before the end
+            // (the agent was still waiting for an earlier answer) waited at least until then.
+            let mut unsent = 0usize;
+            if let Pace::Every(interval) = pace {
+                while next < deadline {
+                    latencies.push(deadline - next);
+                    unsent += 1;
+                    next += interval;
+                }
+            }
+            (latencies, failed, unsent)
         }));
     }
     let mut stats = Stats {
         ok: 0,
         failed: 0,
+        unsent: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         cpu: None,
     };
     for task in tasks {
-        let (latencies, failed) = task.await?;
-        stats.ok += latencies.len();
+        let (latencies, failed, unsent) = task.await?;
+        stats.ok += latencies.len() - unsent;
         stats.failed += failed;
+        stats.unsent += unsent;
         stats.latencies.extend(latencies);
     }
     stats.elapsed = start.elapsed();
