@@ -3,8 +3,9 @@
 //!
 //! Device calls and store writes never run on async workers: TLS handshake signatures and
 //! other blocking work run on blocking threads, token signatures on the broker's signing
-//! threads, and store writes on the store's writer thread. The caller's identity is established once per connection
-//! from its verified certificate chain and handed to every request on it.
+//! threads, and store writes on the store's writer thread. The caller's identity is
+//! established once per connection from its verified certificate chain and handed to every
+//! request on it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -929,6 +929,12 @@ mod tests {
         rx
     }
 
+    /// Whether the store in `dir`, opened afresh, holds request `id`.
+    fn persisted(dir: &Path, id: &str) -> bool {
+        let store = SqliteStore::open(dir).unwrap();
+        store.execution(id).unwrap().is_some()
+    }
+
     const WAIT: Duration = Duration::from_secs(10);
 
     #[test]
@@ -997,9 +1003,8 @@ mod tests {
         assert!(urgent.recv_timeout(WAIT).unwrap());
         assert!(deferred.recv_timeout(WAIT).unwrap());
         drop(store);
-        let store = SqliteStore::open(dir.path()).unwrap();
         for id in ["r3", "r4", "r5", "r6"] {
-            assert!(store.execution(id).unwrap().is_some(), "{id}");
+            assert!(persisted(dir.path(), id), "{id}");
         }
     }
 
@@ -1018,9 +1023,8 @@ mod tests {
             assert!(!duplicate.recv_timeout(WAIT).unwrap());
             assert!(last.recv_timeout(WAIT).unwrap());
         }
-        let store = SqliteStore::open(dir.path()).unwrap();
-        assert!(store.execution("r7").unwrap().is_some());
-        assert!(store.execution("r8").unwrap().is_some());
+        assert!(persisted(dir.path(), "r7"));
+        assert!(persisted(dir.path(), "r8"));
     }
 
     #[test]
@@ -1047,9 +1051,8 @@ mod tests {
             assert!(!breaker.recv_timeout(WAIT).unwrap());
             assert!(!after.recv_timeout(WAIT).unwrap());
         }
-        let store = SqliteStore::open(dir.path()).unwrap();
-        assert!(store.execution("r9").unwrap().is_none());
-        assert!(store.execution("r10").unwrap().is_none());
+        assert!(!persisted(dir.path(), "r9"));
+        assert!(!persisted(dir.path(), "r10"));
     }
 
     #[test]

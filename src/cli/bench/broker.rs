@@ -80,6 +80,22 @@ impl Stats {
         }
     }
 
+    /// Latency percentiles and CPU per token, as every load line prints them.
+    fn latency(&self) -> String {
+        format!(
+            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token",
+            self.pct(0.50),
+            self.pct(0.95),
+            self.pct(0.99),
+            self.cpu_per_request()
+        )
+    }
+
+    /// The request counts.
+    fn counts(&self) -> String {
+        format!("{} ok, {} failed", self.ok, self.failed)
+    }
+
     fn pct(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
@@ -157,53 +173,43 @@ fn run_load(
             let after = raw.measure(&backend).await?;
             let raw_mean = (before + after) / 2.0;
             println!(
-                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
+                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
                 stats.rate(),
                 100.0 * stats.rate() / raw_mean,
                 raw_mean,
                 before,
                 after,
-                stats.pct(0.50),
-                stats.pct(0.95),
-                stats.pct(0.99),
-                stats.cpu_per_request(),
-                stats.ok,
-                stats.failed
+                stats.latency(),
+                stats.counts(),
             );
             if peak.is_none_or(|(most, _)| agents >= most) {
                 peak = Some((agents, stats.rate()));
             }
         }
         let fractions = args.open_loop.iter().filter(|f| **f > 0.0);
-        for (&fraction, (agents, rate)) in fractions.filter_map(|f| Some((f, peak?))) {
+        for &fraction in fractions {
+            let Some((agents, rate)) = peak else { break };
             let offered = fraction * rate;
             let agents = agents.max(1);
             let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
             let stats = load(&url, &keep_alive, agents, seconds, Pace::Every(interval), true).await?;
             println!(
-                "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed, {} not sent by the end)",
+                "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  {}  ({}, {} not sent by the end)",
                 100.0 * fraction,
                 stats.rate(),
-                stats.pct(0.50),
-                stats.pct(0.95),
-                stats.pct(0.99),
-                stats.cpu_per_request(),
-                stats.ok,
-                stats.failed,
+                stats.latency(),
+                stats.counts(),
                 stats.unsent
             );
         }
         if args.handshake_agents > 0 {
             let stats = load(&url, &full, args.handshake_agents, seconds, Pace::Closed, false).await?;
             println!(
-                "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  p50 {:.2} ms  p99 {:.2} ms  CPU {}/token  ({} ok, {} failed)",
+                "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  {}  ({})",
                 args.handshake_agents,
                 stats.rate(),
-                stats.pct(0.50),
-                stats.pct(0.99),
-                stats.cpu_per_request(),
-                stats.ok,
-                stats.failed
+                stats.latency(),
+                stats.counts(),
             );
         }
         let _ = stop_tx.send(true);
