@@ -333,11 +333,11 @@ pub fn verify_evidence(
     evidence: &Evidence,
     check: &QuoteCheck<'_>,
 ) -> Result<VerifiedQuote, QuoteError> {
-    let attest = crate::token::unb64(&evidence.quote).ok_or(QuoteError::Malformed {
+    let attest = crate::base64url::decode(&evidence.quote).ok_or(QuoteError::Malformed {
         what: "quote",
         reason: "not base64url",
     })?;
-    let signature = crate::token::unb64(&evidence.signature).ok_or(QuoteError::Malformed {
+    let signature = crate::base64url::decode(&evidence.signature).ok_or(QuoteError::Malformed {
         what: "quote signature",
         reason: "not base64url",
     })?;
@@ -526,7 +526,7 @@ pub fn check_pcr_digest(
 }
 
 fn check_age(last_good: Option<u64>, now: SystemTime, max: Duration) -> Result<(), QuoteError> {
-    let now = chain::unix(now);
+    let now = crate::time::unix(now);
     let age = last_good.map_or(u64::MAX, |t| now.saturating_sub(t));
     if age > max.as_secs() {
         return Err(QuoteError::Stale {

@@ -28,8 +28,10 @@ use crate::grants::{GrantError, GrantSet, Role, RoleKind};
 pub mod crl;
 pub mod csr;
 mod profile;
+pub mod trust_dir;
 
 pub use profile::CertKind;
+pub use trust_dir::{TrustDir, TrustDirError};
 
 /// id-at-commonName.
 const COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");

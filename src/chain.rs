@@ -23,7 +23,7 @@
 //! This module is pure: no I/O, no clock (the caller passes `now`), no device code. It compiles
 //! with `--no-default-features`. It must never accept a path it has not fully checked.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use der::asn1::ObjectIdentifier;
 use der::Encode;
@@ -38,6 +38,7 @@ use x509_cert::ext::pkix::{
 use crate::authz::{CertFacts, ChainView};
 use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use crate::grants::{GrantSet, Role};
+use crate::time::unix;
 
 /// Most certificates in a path, leaf and root included.
 pub const MAX_PATH_LEN: usize = 8;
@@ -661,11 +662,6 @@ fn malformed(cert: &Certificate, reason: impl std::fmt::Display) -> ChainError {
         subject: cert.subject_string(),
         reason: reason.to_string(),
     }
-}
-
-/// Seconds since the Unix epoch (0 before it), for error context.
-pub(crate) fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -1,19 +1,19 @@
 //! Command-line plumbing shared by the subcommands: loading the configuration, opening the
 //! key backend and the store, writing files safely.
 
-use std::io::Write;
 use std::path::Path;
 
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
 use seb::backend::tpm::{TpmBackend, TpmSettings};
 use seb::backend::KeyBackend;
 use seb::config::{BackendConfig, Config};
+use seb::files::{self, Access, Existing};
 use seb::store::sqlite::SqliteStore;
 
 pub mod attest;
-pub mod bench;
 pub mod cert;
 pub mod init;
+pub mod request;
 pub mod seal;
 pub mod serve;
 pub mod token;
@@ -98,33 +98,15 @@ pub fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees
-/// half a file. `private` files get mode 0600.
+/// half a file. `private` files get mode 0600 ([`seb::files`]).
 pub fn write_file(path: &Path, contents: &[u8], private: bool) -> CliResult {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
-    }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+    let access = if private {
+        Access::Private
+    } else {
+        Access::Public
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display()).into()
-    })
+    files::write(path, contents, access, Existing::Replace)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
 /// Reads a whole file, naming it in the error.

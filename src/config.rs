@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::backend::KeyAlgorithm;
+use crate::ca::TrustDir;
 
 /// A configuration problem, named precisely enough to fix.
 #[derive(Debug, thiserror::Error)]
@@ -518,9 +519,9 @@ impl Config {
         self.state_dir.join("pin.sealed")
     }
 
-    /// Directory holding the PEM trust material written by `init`.
-    pub fn trust_dir(&self) -> PathBuf {
-        self.state_dir.join("trust")
+    /// The PEM trust material written by `init` (`<state_dir>/trust`).
+    pub fn trust_dir(&self) -> TrustDir {
+        TrustDir::new(self.state_dir.join("trust"))
     }
 }
 

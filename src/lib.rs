@@ -8,6 +8,7 @@
 pub mod attest;
 pub mod authz;
 pub mod backend;
+pub mod base64url;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod ca;
@@ -18,10 +19,12 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod duration;
+pub mod files;
 pub mod grants;
 #[cfg(feature = "broker")]
 pub mod server;
 pub mod store;
+pub mod time;
 pub mod token;
 pub mod verify;
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cli;
 
 /// mimalloc rather than the C library's allocator for the broker's own allocations. SoftHSM2
@@ -50,7 +51,7 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Measure the HSM, the CA, the authorization decision and the broker.
     #[command(subcommand)]
-    Bench(cli::bench::BenchCommand),
+    Bench(bench::BenchCommand),
     /// TPM attestation: enroll the attestation key, record reference values, verify a broker.
     #[command(subcommand)]
     Attest(cli::attest::AttestCommand),
@@ -58,7 +59,7 @@ enum Command {
     Serve,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
     /// approval, 1 denied or error.
-    Request(cli::serve::RequestArgs),
+    Request(cli::request::RequestArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,10 +74,10 @@ fn main() -> ExitCode {
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
         Command::Token(t) => cli::token::run(t),
-        Command::Bench(b) => cli::bench::dispatch(args.config.as_deref(), b),
+        Command::Bench(b) => bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
-        Command::Request(a) => match cli::serve::request(a) {
+        Command::Request(a) => match cli::request::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

@@ -34,7 +34,7 @@ pub mod json;
 pub mod ratelimit;
 pub mod tls;
 
-pub use error::ApiError;
+pub use error::{ApiError, HttpError};
 use ratelimit::RateLimiter;
 
 /// How long a client has to complete the TLS handshake, waiting for a slot included.
@@ -77,11 +77,10 @@ impl App {
             Ok(())
         } else {
             self.broker.metrics().record_request("any", "rate_limited");
-            Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests from this certificate; slow down",
-            ))
+            Err(HttpError::RateLimited {
+                what: "requests from this certificate",
+            }
+            .into())
         }
     }
 }
@@ -265,12 +264,7 @@ async fn request_context(
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
     let mut response = match tokio::time::timeout(timeout, next.run(req).instrument(span)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "the request took too long; no token was issued",
-        )
-        .into_response(),
+        Err(_) => ApiError::from(HttpError::Timeout).into_response(),
     };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -298,33 +292,13 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is larger than the broker accepts",
-            )
+            HttpError::BodyTooLarge
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                "cannot read the request body",
-            )
+            HttpError::UnreadableBody
         }
     })?;
-    let value = json::parse_strict(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not acceptable JSON: {e}"),
-        )
-    })?;
-    serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("the body does not have the expected fields: {e}"),
-        )
-    })
+    let value = json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    Ok(serde_json::from_value(value).map_err(|e| HttpError::InvalidBody(e.to_string()))?)
 }
 
 async fn create_execution(
@@ -404,45 +378,25 @@ async fn attestation(
 ) -> Result<Response, ApiError> {
     app.check_rate(&peer)?;
     if !app.attest_limiter.allow("attestation", Instant::now()) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many attestation requests; slow down",
-        ));
+        return Err(HttpError::RateLimited {
+            what: "attestation requests",
+        }
+        .into());
     }
-    let bad_nonce = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_nonce",
-            format!(
-                "nonce must be {} to {} bytes in hex",
-                crate::attest::MIN_NONCE,
-                crate::attest::MAX_NONCE
-            ),
-        )
-    };
-    let axum::extract::Query(query) = query.map_err(|_| bad_nonce())?;
-    let nonce = hex::decode(&query.nonce).map_err(|_| bad_nonce())?;
+    let axum::extract::Query(query) = query.map_err(|_| HttpError::InvalidNonce)?;
+    let nonce = hex::decode(&query.nonce).map_err(|_| HttpError::InvalidNonce)?;
     if !(crate::attest::MIN_NONCE..=crate::attest::MAX_NONCE).contains(&nonce.len()) {
-        return Err(bad_nonce());
+        return Err(HttpError::InvalidNonce.into());
     }
     let Some(state) = app.broker.attestation().cloned() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "attestation_not_configured",
-            "this broker does not attest (no [attestation] in its configuration)",
-        ));
+        return Err(HttpError::AttestationNotConfigured.into());
     };
     let evidence = tokio::task::spawn_blocking(move || state.evidence(&nonce))
         .await
         .map_err(|e| ApiError::from(BrokerError::Internal(e.to_string())))?
         .map_err(|e| {
             tracing::error!(error = %error::ErrorChain(&e), "attestation quote failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "attestation_failed",
-                "the TPM could not produce a quote",
-            )
+            ApiError::from(HttpError::QuoteFailed)
         })?;
     Ok(Json(evidence).into_response())
 }
@@ -484,13 +438,9 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    HttpError::NoSuchEndpoint.into()
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
+    HttpError::MethodNotAllowed.into()
 }

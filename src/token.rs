@@ -6,10 +6,10 @@
 //! thumbprint of the token certificate. This module never signs by itself: minting takes a
 //! signing function, so the key stays in the device.
 
-use base64ct::{Base64UrlUnpadded, Encoding};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::KeyAlgorithm;
+use crate::base64url::encode as b64;
 
 /// The JWS `typ` of execution tokens.
 pub const TOKEN_TYPE: &str = "seb-exec+jwt";
@@ -139,16 +139,6 @@ pub fn alg_for(algorithm: KeyAlgorithm) -> &'static str {
     }
 }
 
-/// base64url without padding, as JOSE uses it.
-pub fn b64(bytes: &[u8]) -> String {
-    Base64UrlUnpadded::encode_string(bytes)
-}
-
-/// Decodes base64url without padding; `None` if malformed.
-pub fn unb64(text: &str) -> Option<Vec<u8>> {
-    Base64UrlUnpadded::decode_vec(text).ok()
-}
-
 /// Encodes header and claims, has `sign` produce the raw `r‖s` signature over the signing
 /// input, and returns the compact token.
 pub fn mint<E>(
@@ -185,6 +175,7 @@ pub fn assemble(mut signing_input: String, signature: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base64url;
 
     fn claims() -> Claims {
         Claims {
@@ -226,9 +217,10 @@ mod tests {
         .unwrap();
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let decoded: Claims = serde_json::from_slice(&unb64(parts[1]).unwrap()).unwrap();
+        let decoded: Claims =
+            serde_json::from_slice(&base64url::decode(parts[1]).unwrap()).unwrap();
         assert_eq!(decoded, claims());
-        assert_eq!(unb64(parts[2]).unwrap(), vec![0xab; 96]);
+        assert_eq!(base64url::decode(parts[2]).unwrap(), vec![0xab; 96]);
         assert!(!token.contains('='), "no padding");
     }
 

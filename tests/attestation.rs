@@ -114,7 +114,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 fn claims_of(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&seb::token::unb64(part).unwrap()).unwrap()
+    serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
 }
 
 #[test]
@@ -229,10 +229,10 @@ fn forged_replayed_and_foreign_evidence_is_rejected() {
     );
     // Tampered quote body.
     let mut e = good.clone();
-    let mut q = seb::token::unb64(&e.quote).unwrap();
+    let mut q = seb::base64url::decode(&e.quote).unwrap();
     let n = q.len();
     q[n - 1] ^= 0x01;
-    e.quote = seb::token::b64(&q);
+    e.quote = seb::base64url::encode(&q);
     assert_eq!(check(&s, &e, nonce).unwrap_err(), QuoteError::BadSignature);
     // Event log that does not replay.
     let mut e = good.clone();

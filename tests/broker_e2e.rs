@@ -63,7 +63,7 @@ fn error_code(r: &ApiResponse) -> &str {
 
 fn claims_of(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&seb::token::unb64(part).unwrap()).unwrap()
+    serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn granted_token_verifies_with_an_independent_jwt_library() {
     let params = good_request()["params"].clone();
     assert_eq!(
         detail["params_digest"],
-        seb::token::b64(&seb::canonical::params_digest(&params).unwrap())
+        seb::base64url::encode(&seb::canonical::params_digest(&params).unwrap())
     );
     // Lifetime is the grant's 30 s, not the broker's 60 s default.
     assert_eq!(
@@ -108,11 +108,11 @@ fn granted_token_verifies_with_an_independent_jwt_library() {
     let agent = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
     assert_eq!(
         claims["cnf"]["x5t#S256"],
-        seb::token::b64(&agent.thumbprint_sha256().unwrap())
+        seb::base64url::encode(&agent.thumbprint_sha256().unwrap())
     );
     assert_eq!(claims["epoch"], 1);
     // 48-bit millisecond time prefix, then 128 random bits.
-    let jti = seb::token::unb64(claims["jti"].as_str().unwrap()).unwrap();
+    let jti = seb::base64url::decode(claims["jti"].as_str().unwrap()).unwrap();
     assert_eq!(jti.len(), 22, "time prefix and 128-bit random id");
     let millis = u64::from_be_bytes([0, 0, jti[0], jti[1], jti[2], jti[3], jti[4], jti[5]]);
     let iat_millis = claims["iat"].as_u64().unwrap() * 1000;
@@ -125,7 +125,7 @@ fn granted_token_verifies_with_an_independent_jwt_library() {
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     let mut edited = claims_of(token);
     edited["authorization_details"][0]["resource"] = json!("prod/payments/everything");
-    parts[1] = seb::token::b64(&serde_json::to_vec(&edited).unwrap());
+    parts[1] = seb::base64url::encode(&serde_json::to_vec(&edited).unwrap());
     assert!(jsonwebtoken::decode::<Value>(&parts.join("."), &key, &validation).is_err());
 
     // The agent can read its request back, token included.

@@ -15,9 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::Hsm;
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
 use seb::backend::KeyBackend;
+use seb::base64url::encode as b64;
 use seb::cert::Certificate;
 use seb::config::{BackendConfig, Config};
-use seb::token::{b64, mint, AuthorizationDetail, Claims, Confirmation, Header, DETAIL_TYPE};
+use seb::token::{mint, AuthorizationDetail, Claims, Confirmation, Header, DETAIL_TYPE};
 use sha2::{Digest, Sha384};
 
 const GRANTS: &str = "[[grant]]\noperation = \"deploy.rollout\"\nresource = \"prod/payments/*\"\nmax_ttl = \"60s\"\nparams_any = true\n";

@@ -13,11 +13,17 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use super::tpm::TpmAttestor;
 use super::{
     verify_evidence, AttestError, AttestPolicy, Attestor, EventLog, Evidence, QuoteCheck,
     SelfCheckReport,
 };
+use crate::backend::tpm::Tpm;
+use crate::base64url;
 use crate::cert::Certificate;
+use crate::config::Config;
+use crate::store::Store;
+use crate::time::unix;
 use crate::token;
 
 /// Everything the broker needs to attest itself.
@@ -82,6 +88,87 @@ impl AttestationState {
         }
     }
 
+    /// The broker's attestation state from its configuration (`[attestation]`: the TPM, the
+    /// attestation key blob, the policy, `trust/ak.pem` and `trust/ek.pem`), or `None` when
+    /// the broker does not attest.
+    pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, AttestError> {
+        let Some(settings) = &config.attestation else {
+            return Ok(None);
+        };
+        let policy = AttestPolicy::load(&settings.policy).map_err(|e| AttestError::File {
+            what: format!("attestation policy {}", settings.policy.display()),
+            reason: e.to_string(),
+        })?;
+        let tcti = config
+            .attestation_tcti()
+            .ok_or_else(|| AttestError::Identity("[attestation] names no TPM (tcti)".into()))?;
+        let tpm = Tpm::open(&tcti).map_err(|e| AttestError::Tpm {
+            operation: "open the TPM",
+            source: Box::new(e),
+        })?;
+        let attestor: Arc<dyn Attestor> = Arc::new(TpmAttestor::open(tpm, &config.ak_blob())?);
+        let trust = config.trust_dir();
+        let file =
+            |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| AttestError::File {
+                what: format!("{what} {}", path.display()),
+                reason: e.to_string(),
+            };
+        let root = trust
+            .root()
+            .map_err(|e| file("root certificate", &trust.root_path(), &e))?;
+        let ak_pem = std::fs::read_to_string(trust.ak_path())
+            .map_err(|e| file("AK certificate", &trust.ak_path(), &e))?;
+        let ek_certificate = std::fs::read_to_string(trust.ek_path()).ok();
+        Ok(Some(Arc::new(Self::new(AttestationSetup {
+            attestor,
+            policy,
+            roots: vec![root],
+            ak_chain: vec![ak_pem],
+            ek_certificate,
+            event_log: settings.event_log.clone(),
+            interval: settings.interval,
+        }))))
+    }
+
+    /// Runs the self-check now and then every interval on a dedicated thread (the TPM
+    /// blocks). Every change between passing and failing is recorded durably in the store's
+    /// event record (`attestation_failed` with the reason, `attestation_restored`).
+    pub fn start_self_check(self: Arc<Self>, store: Arc<dyn Store>) {
+        let record = move |previous: Option<bool>, outcome: &Result<(), String>| {
+            let (kind, detail) = match (previous, outcome) {
+                (Some(false), Ok(())) => ("attestation_restored", String::new()),
+                (None | Some(true), Err(reason)) => ("attestation_failed", reason.clone()),
+                _ => return,
+            };
+            if let Err(e) = store.record_event(kind, &detail, SystemTime::now()) {
+                tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
+            }
+        };
+        let first = self.self_check();
+        match &first {
+            Err(reason) => {
+                tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes")
+            }
+            Ok(()) => {
+                tracing::info!(policy = %self.policy_id(), "attestation self-check at start passed")
+            }
+        }
+        record(None, &first);
+        let mut passing = first.is_ok();
+        let interval = self.interval().max(Duration::from_secs(1));
+        let spawned = std::thread::Builder::new()
+            .name("seb-attest".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let outcome = self.self_check();
+                record(Some(passing), &outcome);
+                passing = outcome.is_ok();
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the self-check thread; issuance will stop when the last check ages out");
+        }
+    }
+
     /// The self-check period.
     pub fn interval(&self) -> Duration {
         self.interval
@@ -95,8 +182,8 @@ impl AttestationState {
             .quote(nonce, self.policy.bank, &self.policy.pcrs)?;
         Ok(Evidence {
             nonce: hex::encode(nonce),
-            quote: token::b64(&raw.attest),
-            signature: token::b64(&raw.signature),
+            quote: base64url::encode(&raw.attest),
+            signature: base64url::encode(&raw.signature),
             pcr_bank: self.policy.bank,
             pcrs: super::hex_pcrs(&raw.pcrs),
             ak_chain: self.ak_chain.clone(),
@@ -181,7 +268,7 @@ impl AttestationState {
             ));
         }
         Ok(token::Attestation {
-            pcr_digest: token::b64(&digest),
+            pcr_digest: base64url::encode(&digest),
             time: unix(at),
         })
     }
@@ -217,11 +304,6 @@ impl AttestationState {
             reason,
         })
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -100,8 +100,8 @@ impl Fixture {
         });
         Evidence {
             nonce: hex::encode(&info.extra_data),
-            quote: crate::token::b64(&attest),
-            signature: crate::token::b64(&signature),
+            quote: crate::base64url::encode(&attest),
+            signature: crate::base64url::encode(&signature),
             pcr_bank: PcrBank::Sha256,
             pcrs: hex_pcrs(&self.pcrs),
             ak_chain: vec![self.ak_pem.clone()],
@@ -147,10 +147,10 @@ fn wrong_nonce_is_rejected() {
 fn tampered_quote_body_is_rejected() {
     let f = fixture();
     let mut e = f.good();
-    let mut attest = crate::token::unb64(&e.quote).unwrap();
+    let mut attest = crate::base64url::decode(&e.quote).unwrap();
     let last = attest.len() - 1;
     attest[last] ^= 1; // a bit of the PCR digest
-    e.quote = crate::token::b64(&attest);
+    e.quote = crate::base64url::encode(&attest);
     assert_eq!(f.verify(&e).unwrap_err(), QuoteError::BadSignature);
 }
 
@@ -231,7 +231,7 @@ fn stale_self_check_is_rejected() {
     e.self_check = Some(SelfCheckReport {
         ok: true,
         checked_at: 0,
-        last_good: Some(chain::unix(now()) - 3600),
+        last_good: Some(crate::time::unix(now()) - 3600),
         reason: None,
     });
     assert!(matches!(
@@ -243,7 +243,7 @@ fn stale_self_check_is_rejected() {
 #[test]
 fn malformed_structures_are_errors_not_panics() {
     let f = fixture();
-    let good = crate::token::unb64(&f.good().quote).unwrap();
+    let good = crate::base64url::decode(&f.good().quote).unwrap();
     for cut in 0..good.len() {
         assert!(tpm_types::parse_quote(&good[..cut]).is_err());
     }

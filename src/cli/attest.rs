@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use seb::attest::selfcheck::{AttestationSetup, AttestationState};
+use seb::attest::selfcheck::AttestationState;
 use seb::attest::tpm::{create_ak, read_pcrs_of, TpmAttestor};
 use seb::attest::{self, AttestPolicy, Attestor, EventLog, Evidence, PcrBank, QuoteCheck};
 use seb::backend::tpm::Tpm;
@@ -141,7 +141,7 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         ),
         None => None,
     };
-    let root = Certificate::parse(&read_file(&trust.join("root.pem"))?)?;
+    let root = trust.root()?;
     let signer = P384Signer::new(backend, &config.keys.root)?;
     let spki = {
         use der::Decode;
@@ -157,13 +157,9 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         config.ca.service_validity,
         SystemTime::now(),
     )?;
-    write_file(
-        &trust.join("ak.pem"),
-        ak_cert.to_pem_string()?.as_bytes(),
-        false,
-    )?;
+    write_file(&trust.ak_path(), ak_cert.to_pem_string()?.as_bytes(), false)?;
     if let Some(pem) = ek_pem {
-        write_file(&trust.join("ek.pem"), pem.as_bytes(), false)?;
+        write_file(&trust.ek_path(), pem.as_bytes(), false)?;
     }
     println!(
         "attestation key enrolled ({}); credential activation against the EK succeeded; AK certificate serial {}",
@@ -171,30 +167,6 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         ak_cert.serial_hex()
     );
     Ok(())
-}
-
-/// The broker's attestation state, or `None` when [attestation] is absent.
-pub fn attestation_state(config: &Config) -> Result<Option<Arc<AttestationState>>, CliError> {
-    let Some(settings) = &config.attestation else {
-        return Ok(None);
-    };
-    let policy = AttestPolicy::load(&settings.policy)?;
-    let tpm = open_tpm(config)?;
-    let attestor: Arc<dyn Attestor> = Arc::new(TpmAttestor::open(tpm, &config.ak_blob())?);
-    let trust = config.trust_dir();
-    let root = Certificate::parse(&read_file(&trust.join("root.pem"))?)?;
-    let ak_pem =
-        String::from_utf8(read_file(&trust.join("ak.pem"))?).map_err(|_| "ak.pem is not UTF-8")?;
-    let ek_certificate = std::fs::read_to_string(trust.join("ek.pem")).ok();
-    Ok(Some(Arc::new(AttestationState::new(AttestationSetup {
-        attestor,
-        policy,
-        roots: vec![root],
-        ak_chain: vec![ak_pem],
-        ek_certificate,
-        event_log: settings.event_log.clone(),
-        interval: settings.interval,
-    }))))
 }
 
 fn record(config: &Config, args: RecordArgs) -> CliResult {
@@ -282,7 +254,8 @@ fn verify(args: VerifyArgs) -> CliResult {
 }
 
 fn bench(config: &Config, count: usize) -> CliResult {
-    let state = attestation_state(config)?.ok_or("no [attestation] in the configuration")?;
+    let state =
+        AttestationState::from_config(config)?.ok_or("no [attestation] in the configuration")?;
     let settings = attestation_config(config)?;
     let policy = AttestPolicy::load(&settings.policy)?;
     let attestor = TpmAttestor::open(open_tpm(config)?, &config.ak_blob())?;
@@ -315,45 +288,6 @@ fn bench(config: &Config, count: usize) -> CliResult {
         );
     }
     Ok(())
-}
-
-/// Runs the self-check now and then every interval on a dedicated thread (the TPM blocks).
-pub fn start_self_check(state: Arc<AttestationState>, store: Arc<dyn seb::store::Store>) {
-    // Every change between passing and failing is recorded durably in the store's event
-    // record (`attestation_failed` with the reason, `attestation_restored`).
-    let record = move |previous: Option<bool>, outcome: &Result<(), String>| {
-        let (kind, detail) = match (previous, outcome) {
-            (Some(false), Ok(())) => ("attestation_restored", String::new()),
-            (None | Some(true), Err(reason)) => ("attestation_failed", reason.clone()),
-            _ => return,
-        };
-        if let Err(e) = store.record_event(kind, &detail, std::time::SystemTime::now()) {
-            tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
-        }
-    };
-    let first = state.self_check();
-    match &first {
-        Err(reason) => {
-            tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes")
-        }
-        Ok(()) => {
-            tracing::info!(policy = %state.policy_id(), "attestation self-check at start passed")
-        }
-    }
-    record(None, &first);
-    let mut passing = first.is_ok();
-    let interval = state.interval().max(Duration::from_secs(1));
-    let spawned = std::thread::Builder::new()
-        .name("seb-attest".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            let outcome = state.self_check();
-            record(Some(passing), &outcome);
-            passing = outcome.is_ok();
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the self-check thread; issuance will stop when the last check ages out");
-    }
 }
 
 /// The RSA modulus of an EK certificate's RSA public key.

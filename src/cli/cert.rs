@@ -8,7 +8,6 @@ use seb::backend::{KeyAlgorithm, P384Signer};
 use seb::ca::crl::{self, Reason};
 use seb::ca::{self, csr, IntermediateRequest, LeafRequest};
 use seb::cert::Certificate;
-use seb::chain;
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
 use seb::store::{IssuedCertificate, RevokeOutcome, Store};
@@ -228,7 +227,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     // Check everything before touching the device, so a refusal leaves no key behind.
     let name = &args.label;
     check_intermediate_name(config, name)?;
-    let cert_path = intermediate_path(config, name);
+    let cert_path = config.trust_dir().intermediate_path(name)?;
     if cert_path.exists() {
         return Err(format!(
             "an intermediate named {name:?} already exists ({}); choose another --label",
@@ -311,61 +310,20 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     Ok(())
 }
 
-/// The issuing chain for `--issuer NAME` (the intermediate, its issuers, the root), checked
-/// with [`chain::validate`] against the root so a tampered or foreign file in the trust
-/// directory cannot become an issuer; or just the root. Returns the issuing key's label too.
+/// The issuing chain for `--issuer NAME` (validated against the root, so a tampered or
+/// foreign file in the trust directory cannot become an issuer), or just the root; with the
+/// issuing key's label.
 fn issuer_chain(
     config: &Config,
     issuer: Option<&str>,
     now: SystemTime,
 ) -> Result<(String, Vec<Certificate>), super::CliError> {
-    let root = load_root(config)?;
-    let Some(name) = issuer else {
-        return Ok((config.keys.root.clone(), vec![root]));
-    };
-    check_name_syntax(name)?;
-    let path = intermediate_path(config, name);
-    let cert = Certificate::parse(&read_file(&path).map_err(|e| {
-        format!("{e} (no intermediate named {name:?}; create it with `seb cert issue-ca`)")
-    })?)?;
-    let known = load_intermediates(config)?;
-    let roots = [root];
-    let validated = chain::validate(&cert, &known, &roots, now).map_err(|e| {
-        format!(
-            "intermediate {name:?} does not chain to the root: {}: {e}",
-            e.code()
-        )
-    })?;
-    let issuer_chain = validated.path().iter().map(|c| (*c).clone()).collect();
-    Ok((name.to_owned(), issuer_chain))
-}
-
-/// Every intermediate certificate in `<state_dir>/trust/intermediates/`.
-fn load_intermediates(config: &Config) -> Result<Vec<Certificate>, super::CliError> {
-    let dir = config.trust_dir().join("intermediates");
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(format!("cannot list {}: {e}", dir.display()).into()),
-    };
-    for entry in entries {
-        let path = entry
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-            .path();
-        if path.extension().is_some_and(|x| x == "pem") {
-            out.push(Certificate::parse(&read_file(&path)?)?);
-        }
-        if out.len() > chain::MAX_INTERMEDIATES {
-            return Err(format!(
-                "more than {} intermediates in {}",
-                chain::MAX_INTERMEDIATES,
-                dir.display()
-            )
-            .into());
-        }
-    }
-    Ok(out)
+    let chain = config
+        .trust_dir()
+        .issuer_chain(issuer, now)
+        .map_err(not_initialised)?;
+    let label = issuer.map_or_else(|| config.keys.root.clone(), str::to_owned);
+    Ok((label, chain))
 }
 
 /// The signer for the issuing key, with a clear message for an offline intermediate.
@@ -395,37 +353,9 @@ fn chain_pem(pem: &str, issuer_chain: &[Certificate]) -> Result<String, super::C
     Ok(out)
 }
 
-fn intermediate_path(config: &Config, name: &str) -> PathBuf {
-    config
-        .trust_dir()
-        .join("intermediates")
-        .join(format!("{name}.pem"))
-}
-
-/// An intermediate's name is a file name and a key label: `[a-z0-9][a-z0-9._-]{0,63}`.
-fn check_name_syntax(name: &str) -> CliResult {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid intermediate name {name:?}: 1-64 of a-z 0-9 . _ -, starting with a letter or digit"
-        )
-        .into())
-    }
-}
-
 /// A new intermediate's name must be valid and not one of the broker's own key labels.
 fn check_intermediate_name(config: &Config, name: &str) -> CliResult {
-    check_name_syntax(name)?;
+    seb::ca::trust_dir::check_intermediate_name(name)?;
     let own = &config.keys;
     if [&own.root, &own.token, &own.audit, &own.tls]
         .iter()
@@ -503,9 +433,15 @@ pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
 }
 
 fn load_root(config: &Config) -> Result<Certificate, super::CliError> {
-    let path = config.trust_dir().join("root.pem");
-    let bytes = read_file(&path).map_err(|e| format!("{e} (has `seb init` run?)"))?;
-    Ok(Certificate::parse(&bytes)?)
+    config.trust_dir().root().map_err(not_initialised)
+}
+
+/// A missing root means `seb init` has not run; say so.
+fn not_initialised(e: seb::ca::TrustDirError) -> super::CliError {
+    match e {
+        seb::ca::TrustDirError::Read { .. } => format!("{e} (has `seb init` run?)").into(),
+        other => other.into(),
+    }
 }
 
 fn parse_serial(text: &str) -> Result<Vec<u8>, super::CliError> {

@@ -42,10 +42,10 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
         .into());
     }
     let trust = config.trust_dir();
-    if trust.join("root.pem").exists() {
+    if trust.is_initialised() {
         return Err(format!(
             "{} already holds a root certificate; init changed nothing",
-            trust.display()
+            trust.path().display()
         )
         .into());
     }
@@ -81,13 +81,14 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
         },
     )?;
 
-    for (name, cert) in [
-        ("token.pem", &token),
-        ("audit.pem", &audit),
-        ("tls.pem", &tls),
-        ("root.pem", &root),
+    // The root last: its presence is what marks the directory as initialised.
+    for (path, cert) in [
+        (trust.token_path(), &token),
+        (trust.audit_path(), &audit),
+        (trust.tls_path(), &tls),
+        (trust.root_path(), &root),
     ] {
-        write_file(&trust.join(name), cert.to_pem_string()?.as_bytes(), false)?;
+        write_file(&path, cert.to_pem_string()?.as_bytes(), false)?;
     }
     println!("initialised {}", backend.describe());
     for (label, cert) in [
@@ -102,7 +103,7 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
             cert.subject_string()
         );
     }
-    println!("trust material written to {}", trust.display());
+    println!("trust material written to {}", trust.path().display());
     if config.attestation.is_some() {
         super::attest::enroll(config, backend.as_ref())?;
     }

@@ -1,15 +1,113 @@
 //! The HTTP error contract: `{"error":{"code","message"}}` with a stable snake_case code.
 //!
-//! Every broker error maps to a status and code in one exhaustive match (no `_` arm), so a
-//! new variant forces a decision. Server-side failures get a generic message; the full chain
-//! goes to the log with the request id, never to the client.
+//! Codes and statuses are decided in two exhaustive matches and nowhere else: the broker's
+//! refusals in [`BrokerError::disposition`], and the HTTP layer's own (body, rate limit,
+//! routing, time limit) in [`HttpError`] below. Handlers build typed errors and never spell a
+//! code. Server-side failures get a generic message; the full chain goes to the log with the
+//! request id, never to the client.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::broker::{error_code, BrokerError};
+use crate::broker::BrokerError;
+
+/// Refusals made by the HTTP layer before or around the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The per-certificate (or per-endpoint) rate limit was hit.
+    RateLimited {
+        /// What was limited, for the message.
+        what: &'static str,
+    },
+    /// The body is larger than `server.max_body_bytes`.
+    BodyTooLarge,
+    /// The body could not be read.
+    UnreadableBody,
+    /// The body is not acceptable JSON (syntax, duplicate keys, depth, numbers).
+    MalformedJson(String),
+    /// The JSON does not have the expected fields.
+    InvalidBody(String),
+    /// `nonce` is missing, not hex or of the wrong length.
+    InvalidNonce,
+    /// The broker has no `[attestation]`.
+    AttestationNotConfigured,
+    /// The TPM could not produce a quote.
+    QuoteFailed,
+    /// The request did not finish within `server.request_timeout`.
+    Timeout,
+    /// No route has this path.
+    NoSuchEndpoint,
+    /// The route does not take this method.
+    MethodNotAllowed,
+}
+
+impl HttpError {
+    fn disposition(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            HttpError::RateLimited { what } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many {what}; slow down"),
+            ),
+            HttpError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the broker accepts".into(),
+            ),
+            HttpError::UnreadableBody => (
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "cannot read the request body".into(),
+            ),
+            HttpError::MalformedJson(e) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not acceptable JSON: {e}"),
+            ),
+            HttpError::InvalidBody(e) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("the body does not have the expected fields: {e}"),
+            ),
+            HttpError::InvalidNonce => (
+                StatusCode::BAD_REQUEST,
+                "invalid_nonce",
+                format!(
+                    "nonce must be {} to {} bytes in hex",
+                    crate::attest::MIN_NONCE,
+                    crate::attest::MAX_NONCE
+                ),
+            ),
+            HttpError::AttestationNotConfigured => (
+                StatusCode::NOT_FOUND,
+                "attestation_not_configured",
+                "this broker does not attest (no [attestation] in its configuration)".into(),
+            ),
+            HttpError::QuoteFailed => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "attestation_failed",
+                "the TPM could not produce a quote".into(),
+            ),
+            HttpError::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long; no token was issued".into(),
+            ),
+            HttpError::NoSuchEndpoint => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            ),
+            HttpError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method".into(),
+            ),
+        }
+    }
+}
 
 /// An error response.
 #[derive(Debug)]
@@ -22,60 +120,32 @@ pub struct ApiError {
     pub message: String,
 }
 
-impl ApiError {
-    /// A client error with its own code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+impl From<HttpError> for ApiError {
+    fn from(e: HttpError) -> Self {
+        let (status, code, message) = e.disposition();
+        tracing::info!(code, %message, "request refused");
         Self {
             status,
             code,
-            message: message.into(),
+            message,
         }
     }
 }
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        let code = error_code(&e);
-        let (status, message) = match &e {
-            BrokerError::Denied { reason, .. } => (StatusCode::FORBIDDEN, reason.clone()),
-            BrokerError::BadCertificate(m) => (StatusCode::FORBIDDEN, m.clone()),
-            BrokerError::WrongRole { .. } => (StatusCode::FORBIDDEN, e.to_string()),
-            BrokerError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
-            BrokerError::NotFound => (StatusCode::NOT_FOUND, e.to_string()),
-            BrokerError::AlreadyRedeemed => (StatusCode::CONFLICT, e.to_string()),
-            BrokerError::InvalidToken(m) => {
-                (StatusCode::BAD_REQUEST, format!("invalid token: {m}"))
-            }
-            BrokerError::Hsm(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the hardware security module is unavailable; no token was issued".into(),
-            ),
-            BrokerError::Store(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the broker's store is unavailable; no token was issued".into(),
-            ),
-            BrokerError::Frozen => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "issuance is frozen by the security team".into(),
-            ),
-            BrokerError::Attestation(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the broker's attestation self-check does not match its reference measurements; no token was issued".into(),
-            ),
-            BrokerError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error; no token was issued".into(),
-            ),
-        };
+        let disposition = e.disposition();
+        let status =
+            StatusCode::from_u16(disposition.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::error!(code, error = %ErrorChain(&e), "request failed");
+            tracing::error!(code = disposition.code, error = %ErrorChain(&e), "request failed");
         } else {
-            tracing::info!(code, error = %e, "request refused");
+            tracing::info!(code = disposition.code, error = %e, "request refused");
         }
         Self {
             status,
-            code,
-            message,
+            code: disposition.code,
+            message: disposition.message,
         }
     }
 }

@@ -16,6 +16,36 @@ use rustls::{RootCertStore, ServerConfig, SignatureAlgorithm, SignatureScheme};
 use sha2::{Digest, Sha384};
 
 use crate::backend::{KeyBackend, Signature};
+use crate::ca::trust_dir::read_certificate;
+use crate::config::Config;
+
+/// The broker's rustls configuration from its trust directory: `tls.pem` served with the
+/// `keys.tls` key in the device, client certificates verified against `root.pem`.
+pub fn broker_server_config(
+    backend: Arc<dyn KeyBackend>,
+    config: &Config,
+    resumption: bool,
+) -> Result<ServerConfig, String> {
+    let trust = config.trust_dir();
+    let der = |path: &std::path::Path| {
+        read_certificate(path)
+            .and_then(|c| {
+                c.to_der_bytes()
+                    .map_err(|e| crate::ca::TrustDirError::Certificate {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })
+            })
+            .map_err(|e| e.to_string())
+    };
+    server_config(
+        backend,
+        &config.keys.tls,
+        der(&trust.tls_path())?,
+        der(&trust.root_path())?,
+        resumption,
+    )
+}
 
 /// Builds the rustls server configuration.
 pub fn server_config(

@@ -14,7 +14,12 @@ use serde_json::{json, Value};
 use super::*;
 use crate::ca::{self, CertKind};
 use crate::testkit::{grant, now, spki, Ca};
-use crate::token::{b64, mint, AuthorizationDetail, Confirmation};
+use sha2::{Digest, Sha256};
+
+use crate::base64url::encode as b64;
+use crate::token::{
+    mint, AuthorizationDetail, Confirmation, DETAIL_TYPE, MAX_TOKEN_LEN, TOKEN_TYPE,
+};
 
 const NOW: u64 = 1_750_000_000;
 
@@ -263,7 +268,7 @@ fn a_high_s_signature_is_accepted() {
     let f = Fixture::new();
     let token = f.token();
     let (input, sig) = token.rsplit_once('.').unwrap();
-    let sig = p384::ecdsa::Signature::from_slice(&crate::token::unb64(sig).unwrap()).unwrap();
+    let sig = p384::ecdsa::Signature::from_slice(&crate::base64url::decode(sig).unwrap()).unwrap();
     let (r, s) = sig.split_scalars();
     let flipped = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
     assert_ne!(flipped, sig);
@@ -346,7 +351,7 @@ fn tampered_header_claims_or_signature_fail() {
     );
 
     // One bit of the signature.
-    let mut sig = crate::token::unb64(parts[2]).unwrap();
+    let mut sig = crate::base64url::decode(parts[2]).unwrap();
     sig[10] ^= 0x01;
     assert_eq!(
         f.code(&format!("{}.{}.{}", parts[0], parts[1], b64(&sig))),
@@ -369,7 +374,7 @@ fn signatures_must_be_raw_r_s_of_the_curves_size() {
     let f = Fixture::new();
     let token = f.token();
     let (input, sig) = token.rsplit_once('.').unwrap();
-    let raw = crate::token::unb64(sig).unwrap();
+    let raw = crate::base64url::decode(sig).unwrap();
     let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
     let der = sig.to_der();
     assert_eq!(

@@ -1,4 +1,5 @@
-//! `seb bench`: measured figures, never asserted in tests.
+//! `seb bench`: measured figures, never asserted in tests. A module of the binary of its own,
+//! beside `cli/` and out of the serving path: nothing the broker runs in production calls it.
 //!
 //! `seb bench sign` reports the raw device signing rate through the backend's session pool;
 //! `seb bench issue` reports certificate issuance latency through the HSM; `seb bench decide`
@@ -13,7 +14,7 @@ use seb::ca::{self, csr, LeafRequest};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
 
-use super::{open_backend, CliResult};
+use crate::cli::{open_backend, with_config, CliError, CliResult};
 
 mod broker;
 
@@ -55,7 +56,7 @@ pub enum BenchCommand {
 pub fn dispatch(config: Option<&std::path::Path>, command: BenchCommand) -> CliResult {
     match command {
         BenchCommand::Decide { iterations } => decide_latency(iterations),
-        other => super::with_config(config, |c| run(c, other)),
+        other => with_config(config, |c| run(c, other)),
     }
 }
 
@@ -89,7 +90,7 @@ pub fn sign_rate(
     label: &str,
     threads: usize,
     duration: Duration,
-) -> Result<f64, super::CliError> {
+) -> Result<f64, CliError> {
     let digest = backend.public_key(label)?.algorithm().digest(b"seb bench");
     backend.sign_digest(label, &digest)?; // warm the handle cache
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,8 +124,7 @@ pub fn sign_rate(
 fn issue_latency(config: &Config, count: usize) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
-    let root =
-        seb::cert::Certificate::parse(&super::read_file(&config.trust_dir().join("root.pem"))?)?;
+    let root = config.trust_dir().root()?;
     let made = csr::generate(ca::parse_subject("CN=bench-agent")?)?;
     let verified = csr::verify(made.csr_pem.as_bytes())?;
     let grants = GrantSet::from_toml_str(

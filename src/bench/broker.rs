@@ -22,8 +22,8 @@ use seb::grants::{GrantSet, Role, RoleKind};
 use seb::server::{self, App};
 use seb::store::sqlite::SqliteStore;
 
-use super::super::{open_backend, read_file, CliError, CliResult};
 use super::sign_rate;
+use crate::cli::{open_backend, read_file, CliError, CliResult};
 
 /// Options of `seb bench broker`.
 #[derive(Debug, clap::Args)]
@@ -140,17 +140,14 @@ fn run_load(
     raw: &RawRate,
 ) -> CliResult {
     let (cert_pem, key_pem) = bench_agent(config, backend.as_ref())?;
-    let root_pem = read_file(&config.trust_dir().join("root.pem"))?;
+    let root_pem = read_file(&config.trust_dir().root_path())?;
     let store: Arc<dyn seb::store::Store> = Arc::new(SqliteStore::open(bench_dir)?);
     let mut cfg = config.clone();
     cfg.server.rate_limit_per_second = 10_000_000;
     cfg.server.rate_limit_burst = 10_000_000;
     cfg.server.tls_resumption = true;
     let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
-    let trust = config.trust_dir();
-    let tls_cert = first_der(&read_file(&trust.join("tls.pem"))?)?;
-    let root_der = first_der(&root_pem)?;
-    let tls = server::tls::server_config(backend.clone(), &cfg.keys.tls, tls_cert, root_der, true)?;
+    let tls = server::tls::broker_server_config(backend.clone(), &cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
@@ -446,7 +443,7 @@ fn bench_agent(config: &Config, backend: &dyn KeyBackend) -> Result<(String, Str
     let grants = GrantSet::from_toml_str(
         "[[grant]]\noperation = \"bench.run\"\nresource = \"bench/*\"\nmax_ttl = \"60s\"\nparams_any = true\n",
     )?;
-    let root = seb::cert::Certificate::parse(&read_file(&config.trust_dir().join("root.pem"))?)?;
+    let root = config.trust_dir().root()?;
     let signer = P384Signer::new(backend, &config.keys.root)?;
     let cert = ca::issue_leaf(
         &signer,
@@ -465,11 +462,4 @@ fn bench_agent(config: &Config, backend: &dyn KeyBackend) -> Result<(String, Str
         cert.to_pem_string()?,
         made.key_pem.expose_secret().to_owned(),
     ))
-}
-
-fn first_der(pem: &[u8]) -> Result<Vec<u8>, CliError> {
-    Ok(seb::client::pem_blocks(pem, "CERTIFICATE")?
-        .into_iter()
-        .next()
-        .ok_or("no certificate")?)
 }

@@ -1,0 +1,131 @@
+//! Why the broker refused or failed, and the one table that turns each reason into the stable
+//! code and HTTP status clients see.
+//!
+//! [`BrokerError::disposition`] is an exhaustive match with no `_` arm: a new variant does not
+//! compile until someone decides its code and status. The HTTP layer and the metrics both read
+//! codes from here and invent none of their own. Messages for server-side failures are generic;
+//! the source chain goes to the operator's log only.
+
+use crate::authz::DenyCode;
+use crate::backend::BackendError;
+use crate::chain::ChainError;
+use crate::store::StoreError;
+
+/// Why the broker refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The decision engine said no.
+    #[error("{reason}")]
+    Denied {
+        /// Stable code.
+        code: DenyCode,
+        /// Human reason.
+        reason: String,
+        /// The request id under which the denial was recorded, if it was.
+        request_id: Option<String>,
+    },
+    /// The client certificate could not be parsed.
+    #[error("client certificate rejected: {0}")]
+    BadCertificate(String),
+    /// The client certificate chain did not validate.
+    #[error("client certificate rejected: {code}: {0}", code = .0.code())]
+    Chain(#[source] ChainError),
+    /// The caller's role may not use this endpoint.
+    #[error("the {actual} role may not {action}")]
+    WrongRole {
+        /// What the certificate says.
+        actual: String,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// The body is valid JSON of the right shape, but a value is unacceptable.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No such execution (or not visible to this caller).
+    #[error("no such execution request")]
+    NotFound,
+    /// The token was redeemed before.
+    #[error("token already redeemed")]
+    AlreadyRedeemed,
+    /// The token is not one of ours, malformed, expired or for another broker.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The device failed: no token.
+    #[error("HSM unavailable")]
+    Hsm(#[source] BackendError),
+    /// The store failed: no token.
+    #[error("store unavailable")]
+    Store(#[source] StoreError),
+    /// Issuance is frozen by the security team.
+    #[error("issuance is frozen")]
+    Frozen,
+    /// The broker's attestation self-check failed or is too old: no token.
+    #[error("attestation self-check not good: {0}")]
+    Attestation(String),
+    /// Internal invariant broken (encoding); no token.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a [`BrokerError`] reaches a client: HTTP status, stable code and a message that is safe
+/// to show (no device or store internals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disposition {
+    /// HTTP status code.
+    pub status: u16,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// Safe, human-readable message.
+    pub message: String,
+}
+
+impl BrokerError {
+    /// The stable code, as clients and metrics see it.
+    pub fn code(&self) -> &'static str {
+        self.disposition().code
+    }
+
+    /// Status, code and safe message: the one mapping (ARCHITECTURE §7).
+    pub fn disposition(&self) -> Disposition {
+        let (status, code, message) = match self {
+            BrokerError::Denied { code, reason, .. } => (403, code.as_str(), reason.clone()),
+            BrokerError::BadCertificate(m) => (403, "bad_certificate", m.clone()),
+            BrokerError::Chain(e) => (403, "bad_certificate", format!("{}: {e}", e.code())),
+            BrokerError::WrongRole { .. } => (403, "wrong_role", self.to_string()),
+            BrokerError::InvalidRequest(m) => (400, "invalid_request", m.clone()),
+            BrokerError::NotFound => (404, "not_found", self.to_string()),
+            BrokerError::AlreadyRedeemed => (409, "token_already_redeemed", self.to_string()),
+            BrokerError::InvalidToken(m) => (400, "invalid_token", format!("invalid token: {m}")),
+            BrokerError::Hsm(_) => (
+                503,
+                "hsm_unavailable",
+                "the hardware security module is unavailable; no token was issued".into(),
+            ),
+            BrokerError::Store(_) => (
+                503,
+                "store_unavailable",
+                "the broker's store is unavailable; no token was issued".into(),
+            ),
+            BrokerError::Frozen => (
+                503,
+                "issuance_frozen",
+                "issuance is frozen by the security team".into(),
+            ),
+            BrokerError::Attestation(_) => (
+                503,
+                "attestation_failed",
+                "the broker's attestation self-check does not match its reference measurements; no token was issued".into(),
+            ),
+            BrokerError::Internal(_) => (
+                500,
+                "internal_error",
+                "internal error; no token was issued".into(),
+            ),
+        };
+        Disposition {
+            status,
+            code,
+            message,
+        }
+    }
+}

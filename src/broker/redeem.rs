@@ -1,0 +1,128 @@
+//! Single-use redemption by an executor (`POST /v1/tokens/redeem`).
+//!
+//! The token is checked by the same core as the offline verifier
+//! ([`verify::decode_verified`]), with this broker's token certificate as the only possible
+//! signer. The broker adds only what it alone knows: its broker id, its current policy epoch,
+//! and the store's record of the token id. The id is marked redeemed inside a group commit, so
+//! a token is usable once, across restarts.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::{Broker, BrokerError, Peer};
+use crate::authz::DenyCode;
+use crate::grants::RoleKind;
+use crate::store::RedeemOutcome;
+use crate::token::Claims;
+use crate::verify::{self, TokenRules, VerifyError};
+
+/// The answer to a successful redemption.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Redemption {
+    /// Always "redeemed".
+    pub status: &'static str,
+    /// Token id.
+    pub jti: String,
+    /// The request it was issued for.
+    pub request_id: Option<String>,
+    /// Operation.
+    pub operation: String,
+    /// Resource.
+    pub resource: String,
+    /// params digest (base64url).
+    pub params_digest: String,
+}
+
+impl Broker {
+    /// Single-use redemption by an executor.
+    pub fn redeem(&self, peer: &Peer, token: &str) -> Result<Redemption, BrokerError> {
+        let result = self.redeem_checked(peer, token);
+        self.metrics.record_request(
+            "redeem",
+            match &result {
+                Ok(_) => "redeemed",
+                Err(e) => e.code(),
+            },
+        );
+        result
+    }
+
+    fn redeem_checked(&self, peer: &Peer, token: &str) -> Result<Redemption, BrokerError> {
+        match peer.role() {
+            Some(RoleKind::Executor) => {}
+            other => {
+                return Err(BrokerError::WrongRole {
+                    actual: other.map_or("unknown".into(), |r| r.to_string()),
+                    action: "redeem tokens",
+                })
+            }
+        }
+        let chain = peer.verified_chain()?;
+        let now = SystemTime::now();
+        for facts in std::iter::once(&chain.leaf).chain(chain.ancestors.iter()) {
+            if now >= facts.not_after {
+                return Err(BrokerError::Denied {
+                    code: DenyCode::CertificateExpired,
+                    reason: "the executor certificate has expired".into(),
+                    request_id: None,
+                });
+            }
+        }
+        if peer.revocations(self.store.as_ref())?.any() {
+            return Err(BrokerError::Denied {
+                code: DenyCode::CertificateRevoked,
+                reason: "the executor certificate is revoked".into(),
+                request_id: None,
+            });
+        }
+        let claims = self.check_token(token, now)?;
+        let detail = claims
+            .authorization_details
+            .first()
+            .ok_or_else(|| BrokerError::InvalidToken("no authorization details".into()))?;
+        match self
+            .store
+            .redeem(&claims.jti, &peer.thumbprint, now)
+            .map_err(BrokerError::Store)?
+        {
+            RedeemOutcome::Redeemed => Ok(Redemption {
+                status: "redeemed",
+                jti: claims.jti.clone(),
+                request_id: None,
+                operation: detail.operation.clone(),
+                resource: detail.resource.clone(),
+                params_digest: detail.params_digest.clone(),
+            }),
+            RedeemOutcome::AlreadyRedeemed { .. } => Err(BrokerError::AlreadyRedeemed),
+            RedeemOutcome::Unknown => Err(BrokerError::InvalidToken(
+                "this broker has no record of issuing the token".into(),
+            )),
+        }
+    }
+
+    /// A live token signed by this broker's token key, of its current epoch, naming it.
+    fn check_token(&self, token: &str, now: SystemTime) -> Result<Claims, BrokerError> {
+        let rules = TokenRules {
+            now,
+            leeway: verify::CLOCK_SKEW,
+            // The broker never signs longer than its own cap; the default bounds a cap raised
+            // after issuance.
+            max_lifetime: verify::DEFAULT_MAX_LIFETIME.max(self.config.policy.max_token_ttl),
+            min_epoch: self.epoch.load(Ordering::Relaxed),
+        };
+        let decoded = verify::decode_verified(token, &rules, |header| {
+            if header.kid == self.token_kid {
+                Ok(&self.token_cert)
+            } else {
+                Err(VerifyError::UnknownKey {
+                    kid: header.kid.clone(),
+                })
+            }
+        })
+        .map_err(|e| BrokerError::InvalidToken(e.to_string()))?;
+        if decoded.claims.iss != self.config.broker_id {
+            return Err(BrokerError::InvalidToken("issued by another broker".into()));
+        }
+        Ok(decoded.claims)
+    }
+}

@@ -1,0 +1,396 @@
+//! An agent's request, from decision to token: `POST /v1/executions` and the status of a
+//! request (`GET /v1/executions/{id}`).
+//!
+//! The decision runs on the caller's thread; the device signature and the durable write are
+//! waited for without holding a thread ([`super::issuance`]). A token leaves only when its id
+//! is durable and the device has signed; every device or store failure is an error, never a
+//! token.
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::issuance;
+use super::{Broker, BrokerError, Peer};
+use crate::authz::{self, Decision};
+use crate::base64url;
+use crate::grants::RoleKind;
+use crate::store::{Commit, ExecutionRecord, ExecutionStatus, Store, StoreError};
+use crate::time::{from_unix, unix, unix_millis};
+use crate::token::{self, AuthorizationDetail, Claims, Confirmation, Header};
+
+/// Upper bound on `justification`.
+pub const MAX_JUSTIFICATION: usize = 1024;
+
+/// An agent's request.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRequest {
+    /// Operation name.
+    pub operation: String,
+    /// Resource path.
+    pub resource: String,
+    /// Parameters (a JSON object).
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    /// Free text for the audit log (at most 1024 characters).
+    #[serde(default)]
+    pub justification: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// Where a request stands, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionState {
+    /// A token was issued.
+    Granted,
+    /// Waiting for approvers.
+    PendingApproval,
+    /// Refused.
+    Denied,
+    /// A token was issued and has expired.
+    Expired,
+    /// The token is being signed (or the broker stopped while it was).
+    Issuing,
+    /// No token left: the device or the store failed, or the client went away.
+    Failed,
+}
+
+impl ExecutionState {
+    /// The stable name (`granted`, `pending_approval`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::Granted => "granted",
+            ExecutionState::PendingApproval => "pending_approval",
+            ExecutionState::Denied => "denied",
+            ExecutionState::Expired => "expired",
+            ExecutionState::Issuing => "issuing",
+            ExecutionState::Failed => "failed",
+        }
+    }
+}
+
+impl From<ExecutionStatus> for ExecutionState {
+    fn from(status: ExecutionStatus) -> Self {
+        match status {
+            ExecutionStatus::Granted => ExecutionState::Granted,
+            ExecutionStatus::PendingApproval => ExecutionState::PendingApproval,
+            ExecutionStatus::Denied => ExecutionState::Denied,
+            ExecutionStatus::Issuing => ExecutionState::Issuing,
+            ExecutionStatus::Failed => ExecutionState::Failed,
+        }
+    }
+}
+
+/// The answer to `POST /v1/executions` and `GET /v1/executions/{id}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutionResponse {
+    /// Where the request stands.
+    pub status: ExecutionState,
+    /// Request id.
+    pub request_id: String,
+    /// The token (granted only, and only to the requesting agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Token expiry (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// base64url request digest (what approvers sign).
+    pub request_digest: String,
+    /// Approvals the grant requires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_required: Option<u32>,
+}
+
+impl Broker {
+    /// Decides an agent's request and, when granted, mints and persists the token.
+    ///
+    /// The decision runs on the caller's thread; the device signature and the durable write
+    /// are waited for without holding a thread.
+    pub async fn request_execution(
+        &self,
+        peer: &Peer,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResponse, BrokerError> {
+        let started = Instant::now();
+        let result = self.decide_and_issue(peer, request).await;
+        self.metrics.record_request(
+            "executions",
+            match &result {
+                Ok(r) => r.status.as_str(),
+                Err(e) => e.code(),
+            },
+        );
+        if matches!(&result, Ok(r) if r.status == ExecutionState::Granted) {
+            self.metrics.observe_issuance(started.elapsed());
+        }
+        result
+    }
+
+    async fn decide_and_issue(
+        &self,
+        peer: &Peer,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResponse, BrokerError> {
+        if self.config.policy.frozen {
+            return Err(BrokerError::Frozen);
+        }
+        let att = match &self.attestation {
+            Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
+            None => None,
+        };
+        if let Some(j) = &request.justification {
+            if j.chars().count() > MAX_JUSTIFICATION {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "justification is longer than {MAX_JUSTIFICATION} characters"
+                )));
+            }
+        }
+        if !request.params.is_object() {
+            return Err(BrokerError::InvalidRequest(
+                "params must be a JSON object".into(),
+            ));
+        }
+        let chain = peer.verified_chain()?;
+        let revoked = peer.revocations(self.store.as_ref())?;
+        let now = SystemTime::now();
+        let req = authz::Request {
+            operation: request.operation,
+            resource: request.resource,
+            params: request.params,
+        };
+        let decision = authz::decide(chain, &revoked, &req, now, self.config.policy.max_token_ttl);
+        let request_id = time_ordered_id()?;
+        let params_jcs = crate::canonical::canonicalize(&req.params).unwrap_or_default();
+        let mut record = ExecutionRecord {
+            request_id: request_id.clone(),
+            agent: peer.thumbprint.clone(),
+            agent_subject: peer.subject.clone(),
+            operation: req.operation.clone(),
+            resource: req.resource.clone(),
+            params: params_jcs,
+            request_digest: String::new(),
+            status: ExecutionStatus::Denied,
+            deny_code: None,
+            approvals_required: 0,
+            jti: None,
+            token: None,
+            expires_at: None,
+            created_at: now,
+        };
+        let (grant_ttl, approval, digest) = match decision {
+            Decision::Deny { code, reason } => {
+                record.deny_code = Some(code.as_str().to_owned());
+                // A denial is final whether or not it could be recorded.
+                let recorded = self.persist(record).await.is_ok();
+                return Err(BrokerError::Denied {
+                    code,
+                    reason,
+                    request_id: recorded.then_some(request_id),
+                });
+            }
+            Decision::Allow {
+                token_ttl,
+                approval,
+                request_digest,
+                ..
+            } => (token_ttl, approval, request_digest),
+        };
+        record.request_digest = base64url::encode(&digest);
+        if let Some(rule) = approval {
+            record.status = ExecutionStatus::PendingApproval;
+            record.approvals_required = rule.required;
+            let request_digest = record.request_digest.clone();
+            self.persist(record).await.map_err(BrokerError::Store)?;
+            return Ok(ExecutionResponse {
+                status: ExecutionState::PendingApproval,
+                request_id,
+                token: None,
+                expires_at: None,
+                request_digest,
+                approvals_required: Some(rule.required),
+            });
+        }
+
+        let params_digest = crate::canonical::params_digest(&req.params)
+            .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        let iat = unix(now);
+        let exp = iat + grant_ttl.as_secs().max(1);
+        let jti = time_ordered_id()?;
+        let claims = Claims {
+            iss: self.config.broker_id.clone(),
+            sub: peer.subject.clone(),
+            jti: jti.clone(),
+            iat,
+            nbf: iat,
+            exp,
+            cnf: Confirmation {
+                x5t_s256: peer.thumbprint.clone(),
+            },
+            authorization_details: vec![AuthorizationDetail {
+                kind: token::DETAIL_TYPE.into(),
+                operation: req.operation,
+                resource: req.resource,
+                params_digest: base64url::encode(&params_digest),
+                request_digest: record.request_digest.clone(),
+                approvals: 0,
+            }],
+            att,
+            audit: None,
+            epoch: self.epoch.load(Ordering::Relaxed),
+            approvals: Vec::new(),
+        };
+        record.status = ExecutionStatus::Issuing;
+        record.jti = Some(jti);
+        record.expires_at = Some(from_unix(exp));
+        let request_digest = record.request_digest.clone();
+        // The token id must be durable before the token leaves (replay protection survives a
+        // crash). The record is written while the device signs; the token goes out only when
+        // both have succeeded, and is then added to the record. If this future is dropped on
+        // the way (timeout, client gone), the guard marks the request failed: no token left.
+        let input = self.signing_input(&claims)?;
+        let digest = self.token_alg.digest(input.as_bytes());
+        let guard = IssuingGuard {
+            store: self.store.as_ref(),
+            request_id: Some(request_id.clone()),
+        };
+        let outcome = issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
+        let token = match (outcome.stored, outcome.signed) {
+            (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
+            (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
+            // Not durable: a signature, if one was made, is dropped here.
+            (Err(store), _) => return Err(BrokerError::Store(store)),
+            (Ok(()), None) => {
+                return Err(BrokerError::Internal(
+                    "issuance finished without a signature".into(),
+                ))
+            }
+        };
+        guard.complete(token.clone());
+        Ok(ExecutionResponse {
+            status: ExecutionState::Granted,
+            request_id,
+            token: Some(token),
+            expires_at: Some(exp),
+            request_digest,
+            approvals_required: None,
+        })
+    }
+
+    /// Records `record` durably, waiting without holding a thread.
+    async fn persist(&self, record: ExecutionRecord) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.record_execution_then(
+            record,
+            Commit::Now,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Io {
+                operation: "record execution",
+                source: "the store dropped the write".into(),
+            })
+        })
+    }
+
+    /// The JWS signing input of a token with `claims`, under the token key's header.
+    fn signing_input(&self, claims: &Claims) -> Result<String, BrokerError> {
+        let header = Header {
+            alg: token::alg_for(self.token_alg).into(),
+            typ: token::TOKEN_TYPE.into(),
+            kid: self.token_kid.clone(),
+        };
+        token::signing_input(&header, claims).map_err(|e| BrokerError::Internal(e.to_string()))
+    }
+
+    /// The status of a request; the token only to the agent that asked.
+    pub fn execution(
+        &self,
+        peer: &Peer,
+        request_id: &str,
+    ) -> Result<ExecutionResponse, BrokerError> {
+        let record = self
+            .store
+            .execution(request_id)
+            .map_err(BrokerError::Store)?
+            .ok_or(BrokerError::NotFound)?;
+        let is_owner = record.agent == peer.thumbprint;
+        if !is_owner && peer.role() != Some(RoleKind::Approver) {
+            // Other agents learn nothing, not even that the id exists.
+            return Err(BrokerError::NotFound);
+        }
+        let expired = matches!(record.status, ExecutionStatus::Granted)
+            && record.expires_at.is_some_and(|t| t <= SystemTime::now());
+        let status = if expired {
+            ExecutionState::Expired
+        } else {
+            record.status.into()
+        };
+        Ok(ExecutionResponse {
+            status,
+            request_id: record.request_id,
+            token: if is_owner && !expired {
+                record.token
+            } else {
+                None
+            },
+            expires_at: record.expires_at.map(unix),
+            request_digest: record.request_digest,
+            approvals_required: (record.approvals_required > 0)
+                .then_some(record.approvals_required),
+        })
+    }
+}
+
+/// Completes an `issuing` record exactly once: with the token, or (when dropped without one)
+/// as `failed`.
+struct IssuingGuard<'a> {
+    store: &'a dyn Store,
+    request_id: Option<String>,
+}
+
+impl IssuingGuard<'_> {
+    fn complete(mut self, token: String) {
+        if let Some(id) = self.request_id.take() {
+            self.store
+                .complete_issuance_then(&id, Some(token), Box::new(log_store_failure));
+        }
+    }
+}
+
+impl Drop for IssuingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.request_id.take() {
+            self.store
+                .complete_issuance_then(&id, None, Box::new(log_store_failure));
+        }
+    }
+}
+
+/// For writes nobody waits on: a failure is logged (the store's own health check turns the
+/// broker unready if writes keep failing).
+fn log_store_failure(result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "store write failed");
+    }
+}
+
+/// A request or token id: 48 bits of milliseconds since the Unix epoch, then 128 random bits,
+/// base64url (30 characters). The random part makes ids unique and unguessable; the time
+/// prefix makes the store's indexes grow at one end, so that a group commit of many
+/// issuances touches a few index pages rather than one per token.
+fn time_ordered_id() -> Result<String, BrokerError> {
+    let millis = unix_millis(SystemTime::now());
+    let mut id = [0u8; 22];
+    id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    getrandom::fill(&mut id[6..])
+        .map_err(|e| BrokerError::Internal(format!("no randomness: {e}")))?;
+    Ok(base64url::encode(&id))
+}

@@ -1,0 +1,320 @@
+//! The SQLite store against real files: durability order, group commit, deferred writes,
+//! failure injection and reopening.
+
+use std::time::UNIX_EPOCH;
+
+use super::*;
+
+#[test]
+fn revocation_is_recorded_once_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert_eq!(
+        store.revoke(&[1, 2, 3], Reason::KeyCompromise, at).unwrap(),
+        RevokeOutcome::Revoked { known: false }
+    );
+    assert_eq!(
+        store.revoke(&[1, 2, 3], Reason::Superseded, at).unwrap(),
+        RevokeOutcome::AlreadyRevoked
+    );
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.is_revoked(&[1, 2, 3]).unwrap());
+    assert!(!store.is_revoked(&[1, 2, 4]).unwrap());
+    let all = store.revocations().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].reason, Reason::KeyCompromise);
+    assert_eq!(all[0].revoked_at, at);
+}
+
+#[test]
+fn crl_numbers_only_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.next_crl_number().unwrap(), 1);
+    assert_eq!(store.next_crl_number().unwrap(), 2);
+    drop(store);
+    assert_eq!(
+        SqliteStore::open(dir.path())
+            .unwrap()
+            .next_crl_number()
+            .unwrap(),
+        3
+    );
+}
+
+#[test]
+fn known_serials_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .record_issued(&IssuedCertificate {
+            serial: vec![9],
+            subject: "CN=a".into(),
+            role: "agent".into(),
+            issuer_label: "seb-root".into(),
+            not_after: SystemTime::now(),
+            pem: String::new(),
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .revoke(&[9], Reason::Unspecified, SystemTime::now())
+            .unwrap(),
+        RevokeOutcome::Revoked { known: true }
+    );
+}
+
+#[test]
+fn events_are_recorded_in_order_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    store
+        .record_event("attestation_failed", "PCR 23 differs", t)
+        .unwrap();
+    store.record_event("attestation_restored", "", t).unwrap();
+    store
+        .record_event("attestation_failed", "TPM unreachable", t)
+        .unwrap();
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let failed = store.events("attestation_failed").unwrap();
+    assert_eq!(
+        failed,
+        vec![
+            (t, "PCR 23 differs".to_owned()),
+            (t, "TPM unreachable".to_owned())
+        ]
+    );
+    assert!(store.events("nothing").unwrap().is_empty());
+}
+
+#[test]
+fn unwritable_state_dir_is_an_open_error() {
+    // /dev/null is a file, so a directory below it cannot exist (root ignores modes).
+    let err = SqliteStore::open(Path::new("/dev/null/state")).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+}
+
+fn issuing(id: &str) -> ExecutionRecord {
+    ExecutionRecord {
+        request_id: id.into(),
+        agent: "thumb".into(),
+        agent_subject: "CN=agent".into(),
+        operation: "deploy.restart".into(),
+        resource: "prod/api".into(),
+        params: "{}".into(),
+        request_digest: "digest".into(),
+        status: ExecutionStatus::Issuing,
+        deny_code: None,
+        approvals_required: 0,
+        jti: Some(format!("jti-{id}")),
+        token: None,
+        expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_060)),
+        created_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    }
+}
+
+/// Queues `record` with `commit` and returns a receiver for its completion.
+fn queue(store: &SqliteStore, record: ExecutionRecord, commit: Commit) -> mpsc::Receiver<bool> {
+    let (tx, rx) = mpsc::channel();
+    store.record_execution_then(
+        record,
+        commit,
+        Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    rx
+}
+
+fn complete(store: &SqliteStore, id: &str, token: Option<&str>) -> mpsc::Receiver<bool> {
+    let (tx, rx) = mpsc::channel();
+    store.complete_issuance_then(
+        id,
+        token.map(str::to_owned),
+        Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    rx
+}
+
+/// Whether the store in `dir`, opened afresh, holds request `id`.
+fn persisted(dir: &Path, id: &str) -> bool {
+    let store = SqliteStore::open(dir).unwrap();
+    store.execution(id).unwrap().is_some()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_issuance_is_reserved_then_completed_and_reads_see_the_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(queue(&store, issuing("r1"), Commit::Now)
+        .recv_timeout(WAIT)
+        .unwrap());
+    let reserved = store.execution("r1").unwrap().unwrap();
+    assert_eq!(reserved.status, ExecutionStatus::Issuing);
+    assert_eq!(reserved.token, None);
+    // The token id is known to redemption as soon as it is reserved.
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+    assert_eq!(
+        store.redeem("jti-r1", "exec", at).unwrap(),
+        RedeemOutcome::Redeemed
+    );
+
+    // The completion is queued without waiting; a read right after already sees it.
+    let done = complete(&store, "r1", Some("header.claims.sig"));
+    let granted = store.execution("r1").unwrap().unwrap();
+    assert_eq!(granted.status, ExecutionStatus::Granted);
+    assert_eq!(granted.token.as_deref(), Some("header.claims.sig"));
+    assert!(done.recv_timeout(WAIT).unwrap());
+
+    // An outcome is recorded once: a late failure does not undo a granted token.
+    assert!(complete(&store, "r1", None).recv_timeout(WAIT).unwrap());
+    assert_eq!(
+        store.execution("r1").unwrap().unwrap().status,
+        ExecutionStatus::Granted
+    );
+}
+
+#[test]
+fn a_failed_issuance_is_marked_failed_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(queue(&store, issuing("r2"), Commit::Now)
+            .recv_timeout(WAIT)
+            .unwrap());
+        let _ = complete(&store, "r2", None);
+        // Closing commits what is still deferred.
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let failed = store.execution("r2").unwrap().unwrap();
+    assert_eq!(failed.status, ExecutionStatus::Failed);
+    assert_eq!(failed.token, None);
+}
+
+#[test]
+fn deferred_writes_commit_on_flush_or_after_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    // A flush makes a deferred write durable now.
+    let flushed = queue(&store, issuing("r3"), Commit::Deferred);
+    store.flush();
+    assert!(flushed.recv_timeout(WAIT).unwrap());
+    // With nothing else happening, a deferred write still commits on its own.
+    let alone = queue(&store, issuing("r4"), Commit::Deferred);
+    assert!(alone.recv_timeout(WAIT).unwrap());
+    // An urgent write takes the deferred ones along in its commit.
+    let deferred = queue(&store, issuing("r5"), Commit::Deferred);
+    let urgent = queue(&store, issuing("r6"), Commit::Now);
+    assert!(urgent.recv_timeout(WAIT).unwrap());
+    assert!(deferred.recv_timeout(WAIT).unwrap());
+    drop(store);
+    for id in ["r3", "r4", "r5", "r6"] {
+        assert!(persisted(dir.path(), id), "{id}");
+    }
+}
+
+#[test]
+fn a_failing_write_does_not_take_the_rest_of_its_commit_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // Deferred, so all three share one transaction; the middle one breaks the
+        // uniqueness of the request id.
+        let first = queue(&store, issuing("r7"), Commit::Deferred);
+        let duplicate = queue(&store, issuing("r7"), Commit::Deferred);
+        let last = queue(&store, issuing("r8"), Commit::Deferred);
+        store.flush();
+        assert!(first.recv_timeout(WAIT).unwrap());
+        assert!(!duplicate.recv_timeout(WAIT).unwrap());
+        assert!(last.recv_timeout(WAIT).unwrap());
+    }
+    assert!(persisted(dir.path(), "r7"));
+    assert!(persisted(dir.path(), "r8"));
+}
+
+#[test]
+fn when_the_database_rolls_the_batch_back_no_write_of_it_is_reported_or_left_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let before = queue(&store, issuing("r9"), Commit::Deferred);
+        // Stands for an I/O error or a full disk, after which SQLite ends the transaction
+        // itself: the writes after it must not run (each would commit on its own).
+        let (tx, breaker) = mpsc::channel();
+        store.enqueue(
+            "roll back",
+            |c| c.execute_batch("ROLLBACK"),
+            move |r| {
+                let _ = tx.send(r.is_ok());
+            },
+            Scope::OneStatement,
+            true,
+        );
+        let after = queue(&store, issuing("r10"), Commit::Deferred);
+        store.flush();
+        assert!(!before.recv_timeout(WAIT).unwrap());
+        assert!(!breaker.recv_timeout(WAIT).unwrap());
+        assert!(!after.recv_timeout(WAIT).unwrap());
+    }
+    assert!(!persisted(dir.path(), "r9"));
+    assert!(!persisted(dir.path(), "r10"));
+}
+
+#[test]
+fn a_write_after_the_writer_stopped_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    // Stop the writer as Drop would.
+    store.jobs.close();
+    let result = queue(&store, issuing("r7"), Commit::Now).recv_timeout(WAIT);
+    assert_eq!(result, Ok(false));
+    assert!(store.record_execution(&issuing("r8")).is_err());
+}
+
+#[test]
+fn a_writer_callback_may_drop_the_last_reference_to_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let held = store.clone();
+    store.record_execution_then(
+        issuing("z1"),
+        Commit::Deferred,
+        Box::new(move |r| {
+            // The last reference goes on the writer thread, which then closes the store.
+            drop(held);
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    drop(store);
+    assert_eq!(rx.recv_timeout(WAIT), Ok(true));
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.execution("z1").unwrap().is_some());
+}
+
+#[test]
+fn closing_the_store_checkpoints_the_log_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for i in 0..200 {
+            store.record_execution(&issuing(&format!("c{i}"))).unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("seb.db-wal"))
+            .unwrap()
+            .len();
+        assert!(wal > 0, "commits go to the write-ahead log first");
+    }
+    let wal = std::fs::metadata(dir.path().join("seb.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the log was copied into the database and truncated");
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.execution("c199").unwrap().is_some());
+}

@@ -1,0 +1,242 @@
+//! The store's group-commit writer and its checkpointer.
+//!
+//! One writer thread owns the write connection. It takes every write waiting at that moment
+//! (at most [`MAX_BATCH`]), runs them in one transaction, each in a savepoint of its own when it
+//! has several statements, and commits once: a burst of issuances costs one fsync, not one each.
+//! Deferred writes (nobody waits for them yet) wake no one and ride along with the next commit,
+//! or commit on their own after [`MAX_DEFER`]. A completion runs only once the commit that
+//! holds its write is known, so no caller ever hears "done" for a write that is not durable.
+//! A second thread copies the write-ahead log into the database, off every request's path.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::super::StoreError;
+
+/// Most writes one commit carries.
+pub(super) const MAX_BATCH: usize = 512;
+
+pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: given the connection inside an open transaction, runs and returns what to do once
+/// the commit is known; given `None` (the transaction could not start), runs nothing.
+pub(super) type Work = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+/// A queued write. A deferred one has nobody waiting for it yet: it rides along with the next
+/// commit someone does wait for, or is committed on its own after [`MAX_DEFER`].
+pub(super) struct Job {
+    pub(super) work: Work,
+    pub(super) deferred: bool,
+    pub(super) queued: Instant,
+}
+
+/// The writer's queue. Urgent writes wake the writer; deferred ones do not (that is the point:
+/// a deferred write costs neither an fsync nor a thread wake-up of its own).
+pub(super) struct Queue {
+    pub(super) jobs: VecDeque<Job>,
+    /// How many queued jobs are not deferred.
+    pub(super) urgent: usize,
+    pub(super) closed: bool,
+}
+
+pub(super) struct Jobs {
+    pub(super) queue: Mutex<Queue>,
+    pub(super) ready: Condvar,
+}
+
+impl Jobs {
+    /// Queues `job`, or gives it back if the writer has stopped.
+    pub(super) fn push(&self, job: Job) -> Result<(), Job> {
+        let Ok(mut queue) = self.queue.lock() else {
+            return Err(job);
+        };
+        if queue.closed {
+            return Err(job);
+        }
+        let urgent = !job.deferred;
+        queue.urgent += usize::from(urgent);
+        queue.jobs.push_back(job);
+        drop(queue);
+        if urgent {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(super) fn close(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.closed = true;
+        }
+        self.ready.notify_one();
+    }
+
+    /// Closes the queue and fails every job in it: for a writer that stops other than by
+    /// `close` (a panic, a poisoned lock), so that no caller waits for it forever.
+    fn abandon(&self) {
+        let left: Vec<Job> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.closed = true;
+            queue.urgent = 0;
+            queue.jobs.drain(..).collect()
+        };
+        for job in left {
+            (job.work)(None)(Err("the store writer has stopped".into()));
+        }
+    }
+}
+
+/// Fails what is left in the queue when the writer thread ends, however it ends.
+struct WriterExit<'a>(&'a Jobs);
+
+impl Drop for WriterExit<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+/// Joins `handle`, unless this is that thread (a callback run by the writer may drop the last
+/// reference to the store; joining itself would fail).
+pub(super) fn join_unless_current(handle: Option<std::thread::JoinHandle<()>>) {
+    if let Some(handle) = handle {
+        if handle.thread().id() != std::thread::current().id() {
+            let _ = handle.join();
+        }
+    }
+}
+
+pub(super) fn writer_gone(operation: &'static str) -> StoreError {
+    StoreError::Io {
+        operation,
+        source: "the store writer has stopped".into(),
+    }
+}
+
+/// How a write is kept from touching the others in its commit when it fails.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope {
+    /// In a savepoint of its own, rolled back if the write fails: for writes of several
+    /// statements.
+    Savepoint,
+    /// A write of at most one statement: SQLite already backs out a failed statement alone
+    /// (and the savepoint's two extra statements and in-memory journal showed in the
+    /// writer's profile, per token, twice).
+    OneStatement,
+}
+
+pub(super) fn run_in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    // Cached statements: this runs for every write, and parsing it each time showed up in
+    // the writer's profile.
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
+    match f(conn) {
+        Ok(v) => {
+            conn.prepare_cached("RELEASE job")?.execute([])?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+/// How often the checkpointer copies committed log pages into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The checkpointer thread: a passive checkpoint (it never blocks the writer) every interval,
+/// and a full one when the store closes, until `stop` is dropped.
+pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| {
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store checkpoint failed; the log keeps growing until one succeeds");
+        }
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        checkpoint("PASSIVE");
+    }
+    checkpoint("TRUNCATE");
+}
+
+/// Longest a deferred write waits for a commit to ride along with.
+const MAX_DEFER: Duration = Duration::from_millis(50);
+
+/// The writer thread: commits waiting jobs, many to a transaction. It starts a commit when an
+/// urgent job is queued, when the oldest deferred job has waited [`MAX_DEFER`], or when the
+/// store closes; a batch of deferred jobs alone costs no fsync until then.
+pub(super) fn write_loop(conn: Connection, jobs: &Jobs) {
+    let _exit = WriterExit(jobs);
+    loop {
+        let (batch, closed) = {
+            let Ok(mut queue) = jobs.queue.lock() else {
+                return;
+            };
+            loop {
+                let overdue = queue
+                    .jobs
+                    .front()
+                    .map(|oldest| MAX_DEFER.saturating_sub(oldest.queued.elapsed()));
+                if queue.urgent > 0 || queue.closed || overdue == Some(Duration::ZERO) {
+                    break;
+                }
+                // Deferred jobs do not wake the writer: with an empty queue it looks again
+                // after MAX_DEFER, with a deferred job when that job is due.
+                let wait = overdue.unwrap_or(MAX_DEFER);
+                queue = match jobs.ready.wait_timeout(queue, wait) {
+                    Ok((q, _)) => q,
+                    Err(_) => return,
+                };
+            }
+            let take = queue.jobs.len().min(MAX_BATCH);
+            let batch: Vec<Job> = queue.jobs.drain(..take).collect();
+            let urgent_taken = batch.iter().filter(|job| !job.deferred).count();
+            queue.urgent -= urgent_taken;
+            (batch, queue.closed && queue.jobs.is_empty())
+        };
+        commit_batch(&conn, batch);
+        if closed {
+            return;
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = e.to_string();
+        for job in batch {
+            (job.work)(None)(Err(message.clone()));
+        }
+        let _ = conn.execute_batch("ROLLBACK");
+        return;
+    }
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter();
+    for job in jobs.by_ref() {
+        completions.push((job.work)(Some(conn)));
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error, a full disk): the
+            // writes after this one would each commit on their own, outside the batch, and
+            // be reported failed. They are not run.
+            break;
+        }
+    }
+    completions.extend(jobs.map(|job| (job.work)(None)));
+    let commit = if conn.is_autocommit() {
+        Err("the transaction was rolled back by the database".to_owned())
+    } else {
+        conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+    };
+    if commit.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in completions {
+        done(commit.clone());
+    }
+}
