@@ -98,6 +98,134 @@ pub struct Config {
     pub attestation: Option<AttestationConfig>,
 }
 
+impl Config {
+    /// Reads and validates a configuration file. Relative paths in it are taken relative to
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.state_dir = base.join(&config.state_dir);
+        if let BackendConfig::Pkcs11(p) = &mut config.backend {
+            match &mut p.pin {
+                PinSource::File(path) | PinSource::Sealed { path, .. } => *path = base.join(&*path),
+                PinSource::Env(_) => {}
+            }
+        }
+        if let BackendConfig::Tpm(t) = &mut config.backend {
+            t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
+        }
+        if let Some(a) = &mut config.attestation {
+            a.policy = base.join(&a.policy);
+            a.event_log = base.join(&a.event_log);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        let attestation_tcti = config.attestation_tcti();
+        if let BackendConfig::Pkcs11(p) = &mut config.backend {
+            if let PinSource::Sealed { tcti, .. } = &mut p.pin {
+                *tcti = attestation_tcti;
+            }
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.broker_id.trim().is_empty() {
+            return Err(ConfigError::Invalid("broker_id must not be empty".into()));
+        }
+        let labels = [
+            &self.keys.root,
+            &self.keys.token,
+            &self.keys.audit,
+            &self.keys.tls,
+        ];
+        for (i, a) in labels.iter().enumerate() {
+            if a.is_empty() || a.len() > 64 {
+                return Err(ConfigError::Invalid(format!(
+                    "key label {a:?} must be 1 to 64 characters"
+                )));
+            }
+            if labels[i + 1..].contains(a) {
+                return Err(ConfigError::Invalid(format!(
+                    "key label {a:?} is used for two keys"
+                )));
+            }
+        }
+        if let Some(a) = &self.attestation {
+            if a.interval < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(
+                    "[attestation] interval must be at least 1s".into(),
+                ));
+            }
+            if self.attestation_tcti().is_none() {
+                return Err(ConfigError::Invalid(
+                    "[attestation] needs tcti = \"...\" unless [backend] is a TPM".into(),
+                ));
+            }
+        }
+        if let BackendConfig::Pkcs11(p) = &self.backend {
+            if p.pin_is_sealed() && self.attestation_tcti().is_none() {
+                return Err(ConfigError::Invalid(SEALED_NEEDS_TPM.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The attestation key blob (TPM), written by `seb attest enroll`.
+    pub fn ak_blob(&self) -> PathBuf {
+        self.state_dir.join("attest").join("ak.tpmkey")
+    }
+
+    /// Where `seb seal-pin` writes the sealed PIN unless told otherwise.
+    pub fn default_sealed_pin(&self) -> PathBuf {
+        self.state_dir.join("pin.sealed")
+    }
+
+    /// The PEM trust material written by `init` (`<state_dir>/trust`).
+    pub fn trust_dir(&self) -> TrustDir {
+        TrustDir::new(self.state_dir.join("trust"))
+    }
+
+    /// The TCTI the attestor uses, if attestation is configured and a TPM is named.
+    pub fn attestation_tcti(&self) -> Option<String> {
+        let a = self.attestation.as_ref()?;
+        a.tcti.clone().or_else(|| match &self.backend {
+            BackendConfig::Tpm(t) => Some(t.tcti.clone()),
+            BackendConfig::Pkcs11(_) => None,
+        })
+    }
+
+    /// How many async worker threads the server runs: `server.worker_threads`, or else the
+    /// CPUs left after one per signing thread, at least one. SoftHSM2 signs on the broker's own
+    /// CPUs, and an async worker more than the CPUs left over only adds context switches
+    /// (docs/PERFORMANCE.md).
+    pub fn worker_threads(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.server
+            .worker_threads
+            .unwrap_or_else(|| cpus.saturating_sub(self.backend.signing_threads()))
+            .clamp(1, 256)
+    }
+}
+
 /// TPM self-attestation settings (docs/ATTESTATION.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,17 +243,6 @@ pub struct AttestationConfig {
 
 fn default_attest_interval() -> Duration {
     Duration::from_secs(60)
-}
-
-impl Config {
-    /// The TCTI the attestor uses, if attestation is configured and a TPM is named.
-    pub fn attestation_tcti(&self) -> Option<String> {
-        let a = self.attestation.as_ref()?;
-        a.tcti.clone().or_else(|| match &self.backend {
-            BackendConfig::Tpm(t) => Some(t.tcti.clone()),
-            BackendConfig::Pkcs11(_) => None,
-        })
-    }
 }
 
 /// Issuance policy the security team controls.
@@ -161,20 +278,6 @@ pub enum BackendConfig {
     Tpm(TpmConfig),
 }
 
-impl Config {
-    /// How many async worker threads the server runs: `server.worker_threads`, or else the
-    /// CPUs left after one per signing thread, at least one. SoftHSM2 signs on the broker's own
-    /// CPUs, and an async worker more than the CPUs left over only adds context switches
-    /// (docs/PERFORMANCE.md).
-    pub fn worker_threads(&self) -> usize {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        self.server
-            .worker_threads
-            .unwrap_or_else(|| cpus.saturating_sub(self.backend.signing_threads()))
-            .clamp(1, 256)
-    }
-}
-
 impl BackendConfig {
     /// How many threads sign tokens: one per PKCS#11 session, one for a TPM (which
     /// serialises commands anyway).
@@ -208,7 +311,7 @@ impl TpmConfig {
 
 /// PKCS#11 backend settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPkcs11Config")]
 pub struct Pkcs11Config {
     /// Path of the PKCS#11 module.
     pub module: PathBuf,
@@ -216,16 +319,8 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// Optional token serial, to disambiguate tokens with the same label.
     pub token_serial: Option<String>,
-    /// File holding the user PIN (one line; surrounding whitespace is ignored).
-    pub pin_file: Option<PathBuf>,
-    /// Environment variable holding the user PIN.
-    pub pin_env: Option<String>,
-    /// File holding the PIN sealed in the `[attestation]` TPM by `seb seal-pin`.
-    pub pin_sealed: Option<PathBuf>,
-    /// The TPM that unseals `pin_sealed`: `[attestation]`'s TCTI, filled in by
-    /// [`Config::parse`] (not a configuration key).
-    #[serde(skip)]
-    pub(crate) sealed_pin_tcti: Option<String>,
+    /// Where the user PIN comes from (`pin_file`, `pin_env` or `pin_sealed`: exactly one).
+    pub pin: PinSource,
     /// Sessions in the signing pool; defaults to the number of CPUs.
     pub sessions: Option<usize>,
     /// Environment the module reads at initialisation (e.g. `SOFTHSM2_CONF`). Applied by the
@@ -237,8 +332,8 @@ pub struct Pkcs11Config {
 impl Pkcs11Config {
     /// Reads the PIN from the configured source; a sealed PIN is unsealed by the TPM.
     pub fn read_pin(&self) -> Result<SecretString, ConfigError> {
-        match (&self.pin_file, &self.pin_env, &self.pin_sealed) {
-            (Some(path), None, None) => {
+        match &self.pin {
+            PinSource::File(path) => {
                 let desc = format!("file {}", path.display());
                 let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::Pin {
                     source_desc: desc.clone(),
@@ -246,7 +341,7 @@ impl Pkcs11Config {
                 })?;
                 non_empty_pin(raw.trim(), desc)
             }
-            (None, Some(var), None) => {
+            PinSource::Env(var) => {
                 let desc = format!("environment variable {var}");
                 let raw = std::env::var(var).map_err(|_| ConfigError::Pin {
                     source_desc: desc.clone(),
@@ -254,34 +349,18 @@ impl Pkcs11Config {
                 })?;
                 non_empty_pin(raw.trim(), desc)
             }
-            (None, None, Some(path)) => self.unseal_pin(path),
-            _ => Err(ConfigError::Invalid(PIN_SOURCES.into())),
+            PinSource::Sealed { path, tcti } => {
+                let tcti = tcti
+                    .as_deref()
+                    .ok_or_else(|| ConfigError::Invalid(SEALED_NEEDS_TPM.into()))?;
+                unseal_pin(path, tcti)
+            }
         }
     }
 
     /// Whether the PIN comes from a TPM-sealed blob.
     pub fn pin_is_sealed(&self) -> bool {
-        self.pin_sealed.is_some()
-    }
-
-    #[cfg(feature = "tpm")]
-    fn unseal_pin(&self, path: &Path) -> Result<SecretString, ConfigError> {
-        let tcti = self
-            .sealed_pin_tcti
-            .as_deref()
-            .ok_or_else(|| ConfigError::Invalid(SEALED_NEEDS_TPM.into()))?;
-        crate::attest::seal::unseal_file(tcti, path).map_err(|e| ConfigError::SealedPin {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })
-    }
-
-    #[cfg(not(feature = "tpm"))]
-    fn unseal_pin(&self, _path: &Path) -> Result<SecretString, ConfigError> {
-        Err(ConfigError::NotCompiled {
-            what: "pin_sealed (a TPM-sealed HSM PIN)",
-            feature: "tpm",
-        })
+        matches!(self.pin, PinSource::Sealed { .. })
     }
 
     /// The signing pool size.
@@ -289,6 +368,86 @@ impl Pkcs11Config {
         self.sessions
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 64)
+    }
+}
+
+#[cfg(feature = "tpm")]
+fn unseal_pin(path: &Path, tcti: &str) -> Result<SecretString, ConfigError> {
+    crate::attest::seal::unseal_file(tcti, path).map_err(|e| ConfigError::SealedPin {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+#[cfg(not(feature = "tpm"))]
+fn unseal_pin(_path: &Path, _tcti: &str) -> Result<SecretString, ConfigError> {
+    Err(ConfigError::NotCompiled {
+        what: "pin_sealed (a TPM-sealed HSM PIN)",
+        feature: "tpm",
+    })
+}
+
+/// Where the HSM user PIN comes from. Never the PIN itself: the configuration names a place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// `pin_file`: a file holding the PIN (one line; surrounding whitespace is ignored).
+    File(PathBuf),
+    /// `pin_env`: an environment variable holding the PIN.
+    Env(String),
+    /// `pin_sealed`: a blob sealed in the `[attestation]` TPM by `seb seal-pin`.
+    Sealed {
+        /// The sealed blob.
+        path: PathBuf,
+        /// The TPM that unseals it: `[attestation]`'s TCTI, filled in by [`Config::parse`]
+        /// (not a configuration key).
+        tcti: Option<String>,
+    },
+}
+
+impl PinSource {
+    /// The configuration key that names this source.
+    pub fn key(&self) -> &'static str {
+        match self {
+            PinSource::File(_) => "pin_file",
+            PinSource::Env(_) => "pin_env",
+            PinSource::Sealed { .. } => "pin_sealed",
+        }
+    }
+}
+
+/// `[backend] type = "pkcs11"` as written in the file, before the PIN source is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11Config {
+    module: PathBuf,
+    token_label: String,
+    token_serial: Option<String>,
+    pin_file: Option<PathBuf>,
+    pin_env: Option<String>,
+    pin_sealed: Option<PathBuf>,
+    sessions: Option<usize>,
+    #[serde(default)]
+    module_env: BTreeMap<String, String>,
+}
+
+impl TryFrom<RawPkcs11Config> for Pkcs11Config {
+    type Error = &'static str;
+
+    fn try_from(raw: RawPkcs11Config) -> Result<Self, Self::Error> {
+        let pin = match (raw.pin_file, raw.pin_env, raw.pin_sealed) {
+            (Some(path), None, None) => PinSource::File(path),
+            (None, Some(var), None) => PinSource::Env(var),
+            (None, None, Some(path)) => PinSource::Sealed { path, tcti: None },
+            _ => return Err(PIN_SOURCES),
+        };
+        Ok(Pkcs11Config {
+            module: raw.module,
+            token_label: raw.token_label,
+            token_serial: raw.token_serial,
+            pin,
+            sessions: raw.sessions,
+            module_env: raw.module_env,
+        })
     }
 }
 
@@ -408,123 +567,6 @@ impl Default for ServerConfig {
     }
 }
 
-impl Config {
-    /// Reads and validates a configuration file. Relative paths in it are taken relative to
-    /// the file's directory.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.state_dir = base.join(&config.state_dir);
-        if let BackendConfig::Pkcs11(p) = &mut config.backend {
-            if let Some(f) = &p.pin_file {
-                p.pin_file = Some(base.join(f));
-            }
-            if let Some(f) = &p.pin_sealed {
-                p.pin_sealed = Some(base.join(f));
-            }
-        }
-        if let BackendConfig::Tpm(t) = &mut config.backend {
-            t.key_dir = t.key_dir.as_ref().map(|d| base.join(d));
-        }
-        if let Some(a) = &mut config.attestation {
-            a.policy = base.join(&a.policy);
-            a.event_log = base.join(&a.event_log);
-        }
-        Ok(config)
-    }
-
-    /// Parses and validates configuration text.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        let tcti = config.attestation_tcti();
-        if let BackendConfig::Pkcs11(p) = &mut config.backend {
-            if p.pin_sealed.is_some() {
-                p.sealed_pin_tcti = tcti;
-            }
-        }
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.broker_id.trim().is_empty() {
-            return Err(ConfigError::Invalid("broker_id must not be empty".into()));
-        }
-        let labels = [
-            &self.keys.root,
-            &self.keys.token,
-            &self.keys.audit,
-            &self.keys.tls,
-        ];
-        for (i, a) in labels.iter().enumerate() {
-            if a.is_empty() || a.len() > 64 {
-                return Err(ConfigError::Invalid(format!(
-                    "key label {a:?} must be 1 to 64 characters"
-                )));
-            }
-            if labels[i + 1..].contains(a) {
-                return Err(ConfigError::Invalid(format!(
-                    "key label {a:?} is used for two keys"
-                )));
-            }
-        }
-        if let Some(a) = &self.attestation {
-            if a.interval < Duration::from_secs(1) {
-                return Err(ConfigError::Invalid(
-                    "[attestation] interval must be at least 1s".into(),
-                ));
-            }
-            if self.attestation_tcti().is_none() {
-                return Err(ConfigError::Invalid(
-                    "[attestation] needs tcti = \"...\" unless [backend] is a TPM".into(),
-                ));
-            }
-        }
-        if let BackendConfig::Pkcs11(p) = &self.backend {
-            let sources = [
-                p.pin_file.is_some(),
-                p.pin_env.is_some(),
-                p.pin_sealed.is_some(),
-            ];
-            if sources.iter().filter(|s| **s).count() != 1 {
-                return Err(ConfigError::Invalid(PIN_SOURCES.into()));
-            }
-            if p.pin_sealed.is_some() && self.attestation_tcti().is_none() {
-                return Err(ConfigError::Invalid(SEALED_NEEDS_TPM.into()));
-            }
-        }
-        Ok(())
-    }
-
-    /// The attestation key blob (TPM), written by `seb attest enroll`.
-    pub fn ak_blob(&self) -> PathBuf {
-        self.state_dir.join("attest").join("ak.tpmkey")
-    }
-
-    /// Where `seb seal-pin` writes the sealed PIN unless told otherwise.
-    pub fn default_sealed_pin(&self) -> PathBuf {
-        self.state_dir.join("pin.sealed")
-    }
-
-    /// The PEM trust material written by `init` (`<state_dir>/trust`).
-    pub fn trust_dir(&self) -> TrustDir {
-        TrustDir::new(self.state_dir.join("trust"))
-    }
-}
-
 /// Serde adapter for `"60s"`-style durations.
 mod duration_str {
     use std::time::Duration;
@@ -538,202 +580,4 @@ mod duration_str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-broker_id = "b1"
-state_dir = "state"
-[backend]
-type = "pkcs11"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "seb"
-pin_file = "user.pin"
-"#;
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.keys.root, "seb-root");
-        assert_eq!(c.keys.token_algorithm, KeyAlgorithm::EcP384);
-        assert_eq!(c.ca.crl_validity, Duration::from_secs(7 * 86_400));
-    }
-
-    #[test]
-    fn async_workers_leave_the_signing_threads_their_cpus() {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let two_sessions = format!("{MINIMAL}sessions = 2\n");
-        let c = Config::parse(&two_sessions).unwrap();
-        assert_eq!(c.backend.signing_threads(), 2);
-        assert_eq!(c.worker_threads(), cpus.saturating_sub(2).max(1));
-        let set = format!("{two_sessions}[server]\nworker_threads = 3\n");
-        assert_eq!(Config::parse(&set).unwrap().worker_threads(), 3);
-        let zero = format!("{two_sessions}[server]\nworker_threads = 0\n");
-        assert_eq!(
-            Config::parse(&zero).unwrap().worker_threads(),
-            1,
-            "never zero"
-        );
-    }
-
-    #[test]
-    fn typo_is_an_error() {
-        let text = MINIMAL.replace("token_label", "token_lable");
-        let err = Config::parse(&text).unwrap_err().to_string();
-        assert!(err.contains("token_lable"), "{err}");
-        let text = format!("{MINIMAL}\n[keys]\nrot = \"x\"\n");
-        assert!(Config::parse(&text).is_err());
-    }
-
-    #[test]
-    fn pin_needs_exactly_one_source() {
-        let none = MINIMAL.replace("pin_file = \"user.pin\"", "");
-        assert!(Config::parse(&none).is_err());
-        let both = MINIMAL.replace(
-            "pin_file = \"user.pin\"",
-            "pin_file = \"a\"\npin_env = \"B\"",
-        );
-        assert!(Config::parse(&both).is_err());
-    }
-
-    const ATTESTATION: &str = r#"
-[attestation]
-tcti = "swtpm:host=127.0.0.1,port=2321"
-policy = "attest-policy.toml"
-event_log = "eventlog.json"
-"#;
-
-    #[test]
-    fn sealed_pin_is_a_third_exclusive_source() {
-        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
-        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
-        let BackendConfig::Pkcs11(p) = &c.backend else {
-            panic!("pkcs11 expected")
-        };
-        assert!(p.pin_is_sealed());
-        assert_eq!(
-            p.sealed_pin_tcti.as_deref(),
-            Some("swtpm:host=127.0.0.1,port=2321")
-        );
-        // Without a TPM to unseal with.
-        let err = Config::parse(&sealed).unwrap_err().to_string();
-        assert!(err.contains("[attestation]"), "{err}");
-        // With another source as well.
-        for other in ["pin_file = \"user.pin\"", "pin_env = \"SEB_PIN\""] {
-            let two = sealed.replace(
-                "pin_sealed = \"pin.sealed\"",
-                &format!("pin_sealed = \"pin.sealed\"\n{other}"),
-            );
-            let err = Config::parse(&format!("{two}{ATTESTATION}"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("exactly one of"), "{err}");
-        }
-        let three = MINIMAL.replace(
-            "pin_file = \"user.pin\"",
-            "pin_file = \"a\"\npin_env = \"B\"\npin_sealed = \"c\"",
-        );
-        assert!(Config::parse(&format!("{three}{ATTESTATION}")).is_err());
-        // The internal TCTI is not a configuration key.
-        let smuggled = sealed.replace(
-            "pin_sealed = \"pin.sealed\"",
-            "pin_sealed = \"pin.sealed\"\nsealed_pin_tcti = \"x\"",
-        );
-        assert!(Config::parse(&format!("{smuggled}{ATTESTATION}")).is_err());
-    }
-
-    #[test]
-    fn sealed_pin_path_is_relative_to_the_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("seb.toml");
-        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
-        std::fs::write(&file, format!("{sealed}{ATTESTATION}")).unwrap();
-        let c = Config::load(&file).unwrap();
-        let BackendConfig::Pkcs11(p) = &c.backend else {
-            panic!("pkcs11 expected")
-        };
-        assert_eq!(
-            p.pin_sealed.as_deref(),
-            Some(dir.path().join("pin.sealed").as_path())
-        );
-        assert_eq!(c.default_sealed_pin(), dir.path().join("state/pin.sealed"));
-    }
-
-    #[cfg(feature = "tpm")]
-    #[test]
-    fn unreadable_sealed_pin_fails_closed() {
-        let sealed = MINIMAL.replace(
-            "pin_file = \"user.pin\"",
-            "pin_sealed = \"/nonexistent/pin.sealed\"",
-        );
-        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
-        let BackendConfig::Pkcs11(p) = &c.backend else {
-            panic!("pkcs11 expected")
-        };
-        let err = p.read_pin().unwrap_err();
-        assert!(matches!(err, ConfigError::SealedPin { .. }), "{err}");
-    }
-
-    #[cfg(not(feature = "tpm"))]
-    #[test]
-    fn sealed_pin_without_tpm_support_says_so() {
-        let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
-        let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
-        let BackendConfig::Pkcs11(p) = &c.backend else {
-            panic!("pkcs11 expected")
-        };
-        let err = p.read_pin().unwrap_err().to_string();
-        assert!(err.contains("`tpm` feature"), "{err}");
-    }
-
-    #[test]
-    fn duplicate_labels_are_refused() {
-        let text = format!("{MINIMAL}\n[keys]\nroot = \"k\"\ntoken = \"k\"\n");
-        assert!(Config::parse(&text)
-            .unwrap_err()
-            .to_string()
-            .contains("two keys"));
-    }
-
-    #[test]
-    fn bad_duration_is_refused() {
-        let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
-        assert!(Config::parse(&text).is_err());
-    }
-
-    #[test]
-    fn tpm_backend_is_parsed_strictly() {
-        let text = r#"
-broker_id = "b1"
-state_dir = "state"
-[backend]
-type = "tpm"
-tcti = "swtpm:host=127.0.0.1,port=2321"
-"#;
-        let c = Config::parse(text).unwrap();
-        let BackendConfig::Tpm(t) = &c.backend else {
-            panic!("not a TPM backend")
-        };
-        assert_eq!(t.key_dir(Path::new("/s")), Path::new("/s/tpm-keys"));
-        assert!(Config::parse(&text.replace("tcti =", "tcit =")).is_err());
-    }
-
-    #[test]
-    fn empty_pin_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let pin = dir.path().join("pin");
-        std::fs::write(&pin, "  \n").unwrap();
-        let p = Pkcs11Config {
-            module: "/m.so".into(),
-            token_label: "t".into(),
-            token_serial: None,
-            pin_file: Some(pin),
-            pin_env: None,
-            pin_sealed: None,
-            sealed_pin_tcti: None,
-            sessions: None,
-            module_env: BTreeMap::new(),
-        };
-        assert!(p.read_pin().unwrap_err().to_string().contains("empty"));
-    }
-}
+mod tests;

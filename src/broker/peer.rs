@@ -71,10 +71,13 @@ impl Peer {
     }
 }
 
-/// Validated peers by SHA-256 of the presented chain, with when they were validated.
+/// A validated peer and when it was validated.
+type Cached = (Instant, Arc<Peer>);
+
+/// Validated peers by SHA-256 of the presented chain.
 #[derive(Debug, Default)]
 pub(crate) struct PeerCache {
-    entries: Mutex<HashMap<[u8; 32], (Instant, Arc<Peer>)>>,
+    entries: Mutex<HashMap<[u8; 32], Cached>>,
 }
 
 impl PeerCache {

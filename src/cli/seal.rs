@@ -12,7 +12,7 @@ use seb::attest::tpm::read_pcrs_of;
 use seb::attest::{AttestPolicy, EventLog};
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
 use seb::backend::tpm::Tpm;
-use seb::config::{BackendConfig, Config};
+use seb::config::{BackendConfig, Config, PinSource};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{read_file, write_file, CliResult};
@@ -89,20 +89,13 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
         unsealing.as_millis()
     );
     println!("wrote {} (mode 0600)", out.display());
-    match &p11.pin_sealed {
-        Some(current) if *current == out => {
+    match &p11.pin {
+        PinSource::Sealed { path, .. } if *path == out => {
             println!("the configuration already reads the PIN from this file");
         }
-        _ => {
-            let old = if p11.pin_file.is_some() {
-                "pin_file"
-            } else if p11.pin_env.is_some() {
-                "pin_env"
-            } else {
-                "pin_sealed"
-            };
+        current => {
             println!("to use it, change [backend] in the configuration:");
-            println!("  remove   {old} = ...");
+            println!("  remove   {} = ...", current.key());
             println!("  add      pin_sealed = \"{}\"", out.display());
             println!(
                 "keep the PIN itself in escrow: after a planned PCR change (firmware update) it is \

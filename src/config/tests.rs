@@ -1,0 +1,196 @@
+//! Parsing and validating `seb.toml`: defaults, typos, PIN sources, relative paths.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+broker_id = "b1"
+state_dir = "state"
+[backend]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "seb"
+pin_file = "user.pin"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.keys.root, "seb-root");
+    assert_eq!(c.keys.token_algorithm, KeyAlgorithm::EcP384);
+    assert_eq!(c.ca.crl_validity, Duration::from_secs(7 * 86_400));
+}
+
+#[test]
+fn async_workers_leave_the_signing_threads_their_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let two_sessions = format!("{MINIMAL}sessions = 2\n");
+    let c = Config::parse(&two_sessions).unwrap();
+    assert_eq!(c.backend.signing_threads(), 2);
+    assert_eq!(c.worker_threads(), cpus.saturating_sub(2).max(1));
+    let set = format!("{two_sessions}[server]\nworker_threads = 3\n");
+    assert_eq!(Config::parse(&set).unwrap().worker_threads(), 3);
+    let zero = format!("{two_sessions}[server]\nworker_threads = 0\n");
+    assert_eq!(
+        Config::parse(&zero).unwrap().worker_threads(),
+        1,
+        "never zero"
+    );
+}
+
+#[test]
+fn typo_is_an_error() {
+    let text = MINIMAL.replace("token_label", "token_lable");
+    let err = Config::parse(&text).unwrap_err().to_string();
+    assert!(err.contains("token_lable"), "{err}");
+    let text = format!("{MINIMAL}\n[keys]\nrot = \"x\"\n");
+    assert!(Config::parse(&text).is_err());
+}
+
+#[test]
+fn pin_needs_exactly_one_source() {
+    let none = MINIMAL.replace("pin_file = \"user.pin\"", "");
+    assert!(Config::parse(&none).is_err());
+    let both = MINIMAL.replace(
+        "pin_file = \"user.pin\"",
+        "pin_file = \"a\"\npin_env = \"B\"",
+    );
+    assert!(Config::parse(&both).is_err());
+}
+
+const ATTESTATION: &str = r#"
+[attestation]
+tcti = "swtpm:host=127.0.0.1,port=2321"
+policy = "attest-policy.toml"
+event_log = "eventlog.json"
+"#;
+
+#[test]
+fn sealed_pin_is_a_third_exclusive_source() {
+    let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+    let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+    let BackendConfig::Pkcs11(p) = &c.backend else {
+        panic!("pkcs11 expected")
+    };
+    assert!(p.pin_is_sealed());
+    let PinSource::Sealed { tcti, .. } = &p.pin else {
+        panic!("sealed PIN expected")
+    };
+    assert_eq!(tcti.as_deref(), Some("swtpm:host=127.0.0.1,port=2321"));
+    // Without a TPM to unseal with.
+    let err = Config::parse(&sealed).unwrap_err().to_string();
+    assert!(err.contains("[attestation]"), "{err}");
+    // With another source as well.
+    for other in ["pin_file = \"user.pin\"", "pin_env = \"SEB_PIN\""] {
+        let two = sealed.replace(
+            "pin_sealed = \"pin.sealed\"",
+            &format!("pin_sealed = \"pin.sealed\"\n{other}"),
+        );
+        let err = Config::parse(&format!("{two}{ATTESTATION}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of"), "{err}");
+    }
+    let three = MINIMAL.replace(
+        "pin_file = \"user.pin\"",
+        "pin_file = \"a\"\npin_env = \"B\"\npin_sealed = \"c\"",
+    );
+    assert!(Config::parse(&format!("{three}{ATTESTATION}")).is_err());
+    // The internal TCTI is not a configuration key.
+    let smuggled = sealed.replace(
+        "pin_sealed = \"pin.sealed\"",
+        "pin_sealed = \"pin.sealed\"\nsealed_pin_tcti = \"x\"",
+    );
+    assert!(Config::parse(&format!("{smuggled}{ATTESTATION}")).is_err());
+}
+
+#[test]
+fn sealed_pin_path_is_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seb.toml");
+    let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+    std::fs::write(&file, format!("{sealed}{ATTESTATION}")).unwrap();
+    let c = Config::load(&file).unwrap();
+    let BackendConfig::Pkcs11(p) = &c.backend else {
+        panic!("pkcs11 expected")
+    };
+    let PinSource::Sealed { path, .. } = &p.pin else {
+        panic!("sealed PIN expected")
+    };
+    assert_eq!(path.as_path(), dir.path().join("pin.sealed").as_path());
+    assert_eq!(c.default_sealed_pin(), dir.path().join("state/pin.sealed"));
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn unreadable_sealed_pin_fails_closed() {
+    let sealed = MINIMAL.replace(
+        "pin_file = \"user.pin\"",
+        "pin_sealed = \"/nonexistent/pin.sealed\"",
+    );
+    let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+    let BackendConfig::Pkcs11(p) = &c.backend else {
+        panic!("pkcs11 expected")
+    };
+    let err = p.read_pin().unwrap_err();
+    assert!(matches!(err, ConfigError::SealedPin { .. }), "{err}");
+}
+
+#[cfg(not(feature = "tpm"))]
+#[test]
+fn sealed_pin_without_tpm_support_says_so() {
+    let sealed = MINIMAL.replace("pin_file = \"user.pin\"", "pin_sealed = \"pin.sealed\"");
+    let c = Config::parse(&format!("{sealed}{ATTESTATION}")).unwrap();
+    let BackendConfig::Pkcs11(p) = &c.backend else {
+        panic!("pkcs11 expected")
+    };
+    let err = p.read_pin().unwrap_err().to_string();
+    assert!(err.contains("`tpm` feature"), "{err}");
+}
+
+#[test]
+fn duplicate_labels_are_refused() {
+    let text = format!("{MINIMAL}\n[keys]\nroot = \"k\"\ntoken = \"k\"\n");
+    assert!(Config::parse(&text)
+        .unwrap_err()
+        .to_string()
+        .contains("two keys"));
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
+    assert!(Config::parse(&text).is_err());
+}
+
+#[test]
+fn tpm_backend_is_parsed_strictly() {
+    let text = r#"
+broker_id = "b1"
+state_dir = "state"
+[backend]
+type = "tpm"
+tcti = "swtpm:host=127.0.0.1,port=2321"
+"#;
+    let c = Config::parse(text).unwrap();
+    let BackendConfig::Tpm(t) = &c.backend else {
+        panic!("not a TPM backend")
+    };
+    assert_eq!(t.key_dir(Path::new("/s")), Path::new("/s/tpm-keys"));
+    assert!(Config::parse(&text.replace("tcti =", "tcit =")).is_err());
+}
+
+#[test]
+fn empty_pin_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "  \n").unwrap();
+    let p = Pkcs11Config {
+        module: "/m.so".into(),
+        token_label: "t".into(),
+        token_serial: None,
+        pin: PinSource::File(pin),
+        sessions: None,
+        module_env: BTreeMap::new(),
+    };
+    assert!(p.read_pin().unwrap_err().to_string().contains("empty"));
+}
