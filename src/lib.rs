@@ -2,8 +2,16 @@
 //!
 //! The library holds everything that does not need a device: the grant schema, the
 //! authorization decision, certificate issuance over an abstract signer, and the offline
-//! verifier. Device code (PKCS#11) sits behind the `pkcs11` feature, so an executor can depend
-//! on `seb` with `default-features = false` and link no HSM or TPM code at all.
+//! verifier (tokens, certificate chains, TPM quotes). Features:
+//!
+//! * `pkcs11`: the PKCS#11 key backend (cryptoki);
+//! * `tpm`: the TPM device layer, the TPM key backend, the attestor and PIN sealing
+//!   (tss-esapi);
+//! * `broker` (default): both of those, the embedded store, the HTTPS server and the `seb`
+//!   binary.
+//!
+//! An executor depends on `seb` with `default-features = false` and links no HSM, TPM, SQLite
+//! or async code at all.
 
 pub mod attest;
 pub mod authz;
