@@ -34,6 +34,8 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod token;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod verify;
 
 #[cfg(test)]

@@ -22,22 +22,23 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest as _, Sha256};
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::{SessionType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, KeyedHashScheme, PcrSelectionList, Private, Public, PublicBuilder,
-    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
+    Digest, PcrSelectionList, Private, Public, SensitiveData, SymmetricDefinition,
 };
-use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 use super::tpm::{read_pcrs, selection};
 use super::PcrBank;
-use crate::backend::tpm::{flush, take_part, Failure, Tpm};
 use crate::backend::BackendError;
+use crate::tpm::{
+    decode_object, encode_object, file_header, flush, sealed_object, split_file_header, Failure,
+    Tpm,
+};
 
 /// Why a PIN could not be sealed or unsealed. Never carries the PIN.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +159,7 @@ impl SealedPin {
         let (public, private) = tpm
             .run("seal the HSM PIN", |ctx| {
                 let policy = trial_policy(ctx, &selection, &pcr_digest)?;
-                let template = sealed_template(policy)?;
+                let template = sealed_object(policy, POLICY_HASH)?;
                 let primary = Tpm::storage_primary(ctx)?;
                 let created = salted_session(ctx, primary, SessionType::Hmac).and_then(|s| {
                     let r = ctx.execute_with_session(Some(s), |ctx| {
@@ -191,6 +192,8 @@ impl SealedPin {
         let selection = selection(self.bank, &pcrs).map_err(|e| SealError::Input(e.to_string()))?;
         let outcome = tpm
             .run("unseal the HSM PIN", |ctx| {
+                // Loaded by hand, not through `KeyBlob::with_loaded`: the primary stays loaded
+                // to salt the policy session, and a load failure is classified (`WrongTpm`).
                 let primary = Tpm::storage_primary(ctx)?;
                 let loaded = ctx.execute_with_nullauth_session(|ctx| {
                     ctx.load(primary, self.private.clone(), self.public.clone())
@@ -286,29 +289,22 @@ impl SealedPin {
     /// u32 len ‖ TPM2B_PRIVATE buffer`.
     pub fn encode(&self) -> Result<Vec<u8>, SealError> {
         let bad = |e: String| SealError::Input(format!("encode the sealed PIN: {e}"));
-        let public = self.public.marshall().map_err(|e| bad(e.to_string()))?;
-        let private = self.private.value();
         let count = u8::try_from(self.values.len()).map_err(|_| bad("too many PCRs".into()))?;
-        let mut out = Vec::new();
-        out.extend_from_slice(SEALED_MAGIC);
-        out.push(bank_code(self.bank));
+        let mut out = file_header(SEALED_MAGIC, bank_code(self.bank));
         out.push(count);
         out.extend(self.values.keys());
         out.extend(self.values.values().flatten());
-        for part in [public.as_slice(), private] {
-            let len = u32::try_from(part.len()).map_err(|_| bad("part too large".into()))?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(part);
-        }
+        encode_object(&mut out, &self.public, &self.private).map_err(bad)?;
         Ok(out)
     }
 
     /// Parses [`SealedPin::encode`]'s format strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let rest = bytes
-            .strip_prefix(SEALED_MAGIC.as_slice())
-            .ok_or("not a seb sealed PIN (run `seb seal-pin`)")?;
-        let (&bank, rest) = rest.split_first().ok_or("truncated")?;
+        let (bank, rest) = split_file_header(
+            bytes,
+            SEALED_MAGIC,
+            "not a seb sealed PIN (run `seb seal-pin`)",
+        )?;
         let bank = match bank {
             1 => PcrBank::Sha256,
             2 => PcrBank::Sha384,
@@ -330,16 +326,12 @@ impl SealedPin {
         if values.is_empty() {
             return Err("empty PCR selection".into());
         }
-        let (public, rest) = take_part(rest)?;
-        let (private, rest) = take_part(rest)?;
-        if !rest.is_empty() {
-            return Err("trailing bytes".into());
-        }
+        let (public, private) = decode_object(rest)?;
         Ok(Self {
             bank,
             values,
-            public: Public::unmarshall(public).map_err(|e| format!("public area: {e}"))?,
-            private: Private::try_from(private.to_vec()).map_err(|e| format!("private: {e}"))?,
+            public,
+            private,
         })
     }
 }
@@ -443,30 +435,6 @@ fn close(ctx: &mut Context, session: AuthSession) {
     }
 }
 
-/// A sealed data object: keyedhash without sign/decrypt, bound to this TPM and parent, exempt
-/// from DA lockout, usable only through `policy`.
-fn sealed_template(policy: Digest) -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_no_da(true)
-        .with_user_with_auth(false)
-        .with_admin_with_policy(true)
-        .with_sensitive_data_origin(false)
-        .with_sign_encrypt(false)
-        .with_decrypt(false)
-        .with_restricted(false)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::KeyedHash)
-        .with_name_hashing_algorithm(POLICY_HASH)
-        .with_object_attributes(attributes)
-        .with_auth_policy(policy)
-        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-        .with_keyed_hash_unique_identifier(Digest::default())
-        .build()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,7 +444,7 @@ mod tests {
         SealedPin {
             bank: PcrBank::Sha256,
             values: BTreeMap::from([(0, vec![1u8; 32]), (23, vec![2u8; 32])]),
-            public: sealed_template(policy).unwrap(),
+            public: sealed_object(policy, POLICY_HASH).unwrap(),
             private: Private::try_from(vec![9u8; 40]).unwrap(),
         }
     }

@@ -18,13 +18,13 @@ use super::{
     verify_evidence, AttestError, AttestPolicy, Attestor, EventLog, Evidence, QuoteCheck,
     SelfCheckReport,
 };
-use crate::backend::tpm::Tpm;
 use crate::base64url;
 use crate::cert::Certificate;
 use crate::config::Config;
 use crate::store::Store;
 use crate::time::unix;
 use crate::token;
+use crate::tpm::Tpm;
 
 /// Everything the broker needs to attest itself.
 pub struct AttestationState {

@@ -18,23 +18,21 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256, Sha384};
 use tss_esapi::abstraction::ek;
 use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{AuthHandle, KeyHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Data, Digest, EccPoint, EccScheme, HashScheme, PcrSelectionList, PcrSlot, Public,
-    PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition,
+    Data, Digest, PcrSelectionList, PcrSlot, Public, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::traits::Marshall;
 use tss_esapi::Context;
 
 use super::{AttestError, Attestor, PcrBank, RawQuote, MAX_NONCE, MIN_NONCE};
-use crate::backend::tpm::{flush, public_key_of, Failure, KeyBlob, Tpm};
 use crate::backend::{BackendError, KeyAlgorithm, PublicKey};
+use crate::tpm::{flush, write_new, Failure, KeyBlob, SigningUse, Tpm};
 
 /// Quote attempts before giving up when PCRs keep changing under us.
 const QUOTE_ATTEMPTS: u32 = 3;
@@ -85,7 +83,7 @@ impl TpmAttestor {
 
     /// The AK's public key.
     pub fn ak_public(&self) -> Result<PublicKey, AttestError> {
-        public_key_of(&self.ak.0.public, self.ak.0.algorithm).map_err(identity)
+        self.ak.0.public_key().map_err(identity)
     }
 
     /// Proves that the AK lives in the same TPM as the EK: TPM2_MakeCredential to the EK for
@@ -99,10 +97,7 @@ impl TpmAttestor {
         let (recovered, endorsement) = self
             .tpm
             .run("credential activation", |ctx| {
-                let ak = load(ctx, blob)?;
-                let result = activate(ctx, ak, &secret);
-                flush(ctx, ak);
-                result
+                blob.with_loaded(ctx, |ctx, ak| activate(ctx, ak, &secret))
             })
             .map_err(tpm_error("credential activation"))?;
         if recovered != secret {
@@ -126,25 +121,15 @@ pub fn create_ak(tpm: &Tpm, path: &Path) -> Result<PublicKey, AttestError> {
     }
     let blob = tpm
         .run("create attestation key", |ctx| {
-            let algorithm = if Tpm::supports_curve(ctx, EccCurve::NistP384)? {
+            let algorithm = if Tpm::supports(ctx, KeyAlgorithm::EcP384)? {
                 KeyAlgorithm::EcP384
             } else {
                 KeyAlgorithm::EcP256
             };
-            let primary = Tpm::storage_primary(ctx)?;
-            let created = ctx.execute_with_nullauth_session(|ctx| {
-                ctx.create(primary, ak_template(algorithm)?, None, None, None, None)
-            });
-            flush(ctx, primary);
-            let created = created?;
-            Ok(KeyBlob {
-                algorithm,
-                public: created.out_public,
-                private: created.out_private,
-            })
+            KeyBlob::create(ctx, algorithm, SigningUse::TpmGenerated)
         })
         .map_err(tpm_error("create attestation key"))?;
-    let public = public_key_of(&blob.public, blob.algorithm).map_err(identity)?;
+    let public = blob.public_key().map_err(identity)?;
     let bytes = blob.encode().map_err(identity)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| AttestError::File {
@@ -152,7 +137,10 @@ pub fn create_ak(tpm: &Tpm, path: &Path) -> Result<PublicKey, AttestError> {
             reason: e.to_string(),
         })?;
     }
-    write_private(path, &bytes)?;
+    write_new(path, &bytes).map_err(|e| AttestError::File {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(public)
 }
 
@@ -170,10 +158,9 @@ impl Attestor for TpmAttestor {
         let outcome = self
             .tpm
             .run("quote", |ctx| {
-                let ak = load(ctx, blob)?;
-                let result = quote_consistent(ctx, ak, &nonce, &selection, bank, pcrs);
-                flush(ctx, ak);
-                result
+                blob.with_loaded(ctx, |ctx, ak| {
+                    quote_consistent(ctx, ak, &nonce, &selection, bank, pcrs)
+                })
             })
             .map_err(tpm_error("quote"))?;
         outcome.ok_or(AttestError::PcrRace {
@@ -299,15 +286,6 @@ fn selection_inner(bank: PcrBank, pcrs: &[u8]) -> tss_esapi::Result<PcrSelection
         .build()
 }
 
-fn load(ctx: &mut Context, blob: &KeyBlob) -> Result<KeyHandle, Failure> {
-    let primary = Tpm::storage_primary(ctx)?;
-    let loaded = ctx.execute_with_nullauth_session(|ctx| {
-        ctx.load(primary, blob.private.clone(), blob.public.clone())
-    });
-    flush(ctx, primary);
-    Ok(loaded?)
-}
-
 /// MakeCredential to the EK for the AK's name, then ActivateCredential with the EK's policy
 /// (PolicySecret(TPM_RH_ENDORSEMENT)). Returns the recovered secret and the EK facts.
 fn activate(
@@ -386,42 +364,6 @@ fn activate(
     result
 }
 
-/// A restricted ECDSA signing key: it signs only TPM-generated structures.
-fn ak_template(algorithm: KeyAlgorithm) -> tss_esapi::Result<Public> {
-    let (curve, hash) = match algorithm {
-        KeyAlgorithm::EcP256 => (EccCurve::NistP256, HashingAlgorithm::Sha256),
-        KeyAlgorithm::EcP384 => (EccCurve::NistP384, HashingAlgorithm::Sha384),
-    };
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(hash)))
-                .with_curve(curve)
-                .with_is_signing_key(true)
-                .with_is_decryption_key(false)
-                .with_restricted(true)
-                .with_key_derivation_function_scheme(
-                    tss_esapi::structures::KeyDerivationFunctionScheme::Null,
-                )
-                .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-}
-
 fn identity(e: BackendError) -> AttestError {
     AttestError::Identity(e.to_string())
 }
@@ -431,23 +373,6 @@ fn tpm_error(operation: &'static str) -> impl Fn(BackendError) -> AttestError {
         operation,
         source: Box::new(e),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AttestError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file_err = |e: std::io::Error| AttestError::File {
-        what: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(file_err)?;
-    file.write_all(bytes).map_err(file_err)?;
-    file.sync_all().map_err(file_err)
 }
 
 /// Reads PCRs without an attestation key (for `seb attest record`).

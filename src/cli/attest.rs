@@ -8,12 +8,12 @@ use std::time::SystemTime;
 use seb::attest::selfcheck::AttestationState;
 use seb::attest::tpm::{create_ak, read_pcrs_of, TpmAttestor};
 use seb::attest::{self, AttestPolicy, Attestor, EventLog, Evidence, PcrBank, QuoteCheck};
-use seb::backend::tpm::Tpm;
 use seb::backend::{KeyBackend, P384Signer};
 use seb::ca::{self, CertKind};
 use seb::cert::Certificate;
 use seb::client::{Client, ClientTls};
 use seb::config::{AttestationConfig, Config};
+use seb::tpm::Tpm;
 use spki::SubjectPublicKeyInfoOwned;
 
 use super::{open_backend, read_file, write_file, CliError, CliResult};

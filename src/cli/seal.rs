@@ -11,8 +11,8 @@ use seb::attest::seal::SealedPin;
 use seb::attest::tpm::read_pcrs_of;
 use seb::attest::{AttestPolicy, EventLog};
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
-use seb::backend::tpm::Tpm;
 use seb::config::{BackendConfig, Config, PinSource};
+use seb::tpm::Tpm;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{read_file, write_file, CliResult};

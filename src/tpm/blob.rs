@@ -1,0 +1,176 @@
+//! Key blobs: a TPM object kept outside the TPM as its public area and its private part, which
+//! the TPM encrypted to the storage primary, so only this TPM can load it. The key backend's
+//! keys and the attestation key are created into a [`KeyBlob`], written once to an owner-only
+//! file, and loaded, used and flushed for each batch (load–use–flush), so the TPM's few
+//! transient slots are never exhausted and nothing persistent is created.
+//!
+//! A key blob file is `SEBTPMK1 ‖ alg(u8) ‖ object`, where `object` is `u32 len ‖ TPMT_PUBLIC ‖
+//! u32 len ‖ TPM2B_PRIVATE buffer` ([`encode_object`]). The sealed PIN's file has the same
+//! frame: its own magic and kind byte ([`file_header`]) first, the same object part last.
+//!
+//! This module must never replace an existing file, never write one that others can read, and
+//! never accept a file with missing or trailing bytes.
+
+use std::path::Path;
+
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::structures::{Private, Public};
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+
+use super::context::{flush, Failure, Tpm};
+use super::convert::public_key_of;
+use super::templates::{self, SigningUse};
+use crate::backend::{BackendError, KeyAlgorithm, PublicKey};
+
+/// A key as stored on disk: the TPM's encrypted private part and the public area.
+pub(crate) struct KeyBlob {
+    pub(crate) algorithm: KeyAlgorithm,
+    pub(crate) public: Public,
+    pub(crate) private: Private,
+}
+
+/// Magic of the key blob file format (version 1).
+const BLOB_MAGIC: &[u8; 8] = b"SEBTPMK1";
+
+impl KeyBlob {
+    /// Has the TPM generate an ECDSA key for `usage` under a fresh storage primary (flushed
+    /// again) and returns its blob.
+    pub(crate) fn create(
+        ctx: &mut Context,
+        algorithm: KeyAlgorithm,
+        usage: SigningUse,
+    ) -> Result<Self, Failure> {
+        let template = templates::signing_key(algorithm, usage)?;
+        let primary = Tpm::storage_primary(ctx)?;
+        let created = ctx.execute_with_nullauth_session(|ctx| {
+            ctx.create(primary, template, None, None, None, None)
+        });
+        flush(ctx, primary);
+        let created = created?;
+        Ok(Self {
+            algorithm,
+            public: created.out_public,
+            private: created.out_private,
+        })
+    }
+
+    /// Loads the key under a fresh storage primary, runs `op` with it, and flushes both.
+    pub(crate) fn with_loaded<T>(
+        &self,
+        ctx: &mut Context,
+        op: impl FnOnce(&mut Context, KeyHandle) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let primary = Tpm::storage_primary(ctx)?;
+        let loaded = ctx.execute_with_nullauth_session(|ctx| {
+            ctx.load(primary, self.private.clone(), self.public.clone())
+        });
+        flush(ctx, primary);
+        let key = loaded?;
+        let result = op(ctx, key);
+        flush(ctx, key);
+        result
+    }
+
+    /// The key's public half, checked to be on its curve.
+    pub(crate) fn public_key(&self) -> Result<PublicKey, BackendError> {
+        public_key_of(&self.public, self.algorithm)
+    }
+
+    /// `SEBTPMK1 ‖ alg(u8) ‖ u32 len ‖ TPMT_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE buffer`.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, BackendError> {
+        let code = match self.algorithm {
+            KeyAlgorithm::EcP256 => 1,
+            KeyAlgorithm::EcP384 => 2,
+        };
+        let mut out = file_header(BLOB_MAGIC, code);
+        encode_object(&mut out, &self.public, &self.private).map_err(|e| BackendError::Device {
+            operation: "encode a TPM key blob",
+            source: e.into(),
+        })?;
+        Ok(out)
+    }
+
+    /// Parses [`KeyBlob::encode`]'s format strictly.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (alg, rest) = split_file_header(bytes, BLOB_MAGIC, "not a seb TPM key blob")?;
+        let algorithm = match alg {
+            1 => KeyAlgorithm::EcP256,
+            2 => KeyAlgorithm::EcP384,
+            _ => return Err(format!("unknown algorithm {alg}")),
+        };
+        let (public, private) = decode_object(rest)?;
+        Ok(Self {
+            algorithm,
+            public,
+            private,
+        })
+    }
+}
+
+/// The start of a seb TPM file: its magic (format and version), then the byte that says what
+/// it holds (a key blob's algorithm, a sealed PIN's PCR bank).
+pub(crate) fn file_header(magic: &[u8; 8], kind: u8) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.push(kind);
+    out
+}
+
+/// Checks a [`file_header`] against `magic` (else fails with `not_ours`) and returns its kind
+/// byte and the rest of the file.
+pub(crate) fn split_file_header<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    not_ours: &str,
+) -> Result<(u8, &'a [u8]), String> {
+    let rest = bytes.strip_prefix(magic.as_slice()).ok_or(not_ours)?;
+    let (&kind, rest) = rest.split_first().ok_or("truncated")?;
+    Ok((kind, rest))
+}
+
+/// Appends a TPM object to `out`: `u32 len ‖ TPMT_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE buffer`.
+pub(crate) fn encode_object(
+    out: &mut Vec<u8>,
+    public: &Public,
+    private: &Private,
+) -> Result<(), String> {
+    let public = public.marshall().map_err(|e| e.to_string())?;
+    for part in [public.as_slice(), private.value()] {
+        let len = u32::try_from(part.len()).map_err(|_| "part too large")?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    Ok(())
+}
+
+/// Parses an [`encode_object`] part that must fill `bytes` exactly.
+pub(crate) fn decode_object(bytes: &[u8]) -> Result<(Public, Private), String> {
+    let (public, rest) = take_part(bytes)?;
+    let (private, rest) = take_part(rest)?;
+    if !rest.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok((
+        Public::unmarshall(public).map_err(|e| format!("public area: {e}"))?,
+        Private::try_from(private.to_vec()).map_err(|e| format!("private: {e}"))?,
+    ))
+}
+
+fn take_part(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let (len, rest) = bytes.split_at_checked(4).ok_or("truncated")?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    rest.split_at_checked(len).ok_or_else(|| "truncated".into())
+}
+
+/// Creates `path` with mode 0600, refusing to replace an existing file, and syncs it.
+pub(crate) fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
