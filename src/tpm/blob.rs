@@ -174,3 +174,54 @@ pub(crate) fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.write_all(contents)?;
     file.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(algorithm: KeyAlgorithm) -> KeyBlob {
+        KeyBlob {
+            algorithm,
+            public: templates::signing_key(algorithm, SigningUse::AnyDigest).unwrap(),
+            private: Private::try_from(vec![9u8; 40]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn key_blob_round_trips_and_is_parsed_strictly() {
+        for algorithm in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
+            let bytes = sample(algorithm).encode().unwrap();
+            let back = KeyBlob::decode(&bytes).unwrap();
+            assert_eq!(back.algorithm, algorithm);
+            assert_eq!(back.encode().unwrap(), bytes);
+            assert!((0..bytes.len()).all(|cut| KeyBlob::decode(&bytes[..cut]).is_err()));
+
+            let mut unknown = bytes.clone();
+            unknown[8] = 3;
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            let refused = [
+                (b"SEBPIN01\x01".to_vec(), "not a seb TPM key blob"),
+                (bytes[..8].to_vec(), "truncated"),
+                (unknown, "unknown algorithm 3"),
+                (trailing, "trailing bytes"),
+            ];
+            for (bad, reason) in refused {
+                assert_eq!(KeyBlob::decode(&bad).err().unwrap(), reason);
+            }
+        }
+    }
+
+    #[test]
+    fn blob_files_are_private_and_never_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.tpmkey");
+        write_new(&path, b"one").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = write_new(&path, b"two").unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+    }
+}

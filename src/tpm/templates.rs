@@ -10,7 +10,7 @@
 //! This module only builds templates and runs no TPM command. It must never drop fixedTPM or
 //! fixedParent from a template, and never change a template that existing blobs depend on: the
 //! storage primary is re-derived from its template, so a changed bit makes every stored key
-//! blob and sealed PIN unloadable.
+//! blob and sealed PIN unloadable (the known-answer test below guards this).
 
 use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
@@ -128,4 +128,81 @@ fn ecc_object(
         .with_ecc_parameters(parameters)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use tss_esapi::traits::Marshall;
+
+    use super::*;
+
+    fn marshalled(public: tss_esapi::Result<Public>) -> String {
+        hex::encode(public.unwrap().marshall().unwrap())
+    }
+
+    /// The templates as the TPM receives them (TPMT_PUBLIC), recorded from the code that
+    /// created the blobs in use. A change here orphans every stored key blob and sealed PIN.
+    #[test]
+    fn templates_are_the_ones_existing_blobs_were_made_with() {
+        assert_eq!(
+            marshalled(storage_primary()),
+            "0023000b00030472000000060080004300100003001000000000"
+        );
+        let signing = [
+            (
+                KeyAlgorithm::EcP256,
+                SigningUse::AnyDigest,
+                "0023000b00040472000000100018000b0003001000000000",
+            ),
+            (
+                KeyAlgorithm::EcP384,
+                SigningUse::AnyDigest,
+                "0023000b00040472000000100018000c0004001000000000",
+            ),
+            (
+                KeyAlgorithm::EcP256,
+                SigningUse::TpmGenerated,
+                "0023000b00050472000000100018000b0003001000000000",
+            ),
+            (
+                KeyAlgorithm::EcP384,
+                SigningUse::TpmGenerated,
+                "0023000b00050472000000100018000c0004001000000000",
+            ),
+        ];
+        for (algorithm, usage, expected) in signing {
+            assert_eq!(
+                marshalled(signing_key(algorithm, usage)),
+                expected,
+                "{algorithm} {usage:?}"
+            );
+        }
+        let policy = Digest::try_from(vec![7u8; 32]).unwrap();
+        assert_eq!(
+            marshalled(sealed_object(policy, HashingAlgorithm::Sha256)),
+            "0008000b000004920020\
+             0707070707070707070707070707070707070707070707070707070707070707\
+             00100000"
+        );
+    }
+
+    #[test]
+    fn every_object_is_bound_and_only_the_attestation_key_is_restricted() {
+        let primary = storage_primary().unwrap();
+        let a = primary.object_attributes();
+        assert!(a.fixed_tpm() && a.fixed_parent() && a.no_da() && a.sensitive_data_origin());
+        assert!(a.restricted() && a.decrypt() && !a.sign_encrypt());
+
+        for algorithm in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
+            for usage in [SigningUse::AnyDigest, SigningUse::TpmGenerated] {
+                let key = signing_key(algorithm, usage).unwrap();
+                let a = key.object_attributes();
+                assert!(
+                    a.fixed_tpm() && a.fixed_parent() && a.no_da() && a.sensitive_data_origin()
+                );
+                assert!(a.sign_encrypt() && !a.decrypt());
+                assert_eq!(a.restricted(), usage == SigningUse::TpmGenerated);
+            }
+        }
+    }
 }
