@@ -27,9 +27,7 @@ mod context;
 mod convert;
 mod templates;
 
-pub(crate) use blob::{
-    decode_object, encode_object, file_header, split_file_header, write_new, KeyBlob,
-};
+pub(crate) use blob::{decode_object, encode_object, file_header, split_file_header, KeyBlob};
 pub(crate) use context::{flush, in_nullauth_session};
 pub use context::{Failure, Tpm};
 pub(crate) use convert::signature_of;

@@ -32,7 +32,8 @@ use tss_esapi::Context;
 
 use super::{AttestError, Attestor, PcrBank, RawQuote, MAX_NONCE, MIN_NONCE};
 use crate::backend::{BackendError, KeyAlgorithm, PublicKey};
-use crate::tpm::{flush, write_new, Failure, KeyBlob, SigningUse, Tpm};
+use crate::files;
+use crate::tpm::{flush, Failure, KeyBlob, SigningUse, Tpm};
 
 /// Quote attempts before giving up when PCRs keep changing under us.
 const QUOTE_ATTEMPTS: u32 = 3;
@@ -137,7 +138,7 @@ pub fn create_ak(tpm: &Tpm, path: &Path) -> Result<PublicKey, AttestError> {
             reason: e.to_string(),
         })?;
     }
-    write_new(path, &bytes).map_err(|e| AttestError::File {
+    files::write_new_private(path, &bytes).map_err(|e| AttestError::File {
         what: path.display().to_string(),
         reason: e.to_string(),
     })?;

@@ -22,7 +22,8 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
 use super::{BackendError, KeyAlgorithm, KeyBackend, KeyProtection, PublicKey, Signature};
-use crate::tpm::{in_nullauth_session, signature_of, write_new, Failure, KeyBlob, SigningUse, Tpm};
+use crate::files;
+use crate::tpm::{in_nullauth_session, signature_of, Failure, KeyBlob, SigningUse, Tpm};
 
 /// What the backend needs: the TPM and where the key blobs live.
 #[derive(Clone, Debug)]
@@ -135,7 +136,7 @@ impl KeyBackend for TpmBackend {
             operation: "create the TPM key directory",
             source: Box::new(e),
         })?;
-        write_new(&path, &blob.encode()?).map_err(|e| {
+        files::write_new_private(&path, &blob.encode()?).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 BackendError::KeyExists {
                     label: label.to_owned(),

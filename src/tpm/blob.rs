@@ -8,10 +8,8 @@
 //! u32 len ‖ TPM2B_PRIVATE buffer` ([`encode_object`]). The sealed PIN's file has the same
 //! frame: its own magic and kind byte ([`file_header`]) first, the same object part last.
 //!
-//! This module must never replace an existing file, never write one that others can read, and
-//! never accept a file with missing or trailing bytes.
-
-use std::path::Path;
+//! This module writes no file itself (callers use [`crate::files::write_new_private`]: mode
+//! 0600, never replacing a file) and must never accept a file with missing or trailing bytes.
 
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::structures::{Private, Public};
@@ -162,19 +160,6 @@ fn take_part(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
     rest.split_at_checked(len).ok_or_else(|| "truncated".into())
 }
 
-/// Creates `path` with mode 0600, refusing to replace an existing file, and syncs it.
-pub(crate) fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,18 +195,5 @@ mod tests {
                 assert_eq!(KeyBlob::decode(&bad).err().unwrap(), reason);
             }
         }
-    }
-
-    #[test]
-    fn blob_files_are_private_and_never_replaced() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.tpmkey");
-        write_new(&path, b"one").unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let again = write_new(&path, b"two").unwrap_err();
-        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read(&path).unwrap(), b"one");
     }
 }
