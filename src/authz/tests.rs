@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::grants::{testing, Constraint, GrantSet};
 
+mod constraint_kinds;
+
 const GRANTS: &str = r#"
 [[grant]]   # 0
 operation = "deploy.rollout"
