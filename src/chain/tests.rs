@@ -210,7 +210,7 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     let intermediates = [no_sign];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NoKeyCertSign { .. }), "{err}");
-    assert_eq!(err.code(), "not_a_ca");
+    assert_eq!(err.code(), "issuer_lacks_key_cert_sign");
 
     // Without basicConstraints at all.
     let mut no_bc = a.cert.clone();
@@ -220,6 +220,146 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     let intermediates = [resign(no_bc, &root.key)];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+}
+
+/// `cert` with its basicConstraints and keyUsage replaced (`None`: removed), re-signed by
+/// `signer`.
+fn with_ca_flags(
+    cert: &Certificate,
+    bc: Option<BasicConstraints>,
+    ku: Option<KeyUsage>,
+    signer: &dyn crate::ca::CaSigner,
+) -> Certificate {
+    let mut cert = cert.clone();
+    if let Some(exts) = cert.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&BasicConstraints::OID) && !e.is(&KeyUsage::OID));
+    }
+    if let Some(bc) = bc {
+        set_extension(&mut cert, standard(bc, true));
+    }
+    if let Some(ku) = ku {
+        set_extension(&mut cert, standard(ku, true));
+    }
+    resign(cert, signer)
+}
+
+fn not_a_ca() -> Option<BasicConstraints> {
+    Some(BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    })
+}
+
+fn a_ca() -> Option<BasicConstraints> {
+    Some(BasicConstraints {
+        ca: true,
+        path_len_constraint: None,
+    })
+}
+
+#[test]
+fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
+    // Every other test issuer that is not a CA also lacks keyCertSign, so the keyUsage check
+    // would refuse it anyway; these issuers have keyCertSign and only `cA` is wrong.
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    assert_eq!(
+        code(validate(
+            &leaf,
+            std::slice::from_ref(&a.cert),
+            &roots,
+            now()
+        )),
+        "ok"
+    );
+
+    // An intermediate re-issued with cA=false and keyCertSign (as a careless CA might).
+    let intermediates = [with_ca_flags(
+        &a.cert,
+        not_a_ca(),
+        Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
+        &root.key,
+    )];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+    assert!(err.to_string().contains("CN=a"), "{err}");
+
+    // An agent certificate that somehow carries keyCertSign, signing a certificate.
+    let agent_key = crate::testkit::key();
+    let agent = root
+        .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
+        .unwrap();
+    let agent = with_ca_flags(
+        &agent,
+        not_a_ca(),
+        Some(KeyUsage(
+            KeyUsages::DigitalSignature | KeyUsages::KeyCertSign,
+        )),
+        &root.key,
+    );
+    let mut forged = root.agent("victim", &deploy()).unwrap();
+    forged.tbs.issuer = agent.tbs.subject.clone();
+    if let Some(exts) = forged.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let forged = resign(forged, &agent_key);
+    let err = validate(&forged, &[agent], &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+
+    // A trusted root is an issuer too.
+    let bad_root = with_ca_flags(
+        &root.cert,
+        not_a_ca(),
+        Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
+        &root.key,
+    );
+    let direct = root.agent("direct", &deploy()).unwrap();
+    let err = validate(&direct, &[], &[bad_root], now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+}
+
+#[test]
+fn a_ca_without_key_cert_sign_has_its_own_code() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    for (what, ku) in [
+        (
+            "digitalSignature only",
+            Some(KeyUsage(KeyUsages::DigitalSignature.into())),
+        ),
+        ("cRLSign only", Some(KeyUsage(KeyUsages::CRLSign.into()))),
+        ("no keyUsage at all", None),
+    ] {
+        let intermediates = [with_ca_flags(&a.cert, a_ca(), ku, &root.key)];
+        let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+        assert!(
+            matches!(err, ChainError::NoKeyCertSign { .. }),
+            "{what}: {err}"
+        );
+        assert_eq!(err.code(), "issuer_lacks_key_cert_sign", "{what}");
+    }
+    // Neither flag: the cA check comes first.
+    let intermediates = [with_ca_flags(&a.cert, not_a_ca(), None, &root.key)];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+}
+
+#[test]
+fn the_two_ca_refusals_have_distinct_codes() {
+    let names = || ("CN=issuer".to_owned(), "CN=subject".to_owned());
+    let (issuer, subject) = names();
+    let not_ca = ChainError::NotACa { issuer, subject };
+    let (issuer, subject) = names();
+    let no_sign = ChainError::NoKeyCertSign { issuer, subject };
+    assert_eq!(not_ca.code(), "not_a_ca");
+    assert_eq!(no_sign.code(), "issuer_lacks_key_cert_sign");
 }
 
 #[test]
