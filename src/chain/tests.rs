@@ -5,7 +5,7 @@ use p256::elliptic_curve::Generate;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 
 use super::*;
-use crate::authz::{decide, DenyCode, Request, RevocationView};
+use crate::authz::{decide, Decision, DenyCode, Request, RevocationView};
 use crate::cert::Extension;
 use crate::testkit::{grant, now, resign, resign_p256, set_extension, Ca};
 
@@ -628,6 +628,77 @@ fn validity_is_left_to_the_decision_except_for_the_root() {
         code(validate(&leaf, &[], &roots, before_root)),
         "certificate_not_yet_valid"
     );
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_intermediate_is_denied_by_the_decision() {
+    // root → top → ops → agent. The path validates (validity is the decision's), and the
+    // decision refuses on the dates of any intermediate, not just the leaf's.
+    let root = Ca::root("root");
+    let top = root.intermediate("top", None, None).unwrap();
+    let ops = top.intermediate("ops", None, None).unwrap();
+    let leaf = ops.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let req = request("deploy.x", "prod/a");
+    let day = Duration::from_secs(86_400);
+    let hour = Duration::from_secs(3600);
+    let cases = [
+        // (which intermediate, its depth in the chain view, notBefore, notAfter, expected)
+        (
+            0,
+            2,
+            now() - 10 * day,
+            now() - hour,
+            DenyCode::CertificateExpired,
+        ),
+        (
+            0,
+            2,
+            now() + hour,
+            now() + 10 * day,
+            DenyCode::CertificateNotYetValid,
+        ),
+        (
+            1,
+            1,
+            now() - 10 * day,
+            now() - hour,
+            DenyCode::CertificateExpired,
+        ),
+        (
+            1,
+            1,
+            now() + hour,
+            now() + 10 * day,
+            DenyCode::CertificateNotYetValid,
+        ),
+    ];
+    for (which, depth, not_before, not_after, expected) in cases {
+        let mut cas = [top.cert.clone(), ops.cert.clone()];
+        let issuer_key = [&root.key, &top.key][which];
+        cas[which] = crate::testkit::with_validity(&cas[which], not_before, not_after, issuer_key);
+        let chain = validate(&leaf, &cas, &roots, now()).unwrap();
+        assert_eq!(chain.intermediates().len(), 2);
+        let decision = decide(
+            &chain.chain_view(),
+            &NoneRevoked,
+            &req,
+            now(),
+            Duration::from_secs(300),
+        );
+        let Decision::Deny { code, reason } = &decision else {
+            panic!("intermediate {which}: {decision:?}");
+        };
+        assert_eq!(*code, expected, "intermediate {which}: {reason}");
+        assert!(
+            reason.contains(&format!("depth {depth}")),
+            "intermediate {which}: {reason}"
+        );
+    }
+    // Control: the unmodified chain is allowed.
+    let intermediates = [top.cert.clone(), ops.cert.clone()];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    assert_eq!(decide_code(&chain, &req, now()), None);
 }
 
 #[test]
