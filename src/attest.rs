@@ -402,6 +402,13 @@ pub fn verify_quote(
 }
 
 /// The AK public key from a PEM chain (AK first) that must end under one of `roots`.
+///
+/// The AK certificate must carry the tcg-kp-AIKCertificate purpose, its path must pass the
+/// same validation as every other seb chain ([`chain::validate`]: signatures, `cA`,
+/// `keyCertSign`, `pathLenConstraint`, critical extensions, the root's validity), every
+/// certificate on it must be valid at `now`, and the root must have certified the AK directly:
+/// enrolment (`seb attest enroll`) has the root do it, so an intermediate on the path means
+/// someone else certified the key.
 pub fn certified_ak(
     chain_pem: &[String],
     roots: &[Certificate],
@@ -427,10 +434,10 @@ pub fn certified_ak(
                 .into(),
         ));
     }
-    // Walk up: each certificate must be validly signed by the next, the last by a root.
-    let mut path: Vec<&Certificate> = vec![ak];
-    path.extend(intermediates.iter());
-    for cert in &path {
+    let path = chain::validate(ak, intermediates, roots, now)
+        .map_err(|e| bad(format!("{}: {e}", e.code())))?;
+    // chain::validate dates the root only; the AK and anything between are dated here.
+    for cert in path.path() {
         if now < cert.not_before() || now > cert.not_after() {
             return Err(bad(format!(
                 "{:?} is not valid at this time",
@@ -438,23 +445,11 @@ pub fn certified_ak(
             )));
         }
     }
-    for pair in path.windows(2) {
-        chain::verify_signature(pair[0], pair[1]).map_err(|e| bad(e.to_string()))?;
-        if pair[0].tbs.issuer != pair[1].tbs.subject {
-            return Err(bad("issuer name does not match".into()));
-        }
-    }
-    let top = path
-        .last()
-        .copied()
-        .ok_or_else(|| bad("empty chain".into()))?;
-    let anchored = roots.iter().any(|root| {
-        top.tbs.issuer == root.tbs.subject && chain::verify_signature(top, root).is_ok()
-    });
-    if !anchored {
+    if let Some(issuer) = path.intermediates().first() {
         return Err(bad(format!(
-            "{:?} is not signed by a trusted root",
-            top.subject_string()
+            "{:?} is certified by {:?}, not directly by a trusted root",
+            ak.subject_string(),
+            issuer.subject_string()
         )));
     }
     let key = CertKey::of(ak).map_err(|e| bad(format!("AK key: {e}")))?;

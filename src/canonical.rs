@@ -292,6 +292,81 @@ mod tests {
     }
 
     #[test]
+    fn a_bmp_key_above_the_surrogates_sorts_after_a_supplementary_key() {
+        // U+E000 is one UTF-16 unit, 0xE000; U+1F600 is the pair 0xD83D 0xDE00, so it sorts
+        // first. In UTF-8 (EE 80 80 against F0 9F 98 80), and so in serde_json's map, it is
+        // the other way round: only a UTF-16 sort gives the canonical order.
+        let v = json!({"\u{e000}": 1, "\u{1f600}": 2});
+        let canonical = "{\"\u{1f600}\":2,\"\u{e000}\":1}";
+        assert_eq!(canonicalize(&v).unwrap(), canonical);
+        assert_ne!(
+            serde_json::to_string(&v).unwrap(),
+            canonical,
+            "the input's own order is not already the canonical one"
+        );
+        // At every depth, and whatever order the text had.
+        assert_eq!(
+            canon("{\"a\": {\"\u{e000}\": 1, \"\u{1f600}\": 2}, \"\u{e000}\": [{\"\u{1f600}\": 0, \"\u{e000}\": 0}]}"),
+            "{\"a\":{\"\u{1f600}\":2,\"\u{e000}\":1},\"\u{e000}\":[{\"\u{1f600}\":0,\"\u{e000}\":0}]}"
+        );
+    }
+
+    #[test]
+    fn rfc8785_property_sorting_example() {
+        // RFC 8785 §3.2.3, input as printed there (the emoji as a surrogate pair escape).
+        let text = r#"{
+          "\u20ac": "Euro Sign",
+          "\r": "Carriage Return",
+          "\ufb33": "Hebrew Letter Dalet With Dagesh",
+          "1": "One",
+          "\ud83d\ude00": "Emoji: Grinning Face",
+          "\u0080": "Control",
+          "\u00f6": "Latin Small Letter O With Diaeresis"
+        }"#;
+        // The RFC's expected order: Carriage Return, One, Control, Latin Small Letter O With
+        // Diaeresis, Euro Sign, Emoji: Grinning Face, Hebrew Letter Dalet With Dagesh.
+        assert_eq!(
+            canon(text),
+            "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\
+             \"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\
+             \"\u{1f600}\":\"Emoji: Grinning Face\",\
+             \"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
+        );
+        // SHA-384 of those canonical bytes, computed independently (Python's hashlib over the
+        // expected string above).
+        assert_eq!(
+            hex::encode(params_digest(&serde_json::from_str(text).unwrap()).unwrap()),
+            "a159e6d38b031e66e1c92149bdaf7c2d603390755f93a202ace85418210aa69f2c41fcae12714f06502535c6e44ef2ca"
+        );
+    }
+
+    #[test]
+    fn digests_follow_utf16_key_order() {
+        // Known answers, computed independently (Python: keys sorted by their UTF-16BE bytes,
+        // SHA-384 over the UTF-8 text): a digest over the UTF-8 order would differ.
+        let params =
+            json!({"outer": {"\u{e000}": 1, "\u{1f600}": 2}, "\u{e000}": true, "\u{1f600}": false});
+        assert_eq!(
+            canonicalize(&params).unwrap(),
+            "{\"outer\":{\"\u{1f600}\":2,\"\u{e000}\":1},\"\u{1f600}\":false,\"\u{e000}\":true}"
+        );
+        assert_eq!(
+            hex::encode(params_digest(&params).unwrap()),
+            "82fc93c29ff0c24b2a6a0add64d444e314e2e72d255475617300a5ecfddd8be01b69e644f59ab14847e4ba5fe8d470b5"
+        );
+        assert_eq!(
+            hex::encode(request_digest("deploy.x", "prod/x", &params).unwrap()),
+            "32c19abfbd034cb8d9534c89422cf87f77a1a2c6be2203825a761f37219b103ddd1fbcb48ad5bde4942776acd4aa9dc0"
+        );
+        let utf8_order =
+            "{\"outer\":{\"\u{e000}\":1,\"\u{1f600}\":2},\"\u{e000}\":true,\"\u{1f600}\":false}";
+        assert_ne!(
+            params_digest(&params).unwrap(),
+            <[u8; 48]>::from(Sha384::digest(utf8_order.as_bytes()))
+        );
+    }
+
+    #[test]
     fn control_characters_escape_lowercase() {
         assert_eq!(
             canonicalize(&json!("\u{1}\u{1f}\u{8}\u{c}\t\u{7f}")).unwrap(),

@@ -125,7 +125,7 @@ pub enum ChainError {
         /// The issuer tried.
         issuer: String,
     },
-    /// The issuer is not a CA.
+    /// The issuer is not a CA: no basicConstraints, or `cA` false (whatever its keyUsage says).
     #[error("{issuer:?} signed {subject:?} but is not a CA (basicConstraints cA is not set)")]
     NotACa {
         /// The would-be issuer.
@@ -133,7 +133,7 @@ pub enum ChainError {
         /// The certificate it signed.
         subject: String,
     },
-    /// The issuer's key usage does not include certificate signing.
+    /// The issuer is a CA, but its key usage (absent or present) lacks certificate signing.
     #[error("{issuer:?} signed {subject:?} but its keyUsage lacks keyCertSign")]
     NoKeyCertSign {
         /// The would-be issuer.
@@ -213,7 +213,9 @@ impl ChainError {
             | ChainError::UnsupportedKey { .. } => "unsupported_algorithm",
             ChainError::UnknownIssuer { .. } => "unknown_ca",
             ChainError::BadSignature { .. } => "bad_signature",
-            ChainError::NotACa { .. } | ChainError::NoKeyCertSign { .. } => "not_a_ca",
+            // Two codes, so that a log (and a test) tells which of the two checks refused.
+            ChainError::NotACa { .. } => "not_a_ca",
+            ChainError::NoKeyCertSign { .. } => "issuer_lacks_key_cert_sign",
             ChainError::PathLenExceeded { .. } => "path_len_exceeded",
             ChainError::PathTooLong { .. } | ChainError::TooComplex { .. } => "path_too_long",
             ChainError::UnknownCriticalExtension { .. } => "unknown_critical_extension",

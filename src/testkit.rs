@@ -146,6 +146,22 @@ pub fn resign(mut cert: Certificate, key: &dyn CaSigner) -> Certificate {
     cert
 }
 
+/// `cert` with its validity replaced by `not_before..=not_after`, re-signed with `key` (its
+/// issuer's). Certificates below it still chain to it: their signatures and key identifiers
+/// do not cover its dates. This is how an expired or not-yet-valid CA *above* a valid
+/// certificate is made, which the CA code itself would never issue.
+pub fn with_validity(
+    cert: &Certificate,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    key: &dyn CaSigner,
+) -> Certificate {
+    let mut cert = cert.clone();
+    cert.tbs.validity.not_before = x509_cert::time::Time::try_from(not_before).unwrap();
+    cert.tbs.validity.not_after = x509_cert::time::Time::try_from(not_after).unwrap();
+    resign(cert, key)
+}
+
 /// Re-signs `cert` with a P-256 key, ecdsa-with-SHA256.
 pub fn resign_p256(mut cert: Certificate, key: &p256::ecdsa::SigningKey) -> Certificate {
     let alg = spki::AlgorithmIdentifierOwned {

@@ -8,6 +8,7 @@ use signature::hazmat::PrehashSigner;
 use super::tpm_types::{encode_quote, encode_signature, EcdsaSignature, QuoteInfo};
 use super::*;
 use crate::ca::{self, CertKind};
+use crate::cert::Certificate;
 use crate::testkit::{now, Ca};
 
 struct Fixture {
@@ -271,4 +272,152 @@ fn policy_schema_is_strict() {
         .contains("PCR 1"));
     assert!(AttestPolicy::parse(&ok.replace("ff\"", "\""), base).is_err());
     assert!(AttestPolicy::parse(&ok.replace("version = 1", "version = 2"), base).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// The AK certificate's path (issue 20): the same path validation as every other chain, and
+// the AK certified directly by the root.
+
+fn pem(cert: &Certificate) -> String {
+    cert.to_pem_string().unwrap()
+}
+
+fn verify_against(
+    f: &Fixture,
+    e: &Evidence,
+    roots: &[Certificate],
+) -> Result<VerifiedQuote, QuoteError> {
+    verify_evidence(
+        e,
+        &QuoteCheck {
+            nonce: NONCE,
+            roots,
+            policy: &f.policy,
+            now: now(),
+        },
+    )
+}
+
+/// The reason of an `AkNotCertified`, or a panic naming what came instead.
+fn not_certified(r: Result<VerifiedQuote, QuoteError>) -> String {
+    match r {
+        Err(QuoteError::AkNotCertified { reason }) => reason,
+        other => panic!("expected ak_not_certified, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_ak_certificate_issued_by_an_agent_certificate_is_rejected() {
+    // An agent holds an ordinary certificate under the root (cA=false, no keyCertSign) and
+    // uses its key to certify a key of its choosing as "the broker's AK". The signatures all
+    // verify and the chain ends at the root; only CA checks on the path refuse it.
+    let f = fixture();
+    let agent_key = crate::testkit::key();
+    let agent = f
+        .root
+        .leaf_with(
+            "agent",
+            &agent_key,
+            &crate::testkit::grant("deploy.*", "prod/**", "60s"),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let forged = ca::issue_service(
+        &agent_key,
+        &agent,
+        crate::testkit::spki(&f.ak),
+        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
+        CertKind::AttestationKey,
+        Duration::from_secs(3600),
+        now(),
+    )
+    .unwrap();
+    let mut e = f.good();
+    e.ak_chain = vec![pem(&forged), pem(&agent)];
+    let reason = not_certified(f.verify(&e));
+    assert!(reason.contains("not_a_ca"), "{reason}");
+    // Served as one PEM bundle, the same.
+    e.ak_chain = vec![format!("{}{}", pem(&forged), pem(&agent))];
+    let reason = not_certified(f.verify(&e));
+    assert!(reason.contains("not_a_ca"), "{reason}");
+}
+
+#[test]
+fn an_ak_certificate_must_be_issued_directly_by_the_root() {
+    // Even a genuine intermediate CA does not certify AKs: enrolment has the root do it.
+    let f = fixture();
+    let ops = f.root.intermediate("ops", None, None).unwrap();
+    let ak = ca::issue_service(
+        &ops.key,
+        &ops.cert,
+        crate::testkit::spki(&f.ak),
+        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
+        CertKind::AttestationKey,
+        Duration::from_secs(3600),
+        now(),
+    )
+    .unwrap();
+    let mut e = f.good();
+    e.ak_chain = vec![pem(&ak), pem(&ops.cert)];
+    let reason = not_certified(f.verify(&e));
+    assert!(reason.contains("directly"), "{reason}");
+    assert!(reason.contains("CN=ops"), "{reason}");
+}
+
+#[test]
+fn every_certificate_of_the_ak_path_must_be_valid_now() {
+    let f = fixture();
+    let ak: Certificate = Certificate::parse_pem_chain(f.ak_pem.as_bytes()).unwrap()[0].clone();
+    let day = Duration::from_secs(86_400);
+    let hour = Duration::from_secs(3600);
+    let expired = (now() - 10 * day, now() - hour);
+    let not_yet = (now() + hour, now() + 10 * day);
+    let roots = std::slice::from_ref(&f.root.cert);
+
+    // The AK certificate itself.
+    for (from, to) in [expired, not_yet] {
+        let dated = crate::testkit::with_validity(&ak, from, to, &f.root.key);
+        let mut e = f.good();
+        e.ak_chain = vec![pem(&dated)];
+        let reason = not_certified(verify_against(&f, &e, roots));
+        assert!(reason.contains("not valid"), "{reason}");
+    }
+
+    // The root above it.
+    let reasons = [
+        (expired, "certificate_expired"),
+        (not_yet, "certificate_not_yet_valid"),
+    ];
+    for ((from, to), code) in reasons {
+        let dated_root = crate::testkit::with_validity(&f.root.cert, from, to, &f.root.key);
+        let reason = not_certified(verify_against(&f, &f.good(), &[dated_root]));
+        assert!(reason.contains(code), "{reason}");
+    }
+
+    // An intermediate between them (refused on its dates, before the rule that the root
+    // certifies AKs directly).
+    let ops = f.root.intermediate("ops", None, None).unwrap();
+    let under_ops = ca::issue_service(
+        &ops.key,
+        &ops.cert,
+        crate::testkit::spki(&f.ak),
+        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
+        CertKind::AttestationKey,
+        Duration::from_secs(3600),
+        now(),
+    )
+    .unwrap();
+    for (from, to) in [expired, not_yet] {
+        let dated_ops = crate::testkit::with_validity(&ops.cert, from, to, &f.root.key);
+        let mut e = f.good();
+        e.ak_chain = vec![pem(&under_ops), pem(&dated_ops)];
+        let reason = not_certified(verify_against(&f, &e, roots));
+        assert!(
+            reason.contains("CN=ops") && reason.contains("not valid"),
+            "{reason}"
+        );
+    }
+
+    // Control: the fixture's own chain, at the same time, verifies.
+    assert!(verify_against(&f, &f.good(), roots).is_ok());
 }

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::grants::{testing, Constraint, GrantSet};
 
+mod constraint_kinds;
+
 const GRANTS: &str = r#"
 [[grant]]   # 0
 operation = "deploy.rollout"
@@ -783,6 +785,31 @@ fn certificate_validity_and_revocation() {
     c.leaf.not_after = now() - Duration::from_secs(1);
     let d = decide(&c, &revoked_leaf, &req, now(), BROKER_MAX);
     assert_eq!(code(&d), Some(CertificateRevoked));
+}
+
+#[test]
+fn every_ancestor_is_dated_not_only_the_nearest() {
+    // leaf → cert 2 → cert 3: the top intermediate's dates count as much as the leaf's.
+    let req = request("deploy.x", "dev/x", json!({}));
+    let ok = || chain(agent(set(GRANTS)), vec![cert(2, None), cert(3, None)]);
+    assert_eq!(code(&decide_now(&ok(), &req)), None);
+    for depth in [0, 1] {
+        let mut c = ok();
+        c.ancestors[depth].not_after = now() - Duration::from_secs(1);
+        let d = decide_now(&c, &req);
+        assert_eq!(code(&d), Some(CertificateExpired), "ancestor {depth}");
+        let mut c = ok();
+        c.ancestors[depth].not_before = now() + Duration::from_secs(1);
+        let d = decide_now(&c, &req);
+        assert_eq!(code(&d), Some(CertificateNotYetValid), "ancestor {depth}");
+        let Decision::Deny { reason, .. } = d else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains(&format!("depth {}", depth + 1)),
+            "ancestor {depth}: {reason}"
+        );
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use p256::elliptic_curve::Generate;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 
 use super::*;
-use crate::authz::{decide, DenyCode, Request, RevocationView};
+use crate::authz::{decide, Decision, DenyCode, Request, RevocationView};
 use crate::cert::Extension;
 use crate::testkit::{grant, now, resign, resign_p256, set_extension, Ca};
 
@@ -210,7 +210,7 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     let intermediates = [no_sign];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NoKeyCertSign { .. }), "{err}");
-    assert_eq!(err.code(), "not_a_ca");
+    assert_eq!(err.code(), "issuer_lacks_key_cert_sign");
 
     // Without basicConstraints at all.
     let mut no_bc = a.cert.clone();
@@ -220,6 +220,146 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     let intermediates = [resign(no_bc, &root.key)];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+}
+
+/// `cert` with its basicConstraints and keyUsage replaced (`None`: removed), re-signed by
+/// `signer`.
+fn with_ca_flags(
+    cert: &Certificate,
+    bc: Option<BasicConstraints>,
+    ku: Option<KeyUsage>,
+    signer: &dyn crate::ca::CaSigner,
+) -> Certificate {
+    let mut cert = cert.clone();
+    if let Some(exts) = cert.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&BasicConstraints::OID) && !e.is(&KeyUsage::OID));
+    }
+    if let Some(bc) = bc {
+        set_extension(&mut cert, standard(bc, true));
+    }
+    if let Some(ku) = ku {
+        set_extension(&mut cert, standard(ku, true));
+    }
+    resign(cert, signer)
+}
+
+fn not_a_ca() -> Option<BasicConstraints> {
+    Some(BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    })
+}
+
+fn a_ca() -> Option<BasicConstraints> {
+    Some(BasicConstraints {
+        ca: true,
+        path_len_constraint: None,
+    })
+}
+
+#[test]
+fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
+    // Every other test issuer that is not a CA also lacks keyCertSign, so the keyUsage check
+    // would refuse it anyway; these issuers have keyCertSign and only `cA` is wrong.
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    assert_eq!(
+        code(validate(
+            &leaf,
+            std::slice::from_ref(&a.cert),
+            &roots,
+            now()
+        )),
+        "ok"
+    );
+
+    // An intermediate re-issued with cA=false and keyCertSign (as a careless CA might).
+    let intermediates = [with_ca_flags(
+        &a.cert,
+        not_a_ca(),
+        Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
+        &root.key,
+    )];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+    assert!(err.to_string().contains("CN=a"), "{err}");
+
+    // An agent certificate that somehow carries keyCertSign, signing a certificate.
+    let agent_key = crate::testkit::key();
+    let agent = root
+        .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
+        .unwrap();
+    let agent = with_ca_flags(
+        &agent,
+        not_a_ca(),
+        Some(KeyUsage(
+            KeyUsages::DigitalSignature | KeyUsages::KeyCertSign,
+        )),
+        &root.key,
+    );
+    let mut forged = root.agent("victim", &deploy()).unwrap();
+    forged.tbs.issuer = agent.tbs.subject.clone();
+    if let Some(exts) = forged.tbs.extensions.as_mut() {
+        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
+    }
+    let forged = resign(forged, &agent_key);
+    let err = validate(&forged, &[agent], &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+
+    // A trusted root is an issuer too.
+    let bad_root = with_ca_flags(
+        &root.cert,
+        not_a_ca(),
+        Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
+        &root.key,
+    );
+    let direct = root.agent("direct", &deploy()).unwrap();
+    let err = validate(&direct, &[], &[bad_root], now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
+}
+
+#[test]
+fn a_ca_without_key_cert_sign_has_its_own_code() {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    for (what, ku) in [
+        (
+            "digitalSignature only",
+            Some(KeyUsage(KeyUsages::DigitalSignature.into())),
+        ),
+        ("cRLSign only", Some(KeyUsage(KeyUsages::CRLSign.into()))),
+        ("no keyUsage at all", None),
+    ] {
+        let intermediates = [with_ca_flags(&a.cert, a_ca(), ku, &root.key)];
+        let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+        assert!(
+            matches!(err, ChainError::NoKeyCertSign { .. }),
+            "{what}: {err}"
+        );
+        assert_eq!(err.code(), "issuer_lacks_key_cert_sign", "{what}");
+    }
+    // Neither flag: the cA check comes first.
+    let intermediates = [with_ca_flags(&a.cert, not_a_ca(), None, &root.key)];
+    let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+}
+
+#[test]
+fn the_two_ca_refusals_have_distinct_codes() {
+    let names = || ("CN=issuer".to_owned(), "CN=subject".to_owned());
+    let (issuer, subject) = names();
+    let not_ca = ChainError::NotACa { issuer, subject };
+    let (issuer, subject) = names();
+    let no_sign = ChainError::NoKeyCertSign { issuer, subject };
+    assert_eq!(not_ca.code(), "not_a_ca");
+    assert_eq!(no_sign.code(), "issuer_lacks_key_cert_sign");
 }
 
 #[test]
@@ -488,6 +628,77 @@ fn validity_is_left_to_the_decision_except_for_the_root() {
         code(validate(&leaf, &[], &roots, before_root)),
         "certificate_not_yet_valid"
     );
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_intermediate_is_denied_by_the_decision() {
+    // root → top → ops → agent. The path validates (validity is the decision's), and the
+    // decision refuses on the dates of any intermediate, not just the leaf's.
+    let root = Ca::root("root");
+    let top = root.intermediate("top", None, None).unwrap();
+    let ops = top.intermediate("ops", None, None).unwrap();
+    let leaf = ops.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let req = request("deploy.x", "prod/a");
+    let day = Duration::from_secs(86_400);
+    let hour = Duration::from_secs(3600);
+    let cases = [
+        // (which intermediate, its depth in the chain view, notBefore, notAfter, expected)
+        (
+            0,
+            2,
+            now() - 10 * day,
+            now() - hour,
+            DenyCode::CertificateExpired,
+        ),
+        (
+            0,
+            2,
+            now() + hour,
+            now() + 10 * day,
+            DenyCode::CertificateNotYetValid,
+        ),
+        (
+            1,
+            1,
+            now() - 10 * day,
+            now() - hour,
+            DenyCode::CertificateExpired,
+        ),
+        (
+            1,
+            1,
+            now() + hour,
+            now() + 10 * day,
+            DenyCode::CertificateNotYetValid,
+        ),
+    ];
+    for (which, depth, not_before, not_after, expected) in cases {
+        let mut cas = [top.cert.clone(), ops.cert.clone()];
+        let issuer_key = [&root.key, &top.key][which];
+        cas[which] = crate::testkit::with_validity(&cas[which], not_before, not_after, issuer_key);
+        let chain = validate(&leaf, &cas, &roots, now()).unwrap();
+        assert_eq!(chain.intermediates().len(), 2);
+        let decision = decide(
+            &chain.chain_view(),
+            &NoneRevoked,
+            &req,
+            now(),
+            Duration::from_secs(300),
+        );
+        let Decision::Deny { code, reason } = &decision else {
+            panic!("intermediate {which}: {decision:?}");
+        };
+        assert_eq!(*code, expected, "intermediate {which}: {reason}");
+        assert!(
+            reason.contains(&format!("depth {depth}")),
+            "intermediate {which}: {reason}"
+        );
+    }
+    // Control: the unmodified chain is allowed.
+    let intermediates = [top.cert.clone(), ops.cert.clone()];
+    let chain = validate(&leaf, &intermediates, &roots, now()).unwrap();
+    assert_eq!(decide_code(&chain, &req, now()), None);
 }
 
 #[test]

@@ -634,6 +634,75 @@ fn the_token_certificate_must_be_valid_now() {
     );
 }
 
+/// A fixture whose token certificate sits under `root → upper → lower`, with the validity of
+/// `upper` (`which = 0`) or `lower` (`which = 1`) replaced, while the token certificate stays
+/// valid. Returns it with the replaced intermediate's subject.
+fn under_intermediates(which: usize, not_before: u64, not_after: u64) -> (Fixture, String) {
+    let f = Fixture::new();
+    let upper = f.root.intermediate("signing upper", None, None).unwrap();
+    let lower = upper.intermediate("signing lower", None, Some(0)).unwrap();
+    let key = crate::testkit::key();
+    let cert = ca::issue_service(
+        &lower.key,
+        &lower.cert,
+        spki(&key),
+        &ca::parse_subject("CN=token 2").unwrap(),
+        CertKind::Signing,
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap();
+    let mut cas = [upper.cert.clone(), lower.cert.clone()];
+    let issuer_key = [&f.root.key, &upper.key][which];
+    cas[which] =
+        crate::testkit::with_validity(&cas[which], at(not_before), at(not_after), issuer_key);
+    let subject = cas[which].subject_string();
+    let trust = TrustStore::from_certificates(vec![
+        f.root.cert.clone(),
+        cas[0].clone(),
+        cas[1].clone(),
+        cert.clone(),
+    ])
+    .unwrap();
+    let g = Fixture {
+        key: TokenKey::P384(key),
+        token_cert: cert,
+        trust,
+        ..f
+    };
+    (g, subject)
+}
+
+#[test]
+fn every_certificate_above_the_token_certificate_must_be_valid_now() {
+    // Issue 20: checking the dates of the signing certificate alone passed every test.
+    for which in [0, 1] {
+        // Control: the same construction with a validity around now verifies.
+        let (f, _) = under_intermediates(which, NOW - 86_400, NOW + 86_400);
+        assert_eq!(f.code(&f.token()), "ok", "intermediate {which}");
+
+        let (f, subject) = under_intermediates(which, NOW - 10 * 86_400, NOW - 3600);
+        let err = f.verify(&f.token()).unwrap_err();
+        assert_eq!(err.code(), "certificate_expired", "intermediate {which}");
+        assert!(
+            matches!(&err, VerifyError::CertificateExpired { subject: s, .. } if *s == subject),
+            "intermediate {which}: {err}"
+        );
+
+        let (f, subject) = under_intermediates(which, NOW + 3600, NOW + 10 * 86_400);
+        let err = f.verify(&f.token()).unwrap_err();
+        assert_eq!(
+            err.code(),
+            "certificate_not_yet_valid",
+            "intermediate {which}"
+        );
+        assert!(
+            matches!(&err, VerifyError::CertificateNotYetValid { subject: s, .. } if *s == subject),
+            "intermediate {which}: {err}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Lifetime and epoch.
 

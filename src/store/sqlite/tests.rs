@@ -318,3 +318,79 @@ fn closing_the_store_checkpoints_the_log_into_the_database() {
     let store = SqliteStore::open(dir.path()).unwrap();
     assert!(store.execution("c199").unwrap().is_some());
 }
+
+#[test]
+fn a_token_id_is_redeemed_once_by_anyone_and_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.record_execution(&issuing("d1")).unwrap();
+        store.record_execution(&issuing("d2")).unwrap();
+        assert_eq!(
+            store.redeem("jti-d1", "executor-a", t(10)).unwrap(),
+            RedeemOutcome::Redeemed
+        );
+        // The same executor again, then another executor: both too late, and told when
+        // the first redemption happened.
+        assert_eq!(
+            store.redeem("jti-d1", "executor-a", t(11)).unwrap(),
+            RedeemOutcome::AlreadyRedeemed { at: t(10) }
+        );
+        assert_eq!(
+            store.redeem("jti-d1", "executor-b", t(12)).unwrap(),
+            RedeemOutcome::AlreadyRedeemed { at: t(10) }
+        );
+        // The guard is per token id: another token still redeems once.
+        assert_eq!(
+            store.redeem("jti-d2", "executor-b", t(13)).unwrap(),
+            RedeemOutcome::Redeemed
+        );
+        assert_eq!(
+            store.redeem("jti-unknown", "executor-a", t(14)).unwrap(),
+            RedeemOutcome::Unknown
+        );
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.redeem("jti-d1", "executor-c", t(20)).unwrap(),
+        RedeemOutcome::AlreadyRedeemed { at: t(10) }
+    );
+    assert_eq!(
+        store.redeem("jti-d2", "executor-a", t(21)).unwrap(),
+        RedeemOutcome::AlreadyRedeemed { at: t(13) }
+    );
+}
+
+#[test]
+fn concurrent_redemptions_of_one_token_id_succeed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    store.record_execution(&issuing("d3")).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+    let outcomes: Vec<RedeemOutcome> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .redeem("jti-d3", &format!("executor-{i}"), at)
+                    .unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let firsts = outcomes
+        .iter()
+        .filter(|o| **o == RedeemOutcome::Redeemed)
+        .count();
+    assert_eq!(firsts, 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            RedeemOutcome::Redeemed | RedeemOutcome::AlreadyRedeemed { .. }
+        )),
+        "{outcomes:?}"
+    );
+}
