@@ -10,14 +10,16 @@
 #   DIR/user.pin        random user PIN (mode 0600), read by seb through pin_file
 #   DIR/seb.toml        a seb configuration ready for every subcommand
 #                       (state_dir = DIR/state, broker on 127.0.0.1:PORT)
-#   DIR/stop.sh         stops whatever this script started
+#   DIR/stop.sh         stops whatever this script started (written first, so it exists even
+#                       when a later step fails)
 # With --tpm it also (docs/ATTESTATION.md):
 #   DIR/tpm/            an swtpm manufactured by swtpm_setup (EK + EK certificate signed by a
 #                       local test EK CA in DIR/tpm/ek-ca), running on 127.0.0.1:P (control P+1)
 #   DIR/eventlog.json   the synthetic event log (firmware-config/swtpm-eventlog.json), extended
 #                       into the fresh swtpm
 #   DIR/attest-policy.toml  reference values recorded from it with `seb attest record`
-#                       (the seb binary: $SEB_BIN, else `seb` on PATH)
+#                       (the seb binary: $SEB_BIN, else this checkout's target/release/seb,
+#                       else `seb` on PATH; looked for before anything is started)
 #   [attestation] in DIR/seb.toml (self-check every 5 s); --backend tpm also keeps the
 #   broker's keys in that TPM instead of SoftHSM2. DIR/stop.sh sends TPM2_Shutdown first.
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
@@ -67,6 +69,32 @@ DIR=$(cd "$DIR" && pwd)
 umask 077
 mkdir -p "$DIR/tokens" "$DIR/state"
 
+# stop.sh first, before anything is started, so that whatever a later failure leaves running
+# can always be stopped.
+if [ ! -f "$DIR/stop.sh" ] || ! grep -q swtpm "$DIR/stop.sh"; then
+  cat > "$DIR/stop.sh" <<'STOP'
+#!/usr/bin/env bash
+# Stops what provision.sh started in this directory (processes recorded in *.pid files). An
+# swtpm first gets an orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure.
+set -u
+cd "$(dirname "$0")"
+if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/null; then
+  port=$(cat swtpm.port)
+  TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
+  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s >/dev/null 2>&1 || true
+  for _ in $(seq 1 50); do kill -0 "$(cat swtpm.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.05; done
+fi
+for pidfile in ./*.pid; do
+  [ -f "$pidfile" ] || continue
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
+  rm -f "$pidfile"
+done
+exit 0
+STOP
+  chmod 755 "$DIR/stop.sh"
+fi
+
 if [ ! -f "$DIR/softhsm2.conf" ]; then
   cat > "$DIR/softhsm2.conf" <<CONF
 directories.tokendir = $DIR/tokens
@@ -88,6 +116,24 @@ else
   softhsm2-util --init-token --free --label "$LABEL" \
     --so-pin "$(cat "$DIR/so.pin")" --pin "$(cat "$DIR/user.pin")" >/dev/null
   echo "provision: created SoftHSM2 token '$LABEL' in $DIR/tokens"
+fi
+
+# The seb binary records the attestation policy (--tpm). It is found before anything starts:
+# $SEB_BIN, else this checkout's target/release/seb, else `seb` on PATH.
+SEB=""
+if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
+  if [ -n "${SEB_BIN:-}" ]; then
+    SEB=$SEB_BIN
+  elif [ -x "$HERE/../target/release/seb" ]; then
+    SEB="$HERE/../target/release/seb"
+  else
+    SEB=$(command -v seb || true)
+  fi
+  if [ -z "$SEB" ] || [ ! -x "$SEB" ]; then
+    echo "provision: --tpm records the attestation policy with the seb binary, and none was found" >&2
+    echo "provision: build it (cargo build --release) or set SEB_BIN=/path/to/seb; nothing was started" >&2
+    exit 1
+  fi
 fi
 
 if [ "$TPM" = 1 ]; then
@@ -191,35 +237,6 @@ else
 fi
 
 if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
-  SEB=${SEB_BIN:-$(command -v seb || true)}
-  if [ -z "$SEB" ]; then
-    echo "provision: cannot record the attestation policy: set SEB_BIN to the seb binary" >&2
-    exit 1
-  fi
   "$SEB" --config "$DIR/seb.toml" attest record --out "$DIR/attest-policy.toml" \
     --pcrs "$SEB_ATTEST_PCRS" --ek-ca tpm/ek-ca/issuercert.pem --max-age "$SEB_ATTEST_MAX_AGE"
-fi
-
-if [ ! -f "$DIR/stop.sh" ] || ! grep -q swtpm "$DIR/stop.sh"; then
-  cat > "$DIR/stop.sh" <<'STOP'
-#!/usr/bin/env bash
-# Stops what provision.sh started in this directory (processes recorded in *.pid files). An
-# swtpm first gets an orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure.
-set -u
-cd "$(dirname "$0")"
-if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/null; then
-  port=$(cat swtpm.port)
-  TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
-  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s >/dev/null 2>&1 || true
-  for _ in $(seq 1 50); do kill -0 "$(cat swtpm.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.05; done
-fi
-for pidfile in ./*.pid; do
-  [ -f "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
-  rm -f "$pidfile"
-done
-exit 0
-STOP
-  chmod 755 "$DIR/stop.sh"
 fi

@@ -117,9 +117,38 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |req, next| {
+            refuse_declared_oversize(req, next, body_limit)
+        }))
+        .layer(middleware::from_fn(move |req, next| {
             request_context(req, next, timeout)
         }))
         .with_state(app)
+}
+
+/// Answers 413 `body_too_large` from the `Content-Length` header alone, before any handler
+/// touches the body. hyper sends `100 Continue` to a client that sent `Expect: 100-continue`
+/// (curl does for large bodies) as soon as the body is first read, so a limit seen only while
+/// reading would come after the 100 and end in a dropped connection instead of an answer.
+/// Bodies without a length (chunked) are still bounded while they are read.
+async fn refuse_declared_oversize(
+    req: Request<axum::body::Body>,
+    next: Next,
+    limit: usize,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        let mut response = ApiError::from(HttpError::BodyTooLarge).into_response();
+        // The unread body makes the connection unusable for another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(req).await
 }
 
 /// Serves until `shutdown` turns true, then stops accepting and lets open requests finish.

@@ -421,6 +421,43 @@ fn redemption_is_single_use_across_restarts() {
     assert_eq!(error_code(&bad), "invalid_token");
 }
 
+/// curl sends `Expect: 100-continue` for large bodies. The broker must answer 413 from the
+/// declared length at once, not `100 Continue` followed by a dropped connection.
+#[test]
+fn an_oversized_body_announced_with_expect_100_continue_gets_413_not_100() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    let head = runtime().block_on(async {
+        let (mut stream, authority) = seb::client::connect_tls(&s.broker.url, &tls).await.unwrap();
+        let request = format!(
+            "POST /v1/executions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            10 * 1024 * 1024
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read until the end of the first response's body (or the connection closes).
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("the broker answers without waiting for the body")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "a 413 first, no 100 Continue: {head}"
+    );
+    assert!(head.contains("body_too_large"), "{head}");
+}
+
 #[test]
 fn malformed_input_gets_a_4xx_with_a_code() {
     let s = setup();

@@ -1,0 +1,68 @@
+//! `softhsm-setup/provision.sh` when something goes wrong half-way: whatever it started can
+//! always be stopped with the `stop.sh` it writes, and a missing `seb` binary is found before
+//! anything is started (issue: provisioning left a running swtpm and no stop script).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{free_port, free_port_pair, repo};
+
+fn provision_tpm(dir: &Path, seb_bin: &str) -> Output {
+    Command::new("bash")
+        .arg(repo().join("softhsm-setup/provision.sh"))
+        .arg(dir)
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--tpm",
+            "--tpm-port",
+            &free_port_pair().to_string(),
+        ])
+        .env("SEB_BIN", seb_bin)
+        .output()
+        .expect("run provision.sh")
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+#[test]
+fn a_failure_after_the_swtpm_started_leaves_a_stop_script_that_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // `attest record` is the last step and needs the seb binary: /bin/false fails it after
+    // the swtpm is running.
+    let out = provision_tpm(dir.path(), "/bin/false");
+    assert!(!out.status.success(), "provisioning must fail");
+    let pid = std::fs::read_to_string(dir.path().join("swtpm.pid"))
+        .expect("the swtpm was started before the failing step");
+    assert!(alive(&pid), "the swtpm is still running after the failure");
+    let stop = dir.path().join("stop.sh");
+    assert!(stop.exists(), "stop.sh must exist after a failed run");
+    let stopped = Command::new("bash").arg(&stop).output().unwrap();
+    assert!(stopped.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(&pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(&pid), "stop.sh stopped the swtpm");
+}
+
+#[test]
+fn a_missing_seb_binary_is_reported_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = provision_tpm(dir.path(), "/nonexistent/seb");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SEB_BIN"), "says how to fix it: {stderr}");
+    assert!(
+        !dir.path().join("swtpm.pid").exists(),
+        "no swtpm was started: {stderr}"
+    );
+    assert!(dir.path().join("stop.sh").exists());
+}
