@@ -125,6 +125,9 @@ pub enum AttestError {
     /// The nonce is too short or too long.
     #[error("nonce must be {MIN_NONCE} to {MAX_NONCE} bytes, got {0}")]
     Nonce(usize),
+    /// The TPM is taken by the broker's own self-check and other quotes; try again later.
+    #[error("the TPM is busy; try again")]
+    Busy,
     /// Files (AK blob, certificates, event log, policy) could not be read or written.
     #[error("{what}: {reason}")]
     File {

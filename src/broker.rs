@@ -18,8 +18,8 @@
 //! every device or store failure is an error (fail closed), never a token.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -62,7 +62,14 @@ pub struct Broker {
     crl_cache: crl::CrlCache,
     peers: peer::PeerCache,
     attestation: Option<Arc<AttestationState>>,
+    health: Mutex<Option<(Instant, HealthChecks)>>,
 }
+
+/// Named readiness checks, each passed or failed with a reason.
+type HealthChecks = Vec<(&'static str, Result<(), String>)>;
+
+/// How long a readiness answer is reused.
+pub const HEALTH_TTL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,6 +137,7 @@ impl Broker {
             backend,
             store,
             attestation: None,
+            health: Mutex::new(None),
         })
     }
 
@@ -183,7 +191,26 @@ impl Broker {
 
     /// Readiness: the device answers, the store takes a write and (when the broker attests)
     /// the latest self-attestation is good.
+    ///
+    /// The answer is reused for [`HEALTH_TTL`]: each fresh check pings the device and makes a
+    /// durable write, and `/healthz` must not let callers make the broker do that at will.
     pub fn health(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut cached = match self.health.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((at, checks)) = cached.as_ref() {
+            if at.elapsed() < HEALTH_TTL {
+                return checks.clone();
+            }
+        }
+        let checks = self.check_health();
+        self.metrics.record_request("healthz", "checked");
+        *cached = Some((Instant::now(), checks.clone()));
+        checks
+    }
+
+    fn check_health(&self) -> Vec<(&'static str, Result<(), String>)> {
         let mut checks = vec![
             ("hsm", self.backend.ping().map_err(|e| e.to_string())),
             (

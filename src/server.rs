@@ -52,8 +52,15 @@ pub struct App {
     pub broker: Arc<Broker>,
     limiter: Arc<RateLimiter>,
     attest_limiter: Arc<RateLimiter>,
+    attest_global: Arc<RateLimiter>,
     handshakes: Arc<Semaphore>,
 }
+
+/// Quotes per second (and burst) one certificate may ask for. Each quote holds the TPM, so one
+/// busy caller must not take the turns of everyone else.
+const ATTESTATION_PER_CERT: (u32, u32) = (2, 5);
+/// Quotes per second (and burst) for all callers together.
+const ATTESTATION_ALL: (u32, u32) = (20, 40);
 
 impl App {
     /// Wraps a broker with the HTTP layer's own state.
@@ -67,7 +74,11 @@ impl App {
             broker,
             limiter,
             // Quotes serialise on the TPM (a few ms on swtpm, tens to hundreds on hardware).
-            attest_limiter: Arc::new(RateLimiter::new(20, 40)),
+            attest_limiter: Arc::new(RateLimiter::new(
+                ATTESTATION_PER_CERT.0,
+                ATTESTATION_PER_CERT.1,
+            )),
+            attest_global: Arc::new(RateLimiter::new(ATTESTATION_ALL.0, ATTESTATION_ALL.1)),
             handshakes: Arc::new(Semaphore::new(HANDSHAKE_SLOTS)),
         }
     }
@@ -386,7 +397,11 @@ async fn trust(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn crl(State(app): State<App>) -> Result<Response, ApiError> {
+async fn crl(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem()).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
@@ -406,7 +421,8 @@ async fn attestation(
     query: Result<axum::extract::Query<AttestationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     app.check_rate(&peer)?;
-    if !app.attest_limiter.allow("attestation", Instant::now()) {
+    let now = Instant::now();
+    if !app.attest_limiter.allow(&peer.thumbprint, now) || !app.attest_global.allow("all", now) {
         return Err(HttpError::RateLimited {
             what: "attestation requests",
         }
@@ -423,14 +439,21 @@ async fn attestation(
     let evidence = tokio::task::spawn_blocking(move || state.evidence(&nonce))
         .await
         .map_err(|e| ApiError::from(BrokerError::Internal(e.to_string())))?
-        .map_err(|e| {
-            tracing::error!(error = %error::ErrorChain(&e), "attestation quote failed");
-            ApiError::from(HttpError::QuoteFailed)
+        .map_err(|e| match e {
+            crate::attest::AttestError::Busy => ApiError::from(HttpError::AttestationBusy),
+            e => {
+                tracing::error!(error = %error::ErrorChain(&e), "attestation quote failed");
+                ApiError::from(HttpError::QuoteFailed)
+            }
         })?;
     Ok(Json(evidence).into_response())
 }
 
-async fn healthz(State(app): State<App>) -> Response {
+async fn healthz(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
     let broker = app.broker.clone();
     let checks = tokio::task::spawn_blocking(move || broker.health())
         .await
@@ -451,19 +474,23 @@ async fn healthz(State(app): State<App>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
+    Ok((
         status,
         Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": detail})),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn metrics(State(app): State<App>) -> Response {
-    (
+async fn metrics(
+    State(app): State<App>,
+    Extension(peer): Extension<Arc<Peer>>,
+) -> Result<Response, ApiError> {
+    app.check_rate(&peer)?;
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.broker.metrics().render(),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -218,6 +218,9 @@ pub trait Store: Send + Sync {
     ) -> Result<RevokeOutcome, StoreError>;
     /// Every revocation, oldest first.
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
+    /// A number that changes whenever a revocation is added (revocations are never removed):
+    /// one index lookup, so a cached CRL can be checked without listing every revocation.
+    fn revocation_generation(&self) -> Result<u64, StoreError>;
     /// Whether `serial` is revoked.
     fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError>;
     /// Allocates the next CRL number (strictly increasing, never reused).

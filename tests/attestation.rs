@@ -297,3 +297,40 @@ fn broker_with_keys_in_the_tpm_issues_attested_tokens() {
     ]);
     common::assert_success(&out, "seb token verify");
 }
+
+/// Each quote holds the TPM. One certificate asking for quotes as fast as it can is limited on
+/// its own (2/s, burst 5) and cannot use up the turns of other callers.
+#[test]
+fn one_busy_caller_cannot_take_every_attestation_turn() {
+    let s = setup(false);
+    let other = s.hsm.identity("auditor", "CN=auditor", "executor", &[]);
+    let path = format!("/v1/attestation?nonce={}", hex::encode([9u8; 16]));
+    let (served, limited) = runtime().block_on(async {
+        let tls = s.hsm.tls(&s.agent, true);
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let (mut served, mut limited) = (0, 0);
+        for _ in 0..60 {
+            let r = c.send("GET", &path, None).await.unwrap();
+            match r.status {
+                200 => served += 1,
+                429 => limited += 1,
+                other => panic!("unexpected {other}: {}", r.text),
+            }
+        }
+        (served, limited)
+    });
+    assert!(
+        limited > 0,
+        "the busy caller was never limited ({served} served)"
+    );
+    assert!(
+        served < 20,
+        "one certificate got {served} quotes in a burst"
+    );
+    let r = call(&s, &other, "GET", &path, None);
+    assert_eq!(
+        r.status, 200,
+        "another caller still gets its quote: {}",
+        r.text
+    );
+}

@@ -604,6 +604,51 @@ fn lost_hsm_means_503_and_no_token_then_recovery() {
     );
 }
 
+/// `/healthz` pings the HSM and makes a durable write: a caller hammering it must not make the
+/// broker do that at will. Readiness answers are reused for a second, and the route counts
+/// against the per-certificate rate limit like every other.
+#[test]
+fn health_checks_are_cached_and_rate_limited() {
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            let h = c.send("GET", "/healthz", None).await.unwrap();
+            assert_eq!(h.status, 200, "{}", h.text);
+        }
+        let elapsed = started.elapsed();
+        let metrics = c.send("GET", "/metrics", None).await.unwrap();
+        let checks: u64 = metrics
+            .text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("seb_requests_total{endpoint=\"healthz\",outcome=\"checked\"} ")
+            })
+            .unwrap_or_else(|| panic!("no health check counter: {}", metrics.text))
+            .parse()
+            .unwrap();
+        // One fresh check per started second at most (the cache lives 1 s).
+        let allowed = elapsed.as_secs() + 1;
+        assert!(
+            (1..=allowed).contains(&checks),
+            "20 calls in {elapsed:?} ran {checks} checks"
+        );
+        // Past the certificate's burst (100), /healthz answers 429 like any route.
+        let mut limited = false;
+        for _ in 0..150 {
+            let h = c.send("GET", "/healthz", None).await.unwrap();
+            if h.status == 429 {
+                assert_eq!(error_code(&h), "rate_limited");
+                limited = true;
+                break;
+            }
+        }
+        assert!(limited, "/healthz was never rate limited");
+    });
+}
+
 #[test]
 fn public_endpoints_serve_trust_crl_health_and_metrics() {
     let s = setup();

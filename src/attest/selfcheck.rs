@@ -8,7 +8,7 @@
 //! failed check: fail closed.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -36,6 +36,7 @@ pub struct AttestationState {
     event_log: PathBuf,
     interval: Duration,
     status: Mutex<Status>,
+    turns: TpmTurns,
 }
 
 impl std::fmt::Debug for AttestationState {
@@ -85,6 +86,7 @@ impl AttestationState {
             event_log: setup.event_log,
             interval: setup.interval,
             status: Mutex::new(Status::default()),
+            turns: TpmTurns::default(),
         }
     }
 
@@ -175,7 +177,16 @@ impl AttestationState {
     }
 
     /// A fresh quote over the policy's PCRs for `nonce`, with everything needed to verify it.
+    ///
+    /// For callers (`GET /v1/attestation`): the quote waits its turn on the TPM behind the
+    /// self-check, at most [`CALLER_WAIT`], and is refused as [`AttestError::Busy`] after that.
+    /// Callers can therefore never delay the self-check past its age limit and stop issuance.
     pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
+        let _turn = self.turns.caller(CALLER_WAIT).ok_or(AttestError::Busy)?;
+        self.quote_evidence(nonce)
+    }
+
+    fn quote_evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
         let log = self.read_event_log()?;
         let raw = self
             .attestor
@@ -224,7 +235,11 @@ impl AttestationState {
     fn check_once(&self, now: SystemTime) -> Result<Vec<u8>, String> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
-        let evidence = self.evidence(&nonce).map_err(|e| {
+        let evidence = {
+            let _turn = self.turns.self_check();
+            self.quote_evidence(&nonce)
+        }
+        .map_err(|e| {
             // The operator's log gets the whole chain (TPM response codes); clients only the
             // top-level reason.
             tracing::warn!(error = %error_chain(&e), "attestation self-check could not quote");
@@ -306,6 +321,73 @@ impl AttestationState {
     }
 }
 
+/// Longest a caller's quote waits for its turn on the TPM.
+pub const CALLER_WAIT: Duration = Duration::from_secs(2);
+
+/// Turns on the TPM for quotes, the self-check first: while a self-check waits or runs, no
+/// caller's quote starts. Each quote holds the TPM for its whole duration (a few ms on swtpm,
+/// tens to hundreds on a discrete TPM), so without this a steady stream of callers could keep
+/// the self-check waiting until its result ages out.
+#[derive(Debug, Default)]
+struct TpmTurns {
+    state: Mutex<Turns>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Turns {
+    busy: bool,
+    self_check_waiting: bool,
+}
+
+/// A turn on the TPM, given back on drop.
+struct Turn<'a>(&'a TpmTurns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.busy = false;
+        drop(state);
+        self.0.changed.notify_all();
+    }
+}
+
+impl TpmTurns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Turns> {
+        // The state is two flags; a panic elsewhere cannot leave them torn.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The self-check's turn: ahead of every caller that is not already quoting.
+    fn self_check(&self) -> Turn<'_> {
+        let mut state = self.lock();
+        state.self_check_waiting = true;
+        while state.busy {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.busy = true;
+        state.self_check_waiting = false;
+        Turn(self)
+    }
+
+    /// A caller's turn, once neither a quote is running nor the self-check is waiting; `None`
+    /// after `wait`.
+    fn caller(&self, wait: Duration) -> Option<Turn<'_>> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut state = self.lock();
+        while state.busy || state.self_check_waiting {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.busy = true;
+        Some(Turn(self))
+    }
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -315,4 +397,51 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn a_waiting_self_check_goes_before_callers_who_came_later() {
+        let turns = Arc::new(TpmTurns::default());
+        let first = turns.caller(Duration::from_secs(1)).unwrap();
+        let (order_tx, order) = mpsc::channel();
+        let self_check = {
+            let (turns, order_tx) = (turns.clone(), order_tx.clone());
+            std::thread::spawn(move || {
+                let _turn = turns.self_check();
+                order_tx.send("self-check").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        };
+        while !turns.lock().self_check_waiting {
+            std::thread::yield_now();
+        }
+        let later_caller = {
+            let turns = turns.clone();
+            std::thread::spawn(move || {
+                let _turn = turns.caller(Duration::from_secs(5)).unwrap();
+                order_tx.send("caller").unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        drop(first);
+        self_check.join().unwrap();
+        later_caller.join().unwrap();
+        let seen: Vec<_> = order.try_iter().collect();
+        assert_eq!(seen, ["self-check", "caller"]);
+    }
+
+    #[test]
+    fn a_caller_gives_up_after_its_wait() {
+        let turns = TpmTurns::default();
+        let _busy = turns.caller(Duration::from_secs(1)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(turns.caller(Duration::from_millis(50)).is_none());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 }

@@ -35,6 +35,8 @@ pub enum HttpError {
     AttestationNotConfigured,
     /// The TPM could not produce a quote.
     QuoteFailed,
+    /// The TPM is busy (the self-check goes first); the caller may retry.
+    AttestationBusy,
     /// The request did not finish within `server.request_timeout`.
     Timeout,
     /// No route has this path.
@@ -89,6 +91,11 @@ impl HttpError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "attestation_failed",
                 "the TPM could not produce a quote".into(),
+            ),
+            HttpError::AttestationBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "attestation_busy",
+                "the TPM is busy with the broker's own attestation; try again in a second".into(),
             ),
             HttpError::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -271,6 +271,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn revocation_generation(&self) -> Result<u64, StoreError> {
+        // Rows are only ever inserted, so the largest rowid names the list's state.
+        let last: Option<i64> = self.read("read the revocation generation", |c| {
+            c.prepare_cached("SELECT max(rowid) FROM revoked")?
+                .query_row([], |r| r.get(0))
+        })?;
+        Ok(last.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
     fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError> {
         self.read("check revocation", |c| {
             c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?

@@ -394,3 +394,22 @@ fn concurrent_redemptions_of_one_token_id_succeed_exactly_once() {
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn the_revocation_generation_moves_with_every_new_revocation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let empty = store.revocation_generation().unwrap();
+    store.revoke(&[1], Reason::KeyCompromise, at).unwrap();
+    let one = store.revocation_generation().unwrap();
+    assert_ne!(one, empty);
+    store.revoke(&[1], Reason::KeyCompromise, at).unwrap();
+    assert_eq!(
+        store.revocation_generation().unwrap(),
+        one,
+        "nothing changed"
+    );
+    store.revoke(&[2], Reason::Superseded, at).unwrap();
+    assert_ne!(store.revocation_generation().unwrap(), one);
+}
