@@ -71,10 +71,10 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
             let backend: Arc<dyn KeyBackend> = Arc::from(open_backend(config, Some(max_sessions))?);
             let label = label.unwrap_or_else(|| config.keys.root.clone());
             let algorithm = backend.public_key(&label)?.algorithm();
-            println!("device: {}", backend.describe());
+            say!("device: {}", backend.describe());
             for threads in 1..=max_sessions.max(1) {
                 let rate = sign_rate(&backend, &label, threads, Duration::from_secs(seconds))?;
-                println!("raw HSM sign {algorithm} key {label:?}: {threads} session(s): {rate:.0} signatures/s");
+                say!("raw HSM sign {algorithm} key {label:?}: {threads} session(s): {rate:.0} signatures/s");
             }
             Ok(())
         }
@@ -153,7 +153,7 @@ fn issue_latency(config: &Config, count: usize) -> CliResult {
     }
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    println!(
+    say!(
         "certificate issuance through the HSM ({} certificates): median {:.2} ms, p99 {:.2} ms",
         samples.len(),
         pct(0.5).as_secs_f64() * 1e3,
@@ -215,7 +215,7 @@ fn decide_latency(iterations: usize) -> CliResult {
     )?;
     let roots = [root.clone()];
     let iterations = iterations.max(1);
-    println!(
+    say!(
         "decision benchmark: pure logic on a software test root (no HSM), {iterations} decisions per figure; \
          request matches the last grant after failing every other grant's parameters"
     );
@@ -308,7 +308,7 @@ fn decide_latency(iterations: usize) -> CliResult {
             let (full_p50, full_p99) = percentiles(&mut full);
             let (view_p50, _) = percentiles(&mut view_only);
             let us = |d: Duration| d.as_secs_f64() * 1e6;
-            println!(
+            say!(
                 "{label}, {n:>3} grant(s): decision (chain view + decide) median {:.1} µs p99 {:.1} µs \
                  (chain view alone, i.e. decoding the extensions: median {:.1} µs); \
                  with chain::validate signatures median {:.1} µs p99 {:.1} µs",

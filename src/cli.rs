@@ -13,6 +13,7 @@ use seb::store::sqlite::SqliteStore;
 pub mod attest;
 pub mod cert;
 pub mod init;
+pub mod inventory;
 pub mod request;
 pub mod seal;
 pub mod serve;
@@ -22,6 +23,14 @@ pub mod token;
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 /// Result of a subcommand.
 pub type CliResult = Result<(), CliError>;
+
+/// Writes one line to stdout (the [`say!`] macro). A closed pipe is not an error of the
+/// command: the output is dropped and the command exits with its own status.
+pub fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
 
 /// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings and errors).
 pub fn init_tracing() {
@@ -62,6 +71,17 @@ pub fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> CliResult) ->
         }
     }
     f(&config)
+}
+
+/// Like [`with_config`], for commands that also work without a configuration.
+pub fn with_optional_config(
+    path: Option<&Path>,
+    f: impl FnOnce(Option<&Config>) -> CliResult,
+) -> CliResult {
+    match path {
+        Some(path) => with_config(Some(path), |config| f(Some(config))),
+        None => f(None),
+    }
 }
 
 /// Opens the configured key backend, optionally with a different signing pool size.

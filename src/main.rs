@@ -4,10 +4,25 @@
 //! The binary only parses arguments, wires configuration to the library and turns errors into a
 //! message and an exit status. It must never print a PIN, and never panic on bad input.
 
+#![deny(clippy::print_stdout)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Writes one line to stdout, like `println!`, but never panics: a reader that went away
+/// (`seb keys | head -1`: EPIPE) or any other write error just drops the output, and the
+/// command finishes and exits with its own status. `println!` would panic (exit 101).
+/// `#![deny(clippy::print_stdout)]` above keeps `println!` out of the binary.
+macro_rules! say {
+    () => {
+        $crate::cli::say(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::say(format_args!($($arg)*))
+    };
+}
 
 mod bench;
 mod cli;
@@ -69,6 +84,9 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Keygen(a) => cli::cert::keygen(a),
         Command::Init(a) => cli::with_config(args.config.as_deref(), |c| cli::init::run(c, a)),
+        Command::Cert(cli::cert::CertCommand::Show(a)) => {
+            cli::with_optional_config(args.config.as_deref(), |c| cli::inventory::show(c, a))
+        }
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),

@@ -209,6 +209,10 @@ pub trait Store: Send + Sync {
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError>;
     /// Records an issued certificate.
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
+    /// Every issued certificate, oldest first (the security team's inventory).
+    fn issued_certificates(&self) -> Result<Vec<IssuedCertificate>, StoreError>;
+    /// The issued certificate with this serial, if this broker issued it.
+    fn issued_certificate(&self, serial: &[u8]) -> Result<Option<IssuedCertificate>, StoreError>;
     /// Records a revocation. Revoking twice keeps the first time and reason.
     fn revoke(
         &self,
@@ -221,6 +225,8 @@ pub trait Store: Send + Sync {
     /// A number that changes whenever a revocation is added (revocations are never removed):
     /// one index lookup, so a cached CRL can be checked without listing every revocation.
     fn revocation_generation(&self) -> Result<u64, StoreError>;
+    /// The revocation of `serial`, if it is revoked.
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError>;
     /// Whether `serial` is revoked.
     fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError>;
     /// Allocates the next CRL number (strictly increasing, never reused).

@@ -111,10 +111,10 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let sessions = config.backend.signing_threads();
     let token_label = config.keys.token.clone();
     let algorithm = backend.public_key(&token_label)?.algorithm();
-    println!("device: {}", backend.describe());
-    println!("token key: {algorithm}, {sessions} HSM session(s)");
+    say!("device: {}", backend.describe());
+    say!("token key: {algorithm}, {sessions} HSM session(s)");
     let single = sign_latency(backend.as_ref(), &token_label, 300)?;
-    println!(
+    say!(
         "raw HSM sign latency, one signature at a time: p50 {:.2} ms  p99 {:.2} ms",
         single.0.as_secs_f64() * 1e3,
         single.1.as_secs_f64() * 1e3
@@ -169,7 +169,7 @@ fn run_load(
             let stats = load(&url, &keep_alive, agents.max(1), seconds, Pace::Closed, true).await?;
             let after = raw.measure(&backend).await?;
             let raw_mean = (before + after) / 2.0;
-            println!(
+            say!(
                 "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
                 stats.rate(),
                 100.0 * stats.rate() / raw_mean,
@@ -190,7 +190,7 @@ fn run_load(
             let agents = agents.max(1);
             let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
             let stats = load(&url, &keep_alive, agents, seconds, Pace::Every(interval), true).await?;
-            println!(
+            say!(
                 "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  {}  ({}, {} not sent by the end)",
                 100.0 * fraction,
                 stats.rate(),
@@ -201,7 +201,7 @@ fn run_load(
         }
         if args.handshake_agents > 0 {
             let stats = load(&url, &full, args.handshake_agents, seconds, Pace::Closed, false).await?;
-            println!(
+            say!(
                 "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  {}  ({})",
                 args.handshake_agents,
                 stats.rate(),

@@ -161,7 +161,7 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
     if let Some(pem) = ek_pem {
         write_file(&trust.ek_path(), pem.as_bytes(), false)?;
     }
-    println!(
+    say!(
         "attestation key enrolled ({}); credential activation against the EK succeeded; AK certificate serial {}",
         attestor.describe(),
         ak_cert.serial_hex()
@@ -188,7 +188,7 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
     let base = args.out.parent().unwrap_or(Path::new("."));
     AttestPolicy::parse(&text, base)?;
     write_file(&args.out, text.as_bytes(), false)?;
-    println!(
+    say!(
         "recorded {} PCRs ({bank}) and {} events into {}",
         pcrs.len(),
         log.events.len(),
@@ -238,15 +238,15 @@ fn verify(args: VerifyArgs) -> CliResult {
     };
     match attest::verify_evidence(&evidence, &check) {
         Ok(v) => {
-            println!("attestation OK: {}", v.ak_subject);
-            println!(
+            say!("attestation OK: {}", v.ak_subject);
+            say!(
                 "  PCRs {:?} ({}) match the policy; event log replays ({} events)",
                 v.pcrs.keys().collect::<Vec<_>>(),
                 evidence.pcr_bank,
                 evidence.event_log.events.len()
             );
             // resetCount/restartCount are obfuscated by the TPM for owner-hierarchy signers.
-            println!("  TPM clock {} ms", v.info.clock);
+            say!("  TPM clock {} ms", v.info.clock);
             Ok(())
         }
         Err(e) => Err(format!("attestation REJECTED ({}): {e}", e.code()).into()),
@@ -259,7 +259,7 @@ fn bench(config: &Config, count: usize) -> CliResult {
     let settings = attestation_config(config)?;
     let policy = AttestPolicy::load(&settings.policy)?;
     let attestor = TpmAttestor::open(open_tpm(config)?, &config.ak_blob())?;
-    println!("attestor: {}", attestor.describe());
+    say!("attestor: {}", attestor.describe());
     let count = count.max(1);
     let mut quotes = Vec::with_capacity(count);
     for _ in 0..count {
@@ -280,7 +280,7 @@ fn bench(config: &Config, count: usize) -> CliResult {
         samples.sort_unstable();
         let median = samples[samples.len() / 2];
         let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
-        println!(
+        say!(
             "{name}: median {:.2} ms, p99 {:.2} ms over {} runs",
             median.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,

@@ -39,6 +39,12 @@ pub enum CertCommand {
     IssueCa(IssueCaArgs),
     /// Revoke a certificate by serial number.
     Revoke(RevokeArgs),
+    /// List the certificates this broker issued (serial, subject, role, issuer, validity,
+    /// status).
+    List(super::inventory::ListArgs),
+    /// Show a certificate (a FILE, or --serial from the store): role, groups, chain,
+    /// validity, revocation status and its grants as TOML.
+    Show(super::inventory::ShowArgs),
 }
 
 /// Options of `seb cert issue`.
@@ -158,8 +164,8 @@ pub fn keygen(args: KeygenArgs) -> CliResult {
     let made = csr::generate(subject)?;
     write_file(&args.out_key, made.key_pem.expose_secret().as_bytes(), true)?;
     write_file(&args.out_csr, made.csr_pem.as_bytes(), false)?;
-    println!("key written to {} (keep it secret)", args.out_key.display());
-    println!("CSR written to {}", args.out_csr.display());
+    say!("key written to {} (keep it secret)", args.out_key.display());
+    say!("CSR written to {}", args.out_csr.display());
     Ok(())
 }
 
@@ -169,6 +175,8 @@ pub fn run(config: &Config, command: CertCommand) -> CliResult {
         CertCommand::Issue(a) => issue(config, a),
         CertCommand::IssueCa(a) => issue_ca(config, a),
         CertCommand::Revoke(a) => revoke(config, a),
+        CertCommand::List(a) => super::inventory::list(config, a),
+        CertCommand::Show(a) => super::inventory::show(Some(config), a),
     }
 }
 
@@ -214,7 +222,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         pem: pem.clone(),
     })?;
     write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
-    println!(
+    say!(
         "issued {kind} certificate serial {} for {} until {}",
         cert.serial_hex(),
         cert.subject_string(),
@@ -301,7 +309,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     })?;
     write_file(&cert_path, pem.as_bytes(), false)?;
     write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
-    println!(
+    say!(
         "issued intermediate CA {name:?} serial {} for {} until {} ({held})",
         cert.serial_hex(),
         cert.subject_string(),
@@ -390,15 +398,15 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let store = open_store(config)?;
     match store.revoke(&serial, reason, SystemTime::now())? {
         RevokeOutcome::Revoked { known: true } => {
-            println!("revoked {} ({})", hex::encode(&serial), reason.as_str())
+            say!("revoked {} ({})", hex::encode(&serial), reason.as_str())
         }
-        RevokeOutcome::Revoked { known: false } => println!(
+        RevokeOutcome::Revoked { known: false } => say!(
             "revoked {} ({}); note: this broker has no record of issuing it",
             hex::encode(&serial),
             reason.as_str()
         ),
         RevokeOutcome::AlreadyRevoked => {
-            println!(
+            say!(
                 "{} was already revoked; nothing changed",
                 hex::encode(&serial)
             )
@@ -424,7 +432,7 @@ pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
         config.ca.crl_validity,
     )?;
     write_file(&args.out, crl::to_pem(&list)?.as_bytes(), false)?;
-    println!(
+    say!(
         "CRL number {number} with {} revoked certificate(s) written to {}",
         revoked.len(),
         args.out.display()
@@ -444,7 +452,7 @@ fn not_initialised(e: seb::ca::TrustDirError) -> super::CliError {
     }
 }
 
-fn parse_serial(text: &str) -> Result<Vec<u8>, super::CliError> {
+pub(super) fn parse_serial(text: &str) -> Result<Vec<u8>, super::CliError> {
     let cleaned: String = text.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(&cleaned).map_err(|_| format!("serial {text:?} is not hex"))?;
     if bytes.is_empty() || bytes.len() > 20 {

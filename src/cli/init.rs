@@ -90,20 +90,20 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     ] {
         write_file(&path, cert.to_pem_string()?.as_bytes(), false)?;
     }
-    println!("initialised {}", backend.describe());
+    say!("initialised {}", backend.describe());
     for (label, cert) in [
         (&labels.root, &root),
         (&labels.token, &token),
         (&labels.audit, &audit),
         (&labels.tls, &tls),
     ] {
-        println!(
+        say!(
             "  {label:<12} serial {}  {}",
             cert.serial_hex(),
             cert.subject_string()
         );
     }
-    println!("trust material written to {}", trust.path().display());
+    say!("trust material written to {}", trust.path().display());
     if config.attestation.is_some() {
         super::attest::enroll(config, backend.as_ref())?;
     }
@@ -117,19 +117,19 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
 /// Lists the broker's keys with the protection the device reports.
 pub fn keys(config: &Config) -> CliResult {
     let backend = open_backend(config, Some(1))?;
-    println!("{}", backend.describe());
+    say!("{}", backend.describe());
     let labels = &config.keys;
     let mut all_bound = true;
     for label in [&labels.root, &labels.token, &labels.audit, &labels.tls] {
         if !backend.contains(label)? {
-            println!("  {label:<12} missing");
+            say!("  {label:<12} missing");
             all_bound = false;
             continue;
         }
         let public = backend.public_key(label)?;
         let p = backend.protection(label)?;
         all_bound &= p.is_hardware_bound();
-        println!(
+        say!(
             "  {label:<12} {}  sensitive={} extractable={} always_sensitive={} never_extractable={} private_value_readable={}",
             public.algorithm(),
             p.sensitive,

@@ -62,7 +62,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         let mut client = Client::connect(&args.broker, &tls).await?;
         client.post_json("/v1/executions", &body).await
     })?;
-    println!("{}", response.text);
+    say!("{}", response.text);
     Ok(match response.status {
         201 => std::process::ExitCode::SUCCESS,
         202 => std::process::ExitCode::from(2),

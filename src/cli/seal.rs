@@ -80,7 +80,7 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
     write_file(&out, &sealed.encode()?, true)?;
 
     let pcrs: Vec<String> = sealed.pcrs().iter().map(u8::to_string).collect();
-    println!(
+    say!(
         "sealed the HSM user PIN in {} to PCRs {} ({}) in {} ms; test unseal {} ms",
         tpm.tcti(),
         pcrs.join(","),
@@ -88,16 +88,16 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
         sealing.as_millis(),
         unsealing.as_millis()
     );
-    println!("wrote {} (mode 0600)", out.display());
+    say!("wrote {} (mode 0600)", out.display());
     match &p11.pin {
         PinSource::Sealed { path, .. } if *path == out => {
-            println!("the configuration already reads the PIN from this file");
+            say!("the configuration already reads the PIN from this file");
         }
         current => {
-            println!("to use it, change [backend] in the configuration:");
-            println!("  remove   {} = ...", current.key());
-            println!("  add      pin_sealed = \"{}\"", out.display());
-            println!(
+            say!("to use it, change [backend] in the configuration:");
+            say!("  remove   {} = ...", current.key());
+            say!("  add      pin_sealed = \"{}\"", out.display());
+            say!(
                 "keep the PIN itself in escrow: after a planned PCR change (firmware update) it is \
                  needed to re-seal with `seb seal-pin`"
             );

@@ -34,12 +34,12 @@ pub fn serve(config: &Config) -> CliResult {
             tracing::info!("shutting down");
             let _ = tx.send(true);
         });
-        println!(
+        say!(
             "seb broker {} listening on https://{local}",
             config.broker_id
         );
         server::serve(App::new(broker), tls, listener, rx).await?;
-        println!("seb broker stopped");
+        say!("seb broker stopped");
         Ok::<(), CliError>(())
     })
 }

@@ -95,7 +95,7 @@ fn verify(args: VerifyArgs) -> CliResult {
     };
     let verified =
         verify::verify_token(&token, &trust, &expect).map_err(|e| format!("{}: {e}", e.code()))?;
-    println!("{}", serde_json::to_string_pretty(&verified.claims)?);
+    say!("{}", serde_json::to_string_pretty(&verified.claims)?);
     Ok(())
 }
 

@@ -219,6 +219,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn issued_certificates(&self) -> Result<Vec<IssuedCertificate>, StoreError> {
+        let rows: Vec<IssuedRow> = self.read("list issued certificates", |c| {
+            let mut stmt = c.prepare(
+                "SELECT serial, subject, role, issuer_label, not_after, pem FROM issued
+                 ORDER BY issued_at, rowid",
+            )?;
+            let rows = stmt.query_map([], issued_row)?;
+            rows.collect()
+        })?;
+        rows.into_iter().map(issued_from_row).collect()
+    }
+
+    fn issued_certificate(&self, serial: &[u8]) -> Result<Option<IssuedCertificate>, StoreError> {
+        let row: Option<IssuedRow> = self.read("look up an issued certificate", |c| {
+            c.prepare_cached(
+                "SELECT serial, subject, role, issuer_label, not_after, pem FROM issued
+                 WHERE serial = ?1",
+            )?
+            .query_row([serial], issued_row)
+            .optional()
+        })?;
+        row.map(issued_from_row).transpose()
+    }
+
     fn revoke(
         &self,
         serial: &[u8],
@@ -278,6 +302,23 @@ impl Store for SqliteStore {
                 .query_row([], |r| r.get(0))
         })?;
         Ok(last.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+        let row: Option<(String, i64)> = self.read("look up a revocation", |c| {
+            c.prepare_cached("SELECT reason, revoked_at FROM revoked WHERE serial = ?1")?
+                .query_row([serial], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })?;
+        row.map(|(reason, at)| {
+            Ok(Revocation {
+                serial: serial.to_vec(),
+                reason: Reason::parse(&reason)
+                    .ok_or_else(|| StoreError::Corrupt(format!("revocation reason {reason:?}")))?,
+                revoked_at: from_unix(at)?,
+            })
+        })
+        .transpose()
     }
 
     fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError> {
@@ -520,6 +561,32 @@ fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()>
 }
 
 /// Unix seconds as SQLite's signed integer.
+/// An `issued` row as read: serial, subject, role, issuer label, notAfter, PEM.
+type IssuedRow = (Vec<u8>, String, String, String, i64, String);
+
+fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn issued_from_row(row: IssuedRow) -> Result<IssuedCertificate, StoreError> {
+    let (serial, subject, role, issuer_label, not_after, pem) = row;
+    Ok(IssuedCertificate {
+        serial,
+        subject,
+        role,
+        issuer_label,
+        not_after: from_unix(not_after)?,
+        pem,
+    })
+}
+
 fn unix(t: SystemTime) -> i64 {
     i64::try_from(crate::time::unix(t)).unwrap_or(i64::MAX)
 }

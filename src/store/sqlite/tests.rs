@@ -67,6 +67,39 @@ fn known_serials_are_reported() {
 }
 
 #[test]
+fn issued_certificates_are_listed_in_order_and_looked_up_by_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let record = |serial: u8, role: &str| IssuedCertificate {
+        serial: vec![serial],
+        subject: format!("CN={serial}"),
+        role: role.into(),
+        issuer_label: "seb-root".into(),
+        not_after: at,
+        pem: format!("pem {serial}"),
+    };
+    store.record_issued(&record(7, "agent")).unwrap();
+    store.record_issued(&record(3, "executor")).unwrap();
+    assert_eq!(
+        store.issued_certificates().unwrap(),
+        vec![record(7, "agent"), record(3, "executor")]
+    );
+    assert_eq!(
+        store.issued_certificate(&[3]).unwrap(),
+        Some(record(3, "executor"))
+    );
+    assert_eq!(store.issued_certificate(&[4]).unwrap(), None);
+    assert_eq!(store.revocation(&[3]).unwrap(), None);
+    store.revoke(&[3], Reason::Superseded, at).unwrap();
+    let revoked = store.revocation(&[3]).unwrap().unwrap();
+    assert_eq!(
+        (revoked.reason, revoked.revoked_at),
+        (Reason::Superseded, at)
+    );
+}
+
+#[test]
 fn events_are_recorded_in_order_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
