@@ -21,17 +21,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
-
 use crate::attest::selfcheck::AttestationState;
-use crate::backend::{KeyAlgorithm, KeyBackend};
-use crate::base64url;
+use crate::backend::KeyBackend;
 use crate::cert::Certificate;
 use crate::config::Config;
 use crate::store::Store;
 
 mod crl;
 mod error;
+mod keys;
+
+pub use keys::retired_token_window;
 pub mod issuance;
 pub mod metrics;
 mod peer;
@@ -52,10 +52,7 @@ pub struct Broker {
     store: Arc<dyn Store>,
     root: Certificate,
     roots: Vec<Certificate>,
-    token_cert: Certificate,
-    token_kid: String,
-    token_alg: KeyAlgorithm,
-    trust_pem: String,
+    keys: std::sync::RwLock<Arc<keys::BrokerKeys>>,
     epoch: AtomicU64,
     metrics: Arc<Metrics>,
     signer: signer::SignQueue,
@@ -67,6 +64,12 @@ pub struct Broker {
 
 /// Named readiness checks, each passed or failed with a reason.
 type HealthChecks = Vec<(&'static str, Result<(), String>)>;
+
+/// How often a running broker re-reads its key generations and trust directory.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A broker certificate expiring within this shows as a warning in `/healthz` and `seb check`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// How long a readiness answer is reused.
 pub const HEALTH_TTL: Duration = Duration::from_secs(1);
@@ -88,27 +91,10 @@ impl Broker {
         store: Arc<dyn Store>,
     ) -> Result<Self, BrokerError> {
         let trust = config.trust_dir();
-        let unreadable = |e: crate::ca::TrustDirError| {
-            BrokerError::Internal(format!("{e}; has `seb init` run?"))
-        };
-        let root = trust.root().map_err(unreadable)?;
-        let token_cert = trust.token().map_err(unreadable)?;
-        let public = backend
-            .public_key(&config.keys.token)
-            .map_err(BrokerError::Hsm)?;
-        let spki = public.to_spki_der().map_err(BrokerError::Hsm)?;
-        let cert_spki = der::Encode::to_der(&token_cert.tbs.subject_public_key_info)
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        if spki != cert_spki {
-            return Err(BrokerError::Internal(format!(
-                "the key {:?} in the device does not match {}",
-                config.keys.token,
-                trust.token_path().display()
-            )));
-        }
-        let token_der = token_cert
-            .to_der_bytes()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let root = trust
+            .root()
+            .map_err(|e| BrokerError::Internal(format!("{e}; has `seb init` run?")))?;
+        let keys = keys::BrokerKeys::load(&config, backend.as_ref(), SystemTime::now())?;
         let metrics = Arc::new(Metrics::default());
         let observe = {
             let metrics = metrics.clone();
@@ -116,18 +102,15 @@ impl Broker {
         };
         let signer = signer::SignQueue::start(
             backend.clone(),
-            config.keys.token.clone(),
+            keys.token.label.to_string(),
             config.backend.signing_threads(),
             observe,
         )
         .map_err(|e| BrokerError::Internal(format!("cannot start the signing threads: {e}")))?;
         Ok(Self {
-            token_kid: base64url::encode(&Sha256::digest(&token_der)),
-            token_alg: public.algorithm(),
             roots: vec![root.clone()],
             root,
-            token_cert,
-            trust_pem: trust.bundle_pem(),
+            keys: std::sync::RwLock::new(Arc::new(keys)),
             epoch: AtomicU64::new(config.policy.epoch),
             signer,
             metrics,
@@ -164,8 +147,81 @@ impl Broker {
     }
 
     /// The PEM bundle served at `/v1/trust`.
-    pub fn trust_pem(&self) -> &str {
-        &self.trust_pem
+    pub fn trust_pem(&self) -> String {
+        self.keys().trust_pem.clone()
+    }
+
+    /// The current key generations and trust bundle (a snapshot: a rotation swaps it whole).
+    fn keys(&self) -> Arc<keys::BrokerKeys> {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the key generations and the trust directory (`seb rotate`, `seb cert
+    /// issue-ca`) and switches to them if they changed; the running broker calls this every
+    /// [`RELOAD_INTERVAL`]. A state that does not check out (a token certificate that does not
+    /// match its key in the device, half-written files) is refused and the current keys stay.
+    /// Returns whether anything changed.
+    pub fn reload(&self) -> Result<bool, BrokerError> {
+        let fresh = keys::BrokerKeys::load(&self.config, self.backend.as_ref(), SystemTime::now())?;
+        let current = self.keys();
+        if fresh.same_as(&current) {
+            return Ok(false);
+        }
+        tracing::info!(
+            token_label = %fresh.token.label,
+            retired_tokens = fresh.retired_tokens.len(),
+            "trust material changed; switching"
+        );
+        match self.keys.write() {
+            Ok(mut k) => *k = Arc::new(fresh),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
+        }
+        Ok(true)
+    }
+
+    /// Prometheus gauges of the broker's certificates: each one's notAfter (Unix seconds) and
+    /// whether it expires within [`EXPIRY_WARNING`]. Labels are fixed names (root, token, tls,
+    /// audit), never subjects or serials.
+    pub fn certificate_metrics(&self, now: SystemTime) -> String {
+        use std::fmt::Write;
+        let keys = self.keys();
+        let certs = keys.service_certificates(&self.root);
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP seb_certificate_not_after_seconds notAfter of the broker's certificates (Unix time).");
+        let _ = writeln!(out, "# TYPE seb_certificate_not_after_seconds gauge");
+        for (what, cert) in &certs {
+            let _ = writeln!(
+                out,
+                "seb_certificate_not_after_seconds{{certificate=\"{what}\"}} {}",
+                crate::time::unix(cert.not_after())
+            );
+        }
+        let _ = writeln!(out, "# HELP seb_certificate_expiring 1 when the certificate expires within 30 days (renew: seb rotate).");
+        let _ = writeln!(out, "# TYPE seb_certificate_expiring gauge");
+        for (what, cert) in &certs {
+            let _ = writeln!(
+                out,
+                "seb_certificate_expiring{{certificate=\"{what}\"}} {}",
+                u8::from(cert.not_after() <= now + EXPIRY_WARNING)
+            );
+        }
+        out
+    }
+
+    /// Certificates of the broker that expire within [`EXPIRY_WARNING`] at `now`, as
+    /// (what, notAfter).
+    pub fn expiring_certificates(&self, now: SystemTime) -> Vec<(String, SystemTime)> {
+        let keys = self.keys();
+        let mut out = Vec::new();
+        for (what, cert) in keys.service_certificates(&self.root) {
+            if cert.not_after() <= now + EXPIRY_WARNING {
+                out.push((what, cert.not_after()));
+            }
+        }
+        out
     }
 
     /// The root certificates client chains must end in.
@@ -173,9 +229,9 @@ impl Broker {
         &self.roots
     }
 
-    /// The token signing certificate.
-    pub fn token_certificate(&self) -> &Certificate {
-        &self.token_cert
+    /// The current token signing certificate.
+    pub fn token_certificate(&self) -> Certificate {
+        self.keys().token.cert.clone()
     }
 
     /// Builds the caller's identity from the chain it presented (leaf first). TLS already

@@ -27,6 +27,7 @@ use crate::grants::{GrantError, GrantSet, Role, RoleKind};
 
 pub mod crl;
 pub mod csr;
+pub mod generations;
 mod profile;
 pub mod trust_dir;
 

@@ -15,6 +15,7 @@ pub mod cert;
 pub mod init;
 pub mod inventory;
 pub mod request;
+pub mod rotate;
 pub mod seal;
 pub mod serve;
 pub mod token;

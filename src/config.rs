@@ -199,6 +199,26 @@ impl Config {
         self.state_dir.join("pin.sealed")
     }
 
+    /// The key generations `seb rotate` recorded (`<state_dir>/keys.toml`).
+    pub fn key_generations(
+        &self,
+    ) -> Result<crate::ca::generations::KeyGenerations, crate::ca::generations::GenerationsError>
+    {
+        crate::ca::generations::KeyGenerations::load(&self.state_dir)
+    }
+
+    /// The device label of the current generation of a broker key: the `[keys]` label until
+    /// `seb rotate` made a newer one (`<state_dir>/keys.toml`).
+    pub fn current_key_label(
+        &self,
+        kind: crate::ca::generations::KeyKind,
+    ) -> Result<String, crate::ca::generations::GenerationsError> {
+        Ok(self
+            .key_generations()?
+            .current(kind, self.keys.configured_label(kind))
+            .label)
+    }
+
     /// The PEM trust material written by `init` (`<state_dir>/trust`).
     pub fn trust_dir(&self) -> TrustDir {
         TrustDir::new(self.state_dir.join("trust"))
@@ -479,6 +499,18 @@ pub struct KeyLabels {
     pub tls: String,
     /// Curve of the token key: `ec-p384` (ES384, default) or `ec-p256` (ES256).
     pub token_algorithm: KeyAlgorithm,
+}
+
+impl KeyLabels {
+    /// The configured (first-generation) label of a rotatable key.
+    pub fn configured_label(&self, kind: crate::ca::generations::KeyKind) -> &str {
+        use crate::ca::generations::KeyKind;
+        match kind {
+            KeyKind::Token => &self.token,
+            KeyKind::Tls => &self.tls,
+            KeyKind::Audit => &self.audit,
+        }
+    }
 }
 
 impl Default for KeyLabels {

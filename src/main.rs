@@ -59,6 +59,9 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
+    /// Re-key a broker key (token, tls or audit): a new generation in the device and its
+    /// certificate; a running broker switches without a restart.
+    Rotate(cli::rotate::RotateArgs),
     /// Seal the HSM user PIN in the [attestation] TPM to the current boot state (PCRs).
     SealPin(cli::seal::SealArgs),
     /// Verify execution tokens offline (needs no --config).
@@ -89,6 +92,9 @@ fn main() -> ExitCode {
         }
         Command::Cert(c) => cli::with_config(args.config.as_deref(), |cfg| cli::cert::run(cfg, c)),
         Command::Crl(a) => cli::with_config(args.config.as_deref(), |c| cli::cert::crl(c, a)),
+        Command::Rotate(a) => {
+            cli::with_config(args.config.as_deref(), |c| cli::rotate::rotate(c, a))
+        }
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
         Command::Token(t) => cli::token::run(t),

@@ -458,6 +458,23 @@ async fn healthz(
     let checks = tokio::task::spawn_blocking(move || broker.health())
         .await
         .unwrap_or_else(|_| vec![("health", Err("health check task failed".into()))]);
+    // Warnings do not make the broker unready: an expiring certificate still works today.
+    let warnings: Vec<serde_json::Value> = app
+        .broker
+        .expiring_certificates(SystemTime::now())
+        .into_iter()
+        .map(|(what, not_after)| {
+            let at = der::DateTime::from_system_time(not_after)
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            json!({
+                "check": "certificate_expiry",
+                "certificate": what,
+                "not_after": at,
+                "message": format!("the {what} certificate expires at {at}; renew it with `seb rotate {what}`"),
+            })
+        })
+        .collect();
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let detail: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
@@ -476,7 +493,11 @@ async fn healthz(
     };
     Ok((
         status,
-        Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": detail})),
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": detail,
+            "warnings": warnings,
+        })),
     )
         .into_response())
 }
@@ -488,7 +509,7 @@ async fn metrics(
     app.check_rate(&peer)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.broker.metrics().render(),
+        app.broker.metrics().render() + &app.broker.certificate_metrics(SystemTime::now()),
     )
         .into_response())
 }

@@ -191,6 +191,8 @@ pub trait Store: Send + Sync {
     fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone);
     /// The execution request with this id, reflecting every write made before the call.
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError>;
+    /// The id of the request token `jti` was issued for, if this store issued it.
+    fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError>;
     /// Marks token `jti` redeemed by `executor`, exactly once across restarts and replicas
     /// sharing the store.
     fn redeem(

@@ -140,3 +140,317 @@ fn cert_show_decodes_role_chain_status_and_grants_back_to_toml() {
         "no record of issuing serial 0BADC0DE",
     );
 }
+
+const DEPLOY: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "30s"
+params_any = true
+"#;
+
+fn request_body() -> serde_json::Value {
+    serde_json::json!({
+        "operation": "deploy.rollout",
+        "resource": "prod/payments/api",
+        "params": {"replicas": 3},
+        "justification": "day two",
+    })
+}
+
+fn post(
+    hsm: &Hsm,
+    broker: &common::Broker,
+    who: &common::Identity,
+    path: &str,
+    body: &serde_json::Value,
+) -> seb::client::ApiResponse {
+    let tls = hsm.tls(who, false);
+    common::runtime().block_on(async {
+        let mut client = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        client.post_json(path, body).await.unwrap()
+    })
+}
+
+fn get(
+    hsm: &Hsm,
+    broker: &common::Broker,
+    who: &common::Identity,
+    path: &str,
+) -> seb::client::ApiResponse {
+    let tls = hsm.tls(who, false);
+    common::runtime().block_on(async {
+        let mut client = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        client.send("GET", path, None).await.unwrap()
+    })
+}
+
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let value: serde_json::Value =
+        serde_json::from_slice(&seb::base64url::decode(header).unwrap()).unwrap();
+    value["kid"].as_str().unwrap().to_owned()
+}
+
+/// The serial of the certificate the broker presents to a new TLS connection.
+fn served_tls_serial(hsm: &Hsm, broker: &common::Broker, who: &common::Identity) -> String {
+    let addr = broker.url.trim_start_matches("https://").to_owned();
+    let script = format!(
+        "openssl s_client -connect {addr} -CAfile {ca} -cert {cert} -key {key} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        ca = hsm.trust("root.pem").display(),
+        cert = who.cert.display(),
+        key = who.key.display(),
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_working() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let executor = hsm.identity("k8s", "CN=k8s", "executor", &[]);
+    let broker = common::Broker::start(&hsm);
+    let before = post(&hsm, &broker, &agent, "/v1/executions", &request_body());
+    assert_eq!(before.status, 201, "{}", before.text);
+    let old_token = before.body["token"].as_str().unwrap().to_owned();
+    let old_bundle = get(&hsm, &broker, &agent, "/v1/trust").text;
+    let old_tls_serial = served_tls_serial(&hsm, &broker, &agent);
+    assert_eq!(old_tls_serial, openssl_serial(&hsm, &hsm.trust("tls.pem")));
+
+    // An open connection from before the TLS rotation.
+    let tls = hsm.tls(&agent, false);
+    let rt = common::runtime();
+    let mut open = rt
+        .block_on(seb::client::Client::connect(&broker.url, &tls))
+        .unwrap();
+
+    let out = hsm.seb_ok(&["rotate", "token"]);
+    assert!(out.contains("\"seb-token.2\""), "{out}");
+    let out = hsm.seb_ok(&["rotate", "tls"]);
+    assert!(out.contains("\"seb-tls.2\""), "{out}");
+    for file in [
+        "token.pem",
+        "tls.pem",
+        "retired/token.1.pem",
+        "retired/tls.1.pem",
+    ] {
+        let (ok, text) = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                hsm.trust("root.pem").to_str().unwrap(),
+                hsm.trust(file).to_str().unwrap(),
+            ],
+            hsm.dir.path(),
+        );
+        assert!(ok, "{file}: {text}");
+    }
+    let keys = hsm.seb_ok(&["keys"]);
+    assert!(
+        keys.contains("seb-token.2") && keys.contains("seb-tls.2"),
+        "{keys}"
+    );
+    assert!(!keys.contains("missing"), "{keys}");
+
+    // The running broker switches by itself: new tokens under the new key ...
+    let mut new_token = String::new();
+    wait_until("tokens signed by the new key", || {
+        let r = post(&hsm, &broker, &agent, "/v1/executions", &request_body());
+        assert_eq!(r.status, 201, "{}", r.text);
+        new_token = r.body["token"].as_str().unwrap().to_owned();
+        kid_of(&new_token) != kid_of(&old_token)
+    });
+    // ... new connections see the new TLS certificate; the old connection still works.
+    let new_tls_serial = openssl_serial(&hsm, &hsm.trust("tls.pem"));
+    assert_ne!(new_tls_serial, old_tls_serial);
+    wait_until("the new TLS certificate", || {
+        served_tls_serial(&hsm, &broker, &agent) == new_tls_serial
+    });
+    let still = rt.block_on(open.send("GET", "/v1/trust", None)).unwrap();
+    assert_eq!(still.status, 200);
+
+    // Both token certificates are in the bundle, and offline verification of both works.
+    let bundle = get(&hsm, &broker, &agent, "/v1/trust").text;
+    let count = |pem: &str| pem.matches("BEGIN CERTIFICATE").count();
+    assert_eq!(count(&bundle), count(&old_bundle) + 1, "{bundle}");
+    std::fs::write(hsm.path("bundle.pem"), &bundle).unwrap();
+    for (name, token) in [("old", &old_token), ("new", &new_token)] {
+        let path = hsm.path(&format!("{name}.jwt"));
+        std::fs::write(&path, token).unwrap();
+        let out = common::seb(
+            &[
+                "token",
+                "verify",
+                "--trust",
+                "bundle.pem",
+                "--token",
+                path.to_str().unwrap(),
+            ],
+            hsm.dir.path(),
+        );
+        common::assert_success(&out, &format!("verify the {name} token"));
+    }
+    // The broker redeems both, and names the request each was issued for.
+    for token in [&old_token, &new_token] {
+        let r = post(
+            &hsm,
+            &broker,
+            &executor,
+            "/v1/tokens/redeem",
+            &serde_json::json!({"token": token}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            r.body["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{}",
+            r.text
+        );
+    }
+    // The rotations are in the inventory.
+    assert_eq!(listed(&hsm, &["--role", "token"]).len(), 1);
+    assert_eq!(listed(&hsm, &["--role", "tls"]).len(), 1);
+    assert_clean_failure(&hsm.seb(&["rotate", "root"]), "ceremony");
+}
+
+#[test]
+fn renew_reissues_for_the_same_key_and_grants() {
+    let hsm = Hsm::initialised();
+    let grants = hsm.grants_file("grants.toml", GRANTS);
+    let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", &grants]);
+    let serial = openssl_serial(&hsm, &agent);
+    let renewed = hsm.path("agent-renewed.pem");
+    let out = hsm.seb_ok(&[
+        "cert",
+        "renew",
+        "--serial",
+        &serial,
+        "--ttl",
+        "7d",
+        "--out",
+        renewed.to_str().unwrap(),
+    ]);
+    assert!(out.contains("renewed agent certificate"), "{out}");
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            hsm.trust("root.pem").to_str().unwrap(),
+            renewed.to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    let old = seb::cert::Certificate::parse(&std::fs::read(&agent).unwrap()).unwrap();
+    let new = seb::cert::Certificate::parse(&std::fs::read(&renewed).unwrap()).unwrap();
+    assert_ne!(old.serial_hex(), new.serial_hex());
+    assert_eq!(
+        old.tbs.subject_public_key_info,
+        new.tbs.subject_public_key_info
+    );
+    assert_eq!(old.tbs.subject, new.tbs.subject);
+    for oid in [seb::cert::SEB_GRANTS_OID, seb::cert::SEB_ROLE_OID] {
+        assert_eq!(old.extension(oid), new.extension(oid));
+    }
+    let days = new
+        .not_after()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(days, 6, "--ttl 7d");
+    assert_eq!(listed(&hsm, &["--role", "agent"]).len(), 2);
+    // Never over an existing file without --force; never a revoked certificate.
+    assert_clean_failure(
+        &hsm.seb(&[
+            "cert",
+            "renew",
+            "--serial",
+            &serial,
+            "--out",
+            renewed.to_str().unwrap(),
+        ]),
+        "--force",
+    );
+    hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+    assert_clean_failure(
+        &hsm.seb(&[
+            "cert",
+            "renew",
+            "--serial",
+            &serial,
+            "--out",
+            hsm.path("x.pem").to_str().unwrap(),
+        ]),
+        "was revoked",
+    );
+}
+
+#[test]
+fn cert_issue_refuses_to_overwrite_without_force() {
+    let hsm = Hsm::initialised();
+    let cert = hsm.issue("k8s", "CN=k8s", "executor", &[]);
+    let before = std::fs::read(&cert).unwrap();
+    let csr = hsm.path("k8s.csr");
+    let args = [
+        "cert",
+        "issue",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--role",
+        "executor",
+        "--ttl",
+        "1d",
+        "--out",
+        cert.to_str().unwrap(),
+    ];
+    assert_clean_failure(&hsm.seb(&args), "refusing to overwrite");
+    assert_eq!(std::fs::read(&cert).unwrap(), before);
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    hsm.seb_ok(&forced);
+    assert_ne!(std::fs::read(&cert).unwrap(), before);
+}
+
+#[test]
+fn keys_fails_on_a_state_dir_never_initialised_and_a_closed_pipe_is_quiet() {
+    let hsm = Hsm::provision();
+    assert_clean_failure(&hsm.seb(&["keys"]), "run `seb init`");
+    hsm.seb_ok(&["init"]);
+    // `seb keys | head -1`: the reader goes away before seb writes (it opens the HSM
+    // first), so every line meets a closed pipe. `println!` would panic with exit 101.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", hsm.config().to_str().unwrap(), "keys"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

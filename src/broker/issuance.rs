@@ -29,6 +29,7 @@ pub struct Outcome {
 pub async fn sign_and_record(
     store: &Arc<dyn Store>,
     signer: &SignQueue,
+    label: Arc<str>,
     record: ExecutionRecord,
     digest: Vec<u8>,
 ) -> Outcome {
@@ -50,7 +51,7 @@ pub async fn sign_and_record(
     // The write is queued first, so that a flush from the signing thread comes after it.
     let half = meeting.clone();
     store.record_execution_then(record, commit, Box::new(move |r| half.stored(r)));
-    signer.submit(digest, Box::new(SignedHalf(meeting)));
+    signer.submit_as(label, digest, Box::new(SignedHalf(meeting)));
     rx.await.unwrap_or_else(|_| Outcome {
         stored: Err(StoreError::Io {
             operation: "record execution",

@@ -88,7 +88,12 @@ impl Broker {
             RedeemOutcome::Redeemed => Ok(Redemption {
                 status: "redeemed",
                 jti: claims.jti.clone(),
-                request_id: None,
+                // Only for the answer: the redemption itself is already durable, so a failed
+                // look-up leaves the field empty rather than failing a redemption that counted.
+                request_id: self.store.request_of_token(&claims.jti).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot look up the request of a redeemed token");
+                    None
+                }),
                 operation: detail.operation.clone(),
                 resource: detail.resource.clone(),
                 params_digest: detail.params_digest.clone(),
@@ -110,14 +115,15 @@ impl Broker {
             max_lifetime: verify::DEFAULT_MAX_LIFETIME.max(self.config.policy.max_token_ttl),
             min_epoch: self.epoch.load(Ordering::Relaxed),
         };
+        // The current token key, or a retired one whose tokens may still be live (`seb
+        // rotate token`): an executor holding such a token must not be refused.
+        let keys = self.keys();
         let decoded = verify::decode_verified(token, &rules, |header| {
-            if header.kid == self.token_kid {
-                Ok(&self.token_cert)
-            } else {
-                Err(VerifyError::UnknownKey {
+            keys.token_by_kid(&header.kid)
+                .map(|k| &k.cert)
+                .ok_or_else(|| VerifyError::UnknownKey {
                     kid: header.kid.clone(),
                 })
-            }
         })
         .map_err(|e| BrokerError::InvalidToken(e.to_string()))?;
         if decoded.claims.iss != self.config.broker_id {

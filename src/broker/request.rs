@@ -253,13 +253,23 @@ impl Broker {
         // crash). The record is written while the device signs; the token goes out only when
         // both have succeeded, and is then added to the record. If this future is dropped on
         // the way (timeout, client gone), the guard marks the request failed: no token left.
-        let input = self.signing_input(&claims)?;
-        let digest = self.token_alg.digest(input.as_bytes());
+        // One snapshot of the keys for both the header's `kid` and the signing key, so a
+        // rotation in between cannot make the two disagree.
+        let keys = self.keys();
+        let input = self.signing_input(&keys.token, &claims)?;
+        let digest = keys.token.alg.digest(input.as_bytes());
         let guard = IssuingGuard {
             store: self.store.as_ref(),
             request_id: Some(request_id.clone()),
         };
-        let outcome = issuance::sign_and_record(&self.store, &self.signer, record, digest).await;
+        let outcome = issuance::sign_and_record(
+            &self.store,
+            &self.signer,
+            keys.token.label.clone(),
+            record,
+            digest,
+        )
+        .await;
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
             (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
@@ -301,11 +311,15 @@ impl Broker {
     }
 
     /// The JWS signing input of a token with `claims`, under the token key's header.
-    fn signing_input(&self, claims: &Claims) -> Result<String, BrokerError> {
+    fn signing_input(
+        &self,
+        key: &super::keys::TokenKey,
+        claims: &Claims,
+    ) -> Result<String, BrokerError> {
         let header = Header {
-            alg: token::alg_for(self.token_alg).into(),
+            alg: token::alg_for(key.alg).into(),
             typ: token::TOKEN_TYPE.into(),
-            kid: self.token_kid.clone(),
+            kid: key.kid.clone(),
         };
         token::signing_input(&header, claims).map_err(|e| BrokerError::Internal(e.to_string()))
     }

@@ -35,7 +35,7 @@ impl SignWaiter for OneshotWaiter {
 }
 
 struct Queue {
-    jobs: VecDeque<(Vec<u8>, Box<dyn SignWaiter>)>,
+    jobs: VecDeque<(Arc<str>, Vec<u8>, Box<dyn SignWaiter>)>,
     /// Threads waiting for work.
     idle: usize,
     /// Threads that have not exited.
@@ -46,6 +46,8 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
+    /// The label [`SignQueue::submit`] signs with.
+    default_label: Arc<str>,
 }
 
 /// Signs digests with one key on a fixed set of threads.
@@ -79,15 +81,11 @@ impl SignQueue {
                 closed: false,
             }),
             ready: Condvar::new(),
+            default_label: Arc::from(label.as_str()),
         });
         let mut handles = Vec::with_capacity(threads.max(1));
         for i in 0..threads.max(1) {
-            let (mine, backend, label, observe) = (
-                shared.clone(),
-                backend.clone(),
-                label.clone(),
-                observe.clone(),
-            );
+            let (mine, backend, observe) = (shared.clone(), backend.clone(), observe.clone());
             if let Ok(mut queue) = shared.queue.lock() {
                 queue.alive += 1;
             }
@@ -97,8 +95,8 @@ impl SignQueue {
                     // Declared first, so dropped last: the device handle is released before
                     // the exit is announced, also when the thread unwinds.
                     let _exit = SignerExit(mine.clone());
-                    let (backend, label, observe) = (backend, label, observe);
-                    sign_loop(&mine, backend.as_ref(), &label, observe.as_ref());
+                    let (backend, observe) = (backend, observe);
+                    sign_loop(&mine, backend.as_ref(), observe.as_ref());
                 });
             match spawned {
                 Ok(handle) => handles.push(handle),
@@ -136,11 +134,18 @@ impl SignQueue {
             .is_ok_and(|q| q.jobs.len() < q.idle)
     }
 
-    /// Queues `digest`; `waiter` gets the signature on a signing thread.
+    /// Queues `digest` for the key the queue was started with; `waiter` gets the signature
+    /// on a signing thread.
     pub fn submit(&self, digest: Vec<u8>, waiter: Box<dyn SignWaiter>) {
+        self.submit_as(self.shared.default_label.clone(), digest, waiter);
+    }
+
+    /// Queues `digest` for the key `label` (after a rotation, the broker names the generation
+    /// whose `kid` the token carries); `waiter` gets the signature on a signing thread.
+    pub fn submit_as(&self, label: Arc<str>, digest: Vec<u8>, waiter: Box<dyn SignWaiter>) {
         let rejected = match self.shared.queue.lock() {
             Ok(mut queue) if !queue.closed => {
-                queue.jobs.push_back((digest, waiter));
+                queue.jobs.push_back((label, digest, waiter));
                 None
             }
             Ok(_) | Err(_) => Some(waiter),
@@ -169,7 +174,7 @@ impl Drop for SignQueue {
             Err(_) => Vec::new(),
         };
         self.shared.ready.notify_all();
-        for (_, waiter) in queued {
+        for (_, _, waiter) in queued {
             waiter.finish(Err(stopped()));
         }
         let deadline = Instant::now() + STOP_WAIT;
@@ -207,13 +212,13 @@ impl Drop for SignerExit {
             }
         };
         self.0.ready.notify_all();
-        for (_, waiter) in orphans {
+        for (_, _, waiter) in orphans {
             waiter.finish(Err(stopped()));
         }
     }
 }
 
-fn sign_loop(shared: &Shared, backend: &dyn KeyBackend, label: &str, observe: &dyn Fn(Duration)) {
+fn sign_loop(shared: &Shared, backend: &dyn KeyBackend, observe: &dyn Fn(Duration)) {
     loop {
         let job = {
             let Ok(mut queue) = shared.queue.lock() else {
@@ -234,12 +239,12 @@ fn sign_loop(shared: &Shared, backend: &dyn KeyBackend, label: &str, observe: &d
                 queue.idle -= 1;
             }
         };
-        let (digest, waiter) = job;
+        let (label, digest, waiter) = job;
         if !waiter.wanted() {
             continue; // the request was abandoned (timeout, disconnect): sign nothing
         }
         let started = Instant::now();
-        let result = backend.sign_digest(label, &digest);
+        let result = backend.sign_digest(&label, &digest);
         observe(started.elapsed());
         waiter.finish(result);
     }

@@ -8,6 +8,7 @@
 //! | `token.pem`, `audit.pem`, `tls.pem` | the broker's service certificates |
 //! | `ak.pem`, `ek.pem` | the attestation key's certificate; the TPM's EK certificate |
 //! | `intermediates/NAME.pem` | intermediate CAs, by name (their key label) |
+//! | `retired/KIND.N.pem` | certificates of generation N replaced by `seb rotate KIND` |
 //!
 //! Reading an intermediate as an *issuer* always re-validates it against the root: a file
 //! dropped into the directory never becomes a CA by being there.
@@ -119,6 +120,16 @@ impl TrustDir {
         self.dir.join("ek.pem")
     }
 
+    /// `retired/`: certificates replaced by `seb rotate` (see `ca::generations`).
+    pub fn retired_dir(&self) -> PathBuf {
+        self.dir.join("retired")
+    }
+
+    /// The current certificate of a broker key kind (`token.pem`, `tls.pem`, `audit.pem`).
+    pub fn service_path(&self, kind: crate::ca::generations::KeyKind) -> PathBuf {
+        self.dir.join(format!("{}.pem", kind.as_str()))
+    }
+
     /// `intermediates/`.
     pub fn intermediates_dir(&self) -> PathBuf {
         self.dir.join("intermediates")
@@ -187,9 +198,17 @@ impl TrustDir {
     /// certificates, then every intermediate so agent paths can be built from the bundle
     /// alone. Files that do not exist are left out.
     pub fn bundle_pem(&self) -> String {
+        self.bundle_pem_with(&[])
+    }
+
+    /// [`TrustDir::bundle_pem`] with the retired certificates named (file names in
+    /// `retired/`) after the service certificates: token certificates replaced by a rotation
+    /// whose tokens may still be live.
+    pub fn bundle_pem_with(&self, retired: &[&str]) -> String {
         let mut bundle = String::new();
         let mut files = vec![self.root_path()];
         files.extend(SERVICE_FILES.iter().map(|name| self.dir.join(name)));
+        files.extend(retired.iter().map(|name| self.retired_dir().join(name)));
         files.extend(self.intermediate_files().unwrap_or_default());
         for path in files {
             if let Ok(text) = std::fs::read_to_string(&path) {

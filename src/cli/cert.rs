@@ -45,6 +45,9 @@ pub enum CertCommand {
     /// Show a certificate (a FILE, or --serial from the store): role, groups, chain,
     /// validity, revocation status and its grants as TOML.
     Show(super::inventory::ShowArgs),
+    /// Re-issue a stored agent, approver or executor certificate for the same key, subject,
+    /// role and grants.
+    Renew(super::rotate::RenewArgs),
 }
 
 /// Options of `seb cert issue`.
@@ -69,6 +72,9 @@ pub struct IssueArgs {
     /// excluding the root (leaf first).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists (without it, an existing file is never overwritten).
+    #[arg(long)]
+    force: bool,
     /// Sign with this intermediate (`seb cert issue-ca --label NAME`) instead of the root.
     #[arg(long)]
     issuer: Option<String>,
@@ -151,6 +157,19 @@ pub struct CrlArgs {
     out: PathBuf,
 }
 
+/// Refuses to replace an existing `out` unless `force` (a certificate in use is not lost to a
+/// typo in `--out`).
+pub(super) fn refuse_overwrite(out: &std::path::Path, force: bool) -> CliResult {
+    if out.exists() && !force {
+        return Err(format!(
+            "{} exists; refusing to overwrite it (give --force to replace it)",
+            out.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Generates a key pair and CSR for a requester.
 pub fn keygen(args: KeygenArgs) -> CliResult {
     if args.out_key.exists() {
@@ -177,11 +196,13 @@ pub fn run(config: &Config, command: CertCommand) -> CliResult {
         CertCommand::Revoke(a) => revoke(config, a),
         CertCommand::List(a) => super::inventory::list(config, a),
         CertCommand::Show(a) => super::inventory::show(Some(config), a),
+        CertCommand::Renew(a) => super::rotate::renew(config, a),
     }
 }
 
 fn issue(config: &Config, args: IssueArgs) -> CliResult {
     // Check everything the user gave us before touching the device.
+    refuse_overwrite(&args.out, args.force)?;
     let request = read_file(&args.csr)?;
     let verified = csr::verify(&request)?;
     let ttl = seb::duration::parse(&args.ttl)?;

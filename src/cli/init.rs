@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
+use seb::ca::generations::KeyKind;
 use seb::ca::{self, CertKind};
 use seb::config::Config;
 use spki::SubjectPublicKeyInfoOwned;
@@ -114,20 +115,21 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     Ok(())
 }
 
-/// Lists the broker's keys with the protection the device reports.
+/// Lists the broker's keys (the current generation of each) with the protection the device
+/// reports. Fails when `seb init` never ran for this state directory, when a key is missing
+/// or when one is not bound to the device.
 pub fn keys(config: &Config) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     say!("{}", backend.describe());
-    let labels = &config.keys;
     let mut all_bound = true;
-    for label in [&labels.root, &labels.token, &labels.audit, &labels.tls] {
-        if !backend.contains(label)? {
-            say!("  {label:<12} missing");
+    for (what, label) in broker_key_labels(config)? {
+        if !backend.contains(&label)? {
+            say!("  {label:<12} missing ({what})");
             all_bound = false;
             continue;
         }
-        let public = backend.public_key(label)?;
-        let p = backend.protection(label)?;
+        let public = backend.public_key(&label)?;
+        let p = backend.protection(&label)?;
         all_bound &= p.is_hardware_bound();
         say!(
             "  {label:<12} {}  sensitive={} extractable={} always_sensitive={} never_extractable={} private_value_readable={}",
@@ -139,10 +141,34 @@ pub fn keys(config: &Config) -> CliResult {
             p.private_value_readable
         );
     }
+    let trust = config.trust_dir();
+    if !trust.is_initialised() {
+        return Err(format!(
+            "{} holds no root certificate: this state directory was never initialised; run `seb init`",
+            trust.path().display()
+        )
+        .into());
+    }
     if !all_bound {
         return Err("not every broker key is present and bound to the device".into());
     }
     Ok(())
+}
+
+/// The device labels of the broker's keys now: the root, and the current generation of the
+/// token, TLS and audit keys (`seb rotate`).
+pub fn broker_key_labels(config: &Config) -> Result<Vec<(&'static str, String)>, super::CliError> {
+    let generations = config.key_generations()?;
+    let mut labels = vec![("root", config.keys.root.clone())];
+    for kind in KeyKind::ALL {
+        labels.push((
+            kind.as_str(),
+            generations
+                .current(kind, config.keys.configured_label(kind))
+                .label,
+        ));
+    }
+    Ok(labels)
 }
 
 fn spki_of(

@@ -19,7 +19,8 @@ pub fn serve(config: &Config) -> CliResult {
         broker = broker.with_attestation(state);
     }
     let broker = Arc::new(broker);
-    let tls = server::tls::broker_server_config(backend, config, config.server.tls_resumption)?;
+    let (tls, tls_cert) =
+        server::tls::broker_server_config_reloading(backend, config, config.server.tls_resumption)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
@@ -29,6 +30,7 @@ pub fn serve(config: &Config) -> CliResult {
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         let local = listener.local_addr()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -42,6 +44,35 @@ pub fn serve(config: &Config) -> CliResult {
         say!("seb broker stopped");
         Ok::<(), CliError>(())
     })
+}
+
+/// Polls the state directory every [`seb::broker::RELOAD_INTERVAL`] for what `seb rotate` and
+/// `seb cert issue-ca` change (key generations, certificates), and switches to it: the token
+/// key for new tokens (the retired one keeps redeeming), the TLS certificate and key for new
+/// handshakes, the `/v1/trust` bundle. A state that does not check out is logged and the
+/// current one kept. Polling rather than a signal: nothing to forget after a rotation, and the
+/// same whether systemd, a container or a test runs the broker.
+async fn watch_state_dir(
+    broker: Arc<Broker>,
+    tls: Arc<server::tls::TlsCertificate>,
+    config: Config,
+) {
+    let mut tick = tokio::time::interval(seb::broker::RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (broker, tls, config) = (broker.clone(), tls.clone(), config.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = broker.reload() {
+                tracing::warn!(error = %e, "state directory changed but does not check out; keeping the current keys");
+            }
+            if let Err(e) = tls.reload(&config) {
+                tracing::warn!(error = %e, "TLS material changed but does not check out; keeping the current certificate");
+            }
+        })
+        .await;
+    }
 }
 
 async fn wait_for_signal() {

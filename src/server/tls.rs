@@ -20,31 +20,122 @@ use crate::ca::trust_dir::read_certificate;
 use crate::config::Config;
 
 /// The broker's rustls configuration from its trust directory: `tls.pem` served with the
-/// `keys.tls` key in the device, client certificates verified against `root.pem`.
+/// current generation of the `keys.tls` key in the device, client certificates verified
+/// against `root.pem`.
 pub fn broker_server_config(
     backend: Arc<dyn KeyBackend>,
     config: &Config,
     resumption: bool,
 ) -> Result<ServerConfig, String> {
+    broker_server_config_reloading(backend, config, resumption).map(|(c, _)| c)
+}
+
+/// Like [`broker_server_config`], with the handle that switches the served certificate and
+/// key after `seb rotate tls` ([`TlsCertificate::reload`]): new handshakes use the new key,
+/// connections already open keep theirs, nothing restarts.
+pub fn broker_server_config_reloading(
+    backend: Arc<dyn KeyBackend>,
+    config: &Config,
+    resumption: bool,
+) -> Result<(ServerConfig, Arc<TlsCertificate>), String> {
     let trust = config.trust_dir();
-    let der = |path: &std::path::Path| {
-        read_certificate(path)
-            .and_then(|c| {
-                c.to_der_bytes()
-                    .map_err(|e| crate::ca::TrustDirError::Certificate {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    })
-            })
-            .map_err(|e| e.to_string())
-    };
-    server_config(
+    let (label, cert_der) = current_tls(&backend, config)?;
+    let root = der_of(&trust.root_path())?;
+    let current = Arc::new(TlsCertificate {
+        backend: backend.clone(),
+        served: std::sync::RwLock::new(certified(backend, &label, cert_der.clone())),
+        label_and_cert: std::sync::Mutex::new((label.clone(), cert_der.clone())),
+    });
+    let config = server_config_with(current.clone(), root, resumption)?;
+    Ok((config, current))
+}
+
+/// The current TLS key label and certificate (DER), after checking that they belong together.
+fn current_tls(
+    backend: &Arc<dyn KeyBackend>,
+    config: &Config,
+) -> Result<(String, Vec<u8>), String> {
+    let label = config
+        .current_key_label(crate::ca::generations::KeyKind::Tls)
+        .map_err(|e| e.to_string())?;
+    let path = config.trust_dir().tls_path();
+    let cert = read_certificate(&path).map_err(|e| e.to_string())?;
+    let public = backend
+        .public_key(&label)
+        .and_then(|k| k.to_spki_der())
+        .map_err(|e| format!("TLS key {label:?}: {e}"))?;
+    let cert_spki =
+        der::Encode::to_der(&cert.tbs.subject_public_key_info).map_err(|e| e.to_string())?;
+    if public != cert_spki {
+        return Err(format!(
+            "the key {label:?} in the device does not match {}",
+            path.display()
+        ));
+    }
+    let der = cert.to_der_bytes().map_err(|e| e.to_string())?;
+    Ok((label, der))
+}
+
+fn der_of(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    read_certificate(path)
+        .and_then(|c| {
+            c.to_der_bytes()
+                .map_err(|e| crate::ca::TrustDirError::Certificate {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+        .map_err(|e| e.to_string())
+}
+
+fn certified(backend: Arc<dyn KeyBackend>, label: &str, cert_der: Vec<u8>) -> Arc<CertifiedKey> {
+    let key: Arc<dyn SigningKey> = Arc::new(HsmKey {
         backend,
-        &config.keys.tls,
-        der(&trust.tls_path())?,
-        der(&trust.root_path())?,
-        resumption,
-    )
+        label: label.to_owned(),
+    });
+    Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert_der)], key))
+}
+
+/// The certificate and device key the broker serves, switchable while it runs.
+#[derive(Debug)]
+pub struct TlsCertificate {
+    backend: Arc<dyn KeyBackend>,
+    served: std::sync::RwLock<Arc<CertifiedKey>>,
+    label_and_cert: std::sync::Mutex<(String, Vec<u8>)>,
+}
+
+impl TlsCertificate {
+    /// Re-reads the current TLS generation; switches when it changed and checks out (the
+    /// certificate matches the key in the device). Returns whether it switched.
+    pub fn reload(&self, config: &Config) -> Result<bool, String> {
+        let (label, der) = current_tls(&self.backend, config)?;
+        let mut known = self
+            .label_and_cert
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.0 == label && known.1 == der {
+            return Ok(false);
+        }
+        let fresh = certified(self.backend.clone(), &label, der.clone());
+        *self
+            .served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        tracing::info!(label = %label, "TLS certificate and key switched");
+        *known = (label, der);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for TlsCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.served
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
 }
 
 /// Builds the rustls server configuration.
@@ -52,6 +143,15 @@ pub fn server_config(
     backend: Arc<dyn KeyBackend>,
     tls_label: &str,
     tls_cert_der: Vec<u8>,
+    root_der: Vec<u8>,
+    resumption: bool,
+) -> Result<ServerConfig, String> {
+    let certified = certified(backend, tls_label, tls_cert_der);
+    server_config_with(Arc::new(OneCert(certified)), root_der, resumption)
+}
+
+fn server_config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
     root_der: Vec<u8>,
     resumption: bool,
 ) -> Result<ServerConfig, String> {
@@ -63,19 +163,11 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
-    let key: Arc<dyn SigningKey> = Arc::new(HsmKey {
-        backend,
-        label: tls_label.to_owned(),
-    });
-    let certified = Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(tls_cert_der)],
-        key,
-    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("protocol versions: {e}"))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(OneCert(certified)));
+        .with_cert_resolver(resolver);
     if !resumption {
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;

@@ -458,6 +458,14 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.read("look up a token's request", |c| {
+            c.prepare_cached("SELECT request_id FROM executions WHERE jti = ?1")?
+                .query_row([jti], |r| r.get(0))
+                .optional()
+        })
+    }
+
     fn redeem(
         &self,
         jti: &str,

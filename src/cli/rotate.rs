@@ -1,0 +1,263 @@
+//! `seb rotate token|tls|audit` (a new key generation in the device and its certificate) and
+//! `seb cert renew` (a new certificate for the same key and grants).
+//!
+//! Key generations are recorded in `<state_dir>/keys.toml` (`seb::ca::generations`): the
+//! `[keys]` labels name generation 1, a rotation makes `LABEL.N+1`. No key is ever deleted
+//! from the device and no label is reused.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use der::Decode;
+use seb::backend::{KeyAlgorithm, P384Signer};
+use seb::ca::generations::KeyKind;
+use seb::ca::{self, CertKind, LeafRequest};
+use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use seb::config::Config;
+use seb::grants::{GrantSet, Role};
+use seb::store::{IssuedCertificate, Store};
+
+use super::inventory::{serial_text, time_text};
+use super::{open_backend, open_store, write_file, CliError, CliResult};
+
+/// Options of `seb rotate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Which key: token, tls or audit. (The root is rotated by a ceremony: docs/OPERATIONS.md.)
+    kind: String,
+}
+
+/// Options of `seb cert renew`.
+#[derive(Debug, clap::Args)]
+pub struct RenewArgs {
+    /// Serial of the certificate to renew (as `seb cert list` prints it).
+    #[arg(long)]
+    serial: String,
+    /// Validity of the new certificate, e.g. "30d" (default: as long as the old one's).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Where to write the new certificate (PEM, with its issuing intermediates).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Generates the next generation of a broker key in the device and certifies it.
+pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
+    let kind = KeyKind::parse(&args.kind).ok_or_else(|| {
+        format!(
+            "cannot rotate {:?}: one of token, tls, audit (the root is rotated by a ceremony, \
+             docs/OPERATIONS.md \"Year two\")",
+            args.kind
+        )
+    })?;
+    let trust = config.trust_dir();
+    let root = trust
+        .root()
+        .map_err(|e| format!("{e}; run `seb init` first"))?;
+    let configured = config.keys.configured_label(kind);
+    let mut generations = config.key_generations()?;
+    let old = generations.current(kind, configured);
+    let next = generations.next(kind, configured);
+    let current_path = trust.service_path(kind);
+    let old_pem = std::fs::read(&current_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; run `seb init` first",
+            current_path.display()
+        )
+    })?;
+
+    let store = open_store(config)?;
+    let backend = open_backend(config, Some(1))?;
+    if backend.contains(&next.label)? {
+        return Err(format!(
+            "the device already holds a key labelled {:?} (a rotation that failed half-way?); \
+             nothing changed. Remove that key with the HSM's tools if it is unused, or set \
+             the generation in {} by hand",
+            next.label,
+            seb::ca::generations::KeyGenerations::path(&config.state_dir).display()
+        )
+        .into());
+    }
+    let algorithm = match kind {
+        KeyKind::Token => config.keys.token_algorithm,
+        KeyKind::Tls | KeyKind::Audit => KeyAlgorithm::EcP384,
+    };
+    let public = backend.generate(&next.label, algorithm)?;
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(&public.to_spki_der()?)?;
+    let (cn, cert_kind) = match kind {
+        KeyKind::Token => ("token signer", CertKind::Signing),
+        KeyKind::Audit => ("audit signer", CertKind::Signing),
+        KeyKind::Tls => (
+            "broker",
+            CertKind::TlsServer {
+                names: config.ca.tls_names.clone(),
+            },
+        ),
+    };
+    let subject = ca::parse_subject(&format!("CN={} {cn},O=seb", config.broker_id))?;
+    let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
+    let now = SystemTime::now();
+    let cert = ca::issue_service(
+        &signer,
+        &root,
+        spki,
+        &subject,
+        cert_kind,
+        config.ca.service_validity,
+        now,
+    )?;
+    let pem = cert.to_pem_string()?;
+    store.record_issued(&IssuedCertificate {
+        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        subject: cert.subject_string(),
+        role: kind.as_str().to_owned(),
+        issuer_label: config.keys.root.clone(),
+        not_after: cert.not_after(),
+        pem: pem.clone(),
+    })?;
+
+    // The old certificate first (kept, and served while its tokens may live), then the new
+    // one, then the generation record. A running broker checks that key and certificate
+    // belong together before it switches, so it never acts on a half-done rotation.
+    let retired_name = format!("{}.{}.pem", kind.as_str(), old.generation);
+    write_file(&trust.retired_dir().join(&retired_name), &old_pem, false)?;
+    write_file(&current_path, pem.as_bytes(), false)?;
+    generations.rotate(kind, configured, next.clone(), retired_name, now);
+    generations.save(&config.state_dir)?;
+
+    say!(
+        "rotated {}: generation {} is {:?} in the device, certificate serial {} until {}",
+        kind.as_str(),
+        next.generation,
+        next.label,
+        serial_text(cert.tbs.serial_number.as_bytes()),
+        time_text(cert.not_after())
+    );
+    say!(
+        "  generation {} ({:?}) is retired; its key stays in the device",
+        old.generation,
+        old.label
+    );
+    match kind {
+        KeyKind::Token => say!(
+            "  the old token certificate stays in /v1/trust, and its tokens keep redeeming, \
+             until {}",
+            time_text(now + seb::broker::retired_token_window(config))
+        ),
+        KeyKind::Tls => say!("  a running broker serves the new certificate to new connections"),
+        KeyKind::Audit => {}
+    }
+    say!(
+        "  a running broker switches within {} s; no restart needed",
+        seb::broker::RELOAD_INTERVAL.as_secs()
+    );
+    Ok(())
+}
+
+/// Re-issues a stored agent, approver or executor certificate for the same key, subject, role
+/// and grants, signed by the same issuer.
+pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
+    super::cert::refuse_overwrite(&args.out, args.force)?;
+    let serial = super::cert::parse_serial(&args.serial)?;
+    let store = open_store(config)?;
+    let record = store.issued_certificate(&serial)?.ok_or_else(|| {
+        format!(
+            "this broker has no record of issuing serial {} (see `seb cert list`)",
+            serial_text(&serial)
+        )
+    })?;
+    if !["agent", "approver", "executor"].contains(&record.role.as_str()) {
+        return Err(format!(
+            "serial {} is a {} certificate: renew agent, approver and executor certificates \
+             here; broker keys with `seb rotate`, intermediates with a new `seb cert issue-ca`",
+            serial_text(&serial),
+            record.role
+        )
+        .into());
+    }
+    if let Some(r) = store.revocation(&serial)? {
+        return Err(format!(
+            "serial {} was revoked ({}); a revoked certificate is not renewed: issue a new one \
+             from a fresh CSR",
+            serial_text(&serial),
+            r.reason.as_str()
+        )
+        .into());
+    }
+    let old = Certificate::parse(record.pem.as_bytes())?;
+    let role = old
+        .extension(SEB_ROLE_OID)
+        .map(|e| Role::from_der(e.extn_value.as_bytes()))
+        .transpose()?
+        .ok_or("the stored certificate has no sebRole extension")?;
+    let grants = old
+        .extension(SEB_GRANTS_OID)
+        .map(|e| GrantSet::from_der(e.extn_value.as_bytes()))
+        .transpose()?;
+    let ttl = match &args.ttl {
+        Some(t) => seb::duration::parse(t)?,
+        None => old
+            .not_after()
+            .duration_since(old.not_before())
+            .map_err(|_| "the stored certificate's validity is inverted")?
+            .saturating_sub(ca::BACKDATE),
+    };
+    let now = SystemTime::now();
+    let is_intermediate = record.issuer_label != config.keys.root;
+    let issuer = is_intermediate.then_some(record.issuer_label.as_str());
+    let issuer_chain = config
+        .trust_dir()
+        .issuer_chain(issuer, now)
+        .map_err(|e| format!("the issuer {:?}: {e}", record.issuer_label))?;
+    let backend = open_backend(config, Some(1))?;
+    let signer =
+        P384Signer::new(backend.as_ref(), &record.issuer_label).map_err(|e| -> CliError {
+            format!("cannot sign with the issuer {:?}: {e}", record.issuer_label).into()
+        })?;
+    let cert = ca::issue_leaf_under(
+        &signer,
+        &issuer_chain,
+        LeafRequest {
+            public_key: old.tbs.subject_public_key_info.clone(),
+            subject: old.tbs.subject.clone(),
+            role,
+            grants,
+            ttl,
+        },
+        config.ca.max_leaf_validity,
+        now,
+    )?;
+    let pem = cert.to_pem_string()?;
+    store.record_issued(&IssuedCertificate {
+        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        subject: cert.subject_string(),
+        role: record.role.clone(),
+        issuer_label: record.issuer_label.clone(),
+        not_after: cert.not_after(),
+        pem: pem.clone(),
+    })?;
+    let mut out = pem;
+    for c in &issuer_chain[..issuer_chain.len().saturating_sub(1)] {
+        out.push_str(&c.to_pem_string()?);
+    }
+    write_file(&args.out, out.as_bytes(), false)?;
+    say!(
+        "renewed {} certificate {} for {}: new serial {} until {}, written to {}",
+        record.role,
+        serial_text(&serial),
+        cert.subject_string(),
+        serial_text(cert.tbs.serial_number.as_bytes()),
+        time_text(cert.not_after()),
+        args.out.display()
+    );
+    say!(
+        "  the old certificate stays valid until {}; once the new one is deployed: \
+         seb cert revoke --serial {} --reason superseded",
+        time_text(old.not_after()),
+        serial_text(&serial)
+    );
+    Ok(())
+}
