@@ -12,6 +12,7 @@ use seb::store::sqlite::SqliteStore;
 
 pub mod attest;
 pub mod cert;
+pub mod check;
 pub mod init;
 pub mod inventory;
 pub mod request;

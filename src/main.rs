@@ -59,6 +59,9 @@ enum Command {
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,
+    /// Check a deployment: config, file modes, the HSM and every key, the state directory,
+    /// certificates near expiry, attestation. Exit 0 only when there is no problem.
+    Check,
     /// Re-key a broker key (token, tls or audit): a new generation in the device and its
     /// certificate; a running broker switches without a restart.
     Rotate(cli::rotate::RotateArgs),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Rotate(a) => {
             cli::with_config(args.config.as_deref(), |c| cli::rotate::rotate(c, a))
         }
+        Command::Check => cli::with_config(args.config.as_deref(), cli::check::run),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
         Command::Token(t) => cli::token::run(t),

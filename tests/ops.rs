@@ -454,3 +454,40 @@ fn keys_fails_on_a_state_dir_never_initialised_and_a_closed_pipe_is_quiet() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let hsm = Hsm::provision();
+    let out = hsm.seb(&["check"]);
+    assert_clean_failure(&out, "problem(s) found");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("problem  ") && text.contains("run `seb init`"),
+        "{text}"
+    );
+
+    hsm.seb_ok(&["init"]);
+    let text = hsm.seb_ok(&["check"]);
+    assert!(text.contains("0 problem(s)"), "{text}");
+    assert!(
+        text.contains("token key \"seb-token\" is sensitive and never extractable"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the tls certificate is valid until"),
+        "{text}"
+    );
+
+    std::fs::set_permissions(hsm.path("user.pin"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = hsm.seb_ok(&["check"]);
+    assert!(
+        text.contains("warning  PIN file") && text.contains("chmod 0600"),
+        "{text}"
+    );
+
+    std::fs::write(hsm.path("state/keys.toml"), "tokn = 1\n").unwrap();
+    let out = hsm.seb(&["check"]);
+    assert_clean_failure(&out, "problem(s) found");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keys.toml"));
+}

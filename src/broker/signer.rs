@@ -34,8 +34,11 @@ impl SignWaiter for OneshotWaiter {
     }
 }
 
+/// One digest to sign: the key's label, the digest, who waits.
+type Job = (Arc<str>, Vec<u8>, Box<dyn SignWaiter>);
+
 struct Queue {
-    jobs: VecDeque<(Arc<str>, Vec<u8>, Box<dyn SignWaiter>)>,
+    jobs: VecDeque<Job>,
     /// Threads waiting for work.
     idle: usize,
     /// Threads that have not exited.

@@ -1,0 +1,225 @@
+//! `seb check`: is this deployment in order? Config, files and their modes, the HSM and every
+//! key's protection, the state directory, certificates near expiry, the attestation policy.
+//! One line per finding, each saying what to do; exit 0 only when there is no problem.
+//! Read-only: it signs nothing and writes nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use seb::attest::policy::AttestPolicy;
+use seb::ca::trust_dir::read_certificate;
+use seb::config::{BackendConfig, Config, PinSource};
+
+use super::inventory::time_text;
+use super::{open_backend, CliResult};
+
+/// Findings so far.
+#[derive(Default)]
+struct Report {
+    problems: usize,
+    warnings: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str) {
+        say!("ok       {what}");
+    }
+
+    fn warn(&mut self, what: &str) {
+        self.warnings += 1;
+        say!("warning  {what}");
+    }
+
+    fn problem(&mut self, what: &str) {
+        self.problems += 1;
+        say!("problem  {what}");
+    }
+}
+
+/// Runs every check; fails when any problem was found (warnings alone pass).
+pub fn run(config: &Config) -> CliResult {
+    let mut r = Report::default();
+    r.ok("configuration parses and validates");
+    let now = SystemTime::now();
+
+    // Files and their modes.
+    if let BackendConfig::Pkcs11(p) = &config.backend {
+        if let PinSource::File(path) = &p.pin {
+            check_pin_file(&mut r, path);
+        }
+        if !p.module.exists() {
+            r.problem(&format!(
+                "PKCS#11 module {} does not exist: fix [backend] module",
+                p.module.display()
+            ));
+        }
+        if let Some(conf) = p.module_env.get("SOFTHSM2_CONF") {
+            if let Err(e) = std::fs::File::open(conf) {
+                r.problem(&format!(
+                    "SoftHSM2 configuration {conf} cannot be read ({e}): Debian ships it \
+                     root:softhsm 0640, add the seb user to the softhsm group"
+                ));
+            }
+        }
+    }
+
+    // State directory.
+    let trust = config.trust_dir();
+    if trust.is_initialised() {
+        r.ok(&format!(
+            "state directory {} is initialised",
+            config.state_dir.display()
+        ));
+    } else {
+        r.problem(&format!(
+            "{} holds no root certificate: run `seb init`",
+            trust.path().display()
+        ));
+    }
+    let generations = match config.key_generations() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            r.problem(&format!(
+                "{e}: restore it from a backup of the state directory"
+            ));
+            None
+        }
+    };
+
+    // Certificates near expiry.
+    if trust.is_initialised() {
+        let mut certs = vec![("root", trust.root_path())];
+        for kind in seb::ca::generations::KeyKind::ALL {
+            certs.push((kind.as_str(), trust.service_path(kind)));
+        }
+        for (what, path) in certs {
+            match read_certificate(&path) {
+                Ok(cert) if cert.not_after() <= now => r.problem(&format!(
+                    "the {what} certificate expired at {}: {}",
+                    time_text(cert.not_after()),
+                    renew_hint(what)
+                )),
+                Ok(cert) if cert.not_after() <= now + seb::broker::EXPIRY_WARNING => {
+                    r.warn(&format!(
+                        "the {what} certificate expires at {} (within 30 days): {}",
+                        time_text(cert.not_after()),
+                        renew_hint(what)
+                    ))
+                }
+                Ok(cert) => r.ok(&format!(
+                    "the {what} certificate is valid until {}",
+                    time_text(cert.not_after())
+                )),
+                Err(e) => r.problem(&format!(
+                    "{e}: restore the trust directory or run `seb init`"
+                )),
+            }
+        }
+    }
+
+    // The device and every key.
+    match open_backend(config, Some(1)) {
+        Err(e) => r.problem(&format!(
+            "the key device cannot be opened or logged in to ({e}): check [backend], the \
+             token and the PIN (docs/OPERATIONS.md §10)"
+        )),
+        Ok(backend) => {
+            r.ok(&format!("{} reachable and logged in", backend.describe()));
+            if generations.is_some() {
+                let labels = super::init::broker_key_labels(config)?;
+                for (what, label) in labels {
+                    match backend
+                        .contains(&label)
+                        .and_then(|present| present.then(|| backend.protection(&label)).transpose())
+                    {
+                        Ok(Some(p)) if p.is_hardware_bound() => r.ok(&format!(
+                            "{what} key {label:?} is sensitive and never extractable"
+                        )),
+                        Ok(Some(_)) => r.problem(&format!(
+                            "{what} key {label:?} is not bound to the device (extractable or \
+                             not sensitive): re-key it (`seb rotate {what}`, or a new root)"
+                        )),
+                        Ok(None) => r.problem(&format!(
+                            "{what} key {label:?} is missing from the device: this state \
+                             directory belongs to another token, or run `seb init`"
+                        )),
+                        Err(e) => r.problem(&format!("{what} key {label:?}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    // Attestation.
+    match &config.attestation {
+        None => r.warn(
+            "no [attestation]: the broker does not attest its boot state (docs/ATTESTATION.md)",
+        ),
+        Some(a) => match AttestPolicy::load(&a.policy) {
+            Err(e) => r.problem(&format!(
+                "attestation policy {}: {e}: record one with `seb attest record`",
+                a.policy.display()
+            )),
+            Ok(policy) => {
+                r.ok(&format!(
+                    "attestation policy {} is valid",
+                    a.policy.display()
+                ));
+                if policy.ek_cas().is_empty() {
+                    r.warn(
+                        "the attestation policy pins no EK CA (ek_ca): any TPM's EK is \
+                            accepted; add the TPM maker's CA (docs/ATTESTATION.md)",
+                    );
+                }
+                if !a.event_log.exists() {
+                    r.problem(&format!(
+                        "event log {} does not exist: fix [attestation] event_log",
+                        a.event_log.display()
+                    ));
+                }
+                match config.attestation_tcti() {
+                    Some(tcti) => match seb::tpm::Tpm::open(&tcti).and_then(|tpm| tpm.ping()) {
+                        Ok(()) => r.ok(&format!("TPM reachable at {tcti}")),
+                        Err(e) => r.problem(&format!(
+                            "TPM at {tcti} does not answer ({e}): check the TCTI and the TPM"
+                        )),
+                    },
+                    None => r.problem("[attestation] has no TCTI: set [attestation] tcti"),
+                }
+            }
+        },
+    }
+
+    say!("{} problem(s), {} warning(s)", r.problems, r.warnings);
+    if r.problems > 0 {
+        return Err(format!("{} problem(s) found", r.problems).into());
+    }
+    Ok(())
+}
+
+fn renew_hint(what: &str) -> String {
+    if what == "root" {
+        "plan a root rotation (docs/OPERATIONS.md, \"Year two\")".into()
+    } else {
+        format!("run `seb rotate {what}`")
+    }
+}
+
+fn check_pin_file(r: &mut Report, path: &Path) {
+    match std::fs::metadata(path) {
+        Err(e) => r.problem(&format!(
+            "PIN file {} cannot be read ({e}): fix [backend] pin_file or its permissions",
+            path.display()
+        )),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => r.warn(&format!(
+            "PIN file {} has mode {:o}: readable by others than its owner; chmod 0600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )),
+        Ok(_) => r.ok(&format!(
+            "PIN file {} is private to its owner",
+            path.display()
+        )),
+    }
+}
