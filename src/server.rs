@@ -471,7 +471,7 @@ async fn healthz(
                 "check": "certificate_expiry",
                 "certificate": what,
                 "not_after": at,
-                "message": format!("the {what} certificate expires at {at}; renew it with `seb rotate {what}`"),
+                "message": renewal_hint(&what, &at),
             })
         })
         .collect();
@@ -500,6 +500,18 @@ async fn healthz(
         })),
     )
         .into_response())
+}
+
+/// What to do about a broker certificate that expires soon: `seb rotate` for the token, TLS
+/// and audit keys; the root is replaced by the plan in OPERATIONS.md ("Year two").
+fn renewal_hint(what: &str, at: &str) -> String {
+    if what == "root" {
+        format!(
+            "the root certificate expires at {at}; follow the root rotation plan in docs/OPERATIONS.md (a new root cross-signed by the old one)"
+        )
+    } else {
+        format!("the {what} certificate expires at {at}; renew it with `seb rotate {what}`")
+    }
 }
 
 async fn metrics(

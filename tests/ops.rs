@@ -491,3 +491,60 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     assert_clean_failure(&out, "problem(s) found");
     assert!(String::from_utf8_lossy(&out.stdout).contains("keys.toml"));
 }
+
+/// Broker certificates that expire within 30 days show as warnings in `/healthz` (the broker
+/// stays ready) and as gauges in `/metrics`.
+#[test]
+fn expiring_broker_certificates_warn_in_healthz_and_metrics() {
+    let hsm = Hsm::provision();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    // Service certificates made for 10 days: inside the 30-day warning window from the start.
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[ca]\nservice_validity = \"10d\"\n"),
+    )
+    .unwrap();
+    hsm.seb_ok(&["init"]);
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let broker = common::Broker::start(&hsm);
+    let health = get(&hsm, &broker, &agent, "/healthz");
+    assert_eq!(
+        health.status, 200,
+        "a warning is not a failure: {}",
+        health.text
+    );
+    assert_eq!(health.body["status"], "ready");
+    let warnings = health.body["warnings"].as_array().unwrap();
+    for what in ["token", "tls"] {
+        let w = warnings
+            .iter()
+            .find(|w| w["certificate"] == what)
+            .unwrap_or_else(|| panic!("no warning for the {what} certificate: {}", health.text));
+        assert_eq!(w["check"], "certificate_expiry");
+        assert!(
+            w["message"].as_str().unwrap().contains("seb rotate"),
+            "{}",
+            health.text
+        );
+    }
+    assert!(
+        !warnings.iter().any(|w| w["certificate"] == "root"),
+        "the root is valid for years: {}",
+        health.text
+    );
+    let metrics = get(&hsm, &broker, &agent, "/metrics");
+    assert!(
+        metrics
+            .text
+            .contains("seb_certificate_expiring{certificate=\"token\"} 1"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("seb_certificate_expiring{certificate=\"root\"} 0"),
+        "{}",
+        metrics.text
+    );
+}
