@@ -38,9 +38,12 @@ pub fn say(args: std::fmt::Arguments<'_>) {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -102,7 +105,10 @@ pub fn open_backend(
                 pin: p.read_pin()?,
                 sessions: sessions.unwrap_or_else(|| p.pool_size()),
             };
-            Ok(Box::new(Pkcs11Backend::open(settings)?))
+            match Pkcs11Backend::open(settings) {
+                Ok(backend) => Ok(Box::new(backend)),
+                Err(e) => Err(explain_module_failure(&p.module, e)),
+            }
         }
         BackendConfig::Tpm(t) => {
             let settings = TpmSettings {
@@ -111,6 +117,33 @@ pub fn open_backend(
             };
             Ok(Box::new(TpmBackend::open(&settings)?))
         }
+    }
+}
+
+/// SoftHSM2 reports an unreadable configuration file only as "Some horrible, unrecoverable
+/// error" on its own stderr and a general error to the caller. When the module is SoftHSM2 and
+/// its configuration cannot be read, say which file and why.
+fn explain_module_failure(module: &Path, error: seb::backend::BackendError) -> CliError {
+    let is_softhsm = module
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("softhsm"));
+    if !is_softhsm {
+        return error.into();
+    }
+    let conf = std::env::var_os("SOFTHSM2_CONF").map_or_else(
+        || "/etc/softhsm/softhsm2.conf".into(),
+        std::path::PathBuf::from,
+    );
+    match std::fs::File::open(&conf) {
+        Ok(_) => error.into(),
+        Err(io) => format!(
+            "{error}: SoftHSM2 cannot read its configuration {} ({io}). Set SOFTHSM2_CONF in \
+             [backend.module_env] to a readable file; Debian's /etc/softhsm/softhsm2.conf is \
+             root:softhsm 0640, so a dedicated seb user must be in the softhsm group \
+             (docs/OPERATIONS.md)",
+            conf.display()
+        )
+        .into(),
     }
 }
 

@@ -548,3 +548,79 @@ fn expiring_broker_certificates_warn_in_healthz_and_metrics() {
         metrics.text
     );
 }
+
+/// SoftHSM2 says only "Some horrible, unrecoverable error" when it cannot read its
+/// configuration; seb names the file and says what to do.
+#[test]
+fn an_unreadable_softhsm_configuration_is_named_in_the_error() {
+    let hsm = Hsm::initialised();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    let conf = hsm.path("softhsm2.conf");
+    let broken = config.replace(
+        &format!("SOFTHSM2_CONF = \"{}\"", conf.display()),
+        "SOFTHSM2_CONF = \"/nonexistent/softhsm2.conf\"",
+    );
+    assert_ne!(
+        broken, config,
+        "the provisioned config names its SoftHSM2 configuration"
+    );
+    std::fs::write(hsm.config(), broken).unwrap();
+    let out = hsm.seb(&["keys"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/softhsm2.conf"), "{stderr}");
+    assert!(stderr.contains("softhsm group"), "{stderr}");
+    assert_clean_failure(&out, "softhsm group");
+}
+
+/// Logs carry no ANSI colour codes when stderr is not a terminal (journald, files).
+#[test]
+fn logs_are_plain_text_off_a_terminal() {
+    let hsm = Hsm::initialised();
+    // Asking tpm2-tss for debug logs makes seb log a warning (it caps them).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", hsm.config().to_str().unwrap(), "keys"])
+        .env("TSS2_LOG", "all+debug")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TSS2_LOG capped"),
+        "a warning was logged: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+}
+
+/// `seb attest record` writes a policy without EK pinning only with a warning.
+#[test]
+fn recording_a_policy_without_ek_pinning_warns() {
+    let hsm = Hsm::provision_tpm(false);
+    let out = hsm.seb(&[
+        "attest",
+        "record",
+        "--out",
+        hsm.path("unpinned.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no EK pinning"), "{stderr}");
+    let pinned = hsm.seb(&[
+        "attest",
+        "record",
+        "--out",
+        hsm.path("pinned.toml").to_str().unwrap(),
+        "--ek-ca",
+        "tpm/ek-ca/issuercert.pem",
+    ]);
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&pinned.stderr).contains("no EK pinning"));
+}

@@ -184,6 +184,13 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
     // Refuse to record a host whose log does not explain its PCRs.
     log.check_replay(bank, &pcrs)
         .map_err(|e| format!("not recording: {e}"))?;
+    if args.ek_ca.is_empty() {
+        eprintln!(
+            "warning: the policy has no EK pinning (no --ek-ca): any TPM, a software one \
+             included, can enroll an attestation key under it. Pass the TPM vendor's EK CA \
+             certificate with --ek-ca (docs/ATTESTATION.md)"
+        );
+    }
     let text = AttestPolicy::record_toml(bank, &pcrs, Some(&log), &args.ek_ca, &args.max_age);
     let base = args.out.parent().unwrap_or(Path::new("."));
     AttestPolicy::parse(&text, base)?;
