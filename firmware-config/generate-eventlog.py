@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Regenerates swtpm-eventlog.json, the synthetic measured-boot log that
 softhsm-setup/provision.sh --tpm extends into a fresh swtpm. Each digest is
-SHA-256 of the event's data string. Run: python3 generate-eventlog.py > swtpm-eventlog.json"""
+SHA-256 of the event's data string. Run: python3 generate-eventlog.py > swtpm-eventlog.json
+
+The broker image is measured into PCR 10, as kernel IMA does on a real host (its template
+name, ima-ng, as the type), never into PCR 16 or 23: software resets those from locality 0,
+so a replaced broker could reset them and extend the expected digest. PCRs 0-15 are reset
+only by a host reboot (TPM2_Startup(CLEAR)). See docs/ATTESTATION.md section 3."""
 import hashlib
 import json
 
@@ -16,7 +21,7 @@ EVENTS = [
     (1, "EV_SEPARATOR", "separator"),
     (4, "EV_SEPARATOR", "separator"),
     (7, "EV_SEPARATOR", "separator"),
-    (23, "EV_IPL", "seb broker image seb-0.1.0"),
+    (10, "ima-ng", "seb broker image seb-0.1.0"),
 ]
 
 lines = []

@@ -44,6 +44,44 @@ pub const MIN_NONCE: usize = 8;
 /// Longest nonce accepted, in bytes (a TPM2B_DATA holds at most a SHA-512 digest).
 pub const MAX_NONCE: usize = 64;
 
+/// Why `pcr` cannot anchor an attestation policy or a sealed PIN, or `None` when only a host
+/// reboot (TPM reset) returns it to its initial value (PCRs 0-15).
+///
+/// PCRs 16 (debug) and 23 (application) are reset by `TPM2_PCR_Reset` from locality 0 (seen on
+/// swtpm and required by the PC Client platform profile): any program that reaches the TPM,
+/// a replaced broker binary included, can reset them and extend exactly what a policy expects.
+/// PCRs 17-22 belong to the dynamic root of trust: a dynamic launch resets them without a
+/// reboot, they start at all ones, and seb's event log (replayed from zero) does not describe
+/// dynamic launches, so they are refused as well.
+pub fn resettable_pcr(pcr: u8) -> Option<&'static str> {
+    match pcr {
+        16 => Some(
+            "it is the debug PCR, which TPM2_PCR_Reset clears from locality 0: any program that \
+             reaches the TPM can reset it and extend the values the policy expects",
+        ),
+        23 => Some(
+            "it is the application PCR, which TPM2_PCR_Reset clears from locality 0: any program \
+             that reaches the TPM can reset it and extend the values the policy expects",
+        ),
+        17..=22 => Some(
+            "it is a dynamic root of trust (DRTM) PCR: a dynamic launch resets it without a \
+             reboot, and it starts at all ones, which seb's event log replay does not describe",
+        ),
+        _ => None,
+    }
+}
+
+/// Refuses a PCR selection that names a PCR software can reset ([`resettable_pcr`]).
+pub fn check_pcr_selection(pcrs: &[u8]) -> Result<(), QuoteError> {
+    match pcrs
+        .iter()
+        .find_map(|p| resettable_pcr(*p).map(|reason| (*p, reason)))
+    {
+        Some((pcr, reason)) => Err(QuoteError::ResettablePcr { pcr, reason }),
+        None => Ok(()),
+    }
+}
+
 /// A PCR bank (hash algorithm).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,6 +312,18 @@ pub enum QuoteError {
         /// Why.
         reason: String,
     },
+    /// The policy quotes a PCR that can be reset without rebooting the host: whatever it
+    /// holds, software could have put there.
+    #[error(
+        "PCR {pcr} can be reset without rebooting the host ({reason}); a policy that quotes it \
+         proves nothing"
+    )]
+    ResettablePcr {
+        /// PCR index.
+        pcr: u8,
+        /// Why it is resettable.
+        reason: &'static str,
+    },
     /// The broker's last good self-check is older than the policy's maximum age.
     #[error(
         "the broker's last good self-check is {age_secs} s old, the policy allows {max_secs} s"
@@ -302,6 +352,7 @@ impl QuoteError {
             QuoteError::PcrPolicy { .. } => "pcr_policy_mismatch",
             QuoteError::EventPolicy { .. } => "event_policy_mismatch",
             QuoteError::EkNotAccepted { .. } => "ek_not_accepted",
+            QuoteError::ResettablePcr { .. } => "resettable_pcr",
             QuoteError::Stale { .. } => "stale_self_check",
         }
     }
@@ -336,6 +387,7 @@ pub fn verify_evidence(
     evidence: &Evidence,
     check: &QuoteCheck<'_>,
 ) -> Result<VerifiedQuote, QuoteError> {
+    check_pcr_selection(&check.policy.pcrs)?;
     let attest = crate::base64url::decode(&evidence.quote).ok_or(QuoteError::Malformed {
         what: "quote",
         reason: "not base64url",

@@ -135,10 +135,13 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     );
     assert!(claims["att"]["time"].as_u64().unwrap() > 0);
 
-    // Tampering: something unlogged is measured into PCR 23.
-    let out = s
-        .hsm
-        .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={}", "ab".repeat(32))]);
+    // Tampering: something unlogged is measured into the broker image PCR.
+    let (image_pcr, _) = common::broker_image_event();
+    let pcr_name = format!("PCR {image_pcr}");
+    let out = s.hsm.tpm_tool(&[
+        "tpm2_pcrextend",
+        &format!("{image_pcr}:sha256={}", "ab".repeat(32)),
+    ]);
     common::assert_success(&out, "tpm2_pcrextend");
     eventually("issuance stops", || {
         let r = request(&s);
@@ -149,7 +152,7 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     let reason = health.body["checks"]["attestation"]["reason"]
         .as_str()
         .unwrap();
-    assert!(reason.contains("PCR 23"), "{reason}");
+    assert!(reason.contains(&pcr_name), "{reason}");
     let out = attest_verify(&s);
     common::assert_clean_failure(&out, "event_log_mismatch");
     // The failure is recorded durably in the broker's store, with its reason.
@@ -163,18 +166,12 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     eventually("the failure is recorded", || {
         events("attestation_failed")
             .iter()
-            .any(|(_, detail)| detail.contains("PCR 23"))
+            .any(|(_, detail)| detail.contains(&pcr_name))
     });
 
-    // Repair: PCR 23 is resettable; measure the logged event again.
-    common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
-    common::assert_success(
-        &s.hsm.tpm_tool(&[
-            "tpm2_pcrextend",
-            &format!("23:sha256={}", common::pcr23_event()),
-        ]),
-        "tpm2_pcrextend",
-    );
+    // Repair: the PCR cannot be reset, so the host reboots (TPM2_Startup(CLEAR)) into the
+    // measured boot again. The broker keeps running and sees the TPM come back.
+    s.hsm.reboot_tpm();
     eventually("issuance resumes", || {
         let r = request(&s);
         if r.status != 201 {
@@ -212,6 +209,130 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
         !r.text.contains("TSS") && !r.text.contains("0x"),
         "{}",
         r.text
+    );
+}
+
+/// `seb serve` must refuse to start: runs it with a deadline and returns its output.
+fn serve_refused(hsm: &Hsm) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", hsm.config().to_str().unwrap(), "serve"])
+        .current_dir(hsm.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "seb serve started with a policy it must refuse:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn record_serve_and_verify_refuse_a_policy_with_a_resettable_pcr() {
+    // PCRs 16 and 23 are reset from locality 0 by any program that reaches the TPM: a replaced
+    // broker binary resets them and extends what the policy expects. No command takes them.
+    let hsm = Hsm::provision_tpm(false);
+    hsm.seb_ok(&["init"]);
+    for pcr in ["16", "23"] {
+        let needle = format!("PCR {pcr} ");
+        // Recording.
+        let out = hsm.seb(&[
+            "attest",
+            "record",
+            "--out",
+            "resettable-policy.toml",
+            "--pcrs",
+            &format!("0,1,2,3,4,5,6,7,{pcr}"),
+        ]);
+        common::assert_clean_failure(&out, "resettable_pcr");
+        common::assert_clean_failure(&out, &needle);
+        assert!(!hsm.path("resettable-policy.toml").exists());
+
+        // A policy written by hand (or by an older seb).
+        let zero = "00".repeat(32);
+        std::fs::write(
+            hsm.path("resettable-policy.toml"),
+            format!(
+                "version = 1\npcr_bank = \"sha256\"\npcrs = [0, {pcr}]\n[expected_pcrs]\n0 = \"{zero}\"\n{pcr} = \"{zero}\"\n"
+            ),
+        )
+        .unwrap();
+        // Verifying: refused before any broker is asked.
+        let out = hsm.seb(&[
+            "attest",
+            "verify",
+            "--broker",
+            "https://127.0.0.1:1",
+            "--trust",
+            hsm.trust("root.pem").to_str().unwrap(),
+            "--policy",
+            hsm.path("resettable-policy.toml").to_str().unwrap(),
+            "--cert",
+            "unused.pem",
+            "--key",
+            "unused.key",
+        ]);
+        common::assert_clean_failure(&out, "resettable_pcr");
+        common::assert_clean_failure(&out, &needle);
+
+        // Serving: the broker does not start on it.
+        let config = std::fs::read_to_string(hsm.config()).unwrap();
+        let pointed = config.replace(
+            "policy = \"attest-policy.toml\"",
+            "policy = \"resettable-policy.toml\"",
+        );
+        assert_ne!(config, pointed);
+        std::fs::write(hsm.config(), &pointed).unwrap();
+        let out = serve_refused(&hsm);
+        common::assert_clean_failure(&out, "resettable_pcr");
+        common::assert_clean_failure(&out, &needle);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+        std::fs::write(hsm.config(), &config).unwrap();
+        std::fs::remove_file(hsm.path("resettable-policy.toml")).unwrap();
+    }
+    // The recorded policy quotes no resettable PCR.
+    let policy = AttestPolicy::load(&hsm.path("attest-policy.toml")).unwrap();
+    assert!(policy.pcrs.iter().all(|p| *p < 16), "{:?}", policy.pcrs);
+}
+
+#[test]
+fn a_replaced_broker_cannot_reset_the_broker_image_pcr() {
+    // The attack the resettable PCR allowed: a replaced broker binary is measured (the
+    // measurement differs), then resets the PCR and extends the expected digest, and passes
+    // `seb attest verify`. The broker image PCR cannot be reset.
+    let s = setup(false);
+    common::assert_success(&attest_verify(&s), "seb attest verify");
+    let (image_pcr, image_digest) = common::broker_image_event();
+    let pcr = image_pcr.to_string();
+    let out = s.hsm.tpm_tool(&[
+        "tpm2_pcrextend",
+        &format!("{pcr}:sha256={}", "ee".repeat(32)),
+    ]);
+    common::assert_success(&out, "tpm2_pcrextend");
+    let out = s.hsm.tpm_tool(&["tpm2_pcrreset", &pcr]);
+    assert!(
+        !out.status.success(),
+        "the TPM reset PCR {pcr} from locality 0"
+    );
+    let out = s
+        .hsm
+        .tpm_tool(&["tpm2_pcrextend", &format!("{pcr}:sha256={image_digest}")]);
+    common::assert_success(&out, "tpm2_pcrextend");
+    common::assert_clean_failure(&attest_verify(&s), "event_log_mismatch");
+    assert!(
+        image_pcr < 16,
+        "the broker image is measured into PCR {image_pcr}"
     );
 }
 

@@ -162,19 +162,31 @@ fn sealed_pin_opens_the_hsm_only_in_the_sealed_boot_state() {
     s.record(&out);
     s.broker_issues_a_token();
 
-    // Tampering: something unlogged is measured into PCR 23.
-    let out = s
-        .hsm
-        .tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={}", "ab".repeat(32))]);
+    // Tampering: something unlogged is measured into the broker image PCR.
+    let (image_pcr, _) = common::broker_image_event();
+    let out = s.hsm.tpm_tool(&[
+        "tpm2_pcrextend",
+        &format!("{image_pcr}:sha256={}", "ab".repeat(32)),
+    ]);
     common::assert_success(&out, "tpm2_pcrextend");
+    let policy = seb::attest::AttestPolicy::load(&s.hsm.path("attest-policy.toml")).unwrap();
+    let selection = policy
+        .pcrs
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     for out in [s.seb(&["keys"]), s.serve_refused()] {
         common::assert_clean_failure(&out, "the TPM refused to unseal the HSM PIN");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("measured boot state (PCRs 0,1,2,3,4,5,6,7,23, sha256)"),
+            stderr.contains(&format!("measured boot state (PCRs {selection}, sha256)")),
             "{stderr}"
         );
-        assert!(stderr.contains("changed: PCR 23"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("changed: PCR {image_pcr}")),
+            "{stderr}"
+        );
         assert!(stderr.contains("pin.sealed"), "{stderr}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     }
@@ -182,15 +194,9 @@ fn sealed_pin_opens_the_hsm_only_in_the_sealed_boot_state() {
     let out = s.seb(&["seal-pin"]);
     common::assert_clean_failure(&out, "the TPM refused to unseal the HSM PIN");
 
-    // Repair: back to the sealed state, and the broker starts again.
-    common::assert_success(&s.hsm.tpm_tool(&["tpm2_pcrreset", "23"]), "tpm2_pcrreset");
-    common::assert_success(
-        &s.hsm.tpm_tool(&[
-            "tpm2_pcrextend",
-            &format!("23:sha256={}", common::pcr23_event()),
-        ]),
-        "tpm2_pcrextend",
-    );
+    // Repair: the PCR cannot be reset; a reboot (TPM2_Startup(CLEAR)) into the measured boot
+    // brings back the sealed state, and the broker starts again.
+    s.hsm.reboot_tpm();
     common::assert_success(&s.seb(&["keys"]), "seb keys after repair");
     s.broker_issues_a_token();
     // In the good state the sealed PIN can be re-sealed (e.g. to a new file).
@@ -235,7 +241,11 @@ fn sealing_refuses_a_state_the_attestation_policy_rejects() {
     let hsm = Hsm::provision_tpm(false);
     let pin = hsm.user_pin();
     hsm.seb_ok(&["init"]);
-    let out = hsm.tpm_tool(&["tpm2_pcrextend", &format!("23:sha256={}", "cd".repeat(32))]);
+    let (image_pcr, _) = common::broker_image_event();
+    let out = hsm.tpm_tool(&[
+        "tpm2_pcrextend",
+        &format!("{image_pcr}:sha256={}", "cd".repeat(32)),
+    ]);
     common::assert_success(&out, "tpm2_pcrextend");
     let out = hsm.seb(&["seal-pin"]);
     common::assert_clean_failure(&out, "not sealing: the current boot state");
@@ -243,4 +253,39 @@ fn sealing_refuses_a_state_the_attestation_policy_rejects() {
     for text in [&out.stdout, &out.stderr] {
         assert!(!String::from_utf8_lossy(text).contains(&pin));
     }
+}
+
+#[test]
+fn the_pin_is_never_sealed_to_a_resettable_pcr() {
+    // Software resets PCRs 16 and 23 from locality 0 and extends what the seal expects: a PIN
+    // sealed to them is released to whoever does that.
+    let tpm = Swtpm::start();
+    let device = seb::tpm::Tpm::open(&tpm.tcti()).unwrap();
+    let pin = secrecy::SecretString::from("0123456789abcdef0123456789abcdef".to_owned());
+    for resettable in [16u8, 23] {
+        let values =
+            seb::attest::tpm::read_pcrs_of(&device, seb::attest::PcrBank::Sha256, &[0, resettable])
+                .unwrap();
+        let err = seb::attest::seal::SealedPin::seal(
+            &device,
+            seb::attest::PcrBank::Sha256,
+            &values,
+            &pin,
+        )
+        .expect_err("sealed to a resettable PCR")
+        .to_string();
+        assert!(err.contains("resettable_pcr"), "{err}");
+        assert!(err.contains(&format!("PCR {resettable} ")), "{err}");
+    }
+    // Control: PCRs that only a reboot resets.
+    let values =
+        seb::attest::tpm::read_pcrs_of(&device, seb::attest::PcrBank::Sha256, &[0, 7, 10]).unwrap();
+    let sealed =
+        seb::attest::seal::SealedPin::seal(&device, seb::attest::PcrBank::Sha256, &values, &pin)
+            .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        sealed.unseal(&device).unwrap().expose_secret(),
+        pin.expose_secret()
+    );
 }

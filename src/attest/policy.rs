@@ -3,7 +3,8 @@
 //! when the attestation key is enrolled, and how old the broker's last good self-check may be.
 //!
 //! Parsed once, validated, and never defaulted silently: unknown keys are errors, a selected PCR
-//! without a reference is an error, and a reference for an unselected PCR is an error.
+//! without a reference is an error, a reference for an unselected PCR is an error, and a PCR
+//! that software can reset without a reboot (16-23, [`super::resettable_pcr`]) is refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,29 @@ pub enum PolicyError {
     /// Not valid TOML for the schema, or inconsistent.
     #[error("invalid attestation policy: {0}")]
     Invalid(String),
+    /// The policy quotes a PCR that software can reset (see [`super::resettable_pcr`]).
+    #[error(
+        "invalid attestation policy (resettable_pcr): PCR {pcr} can be reset without rebooting \
+         the host ({reason}); a policy that quotes it proves nothing. Quote only PCRs 0-15 and \
+         have the broker image measured into one of them (docs/ATTESTATION.md §3)"
+    )]
+    ResettablePcr {
+        /// PCR index.
+        pcr: u8,
+        /// Why it is resettable.
+        reason: &'static str,
+    },
+}
+
+impl PolicyError {
+    /// A stable snake_case code for scripts and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PolicyError::Read { .. } => "policy_unreadable",
+            PolicyError::Invalid(_) => "invalid_policy",
+            PolicyError::ResettablePcr { .. } => "resettable_pcr",
+        }
+    }
 }
 
 /// A parsed and validated attestation policy.
@@ -98,6 +122,12 @@ impl AttestPolicy {
             return Err(invalid(
                 "pcrs must list distinct PCR indices 0..=23, at least one".into(),
             ));
+        }
+        if let Some((pcr, reason)) = pcrs
+            .iter()
+            .find_map(|p| super::resettable_pcr(*p).map(|r| (*p, r)))
+        {
+            return Err(PolicyError::ResettablePcr { pcr, reason });
         }
         let max_age = file
             .max_age

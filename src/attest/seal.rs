@@ -10,6 +10,9 @@
 //! encrypted: creation and unsealing run in sessions salted with the storage primary with
 //! parameter encryption (a bus sniffer sees ciphertext).
 //!
+//! Only PCRs that a host reboot alone resets (0-15) are sealed to or unsealed from: PCRs 16 and
+//! 23 are reset from locality 0 by any program (`super::resettable_pcr`).
+//!
 //! The file keeps the PCR selection (and, for diagnostics only, the values sealed to) next to
 //! the TPM blob, so unsealing needs nothing else. The TPM alone decides: the stored values are
 //! never trusted, only used to name the PCRs that changed.
@@ -88,6 +91,31 @@ pub enum SealError {
     /// The PIN or the selection cannot be sealed.
     #[error("cannot seal the HSM PIN: {0}")]
     Input(String),
+    /// The selection names a PCR that software can reset: the TPM would release the PIN to
+    /// any program that resets it and extends the sealed value.
+    #[error(
+        "the HSM PIN is not sealed to or unsealed from PCR {pcr} (resettable_pcr): {reason}, so \
+         the TPM would release the PIN to any program that does. Seal only to PCRs 0-15: record \
+         a policy without it (`seb attest record`) and re-seal from the escrowed PIN with \
+         `seb seal-pin`"
+    )]
+    ResettablePcr {
+        /// PCR index.
+        pcr: u8,
+        /// Why it is resettable.
+        reason: &'static str,
+    },
+}
+
+/// Refuses a selection that names a PCR software can reset ([`super::resettable_pcr`]).
+fn check_selection(pcrs: &[u8]) -> Result<(), SealError> {
+    match pcrs
+        .iter()
+        .find_map(|p| super::resettable_pcr(*p).map(|reason| (*p, reason)))
+    {
+        Some((pcr, reason)) => Err(SealError::ResettablePcr { pcr, reason }),
+        None => Ok(()),
+    }
 }
 
 /// A sealed PIN as stored on disk: the selection it is bound to and the TPM blob.
@@ -117,6 +145,7 @@ pub fn unseal_file(tcti: &str, path: &Path) -> Result<SecretString, SealError> {
         path: path.to_owned(),
         reason,
     })?;
+    check_selection(&sealed.pcrs())?;
     let tpm = Tpm::open(tcti).map_err(|source| SealError::Tpm {
         operation: "reach the TPM to unseal the HSM PIN",
         tcti: tcti.to_owned(),
@@ -141,6 +170,7 @@ impl SealedPin {
         pin: &SecretString,
     ) -> Result<Self, SealError> {
         let pcrs: Vec<u8> = values.keys().copied().collect();
+        check_selection(&pcrs)?;
         if pcrs.is_empty() || values.values().any(|v| v.len() != bank.digest_len()) {
             return Err(SealError::Input(
                 "the PCR values to seal to are missing or have the wrong length".into(),
@@ -189,6 +219,7 @@ impl SealedPin {
     /// session with response encryption, then TPM2_Unseal.
     pub fn unseal(&self, tpm: &Tpm) -> Result<SecretString, SealError> {
         let pcrs = self.pcrs();
+        check_selection(&pcrs)?;
         let selection = selection(self.bank, &pcrs).map_err(|e| SealError::Input(e.to_string()))?;
         let outcome = tpm
             .run("unseal the HSM PIN", |ctx| {
@@ -484,5 +515,20 @@ mod tests {
         assert!(text.contains("PCRs 0,23"), "{text}");
         assert!(text.contains("changed: PCR 23"), "{text}");
         assert!(text.contains("seb seal-pin"), "{text}");
+    }
+
+    #[test]
+    fn a_pin_sealed_to_a_resettable_pcr_is_refused_before_the_tpm_is_asked() {
+        // A blob sealed to PCR 23 (by an older seb) opens for anyone who resets PCR 23 and
+        // extends the sealed value. It is refused, naming the PCR, without reaching the TPM.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin.sealed");
+        std::fs::write(&path, sample().encode().unwrap()).unwrap();
+        let err = unseal_file("swtpm:host=127.0.0.1,port=1", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resettable_pcr"), "{err}");
+        assert!(err.contains("PCR 23 "), "{err}");
+        assert!(err.contains("seb seal-pin"), "{err}");
     }
 }

@@ -58,7 +58,7 @@ fn fixture() -> Fixture {
             event(0, "sep"),
         ],
     };
-    let pcrs: BTreeMap<u8, Vec<u8>> = [0u8, 7, 23]
+    let pcrs: BTreeMap<u8, Vec<u8>> = [0u8, 7, 10]
         .iter()
         .map(|p| (*p, log.replay(*p).unwrap()))
         .collect();
@@ -85,7 +85,7 @@ impl Fixture {
             restart_count: 0,
             safe: true,
             firmware_version: 7,
-            selection: vec![(tpm_types::ALG_SHA256, vec![0, 7, 23])],
+            selection: vec![(tpm_types::ALG_SHA256, vec![0, 7, 10])],
             pcr_digest: Sha384::digest(&concatenated).to_vec(),
         }
     }
@@ -178,12 +178,12 @@ fn event_log_that_does_not_replay_is_rejected() {
 #[test]
 fn pcr_value_differing_from_policy_is_rejected() {
     let mut f = fixture();
-    // The host measured something extra into PCR 23, consistently in log and PCR.
-    f.log.events.push(event(23, "tampered"));
-    f.pcrs.insert(23, f.log.replay(23).unwrap());
+    // The host measured something extra into PCR 10, consistently in log and PCR.
+    f.log.events.push(event(10, "tampered"));
+    f.pcrs.insert(10, f.log.replay(10).unwrap());
     let err = f.verify(&f.good()).unwrap_err();
     assert!(
-        matches!(err, QuoteError::PcrPolicy { pcr: 23, .. }),
+        matches!(err, QuoteError::PcrPolicy { pcr: 10, .. }),
         "{err}"
     );
     assert_eq!(err.code(), "pcr_policy_mismatch");
@@ -420,4 +420,54 @@ fn every_certificate_of_the_ak_path_must_be_valid_now() {
 
     // Control: the fixture's own chain, at the same time, verifies.
     assert!(verify_against(&f, &f.good(), roots).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// Resettable PCRs (issue 11, item 5): software can reset PCRs 16 and 23 (TPM2_PCR_Reset at
+// locality 0) and re-extend whatever the policy expects, so a policy quoting them proves
+// nothing. PCRs 17-22 (DRTM) are refused too; only 0-15 are accepted.
+
+fn policy_quoting(pcr: u8) -> String {
+    let zero = "00".repeat(32);
+    format!(
+        "version = 1\npcr_bank = \"sha256\"\npcrs = [0, {pcr}]\n[expected_pcrs]\n0 = \"{zero}\"\n{pcr} = \"{zero}\"\n"
+    )
+}
+
+#[test]
+fn a_policy_quoting_a_resettable_pcr_is_refused_naming_the_pcr_and_why() {
+    let base = std::path::Path::new(".");
+    for pcr in 16u8..=23 {
+        let err = AttestPolicy::parse(&policy_quoting(pcr), base)
+            .expect_err("a resettable PCR must be refused")
+            .to_string();
+        assert!(err.contains("resettable_pcr"), "PCR {pcr}: {err}");
+        assert!(err.contains(&format!("PCR {pcr} ")), "PCR {pcr}: {err}");
+        let why = if pcr == 16 || pcr == 23 {
+            "locality 0"
+        } else {
+            "dynamic launch"
+        };
+        assert!(err.contains(why), "PCR {pcr}: {err}");
+    }
+    for pcr in 1u8..=15 {
+        AttestPolicy::parse(&policy_quoting(pcr), base)
+            .unwrap_or_else(|e| panic!("PCR {pcr} cannot be reset from software: {e}"));
+    }
+}
+
+#[test]
+fn verification_refuses_a_policy_with_a_resettable_pcr_built_in_code() {
+    // The policy's fields are public: a library user can build one that parsing would refuse.
+    // The verifier checks the selection itself, before anything else.
+    let mut f = fixture();
+    f.log.events.push(event(23, "broker image"));
+    f.pcrs.insert(23, f.log.replay(23).unwrap());
+    f.policy.pcrs.push(23);
+    f.policy.expected_pcrs.insert(23, f.pcrs[&23].clone());
+    let mut info = f.info(NONCE);
+    info.selection = vec![(tpm_types::ALG_SHA256, f.pcrs.keys().copied().collect())];
+    let err = f.verify(&f.evidence_for(&info, &f.ak)).unwrap_err();
+    assert_eq!(err.code(), "resettable_pcr", "{err}");
+    assert!(err.to_string().contains("PCR 23 "), "{err}");
 }

@@ -44,8 +44,9 @@ pub struct RecordArgs {
     /// Where to write the policy (TOML).
     #[arg(long)]
     out: PathBuf,
-    /// PCRs to quote (comma-separated).
-    #[arg(long, default_value = "0,1,2,3,4,5,6,7,23", value_delimiter = ',')]
+    /// PCRs to quote (comma-separated), 0-15 only: software resets 16 and 23 (and a dynamic
+    /// launch 17-22). 10 is where kernel IMA measures the broker image.
+    #[arg(long, default_value = "0,1,2,3,4,5,6,7,10", value_delimiter = ',')]
     pcrs: Vec<u8>,
     /// PCR bank.
     #[arg(long, default_value = "sha256")]
@@ -176,6 +177,9 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
         "sha384" => PcrBank::Sha384,
         other => return Err(format!("unknown PCR bank {other:?} (sha256 or sha384)").into()),
     };
+    // A PCR that software can reset records nothing worth comparing: refuse before reading.
+    attest::check_pcr_selection(&args.pcrs)
+        .map_err(|e| format!("not recording ({}): {e}", e.code()))?;
     let log_path = args.event_log.unwrap_or_else(|| settings.event_log.clone());
     let log = EventLog::from_json(&read_file(&log_path)?)
         .map_err(|e| format!("event log {}: {e}", log_path.display()))?;

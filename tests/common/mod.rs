@@ -72,6 +72,42 @@ impl Hsm {
         format!("swtpm:host=127.0.0.1,port={}", port.trim())
     }
 
+    /// Reboots the host, as far as the TPM can tell: an orderly TPM2_Shutdown and stop
+    /// (`stop.sh`), swtpm started again on the same state and port with TPM2_Startup(CLEAR),
+    /// which returns every PCR to its initial value, and the synthetic boot measured again
+    /// (`provision.sh` run again changes nothing else). The only way back from a measurement
+    /// into a PCR that cannot be reset.
+    pub fn reboot_tpm(&self) {
+        let tpm_port = std::fs::read_to_string(self.path("swtpm.port"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let out = Command::new("bash")
+            .arg(self.path("stop.sh"))
+            .output()
+            .expect("run stop.sh");
+        assert_success(&out, "stop.sh");
+        let out = Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(self.dir.path())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--tpm",
+                "--tpm-port",
+                &tpm_port,
+            ])
+            .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"))
+            .output()
+            .expect("run provision.sh");
+        assert_success(&out, "provision.sh --tpm (reboot)");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("synthetic boot measured"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     /// Runs a tpm2-tools command against the provisioned swtpm.
     pub fn tpm_tool(&self, args: &[&str]) -> Output {
         Command::new(args[0])
@@ -678,19 +714,25 @@ max_ttl   = "30s"
 params_any = true
 "#;
 
-/// The digest the synthetic boot measures into PCR 23, read from the checked-in event log
-/// (firmware-config/swtpm-eventlog.json), for tests that reset and re-measure PCR 23.
-pub fn pcr23_event() -> String {
+/// The PCR and digest of the broker image measurement in the synthetic boot, read from the
+/// checked-in event log (firmware-config/swtpm-eventlog.json).
+pub fn broker_image_event() -> (u8, String) {
     let log: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("firmware-config/swtpm-eventlog.json")).unwrap(),
     )
     .unwrap();
-    log["events"]
+    let event = log["events"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["pcr"] == 23)
-        .and_then(|e| e["digest"].as_str())
-        .expect("the synthetic event log measures PCR 23")
-        .to_owned()
+        .find(|e| {
+            e["data"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("seb broker image"))
+        })
+        .expect("the synthetic event log measures the broker image");
+    (
+        u8::try_from(event["pcr"].as_u64().unwrap()).unwrap(),
+        event["digest"].as_str().unwrap().to_owned(),
+    )
 }
