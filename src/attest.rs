@@ -4,14 +4,17 @@
 //!
 //! Verification is pure: it parses the TPM structures itself ([`tpm_types`]), checks the quote
 //! signature with the AK public key from the AK certificate, the AK certificate's chain to the
-//! seb root, the caller's nonce, the PCR digest against the PCR values served with it, replays
-//! the event log against those values and compares everything with the policy. It links no TPM
-//! code, so `seb attest verify` and executors can run it anywhere.
+//! seb root, the binding of the quote to the caller's nonce and to the TLS certificate of the
+//! session that served it ([`qualifying_data`]), that the AK and that TLS certificate belong to
+//! the same broker, the PCR digest against the PCR values served with it, replays the event log
+//! against those values and compares everything with the policy. It links no TPM code, so
+//! `seb attest verify` and executors can run it anywhere.
 //!
 //! Device code (the [`Attestor`] over a real TPM) sits in `attest::tpm` behind the `tpm`
 //! feature; the broker's periodic self-check in `attest::selfcheck` behind `broker`.
-//! Nothing in this module may trust evidence it has not verified, or accept a quote whose nonce
-//! it did not choose.
+//! Nothing in this module may trust evidence it has not verified, accept a quote whose nonce
+//! it did not choose, or accept a quote bound to another TLS certificate than the one the
+//! verifier saw.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -38,6 +41,36 @@ pub use policy::{AttestPolicy, PolicyError};
 /// tcg-kp-AIKCertificate (TCG EK Credential Profile): the EKU of an attestation key certificate.
 pub const TCG_KP_AIK_CERTIFICATE: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("2.23.133.8.3");
+
+/// id-kp-serverAuth: the purpose of the broker's TLS server certificate.
+const SERVER_AUTH: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+
+/// The common-name suffix of the broker's TLS server certificate: `CN=<broker_id> broker,O=seb`
+/// (`seb init`).
+const TLS_CN_SUFFIX: &str = " broker";
+/// The common-name suffix of the AK certificate: `CN=<broker_id> attestation key,O=seb`
+/// (`seb attest enroll`).
+const AK_CN_SUFFIX: &str = " attestation key";
+
+/// The qualifying data (`extraData`) of a quote served for `nonce` over a TLS session whose
+/// server certificate is `tls_certificate` (DER): `SHA-256(nonce ‖ SHA-256(tls_certificate))`.
+///
+/// The broker quotes with its own TLS certificate; the verifier recomputes it with the
+/// certificate it saw in its own handshake. Evidence relayed by anyone else (a proxy, another
+/// broker of the same root) was bound to the broker's certificate, not to the relay's, and
+/// fails. The nonce has a variable length and the certificate digest a fixed one at the end,
+/// so the concatenation is unambiguous.
+pub fn qualifying_data(nonce: &[u8], tls_certificate: &[u8]) -> Vec<u8> {
+    bind(nonce, &Sha256::digest(tls_certificate))
+}
+
+fn bind(nonce: &[u8], tls_certificate_sha256: &[u8]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(nonce);
+    hash.update(tls_certificate_sha256);
+    hash.finalize().to_vec()
+}
 
 /// Shortest nonce accepted, in bytes: shorter ones could be guessed and pre-computed.
 pub const MIN_NONCE: usize = 8;
@@ -180,9 +213,15 @@ pub enum AttestError {
 ///
 /// Implementations block on the device; async callers use `spawn_blocking`.
 pub trait Attestor: Send + Sync + std::fmt::Debug {
-    /// Quotes `pcrs` of `bank` with `nonce` as qualifying data, returning values consistent
-    /// with the quote's PCR digest (re-reading and re-quoting if the PCRs changed meanwhile).
-    fn quote(&self, nonce: &[u8], bank: PcrBank, pcrs: &[u8]) -> Result<RawQuote, AttestError>;
+    /// Quotes `pcrs` of `bank` with `qualifying_data` (the quote's `extraData`, 8 to 64 bytes;
+    /// the broker passes [`qualifying_data`]), returning values consistent with the quote's PCR
+    /// digest (re-reading and re-quoting if the PCRs changed meanwhile).
+    fn quote(
+        &self,
+        qualifying_data: &[u8],
+        bank: PcrBank,
+        pcrs: &[u8],
+    ) -> Result<RawQuote, AttestError>;
 
     /// Reads the current PCR values (not signed: for recording reference values).
     fn pcr_read(&self, bank: PcrBank, pcrs: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, AttestError>;
@@ -197,6 +236,10 @@ pub trait Attestor: Send + Sync + std::fmt::Debug {
 pub struct Evidence {
     /// The caller's nonce, hex (echoed; the check uses the caller's own copy).
     pub nonce: String,
+    /// Hex SHA-256 of the DER TLS server certificate the broker bound the quote to (the quote's
+    /// `extraData` is [`qualifying_data`]). Informational: the check uses the certificate the
+    /// verifier saw in its own handshake; this only lets a mismatch name what it was bound to.
+    pub tls_certificate_sha256: String,
     /// base64url `TPMS_ATTEST` as signed by the AK.
     pub quote: String,
     /// base64url `TPMT_SIGNATURE`.
@@ -254,9 +297,34 @@ pub enum QuoteError {
         /// TPM algorithm id.
         id: u16,
     },
-    /// The nonce in the quote is not the one the verifier chose: a replayed or redirected quote.
-    #[error("the quote's nonce is not the nonce we sent (replayed or stale quote)")]
+    /// The quote's qualifying data is not bound to the nonce the verifier chose and the TLS
+    /// certificate of its session: a replayed, stale or redirected quote.
+    #[error("the quote's qualifying data is not bound to the nonce we sent and this TLS session's certificate (replayed or stale quote)")]
     NonceMismatch,
+    /// The quote is bound to the verifier's nonce but to another TLS server certificate than the
+    /// one of the session that served it: evidence relayed by someone else.
+    #[error("the quote is bound to the TLS certificate with SHA-256 {bound}, but it came over a TLS session with the certificate {session} (relayed evidence)")]
+    TlsBindingMismatch {
+        /// Hex SHA-256 of the certificate the quote is bound to.
+        bound: String,
+        /// Hex SHA-256 of the certificate the verifier saw.
+        session: String,
+    },
+    /// The TLS server certificate of the session is not a broker TLS certificate issued
+    /// directly by the trusted root that certified the AK.
+    #[error("the TLS server certificate of this session is not a broker certificate issued directly by the trusted root: {reason}")]
+    TlsNotCertified {
+        /// Why.
+        reason: String,
+    },
+    /// The AK certificate and the TLS certificate name different brokers.
+    #[error("the attestation key belongs to broker {ak_broker:?} but the TLS session to broker {tls_broker:?}")]
+    BrokerMismatch {
+        /// The broker id in the AK certificate's subject.
+        ak_broker: String,
+        /// The broker id in the TLS certificate's subject.
+        tls_broker: String,
+    },
     /// The AK certificate does not chain to the trusted root.
     #[error("the attestation key certificate is not certified by the trusted root: {reason}")]
     AkNotCertified {
@@ -344,6 +412,9 @@ impl QuoteError {
             QuoteError::NotAQuote { .. } => "not_a_quote",
             QuoteError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
             QuoteError::NonceMismatch => "nonce_mismatch",
+            QuoteError::TlsBindingMismatch { .. } => "tls_binding_mismatch",
+            QuoteError::TlsNotCertified { .. } => "tls_not_certified",
+            QuoteError::BrokerMismatch { .. } => "broker_mismatch",
             QuoteError::AkNotCertified { .. } => "ak_not_certified",
             QuoteError::BadSignature => "bad_quote_signature",
             QuoteError::SelectionMismatch { .. } => "pcr_selection_mismatch",
@@ -367,6 +438,8 @@ pub struct VerifiedQuote {
     pub pcrs: BTreeMap<u8, Vec<u8>>,
     /// The AK certificate's subject.
     pub ak_subject: String,
+    /// The broker both the AK certificate and the TLS certificate name.
+    pub broker_id: String,
 }
 
 /// What the verifier brings: its own nonce, its trust anchors, the reference policy, the time.
@@ -374,6 +447,9 @@ pub struct VerifiedQuote {
 pub struct QuoteCheck<'a> {
     /// The nonce the verifier sent.
     pub nonce: &'a [u8],
+    /// The DER TLS server certificate of the session the evidence came over, as the verifier's
+    /// own TLS stack received it in the handshake (never a certificate from the evidence).
+    pub tls_certificate: &'a [u8],
     /// The seb root certificates the AK certificate must chain to.
     pub roots: &'a [Certificate],
     /// Reference measurements and rules.
@@ -396,8 +472,11 @@ pub fn verify_evidence(
         what: "quote signature",
         reason: "not base64url",
     })?;
-    let (ak, ak_subject) = certified_ak(&evidence.ak_chain, check.roots, check.now)?;
-    let info = verify_quote(&attest, &signature, &ak, check.nonce)?;
+    let (ak, ak_cert, ak_root) = certified_ak(&evidence.ak_chain, check.roots, check.now)?;
+    let tls = certified_tls(check.tls_certificate, check.roots, ak_root, check.now)?;
+    let info = verify_quote_signature(&attest, &signature, &ak)?;
+    check_binding(&info, evidence, check)?;
+    let broker_id = same_broker(&ak_cert, &tls)?;
     let pcrs = decode_pcrs(&evidence.pcrs, evidence.pcr_bank)?;
     check_pcr_digest(&info, evidence.pcr_bank, &pcrs, &check.policy.pcrs)?;
     evidence.event_log.check_replay(evidence.pcr_bank, &pcrs)?;
@@ -417,16 +496,33 @@ pub fn verify_evidence(
     Ok(VerifiedQuote {
         info,
         pcrs,
-        ak_subject,
+        ak_subject: ak_cert.subject_string(),
+        broker_id,
     })
 }
 
-/// Checks the quote's signature with `ak` and its nonce; returns the parsed quote.
+/// Checks the quote's signature with `ak` and that its qualifying data is exactly
+/// `qualifying_data` (for evidence a broker served: [`qualifying_data`] of the nonce and the
+/// session's TLS certificate); returns the parsed quote.
 pub fn verify_quote(
     attest: &[u8],
     signature: &[u8],
     ak: &CertKey,
-    nonce: &[u8],
+    qualifying_data: &[u8],
+) -> Result<tpm_types::QuoteInfo, QuoteError> {
+    let info = verify_quote_signature(attest, signature, ak)?;
+    // Only now is the content trustworthy; constant time is unnecessary (public values).
+    if info.extra_data != qualifying_data {
+        return Err(QuoteError::NonceMismatch);
+    }
+    Ok(info)
+}
+
+/// Parses the quote and checks its signature with `ak` (nothing about its content).
+fn verify_quote_signature(
+    attest: &[u8],
+    signature: &[u8],
+    ak: &CertKey,
 ) -> Result<tpm_types::QuoteInfo, QuoteError> {
     let info = tpm_types::parse_quote(attest)?;
     let sig = tpm_types::parse_signature(signature)?;
@@ -449,14 +545,37 @@ pub fn verify_quote(
     if !ak.verify_prehash_raw(&digest, &raw) {
         return Err(QuoteError::BadSignature);
     }
-    // Only now is the content trustworthy; compare in constant time is unnecessary (public).
-    if info.extra_data != nonce {
-        return Err(QuoteError::NonceMismatch);
-    }
     Ok(info)
 }
 
-/// The AK public key from a PEM chain (AK first) that must end under one of `roots`.
+/// The (signed) qualifying data must be [`qualifying_data`] of the verifier's nonce and the TLS
+/// certificate it saw. When it is not, and the evidence names another certificate that the
+/// quote is indeed bound to (with our nonce), the evidence was relayed: say so.
+fn check_binding(
+    info: &tpm_types::QuoteInfo,
+    evidence: &Evidence,
+    check: &QuoteCheck<'_>,
+) -> Result<(), QuoteError> {
+    let session = Sha256::digest(check.tls_certificate);
+    if info.extra_data == bind(check.nonce, &session) {
+        return Ok(());
+    }
+    let served = hex::decode(&evidence.tls_certificate_sha256)
+        .ok()
+        .filter(|h| h.len() == session.len() && h.as_slice() != session.as_slice());
+    match served {
+        Some(bound) if info.extra_data == bind(check.nonce, &bound) => {
+            Err(QuoteError::TlsBindingMismatch {
+                bound: hex::encode(bound),
+                session: hex::encode(session),
+            })
+        }
+        _ => Err(QuoteError::NonceMismatch),
+    }
+}
+
+/// The AK public key from a PEM chain (AK first) that must end under one of `roots`, with the
+/// AK certificate and the root that issued it.
 ///
 /// The AK certificate must carry the tcg-kp-AIKCertificate purpose, its path must pass the
 /// same validation as every other seb chain ([`chain::validate`]: signatures, `cA`,
@@ -464,11 +583,11 @@ pub fn verify_quote(
 /// certificate on it must be valid at `now`, and the root must have certified the AK directly:
 /// enrolment (`seb attest enroll`) has the root do it, so an intermediate on the path means
 /// someone else certified the key.
-pub fn certified_ak(
+pub fn certified_ak<'r>(
     chain_pem: &[String],
-    roots: &[Certificate],
+    roots: &'r [Certificate],
     now: SystemTime,
-) -> Result<(CertKey, String), QuoteError> {
+) -> Result<(CertKey, Certificate, &'r Certificate), QuoteError> {
     let bad = |reason: String| QuoteError::AkNotCertified { reason };
     let mut certs = Vec::new();
     for pem in chain_pem.iter().take(4) {
@@ -480,35 +599,115 @@ pub fn certified_ak(
     let (ak, intermediates) = certs
         .split_first()
         .ok_or_else(|| bad("no AK certificate".into()))?;
-    let eku: Option<x509_cert::ext::pkix::ExtendedKeyUsage> = ak
-        .standard_extension()
-        .map_err(|e| bad(format!("unparseable extended key usage: {e}")))?;
-    if !eku.is_some_and(|e| e.0.contains(&TCG_KP_AIK_CERTIFICATE)) {
+    if !has_purpose(ak, &TCG_KP_AIK_CERTIFICATE).map_err(&bad)? {
         return Err(bad(
             "the certificate is not an attestation key certificate (no tcg-kp-AIKCertificate EKU)"
                 .into(),
         ));
     }
-    let path = chain::validate(ak, intermediates, roots, now)
-        .map_err(|e| bad(format!("{}: {e}", e.code())))?;
-    // chain::validate dates the root only; the AK and anything between are dated here.
+    let root = issued_directly_by_a_root(ak, intermediates, roots, now).map_err(bad)?;
+    let key = CertKey::of(ak).map_err(|e| bad(format!("AK key: {e}")))?;
+    Ok((key, ak.clone(), root))
+}
+
+/// The TLS server certificate of the session (DER) must be a TLS server certificate
+/// (serverAuth), valid now, issued directly by `ak_root`, the trusted root that certified the
+/// AK: `seb init` has the root issue it, and a certificate from anyone else (an intermediate,
+/// another root) does not speak for the broker.
+pub fn certified_tls(
+    der: &[u8],
+    roots: &[Certificate],
+    ak_root: &Certificate,
+    now: SystemTime,
+) -> Result<Certificate, QuoteError> {
+    let bad = |reason: String| QuoteError::TlsNotCertified { reason };
+    let tls = Certificate::parse(der).map_err(|e| bad(format!("unparseable: {e}")))?;
+    if !has_purpose(&tls, &SERVER_AUTH).map_err(&bad)? {
+        return Err(bad(format!(
+            "{:?} is not a TLS server certificate (no serverAuth EKU)",
+            tls.subject_string()
+        )));
+    }
+    let root = issued_directly_by_a_root(&tls, &[], roots, now).map_err(bad)?;
+    if root != ak_root {
+        return Err(bad(format!(
+            "{:?} is issued by the root {:?}, the attestation key by {:?}",
+            tls.subject_string(),
+            root.subject_string(),
+            ak_root.subject_string()
+        )));
+    }
+    Ok(tls)
+}
+
+/// Whether `cert`'s extended key usage names `purpose`.
+fn has_purpose(cert: &Certificate, purpose: &der::asn1::ObjectIdentifier) -> Result<bool, String> {
+    let eku: Option<x509_cert::ext::pkix::ExtendedKeyUsage> = cert
+        .standard_extension()
+        .map_err(|e| format!("unparseable extended key usage: {e}"))?;
+    Ok(eku.is_some_and(|e| e.0.contains(purpose)))
+}
+
+/// Validates `leaf`'s path with [`chain::validate`], dates every certificate on it, and requires
+/// a root to have issued `leaf` directly; returns that root.
+fn issued_directly_by_a_root<'r>(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    roots: &'r [Certificate],
+    now: SystemTime,
+) -> Result<&'r Certificate, String> {
+    let path = chain::validate(leaf, intermediates, roots, now)
+        .map_err(|e| format!("{}: {e}", e.code()))?;
+    // chain::validate dates the root only; the leaf and anything between are dated here.
     for cert in path.path() {
         if now < cert.not_before() || now > cert.not_after() {
-            return Err(bad(format!(
+            return Err(format!(
                 "{:?} is not valid at this time",
                 cert.subject_string()
-            )));
+            ));
         }
     }
     if let Some(issuer) = path.intermediates().first() {
-        return Err(bad(format!(
+        return Err(format!(
             "{:?} is certified by {:?}, not directly by a trusted root",
-            ak.subject_string(),
+            leaf.subject_string(),
             issuer.subject_string()
-        )));
+        ));
     }
-    let key = CertKey::of(ak).map_err(|e| bad(format!("AK key: {e}")))?;
-    Ok((key, ak.subject_string()))
+    let root = path.root();
+    roots
+        .iter()
+        .find(|r| *r == root)
+        .ok_or_else(|| "the path does not end at a trusted root".to_owned())
+}
+
+/// The broker both certificates name: `CN=<broker_id> attestation key` on the AK certificate
+/// and `CN=<broker_id> broker` on the TLS certificate, as `seb attest enroll` and `seb init`
+/// issue them. A quote made by one broker's TPM and served over another broker's TLS session
+/// is refused even when both are certified by the same root.
+fn same_broker(ak: &Certificate, tls: &Certificate) -> Result<String, QuoteError> {
+    let ak_broker = broker_of(ak, AK_CN_SUFFIX);
+    let tls_broker = broker_of(tls, TLS_CN_SUFFIX);
+    match (ak_broker, tls_broker) {
+        (Some(a), Some(t)) if a == t => Ok(a),
+        (a, t) => Err(QuoteError::BrokerMismatch {
+            ak_broker: a.unwrap_or_else(|| ak.subject_string()),
+            tls_broker: t.unwrap_or_else(|| tls.subject_string()),
+        }),
+    }
+}
+
+/// The broker id in a service certificate's single common name `<broker_id><suffix>`.
+fn broker_of(cert: &Certificate, suffix: &str) -> Option<String> {
+    let common_name = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let mut names = cert.tbs.subject.iter().filter(|a| a.oid == common_name);
+    let name = names.next()?;
+    if names.next().is_some() {
+        return None;
+    }
+    let value = x509_cert::ext::pkix::name::DirectoryString::try_from(&name.value).ok()?;
+    let id = value.value().strip_suffix(suffix)?.to_owned();
+    (!id.trim().is_empty()).then_some(id)
 }
 
 /// Decodes the served PCR values and checks their length.

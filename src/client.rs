@@ -120,6 +120,7 @@ pub async fn connect_tls(
 pub struct Client {
     sender: SendRequest<Full<Bytes>>,
     authority: String,
+    server_certificate: Vec<u8>,
 }
 
 /// A response: status and parsed JSON (or the raw text as a JSON string).
@@ -137,13 +138,36 @@ impl Client {
     /// Connects and completes the TLS handshake.
     pub async fn connect(url: &str, tls: &ClientTls) -> Result<Self, ClientError> {
         let (stream, authority) = connect_tls(url, tls).await?;
+        let server_certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .ok_or_else(|| {
+                ClientError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the broker presented no TLS certificate",
+                ))
+            })?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(ClientError::Http)?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Self { sender, authority })
+        Ok(Self {
+            sender,
+            authority,
+            server_certificate,
+        })
+    }
+
+    /// The DER TLS server certificate this connection's handshake received (and rustls checked
+    /// against the pinned root): what attestation evidence served on it must be bound to
+    /// (`seb::attest::qualifying_data`).
+    pub fn server_certificate(&self) -> &[u8] {
+        &self.server_certificate
     }
 
     /// Sends a request with an optional body; returns status and body.

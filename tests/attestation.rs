@@ -57,25 +57,44 @@ fn request(s: &Setup) -> ApiResponse {
     )
 }
 
-fn evidence(s: &Setup, nonce: &[u8]) -> Evidence {
-    let r = call(
-        s,
-        &s.executor,
-        "GET",
-        &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
-        None,
-    );
+/// Evidence for `nonce` fetched from `url` (the broker, or something in front of it), with the
+/// TLS server certificate of the session it came over.
+fn evidence_at(s: &Setup, url: &str, nonce: &[u8]) -> (Evidence, Vec<u8>) {
+    let tls = s.hsm.tls(&s.executor, false);
+    let (r, certificate) = runtime().block_on(async {
+        let mut client = Client::connect(url, &tls).await.unwrap();
+        let r = client
+            .send(
+                "GET",
+                &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
+                None,
+            )
+            .await
+            .unwrap();
+        (r, client.server_certificate().to_vec())
+    });
     assert_eq!(r.status, 200, "{}", r.text);
-    serde_json::from_str(&r.text).unwrap()
+    (serde_json::from_str(&r.text).unwrap(), certificate)
 }
 
-fn check(s: &Setup, e: &Evidence, nonce: &[u8]) -> Result<attest::VerifiedQuote, QuoteError> {
+fn evidence(s: &Setup, nonce: &[u8]) -> (Evidence, Vec<u8>) {
+    evidence_at(s, &s.broker.url, nonce)
+}
+
+/// Verifies `e` as a relying party whose TLS session had the server certificate `session`.
+fn check(
+    s: &Setup,
+    e: &Evidence,
+    nonce: &[u8],
+    session: &[u8],
+) -> Result<attest::VerifiedQuote, QuoteError> {
     let roots = vec![Certificate::parse(&std::fs::read(s.hsm.trust("root.pem")).unwrap()).unwrap()];
     let policy = AttestPolicy::load(&s.hsm.path("attest-policy.toml")).unwrap();
     attest::verify_evidence(
         e,
         &QuoteCheck {
             nonce,
+            tls_certificate: session,
             roots: &roots,
             policy: &policy,
             now: SystemTime::now(),
@@ -84,11 +103,16 @@ fn check(s: &Setup, e: &Evidence, nonce: &[u8]) -> Result<attest::VerifiedQuote,
 }
 
 fn attest_verify(s: &Setup) -> std::process::Output {
+    attest_verify_at(s, &s.broker.url)
+}
+
+/// `seb attest verify` against `url` (the broker, or something in front of it).
+fn attest_verify_at(s: &Setup, url: &str) -> std::process::Output {
     s.hsm.seb(&[
         "attest",
         "verify",
         "--broker",
-        &s.broker.url,
+        url,
         "--trust",
         s.hsm.trust("root.pem").to_str().unwrap(),
         "--policy",
@@ -98,6 +122,101 @@ fn attest_verify(s: &Setup) -> std::process::Output {
         "--key",
         s.executor.key.to_str().unwrap(),
     ])
+}
+
+/// A TLS relay in front of the broker: it holds a genuine TLS server certificate from the
+/// broker's root, with the broker's own subject and names (another broker of the same root, or
+/// anyone who obtained such a certificate), forwards each request's path to the broker over its
+/// own mutual-TLS connection and serves the broker's answer as its own.
+struct Relay {
+    url: String,
+    /// The relay's TLS server certificate (DER).
+    certificate: Vec<u8>,
+}
+
+impl Relay {
+    fn start(s: &Setup) -> Self {
+        use p384::elliptic_curve::Generate;
+        use p384::pkcs8::EncodePrivateKey;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // Its certificate, issued by the root key in the token.
+        std::env::set_var("SOFTHSM2_CONF", s.hsm.softhsm_conf());
+        let backend = s.hsm.backend(1);
+        let signer = seb::backend::P384Signer::new(&backend, "seb-root").unwrap();
+        let root = Certificate::parse(&std::fs::read(s.hsm.trust("root.pem")).unwrap()).unwrap();
+        let broker_tls =
+            Certificate::parse(&std::fs::read(s.hsm.trust("tls.pem")).unwrap()).unwrap();
+        let key = p384::ecdsa::SigningKey::try_generate().unwrap();
+        let cert = seb::ca::issue_service(
+            &signer,
+            &root,
+            spki::SubjectPublicKeyInfoOwned::from_key(key.verifying_key()).unwrap(),
+            &broker_tls.tbs.subject,
+            seb::ca::CertKind::TlsServer {
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+            },
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let certificate = cert.to_der_bytes().unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(certificate.clone())],
+            PrivateKeyDer::Pkcs8(key.to_pkcs8_der().unwrap().as_bytes().to_vec().into()),
+        )
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let upstream = s.broker.url.clone();
+        let upstream_tls = s.hsm.tls(&s.executor, false);
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                // Bounded: a few connections, then the relay stops by itself.
+                for _ in 0..8 {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        continue;
+                    };
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut client = Client::connect(&upstream, &upstream_tls).await.unwrap();
+                    let r = client.send("GET", &path, None).await.unwrap();
+                    let answer = format!(
+                        "HTTP/1.1 {} relayed\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                        r.status,
+                        r.text.len(),
+                        r.text
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        });
+        Self { url, certificate }
+    }
 }
 
 /// Polls `f` until it returns true (the self-check runs every 5 s).
@@ -337,15 +456,51 @@ fn a_replaced_broker_cannot_reset_the_broker_image_pcr() {
 }
 
 #[test]
+fn evidence_relayed_over_another_tls_certificate_is_refused() {
+    // Evidence is bound to the TLS session that served it: the quote's qualifying data is
+    // SHA-256(nonce ‖ SHA-256(the broker's TLS certificate)). A relay with a certificate of the
+    // same root and the broker's own name passes the handshake, fetches fresh evidence for the
+    // verifier's nonce from the real broker and serves it as its own: refused.
+    let s = setup(false);
+    common::assert_success(&attest_verify(&s), "seb attest verify at the broker");
+    let relay = Relay::start(&s);
+    let out = attest_verify_at(&s, &relay.url);
+    common::assert_clean_failure(&out, "tls_binding_mismatch");
+
+    // The same in the library: evidence fetched through the relay, checked against the
+    // certificate of the session it came over (the relay's), is refused with a stable code;
+    // fetched from the broker, it verifies.
+    let nonce = b"relying-party-nonce-3";
+    let (relayed, session) = evidence_at(&s, &relay.url, nonce);
+    assert_eq!(session, relay.certificate);
+    let err = check(&s, &relayed, nonce, &session).unwrap_err();
+    assert_eq!(err.code(), "tls_binding_mismatch", "{err}");
+    let (direct, session) = evidence(&s, nonce);
+    check(&s, &direct, nonce, &session).unwrap();
+    // Replayed to a verifier as if it had come from the relay's certificate: refused.
+    let err = check(&s, &direct, nonce, &relay.certificate).unwrap_err();
+    assert_eq!(err.code(), "tls_binding_mismatch", "{err}");
+}
+
+#[test]
 fn forged_replayed_and_foreign_evidence_is_rejected() {
     let s = setup(false);
     let nonce = b"relying-party-nonce-1";
-    let good = evidence(&s, nonce);
-    check(&s, &good, nonce).unwrap();
+    let (good, tls) = evidence(&s, nonce);
+    assert_eq!(
+        std::fs::read(s.hsm.trust("tls.pem")).unwrap(),
+        Certificate::parse(&tls)
+            .unwrap()
+            .to_pem_string()
+            .unwrap()
+            .into_bytes(),
+        "the session's certificate is the broker's"
+    );
+    assert_eq!(check(&s, &good, nonce, &tls).unwrap().broker_id, "seb-dev");
 
     // Replayed quote: fresh nonce, old evidence.
     assert_eq!(
-        check(&s, &good, b"relying-party-nonce-2").unwrap_err(),
+        check(&s, &good, b"relying-party-nonce-2", &tls).unwrap_err(),
         QuoteError::NonceMismatch
     );
     // Tampered quote body.
@@ -354,12 +509,15 @@ fn forged_replayed_and_foreign_evidence_is_rejected() {
     let n = q.len();
     q[n - 1] ^= 0x01;
     e.quote = seb::base64url::encode(&q);
-    assert_eq!(check(&s, &e, nonce).unwrap_err(), QuoteError::BadSignature);
+    assert_eq!(
+        check(&s, &e, nonce, &tls).unwrap_err(),
+        QuoteError::BadSignature
+    );
     // Event log that does not replay.
     let mut e = good.clone();
     e.event_log.events.retain(|ev| ev.pcr != 4);
     assert!(matches!(
-        check(&s, &e, nonce).unwrap_err(),
+        check(&s, &e, nonce, &tls).unwrap_err(),
         QuoteError::EventLogMismatch { pcr: 4, .. }
     ));
     // Bad nonces are refused before the TPM is asked.
@@ -377,16 +535,25 @@ fn forged_replayed_and_foreign_evidence_is_rejected() {
 
     // Another broker with its own TPM and root.
     let other = setup(false);
-    let foreign = evidence(&other, nonce);
+    let (foreign, foreign_tls) = evidence(&other, nonce);
     // Its AK is not certified by our root.
     assert!(matches!(
-        check(&s, &foreign, nonce).unwrap_err(),
+        check(&s, &foreign, nonce, &foreign_tls).unwrap_err(),
         QuoteError::AkNotCertified { .. }
     ));
-    // Its TPM's quote presented under our AK certificate: signed by another key.
+    // Its TPM's quote presented under our AK certificate, over our session: signed by another
+    // key.
     let mut e = foreign.clone();
     e.ak_chain = good.ak_chain.clone();
-    assert_eq!(check(&s, &e, nonce).unwrap_err(), QuoteError::BadSignature);
+    assert_eq!(
+        check(&s, &e, nonce, &tls).unwrap_err(),
+        QuoteError::BadSignature
+    );
+    // ... or over its own session: its TLS certificate is not from our root.
+    assert_eq!(
+        check(&s, &e, nonce, &foreign_tls).unwrap_err().code(),
+        "tls_not_certified"
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! The broker's own attestation: serving evidence for a caller's nonce, and the periodic
 //! self-check that gates issuance (ARCHITECTURE.md §3, §8).
 //!
-//! The self-check quotes with a fresh random nonce and runs the same [`super::verify_evidence`]
-//! that relying parties run (signature, AK chain to our root, PCR digest, event-log replay,
-//! policy). Issuance is allowed only while the latest check passed and is younger than the
+//! Every quote is bound to the broker's own TLS server certificate ([`super::qualifying_data`]),
+//! so evidence proves which TLS endpoint it came from. The self-check quotes with a fresh random
+//! nonce and runs the same [`super::verify_evidence`] that relying parties run, with its own TLS
+//! certificate as the session's (signature, AK chain to our root, binding, same broker, PCR
+//! digest, event-log replay, policy). Issuance is allowed only while the latest check passed and is younger than the
 //! policy's `max_age` (or three check intervals when the policy sets none). A TPM error is a
 //! failed check: fail closed.
 
@@ -15,10 +17,11 @@ use sha2::{Digest, Sha256};
 
 use super::tpm::TpmAttestor;
 use super::{
-    verify_evidence, AttestError, AttestPolicy, Attestor, EventLog, Evidence, QuoteCheck,
-    SelfCheckReport,
+    qualifying_data, verify_evidence, AttestError, AttestPolicy, Attestor, EventLog, Evidence,
+    QuoteCheck, SelfCheckReport, MAX_NONCE, MIN_NONCE,
 };
 use crate::base64url;
+use crate::ca::trust_dir::read_certificate;
 use crate::cert::Certificate;
 use crate::config::Config;
 use crate::store::Store;
@@ -33,6 +36,7 @@ pub struct AttestationState {
     roots: Vec<Certificate>,
     ak_chain: Vec<String>,
     ek_certificate: Option<String>,
+    tls_certificate: Vec<u8>,
     event_log: PathBuf,
     interval: Duration,
     status: Mutex<Status>,
@@ -68,6 +72,9 @@ pub struct AttestationSetup {
     pub ak_chain: Vec<String>,
     /// PEM EK certificate, if the TPM has one.
     pub ek_certificate: Option<String>,
+    /// The DER TLS server certificate the broker serves: every quote is bound to it
+    /// ([`super::qualifying_data`]), the self-check's included.
+    pub tls_certificate: Vec<u8>,
     /// Event log file (seb JSON form).
     pub event_log: PathBuf,
     /// Self-check period.
@@ -83,6 +90,7 @@ impl AttestationState {
             roots: setup.roots,
             ak_chain: setup.ak_chain,
             ek_certificate: setup.ek_certificate,
+            tls_certificate: setup.tls_certificate,
             event_log: setup.event_log,
             interval: setup.interval,
             status: Mutex::new(Status::default()),
@@ -91,8 +99,9 @@ impl AttestationState {
     }
 
     /// The broker's attestation state from its configuration (`[attestation]`: the TPM, the
-    /// attestation key blob, the policy, `trust/ak.pem` and `trust/ek.pem`), or `None` when
-    /// the broker does not attest.
+    /// attestation key blob, the policy, `trust/ak.pem`, `trust/ek.pem` and the TLS server
+    /// certificate `trust/tls.pem` its quotes are bound to), or `None` when the broker does not
+    /// attest.
     pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, AttestError> {
         let Some(settings) = &config.attestation else {
             return Ok(None);
@@ -121,12 +130,18 @@ impl AttestationState {
         let ak_pem = std::fs::read_to_string(trust.ak_path())
             .map_err(|e| file("AK certificate", &trust.ak_path(), &e))?;
         let ek_certificate = std::fs::read_to_string(trust.ek_path()).ok();
+        // Encoded exactly as the TLS server sends it (`server::tls::broker_server_config`).
+        let tls_certificate = read_certificate(&trust.tls_path())
+            .map_err(|e| file("TLS certificate", &trust.tls_path(), &e))?
+            .to_der_bytes()
+            .map_err(|e| file("TLS certificate", &trust.tls_path(), &e))?;
         Ok(Some(Arc::new(Self::new(AttestationSetup {
             attestor,
             policy,
             roots: vec![root],
             ak_chain: vec![ak_pem],
             ek_certificate,
+            tls_certificate,
             event_log: settings.event_log.clone(),
             interval: settings.interval,
         }))))
@@ -176,7 +191,8 @@ impl AttestationState {
         self.interval
     }
 
-    /// A fresh quote over the policy's PCRs for `nonce`, with everything needed to verify it.
+    /// A fresh quote over the policy's PCRs for `nonce`, bound to the broker's TLS certificate
+    /// ([`super::qualifying_data`]), with everything needed to verify it.
     ///
     /// For callers (`GET /v1/attestation`): the quote waits its turn on the TPM behind the
     /// self-check, at most [`CALLER_WAIT`], and is refused as [`AttestError::Busy`] after that.
@@ -187,12 +203,18 @@ impl AttestationState {
     }
 
     fn quote_evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
+        if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
+            return Err(AttestError::Nonce(nonce.len()));
+        }
         let log = self.read_event_log()?;
-        let raw = self
-            .attestor
-            .quote(nonce, self.policy.bank, &self.policy.pcrs)?;
+        let raw = self.attestor.quote(
+            &qualifying_data(nonce, &self.tls_certificate),
+            self.policy.bank,
+            &self.policy.pcrs,
+        )?;
         Ok(Evidence {
             nonce: hex::encode(nonce),
+            tls_certificate_sha256: hex::encode(Sha256::digest(&self.tls_certificate)),
             quote: base64url::encode(&raw.attest),
             signature: base64url::encode(&raw.signature),
             pcr_bank: self.policy.bank,
@@ -247,6 +269,7 @@ impl AttestationState {
         })?;
         let check = QuoteCheck {
             nonce: &nonce,
+            tls_certificate: &self.tls_certificate,
             roots: &self.roots,
             policy: &self.policy,
             now,

@@ -15,6 +15,8 @@ struct Fixture {
     root: Ca,
     ak: p384::ecdsa::SigningKey,
     ak_pem: String,
+    /// The broker's TLS server certificate (DER), which its quotes are bound to.
+    tls: Vec<u8>,
     log: EventLog,
     pcrs: BTreeMap<u8, Vec<u8>>,
     policy: AttestPolicy,
@@ -46,10 +48,29 @@ fn ak_cert(root: &Ca, ak: &p384::ecdsa::SigningKey, kind: CertKind) -> String {
     .unwrap()
 }
 
+/// A TLS server certificate for `subject` issued by `issuer`, DER.
+fn tls_cert(issuer: &Ca, subject: &str) -> Vec<u8> {
+    ca::issue_service(
+        &issuer.key,
+        &issuer.cert,
+        crate::testkit::spki(&crate::testkit::key()),
+        &ca::parse_subject(subject).unwrap(),
+        CertKind::TlsServer {
+            names: vec!["localhost".into()],
+        },
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap()
+    .to_der_bytes()
+    .unwrap()
+}
+
 fn fixture() -> Fixture {
     let root = Ca::root("seb root");
     let ak = crate::testkit::key();
     let ak_pem = ak_cert(&root, &ak, CertKind::AttestationKey);
+    let tls = tls_cert(&root, "CN=b1 broker,O=seb");
     let log = EventLog {
         bank: PcrBank::Sha256,
         events: vec![
@@ -68,6 +89,7 @@ fn fixture() -> Fixture {
         root,
         ak,
         ak_pem,
+        tls,
         log,
         pcrs,
         policy,
@@ -75,11 +97,17 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A quote for `nonce`, bound to the broker's TLS certificate as a broker binds it.
     fn info(&self, nonce: &[u8]) -> QuoteInfo {
+        self.info_bound(nonce, &self.tls)
+    }
+
+    /// A quote for `nonce` bound to the TLS certificate `tls` (DER).
+    fn info_bound(&self, nonce: &[u8], tls: &[u8]) -> QuoteInfo {
         let concatenated: Vec<u8> = self.pcrs.values().flatten().copied().collect();
         QuoteInfo {
             qualified_signer: vec![0, 0x0b, 1, 2, 3],
-            extra_data: nonce.to_vec(),
+            extra_data: qualifying_data(nonce, tls),
             clock: 1000,
             reset_count: 1,
             restart_count: 0,
@@ -90,7 +118,18 @@ impl Fixture {
         }
     }
 
+    /// Evidence for `info` signed by `key`, claiming the broker's TLS certificate.
     fn evidence_for(&self, info: &QuoteInfo, key: &p384::ecdsa::SigningKey) -> Evidence {
+        self.evidence_claiming(info, key, &self.tls)
+    }
+
+    /// Evidence for `info` signed by `key` whose `tls_certificate_sha256` names `tls`.
+    fn evidence_claiming(
+        &self,
+        info: &QuoteInfo,
+        key: &p384::ecdsa::SigningKey,
+        tls: &[u8],
+    ) -> Evidence {
         let attest = encode_quote(info);
         let sig: p384::ecdsa::Signature = key.sign_prehash(&Sha384::digest(&attest)).unwrap();
         let (r, s) = sig.split_bytes();
@@ -100,7 +139,8 @@ impl Fixture {
             s: s.to_vec(),
         });
         Evidence {
-            nonce: hex::encode(&info.extra_data),
+            nonce: hex::encode(NONCE),
+            tls_certificate_sha256: hex::encode(Sha256::digest(tls)),
             quote: crate::base64url::encode(&attest),
             signature: crate::base64url::encode(&signature),
             pcr_bank: PcrBank::Sha256,
@@ -116,11 +156,18 @@ impl Fixture {
         self.evidence_for(&self.info(NONCE), &self.ak)
     }
 
+    /// Verifies `e` as evidence that came over a TLS session with the broker's certificate.
     fn verify(&self, e: &Evidence) -> Result<VerifiedQuote, QuoteError> {
+        self.verify_over(e, &self.tls)
+    }
+
+    /// Verifies `e` as evidence that came over a TLS session with the certificate `session`.
+    fn verify_over(&self, e: &Evidence, session: &[u8]) -> Result<VerifiedQuote, QuoteError> {
         verify_evidence(
             e,
             &QuoteCheck {
                 nonce: NONCE,
+                tls_certificate: session,
                 roots: std::slice::from_ref(&self.root.cert),
                 policy: &self.policy,
                 now: now(),
@@ -134,7 +181,8 @@ fn good_quote_verifies() {
     let f = fixture();
     let v = f.verify(&f.good()).unwrap();
     assert_eq!(v.pcrs, f.pcrs);
-    assert_eq!(v.info.extra_data, NONCE);
+    assert_eq!(v.info.extra_data, qualifying_data(NONCE, &f.tls));
+    assert_eq!(v.broker_id, "b1");
 }
 
 #[test]
@@ -291,6 +339,7 @@ fn verify_against(
         e,
         &QuoteCheck {
             nonce: NONCE,
+            tls_certificate: &f.tls,
             roots,
             policy: &f.policy,
             now: now(),
@@ -470,4 +519,158 @@ fn verification_refuses_a_policy_with_a_resettable_pcr_built_in_code() {
     let err = f.verify(&f.evidence_for(&info, &f.ak)).unwrap_err();
     assert_eq!(err.code(), "resettable_pcr", "{err}");
     assert!(err.to_string().contains("PCR 23 "), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Binding to the broker whose TLS session served the evidence (issue 11, item 4).
+
+#[test]
+fn qualifying_data_is_sha256_of_the_nonce_and_the_tls_certificate_digest() {
+    // Known answer, computed independently: python3 -c "import hashlib; print(hashlib.sha256(
+    // b'0123456789abcdef' + hashlib.sha256(b'certificate').digest()).hexdigest())"
+    assert_eq!(
+        hex::encode(qualifying_data(b"0123456789abcdef", b"certificate")),
+        "e50a6ed5ef16eb4c880ef534d4999e64d77a42837f3e84a3d748dfd67b3fd088"
+    );
+}
+
+#[test]
+fn evidence_relayed_over_another_tls_certificate_of_the_same_root_is_refused() {
+    // A relay holds a genuine TLS certificate from the same root, even with the broker's own
+    // name, asks the broker for evidence with the verifier's nonce and serves it as its own.
+    let f = fixture();
+    let relay = tls_cert(&f.root, "CN=b1 broker,O=seb");
+    let relayed = f.good();
+    let err = f.verify_over(&relayed, &relay).unwrap_err();
+    assert_eq!(err.code(), "tls_binding_mismatch", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&hex::encode(Sha256::digest(&f.tls))),
+        "{err}"
+    );
+    // Claiming the relay's certificate in the evidence changes nothing: the signed quote is
+    // bound to the broker's.
+    let claiming = f.evidence_claiming(&f.info(NONCE), &f.ak, &relay);
+    assert_eq!(
+        f.verify_over(&claiming, &relay).unwrap_err(),
+        QuoteError::NonceMismatch
+    );
+    // Control: the same evidence over the broker's own session.
+    f.verify_over(&relayed, &f.tls).unwrap();
+}
+
+#[test]
+fn a_quote_by_one_brokers_tpm_served_over_another_brokers_tls_is_refused() {
+    // Broker b2, certified by the same root, with its own TPM: whoever controls its TPM can
+    // quote with any qualifying data, including one bound to b1's TLS certificate.
+    let f = fixture();
+    let b2_ak = crate::testkit::key();
+    let b2_ak_pem = ca::issue_service(
+        &f.root.key,
+        &f.root.cert,
+        crate::testkit::spki(&b2_ak),
+        &ca::parse_subject("CN=b2 attestation key,O=seb").unwrap(),
+        CertKind::AttestationKey,
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap()
+    .to_pem_string()
+    .unwrap();
+    let mut e = f.evidence_for(&f.info(NONCE), &b2_ak);
+    e.ak_chain = vec![b2_ak_pem.clone()];
+    let err = f.verify(&e).unwrap_err();
+    assert_eq!(
+        err,
+        QuoteError::BrokerMismatch {
+            ak_broker: "b2".into(),
+            tls_broker: "b1".into()
+        }
+    );
+    assert_eq!(err.code(), "broker_mismatch");
+
+    // Control: b2's own evidence over b2's own TLS session verifies, and names b2.
+    let b2_tls = tls_cert(&f.root, "CN=b2 broker,O=seb");
+    let mut e = f.evidence_claiming(&f.info_bound(NONCE, &b2_tls), &b2_ak, &b2_tls);
+    e.ak_chain = vec![b2_ak_pem];
+    assert_eq!(f.verify_over(&e, &b2_tls).unwrap().broker_id, "b2");
+
+    // A TLS certificate whose name is not `<broker> broker` names no broker.
+    let odd = tls_cert(&f.root, "CN=b1,O=seb");
+    let e = f.evidence_claiming(&f.info_bound(NONCE, &odd), &f.ak, &odd);
+    assert_eq!(
+        f.verify_over(&e, &odd).unwrap_err().code(),
+        "broker_mismatch"
+    );
+}
+
+#[test]
+fn the_session_certificate_must_be_a_tls_certificate_issued_directly_by_the_aks_root() {
+    let f = fixture();
+    // Each bad certificate gets evidence really bound to it, so only this check refuses.
+    let refused = |session: &[u8], roots: &[Certificate]| -> String {
+        let e = f.evidence_claiming(&f.info_bound(NONCE, session), &f.ak, session);
+        let r = verify_evidence(
+            &e,
+            &QuoteCheck {
+                nonce: NONCE,
+                tls_certificate: session,
+                roots,
+                policy: &f.policy,
+                now: now(),
+            },
+        );
+        match r {
+            Err(QuoteError::TlsNotCertified { reason }) => reason,
+            other => panic!("expected tls_not_certified, got {other:?}"),
+        }
+    };
+    let ours = std::slice::from_ref(&f.root.cert);
+
+    // Issued by an intermediate of our root (which may issue agents, not broker certificates).
+    let ops = f.root.intermediate("ops", None, None).unwrap();
+    let from_ops = tls_cert(&ops, "CN=b1 broker,O=seb");
+    let reason = refused(&from_ops, ours);
+    assert!(reason.contains("CN=ops"), "{reason}");
+
+    // Issued by another root, trusted as well, than the one that certified the AK.
+    let other = Ca::root("other root");
+    let from_other = tls_cert(&other, "CN=b1 broker,O=seb");
+    let both = [f.root.cert.clone(), other.cert.clone()];
+    let reason = refused(&from_other, &both);
+    assert!(reason.contains("other root"), "{reason}");
+    // ... or by a root we do not trust at all.
+    let reason = refused(&from_other, ours);
+    assert!(!reason.is_empty());
+
+    // A client certificate of our root is no TLS server certificate.
+    let agent = f
+        .root
+        .agent("b1 broker", &crate::testkit::grant("x.y", "a/b", "60s"))
+        .unwrap()
+        .to_der_bytes()
+        .unwrap();
+    let reason = refused(&agent, ours);
+    assert!(reason.contains("serverAuth"), "{reason}");
+
+    // Expired or not yet valid.
+    let tls = Certificate::parse(&f.tls).unwrap();
+    let day = Duration::from_secs(86_400);
+    for (from, to) in [
+        (now() - 10 * day, now() - day),
+        (now() + day, now() + 10 * day),
+    ] {
+        let dated = crate::testkit::with_validity(&tls, from, to, &f.root.key)
+            .to_der_bytes()
+            .unwrap();
+        let reason = refused(&dated, ours);
+        assert!(reason.contains("not valid"), "{reason}");
+    }
+
+    // Not a certificate.
+    let reason = refused(b"not a certificate", ours);
+    assert!(reason.contains("unparseable"), "{reason}");
+
+    // Control.
+    f.verify(&f.good()).unwrap();
 }

@@ -146,12 +146,17 @@ pub fn create_ak(tpm: &Tpm, path: &Path) -> Result<PublicKey, AttestError> {
 }
 
 impl Attestor for TpmAttestor {
-    fn quote(&self, nonce: &[u8], bank: PcrBank, pcrs: &[u8]) -> Result<RawQuote, AttestError> {
-        if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
-            return Err(AttestError::Nonce(nonce.len()));
+    fn quote(
+        &self,
+        qualifying_data: &[u8],
+        bank: PcrBank,
+        pcrs: &[u8],
+    ) -> Result<RawQuote, AttestError> {
+        if !(MIN_NONCE..=MAX_NONCE).contains(&qualifying_data.len()) {
+            return Err(AttestError::Nonce(qualifying_data.len()));
         }
         let selection = selection(bank, pcrs)?;
-        let nonce = Data::try_from(nonce.to_vec()).map_err(|e| AttestError::Tpm {
+        let nonce = Data::try_from(qualifying_data.to_vec()).map_err(|e| AttestError::Tpm {
             operation: "quote",
             source: Box::new(e),
         })?;

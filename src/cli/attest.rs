@@ -14,6 +14,7 @@ use seb::cert::Certificate;
 use seb::client::{Client, ClientTls};
 use seb::config::{AttestationConfig, Config};
 use seb::tpm::Tpm;
+use sha2::Digest as _;
 use spki::SubjectPublicKeyInfoOwned;
 
 use super::{open_backend, read_file, write_file, CliError, CliResult};
@@ -27,7 +28,8 @@ pub enum AttestCommand {
     /// Record this host's current PCR values and event log as the reference policy.
     Record(RecordArgs),
     /// Verify a broker's attestation: fresh nonce, quote signature, AK chain to the root,
-    /// event-log replay, policy (needs no --config).
+    /// binding to this TLS session's certificate and broker, event-log replay, policy (needs no
+    /// --config).
     Verify(VerifyArgs),
     /// Measure quote latency (PCR read + quote + consistency check) and the full self-check
     /// (quote + verification against the policy) on this TPM.
@@ -223,15 +225,17 @@ fn verify(args: VerifyArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(async {
+    // The evidence must be bound to the TLS certificate of the session it comes over.
+    let (response, tls_certificate) = runtime.block_on(async {
         let mut client = Client::connect(&args.broker, &tls).await?;
-        client
+        let response = client
             .send(
                 "GET",
                 &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
                 None,
             )
-            .await
+            .await?;
+        Ok::<_, seb::client::ClientError>((response, client.server_certificate().to_vec()))
     })?;
     if response.status != 200 {
         return Err(format!("the broker answered {}: {}", response.status, response.text).into());
@@ -243,13 +247,18 @@ fn verify(args: VerifyArgs) -> CliResult {
         .map_err(|e| format!("the broker's evidence is malformed: {e}"))?;
     let check = QuoteCheck {
         nonce: &nonce,
+        tls_certificate: &tls_certificate,
         roots: &roots,
         policy: &policy,
         now: SystemTime::now(),
     };
     match attest::verify_evidence(&evidence, &check) {
         Ok(v) => {
-            say!("attestation OK: {}", v.ak_subject);
+            say!("attestation OK: broker {} ({})", v.broker_id, v.ak_subject);
+            say!(
+                "  quote bound to this TLS session's certificate (SHA-256 {})",
+                hex::encode(sha2::Sha256::digest(&tls_certificate))
+            );
             say!(
                 "  PCRs {:?} ({}) match the policy; event log replays ({} events)",
                 v.pcrs.keys().collect::<Vec<_>>(),
