@@ -22,6 +22,10 @@
 #                       else `seb` on PATH; looked for before anything is started)
 #   [attestation] in DIR/seb.toml (self-check every 5 s); --backend tpm also keeps the
 #   broker's keys in that TPM instead of SoftHSM2. DIR/stop.sh sends TPM2_Shutdown first.
+#   Run again after DIR/stop.sh, it starts the swtpm on its state with TPM2_Startup(CLEAR), which
+#   resets every PCR (a reboot, as far as the TPM can tell), and measures the boot again. The
+#   broker image is measured into PCR 10 (firmware-config/README.md): never 16-23, which
+#   software can reset.
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
 set -euo pipefail
 
