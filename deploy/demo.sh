@@ -89,7 +89,7 @@ echo "(exit status $?: denied)"
 set -e
 
 if grep -q '^\[attestation\]' "$CFG"; then
-  echo "== a relying party checks the broker's boot state (TPM quote, AK chain, event log, policy)"
+  echo "== a relying party checks the broker's boot state (TPM quote bound to this TLS session, AK chain, event log, policy)"
   "$SEB" attest verify --broker "$URL" --trust state/trust/root.pem --policy attest-policy.toml \
     --cert executor.pem --key executor.key
 fi
