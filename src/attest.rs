@@ -303,7 +303,7 @@ pub enum QuoteError {
     NonceMismatch,
     /// The quote is bound to the verifier's nonce but to another TLS server certificate than the
     /// one of the session that served it: evidence relayed by someone else.
-    #[error("the quote is bound to the TLS certificate with SHA-256 {bound}, but it came over a TLS session with the certificate {session} (relayed evidence)")]
+    #[error("the quote is bound to the TLS certificate with SHA-256 {bound}, but it came over a TLS session with the certificate {session} (relayed evidence, or the broker's TLS certificate changed after this connection was opened)")]
     TlsBindingMismatch {
         /// Hex SHA-256 of the certificate the quote is bound to.
         bound: String,

@@ -10,7 +10,7 @@
 //! failed check: fail closed.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -36,7 +36,9 @@ pub struct AttestationState {
     roots: Vec<Certificate>,
     ak_chain: Vec<String>,
     ek_certificate: Option<String>,
-    tls_certificate: Vec<u8>,
+    /// The TLS server certificate (DER) the broker serves now; `seb rotate tls` changes it
+    /// while the broker runs ([`AttestationState::serve_tls_certificate`]).
+    tls_certificate: RwLock<Arc<Vec<u8>>>,
     event_log: PathBuf,
     interval: Duration,
     status: Mutex<Status>,
@@ -90,7 +92,7 @@ impl AttestationState {
             roots: setup.roots,
             ak_chain: setup.ak_chain,
             ek_certificate: setup.ek_certificate,
-            tls_certificate: setup.tls_certificate,
+            tls_certificate: RwLock::new(Arc::new(setup.tls_certificate)),
             event_log: setup.event_log,
             interval: setup.interval,
             status: Mutex::new(Status::default()),
@@ -191,6 +193,32 @@ impl AttestationState {
         self.interval
     }
 
+    /// Binds the quotes from now on to `der`, the TLS server certificate the broker has just
+    /// started serving (after `seb rotate tls`; `seb serve` calls this when its TLS layer
+    /// switches). A relying party whose connection was opened before the switch sees the old
+    /// certificate and gets `tls_binding_mismatch` until it reconnects: fail closed.
+    pub fn serve_tls_certificate(&self, der: Vec<u8>) {
+        let mut current = self
+            .tls_certificate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **current != der {
+            tracing::info!(
+                sha256 = %hex::encode(Sha256::digest(&der)),
+                "quotes are bound to the new TLS certificate"
+            );
+            *current = Arc::new(der);
+        }
+    }
+
+    /// The TLS server certificate (DER) quotes are bound to now.
+    pub fn tls_certificate(&self) -> Arc<Vec<u8>> {
+        self.tls_certificate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// A fresh quote over the policy's PCRs for `nonce`, bound to the broker's TLS certificate
     /// ([`super::qualifying_data`]), with everything needed to verify it.
     ///
@@ -199,22 +227,27 @@ impl AttestationState {
     /// Callers can therefore never delay the self-check past its age limit and stop issuance.
     pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
         let _turn = self.turns.caller(CALLER_WAIT).ok_or(AttestError::Busy)?;
-        self.quote_evidence(nonce)
+        self.quote_evidence(nonce, &self.tls_certificate())
     }
 
-    fn quote_evidence(&self, nonce: &[u8]) -> Result<Evidence, AttestError> {
+    /// A quote for `nonce` bound to `tls_certificate` (DER).
+    fn quote_evidence(
+        &self,
+        nonce: &[u8],
+        tls_certificate: &[u8],
+    ) -> Result<Evidence, AttestError> {
         if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
             return Err(AttestError::Nonce(nonce.len()));
         }
         let log = self.read_event_log()?;
         let raw = self.attestor.quote(
-            &qualifying_data(nonce, &self.tls_certificate),
+            &qualifying_data(nonce, tls_certificate),
             self.policy.bank,
             &self.policy.pcrs,
         )?;
         Ok(Evidence {
             nonce: hex::encode(nonce),
-            tls_certificate_sha256: hex::encode(Sha256::digest(&self.tls_certificate)),
+            tls_certificate_sha256: hex::encode(Sha256::digest(tls_certificate)),
             quote: base64url::encode(&raw.attest),
             signature: base64url::encode(&raw.signature),
             pcr_bank: self.policy.bank,
@@ -257,9 +290,11 @@ impl AttestationState {
     fn check_once(&self, now: SystemTime) -> Result<Vec<u8>, String> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+        // One certificate for the quote and its check, even if a rotation lands in between.
+        let tls_certificate = self.tls_certificate();
         let evidence = {
             let _turn = self.turns.self_check();
-            self.quote_evidence(&nonce)
+            self.quote_evidence(&nonce, &tls_certificate)
         }
         .map_err(|e| {
             // The operator's log gets the whole chain (TPM response codes); clients only the
@@ -269,7 +304,7 @@ impl AttestationState {
         })?;
         let check = QuoteCheck {
             nonce: &nonce,
-            tls_certificate: &self.tls_certificate,
+            tls_certificate: &tls_certificate,
             roots: &self.roots,
             policy: &self.policy,
             now,

@@ -21,6 +21,10 @@ pub fn serve(config: &Config) -> CliResult {
     let broker = Arc::new(broker);
     let (tls, tls_cert) =
         server::tls::broker_server_config_reloading(backend, config, config.server.tls_resumption)?;
+    if let Some(attestation) = broker.attestation() {
+        // Quotes are bound to exactly the certificate the TLS layer serves.
+        attestation.serve_tls_certificate(tls_cert.certificate_der());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
@@ -67,8 +71,17 @@ async fn watch_state_dir(
             if let Err(e) = broker.reload() {
                 tracing::warn!(error = %e, "state directory changed but does not check out; keeping the current keys");
             }
-            if let Err(e) = tls.reload(&config) {
-                tracing::warn!(error = %e, "TLS material changed but does not check out; keeping the current certificate");
+            match tls.reload(&config) {
+                // Quotes are bound to the certificate served (docs/ATTESTATION.md §5.1).
+                Ok(true) => {
+                    if let Some(attestation) = broker.attestation() {
+                        attestation.serve_tls_certificate(tls.certificate_der());
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS material changed but does not check out; keeping the current certificate");
+                }
             }
         })
         .await;

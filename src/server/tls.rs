@@ -105,6 +105,15 @@ pub struct TlsCertificate {
 }
 
 impl TlsCertificate {
+    /// The certificate (DER) served to new handshakes.
+    pub fn certificate_der(&self) -> Vec<u8> {
+        self.label_and_cert
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
     /// Re-reads the current TLS generation; switches when it changed and checks out (the
     /// certificate matches the key in the device). Returns whether it switched.
     pub fn reload(&self, config: &Config) -> Result<bool, String> {
