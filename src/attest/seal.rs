@@ -53,7 +53,7 @@ pub enum SealError {
          update), re-seal from a known-good state with `seb seal-pin`"
     )]
     BootStateChanged {
-        /// The sealed selection, e.g. `0,1,2,23`.
+        /// The sealed selection, e.g. `0,1,2,10`.
         selection: String,
         /// The bank.
         bank: PcrBank,

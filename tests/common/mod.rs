@@ -643,7 +643,7 @@ impl Swtpm {
         self.dir.path().join("ek-ca/issuercert.pem")
     }
 
-    /// Runs a tpm2-tools command against this TPM (e.g. `["tpm2_pcrextend", "23:sha256=..."]`).
+    /// Runs a tpm2-tools command against this TPM (e.g. `["tpm2_pcrextend", "10:sha256=..."]`).
     pub fn tool(&self, args: &[&str]) -> Output {
         Command::new(args[0])
             .args(&args[1..])
