@@ -220,27 +220,25 @@ impl Store for SqliteStore {
     }
 
     fn issued_certificates(&self) -> Result<Vec<IssuedCertificate>, StoreError> {
-        let rows: Vec<IssuedRow> = self.read("list issued certificates", |c| {
+        self.read("list issued certificates", |c| {
             let mut stmt = c.prepare(
                 "SELECT serial, subject, role, issuer_label, not_after, pem FROM issued
                  ORDER BY issued_at, rowid",
             )?;
-            let rows = stmt.query_map([], issued_row)?;
+            let rows = stmt.query_map([], issued_certificate)?;
             rows.collect()
-        })?;
-        rows.into_iter().map(issued_from_row).collect()
+        })
     }
 
     fn issued_certificate(&self, serial: &[u8]) -> Result<Option<IssuedCertificate>, StoreError> {
-        let row: Option<IssuedRow> = self.read("look up an issued certificate", |c| {
+        self.read("look up an issued certificate", |c| {
             c.prepare_cached(
                 "SELECT serial, subject, role, issuer_label, not_after, pem FROM issued
                  WHERE serial = ?1",
             )?
-            .query_row([serial], issued_row)
+            .query_row([serial], issued_certificate)
             .optional()
-        })?;
-        row.map(issued_from_row).transpose()
+        })
     }
 
     fn revoke(
@@ -568,33 +566,22 @@ fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()>
     .map(|_| ())
 }
 
-/// Unix seconds as SQLite's signed integer.
-/// An `issued` row as read: serial, subject, role, issuer label, notAfter, PEM.
-type IssuedRow = (Vec<u8>, String, String, String, i64, String);
-
-fn issued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-fn issued_from_row(row: IssuedRow) -> Result<IssuedCertificate, StoreError> {
-    let (serial, subject, role, issuer_label, not_after, pem) = row;
+/// An `issued` row (serial, subject, role, issuer label, notAfter, PEM) as read.
+fn issued_certificate(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCertificate> {
+    let not_after: i64 = r.get(4)?;
     Ok(IssuedCertificate {
-        serial,
-        subject,
-        role,
-        issuer_label,
-        not_after: from_unix(not_after)?,
-        pem,
+        serial: r.get(0)?,
+        subject: r.get(1)?,
+        role: r.get(2)?,
+        issuer_label: r.get(3)?,
+        not_after: from_unix(not_after).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Integer, e.into())
+        })?,
+        pem: r.get(5)?,
     })
 }
 
+/// Unix seconds as SQLite's signed integer.
 fn unix(t: SystemTime) -> i64 {
     i64::try_from(crate::time::unix(t)).unwrap_or(i64::MAX)
 }
