@@ -29,6 +29,7 @@ pub mod config;
 pub mod duration;
 pub mod files;
 pub mod grants;
+pub mod json;
 #[cfg(feature = "broker")]
 pub mod server;
 pub mod store;

@@ -30,7 +30,6 @@ use tracing::Instrument;
 use crate::broker::{Broker, BrokerError, ExecutionRequest, Peer};
 
 pub mod error;
-pub mod json;
 pub mod ratelimit;
 pub mod tls;
 
@@ -337,7 +336,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             HttpError::UnreadableBody
         }
     })?;
-    let value = json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    let value = crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
     Ok(serde_json::from_value(value).map_err(|e| HttpError::InvalidBody(e.to_string()))?)
 }
 

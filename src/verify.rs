@@ -150,7 +150,7 @@ pub struct Expectations {
     /// The resource about to be acted on, if given.
     pub resource: Option<String>,
     /// The parameters about to be used, if given (compared by JCS SHA-384 digest).
-    pub params: Option<serde_json::Value>,
+    pub params: Option<Params>,
     /// The certificate of the agent presenting the token, if given (compared by SHA-256
     /// thumbprint with `cnf.x5t#S256`).
     pub agent_certificate: Option<Certificate>,
@@ -180,6 +180,45 @@ impl Expectations {
             max_lifetime: self.max_lifetime,
             min_epoch: self.min_epoch,
         }
+    }
+}
+
+/// The parameters an executor is about to use, parsed from the very text it will act on with
+/// the broker's strict parser ([`crate::json::parse_strict`]: duplicate keys, nesting, numbers),
+/// so that the digest compared with the token's `params_digest` is the digest of one meaning.
+///
+/// There is deliberately no constructor from a `serde_json::Value`: by the time a document is a
+/// `Value`, a lenient parser may already have chosen one of two duplicate keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    value: serde_json::Value,
+    digest: String,
+}
+
+impl Params {
+    /// Parses `text` strictly; it must be a JSON object with a canonical form (RFC 8785).
+    pub fn parse(text: &[u8]) -> Result<Self, VerifyError> {
+        let invalid = |reason: String| VerifyError::InvalidParams { reason };
+        let value = crate::json::parse_strict(text).map_err(|e| invalid(e.to_string()))?;
+        if !value.is_object() {
+            return Err(invalid("the parameters must be a JSON object".into()));
+        }
+        let digest =
+            crate::canonical::params_digest(&value).map_err(|e| invalid(e.to_string()))?;
+        Ok(Params {
+            value,
+            digest: base64url::encode(&digest),
+        })
+    }
+
+    /// The parsed parameters: what the executor should act on, since this is what was checked.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.value
+    }
+
+    /// base64url SHA-384 of their JCS form, as in the token's `params_digest`.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 }
 
@@ -296,14 +335,9 @@ fn check_expectations(claims: &Claims, expect: &Expectations) -> Result<(), Veri
         }
     }
     if let Some(params) = &expect.params {
-        let digest =
-            crate::canonical::params_digest(params).map_err(|e| VerifyError::InvalidParams {
-                reason: e.to_string(),
-            })?;
-        let expected = base64url::encode(&digest);
-        if expected != detail.params_digest {
+        if params.digest() != detail.params_digest {
             return Err(VerifyError::WrongParams {
-                expected,
+                expected: params.digest().to_owned(),
                 token: detail.params_digest.clone(),
             });
         }

@@ -168,6 +168,14 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
         "wrong_params",
     );
     assert_code(&with(9, "{not json"), "invalid_params");
+    // Duplicate keys: the broker refuses them, and so must the executor's check. Lenient JSON
+    // keeps the last value and verifies, while a first-key-wins executor acts on 1000.
+    assert_code(
+        &with(9, r#"{"replicas":1000,"replicas":3,"strategy":"canary"}"#),
+        "invalid_params",
+    );
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
+    assert_code(&with(9, &deep), "invalid_params");
     assert_code(&with(11, other.to_str().unwrap()), "wrong_certificate");
     assert_code(&with(13, "4"), "stale_epoch");
     assert_code(&with(15, "another-broker"), "wrong_issuer");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use seb::cert::Certificate;
-use seb::verify::{self, Expectations, TrustStore};
+use seb::verify::{self, Expectations, Params, TrustStore};
 
 use super::{read_file, CliError, CliResult};
 
@@ -75,8 +75,7 @@ fn verify(args: VerifyArgs) -> CliResult {
     };
     let params = match &args.params {
         Some(text) => Some(
-            serde_json::from_str(text)
-                .map_err(|e| format!("invalid_params: --params is not JSON: {e}"))?,
+            Params::parse(text.as_bytes()).map_err(|e| format!("{}: --params: {e}", e.code()))?,
         ),
         None => None,
     };

@@ -168,8 +168,9 @@ pub enum VerifyError {
         /// The token's params_digest.
         token: String,
     },
-    /// The expected parameters cannot be canonicalised.
-    #[error("the expected parameters cannot be canonicalised: {reason}")]
+    /// The expected parameters are not strict JSON (duplicate keys, depth, numbers), not an
+    /// object, or have no canonical form.
+    #[error("the expected parameters are not acceptable JSON: {reason}")]
     InvalidParams {
         /// Why.
         reason: String,

@@ -176,7 +176,7 @@ impl Fixture {
             issuer: Some("seb-test".into()),
             operation: Some("deploy.rollout".into()),
             resource: Some("prod/payments/api".into()),
-            params: Some(params()),
+            params: Some(as_params(&params())),
             agent_certificate: Some(self.agent.clone()),
             min_epoch: 5,
             ..Expectations::at(now())
@@ -216,6 +216,11 @@ fn params() -> Value {
     json!({"replicas": 3, "image": "registry.internal/payments/api:1.2", "strategy": "canary"})
 }
 
+/// `value` as an executor would pass it: as text, parsed strictly.
+fn as_params(value: &Value) -> Params {
+    Params::parse(value.to_string().as_bytes()).unwrap()
+}
+
 fn code(r: Result<VerifiedToken, VerifyError>) -> &'static str {
     match r {
         Ok(_) => "ok",
@@ -253,12 +258,39 @@ fn parameters_are_compared_by_canonical_digest() {
     let mut expect = f.expect();
     // Same values, other key order and number spelling: JCS gives the same digest.
     expect.params = Some(
-        serde_json::from_str(
-            r#"{"strategy":"canary","image":"registry.internal/payments/api:1.2","replicas":3}"#,
+        Params::parse(
+            br#"{"strategy":"canary","image":"registry.internal/payments/api:1.2","replicas":3.0}"#,
         )
         .unwrap(),
     );
     assert_eq!(code(verify_token(&f.token(), &f.trust, &expect)), "ok");
+}
+
+#[test]
+fn parameters_are_parsed_as_strictly_as_the_broker_parses_them() {
+    // A token for replicas = 3 must not verify against a document a first-key-wins executor
+    // reads as replicas = 1000 (lenient JSON keeps the last duplicate and would match).
+    let refused = [
+        &br#"{"replicas":1000,"replicas":3,"image":"registry.internal/payments/api:1.2","strategy":"canary"}"#[..],
+        br#"{"a":{"b":1,"b":1}}"#,
+        br#"{"replicas": 9007199254740993}"#,
+        br#"{"replicas": 1e400}"#,
+        br#"[1, 2]"#,
+        br#"{"a": 1} trailing"#,
+        b"",
+    ];
+    for text in refused {
+        let err = Params::parse(text).unwrap_err();
+        assert_eq!(err.code(), "invalid_params", "{}", String::from_utf8_lossy(text));
+    }
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
+    assert_eq!(
+        Params::parse(deep.as_bytes()).unwrap_err().code(),
+        "invalid_params"
+    );
+    // What was checked is what the executor gets back to act on.
+    let p = as_params(&params());
+    assert_eq!(p.value(), &params());
 }
 
 #[test]
@@ -873,24 +905,20 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
     );
     assert_eq!(
         check(&|e| {
-            e.params = Some(
-                json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            )
+            e.params = Some(as_params(
+                &json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
+            ))
         }),
         "wrong_params"
     );
     assert_eq!(
         check(&|e| {
-            e.params = Some(
-                json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            )
+            e.params = Some(as_params(
+                &json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
+            ))
         }),
         "wrong_params",
         "a string is not an integer"
-    );
-    assert_eq!(
-        check(&|e| e.params = Some(json!({"replicas": 9007199254740993u64}))),
-        "invalid_params"
     );
     assert_eq!(
         check(&|e| e.issuer = Some("other-broker".into())),

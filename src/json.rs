@@ -1,5 +1,10 @@
-//! Strict JSON for request bodies: duplicate object keys are refused (two parsers must never
-//! disagree about which value was granted), and nesting is bounded.
+//! Strict JSON, for every JSON value whose meaning must not depend on the parser: the broker's
+//! request bodies and the parameters an executor checks a token against. Duplicate object keys
+//! are refused (two parsers must never disagree about which value was granted: serde_json keeps
+//! the last, other parsers the first), nesting is bounded, and numbers must be finite.
+//!
+//! Pure and without I/O, so the offline verifier (`--no-default-features`) uses the same parser
+//! as the broker. It must never accept a document another JSON parser could read differently.
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
