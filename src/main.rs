@@ -67,7 +67,8 @@ enum Command {
     Rotate(cli::rotate::RotateArgs),
     /// Seal the HSM user PIN in the [attestation] TPM to the current boot state (PCRs).
     SealPin(cli::seal::SealArgs),
-    /// Verify execution tokens offline (needs no --config).
+    /// Verify execution tokens offline (needs no --config). Exit status: 0 verified, 1
+    /// refused or error, 2 usage, 3 signature only (--signature-only: nothing else checked).
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
     /// Measure the HSM, the CA, the authorization decision and the broker.
@@ -101,7 +102,10 @@ fn main() -> ExitCode {
         Command::Check => cli::with_config(args.config.as_deref(), cli::check::run),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
-        Command::Token(t) => cli::token::run(t),
+        Command::Token(t) => match cli::token::run(t) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Bench(b) => bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),

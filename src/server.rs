@@ -336,7 +336,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             HttpError::UnreadableBody
         }
     })?;
-    let value = crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    let value =
+        crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
     Ok(serde_json::from_value(value).map_err(|e| HttpError::InvalidBody(e.to_string()))?)
 }
 

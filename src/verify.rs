@@ -4,8 +4,11 @@
 //! [`verify_token`] checks a compact JWS token against a [`TrustStore`] (the PEM bundle the
 //! broker publishes at `GET /v1/trust`): the signing certificate, found by `kid`, must chain to
 //! a root in the bundle; the signature, header, lifetime, policy epoch and the single
-//! authorization detail must check out; and whatever the caller expects (operation, resource,
-//! parameters, the presenting agent's certificate) must match exactly.
+//! authorization detail must check out; and the action the executor is about to perform
+//! (operation, resource, parameters) and the agent binding must match exactly. The only way to
+//! build [`Expectations`] names the action and the binding; checking a token's signature alone
+//! takes the separate, explicit [`verify_signature_only`], whose result is not a
+//! [`VerifiedToken`].
 //!
 //! This module is pure: no I/O, no clock (the caller passes `now`), no device, no async
 //! runtime. It compiles with `--no-default-features`, so an executor links nothing else. It
@@ -132,54 +135,112 @@ impl TrustStore {
     }
 }
 
-/// What the caller requires of a token beyond its own validity.
-#[derive(Clone, Debug)]
-pub struct Expectations {
-    /// The time to verify at (the caller's clock; nothing here reads one).
-    pub now: SystemTime,
-    /// Clock skew tolerated on `nbf` and `iat`.
-    pub leeway: Duration,
-    /// Longest `exp - nbf` accepted.
-    pub max_lifetime: Duration,
-    /// Tokens of an older policy epoch are refused.
-    pub min_epoch: u64,
-    /// The broker id the token must name in `iss`, if given.
-    pub issuer: Option<String>,
-    /// The operation about to be performed, if given.
-    pub operation: Option<String>,
-    /// The resource about to be acted on, if given.
-    pub resource: Option<String>,
-    /// The parameters about to be used, if given (compared by JCS SHA-384 digest).
-    pub params: Option<Params>,
-    /// The certificate of the agent presenting the token, if given (compared by SHA-256
-    /// thumbprint with `cnf.x5t#S256`).
-    pub agent_certificate: Option<Certificate>,
+/// What the executor is about to do. A token verifies only if it authorizes exactly this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action {
+    operation: String,
+    resource: String,
+    params: Params,
 }
 
-impl Expectations {
-    /// No expectations beyond validity at `now`, with the default leeway and lifetime cap and
-    /// minimum epoch 0.
-    pub fn at(now: SystemTime) -> Self {
-        Expectations {
-            now,
-            leeway: CLOCK_SKEW,
-            max_lifetime: DEFAULT_MAX_LIFETIME,
-            min_epoch: 0,
-            issuer: None,
-            operation: None,
-            resource: None,
-            params: None,
-            agent_certificate: None,
+impl Action {
+    /// The operation and resource about to be acted on, compared exactly with the token's (no
+    /// normalisation, no wildcards), and the parameters about to be used.
+    pub fn new(operation: impl Into<String>, resource: impl Into<String>, params: Params) -> Self {
+        Action {
+            operation: operation.into(),
+            resource: resource.into(),
+            params,
         }
     }
 
-    fn rules(&self) -> TokenRules {
-        TokenRules {
-            now: self.now,
-            leeway: self.leeway,
-            max_lifetime: self.max_lifetime,
-            min_epoch: self.min_epoch,
+    /// The operation.
+    pub fn operation(&self) -> &str {
+        &self.operation
+    }
+
+    /// The resource.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+/// Whether the token's `cnf.x5t#S256` binding to an agent certificate is checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Binding {
+    /// The agent presented this certificate to the executor (for example over mutual TLS):
+    /// the token must be bound to it (compared by SHA-256 thumbprint).
+    Agent(Box<Certificate>),
+    /// No agent presented a certificate to this executor (the token came through a queue or a
+    /// scheduler), so there is nothing to compare `cnf` with. Chosen explicitly, never by
+    /// default; single use still comes from redemption at the broker.
+    NotPresented,
+}
+
+impl Binding {
+    /// The token must be bound to `certificate`, which the agent presented.
+    pub fn agent(certificate: Certificate) -> Self {
+        Binding::Agent(Box::new(certificate))
+    }
+}
+
+/// What an executor requires of a token before it acts: the action it is about to perform and
+/// the agent binding are required by the only constructor, so a verifier that checks nothing
+/// cannot be built by accident. For a token's own validity alone (audits, inspection) there is
+/// [`verify_signature_only`], whose result is of another type.
+#[derive(Clone, Debug)]
+pub struct Expectations {
+    rules: TokenRules,
+    issuer: Option<String>,
+    action: Action,
+    binding: Binding,
+}
+
+impl Expectations {
+    /// The token must authorize `action`, be bound as `binding` says, and be valid at `now`
+    /// with the default leeway ([`CLOCK_SKEW`]), lifetime cap ([`DEFAULT_MAX_LIFETIME`]) and
+    /// minimum epoch 0.
+    pub fn new(now: SystemTime, action: Action, binding: Binding) -> Self {
+        Expectations {
+            rules: TokenRules::at(now),
+            issuer: None,
+            action,
+            binding,
         }
+    }
+
+    /// The broker id the token must name in `iss`.
+    pub fn issuer(mut self, broker_id: impl Into<String>) -> Self {
+        self.issuer = Some(broker_id.into());
+        self
+    }
+
+    /// Refuse tokens of a policy epoch below `min_epoch`.
+    pub fn min_epoch(mut self, min_epoch: u64) -> Self {
+        self.rules.min_epoch = min_epoch;
+        self
+    }
+
+    /// Clock skew tolerated on `nbf` and `iat` (default [`CLOCK_SKEW`]).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.rules.leeway = leeway;
+        self
+    }
+
+    /// Longest `exp - nbf` accepted (default [`DEFAULT_MAX_LIFETIME`]).
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.rules.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// The action the token must authorize.
+    pub fn action(&self) -> &Action {
+        &self.action
     }
 }
 
@@ -203,8 +264,7 @@ impl Params {
         if !value.is_object() {
             return Err(invalid("the parameters must be a JSON object".into()));
         }
-        let digest =
-            crate::canonical::params_digest(&value).map_err(|e| invalid(e.to_string()))?;
+        let digest = crate::canonical::params_digest(&value).map_err(|e| invalid(e.to_string()))?;
         Ok(Params {
             value,
             digest: base64url::encode(&digest),
@@ -222,12 +282,26 @@ impl Params {
     }
 }
 
-/// A token that passed every check.
+/// A token that passed every check, the action and the binding included.
 #[derive(Clone, Debug)]
 pub struct VerifiedToken {
     /// The protected header.
     pub header: Header,
     /// The claims.
+    pub claims: Claims,
+    /// The certificate whose key signed the token.
+    pub signer: Certificate,
+}
+
+/// A token whose signature, header, signing certificate, lifetime and epoch verified, and of
+/// which nothing else was checked: not the operation, resource, parameters or agent binding.
+/// Not a reason to act; its own type so that it cannot be passed where a [`VerifiedToken`] is
+/// wanted.
+#[derive(Clone, Debug)]
+pub struct SignatureOnly {
+    /// The protected header.
+    pub header: Header,
+    /// The claims, unchecked against any action.
     pub claims: Claims,
     /// The certificate whose key signed the token.
     pub signer: Certificate,
@@ -240,7 +314,9 @@ pub struct VerifiedToken {
 /// The signer is the certificate whose thumbprint is the header's `kid`. It must chain to a
 /// bundle root ([`chain::validate`]), every certificate on its path must be valid at `now`,
 /// and it must be a token signing certificate (not a CA, digitalSignature, no EKU, no seb
-/// extensions). Each expectation that is given is compared exactly.
+/// extensions). Then the operation, resource and parameters must be exactly the expected
+/// action's, the binding checked unless [`Binding::NotPresented`], and the issuer, if given,
+/// the expected broker id.
 pub fn verify_token(
     token: &str,
     trust: &TrustStore,
@@ -250,11 +326,33 @@ pub fn verify_token(
         header,
         claims,
         signer,
-    } = decode_verified(token, &expect.rules(), |header| {
-        trusted_signer(trust, &header.kid, expect.now)
+    } = decode_verified(token, &expect.rules, |header| {
+        trusted_signer(trust, &header.kid, expect.rules.now)
     })?;
     check_expectations(&claims, expect)?;
     Ok(VerifiedToken {
+        header,
+        claims,
+        signer: signer.clone(),
+    })
+}
+
+/// Verifies only what a token says about itself (everything [`verify_token`] checks before
+/// the expectations), for audits and inspection. The result says nothing about whether the
+/// token authorizes any particular action: never act on it.
+pub fn verify_signature_only(
+    token: &str,
+    trust: &TrustStore,
+    rules: &TokenRules,
+) -> Result<SignatureOnly, VerifyError> {
+    let Decoded {
+        header,
+        claims,
+        signer,
+    } = decode_verified(token, rules, |header| {
+        trusted_signer(trust, &header.kid, rules.now)
+    })?;
+    Ok(SignatureOnly {
         header,
         claims,
         signer: signer.clone(),
@@ -318,31 +416,26 @@ fn check_expectations(claims: &Claims, expect: &Expectations) -> Result<(), Veri
             });
         }
     }
-    if let Some(expected) = &expect.operation {
-        if *expected != detail.operation {
-            return Err(VerifyError::WrongOperation {
-                expected: expected.clone(),
-                token: detail.operation.clone(),
-            });
-        }
+    let action = &expect.action;
+    if action.operation != detail.operation {
+        return Err(VerifyError::WrongOperation {
+            expected: action.operation.clone(),
+            token: detail.operation.clone(),
+        });
     }
-    if let Some(expected) = &expect.resource {
-        if *expected != detail.resource {
-            return Err(VerifyError::WrongResource {
-                expected: expected.clone(),
-                token: detail.resource.clone(),
-            });
-        }
+    if action.resource != detail.resource {
+        return Err(VerifyError::WrongResource {
+            expected: action.resource.clone(),
+            token: detail.resource.clone(),
+        });
     }
-    if let Some(params) = &expect.params {
-        if params.digest() != detail.params_digest {
-            return Err(VerifyError::WrongParams {
-                expected: params.digest().to_owned(),
-                token: detail.params_digest.clone(),
-            });
-        }
+    if action.params.digest() != detail.params_digest {
+        return Err(VerifyError::WrongParams {
+            expected: action.params.digest().to_owned(),
+            token: detail.params_digest.clone(),
+        });
     }
-    if let Some(agent) = &expect.agent_certificate {
+    if let Binding::Agent(agent) = &expect.binding {
         let thumbprint = agent
             .thumbprint_sha256()
             .map_err(|e| VerifyError::InvalidClaims {

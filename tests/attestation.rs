@@ -632,6 +632,14 @@ fn broker_with_keys_in_the_tpm_issues_attested_tokens() {
         trust.to_str().unwrap(),
         "--token",
         token_file.to_str().unwrap(),
+        "--operation",
+        "deploy.rollout",
+        "--resource",
+        "prod/payments/api",
+        "--params",
+        "{}",
+        "--cert",
+        s.agent.cert.to_str().unwrap(),
     ]);
     common::assert_success(&out, "seb token verify");
 }

@@ -1000,7 +1000,7 @@ fn seb_request_and_token_verify_work_against_the_running_broker() {
         common::seb(&args, dir)
     };
     let agent_cert = s.agent.cert.to_str().unwrap();
-    let ok = verify(&[
+    let full = [
         "--operation",
         "deploy.rollout",
         "--resource",
@@ -1009,28 +1009,26 @@ fn seb_request_and_token_verify_work_against_the_running_broker() {
         params,
         "--cert",
         agent_cert,
-    ]);
+    ];
+    let ok = verify(&full);
     assert_eq!(
         ok.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    for (extra, code) in [
-        (vec!["--operation", "deploy.rollback"], "wrong_operation"),
-        (vec!["--resource", "prod/payments/web"], "wrong_resource"),
+    for (index, value, code) in [
+        (1, "deploy.rollback", "wrong_operation"),
+        (3, "prod/payments/web", "wrong_resource"),
         (
-            vec![
-                "--params",
-                r#"{"replicas":9,"image":"registry.internal/payments/api:1"}"#,
-            ],
+            5,
+            r#"{"replicas":9,"image":"registry.internal/payments/api:1"}"#,
             "wrong_params",
         ),
-        (
-            vec!["--cert", other.cert.to_str().unwrap()],
-            "wrong_certificate",
-        ),
+        (7, other.cert.to_str().unwrap(), "wrong_certificate"),
     ] {
+        let mut extra = full.to_vec();
+        extra[index] = value;
         let out = verify(&extra);
         assert_eq!(out.status.code(), Some(1), "{extra:?}");
         assert!(

@@ -180,6 +180,49 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     assert_code(&with(13, "4"), "stale_epoch");
     assert_code(&with(15, "another-broker"), "wrong_issuer");
 
+    // Checking nothing is not a pass. Without --signature-only, operation, resource and
+    // params are required, and the agent binding is either checked (--cert) or explicitly
+    // skipped (--skip-binding): a usage error (exit 2) otherwise, with nothing on stdout.
+    let usage = |out: &Output, needle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+        assert!(out.stdout.is_empty(), "nothing on stdout on a usage error");
+        assert!(stderr.contains(needle), "expected {needle}:\n{stderr}");
+    };
+    usage(&verify(dir, &full[..4]), "--operation");
+    usage(&verify(dir, &full[..8]), "--params");
+    usage(&verify(dir, &full[..10]), "--cert");
+    let mut skipped = full[..10].to_vec();
+    skipped.push("--skip-binding");
+    common::assert_success(&verify(dir, &skipped), "explicitly unbound");
+    let mut both = full.to_vec();
+    both.push("--skip-binding");
+    usage(&verify(dir, &both), "--skip-binding");
+
+    // Only the signature, on request: exit 3 (not 0, so `verify && act` never acts), and
+    // stdout says what was not checked.
+    let signature_only = verify(
+        dir,
+        &["--trust", trust, "--token", token_file, "--signature-only"],
+    );
+    assert_eq!(
+        signature_only.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&signature_only.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&signature_only.stdout).unwrap();
+    assert_eq!(printed["checked"], "signature_only");
+    assert_eq!(
+        printed["not_checked"],
+        serde_json::json!(["operation", "resource", "params", "agent_binding"])
+    );
+    assert_eq!(printed["claims"], serde_json::to_value(&claims).unwrap());
+    assert!(String::from_utf8_lossy(&signature_only.stderr).contains("signature_only"));
+    let mut mixed = full.to_vec();
+    mixed.push("--signature-only");
+    usage(&verify(dir, &mixed), "--signature-only");
+
     // Time.
     let later = (now + 61).to_string();
     let mut args = full.to_vec();
@@ -189,6 +232,21 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     let mut args = full.to_vec();
     args.extend_from_slice(&["--now", &earlier]);
     assert_code(&verify(dir, &args), "certificate_not_yet_valid");
+
+    // Signature-only still refuses a token that does not verify.
+    let expired_only = verify(
+        dir,
+        &[
+            "--trust",
+            trust,
+            "--token",
+            token_file,
+            "--signature-only",
+            "--now",
+            &later,
+        ],
+    );
+    assert_code(&expired_only, "token_expired");
 
     // The token itself.
     let tampered = hsm.path("tampered.jwt");
@@ -222,7 +280,8 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
 
     // stdin.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["token", "verify", "--trust", trust, "--token", "-"])
+        .args(["token", "verify"])
+        .args(full.iter().map(|a| if *a == token_file { "-" } else { a }))
         .env_remove("SEB_CONFIG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -1,16 +1,21 @@
 //! `seb token verify`: the offline verifier on the command line, for executors and auditors.
 //!
-//! Needs no configuration, no HSM and no network: a trust bundle, a token and, optionally,
-//! what the token must authorize. Prints the verified claims as JSON (exit 0), or
-//! `error: <code>: <message>` (exit 1).
+//! Needs no configuration, no HSM and no network: a trust bundle, a token, and what the token
+//! must authorize (operation, resource, params, and the agent certificate or an explicit
+//! `--skip-binding`). Prints the verified claims as JSON (exit 0), or `error: <code>: <message>`
+//! (exit 1). `--signature-only` checks the token's own validity alone and says so: a JSON
+//! object with `"checked": "signature_only"` on stdout, a warning on stderr, exit 3.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use seb::cert::Certificate;
-use seb::verify::{self, Expectations, Params, TrustStore};
+use seb::verify::{
+    self, Action, Binding, Expectations, Params, TokenRules, TrustStore, VerifyError,
+};
 
-use super::{read_file, CliError, CliResult};
+use super::{read_file, CliError};
 
 /// `seb token ...`
 #[derive(Debug, clap::Subcommand)]
@@ -20,6 +25,10 @@ pub enum TokenCommand {
 }
 
 /// Options of `seb token verify`.
+///
+/// Either the action (`--operation`, `--resource`, `--params`) and the binding (`--cert` or
+/// `--skip-binding`) are all given, or `--signature-only` is: leaving them out is a usage
+/// error, never a check of less.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// PEM bundle to trust (what `GET /v1/trust` serves): its self-signed certificates are the
@@ -30,18 +39,28 @@ pub struct VerifyArgs {
     #[arg(long)]
     token: PathBuf,
     /// The operation about to be performed; must equal the token's.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "signature_only")]
     operation: Option<String>,
     /// The resource about to be acted on; must equal the token's.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "signature_only")]
     resource: Option<String>,
-    /// The parameters about to be used, as JSON; their JCS SHA-384 digest must equal the
-    /// token's params_digest.
-    #[arg(long)]
+    /// The parameters about to be used, as JSON (parsed strictly, as the broker parses them);
+    /// their JCS SHA-384 digest must equal the token's params_digest.
+    #[arg(long, required_unless_present = "signature_only")]
     params: Option<String>,
     /// The certificate (PEM) of the agent presenting the token; the token must be bound to it.
-    #[arg(long)]
+    #[arg(long, required_unless_present_any = ["skip_binding", "signature_only"])]
     cert: Option<PathBuf>,
+    /// No agent presented a certificate to this executor: do not check the token's binding.
+    #[arg(long, conflicts_with = "cert")]
+    skip_binding: bool,
+    /// Check only the token's signature, signing certificate, lifetime and epoch, not the
+    /// action or binding. Exit status 3 on success, so that `verify && act` never acts.
+    #[arg(
+        long,
+        conflicts_with_all = ["operation", "resource", "params", "cert", "skip_binding", "issuer"]
+    )]
+    signature_only: bool,
     /// The broker id the token must name as issuer.
     #[arg(long)]
     issuer: Option<String>,
@@ -53,49 +72,81 @@ pub struct VerifyArgs {
     now: Option<u64>,
 }
 
-/// Dispatches `seb token ...`.
-pub fn run(command: TokenCommand) -> CliResult {
+/// Exit status of `seb token verify --signature-only` when the token's own checks passed:
+/// not 0, because nothing about the action was checked.
+pub const SIGNATURE_ONLY_EXIT: u8 = 3;
+
+/// What `--signature-only` leaves unchecked, as printed.
+const NOT_CHECKED: [&str; 4] = ["operation", "resource", "params", "agent_binding"];
+
+/// Dispatches `seb token ...`; the exit status on success.
+pub fn run(command: TokenCommand) -> Result<ExitCode, CliError> {
     match command {
         TokenCommand::Verify(args) => verify(args),
     }
 }
 
-fn verify(args: VerifyArgs) -> CliResult {
+fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
     let input =
         |what: &str, e: CliError| -> CliError { format!("invalid_input: {what}: {e}").into() };
     let trust = TrustStore::from_pem(&read_file(&args.trust).map_err(|e| input("--trust", e))?)
         .map_err(|e| format!("{}: {e}", e.code()))?;
     let token = read_token(&args.token)?;
-    let agent_certificate = match &args.cert {
-        Some(path) => Some(
-            Certificate::parse(&read_file(path).map_err(|e| input("--cert", e))?)
-                .map_err(|e| input("--cert", e.into()))?,
-        ),
-        None => None,
-    };
-    let params = match &args.params {
-        Some(text) => Some(
-            Params::parse(text.as_bytes()).map_err(|e| format!("{}: --params: {e}", e.code()))?,
-        ),
-        None => None,
-    };
     let now = match args.now {
         Some(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
         None => SystemTime::now(),
     };
-    let expect = Expectations {
-        min_epoch: args.min_epoch,
-        issuer: args.issuer,
-        operation: args.operation,
-        resource: args.resource,
-        params,
-        agent_certificate,
-        ..Expectations::at(now)
+    let refused = |e: VerifyError| -> CliError { format!("{}: {e}", e.code()).into() };
+    let (Some(operation), Some(resource), Some(params)) =
+        (args.operation, args.resource, args.params)
+    else {
+        // clap admits a missing action only with --signature-only.
+        return signature_only(&token, &trust, now, args.min_epoch);
     };
-    let verified =
-        verify::verify_token(&token, &trust, &expect).map_err(|e| format!("{}: {e}", e.code()))?;
+    let params =
+        Params::parse(params.as_bytes()).map_err(|e| format!("{}: --params: {e}", e.code()))?;
+    let binding = match (&args.cert, args.skip_binding) {
+        (Some(path), false) => Binding::agent(
+            Certificate::parse(&read_file(path).map_err(|e| input("--cert", e))?)
+                .map_err(|e| input("--cert", e.into()))?,
+        ),
+        (None, true) => Binding::NotPresented,
+        _ => return Err("invalid_input: give exactly one of --cert and --skip-binding".into()),
+    };
+    let mut expect = Expectations::new(now, Action::new(operation, resource, params), binding)
+        .min_epoch(args.min_epoch);
+    if let Some(issuer) = args.issuer {
+        expect = expect.issuer(issuer);
+    }
+    let verified = verify::verify_token(&token, &trust, &expect).map_err(refused)?;
     say!("{}", serde_json::to_string_pretty(&verified.claims)?);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--signature-only`: the token's own checks, said loudly to be only those.
+fn signature_only(
+    token: &str,
+    trust: &TrustStore,
+    now: SystemTime,
+    min_epoch: u64,
+) -> Result<ExitCode, CliError> {
+    let rules = TokenRules {
+        min_epoch,
+        ..TokenRules::at(now)
+    };
+    let checked = verify::verify_signature_only(token, trust, &rules)
+        .map_err(|e| format!("{}: {e}", e.code()))?;
+    let out = serde_json::json!({
+        "checked": "signature_only",
+        "not_checked": NOT_CHECKED,
+        "claims": checked.claims,
+    });
+    say!("{}", serde_json::to_string_pretty(&out)?);
+    eprintln!(
+        "warning: signature_only: the signature, signing certificate, lifetime and epoch verified; \
+         the operation, resource, params and agent binding were NOT checked (exit {SIGNATURE_ONLY_EXIT}): do not act on this token"
+    );
+    Ok(ExitCode::from(SIGNATURE_ONLY_EXIT))
 }
 
 fn read_token(path: &std::path::Path) -> Result<String, CliError> {

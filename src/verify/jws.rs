@@ -31,6 +31,19 @@ pub struct TokenRules {
     pub min_epoch: u64,
 }
 
+impl TokenRules {
+    /// The rules at `now` with the defaults: leeway [`CLOCK_SKEW`](super::CLOCK_SKEW),
+    /// lifetime cap [`DEFAULT_MAX_LIFETIME`](super::DEFAULT_MAX_LIFETIME), minimum epoch 0.
+    pub fn at(now: SystemTime) -> Self {
+        TokenRules {
+            now,
+            leeway: super::CLOCK_SKEW,
+            max_lifetime: super::DEFAULT_MAX_LIFETIME,
+            min_epoch: 0,
+        }
+    }
+}
+
 /// A token whose signature verified under `signer` and whose claims obey the [`TokenRules`].
 #[derive(Clone, Debug)]
 pub struct Decoded<'c> {

@@ -171,16 +171,14 @@ impl Fixture {
         serde_json::to_value(self.claims()).unwrap()
     }
 
+    fn action(&self) -> Action {
+        Action::new("deploy.rollout", "prod/payments/api", as_params(&params()))
+    }
+
     fn expect(&self) -> Expectations {
-        Expectations {
-            issuer: Some("seb-test".into()),
-            operation: Some("deploy.rollout".into()),
-            resource: Some("prod/payments/api".into()),
-            params: Some(as_params(&params())),
-            agent_certificate: Some(self.agent.clone()),
-            min_epoch: 5,
-            ..Expectations::at(now())
-        }
+        Expectations::new(now(), self.action(), Binding::agent(self.agent.clone()))
+            .issuer("seb-test")
+            .min_epoch(5)
     }
 
     fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
@@ -242,8 +240,40 @@ fn a_good_es384_token_verifies_with_every_expectation() {
     assert_eq!(verified.claims, f.claims());
     assert_eq!(verified.header, f.header());
     assert_eq!(verified.signer, f.token_cert);
-    // And with no expectations at all.
-    verify_token(&f.token(), &f.trust, &Expectations::at(now())).unwrap();
+    // Without an issuer or a minimum epoch, and with the binding explicitly not checked.
+    let unbound = Expectations::new(now(), f.action(), Binding::NotPresented);
+    verify_token(&f.token(), &f.trust, &unbound).unwrap();
+}
+
+#[test]
+fn signature_only_is_an_explicit_call_with_its_own_result() {
+    let f = Fixture::new();
+    let only = verify_signature_only(&f.token(), &f.trust, &TokenRules::at(now())).unwrap();
+    assert_eq!(only.claims, f.claims());
+    assert_eq!(only.signer, f.token_cert);
+    // It checks everything the token says about itself...
+    let mut longer = f.claims();
+    longer.exp += 1;
+    let good = f.token();
+    let other = f.mint(&f.header(), &longer);
+    let forged = format!(
+        "{}.{}",
+        other.rsplit_once('.').unwrap().0,
+        good.rsplit_once('.').unwrap().1
+    );
+    assert!(verify_signature_only(&forged, &f.trust, &TokenRules::at(now())).is_err());
+    assert_eq!(
+        verify_signature_only(&f.token(), &f.trust, &TokenRules::at(at(NOW + 60)))
+            .unwrap_err()
+            .code(),
+        "token_expired"
+    );
+    // ...and nothing about the action: a token for another operation passes it, and only it.
+    let mut claims = f.claims();
+    claims.authorization_details[0].operation = "db.drop".into();
+    let other = f.mint(&f.header(), &claims);
+    assert!(verify_signature_only(&other, &f.trust, &TokenRules::at(now())).is_ok());
+    assert_eq!(f.code(&other), "wrong_operation");
 }
 
 #[test]
@@ -257,12 +287,10 @@ fn parameters_are_compared_by_canonical_digest() {
     let f = Fixture::new();
     let mut expect = f.expect();
     // Same values, other key order and number spelling: JCS gives the same digest.
-    expect.params = Some(
-        Params::parse(
-            br#"{"strategy":"canary","image":"registry.internal/payments/api:1.2","replicas":3.0}"#,
-        )
-        .unwrap(),
-    );
+    expect.action.params = Params::parse(
+        br#"{"strategy":"canary","image":"registry.internal/payments/api:1.2","replicas":3.0}"#,
+    )
+    .unwrap();
     assert_eq!(code(verify_token(&f.token(), &f.trust, &expect)), "ok");
 }
 
@@ -281,7 +309,12 @@ fn parameters_are_parsed_as_strictly_as_the_broker_parses_them() {
     ];
     for text in refused {
         let err = Params::parse(text).unwrap_err();
-        assert_eq!(err.code(), "invalid_params", "{}", String::from_utf8_lossy(text));
+        assert_eq!(
+            err.code(),
+            "invalid_params",
+            "{}",
+            String::from_utf8_lossy(text)
+        );
     }
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
     assert_eq!(
@@ -654,12 +687,12 @@ fn the_token_certificate_must_be_valid_now() {
     let f = Fixture::new();
     let token = f.token();
     let mut expect = f.expect();
-    expect.now = at(NOW + 31 * 86_400);
+    expect.rules.now = at(NOW + 31 * 86_400);
     assert_eq!(
         code(verify_token(&token, &f.trust, &expect)),
         "certificate_expired"
     );
-    expect.now = at(NOW - 3600);
+    expect.rules.now = at(NOW - 3600);
     assert_eq!(
         code(verify_token(&token, &f.trust, &expect)),
         "certificate_not_yet_valid"
@@ -744,7 +777,7 @@ fn lifetime_rules() {
     let token = f.token();
     let with_now = |secs: u64| {
         let mut e = f.expect();
-        e.now = at(secs);
+        e.rules.now = at(secs);
         code(verify_token(&token, &f.trust, &e))
     };
     assert_eq!(with_now(NOW), "ok");
@@ -779,8 +812,7 @@ fn lifetime_rules() {
 #[test]
 fn an_old_epoch_is_refused() {
     let f = Fixture::new();
-    let mut expect = f.expect();
-    expect.min_epoch = 6;
+    let expect = f.expect().min_epoch(6);
     let err = verify_token(&f.token(), &f.trust, &expect).unwrap_err();
     assert_eq!(
         err,
@@ -888,34 +920,34 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
         code(verify_token(&token, &f.trust, &e))
     };
     assert_eq!(
-        check(&|e| e.operation = Some("deploy.rollback".into())),
+        check(&|e| e.action.operation = "deploy.rollback".into()),
         "wrong_operation"
     );
     assert_eq!(
-        check(&|e| e.operation = Some("deploy.*".into())),
+        check(&|e| e.action.operation = "deploy.*".into()),
         "wrong_operation"
     );
     assert_eq!(
-        check(&|e| e.resource = Some("prod/payments/db".into())),
+        check(&|e| e.action.resource = "prod/payments/db".into()),
         "wrong_resource"
     );
     assert_eq!(
-        check(&|e| e.resource = Some("prod/payments/api/".into())),
+        check(&|e| e.action.resource = "prod/payments/api/".into()),
         "wrong_resource"
     );
     assert_eq!(
         check(&|e| {
-            e.params = Some(as_params(
+            e.action.params = as_params(
                 &json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            ))
+            )
         }),
         "wrong_params"
     );
     assert_eq!(
         check(&|e| {
-            e.params = Some(as_params(
+            e.action.params = as_params(
                 &json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            ))
+            )
         }),
         "wrong_params",
         "a string is not an integer"
@@ -928,10 +960,11 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
     let err = verify_token(
         &token,
         &f.trust,
-        &Expectations {
-            operation: Some("db.drop".into()),
-            ..f.expect()
-        },
+        &Expectations::new(
+            now(),
+            Action::new("db.drop", "prod/payments/api", as_params(&params())),
+            Binding::agent(f.agent.clone()),
+        ),
     )
     .unwrap_err();
     assert_eq!(
@@ -946,8 +979,7 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
 #[test]
 fn a_token_presented_with_another_agents_certificate_is_refused() {
     let f = Fixture::new();
-    let mut expect = f.expect();
-    expect.agent_certificate = Some(f.other_agent.clone());
+    let expect = Expectations::new(now(), f.action(), Binding::agent(f.other_agent.clone()));
     let err = verify_token(&f.token(), &f.trust, &expect).unwrap_err();
     assert_eq!(err.code(), "wrong_certificate");
 }
