@@ -102,7 +102,15 @@ impl PublicKey {
     }
 }
 
-/// A signature as a backend returns it, parsed from the device's raw `r‖s`.
+/// A signature as a backend returns it, parsed from the device's raw `r‖s` and normalised to
+/// low-S.
+///
+/// ECDSA is malleable: if `(r, s)` verifies, so does `(r, n − s)`. Devices return either (a
+/// PKCS#11 module or a TPM has no reason to care), so every signature the broker publishes
+/// (tokens, certificates, CRLs) would have two valid spellings. Backends build signatures with
+/// [`Signature::from_raw`], which keeps the low one (`s ≤ n/2`), and the publishing paths
+/// ([`Signature::to_raw`], [`P384Signer`]) normalise again whatever a backend returned, so one
+/// token and one certificate have one encoding, and verifiers may refuse the other.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signature {
     /// ECDSA P-256 signature.
@@ -112,9 +120,32 @@ pub enum Signature {
 }
 
 impl Signature {
-    /// Fixed-size `r‖s`, which is also the JWS ES256/ES384 signature encoding.
-    pub fn to_raw(&self) -> Vec<u8> {
+    /// Parses a device's fixed-size `r‖s` for a key of `algorithm`, as low-S.
+    pub fn from_raw(algorithm: KeyAlgorithm, raw: &[u8]) -> Result<Self, BackendError> {
+        let bad = |_| BackendError::MalformedSignature;
+        let signature = match algorithm {
+            KeyAlgorithm::EcP256 => {
+                Signature::P256(p256::ecdsa::Signature::from_slice(raw).map_err(bad)?)
+            }
+            KeyAlgorithm::EcP384 => {
+                Signature::P384(p384::ecdsa::Signature::from_slice(raw).map_err(bad)?)
+            }
+        };
+        Ok(signature.low_s())
+    }
+
+    /// The same signature with `s` replaced by `n − s` if it is in the upper half.
+    pub fn low_s(&self) -> Self {
         match self {
+            Signature::P256(s) => Signature::P256(s.normalize_s()),
+            Signature::P384(s) => Signature::P384(s.normalize_s()),
+        }
+    }
+
+    /// Fixed-size `r‖s` of the low-S form, which is also the JWS ES256/ES384 signature
+    /// encoding.
+    pub fn to_raw(&self) -> Vec<u8> {
+        match self.low_s() {
             Signature::P256(s) => s.to_bytes().to_vec(),
             Signature::P384(s) => s.to_bytes().to_vec(),
         }
@@ -282,7 +313,8 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
 /// code signs through the device without knowing it is there.
 ///
 /// Every signature is verified against the public key before it is returned, so a faulty device
-/// (or a fault attack on it) cannot make the CA publish a broken or key-leaking signature.
+/// (or a fault attack on it) cannot make the CA publish a broken or key-leaking signature, and
+/// is low-S, so a certificate or CRL has one encoding.
 pub struct P384Signer<'a> {
     backend: &'a dyn KeyBackend,
     label: String,
@@ -309,11 +341,12 @@ impl<'a> P384Signer<'a> {
         &self.label
     }
 
-    /// Hashes `message` with SHA-384, has the device sign it and checks the result.
+    /// Hashes `message` with SHA-384, has the device sign it and checks the result, which is
+    /// low-S whatever the backend returned.
     pub fn sign_message(&self, message: &[u8]) -> Result<p384::ecdsa::Signature, BackendError> {
         use signature::hazmat::PrehashVerifier;
         let digest = Sha384::digest(message);
-        match self.backend.sign_digest(&self.label, &digest)? {
+        match self.backend.sign_digest(&self.label, &digest)?.low_s() {
             Signature::P384(sig) => {
                 self.verifying_key
                     .verify_prehash(&digest, &sig)
@@ -348,5 +381,76 @@ impl signature::Signer<p384::ecdsa::DerSignature> for P384Signer<'_> {
             .sign_message(msg)
             .map_err(signature::Error::from_source)?;
         Ok(sig.to_der())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use signature::hazmat::PrehashSigner;
+
+    use super::*;
+
+    /// A device that always answers with the high-S spelling of its signature.
+    #[derive(Debug)]
+    struct HighSDevice(p384::ecdsa::SigningKey);
+
+    fn high_s(sig: p384::ecdsa::Signature) -> p384::ecdsa::Signature {
+        let low = sig.normalize_s();
+        let (r, s) = low.split_scalars();
+        p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap()
+    }
+
+    impl KeyBackend for HighSDevice {
+        fn generate(&self, _: &str, _: KeyAlgorithm) -> Result<PublicKey, BackendError> {
+            unimplemented!()
+        }
+        fn public_key(&self, _: &str) -> Result<PublicKey, BackendError> {
+            Ok(PublicKey::P384((*self.0.verifying_key()).into()))
+        }
+        fn contains(&self, _: &str) -> Result<bool, BackendError> {
+            Ok(true)
+        }
+        fn sign_digest(&self, _: &str, digest: &[u8]) -> Result<Signature, BackendError> {
+            let sig: p384::ecdsa::Signature = self.0.sign_prehash(digest).unwrap();
+            Ok(Signature::P384(high_s(sig)))
+        }
+        fn protection(&self, _: &str) -> Result<KeyProtection, BackendError> {
+            unimplemented!()
+        }
+        fn ping(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "high-S test device".into()
+        }
+    }
+
+    #[test]
+    fn certificates_crls_and_tokens_get_low_s_whatever_the_device_returns() {
+        use p384::elliptic_curve::Generate;
+        let device = HighSDevice(p384::ecdsa::SigningKey::try_generate().unwrap());
+        // Through the adapter the CA signs certificates and CRLs with.
+        let signer = P384Signer::new(&device, "k").unwrap();
+        for i in 0..8u8 {
+            let sig = signer.sign_message(&[i]).unwrap();
+            assert_eq!(
+                sig.normalize_s(),
+                sig,
+                "the CA would publish a high-S signature"
+            );
+            let der: p384::ecdsa::DerSignature =
+                signature::Signer::try_sign(&signer, &[i]).unwrap();
+            let sig = p384::ecdsa::Signature::from_der(der.as_bytes()).unwrap();
+            assert_eq!(sig.normalize_s(), sig);
+        }
+        // The raw r‖s a token is assembled from.
+        let digest = Sha384::digest(b"token");
+        let raw = device.sign_digest("k", &digest).unwrap().to_raw();
+        let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
+        assert_eq!(
+            sig.normalize_s(),
+            sig,
+            "a token would carry a high-S signature"
+        );
     }
 }

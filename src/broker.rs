@@ -238,9 +238,9 @@ impl Broker {
     /// verified the chain; this rebuilds the verified path so the decision sees exactly the
     /// certificates that vouch for the leaf.
     ///
-    /// Validated paths are cached by the SHA-256 of the presented chain (for
-    /// [`PEER_CACHE_TTL`]): the result depends only on those bytes and the roots, while
-    /// validity and revocation are checked again on every request by the decision.
+    /// Validated paths are cached (for [`PEER_CACHE_TTL`]) in one slot per leaf key, reused
+    /// only for the very same chain bytes: the result depends only on those bytes and the
+    /// roots, while validity and revocation are checked again on every request.
     pub fn peer(&self, presented: &[Vec<u8>], now: SystemTime) -> Result<Arc<Peer>, BrokerError> {
         self.peers.peer(presented, &self.roots, now)
     }

@@ -83,7 +83,8 @@ impl App {
     }
 
     fn check_rate(&self, peer: &Peer) -> Result<(), ApiError> {
-        if self.limiter.allow(&peer.thumbprint, Instant::now()) {
+        // Keyed on the client's key, not its certificate's encoding (see `Peer::key_id`).
+        if self.limiter.allow(&peer.key_id, Instant::now()) {
             Ok(())
         } else {
             self.broker.metrics().record_request("any", "rate_limited");

@@ -1077,6 +1077,29 @@ fn floods_from_one_certificate_are_rate_limited() {
         assert!(codes[3..].contains(&429), "{codes:?}");
         assert!(codes.iter().all(|c| *c == 201 || *c == 429), "{codes:?}");
     });
+    // The same certificate spelt with the other ECDSA signature (r, n − s) is another DER
+    // and thumbprint, but the same client: it shares the bucket rather than get a fresh one.
+    let twin = s.hsm.path("deploy-bot-twin.pem");
+    std::fs::write(
+        &twin,
+        common::other_spelling(&std::fs::read(&s.agent.cert).unwrap()),
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read(&twin).unwrap(),
+        std::fs::read(&s.agent.cert).unwrap()
+    );
+    let twin = Identity {
+        cert: twin,
+        key: s.agent.key.clone(),
+    };
+    let codes: Vec<u16> = (0..3)
+        .map(|_| post(&s, &twin, "/v1/executions", &good_request()).status)
+        .collect();
+    assert!(
+        codes.contains(&429),
+        "a re-encoded certificate got a fresh bucket: {codes:?}"
+    );
     // Another certificate is not affected.
     let r = post(&s, &other, "/v1/executions", &good_request());
     assert_eq!(r.status, 201, "{}", r.text);

@@ -1,5 +1,6 @@
 //! The PKCS#11 backend in-process against a real SoftHSM2 token: key attributes through the
-//! trait, both pool sessions signing at once, and recovery after the login is lost.
+//! trait, both pool sessions signing at once (low-S signatures only), and recovery after the
+//! login is lost.
 //!
 //! One test in this binary: it sets the process's SOFTHSM2_CONF, which must not race with
 //! another test in the same process.
@@ -92,6 +93,12 @@ fn backend_generates_signs_in_parallel_and_recovers() {
                         panic!("P-384 key returned another signature type");
                     };
                     verifying.verify_prehash(&digest, &sig).unwrap();
+                    // One spelling per signature: the device's s, if high, is replaced by n − s.
+                    assert_eq!(
+                        sig.normalize_s(),
+                        sig,
+                        "a high-S signature left the backend"
+                    );
                 }
             })
         })
@@ -102,13 +109,20 @@ fn backend_generates_signs_in_parallel_and_recovers() {
     let PublicKey::P256(public) = p256 else {
         panic!()
     };
-    let digest = Sha256::digest(b"p256");
-    let Signature::P256(sig) = backend.sign_digest("k256", &digest).unwrap() else {
-        panic!()
-    };
-    p256::ecdsa::VerifyingKey::from(public)
-        .verify_prehash(&digest, &sig)
-        .unwrap();
+    for i in 0..64 {
+        let digest = Sha256::digest(format!("p256-{i}"));
+        let Signature::P256(sig) = backend.sign_digest("k256", &digest).unwrap() else {
+            panic!()
+        };
+        p256::ecdsa::VerifyingKey::from(public)
+            .verify_prehash(&digest, &sig)
+            .unwrap();
+        assert_eq!(
+            sig.normalize_s(),
+            sig,
+            "a high-S signature left the backend"
+        );
+    }
 
     // The login disappears behind the backend's back (as after a token reset): the next
     // signature rebuilds the context and succeeds.

@@ -35,9 +35,21 @@ fn p384_key_signs_verifiably_and_is_bound_to_the_tpm() {
     let PublicKey::P384(key) = public else {
         panic!()
     };
-    p384::ecdsa::VerifyingKey::from(key)
-        .verify_prehash(&digest, &sig)
-        .unwrap();
+    let verifying = p384::ecdsa::VerifyingKey::from(key);
+    verifying.verify_prehash(&digest, &sig).unwrap();
+    // The TPM returns either spelling of s; the backend publishes the low one only.
+    for i in 0..32 {
+        let digest = Sha384::digest(format!("low-s {i}"));
+        let Signature::P384(sig) = b.sign_digest("seb-root", &digest).unwrap() else {
+            panic!()
+        };
+        verifying.verify_prehash(&digest, &sig).unwrap();
+        assert_eq!(
+            sig.normalize_s(),
+            sig,
+            "a high-S signature left the backend"
+        );
+    }
     let p = b.protection("seb-root").unwrap();
     assert!(p.is_hardware_bound(), "{p:?}");
     assert!(matches!(

@@ -422,15 +422,7 @@ impl Device {
         match result {
             Ok(raw) => {
                 self.checkin(session);
-                let bad = |_| Failure::Backend(BackendError::MalformedSignature);
-                Ok(match algorithm {
-                    KeyAlgorithm::EcP256 => {
-                        Signature::P256(p256::ecdsa::Signature::from_slice(&raw).map_err(bad)?)
-                    }
-                    KeyAlgorithm::EcP384 => {
-                        Signature::P384(p384::ecdsa::Signature::from_slice(&raw).map_err(bad)?)
-                    }
-                })
+                Signature::from_raw(algorithm, &raw).map_err(Failure::Backend)
             }
             Err(e) => {
                 // A session that failed is not trusted again; it is closed on drop and the

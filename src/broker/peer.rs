@@ -33,8 +33,14 @@ const PEER_CACHE_ENTRIES: usize = 4096;
 pub struct Peer {
     /// The leaf certificate.
     pub leaf: Certificate,
-    /// base64url SHA-256 of the leaf DER (`x5t#S256`).
+    /// base64url SHA-256 of the leaf DER (`x5t#S256`): what tokens are bound to, and so
+    /// specific to the bytes this connection presented.
     pub thumbprint: String,
+    /// base64url SHA-256 of the leaf's SubjectPublicKeyInfo: the client, whatever the encoding
+    /// of its certificate. ECDSA lets anyone respell a certificate's signature as `(r, n − s)`
+    /// (another DER, another thumbprint, still valid); rate limits and the peer cache are keyed
+    /// on this instead, so a respelt certificate is the same client.
+    pub key_id: String,
     /// Leaf subject.
     pub subject: String,
     /// The facts the decision engine needs, or why the chain is unusable.
@@ -71,10 +77,10 @@ impl Peer {
     }
 }
 
-/// A validated peer and when it was validated.
-type Cached = (Instant, Arc<Peer>);
+/// A validated peer, when it was validated, and the SHA-256 of the chain it was validated from.
+type Cached = (Instant, [u8; 32], Arc<Peer>);
 
-/// Validated peers by SHA-256 of the presented chain.
+/// Validated peers, one slot per leaf key (SHA-256 of its SubjectPublicKeyInfo).
 #[derive(Debug, Default)]
 pub(crate) struct PeerCache {
     entries: Mutex<HashMap<[u8; 32], Cached>>,
@@ -84,8 +90,11 @@ impl PeerCache {
     /// The caller's identity from the chain it presented (leaf first), validated against
     /// `roots` or taken from the cache.
     ///
-    /// The result depends only on the presented bytes and the roots, so it is cached by the
-    /// SHA-256 of the chain for [`PEER_CACHE_TTL`]; unusable chains are not cached.
+    /// The result depends only on the presented bytes and the roots. An entry is reused only
+    /// for exactly the same bytes (SHA-256 of the chain) within [`PEER_CACHE_TTL`]; entries are
+    /// slotted by the leaf's key, so other spellings of one certificate (an ECDSA signature
+    /// respelt as `(r, n − s)`) replace each other instead of filling the cache. Unusable
+    /// chains are not cached.
     pub(crate) fn peer(
         &self,
         presented: &[Vec<u8>],
@@ -93,41 +102,59 @@ impl PeerCache {
         now: SystemTime,
     ) -> Result<Arc<Peer>, BrokerError> {
         let mut hasher = Sha256::new();
+        let mut certs = Vec::with_capacity(presented.len().min(MAX_PRESENTED));
         for der in presented.iter().take(MAX_PRESENTED) {
             hasher.update((der.len() as u64).to_be_bytes());
             hasher.update(der);
+            certs.push(
+                Certificate::parse(der).map_err(|e| BrokerError::BadCertificate(e.to_string()))?,
+            );
         }
-        let key: [u8; 32] = hasher.finalize().into();
+        let chain: [u8; 32] = hasher.finalize().into();
+        let leaf = certs
+            .first()
+            .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
+        let slot = key_id(leaf)?;
         if let Ok(cache) = self.entries.lock() {
-            if let Some((made, peer)) = cache.get(&key) {
-                if made.elapsed() < PEER_CACHE_TTL {
+            if let Some((made, bytes, peer)) = cache.get(&slot) {
+                if *bytes == chain && made.elapsed() < PEER_CACHE_TTL {
                     return Ok(peer.clone());
                 }
             }
         }
-        let peer = Arc::new(validate(presented, roots, now)?);
+        let peer = Arc::new(validate(&certs, slot, roots, now)?);
         if peer.chain.is_ok() {
             if let Ok(mut cache) = self.entries.lock() {
-                if cache.len() >= PEER_CACHE_ENTRIES {
+                if cache.len() >= PEER_CACHE_ENTRIES && !cache.contains_key(&slot) {
                     cache.clear();
                 }
-                cache.insert(key, (Instant::now(), peer.clone()));
+                cache.insert(slot, (Instant::now(), chain, peer.clone()));
             }
         }
         Ok(peer)
     }
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
+fn key_id(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
+    let spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+        .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
+    Ok(Sha256::digest(&spki).into())
+}
+
+#[cfg(test)]
+impl PeerCache {
+    fn len(&self) -> usize {
+        self.entries.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
 fn validate(
-    presented: &[Vec<u8>],
+    certs: &[Certificate],
+    key_id: [u8; 32],
     roots: &[Certificate],
     now: SystemTime,
 ) -> Result<Peer, BrokerError> {
-    let mut certs = Vec::with_capacity(presented.len());
-    for der in presented.iter().take(MAX_PRESENTED) {
-        certs
-            .push(Certificate::parse(der).map_err(|e| BrokerError::BadCertificate(e.to_string()))?);
-    }
     let (leaf, rest) = certs
         .split_first()
         .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
@@ -145,6 +172,7 @@ fn validate(
     };
     Ok(Peer {
         thumbprint: base64url::encode(&Sha256::digest(&leaf_der)),
+        key_id: base64url::encode(&key_id),
         subject: leaf.subject_string(),
         leaf: leaf.clone(),
         chain,
@@ -166,5 +194,70 @@ impl RevokedSet {
 impl RevocationView for RevokedSet {
     fn is_revoked(&self, serial: &[u8]) -> bool {
         self.0.iter().any(|s| s == serial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{grant, now, Ca};
+
+    /// `cert` with the other spelling `(r, n − s)` of its issuer's signature.
+    fn twin(cert: &Certificate) -> Certificate {
+        let mut cert = cert.clone();
+        let sig = p384::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
+        let (r, s) = sig.split_scalars();
+        let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+        cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
+        cert
+    }
+
+    #[test]
+    fn a_re_encoded_chain_takes_its_keys_slot_rather_than_a_new_one() {
+        let root = Ca::root("root");
+        let agent = root
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        let twin = twin(&agent);
+        let (a_der, b_der) = (agent.to_der_bytes().unwrap(), twin.to_der_bytes().unwrap());
+        assert_ne!(a_der, b_der);
+        let roots = [root.cert.clone()];
+        let cache = PeerCache::default();
+        let a = cache
+            .peer(std::slice::from_ref(&a_der), &roots, now())
+            .unwrap();
+        let b = cache
+            .peer(std::slice::from_ref(&b_der), &roots, now())
+            .unwrap();
+        assert!(
+            a.chain.is_ok() && b.chain.is_ok(),
+            "both spellings validate"
+        );
+        // Each connection keeps the thumbprint of the bytes it presented (tokens bind to it)...
+        assert_ne!(a.thumbprint, b.thumbprint);
+        // ...but spellings of one certificate cannot fill the cache.
+        assert_eq!(cache.len(), 1);
+        for _ in 0..3 {
+            let again = cache
+                .peer(std::slice::from_ref(&a_der), &roots, now())
+                .unwrap();
+            assert_eq!(
+                again.thumbprint, a.thumbprint,
+                "never another spelling's identity"
+            );
+            let again = cache
+                .peer(std::slice::from_ref(&b_der), &roots, now())
+                .unwrap();
+            assert_eq!(again.thumbprint, b.thumbprint);
+        }
+        assert_eq!(cache.len(), 1);
+        // Another certificate has its own slot.
+        let other = root
+            .agent("other", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        cache
+            .peer(&[other.to_der_bytes().unwrap()], &roots, now())
+            .unwrap();
+        assert_eq!(cache.len(), 2);
     }
 }

@@ -25,7 +25,7 @@ pub(crate) fn public_key_of(
     PublicKey::from_sec1(algorithm, &point)
 }
 
-/// An ECDSA signature from the TPM as a normalized [`Signature`].
+/// An ECDSA signature from the TPM as a normalized [`Signature`] (low-S).
 pub(crate) fn signature_of(
     signature: &tss_esapi::structures::Signature,
     algorithm: KeyAlgorithm,
@@ -39,15 +39,7 @@ pub(crate) fn signature_of(
     raw.extend_from_slice(
         &left_pad(ecc.signature_s().value(), size).map_err(|_| BackendError::MalformedSignature)?,
     );
-    let bad = |_| BackendError::MalformedSignature;
-    Ok(match algorithm {
-        KeyAlgorithm::EcP256 => {
-            Signature::P256(p256::ecdsa::Signature::from_slice(&raw).map_err(bad)?)
-        }
-        KeyAlgorithm::EcP384 => {
-            Signature::P384(p384::ecdsa::Signature::from_slice(&raw).map_err(bad)?)
-        }
-    })
+    Signature::from_raw(algorithm, &raw)
 }
 
 /// Bytes of a coordinate (and of `r` and `s`) on the curve.

@@ -94,6 +94,10 @@ pub enum VerifyError {
     /// The signature does not verify (or is not a raw `r‖s` of the right length).
     #[error("the token signature does not verify")]
     BadSignature,
+    /// The signature verifies but is the high-S spelling `(r, n − s)`, which the broker never
+    /// publishes.
+    #[error("the signature is the high-S form (r, n - s); the broker signs only low-S")]
+    NonCanonicalSignature,
     /// The claims are not the claims of a seb token (missing, extra or mistyped fields).
     #[error("invalid claims: {reason}")]
     InvalidClaims {
@@ -201,6 +205,7 @@ impl VerifyError {
             VerifyError::NotATokenCertificate { .. } => "not_a_token_certificate",
             VerifyError::AlgorithmKeyMismatch { .. } => "algorithm_key_mismatch",
             VerifyError::BadSignature => "bad_signature",
+            VerifyError::NonCanonicalSignature => "non_canonical_signature",
             VerifyError::InvalidClaims { .. } => "invalid_claims",
             VerifyError::NotYetValid { .. } => "token_not_yet_valid",
             VerifyError::Expired { .. } => "token_expired",

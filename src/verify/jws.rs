@@ -60,8 +60,8 @@ pub struct Decoded<'c> {
 /// 1. size, three base64url parts (strict: no padding, canonical trailing bits);
 /// 2. header: exactly `alg`, `typ`, `kid`; `alg` ES384 or ES256; `typ` `seb-exec+jwt`;
 /// 3. `signer_for(header)` names the certificate whose key must have signed;
-/// 4. `alg` fits the key's curve; the signature is a raw `r‖s` of the curve's size and
-///    verifies over `header.claims`;
+/// 4. `alg` fits the key's curve; the signature is a raw `r‖s` of the curve's size,
+///    verifies over `header.claims`, and is low-S (`s ≤ n/2`);
 /// 5. claims: exactly the seb claims; `nbf ≤ now + leeway`, `now < exp`, `nbf < exp`,
 ///    `iat ≤ now + leeway`, `iat ≤ exp`, `exp - nbf ≤ max_lifetime`; `epoch ≥ min_epoch`;
 ///    exactly one authorization detail, of type `seb_execution`.
@@ -119,6 +119,11 @@ pub fn decode_verified<'c>(
     if !verified {
         return Err(VerifyError::BadSignature);
     }
+    // (r, n − s) verifies too. The broker publishes only the low-S spelling, so the other one
+    // is a token nobody issued in that form: refused, and one token has one spelling.
+    if !is_low_s(&key, &signature) {
+        return Err(VerifyError::NonCanonicalSignature);
+    }
 
     // 5. Claims, only now that they are known to come from the signer's key.
     let claims: Claims =
@@ -150,6 +155,18 @@ pub fn decode_verified<'c>(
         claims,
         signer,
     })
+}
+
+/// Whether a raw `r‖s` that verified under `key` has `s ≤ n/2`.
+fn is_low_s(key: &CertKey, raw: &[u8]) -> bool {
+    match key {
+        CertKey::P384(_) => {
+            p384::ecdsa::Signature::from_slice(raw).is_ok_and(|sig| sig.normalize_s() == sig)
+        }
+        CertKey::P256(_) => {
+            p256::ecdsa::Signature::from_slice(raw).is_ok_and(|sig| sig.normalize_s() == sig)
+        }
+    }
 }
 
 fn malformed(part: &'static str, reason: impl Into<String>) -> VerifyError {

@@ -29,15 +29,17 @@ enum TokenKey {
 }
 
 impl TokenKey {
+    /// Signs as the broker does: RustCrypto's P-256/P-384 signers return either spelling of
+    /// `s`, and the broker publishes the low one.
     fn sign(&self, input: &[u8]) -> Vec<u8> {
         match self {
             TokenKey::P384(k) => {
                 let sig: p384::ecdsa::Signature = signature::Signer::sign(k, input);
-                sig.to_bytes().to_vec()
+                sig.normalize_s().to_bytes().to_vec()
             }
             TokenKey::P256(k) => {
                 let sig: p256::ecdsa::Signature = signature::Signer::sign(k, input);
-                sig.to_bytes().to_vec()
+                sig.normalize_s().to_bytes().to_vec()
             }
         }
     }
@@ -326,19 +328,49 @@ fn parameters_are_parsed_as_strictly_as_the_broker_parses_them() {
     assert_eq!(p.value(), &params());
 }
 
+/// The other ECDSA spelling of a raw `r‖s` signature: `(r, n − s)`, which verifies as well.
+fn other_spelling(raw: &[u8]) -> Vec<u8> {
+    match raw.len() {
+        96 => {
+            let sig = p384::ecdsa::Signature::from_slice(raw).unwrap();
+            let (r, s) = sig.split_scalars();
+            let other =
+                p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+            other.to_bytes().to_vec()
+        }
+        64 => {
+            let sig = p256::ecdsa::Signature::from_slice(raw).unwrap();
+            let (r, s) = sig.split_scalars();
+            let other =
+                p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+            other.to_bytes().to_vec()
+        }
+        n => panic!("{n}-byte signature"),
+    }
+}
+
 #[test]
-fn a_high_s_signature_is_accepted() {
-    // ECDSA signatures are malleable; JWS does not require low-S and neither do we (replay
-    // protection is the broker's single-use jti, not signature uniqueness).
-    let f = Fixture::new();
-    let token = f.token();
-    let (input, sig) = token.rsplit_once('.').unwrap();
-    let sig = p384::ecdsa::Signature::from_slice(&crate::base64url::decode(sig).unwrap()).unwrap();
-    let (r, s) = sig.split_scalars();
-    let flipped = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
-    assert_ne!(flipped, sig);
-    let other = format!("{input}.{}", b64(&flipped.to_bytes()));
-    assert_eq!(f.code(&other), "ok");
+fn a_high_s_signature_is_refused() {
+    // (r, n − s) is a second valid ECDSA signature over the same input: one token, two
+    // spellings. The broker publishes only low-S signatures; the verifier (the broker's
+    // redemption included) refuses the other spelling.
+    for f in [Fixture::new(), Fixture::p256()] {
+        let token = f.token();
+        assert_eq!(f.code(&token), "ok");
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let twin = other_spelling(&crate::base64url::decode(sig).unwrap());
+        let twin = format!("{input}.{}", b64(&twin));
+        assert_ne!(twin, token);
+        let err = f.verify(&twin).unwrap_err();
+        assert_eq!(err.code(), "non_canonical_signature", "{}: {err}", f.alg());
+        // A forged high-S signature is simply a bad signature.
+        let mut forged = crate::base64url::decode(twin.rsplit_once('.').unwrap().1).unwrap();
+        forged[3] ^= 0x01;
+        assert_eq!(
+            f.code(&format!("{input}.{}", b64(&forged))),
+            "bad_signature"
+        );
+    }
 }
 
 #[test]

@@ -736,3 +736,15 @@ pub fn broker_image_event() -> (u8, String) {
         event["digest"].as_str().unwrap().to_owned(),
     )
 }
+
+/// The same certificate with the other ECDSA spelling of its issuer's P-384 signature,
+/// `(r, n − s)`: still valid under the issuer's key, but other DER bytes, so another SHA-256
+/// thumbprint. What a client can make of its own certificate without any key.
+pub fn other_spelling(pem: &[u8]) -> String {
+    let mut cert = seb::cert::Certificate::parse(pem).unwrap();
+    let sig = p384::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
+    let (r, s) = sig.split_scalars();
+    let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
+    cert.to_pem_string().unwrap()
+}
