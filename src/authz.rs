@@ -16,14 +16,15 @@ use serde_json::{Map, Value};
 use crate::canonical;
 use crate::grants::syntax;
 use crate::grants::{ApprovalRule, Grant, GrantError, GrantSet, Role, RoleKind};
+use crate::serial::Serial;
 
 pub use cover::{covers, grant_set_covered, NotCovered};
 
 /// What the decision needs to know about one certificate, extracted by the caller.
 #[derive(Debug)]
 pub struct CertFacts {
-    /// The certificate's serial number (big-endian bytes, as in the certificate).
-    pub serial: Vec<u8>,
+    /// The certificate's serial number, canonical (the positive integer, no sign byte).
+    pub serial: Serial,
     /// Start of validity (inclusive).
     pub not_before: SystemTime,
     /// End of validity (inclusive, as in RFC 5280).
@@ -47,7 +48,7 @@ pub struct ChainView {
 /// The revocation status the broker knows.
 pub trait RevocationView {
     /// Whether the certificate with this serial is revoked.
-    fn is_revoked(&self, serial: &[u8]) -> bool;
+    fn is_revoked(&self, serial: &Serial) -> bool;
 }
 
 /// What an agent asks for.
@@ -206,10 +207,7 @@ pub fn decide(
     // 1. Validity and revocation; also the time left before the first certificate expires.
     let mut remaining = broker_max_ttl;
     for (depth, (what, cert)) in certs.iter().enumerate() {
-        let name = format!(
-            "{what} certificate (depth {depth}, serial {})",
-            hex::encode(&cert.serial)
-        );
+        let name = format!("{what} certificate (depth {depth}, serial {})", cert.serial);
         if revoked.is_revoked(&cert.serial) {
             return Decision::deny(DenyCode::CertificateRevoked, format!("{name} is revoked"));
         }

@@ -191,7 +191,7 @@ fn bench_grants(n: usize) -> String {
 struct NoneRevoked;
 
 impl seb::authz::RevocationView for NoneRevoked {
-    fn is_revoked(&self, _serial: &[u8]) -> bool {
+    fn is_revoked(&self, _serial: &seb::serial::Serial) -> bool {
         false
     }
 }

@@ -222,9 +222,14 @@ impl Certificate {
         }
     }
 
-    /// Lowercase hex of the serial number.
+    /// The serial number in seb's canonical form ([`crate::serial::Serial`]: lowercase hex
+    /// of the positive integer, no sign byte); a zero or negative serial, which seb refuses
+    /// anywhere it matters, as the hex of its DER contents.
     pub fn serial_hex(&self) -> String {
-        hex::encode(self.tbs.serial_number.as_bytes())
+        crate::serial::Serial::of(self).map_or_else(
+            |_| hex::encode(self.tbs.serial_number.as_bytes()),
+            |s| s.to_string(),
+        )
     }
 
     /// SHA-256 over the DER (the `x5t#S256` thumbprint, RFC 8705).

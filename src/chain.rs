@@ -38,6 +38,7 @@ use x509_cert::ext::pkix::{
 use crate::authz::{CertFacts, ChainView};
 use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use crate::grants::{GrantSet, Role};
+use crate::serial::Serial;
 use crate::time::unix;
 
 /// Most certificates in a path, leaf and root included.
@@ -232,6 +233,8 @@ pub struct ValidatedChain<'a> {
     /// Invariant: at least two certificates (a leaf is never its own root), so the indexing
     /// below cannot fail.
     path: Vec<&'a Certificate>,
+    /// The serial of each certificate of `path`, in the same order.
+    serials: Vec<Serial>,
 }
 
 impl<'a> ValidatedChain<'a> {
@@ -258,19 +261,25 @@ impl<'a> ValidatedChain<'a> {
     /// What the decision engine needs: the facts of the leaf and of every intermediate,
     /// excluding the self-signed root (which authorises everything it signs).
     pub fn chain_view(&self) -> ChainView {
+        let facts = |i: usize| cert_facts(self.path[i], self.serials[i].clone());
         ChainView {
-            leaf: cert_facts(self.leaf()),
-            ancestors: self.intermediates().iter().map(|c| cert_facts(c)).collect(),
+            leaf: facts(0),
+            ancestors: (1..self.path.len() - 1).map(facts).collect(),
         }
+    }
+
+    /// The canonical serials of the whole path, leaf first, root last.
+    pub fn serials(&self) -> &[Serial] {
+        &self.serials
     }
 }
 
-/// The decision-relevant facts of one certificate. A malformed `sebGrants` becomes
-/// `Some(Err(..))` (the decision denies `invalid_grants_extension`); a malformed `sebRole`
-/// becomes `None` (the decision denies `wrong_role`).
-pub fn cert_facts(cert: &Certificate) -> CertFacts {
+/// The decision-relevant facts of one certificate of a validated path, with its serial. A malformed `sebGrants` becomes `Some(Err(..))` (the
+/// decision denies `invalid_grants_extension`); a malformed `sebRole` becomes `None` (the
+/// decision denies `wrong_role`).
+fn cert_facts(cert: &Certificate, serial: Serial) -> CertFacts {
     CertFacts {
-        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        serial,
         not_before: cert.not_before(),
         not_after: cert.not_after(),
         role: cert
@@ -347,7 +356,13 @@ pub fn validate<'a>(
             not_after: unix(root.not_after()),
         });
     }
-    Ok(ValidatedChain { path })
+    // A zero or negative serial (RFC 5280 forbids both) could not be told apart from the
+    // positive serial with the same bytes, so a revocation could miss it: refused.
+    let serials = path
+        .iter()
+        .map(|cert| Serial::of(cert).map_err(|e| malformed(cert, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ValidatedChain { path, serials })
 }
 
 /// Depth-first path building with backtracking over the candidates for each issuer.

@@ -30,6 +30,7 @@ pub mod duration;
 pub mod files;
 pub mod grants;
 pub mod json;
+pub mod serial;
 #[cfg(feature = "broker")]
 pub mod server;
 pub mod store;

@@ -3,11 +3,13 @@
 //!
 //! The embedded default is SQLite in the state directory ([`sqlite::SqliteStore`]); a shared
 //! database for several broker replicas can implement the same trait. Every write is durable
-//! (committed and synced) before the call returns.
+//! (committed and synced) before the call returns. Serials are [`Serial`]s, so every
+//! implementation stores and compares the one canonical form.
 
 use std::time::SystemTime;
 
 use crate::ca::crl::{Reason, Revocation};
+use crate::serial::Serial;
 
 #[cfg(feature = "broker")]
 pub mod sqlite;
@@ -41,8 +43,8 @@ pub enum StoreError {
 /// A certificate the CA issued, as recorded for the security team's inventory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedCertificate {
-    /// Serial number bytes.
-    pub serial: Vec<u8>,
+    /// Serial number (canonical).
+    pub serial: Serial,
     /// Subject (RFC 4514).
     pub subject: String,
     /// Role name.
@@ -214,11 +216,11 @@ pub trait Store: Send + Sync {
     /// Every issued certificate, oldest first (the security team's inventory).
     fn issued_certificates(&self) -> Result<Vec<IssuedCertificate>, StoreError>;
     /// The issued certificate with this serial, if this broker issued it.
-    fn issued_certificate(&self, serial: &[u8]) -> Result<Option<IssuedCertificate>, StoreError>;
+    fn issued_certificate(&self, serial: &Serial) -> Result<Option<IssuedCertificate>, StoreError>;
     /// Records a revocation. Revoking twice keeps the first time and reason.
     fn revoke(
         &self,
-        serial: &[u8],
+        serial: &Serial,
         reason: Reason,
         at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError>;
@@ -228,9 +230,9 @@ pub trait Store: Send + Sync {
     /// one index lookup, so a cached CRL can be checked without listing every revocation.
     fn revocation_generation(&self) -> Result<u64, StoreError>;
     /// The revocation of `serial`, if it is revoked.
-    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError>;
+    fn revocation(&self, serial: &Serial) -> Result<Option<Revocation>, StoreError>;
     /// Whether `serial` is revoked.
-    fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError>;
+    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError>;
     /// Allocates the next CRL number (strictly increasing, never reused).
     fn next_crl_number(&self) -> Result<u64, StoreError>;
 }

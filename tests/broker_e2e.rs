@@ -937,6 +937,143 @@ fn an_agent_under_an_intermediate_presents_its_chain() {
     assert_eq!(error_code(&r), "param_constraint_violated");
 }
 
+/// A DER hex dump as openssl's `DER:` extension syntax wants it.
+fn openssl_der(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
+    let s = setup();
+    let dir = s.hsm.dir.path();
+    let path = |name: &str| s.hsm.path(name).to_str().unwrap().to_owned();
+    // An offline intermediate: its key is made in software, away from the broker's HSM.
+    s.hsm.seb_ok(&[
+        "keygen",
+        "--out-key",
+        &path("offline.key"),
+        "--out-csr",
+        &path("offline.csr"),
+        "--subject",
+        "CN=offline-ops",
+    ]);
+    let grants = s.hsm.grants_file("offline-grants.toml", DEPLOY);
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "offline-ops",
+        "--csr",
+        &path("offline.csr"),
+        "--grants",
+        &grants,
+        "--ttl",
+        "60d",
+        "--out",
+        &path("offline-chain.pem"),
+    ]);
+    // The offline CA (openssl) certifies an agent with a serial whose top bit is set: DER
+    // keeps a 00 sign byte in front of it, openssl prints none.
+    s.hsm.seb_ok(&[
+        "keygen",
+        "--out-key",
+        &path("top.key"),
+        "--out-csr",
+        &path("top.csr"),
+        "--subject",
+        "CN=top-bit-bot",
+    ]);
+    let role = seb::grants::Role::new(seb::grants::RoleKind::Agent, vec![])
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let agent_grants = seb::grants::GrantSet::from_toml_str(DEPLOY)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    std::fs::write(
+        s.hsm.path("top.ext"),
+        format!(
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = clientAuth\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid\n\
+             {} = DER:{}\n\
+             {} = DER:{}\n",
+            seb::cert::oid_to_string(seb::cert::SEB_ROLE_OID),
+            openssl_der(&role),
+            seb::cert::oid_to_string(seb::cert::SEB_GRANTS_OID),
+            openssl_der(&agent_grants),
+        ),
+    )
+    .unwrap();
+    let (ok, text) = common::openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path("top.csr"),
+            "-CA",
+            &path("offline-chain.pem"),
+            "-CAkey",
+            &path("offline.key"),
+            "-set_serial",
+            "0x80a1b2c3d4e5f60718293a4b5c6d7e8f",
+            "-days",
+            "2",
+            "-sha384",
+            "-extfile",
+            &path("top.ext"),
+            "-out",
+            &path("top-leaf.pem"),
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let leaf = std::fs::read_to_string(s.hsm.path("top-leaf.pem")).unwrap();
+    let intermediate = std::fs::read_to_string(s.hsm.path("offline-chain.pem")).unwrap();
+    std::fs::write(s.hsm.path("top.pem"), format!("{leaf}{intermediate}")).unwrap();
+    let agent = Identity {
+        cert: s.hsm.path("top.pem"),
+        key: s.hsm.path("top.key"),
+    };
+    let r = post(&s, &agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // Revoked by the serial exactly as `openssl x509 -serial` prints it.
+    let (ok, printed) = common::openssl(
+        &["x509", "-in", &path("top-leaf.pem"), "-noout", "-serial"],
+        dir,
+    );
+    assert!(ok, "{printed}");
+    let printed = printed.trim().trim_start_matches("serial=").to_owned();
+    assert_eq!(printed, "80A1B2C3D4E5F60718293A4B5C6D7E8F");
+    let out = s.hsm.seb_ok(&["cert", "revoke", "--serial", &printed]);
+    // The CLI answers in the canonical form: lowercase, no sign byte.
+    assert!(
+        out.contains("revoked 80a1b2c3d4e5f60718293a4b5c6d7e8f"),
+        "{out}"
+    );
+    let r = post(&s, &agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(error_code(&r), "certificate_revoked");
+    // The same serial as `openssl x509 -text` prints it, with a sign byte, in upper case:
+    // one serial, already revoked.
+    for form in [
+        "80:a1:b2:c3:d4:e5:f6:07:18:29:3a:4b:5c:6d:7e:8f",
+        "00:80:A1:B2:C3:D4:E5:F6:07:18:29:3A:4B:5C:6D:7E:8F",
+        "0080a1b2c3d4e5f60718293a4b5c6d7e8f",
+    ] {
+        let out = s.hsm.seb_ok(&["cert", "revoke", "--serial", form]);
+        assert!(out.contains("already revoked"), "{form}: {out}");
+    }
+}
+
 #[test]
 fn seb_request_and_token_verify_work_against_the_running_broker() {
     let s = setup();

@@ -20,7 +20,7 @@ use spki::SignatureBitStringEncoding;
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
-    fn is_revoked(&self, _: &[u8]) -> bool {
+    fn is_revoked(&self, _: &seb::serial::Serial) -> bool {
         false
     }
 }

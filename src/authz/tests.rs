@@ -64,7 +64,7 @@ fn now() -> SystemTime {
 
 fn cert(serial: u8, grants: Option<Result<GrantSet, GrantError>>) -> CertFacts {
     CertFacts {
-        serial: vec![serial],
+        serial: sn(serial),
         not_before: now() - Duration::from_secs(3600),
         not_after: now() + Duration::from_secs(86_400),
         role: None,
@@ -87,10 +87,15 @@ fn chain(leaf: CertFacts, ancestors: Vec<CertFacts>) -> ChainView {
     ChainView { leaf, ancestors }
 }
 
-struct Revoked(HashSet<Vec<u8>>);
+/// The serial `n` (1 to 255).
+fn sn(n: u8) -> crate::serial::Serial {
+    crate::serial::Serial::from_magnitude(&[n]).unwrap()
+}
+
+struct Revoked(HashSet<crate::serial::Serial>);
 
 impl RevocationView for Revoked {
-    fn is_revoked(&self, serial: &[u8]) -> bool {
+    fn is_revoked(&self, serial: &crate::serial::Serial) -> bool {
         self.0.contains(serial)
     }
 }
@@ -774,8 +779,8 @@ fn certificate_validity_and_revocation() {
     c.ancestors[0].not_before = now() + Duration::from_secs(1);
     assert_eq!(code(&decide_now(&c, &req)), Some(CertificateNotYetValid));
 
-    let revoked_leaf = Revoked(HashSet::from([vec![1]]));
-    let revoked_issuer = Revoked(HashSet::from([vec![2]]));
+    let revoked_leaf = Revoked(HashSet::from([sn(1)]));
+    let revoked_issuer = Revoked(HashSet::from([sn(2)]));
     let d = decide(&ok(), &revoked_leaf, &req, now(), BROKER_MAX);
     assert_eq!(code(&d), Some(CertificateRevoked));
     let d = decide(&ok(), &revoked_issuer, &req, now(), BROKER_MAX);

@@ -19,6 +19,7 @@ use crate::base64url;
 use crate::cert::Certificate;
 use crate::chain::{self, ChainError};
 use crate::grants::RoleKind;
+use crate::serial::Serial;
 use crate::store::Store;
 
 /// Most certificates of a presented client chain that are looked at.
@@ -45,8 +46,9 @@ pub struct Peer {
     pub subject: String,
     /// The facts the decision engine needs, or why the chain is unusable.
     pub chain: Result<ChainView, ChainError>,
-    /// Serials of every certificate in the path (leaf first), for revocation checks.
-    pub serials: Vec<Vec<u8>>,
+    /// Serials of every certificate in the path (leaf first, root included), for revocation
+    /// checks.
+    pub serials: Vec<Serial>,
 }
 
 impl Peer {
@@ -162,13 +164,9 @@ fn validate(
         .to_der_bytes()
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
     let (chain, serials) = match chain::validate(leaf, rest, roots, now) {
-        Ok(v) => {
-            let view = v.chain_view();
-            let mut serials = vec![view.leaf.serial.clone()];
-            serials.extend(view.ancestors.iter().map(|a| a.serial.clone()));
-            (Ok(view), serials)
-        }
-        Err(e) => (Err(e), vec![leaf.tbs.serial_number.as_bytes().to_vec()]),
+        Ok(v) => (Ok(v.chain_view()), v.serials().to_vec()),
+        // Unusable on every route anyway; its serial, if it has one, for the record.
+        Err(e) => (Err(e), Serial::of(leaf).into_iter().collect()),
     };
     Ok(Peer {
         thumbprint: base64url::encode(&Sha256::digest(&leaf_der)),
@@ -182,7 +180,7 @@ fn validate(
 
 /// The serials of a caller's path that the store lists as revoked.
 #[derive(Debug)]
-pub(crate) struct RevokedSet(Vec<Vec<u8>>);
+pub(crate) struct RevokedSet(Vec<Serial>);
 
 impl RevokedSet {
     /// Whether any certificate of the path is revoked.
@@ -192,8 +190,8 @@ impl RevokedSet {
 }
 
 impl RevocationView for RevokedSet {
-    fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.0.iter().any(|s| s == serial)
+    fn is_revoked(&self, serial: &Serial) -> bool {
+        self.0.contains(serial)
     }
 }
 

@@ -17,6 +17,7 @@ use x509_cert::time::Time;
 
 use super::CaError;
 use crate::backend::P384Signer;
+use crate::serial::Serial;
 
 /// Why a certificate was revoked (RFC 5280 §5.3.1 reason codes seb accepts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,8 +76,8 @@ impl Reason {
 /// One revoked certificate as the store records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
-    /// Serial number bytes (big-endian, as in the certificate).
-    pub serial: Vec<u8>,
+    /// The revoked serial (canonical; the CRL encodes it as a DER INTEGER again).
+    pub serial: Serial,
     /// When it was revoked.
     pub revoked_at: SystemTime,
     /// Why.
@@ -103,7 +104,7 @@ pub fn sign(
         let reason = r.reason.code();
         let ext = reason.to_extension(&issuer.tbs.subject, &[])?;
         entries.push(RevokedCert {
-            serial_number: SerialNumber::new(&r.serial)?,
+            serial_number: SerialNumber::new(r.serial.as_bytes())?,
             revocation_date: Time::try_from(r.revoked_at)
                 .map_err(|e| CaError::Validity(e.to_string()))?,
             crl_entry_extensions: Some(vec![ext]),

@@ -11,7 +11,7 @@ use crate::testkit::{grant, now, resign, resign_p256, set_extension, Ca};
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
-    fn is_revoked(&self, _: &[u8]) -> bool {
+    fn is_revoked(&self, _: &crate::serial::Serial) -> bool {
         false
     }
 }
@@ -805,4 +805,43 @@ fn certificates_read_back_from_der_still_verify() {
     let roots = [crate::testkit::reparse(&root.cert)];
     let reparsed = crate::testkit::reparse(&leaf);
     assert_eq!(code(validate(&reparsed, &[], &roots, now())), "ok");
+}
+
+#[test]
+fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
+    // RFC 5280 forbids both; seb's canonical serial is the positive integer, so a negative one
+    // (80 ...) could not be told apart from the positive serial with the same bytes, and a
+    // revocation could miss it.
+    use der::Decode;
+    let root = Ca::root("root");
+    let ca = root.intermediate("ca", None, None).unwrap();
+    let leaf = ca.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    let good = validate(&leaf, std::slice::from_ref(&ca.cert), &roots, now()).unwrap();
+    assert_eq!(good.serials()[0], crate::serial::Serial::of(&leaf).unwrap());
+    assert_eq!(good.serials().len(), 3, "leaf, intermediate, root");
+    for der in [[0x02, 0x01, 0x80], [0x02, 0x01, 0x00], [0x02, 0x01, 0xff]] {
+        let serial = x509_cert::serial_number::SerialNumber::from_der(&der).unwrap();
+        let mut bad_leaf = leaf.clone();
+        bad_leaf.tbs.serial_number = serial.clone();
+        let bad_leaf = resign(bad_leaf, &ca.key);
+        assert_eq!(
+            code(validate(
+                &bad_leaf,
+                std::slice::from_ref(&ca.cert),
+                &roots,
+                now()
+            )),
+            "malformed_certificate",
+            "leaf serial {der:02x?}"
+        );
+        let mut bad_ca = ca.cert.clone();
+        bad_ca.tbs.serial_number = serial;
+        let bad_ca = resign(bad_ca, &root.key);
+        assert_eq!(
+            code(validate(&leaf, &[bad_ca], &roots, now())),
+            "malformed_certificate",
+            "intermediate serial {der:02x?}"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use seb::ca::{self, csr, IntermediateRequest, LeafRequest};
 use seb::cert::Certificate;
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
+use seb::serial::Serial;
 use seb::store::{IssuedCertificate, RevokeOutcome, Store};
 use secrecy::ExposeSecret;
 
@@ -140,7 +141,8 @@ pub struct IssueCaArgs {
 /// Options of `seb cert revoke`.
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
-    /// Serial number in hex (colons allowed), as `seb cert issue` printed it.
+    /// Serial number in hex, as `seb cert issue` or `openssl x509 -serial` / `-text` prints
+    /// it: either case, colons, leading zeros (a `00` sign byte) and `0x` are all accepted.
     #[arg(long)]
     serial: String,
     /// unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation,
@@ -235,7 +237,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
     )?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
-        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        serial: Serial::of(&cert)?,
         subject: cert.subject_string(),
         role: kind.to_string(),
         issuer_label,
@@ -321,7 +323,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     })?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
-        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        serial: Serial::of(&cert)?,
         subject: cert.subject_string(),
         role: "intermediate".into(),
         issuer_label,
@@ -407,7 +409,7 @@ fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError>
 }
 
 fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
-    let serial = parse_serial(&args.serial)?;
+    let serial = Serial::parse(&args.serial)?;
     let reason = Reason::parse(&args.reason).ok_or_else(|| {
         let names: Vec<&str> = Reason::ALL.iter().map(|(n, _)| *n).collect();
         format!(
@@ -419,18 +421,14 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let store = open_store(config)?;
     match store.revoke(&serial, reason, SystemTime::now())? {
         RevokeOutcome::Revoked { known: true } => {
-            say!("revoked {} ({})", hex::encode(&serial), reason.as_str())
+            say!("revoked {serial} ({})", reason.as_str())
         }
         RevokeOutcome::Revoked { known: false } => say!(
-            "revoked {} ({}); note: this broker has no record of issuing it",
-            hex::encode(&serial),
+            "revoked {serial} ({}); note: this broker has no record of issuing it",
             reason.as_str()
         ),
         RevokeOutcome::AlreadyRevoked => {
-            say!(
-                "{} was already revoked; nothing changed",
-                hex::encode(&serial)
-            )
+            say!("{serial} was already revoked; nothing changed")
         }
     }
     Ok(())
@@ -471,13 +469,4 @@ fn not_initialised(e: seb::ca::TrustDirError) -> super::CliError {
         seb::ca::TrustDirError::Read { .. } => format!("{e} (has `seb init` run?)").into(),
         other => other.into(),
     }
-}
-
-pub(super) fn parse_serial(text: &str) -> Result<Vec<u8>, super::CliError> {
-    let cleaned: String = text.chars().filter(|c| *c != ':').collect();
-    let bytes = hex::decode(&cleaned).map_err(|_| format!("serial {text:?} is not hex"))?;
-    if bytes.is_empty() || bytes.len() > 20 {
-        return Err(format!("serial {text:?} must be 1 to 20 bytes").into());
-    }
-    Ok(bytes)
 }

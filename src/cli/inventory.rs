@@ -9,6 +9,7 @@ use seb::ca::crl::Revocation;
 use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role};
+use seb::serial::Serial;
 use seb::store::{IssuedCertificate, Store};
 
 use super::{open_store, read_file, CliError, CliResult};
@@ -92,7 +93,7 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
         let cert = Certificate::parse(record.pem.as_bytes()).map_err(|e| {
             format!(
                 "the store's record of serial {} does not parse: {e}",
-                serial_text(&record.serial)
+                record.serial
             )
         })?;
         let revocation = revocations
@@ -109,7 +110,7 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
             }
         }
         rows.push([
-            serial_text(&record.serial),
+            record.serial.to_string(),
             record.subject.clone(),
             record.role.clone(),
             record.issuer_label.clone(),
@@ -155,11 +156,10 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
             let (config, store) = config
                 .zip(store.as_ref())
                 .ok_or("--serial needs --config FILE (the store is in its state_dir)")?;
-            let bytes = super::cert::parse_serial(serial)?;
-            let record = store.issued_certificate(&bytes)?.ok_or_else(|| {
+            let serial = Serial::parse(serial)?;
+            let record = store.issued_certificate(&serial)?.ok_or_else(|| {
                 format!(
-                    "this broker has no record of issuing serial {} (see `seb cert list`)",
-                    serial_text(&bytes)
+                    "this broker has no record of issuing serial {serial} (see `seb cert list`)"
                 )
             })?;
             let mut chain = vec![Certificate::parse(record.pem.as_bytes())?];
@@ -172,10 +172,7 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
         return Err("no certificate found".into());
     };
     say!("certificate  {} (from {source})", leaf.subject_string());
-    say!(
-        "serial       {}",
-        serial_text(leaf.tbs.serial_number.as_bytes())
-    );
+    say!("serial       {}", leaf.serial_hex());
     say!("issuer       {}", leaf.tbs.issuer);
     match leaf.extension(SEB_ROLE_OID) {
         Some(ext) => match Role::from_der(ext.extn_value.as_bytes()) {
@@ -198,11 +195,11 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
     say!("chain        {}", chain_text(config, &chain, now));
     match &store {
         Some(store) => {
-            let serial = leaf.tbs.serial_number.as_bytes();
+            let serial = Serial::of(leaf)?;
             let status = Status::of(
                 leaf.not_before(),
                 leaf.not_after(),
-                store.revocation(serial)?,
+                store.revocation(&serial)?,
                 now,
             );
             let text = match status {
@@ -213,7 +210,7 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
                 ),
                 other => other.short(),
             };
-            let known = if store.issued_certificate(serial)?.is_some() {
+            let known = if store.issued_certificate(&serial)?.is_some() {
                 ""
             } else {
                 "; this broker has no record of issuing it"
@@ -304,16 +301,6 @@ fn chain_text(config: Option<&Config>, chain: &[Certificate], now: SystemTime) -
     }
 }
 
-/// A serial as `openssl x509 -noout -serial` prints it: upper-case hex, no colons, no
-/// leading zero octets.
-pub fn serial_text(bytes: &[u8]) -> String {
-    let start = bytes
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(bytes.len().saturating_sub(1));
-    hex::encode_upper(&bytes[start..])
-}
-
 /// RFC 3339 UTC, to the second.
 pub fn time_text(t: SystemTime) -> String {
     der::DateTime::from_system_time(t)
@@ -327,17 +314,5 @@ fn remaining(not_after: SystemTime, now: SystemTime) -> String {
     match not_after.duration_since(now) {
         Ok(left) => format!("expires in {} days", days(left)),
         Err(e) => format!("expired {} days ago", days(e.duration())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_print_as_openssl_prints_them() {
-        assert_eq!(serial_text(&[0x0a, 0xbc]), "0ABC");
-        assert_eq!(serial_text(&[0x00, 0x80, 0x01]), "8001");
-        assert_eq!(serial_text(&[0x00]), "00");
     }
 }

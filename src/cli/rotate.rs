@@ -15,9 +15,10 @@ use seb::ca::{self, CertKind, LeafRequest};
 use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role};
+use seb::serial::Serial;
 use seb::store::{IssuedCertificate, Store};
 
-use super::inventory::{serial_text, time_text};
+use super::inventory::time_text;
 use super::{open_backend, open_store, write_file, CliError, CliResult};
 
 /// Options of `seb rotate`.
@@ -111,7 +112,7 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
     )?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
-        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        serial: Serial::of(&cert)?,
         subject: cert.subject_string(),
         role: kind.as_str().to_owned(),
         issuer_label: config.keys.root.clone(),
@@ -133,7 +134,7 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
         kind.as_str(),
         next.generation,
         next.label,
-        serial_text(cert.tbs.serial_number.as_bytes()),
+        cert.serial_hex(),
         time_text(cert.not_after())
     );
     say!(
@@ -161,20 +162,19 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
 /// and grants, signed by the same issuer.
 pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     super::cert::refuse_overwrite(&args.out, args.force)?;
-    let serial = super::cert::parse_serial(&args.serial)?;
+    let serial = Serial::parse(&args.serial)?;
     let store = open_store(config)?;
     let record = store.issued_certificate(&serial)?.ok_or_else(|| {
         format!(
             "this broker has no record of issuing serial {} (see `seb cert list`)",
-            serial_text(&serial)
+            serial
         )
     })?;
     if !["agent", "approver", "executor"].contains(&record.role.as_str()) {
         return Err(format!(
             "serial {} is a {} certificate: renew agent, approver and executor certificates \
              here; broker keys with `seb rotate`, intermediates with a new `seb cert issue-ca`",
-            serial_text(&serial),
-            record.role
+            serial, record.role
         )
         .into());
     }
@@ -182,7 +182,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         return Err(format!(
             "serial {} was revoked ({}); a revoked certificate is not renewed: issue a new one \
              from a fresh CSR",
-            serial_text(&serial),
+            serial,
             r.reason.as_str()
         )
         .into());
@@ -232,7 +232,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     )?;
     let pem = cert.to_pem_string()?;
     store.record_issued(&IssuedCertificate {
-        serial: cert.tbs.serial_number.as_bytes().to_vec(),
+        serial: Serial::of(&cert)?,
         subject: cert.subject_string(),
         role: record.role.clone(),
         issuer_label: record.issuer_label.clone(),
@@ -247,9 +247,9 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     say!(
         "renewed {} certificate {} for {}: new serial {} until {}, written to {}",
         record.role,
-        serial_text(&serial),
+        serial,
         cert.subject_string(),
-        serial_text(cert.tbs.serial_number.as_bytes()),
+        cert.serial_hex(),
         time_text(cert.not_after()),
         args.out.display()
     );
@@ -257,7 +257,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         "  the old certificate stays valid until {}; once the new one is deployed: \
          seb cert revoke --serial {} --reason superseded",
         time_text(old.not_after()),
-        serial_text(&serial)
+        serial
     );
     Ok(())
 }

@@ -27,6 +27,7 @@ use super::{
     Store, StoreError, WriteDone,
 };
 use crate::ca::crl::{Reason, Revocation};
+use crate::serial::Serial;
 
 mod schema;
 mod writer;
@@ -83,6 +84,7 @@ impl SqliteStore {
         writer_conn
             .execute_batch(SCHEMA)
             .map_err(|e| open_err(Box::new(e)))?;
+        schema::migrate(&writer_conn).map_err(|e| open_err(Box::new(e)))?;
         // Commits only append to the write-ahead log (and fsync it); copying the log into the
         // database, with its own fsyncs, is the checkpointer thread's job, off the path of
         // every request.
@@ -206,7 +208,7 @@ impl Store for SqliteStore {
                 "INSERT INTO issued (serial, subject, role, issuer_label, not_after, issued_at, pem)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    cert.serial,
+                    cert.serial.as_bytes(),
                     cert.subject,
                     cert.role,
                     cert.issuer_label,
@@ -230,24 +232,24 @@ impl Store for SqliteStore {
         })
     }
 
-    fn issued_certificate(&self, serial: &[u8]) -> Result<Option<IssuedCertificate>, StoreError> {
+    fn issued_certificate(&self, serial: &Serial) -> Result<Option<IssuedCertificate>, StoreError> {
         self.read("look up an issued certificate", |c| {
             c.prepare_cached(
                 "SELECT serial, subject, role, issuer_label, not_after, pem FROM issued
                  WHERE serial = ?1",
             )?
-            .query_row([serial], issued_certificate)
+            .query_row([serial.as_bytes()], issued_certificate)
             .optional()
         })
     }
 
     fn revoke(
         &self,
-        serial: &[u8],
+        serial: &Serial,
         reason: Reason,
         at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError> {
-        let serial = serial.to_vec();
+        let serial = serial.as_bytes().to_vec();
         self.write("revoke", move |c| {
             let already: Option<i64> = c
                 .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [&serial], |r| {
@@ -283,7 +285,9 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(serial, reason, at)| {
                 Ok(Revocation {
-                    serial,
+                    serial: Serial::from_magnitude(&serial).map_err(|e| {
+                        StoreError::Corrupt(format!("revoked serial {}: {e}", hex::encode(&serial)))
+                    })?,
                     reason: Reason::parse(&reason).ok_or_else(|| {
                         StoreError::Corrupt(format!("revocation reason {reason:?}"))
                     })?,
@@ -302,15 +306,15 @@ impl Store for SqliteStore {
         Ok(last.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
-    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+    fn revocation(&self, serial: &Serial) -> Result<Option<Revocation>, StoreError> {
         let row: Option<(String, i64)> = self.read("look up a revocation", |c| {
             c.prepare_cached("SELECT reason, revoked_at FROM revoked WHERE serial = ?1")?
-                .query_row([serial], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([serial.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
         })?;
         row.map(|(reason, at)| {
             Ok(Revocation {
-                serial: serial.to_vec(),
+                serial: serial.clone(),
                 reason: Reason::parse(&reason)
                     .ok_or_else(|| StoreError::Corrupt(format!("revocation reason {reason:?}")))?,
                 revoked_at: from_unix(at)?,
@@ -319,10 +323,10 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    fn is_revoked(&self, serial: &[u8]) -> Result<bool, StoreError> {
+    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError> {
         self.read("check revocation", |c| {
             c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
-                .query_row([serial], |r| r.get::<_, i64>(0))
+                .query_row([serial.as_bytes()], |r| r.get::<_, i64>(0))
                 .optional()
                 .map(|row| row.is_some())
         })
@@ -570,7 +574,12 @@ fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()>
 fn issued_certificate(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCertificate> {
     let not_after: i64 = r.get(4)?;
     Ok(IssuedCertificate {
-        serial: r.get(0)?,
+        serial: {
+            let bytes: Vec<u8> = r.get(0)?;
+            Serial::from_magnitude(&bytes).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+            })?
+        },
         subject: r.get(1)?,
         role: r.get(2)?,
         issuer_label: r.get(3)?,

@@ -1,4 +1,9 @@
-//! The database schema, created (idempotently) when the store opens.
+//! The database schema, created (idempotently) when the store opens, and the migration of
+//! stores written by earlier versions.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::serial::Serial;
 
 /// Every table and index of `seb.db`.
 pub(super) const SCHEMA: &str = "
@@ -52,3 +57,82 @@ CREATE TABLE IF NOT EXISTS health (
     at INTEGER NOT NULL
 );
 ";
+
+/// The schema version this code writes (`PRAGMA user_version`). Version 1: every serial in
+/// `revoked` and `issued` is canonical (the minimal positive magnitude, [`Serial`]).
+pub(super) const VERSION: i64 = 1;
+
+/// Brings a store written by an earlier seb up to [`VERSION`], in one transaction, once.
+///
+/// Version 0 kept serials as they were typed to `seb cert revoke` (with a DER sign byte or
+/// leading zeros) while lookups compare canonical bytes, so such a revocation would never
+/// match. Canonicalising here, once, rather than on every read keeps revocation checks a
+/// single indexed equality. Two spellings of one serial become one row, keeping the earlier
+/// revocation (its time and reason); a zero serial, which no certificate seb accepts can
+/// carry, is dropped. Each change is recorded as a `serial_migration` event.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= VERSION {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let mut changes = Vec::new();
+    for table in ["revoked", "issued"] {
+        let time = if table == "revoked" {
+            "revoked_at"
+        } else {
+            "issued_at"
+        };
+        let rows: Vec<(Vec<u8>, i64)> = tx
+            .prepare(&format!(
+                "SELECT serial, {time} FROM {table} WHERE length(serial) = 0 OR substr(serial, 1, 1) = x'00'"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (old, at) in rows {
+            let Ok(serial) = Serial::from_magnitude(&old) else {
+                tx.execute(&format!("DELETE FROM {table} WHERE serial = ?1"), [&old])?;
+                changes.push(format!(
+                    "{table}: dropped {:?}, not a serial",
+                    hex::encode(&old)
+                ));
+                continue;
+            };
+            let new = serial.as_bytes();
+            let existing: Option<i64> = tx
+                .query_row(
+                    &format!("SELECT {time} FROM {table} WHERE serial = ?1"),
+                    [new],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(kept) if kept <= at => {
+                    tx.execute(&format!("DELETE FROM {table} WHERE serial = ?1"), [&old])?;
+                }
+                Some(_) => {
+                    tx.execute(&format!("DELETE FROM {table} WHERE serial = ?1"), [new])?;
+                    tx.execute(
+                        &format!("UPDATE {table} SET serial = ?2 WHERE serial = ?1"),
+                        [&old[..], new],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        &format!("UPDATE {table} SET serial = ?2 WHERE serial = ?1"),
+                        [&old[..], new],
+                    )?;
+                }
+            }
+            changes.push(format!("{table}: {} is {serial}", hex::encode(&old)));
+        }
+    }
+    if !changes.is_empty() {
+        tx.execute(
+            "INSERT INTO events (kind, detail, at) VALUES ('serial_migration', ?1, strftime('%s', 'now'))",
+            [changes.join("; ")],
+        )?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()
+}

@@ -5,23 +5,31 @@ use std::time::UNIX_EPOCH;
 
 use super::*;
 
+fn serial(bytes: &[u8]) -> Serial {
+    Serial::from_magnitude(bytes).unwrap()
+}
+
 #[test]
 fn revocation_is_recorded_once_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     assert_eq!(
-        store.revoke(&[1, 2, 3], Reason::KeyCompromise, at).unwrap(),
+        store
+            .revoke(&serial(&[1, 2, 3]), Reason::KeyCompromise, at)
+            .unwrap(),
         RevokeOutcome::Revoked { known: false }
     );
     assert_eq!(
-        store.revoke(&[1, 2, 3], Reason::Superseded, at).unwrap(),
+        store
+            .revoke(&serial(&[1, 2, 3]), Reason::Superseded, at)
+            .unwrap(),
         RevokeOutcome::AlreadyRevoked
     );
     drop(store);
     let store = SqliteStore::open(dir.path()).unwrap();
-    assert!(store.is_revoked(&[1, 2, 3]).unwrap());
-    assert!(!store.is_revoked(&[1, 2, 4]).unwrap());
+    assert!(store.is_revoked(&serial(&[1, 2, 3])).unwrap());
+    assert!(!store.is_revoked(&serial(&[1, 2, 4])).unwrap());
     let all = store.revocations().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].reason, Reason::KeyCompromise);
@@ -50,7 +58,7 @@ fn known_serials_are_reported() {
     let store = SqliteStore::open(dir.path()).unwrap();
     store
         .record_issued(&IssuedCertificate {
-            serial: vec![9],
+            serial: serial(&[9]),
             subject: "CN=a".into(),
             role: "agent".into(),
             issuer_label: "seb-root".into(),
@@ -60,7 +68,7 @@ fn known_serials_are_reported() {
         .unwrap();
     assert_eq!(
         store
-            .revoke(&[9], Reason::Unspecified, SystemTime::now())
+            .revoke(&serial(&[9]), Reason::Unspecified, SystemTime::now())
             .unwrap(),
         RevokeOutcome::Revoked { known: true }
     );
@@ -71,13 +79,13 @@ fn issued_certificates_are_listed_in_order_and_looked_up_by_serial() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
-    let record = |serial: u8, role: &str| IssuedCertificate {
-        serial: vec![serial],
-        subject: format!("CN={serial}"),
+    let record = |n: u8, role: &str| IssuedCertificate {
+        serial: serial(&[n]),
+        subject: format!("CN={n}"),
         role: role.into(),
         issuer_label: "seb-root".into(),
         not_after: at,
-        pem: format!("pem {serial}"),
+        pem: format!("pem {n}"),
     };
     store.record_issued(&record(7, "agent")).unwrap();
     store.record_issued(&record(3, "executor")).unwrap();
@@ -86,13 +94,13 @@ fn issued_certificates_are_listed_in_order_and_looked_up_by_serial() {
         vec![record(7, "agent"), record(3, "executor")]
     );
     assert_eq!(
-        store.issued_certificate(&[3]).unwrap(),
+        store.issued_certificate(&serial(&[3])).unwrap(),
         Some(record(3, "executor"))
     );
-    assert_eq!(store.issued_certificate(&[4]).unwrap(), None);
-    assert_eq!(store.revocation(&[3]).unwrap(), None);
-    store.revoke(&[3], Reason::Superseded, at).unwrap();
-    let revoked = store.revocation(&[3]).unwrap().unwrap();
+    assert_eq!(store.issued_certificate(&serial(&[4])).unwrap(), None);
+    assert_eq!(store.revocation(&serial(&[3])).unwrap(), None);
+    store.revoke(&serial(&[3]), Reason::Superseded, at).unwrap();
+    let revoked = store.revocation(&serial(&[3])).unwrap().unwrap();
     assert_eq!(
         (revoked.reason, revoked.revoked_at),
         (Reason::Superseded, at)
@@ -434,15 +442,63 @@ fn the_revocation_generation_moves_with_every_new_revocation_only() {
     let store = SqliteStore::open(dir.path()).unwrap();
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let empty = store.revocation_generation().unwrap();
-    store.revoke(&[1], Reason::KeyCompromise, at).unwrap();
+    store
+        .revoke(&serial(&[1]), Reason::KeyCompromise, at)
+        .unwrap();
     let one = store.revocation_generation().unwrap();
     assert_ne!(one, empty);
-    store.revoke(&[1], Reason::KeyCompromise, at).unwrap();
+    store
+        .revoke(&serial(&[1]), Reason::KeyCompromise, at)
+        .unwrap();
     assert_eq!(
         store.revocation_generation().unwrap(),
         one,
         "nothing changed"
     );
-    store.revoke(&[2], Reason::Superseded, at).unwrap();
+    store.revoke(&serial(&[2]), Reason::Superseded, at).unwrap();
     assert_ne!(store.revocation_generation().unwrap(), one);
+}
+
+#[test]
+fn serials_stored_before_canonical_serials_are_canonicalised_on_open() {
+    // A store written by an earlier seb: `revoked` holds serials as they were typed, with a
+    // DER sign byte (00 80 ...) and leading zeros; one serial twice in two spellings.
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    {
+        let c = Connection::open(dir.path().join("seb.db")).unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 0;
+             INSERT INTO revoked VALUES (x'0080a1b2', 'key-compromise', 1700000100);
+             INSERT INTO revoked VALUES (x'80a1b2', 'superseded', 1700000200);
+             INSERT INTO revoked VALUES (x'000001', 'unspecified', 1700000300);
+             INSERT INTO revoked VALUES (x'00', 'unspecified', 1700000400);
+             INSERT INTO issued VALUES (x'0099', 'CN=a', 'agent', 'seb-root', 1800000000, 1700000000, '');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.is_revoked(&serial(&[0x80, 0xa1, 0xb2])).unwrap());
+    assert!(store.is_revoked(&serial(&[0x01])).unwrap());
+    let all = store.revocations().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    // One serial, one row: the first revocation's time and reason are kept.
+    let first = all
+        .iter()
+        .find(|r| r.serial == serial(&[0x80, 0xa1, 0xb2]))
+        .unwrap();
+    assert_eq!(first.reason, Reason::KeyCompromise);
+    assert_eq!(
+        first.revoked_at,
+        UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+    );
+    assert_eq!(
+        store
+            .revoke(&serial(&[0x99]), Reason::Unspecified, SystemTime::now())
+            .unwrap(),
+        RevokeOutcome::Revoked { known: true },
+        "issued serials are canonical too"
+    );
+    // Zero is no serial of any certificate seb accepts; it is dropped (and said so).
+    assert_eq!(store.events("serial_migration").unwrap().len(), 1);
 }
