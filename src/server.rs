@@ -423,7 +423,7 @@ async fn attestation(
 ) -> Result<Response, ApiError> {
     app.check_rate(&peer)?;
     let now = Instant::now();
-    if !app.attest_limiter.allow(&peer.thumbprint, now) || !app.attest_global.allow("all", now) {
+    if !app.attest_limiter.allow(&peer.key_id, now) || !app.attest_global.allow("all", now) {
         return Err(HttpError::RateLimited {
             what: "attestation requests",
         }
