@@ -5,6 +5,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `broker/peer.rs` | the caller's identity from its verified chain, and its cache |
+//! | `broker/access.rs` | the check of the caller's whole path and role on every route |
 //! | `broker/request.rs` | an agent's request: decision, token claims, status |
 //! | `broker/issuance.rs`, `broker/signer.rs` | signing in the device while the store commits |
 //! | `broker/redeem.rs` | single-use redemption over the shared token verifier |
@@ -27,6 +28,7 @@ use crate::cert::Certificate;
 use crate::config::Config;
 use crate::store::Store;
 
+mod access;
 mod crl;
 mod error;
 mod keys;
@@ -39,9 +41,10 @@ mod redeem;
 mod request;
 pub mod signer;
 
+pub use access::{Access, Caller};
 pub use error::{BrokerError, Disposition};
 pub use metrics::Metrics;
-pub use peer::{Peer, PEER_CACHE_TTL};
+pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use redeem::Redemption;
 pub use request::{ExecutionRequest, ExecutionResponse, ExecutionState, MAX_JUSTIFICATION};
 

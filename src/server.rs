@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::broker::{Broker, BrokerError, ExecutionRequest, Peer};
+use crate::broker::{Access, Broker, BrokerError, Caller, ExecutionRequest, Peer};
+use crate::grants::RoleKind;
 
 pub mod error;
 pub mod ratelimit;
@@ -96,21 +97,46 @@ impl App {
     }
 }
 
-/// Every route the router serves, as (method, path template): the OpenAPI document in
-/// `docs/openapi.json` must describe exactly these (a test checks both against the router).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/executions"),
-    ("GET", "/v1/executions/{id}"),
-    ("POST", "/v1/tokens/redeem"),
-    ("GET", "/v1/trust"),
-    ("GET", "/v1/crl"),
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-    ("GET", "/v1/attestation"),
+const AGENT: &[RoleKind] = &[RoleKind::Agent];
+const AGENT_OR_APPROVER: &[RoleKind] = &[RoleKind::Agent, RoleKind::Approver];
+const EXECUTOR: &[RoleKind] = &[RoleKind::Executor];
+
+/// Every route the router serves, as (method, path template, who may call it): the one table
+/// of access. [`authorize`] runs for every route and admits a request only if the caller's
+/// whole path is valid now and unrevoked ([`Broker::authenticate`]) and its role is the
+/// route's; a route missing here is refused. The OpenAPI document in `docs/openapi.json` must
+/// describe exactly these routes, with these roles in `x-seb-roles` (a test checks both
+/// against the router).
+///
+/// "Public" routes ([`Access::AnyCertificate`]) still need a client certificate whose path
+/// validates to the root and is valid and unrevoked now: the trust bundle, the CRL, health,
+/// metrics and attestation are for any certificate holder, not for anyone on the network.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("POST", "/v1/executions", Access::Roles(AGENT)),
+    (
+        "GET",
+        "/v1/executions/{id}",
+        Access::Roles(AGENT_OR_APPROVER),
+    ),
+    ("POST", "/v1/tokens/redeem", Access::Roles(EXECUTOR)),
+    ("GET", "/v1/trust", Access::AnyCertificate),
+    ("GET", "/v1/crl", Access::AnyCertificate),
+    ("GET", "/healthz", Access::AnyCertificate),
+    ("GET", "/metrics", Access::AnyCertificate),
+    ("GET", "/v1/attestation", Access::AnyCertificate),
 ];
 
-/// The v1 API routes. Every route except the public ones needs a [`Peer`] extension, which the
-/// accept loop adds from the connection's client certificate.
+/// Who may call `method path` (a route template), from [`ROUTES`]; HEAD as GET.
+fn access_for(method: &str, path: &str) -> Option<Access> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|(_, _, access)| *access)
+}
+
+/// The v1 API routes. Every route runs [`authorize`] first, which needs the [`Peer`]
+/// extension the accept loop adds from the connection's client certificate.
 pub fn router(app: App) -> Router {
     let config = &app.broker.config().server;
     let timeout = config.request_timeout;
@@ -124,6 +150,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -292,6 +319,39 @@ async fn accept_connection(
     }
 }
 
+/// Admits a request to its route, or answers the refusal: the caller's rate limit (keyed on
+/// its key), then its whole path and role ([`Broker::authenticate`] with the route's
+/// [`Access`] from [`ROUTES`]). The handler gets the [`Caller`] as an extension. Runs on the
+/// async worker: the revocation lookups are indexed reads of a few pages, like the decision's.
+async fn authorize(
+    State(app): State<App>,
+    mut req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let access = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|path| access_for(req.method().as_str(), path.as_str()));
+    let Some(access) = access else {
+        // A route someone added to the router but not to the table: refused, not open.
+        return ApiError::from(HttpError::NoAccessRule).into_response();
+    };
+    let Some(peer) = req.extensions().get::<Arc<Peer>>().cloned() else {
+        return ApiError::from(BrokerError::BadCertificate("no client certificate".into()))
+            .into_response();
+    };
+    if let Err(refused) = app.check_rate(&peer) {
+        return refused.into_response();
+    }
+    match app.broker.authenticate(peer, access, SystemTime::now()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(Arc::new(caller));
+            next.run(req).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 /// Request id, tracing span, time limit and security headers for every request.
 async fn request_context(
     req: Request<axum::body::Body>,
@@ -344,12 +404,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 
 async fn create_execution(
     State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
+    Extension(caller): Extension<Arc<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
     let request: ExecutionRequest = parse_body(body)?;
-    let response = app.broker.request_execution(&peer, request).await?;
+    let response = app.broker.request_execution(&caller, request).await?;
     let status = if response.token.is_some() {
         StatusCode::CREATED
     } else {
@@ -360,15 +419,14 @@ async fn create_execution(
 
 async fn get_execution(
     State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
     if id.len() > 64 {
         return Err(ApiError::from(BrokerError::NotFound));
     }
     let broker = app.broker.clone();
-    let response = blocking(move || broker.execution(&peer, &id)).await?;
+    let response = blocking(move || broker.execution(&caller, &id)).await?;
     Ok(Json(response).into_response())
 }
 
@@ -380,13 +438,12 @@ struct RedeemBody {
 
 async fn redeem(
     State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
+    Extension(caller): Extension<Arc<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
     let RedeemBody { token } = parse_body(body)?;
     let broker = app.broker.clone();
-    let redemption = blocking(move || broker.redeem(&peer, &token)).await?;
+    let redemption = blocking(move || broker.redeem(&caller, &token)).await?;
     Ok(Json(redemption).into_response())
 }
 
@@ -398,11 +455,7 @@ async fn trust(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn crl(
-    State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
-) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
+async fn crl(State(app): State<App>) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem()).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
@@ -415,15 +468,16 @@ struct AttestationQuery {
 }
 
 /// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
-/// certificate like every route, and globally, since quotes serialise on the TPM.
+/// certificate like every route, then again per certificate and globally for quotes, since
+/// they serialise on the TPM.
 async fn attestation(
     State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
+    Extension(caller): Extension<Arc<Caller>>,
     query: Result<axum::extract::Query<AttestationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
     let now = Instant::now();
-    if !app.attest_limiter.allow(&peer.key_id, now) || !app.attest_global.allow("all", now) {
+    if !app.attest_limiter.allow(&caller.peer().key_id, now) || !app.attest_global.allow("all", now)
+    {
         return Err(HttpError::RateLimited {
             what: "attestation requests",
         }
@@ -450,11 +504,7 @@ async fn attestation(
     Ok(Json(evidence).into_response())
 }
 
-async fn healthz(
-    State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
-) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
+async fn healthz(State(app): State<App>) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
     let checks = tokio::task::spawn_blocking(move || broker.health())
         .await
@@ -515,11 +565,7 @@ fn renewal_hint(what: &str, at: &str) -> String {
     }
 }
 
-async fn metrics(
-    State(app): State<App>,
-    Extension(peer): Extension<Arc<Peer>>,
-) -> Result<Response, ApiError> {
-    app.check_rate(&peer)?;
+async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.broker.metrics().render() + &app.broker.certificate_metrics(SystemTime::now()),

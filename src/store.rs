@@ -118,6 +118,9 @@ pub struct ExecutionRecord {
     pub request_id: String,
     /// SHA-256 thumbprint of the agent certificate (base64url).
     pub agent: String,
+    /// Serials of the agent's verified path, leaf first: redemption refuses the token once
+    /// any of them is revoked. Empty in records written before seb kept them.
+    pub agent_serials: Vec<Serial>,
     /// Agent subject.
     pub agent_subject: String,
     /// Operation.
@@ -145,7 +148,7 @@ pub struct ExecutionRecord {
 }
 
 /// What `redeem` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedeemOutcome {
     /// First redemption: the executor may act.
     Redeemed,
@@ -156,6 +159,15 @@ pub enum RedeemOutcome {
     },
     /// No token with that id was issued by this broker's store.
     Unknown,
+    /// A certificate of the path of the agent the token was issued to is revoked; the token
+    /// was not redeemed.
+    AgentRevoked {
+        /// The revoked serial.
+        serial: Serial,
+    },
+    /// The token's record predates seb keeping the agent's serials, so the agent's revocation
+    /// cannot be checked; the token was not redeemed (fail closed).
+    AgentUnrecorded,
 }
 
 /// How soon an asynchronous write must become durable.
@@ -196,7 +208,8 @@ pub trait Store: Send + Sync {
     /// The id of the request token `jti` was issued for, if this store issued it.
     fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError>;
     /// Marks token `jti` redeemed by `executor`, exactly once across restarts and replicas
-    /// sharing the store.
+    /// sharing the store, unless a certificate of the issuing agent's path is revoked (checked
+    /// in the same transaction as the redemption).
     fn redeem(
         &self,
         jti: &str,

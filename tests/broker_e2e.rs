@@ -229,13 +229,15 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
     let serial = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap())
         .unwrap()
         .serial_hex();
-    runtime().block_on(async {
+    let token = runtime().block_on(async {
         let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
         let r = c
             .post_json("/v1/executions", &good_request())
             .await
             .unwrap();
         assert_eq!(r.status, 201, "{}", r.text);
+        let status_path = format!("/v1/executions/{}", r.body["request_id"].as_str().unwrap());
+        let token = r.body["token"].as_str().unwrap().to_owned();
         s.hsm.seb_ok(&[
             "cert",
             "revoke",
@@ -250,7 +252,25 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
             .unwrap();
         assert_eq!(r.status, 403, "{}", r.text);
         assert_eq!(error_code(&r), "certificate_revoked");
+        // Every route, on the same connection: not its live token, not even the trust bundle.
+        for path in [
+            status_path.as_str(),
+            "/v1/trust",
+            "/v1/crl",
+            "/healthz",
+            "/metrics",
+        ] {
+            let r = c.send("GET", path, None).await.unwrap();
+            assert_eq!(r.status, 403, "{path}: {}", r.text);
+            assert_eq!(error_code(&r), "certificate_revoked", "{path}");
+        }
+        token
     });
+    // And an executor cannot redeem the token the agent got before.
+    let executor = s.hsm.identity("runner", "CN=runner", "executor", &[]);
+    let r = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": token}));
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(error_code(&r), "agent_certificate_revoked");
 
     // A certificate that expires while its connection stays open.
     let file = s.hsm.grants_file("short.toml", DEPLOY);

@@ -7,17 +7,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
 use common::Hsm;
-use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
-use seb::backend::KeyBackend;
-use seb::broker::Broker;
-use seb::config::{BackendConfig, Config};
 use seb::server::{router, App, ROUTES};
-use seb::store::sqlite::SqliteStore;
 use tower::ServiceExt;
 
 #[test]
@@ -39,36 +33,27 @@ fn openapi_document_matches_the_router() {
         .collect();
     let served: BTreeSet<(String, String)> = ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(
         documented, served,
         "docs/openapi.json and server::ROUTES differ"
     );
+    // Who may call each route, as the access table says.
+    for (method, path, access) in ROUTES {
+        let roles = &doc["paths"][path][method.to_lowercase()]["x-seb-roles"];
+        assert_eq!(
+            roles,
+            &serde_json::json!(access.names()),
+            "x-seb-roles of {method} {path} in docs/openapi.json"
+        );
+    }
 
     // A real broker on a real token, in this process (this test binary holds one test, so
     // setting the SoftHSM configuration for the process is safe).
     let hsm = Hsm::initialised();
     let agent = hsm.agent("agent", "[[grant]]\noperation = \"a.b\"\nresource = \"x/*\"\nmax_ttl = \"10s\"\nparams_any = true\n");
-    std::env::set_var("SOFTHSM2_CONF", hsm.softhsm_conf());
-    let config = Config::load(&hsm.config()).unwrap();
-    let BackendConfig::Pkcs11(p) = &config.backend else {
-        panic!("pkcs11 expected")
-    };
-    let backend: Arc<dyn KeyBackend> = Arc::new(
-        Pkcs11Backend::open(Pkcs11Settings {
-            module: p.module.clone(),
-            token: TokenSelector {
-                label: p.token_label.clone(),
-                serial: None,
-            },
-            pin: p.read_pin().unwrap(),
-            sessions: 1,
-        })
-        .unwrap(),
-    );
-    let store = Arc::new(SqliteStore::open(&config.state_dir).unwrap());
-    let broker = Arc::new(Broker::new(config, backend, store).unwrap());
+    let broker = common::in_process_broker(&hsm);
     let der = seb::client::pem_blocks(&std::fs::read(&agent.cert).unwrap(), "CERTIFICATE").unwrap();
     let peer = broker.peer(&der, std::time::SystemTime::now()).unwrap();
     let app = router(App::new(broker));

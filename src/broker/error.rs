@@ -47,6 +47,12 @@ pub enum BrokerError {
     /// The token was redeemed before.
     #[error("token already redeemed")]
     AlreadyRedeemed,
+    /// A certificate of the path of the agent the token was issued to is revoked.
+    #[error("the agent certificate the token was issued to (or one above it, serial {serial}) is revoked")]
+    AgentRevoked {
+        /// The revoked serial.
+        serial: crate::serial::Serial,
+    },
     /// The token is not one of ours, malformed, expired or for another broker.
     #[error("invalid token: {0}")]
     InvalidToken(String),
@@ -95,6 +101,9 @@ impl BrokerError {
             BrokerError::InvalidRequest(m) => (400, "invalid_request", m.clone()),
             BrokerError::NotFound => (404, "not_found", self.to_string()),
             BrokerError::AlreadyRedeemed => (409, "token_already_redeemed", self.to_string()),
+            BrokerError::AgentRevoked { .. } => {
+                (403, "agent_certificate_revoked", self.to_string())
+            }
             BrokerError::InvalidToken(m) => (400, "invalid_token", format!("invalid token: {m}")),
             BrokerError::Hsm(_) => (
                 503,

@@ -4,8 +4,9 @@
 //! rustls has already verified the chain against the root when this runs; here the broker
 //! rebuilds the *verified path* with [`chain::validate`] so the decision sees exactly the
 //! certificates that vouch for the leaf, with their roles and grants. Validity and revocation
-//! are not cached: the decision checks them again on every request. Nothing here trusts a
-//! certificate that does not chain to one of the broker's roots.
+//! are not cached: [`super::Broker::authenticate`] checks every certificate of [`Peer::path`]
+//! again on every request, on every route. Nothing here trusts a certificate that does not
+//! chain to one of the broker's roots.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,9 +47,33 @@ pub struct Peer {
     pub subject: String,
     /// The facts the decision engine needs, or why the chain is unusable.
     pub chain: Result<ChainView, ChainError>,
-    /// Serials of every certificate in the path (leaf first, root included), for revocation
-    /// checks.
-    pub serials: Vec<Serial>,
+    /// Every certificate of the verified path (leaf first, root last) as each request checks
+    /// it again; only the leaf's serial, if it has one, when the chain is unusable.
+    pub path: Vec<PathCert>,
+}
+
+/// One certificate of a caller's path: what is checked again on every request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathCert {
+    /// Its subject, for messages.
+    pub subject: String,
+    /// Its serial, looked up in the revocation list.
+    pub serial: Serial,
+    /// Start of validity (inclusive).
+    pub not_before: SystemTime,
+    /// End of validity (inclusive, as in RFC 5280).
+    pub not_after: SystemTime,
+}
+
+impl PathCert {
+    fn of(cert: &Certificate, serial: Serial) -> Self {
+        PathCert {
+            subject: cert.subject_string(),
+            serial,
+            not_before: cert.not_before(),
+            not_after: cert.not_after(),
+        }
+    }
 }
 
 impl Peer {
@@ -67,10 +92,15 @@ impl Peer {
             .map_err(|e| BrokerError::Chain(e.clone()))
     }
 
+    /// The serials of the caller's path, leaf first.
+    pub fn serials(&self) -> impl Iterator<Item = &Serial> {
+        self.path.iter().map(|c| &c.serial)
+    }
+
     /// Which certificates of the caller's path are revoked, read from the store now.
     pub(crate) fn revocations(&self, store: &dyn Store) -> Result<RevokedSet, BrokerError> {
         let mut revoked = Vec::new();
-        for serial in &self.serials {
+        for serial in self.serials() {
             if store.is_revoked(serial).map_err(BrokerError::Store)? {
                 revoked.push(serial.clone());
             }
@@ -163,10 +193,24 @@ fn validate(
     let leaf_der = leaf
         .to_der_bytes()
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
-    let (chain, serials) = match chain::validate(leaf, rest, roots, now) {
-        Ok(v) => (Ok(v.chain_view()), v.serials().to_vec()),
+    let (chain, path) = match chain::validate(leaf, rest, roots, now) {
+        Ok(v) => {
+            let path = v
+                .path()
+                .iter()
+                .zip(v.serials())
+                .map(|(cert, serial)| PathCert::of(cert, serial.clone()))
+                .collect();
+            (Ok(v.chain_view()), path)
+        }
         // Unusable on every route anyway; its serial, if it has one, for the record.
-        Err(e) => (Err(e), Serial::of(leaf).into_iter().collect()),
+        Err(e) => (
+            Err(e),
+            Serial::of(leaf)
+                .into_iter()
+                .map(|serial| PathCert::of(leaf, serial))
+                .collect(),
+        ),
     };
     Ok(Peer {
         thumbprint: base64url::encode(&Sha256::digest(&leaf_der)),
@@ -174,20 +218,13 @@ fn validate(
         subject: leaf.subject_string(),
         leaf: leaf.clone(),
         chain,
-        serials,
+        path,
     })
 }
 
 /// The serials of a caller's path that the store lists as revoked.
 #[derive(Debug)]
 pub(crate) struct RevokedSet(Vec<Serial>);
-
-impl RevokedSet {
-    /// Whether any certificate of the path is revoked.
-    pub(crate) fn any(&self) -> bool {
-        !self.0.is_empty()
-    }
-}
 
 impl RevocationView for RevokedSet {
     fn is_revoked(&self, serial: &Serial) -> bool {

@@ -9,8 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::{Broker, BrokerError, Peer};
-use crate::authz::DenyCode;
+use super::{Broker, BrokerError, Caller};
 use crate::grants::RoleKind;
 use crate::store::RedeemOutcome;
 use crate::token::Claims;
@@ -35,8 +34,8 @@ pub struct Redemption {
 
 impl Broker {
     /// Single-use redemption by an executor.
-    pub fn redeem(&self, peer: &Peer, token: &str) -> Result<Redemption, BrokerError> {
-        let result = self.redeem_checked(peer, token);
+    pub fn redeem(&self, caller: &Caller, token: &str) -> Result<Redemption, BrokerError> {
+        let result = self.redeem_checked(caller, token);
         self.metrics.record_request(
             "redeem",
             match &result {
@@ -47,7 +46,10 @@ impl Broker {
         result
     }
 
-    fn redeem_checked(&self, peer: &Peer, token: &str) -> Result<Redemption, BrokerError> {
+    fn redeem_checked(&self, caller: &Caller, token: &str) -> Result<Redemption, BrokerError> {
+        // The executor's whole path (validity, notBefore included, and revocation) was checked
+        // by `authenticate`; the role is asserted again, as the broker's own invariant.
+        let peer = caller.peer();
         match peer.role() {
             Some(RoleKind::Executor) => {}
             other => {
@@ -57,24 +59,7 @@ impl Broker {
                 })
             }
         }
-        let chain = peer.verified_chain()?;
         let now = SystemTime::now();
-        for facts in std::iter::once(&chain.leaf).chain(chain.ancestors.iter()) {
-            if now >= facts.not_after {
-                return Err(BrokerError::Denied {
-                    code: DenyCode::CertificateExpired,
-                    reason: "the executor certificate has expired".into(),
-                    request_id: None,
-                });
-            }
-        }
-        if peer.revocations(self.store.as_ref())?.any() {
-            return Err(BrokerError::Denied {
-                code: DenyCode::CertificateRevoked,
-                reason: "the executor certificate is revoked".into(),
-                request_id: None,
-            });
-        }
         let claims = self.check_token(token, now)?;
         let detail = claims
             .authorization_details
@@ -99,6 +84,10 @@ impl Broker {
                 params_digest: detail.params_digest.clone(),
             }),
             RedeemOutcome::AlreadyRedeemed { .. } => Err(BrokerError::AlreadyRedeemed),
+            RedeemOutcome::AgentRevoked { serial } => Err(BrokerError::AgentRevoked { serial }),
+            RedeemOutcome::AgentUnrecorded => Err(BrokerError::InvalidToken(
+                "issued before this broker recorded the agent's certificates, so the agent's revocation cannot be checked; ask for a new token".into(),
+            )),
             RedeemOutcome::Unknown => Err(BrokerError::InvalidToken(
                 "this broker has no record of issuing the token".into(),
             )),

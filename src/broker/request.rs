@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 
 use super::issuance;
-use super::{Broker, BrokerError, Peer};
+use super::{Broker, BrokerError, Caller};
 use crate::authz::{self, Decision};
 use crate::base64url;
 use crate::grants::RoleKind;
@@ -114,11 +114,11 @@ impl Broker {
     /// are waited for without holding a thread.
     pub async fn request_execution(
         &self,
-        peer: &Peer,
+        caller: &Caller,
         request: ExecutionRequest,
     ) -> Result<ExecutionResponse, BrokerError> {
         let started = Instant::now();
-        let result = self.decide_and_issue(peer, request).await;
+        let result = self.decide_and_issue(caller, request).await;
         self.metrics.record_request(
             "executions",
             match &result {
@@ -134,9 +134,10 @@ impl Broker {
 
     async fn decide_and_issue(
         &self,
-        peer: &Peer,
+        caller: &Caller,
         request: ExecutionRequest,
     ) -> Result<ExecutionResponse, BrokerError> {
+        let peer = caller.peer();
         if self.config.policy.frozen {
             return Err(BrokerError::Frozen);
         }
@@ -157,19 +158,21 @@ impl Broker {
             ));
         }
         let chain = peer.verified_chain()?;
-        let revoked = peer.revocations(self.store.as_ref())?;
+        // The revocation state read when the caller was authenticated, a moment ago.
+        let revoked = caller.revocations();
         let now = SystemTime::now();
         let req = authz::Request {
             operation: request.operation,
             resource: request.resource,
             params: request.params,
         };
-        let decision = authz::decide(chain, &revoked, &req, now, self.config.policy.max_token_ttl);
+        let decision = authz::decide(chain, revoked, &req, now, self.config.policy.max_token_ttl);
         let request_id = time_ordered_id()?;
         let params_jcs = crate::canonical::canonicalize(&req.params).unwrap_or_default();
         let mut record = ExecutionRecord {
             request_id: request_id.clone(),
             agent: peer.thumbprint.clone(),
+            agent_serials: peer.serials().cloned().collect(),
             agent_subject: peer.subject.clone(),
             operation: req.operation.clone(),
             resource: req.resource.clone(),
@@ -327,9 +330,10 @@ impl Broker {
     /// The status of a request; the token only to the agent that asked.
     pub fn execution(
         &self,
-        peer: &Peer,
+        caller: &Caller,
         request_id: &str,
     ) -> Result<ExecutionResponse, BrokerError> {
+        let peer = caller.peer();
         let record = self
             .store
             .execution(request_id)

@@ -43,6 +43,8 @@ pub enum HttpError {
     NoSuchEndpoint,
     /// The route does not take this method.
     MethodNotAllowed,
+    /// The route has no entry in the access table (`server::ROUTES`): refused, never open.
+    NoAccessRule,
 }
 
 impl HttpError {
@@ -111,6 +113,11 @@ impl HttpError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this endpoint does not take that method".into(),
+            ),
+            HttpError::NoAccessRule => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error".into(),
             ),
         }
     }

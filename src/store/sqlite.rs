@@ -410,6 +410,7 @@ impl Store for SqliteStore {
             Option<String>,
             Option<i64>,
             i64,
+            Option<String>,
         );
         // Read on the writer thread, behind any queued write for this request (its token).
         let request_id = request_id.to_owned();
@@ -417,7 +418,7 @@ impl Store for SqliteStore {
             c.prepare_cached(
                 "SELECT request_id, agent, agent_subject, operation, resource, params,
                     request_digest, status, deny_code, approvals_required, jti, token,
-                    expires_at, created_at
+                    expires_at, created_at, agent_serials
                  FROM executions WHERE request_id = ?1",
             )?
             .query_row([&request_id], |r| {
@@ -436,6 +437,7 @@ impl Store for SqliteStore {
                     r.get(11)?,
                     r.get(12)?,
                     r.get(13)?,
+                    r.get(14)?,
                 ))
             })
             .optional()
@@ -457,6 +459,9 @@ impl Store for SqliteStore {
             token: r.11,
             expires_at: r.12.map(from_unix).transpose()?,
             created_at: from_unix(r.13)?,
+            agent_serials: parse_serials(r.14.as_deref())
+                .map_err(StoreError::Corrupt)?
+                .unwrap_or_default(),
         }))
     }
 
@@ -474,15 +479,38 @@ impl Store for SqliteStore {
         executor: &str,
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError> {
+        /// What the transaction found, before its times and serials are checked.
+        enum Found {
+            Unknown,
+            Corrupt(String),
+            AgentRevoked(Serial),
+            AgentUnrecorded,
+            Redeemed,
+            Before(i64),
+        }
         let (jti, executor) = (jti.to_owned(), executor.to_owned());
-        let (redeemed_at, known): (Option<i64>, bool) = self.write("redeem token", move |c| {
-            let known = c
-                .prepare_cached("SELECT 1 FROM executions WHERE jti = ?1")?
-                .query_row([&jti], |r| r.get::<_, i64>(0))
-                .optional()?
-                .is_some();
-            if !known {
-                return Ok((None, false));
+        let found = self.write("redeem token", move |c| {
+            let serials: Option<Option<String>> = c
+                .prepare_cached("SELECT agent_serials FROM executions WHERE jti = ?1")?
+                .query_row([&jti], |r| r.get(0))
+                .optional()?;
+            let Some(serials) = serials else {
+                return Ok(Found::Unknown);
+            };
+            // The agent's path, checked in the same transaction as the redemption: a
+            // revocation committed before it is seen.
+            let serials = match parse_serials(serials.as_deref()) {
+                Ok(Some(serials)) => serials,
+                Ok(None) => return Ok(Found::AgentUnrecorded),
+                Err(e) => return Ok(Found::Corrupt(e)),
+            };
+            for serial in serials {
+                let revoked = c
+                    .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
+                    .exists([serial.as_bytes()])?;
+                if revoked {
+                    return Ok(Found::AgentRevoked(serial));
+                }
             }
             let inserted = c
                 .prepare_cached(
@@ -491,19 +519,22 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![jti, executor, unix(at)])?;
             if inserted == 1 {
-                return Ok((None, true));
+                return Ok(Found::Redeemed);
             }
             let first: i64 = c.query_row(
                 "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
                 [&jti],
                 |r| r.get(0),
             )?;
-            Ok((Some(first), true))
+            Ok(Found::Before(first))
         })?;
-        Ok(match (known, redeemed_at) {
-            (false, _) => RedeemOutcome::Unknown,
-            (true, None) => RedeemOutcome::Redeemed,
-            (true, Some(first)) => RedeemOutcome::AlreadyRedeemed {
+        Ok(match found {
+            Found::Unknown => RedeemOutcome::Unknown,
+            Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
+            Found::AgentRevoked(serial) => RedeemOutcome::AgentRevoked { serial },
+            Found::AgentUnrecorded => RedeemOutcome::AgentUnrecorded,
+            Found::Redeemed => RedeemOutcome::Redeemed,
+            Found::Before(first) => RedeemOutcome::AlreadyRedeemed {
                 at: from_unix(first)?,
             },
         })
@@ -548,8 +579,8 @@ fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()>
     c.prepare_cached(
         "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
             params, request_digest, status, deny_code, approvals_required, jti, token,
-            expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            expires_at, created_at, agent_serials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         r.request_id,
@@ -566,8 +597,30 @@ fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()>
         r.token,
         r.expires_at.map(unix),
         unix(r.created_at),
+        serials_text(&r.agent_serials),
     ])
     .map(|_| ())
+}
+
+/// Serials as stored in `executions.agent_serials`: canonical hex, space-separated.
+fn serials_text(serials: &[Serial]) -> String {
+    serials
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The serials of `executions.agent_serials`; `None` for a row written before they were
+/// kept (NULL or empty).
+fn parse_serials(text: Option<&str>) -> Result<Option<Vec<Serial>>, String> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    text.split(' ')
+        .map(|s| Serial::parse(s).map_err(|e| format!("agent serial {s:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// An `issued` row (serial, subject, role, issuer label, notAfter, PEM) as read.

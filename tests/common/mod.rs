@@ -748,3 +748,31 @@ pub fn other_spelling(pem: &[u8]) -> String {
     cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
     cert.to_pem_string().unwrap()
 }
+
+/// A broker in this process on the token of `hsm`, for driving the router without a socket
+/// (`Router::oneshot`). Points this process's SoftHSM2 at the token through the environment,
+/// so a test binary using it must hold one test.
+pub fn in_process_broker(hsm: &Hsm) -> std::sync::Arc<seb::broker::Broker> {
+    use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
+    use seb::config::{BackendConfig, Config};
+    std::env::set_var("SOFTHSM2_CONF", hsm.softhsm_conf());
+    let config = Config::load(&hsm.config()).unwrap();
+    let BackendConfig::Pkcs11(p) = &config.backend else {
+        panic!("pkcs11 expected")
+    };
+    let backend: std::sync::Arc<dyn seb::backend::KeyBackend> = std::sync::Arc::new(
+        Pkcs11Backend::open(Pkcs11Settings {
+            module: p.module.clone(),
+            token: TokenSelector {
+                label: p.token_label.clone(),
+                serial: None,
+            },
+            pin: p.read_pin().unwrap(),
+            sessions: 1,
+        })
+        .unwrap(),
+    );
+    let store =
+        std::sync::Arc::new(seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap());
+    std::sync::Arc::new(seb::broker::Broker::new(config, backend, store).unwrap())
+}

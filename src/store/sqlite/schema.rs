@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS executions (
     jti TEXT UNIQUE,
     token TEXT,
     expires_at INTEGER,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    agent_serials TEXT
 );
 CREATE TABLE IF NOT EXISTS redemptions (
     jti TEXT PRIMARY KEY,
@@ -59,8 +60,10 @@ CREATE TABLE IF NOT EXISTS health (
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`). Version 1: every serial in
-/// `revoked` and `issued` is canonical (the minimal positive magnitude, [`Serial`]).
-pub(super) const VERSION: i64 = 1;
+/// `revoked` and `issued` is canonical (the minimal positive magnitude, [`Serial`]). Version
+/// 2: `executions.agent_serials`, the agent's path serials in canonical hex, space-separated
+/// (NULL in rows written before).
+pub(super) const VERSION: i64 = 2;
 
 /// Brings a store written by an earlier seb up to [`VERSION`], in one transaction, once.
 ///
@@ -76,6 +79,23 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
+    if version < 1 {
+        canonical_serials(&tx)?;
+    }
+    // A store made before version 2 has `executions` without the column (CREATE TABLE IF
+    // NOT EXISTS left it as it was); a new one has it already.
+    let has_column: bool = tx
+        .prepare("SELECT 1 FROM pragma_table_info('executions') WHERE name = 'agent_serials'")?
+        .exists([])?;
+    if !has_column {
+        tx.execute_batch("ALTER TABLE executions ADD COLUMN agent_serials TEXT")?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()
+}
+
+/// Version 1: every serial in `revoked` and `issued` canonical.
+fn canonical_serials(tx: &Connection) -> rusqlite::Result<()> {
     let mut changes = Vec::new();
     for table in ["revoked", "issued"] {
         let time = if table == "revoked" {
@@ -133,6 +153,5 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             [changes.join("; ")],
         )?;
     }
-    tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()
+    Ok(())
 }

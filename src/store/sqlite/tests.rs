@@ -143,6 +143,7 @@ fn issuing(id: &str) -> ExecutionRecord {
     ExecutionRecord {
         request_id: id.into(),
         agent: "thumb".into(),
+        agent_serials: vec![serial(&[0x42]), serial(&[0x80, 0x01])],
         agent_subject: "CN=agent".into(),
         operation: "deploy.restart".into(),
         resource: "prod/api".into(),
@@ -501,4 +502,87 @@ fn serials_stored_before_canonical_serials_are_canonicalised_on_open() {
     );
     // Zero is no serial of any certificate seb accepts; it is dropped (and said so).
     assert_eq!(store.events("serial_migration").unwrap().len(), 1);
+}
+
+#[test]
+fn a_token_of_a_revoked_agent_is_not_redeemed_and_old_records_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+    store.record_execution(&issuing("r1")).unwrap();
+    store.record_execution(&issuing("r2")).unwrap();
+    assert_eq!(
+        store.execution("r1").unwrap().unwrap().agent_serials,
+        issuing("r1").agent_serials
+    );
+    // The agent's intermediate (second serial of its path) is revoked: neither token redeems,
+    // and neither is used up by trying.
+    store
+        .revoke(&serial(&[0x80, 0x01]), Reason::KeyCompromise, at)
+        .unwrap();
+    for jti in ["jti-r1", "jti-r2"] {
+        assert_eq!(
+            store.redeem(jti, "executor", at).unwrap(),
+            RedeemOutcome::AgentRevoked {
+                serial: serial(&[0x80, 0x01])
+            }
+        );
+    }
+    // A record from before agent serials were kept: refused, not waved through.
+    let old = ExecutionRecord {
+        agent_serials: vec![],
+        ..issuing("r3")
+    };
+    store.record_execution(&old).unwrap();
+    assert_eq!(
+        store.redeem("jti-r3", "executor", at).unwrap(),
+        RedeemOutcome::AgentUnrecorded
+    );
+    drop(store);
+    let c = Connection::open(dir.path().join("seb.db")).unwrap();
+    let redeemed: i64 = c
+        .query_row("SELECT count(*) FROM redemptions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(redeemed, 0);
+}
+
+#[test]
+fn a_store_from_before_agent_serials_gains_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join("seb.db")).unwrap();
+        // The executions table as version 1 had it.
+        c.execute_batch(
+            "CREATE TABLE executions (
+                request_id TEXT PRIMARY KEY, agent TEXT NOT NULL, agent_subject TEXT NOT NULL,
+                operation TEXT NOT NULL, resource TEXT NOT NULL, params TEXT NOT NULL,
+                request_digest TEXT NOT NULL, status TEXT NOT NULL, deny_code TEXT,
+                approvals_required INTEGER NOT NULL, jti TEXT UNIQUE, token TEXT,
+                expires_at INTEGER, created_at INTEGER NOT NULL);
+             INSERT INTO executions VALUES ('old', 't', 'CN=a', 'op', 'res', '{}', 'd', 'granted',
+                NULL, 0, 'jti-old', 'tok', 1800000000, 1700000000);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store
+        .execution("old")
+        .unwrap()
+        .unwrap()
+        .agent_serials
+        .is_empty());
+    assert_eq!(
+        store
+            .redeem("jti-old", "executor", SystemTime::now())
+            .unwrap(),
+        RedeemOutcome::AgentUnrecorded
+    );
+    store.record_execution(&issuing("new")).unwrap();
+    assert_eq!(
+        store
+            .redeem("jti-new", "executor", SystemTime::now())
+            .unwrap(),
+        RedeemOutcome::Redeemed
+    );
 }

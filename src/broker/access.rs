@@ -1,0 +1,128 @@
+//! Who may call what: the check every route runs before it does anything.
+//!
+//! The TLS handshake verified the caller's chain once, when the connection opened, and not at
+//! all on a resumed session; the connection may then stay open for hours. So on every request,
+//! on every route, [`Broker::authenticate`] checks the caller's whole verified path again:
+//!
+//! 1. the chain validated to the broker's root (`bad_certificate` otherwise);
+//! 2. no certificate of the path (leaf, intermediates, root) is revoked, read from the store
+//!    now (`certificate_revoked`);
+//! 3. every certificate of the path is valid now, `notBefore` included
+//!    (`certificate_not_yet_valid`, `certificate_expired`);
+//! 4. the leaf's role is one the route admits ([`Access`], declared per route in the HTTP
+//!    layer's one table, `server::ROUTES`) (`wrong_role`).
+//!
+//! Only this function makes a [`Caller`], and the broker's request methods take a `Caller`,
+//! so no route can reach them unchecked. It must never admit a caller on doubt: a store that
+//! cannot say whether a serial is revoked is an error, not a pass.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::peer::RevokedSet;
+use super::{Broker, BrokerError, Peer};
+use crate::authz::{DenyCode, RevocationView};
+use crate::grants::RoleKind;
+
+/// What a route requires of its caller beyond a path that is valid now and unrevoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Any certificate whose path validates to the broker's root, every certificate of it
+    /// valid now and none revoked, whatever its role (or none): the public routes.
+    AnyCertificate,
+    /// As [`Access::AnyCertificate`], and the leaf's `sebRole` is one of these.
+    Roles(&'static [RoleKind]),
+}
+
+impl Access {
+    /// The role names admitted, for documentation (`["any"]` for any certificate).
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Access::AnyCertificate => vec!["any".into()],
+            Access::Roles(roles) => roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// A caller that passed [`Broker::authenticate`] for a route.
+#[derive(Debug)]
+pub struct Caller {
+    peer: Arc<Peer>,
+    /// What was read from the store when the caller was checked: by construction, none of
+    /// the path's serials. The decision is handed this very snapshot.
+    revoked: RevokedSet,
+}
+
+impl Caller {
+    /// Who is calling.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The revocation state of the caller's path read when it was checked.
+    pub(crate) fn revocations(&self) -> &RevokedSet {
+        &self.revoked
+    }
+}
+
+impl Broker {
+    /// Checks `peer`'s whole path at `now` and its role against `access` (module
+    /// documentation). Refusals are counted under the `auth` endpoint in the metrics.
+    pub fn authenticate(
+        &self,
+        peer: Arc<Peer>,
+        access: Access,
+        now: SystemTime,
+    ) -> Result<Caller, BrokerError> {
+        let result = self.check_caller(peer, access, now);
+        if let Err(e) = &result {
+            self.metrics.record_request("auth", e.code());
+        }
+        result
+    }
+
+    fn check_caller(
+        &self,
+        peer: Arc<Peer>,
+        access: Access,
+        now: SystemTime,
+    ) -> Result<Caller, BrokerError> {
+        peer.verified_chain()?;
+        let revoked = peer.revocations(self.store.as_ref())?;
+        for (depth, cert) in peer.path.iter().enumerate() {
+            let name = |what: &str| {
+                format!(
+                    "certificate {:?} (depth {depth}, serial {}) {what}",
+                    cert.subject, cert.serial
+                )
+            };
+            let denied = |code, reason| BrokerError::Denied {
+                code,
+                reason,
+                request_id: None,
+            };
+            if revoked.is_revoked(&cert.serial) {
+                return Err(denied(DenyCode::CertificateRevoked, name("is revoked")));
+            }
+            if now < cert.not_before {
+                return Err(denied(
+                    DenyCode::CertificateNotYetValid,
+                    name("is not valid yet"),
+                ));
+            }
+            if now > cert.not_after {
+                return Err(denied(DenyCode::CertificateExpired, name("has expired")));
+            }
+        }
+        if let Access::Roles(roles) = access {
+            let role = peer.role();
+            if !role.is_some_and(|r| roles.contains(&r)) {
+                return Err(BrokerError::WrongRole {
+                    actual: role.map_or("unknown".into(), |r| r.to_string()),
+                    action: "use this endpoint",
+                });
+            }
+        }
+        Ok(Caller { peer, revoked })
+    }
+}
