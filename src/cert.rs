@@ -222,7 +222,7 @@ impl Certificate {
         }
     }
 
-    /// The serial number in seb's canonical form ([`crate::serial::Serial`]: lowercase hex
+    /// The serial number in seb's canonical form ([`crate::serial::Serial`]: upper-case hex
     /// of the positive integer, no sign byte); a zero or negative serial, which seb refuses
     /// anywhere it matters, as the hex of its DER contents.
     pub fn serial_hex(&self) -> String {

@@ -8,8 +8,9 @@
 //! the other. Here a [`Serial`] is the integer itself:
 //!
 //! * **bytes**: the minimal big-endian magnitude, no leading `00` byte, 1 to 20 bytes;
-//! * **text**: those bytes in lowercase hex, two digits a byte (`80a1b2…`, `0a`), which is
-//!   openssl's `-serial` output in lower case.
+//! * **text**: those bytes in upper-case hex, two digits a byte, no colons (`80A1B2…`,
+//!   `0A`): exactly what `openssl x509 -noout -serial` prints, so a serial copied from either
+//!   tool can be searched for in the other's output.
 //!
 //! [`Serial::parse`] accepts what people paste: upper or lower case, colons, any leading
 //! zeros (an odd number too), an optional `0x`. [`Serial::of`] reads a certificate and
@@ -100,10 +101,10 @@ impl Serial {
     }
 }
 
-/// Lowercase hex, two digits a byte, no `00` sign byte.
+/// Upper-case hex, two digits a byte, no `00` sign byte: as `openssl x509 -serial` prints.
 impl fmt::Display for Serial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(&self.0))
+        f.write_str(&hex::encode_upper(&self.0))
     }
 }
 
@@ -121,7 +122,7 @@ mod tests {
     fn every_spelling_of_one_serial_is_one_serial() {
         let canonical = Serial::parse("80a1b2c3").unwrap();
         assert_eq!(canonical.as_bytes(), [0x80, 0xa1, 0xb2, 0xc3]);
-        assert_eq!(canonical.to_string(), "80a1b2c3");
+        assert_eq!(canonical.to_string(), "80A1B2C3");
         for spelling in [
             "80A1B2C3",       // openssl x509 -serial
             "80:a1:b2:c3",    // openssl x509 -text
@@ -134,8 +135,8 @@ mod tests {
             assert_eq!(Serial::parse(spelling).unwrap(), canonical, "{spelling:?}");
         }
         // Odd digit counts are leading zeros too.
-        assert_eq!(Serial::parse("a").unwrap().to_string(), "0a");
-        assert_eq!(Serial::parse("00a").unwrap().to_string(), "0a");
+        assert_eq!(Serial::parse("a").unwrap().to_string(), "0A");
+        assert_eq!(Serial::parse("00a").unwrap().to_string(), "0A");
         assert_eq!(Serial::parse("1ff").unwrap().as_bytes(), [0x01, 0xff]);
     }
 
@@ -147,7 +148,7 @@ mod tests {
         );
         assert_eq!(
             Serial::from_der_integer(&[0x7f, 0x01]).unwrap().to_string(),
-            "7f01"
+            "7F01"
         );
         assert_eq!(
             Serial::from_der_integer(&[0x80, 0x01]),
