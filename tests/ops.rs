@@ -632,3 +632,37 @@ fn recording_a_policy_without_ek_pinning_warns() {
     );
     assert!(!String::from_utf8_lossy(&pinned.stderr).contains("no EK pinning"));
 }
+
+/// `seb request --params` refuses what the broker refuses (duplicate keys), instead of quietly
+/// sending one of the two values.
+#[test]
+fn seb_request_refuses_duplicate_parameter_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            "https://127.0.0.1:9",
+            "--ca",
+            "root.pem",
+            "--cert",
+            "agent.pem",
+            "--key",
+            "agent.key",
+            "--operation",
+            "deploy.rollout",
+            "--resource",
+            "prod/payments/api",
+            "--params",
+            r#"{"replicas":1000,"replicas":3}"#,
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--params") && stderr.contains("duplicate"),
+        "{stderr}"
+    );
+    assert_clean_failure(&out, "--params");
+}

@@ -150,6 +150,21 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     common::assert_success(&out, "token verify");
     let printed: Claims = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, claims);
+    // The agent's certificate as `seb cert issue --out` writes it, with its chain after the
+    // leaf, binds the same way.
+    let chain = hsm.path("agent-chain.pem");
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&agent).unwrap(),
+            std::fs::read_to_string(hsm.trust("root.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    let mut with_chain = full.to_vec();
+    with_chain[11] = chain.to_str().unwrap();
+    common::assert_success(&verify(dir, &with_chain), "--cert with a chain PEM");
     // Parameters in another key order are the same request.
     let mut reordered = full.to_vec();
     reordered[9] = r#"{"strategy":"canary","replicas":3}"#;

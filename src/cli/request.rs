@@ -39,8 +39,10 @@ pub struct RequestArgs {
 /// Asks the broker for a token; prints the JSON answer. Exit status: 0 granted, 2 pending
 /// approval, 1 denied or error.
 pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
-    let params: serde_json::Value =
-        serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
+    // The broker's own parser: a duplicate key, too deep a nesting or an inexact number is
+    // refused here as the broker would refuse it, rather than silently keeping one of two values.
+    let params = seb::json::parse_strict(args.params.as_bytes())
+        .map_err(|e| format!("--params is not acceptable JSON: {e}"))?;
     let tls = ClientTls::new(
         &read_file(&args.ca)?,
         &read_file(&args.cert)?,

@@ -107,7 +107,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         Params::parse(params.as_bytes()).map_err(|e| format!("{}: --params: {e}", e.code()))?;
     let binding = match (&args.cert, args.skip_binding) {
         (Some(path), false) => Binding::agent(
-            Certificate::parse(&read_file(path).map_err(|e| input("--cert", e))?)
+            presented_leaf(&read_file(path).map_err(|e| input("--cert", e))?)
                 .map_err(|e| input("--cert", e.into()))?,
         ),
         (None, true) => Binding::NotPresented,
@@ -174,4 +174,18 @@ fn read_token(path: &std::path::Path) -> Result<String, CliError> {
     }
     let text = String::from_utf8(bytes).map_err(|_| "malformed_token: the token is not UTF-8")?;
     Ok(text.trim().to_owned())
+}
+
+/// The agent's certificate as the agent presents it: a DER certificate, or a PEM file that may
+/// hold the whole chain, leaf first (what `seb cert issue --out` writes).
+fn presented_leaf(bytes: &[u8]) -> Result<Certificate, seb::cert::CertError> {
+    let text = bytes.trim_ascii_start();
+    if text.starts_with(b"-----BEGIN") {
+        Certificate::parse_pem_chain(text)?
+            .into_iter()
+            .next()
+            .ok_or(seb::cert::CertError::Empty)
+    } else {
+        Certificate::parse(bytes)
+    }
 }
