@@ -193,6 +193,11 @@ pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
         subject: subject.to_owned(),
         reason: reason.to_owned(),
     };
+    if !subject.contains('=') {
+        return Err(err(&format!(
+            "write it as an RFC 4514 name, for example \"CN={subject},O=example\""
+        )));
+    }
     let name = Name::from_str(subject).map_err(|e| err(&e.to_string()))?;
     let has_cn = name.iter().any(|atv| atv.oid == COMMON_NAME);
     if !has_cn {

@@ -147,6 +147,34 @@ fn explain_module_failure(module: &Path, error: seb::backend::BackendError) -> C
     }
 }
 
+/// A failed connection to a broker, with what to do about it when that can be told
+/// ([`seb::client::ClientTls::explain`]).
+pub fn explained(tls: &seb::client::ClientTls, error: seb::client::ClientError) -> CliError {
+    match tls.explain(&error, std::time::SystemTime::now()) {
+        Some(hint) => Box::new(Explained { error, hint }),
+        None => error.into(),
+    }
+}
+
+/// An error with what to do about it; its cause chain is the error's own.
+#[derive(Debug)]
+struct Explained {
+    error: seb::client::ClientError,
+    hint: String,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.error, self.hint)
+    }
+}
+
+impl std::error::Error for Explained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
 /// Opens the store in the state directory.
 pub fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
     Ok(SqliteStore::open(&config.state_dir)?)

@@ -6,6 +6,7 @@
 //! key.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -14,6 +15,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
+
+use crate::cert::Certificate;
 
 /// Client failures, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,9 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
+    /// The client's own chain and the pinned roots, parsed, to explain a failed connection.
+    own_chain: Vec<Certificate>,
+    roots: Vec<Certificate>,
 }
 
 impl ClientTls {
@@ -59,10 +65,10 @@ impl ClientTls {
             .into_iter()
             .map(CertificateDer::from)
             .collect();
-        let key = pem_blocks(key_pem, "PRIVATE KEY")?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Input("no PKCS#8 PRIVATE KEY in the key file".into()))?;
+        let key = pem_blocks(key_pem, "PRIVATE KEY")
+            .ok()
+            .and_then(|blocks| blocks.into_iter().next())
+            .ok_or_else(|| ClientError::Input(missing_key_hint(key_pem)))?;
         let key = PrivateKeyDer::Pkcs8(key.into());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -76,7 +82,120 @@ impl ClientTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),
+            own_chain: Certificate::parse_pem_chain(chain_pem).unwrap_or_default(),
+            roots: Certificate::parse_pem_chain(root_pem).unwrap_or_default(),
         })
+    }
+
+    /// What a person can do about `error`, a failed connection or request: the client's own
+    /// certificate is checked locally (validity, chain to the pinned root) and the TLS failure
+    /// read, since a TLS alert alone ("CertificateExpired", "UnknownCA", "DecryptError") does
+    /// not say whose certificate is wrong or what to do.
+    pub fn explain(&self, error: &ClientError, now: SystemTime) -> Option<String> {
+        let text = error_text(error);
+        let mut hints = Vec::new();
+        if text.contains("invalid peer certificate") {
+            hints.push(
+                "the broker's TLS certificate was not accepted: check that --ca is this broker's \
+                 root certificate (<state_dir>/trust/root.pem on the broker host) and that the \
+                 URL's host is one of the names in its TLS certificate (ca.tls_names)"
+                    .to_owned(),
+            );
+        }
+        let refused_by_broker = text.contains("received fatal alert")
+            || text.contains("connection closed before message completed")
+            || text.contains("Connection reset");
+        let own = self.own_problems(now);
+        if refused_by_broker || !own.is_empty() {
+            if own.is_empty() {
+                hints.push(
+                    "the broker refused the connection; your certificate looks valid and chains \
+                     to --ca here, so it may be revoked, or its role may not use this endpoint"
+                        .to_owned(),
+                );
+            }
+            hints.extend(own);
+        }
+        (!hints.is_empty()).then(|| hints.join("; "))
+    }
+
+    /// Problems with the client's own certificate file, as seen locally.
+    fn own_problems(&self, now: SystemTime) -> Vec<String> {
+        let Some((leaf, rest)) = self.own_chain.split_first() else {
+            return vec!["the certificate file holds no certificate".into()];
+        };
+        let mut problems = Vec::new();
+        let at = |t: SystemTime| {
+            der::DateTime::from_system_time(t).map_or_else(|_| "?".into(), |d| d.to_string())
+        };
+        if now > leaf.not_after() {
+            problems.push(format!(
+                "your certificate ({}) expired at {}; ask the security team to renew it \
+                 (`seb cert renew --serial {}`)",
+                leaf.subject_string(),
+                at(leaf.not_after()),
+                leaf.serial_hex()
+            ));
+        } else if now < leaf.not_before() {
+            problems.push(format!(
+                "your certificate ({}) is not valid before {}; check this host's clock",
+                leaf.subject_string(),
+                at(leaf.not_before())
+            ));
+        }
+        if let Err(e) = crate::chain::validate(leaf, rest, &self.roots, now) {
+            match e {
+                crate::chain::ChainError::UnknownIssuer { .. }
+                    if rest.is_empty()
+                        && !self.roots.iter().any(|r| r.tbs.subject == leaf.tbs.issuer) =>
+                {
+                    problems.push(format!(
+                        "your certificate was issued by {}, an intermediate CA: send the chain, \
+                         not only the leaf (the certificate file must hold the leaf followed by \
+                         its intermediates, as `seb cert issue --out` writes it)",
+                        leaf.tbs.issuer
+                    ))
+                }
+                other => problems.push(format!(
+                    "your certificate does not chain to the --ca root ({}: {other})",
+                    other.code()
+                )),
+            }
+        }
+        problems
+    }
+}
+
+/// Every message of an error's source chain, and of the I/O errors wrapped inside it (whose
+/// `source` skips the wrapped error itself).
+fn error_text(error: &ClientError) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                parts.push(inner.to_string());
+            }
+        }
+        parts.push(e.to_string());
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Why no PKCS#8 key was found, with the fix for the usual cause.
+fn missing_key_hint(key_pem: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key_pem);
+    if text.contains("BEGIN EC PRIVATE KEY") {
+        "the key file holds a SEC1 key (BEGIN EC PRIVATE KEY); seb reads PKCS#8: convert it with \
+         `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8` (or make keys with `seb keygen`)"
+            .into()
+    } else if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
+        "the key file is encrypted; seb reads an unencrypted PKCS#8 key (BEGIN PRIVATE KEY) from \
+         a file only the agent can read"
+            .into()
+    } else {
+        "no PKCS#8 PRIVATE KEY in the key file".into()
     }
 }
 

@@ -135,7 +135,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string(),
+            message: with_key_line(text, e.to_string()),
         })?;
         config.validate()?;
         let attestation_tcti = config.attestation_tcti();
@@ -596,6 +596,31 @@ impl Default for ServerConfig {
             tls_resumption: true,
             worker_threads: None,
         }
+    }
+}
+
+/// Inside `[backend]` (a tagged table) the TOML parser can only point at the table's header
+/// for an unknown key. This adds the line of the key itself.
+fn with_key_line(text: &str, message: String) -> String {
+    let Some(name) = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name)
+    else {
+        return message;
+    };
+    let found = text.lines().enumerate().find(|(_, line)| {
+        line.trim_start()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    });
+    match found {
+        Some((index, line)) => format!(
+            "{message}\nthe unknown key `{name}` is on line {}: {}",
+            index + 1,
+            line.trim()
+        ),
+        None => message,
     }
 }
 

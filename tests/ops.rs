@@ -666,3 +666,159 @@ fn seb_request_refuses_duplicate_parameter_keys() {
     );
     assert_clean_failure(&out, "--params");
 }
+
+fn seb_request(
+    hsm: &Hsm,
+    broker: &common::Broker,
+    ca: &std::path::Path,
+    who: &common::Identity,
+) -> std::process::Output {
+    hsm.seb(&[
+        "request",
+        "--broker",
+        &broker.url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        who.cert.to_str().unwrap(),
+        "--key",
+        who.key.to_str().unwrap(),
+        "--operation",
+        "deploy.rollout",
+        "--resource",
+        "prod/payments/api",
+        "--params",
+        r#"{"replicas":3}"#,
+    ])
+}
+
+/// A failed handshake says whose certificate is wrong and what to do, not only a TLS alert.
+#[test]
+fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
+    let hsm = Hsm::initialised();
+    let broker = common::Broker::start(&hsm);
+    let grants = hsm.grants_file("g.toml", GRANTS);
+    let root = hsm.trust("root.pem");
+
+    // An expired certificate.
+    hsm.identity("short", "CN=short-lived", "agent", &["--grants", &grants]);
+    let short = hsm.reissue(
+        "short",
+        "short2.pem",
+        &["--grants", &grants, "--role", "agent", "--ttl", "2s"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let out = seb_request(&hsm, &broker, &root, &short);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("your certificate (") && stderr.contains("expired at"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("seb cert renew"), "{stderr}");
+
+    // The wrong --ca: another installation's root.
+    let other = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let out = seb_request(&hsm, &broker, &other.trust("root.pem"), &agent);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ca is this broker's root"), "{stderr}");
+
+    // Only the leaf of a certificate issued by an intermediate.
+    hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "ops",
+        "--subject",
+        "CN=ops,O=seb",
+        "--grants",
+        &grants,
+        "--ttl",
+        "90d",
+        "--out",
+        hsm.path("ops.pem").to_str().unwrap(),
+    ]);
+    let under = hsm.identity(
+        "under",
+        "CN=under-ops",
+        "agent",
+        &["--grants", &grants, "--issuer", "ops"],
+    );
+    let chain = std::fs::read_to_string(&under.cert).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let leaf_only = &chain[..chain.find(end).unwrap() + end.len()];
+    std::fs::write(&under.cert, format!("{leaf_only}\n")).unwrap();
+    let out = seb_request(&hsm, &broker, &root, &under);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("send the chain, not only the leaf"),
+        "{stderr}"
+    );
+
+    // A SEC1 key gets the command that converts it.
+    let sec1 = hsm.path("sec1.key");
+    let (ok, text) = openssl(
+        &[
+            "ec",
+            "-in",
+            agent.key.to_str().unwrap(),
+            "-out",
+            sec1.to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(std::fs::read_to_string(&sec1)
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
+    let with_sec1 = common::Identity {
+        cert: agent.cert.clone(),
+        key: sec1,
+    };
+    let out = seb_request(&hsm, &broker, &root, &with_sec1);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("openssl pkcs8 -topk8"), "{stderr}");
+}
+
+/// Small errors that now say what to do: a subject without `CN=`, a listen address in use.
+#[test]
+fn small_errors_say_what_to_do() {
+    let hsm = Hsm::initialised();
+    let out = hsm.seb(&[
+        "keygen",
+        "--subject",
+        "deploy-bot",
+        "--out-key",
+        hsm.path("k.key").to_str().unwrap(),
+        "--out-csr",
+        hsm.path("k.csr").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CN=deploy-bot,O=example"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    let listen_line = config
+        .lines()
+        .find(|l| l.starts_with("listen"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        hsm.config(),
+        config.replace(&listen_line, &format!("listen = \"{addr}\"")),
+    )
+    .unwrap();
+    let out = hsm.seb(&["serve"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

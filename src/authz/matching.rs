@@ -63,6 +63,15 @@ pub enum ParamViolation {
     NotScalar(String),
     /// A constrained parameter's value does not satisfy the constraint.
     Violated(String),
+    /// A constrained parameter has another JSON type than its constraint takes.
+    WrongType {
+        /// The parameter.
+        name: String,
+        /// What the constraint takes (`a string`, `an integer`, ...).
+        expected: &'static str,
+        /// What the request holds.
+        got: &'static str,
+    },
 }
 
 impl std::fmt::Display for ParamViolation {
@@ -76,6 +85,15 @@ impl std::fmt::Display for ParamViolation {
             ParamViolation::Violated(n) => {
                 write!(f, "parameter {n:?} does not satisfy its constraint")
             }
+            ParamViolation::WrongType {
+                name,
+                expected,
+                got,
+            } => write!(
+                f,
+                "parameter {name:?} must be {expected}, but the request holds {got} \
+                 (types are exact: \"3\" is a string, 3 an integer)"
+            ),
         }
     }
 }
@@ -94,7 +112,16 @@ pub fn params_satisfy(
             return Err(ParamViolation::NotScalar(name.clone()));
         }
         if !constraint_allows(constraint, value) {
-            return Err(ParamViolation::Violated(name.clone()));
+            let expected = expected_type(constraint);
+            let got = type_of(value);
+            return Err(match expected {
+                Some(expected) if expected != got => ParamViolation::WrongType {
+                    name: name.clone(),
+                    expected,
+                    got,
+                },
+                _ => ParamViolation::Violated(name.clone()),
+            });
         }
     }
     if !params_any {
@@ -119,6 +146,35 @@ pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
     }
 }
 
+/// The one JSON type a constraint takes, if it takes only one.
+fn expected_type(constraint: &Constraint) -> Option<&'static str> {
+    let of = |s: &Scalar| match s {
+        Scalar::String(_) => "a string",
+        Scalar::Integer(_) => "an integer",
+        Scalar::Bool(_) => "a boolean",
+    };
+    match constraint {
+        Constraint::Equals(s) => Some(of(s)),
+        Constraint::OneOf(options) => {
+            let first = options.first().map(of)?;
+            options.iter().all(|o| of(o) == first).then_some(first)
+        }
+        Constraint::Range { .. } => Some("an integer"),
+        Constraint::Prefix(_) => Some("a string"),
+    }
+}
+
+/// The JSON type of a scalar request value, in the words of [`expected_type`].
+fn type_of(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) if json_integer(value).is_some() => "an integer",
+        Value::Number(_) => "a number that is not an integer",
+        Value::Null | Value::Array(_) | Value::Object(_) => "an object, array or null",
+    }
+}
+
 fn scalar_equals(scalar: &Scalar, value: &Value) -> bool {
     match scalar {
         Scalar::String(s) => value.as_str() == Some(s.as_str()),
@@ -139,6 +195,29 @@ fn json_integer(value: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_mismatch_names_both_types() {
+        let mut constraints = std::collections::BTreeMap::new();
+        constraints.insert("replicas".to_owned(), Constraint::Range { min: 1, max: 10 });
+        let params: Map<String, Value> = serde_json::from_str(r#"{"replicas": "3"}"#).unwrap();
+        let err = params_satisfy(&constraints, false, &params).unwrap_err();
+        assert_eq!(
+            err,
+            ParamViolation::WrongType {
+                name: "replicas".into(),
+                expected: "an integer",
+                got: "a string"
+            }
+        );
+        assert!(err.to_string().contains("must be an integer"), "{err}");
+        // The right type with a value out of range is a plain violation.
+        let params: Map<String, Value> = serde_json::from_str(r#"{"replicas": 30}"#).unwrap();
+        assert_eq!(
+            params_satisfy(&constraints, false, &params).unwrap_err(),
+            ParamViolation::Violated("replicas".into())
+        );
+    }
 
     #[test]
     fn operation_wildcards() {

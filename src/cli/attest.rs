@@ -226,17 +226,19 @@ fn verify(args: VerifyArgs) -> CliResult {
         .enable_all()
         .build()?;
     // The evidence must be bound to the TLS certificate of the session it comes over.
-    let (response, tls_certificate) = runtime.block_on(async {
-        let mut client = Client::connect(&args.broker, &tls).await?;
-        let response = client
-            .send(
-                "GET",
-                &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
-                None,
-            )
-            .await?;
-        Ok::<_, seb::client::ClientError>((response, client.server_certificate().to_vec()))
-    })?;
+    let (response, tls_certificate) = runtime
+        .block_on(async {
+            let mut client = Client::connect(&args.broker, &tls).await?;
+            let response = client
+                .send(
+                    "GET",
+                    &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
+                    None,
+                )
+                .await?;
+            Ok::<_, seb::client::ClientError>((response, client.server_certificate().to_vec()))
+        })
+        .map_err(|e| super::explained(&tls, e))?;
     if response.status != 200 {
         return Err(format!("the broker answered {}: {}", response.status, response.text).into());
     }

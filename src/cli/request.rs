@@ -60,10 +60,12 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(async {
-        let mut client = Client::connect(&args.broker, &tls).await?;
-        client.post_json("/v1/executions", &body).await
-    })?;
+    let response = runtime
+        .block_on(async {
+            let mut client = Client::connect(&args.broker, &tls).await?;
+            client.post_json("/v1/executions", &body).await
+        })
+        .map_err(|e| super::explained(&tls, e))?;
     say!("{}", response.text);
     Ok(match response.status {
         201 => std::process::ExitCode::SUCCESS,

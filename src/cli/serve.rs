@@ -31,7 +31,10 @@ pub fn serve(config: &Config) -> CliResult {
         .thread_name("seb-worker")
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+        let listen = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?;
         let local = listener.local_addr()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));

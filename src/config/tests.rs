@@ -194,3 +194,18 @@ fn empty_pin_file_is_refused() {
     };
     assert!(p.read_pin().unwrap_err().to_string().contains("empty"));
 }
+
+#[test]
+fn a_typo_in_the_backend_table_names_its_own_line() {
+    let text = MINIMAL.replace("token_label", "token_lable");
+    let err = Config::parse(&text).unwrap_err().to_string();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("token_lable"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("`token_lable` is on line {line}")),
+        "{err}"
+    );
+}
