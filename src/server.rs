@@ -455,9 +455,21 @@ async fn trust(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn crl(State(app): State<App>) -> Result<Response, ApiError> {
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrlQuery {
+    issuer: Option<String>,
+}
+
+/// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM).
+async fn crl(
+    State(app): State<App>,
+    query: Result<axum::extract::Query<CrlQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|_| BrokerError::NoCrlIssuer("(malformed query)".into()))?;
     let broker = app.broker.clone();
-    let pem = blocking(move || broker.crl_pem()).await?;
+    let pem = blocking(move || broker.crl_pem(query.issuer.as_deref())).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
 }
 

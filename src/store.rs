@@ -236,7 +236,27 @@ pub trait Store: Send + Sync {
         serial: &Serial,
         reason: Reason,
         at: SystemTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.revoke_issued_by(serial, None, reason, at)
+    }
+    /// Records a revocation and, for a certificate this broker has no record of issuing (an
+    /// offline intermediate's), the label of the CA that issued it, so that the revocation
+    /// goes into that CA's CRL.
+    fn revoke_issued_by(
+        &self,
+        serial: &Serial,
+        issuer_label: Option<&str>,
+        reason: Reason,
+        at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError>;
+    /// The revocations of certificates issued by the CA labelled `issuer_label`: recorded with
+    /// the revocation, or else from the issuance record. `with_unattributed` adds revocations
+    /// whose issuer is known neither way (they belong in the root's CRL).
+    fn revocations_issued_by(
+        &self,
+        issuer_label: &str,
+        with_unattributed: bool,
+    ) -> Result<Vec<Revocation>, StoreError>;
     /// Every revocation, oldest first.
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
     /// A number that changes whenever a revocation is added (revocations are never removed):

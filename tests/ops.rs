@@ -822,3 +822,138 @@ fn small_errors_say_what_to_do() {
         "{stderr}"
     );
 }
+
+fn leaf_only(chain_pem: &std::path::Path, out: &std::path::Path) {
+    let chain = std::fs::read_to_string(chain_pem).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    std::fs::write(
+        out,
+        format!("{}\n", &chain[..chain.find(end).unwrap() + end.len()]),
+    )
+    .unwrap();
+}
+
+/// Revocation that standard tools can check under an intermediate: the intermediate signs its
+/// own CRL, `openssl verify -crl_check` refuses the revoked leaf and accepts the other; an
+/// unknown serial needs --issuer or --unknown; nothing is issued under a revoked intermediate.
+#[test]
+fn intermediates_sign_their_own_crls_that_openssl_checks() {
+    let hsm = Hsm::initialised();
+    let grants = hsm.grants_file("g.toml", GRANTS);
+    let ops_pem = hsm.path("ops.pem");
+    hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "ops",
+        "--subject",
+        "CN=ops,O=seb",
+        "--grants",
+        &grants,
+        "--ttl",
+        "90d",
+        "--out",
+        ops_pem.to_str().unwrap(),
+    ]);
+    let bad = hsm.identity(
+        "bad",
+        "CN=bad-bot",
+        "agent",
+        &["--grants", &grants, "--issuer", "ops"],
+    );
+    let good = hsm.identity(
+        "good",
+        "CN=good-bot",
+        "agent",
+        &["--grants", &grants, "--issuer", "ops"],
+    );
+    let serial = openssl_serial(&hsm, &bad.cert);
+    hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+    let crl = hsm.path("ops.crl");
+    let out = hsm.seb_ok(&["crl", "--issuer", "ops", "--out", crl.to_str().unwrap()]);
+    assert!(out.contains("CN=ops"), "{out}");
+    let root = hsm.trust("root.pem");
+    let verify = |cert: &std::path::Path| {
+        let leaf = hsm.path("leaf.pem");
+        leaf_only(cert, &leaf);
+        openssl(
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                root.to_str().unwrap(),
+                "-untrusted",
+                ops_pem.to_str().unwrap(),
+                "-CRLfile",
+                crl.to_str().unwrap(),
+                leaf.to_str().unwrap(),
+            ],
+            hsm.dir.path(),
+        )
+    };
+    let (ok, text) = verify(&bad.cert);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = verify(&good.cert);
+    assert!(ok && text.contains(": OK"), "{text}");
+    // The root's CRL does not list what the intermediate issued.
+    let root_crl = hsm.path("root.crl");
+    hsm.seb_ok(&["crl", "--out", root_crl.to_str().unwrap()]);
+    let (_, listing) = openssl(
+        &["crl", "-in", root_crl.to_str().unwrap(), "-noout", "-text"],
+        hsm.dir.path(),
+    );
+    assert!(!listing.contains(&serial), "{listing}");
+
+    // The broker serves the intermediate's CRL too.
+    let broker = common::Broker::start(&hsm);
+    let served = get(&hsm, &broker, &good, "/v1/crl?issuer=ops");
+    assert_eq!(served.status, 200, "{}", served.text);
+    std::fs::write(&crl, &served.text).unwrap();
+    let (ok, text) = verify(&bad.cert);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let none = get(&hsm, &broker, &good, "/v1/crl?issuer=nosuch");
+    assert_eq!(none.status, 404, "{}", none.text);
+    drop(broker);
+
+    // A serial nobody issued (a typo) is refused unless the operator says whose it is.
+    let out = hsm.seb(&["cert", "revoke", "--serial", "0BADC0FFEE"]);
+    assert!(!out.status.success());
+    assert_clean_failure(&out, "--unknown");
+    hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        "0BADC0FFEE",
+        "--issuer",
+        "ops",
+    ]);
+    hsm.seb_ok(&["crl", "--issuer", "ops", "--out", crl.to_str().unwrap()]);
+    let (_, listing) = openssl(
+        &["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"],
+        hsm.dir.path(),
+    );
+    assert!(listing.contains("0BADC0FFEE"), "{listing}");
+    hsm.seb_ok(&["cert", "revoke", "--serial", "0C0FFEE0", "--unknown"]);
+
+    // Nothing is issued under a revoked intermediate.
+    let ops_serial = openssl_serial(&hsm, &ops_pem);
+    hsm.seb_ok(&["cert", "revoke", "--serial", &ops_serial]);
+    let out = hsm.seb(&[
+        "cert",
+        "issue",
+        "--csr",
+        hsm.path("good.csr").to_str().unwrap(),
+        "--role",
+        "agent",
+        "--grants",
+        &grants,
+        "--ttl",
+        "1d",
+        "--issuer",
+        "ops",
+        "--out",
+        hsm.path("again.pem").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_clean_failure(&out, "is revoked");
+}

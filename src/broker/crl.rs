@@ -1,20 +1,24 @@
-//! The CRL served at `GET /v1/crl`, signed by the root key in the device and cached.
+//! The CRLs served at `GET /v1/crl`: the root's, signed by the root key in the device, and
+//! (`?issuer=NAME`) an intermediate's whose key is in the device, listing the revoked
+//! certificates it issued (where `openssl verify -crl_check` looks for a certificate under it).
 //!
 //! A new CRL is signed only when the revocation list changed or the cached one is past half
 //! its validity, so the endpoint cannot be used to make the HSM sign at will. Whether the list
 //! changed is read from the store's revocation generation (one index lookup), so serving a
 //! cached CRL never lists the revoked table.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use super::{Broker, BrokerError};
-use crate::backend::P384Signer;
+use crate::backend::{BackendError, P384Signer};
 use crate::ca::{self, crl::Revocation, CaError};
+use crate::cert::Certificate;
 
-/// The last CRL served.
+/// The last CRL served, per issuing CA (`None`: the root).
 #[derive(Debug, Default)]
-pub(crate) struct CrlCache(Mutex<Option<CachedCrl>>);
+pub(crate) struct CrlCache(Mutex<HashMap<Option<String>, CachedCrl>>);
 
 #[derive(Debug)]
 struct CachedCrl {
@@ -24,8 +28,9 @@ struct CachedCrl {
 }
 
 impl Broker {
-    /// The current CRL (PEM), signed by the root key in the device.
-    pub fn crl_pem(&self) -> Result<String, BrokerError> {
+    /// The current CRL (PEM) of the root (`issuer` `None`) or of the intermediate named
+    /// `issuer` (its `cert issue-ca --label`), signed by that CA's key in the device.
+    pub fn crl_pem(&self, issuer: Option<&str>) -> Result<String, BrokerError> {
         let generation = self
             .store
             .revocation_generation()
@@ -35,32 +40,65 @@ impl Broker {
             .0
             .lock()
             .map_err(|_| BrokerError::Internal("CRL cache lock poisoned".into()))?;
-        if let Some(cached) = cache.as_ref() {
+        let key = issuer.map(str::to_owned);
+        if let Some(cached) = cache.get(&key) {
             if cached.generation == generation
                 && cached.made.elapsed() < self.config.ca.crl_validity / 2
             {
                 return Ok(cached.pem.clone());
             }
         }
+        let (label, issuer_cert) = match issuer {
+            None => (self.config.keys.root.clone(), self.root.clone()),
+            Some(name) => {
+                let chain = self
+                    .config
+                    .trust_dir()
+                    .issuer_chain(Some(name), SystemTime::now())
+                    .map_err(|_| BrokerError::NoCrlIssuer(name.to_owned()))?;
+                let cert = chain
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| BrokerError::NoCrlIssuer(name.to_owned()))?;
+                (name.to_owned(), cert)
+            }
+        };
         // Read after the generation: a revocation in between is in the list, and the next
         // request signs again because the generation moved.
-        let revoked = self.store.revocations().map_err(BrokerError::Store)?;
-        let pem = self.sign_crl(&revoked)?;
-        *cache = Some(CachedCrl {
-            pem: pem.clone(),
-            generation,
-            made: Instant::now(),
-        });
+        let revoked = self
+            .store
+            .revocations_issued_by(&label, issuer.is_none())
+            .map_err(BrokerError::Store)?;
+        let pem = self.sign_crl(&label, &issuer_cert, &revoked)?;
+        cache.insert(
+            key,
+            CachedCrl {
+                pem: pem.clone(),
+                generation,
+                made: Instant::now(),
+            },
+        );
         Ok(pem)
     }
 
-    fn sign_crl(&self, revoked: &[Revocation]) -> Result<String, BrokerError> {
+    fn sign_crl(
+        &self,
+        label: &str,
+        issuer: &Certificate,
+        revoked: &[Revocation],
+    ) -> Result<String, BrokerError> {
+        let signer = match P384Signer::new(self.backend.as_ref(), label) {
+            Ok(signer) => signer,
+            // An offline intermediate: its CRL is signed where its key is held.
+            Err(BackendError::KeyNotFound { .. }) => {
+                return Err(BrokerError::NoCrlIssuer(label.to_owned()))
+            }
+            Err(e) => return Err(BrokerError::Hsm(e)),
+        };
         let number = self.store.next_crl_number().map_err(BrokerError::Store)?;
-        let signer = P384Signer::new(self.backend.as_ref(), &self.config.keys.root)
-            .map_err(BrokerError::Hsm)?;
         let list = ca::crl::sign(
             &signer,
-            &self.root,
+            issuer,
             number,
             revoked,
             SystemTime::now(),

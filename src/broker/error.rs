@@ -44,6 +44,10 @@ pub enum BrokerError {
     /// No such execution (or not visible to this caller).
     #[error("no such execution request")]
     NotFound,
+    /// No CRL for this issuer here: no such intermediate, or one whose key is not in this
+    /// broker's device (an offline intermediate signs its own CRL).
+    #[error("no CRL for issuer {0:?} here: not an intermediate whose key this broker holds")]
+    NoCrlIssuer(String),
     /// The token was redeemed before.
     #[error("token already redeemed")]
     AlreadyRedeemed,
@@ -100,6 +104,7 @@ impl BrokerError {
             BrokerError::WrongRole { .. } => (403, "wrong_role", self.to_string()),
             BrokerError::InvalidRequest(m) => (400, "invalid_request", m.clone()),
             BrokerError::NotFound => (404, "not_found", self.to_string()),
+            BrokerError::NoCrlIssuer(_) => (404, "unknown_crl_issuer", self.to_string()),
             BrokerError::AlreadyRedeemed => (409, "token_already_redeemed", self.to_string()),
             BrokerError::AgentRevoked { .. } => {
                 (403, "agent_certificate_revoked", self.to_string())

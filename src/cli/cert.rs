@@ -149,6 +149,15 @@ pub struct RevokeArgs {
     /// privilege-withdrawn.
     #[arg(long, default_value = "unspecified")]
     reason: String,
+    /// For a certificate this broker has no record of issuing (an offline intermediate's):
+    /// the intermediate that issued it (`--label` of `cert issue-ca`), so that its CRL lists it.
+    #[arg(long, conflicts_with = "unknown")]
+    issuer: Option<String>,
+    /// Revoke a serial this broker has no record of issuing, and whose issuer is unknown (it
+    /// goes into the root's CRL). Without this or --issuer, an unknown serial (a typo) is
+    /// refused.
+    #[arg(long)]
+    unknown: bool,
 }
 
 /// Options of `seb crl`.
@@ -157,6 +166,11 @@ pub struct CrlArgs {
     /// Where to write the CRL (PEM).
     #[arg(long)]
     out: PathBuf,
+    /// Sign the CRL of this intermediate (`--label` of `cert issue-ca`; its key must be in the
+    /// HSM) instead of the root's: it lists the revoked certificates that intermediate issued,
+    /// which is where `openssl verify -crl_check` looks for a certificate under it.
+    #[arg(long)]
+    issuer: Option<String>,
 }
 
 /// Refuses to replace an existing `out` unless `force` (a certificate in use is not lost to a
@@ -353,6 +367,27 @@ fn issuer_chain(
         .trust_dir()
         .issuer_chain(issuer, now)
         .map_err(not_initialised)?;
+    // Nothing is issued under an intermediate that has expired or been revoked: its
+    // certificates would be refused everywhere, or worse, accepted by a relying party that
+    // does not check revocation.
+    if issuer.is_some() {
+        let store = open_store(config)?;
+        for cert in &chain {
+            let name = cert.subject_string();
+            if now > cert.not_after() {
+                return Err(format!(
+                    "the issuing CA {name:?} expired at {}; nothing was issued",
+                    cert.tbs.validity.not_after
+                )
+                .into());
+            }
+            if store.is_revoked(&Serial::of(cert)?)? {
+                return Err(
+                    format!("the issuing CA {name:?} is revoked; nothing was issued").into(),
+                );
+            }
+        }
+    }
     let label = issuer.map_or_else(|| config.keys.root.clone(), str::to_owned);
     Ok((label, chain))
 }
@@ -419,7 +454,35 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
         )
     })?;
     let store = open_store(config)?;
-    match store.revoke(&serial, reason, SystemTime::now())? {
+    let issuer = match (store.issued_certificate(&serial)?, &args.issuer) {
+        (Some(record), Some(named)) if record.issuer_label != *named => {
+            return Err(format!(
+                "{serial} was issued by {:?}, not {named:?}; nothing was revoked",
+                record.issuer_label
+            )
+            .into())
+        }
+        (Some(_), _) => None,
+        (None, Some(named)) => {
+            // The issuer must be one this broker knows, so the revocation reaches a CRL.
+            if *named != config.keys.root {
+                config
+                    .trust_dir()
+                    .issuer_chain(Some(named), SystemTime::now())?;
+            }
+            Some(named.as_str())
+        }
+        (None, None) if args.unknown => None,
+        (None, None) => {
+            return Err(format!(
+                "this broker has no record of issuing {serial}: give --issuer NAME (the \
+                 intermediate that issued it, so that its CRL lists it) or --unknown; nothing \
+                 was revoked (check the serial for a typo)"
+            )
+            .into())
+        }
+    };
+    match store.revoke_issued_by(&serial, issuer, reason, SystemTime::now())? {
         RevokeOutcome::Revoked { known: true } => {
             say!("revoked {serial} ({})", reason.as_str())
         }
@@ -436,31 +499,30 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
 
 /// Writes a fresh CRL signed by the root key.
 pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
-    let root = load_root(config)?;
+    let now = SystemTime::now();
+    let (label, chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    let issuer = chain.first().ok_or("no issuing certificate")?;
     let store = open_store(config)?;
-    let revoked = store.revocations()?;
+    let revoked = store.revocations_issued_by(&label, args.issuer.is_none())?;
     let backend = open_backend(config, Some(1))?;
-    let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
+    let signer = issuer_signer(backend.as_ref(), &label, args.issuer.is_some())?;
     let number = store.next_crl_number()?;
     let list = crl::sign(
         &signer,
-        &root,
+        issuer,
         number,
         &revoked,
-        SystemTime::now(),
+        now,
         config.ca.crl_validity,
     )?;
     write_file(&args.out, crl::to_pem(&list)?.as_bytes(), false)?;
     say!(
-        "CRL number {number} with {} revoked certificate(s) written to {}",
+        "CRL number {number} of {} with {} revoked certificate(s) written to {}",
+        issuer.subject_string(),
         revoked.len(),
         args.out.display()
     );
     Ok(())
-}
-
-fn load_root(config: &Config) -> Result<Certificate, super::CliError> {
-    config.trust_dir().root().map_err(not_initialised)
 }
 
 /// A missing root means `seb init` has not run; say so.

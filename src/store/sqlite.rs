@@ -243,13 +243,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke(
+    fn revoke_issued_by(
         &self,
         serial: &Serial,
+        issuer_label: Option<&str>,
         reason: Reason,
         at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError> {
         let serial = serial.as_bytes().to_vec();
+        let issuer_label = issuer_label.map(str::to_owned);
         self.write("revoke", move |c| {
             let already: Option<i64> = c
                 .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [&serial], |r| {
@@ -268,10 +270,39 @@ impl Store for SqliteStore {
                 "INSERT INTO revoked (serial, reason, revoked_at) VALUES (?1, ?2, ?3)",
                 params![serial, reason.as_str(), unix(at)],
             )?;
+            if let Some(label) = issuer_label {
+                c.execute(
+                    "INSERT OR REPLACE INTO revocation_issuers (serial, issuer_label) VALUES (?1, ?2)",
+                    params![serial, label],
+                )?;
+            }
             Ok(RevokeOutcome::Revoked {
                 known: known.is_some(),
             })
         })
+    }
+
+    fn revocations_issued_by(
+        &self,
+        issuer_label: &str,
+        with_unattributed: bool,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let label = issuer_label.to_owned();
+        let rows: Vec<(Vec<u8>, String, i64)> = self.read("list revocations by issuer", |c| {
+            let mut stmt = c.prepare(
+                "SELECT r.serial, r.reason, r.revoked_at FROM revoked r
+                   LEFT JOIN revocation_issuers ri ON ri.serial = r.serial
+                   LEFT JOIN issued i ON i.serial = r.serial
+                 WHERE COALESCE(ri.issuer_label, i.issuer_label) = ?1
+                    OR (?2 AND COALESCE(ri.issuer_label, i.issuer_label) IS NULL)
+                 ORDER BY r.revoked_at, r.serial",
+            )?;
+            let rows = stmt.query_map(params![label, with_unattributed], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect()
+        })?;
+        rows.into_iter().map(revocation_from_row).collect()
     }
 
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
@@ -282,19 +313,7 @@ impl Store for SqliteStore {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect()
         })?;
-        rows.into_iter()
-            .map(|(serial, reason, at)| {
-                Ok(Revocation {
-                    serial: Serial::from_magnitude(&serial).map_err(|e| {
-                        StoreError::Corrupt(format!("revoked serial {}: {e}", hex::encode(&serial)))
-                    })?,
-                    reason: Reason::parse(&reason).ok_or_else(|| {
-                        StoreError::Corrupt(format!("revocation reason {reason:?}"))
-                    })?,
-                    revoked_at: from_unix(at)?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(revocation_from_row).collect()
     }
 
     fn revocation_generation(&self) -> Result<u64, StoreError> {
@@ -640,6 +659,20 @@ fn issued_certificate(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCertifica
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Integer, e.into())
         })?,
         pem: r.get(5)?,
+    })
+}
+
+/// A `revoked` row (serial, reason, time) as read.
+fn revocation_from_row(
+    (serial, reason, at): (Vec<u8>, String, i64),
+) -> Result<Revocation, StoreError> {
+    Ok(Revocation {
+        serial: Serial::from_magnitude(&serial).map_err(|e| {
+            StoreError::Corrupt(format!("revoked serial {}: {e}", hex::encode(&serial)))
+        })?,
+        reason: Reason::parse(&reason)
+            .ok_or_else(|| StoreError::Corrupt(format!("revocation reason {reason:?}")))?,
+        revoked_at: from_unix(at)?,
     })
 }
 

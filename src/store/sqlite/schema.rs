@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revocation_issuers (
+    serial BLOB PRIMARY KEY,
+    issuer_label TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
     at INTEGER NOT NULL
