@@ -8,6 +8,8 @@
 //! | `broker/access.rs` | the check of the caller's whole path and role on every route |
 //! | `broker/request.rs` | an agent's request: decision, token claims, status |
 //! | `broker/issuance.rs`, `broker/signer.rs` | signing in the device while the store commits |
+//! | `broker/approve.rs` | approvers' signed decisions, the pending list, expiry, approved issuance |
+//! | `broker/notify.rs` | the webhook for new pending requests |
 //! | `broker/redeem.rs` | single-use redemption over the shared token verifier |
 //! | `broker/crl.rs` | the CRL, signed in the device and cached |
 //! | `broker/error.rs` | every refusal with its one code and status |
@@ -29,9 +31,11 @@ use crate::config::Config;
 use crate::store::Store;
 
 mod access;
+mod approve;
 mod crl;
 mod error;
 mod keys;
+mod notify;
 
 pub use keys::retired_token_window;
 pub mod issuance;
@@ -42,11 +46,14 @@ mod request;
 pub mod signer;
 
 pub use access::{Access, Caller};
+pub use approve::{ApprovalBody, ApprovalStep, PendingRequest, Requester, MAX_LISTED};
 pub use error::{BrokerError, Disposition};
 pub use metrics::Metrics;
 pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use redeem::Redemption;
-pub use request::{ExecutionRequest, ExecutionResponse, ExecutionState, MAX_JUSTIFICATION};
+pub use request::{
+    ApprovalSummary, ExecutionRequest, ExecutionResponse, ExecutionState, MAX_JUSTIFICATION,
+};
 
 /// The broker: keys in the device, state in the store, policy from the configuration.
 pub struct Broker {
@@ -63,6 +70,7 @@ pub struct Broker {
     peers: peer::PeerCache,
     attestation: Option<Arc<AttestationState>>,
     health: Mutex<Option<(Instant, HealthChecks)>>,
+    notifier: notify::Notifier,
 }
 
 /// Named readiness checks, each passed or failed with a reason.
@@ -110,6 +118,7 @@ impl Broker {
             observe,
         )
         .map_err(|e| BrokerError::Internal(format!("cannot start the signing threads: {e}")))?;
+        let notifier = notify::Notifier::start(config.approvals.webhook_url.as_deref());
         Ok(Self {
             roots: vec![root.clone()],
             root,
@@ -124,6 +133,7 @@ impl Broker {
             store,
             attestation: None,
             health: Mutex::new(None),
+            notifier,
         })
     }
 

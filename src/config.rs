@@ -96,6 +96,9 @@ pub struct Config {
     /// TPM self-attestation (absent: the broker does not attest).
     #[serde(default)]
     pub attestation: Option<AttestationConfig>,
+    /// Multi-party approval: how long requests wait, whom to notify.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
 }
 
 impl Config {
@@ -179,6 +182,21 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "[attestation] needs tcti = \"...\" unless [backend] is a TPM".into(),
                 ));
+            }
+        }
+        if self.approvals.ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "[approvals] ttl must be at least 1s".into(),
+            ));
+        }
+        if let Some(url) = &self.approvals.webhook_url {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            let authority = rest.split('/').next().unwrap_or("");
+            if authority.is_empty() || authority.contains('@') || !authority.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "[approvals] webhook_url {url:?} must be http://host:port/path (no credentials; \
+                     use a local relay for HTTPS chat webhooks)"
+                )));
             }
         }
         if let BackendConfig::Pkcs11(p) = &self.backend {
@@ -284,6 +302,27 @@ impl Default for PolicyConfig {
             max_token_ttl: Duration::from_secs(60),
             epoch: 1,
             frozen: false,
+        }
+    }
+}
+
+/// Multi-party approval settings (`[approvals]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long a request waits for its approvers before it expires.
+    #[serde(with = "duration_str")]
+    pub ttl: Duration,
+    /// `http://host:port/path` that gets a JSON POST for each new pending request (no secret
+    /// is ever sent). Unset: no notifications.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+            webhook_url: None,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! An executor depends on `seb` with `default-features = false` and links no HSM, TPM, SQLite
 //! or async code at all.
 
+pub mod approval;
 pub mod attest;
 pub mod authz;
 pub mod backend;

@@ -27,7 +27,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::broker::{Access, Broker, BrokerError, Caller, ExecutionRequest, Peer};
+use crate::broker::{
+    Access, ApprovalBody, Broker, BrokerError, Caller, ExecutionRequest, Peer,
+};
 use crate::grants::RoleKind;
 
 pub mod error;
@@ -99,6 +101,7 @@ impl App {
 
 const AGENT: &[RoleKind] = &[RoleKind::Agent];
 const AGENT_OR_APPROVER: &[RoleKind] = &[RoleKind::Agent, RoleKind::Approver];
+const APPROVER: &[RoleKind] = &[RoleKind::Approver];
 const EXECUTOR: &[RoleKind] = &[RoleKind::Executor];
 
 /// Every route the router serves, as (method, path template, who may call it): the one table
@@ -113,10 +116,16 @@ const EXECUTOR: &[RoleKind] = &[RoleKind::Executor];
 /// metrics and attestation are for any certificate holder, not for anyone on the network.
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/executions", Access::Roles(AGENT)),
+    ("GET", "/v1/executions", Access::Roles(APPROVER)),
     (
         "GET",
         "/v1/executions/{id}",
         Access::Roles(AGENT_OR_APPROVER),
+    ),
+    (
+        "POST",
+        "/v1/executions/{id}/approvals",
+        Access::Roles(APPROVER),
     ),
     ("POST", "/v1/tokens/redeem", Access::Roles(EXECUTOR)),
     ("GET", "/v1/trust", Access::AnyCertificate),
@@ -142,8 +151,12 @@ pub fn router(app: App) -> Router {
     let timeout = config.request_timeout;
     let body_limit = config.max_body_bytes;
     Router::new()
-        .route("/v1/executions", post(create_execution))
+        .route(
+            "/v1/executions",
+            post(create_execution).get(list_executions),
+        )
         .route("/v1/executions/{id}", get(get_execution))
+        .route("/v1/executions/{id}/approvals", post(post_approval))
         .route("/v1/tokens/redeem", post(redeem))
         .route("/v1/trust", get(trust))
         .route("/v1/crl", get(crl))
@@ -427,6 +440,61 @@ async fn get_execution(
     }
     let broker = app.broker.clone();
     let response = blocking(move || broker.execution(&caller, &id)).await?;
+    Ok(Json(response).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: String,
+}
+
+/// `GET /v1/executions?status=pending`: the open requests the calling approver may decide,
+/// with the exact parameters it would sign over.
+async fn list_executions(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|_| HttpError::InvalidQuery)?;
+    if query.status != "pending" {
+        return Err(HttpError::InvalidQuery.into());
+    }
+    let broker = app.broker.clone();
+    let requests = blocking(move || broker.pending_requests(&caller)).await?;
+    Ok(Json(json!({ "requests": requests })).into_response())
+}
+
+/// `POST /v1/executions/{id}/approvals`: an approver's signed decision. The work runs in a
+/// task of its own, so a client that goes away after its approval was recorded cannot leave a
+/// quorum without its token.
+async fn post_approval(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let decision: ApprovalBody = parse_body(body)?;
+    let broker = app.broker.clone();
+    let task = tokio::spawn(async move {
+        let recorder = broker.clone();
+        let step = match tokio::task::spawn_blocking(move || {
+            recorder.record_approval(&caller, &id, decision)
+        })
+        .await
+        {
+            Ok(step) => step?,
+            Err(e) => return Err(BrokerError::Internal(e.to_string())),
+        };
+        broker.finish_approval(step).await
+    });
+    let response = match task.await {
+        Ok(result) => result?,
+        Err(e) => return Err(ApiError::from(BrokerError::Internal(e.to_string()))),
+    };
     Ok(Json(response).into_response())
 }
 

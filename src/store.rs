@@ -6,7 +6,7 @@
 //! (committed and synced) before the call returns. Serials are [`Serial`]s, so every
 //! implementation stores and compares the one canonical form.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
@@ -84,6 +84,10 @@ pub enum ExecutionStatus {
     /// Granted, but no token left the broker (the device failed, or the client went away
     /// before the token was ready).
     Failed,
+    /// An approver rejected the request: no token.
+    Rejected,
+    /// Nobody approved the request in time: no token.
+    Expired,
 }
 
 impl ExecutionStatus {
@@ -95,6 +99,8 @@ impl ExecutionStatus {
             ExecutionStatus::Denied => "denied",
             ExecutionStatus::Issuing => "issuing",
             ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Rejected => "rejected",
+            ExecutionStatus::Expired => "expired",
         }
     }
 
@@ -106,6 +112,8 @@ impl ExecutionStatus {
             "denied" => Some(ExecutionStatus::Denied),
             "issuing" => Some(ExecutionStatus::Issuing),
             "failed" => Some(ExecutionStatus::Failed),
+            "rejected" => Some(ExecutionStatus::Rejected),
+            "expired" => Some(ExecutionStatus::Expired),
             _ => None,
         }
     }
@@ -145,6 +153,83 @@ pub struct ExecutionRecord {
     pub expires_at: Option<SystemTime>,
     /// When the request arrived.
     pub created_at: SystemTime,
+}
+
+/// What the broker keeps about a request that waits for approvers, beside its
+/// [`ExecutionRecord`]: what it needs to judge approvals and, once enough arrive, to issue
+/// the token without the agent being connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingApproval {
+    /// The request.
+    pub request_id: String,
+    /// The approver group the grant names.
+    pub group: String,
+    /// Lifetime of the token once approved (the grant's and broker's caps at request time;
+    /// capped again by the agent certificate's validity at issuance).
+    pub token_ttl: Duration,
+    /// The agent's justification, shown to approvers.
+    pub justification: Option<String>,
+    /// base64url SHA-256 of the agent's SubjectPublicKeyInfo (an approver with the same key
+    /// is the requester).
+    pub agent_key: String,
+    /// The agent certificate's notAfter.
+    pub agent_not_after: SystemTime,
+    /// When the request expires unless decided.
+    pub expires_at: SystemTime,
+}
+
+/// One approver's decision on a request, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// The request.
+    pub request_id: String,
+    /// base64url SHA-256 of the approver's certificate.
+    pub approver: String,
+    /// The approver certificate's subject.
+    pub approver_subject: String,
+    /// base64url SHA-256 of the approver's SubjectPublicKeyInfo.
+    pub approver_key: String,
+    /// Approve or reject.
+    pub decision: crate::approval::Decision,
+    /// base64url DER signature over the approval message.
+    pub signature: String,
+    /// The approver's reason, if given.
+    pub reason: Option<String>,
+    /// When it was recorded.
+    pub at: SystemTime,
+}
+
+/// The token id and expiry reserved for a request in case an approval completes its quorum,
+/// so that the id is durable in the same commit as the approval that completes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedToken {
+    /// Token id.
+    pub jti: String,
+    /// Token expiry.
+    pub expires_at: SystemTime,
+}
+
+/// What [`Store::add_approval`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApprovalOutcome {
+    /// No request with that id waits for approvals.
+    Unknown,
+    /// The request is no longer open (granted, rejected, expired...): nothing recorded.
+    Closed(ExecutionStatus),
+    /// The request expired before this approval; it is now marked expired.
+    Expired,
+    /// This approver (same certificate, key or subject) decided before; nothing recorded.
+    Duplicate,
+    /// Recorded a rejection; the request is closed.
+    Rejected,
+    /// Recorded an approval. With `quorum` the request is now `issuing` with the reserved
+    /// token id, and `approvals` are the approvals that make it (oldest first).
+    Approved {
+        /// Every approval so far, oldest first.
+        approvals: Vec<ApprovalRecord>,
+        /// Whether this approval completed the quorum.
+        quorum: bool,
+    },
 }
 
 /// What `redeem` found.
@@ -216,6 +301,39 @@ pub trait Store: Send + Sync {
         executor: &str,
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError>;
+    /// Records a request that waits for approvals: its execution record (status
+    /// `pending_approval`) and what approvals are judged against, in one commit.
+    fn record_pending_then(
+        &self,
+        record: ExecutionRecord,
+        pending: PendingApproval,
+        done: WriteDone,
+    );
+    /// What is kept about a request that needed approvals (open or not).
+    fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError>;
+    /// The decisions recorded on a request, oldest first.
+    fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// Requests open for approval at `now` (not decided, not expired), oldest first, at most
+    /// `limit`.
+    fn open_approval_requests(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError>;
+    /// Records one approver's decision, atomically with the checks that the request is still
+    /// open at `now` and that this approver (certificate, key or subject) has not decided
+    /// before. A rejection closes the request. An approval that completes the quorum marks the
+    /// request `issuing` with `reserve`'s token id in the same commit.
+    fn add_approval(
+        &self,
+        approval: ApprovalRecord,
+        required: u32,
+        now: SystemTime,
+        reserve: ReservedToken,
+    ) -> Result<ApprovalOutcome, StoreError>;
+    /// Marks every request still waiting for approvals at `now` past its expiry `expired`;
+    /// returns their ids.
+    fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError>;
     /// A write-and-rollback round trip, for readiness checks.
     fn check_writable(&self) -> Result<(), StoreError>;
     /// Durably records a broker event (`kind` is a stable snake_case name such as

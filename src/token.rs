@@ -87,6 +87,10 @@ pub struct AuthorizationDetail {
     pub request_digest: String,
     /// Approvals the grant required (0 when none).
     pub approvals: u32,
+    /// The approver group the grant named, when it required approvals: every approver in the
+    /// top-level `approvals` claim must hold an approver certificate of this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_group: Option<String>,
 }
 
 /// The broker's self-attestation at issuance.
@@ -109,14 +113,15 @@ pub struct AuditRef {
     pub leaf_hash: String,
 }
 
-/// One approver's signature over the request digest.
+/// One approver's signature over the request (see [`crate::approval`] for the signed
+/// message: `seb-approval-v1`, `approve`, the detail's `request_digest` and `cnf.x5t#S256`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     /// base64url SHA-256 of the approver's certificate.
     #[serde(rename = "x5t#S256")]
     pub x5t_s256: String,
-    /// base64url DER ECDSA signature over the request digest.
+    /// base64url DER ECDSA signature over the approval message.
     pub sig: String,
 }
 
@@ -195,6 +200,7 @@ mod tests {
                 params_digest: b64(&[2; 48]),
                 request_digest: b64(&[3; 48]),
                 approvals: 0,
+                approval_group: None,
             }],
             att: None,
             audit: None,

@@ -102,6 +102,7 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
             )
             .unwrap()),
             approvals: 0,
+            approval_group: None,
         }],
         att: None,
         audit: None,

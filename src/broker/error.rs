@@ -72,6 +72,27 @@ pub enum BrokerError {
     /// The broker's attestation self-check failed or is too old: no token.
     #[error("attestation self-check not good: {0}")]
     Attestation(String),
+    /// The approver is not a member of the group the grant names.
+    #[error("this request needs approvers of group {group:?}; the certificate is not in it")]
+    WrongApprovalGroup {
+        /// The group the grant names.
+        group: String,
+    },
+    /// The approver is the requester (same certificate, key or subject).
+    #[error("the requester cannot approve its own request")]
+    SelfApproval,
+    /// This approver already decided on the request; it counts once.
+    #[error("this approver has already decided on the request; it counts once")]
+    DuplicateApproval,
+    /// The approval signature does not verify over the request's approval message.
+    #[error("the approval signature does not verify over this request ({0})")]
+    BadApprovalSignature(&'static str),
+    /// The request is no longer open for decisions.
+    #[error("the request is {0}; it takes no more decisions")]
+    RequestClosed(&'static str),
+    /// The request expired before the decision.
+    #[error("the request expired before enough approvers decided")]
+    RequestExpired,
     /// Internal invariant broken (encoding); no token.
     #[error("internal error: {0}")]
     Internal(String),
@@ -130,6 +151,16 @@ impl BrokerError {
                 "attestation_failed",
                 "the broker's attestation self-check does not match its reference measurements; no token was issued".into(),
             ),
+            BrokerError::WrongApprovalGroup { .. } => {
+                (403, "wrong_approval_group", self.to_string())
+            }
+            BrokerError::SelfApproval => (403, "self_approval", self.to_string()),
+            BrokerError::DuplicateApproval => (409, "duplicate_approval", self.to_string()),
+            BrokerError::BadApprovalSignature(_) => {
+                (400, "bad_approval_signature", self.to_string())
+            }
+            BrokerError::RequestClosed(_) => (409, "request_closed", self.to_string()),
+            BrokerError::RequestExpired => (409, "request_expired", self.to_string()),
             BrokerError::Internal(_) => (
                 500,
                 "internal_error",

@@ -16,7 +16,7 @@ use super::{Broker, BrokerError, Caller};
 use crate::authz::{self, Decision};
 use crate::base64url;
 use crate::grants::RoleKind;
-use crate::store::{Commit, ExecutionRecord, ExecutionStatus, Store, StoreError};
+use crate::store::{Commit, ExecutionRecord, ExecutionStatus, PendingApproval, Store, StoreError};
 use crate::time::{from_unix, unix, unix_millis};
 use crate::token::{self, AuthorizationDetail, Claims, Confirmation, Header};
 
@@ -59,6 +59,8 @@ pub enum ExecutionState {
     Issuing,
     /// No token left: the device or the store failed, or the client went away.
     Failed,
+    /// An approver rejected the request.
+    Rejected,
 }
 
 impl ExecutionState {
@@ -71,6 +73,7 @@ impl ExecutionState {
             ExecutionState::Expired => "expired",
             ExecutionState::Issuing => "issuing",
             ExecutionState::Failed => "failed",
+            ExecutionState::Rejected => "rejected",
         }
     }
 }
@@ -83,6 +86,8 @@ impl From<ExecutionStatus> for ExecutionState {
             ExecutionStatus::Denied => ExecutionState::Denied,
             ExecutionStatus::Issuing => ExecutionState::Issuing,
             ExecutionStatus::Failed => ExecutionState::Failed,
+            ExecutionStatus::Rejected => ExecutionState::Rejected,
+            ExecutionStatus::Expired => ExecutionState::Expired,
         }
     }
 }
@@ -105,6 +110,41 @@ pub struct ExecutionResponse {
     /// Approvals the grant requires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvals_required: Option<u32>,
+    /// The approver group the grant names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_group: Option<String>,
+    /// The decisions so far (requests that need approval only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<ApprovalSummary>>,
+}
+
+/// One approver's recorded decision, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApprovalSummary {
+    /// The approver certificate's subject.
+    pub approver: String,
+    /// base64url SHA-256 of the approver certificate.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+    /// `approve` or `reject`.
+    pub decision: crate::approval::Decision,
+    /// The approver's reason, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (Unix seconds).
+    pub at: u64,
+}
+
+impl From<&crate::store::ApprovalRecord> for ApprovalSummary {
+    fn from(a: &crate::store::ApprovalRecord) -> Self {
+        Self {
+            approver: a.approver_subject.clone(),
+            x5t_s256: a.approver.clone(),
+            decision: a.decision,
+            reason: a.reason.clone(),
+            at: unix(a.at),
+        }
+    }
 }
 
 impl Broker {
@@ -208,15 +248,32 @@ impl Broker {
         if let Some(rule) = approval {
             record.status = ExecutionStatus::PendingApproval;
             record.approvals_required = rule.required;
+            let expires_at = now + self.config.approvals.ttl;
+            record.expires_at = Some(expires_at);
+            let pending = PendingApproval {
+                request_id: request_id.clone(),
+                group: rule.group.clone(),
+                token_ttl: grant_ttl,
+                justification: request.justification.clone(),
+                agent_key: peer.key_id.clone(),
+                agent_not_after: chain.leaf.not_after,
+                expires_at,
+            };
             let request_digest = record.request_digest.clone();
-            self.persist(record).await.map_err(BrokerError::Store)?;
+            let summary = self.notifier.summary(&record, &pending);
+            self.persist_pending(record, pending)
+                .await
+                .map_err(BrokerError::Store)?;
+            self.notifier.notify(summary);
             return Ok(ExecutionResponse {
                 status: ExecutionState::PendingApproval,
                 request_id,
                 token: None,
-                expires_at: None,
+                expires_at: Some(unix(expires_at)),
                 request_digest,
                 approvals_required: Some(rule.required),
+                approval_group: Some(rule.group),
+                approvals: Some(Vec::new()),
             });
         }
 
@@ -242,6 +299,7 @@ impl Broker {
                 params_digest: base64url::encode(&params_digest),
                 request_digest: record.request_digest.clone(),
                 approvals: 0,
+                approval_group: None,
             }],
             att,
             audit: None,
@@ -292,6 +350,30 @@ impl Broker {
             expires_at: Some(exp),
             request_digest,
             approvals_required: None,
+            approval_group: None,
+            approvals: None,
+        })
+    }
+
+    /// Records a pending request durably, waiting without holding a thread.
+    async fn persist_pending(
+        &self,
+        record: ExecutionRecord,
+        pending: PendingApproval,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.record_pending_then(
+            record,
+            pending,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Io {
+                operation: "record pending request",
+                source: "the store dropped the write".into(),
+            })
         })
     }
 
@@ -314,7 +396,7 @@ impl Broker {
     }
 
     /// The JWS signing input of a token with `claims`, under the token key's header.
-    fn signing_input(
+    pub(super) fn signing_input(
         &self,
         key: &super::keys::TokenKey,
         claims: &Claims,
@@ -344,12 +426,29 @@ impl Broker {
             // Other agents learn nothing, not even that the id exists.
             return Err(BrokerError::NotFound);
         }
-        let expired = matches!(record.status, ExecutionStatus::Granted)
-            && record.expires_at.is_some_and(|t| t <= SystemTime::now());
+        let now = SystemTime::now();
+        let expired = matches!(
+            record.status,
+            ExecutionStatus::Granted | ExecutionStatus::PendingApproval
+        ) && record.expires_at.is_some_and(|t| t <= now);
         let status = if expired {
             ExecutionState::Expired
         } else {
             record.status.into()
+        };
+        let (approval_group, approvals) = if record.approvals_required > 0 {
+            let group = self
+                .store
+                .pending_approval(&record.request_id)
+                .map_err(BrokerError::Store)?
+                .map(|p| p.group);
+            let approvals = self
+                .store
+                .approvals(&record.request_id)
+                .map_err(BrokerError::Store)?;
+            (group, Some(approvals.iter().map(ApprovalSummary::from).collect()))
+        } else {
+            (None, None)
         };
         Ok(ExecutionResponse {
             status,
@@ -363,19 +462,21 @@ impl Broker {
             request_digest: record.request_digest,
             approvals_required: (record.approvals_required > 0)
                 .then_some(record.approvals_required),
+            approval_group,
+            approvals,
         })
     }
 }
 
 /// Completes an `issuing` record exactly once: with the token, or (when dropped without one)
 /// as `failed`.
-struct IssuingGuard<'a> {
-    store: &'a dyn Store,
-    request_id: Option<String>,
+pub(super) struct IssuingGuard<'a> {
+    pub(super) store: &'a dyn Store,
+    pub(super) request_id: Option<String>,
 }
 
 impl IssuingGuard<'_> {
-    fn complete(mut self, token: String) {
+    pub(super) fn complete(mut self, token: String) {
         if let Some(id) = self.request_id.take() {
             self.store
                 .complete_issuance_then(&id, Some(token), Box::new(log_store_failure));
@@ -404,7 +505,7 @@ fn log_store_failure(result: Result<(), StoreError>) {
 /// base64url (30 characters). The random part makes ids unique and unguessable; the time
 /// prefix makes the store's indexes grow at one end, so that a group commit of many
 /// issuances touches a few index pages rather than one per token.
-fn time_ordered_id() -> Result<String, BrokerError> {
+pub(super) fn time_ordered_id() -> Result<String, BrokerError> {
     let millis = unix_millis(SystemTime::now());
     let mut id = [0u8; 22];
     id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);

@@ -129,6 +129,13 @@ impl SignQueue {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Signs `digest` with the key `label` on a signing thread.
+    pub async fn sign_as(&self, label: Arc<str>, digest: Vec<u8>) -> Result<Signature, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_as(label, digest, Box::new(OneshotWaiter(tx)));
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Whether a digest queued now would be signed at once (a thread is idle).
     pub fn would_start_now(&self) -> bool {
         self.shared

@@ -38,6 +38,7 @@ pub fn serve(config: &Config) -> CliResult {
         let local = listener.local_addr()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));
+        tokio::spawn(expire_pending(broker.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -85,6 +86,24 @@ async fn watch_state_dir(
                 Err(e) => {
                     tracing::warn!(error = %e, "TLS material changed but does not check out; keeping the current certificate");
                 }
+            }
+        })
+        .await;
+    }
+}
+
+/// Closes requests whose approval deadline passed (each recorded as an `approval_expired`
+/// event), every [`seb::broker::RELOAD_INTERVAL`]. Expiry does not depend on this: a request
+/// past its deadline shows `expired` and takes no decisions whether or not it was swept.
+async fn expire_pending(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(seb::broker::RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let broker = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = broker.expire_pending(std::time::SystemTime::now()) {
+                tracing::warn!(error = %e, "cannot expire pending approval requests");
             }
         })
         .await;

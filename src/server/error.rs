@@ -31,6 +31,8 @@ pub enum HttpError {
     InvalidBody(String),
     /// `nonce` is missing, not hex or of the wrong length.
     InvalidNonce,
+    /// The query string is not one the route takes (`status=pending` for listings).
+    InvalidQuery,
     /// The broker has no `[attestation]`.
     AttestationNotConfigured,
     /// The TPM could not produce a quote.
@@ -83,6 +85,12 @@ impl HttpError {
                     crate::attest::MIN_NONCE,
                     crate::attest::MAX_NONCE
                 ),
+            ),
+            HttpError::InvalidQuery => (
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "the query string is not one this endpoint takes (listings need status=pending)"
+                    .into(),
             ),
             HttpError::AttestationNotConfigured => (
                 StatusCode::NOT_FOUND,

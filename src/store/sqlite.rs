@@ -23,12 +23,13 @@ use writer::{
 };
 
 use super::{
-    Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate, RedeemOutcome, RevokeOutcome,
-    Store, StoreError, WriteDone,
+    ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate,
+    PendingApproval, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError, WriteDone,
 };
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
 
+mod approvals;
 mod schema;
 mod writer;
 
@@ -414,74 +415,103 @@ impl Store for SqliteStore {
     }
 
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            u32,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            i64,
-            Option<String>,
-        );
         // Read on the writer thread, behind any queued write for this request (its token).
         let request_id = request_id.to_owned();
-        let row: Option<Row> = self.write("read execution", move |c| {
-            c.prepare_cached(
-                "SELECT request_id, agent, agent_subject, operation, resource, params,
-                    request_digest, status, deny_code, approvals_required, jti, token,
-                    expires_at, created_at, agent_serials
-                 FROM executions WHERE request_id = ?1",
-            )?
-            .query_row([&request_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get(12)?,
-                    r.get(13)?,
-                    r.get(14)?,
-                ))
-            })
+        let row = self.write("read execution", move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EXECUTION_COLUMNS} FROM executions WHERE request_id = ?1"
+            ))?
+            .query_row([&request_id], execution_row)
             .optional()
         })?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(ExecutionRecord {
-            request_id: r.0,
-            agent: r.1,
-            agent_subject: r.2,
-            operation: r.3,
-            resource: r.4,
-            params: r.5,
-            request_digest: r.6,
-            status: ExecutionStatus::parse(&r.7)
-                .ok_or_else(|| StoreError::Corrupt(format!("execution status {:?}", r.7)))?,
-            deny_code: r.8,
-            approvals_required: r.9,
-            jti: r.10,
-            token: r.11,
-            expires_at: r.12.map(from_unix).transpose()?,
-            created_at: from_unix(r.13)?,
-            agent_serials: parse_serials(r.14.as_deref())
-                .map_err(StoreError::Corrupt)?
-                .unwrap_or_default(),
-        }))
+        row.map(execution_from_row).transpose()
+    }
+
+    fn record_pending_then(
+        &self,
+        record: ExecutionRecord,
+        pending: PendingApproval,
+        done: WriteDone,
+    ) {
+        self.enqueue(
+            "record pending request",
+            move |c| {
+                insert_execution(c, &record)?;
+                approvals::insert_pending(c, &pending)
+            },
+            done,
+            Scope::Savepoint,
+            false,
+        );
+    }
+
+    fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError> {
+        let request_id = request_id.to_owned();
+        let row = self.write("read pending request", move |c| {
+            approvals::pending_row(c, &request_id)
+        })?;
+        row.map(approvals::pending_from_row).transpose()
+    }
+
+    fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let request_id = request_id.to_owned();
+        let rows = self.write("read approvals", move |c| {
+            approvals::approval_rows(c, &request_id)
+        })?;
+        rows.into_iter().map(approvals::approval_from_row).collect()
+    }
+
+    fn open_approval_requests(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
+        let now = unix(now);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.write("list open approval requests", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT request_id FROM approval_requests
+                 WHERE closed IS NULL AND expires_at > ?1
+                 ORDER BY request_id LIMIT ?2",
+            )?;
+            let ids: Vec<String> = stmt
+                .query_map(params![now, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let execution = c
+                    .prepare_cached(&format!(
+                        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE request_id = ?1"
+                    ))?
+                    .query_row([&id], execution_row)
+                    .optional()?;
+                let pending = approvals::pending_row(c, &id)?;
+                if let (Some(e), Some(p)) = (execution, pending) {
+                    out.push((e, p));
+                }
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(e, p)| Ok((execution_from_row(e)?, approvals::pending_from_row(p)?)))
+            .collect()
+    }
+
+    fn add_approval(
+        &self,
+        approval: ApprovalRecord,
+        required: u32,
+        now: SystemTime,
+        reserve: ReservedToken,
+    ) -> Result<ApprovalOutcome, StoreError> {
+        let outcome = self.write("record approval", move |c| {
+            approvals::add(c, &approval, required, now, &reserve)
+        })?;
+        outcome
+    }
+
+    fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
+        self.write("expire approval requests", move |c| approvals::expire(c, now))
     }
 
     fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError> {
@@ -592,6 +622,73 @@ impl Store for SqliteStore {
             .map(|_| ())
         })
     }
+}
+
+/// The columns of an execution row, in the order [`execution_row`] reads them.
+const EXECUTION_COLUMNS: &str = "request_id, agent, agent_subject, operation, resource, params,
+    request_digest, status, deny_code, approvals_required, jti, token, expires_at, created_at,
+    agent_serials";
+
+/// An `executions` row as read (see [`EXECUTION_COLUMNS`]).
+type ExecutionRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    u32,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<String>,
+);
+
+fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+    ))
+}
+
+fn execution_from_row(r: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
+    Ok(ExecutionRecord {
+        request_id: r.0,
+        agent: r.1,
+        agent_subject: r.2,
+        operation: r.3,
+        resource: r.4,
+        params: r.5,
+        request_digest: r.6,
+        status: ExecutionStatus::parse(&r.7)
+            .ok_or_else(|| StoreError::Corrupt(format!("execution status {:?}", r.7)))?,
+        deny_code: r.8,
+        approvals_required: r.9,
+        jti: r.10,
+        token: r.11,
+        expires_at: r.12.map(from_unix).transpose()?,
+        created_at: from_unix(r.13)?,
+        agent_serials: parse_serials(r.14.as_deref())
+            .map_err(StoreError::Corrupt)?
+            .unwrap_or_default(),
+    })
 }
 
 fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()> {

@@ -135,6 +135,7 @@ impl Fixture {
                 params_digest: b64(&crate::canonical::params_digest(&params()).unwrap()),
                 request_digest: b64(&[3; 48]),
                 approvals: 0,
+                approval_group: None,
             }],
             att: None,
             audit: None,

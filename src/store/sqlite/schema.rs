@@ -57,6 +57,30 @@ CREATE TABLE IF NOT EXISTS revocation_issuers (
     serial BLOB PRIMARY KEY,
     issuer_label TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS approval_requests (
+    request_id TEXT PRIMARY KEY,
+    approval_group TEXT NOT NULL,
+    token_ttl INTEGER NOT NULL,
+    justification TEXT,
+    agent_key TEXT NOT NULL,
+    agent_not_after INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    closed TEXT
+);
+CREATE INDEX IF NOT EXISTS approval_requests_open
+    ON approval_requests (expires_at) WHERE closed IS NULL;
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    approver_subject TEXT NOT NULL,
+    approver_key TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    reason TEXT,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_request ON approvals (request_id);
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
     at INTEGER NOT NULL

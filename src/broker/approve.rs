@@ -1,0 +1,436 @@
+//! Multi-party approval: approvers' signed decisions on pending requests
+//! (`POST /v1/executions/{id}/approvals`), the list of requests an approver may decide
+//! (`GET /v1/executions?status=pending`), expiry, and issuing the token once the quorum is met.
+//!
+//! An approval is a signature by the approver's own key over [`crate::approval::message`]; the
+//! broker checks it against the key of the certificate the approver presented over mutual TLS,
+//! together with the certificate's chain, role, group, validity and revocation, that the
+//! approver is not the requester (same certificate, key or subject) and that the request is
+//! still open. Recording the decision and, when it completes the quorum, reserving the token
+//! id are one commit ([`Store::add_approval`]), so two approvers finishing a quorum at once
+//! cannot both issue, and the token id is durable before the token exists. The token is signed
+//! in the device like every other.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::request::{time_ordered_id, ApprovalSummary, IssuingGuard};
+use super::{Broker, BrokerError, Caller, ExecutionResponse, ExecutionState, Peer};
+use crate::approval::{self, Decision};
+use crate::authz::DenyCode;
+use crate::base64url;
+use crate::chain::CertKey;
+use crate::grants::{Role, RoleKind};
+use crate::store::{ApprovalOutcome, ApprovalRecord, ExecutionStatus, ReservedToken};
+use crate::time::{from_unix, unix};
+use crate::token::{self, AuthorizationDetail, Claims, Confirmation};
+
+/// Most open requests one listing returns.
+pub const MAX_LISTED: usize = 500;
+
+/// An approver's decision as posted.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// `approve` or `reject`.
+    pub decision: Decision,
+    /// base64url DER ECDSA signature over the approval message.
+    pub signature: String,
+    /// Why (at most 1024 characters; recorded).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The requesting agent, as approvers see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Requester {
+    /// Subject of the agent certificate.
+    pub subject: String,
+    /// base64url SHA-256 of the agent certificate (what the approval message names).
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// A request open for decision, with everything an approver signs over.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingRequest {
+    /// Request id.
+    pub request_id: String,
+    /// Operation.
+    pub operation: String,
+    /// Resource.
+    pub resource: String,
+    /// The exact parameters (their RFC 8785 form is part of the request digest).
+    pub params: Value,
+    /// base64url SHA-384 over the RFC 8785 form of `{operation, resource, params}`.
+    pub request_digest: String,
+    /// Who asks.
+    pub requester: Requester,
+    /// Why the agent asks.
+    pub justification: Option<String>,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// The approver group the grant names.
+    pub approval_group: String,
+    /// Decisions so far.
+    pub approvals: Vec<ApprovalSummary>,
+    /// When the request arrived (Unix seconds).
+    pub created_at: u64,
+    /// When it expires unless decided (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// What recording a decision left to do.
+#[derive(Debug)]
+pub enum ApprovalStep {
+    /// Nothing: the answer is final (still pending, or rejected).
+    Done(ExecutionResponse),
+    /// The quorum is met: the token must be signed.
+    Issue(Box<Issue>),
+}
+
+/// A token to sign for a request whose quorum was met.
+#[derive(Debug)]
+pub struct Issue {
+    request_id: String,
+    claims: Claims,
+    response: ExecutionResponse,
+}
+
+impl Broker {
+    /// Records an approver's signed decision on a pending request (synchronous: it reads and
+    /// writes the store, so the HTTP layer calls it from a blocking thread). When the decision
+    /// completes the quorum, the answer carries the token to sign: pass it to
+    /// [`Broker::finish_approval`].
+    pub fn record_approval(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        body: ApprovalBody,
+    ) -> Result<ApprovalStep, BrokerError> {
+        let result = self.decide_approval(caller.peer(), request_id, body);
+        if let Err(e) = &result {
+            self.metrics.record_request("approvals", e.code());
+        }
+        result
+    }
+
+    /// Finishes an approval: signs the token in the device when the quorum was met. The answer
+    /// is the request's status (never the token: only the requesting agent fetches that).
+    pub async fn finish_approval(
+        &self,
+        step: ApprovalStep,
+    ) -> Result<ExecutionResponse, BrokerError> {
+        let result = match step {
+            ApprovalStep::Done(response) => Ok(response),
+            ApprovalStep::Issue(issue) => self.issue_approved(*issue).await,
+        };
+        self.metrics.record_request(
+            "approvals",
+            match &result {
+                Ok(r) => r.status.as_str(),
+                Err(e) => e.code(),
+            },
+        );
+        result
+    }
+
+    /// Open requests the approver `peer` may decide: those whose group it is in, oldest first.
+    pub fn pending_requests(&self, caller: &Caller) -> Result<Vec<PendingRequest>, BrokerError> {
+        let role = approver_role(caller.peer(), "list pending requests")?;
+        let now = SystemTime::now();
+        let open = self
+            .store
+            .open_approval_requests(now, MAX_LISTED)
+            .map_err(BrokerError::Store)?;
+        let mut out = Vec::new();
+        for (record, pending) in open {
+            if !role.groups.contains(&pending.group) {
+                continue;
+            }
+            let approvals = self
+                .store
+                .approvals(&record.request_id)
+                .map_err(BrokerError::Store)?;
+            let params = serde_json::from_str(&record.params).map_err(|e| {
+                BrokerError::Internal(format!("stored params are not JSON: {e}"))
+            })?;
+            out.push(PendingRequest {
+                request_id: record.request_id,
+                operation: record.operation,
+                resource: record.resource,
+                params,
+                request_digest: record.request_digest,
+                requester: Requester {
+                    subject: record.agent_subject,
+                    x5t_s256: record.agent,
+                },
+                justification: pending.justification,
+                approvals_required: record.approvals_required,
+                approval_group: pending.group,
+                approvals: approvals.iter().map(ApprovalSummary::from).collect(),
+                created_at: unix(record.created_at),
+                expires_at: unix(pending.expires_at),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks every request past its approval deadline expired (each is recorded as an
+    /// `approval_expired` event in the same commit); returns how many. The running broker calls
+    /// this periodically; an approval that arrives late finds the request expired either way.
+    pub fn expire_pending(&self, now: SystemTime) -> Result<usize, BrokerError> {
+        let ids = self
+            .store
+            .expire_approval_requests(now)
+            .map_err(BrokerError::Store)?;
+        for id in &ids {
+            tracing::info!(request_id = %id, "approval request expired");
+        }
+        Ok(ids.len())
+    }
+
+    fn decide_approval(
+        &self,
+        peer: &Peer,
+        request_id: &str,
+        body: ApprovalBody,
+    ) -> Result<ApprovalStep, BrokerError> {
+        if self.config.policy.frozen {
+            return Err(BrokerError::Frozen);
+        }
+        let att = match &self.attestation {
+            Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
+            None => None,
+        };
+        if let Some(reason) = &body.reason {
+            if reason.chars().count() > super::MAX_JUSTIFICATION {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "reason is longer than {} characters",
+                    super::MAX_JUSTIFICATION
+                )));
+            }
+        }
+        let now = SystemTime::now();
+        let role = approver_role(peer, "decide on requests")?;
+        let record = self
+            .store
+            .execution(request_id)
+            .map_err(BrokerError::Store)?
+            .ok_or(BrokerError::NotFound)?;
+        let pending = self
+            .store
+            .pending_approval(request_id)
+            .map_err(BrokerError::Store)?
+            .ok_or(BrokerError::NotFound)?;
+        match record.status {
+            ExecutionStatus::PendingApproval => {}
+            ExecutionStatus::Expired => return Err(BrokerError::RequestExpired),
+            other => return Err(BrokerError::RequestClosed(other.as_str())),
+        }
+        if pending.expires_at <= now {
+            self.expire_pending(now)?;
+            return Err(BrokerError::RequestExpired);
+        }
+        if !role.groups.contains(&pending.group) {
+            return Err(BrokerError::WrongApprovalGroup {
+                group: pending.group,
+            });
+        }
+        let approver_key = peer.key_id.clone();
+        if peer.thumbprint == record.agent
+            || peer.subject == record.agent_subject
+            || approver_key == pending.agent_key
+        {
+            return Err(BrokerError::SelfApproval);
+        }
+        let signature = base64url::decode(&body.signature)
+            .ok_or(BrokerError::BadApprovalSignature("not base64url"))?;
+        let key = CertKey::of(&peer.leaf)
+            .map_err(|_| BrokerError::BadApprovalSignature("the certificate's key is not EC"))?;
+        let message = approval::message(body.decision, &record.request_digest, &record.agent);
+        if !approval::verify(&key, &message, &signature) {
+            return Err(BrokerError::BadApprovalSignature(
+                "signed with another key or over another message",
+            ));
+        }
+        if body.decision == Decision::Approve {
+            // The token would go to this agent: its certificate must still be good.
+            for serial in &record.agent_serials {
+                if self.store.is_revoked(serial).map_err(BrokerError::Store)? {
+                    return Err(denied(
+                        DenyCode::CertificateRevoked,
+                        "the requesting agent's certificate chain is revoked; no token can be issued",
+                    ));
+                }
+            }
+        }
+        let left = pending
+            .agent_not_after
+            .duration_since(now)
+            .unwrap_or_default();
+        if body.decision == Decision::Approve && left < Duration::from_secs(1) {
+            return Err(denied(
+                DenyCode::CertificateExpired,
+                "the requesting agent's certificate has expired; no token can be issued",
+            ));
+        }
+        let ttl = pending.token_ttl.min(left);
+        let iat = unix(now);
+        let exp = iat + ttl.as_secs().max(1);
+        let reserve = ReservedToken {
+            jti: time_ordered_id()?,
+            expires_at: from_unix(exp),
+        };
+        let approval = ApprovalRecord {
+            request_id: request_id.to_owned(),
+            approver: peer.thumbprint.clone(),
+            approver_subject: peer.subject.clone(),
+            approver_key,
+            decision: body.decision,
+            signature: base64url::encode(&signature),
+            reason: body.reason,
+            at: now,
+        };
+        let required = record.approvals_required;
+        let outcome = self
+            .store
+            .add_approval(approval, required, now, reserve.clone())
+            .map_err(BrokerError::Store)?;
+        let mut response = ExecutionResponse {
+            status: ExecutionState::PendingApproval,
+            request_id: request_id.to_owned(),
+            token: None,
+            expires_at: Some(unix(pending.expires_at)),
+            request_digest: record.request_digest.clone(),
+            approvals_required: Some(required),
+            approval_group: Some(pending.group.clone()),
+            approvals: None,
+        };
+        let approvals = match outcome {
+            ApprovalOutcome::Unknown => return Err(BrokerError::NotFound),
+            ApprovalOutcome::Closed(ExecutionStatus::Expired) | ApprovalOutcome::Expired => {
+                return Err(BrokerError::RequestExpired)
+            }
+            ApprovalOutcome::Closed(other) => return Err(BrokerError::RequestClosed(other.as_str())),
+            ApprovalOutcome::Duplicate => return Err(BrokerError::DuplicateApproval),
+            ApprovalOutcome::Rejected => {
+                response.status = ExecutionState::Rejected;
+                response.approvals = Some(self.summaries(request_id)?);
+                return Ok(ApprovalStep::Done(response));
+            }
+            ApprovalOutcome::Approved {
+                approvals,
+                quorum: false,
+            } => {
+                response.approvals = Some(approvals.iter().map(ApprovalSummary::from).collect());
+                return Ok(ApprovalStep::Done(response));
+            }
+            ApprovalOutcome::Approved {
+                approvals,
+                quorum: true,
+            } => approvals,
+        };
+        response.approvals = Some(approvals.iter().map(ApprovalSummary::from).collect());
+
+        // The quorum is met and the token id is durable: the token is signed next.
+        let params: Value = serde_json::from_str(&record.params)
+            .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
+        let params_digest = crate::canonical::params_digest(&params)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let claims = Claims {
+            iss: self.config.broker_id.clone(),
+            sub: record.agent_subject.clone(),
+            jti: reserve.jti.clone(),
+            iat,
+            nbf: iat,
+            exp,
+            cnf: Confirmation {
+                x5t_s256: record.agent.clone(),
+            },
+            authorization_details: vec![AuthorizationDetail {
+                kind: token::DETAIL_TYPE.into(),
+                operation: record.operation.clone(),
+                resource: record.resource.clone(),
+                params_digest: base64url::encode(&params_digest),
+                request_digest: record.request_digest.clone(),
+                approvals: required,
+                approval_group: Some(pending.group.clone()),
+            }],
+            att,
+            audit: None,
+            epoch: self.epoch.load(Ordering::Relaxed),
+            approvals: approvals
+                .iter()
+                .map(|a| token::Approval {
+                    x5t_s256: a.approver.clone(),
+                    sig: a.signature.clone(),
+                })
+                .collect(),
+        };
+        response.status = ExecutionState::Granted;
+        response.expires_at = Some(exp);
+        Ok(ApprovalStep::Issue(Box::new(Issue {
+            request_id: request_id.to_owned(),
+            claims,
+            response,
+        })))
+    }
+
+    /// Signs the token of a request whose quorum was met (its id is already durable) and
+    /// completes the record; on any failure the record becomes `failed` and no token leaves.
+    async fn issue_approved(&self, issue: Issue) -> Result<ExecutionResponse, BrokerError> {
+        let guard = IssuingGuard {
+            store: self.store.as_ref(),
+            request_id: Some(issue.request_id.clone()),
+        };
+        let keys = self.keys();
+        let input = self.signing_input(&keys.token, &issue.claims)?;
+        let digest = keys.token.alg.digest(input.as_bytes());
+        let signature = self
+            .signer
+            .sign_as(keys.token.label.clone(), digest)
+            .await
+            .map_err(BrokerError::Hsm)?;
+        let token = token::assemble(input, &signature.to_raw());
+        guard.complete(token);
+        tracing::info!(request_id = %issue.request_id, "approval quorum met; token issued");
+        Ok(issue.response)
+    }
+
+    fn summaries(&self, request_id: &str) -> Result<Vec<ApprovalSummary>, BrokerError> {
+        Ok(self
+            .store
+            .approvals(request_id)
+            .map_err(BrokerError::Store)?
+            .iter()
+            .map(ApprovalSummary::from)
+            .collect())
+    }
+}
+
+/// The approver's role and groups. The caller's whole path (validity, revocation) was checked
+/// by [`Broker::authenticate`] for this request, and the route admits approvers only; the role
+/// is read again here so that this code never trusts the route table alone.
+fn approver_role<'p>(peer: &'p Peer, action: &'static str) -> Result<&'p Role, BrokerError> {
+    let chain = peer.verified_chain()?;
+    match &chain.leaf.role {
+        Some(role) if role.kind == RoleKind::Approver => Ok(role),
+        other => Err(BrokerError::WrongRole {
+            actual: other
+                .as_ref()
+                .map_or("unknown".into(), |r| r.kind.to_string()),
+            action,
+        }),
+    }
+}
+
+fn denied(code: DenyCode, reason: &str) -> BrokerError {
+    BrokerError::Denied {
+        code,
+        reason: reason.to_owned(),
+        request_id: None,
+    }
+}
