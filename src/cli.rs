@@ -10,6 +10,7 @@ use seb::config::{BackendConfig, Config};
 use seb::files::{self, Access, Existing};
 use seb::store::sqlite::SqliteStore;
 
+pub mod approve;
 pub mod attest;
 pub mod cert;
 pub mod check;

@@ -80,8 +80,12 @@ enum Command {
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
     Serve,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
-    /// approval, 1 denied or error.
+    /// approval (without --wait), 1 denied, rejected, expired or error.
     Request(cli::request::RequestArgs),
+    /// List the requests waiting for your approval, with the exact parameters (as an approver).
+    Pending(cli::approve::PendingArgs),
+    /// Sign and post a decision on a pending request with your own key (as an approver).
+    Approve(cli::approve::ApproveArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +113,8 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
+        Command::Pending(a) => cli::approve::pending(a),
+        Command::Approve(a) => cli::approve::approve(a),
         Command::Request(a) => match cli::request::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),

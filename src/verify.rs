@@ -199,6 +199,7 @@ pub struct Expectations {
     issuer: Option<String>,
     action: Action,
     binding: Binding,
+    approvers: Vec<Certificate>,
 }
 
 impl Expectations {
@@ -211,6 +212,7 @@ impl Expectations {
             issuer: None,
             action,
             binding,
+            approvers: Vec::new(),
         }
     }
 
@@ -235,6 +237,14 @@ impl Expectations {
     /// Longest `exp - nbf` accepted (default [`DEFAULT_MAX_LIFETIME`]).
     pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
         self.rules.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// The approvers' certificates (a bundle of them; CA certificates among them may serve as
+    /// intermediates): each approval in a token must name one of these. A token issued after
+    /// approvals fails without them.
+    pub fn approvers(mut self, certificates: Vec<Certificate>) -> Self {
+        self.approvers = certificates;
         self
     }
 
@@ -330,6 +340,7 @@ pub fn verify_token(
         trusted_signer(trust, &header.kid, expect.rules.now)
     })?;
     check_expectations(&claims, expect)?;
+    check_approvals(&claims, trust, expect)?;
     Ok(VerifiedToken {
         header,
         claims,
@@ -450,6 +461,177 @@ fn check_expectations(claims: &Claims, expect: &Expectations) -> Result<(), Veri
         }
     }
     Ok(())
+}
+
+/// The quorum, offline: every approval in the token names a given approver certificate that
+/// chains to a root of the bundle, was valid (with its path) when the token was issued, has
+/// the approver role and the group the token names, is not the agent (certificate, key or
+/// subject) and appears once; its signature verifies over the approval message derived from the
+/// token ([`crate::approval::message`]: `approve`, the detail's `request_digest`,
+/// `cnf.x5t#S256`); and there are at least as many as the detail requires. With the agent's
+/// certificate presented ([`Binding::Agent`]), the rule of the agent's grant that allows the
+/// action must be met too.
+fn check_approvals(
+    claims: &Claims,
+    trust: &TrustStore,
+    expect: &Expectations,
+) -> Result<(), VerifyError> {
+    let Some(detail) = claims.authorization_details.first() else {
+        return Err(VerifyError::InvalidAuthorizationDetails {
+            reason: "no entries".into(),
+        });
+    };
+    let invalid = |reason: &str| VerifyError::InvalidApprovals {
+        reason: reason.to_owned(),
+    };
+    let rule = grant_rule(claims, expect)?;
+    if let Some((required, group)) = &rule {
+        if detail.approvals < *required {
+            return Err(VerifyError::ApprovalQuorumNotMet {
+                required: *required,
+                valid: detail.approvals,
+            });
+        }
+        if detail.approval_group.as_deref() != Some(group.as_str()) {
+            return Err(invalid("the token names another approver group than the agent's grant"));
+        }
+    }
+    if detail.approvals == 0 {
+        if !claims.approvals.is_empty() || detail.approval_group.is_some() {
+            return Err(invalid("approvals in a token whose grant required none"));
+        }
+        return Ok(());
+    }
+    let Some(group) = &detail.approval_group else {
+        return Err(invalid("approvals are required but no approval_group is named"));
+    };
+    let issued = crate::time::from_unix(claims.iat);
+    let message = crate::approval::message(
+        crate::approval::Decision::Approve,
+        &detail.request_digest,
+        &claims.cnf.x5t_s256,
+    );
+    let agent_key = match &expect.binding {
+        Binding::Agent(agent) => Some(spki_der(agent)?),
+        Binding::NotPresented => None,
+    };
+    let mut intermediates = trust.intermediates();
+    intermediates.extend(
+        expect
+            .approvers
+            .iter()
+            .filter(|c| {
+                c.standard_extension::<BasicConstraints>()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|bc| bc.ca)
+            })
+            .cloned(),
+    );
+    let mut seen: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut valid = 0u32;
+    for approval in &claims.approvals {
+        let cert = expect
+            .approvers
+            .iter()
+            .find(|c| {
+                c.thumbprint_sha256()
+                    .is_ok_and(|t| base64url::encode(&t) == approval.x5t_s256)
+            })
+            .ok_or_else(|| VerifyError::UnknownApprover {
+                x5t: approval.x5t_s256.clone(),
+            })?;
+        let subject = cert.subject_string();
+        let path = chain::validate(cert, &intermediates, trust.roots(), issued).map_err(
+            |source| VerifyError::UntrustedApprover {
+                subject: subject.clone(),
+                source,
+            },
+        )?;
+        for c in path.path() {
+            check_validity(c, issued)?;
+        }
+        let role = cert
+            .extension(SEB_ROLE_OID)
+            .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok());
+        let Some(role) = role.filter(|r| r.kind == crate::grants::RoleKind::Approver) else {
+            return Err(VerifyError::NotAnApprover { subject });
+        };
+        if !role.groups.contains(group) {
+            return Err(VerifyError::WrongApprovalGroup {
+                subject,
+                group: group.clone(),
+            });
+        }
+        let key = spki_der(cert)?;
+        if approval.x5t_s256 == claims.cnf.x5t_s256
+            || subject == claims.sub
+            || agent_key.as_ref() == Some(&key)
+        {
+            return Err(VerifyError::SelfApproval { subject });
+        }
+        if seen
+            .iter()
+            .any(|(x5t, s, k)| *x5t == approval.x5t_s256 || *s == subject || *k == key)
+        {
+            return Err(VerifyError::DuplicateApprover { subject });
+        }
+        let signature = jws::strict_b64("approval signature", &approval.sig)
+            .map_err(|_| VerifyError::BadApprovalSignature {
+                subject: subject.clone(),
+            })?;
+        let verified = chain::CertKey::of(cert)
+            .is_ok_and(|k| crate::approval::verify(&k, &message, &signature));
+        if !verified {
+            return Err(VerifyError::BadApprovalSignature { subject });
+        }
+        seen.push((approval.x5t_s256.clone(), subject, key));
+        valid += 1;
+    }
+    let required = rule.map_or(detail.approvals, |(r, _)| r.max(detail.approvals));
+    if valid < required {
+        return Err(VerifyError::ApprovalQuorumNotMet { required, valid });
+    }
+    Ok(())
+}
+
+/// The approval rule (required, group) of the agent's grant that allows the token's request,
+/// when the agent presented its certificate; `None` otherwise, or when that grant has no rule.
+fn grant_rule(
+    claims: &Claims,
+    expect: &Expectations,
+) -> Result<Option<(u32, String)>, VerifyError> {
+    let (Binding::Agent(agent), serde_json::Value::Object(params), Some(detail)) = (
+        &expect.binding,
+        expect.action.params.value(),
+        claims.authorization_details.first(),
+    ) else {
+        return Ok(None);
+    };
+    let Some(Ok(grants)) = agent
+        .extension(SEB_GRANTS_OID)
+        .map(|e| crate::grants::GrantSet::from_der(e.extn_value.as_bytes()))
+    else {
+        return Ok(None);
+    };
+    let grant = grants.grants.iter().find(|g| {
+        crate::authz::check_grant(g, &detail.operation, &detail.resource, params).is_ok()
+    });
+    Ok(grant
+        .and_then(|g| g.approval.as_ref())
+        .map(|rule| (rule.required, rule.group.clone())))
+}
+
+/// A certificate's SubjectPublicKeyInfo DER (the same key under two certificates compares
+/// equal).
+fn spki_der(cert: &Certificate) -> Result<Vec<u8>, VerifyError> {
+    use der::Encode;
+    cert.tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| VerifyError::InvalidClaims {
+            reason: format!("cannot encode a certificate's public key: {e}"),
+        })
 }
 
 fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), VerifyError> {

@@ -34,10 +34,24 @@ pub struct RequestArgs {
     /// Why the agent asks (goes to the audit log).
     #[arg(long)]
     justification: Option<String>,
+    /// When the request needs approvals, wait for the decision: print the token alone (exit 0), or
+    /// exit 1 when it is rejected, expires or --timeout passes.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: std::time::Duration,
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    seb::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// How often `--wait` asks for the status.
+const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Asks the broker for a token; prints the JSON answer. Exit status: 0 granted, 2 pending
-/// approval, 1 denied or error.
+/// approval (without `--wait`), 1 denied, rejected, expired or error.
 pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     // The broker's own parser: a duplicate key, too deep a nesting or an inexact number is
     // refused here as the broker would refuse it, rather than silently keeping one of two values.
@@ -66,10 +80,67 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
             client.post_json("/v1/executions", &body).await
         })
         .map_err(|e| super::explained(&tls, e))?;
-    say!("{}", response.text);
-    Ok(match response.status {
-        201 => std::process::ExitCode::SUCCESS,
-        202 => std::process::ExitCode::from(2),
-        _ => std::process::ExitCode::FAILURE,
+    if response.status != 202 || !args.wait {
+        say!("{}", response.text);
+        return Ok(match response.status {
+            201 => std::process::ExitCode::SUCCESS,
+            202 => std::process::ExitCode::from(2),
+            _ => std::process::ExitCode::FAILURE,
+        });
+    }
+    let id = response.body["request_id"]
+        .as_str()
+        .ok_or("the broker's answer has no request_id")?
+        .to_owned();
+    eprintln!(
+        "pending approval: request {id} needs {} approval(s) from group {}; waiting up to {}s",
+        response.body["approvals_required"],
+        response.body["approval_group"].as_str().unwrap_or("?"),
+        args.timeout.as_secs()
+    );
+    let deadline = std::time::Instant::now() + args.timeout;
+    let status = runtime.block_on(async {
+        let mut client = Client::connect(&args.broker, &tls).await?;
+        loop {
+            let r = match client
+                .send("GET", &format!("/v1/executions/{id}"), None)
+                .await
+            {
+                Ok(r) => r,
+                // The connection may have been closed (idle, broker restart): reconnect.
+                Err(_) => {
+                    tokio::time::sleep(POLL).await;
+                    client = Client::connect(&args.broker, &tls).await?;
+                    continue;
+                }
+            };
+            let state = r.body["status"].as_str().unwrap_or("").to_owned();
+            let waiting = r.status == 200
+                && (state == "pending_approval" || (state == "issuing" && r.body.get("token").is_none()));
+            if !waiting || std::time::Instant::now() >= deadline {
+                return Ok::<_, seb::client::ClientError>(r);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })?;
+    let token = (status.status == 200 && status.body["status"] == "granted")
+        .then(|| status.body["token"].as_str())
+        .flatten();
+    let granted = token.is_some();
+    match token {
+        // The token alone on stdout, ready for `seb token verify --token -` or the executor.
+        Some(token) => say!("{token}"),
+        None => say!("{}", status.text),
+    }
+    if !granted {
+        eprintln!(
+            "no token: the request is {}",
+            status.body["status"].as_str().unwrap_or("unknown")
+        );
+    }
+    Ok(if granted {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     })
 }

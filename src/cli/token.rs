@@ -61,6 +61,10 @@ pub struct VerifyArgs {
         conflicts_with_all = ["operation", "resource", "params", "cert", "skip_binding", "issuer"]
     )]
     signature_only: bool,
+    /// PEM bundle of approver certificates: needed for tokens issued after approvals, whose
+    /// approvers' signatures, roles, groups and chains are checked against it.
+    #[arg(long, conflicts_with = "signature_only")]
+    approvers: Option<PathBuf>,
     /// The broker id the token must name as issuer.
     #[arg(long)]
     issuer: Option<String>,
@@ -117,6 +121,12 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         .min_epoch(args.min_epoch);
     if let Some(issuer) = args.issuer {
         expect = expect.issuer(issuer);
+    }
+    if let Some(path) = &args.approvers {
+        expect = expect.approvers(
+            Certificate::parse_pem_chain(&read_file(path).map_err(|e| input("--approvers", e))?)
+                .map_err(|e| input("--approvers", e.into()))?,
+        );
     }
     let verified = verify::verify_token(&token, &trust, &expect).map_err(refused)?;
     say!("{}", serde_json::to_string_pretty(&verified.claims)?);

@@ -187,6 +187,68 @@ pub enum VerifyError {
         /// The token's cnf.x5t#S256.
         token: String,
     },
+    /// The approval claims do not fit the authorization detail (approvals in a token that
+    /// needed none, a required count without a group...).
+    #[error("invalid approvals: {reason}")]
+    InvalidApprovals {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No given approver certificate has this thumbprint.
+    #[error("no given approver certificate has thumbprint {x5t} (pass the approvers' certificates)")]
+    UnknownApprover {
+        /// The approval's `x5t#S256`.
+        x5t: String,
+    },
+    /// An approver certificate does not chain to a root of the trust bundle.
+    #[error("approver certificate {subject:?} does not chain to a trusted root ({}): {source}", source.code())]
+    UntrustedApprover {
+        /// Its subject.
+        subject: String,
+        /// Why path validation failed.
+        #[source]
+        source: ChainError,
+    },
+    /// An approval's certificate is not an approver certificate.
+    #[error("certificate {subject:?} is not an approver certificate")]
+    NotAnApprover {
+        /// Its subject.
+        subject: String,
+    },
+    /// An approver is not in the group the grant names.
+    #[error("approver {subject:?} is not in approver group {group:?}")]
+    WrongApprovalGroup {
+        /// The approver's subject.
+        subject: String,
+        /// The group the token names.
+        group: String,
+    },
+    /// An approver is the agent the token is bound to (same certificate, key or subject).
+    #[error("approver {subject:?} is the requesting agent")]
+    SelfApproval {
+        /// The approver's subject.
+        subject: String,
+    },
+    /// One approver (certificate, key or subject) appears twice.
+    #[error("approver {subject:?} is counted twice")]
+    DuplicateApprover {
+        /// The approver's subject.
+        subject: String,
+    },
+    /// An approval signature does not verify over the token's approval message.
+    #[error("the approval signature of {subject:?} does not verify over this token's request")]
+    BadApprovalSignature {
+        /// The approver's subject.
+        subject: String,
+    },
+    /// Fewer valid approvals than the grant requires.
+    #[error("{valid} valid approvals, the grant requires {required}")]
+    ApprovalQuorumNotMet {
+        /// Required by the token (or the agent's grant).
+        required: u32,
+        /// Valid approvals in the token.
+        valid: u32,
+    },
 }
 
 impl VerifyError {
@@ -218,6 +280,15 @@ impl VerifyError {
             VerifyError::WrongParams { .. } => "wrong_params",
             VerifyError::InvalidParams { .. } => "invalid_params",
             VerifyError::WrongCertificate { .. } => "wrong_certificate",
+            VerifyError::InvalidApprovals { .. } => "invalid_approvals",
+            VerifyError::UnknownApprover { .. } => "unknown_approver",
+            VerifyError::UntrustedApprover { .. } => "untrusted_approver",
+            VerifyError::NotAnApprover { .. } => "not_an_approver",
+            VerifyError::WrongApprovalGroup { .. } => "wrong_approval_group",
+            VerifyError::SelfApproval { .. } => "self_approval",
+            VerifyError::DuplicateApprover { .. } => "duplicate_approver",
+            VerifyError::BadApprovalSignature { .. } => "bad_approval_signature",
+            VerifyError::ApprovalQuorumNotMet { .. } => "approval_quorum_not_met",
         }
     }
 }

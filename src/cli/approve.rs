@@ -1,0 +1,215 @@
+//! `seb pending` and `seb approve`: the approver side. Lists the requests an approver may
+//! decide, with the exact parameters, and signs a decision locally with the approver's own key
+//! (never a broker key) before posting it over mutual TLS.
+//!
+//! Before signing, `seb approve` recomputes the request digest from the operation, resource and
+//! parameters it shows, and refuses to sign when the broker's digest differs: the approver signs
+//! what it sees.
+
+use std::path::PathBuf;
+
+use seb::approval::{self, ApproverKey, Decision};
+use seb::client::{ApiResponse, Client, ClientTls};
+use serde_json::Value;
+
+use super::{read_file, CliError, CliResult};
+
+/// How to reach the broker as an approver.
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// Broker URL, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    broker: String,
+    /// The broker's root certificate (PEM), the only trust anchor used.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The approver's certificate (PEM; may hold the chain, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The approver's private key (PKCS#8 PEM, P-256 or P-384).
+    #[arg(long)]
+    key: PathBuf,
+}
+
+/// Options of `seb pending`.
+#[derive(Debug, clap::Args)]
+pub struct PendingArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Print the broker's JSON instead of the readable form.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `seb approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Reject the request instead of approving it (one rejection closes it).
+    #[arg(long)]
+    reject: bool,
+    /// Why (recorded with the decision).
+    #[arg(long)]
+    reason: Option<String>,
+    /// The request id (from `seb pending`).
+    request_id: String,
+}
+
+/// Lists the open requests this approver may decide.
+pub fn pending(args: PendingArgs) -> CliResult {
+    let requests = fetch_pending(&args.connection)?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&requests)?);
+        return Ok(());
+    }
+    let list = requests.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        say!("no open requests for your groups");
+    }
+    for request in list {
+        say!("{}", describe(request));
+    }
+    Ok(())
+}
+
+/// Signs a decision on one request and posts it.
+pub fn approve(args: ApproveArgs) -> CliResult {
+    let key = ApproverKey::from_pkcs8_pem(
+        std::str::from_utf8(&read_file(&args.connection.key)?)
+            .map_err(|_| "the key file is not PEM text")?,
+    )?;
+    let requests = fetch_pending(&args.connection)?;
+    let request = requests
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["request_id"] == args.request_id.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "request {} is not open for your decision (decided, expired, unknown, or not for your groups); see `seb pending`",
+                args.request_id
+            )
+        })?;
+    let text = |field: &str| -> Result<&str, CliError> {
+        request[field]
+            .as_str()
+            .ok_or_else(|| format!("the broker's answer lacks {field}").into())
+    };
+    // Sign what is shown: the digest is recomputed from the shown request.
+    let digest = seb::canonical::request_digest(
+        text("operation")?,
+        text("resource")?,
+        &request["params"],
+    )
+    .map_err(|e| format!("cannot canonicalise the shown parameters: {e}"))?;
+    let digest = seb::base64url::encode(&digest);
+    if digest != text("request_digest")? {
+        return Err("the broker's request digest does not match the request it shows; refusing to sign".into());
+    }
+    let agent = request["requester"]["x5t#S256"]
+        .as_str()
+        .ok_or("the broker's answer lacks the requester's thumbprint")?;
+    let decision = if args.reject {
+        Decision::Reject
+    } else {
+        Decision::Approve
+    };
+    eprintln!("{}", describe(request));
+    eprintln!("signing: {} request {}", decision.as_str(), args.request_id);
+    let signature = key.sign(&approval::message(decision, &digest, agent));
+    let mut body = serde_json::json!({
+        "decision": decision.as_str(),
+        "signature": seb::base64url::encode(&signature),
+    });
+    if let Some(reason) = args.reason {
+        body["reason"] = Value::String(reason);
+    }
+    let path = format!("/v1/executions/{}/approvals", args.request_id);
+    let response = call(&args.connection, |mut client| async move {
+        client.post_json(&path, &body).await
+    })?;
+    if response.status != 200 {
+        return Err(api_error(&response));
+    }
+    say!("{}", response.text);
+    Ok(())
+}
+
+fn fetch_pending(connection: &Connection) -> Result<Value, CliError> {
+    let response = call(connection, |mut client| async move {
+        client
+            .send("GET", "/v1/executions?status=pending", None)
+            .await
+    })?;
+    if response.status != 200 {
+        return Err(api_error(&response));
+    }
+    Ok(response.body["requests"].clone())
+}
+
+fn call<F, Fut>(connection: &Connection, f: F) -> Result<ApiResponse, CliError>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<ApiResponse, seb::client::ClientError>>,
+{
+    let tls = ClientTls::new(
+        &read_file(&connection.ca)?,
+        &read_file(&connection.cert)?,
+        &read_file(&connection.key)?,
+        true,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(async {
+        let client = Client::connect(&connection.broker, &tls).await?;
+        f(client).await
+    })?)
+}
+
+/// `code: message` from an error answer.
+pub fn api_error(response: &ApiResponse) -> CliError {
+    match (
+        response.body["error"]["code"].as_str(),
+        response.body["error"]["message"].as_str(),
+    ) {
+        (Some(code), Some(message)) => format!("{code}: {message}").into(),
+        _ => format!("the broker answered {}: {}", response.status, response.text).into(),
+    }
+}
+
+/// A request as an approver reads it.
+fn describe(r: &Value) -> String {
+    let approvals: Vec<String> = r["approvals"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["approver"].as_str().unwrap_or("?"),
+                a["decision"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        "request {id}\n  requester      {subject} (x5t#S256 {x5t})\n  operation      {op}\n  resource       {res}\n  params         {params}\n  justification  {just}\n  approvals      {n} of {req} from group {group}{list}\n  expires at     {exp} (Unix time)\n  request digest {digest}\n",
+        id = r["request_id"].as_str().unwrap_or("?"),
+        subject = r["requester"]["subject"].as_str().unwrap_or("?"),
+        x5t = r["requester"]["x5t#S256"].as_str().unwrap_or("?"),
+        op = r["operation"].as_str().unwrap_or("?"),
+        res = r["resource"].as_str().unwrap_or("?"),
+        params = seb::canonical::canonicalize(&r["params"]).unwrap_or_else(|_| r["params"].to_string()),
+        just = r["justification"].as_str().unwrap_or("(none)"),
+        n = approvals.len(),
+        req = r["approvals_required"],
+        group = r["approval_group"].as_str().unwrap_or("?"),
+        list = if approvals.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", approvals.join(", "))
+        },
+        exp = r["expires_at"],
+        digest = r["request_digest"].as_str().unwrap_or("?"),
+    )
+}
