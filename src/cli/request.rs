@@ -99,30 +99,41 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         args.timeout.as_secs()
     );
     let deadline = std::time::Instant::now() + args.timeout;
+    let path = format!("/v1/executions/{id}");
     let status = runtime.block_on(async {
-        let mut client = Client::connect(&args.broker, &tls).await?;
+        // The connection may close (idle, broker restart): reconnect until the deadline.
+        let mut client: Option<Client> = None;
+        let mut last = None;
         loop {
-            let r = match client
-                .send("GET", &format!("/v1/executions/{id}"), None)
-                .await
-            {
-                Ok(r) => r,
-                // The connection may have been closed (idle, broker restart): reconnect.
-                Err(_) => {
-                    tokio::time::sleep(POLL).await;
-                    client = Client::connect(&args.broker, &tls).await?;
-                    continue;
-                }
+            if client.is_none() {
+                client = Client::connect(&args.broker, &tls).await.ok();
+            }
+            let answer = match client.as_mut() {
+                Some(c) => c.send("GET", &path, None).await.ok(),
+                None => None,
             };
-            let state = r.body["status"].as_str().unwrap_or("").to_owned();
-            let waiting = r.status == 200
-                && (state == "pending_approval" || (state == "issuing" && r.body.get("token").is_none()));
-            if !waiting || std::time::Instant::now() >= deadline {
-                return Ok::<_, seb::client::ClientError>(r);
+            match answer {
+                Some(r) => {
+                    let state = r.body["status"].as_str().unwrap_or("");
+                    let waiting = r.status == 200
+                        && (state == "pending_approval"
+                            || (state == "issuing" && r.body.get("token").is_none()));
+                    if !waiting {
+                        return Some(r);
+                    }
+                    last = Some(r);
+                }
+                None => client = None,
+            }
+            if std::time::Instant::now() >= deadline {
+                return last;
             }
             tokio::time::sleep(POLL).await;
         }
-    })?;
+    });
+    let Some(status) = status else {
+        return Err(format!("cannot reach the broker to learn the fate of request {id}").into());
+    };
     let token = (status.status == 200 && status.body["status"] == "granted")
         .then(|| status.body["token"].as_str())
         .flatten();

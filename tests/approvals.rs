@@ -1,0 +1,559 @@
+//! Multi-party approval end to end, over real TLS with real certificates and a real SoftHSM2
+//! token: 2-of-3 approvals signed by the approvers' own keys, each refusal with its code,
+//! offline verification of the approvals in the token, expiry, restarts, the webhook.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{runtime, Broker, Hsm, Identity};
+use seb::approval::{self, ApproverKey, Decision};
+use seb::cert::Certificate;
+use seb::client::{ApiResponse, Client};
+use serde_json::{json, Value};
+
+const GRANTS: &str = r#"
+[[grant]]
+operation = "db.migrate"
+resource  = "prod/payments/db"
+max_ttl   = "60s"
+params.version = { min = 1, max = 1000 }
+approval  = { required = 2, group = "sre-leads" }
+"#;
+
+fn migrate(version: i64) -> Value {
+    json!({
+        "operation": "db.migrate",
+        "resource": "prod/payments/db",
+        "params": {"version": version},
+        "justification": "schema change for INC-77",
+    })
+}
+
+struct Setup {
+    hsm: Hsm,
+    broker: Broker,
+    agent: Identity,
+    alice: Identity,
+    bob: Identity,
+    carol: Identity,
+}
+
+/// A broker with an agent whose grant needs 2 approvers of `sre-leads`, and three approvers of
+/// that group. `extra_config` is appended to seb.toml before the broker starts.
+fn setup(extra_config: &str) -> Setup {
+    let hsm = Hsm::initialised();
+    if !extra_config.is_empty() {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(hsm.config())
+            .unwrap();
+        writeln!(f, "\n{extra_config}").unwrap();
+    }
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let approver = |name: &str| {
+        hsm.identity(
+            name,
+            &format!("CN={name}"),
+            "approver",
+            &["--group", "sre-leads"],
+        )
+    };
+    let (alice, bob, carol) = (approver("alice"), approver("bob"), approver("carol"));
+    let broker = Broker::start(&hsm);
+    Setup {
+        hsm,
+        broker,
+        agent,
+        alice,
+        bob,
+        carol,
+    }
+}
+
+fn call(s: &Setup, who: &Identity, method: &str, path: &str, body: Option<&Value>) -> ApiResponse {
+    let tls = s.hsm.tls(who, true);
+    runtime().block_on(async {
+        let mut client = Client::connect(&s.broker.url, &tls).await.unwrap();
+        match body {
+            Some(b) => client.post_json(path, b).await.unwrap(),
+            None => client.send(method, path, None).await.unwrap(),
+        }
+    })
+}
+
+fn code(r: &ApiResponse) -> &str {
+    r.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {} {}", r.status, r.text))
+}
+
+fn thumbprint(who: &Identity) -> String {
+    let cert = Certificate::parse(&std::fs::read(&who.cert).unwrap()).unwrap();
+    seb::base64url::encode(&cert.thumbprint_sha256().unwrap())
+}
+
+/// `who` signs `decision` over `digest` for `agent`'s request with its own key.
+fn signature(who: &Identity, decision: Decision, digest: &str, agent: &str) -> String {
+    let key =
+        ApproverKey::from_pkcs8_pem(&std::fs::read_to_string(&who.key).unwrap()).unwrap();
+    seb::base64url::encode(&key.sign(&approval::message(decision, digest, agent)))
+}
+
+/// Posts `who`'s decision on request `id` (whose digest is `digest`).
+fn decide(s: &Setup, who: &Identity, id: &str, decision: Decision, digest: &str) -> ApiResponse {
+    let sig = signature(who, decision, digest, &thumbprint(&s.agent));
+    call(
+        s,
+        who,
+        "POST",
+        &format!("/v1/executions/{id}/approvals"),
+        Some(&json!({"decision": decision.as_str(), "signature": sig, "reason": "looked at it"})),
+    )
+}
+
+/// Asks for a migration as the agent; returns (request id, request digest).
+fn ask(s: &Setup, version: i64) -> (String, String) {
+    let r = call(s, &s.agent, "POST", "/v1/executions", Some(&migrate(version)));
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["status"], "pending_approval");
+    (
+        r.body["request_id"].as_str().unwrap().to_owned(),
+        r.body["request_digest"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn approver_args(s: &Setup, who: &Identity) -> Vec<String> {
+    vec![
+        "--broker".into(),
+        s.broker.url.clone(),
+        "--ca".into(),
+        s.hsm.trust("root.pem").display().to_string(),
+        "--cert".into(),
+        who.cert.display().to_string(),
+        "--key".into(),
+        who.key.display().to_string(),
+    ]
+}
+
+/// Starts `seb request --wait` for a migration as the agent, in the background.
+fn request_and_wait(s: &Setup, version: i64, timeout: &str) -> Child {
+    let params = format!("{{\"version\":{version}}}");
+    Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["request"])
+        .args(approver_args(s, &s.agent))
+        .args([
+            "--operation",
+            "db.migrate",
+            "--resource",
+            "prod/payments/db",
+            "--params",
+            &params,
+            "--justification",
+            "schema change for INC-77",
+            "--wait",
+            "--timeout",
+            timeout,
+        ])
+        .current_dir(s.hsm.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The open requests `who` may decide, via `seb pending --json`.
+fn pending(s: &Setup, who: &Identity) -> Vec<Value> {
+    let conn = approver_args(s, who);
+    let mut args = vec!["pending"];
+    args.extend(conn.iter().map(String::as_str));
+    args.push("--json");
+    let out = common::seb(&args, s.hsm.dir.path());
+    common::assert_success(&out, "seb pending");
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn wait_for_pending(s: &Setup, who: &Identity) -> Value {
+    for _ in 0..100 {
+        if let Some(r) = pending(s, who).into_iter().next() {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no pending request appeared");
+}
+
+fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
+}
+
+fn events(hsm: &Hsm, kind: &str) -> Vec<Value> {
+    use seb::store::Store;
+    let store = seb::store::sqlite::SqliteStore::open(&hsm.path("state")).unwrap();
+    store
+        .events(kind)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| serde_json::from_str(&d).unwrap())
+        .collect()
+}
+
+#[test]
+fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
+    let mut s = setup("");
+    let dir = s.hsm.dir.path().to_owned();
+    let waiter = request_and_wait(&s, 42, "2m");
+
+    // Approvers see exactly what they sign.
+    let shown = wait_for_pending(&s, &s.alice);
+    let id = shown["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(shown["operation"], "db.migrate");
+    assert_eq!(shown["resource"], "prod/payments/db");
+    assert_eq!(shown["params"], json!({"version": 42}));
+    assert_eq!(shown["justification"], "schema change for INC-77");
+    assert_eq!(shown["requester"]["subject"], "CN=deploy-bot");
+    assert_eq!(shown["approvals_required"], 2);
+    assert_eq!(shown["approval_group"], "sre-leads");
+    let digest = shown["request_digest"].as_str().unwrap().to_owned();
+
+    // Alice approves with the CLI (signing locally).
+    let conn = approver_args(&s, &s.alice);
+    let mut args = vec!["approve"];
+    args.extend(conn.iter().map(String::as_str));
+    args.extend(["--reason", "reviewed the migration", id.as_str()]);
+    let out = common::seb(&args, &dir);
+    common::assert_success(&out, "seb approve");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "pending_approval");
+
+    // The same approver twice counts once.
+    let again = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(code(&again), "duplicate_approval");
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(status.body["status"], "pending_approval", "{}", status.text);
+    assert_eq!(status.body["approvals"].as_array().unwrap().len(), 1);
+    assert!(status.body.get("token").is_none());
+
+    // The pending request survives a broker restart.
+    assert!(s.broker.stop());
+    s.broker = Broker::start(&s.hsm);
+    let shown = wait_for_pending(&s, &s.bob);
+    assert_eq!(shown["request_id"], id.as_str());
+    assert_eq!(shown["approvals"].as_array().unwrap().len(), 1);
+
+    // Bob completes the quorum; the token is signed in the device.
+    let done = decide(&s, &s.bob, &id, Decision::Approve, &digest);
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.body["status"], "granted");
+    assert!(done.body.get("token").is_none(), "approvers never get the token");
+
+    // The waiting agent gets the token (exit 0, the token alone on stdout).
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let claims = claims_of(&token);
+    assert_eq!(claims["authorization_details"][0]["approvals"], 2);
+    assert_eq!(claims["authorization_details"][0]["approval_group"], "sre-leads");
+    assert_eq!(claims["authorization_details"][0]["request_digest"], digest.as_str());
+    let approvals = claims["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 2);
+    assert_eq!(approvals[0]["x5t#S256"], thumbprint(&s.alice).as_str());
+    assert_eq!(approvals[1]["x5t#S256"], thumbprint(&s.bob).as_str());
+
+    // Only the requesting agent can fetch it.
+    let mine = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(mine.body["token"], token.as_str());
+    let theirs = call(&s, &s.carol, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(theirs.body["status"], "granted");
+    assert!(theirs.body.get("token").is_none());
+
+    // A late approval finds the request closed.
+    let late = decide(&s, &s.carol, &id, Decision::Approve, &digest);
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert_eq!(code(&late), "request_closed");
+
+    // Offline: the executor checks the quorum with the approvers' certificates.
+    let bundle = call(&s, &s.agent, "GET", "/v1/trust", None).text;
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    let approvers: String = [&s.alice, &s.bob, &s.carol]
+        .iter()
+        .map(|who| std::fs::read_to_string(&who.cert).unwrap())
+        .collect();
+    std::fs::write(dir.join("approvers.pem"), approvers).unwrap();
+    std::fs::write(dir.join("token.jwt"), &token).unwrap();
+    let verify = |token_file: &str, approvers: Option<&str>| {
+        let mut args = vec![
+            "token",
+            "verify",
+            "--trust",
+            "bundle.pem",
+            "--token",
+            token_file,
+            "--cert",
+            s.agent.cert.to_str().unwrap(),
+            "--params",
+            r#"{"version":42}"#,
+        ];
+        if let Some(a) = approvers {
+            args.extend(["--approvers", a]);
+        }
+        common::seb(&args, &dir)
+    };
+    common::assert_success(&verify("token.jwt", Some("approvers.pem")), "token verify");
+    // Without the approvers' certificates the quorum cannot be checked: refused.
+    common::assert_clean_failure(&verify("token.jwt", None), "unknown_approver");
+    // An approval removed or altered: the token no longer verifies.
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut tampered = claims.clone();
+    tampered["approvals"].as_array_mut().unwrap().pop();
+    let removed = format!(
+        "{}.{}.{}",
+        parts[0],
+        seb::base64url::encode(tampered.to_string().as_bytes()),
+        parts[2]
+    );
+    std::fs::write(dir.join("removed.jwt"), removed).unwrap();
+    common::assert_clean_failure(&verify("removed.jwt", Some("approvers.pem")), "bad_signature");
+    let mut altered = claims.clone();
+    altered["approvals"][0]["sig"] = json!(signature(
+        &s.alice,
+        Decision::Approve,
+        &digest,
+        &thumbprint(&s.carol)
+    ));
+    let altered = format!(
+        "{}.{}.{}",
+        parts[0],
+        seb::base64url::encode(altered.to_string().as_bytes()),
+        parts[2]
+    );
+    std::fs::write(dir.join("altered.jwt"), altered).unwrap();
+    common::assert_clean_failure(&verify("altered.jwt", Some("approvers.pem")), "bad_signature");
+
+    // Each decision is on record.
+    assert!(s.broker.stop());
+    let approvals = events(&s.hsm, "approval");
+    assert_eq!(approvals.len(), 2, "{approvals:?}");
+    assert_eq!(approvals[0]["approver"], "CN=alice");
+    assert_eq!(approvals[0]["reason"], "reviewed the migration");
+    assert_eq!(approvals[1]["approver"], "CN=bob");
+}
+
+#[test]
+fn every_illegitimate_approval_is_refused_with_its_code() {
+    let s = setup("");
+    let (id, digest) = ask(&s, 7);
+
+    // An approver of another group.
+    let dave = s
+        .hsm
+        .identity("dave", "CN=dave", "approver", &["--group", "dba"]);
+    let r = decide(&s, &dave, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "wrong_approval_group"), "{}", r.text);
+
+    // An agent certificate posing as an approver.
+    let other = s.hsm.agent("other-bot", GRANTS);
+    let r = decide(&s, &other, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "not_an_approver"), "{}", r.text);
+    // Agents do not see the pending list either.
+    let r = call(&s, &s.agent, "GET", "/v1/executions?status=pending", None);
+    assert_eq!(code(&r), "not_an_approver");
+
+    // A revoked approver.
+    let erin = s
+        .hsm
+        .identity("erin", "CN=erin", "approver", &["--group", "sre-leads"]);
+    let serial = Certificate::parse(&std::fs::read(&erin.cert).unwrap())
+        .unwrap()
+        .serial_hex();
+    s.hsm
+        .seb_ok(&["cert", "revoke", "--serial", &serial, "--reason", "key-compromise"]);
+    let r = decide(&s, &erin, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "certificate_revoked"), "{}", r.text);
+
+    // A signature over other parameters.
+    let other_digest = seb::base64url::encode(
+        &seb::canonical::request_digest(
+            "db.migrate",
+            "prod/payments/db",
+            &json!({"version": 8}),
+        )
+        .unwrap(),
+    );
+    let sig = signature(&s.alice, Decision::Approve, &other_digest, &thumbprint(&s.agent));
+    let r = call(
+        &s,
+        &s.alice,
+        "POST",
+        &format!("/v1/executions/{id}/approvals"),
+        Some(&json!({"decision": "approve", "signature": sig})),
+    );
+    assert_eq!((r.status, code(&r)), (400, "bad_approval_signature"), "{}", r.text);
+    // A rejection's signature does not count as an approval.
+    let sig = signature(&s.alice, Decision::Reject, &digest, &thumbprint(&s.agent));
+    let r = call(
+        &s,
+        &s.alice,
+        "POST",
+        &format!("/v1/executions/{id}/approvals"),
+        Some(&json!({"decision": "approve", "signature": sig})),
+    );
+    assert_eq!(code(&r), "bad_approval_signature", "{}", r.text);
+
+    // The requester approving itself: an approver certificate for the agent's own key and
+    // subject.
+    let itself = s.hsm.reissue(
+        "deploy-bot",
+        "deploy-bot-approver.pem",
+        &["--role", "approver", "--group", "sre-leads", "--ttl", "30d"],
+    );
+    let r = decide(&s, &itself, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "self_approval"), "{}", r.text);
+
+    // None of these counted.
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(status.body["approvals"], json!([]), "{}", status.text);
+
+    // One approval, then one rejection closes the request; a later approval is refused.
+    let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    let r = decide(&s, &s.bob, &id, Decision::Reject, &digest);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "rejected");
+    let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (409, "request_closed"), "{}", r.text);
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(status.body["status"], "rejected");
+    assert!(status.body.get("token").is_none());
+
+    // `seb request --wait` exits 1 on a rejection.
+    let waiter = request_and_wait(&s, 9, "1m");
+    let shown = wait_for_pending(&s, &s.carol);
+    let conn = approver_args(&s, &s.carol);
+    let mut args = vec!["approve"];
+    args.extend(conn.iter().map(String::as_str));
+    args.extend(["--reject", "--reason", "not during the freeze", shown["request_id"].as_str().unwrap()]);
+    common::assert_success(&common::seb(&args, s.hsm.dir.path()), "seb approve --reject");
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rejected"));
+}
+
+/// A one-shot HTTP server on the loopback: answers the first `failures` requests 500, then
+/// 200, and hands over the body of the first request it answered 200.
+fn webhook_server(failures: usize) -> (u16, std::sync::mpsc::Receiver<(Value, usize)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + len {
+                        break Some(request[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            seen += 1;
+            let status = if seen <= failures { "500 Oops" } else { "200 OK" };
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            if seen > failures {
+                if let Some(body) = body {
+                    let _ = tx.send((serde_json::from_slice(&body).unwrap(), seen));
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn pending_requests_notify_the_webhook_and_expire() {
+    let (port, hook) = webhook_server(1);
+    let s = setup(&format!(
+        "[approvals]\nttl = \"3s\"\nwebhook_url = \"http://127.0.0.1:{port}/hooks/seb\""
+    ));
+    let started = std::time::Instant::now();
+    let (id, digest) = ask(&s, 11);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the webhook must not delay the answer"
+    );
+
+    // Retried after the first failure; the summary and a link-free text, no secret.
+    let (note, attempt) = hook.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(attempt, 2);
+    assert_eq!(note["event"], "approval_requested");
+    assert_eq!(note["request_id"], id.as_str());
+    assert_eq!(note["operation"], "db.migrate");
+    assert_eq!(note["params"], json!({"version": 11}));
+    assert_eq!(note["requester"]["subject"], "CN=deploy-bot");
+    assert_eq!(note["approval_group"], "sre-leads");
+    let text = note["text"].as_str().unwrap();
+    assert!(text.contains(&id) && text.contains("db.migrate"), "{text}");
+    assert!(!text.contains("http") && !text.contains("://"), "{text}");
+    for secret in ["token", "signature", "sig", "key", "pin"] {
+        assert!(note.get(secret).is_none(), "{note}");
+    }
+
+    // Past the deadline: expired, and an approval is refused.
+    std::thread::sleep(Duration::from_millis(3500));
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(status.body["status"], "expired", "{}", status.text);
+    let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (409, "request_expired"), "{}", r.text);
+    assert!(pending(&s, &s.alice).is_empty());
+
+    // `seb request --wait` exits 1 when nobody decides in time.
+    let out = request_and_wait(&s, 12, "1m").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("expired"));
+
+    let mut s = s;
+    assert!(s.broker.stop());
+    let expired = events(&s.hsm, "approval_expired");
+    assert!(
+        expired.iter().any(|e| e["request_id"] == id.as_str()),
+        "{expired:?}"
+    );
+}
