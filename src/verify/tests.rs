@@ -1115,3 +1115,230 @@ fn trust_bundles() {
         Some("invalid_trust_bundle")
     );
 }
+
+// ---- Approvals: the quorum checked offline. ----
+
+/// An approver certificate under `ca` with its own key.
+fn approver(ca: &Ca, cn: &str, groups: &[&str]) -> (Certificate, p384::ecdsa::SigningKey) {
+    let key = crate::testkit::key();
+    let cert = ca::issue_leaf_under(
+        &ca.key,
+        &ca.chain,
+        ca::LeafRequest {
+            public_key: spki(&key),
+            subject: ca::parse_subject(&format!("CN={cn}")).unwrap(),
+            role: crate::grants::Role::new(
+                crate::grants::RoleKind::Approver,
+                groups.iter().map(|g| g.to_string()).collect(),
+            )
+            .unwrap(),
+            grants: None,
+            ttl: Duration::from_secs(30 * 86_400),
+        },
+        Duration::from_secs(365 * 86_400),
+        now(),
+    )
+    .unwrap();
+    (cert, key)
+}
+
+/// `key` approves the request of `claims`.
+fn approval_by(
+    claims: &Claims,
+    cert: &Certificate,
+    key: &p384::ecdsa::SigningKey,
+) -> crate::token::Approval {
+    let message = crate::approval::message(
+        crate::approval::Decision::Approve,
+        &claims.authorization_details[0].request_digest,
+        &claims.cnf.x5t_s256,
+    );
+    crate::token::Approval {
+        x5t_s256: b64(&cert.thumbprint_sha256().unwrap()),
+        sig: b64(&crate::approval::ApproverKey::P384(key.clone()).sign(&message)),
+    }
+}
+
+struct Quorum {
+    f: Fixture,
+    alice: (Certificate, p384::ecdsa::SigningKey),
+    bob: (Certificate, p384::ecdsa::SigningKey),
+    dave: (Certificate, p384::ecdsa::SigningKey),
+}
+
+impl Quorum {
+    fn new() -> Self {
+        let f = Fixture::new();
+        let alice = approver(&f.root, "alice", &["sre-leads"]);
+        let bob = approver(&f.root, "bob", &["sre-leads", "dba"]);
+        let dave = approver(&f.root, "dave", &["dba"]);
+        Quorum { f, alice, bob, dave }
+    }
+
+    /// Claims of a 2-of-sre-leads token approved by alice and bob.
+    fn claims(&self) -> Claims {
+        let mut c = self.f.claims();
+        c.authorization_details[0].approvals = 2;
+        c.authorization_details[0].approval_group = Some("sre-leads".into());
+        c.approvals = vec![
+            approval_by(&c, &self.alice.0, &self.alice.1),
+            approval_by(&c, &self.bob.0, &self.bob.1),
+        ];
+        c
+    }
+
+    fn expect(&self) -> Expectations {
+        Expectations {
+            approver_certificates: vec![
+                self.alice.0.clone(),
+                self.bob.0.clone(),
+                self.dave.0.clone(),
+            ],
+            ..self.f.expect()
+        }
+    }
+
+    fn code(&self, claims: &Claims) -> &'static str {
+        self.code_with(claims, &self.expect())
+    }
+
+    fn code_with(&self, claims: &Claims, expect: &Expectations) -> &'static str {
+        code(verify_token(
+            &self.f.mint(&self.f.header(), claims),
+            &self.f.trust,
+            expect,
+        ))
+    }
+}
+
+#[test]
+fn a_quorum_of_valid_approvals_verifies_offline() {
+    let q = Quorum::new();
+    assert_eq!(q.code(&q.claims()), "ok");
+    // Without the approvers' certificates the quorum cannot be checked.
+    assert_eq!(
+        q.code_with(&q.claims(), &q.f.expect()),
+        "unknown_approver"
+    );
+}
+
+#[test]
+fn removed_altered_or_misplaced_approvals_fail() {
+    let q = Quorum::new();
+    // Removed: fewer approvals than the token requires.
+    let mut c = q.claims();
+    c.approvals.pop();
+    assert_eq!(q.code(&c), "approval_quorum_not_met");
+    // The count lowered to none while approvals remain: refused too.
+    let mut c = q.claims();
+    c.authorization_details[0].approvals = 0;
+    assert_eq!(q.code(&c), "invalid_approvals");
+    // Altered signature (over another agent's request).
+    let mut c = q.claims();
+    let mut other = c.clone();
+    other.cnf.x5t_s256 = b64(&q.f.other_agent.thumbprint_sha256().unwrap());
+    c.approvals[0].sig = approval_by(&other, &q.alice.0, &q.alice.1).sig;
+    assert_eq!(q.code(&c), "bad_approval_signature");
+    // Altered signature (over another request digest).
+    let mut c = q.claims();
+    let mut other = c.clone();
+    other.authorization_details[0].request_digest = b64(&[4; 48]);
+    c.approvals[1].sig = approval_by(&other, &q.bob.0, &q.bob.1).sig;
+    assert_eq!(q.code(&c), "bad_approval_signature");
+    // A signature that is not base64url DER.
+    let mut c = q.claims();
+    c.approvals[0].sig = "not-a-signature".into();
+    assert_eq!(q.code(&c), "bad_approval_signature");
+    // Alice's signature under Bob's thumbprint.
+    let mut c = q.claims();
+    c.approvals[1].sig = c.approvals[0].sig.clone();
+    assert_eq!(q.code(&c), "bad_approval_signature");
+    // The same approver twice.
+    let mut c = q.claims();
+    c.approvals[1] = c.approvals[0].clone();
+    assert_eq!(q.code(&c), "duplicate_approver");
+    // An approver of another group.
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &q.dave.0, &q.dave.1);
+    assert_eq!(q.code(&c), "wrong_approval_group");
+    // A required count without a group.
+    let mut c = q.claims();
+    c.authorization_details[0].approval_group = None;
+    assert_eq!(q.code(&c), "invalid_approvals");
+}
+
+#[test]
+fn approvers_must_be_trusted_approvers_other_than_the_agent() {
+    let q = Quorum::new();
+    // An approver certificate from another root.
+    let elsewhere = Ca::root("other root");
+    let mallory = approver(&elsewhere, "mallory", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &mallory.0, &mallory.1);
+    let mut expect = q.expect();
+    expect.approver_certificates.push(mallory.0.clone());
+    assert_eq!(q.code_with(&c, &expect), "untrusted_approver");
+
+    // An agent certificate posing as an approver.
+    let agent_key = crate::testkit::key();
+    let agent = q
+        .f
+        .root
+        .leaf_with(
+            "posing",
+            &agent_key,
+            &grant("deploy.*", "prod/**", "60s"),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &agent, &agent_key);
+    let mut expect = q.expect();
+    expect.approver_certificates.push(agent.clone());
+    assert_eq!(q.code_with(&c, &expect), "not_an_approver");
+
+    // The agent approving itself: an approver certificate with the agent's subject.
+    let itself = approver(&q.f.root, "agent", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &itself.0, &itself.1);
+    let mut expect = q.expect();
+    expect.approver_certificates.push(itself.0.clone());
+    assert_eq!(q.code_with(&c, &expect), "self_approval");
+}
+
+#[test]
+fn the_quorum_is_checked_against_the_agents_grant() {
+    let q = Quorum::new();
+    let key = crate::testkit::key();
+    let agent = q
+        .f
+        .root
+        .leaf_with(
+            "agent",
+            &key,
+            "[[grant]]\noperation = \"deploy.*\"\nresource = \"prod/**\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = { required = 2, group = \"sre-leads\" }\n",
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let mut expect = q.expect();
+    expect.agent_certificate = Some(agent.clone());
+    let bind = |mut c: Claims| {
+        c.cnf.x5t_s256 = b64(&agent.thumbprint_sha256().unwrap());
+        let approvals = c.approvals.len();
+        c.approvals = [&q.alice, &q.bob][..approvals]
+            .iter()
+            .map(|(cert, k)| approval_by(&c, cert, k))
+            .collect();
+        c
+    };
+    assert_eq!(q.code_with(&bind(q.claims()), &expect), "ok");
+    // A token that says no approvals were needed, for a grant that needs two.
+    let mut c = q.f.claims();
+    c.cnf.x5t_s256 = b64(&agent.thumbprint_sha256().unwrap());
+    assert_eq!(q.code_with(&c, &expect), "approval_quorum_not_met");
+    // A token that names one approval where the grant needs two.
+    let mut c = q.claims();
+    c.authorization_details[0].approvals = 1;
+    c.approvals.pop();
+    assert_eq!(q.code_with(&bind(c), &expect), "approval_quorum_not_met");
+}
