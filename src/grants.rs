@@ -191,9 +191,9 @@ pub enum Scalar {
 
 /// `required` distinct approvers, each holding an approver certificate in `group`.
 ///
-/// Whether the group has that many members is not known from the certificate; the broker
-/// checks it against the approvers it knows when a request arrives and refuses an
-/// unsatisfiable rule then.
+/// Whether the group has that many members is not known from the certificate, and the broker
+/// keeps no roster of approvers: a request under a rule its group cannot meet expires after
+/// `[approvals] ttl`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApprovalRule {
     /// How many distinct approvers (1..=[`MAX_REQUIRED_APPROVALS`]).

@@ -493,7 +493,9 @@ fn check_approvals(
             });
         }
         if detail.approval_group.as_deref() != Some(group.as_str()) {
-            return Err(invalid("the token names another approver group than the agent's grant"));
+            return Err(invalid(
+                "the token names another approver group than the agent's grant",
+            ));
         }
     }
     if detail.approvals == 0 {
@@ -503,7 +505,9 @@ fn check_approvals(
         return Ok(());
     }
     let Some(group) = &detail.approval_group else {
-        return Err(invalid("approvals are required but no approval_group is named"));
+        return Err(invalid(
+            "approvals are required but no approval_group is named",
+        ));
     };
     let issued = crate::time::from_unix(claims.iat);
     let message = crate::approval::message(
@@ -542,12 +546,13 @@ fn check_approvals(
                 x5t: approval.x5t_s256.clone(),
             })?;
         let subject = cert.subject_string();
-        let path = chain::validate(cert, &intermediates, trust.roots(), issued).map_err(
-            |source| VerifyError::UntrustedApprover {
-                subject: subject.clone(),
-                source,
-            },
-        )?;
+        let path =
+            chain::validate(cert, &intermediates, trust.roots(), issued).map_err(|source| {
+                VerifyError::UntrustedApprover {
+                    subject: subject.clone(),
+                    source,
+                }
+            })?;
         for c in path.path() {
             check_validity(c, issued)?;
         }
@@ -576,10 +581,11 @@ fn check_approvals(
         {
             return Err(VerifyError::DuplicateApprover { subject });
         }
-        let signature = jws::strict_b64("approval signature", &approval.sig)
-            .map_err(|_| VerifyError::BadApprovalSignature {
+        let signature = jws::strict_b64("approval signature", &approval.sig).map_err(|_| {
+            VerifyError::BadApprovalSignature {
                 subject: subject.clone(),
-            })?;
+            }
+        })?;
         let verified = chain::CertKey::of(cert)
             .is_ok_and(|k| crate::approval::verify(&k, &message, &signature));
         if !verified {

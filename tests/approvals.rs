@@ -99,8 +99,7 @@ fn thumbprint(who: &Identity) -> String {
 
 /// `who` signs `decision` over `digest` for `agent`'s request with its own key.
 fn signature(who: &Identity, decision: Decision, digest: &str, agent: &str) -> String {
-    let key =
-        ApproverKey::from_pkcs8_pem(&std::fs::read_to_string(&who.key).unwrap()).unwrap();
+    let key = ApproverKey::from_pkcs8_pem(&std::fs::read_to_string(&who.key).unwrap()).unwrap();
     seb::base64url::encode(&key.sign(&approval::message(decision, digest, agent)))
 }
 
@@ -118,7 +117,13 @@ fn decide(s: &Setup, who: &Identity, id: &str, decision: Decision, digest: &str)
 
 /// Asks for a migration as the agent; returns (request id, request digest).
 fn ask(s: &Setup, version: i64) -> (String, String) {
-    let r = call(s, &s.agent, "POST", "/v1/executions", Some(&migrate(version)));
+    let r = call(
+        s,
+        &s.agent,
+        "POST",
+        "/v1/executions",
+        Some(&migrate(version)),
+    );
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.body["status"], "pending_approval");
     (
@@ -256,7 +261,10 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     let done = decide(&s, &s.bob, &id, Decision::Approve, &digest);
     assert_eq!(done.status, 200, "{}", done.text);
     assert_eq!(done.body["status"], "granted");
-    assert!(done.body.get("token").is_none(), "approvers never get the token");
+    assert!(
+        done.body.get("token").is_none(),
+        "approvers never get the token"
+    );
 
     // The waiting agent gets the token (exit 0, the token alone on stdout).
     let out = waiter.wait_with_output().unwrap();
@@ -269,8 +277,14 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let claims = claims_of(&token);
     assert_eq!(claims["authorization_details"][0]["approvals"], 2);
-    assert_eq!(claims["authorization_details"][0]["approval_group"], "sre-leads");
-    assert_eq!(claims["authorization_details"][0]["request_digest"], digest.as_str());
+    assert_eq!(
+        claims["authorization_details"][0]["approval_group"],
+        "sre-leads"
+    );
+    assert_eq!(
+        claims["authorization_details"][0]["request_digest"],
+        digest.as_str()
+    );
     let approvals = claims["approvals"].as_array().unwrap();
     assert_eq!(approvals.len(), 2);
     assert_eq!(approvals[0]["x5t#S256"], thumbprint(&s.alice).as_str());
@@ -329,7 +343,10 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
         parts[2]
     );
     std::fs::write(dir.join("removed.jwt"), removed).unwrap();
-    common::assert_clean_failure(&verify("removed.jwt", Some("approvers.pem")), "bad_signature");
+    common::assert_clean_failure(
+        &verify("removed.jwt", Some("approvers.pem")),
+        "bad_signature",
+    );
     let mut altered = claims.clone();
     altered["approvals"][0]["sig"] = json!(signature(
         &s.alice,
@@ -344,7 +361,10 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
         parts[2]
     );
     std::fs::write(dir.join("altered.jwt"), altered).unwrap();
-    common::assert_clean_failure(&verify("altered.jwt", Some("approvers.pem")), "bad_signature");
+    common::assert_clean_failure(
+        &verify("altered.jwt", Some("approvers.pem")),
+        "bad_signature",
+    );
 
     // Each decision is on record.
     assert!(s.broker.stop());
@@ -365,7 +385,12 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
         .hsm
         .identity("dave", "CN=dave", "approver", &["--group", "dba"]);
     let r = decide(&s, &dave, &id, Decision::Approve, &digest);
-    assert_eq!((r.status, code(&r)), (403, "wrong_approval_group"), "{}", r.text);
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "wrong_approval_group"),
+        "{}",
+        r.text
+    );
 
     // An agent certificate posing as an approver.
     let other = s.hsm.agent("other-bot", GRANTS);
@@ -382,21 +407,33 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     let serial = Certificate::parse(&std::fs::read(&erin.cert).unwrap())
         .unwrap()
         .serial_hex();
-    s.hsm
-        .seb_ok(&["cert", "revoke", "--serial", &serial, "--reason", "key-compromise"]);
+    s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
     let r = decide(&s, &erin, &id, Decision::Approve, &digest);
-    assert_eq!((r.status, code(&r)), (403, "certificate_revoked"), "{}", r.text);
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "certificate_revoked"),
+        "{}",
+        r.text
+    );
 
     // A signature over other parameters.
     let other_digest = seb::base64url::encode(
-        &seb::canonical::request_digest(
-            "db.migrate",
-            "prod/payments/db",
-            &json!({"version": 8}),
-        )
-        .unwrap(),
+        &seb::canonical::request_digest("db.migrate", "prod/payments/db", &json!({"version": 8}))
+            .unwrap(),
     );
-    let sig = signature(&s.alice, Decision::Approve, &other_digest, &thumbprint(&s.agent));
+    let sig = signature(
+        &s.alice,
+        Decision::Approve,
+        &other_digest,
+        &thumbprint(&s.agent),
+    );
     let r = call(
         &s,
         &s.alice,
@@ -404,7 +441,12 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
         &format!("/v1/executions/{id}/approvals"),
         Some(&json!({"decision": "approve", "signature": sig})),
     );
-    assert_eq!((r.status, code(&r)), (400, "bad_approval_signature"), "{}", r.text);
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "bad_approval_signature"),
+        "{}",
+        r.text
+    );
     // A rejection's signature does not count as an approval.
     let sig = signature(&s.alice, Decision::Reject, &digest, &thumbprint(&s.agent));
     let r = call(
@@ -448,10 +490,23 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     let conn = approver_args(&s, &s.carol);
     let mut args = vec!["approve"];
     args.extend(conn.iter().map(String::as_str));
-    args.extend(["--reject", "--reason", "not during the freeze", shown["request_id"].as_str().unwrap()]);
-    common::assert_success(&common::seb(&args, s.hsm.dir.path()), "seb approve --reject");
+    args.extend([
+        "--reject",
+        "--reason",
+        "not during the freeze",
+        shown["request_id"].as_str().unwrap(),
+    ]);
+    common::assert_success(
+        &common::seb(&args, s.hsm.dir.path()),
+        "seb approve --reject",
+    );
     let out = waiter.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected"));
 }
 
@@ -492,7 +547,11 @@ fn webhook_server(failures: usize) -> (u16, std::sync::mpsc::Receiver<(Value, us
                 }
             };
             seen += 1;
-            let status = if seen <= failures { "500 Oops" } else { "200 OK" };
+            let status = if seen <= failures {
+                "500 Oops"
+            } else {
+                "200 OK"
+            };
             let _ = stream.write_all(
                 format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .as_bytes(),
@@ -546,7 +605,12 @@ fn pending_requests_notify_the_webhook_and_expire() {
 
     // `seb request --wait` exits 1 when nobody decides in time.
     let out = request_and_wait(&s, 12, "1m").wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("expired"));
 
     let mut s = s;

@@ -154,9 +154,8 @@ impl Broker {
                 .store
                 .approvals(&record.request_id)
                 .map_err(BrokerError::Store)?;
-            let params = serde_json::from_str(&record.params).map_err(|e| {
-                BrokerError::Internal(format!("stored params are not JSON: {e}"))
-            })?;
+            let params = serde_json::from_str(&record.params)
+                .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
             out.push(PendingRequest {
                 request_id: record.request_id,
                 operation: record.operation,
@@ -314,7 +313,9 @@ impl Broker {
             ApprovalOutcome::Closed(ExecutionStatus::Expired) | ApprovalOutcome::Expired => {
                 return Err(BrokerError::RequestExpired)
             }
-            ApprovalOutcome::Closed(other) => return Err(BrokerError::RequestClosed(other.as_str())),
+            ApprovalOutcome::Closed(other) => {
+                return Err(BrokerError::RequestClosed(other.as_str()))
+            }
             ApprovalOutcome::Duplicate => return Err(BrokerError::DuplicateApproval),
             ApprovalOutcome::Rejected => {
                 response.status = ExecutionState::Rejected;

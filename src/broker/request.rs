@@ -446,7 +446,10 @@ impl Broker {
                 .store
                 .approvals(&record.request_id)
                 .map_err(BrokerError::Store)?;
-            (group, Some(approvals.iter().map(ApprovalSummary::from).collect()))
+            (
+                group,
+                Some(approvals.iter().map(ApprovalSummary::from).collect()),
+            )
         } else {
             (None, None)
         };

@@ -130,7 +130,11 @@ impl SignQueue {
     }
 
     /// Signs `digest` with the key `label` on a signing thread.
-    pub async fn sign_as(&self, label: Arc<str>, digest: Vec<u8>) -> Result<Signature, BackendError> {
+    pub async fn sign_as(
+        &self,
+        label: Arc<str>,
+        digest: Vec<u8>,
+    ) -> Result<Signature, BackendError> {
         let (tx, rx) = oneshot::channel();
         self.submit_as(label, digest, Box::new(OneshotWaiter(tx)));
         rx.await.map_err(|_| stopped())?

@@ -95,15 +95,15 @@ pub fn approve(args: ApproveArgs) -> CliResult {
             .ok_or_else(|| format!("the broker's answer lacks {field}").into())
     };
     // Sign what is shown: the digest is recomputed from the shown request.
-    let digest = seb::canonical::request_digest(
-        text("operation")?,
-        text("resource")?,
-        &request["params"],
-    )
-    .map_err(|e| format!("cannot canonicalise the shown parameters: {e}"))?;
+    let digest =
+        seb::canonical::request_digest(text("operation")?, text("resource")?, &request["params"])
+            .map_err(|e| format!("cannot canonicalise the shown parameters: {e}"))?;
     let digest = seb::base64url::encode(&digest);
     if digest != text("request_digest")? {
-        return Err("the broker's request digest does not match the request it shows; refusing to sign".into());
+        return Err(
+            "the broker's request digest does not match the request it shows; refusing to sign"
+                .into(),
+        );
     }
     let agent = request["requester"]["x5t#S256"]
         .as_str()

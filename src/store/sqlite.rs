@@ -504,14 +504,15 @@ impl Store for SqliteStore {
         now: SystemTime,
         reserve: ReservedToken,
     ) -> Result<ApprovalOutcome, StoreError> {
-        let outcome = self.write("record approval", move |c| {
+        self.write("record approval", move |c| {
             approvals::add(c, &approval, required, now, &reserve)
-        })?;
-        outcome
+        })?
     }
 
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
-        self.write("expire approval requests", move |c| approvals::expire(c, now))
+        self.write("expire approval requests", move |c| {
+            approvals::expire(c, now)
+        })
     }
 
     fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError> {

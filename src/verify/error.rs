@@ -195,7 +195,9 @@ pub enum VerifyError {
         reason: String,
     },
     /// No given approver certificate has this thumbprint.
-    #[error("no given approver certificate has thumbprint {x5t} (pass the approvers' certificates)")]
+    #[error(
+        "no given approver certificate has thumbprint {x5t} (pass the approvers' certificates)"
+    )]
     UnknownApprover {
         /// The approval's `x5t#S256`.
         x5t: String,

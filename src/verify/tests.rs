@@ -1172,7 +1172,12 @@ impl Quorum {
         let alice = approver(&f.root, "alice", &["sre-leads"]);
         let bob = approver(&f.root, "bob", &["sre-leads", "dba"]);
         let dave = approver(&f.root, "dave", &["dba"]);
-        Quorum { f, alice, bob, dave }
+        Quorum {
+            f,
+            alice,
+            bob,
+            dave,
+        }
     }
 
     /// Claims of a 2-of-sre-leads token approved by alice and bob.
@@ -1216,10 +1221,7 @@ fn a_quorum_of_valid_approvals_verifies_offline() {
     let q = Quorum::new();
     assert_eq!(q.code(&q.claims()), "ok");
     // Without the approvers' certificates the quorum cannot be checked.
-    assert_eq!(
-        q.code_with(&q.claims(), &q.f.expect()),
-        "unknown_approver"
-    );
+    assert_eq!(q.code_with(&q.claims(), &q.f.expect()), "unknown_approver");
 }
 
 #[test]
@@ -1281,16 +1283,15 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
 
     // An agent certificate posing as an approver.
     let agent_key = crate::testkit::key();
-    let agent = q
-        .f
-        .root
-        .leaf_with(
-            "posing",
-            &agent_key,
-            &grant("deploy.*", "prod/**", "60s"),
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
+    let agent =
+        q.f.root
+            .leaf_with(
+                "posing",
+                &agent_key,
+                &grant("deploy.*", "prod/**", "60s"),
+                Duration::from_secs(86_400),
+            )
+            .unwrap();
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &agent, &agent_key);
     let mut expect = q.expect();

@@ -46,7 +46,10 @@ pub(super) fn insert_pending(c: &Connection, p: &PendingApproval) -> rusqlite::R
     .map(|_| ())
 }
 
-pub(super) fn pending_row(c: &Connection, request_id: &str) -> rusqlite::Result<Option<PendingRow>> {
+pub(super) fn pending_row(
+    c: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Option<PendingRow>> {
     c.prepare_cached(
         "SELECT request_id, approval_group, token_ttl, justification, agent_key,
             agent_not_after, expires_at
@@ -80,7 +83,10 @@ pub(super) fn pending_from_row(r: PendingRow) -> Result<PendingApproval, StoreEr
     })
 }
 
-pub(super) fn approval_rows(c: &Connection, request_id: &str) -> rusqlite::Result<Vec<ApprovalRow>> {
+pub(super) fn approval_rows(
+    c: &Connection,
+    request_id: &str,
+) -> rusqlite::Result<Vec<ApprovalRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT request_id, approver, approver_subject, approver_key, decision, signature, reason,
             at
