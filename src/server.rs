@@ -27,9 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::broker::{
-    Access, ApprovalBody, Broker, BrokerError, Caller, ExecutionRequest, Peer,
-};
+use crate::broker::{Access, ApprovalBody, Broker, BrokerError, Caller, ExecutionRequest, Peer};
 use crate::grants::RoleKind;
 
 pub mod error;

@@ -319,6 +319,10 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
             "bundle.pem",
             "--token",
             token_file,
+            "--operation",
+            "db.migrate",
+            "--resource",
+            "prod/payments/db",
             "--cert",
             s.agent.cert.to_str().unwrap(),
             "--params",
@@ -392,13 +396,15 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
         r.text
     );
 
-    // An agent certificate posing as an approver.
+    // An agent certificate posing as an approver: the access table admits approvers only.
     let other = s.hsm.agent("other-bot", GRANTS);
     let r = decide(&s, &other, &id, Decision::Approve, &digest);
-    assert_eq!((r.status, code(&r)), (403, "not_an_approver"), "{}", r.text);
-    // Agents do not see the pending list either.
+    assert_eq!((r.status, code(&r)), (403, "wrong_role"), "{}", r.text);
+    // Agents do not see the pending list either, and approvers list pending requests only.
     let r = call(&s, &s.agent, "GET", "/v1/executions?status=pending", None);
-    assert_eq!(code(&r), "not_an_approver");
+    assert_eq!((r.status, code(&r)), (403, "wrong_role"), "{}", r.text);
+    let r = call(&s, &s.alice, "GET", "/v1/executions?status=granted", None);
+    assert_eq!((r.status, code(&r)), (400, "invalid_query"), "{}", r.text);
 
     // A revoked approver.
     let erin = s

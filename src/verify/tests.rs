@@ -1192,15 +1192,16 @@ impl Quorum {
         c
     }
 
+    fn approvers(&self) -> Vec<Certificate> {
+        vec![
+            self.alice.0.clone(),
+            self.bob.0.clone(),
+            self.dave.0.clone(),
+        ]
+    }
+
     fn expect(&self) -> Expectations {
-        Expectations {
-            approver_certificates: vec![
-                self.alice.0.clone(),
-                self.bob.0.clone(),
-                self.dave.0.clone(),
-            ],
-            ..self.f.expect()
-        }
+        self.f.expect().approvers(self.approvers())
     }
 
     fn code(&self, claims: &Claims) -> &'static str {
@@ -1277,8 +1278,9 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
     let mallory = approver(&elsewhere, "mallory", &["sre-leads"]);
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &mallory.0, &mallory.1);
-    let mut expect = q.expect();
-    expect.approver_certificates.push(mallory.0.clone());
+    let mut approvers = q.approvers();
+    approvers.push(mallory.0.clone());
+    let expect = q.f.expect().approvers(approvers);
     assert_eq!(q.code_with(&c, &expect), "untrusted_approver");
 
     // An agent certificate posing as an approver.
@@ -1294,16 +1296,18 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
             .unwrap();
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &agent, &agent_key);
-    let mut expect = q.expect();
-    expect.approver_certificates.push(agent.clone());
+    let mut approvers = q.approvers();
+    approvers.push(agent.clone());
+    let expect = q.f.expect().approvers(approvers);
     assert_eq!(q.code_with(&c, &expect), "not_an_approver");
 
     // The agent approving itself: an approver certificate with the agent's subject.
     let itself = approver(&q.f.root, "agent", &["sre-leads"]);
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &itself.0, &itself.1);
-    let mut expect = q.expect();
-    expect.approver_certificates.push(itself.0.clone());
+    let mut approvers = q.approvers();
+    approvers.push(itself.0.clone());
+    let expect = q.f.expect().approvers(approvers);
     assert_eq!(q.code_with(&c, &expect), "self_approval");
 }
 
@@ -1321,8 +1325,10 @@ fn the_quorum_is_checked_against_the_agents_grant() {
             Duration::from_secs(86_400),
         )
         .unwrap();
-    let mut expect = q.expect();
-    expect.agent_certificate = Some(agent.clone());
+    let expect = Expectations::new(now(), q.f.action(), Binding::agent(agent.clone()))
+        .issuer("seb-test")
+        .min_epoch(5)
+        .approvers(q.approvers());
     let bind = |mut c: Claims| {
         c.cnf.x5t_s256 = b64(&agent.thumbprint_sha256().unwrap());
         let approvals = c.approvals.len();
