@@ -1074,7 +1074,15 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
     assert!(ok, "{printed}");
     let printed = printed.trim().trim_start_matches("serial=").to_owned();
     assert_eq!(printed, "80A1B2C3D4E5F60718293A4B5C6D7E8F");
-    let out = s.hsm.seb_ok(&["cert", "revoke", "--serial", &printed]);
+    // The broker did not issue it: the operator names the offline intermediate that did.
+    let out = s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &printed,
+        "--issuer",
+        "offline-ops",
+    ]);
     // The CLI answers in the canonical form: openssl's, no sign byte.
     assert!(out.contains(&format!("revoked {printed}")), "{out}");
     let r = post(&s, &agent, "/v1/executions", &good_request());

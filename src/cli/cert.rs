@@ -454,6 +454,10 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
         )
     })?;
     let store = open_store(config)?;
+    if store.is_revoked(&serial)? {
+        say!("{serial} was already revoked; nothing changed");
+        return Ok(());
+    }
     let issuer = match (store.issued_certificate(&serial)?, &args.issuer) {
         (Some(record), Some(named)) if record.issuer_label != *named => {
             return Err(format!(
