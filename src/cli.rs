@@ -148,6 +148,35 @@ fn explain_module_failure(module: &Path, error: seb::backend::BackendError) -> C
     }
 }
 
+/// How a client (agent, approver) reaches the broker: the same four options everywhere.
+#[derive(Debug, clap::Args)]
+pub struct BrokerConnection {
+    /// Broker URL, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    pub broker: String,
+    /// The broker's root certificate (PEM), the only trust anchor used.
+    #[arg(long)]
+    pub ca: std::path::PathBuf,
+    /// Your certificate (PEM; may hold the chain, leaf first).
+    #[arg(long)]
+    pub cert: std::path::PathBuf,
+    /// Your private key (PKCS#8 PEM, P-256 or P-384).
+    #[arg(long)]
+    pub key: std::path::PathBuf,
+}
+
+impl BrokerConnection {
+    /// Mutual TLS with these files (session resumption on).
+    pub fn tls(&self) -> Result<seb::client::ClientTls, CliError> {
+        Ok(seb::client::ClientTls::new(
+            &read_file(&self.ca)?,
+            &read_file(&self.cert)?,
+            &read_file(&self.key)?,
+            true,
+        )?)
+    }
+}
+
 /// A failed connection to a broker, with what to do about it when that can be told
 /// ([`seb::client::ClientTls::explain`]).
 pub fn explained(tls: &seb::client::ClientTls, error: seb::client::ClientError) -> CliError {

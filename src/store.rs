@@ -57,6 +57,26 @@ pub struct IssuedCertificate {
     pub pem: String,
 }
 
+impl IssuedCertificate {
+    /// The record of `cert`, issued under the key labelled `issuer_label` with `role`.
+    pub fn of(
+        cert: &crate::cert::Certificate,
+        role: impl Into<String>,
+        issuer_label: impl Into<String>,
+    ) -> Result<Self, StoreError> {
+        let bad =
+            |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("issued certificate: {e}"));
+        Ok(Self {
+            serial: Serial::of(cert).map_err(|e| bad(&e))?,
+            subject: cert.subject_string(),
+            role: role.into(),
+            issuer_label: issuer_label.into(),
+            not_after: cert.not_after(),
+            pem: cert.to_pem_string().map_err(|e| bad(&e))?,
+        })
+    }
+}
+
 /// What `revoke` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevokeOutcome {

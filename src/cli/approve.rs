@@ -6,36 +6,17 @@
 //! parameters it shows, and refuses to sign when the broker's digest differs: the approver signs
 //! what it sees.
 
-use std::path::PathBuf;
-
 use seb::approval::{self, ApproverKey, Decision};
-use seb::client::{ApiResponse, Client, ClientTls};
+use seb::client::{ApiResponse, Client};
 use serde_json::Value;
 
-use super::{read_file, CliError, CliResult};
-
-/// How to reach the broker as an approver.
-#[derive(Debug, clap::Args)]
-pub struct Connection {
-    /// Broker URL, e.g. https://127.0.0.1:8443
-    #[arg(long)]
-    broker: String,
-    /// The broker's root certificate (PEM), the only trust anchor used.
-    #[arg(long)]
-    ca: PathBuf,
-    /// The approver's certificate (PEM; may hold the chain, leaf first).
-    #[arg(long)]
-    cert: PathBuf,
-    /// The approver's private key (PKCS#8 PEM, P-256 or P-384).
-    #[arg(long)]
-    key: PathBuf,
-}
+use super::{read_file, BrokerConnection, CliError, CliResult};
 
 /// Options of `seb pending`.
 #[derive(Debug, clap::Args)]
 pub struct PendingArgs {
     #[command(flatten)]
-    connection: Connection,
+    connection: BrokerConnection,
     /// Print the broker's JSON instead of the readable form.
     #[arg(long)]
     json: bool,
@@ -45,7 +26,7 @@ pub struct PendingArgs {
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
     #[command(flatten)]
-    connection: Connection,
+    connection: BrokerConnection,
     /// Reject the request instead of approving it (one rejection closes it).
     #[arg(long)]
     reject: bool,
@@ -134,7 +115,7 @@ pub fn approve(args: ApproveArgs) -> CliResult {
     Ok(())
 }
 
-fn fetch_pending(connection: &Connection) -> Result<Value, CliError> {
+fn fetch_pending(connection: &BrokerConnection) -> Result<Value, CliError> {
     let response = call(connection, |mut client| async move {
         client
             .send("GET", "/v1/executions?status=pending", None)
@@ -146,24 +127,21 @@ fn fetch_pending(connection: &Connection) -> Result<Value, CliError> {
     Ok(response.body["requests"].clone())
 }
 
-fn call<F, Fut>(connection: &Connection, f: F) -> Result<ApiResponse, CliError>
+fn call<F, Fut>(connection: &BrokerConnection, f: F) -> Result<ApiResponse, CliError>
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<ApiResponse, seb::client::ClientError>>,
 {
-    let tls = ClientTls::new(
-        &read_file(&connection.ca)?,
-        &read_file(&connection.cert)?,
-        &read_file(&connection.key)?,
-        true,
-    )?;
+    let tls = connection.tls()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(async {
-        let client = Client::connect(&connection.broker, &tls).await?;
-        f(client).await
-    })?)
+    runtime
+        .block_on(async {
+            let client = Client::connect(&connection.broker, &tls).await?;
+            f(client).await
+        })
+        .map_err(|e| super::explained(&tls, e))
 }
 
 /// `code: message` from an error answer.

@@ -249,15 +249,9 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         config.ca.max_leaf_validity,
         start,
     )?;
-    let pem = cert.to_pem_string()?;
-    store.record_issued(&IssuedCertificate {
-        serial: Serial::of(&cert)?,
-        subject: cert.subject_string(),
-        role: kind.to_string(),
-        issuer_label,
-        not_after: cert.not_after(),
-        pem: pem.clone(),
-    })?;
+    let record = IssuedCertificate::of(&cert, kind.to_string(), issuer_label)?;
+    store.record_issued(&record)?;
+    let pem = record.pem;
     write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
     say!(
         "issued {kind} certificate serial {} for {} until {}",
@@ -335,15 +329,9 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
             e.into()
         }
     })?;
-    let pem = cert.to_pem_string()?;
-    store.record_issued(&IssuedCertificate {
-        serial: Serial::of(&cert)?,
-        subject: cert.subject_string(),
-        role: "intermediate".into(),
-        issuer_label,
-        not_after: cert.not_after(),
-        pem: pem.clone(),
-    })?;
+    let record = IssuedCertificate::of(&cert, "intermediate", issuer_label)?;
+    store.record_issued(&record)?;
+    let pem = record.pem;
     write_file(&cert_path, pem.as_bytes(), false)?;
     write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
     say!(

@@ -1,27 +1,15 @@
 //! `seb request`: the agent side. Asks a broker for an execution token over mutual TLS and
 //! prints the broker's JSON answer; the exit status says granted, pending or refused.
 
-use std::path::PathBuf;
+use seb::client::Client;
 
-use seb::client::{Client, ClientTls};
-
-use super::{read_file, CliError};
+use super::{BrokerConnection, CliError};
 
 /// Options of `seb request`.
 #[derive(Debug, clap::Args)]
 pub struct RequestArgs {
-    /// Broker URL, e.g. https://127.0.0.1:8443
-    #[arg(long)]
-    broker: String,
-    /// The broker's root certificate (PEM), the only trust anchor used.
-    #[arg(long)]
-    ca: PathBuf,
-    /// The agent's certificate (PEM; may hold the chain, leaf first).
-    #[arg(long)]
-    cert: PathBuf,
-    /// The agent's private key (PKCS#8 PEM).
-    #[arg(long)]
-    key: PathBuf,
+    #[command(flatten)]
+    connection: BrokerConnection,
     /// Operation, e.g. deploy.rollout
     #[arg(long)]
     operation: String,
@@ -57,12 +45,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     // refused here as the broker would refuse it, rather than silently keeping one of two values.
     let params = seb::json::parse_strict(args.params.as_bytes())
         .map_err(|e| format!("--params is not acceptable JSON: {e}"))?;
-    let tls = ClientTls::new(
-        &read_file(&args.ca)?,
-        &read_file(&args.cert)?,
-        &read_file(&args.key)?,
-        true,
-    )?;
+    let tls = args.connection.tls()?;
     let mut body = serde_json::json!({
         "operation": args.operation,
         "resource": args.resource,
@@ -76,7 +59,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         .build()?;
     let response = runtime
         .block_on(async {
-            let mut client = Client::connect(&args.broker, &tls).await?;
+            let mut client = Client::connect(&args.connection.broker, &tls).await?;
             client.post_json("/v1/executions", &body).await
         })
         .map_err(|e| super::explained(&tls, e))?;
@@ -106,7 +89,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         let mut last = None;
         loop {
             if client.is_none() {
-                client = Client::connect(&args.broker, &tls).await.ok();
+                client = Client::connect(&args.connection.broker, &tls).await.ok();
             }
             let answer = match client.as_mut() {
                 Some(c) => c.send("GET", &path, None).await.ok(),

@@ -110,15 +110,9 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
         config.ca.service_validity,
         now,
     )?;
-    let pem = cert.to_pem_string()?;
-    store.record_issued(&IssuedCertificate {
-        serial: Serial::of(&cert)?,
-        subject: cert.subject_string(),
-        role: kind.as_str().to_owned(),
-        issuer_label: config.keys.root.clone(),
-        not_after: cert.not_after(),
-        pem: pem.clone(),
-    })?;
+    let record = IssuedCertificate::of(&cert, kind.as_str(), config.keys.root.clone())?;
+    store.record_issued(&record)?;
+    let pem = record.pem;
 
     // The old certificate first (kept, and served while its tokens may live), then the new
     // one, then the generation record. A running broker checks that key and certificate
@@ -230,15 +224,9 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         config.ca.max_leaf_validity,
         now,
     )?;
-    let pem = cert.to_pem_string()?;
-    store.record_issued(&IssuedCertificate {
-        serial: Serial::of(&cert)?,
-        subject: cert.subject_string(),
-        role: record.role.clone(),
-        issuer_label: record.issuer_label.clone(),
-        not_after: cert.not_after(),
-        pem: pem.clone(),
-    })?;
+    let record = IssuedCertificate::of(&cert, record.role, record.issuer_label.clone())?;
+    store.record_issued(&record)?;
+    let pem = record.pem;
     let mut out = pem;
     for c in &issuer_chain[..issuer_chain.len().saturating_sub(1)] {
         out.push_str(&c.to_pem_string()?);

@@ -55,17 +55,7 @@ pub(super) fn pending_row(
             agent_not_after, expires_at
          FROM approval_requests WHERE request_id = ?1",
     )?
-    .query_row([request_id], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-        ))
-    })
+    .query_row([request_id], |r| PendingRow::try_from(r))
     .optional()
 }
 
@@ -92,18 +82,7 @@ pub(super) fn approval_rows(
             at
          FROM approvals WHERE request_id = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map([request_id], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-        ))
-    })?;
+    let rows = stmt.query_map([request_id], |r| ApprovalRow::try_from(r))?;
     rows.collect()
 }
 
