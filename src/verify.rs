@@ -336,9 +336,7 @@ pub fn verify_token(
         header,
         claims,
         signer,
-    } = decode_verified(token, &expect.rules, |header| {
-        trusted_signer(trust, &header.kid, expect.rules.now)
-    })?;
+    } = decode_trusted(token, trust, &expect.rules)?;
     check_expectations(&claims, expect)?;
     check_approvals(&claims, trust, expect)?;
     Ok(VerifiedToken {
@@ -360,13 +358,22 @@ pub fn verify_signature_only(
         header,
         claims,
         signer,
-    } = decode_verified(token, rules, |header| {
-        trusted_signer(trust, &header.kid, rules.now)
-    })?;
+    } = decode_trusted(token, trust, rules)?;
     Ok(SignatureOnly {
         header,
         claims,
         signer: signer.clone(),
+    })
+}
+
+/// [`decode_verified`] with the signer looked up in the trust bundle ([`trusted_signer`]).
+fn decode_trusted<'t>(
+    token: &str,
+    trust: &'t TrustStore,
+    rules: &TokenRules,
+) -> Result<Decoded<'t>, VerifyError> {
+    decode_verified(token, rules, |header| {
+        trusted_signer(trust, &header.kid, rules.now)
     })
 }
 
