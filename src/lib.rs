@@ -15,6 +15,7 @@
 
 pub mod approval;
 pub mod attest;
+pub mod audit;
 pub mod authz;
 pub mod backend;
 pub mod base64url;

@@ -120,8 +120,14 @@ impl TrustStore {
         })
     }
 
+    /// Every certificate of the bundle that is not a root (intermediates, service
+    /// certificates).
+    pub fn others(&self) -> &[Certificate] {
+        &self.others
+    }
+
     /// The CA certificates that are not roots: the intermediates paths may go through.
-    fn intermediates(&self) -> Vec<Certificate> {
+    pub(crate) fn intermediates(&self) -> Vec<Certificate> {
         self.others
             .iter()
             .filter(|c| {

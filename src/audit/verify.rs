@@ -1,0 +1,364 @@
+//! The offline audit-log verifier: given only the root certificate (and the certificates the
+//! broker publishes), it recomputes the tree over every entry, checks every checkpoint's
+//! signature, the audit certificate's chain and purpose, and that the log extends a checkpoint
+//! the auditor kept from before. `seb audit verify` and the tamper tests run it.
+//!
+//! It links no device, store or async code (builds with `--no-default-features`).
+
+use std::time::Duration;
+
+use spki::EncodePublicKey;
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+
+use super::checkpoint::{self, Checkpoint, CheckpointError};
+use super::entry::{Entry, EntryError};
+use super::merkle::{self, CompactRange, Hash, ProofError};
+use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use crate::chain::{self, CertKey};
+use crate::verify::TrustStore;
+
+/// Why a log did not verify. Every variant says where.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// An entry is not a v1 entry in canonical form.
+    #[error("entry {index}: {source}")]
+    Entry {
+        /// Leaf index.
+        index: u64,
+        /// Why.
+        #[source]
+        source: EntryError,
+    },
+    /// Entries are not numbered 0, 1, 2, … in order.
+    #[error("entry at position {position} claims index {claimed}: entries are missing, inserted or reordered")]
+    Sequence {
+        /// Where in the input.
+        position: u64,
+        /// The index it claims.
+        claimed: u64,
+    },
+    /// A leaf hash given with an entry is not the hash of the entry.
+    #[error("entry {index}: its leaf hash does not match its content")]
+    LeafHash {
+        /// Leaf index.
+        index: u64,
+    },
+    /// A checkpoint is malformed or its signature does not verify.
+    #[error("checkpoint of size {size:?}: {source}")]
+    Checkpoint {
+        /// Its size, when readable.
+        size: Option<u64>,
+        /// Why.
+        #[source]
+        source: CheckpointError,
+    },
+    /// No published certificate is a valid audit certificate that signed the checkpoint.
+    #[error("checkpoint of size {size}: not signed by a valid audit certificate ({reason})")]
+    Signer {
+        /// Its size.
+        size: u64,
+        /// Why each candidate failed.
+        reason: String,
+    },
+    /// The root recomputed from the entries differs from the signed one.
+    #[error("checkpoint of size {size}: the entries give root {computed}, the checkpoint says {signed}: the log was edited")]
+    RootMismatch {
+        /// Tree size.
+        size: u64,
+        /// base64 of the recomputed root.
+        computed: String,
+        /// base64 of the signed root.
+        signed: String,
+    },
+    /// A checkpoint covers more entries than were given.
+    #[error("checkpoint of size {size} covers more than the {entries} entries given: entries were deleted")]
+    MissingEntries {
+        /// Checkpoint size.
+        size: u64,
+        /// Entries given.
+        entries: u64,
+    },
+    /// The log is not an extension of the checkpoint the auditor kept.
+    #[error("the log is not an extension of the kept checkpoint (size {kept}): {reason}")]
+    NotAnExtension {
+        /// Size of the kept checkpoint.
+        kept: u64,
+        /// What was seen.
+        reason: String,
+    },
+    /// A proof from the broker did not verify.
+    #[error("{what} proof: {source}")]
+    Proof {
+        /// Which proof.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: ProofError,
+    },
+    /// Two checkpoints name different logs.
+    #[error("checkpoints of different logs: {0:?} and {1:?}")]
+    Origins(String, String),
+    /// Nothing to verify.
+    #[error("no checkpoint to verify against")]
+    NoCheckpoint,
+}
+
+/// What a successful verification established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The latest verified checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Its signed note text (to keep for the next run).
+    pub note: String,
+    /// Entries whose hashes were recomputed.
+    pub entries: u64,
+    /// Checkpoints whose signatures and roots were verified.
+    pub checkpoints: usize,
+}
+
+/// Verifies a checkpoint note: a well-formed C2SP checkpoint signed by a certificate of
+/// `trust` that chains to one of its roots and is the broker's audit certificate
+/// ([`check_audit_certificate`]).
+pub fn open_checkpoint(trust: &TrustStore, note: &str) -> Result<Checkpoint, AuditError> {
+    let (body, _) = checkpoint::parse_note(note).map_err(|source| AuditError::Checkpoint {
+        size: None,
+        source,
+    })?;
+    let unsigned = Checkpoint::parse_body(&body).map_err(|source| AuditError::Checkpoint {
+        size: None,
+        source,
+    })?;
+    let mut reasons = Vec::new();
+    for cert in trust.others() {
+        let name = cert.subject_string();
+        let (key, spki) = match p384_key(cert) {
+            Ok(k) => k,
+            Err(e) => {
+                reasons.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        match checkpoint::open(note, &unsigned.origin, &key, &spki) {
+            Ok(cp) => {
+                // Signed by this key: it must also be a valid audit certificate.
+                return match audit_certificate_chain(trust, cert) {
+                    Ok(()) => Ok(cp),
+                    Err(reason) => Err(AuditError::Signer {
+                        size: cp.size,
+                        reason: format!("{name}: {reason}"),
+                    }),
+                };
+            }
+            Err(CheckpointError::NoSignature { .. }) => reasons.push(format!("{name}: did not sign it")),
+            Err(source) => {
+                return Err(AuditError::Checkpoint {
+                    size: Some(unsigned.size),
+                    source,
+                })
+            }
+        }
+    }
+    Err(AuditError::Signer {
+        size: unsigned.size,
+        reason: reasons.join("; "),
+    })
+}
+
+fn p384_key(cert: &Certificate) -> Result<(p384::ecdsa::VerifyingKey, Vec<u8>), String> {
+    match CertKey::of(cert)? {
+        CertKey::P384(key) => {
+            let spki = key
+                .to_public_key_der()
+                .map_err(|e| e.to_string())?
+                .into_vec();
+            Ok((key, spki))
+        }
+        CertKey::P256(_) => Err("not a P-384 key".into()),
+    }
+}
+
+/// The audit certificate must chain to a root of `trust` (signatures and path rules; its
+/// expiry is not enforced, since logs are verified years after their checkpoints were signed)
+/// and have the audit profile.
+fn audit_certificate_chain(trust: &TrustStore, cert: &Certificate) -> Result<(), String> {
+    // Inside the leaf's validity, which lies inside its issuers'.
+    let at = cert.not_before() + Duration::from_secs(1);
+    let intermediates = trust.intermediates();
+    chain::validate(cert, &intermediates, trust.roots(), at).map_err(|e| e.to_string())?;
+    check_audit_certificate(cert)
+}
+
+/// The audit certificate's profile: an end entity whose key may sign (digitalSignature), with
+/// no seb role or grants, whose extended key usage (when it has one) names no purpose other
+/// than audit checkpoints, and which is not the broker's token certificate. The token
+/// certificate is told apart by the subject `seb init` gives each service certificate
+/// (`CN=<broker id> audit signer` versus `… token signer`): a checkpoint signed by the token
+/// key is refused even though the token certificate chains to the same root.
+pub fn check_audit_certificate(cert: &Certificate) -> Result<(), String> {
+    let bc = cert
+        .standard_extension::<BasicConstraints>()
+        .map_err(|_| "malformed basicConstraints".to_owned())?;
+    if bc.is_some_and(|bc| bc.ca) {
+        return Err("it is a CA certificate".into());
+    }
+    let ku = cert
+        .standard_extension::<KeyUsage>()
+        .map_err(|_| "malformed keyUsage".to_owned())?;
+    if !ku.is_some_and(|ku| ku.digital_signature()) {
+        return Err("its keyUsage lacks digitalSignature".into());
+    }
+    if cert.extension(SEB_ROLE_OID).is_some() || cert.extension(SEB_GRANTS_OID).is_some() {
+        return Err("it is an agent, approver or executor certificate".into());
+    }
+    let eku = cert
+        .standard_extension::<ExtendedKeyUsage>()
+        .map_err(|_| "malformed extendedKeyUsage".to_owned())?;
+    if eku.is_some() {
+        return Err("it has an extended key usage that is not audit checkpoints".into());
+    }
+    if !cert.subject_string().contains(" audit signer") {
+        return Err("it is not the broker's audit certificate (subject)".into());
+    }
+    Ok(())
+}
+
+/// One entry as exported or served: its index, its canonical bytes, and (optionally) the leaf
+/// hash the broker stated for it.
+#[derive(Debug, Clone)]
+pub struct LoggedEntry {
+    /// Claimed leaf index.
+    pub index: u64,
+    /// Canonical entry bytes.
+    pub bytes: Vec<u8>,
+    /// Leaf hash as stated by the source, if any.
+    pub leaf_hash: Option<Hash>,
+}
+
+/// Verifies a whole log: `entries` (every entry from index 0), every checkpoint note in
+/// `notes`, and, when the auditor kept one, that the log extends `kept`.
+pub fn verify_log(
+    trust: &TrustStore,
+    entries: &[LoggedEntry],
+    notes: &[String],
+    kept: Option<&str>,
+) -> Result<Verified, AuditError> {
+    let mut checkpoints: Vec<(Checkpoint, &String)> = Vec::new();
+    for note in notes {
+        checkpoints.push((open_checkpoint(trust, note)?, note));
+    }
+    checkpoints.sort_by_key(|(cp, _)| cp.size);
+    let kept = kept.map(|k| open_checkpoint(trust, k)).transpose()?;
+    if let Some(first) = checkpoints.first() {
+        let all = checkpoints.iter().map(|(cp, _)| cp).chain(kept.as_ref());
+        for cp in all {
+            if cp.origin != first.0.origin {
+                return Err(AuditError::Origins(first.0.origin.clone(), cp.origin.clone()));
+            }
+        }
+    }
+    let Some((latest, latest_note)) = checkpoints.last().cloned() else {
+        return Err(AuditError::NoCheckpoint);
+    };
+    if let Some(kept) = &kept {
+        if kept.size > latest.size {
+            return Err(AuditError::NotAnExtension {
+                kept: kept.size,
+                reason: format!(
+                    "the newest checkpoint has only {} entries: an old checkpoint is being replayed, or the log was truncated",
+                    latest.size
+                ),
+            });
+        }
+    }
+    // Every checkpoint (and the kept one) must be matched by the recomputed root at its size.
+    let mut targets: Vec<&Checkpoint> = checkpoints.iter().map(|(cp, _)| cp).collect();
+    if let Some(k) = &kept {
+        targets.push(k);
+    }
+    targets.sort_by_key(|cp| cp.size);
+    let mut range = CompactRange::default();
+    let mut next = targets.iter().peekable();
+    let check = |range: &CompactRange, cp: &Checkpoint, is_kept: bool| -> Result<(), AuditError> {
+        let computed = range.root();
+        if computed == cp.root {
+            return Ok(());
+        }
+        let b64 = |h: &Hash| <base64ct::Base64 as base64ct::Encoding>::encode_string(h);
+        if is_kept {
+            Err(AuditError::NotAnExtension {
+                kept: cp.size,
+                reason: "the first entries no longer hash to the kept root (the log was rewritten: split view)".into(),
+            })
+        } else {
+            Err(AuditError::RootMismatch {
+                size: cp.size,
+                computed: b64(&computed),
+                signed: b64(&cp.root),
+            })
+        }
+    };
+    let is_kept = |cp: &Checkpoint| kept.as_ref().is_some_and(|k| std::ptr::eq(k, cp));
+    while let Some(cp) = next.next_if(|cp| cp.size == 0) {
+        check(&range, cp, is_kept(cp))?;
+    }
+    for (position, e) in entries.iter().enumerate() {
+        let position = position as u64;
+        if e.index != position {
+            return Err(AuditError::Sequence {
+                position,
+                claimed: e.index,
+            });
+        }
+        Entry::parse(&e.bytes).map_err(|source| AuditError::Entry {
+            index: e.index,
+            source,
+        })?;
+        let leaf = merkle::leaf_hash(&e.bytes);
+        if e.leaf_hash.is_some_and(|h| h != leaf) {
+            return Err(AuditError::LeafHash { index: e.index });
+        }
+        range.push(leaf);
+        while let Some(cp) = next.next_if(|cp| cp.size == range.size()) {
+            check(&range, cp, is_kept(cp))?;
+        }
+    }
+    if let Some(cp) = next.next() {
+        return Err(AuditError::MissingEntries {
+            size: cp.size,
+            entries: range.size(),
+        });
+    }
+    Ok(Verified {
+        checkpoint: latest,
+        note: latest_note.clone(),
+        entries: range.size(),
+        checkpoints: checkpoints.len(),
+    })
+}
+
+/// Verifies that checkpoint `new` extends checkpoint `old` with a consistency proof (for
+/// monitors that do not fetch every entry).
+pub fn verify_extension(
+    old: &Checkpoint,
+    new: &Checkpoint,
+    proof: &[Hash],
+) -> Result<(), AuditError> {
+    if new.size < old.size {
+        return Err(AuditError::NotAnExtension {
+            kept: old.size,
+            reason: format!(
+                "the broker's checkpoint has only {} entries: an old checkpoint is being replayed, or the log was truncated",
+                new.size
+            ),
+        });
+    }
+    if old.size == 0 {
+        return Ok(());
+    }
+    merkle::verify_consistency(old.size, new.size, proof, &old.root, &new.root).map_err(|e| {
+        AuditError::NotAnExtension {
+            kept: old.size,
+            reason: format!("the consistency proof fails ({e}): the log was rewritten (split view)"),
+        }
+    })
+}
