@@ -11,6 +11,7 @@
 //! | `broker/approve.rs` | approvers' signed decisions, the pending list, expiry, approved issuance |
 //! | `broker/notify.rs` | the webhook for new pending requests |
 //! | `broker/redeem.rs` | single-use redemption over the shared token verifier |
+//! | `broker/audit.rs` | audit entries of decisions, checkpoints signed by `seb-audit` |
 //! | `broker/crl.rs` | the CRL, signed in the device and cached |
 //! | `broker/error.rs` | every refusal with its one code and status |
 //!
@@ -32,6 +33,7 @@ use crate::store::Store;
 
 mod access;
 mod approve;
+pub mod audit;
 mod crl;
 mod error;
 mod keys;
@@ -71,6 +73,7 @@ pub struct Broker {
     attestation: Option<Arc<AttestationState>>,
     health: Mutex<Option<(Instant, HealthChecks)>>,
     notifier: notify::Notifier,
+    audit: Arc<audit::AuditLog>,
 }
 
 /// Named readiness checks, each passed or failed with a reason.
@@ -106,6 +109,24 @@ impl Broker {
             .root()
             .map_err(|e| BrokerError::Internal(format!("{e}; has `seb init` run?")))?;
         let keys = keys::BrokerKeys::load(&config, backend.as_ref(), SystemTime::now())?;
+        let audit_cert = crate::ca::trust_dir::read_certificate(&trust.audit_path())
+            .map_err(|e| BrokerError::Internal(format!("{e}; has `seb init` run?")))?;
+        let audit = Arc::new(audit::AuditLog::new(
+            store.clone(),
+            backend.clone(),
+            &config,
+            &audit_cert,
+        )?);
+        audit
+            .start_checkpointer(audit::CHECKPOINT_INTERVAL)
+            .map_err(|e| BrokerError::Internal(format!("cannot start the checkpointer: {e}")))?;
+        let mut started = audit::entry_now(crate::audit::entry::EntryKind::BrokerStarted);
+        started.detail = Some(format!("seb {}", env!("CARGO_PKG_VERSION")));
+        if let Err(e) = store.append_audit(&started) {
+            // Not fatal: issuance itself refuses while the log cannot be written, and
+            // `/healthz` says why; it resumes once the log is writable.
+            tracing::error!(error = %e, "cannot record the broker start in the audit log");
+        }
         let metrics = Arc::new(Metrics::default());
         let observe = {
             let metrics = metrics.clone();
@@ -134,7 +155,24 @@ impl Broker {
             attestation: None,
             health: Mutex::new(None),
             notifier,
+            audit,
         })
+    }
+
+    /// The audit log (checkpoints).
+    pub fn audit_log(&self) -> &Arc<audit::AuditLog> {
+        &self.audit
+    }
+
+    /// Records a clean stop in the audit log and signs a last checkpoint.
+    pub fn record_stop(&self) {
+        let stopped = audit::entry_now(crate::audit::entry::EntryKind::BrokerStopped);
+        if let Err(e) = self.store.append_audit(&stopped) {
+            tracing::error!(error = %e, "cannot record the broker stop in the audit log");
+        }
+        if let Err(e) = self.audit.checkpoint() {
+            tracing::error!(error = %e, "cannot sign the last checkpoint");
+        }
     }
 
     /// Gates issuance on the TPM self-check: from now on every token needs a recent good
@@ -286,6 +324,8 @@ impl Broker {
                 "store",
                 self.store.check_writable().map_err(|e| e.to_string()),
             ),
+            ("audit", self.store.audit_health()),
+            ("audit_checkpoints", self.audit.health()),
             (
                 "issuance",
                 if self.config.policy.frozen {

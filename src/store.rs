@@ -8,6 +8,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::audit::entry::Entry;
+use crate::audit::merkle::Hash;
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
 
@@ -288,19 +290,39 @@ pub enum Commit {
 /// Called once an asynchronous write is durable (`Ok`) or has failed.
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// Where an entry sits in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// Leaf index.
+    pub index: u64,
+    /// RFC 6962 leaf hash of the entry.
+    pub leaf_hash: Hash,
+}
+
+/// Most audit entries one read returns.
+pub const MAX_AUDIT_PAGE: u64 = 1000;
+
 /// The broker's durable state.
 pub trait Store: Send + Sync {
     /// Records an execution request and, for a granted one, its token id (single-use state).
     /// Durable when it returns; many concurrent calls share one commit.
-    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
-    /// Like [`Store::record_execution`], but returns at once and calls `done` (on a store
-    /// thread) once the record is durable or the write failed, so that an async caller can
-    /// wait without holding a thread. The default runs the synchronous write on the caller's
-    /// thread.
-    fn record_execution_then(&self, record: ExecutionRecord, commit: Commit, done: WriteDone) {
-        let _ = commit;
-        done(self.record_execution(&record));
-    }
+    fn record_execution(
+        &self,
+        record: &ExecutionRecord,
+        entry: &Entry,
+    ) -> Result<LogPosition, StoreError>;
+    /// Records an execution request together with its audit entry, in one write of one
+    /// commit: both are durable or neither is. Returns at once with the entry's place in the
+    /// log (reserved now, so a token can name it before it is durable) and calls `done` (on a
+    /// store thread) once the write is durable or has failed; a token may leave only after
+    /// `done(Ok)`.
+    fn record_execution_then(
+        &self,
+        record: ExecutionRecord,
+        entry: &Entry,
+        commit: Commit,
+        done: WriteDone,
+    ) -> Result<LogPosition, StoreError>;
     /// Starts a commit of every [`Commit::Deferred`] write queued so far.
     fn flush(&self) {}
     /// Completes an `issuing` execution: stores `token` and marks it `granted`, or with `None`
@@ -323,11 +345,21 @@ pub trait Store: Send + Sync {
     ) -> Result<RedeemOutcome, StoreError>;
     /// Records a request that waits for approvals: its execution record (status
     /// `pending_approval`) and what approvals are judged against, in one commit.
+    /// The request's `execution_pending` audit `entry` commits with them (its place is
+    /// returned at once, like [`Store::record_execution_then`]).
     fn record_pending_then(
         &self,
         record: ExecutionRecord,
         pending: PendingApproval,
+        entry: &Entry,
         done: WriteDone,
+    ) -> Result<LogPosition, StoreError>;
+    /// Appends `entry` to the audit log without holding the caller's thread; `done` gets its
+    /// place once it is durable, or the failure.
+    fn append_audit_then(
+        &self,
+        entry: &Entry,
+        done: Box<dyn FnOnce(Result<LogPosition, StoreError>) + Send>,
     );
     /// What is kept about a request that needed approvals (open or not).
     fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError>;
@@ -356,12 +388,25 @@ pub trait Store: Send + Sync {
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError>;
     /// A write-and-rollback round trip, for readiness checks.
     fn check_writable(&self) -> Result<(), StoreError>;
-    /// Durably records a broker event (`kind` is a stable snake_case name such as
-    /// `attestation_failed`; `detail` is for people and never holds secrets). This is the
-    /// store's plain event record, until the tamper-evident audit log exists.
+    /// Durably records a broker event in the audit log (`kind` is an entry kind such as
+    /// `attestation_failed`; `detail` is for people and never holds secrets).
     fn record_event(&self, kind: &str, detail: &str, at: SystemTime) -> Result<(), StoreError>;
-    /// Every recorded event of `kind`, oldest first, as (time, detail).
+    /// Every audit entry of `kind`, oldest first, as (time, detail).
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError>;
+    /// Durably appends `entry` to the audit log; returns its place.
+    fn append_audit(&self, entry: &Entry) -> Result<LogPosition, StoreError>;
+    /// Number of durable audit entries.
+    fn audit_size(&self) -> Result<u64, StoreError>;
+    /// Audit entries `start..end` (at most [`MAX_AUDIT_PAGE`]) as (index, canonical JSON).
+    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The root hash of the first `size` entries.
+    fn audit_root(&self, size: u64) -> Result<Hash, StoreError>;
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    fn audit_inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The consistency proof between the trees of `old` and `new` entries.
+    fn audit_consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError>;
+    /// `Err(why)` while the audit log cannot be written (the last commit failed).
+    fn audit_health(&self) -> Result<(), String>;
     /// Records an issued certificate.
     fn record_issued(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
     /// Every issued certificate, oldest first (the security team's inventory).

@@ -158,18 +158,20 @@ pub fn parse_note(text: &str) -> Result<(String, Vec<NoteSignature>), Checkpoint
     if text.len() > MAX_NOTE_LEN {
         return Err(CheckpointError::Malformed("note too long"));
     }
-    let split = text
-        .rfind("\n\n")
-        .ok_or(CheckpointError::Malformed("no blank line before the signatures"))?;
+    let split = text.rfind("\n\n").ok_or(CheckpointError::Malformed(
+        "no blank line before the signatures",
+    ))?;
     let body = &text[..split + 1];
     let sigs = text[split + 2..]
         .strip_suffix('\n')
-        .ok_or(CheckpointError::Malformed("signatures do not end in a newline"))?;
+        .ok_or(CheckpointError::Malformed(
+            "signatures do not end in a newline",
+        ))?;
     let mut signatures = Vec::new();
     for line in sigs.split('\n') {
-        let rest = line
-            .strip_prefix(DASH)
-            .ok_or(CheckpointError::Malformed("signature line without the em dash"))?;
+        let rest = line.strip_prefix(DASH).ok_or(CheckpointError::Malformed(
+            "signature line without the em dash",
+        ))?;
         let (name, b64) = rest
             .split_once(' ')
             .ok_or(CheckpointError::Malformed("signature line without a name"))?;
@@ -265,7 +267,10 @@ mod tests {
         let note = signed(&sk, &spki, &cp);
         assert!(note.starts_with("broker-1/audit\n42\nCQkJ"));
         assert!(note.contains("\n\n\u{2014} broker-1/audit "));
-        assert_eq!(open(&note, "broker-1/audit", sk.verifying_key(), &spki), Ok(cp.clone()));
+        assert_eq!(
+            open(&note, "broker-1/audit", sk.verifying_key(), &spki),
+            Ok(cp.clone())
+        );
         // Another key, the right name: no signature with its key id.
         let (other, other_spki) = key(8);
         assert!(matches!(
@@ -288,8 +293,16 @@ mod tests {
             open(&note, "broker-2/audit", sk.verifying_key(), &spki),
             Err(CheckpointError::WrongOrigin { .. })
         ));
-        for bad in ["", "x\n1\n", "broker-1/audit\n01\nAA==\n\n", "a\n1\nAAAA\n\n\u{2014} a AAAAAAAA\n"] {
-            assert!(open(bad, "broker-1/audit", sk.verifying_key(), &spki).is_err(), "{bad:?}");
+        for bad in [
+            "",
+            "x\n1\n",
+            "broker-1/audit\n01\nAA==\n\n",
+            "a\n1\nAAAA\n\n\u{2014} a AAAAAAAA\n",
+        ] {
+            assert!(
+                open(bad, "broker-1/audit", sk.verifying_key(), &spki).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -18,6 +18,9 @@ pub const VERSION: u32 = 1;
 pub enum EntryKind {
     /// A request was granted and a token was signed for it (`jti`, `expires_at`).
     ExecutionGranted,
+    /// A granted request's token did not leave the broker after all (the device failed, the
+    /// client went away, the time limit passed).
+    IssuanceFailed,
     /// A request was refused (`code`).
     ExecutionDenied,
     /// A request waits for approvals (`approvals_required`).
@@ -34,6 +37,9 @@ pub enum EntryKind {
     BrokerStarted,
     /// The broker stopped cleanly.
     BrokerStopped,
+    /// A placeholder: the write this index was reserved for failed on its own (`detail` names
+    /// it), and nothing it describes happened. Keeps the log free of gaps.
+    Void,
     /// Reserved for the approvals issue: an approver approved.
     ApprovalGiven,
     /// Reserved for the approvals issue: an approver rejected.
@@ -49,10 +55,35 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Parses a stable name (and `attestation_restored`, the store's older event name).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "execution_granted" => EntryKind::ExecutionGranted,
+            "issuance_failed" => EntryKind::IssuanceFailed,
+            "execution_denied" => EntryKind::ExecutionDenied,
+            "execution_pending" => EntryKind::ExecutionPending,
+            "token_redeemed" => EntryKind::TokenRedeemed,
+            "certificate_revoked" => EntryKind::CertificateRevoked,
+            "attestation_failed" => EntryKind::AttestationFailed,
+            "attestation_recovered" | "attestation_restored" => EntryKind::AttestationRecovered,
+            "broker_started" => EntryKind::BrokerStarted,
+            "broker_stopped" => EntryKind::BrokerStopped,
+            "void" => EntryKind::Void,
+            "approval_given" => EntryKind::ApprovalGiven,
+            "approval_rejected" => EntryKind::ApprovalRejected,
+            "outcome_reported" => EntryKind::OutcomeReported,
+            "frozen" => EntryKind::Frozen,
+            "unfrozen" => EntryKind::Unfrozen,
+            "epoch_changed" => EntryKind::EpochChanged,
+            _ => return None,
+        })
+    }
+
     /// The stable name.
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::ExecutionGranted => "execution_granted",
+            EntryKind::IssuanceFailed => "issuance_failed",
             EntryKind::ExecutionDenied => "execution_denied",
             EntryKind::ExecutionPending => "execution_pending",
             EntryKind::TokenRedeemed => "token_redeemed",
@@ -61,6 +92,7 @@ impl EntryKind {
             EntryKind::AttestationRecovered => "attestation_recovered",
             EntryKind::BrokerStarted => "broker_started",
             EntryKind::BrokerStopped => "broker_stopped",
+            EntryKind::Void => "void",
             EntryKind::ApprovalGiven => "approval_given",
             EntryKind::ApprovalRejected => "approval_rejected",
             EntryKind::OutcomeReported => "outcome_reported",
@@ -78,7 +110,8 @@ pub struct CertRef {
     /// base64url SHA-256 of the certificate's DER (empty when only the serial is known).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub thumbprint: String,
-    /// Serial number, lowercase hex.
+    /// Serial number, lowercase hex (empty when unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub serial: String,
     /// Subject, RFC 4514 (empty when only the serial is known).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -95,8 +128,6 @@ pub struct Entry {
     pub kind: EntryKind,
     /// When (Unix milliseconds).
     pub time_ms: u64,
-    /// The broker id (`iss` of its tokens).
-    pub broker: String,
     /// The request id, for request-related entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -154,13 +185,13 @@ pub enum EntryError {
 }
 
 impl Entry {
-    /// An entry of `kind` at `time_ms` by `broker`, every optional field empty.
-    pub fn new(kind: EntryKind, time_ms: u64, broker: &str) -> Self {
+    /// An entry of `kind` at `time_ms`, every optional field empty. (Which broker wrote it is
+    /// the log's origin, in every checkpoint.)
+    pub fn new(kind: EntryKind, time_ms: u64) -> Self {
         Self {
             v: VERSION,
             kind,
             time_ms,
-            broker: broker.to_owned(),
             request_id: None,
             cert: None,
             operation: None,
@@ -209,18 +240,21 @@ mod tests {
 
     #[test]
     fn entries_round_trip_in_canonical_form_and_omit_absent_fields() {
-        let mut e = Entry::new(EntryKind::ExecutionDenied, 1_700_000_000_123, "broker-1");
+        let mut e = Entry::new(EntryKind::ExecutionDenied, 1_700_000_000_123);
         e.code = Some("operation_not_granted".into());
         let bytes = e.to_canonical().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(
             text,
-            r#"{"broker":"broker-1","code":"operation_not_granted","kind":"execution_denied","time_ms":1700000000123,"v":1}"#
+            r#"{"code":"operation_not_granted","kind":"execution_denied","time_ms":1700000000123,"v":1}"#
         );
         assert_eq!(Entry::parse(&bytes).unwrap(), e);
         // Same content, other key order: not the logged bytes.
-        let reordered = br#"{"v":1,"broker":"broker-1","code":"operation_not_granted","kind":"execution_denied","time_ms":1700000000123}"#;
-        assert!(matches!(Entry::parse(reordered), Err(EntryError::NotCanonical)));
+        let reordered = br#"{"v":1,"code":"operation_not_granted","kind":"execution_denied","time_ms":1700000000123}"#;
+        assert!(matches!(
+            Entry::parse(reordered),
+            Err(EntryError::NotCanonical)
+        ));
         assert!(matches!(
             Entry::parse(br#"{"v":2,"kind":"x"}"#),
             Err(EntryError::Version(2))

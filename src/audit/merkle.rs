@@ -277,7 +277,9 @@ pub fn verify_consistency(
     new_root: &[u8],
 ) -> Result<(), ProofError> {
     if old > new {
-        return Err(ProofError::OutOfRange("the old tree is larger than the new"));
+        return Err(ProofError::OutOfRange(
+            "the old tree is larger than the new",
+        ));
     }
     if old == 0 {
         return Err(ProofError::OutOfRange("consistency with the empty tree"));

@@ -120,14 +120,10 @@ pub struct Verified {
 /// `trust` that chains to one of its roots and is the broker's audit certificate
 /// ([`check_audit_certificate`]).
 pub fn open_checkpoint(trust: &TrustStore, note: &str) -> Result<Checkpoint, AuditError> {
-    let (body, _) = checkpoint::parse_note(note).map_err(|source| AuditError::Checkpoint {
-        size: None,
-        source,
-    })?;
-    let unsigned = Checkpoint::parse_body(&body).map_err(|source| AuditError::Checkpoint {
-        size: None,
-        source,
-    })?;
+    let (body, _) = checkpoint::parse_note(note)
+        .map_err(|source| AuditError::Checkpoint { size: None, source })?;
+    let unsigned = Checkpoint::parse_body(&body)
+        .map_err(|source| AuditError::Checkpoint { size: None, source })?;
     let mut reasons = Vec::new();
     for cert in trust.others() {
         let name = cert.subject_string();
@@ -149,7 +145,9 @@ pub fn open_checkpoint(trust: &TrustStore, note: &str) -> Result<Checkpoint, Aud
                     }),
                 };
             }
-            Err(CheckpointError::NoSignature { .. }) => reasons.push(format!("{name}: did not sign it")),
+            Err(CheckpointError::NoSignature { .. }) => {
+                reasons.push(format!("{name}: did not sign it"))
+            }
             Err(source) => {
                 return Err(AuditError::Checkpoint {
                     size: Some(unsigned.size),
@@ -252,7 +250,10 @@ pub fn verify_log(
         let all = checkpoints.iter().map(|(cp, _)| cp).chain(kept.as_ref());
         for cp in all {
             if cp.origin != first.0.origin {
-                return Err(AuditError::Origins(first.0.origin.clone(), cp.origin.clone()));
+                return Err(AuditError::Origins(
+                    first.0.origin.clone(),
+                    cp.origin.clone(),
+                ));
             }
         }
     }
@@ -358,7 +359,9 @@ pub fn verify_extension(
     merkle::verify_consistency(old.size, new.size, proof, &old.root, &new.root).map_err(|e| {
         AuditError::NotAnExtension {
             kept: old.size,
-            reason: format!("the consistency proof fails ({e}): the log was rewritten (split view)"),
+            reason: format!(
+                "the consistency proof fails ({e}): the log was rewritten (split view)"
+            ),
         }
     })
 }

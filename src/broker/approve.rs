@@ -382,11 +382,34 @@ impl Broker {
 
     /// Signs the token of a request whose quorum was met (its id is already durable) and
     /// completes the record; on any failure the record becomes `failed` and no token leaves.
-    async fn issue_approved(&self, issue: Issue) -> Result<ExecutionResponse, BrokerError> {
+    async fn issue_approved(&self, mut issue: Issue) -> Result<ExecutionResponse, BrokerError> {
         let guard = IssuingGuard {
             store: self.store.as_ref(),
             request_id: Some(issue.request_id.clone()),
         };
+        // No log entry, no token: the grant's audit entry is durable before the device signs,
+        // and the token names it.
+        let entry = approved_entry(&issue);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.append_audit_then(
+            &entry,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        let position = rx
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Io {
+                    operation: "append audit entry",
+                    source: "the store dropped the write".into(),
+                })
+            })
+            .map_err(BrokerError::AuditUnavailable)?;
+        issue.claims.audit = Some(token::AuditRef {
+            index: position.index,
+            leaf_hash: super::audit::leaf_b64(&position.leaf_hash),
+        });
         let keys = self.keys();
         let input = self.signing_input(&keys.token, &issue.claims)?;
         let digest = keys.token.alg.digest(input.as_bytes());
@@ -415,6 +438,34 @@ impl Broker {
 /// The approver's role and groups. The caller's whole path (validity, revocation) was checked
 /// by [`Broker::authenticate`] for this request, and the route admits approvers only; the role
 /// is read again here so that this code never trusts the route table alone.
+/// The `execution_granted` entry of a request whose approval quorum was met.
+fn approved_entry(issue: &Issue) -> crate::audit::entry::Entry {
+    let claims = &issue.claims;
+    let mut e = super::audit::entry_now(crate::audit::entry::EntryKind::ExecutionGranted);
+    e.request_id = Some(issue.request_id.clone());
+    e.cert = Some(super::audit::cert_ref(
+        &claims.cnf.x5t_s256,
+        None,
+        &claims.sub,
+    ));
+    if let Some(d) = claims.authorization_details.first() {
+        e.operation = Some(d.operation.clone());
+        e.resource = Some(d.resource.clone());
+        e.params_digest = Some(d.params_digest.clone());
+        e.request_digest = Some(d.request_digest.clone());
+        e.approvals_required = Some(d.approvals);
+    }
+    e.decision = Some("granted".into());
+    e.jti = Some(claims.jti.clone());
+    e.expires_at = Some(claims.exp);
+    e.epoch = Some(claims.epoch);
+    e.detail = Some(format!(
+        "approved by {} approver(s)",
+        claims.approvals.len()
+    ));
+    e
+}
+
 fn approver_role<'p>(peer: &'p Peer, action: &'static str) -> Result<&'p Role, BrokerError> {
     let chain = peer.verified_chain()?;
     match &chain.leaf.role {

@@ -66,6 +66,9 @@ pub enum BrokerError {
     /// The store failed: no token.
     #[error("store unavailable")]
     Store(#[source] StoreError),
+    /// The audit log cannot durably record the decision: no token.
+    #[error("audit log unavailable")]
+    AuditUnavailable(#[source] StoreError),
     /// Issuance is frozen by the security team.
     #[error("issuance is frozen")]
     Frozen,
@@ -140,6 +143,11 @@ impl BrokerError {
                 503,
                 "store_unavailable",
                 "the broker's store is unavailable; no token was issued".into(),
+            ),
+            BrokerError::AuditUnavailable(_) => (
+                503,
+                "audit_unavailable",
+                "the audit log cannot record the decision; no token was issued".into(),
             ),
             BrokerError::Frozen => (
                 503,

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::oneshot;
 
 use super::signer::{SignQueue, SignWaiter};
+use crate::audit::entry::Entry;
 use crate::backend::{BackendError, Signature};
-use crate::store::{Commit, ExecutionRecord, Store, StoreError};
+use crate::store::{Commit, ExecutionRecord, LogPosition, Store, StoreError};
 
 /// Both results of an issuance.
 #[derive(Debug)]
@@ -21,18 +22,23 @@ pub struct Outcome {
     pub signed: Option<Result<Signature, BackendError>>,
 }
 
-/// Records `record` and signs `digest` concurrently; returns once both are done.
+/// Records `record` with its audit `entry` and signs the digest `digest_for` makes from the
+/// entry's place in the log, concurrently; returns once both are done.
 ///
-/// When a signing thread is idle the record is committed at once (it is then usually durable
-/// before the signature is ready). When signatures are queued, the record waits to share a
-/// commit with others, and the first signature that needs it durable starts that commit.
-pub async fn sign_and_record(
+/// The store hands out the entry's index when the write is queued, so the token can name its
+/// entry (`audit` claim) before that entry is durable; the token leaves only once it is (the
+/// caller checks [`Outcome::stored`]). When a signing thread is idle the record is committed
+/// at once (it is then usually durable before the signature is ready). When signatures are
+/// queued, the record waits to share a commit with others, and the first signature that needs
+/// it durable starts that commit.
+pub async fn sign_and_record<T>(
     store: &Arc<dyn Store>,
     signer: &SignQueue,
     label: Arc<str>,
     record: ExecutionRecord,
-    digest: Vec<u8>,
-) -> Outcome {
+    entry: &Entry,
+    digest_for: impl FnOnce(LogPosition) -> Result<(Vec<u8>, T), String>,
+) -> Result<(Outcome, T), StoreError> {
     let (tx, rx) = oneshot::channel();
     let commit = if signer.would_start_now() {
         Commit::Now
@@ -50,15 +56,21 @@ pub async fn sign_and_record(
     });
     // The write is queued first, so that a flush from the signing thread comes after it.
     let half = meeting.clone();
-    store.record_execution_then(record, commit, Box::new(move |r| half.stored(r)));
+    let position =
+        store.record_execution_then(record, entry, commit, Box::new(move |r| half.stored(r)))?;
+    let (digest, extra) = digest_for(position).map_err(|e| StoreError::Io {
+        operation: "build the token",
+        source: e.into(),
+    })?;
     signer.submit_as(label, digest, Box::new(SignedHalf(meeting)));
-    rx.await.unwrap_or_else(|_| Outcome {
+    let outcome = rx.await.unwrap_or_else(|_| Outcome {
         stored: Err(StoreError::Io {
             operation: "record execution",
             source: "the issuance was abandoned".into(),
         }),
         signed: None,
-    })
+    });
+    Ok((outcome, extra))
 }
 
 struct Slots {

@@ -11,14 +11,16 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
 
+use super::audit::{cert_ref, entry_now, leaf_b64};
 use super::issuance;
 use super::{Broker, BrokerError, Caller};
+use crate::audit::entry::{Entry, EntryKind};
 use crate::authz::{self, Decision};
 use crate::base64url;
 use crate::grants::RoleKind;
 use crate::store::{Commit, ExecutionRecord, ExecutionStatus, PendingApproval, Store, StoreError};
 use crate::time::{from_unix, unix, unix_millis};
-use crate::token::{self, AuthorizationDetail, Claims, Confirmation, Header};
+use crate::token::{self, AuditRef, AuthorizationDetail, Claims, Confirmation, Header};
 
 /// Upper bound on `justification`.
 pub const MAX_JUSTIFICATION: usize = 1024;
@@ -226,11 +228,27 @@ impl Broker {
             expires_at: None,
             created_at: now,
         };
+        // The audit entry: who (certificate), what (by digests, never the params), when.
+        let mut entry = entry_now(EntryKind::ExecutionDenied);
+        entry.request_id = Some(request_id.clone());
+        entry.cert = Some(cert_ref(
+            &peer.thumbprint,
+            peer.serials().next(),
+            &peer.subject,
+        ));
+        entry.operation = Some(req.operation.clone());
+        entry.resource = Some(req.resource.clone());
+        entry.params_digest = crate::canonical::params_digest(&req.params)
+            .ok()
+            .map(|d| base64url::encode(&d));
         let (grant_ttl, approval, digest) = match decision {
             Decision::Deny { code, reason } => {
                 record.deny_code = Some(code.as_str().to_owned());
-                // A denial is final whether or not it could be recorded.
-                let recorded = self.persist(record).await.is_ok();
+                entry.decision = Some("denied".into());
+                entry.code = record.deny_code.clone();
+                // A denial is final whether or not it could be recorded (in the store and
+                // the audit log, one write).
+                let recorded = self.persist(record, &entry).await.is_ok();
                 return Err(BrokerError::Denied {
                     code,
                     reason,
@@ -245,9 +263,13 @@ impl Broker {
             } => (token_ttl, approval, request_digest),
         };
         record.request_digest = base64url::encode(&digest);
+        entry.request_digest = Some(record.request_digest.clone());
         if let Some(rule) = approval {
             record.status = ExecutionStatus::PendingApproval;
             record.approvals_required = rule.required;
+            entry.kind = EntryKind::ExecutionPending;
+            entry.decision = Some("pending_approval".into());
+            entry.approvals_required = Some(rule.required);
             let expires_at = now + self.config.approvals.ttl;
             record.expires_at = Some(expires_at);
             let pending = PendingApproval {
@@ -261,9 +283,9 @@ impl Broker {
             };
             let request_digest = record.request_digest.clone();
             let summary = self.notifier.summary(&record, &pending);
-            self.persist_pending(record, pending)
+            self.persist_pending(record, pending, &entry)
                 .await
-                .map_err(BrokerError::Store)?;
+                .map_err(BrokerError::AuditUnavailable)?;
             self.notifier.notify(summary);
             return Ok(ExecutionResponse {
                 status: ExecutionState::PendingApproval,
@@ -282,7 +304,13 @@ impl Broker {
         let iat = unix(now);
         let exp = iat + grant_ttl.as_secs().max(1);
         let jti = time_ordered_id()?;
-        let claims = Claims {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        entry.kind = EntryKind::ExecutionGranted;
+        entry.decision = Some("granted".into());
+        entry.jti = Some(jti.clone());
+        entry.expires_at = Some(exp);
+        entry.epoch = Some(epoch);
+        let mut claims = Claims {
             iss: self.config.broker_id.clone(),
             sub: peer.subject.clone(),
             jti: jti.clone(),
@@ -303,39 +331,52 @@ impl Broker {
             }],
             att,
             audit: None,
-            epoch: self.epoch.load(Ordering::Relaxed),
+            epoch,
             approvals: Vec::new(),
         };
         record.status = ExecutionStatus::Issuing;
         record.jti = Some(jti);
         record.expires_at = Some(from_unix(exp));
         let request_digest = record.request_digest.clone();
-        // The token id must be durable before the token leaves (replay protection survives a
-        // crash). The record is written while the device signs; the token goes out only when
-        // both have succeeded, and is then added to the record. If this future is dropped on
-        // the way (timeout, client gone), the guard marks the request failed: no token left.
+        // The token id and the grant's audit entry must be durable before the token leaves
+        // (replay protection survives a crash; no log entry, no token). Both are one write,
+        // made while the device signs; the entry's index is reserved when the write is queued,
+        // so the token names it (`audit`). The token goes out only when both have succeeded,
+        // and is then added to the record. If this future is dropped on the way (timeout,
+        // client gone), the guard marks the request failed: no token left.
         // One snapshot of the keys for both the header's `kid` and the signing key, so a
         // rotation in between cannot make the two disagree.
         let keys = self.keys();
-        let input = self.signing_input(&keys.token, &claims)?;
-        let digest = keys.token.alg.digest(input.as_bytes());
         let guard = IssuingGuard {
             store: self.store.as_ref(),
             request_id: Some(request_id.clone()),
         };
-        let outcome = issuance::sign_and_record(
+        let token_key = keys.token.clone();
+        let (outcome, input) = issuance::sign_and_record(
             &self.store,
             &self.signer,
             keys.token.label.clone(),
             record,
-            digest,
+            &entry,
+            |position| {
+                claims.audit = Some(AuditRef {
+                    index: position.index,
+                    leaf_hash: leaf_b64(&position.leaf_hash),
+                });
+                let input = self
+                    .signing_input(&token_key, &claims)
+                    .map_err(|e| e.to_string())?;
+                Ok((token_key.alg.digest(input.as_bytes()), input))
+            },
         )
-        .await;
+        .await
+        .map_err(BrokerError::AuditUnavailable)?;
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
             (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
-            // Not durable: a signature, if one was made, is dropped here.
-            (Err(store), _) => return Err(BrokerError::Store(store)),
+            // Not durable (the record, or its audit entry): a signature, if one was made, is
+            // dropped here.
+            (Err(store), _) => return Err(BrokerError::AuditUnavailable(store)),
             (Ok(()), None) => {
                 return Err(BrokerError::Internal(
                     "issuance finished without a signature".into(),
@@ -360,15 +401,17 @@ impl Broker {
         &self,
         record: ExecutionRecord,
         pending: PendingApproval,
+        entry: &Entry,
     ) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store.record_pending_then(
             record,
             pending,
+            entry,
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
-        );
+        )?;
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Io {
                 operation: "record pending request",
@@ -377,16 +420,17 @@ impl Broker {
         })
     }
 
-    /// Records `record` durably, waiting without holding a thread.
-    async fn persist(&self, record: ExecutionRecord) -> Result<(), StoreError> {
+    /// Records `record` with its audit entry durably, waiting without holding a thread.
+    async fn persist(&self, record: ExecutionRecord, entry: &Entry) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store.record_execution_then(
             record,
+            entry,
             Commit::Now,
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
-        );
+        )?;
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Io {
                 operation: "record execution",

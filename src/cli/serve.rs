@@ -48,7 +48,9 @@ pub fn serve(config: &Config) -> CliResult {
             "seb broker {} listening on https://{local}",
             config.broker_id
         );
-        server::serve(App::new(broker), tls, listener, rx).await?;
+        server::serve(App::new(broker.clone()), tls, listener, rx).await?;
+        let stopping = broker.clone();
+        tokio::task::spawn_blocking(move || stopping.record_stop()).await?;
         say!("seb broker stopped");
         Ok::<(), CliError>(())
     })

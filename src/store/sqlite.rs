@@ -16,20 +16,25 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use audit::{AuditShared, AuditTree};
 use schema::SCHEMA;
 use writer::{
     checkpoint_loop, join_unless_current, run_in_savepoint, write_loop, writer_gone, Job, Jobs,
-    Queue, Scope, Work,
+    Queue, Scope, Txn, Work,
 };
 
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate,
-    PendingApproval, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError, WriteDone,
+    LogPosition, PendingApproval, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
+    WriteDone, MAX_AUDIT_PAGE,
 };
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::merkle::{self, Hash};
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
 
 mod approvals;
+mod audit;
 mod schema;
 mod writer;
 
@@ -40,6 +45,7 @@ pub struct SqliteStore {
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     reader: Mutex<Connection>,
+    audit: Arc<AuditShared>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,6 +98,9 @@ impl SqliteStore {
         writer_conn
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_err(Box::new(e)))?;
+        let audit = Arc::new(AuditShared::default());
+        let tree =
+            AuditTree::load(&writer_conn, audit.clone()).map_err(|e| open_err(Box::new(e)))?;
         let checkpoint_conn = connect().map_err(|e| open_err(Box::new(e)))?;
         let reader = connect().map_err(|e| open_err(Box::new(e)))?;
         let jobs = Arc::new(Jobs {
@@ -99,13 +108,15 @@ impl SqliteStore {
                 jobs: VecDeque::new(),
                 urgent: 0,
                 closed: false,
+                audit_next: tree.size(),
+                audit_generation: 0,
             }),
             ready: Condvar::new(),
         });
         let queue = jobs.clone();
         let writer = std::thread::Builder::new()
             .name("seb-store-writer".into())
-            .spawn(move || write_loop(writer_conn, &queue))
+            .spawn(move || write_loop(writer_conn, &queue, tree))
             .map_err(|e| open_err(Box::new(e)))?;
         let (stop, stopped) = mpsc::channel::<()>();
         let checkpointer = std::thread::Builder::new()
@@ -117,6 +128,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             reader: Mutex::new(reader),
+            audit,
         })
     }
 
@@ -150,10 +162,10 @@ impl SqliteStore {
         scope: Scope,
         deferred: bool,
     ) {
-        let work: Work = Box::new(move |conn: Option<&Connection>| {
-            let outcome = match (conn, scope) {
-                (Some(conn), Scope::Savepoint) => run_in_savepoint(conn, f).map_err(Some),
-                (Some(conn), Scope::OneStatement) => f(conn).map_err(Some),
+        let work: Work = Box::new(move |txn: Option<&mut Txn<'_>>| {
+            let outcome = match (txn, scope) {
+                (Some(txn), Scope::Savepoint) => run_in_savepoint(txn, |t| f(t.conn)).map_err(Some),
+                (Some(txn), Scope::OneStatement) => f(txn.conn).map_err(Some),
                 (None, _) => Err(None),
             };
             Box::new(move |commit: Result<(), String>| {
@@ -182,6 +194,104 @@ impl SqliteStore {
         if let Err(job) = self.jobs.push(job) {
             // The writer is gone: fail the job without running it.
             (job.work)(None)(Err("the store writer has stopped".into()));
+        }
+    }
+
+    /// Queues an audited write: `f` runs, then the entry `entry` makes of its result is
+    /// appended at the audit index reserved now, in one savepoint of one commit. Returns the
+    /// reserved index at once; `done` gets the result once the commit is known.
+    fn enqueue_audited<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        entry: impl FnOnce(&T) -> String + Send + 'static,
+        done: impl FnOnce(Result<(T, LogPosition), StoreError>) + Send + 'static,
+        deferred: bool,
+    ) -> Result<u64, StoreError> {
+        let make = move |index: u64, generation: u64| {
+            let work: Work = Box::new(move |txn: Option<&mut Txn<'_>>| {
+                let outcome = match txn {
+                    Some(txn) if !txn.audit.is_next(index, generation) => Err(Some(
+                        rusqlite::Error::ToSqlConversionFailure(Box::new(audit::StaleIndex)),
+                    )),
+                    Some(txn) => {
+                        let before = txn.audit.save();
+                        let result = run_in_savepoint(txn, |t| {
+                            let value = f(t.conn)?;
+                            let text = entry(&value);
+                            let leaf_hash = t.audit.append(t.conn, index, generation, &text)?;
+                            Ok((value, LogPosition { index, leaf_hash }))
+                        });
+                        if result.is_err() {
+                            // The write undid itself; its index is filled with a void entry
+                            // so the writes after it keep theirs. Only if that fails too are
+                            // the later indexes abandoned.
+                            txn.audit.restore(before.clone());
+                            let mut void = Entry::new(
+                                EntryKind::Void,
+                                crate::time::unix_millis(SystemTime::now()),
+                            );
+                            void.detail = Some(format!("{operation} failed"));
+                            let filled = encode(&void).ok().is_some_and(|text| {
+                                run_in_savepoint(txn, |t| {
+                                    t.audit.append(t.conn, index, generation, &text)
+                                })
+                                .is_ok()
+                            });
+                            if !filled {
+                                txn.audit.restore(before);
+                                txn.audit.abandon();
+                            }
+                        }
+                        result.map_err(Some)
+                    }
+                    None => Err(None),
+                };
+                Box::new(move |commit: Result<(), String>| {
+                    done(finish(operation, outcome, commit));
+                })
+            });
+            Job {
+                work,
+                deferred,
+                queued: Instant::now(),
+            }
+        };
+        match self.jobs.push_audited(deferred, make) {
+            Ok((index, _)) => Ok(index),
+            Err(job) => {
+                (job.work)(None)(Err("the store writer has stopped".into()));
+                Err(writer_gone(operation))
+            }
+        }
+    }
+
+    /// An audited write that returns once committed. A write whose reserved index was
+    /// abandoned (another process appended first) is tried again, up to three times.
+    fn write_audited<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl Fn(&Connection) -> rusqlite::Result<T> + Send + Clone + 'static,
+        entry: impl Fn(&T) -> String + Send + Clone + 'static,
+    ) -> Result<(T, LogPosition), StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (tx, rx) = mpsc::sync_channel::<Result<(T, LogPosition), StoreError>>(1);
+            self.enqueue_audited(
+                operation,
+                f.clone(),
+                entry.clone(),
+                move |result| {
+                    let _ = tx.send(result);
+                },
+                false,
+            )?;
+            let result = rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)));
+            match result {
+                Err(e) if attempt < 3 && is_stale(&e) => continue,
+                other => return other,
+            }
         }
     }
 
@@ -251,36 +361,55 @@ impl Store for SqliteStore {
         reason: Reason,
         at: SystemTime,
     ) -> Result<RevokeOutcome, StoreError> {
+        let serial_hex = serial.to_string();
         let serial = serial.as_bytes().to_vec();
         let issuer_label = issuer_label.map(str::to_owned);
-        self.write("revoke", move |c| {
-            let already: Option<i64> = c
-                .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [&serial], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if already.is_some() {
-                return Ok(RevokeOutcome::AlreadyRevoked);
-            }
-            let known: Option<i64> = c
-                .query_row("SELECT 1 FROM issued WHERE serial = ?1", [&serial], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            c.execute(
-                "INSERT INTO revoked (serial, reason, revoked_at) VALUES (?1, ?2, ?3)",
-                params![serial, reason.as_str(), unix(at)],
-            )?;
-            if let Some(label) = issuer_label {
+        let time_ms = crate::time::unix_millis(at);
+        let (outcome, _) = self.write_audited(
+            "revoke",
+            move |c| {
+                let already: Option<i64> = c
+                    .query_row("SELECT 1 FROM revoked WHERE serial = ?1", [&serial], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if already.is_some() {
+                    return Ok(RevokeOutcome::AlreadyRevoked);
+                }
+                let known: Option<i64> = c
+                    .query_row("SELECT 1 FROM issued WHERE serial = ?1", [&serial], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
                 c.execute(
-                    "INSERT OR REPLACE INTO revocation_issuers (serial, issuer_label) VALUES (?1, ?2)",
-                    params![serial, label],
+                    "INSERT INTO revoked (serial, reason, revoked_at) VALUES (?1, ?2, ?3)",
+                    params![serial, reason.as_str(), unix(at)],
                 )?;
-            }
-            Ok(RevokeOutcome::Revoked {
-                known: known.is_some(),
-            })
-        })
+                if let Some(label) = &issuer_label {
+                    c.execute(
+                        "INSERT OR REPLACE INTO revocation_issuers (serial, issuer_label) VALUES (?1, ?2)",
+                        params![serial, label],
+                    )?;
+                }
+                Ok(RevokeOutcome::Revoked {
+                    known: known.is_some(),
+                })
+            },
+            move |outcome| {
+                let mut e = Entry::new(EntryKind::CertificateRevoked, time_ms);
+                e.cert = Some(CertRef {
+                    thumbprint: String::new(),
+                    serial: serial_hex.clone(),
+                    subject: String::new(),
+                });
+                e.detail = Some(reason.as_str().to_owned());
+                if *outcome == RevokeOutcome::AlreadyRevoked {
+                    e.code = Some("already_revoked".into());
+                }
+                encode(&e).unwrap_or_default()
+            },
+        )?;
+        Ok(outcome)
     }
 
     fn revocations_issued_by(
@@ -368,19 +497,37 @@ impl Store for SqliteStore {
         u64::try_from(value).map_err(|_| StoreError::Corrupt("negative CRL number".into()))
     }
 
-    fn record_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
-        let r = record.clone();
-        self.write("record execution", move |c| insert_execution(c, &r))
+    fn record_execution(
+        &self,
+        record: &ExecutionRecord,
+        entry: &Entry,
+    ) -> Result<LogPosition, StoreError> {
+        let (r, text) = (record.clone(), encode(entry)?);
+        self.write_audited(
+            "record execution",
+            move |c| insert_execution(c, &r),
+            move |_| text.clone(),
+        )
+        .map(|(_, position)| position)
     }
 
-    fn record_execution_then(&self, record: ExecutionRecord, commit: Commit, done: WriteDone) {
-        self.enqueue(
+    fn record_execution_then(
+        &self,
+        record: ExecutionRecord,
+        entry: &Entry,
+        commit: Commit,
+        done: WriteDone,
+    ) -> Result<LogPosition, StoreError> {
+        let text = encode(entry)?;
+        let leaf_hash = merkle::leaf_hash(text.as_bytes());
+        let index = self.enqueue_audited(
             "record execution",
             move |c| insert_execution(c, &record),
-            done,
-            Scope::OneStatement,
+            move |_| text,
+            move |result| done(result.map(|_| ())),
             commit == Commit::Deferred,
-        );
+        )?;
+        Ok(LogPosition { index, leaf_hash })
     }
 
     fn flush(&self) {
@@ -389,29 +536,51 @@ impl Store for SqliteStore {
 
     fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone) {
         let request_id = request_id.to_owned();
-        self.enqueue(
-            "complete issuance",
-            move |c| {
-                match token {
-                    Some(token) => c
-                        .prepare_cached(
-                            "UPDATE executions SET token = ?2, status = 'granted'
-                             WHERE request_id = ?1 AND status = 'issuing'",
-                        )?
-                        .execute(params![request_id, token])?,
-                    None => c
-                        .prepare_cached(
+        match token {
+            Some(token) => self.enqueue(
+                "complete issuance",
+                move |c| {
+                    c.prepare_cached(
+                        "UPDATE executions SET token = ?2, status = 'granted'
+                         WHERE request_id = ?1 AND status = 'issuing'",
+                    )?
+                    .execute(params![request_id, token])
+                    .map(|_| ())
+                },
+                done,
+                Scope::OneStatement,
+                true,
+            ),
+            None => {
+                // The grant's entry is in the log; this one says no token left after all.
+                let mut entry = Entry::new(
+                    EntryKind::IssuanceFailed,
+                    crate::time::unix_millis(SystemTime::now()),
+                );
+                entry.request_id = Some(request_id.clone());
+                let text = match encode(&entry) {
+                    Ok(text) => text,
+                    Err(e) => return done(Err(e)),
+                };
+                let queued = self.enqueue_audited(
+                    "complete issuance",
+                    move |c| {
+                        c.prepare_cached(
                             "UPDATE executions SET status = 'failed'
                              WHERE request_id = ?1 AND status = 'issuing'",
                         )?
-                        .execute(params![request_id])?,
-                };
-                Ok(())
-            },
-            done,
-            Scope::OneStatement,
-            true,
-        );
+                        .execute(params![request_id])
+                        .map(|_| ())
+                    },
+                    move |_| text,
+                    move |result| done(result.map(|_| ())),
+                    true,
+                );
+                if let Err(e) = queued {
+                    tracing::error!(error = %e, "cannot record a failed issuance");
+                }
+            }
+        }
     }
 
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
@@ -431,16 +600,39 @@ impl Store for SqliteStore {
         &self,
         record: ExecutionRecord,
         pending: PendingApproval,
+        entry: &Entry,
         done: WriteDone,
-    ) {
-        self.enqueue(
+    ) -> Result<LogPosition, StoreError> {
+        let text = encode(entry)?;
+        let leaf_hash = merkle::leaf_hash(text.as_bytes());
+        let index = self.enqueue_audited(
             "record pending request",
             move |c| {
                 insert_execution(c, &record)?;
                 approvals::insert_pending(c, &pending)
             },
-            done,
-            Scope::Savepoint,
+            move |_| text,
+            move |result| done(result.map(|_| ())),
+            false,
+        )?;
+        Ok(LogPosition { index, leaf_hash })
+    }
+
+    fn append_audit_then(
+        &self,
+        entry: &Entry,
+        done: Box<dyn FnOnce(Result<LogPosition, StoreError>) + Send>,
+    ) {
+        let text = match encode(entry) {
+            Ok(text) => text,
+            Err(e) => return done(Err(e)),
+        };
+        // On a writer that has stopped, `done` hears of it (once) from the job itself.
+        let _ = self.enqueue_audited(
+            "append audit entry",
+            |_| Ok(()),
+            move |_| text,
+            move |result| done(result.map(|(_, position)| position)),
             false,
         );
     }
@@ -530,6 +722,7 @@ impl Store for SqliteStore {
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError> {
         /// What the transaction found, before its times and serials are checked.
+        #[derive(Clone)]
         enum Found {
             Unknown,
             Corrupt(String),
@@ -539,45 +732,70 @@ impl Store for SqliteStore {
             Before(i64),
         }
         let (jti, executor) = (jti.to_owned(), executor.to_owned());
-        let found = self.write("redeem token", move |c| {
-            let serials: Option<Option<String>> = c
-                .prepare_cached("SELECT agent_serials FROM executions WHERE jti = ?1")?
-                .query_row([&jti], |r| r.get(0))
-                .optional()?;
-            let Some(serials) = serials else {
-                return Ok(Found::Unknown);
-            };
-            // The agent's path, checked in the same transaction as the redemption: a
-            // revocation committed before it is seen.
-            let serials = match parse_serials(serials.as_deref()) {
-                Ok(Some(serials)) => serials,
-                Ok(None) => return Ok(Found::AgentUnrecorded),
-                Err(e) => return Ok(Found::Corrupt(e)),
-            };
-            for serial in serials {
-                let revoked = c
-                    .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
-                    .exists([serial.as_bytes()])?;
-                if revoked {
-                    return Ok(Found::AgentRevoked(serial));
+        let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
+        let time_ms = crate::time::unix_millis(at);
+        // Every attempt that reaches the store is logged: a replay, a token this broker has no
+        // record of, or one whose agent was revoked is what a SIEM should alert on.
+        let (found, _) = self.write_audited(
+            "redeem token",
+            move |c| {
+                let serials: Option<Option<String>> = c
+                    .prepare_cached("SELECT agent_serials FROM executions WHERE jti = ?1")?
+                    .query_row([&jti], |r| r.get(0))
+                    .optional()?;
+                let Some(serials) = serials else {
+                    return Ok(Found::Unknown);
+                };
+                // The agent's path, checked in the same transaction as the redemption: a
+                // revocation committed before it is seen.
+                let serials = match parse_serials(serials.as_deref()) {
+                    Ok(Some(serials)) => serials,
+                    Ok(None) => return Ok(Found::AgentUnrecorded),
+                    Err(e) => return Ok(Found::Corrupt(e)),
+                };
+                for serial in serials {
+                    let revoked = c
+                        .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
+                        .exists([serial.as_bytes()])?;
+                    if revoked {
+                        return Ok(Found::AgentRevoked(serial));
+                    }
                 }
-            }
-            let inserted = c
-                .prepare_cached(
-                    "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT(jti) DO NOTHING",
-                )?
-                .execute(params![jti, executor, unix(at)])?;
-            if inserted == 1 {
-                return Ok(Found::Redeemed);
-            }
-            let first: i64 = c.query_row(
-                "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
-                [&jti],
-                |r| r.get(0),
-            )?;
-            Ok(Found::Before(first))
-        })?;
+                    )?
+                    .execute(params![jti, executor, unix(at)])?;
+                if inserted == 1 {
+                    return Ok(Found::Redeemed);
+                }
+                let first: i64 = c.query_row(
+                    "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
+                    [&jti],
+                    |r| r.get(0),
+                )?;
+                Ok(Found::Before(first))
+            },
+            move |found| {
+                let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
+                e.jti = Some(entry_jti.clone());
+                e.cert = Some(CertRef {
+                    thumbprint: entry_executor.clone(),
+                    serial: String::new(),
+                    subject: String::new(),
+                });
+                e.code = match found {
+                    Found::Redeemed => None,
+                    Found::Unknown => Some("unknown_token".into()),
+                    Found::Before(_) => Some("token_already_redeemed".into()),
+                    Found::AgentRevoked(_) => Some("certificate_revoked".into()),
+                    Found::AgentUnrecorded => Some("agent_unrecorded".into()),
+                    Found::Corrupt(_) => Some("store_corrupt".into()),
+                };
+                encode(&e).unwrap_or_default()
+            },
+        )?;
         Ok(match found {
             Found::Unknown => RedeemOutcome::Unknown,
             Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
@@ -591,26 +809,72 @@ impl Store for SqliteStore {
     }
 
     fn record_event(&self, kind: &str, detail: &str, at: SystemTime) -> Result<(), StoreError> {
-        let (kind, detail) = (kind.to_owned(), detail.to_owned());
-        self.write("record event", move |c| {
-            c.execute(
-                "INSERT INTO events (kind, detail, at) VALUES (?1, ?2, ?3)",
-                params![kind, detail, unix(at)],
-            )
-            .map(|_| ())
-        })
+        let kind = EntryKind::parse(kind).ok_or_else(|| StoreError::Io {
+            operation: "record event",
+            source: format!("unknown audit entry kind {kind:?}").into(),
+        })?;
+        let mut entry = Entry::new(kind, crate::time::unix_millis(at));
+        entry.detail = (!detail.is_empty()).then(|| detail.to_owned());
+        self.append_audit(&entry).map(|_| ())
     }
 
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
-        let rows: Vec<(i64, String)> = self.read("list events", |c| {
-            let mut stmt =
-                c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;
-            let rows = stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let kind = EntryKind::parse(kind).map(|k| k.as_str()).unwrap_or(kind);
+        let rows: Vec<String> = self.read("list events", |c| {
+            let mut stmt = c.prepare(
+                "SELECT entry FROM audit_entries WHERE json_extract(entry, '$.kind') = ?1
+                 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map([kind], |r| r.get(0))?;
             rows.collect()
         })?;
         rows.into_iter()
-            .map(|(at, detail)| Ok((from_unix(at)?, detail)))
+            .map(|text| {
+                let e = Entry::parse(text.as_bytes())
+                    .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+                Ok((
+                    std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms),
+                    e.detail.unwrap_or_default(),
+                ))
+            })
             .collect()
+    }
+
+    fn append_audit(&self, entry: &Entry) -> Result<LogPosition, StoreError> {
+        let text = encode(entry)?;
+        self.write_audited("append audit entry", |_| Ok(()), move |_| text.clone())
+            .map(|(_, position)| position)
+    }
+
+    fn audit_size(&self) -> Result<u64, StoreError> {
+        self.read("audit size", audit::stored_size)
+    }
+
+    fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let end = end.min(start.saturating_add(MAX_AUDIT_PAGE));
+        self.read("audit entries", |c| audit::entries(c, start, end))
+    }
+
+    fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
+        self.read("audit root", |c| {
+            merkle::range_root(0, size, &mut |level, idx| audit::node(c, level, idx))
+        })
+    }
+
+    fn audit_inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.read("audit inclusion proof", |c| {
+            merkle::inclusion_proof(index, size, &mut |level, idx| audit::node(c, level, idx))
+        })
+    }
+
+    fn audit_consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        self.read("audit consistency proof", |c| {
+            merkle::consistency_proof(old, new, &mut |level, idx| audit::node(c, level, idx))
+        })
+    }
+
+    fn audit_health(&self) -> Result<(), String> {
+        self.audit.health()
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
@@ -674,6 +938,51 @@ fn execution_from_row(r: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
             .map_err(StoreError::Corrupt)?
             .unwrap_or_default(),
     })
+}
+
+/// A write's result once its commit is known.
+fn finish<T>(
+    operation: &'static str,
+    outcome: Result<T, Option<rusqlite::Error>>,
+    commit: Result<(), String>,
+) -> Result<T, StoreError> {
+    match (outcome, commit) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(Some(e)), _) => Err(StoreError::Io {
+            operation,
+            source: Box::new(e),
+        }),
+        (Err(None), commit) => Err(StoreError::Io {
+            operation,
+            source: format!("not written: {}", commit.err().unwrap_or_default()).into(),
+        }),
+        (Ok(_), Err(e)) => Err(StoreError::Io {
+            operation,
+            source: format!("commit failed: {e}").into(),
+        }),
+    }
+}
+
+/// Whether a write failed only because its reserved audit index was abandoned.
+fn is_stale(e: &StoreError) -> bool {
+    match e {
+        StoreError::Io { source, .. } => matches!(
+            source.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::ToSqlConversionFailure(inner)) if inner.is::<audit::StaleIndex>()
+        ),
+        _ => false,
+    }
+}
+
+fn encode(entry: &Entry) -> Result<String, StoreError> {
+    entry
+        .to_canonical()
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| StoreError::Io {
+            operation: "encode audit entry",
+            source: "the entry has no canonical form".into(),
+        })
 }
 
 fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite::Result<()> {

@@ -35,7 +35,9 @@ fn vectors(kind: &str) -> Vec<(PathBuf, serde_json::Value)> {
 }
 
 fn bytes(v: &serde_json::Value) -> Vec<u8> {
-    v.as_str().map(|s| Base64::decode_vec(s).unwrap()).unwrap_or_default()
+    v.as_str()
+        .map(|s| Base64::decode_vec(s).unwrap())
+        .unwrap_or_default()
 }
 
 /// `None` when some proof element is not a 32-byte hash (only in should-fail vectors).
@@ -141,7 +143,14 @@ fn proofs_from_stored_nodes_verify_for_every_index_and_size() {
             let other = leaves[((index + 1) % size) as usize];
             if size > 1 {
                 assert!(verify_inclusion(index, size, &other, &p, &root).is_err());
-                assert!(verify_inclusion((index + 1) % size, size, &leaves[index as usize], &p, &root).is_err());
+                assert!(verify_inclusion(
+                    (index + 1) % size,
+                    size,
+                    &leaves[index as usize],
+                    &p,
+                    &root
+                )
+                .is_err());
             }
         }
         for old in 1..=size {

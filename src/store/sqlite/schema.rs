@@ -1,5 +1,8 @@
 //! The database schema, created (idempotently) when the store opens, and the migration of
 //! stores written by earlier versions.
+//!
+//! Broker events are audit log entries (`audit_entries`, `audit_nodes`; see `audit.rs`). The
+//! `events` table keeps only the notes of one-off schema migrations.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -81,6 +84,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approvals_request ON approvals (request_id);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    idx INTEGER PRIMARY KEY,
+    entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
     at INTEGER NOT NULL

@@ -159,11 +159,16 @@ fn issuing(id: &str) -> ExecutionRecord {
     }
 }
 
+fn entry() -> Entry {
+    Entry::new(EntryKind::ExecutionGranted, 1_700_000_000_000)
+}
+
 /// Queues `record` with `commit` and returns a receiver for its completion.
 fn queue(store: &SqliteStore, record: ExecutionRecord, commit: Commit) -> mpsc::Receiver<bool> {
     let (tx, rx) = mpsc::channel();
-    store.record_execution_then(
+    let _ = store.record_execution_then(
         record,
+        &entry(),
         commit,
         Box::new(move |r| {
             let _ = tx.send(r.is_ok());
@@ -318,7 +323,7 @@ fn a_write_after_the_writer_stopped_fails_instead_of_hanging() {
     store.jobs.close();
     let result = queue(&store, issuing("r7"), Commit::Now).recv_timeout(WAIT);
     assert_eq!(result, Ok(false));
-    assert!(store.record_execution(&issuing("r8")).is_err());
+    assert!(store.record_execution(&issuing("r8"), &entry()).is_err());
 }
 
 #[test]
@@ -327,8 +332,9 @@ fn a_writer_callback_may_drop_the_last_reference_to_the_store() {
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let (tx, rx) = mpsc::channel();
     let held = store.clone();
-    store.record_execution_then(
+    let _ = store.record_execution_then(
         issuing("z1"),
+        &entry(),
         Commit::Deferred,
         Box::new(move |r| {
             // The last reference goes on the writer thread, which then closes the store.
@@ -348,7 +354,9 @@ fn closing_the_store_checkpoints_the_log_into_the_database() {
     {
         let store = SqliteStore::open(dir.path()).unwrap();
         for i in 0..200 {
-            store.record_execution(&issuing(&format!("c{i}"))).unwrap();
+            store
+                .record_execution(&issuing(&format!("c{i}")), &entry())
+                .unwrap();
         }
         let wal = std::fs::metadata(dir.path().join("seb.db-wal"))
             .unwrap()
@@ -367,8 +375,8 @@ fn a_token_id_is_redeemed_once_by_anyone_and_across_reopening() {
     let t = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
     {
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.record_execution(&issuing("d1")).unwrap();
-        store.record_execution(&issuing("d2")).unwrap();
+        store.record_execution(&issuing("d1"), &entry()).unwrap();
+        store.record_execution(&issuing("d2"), &entry()).unwrap();
         assert_eq!(
             store.redeem("jti-d1", "executor-a", t(10)).unwrap(),
             RedeemOutcome::Redeemed
@@ -408,7 +416,7 @@ fn a_token_id_is_redeemed_once_by_anyone_and_across_reopening() {
 fn concurrent_redemptions_of_one_token_id_succeed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    store.record_execution(&issuing("d3")).unwrap();
+    store.record_execution(&issuing("d3"), &entry()).unwrap();
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
     let outcomes: Vec<RedeemOutcome> = (0..8)
         .map(|i| {

@@ -16,14 +16,22 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::super::StoreError;
+use super::audit::AuditTree;
 
 /// Most writes one commit carries.
 pub(super) const MAX_BATCH: usize = 512;
 
 pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A write: given the connection inside an open transaction, runs and returns what to do once
-/// the commit is known; given `None` (the transaction could not start), runs nothing.
-pub(super) type Work = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+/// A write: given the open transaction, runs and returns what to do once the commit is known;
+/// given `None` (the transaction could not start), runs nothing.
+pub(super) type Work = Box<dyn FnOnce(Option<&mut Txn<'_>>) -> Completion + Send>;
+
+/// What a write sees inside the writer's transaction: the connection and the audit log's
+/// in-memory right edge (which the writer restores when the transaction does not commit).
+pub(super) struct Txn<'a> {
+    pub(super) conn: &'a Connection,
+    pub(super) audit: &'a mut AuditTree,
+}
 
 /// A queued write. A deferred one has nobody waiting for it yet: it rides along with the next
 /// commit someone does wait for, or is committed on its own after [`MAX_DEFER`].
@@ -40,6 +48,12 @@ pub(super) struct Queue {
     /// How many queued jobs are not deferred.
     pub(super) urgent: usize,
     pub(super) closed: bool,
+    /// The audit leaf index the next audited write gets. Assigned here, under the queue's
+    /// lock, so that queue order is index order: the writer runs jobs in that order.
+    pub(super) audit_next: u64,
+    /// Bumped whenever reserved indexes are abandoned (a commit failed, another process
+    /// appended): writes holding an older generation fail instead of leaving a gap.
+    pub(super) audit_generation: u64,
 }
 
 pub(super) struct Jobs {
@@ -64,6 +78,40 @@ impl Jobs {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Queues the job `make` builds from a reserved audit slot (index, generation), in one
+    /// step under the queue's lock, or gives the job back if the writer has stopped.
+    pub(super) fn push_audited(
+        &self,
+        deferred: bool,
+        make: impl FnOnce(u64, u64) -> Job,
+    ) -> Result<(u64, u64), Job> {
+        let Ok(mut queue) = self.queue.lock() else {
+            return Err(make(u64::MAX, u64::MAX));
+        };
+        let slot = (queue.audit_next, queue.audit_generation);
+        let job = make(slot.0, slot.1);
+        if queue.closed {
+            return Err(job);
+        }
+        queue.audit_next += 1;
+        queue.urgent += usize::from(!deferred);
+        queue.jobs.push_back(job);
+        drop(queue);
+        if !deferred {
+            self.ready.notify_one();
+        }
+        Ok(slot)
+    }
+
+    /// Abandons every reserved audit index: the next one is `size`, and writes holding an
+    /// older generation fail. Returns the new generation.
+    pub(super) fn reset_audit(&self, size: u64) -> u64 {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.audit_generation += 1;
+        queue.audit_next = size;
+        queue.audit_generation
     }
 
     pub(super) fn close(&self) {
@@ -126,14 +174,15 @@ pub(super) enum Scope {
     OneStatement,
 }
 
-pub(super) fn run_in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+pub(super) fn run_in_savepoint<'a, 'b, T>(
+    txn: &'b mut Txn<'a>,
+    f: impl FnOnce(&mut Txn<'a>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
+    let conn = txn.conn;
     // Cached statements: this runs for every write, and parsing it each time showed up in
     // the writer's profile.
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    match f(conn) {
+    match f(txn) {
         Ok(v) => {
             conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
@@ -168,7 +217,7 @@ const MAX_DEFER: Duration = Duration::from_millis(50);
 /// The writer thread: commits waiting jobs, many to a transaction. It starts a commit when an
 /// urgent job is queued, when the oldest deferred job has waited [`MAX_DEFER`], or when the
 /// store closes; a batch of deferred jobs alone costs no fsync until then.
-pub(super) fn write_loop(conn: Connection, jobs: &Jobs) {
+pub(super) fn write_loop(conn: Connection, jobs: &Jobs, mut audit: AuditTree) {
     let _exit = WriterExit(jobs);
     loop {
         let (batch, closed) = {
@@ -197,29 +246,44 @@ pub(super) fn write_loop(conn: Connection, jobs: &Jobs) {
             queue.urgent -= urgent_taken;
             (batch, queue.closed && queue.jobs.is_empty())
         };
-        commit_batch(&conn, batch);
+        commit_batch(&conn, jobs, &mut audit, batch);
         if closed {
             return;
         }
     }
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+fn commit_batch(conn: &Connection, queue: &Jobs, audit: &mut AuditTree, batch: Vec<Job>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    let began = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        // Another process (`seb cert revoke` on the host) may have appended since: the
+        // in-memory edge follows the database, and indexes reserved from the old edge fail.
+        if audit.sync_with(conn)? {
+            audit.generation = queue.reset_audit(audit.size());
+        }
+        Ok(())
+    });
+    if let Err(e) = began {
         let message = e.to_string();
         for job in batch {
             (job.work)(None)(Err(message.clone()));
         }
         let _ = conn.execute_batch("ROLLBACK");
+        audit.fail(&message);
+        audit.generation = queue.reset_audit(audit.size());
         return;
     }
+    let saved = audit.save();
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     for job in jobs.by_ref() {
-        completions.push((job.work)(Some(conn)));
+        let mut txn = Txn {
+            conn,
+            audit: &mut *audit,
+        };
+        completions.push((job.work)(Some(&mut txn)));
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back (an I/O error, a full disk): the
             // writes after this one would each commit on their own, outside the batch, and
@@ -235,6 +299,21 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     };
     if commit.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
+    }
+    match &commit {
+        Ok(()) => {
+            audit.committed();
+            if audit.take_abandoned() {
+                audit.generation = queue.reset_audit(audit.size());
+            }
+        }
+        Err(message) => {
+            // The log's edge goes back to what is durable; every index handed out after it
+            // is abandoned (those writes fail: no token).
+            audit.restore(saved);
+            audit.fail(message);
+            audit.generation = queue.reset_audit(audit.size());
+        }
     }
     for done in completions {
         done(commit.clone());

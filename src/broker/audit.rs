@@ -1,0 +1,203 @@
+//! The broker's side of the audit log: entries for its decisions, and checkpoints signed by
+//! `seb-audit` in the device, a new one every [`CHECKPOINT_INTERVAL`] while entries arrive (on
+//! a thread of its own, off every request's path) and on demand.
+//!
+//! The log itself lives in the store (entries and tree nodes commit with the records they
+//! describe); this module never holds a private key and never signs anything but checkpoint
+//! bodies.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::audit::checkpoint::{self, Checkpoint};
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::merkle::Hash;
+use crate::backend::{KeyBackend, P384Signer};
+use crate::ca::generations::KeyKind;
+use crate::cert::Certificate;
+use crate::config::Config;
+use crate::store::Store;
+
+use super::BrokerError;
+
+/// How often the checkpointer looks for new entries.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The latest signed checkpoint and the means to sign the next.
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn KeyBackend>,
+    /// For the current audit key generation (`seb rotate audit`) and its certificate.
+    config: Config,
+    origin: String,
+    latest: Mutex<Option<(Checkpoint, String)>>,
+    /// The last checkpoint signing failure, for `/healthz`.
+    failure: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Checks that the current audit key in the device matches the audit certificate.
+    pub fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn KeyBackend>,
+        config: &Config,
+        certificate: &Certificate,
+    ) -> Result<Self, BrokerError> {
+        let log = Self {
+            store,
+            backend,
+            config: config.clone(),
+            origin: checkpoint::origin_for(&config.broker_id),
+            latest: Mutex::new(None),
+            failure: Mutex::new(None),
+        };
+        let (label, spki) = log.current_key()?;
+        let cert_spki = der::Encode::to_der(&certificate.tbs.subject_public_key_info)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        if spki != cert_spki {
+            return Err(BrokerError::Internal(format!(
+                "the audit key {label:?} in the device does not match the audit certificate"
+            )));
+        }
+        Ok(log)
+    }
+
+    /// The current audit key generation's label and public key (SPKI DER). Looked up for every
+    /// checkpoint, so `seb rotate audit` takes effect without a restart; a key that does not
+    /// match the published audit certificate signs nothing.
+    fn current_key(&self) -> Result<(String, Vec<u8>), BrokerError> {
+        let label = self
+            .config
+            .current_key_label(KeyKind::Audit)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let spki = self
+            .backend
+            .public_key(&label)
+            .and_then(|k| k.to_spki_der())
+            .map_err(BrokerError::Hsm)?;
+        Ok((label, spki))
+    }
+
+    fn check_certificate(&self, spki: &[u8]) -> Result<(), BrokerError> {
+        let path = self.config.trust_dir().service_path(KeyKind::Audit);
+        let cert = crate::ca::trust_dir::read_certificate(&path)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let cert_spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        if spki != cert_spki.as_slice() {
+            return Err(BrokerError::Internal(format!(
+                "the current audit key does not match {}",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Signs checkpoints every `interval` while the log grows, until the log is dropped.
+    pub fn start_checkpointer(self: &Arc<Self>, interval: Duration) -> std::io::Result<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("seb-audit-ckpt".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(log) = weak.upgrade() else { return };
+                if let Err(e) = log.checkpoint() {
+                    tracing::error!(error = %e, "cannot sign an audit checkpoint");
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// The newest checkpoint: the latest signed one if the log has not grown since, else a
+    /// new one signed now. Callers at the same moment share one signature.
+    pub fn checkpoint(&self) -> Result<String, BrokerError> {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let size = self.store.audit_size().map_err(BrokerError::Store)?;
+        if let Some((cp, note)) = latest.as_ref() {
+            if cp.size == size {
+                return Ok(note.clone());
+            }
+        }
+        let root = self.store.audit_root(size).map_err(BrokerError::Store)?;
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+        };
+        let key = self
+            .current_key()
+            .and_then(|(label, spki)| self.check_certificate(&spki).map(|()| (label, spki)));
+        let (label, spki) = match key {
+            Ok(key) => key,
+            Err(e) => {
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("cannot sign a checkpoint: {e}"));
+                return Err(e);
+            }
+        };
+        let signed = P384Signer::new(self.backend.as_ref(), &label).and_then(|signer| {
+            cp.sign(&spki, |body| {
+                signer
+                    .sign_message(body)
+                    .map(|s| s.to_der().as_bytes().to_vec())
+            })
+        });
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match signed {
+            Ok(note) => {
+                *failure = None;
+                *latest = Some((cp, note.clone()));
+                Ok(note)
+            }
+            Err(e) => {
+                *failure = Some(format!("cannot sign a checkpoint: {e}"));
+                Err(BrokerError::Hsm(e))
+            }
+        }
+    }
+
+    /// `Err(why)` while checkpoints cannot be signed.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+}
+
+/// The certificate reference of a caller: thumbprint, leaf serial (canonical lowercase hex),
+/// subject.
+pub fn cert_ref(
+    thumbprint: &str,
+    serial: Option<&crate::serial::Serial>,
+    subject: &str,
+) -> CertRef {
+    CertRef {
+        thumbprint: thumbprint.to_owned(),
+        serial: serial.map(ToString::to_string).unwrap_or_default(),
+        subject: subject.to_owned(),
+    }
+}
+
+/// An entry of `kind` now.
+pub fn entry_now(kind: EntryKind) -> Entry {
+    Entry::new(kind, crate::time::unix_millis(std::time::SystemTime::now()))
+}
+
+/// base64url of a leaf hash, as tokens carry it.
+pub fn leaf_b64(hash: &Hash) -> String {
+    crate::base64url::encode(hash)
+}

@@ -1,0 +1,181 @@
+//! The audit log inside the store: entries and the tree's perfect nodes in two tables, the
+//! right edge of the tree in the writer's memory.
+//!
+//! * `audit_entries (idx, entry)`: the canonical entry bytes (JSON text) by leaf index.
+//! * `audit_nodes (level, idx, hash)`: every perfect subtree hash, leaves at level 0. An append
+//!   writes its leaf and the nodes it completes (two rows per entry on average); a root or a
+//!   proof is O(log n) primary-key reads. Nothing is ever recomputed from all entries.
+//!
+//! Indexes are handed out when a write is queued (see `writer.rs`), so a grant knows its
+//! index and leaf hash before the device signs its token. The writer checks each reserved
+//! index against its edge before appending: a write whose index was abandoned (a commit
+//! failed, another process appended) fails, and no token leaves without its entry.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::audit::merkle::{self, CompactRange, Hash};
+
+/// What the writer shares with readers: the last write failure.
+#[derive(Debug, Default)]
+pub(super) struct AuditShared {
+    failure: Mutex<Option<String>>,
+}
+
+impl AuditShared {
+    /// `Err(why)` while the last commit failed.
+    pub(super) fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+}
+
+/// The writer's view of the log: the right edge of the tree and the generation of the
+/// indexes it accepts.
+pub(super) struct AuditTree {
+    range: CompactRange,
+    pub(super) generation: u64,
+    abandoned: bool,
+    shared: Arc<AuditShared>,
+}
+
+/// The error a write gets when its reserved index is no longer the next one.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit index reserved for this write was abandoned after a failed commit")]
+pub(super) struct StaleIndex;
+
+impl AuditTree {
+    /// The edge of the log as stored.
+    pub(super) fn load(conn: &Connection, shared: Arc<AuditShared>) -> rusqlite::Result<Self> {
+        let size = stored_size(conn)?;
+        let range = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
+        Ok(Self {
+            range,
+            generation: 0,
+            abandoned: false,
+            shared,
+        })
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.range.size()
+    }
+
+    /// Follows appends made by another process; true when the edge moved.
+    pub(super) fn sync_with(&mut self, conn: &Connection) -> rusqlite::Result<bool> {
+        let size = stored_size(conn)?;
+        if size == self.range.size() {
+            return Ok(false);
+        }
+        self.range = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
+        Ok(true)
+    }
+
+    pub(super) fn save(&self) -> CompactRange {
+        self.range.clone()
+    }
+
+    pub(super) fn restore(&mut self, saved: CompactRange) {
+        self.range = saved;
+    }
+
+    /// Whether `index` of `generation` is the next append.
+    pub(super) fn is_next(&self, index: u64, generation: u64) -> bool {
+        generation == self.generation && index == self.range.size()
+    }
+
+    /// A write holding the next index failed on its own: the indexes after it are abandoned.
+    pub(super) fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    pub(super) fn take_abandoned(&mut self) -> bool {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// A commit succeeded: the log is writable.
+    pub(super) fn committed(&self) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub(super) fn fail(&self, why: &str) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("the audit log cannot be written: {why}"));
+    }
+
+    /// Appends `entry` at `index` (which must be the next one) with its leaf and the nodes it
+    /// completes.
+    pub(super) fn append(
+        &mut self,
+        conn: &Connection,
+        index: u64,
+        generation: u64,
+        entry: &str,
+    ) -> rusqlite::Result<Hash> {
+        if !self.is_next(index, generation) {
+            return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+                StaleIndex,
+            )));
+        }
+        let leaf = merkle::leaf_hash(entry.as_bytes());
+        let mut range = self.range.clone();
+        let made = range.push(leaf);
+        conn.prepare_cached("INSERT INTO audit_entries (idx, entry) VALUES (?1, ?2)")?
+            .execute(params![sql_int(index), entry])?;
+        let mut insert =
+            conn.prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, idx, hash) in made {
+            insert.execute(params![level, sql_int(idx), &hash[..]])?;
+        }
+        self.range = range;
+        Ok(leaf)
+    }
+}
+
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Number of stored entries.
+pub(super) fn stored_size(conn: &Connection) -> rusqlite::Result<u64> {
+    let max: Option<i64> = conn
+        .prepare_cached("SELECT MAX(idx) FROM audit_entries")?
+        .query_row([], |r| r.get(0))?;
+    Ok(max.map_or(0, |m| u64::try_from(m).map_or(0, |m| m + 1)))
+}
+
+/// The perfect node (`level`, `idx`); a missing one is corruption.
+pub(super) fn node(conn: &Connection, level: u32, idx: u64) -> rusqlite::Result<Hash> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")?
+        .query_row(params![level, sql_int(idx)], |r| r.get(0))
+        .optional()?;
+    blob.and_then(|b| Hash::try_from(b).ok())
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+/// Entries `start..end` as (index, text).
+pub(super) fn entries(
+    conn: &Connection,
+    start: u64,
+    end: u64,
+) -> rusqlite::Result<Vec<(u64, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, entry FROM audit_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![sql_int(start), sql_int(end)], |r| {
+        Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
+    })?;
+    rows.collect()
+}
