@@ -131,6 +131,10 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::AnyCertificate),
     ("GET", "/metrics", Access::AnyCertificate),
     ("GET", "/v1/attestation", Access::AnyCertificate),
+    ("GET", "/v1/audit/checkpoint", Access::AnyCertificate),
+    ("GET", "/v1/audit/entries", Access::AnyCertificate),
+    ("GET", "/v1/audit/proof/inclusion", Access::AnyCertificate),
+    ("GET", "/v1/audit/proof/consistency", Access::AnyCertificate),
 ];
 
 /// Who may call `method path` (a route template), from [`ROUTES`]; HEAD as GET.
@@ -159,6 +163,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/trust", get(trust))
         .route("/v1/crl", get(crl))
         .route("/v1/attestation", get(attestation))
+        .route("/v1/audit/checkpoint", get(audit_checkpoint))
+        .route("/v1/audit/entries", get(audit_entries))
+        .route("/v1/audit/proof/inclusion", get(audit_inclusion))
+        .route("/v1/audit/proof/consistency", get(audit_consistency))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -580,6 +588,77 @@ async fn attestation(
             }
         })?;
     Ok(Json(evidence).into_response())
+}
+
+type AuditQuery<T> =
+    Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn audit_query<T>(query: AuditQuery<T>) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(q)| q)
+        .map_err(|e| ApiError::from(BrokerError::InvalidRequest(e.body_text())))
+}
+
+/// `GET /v1/audit/checkpoint`: the newest signed checkpoint (C2SP tlog-checkpoint text),
+/// signed now if the log grew since the last one.
+async fn audit_checkpoint(
+    State(app): State<App>,
+) -> Result<Response, ApiError> {
+    let log = app.broker.audit_log().clone();
+    let note = blocking(move || log.checkpoint()).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    start: u64,
+    end: Option<u64>,
+}
+
+/// `GET /v1/audit/entries?start=&end=`: at most 1000 entries from `start`.
+async fn audit_entries(
+    State(app): State<App>,
+    query: AuditQuery<EntriesQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let entries = blocking(move || broker.audit_entries(q.start, q.end)).await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+async fn audit_inclusion(
+    State(app): State<App>,
+    query: AuditQuery<InclusionQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let proof = blocking(move || broker.audit_inclusion(q.index, q.size)).await?;
+    Ok(Json(proof).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn audit_consistency(
+    State(app): State<App>,
+    query: AuditQuery<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let proof = blocking(move || broker.audit_consistency(q.from, q.to)).await?;
+    Ok(Json(proof).into_response())
 }
 
 async fn healthz(State(app): State<App>) -> Result<Response, ApiError> {

@@ -201,3 +201,110 @@ pub fn entry_now(kind: EntryKind) -> Entry {
 pub fn leaf_b64(hash: &Hash) -> String {
     crate::base64url::encode(hash)
 }
+
+/// One entry as the API serves it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServedEntry {
+    /// Leaf index.
+    pub index: u64,
+    /// base64url RFC 6962 leaf hash of the canonical entry.
+    pub leaf_hash: String,
+    /// The entry (its RFC 8785 form is what was hashed).
+    pub entry: serde_json::Value,
+}
+
+/// A proof as the API serves it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServedProof {
+    /// Tree size the proof is for (inclusion), or the newer size (consistency).
+    pub size: u64,
+    /// Leaf index (inclusion) or older size (consistency).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Older size (consistency).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// base64url hashes, bottom up.
+    pub proof: Vec<String>,
+}
+
+impl super::Broker {
+    /// Entries `start..end` (at most [`crate::store::MAX_AUDIT_PAGE`]; `end` defaults to that).
+    pub fn audit_entries(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Vec<ServedEntry>, BrokerError> {
+        let size = self.store.audit_size().map_err(BrokerError::Store)?;
+        let end = end
+            .unwrap_or(u64::MAX)
+            .min(size)
+            .min(start.saturating_add(crate::store::MAX_AUDIT_PAGE));
+        if start > size {
+            return Err(BrokerError::InvalidRequest(format!(
+                "start {start} is past the end of the log ({size} entries)"
+            )));
+        }
+        if end < start {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .store
+            .audit_entries(start, end)
+            .map_err(BrokerError::Store)?;
+        rows.into_iter()
+            .map(|(index, text)| {
+                let entry = serde_json::from_str(&text).map_err(|e| {
+                    BrokerError::Store(crate::store::StoreError::Corrupt(format!(
+                        "audit entry {index}: {e}"
+                    )))
+                })?;
+                Ok(ServedEntry {
+                    index,
+                    leaf_hash: leaf_b64(&crate::audit::merkle::leaf_hash(text.as_bytes())),
+                    entry,
+                })
+            })
+            .collect()
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn audit_inclusion(&self, index: u64, size: u64) -> Result<ServedProof, BrokerError> {
+        let have = self.store.audit_size().map_err(BrokerError::Store)?;
+        if index >= size || size > have {
+            return Err(BrokerError::InvalidRequest(format!(
+                "need index < size <= {have} (the log's size)"
+            )));
+        }
+        let proof = self
+            .store
+            .audit_inclusion_proof(index, size)
+            .map_err(BrokerError::Store)?;
+        Ok(ServedProof {
+            size,
+            index: Some(index),
+            from: None,
+            proof: proof.iter().map(leaf_b64).collect(),
+        })
+    }
+
+    /// The consistency proof between the trees of `from` and `to` entries.
+    pub fn audit_consistency(&self, from: u64, to: u64) -> Result<ServedProof, BrokerError> {
+        let have = self.store.audit_size().map_err(BrokerError::Store)?;
+        if from > to || to > have {
+            return Err(BrokerError::InvalidRequest(format!(
+                "need from <= to <= {have} (the log's size)"
+            )));
+        }
+        let proof = self
+            .store
+            .audit_consistency_proof(from, to)
+            .map_err(BrokerError::Store)?;
+        Ok(ServedProof {
+            size: to,
+            index: None,
+            from: Some(from),
+            proof: proof.iter().map(leaf_b64).collect(),
+        })
+    }
+}
