@@ -12,6 +12,7 @@ use seb::store::sqlite::SqliteStore;
 
 pub mod approve;
 pub mod attest;
+pub mod audit;
 pub mod cert;
 pub mod check;
 pub mod init;

@@ -77,6 +77,10 @@ enum Command {
     /// TPM attestation: enroll the attestation key, record reference values, verify a broker.
     #[command(subcommand)]
     Attest(cli::attest::AttestCommand),
+    /// The audit log: verify it offline with only the root certificate, export it for a SIEM
+    /// (needs no --config).
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
     Serve,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         },
         Command::Bench(b) => bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
+        Command::Audit(a) => cli::audit::run(a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
         Command::Pending(a) => cli::approve::pending(a),
         Command::Approve(a) => cli::approve::approve(a),

@@ -1,0 +1,372 @@
+//! `seb audit`: verifying the broker's audit log offline with only the root certificate, and
+//! exporting it as JSON lines for a SIEM (which `verify --file` checks as well).
+//!
+//! Needs no --config and no device: it runs on an auditor's machine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use seb::audit::checkpoint::Checkpoint;
+use seb::audit::merkle::Hash;
+use seb::audit::verify::{self, LoggedEntry, Verified};
+use seb::base64url;
+use seb::cert::Certificate;
+use seb::client::{Client, ClientTls};
+use seb::store::MAX_AUDIT_PAGE;
+use seb::verify::TrustStore;
+
+use super::{read_file, write_file, CliError, CliResult};
+
+/// `seb audit ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log: every entry, every checkpoint signature and its certificate
+    /// chain, and consistency with a checkpoint kept from before.
+    Verify(VerifyArgs),
+    /// Write the entries and the newest checkpoint as JSON lines (for a SIEM, and for
+    /// `verify --file`).
+    Export(ExportArgs),
+}
+
+/// The broker connection (`--broker` with a client certificate).
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// Broker URL, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    broker: Option<String>,
+    /// Client certificate chain (PEM) for the broker's mutual TLS (any role).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client private key (PKCS#8 PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+/// Options of `seb audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The seb root certificate (PEM): the only thing trusted.
+    #[arg(long)]
+    trust: PathBuf,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// An export written by `seb audit export` (instead of --broker).
+    #[arg(long, conflicts_with = "broker")]
+    file: Option<PathBuf>,
+    /// A checkpoint kept from an earlier verification: the log must extend it.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Write the newest verified checkpoint here (to pass as --checkpoint next time).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Keep watching the broker: verify each new checkpoint against the last verified one
+    /// (kept in --save, or else --checkpoint) and exit non-zero the moment the log is not an
+    /// extension of it.
+    #[arg(long, requires = "broker")]
+    follow: bool,
+    /// How often --follow polls.
+    #[arg(long, default_value = "10s")]
+    interval: String,
+}
+
+/// Options of `seb audit export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The seb root certificate (PEM): TLS trust anchor.
+    #[arg(long)]
+    trust: PathBuf,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Where to write the JSON lines.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs an audit subcommand.
+pub fn run(command: AuditCommand) -> CliResult {
+    match command {
+        AuditCommand::Verify(a) => verify_cmd(a),
+        AuditCommand::Export(a) => export(a),
+    }
+}
+
+/// One line of an export.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    /// The broker's published certificates (`/v1/trust`): the audit certificate among them.
+    Trust { pem: String },
+    /// One entry.
+    Entry {
+        index: u64,
+        leaf_hash: String,
+        entry: serde_json::Value,
+    },
+    /// A signed checkpoint note.
+    Checkpoint { note: String },
+}
+
+/// What was read from a broker or a file.
+struct Evidence {
+    bundle: String,
+    entries: Vec<LoggedEntry>,
+    notes: Vec<String>,
+}
+
+fn logged(index: u64, leaf_hash: &str, entry: &serde_json::Value) -> Result<LoggedEntry, CliError> {
+    let bytes = seb::canonical::canonicalize(entry)
+        .map_err(|e| format!("entry {index}: {e}"))?
+        .into_bytes();
+    let leaf_hash = base64url::decode(leaf_hash)
+        .and_then(|h| Hash::try_from(h).ok())
+        .ok_or_else(|| format!("entry {index}: malformed leaf hash"))?;
+    Ok(LoggedEntry {
+        index,
+        bytes,
+        leaf_hash: Some(leaf_hash),
+    })
+}
+
+/// The trusted roots (from --trust only) plus the non-root certificates the broker publishes.
+fn trust_store(root_pem: &[u8], bundle: &str) -> Result<TrustStore, CliError> {
+    let mut certs = Certificate::parse_pem_chain(root_pem)
+        .map_err(|e| format!("--trust: {e}"))?;
+    for cert in Certificate::parse_pem_chain(bundle.as_bytes())
+        .map_err(|e| format!("the published certificates: {e}"))?
+    {
+        // Only --trust names roots: a self-issued certificate from the broker or the file is
+        // ignored, never trusted.
+        if cert.tbs.issuer != cert.tbs.subject {
+            certs.push(cert);
+        }
+    }
+    Ok(TrustStore::from_certificates(certs)?)
+}
+
+fn read_export(path: &Path) -> Result<Evidence, CliError> {
+    let text = String::from_utf8(read_file(path)?)
+        .map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    let mut evidence = Evidence {
+        bundle: String::new(),
+        entries: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line: Line = serde_json::from_str(line)
+            .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+        match line {
+            Line::Trust { pem } => evidence.bundle.push_str(&pem),
+            Line::Entry {
+                index,
+                leaf_hash,
+                entry,
+            } => evidence.entries.push(logged(index, &leaf_hash, &entry)?),
+            Line::Checkpoint { note } => evidence.notes.push(note),
+        }
+    }
+    Ok(evidence)
+}
+
+struct Session {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Session {
+    fn open(root_pem: &[u8], args: &BrokerArgs) -> Result<Self, CliError> {
+        let url = args.broker.as_deref().ok_or("--broker URL or --file FILE is needed")?;
+        let cert = args.cert.as_deref().ok_or("--broker needs --cert and --key")?;
+        let key = args.key.as_deref().ok_or("--broker needs --cert and --key")?;
+        let tls = ClientTls::new(root_pem, &read_file(cert)?, &read_file(key)?, false)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(Client::connect(url, &tls))?;
+        Ok(Self { runtime, client })
+    }
+
+    fn get(&mut self, path: &str) -> Result<seb::client::ApiResponse, CliError> {
+        let response = self.runtime.block_on(self.client.send("GET", path, None))?;
+        if response.status != 200 {
+            return Err(format!("GET {path}: the broker answered {}: {}", response.status, response.text).into());
+        }
+        Ok(response)
+    }
+
+    /// The published certificates, the newest checkpoint and every entry it covers.
+    fn fetch(&mut self) -> Result<Evidence, CliError> {
+        let bundle = self.get("/v1/trust")?.text;
+        let note = self.get("/v1/audit/checkpoint")?.text;
+        let (body, _) = seb::audit::checkpoint::parse_note(&note)?;
+        let size = Checkpoint::parse_body(&body)?.size;
+        let mut entries = Vec::new();
+        while (entries.len() as u64) < size {
+            let start = entries.len() as u64;
+            let end = size.min(start + MAX_AUDIT_PAGE);
+            let page = self.get(&format!("/v1/audit/entries?start={start}&end={end}"))?;
+            let items = page.body["entries"]
+                .as_array()
+                .ok_or("the broker's entries page is malformed")?;
+            if items.is_empty() {
+                return Err(format!("the broker served no entries from {start}, below its checkpoint's size {size}").into());
+            }
+            for item in items {
+                entries.push(logged(
+                    item["index"].as_u64().ok_or("entry without an index")?,
+                    item["leaf_hash"].as_str().unwrap_or_default(),
+                    &item["entry"],
+                )?);
+            }
+        }
+        Ok(Evidence {
+            bundle,
+            entries,
+            notes: vec![note],
+        })
+    }
+
+    fn consistency(&mut self, from: u64, to: u64) -> Result<Vec<Hash>, CliError> {
+        let r = self.get(&format!("/v1/audit/proof/consistency?from={from}&to={to}"))?;
+        r.body["proof"]
+            .as_array()
+            .ok_or("malformed consistency proof")?
+            .iter()
+            .map(|h| {
+                h.as_str()
+                    .and_then(base64url::decode)
+                    .and_then(|h| Hash::try_from(h).ok())
+                    .ok_or_else(|| "malformed hash in the consistency proof".into())
+            })
+            .collect()
+    }
+}
+
+fn report(v: &Verified) {
+    println!(
+        "audit log OK: {} entries, {} checkpoint(s) verified; log {} size {} root {}",
+        v.entries,
+        v.checkpoints,
+        v.checkpoint.origin,
+        v.checkpoint.size,
+        <base64ct::Base64 as base64ct::Encoding>::encode_string(&v.checkpoint.root)
+    );
+}
+
+fn verify_cmd(args: VerifyArgs) -> CliResult {
+    let root_pem = read_file(&args.trust)?;
+    let kept = match &args.checkpoint {
+        Some(path) => Some(
+            String::from_utf8(read_file(path)?)
+                .map_err(|_| format!("{} is not UTF-8", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut session = match &args.file {
+        Some(_) => None,
+        None => Some(Session::open(&root_pem, &args.broker)?),
+    };
+    let evidence = match (&args.file, session.as_mut()) {
+        (Some(path), _) => read_export(path)?,
+        (None, Some(s)) => s.fetch()?,
+        (None, None) => return Err("--broker URL or --file FILE is needed".into()),
+    };
+    let trust = trust_store(&root_pem, &evidence.bundle)?;
+    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, kept.as_deref())
+        .map_err(|e| format!("audit log REJECTED: {e}"))?;
+    // With a broker, also check the proof it serves from the kept checkpoint.
+    if let (Some(kept), Some(s)) = (kept.as_deref(), session.as_mut()) {
+        let old = verify::open_checkpoint(&trust, kept)?;
+        let proof = s.consistency(old.size, verified.checkpoint.size)?;
+        verify::verify_extension(&old, &verified.checkpoint, &proof)
+            .map_err(|e| format!("audit log REJECTED: {e}"))?;
+    }
+    report(&verified);
+    let state = args.save.as_ref().or(args.checkpoint.as_ref());
+    if let Some(path) = &args.save {
+        write_file(path, verified.note.as_bytes(), false)?;
+    }
+    let Some(session) = session.filter(|_| args.follow) else {
+        return Ok(());
+    };
+    follow(session, &trust, verified, state.map(PathBuf::as_path), &args.interval)
+}
+
+/// Polls the broker's checkpoint and checks each against the last verified one.
+fn follow(
+    mut session: Session,
+    trust: &TrustStore,
+    mut last: Verified,
+    state: Option<&Path>,
+    interval: &str,
+) -> CliResult {
+    let interval: Duration = seb::duration::parse(interval)
+        .map_err(|e| format!("--interval: {e}"))?;
+    loop {
+        std::thread::sleep(interval);
+        let note = session.get("/v1/audit/checkpoint")?.text;
+        let new = verify::open_checkpoint(trust, &note)
+            .map_err(|e| format!("audit log REJECTED: {e}"))?;
+        if new.size == last.checkpoint.size && new.root == last.checkpoint.root {
+            continue;
+        }
+        let proof = if new.size > last.checkpoint.size && last.checkpoint.size > 0 {
+            session.consistency(last.checkpoint.size, new.size)?
+        } else {
+            Vec::new()
+        };
+        verify::verify_extension(&last.checkpoint, &new, &proof).map_err(|e| {
+            format!("audit log REJECTED: {e}")
+        })?;
+        if new.size == last.checkpoint.size {
+            return Err(format!(
+                "audit log REJECTED: two checkpoints of size {} with different roots (split view)",
+                new.size
+            )
+            .into());
+        }
+        println!("audit log extends to {} entries (consistent)", new.size);
+        if let Some(path) = state {
+            write_file(path, note.as_bytes(), false)?;
+        }
+        last = Verified {
+            checkpoint: new,
+            note,
+            entries: last.entries,
+            checkpoints: last.checkpoints + 1,
+        };
+    }
+}
+
+fn export(args: ExportArgs) -> CliResult {
+    let root_pem = read_file(&args.trust)?;
+    let mut session = Session::open(&root_pem, &args.broker)?;
+    let evidence = session.fetch()?;
+    // Checked before it is written: an export is evidence.
+    let trust = trust_store(&root_pem, &evidence.bundle)?;
+    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, None)
+        .map_err(|e| format!("audit log REJECTED: {e}"))?;
+    let mut out = Vec::new();
+    let mut line = |l: &Line| -> CliResult {
+        serde_json::to_writer(&mut out, l)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    };
+    line(&Line::Trust {
+        pem: evidence.bundle.clone(),
+    })?;
+    for e in &evidence.entries {
+        line(&Line::Entry {
+            index: e.index,
+            leaf_hash: e.leaf_hash.map(|h| base64url::encode(&h)).unwrap_or_default(),
+            entry: serde_json::from_slice(&e.bytes)?,
+        })?;
+    }
+    for note in &evidence.notes {
+        line(&Line::Checkpoint { note: note.clone() })?;
+    }
+    write_file(&args.out, &out, false)?;
+    report(&verified);
+    println!("exported to {}", args.out.display());
+    Ok(())
+}
