@@ -813,7 +813,8 @@ fn full_store_means_503_and_no_token_then_recovery() {
                 .await
                 .unwrap();
             if r.status == 503 {
-                assert_eq!(error_code(&r), "store_unavailable", "{}", r.text);
+                // The record and its audit entry are one write: no log entry, no token.
+                assert_eq!(error_code(&r), "audit_unavailable", "{}", r.text);
                 assert!(r.body.get("token").is_none());
                 assert!(
                     !r.text.contains("SQLITE") && !r.text.contains("disk"),
@@ -830,6 +831,14 @@ fn full_store_means_503_and_no_token_then_recovery() {
         let h = c.send("GET", "/healthz", None).await.unwrap();
         assert_eq!(h.status, 503, "{}", h.text);
         assert_eq!(h.body["checks"]["store"]["ok"], false);
+        assert_eq!(h.body["checks"]["audit"]["ok"], false, "{}", h.text);
+        assert!(
+            h.body["checks"]["audit"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("audit log cannot be written")),
+            "{}",
+            h.text
+        );
 
         // Space comes back: so does issuance.
         std::fs::remove_file(&filler).unwrap();

@@ -1,0 +1,427 @@
+//! The tamper-evident audit log end to end: a real broker (`seb serve` on its own SoftHSM2
+//! token, SQLite store in a temp dir), real checkpoints signed by `seb-audit` in the device,
+//! and `seb audit verify` / `export` as an auditor runs them. Each tampering is its own test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+
+use common::{runtime, Broker, Hsm, Identity};
+use seb::audit::checkpoint::{self, Checkpoint};
+use seb::audit::merkle;
+use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
+use seb::client::{ApiResponse, Client};
+use serde_json::{json, Value};
+
+const DEPLOY: &str = r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "30s"
+params.replicas = { min = 1, max = 10 }
+params.image    = { prefix = "registry.internal/payments/" }
+"#;
+
+const SECRET_IMAGE: &str = "registry.internal/payments/api:secret-build-7f3a";
+
+fn good_request() -> Value {
+    json!({
+        "operation": "deploy.rollout",
+        "resource": "prod/payments/api",
+        "params": {"replicas": 3, "image": SECRET_IMAGE},
+    })
+}
+
+struct Setup {
+    hsm: Hsm,
+    broker: Broker,
+    agent: Identity,
+}
+
+fn setup() -> Setup {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let broker = Broker::start(&hsm);
+    Setup { hsm, broker, agent }
+}
+
+fn call(s: &Setup, method: &str, path: &str, body: Option<&Value>) -> ApiResponse {
+    let tls = s.hsm.tls(&s.agent, false);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        match body {
+            Some(b) => c.post_json(path, b).await.unwrap(),
+            None => c.send(method, path, None).await.unwrap(),
+        }
+    })
+}
+
+/// Grants and denials; returns the tokens.
+fn traffic(s: &Setup, grants: usize) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for _ in 0..grants {
+        let r = call(s, "POST", "/v1/executions", Some(&good_request()));
+        assert_eq!(r.status, 201, "{}", r.text);
+        tokens.push(r.body["token"].as_str().unwrap().to_owned());
+    }
+    let denied = json!({"operation": "db.drop", "resource": "prod/payments/db", "params": {}});
+    let r = call(s, "POST", "/v1/executions", Some(&denied));
+    assert_eq!(r.status, 403, "{}", r.text);
+    tokens
+}
+
+fn audit(s: &Setup, args: &[&str]) -> Output {
+    let root = s.hsm.trust("root.pem");
+    let mut full = vec!["audit".to_owned()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    full.extend([
+        "--trust".to_owned(),
+        root.display().to_string(),
+    ]);
+    let needs_broker = !args.contains(&"--file");
+    if needs_broker {
+        full.extend([
+            "--broker".to_owned(),
+            s.broker.url.clone(),
+            "--cert".to_owned(),
+            s.agent.cert.display().to_string(),
+            "--key".to_owned(),
+            s.agent.key.display().to_string(),
+        ]);
+    }
+    common::seb(
+        &full.iter().map(String::as_str).collect::<Vec<_>>(),
+        s.hsm.dir.path(),
+    )
+}
+
+fn ok(out: &Output) -> String {
+    common::assert_success(out, "seb audit");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rejected(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("REJECTED"), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn export(s: &Setup, name: &str) -> PathBuf {
+    let out = s.hsm.path(name);
+    ok(&audit(s, &["export", "--out", out.to_str().unwrap()]));
+    out
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[Value]) {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Gives entry lines consecutive indexes and correct leaf hashes again, as a careful forger
+/// would: only the signed root can tell.
+fn renumber(lines: &mut [Value]) {
+    let mut index = 0u64;
+    for l in lines.iter_mut().filter(|l| l["type"] == "entry") {
+        let canonical = seb::canonical::canonicalize(&l["entry"]).unwrap();
+        l["index"] = json!(index);
+        l["leaf_hash"] = json!(seb::base64url::encode(&merkle::leaf_hash(canonical.as_bytes())));
+        index += 1;
+    }
+}
+
+fn entry_positions(lines: &[Value]) -> Vec<usize> {
+    (0..lines.len()).filter(|&i| lines[i]["type"] == "entry").collect()
+}
+
+#[test]
+fn tokens_name_their_entries_and_the_log_verifies() {
+    let s = setup();
+    let tokens = traffic(&s, 3);
+    let note = call(&s, "GET", "/v1/audit/checkpoint", None).text;
+    let (body, _) = checkpoint::parse_note(&note).unwrap();
+    let cp = Checkpoint::parse_body(&body).unwrap();
+    for token in &tokens {
+        let part = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        let index = claims["audit"]["index"].as_u64().unwrap();
+        let leaf = seb::base64url::decode(claims["audit"]["leaf_hash"].as_str().unwrap()).unwrap();
+        // The entry the token names is the grant of this token...
+        let page = call(&s, "GET", &format!("/v1/audit/entries?start={index}&end={}", index + 1), None);
+        let served = &page.body["entries"][0];
+        assert_eq!(served["entry"]["kind"], "execution_granted", "{}", page.text);
+        assert_eq!(served["entry"]["jti"], claims["jti"]);
+        assert_eq!(served["entry"]["cert"]["thumbprint"], claims["cnf"]["x5t#S256"]);
+        assert!(served["entry"]["cert"]["serial"].as_str().is_some_and(|s| !s.is_empty()));
+        let canonical = seb::canonical::canonicalize(&served["entry"]).unwrap();
+        assert_eq!(merkle::leaf_hash(canonical.as_bytes()).to_vec(), leaf);
+        // ... and never the raw parameters.
+        assert!(!page.text.contains(SECRET_IMAGE), "{}", page.text);
+        // ... and is in the signed tree.
+        let proof = call(
+            &s,
+            "GET",
+            &format!("/v1/audit/proof/inclusion?index={index}&size={}", cp.size),
+            None,
+        );
+        let hashes: Vec<merkle::Hash> = proof.body["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| seb::base64url::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        merkle::verify_inclusion(index, cp.size, &leaf, &hashes, &cp.root).unwrap();
+        let mut wrong = hashes.clone();
+        wrong[0][0] ^= 1;
+        assert!(merkle::verify_inclusion(index, cp.size, &leaf, &wrong, &cp.root).is_err());
+    }
+    // The denial is logged with its code.
+    let all = call(&s, "GET", "/v1/audit/entries?start=0", None);
+    let entries = all.body["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["entry"]["kind"], "broker_started");
+    assert!(entries.iter().any(|e| e["entry"]["kind"] == "execution_denied"
+        && e["entry"]["code"] == "operation_not_granted"), "{}", all.text);
+    // Bad ranges are 400s.
+    assert_eq!(call(&s, "GET", "/v1/audit/proof/inclusion?index=5&size=2", None).status, 400);
+    assert_eq!(call(&s, "GET", "/v1/audit/proof/consistency?from=1&to=100000", None).status, 400);
+
+    let first = s.hsm.path("first.checkpoint");
+    let stdout = ok(&audit(&s, &["verify", "--save", first.to_str().unwrap()]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+    traffic(&s, 2);
+    // Consistency with the kept checkpoint, by recomputation and by the served proof.
+    ok(&audit(&s, &["verify", "--checkpoint", first.to_str().unwrap()]));
+    let file = export(&s, "export.jsonl");
+    let stdout = ok(&audit(&s, &["verify", "--file", file.to_str().unwrap(), "--checkpoint", first.to_str().unwrap()]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
+
+#[test]
+fn an_edited_entry_is_detected() {
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let mut l = lines(&file);
+    let denied = l.iter().position(|l| l["entry"]["kind"] == "execution_denied").unwrap();
+    l[denied]["entry"]["kind"] = json!("execution_granted");
+    l[denied]["entry"]["decision"] = json!("granted");
+    write_lines(&file, &l);
+    // The stated leaf hash no longer matches...
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "leaf hash");
+    // ... and with the hashes forged as well, the signed root does not.
+    renumber(&mut l);
+    write_lines(&file, &l);
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+}
+
+#[test]
+fn a_deleted_entry_is_detected() {
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let mut l = lines(&file);
+    let at = entry_positions(&l)[2];
+    l.remove(at);
+    write_lines(&file, &l);
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "missing, inserted or reordered");
+    renumber(&mut l);
+    write_lines(&file, &l);
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "entries were deleted");
+}
+
+#[test]
+fn reordered_entries_are_detected() {
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let mut l = lines(&file);
+    let p = entry_positions(&l);
+    l.swap(p[1], p[2]);
+    renumber(&mut l);
+    write_lines(&file, &l);
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+}
+
+#[test]
+fn an_inserted_entry_is_detected() {
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let mut l = lines(&file);
+    let p = entry_positions(&l);
+    let mut forged = l[p[1]].clone();
+    forged["entry"]["jti"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    l.insert(p[1] + 1, forged);
+    // Drop one entry at the end so the count still matches the checkpoint.
+    let last = *entry_positions(&l).last().unwrap();
+    l.remove(last);
+    renumber(&mut l);
+    write_lines(&file, &l);
+    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+}
+
+#[test]
+fn a_truncated_and_reappended_log_is_a_split_view() {
+    let mut s = setup();
+    traffic(&s, 4);
+    let kept = s.hsm.path("kept.checkpoint");
+    ok(&audit(&s, &["verify", "--save", kept.to_str().unwrap()]));
+    let (body, _) = checkpoint::parse_note(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    let old_size = Checkpoint::parse_body(&body).unwrap().size;
+    assert!(s.broker.stop());
+    // Someone with the database cuts the history back to 3 entries (tree nodes included)...
+    let keep = 3i64;
+    let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep]).unwrap();
+    db.execute("DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1", [keep]).unwrap();
+    drop(db);
+    // ... and the broker writes a different history of the same length and more.
+    s.broker = Broker::start(&s.hsm);
+    loop {
+        traffic(&s, 1);
+        let note = call(&s, "GET", "/v1/audit/checkpoint", None).text;
+        let (body, _) = checkpoint::parse_note(&note).unwrap();
+        if Checkpoint::parse_body(&body).unwrap().size >= old_size {
+            break;
+        }
+    }
+    // On its own, the new log is consistent...
+    ok(&audit(&s, &["verify"]));
+    // ... but not an extension of what the auditor kept.
+    rejected(&audit(&s, &["verify", "--checkpoint", kept.to_str().unwrap()]), "not an extension");
+}
+
+#[test]
+fn an_old_checkpoint_replayed_is_detected() {
+    let s = setup();
+    traffic(&s, 2);
+    let old = export(&s, "old.jsonl");
+    traffic(&s, 2);
+    let newer = s.hsm.path("newer.checkpoint");
+    ok(&audit(&s, &["verify", "--save", newer.to_str().unwrap()]));
+    // A log (or a broker) that shows the auditor the old state after the newer one.
+    rejected(
+        &audit(&s, &["verify", "--file", old.to_str().unwrap(), "--checkpoint", newer.to_str().unwrap()]),
+        "replayed",
+    );
+}
+
+/// Replaces the export's checkpoint with one over the same tree signed by `label` in the
+/// device (optionally publishing `extra_pem` with it), and returns the verifier's output.
+fn resign(mut s: Setup, label: &str, rogue_cert: bool) -> (Setup, Output) {
+    traffic(&s, 2);
+    let file = export(&s, "export.jsonl");
+    assert!(s.broker.stop());
+    std::env::set_var("SOFTHSM2_CONF", s.hsm.softhsm_conf());
+    let backend: Arc<dyn KeyBackend> = Arc::new(s.hsm.backend(1));
+    if !backend.contains(label).unwrap() {
+        backend.generate(label, KeyAlgorithm::EcP384).unwrap();
+    }
+    let mut l = lines(&file);
+    let at = l.iter().position(|l| l["type"] == "checkpoint").unwrap();
+    let (body, _) = checkpoint::parse_note(l[at]["note"].as_str().unwrap()).unwrap();
+    let cp = Checkpoint::parse_body(&body).unwrap();
+    let spki = backend.public_key(label).unwrap().to_spki_der().unwrap();
+    let signer = P384Signer::new(backend.as_ref(), label).unwrap();
+    let note = cp
+        .sign(&spki, |b| signer.sign_message(b).map(|s| s.to_der().as_bytes().to_vec()))
+        .unwrap();
+    l[at]["note"] = json!(note);
+    if rogue_cert {
+        // A self-signed certificate for the rogue key, published alongside: never trusted.
+        let subject = seb::ca::parse_subject("CN=seb-broker audit signer,O=seb").unwrap();
+        let cert = seb::ca::self_signed_root(
+            &signer,
+            &subject,
+            std::time::Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let trust = l.iter().position(|l| l["type"] == "trust").unwrap();
+        let pem = format!("{}{}", l[trust]["pem"].as_str().unwrap(), cert.to_pem_string().unwrap());
+        l[trust]["pem"] = json!(pem);
+    }
+    write_lines(&file, &l);
+    let out = audit(&s, &["verify", "--file", file.to_str().unwrap()]);
+    s.broker = Broker { child: None, url: String::new(), log: PathBuf::new() };
+    (s, out)
+}
+
+#[test]
+fn a_checkpoint_signed_by_another_key_is_refused() {
+    let (_s, out) = resign(setup(), "rogue-audit", true);
+    rejected(&out, "not signed by a valid audit certificate");
+}
+
+#[test]
+fn a_checkpoint_signed_by_the_token_key_is_refused() {
+    let (_s, out) = resign(setup(), "seb-token", false);
+    rejected(&out, "not the broker's audit certificate");
+}
+
+#[test]
+fn after_sigkill_every_delivered_token_has_its_entry() {
+    let mut s = setup();
+    let url = s.broker.url.clone();
+    let tls = s.hsm.tls(&s.agent, false);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, tls, stop, tokens) = (url.clone(), tls.clone(), stop.clone(), tokens.clone());
+            std::thread::spawn(move || {
+                runtime().block_on(async {
+                    let Ok(mut c) = Client::connect(&url, &tls).await else { return };
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match c.post_json("/v1/executions", &good_request()).await {
+                            Ok(r) if r.status == 201 => tokens
+                                .lock()
+                                .unwrap()
+                                .push(r.body["token"].as_str().unwrap().to_owned()),
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let child = s.broker.child.take().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut child = child;
+    let _ = child.wait();
+    let tokens = tokens.lock().unwrap().clone();
+    assert!(tokens.len() > 5, "only {} tokens before the kill", tokens.len());
+
+    s.broker = Broker::start(&s.hsm);
+    for token in &tokens {
+        let part = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        let index = claims["audit"]["index"].as_u64().unwrap();
+        let page = call(&s, "GET", &format!("/v1/audit/entries?start={index}&end={}", index + 1), None);
+        let served = &page.body["entries"][0];
+        assert_eq!(served["entry"]["jti"], claims["jti"], "token at {index}: {}", page.text);
+        assert_eq!(served["leaf_hash"], claims["audit"]["leaf_hash"]);
+    }
+    let stdout = ok(&audit(&s, &["verify"]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
