@@ -590,8 +590,7 @@ async fn attestation(
     Ok(Json(evidence).into_response())
 }
 
-type AuditQuery<T> =
-    Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+type AuditQuery<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
 
 fn audit_query<T>(query: AuditQuery<T>) -> Result<T, ApiError> {
     query
@@ -601,9 +600,7 @@ fn audit_query<T>(query: AuditQuery<T>) -> Result<T, ApiError> {
 
 /// `GET /v1/audit/checkpoint`: the newest signed checkpoint (C2SP tlog-checkpoint text),
 /// signed now if the log grew since the last one.
-async fn audit_checkpoint(
-    State(app): State<App>,
-) -> Result<Response, ApiError> {
+async fn audit_checkpoint(State(app): State<App>) -> Result<Response, ApiError> {
     let log = app.broker.audit_log().clone();
     let note = blocking(move || log.checkpoint()).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())

@@ -76,10 +76,7 @@ fn audit(s: &Setup, args: &[&str]) -> Output {
     let root = s.hsm.trust("root.pem");
     let mut full = vec!["audit".to_owned()];
     full.extend(args.iter().map(|a| a.to_string()));
-    full.extend([
-        "--trust".to_owned(),
-        root.display().to_string(),
-    ]);
+    full.extend(["--trust".to_owned(), root.display().to_string()]);
     let needs_broker = !args.contains(&"--file");
     if needs_broker {
         full.extend([
@@ -104,7 +101,11 @@ fn ok(out: &Output) -> String {
 
 fn rejected(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "accepted: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "accepted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(stderr.contains("REJECTED"), "{stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
@@ -135,13 +136,17 @@ fn renumber(lines: &mut [Value]) {
     for l in lines.iter_mut().filter(|l| l["type"] == "entry") {
         let canonical = seb::canonical::canonicalize(&l["entry"]).unwrap();
         l["index"] = json!(index);
-        l["leaf_hash"] = json!(seb::base64url::encode(&merkle::leaf_hash(canonical.as_bytes())));
+        l["leaf_hash"] = json!(seb::base64url::encode(&merkle::leaf_hash(
+            canonical.as_bytes()
+        )));
         index += 1;
     }
 }
 
 fn entry_positions(lines: &[Value]) -> Vec<usize> {
-    (0..lines.len()).filter(|&i| lines[i]["type"] == "entry").collect()
+    (0..lines.len())
+        .filter(|&i| lines[i]["type"] == "entry")
+        .collect()
 }
 
 #[test]
@@ -157,12 +162,26 @@ fn tokens_name_their_entries_and_the_log_verifies() {
         let index = claims["audit"]["index"].as_u64().unwrap();
         let leaf = seb::base64url::decode(claims["audit"]["leaf_hash"].as_str().unwrap()).unwrap();
         // The entry the token names is the grant of this token...
-        let page = call(&s, "GET", &format!("/v1/audit/entries?start={index}&end={}", index + 1), None);
+        let page = call(
+            &s,
+            "GET",
+            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
+            None,
+        );
         let served = &page.body["entries"][0];
-        assert_eq!(served["entry"]["kind"], "execution_granted", "{}", page.text);
+        assert_eq!(
+            served["entry"]["kind"], "execution_granted",
+            "{}",
+            page.text
+        );
         assert_eq!(served["entry"]["jti"], claims["jti"]);
-        assert_eq!(served["entry"]["cert"]["thumbprint"], claims["cnf"]["x5t#S256"]);
-        assert!(served["entry"]["cert"]["serial"].as_str().is_some_and(|s| !s.is_empty()));
+        assert_eq!(
+            served["entry"]["cert"]["thumbprint"],
+            claims["cnf"]["x5t#S256"]
+        );
+        assert!(served["entry"]["cert"]["serial"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
         let canonical = seb::canonical::canonicalize(&served["entry"]).unwrap();
         assert_eq!(merkle::leaf_hash(canonical.as_bytes()).to_vec(), leaf);
         // ... and never the raw parameters.
@@ -178,7 +197,12 @@ fn tokens_name_their_entries_and_the_log_verifies() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| seb::base64url::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .map(|h| {
+                seb::base64url::decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
             .collect();
         merkle::verify_inclusion(index, cp.size, &leaf, &hashes, &cp.root).unwrap();
         let mut wrong = hashes.clone();
@@ -189,20 +213,50 @@ fn tokens_name_their_entries_and_the_log_verifies() {
     let all = call(&s, "GET", "/v1/audit/entries?start=0", None);
     let entries = all.body["entries"].as_array().unwrap();
     assert_eq!(entries[0]["entry"]["kind"], "broker_started");
-    assert!(entries.iter().any(|e| e["entry"]["kind"] == "execution_denied"
-        && e["entry"]["code"] == "operation_not_granted"), "{}", all.text);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["entry"]["kind"] == "execution_denied"
+                && e["entry"]["code"] == "operation_not_granted"),
+        "{}",
+        all.text
+    );
     // Bad ranges are 400s.
-    assert_eq!(call(&s, "GET", "/v1/audit/proof/inclusion?index=5&size=2", None).status, 400);
-    assert_eq!(call(&s, "GET", "/v1/audit/proof/consistency?from=1&to=100000", None).status, 400);
+    assert_eq!(
+        call(&s, "GET", "/v1/audit/proof/inclusion?index=5&size=2", None).status,
+        400
+    );
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/v1/audit/proof/consistency?from=1&to=100000",
+            None
+        )
+        .status,
+        400
+    );
 
     let first = s.hsm.path("first.checkpoint");
     let stdout = ok(&audit(&s, &["verify", "--save", first.to_str().unwrap()]));
     assert!(stdout.contains("audit log OK"), "{stdout}");
     traffic(&s, 2);
     // Consistency with the kept checkpoint, by recomputation and by the served proof.
-    ok(&audit(&s, &["verify", "--checkpoint", first.to_str().unwrap()]));
+    ok(&audit(
+        &s,
+        &["verify", "--checkpoint", first.to_str().unwrap()],
+    ));
     let file = export(&s, "export.jsonl");
-    let stdout = ok(&audit(&s, &["verify", "--file", file.to_str().unwrap(), "--checkpoint", first.to_str().unwrap()]));
+    let stdout = ok(&audit(
+        &s,
+        &[
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--checkpoint",
+            first.to_str().unwrap(),
+        ],
+    ));
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
 
@@ -212,16 +266,25 @@ fn an_edited_entry_is_detected() {
     traffic(&s, 3);
     let file = export(&s, "export.jsonl");
     let mut l = lines(&file);
-    let denied = l.iter().position(|l| l["entry"]["kind"] == "execution_denied").unwrap();
+    let denied = l
+        .iter()
+        .position(|l| l["entry"]["kind"] == "execution_denied")
+        .unwrap();
     l[denied]["entry"]["kind"] = json!("execution_granted");
     l[denied]["entry"]["decision"] = json!("granted");
     write_lines(&file, &l);
     // The stated leaf hash no longer matches...
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "leaf hash");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "leaf hash",
+    );
     // ... and with the hashes forged as well, the signed root does not.
     renumber(&mut l);
     write_lines(&file, &l);
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "the log was edited",
+    );
 }
 
 #[test]
@@ -233,10 +296,16 @@ fn a_deleted_entry_is_detected() {
     let at = entry_positions(&l)[2];
     l.remove(at);
     write_lines(&file, &l);
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "missing, inserted or reordered");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "missing, inserted or reordered",
+    );
     renumber(&mut l);
     write_lines(&file, &l);
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "entries were deleted");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "entries were deleted",
+    );
 }
 
 #[test]
@@ -249,7 +318,10 @@ fn reordered_entries_are_detected() {
     l.swap(p[1], p[2]);
     renumber(&mut l);
     write_lines(&file, &l);
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "the log was edited",
+    );
 }
 
 #[test]
@@ -267,7 +339,10 @@ fn an_inserted_entry_is_detected() {
     l.remove(last);
     renumber(&mut l);
     write_lines(&file, &l);
-    rejected(&audit(&s, &["verify", "--file", file.to_str().unwrap()]), "the log was edited");
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "the log was edited",
+    );
 }
 
 #[test]
@@ -282,8 +357,13 @@ fn a_truncated_and_reappended_log_is_a_split_view() {
     // Someone with the database cuts the history back to 3 entries (tree nodes included)...
     let keep = 3i64;
     let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
-    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep]).unwrap();
-    db.execute("DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1", [keep]).unwrap();
+    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
+        [keep],
+    )
+    .unwrap();
     drop(db);
     // ... and the broker writes a different history of the same length and more.
     s.broker = Broker::start(&s.hsm);
@@ -298,7 +378,10 @@ fn a_truncated_and_reappended_log_is_a_split_view() {
     // On its own, the new log is consistent...
     ok(&audit(&s, &["verify"]));
     // ... but not an extension of what the auditor kept.
-    rejected(&audit(&s, &["verify", "--checkpoint", kept.to_str().unwrap()]), "not an extension");
+    rejected(
+        &audit(&s, &["verify", "--checkpoint", kept.to_str().unwrap()]),
+        "not an extension",
+    );
 }
 
 #[test]
@@ -311,7 +394,16 @@ fn an_old_checkpoint_replayed_is_detected() {
     ok(&audit(&s, &["verify", "--save", newer.to_str().unwrap()]));
     // A log (or a broker) that shows the auditor the old state after the newer one.
     rejected(
-        &audit(&s, &["verify", "--file", old.to_str().unwrap(), "--checkpoint", newer.to_str().unwrap()]),
+        &audit(
+            &s,
+            &[
+                "verify",
+                "--file",
+                old.to_str().unwrap(),
+                "--checkpoint",
+                newer.to_str().unwrap(),
+            ],
+        ),
         "replayed",
     );
 }
@@ -334,7 +426,11 @@ fn resign(mut s: Setup, label: &str, rogue_cert: bool) -> (Setup, Output) {
     let spki = backend.public_key(label).unwrap().to_spki_der().unwrap();
     let signer = P384Signer::new(backend.as_ref(), label).unwrap();
     let note = cp
-        .sign(&spki, |b| signer.sign_message(b).map(|s| s.to_der().as_bytes().to_vec()))
+        .sign(&spki, |b| {
+            signer
+                .sign_message(b)
+                .map(|s| s.to_der().as_bytes().to_vec())
+        })
         .unwrap();
     l[at]["note"] = json!(note);
     if rogue_cert {
@@ -348,12 +444,20 @@ fn resign(mut s: Setup, label: &str, rogue_cert: bool) -> (Setup, Output) {
         )
         .unwrap();
         let trust = l.iter().position(|l| l["type"] == "trust").unwrap();
-        let pem = format!("{}{}", l[trust]["pem"].as_str().unwrap(), cert.to_pem_string().unwrap());
+        let pem = format!(
+            "{}{}",
+            l[trust]["pem"].as_str().unwrap(),
+            cert.to_pem_string().unwrap()
+        );
         l[trust]["pem"] = json!(pem);
     }
     write_lines(&file, &l);
     let out = audit(&s, &["verify", "--file", file.to_str().unwrap()]);
-    s.broker = Broker { child: None, url: String::new(), log: PathBuf::new() };
+    s.broker = Broker {
+        child: None,
+        url: String::new(),
+        log: PathBuf::new(),
+    };
     (s, out)
 }
 
@@ -381,7 +485,9 @@ fn after_sigkill_every_delivered_token_has_its_entry() {
             let (url, tls, stop, tokens) = (url.clone(), tls.clone(), stop.clone(), tokens.clone());
             std::thread::spawn(move || {
                 runtime().block_on(async {
-                    let Ok(mut c) = Client::connect(&url, &tls).await else { return };
+                    let Ok(mut c) = Client::connect(&url, &tls).await else {
+                        return;
+                    };
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         match c.post_json("/v1/executions", &good_request()).await {
                             Ok(r) if r.status == 201 => tokens
@@ -410,17 +516,140 @@ fn after_sigkill_every_delivered_token_has_its_entry() {
     let mut child = child;
     let _ = child.wait();
     let tokens = tokens.lock().unwrap().clone();
-    assert!(tokens.len() > 5, "only {} tokens before the kill", tokens.len());
+    assert!(
+        tokens.len() > 5,
+        "only {} tokens before the kill",
+        tokens.len()
+    );
 
     s.broker = Broker::start(&s.hsm);
     for token in &tokens {
         let part = token.split('.').nth(1).unwrap();
         let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
         let index = claims["audit"]["index"].as_u64().unwrap();
-        let page = call(&s, "GET", &format!("/v1/audit/entries?start={index}&end={}", index + 1), None);
+        let page = call(
+            &s,
+            "GET",
+            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
+            None,
+        );
         let served = &page.body["entries"][0];
-        assert_eq!(served["entry"]["jti"], claims["jti"], "token at {index}: {}", page.text);
+        assert_eq!(
+            served["entry"]["jti"], claims["jti"],
+            "token at {index}: {}",
+            page.text
+        );
         assert_eq!(served["leaf_hash"], claims["audit"]["leaf_hash"]);
+    }
+    let stdout = ok(&audit(&s, &["verify"]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
+
+/// A tmpfs of a given size (tests run as root): a real fault that stops root too.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (tests run as root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {}",
+            path.display()
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let fs = SmallFs::mount(hsm.path("small-state"), "2m");
+    std::fs::create_dir_all(fs.0.join("trust")).unwrap();
+    for name in ["root.pem", "token.pem", "audit.pem", "tls.pem"] {
+        std::fs::copy(hsm.trust(name), fs.0.join("trust").join(name)).unwrap();
+    }
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        config.replace("state_dir = \"state\"", "state_dir = \"small-state\""),
+    )
+    .unwrap();
+    let broker = Broker::start(&hsm);
+    let s = Setup { hsm, broker, agent };
+    let mut delivered = traffic(&s, 2);
+    let filler = fs.0.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+        match r.status {
+            503 => {
+                assert_eq!(r.body["error"]["code"], "audit_unavailable", "{}", r.text);
+                assert!(r.body.get("token").is_none());
+                refused += 1;
+            }
+            // Pages SQLite had already allocated may still take a few.
+            201 => delivered.push(r.body["token"].as_str().unwrap().to_owned()),
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert!(refused > 0, "an unwritable log must stop issuance");
+    let h = call(&s, "GET", "/healthz", None);
+    assert_eq!(h.status, 503, "{}", h.text);
+    assert!(
+        h.body["checks"]["audit"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("audit log cannot be written")),
+        "{}",
+        h.text
+    );
+    // A denial while the log is unwritable stays a denial.
+    let denied = json!({"operation": "db.drop", "resource": "prod/payments/db", "params": {}});
+    assert_eq!(
+        call(&s, "POST", "/v1/executions", Some(&denied)).status,
+        403
+    );
+
+    // Space comes back: issuance resumes by itself, and the log has no gap.
+    std::fs::remove_file(&filler).unwrap();
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    delivered.push(r.body["token"].as_str().unwrap().to_owned());
+    let h = call(&s, "GET", "/healthz", None);
+    assert_eq!(h.body["checks"]["audit"]["ok"], true, "{}", h.text);
+    for token in &delivered {
+        let part = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        let index = claims["audit"]["index"].as_u64().unwrap();
+        let page = call(
+            &s,
+            "GET",
+            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
+            None,
+        );
+        assert_eq!(
+            page.body["entries"][0]["entry"]["jti"], claims["jti"],
+            "{}",
+            page.text
+        );
     }
     let stdout = ok(&audit(&s, &["verify"]));
     assert!(stdout.contains("audit log OK"), "{stdout}");

@@ -130,8 +130,7 @@ fn logged(index: u64, leaf_hash: &str, entry: &serde_json::Value) -> Result<Logg
 
 /// The trusted roots (from --trust only) plus the non-root certificates the broker publishes.
 fn trust_store(root_pem: &[u8], bundle: &str) -> Result<TrustStore, CliError> {
-    let mut certs = Certificate::parse_pem_chain(root_pem)
-        .map_err(|e| format!("--trust: {e}"))?;
+    let mut certs = Certificate::parse_pem_chain(root_pem).map_err(|e| format!("--trust: {e}"))?;
     for cert in Certificate::parse_pem_chain(bundle.as_bytes())
         .map_err(|e| format!("the published certificates: {e}"))?
     {
@@ -152,7 +151,11 @@ fn read_export(path: &Path) -> Result<Evidence, CliError> {
         entries: Vec::new(),
         notes: Vec::new(),
     };
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let line: Line = serde_json::from_str(line)
             .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
         match line {
@@ -175,9 +178,18 @@ struct Session {
 
 impl Session {
     fn open(root_pem: &[u8], args: &BrokerArgs) -> Result<Self, CliError> {
-        let url = args.broker.as_deref().ok_or("--broker URL or --file FILE is needed")?;
-        let cert = args.cert.as_deref().ok_or("--broker needs --cert and --key")?;
-        let key = args.key.as_deref().ok_or("--broker needs --cert and --key")?;
+        let url = args
+            .broker
+            .as_deref()
+            .ok_or("--broker URL or --file FILE is needed")?;
+        let cert = args
+            .cert
+            .as_deref()
+            .ok_or("--broker needs --cert and --key")?;
+        let key = args
+            .key
+            .as_deref()
+            .ok_or("--broker needs --cert and --key")?;
         let tls = ClientTls::new(root_pem, &read_file(cert)?, &read_file(key)?, false)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -189,7 +201,11 @@ impl Session {
     fn get(&mut self, path: &str) -> Result<seb::client::ApiResponse, CliError> {
         let response = self.runtime.block_on(self.client.send("GET", path, None))?;
         if response.status != 200 {
-            return Err(format!("GET {path}: the broker answered {}: {}", response.status, response.text).into());
+            return Err(format!(
+                "GET {path}: the broker answered {}: {}",
+                response.status, response.text
+            )
+            .into());
         }
         Ok(response)
     }
@@ -209,7 +225,10 @@ impl Session {
                 .as_array()
                 .ok_or("the broker's entries page is malformed")?;
             if items.is_empty() {
-                return Err(format!("the broker served no entries from {start}, below its checkpoint's size {size}").into());
+                return Err(format!(
+                    "the broker served no entries from {start}, below its checkpoint's size {size}"
+                )
+                .into());
             }
             for item in items {
                 entries.push(logged(
@@ -289,7 +308,13 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
     let Some(session) = session.filter(|_| args.follow) else {
         return Ok(());
     };
-    follow(session, &trust, verified, state.map(PathBuf::as_path), &args.interval)
+    follow(
+        session,
+        &trust,
+        verified,
+        state.map(PathBuf::as_path),
+        &args.interval,
+    )
 }
 
 /// Polls the broker's checkpoint and checks each against the last verified one.
@@ -300,8 +325,8 @@ fn follow(
     state: Option<&Path>,
     interval: &str,
 ) -> CliResult {
-    let interval: Duration = seb::duration::parse(interval)
-        .map_err(|e| format!("--interval: {e}"))?;
+    let interval: Duration =
+        seb::duration::parse(interval).map_err(|e| format!("--interval: {e}"))?;
     loop {
         std::thread::sleep(interval);
         let note = session.get("/v1/audit/checkpoint")?.text;
@@ -315,9 +340,8 @@ fn follow(
         } else {
             Vec::new()
         };
-        verify::verify_extension(&last.checkpoint, &new, &proof).map_err(|e| {
-            format!("audit log REJECTED: {e}")
-        })?;
+        verify::verify_extension(&last.checkpoint, &new, &proof)
+            .map_err(|e| format!("audit log REJECTED: {e}"))?;
         if new.size == last.checkpoint.size {
             return Err(format!(
                 "audit log REJECTED: two checkpoints of size {} with different roots (split view)",
@@ -358,7 +382,10 @@ fn export(args: ExportArgs) -> CliResult {
     for e in &evidence.entries {
         line(&Line::Entry {
             index: e.index,
-            leaf_hash: e.leaf_hash.map(|h| base64url::encode(&h)).unwrap_or_default(),
+            leaf_hash: e
+                .leaf_hash
+                .map(|h| base64url::encode(&h))
+                .unwrap_or_default(),
             entry: serde_json::from_slice(&e.bytes)?,
         })?;
     }

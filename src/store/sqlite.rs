@@ -819,7 +819,19 @@ impl Store for SqliteStore {
     }
 
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
-        let kind = EntryKind::parse(kind).map(|k| k.as_str()).unwrap_or(kind);
+        let Some(kind) = EntryKind::parse(kind).map(|k| k.as_str()) else {
+            // Not an audit entry kind: the notes schema migrations leave in `events`.
+            let rows: Vec<(i64, String)> = self.read("list events", |c| {
+                let mut stmt =
+                    c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;
+                let rows = stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })?;
+            return rows
+                .into_iter()
+                .map(|(at, detail)| Ok((from_unix(at)?, detail)))
+                .collect();
+        };
         let rows: Vec<String> = self.read("list events", |c| {
             let mut stmt = c.prepare(
                 "SELECT entry FROM audit_entries WHERE json_extract(entry, '$.kind') = ?1

@@ -517,8 +517,8 @@ fn a_token_of_a_revoked_agent_is_not_redeemed_and_old_records_fail_closed() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
-    store.record_execution(&issuing("r1")).unwrap();
-    store.record_execution(&issuing("r2")).unwrap();
+    store.record_execution(&issuing("r1"), &entry()).unwrap();
+    store.record_execution(&issuing("r2"), &entry()).unwrap();
     assert_eq!(
         store.execution("r1").unwrap().unwrap().agent_serials,
         issuing("r1").agent_serials
@@ -541,7 +541,7 @@ fn a_token_of_a_revoked_agent_is_not_redeemed_and_old_records_fail_closed() {
         agent_serials: vec![],
         ..issuing("r3")
     };
-    store.record_execution(&old).unwrap();
+    store.record_execution(&old, &entry()).unwrap();
     assert_eq!(
         store.redeem("jti-r3", "executor", at).unwrap(),
         RedeemOutcome::AgentUnrecorded
@@ -586,11 +586,152 @@ fn a_store_from_before_agent_serials_gains_the_column() {
             .unwrap(),
         RedeemOutcome::AgentUnrecorded
     );
-    store.record_execution(&issuing("new")).unwrap();
+    store.record_execution(&issuing("new"), &entry()).unwrap();
     assert_eq!(
         store
             .redeem("jti-new", "executor", SystemTime::now())
             .unwrap(),
         RedeemOutcome::Redeemed
     );
+}
+
+/// Recomputes the root from the stored entries and checks it against the stored nodes, and
+/// that indexes run 0..n without a gap.
+fn assert_log_consistent(store: &SqliteStore) -> u64 {
+    let size = store.audit_size().unwrap();
+    let mut leaves = Vec::new();
+    let mut start = 0;
+    while start < size {
+        let page = store.audit_entries(start, size).unwrap();
+        for (index, text) in &page {
+            assert_eq!(*index, leaves.len() as u64, "gap in the log");
+            leaves.push(merkle::leaf_hash(text.as_bytes()));
+        }
+        start += page.len() as u64;
+    }
+    assert_eq!(leaves.len() as u64, size);
+    assert_eq!(store.audit_root(size).unwrap(), merkle::root_of(&leaves));
+    size
+}
+
+#[test]
+fn concurrent_audited_writes_get_distinct_consecutive_indexes_that_match_their_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let mut e = entry();
+                        e.request_id = Some(format!("t{t}-{i}"));
+                        let (tx, rx) = mpsc::channel();
+                        let commit = if i % 2 == 0 {
+                            Commit::Now
+                        } else {
+                            Commit::Deferred
+                        };
+                        let position = store
+                            .record_execution_then(
+                                issuing(&format!("t{t}-{i}")),
+                                &e,
+                                commit,
+                                Box::new(move |r| {
+                                    let _ = tx.send(r.is_ok());
+                                }),
+                            )
+                            .unwrap();
+                        store.flush();
+                        assert!(rx.recv_timeout(WAIT).unwrap());
+                        (position, e)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut positions: Vec<(LogPosition, Entry)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    positions.sort_by_key(|(p, _)| p.index);
+    for (i, (p, e)) in positions.iter().enumerate() {
+        assert_eq!(p.index, i as u64);
+        let text = &store.audit_entries(p.index, p.index + 1).unwrap()[0].1;
+        assert_eq!(text.as_bytes(), e.to_canonical().unwrap());
+        assert_eq!(p.leaf_hash, merkle::leaf_hash(text.as_bytes()));
+    }
+    assert_eq!(assert_log_consistent(&store), 320);
+    drop(store);
+    // The edge is rebuilt from the stored nodes on reopen: appends continue the same tree.
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let p = store.record_execution(&issuing("after"), &entry()).unwrap();
+    assert_eq!(p.index, 320);
+    assert_log_consistent(&store);
+}
+
+#[test]
+fn a_rolled_back_commit_abandons_its_indexes_and_leaves_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.record_execution(&issuing("a1"), &entry()).unwrap();
+    let before = queue(&store, issuing("a2"), Commit::Deferred);
+    let (tx, breaker) = mpsc::channel();
+    store.enqueue(
+        "roll back",
+        |c| c.execute_batch("ROLLBACK"),
+        move |r| {
+            let _ = tx.send(r.is_ok());
+        },
+        Scope::OneStatement,
+        true,
+    );
+    // Reserved before the failure, queued behind it: its index is abandoned.
+    let after = queue(&store, issuing("a3"), Commit::Deferred);
+    store.flush();
+    assert!(!before.recv_timeout(WAIT).unwrap());
+    assert!(!breaker.recv_timeout(WAIT).unwrap());
+    assert!(!after.recv_timeout(WAIT).unwrap());
+    assert!(store.audit_health().is_err());
+    // The next write takes the next free index and the log is whole.
+    let p = store.record_execution(&issuing("a4"), &entry()).unwrap();
+    assert_eq!(p.index, 1);
+    assert!(store.audit_health().is_ok());
+    assert_eq!(assert_log_consistent(&store), 2);
+}
+
+#[test]
+fn a_write_failing_alone_leaves_a_void_entry_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let first = queue(&store, issuing("v1"), Commit::Deferred);
+    let duplicate = queue(&store, issuing("v1"), Commit::Deferred);
+    let last = queue(&store, issuing("v2"), Commit::Deferred);
+    store.flush();
+    assert!(first.recv_timeout(WAIT).unwrap());
+    assert!(!duplicate.recv_timeout(WAIT).unwrap());
+    assert!(last.recv_timeout(WAIT).unwrap());
+    assert_eq!(assert_log_consistent(&store), 3);
+    let void = Entry::parse(store.audit_entries(1, 2).unwrap()[0].1.as_bytes()).unwrap();
+    assert_eq!(void.kind, EntryKind::Void);
+}
+
+#[test]
+fn appends_by_another_process_are_followed_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = SqliteStore::open(dir.path()).unwrap();
+    broker.record_execution(&issuing("p1"), &entry()).unwrap();
+    // `seb cert revoke` on the host: another store on the same database.
+    let cli = SqliteStore::open(dir.path()).unwrap();
+    cli.revoke(&serial(&[7]), Reason::KeyCompromise, SystemTime::now())
+        .unwrap();
+    drop(cli);
+    // The broker's next write follows the other process's append (a write holding an index
+    // reserved from the old edge fails once and is retried by synchronous callers).
+    let p = broker.record_execution(&issuing("p2"), &entry()).unwrap();
+    assert_eq!(p.index, 2);
+    assert_eq!(assert_log_consistent(&broker), 3);
+    let revoked = Entry::parse(broker.audit_entries(1, 2).unwrap()[0].1.as_bytes()).unwrap();
+    assert_eq!(revoked.kind, EntryKind::CertificateRevoked);
+    assert_eq!(revoked.cert.unwrap().serial, "07");
 }
