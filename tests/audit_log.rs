@@ -2,6 +2,8 @@
 //! token, SQLite store in a temp dir), real checkpoints signed by `seb-audit` in the device,
 //! and `seb audit verify` / `export` as an auditor runs them. Each tampering is its own test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -132,14 +134,16 @@ fn write_lines(path: &Path, lines: &[Value]) {
 /// Gives entry lines consecutive indexes and correct leaf hashes again, as a careful forger
 /// would: only the signed root can tell.
 fn renumber(lines: &mut [Value]) {
-    let mut index = 0u64;
-    for l in lines.iter_mut().filter(|l| l["type"] == "entry") {
+    for (index, l) in lines
+        .iter_mut()
+        .filter(|l| l["type"] == "entry")
+        .enumerate()
+    {
         let canonical = seb::canonical::canonicalize(&l["entry"]).unwrap();
         l["index"] = json!(index);
         l["leaf_hash"] = json!(seb::base64url::encode(&merkle::leaf_hash(
             canonical.as_bytes()
         )));
-        index += 1;
     }
 }
 
