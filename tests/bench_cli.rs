@@ -24,11 +24,17 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         "0.5",
     ]);
     let lines: Vec<&str> = out.lines().collect();
+    // Each agent count with the audit log on and off (the default), side by side.
     let keep_alive: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains("keep-alive agent(s):"))
+        .filter(|l| l.contains("keep-alive agent(s), audit log "))
         .collect();
-    assert_eq!(keep_alive.len(), 2, "{out}");
+    assert_eq!(keep_alive.len(), 4, "{out}");
+    let costs = lines
+        .iter()
+        .filter(|l| l.contains("the audit log costs") && l.contains("% of throughput"))
+        .count();
+    assert_eq!(costs, 2, "{out}");
     for line in keep_alive {
         for field in [
             "tokens/s",

@@ -41,6 +41,20 @@ pub struct BrokerBenchArgs {
     /// rate of the largest agent count, comma-separated (0 skips them).
     #[arg(long, default_value = "0.5,0.8", value_delimiter = ',')]
     open_loop: Vec<f64>,
+    /// Audit log modes to measure side by side in this run, comma-separated: `on` (the
+    /// broker as it serves) and `off` (a baseline store that writes no audit entries). The
+    /// open-loop and handshake measurements use the first.
+    #[arg(long, default_value = "on,off", value_delimiter = ',')]
+    audit: Vec<AuditMode>,
+}
+
+/// Whether the store writes the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuditMode {
+    /// Entries and tree nodes commit with every record (as `seb serve` runs).
+    On,
+    /// Baseline: no audit entries written.
+    Off,
 }
 
 /// When an agent sends its next request.
@@ -141,22 +155,50 @@ fn run_load(
 ) -> CliResult {
     let (cert_pem, key_pem) = bench_agent(config, backend.as_ref())?;
     let root_pem = read_file(&config.trust_dir().root_path())?;
-    let store: Arc<dyn seb::store::Store> = Arc::new(SqliteStore::open(bench_dir)?);
     let mut cfg = config.clone();
     cfg.server.rate_limit_per_second = 10_000_000;
     cfg.server.rate_limit_burst = 10_000_000;
     cfg.server.tls_resumption = true;
-    let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+    let modes = if args.audit.is_empty() {
+        vec![AuditMode::On]
+    } else {
+        args.audit.clone()
+    };
+    let mut brokers = Vec::new();
+    for mode in &modes {
+        let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
+        let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
+            AuditMode::On => SqliteStore::open(&dir)?,
+            AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
+        });
+        brokers.push((
+            *mode,
+            Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?),
+        ));
+    }
     let tls = server::tls::broker_server_config(backend.clone(), &cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://{}", listener.local_addr()?);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(server::serve(App::new(broker), tls, listener, stop_rx));
+        let mut servers = Vec::new();
+        let mut urls = Vec::new();
+        for (mode, broker) in brokers {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            urls.push((mode, format!("https://{}", listener.local_addr()?)));
+            servers.push(tokio::spawn(server::serve(
+                App::new(broker),
+                tls.clone(),
+                listener,
+                stop_rx.clone(),
+            )));
+        }
+        let url = urls
+            .first()
+            .map(|(_, u)| u.clone())
+            .ok_or("no broker to measure")?;
         let keep_alive = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), true)?;
         let full = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), false)?;
         let seconds = Duration::from_secs(args.seconds);
@@ -165,22 +207,36 @@ fn run_load(
             // The raw rate drifts with the machine (by tens of percent within minutes on a
             // shared virtual machine), so it is measured right before and right after each
             // load and the load compared with their mean.
-            let before = raw.measure(&backend).await?;
-            let stats = load(&url, &keep_alive, agents.max(1), seconds, Pace::Closed, true).await?;
-            let after = raw.measure(&backend).await?;
-            let raw_mean = (before + after) / 2.0;
-            say!(
-                "broker {agents:>3} keep-alive agent(s): {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
-                stats.rate(),
-                100.0 * stats.rate() / raw_mean,
-                raw_mean,
-                before,
-                after,
-                stats.latency(),
-                stats.counts(),
-            );
-            if peak.is_none_or(|(most, _)| agents >= most) {
-                peak = Some((agents, stats.rate()));
+            let mut rates = Vec::new();
+            for (mode, mode_url) in &urls {
+                let before = raw.measure(&backend).await?;
+                let stats =
+                    load(mode_url, &keep_alive, agents.max(1), seconds, Pace::Closed, true).await?;
+                let after = raw.measure(&backend).await?;
+                let raw_mean = (before + after) / 2.0;
+                say!(
+                    "broker {agents:>3} keep-alive agent(s), audit log {}: {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
+                    if *mode == AuditMode::On { "on " } else { "off" },
+                    stats.rate(),
+                    100.0 * stats.rate() / raw_mean,
+                    raw_mean,
+                    before,
+                    after,
+                    stats.latency(),
+                    stats.counts(),
+                );
+                rates.push((*mode, stats.rate()));
+                if mode_url == &url && peak.is_none_or(|(most, _)| agents >= most) {
+                    peak = Some((agents, stats.rate()));
+                }
+            }
+            let on = rates.iter().find(|(m, _)| *m == AuditMode::On).map(|r| r.1);
+            let off = rates.iter().find(|(m, _)| *m == AuditMode::Off).map(|r| r.1);
+            if let (Some(on), Some(off)) = (on, off) {
+                say!(
+                    "broker {agents:>3} keep-alive agent(s): the audit log costs {:.1} % of throughput",
+                    100.0 * (1.0 - on / off)
+                );
             }
         }
         let fractions = args.open_loop.iter().filter(|f| **f > 0.0);
@@ -210,7 +266,9 @@ fn run_load(
             );
         }
         let _ = stop_tx.send(true);
-        let _ = server.await;
+        for server in servers {
+            let _ = server.await;
+        }
         Ok::<(), CliError>(())
     })
 }

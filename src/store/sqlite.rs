@@ -46,6 +46,8 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     reader: Mutex<Connection>,
     audit: Arc<AuditShared>,
+    /// False only in `seb bench`'s baseline store (see [`SqliteStore::open_without_audit_log`]).
+    audit_enabled: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -129,7 +131,17 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             reader: Mutex::new(reader),
             audit,
+            audit_enabled: true,
         })
+    }
+
+    /// A store that reserves audit indexes but writes no audit entries: the baseline against
+    /// which `seb bench broker --audit on,off` measures what the log costs. `seb serve` never
+    /// opens one (a broker without its log would break "no log entry, no token").
+    pub fn open_without_audit_log(dir: &Path) -> Result<Self, StoreError> {
+        let mut store = Self::open(dir)?;
+        store.audit_enabled = false;
+        Ok(store)
     }
 
     /// Runs `f` in the writer's next commit and returns its result once committed.
@@ -208,9 +220,16 @@ impl SqliteStore {
         done: impl FnOnce(Result<(T, LogPosition), StoreError>) + Send + 'static,
         deferred: bool,
     ) -> Result<u64, StoreError> {
+        let enabled = self.audit_enabled;
         let make = move |index: u64, generation: u64| {
             let work: Work = Box::new(move |txn: Option<&mut Txn<'_>>| {
                 let outcome = match txn {
+                    Some(txn) if !enabled => run_in_savepoint(txn, |t| {
+                        let value = f(t.conn)?;
+                        let leaf_hash = merkle::leaf_hash(entry(&value).as_bytes());
+                        Ok((value, LogPosition { index, leaf_hash }))
+                    })
+                    .map_err(Some),
                     Some(txn) if !txn.audit.is_next(index, generation) => Err(Some(
                         rusqlite::Error::ToSqlConversionFailure(Box::new(audit::StaleIndex)),
                     )),
