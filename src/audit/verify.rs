@@ -186,12 +186,24 @@ fn audit_certificate_chain(trust: &TrustStore, cert: &Certificate) -> Result<(),
     check_audit_certificate(cert)
 }
 
+/// The audit key purpose: `arc.4.2` under the project's OID arc (docs/ARCHITECTURE.md §5,
+/// `1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871`), which the
+/// hardening issue puts in the extended key usage of the audit certificate, alone.
+pub const AUDIT_KEY_PURPOSE: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.2",
+);
+
 /// The audit certificate's profile: an end entity whose key may sign (digitalSignature), with
-/// no seb role or grants, whose extended key usage (when it has one) names no purpose other
-/// than audit checkpoints, and which is not the broker's token certificate. The token
-/// certificate is told apart by the subject `seb init` gives each service certificate
-/// (`CN=<broker id> audit signer` versus `… token signer`): a checkpoint signed by the token
-/// key is refused even though the token certificate chains to the same root.
+/// no seb role or grants, and which is the broker's audit certificate, not its token or TLS
+/// certificate (all three chain to the same root):
+///
+/// * a certificate with an extended key usage must name exactly the audit key purpose
+///   ([`AUDIT_KEY_PURPOSE`]); the token key's purpose, serverAuth or anything else is refused;
+/// * a certificate without one (made by `seb init` before key purposes existed) must carry the
+///   subject `seb init` gives the audit certificate: the first RDN `CN=<broker id> audit
+///   signer` (the token certificate's is `… token signer`).
+///
+/// Either way a checkpoint signed by the token key is refused.
 pub fn check_audit_certificate(cert: &Certificate) -> Result<(), String> {
     let bc = cert
         .standard_extension::<BasicConstraints>()
@@ -211,13 +223,19 @@ pub fn check_audit_certificate(cert: &Certificate) -> Result<(), String> {
     let eku = cert
         .standard_extension::<ExtendedKeyUsage>()
         .map_err(|_| "malformed extendedKeyUsage".to_owned())?;
-    if eku.is_some() {
-        return Err("it has an extended key usage that is not audit checkpoints".into());
+    match eku {
+        Some(eku) if eku.0.as_slice() == [AUDIT_KEY_PURPOSE] => Ok(()),
+        Some(_) => Err("it is not the broker's audit certificate (its key purpose is not audit checkpoints)".into()),
+        None => {
+            let subject = cert.subject_string();
+            let first = subject.split(',').next().unwrap_or_default();
+            if first.starts_with("CN=") && first.ends_with(" audit signer") {
+                Ok(())
+            } else {
+                Err("it is not the broker's audit certificate (no audit key purpose, and not the subject `seb init` gives it)".into())
+            }
+        }
     }
-    if !cert.subject_string().contains(" audit signer") {
-        return Err("it is not the broker's audit certificate (subject)".into());
-    }
-    Ok(())
 }
 
 /// One entry as exported or served: its index, its canonical bytes, and (optionally) the leaf
