@@ -666,3 +666,69 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     let stdout = ok(&audit(&s, &["verify"]));
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
+
+#[test]
+fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
+    let mut s = setup();
+    traffic(&s, 3);
+    let state = s.hsm.path("followed.checkpoint");
+    let root = s.hsm.trust("root.pem");
+    let mut monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
+        .arg(&root)
+        .args(["--broker", &s.broker.url, "--cert"])
+        .arg(&s.agent.cert)
+        .arg("--key")
+        .arg(&s.agent.key)
+        .arg("--save")
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It follows an honest log as it grows...
+    traffic(&s, 2);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        monitor.try_wait().unwrap().is_none(),
+        "the monitor stopped on an honest log"
+    );
+    // ... across a restart of the broker with a rewritten history.
+    assert!(s.broker.stop());
+    let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+    db.execute("DELETE FROM audit_entries WHERE idx >= 2", [])
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > 2",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let port = s.broker.url.rsplit(':').next().unwrap().to_owned();
+    let config = std::fs::read_to_string(s.hsm.config()).unwrap();
+    assert!(
+        config.contains(&port),
+        "the broker listens where the config says"
+    );
+    s.broker = Broker::start(&s.hsm);
+    traffic(&s, 12);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = monitor.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            panic!("the monitor did not notice the rewritten log");
+        }
+        traffic(&s, 1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let out = monitor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("audit log REJECTED") && stderr.contains("not an extension"),
+        "{stderr}"
+    );
+}

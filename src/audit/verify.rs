@@ -225,7 +225,10 @@ pub fn check_audit_certificate(cert: &Certificate) -> Result<(), String> {
         .map_err(|_| "malformed extendedKeyUsage".to_owned())?;
     match eku {
         Some(eku) if eku.0.as_slice() == [AUDIT_KEY_PURPOSE] => Ok(()),
-        Some(_) => Err("it is not the broker's audit certificate (its key purpose is not audit checkpoints)".into()),
+        Some(_) => Err(
+            "it is not the broker's audit certificate (its key purpose is not audit checkpoints)"
+                .into(),
+        ),
         None => {
             let subject = cert.subject_string();
             let first = subject.split(',').next().unwrap_or_default();

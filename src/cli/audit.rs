@@ -305,11 +305,13 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
     if let Some(path) = &args.save {
         write_file(path, verified.note.as_bytes(), false)?;
     }
-    let Some(session) = session.filter(|_| args.follow) else {
+    if !args.follow {
         return Ok(());
-    };
+    }
     follow(
         session,
+        &root_pem,
+        &args.broker,
         &trust,
         verified,
         state.map(PathBuf::as_path),
@@ -317,9 +319,13 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
     )
 }
 
-/// Polls the broker's checkpoint and checks each against the last verified one.
+/// Polls the broker's checkpoint and checks each against the last verified one. A broker that
+/// cannot be reached is retried (a monitor outlives restarts); a log that is not an extension
+/// of the last verified checkpoint ends it with an error.
 fn follow(
-    mut session: Session,
+    mut session: Option<Session>,
+    root_pem: &[u8],
+    broker: &BrokerArgs,
     trust: &TrustStore,
     mut last: Verified,
     state: Option<&Path>,
@@ -329,19 +335,30 @@ fn follow(
         seb::duration::parse(interval).map_err(|e| format!("--interval: {e}"))?;
     loop {
         std::thread::sleep(interval);
-        let note = session.get("/v1/audit/checkpoint")?.text;
+        let live = match session.take() {
+            Some(s) => Ok(s),
+            None => Session::open(root_pem, broker),
+        };
+        let mut live = match live {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot reach the broker ({e}); retrying");
+                continue;
+            }
+        };
+        let note = match live.get("/v1/audit/checkpoint") {
+            Ok(r) => r.text,
+            Err(e) => {
+                eprintln!("cannot fetch the checkpoint ({e}); retrying");
+                continue;
+            }
+        };
         let new = verify::open_checkpoint(trust, &note)
             .map_err(|e| format!("audit log REJECTED: {e}"))?;
         if new.size == last.checkpoint.size && new.root == last.checkpoint.root {
+            session = Some(live);
             continue;
         }
-        let proof = if new.size > last.checkpoint.size && last.checkpoint.size > 0 {
-            session.consistency(last.checkpoint.size, new.size)?
-        } else {
-            Vec::new()
-        };
-        verify::verify_extension(&last.checkpoint, &new, &proof)
-            .map_err(|e| format!("audit log REJECTED: {e}"))?;
         if new.size == last.checkpoint.size {
             return Err(format!(
                 "audit log REJECTED: two checkpoints of size {} with different roots (split view)",
@@ -349,6 +366,19 @@ fn follow(
             )
             .into());
         }
+        let proof = if new.size > last.checkpoint.size && last.checkpoint.size > 0 {
+            match live.consistency(last.checkpoint.size, new.size) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("cannot fetch the consistency proof ({e}); retrying");
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        verify::verify_extension(&last.checkpoint, &new, &proof)
+            .map_err(|e| format!("audit log REJECTED: {e}"))?;
         println!("audit log extends to {} entries (consistent)", new.size);
         if let Some(path) = state {
             write_file(path, note.as_bytes(), false)?;
@@ -359,6 +389,7 @@ fn follow(
             entries: last.entries,
             checkpoints: last.checkpoints + 1,
         };
+        session = Some(live);
     }
 }
 
