@@ -16,6 +16,7 @@ use seb::grants::{GrantSet, Role, RoleKind};
 
 use crate::cli::{open_backend, with_config, CliError, CliResult};
 
+mod audit;
 mod broker;
 
 /// `seb bench ...`
@@ -43,6 +44,9 @@ pub enum BenchCommand {
     /// concurrent mTLS keep-alive agents, and reports tokens/s and latency next to the raw HSM
     /// sign rate of the token key measured in the same run with the same number of sessions.
     Broker(broker::BrokerBenchArgs),
+    /// The audit log at scale (no device, no --config): append rate, proof latency,
+    /// verification speed and store size per entry.
+    Audit(audit::AuditBenchArgs),
     /// Authorization decision time for certificates with 1, 10 and 100 grants (pure logic:
     /// needs no HSM and no --config; certificates come from a throwaway software root).
     Decide {
@@ -56,6 +60,7 @@ pub enum BenchCommand {
 pub fn dispatch(config: Option<&std::path::Path>, command: BenchCommand) -> CliResult {
     match command {
         BenchCommand::Decide { iterations } => decide_latency(iterations),
+        BenchCommand::Audit(args) => audit::run(args),
         other => with_config(config, |c| run(c, other)),
     }
 }
@@ -80,6 +85,7 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
         }
         BenchCommand::Issue { count } => issue_latency(config, count),
         BenchCommand::Broker(args) => broker::run(config, args),
+        BenchCommand::Audit(args) => audit::run(args),
         BenchCommand::Decide { iterations } => decide_latency(iterations),
     }
 }
