@@ -86,7 +86,7 @@ fn measure(dir: &std::path::Path, n: u64, threads: u64) -> CliResult {
     }
     let append = started.elapsed();
     let size = store.audit_size()?;
-    println!(
+    say!(
         "audit log of {size} entries: append {:.0} entries/s ({threads} threads, group commit, synced)",
         size as f64 / append.as_secs_f64()
     );
@@ -108,19 +108,19 @@ fn measure(dir: &std::path::Path, n: u64, threads: u64) -> CliResult {
         root_time.push(t.elapsed());
     }
     let (p50, p99) = super::percentiles(&mut inclusion);
-    println!(
+    say!(
         "  inclusion proof: p50 {:.0} µs  p99 {:.0} µs",
         micros(p50),
         micros(p99)
     );
     let (p50, p99) = super::percentiles(&mut consistency);
-    println!(
+    say!(
         "  consistency proof: p50 {:.0} µs  p99 {:.0} µs",
         micros(p50),
         micros(p99)
     );
     let (p50, p99) = super::percentiles(&mut root_time);
-    println!(
+    say!(
         "  root at the full size: p50 {:.0} µs  p99 {:.0} µs",
         micros(p50),
         micros(p99)
@@ -141,7 +141,7 @@ fn measure(dir: &std::path::Path, n: u64, threads: u64) -> CliResult {
     if range.root() != store.audit_root(size)? {
         return Err("the recomputed root differs from the stored one".into());
     }
-    println!(
+    say!(
         "  verify (read, parse, hash, rebuild the tree): {:.0} entries/s ({:.2} s)",
         size as f64 / verify.as_secs_f64(),
         verify.as_secs_f64()
@@ -152,7 +152,7 @@ fn measure(dir: &std::path::Path, n: u64, threads: u64) -> CliResult {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
-    println!(
+    say!(
         "  store size: {:.0} bytes per entry ({:.0} MB per million entries)",
         bytes as f64 / size as f64,
         bytes as f64 / size as f64

@@ -262,7 +262,7 @@ impl Session {
 }
 
 fn report(v: &Verified) {
-    println!(
+    say!(
         "audit log OK: {} entries, {} checkpoint(s) verified; log {} size {} root {}",
         v.entries,
         v.checkpoints,
@@ -379,7 +379,7 @@ fn follow(
         };
         verify::verify_extension(&last.checkpoint, &new, &proof)
             .map_err(|e| format!("audit log REJECTED: {e}"))?;
-        println!("audit log extends to {} entries (consistent)", new.size);
+        say!("audit log extends to {} entries (consistent)", new.size);
         if let Some(path) = state {
             write_file(path, note.as_bytes(), false)?;
         }
@@ -425,6 +425,6 @@ fn export(args: ExportArgs) -> CliResult {
     }
     write_file(&args.out, &out, false)?;
     report(&verified);
-    println!("exported to {}", args.out.display());
+    say!("exported to {}", args.out.display());
     Ok(())
 }
