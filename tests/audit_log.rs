@@ -732,3 +732,44 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
         "{stderr}"
     );
 }
+
+#[test]
+fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired_certificate() {
+    let s = setup();
+    traffic(&s, 2);
+    let kept = s.hsm.path("kept.checkpoint");
+    ok(&audit(&s, &["verify", "--save", kept.to_str().unwrap()]));
+    s.hsm.seb_ok(&["rotate", "audit"]);
+    // The running broker signs with the new generation (checked against the new audit.pem).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        traffic(&s, 1);
+        let out = audit(&s, &["verify"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The kept checkpoint was signed by the retired key, which /v1/trust no longer serves.
+    rejected(
+        &audit(&s, &["verify", "--checkpoint", kept.to_str().unwrap()]),
+        "not signed by a valid audit certificate",
+    );
+    let retired = s.hsm.trust("retired/audit.1.pem");
+    let out = audit(
+        &s,
+        &[
+            "verify",
+            "--checkpoint",
+            kept.to_str().unwrap(),
+            "--audit-cert",
+            retired.to_str().unwrap(),
+        ],
+    );
+    assert!(ok(&out).contains("audit log OK"));
+}

@@ -57,6 +57,11 @@ pub struct VerifyArgs {
     /// A checkpoint kept from an earlier verification: the log must extend it.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// More certificates to consider as checkpoint signers, PEM (repeatable): the audit
+    /// certificate of a generation `seb rotate audit` retired, which signed a kept
+    /// checkpoint. They must chain to --trust like any other.
+    #[arg(long = "audit-cert")]
+    audit_certs: Vec<PathBuf>,
     /// Write the newest verified checkpoint here (to pass as --checkpoint next time).
     #[arg(long)]
     save: Option<PathBuf>,
@@ -290,7 +295,14 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         (None, Some(s)) => s.fetch()?,
         (None, None) => return Err("--broker URL or --file FILE is needed".into()),
     };
-    let trust = trust_store(&root_pem, &evidence.bundle)?;
+    let mut bundle = evidence.bundle.clone();
+    for path in &args.audit_certs {
+        bundle.push_str(
+            &String::from_utf8(read_file(path)?)
+                .map_err(|_| format!("{} is not UTF-8", path.display()))?,
+        );
+    }
+    let trust = trust_store(&root_pem, &bundle)?;
     let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, kept.as_deref())
         .map_err(|e| format!("audit log REJECTED: {e}"))?;
     // With a broker, also check the proof it serves from the kept checkpoint.
