@@ -838,18 +838,20 @@ impl Store for SqliteStore {
     }
 
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
+        // Notes still kept in `events` (schema migrations; approval decisions and expiry,
+        // committed with the decision), then the audit entries of that kind.
+        let legacy: Vec<(i64, String)> = self.read("list events", |c| {
+            let mut stmt =
+                c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;
+            let rows = stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        let mut out = legacy
+            .into_iter()
+            .map(|(at, detail)| Ok((from_unix(at)?, detail)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let Some(kind) = EntryKind::parse(kind).map(|k| k.as_str()) else {
-            // Not an audit entry kind: the notes schema migrations leave in `events`.
-            let rows: Vec<(i64, String)> = self.read("list events", |c| {
-                let mut stmt =
-                    c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;
-                let rows = stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect()
-            })?;
-            return rows
-                .into_iter()
-                .map(|(at, detail)| Ok((from_unix(at)?, detail)))
-                .collect();
+            return Ok(out);
         };
         let rows: Vec<String> = self.read("list events", |c| {
             let mut stmt = c.prepare(
@@ -859,16 +861,15 @@ impl Store for SqliteStore {
             let rows = stmt.query_map([kind], |r| r.get(0))?;
             rows.collect()
         })?;
-        rows.into_iter()
-            .map(|text| {
-                let e = Entry::parse(text.as_bytes())
-                    .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-                Ok((
-                    std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms),
-                    e.detail.unwrap_or_default(),
-                ))
-            })
-            .collect()
+        for text in rows {
+            let e = Entry::parse(text.as_bytes())
+                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+            out.push((
+                std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms),
+                e.detail.unwrap_or_default(),
+            ));
+        }
+        Ok(out)
     }
 
     fn append_audit(&self, entry: &Entry) -> Result<LogPosition, StoreError> {
