@@ -202,14 +202,30 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
 }
 
+/// The audit log's entries of `kind`, read from the stopped broker's store.
+fn audit_entries(hsm: &Hsm, kind: &str) -> Vec<Value> {
+    use seb::store::Store;
+    let store = seb::store::sqlite::SqliteStore::open(&hsm.path("state")).unwrap();
+    let size = store.audit_size().unwrap();
+    store
+        .audit_entries(0, size)
+        .unwrap()
+        .into_iter()
+        .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
 fn events(hsm: &Hsm, kind: &str) -> Vec<Value> {
     use seb::store::Store;
     let store = seb::store::sqlite::SqliteStore::open(&hsm.path("state")).unwrap();
+    // The store's notes of this kind (JSON details); audit entries of the same kind, which
+    // `events` also lists, are checked with `audit_entries`.
     store
         .events(kind)
         .unwrap()
         .into_iter()
-        .map(|(_, d)| serde_json::from_str(&d).unwrap())
+        .filter_map(|(_, d)| serde_json::from_str(&d).ok())
         .collect()
 }
 
@@ -377,6 +393,18 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     assert_eq!(approvals[0]["approver"], "CN=alice");
     assert_eq!(approvals[0]["reason"], "reviewed the migration");
     assert_eq!(approvals[1]["approver"], "CN=bob");
+    // And in the audit log: the two approvals that counted, and the ones refused (the same
+    // approver again, the late one) with their codes.
+    let given = audit_entries(&s.hsm, "approval_given");
+    let counted: Vec<_> = given.iter().filter(|e| e.get("code").is_none()).collect();
+    assert_eq!(counted.len(), 2, "{given:?}");
+    assert!(counted
+        .iter()
+        .all(|e| e["decision"] == "approve" && e["request_id"].is_string()));
+    assert!(
+        given.iter().any(|e| e["code"] == "duplicate_approval"),
+        "{given:?}"
+    );
 }
 
 #[test]
@@ -625,5 +653,10 @@ fn pending_requests_notify_the_webhook_and_expire() {
     assert!(
         expired.iter().any(|e| e["request_id"] == id.as_str()),
         "{expired:?}"
+    );
+    let logged = audit_entries(&s.hsm, "approval_expired");
+    assert!(
+        logged.iter().any(|e| e["request_id"] == id.as_str()),
+        "{logged:?}"
     );
 }

@@ -40,10 +40,12 @@ pub enum EntryKind {
     /// A placeholder: the write this index was reserved for failed on its own (`detail` names
     /// it), and nothing it describes happened. Keeps the log free of gaps.
     Void,
-    /// Reserved for the approvals issue: an approver approved.
+    /// An approver approved (`cert` is the approver; `code` when the approval was refused).
     ApprovalGiven,
-    /// Reserved for the approvals issue: an approver rejected.
+    /// An approver rejected, closing the request (`code` when the rejection was refused).
     ApprovalRejected,
+    /// A request waiting for approvals expired.
+    ApprovalExpired,
     /// Reserved for outcome receipts.
     OutcomeReported,
     /// Reserved: issuance frozen.
@@ -71,6 +73,7 @@ impl EntryKind {
             "void" => EntryKind::Void,
             "approval_given" => EntryKind::ApprovalGiven,
             "approval_rejected" => EntryKind::ApprovalRejected,
+            "approval_expired" => EntryKind::ApprovalExpired,
             "outcome_reported" => EntryKind::OutcomeReported,
             "frozen" => EntryKind::Frozen,
             "unfrozen" => EntryKind::Unfrozen,
@@ -95,6 +98,7 @@ impl EntryKind {
             EntryKind::Void => "void",
             EntryKind::ApprovalGiven => "approval_given",
             EntryKind::ApprovalRejected => "approval_rejected",
+            EntryKind::ApprovalExpired => "approval_expired",
             EntryKind::OutcomeReported => "outcome_reported",
             EntryKind::Frozen => "frozen",
             EntryKind::Unfrozen => "unfrozen",

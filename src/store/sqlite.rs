@@ -715,15 +715,57 @@ impl Store for SqliteStore {
         now: SystemTime,
         reserve: ReservedToken,
     ) -> Result<ApprovalOutcome, StoreError> {
-        self.write("record approval", move |c| {
-            approvals::add(c, &approval, required, now, &reserve)
-        })?
+        // Every decision an approver posts is an audit entry in the same commit: recorded ones
+        // plainly, refused ones (closed, expired, duplicate) with the refusal as `code`.
+        let mut base = Entry::new(
+            match approval.decision {
+                crate::approval::Decision::Approve => EntryKind::ApprovalGiven,
+                crate::approval::Decision::Reject => EntryKind::ApprovalRejected,
+            },
+            crate::time::unix_millis(approval.at),
+        );
+        base.request_id = Some(approval.request_id.clone());
+        base.cert = Some(CertRef {
+            thumbprint: approval.approver.clone(),
+            serial: String::new(),
+            subject: approval.approver_subject.clone(),
+        });
+        base.decision = Some(approval.decision.as_str().to_owned());
+        base.detail = approval.reason.clone();
+        let (outcome, _) = self.write_audited(
+            "record approval",
+            move |c| approvals::add(c, &approval, required, now, &reserve),
+            move |outcome: &Result<ApprovalOutcome, StoreError>| {
+                let mut e = base.clone();
+                e.code = match outcome {
+                    Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
+                    Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
+                    Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
+                    Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
+                    Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
+                    Err(_) => Some("store_unavailable".into()),
+                };
+                encode(&e).unwrap_or_default()
+            },
+        )?;
+        outcome
     }
 
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
-        self.write("expire approval requests", move |c| {
+        let ids = self.write("expire approval requests", move |c| {
             approvals::expire(c, now)
-        })
+        })?;
+        // One entry per expired request, after the commit that closed them: a request whose
+        // entry failed is closed all the same (nothing can be issued for it any more), and the
+        // failure shows in the audit health check.
+        for id in &ids {
+            let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));
+            e.request_id = Some(id.clone());
+            if let Err(err) = self.append_audit(&e) {
+                tracing::error!(error = %err, request_id = %id, "cannot log an approval expiry");
+            }
+        }
+        Ok(ids)
     }
 
     fn request_of_token(&self, jti: &str) -> Result<Option<String>, StoreError> {
