@@ -22,30 +22,32 @@ use std::time::Duration;
 
 use crate::duration;
 
-/// The project's OID arc (UUID-derived, ITU-T X.667): `2.25.57569389650057206723867454425930272143`.
-pub const SEB_ARC: &str = "2.25.57569389650057206723867454425930272143";
+/// The project's OID arc: the registration-free GUID arc (`1.2.840.113556.1.8000.2554` followed
+/// by the GUID `2b4f760d-515e-4075-9fb0-281a61960d8f` in 4,4,4,4,4,6,6 hex digits). Every
+/// component fits in 24 bits, so Go's `crypto/x509` and RustCrypto's `const-oid` hold it.
+pub const SEB_ARC: &str =
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871";
 
 /// `sebGrants`: `SEQUENCE OF Grant` in a certificate extension (arc.1), dotted form.
-pub const SEB_GRANTS_OID: &str = "2.25.57569389650057206723867454425930272143.1";
+pub const SEB_GRANTS_OID: &str =
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.1";
 
 /// `sebRole`: the holder's role and, for approvers, its groups (arc.2), dotted form.
-pub const SEB_ROLE_OID: &str = "2.25.57569389650057206723867454425930272143.2";
+pub const SEB_ROLE_OID: &str =
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2";
 
 /// The content octets (BER/DER value, without tag and length) of [`SEB_GRANTS_OID`].
-///
-/// `der::asn1::ObjectIdentifier` (const-oid 0.10) stores arcs as `u32` and rejects the
-/// 126-bit UUID arc with `ArcTooBig`, in `new_unwrap` at compile time and when decoding a
-/// certificate alike. Until that changes (or the arc does), the OIDs are exposed as text and
-/// as encoded bytes; the test `const_oid_cannot_hold_the_uuid_arc` will flip when it changes.
 pub const SEB_GRANTS_OID_BER: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x01,
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x14, 0x01, 0xbe, 0x40, 0x93, 0x7a, 0xd6, 0x4f, 0x81, 0xec, 0x0d,
+    0x81, 0xa2, 0x5e, 0x81, 0x80, 0x75, 0x82, 0xbf, 0x30, 0x81, 0xa0, 0xb4, 0x61, 0x84, 0xd8, 0x9b,
+    0x0f, 0x01,
 ];
 
-/// The content octets of [`SEB_ROLE_OID`] (see [`SEB_GRANTS_OID_BER`]).
+/// The content octets of [`SEB_ROLE_OID`].
 pub const SEB_ROLE_OID_BER: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x02,
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x14, 0x01, 0xbe, 0x40, 0x93, 0x7a, 0xd6, 0x4f, 0x81, 0xec, 0x0d,
+    0x81, 0xa2, 0x5e, 0x81, 0x80, 0x75, 0x82, 0xbf, 0x30, 0x81, 0xa0, 0xb4, 0x61, 0x84, 0xd8, 0x9b,
+    0x0f, 0x02,
 ];
 
 /// Most grants one certificate may carry.

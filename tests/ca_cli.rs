@@ -156,11 +156,15 @@ fn openssl_accepts_every_issued_chain() {
     );
     assert!(ok, "{text}");
     assert!(
-        text.contains("2.25.57569389650057206723867454425930272143.1:"),
+        text.contains(
+            "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.1:"
+        ),
         "sebGrants must show:\n{text}"
     );
     assert!(
-        text.contains("2.25.57569389650057206723867454425930272143.2:"),
+        text.contains(
+            "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2:"
+        ),
         "sebRole must show:\n{text}"
     );
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
