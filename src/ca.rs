@@ -9,20 +9,17 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{Ia5String, OctetString};
-use der::referenced::OwnedToRef;
+use der::asn1::{Ia5String, ObjectIdentifier, OctetString};
 use der::Encode;
 use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
-use x509_cert::certificate::Version;
+use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
 use crate::backend::{BackendError, P384Signer, ECDSA_WITH_SHA384};
-use crate::cert::{
-    CertError, Certificate, Extension, TbsCertificate, SEB_GRANTS_OID, SEB_ROLE_OID,
-};
+use crate::cert::{CertError, Certificate, Extension, SEB_GRANTS_OID, SEB_ROLE_OID};
 use crate::grants::{GrantError, GrantSet, Role, RoleKind};
 
 pub mod crl;
@@ -259,15 +256,13 @@ pub fn issue_service(
     validity: Duration,
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
-    // Service certificates carry no seb extensions: executors written in any language must be
-    // able to parse the token and audit certificates, and many X.509 parsers reject the UUID
-    // arc's 128-bit OIDs (see `crate::cert`).
+    // Service certificates carry no sebRole or sebGrants: they are nobody's identity.
     let mut extra = Vec::new();
     if let CertKind::TlsServer { names } = &kind {
         extra.push(subject_alt_names(names)?);
     }
     let unsigned = Unsigned {
-        issuer: root.tbs.subject.clone(),
+        issuer: root.tbs().subject().clone(),
         subject: subject.clone(),
         kind,
         extra,
@@ -345,7 +340,7 @@ pub fn issue_leaf_under(
         ));
     }
     let unsigned = Unsigned {
-        issuer: issuer.tbs.subject.clone(),
+        issuer: issuer.tbs().subject().clone(),
         subject: request.subject,
         kind: CertKind::Client,
         extra,
@@ -380,7 +375,7 @@ pub fn issue_intermediate(
         extra.push(grants_extension(grants)?);
     }
     let unsigned = Unsigned {
-        issuer: issuer.tbs.subject.clone(),
+        issuer: issuer.tbs().subject().clone(),
         subject: request.subject,
         kind: CertKind::Intermediate { path_len },
         extra,
@@ -526,20 +521,21 @@ fn basic_constraints(
 /// The `sebRole` extension (non-critical: generic tools such as `openssl verify` must accept
 /// the certificate; seb itself treats the extension as authoritative).
 pub fn role_extension(role: &Role) -> Result<Extension, CaError> {
-    Ok(Extension::new(
-        SEB_ROLE_OID,
-        false,
-        role.to_der().map_err(CaError::Grants)?,
-    )?)
+    seb_extension(SEB_ROLE_OID, role.to_der().map_err(CaError::Grants)?)
 }
 
 /// The `sebGrants` extension (non-critical, for the same reason as [`role_extension`]).
 pub fn grants_extension(grants: &GrantSet) -> Result<Extension, CaError> {
-    Ok(Extension::new(
-        SEB_GRANTS_OID,
-        false,
-        grants.to_der().map_err(CaError::Grants)?,
-    )?)
+    seb_extension(SEB_GRANTS_OID, grants.to_der().map_err(CaError::Grants)?)
+}
+
+/// A non-critical extension with an encoded value.
+fn seb_extension(oid: ObjectIdentifier, value: Vec<u8>) -> Result<Extension, CaError> {
+    Ok(Extension {
+        extn_id: oid,
+        critical: false,
+        extn_value: OctetString::new(value)?,
+    })
 }
 
 fn signer_spki(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, CaError> {
@@ -562,16 +558,15 @@ fn subject_alt_names(names: &[String]) -> Result<Extension, CaError> {
         }
     }
     let san = SubjectAltName(general);
-    Ok(Extension::new(
-        <SubjectAltName as der::oid::AssociatedOid>::OID.as_bytes(),
-        false,
+    seb_extension(
+        <SubjectAltName as der::oid::AssociatedOid>::OID,
         san.to_der()?,
-    )?)
+    )
 }
 
 fn clamp_to_issuer(mut validity: Validity, issuer: &Certificate) -> Validity {
     if validity.not_after.to_system_time() > issuer.not_after() {
-        validity.not_after = issuer.tbs.validity.not_after;
+        validity.not_after = issuer.tbs().validity().not_after;
     }
     validity
 }
@@ -587,37 +582,44 @@ struct Unsigned {
 }
 
 impl Unsigned {
-    /// Assembles the TBSCertificate, has the device sign its DER, and returns the certificate.
+    /// Has `x509-cert`'s builder assemble the TBSCertificate under seb's profile, the device
+    /// sign its DER, and returns the certificate.
     fn sign(self, signer: &dyn CaSigner) -> Result<Certificate, CaError> {
-        let issuer_spki = signer_spki(signer)?;
-        let extensions = profile::extensions(
-            &self.kind,
-            &self.subject,
-            self.public_key.owned_to_ref(),
-            issuer_spki.owned_to_ref(),
-            self.extra,
-        )?;
-        let algorithm = AlgorithmIdentifierOwned {
+        let profile = profile::Profile {
+            issuer: self.issuer,
+            subject: self.subject,
+            kind: self.kind,
+            extra: self.extra,
+        };
+        let mut builder =
+            CertificateBuilder::new(profile, random_serial()?, self.validity, self.public_key)?;
+        let key = BuilderKey(signer);
+        let tbs = builder.finalize(&key)?;
+        // Signed here rather than through `Builder::build`, which would hide the device's
+        // error behind `signature::Error`.
+        let signature = signer.sign_message(&tbs).map_err(CaError::Sign)?;
+        let cert = builder.assemble(signature.to_der().to_bitstring()?, &key)?;
+        Ok(Certificate::from_x509(cert)?)
+    }
+}
+
+/// A [`CaSigner`] as `x509-cert`'s builder sees a signer: its public key and its algorithm
+/// (ecdsa-with-SHA384). The builder only reads them; [`Unsigned::sign`] does the signing.
+struct BuilderKey<'a>(&'a dyn CaSigner);
+
+impl signature::Keypair for BuilderKey<'_> {
+    type VerifyingKey = p384::ecdsa::VerifyingKey;
+
+    fn verifying_key(&self) -> Self::VerifyingKey {
+        self.0.verifying_key()
+    }
+}
+
+impl spki::DynSignatureAlgorithmIdentifier for BuilderKey<'_> {
+    fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
+        Ok(AlgorithmIdentifierOwned {
             oid: ECDSA_WITH_SHA384,
             parameters: None,
-        };
-        let tbs = TbsCertificate {
-            version: Version::V3,
-            serial_number: random_serial()?,
-            signature: algorithm.clone(),
-            issuer: self.issuer,
-            validity: self.validity,
-            subject: self.subject,
-            subject_public_key_info: self.public_key,
-            issuer_unique_id: None,
-            subject_unique_id: None,
-            extensions: Some(extensions),
-        };
-        let signature = signer.sign_message(&tbs.to_der()?).map_err(CaError::Sign)?;
-        Ok(Certificate {
-            tbs,
-            signature_algorithm: algorithm,
-            signature: signature.to_der().to_bitstring()?,
         })
     }
 }

@@ -314,7 +314,7 @@ pub fn validate<'a>(
         });
     }
     for cert in std::iter::once(leaf).chain(intermediates).chain(roots) {
-        let len = cert.encoded_len().map_err(|e| malformed(cert, e))?;
+        let len = cert.x509().encoded_len().map_err(|e| malformed(cert, e))?;
         let len = usize::try_from(u32::from(len)).unwrap_or(usize::MAX);
         if len > MAX_CERT_LEN {
             return Err(ChainError::CertificateTooLarge {
@@ -444,7 +444,7 @@ impl<'a> Builder<'a> {
 
         Err(best.unwrap_or_else(|| ChainError::UnknownIssuer {
             subject: child.subject_string(),
-            issuer: child.tbs.issuer.to_string(),
+            issuer: child.issuer_string(),
         }))
     }
 
@@ -475,7 +475,7 @@ impl<'a> Builder<'a> {
 /// Whether `candidate`'s subject is `child`'s issuer, and the key identifiers, where both are
 /// present, agree.
 fn names_issuer(child: &Certificate, candidate: &Certificate) -> Result<bool, ChainError> {
-    if child.tbs.issuer != candidate.tbs.subject {
+    if child.tbs().issuer() != candidate.tbs().subject() {
         return Ok(false);
     }
     let aki = child
@@ -494,20 +494,20 @@ fn names_issuer(child: &Certificate, candidate: &Certificate) -> Result<bool, Ch
 /// Per-certificate rules: v3, one signature algorithm named consistently, standard extensions
 /// that decode, and no critical extension seb does not process.
 fn check_structure(cert: &Certificate) -> Result<(), ChainError> {
-    if cert.tbs.version != Version::V3 {
+    if cert.tbs().version() != Version::V3 {
         return Err(malformed(cert, "not an X.509 v3 certificate"));
     }
-    if cert.tbs.signature != cert.signature_algorithm {
+    if cert.tbs().signature() != cert.x509().signature_algorithm() {
         return Err(malformed(
             cert,
             "the signature algorithm inside and outside the signed part differ",
         ));
     }
-    for ext in cert.tbs.extensions.iter().flatten() {
-        if ext.critical && !is_processed(ext.oid_bytes()) {
+    for ext in cert.tbs().extensions().into_iter().flatten() {
+        if ext.critical && !is_processed(&ext.extn_id) {
             return Err(ChainError::UnknownCriticalExtension {
                 subject: cert.subject_string(),
-                oid: ext.oid_string(),
+                oid: ext.extn_id.to_string(),
             });
         }
     }
@@ -519,7 +519,7 @@ fn check_structure(cert: &Certificate) -> Result<(), ChainError> {
 }
 
 /// The extensions seb understands (and so may be critical).
-fn is_processed(oid: &[u8]) -> bool {
+fn is_processed(oid: &ObjectIdentifier) -> bool {
     use der::oid::AssociatedOid;
     [
         BasicConstraints::OID,
@@ -528,11 +528,10 @@ fn is_processed(oid: &[u8]) -> bool {
         SubjectAltName::OID,
         SubjectKeyIdentifier::OID,
         AuthorityKeyIdentifier::OID,
+        SEB_GRANTS_OID,
+        SEB_ROLE_OID,
     ]
-    .iter()
-    .any(|known| known.as_bytes() == oid)
-        || oid == SEB_GRANTS_OID
-        || oid == SEB_ROLE_OID
+    .contains(oid)
 }
 
 /// CA rules for `issuer` signing `child` with `below` intermediates between it and the leaf.
@@ -567,14 +566,14 @@ fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Resu
 /// Verifies `child`'s signature under `issuer`'s public key (and nothing else: no CA or name
 /// checks). Used for self-signatures of roots in a trust bundle.
 pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {
-    let algorithm = &child.signature_algorithm;
+    let algorithm = child.x509().signature_algorithm();
     if algorithm.parameters.is_some() {
         return Err(malformed(
             child,
             "ECDSA signature algorithm with parameters",
         ));
     }
-    let tbs = child.tbs.to_der().map_err(|e| malformed(child, e))?;
+    let tbs = child.tbs().to_der().map_err(|e| malformed(child, e))?;
     let digest: Vec<u8> = match algorithm.oid {
         ECDSA_SHA256 => <sha2::Sha256 as sha2::Digest>::digest(&tbs).to_vec(),
         ECDSA_SHA384 => <sha2::Sha384 as sha2::Digest>::digest(&tbs).to_vec(),
@@ -586,10 +585,11 @@ pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(),
         }
     };
     let signature = child
-        .signature
+        .x509()
+        .signature()
         .as_bytes()
         .ok_or_else(|| malformed(child, "signature BIT STRING has unused bits"))?;
-    let key = CertKey::from_spki(&issuer.tbs.subject_public_key_info).map_err(|reason| {
+    let key = CertKey::from_spki(issuer.tbs().subject_public_key_info()).map_err(|reason| {
         ChainError::UnsupportedKey {
             subject: issuer.subject_string(),
             reason,
@@ -617,7 +617,7 @@ pub enum CertKey {
 impl CertKey {
     /// The key of a certificate.
     pub fn of(cert: &Certificate) -> Result<Self, String> {
-        Self::from_spki(&cert.tbs.subject_public_key_info)
+        Self::from_spki(cert.tbs().subject_public_key_info())
     }
 
     /// Parses an EC P-256 or P-384 SubjectPublicKeyInfo; the error says what the key is.

@@ -147,13 +147,16 @@ impl ClientTls {
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
                     if rest.is_empty()
-                        && !self.roots.iter().any(|r| r.tbs.subject == leaf.tbs.issuer) =>
+                        && !self
+                            .roots
+                            .iter()
+                            .any(|r| r.tbs().subject() == leaf.tbs().issuer()) =>
                 {
                     problems.push(format!(
                         "your certificate was issued by {}, an intermediate CA: send the chain, \
                          not only the leaf (the certificate file must hold the leaf followed by \
                          its intermediates, as `seb cert issue --out` writes it)",
-                        leaf.tbs.issuer
+                        leaf.issuer_string()
                     ))
                 }
                 other => problems.push(format!(

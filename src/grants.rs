@@ -22,34 +22,6 @@ use std::time::Duration;
 
 use crate::duration;
 
-/// The project's OID arc: the registration-free GUID arc (`1.2.840.113556.1.8000.2554` followed
-/// by the GUID `2b4f760d-515e-4075-9fb0-281a61960d8f` in 4,4,4,4,4,6,6 hex digits). Every
-/// component fits in 24 bits, so Go's `crypto/x509` and RustCrypto's `const-oid` hold it.
-pub const SEB_ARC: &str =
-    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871";
-
-/// `sebGrants`: `SEQUENCE OF Grant` in a certificate extension (arc.1), dotted form.
-pub const SEB_GRANTS_OID: &str =
-    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.1";
-
-/// `sebRole`: the holder's role and, for approvers, its groups (arc.2), dotted form.
-pub const SEB_ROLE_OID: &str =
-    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2";
-
-/// The content octets (BER/DER value, without tag and length) of [`SEB_GRANTS_OID`].
-pub const SEB_GRANTS_OID_BER: &[u8] = &[
-    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x14, 0x01, 0xbe, 0x40, 0x93, 0x7a, 0xd6, 0x4f, 0x81, 0xec, 0x0d,
-    0x81, 0xa2, 0x5e, 0x81, 0x80, 0x75, 0x82, 0xbf, 0x30, 0x81, 0xa0, 0xb4, 0x61, 0x84, 0xd8, 0x9b,
-    0x0f, 0x01,
-];
-
-/// The content octets of [`SEB_ROLE_OID`].
-pub const SEB_ROLE_OID_BER: &[u8] = &[
-    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x14, 0x01, 0xbe, 0x40, 0x93, 0x7a, 0xd6, 0x4f, 0x81, 0xec, 0x0d,
-    0x81, 0xa2, 0x5e, 0x81, 0x80, 0x75, 0x82, 0xbf, 0x30, 0x81, 0xa0, 0xb4, 0x61, 0x84, 0xd8, 0x9b,
-    0x0f, 0x02,
-];
-
 /// Most grants one certificate may carry.
 pub const MAX_GRANTS: usize = 1024;
 /// Most parameter constraints one grant may carry.

@@ -87,7 +87,7 @@ impl TrustStore {
         let mut roots = Vec::new();
         let mut others = Vec::new();
         for cert in certs {
-            if cert.tbs.issuer == cert.tbs.subject {
+            if cert.tbs().issuer() == cert.tbs().subject() {
                 chain::verify_signature(&cert, &cert).map_err(|e| VerifyError::TrustBundle {
                     reason: format!(
                         "self-issued certificate {:?} is not validly self-signed: {e}",
@@ -645,8 +645,8 @@ fn grant_rule(
 /// equal).
 fn spki_der(cert: &Certificate) -> Result<Vec<u8>, VerifyError> {
     use der::Encode;
-    cert.tbs
-        .subject_public_key_info
+    cert.tbs()
+        .subject_public_key_info()
         .to_der()
         .map_err(|e| VerifyError::InvalidClaims {
             reason: format!("cannot encode a certificate's public key: {e}"),
@@ -691,7 +691,7 @@ fn check_token_certificate(cert: &Certificate) -> Result<(), VerifyError> {
         return Err(refuse("its keyUsage lacks digitalSignature"));
     }
     let eku = <ExtendedKeyUsage as der::oid::AssociatedOid>::OID;
-    if cert.extension(eku.as_bytes()).is_some() {
+    if cert.extension(eku).is_some() {
         return Err(refuse(
             "it has an extended key usage (TLS or client certificate)",
         ));

@@ -60,7 +60,7 @@ impl AuditLog {
             failure: Mutex::new(None),
         };
         let (label, spki) = log.current_key()?;
-        let cert_spki = der::Encode::to_der(&certificate.tbs.subject_public_key_info)
+        let cert_spki = der::Encode::to_der(certificate.tbs().subject_public_key_info())
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if spki != cert_spki {
             return Err(BrokerError::Internal(format!(
@@ -90,7 +90,7 @@ impl AuditLog {
         let path = self.config.trust_dir().service_path(KeyKind::Audit);
         let cert = crate::ca::trust_dir::read_certificate(&path)
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let cert_spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+        let cert_spki = der::Encode::to_der(cert.tbs().subject_public_key_info())
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if spki != cert_spki.as_slice() {
             return Err(BrokerError::Internal(format!(

@@ -74,7 +74,7 @@ impl BrokerKeys {
             .map_err(BrokerError::Hsm)?;
         let spki = public.to_spki_der().map_err(BrokerError::Hsm)?;
         let cert_spki =
-            der::Encode::to_der(&cert.tbs.subject_public_key_info).map_err(|e| internal(&e))?;
+            der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| internal(&e))?;
         if spki != cert_spki {
             return Err(BrokerError::Internal(format!(
                 "the key {:?} in the device does not match {}",

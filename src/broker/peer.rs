@@ -169,7 +169,7 @@ impl PeerCache {
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
 fn key_id(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
-    let spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+    let spki = der::Encode::to_der(cert.tbs().subject_public_key_info())
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
     Ok(Sha256::digest(&spki).into())
 }
@@ -239,12 +239,12 @@ mod tests {
 
     /// `cert` with the other spelling `(r, n − s)` of its issuer's signature.
     fn twin(cert: &Certificate) -> Certificate {
-        let mut cert = cert.clone();
+        let mut cert = crate::testkit::forge(cert);
         let sig = p384::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
         let (r, s) = sig.split_scalars();
         let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
         cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
-        cert
+        cert.finish().unwrap()
     }
 
     #[test]

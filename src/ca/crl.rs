@@ -6,7 +6,6 @@
 use std::time::{Duration, SystemTime};
 
 use der::asn1::Uint;
-use der::Decode;
 use spki::SignatureBitStringEncoding;
 use x509_cert::builder::{Builder, CrlBuilder};
 use x509_cert::crl::{CertificateList, RevokedCert};
@@ -102,7 +101,7 @@ pub fn sign(
     let mut entries = Vec::with_capacity(revoked.len());
     for r in revoked {
         let reason = r.reason.code();
-        let ext = reason.to_extension(&issuer.tbs.subject, &[])?;
+        let ext = reason.to_extension(issuer.tbs().subject(), &[])?;
         entries.push(RevokedCert {
             serial_number: SerialNumber::new(r.serial.as_bytes())?,
             revocation_date: Time::try_from(r.revoked_at)
@@ -110,9 +109,7 @@ pub fn sign(
             crl_entry_extensions: Some(vec![ext]),
         });
     }
-    // The CRL issuer is the root, which carries no seb extensions, so x509-cert can read it.
-    let issuer = x509_cert::Certificate::from_der(&issuer.to_der_bytes()?)?;
-    let mut builder = CrlBuilder::new_with_this_update(&issuer, number, this_update)?
+    let mut builder = CrlBuilder::new_with_this_update(issuer.x509(), number, this_update)?
         .with_next_update(Some(next_update));
     if !entries.is_empty() {
         builder = builder.with_certificates(entries.into_iter());

@@ -257,7 +257,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         "issued {kind} certificate serial {} for {} until {}",
         cert.serial_hex(),
         cert.subject_string(),
-        cert.tbs.validity.not_after
+        cert.tbs().validity().not_after
     );
     Ok(())
 }
@@ -338,7 +338,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         "issued intermediate CA {name:?} serial {} for {} until {} ({held})",
         cert.serial_hex(),
         cert.subject_string(),
-        cert.tbs.validity.not_after
+        cert.tbs().validity().not_after
     );
     Ok(())
 }
@@ -365,7 +365,7 @@ fn issuer_chain(
             if now > cert.not_after() {
                 return Err(format!(
                     "the issuing CA {name:?} expired at {}; nothing was issued",
-                    cert.tbs.validity.not_after
+                    cert.tbs().validity().not_after
                 )
                 .into());
             }

@@ -215,8 +215,8 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         &signer,
         &issuer_chain,
         LeafRequest {
-            public_key: old.tbs.subject_public_key_info.clone(),
-            subject: old.tbs.subject.clone(),
+            public_key: old.tbs().subject_public_key_info().clone(),
+            subject: old.tbs().subject().clone(),
             role,
             grants,
             ttl,

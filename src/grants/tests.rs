@@ -192,34 +192,6 @@ fn to_der_validates() {
 }
 
 #[test]
-fn oids() {
-    // The dotted and encoded forms agree.
-    fn decode_arcs(ber: &[u8]) -> String {
-        let mut arcs = vec![(ber[0] / 40).to_string(), (ber[0] % 40).to_string()];
-        let mut acc: u128 = 0;
-        for b in &ber[1..] {
-            acc = (acc << 7) | u128::from(b & 0x7f);
-            if b & 0x80 == 0 {
-                arcs.push(acc.to_string());
-                acc = 0;
-            }
-        }
-        arcs.join(".")
-    }
-    assert_eq!(decode_arcs(SEB_GRANTS_OID_BER), SEB_GRANTS_OID);
-    assert_eq!(decode_arcs(SEB_ROLE_OID_BER), SEB_ROLE_OID);
-    assert_eq!(format!("{SEB_ARC}.1"), SEB_GRANTS_OID);
-}
-
-#[test]
-fn const_oid_holds_the_arc() {
-    // Go's crypto/x509 and const-oid refused the retired 2.25 arc; this one fits both.
-    let grants = der::asn1::ObjectIdentifier::new(SEB_GRANTS_OID).unwrap();
-    assert_eq!(grants.as_bytes(), SEB_GRANTS_OID_BER);
-    assert!(grants.arcs().all(|arc| arc < 1 << 24));
-}
-
-#[test]
 fn roles() {
     for kind in [
         RoleKind::Agent,

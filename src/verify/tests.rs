@@ -532,8 +532,8 @@ fn alg_none_and_hmac_are_refused() {
     );
     let secret = f
         .token_cert
-        .tbs
-        .subject_public_key_info
+        .tbs()
+        .subject_public_key_info()
         .subject_public_key
         .raw_bytes();
     let tag = hmac_sha256(secret, input.as_bytes());
@@ -1108,10 +1108,12 @@ fn trust_bundles() {
         Some("invalid_trust_bundle")
     );
     // A self-issued certificate whose self-signature does not verify.
-    let mut forged = f.root.cert.clone();
+    let mut forged = crate::testkit::forge(&f.root.cert);
     forged.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[9]).unwrap();
     assert_eq!(
-        code_of(TrustStore::from_certificates(vec![forged])),
+        code_of(TrustStore::from_certificates(vec![forged
+            .finish()
+            .unwrap()])),
         Some("invalid_trust_bundle")
     );
 }
