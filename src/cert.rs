@@ -51,6 +51,69 @@ pub const SEB_ROLE_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap(
     "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2",
 );
 
+/// Key purpose (extended key usage, arc.4.1): signs execution tokens.
+pub const SEB_KP_TOKEN: ObjectIdentifier = ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.1",
+);
+
+/// Key purpose (arc.4.2): signs audit checkpoints.
+pub const SEB_KP_AUDIT: ObjectIdentifier = ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.2",
+);
+
+/// Key purpose (arc.4.3): signs executor receipts (reserved for the outcome endpoint).
+pub const SEB_KP_RECEIPT: ObjectIdentifier = ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.3",
+);
+
+/// seb's key purposes, the extended key usages under arc.4. A key certificate carries exactly
+/// one, so that a signature made for one purpose (an audit checkpoint) can never pass for
+/// another (a token). [`crate::chain::require_purpose`] checks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Execution tokens ([`SEB_KP_TOKEN`]), by the broker's `seb-token` key.
+    Token,
+    /// Audit checkpoints ([`SEB_KP_AUDIT`]), by the broker's `seb-audit` key.
+    Audit,
+    /// Executor receipts ([`SEB_KP_RECEIPT`]).
+    Receipt,
+}
+
+impl Purpose {
+    /// Every purpose.
+    pub const ALL: [Purpose; 3] = [Purpose::Token, Purpose::Audit, Purpose::Receipt];
+
+    /// Its extended key usage OID.
+    pub const fn oid(self) -> ObjectIdentifier {
+        match self {
+            Purpose::Token => SEB_KP_TOKEN,
+            Purpose::Audit => SEB_KP_AUDIT,
+            Purpose::Receipt => SEB_KP_RECEIPT,
+        }
+    }
+
+    /// The purpose with this OID, if it is one of seb's.
+    pub fn from_oid(oid: &ObjectIdentifier) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.oid() == *oid)
+    }
+
+    /// Whether it is the purpose of one of the broker's own keys (token, audit), whose
+    /// certificates carry that purpose and nothing else.
+    pub const fn is_broker_key(self) -> bool {
+        matches!(self, Purpose::Token | Purpose::Audit)
+    }
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purpose::Token => "token signing",
+            Purpose::Audit => "audit checkpoints",
+            Purpose::Receipt => "executor receipts",
+        })
+    }
+}
+
 /// Errors decoding certificates.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertError {
@@ -237,6 +300,10 @@ mod tests {
         assert_eq!(SEB_ROLE_OID.parent(), Some(SEB_ARC));
         assert_eq!(SEB_GRANTS_OID.to_string(), format!("{SEB_ARC}.1"));
         assert_eq!(SEB_ROLE_OID.to_string(), format!("{SEB_ARC}.2"));
+        for (purpose, n) in Purpose::ALL.into_iter().zip(1..) {
+            assert_eq!(purpose.oid().to_string(), format!("{SEB_ARC}.4.{n}"));
+            assert_eq!(Purpose::from_oid(&purpose.oid()), Some(purpose));
+        }
         // Go's crypto/x509 parses each component into an int; const-oid into a u32.
         assert!(SEB_GRANTS_OID.arcs().all(|arc| arc < 1 << 24));
     }

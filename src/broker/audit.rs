@@ -59,6 +59,15 @@ impl AuditLog {
             latest: Mutex::new(None),
             failure: Mutex::new(None),
         };
+        // Verifiers accept a checkpoint only under the audit key purpose: refuse to sign
+        // checkpoints nobody will accept.
+        crate::chain::require_purpose(certificate, crate::cert::Purpose::Audit).map_err(|e| {
+            BrokerError::Internal(format!(
+                "the audit certificate may not sign checkpoints ({}: {e}); a trust directory \
+                 from before key purposes must be made again with `seb init` on a new token",
+                e.code()
+            ))
+        })?;
         let (label, spki) = log.current_key()?;
         let cert_spki = der::Encode::to_der(certificate.tbs().subject_public_key_info())
             .map_err(|e| BrokerError::Internal(e.to_string()))?;

@@ -15,6 +15,8 @@ use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
 use x509_cert::TbsCertificate;
 
+use crate::cert::Purpose;
+
 /// id-kp-serverAuth.
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
 /// tcg-kp-AIKCertificate (TCG EK Credential Profile).
@@ -32,8 +34,9 @@ pub enum CertKind {
         /// pathLenConstraint.
         path_len: Option<u8>,
     },
-    /// Signs execution tokens or audit checkpoints: digitalSignature only, no EKU.
-    Signing,
+    /// One of the broker's signing keys (tokens, audit checkpoints): digitalSignature, and
+    /// its one seb key purpose as the only extended key usage (docs/GRANTS.md §1).
+    Signing(Purpose),
     /// The broker's HTTPS key: digitalSignature, serverAuth, with these SANs.
     TlsServer {
         /// DNS names and IP addresses.
@@ -106,7 +109,12 @@ fn extensions(
             KeyUsages::KeyCertSign | KeyUsages::CRLSign,
             None,
         ),
-        CertKind::Signing => (false, None, KeyUsages::DigitalSignature.into(), None),
+        CertKind::Signing(purpose) => (
+            false,
+            None,
+            KeyUsages::DigitalSignature.into(),
+            Some(purpose.oid()),
+        ),
         CertKind::TlsServer { .. } => (
             false,
             None,

@@ -818,3 +818,52 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
         );
     }
 }
+
+#[test]
+fn require_purpose_accepts_exactly_the_purpose_asked_for() {
+    use crate::ca::CertKind;
+    use crate::cert::Purpose;
+    let root = Ca::root("root");
+    let key = crate::testkit::key();
+    let service = |issuer: &Ca, purpose: Purpose| {
+        crate::ca::issue_service(
+            &issuer.key,
+            &issuer.cert,
+            crate::testkit::spki(&key),
+            &crate::ca::parse_subject(&format!("CN={purpose}")).unwrap(),
+            CertKind::Signing(purpose),
+            Duration::from_secs(86_400),
+            now(),
+        )
+        .unwrap()
+    };
+    let roots = [root.cert.clone()];
+    for purpose in Purpose::ALL {
+        let cert = service(&root, purpose);
+        for asked in Purpose::ALL {
+            let got = require_purpose(&cert, asked).map_err(|e| e.code());
+            let path = validate(&cert, &[], &roots, now()).unwrap();
+            assert_eq!(path.require_service(asked).map_err(|e| e.code()), got);
+            if asked == purpose {
+                assert_eq!(got, Ok(()), "{purpose}");
+            } else {
+                assert_eq!(got, Err("wrong_key_purpose"), "{purpose} asked as {asked}");
+            }
+        }
+    }
+    // An agent's certificate is no broker key certificate, whatever it is asked for.
+    let agent = root.agent("agent", &deploy()).unwrap();
+    let err = require_purpose(&agent, Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_a_key_certificate", "{err}");
+    // A CA neither.
+    let ops = root.intermediate("ops", None, None).unwrap();
+    let err = require_purpose(&ops.cert, Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_a_key_certificate", "{err}");
+    // The audit purpose from an intermediate: the purpose is right, the issuer is not.
+    let by_ops = service(&ops, Purpose::Audit);
+    assert_eq!(require_purpose(&by_ops, Purpose::Audit), Ok(()));
+    let intermediates = [ops.cert.clone()];
+    let path = validate(&by_ops, &intermediates, &roots, now()).unwrap();
+    let err = path.require_service(Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_issued_by_root", "{err}");
+}

@@ -49,8 +49,9 @@ func sebOID(arcs ...int) asn1.ObjectIdentifier {
 }
 
 var (
-	oidGrants = sebOID(1)
-	oidRole   = sebOID(2)
+	oidGrants  = sebOID(1)
+	oidRole    = sebOID(2)
+	oidKpToken = sebOID(4, 1)
 )
 
 // role is the sebRole extension: SEQUENCE { kind ENUMERATED, groups SEQUENCE OF UTF8String }.
@@ -258,7 +259,8 @@ func call(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Ce
 }
 
 // verifyToken checks the JWS with crypto/ecdsa: the certificate whose SHA-256 thumbprint is
-// the kid, from the trust bundle, chaining directly to the root; ES384 over the signing input; the binding to the agent's certificate. An edited
+// the kid, from the trust bundle, chaining directly to the root and carrying the token key
+// purpose alone; ES384 over the signing input; the binding to the agent's certificate. An edited
 // token must fail the same check.
 func verifyToken(token string, bundle []byte, roots *x509.CertPool, agentDER []byte) error {
 	parts := strings.Split(token, ".")
@@ -303,6 +305,10 @@ func verifyToken(token string, bundle []byte, roots *x509.CertPool, agentDER []b
 	}
 	if len(chains) != 1 || len(chains[0]) != 2 {
 		return errors.New("token certificate is not issued directly by the root")
+	}
+	if len(signer.ExtKeyUsage) != 0 || len(signer.UnknownExtKeyUsage) != 1 || !signer.UnknownExtKeyUsage[0].Equal(oidKpToken) {
+		return fmt.Errorf("token certificate's key purposes are %v %v, want only %v",
+			signer.ExtKeyUsage, signer.UnknownExtKeyUsage, oidKpToken)
 	}
 	key, ok := signer.PublicKey.(*ecdsa.PublicKey)
 	if !ok || key.Curve != elliptic.P384() {
