@@ -19,8 +19,10 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
 use crate::backend::{BackendError, P384Signer, ECDSA_WITH_SHA384};
-use crate::cert::{CertError, Certificate, Extension, SEB_GRANTS_OID, SEB_ROLE_OID};
-use crate::grants::{GrantError, GrantSet, Role, RoleKind};
+use crate::cert::{
+    CertError, Certificate, Extension, SEB_GRANTS_OID, SEB_ISSUABLE_ROLES_OID, SEB_ROLE_OID,
+};
+use crate::grants::{GrantError, GrantSet, IssuableRoles, Role, RoleKind};
 
 pub mod crl;
 pub mod csr;
@@ -123,6 +125,17 @@ pub enum CaError {
         /// Why not.
         reason: String,
     },
+    /// A CA in the issuing chain may not issue this role (`sebIssuableRoles`, docs/GRANTS.md
+    /// §5.1): a certificate of the role, or an intermediate that may issue more roles.
+    #[error("role not delegated: the issuing CA {ancestor:?} may issue {allowed} certificates, not {requested} (see `seb cert issue-ca --roles`)")]
+    RoleNotDelegated {
+        /// The CA that does not delegate the role.
+        ancestor: String,
+        /// What it may issue.
+        allowed: IssuableRoles,
+        /// What was asked for.
+        requested: String,
+    },
     /// The grants asked for exceed the grants of an issuing CA (attenuation, docs/GRANTS.md §5).
     #[error("grant escalation: the requested grants exceed those of the issuing CA {ancestor:?}")]
     Escalation {
@@ -178,6 +191,9 @@ pub struct IntermediateRequest {
     /// Grants bounding everything beneath it; `None` bounds nothing (the ancestors' grants
     /// still apply).
     pub grants: Option<GrantSet>,
+    /// The end-entity roles it may issue (`sebIssuableRoles`); at most those of every
+    /// intermediate above it.
+    pub roles: IssuableRoles,
     /// pathLenConstraint; `None` takes the tightest bound the ancestors leave (or none).
     pub path_len: Option<u8>,
     /// Validity from now.
@@ -326,6 +342,11 @@ pub fn issue_leaf_under(
         _ => {}
     }
     let issuer = check_issuer_chain(signer, issuer_chain, false, now)?;
+    check_role_delegation(
+        issuer_chain,
+        |roles| roles.contains(request.role.kind),
+        || request.role.kind.to_string(),
+    )?;
     if let Some(grants) = &request.grants {
         check_attenuation(grants, issuer_chain)?;
     }
@@ -365,12 +386,16 @@ pub fn issue_intermediate(
     let path_len = check_intermediate(
         issuer_chain,
         request.grants.as_ref(),
+        request.roles,
         request.path_len,
         request.ttl,
         now,
     )?;
     let issuer = check_issuer_chain(signer, issuer_chain, true, now)?;
-    let mut extra = Vec::new();
+    let mut extra = vec![seb_extension(
+        SEB_ISSUABLE_ROLES_OID,
+        request.roles.to_der().map_err(CaError::Grants)?,
+    )?];
     if let Some(grants) = &request.grants {
         extra.push(grants_extension(grants)?);
     }
@@ -392,6 +417,7 @@ pub fn issue_intermediate(
 pub fn check_intermediate(
     issuer_chain: &[Certificate],
     grants: Option<&GrantSet>,
+    roles: IssuableRoles,
     path_len: Option<u8>,
     ttl: Duration,
     now: SystemTime,
@@ -401,6 +427,11 @@ pub fn check_intermediate(
         reason: "no issuer given".into(),
     })?;
     check_ca_chain(issuer_chain, true, now)?;
+    check_role_delegation(
+        issuer_chain,
+        |above| roles.is_subset_of(above),
+        || format!("intermediate CA ({roles})"),
+    )?;
     if let Some(grants) = grants {
         grants.validate().map_err(CaError::Grants)?;
         check_attenuation(grants, issuer_chain)?;
@@ -450,6 +481,42 @@ pub fn check_attenuation(grants: &GrantSet, issuer_chain: &[Certificate]) -> Res
         })?;
     }
     Ok(())
+}
+
+/// Role delegation at issuance: every intermediate of `issuer_chain` (the root issues every
+/// role) must allow what is asked (`allows` its `sebIssuableRoles`; absent means agents only).
+/// The decision re-checks the same along the chain (`authz::delegated_role`), which catches a
+/// certificate an offline intermediate signed anyway.
+fn check_role_delegation(
+    issuer_chain: &[Certificate],
+    allows: impl Fn(IssuableRoles) -> bool,
+    requested: impl Fn() -> String,
+) -> Result<(), CaError> {
+    for ca in issuer_chain.iter().filter(|ca| !is_root(ca)) {
+        let roles = match ca.extension(SEB_ISSUABLE_ROLES_OID) {
+            None => IssuableRoles::default(),
+            Some(ext) => {
+                IssuableRoles::from_der(ext.extn_value.as_bytes()).map_err(|e| CaError::Issuer {
+                    issuer: ca.subject_string(),
+                    reason: format!("its sebIssuableRoles extension is invalid: {e}"),
+                })?
+            }
+        };
+        if !allows(roles) {
+            return Err(CaError::RoleNotDelegated {
+                ancestor: ca.subject_string(),
+                allowed: roles,
+                requested: requested(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ca` is a root: self-issued and self-signed. (An intermediate given the root's
+/// name is not: its key is not the one that signed it.)
+fn is_root(ca: &Certificate) -> bool {
+    ca.tbs().issuer() == ca.tbs().subject() && crate::chain::verify_signature(ca, ca).is_ok()
 }
 
 /// Checks the issuing chain and that `signer` holds the issuer's key; returns the issuer.

@@ -51,6 +51,12 @@ pub const SEB_ROLE_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap(
     "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2",
 );
 
+/// `sebIssuableRoles` (arc.3): on an intermediate CA, the roles of the end-entity
+/// certificates it may issue; absent means agents only.
+pub const SEB_ISSUABLE_ROLES_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.3",
+);
+
 /// Key purpose (extended key usage, arc.4.1): signs execution tokens.
 pub const SEB_KP_TOKEN: ObjectIdentifier = ObjectIdentifier::new_unwrap(
     "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.1",
@@ -300,6 +306,7 @@ mod tests {
         assert_eq!(SEB_ROLE_OID.parent(), Some(SEB_ARC));
         assert_eq!(SEB_GRANTS_OID.to_string(), format!("{SEB_ARC}.1"));
         assert_eq!(SEB_ROLE_OID.to_string(), format!("{SEB_ARC}.2"));
+        assert_eq!(SEB_ISSUABLE_ROLES_OID.to_string(), format!("{SEB_ARC}.3"));
         for (purpose, n) in Purpose::ALL.into_iter().zip(1..) {
             assert_eq!(purpose.oid().to_string(), format!("{SEB_ARC}.4.{n}"));
             assert_eq!(Purpose::from_oid(&purpose.oid()), Some(purpose));

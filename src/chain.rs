@@ -16,7 +16,8 @@
 //!   `certificate_not_yet_valid`, `certificate_revoked`) over [`ValidatedChain::chain_view`];
 //!   the offline verifier checks validity itself. Only the root's validity is checked here,
 //!   because the chain view excludes the root.
-//! * **Grants and roles.** They are read here ([`cert_facts`]) but judged by `authz::decide`.
+//! * **Grants and roles.** They are read here ([`cert_facts`]) but judged by `authz::decide`
+//!   (and `authz::delegated_role`: which roles the intermediates on the path may issue).
 //! * **Key purposes.** Path validation does not enforce extended key usage (it is understood,
 //!   so a critical EKU is accepted). A caller that accepts a signature for one purpose checks
 //!   the signer with [`require_purpose`] (exactly that one seb key purpose, and a signing
@@ -40,8 +41,8 @@ use x509_cert::ext::pkix::{
 };
 
 use crate::authz::{CertFacts, ChainView};
-use crate::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ROLE_OID};
-use crate::grants::{GrantSet, Role};
+use crate::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ISSUABLE_ROLES_OID, SEB_ROLE_OID};
+use crate::grants::{GrantSet, IssuableRoles, Role};
 use crate::serial::Serial;
 use crate::time::unix;
 
@@ -409,9 +410,11 @@ impl<'a> ValidatedChain<'a> {
     }
 }
 
-/// The decision-relevant facts of one certificate of a validated path, with its serial. A malformed `sebGrants` becomes `Some(Err(..))` (the
-/// decision denies `invalid_grants_extension`); a malformed `sebRole` becomes `None` (the
-/// decision denies `wrong_role`).
+/// The decision-relevant facts of one certificate of a validated path, with its serial. A
+/// malformed `sebGrants` becomes `Some(Err(..))` (the decision denies
+/// `invalid_grants_extension`); a malformed `sebRole` becomes `None` (the decision denies
+/// `wrong_role`); a malformed `sebIssuableRoles` becomes `Some(Err(..))` (an intermediate
+/// carrying it delegates no role: `role_not_delegated`).
 fn cert_facts(cert: &Certificate, serial: Serial) -> CertFacts {
     CertFacts {
         serial,
@@ -423,6 +426,9 @@ fn cert_facts(cert: &Certificate, serial: Serial) -> CertFacts {
         grants: cert
             .extension(SEB_GRANTS_OID)
             .map(|e| GrantSet::from_der(e.extn_value.as_bytes())),
+        issuable_roles: cert
+            .extension(SEB_ISSUABLE_ROLES_OID)
+            .map(|e| IssuableRoles::from_der(e.extn_value.as_bytes())),
     }
 }
 
@@ -665,6 +671,7 @@ fn is_processed(oid: &ObjectIdentifier) -> bool {
         AuthorityKeyIdentifier::OID,
         SEB_GRANTS_OID,
         SEB_ROLE_OID,
+        SEB_ISSUABLE_ROLES_OID,
     ]
     .contains(oid)
 }

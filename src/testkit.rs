@@ -16,7 +16,7 @@ use x509_cert::time::Time;
 
 use crate::ca::{self, CaError, CaSigner, IntermediateRequest, LeafRequest};
 use crate::cert::{CertError, Certificate, Extension, SEB_GRANTS_OID};
-use crate::grants::{GrantSet, Role, RoleKind};
+use crate::grants::{GrantSet, IssuableRoles, Role, RoleKind};
 
 /// One fixed "now" for every test, so results do not depend on the clock.
 pub fn now() -> SystemTime {
@@ -72,12 +72,23 @@ impl Ca {
         }
     }
 
-    /// An intermediate under this CA, through `ca::issue_intermediate`.
+    /// An intermediate under this CA, through `ca::issue_intermediate`, that issues agents.
     pub fn intermediate(
         &self,
         cn: &str,
         grants_toml: Option<&str>,
         path_len: Option<u8>,
+    ) -> Result<Ca, CaError> {
+        self.intermediate_for(cn, grants_toml, path_len, IssuableRoles::AGENTS_ONLY)
+    }
+
+    /// An intermediate under this CA that may issue `roles`.
+    pub fn intermediate_for(
+        &self,
+        cn: &str,
+        grants_toml: Option<&str>,
+        path_len: Option<u8>,
+        roles: IssuableRoles,
     ) -> Result<Ca, CaError> {
         let key = key();
         let cert = ca::issue_intermediate(
@@ -87,6 +98,7 @@ impl Ca {
                 public_key: spki(&key),
                 subject: ca::parse_subject(&format!("CN={cn}")).unwrap(),
                 grants: grants_toml.map(grants),
+                roles,
                 path_len,
                 ttl: Duration::from_secs(365 * 86_400),
             },
@@ -126,13 +138,21 @@ impl Ca {
     }
 
     /// This CA as seen by a careless (or malicious) signer: the same key and name, but with
-    /// no grants anywhere in its chain, so the CA code does not bound what it signs. Used to
-    /// make escalated certificates "signed elsewhere".
+    /// no grants anywhere in its chain and every role issuable, so the CA code does not bound
+    /// what it signs. Used to make escalated certificates "signed elsewhere".
     pub fn unchecked(&self) -> Ca {
         let strip = |c: &Certificate| {
-            let mut c = forge(c);
-            c.remove_extension(SEB_GRANTS_OID);
-            c.finish().unwrap()
+            let mut forged = forge(c);
+            forged.remove_extension(SEB_GRANTS_OID);
+            // Nor by the roles it may issue (the root, self-issued, has none to lift).
+            if c.tbs().issuer() != c.tbs().subject() {
+                forged.set_raw_extension(
+                    crate::cert::SEB_ISSUABLE_ROLES_OID.as_bytes(),
+                    false,
+                    &IssuableRoles::ALL.to_der().unwrap(),
+                );
+            }
+            forged.finish().unwrap()
         };
         Ca {
             key: self.key.clone(),

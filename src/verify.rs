@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use x509_cert::ext::pkix::BasicConstraints;
 
 use crate::base64url;
-use crate::cert::{CertError, Certificate, Purpose, SEB_GRANTS_OID, SEB_ROLE_OID};
+use crate::cert::{CertError, Certificate, Purpose, SEB_GRANTS_OID};
 use crate::chain::{self, ChainError, PurposeError};
 use crate::time::unix;
 use crate::token::{Claims, Header};
@@ -580,12 +580,22 @@ fn check_approvals(
         for c in path.path() {
             check_validity(c, issued)?;
         }
-        let role = cert
-            .extension(SEB_ROLE_OID)
-            .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok());
-        let Some(role) = role.filter(|r| r.kind == crate::grants::RoleKind::Approver) else {
+        let view = path.chain_view();
+        if !view
+            .leaf
+            .role
+            .as_ref()
+            .is_some_and(|r| r.kind == crate::grants::RoleKind::Approver)
+        {
             return Err(VerifyError::NotAnApprover { subject });
-        };
+        }
+        // The role counts only if every intermediate above the approver may issue approvers.
+        let role = crate::authz::delegated_role(&view).map_err(|(_, reason)| {
+            VerifyError::RoleNotDelegated {
+                subject: subject.clone(),
+                reason,
+            }
+        })?;
         if !role.groups.contains(group) {
             return Err(VerifyError::WrongApprovalGroup {
                 subject,

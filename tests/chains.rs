@@ -14,7 +14,7 @@ use common::{assert_clean_failure, openssl, Hsm};
 use p384::pkcs8::DecodePrivateKey;
 use seb::authz::{decide, DenyCode, Request, RevocationView};
 use seb::cert::Certificate;
-use seb::grants::{GrantSet, RoleKind};
+use seb::grants::{GrantSet, Role, RoleKind};
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
@@ -459,12 +459,14 @@ fn an_offline_intermediate_that_escalates_is_caught_by_the_decision_engine() {
 /// An agent certificate made by the offline CA with its software key, bypassing seb's CA (and
 /// so its attenuation check).
 fn offline_leaf(issuer: &Certificate, key: &p384::ecdsa::SigningKey, grants: &str) -> Certificate {
+    use p384::elliptic_curve::Generate;
     common::offline_leaf(
         issuer,
         key,
         "CN=offline-agent",
-        RoleKind::Agent,
+        Role::new(RoleKind::Agent, vec![]).unwrap(),
         Some(GrantSet::from_toml_str(grants).unwrap()),
+        &p384::ecdsa::SigningKey::try_generate().unwrap(),
     )
 }
 

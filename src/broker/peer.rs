@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::BrokerError;
-use crate::authz::{ChainView, RevocationView};
+use crate::authz::{self, ChainView, RevocationView};
 use crate::base64url;
 use crate::cert::Certificate;
 use crate::chain::{self, ChainError};
@@ -77,12 +77,24 @@ impl PathCert {
 }
 
 impl Peer {
-    /// The role the leaf carries, if any.
+    /// The role the leaf carries, if its chain validated and delegates it
+    /// ([`authz::delegated_role`]: an intermediate that may not issue the role makes the
+    /// certificate count for nothing).
     pub fn role(&self) -> Option<RoleKind> {
-        self.chain
-            .as_ref()
-            .ok()
-            .and_then(|c| c.leaf.role.as_ref().map(|r| r.kind))
+        self.delegated_role().ok()
+    }
+
+    /// The leaf's role, or why it does not count: an unusable chain, no role, or an
+    /// intermediate above the leaf that may not issue it (`role_not_delegated`).
+    pub fn delegated_role(&self) -> Result<RoleKind, BrokerError> {
+        let chain = self.verified_chain()?;
+        authz::delegated_role(chain)
+            .map(|role| role.kind)
+            .map_err(|(code, reason)| BrokerError::Denied {
+                code,
+                reason,
+                request_id: None,
+            })
     }
 
     /// The validated chain, or the reason it is unusable as the caller's error.

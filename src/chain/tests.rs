@@ -547,6 +547,7 @@ fn a_p256_offline_intermediate_signing_with_sha256_verifies() {
             public_key: p256_spki,
             subject: crate::ca::parse_subject("CN=offline").unwrap(),
             grants: None,
+            roles: crate::grants::IssuableRoles::default(),
             path_len: Some(0),
             ttl: Duration::from_secs(86_400),
         },

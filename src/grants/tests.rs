@@ -192,6 +192,60 @@ fn to_der_validates() {
 }
 
 #[test]
+fn issuable_roles() {
+    use RoleKind::{Agent, Approver, Broker, Executor};
+    assert_eq!(IssuableRoles::default(), IssuableRoles::AGENTS_ONLY);
+    assert_eq!(IssuableRoles::default().kinds(), [Agent]);
+    let all: IssuableRoles = "executor, agent,approver,agent".parse().unwrap();
+    assert_eq!(all, IssuableRoles::ALL);
+    assert_eq!(all.to_string(), "agent,approver,executor");
+    for set in [
+        IssuableRoles::AGENTS_ONLY,
+        IssuableRoles::ALL,
+        IssuableRoles::new([Executor]).unwrap(),
+        IssuableRoles::new([Approver, Executor]).unwrap(),
+    ] {
+        assert_eq!(
+            IssuableRoles::from_der(&set.to_der().unwrap()).unwrap(),
+            set
+        );
+        assert!(set.is_subset_of(IssuableRoles::ALL));
+        assert!(!set.contains(Broker));
+    }
+    assert!(!IssuableRoles::ALL.is_subset_of(IssuableRoles::AGENTS_ONLY));
+    assert!(IssuableRoles::AGENTS_ONLY.is_subset_of(IssuableRoles::ALL));
+    // Known answer: SEQUENCE { ENUMERATED 0, ENUMERATED 2 }.
+    let agent_executor = IssuableRoles::new([Executor, Agent]).unwrap();
+    assert_eq!(
+        agent_executor.to_der().unwrap(),
+        [0x30, 0x06, 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x02]
+    );
+    // Broker is never issuable, an empty set is not a set of roles, names must be known.
+    for bad in [
+        "broker",
+        "agent,broker",
+        "",
+        "agent,,executor",
+        "admin",
+        "Agent",
+    ] {
+        assert!(bad.parse::<IssuableRoles>().is_err(), "{bad:?}");
+    }
+    // Decoding: only the one sorted, duplicate-free encoding, without broker, not empty.
+    for der in [
+        &[0x30, 0x06, 0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00][..], // unsorted
+        &[0x30, 0x06, 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x00],     // duplicate
+        &[0x30, 0x03, 0x0a, 0x01, 0x03],                       // broker
+        &[0x30, 0x00],                                         // empty
+        &[0x30, 0x03, 0x0a, 0x01, 0x07],                       // unknown role
+        &[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00],                 // trailing byte
+        &[0x30, 0x81, 0x03, 0x0a, 0x01, 0x00],                 // long-form length
+    ] {
+        assert!(IssuableRoles::from_der(der).is_err(), "{der:02x?}");
+    }
+}
+
+#[test]
 fn roles() {
     for kind in [
         RoleKind::Agent,
@@ -394,6 +448,9 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = GrantSet::from_der(&bytes);
         let _ = Role::from_der(&bytes);
+        if let Ok(roles) = IssuableRoles::from_der(&bytes) {
+            prop_assert_eq!(roles.to_der().unwrap(), bytes);
+        }
     }
 
     #[test]

@@ -235,6 +235,15 @@ pub enum VerifyError {
         /// Its subject.
         subject: String,
     },
+    /// An approver certificate whose role an intermediate CA above it may not issue
+    /// (`sebIssuableRoles`): it approves nothing.
+    #[error("approver certificate {subject:?} does not count: {reason}")]
+    RoleNotDelegated {
+        /// Its subject.
+        subject: String,
+        /// Which intermediate does not delegate the role.
+        reason: String,
+    },
     /// An approver is not in the group the grant names.
     #[error("approver {subject:?} is not in approver group {group:?}")]
     WrongApprovalGroup {
@@ -306,6 +315,7 @@ impl VerifyError {
             VerifyError::UnknownApprover { .. } => "unknown_approver",
             VerifyError::UntrustedApprover { .. } => "untrusted_approver",
             VerifyError::NotAnApprover { .. } => "not_an_approver",
+            VerifyError::RoleNotDelegated { .. } => "role_not_delegated",
             VerifyError::WrongApprovalGroup { .. } => "wrong_approval_group",
             VerifyError::SelfApproval { .. } => "self_approval",
             VerifyError::DuplicateApprover { .. } => "duplicate_approver",

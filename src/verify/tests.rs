@@ -1419,6 +1419,29 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
     let expect = q.f.expect().approvers(approvers);
     assert_eq!(q.code_with(&c, &expect), "not_an_approver");
 
+    // An approver certificate signed by an intermediate that may issue agents only: its role
+    // counts for nothing, even with the intermediate in hand.
+    let ops = q.f.root.intermediate("ops", None, None).unwrap();
+    let rogue = approver(&ops.unchecked(), "rogue", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &rogue.0, &rogue.1);
+    let mut approvers = q.approvers();
+    approvers.extend([rogue.0.clone(), ops.cert.clone()]);
+    let expect = q.f.expect().approvers(approvers);
+    assert_eq!(q.code_with(&c, &expect), "role_not_delegated");
+    // Control: from an intermediate delegated approvers, the same counts.
+    let approving =
+        q.f.root
+            .intermediate_for("approving", None, None, "approver".parse().unwrap())
+            .unwrap();
+    let carol = approver(&approving, "carol", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &carol.0, &carol.1);
+    let mut approvers = q.approvers();
+    approvers.extend([carol.0.clone(), approving.cert.clone()]);
+    let expect = q.f.expect().approvers(approvers);
+    assert_eq!(q.code_with(&c, &expect), "ok");
+
     // The agent approving itself: an approver certificate with the agent's subject.
     let itself = approver(&q.f.root, "agent", &["sre-leads"]);
     let mut c = q.claims();

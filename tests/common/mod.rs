@@ -789,22 +789,20 @@ pub fn in_process_broker(hsm: &Hsm) -> std::sync::Arc<seb::broker::Broker> {
     std::sync::Arc::new(seb::broker::Broker::new(config, backend, store).unwrap())
 }
 
-/// A certificate for `role` made by an offline CA (`issuer`, whose key `key` is held outside
-/// the broker) with `x509-cert`'s builder: what a CA that is not seb's would sign, bypassing
-/// seb's issuance checks. Valid for a day from now.
+/// A certificate for `role` and the key `leaf_key`, made by an offline CA (`issuer`, whose
+/// key `key` is held outside the broker) with `x509-cert`'s builder: what a CA that is not
+/// seb's would sign, bypassing seb's issuance checks. Valid for a day from now.
 pub fn offline_leaf(
     issuer: &seb::cert::Certificate,
     key: &p384::ecdsa::SigningKey,
     subject: &str,
-    role: seb::grants::RoleKind,
+    role: seb::grants::Role,
     grants: Option<seb::grants::GrantSet>,
+    leaf_key: &p384::ecdsa::SigningKey,
 ) -> seb::cert::Certificate {
-    use p384::elliptic_curve::Generate;
     use x509_cert::builder::{Builder, CertificateBuilder};
 
-    let leaf_key = p384::ecdsa::SigningKey::try_generate().unwrap();
-    let mut extra =
-        vec![seb::ca::role_extension(&seb::grants::Role::new(role, vec![]).unwrap()).unwrap()];
+    let mut extra = vec![seb::ca::role_extension(&role).unwrap()];
     if let Some(grants) = &grants {
         extra.push(seb::ca::grants_extension(grants).unwrap());
     }
@@ -826,6 +824,81 @@ pub fn offline_leaf(
     .unwrap();
     let cert = builder.build::<_, p384::ecdsa::DerSignature>(key).unwrap();
     seb::cert::Certificate::from_x509(cert).unwrap()
+}
+
+impl Hsm {
+    /// An identity whose certificate an offline intermediate (`issuer`, key `issuer_key`)
+    /// signed for `role`: `NAME.pem` holds the leaf and the intermediate, `NAME.key` its key.
+    pub fn offline_identity(
+        &self,
+        name: &str,
+        issuer: &seb::cert::Certificate,
+        issuer_key: &p384::ecdsa::SigningKey,
+        role: seb::grants::Role,
+    ) -> Identity {
+        use p384::elliptic_curve::Generate;
+        use p384::pkcs8::EncodePrivateKey;
+        let key = p384::ecdsa::SigningKey::try_generate().unwrap();
+        let leaf = offline_leaf(issuer, issuer_key, &format!("CN={name}"), role, None, &key);
+        let cert = self.path(&format!("{name}.pem"));
+        std::fs::write(
+            &cert,
+            format!(
+                "{}{}",
+                leaf.to_pem_string().unwrap(),
+                issuer.to_pem_string().unwrap()
+            ),
+        )
+        .unwrap();
+        let key_path = self.path(&format!("{name}.key"));
+        let pem = key.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
+        std::fs::write(&key_path, pem.as_bytes()).unwrap();
+        Identity {
+            cert,
+            key: key_path,
+        }
+    }
+
+    /// An offline intermediate: a key made in software (`seb keygen`, standing for a key held
+    /// elsewhere), certified by the root with `seb cert issue-ca --csr` and `extra` options.
+    /// Returns its certificate and key.
+    pub fn offline_intermediate(
+        &self,
+        label: &str,
+        extra: &[&str],
+    ) -> (seb::cert::Certificate, p384::ecdsa::SigningKey) {
+        use p384::pkcs8::DecodePrivateKey;
+        let key = self.path(&format!("{label}-ca.key"));
+        let csr = self.path(&format!("{label}-ca.csr"));
+        let out = self.path(&format!("{label}-ca.pem"));
+        self.seb_ok(&[
+            "keygen",
+            "--out-key",
+            key.to_str().unwrap(),
+            "--out-csr",
+            csr.to_str().unwrap(),
+            "--subject",
+            &format!("CN={label}"),
+        ]);
+        let mut args = vec![
+            "cert",
+            "issue-ca",
+            "--label",
+            label,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--ttl",
+            "30d",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.seb_ok(&args);
+        let cert = seb::cert::Certificate::parse(&std::fs::read(&out).unwrap()).unwrap();
+        let key = p384::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key).unwrap())
+            .unwrap();
+        (cert, key)
+    }
 }
 
 /// An end-entity profile for client certificates: basicConstraints cA=FALSE, digitalSignature,
