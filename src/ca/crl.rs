@@ -1,15 +1,24 @@
-//! Certificate revocation lists, signed by the root key inside the device.
+//! Certificate revocation lists, signed by the root key (or an intermediate's) inside the
+//! device.
 //!
 //! A CRL lists every revoked serial with its revocation time and reason, carries a CRL number
 //! that only ever grows, and a nextUpdate after which relying parties must fetch a new one.
+//!
+//! The `TBSCertList` is assembled here rather than by `x509-cert`'s `CrlBuilder`: that builder
+//! takes the CRL's authority key identifier from the issuer certificate's own authority key
+//! identifier, which names the issuer's *issuer*. That is right only for a self-signed root;
+//! an intermediate's CRL would name the root's key, and relying parties (`openssl verify
+//! -crl_check`) find no CRL for the intermediate's certificates. Here the identifier names the
+//! key that signs: the issuer's subject key identifier.
 
 use std::time::{Duration, SystemTime};
 
 use der::asn1::Uint;
-use spki::SignatureBitStringEncoding;
-use x509_cert::builder::{Builder, CrlBuilder};
-use x509_cert::crl::{CertificateList, RevokedCert};
-use x509_cert::ext::pkix::{CrlNumber, CrlReason};
+use der::referenced::OwnedToRef;
+use der::Encode;
+use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason, SubjectKeyIdentifier};
 use x509_cert::ext::ToExtension;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
@@ -109,14 +118,43 @@ pub fn sign(
             crl_entry_extensions: Some(vec![ext]),
         });
     }
-    let mut builder = CrlBuilder::new_with_this_update(issuer.x509(), number, this_update)?
-        .with_next_update(Some(next_update));
-    if !entries.is_empty() {
-        builder = builder.with_certificates(entries.into_iter());
+    let issuer_name = issuer.tbs().subject().clone();
+    let key_identifier = match issuer.standard_extension::<SubjectKeyIdentifier>()? {
+        Some(ski) => ski.0,
+        None => {
+            SubjectKeyIdentifier::try_from(issuer.tbs().subject_public_key_info().owned_to_ref())
+                .map_err(|e| CaError::Encoding(e.to_string()))?
+                .0
+        }
+    };
+    let mut extensions = Vec::new();
+    let ext = number.to_extension(&issuer_name, &extensions)?;
+    extensions.push(ext);
+    let ext = AuthorityKeyIdentifier {
+        key_identifier: Some(key_identifier),
+        ..Default::default()
     }
-    let tbs = builder.finalize(signer)?;
-    let signature = signer.sign_message(&tbs).map_err(CaError::Sign)?;
-    Ok(builder.assemble(signature.to_der().to_bitstring()?, signer)?)
+    .to_extension(&issuer_name, &extensions)?;
+    extensions.push(ext);
+    let algorithm = AlgorithmIdentifierOwned {
+        oid: crate::backend::ECDSA_WITH_SHA384,
+        parameters: None,
+    };
+    let tbs = TbsCertList {
+        version: x509_cert::Version::V2,
+        signature: algorithm.clone(),
+        issuer: issuer_name,
+        this_update,
+        next_update: Some(next_update),
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: Some(extensions),
+    };
+    let signature = signer.sign_message(&tbs.to_der()?).map_err(CaError::Sign)?;
+    Ok(CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: algorithm,
+        signature: signature.to_der().to_bitstring()?,
+    })
 }
 
 /// PEM text of a CRL.
