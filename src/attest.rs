@@ -700,7 +700,7 @@ fn same_broker(ak: &Certificate, tls: &Certificate) -> Result<String, QuoteError
 /// The broker id in a service certificate's single common name `<broker_id><suffix>`.
 fn broker_of(cert: &Certificate, suffix: &str) -> Option<String> {
     let common_name = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let mut names = cert.tbs.subject.iter().filter(|a| a.oid == common_name);
+    let mut names = cert.tbs().subject().iter().filter(|a| a.oid == common_name);
     let name = names.next()?;
     if names.next().is_some() {
         return None;

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::canonical;
 use crate::grants::syntax;
-use crate::grants::{ApprovalRule, Grant, GrantError, GrantSet, Role, RoleKind};
+use crate::grants::{ApprovalRule, Grant, GrantError, GrantSet, IssuableRoles, Role, RoleKind};
 use crate::serial::Serial;
 
 pub use cover::{covers, grant_set_covered, NotCovered};
@@ -33,6 +33,9 @@ pub struct CertFacts {
     pub role: Option<Role>,
     /// The decoded `sebGrants` extension: `None` if absent, `Some(Err)` if it did not decode.
     pub grants: Option<Result<GrantSet, GrantError>>,
+    /// The decoded `sebIssuableRoles` extension (meaningful on intermediates): `None` if
+    /// absent (agents only), `Some(Err)` if it did not decode (no role at all).
+    pub issuable_roles: Option<Result<IssuableRoles, GrantError>>,
 }
 
 /// A certificate chain whose signatures the caller has already verified up to a trusted root.
@@ -119,6 +122,9 @@ pub enum DenyCode {
     CertificateRevoked,
     /// The leaf is not an agent certificate (or has no role).
     WrongRole,
+    /// An intermediate above the leaf may not issue the leaf's role (`sebIssuableRoles`), or
+    /// may issue more roles than an intermediate above it.
+    RoleNotDelegated,
     /// A `sebGrants` extension in the chain did not decode or validate.
     InvalidGrantsExtension,
     /// The leaf carries no `sebGrants`.
@@ -141,11 +147,12 @@ pub enum DenyCode {
 
 impl DenyCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [DenyCode; 13] = [
+    pub const ALL: [DenyCode; 14] = [
         DenyCode::CertificateExpired,
         DenyCode::CertificateNotYetValid,
         DenyCode::CertificateRevoked,
         DenyCode::WrongRole,
+        DenyCode::RoleNotDelegated,
         DenyCode::InvalidGrantsExtension,
         DenyCode::NoGrants,
         DenyCode::GrantChainEscalation,
@@ -164,6 +171,7 @@ impl DenyCode {
             DenyCode::CertificateNotYetValid => "certificate_not_yet_valid",
             DenyCode::CertificateRevoked => "certificate_revoked",
             DenyCode::WrongRole => "wrong_role",
+            DenyCode::RoleNotDelegated => "role_not_delegated",
             DenyCode::InvalidGrantsExtension => "invalid_grants_extension",
             DenyCode::NoGrants => "no_grants",
             DenyCode::GrantChainEscalation => "grant_chain_escalation",
@@ -186,7 +194,8 @@ impl std::fmt::Display for DenyCode {
 /// Decides a request. Checks, in order (the first failure is the answer):
 ///
 /// 1. every certificate, leaf first: revoked, then not yet valid, then expired;
-/// 2. the leaf's role is `agent`;
+/// 2. the leaf's role is `agent`, and every intermediate above it may issue agents
+///    ([`delegated_role`]);
 /// 3. every `sebGrants` in the chain decoded; the leaf has grants;
 /// 4. attenuation: each certificate's grants are covered by the grants of every ancestor that
 ///    carries them (an ancestor without grants bounds nothing but breaks no link);
@@ -233,7 +242,7 @@ pub fn decide(
         }
     }
 
-    // 2. Role.
+    // 2. Role, and its delegation along the chain.
     match &chain.leaf.role {
         Some(role) if role.kind == RoleKind::Agent => {}
         Some(role) => {
@@ -248,6 +257,9 @@ pub fn decide(
                 "certificate carries no sebRole extension",
             );
         }
+    }
+    if let Err((code, reason)) = delegated_role(chain) {
+        return Decision::deny(code, reason);
     }
 
     // 3. Every grants extension decodes.
@@ -334,6 +346,60 @@ pub fn decide(
         ),
         Some((code, reason)) => Decision::deny(code, reason),
     }
+}
+
+/// The leaf's role, if the chain delegates it: every intermediate above the leaf may issue
+/// that role (`sebIssuableRoles`; absent means agents only, malformed means none), and each
+/// intermediate's roles lie within those of every intermediate above it (attenuation, as for
+/// grants: a chain that breaks it authorizes nothing). The root issues every role and is not
+/// in the chain view.
+///
+/// Every decision that rests on a role runs this: the agent's request ([`decide`]), an
+/// executor's redemption and an approver's view (the broker's peer).
+pub fn delegated_role(chain: &ChainView) -> Result<&Role, (DenyCode, String)> {
+    let role = chain.leaf.role.as_ref().ok_or((
+        DenyCode::WrongRole,
+        "certificate carries no sebRole extension".to_owned(),
+    ))?;
+    let mut sets: Vec<(usize, IssuableRoles)> = Vec::with_capacity(chain.ancestors.len());
+    for (index, ca) in chain.ancestors.iter().enumerate() {
+        let depth = index + 1;
+        let roles = match &ca.issuable_roles {
+            None => IssuableRoles::default(),
+            Some(Ok(roles)) => *roles,
+            Some(Err(e)) => {
+                return Err((
+                    DenyCode::RoleNotDelegated,
+                    format!(
+                    "the issuer certificate at depth {depth} has an invalid sebIssuableRoles: {e}"
+                ),
+                ))
+            }
+        };
+        if !roles.contains(role.kind) {
+            return Err((
+                DenyCode::RoleNotDelegated,
+                format!(
+                    "the issuer certificate at depth {depth} may issue {roles} certificates, not {}",
+                    role.kind
+                ),
+            ));
+        }
+        sets.push((depth, roles));
+    }
+    for (i, (child_depth, child)) in sets.iter().enumerate() {
+        for (parent_depth, parent) in &sets[i + 1..] {
+            if !child.is_subset_of(*parent) {
+                return Err((
+                    DenyCode::RoleNotDelegated,
+                    format!(
+                        "the intermediate at depth {child_depth} may issue {child}, more than its issuer at depth {parent_depth} ({parent})"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(role)
 }
 
 /// Checks one grant against a request already known to be well-formed. The error is the

@@ -244,6 +244,7 @@ fn decide_latency(iterations: usize) -> CliResult {
                         public_key: spki_of(&key)?,
                         subject: ca::parse_subject("CN=bench intermediate")?,
                         grants: Some(grants.clone()),
+                        roles: seb::grants::IssuableRoles::AGENTS_ONLY,
                         path_len: Some(0),
                         ttl: Duration::from_secs(3_600),
                     },

@@ -9,11 +9,10 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{Ia5String, OctetString};
-use der::referenced::OwnedToRef;
+use der::asn1::{Ia5String, ObjectIdentifier, OctetString};
 use der::Encode;
 use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
-use x509_cert::certificate::Version;
+use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -21,9 +20,9 @@ use x509_cert::time::{Time, Validity};
 
 use crate::backend::{BackendError, P384Signer, ECDSA_WITH_SHA384};
 use crate::cert::{
-    CertError, Certificate, Extension, TbsCertificate, SEB_GRANTS_OID, SEB_ROLE_OID,
+    CertError, Certificate, Extension, SEB_GRANTS_OID, SEB_ISSUABLE_ROLES_OID, SEB_ROLE_OID,
 };
-use crate::grants::{GrantError, GrantSet, Role, RoleKind};
+use crate::grants::{GrantError, GrantSet, IssuableRoles, Role, RoleKind};
 
 pub mod crl;
 pub mod csr;
@@ -126,6 +125,17 @@ pub enum CaError {
         /// Why not.
         reason: String,
     },
+    /// A CA in the issuing chain may not issue this role (`sebIssuableRoles`, docs/GRANTS.md
+    /// §5.1): a certificate of the role, or an intermediate that may issue more roles.
+    #[error("role not delegated: the issuing CA {ancestor:?} may issue {allowed} certificates, not {requested} (see `seb cert issue-ca --roles`)")]
+    RoleNotDelegated {
+        /// The CA that does not delegate the role.
+        ancestor: String,
+        /// What it may issue.
+        allowed: IssuableRoles,
+        /// What was asked for.
+        requested: String,
+    },
     /// The grants asked for exceed the grants of an issuing CA (attenuation, docs/GRANTS.md §5).
     #[error("grant escalation: the requested grants exceed those of the issuing CA {ancestor:?}")]
     Escalation {
@@ -181,6 +191,9 @@ pub struct IntermediateRequest {
     /// Grants bounding everything beneath it; `None` bounds nothing (the ancestors' grants
     /// still apply).
     pub grants: Option<GrantSet>,
+    /// The end-entity roles it may issue (`sebIssuableRoles`); at most those of every
+    /// intermediate above it.
+    pub roles: IssuableRoles,
     /// pathLenConstraint; `None` takes the tightest bound the ancestors leave (or none).
     pub path_len: Option<u8>,
     /// Validity from now.
@@ -259,15 +272,13 @@ pub fn issue_service(
     validity: Duration,
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
-    // Service certificates carry no seb extensions: executors written in any language must be
-    // able to parse the token and audit certificates, and many X.509 parsers reject the UUID
-    // arc's 128-bit OIDs (see `crate::cert`).
+    // Service certificates carry no sebRole or sebGrants: they are nobody's identity.
     let mut extra = Vec::new();
     if let CertKind::TlsServer { names } = &kind {
         extra.push(subject_alt_names(names)?);
     }
     let unsigned = Unsigned {
-        issuer: root.tbs.subject.clone(),
+        issuer: root.tbs().subject().clone(),
         subject: subject.clone(),
         kind,
         extra,
@@ -331,6 +342,11 @@ pub fn issue_leaf_under(
         _ => {}
     }
     let issuer = check_issuer_chain(signer, issuer_chain, false, now)?;
+    check_role_delegation(
+        issuer_chain,
+        |roles| roles.contains(request.role.kind),
+        || request.role.kind.to_string(),
+    )?;
     if let Some(grants) = &request.grants {
         check_attenuation(grants, issuer_chain)?;
     }
@@ -345,7 +361,7 @@ pub fn issue_leaf_under(
         ));
     }
     let unsigned = Unsigned {
-        issuer: issuer.tbs.subject.clone(),
+        issuer: issuer.tbs().subject().clone(),
         subject: request.subject,
         kind: CertKind::Client,
         extra,
@@ -370,17 +386,21 @@ pub fn issue_intermediate(
     let path_len = check_intermediate(
         issuer_chain,
         request.grants.as_ref(),
+        request.roles,
         request.path_len,
         request.ttl,
         now,
     )?;
     let issuer = check_issuer_chain(signer, issuer_chain, true, now)?;
-    let mut extra = Vec::new();
+    let mut extra = vec![seb_extension(
+        SEB_ISSUABLE_ROLES_OID,
+        request.roles.to_der().map_err(CaError::Grants)?,
+    )?];
     if let Some(grants) = &request.grants {
         extra.push(grants_extension(grants)?);
     }
     let unsigned = Unsigned {
-        issuer: issuer.tbs.subject.clone(),
+        issuer: issuer.tbs().subject().clone(),
         subject: request.subject,
         kind: CertKind::Intermediate { path_len },
         extra,
@@ -397,6 +417,7 @@ pub fn issue_intermediate(
 pub fn check_intermediate(
     issuer_chain: &[Certificate],
     grants: Option<&GrantSet>,
+    roles: IssuableRoles,
     path_len: Option<u8>,
     ttl: Duration,
     now: SystemTime,
@@ -406,6 +427,11 @@ pub fn check_intermediate(
         reason: "no issuer given".into(),
     })?;
     check_ca_chain(issuer_chain, true, now)?;
+    check_role_delegation(
+        issuer_chain,
+        |above| roles.is_subset_of(above),
+        || format!("intermediate CA ({roles})"),
+    )?;
     if let Some(grants) = grants {
         grants.validate().map_err(CaError::Grants)?;
         check_attenuation(grants, issuer_chain)?;
@@ -455,6 +481,42 @@ pub fn check_attenuation(grants: &GrantSet, issuer_chain: &[Certificate]) -> Res
         })?;
     }
     Ok(())
+}
+
+/// Role delegation at issuance: every intermediate of `issuer_chain` (the root issues every
+/// role) must allow what is asked (`allows` its `sebIssuableRoles`; absent means agents only).
+/// The decision re-checks the same along the chain (`authz::delegated_role`), which catches a
+/// certificate an offline intermediate signed anyway.
+fn check_role_delegation(
+    issuer_chain: &[Certificate],
+    allows: impl Fn(IssuableRoles) -> bool,
+    requested: impl Fn() -> String,
+) -> Result<(), CaError> {
+    for ca in issuer_chain.iter().filter(|ca| !is_root(ca)) {
+        let roles = match ca.extension(SEB_ISSUABLE_ROLES_OID) {
+            None => IssuableRoles::default(),
+            Some(ext) => {
+                IssuableRoles::from_der(ext.extn_value.as_bytes()).map_err(|e| CaError::Issuer {
+                    issuer: ca.subject_string(),
+                    reason: format!("its sebIssuableRoles extension is invalid: {e}"),
+                })?
+            }
+        };
+        if !allows(roles) {
+            return Err(CaError::RoleNotDelegated {
+                ancestor: ca.subject_string(),
+                allowed: roles,
+                requested: requested(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ca` is a root: self-issued and self-signed. (An intermediate given the root's
+/// name is not: its key is not the one that signed it.)
+fn is_root(ca: &Certificate) -> bool {
+    ca.tbs().issuer() == ca.tbs().subject() && crate::chain::verify_signature(ca, ca).is_ok()
 }
 
 /// Checks the issuing chain and that `signer` holds the issuer's key; returns the issuer.
@@ -526,20 +588,21 @@ fn basic_constraints(
 /// The `sebRole` extension (non-critical: generic tools such as `openssl verify` must accept
 /// the certificate; seb itself treats the extension as authoritative).
 pub fn role_extension(role: &Role) -> Result<Extension, CaError> {
-    Ok(Extension::new(
-        SEB_ROLE_OID,
-        false,
-        role.to_der().map_err(CaError::Grants)?,
-    )?)
+    seb_extension(SEB_ROLE_OID, role.to_der().map_err(CaError::Grants)?)
 }
 
 /// The `sebGrants` extension (non-critical, for the same reason as [`role_extension`]).
 pub fn grants_extension(grants: &GrantSet) -> Result<Extension, CaError> {
-    Ok(Extension::new(
-        SEB_GRANTS_OID,
-        false,
-        grants.to_der().map_err(CaError::Grants)?,
-    )?)
+    seb_extension(SEB_GRANTS_OID, grants.to_der().map_err(CaError::Grants)?)
+}
+
+/// A non-critical extension with an encoded value.
+fn seb_extension(oid: ObjectIdentifier, value: Vec<u8>) -> Result<Extension, CaError> {
+    Ok(Extension {
+        extn_id: oid,
+        critical: false,
+        extn_value: OctetString::new(value)?,
+    })
 }
 
 fn signer_spki(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, CaError> {
@@ -562,16 +625,15 @@ fn subject_alt_names(names: &[String]) -> Result<Extension, CaError> {
         }
     }
     let san = SubjectAltName(general);
-    Ok(Extension::new(
-        <SubjectAltName as der::oid::AssociatedOid>::OID.as_bytes(),
-        false,
+    seb_extension(
+        <SubjectAltName as der::oid::AssociatedOid>::OID,
         san.to_der()?,
-    )?)
+    )
 }
 
 fn clamp_to_issuer(mut validity: Validity, issuer: &Certificate) -> Validity {
     if validity.not_after.to_system_time() > issuer.not_after() {
-        validity.not_after = issuer.tbs.validity.not_after;
+        validity.not_after = issuer.tbs().validity().not_after;
     }
     validity
 }
@@ -587,37 +649,44 @@ struct Unsigned {
 }
 
 impl Unsigned {
-    /// Assembles the TBSCertificate, has the device sign its DER, and returns the certificate.
+    /// Has `x509-cert`'s builder assemble the TBSCertificate under seb's profile, the device
+    /// sign its DER, and returns the certificate.
     fn sign(self, signer: &dyn CaSigner) -> Result<Certificate, CaError> {
-        let issuer_spki = signer_spki(signer)?;
-        let extensions = profile::extensions(
-            &self.kind,
-            &self.subject,
-            self.public_key.owned_to_ref(),
-            issuer_spki.owned_to_ref(),
-            self.extra,
-        )?;
-        let algorithm = AlgorithmIdentifierOwned {
+        let profile = profile::Profile {
+            issuer: self.issuer,
+            subject: self.subject,
+            kind: self.kind,
+            extra: self.extra,
+        };
+        let mut builder =
+            CertificateBuilder::new(profile, random_serial()?, self.validity, self.public_key)?;
+        let key = BuilderKey(signer);
+        let tbs = builder.finalize(&key)?;
+        // Signed here rather than through `Builder::build`, which would hide the device's
+        // error behind `signature::Error`.
+        let signature = signer.sign_message(&tbs).map_err(CaError::Sign)?;
+        let cert = builder.assemble(signature.to_der().to_bitstring()?, &key)?;
+        Ok(Certificate::from_x509(cert)?)
+    }
+}
+
+/// A [`CaSigner`] as `x509-cert`'s builder sees a signer: its public key and its algorithm
+/// (ecdsa-with-SHA384). The builder only reads them; [`Unsigned::sign`] does the signing.
+struct BuilderKey<'a>(&'a dyn CaSigner);
+
+impl signature::Keypair for BuilderKey<'_> {
+    type VerifyingKey = p384::ecdsa::VerifyingKey;
+
+    fn verifying_key(&self) -> Self::VerifyingKey {
+        self.0.verifying_key()
+    }
+}
+
+impl spki::DynSignatureAlgorithmIdentifier for BuilderKey<'_> {
+    fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
+        Ok(AlgorithmIdentifierOwned {
             oid: ECDSA_WITH_SHA384,
             parameters: None,
-        };
-        let tbs = TbsCertificate {
-            version: Version::V3,
-            serial_number: random_serial()?,
-            signature: algorithm.clone(),
-            issuer: self.issuer,
-            validity: self.validity,
-            subject: self.subject,
-            subject_public_key_info: self.public_key,
-            issuer_unique_id: None,
-            subject_unique_id: None,
-            extensions: Some(extensions),
-        };
-        let signature = signer.sign_message(&tbs.to_der()?).map_err(CaError::Sign)?;
-        Ok(Certificate {
-            tbs,
-            signature_algorithm: algorithm,
-            signature: signature.to_der().to_bitstring()?,
         })
     }
 }

@@ -16,9 +16,14 @@
 //!   `certificate_not_yet_valid`, `certificate_revoked`) over [`ValidatedChain::chain_view`];
 //!   the offline verifier checks validity itself. Only the root's validity is checked here,
 //!   because the chain view excludes the root.
-//! * **Grants and roles.** They are read here ([`cert_facts`]) but judged by `authz::decide`.
-//! * **Extended key usage** is not enforced (it is understood, so a critical EKU is accepted);
-//!   callers that care about a purpose check it on the leaf.
+//! * **Grants and roles.** They are read here ([`cert_facts`]) but judged by `authz::decide`
+//!   (and `authz::delegated_role`: which roles the intermediates on the path may issue).
+//! * **Key purposes.** Path validation does not enforce extended key usage (it is understood,
+//!   so a critical EKU is accepted). A caller that accepts a signature for one purpose checks
+//!   the signer with [`require_purpose`] (exactly that one seb key purpose, and a signing
+//!   certificate), and for the broker's service keys with [`ValidatedChain::require_service`]
+//!   (the same, issued directly by the root: an intermediate CA, whatever it may issue, never
+//!   vouches for a broker key).
 //!
 //! This module is pure: no I/O, no clock (the caller passes `now`), no device code. It compiles
 //! with `--no-default-features`. It must never accept a path it has not fully checked.
@@ -36,8 +41,8 @@ use x509_cert::ext::pkix::{
 };
 
 use crate::authz::{CertFacts, ChainView};
-use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
-use crate::grants::{GrantSet, Role};
+use crate::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ISSUABLE_ROLES_OID, SEB_ROLE_OID};
+use crate::grants::{GrantSet, IssuableRoles, Role};
 use crate::serial::Serial;
 use crate::time::unix;
 
@@ -227,6 +232,125 @@ impl ChainError {
     }
 }
 
+/// Why a certificate may not sign for a purpose. [`PurposeError::code`] is stable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PurposeError {
+    /// Not a key certificate at all: a CA, a key that may not sign, or someone's identity
+    /// (an agent, approver or executor certificate, with `sebRole` or `sebGrants`).
+    #[error("{subject:?} is not a {purpose} key certificate: {reason}")]
+    NotAKeyCertificate {
+        /// Its subject.
+        subject: String,
+        /// The purpose asked for.
+        purpose: Purpose,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// Its extended key usage does not name exactly this seb key purpose.
+    #[error("{subject:?} does not carry the {purpose} key purpose alone: {reason}")]
+    WrongKeyPurpose {
+        /// Its subject.
+        subject: String,
+        /// The purpose asked for.
+        purpose: Purpose,
+        /// What it carries instead.
+        reason: String,
+    },
+    /// A broker service certificate issued by an intermediate CA instead of the root.
+    #[error("{subject:?} is issued by {issuer:?}, not directly by the root; only the root certifies the broker's keys")]
+    NotIssuedByRoot {
+        /// Its subject.
+        subject: String,
+        /// The intermediate that issued it.
+        issuer: String,
+    },
+}
+
+impl PurposeError {
+    /// The stable snake_case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PurposeError::NotAKeyCertificate { .. } => "not_a_key_certificate",
+            PurposeError::WrongKeyPurpose { .. } => "wrong_key_purpose",
+            PurposeError::NotIssuedByRoot { .. } => "not_issued_by_root",
+        }
+    }
+}
+
+/// anyExtendedKeyUsage (RFC 5280 §4.2.1.12): "any purpose", which no seb key may claim.
+const ANY_EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
+
+/// Checks that `cert` may sign for `purpose` and nothing else seb knows: an end entity (not a
+/// CA) with `digitalSignature`, whose extended key usage names `purpose` and no other seb key
+/// purpose, nor anyExtendedKeyUsage. For the broker's own keys (token, audit:
+/// [`Purpose::is_broker_key`]) the purpose is the only extended key usage, and the certificate
+/// is nobody's identity (no `sebRole`, no `sebGrants`).
+///
+/// It does not validate the path; see [`ValidatedChain::require_service`] for a broker key.
+pub fn require_purpose(cert: &Certificate, purpose: Purpose) -> Result<(), PurposeError> {
+    let not_key = |reason| PurposeError::NotAKeyCertificate {
+        subject: cert.subject_string(),
+        purpose,
+        reason,
+    };
+    let bc = cert
+        .standard_extension::<BasicConstraints>()
+        .map_err(|_| not_key("malformed basicConstraints"))?;
+    if bc.is_some_and(|bc| bc.ca) {
+        return Err(not_key("it is a CA certificate"));
+    }
+    let ku = cert
+        .standard_extension::<KeyUsage>()
+        .map_err(|_| not_key("malformed keyUsage"))?;
+    if !ku.is_some_and(|ku| ku.digital_signature()) {
+        return Err(not_key("its keyUsage lacks digitalSignature"));
+    }
+    if purpose.is_broker_key()
+        && (cert.extension(SEB_ROLE_OID).is_some() || cert.extension(SEB_GRANTS_OID).is_some())
+    {
+        return Err(not_key("it is an agent, approver or executor certificate"));
+    }
+    let eku = cert
+        .standard_extension::<ExtendedKeyUsage>()
+        .map_err(|_| not_key("malformed extendedKeyUsage"))?;
+    let wrong = |reason: String| PurposeError::WrongKeyPurpose {
+        subject: cert.subject_string(),
+        purpose,
+        reason,
+    };
+    let Some(ExtendedKeyUsage(usages)) = eku else {
+        return Err(wrong("it carries no extended key usage".into()));
+    };
+    if usages.contains(&ANY_EXTENDED_KEY_USAGE) {
+        return Err(wrong("it claims anyExtendedKeyUsage".into()));
+    }
+    let seb: Vec<Purpose> = usages.iter().filter_map(Purpose::from_oid).collect();
+    match seb.as_slice() {
+        [only] if *only == purpose => {}
+        [] => return Err(wrong("it carries no seb key purpose".into())),
+        [other] => return Err(wrong(format!("its key purpose is {other}"))),
+        several => {
+            let names: Vec<String> = several.iter().map(Purpose::to_string).collect();
+            return Err(wrong(format!(
+                "it carries several seb key purposes ({})",
+                names.join(", ")
+            )));
+        }
+    }
+    if purpose.is_broker_key() && usages.len() != 1 {
+        let others: Vec<String> = usages
+            .iter()
+            .filter(|u| **u != purpose.oid())
+            .map(ToString::to_string)
+            .collect();
+        return Err(wrong(format!(
+            "it also carries the extended key usages {}",
+            others.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// A path whose signatures and CA structure have been checked: leaf first, root last.
 #[derive(Clone, Debug)]
 pub struct ValidatedChain<'a> {
@@ -258,6 +382,18 @@ impl<'a> ValidatedChain<'a> {
         &self.path
     }
 
+    /// Checks that the leaf is a broker service key certificate for `purpose`: issued
+    /// directly by the root (no intermediate on the path) and [`require_purpose`].
+    pub fn require_service(&self, purpose: Purpose) -> Result<(), PurposeError> {
+        if let Some(issuer) = self.intermediates().first() {
+            return Err(PurposeError::NotIssuedByRoot {
+                subject: self.leaf().subject_string(),
+                issuer: issuer.subject_string(),
+            });
+        }
+        require_purpose(self.leaf(), purpose)
+    }
+
     /// What the decision engine needs: the facts of the leaf and of every intermediate,
     /// excluding the self-signed root (which authorises everything it signs).
     pub fn chain_view(&self) -> ChainView {
@@ -274,9 +410,11 @@ impl<'a> ValidatedChain<'a> {
     }
 }
 
-/// The decision-relevant facts of one certificate of a validated path, with its serial. A malformed `sebGrants` becomes `Some(Err(..))` (the
-/// decision denies `invalid_grants_extension`); a malformed `sebRole` becomes `None` (the
-/// decision denies `wrong_role`).
+/// The decision-relevant facts of one certificate of a validated path, with its serial. A
+/// malformed `sebGrants` becomes `Some(Err(..))` (the decision denies
+/// `invalid_grants_extension`); a malformed `sebRole` becomes `None` (the decision denies
+/// `wrong_role`); a malformed `sebIssuableRoles` becomes `Some(Err(..))` (an intermediate
+/// carrying it delegates no role: `role_not_delegated`).
 fn cert_facts(cert: &Certificate, serial: Serial) -> CertFacts {
     CertFacts {
         serial,
@@ -288,6 +426,9 @@ fn cert_facts(cert: &Certificate, serial: Serial) -> CertFacts {
         grants: cert
             .extension(SEB_GRANTS_OID)
             .map(|e| GrantSet::from_der(e.extn_value.as_bytes())),
+        issuable_roles: cert
+            .extension(SEB_ISSUABLE_ROLES_OID)
+            .map(|e| IssuableRoles::from_der(e.extn_value.as_bytes())),
     }
 }
 
@@ -314,7 +455,7 @@ pub fn validate<'a>(
         });
     }
     for cert in std::iter::once(leaf).chain(intermediates).chain(roots) {
-        let len = cert.encoded_len().map_err(|e| malformed(cert, e))?;
+        let len = cert.x509().encoded_len().map_err(|e| malformed(cert, e))?;
         let len = usize::try_from(u32::from(len)).unwrap_or(usize::MAX);
         if len > MAX_CERT_LEN {
             return Err(ChainError::CertificateTooLarge {
@@ -444,7 +585,7 @@ impl<'a> Builder<'a> {
 
         Err(best.unwrap_or_else(|| ChainError::UnknownIssuer {
             subject: child.subject_string(),
-            issuer: child.tbs.issuer.to_string(),
+            issuer: child.issuer_string(),
         }))
     }
 
@@ -475,7 +616,7 @@ impl<'a> Builder<'a> {
 /// Whether `candidate`'s subject is `child`'s issuer, and the key identifiers, where both are
 /// present, agree.
 fn names_issuer(child: &Certificate, candidate: &Certificate) -> Result<bool, ChainError> {
-    if child.tbs.issuer != candidate.tbs.subject {
+    if child.tbs().issuer() != candidate.tbs().subject() {
         return Ok(false);
     }
     let aki = child
@@ -494,20 +635,20 @@ fn names_issuer(child: &Certificate, candidate: &Certificate) -> Result<bool, Ch
 /// Per-certificate rules: v3, one signature algorithm named consistently, standard extensions
 /// that decode, and no critical extension seb does not process.
 fn check_structure(cert: &Certificate) -> Result<(), ChainError> {
-    if cert.tbs.version != Version::V3 {
+    if cert.tbs().version() != Version::V3 {
         return Err(malformed(cert, "not an X.509 v3 certificate"));
     }
-    if cert.tbs.signature != cert.signature_algorithm {
+    if cert.tbs().signature() != cert.x509().signature_algorithm() {
         return Err(malformed(
             cert,
             "the signature algorithm inside and outside the signed part differ",
         ));
     }
-    for ext in cert.tbs.extensions.iter().flatten() {
-        if ext.critical && !is_processed(ext.oid_bytes()) {
+    for ext in cert.tbs().extensions().into_iter().flatten() {
+        if ext.critical && !is_processed(&ext.extn_id) {
             return Err(ChainError::UnknownCriticalExtension {
                 subject: cert.subject_string(),
-                oid: ext.oid_string(),
+                oid: ext.extn_id.to_string(),
             });
         }
     }
@@ -519,7 +660,7 @@ fn check_structure(cert: &Certificate) -> Result<(), ChainError> {
 }
 
 /// The extensions seb understands (and so may be critical).
-fn is_processed(oid: &[u8]) -> bool {
+fn is_processed(oid: &ObjectIdentifier) -> bool {
     use der::oid::AssociatedOid;
     [
         BasicConstraints::OID,
@@ -528,11 +669,11 @@ fn is_processed(oid: &[u8]) -> bool {
         SubjectAltName::OID,
         SubjectKeyIdentifier::OID,
         AuthorityKeyIdentifier::OID,
+        SEB_GRANTS_OID,
+        SEB_ROLE_OID,
+        SEB_ISSUABLE_ROLES_OID,
     ]
-    .iter()
-    .any(|known| known.as_bytes() == oid)
-        || oid == SEB_GRANTS_OID
-        || oid == SEB_ROLE_OID
+    .contains(oid)
 }
 
 /// CA rules for `issuer` signing `child` with `below` intermediates between it and the leaf.
@@ -567,14 +708,14 @@ fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Resu
 /// Verifies `child`'s signature under `issuer`'s public key (and nothing else: no CA or name
 /// checks). Used for self-signatures of roots in a trust bundle.
 pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {
-    let algorithm = &child.signature_algorithm;
+    let algorithm = child.x509().signature_algorithm();
     if algorithm.parameters.is_some() {
         return Err(malformed(
             child,
             "ECDSA signature algorithm with parameters",
         ));
     }
-    let tbs = child.tbs.to_der().map_err(|e| malformed(child, e))?;
+    let tbs = child.tbs().to_der().map_err(|e| malformed(child, e))?;
     let digest: Vec<u8> = match algorithm.oid {
         ECDSA_SHA256 => <sha2::Sha256 as sha2::Digest>::digest(&tbs).to_vec(),
         ECDSA_SHA384 => <sha2::Sha384 as sha2::Digest>::digest(&tbs).to_vec(),
@@ -586,10 +727,11 @@ pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(),
         }
     };
     let signature = child
-        .signature
+        .x509()
+        .signature()
         .as_bytes()
         .ok_or_else(|| malformed(child, "signature BIT STRING has unused bits"))?;
-    let key = CertKey::from_spki(&issuer.tbs.subject_public_key_info).map_err(|reason| {
+    let key = CertKey::from_spki(issuer.tbs().subject_public_key_info()).map_err(|reason| {
         ChainError::UnsupportedKey {
             subject: issuer.subject_string(),
             reason,
@@ -617,7 +759,7 @@ pub enum CertKey {
 impl CertKey {
     /// The key of a certificate.
     pub fn of(cert: &Certificate) -> Result<Self, String> {
-        Self::from_spki(&cert.tbs.subject_public_key_info)
+        Self::from_spki(cert.tbs().subject_public_key_info())
     }
 
     /// Parses an EC P-256 or P-384 SubjectPublicKeyInfo; the error says what the key is.

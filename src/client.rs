@@ -4,19 +4,28 @@
 //! It keeps one keep-alive HTTP/1.1 connection. It pins the broker's root from a file and
 //! never falls back to system trust. The agent's key is the agent's own (a file), not a broker
 //! key.
+//!
+//! The broker's TLS certificate must be issued **directly** by the pinned root and carry
+//! serverAuth ([`check_broker_certificate`]): an intermediate CA may be delegated agents (and
+//! approvers or executors), never the broker's identity, so a certificate an intermediate
+//! issued for the broker's name is refused even though it chains to the root.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::RootCertStore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 
 use crate::cert::Certificate;
+use crate::chain;
 
 /// Client failures, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +65,23 @@ impl ClientTls {
     ) -> Result<Self, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
+        let mut pinned = Vec::new();
         for cert in pem_blocks(root_pem, "CERTIFICATE")? {
+            pinned.push(
+                Certificate::parse(&cert)
+                    .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?,
+            );
             roots
                 .add(CertificateDer::from(cert))
                 .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?;
         }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| ClientError::Input(format!("server verifier: {e}")))?;
+        let verifier = Arc::new(BrokerVerifier {
+            webpki,
+            roots: pinned,
+        });
         let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")?
             .into_iter()
             .map(CertificateDer::from)
@@ -73,7 +94,8 @@ impl ClientTls {
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Input(e.to_string()))?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(chain, key)
             .map_err(|e| ClientError::Input(format!("client certificate or key: {e}")))?;
         if !resumption {
@@ -94,7 +116,15 @@ impl ClientTls {
     pub fn explain(&self, error: &ClientError, now: SystemTime) -> Option<String> {
         let text = error_text(error);
         let mut hints = Vec::new();
-        if text.contains("invalid peer certificate") {
+        if text.contains("not issued directly by the root") || text.contains("lacks the serverAuth")
+        {
+            hints.push(
+                "the server's certificate is not the broker's own: only the root certifies the \
+                 broker, and this one was issued by an intermediate CA or lacks serverAuth. Do \
+                 not talk to this server; tell the security team"
+                    .to_owned(),
+            );
+        } else if text.contains("invalid peer certificate") {
             hints.push(
                 "the broker's TLS certificate was not accepted: check that --ca is this broker's \
                  root certificate (<state_dir>/trust/root.pem on the broker host) and that the \
@@ -147,13 +177,16 @@ impl ClientTls {
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
                     if rest.is_empty()
-                        && !self.roots.iter().any(|r| r.tbs.subject == leaf.tbs.issuer) =>
+                        && !self
+                            .roots
+                            .iter()
+                            .any(|r| r.tbs().subject() == leaf.tbs().issuer()) =>
                 {
                     problems.push(format!(
                         "your certificate was issued by {}, an intermediate CA: send the chain, \
                          not only the leaf (the certificate file must hold the leaf followed by \
                          its intermediates, as `seb cert issue --out` writes it)",
-                        leaf.tbs.issuer
+                        leaf.issuer_string()
                     ))
                 }
                 other => problems.push(format!(
@@ -197,6 +230,111 @@ fn missing_key_hint(key_pem: &[u8]) -> String {
     } else {
         "no PKCS#8 PRIVATE KEY in the key file".into()
     }
+}
+
+/// The broker's server certificate check: rustls-webpki against the pinned root (signature
+/// path, validity, the server's name, serverAuth), then [`check_broker_certificate`]. Handshake
+/// signatures are webpki's to check.
+#[derive(Debug)]
+struct BrokerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    roots: Vec<Certificate>,
+}
+
+impl ServerCertVerifier for BrokerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        check_broker_certificate(end_entity.as_ref(), &self.roots, now).map_err(|reason| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                NotTheBroker(reason),
+            ))))
+        })?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Why a server certificate is not the broker's. rustls shows it with `Debug`, so that is
+/// the plain message too.
+#[derive(thiserror::Error)]
+#[error("{0}")]
+struct NotTheBroker(String);
+
+impl std::fmt::Debug for NotTheBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// id-kp-serverAuth.
+const SERVER_AUTH: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+
+/// Whether the DER certificate `der` may be the broker's TLS certificate: issued directly by
+/// one of `roots` (a path of exactly the certificate and the root, checked with
+/// [`chain::validate`] offering no intermediates) and carrying serverAuth. Service
+/// certificates count only from the root: an intermediate, whatever it was delegated, cannot
+/// make a broker.
+pub fn check_broker_certificate(
+    der: &[u8],
+    roots: &[Certificate],
+    now: SystemTime,
+) -> Result<(), String> {
+    let cert = Certificate::parse(der).map_err(|e| format!("the server certificate: {e}"))?;
+    if let Err(e) = chain::validate(&cert, &[], roots, now) {
+        return Err(format!(
+            "the server certificate {:?} (issuer {:?}) is not issued directly by the root ({}); \
+             only the root certifies the broker",
+            cert.subject_string(),
+            cert.issuer_string(),
+            e.code()
+        ));
+    }
+    let eku = cert
+        .standard_extension::<ExtendedKeyUsage>()
+        .map_err(|e| format!("the server certificate: {e}"))?;
+    if !eku.is_some_and(|eku| eku.0.contains(&SERVER_AUTH)) {
+        return Err(format!(
+            "the server certificate {:?} lacks the serverAuth extended key usage",
+            cert.subject_string()
+        ));
+    }
+    Ok(())
 }
 
 /// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS
@@ -366,3 +504,71 @@ pub fn pem_blocks(pem: &[u8], label: &str) -> Result<Vec<Vec<u8>>, ClientError> 
 }
 
 use base64ct::Encoding as _;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::{self, CertKind};
+    use crate::cert::Purpose;
+    use crate::testkit::{grant, key, now, spki, Ca};
+
+    fn service(issuer: &Ca, kind: CertKind) -> Vec<u8> {
+        ca::issue_service(
+            &issuer.key,
+            &issuer.cert,
+            spki(&key()),
+            &ca::parse_subject("CN=seb-dev broker").unwrap(),
+            kind,
+            Duration::from_secs(86_400),
+            now(),
+        )
+        .unwrap()
+        .to_der_bytes()
+        .unwrap()
+    }
+
+    fn tls() -> CertKind {
+        CertKind::TlsServer {
+            names: vec!["localhost".into()],
+        }
+    }
+
+    #[test]
+    fn only_a_server_certificate_the_root_issued_directly_is_the_broker() {
+        let root = Ca::root("root");
+        let roots = [root.cert.clone()];
+        assert_eq!(
+            check_broker_certificate(&service(&root, tls()), &roots, now()),
+            Ok(())
+        );
+
+        // An intermediate (delegated every role there is) still cannot make a broker.
+        let ops = root
+            .intermediate_for("ops", None, None, crate::grants::IssuableRoles::ALL)
+            .unwrap();
+        let err = check_broker_certificate(&service(&ops, tls()), &roots, now()).unwrap_err();
+        assert!(err.contains("not issued directly by the root"), "{err}");
+        assert!(err.contains("CN=ops"), "{err}");
+
+        // From the root, but without serverAuth: the token key's certificate, an agent's.
+        let err = check_broker_certificate(
+            &service(&root, CertKind::Signing(Purpose::Token)),
+            &roots,
+            now(),
+        )
+        .unwrap_err();
+        assert!(err.contains("lacks the serverAuth"), "{err}");
+        let agent = root.agent("agent", &grant("*", "**", "60s")).unwrap();
+        let err =
+            check_broker_certificate(&agent.to_der_bytes().unwrap(), &roots, now()).unwrap_err();
+        assert!(err.contains("lacks the serverAuth"), "{err}");
+
+        // Another root's, and garbage.
+        let other = [Ca::root("root").cert];
+        let err = check_broker_certificate(&service(&root, tls()), &other, now()).unwrap_err();
+        assert!(err.contains("not issued directly by the root"), "{err}");
+        assert!(check_broker_certificate(b"\x30\x03\x02\x01\x00", &roots, now()).is_err());
+    }
+}

@@ -4,7 +4,8 @@
 //! written by security teams as TOML (see [`toml_file`]). Both front-ends produce the same
 //! validated in-memory form, and every decoder re-validates, so a value of these types that
 //! came from [`GrantSet::from_der`] or [`GrantSet::from_toml_str`] always satisfies the rules
-//! in `docs/GRANTS.md`. The role extension (`sebRole`) lives here too.
+//! in `docs/GRANTS.md`. The role extensions (`sebRole`, and `sebIssuableRoles` on intermediate
+//! CAs) live here too.
 //!
 //! This module only describes authority. It must never decide a request (that is
 //! [`crate::authz`]), never touch a device, and never panic on input, however malformed.
@@ -21,32 +22,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::duration;
-
-/// The project's OID arc (UUID-derived, ITU-T X.667): `2.25.57569389650057206723867454425930272143`.
-pub const SEB_ARC: &str = "2.25.57569389650057206723867454425930272143";
-
-/// `sebGrants`: `SEQUENCE OF Grant` in a certificate extension (arc.1), dotted form.
-pub const SEB_GRANTS_OID: &str = "2.25.57569389650057206723867454425930272143.1";
-
-/// `sebRole`: the holder's role and, for approvers, its groups (arc.2), dotted form.
-pub const SEB_ROLE_OID: &str = "2.25.57569389650057206723867454425930272143.2";
-
-/// The content octets (BER/DER value, without tag and length) of [`SEB_GRANTS_OID`].
-///
-/// `der::asn1::ObjectIdentifier` (const-oid 0.10) stores arcs as `u32` and rejects the
-/// 126-bit UUID arc with `ArcTooBig`, in `new_unwrap` at compile time and when decoding a
-/// certificate alike. Until that changes (or the arc does), the OIDs are exposed as text and
-/// as encoded bytes; the test `const_oid_cannot_hold_the_uuid_arc` will flip when it changes.
-pub const SEB_GRANTS_OID_BER: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x01,
-];
-
-/// The content octets of [`SEB_ROLE_OID`] (see [`SEB_GRANTS_OID_BER`]).
-pub const SEB_ROLE_OID_BER: &[u8] = &[
-    0x69, 0xd6, 0xcf, 0xbb, 0x83, 0xaa, 0x95, 0xf2, 0x81, 0xeb, 0x9f, 0xd8, 0x8a, 0x83, 0xa6, 0x8c,
-    0xd8, 0x9b, 0x0f, 0x02,
-];
 
 /// Most grants one certificate may carry.
 pub const MAX_GRANTS: usize = 1024;
@@ -506,6 +481,130 @@ impl Role {
             return Err(GrantError::NonCanonicalDer { what: "sebRole" });
         }
         Ok(role)
+    }
+}
+
+/// The `sebIssuableRoles` extension of an intermediate CA: the end-entity roles it may issue
+/// (agent, approver, executor), which is also the most its sub-CAs may be given. An
+/// intermediate without the extension issues agents only ([`IssuableRoles::default`]); the
+/// root issues every role. Broker certificates are the root's alone and never issuable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IssuableRoles {
+    agent: bool,
+    approver: bool,
+    executor: bool,
+}
+
+impl Default for IssuableRoles {
+    /// Agents only: what an intermediate without `sebIssuableRoles` may issue.
+    fn default() -> Self {
+        Self::AGENTS_ONLY
+    }
+}
+
+impl IssuableRoles {
+    /// Agents only.
+    pub const AGENTS_ONLY: Self = Self {
+        agent: true,
+        approver: false,
+        executor: false,
+    };
+
+    /// Every role an intermediate can be given: agents, approvers and executors.
+    pub const ALL: Self = Self {
+        agent: true,
+        approver: true,
+        executor: true,
+    };
+
+    /// The set of `kinds` (duplicates collapse); at least one, and never `broker`.
+    pub fn new(kinds: impl IntoIterator<Item = RoleKind>) -> Result<Self, GrantError> {
+        let mut set = Self {
+            agent: false,
+            approver: false,
+            executor: false,
+        };
+        for kind in kinds {
+            match kind {
+                RoleKind::Agent => set.agent = true,
+                RoleKind::Approver => set.approver = true,
+                RoleKind::Executor => set.executor = true,
+                RoleKind::Broker => {
+                    return Err(GrantError::InvalidRole {
+                        reason: "broker certificates are issued by the root only; no \
+                                 intermediate may issue them"
+                            .into(),
+                    })
+                }
+            }
+        }
+        if set.kinds().is_empty() {
+            return Err(GrantError::InvalidRole {
+                reason: "an intermediate must be able to issue at least one role".into(),
+            });
+        }
+        Ok(set)
+    }
+
+    /// Whether a certificate of `kind` may be issued.
+    pub fn contains(self, kind: RoleKind) -> bool {
+        match kind {
+            RoleKind::Agent => self.agent,
+            RoleKind::Approver => self.approver,
+            RoleKind::Executor => self.executor,
+            RoleKind::Broker => false,
+        }
+    }
+
+    /// Whether every role of `self` is in `other` (attenuation).
+    pub fn is_subset_of(self, other: Self) -> bool {
+        self.kinds().into_iter().all(|k| other.contains(k))
+    }
+
+    /// The roles, in the order of the ASN.1 enumeration.
+    pub fn kinds(self) -> Vec<RoleKind> {
+        [RoleKind::Agent, RoleKind::Approver, RoleKind::Executor]
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .collect()
+    }
+
+    /// Encodes the `sebIssuableRoles` extension value (sorted, unique).
+    pub fn to_der(self) -> Result<Vec<u8>, GrantError> {
+        asn1::encode_role_kinds(&self.kinds())
+    }
+
+    /// Decodes a `sebIssuableRoles` extension value: DER only, 1..=3 roles in ascending order,
+    /// no duplicates, no `broker`.
+    pub fn from_der(bytes: &[u8]) -> Result<Self, GrantError> {
+        let kinds = asn1::decode_role_kinds(bytes)?;
+        let set = Self::new(kinds.iter().copied())?;
+        if asn1::encode_role_kinds(&set.kinds())? != bytes {
+            return Err(GrantError::NonCanonicalDer {
+                what: asn1::ISSUABLE_ROLES,
+            });
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for IssuableRoles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.kinds().into_iter().map(RoleKind::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for IssuableRoles {
+    type Err = GrantError;
+
+    /// A comma-separated list such as `agent,approver,executor` (`--roles`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let kinds = s
+            .split(',')
+            .map(|name| name.trim().parse::<RoleKind>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(kinds)
     }
 }
 

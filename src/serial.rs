@@ -51,7 +51,7 @@ impl Serial {
     /// The serial of `cert`, from its DER INTEGER: a leading sign byte is dropped; zero and
     /// negative serials are refused.
     pub fn of(cert: &Certificate) -> Result<Self, SerialError> {
-        Self::from_der_integer(cert.tbs.serial_number.as_bytes())
+        Self::from_der_integer(cert.serial())
     }
 
     /// From the contents octets of a DER INTEGER (two's complement, big-endian).
@@ -184,7 +184,7 @@ mod tests {
     fn certificates_seb_issues_have_their_serial_as_is() {
         let root = crate::testkit::Ca::root("root");
         let serial = Serial::of(&root.cert).unwrap();
-        assert_eq!(serial.as_bytes(), root.cert.tbs.serial_number.as_bytes());
+        assert_eq!(serial.as_bytes(), root.cert.serial());
         assert_eq!(serial.to_string(), root.cert.serial_hex());
     }
 }

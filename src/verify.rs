@@ -17,11 +17,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use x509_cert::ext::pkix::BasicConstraints;
 
 use crate::base64url;
-use crate::cert::{CertError, Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
-use crate::chain::{self, ChainError};
+use crate::cert::{CertError, Certificate, Purpose, SEB_GRANTS_OID};
+use crate::chain::{self, ChainError, PurposeError};
 use crate::time::unix;
 use crate::token::{Claims, Header};
 
@@ -87,7 +87,7 @@ impl TrustStore {
         let mut roots = Vec::new();
         let mut others = Vec::new();
         for cert in certs {
-            if cert.tbs.issuer == cert.tbs.subject {
+            if cert.tbs().issuer() == cert.tbs().subject() {
                 chain::verify_signature(&cert, &cert).map_err(|e| VerifyError::TrustBundle {
                     reason: format!(
                         "self-issued certificate {:?} is not validly self-signed: {e}",
@@ -329,10 +329,11 @@ pub struct SignatureOnly {
 ///
 /// The signer is the certificate whose thumbprint is the header's `kid`. It must chain to a
 /// bundle root ([`chain::validate`]), every certificate on its path must be valid at `now`,
-/// and it must be a token signing certificate (not a CA, digitalSignature, no EKU, no seb
-/// extensions). Then the operation, resource and parameters must be exactly the expected
-/// action's, the binding checked unless [`Binding::NotPresented`], and the issuer, if given,
-/// the expected broker id.
+/// and it must be a token signing certificate issued directly by the root
+/// ([`chain::ValidatedChain::require_service`]: not a CA, digitalSignature, the token key
+/// purpose and no other extended key usage, no seb identity extensions). Then the operation,
+/// resource and parameters must be exactly the expected action's, the binding checked unless
+/// [`Binding::NotPresented`], and the issuer, if given, the expected broker id.
 pub fn verify_token(
     token: &str,
     trust: &TrustStore,
@@ -384,7 +385,7 @@ fn decode_trusted<'t>(
 }
 
 /// The certificate named by `kid`, if it chains to a root of `trust`, is valid with its whole
-/// path at `now`, and has the token signing profile.
+/// path at `now`, and is the root's token signing certificate.
 fn trusted_signer<'t>(
     trust: &'t TrustStore,
     kid: &str,
@@ -421,7 +422,17 @@ fn trusted_signer<'t>(
     for cert in path.path() {
         check_validity(cert, now)?;
     }
-    check_token_certificate(signer)?;
+    path.require_service(Purpose::Token).map_err(|e| match e {
+        PurposeError::NotAKeyCertificate {
+            subject, reason, ..
+        } => VerifyError::NotATokenCertificate { subject, reason },
+        PurposeError::WrongKeyPurpose {
+            subject, reason, ..
+        } => VerifyError::WrongKeyPurpose { subject, reason },
+        PurposeError::NotIssuedByRoot { subject, issuer } => {
+            VerifyError::NotIssuedByRoot { subject, issuer }
+        }
+    })?;
     Ok(signer)
 }
 
@@ -569,12 +580,22 @@ fn check_approvals(
         for c in path.path() {
             check_validity(c, issued)?;
         }
-        let role = cert
-            .extension(SEB_ROLE_OID)
-            .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok());
-        let Some(role) = role.filter(|r| r.kind == crate::grants::RoleKind::Approver) else {
+        let view = path.chain_view();
+        if !view
+            .leaf
+            .role
+            .as_ref()
+            .is_some_and(|r| r.kind == crate::grants::RoleKind::Approver)
+        {
             return Err(VerifyError::NotAnApprover { subject });
-        };
+        }
+        // The role counts only if every intermediate above the approver may issue approvers.
+        let role = crate::authz::delegated_role(&view).map_err(|(_, reason)| {
+            VerifyError::RoleNotDelegated {
+                subject: subject.clone(),
+                reason,
+            }
+        })?;
         if !role.groups.contains(group) {
             return Err(VerifyError::WrongApprovalGroup {
                 subject,
@@ -645,8 +666,8 @@ fn grant_rule(
 /// equal).
 fn spki_der(cert: &Certificate) -> Result<Vec<u8>, VerifyError> {
     use der::Encode;
-    cert.tbs
-        .subject_public_key_info
+    cert.tbs()
+        .subject_public_key_info()
         .to_der()
         .map_err(|e| VerifyError::InvalidClaims {
             reason: format!("cannot encode a certificate's public key: {e}"),
@@ -667,37 +688,6 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), VerifyError
             now: unix(now),
             not_after: unix(cert.not_after()),
         });
-    }
-    Ok(())
-}
-
-/// The token certificate's profile: an end entity whose key may sign (digitalSignature), with
-/// no extended key usage (the TLS and agent certificates have one) and no seb extensions.
-fn check_token_certificate(cert: &Certificate) -> Result<(), VerifyError> {
-    let refuse = |reason| VerifyError::NotATokenCertificate {
-        subject: cert.subject_string(),
-        reason,
-    };
-    let bc = cert
-        .standard_extension::<BasicConstraints>()
-        .map_err(|_| refuse("malformed basicConstraints"))?;
-    if bc.is_some_and(|bc| bc.ca) {
-        return Err(refuse("it is a CA certificate"));
-    }
-    let ku = cert
-        .standard_extension::<KeyUsage>()
-        .map_err(|_| refuse("malformed keyUsage"))?;
-    if !ku.is_some_and(|ku| ku.digital_signature()) {
-        return Err(refuse("its keyUsage lacks digitalSignature"));
-    }
-    let eku = <ExtendedKeyUsage as der::oid::AssociatedOid>::OID;
-    if cert.extension(eku.as_bytes()).is_some() {
-        return Err(refuse(
-            "it has an extended key usage (TLS or client certificate)",
-        ));
-    }
-    if cert.extension(SEB_ROLE_OID).is_some() || cert.extension(SEB_GRANTS_OID).is_some() {
-        return Err(refuse("it is an agent, approver or executor certificate"));
     }
     Ok(())
 }

@@ -153,7 +153,7 @@ impl Relay {
             &signer,
             &root,
             spki::SubjectPublicKeyInfoOwned::from_key(key.verifying_key()).unwrap(),
-            &broker_tls.tbs.subject,
+            broker_tls.tbs().subject(),
             seb::ca::CertKind::TlsServer {
                 names: vec!["localhost".into(), "127.0.0.1".into()],
             },

@@ -77,7 +77,7 @@ fn granted_token_verifies_with_an_independent_jwt_library() {
     // jsonwebtoken (ring) with nothing but the token certificate's public key.
     let token_cert =
         seb::cert::Certificate::parse(&std::fs::read(s.hsm.trust("token.pem")).unwrap()).unwrap();
-    let spki = der::Encode::to_der(&token_cert.tbs.subject_public_key_info).unwrap();
+    let spki = der::Encode::to_der(token_cert.tbs().subject_public_key_info()).unwrap();
     let pem = format!(
         "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
         <base64ct::Base64 as base64ct::Encoding>::encode_string(&spki)
@@ -1035,9 +1035,9 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
              authorityKeyIdentifier = keyid\n\
              {} = DER:{}\n\
              {} = DER:{}\n",
-            seb::cert::oid_to_string(seb::cert::SEB_ROLE_OID),
+            seb::cert::SEB_ROLE_OID,
             openssl_der(&role),
-            seb::cert::oid_to_string(seb::cert::SEB_GRANTS_OID),
+            seb::cert::SEB_GRANTS_OID,
             openssl_der(&agent_grants),
         ),
     )

@@ -109,6 +109,32 @@ fn openssl_accepts_every_issued_chain() {
         );
         assert!(ok && text.contains(": OK"), "{name}: {text}");
     }
+    // Each broker key certificate carries its one seb key purpose as its extended key usage.
+    let arc = "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871";
+    for (name, purpose, not) in [("token.pem", "4.1", "4.2"), ("audit.pem", "4.2", "4.1")] {
+        let (ok, text) = openssl(
+            &[
+                "x509",
+                "-in",
+                hsm.trust(name).to_str().unwrap(),
+                "-noout",
+                "-ext",
+                "extendedKeyUsage",
+            ],
+            dir,
+        );
+        assert!(ok, "{name}: {text}");
+        let usages: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("Extended Key Usage"))
+            .skip(1)
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        assert_eq!(usages, [format!("{arc}.{purpose}")], "{name}: {text}");
+        assert!(!text.contains(&format!("{arc}.{not}")), "{name}: {text}");
+    }
     let (_, tls_text) = openssl(
         &[
             "x509",
@@ -156,11 +182,15 @@ fn openssl_accepts_every_issued_chain() {
     );
     assert!(ok, "{text}");
     assert!(
-        text.contains("2.25.57569389650057206723867454425930272143.1:"),
+        text.contains(
+            "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.1:"
+        ),
         "sebGrants must show:\n{text}"
     );
     assert!(
-        text.contains("2.25.57569389650057206723867454425930272143.2:"),
+        text.contains(
+            "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2:"
+        ),
         "sebRole must show:\n{text}"
     );
     assert!(text.contains("TLS Web Client Authentication"), "{text}");

@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{assert_clean_failure, openssl, Hsm};
-use der::{Decode, Encode};
 use p384::pkcs8::DecodePrivateKey;
 use seb::authz::{decide, DenyCode, Request, RevocationView};
-use seb::cert::{Certificate, TbsCertificate};
+use seb::cert::Certificate;
 use seb::grants::{GrantSet, Role, RoleKind};
-use spki::SignatureBitStringEncoding;
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
@@ -179,7 +177,9 @@ fn an_intermediate_in_the_hsm_issues_chains_openssl_accepts() {
     assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     assert!(
-        text.contains("2.25.57569389650057206723867454425930272143.1:"),
+        text.contains(
+            "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.1:"
+        ),
         "{text}"
     );
 
@@ -456,80 +456,18 @@ fn an_offline_intermediate_that_escalates_is_caught_by_the_decision_engine() {
     }
 }
 
-/// An agent certificate made by an offline CA with seb's certificate types and its software
-/// key, bypassing seb's CA (and so its attenuation check).
+/// An agent certificate made by the offline CA with its software key, bypassing seb's CA (and
+/// so its attenuation check).
 fn offline_leaf(issuer: &Certificate, key: &p384::ecdsa::SigningKey, grants: &str) -> Certificate {
-    use x509_cert::ext::pkix::{
-        AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
-    };
-
     use p384::elliptic_curve::Generate;
-    let agent_key = p384::ecdsa::SigningKey::try_generate().unwrap();
-    let issuer_ski = issuer
-        .standard_extension::<SubjectKeyIdentifier>()
-        .unwrap()
-        .unwrap();
-    let standard = |oid: der::asn1::ObjectIdentifier, value: Vec<u8>, critical: bool| {
-        seb::cert::Extension::new(oid.as_bytes(), critical, value).unwrap()
-    };
-    use der::oid::AssociatedOid;
-    let extensions = vec![
-        standard(
-            BasicConstraints::OID,
-            BasicConstraints {
-                ca: false,
-                path_len_constraint: None,
-            }
-            .to_der()
-            .unwrap(),
-            true,
-        ),
-        standard(
-            KeyUsage::OID,
-            KeyUsage(KeyUsages::DigitalSignature.into())
-                .to_der()
-                .unwrap(),
-            true,
-        ),
-        standard(
-            AuthorityKeyIdentifier::OID,
-            AuthorityKeyIdentifier {
-                key_identifier: Some(issuer_ski.0),
-                ..Default::default()
-            }
-            .to_der()
-            .unwrap(),
-            false,
-        ),
-        seb::ca::role_extension(&Role::new(RoleKind::Agent, vec![]).unwrap()).unwrap(),
-        seb::ca::grants_extension(&GrantSet::from_toml_str(grants).unwrap()).unwrap(),
-    ];
-    let algorithm = spki::AlgorithmIdentifierOwned {
-        oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3"),
-        parameters: None,
-    };
-    let tbs = TbsCertificate {
-        version: x509_cert::certificate::Version::V3,
-        serial_number: seb::ca::random_serial().unwrap(),
-        signature: algorithm.clone(),
-        issuer: issuer.tbs.subject.clone(),
-        validity: seb::ca::validity_from(SystemTime::now(), Duration::from_secs(86_400)).unwrap(),
-        subject: seb::ca::parse_subject("CN=offline-agent").unwrap(),
-        subject_public_key_info: spki::SubjectPublicKeyInfoOwned::from_key(
-            agent_key.verifying_key(),
-        )
-        .unwrap(),
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions: Some(extensions),
-    };
-    let signature: p384::ecdsa::Signature = signature::Signer::sign(key, &tbs.to_der().unwrap());
-    let cert = Certificate {
-        tbs,
-        signature_algorithm: algorithm,
-        signature: signature.to_der().to_bitstring().unwrap(),
-    };
-    Certificate::from_der(&cert.to_der().unwrap()).unwrap()
+    common::offline_leaf(
+        issuer,
+        key,
+        "CN=offline-agent",
+        Role::new(RoleKind::Agent, vec![]).unwrap(),
+        Some(GrantSet::from_toml_str(grants).unwrap()),
+        &p384::ecdsa::SigningKey::try_generate().unwrap(),
+    )
 }
 
 #[test]

@@ -286,6 +286,41 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     assert_code(&with(3, huge.to_str().unwrap()), "token_too_large");
     assert_code(&with(3, "/nonexistent/token"), "invalid_input");
 
+    // Key purposes are exclusive: the audit key (certified by the root for audit checkpoints
+    // only) signs a token, naming its own certificate as kid. The signature is good; the
+    // purpose is not.
+    let audit_cert = Certificate::parse(&std::fs::read(hsm.trust("audit.pem")).unwrap()).unwrap();
+    let audit_header = Header {
+        kid: b64(&audit_cert.thumbprint_sha256().unwrap()),
+        ..header.clone()
+    };
+    let by_audit_key = mint(&audit_header, &claims, |input: &[u8]| {
+        backend
+            .sign_digest(&config.keys.audit, &Sha384::digest(input))
+            .map(|sig| sig.to_raw())
+    })
+    .unwrap();
+    let audit_signed = hsm.path("audit-signed.jwt");
+    std::fs::write(&audit_signed, &by_audit_key).unwrap();
+    assert_code(
+        &with(3, audit_signed.to_str().unwrap()),
+        "wrong_key_purpose",
+    );
+    let store = seb::verify::TrustStore::from_pem(bundle.as_bytes()).unwrap();
+    let expect = seb::verify::Expectations::new(
+        SystemTime::now(),
+        seb::verify::Action::new(
+            "deploy.rollout",
+            "prod/payments/api",
+            seb::verify::Params::parse(params_text.as_bytes()).unwrap(),
+        ),
+        seb::verify::Binding::Agent(Box::new(agent_cert.clone())),
+    )
+    .min_epoch(3);
+    let refused = seb::verify::verify_token(&by_audit_key, &store, &expect).unwrap_err();
+    assert_eq!(refused.code(), "wrong_key_purpose", "{refused}");
+    assert!(seb::verify::verify_token(&token, &store, &expect).is_ok());
+
     // Trust: the token certificate alone has no root; a bundle without the token certificate
     // does not know the kid.
     let no_root = hsm.path("no-root.pem");

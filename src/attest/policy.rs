@@ -260,7 +260,7 @@ impl AttestPolicy {
         let ek = Certificate::parse(ek_pem).map_err(|e| bad(format!("unparseable: {e}")))?;
         let mut last = String::from("no accepted EK CA has its issuer name");
         for ca in &self.ek_cas {
-            if ca.tbs.subject != ek.tbs.issuer {
+            if ca.tbs().subject() != ek.tbs().issuer() {
                 continue;
             }
             match chain::verify_signature(&ek, ca) {

@@ -251,7 +251,11 @@ fn ak_not_certified_by_our_root_is_rejected() {
 fn certificate_without_the_ak_eku_is_rejected() {
     let f = fixture();
     let mut e = f.good();
-    e.ak_chain = vec![ak_cert(&f.root, &f.ak, CertKind::Signing)];
+    e.ak_chain = vec![ak_cert(
+        &f.root,
+        &f.ak,
+        CertKind::Signing(crate::cert::Purpose::Token),
+    )];
     let err = f.verify(&e).unwrap_err();
     assert!(err.to_string().contains("AIKCertificate"), "{err}");
 }

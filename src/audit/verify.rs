@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use spki::EncodePublicKey;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 
 use super::checkpoint::{self, Checkpoint, CheckpointError};
 use super::entry::{Entry, EntryError};
 use super::merkle::{self, CompactRange, Hash, ProofError};
-use crate::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use crate::cert::{Certificate, Purpose};
 use crate::chain::{self, CertKey};
 use crate::verify::TrustStore;
 
@@ -176,69 +175,33 @@ fn p384_key(cert: &Certificate) -> Result<(p384::ecdsa::VerifyingKey, Vec<u8>), 
 }
 
 /// The audit certificate must chain to a root of `trust` (signatures and path rules; its
-/// expiry is not enforced, since logs are verified years after their checkpoints were signed)
-/// and have the audit profile.
+/// expiry is not enforced, since logs are verified years after their checkpoints were signed),
+/// directly: only the root certifies the broker's keys, and have the audit profile
+/// ([`check_audit_certificate`]).
 fn audit_certificate_chain(trust: &TrustStore, cert: &Certificate) -> Result<(), String> {
     // Inside the leaf's validity, which lies inside its issuers'.
     let at = cert.not_before() + Duration::from_secs(1);
     let intermediates = trust.intermediates();
-    chain::validate(cert, &intermediates, trust.roots(), at).map_err(|e| e.to_string())?;
-    check_audit_certificate(cert)
+    let path =
+        chain::validate(cert, &intermediates, trust.roots(), at).map_err(|e| e.to_string())?;
+    path.require_service(Purpose::Audit)
+        .map_err(not_the_audit_certificate)
 }
 
-/// The audit key purpose: `arc.4.2` under the project's OID arc (docs/ARCHITECTURE.md §5,
-/// `1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871`), which the
-/// hardening issue puts in the extended key usage of the audit certificate, alone.
-pub const AUDIT_KEY_PURPOSE: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap(
-    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.2",
-);
-
-/// The audit certificate's profile: an end entity whose key may sign (digitalSignature), with
-/// no seb role or grants, and which is the broker's audit certificate, not its token or TLS
-/// certificate (all three chain to the same root):
-///
-/// * a certificate with an extended key usage must name exactly the audit key purpose
-///   ([`AUDIT_KEY_PURPOSE`]); the token key's purpose, serverAuth or anything else is refused;
-/// * a certificate without one (made by `seb init` before key purposes existed) must carry the
-///   subject `seb init` gives the audit certificate: the first RDN `CN=<broker id> audit
-///   signer` (the token certificate's is `… token signer`).
-///
-/// Either way a checkpoint signed by the token key is refused.
+/// The audit certificate's profile ([`chain::require_purpose`] with [`Purpose::Audit`]): an
+/// end entity whose key may sign (digitalSignature), with no seb role or grants, whose extended
+/// key usage is exactly the audit key purpose ([`crate::cert::SEB_KP_AUDIT`], arc.4.2). The
+/// token and TLS certificates chain to the same root, but carry another purpose: a checkpoint
+/// signed by the token key is refused, and so is one under a certificate with no purpose.
 pub fn check_audit_certificate(cert: &Certificate) -> Result<(), String> {
-    let bc = cert
-        .standard_extension::<BasicConstraints>()
-        .map_err(|_| "malformed basicConstraints".to_owned())?;
-    if bc.is_some_and(|bc| bc.ca) {
-        return Err("it is a CA certificate".into());
-    }
-    let ku = cert
-        .standard_extension::<KeyUsage>()
-        .map_err(|_| "malformed keyUsage".to_owned())?;
-    if !ku.is_some_and(|ku| ku.digital_signature()) {
-        return Err("its keyUsage lacks digitalSignature".into());
-    }
-    if cert.extension(SEB_ROLE_OID).is_some() || cert.extension(SEB_GRANTS_OID).is_some() {
-        return Err("it is an agent, approver or executor certificate".into());
-    }
-    let eku = cert
-        .standard_extension::<ExtendedKeyUsage>()
-        .map_err(|_| "malformed extendedKeyUsage".to_owned())?;
-    match eku {
-        Some(eku) if eku.0.as_slice() == [AUDIT_KEY_PURPOSE] => Ok(()),
-        Some(_) => Err(
-            "it is not the broker's audit certificate (its key purpose is not audit checkpoints)"
-                .into(),
-        ),
-        None => {
-            let subject = cert.subject_string();
-            let first = subject.split(',').next().unwrap_or_default();
-            if first.starts_with("CN=") && first.ends_with(" audit signer") {
-                Ok(())
-            } else {
-                Err("it is not the broker's audit certificate (no audit key purpose, and not the subject `seb init` gives it)".into())
-            }
-        }
-    }
+    chain::require_purpose(cert, Purpose::Audit).map_err(not_the_audit_certificate)
+}
+
+fn not_the_audit_certificate(e: chain::PurposeError) -> String {
+    format!(
+        "it is not the broker's audit certificate ({}: {e})",
+        e.code()
+    )
 }
 
 /// One entry as exported or served: its index, its canonical bytes, and (optionally) the leaf
@@ -385,4 +348,47 @@ pub fn verify_extension(
             ),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca::{self, CertKind};
+    use crate::testkit::{forge, key, now, resign, spki, Ca};
+
+    #[test]
+    fn only_the_audit_key_purpose_signs_checkpoints() {
+        let root = Ca::root("root");
+        let service = |purpose| {
+            ca::issue_service(
+                &root.key,
+                &root.cert,
+                spki(&key()),
+                &ca::parse_subject("CN=seb-dev audit signer,O=seb").unwrap(),
+                CertKind::Signing(purpose),
+                Duration::from_secs(86_400),
+                now(),
+            )
+            .unwrap()
+        };
+        for purpose in Purpose::ALL {
+            let result = check_audit_certificate(&service(purpose));
+            if purpose == Purpose::Audit {
+                assert_eq!(result, Ok(()));
+            } else {
+                let err = result.unwrap_err();
+                assert!(err.contains("wrong_key_purpose"), "{purpose}: {err}");
+            }
+        }
+        // The audit certificate's subject with no key purpose (the profile before key purposes
+        // existed): refused, whatever its name says.
+        let mut old = forge(&service(Purpose::Audit));
+        old.remove_extension(
+            <x509_cert::ext::pkix::ExtendedKeyUsage as der::oid::AssociatedOid>::OID,
+        );
+        let err = check_audit_certificate(&resign(old, &root.key)).unwrap_err();
+        assert!(err.contains("wrong_key_purpose"), "{err}");
+    }
 }

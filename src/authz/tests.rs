@@ -69,6 +69,7 @@ fn cert(serial: u8, grants: Option<Result<GrantSet, GrantError>>) -> CertFacts {
         not_after: now() + Duration::from_secs(86_400),
         role: None,
         grants,
+        issuable_roles: None,
     }
 }
 
@@ -845,6 +846,125 @@ fn roles_and_missing_or_broken_grants() {
     assert_eq!(code(&decide_now(&c, &req)), Some(InvalidGrantsExtension));
     let c = chain(agent(set(GRANTS)), vec![cert(2, None), cert(3, broken())]);
     assert_eq!(code(&decide_now(&c, &req)), Some(InvalidGrantsExtension));
+}
+
+fn issuing(roles: &[RoleKind]) -> Option<Result<IssuableRoles, GrantError>> {
+    Some(IssuableRoles::new(roles.iter().copied()))
+}
+
+fn intermediate(serial: u8, roles: Option<Result<IssuableRoles, GrantError>>) -> CertFacts {
+    CertFacts {
+        issuable_roles: roles,
+        ..cert(serial, None)
+    }
+}
+
+fn leaf_with(kind: RoleKind) -> CertFacts {
+    let groups = if kind == RoleKind::Approver {
+        vec!["sre".into()]
+    } else {
+        vec![]
+    };
+    CertFacts {
+        role: Some(Role::new(kind, groups).unwrap()),
+        ..cert(1, None)
+    }
+}
+
+/// `delegated_role` for a leaf of `kind` under intermediates with these `sebIssuableRoles`
+/// (nearest first): the role, or the deny code.
+fn delegated(
+    kind: RoleKind,
+    ancestors: Vec<Option<Result<IssuableRoles, GrantError>>>,
+) -> Result<RoleKind, DenyCode> {
+    let ancestors = ancestors
+        .into_iter()
+        .enumerate()
+        .map(|(i, roles)| intermediate(i as u8 + 2, roles))
+        .collect();
+    let c = chain(leaf_with(kind), ancestors);
+    delegated_role(&c).map(|r| r.kind).map_err(|(code, _)| code)
+}
+
+#[test]
+fn a_role_counts_only_if_every_intermediate_above_may_issue_it() {
+    use RoleKind::{Agent, Approver, Executor};
+    // Directly under the root (no intermediates): every role.
+    for kind in [Agent, Approver, Executor] {
+        assert_eq!(delegated(kind, vec![]), Ok(kind));
+    }
+    // Without sebIssuableRoles an intermediate issues agents only.
+    assert_eq!(delegated(Agent, vec![None]), Ok(Agent));
+    assert_eq!(delegated(Executor, vec![None]), Err(RoleNotDelegated));
+    assert_eq!(delegated(Approver, vec![None]), Err(RoleNotDelegated));
+    // Named roles.
+    assert_eq!(
+        delegated(Executor, vec![issuing(&[Agent, Executor])]),
+        Ok(Executor)
+    );
+    assert_eq!(
+        delegated(Approver, vec![issuing(&[Agent, Executor])]),
+        Err(RoleNotDelegated)
+    );
+    // Every intermediate, not only the nearest.
+    assert_eq!(
+        delegated(Executor, vec![issuing(&[Executor]), None]),
+        Err(RoleNotDelegated)
+    );
+    assert_eq!(
+        delegated(
+            Executor,
+            vec![issuing(&[Executor]), issuing(&[Agent, Executor])]
+        ),
+        Ok(Executor)
+    );
+    // Attenuation: an intermediate claiming more than the one above it breaks the chain, even
+    // for a role both may issue.
+    assert_eq!(
+        delegated(Agent, vec![issuing(&[Agent, Executor]), None]),
+        Err(RoleNotDelegated)
+    );
+    assert_eq!(
+        delegated(
+            Agent,
+            vec![
+                issuing(&[Agent]),
+                issuing(&[Agent, Approver]),
+                issuing(&[Agent])
+            ]
+        ),
+        Err(RoleNotDelegated)
+    );
+    // A malformed sebIssuableRoles delegates nothing.
+    let broken = Some(IssuableRoles::from_der(&[0x30, 0x03, 0x0a, 0x01, 0x03]));
+    assert!(matches!(broken, Some(Err(_))));
+    assert_eq!(delegated(Agent, vec![broken]), Err(RoleNotDelegated));
+    // No role at all is the old wrong_role.
+    let c = chain(cert(1, None), vec![]);
+    assert_eq!(delegated_role(&c).map_err(|(code, _)| code), Err(WrongRole));
+}
+
+#[test]
+fn the_decision_denies_an_agent_whose_intermediate_may_not_issue_agents() {
+    let req = request("deploy.x", "dev/x", json!({}));
+    let ok = chain(agent(set(GRANTS)), vec![intermediate(2, None)]);
+    assert_eq!(code(&decide_now(&ok, &req)), None);
+    let executors_only = chain(
+        agent(set(GRANTS)),
+        vec![intermediate(2, issuing(&[RoleKind::Executor]))],
+    );
+    let decision = decide_now(&executors_only, &req);
+    assert_eq!(code(&decision), Some(RoleNotDelegated));
+    let Decision::Deny { reason, .. } = decision else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("depth 1") && reason.contains("executor"),
+        "{reason}"
+    );
+    // A non-agent is wrong_role before delegation is looked at.
+    let executor = chain(leaf_with(RoleKind::Executor), vec![intermediate(2, None)]);
+    assert_eq!(code(&decide_now(&executor, &req)), Some(WrongRole));
 }
 
 const LEAF: &str = r#"

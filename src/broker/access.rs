@@ -10,7 +10,8 @@
 //! 3. every certificate of the path is valid now, `notBefore` included
 //!    (`certificate_not_yet_valid`, `certificate_expired`);
 //! 4. the leaf's role is one the route admits ([`Access`], declared per route in the HTTP
-//!    layer's one table, `server::ROUTES`) (`wrong_role`).
+//!    layer's one table, `server::ROUTES`) (`wrong_role`), and every intermediate above the
+//!    leaf may issue that role (`role_not_delegated`, [`crate::authz::delegated_role`]).
 //!
 //! Only this function makes a [`Caller`], and the broker's request methods take a `Caller`,
 //! so no route can reach them unchecked. It must never admit a caller on doubt: a store that
@@ -115,10 +116,11 @@ impl Broker {
             }
         }
         if let Access::Roles(roles) = access {
-            let role = peer.role();
-            if !role.is_some_and(|r| roles.contains(&r)) {
+            // The role counts only if every intermediate above the leaf may issue it.
+            let role = peer.delegated_role()?;
+            if !roles.contains(&role) {
                 return Err(BrokerError::WrongRole {
-                    actual: role.map_or("unknown".into(), |r| r.to_string()),
+                    actual: role.to_string(),
                     action: "use this endpoint",
                 });
             }

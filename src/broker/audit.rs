@@ -59,8 +59,17 @@ impl AuditLog {
             latest: Mutex::new(None),
             failure: Mutex::new(None),
         };
+        // Verifiers accept a checkpoint only under the audit key purpose: refuse to sign
+        // checkpoints nobody will accept.
+        crate::chain::require_purpose(certificate, crate::cert::Purpose::Audit).map_err(|e| {
+            BrokerError::Internal(format!(
+                "the audit certificate may not sign checkpoints ({}: {e}); a trust directory \
+                 from before key purposes must be made again with `seb init` on a new token",
+                e.code()
+            ))
+        })?;
         let (label, spki) = log.current_key()?;
-        let cert_spki = der::Encode::to_der(&certificate.tbs.subject_public_key_info)
+        let cert_spki = der::Encode::to_der(certificate.tbs().subject_public_key_info())
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if spki != cert_spki {
             return Err(BrokerError::Internal(format!(
@@ -90,7 +99,7 @@ impl AuditLog {
         let path = self.config.trust_dir().service_path(KeyKind::Audit);
         let cert = crate::ca::trust_dir::read_certificate(&path)
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let cert_spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+        let cert_spki = der::Encode::to_der(cert.tbs().subject_public_key_info())
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if spki != cert_spki.as_slice() {
             return Err(BrokerError::Internal(format!(

@@ -16,7 +16,7 @@ use crate::backend::{KeyAlgorithm, KeyBackend};
 use crate::base64url;
 use crate::ca::generations::KeyKind;
 use crate::ca::trust_dir::read_certificate;
-use crate::cert::Certificate;
+use crate::cert::{Certificate, Purpose};
 use crate::config::Config;
 
 /// One token signing key and its certificate.
@@ -74,7 +74,7 @@ impl BrokerKeys {
             .map_err(BrokerError::Hsm)?;
         let spki = public.to_spki_der().map_err(BrokerError::Hsm)?;
         let cert_spki =
-            der::Encode::to_der(&cert.tbs.subject_public_key_info).map_err(|e| internal(&e))?;
+            der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| internal(&e))?;
         if spki != cert_spki {
             return Err(BrokerError::Internal(format!(
                 "the key {:?} in the device does not match {}",
@@ -82,6 +82,25 @@ impl BrokerKeys {
                 trust.token_path().display()
             )));
         }
+        // Executors accept a token only under the root's certificate for the token key
+        // purpose; refuse to sign tokens nobody will accept.
+        let root = trust
+            .root()
+            .map_err(|e| BrokerError::Internal(format!("{e}; has `seb init` run?")))?;
+        let roots = [root];
+        crate::chain::validate(&cert, &[], &roots, now)
+            .map_err(|e| format!("{}: {e}", e.code()))
+            .and_then(|path| {
+                path.require_service(Purpose::Token)
+                    .map_err(|e| format!("{}: {e}", e.code()))
+            })
+            .map_err(|e| {
+                BrokerError::Internal(format!(
+                    "{} is not the root's token signing certificate ({e}); a trust directory \
+                     from before key purposes must be made again with `seb init` on a new token",
+                    trust.token_path().display()
+                ))
+            })?;
         let token = token_key(current.label.as_str(), cert, public.algorithm())?;
         let mut retired_tokens = Vec::new();
         let mut retired_files = Vec::new();

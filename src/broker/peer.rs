@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::BrokerError;
-use crate::authz::{ChainView, RevocationView};
+use crate::authz::{self, ChainView, RevocationView};
 use crate::base64url;
 use crate::cert::Certificate;
 use crate::chain::{self, ChainError};
@@ -77,12 +77,24 @@ impl PathCert {
 }
 
 impl Peer {
-    /// The role the leaf carries, if any.
+    /// The role the leaf carries, if its chain validated and delegates it
+    /// ([`authz::delegated_role`]: an intermediate that may not issue the role makes the
+    /// certificate count for nothing).
     pub fn role(&self) -> Option<RoleKind> {
-        self.chain
-            .as_ref()
-            .ok()
-            .and_then(|c| c.leaf.role.as_ref().map(|r| r.kind))
+        self.delegated_role().ok()
+    }
+
+    /// The leaf's role, or why it does not count: an unusable chain, no role, or an
+    /// intermediate above the leaf that may not issue it (`role_not_delegated`).
+    pub fn delegated_role(&self) -> Result<RoleKind, BrokerError> {
+        let chain = self.verified_chain()?;
+        authz::delegated_role(chain)
+            .map(|role| role.kind)
+            .map_err(|(code, reason)| BrokerError::Denied {
+                code,
+                reason,
+                request_id: None,
+            })
     }
 
     /// The validated chain, or the reason it is unusable as the caller's error.
@@ -169,7 +181,7 @@ impl PeerCache {
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
 fn key_id(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
-    let spki = der::Encode::to_der(&cert.tbs.subject_public_key_info)
+    let spki = der::Encode::to_der(cert.tbs().subject_public_key_info())
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
     Ok(Sha256::digest(&spki).into())
 }
@@ -239,12 +251,12 @@ mod tests {
 
     /// `cert` with the other spelling `(r, n − s)` of its issuer's signature.
     fn twin(cert: &Certificate) -> Certificate {
-        let mut cert = cert.clone();
+        let mut cert = crate::testkit::forge(cert);
         let sig = p384::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
         let (r, s) = sig.split_scalars();
         let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
         cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
-        cert
+        cert.finish().unwrap()
     }
 
     #[test]

@@ -47,14 +47,15 @@ impl Broker {
     }
 
     fn redeem_checked(&self, caller: &Caller, token: &str) -> Result<Redemption, BrokerError> {
-        // The executor's whole path (validity, notBefore included, and revocation) was checked
-        // by `authenticate`; the role is asserted again, as the broker's own invariant.
+        // The executor's whole path (validity, notBefore included, revocation, and that every
+        // intermediate above it may issue executors) was checked by `authenticate`; the role
+        // is asserted again, as the broker's own invariant.
         let peer = caller.peer();
-        match peer.role() {
-            Some(RoleKind::Executor) => {}
+        match peer.delegated_role()? {
+            RoleKind::Executor => {}
             other => {
                 return Err(BrokerError::WrongRole {
-                    actual: other.map_or("unknown".into(), |r| r.to_string()),
+                    actual: other.to_string(),
                     action: "redeem tokens",
                 })
             }

@@ -1,16 +1,24 @@
-//! Certificate revocation lists, signed by the root key inside the device.
+//! Certificate revocation lists, signed by the root key (or an intermediate's) inside the
+//! device.
 //!
 //! A CRL lists every revoked serial with its revocation time and reason, carries a CRL number
 //! that only ever grows, and a nextUpdate after which relying parties must fetch a new one.
+//!
+//! The `TBSCertList` is assembled here rather than by `x509-cert`'s `CrlBuilder`: that builder
+//! takes the CRL's authority key identifier from the issuer certificate's own authority key
+//! identifier, which names the issuer's *issuer*. That is right only for a self-signed root;
+//! an intermediate's CRL would name the root's key, and relying parties (`openssl verify
+//! -crl_check`) find no CRL for the intermediate's certificates. Here the identifier names the
+//! key that signs: the issuer's subject key identifier.
 
 use std::time::{Duration, SystemTime};
 
 use der::asn1::Uint;
-use der::Decode;
-use spki::SignatureBitStringEncoding;
-use x509_cert::builder::{Builder, CrlBuilder};
-use x509_cert::crl::{CertificateList, RevokedCert};
-use x509_cert::ext::pkix::{CrlNumber, CrlReason};
+use der::referenced::OwnedToRef;
+use der::Encode;
+use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason, SubjectKeyIdentifier};
 use x509_cert::ext::ToExtension;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
@@ -102,7 +110,7 @@ pub fn sign(
     let mut entries = Vec::with_capacity(revoked.len());
     for r in revoked {
         let reason = r.reason.code();
-        let ext = reason.to_extension(&issuer.tbs.subject, &[])?;
+        let ext = reason.to_extension(issuer.tbs().subject(), &[])?;
         entries.push(RevokedCert {
             serial_number: SerialNumber::new(r.serial.as_bytes())?,
             revocation_date: Time::try_from(r.revoked_at)
@@ -110,16 +118,43 @@ pub fn sign(
             crl_entry_extensions: Some(vec![ext]),
         });
     }
-    // The CRL issuer is the root, which carries no seb extensions, so x509-cert can read it.
-    let issuer = x509_cert::Certificate::from_der(&issuer.to_der_bytes()?)?;
-    let mut builder = CrlBuilder::new_with_this_update(&issuer, number, this_update)?
-        .with_next_update(Some(next_update));
-    if !entries.is_empty() {
-        builder = builder.with_certificates(entries.into_iter());
+    let issuer_name = issuer.tbs().subject().clone();
+    let key_identifier = match issuer.standard_extension::<SubjectKeyIdentifier>()? {
+        Some(ski) => ski.0,
+        None => {
+            SubjectKeyIdentifier::try_from(issuer.tbs().subject_public_key_info().owned_to_ref())
+                .map_err(|e| CaError::Encoding(e.to_string()))?
+                .0
+        }
+    };
+    let mut extensions = Vec::new();
+    let ext = number.to_extension(&issuer_name, &extensions)?;
+    extensions.push(ext);
+    let ext = AuthorityKeyIdentifier {
+        key_identifier: Some(key_identifier),
+        ..Default::default()
     }
-    let tbs = builder.finalize(signer)?;
-    let signature = signer.sign_message(&tbs).map_err(CaError::Sign)?;
-    Ok(builder.assemble(signature.to_der().to_bitstring()?, signer)?)
+    .to_extension(&issuer_name, &extensions)?;
+    extensions.push(ext);
+    let algorithm = AlgorithmIdentifierOwned {
+        oid: crate::backend::ECDSA_WITH_SHA384,
+        parameters: None,
+    };
+    let tbs = TbsCertList {
+        version: x509_cert::Version::V2,
+        signature: algorithm.clone(),
+        issuer: issuer_name,
+        this_update,
+        next_update: Some(next_update),
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: Some(extensions),
+    };
+    let signature = signer.sign_message(&tbs.to_der()?).map_err(CaError::Sign)?;
+    Ok(CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: algorithm,
+        signature: signature.to_der().to_bitstring()?,
+    })
 }
 
 /// PEM text of a CRL.

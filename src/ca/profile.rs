@@ -1,18 +1,21 @@
-//! Certificate profiles: which standard extensions each kind of certificate carries.
+//! Certificate profiles: which standard extensions each kind of certificate carries, as an
+//! `x509-cert` [`BuilderProfile`] so that its `CertificateBuilder` assembles the certificate.
 //!
 //! Every broker-made certificate gets a subject key identifier; every non-root one an authority
 //! key identifier naming its issuer's key, so chain builders (openssl, webpki) find the path.
 
 use der::asn1::ObjectIdentifier;
 use spki::SubjectPublicKeyInfoRef;
+use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
     SubjectKeyIdentifier,
 };
-use x509_cert::ext::ToExtension;
-
-use crate::cert::Extension;
+use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
+use x509_cert::TbsCertificate;
+
+use crate::cert::Purpose;
 
 /// id-kp-serverAuth.
 const SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
@@ -31,8 +34,9 @@ pub enum CertKind {
         /// pathLenConstraint.
         path_len: Option<u8>,
     },
-    /// Signs execution tokens or audit checkpoints: digitalSignature only, no EKU.
-    Signing,
+    /// One of the broker's signing keys (tokens, audit checkpoints): digitalSignature, and
+    /// its one seb key purpose as the only extended key usage (docs/GRANTS.md §1).
+    Signing(Purpose),
     /// The broker's HTTPS key: digitalSignature, serverAuth, with these SANs.
     TlsServer {
         /// DNS names and IP addresses.
@@ -45,9 +49,46 @@ pub enum CertKind {
     AttestationKey,
 }
 
+/// What the builder needs to make one certificate: names, kind and seb's own extensions.
+pub(crate) struct Profile {
+    /// Issuer name (the subject itself for the root).
+    pub issuer: Name,
+    /// Subject name.
+    pub subject: Name,
+    /// Which profile.
+    pub kind: CertKind,
+    /// seb's extensions (and a TLS certificate's subjectAltName), after the standard ones.
+    pub extra: Vec<Extension>,
+}
+
+impl BuilderProfile for Profile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        _tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(extensions(
+            &self.kind,
+            &self.subject,
+            spk,
+            issuer_spk,
+            self.extra.clone(),
+        )?)
+    }
+}
+
 /// The standard extensions of a certificate of `kind` for the key `spk`, issued by the key
 /// `issuer_spk`, followed by `extra` (seb's own extensions).
-pub(crate) fn extensions(
+fn extensions(
     kind: &CertKind,
     subject: &Name,
     spk: SubjectPublicKeyInfoRef<'_>,
@@ -68,7 +109,12 @@ pub(crate) fn extensions(
             KeyUsages::KeyCertSign | KeyUsages::CRLSign,
             None,
         ),
-        CertKind::Signing => (false, None, KeyUsages::DigitalSignature.into(), None),
+        CertKind::Signing(purpose) => (
+            false,
+            None,
+            KeyUsages::DigitalSignature.into(),
+            Some(purpose.oid()),
+        ),
         CertKind::TlsServer { .. } => (
             false,
             None,
@@ -110,10 +156,6 @@ pub(crate) fn extensions(
         }
         .to_extension(subject, &out)?,
     );
-    let mut all = out
-        .into_iter()
-        .map(Extension::from_standard)
-        .collect::<Result<Vec<_>, _>>()?;
-    all.extend(extra);
-    Ok(all)
+    out.extend(extra);
+    Ok(out)
 }

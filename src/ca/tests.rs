@@ -121,6 +121,7 @@ fn only_a_valid_ca_issues() {
             public_key: spki(&crate::testkit::key()),
             subject: parse_subject("CN=long").unwrap(),
             grants: None,
+            roles: crate::grants::IssuableRoles::default(),
             path_len: None,
             ttl: Duration::from_secs(2 * 365 * 86_400),
         },
@@ -138,6 +139,7 @@ fn only_a_valid_ca_issues() {
             public_key: spki(&crate::testkit::key()),
             subject: parse_subject("CN=late").unwrap(),
             grants: None,
+            roles: crate::grants::IssuableRoles::default(),
             path_len: None,
             ttl: Duration::from_secs(60),
         },
@@ -145,4 +147,84 @@ fn only_a_valid_ca_issues() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("not valid now"), "{err}");
+}
+
+/// A certificate of `kind` (agents with one grant, approvers in group `sre`) issued by `ca`.
+fn leaf_of(ca: &Ca, kind: RoleKind) -> Result<Certificate, CaError> {
+    let groups = if kind == RoleKind::Approver {
+        vec!["sre".into()]
+    } else {
+        vec![]
+    };
+    issue_leaf_under(
+        &ca.key,
+        &ca.chain,
+        LeafRequest {
+            public_key: spki(&crate::testkit::key()),
+            subject: parse_subject(&format!("CN={kind}")).unwrap(),
+            role: Role::new(kind, groups).unwrap(),
+            grants: (kind == RoleKind::Agent)
+                .then(|| crate::testkit::grants(&grant("deploy.*", "prod/**", "60s"))),
+            ttl: Duration::from_secs(86_400),
+        },
+        Duration::from_secs(365 * 86_400),
+        now(),
+    )
+}
+
+#[test]
+fn an_intermediate_issues_only_its_roles_and_passes_on_no_more() {
+    use crate::grants::IssuableRoles;
+    let root = Ca::root("root");
+    for kind in [RoleKind::Agent, RoleKind::Executor, RoleKind::Approver] {
+        assert!(leaf_of(&root, kind).is_ok(), "the root issues {kind}");
+    }
+    // Without --roles: agents only.
+    let agents = root.intermediate("agents", None, None).unwrap();
+    assert!(leaf_of(&agents, RoleKind::Agent).is_ok());
+    assert_eq!(
+        agents
+            .cert
+            .extension(SEB_ISSUABLE_ROLES_OID)
+            .map(|e| e.extn_value.as_bytes().to_vec()),
+        Some(IssuableRoles::AGENTS_ONLY.to_der().unwrap()),
+        "written explicitly"
+    );
+    for kind in [RoleKind::Executor, RoleKind::Approver] {
+        let err = leaf_of(&agents, kind).unwrap_err();
+        assert!(matches!(err, CaError::RoleNotDelegated { .. }), "{err}");
+        assert!(err.to_string().contains("CN=agents"), "{err}");
+    }
+    // Delegated every role: all three, and a sub-intermediate with any of them.
+    let ops = root
+        .intermediate_for("ops", None, None, IssuableRoles::ALL)
+        .unwrap();
+    assert!(leaf_of(&ops, RoleKind::Executor).is_ok());
+    let exec = ops
+        .intermediate_for("exec", None, None, "executor".parse().unwrap())
+        .unwrap();
+    assert!(leaf_of(&exec, RoleKind::Executor).is_ok());
+    // ... but a sub-intermediate never gets more than every CA above it.
+    let err = exec
+        .intermediate_for("wider", None, None, IssuableRoles::ALL)
+        .err()
+        .unwrap();
+    assert!(matches!(err, CaError::RoleNotDelegated { .. }), "{err}");
+    let err = agents
+        .intermediate_for("wider", None, None, "agent,executor".parse().unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(err, CaError::RoleNotDelegated { .. }), "{err}");
+    // An agent under the executors-only CA is refused as well.
+    assert!(matches!(
+        leaf_of(&exec, RoleKind::Agent),
+        Err(CaError::RoleNotDelegated { .. })
+    ));
+    // An intermediate that has the root's very name is still bound by its roles.
+    let twin = root.intermediate("root", None, None).unwrap();
+    assert_eq!(twin.cert.subject_string(), root.cert.subject_string());
+    assert!(matches!(
+        leaf_of(&twin, RoleKind::Executor),
+        Err(CaError::RoleNotDelegated { .. })
+    ));
 }

@@ -7,7 +7,7 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use super::*;
 use crate::authz::{decide, Decision, DenyCode, Request, RevocationView};
 use crate::cert::Extension;
-use crate::testkit::{grant, now, resign, resign_p256, set_extension, Ca};
+use crate::testkit::{forge, grant, now, resign, resign_p256, Ca};
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
@@ -46,12 +46,12 @@ fn decide_code(chain: &ValidatedChain<'_>, req: &Request, at: SystemTime) -> Opt
     .deny_code()
 }
 
-fn standard(ext: impl der::Encode + AssociatedOid, critical: bool) -> Extension {
-    Extension::new(ext_oid(&ext), critical, ext.to_der().unwrap()).unwrap()
-}
-
-fn ext_oid<T: AssociatedOid>(_: &T) -> &'static [u8] {
-    T::OID.as_bytes()
+fn standard<T: der::Encode + AssociatedOid>(ext: T, critical: bool) -> Extension {
+    Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: der::asn1::OctetString::new(ext.to_der().unwrap()).unwrap(),
+    }
 }
 
 #[test]
@@ -142,8 +142,9 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
         .unwrap();
     let roots = [root.cert.clone()];
 
-    let mut tampered = leaf.clone();
+    let mut tampered = forge(&leaf);
     tampered.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[1, 2, 3]).unwrap();
+    let tampered = tampered.finish().unwrap();
     let intermediates = [a.cert.clone()];
     assert_eq!(
         code(validate(&tampered, &intermediates, &roots, now())),
@@ -151,23 +152,23 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
     );
 
     // The intermediate's grants widened after signing.
-    let mut widened = a.cert.clone();
-    set_extension(
-        &mut widened,
+    let mut widened = forge(&a.cert);
+    widened.set_extension(
         crate::ca::grants_extension(&crate::testkit::grants(&grant("*", "**", "1h"))).unwrap(),
     );
-    let intermediates = [widened];
+    let intermediates = [widened.finish().unwrap()];
     assert_eq!(
         code(validate(&leaf, &intermediates, &roots, now())),
         "bad_signature"
     );
 
     // A flipped bit in the signature itself.
-    let mut flipped = leaf.clone();
+    let mut flipped = forge(&leaf);
     let mut raw = flipped.signature.raw_bytes().to_vec();
     let last = raw.len() - 1;
     raw[last] ^= 1;
     flipped.signature = der::asn1::BitString::from_bytes(&raw).unwrap();
+    let flipped = flipped.finish().unwrap();
     let intermediates = [a.cert.clone()];
     assert_eq!(
         code(validate(&flipped, &intermediates, &roots, now())),
@@ -183,11 +184,9 @@ fn an_end_entity_cannot_act_as_a_ca() {
         .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
         .unwrap();
     // A certificate "issued" by the agent: its name as issuer, signed with its key.
-    let mut forged = root.agent("victim", &deploy()).unwrap();
-    forged.tbs.issuer = agent.tbs.subject.clone();
-    if let Some(exts) = forged.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
-    }
+    let mut forged = forge(&root.agent("victim", &deploy()).unwrap());
+    forged.tbs.issuer = agent.tbs().subject().clone();
+    forged.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
     let forged = resign(forged, &agent_key);
     let roots = [root.cert.clone()];
     let intermediates = [agent];
@@ -200,11 +199,8 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     let root = Ca::root("root");
     let a = root.intermediate("a", None, None).unwrap();
     let leaf = a.agent("agent", &deploy()).unwrap();
-    let mut no_sign = a.cert.clone();
-    set_extension(
-        &mut no_sign,
-        standard(KeyUsage(KeyUsages::CRLSign.into()), true),
-    );
+    let mut no_sign = forge(&a.cert);
+    no_sign.set_extension(standard(KeyUsage(KeyUsages::CRLSign.into()), true));
     let no_sign = resign(no_sign, &root.key);
     let roots = [root.cert.clone()];
     let intermediates = [no_sign];
@@ -213,10 +209,8 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     assert_eq!(err.code(), "issuer_lacks_key_cert_sign");
 
     // Without basicConstraints at all.
-    let mut no_bc = a.cert.clone();
-    if let Some(exts) = no_bc.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&BasicConstraints::OID));
-    }
+    let mut no_bc = forge(&a.cert);
+    no_bc.remove_extension(BasicConstraints::OID);
     let intermediates = [resign(no_bc, &root.key)];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
@@ -230,15 +224,14 @@ fn with_ca_flags(
     ku: Option<KeyUsage>,
     signer: &dyn crate::ca::CaSigner,
 ) -> Certificate {
-    let mut cert = cert.clone();
-    if let Some(exts) = cert.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&BasicConstraints::OID) && !e.is(&KeyUsage::OID));
-    }
+    let mut cert = forge(cert);
+    cert.remove_extension(BasicConstraints::OID);
+    cert.remove_extension(KeyUsage::OID);
     if let Some(bc) = bc {
-        set_extension(&mut cert, standard(bc, true));
+        cert.set_extension(standard(bc, true));
     }
     if let Some(ku) = ku {
-        set_extension(&mut cert, standard(ku, true));
+        cert.set_extension(standard(ku, true));
     }
     resign(cert, signer)
 }
@@ -300,11 +293,9 @@ fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
         )),
         &root.key,
     );
-    let mut forged = root.agent("victim", &deploy()).unwrap();
-    forged.tbs.issuer = agent.tbs.subject.clone();
-    if let Some(exts) = forged.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
-    }
+    let mut forged = forge(&root.agent("victim", &deploy()).unwrap());
+    forged.tbs.issuer = agent.tbs().subject().clone();
+    forged.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
     let forged = resign(forged, &agent_key);
     let err = validate(&forged, &[agent], &roots, now()).unwrap_err();
     assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
@@ -375,18 +366,15 @@ fn path_len_constraint_is_honoured() {
     // ... so make one the way a careless offline CA would: lift a's constraint in the copy
     // used for the CA's checks, sign with a's key.
     let mut lifted = a.clone();
-    let mut cert = lifted.cert.clone();
-    set_extension(
-        &mut cert,
-        standard(
-            BasicConstraints {
-                ca: true,
-                path_len_constraint: None,
-            },
-            true,
-        ),
-    );
-    lifted.chain[0] = cert;
+    let mut cert = forge(&lifted.cert);
+    cert.set_extension(standard(
+        BasicConstraints {
+            ca: true,
+            path_len_constraint: None,
+        },
+        true,
+    ));
+    lifted.chain[0] = cert.finish().unwrap();
     let b = lifted.intermediate("b", None, None).unwrap();
     let leaf = b.agent("agent", &deploy()).unwrap();
     let roots = [root.cert.clone()];
@@ -422,11 +410,9 @@ fn issuer_loops_terminate() {
     let root = Ca::root("root");
     let a = root.intermediate("a", None, None).unwrap();
     let b = a.intermediate("b", None, None).unwrap();
-    let mut a_by_b = a.cert.clone();
-    a_by_b.tbs.issuer = b.cert.tbs.subject.clone();
-    if let Some(exts) = a_by_b.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
-    }
+    let mut a_by_b = forge(&a.cert);
+    a_by_b.tbs.issuer = b.cert.tbs().subject().clone();
+    a_by_b.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
     let a_by_b = resign(a_by_b, &b.key);
     let leaf = b.agent("agent", &deploy()).unwrap();
     let intermediates = [a_by_b, b.cert.clone()];
@@ -452,11 +438,9 @@ fn input_sizes_are_bounded() {
         code(validate(&leaf, &[], &many_roots, now())),
         "chain_too_large"
     );
-    let mut huge = leaf.clone();
-    set_extension(
-        &mut huge,
-        Extension::new(&[0x2a, 0x03], false, vec![0u8; MAX_CERT_LEN]).unwrap(),
-    );
+    let mut huge = forge(&leaf);
+    huge.set_raw_extension(&[0x2a, 0x03], false, &vec![0u8; MAX_CERT_LEN]);
+    let huge = huge.finish().unwrap();
     assert_eq!(code(validate(&huge, &[], &roots, now())), "chain_too_large");
 }
 
@@ -468,11 +452,9 @@ fn many_same_named_candidates_exhaust_the_budget_not_the_cpu() {
     let cas: Vec<Ca> = (0..MAX_INTERMEDIATES)
         .map(|_| root.intermediate("same", None, None).unwrap())
         .collect();
-    let mut leaf = root.agent("agent", &deploy()).unwrap();
-    leaf.tbs.issuer = cas[0].cert.tbs.subject.clone();
-    if let Some(exts) = leaf.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
-    }
+    let mut leaf = forge(&root.agent("agent", &deploy()).unwrap());
+    leaf.tbs.issuer = cas[0].cert.tbs().subject().clone();
+    leaf.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
     let leaf = resign(leaf, &crate::testkit::key()); // signed by none of them
     let intermediates: Vec<Certificate> = cas.iter().map(|c| c.cert.clone()).collect();
     let roots = [root.cert.clone()];
@@ -494,13 +476,9 @@ fn same_named_intermediates_are_told_apart() {
     assert_eq!(chain.intermediates()[0], &new.cert);
     // Without key identifiers, backtracking over signatures finds it too.
     let strip = |c: &Certificate, key: &dyn crate::ca::CaSigner| {
-        let mut c = c.clone();
-        if let Some(exts) = c.tbs.extensions.as_mut() {
-            exts.retain(|e| {
-                !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID)
-                    && !e.is(&x509_cert::ext::pkix::SubjectKeyIdentifier::OID)
-            });
-        }
+        let mut c = forge(c);
+        c.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+        c.remove_extension(x509_cert::ext::pkix::SubjectKeyIdentifier::OID);
         resign(c, key)
     };
     let leaf = strip(&leaf, &new.key);
@@ -514,22 +492,19 @@ fn unknown_critical_extensions_are_refused_known_ones_accepted() {
     let root = Ca::root("root");
     let leaf = root.agent("agent", &deploy()).unwrap();
     let roots = [root.cert.clone()];
-    let mut critical = leaf.clone();
+    let mut critical = forge(&leaf);
     // 1.2.3.4, critical.
-    set_extension(
-        &mut critical,
-        Extension::new(&[0x2a, 0x03, 0x04], true, vec![0x05, 0x00]).unwrap(),
-    );
+    critical.set_raw_extension(&[0x2a, 0x03, 0x04], true, &[0x05, 0x00]);
     let critical = resign(critical, &root.key);
     let err = validate(&critical, &[], &roots, now()).unwrap_err();
     assert_eq!(err.code(), "unknown_critical_extension");
     assert!(err.to_string().contains("1.2.3.4"), "{err}");
 
     // sebGrants marked critical: understood.
-    let mut grants_critical = leaf.clone();
+    let mut grants_critical = forge(&leaf);
     let mut ext = leaf.extension(crate::cert::SEB_GRANTS_OID).unwrap().clone();
     ext.critical = true;
-    set_extension(&mut grants_critical, ext);
+    grants_critical.set_extension(ext);
     let grants_critical = resign(grants_critical, &root.key);
     assert_eq!(code(validate(&grants_critical, &[], &roots, now())), "ok");
 }
@@ -540,20 +515,19 @@ fn algorithm_rules() {
     let leaf = root.agent("agent", &deploy()).unwrap();
     let roots = [root.cert.clone()];
 
-    let mut mismatch = leaf.clone();
+    let mut mismatch = forge(&leaf);
     mismatch.signature_algorithm.oid = ECDSA_SHA256;
+    let mismatch = mismatch.finish().unwrap();
     assert_eq!(
         code(validate(&mismatch, &[], &roots, now())),
         "malformed_certificate"
     );
 
-    let mut rsa = leaf.clone();
+    let mut rsa = forge(&leaf);
     let sha256_rsa = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
     rsa.signature_algorithm.oid = sha256_rsa;
     rsa.tbs.signature.oid = sha256_rsa;
     let rsa = resign(rsa, &root.key);
-    let mut rsa = rsa;
-    rsa.signature_algorithm.oid = sha256_rsa;
     assert_eq!(
         code(validate(&rsa, &[], &roots, now())),
         "unsupported_algorithm"
@@ -573,6 +547,7 @@ fn a_p256_offline_intermediate_signing_with_sha256_verifies() {
             public_key: p256_spki,
             subject: crate::ca::parse_subject("CN=offline").unwrap(),
             grants: None,
+            roles: crate::grants::IssuableRoles::default(),
             path_len: Some(0),
             ttl: Duration::from_secs(86_400),
         },
@@ -580,11 +555,9 @@ fn a_p256_offline_intermediate_signing_with_sha256_verifies() {
     )
     .unwrap();
     // Leaf signed by the P-256 key, ecdsa-with-SHA256.
-    let mut leaf = root.agent("agent", &deploy()).unwrap();
-    leaf.tbs.issuer = cert.tbs.subject.clone();
-    if let Some(exts) = leaf.tbs.extensions.as_mut() {
-        exts.retain(|e| !e.is(&x509_cert::ext::pkix::AuthorityKeyIdentifier::OID));
-    }
+    let mut leaf = forge(&root.agent("agent", &deploy()).unwrap());
+    leaf.tbs.issuer = cert.tbs().subject().clone();
+    leaf.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
     let leaf = resign_p256(leaf, &p256_key);
     let roots = [root.cert.clone()];
     let intermediates = [cert];
@@ -609,7 +582,7 @@ fn validity_is_left_to_the_decision_except_for_the_root() {
         decide_code(&chain, &request("deploy.x", "prod/a"), later),
         Some(DenyCode::CertificateExpired)
     );
-    let mut future = leaf.clone();
+    let mut future = forge(&leaf);
     future.tbs.validity.not_before =
         x509_cert::time::Time::try_from(now() + Duration::from_secs(600)).unwrap();
     let future = resign(future, &root.key);
@@ -783,10 +756,11 @@ fn a_grantless_intermediate_between_two_does_not_break_the_bound() {
 #[test]
 fn malformed_grants_reach_the_decision_as_invalid() {
     let root = Ca::root("root");
-    let mut leaf = root.agent("agent", &deploy()).unwrap();
-    set_extension(
-        &mut leaf,
-        Extension::new(crate::cert::SEB_GRANTS_OID, false, vec![0x30, 0x03, 0x02]).unwrap(),
+    let mut leaf = forge(&root.agent("agent", &deploy()).unwrap());
+    leaf.set_raw_extension(
+        crate::cert::SEB_GRANTS_OID.as_bytes(),
+        false,
+        &[0x30, 0x03, 0x02],
     );
     let leaf = resign(leaf, &root.key);
     let roots = [root.cert.clone()];
@@ -822,7 +796,7 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
     assert_eq!(good.serials().len(), 3, "leaf, intermediate, root");
     for der in [[0x02, 0x01, 0x80], [0x02, 0x01, 0x00], [0x02, 0x01, 0xff]] {
         let serial = x509_cert::serial_number::SerialNumber::from_der(&der).unwrap();
-        let mut bad_leaf = leaf.clone();
+        let mut bad_leaf = forge(&leaf);
         bad_leaf.tbs.serial_number = serial.clone();
         let bad_leaf = resign(bad_leaf, &ca.key);
         assert_eq!(
@@ -835,7 +809,7 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
             "malformed_certificate",
             "leaf serial {der:02x?}"
         );
-        let mut bad_ca = ca.cert.clone();
+        let mut bad_ca = forge(&ca.cert);
         bad_ca.tbs.serial_number = serial;
         let bad_ca = resign(bad_ca, &root.key);
         assert_eq!(
@@ -844,4 +818,53 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
             "intermediate serial {der:02x?}"
         );
     }
+}
+
+#[test]
+fn require_purpose_accepts_exactly_the_purpose_asked_for() {
+    use crate::ca::CertKind;
+    use crate::cert::Purpose;
+    let root = Ca::root("root");
+    let key = crate::testkit::key();
+    let service = |issuer: &Ca, purpose: Purpose| {
+        crate::ca::issue_service(
+            &issuer.key,
+            &issuer.cert,
+            crate::testkit::spki(&key),
+            &crate::ca::parse_subject(&format!("CN={purpose}")).unwrap(),
+            CertKind::Signing(purpose),
+            Duration::from_secs(86_400),
+            now(),
+        )
+        .unwrap()
+    };
+    let roots = [root.cert.clone()];
+    for purpose in Purpose::ALL {
+        let cert = service(&root, purpose);
+        for asked in Purpose::ALL {
+            let got = require_purpose(&cert, asked).map_err(|e| e.code());
+            let path = validate(&cert, &[], &roots, now()).unwrap();
+            assert_eq!(path.require_service(asked).map_err(|e| e.code()), got);
+            if asked == purpose {
+                assert_eq!(got, Ok(()), "{purpose}");
+            } else {
+                assert_eq!(got, Err("wrong_key_purpose"), "{purpose} asked as {asked}");
+            }
+        }
+    }
+    // An agent's certificate is no broker key certificate, whatever it is asked for.
+    let agent = root.agent("agent", &deploy()).unwrap();
+    let err = require_purpose(&agent, Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_a_key_certificate", "{err}");
+    // A CA neither.
+    let ops = root.intermediate("ops", None, None).unwrap();
+    let err = require_purpose(&ops.cert, Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_a_key_certificate", "{err}");
+    // The audit purpose from an intermediate: the purpose is right, the issuer is not.
+    let by_ops = service(&ops, Purpose::Audit);
+    assert_eq!(require_purpose(&by_ops, Purpose::Audit), Ok(()));
+    let intermediates = [ops.cert.clone()];
+    let path = validate(&by_ops, &intermediates, &roots, now()).unwrap();
+    let err = path.require_service(Purpose::Audit).unwrap_err();
+    assert_eq!(err.code(), "not_issued_by_root", "{err}");
 }

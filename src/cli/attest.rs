@@ -321,8 +321,8 @@ fn ek_modulus(cert: &Certificate) -> Result<Vec<u8>, CliError> {
     }
     use der::Decode;
     let bits = cert
-        .tbs
-        .subject_public_key_info
+        .tbs()
+        .subject_public_key_info()
         .subject_public_key
         .as_bytes()
         .ok_or("EK certificate key has unused bits")?;

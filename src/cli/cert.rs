@@ -9,7 +9,7 @@ use seb::ca::crl::{self, Reason};
 use seb::ca::{self, csr, IntermediateRequest, LeafRequest};
 use seb::cert::Certificate;
 use seb::config::Config;
-use seb::grants::{GrantSet, Role, RoleKind};
+use seb::grants::{GrantSet, IssuableRoles, Role, RoleKind};
 use seb::serial::Serial;
 use seb::store::{IssuedCertificate, RevokeOutcome, Store};
 use secrecy::ExposeSecret;
@@ -120,6 +120,11 @@ pub struct IssueCaArgs {
     /// Grants file (TOML) bounding every certificate beneath this CA.
     #[arg(long)]
     grants: Option<PathBuf>,
+    /// The roles of the certificates this CA may issue, comma-separated: agent, approver,
+    /// executor. At most those of the CAs above it. An executor redeems (burns) any agent's
+    /// token and an approver approves for its groups: delegate them deliberately.
+    #[arg(long, default_value = "agent")]
+    roles: String,
     /// pathLenConstraint: how many intermediate CAs may follow below this one.
     #[arg(long)]
     path_len: Option<u8>,
@@ -257,7 +262,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         "issued {kind} certificate serial {} for {} until {}",
         cert.serial_hex(),
         cert.subject_string(),
-        cert.tbs.validity.not_after
+        cert.tbs().validity().not_after
     );
     Ok(())
 }
@@ -276,6 +281,10 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     }
     let ttl = seb::duration::parse(&args.ttl)?;
     let grants = args.grants.as_deref().map(read_grants).transpose()?;
+    let roles: IssuableRoles = args
+        .roles
+        .parse()
+        .map_err(|e| format!("invalid --roles {:?}: {e}", args.roles))?;
     let offline = args.csr.as_deref().map(read_csr).transpose()?;
     let subject = match (&args.subject, &offline) {
         (Some(s), _) => ca::parse_subject(s)?,
@@ -284,7 +293,14 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     };
     let now = SystemTime::now();
     let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
-    ca::check_intermediate(&issuer_chain, grants.as_ref(), args.path_len, ttl, now)?;
+    ca::check_intermediate(
+        &issuer_chain,
+        grants.as_ref(),
+        roles,
+        args.path_len,
+        ttl,
+        now,
+    )?;
 
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
@@ -313,6 +329,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
             public_key,
             subject,
             grants,
+            roles,
             path_len: args.path_len,
             ttl,
         },
@@ -335,10 +352,10 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     write_file(&cert_path, pem.as_bytes(), false)?;
     write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
     say!(
-        "issued intermediate CA {name:?} serial {} for {} until {} ({held})",
+        "issued intermediate CA {name:?} serial {} for {} until {} ({held}); it may issue: {roles}",
         cert.serial_hex(),
         cert.subject_string(),
-        cert.tbs.validity.not_after
+        cert.tbs().validity().not_after
     );
     Ok(())
 }
@@ -365,7 +382,7 @@ fn issuer_chain(
             if now > cert.not_after() {
                 return Err(format!(
                     "the issuing CA {name:?} expired at {}; nothing was issued",
-                    cert.tbs.validity.not_after
+                    cert.tbs().validity().not_after
                 )
                 .into());
             }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
 use seb::ca::generations::KeyKind;
 use seb::ca::{self, CertKind};
+use seb::cert::Purpose;
 use seb::config::Config;
 use spki::SubjectPublicKeyInfoOwned;
 
@@ -72,8 +73,16 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
             now,
         )?)
     };
-    let token = service(&labels.token, "token signer", CertKind::Signing)?;
-    let audit = service(&labels.audit, "audit signer", CertKind::Signing)?;
+    let token = service(
+        &labels.token,
+        "token signer",
+        CertKind::Signing(Purpose::Token),
+    )?;
+    let audit = service(
+        &labels.audit,
+        "audit signer",
+        CertKind::Signing(Purpose::Audit),
+    )?;
     let tls = service(
         &labels.tls,
         "broker",

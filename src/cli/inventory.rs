@@ -173,7 +173,7 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
     };
     say!("certificate  {} (from {source})", leaf.subject_string());
     say!("serial       {}", leaf.serial_hex());
-    say!("issuer       {}", leaf.tbs.issuer);
+    say!("issuer       {}", leaf.tbs().issuer());
     match leaf.extension(SEB_ROLE_OID) {
         Some(ext) => match Role::from_der(ext.extn_value.as_bytes()) {
             Ok(role) => {

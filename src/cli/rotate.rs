@@ -12,7 +12,7 @@ use der::Decode;
 use seb::backend::{KeyAlgorithm, P384Signer};
 use seb::ca::generations::KeyKind;
 use seb::ca::{self, CertKind, LeafRequest};
-use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
+use seb::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ROLE_OID};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role};
 use seb::serial::Serial;
@@ -89,8 +89,8 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
     let public = backend.generate(&next.label, algorithm)?;
     let spki = spki::SubjectPublicKeyInfoOwned::from_der(&public.to_spki_der()?)?;
     let (cn, cert_kind) = match kind {
-        KeyKind::Token => ("token signer", CertKind::Signing),
-        KeyKind::Audit => ("audit signer", CertKind::Signing),
+        KeyKind::Token => ("token signer", CertKind::Signing(Purpose::Token)),
+        KeyKind::Audit => ("audit signer", CertKind::Signing(Purpose::Audit)),
         KeyKind::Tls => (
             "broker",
             CertKind::TlsServer {
@@ -215,8 +215,8 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         &signer,
         &issuer_chain,
         LeafRequest {
-            public_key: old.tbs.subject_public_key_info.clone(),
-            subject: old.tbs.subject.clone(),
+            public_key: old.tbs().subject_public_key_info().clone(),
+            subject: old.tbs().subject().clone(),
             role,
             grants,
             ttl,

@@ -1,4 +1,4 @@
-//! DER wire types for `sebGrants` and `sebRole`, mirroring the ASN.1 module in
+//! DER wire types for `sebGrants`, `sebRole` and `sebIssuableRoles`, mirroring the ASN.1 module in
 //! `docs/GRANTS.md`, and the conversions to and from the validated types.
 //!
 //! These types are private: nothing outside this file sees an unvalidated grant. Decoding must
@@ -14,6 +14,7 @@ use super::{
 
 const GRANTS: &str = "sebGrants";
 const ROLE: &str = "sebRole";
+pub(super) const ISSUABLE_ROLES: &str = "sebIssuableRoles";
 
 /// `Grant` in the ASN.1 module.
 #[derive(Clone, Debug, PartialEq, Eq, Sequence)]
@@ -107,12 +108,7 @@ pub(super) fn decode_grants(bytes: &[u8]) -> Result<GrantSet, GrantError> {
 
 pub(super) fn encode_role(role: &Role) -> Result<Vec<u8>, GrantError> {
     let wire = RoleDer {
-        kind: match role.kind {
-            RoleKind::Agent => RoleKindDer::Agent,
-            RoleKind::Approver => RoleKindDer::Approver,
-            RoleKind::Executor => RoleKindDer::Executor,
-            RoleKind::Broker => RoleKindDer::Broker,
-        },
+        kind: role.kind.into(),
         groups: role.groups.clone(),
     };
     wire.to_der()
@@ -124,14 +120,50 @@ pub(super) fn decode_role(bytes: &[u8]) -> Result<Role, GrantError> {
     let wire =
         RoleDer::from_der(bytes).map_err(|source| GrantError::DecodeDer { what: ROLE, source })?;
     Ok(Role {
-        kind: match wire.kind {
+        kind: wire.kind.into(),
+        groups: wire.groups,
+    })
+}
+
+/// `SebIssuableRoles`: the role kinds, in the order given (the caller sorts and validates).
+pub(super) fn encode_role_kinds(kinds: &[RoleKind]) -> Result<Vec<u8>, GrantError> {
+    let wire: Vec<RoleKindDer> = kinds.iter().map(|k| RoleKindDer::from(*k)).collect();
+    wire.to_der().map_err(|source| GrantError::EncodeDer {
+        what: ISSUABLE_ROLES,
+        source,
+    })
+}
+
+/// Decodes `SebIssuableRoles` as it stands (the caller validates and checks the encoding).
+pub(super) fn decode_role_kinds(bytes: &[u8]) -> Result<Vec<RoleKind>, GrantError> {
+    check_len(ISSUABLE_ROLES, bytes)?;
+    let wire = Vec::<RoleKindDer>::from_der(bytes).map_err(|source| GrantError::DecodeDer {
+        what: ISSUABLE_ROLES,
+        source,
+    })?;
+    Ok(wire.into_iter().map(RoleKind::from).collect())
+}
+
+impl From<RoleKind> for RoleKindDer {
+    fn from(kind: RoleKind) -> Self {
+        match kind {
+            RoleKind::Agent => RoleKindDer::Agent,
+            RoleKind::Approver => RoleKindDer::Approver,
+            RoleKind::Executor => RoleKindDer::Executor,
+            RoleKind::Broker => RoleKindDer::Broker,
+        }
+    }
+}
+
+impl From<RoleKindDer> for RoleKind {
+    fn from(wire: RoleKindDer) -> Self {
+        match wire {
             RoleKindDer::Agent => RoleKind::Agent,
             RoleKindDer::Approver => RoleKind::Approver,
             RoleKindDer::Executor => RoleKind::Executor,
             RoleKindDer::Broker => RoleKind::Broker,
-        },
-        groups: wire.groups,
-    })
+        }
+    }
 }
 
 fn check_len(what: &'static str, bytes: &[u8]) -> Result<(), GrantError> {

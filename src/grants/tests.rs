@@ -192,30 +192,57 @@ fn to_der_validates() {
 }
 
 #[test]
-fn oids() {
-    // The dotted and encoded forms agree.
-    fn decode_arcs(ber: &[u8]) -> String {
-        let mut arcs = vec![(ber[0] / 40).to_string(), (ber[0] % 40).to_string()];
-        let mut acc: u128 = 0;
-        for b in &ber[1..] {
-            acc = (acc << 7) | u128::from(b & 0x7f);
-            if b & 0x80 == 0 {
-                arcs.push(acc.to_string());
-                acc = 0;
-            }
-        }
-        arcs.join(".")
+fn issuable_roles() {
+    use RoleKind::{Agent, Approver, Broker, Executor};
+    assert_eq!(IssuableRoles::default(), IssuableRoles::AGENTS_ONLY);
+    assert_eq!(IssuableRoles::default().kinds(), [Agent]);
+    let all: IssuableRoles = "executor, agent,approver,agent".parse().unwrap();
+    assert_eq!(all, IssuableRoles::ALL);
+    assert_eq!(all.to_string(), "agent,approver,executor");
+    for set in [
+        IssuableRoles::AGENTS_ONLY,
+        IssuableRoles::ALL,
+        IssuableRoles::new([Executor]).unwrap(),
+        IssuableRoles::new([Approver, Executor]).unwrap(),
+    ] {
+        assert_eq!(
+            IssuableRoles::from_der(&set.to_der().unwrap()).unwrap(),
+            set
+        );
+        assert!(set.is_subset_of(IssuableRoles::ALL));
+        assert!(!set.contains(Broker));
     }
-    assert_eq!(decode_arcs(SEB_GRANTS_OID_BER), SEB_GRANTS_OID);
-    assert_eq!(decode_arcs(SEB_ROLE_OID_BER), SEB_ROLE_OID);
-    assert_eq!(format!("{SEB_ARC}.1"), SEB_GRANTS_OID);
-}
-
-#[test]
-fn const_oid_cannot_hold_the_uuid_arc() {
-    // If this starts failing, const-oid learned big arcs: switch to ObjectIdentifier consts.
-    assert!(der::asn1::ObjectIdentifier::new(SEB_GRANTS_OID).is_err());
-    assert!(der::asn1::ObjectIdentifier::from_bytes(SEB_GRANTS_OID_BER).is_err());
+    assert!(!IssuableRoles::ALL.is_subset_of(IssuableRoles::AGENTS_ONLY));
+    assert!(IssuableRoles::AGENTS_ONLY.is_subset_of(IssuableRoles::ALL));
+    // Known answer: SEQUENCE { ENUMERATED 0, ENUMERATED 2 }.
+    let agent_executor = IssuableRoles::new([Executor, Agent]).unwrap();
+    assert_eq!(
+        agent_executor.to_der().unwrap(),
+        [0x30, 0x06, 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x02]
+    );
+    // Broker is never issuable, an empty set is not a set of roles, names must be known.
+    for bad in [
+        "broker",
+        "agent,broker",
+        "",
+        "agent,,executor",
+        "admin",
+        "Agent",
+    ] {
+        assert!(bad.parse::<IssuableRoles>().is_err(), "{bad:?}");
+    }
+    // Decoding: only the one sorted, duplicate-free encoding, without broker, not empty.
+    for der in [
+        &[0x30, 0x06, 0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00][..], // unsorted
+        &[0x30, 0x06, 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x00],     // duplicate
+        &[0x30, 0x03, 0x0a, 0x01, 0x03],                       // broker
+        &[0x30, 0x00],                                         // empty
+        &[0x30, 0x03, 0x0a, 0x01, 0x07],                       // unknown role
+        &[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00],                 // trailing byte
+        &[0x30, 0x81, 0x03, 0x0a, 0x01, 0x00],                 // long-form length
+    ] {
+        assert!(IssuableRoles::from_der(der).is_err(), "{der:02x?}");
+    }
 }
 
 #[test]
@@ -421,6 +448,9 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = GrantSet::from_der(&bytes);
         let _ = Role::from_der(&bytes);
+        if let Ok(roles) = IssuableRoles::from_der(&bytes) {
+            prop_assert_eq!(roles.to_der().unwrap(), bytes);
+        }
     }
 
     #[test]

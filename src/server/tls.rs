@@ -65,7 +65,7 @@ fn current_tls(
         .and_then(|k| k.to_spki_der())
         .map_err(|e| format!("TLS key {label:?}: {e}"))?;
     let cert_spki =
-        der::Encode::to_der(&cert.tbs.subject_public_key_info).map_err(|e| e.to_string())?;
+        der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| e.to_string())?;
     if public != cert_spki {
         return Err(format!(
             "the key {label:?} in the device does not match {}",

@@ -83,6 +83,24 @@ pub enum VerifyError {
         /// Why not.
         reason: &'static str,
     },
+    /// The certificate named by `kid` is certified for another key purpose (the audit key's
+    /// certificate, say), for several, or for none.
+    #[error("certificate {subject:?} may not sign tokens: {reason}")]
+    WrongKeyPurpose {
+        /// Its subject.
+        subject: String,
+        /// What it is certified for instead.
+        reason: String,
+    },
+    /// The certificate named by `kid` is issued by an intermediate CA: only the root certifies
+    /// the broker's token key.
+    #[error("token certificate {subject:?} is issued by {issuer:?}, not directly by the root")]
+    NotIssuedByRoot {
+        /// Its subject.
+        subject: String,
+        /// The intermediate that issued it.
+        issuer: String,
+    },
     /// `alg` does not fit the key's curve.
     #[error("algorithm {alg} does not fit the token key's curve {curve}")]
     AlgorithmKeyMismatch {
@@ -217,6 +235,15 @@ pub enum VerifyError {
         /// Its subject.
         subject: String,
     },
+    /// An approver certificate whose role an intermediate CA above it may not issue
+    /// (`sebIssuableRoles`): it approves nothing.
+    #[error("approver certificate {subject:?} does not count: {reason}")]
+    RoleNotDelegated {
+        /// Its subject.
+        subject: String,
+        /// Which intermediate does not delegate the role.
+        reason: String,
+    },
     /// An approver is not in the group the grant names.
     #[error("approver {subject:?} is not in approver group {group:?}")]
     WrongApprovalGroup {
@@ -267,6 +294,8 @@ impl VerifyError {
             VerifyError::CertificateExpired { .. } => "certificate_expired",
             VerifyError::CertificateNotYetValid { .. } => "certificate_not_yet_valid",
             VerifyError::NotATokenCertificate { .. } => "not_a_token_certificate",
+            VerifyError::WrongKeyPurpose { .. } => "wrong_key_purpose",
+            VerifyError::NotIssuedByRoot { .. } => "not_issued_by_root",
             VerifyError::AlgorithmKeyMismatch { .. } => "algorithm_key_mismatch",
             VerifyError::BadSignature => "bad_signature",
             VerifyError::NonCanonicalSignature => "non_canonical_signature",
@@ -286,6 +315,7 @@ impl VerifyError {
             VerifyError::UnknownApprover { .. } => "unknown_approver",
             VerifyError::UntrustedApprover { .. } => "untrusted_approver",
             VerifyError::NotAnApprover { .. } => "not_an_approver",
+            VerifyError::RoleNotDelegated { .. } => "role_not_delegated",
             VerifyError::WrongApprovalGroup { .. } => "wrong_approval_group",
             VerifyError::SelfApproval { .. } => "self_approval",
             VerifyError::DuplicateApprover { .. } => "duplicate_approver",

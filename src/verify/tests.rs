@@ -13,8 +13,11 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::ca::{self, CertKind};
+use crate::cert::{Purpose, SEB_KP_AUDIT, SEB_KP_TOKEN};
 use crate::testkit::{grant, now, spki, Ca};
+use der::asn1::ObjectIdentifier;
 use sha2::{Digest, Sha256};
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 
 use crate::base64url::encode as b64;
 use crate::token::{
@@ -79,7 +82,7 @@ impl Fixture {
             &root.cert,
             public,
             &ca::parse_subject("CN=seb token signer,O=seb").unwrap(),
-            CertKind::Signing,
+            CertKind::Signing(Purpose::Token),
             Duration::from_secs(30 * 86_400),
             now(),
         )
@@ -375,7 +378,9 @@ fn a_high_s_signature_is_refused() {
 }
 
 #[test]
-fn a_token_certificate_under_an_intermediate_verifies() {
+fn a_token_certificate_under_an_intermediate_is_refused() {
+    // Only the root certifies the broker's keys: an intermediate, whatever it was delegated,
+    // cannot make a token key of its own.
     let f = Fixture::new();
     let ops = f.root.intermediate("signing ops", None, Some(0)).unwrap();
     let key = crate::testkit::key();
@@ -384,7 +389,7 @@ fn a_token_certificate_under_an_intermediate_verifies() {
         &ops.cert,
         spki(&key),
         &ca::parse_subject("CN=token 2").unwrap(),
-        CertKind::Signing,
+        CertKind::Signing(Purpose::Token),
         Duration::from_secs(86_400),
         now(),
     )
@@ -398,7 +403,9 @@ fn a_token_certificate_under_an_intermediate_verifies() {
         trust,
         ..f
     };
-    assert_eq!(g.code(&g.token()), "ok");
+    let refused = verify_token(&g.token(), &g.trust, &g.expect()).unwrap_err();
+    assert_eq!(refused.code(), "not_issued_by_root", "{refused}");
+    assert!(refused.to_string().contains("CN=signing ops"), "{refused}");
     // Without the intermediate in the bundle, the path is gone.
     let trust =
         TrustStore::from_certificates(vec![g.root.cert.clone(), g.token_cert.clone()]).unwrap();
@@ -408,8 +415,110 @@ fn a_token_certificate_under_an_intermediate_verifies() {
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// Tampering.
+/// The verifier's code for a token signed by `key` under `cert` (issued by the fixture's
+/// root), with `cert` in the bundle.
+fn code_signed_under(
+    f: &Fixture,
+    key: &p384::ecdsa::SigningKey,
+    cert: &Certificate,
+) -> &'static str {
+    let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), cert.clone()]).unwrap();
+    let g = Fixture {
+        key: TokenKey::P384(key.clone()),
+        token_cert: cert.clone(),
+        trust,
+        root: f.root.clone(),
+        agent: f.agent.clone(),
+        other_agent: f.other_agent.clone(),
+    };
+    code(verify_token(&g.token(), &g.trust, &g.expect()))
+}
+
+/// A certificate for `key` by the fixture's root with the signing profile for `purpose`.
+fn key_certificate(f: &Fixture, key: &p384::ecdsa::SigningKey, purpose: Purpose) -> Certificate {
+    ca::issue_service(
+        &f.root.key,
+        &f.root.cert,
+        spki(key),
+        &ca::parse_subject(&format!("CN=seb {purpose},O=seb")).unwrap(),
+        CertKind::Signing(purpose),
+        Duration::from_secs(30 * 86_400),
+        now(),
+    )
+    .unwrap()
+}
+
+/// `cert` with its extended key usage replaced by `usages` (none: removed), re-signed by the
+/// fixture's root.
+fn with_usages(
+    f: &Fixture,
+    cert: &Certificate,
+    usages: Option<Vec<ObjectIdentifier>>,
+) -> Certificate {
+    use der::oid::AssociatedOid;
+    use der::Encode;
+    let mut forged = crate::testkit::forge(cert);
+    forged.remove_extension(ExtendedKeyUsage::OID);
+    if let Some(usages) = usages {
+        forged.set_raw_extension(
+            ExtendedKeyUsage::OID.as_bytes(),
+            false,
+            &ExtendedKeyUsage(usages).to_der().unwrap(),
+        );
+    }
+    crate::testkit::resign(forged, &f.root.key)
+}
+
+#[test]
+fn only_the_token_key_purpose_may_sign_tokens() {
+    let f = Fixture::new();
+    let key = crate::testkit::key();
+    let token = key_certificate(&f, &key, Purpose::Token);
+    assert_eq!(code_signed_under(&f, &key, &token), "ok");
+
+    // The audit key's certificate (what `seb init` writes as audit.pem): a checkpoint
+    // signature must never pass as a token.
+    let audit = key_certificate(&f, &key, Purpose::Audit);
+    assert_eq!(code_signed_under(&f, &key, &audit), "wrong_key_purpose");
+    let receipt = key_certificate(&f, &key, Purpose::Receipt);
+    assert_eq!(code_signed_under(&f, &key, &receipt), "wrong_key_purpose");
+
+    let server_auth = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+    let any = ObjectIdentifier::new_unwrap("2.5.29.37.0");
+    for (what, usages) in [
+        ("no extended key usage (the old signing profile)", None),
+        ("token and audit", Some(vec![SEB_KP_TOKEN, SEB_KP_AUDIT])),
+        ("audit and token", Some(vec![SEB_KP_AUDIT, SEB_KP_TOKEN])),
+        (
+            "token and serverAuth",
+            Some(vec![SEB_KP_TOKEN, server_auth]),
+        ),
+        (
+            "token and anyExtendedKeyUsage",
+            Some(vec![SEB_KP_TOKEN, any]),
+        ),
+        ("serverAuth only", Some(vec![server_auth])),
+        ("empty", Some(vec![])),
+    ] {
+        let cert = with_usages(&f, &token, usages);
+        assert_eq!(
+            code_signed_under(&f, &key, &cert),
+            "wrong_key_purpose",
+            "{what}"
+        );
+    }
+    // The token purpose alone, re-signed: still fine (the forging above is not what refuses).
+    let cert = with_usages(&f, &token, Some(vec![SEB_KP_TOKEN]));
+    assert_eq!(code_signed_under(&f, &key, &cert), "ok");
+
+    // A CA carrying the token purpose is no token certificate.
+    let ops = f.root.intermediate("ops", None, None).unwrap();
+    let ca_with_purpose = with_usages(&f, &ops.cert, Some(vec![SEB_KP_TOKEN]));
+    assert_eq!(
+        code_signed_under(&f, &ops.key, &ca_with_purpose),
+        "not_a_token_certificate"
+    );
+}
 
 #[test]
 fn tampered_header_claims_or_signature_fail() {
@@ -532,8 +641,8 @@ fn alg_none_and_hmac_are_refused() {
     );
     let secret = f
         .token_cert
-        .tbs
-        .subject_public_key_info
+        .tbs()
+        .subject_public_key_info()
         .subject_public_key
         .raw_bytes();
     let tag = hmac_sha256(secret, input.as_bytes());
@@ -745,7 +854,7 @@ fn under_intermediates(which: usize, not_before: u64, not_after: u64) -> (Fixtur
         &lower.cert,
         spki(&key),
         &ca::parse_subject("CN=token 2").unwrap(),
-        CertKind::Signing,
+        CertKind::Signing(Purpose::Token),
         Duration::from_secs(86_400),
         now(),
     )
@@ -773,11 +882,18 @@ fn under_intermediates(which: usize, not_before: u64, not_after: u64) -> (Fixtur
 
 #[test]
 fn every_certificate_above_the_token_certificate_must_be_valid_now() {
-    // Issue 20: checking the dates of the signing certificate alone passed every test.
+    // Issue 20: checking the dates of the signing certificate alone passed every test. Since
+    // issue 11 a token certificate under an intermediate is refused anyway, but the dates of
+    // the whole path are checked first, and each refusal keeps its own code.
     for which in [0, 1] {
-        // Control: the same construction with a validity around now verifies.
+        // Control: the same construction with a validity around now passes the dates and is
+        // refused only for its issuer.
         let (f, _) = under_intermediates(which, NOW - 86_400, NOW + 86_400);
-        assert_eq!(f.code(&f.token()), "ok", "intermediate {which}");
+        assert_eq!(
+            f.code(&f.token()),
+            "not_issued_by_root",
+            "intermediate {which}"
+        );
 
         let (f, subject) = under_intermediates(which, NOW - 10 * 86_400, NOW - 3600);
         let err = f.verify(&f.token()).unwrap_err();
@@ -1108,10 +1224,12 @@ fn trust_bundles() {
         Some("invalid_trust_bundle")
     );
     // A self-issued certificate whose self-signature does not verify.
-    let mut forged = f.root.cert.clone();
+    let mut forged = crate::testkit::forge(&f.root.cert);
     forged.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[9]).unwrap();
     assert_eq!(
-        code_of(TrustStore::from_certificates(vec![forged])),
+        code_of(TrustStore::from_certificates(vec![forged
+            .finish()
+            .unwrap()])),
         Some("invalid_trust_bundle")
     );
 }
@@ -1300,6 +1418,29 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
     approvers.push(agent.clone());
     let expect = q.f.expect().approvers(approvers);
     assert_eq!(q.code_with(&c, &expect), "not_an_approver");
+
+    // An approver certificate signed by an intermediate that may issue agents only: its role
+    // counts for nothing, even with the intermediate in hand.
+    let ops = q.f.root.intermediate("ops", None, None).unwrap();
+    let rogue = approver(&ops.unchecked(), "rogue", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &rogue.0, &rogue.1);
+    let mut approvers = q.approvers();
+    approvers.extend([rogue.0.clone(), ops.cert.clone()]);
+    let expect = q.f.expect().approvers(approvers);
+    assert_eq!(q.code_with(&c, &expect), "role_not_delegated");
+    // Control: from an intermediate delegated approvers, the same counts.
+    let approving =
+        q.f.root
+            .intermediate_for("approving", None, None, "approver".parse().unwrap())
+            .unwrap();
+    let carol = approver(&approving, "carol", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &carol.0, &carol.1);
+    let mut approvers = q.approvers();
+    approvers.extend([carol.0.clone(), approving.cert.clone()]);
+    let expect = q.f.expect().approvers(approvers);
+    assert_eq!(q.code_with(&c, &expect), "ok");
 
     // The agent approving itself: an approver certificate with the agent's subject.
     let itself = approver(&q.f.root, "agent", &["sre-leads"]);

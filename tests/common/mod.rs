@@ -741,12 +741,24 @@ pub fn broker_image_event() -> (u8, String) {
 /// `(r, n − s)`: still valid under the issuer's key, but other DER bytes, so another SHA-256
 /// thumbprint. What a client can make of its own certificate without any key.
 pub fn other_spelling(pem: &[u8]) -> String {
-    let mut cert = seb::cert::Certificate::parse(pem).unwrap();
-    let sig = p384::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
+    use der::{Decode, Encode};
+    /// The certificate's three parts, the signed one untouched.
+    #[derive(der::Sequence)]
+    struct Parts {
+        tbs: der::asn1::Any,
+        algorithm: spki::AlgorithmIdentifierOwned,
+        signature: der::asn1::BitString,
+    }
+    let cert = seb::cert::Certificate::parse(pem).unwrap();
+    let mut parts = Parts::from_der(&cert.to_der_bytes().unwrap()).unwrap();
+    let sig = p384::ecdsa::Signature::from_der(parts.signature.raw_bytes()).unwrap();
     let (r, s) = sig.split_scalars();
     let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
-    cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
-    cert.to_pem_string().unwrap()
+    parts.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
+    seb::cert::Certificate::parse(&parts.to_der().unwrap())
+        .unwrap()
+        .to_pem_string()
+        .unwrap()
 }
 
 /// A broker in this process on the token of `hsm`, for driving the router without a socket
@@ -775,4 +787,169 @@ pub fn in_process_broker(hsm: &Hsm) -> std::sync::Arc<seb::broker::Broker> {
     let store =
         std::sync::Arc::new(seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap());
     std::sync::Arc::new(seb::broker::Broker::new(config, backend, store).unwrap())
+}
+
+/// A certificate for `role` and the key `leaf_key`, made by an offline CA (`issuer`, whose
+/// key `key` is held outside the broker) with `x509-cert`'s builder: what a CA that is not
+/// seb's would sign, bypassing seb's issuance checks. Valid for a day from now.
+pub fn offline_leaf(
+    issuer: &seb::cert::Certificate,
+    key: &p384::ecdsa::SigningKey,
+    subject: &str,
+    role: seb::grants::Role,
+    grants: Option<seb::grants::GrantSet>,
+    leaf_key: &p384::ecdsa::SigningKey,
+) -> seb::cert::Certificate {
+    use x509_cert::builder::{Builder, CertificateBuilder};
+
+    let mut extra = vec![seb::ca::role_extension(&role).unwrap()];
+    if let Some(grants) = &grants {
+        extra.push(seb::ca::grants_extension(grants).unwrap());
+    }
+    let profile = OfflineProfile {
+        issuer: issuer.tbs().subject().clone(),
+        subject: seb::ca::parse_subject(subject).unwrap(),
+        extra,
+    };
+    let builder = CertificateBuilder::new(
+        profile,
+        seb::ca::random_serial().unwrap(),
+        seb::ca::validity_from(
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(86_400),
+        )
+        .unwrap(),
+        spki::SubjectPublicKeyInfoOwned::from_key(leaf_key.verifying_key()).unwrap(),
+    )
+    .unwrap();
+    let cert = builder.build::<_, p384::ecdsa::DerSignature>(key).unwrap();
+    seb::cert::Certificate::from_x509(cert).unwrap()
+}
+
+impl Hsm {
+    /// An identity whose certificate an offline intermediate (`issuer`, key `issuer_key`)
+    /// signed for `role`: `NAME.pem` holds the leaf and the intermediate, `NAME.key` its key.
+    pub fn offline_identity(
+        &self,
+        name: &str,
+        issuer: &seb::cert::Certificate,
+        issuer_key: &p384::ecdsa::SigningKey,
+        role: seb::grants::Role,
+    ) -> Identity {
+        use p384::elliptic_curve::Generate;
+        use p384::pkcs8::EncodePrivateKey;
+        let key = p384::ecdsa::SigningKey::try_generate().unwrap();
+        let leaf = offline_leaf(issuer, issuer_key, &format!("CN={name}"), role, None, &key);
+        let cert = self.path(&format!("{name}.pem"));
+        std::fs::write(
+            &cert,
+            format!(
+                "{}{}",
+                leaf.to_pem_string().unwrap(),
+                issuer.to_pem_string().unwrap()
+            ),
+        )
+        .unwrap();
+        let key_path = self.path(&format!("{name}.key"));
+        let pem = key.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
+        std::fs::write(&key_path, pem.as_bytes()).unwrap();
+        Identity {
+            cert,
+            key: key_path,
+        }
+    }
+
+    /// An offline intermediate: a key made in software (`seb keygen`, standing for a key held
+    /// elsewhere), certified by the root with `seb cert issue-ca --csr` and `extra` options.
+    /// Returns its certificate and key.
+    pub fn offline_intermediate(
+        &self,
+        label: &str,
+        extra: &[&str],
+    ) -> (seb::cert::Certificate, p384::ecdsa::SigningKey) {
+        use p384::pkcs8::DecodePrivateKey;
+        let key = self.path(&format!("{label}-ca.key"));
+        let csr = self.path(&format!("{label}-ca.csr"));
+        let out = self.path(&format!("{label}-ca.pem"));
+        self.seb_ok(&[
+            "keygen",
+            "--out-key",
+            key.to_str().unwrap(),
+            "--out-csr",
+            csr.to_str().unwrap(),
+            "--subject",
+            &format!("CN={label}"),
+        ]);
+        let mut args = vec![
+            "cert",
+            "issue-ca",
+            "--label",
+            label,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--ttl",
+            "30d",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.seb_ok(&args);
+        let cert = seb::cert::Certificate::parse(&std::fs::read(&out).unwrap()).unwrap();
+        let key = p384::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key).unwrap())
+            .unwrap();
+        (cert, key)
+    }
+}
+
+/// An end-entity profile for client certificates: basicConstraints cA=FALSE, digitalSignature,
+/// clientAuth, key identifiers, then the given (seb) extensions.
+struct OfflineProfile {
+    issuer: x509_cert::name::Name,
+    subject: x509_cert::name::Name,
+    extra: Vec<x509_cert::ext::Extension>,
+}
+
+impl x509_cert::builder::profile::BuilderProfile for OfflineProfile {
+    fn get_issuer(&self, _subject: &x509_cert::name::Name) -> x509_cert::name::Name {
+        self.issuer.clone()
+    }
+
+    fn get_subject(&self) -> x509_cert::name::Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        spk: spki::SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: spki::SubjectPublicKeyInfoRef<'_>,
+        _tbs: &x509_cert::TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<x509_cert::ext::Extension>> {
+        use x509_cert::ext::pkix::{
+            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+            SubjectKeyIdentifier,
+        };
+        use x509_cert::ext::ToExtension;
+        let mut out = Vec::new();
+        let ext = BasicConstraints {
+            ca: false,
+            path_len_constraint: None,
+        }
+        .to_extension(&self.subject, &out)?;
+        out.push(ext);
+        let ext = KeyUsage(KeyUsages::DigitalSignature.into()).to_extension(&self.subject, &out)?;
+        out.push(ext);
+        let client_auth = der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+        let ext = ExtendedKeyUsage(vec![client_auth]).to_extension(&self.subject, &out)?;
+        out.push(ext);
+        let ext = SubjectKeyIdentifier::try_from(spk)?.to_extension(&self.subject, &out)?;
+        out.push(ext);
+        let ext = AuthorityKeyIdentifier {
+            key_identifier: Some(SubjectKeyIdentifier::try_from(issuer_spk)?.0),
+            ..Default::default()
+        }
+        .to_extension(&self.subject, &out)?;
+        out.push(ext);
+        out.extend(self.extra.iter().cloned());
+        Ok(out)
+    }
 }
