@@ -32,6 +32,9 @@ pub mod duration;
 pub mod files;
 pub mod grants;
 pub mod json;
+#[cfg(feature = "broker")]
+pub mod executor;
+pub mod receipt;
 pub mod serial;
 #[cfg(feature = "broker")]
 pub mod server;

@@ -25,7 +25,7 @@ use writer::{
 
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate,
-    LogPosition, PendingApproval, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
+    LogPosition, PendingApproval, PolicyState, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
     WriteDone, MAX_AUDIT_PAGE,
 };
 use crate::audit::entry::{CertRef, Entry, EntryKind};
@@ -907,6 +907,116 @@ impl Store for SqliteStore {
 
     fn audit_health(&self) -> Result<(), String> {
         self.audit.health()
+    }
+
+    fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.read("look up a redemption", |c| {
+            c.prepare_cached("SELECT executor FROM redemptions WHERE jti = ?1")?
+                .query_row([jti], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn record_outcome(
+        &self,
+        jti: &str,
+        request_id: &str,
+        executor: &str,
+        receipt_json: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let (jti, request_id, executor, receipt) = (
+            jti.to_owned(),
+            request_id.to_owned(),
+            executor.to_owned(),
+            receipt_json.to_owned(),
+        );
+        self.write("record an execution outcome", move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(jti) DO NOTHING",
+                )?
+                .execute(params![jti, request_id, executor, receipt, unix(at)])?;
+            if inserted == 1 {
+                c.prepare_cached("INSERT INTO events (kind, detail, at) VALUES (?1, ?2, ?3)")?
+                    .execute(params!["execution_outcome", receipt, unix(at)])?;
+            }
+            Ok(inserted == 1)
+        })
+    }
+
+    fn outcome(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.read("look up an execution outcome", |c| {
+            c.prepare_cached("SELECT receipt FROM outcomes WHERE jti = ?1")?
+                .query_row([jti], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn policy_state(&self) -> Result<PolicyState, StoreError> {
+        let (epoch, frozen): (Option<i64>, Option<i64>) = self.read("read the policy", |c| {
+            let mut stmt = c.prepare_cached("SELECT value FROM counters WHERE name = ?1")?;
+            let epoch = stmt
+                .query_row(["policy_epoch"], |r| r.get(0))
+                .optional()?;
+            let frozen = stmt
+                .query_row(["policy_frozen"], |r| r.get(0))
+                .optional()?;
+            Ok((epoch, frozen))
+        })?;
+        let epoch = epoch
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("negative policy epoch".into()))?;
+        Ok(PolicyState {
+            epoch,
+            frozen: frozen.map(|f| f != 0),
+        })
+    }
+
+    fn bump_epoch(&self, floor: u64, at: SystemTime) -> Result<u64, StoreError> {
+        let floor = i64::try_from(floor)
+            .map_err(|_| StoreError::Corrupt("policy epoch out of range".into()))?;
+        let value: i64 = self.write("bump the policy epoch", move |c| {
+            c.execute(
+                "INSERT INTO counters (name, value) VALUES ('policy_epoch', ?1 + 1)
+                 ON CONFLICT(name) DO UPDATE SET value = MAX(value, ?1) + 1",
+                [floor],
+            )?;
+            let value: i64 = c.query_row(
+                "SELECT value FROM counters WHERE name = 'policy_epoch'",
+                [],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "INSERT INTO events (kind, detail, at) VALUES ('policy_epoch_bumped', ?1, ?2)",
+                params![format!("policy epoch raised to {value}"), unix(at)],
+            )?;
+            Ok(value)
+        })?;
+        u64::try_from(value).map_err(|_| StoreError::Corrupt("negative policy epoch".into()))
+    }
+
+    fn set_frozen(&self, frozen: bool, reason: &str, at: SystemTime) -> Result<(), StoreError> {
+        let reason = reason.to_owned();
+        self.write("set the issuance freeze", move |c| {
+            c.execute(
+                "INSERT INTO counters (name, value) VALUES ('policy_frozen', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                [i64::from(frozen)],
+            )?;
+            let kind = if frozen {
+                "issuance_frozen"
+            } else {
+                "issuance_unfrozen"
+            };
+            c.execute(
+                "INSERT INTO events (kind, detail, at) VALUES (?1, ?2, ?3)",
+                params![kind, reason, unix(at)],
+            )?;
+            Ok(())
+        })
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
