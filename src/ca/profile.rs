@@ -40,6 +40,12 @@ pub enum CertKind {
     },
     /// An agent, approver or executor: digitalSignature, clientAuth.
     Client,
+    /// An executor that also serves HTTPS to agents (`seb exec`): digitalSignature,
+    /// clientAuth and serverAuth, with these SANs.
+    ClientServer {
+        /// DNS names and IP addresses.
+        names: Vec<String>,
+    },
     /// The broker's TPM attestation key (AK), certified after credential activation against
     /// the EK: digitalSignature, EKU tcg-kp-AIKCertificate (2.23.133.8.3).
     AttestationKey,
@@ -87,6 +93,7 @@ pub(crate) fn extensions(
             KeyUsages::DigitalSignature.into(),
             Some(TCG_KP_AIK_CERTIFICATE),
         ),
+        CertKind::ClientServer { .. } => (false, None, KeyUsages::DigitalSignature.into(), None),
     };
     out.push(
         BasicConstraints {
@@ -98,6 +105,8 @@ pub(crate) fn extensions(
     out.push(KeyUsage(usage).to_extension(subject, &out)?);
     if let Some(purpose) = eku {
         out.push(ExtendedKeyUsage(vec![purpose]).to_extension(subject, &out)?);
+    } else if let CertKind::ClientServer { .. } = kind {
+        out.push(ExtendedKeyUsage(vec![CLIENT_AUTH, SERVER_AUTH]).to_extension(subject, &out)?);
     }
     let ski = SubjectKeyIdentifier::try_from(spk).map_err(|_| der::Tag::BitString.value_error())?;
     out.push(ski.to_extension(subject, &out)?);
