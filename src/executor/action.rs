@@ -51,6 +51,13 @@ impl ArgvTemplate {
     /// Validates `argv`: `argv[0]` an absolute path to a program, placeholders whole elements
     /// (`{name}`), no shell unless `allow_shell`.
     pub fn new(argv: Vec<String>, allow_shell: bool) -> Result<Self, String> {
+        if !allow_shell {
+            if let Some(why) = shell_reason(&argv) {
+                return Err(format!(
+                    "{why}: actions never run a shell (set allow_shell = true on this action only if you must)"
+                ));
+            }
+        }
         let mut iter = argv.into_iter();
         let program = iter.next().ok_or("argv is empty")?;
         if !program.starts_with('/') {
@@ -83,46 +90,7 @@ impl ArgvTemplate {
                 }
             }
         }
-        let template = ArgvTemplate { program, elements };
-        if !allow_shell {
-            if let Some(why) = template.shell_reason() {
-                return Err(format!(
-                    "{why}: actions never run a shell (set allow_shell = true on this action only if you must)"
-                ));
-            }
-        }
-        Ok(template)
-    }
-
-    /// Why this template looks like a shell invocation, if it does.
-    fn shell_reason(&self) -> Option<String> {
-        let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
-        let program = base(&self.program);
-        if SHELLS.contains(&program.as_str()) {
-            return Some(format!("argv[0] {:?} is a shell", self.program));
-        }
-        let literals: Vec<&str> = self
-            .elements
-            .iter()
-            .filter_map(|e| match e {
-                Element::Literal(s) => Some(s.as_str()),
-                Element::Param { .. } => None,
-            })
-            .collect();
-        if program == "env" {
-            if let Some(first) = literals
-                .iter()
-                .find(|a| !a.starts_with('-') && !a.contains('='))
-            {
-                if SHELLS.contains(&base(first).as_str()) {
-                    return Some(format!("env runs the shell {first:?}"));
-                }
-            }
-        }
-        if literals.contains(&"-c") {
-            return Some("a -c argument (a command string)".into());
-        }
-        None
+        Ok(ArgvTemplate { program, elements })
     }
 
     /// The program and its arguments for `params`, after the checks of the module documentation.
@@ -157,6 +125,31 @@ impl ArgvTemplate {
         }
         Ok((self.program.clone(), args))
     }
+}
+
+/// Why `argv` looks like a shell invocation, if it does: a shell (or a multi-call binary
+/// holding one) as the program or run by `env`, or a literal `-c` (a command string, for
+/// shells and interpreters alike).
+fn shell_reason(argv: &[String]) -> Option<String> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    let (program, rest) = argv.split_first()?;
+    if SHELLS.contains(&base(program).as_str()) {
+        return Some(format!("argv[0] {program:?} is a shell"));
+    }
+    if base(program) == "env" {
+        if let Some(first) = rest
+            .iter()
+            .find(|a| !a.starts_with('-') && !a.contains('='))
+        {
+            if SHELLS.contains(&base(first).as_str()) {
+                return Some(format!("env runs the shell {first:?}"));
+            }
+        }
+    }
+    if rest.iter().any(|a| a == "-c") {
+        return Some("a -c argument (a command string)".into());
+    }
+    None
 }
 
 /// `{name}` → `Some(name)`; a literal → `None`; a partial placeholder is an error.
