@@ -53,8 +53,8 @@ pub use access::{Access, Caller};
 pub use approve::{ApprovalBody, ApprovalStep, PendingRequest, Requester, MAX_LISTED};
 pub use error::{BrokerError, Disposition};
 pub use metrics::Metrics;
-pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use outcome::OutcomeRecorded;
+pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use redeem::Redemption;
 pub use request::{
     ApprovalSummary, ExecutionRequest, ExecutionResponse, ExecutionState, MAX_JUSTIFICATION,
@@ -247,17 +247,23 @@ impl Broker {
     /// running broker calls this every [`POLICY_INTERVAL`]. Returns (epoch, frozen).
     pub fn refresh_policy(&self) -> Result<(u64, bool), BrokerError> {
         let state = self.store.policy_state().map_err(BrokerError::Store)?;
-        let epoch = state
-            .epoch
-            .unwrap_or(0)
-            .max(self.config.policy.epoch);
+        let epoch = state.epoch.unwrap_or(0).max(self.config.policy.epoch);
         let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
         if epoch > before {
             tracing::warn!(epoch, "policy epoch raised: older tokens are refused");
         }
         let frozen = state.frozen.unwrap_or(self.config.policy.frozen);
-        if self.frozen.swap(frozen, Ordering::SeqCst) != frozen {
+        let changed = self.frozen.swap(frozen, Ordering::SeqCst) != frozen;
+        if changed {
             tracing::warn!(frozen, "issuance freeze changed");
+        }
+        if changed || epoch > before {
+            // The command that changed the switch appended its audit entry from another
+            // process; a commit now makes the writer follow the log's new edge, rather than the
+            // next token's commit finding its reserved audit index taken.
+            if let Err(e) = self.store.check_writable() {
+                tracing::warn!(error = %e, "store not writable after a kill switch changed");
+            }
         }
         Ok((self.epoch(), frozen))
     }

@@ -111,7 +111,9 @@ impl Executor {
         let key_pem = read(&config.key)?;
         let roots = Certificate::parse_pem_chain(&root_pem).map_err(|e| e.to_string())?;
         let chain = Certificate::parse_pem_chain(&cert_pem).map_err(|e| e.to_string())?;
-        let leaf = chain.first().ok_or("the executor certificate file is empty")?;
+        let leaf = chain
+            .first()
+            .ok_or("the executor certificate file is empty")?;
         let role = role_of(leaf);
         if role != Some(RoleKind::Executor) {
             return Err("the executor certificate does not carry the executor role".into());
@@ -126,7 +128,8 @@ impl Executor {
             None => Vec::new(),
         };
         let epoch = AtomicU64::new(config.min_epoch);
-        let placeholder = TrustStore::from_certificates(roots.clone()).map_err(|e| e.to_string())?;
+        let placeholder =
+            TrustStore::from_certificates(roots.clone()).map_err(|e| e.to_string())?;
         let executor = Executor {
             trust: RwLock::new(Arc::new(placeholder)),
             config,
@@ -191,15 +194,19 @@ impl Executor {
     pub fn tls_config(&self) -> Result<rustls::ServerConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        for der in pem_blocks(&read(&self.config.root)?, "CERTIFICATE").map_err(|e| e.to_string())? {
+        for der in
+            pem_blocks(&read(&self.config.root)?, "CERTIFICATE").map_err(|e| e.to_string())?
+        {
             roots
                 .add(CertificateDer::from(der))
                 .map_err(|e| format!("root certificate: {e}"))?;
         }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| format!("client verifier: {e}"))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
         let chain: Vec<CertificateDer<'static>> =
             pem_blocks(&read(&self.config.cert)?, "CERTIFICATE")
                 .map_err(|e| e.to_string())?
@@ -228,8 +235,8 @@ impl Executor {
         // parsed strictly already), so that their digest is the digest of one meaning.
         let params_text =
             serde_json::to_vec(&body.params).map_err(|e| ExecError::Internal(e.to_string()))?;
-        let params = Params::parse(&params_text)
-            .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        let params =
+            Params::parse(&params_text).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
         let now = SystemTime::now();
         // Which action? Read from a token whose signature, lifetime and epoch verified; then
         // everything is verified against that action.
@@ -272,8 +279,8 @@ impl Executor {
         if let Some(issuer) = &self.config.broker_id {
             expect = expect.issuer(issuer.clone());
         }
-        let verified = verify::verify_token(&body.token, &trust, &expect)
-            .map_err(ExecError::TokenRefused)?;
+        let verified =
+            verify::verify_token(&body.token, &trust, &expect).map_err(ExecError::TokenRefused)?;
         if let Some(max_age) = self.config.max_attestation_age {
             let att = verified.claims.att.as_ref().ok_or_else(|| {
                 ExecError::AttestationStale("the token carries no attestation (att)".into())
@@ -289,14 +296,12 @@ impl Executor {
         self.learn_epoch(verified.claims.epoch);
         // The template's own checks, before the token is spent.
         let prepared = match &action.kind {
-            ActionKind::Argv(t) => Prepared::Argv(
-                t.render(params.value())
-                    .map_err(ExecError::ParamsRefused)?,
-            ),
-            ActionKind::Http(t) => Prepared::Http(
-                t.render(params.value())
-                    .map_err(ExecError::ParamsRefused)?,
-            ),
+            ActionKind::Argv(t) => {
+                Prepared::Argv(t.render(params.value()).map_err(ExecError::ParamsRefused)?)
+            }
+            ActionKind::Http(t) => {
+                Prepared::Http(t.render(params.value()).map_err(ExecError::ParamsRefused)?)
+            }
         };
         let jti = verified.claims.jti.clone();
         let request_id = self.redeem(&body.token).await?;
@@ -457,8 +462,8 @@ async fn run_handler(
         }
         let value = crate::json::parse_strict(&body)
             .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
-        let run: RunBody = serde_json::from_value(value)
-            .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        let run: RunBody =
+            serde_json::from_value(value).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
         match tokio::time::timeout(executor.run_deadline(), executor.run(&agent, run)).await {
             Ok(result) => result,
             Err(_) => Err(ExecError::Internal("the run took too long".into())),
@@ -521,8 +526,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 _ => {
                     tracing::info!(%remote, "TLS handshake failed");

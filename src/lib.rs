@@ -29,11 +29,11 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod duration;
+#[cfg(feature = "broker")]
+pub mod executor;
 pub mod files;
 pub mod grants;
 pub mod json;
-#[cfg(feature = "broker")]
-pub mod executor;
 pub mod receipt;
 pub mod serial;
 #[cfg(feature = "broker")]

@@ -192,7 +192,10 @@ mod tests {
     #[test]
     fn the_signing_input_is_the_canonical_json_of_the_body() {
         let text = String::from_utf8(signing_input(&body("x")).unwrap()).unwrap();
-        assert!(text.starts_with("{\"executor\":\"x\",\"exit_code\":0,"), "{text}");
+        assert!(
+            text.starts_with("{\"executor\":\"x\",\"exit_code\":0,"),
+            "{text}"
+        );
         assert!(text.ends_with("\"typ\":\"seb-receipt-v1\"}"), "{text}");
     }
 

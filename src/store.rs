@@ -399,7 +399,7 @@ pub trait Store: Send + Sync {
     /// it was redeemed.
     fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError>;
     /// Records the outcome an executor reported for token `jti` (its signed receipt, as JSON)
-    /// with a `execution_outcome` event, in one commit. Once per token: returns `false`, and
+    /// with an `outcome_reported` audit entry holding the receipt, in one commit. Once per token: returns `false`, and
     /// records nothing, when an outcome for `jti` was recorded before.
     fn record_outcome(
         &self,
@@ -415,11 +415,11 @@ pub trait Store: Send + Sync {
     /// `seb freeze`); `None` where they never did, and the configuration's value applies.
     fn policy_state(&self) -> Result<PolicyState, StoreError>;
     /// Raises the stored policy epoch to one more than the larger of itself and `floor` (the
-    /// configured epoch), records a `policy_epoch_bumped` event in the same commit, and
+    /// configured epoch), appends an `epoch_changed` audit entry in the same commit, and
     /// returns the new epoch.
     fn bump_epoch(&self, floor: u64, at: SystemTime) -> Result<u64, StoreError>;
-    /// Freezes (or unfreezes) issuance and records an `issuance_frozen` (`issuance_unfrozen`)
-    /// event with `reason` in the same commit.
+    /// Freezes (or unfreezes) issuance and appends a `frozen` (`unfrozen`) audit entry with
+    /// `reason` in the same commit.
     fn set_frozen(&self, frozen: bool, reason: &str, at: SystemTime) -> Result<(), StoreError>;
     /// A write-and-rollback round trip, for readiness checks.
     fn check_writable(&self) -> Result<(), StoreError>;

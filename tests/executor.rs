@@ -131,7 +131,9 @@ fn request(s: &Setup, agent: &Identity, params: &Value) -> (u16, Value) {
     let body = json!({"operation": "demo.write", "resource": "demo/files", "params": params});
     let rt = common::runtime();
     let r = rt.block_on(async {
-        let mut c = seb::client::Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut c = seb::client::Client::connect(&s.broker.url, &tls)
+            .await
+            .unwrap();
         c.post_json("/v1/executions", &body).await.unwrap()
     });
     (r.status, r.body)
@@ -148,7 +150,9 @@ fn run(s: &Setup, agent: &Identity, token: &str, params: &Value) -> (u16, Value)
     let tls = s.hsm.tls(agent, true);
     let rt = common::runtime();
     let r = rt.block_on(async {
-        let mut c = seb::client::Client::connect(&s.exec.url, &tls).await.unwrap();
+        let mut c = seb::client::Client::connect(&s.exec.url, &tls)
+            .await
+            .unwrap();
         c.post_json("/v1/run", &json!({"token": token, "params": params}))
             .await
             .unwrap()
@@ -243,6 +247,14 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     let recorded = seb::store::Store::outcome(&store, jti).unwrap().unwrap();
     let recorded: Value = serde_json::from_str(&recorded).unwrap();
     assert_eq!(&recorded, receipt);
+    // ... and in the audit log, as an outcome_reported entry holding the receipt.
+    use seb::store::Store as _;
+    let logged = store.events("outcome_reported").unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        &serde_json::from_str::<Value>(&logged[0].1).unwrap(),
+        receipt
+    );
 
     // A second presentation of a token is refused by the broker, and nothing runs again.
     let params2 = json!({"name": "second.txt", "text": "once"});
@@ -251,7 +263,11 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     assert_eq!(status, 200, "{body}");
     std::fs::remove_file(s.out.join("second.txt")).unwrap();
     let (status, body) = run(&s, &s.agent, &t, &params2);
-    assert_eq!((status, code(&body)), (409, "token_already_redeemed"), "{body}");
+    assert_eq!(
+        (status, code(&body)),
+        (409, "token_already_redeemed"),
+        "{body}"
+    );
     assert!(!s.out.join("second.txt").exists());
 
     // Another agent presenting a stolen token is refused before redemption.
@@ -268,7 +284,10 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     // The token was never spent: its own agent with its own params still runs it.
     let (status, body) = run(&s, &s.agent, &t, &params3);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(std::fs::read_to_string(s.out.join("third.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(s.out.join("third.txt")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -358,9 +377,9 @@ fn epoch_bump_and_freeze_take_effect_on_the_running_broker_and_executor() {
     let config = seb::config::Config::load(&s.hsm.config()).unwrap();
     let store = seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap();
     use seb::store::Store;
-    assert_eq!(store.events("policy_epoch_bumped").unwrap().len(), 1);
-    assert_eq!(store.events("issuance_frozen").unwrap()[0].1, "incident 42");
-    assert_eq!(store.events("issuance_unfrozen").unwrap().len(), 1);
+    assert_eq!(store.events("epoch_changed").unwrap().len(), 1);
+    assert_eq!(store.events("frozen").unwrap()[0].1, "incident 42");
+    assert_eq!(store.events("unfrozen").unwrap().len(), 1);
 }
 
 #[test]

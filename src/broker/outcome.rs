@@ -79,8 +79,8 @@ impl Broker {
         if redeemed_by.as_deref() != Some(peer.thumbprint.as_str()) {
             return Err(BrokerError::NotRedeemedByCaller);
         }
-        let json = serde_json::to_string(&receipt)
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_string(&receipt).map_err(|e| BrokerError::Internal(e.to_string()))?;
         let recorded = self
             .store
             .record_outcome(

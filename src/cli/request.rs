@@ -162,7 +162,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
 fn execute(
     runtime: &tokio::runtime::Runtime,
     url: &str,
-    tls: &ClientTls,
+    tls: &seb::client::ClientTls,
     token: &str,
     params: &serde_json::Value,
 ) -> Result<std::process::ExitCode, CliError> {

@@ -25,8 +25,7 @@ pub enum ActionKind {
 /// Programs refused as `argv[0]` (and after `env`) unless `allow_shell = true`: shells and
 /// the multi-call binaries that contain one.
 const SHELLS: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "csh", "tcsh", "fish", "busybox",
-    "toybox",
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "csh", "tcsh", "fish", "busybox", "toybox",
 ];
 
 /// The most output kept for the answer to the agent (the digest covers all of it).
@@ -37,7 +36,10 @@ pub const MAX_KEPT_OUTPUT: usize = 64 * 1024;
 enum Element {
     Literal(String),
     /// `{name}`: the parameter `name`, whole; `after_dashes` when a literal `--` precedes it.
-    Param { name: String, after_dashes: bool },
+    Param {
+        name: String,
+        after_dashes: bool,
+    },
 }
 
 /// A validated argv template.
@@ -95,7 +97,9 @@ impl ArgvTemplate {
 
     /// The program and its arguments for `params`, after the checks of the module documentation.
     pub fn render(&self, params: &serde_json::Value) -> Result<(String, Vec<String>), String> {
-        let map = params.as_object().ok_or("the parameters must be an object")?;
+        let map = params
+            .as_object()
+            .ok_or("the parameters must be an object")?;
         for key in map.keys() {
             if !self
                 .elements
@@ -219,7 +223,9 @@ impl HttpTemplate {
     /// The method, the URL with each `{name}` replaced by the percent-encoded parameter (so it
     /// stays inside one path segment), and the JSON body (all parameters).
     pub fn render(&self, params: &serde_json::Value) -> Result<(String, String, Vec<u8>), String> {
-        let map = params.as_object().ok_or("the parameters must be an object")?;
+        let map = params
+            .as_object()
+            .ok_or("the parameters must be an object")?;
         let mut url = String::new();
         let mut rest = self.url.as_str();
         while let Some(start) = rest.find('{') {
@@ -469,7 +475,9 @@ mod tests {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
         assert!(ArgvTemplate::new(argv(&["/bin/sh", "/opt/x.sh", "{x}"]), true).is_ok());
-        assert!(ArgvTemplate::new(argv(&["/usr/bin/env", "FOO=1", "/usr/bin/true"]), false).is_ok());
+        assert!(
+            ArgvTemplate::new(argv(&["/usr/bin/env", "FOO=1", "/usr/bin/true"]), false).is_ok()
+        );
     }
 
     #[test]
@@ -491,13 +499,19 @@ mod tests {
             .render(&json!({"a": "--output=/etc/passwd", "b": -1, "c": false}))
             .unwrap();
         assert_eq!(args[1], "--output=/etc/passwd");
-        assert!(t.render(&json!({"a": "x\u{0}", "b": 1, "c": true})).is_err());
+        assert!(t
+            .render(&json!({"a": "x\u{0}", "b": 1, "c": true}))
+            .is_err());
         assert!(t.render(&json!({"a": 1.5, "b": 1, "c": true})).is_err());
         assert!(t.render(&json!({"a": [], "b": 1, "c": true})).is_err());
         assert!(t.render(&json!({"a": "x", "b": 1})).is_err());
-        assert!(t.render(&json!({"a": "x", "b": 1, "c": true, "d": 1})).is_err());
+        assert!(t
+            .render(&json!({"a": "x", "b": 1, "c": true, "d": 1}))
+            .is_err());
         let no_dashes = ArgvTemplate::new(argv(&["/bin/echo", "{a}"]), false).unwrap();
-        assert!(no_dashes.render(&json!({"a": "--output=/etc/passwd"})).is_err());
+        assert!(no_dashes
+            .render(&json!({"a": "--output=/etc/passwd"}))
+            .is_err());
     }
 
     #[test]
