@@ -4,7 +4,7 @@
 # broker (https://127.0.0.1:8443) and the executor (https://127.0.0.1:8444), and walks an agent
 # through: a granted and executed operation (a real file written, shown before and after), a
 # denied one, a pending one approved by two approvers, a replayed token refused, a tampered
-# token refused, and a freeze refusing a request.
+# token refused, a freeze refusing a request, and `seb audit verify` over the whole log.
 # The broker, the executor and the swtpm keep running; stop them with ./demo/stop.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -156,6 +156,11 @@ if grep -q '^\[attestation\]' "$CFG"; then
   "$SEB" attest verify --broker "$URL" --trust state/trust/root.pem --policy attest-policy.toml \
     --cert executor.pem --key executor.key | tail -1
 fi
+
+echo
+echo "== 8. the auditor checks the tamper-evident audit log offline (entries, checkpoint signed in the HSM)"
+sleep 1.5
+"$SEB" audit verify --trust state/trust/root.pem --broker "$URL" --cert alice.pem --key alice.key | tail -3
 
 cat <<EOF
 

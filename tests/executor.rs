@@ -3,6 +3,8 @@
 //! changed parameters, an old policy epoch, the freeze, shell injection through parameters,
 //! and the receipt as evidence (verified, recorded at the broker).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::PathBuf;
