@@ -12,6 +12,13 @@
 #                       (state_dir = DIR/state, broker on 127.0.0.1:PORT)
 #   DIR/stop.sh         stops whatever this script started (written first, so it exists even
 #                       when a later step fails)
+# With --executor-port PORT it also (needs the seb binary, found as for --tpm below; runs
+# `seb init` first when DIR/state/trust/root.pem does not exist yet):
+#   DIR/executor.key    the executor's own P-384 key (PKCS#8, mode 0600): never a broker key
+#   DIR/executor.pem    its certificate (role executor, serves HTTPS as 127.0.0.1/localhost)
+#   DIR/executor.toml   `seb exec` configuration on 127.0.0.1:PORT with one sample action,
+#                       demo.write on demo/files: `seb demo-write` writes the `text` parameter
+#                       into DIR/demo-output/<name> (a plain file name; separators and .. refused)
 # With --tpm it also (docs/ATTESTATION.md):
 #   DIR/tpm/            an swtpm manufactured by swtpm_setup (EK + EK certificate signed by a
 #                       local test EK CA in DIR/tpm/ek-ca), running on 127.0.0.1:P (control P+1)
@@ -29,7 +36,7 @@
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
 set -euo pipefail
 
-usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--tpm [--tpm-port P] [--backend pkcs11|tpm]]" >&2; exit 2; }
+usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 DIR=$1; shift
@@ -38,6 +45,7 @@ LABEL=seb
 TPM=0
 TPM_PORT=2321
 BACKEND=pkcs11
+EXEC_PORT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) [ $# -ge 2 ] || usage; PORT=$2; shift 2 ;;
@@ -45,10 +53,12 @@ while [ $# -gt 0 ]; do
     --tpm) TPM=1; shift ;;
     --tpm-port) [ $# -ge 2 ] || usage; TPM_PORT=$2; shift 2 ;;
     --backend) [ $# -ge 2 ] || usage; BACKEND=$2; shift 2 ;;
+    --executor-port) [ $# -ge 2 ] || usage; EXEC_PORT=$2; shift 2 ;;
     *) usage ;;
   esac
 done
 case "$PORT" in ''|*[!0-9]*) echo "provision: --port must be a number" >&2; exit 2 ;; esac
+case "$EXEC_PORT" in *[!0-9]*) echo "provision: --executor-port must be a number" >&2; exit 2 ;; esac
 case "$TPM_PORT" in ''|*[!0-9]*) echo "provision: --tpm-port must be a number" >&2; exit 2 ;; esac
 case "$BACKEND" in pkcs11) ;; tpm) TPM=1 ;; *) echo "provision: --backend is pkcs11 or tpm" >&2; exit 2 ;; esac
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -125,7 +135,10 @@ fi
 # The seb binary records the attestation policy (--tpm). It is found before anything starts:
 # $SEB_BIN, else this checkout's target/release/seb, else `seb` on PATH.
 SEB=""
-if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
+NEED_SEB=0
+if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then NEED_SEB=1; fi
+if [ -n "$EXEC_PORT" ] && [ ! -f "$DIR/executor.toml" ]; then NEED_SEB=1; fi
+if [ "$NEED_SEB" = 1 ]; then
   if [ -n "${SEB_BIN:-}" ]; then
     SEB=$SEB_BIN
   elif [ -x "$HERE/../target/release/seb" ]; then
@@ -134,7 +147,7 @@ if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
     SEB=$(command -v seb || true)
   fi
   if [ -z "$SEB" ] || [ ! -x "$SEB" ]; then
-    echo "provision: --tpm records the attestation policy with the seb binary, and none was found" >&2
+    echo "provision: --tpm and --executor-port need the seb binary, and none was found" >&2
     echo "provision: build it (cargo build --release) or set SEB_BIN=/path/to/seb; nothing was started" >&2
     exit 1
   fi
@@ -243,4 +256,41 @@ fi
 if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then
   "$SEB" --config "$DIR/seb.toml" attest record --out "$DIR/attest-policy.toml" \
     --pcrs "$SEB_ATTEST_PCRS" --ek-ca tpm/ek-ca/issuercert.pem --max-age "$SEB_ATTEST_MAX_AGE"
+fi
+
+if [ -n "$EXEC_PORT" ] && [ ! -f "$DIR/executor.toml" ]; then
+  SEB=$(cd "$(dirname "$SEB")" && pwd)/$(basename "$SEB")
+  if [ ! -f "$DIR/state/trust/root.pem" ]; then
+    "$SEB" --config "$DIR/seb.toml" init
+  fi
+  mkdir -p "$DIR/demo-output"
+  if [ ! -f "$DIR/executor.pem" ]; then
+    rm -f "$DIR/executor.key" "$DIR/executor.csr"
+    "$SEB" keygen --out-key "$DIR/executor.key" --out-csr "$DIR/executor.csr" --subject "CN=demo-executor,O=seb-dev" >/dev/null
+    "$SEB" --config "$DIR/seb.toml" cert issue --csr "$DIR/executor.csr" --role executor --ttl 30d \
+      --tls-name 127.0.0.1 --tls-name localhost --out "$DIR/executor.pem"
+  fi
+  umask 022
+  cat > "$DIR/executor.toml" <<TOML
+# seb exec configuration written by softhsm-setup/provision.sh (docs/OPERATIONS.md, "Executors").
+# The executor's key is its own (executor.key, mode 0600); it holds no broker key.
+listen = "127.0.0.1:$EXEC_PORT"
+broker_url = "https://127.0.0.1:$PORT"
+broker_id = "seb-dev"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+# approvers = "approvers.pem"     # approvers' certificates, for tokens issued after approvals
+# min_epoch = 1                   # refuse tokens of older policy epochs (it also learns newer ones)
+# max_attestation_age = "5m"      # require the broker's TPM self-attestation (att) this fresh
+
+# demo.write: writes the text parameter into demo-output/<name>. Each parameter is one argv
+# element after "--"; no shell is involved.
+[[action]]
+operation = "demo.write"
+resource = "demo/files"
+argv = ["$SEB", "demo-write", "--dir", "$DIR/demo-output", "--", "{name}", "{text}"]
+timeout = "10s"
+TOML
+  echo "provision: wrote $DIR/executor.toml (executor on 127.0.0.1:$EXEC_PORT)"
 fi

@@ -12,6 +12,7 @@
 //! | `broker/notify.rs` | the webhook for new pending requests |
 //! | `broker/redeem.rs` | single-use redemption over the shared token verifier |
 //! | `broker/audit.rs` | audit entries of decisions, checkpoints signed by `seb-audit` |
+//! | `broker/outcome.rs` | executors' signed receipts, checked and recorded once |
 //! | `broker/crl.rs` | the CRL, signed in the device and cached |
 //! | `broker/error.rs` | every refusal with its one code and status |
 //!
@@ -21,7 +22,7 @@
 //! from blocking threads. Nothing here returns a token unless its id was durably stored, and
 //! every device or store failure is an error (fail closed), never a token.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +39,7 @@ mod crl;
 mod error;
 mod keys;
 mod notify;
+mod outcome;
 
 pub use keys::retired_token_window;
 pub mod issuance;
@@ -51,6 +53,7 @@ pub use access::{Access, Caller};
 pub use approve::{ApprovalBody, ApprovalStep, PendingRequest, Requester, MAX_LISTED};
 pub use error::{BrokerError, Disposition};
 pub use metrics::Metrics;
+pub use outcome::OutcomeRecorded;
 pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use redeem::Redemption;
 pub use request::{
@@ -66,6 +69,7 @@ pub struct Broker {
     roots: Vec<Certificate>,
     keys: std::sync::RwLock<Arc<keys::BrokerKeys>>,
     epoch: AtomicU64,
+    frozen: AtomicBool,
     metrics: Arc<Metrics>,
     signer: signer::SignQueue,
     crl_cache: crl::CrlCache,
@@ -78,6 +82,9 @@ pub struct Broker {
 
 /// Named readiness checks, each passed or failed with a reason.
 type HealthChecks = Vec<(&'static str, Result<(), String>)>;
+
+/// How often a running broker re-reads the kill switches (`seb epoch bump`, `seb freeze`).
+pub const POLICY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How often a running broker re-reads its key generations and trust directory.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -145,6 +152,7 @@ impl Broker {
             root,
             keys: std::sync::RwLock::new(Arc::new(keys)),
             epoch: AtomicU64::new(config.policy.epoch),
+            frozen: AtomicBool::new(config.policy.frozen),
             signer,
             metrics,
             crl_cache: crl::CrlCache::default(),
@@ -231,6 +239,43 @@ impl Broker {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
         }
         Ok(true)
+    }
+
+    /// Re-reads the kill switches from the store: the policy epoch becomes the larger of the
+    /// configured and the stored one (it never goes down), and issuance is frozen as last set
+    /// by `seb freeze` / `unfreeze` (the configuration's `policy.frozen` until then). The
+    /// running broker calls this every [`POLICY_INTERVAL`]. Returns (epoch, frozen).
+    pub fn refresh_policy(&self) -> Result<(u64, bool), BrokerError> {
+        let state = self.store.policy_state().map_err(BrokerError::Store)?;
+        let epoch = state.epoch.unwrap_or(0).max(self.config.policy.epoch);
+        let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
+        if epoch > before {
+            tracing::warn!(epoch, "policy epoch raised: older tokens are refused");
+        }
+        let frozen = state.frozen.unwrap_or(self.config.policy.frozen);
+        let changed = self.frozen.swap(frozen, Ordering::SeqCst) != frozen;
+        if changed {
+            tracing::warn!(frozen, "issuance freeze changed");
+        }
+        if changed || epoch > before {
+            // The command that changed the switch appended its audit entry from another
+            // process; a commit now makes the writer follow the log's new edge, rather than the
+            // next token's commit finding its reserved audit index taken.
+            if let Err(e) = self.store.check_writable() {
+                tracing::warn!(error = %e, "store not writable after a kill switch changed");
+            }
+        }
+        Ok((self.epoch(), frozen))
+    }
+
+    /// The current policy epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether issuance is frozen now.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
     }
 
     /// Prometheus gauges of the broker's certificates: each one's notAfter (Unix seconds) and
@@ -328,7 +373,7 @@ impl Broker {
             ("audit_checkpoints", self.audit.health()),
             (
                 "issuance",
-                if self.config.policy.frozen {
+                if self.is_frozen() {
                     Err("frozen by the security team".into())
                 } else {
                     Ok(())

@@ -312,6 +312,25 @@ pub fn issue_leaf_under(
     max_ttl: Duration,
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
+    issue_leaf_serving(signer, issuer_chain, request, &[], max_ttl, now)
+}
+
+/// Like [`issue_leaf_under`]; with `tls_names` (an executor's only), the certificate also
+/// serves HTTPS under those DNS names and IP addresses (serverAuth beside clientAuth, SANs),
+/// as `seb exec` does for agents.
+pub fn issue_leaf_serving(
+    signer: &dyn CaSigner,
+    issuer_chain: &[Certificate],
+    request: LeafRequest,
+    tls_names: &[String],
+    max_ttl: Duration,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
+    if !tls_names.is_empty() && request.role.kind != RoleKind::Executor {
+        return Err(CaError::Role(
+            "only executor certificates serve HTTPS (--tls-name)".into(),
+        ));
+    }
     if request.ttl > max_ttl {
         return Err(CaError::Validity(format!(
             "requested {} but the CA issues at most {}",
@@ -360,10 +379,19 @@ pub fn issue_leaf_under(
             "the certificate would outlive its issuer; use a shorter --ttl".into(),
         ));
     }
+    if !tls_names.is_empty() {
+        extra.push(subject_alt_names(tls_names)?);
+    }
+    let kind = match request.role.kind {
+        RoleKind::Executor => CertKind::Executor {
+            names: tls_names.to_vec(),
+        },
+        _ => CertKind::Client,
+    };
     let unsigned = Unsigned {
         issuer: issuer.tbs().subject().clone(),
         subject: request.subject,
-        kind: CertKind::Client,
+        kind,
         extra,
         validity,
         public_key: request.public_key,

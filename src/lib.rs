@@ -29,9 +29,12 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod duration;
+#[cfg(feature = "broker")]
+pub mod executor;
 pub mod files;
 pub mod grants;
 pub mod json;
+pub mod receipt;
 pub mod serial;
 #[cfg(feature = "broker")]
 pub mod server;

@@ -90,6 +90,22 @@ enum Command {
     Pending(cli::approve::PendingArgs),
     /// Sign and post a decision on a pending request with your own key (as an approver).
     Approve(cli::approve::ApproveArgs),
+    /// Run the reference executor (HTTPS with client certificates) until SIGTERM: verifies
+    /// tokens offline, redeems them once, runs the mapped action, returns a signed receipt.
+    /// `--config` names the executor's configuration (executor.toml).
+    Exec,
+    /// Verify an executor's signed receipt.
+    #[command(subcommand)]
+    Receipt(cli::exec::ReceiptCommand),
+    /// The policy epoch of the running broker: `bump` refuses every earlier token.
+    #[command(subcommand)]
+    Epoch(cli::policy::EpochCommand),
+    /// Stop all issuance on the running broker (within a second), until `seb unfreeze`.
+    Freeze(cli::policy::FreezeArgs),
+    /// Resume issuance after `seb freeze`.
+    Unfreeze(cli::policy::FreezeArgs),
+    /// The demo's sample action: write TEXT into DIR/NAME (a plain file name).
+    DemoWrite(cli::exec::DemoWriteArgs),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +136,16 @@ fn main() -> ExitCode {
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
         Command::Pending(a) => cli::approve::pending(a),
         Command::Approve(a) => cli::approve::approve(a),
+        Command::Exec => cli::exec::exec(args.config.as_deref()),
+        Command::Receipt(r) => cli::exec::receipt(r),
+        Command::Epoch(e) => cli::with_config(args.config.as_deref(), |c| cli::policy::epoch(c, e)),
+        Command::Freeze(a) => {
+            cli::with_config(args.config.as_deref(), |c| cli::policy::freeze(c, a, true))
+        }
+        Command::Unfreeze(a) => {
+            cli::with_config(args.config.as_deref(), |c| cli::policy::freeze(c, a, false))
+        }
+        Command::DemoWrite(a) => cli::exec::demo_write(a),
         Command::Request(a) => match cli::request::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),

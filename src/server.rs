@@ -126,6 +126,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Roles(APPROVER),
     ),
     ("POST", "/v1/tokens/redeem", Access::Roles(EXECUTOR)),
+    (
+        "POST",
+        "/v1/executions/{id}/outcome",
+        Access::Roles(EXECUTOR),
+    ),
     ("GET", "/v1/trust", Access::AnyCertificate),
     ("GET", "/v1/crl", Access::AnyCertificate),
     ("GET", "/healthz", Access::AnyCertificate),
@@ -159,6 +164,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/executions/{id}/approvals", post(post_approval))
+        .route("/v1/executions/{id}/outcome", post(post_outcome))
         .route("/v1/tokens/redeem", post(redeem))
         .route("/v1/trust", get(trust))
         .route("/v1/crl", get(crl))
@@ -519,6 +525,28 @@ async fn redeem(
     let broker = app.broker.clone();
     let redemption = blocking(move || broker.redeem(&caller, &token)).await?;
     Ok(Json(redemption).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeBody {
+    receipt: crate::receipt::Receipt,
+}
+
+/// `POST /v1/executions/{id}/outcome`: an executor's signed receipt for a token it redeemed.
+async fn post_outcome(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let OutcomeBody { receipt } = parse_body(body)?;
+    let broker = app.broker.clone();
+    let recorded = blocking(move || broker.record_outcome(&caller, &id, receipt)).await?;
+    Ok((StatusCode::CREATED, Json(recorded)).into_response())
 }
 
 async fn trust(State(app): State<App>) -> Response {

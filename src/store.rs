@@ -277,6 +277,15 @@ pub enum RedeemOutcome {
     AgentUnrecorded,
 }
 
+/// The kill switches stored by `seb epoch bump` and `seb freeze` / `unfreeze`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The stored policy epoch, if ever bumped.
+    pub epoch: Option<u64>,
+    /// Whether issuance is frozen, if ever set.
+    pub frozen: Option<bool>,
+}
+
 /// How soon an asynchronous write must become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -386,6 +395,32 @@ pub trait Store: Send + Sync {
     /// Marks every request still waiting for approvals at `now` past its expiry `expired`;
     /// returns their ids.
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError>;
+    /// The executor certificate (base64url SHA-256 thumbprint) that redeemed token `jti`, if
+    /// it was redeemed.
+    fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError>;
+    /// Records the outcome an executor reported for token `jti` (its signed receipt, as JSON)
+    /// with an `outcome_reported` audit entry holding the receipt, in one commit. Once per token: returns `false`, and
+    /// records nothing, when an outcome for `jti` was recorded before.
+    fn record_outcome(
+        &self,
+        jti: &str,
+        request_id: &str,
+        executor: &str,
+        receipt_json: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError>;
+    /// The receipt (JSON) recorded for token `jti`, if any.
+    fn outcome(&self, jti: &str) -> Result<Option<String>, StoreError>;
+    /// The kill switches as the security team last set them on this host (`seb epoch bump`,
+    /// `seb freeze`); `None` where they never did, and the configuration's value applies.
+    fn policy_state(&self) -> Result<PolicyState, StoreError>;
+    /// Raises the stored policy epoch to one more than the larger of itself and `floor` (the
+    /// configured epoch), appends an `epoch_changed` audit entry in the same commit, and
+    /// returns the new epoch.
+    fn bump_epoch(&self, floor: u64, at: SystemTime) -> Result<u64, StoreError>;
+    /// Freezes (or unfreezes) issuance and appends a `frozen` (`unfrozen`) audit entry with
+    /// `reason` in the same commit.
+    fn set_frozen(&self, frozen: bool, reason: &str, at: SystemTime) -> Result<(), StoreError>;
     /// A write-and-rollback round trip, for readiness checks.
     fn check_writable(&self) -> Result<(), StoreError>;
     /// Durably records a broker event in the audit log (`kind` is an entry kind such as

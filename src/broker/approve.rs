@@ -11,7 +11,6 @@
 //! cannot both issue, and the token id is durable before the token exists. The token is signed
 //! in the device like every other.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -197,7 +196,7 @@ impl Broker {
         request_id: &str,
         body: ApprovalBody,
     ) -> Result<ApprovalStep, BrokerError> {
-        if self.config.policy.frozen {
+        if self.is_frozen() {
             return Err(BrokerError::Frozen);
         }
         let att = match &self.attestation {
@@ -362,7 +361,7 @@ impl Broker {
             }],
             att,
             audit: None,
-            epoch: self.epoch.load(Ordering::Relaxed),
+            epoch: self.epoch(),
             approvals: approvals
                 .iter()
                 .map(|a| token::Approval {

@@ -60,6 +60,23 @@ pub enum BrokerError {
     /// The token is not one of ours, malformed, expired or for another broker.
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// The token is of an older policy epoch than the broker's (`seb epoch bump`).
+    #[error("the token is of policy epoch {epoch}; the broker is at epoch {current}")]
+    StaleEpoch {
+        /// The token's epoch.
+        epoch: u64,
+        /// The broker's.
+        current: u64,
+    },
+    /// An outcome receipt does not check out (format, signature, executor).
+    #[error("invalid receipt: {0}")]
+    InvalidReceipt(String),
+    /// The token of an outcome was not redeemed by the executor reporting it.
+    #[error("the token was not redeemed by this executor")]
+    NotRedeemedByCaller,
+    /// An outcome was recorded for this token before.
+    #[error("an outcome was already recorded for this token")]
+    OutcomeAlreadyRecorded,
     /// The device failed: no token.
     #[error("HSM unavailable")]
     Hsm(#[source] BackendError),
@@ -134,6 +151,12 @@ impl BrokerError {
                 (403, "agent_certificate_revoked", self.to_string())
             }
             BrokerError::InvalidToken(m) => (400, "invalid_token", format!("invalid token: {m}")),
+            BrokerError::StaleEpoch { .. } => (403, "stale_epoch", self.to_string()),
+            BrokerError::InvalidReceipt(m) => (400, "invalid_receipt", format!("invalid receipt: {m}")),
+            BrokerError::NotRedeemedByCaller => (403, "not_redeemed_by_caller", self.to_string()),
+            BrokerError::OutcomeAlreadyRecorded => {
+                (409, "outcome_already_recorded", self.to_string())
+            }
             BrokerError::Hsm(_) => (
                 503,
                 "hsm_unavailable",

@@ -6,7 +6,6 @@
 //! and the store's record of the token id. The id is marked redeemed inside a group commit, so
 //! a token is usable once, across restarts.
 
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{Broker, BrokerError, Caller};
@@ -30,6 +29,8 @@ pub struct Redemption {
     pub resource: String,
     /// params digest (base64url).
     pub params_digest: String,
+    /// The broker's current policy epoch: executors refuse tokens of an older one.
+    pub epoch: u64,
 }
 
 impl Broker {
@@ -83,6 +84,7 @@ impl Broker {
                 operation: detail.operation.clone(),
                 resource: detail.resource.clone(),
                 params_digest: detail.params_digest.clone(),
+                epoch: self.epoch(),
             }),
             RedeemOutcome::AlreadyRedeemed { .. } => Err(BrokerError::AlreadyRedeemed),
             RedeemOutcome::AgentRevoked { serial } => Err(BrokerError::AgentRevoked { serial }),
@@ -103,7 +105,7 @@ impl Broker {
             // The broker never signs longer than its own cap; the default bounds a cap raised
             // after issuance.
             max_lifetime: verify::DEFAULT_MAX_LIFETIME.max(self.config.policy.max_token_ttl),
-            min_epoch: self.epoch.load(Ordering::Relaxed),
+            min_epoch: self.epoch(),
         };
         // The current token key, or a retired one whose tokens may still be live (`seb
         // rotate token`): an executor holding such a token must not be refused.
@@ -115,7 +117,13 @@ impl Broker {
                     kid: header.kid.clone(),
                 })
         })
-        .map_err(|e| BrokerError::InvalidToken(e.to_string()))?;
+        .map_err(|e| match e {
+            VerifyError::StaleEpoch { epoch, min_epoch } => BrokerError::StaleEpoch {
+                epoch,
+                current: min_epoch,
+            },
+            e => BrokerError::InvalidToken(e.to_string()),
+        })?;
         if decoded.claims.iss != self.config.broker_id {
             return Err(BrokerError::InvalidToken("issued by another broker".into()));
         }

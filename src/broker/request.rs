@@ -6,7 +6,6 @@
 //! is durable and the device has signed; every device or store failure is an error, never a
 //! token.
 
-use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use serde_json::Value;
@@ -180,7 +179,7 @@ impl Broker {
         request: ExecutionRequest,
     ) -> Result<ExecutionResponse, BrokerError> {
         let peer = caller.peer();
-        if self.config.policy.frozen {
+        if self.is_frozen() {
             return Err(BrokerError::Frozen);
         }
         let att = match &self.attestation {
@@ -304,7 +303,7 @@ impl Broker {
         let iat = unix(now);
         let exp = iat + grant_ttl.as_secs().max(1);
         let jti = time_ordered_id()?;
-        let epoch = self.epoch.load(Ordering::Relaxed);
+        let epoch = self.epoch();
         entry.kind = EntryKind::ExecutionGranted;
         entry.decision = Some("granted".into());
         entry.jti = Some(jti.clone());

@@ -42,8 +42,14 @@ pub enum CertKind {
         /// DNS names and IP addresses.
         names: Vec<String>,
     },
-    /// An agent, approver or executor: digitalSignature, clientAuth.
+    /// An agent or approver: digitalSignature, clientAuth.
     Client,
+    /// An executor: digitalSignature, clientAuth and the receipt key purpose (its key signs
+    /// receipts); with names (`seb exec` serving agents) also serverAuth and these SANs.
+    Executor {
+        /// DNS names and IP addresses; empty for an executor that serves no HTTPS.
+        names: Vec<String>,
+    },
     /// The broker's TPM attestation key (AK), certified after credential activation against
     /// the EK: digitalSignature, EKU tcg-kp-AIKCertificate (2.23.133.8.3).
     AttestationKey,
@@ -133,6 +139,7 @@ fn extensions(
             KeyUsages::DigitalSignature.into(),
             Some(TCG_KP_AIK_CERTIFICATE),
         ),
+        CertKind::Executor { .. } => (false, None, KeyUsages::DigitalSignature.into(), None),
     };
     out.push(
         BasicConstraints {
@@ -144,6 +151,13 @@ fn extensions(
     out.push(KeyUsage(usage).to_extension(subject, &out)?);
     if let Some(purpose) = eku {
         out.push(ExtendedKeyUsage(vec![purpose]).to_extension(subject, &out)?);
+    } else if let CertKind::Executor { names } = kind {
+        let mut usages = vec![CLIENT_AUTH];
+        if !names.is_empty() {
+            usages.push(SERVER_AUTH);
+        }
+        usages.push(Purpose::Receipt.oid());
+        out.push(ExtendedKeyUsage(usages).to_extension(subject, &out)?);
     }
     let ski = SubjectKeyIdentifier::try_from(spk).map_err(|_| der::Tag::BitString.value_error())?;
     out.push(ski.to_extension(subject, &out)?);

@@ -79,6 +79,10 @@ pub struct IssueArgs {
     /// Sign with this intermediate (`seb cert issue-ca --label NAME`) instead of the root.
     #[arg(long)]
     issuer: Option<String>,
+    /// Executors only: a DNS name or IP address the executor serves HTTPS under (`seb exec`);
+    /// repeatable. Adds serverAuth and the subjectAltNames.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// Start of validity for a scheduled rotation, RFC 3339 UTC (e.g. 2027-01-01T00:00:00Z);
     /// at most a year ahead, never in the past. Default: now (less 60 s for clock skew).
     #[arg(long)]
@@ -241,7 +245,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
     let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
-    let cert = ca::issue_leaf_under(
+    let cert = ca::issue_leaf_serving(
         &signer,
         &issuer_chain,
         LeafRequest {
@@ -251,6 +255,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
             grants,
             ttl,
         },
+        &args.tls_names,
         config.ca.max_leaf_validity,
         start,
     )?;

@@ -29,6 +29,11 @@ pub struct RequestArgs {
     /// How long --wait waits, e.g. 10m.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     timeout: std::time::Duration,
+    /// Once granted, present the token and the parameters to this executor
+    /// (`https://host:port`, `seb exec`) over mutual TLS with the same certificate, and print
+    /// its answer (the signed receipt). Exit 0 only when the executor ran the action.
+    #[arg(long, value_name = "EXECUTOR_URL")]
+    execute: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -63,6 +68,15 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
             client.post_json("/v1/executions", &body).await
         })
         .map_err(|e| super::explained(&tls, e))?;
+    if response.status == 201 {
+        if let Some(executor) = &args.execute {
+            let token = response.body["token"]
+                .as_str()
+                .ok_or("the broker's answer has no token")?;
+            eprintln!("granted: request {}", response.body["request_id"]);
+            return execute(&runtime, executor, &tls, token, &params);
+        }
+    }
     if response.status != 202 || !args.wait {
         say!("{}", response.text);
         return Ok(match response.status {
@@ -121,6 +135,10 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         .then(|| status.body["token"].as_str())
         .flatten();
     let granted = token.is_some();
+    if let (Some(token), Some(executor)) = (token, &args.execute) {
+        eprintln!("approved and granted: request {id}");
+        return execute(&runtime, executor, &tls, token, &params);
+    }
     match token {
         // The token alone on stdout, ready for `seb token verify --token -` or the executor.
         Some(token) => say!("{token}"),
@@ -135,6 +153,34 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     Ok(if granted {
         std::process::ExitCode::SUCCESS
     } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Presents `token` and `params` to the executor at `url` (`POST /v1/run`) and prints its
+/// answer. Exit 0 when it ran the action (the receipt is in the answer), 1 otherwise.
+fn execute(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    tls: &seb::client::ClientTls,
+    token: &str,
+    params: &serde_json::Value,
+) -> Result<std::process::ExitCode, CliError> {
+    let body = serde_json::json!({ "token": token, "params": params });
+    let answer = runtime
+        .block_on(async {
+            let mut client = Client::connect(url, tls).await?;
+            client.post_json("/v1/run", &body).await
+        })
+        .map_err(|e| format!("cannot reach the executor at {url}: {e}"))?;
+    say!("{}", answer.text);
+    Ok(if answer.status == 200 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "the executor refused: {}",
+            answer.body["error"]["code"].as_str().unwrap_or("unknown")
+        );
         std::process::ExitCode::FAILURE
     })
 }

@@ -18,6 +18,8 @@ pub fn serve(config: &Config) -> CliResult {
         state.clone().start_self_check(store);
         broker = broker.with_attestation(state);
     }
+    // The kill switches as last set on this host, before the first request.
+    broker.refresh_policy()?;
     let broker = Arc::new(broker);
     let (tls, tls_cert) =
         server::tls::broker_server_config_reloading(backend, config, config.server.tls_resumption)?;
@@ -39,6 +41,7 @@ pub fn serve(config: &Config) -> CliResult {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));
         tokio::spawn(expire_pending(broker.clone()));
+        tokio::spawn(watch_policy(broker.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -112,7 +115,26 @@ async fn expire_pending(broker: Arc<Broker>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Re-reads the kill switches (`seb epoch bump`, `seb freeze` / `unfreeze`, written to the
+/// store by the security team on this host) every [`seb::broker::POLICY_INTERVAL`], so each
+/// takes effect within a second without a restart. A store that cannot be read keeps the
+/// current values (and readiness reports the store).
+async fn watch_policy(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(seb::broker::POLICY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let broker = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = broker.refresh_policy() {
+                tracing::warn!(error = %e, "cannot read the kill switches; keeping the current ones");
+            }
+        })
+        .await;
+    }
+}
+
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),

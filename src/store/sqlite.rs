@@ -25,8 +25,8 @@ use writer::{
 
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, ExecutionStatus, IssuedCertificate,
-    LogPosition, PendingApproval, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
-    WriteDone, MAX_AUDIT_PAGE,
+    LogPosition, PendingApproval, PolicyState, RedeemOutcome, ReservedToken, RevokeOutcome, Store,
+    StoreError, WriteDone, MAX_AUDIT_PAGE,
 };
 use crate::audit::entry::{CertRef, Entry, EntryKind};
 use crate::audit::merkle::{self, Hash};
@@ -949,6 +949,147 @@ impl Store for SqliteStore {
 
     fn audit_health(&self) -> Result<(), String> {
         self.audit.health()
+    }
+
+    fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.read("look up a redemption", |c| {
+            c.prepare_cached("SELECT executor FROM redemptions WHERE jti = ?1")?
+                .query_row([jti], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn record_outcome(
+        &self,
+        jti: &str,
+        request_id: &str,
+        executor: &str,
+        receipt_json: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let (jti, request_id, executor, receipt) = (
+            jti.to_owned(),
+            request_id.to_owned(),
+            executor.to_owned(),
+            receipt_json.to_owned(),
+        );
+        let time_ms = crate::time::unix_millis(at);
+        let (entry_jti, entry_request, entry_executor, entry_receipt) = (
+            jti.clone(),
+            request_id.clone(),
+            executor.clone(),
+            receipt.clone(),
+        );
+        let (inserted, _) = self.write_audited(
+            "record an execution outcome",
+            move |c| {
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(jti) DO NOTHING",
+                    )?
+                    .execute(params![jti, request_id, executor, receipt, unix(at)])?;
+                Ok(inserted == 1)
+            },
+            move |inserted| {
+                // The receipt itself (digests, exit code, times, signature: no secrets) is the
+                // entry's detail, so an auditor can verify it from the log alone.
+                let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
+                e.request_id = Some(entry_request.clone());
+                e.jti = Some(entry_jti.clone());
+                e.cert = Some(CertRef {
+                    thumbprint: entry_executor.clone(),
+                    serial: String::new(),
+                    subject: String::new(),
+                });
+                e.detail = Some(entry_receipt.clone());
+                if !*inserted {
+                    e.code = Some("outcome_already_recorded".into());
+                }
+                encode(&e).unwrap_or_default()
+            },
+        )?;
+        Ok(inserted)
+    }
+
+    fn outcome(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.read("look up an execution outcome", |c| {
+            c.prepare_cached("SELECT receipt FROM outcomes WHERE jti = ?1")?
+                .query_row([jti], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn policy_state(&self) -> Result<PolicyState, StoreError> {
+        let (epoch, frozen): (Option<i64>, Option<i64>) = self.read("read the policy", |c| {
+            let mut stmt = c.prepare_cached("SELECT value FROM counters WHERE name = ?1")?;
+            let epoch = stmt.query_row(["policy_epoch"], |r| r.get(0)).optional()?;
+            let frozen = stmt.query_row(["policy_frozen"], |r| r.get(0)).optional()?;
+            Ok((epoch, frozen))
+        })?;
+        let epoch = epoch
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("negative policy epoch".into()))?;
+        Ok(PolicyState {
+            epoch,
+            frozen: frozen.map(|f| f != 0),
+        })
+    }
+
+    fn bump_epoch(&self, floor: u64, at: SystemTime) -> Result<u64, StoreError> {
+        let floor = i64::try_from(floor)
+            .map_err(|_| StoreError::Corrupt("policy epoch out of range".into()))?;
+        let time_ms = crate::time::unix_millis(at);
+        let (value, _) = self.write_audited(
+            "bump the policy epoch",
+            move |c| {
+                c.execute(
+                    "INSERT INTO counters (name, value) VALUES ('policy_epoch', ?1 + 1)
+                     ON CONFLICT(name) DO UPDATE SET value = MAX(value, ?1) + 1",
+                    [floor],
+                )?;
+                c.query_row(
+                    "SELECT value FROM counters WHERE name = 'policy_epoch'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            },
+            move |value| {
+                let mut e = Entry::new(EntryKind::EpochChanged, time_ms);
+                e.epoch = u64::try_from(*value).ok();
+                e.detail = Some(format!("policy epoch raised to {value}"));
+                encode(&e).unwrap_or_default()
+            },
+        )?;
+        u64::try_from(value).map_err(|_| StoreError::Corrupt("negative policy epoch".into()))
+    }
+
+    fn set_frozen(&self, frozen: bool, reason: &str, at: SystemTime) -> Result<(), StoreError> {
+        let reason = reason.to_owned();
+        let time_ms = crate::time::unix_millis(at);
+        self.write_audited(
+            "set the issuance freeze",
+            move |c| {
+                c.execute(
+                    "INSERT INTO counters (name, value) VALUES ('policy_frozen', ?1)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    [i64::from(frozen)],
+                )
+                .map(|_| ())
+            },
+            move |_| {
+                let kind = if frozen {
+                    EntryKind::Frozen
+                } else {
+                    EntryKind::Unfrozen
+                };
+                let mut e = Entry::new(kind, time_ms);
+                e.detail = (!reason.is_empty()).then(|| reason.clone());
+                encode(&e).unwrap_or_default()
+            },
+        )?;
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {

@@ -94,6 +94,13 @@ CREATE TABLE IF NOT EXISTS audit_nodes (
     hash BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outcomes (
+    jti TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS health (
     id INTEGER PRIMARY KEY,
     at INTEGER NOT NULL

@@ -1,0 +1,127 @@
+//! `seb exec` (the reference executor), `seb receipt verify`, and `seb demo-write` (the demo's
+//! sample action program).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use seb::cert::Certificate;
+use seb::executor::{Executor, ExecutorConfig};
+
+use super::{read_file, CliError, CliResult};
+
+/// Runs the executor until SIGTERM or SIGINT. `config` is the global `--config`, which for
+/// `seb exec` names the executor's own configuration (executor.toml), not a broker's.
+pub fn exec(config: Option<&std::path::Path>) -> CliResult {
+    let path = config.ok_or("seb exec needs --config executor.toml")?;
+    let config = ExecutorConfig::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("seb-exec")
+        .build()?;
+    runtime.block_on(async move {
+        let (listener, local) = seb::executor::bind(&config).await?;
+        let executor = Arc::new(Executor::new(config).await?);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::serve::wait_for_signal().await;
+            let _ = tx.send(true);
+        });
+        say!("seb executor listening on https://{local}");
+        seb::executor::serve(executor, listener, rx).await?;
+        say!("seb executor stopped");
+        Ok::<(), CliError>(())
+    })
+}
+
+/// `seb receipt ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReceiptCommand {
+    /// Verify an executor's receipt: its signature under the executor certificate, which must
+    /// chain to the root and carry the executor role. Prints the receipt body.
+    Verify(ReceiptVerifyArgs),
+}
+
+/// Options of `seb receipt verify`.
+#[derive(Debug, clap::Args)]
+pub struct ReceiptVerifyArgs {
+    /// The receipt (JSON: `{"body":…,"signature":…}`, or an executor's whole answer holding
+    /// `receipt`); `-` reads stdin.
+    #[arg(long)]
+    receipt: PathBuf,
+    /// The executor's certificate (PEM, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The root certificate (PEM).
+    #[arg(long)]
+    trust: PathBuf,
+}
+
+/// Verifies a receipt; exit 0 verified, 1 refused.
+pub fn receipt(command: ReceiptCommand) -> CliResult {
+    let ReceiptCommand::Verify(args) = command;
+    let text = if args.receipt.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        read_file(&args.receipt)?
+    };
+    let value = seb::json::parse_strict(&text).map_err(|e| format!("receipt: {e}"))?;
+    let inner = value.get("receipt").cloned().unwrap_or(value);
+    let receipt = seb::receipt::parse(&serde_json::to_vec(&inner)?)?;
+    let chain = Certificate::parse_pem_chain(&read_file(&args.cert)?)?;
+    let roots = Certificate::parse_pem_chain(&read_file(&args.trust)?)?;
+    let (leaf, rest) = chain.split_first().ok_or("no certificate in --cert")?;
+    let now = std::time::SystemTime::now();
+    seb::chain::validate(leaf, rest, &roots, now)
+        .map_err(|e| format!("the executor certificate does not chain to the root: {e}"))?;
+    let role = leaf
+        .extension(seb::cert::SEB_ROLE_OID)
+        .and_then(|e| seb::grants::Role::from_der(e.extn_value.as_bytes()).ok())
+        .map(|r| r.kind);
+    if role != Some(seb::grants::RoleKind::Executor) {
+        return Err("the certificate is not an executor certificate".into());
+    }
+    seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
+    say!("{}", serde_json::to_string_pretty(&receipt.body)?);
+    eprintln!("receipt verified: signed by {}", leaf.subject_string());
+    Ok(())
+}
+
+/// Options of `seb demo-write`.
+#[derive(Debug, clap::Args)]
+pub struct DemoWriteArgs {
+    /// The directory files are written in.
+    #[arg(long)]
+    dir: PathBuf,
+    /// A plain file name (no separators, not `.` or `..`).
+    name: String,
+    /// The text written into it.
+    text: String,
+}
+
+/// The demo's action: writes TEXT into DIR/NAME (NAME a plain file name).
+pub fn demo_write(args: DemoWriteArgs) -> CliResult {
+    let name = &args.name;
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && !name.starts_with('-')
+        && name.len() <= 128;
+    if !plain {
+        return Err(format!("refused file name {name:?}: a plain file name only").into());
+    }
+    let path = args.dir.join(name);
+    // No following a link someone left in the directory.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(format!("{} exists and is not a regular file", path.display()).into());
+    }
+    std::fs::write(&path, args.text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    say!("wrote {} bytes to {}", args.text.len(), path.display());
+    Ok(())
+}

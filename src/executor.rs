@@ -1,0 +1,606 @@
+//! The reference executor (`seb exec`): the only holder of production credentials, which acts
+//! on a token exactly once and says what it did.
+//!
+//! An agent presents `{token, params}` at `POST /v1/run` over mutual TLS. The executor:
+//!
+//! 1. checks the agent's certificate chain to the pinned root and its `agent` role;
+//! 2. verifies the token offline ([`crate::verify::verify_token`]): signature, chain and key
+//!    purpose of the token certificate, lifetime, policy epoch (the configured minimum, raised
+//!    by every higher epoch it has seen from the broker), the operation and resource of a
+//!    mapped action, the digest of exactly these parameters, the binding to the certificate
+//!    the agent presented on this connection, the approval quorum against the approvers'
+//!    certificates, and `att` freshness when configured;
+//! 3. checks the parameters against the action's template;
+//! 4. redeems the token at the broker (`POST /v1/tokens/redeem`, single use);
+//! 5. runs the action (argv, never a shell; or an allow-listed HTTP call) with its timeout;
+//! 6. signs a receipt with its own key ([`crate::receipt`]), posts it to the broker
+//!    (`POST /v1/executions/{id}/outcome`) and returns it to the agent.
+//!
+//! It never acts before the redemption succeeded, and never redeems before every offline
+//! check passed. Its key is its own (a PKCS#8 file); it holds no broker key.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+use crate::approval::ApproverKey;
+use crate::base64url;
+use crate::cert::Certificate;
+use crate::client::{pem_blocks, Client, ClientTls};
+use crate::grants::RoleKind;
+use crate::receipt::{self, Receipt, ReceiptBody, RECEIPT_TYPE};
+use crate::verify::{self, Action, Binding, Expectations, Params, TokenRules, TrustStore};
+
+pub mod action;
+pub mod config;
+mod error;
+
+pub use config::ExecutorConfig;
+pub use error::{ConfigError, ExecError};
+
+use action::ActionKind;
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long the whole run may take beyond the action's own timeout (verify, redeem, report).
+const OVERHEAD: Duration = Duration::from_secs(30);
+
+/// The running executor's state.
+pub struct Executor {
+    config: ExecutorConfig,
+    roots: Vec<Certificate>,
+    trust: RwLock<Arc<TrustStore>>,
+    approvers: Vec<Certificate>,
+    broker_tls: ClientTls,
+    key: ApproverKey,
+    thumbprint: String,
+    /// The highest policy epoch seen from the broker (tokens, redemption answers), and at
+    /// least the configured minimum: tokens below it are refused offline.
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an agent posts.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    token: String,
+    params: serde_json::Value,
+}
+
+/// A connection's verified agent.
+#[derive(Clone)]
+struct Agent {
+    leaf: Arc<Certificate>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+impl Executor {
+    /// Loads the credentials and trust material the configuration names. The trust bundle
+    /// comes from `trust_bundle` or else the broker's `GET /v1/trust` (over TLS pinned to the
+    /// root), whose roots must be exactly the pinned ones.
+    pub async fn new(config: ExecutorConfig) -> Result<Self, String> {
+        let root_pem = read(&config.root)?;
+        let cert_pem = read(&config.cert)?;
+        let key_pem = read(&config.key)?;
+        let roots = Certificate::parse_pem_chain(&root_pem).map_err(|e| e.to_string())?;
+        let chain = Certificate::parse_pem_chain(&cert_pem).map_err(|e| e.to_string())?;
+        let leaf = chain
+            .first()
+            .ok_or("the executor certificate file is empty")?;
+        let role = role_of(leaf);
+        if role != Some(RoleKind::Executor) {
+            return Err("the executor certificate does not carry the executor role".into());
+        }
+        let thumbprint = base64url::encode(&leaf.thumbprint_sha256().map_err(|e| e.to_string())?);
+        let key_text = String::from_utf8(key_pem.clone()).map_err(|_| "key is not PEM")?;
+        let key = ApproverKey::from_pkcs8_pem(&key_text)?;
+        let broker_tls =
+            ClientTls::new(&root_pem, &cert_pem, &key_pem, true).map_err(|e| e.to_string())?;
+        let approvers = match &config.approvers {
+            Some(path) => Certificate::parse_pem_chain(&read(path)?).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let epoch = AtomicU64::new(config.min_epoch);
+        let placeholder =
+            TrustStore::from_certificates(roots.clone()).map_err(|e| e.to_string())?;
+        let executor = Executor {
+            trust: RwLock::new(Arc::new(placeholder)),
+            config,
+            roots,
+            approvers,
+            broker_tls,
+            key,
+            thumbprint,
+            epoch,
+        };
+        executor.refresh_trust().await?;
+        Ok(executor)
+    }
+
+    /// Re-reads the token trust bundle (file or broker).
+    async fn refresh_trust(&self) -> Result<(), String> {
+        let pem = match &self.config.trust_bundle {
+            Some(path) => read(path)?,
+            None => {
+                let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
+                    .await
+                    .map_err(|e| format!("cannot fetch the trust bundle from the broker: {e}"))?;
+                let response = client
+                    .send("GET", "/v1/trust", None)
+                    .await
+                    .map_err(|e| format!("cannot fetch the trust bundle: {e}"))?;
+                if response.status != 200 {
+                    return Err(format!("GET /v1/trust answered {}", response.status));
+                }
+                response.text.into_bytes()
+            }
+        };
+        let store = TrustStore::from_pem(&pem).map_err(|e| e.to_string())?;
+        if store.roots() != self.roots.as_slice() {
+            return Err("the trust bundle's roots are not the pinned root".into());
+        }
+        match self.trust.write() {
+            Ok(mut t) => *t = Arc::new(store),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(store),
+        }
+        Ok(())
+    }
+
+    fn trust(&self) -> Arc<TrustStore> {
+        match self.trust.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The policy epoch below which tokens are refused.
+    pub fn min_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn learn_epoch(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The rustls server configuration: the executor's own certificate and key, client
+    /// certificates required and verified against the pinned root.
+    pub fn tls_config(&self) -> Result<rustls::ServerConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in
+            pem_blocks(&read(&self.config.root)?, "CERTIFICATE").map_err(|e| e.to_string())?
+        {
+            roots
+                .add(CertificateDer::from(der))
+                .map_err(|e| format!("root certificate: {e}"))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+        let chain: Vec<CertificateDer<'static>> =
+            pem_blocks(&read(&self.config.cert)?, "CERTIFICATE")
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+        let key = pem_blocks(&read(&self.config.key)?, "PRIVATE KEY")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or("no PKCS#8 key")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, PrivateKeyDer::Pkcs8(key.into()))
+            .map_err(|e| format!("executor certificate or key: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Verifies, redeems, runs and reports (module documentation). Returns the receipt, the
+    /// first bytes of the output and whether the broker recorded the outcome.
+    async fn run(&self, agent: &Agent, body: RunBody) -> Result<serde_json::Value, ExecError> {
+        // The parameters exactly as posted, with the broker's strict rules (the body was
+        // parsed strictly already), so that their digest is the digest of one meaning.
+        let params_text =
+            serde_json::to_vec(&body.params).map_err(|e| ExecError::Internal(e.to_string()))?;
+        let params =
+            Params::parse(&params_text).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        let now = SystemTime::now();
+        // Which action? Read from a token whose signature, lifetime and epoch verified; then
+        // everything is verified against that action.
+        let mut trust = self.trust();
+        let rules = TokenRules {
+            min_epoch: self.min_epoch(),
+            ..TokenRules::at(now)
+        };
+        let claims = match verify::verify_signature_only(&body.token, &trust, &rules) {
+            Err(verify::VerifyError::UnknownKey { .. }) => {
+                // A rotated token key: fetch the bundle again once.
+                self.refresh_trust()
+                    .await
+                    .map_err(ExecError::BrokerUnavailable)?;
+                trust = self.trust();
+                verify::verify_signature_only(&body.token, &trust, &rules)
+            }
+            other => other,
+        }
+        .map_err(ExecError::TokenRefused)?
+        .claims;
+        let detail = claims
+            .authorization_details
+            .first()
+            .ok_or_else(|| ExecError::InvalidRequest("token without authorization".into()))?;
+        let action = self
+            .config
+            .action(&detail.operation, &detail.resource)
+            .ok_or_else(|| ExecError::NoAction {
+                operation: detail.operation.clone(),
+                resource: detail.resource.clone(),
+            })?;
+        let mut expect = Expectations::new(
+            now,
+            Action::new(&action.operation, &action.resource, params.clone()),
+            Binding::agent((*agent.leaf).clone()),
+        )
+        .min_epoch(self.min_epoch())
+        .approvers(self.approvers.clone());
+        if let Some(issuer) = &self.config.broker_id {
+            expect = expect.issuer(issuer.clone());
+        }
+        let verified =
+            verify::verify_token(&body.token, &trust, &expect).map_err(ExecError::TokenRefused)?;
+        if let Some(max_age) = self.config.max_attestation_age {
+            let att = verified.claims.att.as_ref().ok_or_else(|| {
+                ExecError::AttestationStale("the token carries no attestation (att)".into())
+            })?;
+            let at = crate::time::from_unix(att.time);
+            if now.duration_since(at).unwrap_or_default() > max_age {
+                return Err(ExecError::AttestationStale(format!(
+                    "the broker's attestation is older than {}",
+                    crate::duration::format(max_age)
+                )));
+            }
+        }
+        self.learn_epoch(verified.claims.epoch);
+        // The template's own checks, before the token is spent.
+        let prepared = match &action.kind {
+            ActionKind::Argv(t) => {
+                Prepared::Argv(t.render(params.value()).map_err(ExecError::ParamsRefused)?)
+            }
+            ActionKind::Http(t) => {
+                Prepared::Http(t.render(params.value()).map_err(ExecError::ParamsRefused)?)
+            }
+        };
+        let jti = verified.claims.jti.clone();
+        let request_id = self.redeem(&body.token).await?;
+        tracing::info!(%jti, %request_id, operation = %action.operation, "token redeemed; running the action");
+        let timeout = action.timeout;
+        let outcome = match prepared {
+            Prepared::Argv((program, args)) => {
+                tokio::task::spawn_blocking(move || action::run_argv(&program, &args, timeout))
+                    .await
+                    .map_err(|e| ExecError::Internal(e.to_string()))?
+                    .map_err(|e| ExecError::ActionFailed(e.to_string()))?
+            }
+            Prepared::Http((method, url, payload)) => {
+                action::run_http(&method, &url, payload, timeout)
+                    .await
+                    .map_err(ExecError::ActionFailed)?
+            }
+        };
+        let millis = |t: SystemTime| crate::time::unix_millis(t);
+        let receipt = receipt::sign(
+            ReceiptBody {
+                typ: RECEIPT_TYPE.into(),
+                jti,
+                request_id: request_id.clone(),
+                operation: action.operation.clone(),
+                resource: action.resource.clone(),
+                params_digest: params.digest().to_owned(),
+                exit_code: outcome.exit_code,
+                timed_out: outcome.timed_out,
+                stdout_sha256: base64url::encode(&outcome.stdout_sha256),
+                stderr_sha256: base64url::encode(&outcome.stderr_sha256),
+                started_at_ms: millis(outcome.started),
+                finished_at_ms: millis(outcome.finished),
+                executor: self.thumbprint.clone(),
+            },
+            &self.key,
+        )
+        .map_err(|e| ExecError::Internal(e.to_string()))?;
+        let recorded = match self.report(&request_id, &receipt).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(%request_id, error = %e, "the broker did not record the outcome");
+                false
+            }
+        };
+        Ok(json!({
+            "status": "executed",
+            "receipt": receipt,
+            "outcome_recorded": recorded,
+            "stdout": String::from_utf8_lossy(&outcome.stdout),
+            "stderr": String::from_utf8_lossy(&outcome.stderr),
+        }))
+    }
+
+    /// Single-use redemption at the broker; the request id of the token.
+    async fn redeem(&self, token: &str) -> Result<String, ExecError> {
+        let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
+            .await
+            .map_err(|e| ExecError::BrokerUnavailable(e.to_string()))?;
+        let response = client
+            .post_json("/v1/tokens/redeem", &json!({ "token": token }))
+            .await
+            .map_err(|e| ExecError::BrokerUnavailable(e.to_string()))?;
+        if response.status != 200 {
+            let code = response.body["error"]["code"]
+                .as_str()
+                .unwrap_or("redeem_refused")
+                .to_owned();
+            let message = response.body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if response.status >= 500 {
+                return Err(ExecError::BrokerUnavailable(format!("{code}: {message}")));
+            }
+            return Err(ExecError::RedeemRefused {
+                status: response.status,
+                code,
+                message,
+            });
+        }
+        if let Some(epoch) = response.body["epoch"].as_u64() {
+            self.learn_epoch(epoch);
+        }
+        response.body["request_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ExecError::BrokerUnavailable("redemption without a request id".into()))
+    }
+
+    /// Posts the receipt to the broker.
+    async fn report(&self, request_id: &str, receipt: &Receipt) -> Result<(), String> {
+        let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .post_json(
+                &format!("/v1/executions/{request_id}/outcome"),
+                &json!({ "receipt": receipt }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status == 201 {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", response.status, response.text))
+        }
+    }
+
+    /// The longest a run may take.
+    fn run_deadline(&self) -> Duration {
+        self.config
+            .actions
+            .iter()
+            .map(|a| a.timeout)
+            .max()
+            .unwrap_or_default()
+            + OVERHEAD
+    }
+}
+
+enum Prepared {
+    Argv((String, Vec<String>)),
+    Http((String, String, Vec<u8>)),
+}
+
+/// The role a certificate carries, if any.
+fn role_of(cert: &Certificate) -> Option<RoleKind> {
+    cert.extension(crate::cert::SEB_ROLE_OID)
+        .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok())
+        .map(|r| r.kind)
+}
+
+fn error_response(error: &ExecError) -> Response {
+    let (status, code) = error.disposition();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match error {
+        // Never a path or an OS detail of the executor's host to the agent.
+        ExecError::ActionFailed(_) => "the action could not run; see the executor's log".into(),
+        ExecError::Internal(_) => "internal error".into(),
+        other => other.to_string(),
+    };
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn run_handler(
+    State(executor): State<Arc<Executor>>,
+    Extension(agent): Extension<Agent>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        if body.len() > executor.config.max_body_bytes {
+            return Err(ExecError::BodyTooLarge);
+        }
+        let value = crate::json::parse_strict(&body)
+            .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        let run: RunBody =
+            serde_json::from_value(value).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        match tokio::time::timeout(executor.run_deadline(), executor.run(&agent, run)).await {
+            Ok(result) => result,
+            Err(_) => Err(ExecError::Internal("the run took too long".into())),
+        }
+    }
+    .await;
+    match result {
+        Ok(value) => (StatusCode::OK, Json(value)).into_response(),
+        Err(e) => {
+            let (_, code) = e.disposition();
+            tracing::info!(%code, error = %e, "run refused");
+            error_response(&e)
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"code": "no_such_endpoint", "message": "POST /v1/run is the only endpoint"}})),
+    )
+        .into_response()
+}
+
+/// The executor's routes.
+fn router(executor: Arc<Executor>) -> Router {
+    let limit = executor.config.max_body_bytes;
+    Router::new()
+        .route("/v1/run", post(run_handler))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(executor)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    executor: Arc<Executor>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(executor.tls_config()?));
+    let router = router(executor.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    tracing::info!(%remote, "TLS handshake failed");
+                    return;
+                }
+            };
+            let agent = match agent_of(&executor, &tls) {
+                Ok(agent) => agent,
+                Err(reason) => {
+                    tracing::info!(%remote, %reason, "client certificate refused");
+                    return;
+                }
+            };
+            let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(agent.clone());
+                req
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(
+                    TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(service),
+                );
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+    }
+    Ok(())
+}
+
+/// The agent behind a connection: its chain validated to the pinned root (rustls did; seb's
+/// own path validation again, as the broker does) and the agent role.
+fn agent_of(
+    executor: &Executor,
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Result<Agent, String> {
+    let presented: Vec<Certificate> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| Certificate::parse(c.as_ref()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let (leaf, rest) = presented.split_first().ok_or("no client certificate")?;
+    let path = crate::chain::validate(leaf, rest, &executor.roots, SystemTime::now())
+        .map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    for cert in path.path() {
+        if now < cert.not_before() || now > cert.not_after() {
+            return Err(format!("{} is not valid now", cert.subject_string()));
+        }
+    }
+    if role_of(leaf) != Some(RoleKind::Agent) {
+        return Err("not an agent certificate".into());
+    }
+    Ok(Agent {
+        leaf: Arc::new(leaf.clone()),
+    })
+}
+
+/// Binds `config.listen`, then serves; returns the bound address through `bound` first.
+pub async fn bind(config: &ExecutorConfig) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (listen): {e}", config.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, local))
+}

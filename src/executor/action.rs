@@ -1,0 +1,536 @@
+//! Actions: what an operation turns into. An argv template runs a program with each parameter
+//! as one separate argument (never a shell string); an HTTP template calls an allow-listed
+//! URL with the parameters as its JSON body.
+//!
+//! Parameters are checked before anything runs: only strings, integers and booleans; no NUL;
+//! every parameter must be used by the template and every placeholder must have one; a value
+//! starting with `-` is refused unless its placeholder comes after a literal `--` (so it cannot
+//! be read as an option). This module never builds a command line as text.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+/// What an action is.
+#[derive(Debug, Clone)]
+pub enum ActionKind {
+    /// Run a program.
+    Argv(ArgvTemplate),
+    /// Call an HTTP endpoint.
+    Http(HttpTemplate),
+}
+
+/// Programs refused as `argv[0]` (and after `env`) unless `allow_shell = true`: shells and
+/// the multi-call binaries that contain one.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "csh", "tcsh", "fish", "busybox", "toybox",
+];
+
+/// The most output kept for the answer to the agent (the digest covers all of it).
+pub const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+/// One argv element of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Element {
+    Literal(String),
+    /// `{name}`: the parameter `name`, whole; `after_dashes` when a literal `--` precedes it.
+    Param {
+        name: String,
+        after_dashes: bool,
+    },
+}
+
+/// A validated argv template.
+#[derive(Debug, Clone)]
+pub struct ArgvTemplate {
+    program: String,
+    elements: Vec<Element>,
+}
+
+impl ArgvTemplate {
+    /// Validates `argv`: `argv[0]` an absolute path to a program, placeholders whole elements
+    /// (`{name}`), no shell unless `allow_shell`.
+    pub fn new(argv: Vec<String>, allow_shell: bool) -> Result<Self, String> {
+        if !allow_shell {
+            if let Some(why) = shell_reason(&argv) {
+                return Err(format!(
+                    "{why}: actions never run a shell (set allow_shell = true on this action only if you must)"
+                ));
+            }
+        }
+        let mut iter = argv.into_iter();
+        let program = iter.next().ok_or("argv is empty")?;
+        if !program.starts_with('/') {
+            return Err(format!("argv[0] {program:?} must be an absolute path"));
+        }
+        if program.contains('{') {
+            return Err("argv[0] cannot be a placeholder".into());
+        }
+        let mut elements = Vec::new();
+        let mut after_dashes = false;
+        for arg in iter {
+            if arg.contains('\0') {
+                return Err("argv elements cannot contain NUL".into());
+            }
+            match placeholder(&arg)? {
+                Some(name) => {
+                    if elements
+                        .iter()
+                        .any(|e| matches!(e, Element::Param { name: n, .. } if *n == name))
+                    {
+                        return Err(format!("placeholder {{{name}}} is used twice"));
+                    }
+                    elements.push(Element::Param { name, after_dashes });
+                }
+                None => {
+                    if arg == "--" {
+                        after_dashes = true;
+                    }
+                    elements.push(Element::Literal(arg));
+                }
+            }
+        }
+        Ok(ArgvTemplate { program, elements })
+    }
+
+    /// The program and its arguments for `params`, after the checks of the module documentation.
+    pub fn render(&self, params: &serde_json::Value) -> Result<(String, Vec<String>), String> {
+        let map = params
+            .as_object()
+            .ok_or("the parameters must be an object")?;
+        for key in map.keys() {
+            if !self
+                .elements
+                .iter()
+                .any(|e| matches!(e, Element::Param { name, .. } if name == key))
+            {
+                return Err(format!("parameter {key:?} is not used by this action"));
+            }
+        }
+        let mut args = Vec::with_capacity(self.elements.len());
+        for element in &self.elements {
+            match element {
+                Element::Literal(s) => args.push(s.clone()),
+                Element::Param { name, after_dashes } => {
+                    let value = map
+                        .get(name)
+                        .ok_or_else(|| format!("parameter {name:?} is missing"))?;
+                    let text = scalar(name, value)?;
+                    if text.starts_with('-') && !after_dashes {
+                        return Err(format!(
+                            "parameter {name:?} starts with '-' and would be read as an option"
+                        ));
+                    }
+                    args.push(text);
+                }
+            }
+        }
+        Ok((self.program.clone(), args))
+    }
+}
+
+/// Why `argv` looks like a shell invocation, if it does: a shell (or a multi-call binary
+/// holding one) as the program or run by `env`, or a literal `-c` (a command string, for
+/// shells and interpreters alike).
+fn shell_reason(argv: &[String]) -> Option<String> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    let (program, rest) = argv.split_first()?;
+    if SHELLS.contains(&base(program).as_str()) {
+        return Some(format!("argv[0] {program:?} is a shell"));
+    }
+    if base(program) == "env" {
+        if let Some(first) = rest
+            .iter()
+            .find(|a| !a.starts_with('-') && !a.contains('='))
+        {
+            if SHELLS.contains(&base(first).as_str()) {
+                return Some(format!("env runs the shell {first:?}"));
+            }
+        }
+    }
+    if rest.iter().any(|a| a == "-c") {
+        return Some("a -c argument (a command string)".into());
+    }
+    None
+}
+
+/// `{name}` → `Some(name)`; a literal → `None`; a partial placeholder is an error.
+fn placeholder(arg: &str) -> Result<Option<String>, String> {
+    if let Some(name) = arg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        if !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Ok(Some(name.to_owned()));
+        }
+    }
+    if arg.contains('{') || arg.contains('}') {
+        return Err(format!(
+            "argv element {arg:?}: a placeholder must be a whole element such as \"{{name}}\""
+        ));
+    }
+    Ok(None)
+}
+
+/// A parameter as one argument: strings as they are, integers and booleans as JSON writes
+/// them. Anything else, and NUL, is refused.
+fn scalar(name: &str, value: &serde_json::Value) -> Result<String, String> {
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        _ => {
+            return Err(format!(
+                "parameter {name:?} must be a string, an integer or a boolean"
+            ))
+        }
+    };
+    if text.contains('\0') {
+        return Err(format!("parameter {name:?} contains NUL"));
+    }
+    Ok(text)
+}
+
+/// A validated HTTP template.
+#[derive(Debug, Clone)]
+pub struct HttpTemplate {
+    method: String,
+    url: String,
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+impl HttpTemplate {
+    /// Validates the method and that the URL template starts with one of `allow` (before any
+    /// placeholder).
+    pub fn new(method: &str, url: &str, allow: &[String]) -> Result<Self, String> {
+        if !METHODS.contains(&method) {
+            return Err(format!("method {method:?} is not one of {METHODS:?}"));
+        }
+        let literal_head = url.split('{').next().unwrap_or("");
+        if !allow.iter().any(|p| literal_head.starts_with(p.as_str())) {
+            return Err(format!("url {url:?} is not under an http_allow prefix"));
+        }
+        Ok(HttpTemplate {
+            method: method.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    /// The method, the URL with each `{name}` replaced by the percent-encoded parameter (so it
+    /// stays inside one path segment), and the JSON body (all parameters).
+    pub fn render(&self, params: &serde_json::Value) -> Result<(String, String, Vec<u8>), String> {
+        let map = params
+            .as_object()
+            .ok_or("the parameters must be an object")?;
+        let mut url = String::new();
+        let mut rest = self.url.as_str();
+        while let Some(start) = rest.find('{') {
+            url.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let end = after.find('}').ok_or("unterminated placeholder in url")?;
+            let name = &after[..end];
+            let value = map
+                .get(name)
+                .ok_or_else(|| format!("parameter {name:?} is missing"))?;
+            let text = scalar(name, value)?;
+            if text == "." || text == ".." {
+                return Err(format!("parameter {name:?} is a relative path segment"));
+            }
+            url.push_str(&percent_encode(&text));
+            rest = &after[end + 1..];
+        }
+        url.push_str(rest);
+        for (key, value) in map {
+            if !matches!(
+                value,
+                serde_json::Value::String(_)
+                    | serde_json::Value::Bool(_)
+                    | serde_json::Value::Number(_)
+            ) {
+                return Err(format!(
+                    "parameter {key:?} must be a string, a number or a boolean"
+                ));
+            }
+        }
+        let body = serde_json::to_vec(params).map_err(|e| e.to_string())?;
+        Ok((self.method.clone(), url, body))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What an action did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Exit code (-1 killed), or the HTTP status.
+    pub exit_code: i64,
+    /// Killed on its timeout.
+    pub timed_out: bool,
+    /// SHA-256 of all of stdout (HTTP: the response body).
+    pub stdout_sha256: [u8; 32],
+    /// SHA-256 of all of stderr.
+    pub stderr_sha256: [u8; 32],
+    /// The first [`MAX_KEPT_OUTPUT`] bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// The first [`MAX_KEPT_OUTPUT`] bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// Start.
+    pub started: SystemTime,
+    /// End.
+    pub finished: SystemTime,
+}
+
+/// Reads a pipe to its end: the digest of everything, the first bytes kept.
+fn drain(mut pipe: impl Read) -> ([u8; 32], Vec<u8>) {
+    let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        let room = MAX_KEPT_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    (hasher.finalize().into(), kept)
+}
+
+/// Runs `program args` with an empty environment (but `PATH` and `LANG=C`), stdin from
+/// /dev/null, in `/`; kills it at `timeout`. Blocking: call it from a blocking thread.
+pub fn run_argv(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Outcome, std::io::Error> {
+    let started = SystemTime::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    if let Some(pipe) = stdout {
+        std::thread::spawn(move || {
+            let _ = out_tx.send(drain(pipe));
+        });
+    }
+    if let Some(pipe) = stderr {
+        std::thread::spawn(move || {
+            let _ = err_tx.send(drain(pipe));
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // A grandchild that kept the pipes open must not hold the answer: wait a little, then
+    // take the digest of nothing for what did not arrive.
+    let empty = || (Sha256::digest(b"").into(), Vec::new());
+    let wait = Duration::from_secs(2);
+    let (stdout_sha256, stdout) = out_rx.recv_timeout(wait).unwrap_or_else(|_| empty());
+    let (stderr_sha256, stderr) = err_rx.recv_timeout(wait).unwrap_or_else(|_| empty());
+    Ok(Outcome {
+        exit_code: if timed_out {
+            -1
+        } else {
+            status.code().map_or(-1, i64::from)
+        },
+        timed_out,
+        stdout_sha256,
+        stderr_sha256,
+        stdout,
+        stderr,
+        started,
+        finished: SystemTime::now(),
+    })
+}
+
+/// Calls an `http://` URL with a JSON body; the status is the exit code. Times out at
+/// `timeout` (then `timed_out`, exit code -1).
+pub async fn run_http(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Outcome, String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let started = SystemTime::now();
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let call = async {
+        let tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, bytes.to_vec()))
+    };
+    let empty: [u8; 32] = Sha256::digest(b"").into();
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok((status, bytes))) => Ok(Outcome {
+            exit_code: i64::from(status),
+            timed_out: false,
+            stdout_sha256: Sha256::digest(&bytes).into(),
+            stderr_sha256: empty,
+            stdout: bytes.into_iter().take(MAX_KEPT_OUTPUT).collect(),
+            stderr: Vec::new(),
+            started,
+            finished: SystemTime::now(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(Outcome {
+            exit_code: -1,
+            timed_out: true,
+            stdout_sha256: empty,
+            stderr_sha256: empty,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            started,
+            finished: SystemTime::now(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shells_are_refused_unless_allowed() {
+        for bad in [
+            &["/bin/sh", "-c", "echo {x}"][..],
+            &["/usr/bin/bash", "{x}"],
+            &["/usr/bin/env", "bash", "{x}"],
+            &["/usr/bin/env", "-i", "/bin/dash", "{x}"],
+            &["/usr/bin/python3", "-c", "print(1)"],
+            &["/bin/busybox", "sh"],
+        ] {
+            assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
+        }
+        assert!(ArgvTemplate::new(argv(&["/bin/sh", "/opt/x.sh", "{x}"]), true).is_ok());
+        assert!(
+            ArgvTemplate::new(argv(&["/usr/bin/env", "FOO=1", "/usr/bin/true"]), false).is_ok()
+        );
+    }
+
+    #[test]
+    fn placeholders_are_whole_elements() {
+        assert!(ArgvTemplate::new(argv(&["/bin/echo", "--name={name}"]), false).is_err());
+        assert!(ArgvTemplate::new(argv(&["/bin/echo", "{a}{b}"]), false).is_err());
+        assert!(ArgvTemplate::new(argv(&["echo", "{a}"]), false).is_err());
+        assert!(ArgvTemplate::new(argv(&["/bin/echo", "{a}", "{a}"]), false).is_err());
+    }
+
+    #[test]
+    fn values_become_single_arguments_and_are_checked() {
+        let t = ArgvTemplate::new(argv(&["/bin/echo", "--", "{a}", "{b}", "{c}"]), false).unwrap();
+        let (_, args) = t
+            .render(&json!({"a": "; rm -rf / $(id) `id`\nx", "b": 3, "c": true}))
+            .unwrap();
+        assert_eq!(args, argv(&["--", "; rm -rf / $(id) `id`\nx", "3", "true"]));
+        let (_, args) = t
+            .render(&json!({"a": "--output=/etc/passwd", "b": -1, "c": false}))
+            .unwrap();
+        assert_eq!(args[1], "--output=/etc/passwd");
+        assert!(t
+            .render(&json!({"a": "x\u{0}", "b": 1, "c": true}))
+            .is_err());
+        assert!(t.render(&json!({"a": 1.5, "b": 1, "c": true})).is_err());
+        assert!(t.render(&json!({"a": [], "b": 1, "c": true})).is_err());
+        assert!(t.render(&json!({"a": "x", "b": 1})).is_err());
+        assert!(t
+            .render(&json!({"a": "x", "b": 1, "c": true, "d": 1}))
+            .is_err());
+        let no_dashes = ArgvTemplate::new(argv(&["/bin/echo", "{a}"]), false).unwrap();
+        assert!(no_dashes
+            .render(&json!({"a": "--output=/etc/passwd"}))
+            .is_err());
+    }
+
+    #[test]
+    fn http_urls_stay_under_their_prefix() {
+        let allow = vec!["http://127.0.0.1:9/items/".to_owned()];
+        assert!(HttpTemplate::new("POST", "http://127.0.0.1:9/other/{x}", &allow).is_err());
+        assert!(HttpTemplate::new("TRACE", "http://127.0.0.1:9/items/{x}", &allow).is_err());
+        let t = HttpTemplate::new("POST", "http://127.0.0.1:9/items/{x}", &allow).unwrap();
+        let (_, url, _) = t.render(&json!({"x": "../../admin?a=1"})).unwrap();
+        assert_eq!(url, "http://127.0.0.1:9/items/..%2F..%2Fadmin%3Fa%3D1");
+    }
+
+    #[test]
+    fn a_timeout_kills_the_program() {
+        let out = run_argv("/bin/sleep", &argv(&["5"]), Duration::from_millis(200)).unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.exit_code, -1);
+        let out = run_argv("/bin/echo", &argv(&["hi"]), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.exit_code, 0);
+        assert_eq!(out.stdout, b"hi\n");
+    }
+}

@@ -1,0 +1,426 @@
+//! The reference executor end to end: a real `seb serve`, a real `seb exec`, agents over real
+//! mutual TLS. Threats named: replay (a second presentation), a stolen token (another agent),
+//! changed parameters, an old policy epoch, the freeze, shell injection through parameters,
+//! and the receipt as evidence (verified, recorded at the broker).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{Broker, Hsm, Identity};
+use serde_json::{json, Value};
+
+/// A running `seb exec`; stopped on drop.
+struct Exec {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    hsm: Hsm,
+    broker: Broker,
+    exec: Exec,
+    agent: Identity,
+    executor: Identity,
+    out: PathBuf,
+}
+
+const GRANTS: &str = r#"
+[[grant]]
+operation = "demo.write"
+resource = "demo/files"
+max_ttl = "60s"
+params_any = true
+"#;
+
+fn setup() -> Setup {
+    let hsm = Hsm::initialised();
+    let executor = hsm.identity(
+        "executor",
+        "CN=demo-executor",
+        "executor",
+        &["--tls-name", "127.0.0.1", "--tls-name", "localhost"],
+    );
+    let agent = hsm.agent("agent", GRANTS);
+    let broker = Broker::start(&hsm);
+    let out = hsm.path("demo-output");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = hsm.path("executor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+broker_url = "{broker}"
+broker_id = "seb-dev"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+
+[[action]]
+operation = "demo.write"
+resource = "demo/files"
+argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
+timeout = "10s"
+"#,
+            port = common::free_port(),
+            broker = broker.url,
+            seb = env!("CARGO_BIN_EXE_seb"),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let exec = start_exec(&hsm, &config);
+    Setup {
+        hsm,
+        broker,
+        exec,
+        agent,
+        executor,
+        out,
+    }
+}
+
+fn start_exec(hsm: &Hsm, config: &std::path::Path) -> Exec {
+    use std::io::{BufRead, BufReader};
+    let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["exec", "--config", config.to_str().unwrap()])
+        .current_dir(hsm.dir.path())
+        .env_remove("SEB_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "executor did not start:\n{}",
+                std::fs::read_to_string(hsm.path("executor.log")).unwrap_or_default()
+            )
+        });
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(url.starts_with("https://"), "{line}");
+    Exec { child, url }
+}
+
+/// Asks the broker for a token as `agent`; returns (status, body).
+fn request(s: &Setup, agent: &Identity, params: &Value) -> (u16, Value) {
+    let tls = s.hsm.tls(agent, true);
+    let body = json!({"operation": "demo.write", "resource": "demo/files", "params": params});
+    let rt = common::runtime();
+    let r = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&s.broker.url, &tls)
+            .await
+            .unwrap();
+        c.post_json("/v1/executions", &body).await.unwrap()
+    });
+    (r.status, r.body)
+}
+
+fn token(s: &Setup, params: &Value) -> String {
+    let (status, body) = request(s, &s.agent, params);
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// Presents `{token, params}` to the executor as `agent`; returns (status, body).
+fn run(s: &Setup, agent: &Identity, token: &str, params: &Value) -> (u16, Value) {
+    let tls = s.hsm.tls(agent, true);
+    let rt = common::runtime();
+    let r = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&s.exec.url, &tls)
+            .await
+            .unwrap();
+        c.post_json("/v1/run", &json!({"token": token, "params": params}))
+            .await
+            .unwrap()
+    });
+    (r.status, r.body)
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evidence() {
+    let s = setup();
+    let params = json!({"name": "hello.txt", "text": "hello from the agent"});
+
+    // The agent side in one command: request, then run at the executor; prints the answer.
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            &s.broker.url,
+            "--ca",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            s.agent.cert.to_str().unwrap(),
+            "--key",
+            s.agent.key.to_str().unwrap(),
+            "--operation",
+            "demo.write",
+            "--resource",
+            "demo/files",
+            "--params",
+            &params.to_string(),
+            "--execute",
+            &s.exec.url,
+        ],
+        s.hsm.dir.path(),
+    );
+    common::assert_success(&out, "seb request --execute");
+    assert_eq!(
+        std::fs::read_to_string(s.out.join("hello.txt")).unwrap(),
+        "hello from the agent"
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "executed", "{answer}");
+    assert_eq!(answer["outcome_recorded"], true, "{answer}");
+    let receipt = &answer["receipt"];
+    assert_eq!(receipt["body"]["exit_code"], 0);
+    assert_eq!(receipt["body"]["operation"], "demo.write");
+
+    // The receipt verifies under the executor certificate, offline.
+    let receipt_file = s.hsm.path("receipt.json");
+    std::fs::write(&receipt_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    let verified = common::seb(
+        &[
+            "receipt",
+            "verify",
+            "--receipt",
+            receipt_file.to_str().unwrap(),
+            "--cert",
+            s.executor.cert.to_str().unwrap(),
+            "--trust",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+        ],
+        s.hsm.dir.path(),
+    );
+    common::assert_success(&verified, "seb receipt verify");
+    // A changed receipt does not.
+    let mut forged = answer.clone();
+    forged["receipt"]["body"]["exit_code"] = json!(1);
+    std::fs::write(&receipt_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let refused = common::seb(
+        &[
+            "receipt",
+            "verify",
+            "--receipt",
+            receipt_file.to_str().unwrap(),
+            "--cert",
+            s.executor.cert.to_str().unwrap(),
+            "--trust",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+        ],
+        s.hsm.dir.path(),
+    );
+    common::assert_clean_failure(&refused, "bad_receipt_signature");
+
+    // Recorded at the broker: the receipt, as the executor signed it, once.
+    let jti = receipt["body"]["jti"].as_str().unwrap();
+    let config = seb::config::Config::load(&s.hsm.config()).unwrap();
+    let store = seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap();
+    let recorded = seb::store::Store::outcome(&store, jti).unwrap().unwrap();
+    let recorded: Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(&recorded, receipt);
+    // ... and in the audit log, as an outcome_reported entry holding the receipt.
+    use seb::store::Store as _;
+    let logged = store.events("outcome_reported").unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        &serde_json::from_str::<Value>(&logged[0].1).unwrap(),
+        receipt
+    );
+
+    // A second presentation of a token is refused by the broker, and nothing runs again.
+    let params2 = json!({"name": "second.txt", "text": "once"});
+    let t = token(&s, &params2);
+    let (status, body) = run(&s, &s.agent, &t, &params2);
+    assert_eq!(status, 200, "{body}");
+    std::fs::remove_file(s.out.join("second.txt")).unwrap();
+    let (status, body) = run(&s, &s.agent, &t, &params2);
+    assert_eq!(
+        (status, code(&body)),
+        (409, "token_already_redeemed"),
+        "{body}"
+    );
+    assert!(!s.out.join("second.txt").exists());
+
+    // Another agent presenting a stolen token is refused before redemption.
+    let thief = s.hsm.agent("thief", GRANTS);
+    let params3 = json!({"name": "third.txt", "text": "mine"});
+    let t = token(&s, &params3);
+    let (status, body) = run(&s, &thief, &t, &params3);
+    assert_eq!((status, code(&body)), (403, "wrong_certificate"), "{body}");
+    // Changed parameters are refused too.
+    let changed = json!({"name": "third.txt", "text": "something else"});
+    let (status, body) = run(&s, &s.agent, &t, &changed);
+    assert_eq!((status, code(&body)), (403, "wrong_params"), "{body}");
+    assert!(!s.out.join("third.txt").exists());
+    // The token was never spent: its own agent with its own params still runs it.
+    let (status, body) = run(&s, &s.agent, &t, &params3);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(s.out.join("third.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn injection_attempts_in_params_reach_the_command_as_inert_single_arguments() {
+    let s = setup();
+    let canary = s.hsm.path("pwned");
+    let texts = [
+        format!("; rm -rf {} ; touch {}", s.out.display(), canary.display()),
+        format!("$(touch {})", canary.display()),
+        format!("`touch {}`", canary.display()),
+        format!("line one\nline two; touch {}", canary.display()),
+        "--output=/etc/passwd".to_owned(),
+        "-rf".to_owned(),
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let name = format!("inj{i}.txt");
+        let params = json!({"name": name, "text": text});
+        let t = token(&s, &params);
+        let (status, body) = run(&s, &s.agent, &t, &params);
+        assert_eq!(status, 200, "{text:?}: {body}");
+        assert_eq!(body["receipt"]["body"]["exit_code"], 0, "{body}");
+        assert_eq!(&std::fs::read_to_string(s.out.join(&name)).unwrap(), text);
+    }
+    assert!(!canary.exists(), "a shell ran");
+
+    // Names that would leave the directory, or read as options, are refused: by the action
+    // program (after redemption: a non-zero exit in the receipt) or by the executor's template
+    // check (before redemption).
+    for name in ["../escape.txt", "a/b", "..", "/etc/passwd"] {
+        let params = json!({"name": name, "text": "x"});
+        let t = token(&s, &params);
+        let (status, body) = run(&s, &s.agent, &t, &params);
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_ne!(body["receipt"]["body"]["exit_code"], 0, "{name}: {body}");
+    }
+    assert!(!s.hsm.path("escape.txt").exists());
+    for bad in [
+        json!({"name": "x.txt", "text": "a\u{0}b"}),
+        json!({"name": "x.txt", "text": ["a"]}),
+        json!({"name": "x.txt", "text": "t", "extra": "unused"}),
+    ] {
+        let (status, body) = request(&s, &s.agent, &bad);
+        if status != 201 {
+            continue; // refused by the broker already
+        }
+        let t = body["token"].as_str().unwrap();
+        let (status, body) = run(&s, &s.agent, t, &bad);
+        assert!(
+            status == 400 && ["params_refused", "invalid_request"].contains(&code(&body)),
+            "{bad}: {status} {body}"
+        );
+    }
+    assert!(!s.out.join("x.txt").exists());
+}
+
+#[test]
+fn epoch_bump_and_freeze_take_effect_on_the_running_broker_and_executor() {
+    let s = setup();
+    let params = json!({"name": "e.txt", "text": "before the bump"});
+    let old = token(&s, &params);
+    s.hsm.seb_ok(&["epoch", "bump"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(s.hsm.seb_ok(&["epoch", "show"]).trim(), "2");
+    // The executor has not learned the new epoch yet; the broker refuses at redemption.
+    let (status, body) = run(&s, &s.agent, &old, &params);
+    assert_eq!((status, code(&body)), (403, "stale_epoch"), "{body}");
+    assert!(!s.out.join("e.txt").exists());
+    // A fresh token carries the new epoch and runs; from then on the executor refuses older
+    // epochs offline.
+    let fresh = json!({"name": "e2.txt", "text": "after"});
+    let t = token(&s, &fresh);
+    assert_eq!(run(&s, &s.agent, &t, &fresh).0, 200);
+    let (status, body) = run(&s, &s.agent, &old, &params);
+    assert_eq!((status, code(&body)), (403, "stale_epoch"), "{body}");
+
+    // Freeze: no new token within a second, without a restart; unfreeze restores issuance.
+    s.hsm.seb_ok(&["freeze", "--reason", "incident 42"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (status, body) = request(&s, &s.agent, &fresh);
+    assert_eq!((status, code(&body)), (503, "issuance_frozen"), "{body}");
+    s.hsm.seb_ok(&["unfreeze"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (status, body) = request(&s, &s.agent, &fresh);
+    assert_eq!(status, 201, "{body}");
+
+    // Each switch is recorded.
+    let config = seb::config::Config::load(&s.hsm.config()).unwrap();
+    let store = seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap();
+    use seb::store::Store;
+    assert_eq!(store.events("epoch_changed").unwrap().len(), 1);
+    assert_eq!(store.events("frozen").unwrap()[0].1, "incident 42");
+    assert_eq!(store.events("unfrozen").unwrap().len(), 1);
+}
+
+#[test]
+fn the_executor_refuses_to_start_on_a_shell_action_and_agents_without_a_certificate() {
+    let s = setup();
+    let config = s.hsm.path("shell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+broker_url = "{}"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+
+[[action]]
+operation = "demo.write"
+resource = "demo/files"
+argv = ["/bin/sh", "-c", "echo {{text}} > /tmp/x"]
+"#,
+            s.broker.url
+        ),
+    )
+    .unwrap();
+    let out = common::seb(
+        &["exec", "--config", config.to_str().unwrap()],
+        s.hsm.dir.path(),
+    );
+    common::assert_clean_failure(&out, "never run a shell");
+
+    // An executor certificate is not an agent: the executor closes the connection.
+    let tls = s.hsm.tls(&s.executor, true);
+    let rt = common::runtime();
+    let refused = rt.block_on(async {
+        match seb::client::Client::connect(&s.exec.url, &tls).await {
+            Ok(mut c) => c.post_json("/v1/run", &json!({})).await.is_err(),
+            Err(_) => true,
+        }
+    });
+    assert!(refused);
+}
