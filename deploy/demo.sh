@@ -33,12 +33,14 @@ CFG="$DEMO/seb.toml"
 
 cd "$DEMO"
 cat > grants-demo-bot.toml <<'TOML'
-# release-* files need two approvers of group demo-approvers (first matching grant wins)
+# release-* files need two approvers of group demo-approvers (first matching grant wins;
+# params_any lets the request carry `text` beside the constrained `name`)
 [[grant]]
 operation = "demo.write"
 resource  = "demo/files"
 max_ttl   = "60s"
 params.name = { prefix = "release-" }
+params_any = true
 approval  = { required = 2, group = "demo-approvers" }
 
 [[grant]]
@@ -113,8 +115,11 @@ for _ in $(seq 1 50); do
   ID=$(grep -o 'request [A-Za-z0-9_-]*' run3.err 2>/dev/null | head -1 | cut -d' ' -f2 || true)
   [ -n "$ID" ] && break; sleep 0.2
 done
+if [ -z "$ID" ]; then
+  echo "demo: the request did not wait for approvals:" >&2; cat run3.err >&2; exit 1
+fi
 echo "   pending request $ID; alice sees:"
-"$SEB" pending "${APPROVE[@]}" --cert alice.pem --key alice.key | head -c 400; echo
+"$SEB" pending "${APPROVE[@]}" --cert alice.pem --key alice.key
 "$SEB" approve "${APPROVE[@]}" --cert alice.pem --key alice.key --reason "looks right" "$ID" >/dev/null
 echo "   alice approved"
 "$SEB" approve "${APPROVE[@]}" --cert bob.pem --key bob.key --reason "agreed" "$ID" >/dev/null
@@ -154,7 +159,7 @@ if grep -q '^\[attestation\]' "$CFG"; then
   echo
   echo "== 7. a relying party checks the broker's boot state (TPM quote bound to this TLS session)"
   "$SEB" attest verify --broker "$URL" --trust state/trust/root.pem --policy attest-policy.toml \
-    --cert executor.pem --key executor.key | tail -1
+    --cert executor.pem --key executor.key
 fi
 
 echo

@@ -73,7 +73,8 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
             let token = response.body["token"]
                 .as_str()
                 .ok_or("the broker's answer has no token")?;
-            eprintln!("granted: request {}", response.body["request_id"]);
+            let id = response.body["request_id"].as_str().unwrap_or("?");
+            eprintln!("granted: request {id}");
             return execute(&runtime, executor, &tls, token, &params);
         }
     }

@@ -180,23 +180,7 @@ impl SqliteStore {
                 (Some(txn), Scope::OneStatement) => f(txn.conn).map_err(Some),
                 (None, _) => Err(None),
             };
-            Box::new(move |commit: Result<(), String>| {
-                done(match (outcome, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Err(Some(e)), _) => Err(StoreError::Io {
-                        operation,
-                        source: Box::new(e),
-                    }),
-                    (Err(None), commit) => Err(StoreError::Io {
-                        operation,
-                        source: format!("not written: {}", commit.err().unwrap_or_default()).into(),
-                    }),
-                    (Ok(_), Err(e)) => Err(StoreError::Io {
-                        operation,
-                        source: format!("commit failed: {e}").into(),
-                    }),
-                })
-            })
+            Box::new(move |commit: Result<(), String>| done(finish(operation, outcome, commit)))
         });
         let job = Job {
             work,
