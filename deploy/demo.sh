@@ -32,23 +32,7 @@ CFG="$DEMO/seb.toml"
 "$SEB" --config "$CFG" keys
 
 cd "$DEMO"
-cat > grants-demo-bot.toml <<'TOML'
-# release-* files need two approvers of group demo-approvers (first matching grant wins;
-# params_any lets the request carry `text` beside the constrained `name`)
-[[grant]]
-operation = "demo.write"
-resource  = "demo/files"
-max_ttl   = "60s"
-params.name = { prefix = "release-" }
-params_any = true
-approval  = { required = 2, group = "demo-approvers" }
-
-[[grant]]
-operation = "demo.write"
-resource  = "demo/files"
-max_ttl   = "60s"
-params_any = true
-TOML
+cp "$ROOT/deploy/demo-grants.toml" grants-demo-bot.toml
 issue() { # name subject role [extra...]
   local name=$1 subject=$2 role=$3; shift 3
   if [ ! -f "$name.pem" ]; then

@@ -1242,3 +1242,34 @@ fn random_pairs_are_covered_often_enough_to_test() {
         "only {covered} of 4000 random pairs were covered"
     );
 }
+
+/// The demo (`deploy/demo.sh`) shows a write executed at once, one waiting for two approvers
+/// and one denied, all from `deploy/demo-grants.toml`.
+#[test]
+fn the_demo_grants_decide_as_the_demo_shows() {
+    let chain = chain(
+        agent(set(include_str!("../../deploy/demo-grants.toml"))),
+        vec![],
+    );
+    let write = |name: &str| {
+        let req = request(
+            "demo.write",
+            "demo/files",
+            json!({"name": name, "text": "x"}),
+        );
+        match decide_now(&chain, &req) {
+            Decision::Allow { approval, .. } => approval.map(|a| (a.required, a.group)),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(write("hello.txt"), None);
+    assert_eq!(
+        write("release-notes.txt"),
+        Some((2, "demo-approvers".to_string()))
+    );
+    let req = request("demo.delete", "demo/files", json!({"name": "hello.txt"}));
+    assert_eq!(
+        code(&decide_now(&chain, &req)),
+        Some(DenyCode::OperationNotGranted)
+    );
+}
