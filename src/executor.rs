@@ -26,16 +26,14 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt;
+use tokio::sync::watch;
 
 use crate::approval::ApproverKey;
 use crate::base64url;
@@ -43,6 +41,7 @@ use crate::cert::Certificate;
 use crate::client::{pem_blocks, Client, ClientTls};
 use crate::grants::RoleKind;
 use crate::receipt::{self, Receipt, ReceiptBody, RECEIPT_TYPE};
+use crate::server::listen;
 use crate::verify::{self, Action, Binding, Expectations, Params, TokenRules, TrustStore};
 
 pub mod action;
@@ -502,65 +501,33 @@ fn router(executor: Arc<Executor>) -> Router {
 pub async fn serve(
     executor: Arc<Executor>,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(executor.tls_config()?));
     let router = router(executor.clone());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+    listen::accept_until(
+        listener,
+        shutdown,
+        MAX_CONNECTIONS,
+        |stream, remote, watcher| {
+            let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
+            async move {
+                let tls =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        _ => {
+                            tracing::info!(%remote, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                match agent_of(&executor, &tls) {
+                    Ok(agent) => listen::serve_http1(tls, router, agent, watcher, remote).await,
+                    Err(reason) => tracing::info!(%remote, %reason, "client certificate refused"),
                 }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                _ => {
-                    tracing::info!(%remote, "TLS handshake failed");
-                    return;
-                }
-            };
-            let agent = match agent_of(&executor, &tls) {
-                Ok(agent) => agent,
-                Err(reason) => {
-                    tracing::info!(%remote, %reason, "client certificate refused");
-                    return;
-                }
-            };
-            let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(agent.clone());
-                req
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(
-                    TokioIo::new(tls),
-                    hyper_util::service::TowerToHyperService::new(service),
-                );
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(15)) => {}
-    }
+        },
+    )
+    .await;
     Ok(())
 }
 

@@ -19,18 +19,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::broker::{Access, ApprovalBody, Broker, BrokerError, Caller, ExecutionRequest, Peer};
 use crate::grants::RoleKind;
 
 pub mod error;
+pub(crate) mod listen;
 pub mod ratelimit;
 pub mod tls;
 
@@ -219,63 +218,33 @@ pub async fn serve(
     app: App,
     tls_config: rustls::ServerConfig,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let router = router(app.clone());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(app.broker.config().server.max_connections));
     let handle = tokio::runtime::Handle::current();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "connection limit reached; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (acceptor, router, app, handle) = (
-            acceptor.clone(),
-            router.clone(),
-            app.clone(),
-            handle.clone(),
-        );
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(conn) = accept_connection(acceptor, stream, remote, app, handle).await {
-                let (tls, peer) = conn;
-                let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    req
-                });
-                let hyper_service = hyper_util::service::TowerToHyperService::new(service);
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(30))
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(tls), hyper_service);
-                if let Err(e) = watcher.watch(connection).await {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+    let max_connections = app.broker.config().server.max_connections;
+    listen::accept_until(
+        listener,
+        shutdown,
+        max_connections,
+        |stream, remote, watcher| {
+            let (acceptor, router, app, handle) = (
+                acceptor.clone(),
+                router.clone(),
+                app.clone(),
+                handle.clone(),
+            );
+            async move {
+                if let Some((tls, peer)) =
+                    accept_connection(acceptor, stream, remote, app, handle).await
+                {
+                    listen::serve_http1(tls, router, peer, watcher, remote).await;
                 }
             }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {
-            tracing::warn!("connections still open after 15 s; stopping anyway")
-        }
-    }
+        },
+    )
+    .await;
     Ok(())
 }
 
