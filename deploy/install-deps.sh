@@ -5,7 +5,7 @@
 # Run as root. Prints what it installs.
 set -euo pipefail
 
-packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl)
+packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,4 +24,14 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# Python's own X.509/JWS stacks for tests/python_interop.rs (`cryptography`, PyJWT), in a
+# virtual environment of Debian's python3 outside the repository.
+INTEROP_VENV=/var/lib/seb-ci/interop-venv
+if ! "$INTEROP_VENV/bin/python" -c "import cryptography, jwt" >/dev/null 2>&1; then
+  echo "install-deps: Python environment $INTEROP_VENV (cryptography, PyJWT)"
+  mkdir -p /var/lib/seb-ci
+  [ -x "$INTEROP_VENV/bin/python" ] || /usr/bin/python3 -m venv "$INTEROP_VENV"
+  "$INTEROP_VENV/bin/pip" install -q --disable-pip-version-check cryptography pyjwt
 fi

@@ -13,20 +13,7 @@ use std::process::{Command, Stdio};
 use common::{Broker, Hsm, Identity};
 use serde_json::{json, Value};
 
-/// A running `seb exec`; stopped on drop.
-struct Exec {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Exec {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
+use common::exec::{Exec, DEMO_WRITE_GRANTS as GRANTS};
 
 struct Setup {
     hsm: Hsm,
@@ -37,52 +24,12 @@ struct Setup {
     out: PathBuf,
 }
 
-const GRANTS: &str = r#"
-[[grant]]
-operation = "demo.write"
-resource = "demo/files"
-max_ttl = "60s"
-params_any = true
-"#;
-
 fn setup() -> Setup {
     let hsm = Hsm::initialised();
-    let executor = hsm.identity(
-        "executor",
-        "CN=demo-executor",
-        "executor",
-        &["--tls-name", "127.0.0.1", "--tls-name", "localhost"],
-    );
+    let executor = common::exec::identity(&hsm);
     let agent = hsm.agent("agent", GRANTS);
     let broker = Broker::start(&hsm);
-    let out = hsm.path("demo-output");
-    std::fs::create_dir_all(&out).unwrap();
-    let config = hsm.path("executor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:{port}"
-broker_url = "{broker}"
-broker_id = "seb-dev"
-root = "state/trust/root.pem"
-cert = "executor.pem"
-key = "executor.key"
-
-[[action]]
-operation = "demo.write"
-resource = "demo/files"
-argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
-timeout = "10s"
-"#,
-            port = common::free_port(),
-            broker = broker.url,
-            seb = env!("CARGO_BIN_EXE_seb"),
-            out = out.display(),
-        ),
-    )
-    .unwrap();
-    let exec = start_exec(&hsm, &config);
+    let (exec, out) = Exec::demo_write(&hsm, &broker);
     Setup {
         hsm,
         broker,
@@ -91,40 +38,6 @@ timeout = "10s"
         executor,
         out,
     }
-}
-
-fn start_exec(hsm: &Hsm, config: &std::path::Path) -> Exec {
-    use std::io::{BufRead, BufReader};
-    let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["exec", "--config", config.to_str().unwrap()])
-        .current_dir(hsm.dir.path())
-        .env_remove("SEB_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "executor did not start:\n{}",
-                std::fs::read_to_string(hsm.path("executor.log")).unwrap_or_default()
-            )
-        });
-    let url = line.rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("https://"), "{line}");
-    Exec { child, url }
 }
 
 /// Asks the broker for a token as `agent`; returns (status, body).

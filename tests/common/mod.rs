@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod exec;
+
 /// A provisioned SoftHSM2 token with its seb configuration.
 pub struct Hsm {
     pub dir: tempfile::TempDir,
@@ -952,4 +954,12 @@ impl x509_cert::builder::profile::BuilderProfile for OfflineProfile {
         out.extend(self.extra.iter().cloned());
         Ok(out)
     }
+}
+
+/// The Python interpreter of the test virtual environment that `deploy/install-deps.sh`
+/// makes (with `cryptography` and PyJWT); `SEB_TEST_PYTHON` overrides it.
+pub fn python() -> PathBuf {
+    std::env::var_os("SEB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/seb-ci/interop-venv/bin/python"))
 }

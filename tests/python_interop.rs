@@ -1,0 +1,161 @@
+//! seb's artifacts in Python's own stacks (`tests/python/interop.py`): the root, the trust
+//! bundle and an agent certificate in `cryptography` (signatures, extensions, exclusive key
+//! purposes), the token in PyJWT (ES384 under the certificate its `kid` names, bound to the
+//! agent, the parameters' digest), the root's CRL, the audit checkpoint (the C2SP note's ECDSA
+//! signature under the audit certificate) with the RFC 6962 root rebuilt from the entries, and
+//! an executor's receipt.
+//!
+//! Python with `cryptography` and PyJWT comes from `deploy/install-deps.sh` (the virtual
+//! environment named by `common::python()`). A missing interpreter or package fails the test;
+//! it is never skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::exec::{Exec, DEMO_WRITE_GRANTS};
+use common::{Broker, Hsm};
+use serde_json::{json, Value};
+
+#[test]
+fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and_receipts() {
+    let hsm = Hsm::initialised();
+    let dir = hsm.dir.path();
+    let agent = hsm.agent("agent", DEMO_WRITE_GRANTS);
+    let executor = common::exec::identity(&hsm);
+    assert_eq!(
+        executor.cert,
+        dir.join("executor.pem"),
+        "interop.py reads executor.pem"
+    );
+    let revoked = hsm.identity("gone", "CN=gone", "executor", &[]);
+    let broker = Broker::start(&hsm);
+    let (exec, _) = Exec::demo_write(&hsm, &broker);
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+
+    // A token, as the agent.
+    let params = json!({"name": "py.txt", "text": "checked in Python"});
+    let tls = hsm.tls(&agent, true);
+    let rt = common::runtime();
+    let (granted, trust) = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        let body = json!({"operation": "demo.write", "resource": "demo/files", "params": params});
+        let granted = c.post_json("/v1/executions", &body).await.unwrap();
+        let trust = c.send("GET", "/v1/trust", None).await.unwrap();
+        (granted, trust)
+    });
+    assert_eq!(granted.status, 201, "{}", granted.body);
+    write("token.jwt", granted.body["token"].as_str().unwrap());
+    write("params.json", &params.to_string());
+    write("trust.pem", &trust.text);
+    std::fs::copy(hsm.trust("root.pem"), dir.join("root.pem")).unwrap();
+    assert_eq!(
+        agent.cert,
+        dir.join("agent.pem"),
+        "interop.py reads agent.pem"
+    );
+
+    // A receipt, through the executor (another token for the same parameters).
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            &broker.url,
+            "--ca",
+            hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            agent.cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "demo.write",
+            "--resource",
+            "demo/files",
+            "--params",
+            &params.to_string(),
+            "--execute",
+            &exec.url,
+        ],
+        dir,
+    );
+    common::assert_success(&out, "seb request --execute");
+    write("receipt.json", &String::from_utf8_lossy(&out.stdout));
+
+    // The CRL after a revocation.
+    let (ok, serial) = common::openssl(
+        &[
+            "x509",
+            "-noout",
+            "-serial",
+            "-in",
+            revoked.cert.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(ok, "{serial}");
+    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+    write("revoked.txt", &serial);
+    hsm.seb_ok(&["crl", "--out", dir.join("crl.pem").to_str().unwrap()]);
+
+    // The log: a checkpoint that covers the grants above (signed within a second or so), then
+    // every entry up to now.
+    let (note, entries) = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let note = c
+                .send("GET", "/v1/audit/checkpoint", None)
+                .await
+                .unwrap()
+                .text;
+            let size: u64 = note.lines().nth(1).unwrap_or("0").parse().unwrap_or(0);
+            if size >= 4 {
+                let entries = c
+                    .send(
+                        "GET",
+                        &format!("/v1/audit/entries?start=0&end={size}"),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                return (note, entries.text);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no checkpoint covers the grants");
+    });
+    write("checkpoint.txt", &note);
+    write("entries.json", &entries);
+    let entries: Value = serde_json::from_str(&entries).unwrap();
+    assert!(entries["entries"].as_array().unwrap().len() >= 4);
+
+    let out = Command::new(common::python())
+        .arg(common::repo().join("tests/python/interop.py"))
+        .current_dir(dir)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "trust bundle:",
+        "token verified with PyJWT",
+        "CRL signed by the root lists serial",
+        "checkpoint of seb-dev/audit verified",
+        "RFC 6962 root matches the checkpoint",
+        "receipt verified under the executor certificate",
+        "python interop: ok",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    drop(exec);
+}
