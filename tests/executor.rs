@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use common::{Broker, Hsm, Identity};
 use serde_json::{json, Value};
