@@ -309,3 +309,349 @@ fn token_claims(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
 }
+
+// -- A whole deployment for the clients in other languages ------------------------------------
+
+/// Grants of the agent the Python, Go and Node tests drive: a write the reference executor
+/// runs, a deploy that needs two approvers, and a one-second grant for expired tokens.
+const CLIENT_GRANTS: &str = r#"
+[[grant]]
+operation = "demo.write"
+resource  = "demo/files"
+max_ttl   = "60s"
+params_any = true
+
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "60s"
+params.replicas = { min = 1, max = 10 }
+approval  = { required = 2, group = "sre-leads" }
+
+[[grant]]
+operation = "demo.brief"
+resource  = "demo/files"
+max_ttl   = "1s"
+params_any = true
+"#;
+
+/// A broker and a reference executor (`seb exec`) on their own SoftHSM2 token, with an agent,
+/// a second agent, two approvers and the trust bundle fetched from `GET /v1/trust`.
+struct Deployment {
+    hsm: Hsm,
+    broker: Broker,
+    exec: common::Executor,
+    agent: Identity,
+    other: Identity,
+    alice: Identity,
+    bob: Identity,
+    executor: Identity,
+    trust: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+fn deployment() -> Deployment {
+    let hsm = Hsm::initialised();
+    let executor = hsm.identity(
+        "executor",
+        "CN=demo-executor",
+        "executor",
+        &["--tls-name", "127.0.0.1", "--tls-name", "localhost"],
+    );
+    let agent = hsm.agent("agent", CLIENT_GRANTS);
+    let other = hsm.agent("other", CLIENT_GRANTS);
+    let alice = hsm.identity("alice", "CN=alice", "approver", &["--group", "sre-leads"]);
+    let bob = hsm.identity("bob", "CN=bob", "approver", &["--group", "sre-leads"]);
+    let broker = Broker::start(&hsm);
+    let out = hsm.path("demo-output");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = hsm.path("executor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+broker_url = "{broker}"
+broker_id = "seb-dev"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+
+[[action]]
+operation = "demo.write"
+resource = "demo/files"
+argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
+timeout = "10s"
+"#,
+            port = common::free_port(),
+            broker = broker.url,
+            seb = env!("CARGO_BIN_EXE_seb"),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let exec = common::Executor::start(&hsm, &config);
+    let r = call(&hsm, &broker, &agent, "GET", "/v1/trust");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let trust = hsm.path("trust-bundle.pem");
+    std::fs::write(&trust, &r.text).unwrap();
+    Deployment {
+        hsm,
+        broker,
+        exec,
+        agent,
+        other,
+        alice,
+        bob,
+        executor,
+        trust,
+        out,
+    }
+}
+
+impl Deployment {
+    /// A token for `params` under the `demo.write` grant (or another operation).
+    fn token(&self, operation: &str, params: &Value) -> String {
+        let r = call_with(
+            &self.hsm,
+            &self.broker,
+            &self.agent,
+            "POST",
+            "/v1/executions",
+            Some(&json!({"operation": operation, "resource": "demo/files", "params": params})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// What seb's own verifier says of `token` for this action and agent certificate.
+    fn rust_verdict(
+        &self,
+        token: &str,
+        operation: &str,
+        params: &Value,
+        agent: &Identity,
+    ) -> String {
+        use seb::verify::{verify_token, Action, Binding, Expectations, Params, TrustStore};
+        let trust = TrustStore::from_pem(&std::fs::read(&self.trust).unwrap()).unwrap();
+        let action = Action::new(
+            operation,
+            "demo/files",
+            Params::parse(params.to_string().as_bytes()).unwrap(),
+        );
+        let expect = Expectations::new(
+            std::time::SystemTime::now(),
+            action,
+            Binding::agent(leaf(&agent.cert)),
+        );
+        match verify_token(token, &trust, &expect) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.code().into(),
+        }
+    }
+
+    /// Tokens seb's verifier rejects, each with its code, checked here: a forged claim under
+    /// the broker's signature, a token signed by a key outside the HSM, an expired token, a
+    /// token presented with other parameters or by another agent, and the high-S respelling of
+    /// a good token. Plus the good token itself, which must pass. Written as JSON for the
+    /// verifiers in other languages.
+    fn rejected_cases(&self) -> std::path::PathBuf {
+        let params = json!({"name": "v.txt", "text": "verified"});
+        let good = self.token("demo.write", &params);
+        let parts: Vec<&str> = good.split('.').collect();
+
+        let mut claims = token_claims(&good);
+        claims["authorization_details"][0]["resource"] = json!("demo/other");
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            seb::base64url::encode(claims.to_string().as_bytes()),
+            parts[2]
+        );
+
+        let foreign = {
+            use p384::ecdsa::signature::Signer;
+            use p384::elliptic_curve::Generate;
+            let key = p384::ecdsa::SigningKey::try_generate().unwrap();
+            let input = format!("{}.{}", parts[0], parts[1]);
+            let sig: p384::ecdsa::Signature = key.sign(input.as_bytes());
+            format!("{input}.{}", seb::base64url::encode(&sig.to_bytes()))
+        };
+
+        let high_s = {
+            let raw = seb::base64url::decode(parts[2]).unwrap();
+            let (r, s) = raw.split_at(48);
+            let mut flipped = r.to_vec();
+            flipped.extend(sub_be(&P384_ORDER, s));
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                parts[1],
+                seb::base64url::encode(&flipped)
+            )
+        };
+
+        let brief_params = json!({"x": 1});
+        let brief = self.token("demo.brief", &brief_params);
+        let exp = token_claims(&brief)["exp"].as_u64().unwrap();
+        while unix(std::time::SystemTime::now()) < exp {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        let other_params = json!({"name": "v.txt", "text": "other"});
+        let cases = [
+            ("good", &good, "demo.write", &params, &self.agent, "ok"),
+            (
+                "forged",
+                &forged,
+                "demo.write",
+                &params,
+                &self.agent,
+                "bad_signature",
+            ),
+            (
+                "foreign_key",
+                &foreign,
+                "demo.write",
+                &params,
+                &self.agent,
+                "bad_signature",
+            ),
+            (
+                "high_s",
+                &high_s,
+                "demo.write",
+                &params,
+                &self.agent,
+                "non_canonical_signature",
+            ),
+            (
+                "expired",
+                &brief,
+                "demo.brief",
+                &brief_params,
+                &self.agent,
+                "token_expired",
+            ),
+            (
+                "other_params",
+                &good,
+                "demo.write",
+                &other_params,
+                &self.agent,
+                "wrong_params",
+            ),
+            (
+                "other_agent",
+                &good,
+                "demo.write",
+                &params,
+                &self.other,
+                "wrong_certificate",
+            ),
+        ];
+        let mut out = Vec::new();
+        for (name, token, operation, params, agent, expected) in cases {
+            assert_eq!(
+                self.rust_verdict(token, operation, params, agent),
+                expected,
+                "seb's verifier on the {name} case"
+            );
+            out.push(json!({
+                "name": name, "token": token, "operation": operation, "resource": "demo/files",
+                "params": params.to_string(), "agent_cert": agent.cert, "code": expected,
+            }));
+        }
+        let path = self.hsm.path("verifier-cases.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+        path
+    }
+
+    /// The environment the tests in other languages read.
+    fn env(&self, cases: &std::path::Path) -> Vec<(String, String)> {
+        let p = |path: &std::path::Path| path.display().to_string();
+        vec![
+            ("SEB_BROKER_URL".into(), self.broker.url.clone()),
+            ("SEB_EXECUTOR_URL".into(), self.exec.url.clone()),
+            ("SEB_ROOT".into(), p(&self.hsm.trust("root.pem"))),
+            ("SEB_TRUST".into(), p(&self.trust)),
+            ("SEB_AGENT_CERT".into(), p(&self.agent.cert)),
+            ("SEB_AGENT_KEY".into(), p(&self.agent.key)),
+            ("SEB_OTHER_CERT".into(), p(&self.other.cert)),
+            ("SEB_OTHER_KEY".into(), p(&self.other.key)),
+            ("SEB_ALICE_CERT".into(), p(&self.alice.cert)),
+            ("SEB_ALICE_KEY".into(), p(&self.alice.key)),
+            ("SEB_BOB_CERT".into(), p(&self.bob.cert)),
+            ("SEB_BOB_KEY".into(), p(&self.bob.key)),
+            ("SEB_AUDIT_CERT".into(), p(&self.hsm.trust("audit.pem"))),
+            ("SEB_OUT_DIR".into(), p(&self.out)),
+            ("SEB_CASES".into(), p(cases)),
+        ]
+    }
+}
+
+/// The order n of P-384, big-endian.
+const P384_ORDER: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf,
+    0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+
+/// a − b for big-endian numbers of the same length, a ≥ b.
+fn sub_be(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; a.len()];
+    let mut borrow = 0i16;
+    for i in (0..a.len()).rev() {
+        let mut d = a[i] as i16 - b[i] as i16 - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        out[i] = d as u8;
+    }
+    out
+}
+
+/// The Python interpreter of the virtual environment `deploy/install-deps.sh` makes
+/// (`SEB_PYTHON` overrides it). Missing, the test fails: it is never skipped.
+fn python() -> String {
+    let python = std::env::var("SEB_PYTHON")
+        .unwrap_or_else(|_| "/var/lib/seb-ci/agents-venv/bin/python".into());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} not found: run deploy/install-deps.sh (it makes the Python virtual environment)"
+    );
+    python
+}
+
+#[test]
+fn python_client_verifier_and_langchain_tool_against_a_real_broker_and_executor() {
+    let d = deployment();
+    let cases = d.rejected_cases();
+    let out = std::process::Command::new(python())
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "clients/python/tests",
+        ])
+        .current_dir(common::repo())
+        .envs(d.env(&cases))
+        .env("PYTHONPATH", common::repo().join("clients/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run pytest");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pytest failed:\n{text}");
+    // Every test ran and passed: none skipped, none deselected.
+    assert!(
+        !text.contains("skipped") && !text.contains("deselected") && text.contains(" passed"),
+        "{text}"
+    );
+}
