@@ -453,9 +453,8 @@ impl Deployment {
     /// Tokens seb's verifier rejects, each with its code, checked here: a forged claim under
     /// the broker's signature, a token signed by a key outside the HSM, an expired token, a
     /// token presented with other parameters or by another agent, and the high-S respelling of
-    /// a good token. Plus the good token itself, which must pass. Written as JSON for the
-    /// verifiers in other languages.
-    fn rejected_cases(&self) -> std::path::PathBuf {
+    /// a good token. Plus the good token itself, which must pass.
+    fn rejected_cases(&self) -> Vec<Case> {
         let params = json!({"name": "v.txt", "text": "verified"});
         let good = self.token("demo.write", &params);
         let parts: Vec<&str> = good.split('.').collect();
@@ -491,7 +490,7 @@ impl Deployment {
             )
         };
 
-        let brief_params = json!({"x": 1});
+        let brief_params = json!({"name": "brief.txt", "text": "too late"});
         let brief = self.token("demo.brief", &brief_params);
         let exp = token_claims(&brief)["exp"].as_u64().unwrap();
         while unix(std::time::SystemTime::now()) < exp {
@@ -499,69 +498,101 @@ impl Deployment {
         }
 
         let other_params = json!({"name": "v.txt", "text": "other"});
-        let cases = [
-            ("good", &good, "demo.write", &params, &self.agent, "ok"),
-            (
+        let case = |name: &'static str,
+                    token: &str,
+                    operation: &'static str,
+                    params: &Value,
+                    other: bool,
+                    code: &'static str| Case {
+            name,
+            token: token.to_owned(),
+            operation,
+            params: params.clone(),
+            other,
+            code,
+        };
+        let cases = vec![
+            case(
                 "forged",
                 &forged,
                 "demo.write",
                 &params,
-                &self.agent,
+                false,
                 "bad_signature",
             ),
-            (
+            case(
                 "foreign_key",
                 &foreign,
                 "demo.write",
                 &params,
-                &self.agent,
+                false,
                 "bad_signature",
             ),
-            (
+            case(
                 "high_s",
                 &high_s,
                 "demo.write",
                 &params,
-                &self.agent,
+                false,
                 "non_canonical_signature",
             ),
-            (
+            case(
                 "expired",
                 &brief,
                 "demo.brief",
                 &brief_params,
-                &self.agent,
+                false,
                 "token_expired",
             ),
-            (
+            case(
                 "other_params",
                 &good,
                 "demo.write",
                 &other_params,
-                &self.agent,
+                false,
                 "wrong_params",
             ),
-            (
+            case(
                 "other_agent",
                 &good,
                 "demo.write",
                 &params,
-                &self.other,
+                true,
                 "wrong_certificate",
             ),
+            case("good", &good, "demo.write", &params, false, "ok"),
         ];
-        let mut out = Vec::new();
-        for (name, token, operation, params, agent, expected) in cases {
+        for c in &cases {
             assert_eq!(
-                self.rust_verdict(token, operation, params, agent),
-                expected,
-                "seb's verifier on the {name} case"
+                self.rust_verdict(&c.token, c.operation, &c.params, self.presenter(c)),
+                c.code,
+                "seb's verifier on the {} case",
+                c.name
             );
-            out.push(json!({
-                "name": name, "token": token, "operation": operation, "resource": "demo/files",
-                "params": params.to_string(), "agent_cert": agent.cert, "code": expected,
-            }));
         }
+        cases
+    }
+
+    fn presenter(&self, case: &Case) -> &Identity {
+        if case.other {
+            &self.other
+        } else {
+            &self.agent
+        }
+    }
+
+    /// The cases as JSON, for the verifiers in other languages.
+    fn write_cases(&self, cases: &[Case]) -> std::path::PathBuf {
+        let out: Vec<Value> = cases
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name, "token": c.token, "operation": c.operation,
+                    "resource": "demo/files", "params": c.params.to_string(),
+                    "agent_cert": self.presenter(c).cert, "code": c.code,
+                })
+            })
+            .collect();
         let path = self.hsm.path("verifier-cases.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
         path
@@ -588,6 +619,17 @@ impl Deployment {
             ("SEB_CASES".into(), p(cases)),
         ]
     }
+}
+
+/// A token, the action it is presented for, who presents it, and seb's verdict.
+struct Case {
+    name: &'static str,
+    token: String,
+    operation: &'static str,
+    params: Value,
+    /// Presented by the second agent instead of the one it was issued to.
+    other: bool,
+    code: &'static str,
 }
 
 /// The order n of P-384, big-endian.
@@ -628,6 +670,7 @@ fn python() -> String {
 fn python_client_verifier_and_langchain_tool_against_a_real_broker_and_executor() {
     let d = deployment();
     let cases = d.rejected_cases();
+    let cases = d.write_cases(&cases);
     let out = std::process::Command::new(python())
         .args([
             "-m",
@@ -654,4 +697,225 @@ fn python_client_verifier_and_langchain_tool_against_a_real_broker_and_executor(
         !text.contains("skipped") && !text.contains("deselected") && text.contains(" passed"),
         "{text}"
     );
+}
+
+/// A `go` toolchain (Debian's golang-go, installed by deploy/install-deps.sh): missing, the
+/// test fails; it is never skipped.
+fn go(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    let out = std::process::Command::new("go")
+        .args(args)
+        .current_dir(dir)
+        // Standard library only: no module downloads.
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .output();
+    let out = out.unwrap_or_else(|e| {
+        panic!(
+            "`go` is not installed: install Debian's golang-go (deploy/install-deps.sh does): {e}"
+        )
+    });
+    assert!(
+        out.status.success(),
+        "go {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Go executor example (examples/go-executor), built and running; killed on drop.
+struct GoExecutor {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for GoExecutor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_go_executor(d: &Deployment, dir: &std::path::Path) -> GoExecutor {
+    use std::io::{BufRead, BufReader};
+    let binary = d.hsm.path("go-executor");
+    go(
+        &["build", "-o", binary.to_str().unwrap(), "."],
+        &common::repo().join("examples/go-executor"),
+    );
+    let log = std::fs::File::create(d.hsm.path("go-executor.log")).unwrap();
+    let mut child = std::process::Command::new(&binary)
+        .args(["-listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["-broker", &d.broker.url, "-broker-id", "seb-dev"])
+        .args(["-trust", d.trust.to_str().unwrap()])
+        .args(["-cert", d.executor.cert.to_str().unwrap()])
+        .args(["-key", d.executor.key.to_str().unwrap()])
+        .args(["-dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the Go executor did not start:\n{}",
+                std::fs::read_to_string(d.hsm.path("go-executor.log")).unwrap_or_default()
+            )
+        });
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(url.starts_with("https://"), "{line}");
+    GoExecutor { child, url }
+}
+
+#[test]
+fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
+    let d = deployment();
+    let dir = d.hsm.path("go-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exec = start_go_executor(&d, &dir);
+    let present = |who: &Identity, token: &str, params: &Value| {
+        let tls = d.hsm.tls(who, false);
+        runtime().block_on(async {
+            let mut client = Client::connect(&exec.url, &tls).await.unwrap();
+            client
+                .post_json("/v1/run", &json!({"token": token, "params": params}))
+                .await
+                .unwrap()
+        })
+    };
+
+    // Every token seb's verifier rejects, the Go executor refuses with the same code, before
+    // redeeming it; the good one (last) runs.
+    let cases = d.rejected_cases();
+    for case in &cases {
+        let r = present(d.presenter(case), &case.token, &case.params);
+        if case.code == "ok" {
+            assert_eq!(r.status, 200, "{}: {}", case.name, r.text);
+        } else {
+            assert_eq!(
+                (r.status, code(&r)),
+                (403, case.code),
+                "{}: {}",
+                case.name,
+                r.text
+            );
+        }
+    }
+    let good = cases.iter().find(|c| c.name == "good").unwrap();
+    let r = present(&d.agent, &good.token, &good.params);
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "token_already_redeemed"),
+        "single use: {}",
+        r.text
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("v.txt")).unwrap(),
+        "verified"
+    );
+    assert!(!dir.join("brief.txt").exists());
+
+    // A fresh run: the receipt verifies under the executor's certificate with seb's own code
+    // (Go's JCS and signature agree with Rust's), and the broker recorded it.
+    let params = json!({"text": "from go", "name": "go.txt"});
+    let token = d.token("demo.write", &params);
+    let r = present(&d.agent, &token, &params);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["outcome_recorded"], true, "{}", r.text);
+    let receipt: seb::receipt::Receipt = serde_json::from_value(r.body["receipt"].clone()).unwrap();
+    seb::receipt::verify(&receipt, &leaf(&d.executor.cert)).unwrap();
+    assert_eq!(receipt.body.exit_code, 0);
+    assert_eq!(receipt.body.jti, token_claims(&token)["jti"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("go.txt")).unwrap(),
+        "from go"
+    );
+
+    // Malformed input is a 4xx with a code: a duplicate key, a name that leaves the directory,
+    // a caller that is not an agent.
+    let tls = d.hsm.tls(&d.agent, false);
+    let raw = runtime().block_on(async {
+        let mut client = Client::connect(&exec.url, &tls).await.unwrap();
+        client
+            .send(
+                "POST",
+                "/v1/run",
+                Some(br#"{"token":"a.b.c","params":{"n":1,"n":2}}"#.to_vec()),
+            )
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        (raw.status, code(&raw)),
+        (400, "invalid_request"),
+        "{}",
+        raw.text
+    );
+    let sneaky = json!({"name": "../escape.txt", "text": "x"});
+    let token = d.token("demo.write", &sneaky);
+    let r = present(&d.agent, &token, &sneaky);
+    assert_eq!((r.status, code(&r)), (400, "params_refused"), "{}", r.text);
+    assert!(!dir.join("../escape.txt").exists());
+    let r = present(&d.alice, &token, &sneaky);
+    assert_eq!((r.status, code(&r)), (403, "wrong_role"), "{}", r.text);
+}
+
+/// Node with the `jose` package that deploy/install-deps.sh installs under
+/// /var/lib/seb-ci/node (`SEB_NODE_MODULES` overrides it).
+fn node_modules() -> String {
+    let dir = std::env::var("SEB_NODE_MODULES")
+        .unwrap_or_else(|_| "/var/lib/seb-ci/node/node_modules".into());
+    assert!(
+        std::path::Path::new(&dir).join("jose").exists(),
+        "jose not found under {dir}: run deploy/install-deps.sh"
+    );
+    dir
+}
+
+#[test]
+fn node_jose_verifies_a_token_as_seb_does() {
+    let modules = node_modules();
+    let d = deployment();
+    let cases = d.rejected_cases();
+    let good = cases.iter().find(|c| c.name == "good").unwrap();
+    let verify = |token: &str| {
+        let out = std::process::Command::new("node")
+            .arg(common::repo().join("tests/node/jose-verify.cjs"))
+            .args([d.trust.to_str().unwrap(), "seb-dev"])
+            .env("NODE_PATH", &modules)
+            .env("SEB_TOKEN", token)
+            .output()
+            .expect("node is installed (deploy/install-deps.sh)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The good token verifies, and jose reads the very claims seb signed.
+    let (status, stdout, stderr) = verify(&good.token);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let claims: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(claims, token_claims(&good.token));
+    // A forged claim, a foreign key and an expired token fail in jose too.
+    for (name, expected) in [
+        ("forged", "ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
+        ("foreign_key", "ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
+        ("expired", "ERR_JWT_EXPIRED"),
+    ] {
+        let case = cases.iter().find(|c| c.name == name).unwrap();
+        let (status, stdout, stderr) = verify(&case.token);
+        assert_eq!(status, Some(1), "{name}: {stdout}{stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
 }
