@@ -160,7 +160,8 @@ def verify_token(token: str, trust_bundle: TrustBundle | bytes | str, operation:
         raise fail("wrong_certificate", "the token is bound to another agent certificate")
 
     # 7. Approvals.
-    _check_approvals(claims, detail, trust_bundle, _approver_certs(approvers), binding)
+    _check_approvals(claims, detail, trust_bundle, _approver_certs(approvers), binding,
+                     params_value)
     return claims
 
 
@@ -426,10 +427,20 @@ def _approver_certs(approvers: Any) -> list[x509.Certificate]:
 
 
 def _check_approvals(claims: dict, detail: dict, trust: TrustBundle,
-                     approvers: list[x509.Certificate], agent: x509.Certificate | None) -> None:
+                     approvers: list[x509.Certificate], agent: x509.Certificate | None,
+                     params: dict) -> None:
     required = detail["approvals"]
     entries = claims["approvals"]
     group = detail.get("approval_group")
+    rule = grant_rule(agent, detail["operation"], detail["resource"], params) \
+        if agent is not None else None
+    if rule is not None:
+        if required < rule[0]:
+            raise fail("approval_quorum_not_met",
+                       f"the token requires {required} approvals, the agent's grant {rule[0]}")
+        if group != rule[1]:
+            raise fail("invalid_approvals",
+                       "the token names another approver group than the agent's grant")
     if required == 0:
         if entries or group is not None:
             raise fail("invalid_approvals", "approvals in a token that needed none")
@@ -547,3 +558,120 @@ def _issuable_roles(cert: x509.Certificate) -> set[str]:
         return {_ROLE_KINDS.get(v[0], "") for t, v in _items(body) if t == 0x0A and len(v) == 1}
     except ValueError:
         return set()
+
+
+# The agent's grants (sebGrants, docs/GRANTS.md section 2) and matching (section 4), for the
+# approval rule of the grant that allows a token's action.
+
+
+def grant_rule(agent: x509.Certificate, operation: str, resource: str,
+               params: dict) -> tuple[int, str] | None:
+    """(required, group) of the agent's first grant that allows the action, if that grant has
+    an approval rule; ``None`` otherwise, or when the certificate's grants do not decode."""
+    ext = _ext(agent, SEB_GRANTS)
+    if ext is None:
+        return None
+    try:
+        grants = _decode_grants(ext.value.value)
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return None
+    for grant in grants:
+        if _allows(grant, operation, resource, params):
+            return grant["approval"]
+    return None
+
+
+def _integer(data: bytes) -> int:
+    return int.from_bytes(data, "big", signed=True)
+
+
+def _scalar(tag: int, value: bytes) -> Any:
+    if tag == 0x0C:
+        return value.decode("utf-8")
+    if tag == 0x02:
+        return _integer(value)
+    if tag == 0x01 and len(value) == 1:
+        return value == b"\xff"
+    raise ValueError("not a scalar")
+
+
+def _decode_grants(der: bytes) -> list[dict]:
+    tag, body, end = _tlv(der, 0)
+    if tag != 0x30 or end != len(der):
+        raise ValueError("not a SEQUENCE OF Grant")
+    grants = []
+    for gtag, gbody in _items(body):
+        fields = _items(gbody)
+        if gtag != 0x30 or len(fields) not in (5, 6):
+            raise ValueError("bad Grant")
+        constraints = {}
+        for _, pc in _items(fields[3][1]):
+            (ntag, name), (ctag, cval) = _items(pc)
+            if ctag == 0xA0:
+                constraints[name.decode()] = ("equals", _scalar(*_items(cval)[0]))
+            elif ctag == 0xA1:
+                constraints[name.decode()] = ("one_of", [_scalar(t, v) for t, v in _items(cval)])
+            elif ctag == 0xA2:
+                (_, lo), (_, hi) = _items(cval)
+                constraints[name.decode()] = ("range", (_integer(lo), _integer(hi)))
+            elif ctag == 0x83:
+                constraints[name.decode()] = ("prefix", cval.decode("utf-8"))
+            else:
+                raise ValueError("bad Constraint")
+        approval = None
+        if len(fields) == 6:
+            (_, required), (_, group) = _items(fields[5][1])
+            approval = (_integer(required), group.decode("utf-8"))
+        grants.append({"operation": fields[0][1].decode("utf-8"),
+                       "resource": fields[1][1].decode("utf-8"),
+                       "params": constraints, "params_any": fields[4][1] == b"\xff",
+                       "approval": approval})
+    return grants
+
+
+def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:
+    pattern = grant["operation"]
+    if pattern != "*":
+        if pattern.endswith(".*"):
+            prefix = pattern[:-2]
+            if not (operation.startswith(prefix + ".") and len(operation) > len(prefix) + 1):
+                return False
+        elif pattern != operation:
+            return False
+    if not _glob(grant["resource"].split("/"), resource.split("/")):
+        return False
+    for name, (kind, want) in grant["params"].items():
+        if name not in params:
+            return False
+        value = params[name]
+        if not isinstance(value, (str, int)) or isinstance(value, float):
+            return False
+        if kind == "equals" and not _same(value, want):
+            return False
+        if kind == "one_of" and not any(_same(value, w) for w in want):
+            return False
+        if kind == "range" and (type(value) is not int or not want[0] <= value <= want[1]):
+            return False
+        if kind == "prefix" and (type(value) is not str or not value.startswith(want)):
+            return False
+    return grant["params_any"] or set(params) <= set(grant["params"])
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Types are exact: True is not 1, "3" is not 3.
+    return type(a) is type(b) and a == b
+
+
+def _glob(pattern: list[str], segments: list[str]) -> bool:
+    reach = [True] + [False] * len(segments)
+    for p in pattern:
+        nxt = [False] * (len(segments) + 1)
+        for j in range(len(segments) + 1):
+            if p == "**":
+                nxt[j] = reach[j] or (j > 0 and nxt[j - 1])
+            elif p == "*":
+                nxt[j] = j > 0 and reach[j - 1]
+            else:
+                nxt[j] = j > 0 and reach[j - 1] and segments[j - 1] == p
+        reach = nxt
+    return reach[-1]

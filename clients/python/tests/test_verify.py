@@ -144,3 +144,20 @@ def test_jcs_known_answers():
     # One meaning, one digest: 1.0 and 1 are the same number.
     assert params_digest({"a": 1.0, "b": "x"}) == params_digest({"b": "x", "a": 1})
     assert params_digest({"a": "1"}) != params_digest({"a": 1})
+
+
+def test_the_agents_grant_says_which_approvals_a_token_needs():
+    from cryptography import x509 as cx509
+
+    from seb_client.verify import grant_rule
+    agent = cx509.load_pem_x509_certificate(read("SEB_AGENT_CERT"))
+    # Decoded from the agent's own sebGrants and matched as the broker matches.
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 3}) == \
+        (2, "sre-leads")
+    assert grant_rule(agent, "demo.write", "demo/files", {"name": "a", "text": "b"}) is None
+    # A request no grant allows has no rule: replicas out of range, "3" not 3, another path.
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 11}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": "3"}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/billing/api", {"replicas": 3}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api",
+                      {"replicas": 3, "extra": 1}) is None
