@@ -144,6 +144,7 @@ class Client:
                 return _execution(body)
             if state not in ("pending_approval", "issuing"):
                 code = {"rejected": "request_rejected", "expired": "request_expired",
+                        "denied": "request_denied",
                         "failed": "issuance_failed"}.get(state, "request_" + str(state))
                 raise errors.from_answer(0, code, f"request {request_id} is {state}",
                                          request_id)

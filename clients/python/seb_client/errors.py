@@ -64,7 +64,7 @@ _UNAVAILABLE_CODES = [
     "hsm_unavailable", "audit_unavailable", "store_unavailable", "issuance_frozen",
     "attestation_failed", "timeout", "broker_unavailable",
 ]
-_NOT_GRANTED_CODES = ["request_rejected", "request_expired", "issuance_failed"]
+_NOT_GRANTED_CODES = ["request_rejected", "request_expired", "request_denied", "issuance_failed"]
 
 
 def _class_name(code: str) -> str:
