@@ -312,9 +312,18 @@ fn token_claims(token: &str) -> Value {
 
 // -- A whole deployment for the clients in other languages ------------------------------------
 
-/// Grants of the agent the Python, Go and Node tests drive: a write the reference executor
-/// runs, a deploy that needs two approvers, and a one-second grant for expired tokens.
+/// Grants of the agent the Python, Go and Node tests drive: a write the executors run (of
+/// `release-` files only after two approvals; the first grant that allows wins), a deploy that
+/// needs two approvers, and a one-second grant for expired tokens.
 const CLIENT_GRANTS: &str = r#"
+[[grant]]
+operation = "demo.write"
+resource  = "demo/files"
+max_ttl   = "60s"
+params.name = { prefix = "release-" }
+params_any = true
+approval  = { required = 2, group = "sre-leads" }
+
 [[grant]]
 operation = "demo.write"
 resource  = "demo/files"
@@ -422,6 +431,55 @@ impl Deployment {
         );
         assert_eq!(r.status, 201, "{}", r.text);
         r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A token for `params` under the `demo.write` grant that needs two approvals: requested,
+    /// approved by alice and bob with `seb approve`, and fetched once granted.
+    fn approved_token(&self, params: &Value) -> String {
+        let r = call_with(
+            &self.hsm,
+            &self.broker,
+            &self.agent,
+            "POST",
+            "/v1/executions",
+            Some(&json!({"operation": "demo.write", "resource": "demo/files", "params": params})),
+        );
+        assert_eq!(r.status, 202, "{}", r.text);
+        let id = r.body["request_id"].as_str().unwrap().to_owned();
+        let root = self.hsm.trust("root.pem");
+        for who in [&self.alice, &self.bob] {
+            self.hsm.seb_ok(&[
+                "approve",
+                "--broker",
+                &self.broker.url,
+                "--ca",
+                root.to_str().unwrap(),
+                "--cert",
+                who.cert.to_str().unwrap(),
+                "--key",
+                who.key.to_str().unwrap(),
+                &id,
+            ]);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = call(
+                &self.hsm,
+                &self.broker,
+                &self.agent,
+                "GET",
+                &format!("/v1/executions/{id}"),
+            );
+            if let Some(token) = r.body["token"].as_str() {
+                return token.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never granted: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// What seb's own verifier says of `token` for this action and agent certificate.
@@ -736,16 +794,22 @@ impl Drop for GoExecutor {
     }
 }
 
-fn start_go_executor(d: &Deployment, dir: &std::path::Path) -> GoExecutor {
+/// Starts the Go executor built at `binary`, trusting the approvers in the PEM file `approvers`.
+fn start_go_executor(
+    d: &Deployment,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    approvers: &std::path::Path,
+) -> GoExecutor {
     use std::io::{BufRead, BufReader};
-    let binary = d.hsm.path("go-executor");
-    go(
-        &["build", "-o", binary.to_str().unwrap(), "."],
-        &common::repo().join("examples/go-executor"),
-    );
-    let log = std::fs::File::create(d.hsm.path("go-executor.log")).unwrap();
-    let mut child = std::process::Command::new(&binary)
+    let log = std::fs::File::create(d.hsm.path(&format!(
+        "go-executor-{}.log",
+        approvers.file_stem().unwrap().to_str().unwrap()
+    )))
+    .unwrap();
+    let mut child = std::process::Command::new(binary)
         .args(["-listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["-approvers", approvers.to_str().unwrap()])
         .args(["-broker", &d.broker.url, "-broker-id", "seb-dev"])
         .args(["-trust", d.trust.to_str().unwrap()])
         .args(["-cert", d.executor.cert.to_str().unwrap()])
@@ -766,12 +830,7 @@ fn start_go_executor(d: &Deployment, dir: &std::path::Path) -> GoExecutor {
     });
     let line = rx
         .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "the Go executor did not start:\n{}",
-                std::fs::read_to_string(d.hsm.path("go-executor.log")).unwrap_or_default()
-            )
-        });
+        .unwrap_or_else(|e| panic!("the Go executor did not start: {e}"));
     let url = line.rsplit(' ').next().unwrap().to_owned();
     assert!(url.starts_with("https://"), "{line}");
     GoExecutor { child, url }
@@ -782,17 +841,28 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     let d = deployment();
     let dir = d.hsm.path("go-output");
     std::fs::create_dir_all(&dir).unwrap();
-    let exec = start_go_executor(&d, &dir);
-    let present = |who: &Identity, token: &str, params: &Value| {
+    let binary = d.hsm.path("go-executor");
+    go(
+        &["build", "-o", binary.to_str().unwrap(), "."],
+        &common::repo().join("examples/go-executor"),
+    );
+    let both = d.hsm.path("approvers.pem");
+    let mut pem = std::fs::read(&d.alice.cert).unwrap();
+    pem.extend(std::fs::read(&d.bob.cert).unwrap());
+    std::fs::write(&both, pem).unwrap();
+    let exec = start_go_executor(&d, &binary, &dir, &both);
+    let present_at = |url: &str, who: &Identity, token: &str, params: &Value| {
         let tls = d.hsm.tls(who, false);
         runtime().block_on(async {
-            let mut client = Client::connect(&exec.url, &tls).await.unwrap();
+            let mut client = Client::connect(url, &tls).await.unwrap();
             client
                 .post_json("/v1/run", &json!({"token": token, "params": params}))
                 .await
                 .unwrap()
         })
     };
+    let present =
+        |who: &Identity, token: &str, params: &Value| present_at(&exec.url, who, token, params);
 
     // Every token seb's verifier rejects, the Go executor refuses with the same code, before
     // redeeming it; the good one (last) runs.
@@ -868,6 +938,26 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     assert!(!dir.join("../escape.txt").exists());
     let r = present(&d.alice, &token, &sneaky);
     assert_eq!((r.status, code(&r)), (403, "wrong_role"), "{}", r.text);
+
+    // After two approvals: the quorum is checked offline against the approvers' certificates.
+    // An executor that knows only alice cannot check bob's entry and refuses before redeeming;
+    // the one that knows both runs it.
+    let release = json!({"name": "release-1.txt", "text": "approved"});
+    let token = d.approved_token(&release);
+    let alice_only = start_go_executor(&d, &binary, &dir, &d.alice.cert);
+    let r = present_at(&alice_only.url, &d.agent, &token, &release);
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "unknown_approver"),
+        "{}",
+        r.text
+    );
+    let r = present(&d.agent, &token, &release);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("release-1.txt")).unwrap(),
+        "approved"
+    );
 }
 
 /// Node with the `jose` package that deploy/install-deps.sh installs under

@@ -10,7 +10,8 @@
 //  3. verifies the token offline (verify.go: docs/VERIFYING.md §4): the token certificate named
 //     by kid, issued directly by the root with the token key purpose alone; ES384/ES256 pinned
 //     to its curve, low-S; the claims, lifetime, epoch and issuer; the binding to the
-//     certificate the agent presented on this connection;
+//     certificate the agent presented on this connection; the approvals of tokens issued after
+//     approvals, against the approvers' certificates (-approvers);
 //  4. finds its action by the token's exact operation and resource, and checks the digest of
 //     exactly these parameters against params_digest;
 //  5. redeems the token at the broker (POST /v1/tokens/redeem), trusting only a broker
@@ -22,7 +23,8 @@
 // passed. Usage:
 //
 //	go-executor -listen 127.0.0.1:8600 -broker https://127.0.0.1:8443 -broker-id seb-dev \
-//	    -trust trust.pem -cert executor.pem -key executor.key -dir /srv/demo [-min-epoch N]
+//	    -trust trust.pem -cert executor.pem -key executor.key -dir /srv/demo \
+//	    [-approvers approvers.pem] [-min-epoch N]
 package main
 
 import (
@@ -35,9 +37,9 @@ import (
 	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,6 +62,7 @@ type executor struct {
 	leaf      *x509.Certificate
 	minEpoch  int64
 	dir       string
+	approvers []*x509.Certificate
 	client    *http.Client
 }
 
@@ -72,9 +75,10 @@ func main() {
 	keyPath := flag.String("key", "", "this executor's key (PKCS#8 PEM)")
 	dir := flag.String("dir", "", "the directory the demo.write action writes into")
 	minEpoch := flag.Int64("min-epoch", 0, "refuse tokens of an older policy epoch")
+	approversPath := flag.String("approvers", "", "the approvers' certificates (PEM), for tokens issued after approvals")
 	flag.Parse()
 
-	e, err := newExecutor(*broker, *brokerID, *trustPath, *certPath, *keyPath, *dir, *minEpoch)
+	e, err := newExecutor(*broker, *brokerID, *trustPath, *certPath, *keyPath, *dir, *minEpoch, *approversPath)
 	if err != nil {
 		log.Fatalf("go-executor: %v", err)
 	}
@@ -96,7 +100,7 @@ func main() {
 	log.Fatal(server.ServeTLS(listener, "", ""))
 }
 
-func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, minEpoch int64) (*executor, error) {
+func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, minEpoch int64, approversPath string) (*executor, error) {
 	if broker == "" || brokerID == "" || dir == "" {
 		return nil, errors.New("-broker, -broker-id and -dir are required")
 	}
@@ -116,8 +120,26 @@ func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, min
 	if err != nil {
 		return nil, err
 	}
+	var approvers []*x509.Certificate
+	if approversPath != "" {
+		data, err := os.ReadFile(approversPath)
+		if err != nil {
+			return nil, err
+		}
+		for rest := data; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("approvers: %w", err)
+			}
+			approvers = append(approvers, cert)
+		}
+	}
 	e := &executor{brokerURL: strings.TrimRight(broker, "/"), brokerID: brokerID, trust: t,
-		identity: identity, leaf: leaf, minEpoch: minEpoch, dir: dir}
+		identity: identity, leaf: leaf, minEpoch: minEpoch, dir: dir, approvers: approvers}
 	e.client = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		Certificates: []tls.Certificate{identity},
 		RootCAs:      t.roots,
@@ -165,7 +187,7 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	agent := r.TLS.VerifiedChains[0][0]
-	if roleOf(agent) != 0 {
+	if kind, _ := roleOf(agent); kind != 0 {
 		fail(w, http.StatusForbidden, "wrong_role", "only agents may present tokens")
 		return
 	}
@@ -188,7 +210,7 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// 3. The token, offline.
-	claims, err := verifyToken(token, e.trust, time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent)
+	claims, err := verifyToken(token, e.trust, time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
 	if err != nil {
 		var refused *refusal
 		if errors.As(err, &refused) {
@@ -255,21 +277,6 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 
 func safeName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\\\x00") && len(name) <= 255
-}
-
-func roleOf(cert *x509.Certificate) asn1.Enumerated {
-	for _, ext := range cert.Extensions {
-		if ext.Id.Equal(oidRole) {
-			var role struct {
-				Kind   asn1.Enumerated
-				Groups []string `asn1:"utf8"`
-			}
-			if rest, err := asn1.Unmarshal(ext.Value, &role); err == nil && len(rest) == 0 {
-				return role.Kind
-			}
-		}
-	}
-	return -1
 }
 
 func sha256b64(s string) string {

@@ -28,9 +28,10 @@ func sebOID(arcs ...int) asn1.ObjectIdentifier {
 }
 
 var (
-	oidGrants       = sebOID(1)
-	oidRole         = sebOID(2)
-	oidPurposeToken = sebOID(4, 1)
+	oidGrants        = sebOID(1)
+	oidRole          = sebOID(2)
+	oidIssuableRoles = sebOID(3)
+	oidPurposeToken  = sebOID(4, 1)
 )
 
 const (
@@ -90,16 +91,16 @@ func thumbprint(der []byte) string {
 
 // claims are the token's claims, read only after the signature verified.
 type claims struct {
-	Iss     string
-	Sub     string
-	Jti     string
-	Iat     int64
-	Nbf     int64
-	Exp     int64
-	Epoch   int64
-	Cnf     string
-	Detail  detail
-	Approvs int
+	Iss       string
+	Sub       string
+	Jti       string
+	Iat       int64
+	Nbf       int64
+	Exp       int64
+	Epoch     int64
+	Cnf       string
+	Detail    detail
+	Approvals []approval
 }
 
 type detail struct {
@@ -108,11 +109,20 @@ type detail struct {
 	ParamsDigest  string
 	RequestDigest string
 	Approvals     int64
+	ApprovalGroup string
+	HasGroup      bool
+}
+
+// approval is one entry of the approvals claim: an approver's certificate thumbprint and its
+// DER ECDSA signature over the approval message.
+type approval struct {
+	X5t string
+	Sig []byte
 }
 
 // verifyToken checks everything but single use, which is the broker's (redeem before acting).
 func verifyToken(token string, t *trust, now time.Time, issuer string, minEpoch int64,
-	agent *x509.Certificate) (*claims, error) {
+	agent *x509.Certificate, approvers []*x509.Certificate) (*claims, error) {
 	// 1. Size and shape: three strict base64url parts.
 	if len(token) > maxTokenLen {
 		return nil, refuse("token_too_large", "%d bytes", len(token))
@@ -232,16 +242,140 @@ func verifyToken(token string, t *trust, now time.Time, issuer string, minEpoch 
 	if issuer != "" && c.Iss != issuer {
 		return nil, refuse("wrong_issuer", "iss %q", c.Iss)
 	}
-	// Approvals: this example checks no approver signatures, so it refuses tokens that
-	// needed them (seb exec and seb_client.verify_token check the quorum offline).
-	if c.Detail.Approvals != 0 || c.Approvs != 0 {
-		return nil, refuse("invalid_approvals", "this executor does not accept tokens issued after approvals")
-	}
 	// Binding to the certificate the agent presented on this connection.
 	if c.Cnf != thumbprint(agent.Raw) {
 		return nil, refuse("wrong_certificate", "the token is bound to another agent certificate")
 	}
+	if err := checkApprovals(c, t, approvers, agent); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// checkApprovals checks the quorum offline (docs/VERIFYING.md §4 step 7): each entry's
+// certificate among the given approvers, chaining to a root with every certificate valid at
+// iat, role approver in the token's group, every intermediate above it allowed to issue
+// approvers, not the agent, no approver twice, and its signature over the approval message.
+// The approval rule of the agent's own grant is not re-derived here (the broker stamped it
+// into the detail under its signature); seb exec and seb_client.verify_token check it too.
+func checkApprovals(c *claims, t *trust, approvers []*x509.Certificate, agent *x509.Certificate) error {
+	if c.Detail.Approvals == 0 {
+		if len(c.Approvals) != 0 || c.Detail.HasGroup {
+			return refuse("invalid_approvals", "approvals in a token that needed none")
+		}
+		return nil
+	}
+	if !c.Detail.HasGroup {
+		return refuse("invalid_approvals", "a required count without approval_group")
+	}
+	message := []byte("seb-approval-v1\napprove\n" + c.Detail.RequestDigest + "\n" + c.Cnf)
+	intermediates := x509.NewCertPool()
+	for _, cert := range append(append([]*x509.Certificate{}, approvers...), t.others...) {
+		if cert.IsCA {
+			intermediates.AddCert(cert)
+		}
+	}
+	agentKey, _ := x509.MarshalPKIXPublicKey(agent.PublicKey)
+	seen := map[string]bool{}
+	valid := int64(0)
+	for _, entry := range c.Approvals {
+		var cert *x509.Certificate
+		for _, a := range approvers {
+			if thumbprint(a.Raw) == entry.X5t {
+				cert = a
+			}
+		}
+		if cert == nil {
+			return refuse("unknown_approver", "no approver certificate has thumbprint %s", entry.X5t)
+		}
+		chains, err := cert.Verify(x509.VerifyOptions{Roots: t.roots, Intermediates: intermediates,
+			CurrentTime: time.Unix(c.Iat, 0), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		if err != nil {
+			return refuse("untrusted_approver", "%s: %v", cert.Subject, err)
+		}
+		kind, groups := roleOf(cert)
+		if kind != 1 {
+			return refuse("not_an_approver", "%s is not an approver", cert.Subject)
+		}
+		chain := chains[0]
+		for _, ca := range chain[1 : len(chain)-1] {
+			if !issues(ca, 1) {
+				return refuse("role_not_delegated", "%s may not issue approvers", ca.Subject)
+			}
+		}
+		inGroup := false
+		for _, g := range groups {
+			inGroup = inGroup || g == c.Detail.ApprovalGroup
+		}
+		if !inGroup {
+			return refuse("wrong_approval_group", "%s is not in %s", cert.Subject, c.Detail.ApprovalGroup)
+		}
+		key, _ := x509.MarshalPKIXPublicKey(cert.PublicKey)
+		if entry.X5t == c.Cnf || bytes.Equal(cert.RawSubject, agent.RawSubject) || bytes.Equal(key, agentKey) {
+			return refuse("self_approval", "%s is the agent", cert.Subject)
+		}
+		for _, id := range []string{"c" + entry.X5t, "s" + string(cert.RawSubject), "k" + string(key)} {
+			if seen[id] {
+				return refuse("duplicate_approver", "%s appears twice", cert.Subject)
+			}
+			seen[id] = true
+		}
+		pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+		var digest []byte
+		if ok && pub.Curve == elliptic.P384() {
+			sum := sha512.Sum384(message)
+			digest = sum[:]
+		} else if ok && pub.Curve == elliptic.P256() {
+			sum := sha256.Sum256(message)
+			digest = sum[:]
+		}
+		if digest == nil || !ecdsa.VerifyASN1(pub, digest, entry.Sig) {
+			return refuse("bad_approval_signature", "%s's signature does not verify", cert.Subject)
+		}
+		valid++
+	}
+	if valid < c.Detail.Approvals {
+		return refuse("approval_quorum_not_met", "%d valid approvals, %d required", valid, c.Detail.Approvals)
+	}
+	return nil
+}
+
+// roleOf reads sebRole: its kind (0 agent, 1 approver, 2 executor, 3 broker; -1 without a
+// readable one) and its groups.
+func roleOf(cert *x509.Certificate) (asn1.Enumerated, []string) {
+	for _, ext := range cert.Extensions {
+		if ext.Id.Equal(oidRole) {
+			var role struct {
+				Kind   asn1.Enumerated
+				Groups []string `asn1:"utf8"`
+			}
+			if rest, err := asn1.Unmarshal(ext.Value, &role); err == nil && len(rest) == 0 {
+				return role.Kind, role.Groups
+			}
+			return -1, nil
+		}
+	}
+	return -1, nil
+}
+
+// issues says whether an intermediate may issue the role: sebIssuableRoles, absent meaning
+// agents only, unreadable meaning none.
+func issues(ca *x509.Certificate, kind asn1.Enumerated) bool {
+	for _, ext := range ca.Extensions {
+		if ext.Id.Equal(oidIssuableRoles) {
+			var roles []asn1.Enumerated
+			if rest, err := asn1.Unmarshal(ext.Value, &roles); err != nil || len(rest) != 0 {
+				return false
+			}
+			for _, r := range roles {
+				if r == kind {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return kind == 0
 }
 
 func hasExtension(cert *x509.Certificate, oid asn1.ObjectIdentifier) bool {
@@ -286,7 +420,19 @@ func readClaims(raw []byte) (*claims, error) {
 	if !ok {
 		return nil, bad("approvals")
 	}
-	c.Approvs = len(approvals)
+	for _, a := range approvals {
+		entry, ok := a.(map[string]interface{})
+		if !ok || len(entry) != 2 {
+			return nil, bad("approvals entry")
+		}
+		x5t, okX := entry["x5t#S256"].(string)
+		sigText, okS := entry["sig"].(string)
+		sig, err := base64.RawURLEncoding.Strict().DecodeString(sigText)
+		if !okX || !okS || err != nil {
+			return nil, bad("approvals entry")
+		}
+		c.Approvals = append(c.Approvals, approval{X5t: x5t, Sig: sig})
+	}
 	details, ok := m["authorization_details"].([]interface{})
 	if !ok {
 		return nil, bad("authorization_details")
@@ -307,8 +453,21 @@ func readClaims(raw []byte) (*claims, error) {
 	c.Detail.ParamsDigest, okPD = d["params_digest"].(string)
 	c.Detail.RequestDigest, okRD = d["request_digest"].(string)
 	c.Detail.Approvals, ok = d["approvals"].(int64)
-	if !okOp || !okRes || !okPD || !okRD || !ok {
+	if !okOp || !okRes || !okPD || !okRD || !ok || c.Detail.Approvals < 0 {
 		return nil, bad("authorization detail")
+	}
+	if g, present := d["approval_group"]; present {
+		if c.Detail.ApprovalGroup, ok = g.(string); !ok {
+			return nil, bad("approval_group")
+		}
+		c.Detail.HasGroup = true
+	}
+	for k := range d {
+		switch k {
+		case "type", "operation", "resource", "params_digest", "request_digest", "approvals", "approval_group":
+		default:
+			return nil, bad("unknown member " + k + " in the authorization detail")
+		}
 	}
 	return c, nil
 }

@@ -21,12 +21,14 @@ def test_grants_show_the_agents_authority(agent):
     assert authority.frozen is False
     assert authority.epoch == 1
     assert [(g.operation, g.resource) for g in authority.grants] == [
-        ("demo.write", "demo/files"), ("deploy.rollout", "prod/payments/*"),
-        ("demo.brief", "demo/files")]
-    deploy = authority.grants[1]
+        ("demo.write", "demo/files"), ("demo.write", "demo/files"),
+        ("deploy.rollout", "prod/payments/*"), ("demo.brief", "demo/files")]
+    release = authority.grants[0]
+    assert release.params == {"name": {"prefix": "release-"}} and release.params_any
+    deploy = authority.grants[2]
     assert deploy.approval == {"required": 2, "group": "sre-leads"}
     assert deploy.params == {"replicas": {"min": 1, "max": 10}}
-    assert authority.grants[2].token_ttl == 1
+    assert authority.grants[3].token_ttl == 1
 
 
 def test_request_verify_execute_once(agent):

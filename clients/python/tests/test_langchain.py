@@ -34,5 +34,5 @@ def test_the_grants_tool_lists_the_authority(agent):
     assert isinstance(tools["seb_grants"], SebGrantsTool)
     listed = json.loads(tools["seb_grants"].invoke({}))
     assert listed["frozen"] is False
-    assert [g["operation"] for g in listed["grants"]] == ["demo.write", "deploy.rollout",
-                                                         "demo.brief"]
+    assert [g["operation"] for g in listed["grants"]] == ["demo.write", "demo.write",
+                                                         "deploy.rollout", "demo.brief"]

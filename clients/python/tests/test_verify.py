@@ -155,6 +155,9 @@ def test_the_agents_grant_says_which_approvals_a_token_needs():
     assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 3}) == \
         (2, "sre-leads")
     assert grant_rule(agent, "demo.write", "demo/files", {"name": "a", "text": "b"}) is None
+    # The first grant that allows wins: release- files need the two approvals.
+    assert grant_rule(agent, "demo.write", "demo/files", {"name": "release-1", "text": "b"}) == \
+        (2, "sre-leads")
     # A request no grant allows has no rule: replicas out of range, "3" not 3, another path.
     assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 11}) is None
     assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": "3"}) is None
