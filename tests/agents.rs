@@ -712,6 +712,91 @@ fn sub_be(a: &[u8], b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A TLS server certificate for 127.0.0.1 that chains to the root through an offline
+/// intermediate (certified by the root for agents only, its key in a file): what a client that
+/// only checks the chain would take for the broker. Returns (chain PEM, key PEM) paths.
+fn impostor_server_certificate(hsm: &Hsm) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = hsm.dir.path();
+    let ossl = |args: &[&str]| {
+        let (ok, text) = common::openssl(args, dir);
+        assert!(ok, "openssl {args:?}: {text}");
+    };
+    let key = |name: &str| {
+        ossl(&[
+            "ecparam",
+            "-name",
+            "secp384r1",
+            "-genkey",
+            "-noout",
+            "-out",
+            name,
+        ]);
+    };
+    key("impostor-ca.key");
+    ossl(&[
+        "req",
+        "-new",
+        "-key",
+        "impostor-ca.key",
+        "-subj",
+        "/CN=impostor-ops",
+        "-out",
+        "impostor-ca.csr",
+    ]);
+    hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "impostor-ops",
+        "--csr",
+        "impostor-ca.csr",
+        "--ttl",
+        "30d",
+        "--out",
+        "impostor-ca.pem",
+    ]);
+    std::fs::write(
+        hsm.path("impostor.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    key("impostor.key");
+    ossl(&[
+        "req",
+        "-new",
+        "-key",
+        "impostor.key",
+        "-subj",
+        "/CN=seb-dev broker",
+        "-out",
+        "impostor.csr",
+    ]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "impostor.csr",
+        "-CA",
+        "impostor-ca.pem",
+        "-CAkey",
+        "impostor-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-sha384",
+        "-extfile",
+        "impostor.ext",
+        "-out",
+        "impostor.pem",
+    ]);
+    let chain = hsm.path("impostor-chain.pem");
+    let mut pem = std::fs::read(hsm.path("impostor.pem")).unwrap();
+    pem.extend(std::fs::read(hsm.path("impostor-ca.pem")).unwrap());
+    std::fs::write(&chain, pem).unwrap();
+    (chain, hsm.path("impostor.key"))
+}
+
 /// The Python interpreter of the virtual environment `deploy/install-deps.sh` makes
 /// (`SEB_PYTHON` overrides it). Missing, the test fails: it is never skipped.
 fn python() -> String {
@@ -729,6 +814,7 @@ fn python_client_verifier_and_langchain_tool_against_a_real_broker_and_executor(
     let d = deployment();
     let cases = d.rejected_cases();
     let cases = d.write_cases(&cases);
+    let (impostor_cert, impostor_key) = impostor_server_certificate(&d.hsm);
     let out = std::process::Command::new(python())
         .args([
             "-m",
@@ -740,6 +826,8 @@ fn python_client_verifier_and_langchain_tool_against_a_real_broker_and_executor(
         ])
         .current_dir(common::repo())
         .envs(d.env(&cases))
+        .env("SEB_IMPOSTOR_CERT", impostor_cert)
+        .env("SEB_IMPOSTOR_KEY", impostor_key)
         .env("PYTHONPATH", common::repo().join("clients/python"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()

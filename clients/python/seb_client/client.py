@@ -87,18 +87,20 @@ class Client:
 
     def __init__(self, broker: str, ca: str, cert: str, key: str, *, timeout: float = 30.0) -> None:
         self.broker = broker.rstrip("/")
-        self._ca_path = ca
-        self._cert_path = cert
         self._key_path = key
         with open(ca, "rb") as f:
-            self._root = x509.load_pem_x509_certificate(f.read())
-        self._context = ssl.create_default_context(cafile=ca)
-        self._context.load_cert_chain(cert, key)
-        self._http = httpx.Client(verify=self._context, timeout=timeout)
-        self._checked_servers: set[bytes] = set()
+            root = x509.load_pem_x509_certificate(f.read())
+        # To the broker: only a server certificate the root issued directly, with serverAuth,
+        # checked in the handshake, before any request is written.
+        self._http = httpx.Client(verify=_pinned_context(ca, cert, key, root), timeout=timeout)
+        # To executors: any server certificate that chains to the root.
+        executor_context = ssl.create_default_context(cafile=ca)
+        executor_context.load_cert_chain(cert, key)
+        self._executors = httpx.Client(verify=executor_context, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
+        self._executors.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -158,7 +160,7 @@ class Client:
         this client's certificate, which the token is bound to). Returns the executor's answer
         (``status``, the signed ``receipt``, ...); a refusal raises the exception of its code."""
         url = executor_url.rstrip("/") + "/v1/run"
-        response = self._http.post(url, json={"token": token, "params": params})
+        response = self._executors.post(url, json={"token": token, "params": params})
         return _answer(response)
 
     # -- approvers ----------------------------------------------------------------------
@@ -201,37 +203,60 @@ class Client:
     # -- transport ----------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._http.request(method, self.broker + path,
-                                      json=body if body is not None else None)
-        self._check_server(response)
+        try:
+            response = self._http.request(method, self.broker + path,
+                                          json=body if body is not None else None)
+        except httpx.ConnectError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, _RefusedServer):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise errors.ServerCertificateRefused(str(cause)) from e
+            raise
         return _answer(response)
 
-    def _check_server(self, response: httpx.Response) -> None:
-        stream = response.extensions.get("network_stream")
-        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-        der = ssl_object.getpeercert(True) if ssl_object is not None else None
-        if der is None:
-            raise errors.ServerCertificateRefused("no TLS server certificate to check")
-        if der in self._checked_servers:
-            return
-        cert = x509.load_der_x509_certificate(der)
-        try:
-            self._root.public_key().verify(
-                cert.signature, cert.tbs_certificate_bytes,
-                ec.ECDSA(cert.signature_hash_algorithm))
-            issued_by_root = cert.issuer == self._root.subject
-        except Exception:
-            issued_by_root = False
-        if not issued_by_root:
-            raise errors.ServerCertificateRefused(
-                "the broker's certificate was not issued directly by the pinned root")
-        try:
-            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            eku = []
-        if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
-            raise errors.ServerCertificateRefused("the broker's certificate lacks serverAuth")
-        self._checked_servers.add(der)
+
+class _RefusedServer(ssl.SSLError):
+    """Raised inside the handshake; an OSError, so the HTTP stack closes the connection."""
+
+
+def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl.SSLContext:
+    """A TLS context that, after the usual chain and name checks, accepts only a server
+    certificate issued directly by ``root`` and carrying serverAuth (docs/API.md, Transport):
+    an intermediate CA may hold a certificate for the broker's name that chains to the root
+    just as well."""
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+
+    class PinnedSocket(ssl.SSLSocket):
+        def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+            super().do_handshake(*args, **kwargs)
+            reason = _server_certificate_problem(self.getpeercert(True), root)
+            if reason is not None:
+                raise _RefusedServer(reason)
+
+    context.sslsocket_class = PinnedSocket
+    return context
+
+
+def _server_certificate_problem(der: bytes | None, root: x509.Certificate) -> str | None:
+    if der is None:
+        return "the broker presented no certificate"
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        root.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                                 ec.ECDSA(cert.signature_hash_algorithm))
+    except Exception:
+        return "the broker's certificate was not issued directly by the pinned root"
+    if cert.issuer != root.subject:
+        return "the broker's certificate was not issued directly by the pinned root"
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "the broker's certificate lacks serverAuth"
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        return "the broker's certificate lacks serverAuth"
+    return None
 
 
 def _answer(response: httpx.Response) -> Any:

@@ -125,3 +125,41 @@ def test_the_broker_certificate_must_be_the_roots_own(agent, tmp_path):
         with Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
                     env("SEB_AGENT_KEY")) as c:
             c.grants()
+
+
+def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_request(agent):
+    """An intermediate CA (certified by the root, for agents only) made a TLS certificate for
+    the broker's address: it chains to the root, so TLS alone accepts it. The client refuses it
+    in the handshake, and the impostor never sees a request."""
+    import http.server
+    import ssl
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        from seb_client import Client
+        with Client(url, env("SEB_ROOT"), env("SEB_AGENT_CERT"), env("SEB_AGENT_KEY")) as c:
+            with pytest.raises(errors.ServerCertificateRefused) as refused:
+                c.request("demo.write", "demo/files", {"name": "secret.txt", "text": "x"})
+            assert "not issued directly by the pinned root" in str(refused.value)
+        assert seen == []
+    finally:
+        server.shutdown()
