@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs what seb needs on Debian 12, only what is missing: SoftHSM2, swtpm, the TPM2
 # tools and headers, OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
-# program that uses only its standard library) and cargo-nextest for the test suite.
-# Run as root. Prints what it installs.
+# program that uses only its standard library, and builds examples/go-executor), Node.js and
+# npm, Python's venv, and cargo-nextest for the test suite. Then the test environments of the
+# agents' side (tests/agents.rs), outside the repository:
+#   /var/lib/seb-ci/agents-venv   Python virtual environment: clients/python with its
+#                                 langchain extra (httpx, cryptography, langchain-core), pytest
+#   /var/lib/seb-ci/node          npm folder with `jose` (a third JWS stack)
+#   /var/lib/seb-ci/interop-venv  Python's `cryptography` and PyJWT alone, for
+#                                 tests/python_interop.rs
+# Run as root. Prints what it installs; a second run installs nothing.
 set -euo pipefail
 
-packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv)
+packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv nodejs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +31,35 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# npm: Debian packages it apart from nodejs; a nodejs from elsewhere (NodeSource) bundles it.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+
+# The Python client and its test tools, in a virtual environment of Debian's python3. Reinstalled
+# only when clients/python/pyproject.toml changed (the tests import the working tree's source).
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+VENV=/var/lib/seb-ci/agents-venv
+STAMP="$VENV/.seb-client-$(sha256sum "$HERE/clients/python/pyproject.toml" | cut -c1-16)"
+if [ ! -e "$STAMP" ]; then
+  echo "install-deps: Python environment $VENV (seb_client[langchain], pytest)"
+  mkdir -p /var/lib/seb-ci
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$HERE/clients/python[langchain,test]"
+  rm -f "$VENV"/.seb-client-*
+  touch "$STAMP"
+fi
+
+# jose for the Node interoperability check, in a local npm folder.
+NODE_DIR=/var/lib/seb-ci/node
+if [ ! -d "$NODE_DIR/node_modules/jose" ]; then
+  echo "install-deps: npm jose in $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  [ -f "$NODE_DIR/package.json" ] || echo '{"private": true}' >"$NODE_DIR/package.json"
+  npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent jose@5
 fi
 
 # Python's own X.509/JWS stacks for tests/python_interop.rs (`cryptography`, PyJWT), in a

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use common::{Broker, Hsm, Identity};
 use serde_json::{json, Value};
 
-use common::exec::{Exec, DEMO_WRITE_GRANTS as GRANTS};
+use common::exec::{Executor, DEMO_WRITE_GRANTS as GRANTS};
 
 struct Setup {
     hsm: Hsm,
     broker: Broker,
-    exec: Exec,
+    exec: Executor,
     agent: Identity,
     executor: Identity,
     out: PathBuf,
@@ -28,7 +28,7 @@ fn setup() -> Setup {
     let executor = common::exec::identity(&hsm);
     let agent = hsm.agent("agent", GRANTS);
     let broker = Broker::start(&hsm);
-    let (exec, out) = Exec::demo_write(&hsm, &broker);
+    let (exec, out) = Executor::demo_write(&hsm, &broker);
     Setup {
         hsm,
         broker,

@@ -15,7 +15,7 @@ mod common;
 
 use std::process::Command;
 
-use common::exec::{Exec, DEMO_WRITE_GRANTS};
+use common::exec::{Executor, DEMO_WRITE_GRANTS};
 use common::{Broker, Hsm};
 use serde_json::{json, Value};
 
@@ -32,7 +32,7 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
     );
     let revoked = hsm.identity("gone", "CN=gone", "executor", &[]);
     let broker = Broker::start(&hsm);
-    let (exec, _) = Exec::demo_write(&hsm, &broker);
+    let (exec, _) = Executor::demo_write(&hsm, &broker);
     let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
 
     // A token, as the agent.

@@ -28,16 +28,17 @@ pub fn identity(hsm: &Hsm) -> Identity {
 }
 
 /// A running `seb exec`; stopped with SIGTERM on drop.
-pub struct Exec {
-    child: std::process::Child,
+pub struct Executor {
+    /// The `seb exec` process.
+    pub child: std::process::Child,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
 }
 
-impl Exec {
+impl Executor {
     /// Starts `seb exec` with the certificate of [`identity`] (issued before) and one action,
     /// `demo.write` on `demo/files` (`seb demo-write` into the returned folder).
-    pub fn demo_write(hsm: &Hsm, broker: &Broker) -> (Exec, PathBuf) {
+    pub fn demo_write(hsm: &Hsm, broker: &Broker) -> (Executor, PathBuf) {
         let out = hsm.path("demo-output");
         std::fs::create_dir_all(&out).unwrap();
         let config = hsm.path("executor.toml");
@@ -65,12 +66,12 @@ timeout = "10s"
             ),
         )
         .unwrap();
-        (Exec::start(hsm, &config), out)
+        (Executor::start(hsm, &config), out)
     }
 
     /// Starts `seb exec --config CONFIG` in the test directory and waits for its first line
     /// (the URL it serves).
-    pub fn start(hsm: &Hsm, config: &Path) -> Exec {
+    pub fn start(hsm: &Hsm, config: &Path) -> Executor {
         let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
             .args(["exec", "--config", config.to_str().unwrap()])
@@ -100,11 +101,11 @@ timeout = "10s"
             });
         let url = line.rsplit(' ').next().unwrap().to_owned();
         assert!(url.starts_with("https://"), "{line}");
-        Exec { child, url }
+        Executor { child, url }
     }
 }
 
-impl Drop for Exec {
+impl Drop for Executor {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

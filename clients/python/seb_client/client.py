@@ -1,0 +1,285 @@
+"""The agent's (and approver's) side of the broker's HTTP API, over mutual TLS.
+
+``Client`` pins the broker's root: the TLS handshake must chain to it, and the broker's server
+certificate must be issued by the root *directly* and carry serverAuth (an intermediate CA may
+hold a certificate for the broker's name that chains to the root just as well;
+docs/API.md, Transport). Answers are typed: ``Granted``, ``Pending``, ``Authority``, and one
+exception class per error code (``seb_client.errors``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from . import errors
+from .jcs import canonicalize
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A token was issued."""
+
+    request_id: str
+    token: str
+    expires_at: int
+    request_digest: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The grant needs approvals; ``Client.wait(request_id)`` waits for them."""
+
+    request_id: str
+    request_digest: str
+    approvals_required: int
+    approval_group: str
+    expires_at: int
+    approvals: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One grant as the broker's decision applies it (``GET /v1/grants``)."""
+
+    index: int
+    operation: str
+    resource: str
+    max_ttl: int
+    token_ttl: int
+    params: dict
+    params_any: bool
+    approval: dict | None
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What the calling agent may ask for (``GET /v1/grants``)."""
+
+    subject: str
+    thumbprint: str
+    not_after: int
+    chain_not_after: int
+    epoch: int
+    frozen: bool
+    max_token_ttl: int
+    bounded_by: list
+    grants: list
+
+
+class Client:
+    """A client of the broker at ``broker`` (``https://host:port``) with the pinned root
+    certificate ``ca`` (PEM path) and the caller's certificate chain and key (PEM paths)."""
+
+    def __init__(self, broker: str, ca: str, cert: str, key: str, *, timeout: float = 30.0) -> None:
+        self.broker = broker.rstrip("/")
+        self._key_path = key
+        with open(ca, "rb") as f:
+            root = x509.load_pem_x509_certificate(f.read())
+        # To the broker: only a server certificate the root issued directly, with serverAuth,
+        # checked in the handshake, before any request is written.
+        self._http = httpx.Client(verify=_pinned_context(ca, cert, key, root), timeout=timeout)
+        # To executors: any server certificate that chains to the root.
+        executor_context = ssl.create_default_context(cafile=ca)
+        executor_context.load_cert_chain(cert, key)
+        self._executors = httpx.Client(verify=executor_context, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+        self._executors.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- agents -------------------------------------------------------------------------
+
+    def grants(self) -> Authority:
+        """The calling agent's own grants, certificate expiry, policy epoch and freeze."""
+        body = self._call("GET", "/v1/grants")
+        return Authority(
+            subject=body["subject"], thumbprint=body["x5t#S256"], not_after=body["not_after"],
+            chain_not_after=body["chain_not_after"], epoch=body["epoch"], frozen=body["frozen"],
+            max_token_ttl=body["max_token_ttl"], bounded_by=list(body["bounded_by"]),
+            grants=[Grant(**g) for g in body["grants"]],
+        )
+
+    def request(self, operation: str, resource: str, params: dict | None = None,
+                justification: str | None = None) -> Granted | Pending:
+        """Asks for a token. Returns ``Granted`` or ``Pending``; a refusal raises the
+        exception of its code (``errors.OperationNotGranted``, ...)."""
+        body: dict[str, Any] = {"operation": operation, "resource": resource,
+                                "params": params if params is not None else {}}
+        if justification is not None:
+            body["justification"] = justification
+        return _execution(self._call("POST", "/v1/executions", body))
+
+    def status(self, request_id: str) -> dict:
+        """``GET /v1/executions/{id}`` as it is."""
+        return self._call("GET", f"/v1/executions/{request_id}")
+
+    def wait(self, request_id: str, *, timeout: float = 300.0, interval: float = 0.5) -> Granted:
+        """Polls a pending request until its token is issued. Raises
+        ``errors.RequestNotGranted`` (rejected, expired, denied, failed) or
+        ``errors.WaitTimeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(request_id)
+            state = body.get("status")
+            if state == "granted" and body.get("token"):
+                return _execution(body)
+            if state not in ("pending_approval", "issuing"):
+                code = {"rejected": "request_rejected", "expired": "request_expired",
+                        "denied": "request_denied",
+                        "failed": "issuance_failed"}.get(state, "request_" + str(state))
+                raise errors.from_answer(0, code, f"request {request_id} is {state}",
+                                         request_id)
+            if time.monotonic() >= deadline:
+                raise errors.WaitTimeout(f"request {request_id} still {state}",
+                                         request_id=request_id)
+            time.sleep(interval)
+
+    def execute(self, executor_url: str, token: str, params: dict) -> dict:
+        """Presents the token and the exact parameters to an executor (``POST /v1/run``, on
+        this client's certificate, which the token is bound to). Returns the executor's answer
+        (``status``, the signed ``receipt``, ...); a refusal raises the exception of its code."""
+        url = executor_url.rstrip("/") + "/v1/run"
+        response = self._executors.post(url, json={"token": token, "params": params})
+        return _answer(response)
+
+    # -- approvers ----------------------------------------------------------------------
+
+    def pending(self) -> list[dict]:
+        """Requests open for this approver's decision, with their exact parameters."""
+        return self._call("GET", "/v1/executions?status=pending")["requests"]
+
+    def approve(self, request_id: str, *, reason: str | None = None,
+                decision: str = "approve") -> dict:
+        """Signs and sends a decision (``approve`` or ``reject``). The request digest is
+        recomputed from the request the broker shows, so the approver signs what it saw."""
+        if decision not in ("approve", "reject"):
+            raise ValueError("decision is approve or reject")
+        shown = next((r for r in self.pending() if r["request_id"] == request_id), None)
+        if shown is None:
+            raise errors.InvalidRequest(f"request {request_id} is not pending for this approver",
+                                        code="not_found", status=404)
+        digest = b64url(hashlib.sha384(canonicalize(
+            {"operation": shown["operation"], "resource": shown["resource"],
+             "params": shown["params"]}).encode("utf-8")).digest())
+        if digest != shown["request_digest"]:
+            raise errors.InvalidRequest("the broker's request digest does not match the request "
+                                        "it shows", code="digest_mismatch")
+        message = "\n".join(["seb-approval-v1", decision, digest,
+                             shown["requester"]["x5t#S256"]]).encode("utf-8")
+        body: dict[str, Any] = {"decision": decision, "signature": b64url(self._sign(message))}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("POST", f"/v1/executions/{request_id}/approvals", body)
+
+    def _sign(self, message: bytes) -> bytes:
+        with open(self._key_path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("approver keys are EC P-256 or P-384")
+        algorithm = hashes.SHA384() if key.curve.key_size == 384 else hashes.SHA256()
+        return key.sign(message, ec.ECDSA(algorithm))
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self._http.request(method, self.broker + path,
+                                          json=body if body is not None else None)
+        except httpx.ConnectError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, _RefusedServer):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise errors.ServerCertificateRefused(str(cause)) from e
+            raise
+        return _answer(response)
+
+
+class _RefusedServer(ssl.SSLError):
+    """Raised inside the handshake; an OSError, so the HTTP stack closes the connection."""
+
+
+def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl.SSLContext:
+    """A TLS context that, after the usual chain and name checks, accepts only a server
+    certificate issued directly by ``root`` and carrying serverAuth (docs/API.md, Transport):
+    an intermediate CA may hold a certificate for the broker's name that chains to the root
+    just as well."""
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+
+    class PinnedSocket(ssl.SSLSocket):
+        def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+            super().do_handshake(*args, **kwargs)
+            reason = _server_certificate_problem(self.getpeercert(True), root)
+            if reason is not None:
+                raise _RefusedServer(reason)
+
+    context.sslsocket_class = PinnedSocket
+    return context
+
+
+def _server_certificate_problem(der: bytes | None, root: x509.Certificate) -> str | None:
+    if der is None:
+        return "the broker presented no certificate"
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        root.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                                 ec.ECDSA(cert.signature_hash_algorithm))
+    except Exception:
+        return "the broker's certificate was not issued directly by the pinned root"
+    if cert.issuer != root.subject:
+        return "the broker's certificate was not issued directly by the pinned root"
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "the broker's certificate lacks serverAuth"
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        return "the broker's certificate lacks serverAuth"
+    return None
+
+
+def _answer(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise errors.from_answer(response.status_code, error.get("code", "http_error"),
+                                 error.get("message", response.text[:200]),
+                                 error.get("request_id"))
+    return body
+
+
+def _execution(body: dict) -> Granted | Pending:
+    if body.get("status") == "granted":
+        return Granted(request_id=body["request_id"], token=body["token"],
+                       expires_at=body["expires_at"], request_digest=body["request_digest"])
+    if body.get("status") == "pending_approval":
+        return Pending(request_id=body["request_id"], request_digest=body["request_digest"],
+                       approvals_required=body["approvals_required"],
+                       approval_group=body["approval_group"], expires_at=body["expires_at"],
+                       approvals=body.get("approvals") or [])
+    raise errors.from_answer(0, "request_" + str(body.get("status")),
+                             f"unexpected status {body.get('status')!r}", body.get("request_id"))

@@ -1,0 +1,165 @@
+"""The agent and approver sides of seb_client against a real broker and executor."""
+
+import json
+import os
+import uuid
+
+import pytest
+
+from conftest import approver, env, read
+from seb_client import Granted, Pending, errors, verify_token
+from seb_client.verify import TrustBundle
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}.txt"
+
+
+def test_grants_show_the_agents_authority(agent):
+    authority = agent.grants()
+    assert authority.subject == "CN=agent"
+    assert authority.frozen is False
+    assert authority.epoch == 1
+    assert [(g.operation, g.resource) for g in authority.grants] == [
+        ("demo.write", "demo/files"), ("demo.write", "demo/files"),
+        ("deploy.rollout", "prod/payments/*"), ("demo.brief", "demo/files")]
+    release = authority.grants[0]
+    assert release.params == {"name": {"prefix": "release-"}} and release.params_any
+    deploy = authority.grants[2]
+    assert deploy.approval == {"required": 2, "group": "sre-leads"}
+    assert deploy.params == {"replicas": {"min": 1, "max": 10}}
+    assert authority.grants[3].token_ttl == 1
+
+
+def test_request_verify_execute_once(agent):
+    name = unique("py")
+    params = {"name": name, "text": "hello from python"}
+    granted = agent.request("demo.write", "demo/files", params, justification="pytest")
+    assert isinstance(granted, Granted)
+    # The executor-side verifier accepts it for exactly this action and agent.
+    claims = verify_token(granted.token, TrustBundle(read("SEB_TRUST")), "demo.write",
+                          "demo/files", json.dumps(params), read("SEB_AGENT_CERT"),
+                          issuer="seb-dev")
+    assert claims["jti"] and claims["authorization_details"][0]["operation"] == "demo.write"
+
+    result = agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
+    assert result["status"] == "executed"
+    assert result["receipt"]["body"]["exit_code"] == 0
+    with open(os.path.join(env("SEB_OUT_DIR"), name)) as f:
+        assert f.read() == "hello from python"
+    # Single use: the second presentation is refused, with its code.
+    with pytest.raises(errors.SebError) as refused:
+        agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
+    assert refused.value.code == "token_already_redeemed"
+
+
+def test_another_agent_cannot_use_the_token(agent, other_agent):
+    params = {"name": unique("stolen"), "text": "x"}
+    granted = agent.request("demo.write", "demo/files", params)
+    with pytest.raises(errors.SebError) as refused:
+        other_agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
+    assert refused.value.code == "wrong_certificate"
+    assert not os.path.exists(os.path.join(env("SEB_OUT_DIR"), params["name"]))
+
+
+def test_denials_raise_the_exception_of_their_code(agent):
+    with pytest.raises(errors.OperationNotGranted) as denied:
+        agent.request("db.drop", "prod/payments/db", {})
+    assert denied.value.status == 403 and isinstance(denied.value, errors.Denied)
+    with pytest.raises(errors.ParamConstraintViolated):
+        agent.request("deploy.rollout", "prod/payments/api", {"replicas": 11})
+    with pytest.raises(errors.ResourceNotGranted):
+        agent.request("deploy.rollout", "staging/payments/api", {"replicas": 1})
+
+
+def test_approvals_pending_approve_wait_and_verify(agent):
+    params = {"replicas": 3}
+    pending = agent.request("deploy.rollout", "prod/payments/api", params,
+                            justification="roll out the fix")
+    assert isinstance(pending, Pending)
+    assert (pending.approvals_required, pending.approval_group) == (2, "sre-leads")
+    with pytest.raises(errors.WaitTimeout):
+        agent.wait(pending.request_id, timeout=0.3, interval=0.1)
+    for name in ("ALICE", "BOB"):
+        with approver(name) as a:
+            listed = [r for r in a.pending() if r["request_id"] == pending.request_id]
+            assert listed and listed[0]["params"] == params
+            a.approve(pending.request_id, reason="reviewed")
+    granted = agent.wait(pending.request_id, timeout=30)
+    assert isinstance(granted, Granted)
+
+    trust = TrustBundle(read("SEB_TRUST"))
+    approvers = read("SEB_ALICE_CERT") + read("SEB_BOB_CERT")
+    claims = verify_token(granted.token, trust, "deploy.rollout", "prod/payments/api",
+                          json.dumps(params), read("SEB_AGENT_CERT"), approvers=approvers)
+    assert claims["authorization_details"][0]["approvals"] == 2
+    assert len(claims["approvals"]) == 2
+    # Without the approvers' certificates the quorum cannot be checked: refused.
+    with pytest.raises(errors.VerifyError) as refused:
+        verify_token(granted.token, trust, "deploy.rollout", "prod/payments/api",
+                     json.dumps(params), read("SEB_AGENT_CERT"))
+    assert refused.value.code == "unknown_approver"
+    # Only one approver's certificate: the other entry is unknown.
+    with pytest.raises(errors.VerifyError) as refused:
+        verify_token(granted.token, trust, "deploy.rollout", "prod/payments/api",
+                     json.dumps(params), read("SEB_AGENT_CERT"), approvers=read("SEB_ALICE_CERT"))
+    assert refused.value.code == "unknown_approver"
+
+
+def test_a_rejection_ends_the_wait(agent):
+    pending = agent.request("deploy.rollout", "prod/payments/api", {"replicas": 2})
+    with approver("ALICE") as a:
+        a.approve(pending.request_id, decision="reject", reason="not now")
+    with pytest.raises(errors.RequestNotGranted) as ended:
+        agent.wait(pending.request_id, timeout=10, interval=0.1)
+    assert ended.value.code == "request_rejected"
+
+
+def test_the_broker_certificate_must_be_the_roots_own(agent, tmp_path):
+    # Pinning another root: the TLS handshake itself fails.
+    import ssl
+
+    import httpx
+    from seb_client import Client
+    with pytest.raises((ssl.SSLError, httpx.ConnectError)):
+        with Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
+                    env("SEB_AGENT_KEY")) as c:
+            c.grants()
+
+
+def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_request(agent):
+    """An intermediate CA (certified by the root, for agents only) made a TLS certificate for
+    the broker's address: it chains to the root, so TLS alone accepts it. The client refuses it
+    in the handshake, and the impostor never sees a request."""
+    import http.server
+    import ssl
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        from seb_client import Client
+        with Client(url, env("SEB_ROOT"), env("SEB_AGENT_CERT"), env("SEB_AGENT_KEY")) as c:
+            with pytest.raises(errors.ServerCertificateRefused) as refused:
+                c.request("demo.write", "demo/files", {"name": "secret.txt", "text": "x"})
+            assert "not issued directly by the pinned root" in str(refused.value)
+        assert seen == []
+    finally:
+        server.shutdown()

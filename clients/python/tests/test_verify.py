@@ -1,0 +1,166 @@
+"""The executor-side verifier: against tokens seb's Rust verifier rejects (written by
+tests/agents.rs, which checked each verdict with seb::verify first), and its own negative
+vectors built from a real token."""
+
+import base64
+import json
+
+import pytest
+
+from conftest import env, read
+from seb_client import canonicalize, errors, params_digest, verify_token
+from seb_client.verify import TrustBundle, thumbprint
+
+
+def cases():
+    with open(env("SEB_CASES")) as f:
+        return json.load(f)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def verdict(case, **changes) -> str:
+    args = dict(token=case["token"], trust_bundle=TrustBundle(read("SEB_TRUST")),
+                operation=case["operation"], resource=case["resource"], params=case["params"],
+                agent_cert=open(case["agent_cert"], "rb").read())
+    args.update(changes)
+    try:
+        verify_token(**args)
+        return "ok"
+    except errors.VerifyError as e:
+        return e.code
+
+
+def test_agrees_with_seb_on_every_case():
+    seen = {}
+    for case in cases():
+        seen[case["name"]] = verdict(case)
+    assert seen == {case["name"]: case["code"] for case in cases()}
+    # The rejected kinds the issue names are all there.
+    assert {"forged", "foreign_key", "expired", "other_params", "other_agent", "high_s"} <= set(seen)
+
+
+def good():
+    return next(c for c in cases() if c["name"] == "good")
+
+
+def with_header(token: str, header: dict) -> str:
+    parts = token.split(".")
+    return ".".join([b64(json.dumps(header).encode()), parts[1], parts[2]])
+
+
+def test_header_and_shape():
+    case = good()
+    header = json.loads(unb64(case["token"].split(".")[0]))
+    assert verdict(case, token=case["token"] + "=") == "malformed_token"
+    assert verdict(case, token="a.b") == "malformed_token"
+    assert verdict(case, token="x" * 20000) == "token_too_large"
+    assert verdict(case, token=with_header(case["token"], {**header, "alg": "none"})) == \
+        "unsupported_algorithm"
+    assert verdict(case, token=with_header(case["token"], {**header, "alg": "HS256"})) == \
+        "unsupported_algorithm"
+    assert verdict(case, token=with_header(case["token"], {**header, "typ": "JWT"})) == \
+        "wrong_token_type"
+    assert verdict(case, token=with_header(case["token"], {**header, "jku": "https://x"})) == \
+        "malformed_token"
+    duplicate = '{"alg":"ES384","alg":"ES384","typ":"seb-exec+jwt","kid":"%s"}' % header["kid"]
+    parts = case["token"].split(".")
+    assert verdict(case, token=".".join([b64(duplicate.encode()), parts[1], parts[2]])) == \
+        "malformed_token"
+
+
+def test_the_key_must_be_the_token_key_issued_by_the_root():
+    case = good()
+    header = json.loads(unb64(case["token"].split(".")[0]))
+    bundle = TrustBundle(read("SEB_TRUST"))
+    audit = next(c for c in bundle.others if "audit" in c.subject.rfc4514_string())
+    # The audit certificate is in the bundle and root-issued, but of the audit purpose.
+    assert verdict(case, token=with_header(case["token"], {**header, "kid": thumbprint(audit)})) \
+        == "wrong_key_purpose"
+    root = bundle.roots[0]
+    assert verdict(case, token=with_header(case["token"], {**header, "kid": thumbprint(root)})) \
+        == "unknown_key"
+    # A bundle without a root trusts nothing.
+    only_leaves = b"".join(c.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
+                                                     fromlist=["Encoding"]).Encoding.PEM)
+                           for c in bundle.others)
+    with pytest.raises(errors.VerifyError) as refused:
+        TrustBundle(only_leaves)
+    assert refused.value.code == "invalid_trust_bundle"
+    # Another installation's root (the agent's certificate stands in): the token key is unknown.
+    assert verdict(case, trust_bundle=read("SEB_ROOT")) == "unknown_key"
+
+
+def test_expectations_are_exact():
+    case = good()
+    assert verdict(case) == "ok"
+    assert verdict(case, operation="demo.writ") == "wrong_operation"
+    assert verdict(case, resource="demo/files/") == "wrong_resource"
+    assert verdict(case, issuer="seb-other") == "wrong_issuer"
+    assert verdict(case, min_epoch=2) == "stale_epoch"
+    params = json.loads(case["params"])
+    # Key order and whitespace do not matter; a duplicate key or a string for a number does.
+    reordered = "{" + ", ".join(f'"{k}": {json.dumps(v)}' for k, v in reversed(params.items())) + "}"
+    assert verdict(case, params=reordered) == "ok"
+    assert verdict(case, params=params) == "ok"
+    assert verdict(case, params='{"name": "a", "name": "v.txt", "text": "verified"}') == \
+        "invalid_params"
+    assert verdict(case, params="[1]") == "invalid_params"
+    assert verdict(case, params='{"n": 9007199254740992}') == "invalid_params"
+    # Binding: not presented must be said explicitly.
+    assert verdict(case, agent_cert="not_presented") == "ok"
+    # Time: valid now, expired later, not valid long before.
+    claims = json.loads(unb64(case["token"].split(".")[1]))
+    assert verdict(case, now=claims["exp"]) == "token_expired"
+    # Long before: the broker sets iat = nbf, and "issued in the future" is checked first.
+    assert verdict(case, now=claims["nbf"] - 31) == "invalid_lifetime"
+    assert verdict(case, now=claims["nbf"] - 30) == "ok"
+
+
+def test_claims_are_checked_only_after_the_signature():
+    case = good()
+    parts = case["token"].split(".")
+    claims = json.loads(unb64(parts[1]))
+    claims["extra"] = 1
+    tampered = ".".join([parts[0], b64(json.dumps(claims).encode()), parts[2]])
+    assert verdict(case, token=tampered) == "bad_signature"
+    truncated = ".".join([parts[0], parts[1], parts[2][:-4]])
+    assert verdict(case, token=truncated) == "bad_signature"
+
+
+def test_jcs_known_answers():
+    # RFC 8785 section 3.2.2 number serialisation and member ordering by UTF-16 code units.
+    assert canonicalize([1.0, 1e21, 1e-7, 0.000001, -0.0, 333333333.33333329, 1e23]) == \
+        "[1,1e+21,1e-7,0.000001,0,333333333.3333333,1e+23]"
+    assert canonicalize({"\u20ac": 1, "\U0001f600": 2, "\ufb01": 3, "a": [None, True]}) == \
+        '{"a":[null,true],"\u20ac":1,"\U0001f600":2,"\ufb01":3}'
+    assert canonicalize("\u2028\x1f\"\\") == '"\u2028\\u001f\\"\\\\"'
+    # One meaning, one digest: 1.0 and 1 are the same number.
+    assert params_digest({"a": 1.0, "b": "x"}) == params_digest({"b": "x", "a": 1})
+    assert params_digest({"a": "1"}) != params_digest({"a": 1})
+
+
+def test_the_agents_grant_says_which_approvals_a_token_needs():
+    from cryptography import x509 as cx509
+
+    from seb_client.verify import grant_rule
+    agent = cx509.load_pem_x509_certificate(read("SEB_AGENT_CERT"))
+    # Decoded from the agent's own sebGrants and matched as the broker matches.
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 3}) == \
+        (2, "sre-leads")
+    assert grant_rule(agent, "demo.write", "demo/files", {"name": "a", "text": "b"}) is None
+    # The first grant that allows wins: release- files need the two approvals.
+    assert grant_rule(agent, "demo.write", "demo/files", {"name": "release-1", "text": "b"}) == \
+        (2, "sre-leads")
+    # A request no grant allows has no rule: replicas out of range, "3" not 3, another path.
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": 11}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api", {"replicas": "3"}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/billing/api", {"replicas": 3}) is None
+    assert grant_rule(agent, "deploy.rollout", "prod/payments/api",
+                      {"replicas": 3, "extra": 1}) is None

@@ -1,0 +1,3 @@
+module seb.example/go-executor
+
+go 1.19
