@@ -1,5 +1,15 @@
-//! The agents' side (issue 18): `GET /v1/grants`, the agent's own authority as the decision
-//! applies it, over real TLS against a real broker on its own SoftHSM2 token.
+//! The agents' side (issue 18), each test against a real broker on its own SoftHSM2 token
+//! (and, where an executor is involved, a real `seb exec`), over real mutual TLS:
+//!
+//! * `GET /v1/grants`: the agent's own authority as the decision applies it;
+//! * the Python package `clients/python` (pytest, run here with the deployment in its
+//!   environment): client, LangChain tools and the independent executor-side verifier;
+//! * the Go executor `examples/go-executor` (standard library only), built and run;
+//! * Node's `jose` verifying a token.
+//!
+//! Every verifier is shown the same tokens, which seb's own verifier is first shown to reject
+//! (`Deployment::rejected_cases`). Python, Go, Node and jose come from deploy/install-deps.sh;
+//! a missing one fails the test, never skips it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
