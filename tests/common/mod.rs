@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod exec;
+#[allow(unused_imports)] // not every test crate starts an executor
 pub use exec::Executor;
 
 /// A provisioned SoftHSM2 token with its seb configuration.

@@ -1,0 +1,405 @@
+//! The v1 API's handlers: each parses its input strictly, runs the broker's work on a blocking
+//! thread ([`blocking`]) and answers JSON (or PEM, or text). Who may call which route is
+//! decided before them, by [`super::authorize`] over [`super::ROUTES`].
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+
+use super::error::{self, ApiError, HttpError};
+use super::App;
+use crate::broker::{ApprovalBody, BrokerError, Caller, ExecutionRequest};
+
+/// A query string as axum extracts it, kept as a `Result` so a bad one gets seb's own error.
+type QueryResult<T> = Result<Query<T>, QueryRejection>;
+
+/// The parsed query, or `invalid` for a query that does not fit `T`.
+fn query_or<T>(
+    query: QueryResult<T>,
+    invalid: impl FnOnce(QueryRejection) -> ApiError,
+) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(invalid)
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(BrokerError::Internal(e.to_string()))),
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::BodyTooLarge
+        } else {
+            HttpError::UnreadableBody
+        }
+    })?;
+    let value =
+        crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    Ok(serde_json::from_value(value).map_err(|e| HttpError::InvalidBody(e.to_string()))?)
+}
+
+pub(super) async fn create_execution(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ExecutionRequest = parse_body(body)?;
+    let response = app.broker.request_execution(&caller, request).await?;
+    let status = if response.token.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+pub(super) async fn get_execution(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let broker = app.broker.clone();
+    let response = blocking(move || broker.execution(&caller, &id)).await?;
+    Ok(Json(response).into_response())
+}
+
+/// `GET /v1/grants`: the calling agent's own grants as the decision applies them, its
+/// certificate's expiry, the policy epoch and whether issuance is frozen. Reads nothing but the
+/// caller's own path (admitted a moment ago) and the broker's in-memory policy.
+pub(super) async fn grants(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Result<Response, ApiError> {
+    let result = app.broker.agent_authority(&caller, SystemTime::now());
+    app.broker.metrics().record_request(
+        "grants",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        },
+    );
+    Ok(Json(result?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: String,
+}
+
+/// `GET /v1/executions?status=pending`: the open requests the calling approver may decide,
+/// with the exact parameters it would sign over.
+pub(super) async fn list_executions(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    query: QueryResult<ListQuery>,
+) -> Result<Response, ApiError> {
+    let query = query_or(query, |_| HttpError::InvalidQuery.into())?;
+    if query.status != "pending" {
+        return Err(HttpError::InvalidQuery.into());
+    }
+    let broker = app.broker.clone();
+    let requests = blocking(move || broker.pending_requests(&caller)).await?;
+    Ok(Json(json!({ "requests": requests })).into_response())
+}
+
+/// `POST /v1/executions/{id}/approvals`: an approver's signed decision. The work runs in a
+/// task of its own, so a client that goes away after its approval was recorded cannot leave a
+/// quorum without its token.
+pub(super) async fn post_approval(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let decision: ApprovalBody = parse_body(body)?;
+    let broker = app.broker.clone();
+    let task = tokio::spawn(async move {
+        let recorder = broker.clone();
+        let step = match tokio::task::spawn_blocking(move || {
+            recorder.record_approval(&caller, &id, decision)
+        })
+        .await
+        {
+            Ok(step) => step?,
+            Err(e) => return Err(BrokerError::Internal(e.to_string())),
+        };
+        broker.finish_approval(step).await
+    });
+    let response = match task.await {
+        Ok(result) => result?,
+        Err(e) => return Err(ApiError::from(BrokerError::Internal(e.to_string()))),
+    };
+    Ok(Json(response).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedeemBody {
+    token: String,
+}
+
+pub(super) async fn redeem(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let RedeemBody { token } = parse_body(body)?;
+    let broker = app.broker.clone();
+    let redemption = blocking(move || broker.redeem(&caller, &token)).await?;
+    Ok(Json(redemption).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutcomeBody {
+    receipt: crate::receipt::Receipt,
+}
+
+/// `POST /v1/executions/{id}/outcome`: an executor's signed receipt for a token it redeemed.
+pub(super) async fn post_outcome(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::from(BrokerError::NotFound));
+    }
+    let OutcomeBody { receipt } = parse_body(body)?;
+    let broker = app.broker.clone();
+    let recorded = blocking(move || broker.record_outcome(&caller, &id, receipt)).await?;
+    Ok((StatusCode::CREATED, Json(recorded)).into_response())
+}
+
+pub(super) async fn trust(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        app.broker.trust_pem().to_owned(),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CrlQuery {
+    issuer: Option<String>,
+}
+
+/// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM).
+pub(super) async fn crl(
+    State(app): State<App>,
+    query: QueryResult<CrlQuery>,
+) -> Result<Response, ApiError> {
+    let query = query_or(query, |_| {
+        BrokerError::NoCrlIssuer("(malformed query)".into()).into()
+    })?;
+    let broker = app.broker.clone();
+    let pem = blocking(move || broker.crl_pem(query.issuer.as_deref())).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AttestationQuery {
+    nonce: String,
+}
+
+/// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
+/// certificate like every route, then again per certificate and globally for quotes, since
+/// they serialise on the TPM.
+pub(super) async fn attestation(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+    query: QueryResult<AttestationQuery>,
+) -> Result<Response, ApiError> {
+    let now = Instant::now();
+    if !app.attest_limiter.allow(&caller.peer().key_id, now) || !app.attest_global.allow("all", now)
+    {
+        return Err(HttpError::RateLimited {
+            what: "attestation requests",
+        }
+        .into());
+    }
+    let query = query_or(query, |_| HttpError::InvalidNonce.into())?;
+    let nonce = hex::decode(&query.nonce).map_err(|_| HttpError::InvalidNonce)?;
+    if !(crate::attest::MIN_NONCE..=crate::attest::MAX_NONCE).contains(&nonce.len()) {
+        return Err(HttpError::InvalidNonce.into());
+    }
+    let Some(state) = app.broker.attestation().cloned() else {
+        return Err(HttpError::AttestationNotConfigured.into());
+    };
+    let evidence = tokio::task::spawn_blocking(move || state.evidence(&nonce))
+        .await
+        .map_err(|e| ApiError::from(BrokerError::Internal(e.to_string())))?
+        .map_err(|e| match e {
+            crate::attest::AttestError::Busy => ApiError::from(HttpError::AttestationBusy),
+            e => {
+                tracing::error!(error = %error::ErrorChain(&e), "attestation quote failed");
+                ApiError::from(HttpError::QuoteFailed)
+            }
+        })?;
+    Ok(Json(evidence).into_response())
+}
+
+/// An audit route's query, or `invalid_request` saying what is wrong with it.
+fn audit_query<T>(query: QueryResult<T>) -> Result<T, ApiError> {
+    query_or(query, |e| BrokerError::InvalidRequest(e.body_text()).into())
+}
+
+/// `GET /v1/audit/checkpoint`: the newest signed checkpoint (C2SP tlog-checkpoint text),
+/// signed now if the log grew since the last one.
+pub(super) async fn audit_checkpoint(State(app): State<App>) -> Result<Response, ApiError> {
+    let log = app.broker.audit_log().clone();
+    let note = blocking(move || log.checkpoint()).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EntriesQuery {
+    start: u64,
+    end: Option<u64>,
+}
+
+/// `GET /v1/audit/entries?start=&end=`: at most 1000 entries from `start`.
+pub(super) async fn audit_entries(
+    State(app): State<App>,
+    query: QueryResult<EntriesQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let entries = blocking(move || broker.audit_entries(q.start, q.end)).await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+pub(super) async fn audit_inclusion(
+    State(app): State<App>,
+    query: QueryResult<InclusionQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let proof = blocking(move || broker.audit_inclusion(q.index, q.size)).await?;
+    Ok(Json(proof).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+pub(super) async fn audit_consistency(
+    State(app): State<App>,
+    query: QueryResult<ConsistencyQuery>,
+) -> Result<Response, ApiError> {
+    let q = audit_query(query)?;
+    let broker = app.broker.clone();
+    let proof = blocking(move || broker.audit_consistency(q.from, q.to)).await?;
+    Ok(Json(proof).into_response())
+}
+
+pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError> {
+    let broker = app.broker.clone();
+    let checks = tokio::task::spawn_blocking(move || broker.health())
+        .await
+        .unwrap_or_else(|_| vec![("health", Err("health check task failed".into()))]);
+    // Warnings do not make the broker unready: an expiring certificate still works today.
+    let warnings: Vec<serde_json::Value> = app
+        .broker
+        .expiring_certificates(SystemTime::now())
+        .into_iter()
+        .map(|(what, not_after)| {
+            let at = der::DateTime::from_system_time(not_after)
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            json!({
+                "check": "certificate_expiry",
+                "certificate": what,
+                "not_after": at,
+                "message": renewal_hint(&what, &at),
+            })
+        })
+        .collect();
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let detail: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!({"ok": true}),
+                Err(reason) => json!({"ok": false, "reason": reason}),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": detail,
+            "warnings": warnings,
+        })),
+    )
+        .into_response())
+}
+
+/// What to do about a broker certificate that expires soon: `seb rotate` for the token, TLS
+/// and audit keys; the root is replaced by the plan in OPERATIONS.md ("Year two").
+fn renewal_hint(what: &str, at: &str) -> String {
+    if what == "root" {
+        format!(
+            "the root certificate expires at {at}; follow the root rotation plan in docs/OPERATIONS.md (a new root cross-signed by the old one)"
+        )
+    } else {
+        format!("the {what} certificate expires at {at}; renew it with `seb rotate {what}`")
+    }
+}
+
+pub(super) async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.broker.metrics().render() + &app.broker.certificate_metrics(SystemTime::now()),
+    )
+        .into_response())
+}
+
+pub(super) async fn not_found() -> ApiError {
+    HttpError::NoSuchEndpoint.into()
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    HttpError::MethodNotAllowed.into()
+}
