@@ -8,30 +8,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
-use common::{Broker, Hsm, Identity};
+use common::{Broker, Executor, Hsm, Identity};
 use serde_json::{json, Value};
-
-/// A running `seb exec`; stopped on drop.
-struct Exec {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Exec {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
 
 struct Setup {
     hsm: Hsm,
     broker: Broker,
-    exec: Exec,
+    exec: Executor,
     agent: Identity,
     executor: Identity,
     out: PathBuf,
@@ -82,7 +66,7 @@ timeout = "10s"
         ),
     )
     .unwrap();
-    let exec = start_exec(&hsm, &config);
+    let exec = Executor::start(&hsm, &config);
     Setup {
         hsm,
         broker,
@@ -91,40 +75,6 @@ timeout = "10s"
         executor,
         out,
     }
-}
-
-fn start_exec(hsm: &Hsm, config: &std::path::Path) -> Exec {
-    use std::io::{BufRead, BufReader};
-    let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["exec", "--config", config.to_str().unwrap()])
-        .current_dir(hsm.dir.path())
-        .env_remove("SEB_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "executor did not start:\n{}",
-                std::fs::read_to_string(hsm.path("executor.log")).unwrap_or_default()
-            )
-        });
-    let url = line.rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("https://"), "{line}");
-    Exec { child, url }
 }
 
 /// Asks the broker for a token as `agent`; returns (status, body).

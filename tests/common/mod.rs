@@ -392,6 +392,59 @@ impl Drop for Broker {
     }
 }
 
+/// A running `seb exec` (the reference executor) with the configuration `config`, started in
+/// the directory of an [`Hsm`]; its log is `executor.log` there. Stopped with SIGTERM on drop.
+pub struct Executor {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Executor {
+    /// Starts the executor and waits until it listens.
+    pub fn start(hsm: &Hsm, config: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+            .args(["exec", "--config", config.to_str().unwrap()])
+            .current_dir(hsm.dir.path())
+            .env_remove("SEB_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "executor did not start:\n{}",
+                    std::fs::read_to_string(hsm.path("executor.log")).unwrap_or_default()
+                )
+            });
+        let url = line.rsplit(' ').next().unwrap().to_owned();
+        assert!(url.starts_with("https://"), "{line}");
+        Self { child, url }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 /// An identity (certificate chain + key) for talking to the broker.
 pub struct Identity {
     pub cert: PathBuf,
