@@ -191,6 +191,18 @@ impl std::fmt::Display for DenyCode {
     }
 }
 
+/// What a chain authorizes before any request is looked at: the leaf's grants once the chain
+/// passed [`decide`]'s steps 1 to 4, and the longest token lifetime it still allows.
+#[derive(Clone, Copy, Debug)]
+pub struct Authority<'a> {
+    /// The leaf's grants. Each is covered by a grant of every ancestor that carries grants
+    /// (attenuation holds), so no intermediate's limit widens or narrows them further.
+    pub grants: &'a GrantSet,
+    /// min(broker max lifetime, time left before the first certificate of the chain expires):
+    /// no token outlives it, whatever a grant's `max_ttl` says.
+    pub ttl_cap: Duration,
+}
+
 /// Decides a request. Checks, in order (the first failure is the answer):
 ///
 /// 1. every certificate, leaf first: revoked, then not yet valid, then expired;
@@ -202,6 +214,8 @@ impl std::fmt::Display for DenyCode {
 /// 5. the request is well-formed (operation, resource, params object, canonicalisable);
 /// 6. the first leaf grant matching operation, resource and params allows; otherwise the most
 ///    specific failure over all grants is reported (params > resource > operation).
+///
+/// Steps 1 to 4 are [`authority`], which `GET /v1/grants` shows the agent.
 pub fn decide(
     chain: &ChainView,
     revoked: &dyn RevocationView,
@@ -209,96 +223,13 @@ pub fn decide(
     now: SystemTime,
     broker_max_ttl: Duration,
 ) -> Decision {
-    let certs: Vec<(&str, &CertFacts)> = std::iter::once(("leaf", &chain.leaf))
-        .chain(chain.ancestors.iter().map(|c| ("issuer", c)))
-        .collect();
-
-    // 1. Validity and revocation; also the time left before the first certificate expires.
-    let mut remaining = broker_max_ttl;
-    for (depth, (what, cert)) in certs.iter().enumerate() {
-        let name = format!("{what} certificate (depth {depth}, serial {})", cert.serial);
-        if revoked.is_revoked(&cert.serial) {
-            return Decision::deny(DenyCode::CertificateRevoked, format!("{name} is revoked"));
-        }
-        if now < cert.not_before {
-            return Decision::deny(
-                DenyCode::CertificateNotYetValid,
-                format!("{name} is not valid yet"),
-            );
-        }
-        // now <= not_after here, so the subtraction cannot fail.
-        let left = cert.not_after.duration_since(now).ok();
-        match left {
-            None => {
-                return Decision::deny(DenyCode::CertificateExpired, format!("{name} has expired"));
-            }
-            Some(left) if left < Duration::from_secs(1) => {
-                return Decision::deny(
-                    DenyCode::CertificateExpired,
-                    format!("{name} expires in under a second; no token can be issued"),
-                );
-            }
-            Some(left) => remaining = remaining.min(left),
-        }
-    }
-
-    // 2. Role, and its delegation along the chain.
-    match &chain.leaf.role {
-        Some(role) if role.kind == RoleKind::Agent => {}
-        Some(role) => {
-            return Decision::deny(
-                DenyCode::WrongRole,
-                format!("certificate role is {}, not agent", role.kind),
-            );
-        }
-        None => {
-            return Decision::deny(
-                DenyCode::WrongRole,
-                "certificate carries no sebRole extension",
-            );
-        }
-    }
-    if let Err((code, reason)) = delegated_role(chain) {
-        return Decision::deny(code, reason);
-    }
-
-    // 3. Every grants extension decodes.
-    let mut sets: Vec<(usize, &GrantSet)> = Vec::with_capacity(certs.len());
-    for (depth, (what, cert)) in certs.iter().enumerate() {
-        match &cert.grants {
-            None => {}
-            Some(Ok(set)) => sets.push((depth, set)),
-            Some(Err(e)) => {
-                return Decision::deny(
-                    DenyCode::InvalidGrantsExtension,
-                    format!("{what} certificate (depth {depth}): {e}"),
-                );
-            }
-        }
-    }
-    let leaf_grants = match sets.first() {
-        Some((0, set)) => *set,
-        _ => {
-            return Decision::deny(
-                DenyCode::NoGrants,
-                "certificate carries no sebGrants extension",
-            );
-        }
+    let Authority {
+        grants: leaf_grants,
+        ttl_cap: remaining,
+    } = match authority(chain, revoked, now, broker_max_ttl) {
+        Ok(authority) => authority,
+        Err((code, reason)) => return Decision::deny(code, reason),
     };
-
-    // 4. Attenuation: every pair (descendant, ancestor) among certificates with grants.
-    for (i, (child_depth, child)) in sets.iter().enumerate() {
-        for (parent_depth, parent) in &sets[i + 1..] {
-            if let Err(e) = grant_set_covered(parent, child) {
-                return Decision::deny(
-                    DenyCode::GrantChainEscalation,
-                    format!(
-                        "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {e}"
-                    ),
-                );
-            }
-        }
-    }
 
     // 5. The request itself.
     if let Err(e) = syntax::validate_operation(&req.operation) {
@@ -346,6 +277,108 @@ pub fn decide(
         ),
         Some((code, reason)) => Decision::deny(code, reason),
     }
+}
+
+/// Steps 1 to 4 of [`decide`]: whether the chain authorizes anything at `now`, and if so the
+/// leaf's grants and the lifetime cap. The same code answers a request and `GET /v1/grants`,
+/// so what an agent is shown is what the decision will use.
+pub fn authority<'a>(
+    chain: &'a ChainView,
+    revoked: &dyn RevocationView,
+    now: SystemTime,
+    broker_max_ttl: Duration,
+) -> Result<Authority<'a>, (DenyCode, String)> {
+    let certs: Vec<(&str, &CertFacts)> = std::iter::once(("leaf", &chain.leaf))
+        .chain(chain.ancestors.iter().map(|c| ("issuer", c)))
+        .collect();
+
+    // 1. Validity and revocation; also the time left before the first certificate expires.
+    let mut remaining = broker_max_ttl;
+    for (depth, (what, cert)) in certs.iter().enumerate() {
+        let name = format!("{what} certificate (depth {depth}, serial {})", cert.serial);
+        if revoked.is_revoked(&cert.serial) {
+            return Err((DenyCode::CertificateRevoked, format!("{name} is revoked")));
+        }
+        if now < cert.not_before {
+            return Err((
+                DenyCode::CertificateNotYetValid,
+                format!("{name} is not valid yet"),
+            ));
+        }
+        // now <= not_after here, so the subtraction cannot fail.
+        let left = cert.not_after.duration_since(now).ok();
+        match left {
+            None => {
+                return Err((DenyCode::CertificateExpired, format!("{name} has expired")));
+            }
+            Some(left) if left < Duration::from_secs(1) => {
+                return Err((
+                    DenyCode::CertificateExpired,
+                    format!("{name} expires in under a second; no token can be issued"),
+                ));
+            }
+            Some(left) => remaining = remaining.min(left),
+        }
+    }
+
+    // 2. Role, and its delegation along the chain.
+    match &chain.leaf.role {
+        Some(role) if role.kind == RoleKind::Agent => {}
+        Some(role) => {
+            return Err((
+                DenyCode::WrongRole,
+                format!("certificate role is {}, not agent", role.kind),
+            ));
+        }
+        None => {
+            return Err((
+                DenyCode::WrongRole,
+                "certificate carries no sebRole extension".into(),
+            ));
+        }
+    }
+    delegated_role(chain)?;
+
+    // 3. Every grants extension decodes.
+    let mut sets: Vec<(usize, &GrantSet)> = Vec::with_capacity(certs.len());
+    for (depth, (what, cert)) in certs.iter().enumerate() {
+        match &cert.grants {
+            None => {}
+            Some(Ok(set)) => sets.push((depth, set)),
+            Some(Err(e)) => {
+                return Err((
+                    DenyCode::InvalidGrantsExtension,
+                    format!("{what} certificate (depth {depth}): {e}"),
+                ));
+            }
+        }
+    }
+    let leaf_grants = match sets.first() {
+        Some((0, set)) => *set,
+        _ => {
+            return Err((
+                DenyCode::NoGrants,
+                "certificate carries no sebGrants extension".into(),
+            ));
+        }
+    };
+
+    // 4. Attenuation: every pair (descendant, ancestor) among certificates with grants.
+    for (i, (child_depth, child)) in sets.iter().enumerate() {
+        for (parent_depth, parent) in &sets[i + 1..] {
+            if let Err(e) = grant_set_covered(parent, child) {
+                return Err((
+                    DenyCode::GrantChainEscalation,
+                    format!(
+                        "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {e}"
+                    )));
+            }
+        }
+    }
+    Ok(Authority {
+        grants: leaf_grants,
+        ttl_cap: remaining,
+    })
 }
 
 /// The leaf's role, if the chain delegates it: every intermediate above the leaf may issue

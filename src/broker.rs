@@ -35,6 +35,7 @@ use crate::store::Store;
 mod access;
 mod approve;
 pub mod audit;
+mod authority;
 mod crl;
 mod error;
 mod keys;
@@ -51,6 +52,7 @@ pub mod signer;
 
 pub use access::{Access, Caller};
 pub use approve::{ApprovalBody, ApprovalStep, PendingRequest, Requester, MAX_LISTED};
+pub use authority::{AgentAuthority, EffectiveGrant};
 pub use error::{BrokerError, Disposition};
 pub use metrics::Metrics;
 pub use outcome::OutcomeRecorded;

@@ -115,6 +115,7 @@ const EXECUTOR: &[RoleKind] = &[RoleKind::Executor];
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/executions", Access::Roles(AGENT)),
     ("GET", "/v1/executions", Access::Roles(APPROVER)),
+    ("GET", "/v1/grants", Access::Roles(AGENT)),
     (
         "GET",
         "/v1/executions/{id}",
@@ -163,6 +164,7 @@ pub fn router(app: App) -> Router {
             post(create_execution).get(list_executions),
         )
         .route("/v1/executions/{id}", get(get_execution))
+        .route("/v1/grants", get(grants))
         .route("/v1/executions/{id}/approvals", post(post_approval))
         .route("/v1/executions/{id}/outcome", post(post_outcome))
         .route("/v1/tokens/redeem", post(redeem))
@@ -453,6 +455,24 @@ async fn get_execution(
     let broker = app.broker.clone();
     let response = blocking(move || broker.execution(&caller, &id)).await?;
     Ok(Json(response).into_response())
+}
+
+/// `GET /v1/grants`: the calling agent's own grants as the decision applies them, its
+/// certificate's expiry, the policy epoch and whether issuance is frozen. Reads nothing but the
+/// caller's own path (admitted a moment ago) and the broker's in-memory policy.
+async fn grants(
+    State(app): State<App>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Result<Response, ApiError> {
+    let result = app.broker.agent_authority(&caller, SystemTime::now());
+    app.broker.metrics().record_request(
+        "grants",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        },
+    );
+    Ok(Json(result?).into_response())
 }
 
 #[derive(serde::Deserialize)]

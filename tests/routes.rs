@@ -218,6 +218,14 @@ fn every_route_checks_the_whole_chain_and_the_role_of_the_caller() {
     wrong_role(&approver_p, "POST", "/v1/executions", &request());
     wrong_role(&executor_p, "POST", "/v1/executions", &request());
     wrong_role(&executor_p, "GET", &own, &Value::Null);
+    wrong_role(&executor_p, "GET", "/v1/grants", &Value::Null);
+    wrong_role(&approver_p, "GET", "/v1/grants", &Value::Null);
+    let (status, _, authority) = h.call(&agent_p, "GET", "/v1/grants", &Value::Null);
+    assert_eq!(
+        (status, &authority["grants"][0]["operation"]),
+        (200, &json!("deploy.rollout")),
+        "{authority}"
+    );
     wrong_role(
         &agent_p,
         "POST",
