@@ -187,8 +187,14 @@ fn approve(hsm: &Hsm, broker: &Broker, who: &Identity, id: &str) {
     common::assert_success(&common::seb(&args, hsm.dir.path()), "seb approve");
 }
 
-/// An executor with the `demo.write` action on both resources, writing into `out`.
-fn executor_config(hsm: &Hsm, broker: &Broker, out: &Path) -> PathBuf {
+/// An executor with the `demo.write` action on both resources, writing into `out`, that
+/// checks approved tokens against the certificates of `approvers`.
+fn executor_config(hsm: &Hsm, broker: &Broker, out: &Path, approvers: &[&Identity]) -> PathBuf {
+    let bundle: String = approvers
+        .iter()
+        .map(|a| std::fs::read_to_string(&a.cert).unwrap())
+        .collect();
+    std::fs::write(hsm.path("approvers.pem"), bundle).unwrap();
     let config = hsm.path("executor.toml");
     let action = |resource: &str| {
         format!(
@@ -213,6 +219,7 @@ broker_id = "seb-dev"
 root = "state/trust/root.pem"
 cert = "executor.pem"
 key = "executor.key"
+approvers = "approvers.pem"
 {files}{approved}"#,
             port = common::free_port(),
             broker = broker.url,
@@ -252,7 +259,7 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
     let broker = Broker::start(&hsm);
     let out = hsm.path("demo-output");
     std::fs::create_dir_all(&out).unwrap();
-    let exec = Executor::start(&hsm, &executor_config(&hsm, &broker, &out));
+    let exec = Executor::start(&hsm, &executor_config(&hsm, &broker, &out, &[&alice, &bob]));
 
     // The MCP host starts `seb mcp` with the agent's identity: the only place it is given.
     let mut args = connection(&hsm, &broker.url, &agent);
