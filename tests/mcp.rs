@@ -453,6 +453,13 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
     assert_eq!(again["source"], "executor", "{again}");
     assert_eq!(again["error"]["code"], "token_already_redeemed", "{again}");
 
+    // `execute` by id runs only requests this session made.
+    let unknown = host.refused(
+        "execute",
+        json!({"request_id": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+    );
+    assert_eq!(unknown["error"]["code"], "unknown_request", "{unknown}");
+
     // An unknown tool is the protocol's error, not a tool result.
     let unknown = host.send(&json!({"call": "sign_anything", "arguments": {}}));
     assert!(unknown["protocol_error"]["code"].is_i64(), "{unknown}");

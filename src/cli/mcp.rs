@@ -19,7 +19,7 @@
 //! bad arguments, an unreachable broker) is a tool result with `isError` and the code and
 //! message as structured content, never a protocol error.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ pub fn run(args: McpArgs) -> CliResult {
         broker: args.connection.broker,
         executor: args.executor,
         tls,
-        asked: Arc::new(Mutex::new(HashMap::new())),
+        asked: Arc::new(Mutex::new(VecDeque::new())),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,15 +78,18 @@ pub fn run(args: McpArgs) -> CliResult {
     })
 }
 
-/// The server: the session's fixed identity and endpoints, and the parameters of the requests
-/// it made (so `execute` can run a request once its approvals are in).
+/// The server: the session's fixed identity and endpoints, and the parameters of the last
+/// [`REMEMBERED`] requests it made (so `execute` can run a request once its approvals are in).
 #[derive(Clone)]
 struct SebMcp {
     broker: String,
     executor: Option<String>,
     tls: ClientTls,
-    asked: Arc<Mutex<HashMap<String, Value>>>,
+    asked: Arc<Mutex<VecDeque<(String, Value)>>>,
 }
+
+/// How many of its requests (id and parameters) a session remembers for `execute {request_id}`.
+const REMEMBERED: usize = 256;
 
 /// `list_grants` takes nothing.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -252,7 +255,10 @@ impl SebMcp {
         };
         if let Some(id) = response.body["request_id"].as_str() {
             if let Ok(mut asked) = self.asked.lock() {
-                asked.insert(id.to_owned(), request.params.clone());
+                if asked.len() == REMEMBERED {
+                    asked.pop_front();
+                }
+                asked.push_back((id.to_owned(), request.params.clone()));
             }
         }
         match response.status {
@@ -292,16 +298,17 @@ impl SebMcp {
                 Ok(r) => r,
                 Err(refusal) => return refusal,
             };
-            let remembered = self
-                .asked
-                .lock()
-                .ok()
-                .and_then(|asked| asked.get(&reference.request_id).cloned());
+            let remembered = self.asked.lock().ok().and_then(|asked| {
+                asked
+                    .iter()
+                    .find(|(id, _)| *id == reference.request_id)
+                    .map(|(_, params)| params.clone())
+            });
             let Some(params) = remembered else {
                 return Outcome::refused(
                     "unknown_request",
-                    "this server made no request with that id in this session; ask again \
-                     with execute and the request",
+                    "this server made no request with that id in this session (or too many \
+                     since); ask again with execute and the request",
                 );
             };
             let (answer, token) = self.execution_status(&reference.request_id).await;
@@ -411,10 +418,6 @@ impl ServerHandler for SebMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(self.tools()))
-    }
-
-    fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.tools().into_iter().find(|t| t.name == name)
     }
 
     async fn call_tool(
