@@ -27,17 +27,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# The Python MCP SDK from PyPI, for tests/mcp.rs, in a virtual environment of its own (the
-# system Python stays as Debian ships it). Python packages other tests need go into the same
-# venv. tests/mcp.rs finds it here, or wherever SEB_MCP_PYTHON points.
-venv=/var/lib/seb-ci/venv
-mcp_version=2.3.0
-if [ ! -x "$venv/bin/python" ]; then
-  echo "install-deps: creating the Python virtual environment $venv"
-  mkdir -p "$(dirname "$venv")"
-  /usr/bin/python3 -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$mcp_version')" 2>/dev/null; then
-  echo "install-deps: installing the Python MCP SDK (mcp $mcp_version) into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$mcp_version"
+# The Python MCP SDK from PyPI, for tests/mcp.rs (a real MCP client driving `seb mcp`), in the
+# agents' side virtual environment /var/lib/seb-ci/agents-venv (shared with the Python client's
+# tests of branch agents; the system Python stays as Debian ships it). tests/mcp.rs finds it
+# there, or wherever SEB_PYTHON points.
+VENV=/var/lib/seb-ci/agents-venv
+MCP_VERSION=2.3.0
+if ! [ -x "$VENV/bin/python" ] ||
+   ! "$VENV/bin/python" -c "import mcp, importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "install-deps: the Python MCP SDK (mcp $MCP_VERSION) in $VENV"
+  mkdir -p /var/lib/seb-ci
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_VERSION"
 fi

@@ -17,16 +17,18 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use common::{Broker, Executor, Hsm, Identity};
 use serde_json::{json, Value};
 
-/// The Python with the `mcp` SDK: `SEB_MCP_PYTHON`, else the venv of deploy/install-deps.sh.
+/// The Python with the `mcp` SDK: the agents' side virtual environment that
+/// deploy/install-deps.sh makes (`SEB_PYTHON` overrides it). Missing, the test fails: it is
+/// never skipped.
 fn python() -> PathBuf {
-    let python = std::env::var_os("SEB_MCP_PYTHON").map_or_else(
-        || PathBuf::from("/var/lib/seb-ci/venv/bin/python"),
+    let python = std::env::var_os("SEB_PYTHON").map_or_else(
+        || PathBuf::from("/var/lib/seb-ci/agents-venv/bin/python"),
         PathBuf::from,
     );
     assert!(
         python.exists(),
         "{} not found: run `bash deploy/install-deps.sh` (it puts the Python MCP SDK in \
-         /var/lib/seb-ci/venv), or set SEB_MCP_PYTHON",
+         /var/lib/seb-ci/agents-venv), or set SEB_PYTHON",
         python.display()
     );
     python
