@@ -346,17 +346,29 @@ impl SebMcp {
                 Outcome::Ok(value, None)
             }
             Ok(Ok(r)) => refusal_from("executor", &r),
+            // Not connected: the token was never presented.
+            Ok(Err(e @ seb::client::ClientError::Connect(_))) => Outcome::refused(
+                "executor_unreachable",
+                format!(
+                    "cannot reach the executor: {}; the token was not presented",
+                    with_causes(&e)
+                ),
+            ),
+            // Presented, but no answer: it may have acted. A retry cannot act twice.
             Ok(Err(e)) => Outcome::refused(
                 "executor_unreachable",
                 format!(
-                    "cannot reach the executor: {}; the token was not used",
+                    "the executor's answer was lost ({}); whether it acted is unknown. \
+                     Retrying with execute {{request_id}} is safe: the token is single-use, so \
+                     the executor acts at most once",
                     with_causes(&e)
                 ),
             ),
             Err(_) => Outcome::refused(
                 "executor_unreachable",
-                "the executor did not answer in time; whether it acted is unknown: check \
-                 execution_status before asking again",
+                "the executor did not answer in time; whether it acted is unknown. Retrying \
+                 with execute {request_id} is safe: the token is single-use, so the executor \
+                 acts at most once",
             ),
         }
     }
