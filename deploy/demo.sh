@@ -158,6 +158,8 @@ Executor: $EXE (pid $(cat executor.pid), log $DEMO/executor.log)
 Try more by hand, from $DEMO:
   $SEB request --broker $URL --ca state/trust/root.pem --cert demo-bot.pem --key demo-bot.key \\
       --operation demo.write --resource demo/files --params '{"name":"mine.txt","text":"hi"}' --execute $EXE
+  $SEB mcp --broker $URL --ca state/trust/root.pem --cert demo-bot.pem --key demo-bot.key \\
+      --executor $EXE     # the same agent as an MCP server over stdio, for an MCP host (docs/AGENTS.md)
   $SEB --config $CFG epoch bump      # every outstanding token is refused from now on
   $SEB --config $CFG freeze / unfreeze
   $SEB receipt verify --receipt run1.json --cert executor.pem --trust state/trust/root.pem

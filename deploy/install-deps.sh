@@ -5,7 +5,8 @@
 # npm, Python's venv, and cargo-nextest for the test suite. Then the test environments of the
 # agents' side (tests/agents.rs), outside the repository:
 #   /var/lib/seb-ci/agents-venv   Python virtual environment: clients/python with its
-#                                 langchain extra (httpx, cryptography, langchain-core), pytest
+#                                 langchain extra (httpx, cryptography, langchain-core), pytest,
+#                                 and the MCP SDK (tests/mcp.rs drives `seb mcp` with it)
 #   /var/lib/seb-ci/node          npm folder with `jose` (a third JWS stack)
 #   /var/lib/seb-ci/interop-venv  Python's `cryptography` and PyJWT alone, for
 #                                 tests/python_interop.rs
@@ -70,4 +71,18 @@ if ! "$INTEROP_VENV/bin/python" -c "import cryptography, jwt" >/dev/null 2>&1; t
   mkdir -p /var/lib/seb-ci
   [ -x "$INTEROP_VENV/bin/python" ] || /usr/bin/python3 -m venv "$INTEROP_VENV"
   "$INTEROP_VENV/bin/pip" install -q --disable-pip-version-check cryptography pyjwt
+fi
+
+# The Python MCP SDK from PyPI, for tests/mcp.rs (a real MCP client driving `seb mcp`), in the
+# agents' side virtual environment /var/lib/seb-ci/agents-venv (shared with the Python client's
+# tests of branch agents; the system Python stays as Debian ships it). tests/mcp.rs finds it
+# there, or wherever SEB_PYTHON points.
+VENV=/var/lib/seb-ci/agents-venv
+MCP_VERSION=2.3.0
+if ! [ -x "$VENV/bin/python" ] ||
+   ! "$VENV/bin/python" -c "import mcp, importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "install-deps: the Python MCP SDK (mcp $MCP_VERSION) in $VENV"
+  mkdir -p /var/lib/seb-ci
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_VERSION"
 fi

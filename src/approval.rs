@@ -30,6 +30,7 @@ pub const CONTEXT: &str = "seb-approval-v1";
 
 /// An approver's decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "broker", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Counts towards the quorum.

@@ -18,6 +18,7 @@ pub mod check;
 pub mod exec;
 pub mod init;
 pub mod inventory;
+pub mod mcp;
 pub mod policy;
 pub mod request;
 pub mod rotate;

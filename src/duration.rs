@@ -61,7 +61,7 @@ impl fmt::Display for Display {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
         for (factor, unit) in [(86_400, "d"), (3600, "h"), (60, "m")] {
-            if secs >= factor && secs % factor == 0 {
+            if secs >= factor && secs.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", secs / factor);
             }
         }

@@ -86,6 +86,10 @@ enum Command {
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
     /// approval (without --wait), 1 denied, rejected, expired or error.
     Request(cli::request::RequestArgs),
+    /// Serve the agent side to an MCP host over stdio (Model Context Protocol): tools
+    /// list_grants, request_execution, execution_status and, with --executor, execute. The
+    /// identity and the endpoints come from these options only, never from the model.
+    Mcp(cli::mcp::McpArgs),
     /// List the requests waiting for your approval, with the exact parameters (as an approver).
     Pending(cli::approve::PendingArgs),
     /// Sign and post a decision on a pending request with your own key (as an approver).
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => cli::audit::run(a),
         Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
         Command::Pending(a) => cli::approve::pending(a),
+        Command::Mcp(a) => cli::mcp::run(a),
         Command::Approve(a) => cli::approve::approve(a),
         Command::Exec => cli::exec::exec(args.config.as_deref()),
         Command::Receipt(r) => cli::exec::receipt(r),

@@ -139,7 +139,7 @@ pub fn range_root<E>(
     if n == 0 {
         return Ok(empty_root());
     }
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         let level = n.trailing_zeros();
         return node(level, lo >> level);
     }

@@ -24,19 +24,25 @@ use crate::token::{self, AuditRef, AuthorizationDetail, Claims, Confirmation, He
 /// Upper bound on `justification`.
 pub const MAX_JUSTIFICATION: usize = 1024;
 
-/// An agent's request.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// An agent's request for an execution token.
+// Its JSON schema (doc comments as descriptions) is the input schema of `seb mcp`'s
+// `request_execution` and `execute` tools: write the field docs for a model reading them.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionRequest {
-    /// Operation name.
+    /// Operation name, exactly as a grant names it, e.g. `deploy.rollout`.
     pub operation: String,
-    /// Resource path.
+    /// Resource path, e.g. `prod/payments/api`.
     pub resource: String,
-    /// Parameters (a JSON object).
+    /// Parameters: a JSON object, checked against the grant's constraints and bound to the
+    /// token by digest. Integers must be within ±(2^53−1).
     #[serde(default = "empty_object")]
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub params: Value,
-    /// Free text for the audit log (at most 1024 characters).
+    /// Why the agent asks: free text for the audit log and the approvers (at most 1024
+    /// characters).
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub justification: Option<String>,
 }
 
@@ -45,7 +51,7 @@ fn empty_object() -> Value {
 }
 
 /// Where a request stands, as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionState {
     /// A token was issued.
@@ -93,8 +99,10 @@ impl From<ExecutionStatus> for ExecutionState {
     }
 }
 
-/// The answer to `POST /v1/executions` and `GET /v1/executions/{id}`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// Where an execution request stands, and its token when granted.
+// The answer to `POST /v1/executions` and `GET /v1/executions/{id}`. Its JSON schema is the
+// output schema of `seb mcp`'s `request_execution` and `execution_status` tools.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ExecutionResponse {
     /// Where the request stands.
     pub status: ExecutionState,
@@ -103,7 +111,8 @@ pub struct ExecutionResponse {
     /// The token (granted only, and only to the requesting agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// Token expiry (Unix seconds).
+    /// Token expiry; for a request pending approval, when it expires undecided (Unix
+    /// seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
     /// base64url request digest (what approvers sign).
@@ -120,7 +129,7 @@ pub struct ExecutionResponse {
 }
 
 /// One approver's recorded decision, as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ApprovalSummary {
     /// The approver certificate's subject.
     pub approver: String,
