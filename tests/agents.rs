@@ -867,38 +867,23 @@ fn start_go_executor(
     dir: &std::path::Path,
     approvers: &std::path::Path,
 ) -> GoExecutor {
-    use std::io::{BufRead, BufReader};
-    let log = std::fs::File::create(d.hsm.path(&format!(
+    let log = d.hsm.path(&format!(
         "go-executor-{}.log",
         approvers.file_stem().unwrap().to_str().unwrap()
-    )))
-    .unwrap();
-    let mut child = std::process::Command::new(binary)
-        .args(["-listen", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["-approvers", approvers.to_str().unwrap()])
-        .args(["-broker", &d.broker.url, "-broker-id", "seb-dev"])
-        .args(["-trust", d.trust.to_str().unwrap()])
-        .args(["-cert", d.executor.cert.to_str().unwrap()])
-        .args(["-key", d.executor.key.to_str().unwrap()])
-        .args(["-dir", dir.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("the Go executor did not start: {e}"));
-    let url = line.rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("https://"), "{line}");
+    ));
+    let (child, url) = common::spawn_serving(
+        std::process::Command::new(binary)
+            .args(["-listen", &format!("127.0.0.1:{}", common::free_port())])
+            .args(["-approvers", approvers.to_str().unwrap()])
+            .args(["-broker", &d.broker.url, "-broker-id", "seb-dev"])
+            .args(["-trust", d.trust.to_str().unwrap()])
+            .args(["-cert", d.executor.cert.to_str().unwrap()])
+            .args(["-key", d.executor.key.to_str().unwrap()])
+            .args(["-dir", dir.to_str().unwrap()]),
+        std::fs::File::create(&log).unwrap(),
+        &log,
+        "Go executor",
+    );
     GoExecutor { child, url }
 }
 

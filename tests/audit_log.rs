@@ -578,11 +578,16 @@ impl Drop for SmallFs {
     }
 }
 
-/// Asks `/healthz` until `fresh` holds of the answer (readiness answers are reused for up to a
-/// second, `HEALTH_TTL`), at most 10 s; returns that answer.
-fn fresh_health(s: &Setup, fresh: impl Fn(&ApiResponse) -> bool) -> ApiResponse {
+/// Asks `/healthz`, after `before` each time, until `fresh` holds of the answer (readiness
+/// answers are reused for up to a second, `HEALTH_TTL`), at most 10 s; returns that answer.
+fn fresh_health(
+    s: &Setup,
+    mut before: impl FnMut(&Setup),
+    fresh: impl Fn(&ApiResponse) -> bool,
+) -> ApiResponse {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
+        before(s);
         let h = call(s, "GET", "/healthz", None);
         if fresh(&h) {
             return h;
@@ -630,8 +635,21 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
         }
     }
     assert!(refused > 0, "an unwritable log must stop issuance");
-    // Readiness answers are reused for a second (`HEALTH_TTL`): ask until a fresh one.
-    let h = fresh_health(&s, |h| h.status == 503);
+    // Readiness answers are reused for a second (`HEALTH_TTL`), and a write that still found an
+    // allocated page clears the failure: keep asking for tokens (each refused one sets it
+    // again) until a fresh answer says why.
+    let h = fresh_health(
+        &s,
+        |_| {
+            let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+            match r.status {
+                503 => assert_eq!(r.body["error"]["code"], "audit_unavailable", "{}", r.text),
+                201 => delivered.push(r.body["token"].as_str().unwrap().to_owned()),
+                other => panic!("unexpected {other}: {}", r.text),
+            }
+        },
+        |h| h.status == 503,
+    );
     assert!(
         h.body["checks"]["audit"]["reason"]
             .as_str()
@@ -651,7 +669,7 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
     assert_eq!(r.status, 201, "{}", r.text);
     delivered.push(r.body["token"].as_str().unwrap().to_owned());
-    fresh_health(&s, |h| h.body["checks"]["audit"]["ok"] == true);
+    fresh_health(&s, |_| {}, |h| h.body["checks"]["audit"]["ok"] == true);
     for token in &delivered {
         let part = token.split('.').nth(1).unwrap();
         let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();

@@ -197,40 +197,13 @@ fn executor_config(hsm: &Hsm, broker: &Broker, out: &Path, approvers: &[&Identit
         .map(|a| std::fs::read_to_string(&a.cert).unwrap())
         .collect();
     std::fs::write(hsm.path("approvers.pem"), bundle).unwrap();
-    let config = hsm.path("executor.toml");
-    let action = |resource: &str| {
-        format!(
-            r#"
-[[action]]
-operation = "demo.write"
-resource = "{resource}"
-argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
-timeout = "10s"
-"#,
-            seb = env!("CARGO_BIN_EXE_seb"),
-            out = out.display(),
-        )
-    };
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:{port}"
-broker_url = "{broker}"
-broker_id = "seb-dev"
-root = "state/trust/root.pem"
-cert = "executor.pem"
-key = "executor.key"
-approvers = "approvers.pem"
-{files}{approved}"#,
-            port = common::free_port(),
-            broker = broker.url,
-            files = action("demo/files"),
-            approved = action("demo/approved"),
-        ),
+    common::exec::config(
+        hsm,
+        broker,
+        out,
+        r#"approvers = "approvers.pem""#,
+        &["demo/files", "demo/approved"],
     )
-    .unwrap();
-    config
 }
 
 fn claims(token: &str) -> Value {
@@ -241,12 +214,7 @@ fn claims(token: &str) -> Value {
 #[test]
 fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_approvers() {
     let hsm = Hsm::initialised();
-    hsm.identity(
-        "executor",
-        "CN=demo-executor",
-        "executor",
-        &["--tls-name", "127.0.0.1"],
-    );
+    common::exec::identity(&hsm);
     let agent = hsm.agent("agent", GRANTS);
     let other = hsm.agent("other-agent", GRANTS);
     let approver = |name: &str| {
@@ -260,7 +228,6 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
     let (alice, bob) = (approver("alice"), approver("bob"));
     let broker = Broker::start(&hsm);
     let out = hsm.path("demo-output");
-    std::fs::create_dir_all(&out).unwrap();
     let exec = Executor::start(&hsm, &executor_config(&hsm, &broker, &out, &[&alice, &bob]));
 
     // The MCP host starts `seb mcp` with the agent's identity: the only place it is given.

@@ -1,9 +1,7 @@
 //! A real `seb exec` (the reference executor) for integration tests.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use super::{Broker, Hsm, Identity};
 
@@ -27,6 +25,48 @@ pub fn identity(hsm: &Hsm) -> Identity {
     )
 }
 
+/// Writes `executor.toml` in the test directory: the certificate of [`identity`], `extra`
+/// top-level lines (e.g. `approvers = "approvers.pem"`), and a `demo.write` action (`seb
+/// demo-write` into `out`, created here) for each of `resources`.
+pub fn config(hsm: &Hsm, broker: &Broker, out: &Path, extra: &str, resources: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(out).unwrap();
+    let actions: String = resources
+        .iter()
+        .map(|resource| {
+            format!(
+                r#"
+[[action]]
+operation = "demo.write"
+resource = "{resource}"
+argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
+timeout = "10s"
+"#,
+                seb = env!("CARGO_BIN_EXE_seb"),
+                out = out.display(),
+            )
+        })
+        .collect();
+    let config = hsm.path("executor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+broker_url = "{broker}"
+broker_id = "seb-dev"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+{extra}
+{actions}"#,
+            port = super::free_port(),
+            broker = broker.url,
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// A running `seb exec`; stopped with SIGTERM on drop.
 pub struct Executor {
     /// The `seb exec` process.
@@ -40,67 +80,24 @@ impl Executor {
     /// `demo.write` on `demo/files` (`seb demo-write` into the returned folder).
     pub fn demo_write(hsm: &Hsm, broker: &Broker) -> (Executor, PathBuf) {
         let out = hsm.path("demo-output");
-        std::fs::create_dir_all(&out).unwrap();
-        let config = hsm.path("executor.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-listen = "127.0.0.1:{port}"
-broker_url = "{broker}"
-broker_id = "seb-dev"
-root = "state/trust/root.pem"
-cert = "executor.pem"
-key = "executor.key"
-
-[[action]]
-operation = "demo.write"
-resource = "demo/files"
-argv = ["{seb}", "demo-write", "--dir", "{out}", "--", "{{name}}", "{{text}}"]
-timeout = "10s"
-"#,
-                port = super::free_port(),
-                broker = broker.url,
-                seb = env!("CARGO_BIN_EXE_seb"),
-                out = out.display(),
-            ),
-        )
-        .unwrap();
+        let config = config(hsm, broker, &out, "", &["demo/files"]);
         (Executor::start(hsm, &config), out)
     }
 
     /// Starts `seb exec --config CONFIG` in the test directory and waits for its first line
     /// (the URL it serves).
     pub fn start(hsm: &Hsm, config: &Path) -> Executor {
-        let log = std::fs::File::create(hsm.path("executor.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
-            .args(["exec", "--config", config.to_str().unwrap()])
-            .current_dir(hsm.dir.path())
-            .env_remove("SEB_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "executor did not start:\n{}",
-                    std::fs::read_to_string(hsm.path("executor.log")).unwrap_or_default()
-                )
-            });
-        let url = line.rsplit(' ').next().unwrap().to_owned();
-        assert!(url.starts_with("https://"), "{line}");
+        let log = hsm.path("executor.log");
+        let (child, url) = super::spawn_serving(
+            Command::new(env!("CARGO_BIN_EXE_seb"))
+                .args(["exec", "--config", config.to_str().unwrap()])
+                .current_dir(hsm.dir.path())
+                .env_remove("SEB_CONFIG")
+                .env("RUST_LOG", "info"),
+            std::fs::File::create(&log).unwrap(),
+            &log,
+            "executor",
+        );
         Executor { child, url }
     }
 }

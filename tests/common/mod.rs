@@ -318,44 +318,21 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker and waits until it listens.
     pub fn start(hsm: &Hsm) -> Self {
-        use std::io::{BufRead, BufReader};
         let log = hsm.path("broker.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
-            .args(["--config", hsm.config().to_str().unwrap(), "serve"])
-            .current_dir(hsm.dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start seb serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "broker did not start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let url = line
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("https://"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, url) = spawn_serving(
+            Command::new(env!("CARGO_BIN_EXE_seb"))
+                .args(["--config", hsm.config().to_str().unwrap(), "serve"])
+                .current_dir(hsm.dir.path())
+                .env("RUST_LOG", "info"),
+            stderr,
+            &log,
+            "broker",
+        );
         Self {
             child: Some(child),
             url,
@@ -964,4 +941,45 @@ pub fn python() -> PathBuf {
     std::env::var_os("SEB_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/seb-ci/interop-venv/bin/python"))
+}
+
+/// Spawns `command` (a server that prints its URL as the last word of its first stdout line,
+/// as `seb serve`, `seb exec` and the Go executor do) with stderr into `stderr` (the file at
+/// `log`), and waits up to 20 s for that line. Panics with the log when it does not come.
+pub fn spawn_serving(
+    command: &mut Command,
+    stderr: std::fs::File,
+    log: &Path,
+    what: &str,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the {what} did not start:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+    let url = line
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("unexpected first line of the {what}: {line:?}"))
+        .to_owned();
+    (child, url)
 }
