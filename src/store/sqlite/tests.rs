@@ -4,6 +4,7 @@
 use std::time::UNIX_EPOCH;
 
 use super::*;
+use crate::store::ExecutionStatus;
 
 fn serial(bytes: &[u8]) -> Serial {
     Serial::from_magnitude(bytes).unwrap()
