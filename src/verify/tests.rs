@@ -404,7 +404,7 @@ fn a_high_s_signature_is_refused() {
         // A forged high-S signature is simply a bad signature.
         let mut forged = crate::base64url::decode(twin.rsplit_once('.').unwrap().1).unwrap();
         forged[3] ^= 0x01;
-        assert_eq!(f.code_signed(&input, &forged), "bad_signature");
+        assert_eq!(f.code_signed(input, &forged), "bad_signature");
     }
 }
 
@@ -610,16 +610,16 @@ fn signatures_must_be_raw_r_s_of_the_curves_size() {
     let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
     let der = sig.to_der();
     assert_eq!(
-        f.code_signed(&input, der.as_bytes()),
+        f.code_signed(input, der.as_bytes()),
         "bad_signature",
         "DER-encoded signature"
     );
-    assert_eq!(f.code_signed(&input, &raw[..95]), "bad_signature");
+    assert_eq!(f.code_signed(input, &raw[..95]), "bad_signature");
     let mut longer = raw.clone();
     longer.push(0);
-    assert_eq!(f.code_signed(&input, &longer), "bad_signature");
+    assert_eq!(f.code_signed(input, &longer), "bad_signature");
     assert_eq!(
-        f.code_signed(&input, &[0u8; 96]),
+        f.code_signed(input, &[0u8; 96]),
         "bad_signature",
         "r = s = 0"
     );
@@ -1019,7 +1019,9 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
     let replicas_30 = json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"});
     // A string is not an integer.
     let replicas_text = json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"});
-    let cases: [(&dyn Fn(&mut Expectations), &str); 7] = [
+    /// An edit of the expectations, and the code the token then gets.
+    type Case<'a> = (&'a dyn Fn(&mut Expectations), &'a str);
+    let cases: [Case<'_>; 7] = [
         (
             &|e| e.action.operation = "deploy.rollback".into(),
             "wrong_operation",
