@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{
-    approval_from_row, approval_rows, execution_from_row, execution_row, insert_execution,
-    insert_pending, parsed, pending_from_row, pending_row, unix, EXECUTION_COLUMNS,
+    approvals_of, execution_from_row, execution_row, insert_execution, insert_pending, parsed,
+    pending_from_row, pending_row, unix, EXECUTION_COLUMNS,
 };
 use super::{encode, SqliteStore};
 use crate::approval::Decision;
@@ -59,8 +59,7 @@ pub(super) fn approvals(
     request_id: &str,
 ) -> Result<Vec<ApprovalRecord>, StoreError> {
     let request_id = request_id.to_owned();
-    let rows = store.write("read approvals", move |c| approval_rows(c, &request_id))?;
-    rows.into_iter().map(approval_from_row).collect()
+    store.write("read approvals", move |c| approvals_of(c, &request_id))?
 }
 
 pub(super) fn open_approval_requests(
@@ -241,11 +240,7 @@ pub(super) fn add(
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    let approvals: Vec<ApprovalRecord> = match approval_rows(c, id)?
-        .into_iter()
-        .map(approval_from_row)
-        .collect::<Result<Vec<_>, _>>()
-    {
+    let approvals: Vec<ApprovalRecord> = match approvals_of(c, id)? {
         Ok(all) => all
             .into_iter()
             .filter(|a| a.decision == Decision::Approve)

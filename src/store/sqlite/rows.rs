@@ -159,18 +159,6 @@ pub(super) fn from_unix(secs: i64) -> Result<SystemTime, StoreError> {
 /// An `approval_requests` row as read.
 pub(super) type PendingRow = (String, String, i64, Option<String>, String, i64, i64);
 
-/// An `approvals` row as read.
-pub(super) type ApprovalRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-);
-
 pub(super) fn insert_pending(c: &Connection, p: &PendingApproval) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO approval_requests (request_id, approval_group, token_ttl, justification,
@@ -216,30 +204,48 @@ pub(super) fn pending_from_row(r: PendingRow) -> Result<PendingApproval, StoreEr
     })
 }
 
-pub(super) fn approval_rows(
+/// The approvals of `request_id` in the order they were given. The outer error is SQLite's;
+/// the inner one says a stored decision or time does not parse (`Corrupt`).
+pub(super) fn approvals_of(
     c: &Connection,
     request_id: &str,
-) -> rusqlite::Result<Vec<ApprovalRow>> {
+) -> rusqlite::Result<Result<Vec<ApprovalRecord>, StoreError>> {
     let mut stmt = c.prepare_cached(
         "SELECT request_id, approver, approver_subject, approver_key, decision, signature, reason,
             at
          FROM approvals WHERE request_id = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map([request_id], |r| ApprovalRow::try_from(r))?;
-    rows.collect()
+    let rows = stmt.query_map([request_id], approval)?;
+    Ok(rows
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .collect())
 }
 
-pub(super) fn approval_from_row(r: ApprovalRow) -> Result<ApprovalRecord, StoreError> {
-    Ok(ApprovalRecord {
-        request_id: r.0,
-        approver: r.1,
-        approver_subject: r.2,
-        approver_key: r.3,
-        decision: parsed("approval decision", &r.4, Decision::parse)?,
-        signature: r.5,
-        reason: r.6,
-        at: from_unix(r.7)?,
-    })
+/// One row of [`approvals_of`] as a record.
+fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, StoreError>> {
+    let request_id = r.get(0)?;
+    let approver = r.get(1)?;
+    let approver_subject = r.get(2)?;
+    let approver_key = r.get(3)?;
+    let decision: String = r.get(4)?;
+    let signature = r.get(5)?;
+    let reason = r.get(6)?;
+    let at: i64 = r.get(7)?;
+    Ok(
+        parsed("approval decision", &decision, Decision::parse).and_then(|decision| {
+            Ok(ApprovalRecord {
+                request_id,
+                approver,
+                approver_subject,
+                approver_key,
+                decision,
+                signature,
+                reason,
+                at: from_unix(at)?,
+            })
+        }),
+    )
 }
 
 /// A text column read by `parse`; a value it does not know is `Corrupt`, naming `what`.
