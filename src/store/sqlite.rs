@@ -566,7 +566,14 @@ impl Store for SqliteStore {
         receipt_json: &str,
         at: SystemTime,
     ) -> Result<bool, StoreError> {
-        executions::record_outcome(self, jti, request_id, executor, receipt_json, at)
+        let outcome = executions::Outcome {
+            jti: jti.to_owned(),
+            request_id: request_id.to_owned(),
+            executor: executor.to_owned(),
+            receipt_json: receipt_json.to_owned(),
+            at,
+        };
+        executions::record_outcome(self, outcome)
     }
 
     fn outcome(&self, jti: &str) -> Result<Option<String>, StoreError> {

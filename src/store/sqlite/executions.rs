@@ -234,27 +234,20 @@ pub(super) fn redeemed_by(store: &SqliteStore, jti: &str) -> Result<Option<Strin
     })
 }
 
-pub(super) fn record_outcome(
-    store: &SqliteStore,
-    jti: &str,
-    request_id: &str,
-    executor: &str,
-    receipt_json: &str,
-    at: SystemTime,
-) -> Result<bool, StoreError> {
-    let (jti, request_id, executor, receipt) = (
-        jti.to_owned(),
-        request_id.to_owned(),
-        executor.to_owned(),
-        receipt_json.to_owned(),
-    );
-    let time_ms = crate::time::unix_millis(at);
-    let (entry_jti, entry_request, entry_executor, entry_receipt) = (
-        jti.clone(),
-        request_id.clone(),
-        executor.clone(),
-        receipt.clone(),
-    );
+/// An executor's receipt for a redeemed token, as [`record_outcome`] stores and logs it.
+#[derive(Clone)]
+pub(super) struct Outcome {
+    pub(super) jti: String,
+    pub(super) request_id: String,
+    /// The executor's certificate thumbprint.
+    pub(super) executor: String,
+    pub(super) receipt_json: String,
+    pub(super) at: SystemTime,
+}
+
+pub(super) fn record_outcome(store: &SqliteStore, outcome: Outcome) -> Result<bool, StoreError> {
+    let time_ms = crate::time::unix_millis(outcome.at);
+    let logged = outcome.clone();
     let (inserted, _) = store.write_audited(
         "record an execution outcome",
         move |c| {
@@ -263,21 +256,27 @@ pub(super) fn record_outcome(
                     "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(jti) DO NOTHING",
                 )?
-                .execute(params![jti, request_id, executor, receipt, unix(at)])?;
+                .execute(params![
+                    outcome.jti,
+                    outcome.request_id,
+                    outcome.executor,
+                    outcome.receipt_json,
+                    unix(outcome.at)
+                ])?;
             Ok(inserted == 1)
         },
         move |inserted| {
             // The receipt itself (digests, exit code, times, signature: no secrets) is the
             // entry's detail, so an auditor can verify it from the log alone.
             let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
-            e.request_id = Some(entry_request.clone());
-            e.jti = Some(entry_jti.clone());
+            e.request_id = Some(logged.request_id.clone());
+            e.jti = Some(logged.jti.clone());
             e.cert = Some(CertRef {
-                thumbprint: entry_executor.clone(),
+                thumbprint: logged.executor.clone(),
                 serial: String::new(),
                 subject: String::new(),
             });
-            e.detail = Some(entry_receipt.clone());
+            e.detail = Some(logged.receipt_json.clone());
             if !*inserted {
                 e.code = Some("outcome_already_recorded".into());
             }
