@@ -7,6 +7,12 @@
 //! commits once, so a burst of token issuances costs one fsync rather than one each. A caller
 //! returns only after the commit that holds its write. Reads use a separate connection (WAL
 //! readers never wait for the writer).
+//!
+//! This file holds the store itself (opening, the writer's queue, audited writes) and its
+//! [`Store`] impl, whose methods delegate to one file per group of tables: `certificates.rs`
+//! (issued certificates, revocations, CRL numbers), `executions.rs` (records, redemption,
+//! outcomes), `approvals.rs`, `policy.rs` (epoch and freeze) and `audit.rs`; `rows.rs` maps
+//! rows to records.
 
 use std::collections::VecDeque;
 use std::path::Path;
