@@ -32,8 +32,6 @@ use std::time::SystemTime;
 
 use der::asn1::ObjectIdentifier;
 use der::Encode;
-use signature::hazmat::PrehashVerifier;
-use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::certificate::Version;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
@@ -46,6 +44,12 @@ use crate::grants::{GrantSet, IssuableRoles, Role};
 use crate::serial::Serial;
 use crate::time::unix;
 
+mod key;
+mod purpose;
+
+pub use key::CertKey;
+pub use purpose::{require_purpose, PurposeError};
+
 /// Most certificates in a path, leaf and root included.
 pub const MAX_PATH_LEN: usize = 8;
 /// Most intermediates a caller may offer.
@@ -57,12 +61,6 @@ pub const MAX_CERT_LEN: usize = 320 * 1024;
 /// Signature checks one path building may spend before giving up.
 pub const MAX_SIGNATURE_CHECKS: usize = 64;
 
-/// id-ecPublicKey.
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-/// secp256r1.
-const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-/// secp384r1.
-const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 /// ecdsa-with-SHA256.
 const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 /// ecdsa-with-SHA384.
@@ -230,125 +228,6 @@ impl ChainError {
             ChainError::RootExpired { .. } => "certificate_expired",
         }
     }
-}
-
-/// Why a certificate may not sign for a purpose. [`PurposeError::code`] is stable.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PurposeError {
-    /// Not a key certificate at all: a CA, a key that may not sign, or someone's identity
-    /// (an agent, approver or executor certificate, with `sebRole` or `sebGrants`).
-    #[error("{subject:?} is not a {purpose} key certificate: {reason}")]
-    NotAKeyCertificate {
-        /// Its subject.
-        subject: String,
-        /// The purpose asked for.
-        purpose: Purpose,
-        /// Why not.
-        reason: &'static str,
-    },
-    /// Its extended key usage does not name exactly this seb key purpose.
-    #[error("{subject:?} does not carry the {purpose} key purpose alone: {reason}")]
-    WrongKeyPurpose {
-        /// Its subject.
-        subject: String,
-        /// The purpose asked for.
-        purpose: Purpose,
-        /// What it carries instead.
-        reason: String,
-    },
-    /// A broker service certificate issued by an intermediate CA instead of the root.
-    #[error("{subject:?} is issued by {issuer:?}, not directly by the root; only the root certifies the broker's keys")]
-    NotIssuedByRoot {
-        /// Its subject.
-        subject: String,
-        /// The intermediate that issued it.
-        issuer: String,
-    },
-}
-
-impl PurposeError {
-    /// The stable snake_case code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            PurposeError::NotAKeyCertificate { .. } => "not_a_key_certificate",
-            PurposeError::WrongKeyPurpose { .. } => "wrong_key_purpose",
-            PurposeError::NotIssuedByRoot { .. } => "not_issued_by_root",
-        }
-    }
-}
-
-/// anyExtendedKeyUsage (RFC 5280 §4.2.1.12): "any purpose", which no seb key may claim.
-const ANY_EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
-
-/// Checks that `cert` may sign for `purpose` and nothing else seb knows: an end entity (not a
-/// CA) with `digitalSignature`, whose extended key usage names `purpose` and no other seb key
-/// purpose, nor anyExtendedKeyUsage. For the broker's own keys (token, audit:
-/// [`Purpose::is_broker_key`]) the purpose is the only extended key usage, and the certificate
-/// is nobody's identity (no `sebRole`, no `sebGrants`).
-///
-/// It does not validate the path; see [`ValidatedChain::require_service`] for a broker key.
-pub fn require_purpose(cert: &Certificate, purpose: Purpose) -> Result<(), PurposeError> {
-    let not_key = |reason| PurposeError::NotAKeyCertificate {
-        subject: cert.subject_string(),
-        purpose,
-        reason,
-    };
-    let bc = cert
-        .standard_extension::<BasicConstraints>()
-        .map_err(|_| not_key("malformed basicConstraints"))?;
-    if bc.is_some_and(|bc| bc.ca) {
-        return Err(not_key("it is a CA certificate"));
-    }
-    let ku = cert
-        .standard_extension::<KeyUsage>()
-        .map_err(|_| not_key("malformed keyUsage"))?;
-    if !ku.is_some_and(|ku| ku.digital_signature()) {
-        return Err(not_key("its keyUsage lacks digitalSignature"));
-    }
-    if purpose.is_broker_key()
-        && (cert.extension(SEB_ROLE_OID).is_some() || cert.extension(SEB_GRANTS_OID).is_some())
-    {
-        return Err(not_key("it is an agent, approver or executor certificate"));
-    }
-    let eku = cert
-        .standard_extension::<ExtendedKeyUsage>()
-        .map_err(|_| not_key("malformed extendedKeyUsage"))?;
-    let wrong = |reason: String| PurposeError::WrongKeyPurpose {
-        subject: cert.subject_string(),
-        purpose,
-        reason,
-    };
-    let Some(ExtendedKeyUsage(usages)) = eku else {
-        return Err(wrong("it carries no extended key usage".into()));
-    };
-    if usages.contains(&ANY_EXTENDED_KEY_USAGE) {
-        return Err(wrong("it claims anyExtendedKeyUsage".into()));
-    }
-    let seb: Vec<Purpose> = usages.iter().filter_map(Purpose::from_oid).collect();
-    match seb.as_slice() {
-        [only] if *only == purpose => {}
-        [] => return Err(wrong("it carries no seb key purpose".into())),
-        [other] => return Err(wrong(format!("its key purpose is {other}"))),
-        several => {
-            let names: Vec<String> = several.iter().map(Purpose::to_string).collect();
-            return Err(wrong(format!(
-                "it carries several seb key purposes ({})",
-                names.join(", ")
-            )));
-        }
-    }
-    if purpose.is_broker_key() && usages.len() != 1 {
-        let others: Vec<String> = usages
-            .iter()
-            .filter(|u| **u != purpose.oid())
-            .map(ToString::to_string)
-            .collect();
-        return Err(wrong(format!(
-            "it also carries the extended key usages {}",
-            others.join(", ")
-        )));
-    }
-    Ok(())
 }
 
 /// A path whose signatures and CA structure have been checked: leaf first, root last.
@@ -744,75 +623,6 @@ pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(),
             subject: child.subject_string(),
             issuer: issuer.subject_string(),
         })
-    }
-}
-
-/// A certificate's ECDSA public key, parsed and checked to lie on its curve.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CertKey {
-    /// NIST P-256.
-    P256(p256::ecdsa::VerifyingKey),
-    /// NIST P-384.
-    P384(p384::ecdsa::VerifyingKey),
-}
-
-impl CertKey {
-    /// The key of a certificate.
-    pub fn of(cert: &Certificate) -> Result<Self, String> {
-        Self::from_spki(cert.tbs().subject_public_key_info())
-    }
-
-    /// Parses an EC P-256 or P-384 SubjectPublicKeyInfo; the error says what the key is.
-    pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, String> {
-        if spki.algorithm.oid != EC_PUBLIC_KEY {
-            return Err(format!("key algorithm {}", spki.algorithm.oid));
-        }
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-            .ok_or_else(|| "EC key without a named curve".to_owned())?;
-        let point = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or_else(|| "public key BIT STRING has unused bits".to_owned())?;
-        match curve {
-            P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map(CertKey::P256)
-                .map_err(|_| "P-256 point not on the curve".to_owned()),
-            P384 => p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map(CertKey::P384)
-                .map_err(|_| "P-384 point not on the curve".to_owned()),
-            other => Err(format!("curve {other}")),
-        }
-    }
-
-    /// Verifies a DER-encoded ECDSA signature over a digest.
-    pub fn verify_prehash_der(&self, digest: &[u8], signature: &[u8]) -> bool {
-        match self {
-            CertKey::P256(key) => p256::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
-            CertKey::P384(key) => p384::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
-        }
-    }
-
-    /// Verifies a fixed-size `r‖s` ECDSA signature (the JWS encoding) over a digest. The
-    /// length must be exactly twice the curve's field size.
-    pub fn verify_prehash_raw(&self, digest: &[u8], signature: &[u8]) -> bool {
-        match self {
-            CertKey::P256(key) => {
-                signature.len() == 64
-                    && p256::ecdsa::Signature::from_slice(signature)
-                        .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok())
-            }
-            CertKey::P384(key) => {
-                signature.len() == 96
-                    && p384::ecdsa::Signature::from_slice(signature)
-                        .is_ok_and(|sig| key.verify_prehash(digest, &sig).is_ok())
-            }
-        }
     }
 }
 

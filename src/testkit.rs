@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use der::asn1::{Any, BitString, ObjectIdentifier, OctetString};
+use der::oid::AssociatedOid;
 use der::{Decode, Encode, Sequence, Tag};
 use p384::elliptic_curve::Generate;
 use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
@@ -43,6 +44,17 @@ pub fn grant(operation: &str, resource: &str, ttl: &str) -> String {
     format!(
         "[[grant]]\noperation = {operation:?}\nresource = {resource:?}\nmax_ttl = {ttl:?}\nparams_any = true\n"
     )
+}
+
+/// An intermediate `ops` under `root` that may grant `deploy.*` on `prod/payments/*` only (60 s):
+/// the bound that tests of attenuation try to escape with `prod/**`.
+pub fn payments_ops(root: &Ca) -> Ca {
+    root.intermediate(
+        "ops",
+        Some(&grant("deploy.*", "prod/payments/*", "60s")),
+        None,
+    )
+    .unwrap()
 }
 
 /// A CA: its key, its certificate and its issuers (the chain from it to the root, inclusive).
@@ -112,6 +124,20 @@ impl Ca {
     /// An agent certificate under this CA, through `ca::issue_leaf_under`.
     pub fn agent(&self, cn: &str, grants_toml: &str) -> Result<Certificate, CaError> {
         self.leaf_with(cn, &key(), grants_toml, Duration::from_secs(30 * 86_400))
+    }
+
+    /// An agent certificate valid for a day, with the fresh key it certifies, for tests in
+    /// which the agent signs something itself (a forged certificate, a token, an approval).
+    pub fn agent_with_key(
+        &self,
+        cn: &str,
+        grants_toml: &str,
+    ) -> (p384::ecdsa::SigningKey, Certificate) {
+        let key = key();
+        let cert = self
+            .leaf_with(cn, &key, grants_toml, Duration::from_secs(86_400))
+            .unwrap();
+        (key, cert)
     }
 
     /// An agent certificate for a given key and lifetime.
@@ -220,6 +246,15 @@ pub struct RawExtension {
 /// `cert` taken apart for editing.
 pub fn forge(cert: &Certificate) -> Forged {
     Forged::from_der(&cert.to_der_bytes().unwrap()).unwrap()
+}
+
+/// `cert` with `issuer`'s name as its issuer and no authority key identifier, ready to be
+/// re-signed with a key of the test's choosing (a forgery, or an offline CA's signature).
+pub fn renamed_under(cert: &Certificate, issuer: &Certificate) -> Forged {
+    let mut cert = forge(cert);
+    cert.tbs.issuer = issuer.tbs().subject().clone();
+    cert.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    cert
 }
 
 impl Forged {

@@ -128,16 +128,7 @@ impl TrustStore {
 
     /// The CA certificates that are not roots: the intermediates paths may go through.
     pub(crate) fn intermediates(&self) -> Vec<Certificate> {
-        self.others
-            .iter()
-            .filter(|c| {
-                c.standard_extension::<BasicConstraints>()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|bc| bc.ca)
-            })
-            .cloned()
-            .collect()
+        self.others.iter().filter(|c| is_ca(c)).cloned().collect()
     }
 }
 
@@ -339,17 +330,13 @@ pub fn verify_token(
     trust: &TrustStore,
     expect: &Expectations,
 ) -> Result<VerifiedToken, VerifyError> {
-    let Decoded {
-        header,
-        claims,
-        signer,
-    } = decode_trusted(token, trust, &expect.rules)?;
-    check_expectations(&claims, expect)?;
-    check_approvals(&claims, trust, expect)?;
+    let unchecked = verify_signature_only(token, trust, &expect.rules)?;
+    check_expectations(&unchecked.claims, expect)?;
+    check_approvals(&unchecked.claims, trust, expect)?;
     Ok(VerifiedToken {
-        header,
-        claims,
-        signer: signer.clone(),
+        header: unchecked.header,
+        claims: unchecked.claims,
+        signer: unchecked.signer,
     })
 }
 
@@ -544,18 +531,7 @@ fn check_approvals(
         Binding::NotPresented => None,
     };
     let mut intermediates = trust.intermediates();
-    intermediates.extend(
-        expect
-            .approvers
-            .iter()
-            .filter(|c| {
-                c.standard_extension::<BasicConstraints>()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|bc| bc.ca)
-            })
-            .cloned(),
-    );
+    intermediates.extend(expect.approvers.iter().filter(|c| is_ca(c)).cloned());
     let mut seen: Vec<(String, String, Vec<u8>)> = Vec::new();
     let mut valid = 0u32;
     for approval in &claims.approvals {
@@ -690,6 +666,14 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), VerifyError
         });
     }
     Ok(())
+}
+
+/// Whether `cert` says it is a CA (`basicConstraints cA`); an unreadable extension says no.
+fn is_ca(cert: &Certificate) -> bool {
+    cert.standard_extension::<BasicConstraints>()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.ca)
 }
 
 #[cfg(test)]

@@ -33,18 +33,34 @@ fn event(pcr: u8, data: &str) -> Event {
     }
 }
 
+/// One hour: the lifetime of the AK certificates that tests forge under other issuers.
+const HOUR: Duration = Duration::from_secs(3600);
+
 fn ak_cert(root: &Ca, ak: &p384::ecdsa::SigningKey, kind: CertKind) -> String {
+    let day = Duration::from_secs(86_400);
+    ak_certificate_by(&root.key, &root.cert, ak, kind, day)
+        .to_pem_string()
+        .unwrap()
+}
+
+/// A certificate of profile `kind` (`CN=b1 attestation key`) for `ak`, issued by whoever holds
+/// `signer` and `issuer`: the root, an intermediate, or an agent posing as a CA.
+fn ak_certificate_by(
+    signer: &dyn ca::CaSigner,
+    issuer: &Certificate,
+    ak: &p384::ecdsa::SigningKey,
+    kind: CertKind,
+    ttl: Duration,
+) -> Certificate {
     ca::issue_service(
-        &root.key,
-        &root.cert,
+        signer,
+        issuer,
         crate::testkit::spki(ak),
         &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
         kind,
-        Duration::from_secs(86_400),
+        ttl,
         now(),
     )
-    .unwrap()
-    .to_pem_string()
     .unwrap()
 }
 
@@ -365,26 +381,11 @@ fn an_ak_certificate_issued_by_an_agent_certificate_is_rejected() {
     // uses its key to certify a key of its choosing as "the broker's AK". The signatures all
     // verify and the chain ends at the root; only CA checks on the path refuse it.
     let f = fixture();
-    let agent_key = crate::testkit::key();
-    let agent = f
-        .root
-        .leaf_with(
-            "agent",
-            &agent_key,
-            &crate::testkit::grant("deploy.*", "prod/**", "60s"),
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
-    let forged = ca::issue_service(
-        &agent_key,
-        &agent,
-        crate::testkit::spki(&f.ak),
-        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
-        CertKind::AttestationKey,
-        Duration::from_secs(3600),
-        now(),
-    )
-    .unwrap();
+    let (agent_key, agent) = f.root.agent_with_key(
+        "agent",
+        &crate::testkit::grant("deploy.*", "prod/**", "60s"),
+    );
+    let forged = ak_certificate_by(&agent_key, &agent, &f.ak, CertKind::AttestationKey, HOUR);
     let mut e = f.good();
     e.ak_chain = vec![pem(&forged), pem(&agent)];
     let reason = not_certified(f.verify(&e));
@@ -400,16 +401,7 @@ fn an_ak_certificate_must_be_issued_directly_by_the_root() {
     // Even a genuine intermediate CA does not certify AKs: enrolment has the root do it.
     let f = fixture();
     let ops = f.root.intermediate("ops", None, None).unwrap();
-    let ak = ca::issue_service(
-        &ops.key,
-        &ops.cert,
-        crate::testkit::spki(&f.ak),
-        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
-        CertKind::AttestationKey,
-        Duration::from_secs(3600),
-        now(),
-    )
-    .unwrap();
+    let ak = ak_certificate_by(&ops.key, &ops.cert, &f.ak, CertKind::AttestationKey, HOUR);
     let mut e = f.good();
     e.ak_chain = vec![pem(&ak), pem(&ops.cert)];
     let reason = not_certified(f.verify(&e));
@@ -450,16 +442,7 @@ fn every_certificate_of_the_ak_path_must_be_valid_now() {
     // An intermediate between them (refused on its dates, before the rule that the root
     // certifies AKs directly).
     let ops = f.root.intermediate("ops", None, None).unwrap();
-    let under_ops = ca::issue_service(
-        &ops.key,
-        &ops.cert,
-        crate::testkit::spki(&f.ak),
-        &ca::parse_subject("CN=b1 attestation key,O=seb").unwrap(),
-        CertKind::AttestationKey,
-        Duration::from_secs(3600),
-        now(),
-    )
-    .unwrap();
+    let under_ops = ak_certificate_by(&ops.key, &ops.cert, &f.ak, CertKind::AttestationKey, HOUR);
     for (from, to) in [expired, not_yet] {
         let dated_ops = crate::testkit::with_validity(&ops.cert, from, to, &f.root.key);
         let mut e = f.good();

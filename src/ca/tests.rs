@@ -3,7 +3,7 @@ use std::time::Duration;
 use x509_cert::ext::pkix::BasicConstraints;
 
 use super::*;
-use crate::testkit::{grant, now, spki, Ca};
+use crate::testkit::{grant, now, payments_ops, spki, Ca};
 
 fn path_len(cert: &Certificate) -> Option<u8> {
     cert.standard_extension::<BasicConstraints>()
@@ -45,13 +45,7 @@ fn an_intermediate_claiming_more_than_its_parent_is_refused() {
 #[test]
 fn a_leaf_claiming_more_than_its_intermediate_is_refused() {
     let root = Ca::root("root");
-    let ops = root
-        .intermediate(
-            "ops",
-            Some(&grant("deploy.*", "prod/payments/*", "60s")),
-            None,
-        )
-        .unwrap();
+    let ops = payments_ops(&root);
     let err = ops
         .agent("agent", &grant("deploy.*", "prod/**", "60s"))
         .unwrap_err();
@@ -95,15 +89,7 @@ fn the_signer_must_hold_the_issuers_key() {
 #[test]
 fn only_a_valid_ca_issues() {
     let root = Ca::root("root");
-    let key = crate::testkit::key();
-    let agent = root
-        .leaf_with(
-            "agent",
-            &key,
-            &grant("x", "y", "1s"),
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
+    let (key, agent) = root.agent_with_key("agent", &grant("x", "y", "1s"));
     let as_ca = Ca {
         key,
         chain: vec![agent.clone(), root.cert.clone()],

@@ -7,7 +7,7 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use super::*;
 use crate::authz::{decide, Decision, DenyCode, Request, RevocationView};
 use crate::cert::Extension;
-use crate::testkit::{forge, grant, now, resign, resign_p256, Ca};
+use crate::testkit::{forge, grant, now, payments_ops, renamed_under, resign, resign_p256, Ca};
 
 struct NoneRevoked;
 impl RevocationView for NoneRevoked {
@@ -21,6 +21,15 @@ fn code(r: Result<ValidatedChain<'_>, ChainError>) -> &'static str {
         Ok(_) => "ok",
         Err(e) => e.code(),
     }
+}
+
+/// The code of validating `leaf` now: `ok`, or the refusal's.
+fn code_now(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    roots: &[Certificate],
+) -> &'static str {
+    code(validate(leaf, intermediates, roots, now()))
 }
 
 fn deploy() -> String {
@@ -52,6 +61,34 @@ fn standard<T: der::Encode + AssociatedOid>(ext: T, critical: bool) -> Extension
         critical,
         extn_value: der::asn1::OctetString::new(ext.to_der().unwrap()).unwrap(),
     }
+}
+
+/// The path most tests start from: a root, an intermediate `a` under it (no grants of its
+/// own), an agent granted [`deploy`] under `a`, and the root as the one trust anchor.
+struct UnderA {
+    root: Ca,
+    a: Ca,
+    leaf: Certificate,
+    roots: [Certificate; 1],
+}
+
+fn under_a() -> UnderA {
+    let root = Ca::root("root");
+    let a = root.intermediate("a", None, None).unwrap();
+    let leaf = a.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    UnderA {
+        root,
+        a,
+        leaf,
+        roots,
+    }
+}
+
+/// `err` is the refusal of an issuer that is not a CA (`cA` false or no basicConstraints).
+fn assert_not_a_ca(err: &ChainError) {
+    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_eq!(err.code(), "not_a_ca");
 }
 
 #[test]
@@ -96,23 +133,17 @@ fn a_root_not_in_the_trusted_set_is_unknown() {
     let leaf = root.agent("agent", &deploy()).unwrap();
     // Same name, other key: the key identifiers differ, so it is not even a candidate.
     let other = [Ca::root("root").cert];
-    assert_eq!(code(validate(&leaf, &[], &other, now())), "unknown_ca");
+    assert_eq!(code_now(&leaf, &[], &other), "unknown_ca");
     let other = [Ca::root("someone else").cert];
-    assert_eq!(code(validate(&leaf, &[], &other, now())), "unknown_ca");
+    assert_eq!(code_now(&leaf, &[], &other), "unknown_ca");
     // Offering the real root as an intermediate does not make it trusted.
     let as_intermediate = [root.cert.clone()];
-    assert_eq!(
-        code(validate(&leaf, &as_intermediate, &other, now())),
-        "unknown_ca"
-    );
+    assert_eq!(code_now(&leaf, &as_intermediate, &other), "unknown_ca");
 }
 
 #[test]
 fn a_missing_intermediate_is_unknown_ca() {
-    let root = Ca::root("root");
-    let a = root.intermediate("a", None, None).unwrap();
-    let leaf = a.agent("agent", &deploy()).unwrap();
-    let roots = [root.cert.clone()];
+    let UnderA { leaf, roots, .. } = under_a();
     let err = validate(&leaf, &[], &roots, now()).unwrap_err();
     assert_eq!(err.code(), "unknown_ca");
     assert!(err.to_string().contains("CN=a"), "{err}");
@@ -123,14 +154,8 @@ fn a_self_signed_leaf_is_unknown_ca_and_a_root_is_no_leaf() {
     let rogue = Ca::root("agent");
     let root = Ca::root("root");
     let roots = [root.cert.clone()];
-    assert_eq!(
-        code(validate(&rogue.cert, &[], &roots, now())),
-        "unknown_ca"
-    );
-    assert_eq!(
-        code(validate(&root.cert, &[], &roots, now())),
-        "leaf_is_root"
-    );
+    assert_eq!(code_now(&rogue.cert, &[], &roots), "unknown_ca");
+    assert_eq!(code_now(&root.cert, &[], &roots), "leaf_is_root");
 }
 
 #[test]
@@ -146,10 +171,7 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
     tampered.tbs.serial_number = x509_cert::serial_number::SerialNumber::new(&[1, 2, 3]).unwrap();
     let tampered = tampered.finish().unwrap();
     let intermediates = [a.cert.clone()];
-    assert_eq!(
-        code(validate(&tampered, &intermediates, &roots, now())),
-        "bad_signature"
-    );
+    assert_eq!(code_now(&tampered, &intermediates, &roots), "bad_signature");
 
     // The intermediate's grants widened after signing.
     let mut widened = forge(&a.cert);
@@ -157,10 +179,7 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
         crate::ca::grants_extension(&crate::testkit::grants(&grant("*", "**", "1h"))).unwrap(),
     );
     let intermediates = [widened.finish().unwrap()];
-    assert_eq!(
-        code(validate(&leaf, &intermediates, &roots, now())),
-        "bad_signature"
-    );
+    assert_eq!(code_now(&leaf, &intermediates, &roots), "bad_signature");
 
     // A flipped bit in the signature itself.
     let mut flipped = forge(&leaf);
@@ -170,23 +189,15 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
     flipped.signature = der::asn1::BitString::from_bytes(&raw).unwrap();
     let flipped = flipped.finish().unwrap();
     let intermediates = [a.cert.clone()];
-    assert_eq!(
-        code(validate(&flipped, &intermediates, &roots, now())),
-        "bad_signature"
-    );
+    assert_eq!(code_now(&flipped, &intermediates, &roots), "bad_signature");
 }
 
 #[test]
 fn an_end_entity_cannot_act_as_a_ca() {
     let root = Ca::root("root");
-    let agent_key = crate::testkit::key();
-    let agent = root
-        .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
-        .unwrap();
+    let (agent_key, agent) = root.agent_with_key("agent", &deploy());
     // A certificate "issued" by the agent: its name as issuer, signed with its key.
-    let mut forged = forge(&root.agent("victim", &deploy()).unwrap());
-    forged.tbs.issuer = agent.tbs().subject().clone();
-    forged.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    let forged = renamed_under(&root.agent("victim", &deploy()).unwrap(), &agent);
     let forged = resign(forged, &agent_key);
     let roots = [root.cert.clone()];
     let intermediates = [agent];
@@ -213,7 +224,7 @@ fn an_issuer_without_key_cert_sign_is_not_a_ca() {
     no_bc.remove_extension(BasicConstraints::OID);
     let intermediates = [resign(no_bc, &root.key)];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
-    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_not_a_ca(&err);
 }
 
 /// `cert` with its basicConstraints and keyUsage replaced (`None`: removed), re-signed by
@@ -254,19 +265,13 @@ fn a_ca() -> Option<BasicConstraints> {
 fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
     // Every other test issuer that is not a CA also lacks keyCertSign, so the keyUsage check
     // would refuse it anyway; these issuers have keyCertSign and only `cA` is wrong.
-    let root = Ca::root("root");
-    let a = root.intermediate("a", None, None).unwrap();
-    let leaf = a.agent("agent", &deploy()).unwrap();
-    let roots = [root.cert.clone()];
-    assert_eq!(
-        code(validate(
-            &leaf,
-            std::slice::from_ref(&a.cert),
-            &roots,
-            now()
-        )),
-        "ok"
-    );
+    let UnderA {
+        root,
+        a,
+        leaf,
+        roots,
+    } = under_a();
+    assert_eq!(code_now(&leaf, std::slice::from_ref(&a.cert), &roots), "ok");
 
     // An intermediate re-issued with cA=false and keyCertSign (as a careless CA might).
     let intermediates = [with_ca_flags(
@@ -276,15 +281,11 @@ fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
         &root.key,
     )];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
-    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
-    assert_eq!(err.code(), "not_a_ca");
+    assert_not_a_ca(&err);
     assert!(err.to_string().contains("CN=a"), "{err}");
 
     // An agent certificate that somehow carries keyCertSign, signing a certificate.
-    let agent_key = crate::testkit::key();
-    let agent = root
-        .leaf_with("agent", &agent_key, &deploy(), Duration::from_secs(86_400))
-        .unwrap();
+    let (agent_key, agent) = root.agent_with_key("agent", &deploy());
     let agent = with_ca_flags(
         &agent,
         not_a_ca(),
@@ -293,13 +294,10 @@ fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
         )),
         &root.key,
     );
-    let mut forged = forge(&root.agent("victim", &deploy()).unwrap());
-    forged.tbs.issuer = agent.tbs().subject().clone();
-    forged.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    let forged = renamed_under(&root.agent("victim", &deploy()).unwrap(), &agent);
     let forged = resign(forged, &agent_key);
     let err = validate(&forged, &[agent], &roots, now()).unwrap_err();
-    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
-    assert_eq!(err.code(), "not_a_ca");
+    assert_not_a_ca(&err);
 
     // A trusted root is an issuer too.
     let bad_root = with_ca_flags(
@@ -310,16 +308,17 @@ fn an_issuer_with_key_cert_sign_but_ca_false_is_not_a_ca() {
     );
     let direct = root.agent("direct", &deploy()).unwrap();
     let err = validate(&direct, &[], &[bad_root], now()).unwrap_err();
-    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
-    assert_eq!(err.code(), "not_a_ca");
+    assert_not_a_ca(&err);
 }
 
 #[test]
 fn a_ca_without_key_cert_sign_has_its_own_code() {
-    let root = Ca::root("root");
-    let a = root.intermediate("a", None, None).unwrap();
-    let leaf = a.agent("agent", &deploy()).unwrap();
-    let roots = [root.cert.clone()];
+    let UnderA {
+        root,
+        a,
+        leaf,
+        roots,
+    } = under_a();
     for (what, ku) in [
         (
             "digitalSignature only",
@@ -339,7 +338,7 @@ fn a_ca_without_key_cert_sign_has_its_own_code() {
     // Neither flag: the cA check comes first.
     let intermediates = [with_ca_flags(&a.cert, not_a_ca(), None, &root.key)];
     let err = validate(&leaf, &intermediates, &roots, now()).unwrap_err();
-    assert!(matches!(err, ChainError::NotACa { .. }), "{err}");
+    assert_not_a_ca(&err);
 }
 
 #[test]
@@ -383,7 +382,7 @@ fn path_len_constraint_is_honoured() {
     assert_eq!(err.code(), "path_len_exceeded", "{err}");
     // A leaf directly under a (pathLen 0) is fine.
     let direct = a.agent("agent", &deploy()).unwrap();
-    assert_eq!(code(validate(&direct, &intermediates, &roots, now())), "ok");
+    assert_eq!(code_now(&direct, &intermediates, &roots), "ok");
 }
 
 #[test]
@@ -398,10 +397,10 @@ fn path_length_is_bounded() {
     let all: Vec<Certificate> = cas[1..].iter().map(|c| c.cert.clone()).collect();
     // root + 6 intermediates + leaf = 8: accepted.
     let leaf6 = cas[6].agent("agent", &deploy()).unwrap();
-    assert_eq!(code(validate(&leaf6, &all, &roots, now())), "ok");
+    assert_eq!(code_now(&leaf6, &all, &roots), "ok");
     // root + 7 intermediates + leaf = 9: refused.
     let leaf7 = cas[7].agent("agent", &deploy()).unwrap();
-    assert_eq!(code(validate(&leaf7, &all, &roots, now())), "path_too_long");
+    assert_eq!(code_now(&leaf7, &all, &roots), "path_too_long");
 }
 
 #[test]
@@ -410,17 +409,12 @@ fn issuer_loops_terminate() {
     let root = Ca::root("root");
     let a = root.intermediate("a", None, None).unwrap();
     let b = a.intermediate("b", None, None).unwrap();
-    let mut a_by_b = forge(&a.cert);
-    a_by_b.tbs.issuer = b.cert.tbs().subject().clone();
-    a_by_b.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    let a_by_b = renamed_under(&a.cert, &b.cert);
     let a_by_b = resign(a_by_b, &b.key);
     let leaf = b.agent("agent", &deploy()).unwrap();
     let intermediates = [a_by_b, b.cert.clone()];
     let roots = [Ca::root("elsewhere").cert];
-    assert_eq!(
-        code(validate(&leaf, &intermediates, &roots, now())),
-        "unknown_ca"
-    );
+    assert_eq!(code_now(&leaf, &intermediates, &roots), "unknown_ca");
 }
 
 #[test]
@@ -429,19 +423,13 @@ fn input_sizes_are_bounded() {
     let leaf = root.agent("agent", &deploy()).unwrap();
     let many = vec![root.cert.clone(); MAX_INTERMEDIATES + 1];
     let roots = [root.cert.clone()];
-    assert_eq!(
-        code(validate(&leaf, &many, &roots, now())),
-        "chain_too_large"
-    );
+    assert_eq!(code_now(&leaf, &many, &roots), "chain_too_large");
     let many_roots = vec![root.cert.clone(); MAX_ROOTS + 1];
-    assert_eq!(
-        code(validate(&leaf, &[], &many_roots, now())),
-        "chain_too_large"
-    );
+    assert_eq!(code_now(&leaf, &[], &many_roots), "chain_too_large");
     let mut huge = forge(&leaf);
     huge.set_raw_extension(&[0x2a, 0x03], false, &vec![0u8; MAX_CERT_LEN]);
     let huge = huge.finish().unwrap();
-    assert_eq!(code(validate(&huge, &[], &roots, now())), "chain_too_large");
+    assert_eq!(code_now(&huge, &[], &roots), "chain_too_large");
 }
 
 #[test]
@@ -452,16 +440,11 @@ fn many_same_named_candidates_exhaust_the_budget_not_the_cpu() {
     let cas: Vec<Ca> = (0..MAX_INTERMEDIATES)
         .map(|_| root.intermediate("same", None, None).unwrap())
         .collect();
-    let mut leaf = forge(&root.agent("agent", &deploy()).unwrap());
-    leaf.tbs.issuer = cas[0].cert.tbs().subject().clone();
-    leaf.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    let leaf = renamed_under(&root.agent("agent", &deploy()).unwrap(), &cas[0].cert);
     let leaf = resign(leaf, &crate::testkit::key()); // signed by none of them
     let intermediates: Vec<Certificate> = cas.iter().map(|c| c.cert.clone()).collect();
     let roots = [root.cert.clone()];
-    assert_eq!(
-        code(validate(&leaf, &intermediates, &roots, now())),
-        "bad_signature"
-    );
+    assert_eq!(code_now(&leaf, &intermediates, &roots), "bad_signature");
 }
 
 #[test]
@@ -506,7 +489,7 @@ fn unknown_critical_extensions_are_refused_known_ones_accepted() {
     ext.critical = true;
     grants_critical.set_extension(ext);
     let grants_critical = resign(grants_critical, &root.key);
-    assert_eq!(code(validate(&grants_critical, &[], &roots, now())), "ok");
+    assert_eq!(code_now(&grants_critical, &[], &roots), "ok");
 }
 
 #[test]
@@ -518,20 +501,14 @@ fn algorithm_rules() {
     let mut mismatch = forge(&leaf);
     mismatch.signature_algorithm.oid = ECDSA_SHA256;
     let mismatch = mismatch.finish().unwrap();
-    assert_eq!(
-        code(validate(&mismatch, &[], &roots, now())),
-        "malformed_certificate"
-    );
+    assert_eq!(code_now(&mismatch, &[], &roots), "malformed_certificate");
 
     let mut rsa = forge(&leaf);
     let sha256_rsa = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
     rsa.signature_algorithm.oid = sha256_rsa;
     rsa.tbs.signature.oid = sha256_rsa;
     let rsa = resign(rsa, &root.key);
-    assert_eq!(
-        code(validate(&rsa, &[], &roots, now())),
-        "unsupported_algorithm"
-    );
+    assert_eq!(code_now(&rsa, &[], &roots), "unsupported_algorithm");
 }
 
 #[test]
@@ -555,13 +532,11 @@ fn a_p256_offline_intermediate_signing_with_sha256_verifies() {
     )
     .unwrap();
     // Leaf signed by the P-256 key, ecdsa-with-SHA256.
-    let mut leaf = forge(&root.agent("agent", &deploy()).unwrap());
-    leaf.tbs.issuer = cert.tbs().subject().clone();
-    leaf.remove_extension(x509_cert::ext::pkix::AuthorityKeyIdentifier::OID);
+    let leaf = renamed_under(&root.agent("agent", &deploy()).unwrap(), &cert);
     let leaf = resign_p256(leaf, &p256_key);
     let roots = [root.cert.clone()];
     let intermediates = [cert];
-    assert_eq!(code(validate(&leaf, &intermediates, &roots, now())), "ok");
+    assert_eq!(code_now(&leaf, &intermediates, &roots), "ok");
 }
 
 #[test]
@@ -615,58 +590,37 @@ fn an_expired_or_not_yet_valid_intermediate_is_denied_by_the_decision() {
     let req = request("deploy.x", "prod/a");
     let day = Duration::from_secs(86_400);
     let hour = Duration::from_secs(3600);
-    let cases = [
-        // (which intermediate, its depth in the chain view, notBefore, notAfter, expected)
-        (
-            0,
-            2,
-            now() - 10 * day,
-            now() - hour,
-            DenyCode::CertificateExpired,
-        ),
-        (
-            0,
-            2,
-            now() + hour,
-            now() + 10 * day,
-            DenyCode::CertificateNotYetValid,
-        ),
-        (
-            1,
-            1,
-            now() - 10 * day,
-            now() - hour,
-            DenyCode::CertificateExpired,
-        ),
-        (
-            1,
-            1,
-            now() + hour,
-            now() + 10 * day,
-            DenyCode::CertificateNotYetValid,
-        ),
-    ];
-    for (which, depth, not_before, not_after, expected) in cases {
-        let mut cas = [top.cert.clone(), ops.cert.clone()];
-        let issuer_key = [&root.key, &top.key][which];
-        cas[which] = crate::testkit::with_validity(&cas[which], not_before, not_after, issuer_key);
-        let chain = validate(&leaf, &cas, &roots, now()).unwrap();
-        assert_eq!(chain.intermediates().len(), 2);
-        let decision = decide(
-            &chain.chain_view(),
-            &NoneRevoked,
-            &req,
-            now(),
-            Duration::from_secs(300),
-        );
-        let Decision::Deny { code, reason } = &decision else {
-            panic!("intermediate {which}: {decision:?}");
-        };
-        assert_eq!(*code, expected, "intermediate {which}: {reason}");
-        assert!(
-            reason.contains(&format!("depth {depth}")),
-            "intermediate {which}: {reason}"
-        );
+    let expired = (now() - 10 * day, now() - hour, DenyCode::CertificateExpired);
+    let not_yet = (
+        now() + hour,
+        now() + 10 * day,
+        DenyCode::CertificateNotYetValid,
+    );
+    // (which intermediate, its depth in the chain view), each expired and not yet valid.
+    for (which, depth) in [(0, 2), (1, 1)] {
+        for (not_before, not_after, expected) in [expired, not_yet] {
+            let mut cas = [top.cert.clone(), ops.cert.clone()];
+            let issuer_key = [&root.key, &top.key][which];
+            cas[which] =
+                crate::testkit::with_validity(&cas[which], not_before, not_after, issuer_key);
+            let chain = validate(&leaf, &cas, &roots, now()).unwrap();
+            assert_eq!(chain.intermediates().len(), 2);
+            let decision = decide(
+                &chain.chain_view(),
+                &NoneRevoked,
+                &req,
+                now(),
+                Duration::from_secs(300),
+            );
+            let Decision::Deny { code, reason } = &decision else {
+                panic!("intermediate {which}: {decision:?}");
+            };
+            assert_eq!(*code, expected, "intermediate {which}: {reason}");
+            assert!(
+                reason.contains(&format!("depth {depth}")),
+                "intermediate {which}: {reason}"
+            );
+        }
     }
     // Control: the unmodified chain is allowed.
     let intermediates = [top.cert.clone(), ops.cert.clone()];
@@ -677,13 +631,7 @@ fn an_expired_or_not_yet_valid_intermediate_is_denied_by_the_decision() {
 #[test]
 fn an_offline_intermediate_that_escalates_is_denied_by_the_decision() {
     let root = Ca::root("root");
-    let ops = root
-        .intermediate(
-            "ops",
-            Some(&grant("deploy.*", "prod/payments/*", "60s")),
-            None,
-        )
-        .unwrap();
+    let ops = payments_ops(&root);
     // The CA itself refuses.
     let refused = ops
         .agent("agent", &grant("deploy.*", "prod/**", "60s"))
@@ -778,7 +726,7 @@ fn certificates_read_back_from_der_still_verify() {
     let leaf = root.agent("agent", &deploy()).unwrap();
     let roots = [crate::testkit::reparse(&root.cert)];
     let reparsed = crate::testkit::reparse(&leaf);
-    assert_eq!(code(validate(&reparsed, &[], &roots, now())), "ok");
+    assert_eq!(code_now(&reparsed, &[], &roots), "ok");
 }
 
 #[test]
@@ -800,12 +748,7 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
         bad_leaf.tbs.serial_number = serial.clone();
         let bad_leaf = resign(bad_leaf, &ca.key);
         assert_eq!(
-            code(validate(
-                &bad_leaf,
-                std::slice::from_ref(&ca.cert),
-                &roots,
-                now()
-            )),
+            code_now(&bad_leaf, std::slice::from_ref(&ca.cert), &roots),
             "malformed_certificate",
             "leaf serial {der:02x?}"
         );
@@ -813,7 +756,7 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
         bad_ca.tbs.serial_number = serial;
         let bad_ca = resign(bad_ca, &root.key);
         assert_eq!(
-            code(validate(&leaf, &[bad_ca], &roots, now())),
+            code_now(&leaf, &[bad_ca], &roots),
             "malformed_certificate",
             "intermediate serial {der:02x?}"
         );

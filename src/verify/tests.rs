@@ -63,6 +63,24 @@ impl Fixture {
         Self::with_key(TokenKey::P384(crate::testkit::key()))
     }
 
+    /// The same root and agents, with tokens signed by `key` under `cert` and checked against
+    /// `trust`.
+    fn signing_with(
+        &self,
+        key: &p384::ecdsa::SigningKey,
+        cert: &Certificate,
+        trust: TrustStore,
+    ) -> Fixture {
+        Fixture {
+            key: TokenKey::P384(key.clone()),
+            token_cert: cert.clone(),
+            trust,
+            root: self.root.clone(),
+            agent: self.agent.clone(),
+            other_agent: self.other_agent.clone(),
+        }
+    }
+
     fn p256() -> Self {
         Self::with_key(TokenKey::P256(
             p256::ecdsa::SigningKey::try_generate().unwrap(),
@@ -193,6 +211,22 @@ impl Fixture {
 
     fn code(&self, token: &str) -> &'static str {
         code(self.verify(token))
+    }
+
+    /// The code for a token of `claims` under the usual header.
+    fn code_of(&self, claims: &Claims) -> &'static str {
+        self.code(&self.mint(&self.header(), claims))
+    }
+
+    /// The code for a token of the claims JSON `claims` under the usual header.
+    fn code_of_json(&self, claims: &Value) -> &'static str {
+        self.code(&self.mint_json(&self.header_json(), claims))
+    }
+
+    /// The code for the signing input `input` (header and claims) with `signature` as the
+    /// token's third part.
+    fn code_signed(&self, input: &str, signature: &[u8]) -> &'static str {
+        self.code(&format!("{input}.{}", b64(signature)))
     }
 }
 
@@ -370,10 +404,7 @@ fn a_high_s_signature_is_refused() {
         // A forged high-S signature is simply a bad signature.
         let mut forged = crate::base64url::decode(twin.rsplit_once('.').unwrap().1).unwrap();
         forged[3] ^= 0x01;
-        assert_eq!(
-            f.code(&format!("{input}.{}", b64(&forged))),
-            "bad_signature"
-        );
+        assert_eq!(f.code_signed(input, &forged), "bad_signature");
     }
 }
 
@@ -384,25 +415,11 @@ fn a_token_certificate_under_an_intermediate_is_refused() {
     let f = Fixture::new();
     let ops = f.root.intermediate("signing ops", None, Some(0)).unwrap();
     let key = crate::testkit::key();
-    let cert = ca::issue_service(
-        &ops.key,
-        &ops.cert,
-        spki(&key),
-        &ca::parse_subject("CN=token 2").unwrap(),
-        CertKind::Signing(Purpose::Token),
-        Duration::from_secs(86_400),
-        now(),
-    )
-    .unwrap();
+    let cert = token_cert_by(&ops, &key);
     let trust =
         TrustStore::from_certificates(vec![f.root.cert.clone(), ops.cert.clone(), cert.clone()])
             .unwrap();
-    let g = Fixture {
-        key: TokenKey::P384(key),
-        token_cert: cert,
-        trust,
-        ..f
-    };
+    let g = f.signing_with(&key, &cert, trust);
     let refused = verify_token(&g.token(), &g.trust, &g.expect()).unwrap_err();
     assert_eq!(refused.code(), "not_issued_by_root", "{refused}");
     assert!(refused.to_string().contains("CN=signing ops"), "{refused}");
@@ -423,15 +440,23 @@ fn code_signed_under(
     cert: &Certificate,
 ) -> &'static str {
     let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), cert.clone()]).unwrap();
-    let g = Fixture {
-        key: TokenKey::P384(key.clone()),
-        token_cert: cert.clone(),
-        trust,
-        root: f.root.clone(),
-        agent: f.agent.clone(),
-        other_agent: f.other_agent.clone(),
-    };
+    let g = f.signing_with(key, cert, trust);
     code(verify_token(&g.token(), &g.trust, &g.expect()))
+}
+
+/// A token signing certificate (`CN=token 2`) for `key`, issued by `issuer` rather than by the
+/// fixture's token certificate's root.
+fn token_cert_by(issuer: &Ca, key: &p384::ecdsa::SigningKey) -> Certificate {
+    ca::issue_service(
+        &issuer.key,
+        &issuer.cert,
+        spki(key),
+        &ca::parse_subject("CN=token 2").unwrap(),
+        CertKind::Signing(Purpose::Token),
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap()
 }
 
 /// A certificate for `key` by the fixture's root with the signing profile for `purpose`.
@@ -585,22 +610,16 @@ fn signatures_must_be_raw_r_s_of_the_curves_size() {
     let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
     let der = sig.to_der();
     assert_eq!(
-        f.code(&format!("{input}.{}", b64(der.as_bytes()))),
+        f.code_signed(input, der.as_bytes()),
         "bad_signature",
         "DER-encoded signature"
     );
-    assert_eq!(
-        f.code(&format!("{input}.{}", b64(&raw[..95]))),
-        "bad_signature"
-    );
+    assert_eq!(f.code_signed(input, &raw[..95]), "bad_signature");
     let mut longer = raw.clone();
     longer.push(0);
+    assert_eq!(f.code_signed(input, &longer), "bad_signature");
     assert_eq!(
-        f.code(&format!("{input}.{}", b64(&longer))),
-        "bad_signature"
-    );
-    assert_eq!(
-        f.code(&format!("{input}.{}", b64(&[0u8; 96]))),
+        f.code_signed(input, &[0u8; 96]),
         "bad_signature",
         "r = s = 0"
     );
@@ -646,10 +665,7 @@ fn alg_none_and_hmac_are_refused() {
         .subject_public_key
         .raw_bytes();
     let tag = hmac_sha256(secret, input.as_bytes());
-    assert_eq!(
-        f.code(&format!("{input}.{}", b64(&tag))),
-        "unsupported_algorithm"
-    );
+    assert_eq!(f.code_signed(&input, &tag), "unsupported_algorithm");
 }
 
 #[test]
@@ -711,7 +727,7 @@ fn header_rules() {
         b64(f.claims_json().to_string().as_bytes())
     );
     let sig = f.key.sign(input.as_bytes());
-    assert_eq!(f.code(&format!("{input}.{}", b64(&sig))), "malformed_token");
+    assert_eq!(f.code_signed(&input, &sig), "malformed_token");
 
     for not_json in ["[]", "null", "\"ES384\"", "{"] {
         let input = format!(
@@ -720,11 +736,7 @@ fn header_rules() {
             b64(f.claims_json().to_string().as_bytes())
         );
         let sig = f.key.sign(input.as_bytes());
-        assert_eq!(
-            f.code(&format!("{input}.{}", b64(&sig))),
-            "malformed_token",
-            "{not_json}"
-        );
+        assert_eq!(f.code_signed(&input, &sig), "malformed_token", "{not_json}");
     }
 }
 
@@ -779,23 +791,9 @@ fn a_token_key_certified_by_another_root_is_untrusted() {
 fn only_a_signing_certificate_may_sign_tokens() {
     let f = Fixture::new();
     // An agent's key and certificate (digitalSignature, clientAuth, sebRole): no.
-    let agent_key = crate::testkit::key();
-    let agent = f
-        .root
-        .leaf_with(
-            "agent",
-            &agent_key,
-            &grant("*", "**", "60s"),
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
+    let (agent_key, agent) = f.root.agent_with_key("agent", &grant("*", "**", "60s"));
     let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), agent.clone()]).unwrap();
-    let g = Fixture {
-        key: TokenKey::P384(agent_key),
-        token_cert: agent,
-        trust,
-        ..Fixture::new()
-    };
+    let g = Fixture::new().signing_with(&agent_key, &agent, trust);
     let trust = g.trust.clone();
     let mut header = g.header();
     header.kid = b64(&g.token_cert.thumbprint_sha256().unwrap());
@@ -808,12 +806,7 @@ fn only_a_signing_certificate_may_sign_tokens() {
     // An intermediate CA's key: no.
     let ops = f.root.intermediate("ops", None, None).unwrap();
     let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), ops.cert.clone()]).unwrap();
-    let g = Fixture {
-        key: TokenKey::P384(ops.key.clone()),
-        token_cert: ops.cert.clone(),
-        trust: trust.clone(),
-        ..Fixture::new()
-    };
+    let g = Fixture::new().signing_with(&ops.key, &ops.cert, trust.clone());
     assert_eq!(
         code(verify_token(
             &g.mint(&g.header(), &f.claims()),
@@ -849,16 +842,7 @@ fn under_intermediates(which: usize, not_before: u64, not_after: u64) -> (Fixtur
     let upper = f.root.intermediate("signing upper", None, None).unwrap();
     let lower = upper.intermediate("signing lower", None, Some(0)).unwrap();
     let key = crate::testkit::key();
-    let cert = ca::issue_service(
-        &lower.key,
-        &lower.cert,
-        spki(&key),
-        &ca::parse_subject("CN=token 2").unwrap(),
-        CertKind::Signing(Purpose::Token),
-        Duration::from_secs(86_400),
-        now(),
-    )
-    .unwrap();
+    let cert = token_cert_by(&lower, &key);
     let mut cas = [upper.cert.clone(), lower.cert.clone()];
     let issuer_key = [&f.root.key, &upper.key][which];
     cas[which] =
@@ -871,12 +855,7 @@ fn under_intermediates(which: usize, not_before: u64, not_after: u64) -> (Fixtur
         cert.clone(),
     ])
     .unwrap();
-    let g = Fixture {
-        key: TokenKey::P384(key),
-        token_cert: cert,
-        trust,
-        ..f
-    };
+    let g = f.signing_with(&key, &cert, trust);
     (g, subject)
 }
 
@@ -939,23 +918,23 @@ fn lifetime_rules() {
     let mut claims = f.claims();
     claims.nbf = NOW + 31;
     claims.exp = NOW + 90;
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "token_not_yet_valid");
+    assert_eq!(f.code_of(&claims), "token_not_yet_valid");
 
     let mut claims = f.claims();
     claims.exp = claims.nbf;
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+    assert_eq!(f.code_of(&claims), "invalid_lifetime");
 
     let mut claims = f.claims();
     claims.exp = NOW + 3601;
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+    assert_eq!(f.code_of(&claims), "invalid_lifetime");
 
     let mut claims = f.claims();
     claims.iat = NOW + 120;
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+    assert_eq!(f.code_of(&claims), "invalid_lifetime");
 
     let mut claims = f.claims();
     claims.exp = u64::MAX;
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_lifetime");
+    assert_eq!(f.code_of(&claims), "invalid_lifetime");
 }
 
 #[test]
@@ -981,51 +960,29 @@ fn claims_must_be_exactly_the_seb_claims() {
     let f = Fixture::new();
     let mut claims = f.claims_json();
     claims["admin"] = json!(true);
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
 
     let mut claims = f.claims_json();
     claims["authorization_details"][0]["params"] = json!({"replicas": 99});
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
 
     let mut claims = f.claims_json();
     claims["cnf"]["x5t"] = json!("abc");
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
 
     for missing in ["exp", "epoch", "cnf", "jti"] {
         let mut claims = f.claims_json();
         claims.as_object_mut().unwrap().remove(missing);
-        assert_eq!(
-            f.code(&f.mint_json(&f.header_json(), &claims)),
-            "invalid_claims",
-            "{missing}"
-        );
+        assert_eq!(f.code_of_json(&claims), "invalid_claims", "{missing}");
     }
 
     let mut claims = f.claims_json();
     claims["exp"] = json!("1750000060");
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
     claims["exp"] = json!(-1);
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
     claims["exp"] = json!(1.75e9);
-    assert_eq!(
-        f.code(&f.mint_json(&f.header_json(), &claims)),
-        "invalid_claims"
-    );
+    assert_eq!(f.code_of_json(&claims), "invalid_claims");
 }
 
 #[test]
@@ -1037,23 +994,14 @@ fn exactly_one_seb_execution_detail() {
         operation: "db.drop".into(),
         ..detail.clone()
     });
-    assert_eq!(
-        f.code(&f.mint(&f.header(), &claims)),
-        "invalid_authorization_details"
-    );
+    assert_eq!(f.code_of(&claims), "invalid_authorization_details");
     claims.authorization_details.clear();
-    assert_eq!(
-        f.code(&f.mint(&f.header(), &claims)),
-        "invalid_authorization_details"
-    );
+    assert_eq!(f.code_of(&claims), "invalid_authorization_details");
     claims.authorization_details.push(AuthorizationDetail {
         kind: "payment_initiation".into(),
         ..detail
     });
-    assert_eq!(
-        f.code(&f.mint(&f.header(), &claims)),
-        "invalid_authorization_details"
-    );
+    assert_eq!(f.code_of(&claims), "invalid_authorization_details");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1068,43 +1016,41 @@ fn the_token_must_be_for_this_operation_resource_and_parameters() {
         edit(&mut e);
         code(verify_token(&token, &f.trust, &e))
     };
-    assert_eq!(
-        check(&|e| e.action.operation = "deploy.rollback".into()),
-        "wrong_operation"
-    );
-    assert_eq!(
-        check(&|e| e.action.operation = "deploy.*".into()),
-        "wrong_operation"
-    );
-    assert_eq!(
-        check(&|e| e.action.resource = "prod/payments/db".into()),
-        "wrong_resource"
-    );
-    assert_eq!(
-        check(&|e| e.action.resource = "prod/payments/api/".into()),
-        "wrong_resource"
-    );
-    assert_eq!(
-        check(&|e| {
-            e.action.params = as_params(
-                &json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            )
-        }),
-        "wrong_params"
-    );
-    assert_eq!(
-        check(&|e| {
-            e.action.params = as_params(
-                &json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"}),
-            )
-        }),
-        "wrong_params",
-        "a string is not an integer"
-    );
-    assert_eq!(
-        check(&|e| e.issuer = Some("other-broker".into())),
-        "wrong_issuer"
-    );
+    let replicas_30 = json!({"replicas": 30, "image": "registry.internal/payments/api:1.2", "strategy": "canary"});
+    // A string is not an integer.
+    let replicas_text = json!({"replicas": "3", "image": "registry.internal/payments/api:1.2", "strategy": "canary"});
+    /// An edit of the expectations, and the code the token then gets.
+    type Case<'a> = (&'a dyn Fn(&mut Expectations), &'a str);
+    let cases: [Case<'_>; 7] = [
+        (
+            &|e| e.action.operation = "deploy.rollback".into(),
+            "wrong_operation",
+        ),
+        (
+            &|e| e.action.operation = "deploy.*".into(),
+            "wrong_operation",
+        ),
+        (
+            &|e| e.action.resource = "prod/payments/db".into(),
+            "wrong_resource",
+        ),
+        (
+            &|e| e.action.resource = "prod/payments/api/".into(),
+            "wrong_resource",
+        ),
+        (
+            &|e| e.action.params = as_params(&replicas_30),
+            "wrong_params",
+        ),
+        (
+            &|e| e.action.params = as_params(&replicas_text),
+            "wrong_params",
+        ),
+        (&|e| e.issuer = Some("other-broker".into()), "wrong_issuer"),
+    ];
+    for (i, (edit, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(check(edit), expected, "case {i}");
+    }
 
     let err = verify_token(
         &token,
@@ -1177,7 +1123,7 @@ fn shape_and_size() {
     // A valid token padded to the limit with a huge claim is refused on size, before parsing.
     let mut claims = f.claims();
     claims.sub = "x".repeat(MAX_TOKEN_LEN);
-    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "token_too_large");
+    assert_eq!(f.code_of(&claims), "token_too_large");
 }
 
 #[test]
@@ -1402,16 +1348,9 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
     assert_eq!(q.code_with(&c, &expect), "untrusted_approver");
 
     // An agent certificate posing as an approver.
-    let agent_key = crate::testkit::key();
-    let agent =
+    let (agent_key, agent) =
         q.f.root
-            .leaf_with(
-                "posing",
-                &agent_key,
-                &grant("deploy.*", "prod/**", "60s"),
-                Duration::from_secs(86_400),
-            )
-            .unwrap();
+            .agent_with_key("posing", &grant("deploy.*", "prod/**", "60s"));
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &agent, &agent_key);
     let mut approvers = q.approvers();
@@ -1455,17 +1394,8 @@ fn approvers_must_be_trusted_approvers_other_than_the_agent() {
 #[test]
 fn the_quorum_is_checked_against_the_agents_grant() {
     let q = Quorum::new();
-    let key = crate::testkit::key();
-    let agent = q
-        .f
-        .root
-        .leaf_with(
-            "agent",
-            &key,
-            "[[grant]]\noperation = \"deploy.*\"\nresource = \"prod/**\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = { required = 2, group = \"sre-leads\" }\n",
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
+    let grants = "[[grant]]\noperation = \"deploy.*\"\nresource = \"prod/**\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = { required = 2, group = \"sre-leads\" }\n";
+    let (_, agent) = q.f.root.agent_with_key("agent", grants);
     let expect = Expectations::new(now(), q.f.action(), Binding::agent(agent.clone()))
         .issuer("seb-test")
         .min_epoch(5)

@@ -1,103 +1,162 @@
 //! Requests waiting for approvers and the approvers' decisions: the `approval_requests` and
-//! `approvals` tables. Every function runs on the writer thread inside its commit, so the
-//! checks (still open, not expired, this approver not counted yet) and the write they guard
-//! are one atomic step: two approvers completing a quorum at once cannot both issue.
+//! `approvals` tables, and the bodies of the [`Store`] methods over them. The atomic steps
+//! ([`add`], [`expire`]) run on the writer thread inside one commit, so the checks (still open,
+//! not expired, this approver not counted yet) and the write they guard are one atomic step:
+//! two approvers completing a quorum at once cannot both issue.
+//!
+//! [`Store`]: crate::store::Store
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_unix, unix};
+use super::rows::{
+    approvals_of, execution_from_row, execution_row, insert_execution, insert_pending, parsed,
+    pending_from_row, pending_row, unix, EXECUTION_COLUMNS,
+};
+use super::{encode, SqliteStore};
 use crate::approval::Decision;
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::merkle;
 use crate::store::{
-    ApprovalOutcome, ApprovalRecord, ExecutionStatus, PendingApproval, ReservedToken, StoreError,
+    ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, LogPosition,
+    PendingApproval, ReservedToken, Store, StoreError, WriteDone,
 };
 
-/// An `approval_requests` row as read.
-pub(super) type PendingRow = (String, String, i64, Option<String>, String, i64, i64);
-
-/// An `approvals` row as read.
-pub(super) type ApprovalRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-);
-
-pub(super) fn insert_pending(c: &Connection, p: &PendingApproval) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO approval_requests (request_id, approval_group, token_ttl, justification,
-            agent_key, agent_not_after, expires_at, closed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
-    )?
-    .execute(params![
-        p.request_id,
-        p.group,
-        i64::try_from(p.token_ttl.as_secs()).unwrap_or(i64::MAX),
-        p.justification,
-        p.agent_key,
-        unix(p.agent_not_after),
-        unix(p.expires_at),
-    ])
-    .map(|_| ())
-}
-
-pub(super) fn pending_row(
-    c: &Connection,
-    request_id: &str,
-) -> rusqlite::Result<Option<PendingRow>> {
-    c.prepare_cached(
-        "SELECT request_id, approval_group, token_ttl, justification, agent_key,
-            agent_not_after, expires_at
-         FROM approval_requests WHERE request_id = ?1",
-    )?
-    .query_row([request_id], |r| PendingRow::try_from(r))
-    .optional()
-}
-
-pub(super) fn pending_from_row(r: PendingRow) -> Result<PendingApproval, StoreError> {
-    Ok(PendingApproval {
-        request_id: r.0,
-        group: r.1,
-        token_ttl: Duration::from_secs(
-            u64::try_from(r.2).map_err(|_| StoreError::Corrupt("negative token ttl".into()))?,
-        ),
-        justification: r.3,
-        agent_key: r.4,
-        agent_not_after: from_unix(r.5)?,
-        expires_at: from_unix(r.6)?,
-    })
-}
-
-pub(super) fn approval_rows(
-    c: &Connection,
-    request_id: &str,
-) -> rusqlite::Result<Vec<ApprovalRow>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT request_id, approver, approver_subject, approver_key, decision, signature, reason,
-            at
-         FROM approvals WHERE request_id = ?1 ORDER BY id",
+pub(super) fn record_pending_then(
+    store: &SqliteStore,
+    record: ExecutionRecord,
+    pending: PendingApproval,
+    entry: &Entry,
+    done: WriteDone,
+) -> Result<LogPosition, StoreError> {
+    let text = encode(entry)?;
+    let leaf_hash = merkle::leaf_hash(text.as_bytes());
+    let index = store.enqueue_audited(
+        "record pending request",
+        move |c| {
+            insert_execution(c, &record)?;
+            insert_pending(c, &pending)
+        },
+        move |_| text,
+        move |result| done(result.map(|_| ())),
+        false,
     )?;
-    let rows = stmt.query_map([request_id], |r| ApprovalRow::try_from(r))?;
-    rows.collect()
+    Ok(LogPosition { index, leaf_hash })
 }
 
-pub(super) fn approval_from_row(r: ApprovalRow) -> Result<ApprovalRecord, StoreError> {
-    Ok(ApprovalRecord {
-        request_id: r.0,
-        approver: r.1,
-        approver_subject: r.2,
-        approver_key: r.3,
-        decision: Decision::parse(&r.4)
-            .ok_or_else(|| StoreError::Corrupt(format!("approval decision {:?}", r.4)))?,
-        signature: r.5,
-        reason: r.6,
-        at: from_unix(r.7)?,
-    })
+pub(super) fn pending_approval(
+    store: &SqliteStore,
+    request_id: &str,
+) -> Result<Option<PendingApproval>, StoreError> {
+    let request_id = request_id.to_owned();
+    let row = store.write("read pending request", move |c| pending_row(c, &request_id))?;
+    row.map(pending_from_row).transpose()
+}
+
+pub(super) fn approvals(
+    store: &SqliteStore,
+    request_id: &str,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    let request_id = request_id.to_owned();
+    store.write("read approvals", move |c| approvals_of(c, &request_id))?
+}
+
+pub(super) fn open_approval_requests(
+    store: &SqliteStore,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
+    let now = unix(now);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = store.write("list open approval requests", move |c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT request_id FROM approval_requests
+             WHERE closed IS NULL AND expires_at > ?1
+             ORDER BY request_id LIMIT ?2",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![now, limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let execution = c
+                .prepare_cached(&format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE request_id = ?1"
+                ))?
+                .query_row([&id], execution_row)
+                .optional()?;
+            let pending = pending_row(c, &id)?;
+            if let (Some(e), Some(p)) = (execution, pending) {
+                out.push((e, p));
+            }
+        }
+        Ok(out)
+    })?;
+    rows.into_iter()
+        .map(|(e, p)| Ok((execution_from_row(e)?, pending_from_row(p)?)))
+        .collect()
+}
+
+pub(super) fn add_approval(
+    store: &SqliteStore,
+    approval: ApprovalRecord,
+    required: u32,
+    now: SystemTime,
+    reserve: ReservedToken,
+) -> Result<ApprovalOutcome, StoreError> {
+    // Every decision an approver posts is an audit entry in the same commit: recorded ones
+    // plainly, refused ones (closed, expired, duplicate) with the refusal as `code`.
+    let mut base = Entry::new(
+        match approval.decision {
+            crate::approval::Decision::Approve => EntryKind::ApprovalGiven,
+            crate::approval::Decision::Reject => EntryKind::ApprovalRejected,
+        },
+        crate::time::unix_millis(approval.at),
+    );
+    base.request_id = Some(approval.request_id.clone());
+    base.cert = Some(CertRef {
+        thumbprint: approval.approver.clone(),
+        serial: String::new(),
+        subject: approval.approver_subject.clone(),
+    });
+    base.decision = Some(approval.decision.as_str().to_owned());
+    base.detail = approval.reason.clone();
+    let (outcome, _) = store.write_audited(
+        "record approval",
+        move |c| add(c, &approval, required, now, &reserve),
+        move |outcome: &Result<ApprovalOutcome, StoreError>| {
+            let mut e = base.clone();
+            e.code = match outcome {
+                Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
+                Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
+                Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
+                Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
+                Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
+                Err(_) => Some("store_unavailable".into()),
+            };
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    outcome
+}
+
+pub(super) fn expire_approval_requests(
+    store: &SqliteStore,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let ids = store.write("expire approval requests", move |c| expire(c, now))?;
+    // One entry per expired request, after the commit that closed them: a request whose
+    // entry failed is closed all the same (nothing can be issued for it any more), and the
+    // failure shows in the audit health check.
+    for id in &ids {
+        let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));
+        e.request_id = Some(id.clone());
+        if let Err(err) = store.append_audit(&e) {
+            tracing::error!(error = %err, request_id = %id, "cannot log an approval expiry");
+        }
+    }
+    Ok(ids)
 }
 
 /// The atomic step of [`crate::store::Store::add_approval`].
@@ -120,10 +179,9 @@ pub(super) fn add(
     let Some((status, expires_at, closed)) = state else {
         return Ok(Ok(ApprovalOutcome::Unknown));
     };
-    let Some(status) = ExecutionStatus::parse(&status) else {
-        return Ok(Err(StoreError::Corrupt(format!(
-            "execution status {status:?}"
-        ))));
+    let status = match parsed("execution status", &status, ExecutionStatus::parse) {
+        Ok(status) => status,
+        Err(e) => return Ok(Err(e)),
     };
     if status != ExecutionStatus::PendingApproval || closed.is_some() {
         return Ok(Ok(ApprovalOutcome::Closed(status)));
@@ -182,11 +240,7 @@ pub(super) fn add(
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    let approvals: Vec<ApprovalRecord> = match approval_rows(c, id)?
-        .into_iter()
-        .map(approval_from_row)
-        .collect::<Result<Vec<_>, _>>()
-    {
+    let approvals: Vec<ApprovalRecord> = match approvals_of(c, id)? {
         Ok(all) => all
             .into_iter()
             .filter(|a| a.decision == Decision::Approve)

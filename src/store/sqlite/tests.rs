@@ -4,11 +4,27 @@
 use std::time::UNIX_EPOCH;
 
 use super::*;
+use crate::store::ExecutionStatus;
 
 fn serial(bytes: &[u8]) -> Serial {
     Serial::from_magnitude(bytes).unwrap()
 }
 
+/// Queues a write that ends the transaction itself with `ROLLBACK`, as SQLite does after an
+/// I/O error or a full disk; the receiver hears whether that write was reported done.
+fn queue_rollback(store: &SqliteStore) -> mpsc::Receiver<bool> {
+    let (tx, breaker) = mpsc::channel();
+    store.enqueue(
+        "roll back",
+        |c| c.execute_batch("ROLLBACK"),
+        move |r| {
+            let _ = tx.send(r.is_ok());
+        },
+        Scope::OneStatement,
+        true,
+    );
+    breaker
+}
 #[test]
 fn revocation_is_recorded_once_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,16 +311,7 @@ fn when_the_database_rolls_the_batch_back_no_write_of_it_is_reported_or_left_com
         let before = queue(&store, issuing("r9"), Commit::Deferred);
         // Stands for an I/O error or a full disk, after which SQLite ends the transaction
         // itself: the writes after it must not run (each would commit on its own).
-        let (tx, breaker) = mpsc::channel();
-        store.enqueue(
-            "roll back",
-            |c| c.execute_batch("ROLLBACK"),
-            move |r| {
-                let _ = tx.send(r.is_ok());
-            },
-            Scope::OneStatement,
-            true,
-        );
+        let breaker = queue_rollback(&store);
         let after = queue(&store, issuing("r10"), Commit::Deferred);
         store.flush();
         assert!(!before.recv_timeout(WAIT).unwrap());
@@ -676,16 +683,7 @@ fn a_rolled_back_commit_abandons_its_indexes_and_leaves_no_gap() {
     let store = SqliteStore::open(dir.path()).unwrap();
     store.record_execution(&issuing("a1"), &entry()).unwrap();
     let before = queue(&store, issuing("a2"), Commit::Deferred);
-    let (tx, breaker) = mpsc::channel();
-    store.enqueue(
-        "roll back",
-        |c| c.execute_batch("ROLLBACK"),
-        move |r| {
-            let _ = tx.send(r.is_ok());
-        },
-        Scope::OneStatement,
-        true,
-    );
+    let breaker = queue_rollback(&store);
     // Reserved before the failure, queued behind it: its index is abandoned.
     let after = queue(&store, issuing("a3"), Commit::Deferred);
     store.flush();

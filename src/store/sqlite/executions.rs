@@ -1,0 +1,295 @@
+//! Execution records and what happens to their tokens: recording a request (granted, denied,
+//! issuing) and completing its issuance, single-use redemption (checked against the agent's
+//! revocations in the same transaction), and the executor's outcome receipt. Each is an audit
+//! entry in the same commit.
+
+use std::time::SystemTime;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::rows::{
+    execution_from_row, execution_row, from_unix, insert_execution, parse_serials, unix,
+    EXECUTION_COLUMNS,
+};
+use super::writer::Scope;
+use super::{encode, SqliteStore};
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::merkle;
+use crate::serial::Serial;
+use crate::store::{Commit, ExecutionRecord, LogPosition, RedeemOutcome, StoreError, WriteDone};
+
+pub(super) fn record_execution(
+    store: &SqliteStore,
+    record: &ExecutionRecord,
+    entry: &Entry,
+) -> Result<LogPosition, StoreError> {
+    let (r, text) = (record.clone(), encode(entry)?);
+    store
+        .write_audited(
+            "record execution",
+            move |c| insert_execution(c, &r),
+            move |_| text.clone(),
+        )
+        .map(|(_, position)| position)
+}
+
+pub(super) fn record_execution_then(
+    store: &SqliteStore,
+    record: ExecutionRecord,
+    entry: &Entry,
+    commit: Commit,
+    done: WriteDone,
+) -> Result<LogPosition, StoreError> {
+    let text = encode(entry)?;
+    let leaf_hash = merkle::leaf_hash(text.as_bytes());
+    let index = store.enqueue_audited(
+        "record execution",
+        move |c| insert_execution(c, &record),
+        move |_| text,
+        move |result| done(result.map(|_| ())),
+        commit == Commit::Deferred,
+    )?;
+    Ok(LogPosition { index, leaf_hash })
+}
+
+pub(super) fn complete_issuance_then(
+    store: &SqliteStore,
+    request_id: &str,
+    token: Option<String>,
+    done: WriteDone,
+) {
+    let request_id = request_id.to_owned();
+    match token {
+        Some(token) => store.enqueue(
+            "complete issuance",
+            move |c| {
+                c.prepare_cached(
+                    "UPDATE executions SET token = ?2, status = 'granted'
+                     WHERE request_id = ?1 AND status = 'issuing'",
+                )?
+                .execute(params![request_id, token])
+                .map(|_| ())
+            },
+            done,
+            Scope::OneStatement,
+            true,
+        ),
+        None => {
+            // The grant's entry is in the log; this one says no token left after all.
+            let mut entry = Entry::new(
+                EntryKind::IssuanceFailed,
+                crate::time::unix_millis(SystemTime::now()),
+            );
+            entry.request_id = Some(request_id.clone());
+            let text = match encode(&entry) {
+                Ok(text) => text,
+                Err(e) => return done(Err(e)),
+            };
+            let queued = store.enqueue_audited(
+                "complete issuance",
+                move |c| {
+                    c.prepare_cached(
+                        "UPDATE executions SET status = 'failed'
+                         WHERE request_id = ?1 AND status = 'issuing'",
+                    )?
+                    .execute(params![request_id])
+                    .map(|_| ())
+                },
+                move |_| text,
+                move |result| done(result.map(|_| ())),
+                true,
+            );
+            if let Err(e) = queued {
+                tracing::error!(error = %e, "cannot record a failed issuance");
+            }
+        }
+    }
+}
+
+pub(super) fn execution(
+    store: &SqliteStore,
+    request_id: &str,
+) -> Result<Option<ExecutionRecord>, StoreError> {
+    // Read on the writer thread, behind any queued write for this request (its token).
+    let request_id = request_id.to_owned();
+    let row = store.write("read execution", move |c| {
+        c.prepare_cached(&format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE request_id = ?1"
+        ))?
+        .query_row([&request_id], execution_row)
+        .optional()
+    })?;
+    row.map(execution_from_row).transpose()
+}
+
+pub(super) fn request_of_token(
+    store: &SqliteStore,
+    jti: &str,
+) -> Result<Option<String>, StoreError> {
+    store.read("look up a token's request", |c| {
+        c.prepare_cached("SELECT request_id FROM executions WHERE jti = ?1")?
+            .query_row([jti], |r| r.get(0))
+            .optional()
+    })
+}
+
+pub(super) fn redeem(
+    store: &SqliteStore,
+    jti: &str,
+    executor: &str,
+    at: SystemTime,
+) -> Result<RedeemOutcome, StoreError> {
+    /// What the transaction found, before its times and serials are checked.
+    #[derive(Clone)]
+    enum Found {
+        Unknown,
+        Corrupt(String),
+        AgentRevoked(Serial),
+        AgentUnrecorded,
+        Redeemed,
+        Before(i64),
+    }
+    let (jti, executor) = (jti.to_owned(), executor.to_owned());
+    let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
+    let time_ms = crate::time::unix_millis(at);
+    // Every attempt that reaches the store is logged: a replay, a token this broker has no
+    // record of, or one whose agent was revoked is what a SIEM should alert on.
+    let (found, _) = store.write_audited(
+        "redeem token",
+        move |c| {
+            let serials: Option<Option<String>> = c
+                .prepare_cached("SELECT agent_serials FROM executions WHERE jti = ?1")?
+                .query_row([&jti], |r| r.get(0))
+                .optional()?;
+            let Some(serials) = serials else {
+                return Ok(Found::Unknown);
+            };
+            // The agent's path, checked in the same transaction as the redemption: a
+            // revocation committed before it is seen.
+            let serials = match parse_serials(serials.as_deref()) {
+                Ok(Some(serials)) => serials,
+                Ok(None) => return Ok(Found::AgentUnrecorded),
+                Err(e) => return Ok(Found::Corrupt(e)),
+            };
+            for serial in serials {
+                let revoked = c
+                    .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
+                    .exists([serial.as_bytes()])?;
+                if revoked {
+                    return Ok(Found::AgentRevoked(serial));
+                }
+            }
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(jti) DO NOTHING",
+                )?
+                .execute(params![jti, executor, unix(at)])?;
+            if inserted == 1 {
+                return Ok(Found::Redeemed);
+            }
+            let first: i64 = c.query_row(
+                "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
+                [&jti],
+                |r| r.get(0),
+            )?;
+            Ok(Found::Before(first))
+        },
+        move |found| {
+            let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
+            e.jti = Some(entry_jti.clone());
+            e.cert = Some(CertRef {
+                thumbprint: entry_executor.clone(),
+                serial: String::new(),
+                subject: String::new(),
+            });
+            e.code = match found {
+                Found::Redeemed => None,
+                Found::Unknown => Some("unknown_token".into()),
+                Found::Before(_) => Some("token_already_redeemed".into()),
+                Found::AgentRevoked(_) => Some("certificate_revoked".into()),
+                Found::AgentUnrecorded => Some("agent_unrecorded".into()),
+                Found::Corrupt(_) => Some("store_corrupt".into()),
+            };
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    Ok(match found {
+        Found::Unknown => RedeemOutcome::Unknown,
+        Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
+        Found::AgentRevoked(serial) => RedeemOutcome::AgentRevoked { serial },
+        Found::AgentUnrecorded => RedeemOutcome::AgentUnrecorded,
+        Found::Redeemed => RedeemOutcome::Redeemed,
+        Found::Before(first) => RedeemOutcome::AlreadyRedeemed {
+            at: from_unix(first)?,
+        },
+    })
+}
+
+pub(super) fn redeemed_by(store: &SqliteStore, jti: &str) -> Result<Option<String>, StoreError> {
+    store.read("look up a redemption", |c| {
+        c.prepare_cached("SELECT executor FROM redemptions WHERE jti = ?1")?
+            .query_row([jti], |r| r.get(0))
+            .optional()
+    })
+}
+
+/// An executor's receipt for a redeemed token, as [`record_outcome`] stores and logs it.
+#[derive(Clone)]
+pub(super) struct Outcome {
+    pub(super) jti: String,
+    pub(super) request_id: String,
+    /// The executor's certificate thumbprint.
+    pub(super) executor: String,
+    pub(super) receipt_json: String,
+    pub(super) at: SystemTime,
+}
+
+pub(super) fn record_outcome(store: &SqliteStore, outcome: Outcome) -> Result<bool, StoreError> {
+    let time_ms = crate::time::unix_millis(outcome.at);
+    let logged = outcome.clone();
+    let (inserted, _) = store.write_audited(
+        "record an execution outcome",
+        move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(jti) DO NOTHING",
+                )?
+                .execute(params![
+                    outcome.jti,
+                    outcome.request_id,
+                    outcome.executor,
+                    outcome.receipt_json,
+                    unix(outcome.at)
+                ])?;
+            Ok(inserted == 1)
+        },
+        move |inserted| {
+            // The receipt itself (digests, exit code, times, signature: no secrets) is the
+            // entry's detail, so an auditor can verify it from the log alone.
+            let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
+            e.request_id = Some(logged.request_id.clone());
+            e.jti = Some(logged.jti.clone());
+            e.cert = Some(CertRef {
+                thumbprint: logged.executor.clone(),
+                serial: String::new(),
+                subject: String::new(),
+            });
+            e.detail = Some(logged.receipt_json.clone());
+            if !*inserted {
+                e.code = Some("outcome_already_recorded".into());
+            }
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    Ok(inserted)
+}
+
+pub(super) fn outcome(store: &SqliteStore, jti: &str) -> Result<Option<String>, StoreError> {
+    store.read("look up an execution outcome", |c| {
+        c.prepare_cached("SELECT receipt FROM outcomes WHERE jti = ?1")?
+            .query_row([jti], |r| r.get(0))
+            .optional()
+    })
+}
