@@ -474,6 +474,52 @@ impl Client {
     }
 }
 
+/// One request with a JSON body over plain HTTP/1.1 to an `http://host:port/path` URL (the
+/// broker's approval webhook, an executor's HTTP action); returns the status and the body.
+pub(crate) async fn plain_http_json(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    user_agent: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", "application/json")
+        .header("user-agent", user_agent)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes.to_vec()))
+}
+
 /// The DER contents of every PEM block with `label` (e.g. "CERTIFICATE", "PRIVATE KEY").
 pub fn pem_blocks(pem: &[u8], label: &str) -> Result<Vec<Vec<u8>>, ClientError> {
     let text =

@@ -138,39 +138,10 @@ fn send_loop(url: &str, rx: &Receiver<Value>) {
 
 /// One POST over plain HTTP/1.1; returns the status.
 async fn post(url: &str, body: String) -> Result<u16, String> {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::TokioIo;
-
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("webhook_url is not http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let tcp = tokio::net::TcpStream::connect(authority)
+    if !url.starts_with("http://") {
+        return Err("webhook_url is not http://".into());
+    }
+    crate::client::plain_http_json("POST", url, body.into_bytes(), "seb-webhook")
         .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = hyper::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .header("user-agent", "seb-webhook")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    Ok(status)
+        .map(|(status, _)| status)
 }

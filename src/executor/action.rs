@@ -386,47 +386,8 @@ pub async fn run_http(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Outcome, String> {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
     let started = SystemTime::now();
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let call = async {
-        let tcp = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", authority)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, bytes.to_vec()))
-    };
+    let call = crate::client::plain_http_json(method, url, body, "seb-exec");
     let empty: [u8; 32] = Sha256::digest(b"").into();
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok((status, bytes))) => Ok(Outcome {
@@ -532,5 +493,87 @@ mod tests {
         let out = run_argv("/bin/echo", &argv(&["hi"]), Duration::from_secs(5)).unwrap();
         assert_eq!(out.exit_code, 0);
         assert_eq!(out.stdout, b"hi\n");
+    }
+
+    /// A one-connection HTTP server on loopback: answers the first request with `status` and
+    /// `body` (or never, with `None`), and hands the request's bytes back.
+    async fn one_shot_server(
+        answer: Option<(u16, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/items/", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body its Content-Length announces.
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            match answer {
+                Some((status, body)) => {
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    tcp.write_all(reply.as_bytes()).await.unwrap();
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            seen
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn an_http_action_sends_the_json_body_and_reports_status_and_body_digest() {
+        let (url, served) = one_shot_server(Some((201, "{\"id\":7}"))).await;
+        let body = br#"{"name":"x"}"#.to_vec();
+        let outcome = run_http("PUT", &format!("{url}x"), body, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_code, 201);
+        assert!(!outcome.timed_out);
+        assert_eq!(outcome.stdout, b"{\"id\":7}");
+        assert_eq!(
+            outcome.stdout_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"{\"id\":7}"))
+        );
+        let request = String::from_utf8(served.await.unwrap()).unwrap();
+        assert!(
+            request.starts_with("PUT /items/x HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("content-type: application/json"),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\n{\"name\":\"x\"}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn an_http_action_that_does_not_answer_in_time_is_timed_out() {
+        let (url, _served) = one_shot_server(None).await;
+        let outcome = run_http("POST", &url, b"{}".to_vec(), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(outcome.timed_out);
+        assert_eq!(outcome.exit_code, -1);
     }
 }
