@@ -17,6 +17,69 @@ use super::error::{self, ApiError, HttpError};
 use super::App;
 use crate::broker::{ApprovalBody, BrokerError, Caller, ExecutionRequest};
 
+/// The query strings and bodies of the v1 routes, strictly: an unknown field is refused.
+mod shapes {
+    /// `GET /v1/executions?status=pending`: only `pending` is served.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct ListQuery {
+        pub(in crate::server) status: String,
+    }
+
+    /// `POST /v1/tokens/redeem`: the token an executor is about to act on.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct RedeemBody {
+        pub(in crate::server) token: String,
+    }
+
+    /// `POST /v1/executions/{id}/outcome`: the executor's signed receipt.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct OutcomeBody {
+        pub(in crate::server) receipt: crate::receipt::Receipt,
+    }
+
+    /// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or a named intermediate's.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct CrlQuery {
+        pub(in crate::server) issuer: Option<String>,
+    }
+
+    /// `GET /v1/attestation?nonce=HEX`: the caller's fresh nonce.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct AttestationQuery {
+        pub(in crate::server) nonce: String,
+    }
+
+    /// `GET /v1/audit/entries?start=S[&end=E]`: a page of the log, `end` exclusive.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct EntriesQuery {
+        pub(in crate::server) start: u64,
+        pub(in crate::server) end: Option<u64>,
+    }
+
+    /// `GET /v1/audit/proof/inclusion?index=I&size=N`.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct InclusionQuery {
+        pub(in crate::server) index: u64,
+        pub(in crate::server) size: u64,
+    }
+
+    /// `GET /v1/audit/proof/consistency?from=M&to=N`.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(in crate::server) struct ConsistencyQuery {
+        pub(in crate::server) from: u64,
+        pub(in crate::server) to: u64,
+    }
+}
+use shapes::*;
+
 /// A query string as axum extracts it, kept as a `Result` so a bad one gets seb's own error.
 type QueryResult<T> = Result<Query<T>, QueryRejection>;
 
@@ -35,6 +98,16 @@ pub(super) async fn blocking<T: Send + 'static>(
         Ok(result) => result.map_err(ApiError::from),
         Err(e) => Err(ApiError::from(BrokerError::Internal(e.to_string()))),
     }
+}
+
+/// Runs `f` with the broker on a blocking thread ([`blocking`]) and answers its result as JSON.
+async fn blocking_json<T: serde::Serialize + Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&crate::broker::Broker) -> Result<T, BrokerError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let broker = app.broker.clone();
+    let value = blocking(move || f(&broker)).await?;
+    Ok(Json(value).into_response())
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(
@@ -75,9 +148,7 @@ pub(super) async fn get_execution(
     if id.len() > 64 {
         return Err(ApiError::from(BrokerError::NotFound));
     }
-    let broker = app.broker.clone();
-    let response = blocking(move || broker.execution(&caller, &id)).await?;
-    Ok(Json(response).into_response())
+    blocking_json(&app, move |broker| broker.execution(&caller, &id)).await
 }
 
 /// `GET /v1/grants`: the calling agent's own grants as the decision applies them, its
@@ -96,12 +167,6 @@ pub(super) async fn grants(
         },
     );
     Ok(Json(result?).into_response())
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    status: String,
 }
 
 /// `GET /v1/executions?status=pending`: the open requests the calling approver may decide,
@@ -153,27 +218,13 @@ pub(super) async fn post_approval(
     Ok(Json(response).into_response())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RedeemBody {
-    token: String,
-}
-
 pub(super) async fn redeem(
     State(app): State<App>,
     Extension(caller): Extension<Arc<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let RedeemBody { token } = parse_body(body)?;
-    let broker = app.broker.clone();
-    let redemption = blocking(move || broker.redeem(&caller, &token)).await?;
-    Ok(Json(redemption).into_response())
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct OutcomeBody {
-    receipt: crate::receipt::Receipt,
+    blocking_json(&app, move |broker| broker.redeem(&caller, &token)).await
 }
 
 /// `POST /v1/executions/{id}/outcome`: an executor's signed receipt for a token it redeemed.
@@ -200,12 +251,6 @@ pub(super) async fn trust(State(app): State<App>) -> Response {
         .into_response()
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CrlQuery {
-    issuer: Option<String>,
-}
-
 /// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM).
 pub(super) async fn crl(
     State(app): State<App>,
@@ -217,12 +262,6 @@ pub(super) async fn crl(
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem(query.issuer.as_deref())).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AttestationQuery {
-    nonce: String,
 }
 
 /// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
@@ -275,13 +314,6 @@ pub(super) async fn audit_checkpoint(State(app): State<App>) -> Result<Response,
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct EntriesQuery {
-    start: u64,
-    end: Option<u64>,
-}
-
 /// `GET /v1/audit/entries?start=&end=`: at most 1000 entries from `start`.
 pub(super) async fn audit_entries(
     State(app): State<App>,
@@ -293,28 +325,12 @@ pub(super) async fn audit_entries(
     Ok(Json(json!({ "entries": entries })).into_response())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct InclusionQuery {
-    index: u64,
-    size: u64,
-}
-
 pub(super) async fn audit_inclusion(
     State(app): State<App>,
     query: QueryResult<InclusionQuery>,
 ) -> Result<Response, ApiError> {
     let q = audit_query(query)?;
-    let broker = app.broker.clone();
-    let proof = blocking(move || broker.audit_inclusion(q.index, q.size)).await?;
-    Ok(Json(proof).into_response())
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ConsistencyQuery {
-    from: u64,
-    to: u64,
+    blocking_json(&app, move |broker| broker.audit_inclusion(q.index, q.size)).await
 }
 
 pub(super) async fn audit_consistency(
@@ -322,9 +338,7 @@ pub(super) async fn audit_consistency(
     query: QueryResult<ConsistencyQuery>,
 ) -> Result<Response, ApiError> {
     let q = audit_query(query)?;
-    let broker = app.broker.clone();
-    let proof = blocking(move || broker.audit_consistency(q.from, q.to)).await?;
-    Ok(Json(proof).into_response())
+    blocking_json(&app, move |broker| broker.audit_consistency(q.from, q.to)).await
 }
 
 pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError> {
