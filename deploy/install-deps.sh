@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what seb needs on Debian 12, only what is missing: SoftHSM2, swtpm, the TPM2
-# tools and headers, OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
+# tools and headers, p11-kit (its server and client module serve a token over a socket: the
+# network-HSM fault test), OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
 # program that uses only its standard library) and cargo-nextest for the test suite.
 # Run as root. Prints what it installs.
 set -euo pipefail
 
-packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl)
+packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl p11-kit p11-kit-modules)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

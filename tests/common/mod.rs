@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod load;
+
 /// A provisioned SoftHSM2 token with its seb configuration.
 pub struct Hsm {
     pub dir: tempfile::TempDir,
@@ -34,6 +36,44 @@ impl Hsm {
             String::from_utf8_lossy(&out.stderr)
         );
         Self { dir, port }
+    }
+
+    /// Provisions with `--p11kit`: the token is served by a `p11-kit server` of its own (a
+    /// network HSM) that `hsm_stop` pulls and `hsm_start` plugs in again.
+    pub fn provision_p11kit() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args(["--port", &port.to_string(), "--p11kit"])
+            .output()
+            .expect("run provision.sh");
+        assert!(
+            out.status.success(),
+            "provision.sh --p11kit failed (are p11-kit and p11-kit-modules installed?):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, port }
+    }
+
+    /// Pulls the network HSM (`DIR/hsm-stop.sh`: SIGKILL to the p11-kit server).
+    pub fn hsm_stop(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("hsm-stop.sh"))
+            .output()
+            .expect("run hsm-stop.sh");
+        assert_success(&out, "hsm-stop.sh");
+    }
+
+    /// Plugs the network HSM in again (`DIR/hsm-start.sh`).
+    pub fn hsm_start(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("hsm-start.sh"))
+            .output()
+            .expect("run hsm-start.sh");
+        assert_success(&out, "hsm-start.sh");
     }
 
     /// Provisions with `--tpm` (an swtpm under the directory, attestation configured and its
