@@ -119,8 +119,10 @@ async fn agent_loop(
                     .flatten();
                 let status = r.status;
                 record(&outcomes, agent, sent, status, &code, token);
-                if status == 429 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if status != 201 {
+                    // A refused agent backs off a little, as a client would, rather than
+                    // spin on the broker's per-certificate limit.
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }
             _ => {

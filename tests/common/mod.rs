@@ -127,6 +127,38 @@ impl Hsm {
             .output()
             .expect("run stop.sh");
         assert_success(&out, "stop.sh");
+        self.start_tpm(&tpm_port);
+    }
+
+    /// Kills the swtpm of `provision_tpm` with SIGKILL (a power loss: no TPM2_Shutdown).
+    pub fn kill_tpm(&self) {
+        let pid = std::fs::read_to_string(self.path("swtpm.pid"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert_success(
+            &Command::new("kill").args(["-KILL", &pid]).output().unwrap(),
+            "kill -KILL swtpm",
+        );
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while proc_dir.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.path("swtpm.pid"));
+    }
+
+    /// Starts the swtpm of `provision_tpm` again on its state and port (provision.sh run
+    /// again): TPM2_Startup(CLEAR) and the synthetic boot measured again.
+    pub fn restart_tpm(&self) {
+        let tpm_port = std::fs::read_to_string(self.path("swtpm.port"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        self.start_tpm(&tpm_port);
+    }
+
+    fn start_tpm(&self, tpm_port: &str) {
         let out = Command::new("bash")
             .arg(repo().join("softhsm-setup/provision.sh"))
             .arg(self.dir.path())
@@ -135,7 +167,7 @@ impl Hsm {
                 &self.port.to_string(),
                 "--tpm",
                 "--tpm-port",
-                &tpm_port,
+                tpm_port,
             ])
             .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"))
             .output()
