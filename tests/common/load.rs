@@ -95,8 +95,7 @@ async fn agent_loop(
     while !stop.load(Ordering::SeqCst) {
         let sent = Instant::now();
         if client.is_none() {
-            match tokio::time::timeout(Duration::from_secs(10), Client::connect(&url, &tls)).await
-            {
+            match tokio::time::timeout(Duration::from_secs(10), Client::connect(&url, &tls)).await {
                 Ok(Ok(c)) => client = Some(c),
                 _ => {
                     record(&outcomes, agent, sent, 0, "connect", None);
