@@ -2,7 +2,8 @@
 # Installs what seb needs on Debian 12, only what is missing: SoftHSM2, swtpm, the TPM2
 # tools and headers, p11-kit (its server and client module serve a token over a socket: the
 # network-HSM fault test), OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
-# program that uses only its standard library) and cargo-nextest for the test suite.
+# program that uses only its standard library) cargo-nextest for the test suite and
+# cargo-fuzz for the fuzz targets (tests/fuzz.sh).
 # Run as root. Prints what it installs.
 set -euo pipefail
 
@@ -25,4 +26,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi
