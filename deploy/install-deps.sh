@@ -2,7 +2,7 @@
 # Installs what seb needs on Debian 12, only what is missing: SoftHSM2, swtpm, the TPM2
 # tools and headers, p11-kit (its server and client module serve a token over a socket: the
 # network-HSM fault test), OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
-# program that uses only its standard library) cargo-nextest for the test suite and
+# program that uses only its standard library), cargo-nextest for the test suite and
 # cargo-fuzz for the fuzz targets (tests/fuzz.sh).
 # Run as root. Prints what it installs.
 set -euo pipefail
