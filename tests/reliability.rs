@@ -493,3 +493,297 @@ fn sigkill_under_load_loses_no_acknowledged_token() {
     figure("sigkill tokens issued", tokens.len());
     figure("sigkill answers", format!("{:?}", tally(&all)));
 }
+
+/// What the hostile clients of the flood got.
+#[derive(Default, Debug)]
+struct Hostile {
+    garbage_connections: usize,
+    abandoned_handshakes: usize,
+    slowloris: usize,
+    oversized: Vec<(u16, String)>,
+    malformed: Vec<(u16, String)>,
+    flooder: Vec<(u16, String)>,
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Row 5: many clients at once. 8 well-behaved agents ask for a token every 250 ms while
+/// 300 connections open and abandon their handshakes, 16 send garbage instead of TLS,
+/// 16 authenticated connections send their headers or body one byte at a time (slowloris),
+/// 8 send bodies over the size limit, 8 send malformed JSON, and one certificate floods as
+/// fast as 4 connections go. The well-behaved agents get every token they ask for within a
+/// generous liveness bound (the latencies are figures), the flooding certificate is held to
+/// its limit, and the broker's peak RSS stays bounded (reported, with idle RSS).
+#[test]
+fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
+    const FLOOD: Duration = Duration::from_secs(8);
+    const RATE: usize = 8;
+    const BURST: usize = 16;
+    let hsm = Hsm::initialised();
+    let good = agents(&hsm, 8);
+    let file = hsm.grants_file("flood-grants.toml", DEPLOY);
+    let flooder = hsm.identity("flooder", "CN=flooder", "agent", &["--grants", &file]);
+    let slow: Vec<Identity> = (0..4)
+        .map(|i| {
+            hsm.identity(
+                &format!("slow-{i}"),
+                &format!("CN=slow-{i}"),
+                "agent",
+                &["--grants", &file],
+            )
+        })
+        .collect();
+    // A per-certificate limit the well-behaved agents stay under (one request every 250 ms)
+    // and the flooder cannot.
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"", hsm.port);
+    assert!(config.contains(&listen));
+    std::fs::write(
+        hsm.config(),
+        config.replace(
+            &listen,
+            &format!("{listen}\nrate_limit_per_second = {RATE}\nrate_limit_burst = {BURST}"),
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&hsm);
+    let pid = broker.child.as_ref().unwrap().id();
+    let url = broker.url.clone();
+    let addr = url.trim_start_matches("https://").to_owned();
+    // Warm up, then idle RSS.
+    let warm = Load::start(&url, vec![hsm.tls(&good[0], true)], good_request());
+    std::thread::sleep(Duration::from_millis(500));
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_before = rss_kib(pid, "VmRSS:");
+
+    let load = Load::paced(
+        &url,
+        good.iter().map(|a| hsm.tls(a, true)).collect(),
+        good_request(),
+        Duration::from_millis(250),
+    );
+    let flooder_tls = hsm.tls(&flooder, true);
+    let slow_tls: Vec<_> = slow.iter().map(|a| hsm.tls(a, false)).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hostile = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let until = tokio::time::Instant::now() + FLOOD;
+        let mut tasks = tokio::task::JoinSet::new();
+        // Abandoned handshakes: half silent, half a TLS record header and no more.
+        let mut held = Vec::new();
+        for i in 0..300 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                if i % 2 == 0 {
+                    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+                }
+                held.push(s);
+            }
+        }
+        let abandoned = held.len();
+        // Garbage instead of TLS.
+        for i in 0..16u8 {
+            let addr = addr.clone();
+            tasks.spawn(async move {
+                let mut n = 0;
+                while tokio::time::Instant::now() < until {
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                        let junk: Vec<u8> = (0..4096u32).map(|j| (j as u8).wrapping_mul(31) ^ i).collect();
+                        let _ = s.write_all(&junk).await;
+                        let mut buf = [0u8; 256];
+                        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                        n += 1;
+                    }
+                }
+                ("garbage", n, Vec::new())
+            });
+        }
+        // Slowloris: authenticated, then headers (even) or a body (odd) one byte at a time.
+        for i in 0..16usize {
+            let (url, tls) = (url.clone(), slow_tls[i % 4].clone());
+            tasks.spawn(async move {
+                let mut n = 0;
+                if let Ok((mut s, _)) = seb::client::connect_tls(&url, &tls).await {
+                    n = 1;
+                    let head = "POST /v1/executions HTTP/1.1\r\nhost: seb\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n";
+                    let bytes: Vec<u8> = if i % 2 == 0 {
+                        head.as_bytes().to_vec()
+                    } else {
+                        let _ = s.write_all(head.as_bytes()).await;
+                        vec![b' '; 60000]
+                    };
+                    for b in bytes {
+                        if tokio::time::Instant::now() >= until || s.write_all(&[b]).await.is_err() {
+                            break;
+                        }
+                        let _ = s.flush().await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                ("slowloris", n, Vec::new())
+            });
+        }
+        // Oversized and malformed bodies, over authenticated keep-alive connections.
+        for (kind, body) in [
+            ("oversized", vec![b'{'; 200 * 1024]),
+            ("malformed", b"{\"operation\": \"deploy.rollout\", \"resource\": [".to_vec()),
+        ] {
+            for i in 0..8usize {
+                let (url, tls, body) = (url.clone(), slow_tls[i % 4].clone(), body.clone());
+                tasks.spawn(async move {
+                    let mut answers = Vec::new();
+                    while tokio::time::Instant::now() < until {
+                        let Ok(mut c) = Client::connect(&url, &tls).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        while tokio::time::Instant::now() < until {
+                            match c.send("POST", "/v1/executions", Some(body.clone())).await {
+                                Ok(r) => answers.push((
+                                    r.status,
+                                    r.body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                                )),
+                                Err(_) => break,
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    (kind, answers.len(), answers)
+                });
+            }
+        }
+        // One certificate flooding over 4 connections.
+        for _ in 0..4 {
+            let (url, tls) = (url.clone(), flooder_tls.clone());
+            tasks.spawn(async move {
+                let mut answers = Vec::new();
+                if let Ok(mut c) = Client::connect(&url, &tls).await {
+                    while tokio::time::Instant::now() < until {
+                        match c.post_json("/v1/executions", &good_request()).await {
+                            Ok(r) => answers.push((
+                                r.status,
+                                r.body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                            )),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                ("flooder", answers.len(), answers)
+            });
+        }
+        let mut hostile = Hostile {
+            abandoned_handshakes: abandoned,
+            ..Hostile::default()
+        };
+        while let Some(done) = tasks.join_next().await {
+            let (kind, n, answers) = done.unwrap();
+            match kind {
+                "garbage" => hostile.garbage_connections += n,
+                "slowloris" => hostile.slowloris += n,
+                "oversized" => hostile.oversized.extend(answers),
+                "malformed" => hostile.malformed.extend(answers),
+                _ => hostile.flooder.extend(answers),
+            }
+        }
+        drop(held);
+        hostile
+    });
+    let peak = rss_kib(pid, "VmHWM:");
+    let outcomes = load.stop();
+    std::thread::sleep(Duration::from_millis(1000));
+    let idle_after = rss_kib(pid, "VmRSS:");
+
+    // Well-behaved agents: every request a token, within a generous liveness bound.
+    assert!(outcomes.len() >= 8 * 20, "only {} requests", outcomes.len());
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.done - o.sent).collect();
+    latencies.sort();
+    for o in &outcomes {
+        assert_eq!(
+            (o.status, o.code.as_str()),
+            (201, ""),
+            "well-behaved agent: {o:?}"
+        );
+    }
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_millis();
+    assert!(
+        *latencies.last().unwrap() < Duration::from_secs(5),
+        "a well-behaved agent waited {:?}",
+        latencies.last()
+    );
+    // Hostile clients: refused with their codes, none served as something else.
+    assert!(!hostile.oversized.is_empty() && !hostile.malformed.is_empty());
+    for (status, code) in &hostile.oversized {
+        assert!(
+            (*status, code.as_str()) == (413, "body_too_large")
+                || (*status, code.as_str()) == (429, "rate_limited"),
+            "oversized: {status} {code}"
+        );
+    }
+    for (status, code) in &hostile.malformed {
+        assert!(
+            (*status, code.as_str()) == (400, "malformed_json")
+                || (*status, code.as_str()) == (429, "rate_limited"),
+            "malformed: {status} {code}"
+        );
+    }
+    // Per-certificate limit: the burst, then RATE a second.
+    let flooder_tokens = hostile.flooder.iter().filter(|(s, _)| *s == 201).count();
+    let limited = hostile.flooder.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited > 0, "the flooding certificate was never limited");
+    let allowed = BURST + RATE * (FLOOD.as_secs() as usize + 2);
+    assert!(
+        flooder_tokens <= allowed,
+        "the flooding certificate got {flooder_tokens} tokens (limit {allowed})"
+    );
+    assert!(hostile.garbage_connections > 0 && hostile.slowloris > 0);
+    // Memory stays bounded (a generous ceiling; the figures go to docs/RELIABILITY.md).
+    assert!(peak < 512 * 1024, "peak RSS {peak} KiB");
+    let log = broker.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    // The broker still serves afterwards.
+    let tls = hsm.tls(&good[0], false);
+    let r = runtime().block_on(async {
+        let mut c = Client::connect(&url, &tls).await.unwrap();
+        c.post_json("/v1/executions", &good_request())
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    figure("flood well-behaved requests", outcomes.len());
+    figure(
+        "flood well-behaved latency p50/p99/max (ms)",
+        format!(
+            "{}/{}/{}",
+            p(0.5),
+            p(0.99),
+            latencies.last().unwrap().as_millis()
+        ),
+    );
+    figure(
+        "flood abandoned handshakes held",
+        hostile.abandoned_handshakes,
+    );
+    figure("flood garbage connections", hostile.garbage_connections);
+    figure("flood slowloris connections", hostile.slowloris);
+    figure("flood oversized requests", hostile.oversized.len());
+    figure("flood malformed requests", hostile.malformed.len());
+    figure(
+        "flood flooder answers (201/429)",
+        format!("{flooder_tokens}/{limited} of {}", hostile.flooder.len()),
+    );
+    figure("flood broker RSS idle before (KiB)", idle_before);
+    figure("flood broker peak RSS VmHWM (KiB)", peak);
+    figure("flood broker RSS idle after (KiB)", idle_after);
+}

@@ -38,6 +38,17 @@ pub struct Load {
 impl Load {
     /// Starts one agent per `tls`, each posting `body` to `/v1/executions` at `url`.
     pub fn start(url: &str, tls: Vec<ClientTls>, body: serde_json::Value) -> Self {
+        Self::paced(url, tls, body, Duration::ZERO)
+    }
+
+    /// Like [`Load::start`], but each agent sends at most one request every `interval` (an
+    /// agent that asks when it needs a token, not as fast as it can).
+    pub fn paced(
+        url: &str,
+        tls: Vec<ClientTls>,
+        body: serde_json::Value,
+        interval: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let workers = tls
@@ -47,7 +58,8 @@ impl Load {
                 let (url, body, stop, outcomes) =
                     (url.to_owned(), body.clone(), stop.clone(), outcomes.clone());
                 std::thread::spawn(move || {
-                    super::runtime().block_on(agent_loop(agent, url, tls, body, stop, outcomes))
+                    super::runtime()
+                        .block_on(agent_loop(agent, url, tls, body, interval, stop, outcomes))
                 })
             })
             .collect();
@@ -88,11 +100,17 @@ async fn agent_loop(
     url: String,
     tls: ClientTls,
     body: serde_json::Value,
+    interval: Duration,
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
 ) {
     let mut client: Option<Client> = None;
+    let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if !interval.is_zero() {
+            tokio::time::sleep_until(next.into()).await;
+            next += interval;
+        }
         let sent = Instant::now();
         if client.is_none() {
             match tokio::time::timeout(Duration::from_secs(10), Client::connect(&url, &tls)).await {
