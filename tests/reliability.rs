@@ -514,7 +514,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Row 5: many clients at once. 8 well-behaved agents ask for a token every 250 ms while
+/// Row 5: many clients at once. 8 well-behaved agents ask for a token every 600 ms while
 /// 300 connections open and abandon their handshakes, 16 send garbage instead of TLS,
 /// 16 authenticated connections send their headers or body one byte at a time (slowloris),
 /// 8 send bodies over the size limit, 8 send malformed JSON, and one certificate floods as
@@ -524,8 +524,8 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 #[test]
 fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
     const FLOOD: Duration = Duration::from_secs(8);
-    const RATE: usize = 8;
-    const BURST: usize = 16;
+    const RATE: usize = 2;
+    const BURST: usize = 4;
     let hsm = Hsm::initialised();
     let good = agents(&hsm, 8);
     let file = hsm.grants_file("flood-grants.toml", DEPLOY);
@@ -540,7 +540,7 @@ fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
             )
         })
         .collect();
-    // A per-certificate limit the well-behaved agents stay under (one request every 250 ms)
+    // A per-certificate limit the well-behaved agents stay under (one request every 600 ms)
     // and the flooder cannot.
     let config = std::fs::read_to_string(hsm.config()).unwrap();
     let listen = format!("listen = \"127.0.0.1:{}\"", hsm.port);
@@ -568,7 +568,7 @@ fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
         &url,
         good.iter().map(|a| hsm.tls(a, true)).collect(),
         good_request(),
-        Duration::from_millis(250),
+        Duration::from_millis(600),
     );
     let flooder_tls = hsm.tls(&flooder, true);
     let slow_tls: Vec<_> = slow.iter().map(|a| hsm.tls(a, false)).collect();
@@ -705,7 +705,13 @@ fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
     let idle_after = rss_kib(pid, "VmRSS:");
 
     // Well-behaved agents: every request a token, within a generous liveness bound.
-    assert!(outcomes.len() >= 8 * 20, "only {} requests", outcomes.len());
+    for agent in 0..good.len() {
+        let asked = outcomes.iter().filter(|o| o.agent == agent).count();
+        assert!(
+            asked >= 4,
+            "well-behaved agent {agent} asked only {asked} times"
+        );
+    }
     let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.done - o.sent).collect();
     latencies.sort();
     for o in &outcomes {
