@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets (fuzz/, outside the main build) and runs each one for a
-# bounded time: FUZZ_SECONDS each (default 20). Any crash, panic, leak or timeout fails the
+# bounded time: FUZZ_SECONDS each (default 15). Any crash, panic, leak or timeout fails the
 # run; libFuzzer leaves the input in fuzz/artifacts/TARGET/. The long runs whose results
 # docs/RELIABILITY.md reports are the same command with a larger FUZZ_SECONDS.
 # cargo-fuzz needs nightly features; this machine has one stable toolchain, so they are
 # enabled with RUSTC_BOOTSTRAP=1 for this build only.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-SECONDS_EACH=${FUZZ_SECONDS:-20}
+SECONDS_EACH=${FUZZ_SECONDS:-15}
 export RUSTC_BOOTSTRAP=1
 echo "== fuzz: build"
 cargo fuzz build -O
