@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what seb needs on Debian 12, only what is missing: SoftHSM2, swtpm, the TPM2
-# tools and headers, OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
+# tools and headers, p11-kit (its server and client module serve a token over a socket: the
+# network-HSM fault test), OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
 # program that uses only its standard library, and builds examples/go-executor), Node.js and
-# npm, Python's venv, and cargo-nextest for the test suite. Then the test environments of the
+# npm, Python's venv, cargo-nextest for the test suite
+# and cargo-fuzz for the fuzz targets (tests/fuzz.sh). Then the test environments of the
 # agents' side (tests/agents.rs), outside the repository:
 #   /var/lib/seb-ci/agents-venv   Python virtual environment: clients/python with its
 #                                 langchain extra (httpx, cryptography, langchain-core), pytest,
@@ -13,7 +15,7 @@
 # Run as root. Prints what it installs; a second run installs nothing.
 set -euo pipefail
 
-packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv nodejs)
+packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv nodejs p11-kit p11-kit-modules)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,6 +34,10 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi
 
 # npm: Debian packages it apart from nodejs; a nodejs from elsewhere (NodeSource) bundles it.

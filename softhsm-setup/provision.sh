@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provision a fresh SoftHSM2 token for seb under DIR, touching nothing outside DIR.
 #
-#   softhsm-setup/provision.sh DIR [--port PORT] [--label LABEL]
+#   softhsm-setup/provision.sh DIR [--port PORT] [--label LABEL] [--p11kit]
 #                              [--tpm [--tpm-port P] [--backend pkcs11|tpm]]
 #
 # Creates (only what is missing; running it again changes nothing):
@@ -12,6 +12,13 @@
 #                       (state_dir = DIR/state, broker on 127.0.0.1:PORT)
 #   DIR/stop.sh         stops whatever this script started (written first, so it exists even
 #                       when a later step fails)
+# With --p11kit the token is served over a socket, as a network HSM would be (docs/RELIABILITY.md):
+#   DIR/hsm-start.sh    starts `p11-kit server` for the token on DIR/p11kit/hsm.sock (the HSM
+#                       is plugged in); run by provision.sh, and by hand after hsm-stop.sh
+#   DIR/hsm-stop.sh     kills that server and every connection it serves with SIGKILL (the HSM
+#                       is pulled: no orderly close reaches the broker)
+#   seb.toml then loads the p11-kit client module with P11_KIT_SERVER_ADDRESS pointing at the
+#   socket, instead of SoftHSM2 itself. Needs p11-kit and p11-kit-modules.
 # With --executor-port PORT it also (needs the seb binary, found as for --tpm below; runs
 # `seb init` first when DIR/state/trust/root.pem does not exist yet):
 #   DIR/executor.key    the executor's own P-384 key (PKCS#8, mode 0600): never a broker key
@@ -36,7 +43,7 @@
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
 set -euo pipefail
 
-usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT]" >&2; exit 2; }
+usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--p11kit] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 DIR=$1; shift
@@ -46,11 +53,13 @@ TPM=0
 TPM_PORT=2321
 BACKEND=pkcs11
 EXEC_PORT=""
+P11KIT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) [ $# -ge 2 ] || usage; PORT=$2; shift 2 ;;
     --label) [ $# -ge 2 ] || usage; LABEL=$2; shift 2 ;;
     --tpm) TPM=1; shift ;;
+    --p11kit) P11KIT=1; shift ;;
     --tpm-port) [ $# -ge 2 ] || usage; TPM_PORT=$2; shift 2 ;;
     --backend) [ $# -ge 2 ] || usage; BACKEND=$2; shift 2 ;;
     --executor-port) [ $# -ge 2 ] || usage; EXEC_PORT=$2; shift 2 ;;
@@ -85,13 +94,14 @@ mkdir -p "$DIR/tokens" "$DIR/state"
 
 # stop.sh first, before anything is started, so that whatever a later failure leaves running
 # can always be stopped.
-if [ ! -f "$DIR/stop.sh" ] || ! grep -q swtpm "$DIR/stop.sh"; then
+if [ ! -f "$DIR/stop.sh" ] || ! grep -q hsm-stop "$DIR/stop.sh"; then
   cat > "$DIR/stop.sh" <<'STOP'
 #!/usr/bin/env bash
 # Stops what provision.sh started in this directory (processes recorded in *.pid files). An
 # swtpm first gets an orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure.
 set -u
 cd "$(dirname "$0")"
+if [ -f hsm-stop.sh ]; then bash hsm-stop.sh >/dev/null 2>&1 || true; fi
 if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/null; then
   port=$(cat swtpm.port)
   TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
@@ -130,6 +140,56 @@ else
   softhsm2-util --init-token --free --label "$LABEL" \
     --so-pin "$(cat "$DIR/so.pin")" --pin "$(cat "$DIR/user.pin")" >/dev/null
   echo "provision: created SoftHSM2 token '$LABEL' in $DIR/tokens"
+fi
+
+CLIENT_MODULE=""
+if [ "$P11KIT" = 1 ]; then
+  if ! command -v p11-kit >/dev/null 2>&1; then
+    echo "provision: p11-kit not found. Install: apt-get install p11-kit p11-kit-modules" >&2
+    exit 1
+  fi
+  for candidate in /usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so \
+                   /usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so /usr/lib/pkcs11/p11-kit-client.so; do
+    if [ -f "$candidate" ]; then CLIENT_MODULE=$candidate; break; fi
+  done
+  if [ -z "$CLIENT_MODULE" ]; then
+    echo "provision: p11-kit-client.so not found. Install: apt-get install p11-kit-modules" >&2
+    exit 1
+  fi
+  mkdir -p "$DIR/p11kit"
+  cat > "$DIR/hsm-start.sh" <<START
+#!/usr/bin/env bash
+# Plugs the HSM in: serves the SoftHSM2 token '$LABEL' over $DIR/p11kit/hsm.sock with
+# p11-kit server, in its own process group (hsm-stop.sh kills the group). Does nothing if it
+# is already running.
+set -eu
+cd "\$(dirname "\$0")"
+if [ -f p11kit.pid ] && kill -0 "\$(cat p11kit.pid)" 2>/dev/null; then exit 0; fi
+rm -f p11kit/hsm.sock
+SOFTHSM2_CONF="$DIR/softhsm2.conf" setsid p11-kit server -f -n "$DIR/p11kit/hsm.sock" \
+  -p "$MODULE" "pkcs11:token=$LABEL" >p11kit/server.log 2>&1 </dev/null &
+echo \$! > p11kit.pid
+for _ in \$(seq 1 200); do [ -S p11kit/hsm.sock ] && exit 0; sleep 0.025; done
+echo "hsm-start: p11-kit server did not open its socket" >&2
+cat p11kit/server.log >&2
+exit 1
+START
+  cat > "$DIR/hsm-stop.sh" <<'STOPHSM'
+#!/usr/bin/env bash
+# Pulls the HSM: SIGKILL to the p11-kit server and to every connection it serves (its process
+# group), so no orderly close reaches the broker. hsm-start.sh plugs it in again.
+set -u
+cd "$(dirname "$0")"
+[ -f p11kit.pid ] || exit 0
+pid=$(cat p11kit.pid)
+kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+rm -f p11kit.pid p11kit/hsm.sock
+exit 0
+STOPHSM
+  chmod 755 "$DIR/hsm-start.sh" "$DIR/hsm-stop.sh"
+  bash "$DIR/hsm-start.sh"
+  echo "provision: p11-kit server serves token '$LABEL' on $DIR/p11kit/hsm.sock"
 fi
 
 # The seb binary records the attestation policy (--tpm). It is found before anything starts:
@@ -190,16 +250,26 @@ CONF
   if [ -f "$DIR/swtpm.pid" ] && kill -0 "$(cat "$DIR/swtpm.pid")" 2>/dev/null; then
     echo "provision: swtpm already running"
   else
-    swtpm socket --tpm2 --tpmstate dir="$DIR/tpm/state" \
+    if ! swtpm socket --tpm2 --tpmstate dir="$DIR/tpm/state" \
       --server type=tcp,port="$TPM_PORT",bindaddr=127.0.0.1 \
       --ctrl type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1 \
       --flags "$SWTPM_FLAGS" --pid file="$DIR/swtpm.pid" --daemon \
-      --log file="$DIR/tpm/swtpm.log"
+      --log file="$DIR/tpm/swtpm.log"; then
+      echo "provision: swtpm did not start on 127.0.0.1:$TPM_PORT-$((TPM_PORT + 1)) (ports in use?); its log:" >&2
+      tail -5 "$DIR/tpm/swtpm.log" >&2 2>/dev/null || true
+      exit 1
+    fi
     echo "$TPM_PORT" > "$DIR/swtpm.port"
-    for _ in $(seq 1 100); do
-      if swtpm_ioctl --tcp "127.0.0.1:$((TPM_PORT + 1))" -g >/dev/null 2>&1; then break; fi
+    ready=0
+    for _ in $(seq 1 200); do
+      if swtpm_ioctl --tcp "127.0.0.1:$((TPM_PORT + 1))" -g >/dev/null 2>&1; then ready=1; break; fi
       sleep 0.05
     done
+    if [ "$ready" != 1 ]; then
+      echo "provision: swtpm did not start answering on 127.0.0.1:$((TPM_PORT + 1)) within 10 s; its log:" >&2
+      tail -5 "$DIR/tpm/swtpm.log" >&2 2>/dev/null || true
+      exit 1
+    fi
     # Measure the synthetic boot into the fresh TPM, exactly as the log says.
     cp "$FIRMWARE/swtpm-eventlog.json" "$DIR/eventlog.json"
     sed -n 's/.*"pcr": *\([0-9]*\), *"digest": *"\([0-9a-f]*\)".*/\1 \2/p' "$DIR/eventlog.json" |
@@ -214,6 +284,15 @@ if [ ! -f "$DIR/seb.toml" ]; then
   if [ "$BACKEND" = tpm ]; then
     BACKEND_TOML="type = \"tpm\"
 tcti = \"$TCTI\""
+  elif [ "$P11KIT" = 1 ]; then
+    BACKEND_TOML="type = \"pkcs11\"
+module = \"$CLIENT_MODULE\"
+token_label = \"$LABEL\"
+pin_file = \"user.pin\"
+sessions = 2
+
+[backend.module_env]
+P11_KIT_SERVER_ADDRESS = \"unix:path=$DIR/p11kit/hsm.sock\""
   else
     BACKEND_TOML="type = \"pkcs11\"
 module = \"$MODULE\"

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tracing::Instrument;
 
 use crate::broker::{Access, Broker, BrokerError, Peer};
@@ -39,7 +39,8 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Handshakes in progress at once. Each holds a blocking thread (the HSM signature blocks);
 /// the bound keeps clients that stall their handshakes from taking every blocking thread away
-/// from token signing.
+/// from token signing. A slot is taken only once the whole ClientHello has arrived, so
+/// connections that send nothing or part of a hello hold none (docs/RELIABILITY.md).
 const HANDSHAKE_SLOTS: usize = 32;
 
 /// Shared state of the HTTP layer.
@@ -262,6 +263,27 @@ async fn accept_connection(
     Arc<Peer>,
 )> {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // The ClientHello is read on the async side: waiting for it needs no device and no
+    // blocking thread, and a client that never finishes it never takes a handshake slot.
+    let hello = tokio::time::timeout_at(
+        deadline,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
+    )
+    .await;
+    let start = match hello {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "TLS handshake failed before the ClientHello");
+            app.broker
+                .metrics()
+                .record_request("tls", "handshake_failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%remote, "no ClientHello in time; closing");
+            return None;
+        }
+    };
     let Ok(Ok(slot)) =
         tokio::time::timeout_at(deadline, app.handshakes.clone().acquire_owned()).await
     else {
@@ -271,11 +293,12 @@ async fn accept_connection(
             .record_request("tls", "handshake_slots_exhausted");
         return None;
     };
+    let config = acceptor.config().clone();
     let handshake = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        handle.block_on(
-            async move { tokio::time::timeout_at(deadline, acceptor.accept(stream)).await },
-        )
+        handle.block_on(async move {
+            tokio::time::timeout_at(deadline, start.into_stream(config)).await
+        })
     });
     let tls = match handshake.await {
         Ok(Ok(Ok(tls))) => tls,

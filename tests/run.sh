@@ -15,3 +15,6 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "== tests"
 cargo nextest run --locked --no-fail-fast
+
+echo "== fuzz (each parser target for a bounded time)"
+bash tests/fuzz.sh

@@ -1273,3 +1273,39 @@ fn the_demo_grants_decide_as_the_demo_shows() {
         Some(DenyCode::OperationNotGranted)
     );
 }
+
+/// Clock edges (docs/RELIABILITY.md): the other side of each bound `certificate_validity_and_
+/// revocation` refuses. A certificate valid from this very second is accepted, and so is one
+/// with a second left (the token is cut to it); a second earlier or later is refused.
+#[test]
+fn client_certificate_windows_hold_to_the_second_on_both_sides() {
+    let req = request("deploy.x", "dev/x", json!({}));
+    let ok = || chain(agent(set(GRANTS)), vec![cert(2, None)]);
+    for depth in [0, 1] {
+        let edit = |f: &dyn Fn(&mut CertFacts)| {
+            let mut c = ok();
+            f(if depth == 0 {
+                &mut c.leaf
+            } else {
+                &mut c.ancestors[0]
+            });
+            code(&decide_now(&c, &req))
+        };
+        assert_eq!(edit(&|c| c.not_before = now()), None, "depth {depth}");
+        assert_eq!(
+            edit(&|c| c.not_before = now() + Duration::from_secs(1)),
+            Some(CertificateNotYetValid),
+            "depth {depth}"
+        );
+        assert_eq!(
+            edit(&|c| c.not_after = now() + Duration::from_secs(1)),
+            None,
+            "depth {depth}"
+        );
+        assert_eq!(
+            edit(&|c| c.not_after = now()),
+            Some(CertificateExpired),
+            "depth {depth}"
+        );
+    }
+}

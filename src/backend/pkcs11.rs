@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -249,6 +250,9 @@ struct Device {
     anchor: Mutex<Session>,
     pool: Mutex<Vec<Session>>,
     returned: Condvar,
+    /// Set when a pool session failed and no fresh one could be opened: the device is gone,
+    /// and threads waiting for a session must not wait for one that will never come back.
+    broken: AtomicBool,
     keys: Mutex<HashMap<String, KeyEntry>>,
 }
 
@@ -256,6 +260,31 @@ struct Device {
 struct KeyEntry {
     private: ObjectHandle,
     public: PublicKey,
+}
+
+/// A logged-in token on a context that is not yet owned by a [`Device`].
+struct Opened {
+    generation: u64,
+    slot: Slot,
+    description: String,
+    anchor: Session,
+    pool: Vec<Session>,
+}
+
+impl Opened {
+    fn finish(self, ctx: Pkcs11) -> Device {
+        Device {
+            generation: self.generation,
+            ctx,
+            slot: self.slot,
+            description: self.description,
+            anchor: Mutex::new(self.anchor),
+            pool: Mutex::new(self.pool),
+            returned: Condvar::new(),
+            broken: AtomicBool::new(false),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// Internal failure: either a PKCS#11 return code (which may call for a context rebuild) or
@@ -275,7 +304,26 @@ impl Device {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(unavailable("C_Initialize", e)),
         }
-        let slot = find_slot(&ctx, &settings.token)?;
+        match Self::open_on(&ctx, settings, generation) {
+            Ok(parts) => Ok(parts.finish(ctx)),
+            Err(e) => {
+                // Finalise what was initialised: a network module (p11-kit's client) keeps a
+                // dead connection, and CKR_DEVICE_REMOVED with it, until C_Finalize.
+                if let Err(fin) = ctx.finalize() {
+                    tracing::warn!(error = %fin, "C_Finalize failed after a failed connect");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Finds the token, logs in and opens the pool on an initialised context.
+    fn open_on(
+        ctx: &Pkcs11,
+        settings: &Pkcs11Settings,
+        generation: u64,
+    ) -> Result<Opened, BackendError> {
+        let slot = find_slot(ctx, &settings.token)?;
         let info = ctx
             .get_token_info(slot)
             .map_err(|e| unavailable("read token info", e))?;
@@ -306,15 +354,12 @@ impl Device {
             );
         }
         tracing::info!(%description, sessions = pool.len(), "connected to PKCS#11 token");
-        Ok(Self {
+        Ok(Opened {
             generation,
-            ctx,
             slot,
             description,
-            anchor: Mutex::new(anchor),
-            pool: Mutex::new(pool),
-            returned: Condvar::new(),
-            keys: Mutex::new(HashMap::new()),
+            anchor,
+            pool,
         })
     }
 
@@ -428,8 +473,15 @@ impl Device {
                 // A session that failed is not trusted again; it is closed on drop and the
                 // pool refilled by the next context rebuild if the fault was fatal, or now.
                 drop(session);
-                if let Ok(fresh) = self.ctx.open_ro_session(self.slot) {
-                    self.checkin(fresh);
+                match self.ctx.open_ro_session(self.slot) {
+                    Ok(fresh) => self.checkin(fresh),
+                    Err(_) => {
+                        self.broken.store(true, Ordering::SeqCst);
+                        // Take the lock so no waiter misses the flag between its check and
+                        // its wait.
+                        let _pool = self.pool.lock();
+                        self.returned.notify_all();
+                    }
                 }
                 Err(Failure::Ck("C_Sign", e))
             }
@@ -484,6 +536,12 @@ impl Device {
         loop {
             if let Some(session) = pool.pop() {
                 return Ok(session);
+            }
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(Failure::Ck(
+                    "C_OpenSession",
+                    CkError::Pkcs11(RvError::DeviceRemoved, cryptoki::context::Function::Sign),
+                ));
             }
             pool = self
                 .returned

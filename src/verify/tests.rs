@@ -1420,3 +1420,98 @@ fn the_quorum_is_checked_against_the_agents_grant() {
     c.approvals.pop();
     assert_eq!(q.code_with(&bind(c), &expect), "approval_quorum_not_met");
 }
+
+// ---------------------------------------------------------------------------------------
+// Clock edges (docs/RELIABILITY.md): one second inside each bound verifies, one second
+// outside is refused, on both sides of every window.
+
+/// A token valid from `nbf` (also its `iat`) for `lifetime` seconds, verified at `now`.
+fn code_at(f: &Fixture, nbf: u64, lifetime: u64, iat: u64, now: u64) -> &'static str {
+    let mut claims = f.claims();
+    claims.nbf = nbf;
+    claims.iat = iat;
+    claims.exp = nbf + lifetime;
+    let token = f.mint(&f.header(), &claims);
+    let mut expect = f.expect();
+    expect.rules.now = at(now);
+    code(verify_token(&token, &f.trust, &expect))
+}
+
+#[test]
+fn token_windows_hold_to_the_second_on_both_sides() {
+    let f = Fixture::new();
+    let skew = CLOCK_SKEW.as_secs();
+    // exp: valid up to the second before it, refused at it and after.
+    assert_eq!(code_at(&f, NOW, 60, NOW, NOW + 59), "ok");
+    assert_eq!(code_at(&f, NOW, 60, NOW, NOW + 60), "token_expired");
+    assert_eq!(code_at(&f, NOW, 60, NOW, NOW + 61), "token_expired");
+    // nbf: a clock up to the skew behind the broker's is tolerated, one second more is not.
+    assert_eq!(code_at(&f, NOW + skew, 60, NOW, NOW), "ok");
+    assert_eq!(
+        code_at(&f, NOW + skew + 1, 60, NOW, NOW),
+        "token_not_yet_valid"
+    );
+    // iat: the same tolerance, no more.
+    assert_eq!(code_at(&f, NOW, 60, NOW + skew, NOW), "ok");
+    assert_eq!(
+        code_at(&f, NOW, 60, NOW + skew + 1, NOW),
+        "invalid_lifetime"
+    );
+    // Lifetime: exactly the cap verifies, a second more does not; exp must follow nbf.
+    let cap = DEFAULT_MAX_LIFETIME.as_secs();
+    assert_eq!(code_at(&f, NOW, cap, NOW, NOW), "ok");
+    assert_eq!(code_at(&f, NOW, cap + 1, NOW, NOW), "invalid_lifetime");
+    assert_eq!(code_at(&f, NOW, 0, NOW, NOW), "invalid_lifetime");
+    assert_eq!(code_at(&f, NOW, 1, NOW, NOW), "ok");
+}
+
+#[test]
+fn token_certificate_validity_holds_to_the_second_on_both_sides() {
+    let f = Fixture::new();
+    // Inside the root's own window, so only the token certificate's dates are at stake.
+    let (not_before, not_after) = (NOW + 1000, NOW + 2000);
+    let cert =
+        crate::testkit::with_validity(&f.token_cert, at(not_before), at(not_after), &f.root.key);
+    let trust = TrustStore::from_certificates(vec![f.root.cert.clone(), cert.clone()]).unwrap();
+    let f = Fixture {
+        token_cert: cert,
+        trust,
+        ..f
+    };
+    // A token valid around `t`, checked at `t`: only the certificate's dates decide.
+    let at_time = |t: u64| {
+        let mut claims = f.claims();
+        claims.iat = t;
+        claims.nbf = t;
+        claims.exp = t + 60;
+        let token = f.mint(&f.header(), &claims);
+        match verify_signature_only(&token, &f.trust, &TokenRules::at(at(t))) {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    };
+    assert_eq!(at_time(not_before - 1), "certificate_not_yet_valid");
+    assert_eq!(at_time(not_before), "ok");
+    assert_eq!(at_time(not_after), "ok");
+    assert_eq!(at_time(not_after + 1), "certificate_expired");
+}
+
+#[test]
+fn root_validity_holds_to_the_second_on_both_sides() {
+    let f = Fixture::new();
+    let not_before = unix(f.root.cert.not_before());
+    let not_after = unix(f.root.cert.not_after());
+    let roots = [f.root.cert.clone()];
+    let check = |t: u64| match crate::chain::validate(&f.agent, &[], &roots, at(t)) {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    assert_eq!(check(not_before - 1), "certificate_not_yet_valid");
+    assert_eq!(check(not_before), "ok");
+    assert_eq!(check(not_after), "ok");
+    assert_eq!(check(not_after + 1), "certificate_expired");
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}

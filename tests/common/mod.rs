@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 pub mod exec;
 #[allow(unused_imports)] // not every test crate starts an executor
 pub use exec::Executor;
+pub mod load;
 
 /// A provisioned SoftHSM2 token with its seb configuration.
 pub struct Hsm {
@@ -40,34 +41,88 @@ impl Hsm {
         Self { dir, port }
     }
 
-    /// Provisions with `--tpm` (an swtpm under the directory, attestation configured and its
-    /// policy recorded); `tpm_backend` also keeps the broker's keys in that TPM.
-    pub fn provision_tpm(tpm_backend: bool) -> Self {
+    /// Provisions with `--p11kit`: the token is served by a `p11-kit server` of its own (a
+    /// network HSM) that `hsm_stop` pulls and `hsm_start` plugs in again.
+    pub fn provision_p11kit() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let tpm_port = free_port_pair();
-        let mut cmd = Command::new("bash");
-        cmd.arg(repo().join("softhsm-setup/provision.sh"))
+        let out = Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
             .arg(dir.path())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--tpm",
-                "--tpm-port",
-                &tpm_port.to_string(),
-            ])
-            .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"));
-        if tpm_backend {
-            cmd.args(["--backend", "tpm"]);
-        }
-        let out = cmd.output().expect("run provision.sh");
+            .args(["--port", &port.to_string(), "--p11kit"])
+            .output()
+            .expect("run provision.sh");
         assert!(
             out.status.success(),
-            "provision.sh --tpm failed (are swtpm, swtpm-tools and tpm2-tools installed?):\n{}{}",
+            "provision.sh --p11kit failed (are p11-kit and p11-kit-modules installed?):\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         Self { dir, port }
+    }
+
+    /// Pulls the network HSM (`DIR/hsm-stop.sh`: SIGKILL to the p11-kit server).
+    pub fn hsm_stop(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("hsm-stop.sh"))
+            .output()
+            .expect("run hsm-stop.sh");
+        assert_success(&out, "hsm-stop.sh");
+    }
+
+    /// Plugs the network HSM in again (`DIR/hsm-start.sh`).
+    pub fn hsm_start(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("hsm-start.sh"))
+            .output()
+            .expect("run hsm-start.sh");
+        assert_success(&out, "hsm-start.sh");
+    }
+
+    /// Provisions with `--tpm` (an swtpm under the directory, attestation configured and its
+    /// policy recorded); `tpm_backend` also keeps the broker's keys in that TPM.
+    ///
+    /// Ports are picked free but may be taken by a parallel test before the swtpm binds them;
+    /// provision.sh then says so ("did not start") and this tries again on other ports.
+    pub fn provision_tpm(tpm_backend: bool) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let tpm_port = free_port_pair();
+            let mut cmd = Command::new("bash");
+            cmd.arg(repo().join("softhsm-setup/provision.sh"))
+                .arg(dir.path())
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--tpm",
+                    "--tpm-port",
+                    &tpm_port.to_string(),
+                ])
+                .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"));
+            if tpm_backend {
+                cmd.args(["--backend", "tpm"]);
+            }
+            let out = cmd.output().expect("run provision.sh");
+            if out.status.success() {
+                return Self { dir, port };
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = Command::new("bash")
+                .arg(dir.path().join("stop.sh"))
+                .output();
+            if !last.contains("swtpm did not start") {
+                break;
+            }
+        }
+        panic!(
+            "provision.sh --tpm failed (are swtpm, swtpm-tools and tpm2-tools installed?):\n{last}"
+        );
     }
 
     /// The TCTI of the swtpm that `provision_tpm` started.
@@ -91,6 +146,38 @@ impl Hsm {
             .output()
             .expect("run stop.sh");
         assert_success(&out, "stop.sh");
+        self.start_tpm(&tpm_port);
+    }
+
+    /// Kills the swtpm of `provision_tpm` with SIGKILL (a power loss: no TPM2_Shutdown).
+    pub fn kill_tpm(&self) {
+        let pid = std::fs::read_to_string(self.path("swtpm.pid"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert_success(
+            &Command::new("kill").args(["-KILL", &pid]).output().unwrap(),
+            "kill -KILL swtpm",
+        );
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while proc_dir.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.path("swtpm.pid"));
+    }
+
+    /// Starts the swtpm of `provision_tpm` again on its state and port (provision.sh run
+    /// again): TPM2_Startup(CLEAR) and the synthetic boot measured again.
+    pub fn restart_tpm(&self) {
+        let tpm_port = std::fs::read_to_string(self.path("swtpm.port"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        self.start_tpm(&tpm_port);
+    }
+
+    fn start_tpm(&self, tpm_port: &str) {
         let out = Command::new("bash")
             .arg(repo().join("softhsm-setup/provision.sh"))
             .arg(self.dir.path())
@@ -99,7 +186,7 @@ impl Hsm {
                 &self.port.to_string(),
                 "--tpm",
                 "--tpm-port",
-                &tpm_port,
+                tpm_port,
             ])
             .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"))
             .output()
