@@ -145,26 +145,19 @@ impl PeerCache {
         roots: &[Certificate],
         now: SystemTime,
     ) -> Result<Arc<Peer>, BrokerError> {
-        let mut hasher = Sha256::new();
+        let chain = chain_hash(presented);
         let mut certs = Vec::with_capacity(presented.len().min(MAX_PRESENTED));
         for der in presented.iter().take(MAX_PRESENTED) {
-            hasher.update((der.len() as u64).to_be_bytes());
-            hasher.update(der);
             certs.push(
                 Certificate::parse(der).map_err(|e| BrokerError::BadCertificate(e.to_string()))?,
             );
         }
-        let chain: [u8; 32] = hasher.finalize().into();
         let leaf = certs
             .first()
             .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
         let slot = key_id(leaf)?;
-        if let Ok(cache) = self.entries.lock() {
-            if let Some((made, bytes, peer)) = cache.get(&slot) {
-                if *bytes == chain && made.elapsed() < PEER_CACHE_TTL {
-                    return Ok(peer.clone());
-                }
-            }
+        if let Some(peer) = self.lookup(&slot, &chain) {
+            return Ok(peer);
         }
         let peer = Arc::new(validate(&certs, slot, roots, now)?);
         if peer.chain.is_ok() {
@@ -177,6 +170,33 @@ impl PeerCache {
         }
         Ok(peer)
     }
+}
+
+impl PeerCache {
+    /// The cached identity for exactly these chain bytes, if there is one: what
+    /// [`PeerCache::peer`] would return without validating. Parses only the leaf.
+    pub(crate) fn cached(&self, presented: &[Vec<u8>]) -> Option<Arc<Peer>> {
+        let leaf = Certificate::parse(presented.first()?).ok()?;
+        let slot = key_id(&leaf).ok()?;
+        self.lookup(&slot, &chain_hash(presented))
+    }
+
+    fn lookup(&self, slot: &[u8; 32], chain: &[u8; 32]) -> Option<Arc<Peer>> {
+        let cache = self.entries.lock().ok()?;
+        let (made, bytes, peer) = cache.get(slot)?;
+        (bytes == chain && made.elapsed() < PEER_CACHE_TTL).then(|| peer.clone())
+    }
+}
+
+/// SHA-256 over the first [`MAX_PRESENTED`] presented certificates, each prefixed with its
+/// length.
+fn chain_hash(presented: &[Vec<u8>]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for der in presented.iter().take(MAX_PRESENTED) {
+        hasher.update((der.len() as u64).to_be_bytes());
+        hasher.update(der);
+    }
+    hasher.finalize().into()
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
