@@ -208,6 +208,13 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let bench_dir = config
         .state_dir
         .join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&bench_dir)?;
+    let sync = sync_latency(&bench_dir, 200)?;
+    say!(
+        "fdatasync of 4 KiB where the store lives, one at a time: p50 {:.2} ms  p99 {:.2} ms (the floor under a durable token)",
+        sync.0.as_secs_f64() * 1e3,
+        sync.1.as_secs_f64() * 1e3
+    );
     let raw = RawRate {
         label: token_label,
         sessions,
@@ -236,16 +243,16 @@ fn run_load(
         args.audit.clone()
     };
     let mut brokers = Vec::new();
+    let mut measured = None;
     for mode in &modes {
         let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
         let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
             AuditMode::On => SqliteStore::open(&dir)?,
             AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
         });
-        brokers.push((
-            *mode,
-            Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?),
-        ));
+        let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+        measured.get_or_insert_with(|| broker.clone());
+        brokers.push((*mode, broker));
     }
     let tls = server::tls::broker_server_config(backend.clone(), &cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -338,6 +345,7 @@ fn run_load(
             let offered = fraction * rate;
             let agents = agents.max(1);
             let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
+            let before = measured.as_ref().map(|b| issuance_buckets(b)).unwrap_or_default();
             let stats = driver
                 .drive(&url, agents, seconds, Pace::Every(interval), Mode::KeepAlive)
                 .await?;
@@ -349,6 +357,32 @@ fn run_load(
                 stats.counts(),
                 stats.unsent
             );
+            // Where the tail is: inside the issuance (decision to durable token, as the broker
+            // times it) or around it (TLS, HTTP, the async worker, the agent).
+            let after = measured.as_ref().map(|b| issuance_buckets(b)).unwrap_or_default();
+            let issued = after
+                .last()
+                .map(|l| l.1)
+                .unwrap_or(0)
+                .saturating_sub(before.last().map(|l| l.1).unwrap_or(0));
+            let mut slow = Vec::new();
+            for ((bound, a), (_, b)) in after.iter().zip(&before) {
+                if [0.004, 0.008, 0.016, 0.032].iter().any(|x| (x - bound).abs() < 1e-9) {
+                    let over = issued.saturating_sub(a.saturating_sub(*b));
+                    let agents_over = stats
+                        .latencies
+                        .iter()
+                        .filter(|l| l.as_secs_f64() > *bound)
+                        .count();
+                    slow.push(format!(
+                        "> {:.0} ms: {:.2} % inside the broker, {:.2} % as the agents saw it",
+                        bound * 1e3,
+                        100.0 * over as f64 / issued.max(1) as f64,
+                        100.0 * agents_over as f64 / stats.latencies.len().max(1) as f64
+                    ));
+                }
+            }
+            say!("  issuance latency {}", slow.join("; "));
         }
         if args.handshake_agents > 0 {
             let full = driver
@@ -406,6 +440,25 @@ fn sign_latency(
         backend.sign_digest(label, &digest)?;
         samples.push(started.elapsed());
     }
+    Ok(super::percentiles(&mut samples))
+}
+
+/// Median and 99th percentile of `count` synced 4 KiB writes (`fdatasync`, as the store's
+/// commits) in `dir`, one after another: no token can be answered faster than its commit.
+fn sync_latency(dir: &std::path::Path, count: usize) -> Result<(Duration, Duration), CliError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("sync-probe");
+    let file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        file.write_all_at(&block, (i % 16) as u64 * 4096)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
     Ok(super::percentiles(&mut samples))
 }
 
@@ -711,6 +764,28 @@ async fn load(
     stats.load_average = load_average();
     stats.latencies.sort();
     Ok(stats)
+}
+
+/// The broker's issuance histogram (decision to durable token) as (upper bound in seconds,
+/// cumulative count), the last entry the total, read from its Prometheus text.
+fn issuance_buckets(broker: &Broker) -> Vec<(f64, u64)> {
+    let text = broker.metrics().render();
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("seb_issuance_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let Some((bound, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().unwrap_or(f64::NAN)
+        };
+        buckets.push((bound, count.trim().parse().unwrap_or(0)));
+    }
+    buckets
 }
 
 /// The one-minute load average, from `/proc/loadavg`: how busy the machine was.
