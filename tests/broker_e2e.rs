@@ -337,11 +337,17 @@ fn a_remembered_chain_is_refused_once_revoked_on_open_and_new_connections() {
         .serial_hex();
     runtime().block_on(async {
         let mut first = Client::connect(&s.broker.url, &full).await.unwrap();
-        let r = first.post_json("/v1/executions", &good_request()).await.unwrap();
+        let r = first
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
         assert_eq!(r.status, 201, "{}", r.text);
         // The same chain again: served from the caches.
         let mut second = Client::connect(&s.broker.url, &full).await.unwrap();
-        let r = second.post_json("/v1/executions", &good_request()).await.unwrap();
+        let r = second
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
         assert_eq!(r.status, 201, "{}", r.text);
         s.hsm.seb_ok(&[
             "cert",
@@ -352,9 +358,16 @@ fn a_remembered_chain_is_refused_once_revoked_on_open_and_new_connections() {
             "key-compromise",
         ]);
         let mut third = Client::connect(&s.broker.url, &full).await.unwrap();
-        for (name, c) in [("first", &mut first), ("second", &mut second), ("third", &mut third)] {
+        for (name, c) in [
+            ("first", &mut first),
+            ("second", &mut second),
+            ("third", &mut third),
+        ] {
             for _ in 0..2 {
-                let r = c.post_json("/v1/executions", &good_request()).await.unwrap();
+                let r = c
+                    .post_json("/v1/executions", &good_request())
+                    .await
+                    .unwrap();
                 assert_eq!(r.status, 403, "{name}: {}", r.text);
                 assert_eq!(error_code(&r), "certificate_revoked", "{name}");
             }

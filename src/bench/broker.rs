@@ -553,7 +553,10 @@ impl Driver {
 fn external_load(mut command: std::process::Command) -> Result<Stats, CliError> {
     use std::io::BufRead;
     let mut child = command.spawn()?;
-    let stdout = child.stdout.take().ok_or("no output from the load generator")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("no output from the load generator")?;
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut cpu_start = None;
     let mut stats = None;

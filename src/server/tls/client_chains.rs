@@ -289,7 +289,9 @@ mod tests {
         let root = Ca::root("root");
         let stranger = Ca::root("stranger");
         let (cached, webpki) = verifier(&root);
-        let foreign = der(&stranger.agent("agent", &grant("a.*", "r/*", "60s")).unwrap());
+        let foreign = der(&stranger
+            .agent("agent", &grant("a.*", "r/*", "60s"))
+            .unwrap());
         for _ in 0..2 {
             assert!(cached.verify_client_cert(&foreign, &[], at(now())).is_err());
         }
