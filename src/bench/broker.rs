@@ -627,14 +627,14 @@ pub fn run_load_process(args: LoadArgs) -> CliResult {
         pace,
         args.mode,
         || {
-            println!("ready");
+            say!("ready");
         },
     ))?;
     let own = match (stats.cpu_start, process_cpu()) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
     };
-    println!(
+    say!(
         "result {} {} {} {} {}",
         stats.ok,
         stats.failed,
@@ -646,7 +646,7 @@ pub fn run_load_process(args: LoadArgs) -> CliResult {
     for l in &stats.latencies {
         line.push_str(&format!(" {}", l.as_micros()));
     }
-    println!("{line}");
+    say!("{line}");
     Ok(())
 }
 
