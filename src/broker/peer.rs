@@ -170,9 +170,7 @@ impl PeerCache {
         }
         Ok(peer)
     }
-}
 
-impl PeerCache {
     /// The cached identity for exactly these chain bytes, if there is one: what
     /// [`PeerCache::peer`] would return without validating. Parses only the leaf.
     pub(crate) fn cached(&self, presented: &[Vec<u8>]) -> Option<Arc<Peer>> {
@@ -277,6 +275,41 @@ mod tests {
         let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
         cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
         cert.finish().unwrap()
+    }
+
+    #[test]
+    fn the_cached_lookup_returns_only_what_validation_stored_for_the_same_bytes() {
+        let root = Ca::root("root");
+        let agent = root
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        let der = agent.to_der_bytes().unwrap();
+        let twin_der = twin(&agent).to_der_bytes().unwrap();
+        let roots = [root.cert.clone()];
+        let cache = PeerCache::default();
+        assert!(cache.cached(std::slice::from_ref(&der)).is_none());
+        let validated = cache
+            .peer(std::slice::from_ref(&der), &roots, now())
+            .unwrap();
+        let cached = cache.cached(std::slice::from_ref(&der)).unwrap();
+        assert!(Arc::ptr_eq(&validated, &cached));
+        // Another spelling of the same certificate is not the cached chain.
+        assert!(cache.cached(std::slice::from_ref(&twin_der)).is_none());
+        // Nor is the same leaf with something appended.
+        assert!(cache.cached(&[der.clone(), der.clone()]).is_none());
+        assert!(cache.cached(&[]).is_none());
+        // A chain from a stranger never validates, so it is never cached.
+        let stranger = Ca::root("stranger");
+        let foreign = stranger
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap()
+            .to_der_bytes()
+            .unwrap();
+        let refused = cache
+            .peer(std::slice::from_ref(&foreign), &roots, now())
+            .unwrap();
+        assert!(refused.chain.is_err());
+        assert!(cache.cached(std::slice::from_ref(&foreign)).is_none());
     }
 
     #[test]
