@@ -44,6 +44,9 @@ pub enum BenchCommand {
     /// concurrent mTLS keep-alive agents, and reports tokens/s and latency next to the raw HSM
     /// sign rate of the token key measured in the same run with the same number of sessions.
     Broker(broker::BrokerBenchArgs),
+    /// The load generator of `bench broker --external` on its own (no --config): agents
+    /// against a running broker, in this process, so that the broker's CPU is measured alone.
+    Load(broker::LoadArgs),
     /// The audit log at scale (no device, no --config): append rate, proof latency,
     /// verification speed and store size per entry.
     Audit(audit::AuditBenchArgs),
@@ -61,6 +64,7 @@ pub fn dispatch(config: Option<&std::path::Path>, command: BenchCommand) -> CliR
     match command {
         BenchCommand::Decide { iterations } => decide_latency(iterations),
         BenchCommand::Audit(args) => audit::run(args),
+        BenchCommand::Load(args) => broker::run_load_process(args),
         other => with_config(config, |c| run(c, other)),
     }
 }
@@ -86,6 +90,7 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
         BenchCommand::Issue { count } => issue_latency(config, count),
         BenchCommand::Broker(args) => broker::run(config, args),
         BenchCommand::Audit(args) => audit::run(args),
+        BenchCommand::Load(args) => broker::run_load_process(args),
         BenchCommand::Decide { iterations } => decide_latency(iterations),
     }
 }

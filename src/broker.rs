@@ -343,6 +343,12 @@ impl Broker {
         self.peers.peer(presented, &self.roots, now)
     }
 
+    /// The caller's identity if the cache holds it for exactly this chain: what
+    /// [`Broker::peer`] would return without validating anything, or `None`.
+    pub fn cached_peer(&self, presented: &[Vec<u8>]) -> Option<Arc<Peer>> {
+        self.peers.cached(presented)
+    }
+
     /// Readiness: the device answers, the store takes a write and (when the broker attests)
     /// the latest self-attestation is good.
     ///

@@ -324,10 +324,17 @@ async fn accept_connection(
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
         .unwrap_or_default();
-    let broker = app.broker.clone();
-    let peer = tokio::task::spawn_blocking(move || broker.peer(&presented, SystemTime::now()))
-        .await
-        .ok()?;
+    // A returning client's validated path comes from the cache, here on the async worker;
+    // validating a new chain checks signatures in software, on a blocking thread.
+    let peer = match app.broker.cached_peer(&presented) {
+        Some(peer) => Ok(peer),
+        None => {
+            let broker = app.broker.clone();
+            tokio::task::spawn_blocking(move || broker.peer(&presented, SystemTime::now()))
+                .await
+                .ok()?
+        }
+    };
     match peer {
         Ok(peer) => Some((tls, peer)),
         Err(e) => {

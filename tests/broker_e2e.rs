@@ -322,6 +322,59 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
     });
 }
 
+/// The broker remembers client chains it has verified (`server::tls::client_chains`) and the
+/// paths it has validated, so a returning agent's full handshake skips those checks. That must
+/// change nothing for revocation: once the certificate is revoked, the connection that was
+/// open, a connection made after it from the remembered chain, and a connection made after the
+/// revocation are all refused, on every request.
+#[test]
+fn a_remembered_chain_is_refused_once_revoked_on_open_and_new_connections() {
+    let s = setup();
+    // Resumption off: every connection is a full handshake with the client chain.
+    let full = s.hsm.tls(&s.agent, false);
+    let serial = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap())
+        .unwrap()
+        .serial_hex();
+    runtime().block_on(async {
+        let mut first = Client::connect(&s.broker.url, &full).await.unwrap();
+        let r = first
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        // The same chain again: served from the caches.
+        let mut second = Client::connect(&s.broker.url, &full).await.unwrap();
+        let r = second
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        s.hsm.seb_ok(&[
+            "cert",
+            "revoke",
+            "--serial",
+            &serial,
+            "--reason",
+            "key-compromise",
+        ]);
+        let mut third = Client::connect(&s.broker.url, &full).await.unwrap();
+        for (name, c) in [
+            ("first", &mut first),
+            ("second", &mut second),
+            ("third", &mut third),
+        ] {
+            for _ in 0..2 {
+                let r = c
+                    .post_json("/v1/executions", &good_request())
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 403, "{name}: {}", r.text);
+                assert_eq!(error_code(&r), "certificate_revoked", "{name}");
+            }
+        }
+    });
+}
+
 #[test]
 fn foreign_and_self_signed_agents_fail_the_handshake() {
     let s = setup();

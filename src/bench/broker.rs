@@ -46,6 +46,54 @@ pub struct BrokerBenchArgs {
     /// open-loop and handshake measurements use the first.
     #[arg(long, default_value = "on,off", value_delimiter = ',')]
     audit: Vec<AuditMode>,
+    /// Run the load generator as a separate process (`seb bench load`), so that the CPU
+    /// reported per token is the broker process's own (broker, store and in-process
+    /// SoftHSM2) and the agents' TLS and parsing do not count. Also measures handshakes
+    /// without a request, to split the CPU of a new connection into handshake and token.
+    #[arg(long)]
+    external: bool,
+}
+
+/// Options of `seb bench load`: the load generator on its own, in its own process, against a
+/// running broker. `seb bench broker --external` starts it; it prints `ready` once its agents
+/// are connected and the clock starts, then one `result` line and one `latencies` line.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The broker, `https://host:port`.
+    #[arg(long)]
+    url: String,
+    /// The root certificate (PEM) the broker's certificate must chain to.
+    #[arg(long)]
+    ca: std::path::PathBuf,
+    /// The agent's certificate (PEM).
+    #[arg(long)]
+    cert: std::path::PathBuf,
+    /// The agent's private key (PKCS#8 PEM).
+    #[arg(long)]
+    key: std::path::PathBuf,
+    /// Concurrent agents.
+    #[arg(long)]
+    agents: usize,
+    /// Seconds of load.
+    #[arg(long)]
+    seconds: u64,
+    /// Open loop: each agent's interval between requests, in microseconds (0: closed loop).
+    #[arg(long, default_value_t = 0)]
+    interval_us: u64,
+    /// What each agent does.
+    #[arg(long, value_enum, default_value = "keep-alive")]
+    mode: Mode,
+}
+
+/// What a load-generating agent does per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// One connection for all its requests (connected before the clock starts).
+    KeepAlive,
+    /// A new connection per request, TLS resumption off: a full handshake each time.
+    NewConnection,
+    /// A new connection, TLS resumption off, and no request: the handshake alone.
+    HandshakeOnly,
 }
 
 /// Whether the store writes the audit log.
@@ -75,8 +123,15 @@ struct Stats {
     unsent: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
-    /// CPU time of the whole process (broker, load generator and in-process SoftHSM2).
+    /// CPU time of the broker's process: with the load generator in the same process (the
+    /// default), the whole process; with `--external`, the broker's alone.
     cpu: Option<Duration>,
+    /// With `--external`: the load generator's own CPU time.
+    load_cpu: Option<Duration>,
+    /// This process's CPU time when the clock started.
+    cpu_start: Option<Duration>,
+    /// The one-minute load average at the end.
+    load_average: String,
 }
 
 impl Stats {
@@ -96,13 +151,29 @@ impl Stats {
 
     /// Latency percentiles and CPU per token, as every load line prints them.
     fn latency(&self) -> String {
+        let load = match self.load_cpu {
+            Some(cpu) if self.ok > 0 => format!(
+                " (load generator {:.0} µs)",
+                cpu.as_secs_f64() * 1e6 / self.ok as f64
+            ),
+            _ => String::new(),
+        };
         format!(
-            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token",
+            "p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  CPU {}/token{load}  [load average {}]",
             self.pct(0.50),
             self.pct(0.95),
             self.pct(0.99),
-            self.cpu_per_request()
+            self.cpu_per_request(),
+            self.load_average
         )
+    }
+
+    /// Broker CPU per granted request in microseconds, if known.
+    fn cpu_us(&self) -> Option<f64> {
+        match self.cpu {
+            Some(cpu) if self.ok > 0 => Some(cpu.as_secs_f64() * 1e6 / self.ok as f64),
+            _ => None,
+        }
     }
 
     /// The request counts.
@@ -137,6 +208,13 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let bench_dir = config
         .state_dir
         .join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&bench_dir)?;
+    let sync = sync_latency(&bench_dir, 200)?;
+    say!(
+        "fdatasync of 4 KiB where the store lives, one at a time: p50 {:.2} ms  p99 {:.2} ms (the floor under a durable token)",
+        sync.0.as_secs_f64() * 1e3,
+        sync.1.as_secs_f64() * 1e3
+    );
     let raw = RawRate {
         label: token_label,
         sessions,
@@ -165,16 +243,16 @@ fn run_load(
         args.audit.clone()
     };
     let mut brokers = Vec::new();
+    let mut measured = None;
     for mode in &modes {
         let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
         let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
             AuditMode::On => SqliteStore::open(&dir)?,
             AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
         });
-        brokers.push((
-            *mode,
-            Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?),
-        ));
+        let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+        measured.get_or_insert_with(|| broker.clone());
+        brokers.push((*mode, broker));
     }
     let tls = server::tls::broker_server_config(backend.clone(), &cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -199,8 +277,29 @@ fn run_load(
             .first()
             .map(|(_, u)| u.clone())
             .ok_or("no broker to measure")?;
-        let keep_alive = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), true)?;
-        let full = ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), false)?;
+        let driver = if args.external {
+            let files = bench_dir.join("agent");
+            std::fs::create_dir_all(&files)?;
+            let (ca, cert, key) = (
+                files.join("root.pem"),
+                files.join("agent.pem"),
+                files.join("agent.key"),
+            );
+            std::fs::write(&ca, &root_pem)?;
+            std::fs::write(&cert, &cert_pem)?;
+            std::fs::write(&key, &key_pem)?;
+            Driver::External {
+                exe: std::env::current_exe()?,
+                ca,
+                cert,
+                key,
+            }
+        } else {
+            Driver::InProcess {
+                keep_alive: ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), true)?,
+                full: ClientTls::new(&root_pem, cert_pem.as_bytes(), key_pem.as_bytes(), false)?,
+            }
+        };
         let seconds = Duration::from_secs(args.seconds);
         let mut peak = None;
         for &agents in &args.agents {
@@ -210,8 +309,9 @@ fn run_load(
             let mut rates = Vec::new();
             for (mode, mode_url) in &urls {
                 let before = raw.measure(&backend).await?;
-                let stats =
-                    load(mode_url, &keep_alive, agents.max(1), seconds, Pace::Closed, true).await?;
+                let stats = driver
+                    .drive(mode_url, agents.max(1), seconds, Pace::Closed, Mode::KeepAlive)
+                    .await?;
                 let after = raw.measure(&backend).await?;
                 let raw_mean = (before + after) / 2.0;
                 say!(
@@ -245,7 +345,10 @@ fn run_load(
             let offered = fraction * rate;
             let agents = agents.max(1);
             let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
-            let stats = load(&url, &keep_alive, agents, seconds, Pace::Every(interval), true).await?;
+            let before = measured.as_ref().map(|b| issuance_buckets(b)).unwrap_or_default();
+            let stats = driver
+                .drive(&url, agents, seconds, Pace::Every(interval), Mode::KeepAlive)
+                .await?;
             say!(
                 "broker {agents:>3} keep-alive agent(s), open loop at {offered:.0} tokens/s offered ({:.0} % of the closed-loop rate): {:>6.0} tokens/s  {}  ({}, {} not sent by the end)",
                 100.0 * fraction,
@@ -254,16 +357,63 @@ fn run_load(
                 stats.counts(),
                 stats.unsent
             );
+            // Where the tail is: inside the issuance (decision to durable token, as the broker
+            // times it) or around it (TLS, HTTP, the async worker, the agent).
+            let after = measured.as_ref().map(|b| issuance_buckets(b)).unwrap_or_default();
+            let issued = after
+                .last()
+                .map(|l| l.1)
+                .unwrap_or(0)
+                .saturating_sub(before.last().map(|l| l.1).unwrap_or(0));
+            let mut slow = Vec::new();
+            for ((bound, a), (_, b)) in after.iter().zip(&before) {
+                if [0.004, 0.008, 0.016, 0.032].iter().any(|x| (x - bound).abs() < 1e-9) {
+                    let over = issued.saturating_sub(a.saturating_sub(*b));
+                    let agents_over = stats
+                        .latencies
+                        .iter()
+                        .filter(|l| l.as_secs_f64() > *bound)
+                        .count();
+                    slow.push(format!(
+                        "> {:.0} ms: {:.2} % inside the broker, {:.2} % as the agents saw it",
+                        bound * 1e3,
+                        100.0 * over as f64 / issued.max(1) as f64,
+                        100.0 * agents_over as f64 / stats.latencies.len().max(1) as f64
+                    ));
+                }
+            }
+            say!("  issuance latency {}", slow.join("; "));
         }
         if args.handshake_agents > 0 {
-            let stats = load(&url, &full, args.handshake_agents, seconds, Pace::Closed, false).await?;
+            let full = driver
+                .drive(&url, args.handshake_agents, seconds, Pace::Closed, Mode::NewConnection)
+                .await?;
             say!(
                 "broker {:>3} agent(s), new connection per request, TLS resumption off: {:>6.0} handshakes+tokens/s  {}  ({})",
                 args.handshake_agents,
-                stats.rate(),
-                stats.latency(),
-                stats.counts(),
+                full.rate(),
+                full.latency(),
+                full.counts(),
             );
+            if args.external {
+                // The same connections without a request: the handshake's share of the CPU.
+                let bare = driver
+                    .drive(&url, args.handshake_agents, seconds, Pace::Closed, Mode::HandshakeOnly)
+                    .await?;
+                say!(
+                    "broker {:>3} agent(s), handshake only, TLS resumption off: {:>6.0} handshakes/s  {}  ({})",
+                    args.handshake_agents,
+                    bare.rate(),
+                    bare.latency(),
+                    bare.counts(),
+                );
+                if let (Some(both), Some(handshake)) = (full.cpu_us(), bare.cpu_us()) {
+                    say!(
+                        "broker CPU per new connection: {both:.0} µs = handshake {handshake:.0} µs + token and HTTP {:.0} µs",
+                        both - handshake
+                    );
+                }
+            }
         }
         let _ = stop_tx.send(true);
         for server in servers {
@@ -293,6 +443,25 @@ fn sign_latency(
     Ok(super::percentiles(&mut samples))
 }
 
+/// Median and 99th percentile of `count` synced 4 KiB writes (`fdatasync`, as the store's
+/// commits) in `dir`, one after another: no token can be answered faster than its commit.
+fn sync_latency(dir: &std::path::Path, count: usize) -> Result<(Duration, Duration), CliError> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("sync-probe");
+    let file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        file.write_all_at(&block, (i % 16) as u64 * 4096)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(super::percentiles(&mut samples))
+}
+
 /// The raw signing rate of the token key, with as many threads as the broker has sessions.
 struct RawRate {
     label: String,
@@ -309,15 +478,190 @@ impl RawRate {
     }
 }
 
-/// `agents` concurrent agents sending requests at `pace` for `duration`.
+/// Who generates the load: agents in this process, or a `seb bench load` child process.
+enum Driver {
+    InProcess {
+        keep_alive: ClientTls,
+        full: ClientTls,
+    },
+    External {
+        exe: std::path::PathBuf,
+        ca: std::path::PathBuf,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+impl Driver {
+    async fn drive(
+        &self,
+        url: &str,
+        agents: usize,
+        duration: Duration,
+        pace: Pace,
+        mode: Mode,
+    ) -> Result<Stats, CliError> {
+        match self {
+            Driver::InProcess { keep_alive, full } => {
+                let tls = if mode == Mode::KeepAlive {
+                    keep_alive
+                } else {
+                    full
+                };
+                let mut stats = load(url, tls, agents, duration, pace, mode, || ()).await?;
+                stats.cpu = match (stats.cpu_start, process_cpu()) {
+                    (Some(a), Some(b)) => b.checked_sub(a),
+                    _ => None,
+                };
+                Ok(stats)
+            }
+            Driver::External { exe, ca, cert, key } => {
+                let mut command = std::process::Command::new(exe);
+                command
+                    .args(["bench", "load", "--url", url, "--mode"])
+                    .arg(match mode {
+                        Mode::KeepAlive => "keep-alive",
+                        Mode::NewConnection => "new-connection",
+                        Mode::HandshakeOnly => "handshake-only",
+                    })
+                    .arg("--ca")
+                    .arg(ca)
+                    .arg("--cert")
+                    .arg(cert)
+                    .arg("--key")
+                    .arg(key)
+                    .arg("--agents")
+                    .arg(agents.to_string())
+                    .arg("--seconds")
+                    .arg(duration.as_secs().to_string())
+                    .arg("--interval-us")
+                    .arg(match pace {
+                        Pace::Closed => "0".to_owned(),
+                        Pace::Every(interval) => interval.as_micros().max(1).to_string(),
+                    })
+                    .stdout(std::process::Stdio::piped());
+                // The child's output is read on a blocking thread: the broker's async workers
+                // keep serving meanwhile.
+                tokio::task::spawn_blocking(move || external_load(command)).await?
+            }
+        }
+    }
+}
+
+/// Runs the load generator `command`, and measures this process's CPU time (the broker's)
+/// from its `ready` to its `result`.
+fn external_load(mut command: std::process::Command) -> Result<Stats, CliError> {
+    use std::io::BufRead;
+    let mut child = command.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("no output from the load generator")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut cpu_start = None;
+    let mut stats = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("ready") => cpu_start = process_cpu(),
+            Some("result") => {
+                let cpu_end = process_cpu();
+                let n: Vec<u64> = words.map(|w| w.parse().unwrap_or(0)).collect();
+                let [ok, failed, unsent, elapsed_us, load_cpu_ms] = n[..] else {
+                    return Err(format!("bad result line from the load generator: {line}").into());
+                };
+                stats = Some(Stats {
+                    ok: ok as usize,
+                    failed: failed as usize,
+                    unsent: unsent as usize,
+                    elapsed: Duration::from_micros(elapsed_us),
+                    latencies: Vec::new(),
+                    cpu: match (cpu_start, cpu_end) {
+                        (Some(a), Some(b)) => b.checked_sub(a),
+                        _ => None,
+                    },
+                    cpu_start: None,
+                    load_cpu: Some(Duration::from_millis(load_cpu_ms)),
+                    load_average: load_average(),
+                });
+            }
+            Some("latencies") => {
+                if let Some(stats) = stats.as_mut() {
+                    stats.latencies = words
+                        .filter_map(|w| w.parse().ok())
+                        .map(Duration::from_micros)
+                        .collect();
+                    stats.latencies.sort();
+                }
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("the load generator failed: {status}").into());
+    }
+    stats.ok_or_else(|| "the load generator gave no result".into())
+}
+
+/// `seb bench load`: the load generator alone, in this process, against a running broker.
+pub fn run_load_process(args: LoadArgs) -> CliResult {
+    let root_pem = read_file(&args.ca)?;
+    let cert_pem = read_file(&args.cert)?;
+    let key_pem = read_file(&args.key)?;
+    let tls = ClientTls::new(&root_pem, &cert_pem, &key_pem, args.mode == Mode::KeepAlive)?;
+    let pace = match args.interval_us {
+        0 => Pace::Closed,
+        us => Pace::Every(Duration::from_micros(us)),
+    };
+    // One thread: the load generator should take as little of the machine as it can.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stats = runtime.block_on(load(
+        &args.url,
+        &tls,
+        args.agents.max(1),
+        Duration::from_secs(args.seconds),
+        pace,
+        args.mode,
+        || {
+            say!("ready");
+        },
+    ))?;
+    let own = match (stats.cpu_start, process_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
+    say!(
+        "result {} {} {} {} {}",
+        stats.ok,
+        stats.failed,
+        stats.unsent,
+        stats.elapsed.as_micros(),
+        own.as_millis()
+    );
+    let mut line = String::from("latencies");
+    for l in &stats.latencies {
+        line.push_str(&format!(" {}", l.as_micros()));
+    }
+    say!("{line}");
+    Ok(())
+}
+
+/// `agents` concurrent agents sending requests at `pace` for `duration`; `ready` runs when
+/// the keep-alive agents are connected, right before the clock starts.
 async fn load(
     url: &str,
     tls: &ClientTls,
     agents: usize,
     duration: Duration,
     pace: Pace,
-    keep_alive: bool,
+    mode: Mode,
+    ready: impl FnOnce(),
 ) -> Result<Stats, CliError> {
+    let keep_alive = mode == Mode::KeepAlive;
     let body = br#"{"operation":"bench.run","resource":"bench/broker","params":{"n":1}}"#;
     let request: Arc<[u8]> = format!(
         "POST /v1/executions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
@@ -336,6 +680,7 @@ async fn load(
             None
         });
     }
+    ready();
     let start = Instant::now();
     let cpu_start = process_cpu();
     let deadline = start + duration;
@@ -371,6 +716,13 @@ async fn load(
                     failed += 1;
                     continue;
                 };
+                if mode == Mode::HandshakeOnly {
+                    latencies.push(t0.elapsed());
+                    // Closing says so to the broker: its side of the handshake is finished.
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut a.stream).await;
+                    agent = None;
+                    continue;
+                }
                 match a.exchange(&request).await {
                     Ok(201) => latencies.push(t0.elapsed()),
                     Ok(_) => failed += 1,
@@ -400,6 +752,9 @@ async fn load(
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         cpu: None,
+        cpu_start,
+        load_cpu: None,
+        load_average: String::new(),
     };
     for task in tasks {
         let (latencies, failed, unsent) = task.await?;
@@ -409,16 +764,43 @@ async fn load(
         stats.latencies.extend(latencies);
     }
     stats.elapsed = start.elapsed();
-    stats.cpu = match (cpu_start, process_cpu()) {
-        (Some(a), Some(b)) => b.checked_sub(a),
-        _ => None,
-    };
+    stats.load_average = load_average();
     stats.latencies.sort();
     Ok(stats)
 }
 
-/// User plus system CPU time of this process so far, from `/proc/self/stat` (Linux; clock
-/// ticks of 10 ms, the kernel's USER_HZ).
+/// The broker's issuance histogram (decision to durable token) as (upper bound in seconds,
+/// cumulative count), the last entry the total, read from its Prometheus text.
+fn issuance_buckets(broker: &Broker) -> Vec<(f64, u64)> {
+    let text = broker.metrics().render();
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("seb_issuance_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let Some((bound, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().unwrap_or(f64::NAN)
+        };
+        buckets.push((bound, count.trim().parse().unwrap_or(0)));
+    }
+    buckets
+}
+
+/// The one-minute load average, from `/proc/loadavg`: how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// User plus system CPU time of this process so far, from `/proc/self/stat`
+/// (Linux; clock ticks of 10 ms, the kernel's USER_HZ).
 fn process_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.

@@ -145,26 +145,19 @@ impl PeerCache {
         roots: &[Certificate],
         now: SystemTime,
     ) -> Result<Arc<Peer>, BrokerError> {
-        let mut hasher = Sha256::new();
+        let chain = chain_hash(presented);
         let mut certs = Vec::with_capacity(presented.len().min(MAX_PRESENTED));
         for der in presented.iter().take(MAX_PRESENTED) {
-            hasher.update((der.len() as u64).to_be_bytes());
-            hasher.update(der);
             certs.push(
                 Certificate::parse(der).map_err(|e| BrokerError::BadCertificate(e.to_string()))?,
             );
         }
-        let chain: [u8; 32] = hasher.finalize().into();
         let leaf = certs
             .first()
             .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
         let slot = key_id(leaf)?;
-        if let Ok(cache) = self.entries.lock() {
-            if let Some((made, bytes, peer)) = cache.get(&slot) {
-                if *bytes == chain && made.elapsed() < PEER_CACHE_TTL {
-                    return Ok(peer.clone());
-                }
-            }
+        if let Some(peer) = self.lookup(&slot, &chain) {
+            return Ok(peer);
         }
         let peer = Arc::new(validate(&certs, slot, roots, now)?);
         if peer.chain.is_ok() {
@@ -177,6 +170,31 @@ impl PeerCache {
         }
         Ok(peer)
     }
+
+    /// The cached identity for exactly these chain bytes, if there is one: what
+    /// [`PeerCache::peer`] would return without validating. Parses only the leaf.
+    pub(crate) fn cached(&self, presented: &[Vec<u8>]) -> Option<Arc<Peer>> {
+        let leaf = Certificate::parse(presented.first()?).ok()?;
+        let slot = key_id(&leaf).ok()?;
+        self.lookup(&slot, &chain_hash(presented))
+    }
+
+    fn lookup(&self, slot: &[u8; 32], chain: &[u8; 32]) -> Option<Arc<Peer>> {
+        let cache = self.entries.lock().ok()?;
+        let (made, bytes, peer) = cache.get(slot)?;
+        (bytes == chain && made.elapsed() < PEER_CACHE_TTL).then(|| peer.clone())
+    }
+}
+
+/// SHA-256 over the first [`MAX_PRESENTED`] presented certificates, each prefixed with its
+/// length.
+fn chain_hash(presented: &[Vec<u8>]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for der in presented.iter().take(MAX_PRESENTED) {
+        hasher.update((der.len() as u64).to_be_bytes());
+        hasher.update(der);
+    }
+    hasher.finalize().into()
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
@@ -257,6 +275,41 @@ mod tests {
         let other = p384::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
         cert.signature = der::asn1::BitString::from_bytes(other.to_der().as_bytes()).unwrap();
         cert.finish().unwrap()
+    }
+
+    #[test]
+    fn the_cached_lookup_returns_only_what_validation_stored_for_the_same_bytes() {
+        let root = Ca::root("root");
+        let agent = root
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap();
+        let der = agent.to_der_bytes().unwrap();
+        let twin_der = twin(&agent).to_der_bytes().unwrap();
+        let roots = [root.cert.clone()];
+        let cache = PeerCache::default();
+        assert!(cache.cached(std::slice::from_ref(&der)).is_none());
+        let validated = cache
+            .peer(std::slice::from_ref(&der), &roots, now())
+            .unwrap();
+        let cached = cache.cached(std::slice::from_ref(&der)).unwrap();
+        assert!(Arc::ptr_eq(&validated, &cached));
+        // Another spelling of the same certificate is not the cached chain.
+        assert!(cache.cached(std::slice::from_ref(&twin_der)).is_none());
+        // Nor is the same leaf with something appended.
+        assert!(cache.cached(&[der.clone(), der.clone()]).is_none());
+        assert!(cache.cached(&[]).is_none());
+        // A chain from a stranger never validates, so it is never cached.
+        let stranger = Ca::root("stranger");
+        let foreign = stranger
+            .agent("agent", &grant("deploy.*", "prod/**", "60s"))
+            .unwrap()
+            .to_der_bytes()
+            .unwrap();
+        let refused = cache
+            .peer(std::slice::from_ref(&foreign), &roots, now())
+            .unwrap();
+        assert!(refused.chain.is_err());
+        assert!(cache.cached(std::slice::from_ref(&foreign)).is_none());
     }
 
     #[test]

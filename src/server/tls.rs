@@ -18,6 +18,9 @@ use sha2::{Digest, Sha384};
 use crate::backend::{KeyBackend, Signature};
 use crate::ca::trust_dir::read_certificate;
 use crate::config::Config;
+use client_chains::CachedClientVerifier;
+
+pub mod client_chains;
 
 /// The broker's rustls configuration from its trust directory: `tls.pem` served with the
 /// current generation of the `keys.tls` key in the device, client certificates verified
@@ -169,9 +172,12 @@ fn server_config_with(
     roots
         .add(CertificateDer::from(root_der))
         .map_err(|e| format!("root certificate: {e}"))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
+    // A returning agent's chain is not verified again (see `client_chains`); its handshake
+    // signature is, and revocation is the broker's, on every request.
+    let verifier = Arc::new(CachedClientVerifier::new(webpki));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("protocol versions: {e}"))?
