@@ -66,3 +66,32 @@ fn a_missing_seb_binary_is_reported_before_anything_starts() {
     );
     assert!(dir.path().join("stop.sh").exists());
 }
+
+/// A TPM port taken by someone else (another test, another service) is named, with the
+/// swtpm's own reason, instead of a silent exit after "manufactured an swtpm"; the test
+/// helpers retry on other ports when they see it.
+#[test]
+fn a_taken_tpm_port_is_reported_with_the_swtpm_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new("bash")
+        .arg(repo().join("softhsm-setup/provision.sh"))
+        .arg(dir.path())
+        .args(["--port", &free_port().to_string(), "--tpm"])
+        .args(["--tpm-port", &port.to_string()])
+        .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"))
+        .output()
+        .expect("run provision.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "provisioning must fail");
+    assert!(
+        stderr.contains(&format!("swtpm did not start on 127.0.0.1:{port}"))
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    let _ = Command::new("bash")
+        .arg(dir.path().join("stop.sh"))
+        .output();
+    drop(taken);
+}
