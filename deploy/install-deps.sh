@@ -3,7 +3,9 @@
 # tools and headers, p11-kit (its server and client module serve a token over a socket: the
 # network-HSM fault test), OpenSC's pkcs11-tool, OpenSSL, Go (the interoperability test drives a Go
 # program that uses only its standard library, and builds examples/go-executor), Node.js and
-# npm, Python's venv, cargo-nextest for the test suite
+# npm, Python's venv, PostgreSQL (`postgresql`: the server and, through it, the client psql;
+# the store shared by several broker replicas, and `softhsm-setup/provision.sh DIR --postgres`
+# starts a throwaway cluster with its binaries), cargo-nextest for the test suite
 # and cargo-fuzz for the fuzz targets (tests/fuzz.sh). Then the test environments of the
 # agents' side (tests/agents.rs), outside the repository:
 #   /var/lib/seb-ci/agents-venv   Python virtual environment: clients/python with its
@@ -12,14 +14,39 @@
 #   /var/lib/seb-ci/node          npm folder with `jose` (a third JWS stack)
 #   /var/lib/seb-ci/interop-venv  Python's `cryptography` and PyJWT alone, for
 #                                 tests/python_interop.rs
+# Debian's postgresql package normally creates and starts a cluster `main` on port 5432. Before
+# installing it on a machine that lacks it, this script sets `create_main_cluster = false` in
+# /etc/postgresql-common/createcluster.conf (or, when postgresql-common is not installed yet, in
+# createcluster.d/seb-no-main-cluster.conf), so no database server is left running (tests and
+# provision.sh make their own clusters; a production database is set up deliberately, see
+# docs/OPERATIONS.md "Running replicas on PostgreSQL"). An existing cluster is left alone.
 # Run as root. Prints what it installs; a second run installs nothing.
 set -euo pipefail
 
-packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv nodejs p11-kit p11-kit-modules)
+packages=(softhsm2 swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config opensc openssl ca-certificates golang-go curl python3-venv nodejs p11-kit p11-kit-modules postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# No default cluster on 5432: the server package's postinst reads create_main_cluster from
+# createcluster.conf (and the files it includes). If postgresql-common is already there, the
+# setting goes into its createcluster.conf; if not, into a drop-in under createcluster.d, which
+# the createcluster.conf it then installs includes (writing createcluster.conf itself first
+# would make its installer, ucf, keep our one-line file instead of Debian's).
+if printf '%s\n' "${missing[@]}" | grep -qx postgresql; then
+  conf=/etc/postgresql-common/createcluster.conf
+  if [ -f "$conf" ]; then
+    if grep -Eq '^[[:space:]]*create_main_cluster[[:space:]]*=' "$conf"; then
+      sed -i -E 's/^[[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' "$conf"
+    else
+      echo "create_main_cluster = false" >> "$conf"
+    fi
+  else
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/seb-no-main-cluster.conf
+  fi
+  echo "install-deps: PostgreSQL without Debian's default cluster (create_main_cluster = false)"
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

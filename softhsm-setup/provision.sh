@@ -3,6 +3,7 @@
 #
 #   softhsm-setup/provision.sh DIR [--port PORT] [--label LABEL] [--p11kit]
 #                              [--tpm [--tpm-port P] [--backend pkcs11|tpm]]
+#                              [--executor-port PORT] [--postgres [--pg-port P]]
 #
 # Creates (only what is missing; running it again changes nothing):
 #   DIR/softhsm2.conf   SoftHSM2 configuration with its token directory DIR/tokens
@@ -40,10 +41,27 @@
 #   resets every PCR (a reboot, as far as the TPM can tell), and measures the boot again. The
 #   broker image is measured into PCR 10 (firmware-config/README.md): never 16-23, which
 #   software can reset.
+# With --postgres it also starts a throwaway PostgreSQL cluster for the store (several
+# replicas sharing one database, docs/OPERATIONS.md "Running replicas on PostgreSQL"), with
+# Debian's server binaries (the newest /usr/lib/postgresql/*/bin; the seb binary is not needed):
+#   DIR/postgres/data   the cluster (initdb; owned by the `postgres` user when run as root, as
+#                       the server refuses to run as root: DIR is then made traversable with
+#                       chmod o+x, the secrets in it stay 0600). Listens on 127.0.0.1:P only
+#                       (--pg-port P; default a free port, another one tried if the start fails
+#                       to bind), Unix socket in DIR/postgres/run, fsync on, scram-sha-256 for
+#                       TCP connections; settings in DIR/postgres/data/seb.conf, log in
+#                       DIR/postgres/postgres.log
+#   DIR/pg.password     random password of the role `seb` (mode 0600), owner of database `seb`
+#   DIR/pg.port         the port P, once the cluster has started on it (kept on later runs)
+#   DIR/pg-stop.sh      fast shutdown of the cluster (pg_ctl stop -m fast); harmless if stopped
+#   DIR/pg-start.sh     starts it again on the same port and waits until it accepts connections
+#   [store] in DIR/seb.toml: backend = "postgres", url = "postgres://seb@127.0.0.1:P/seb",
+#   password_file = "pg.password" (appended to an existing seb.toml that has no [store]).
+#   DIR/stop.sh stops the cluster too. Run again after DIR/stop.sh, it starts it on P again.
 # It installs nothing. If SoftHSM2 is missing it says how to install it and exits 1.
 set -euo pipefail
 
-usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--p11kit] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT]" >&2; exit 2; }
+usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--p11kit] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT] [--postgres [--pg-port P]]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
 DIR=$1; shift
@@ -54,6 +72,8 @@ TPM_PORT=2321
 BACKEND=pkcs11
 EXEC_PORT=""
 P11KIT=0
+POSTGRES=0
+PG_PORT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) [ $# -ge 2 ] || usage; PORT=$2; shift 2 ;;
@@ -63,12 +83,15 @@ while [ $# -gt 0 ]; do
     --tpm-port) [ $# -ge 2 ] || usage; TPM_PORT=$2; shift 2 ;;
     --backend) [ $# -ge 2 ] || usage; BACKEND=$2; shift 2 ;;
     --executor-port) [ $# -ge 2 ] || usage; EXEC_PORT=$2; shift 2 ;;
+    --postgres) POSTGRES=1; shift ;;
+    --pg-port) [ $# -ge 2 ] || usage; PG_PORT=$2; POSTGRES=1; shift 2 ;;
     *) usage ;;
   esac
 done
 case "$PORT" in ''|*[!0-9]*) echo "provision: --port must be a number" >&2; exit 2 ;; esac
 case "$EXEC_PORT" in *[!0-9]*) echo "provision: --executor-port must be a number" >&2; exit 2 ;; esac
 case "$TPM_PORT" in ''|*[!0-9]*) echo "provision: --tpm-port must be a number" >&2; exit 2 ;; esac
+case "$PG_PORT" in *[!0-9]*) echo "provision: --pg-port must be a number" >&2; exit 2 ;; esac
 case "$BACKEND" in pkcs11) ;; tpm) TPM=1 ;; *) echo "provision: --backend is pkcs11 or tpm" >&2; exit 2 ;; esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 FIRMWARE="$HERE/../firmware-config"
@@ -87,21 +110,56 @@ if [ -z "$MODULE" ]; then
   exit 1
 fi
 
+# PostgreSQL (--postgres): Debian's server binaries, the newest version installed. As root,
+# the server runs as the `postgres` user (it refuses to run as root); otherwise as the caller.
+PG_BIN=""
+PG_USER=""
+if [ "$POSTGRES" = 1 ]; then
+  for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
+    if [ -x "$candidate/initdb" ] && [ -x "$candidate/pg_ctl" ] && [ -x "$candidate/psql" ]; then PG_BIN=$candidate; fi
+  done
+  if [ -z "$PG_BIN" ]; then
+    echo "provision: PostgreSQL's server binaries (/usr/lib/postgresql/*/bin/initdb) not found. Install: apt-get install postgresql" >&2
+    echo "provision: (deploy/install-deps.sh installs it without creating Debian's default cluster)" >&2
+    exit 1
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    PG_USER=postgres
+    if ! id -u "$PG_USER" >/dev/null 2>&1 || ! command -v runuser >/dev/null 2>&1; then
+      echo "provision: --postgres as root needs the user 'postgres' (made by Debian's postgresql package) and runuser" >&2
+      exit 1
+    fi
+  else
+    PG_USER=$(id -un)
+  fi
+fi
+
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+if [ "$POSTGRES" = 1 ]; then
+  # The server's Unix socket path must fit in sun_path (107 bytes).
+  pg_socket="$DIR/postgres/run/.s.PGSQL.65535"
+  if [ ${#pg_socket} -gt 107 ]; then
+    echo "provision: $DIR is too long a path for PostgreSQL's Unix socket ($DIR/postgres/run/.s.PGSQL.PORT must fit in 107 bytes); use a shorter DIR" >&2
+    exit 2
+  fi
+fi
 umask 077
 mkdir -p "$DIR/tokens" "$DIR/state"
 
 # stop.sh first, before anything is started, so that whatever a later failure leaves running
 # can always be stopped.
-if [ ! -f "$DIR/stop.sh" ] || ! grep -q hsm-stop "$DIR/stop.sh"; then
+if [ ! -f "$DIR/stop.sh" ] || ! grep -q pg-stop "$DIR/stop.sh"; then
   cat > "$DIR/stop.sh" <<'STOP'
 #!/usr/bin/env bash
-# Stops what provision.sh started in this directory (processes recorded in *.pid files). An
-# swtpm first gets an orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure.
+# Stops what provision.sh started in this directory (processes recorded in *.pid files, and
+# the PostgreSQL cluster in postgres/ with pg-stop.sh, a fast shutdown). An swtpm first gets an
+# orderly TPM2_Shutdown, so the restart is not a dictionary-attack failure. Harmless when
+# nothing runs.
 set -u
 cd "$(dirname "$0")"
 if [ -f hsm-stop.sh ]; then bash hsm-stop.sh >/dev/null 2>&1 || true; fi
+if [ -f pg-stop.sh ]; then bash pg-stop.sh >/dev/null 2>&1 || true; fi
 if [ -f swtpm.port ] && [ -f swtpm.pid ] && kill -0 "$(cat swtpm.pid)" 2>/dev/null; then
   port=$(cat swtpm.port)
   TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" tpm2_shutdown >/dev/null 2>&1 || true
@@ -280,6 +338,198 @@ CONF
   fi
 fi
 
+# --postgres: a throwaway PostgreSQL cluster under DIR/postgres, for the store.
+if [ "$POSTGRES" = 1 ]; then
+  PGD="$DIR/postgres"
+  # The start and stop scripts come first, so stop.sh can stop whatever a later failure leaves
+  # running. They find the server binaries from the cluster's PG_VERSION and run them as the
+  # data directory's owner.
+  if [ ! -f "$DIR/pg-stop.sh" ]; then
+    cat > "$DIR/pg-stop.sh" <<'PGSTOP'
+#!/usr/bin/env bash
+# Stops the PostgreSQL cluster provision.sh made in postgres/data: fast shutdown (open
+# transactions roll back, committed ones are on disk). Harmless when it is not running.
+# pg-start.sh starts it again.
+set -u
+cd "$(dirname "$0")"
+here=$PWD
+data=$here/postgres/data
+[ -f "$data/PG_VERSION" ] || exit 0
+bin=/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$(stat -c %U "$data")" -- "$@"; else "$@"; fi
+}
+cd "$here/postgres" || exit 0
+as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1 || exit 0
+if ! as_owner "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null; then
+  echo "pg-stop: PostgreSQL in $data did not stop (pg_ctl stop -m fast)" >&2
+  exit 1
+fi
+exit 0
+PGSTOP
+  fi
+  if [ ! -f "$DIR/pg-start.sh" ]; then
+    cat > "$DIR/pg-start.sh" <<'PGSTART'
+#!/usr/bin/env bash
+# Starts the PostgreSQL cluster provision.sh made in postgres/data again, on its port (in
+# postgres/data/seb.conf), and waits until it accepts connections. Does nothing if it runs.
+set -eu
+cd "$(dirname "$0")"
+here=$PWD
+data=$here/postgres/data
+if [ ! -f "$data/PG_VERSION" ]; then
+  echo "pg-start: no PostgreSQL cluster in $data (provision.sh DIR --postgres makes one)" >&2
+  exit 1
+fi
+bin=/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin
+port=$(sed -n 's/^port = \([0-9][0-9]*\).*/\1/p' "$data/seb.conf")
+log=$here/postgres/postgres.log
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$(stat -c %U "$data")" -- "$@"; else "$@"; fi
+}
+cd "$here/postgres"
+if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+  size=$(stat -c %s "$log" 2>/dev/null || echo 0)
+  if ! as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1; then
+    echo "pg-start: PostgreSQL did not start on 127.0.0.1:$port; its log:" >&2
+    tail -c +"$((size + 1))" "$log" 2>/dev/null | tail -n 20 >&2
+    exit 1
+  fi
+fi
+for _ in $(seq 1 200); do
+  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -d seb -t 2; then exit 0; fi
+  sleep 0.05
+done
+echo "pg-start: PostgreSQL on 127.0.0.1:$port does not accept connections; see $log" >&2
+exit 1
+PGSTART
+  fi
+  chmod 755 "$DIR/pg-stop.sh" "$DIR/pg-start.sh"
+
+  as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u "$PG_USER" -- "$@"; else "$@"; fi
+  }
+  if [ "$(id -u)" = 0 ]; then
+    # The server runs as postgres and must reach DIR/postgres: DIR (typically a root-owned
+    # 0700 directory) becomes traversable, not listable; the secrets in it stay 0600.
+    if command -v setfacl >/dev/null 2>&1 && setfacl -m "u:$PG_USER:x" "$DIR" 2>/dev/null; then :; else chmod o+x "$DIR"; fi
+    if ! runuser -u "$PG_USER" -- test -x "$DIR"; then
+      echo "provision: the user $PG_USER cannot reach $DIR (a directory above it is not traversable); use a DIR under /tmp" >&2
+      exit 1
+    fi
+  fi
+  mkdir -p "$PGD/run"
+  if [ "$(id -u)" = 0 ]; then chown "$PG_USER:" "$PGD" "$PGD/run"; fi
+  chmod 700 "$PGD" "$PGD/run"
+
+  if [ ! -f "$PGD/data/PG_VERSION" ]; then
+    rm -rf "$PGD/data"
+    if ! (cd "$PGD" && as_pg "$PG_BIN/initdb" -D "$PGD/data" --auth-local=peer --auth-host=scram-sha-256 \
+          -E UTF8 --locale=C) >"$DIR/pg-initdb.log" 2>&1; then
+      cat "$DIR/pg-initdb.log" >&2
+      echo "provision: initdb failed in $PGD/data" >&2
+      exit 1
+    fi
+    rm -f "$DIR/pg-initdb.log"
+    echo "include 'seb.conf'" | (cd "$PGD" && as_pg tee -a "$PGD/data/postgresql.conf") >/dev/null
+    echo "provision: created a PostgreSQL $(cat "$PGD/data/PG_VERSION") cluster in $PGD/data"
+  fi
+
+  # The port: the one it started on before (pg.port), else --pg-port, else a free one (another
+  # is tried when the start fails to bind, as a parallel run may take a port found free).
+  port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+  free_port() {
+    local p
+    for _ in $(seq 1 100); do
+      p=$((20000 + RANDOM % 12000))
+      case "$p" in "$PORT"|"$EXEC_PORT"|"$TPM_PORT"|"$((TPM_PORT + 1))") continue ;; esac
+      if ! port_taken "$p"; then echo "$p"; return 0; fi
+    done
+    echo "provision: found no free port for PostgreSQL in 20000-31999" >&2
+    return 1
+  }
+  PG_FIXED=1
+  if [ -f "$DIR/pg.port" ]; then
+    recorded=$(cat "$DIR/pg.port")
+    if [ -n "$PG_PORT" ] && [ "$PG_PORT" != "$recorded" ]; then
+      echo "provision: the cluster in $PGD listens on port $recorded ($DIR/pg.port), not $PG_PORT" >&2
+      exit 2
+    fi
+    PG_PORT=$recorded
+  elif [ -z "$PG_PORT" ]; then
+    PG_FIXED=0
+    PG_PORT=$(free_port)
+  fi
+  attempts=0
+  while :; do
+    conf="# written by softhsm-setup/provision.sh; included from postgresql.conf
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PGD/run'
+password_encryption = 'scram-sha-256'
+# durability as in production: every commit is flushed to disk
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+shared_buffers = 32MB
+max_connections = 100"
+    if [ "$(cat "$PGD/data/seb.conf" 2>/dev/null || true)" != "$conf" ]; then
+      printf '%s\n' "$conf" | (cd "$PGD" && as_pg tee "$PGD/data/seb.conf") >/dev/null
+    fi
+    if err=$(bash "$DIR/pg-start.sh" 2>&1); then break; fi
+    attempts=$((attempts + 1))
+    if [ "$PG_FIXED" = 0 ] && [ "$attempts" -lt 5 ] && printf '%s' "$err" | grep -q "Address already in use"; then
+      echo "provision: port $PG_PORT was taken meanwhile; trying another for PostgreSQL"
+      PG_PORT=$(free_port)
+      continue
+    fi
+    printf '%s\n' "$err" >&2
+    if printf '%s' "$err" | grep -q "Address already in use"; then
+      echo "provision: PostgreSQL cannot bind 127.0.0.1:$PG_PORT (port in use); free it, or run again with another --pg-port (or none, for a free one)" >&2
+    else
+      echo "provision: PostgreSQL did not start on 127.0.0.1:$PG_PORT (log: $PGD/postgres.log)" >&2
+    fi
+    exit 1
+  done
+  [ "$(cat "$DIR/pg.port" 2>/dev/null || true)" = "$PG_PORT" ] || echo "$PG_PORT" > "$DIR/pg.port"
+  chmod 644 "$DIR/pg.port"
+
+  # The role seb (password in pg.password, never on a command line) owning the database seb.
+  psql_admin() {
+    (cd "$PGD" && as_pg "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PGD/run" -p "$PG_PORT" -d postgres "$@")
+  }
+  NEW_PASSWORD=0
+  if [ ! -s "$DIR/pg.password" ]; then random_pin > "$DIR/pg.password"; NEW_PASSWORD=1; fi
+  chmod 600 "$DIR/pg.password"
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'seb'")" ]; then
+    printf "CREATE ROLE seb LOGIN PASSWORD '%s';\n" "$(cat "$DIR/pg.password")" | psql_admin
+    echo "provision: created the PostgreSQL role seb (password in $DIR/pg.password)"
+  elif [ "$NEW_PASSWORD" = 1 ]; then
+    printf "ALTER ROLE seb PASSWORD '%s';\n" "$(cat "$DIR/pg.password")" | psql_admin
+    echo "provision: set a new password for the PostgreSQL role seb ($DIR/pg.password)"
+  fi
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'seb'")" ]; then
+    psql_admin -c "CREATE DATABASE seb OWNER seb"
+    echo "provision: created the PostgreSQL database seb"
+  fi
+  # The broker's way in: TCP, scram-sha-256, the password from the file.
+  if ! PGPASSWORD=$(cat "$DIR/pg.password") PGCONNECT_TIMEOUT=10 "$PG_BIN/psql" -X -q -At \
+       "postgresql://seb@127.0.0.1:$PG_PORT/seb" -c "SELECT 1" >/dev/null; then
+    echo "provision: the role seb cannot log in to 127.0.0.1:$PG_PORT/seb with $DIR/pg.password" >&2
+    exit 1
+  fi
+  echo "provision: PostgreSQL $(cat "$PGD/data/PG_VERSION") on 127.0.0.1:$PG_PORT, database seb, role seb"
+fi
+
+STORE_TOML=""
+if [ "$POSTGRES" = 1 ]; then
+  STORE_TOML="
+[store]
+backend = \"postgres\"
+url = \"postgres://seb@127.0.0.1:$PG_PORT/seb\"
+password_file = \"pg.password\""
+fi
+
 if [ ! -f "$DIR/seb.toml" ]; then
   if [ "$BACKEND" = tpm ]; then
     BACKEND_TOML="type = \"tpm\"
@@ -323,11 +573,14 @@ $BACKEND_TOML
 
 [server]
 listen = "127.0.0.1:$PORT"
-$ATTEST_TOML
+$ATTEST_TOML$STORE_TOML
 TOML
   umask 022
   chmod 644 "$DIR/seb.toml"
   echo "provision: wrote $DIR/seb.toml (broker on 127.0.0.1:$PORT)"
+elif [ -n "$STORE_TOML" ] && ! grep -q '^\[store\]' "$DIR/seb.toml"; then
+  printf '%s\n' "$STORE_TOML" >> "$DIR/seb.toml"
+  echo "provision: added [store] (PostgreSQL on 127.0.0.1:$PG_PORT) to $DIR/seb.toml"
 else
   echo "provision: $DIR/seb.toml exists; left unchanged"
 fi
