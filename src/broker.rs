@@ -72,6 +72,8 @@ pub struct Broker {
     keys: std::sync::RwLock<Arc<keys::BrokerKeys>>,
     epoch: AtomicU64,
     frozen: AtomicBool,
+    /// Live replicas sharing the store, this one included (1 on SQLite).
+    replicas: std::sync::atomic::AtomicU32,
     metrics: Arc<Metrics>,
     signer: signer::SignQueue,
     crl_cache: crl::CrlCache,
@@ -87,6 +89,10 @@ type HealthChecks = Vec<(&'static str, Result<(), String>)>;
 
 /// How often a running broker re-reads the kill switches (`seb epoch bump`, `seb freeze`).
 pub const POLICY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often a running broker announces itself to replicas sharing its store and counts them
+/// (rate limits are divided among the live ones).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a running broker re-reads its key generations and trust directory.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -155,6 +161,7 @@ impl Broker {
             keys: std::sync::RwLock::new(Arc::new(keys)),
             epoch: AtomicU64::new(config.policy.epoch),
             frozen: AtomicBool::new(config.policy.frozen),
+            replicas: std::sync::atomic::AtomicU32::new(1),
             signer,
             metrics,
             crl_cache: crl::CrlCache::default(),
@@ -268,6 +275,28 @@ impl Broker {
             }
         }
         Ok((self.epoch(), frozen))
+    }
+
+    /// Announces this replica (`id`) in the store and learns how many replicas are live;
+    /// called every [`HEARTBEAT_INTERVAL`].
+    pub fn heartbeat(&self, id: &str) -> Result<(), BrokerError> {
+        let live = self
+            .store
+            .live_replicas(id, SystemTime::now())
+            .map_err(BrokerError::Store)?;
+        let before = self.replicas.swap(live, Ordering::SeqCst);
+        if before != live {
+            tracing::info!(
+                replicas = live,
+                "live replicas changed; rate limits divided among them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Live replicas sharing the store, as of the last heartbeat (at least 1).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::SeqCst).max(1)
     }
 
     /// The current policy epoch.

@@ -6,9 +6,12 @@ use std::path::Path;
 use seb::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector};
 use seb::backend::tpm::{TpmBackend, TpmSettings};
 use seb::backend::KeyBackend;
+use seb::config::StoreConfig;
 use seb::config::{BackendConfig, Config};
 use seb::files::{self, Access, Existing};
+use seb::store::postgres::PgStore;
 use seb::store::sqlite::SqliteStore;
+use seb::store::Store;
 
 pub mod approve;
 pub mod attest;
@@ -209,9 +212,35 @@ impl std::error::Error for Explained {
     }
 }
 
-/// Opens the store in the state directory.
-pub fn open_store(config: &Config) -> Result<SqliteStore, CliError> {
-    Ok(SqliteStore::open(&config.state_dir)?)
+/// Opens the configured store: SQLite in the state directory, or the shared PostgreSQL
+/// database (its schema created or migrated first).
+pub fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite => std::sync::Arc::new(SqliteStore::open(&config.state_dir)?),
+        StoreConfig::Postgres(pg) => std::sync::Arc::new(PgStore::open(pg)?),
+    })
+}
+
+/// `seb migrate`: creates or brings the store's schema up to date.
+pub fn migrate(config: &Config) -> CliResult {
+    match &config.store {
+        StoreConfig::Sqlite => {
+            drop(SqliteStore::open(&config.state_dir)?);
+            say!(
+                "SQLite store {} is up to date",
+                config.state_dir.join("seb.db").display()
+            );
+        }
+        StoreConfig::Postgres(pg) => {
+            let (before, after) = PgStore::migrate(pg)?;
+            if before == after {
+                say!("PostgreSQL schema is up to date (version {after})");
+            } else {
+                say!("PostgreSQL schema migrated from version {before} to {after}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees

@@ -82,7 +82,10 @@ enum Command {
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
-    Serve,
+    Serve(cli::serve::ServeArgs),
+    /// Create or bring up to date the store's schema (the PostgreSQL database of replicas, or
+    /// SQLite in the state directory). `seb init` and `seb serve` do it too.
+    Migrate,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
     /// approval (without --wait), 1 denied, rejected, expired or error.
     Request(cli::request::RequestArgs),
@@ -137,7 +140,8 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::dispatch(args.config.as_deref(), b),
         Command::Attest(a) => cli::attest::dispatch(args.config.as_deref(), a),
         Command::Audit(a) => cli::audit::run(a),
-        Command::Serve => cli::with_config(args.config.as_deref(), cli::serve::serve),
+        Command::Serve(a) => cli::with_config(args.config.as_deref(), |c| cli::serve::serve(c, a)),
+        Command::Migrate => cli::with_config(args.config.as_deref(), cli::migrate),
         Command::Pending(a) => cli::approve::pending(a),
         Command::Mcp(a) => cli::mcp::run(a),
         Command::Approve(a) => cli::approve::approve(a),

@@ -83,7 +83,10 @@ impl App {
 
     fn check_rate(&self, peer: &Peer) -> Result<(), ApiError> {
         // Keyed on the client's key, not its certificate's encoding (see `Peer::key_id`).
-        if self.limiter.allow(&peer.key_id, Instant::now()) {
+        if self
+            .limiter
+            .allow_share(&peer.key_id, Instant::now(), self.broker.replicas())
+        {
             Ok(())
         } else {
             self.broker.metrics().record_request("any", "rate_limited");

@@ -14,7 +14,13 @@ use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
 
 #[cfg(feature = "broker")]
+pub mod postgres;
+#[cfg(feature = "broker")]
 pub mod sqlite;
+
+/// How recently a replica must have announced itself to count as live
+/// ([`Store::live_replicas`]).
+pub const REPLICA_LIVENESS: Duration = Duration::from_secs(5);
 
 /// Store failures. The message names the operation; the source keeps the detail for logs.
 #[derive(Debug, thiserror::Error)]
@@ -486,4 +492,10 @@ pub trait Store: Send + Sync {
     fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError>;
     /// Allocates the next CRL number (strictly increasing, never reused).
     fn next_crl_number(&self) -> Result<u64, StoreError>;
+    /// Records that `replica` is running at `now` and returns how many replicas sharing this
+    /// store are live (announced within [`REPLICA_LIVENESS`]), this one included. A store that
+    /// only one broker can use answers 1.
+    fn live_replicas(&self, _replica: &str, _now: SystemTime) -> Result<u32, StoreError> {
+        Ok(1)
+    }
 }

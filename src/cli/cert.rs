@@ -11,7 +11,7 @@ use seb::cert::Certificate;
 use seb::config::Config;
 use seb::grants::{GrantSet, IssuableRoles, Role, RoleKind};
 use seb::serial::Serial;
-use seb::store::{IssuedCertificate, RevokeOutcome, Store};
+use seb::store::{IssuedCertificate, RevokeOutcome};
 use secrecy::ExposeSecret;
 
 use super::{open_backend, open_store, read_file, write_file, CliResult};

@@ -52,6 +52,9 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
         .into());
     }
 
+    // The store's schema (the shared PostgreSQL database, or seb.db), before any key exists:
+    // a database that cannot be reached stops init with nothing generated.
+    drop(super::open_store(config)?);
     for (label, algorithm) in &all {
         backend.generate(label, *algorithm)?;
     }

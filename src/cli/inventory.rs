@@ -10,7 +10,7 @@ use seb::cert::{Certificate, SEB_GRANTS_OID, SEB_ROLE_OID};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role};
 use seb::serial::Serial;
-use seb::store::{IssuedCertificate, Store};
+use seb::store::IssuedCertificate;
 
 use super::{open_store, read_file, CliError, CliResult};
 

@@ -8,7 +8,6 @@
 use std::time::SystemTime;
 
 use seb::config::Config;
-use seb::store::Store;
 
 use super::{open_store, CliResult};
 

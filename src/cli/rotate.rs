@@ -16,7 +16,7 @@ use seb::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ROLE_OID};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role};
 use seb::serial::Serial;
-use seb::store::{IssuedCertificate, Store};
+use seb::store::IssuedCertificate;
 
 use super::inventory::time_text;
 use super::{open_backend, open_store, write_file, CliError, CliResult};

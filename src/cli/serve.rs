@@ -9,10 +9,24 @@ use seb::server::{self, App};
 
 use super::{open_backend, open_store, CliError, CliResult};
 
+/// `seb serve` options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Listen on ADDR instead of `[server] listen` (a second replica of the same configuration
+    /// on another port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// Runs the broker until SIGTERM or SIGINT.
-pub fn serve(config: &Config) -> CliResult {
+pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
+    let mut config = config.clone();
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let config = &config;
     let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
-    let store: Arc<dyn seb::store::Store> = Arc::new(open_store(config)?);
+    let store = open_store(config)?;
     let mut broker = Broker::new(config.clone(), backend.clone(), store.clone())?;
     if let Some(state) = AttestationState::from_config(config)? {
         state.clone().start_self_check(store);
@@ -42,6 +56,10 @@ pub fn serve(config: &Config) -> CliResult {
         tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));
         tokio::spawn(expire_pending(broker.clone()));
         tokio::spawn(watch_policy(broker.clone()));
+        tokio::spawn(heartbeat(
+            broker.clone(),
+            format!("{}@{local}/{}", config.broker_id, std::process::id()),
+        ));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -147,5 +165,22 @@ pub(crate) async fn wait_for_signal() {
             }
         }
         _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Announces this replica in the store every [`seb::broker::HEARTBEAT_INTERVAL`] and learns
+/// how many are live, so that each divides the per-client rate limit among them (an agent
+/// spreading its requests over replicas gets no more than from one broker).
+async fn heartbeat(broker: Arc<Broker>, replica: String) {
+    let mut tick = tokio::time::interval(seb::broker::HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (b, id) = (broker.clone(), replica.clone());
+        match tokio::task::spawn_blocking(move || b.heartbeat(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "replica heartbeat failed"),
+            Err(e) => tracing::warn!(error = %e, "replica heartbeat task failed"),
+        }
     }
 }

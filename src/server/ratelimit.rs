@@ -28,20 +28,25 @@ impl RateLimiter {
 
     /// Takes one token for `client`; false when the client is over its limit.
     pub fn allow(&self, client: &str, now: Instant) -> bool {
+        self.allow_share(client, now, 1)
+    }
+
+    /// Like [`RateLimiter::allow`] with the rate and burst divided among `replicas` brokers
+    /// (each at least one request), so a client spreading over them gets no more in all.
+    pub fn allow_share(&self, client: &str, now: Instant, replicas: u32) -> bool {
+        let share = f64::from(replicas.max(1));
+        let (rate, burst) = ((self.rate / share).max(1.0), (self.burst / share).max(1.0));
         let Ok(mut buckets) = self.buckets.lock() else {
             return false;
         };
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
-            let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = buckets
-            .entry(client.to_owned())
-            .or_insert((self.burst, now));
-        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
-            .min(self.burst);
+        let (tokens, at) = buckets.entry(client.to_owned()).or_insert((burst, now));
+        let refilled =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if refilled >= 1.0 {
             *tokens = refilled - 1.0;

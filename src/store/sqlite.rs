@@ -45,7 +45,7 @@ mod audit;
 mod certificates;
 mod executions;
 mod policy;
-mod rows;
+pub(super) mod rows;
 mod schema;
 mod writer;
 

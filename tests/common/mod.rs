@@ -208,6 +208,47 @@ impl Hsm {
             .expect("tpm2-tools are installed")
     }
 
+    /// Provisions with `--postgres` (a throwaway PostgreSQL cluster of its own under the
+    /// directory, `[store] backend = "postgres"` in seb.toml) and runs `seb init`, which
+    /// creates the schema.
+    pub fn initialised_postgres() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args(["--port", &port.to_string(), "--postgres"])
+            .output()
+            .expect("run provision.sh");
+        let hsm = Self { dir, port };
+        assert!(
+            out.status.success(),
+            "provision.sh --postgres failed (is postgresql installed?):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hsm.seb_ok(&["init"]);
+        hsm
+    }
+
+    /// Stops the PostgreSQL cluster of `--postgres` (fast shutdown: open connections end).
+    pub fn pg_stop(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("pg-stop.sh"))
+            .output()
+            .unwrap();
+        assert_success(&out, "pg-stop.sh");
+    }
+
+    /// Starts it again on the same port and waits until it accepts connections.
+    pub fn pg_start(&self) {
+        let out = Command::new("bash")
+            .arg(self.path("pg-start.sh"))
+            .output()
+            .unwrap();
+        assert_success(&out, "pg-start.sh");
+    }
+
     /// Provisions and runs `seb init`.
     pub fn initialised() -> Self {
         let hsm = Self::provision();
@@ -405,7 +446,17 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker and waits until it listens.
     pub fn start(hsm: &Hsm) -> Self {
-        let log = hsm.path("broker.log");
+        Self::start_with(hsm, &[], "broker.log")
+    }
+
+    /// Starts another replica of `hsm`'s broker on `port` (`serve --listen`), logging to
+    /// `log_name` in the directory.
+    pub fn start_replica(hsm: &Hsm, port: u16, log_name: &str) -> Self {
+        Self::start_with(hsm, &["--listen", &format!("127.0.0.1:{port}")], log_name)
+    }
+
+    fn start_with(hsm: &Hsm, serve_args: &[&str], log_name: &str) -> Self {
+        let log = hsm.path(log_name);
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -414,6 +465,7 @@ impl Broker {
         let (child, url) = spawn_serving(
             Command::new(env!("CARGO_BIN_EXE_seb"))
                 .args(["--config", hsm.config().to_str().unwrap(), "serve"])
+                .args(serve_args)
                 .current_dir(hsm.dir.path())
                 .env("RUST_LOG", "info"),
             stderr,

@@ -15,13 +15,13 @@ use crate::store::{
 };
 
 /// The columns of an execution row, in the order [`execution_row`] reads them.
-pub(super) const EXECUTION_COLUMNS: &str =
+pub(in crate::store) const EXECUTION_COLUMNS: &str =
     "request_id, agent, agent_subject, operation, resource, params,
     request_digest, status, deny_code, approvals_required, jti, token, expires_at, created_at,
     agent_serials";
 
 /// An `executions` row as read (see [`EXECUTION_COLUMNS`]).
-pub(super) type ExecutionRow = (
+pub(in crate::store) type ExecutionRow = (
     String,
     String,
     String,
@@ -43,7 +43,7 @@ pub(super) fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution
     ExecutionRow::try_from(r)
 }
 
-pub(super) fn execution_from_row(r: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
+pub(in crate::store) fn execution_from_row(r: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
     Ok(ExecutionRecord {
         request_id: r.0,
         agent: r.1,
@@ -93,7 +93,7 @@ pub(super) fn insert_execution(c: &Connection, r: &ExecutionRecord) -> rusqlite:
 }
 
 /// Serials as stored in `executions.agent_serials`: canonical hex, space-separated.
-pub(super) fn serials_text(serials: &[Serial]) -> String {
+pub(in crate::store) fn serials_text(serials: &[Serial]) -> String {
     serials
         .iter()
         .map(|s| s.to_string())
@@ -103,7 +103,7 @@ pub(super) fn serials_text(serials: &[Serial]) -> String {
 
 /// The serials of `executions.agent_serials`; `None` for a row written before they were
 /// kept (NULL or empty).
-pub(super) fn parse_serials(text: Option<&str>) -> Result<Option<Vec<Serial>>, String> {
+pub(in crate::store) fn parse_serials(text: Option<&str>) -> Result<Option<Vec<Serial>>, String> {
     let Some(text) = text.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -134,7 +134,7 @@ pub(super) fn issued_certificate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Issu
 }
 
 /// A `revoked` row (serial, reason, time) as read.
-pub(super) fn revocation_from_row(
+pub(in crate::store) fn revocation_from_row(
     (serial, reason, at): (Vec<u8>, String, i64),
 ) -> Result<Revocation, StoreError> {
     Ok(Revocation {
@@ -147,17 +147,17 @@ pub(super) fn revocation_from_row(
 }
 
 /// Unix seconds as SQLite's signed integer.
-pub(super) fn unix(t: SystemTime) -> i64 {
+pub(in crate::store) fn unix(t: SystemTime) -> i64 {
     i64::try_from(crate::time::unix(t)).unwrap_or(i64::MAX)
 }
 
-pub(super) fn from_unix(secs: i64) -> Result<SystemTime, StoreError> {
+pub(in crate::store) fn from_unix(secs: i64) -> Result<SystemTime, StoreError> {
     let secs = u64::try_from(secs).map_err(|_| StoreError::Corrupt("negative time".into()))?;
     Ok(crate::time::from_unix(secs))
 }
 
 /// An `approval_requests` row as read.
-pub(super) type PendingRow = (String, String, i64, Option<String>, String, i64, i64);
+pub(in crate::store) type PendingRow = (String, String, i64, Option<String>, String, i64, i64);
 
 pub(super) fn insert_pending(c: &Connection, p: &PendingApproval) -> rusqlite::Result<()> {
     c.prepare_cached(
@@ -190,7 +190,7 @@ pub(super) fn pending_row(
     .optional()
 }
 
-pub(super) fn pending_from_row(r: PendingRow) -> Result<PendingApproval, StoreError> {
+pub(in crate::store) fn pending_from_row(r: PendingRow) -> Result<PendingApproval, StoreError> {
     Ok(PendingApproval {
         request_id: r.0,
         group: r.1,
@@ -249,7 +249,7 @@ fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, St
 }
 
 /// A text column read by `parse`; a value it does not know is `Corrupt`, naming `what`.
-pub(super) fn parsed<T>(
+pub(in crate::store) fn parsed<T>(
     what: &str,
     text: &str,
     parse: impl FnOnce(&str) -> Option<T>,

@@ -1,0 +1,672 @@
+//! Execution records, redemption, approvals, outcomes and the kill switches on PostgreSQL:
+//! the same rules as the SQLite store (`sqlite/executions.rs`, `approvals.rs`, `policy.rs`),
+//! with the rows mapped by the shared `sqlite/rows.rs` helpers. The atomic steps run on the
+//! writer inside one batch transaction holding the audit log's lock, so across replicas they
+//! happen one at a time: two approvals completing a quorum through two replicas cannot both
+//! issue, and a token redeemed through two replicas at once is redeemed once.
+
+use std::time::SystemTime;
+
+use tokio_postgres::{Row, Transaction};
+
+use super::conn::{Db, DbError};
+use super::{encode, unix, PgStore};
+use crate::approval::Decision;
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::serial::Serial;
+use crate::store::sqlite::rows::{
+    execution_from_row, from_unix, parse_serials, parsed, pending_from_row, serials_text,
+    ExecutionRow, PendingRow,
+};
+use crate::store::{
+    ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, PendingApproval,
+    PolicyState, RedeemOutcome, ReservedToken, StoreError, WriteDone,
+};
+
+type Txn<'a, 'b, 'c> = &'a mut Db<'b, Transaction<'c>>;
+
+pub(super) fn insert_execution(db: Txn<'_, '_, '_>, r: &ExecutionRecord) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
+            params, request_digest, status, deny_code, approvals_required, jti, token,
+            expires_at, created_at, agent_serials)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &r.request_id,
+            &r.agent,
+            &r.agent_subject,
+            &r.operation,
+            &r.resource,
+            &r.params,
+            &r.request_digest,
+            &r.status.as_str(),
+            &r.deny_code,
+            &i64::from(r.approvals_required),
+            &r.jti,
+            &r.token,
+            &r.expires_at.map(unix),
+            &unix(r.created_at),
+            &serials_text(&r.agent_serials),
+        ],
+    )
+    .map(|_| ())
+}
+
+pub(super) fn complete_issuance_then(
+    store: &PgStore,
+    request_id: &str,
+    token: Option<String>,
+    done: WriteDone,
+) {
+    let request_id = request_id.to_owned();
+    match token {
+        Some(token) => store.enqueue(
+            "complete issuance",
+            move |b| {
+                b.db.execute(
+                    "UPDATE executions SET token = $2, status = 'granted'
+                     WHERE request_id = $1 AND status = 'issuing'",
+                    &[&request_id, &token],
+                )
+                .map(|_| ())
+            },
+            done,
+        ),
+        None => {
+            // The grant's entry is in the log; this one says no token left after all.
+            let mut entry = Entry::new(
+                EntryKind::IssuanceFailed,
+                crate::time::unix_millis(SystemTime::now()),
+            );
+            entry.request_id = Some(request_id.clone());
+            let text = match encode(&entry) {
+                Ok(text) => text,
+                Err(e) => return done(Err(e)),
+            };
+            store.enqueue_audited(
+                "complete issuance",
+                move |b| {
+                    b.db.execute(
+                        "UPDATE executions SET status = 'failed'
+                         WHERE request_id = $1 AND status = 'issuing'",
+                        &[&request_id],
+                    )
+                    .map(|_| ())
+                },
+                move |_| text,
+                None,
+                move |result| done(result.map(|_| ())),
+            );
+        }
+    }
+}
+
+fn execution_row(r: &Row) -> Result<ExecutionRecord, DbError> {
+    let approvals: i64 = r.get(9);
+    let row: ExecutionRow = (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        u32::try_from(approvals).unwrap_or(u32::MAX),
+        r.get(10),
+        r.get(11),
+        r.get(12),
+        r.get(13),
+        r.get(14),
+    );
+    execution_from_row(row).map_err(corrupt)
+}
+
+fn corrupt(e: StoreError) -> DbError {
+    DbError::Corrupt(e.to_string())
+}
+
+pub(super) fn execution(
+    db: Txn<'_, '_, '_>,
+    request_id: &str,
+) -> Result<Option<ExecutionRecord>, DbError> {
+    db.query_opt(
+        "SELECT request_id, agent, agent_subject, operation, resource, params,
+            request_digest, status, deny_code, approvals_required, jti, token, expires_at,
+            created_at, agent_serials
+         FROM executions WHERE request_id = $1",
+        &[&request_id],
+    )?
+    .map(|r| execution_row(&r))
+    .transpose()
+}
+
+pub(super) fn redeem(
+    store: &PgStore,
+    jti: &str,
+    executor: &str,
+    at: SystemTime,
+) -> Result<RedeemOutcome, StoreError> {
+    /// What the transaction found.
+    enum Found {
+        Unknown,
+        Corrupt(String),
+        AgentRevoked(Serial),
+        AgentUnrecorded,
+        Redeemed,
+        Before(i64),
+    }
+    let (jti, executor) = (jti.to_owned(), executor.to_owned());
+    let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
+    let time_ms = crate::time::unix_millis(at);
+    // Every attempt that reaches the store is logged, as on SQLite.
+    let (found, _) = store.write_audited(
+        "redeem token",
+        move |b| {
+            let Some(row) = b.db.query_opt(
+                "SELECT agent_serials FROM executions WHERE jti = $1",
+                &[&jti],
+            )?
+            else {
+                return Ok(Found::Unknown);
+            };
+            let serials: Option<String> = row.get(0);
+            let serials = match parse_serials(serials.as_deref()) {
+                Ok(Some(serials)) => serials,
+                Ok(None) => return Ok(Found::AgentUnrecorded),
+                Err(e) => return Ok(Found::Corrupt(e)),
+            };
+            for serial in serials {
+                if b.db.exists(
+                    "SELECT 1 FROM revoked WHERE serial = $1",
+                    &[&serial.as_bytes()],
+                )? {
+                    return Ok(Found::AgentRevoked(serial));
+                }
+            }
+            let inserted = b.db.execute(
+                "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (jti) DO NOTHING",
+                &[&jti, &executor, &unix(at)],
+            )?;
+            if inserted == 1 {
+                return Ok(Found::Redeemed);
+            }
+            let first: i64 =
+                b.db.query_one(
+                    "SELECT redeemed_at FROM redemptions WHERE jti = $1",
+                    &[&jti],
+                )?
+                .get(0);
+            Ok(Found::Before(first))
+        },
+        move |found| {
+            let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
+            e.jti = Some(entry_jti);
+            e.cert = Some(CertRef {
+                thumbprint: entry_executor,
+                serial: String::new(),
+                subject: String::new(),
+            });
+            e.code = match found {
+                Found::Redeemed => None,
+                Found::Unknown => Some("unknown_token".into()),
+                Found::Before(_) => Some("token_already_redeemed".into()),
+                Found::AgentRevoked(_) => Some("certificate_revoked".into()),
+                Found::AgentUnrecorded => Some("agent_unrecorded".into()),
+                Found::Corrupt(_) => Some("store_corrupt".into()),
+            };
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    Ok(match found {
+        Found::Unknown => RedeemOutcome::Unknown,
+        Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
+        Found::AgentRevoked(serial) => RedeemOutcome::AgentRevoked { serial },
+        Found::AgentUnrecorded => RedeemOutcome::AgentUnrecorded,
+        Found::Redeemed => RedeemOutcome::Redeemed,
+        Found::Before(first) => RedeemOutcome::AlreadyRedeemed {
+            at: from_unix(first)?,
+        },
+    })
+}
+
+pub(super) fn record_outcome(
+    store: &PgStore,
+    jti: &str,
+    request_id: &str,
+    executor: &str,
+    receipt_json: &str,
+    at: SystemTime,
+) -> Result<bool, StoreError> {
+    let time_ms = crate::time::unix_millis(at);
+    let (jti, request_id, executor, receipt) = (
+        jti.to_owned(),
+        request_id.to_owned(),
+        executor.to_owned(),
+        receipt_json.to_owned(),
+    );
+    let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
+    e.request_id = Some(request_id.clone());
+    e.jti = Some(jti.clone());
+    e.cert = Some(CertRef {
+        thumbprint: executor.clone(),
+        serial: String::new(),
+        subject: String::new(),
+    });
+    // The receipt itself is the entry's detail, so an auditor can verify it from the log.
+    e.detail = Some(receipt.clone());
+    let (inserted, _) = store.write_audited(
+        "record an execution outcome",
+        move |b| {
+            let n = b.db.execute(
+                "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
+                &[&jti, &request_id, &executor, &receipt, &unix(at)],
+            )?;
+            Ok(n == 1)
+        },
+        move |inserted| {
+            if !*inserted {
+                e.code = Some("outcome_already_recorded".into());
+            }
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    Ok(inserted)
+}
+
+pub(super) fn insert_pending(db: Txn<'_, '_, '_>, p: &PendingApproval) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO approval_requests (request_id, approval_group, token_ttl, justification,
+            agent_key, agent_not_after, expires_at, closed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+        &[
+            &p.request_id,
+            &p.group,
+            &i64::try_from(p.token_ttl.as_secs()).unwrap_or(i64::MAX),
+            &p.justification,
+            &p.agent_key,
+            &unix(p.agent_not_after),
+            &unix(p.expires_at),
+        ],
+    )
+    .map(|_| ())
+}
+
+pub(super) fn pending(
+    db: Txn<'_, '_, '_>,
+    request_id: &str,
+) -> Result<Option<PendingApproval>, DbError> {
+    db.query_opt(
+        "SELECT request_id, approval_group, token_ttl, justification, agent_key,
+            agent_not_after, expires_at
+         FROM approval_requests WHERE request_id = $1",
+        &[&request_id],
+    )?
+    .map(|r| {
+        let row: PendingRow = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        );
+        pending_from_row(row).map_err(corrupt)
+    })
+    .transpose()
+}
+
+pub(super) fn approvals_of(
+    db: Txn<'_, '_, '_>,
+    request_id: &str,
+) -> Result<Vec<ApprovalRecord>, DbError> {
+    let rows = db.query(
+        "SELECT request_id, approver, approver_subject, approver_key, decision, signature,
+            reason, at
+         FROM approvals WHERE request_id = $1 ORDER BY id",
+        &[&request_id],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let decision: String = r.get(4);
+            Ok(ApprovalRecord {
+                request_id: r.get(0),
+                approver: r.get(1),
+                approver_subject: r.get(2),
+                approver_key: r.get(3),
+                decision: parsed("approval decision", &decision, Decision::parse)
+                    .map_err(corrupt)?,
+                signature: r.get(5),
+                reason: r.get(6),
+                at: from_unix(r.get(7)).map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn open_requests(
+    db: Txn<'_, '_, '_>,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<(ExecutionRecord, PendingApproval)>, DbError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let ids: Vec<String> = db
+        .query(
+            "SELECT request_id FROM approval_requests
+             WHERE closed IS NULL AND expires_at > $1
+             ORDER BY request_id LIMIT $2",
+            &[&unix(now), &limit],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let (Some(e), Some(p)) = (execution(db, &id)?, pending(db, &id)?) {
+            out.push((e, p));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn add_approval(
+    store: &PgStore,
+    approval: ApprovalRecord,
+    required: u32,
+    now: SystemTime,
+    reserve: ReservedToken,
+) -> Result<ApprovalOutcome, StoreError> {
+    // Every decision an approver posts is an audit entry in the same commit, refused ones
+    // with the refusal as `code`.
+    let mut base = Entry::new(
+        match approval.decision {
+            Decision::Approve => EntryKind::ApprovalGiven,
+            Decision::Reject => EntryKind::ApprovalRejected,
+        },
+        crate::time::unix_millis(approval.at),
+    );
+    base.request_id = Some(approval.request_id.clone());
+    base.cert = Some(CertRef {
+        thumbprint: approval.approver.clone(),
+        serial: String::new(),
+        subject: approval.approver_subject.clone(),
+    });
+    base.decision = Some(approval.decision.as_str().to_owned());
+    base.detail = approval.reason.clone();
+    let (outcome, _) = store.write_audited(
+        "record approval",
+        move |b| add(b.db, &approval, required, now, &reserve),
+        move |outcome: &Result<ApprovalOutcome, StoreError>| {
+            let mut e = base;
+            e.code = match outcome {
+                Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
+                Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
+                Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
+                Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
+                Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
+                Err(_) => Some("store_unavailable".into()),
+            };
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    outcome
+}
+
+/// The atomic step of `add_approval`: the checks and the write they guard, in one
+/// transaction under the log's lock.
+fn add(
+    db: Txn<'_, '_, '_>,
+    approval: &ApprovalRecord,
+    required: u32,
+    now: SystemTime,
+    reserve: &ReservedToken,
+) -> Result<Result<ApprovalOutcome, StoreError>, DbError> {
+    let id = &approval.request_id;
+    let Some(state) = db.query_opt(
+        "SELECT e.status, p.expires_at, p.closed
+         FROM approval_requests p JOIN executions e ON e.request_id = p.request_id
+         WHERE p.request_id = $1 FOR UPDATE",
+        &[id],
+    )?
+    else {
+        return Ok(Ok(ApprovalOutcome::Unknown));
+    };
+    let (status, expires_at, closed): (String, i64, Option<String>) =
+        (state.get(0), state.get(1), state.get(2));
+    let status = match parsed("execution status", &status, ExecutionStatus::parse) {
+        Ok(status) => status,
+        Err(e) => return Ok(Err(e)),
+    };
+    if status != ExecutionStatus::PendingApproval || closed.is_some() {
+        return Ok(Ok(ApprovalOutcome::Closed(status)));
+    }
+    if expires_at <= unix(now) {
+        close(db, id, "expired")?;
+        expired_event(db, id, now)?;
+        return Ok(Ok(ApprovalOutcome::Expired));
+    }
+    if db.exists(
+        "SELECT 1 FROM approvals WHERE request_id = $1
+         AND (approver = $2 OR approver_subject = $3 OR approver_key = $4)",
+        &[
+            id,
+            &approval.approver,
+            &approval.approver_subject,
+            &approval.approver_key,
+        ],
+    )? {
+        return Ok(Ok(ApprovalOutcome::Duplicate));
+    }
+    db.execute(
+        "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
+            signature, reason, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            id,
+            &approval.approver,
+            &approval.approver_subject,
+            &approval.approver_key,
+            &approval.decision.as_str(),
+            &approval.signature,
+            &approval.reason,
+            &unix(approval.at),
+        ],
+    )?;
+    let detail = serde_json::json!({
+        "request_id": id,
+        "approver": approval.approver_subject,
+        "x5t#S256": approval.approver,
+        "decision": approval.decision.as_str(),
+        "reason": approval.reason,
+    });
+    let kind = match approval.decision {
+        Decision::Approve => "approval",
+        Decision::Reject => "approval_rejected",
+    };
+    event(db, kind, &detail.to_string(), approval.at)?;
+    if approval.decision == Decision::Reject {
+        close(db, id, "rejected")?;
+        return Ok(Ok(ApprovalOutcome::Rejected));
+    }
+    let approvals: Vec<ApprovalRecord> = approvals_of(db, id)?
+        .into_iter()
+        .filter(|a| a.decision == Decision::Approve)
+        .collect();
+    let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
+    if quorum {
+        db.execute(
+            "UPDATE approval_requests SET closed = 'approved' WHERE request_id = $1",
+            &[id],
+        )?;
+        db.execute(
+            "UPDATE executions SET status = 'issuing', jti = $2, expires_at = $3
+             WHERE request_id = $1 AND status = 'pending_approval'",
+            &[id, &reserve.jti, &unix(reserve.expires_at)],
+        )?;
+    }
+    Ok(Ok(ApprovalOutcome::Approved { approvals, quorum }))
+}
+
+/// Closes a request with `how` (`expired` or `rejected`, also the execution's new status).
+fn close(db: Txn<'_, '_, '_>, request_id: &str, how: &str) -> Result<(), DbError> {
+    db.execute(
+        "UPDATE approval_requests SET closed = $2 WHERE request_id = $1",
+        &[&request_id, &how],
+    )?;
+    db.execute(
+        "UPDATE executions SET status = $2 WHERE request_id = $1 AND status = 'pending_approval'",
+        &[&request_id, &how],
+    )?;
+    Ok(())
+}
+
+/// The atomic step of `expire_approval_requests`.
+pub(super) fn expire(db: Txn<'_, '_, '_>, now: SystemTime) -> Result<Vec<String>, DbError> {
+    let ids: Vec<String> = db
+        .query(
+            "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= $1
+             FOR UPDATE",
+            &[&unix(now)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &ids {
+        close(db, id, "expired")?;
+        expired_event(db, id, now)?;
+    }
+    Ok(ids)
+}
+
+fn event(db: Txn<'_, '_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO events (kind, detail, at) VALUES ($1, $2, $3)",
+        &[&kind, &detail, &unix(at)],
+    )
+    .map(|_| ())
+}
+
+fn expired_event(db: Txn<'_, '_, '_>, request_id: &str, now: SystemTime) -> Result<(), DbError> {
+    let detail = serde_json::json!({ "request_id": request_id });
+    event(db, "approval_expired", &detail.to_string(), now)
+}
+
+pub(super) fn events(store: &PgStore, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
+    let legacy: Vec<(i64, String)> = store.read("list events", |db| {
+        Ok(db
+            .query(
+                "SELECT at, detail FROM events WHERE kind = $1 ORDER BY id",
+                &[&kind],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    })?;
+    let mut out = legacy
+        .into_iter()
+        .map(|(at, detail)| Ok((from_unix(at)?, detail)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let Some(kind) = EntryKind::parse(kind).map(|k| k.as_str()) else {
+        return Ok(out);
+    };
+    let rows: Vec<String> = store.read("list events", |db| {
+        Ok(db
+            .query(
+                "SELECT entry FROM audit_entries WHERE (entry::jsonb)->>'kind' = $1 ORDER BY idx",
+                &[&kind],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    })?;
+    for text in rows {
+        let e = Entry::parse(text.as_bytes())
+            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+        out.push((
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms),
+            e.detail.unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+pub(super) fn policy_state(store: &PgStore) -> Result<PolicyState, StoreError> {
+    let (epoch, frozen) = store.read("read the policy", |db| {
+        let mut get = |name: &str| -> Result<Option<i64>, DbError> {
+            Ok(db
+                .query_opt("SELECT value FROM counters WHERE name = $1", &[&name])?
+                .map(|r| r.get(0)))
+        };
+        Ok((get("policy_epoch")?, get("policy_frozen")?))
+    })?;
+    let epoch = epoch
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| StoreError::Corrupt("negative policy epoch".into()))?;
+    Ok(PolicyState {
+        epoch,
+        frozen: frozen.map(|f| f != 0),
+    })
+}
+
+pub(super) fn bump_epoch(store: &PgStore, floor: u64, at: SystemTime) -> Result<u64, StoreError> {
+    let floor = i64::try_from(floor)
+        .map_err(|_| StoreError::Corrupt("policy epoch out of range".into()))?;
+    let time_ms = crate::time::unix_millis(at);
+    let (value, _) = store.write_audited(
+        "bump the policy epoch",
+        move |b| {
+            Ok(b.db
+                .query_one(
+                    "INSERT INTO counters (name, value) VALUES ('policy_epoch', $1 + 1)
+                     ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, $1) + 1
+                     RETURNING value",
+                    &[&floor],
+                )?
+                .get::<_, i64>(0))
+        },
+        move |value| {
+            let mut e = Entry::new(EntryKind::EpochChanged, time_ms);
+            e.epoch = u64::try_from(*value).ok();
+            e.detail = Some(format!("policy epoch raised to {value}"));
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    u64::try_from(value).map_err(|_| StoreError::Corrupt("negative policy epoch".into()))
+}
+
+pub(super) fn set_frozen(
+    store: &PgStore,
+    frozen: bool,
+    reason: &str,
+    at: SystemTime,
+) -> Result<(), StoreError> {
+    let reason = reason.to_owned();
+    let time_ms = crate::time::unix_millis(at);
+    store.write_audited(
+        "set the issuance freeze",
+        move |b| {
+            b.db.execute(
+                "INSERT INTO counters (name, value) VALUES ('policy_frozen', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&i64::from(frozen)],
+            )
+            .map(|_| ())
+        },
+        move |_| {
+            let kind = if frozen {
+                EntryKind::Frozen
+            } else {
+                EntryKind::Unfrozen
+            };
+            let mut e = Entry::new(kind, time_ms);
+            e.detail = (!reason.is_empty()).then_some(reason);
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The PostgreSQL schema, versioned in `seb_schema`. `seb init` and `seb migrate` create or
+//! bring it up to date (as does opening the store), inside one transaction holding an advisory
+//! lock, so replicas starting together cannot both migrate.
+//!
+//! The tables are those of the SQLite store (see `sqlite/schema.rs`), with PostgreSQL types:
+//! times are Unix seconds (`BIGINT`), serials their canonical magnitude (`BYTEA`), and a `seq`
+//! column where SQLite's rowid gave an order. `replicas` holds each running broker's
+//! heartbeat (rate limits are divided among the live ones).
+
+use super::conn::{Conn, DbError};
+
+/// The schema version this code writes.
+pub(super) const VERSION: i32 = 1;
+
+/// Advisory lock key held while migrating ("seb" and 1).
+const MIGRATE_LOCK: i64 = 0x5345_4201;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE issued (
+    serial BYTEA PRIMARY KEY,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL,
+    issuer_label TEXT NOT NULL,
+    not_after BIGINT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    pem TEXT NOT NULL,
+    seq BIGSERIAL NOT NULL
+);
+CREATE TABLE revoked (
+    serial BYTEA PRIMARY KEY,
+    reason TEXT NOT NULL,
+    revoked_at BIGINT NOT NULL,
+    seq BIGSERIAL NOT NULL
+);
+CREATE TABLE revocation_issuers (
+    serial BYTEA PRIMARY KEY,
+    issuer_label TEXT NOT NULL
+);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE TABLE executions (
+    request_id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    agent_subject TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    params TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deny_code TEXT,
+    approvals_required BIGINT NOT NULL,
+    jti TEXT UNIQUE,
+    token TEXT,
+    expires_at BIGINT,
+    created_at BIGINT NOT NULL,
+    agent_serials TEXT
+);
+CREATE TABLE redemptions (
+    jti TEXT PRIMARY KEY,
+    executor TEXT NOT NULL,
+    redeemed_at BIGINT NOT NULL
+);
+CREATE TABLE events (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE TABLE approval_requests (
+    request_id TEXT PRIMARY KEY,
+    approval_group TEXT NOT NULL,
+    token_ttl BIGINT NOT NULL,
+    justification TEXT,
+    agent_key TEXT NOT NULL,
+    agent_not_after BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    closed TEXT
+);
+CREATE INDEX approval_requests_open ON approval_requests (expires_at) WHERE closed IS NULL;
+CREATE TABLE approvals (
+    id BIGSERIAL PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    approver_subject TEXT NOT NULL,
+    approver_key TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    reason TEXT,
+    at BIGINT NOT NULL
+);
+CREATE INDEX approvals_request ON approvals (request_id);
+CREATE TABLE audit_entries (
+    idx BIGINT PRIMARY KEY,
+    entry TEXT NOT NULL
+);
+CREATE TABLE audit_nodes (
+    level INTEGER NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE outcomes (
+    jti TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE TABLE health (
+    id INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    seen_at_ms BIGINT NOT NULL
+);
+";
+
+/// Creates the schema, or migrates it to [`VERSION`]; returns the version found before
+/// (0: none). A database written by a newer seb is refused.
+pub(super) fn migrate(conn: &mut Conn) -> Result<i32, DbError> {
+    conn.in_transaction(|db| {
+        db.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
+        db.batch("CREATE TABLE IF NOT EXISTS seb_schema (version INTEGER NOT NULL)")?;
+        let found: i32 = db
+            .query_opt("SELECT version FROM seb_schema", &[])?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if found > VERSION {
+            return Err(DbError::Corrupt(format!(
+                "the database schema is version {found}, newer than this seb knows ({VERSION}): \
+                 upgrade seb"
+            )));
+        }
+        if found == 0 {
+            db.batch(SCHEMA_V1)?;
+            db.execute("INSERT INTO seb_schema (version) VALUES ($1)", &[&VERSION])?;
+        }
+        // Later versions: `if found < 2 { ... }`, each step in this same transaction.
+        Ok(found)
+    })
+}

@@ -1,0 +1,316 @@
+//! The PostgreSQL store's group-commit writer, and how replicas share one audit log.
+//!
+//! As in the SQLite store, one writer thread per broker takes every write waiting at that
+//! moment and runs them in one transaction with one commit. What is new is that several
+//! replicas append to the same log. A batch that appends takes a transaction-level advisory
+//! lock ([`AUDIT_LOCK`]) first, reads the log's size, follows the entries other replicas
+//! appended since its last batch, and only then gives its writes their indexes. The lock is
+//! held for one transaction per batch, never per token, and is released by the commit (or by
+//! PostgreSQL when a replica dies mid-batch): the log has one sequence with no gaps, and every
+//! replica's entries are leaves of one RFC 6962 tree.
+//!
+//! An issuance learns its entry's index and leaf hash when its batch has the lock, before the
+//! writes run, so the device signs the token (which names the entry) while the batch is
+//! written and committed. A write that fails fails its whole batch: nothing of it is
+//! committed and every caller in it hears so; no token leaves without its entry.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio_postgres::Transaction;
+
+use super::conn::{Conn, Connector, Db, DbError};
+use crate::audit::merkle::{self, CompactRange, Hash};
+use crate::store::LogPosition;
+
+/// Advisory lock key of the audit log's tail ("seb" and 2).
+pub(super) const AUDIT_LOCK: i64 = 0x5345_4202;
+/// Most writes one commit carries.
+const MAX_BATCH: usize = 512;
+
+/// What to do once the commit of a batch is known (`Err` carries why it did not commit).
+pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: given the batch, runs and returns its completion and, if it failed, why (which
+/// rolls the whole batch back); given `None` (the batch could not run), runs nothing.
+pub(super) type Work =
+    Box<dyn FnOnce(Option<&mut Batch<'_, '_, '_>>) -> (Completion, Option<String>) + Send>;
+/// Told an audited write's place in the log as soon as its batch holds the lock.
+pub(super) type Announce = Box<dyn FnOnce(LogPosition) + Send>;
+
+/// A queued write.
+pub(super) struct Job {
+    pub(super) work: Work,
+    /// Appends exactly one audit entry.
+    pub(super) audited: bool,
+    /// For an audited write whose entry is known when queued: its leaf hash and who wants
+    /// its place before the write runs.
+    pub(super) announce: Option<(Hash, Announce)>,
+}
+
+/// What a write sees: the transaction and the log's tail.
+pub(super) struct Batch<'a, 'b, 'c> {
+    pub(super) db: &'a mut Db<'b, Transaction<'c>>,
+    edge: &'a mut CompactRange,
+    entries: (Vec<i64>, Vec<String>),
+    nodes: (Vec<i32>, Vec<i64>, Vec<Vec<u8>>),
+}
+
+impl Batch<'_, '_, '_> {
+    /// Appends `entry` (canonical JSON) at the next index; written with the batch.
+    pub(super) fn append(&mut self, entry: String) -> LogPosition {
+        let index = self.edge.size();
+        let leaf_hash = merkle::leaf_hash(entry.as_bytes());
+        for (level, idx, hash) in self.edge.push(leaf_hash) {
+            self.nodes.0.push(i32::try_from(level).unwrap_or(i32::MAX));
+            self.nodes.1.push(sql_int(idx));
+            self.nodes.2.push(hash.to_vec());
+        }
+        self.entries.0.push(sql_int(index));
+        self.entries.1.push(entry);
+        LogPosition { index, leaf_hash }
+    }
+}
+
+pub(super) fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The queue between callers and the writer thread.
+#[derive(Default)]
+pub(super) struct Jobs {
+    queue: Mutex<(VecDeque<Job>, bool)>,
+    ready: Condvar,
+}
+
+impl Jobs {
+    /// Queues `job`, or gives it back if the writer has stopped.
+    pub(super) fn push(&self, job: Job) -> Result<(), Job> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.1 {
+            return Err(job);
+        }
+        q.0.push_back(job);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    pub(super) fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.ready.notify_all();
+    }
+
+    /// Every job waiting (at most [`MAX_BATCH`]), blocking until there is one; `None` once
+    /// closed and drained.
+    fn take(&self) -> Option<Vec<Job>> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if !q.0.is_empty() {
+                let n = q.0.len().min(MAX_BATCH);
+                return Some(q.0.drain(..n).collect());
+            }
+            if q.1 {
+                return None;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The last write failure of the audit log, for `/healthz`.
+#[derive(Default)]
+pub(super) struct Health(Mutex<Option<String>>);
+
+impl Health {
+    pub(super) fn get(&self) -> Result<(), String> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+}
+
+/// The writer thread's loop: until the queue closes, one transaction per batch.
+pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc<Health>) {
+    let mut conn: Option<Conn> = None;
+    let mut edge: Option<CompactRange> = None;
+    while let Some(batch) = jobs.take() {
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            match connector.connect() {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    let why = e.to_string();
+                    health.set(Some(format!("the audit log cannot be written: {why}")));
+                    fail_all(batch, &why);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let audited = batch.iter().any(|j| j.audited);
+        match run_batch(c, &mut edge, batch) {
+            Ok(()) => {
+                if audited {
+                    health.set(None);
+                }
+            }
+            Err(e) => {
+                if audited || e.breaks_connection() {
+                    health.set(Some(format!("the audit log cannot be written: {e}")));
+                }
+                if e.breaks_connection() || c.client.is_closed() {
+                    conn = None;
+                }
+                // The tail is read again under the lock by the next batch.
+                edge = None;
+            }
+        }
+    }
+}
+
+fn fail_all(batch: Vec<Job>, why: &str) {
+    for job in batch {
+        let (done, _) = (job.work)(None);
+        done(Err(why.to_owned()));
+    }
+}
+
+/// Runs one batch in one transaction and tells every write how it ended.
+fn run_batch(
+    conn: &mut Conn,
+    edge: &mut Option<CompactRange>,
+    jobs: Vec<Job>,
+) -> Result<(), DbError> {
+    let audited = jobs.iter().any(|j| j.audited);
+    let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+    let mut pending = Some(jobs);
+    let mut new_edge = None;
+    let result = conn.in_transaction(|db| {
+        let jobs = pending.take().unwrap_or_default();
+        let prelude = if audited {
+            db.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+                .and_then(|_| follow(db, edge.take()))
+        } else {
+            Ok(CompactRange::default())
+        };
+        let mut tail = match prelude {
+            Ok(tail) => tail,
+            Err(e) => {
+                completions.extend(jobs.into_iter().map(|job| (job.work)(None).0));
+                return Err(e);
+            }
+        };
+        // Every audited write appends exactly one entry, in queue order: their indexes are
+        // known now, before any of them runs.
+        let mut next = tail.size();
+        let mut jobs = jobs;
+        for job in &mut jobs {
+            if job.audited {
+                if let Some((leaf_hash, announce)) = job.announce.take() {
+                    announce(LogPosition {
+                        index: next,
+                        leaf_hash,
+                    });
+                }
+                next += 1;
+            }
+        }
+        let mut batch = Batch {
+            db,
+            edge: &mut tail,
+            entries: (Vec::new(), Vec::new()),
+            nodes: (Vec::new(), Vec::new(), Vec::new()),
+        };
+        let mut failure = None;
+        for job in jobs {
+            if failure.is_some() {
+                completions.push((job.work)(None).0);
+                continue;
+            }
+            let (done, failed) = (job.work)(Some(&mut batch));
+            completions.push(done);
+            failure = failed;
+        }
+        if let Some(why) = failure {
+            return Err(DbError::Corrupt(why));
+        }
+        let Batch {
+            db, entries, nodes, ..
+        } = batch;
+        if !entries.0.is_empty() {
+            db.execute(
+                "INSERT INTO audit_entries (idx, entry)
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])",
+                &[&entries.0, &entries.1],
+            )?;
+            db.execute(
+                "INSERT INTO audit_nodes (level, idx, hash)
+                 SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[], $3::BYTEA[])",
+                &[&nodes.0, &nodes.1, &nodes.2],
+            )?;
+        }
+        if audited {
+            new_edge = Some(tail);
+        }
+        Ok(())
+    });
+    let commit = match &result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    if result.is_ok() && new_edge.is_some() {
+        *edge = new_edge;
+    }
+    // Jobs never reached (the transaction did not start) are failed too.
+    if let Some(jobs) = pending {
+        fail_all(
+            jobs,
+            commit.as_ref().err().map_or("not written", String::as_str),
+        );
+    }
+    for done in completions {
+        done(commit.clone());
+    }
+    result
+}
+
+/// The log's tail as stored now: `known` if no replica appended since, else read again.
+fn follow(
+    db: &mut Db<'_, Transaction<'_>>,
+    known: Option<CompactRange>,
+) -> Result<CompactRange, DbError> {
+    let size = stored_size(db)?;
+    match known {
+        Some(edge) if edge.size() == size => Ok(edge),
+        _ => CompactRange::from_nodes(size, |level, idx| node(db, level, idx)),
+    }
+}
+
+/// Number of entries in the log.
+pub(super) fn stored_size<C: tokio_postgres::GenericClient + Sync>(
+    db: &mut Db<'_, C>,
+) -> Result<u64, DbError> {
+    let max: Option<i64> = db
+        .query_one("SELECT MAX(idx) FROM audit_entries", &[])?
+        .get(0);
+    Ok(max.map_or(0, |m| u64::try_from(m).map_or(0, |m| m + 1)))
+}
+
+/// The perfect node (`level`, `idx`); a missing one is corruption.
+pub(super) fn node<C: tokio_postgres::GenericClient + Sync>(
+    db: &mut Db<'_, C>,
+    level: u32,
+    idx: u64,
+) -> Result<Hash, DbError> {
+    let level = i32::try_from(level).unwrap_or(i32::MAX);
+    let row = db.query_opt(
+        "SELECT hash FROM audit_nodes WHERE level = $1 AND idx = $2",
+        &[&level, &sql_int(idx)],
+    )?;
+    row.and_then(|r| Hash::try_from(r.get::<_, Vec<u8>>(0)).ok())
+        .ok_or_else(|| DbError::Corrupt(format!("audit node ({level}, {idx}) is missing")))
+}
