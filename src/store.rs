@@ -305,6 +305,9 @@ pub enum Commit {
 /// Called once an asynchronous write is durable (`Ok`) or has failed.
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// Called once an audited write has its place in the log (or has failed before it had one).
+pub type Positioned = Box<dyn FnOnce(Result<LogPosition, StoreError>) + Send>;
+
 /// Where an entry sits in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogPosition {
@@ -338,6 +341,21 @@ pub trait Store: Send + Sync {
         commit: Commit,
         done: WriteDone,
     ) -> Result<LogPosition, StoreError>;
+    /// Like [`Store::record_execution_then`], but hands the entry's place to `positioned`
+    /// rather than returning it, so the caller need not hold its thread until it is known: a
+    /// store shared by replicas knows it only once its batch holds the log's lock. `positioned`
+    /// is called exactly once, with the error if the write fails before it has a place; `done`
+    /// is called as for `record_execution_then`.
+    fn record_execution_positioned(
+        &self,
+        record: ExecutionRecord,
+        entry: &Entry,
+        commit: Commit,
+        positioned: Positioned,
+        done: WriteDone,
+    ) {
+        positioned(self.record_execution_then(record, entry, commit, done));
+    }
     /// Starts a commit of every [`Commit::Deferred`] write queued so far.
     fn flush(&self) {}
     /// Completes an `issuing` execution: stores `token` and marks it `granted`, or with `None`
@@ -490,6 +508,16 @@ pub trait Store: Send + Sync {
     fn revocation(&self, serial: &Serial) -> Result<Option<Revocation>, StoreError>;
     /// Whether `serial` is revoked.
     fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError>;
+    /// Which of `serials` are revoked (one question for a whole certificate path).
+    fn revoked_among(&self, serials: &[Serial]) -> Result<Vec<Serial>, StoreError> {
+        let mut revoked = Vec::new();
+        for serial in serials {
+            if self.is_revoked(serial)? {
+                revoked.push(serial.clone());
+            }
+        }
+        Ok(revoked)
+    }
     /// Allocates the next CRL number (strictly increasing, never reused).
     fn next_crl_number(&self) -> Result<u64, StoreError>;
     /// Records that `replica` is running at `now` and returns how many replicas sharing this

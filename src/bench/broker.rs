@@ -20,6 +20,7 @@ use seb::client::ClientTls;
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
 use seb::server::{self, App};
+use seb::store::postgres::PgStore;
 use seb::store::sqlite::SqliteStore;
 
 use super::sign_rate;
@@ -46,6 +47,18 @@ pub struct BrokerBenchArgs {
     /// open-loop and handshake measurements use the first.
     #[arg(long, default_value = "on,off", value_delimiter = ',')]
     audit: Vec<AuditMode>,
+    /// Stores to measure side by side in this run, comma-separated: `sqlite` (a throwaway
+    /// database under the state directory, with each --audit mode) and `postgres` (the
+    /// database of `[store] backend = "postgres"`, in a throwaway schema of its own, audit
+    /// log on, with each --replicas count). The open-loop and handshake measurements use the
+    /// first.
+    #[arg(long, default_value = "sqlite", value_delimiter = ',')]
+    store: Vec<StoreKind>,
+    /// PostgreSQL: broker replicas sharing the store, comma-separated (one measurement each).
+    /// They run in this process, each with its own store connections and listener; the
+    /// agents are spread over them, as a TCP load balancer would.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    replicas: Vec<usize>,
     /// Run the load generator as a separate process (`seb bench load`), so that the CPU
     /// reported per token is the broker process's own (broker, store and in-process
     /// SoftHSM2) and the agents' TLS and parsing do not count. Also measures handshakes
@@ -59,9 +72,10 @@ pub struct BrokerBenchArgs {
 /// are connected and the clock starts, then one `result` line and one `latencies` line.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The broker, `https://host:port`.
-    #[arg(long)]
-    url: String,
+    /// The broker, `https://host:port`; several, comma-separated, spread the agents over them
+    /// (replicas behind a load balancer).
+    #[arg(long, value_delimiter = ',', required = true)]
+    url: Vec<String>,
     /// The root certificate (PEM) the broker's certificate must chain to.
     #[arg(long)]
     ca: std::path::PathBuf,
@@ -94,6 +108,15 @@ enum Mode {
     NewConnection,
     /// A new connection, TLS resumption off, and no request: the handshake alone.
     HandshakeOnly,
+}
+
+/// Which store a measured broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// Embedded SQLite.
+    Sqlite,
+    /// The configured PostgreSQL database.
+    Postgres,
 }
 
 /// Whether the store writes the audit log.
@@ -242,19 +265,83 @@ fn run_load(
     } else {
         args.audit.clone()
     };
-    let mut brokers = Vec::new();
-    let mut measured = None;
-    for mode in &modes {
-        let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
-        let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
-            AuditMode::On => SqliteStore::open(&dir)?,
-            AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
-        });
-        let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
-        measured.get_or_insert_with(|| broker.clone());
-        brokers.push((*mode, broker));
+    // What is measured: a label, and the brokers (one, or replicas sharing a store).
+    let mut variants: Vec<(String, Vec<Arc<Broker>>)> = Vec::new();
+    let mut namespaces = Vec::new();
+    for kind in &args.store {
+        match kind {
+            StoreKind::Sqlite => {
+                for mode in &modes {
+                    let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
+                    let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
+                        AuditMode::On => SqliteStore::open(&dir)?,
+                        AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
+                    });
+                    let label = match mode {
+                        AuditMode::On => "sqlite, audit log on",
+                        AuditMode::Off => "sqlite, audit log off",
+                    };
+                    let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+                    variants.push((label.to_owned(), vec![broker]));
+                }
+            }
+            StoreKind::Postgres => {
+                let seb::config::StoreConfig::Postgres(pg) = &config.store else {
+                    return Err("--store postgres needs [store] backend = \"postgres\" in the configuration (softhsm-setup/provision.sh DIR --postgres)".into());
+                };
+                for &replicas in &args.replicas {
+                    let namespace = format!("seb_bench_{}_{replicas}", std::process::id());
+                    namespaces.push((pg.clone(), namespace.clone()));
+                    let mut brokers = Vec::new();
+                    for _ in 0..replicas.max(1) {
+                        let store: Arc<dyn seb::store::Store> =
+                            Arc::new(PgStore::open_in_namespace(pg, &namespace)?);
+                        brokers.push(Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?));
+                    }
+                    let label = format!(
+                        "postgres, {} replica{}",
+                        replicas.max(1),
+                        if replicas > 1 { "s" } else { "" }
+                    );
+                    variants.push((label, brokers));
+                }
+            }
+        }
     }
-    let tls = server::tls::broker_server_config(backend.clone(), &cfg, true)?;
+    let measured = variants.first().and_then(|(_, b)| b.first().cloned());
+    let result = serve_and_measure(
+        config,
+        backend,
+        bench_dir,
+        args,
+        raw,
+        &cfg,
+        variants,
+        measured,
+        (cert_pem, key_pem, root_pem),
+    );
+    for (pg, namespace) in namespaces {
+        if let Err(e) = PgStore::drop_namespace(&pg, &namespace) {
+            say!("could not drop the bench schema {namespace}: {e}");
+        }
+    }
+    result
+}
+
+/// Serves every variant on loopback listeners and drives the load against them.
+#[allow(clippy::too_many_arguments)]
+fn serve_and_measure(
+    config: &Config,
+    backend: Arc<dyn KeyBackend>,
+    bench_dir: &std::path::Path,
+    args: &BrokerBenchArgs,
+    raw: &RawRate,
+    cfg: &Config,
+    variants: Vec<(String, Vec<Arc<Broker>>)>,
+    measured: Option<Arc<Broker>>,
+    (cert_pem, key_pem, root_pem): (String, String, Vec<u8>),
+) -> CliResult {
+    let tls = server::tls::broker_server_config(backend.clone(), cfg, true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
@@ -262,21 +349,26 @@ fn run_load(
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
-        let mut urls = Vec::new();
-        for (mode, broker) in brokers {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            urls.push((mode, format!("https://{}", listener.local_addr()?)));
-            servers.push(tokio::spawn(server::serve(
-                App::new(broker),
-                tls.clone(),
-                listener,
-                stop_rx.clone(),
-            )));
+        let mut urls: Vec<(String, Vec<String>)> = Vec::new();
+        for (label, brokers) in variants {
+            let mut these = Vec::new();
+            for broker in brokers {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                these.push(format!("https://{}", listener.local_addr()?));
+                servers.push(tokio::spawn(server::serve(
+                    App::new(broker),
+                    tls.clone(),
+                    listener,
+                    stop_rx.clone(),
+                )));
+            }
+            urls.push((label, these));
         }
         let url = urls
             .first()
             .map(|(_, u)| u.clone())
             .ok_or("no broker to measure")?;
+        let mut rates_by_label: Vec<(String, usize, f64)> = Vec::new();
         let driver = if args.external {
             let files = bench_dir.join("agent");
             std::fs::create_dir_all(&files)?;
@@ -306,17 +398,15 @@ fn run_load(
             // The raw rate drifts with the machine (by tens of percent within minutes on a
             // shared virtual machine), so it is measured right before and right after each
             // load and the load compared with their mean.
-            let mut rates = Vec::new();
-            for (mode, mode_url) in &urls {
+            for (label, variant_urls) in &urls {
                 let before = raw.measure(&backend).await?;
                 let stats = driver
-                    .drive(mode_url, agents.max(1), seconds, Pace::Closed, Mode::KeepAlive)
+                    .drive(variant_urls, agents.max(1), seconds, Pace::Closed, Mode::KeepAlive)
                     .await?;
                 let after = raw.measure(&backend).await?;
                 let raw_mean = (before + after) / 2.0;
                 say!(
-                    "broker {agents:>3} keep-alive agent(s), audit log {}: {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
-                    if *mode == AuditMode::On { "on " } else { "off" },
+                    "broker {agents:>3} keep-alive agent(s), {label}: {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
                     stats.rate(),
                     100.0 * stats.rate() / raw_mean,
                     raw_mean,
@@ -325,18 +415,35 @@ fn run_load(
                     stats.latency(),
                     stats.counts(),
                 );
-                rates.push((*mode, stats.rate()));
-                if mode_url == &url && peak.is_none_or(|(most, _)| agents >= most) {
+                rates_by_label.push((label.clone(), agents, stats.rate()));
+                if variant_urls == &url && peak.is_none_or(|(most, _)| agents >= most) {
                     peak = Some((agents, stats.rate()));
                 }
             }
-            let on = rates.iter().find(|(m, _)| *m == AuditMode::On).map(|r| r.1);
-            let off = rates.iter().find(|(m, _)| *m == AuditMode::Off).map(|r| r.1);
-            if let (Some(on), Some(off)) = (on, off) {
+            let rate_of = |label: &str| {
+                rates_by_label
+                    .iter()
+                    .find(|(l, a, _)| l == label && *a == agents)
+                    .map(|r| r.2)
+            };
+            if let (Some(on), Some(off)) = (
+                rate_of("sqlite, audit log on"),
+                rate_of("sqlite, audit log off"),
+            ) {
                 say!(
                     "broker {agents:>3} keep-alive agent(s): the audit log costs {:.1} % of throughput",
                     100.0 * (1.0 - on / off)
                 );
+            }
+            if let Some(sqlite) = rate_of("sqlite, audit log on") {
+                for (label, _) in urls.iter().filter(|(l, _)| l.starts_with("postgres")) {
+                    if let Some(pg) = rate_of(label) {
+                        say!(
+                            "broker {agents:>3} keep-alive agent(s): {label} at {:.0} % of sqlite's throughput (audit log on)",
+                            100.0 * pg / sqlite
+                        );
+                    }
+                }
             }
         }
         let fractions = args.open_loop.iter().filter(|f| **f > 0.0);
@@ -495,7 +602,7 @@ enum Driver {
 impl Driver {
     async fn drive(
         &self,
-        url: &str,
+        urls: &[String],
         agents: usize,
         duration: Duration,
         pace: Pace,
@@ -508,7 +615,7 @@ impl Driver {
                 } else {
                     full
                 };
-                let mut stats = load(url, tls, agents, duration, pace, mode, || ()).await?;
+                let mut stats = load(urls, tls, agents, duration, pace, mode, || ()).await?;
                 stats.cpu = match (stats.cpu_start, process_cpu()) {
                     (Some(a), Some(b)) => b.checked_sub(a),
                     _ => None,
@@ -518,7 +625,7 @@ impl Driver {
             Driver::External { exe, ca, cert, key } => {
                 let mut command = std::process::Command::new(exe);
                 command
-                    .args(["bench", "load", "--url", url, "--mode"])
+                    .args(["bench", "load", "--url", &urls.join(","), "--mode"])
                     .arg(match mode {
                         Mode::KeepAlive => "keep-alive",
                         Mode::NewConnection => "new-connection",
@@ -653,7 +760,7 @@ pub fn run_load_process(args: LoadArgs) -> CliResult {
 /// `agents` concurrent agents sending requests at `pace` for `duration`; `ready` runs when
 /// the keep-alive agents are connected, right before the clock starts.
 async fn load(
-    url: &str,
+    urls: &[String],
     tls: &ClientTls,
     agents: usize,
     duration: Duration,
@@ -673,9 +780,9 @@ async fn load(
     // Keep-alive agents connect before the clock starts: the handshakes (each with an HSM
     // signature) are not part of what a keep-alive load measures.
     let mut connected = Vec::with_capacity(agents);
-    for _ in 0..agents {
+    for i in 0..agents {
         connected.push(if keep_alive {
-            Some(RawAgent::connect(url, tls).await?)
+            Some(RawAgent::connect(&urls[i % urls.len()], tls).await?)
         } else {
             None
         });
@@ -686,7 +793,7 @@ async fn load(
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(agents);
     for (i, mut agent) in connected.into_iter().enumerate() {
-        let (url, tls, request) = (url.to_owned(), tls.clone(), request.clone());
+        let (url, tls, request) = (urls[i % urls.len()].clone(), tls.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failed = 0usize;

@@ -54,10 +54,25 @@ pub async fn sign_and_record<T>(
         store: Arc::downgrade(store),
         commit,
     });
-    // The write is queued first, so that a flush from the signing thread comes after it.
+    // The write is queued first, so that a flush from the signing thread comes after it. Its
+    // place in the log may come later (a store shared by replicas), without holding a thread.
     let half = meeting.clone();
-    let position =
-        store.record_execution_then(record, entry, commit, Box::new(move |r| half.stored(r)))?;
+    let (placed_tx, placed_rx) = oneshot::channel();
+    store.record_execution_positioned(
+        record,
+        entry,
+        commit,
+        Box::new(move |p| {
+            let _ = placed_tx.send(p);
+        }),
+        Box::new(move |r| half.stored(r)),
+    );
+    let position = placed_rx.await.unwrap_or_else(|_| {
+        Err(StoreError::Io {
+            operation: "record execution",
+            source: "the store dropped the write".into(),
+        })
+    })?;
     let (digest, extra) = digest_for(position).map_err(|e| StoreError::Io {
         operation: "build the token",
         source: e.into(),

@@ -111,12 +111,8 @@ impl Peer {
 
     /// Which certificates of the caller's path are revoked, read from the store now.
     pub(crate) fn revocations(&self, store: &dyn Store) -> Result<RevokedSet, BrokerError> {
-        let mut revoked = Vec::new();
-        for serial in self.serials() {
-            if store.is_revoked(serial).map_err(BrokerError::Store)? {
-                revoked.push(serial.clone());
-            }
-        }
+        let serials: Vec<Serial> = self.serials().cloned().collect();
+        let revoked = store.revoked_among(&serials).map_err(BrokerError::Store)?;
         Ok(RevokedSet(revoked))
     }
 }

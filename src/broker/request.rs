@@ -431,14 +431,15 @@ impl Broker {
     /// Records `record` with its audit entry durably, waiting without holding a thread.
     async fn persist(&self, record: ExecutionRecord, entry: &Entry) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.record_execution_then(
+        self.store.record_execution_positioned(
             record,
             entry,
             Commit::Now,
+            Box::new(|_| {}),
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
-        )?;
+        );
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Io {
                 operation: "record execution",

@@ -46,8 +46,9 @@ pub struct PgStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pool: Pool,
     health: Arc<Health>,
-    /// Drives the connections; dropped last.
-    _runtime: tokio::runtime::Runtime,
+    /// Drives the connections; shut down last, without blocking (a store may be dropped on
+    /// an async worker).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -66,22 +67,65 @@ impl Drop for PgStore {
                 let _ = h.join();
             }
         }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
 impl PgStore {
     /// Connects to the database `config` names, creating or migrating the schema.
     pub fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
-        Self::open_as(config, true)
+        Self::open_as(config, true, None)
     }
 
-    /// Connects without touching the schema, which must be current (`seb migrate`).
-    fn open_as(config: &PostgresConfig, migrate: bool) -> Result<Self, StoreError> {
+    /// Opens a store of its own in the PostgreSQL schema `namespace` of the configured
+    /// database (created if needed), for `seb bench broker`: the measurement never writes
+    /// into the broker's tables. [`PgStore::drop_namespace`] removes it.
+    pub fn open_in_namespace(config: &PostgresConfig, namespace: &str) -> Result<Self, StoreError> {
+        let (connector, runtime) = open_connector(config, None)?;
+        let mut conn = connector
+            .connect()
+            .map_err(|e| e.into_store("create schema"))?;
+        conn.db()
+            .batch(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                checked_namespace(namespace)?
+            ))
+            .map_err(|e| e.into_store("create schema"))?;
+        drop(conn);
+        runtime.shutdown_background();
+        Self::open_as(config, true, Some(namespace))
+    }
+
+    /// Drops the schema `namespace` and everything in it.
+    pub fn drop_namespace(config: &PostgresConfig, namespace: &str) -> Result<(), StoreError> {
+        let (connector, runtime) = open_connector(config, None)?;
+        let mut conn = connector
+            .connect()
+            .map_err(|e| e.into_store("drop schema"))?;
+        conn.db()
+            .batch(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                checked_namespace(namespace)?
+            ))
+            .map_err(|e| e.into_store("drop schema"))?;
+        drop(conn);
+        runtime.shutdown_background();
+        Ok(())
+    }
+
+    /// Connects; with `migrate` creates or migrates the schema, else requires it current.
+    fn open_as(
+        config: &PostgresConfig,
+        migrate: bool,
+        namespace: Option<&str>,
+    ) -> Result<Self, StoreError> {
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: redacted(&config.url),
             source: e,
         };
-        let connector = Arc::new(connector(config).map_err(|e| open_err(e.into()))?.0);
+        let connector = Arc::new(open_connector(config, namespace)?.0);
         let runtime = connector_runtime().map_err(|e| open_err(Box::new(e)))?;
         let connector = Arc::new(Connector {
             config: connector.config.clone(),
@@ -122,21 +166,18 @@ impl PgStore {
             writer: Mutex::new(Some(writer)),
             pool: Pool::new(connector, config.pool),
             health,
-            _runtime: runtime,
+            runtime: Some(runtime),
         })
     }
 
     /// Creates or migrates the schema of the database `config` names; returns the versions
     /// before and after.
     pub fn migrate(config: &PostgresConfig) -> Result<(i32, i32), StoreError> {
-        let (connector, runtime) = connector(config).map_err(|e| StoreError::Open {
-            path: redacted(&config.url),
-            source: e.into(),
-        })?;
+        let (connector, runtime) = open_connector(config, None)?;
         let mut conn = connector.connect().map_err(|e| e.into_store("migrate"))?;
         let before = schema::migrate(&mut conn).map_err(|e| e.into_store("migrate"))?;
         drop(conn);
-        drop(runtime);
+        runtime.shutdown_background();
         Ok((before, schema::VERSION))
     }
 
@@ -144,7 +185,7 @@ impl PgStore {
     fn write<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_, '_>) -> Result<T, DbError> + Send + 'static,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         self.enqueue(operation, f, move |r| {
@@ -157,7 +198,7 @@ impl PgStore {
     fn enqueue<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_, '_>) -> Result<T, DbError> + Send + 'static,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
         done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) {
         let work: Work = Box::new(move |batch| {
@@ -186,7 +227,7 @@ impl PgStore {
     fn enqueue_audited<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_, '_>) -> Result<T, DbError> + Send + 'static,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
         entry: impl FnOnce(&T) -> String + Send + 'static,
         announce: Option<(Hash, writer::Announce)>,
         done: impl FnOnce(Result<(T, LogPosition), StoreError>) + Send + 'static,
@@ -227,7 +268,7 @@ impl PgStore {
     fn write_audited<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_, '_>) -> Result<T, DbError> + Send + 'static,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
         entry: impl FnOnce(&T) -> String + Send + 'static,
     ) -> Result<(T, LogPosition), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -237,40 +278,54 @@ impl PgStore {
         rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
     }
 
-    /// An audited write of a known entry that returns as soon as the entry has its place
-    /// (the writer's batch holds the log's lock); `done` hears of the commit.
+    /// An audited write of a known entry: `positioned` hears the entry's place as soon as
+    /// the writer's batch holds the log's lock (or the failure, if it never gets one); `done`
+    /// hears of the commit.
     fn enqueue_positioned(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_, '_>) -> Result<(), DbError> + Send + 'static,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<(), DbError> + Send + 'static,
         entry: &Entry,
+        positioned: super::Positioned,
         done: WriteDone,
-    ) -> Result<LogPosition, StoreError> {
-        let text = encode(entry)?;
+    ) {
+        let text = match encode(entry) {
+            Ok(text) => text,
+            Err(e) => return positioned(Err(e)),
+        };
         let leaf_hash = merkle::leaf_hash(text.as_bytes());
-        let (tx, rx) = mpsc::sync_channel::<LogPosition>(1);
+        let once = PositionOnce {
+            operation,
+            positioned: Some(positioned),
+        };
         self.enqueue_audited(
             operation,
             f,
             move |_| text,
-            Some((
-                leaf_hash,
-                Box::new(move |p| {
-                    let _ = tx.send(p);
-                }),
-            )),
+            Some((leaf_hash, Box::new(move |p| once.tell(Ok(p))))),
             move |r| done(r.map(|_| ())),
         );
-        // The sender is dropped unheard when the batch fails before the lock.
-        rx.recv().map_err(|_| StoreError::Io {
+    }
+
+    /// [`PgStore::enqueue_positioned`], waiting on this thread for the place.
+    fn enqueue_placed(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<(), DbError> + Send + 'static,
+        entry: &Entry,
+        done: WriteDone,
+    ) -> Result<LogPosition, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue_positioned(
             operation,
-            source: self
-                .health
-                .get()
-                .err()
-                .unwrap_or_else(|| "the write was not queued".into())
-                .into(),
-        })
+            f,
+            entry,
+            Box::new(move |p| {
+                let _ = tx.send(p);
+            }),
+            done,
+        );
+        rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
     }
 
     /// A read (or single write) on a pooled connection.
@@ -283,9 +338,43 @@ impl PgStore {
     }
 }
 
+/// A schema name made only of lowercase letters, digits and `_`.
+fn checked_namespace(namespace: &str) -> Result<&str, StoreError> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(namespace)
+    } else {
+        Err(StoreError::Io {
+            operation: "name a schema",
+            source: format!("bad schema name {namespace:?}").into(),
+        })
+    }
+}
+
+/// [`connector`] with its error as the store's.
+fn open_connector(
+    config: &PostgresConfig,
+    namespace: Option<&str>,
+) -> Result<(Connector, tokio::runtime::Runtime), StoreError> {
+    if let Some(n) = namespace {
+        checked_namespace(n)?;
+    }
+    connector(config, namespace).map_err(|e| StoreError::Open {
+        path: redacted(&config.url),
+        source: e.into(),
+    })
+}
+
 /// The connector for `config` (password read from its file now) and the runtime its
-/// connections run on.
-fn connector(config: &PostgresConfig) -> Result<(Connector, tokio::runtime::Runtime), String> {
+/// connections run on; with `namespace`, every name resolves in that schema first.
+fn connector(
+    config: &PostgresConfig,
+    namespace: Option<&str>,
+) -> Result<(Connector, tokio::runtime::Runtime), String> {
     let mut pg: tokio_postgres::Config = config
         .url
         .parse()
@@ -308,10 +397,14 @@ fn connector(config: &PostgresConfig) -> Result<(Connector, tokio::runtime::Runt
     pg.keepalives_idle(Duration::from_secs(10));
     // A statement, or a wait for another replica's batch, may not hang forever; a replica
     // that stops mid-transaction (frozen, not dead) gives up the log's lock.
-    pg.options(
+    let mut options = String::from(
         "-c statement_timeout=10000 -c lock_timeout=10000 \
          -c idle_in_transaction_session_timeout=30000",
     );
+    if let Some(n) = namespace {
+        options.push_str(&format!(" -c search_path={n}"));
+    }
+    pg.options(&options);
     let wants_tls = matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
         || config.ca_file.is_some();
     let tls = if wants_tls {
@@ -347,6 +440,32 @@ fn connector_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// The URL without anything after `?` (it names no secret, but options may).
 fn redacted(url: &str) -> String {
     url.split('?').next().unwrap_or_default().to_owned()
+}
+
+/// Tells `positioned` once: the place, or (dropped unheard, when the batch failed before it
+/// had the log's lock) the failure.
+struct PositionOnce {
+    operation: &'static str,
+    positioned: Option<super::Positioned>,
+}
+
+impl PositionOnce {
+    fn tell(mut self, position: Result<LogPosition, StoreError>) {
+        if let Some(p) = self.positioned.take() {
+            p(position);
+        }
+    }
+}
+
+impl Drop for PositionOnce {
+    fn drop(&mut self) {
+        if let Some(p) = self.positioned.take() {
+            p(Err(StoreError::Io {
+                operation: self.operation,
+                source: "not written: the store could not take the audit log's lock".into(),
+            }));
+        }
+    }
 }
 
 fn writer_gone(operation: &'static str) -> StoreError {
@@ -441,6 +560,28 @@ impl Store for PgStore {
         })
     }
 
+    fn revoked_among(&self, serials: &[Serial]) -> Result<Vec<Serial>, StoreError> {
+        if serials.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let revoked: Vec<Vec<u8>> = self.read("check revocations", |db| {
+            Ok(db
+                .query(
+                    "SELECT serial FROM revoked WHERE serial = ANY($1)",
+                    &[&bytes],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        Ok(serials
+            .iter()
+            .filter(|s| revoked.iter().any(|r| r.as_slice() == s.as_bytes()))
+            .cloned()
+            .collect())
+    }
+
     fn next_crl_number(&self) -> Result<u64, StoreError> {
         certificates::next_crl_number(self)
     }
@@ -453,7 +594,10 @@ impl Store for PgStore {
         let (r, text) = (record.clone(), encode(entry)?);
         self.write_audited(
             "record execution",
-            move |b| records::insert_execution(b.db, &r),
+            move |b| {
+                b.stage_execution(r);
+                Ok(())
+            },
             move |_| text,
         )
         .map(|(_, position)| position)
@@ -466,12 +610,35 @@ impl Store for PgStore {
         _commit: Commit,
         done: WriteDone,
     ) -> Result<LogPosition, StoreError> {
-        self.enqueue_positioned(
+        self.enqueue_placed(
             "record execution",
-            move |b| records::insert_execution(b.db, &record),
+            move |b| {
+                b.stage_execution(record);
+                Ok(())
+            },
             entry,
             done,
         )
+    }
+
+    fn record_execution_positioned(
+        &self,
+        record: ExecutionRecord,
+        entry: &Entry,
+        _commit: Commit,
+        positioned: super::Positioned,
+        done: WriteDone,
+    ) {
+        self.enqueue_positioned(
+            "record execution",
+            move |b| {
+                b.stage_execution(record);
+                Ok(())
+            },
+            entry,
+            positioned,
+            done,
+        );
     }
 
     fn complete_issuance_then(&self, request_id: &str, token: Option<String>, done: WriteDone) {
@@ -481,7 +648,7 @@ impl Store for PgStore {
     fn execution(&self, request_id: &str) -> Result<Option<ExecutionRecord>, StoreError> {
         let request_id = request_id.to_owned();
         self.write("read execution", move |b| {
-            records::execution(b.db, &request_id)
+            records::execution(b.db()?, &request_id)
         })
     }
 
@@ -509,11 +676,11 @@ impl Store for PgStore {
         entry: &Entry,
         done: WriteDone,
     ) -> Result<LogPosition, StoreError> {
-        self.enqueue_positioned(
+        self.enqueue_placed(
             "record pending request",
             move |b| {
-                records::insert_execution(b.db, &record)?;
-                records::insert_pending(b.db, &pending)
+                b.stage_execution(record);
+                records::insert_pending(b.db()?, &pending)
             },
             entry,
             done,
@@ -541,14 +708,14 @@ impl Store for PgStore {
     fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError> {
         let request_id = request_id.to_owned();
         self.write("read pending request", move |b| {
-            records::pending(b.db, &request_id)
+            records::pending(b.db()?, &request_id)
         })
     }
 
     fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
         let request_id = request_id.to_owned();
         self.write("read approvals", move |b| {
-            records::approvals_of(b.db, &request_id)
+            records::approvals_of(b.db()?, &request_id)
         })
     }
 
@@ -558,7 +725,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
         self.write("list open approval requests", move |b| {
-            records::open_requests(b.db, now, limit)
+            records::open_requests(b.db()?, now, limit)
         })
     }
 
@@ -574,7 +741,7 @@ impl Store for PgStore {
 
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
         let ids = self.write("expire approval requests", move |b| {
-            records::expire(b.db, now)
+            records::expire(b.db()?, now)
         })?;
         for id in &ids {
             let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));
@@ -627,12 +794,13 @@ impl Store for PgStore {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         self.write("health check write", |b| {
-            b.db.execute(
-                "INSERT INTO health (id, at) VALUES (1, $1)
+            b.db()?
+                .execute(
+                    "INSERT INTO health (id, at) VALUES (1, $1)
                  ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                &[&unix(SystemTime::now())],
-            )
-            .map(|_| ())
+                    &[&unix(SystemTime::now())],
+                )
+                .map(|_| ())
         })
     }
 

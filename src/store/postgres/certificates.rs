@@ -89,7 +89,7 @@ pub(super) fn revoke_issued_by(
     let (outcome, _) = store.write_audited(
         "revoke",
         move |b| {
-            let inserted = b.db.execute(
+            let inserted = b.db()?.execute(
                 "INSERT INTO revoked (serial, reason, revoked_at) VALUES ($1, $2, $3)
                  ON CONFLICT (serial) DO NOTHING",
                 &[&serial, &reason.as_str(), &unix(at)],
@@ -97,10 +97,11 @@ pub(super) fn revoke_issued_by(
             if inserted == 0 {
                 return Ok(RevokeOutcome::AlreadyRevoked);
             }
-            let known =
-                b.db.exists("SELECT 1 FROM issued WHERE serial = $1", &[&serial])?;
+            let known = b
+                .db()?
+                .exists("SELECT 1 FROM issued WHERE serial = $1", &[&serial])?;
             if let Some(label) = &issuer_label {
-                b.db.execute(
+                b.db()?.execute(
                     "INSERT INTO revocation_issuers (serial, issuer_label) VALUES ($1, $2)
                      ON CONFLICT (serial) DO UPDATE SET issuer_label = excluded.issuer_label",
                     &[&serial, label],

@@ -222,6 +222,20 @@ impl<C: GenericClient + Sync> Db<'_, C> {
         Ok(self.query_opt(sql, params)?.is_some())
     }
 
+    /// Runs statements of the simple protocol (no parameters) in one round trip; returns the
+    /// first column of the last row they return.
+    pub(super) fn simple_last_value(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+        let (c, _) = self.conn.parts();
+        let messages = block_on(c.simple_query(sql), QUERY_TIMEOUT)??;
+        let mut last = None;
+        for m in messages {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+                last = Some(row.get(0).map(str::to_owned));
+            }
+        }
+        Ok(last.flatten())
+    }
+
     /// Runs statements of the simple protocol (no parameters).
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         let (c, _) = self.conn.parts();

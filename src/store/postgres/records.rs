@@ -7,7 +7,7 @@
 
 use std::time::SystemTime;
 
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::{Client, Row};
 
 use super::conn::{Db, DbError};
 use super::{encode, unix, PgStore};
@@ -23,30 +23,52 @@ use crate::store::{
     PolicyState, RedeemOutcome, ReservedToken, StoreError, WriteDone,
 };
 
-type Txn<'a, 'b, 'c> = &'a mut Db<'b, Transaction<'c>>;
+type Txn<'a, 'b> = &'a mut Db<'b, Client>;
 
-pub(super) fn insert_execution(db: Txn<'_, '_, '_>, r: &ExecutionRecord) -> Result<(), DbError> {
+/// Inserts `rows` into `executions` with one statement.
+pub(super) fn insert_executions(db: Txn<'_, '_>, rows: &[ExecutionRecord]) -> Result<(), DbError> {
+    let col = |f: &dyn Fn(&ExecutionRecord) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let request_id = col(&|r| r.request_id.clone());
+    let agent = col(&|r| r.agent.clone());
+    let agent_subject = col(&|r| r.agent_subject.clone());
+    let operation = col(&|r| r.operation.clone());
+    let resource = col(&|r| r.resource.clone());
+    let params = col(&|r| r.params.clone());
+    let request_digest = col(&|r| r.request_digest.clone());
+    let status = col(&|r| r.status.as_str().to_owned());
+    let agent_serials = col(&|r| serials_text(&r.agent_serials));
+    let deny_code: Vec<Option<String>> = rows.iter().map(|r| r.deny_code.clone()).collect();
+    let jti: Vec<Option<String>> = rows.iter().map(|r| r.jti.clone()).collect();
+    let token: Vec<Option<String>> = rows.iter().map(|r| r.token.clone()).collect();
+    let approvals: Vec<i64> = rows
+        .iter()
+        .map(|r| i64::from(r.approvals_required))
+        .collect();
+    let expires_at: Vec<Option<i64>> = rows.iter().map(|r| r.expires_at.map(unix)).collect();
+    let created_at: Vec<i64> = rows.iter().map(|r| unix(r.created_at)).collect();
     db.execute(
         "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
             params, request_digest, status, deny_code, approvals_required, jti, token,
             expires_at, created_at, agent_serials)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+            $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[],
+            $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::TEXT[])",
         &[
-            &r.request_id,
-            &r.agent,
-            &r.agent_subject,
-            &r.operation,
-            &r.resource,
-            &r.params,
-            &r.request_digest,
-            &r.status.as_str(),
-            &r.deny_code,
-            &i64::from(r.approvals_required),
-            &r.jti,
-            &r.token,
-            &r.expires_at.map(unix),
-            &unix(r.created_at),
-            &serials_text(&r.agent_serials),
+            &request_id,
+            &agent,
+            &agent_subject,
+            &operation,
+            &resource,
+            &params,
+            &request_digest,
+            &status,
+            &deny_code,
+            &approvals,
+            &jti,
+            &token,
+            &expires_at,
+            &created_at,
+            &agent_serials,
         ],
     )
     .map(|_| ())
@@ -63,12 +85,8 @@ pub(super) fn complete_issuance_then(
         Some(token) => store.enqueue(
             "complete issuance",
             move |b| {
-                b.db.execute(
-                    "UPDATE executions SET token = $2, status = 'granted'
-                     WHERE request_id = $1 AND status = 'issuing'",
-                    &[&request_id, &token],
-                )
-                .map(|_| ())
+                b.stage_issued(request_id, token);
+                Ok(())
             },
             done,
         ),
@@ -86,12 +104,13 @@ pub(super) fn complete_issuance_then(
             store.enqueue_audited(
                 "complete issuance",
                 move |b| {
-                    b.db.execute(
-                        "UPDATE executions SET status = 'failed'
+                    b.db()?
+                        .execute(
+                            "UPDATE executions SET status = 'failed'
                          WHERE request_id = $1 AND status = 'issuing'",
-                        &[&request_id],
-                    )
-                    .map(|_| ())
+                            &[&request_id],
+                        )
+                        .map(|_| ())
                 },
                 move |_| text,
                 None,
@@ -128,7 +147,7 @@ fn corrupt(e: StoreError) -> DbError {
 }
 
 pub(super) fn execution(
-    db: Txn<'_, '_, '_>,
+    db: Txn<'_, '_>,
     request_id: &str,
 ) -> Result<Option<ExecutionRecord>, DbError> {
     db.query_opt(
@@ -164,7 +183,7 @@ pub(super) fn redeem(
     let (found, _) = store.write_audited(
         "redeem token",
         move |b| {
-            let Some(row) = b.db.query_opt(
+            let Some(row) = b.db()?.query_opt(
                 "SELECT agent_serials FROM executions WHERE jti = $1",
                 &[&jti],
             )?
@@ -178,14 +197,14 @@ pub(super) fn redeem(
                 Err(e) => return Ok(Found::Corrupt(e)),
             };
             for serial in serials {
-                if b.db.exists(
+                if b.db()?.exists(
                     "SELECT 1 FROM revoked WHERE serial = $1",
                     &[&serial.as_bytes()],
                 )? {
                     return Ok(Found::AgentRevoked(serial));
                 }
             }
-            let inserted = b.db.execute(
+            let inserted = b.db()?.execute(
                 "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES ($1, $2, $3)
                  ON CONFLICT (jti) DO NOTHING",
                 &[&jti, &executor, &unix(at)],
@@ -193,8 +212,9 @@ pub(super) fn redeem(
             if inserted == 1 {
                 return Ok(Found::Redeemed);
             }
-            let first: i64 =
-                b.db.query_one(
+            let first: i64 = b
+                .db()?
+                .query_one(
                     "SELECT redeemed_at FROM redemptions WHERE jti = $1",
                     &[&jti],
                 )?
@@ -260,7 +280,7 @@ pub(super) fn record_outcome(
     let (inserted, _) = store.write_audited(
         "record an execution outcome",
         move |b| {
-            let n = b.db.execute(
+            let n = b.db()?.execute(
                 "INSERT INTO outcomes (jti, request_id, executor, receipt, at)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
                 &[&jti, &request_id, &executor, &receipt, &unix(at)],
@@ -277,7 +297,7 @@ pub(super) fn record_outcome(
     Ok(inserted)
 }
 
-pub(super) fn insert_pending(db: Txn<'_, '_, '_>, p: &PendingApproval) -> Result<(), DbError> {
+pub(super) fn insert_pending(db: Txn<'_, '_>, p: &PendingApproval) -> Result<(), DbError> {
     db.execute(
         "INSERT INTO approval_requests (request_id, approval_group, token_ttl, justification,
             agent_key, agent_not_after, expires_at, closed)
@@ -296,7 +316,7 @@ pub(super) fn insert_pending(db: Txn<'_, '_, '_>, p: &PendingApproval) -> Result
 }
 
 pub(super) fn pending(
-    db: Txn<'_, '_, '_>,
+    db: Txn<'_, '_>,
     request_id: &str,
 ) -> Result<Option<PendingApproval>, DbError> {
     db.query_opt(
@@ -321,7 +341,7 @@ pub(super) fn pending(
 }
 
 pub(super) fn approvals_of(
-    db: Txn<'_, '_, '_>,
+    db: Txn<'_, '_>,
     request_id: &str,
 ) -> Result<Vec<ApprovalRecord>, DbError> {
     let rows = db.query(
@@ -349,7 +369,7 @@ pub(super) fn approvals_of(
 }
 
 pub(super) fn open_requests(
-    db: Txn<'_, '_, '_>,
+    db: Txn<'_, '_>,
     now: SystemTime,
     limit: usize,
 ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, DbError> {
@@ -399,7 +419,7 @@ pub(super) fn add_approval(
     base.detail = approval.reason.clone();
     let (outcome, _) = store.write_audited(
         "record approval",
-        move |b| add(b.db, &approval, required, now, &reserve),
+        move |b| add(b.db()?, &approval, required, now, &reserve),
         move |outcome: &Result<ApprovalOutcome, StoreError>| {
             let mut e = base;
             e.code = match outcome {
@@ -419,7 +439,7 @@ pub(super) fn add_approval(
 /// The atomic step of `add_approval`: the checks and the write they guard, in one
 /// transaction under the log's lock.
 fn add(
-    db: Txn<'_, '_, '_>,
+    db: Txn<'_, '_>,
     approval: &ApprovalRecord,
     required: u32,
     now: SystemTime,
@@ -512,7 +532,7 @@ fn add(
 }
 
 /// Closes a request with `how` (`expired` or `rejected`, also the execution's new status).
-fn close(db: Txn<'_, '_, '_>, request_id: &str, how: &str) -> Result<(), DbError> {
+fn close(db: Txn<'_, '_>, request_id: &str, how: &str) -> Result<(), DbError> {
     db.execute(
         "UPDATE approval_requests SET closed = $2 WHERE request_id = $1",
         &[&request_id, &how],
@@ -525,7 +545,7 @@ fn close(db: Txn<'_, '_, '_>, request_id: &str, how: &str) -> Result<(), DbError
 }
 
 /// The atomic step of `expire_approval_requests`.
-pub(super) fn expire(db: Txn<'_, '_, '_>, now: SystemTime) -> Result<Vec<String>, DbError> {
+pub(super) fn expire(db: Txn<'_, '_>, now: SystemTime) -> Result<Vec<String>, DbError> {
     let ids: Vec<String> = db
         .query(
             "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= $1
@@ -542,7 +562,7 @@ pub(super) fn expire(db: Txn<'_, '_, '_>, now: SystemTime) -> Result<Vec<String>
     Ok(ids)
 }
 
-fn event(db: Txn<'_, '_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<(), DbError> {
+fn event(db: Txn<'_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<(), DbError> {
     db.execute(
         "INSERT INTO events (kind, detail, at) VALUES ($1, $2, $3)",
         &[&kind, &detail, &unix(at)],
@@ -550,7 +570,7 @@ fn event(db: Txn<'_, '_, '_>, kind: &str, detail: &str, at: SystemTime) -> Resul
     .map(|_| ())
 }
 
-fn expired_event(db: Txn<'_, '_, '_>, request_id: &str, now: SystemTime) -> Result<(), DbError> {
+fn expired_event(db: Txn<'_, '_>, request_id: &str, now: SystemTime) -> Result<(), DbError> {
     let detail = serde_json::json!({ "request_id": request_id });
     event(db, "approval_expired", &detail.to_string(), now)
 }
@@ -620,7 +640,7 @@ pub(super) fn bump_epoch(store: &PgStore, floor: u64, at: SystemTime) -> Result<
     let (value, _) = store.write_audited(
         "bump the policy epoch",
         move |b| {
-            Ok(b.db
+            Ok(b.db()?
                 .query_one(
                     "INSERT INTO counters (name, value) VALUES ('policy_epoch', $1 + 1)
                      ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, $1) + 1
@@ -650,12 +670,13 @@ pub(super) fn set_frozen(
     store.write_audited(
         "set the issuance freeze",
         move |b| {
-            b.db.execute(
-                "INSERT INTO counters (name, value) VALUES ('policy_frozen', $1)
+            b.db()?
+                .execute(
+                    "INSERT INTO counters (name, value) VALUES ('policy_frozen', $1)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                &[&i64::from(frozen)],
-            )
-            .map(|_| ())
+                    &[&i64::from(frozen)],
+                )
+                .map(|_| ())
         },
         move |_| {
             let kind = if frozen {

@@ -17,11 +17,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 use super::conn::{Conn, Connector, Db, DbError};
 use crate::audit::merkle::{self, CompactRange, Hash};
-use crate::store::LogPosition;
+use crate::store::{ExecutionRecord, LogPosition};
 
 /// Advisory lock key of the audit log's tail ("seb" and 2).
 pub(super) const AUDIT_LOCK: i64 = 0x5345_4202;
@@ -33,7 +33,7 @@ pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: given the batch, runs and returns its completion and, if it failed, why (which
 /// rolls the whole batch back); given `None` (the batch could not run), runs nothing.
 pub(super) type Work =
-    Box<dyn FnOnce(Option<&mut Batch<'_, '_, '_>>) -> (Completion, Option<String>) + Send>;
+    Box<dyn FnOnce(Option<&mut Batch<'_, '_>>) -> (Completion, Option<String>) + Send>;
 /// Told an audited write's place in the log as soon as its batch holds the lock.
 pub(super) type Announce = Box<dyn FnOnce(LogPosition) + Send>;
 
@@ -48,14 +48,53 @@ pub(super) struct Job {
 }
 
 /// What a write sees: the transaction and the log's tail.
-pub(super) struct Batch<'a, 'b, 'c> {
-    pub(super) db: &'a mut Db<'b, Transaction<'c>>,
+pub(super) struct Batch<'a, 'b> {
+    db: &'a mut Db<'b, Client>,
     edge: &'a mut CompactRange,
     entries: (Vec<i64>, Vec<String>),
     nodes: (Vec<i32>, Vec<i64>, Vec<Vec<u8>>),
+    /// Rows of the hot path (a granted request, then its token) staged to be written with
+    /// one statement for the whole batch, before any other statement runs.
+    executions: Vec<ExecutionRecord>,
+    issued: (Vec<String>, Vec<String>),
 }
 
-impl Batch<'_, '_, '_> {
+impl<'b> Batch<'_, 'b> {
+    /// The transaction, with every staged row written first (so statements see the batch's
+    /// earlier writes, in queue order).
+    pub(super) fn db(&mut self) -> Result<&mut Db<'b, Client>, DbError> {
+        self.flush()?;
+        Ok(&mut *self.db)
+    }
+
+    /// Stages an `executions` row.
+    pub(super) fn stage_execution(&mut self, record: ExecutionRecord) {
+        self.executions.push(record);
+    }
+
+    /// Stages storing `token` on the `issuing` request `request_id`, marking it granted.
+    pub(super) fn stage_issued(&mut self, request_id: String, token: String) {
+        self.issued.0.push(request_id);
+        self.issued.1.push(token);
+    }
+
+    fn flush(&mut self) -> Result<(), DbError> {
+        if !self.executions.is_empty() {
+            let rows = std::mem::take(&mut self.executions);
+            super::records::insert_executions(self.db, &rows)?;
+        }
+        if !self.issued.0.is_empty() {
+            let (ids, tokens) = std::mem::take(&mut self.issued);
+            self.db.execute(
+                "UPDATE executions e SET token = u.token, status = 'granted'
+                 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS u (request_id, token)
+                 WHERE e.request_id = u.request_id AND e.status = 'issuing'",
+                &[&ids, &tokens],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Appends `entry` (canonical JSON) at the next index; written with the batch.
     pub(super) fn append(&mut self, entry: String) -> LogPosition {
         let index = self.edge.size();
@@ -187,103 +226,135 @@ fn run_batch(
 ) -> Result<(), DbError> {
     let audited = jobs.iter().any(|j| j.audited);
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
-    let mut pending = Some(jobs);
-    let mut new_edge = None;
-    let result = conn.in_transaction(|db| {
-        let jobs = pending.take().unwrap_or_default();
-        let prelude = if audited {
-            db.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                .and_then(|_| follow(db, edge.take()))
-        } else {
-            Ok(CompactRange::default())
-        };
-        let mut tail = match prelude {
-            Ok(tail) => tail,
-            Err(e) => {
-                completions.extend(jobs.into_iter().map(|job| (job.work)(None).0));
-                return Err(e);
-            }
-        };
-        // Every audited write appends exactly one entry, in queue order: their indexes are
-        // known now, before any of them runs.
-        let mut next = tail.size();
-        let mut jobs = jobs;
-        for job in &mut jobs {
-            if job.audited {
-                if let Some((leaf_hash, announce)) = job.announce.take() {
-                    announce(LogPosition {
-                        index: next,
-                        leaf_hash,
-                    });
-                }
-                next += 1;
-            }
+    let mut db = conn.db();
+    let result = in_batch(&mut db, edge, jobs, audited, &mut completions);
+    let result = match result {
+        Ok(tail) => db.batch("COMMIT").map(|()| tail),
+        Err(e) => {
+            // Nothing of the batch is kept; a broken connection is dropped by the caller.
+            let _ = db.batch("ROLLBACK");
+            Err(e)
         }
-        let mut batch = Batch {
-            db,
-            edge: &mut tail,
-            entries: (Vec::new(), Vec::new()),
-            nodes: (Vec::new(), Vec::new(), Vec::new()),
-        };
-        let mut failure = None;
-        for job in jobs {
-            if failure.is_some() {
-                completions.push((job.work)(None).0);
-                continue;
-            }
-            let (done, failed) = (job.work)(Some(&mut batch));
-            completions.push(done);
-            failure = failed;
-        }
-        if let Some(why) = failure {
-            return Err(DbError::Corrupt(why));
-        }
-        let Batch {
-            db, entries, nodes, ..
-        } = batch;
-        if !entries.0.is_empty() {
-            db.execute(
-                "INSERT INTO audit_entries (idx, entry)
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])",
-                &[&entries.0, &entries.1],
-            )?;
-            db.execute(
-                "INSERT INTO audit_nodes (level, idx, hash)
-                 SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[], $3::BYTEA[])",
-                &[&nodes.0, &nodes.1, &nodes.2],
-            )?;
-        }
-        if audited {
-            new_edge = Some(tail);
-        }
-        Ok(())
-    });
+    };
     let commit = match &result {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    if result.is_ok() && new_edge.is_some() {
-        *edge = new_edge;
-    }
-    // Jobs never reached (the transaction did not start) are failed too.
-    if let Some(jobs) = pending {
-        fail_all(
-            jobs,
-            commit.as_ref().err().map_or("not written", String::as_str),
-        );
-    }
+    let result = match result {
+        Ok(Some(tail)) => {
+            *edge = Some(tail);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            // The tail is read again under the lock by the next batch.
+            *edge = None;
+            Err(e)
+        }
+    };
     for done in completions {
         done(commit.clone());
     }
     result
 }
 
-/// The log's tail as stored now: `known` if no replica appended since, else read again.
+/// The batch inside its transaction (begun here, committed by the caller): takes the log's
+/// lock when a write appends, runs the writes, writes their entries. Every job leaves a
+/// completion in `completions`, run or not. Returns the log's new tail, if it appended.
+fn in_batch(
+    db: &mut Db<'_, Client>,
+    edge: &mut Option<CompactRange>,
+    jobs: Vec<Job>,
+    audited: bool,
+    completions: &mut Vec<Completion>,
+) -> Result<Option<CompactRange>, DbError> {
+    // One round trip: begin, wait for the other replicas' batches, read the log's size.
+    let prelude = if audited {
+        db.simple_last_value(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK}); SELECT MAX(idx) FROM audit_entries"
+        ))
+        .and_then(|max| {
+            let size = match max {
+                None => 0,
+                Some(m) => {
+                    m.parse::<u64>()
+                        .map_err(|_| DbError::Corrupt(format!("audit index {m:?}")))?
+                        + 1
+                }
+            };
+            follow(db, edge.take(), size)
+        })
+    } else {
+        db.batch("BEGIN").map(|()| CompactRange::default())
+    };
+    let mut tail = match prelude {
+        Ok(tail) => tail,
+        Err(e) => {
+            completions.extend(jobs.into_iter().map(|job| (job.work)(None).0));
+            return Err(e);
+        }
+    };
+    // Every audited write appends exactly one entry, in queue order: their indexes are
+    // known now, before any of them runs.
+    let mut next = tail.size();
+    let mut jobs = jobs;
+    for job in &mut jobs {
+        if job.audited {
+            if let Some((leaf_hash, announce)) = job.announce.take() {
+                announce(LogPosition {
+                    index: next,
+                    leaf_hash,
+                });
+            }
+            next += 1;
+        }
+    }
+    let mut batch = Batch {
+        db,
+        edge: &mut tail,
+        entries: (Vec::new(), Vec::new()),
+        nodes: (Vec::new(), Vec::new(), Vec::new()),
+        executions: Vec::new(),
+        issued: (Vec::new(), Vec::new()),
+    };
+    let mut failure = None;
+    for job in jobs {
+        if failure.is_some() {
+            completions.push((job.work)(None).0);
+            continue;
+        }
+        let (done, failed) = (job.work)(Some(&mut batch));
+        completions.push(done);
+        failure = failed;
+    }
+    if let Some(why) = failure {
+        return Err(DbError::Corrupt(why));
+    }
+    batch.flush()?;
+    let Batch {
+        db, entries, nodes, ..
+    } = batch;
+    if entries.0.is_empty() {
+        return Ok(None);
+    }
+    db.execute(
+        "WITH entries AS (
+            INSERT INTO audit_entries (idx, entry)
+            SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])
+         )
+         INSERT INTO audit_nodes (level, idx, hash)
+         SELECT * FROM UNNEST($3::INTEGER[], $4::BIGINT[], $5::BYTEA[])",
+        &[&entries.0, &entries.1, &nodes.0, &nodes.1, &nodes.2],
+    )?;
+    Ok(Some(tail))
+}
+
+/// The log's tail of `size` entries: `known` if no replica appended since, else read again.
 fn follow(
-    db: &mut Db<'_, Transaction<'_>>,
+    db: &mut Db<'_, Client>,
     known: Option<CompactRange>,
+    size: u64,
 ) -> Result<CompactRange, DbError> {
-    let size = stored_size(db)?;
     match known {
         Some(edge) if edge.size() == size => Ok(edge),
         _ => CompactRange::from_nodes(size, |level, idx| node(db, level, idx)),
