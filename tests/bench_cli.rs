@@ -27,7 +27,7 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
     // Each agent count with the audit log on and off (the default), side by side.
     let keep_alive: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains("keep-alive agent(s), audit log "))
+        .filter(|l| l.contains("keep-alive agent(s), sqlite, audit log "))
         .collect();
     assert_eq!(keep_alive.len(), 4, "{out}");
     let costs = lines
@@ -75,4 +75,76 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("bench-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bench_broker_compares_the_postgres_store_with_one_and_two_replicas_to_sqlite() {
+    let hsm = Hsm::initialised_postgres();
+    let out = hsm.seb_ok(&[
+        "bench",
+        "broker",
+        "--store",
+        "sqlite,postgres",
+        "--replicas",
+        "1,2",
+        "--audit",
+        "on",
+        "--seconds",
+        "1",
+        "--agents",
+        "1,4",
+        "--handshake-agents",
+        "0",
+        "--open-loop",
+        "0",
+    ]);
+    for variant in [
+        "sqlite, audit log on",
+        "postgres, 1 replica",
+        "postgres, 2 replicas",
+    ] {
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(&format!("keep-alive agent(s), {variant}:")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{variant}: {out}");
+        for line in lines {
+            assert!(line.contains("tokens/s") && line.contains("p99"), "{line}");
+            assert!(line.contains(", 0 failed)"), "{line}");
+            assert!(!line.contains("(0 ok"), "{line}");
+        }
+    }
+    let ratios = out
+        .lines()
+        .filter(|l| l.contains("% of sqlite's throughput"))
+        .count();
+    assert_eq!(ratios, 4, "{out}");
+    // The run's throwaway schemas are gone; the broker's own tables were not touched.
+    let password = std::fs::read_to_string(hsm.path("pg.password")).unwrap();
+    let port = std::fs::read_to_string(hsm.path("pg.port")).unwrap();
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port.trim(),
+                "-U",
+                "seb",
+                "-d",
+                "seb",
+                "-Atc",
+                sql,
+            ])
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .unwrap();
+        common::assert_success(&out, sql);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'seb_bench_%'"),
+        "0"
+    );
+    assert_eq!(psql("SELECT count(*) FROM public.executions"), "0");
 }

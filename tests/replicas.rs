@@ -556,3 +556,97 @@ fn an_agent_spreading_over_replicas_gets_no_more_than_from_one_broker() {
     // allow 10, two undivided ones 20.
     assert!((10..=13).contains(&allowed), "{allowed} of 30 allowed");
 }
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it in `dir` with openssl; returns the
+/// CA's PEM path.
+fn tls_material(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("bash")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        common::assert_success(&out, script);
+    };
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+           -subj /CN={name}-ca -keyout {name}-ca.key -out {name}-ca.pem 2>/dev/null
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -subj /CN=127.0.0.1 -keyout {name}-server.key -out {name}-server.csr 2>/dev/null
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > {name}-san.ext
+         openssl x509 -req -in {name}-server.csr -CA {name}-ca.pem -CAkey {name}-ca.key \
+           -CAcreateserial -days 2 -extfile {name}-san.ext -out {name}-server.pem 2>/dev/null"
+    ));
+    dir.join(format!("{name}-ca.pem"))
+}
+
+#[test]
+fn tls_to_the_database_is_used_and_verified_when_the_url_asks_for_it() {
+    let hsm = Hsm::initialised_postgres();
+    let dir = hsm.dir.path();
+    let ca = tls_material(dir, "db");
+    let other_ca = tls_material(dir, "other");
+    // The server gets the certificate, and refuses every connection without TLS.
+    let data = dir.join("postgres/data");
+    for (from, to) in [
+        ("db-server.pem", "server.crt"),
+        ("db-server.key", "server.key"),
+    ] {
+        std::fs::copy(dir.join(from), data.join(to)).unwrap();
+    }
+    let out = std::process::Command::new("bash")
+        .args(["-ec", "chown postgres server.crt server.key && chmod 600 server.key \
+             && printf \"ssl = on\\nssl_cert_file = 'server.crt'\\nssl_key_file = 'server.key'\\n\" >> seb.conf \
+             && sed -i 's/^host /hostssl /' pg_hba.conf"])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    common::assert_success(&out, "configure ssl");
+    hsm.pg_stop();
+    hsm.pg_start();
+    let plain = std::fs::read_to_string(hsm.config()).unwrap();
+    // Without TLS the server refuses seb (hostssl only): the store reports it.
+    let out = hsm.seb(&["migrate"]);
+    common::assert_clean_failure(&out, "no encryption");
+    // sslmode=require and the database's CA: the store connects over TLS.
+    let url_line = plain.lines().find(|l| l.starts_with("url = ")).unwrap();
+    let with_tls = |ca_file: &str| {
+        plain.replace(
+            url_line,
+            &format!(
+                "{}?sslmode=require\"\nca_file = \"{ca_file}\"",
+                url_line.trim_end_matches('"')
+            ),
+        )
+    };
+    std::fs::write(hsm.config(), with_tls(ca.to_str().unwrap())).unwrap();
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("up to date"), "{said}");
+    let broker = Broker::start(&hsm);
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let r = call(
+        &hsm,
+        &broker.url,
+        &agent,
+        "POST",
+        "/v1/executions",
+        Some(&rollout(3)),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    drop(broker);
+    // A server certificate from another CA is refused: seb does not talk to an impostor.
+    std::fs::write(hsm.config(), with_tls(other_ca.to_str().unwrap())).unwrap();
+    let out = hsm.seb(&["migrate"]);
+    common::assert_clean_failure(&out, "certificate");
+    // sslmode=require without a CA to check against is a configuration error.
+    std::fs::write(
+        hsm.config(),
+        plain.replace(
+            url_line,
+            &format!("{}?sslmode=require\"", url_line.trim_end_matches('"')),
+        ),
+    )
+    .unwrap();
+    let out = hsm.seb(&["migrate"]);
+    common::assert_clean_failure(&out, "ca_file");
+}

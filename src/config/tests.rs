@@ -209,3 +209,69 @@ fn a_typo_in_the_backend_table_names_its_own_line() {
         "{err}"
     );
 }
+
+#[test]
+fn the_store_is_sqlite_unless_postgres_is_configured_without_a_password_in_the_url() {
+    assert!(matches!(
+        Config::parse(MINIMAL).unwrap().store,
+        StoreConfig::Sqlite
+    ));
+    let pg = |body: &str| Config::parse(&format!("{MINIMAL}[store]\n{body}"));
+    let ok = pg(
+        "backend = \"postgres\"\nurl = \"postgres://seb@db:5432/seb?sslmode=require\"\n\
+         password_file = \"pg.password\"\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let StoreConfig::Postgres(p) = ok.store else {
+        panic!("postgres expected")
+    };
+    assert_eq!(p.pool, 4);
+    assert_eq!(p.ca_file, Some(PathBuf::from("ca.pem")));
+    // The password lives in its file only: in the URL, in either form, it is refused.
+    for url in [
+        "postgres://seb:hunter2@db/seb",
+        "postgresql://seb:hunter2@db:5432/seb",
+        "postgres://seb@db/seb?password=hunter2",
+    ] {
+        let err = pg(&format!(
+            "backend = \"postgres\"\nurl = \"{url}\"\npassword_file = \"p\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("password_file"), "{url}: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the error repeats the password: {err}"
+        );
+    }
+    let err = pg("backend = \"postgres\"\nurl = \"mysql://db/seb\"\npassword_file = \"p\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres://"), "{err}");
+    let err = pg("backend = \"postgres\"\nurl = \"postgres://seb@db/seb\"\npassword_file = \"p\"\npool = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pool"), "{err}");
+    // Unknown keys are refused, as everywhere in seb.toml.
+    assert!(pg("backend = \"postgres\"\nurl = \"postgres://seb@db/seb\"\npassword_file = \"p\"\npasword = \"x\"\n").is_err());
+    assert!(pg("backend = \"oracle\"\n").is_err());
+}
+
+#[test]
+fn store_files_are_taken_relative_to_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{MINIMAL}[store]\nbackend = \"postgres\"\nurl = \"postgres://seb@db/seb\"\n\
+             password_file = \"pg.password\"\nca_file = \"pg-ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let StoreConfig::Postgres(p) = Config::load(&path).unwrap().store else {
+        panic!("postgres expected")
+    };
+    assert_eq!(p.password_file, dir.path().join("pg.password"));
+    assert_eq!(p.ca_file, Some(dir.path().join("pg-ca.pem")));
+}
