@@ -642,8 +642,8 @@ pub(super) fn bump_epoch(store: &PgStore, floor: u64, at: SystemTime) -> Result<
         move |b| {
             Ok(b.db()?
                 .query_one(
-                    "INSERT INTO counters (name, value) VALUES ('policy_epoch', $1 + 1)
-                     ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, $1) + 1
+                    "INSERT INTO counters (name, value) VALUES ('policy_epoch', $1::BIGINT + 1)
+                     ON CONFLICT (name) DO UPDATE SET value = GREATEST(counters.value, $1::BIGINT) + 1
                      RETURNING value",
                     &[&floor],
                 )?

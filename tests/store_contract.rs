@@ -1,0 +1,394 @@
+//! The same contract checked on both stores through the `Store` trait: the embedded SQLite
+//! store and the PostgreSQL store of replicas (a throwaway cluster from `provision.sh
+//! --postgres`). Single use, revocation inside redemption, approvals and their quorum, the
+//! kill switches, revocations and CRL numbers, outcomes, and an audit log whose roots and
+//! proofs match the RFC 6962 tree of its entries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use seb::approval::Decision;
+use seb::audit::entry::{Entry, EntryKind};
+use seb::audit::merkle;
+use seb::ca::crl::Reason;
+use seb::serial::Serial;
+use seb::store::{
+    ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, ExecutionStatus, PendingApproval,
+    RedeemOutcome, ReservedToken, RevokeOutcome, Store,
+};
+
+fn serial(n: u8) -> Serial {
+    Serial::from_magnitude(&[n, 0x42]).unwrap()
+}
+
+fn now() -> SystemTime {
+    // Whole seconds: the stores keep Unix seconds.
+    seb::time::from_unix(seb::time::unix(SystemTime::now()))
+}
+
+fn record(
+    id: &str,
+    status: ExecutionStatus,
+    jti: Option<&str>,
+    serials: &[Serial],
+) -> ExecutionRecord {
+    ExecutionRecord {
+        request_id: id.into(),
+        agent: "agent-x5t".into(),
+        agent_serials: serials.to_vec(),
+        agent_subject: "CN=deploy-bot".into(),
+        operation: "deploy.rollout".into(),
+        resource: "prod/payments/api".into(),
+        params: "{\"replicas\":3}".into(),
+        request_digest: format!("digest-{id}"),
+        status,
+        deny_code: None,
+        approvals_required: 0,
+        jti: jti.map(str::to_owned),
+        token: None,
+        expires_at: Some(now() + Duration::from_secs(60)),
+        created_at: now(),
+    }
+}
+
+fn entry(kind: EntryKind, id: &str) -> Entry {
+    let mut e = Entry::new(kind, seb::time::unix_millis(SystemTime::now()));
+    e.request_id = Some(id.into());
+    e
+}
+
+fn approval(id: &str, who: &str, decision: Decision) -> ApprovalRecord {
+    ApprovalRecord {
+        request_id: id.into(),
+        approver: format!("{who}-x5t"),
+        approver_subject: format!("CN={who}"),
+        approver_key: format!("{who}-key"),
+        decision,
+        signature: "sig".into(),
+        reason: Some("looked at it".into()),
+        at: now(),
+    }
+}
+
+fn reserve(jti: &str) -> ReservedToken {
+    ReservedToken {
+        jti: jti.into(),
+        expires_at: now() + Duration::from_secs(60),
+    }
+}
+
+/// Waits for an asynchronous write's completion.
+fn wait(f: impl FnOnce(seb::store::WriteDone)) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    f(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+}
+
+fn contract(store: &dyn Store) {
+    // Single use, and the agent's revocation checked inside the redemption.
+    store
+        .record_execution(
+            &record("r1", ExecutionStatus::Granted, Some("j1"), &[serial(1)]),
+            &entry(EntryKind::ExecutionGranted, "r1"),
+        )
+        .unwrap();
+    store
+        .record_execution(
+            &record(
+                "r2",
+                ExecutionStatus::Granted,
+                Some("j2"),
+                &[serial(2), serial(3)],
+            ),
+            &entry(EntryKind::ExecutionGranted, "r2"),
+        )
+        .unwrap();
+    let at = now();
+    assert_eq!(
+        store.redeem("j1", "exec-x5t", at).unwrap(),
+        RedeemOutcome::Redeemed
+    );
+    assert_eq!(
+        store.redeem("j1", "exec-x5t", at).unwrap(),
+        RedeemOutcome::AlreadyRedeemed { at }
+    );
+    assert_eq!(
+        store.redeem("nope", "exec-x5t", at).unwrap(),
+        RedeemOutcome::Unknown
+    );
+    assert_eq!(
+        store.redeemed_by("j1").unwrap().as_deref(),
+        Some("exec-x5t")
+    );
+    assert_eq!(store.request_of_token("j2").unwrap().as_deref(), Some("r2"));
+    assert_eq!(
+        store.revoke(&serial(3), Reason::KeyCompromise, at).unwrap(),
+        RevokeOutcome::Revoked { known: false }
+    );
+    assert_eq!(
+        store.redeem("j2", "exec-x5t", at).unwrap(),
+        RedeemOutcome::AgentRevoked { serial: serial(3) }
+    );
+    assert_eq!(store.redeemed_by("j2").unwrap(), None);
+
+    // An issuance completed: the token is on the record, which is granted.
+    let issuing = record("r3", ExecutionStatus::Issuing, Some("j3"), &[serial(1)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.record_execution_positioned(
+        issuing,
+        &entry(EntryKind::ExecutionGranted, "r3"),
+        Commit::Now,
+        Box::new(move |p| {
+            let _ = tx.send(p);
+        }),
+        Box::new(|r| r.unwrap()),
+    );
+    let placed = rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+    wait(|done| store.complete_issuance_then("r3", Some("the.token".into()), done));
+    let r3 = store.execution("r3").unwrap().unwrap();
+    assert_eq!(r3.status, ExecutionStatus::Granted);
+    assert_eq!(r3.token.as_deref(), Some("the.token"));
+    assert_eq!(r3.agent_serials, vec![serial(1)]);
+
+    // Approvals: duplicates count once, the quorum reserves the token id once, later
+    // decisions find the request closed; a rejection closes another; expiry a third.
+    let mut pending = record("p1", ExecutionStatus::PendingApproval, None, &[serial(1)]);
+    pending.approvals_required = 2;
+    let wait_for = PendingApproval {
+        request_id: "p1".into(),
+        group: "sre-leads".into(),
+        token_ttl: Duration::from_secs(60),
+        justification: Some("INC-1".into()),
+        agent_key: "agent-key".into(),
+        agent_not_after: now() + Duration::from_secs(3600),
+        expires_at: now() + Duration::from_secs(600),
+    };
+    wait(|done| {
+        store
+            .record_pending_then(
+                pending,
+                wait_for.clone(),
+                &entry(EntryKind::ExecutionPending, "p1"),
+                done,
+            )
+            .unwrap();
+    });
+    assert_eq!(
+        store.pending_approval("p1").unwrap(),
+        Some(wait_for.clone())
+    );
+    assert_eq!(store.open_approval_requests(now(), 10).unwrap().len(), 1);
+    let first = store
+        .add_approval(
+            approval("p1", "alice", Decision::Approve),
+            2,
+            now(),
+            reserve("jp1"),
+        )
+        .unwrap();
+    assert!(
+        matches!(first, ApprovalOutcome::Approved { quorum: false, .. }),
+        "{first:?}"
+    );
+    let mut again = approval("p1", "alice-2", Decision::Approve);
+    again.approver_key = "alice-key".into();
+    assert_eq!(
+        store.add_approval(again, 2, now(), reserve("jp1")).unwrap(),
+        ApprovalOutcome::Duplicate
+    );
+    let second = store
+        .add_approval(
+            approval("p1", "bob", Decision::Approve),
+            2,
+            now(),
+            reserve("jp1"),
+        )
+        .unwrap();
+    let ApprovalOutcome::Approved {
+        approvals,
+        quorum: true,
+    } = second
+    else {
+        panic!("{second:?}")
+    };
+    assert_eq!(approvals.len(), 2);
+    let p1 = store.execution("p1").unwrap().unwrap();
+    assert_eq!(
+        (p1.status, p1.jti.as_deref()),
+        (ExecutionStatus::Issuing, Some("jp1"))
+    );
+    assert_eq!(
+        store
+            .add_approval(
+                approval("p1", "carol", Decision::Approve),
+                2,
+                now(),
+                reserve("jp1x")
+            )
+            .unwrap(),
+        ApprovalOutcome::Closed(ExecutionStatus::Issuing)
+    );
+    assert_eq!(store.approvals("p1").unwrap().len(), 2);
+    for (id, expires) in [("p2", 600), ("p3", 0)] {
+        let mut r = record(id, ExecutionStatus::PendingApproval, None, &[]);
+        r.approvals_required = 2;
+        let mut w = wait_for.clone();
+        w.request_id = id.into();
+        w.expires_at = now() + Duration::from_secs(expires);
+        wait(|done| {
+            store
+                .record_pending_then(r, w, &entry(EntryKind::ExecutionPending, id), done)
+                .unwrap();
+        });
+    }
+    assert_eq!(
+        store
+            .add_approval(
+                approval("p2", "alice", Decision::Reject),
+                2,
+                now(),
+                reserve("jp2")
+            )
+            .unwrap(),
+        ApprovalOutcome::Rejected
+    );
+    assert_eq!(
+        store.execution("p2").unwrap().unwrap().status,
+        ExecutionStatus::Rejected
+    );
+    assert_eq!(
+        store
+            .expire_approval_requests(now() + Duration::from_secs(1))
+            .unwrap(),
+        vec!["p3".to_owned()]
+    );
+    assert_eq!(
+        store.execution("p3").unwrap().unwrap().status,
+        ExecutionStatus::Expired
+    );
+    assert!(store.open_approval_requests(now(), 10).unwrap().is_empty());
+
+    // Revocations, their generation, CRL numbers.
+    let generation = store.revocation_generation().unwrap();
+    assert_eq!(
+        store.revoke(&serial(3), Reason::Superseded, at).unwrap(),
+        RevokeOutcome::AlreadyRevoked
+    );
+    assert_eq!(store.revocation_generation().unwrap(), generation);
+    store
+        .revoke_issued_by(&serial(4), Some("seb-int"), Reason::Superseded, at)
+        .unwrap();
+    assert!(store.revocation_generation().unwrap() > generation);
+    assert_eq!(
+        store.revocations_issued_by("seb-int", false).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store.revocations_issued_by("seb-root", true).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store.revocation(&serial(3)).unwrap().unwrap().reason,
+        Reason::KeyCompromise
+    );
+    assert_eq!(
+        store
+            .revoked_among(&[serial(1), serial(3), serial(4)])
+            .unwrap(),
+        vec![serial(3), serial(4)]
+    );
+    let n = store.next_crl_number().unwrap();
+    assert_eq!(store.next_crl_number().unwrap(), n + 1);
+
+    // Kill switches.
+    assert_eq!(store.policy_state().unwrap().epoch, None);
+    assert_eq!(store.bump_epoch(5, now()).unwrap(), 6);
+    assert_eq!(store.bump_epoch(0, now()).unwrap(), 7);
+    store.set_frozen(true, "drill", now()).unwrap();
+    let state = store.policy_state().unwrap();
+    assert_eq!((state.epoch, state.frozen), (Some(7), Some(true)));
+
+    // Outcomes once per token.
+    assert!(store
+        .record_outcome("j1", "r1", "exec-x5t", "{\"receipt\":1}", now())
+        .unwrap());
+    assert!(!store
+        .record_outcome("j1", "r1", "exec-x5t", "{\"receipt\":2}", now())
+        .unwrap());
+    assert_eq!(
+        store.outcome("j1").unwrap().as_deref(),
+        Some("{\"receipt\":1}")
+    );
+    store
+        .record_event("attestation_failed", "quote mismatch", now())
+        .unwrap();
+    assert_eq!(store.events("attestation_failed").unwrap().len(), 1);
+
+    // The audit log: every audited write is an entry; roots and proofs are those of the
+    // RFC 6962 tree of the entries, computed here from scratch.
+    let size = store.audit_size().unwrap();
+    assert!(size >= 20, "{size} entries");
+    let entries = store.audit_entries(0, size).unwrap();
+    assert_eq!(entries.len() as u64, size);
+    let leaves: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (index, text))| {
+            assert_eq!(*index, i as u64);
+            merkle::leaf_hash(text.as_bytes())
+        })
+        .collect();
+    assert_eq!(leaves[placed.index as usize], placed.leaf_hash);
+    let root = store.audit_root(size).unwrap();
+    assert_eq!(root, merkle::root_of(&leaves));
+    for index in [0, size / 2, size - 1] {
+        let proof = store.audit_inclusion_proof(index, size).unwrap();
+        merkle::verify_inclusion(index, size, &leaves[index as usize], &proof, &root).unwrap();
+    }
+    let old = size / 3;
+    let old_root = store.audit_root(old).unwrap();
+    assert_eq!(old_root, merkle::root_of(&leaves[..old as usize]));
+    let proof = store.audit_consistency_proof(old, size).unwrap();
+    merkle::verify_consistency(old, size, &proof, &old_root, &root).unwrap();
+    store.check_writable().unwrap();
+    store.audit_health().unwrap();
+}
+
+#[test]
+fn the_sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seb::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    contract(&store);
+}
+
+#[test]
+fn the_postgres_store_keeps_the_contract() {
+    let hsm = common::Hsm::initialised_postgres();
+    let config = seb::config::Config::load(&hsm.config()).unwrap();
+    let seb::config::StoreConfig::Postgres(pg) = &config.store else {
+        panic!("provision.sh --postgres wrote no [store]")
+    };
+    let store = seb::store::postgres::PgStore::open(pg).unwrap();
+    contract(&store);
+    // A second store on the same database (another replica) sees the same state and log.
+    let other = seb::store::postgres::PgStore::open(pg).unwrap();
+    assert_eq!(other.audit_size().unwrap(), store.audit_size().unwrap());
+    assert_eq!(
+        other.redeem("j1", "exec-x5t", now()).unwrap(),
+        store.redeem("j1", "exec-x5t", now()).unwrap()
+    );
+    other.append_audit(&entry(EntryKind::Frozen, "x")).unwrap();
+    let size = store.audit_size().unwrap();
+    let position = store
+        .append_audit(&entry(EntryKind::Unfrozen, "y"))
+        .unwrap();
+    assert_eq!(
+        position.index, size,
+        "the second replica follows the first's appends"
+    );
+}
