@@ -73,4 +73,14 @@ fn the_example_configuration_parses() {
     let config = seb::config::Config::parse(&tpm).unwrap();
     assert!(matches!(config.backend, seb::config::BackendConfig::Tpm(_)));
     assert!(config.attestation.is_some(), "{tpm}");
+    // So does the commented PostgreSQL store of replicas.
+    let replicas = format!("{text}\n{}", block("# [store]"));
+    let config = seb::config::Config::parse(&replicas).unwrap();
+    let seb::config::StoreConfig::Postgres(pg) = config.store else {
+        panic!("no [store] backend = \"postgres\" in {replicas}")
+    };
+    assert!(
+        pg.url.contains("sslmode=require") && pg.ca_file.is_some(),
+        "{pg:?}"
+    );
 }
