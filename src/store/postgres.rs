@@ -188,18 +188,25 @@ impl PgStore {
         f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        self.enqueue(operation, f, move |r| {
-            let _ = tx.send(r);
-        });
+        self.enqueue(
+            operation,
+            f,
+            move |r| {
+                let _ = tx.send(r);
+            },
+            false,
+        );
         rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
     }
 
-    /// Queues `f` for the writer; `done` gets its result once the commit is known.
+    /// Queues `f` for the writer; `done` gets its result once the commit is known. A
+    /// `deferred` write waits for a batch someone else starts (at most 50 ms).
     fn enqueue<T: Send + 'static>(
         &self,
         operation: &'static str,
         f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
         done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+        deferred: bool,
     ) {
         let work: Work = Box::new(move |batch| {
             let outcome = match batch {
@@ -216,6 +223,7 @@ impl PgStore {
         });
         self.push(Job {
             work,
+            deferred,
             audited: false,
             announce: None,
         });
@@ -252,6 +260,7 @@ impl PgStore {
         });
         self.push(Job {
             work,
+            deferred: false,
             audited: true,
             announce,
         });

@@ -25,27 +25,53 @@ use crate::store::{
 
 type Txn<'a, 'b> = &'a mut Db<'b, Client>;
 
+/// `executions` rows as one array per column, for `UNNEST`.
+pub(super) struct ExecutionColumns {
+    pub(super) request_id: Vec<String>,
+    pub(super) agent: Vec<String>,
+    pub(super) agent_subject: Vec<String>,
+    pub(super) operation: Vec<String>,
+    pub(super) resource: Vec<String>,
+    pub(super) params: Vec<String>,
+    pub(super) request_digest: Vec<String>,
+    pub(super) status: Vec<String>,
+    pub(super) deny_code: Vec<Option<String>>,
+    pub(super) approvals: Vec<i64>,
+    pub(super) jti: Vec<Option<String>>,
+    pub(super) token: Vec<Option<String>>,
+    pub(super) expires_at: Vec<Option<i64>>,
+    pub(super) created_at: Vec<i64>,
+    pub(super) agent_serials: Vec<String>,
+}
+
+impl ExecutionColumns {
+    pub(super) fn of(rows: &[ExecutionRecord]) -> Self {
+        fn col<T>(rows: &[ExecutionRecord], f: impl Fn(&ExecutionRecord) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        Self {
+            request_id: col(rows, |r| r.request_id.clone()),
+            agent: col(rows, |r| r.agent.clone()),
+            agent_subject: col(rows, |r| r.agent_subject.clone()),
+            operation: col(rows, |r| r.operation.clone()),
+            resource: col(rows, |r| r.resource.clone()),
+            params: col(rows, |r| r.params.clone()),
+            request_digest: col(rows, |r| r.request_digest.clone()),
+            status: col(rows, |r| r.status.as_str().to_owned()),
+            deny_code: col(rows, |r| r.deny_code.clone()),
+            approvals: col(rows, |r| i64::from(r.approvals_required)),
+            jti: col(rows, |r| r.jti.clone()),
+            token: col(rows, |r| r.token.clone()),
+            expires_at: col(rows, |r| r.expires_at.map(unix)),
+            created_at: col(rows, |r| unix(r.created_at)),
+            agent_serials: col(rows, |r| serials_text(&r.agent_serials)),
+        }
+    }
+}
+
 /// Inserts `rows` into `executions` with one statement.
 pub(super) fn insert_executions(db: Txn<'_, '_>, rows: &[ExecutionRecord]) -> Result<(), DbError> {
-    let col = |f: &dyn Fn(&ExecutionRecord) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let request_id = col(&|r| r.request_id.clone());
-    let agent = col(&|r| r.agent.clone());
-    let agent_subject = col(&|r| r.agent_subject.clone());
-    let operation = col(&|r| r.operation.clone());
-    let resource = col(&|r| r.resource.clone());
-    let params = col(&|r| r.params.clone());
-    let request_digest = col(&|r| r.request_digest.clone());
-    let status = col(&|r| r.status.as_str().to_owned());
-    let agent_serials = col(&|r| serials_text(&r.agent_serials));
-    let deny_code: Vec<Option<String>> = rows.iter().map(|r| r.deny_code.clone()).collect();
-    let jti: Vec<Option<String>> = rows.iter().map(|r| r.jti.clone()).collect();
-    let token: Vec<Option<String>> = rows.iter().map(|r| r.token.clone()).collect();
-    let approvals: Vec<i64> = rows
-        .iter()
-        .map(|r| i64::from(r.approvals_required))
-        .collect();
-    let expires_at: Vec<Option<i64>> = rows.iter().map(|r| r.expires_at.map(unix)).collect();
-    let created_at: Vec<i64> = rows.iter().map(|r| unix(r.created_at)).collect();
+    let c = ExecutionColumns::of(rows);
     db.execute(
         "INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
             params, request_digest, status, deny_code, approvals_required, jti, token,
@@ -54,21 +80,21 @@ pub(super) fn insert_executions(db: Txn<'_, '_>, rows: &[ExecutionRecord]) -> Re
             $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[],
             $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::TEXT[])",
         &[
-            &request_id,
-            &agent,
-            &agent_subject,
-            &operation,
-            &resource,
-            &params,
-            &request_digest,
-            &status,
-            &deny_code,
-            &approvals,
-            &jti,
-            &token,
-            &expires_at,
-            &created_at,
-            &agent_serials,
+            &c.request_id,
+            &c.agent,
+            &c.agent_subject,
+            &c.operation,
+            &c.resource,
+            &c.params,
+            &c.request_digest,
+            &c.status,
+            &c.deny_code,
+            &c.approvals,
+            &c.jti,
+            &c.token,
+            &c.expires_at,
+            &c.created_at,
+            &c.agent_serials,
         ],
     )
     .map(|_| ())
@@ -89,6 +115,7 @@ pub(super) fn complete_issuance_then(
                 Ok(())
             },
             done,
+            true,
         ),
         None => {
             // The grant's entry is in the log; this one says no token left after all.

@@ -27,6 +27,8 @@ use crate::store::{ExecutionRecord, LogPosition};
 pub(super) const AUDIT_LOCK: i64 = 0x5345_4202;
 /// Most writes one commit carries.
 const MAX_BATCH: usize = 512;
+/// Longest a deferred write waits for company.
+const MAX_DEFER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What to do once the commit of a batch is known (`Err` carries why it did not commit).
 pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -40,6 +42,9 @@ pub(super) type Announce = Box<dyn FnOnce(LogPosition) + Send>;
 /// A queued write.
 pub(super) struct Job {
     pub(super) work: Work,
+    /// Nobody waits for it yet (a token stored on its granted record): it rides along with the
+    /// next batch someone does wait for, or is committed on its own after [`MAX_DEFER`].
+    pub(super) deferred: bool,
     /// Appends exactly one audit entry.
     pub(super) audited: bool,
     /// For an audited write whose entry is known when queued: its leaf hash and who wants
@@ -117,41 +122,76 @@ pub(super) fn sql_int(v: u64) -> i64 {
 /// The queue between callers and the writer thread.
 #[derive(Default)]
 pub(super) struct Jobs {
-    queue: Mutex<(VecDeque<Job>, bool)>,
+    queue: Mutex<Queue>,
     ready: Condvar,
 }
 
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Jobs queued that are not deferred.
+    urgent: usize,
+    /// When the oldest deferred job waiting was queued.
+    oldest_deferred: Option<std::time::Instant>,
+    closed: bool,
+}
+
 impl Jobs {
-    /// Queues `job`, or gives it back if the writer has stopped.
+    /// Queues `job`, or gives it back if the writer has stopped. A deferred job wakes no one.
     pub(super) fn push(&self, job: Job) -> Result<(), Job> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.1 {
+        if q.closed {
             return Err(job);
         }
-        q.0.push_back(job);
+        let urgent = !job.deferred;
+        if urgent {
+            q.urgent += 1;
+        } else if q.oldest_deferred.is_none() {
+            q.oldest_deferred = Some(std::time::Instant::now());
+        }
+        q.jobs.push_back(job);
         drop(q);
-        self.ready.notify_one();
+        if urgent {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
     pub(super) fn close(&self) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         self.ready.notify_all();
     }
 
-    /// Every job waiting (at most [`MAX_BATCH`]), blocking until there is one; `None` once
-    /// closed and drained.
+    /// Every job waiting (at most [`MAX_BATCH`]) once one is urgent, a deferred one has waited
+    /// [`MAX_DEFER`], or the queue closes; `None` once closed and drained.
     fn take(&self) -> Option<Vec<Job>> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if !q.0.is_empty() {
-                let n = q.0.len().min(MAX_BATCH);
-                return Some(q.0.drain(..n).collect());
+            let deferred_due = q.oldest_deferred.is_some_and(|t| t.elapsed() >= MAX_DEFER);
+            if !q.jobs.is_empty() && (q.urgent > 0 || deferred_due || q.closed) {
+                let n = q.jobs.len().min(MAX_BATCH);
+                let taken: Vec<Job> = q.jobs.drain(..n).collect();
+                q.urgent -= taken.iter().filter(|j| !j.deferred).count();
+                q.oldest_deferred = if q.jobs.iter().any(|j| j.deferred) {
+                    Some(std::time::Instant::now())
+                } else {
+                    None
+                };
+                return Some(taken);
             }
-            if q.1 {
+            if q.closed {
                 return None;
             }
-            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = match q.oldest_deferred {
+                Some(t) => {
+                    let wait = MAX_DEFER.saturating_sub(t.elapsed());
+                    self.ready
+                        .wait_timeout(q, wait)
+                        .map(|(q, _)| q)
+                        .unwrap_or_else(|p| p.into_inner().0)
+                }
+                None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 }
@@ -227,15 +267,12 @@ fn run_batch(
     let audited = jobs.iter().any(|j| j.audited);
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     let mut db = conn.db();
+    // `in_batch` ends by sending its last statement and COMMIT together (one round trip).
     let result = in_batch(&mut db, edge, jobs, audited, &mut completions);
-    let result = match result {
-        Ok(tail) => db.batch("COMMIT").map(|()| tail),
-        Err(e) => {
-            // Nothing of the batch is kept; a broken connection is dropped by the caller.
-            let _ = db.batch("ROLLBACK");
-            Err(e)
-        }
-    };
+    if result.is_err() {
+        // Nothing of the batch is kept; a broken connection is dropped by the caller.
+        let _ = db.batch("ROLLBACK");
+    }
     let commit = match &result {
         Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
@@ -330,23 +367,66 @@ fn in_batch(
     if let Some(why) = failure {
         return Err(DbError::Corrupt(why));
     }
-    batch.flush()?;
+    // Whatever is staged (granted rows, tokens, entries and tree nodes) in one statement,
+    // sent with COMMIT in the same round trip.
     let Batch {
-        db, entries, nodes, ..
+        db,
+        entries,
+        nodes,
+        executions,
+        issued,
+        ..
     } = batch;
-    if entries.0.is_empty() {
+    let appended = !entries.0.is_empty();
+    if executions.is_empty() && issued.0.is_empty() && !appended {
+        db.batch("COMMIT")?;
         return Ok(None);
     }
-    db.execute(
-        "WITH entries AS (
+    let rows = super::records::ExecutionColumns::of(&executions);
+    db.execute_and_commit(
+        "WITH granted AS (
+            INSERT INTO executions (request_id, agent, agent_subject, operation, resource,
+                params, request_digest, status, deny_code, approvals_required, jti, token,
+                expires_at, created_at, agent_serials)
+            SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[],
+                $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::TEXT[])
+         ), issued AS (
+            UPDATE executions e SET token = u.token, status = 'granted'
+            FROM UNNEST($16::TEXT[], $17::TEXT[]) AS u (request_id, token)
+            WHERE e.request_id = u.request_id AND e.status = 'issuing'
+         ), logged AS (
             INSERT INTO audit_entries (idx, entry)
-            SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])
+            SELECT * FROM UNNEST($18::BIGINT[], $19::TEXT[])
          )
          INSERT INTO audit_nodes (level, idx, hash)
-         SELECT * FROM UNNEST($3::INTEGER[], $4::BIGINT[], $5::BYTEA[])",
-        &[&entries.0, &entries.1, &nodes.0, &nodes.1, &nodes.2],
+         SELECT * FROM UNNEST($20::INTEGER[], $21::BIGINT[], $22::BYTEA[])",
+        &[
+            &rows.request_id,
+            &rows.agent,
+            &rows.agent_subject,
+            &rows.operation,
+            &rows.resource,
+            &rows.params,
+            &rows.request_digest,
+            &rows.status,
+            &rows.deny_code,
+            &rows.approvals,
+            &rows.jti,
+            &rows.token,
+            &rows.expires_at,
+            &rows.created_at,
+            &rows.agent_serials,
+            &issued.0,
+            &issued.1,
+            &entries.0,
+            &entries.1,
+            &nodes.0,
+            &nodes.1,
+            &nodes.2,
+        ],
     )?;
-    Ok(Some(tail))
+    Ok(appended.then_some(tail))
 }
 
 /// The log's tail of `size` entries: `known` if no replica appended since, else read again.
