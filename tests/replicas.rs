@@ -650,3 +650,59 @@ fn tls_to_the_database_is_used_and_verified_when_the_url_asks_for_it() {
     let out = hsm.seb(&["migrate"]);
     common::assert_clean_failure(&out, "ca_file");
 }
+
+#[test]
+fn migrate_creates_the_schema_once_and_check_reports_the_database() {
+    let hsm = Hsm::initialised_postgres();
+    let text = hsm.seb_ok(&["check"]);
+    assert!(
+        text.contains("PostgreSQL store reachable, schema version 1"),
+        "{text}"
+    );
+    assert!(text.contains("database password file"), "{text}");
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("up to date (version 1)"), "{said}");
+    // An empty database: check says what to do, migrate creates the schema, once.
+    let password = std::fs::read_to_string(hsm.path("pg.password")).unwrap();
+    let port = std::fs::read_to_string(hsm.path("pg.port")).unwrap();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port.trim(),
+            "-U",
+            "seb",
+            "-d",
+            "seb",
+            "-qc",
+        ])
+        .arg("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .unwrap();
+    common::assert_success(&out, "psql");
+    let out = hsm.seb(&["check"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("no seb schema: run `seb migrate`"),
+        "{report}"
+    );
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("migrated from version 0 to 1"), "{said}");
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("up to date"), "{said}");
+    // The database down: check fails and says so, without the password.
+    hsm.pg_stop();
+    let out = hsm.seb(&["check"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("the PostgreSQL store cannot be reached"),
+        "{report}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stderr.contains(password.trim()) && !stdout.contains(password.trim()));
+}

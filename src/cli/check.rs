@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use seb::attest::policy::AttestPolicy;
 use seb::ca::trust_dir::read_certificate;
-use seb::config::{BackendConfig, Config, PinSource};
+use seb::config::{BackendConfig, Config, PinSource, PostgresConfig, StoreConfig};
 
 use super::inventory::time_text;
 use super::{open_backend, CliResult};
@@ -62,6 +62,11 @@ pub fn run(config: &Config) -> CliResult {
                 ));
             }
         }
+    }
+
+    // The shared store of replicas.
+    if let StoreConfig::Postgres(pg) = &config.store {
+        check_postgres(&mut r, pg);
     }
 
     // State directory.
@@ -222,4 +227,52 @@ fn check_pin_file(r: &mut Report, path: &Path) {
             path.display()
         )),
     }
+}
+
+/// The PostgreSQL store: its password file private, the database reachable (with TLS when
+/// asked), the schema at this seb's version. Changes nothing.
+fn check_postgres(r: &mut Report, pg: &PostgresConfig) {
+    match std::fs::metadata(&pg.password_file) {
+        Err(e) => r.problem(&format!(
+            "database password file {} cannot be read ({e}): fix [store] password_file",
+            pg.password_file.display()
+        )),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => r.warn(&format!(
+            "database password file {} has mode {:o}: chmod 0600 it",
+            pg.password_file.display(),
+            meta.permissions().mode() & 0o777
+        )),
+        Ok(_) => r.ok(&format!(
+            "database password file {} is private to its owner",
+            pg.password_file.display()
+        )),
+    }
+    match seb::store::postgres::PgStore::schema_version(pg) {
+        Ok((found, needed)) if found == needed => r.ok(&format!(
+            "PostgreSQL store reachable, schema version {found}"
+        )),
+        Ok((0, _)) => r.problem("the PostgreSQL database has no seb schema: run `seb migrate`"),
+        Ok((found, needed)) if found < needed => r.problem(&format!(
+            "the PostgreSQL schema is version {found}, this seb needs {needed}: run `seb migrate`"
+        )),
+        Ok((found, needed)) => r.problem(&format!(
+            "the PostgreSQL schema is version {found}, newer than this seb ({needed}): upgrade seb"
+        )),
+        Err(e) => r.problem(&format!(
+            "the PostgreSQL store cannot be reached: {}",
+            chain(&e)
+        )),
+    }
+}
+
+/// An error with its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

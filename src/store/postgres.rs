@@ -181,6 +181,31 @@ impl PgStore {
         Ok((before, schema::VERSION))
     }
 
+    /// The schema version of the database `config` names (0: none) and the one this seb
+    /// writes, without changing anything.
+    pub fn schema_version(config: &PostgresConfig) -> Result<(i32, i32), StoreError> {
+        let (connector, runtime) = open_connector(config, None)?;
+        let result = connector.connect().and_then(|mut conn| {
+            let mut db = conn.db();
+            let exists = db.exists(
+                "SELECT 1 FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'seb_schema'",
+                &[],
+            )?;
+            if !exists {
+                return Ok(0);
+            }
+            Ok(db
+                .query_opt("SELECT version FROM seb_schema", &[])?
+                .map_or(0, |r| r.get(0)))
+        });
+        runtime.shutdown_background();
+        Ok((
+            result.map_err(|e| e.into_store("read the schema version"))?,
+            schema::VERSION,
+        ))
+    }
+
     /// Runs `f` in the writer's next commit and returns its result once committed.
     fn write<T: Send + 'static>(
         &self,
