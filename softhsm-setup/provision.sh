@@ -471,7 +471,8 @@ password_encryption = 'scram-sha-256'
 fsync = on
 synchronous_commit = on
 full_page_writes = on
-shared_buffers = 32MB
+# PostgreSQL's default: with 32MB the backends evicted dirty pages themselves under bench load
+shared_buffers = 128MB
 max_connections = 100"
     if [ "$(cat "$PGD/data/seb.conf" 2>/dev/null || true)" != "$conf" ]; then
       printf '%s\n' "$conf" | (cd "$PGD" && as_pg tee "$PGD/data/seb.conf") >/dev/null

@@ -431,9 +431,12 @@ fn connector(
     pg.keepalives_idle(Duration::from_secs(10));
     // A statement, or a wait for another replica's batch, may not hang forever; a replica
     // that stops mid-transaction (frozen, not dead) gives up the log's lock.
+    // Every statement is prepared once per connection and planned once: a custom plan per
+    // execution (the default for the first ones) cost the batch statement 1.2 ms of planning
+    // for under 1 ms of execution.
     let mut options = String::from(
         "-c statement_timeout=10000 -c lock_timeout=10000 \
-         -c idle_in_transaction_session_timeout=30000",
+         -c idle_in_transaction_session_timeout=30000 -c plan_cache_mode=force_generic_plan",
     );
     if let Some(n) = namespace {
         options.push_str(&format!(" -c search_path={n}"));

@@ -93,7 +93,8 @@ impl<'b> Batch<'_, 'b> {
             self.db.execute(
                 "UPDATE executions e SET token = u.token, status = 'granted'
                  FROM UNNEST($1::TEXT[], $2::TEXT[]) AS u (request_id, token)
-                 WHERE e.request_id = u.request_id AND e.status = 'issuing'",
+                 WHERE e.request_id = ANY($1::TEXT[]) AND e.request_id = u.request_id
+                   AND e.status = 'issuing'",
                 &[&ids, &tokens],
             )?;
         }
@@ -394,7 +395,10 @@ fn in_batch(
          ), issued AS (
             UPDATE executions e SET token = u.token, status = 'granted'
             FROM UNNEST($16::TEXT[], $17::TEXT[]) AS u (request_id, token)
-            WHERE e.request_id = u.request_id AND e.status = 'issuing'
+            -- The ANY gives the planner the primary key to look the rows up by; joined with
+            -- the unnested rows alone, it scanned the whole table in every batch.
+            WHERE e.request_id = ANY($16::TEXT[]) AND e.request_id = u.request_id
+              AND e.status = 'issuing'
          ), logged AS (
             INSERT INTO audit_entries (idx, entry)
             SELECT * FROM UNNEST($18::BIGINT[], $19::TEXT[])
