@@ -95,3 +95,68 @@ fn a_taken_tpm_port_is_reported_with_the_swtpm_reason() {
         .output();
     drop(taken);
 }
+
+/// The postmaster's pid of the cluster in `dir`, while it runs.
+fn postmaster(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("postgres/data/postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().to_owned();
+    alive(&pid).then_some(pid)
+}
+
+#[test]
+fn a_postgres_cluster_is_provisioned_once_runs_as_postgres_and_stop_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let provision = || {
+        Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args(["--port", &free_port().to_string(), "--postgres"])
+            .output()
+            .unwrap()
+    };
+    common::assert_success(&provision(), "provision.sh --postgres");
+    let config = std::fs::read_to_string(dir.path().join("seb.toml")).unwrap();
+    let port = std::fs::read_to_string(dir.path().join("pg.port")).unwrap();
+    assert!(
+        config.contains(&format!(
+            "url = \"postgres://seb@127.0.0.1:{}/seb\"",
+            port.trim()
+        )),
+        "{config}"
+    );
+    assert!(!config.contains(
+        std::fs::read_to_string(dir.path().join("pg.password"))
+            .unwrap()
+            .trim()
+    ));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let secret = std::fs::metadata(dir.path().join("pg.password")).unwrap();
+    assert_eq!(
+        secret.permissions().mode() & 0o077,
+        0,
+        "the password file is private"
+    );
+    let pid = postmaster(dir.path()).expect("the cluster runs");
+    // The server refuses root: it runs as the postgres user.
+    let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+    assert_ne!(owner, 0, "postgres runs as root");
+    // A second run changes nothing and keeps the same server.
+    let before = std::fs::read(dir.path().join("seb.toml")).unwrap();
+    common::assert_success(&provision(), "provision.sh --postgres again");
+    assert_eq!(std::fs::read(dir.path().join("seb.toml")).unwrap(), before);
+    assert_eq!(postmaster(dir.path()).as_deref(), Some(pid.as_str()));
+    // stop.sh stops it.
+    let out = Command::new("bash")
+        .arg(dir.path().join("stop.sh"))
+        .output()
+        .unwrap();
+    common::assert_success(&out, "stop.sh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&pid) {
+        assert!(
+            Instant::now() < deadline,
+            "postgres still runs after stop.sh"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
