@@ -340,7 +340,7 @@ fn approvals_through_each_replica_complete_one_quorum_once() {
 }
 
 #[test]
-fn a_revocation_or_freeze_through_one_takes_effect_on_the_other_within_a_second() {
+fn a_revocation_freeze_or_epoch_bump_takes_effect_on_the_other_replica_within_a_second() {
     let s = replicas();
     grant(&s, &s.b.url);
     // A freeze made with the CLI (the shared database) stops both replicas.
@@ -369,7 +369,27 @@ fn a_revocation_or_freeze_through_one_takes_effect_on_the_other_within_a_second(
     }
     s.hsm.seb_ok(&["unfreeze", "--reason", "drill over"]);
     std::thread::sleep(Duration::from_millis(600));
-    grant(&s, &s.a.url);
+    let before_bump = grant(&s, &s.a.url);
+
+    // An epoch bump made with the CLI: a second later, a token issued through A before it
+    // is refused at redemption through B (stale_epoch).
+    s.hsm.seb_ok(&["epoch", "bump"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = call(
+        &s.hsm,
+        &s.b.url,
+        &s.executor,
+        "POST",
+        "/v1/tokens/redeem",
+        Some(&json!({"token": before_bump})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(code(&r), "stale_epoch", "{}", r.text);
+    let fresh = grant(&s, &s.a.url);
+    assert!(
+        claims_of(&fresh)["epoch"].as_u64() > claims_of(&before_bump)["epoch"].as_u64(),
+        "A issues tokens of the new epoch"
+    );
 
     // The agent's certificate revoked with the CLI: both replicas refuse it at once.
     let cert = Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
