@@ -642,6 +642,13 @@ fn tls_to_the_database_is_used_and_verified_when_the_url_asks_for_it() {
     std::fs::write(hsm.config(), with_tls(ca.to_str().unwrap())).unwrap();
     let said = hsm.seb_ok(&["migrate"]);
     assert!(said.contains("up to date"), "{said}");
+    // libpq's spelling of the same mode works too (the host name is always checked).
+    std::fs::write(
+        hsm.config(),
+        with_tls(ca.to_str().unwrap()).replace("sslmode=require", "sslmode=verify-full"),
+    )
+    .unwrap();
+    hsm.seb_ok(&["migrate"]);
     let broker = Broker::start(&hsm);
     let agent = hsm.agent("deploy-bot", GRANTS);
     let r = call(

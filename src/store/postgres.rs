@@ -409,8 +409,13 @@ fn connector(
     config: &PostgresConfig,
     namespace: Option<&str>,
 ) -> Result<(Connector, tokio::runtime::Runtime), String> {
-    let mut pg: tokio_postgres::Config = config
+    // libpq's verifying modes: rustls always checks the chain against `ca_file` and the
+    // host name, which is `verify-full`; tokio-postgres knows the mode as `require`.
+    let url = config
         .url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| format!("[store] url does not parse: {e}"))?;
     if pg.get_password().is_some() {
