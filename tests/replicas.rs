@@ -436,6 +436,27 @@ fn the_database_going_away_fails_closed_and_both_replicas_recover_without_a_rest
         assert_eq!(code(&r), "store_unavailable", "{}", r.text);
         assert!(!r.text.contains("password"), "{}", r.text);
     }
+    // Readiness says so: with the database down even the caller's revocations cannot be read,
+    // so `/healthz` is refused like every route (503 store_unavailable); back up, it reports
+    // the store and the log ready (answers are reused for up to a second).
+    let health = |url: &str, ok: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let h = call(&s.hsm, url, &s.agent, "GET", "/healthz", None);
+            let ready = h.status == 200
+                && h.body["checks"]["store"]["ok"] == true
+                && h.body["checks"]["audit"]["ok"] == true;
+            if ready == ok {
+                if !ok {
+                    assert_eq!(h.status, 503, "{}", h.text);
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", h.text);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    health(&s.a.url, false);
     s.hsm.pg_start();
     for url in [&s.a.url, &s.b.url] {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -454,6 +475,7 @@ fn the_database_going_away_fails_closed_and_both_replicas_recover_without_a_rest
             assert!(Instant::now() < deadline, "no recovery: {}", r.text);
             std::thread::sleep(Duration::from_millis(100));
         }
+        health(url, true);
     }
     let out = audit_verify(&s, &s.b.url);
     assert!(out.contains("audit log OK"), "{out}");

@@ -231,17 +231,12 @@ pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let audited = batch.iter().any(|j| j.audited);
+        // As on SQLite: any commit that fails marks the log unwritable, any that succeeds
+        // shows the store (and so the log) writable again.
         match run_batch(c, &mut edge, batch) {
-            Ok(()) => {
-                if audited {
-                    health.set(None);
-                }
-            }
+            Ok(()) => health.set(None),
             Err(e) => {
-                if audited || e.breaks_connection() {
-                    health.set(Some(format!("the audit log cannot be written: {e}")));
-                }
+                health.set(Some(format!("the audit log cannot be written: {e}")));
                 if e.breaks_connection() || c.client.is_closed() {
                     conn = None;
                 }
