@@ -18,6 +18,7 @@ use crate::cli::{open_backend, with_config, CliError, CliResult};
 
 mod audit;
 mod broker;
+mod load;
 
 /// `seb bench ...`
 #[derive(Debug, clap::Subcommand)]
@@ -46,7 +47,7 @@ pub enum BenchCommand {
     Broker(broker::BrokerBenchArgs),
     /// The load generator of `bench broker --external` on its own (no --config): agents
     /// against a running broker, in this process, so that the broker's CPU is measured alone.
-    Load(broker::LoadArgs),
+    Load(load::LoadArgs),
     /// The audit log at scale (no device, no --config): append rate, proof latency,
     /// verification speed and store size per entry.
     Audit(audit::AuditBenchArgs),
@@ -64,7 +65,7 @@ pub fn dispatch(config: Option<&std::path::Path>, command: BenchCommand) -> CliR
     match command {
         BenchCommand::Decide { iterations } => decide_latency(iterations),
         BenchCommand::Audit(args) => audit::run(args),
-        BenchCommand::Load(args) => broker::run_load_process(args),
+        BenchCommand::Load(args) => load::run_load_process(args),
         other => with_config(config, |c| run(c, other)),
     }
 }
@@ -90,7 +91,7 @@ pub fn run(config: &Config, command: BenchCommand) -> CliResult {
         BenchCommand::Issue { count } => issue_latency(config, count),
         BenchCommand::Broker(args) => broker::run(config, args),
         BenchCommand::Audit(args) => audit::run(args),
-        BenchCommand::Load(args) => broker::run_load_process(args),
+        BenchCommand::Load(args) => load::run_load_process(args),
         BenchCommand::Decide { iterations } => decide_latency(iterations),
     }
 }

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+mod store;
 use serde::Deserialize;
+pub use store::{PostgresConfig, StoreConfig};
 
 use crate::backend::KeyAlgorithm;
 use crate::ca::TrustDir;
@@ -646,67 +649,6 @@ impl Default for ServerConfig {
             tls_resumption: true,
             worker_threads: None,
         }
-    }
-}
-
-/// `[store]`: where the broker's durable state lives.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// Embedded SQLite in `state_dir` (`seb.db`): nothing to install, one broker.
-    #[default]
-    Sqlite,
-    /// A PostgreSQL database shared by several broker replicas.
-    Postgres(PostgresConfig),
-}
-
-/// `[store] backend = "postgres"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// `postgres://USER@HOST:PORT/DBNAME[?sslmode=require]`, without a password.
-    pub url: String,
-    /// File holding the database password (relative paths: to the configuration file).
-    pub password_file: PathBuf,
-    /// PEM roots that sign the database server's TLS certificate; with it (or with
-    /// `sslmode=require` in the URL) the connection uses TLS and verifies the server.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Connections each replica keeps for reads and single writes, besides the audit
-    /// writer's own.
-    #[serde(default = "default_pool")]
-    pub pool: usize,
-}
-
-fn default_pool() -> usize {
-    4
-}
-
-impl PostgresConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(format!("[store] {m}")));
-        let Some(rest) = self
-            .url
-            .strip_prefix("postgres://")
-            .or_else(|| self.url.strip_prefix("postgresql://"))
-        else {
-            return invalid("url must start with postgres://");
-        };
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        if let Some((user, _)) = authority.rsplit_once('@') {
-            if user.contains(':') {
-                return invalid(
-                    "url must not hold a password: put it in password_file (mode 0600)",
-                );
-            }
-        }
-        if self.url.contains("password=") {
-            return invalid("url must not hold a password: put it in password_file (mode 0600)");
-        }
-        if !(1..=64).contains(&self.pool) {
-            return invalid("pool must be 1 to 64 connections");
-        }
-        Ok(())
     }
 }
 

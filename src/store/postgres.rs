@@ -15,12 +15,12 @@
 //! refuses with `store_unavailable`, and the next call opens a new connection, so it recovers
 //! when the database is back without a restart.
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use conn::{Connector, DbError, Pool};
-use writer::{Batch, Completion, Health, Job, Jobs, Work};
+use conn::{Connector, Pool};
+use connect::{checked_namespace, connector_runtime, open_connector, redacted};
+use writer::{Health, Jobs};
 
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, IssuedCertificate, LogPosition,
@@ -33,8 +33,11 @@ use crate::ca::crl::{Reason, Revocation};
 use crate::config::PostgresConfig;
 use crate::serial::Serial;
 
+mod approvals;
 mod certificates;
 mod conn;
+mod connect;
+mod queue;
 mod records;
 mod schema;
 mod tls;
@@ -204,336 +207,6 @@ impl PgStore {
             result.map_err(|e| e.into_store("read the schema version"))?,
             schema::VERSION,
         ))
-    }
-
-    /// Runs `f` in the writer's next commit and returns its result once committed.
-    fn write<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        self.enqueue(
-            operation,
-            f,
-            move |r| {
-                let _ = tx.send(r);
-            },
-            false,
-        );
-        rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
-    }
-
-    /// Queues `f` for the writer; `done` gets its result once the commit is known. A
-    /// `deferred` write waits for a batch someone else starts (at most 50 ms).
-    fn enqueue<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
-        done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
-        deferred: bool,
-    ) {
-        let work: Work = Box::new(move |batch| {
-            let outcome = match batch {
-                Some(b) => f(b).map_err(Some),
-                None => Err(None),
-            };
-            let failed = match &outcome {
-                Err(Some(e)) => Some(format!("{operation}: {e}")),
-                _ => None,
-            };
-            let completion: Completion =
-                Box::new(move |commit| done(finish(operation, outcome, commit)));
-            (completion, failed)
-        });
-        self.push(Job {
-            work,
-            deferred,
-            audited: false,
-            announce: None,
-        });
-    }
-
-    /// Queues an audited write: `f` runs, then the entry `entry` makes of its result is
-    /// appended, in the writer's next commit. `announce`, when given with the entry's leaf
-    /// hash, hears the entry's place as soon as the batch holds the log's lock.
-    fn enqueue_audited<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
-        entry: impl FnOnce(&T) -> String + Send + 'static,
-        announce: Option<(Hash, writer::Announce)>,
-        done: impl FnOnce(Result<(T, LogPosition), StoreError>) + Send + 'static,
-    ) {
-        let work: Work = Box::new(move |batch| {
-            let outcome = match batch {
-                Some(b) => f(&mut *b)
-                    .map(|value| {
-                        let position = b.append(entry(&value));
-                        (value, position)
-                    })
-                    .map_err(Some),
-                None => Err(None),
-            };
-            let failed = match &outcome {
-                Err(Some(e)) => Some(format!("{operation}: {e}")),
-                _ => None,
-            };
-            let completion: Completion =
-                Box::new(move |commit| done(finish(operation, outcome, commit)));
-            (completion, failed)
-        });
-        self.push(Job {
-            work,
-            deferred: false,
-            audited: true,
-            announce,
-        });
-    }
-
-    fn push(&self, job: Job) {
-        if let Err(job) = self.jobs.push(job) {
-            let (done, _) = (job.work)(None);
-            done(Err("the store writer has stopped".into()));
-        }
-    }
-
-    /// An audited write that returns once committed.
-    fn write_audited<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
-        entry: impl FnOnce(&T) -> String + Send + 'static,
-    ) -> Result<(T, LogPosition), StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.enqueue_audited(operation, f, entry, None, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
-    }
-
-    /// An audited write of a known entry: `positioned` hears the entry's place as soon as
-    /// the writer's batch holds the log's lock (or the failure, if it never gets one); `done`
-    /// hears of the commit.
-    fn enqueue_positioned(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<(), DbError> + Send + 'static,
-        entry: &Entry,
-        positioned: super::Positioned,
-        done: WriteDone,
-    ) {
-        let text = match encode(entry) {
-            Ok(text) => text,
-            Err(e) => return positioned(Err(e)),
-        };
-        let leaf_hash = merkle::leaf_hash(text.as_bytes());
-        let once = PositionOnce {
-            operation,
-            positioned: Some(positioned),
-        };
-        self.enqueue_audited(
-            operation,
-            f,
-            move |_| text,
-            Some((leaf_hash, Box::new(move |p| once.tell(Ok(p))))),
-            move |r| done(r.map(|_| ())),
-        );
-    }
-
-    /// [`PgStore::enqueue_positioned`], waiting on this thread for the place.
-    fn enqueue_placed(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Batch<'_, '_>) -> Result<(), DbError> + Send + 'static,
-        entry: &Entry,
-        done: WriteDone,
-    ) -> Result<LogPosition, StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.enqueue_positioned(
-            operation,
-            f,
-            entry,
-            Box::new(move |p| {
-                let _ = tx.send(p);
-            }),
-            done,
-        );
-        rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)))
-    }
-
-    /// A read (or single write) on a pooled connection.
-    fn read<T>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut conn::Db<'_, tokio_postgres::Client>) -> Result<T, DbError>,
-    ) -> Result<T, StoreError> {
-        self.pool.with(operation, |c| f(&mut c.db()))
-    }
-}
-
-/// A schema name made only of lowercase letters, digits and `_`.
-fn checked_namespace(namespace: &str) -> Result<&str, StoreError> {
-    let ok = !namespace.is_empty()
-        && namespace.len() <= 63
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(namespace)
-    } else {
-        Err(StoreError::Io {
-            operation: "name a schema",
-            source: format!("bad schema name {namespace:?}").into(),
-        })
-    }
-}
-
-/// [`connector`] with its error as the store's.
-fn open_connector(
-    config: &PostgresConfig,
-    namespace: Option<&str>,
-) -> Result<(Connector, tokio::runtime::Runtime), StoreError> {
-    if let Some(n) = namespace {
-        checked_namespace(n)?;
-    }
-    connector(config, namespace).map_err(|e| StoreError::Open {
-        path: redacted(&config.url),
-        source: e.into(),
-    })
-}
-
-/// The connector for `config` (password read from its file now) and the runtime its
-/// connections run on; with `namespace`, every name resolves in that schema first.
-fn connector(
-    config: &PostgresConfig,
-    namespace: Option<&str>,
-) -> Result<(Connector, tokio::runtime::Runtime), String> {
-    // libpq's verifying modes: rustls always checks the chain against `ca_file` and the
-    // host name, which is `verify-full`; tokio-postgres knows the mode as `require`.
-    let url = config
-        .url
-        .replace("sslmode=verify-full", "sslmode=require")
-        .replace("sslmode=verify-ca", "sslmode=require");
-    let mut pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("[store] url does not parse: {e}"))?;
-    if pg.get_password().is_some() {
-        return Err("[store] url must not hold a password".into());
-    }
-    let password = std::fs::read_to_string(&config.password_file)
-        .map_err(|e| format!("cannot read {}: {e}", config.password_file.display()))?;
-    let password = password.trim_end_matches(['\n', '\r']);
-    if password.is_empty() {
-        return Err(format!("{} is empty", config.password_file.display()));
-    }
-    pg.password(password);
-    if pg.get_application_name().is_none() {
-        pg.application_name("seb");
-    }
-    pg.connect_timeout(Duration::from_secs(3));
-    pg.keepalives(true);
-    pg.keepalives_idle(Duration::from_secs(10));
-    // A statement, or a wait for another replica's batch, may not hang forever; a replica
-    // that stops mid-transaction (frozen, not dead) gives up the log's lock.
-    // Every statement is prepared once per connection and planned once: a custom plan per
-    // execution (the default for the first ones) cost the batch statement 1.2 ms of planning
-    // for under 1 ms of execution.
-    let mut options = String::from(
-        "-c statement_timeout=10000 -c lock_timeout=10000 \
-         -c idle_in_transaction_session_timeout=30000 -c plan_cache_mode=force_generic_plan",
-    );
-    if let Some(n) = namespace {
-        options.push_str(&format!(" -c search_path={n}"));
-    }
-    pg.options(&options);
-    let wants_tls = matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
-        || config.ca_file.is_some();
-    let tls = if wants_tls {
-        let Some(ca) = &config.ca_file else {
-            return Err("[store] sslmode=require needs ca_file (the database's CA, PEM)".into());
-        };
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-        Some(tls::TlsConnector::new(&pem)?)
-    } else {
-        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        None
-    };
-    let runtime = connector_runtime().map_err(|e| e.to_string())?;
-    Ok((
-        Connector {
-            config: pg,
-            tls,
-            runtime: runtime.handle().clone(),
-        },
-        runtime,
-    ))
-}
-
-fn connector_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("seb-pg")
-        .enable_all()
-        .build()
-}
-
-/// The URL without anything after `?` (it names no secret, but options may).
-fn redacted(url: &str) -> String {
-    url.split('?').next().unwrap_or_default().to_owned()
-}
-
-/// Tells `positioned` once: the place, or (dropped unheard, when the batch failed before it
-/// had the log's lock) the failure.
-struct PositionOnce {
-    operation: &'static str,
-    positioned: Option<super::Positioned>,
-}
-
-impl PositionOnce {
-    fn tell(mut self, position: Result<LogPosition, StoreError>) {
-        if let Some(p) = self.positioned.take() {
-            p(position);
-        }
-    }
-}
-
-impl Drop for PositionOnce {
-    fn drop(&mut self) {
-        if let Some(p) = self.positioned.take() {
-            p(Err(StoreError::Io {
-                operation: self.operation,
-                source: "not written: the store could not take the audit log's lock".into(),
-            }));
-        }
-    }
-}
-
-fn writer_gone(operation: &'static str) -> StoreError {
-    StoreError::Io {
-        operation,
-        source: "the store writer has stopped".into(),
-    }
-}
-
-/// A write's result once its commit is known.
-fn finish<T>(
-    operation: &'static str,
-    outcome: Result<T, Option<DbError>>,
-    commit: Result<(), String>,
-) -> Result<T, StoreError> {
-    match (outcome, commit) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Err(Some(e)), _) => Err(e.into_store(operation)),
-        (Err(None), commit) => Err(StoreError::Io {
-            operation,
-            source: format!("not written: {}", commit.err().unwrap_or_default()).into(),
-        }),
-        (Ok(_), Err(e)) => Err(StoreError::Io {
-            operation,
-            source: format!("commit failed: {e}").into(),
-        }),
     }
 }
 
@@ -722,7 +395,7 @@ impl Store for PgStore {
             "record pending request",
             move |b| {
                 b.stage_execution(record);
-                records::insert_pending(b.db()?, &pending)
+                approvals::insert_pending(b.db()?, &pending)
             },
             entry,
             done,
@@ -750,14 +423,14 @@ impl Store for PgStore {
     fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError> {
         let request_id = request_id.to_owned();
         self.write("read pending request", move |b| {
-            records::pending(b.db()?, &request_id)
+            approvals::pending(b.db()?, &request_id)
         })
     }
 
     fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
         let request_id = request_id.to_owned();
         self.write("read approvals", move |b| {
-            records::approvals_of(b.db()?, &request_id)
+            approvals::approvals_of(b.db()?, &request_id)
         })
     }
 
@@ -767,7 +440,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
         self.write("list open approval requests", move |b| {
-            records::open_requests(b.db()?, now, limit)
+            approvals::open_requests(b.db()?, now, limit)
         })
     }
 
@@ -778,12 +451,12 @@ impl Store for PgStore {
         now: SystemTime,
         reserve: ReservedToken,
     ) -> Result<ApprovalOutcome, StoreError> {
-        records::add_approval(self, approval, required, now, reserve)
+        approvals::add_approval(self, approval, required, now, reserve)
     }
 
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
         let ids = self.write("expire approval requests", move |b| {
-            records::expire(b.db()?, now)
+            approvals::expire(b.db()?, now)
         })?;
         for id in &ids {
             let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));

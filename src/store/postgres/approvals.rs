@@ -1,0 +1,299 @@
+//! Requests waiting for approvers and the approvers' decisions on PostgreSQL (the rules of
+//! `sqlite/approvals.rs`). `add_approval` is an audited write: under the audit log's lock, so
+//! two approvals through two replicas are judged one after the other, and a quorum reserves
+//! the token id once. The request's row is also locked (`FOR UPDATE`) while it is judged.
+
+use std::time::SystemTime;
+
+use tokio_postgres::Client;
+
+use super::conn::{Db, DbError};
+use super::records::{corrupt, execution};
+use super::{encode, unix, PgStore};
+use crate::approval::Decision;
+use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::store::sqlite::rows::{from_unix, parsed, pending_from_row, PendingRow};
+use crate::store::{
+    ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, PendingApproval,
+    ReservedToken, StoreError,
+};
+
+type Txn<'a, 'b> = &'a mut Db<'b, Client>;
+
+pub(super) fn insert_pending(db: Txn<'_, '_>, p: &PendingApproval) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO approval_requests (request_id, approval_group, token_ttl, justification,
+            agent_key, agent_not_after, expires_at, closed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+        &[
+            &p.request_id,
+            &p.group,
+            &i64::try_from(p.token_ttl.as_secs()).unwrap_or(i64::MAX),
+            &p.justification,
+            &p.agent_key,
+            &unix(p.agent_not_after),
+            &unix(p.expires_at),
+        ],
+    )
+    .map(|_| ())
+}
+
+pub(super) fn pending(
+    db: Txn<'_, '_>,
+    request_id: &str,
+) -> Result<Option<PendingApproval>, DbError> {
+    db.query_opt(
+        "SELECT request_id, approval_group, token_ttl, justification, agent_key,
+            agent_not_after, expires_at
+         FROM approval_requests WHERE request_id = $1",
+        &[&request_id],
+    )?
+    .map(|r| {
+        let row: PendingRow = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        );
+        pending_from_row(row).map_err(corrupt)
+    })
+    .transpose()
+}
+
+pub(super) fn approvals_of(
+    db: Txn<'_, '_>,
+    request_id: &str,
+) -> Result<Vec<ApprovalRecord>, DbError> {
+    let rows = db.query(
+        "SELECT request_id, approver, approver_subject, approver_key, decision, signature,
+            reason, at
+         FROM approvals WHERE request_id = $1 ORDER BY id",
+        &[&request_id],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let decision: String = r.get(4);
+            Ok(ApprovalRecord {
+                request_id: r.get(0),
+                approver: r.get(1),
+                approver_subject: r.get(2),
+                approver_key: r.get(3),
+                decision: parsed("approval decision", &decision, Decision::parse)
+                    .map_err(corrupt)?,
+                signature: r.get(5),
+                reason: r.get(6),
+                at: from_unix(r.get(7)).map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn open_requests(
+    db: Txn<'_, '_>,
+    now: SystemTime,
+    limit: usize,
+) -> Result<Vec<(ExecutionRecord, PendingApproval)>, DbError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let ids: Vec<String> = db
+        .query(
+            "SELECT request_id FROM approval_requests
+             WHERE closed IS NULL AND expires_at > $1
+             ORDER BY request_id LIMIT $2",
+            &[&unix(now), &limit],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let (Some(e), Some(p)) = (execution(db, &id)?, pending(db, &id)?) {
+            out.push((e, p));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn add_approval(
+    store: &PgStore,
+    approval: ApprovalRecord,
+    required: u32,
+    now: SystemTime,
+    reserve: ReservedToken,
+) -> Result<ApprovalOutcome, StoreError> {
+    // Every decision an approver posts is an audit entry in the same commit, refused ones
+    // with the refusal as `code`.
+    let mut base = Entry::new(
+        match approval.decision {
+            Decision::Approve => EntryKind::ApprovalGiven,
+            Decision::Reject => EntryKind::ApprovalRejected,
+        },
+        crate::time::unix_millis(approval.at),
+    );
+    base.request_id = Some(approval.request_id.clone());
+    base.cert = Some(CertRef {
+        thumbprint: approval.approver.clone(),
+        serial: String::new(),
+        subject: approval.approver_subject.clone(),
+    });
+    base.decision = Some(approval.decision.as_str().to_owned());
+    base.detail = approval.reason.clone();
+    let (outcome, _) = store.write_audited(
+        "record approval",
+        move |b| add(b.db()?, &approval, required, now, &reserve),
+        move |outcome: &Result<ApprovalOutcome, StoreError>| {
+            let mut e = base;
+            e.code = match outcome {
+                Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
+                Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
+                Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
+                Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
+                Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
+                Err(_) => Some("store_unavailable".into()),
+            };
+            encode(&e).unwrap_or_default()
+        },
+    )?;
+    outcome
+}
+
+/// The atomic step of `add_approval`: the checks and the write they guard, in one
+/// transaction under the log's lock.
+fn add(
+    db: Txn<'_, '_>,
+    approval: &ApprovalRecord,
+    required: u32,
+    now: SystemTime,
+    reserve: &ReservedToken,
+) -> Result<Result<ApprovalOutcome, StoreError>, DbError> {
+    let id = &approval.request_id;
+    let Some(state) = db.query_opt(
+        "SELECT e.status, p.expires_at, p.closed
+         FROM approval_requests p JOIN executions e ON e.request_id = p.request_id
+         WHERE p.request_id = $1 FOR UPDATE",
+        &[id],
+    )?
+    else {
+        return Ok(Ok(ApprovalOutcome::Unknown));
+    };
+    let (status, expires_at, closed): (String, i64, Option<String>) =
+        (state.get(0), state.get(1), state.get(2));
+    let status = match parsed("execution status", &status, ExecutionStatus::parse) {
+        Ok(status) => status,
+        Err(e) => return Ok(Err(e)),
+    };
+    if status != ExecutionStatus::PendingApproval || closed.is_some() {
+        return Ok(Ok(ApprovalOutcome::Closed(status)));
+    }
+    if expires_at <= unix(now) {
+        close(db, id, "expired")?;
+        expired_event(db, id, now)?;
+        return Ok(Ok(ApprovalOutcome::Expired));
+    }
+    if db.exists(
+        "SELECT 1 FROM approvals WHERE request_id = $1
+         AND (approver = $2 OR approver_subject = $3 OR approver_key = $4)",
+        &[
+            id,
+            &approval.approver,
+            &approval.approver_subject,
+            &approval.approver_key,
+        ],
+    )? {
+        return Ok(Ok(ApprovalOutcome::Duplicate));
+    }
+    db.execute(
+        "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
+            signature, reason, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            id,
+            &approval.approver,
+            &approval.approver_subject,
+            &approval.approver_key,
+            &approval.decision.as_str(),
+            &approval.signature,
+            &approval.reason,
+            &unix(approval.at),
+        ],
+    )?;
+    let detail = serde_json::json!({
+        "request_id": id,
+        "approver": approval.approver_subject,
+        "x5t#S256": approval.approver,
+        "decision": approval.decision.as_str(),
+        "reason": approval.reason,
+    });
+    let kind = match approval.decision {
+        Decision::Approve => "approval",
+        Decision::Reject => "approval_rejected",
+    };
+    event(db, kind, &detail.to_string(), approval.at)?;
+    if approval.decision == Decision::Reject {
+        close(db, id, "rejected")?;
+        return Ok(Ok(ApprovalOutcome::Rejected));
+    }
+    let approvals: Vec<ApprovalRecord> = approvals_of(db, id)?
+        .into_iter()
+        .filter(|a| a.decision == Decision::Approve)
+        .collect();
+    let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
+    if quorum {
+        db.execute(
+            "UPDATE approval_requests SET closed = 'approved' WHERE request_id = $1",
+            &[id],
+        )?;
+        db.execute(
+            "UPDATE executions SET status = 'issuing', jti = $2, expires_at = $3
+             WHERE request_id = $1 AND status = 'pending_approval'",
+            &[id, &reserve.jti, &unix(reserve.expires_at)],
+        )?;
+    }
+    Ok(Ok(ApprovalOutcome::Approved { approvals, quorum }))
+}
+
+/// Closes a request with `how` (`expired` or `rejected`, also the execution's new status).
+fn close(db: Txn<'_, '_>, request_id: &str, how: &str) -> Result<(), DbError> {
+    db.execute(
+        "UPDATE approval_requests SET closed = $2 WHERE request_id = $1",
+        &[&request_id, &how],
+    )?;
+    db.execute(
+        "UPDATE executions SET status = $2 WHERE request_id = $1 AND status = 'pending_approval'",
+        &[&request_id, &how],
+    )?;
+    Ok(())
+}
+
+/// The atomic step of `expire_approval_requests`.
+pub(super) fn expire(db: Txn<'_, '_>, now: SystemTime) -> Result<Vec<String>, DbError> {
+    let ids: Vec<String> = db
+        .query(
+            "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= $1
+             FOR UPDATE",
+            &[&unix(now)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &ids {
+        close(db, id, "expired")?;
+        expired_event(db, id, now)?;
+    }
+    Ok(ids)
+}
+
+fn event(db: Txn<'_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO events (kind, detail, at) VALUES ($1, $2, $3)",
+        &[&kind, &detail, &unix(at)],
+    )
+    .map(|_| ())
+}
+
+fn expired_event(db: Txn<'_, '_>, request_id: &str, now: SystemTime) -> Result<(), DbError> {
+    let detail = serde_json::json!({ "request_id": request_id });
+    event(db, "approval_expired", &detail.to_string(), now)
+}
