@@ -14,6 +14,8 @@ use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
 
 #[cfg(feature = "broker")]
+pub(crate) mod entries;
+#[cfg(feature = "broker")]
 pub mod postgres;
 #[cfg(feature = "broker")]
 pub mod sqlite;

@@ -22,6 +22,7 @@ use conn::{Connector, Pool};
 use connect::{checked_namespace, connector_runtime, open_connector, redacted};
 use writer::{Health, Jobs};
 
+use super::entries::encode;
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, IssuedCertificate, LogPosition,
     PendingApproval, PolicyState, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
@@ -208,17 +209,6 @@ impl PgStore {
             schema::VERSION,
         ))
     }
-}
-
-fn encode(entry: &Entry) -> Result<String, StoreError> {
-    entry
-        .to_canonical()
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| StoreError::Io {
-            operation: "encode audit entry",
-            source: "the entry has no canonical form".into(),
-        })
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -30,6 +30,7 @@ use writer::{
     Queue, Scope, Txn, Work,
 };
 
+use super::entries::encode;
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, IssuedCertificate, LogPosition,
     PendingApproval, PolicyState, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
@@ -642,17 +643,6 @@ fn is_stale(e: &StoreError) -> bool {
         ),
         _ => false,
     }
-}
-
-fn encode(entry: &Entry) -> Result<String, StoreError> {
-    entry
-        .to_canonical()
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| StoreError::Io {
-            operation: "encode audit entry",
-            source: "the entry has no canonical form".into(),
-        })
 }
 
 #[cfg(test)]

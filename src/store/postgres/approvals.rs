@@ -11,7 +11,7 @@ use super::conn::{Db, DbError};
 use super::records::{corrupt, execution};
 use super::{encode, unix, PgStore};
 use crate::approval::Decision;
-use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::store::entries;
 use crate::store::sqlite::rows::{from_unix, parsed, pending_from_row, PendingRow};
 use crate::store::{
     ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, PendingApproval,
@@ -125,35 +125,12 @@ pub(super) fn add_approval(
 ) -> Result<ApprovalOutcome, StoreError> {
     // Every decision an approver posts is an audit entry in the same commit, refused ones
     // with the refusal as `code`.
-    let mut base = Entry::new(
-        match approval.decision {
-            Decision::Approve => EntryKind::ApprovalGiven,
-            Decision::Reject => EntryKind::ApprovalRejected,
-        },
-        crate::time::unix_millis(approval.at),
-    );
-    base.request_id = Some(approval.request_id.clone());
-    base.cert = Some(CertRef {
-        thumbprint: approval.approver.clone(),
-        serial: String::new(),
-        subject: approval.approver_subject.clone(),
-    });
-    base.decision = Some(approval.decision.as_str().to_owned());
-    base.detail = approval.reason.clone();
+    let logged = approval.clone();
     let (outcome, _) = store.write_audited(
         "record approval",
         move |b| add(b.db()?, &approval, required, now, &reserve),
         move |outcome: &Result<ApprovalOutcome, StoreError>| {
-            let mut e = base;
-            e.code = match outcome {
-                Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
-                Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
-                Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
-                Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
-                Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
-                Err(_) => Some("store_unavailable".into()),
-            };
-            encode(&e).unwrap_or_default()
+            encode(&entries::approval(&logged, outcome)).unwrap_or_default()
         },
     )?;
     outcome
@@ -219,18 +196,8 @@ fn add(
             &unix(approval.at),
         ],
     )?;
-    let detail = serde_json::json!({
-        "request_id": id,
-        "approver": approval.approver_subject,
-        "x5t#S256": approval.approver,
-        "decision": approval.decision.as_str(),
-        "reason": approval.reason,
-    });
-    let kind = match approval.decision {
-        Decision::Approve => "approval",
-        Decision::Reject => "approval_rejected",
-    };
-    event(db, kind, &detail.to_string(), approval.at)?;
+    let (kind, detail) = entries::approval_note(approval);
+    event(db, kind, &detail, approval.at)?;
     if approval.decision == Decision::Reject {
         close(db, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
@@ -294,6 +261,10 @@ fn event(db: Txn<'_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<()
 }
 
 fn expired_event(db: Txn<'_, '_>, request_id: &str, now: SystemTime) -> Result<(), DbError> {
-    let detail = serde_json::json!({ "request_id": request_id });
-    event(db, "approval_expired", &detail.to_string(), now)
+    event(
+        db,
+        "approval_expired",
+        &entries::expiry_note(request_id),
+        now,
+    )
 }

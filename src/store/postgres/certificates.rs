@@ -8,9 +8,9 @@ use tokio_postgres::Row;
 
 use super::conn::DbError;
 use super::{encode, unix, PgStore};
-use crate::audit::entry::{CertRef, Entry, EntryKind};
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
+use crate::store::entries;
 use crate::store::sqlite::rows::{from_unix, parsed, revocation_from_row};
 use crate::store::{IssuedCertificate, RevokeOutcome, StoreError};
 
@@ -110,16 +110,8 @@ pub(super) fn revoke_issued_by(
             Ok(RevokeOutcome::Revoked { known })
         },
         move |outcome| {
-            let mut e = Entry::new(EntryKind::CertificateRevoked, time_ms);
-            e.cert = Some(CertRef {
-                thumbprint: String::new(),
-                serial: serial_hex,
-                subject: String::new(),
-            });
-            e.detail = Some(reason.as_str().to_owned());
-            if *outcome == RevokeOutcome::AlreadyRevoked {
-                e.code = Some("already_revoked".into());
-            }
+            let already = *outcome == RevokeOutcome::AlreadyRevoked;
+            let e = entries::revocation(&serial_hex, reason.as_str(), already, time_ms);
             encode(&e).unwrap_or_default()
         },
     )?;

@@ -39,21 +39,8 @@ impl PgStore {
         done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
         deferred: bool,
     ) {
-        let work: Work = Box::new(move |batch| {
-            let outcome = match batch {
-                Some(b) => f(b).map_err(Some),
-                None => Err(None),
-            };
-            let failed = match &outcome {
-                Err(Some(e)) => Some(format!("{operation}: {e}")),
-                _ => None,
-            };
-            let completion: Completion =
-                Box::new(move |commit| done(finish(operation, outcome, commit)));
-            (completion, failed)
-        });
         self.push(Job {
-            work,
+            work: work(operation, f, done),
             deferred,
             audited: false,
             announce: None,
@@ -71,26 +58,14 @@ impl PgStore {
         announce: Option<(Hash, writer::Announce)>,
         done: impl FnOnce(Result<(T, LogPosition), StoreError>) + Send + 'static,
     ) {
-        let work: Work = Box::new(move |batch| {
-            let outcome = match batch {
-                Some(b) => f(&mut *b)
-                    .map(|value| {
-                        let position = b.append(entry(&value));
-                        (value, position)
-                    })
-                    .map_err(Some),
-                None => Err(None),
-            };
-            let failed = match &outcome {
-                Err(Some(e)) => Some(format!("{operation}: {e}")),
-                _ => None,
-            };
-            let completion: Completion =
-                Box::new(move |commit| done(finish(operation, outcome, commit)));
-            (completion, failed)
-        });
+        let run = move |b: &mut Batch<'_, '_>| {
+            f(&mut *b).map(|value| {
+                let position = b.append(entry(&value));
+                (value, position)
+            })
+        };
         self.push(Job {
-            work,
+            work: work(operation, run, done),
             deferred: false,
             audited: true,
             announce,
@@ -176,6 +151,28 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.pool.with(operation, |c| f(&mut c.db()))
     }
+}
+
+/// A queued write: `run` in the batch, `done` told once the commit is known; a failure of
+/// `run` is reported to the writer, which rolls the batch back.
+fn work<T: Send + 'static>(
+    operation: &'static str,
+    run: impl FnOnce(&mut Batch<'_, '_>) -> Result<T, DbError> + Send + 'static,
+    done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) -> Work {
+    Box::new(move |batch| {
+        let outcome = match batch {
+            Some(b) => run(b).map_err(Some),
+            None => Err(None),
+        };
+        let failed = match &outcome {
+            Err(Some(e)) => Some(format!("{operation}: {e}")),
+            _ => None,
+        };
+        let completion: Completion =
+            Box::new(move |commit| done(finish(operation, outcome, commit)));
+        (completion, failed)
+    })
 }
 
 /// Tells `positioned` once: the place, or (dropped unheard, when the batch failed before it

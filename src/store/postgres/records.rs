@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Row};
 
 use super::conn::{Db, DbError};
 use super::{encode, unix, PgStore};
-use crate::audit::entry::{CertRef, Entry, EntryKind};
-use crate::serial::Serial;
+use crate::audit::entry::{Entry, EntryKind};
+use crate::store::entries::{self, Redemption};
 use crate::store::sqlite::rows::{
     execution_from_row, from_unix, parse_serials, serials_text, ExecutionRow,
 };
@@ -114,12 +114,7 @@ pub(super) fn complete_issuance_then(
         ),
         None => {
             // The grant's entry is in the log; this one says no token left after all.
-            let mut entry = Entry::new(
-                EntryKind::IssuanceFailed,
-                crate::time::unix_millis(SystemTime::now()),
-            );
-            entry.request_id = Some(request_id.clone());
-            let text = match encode(&entry) {
+            let text = match encode(&entries::issuance_failed(&request_id)) {
                 Ok(text) => text,
                 Err(e) => return done(Err(e)),
             };
@@ -189,15 +184,6 @@ pub(super) fn redeem(
     executor: &str,
     at: SystemTime,
 ) -> Result<RedeemOutcome, StoreError> {
-    /// What the transaction found.
-    enum Found {
-        Unknown,
-        Corrupt(String),
-        AgentRevoked(Serial),
-        AgentUnrecorded,
-        Redeemed,
-        Before(i64),
-    }
     let (jti, executor) = (jti.to_owned(), executor.to_owned());
     let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
     let time_ms = crate::time::unix_millis(at);
@@ -210,20 +196,20 @@ pub(super) fn redeem(
                 &[&jti],
             )?
             else {
-                return Ok(Found::Unknown);
+                return Ok(Redemption::Unknown);
             };
             let serials: Option<String> = row.get(0);
             let serials = match parse_serials(serials.as_deref()) {
                 Ok(Some(serials)) => serials,
-                Ok(None) => return Ok(Found::AgentUnrecorded),
-                Err(e) => return Ok(Found::Corrupt(e)),
+                Ok(None) => return Ok(Redemption::AgentUnrecorded),
+                Err(e) => return Ok(Redemption::Corrupt(e)),
             };
             for serial in serials {
                 if b.db()?.exists(
                     "SELECT 1 FROM revoked WHERE serial = $1",
                     &[&serial.as_bytes()],
                 )? {
-                    return Ok(Found::AgentRevoked(serial));
+                    return Ok(Redemption::AgentRevoked(serial));
                 }
             }
             let inserted = b.db()?.execute(
@@ -232,7 +218,7 @@ pub(super) fn redeem(
                 &[&jti, &executor, &unix(at)],
             )?;
             if inserted == 1 {
-                return Ok(Found::Redeemed);
+                return Ok(Redemption::Redeemed);
             }
             let first: i64 = b
                 .db()?
@@ -241,37 +227,13 @@ pub(super) fn redeem(
                     &[&jti],
                 )?
                 .get(0);
-            Ok(Found::Before(first))
+            Ok(Redemption::Before(first))
         },
-        move |found| {
-            let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
-            e.jti = Some(entry_jti);
-            e.cert = Some(CertRef {
-                thumbprint: entry_executor,
-                serial: String::new(),
-                subject: String::new(),
-            });
-            e.code = match found {
-                Found::Redeemed => None,
-                Found::Unknown => Some("unknown_token".into()),
-                Found::Before(_) => Some("token_already_redeemed".into()),
-                Found::AgentRevoked(_) => Some("certificate_revoked".into()),
-                Found::AgentUnrecorded => Some("agent_unrecorded".into()),
-                Found::Corrupt(_) => Some("store_corrupt".into()),
-            };
-            encode(&e).unwrap_or_default()
+        move |found: &Redemption| {
+            encode(&found.entry(&entry_jti, &entry_executor, time_ms)).unwrap_or_default()
         },
     )?;
-    Ok(match found {
-        Found::Unknown => RedeemOutcome::Unknown,
-        Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
-        Found::AgentRevoked(serial) => RedeemOutcome::AgentRevoked { serial },
-        Found::AgentUnrecorded => RedeemOutcome::AgentUnrecorded,
-        Found::Redeemed => RedeemOutcome::Redeemed,
-        Found::Before(first) => RedeemOutcome::AlreadyRedeemed {
-            at: from_unix(first)?,
-        },
-    })
+    found.outcome()
 }
 
 pub(super) fn record_outcome(
@@ -289,16 +251,12 @@ pub(super) fn record_outcome(
         executor.to_owned(),
         receipt_json.to_owned(),
     );
-    let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
-    e.request_id = Some(request_id.clone());
-    e.jti = Some(jti.clone());
-    e.cert = Some(CertRef {
-        thumbprint: executor.clone(),
-        serial: String::new(),
-        subject: String::new(),
-    });
-    // The receipt itself is the entry's detail, so an auditor can verify it from the log.
-    e.detail = Some(receipt.clone());
+    let logged = (
+        jti.clone(),
+        request_id.clone(),
+        executor.clone(),
+        receipt.clone(),
+    );
     let (inserted, _) = store.write_audited(
         "record an execution outcome",
         move |b| {
@@ -310,9 +268,10 @@ pub(super) fn record_outcome(
             Ok(n == 1)
         },
         move |inserted| {
-            if !*inserted {
-                e.code = Some("outcome_already_recorded".into());
-            }
+            // The receipt itself is the entry's detail, so an auditor can verify it from the log.
+            let (jti, request_id, executor, receipt) = &logged;
+            let e =
+                entries::outcome_reported(jti, request_id, executor, receipt, !*inserted, time_ms);
             encode(&e).unwrap_or_default()
         },
     )?;
@@ -393,12 +352,7 @@ pub(super) fn bump_epoch(store: &PgStore, floor: u64, at: SystemTime) -> Result<
                 )?
                 .get::<_, i64>(0))
         },
-        move |value| {
-            let mut e = Entry::new(EntryKind::EpochChanged, time_ms);
-            e.epoch = u64::try_from(*value).ok();
-            e.detail = Some(format!("policy epoch raised to {value}"));
-            encode(&e).unwrap_or_default()
-        },
+        move |value| encode(&entries::epoch_changed(*value, time_ms)).unwrap_or_default(),
     )?;
     u64::try_from(value).map_err(|_| StoreError::Corrupt("negative policy epoch".into()))
 }
@@ -422,16 +376,7 @@ pub(super) fn set_frozen(
                 )
                 .map(|_| ())
         },
-        move |_| {
-            let kind = if frozen {
-                EntryKind::Frozen
-            } else {
-                EntryKind::Unfrozen
-            };
-            let mut e = Entry::new(kind, time_ms);
-            e.detail = (!reason.is_empty()).then_some(reason);
-            encode(&e).unwrap_or_default()
-        },
+        move |_| encode(&entries::freeze(frozen, &reason, time_ms)).unwrap_or_default(),
     )?;
     Ok(())
 }

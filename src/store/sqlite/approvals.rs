@@ -16,8 +16,9 @@ use super::rows::{
 };
 use super::{encode, SqliteStore};
 use crate::approval::Decision;
-use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::entry::Entry;
 use crate::audit::merkle;
+use crate::store::entries;
 use crate::store::{
     ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, LogPosition,
     PendingApproval, ReservedToken, Store, StoreError, WriteDone,
@@ -107,35 +108,12 @@ pub(super) fn add_approval(
 ) -> Result<ApprovalOutcome, StoreError> {
     // Every decision an approver posts is an audit entry in the same commit: recorded ones
     // plainly, refused ones (closed, expired, duplicate) with the refusal as `code`.
-    let mut base = Entry::new(
-        match approval.decision {
-            crate::approval::Decision::Approve => EntryKind::ApprovalGiven,
-            crate::approval::Decision::Reject => EntryKind::ApprovalRejected,
-        },
-        crate::time::unix_millis(approval.at),
-    );
-    base.request_id = Some(approval.request_id.clone());
-    base.cert = Some(CertRef {
-        thumbprint: approval.approver.clone(),
-        serial: String::new(),
-        subject: approval.approver_subject.clone(),
-    });
-    base.decision = Some(approval.decision.as_str().to_owned());
-    base.detail = approval.reason.clone();
+    let logged = approval.clone();
     let (outcome, _) = store.write_audited(
         "record approval",
         move |c| add(c, &approval, required, now, &reserve),
         move |outcome: &Result<ApprovalOutcome, StoreError>| {
-            let mut e = base.clone();
-            e.code = match outcome {
-                Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,
-                Ok(ApprovalOutcome::Unknown) => Some("not_found".into()),
-                Ok(ApprovalOutcome::Closed(_)) => Some("request_closed".into()),
-                Ok(ApprovalOutcome::Expired) => Some("request_expired".into()),
-                Ok(ApprovalOutcome::Duplicate) => Some("duplicate_approval".into()),
-                Err(_) => Some("store_unavailable".into()),
-            };
-            encode(&e).unwrap_or_default()
+            encode(&entries::approval(&logged, outcome)).unwrap_or_default()
         },
     )?;
     outcome
@@ -150,9 +128,7 @@ pub(super) fn expire_approval_requests(
     // entry failed is closed all the same (nothing can be issued for it any more), and the
     // failure shows in the audit health check.
     for id in &ids {
-        let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));
-        e.request_id = Some(id.clone());
-        if let Err(err) = store.append_audit(&e) {
+        if let Err(err) = store.append_audit(&entries::approval_expired(id, now)) {
             tracing::error!(error = %err, request_id = %id, "cannot log an approval expiry");
         }
     }
@@ -224,18 +200,8 @@ pub(super) fn add(
         approval.reason,
         unix(approval.at),
     ])?;
-    let detail = serde_json::json!({
-        "request_id": id,
-        "approver": approval.approver_subject,
-        "x5t#S256": approval.approver,
-        "decision": approval.decision.as_str(),
-        "reason": approval.reason,
-    });
-    let kind = match approval.decision {
-        Decision::Approve => "approval",
-        Decision::Reject => "approval_rejected",
-    };
-    event(c, kind, &detail.to_string(), approval.at)?;
+    let (kind, detail) = entries::approval_note(approval);
+    event(c, kind, &detail, approval.at)?;
     if approval.decision == Decision::Reject {
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
@@ -296,6 +262,10 @@ fn event(c: &Connection, kind: &str, detail: &str, at: SystemTime) -> rusqlite::
 }
 
 fn expired_event(c: &Connection, request_id: &str, now: SystemTime) -> rusqlite::Result<()> {
-    let detail = serde_json::json!({ "request_id": request_id });
-    event(c, "approval_expired", &detail.to_string(), now)
+    event(
+        c,
+        "approval_expired",
+        &entries::expiry_note(request_id),
+        now,
+    )
 }

@@ -10,9 +10,9 @@ use rusqlite::{params, OptionalExtension};
 
 use super::rows::{self, from_unix, parsed, revocation_from_row, unix};
 use super::{encode, SqliteStore};
-use crate::audit::entry::{CertRef, Entry, EntryKind};
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
+use crate::store::entries;
 use crate::store::{IssuedCertificate, RevokeOutcome, StoreError};
 
 pub(super) fn record_issued(
@@ -107,16 +107,8 @@ pub(super) fn revoke_issued_by(
             })
         },
         move |outcome| {
-            let mut e = Entry::new(EntryKind::CertificateRevoked, time_ms);
-            e.cert = Some(CertRef {
-                thumbprint: String::new(),
-                serial: serial_hex.clone(),
-                subject: String::new(),
-            });
-            e.detail = Some(reason.as_str().to_owned());
-            if *outcome == RevokeOutcome::AlreadyRevoked {
-                e.code = Some("already_revoked".into());
-            }
+            let already = *outcome == RevokeOutcome::AlreadyRevoked;
+            let e = entries::revocation(&serial_hex, reason.as_str(), already, time_ms);
             encode(&e).unwrap_or_default()
         },
     )?;

@@ -8,14 +8,13 @@ use std::time::SystemTime;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
-    execution_from_row, execution_row, from_unix, insert_execution, parse_serials, unix,
-    EXECUTION_COLUMNS,
+    execution_from_row, execution_row, insert_execution, parse_serials, unix, EXECUTION_COLUMNS,
 };
 use super::writer::Scope;
 use super::{encode, SqliteStore};
-use crate::audit::entry::{CertRef, Entry, EntryKind};
+use crate::audit::entry::Entry;
 use crate::audit::merkle;
-use crate::serial::Serial;
+use crate::store::entries::{self, Redemption};
 use crate::store::{Commit, ExecutionRecord, LogPosition, RedeemOutcome, StoreError, WriteDone};
 
 pub(super) fn record_execution(
@@ -76,12 +75,7 @@ pub(super) fn complete_issuance_then(
         ),
         None => {
             // The grant's entry is in the log; this one says no token left after all.
-            let mut entry = Entry::new(
-                EntryKind::IssuanceFailed,
-                crate::time::unix_millis(SystemTime::now()),
-            );
-            entry.request_id = Some(request_id.clone());
-            let text = match encode(&entry) {
+            let text = match encode(&entries::issuance_failed(&request_id)) {
                 Ok(text) => text,
                 Err(e) => return done(Err(e)),
             };
@@ -139,16 +133,6 @@ pub(super) fn redeem(
     executor: &str,
     at: SystemTime,
 ) -> Result<RedeemOutcome, StoreError> {
-    /// What the transaction found, before its times and serials are checked.
-    #[derive(Clone)]
-    enum Found {
-        Unknown,
-        Corrupt(String),
-        AgentRevoked(Serial),
-        AgentUnrecorded,
-        Redeemed,
-        Before(i64),
-    }
     let (jti, executor) = (jti.to_owned(), executor.to_owned());
     let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
     let time_ms = crate::time::unix_millis(at);
@@ -162,21 +146,21 @@ pub(super) fn redeem(
                 .query_row([&jti], |r| r.get(0))
                 .optional()?;
             let Some(serials) = serials else {
-                return Ok(Found::Unknown);
+                return Ok(Redemption::Unknown);
             };
             // The agent's path, checked in the same transaction as the redemption: a
             // revocation committed before it is seen.
             let serials = match parse_serials(serials.as_deref()) {
                 Ok(Some(serials)) => serials,
-                Ok(None) => return Ok(Found::AgentUnrecorded),
-                Err(e) => return Ok(Found::Corrupt(e)),
+                Ok(None) => return Ok(Redemption::AgentUnrecorded),
+                Err(e) => return Ok(Redemption::Corrupt(e)),
             };
             for serial in serials {
                 let revoked = c
                     .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
                     .exists([serial.as_bytes()])?;
                 if revoked {
-                    return Ok(Found::AgentRevoked(serial));
+                    return Ok(Redemption::AgentRevoked(serial));
                 }
             }
             let inserted = c
@@ -186,44 +170,20 @@ pub(super) fn redeem(
                 )?
                 .execute(params![jti, executor, unix(at)])?;
             if inserted == 1 {
-                return Ok(Found::Redeemed);
+                return Ok(Redemption::Redeemed);
             }
             let first: i64 = c.query_row(
                 "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
                 [&jti],
                 |r| r.get(0),
             )?;
-            Ok(Found::Before(first))
+            Ok(Redemption::Before(first))
         },
-        move |found| {
-            let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
-            e.jti = Some(entry_jti.clone());
-            e.cert = Some(CertRef {
-                thumbprint: entry_executor.clone(),
-                serial: String::new(),
-                subject: String::new(),
-            });
-            e.code = match found {
-                Found::Redeemed => None,
-                Found::Unknown => Some("unknown_token".into()),
-                Found::Before(_) => Some("token_already_redeemed".into()),
-                Found::AgentRevoked(_) => Some("certificate_revoked".into()),
-                Found::AgentUnrecorded => Some("agent_unrecorded".into()),
-                Found::Corrupt(_) => Some("store_corrupt".into()),
-            };
-            encode(&e).unwrap_or_default()
+        move |found: &Redemption| {
+            encode(&found.entry(&entry_jti, &entry_executor, time_ms)).unwrap_or_default()
         },
     )?;
-    Ok(match found {
-        Found::Unknown => RedeemOutcome::Unknown,
-        Found::Corrupt(e) => return Err(StoreError::Corrupt(e)),
-        Found::AgentRevoked(serial) => RedeemOutcome::AgentRevoked { serial },
-        Found::AgentUnrecorded => RedeemOutcome::AgentUnrecorded,
-        Found::Redeemed => RedeemOutcome::Redeemed,
-        Found::Before(first) => RedeemOutcome::AlreadyRedeemed {
-            at: from_unix(first)?,
-        },
-    })
+    found.outcome()
 }
 
 pub(super) fn redeemed_by(store: &SqliteStore, jti: &str) -> Result<Option<String>, StoreError> {
@@ -268,18 +228,14 @@ pub(super) fn record_outcome(store: &SqliteStore, outcome: Outcome) -> Result<bo
         move |inserted| {
             // The receipt itself (digests, exit code, times, signature: no secrets) is the
             // entry's detail, so an auditor can verify it from the log alone.
-            let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
-            e.request_id = Some(logged.request_id.clone());
-            e.jti = Some(logged.jti.clone());
-            e.cert = Some(CertRef {
-                thumbprint: logged.executor.clone(),
-                serial: String::new(),
-                subject: String::new(),
-            });
-            e.detail = Some(logged.receipt_json.clone());
-            if !*inserted {
-                e.code = Some("outcome_already_recorded".into());
-            }
+            let e = entries::outcome_reported(
+                &logged.jti,
+                &logged.request_id,
+                &logged.executor,
+                &logged.receipt_json,
+                !*inserted,
+                time_ms,
+            );
             encode(&e).unwrap_or_default()
         },
     )?;

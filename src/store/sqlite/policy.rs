@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use rusqlite::OptionalExtension;
 
 use super::{encode, SqliteStore};
-use crate::audit::entry::{Entry, EntryKind};
+use crate::store::entries;
 use crate::store::{PolicyState, StoreError};
 
 pub(super) fn policy_state(store: &SqliteStore) -> Result<PolicyState, StoreError> {
@@ -48,12 +48,7 @@ pub(super) fn bump_epoch(
                 |r| r.get::<_, i64>(0),
             )
         },
-        move |value| {
-            let mut e = Entry::new(EntryKind::EpochChanged, time_ms);
-            e.epoch = u64::try_from(*value).ok();
-            e.detail = Some(format!("policy epoch raised to {value}"));
-            encode(&e).unwrap_or_default()
-        },
+        move |value| encode(&entries::epoch_changed(*value, time_ms)).unwrap_or_default(),
     )?;
     u64::try_from(value).map_err(|_| StoreError::Corrupt("negative policy epoch".into()))
 }
@@ -76,16 +71,7 @@ pub(super) fn set_frozen(
             )
             .map(|_| ())
         },
-        move |_| {
-            let kind = if frozen {
-                EntryKind::Frozen
-            } else {
-                EntryKind::Unfrozen
-            };
-            let mut e = Entry::new(kind, time_ms);
-            e.detail = (!reason.is_empty()).then(|| reason.clone());
-            encode(&e).unwrap_or_default()
-        },
+        move |_| encode(&entries::freeze(frozen, &reason, time_ms)).unwrap_or_default(),
     )?;
     Ok(())
 }
