@@ -389,6 +389,18 @@ pub trait Store: Send + Sync {
         entry: &Entry,
         done: WriteDone,
     ) -> Result<LogPosition, StoreError>;
+    /// Like [`Store::record_pending_then`], handing the entry's place to `positioned` (see
+    /// [`Store::record_execution_positioned`]) so the caller need not hold its thread.
+    fn record_pending_positioned(
+        &self,
+        record: ExecutionRecord,
+        pending: PendingApproval,
+        entry: &Entry,
+        positioned: Positioned,
+        done: WriteDone,
+    ) {
+        positioned(self.record_pending_then(record, pending, entry, done));
+    }
     /// Appends `entry` to the audit log without holding the caller's thread; `done` gets its
     /// place once it is durable, or the failure.
     fn append_audit_then(

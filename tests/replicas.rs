@@ -96,15 +96,20 @@ fn call(
     })
 }
 
-fn grant(s: &Replicas, url: &str) -> String {
-    let r = call(
+/// The agent asks `url` for a rollout to `replicas`.
+fn ask(s: &Replicas, url: &str, replicas: u32) -> ApiResponse {
+    call(
         &s.hsm,
         url,
         &s.agent,
         "POST",
         "/v1/executions",
-        Some(&rollout(3)),
-    );
+        Some(&rollout(replicas)),
+    )
+}
+
+fn grant(s: &Replicas, url: &str) -> String {
+    let r = ask(s, url, 3);
     assert_eq!(r.status, 201, "{}", r.text);
     r.body["token"].as_str().unwrap().to_owned()
 }
@@ -348,14 +353,7 @@ fn a_revocation_freeze_or_epoch_bump_takes_effect_on_the_other_replica_within_a_
     let frozen_at = Instant::now();
     for url in [&s.a.url, &s.b.url] {
         loop {
-            let r = call(
-                &s.hsm,
-                url,
-                &s.agent,
-                "POST",
-                "/v1/executions",
-                Some(&rollout(2)),
-            );
+            let r = ask(&s, url, 2);
             if r.status != 201 {
                 assert_eq!(code(&r), "issuance_frozen", "{}", r.text);
                 break;
@@ -404,14 +402,7 @@ fn a_revocation_freeze_or_epoch_bump_takes_effect_on_the_other_replica_within_a_
     ]);
     let revoked_at = Instant::now();
     for url in [&s.b.url, &s.a.url] {
-        let r = call(
-            &s.hsm,
-            url,
-            &s.agent,
-            "POST",
-            "/v1/executions",
-            Some(&rollout(2)),
-        );
+        let r = ask(&s, url, 2);
         assert_ne!(r.status, 201, "a revoked agent got a token: {}", r.text);
         assert_eq!(code(&r), "certificate_revoked", "{}", r.text);
     }
@@ -424,14 +415,7 @@ fn the_database_going_away_fails_closed_and_both_replicas_recover_without_a_rest
     grant(&s, &s.a.url);
     s.hsm.pg_stop();
     for url in [&s.a.url, &s.b.url] {
-        let r = call(
-            &s.hsm,
-            url,
-            &s.agent,
-            "POST",
-            "/v1/executions",
-            Some(&rollout(2)),
-        );
+        let r = ask(&s, url, 2);
         assert_eq!(r.status, 503, "{}", r.text);
         assert_eq!(code(&r), "store_unavailable", "{}", r.text);
         assert!(!r.text.contains("password"), "{}", r.text);
@@ -461,14 +445,7 @@ fn the_database_going_away_fails_closed_and_both_replicas_recover_without_a_rest
     for url in [&s.a.url, &s.b.url] {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let r = call(
-                &s.hsm,
-                url,
-                &s.agent,
-                "POST",
-                "/v1/executions",
-                Some(&rollout(2)),
-            );
+            let r = ask(&s, url, 2);
             if r.status == 201 {
                 break;
             }

@@ -412,14 +412,15 @@ impl Broker {
         entry: &Entry,
     ) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.record_pending_then(
+        self.store.record_pending_positioned(
             record,
             pending,
             entry,
+            Box::new(|_| {}),
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
-        )?;
+        );
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Io {
                 operation: "record pending request",

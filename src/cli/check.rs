@@ -260,19 +260,7 @@ fn check_postgres(r: &mut Report, pg: &PostgresConfig) {
         )),
         Err(e) => r.problem(&format!(
             "the PostgreSQL store cannot be reached: {}",
-            chain(&e)
+            super::mcp::with_causes(&e)
         )),
     }
-}
-
-/// An error with its causes, one after the other.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -505,7 +505,7 @@ fn execution_answer(response: ApiResponse) -> (Outcome, Option<String>) {
 }
 
 /// An error and its causes on one line ("cannot connect to the broker: Connection refused").
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

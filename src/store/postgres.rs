@@ -23,6 +23,7 @@ use connect::{checked_namespace, connector_runtime, open_connector, redacted};
 use writer::{Health, Jobs};
 
 use super::entries::encode;
+use super::sqlite::rows::unix;
 use super::{
     ApprovalOutcome, ApprovalRecord, Commit, ExecutionRecord, IssuedCertificate, LogPosition,
     PendingApproval, PolicyState, RedeemOutcome, ReservedToken, RevokeOutcome, Store, StoreError,
@@ -65,12 +66,9 @@ impl Drop for PgStore {
     /// Lets the writer commit what is queued, then stops it.
     fn drop(&mut self) {
         self.jobs.close();
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(h) = handle {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
-        }
+        super::sqlite::writer::join_unless_current(
+            self.writer.lock().ok().and_then(|mut w| w.take()),
+        );
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -209,10 +207,6 @@ impl PgStore {
             schema::VERSION,
         ))
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    i64::try_from(crate::time::unix(t)).unwrap_or(i64::MAX)
 }
 
 impl Store for PgStore {
@@ -390,6 +384,26 @@ impl Store for PgStore {
             entry,
             done,
         )
+    }
+
+    fn record_pending_positioned(
+        &self,
+        record: ExecutionRecord,
+        pending: PendingApproval,
+        entry: &Entry,
+        positioned: super::Positioned,
+        done: WriteDone,
+    ) {
+        self.enqueue_positioned(
+            "record pending request",
+            move |b| {
+                b.stage_execution(record);
+                approvals::insert_pending(b.db()?, &pending)
+            },
+            entry,
+            positioned,
+            done,
+        );
     }
 
     fn append_audit_then(

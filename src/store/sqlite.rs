@@ -48,7 +48,7 @@ mod executions;
 mod policy;
 pub(super) mod rows;
 mod schema;
-mod writer;
+pub(super) mod writer;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -95,56 +95,6 @@ pub(super) fn block_on<F: Future>(future: F, limit: Duration) -> Result<F::Outpu
             return Err(DbError::Timeout(limit));
         }
         std::thread::park_timeout(deadline - now);
-    }
-}
-
-/// Two futures polled together, in order, so that their requests leave in one write (the
-/// connection pipelines them); ready when both are.
-struct Both<A: Future, B: Future> {
-    a: Pin<Box<A>>,
-    b: Pin<Box<B>>,
-    done_a: Option<A::Output>,
-    done_b: Option<B::Output>,
-}
-
-impl<A: Future, B: Future> Both<A, B> {
-    fn new(a: A, b: B) -> Self {
-        Self {
-            a: Box::pin(a),
-            b: Box::pin(b),
-            done_a: None,
-            done_b: None,
-        }
-    }
-}
-
-impl<A: Future, B: Future> Future for Both<A, B>
-where
-    A::Output: Unpin,
-    B::Output: Unpin,
-{
-    type Output = (A::Output, B::Output);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if this.done_a.is_none() {
-            if let Poll::Ready(v) = this.a.as_mut().poll(cx) {
-                this.done_a = Some(v);
-            }
-        }
-        if this.done_b.is_none() {
-            if let Poll::Ready(v) = this.b.as_mut().poll(cx) {
-                this.done_b = Some(v);
-            }
-        }
-        match (this.done_a.take(), this.done_b.take()) {
-            (Some(a), Some(b)) => Poll::Ready((a, b)),
-            (a, b) => {
-                this.done_a = a;
-                this.done_b = b;
-                Poll::Pending
-            }
-        }
     }
 }
 
@@ -280,8 +230,10 @@ impl<C: GenericClient + Sync> Db<'_, C> {
         params: Params<'_>,
     ) -> Result<(), DbError> {
         let (s, c) = self.prepared(sql)?;
+        // Polled together, in order, so both requests leave in one write (the connection
+        // pipelines them).
         let (statement, commit) = block_on(
-            Both::new(c.execute(&s, params), c.batch_execute("COMMIT")),
+            async { tokio::join!(c.execute(&s, params), c.batch_execute("COMMIT")) },
             QUERY_TIMEOUT,
         )?;
         statement?;

@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 
 use super::conn::{Conn, Connector, Db, DbError};
 use crate::audit::merkle::{self, CompactRange, Hash};
+pub(super) use crate::store::sqlite::rows::sql_int;
 use crate::store::{ExecutionRecord, LogPosition};
 
 /// Advisory lock key of the audit log's tail ("seb" and 2).
@@ -114,10 +115,6 @@ impl<'b> Batch<'_, 'b> {
         self.entries.1.push(entry);
         LogPosition { index, leaf_hash }
     }
-}
-
-pub(super) fn sql_int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The queue between callers and the writer thread.

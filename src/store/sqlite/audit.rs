@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rows::sql_int;
 use crate::audit::merkle::{self, CompactRange, Hash};
 
 /// What the writer shares with readers: the last write failure.
@@ -141,10 +142,6 @@ impl AuditTree {
         self.range = range;
         Ok(leaf)
     }
-}
-
-fn sql_int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Number of stored entries.

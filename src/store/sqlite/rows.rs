@@ -146,6 +146,11 @@ pub(in crate::store) fn revocation_from_row(
     })
 }
 
+/// A count or index as the databases' signed 64-bit integer.
+pub(in crate::store) fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Unix seconds as SQLite's signed integer.
 pub(in crate::store) fn unix(t: SystemTime) -> i64 {
     i64::try_from(crate::time::unix(t)).unwrap_or(i64::MAX)

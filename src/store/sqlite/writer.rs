@@ -147,7 +147,7 @@ impl Drop for WriterExit<'_> {
 
 /// Joins `handle`, unless this is that thread (a callback run by the writer may drop the last
 /// reference to the store; joining itself would fail).
-pub(super) fn join_unless_current(handle: Option<std::thread::JoinHandle<()>>) {
+pub(in crate::store) fn join_unless_current(handle: Option<std::thread::JoinHandle<()>>) {
     if let Some(handle) = handle {
         if handle.thread().id() != std::thread::current().id() {
             let _ = handle.join();
