@@ -648,6 +648,21 @@ fn tls_to_the_database_is_used_and_verified_when_the_url_asks_for_it() {
     )
     .unwrap();
     hsm.seb_ok(&["migrate"]);
+    // And libpq's way of naming the CA, in the URL itself.
+    std::fs::write(
+        hsm.config(),
+        plain.replace(
+            url_line,
+            &format!(
+                "{}?sslmode=verify-full&sslrootcert={}\"",
+                url_line.trim_end_matches('"'),
+                ca.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("up to date"), "{said}");
     let broker = Broker::start(&hsm);
     let agent = hsm.agent("deploy-bot", GRANTS);
     let r = call(

@@ -73,15 +73,25 @@ impl CompactRange {
         size: u64,
         mut node: impl FnMut(u32, u64) -> Result<Hash, E>,
     ) -> Result<Self, E> {
-        let mut peaks = Vec::new();
+        let peaks = Self::peak_positions(size)
+            .into_iter()
+            .map(|(level, index)| Ok((level, node(level, index)?)))
+            .collect::<Result<_, E>>()?;
+        Ok(Self { size, peaks })
+    }
+
+    /// The perfect subtrees a tree of `size` leaves is made of, as (level, index), largest
+    /// (leftmost) first: what [`CompactRange::from_nodes`] fetches.
+    pub fn peak_positions(size: u64) -> Vec<(u32, u64)> {
+        let mut positions = Vec::new();
         let mut start = 0u64;
         for level in (0..64u32).rev() {
             if size & (1u64 << level) != 0 {
-                peaks.push((level, node(level, start >> level)?));
+                positions.push((level, start >> level));
                 start += 1u64 << level;
             }
         }
-        Ok(Self { size, peaks })
+        positions
     }
 
     /// Number of leaves.

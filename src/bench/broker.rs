@@ -17,7 +17,7 @@ use seb::backend::{KeyBackend, P384Signer};
 use seb::broker::Broker;
 use seb::ca::{self, csr, LeafRequest};
 use seb::client::ClientTls;
-use seb::config::Config;
+use seb::config::{Config, StoreConfig};
 use seb::grants::{GrantSet, Role, RoleKind};
 use seb::server::{self, App};
 use seb::store::postgres::PgStore;
@@ -52,8 +52,9 @@ pub struct BrokerBenchArgs {
     /// database under the state directory, with each --audit mode) and `postgres` (the
     /// database of `[store] backend = "postgres"`, in a throwaway schema of its own, audit
     /// log on, with each --replicas count). The open-loop and handshake measurements use the
-    /// first.
-    #[arg(long, default_value = "sqlite", value_delimiter = ',')]
+    /// first. Default: `sqlite`, and `sqlite,postgres` when the configuration's store is
+    /// PostgreSQL, so the two are compared in one run.
+    #[arg(long, value_delimiter = ',')]
     store: Vec<StoreKind>,
     /// PostgreSQL: broker replicas sharing the store, comma-separated (one measurement each).
     /// They run in this process, each with its own store connections and listener; the
@@ -141,7 +142,12 @@ fn run_load(
     // What is measured: a label, and the brokers (one, or replicas sharing a store).
     let mut variants: Vec<(String, Vec<Arc<Broker>>)> = Vec::new();
     let mut namespaces = Vec::new();
-    for kind in &args.store {
+    let stores = match (&args.store[..], &config.store) {
+        ([], StoreConfig::Postgres(_)) => vec![StoreKind::Sqlite, StoreKind::Postgres],
+        ([], StoreConfig::Sqlite) => vec![StoreKind::Sqlite],
+        (chosen, _) => chosen.to_vec(),
+    };
+    for kind in &stores {
         match kind {
             StoreKind::Sqlite => {
                 for mode in &modes {
@@ -159,7 +165,7 @@ fn run_load(
                 }
             }
             StoreKind::Postgres => {
-                let seb::config::StoreConfig::Postgres(pg) = &config.store else {
+                let StoreConfig::Postgres(pg) = &config.store else {
                     return Err("--store postgres needs [store] backend = \"postgres\" in the configuration (softhsm-setup/provision.sh DIR --postgres)".into());
                 };
                 for &replicas in &args.replicas {

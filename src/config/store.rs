@@ -22,7 +22,8 @@ pub enum StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// `postgres://USER@HOST:PORT/DBNAME[?sslmode=require]`, without a password.
+    /// `postgres://USER@HOST:PORT/DBNAME[?sslmode=require[&sslrootcert=CA.pem]]`, without a
+    /// password.
     pub url: String,
     /// File holding the database password (relative paths: to the configuration file).
     pub password_file: PathBuf,

@@ -275,3 +275,39 @@ fn store_files_are_taken_relative_to_the_configuration() {
     assert_eq!(p.password_file, dir.path().join("pg.password"));
     assert_eq!(p.ca_file, Some(dir.path().join("pg-ca.pem")));
 }
+
+#[test]
+fn a_secret_under_a_key_seb_does_not_know_is_not_repeated_in_the_error() {
+    // A database password or PIN typed into the configuration instead of its file is refused,
+    // and the refusal (which reaches the journal) names the key and its line, not the value.
+    for (text, key) in [
+        (
+            format!(
+                "{MINIMAL}[store]\nbackend = \"postgres\"\nurl = \"postgres://seb@db/seb\"\n\
+                 password_file = \"p\"\npassword = \"hunter2-in-the-config\"\n"
+            ),
+            "password",
+        ),
+        (
+            MINIMAL.replace("pin_file = \"user.pin\"", "pin = \"hunter2-in-the-config\""),
+            "pin",
+        ),
+        (
+            format!("{MINIMAL}password = \"hunter2-in-the-config\"\n"),
+            "password",
+        ),
+    ] {
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            !err.contains("hunter2"),
+            "the error repeats the secret: {err}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            + 1;
+        assert!(err.contains(&format!("line {line}")), "{err}");
+        assert!(err.contains(key), "{err}");
+    }
+}

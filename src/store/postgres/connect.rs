@@ -1,6 +1,7 @@
 //! Opening connections: the URL (never with a password) and the password file, TLS when asked,
 //! the session settings every connection gets, and the store's own runtime.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::conn::Connector;
@@ -51,6 +52,18 @@ fn connector(
         .url
         .replace("sslmode=verify-full", "sslmode=require")
         .replace("sslmode=verify-ca", "sslmode=require");
+    // libpq's `sslrootcert=PATH` in the URL names the CA as `ca_file` does.
+    let (url, root_cert) = take_query_param(&url, "sslrootcert");
+    let ca_file = match (&config.ca_file, root_cert) {
+        (Some(file), Some(root)) if file.as_path() != Path::new(&root) => {
+            return Err(format!(
+                "[store] ca_file ({}) and the url's sslrootcert ({root}) name different CAs",
+                file.display()
+            ))
+        }
+        (Some(file), _) => Some(file.clone()),
+        (None, root) => root.map(PathBuf::from),
+    };
     let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| format!("[store] url does not parse: {e}"))?;
@@ -68,26 +81,35 @@ fn connector(
         pg.application_name("seb");
     }
     pg.connect_timeout(Duration::from_secs(3));
+    // A database host that vanishes is noticed in about 8 s, not at the kernel's default of
+    // two hours.
     pg.keepalives(true);
-    pg.keepalives_idle(Duration::from_secs(10));
-    // A statement, or a wait for another replica's batch, may not hang forever; a replica
-    // that stops mid-transaction (frozen, not dead) gives up the log's lock.
+    pg.keepalives_idle(Duration::from_secs(4));
+    pg.keepalives_interval(Duration::from_secs(2));
+    pg.keepalives_retries(2);
+    // A statement, or a wait for another replica's batch, may not hang forever. A replica
+    // that stops mid-transaction gives up the log's lock: a frozen one after 5 s idle in its
+    // transaction, one whose host vanished when the server's keepalives (4 s, then 2 × 2 s)
+    // find its connection dead. Both come before the others' lock timeout of 10 s, so they
+    // wait rather than fail.
     // Every statement is prepared once per connection and planned once: a custom plan per
     // execution (the default for the first ones) cost the batch statement 1.2 ms of planning
     // for under 1 ms of execution.
     let mut options = String::from(
         "-c statement_timeout=10000 -c lock_timeout=10000 \
-         -c idle_in_transaction_session_timeout=30000 -c plan_cache_mode=force_generic_plan",
+         -c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=4 \
+         -c tcp_keepalives_interval=2 -c tcp_keepalives_count=2 \
+         -c plan_cache_mode=force_generic_plan",
     );
     if let Some(n) = namespace {
         options.push_str(&format!(" -c search_path={n}"));
     }
     pg.options(&options);
-    let wants_tls = matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
-        || config.ca_file.is_some();
+    let wants_tls =
+        matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) || ca_file.is_some();
     let tls = if wants_tls {
-        let Some(ca) = &config.ca_file else {
-            return Err("[store] sslmode=require needs ca_file (the database's CA, PEM)".into());
+        let Some(ca) = &ca_file else {
+            return Err("[store] sslmode=require needs ca_file or the url's sslrootcert (the database's CA, PEM)".into());
         };
         let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
         pg.ssl_mode(tokio_postgres::config::SslMode::Require);
@@ -105,6 +127,30 @@ fn connector(
         },
         runtime,
     ))
+}
+
+/// `url` without its query parameter `name`, and that parameter's value.
+fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, value)
 }
 
 pub(super) fn connector_runtime() -> std::io::Result<tokio::runtime::Runtime> {

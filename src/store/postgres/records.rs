@@ -204,30 +204,42 @@ pub(super) fn redeem(
                 Ok(None) => return Ok(Redemption::AgentUnrecorded),
                 Err(e) => return Ok(Redemption::Corrupt(e)),
             };
-            for serial in serials {
-                if b.db()?.exists(
-                    "SELECT 1 FROM revoked WHERE serial = $1",
-                    &[&serial.as_bytes()],
-                )? {
-                    return Ok(Redemption::AgentRevoked(serial));
-                }
+            // The whole path in one query, the first revoked certificate in path order.
+            let bytes: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
+            let revoked: Vec<Vec<u8>> = b
+                .db()?
+                .query(
+                    "SELECT serial FROM revoked WHERE serial = ANY($1)",
+                    &[&bytes],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(serial) = serials
+                .into_iter()
+                .find(|s| revoked.iter().any(|r| r.as_slice() == s.as_bytes()))
+            {
+                return Ok(Redemption::AgentRevoked(serial));
             }
-            let inserted = b.db()?.execute(
-                "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (jti) DO NOTHING",
+            // Redeemed now, or when it was first: one round trip. The outer query's snapshot
+            // does not see the row the insert adds, only one that was there before.
+            let row = b.db()?.query_one(
+                "WITH added AS (
+                     INSERT INTO redemptions (jti, executor, redeemed_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (jti) DO NOTHING RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM added),
+                        (SELECT redeemed_at FROM redemptions WHERE jti = $1)",
                 &[&jti, &executor, &unix(at)],
             )?;
-            if inserted == 1 {
-                return Ok(Redemption::Redeemed);
+            let (added, first): (i64, Option<i64>) = (row.get(0), row.get(1));
+            match (added, first) {
+                (1, _) => Ok(Redemption::Redeemed),
+                (_, Some(first)) => Ok(Redemption::Before(first)),
+                (_, None) => Err(DbError::Corrupt(
+                    "a redemption was neither added nor found".into(),
+                )),
             }
-            let first: i64 = b
-                .db()?
-                .query_one(
-                    "SELECT redeemed_at FROM redemptions WHERE jti = $1",
-                    &[&jti],
-                )?
-                .get(0);
-            Ok(Redemption::Before(first))
         },
         move |found: &Redemption| {
             encode(&found.entry(&entry_jti, &entry_executor, time_ms)).unwrap_or_default()

@@ -433,7 +433,35 @@ fn follow(
 ) -> Result<CompactRange, DbError> {
     match known {
         Some(edge) if edge.size() == size => Ok(edge),
-        _ => CompactRange::from_nodes(size, |level, idx| node(db, level, idx)),
+        // Another replica appended: the new edge's nodes in one round trip, not one each,
+        // since this runs while the batch holds the log's lock.
+        _ => {
+            let wanted = CompactRange::peak_positions(size);
+            let levels: Vec<i32> = wanted
+                .iter()
+                .map(|&(l, _)| i32::try_from(l).unwrap_or(i32::MAX))
+                .collect();
+            let indexes: Vec<i64> = wanted.iter().map(|&(_, i)| sql_int(i)).collect();
+            let rows = db.query(
+                "SELECT n.level, n.idx, n.hash FROM audit_nodes n
+                 JOIN UNNEST($1::int[], $2::bigint[]) AS w(level, idx)
+                   ON n.level = w.level AND n.idx = w.idx",
+                &[&levels, &indexes],
+            )?;
+            let found: Vec<(i32, i64, Vec<u8>)> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            CompactRange::from_nodes(size, |level, idx| {
+                found
+                    .iter()
+                    .find(|(l, i, _)| i64::from(*l) == i64::from(level) && *i == sql_int(idx))
+                    .and_then(|(_, _, hash)| Hash::try_from(hash.clone()).ok())
+                    .ok_or_else(|| {
+                        DbError::Corrupt(format!("audit node ({level}, {idx}) is missing"))
+                    })
+            })
+        }
     }
 }
 
