@@ -1377,3 +1377,40 @@ fn stalled_handshakes_do_not_starve_token_signing() {
         drop(stalled);
     });
 }
+
+#[test]
+fn a_second_broker_on_the_same_sqlite_state_waits_for_the_first_to_exit() {
+    // One broker per SQLite state directory (replicas share PostgreSQL): a second `seb serve`,
+    // as a restart that overlaps the old process would start, waits for the first to exit and
+    // only then serves.
+    let mut s = setup();
+    let port = common::free_port();
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| Broker::start_replica(&s.hsm, port, "second.log"));
+        let log = s.hsm.path("second.log");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("another seb serve holds this state directory")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second broker did not wait: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the second broker listens while the first runs"
+        );
+        // The first still serves; once it has stopped, the second takes over.
+        let r = post(&s, &s.agent, "/v1/executions", &good_request());
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert!(s.broker.stop(), "{}", s.broker.log_text());
+        let second = second.join().unwrap();
+        s.broker = second;
+        let r = post(&s, &s.agent, "/v1/executions", &good_request());
+        assert_eq!(r.status, 201, "{}", r.text);
+    });
+}

@@ -1,10 +1,13 @@
 //! `seb serve`: the broker, until SIGTERM or SIGINT.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use seb::attest::selfcheck::AttestationState;
 use seb::broker::Broker;
-use seb::config::Config;
+use seb::config::{Config, StoreConfig};
 use seb::server::{self, App};
 
 use super::{open_backend, open_store, CliError, CliResult};
@@ -18,6 +21,54 @@ pub struct ServeArgs {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// How long a broker waits for another `seb serve` on its SQLite state directory to exit: longer
+/// than a stopping broker takes to finish its open requests, so a restart that overlaps the old
+/// process waits for it instead of failing.
+const STATE_DIR_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the SQLite state directory for this broker alone. Replicas share a PostgreSQL store;
+/// two brokers on one SQLite directory would contend for the audit log's next index, and each
+/// would allow an agent the full rate limit. CLI commands (revoke, freeze, audit) do not take
+/// this lock: they are meant to run beside the broker.
+fn one_broker_per_state_dir(state_dir: &Path) -> Result<File, CliError> {
+    let path = state_dir.join("serve.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let deadline = Instant::now() + STATE_DIR_WAIT;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if !said {
+                    tracing::warn!(
+                        state_dir = %state_dir.display(),
+                        "another seb serve holds this state directory; waiting for it to exit"
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another seb serve is using {} (it holds {}): one broker per SQLite state \
+                     directory; run replicas on a PostgreSQL store (OPERATIONS.md §12)",
+                    state_dir.display(),
+                    path.display()
+                )
+                .into())
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()).into())
+            }
+        }
+    }
+}
+
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
     let mut config = config.clone();
@@ -27,6 +78,11 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
     let config = &config;
     let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
     let store = open_store(config)?;
+    // Held until the process exits (the kernel releases it then, however it ends).
+    let _one_broker = match config.store {
+        StoreConfig::Sqlite => Some(one_broker_per_state_dir(&config.state_dir)?),
+        StoreConfig::Postgres(_) => None,
+    };
     let mut broker = Broker::new(config.clone(), backend.clone(), store.clone())?;
     if let Some(state) = AttestationState::from_config(config)? {
         state.clone().start_self_check(store);
