@@ -656,11 +656,24 @@ impl Default for ServerConfig {
 /// a secret put under a key seb does not know (a database `password`, a `pin`) must not be
 /// copied into an error that ends up in a log.
 fn describe(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end();
+    let message = without_value(e.message().trim_end());
     match e.span() {
         Some(span) => format!("line {}: {message}", line_of(text, span.start)),
         None => message.to_owned(),
     }
+}
+
+/// serde's "invalid type: integer `123456`, expected path string" names the value it found;
+/// keep only its kind ("invalid type: integer, expected path string").
+fn without_value(message: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(lead) {
+            let kind = rest.split([' ', ',']).next().unwrap_or_default();
+            let expected = rest.find(", expected").map_or("", |at| &rest[at..]);
+            return format!("{lead}{kind}{expected}");
+        }
+    }
+    message.to_owned()
 }
 
 /// The 1-based line holding byte `offset` of `text`.

@@ -663,6 +663,23 @@ fn tls_to_the_database_is_used_and_verified_when_the_url_asks_for_it() {
     .unwrap();
     let said = hsm.seb_ok(&["migrate"]);
     assert!(said.contains("up to date"), "{said}");
+    // A CA seb cannot pin down (libpq's `system`, a relative path) is refused, not guessed.
+    for root in ["system", "db-ca.pem"] {
+        std::fs::write(
+            hsm.config(),
+            plain.replace(
+                url_line,
+                &format!(
+                    "{}?sslmode=verify-full&sslrootcert={root}\"",
+                    url_line.trim_end_matches('"')
+                ),
+            ),
+        )
+        .unwrap();
+        let out = hsm.seb(&["migrate"]);
+        common::assert_clean_failure(&out, "absolute path");
+    }
+    std::fs::write(hsm.config(), with_tls(ca.to_str().unwrap())).unwrap();
     let broker = Broker::start(&hsm);
     let agent = hsm.agent("deploy-bot", GRANTS);
     let r = call(

@@ -1,6 +1,7 @@
 //! `seb serve`: the broker, until SIGTERM or SIGINT.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +32,23 @@ const STATE_DIR_WAIT: Duration = Duration::from_secs(30);
 /// would allow an agent the full rate limit. CLI commands (revoke, freeze, audit) do not take
 /// this lock: they are meant to run beside the broker.
 fn one_broker_per_state_dir(state_dir: &Path) -> Result<File, CliError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = state_dir.join("serve.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // Read-only when it exists (a lock needs no more), so a file left by another user (a
+    // broker once started by hand as root) does not keep the service's user out.
+    let file = match File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path),
+        opened => opened,
+    }
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let deadline = Instant::now() + STATE_DIR_WAIT;
     let mut said = false;
     loop {
@@ -76,13 +87,15 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
         config.server.listen = listen;
     }
     let config = &config;
-    let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
-    let store = open_store(config)?;
-    // Held until the process exits (the kernel releases it then, however it ends).
+    // Taken before the device and the store are opened (a second broker must not migrate or
+    // write the store under the first) and so dropped after both are closed. The kernel
+    // releases it however the process ends.
     let _one_broker = match config.store {
         StoreConfig::Sqlite => Some(one_broker_per_state_dir(&config.state_dir)?),
         StoreConfig::Postgres(_) => None,
     };
+    let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
+    let store = open_store(config)?;
     let mut broker = Broker::new(config.clone(), backend.clone(), store.clone())?;
     if let Some(state) = AttestationState::from_config(config)? {
         state.clone().start_self_check(store);

@@ -311,3 +311,26 @@ fn a_secret_under_a_key_seb_does_not_know_is_not_repeated_in_the_error() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+#[test]
+fn a_secret_in_place_of_a_path_is_not_repeated_in_the_error() {
+    // A PIN typed where the PIN file's path belongs: the type is wrong, the value stays out.
+    for value in [
+        "123456789",
+        "[\"hunter2-in-the-config\"]",
+        "{ pin = \"hunter2\" }",
+    ] {
+        let text = MINIMAL.replace("\"user.pin\"", value);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            !err.contains("123456789") && !err.contains("hunter2"),
+            "the error repeats the value: {err}"
+        );
+        assert!(err.contains("invalid type"), "{err}");
+        // Inside the tagged `[backend]` table the parser points at the table's header.
+        assert!(
+            err.contains("line 4:") && err.contains("expected path string"),
+            "{err}"
+        );
+    }
+}

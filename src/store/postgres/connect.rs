@@ -54,6 +54,16 @@ fn connector(
         .replace("sslmode=verify-ca", "sslmode=require");
     // libpq's `sslrootcert=PATH` in the URL names the CA as `ca_file` does.
     let (url, root_cert) = take_query_param(&url, "sslrootcert");
+    if let Some(root) = &root_cert {
+        // libpq would also take `system`, a relative path or a %-encoded one; seb wants the
+        // file it will trust spelled out.
+        if !root.starts_with('/') || root.contains(['%', '#']) {
+            return Err(format!(
+                "[store] url: sslrootcert must be an absolute path without %-escapes \
+                 (or use ca_file), not {root:?}"
+            ));
+        }
+    }
     let ca_file = match (&config.ca_file, root_cert) {
         (Some(file), Some(root)) if file.as_path() != Path::new(&root) => {
             return Err(format!(
