@@ -149,6 +149,10 @@ fn contract(store: &dyn Store) {
         Box::new(|r| r.unwrap()),
     );
     let placed = rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+    // The token is stored by a deferred write, which waits a little for company; on a store
+    // with nothing else to do (its writer idle) it must still be written (within `wait`'s
+    // 20 s, against a 50 ms deferral).
+    std::thread::sleep(Duration::from_millis(300));
     wait(|done| store.complete_issuance_then("r3", Some("the.token".into()), done));
     let r3 = store.execution("r3").unwrap().unwrap();
     assert_eq!(r3.status, ExecutionStatus::Granted);

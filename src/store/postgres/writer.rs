@@ -135,21 +135,28 @@ struct Queue {
 }
 
 impl Jobs {
-    /// Queues `job`, or gives it back if the writer has stopped. A deferred job wakes no one.
+    /// Queues `job`, or gives it back if the writer has stopped. An urgent job wakes the
+    /// writer; so does the first deferred one, which an idle writer (waiting without a
+    /// deadline) would otherwise not see until the next urgent job. The writer then waits
+    /// at most [`MAX_DEFER`] for company.
     pub(super) fn push(&self, job: Job) -> Result<(), Job> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.closed {
             return Err(job);
         }
-        let urgent = !job.deferred;
-        if urgent {
+        let wake = if job.deferred {
+            let first = q.oldest_deferred.is_none();
+            if first {
+                q.oldest_deferred = Some(std::time::Instant::now());
+            }
+            first
+        } else {
             q.urgent += 1;
-        } else if q.oldest_deferred.is_none() {
-            q.oldest_deferred = Some(std::time::Instant::now());
-        }
+            true
+        };
         q.jobs.push_back(job);
         drop(q);
-        if urgent {
+        if wake {
             self.ready.notify_one();
         }
         Ok(())
