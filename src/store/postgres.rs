@@ -260,25 +260,9 @@ impl Store for PgStore {
     }
 
     fn revoked_among(&self, serials: &[Serial]) -> Result<Vec<Serial>, StoreError> {
-        if serials.is_empty() {
-            return Ok(Vec::new());
-        }
-        let bytes: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
-        let revoked: Vec<Vec<u8>> = self.read("check revocations", |db| {
-            Ok(db
-                .query(
-                    "SELECT serial FROM revoked WHERE serial = ANY($1)",
-                    &[&bytes],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
-        Ok(serials
-            .iter()
-            .filter(|s| revoked.iter().any(|r| r.as_slice() == s.as_bytes()))
-            .cloned()
-            .collect())
+        self.read("check revocations", |db| {
+            certificates::revoked_in(db, serials)
+        })
     }
 
     fn next_crl_number(&self) -> Result<u64, StoreError> {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::Row;
 
-use super::conn::DbError;
+use super::conn::{Db, DbError};
 use super::{encode, unix, PgStore};
 use crate::ca::crl::{Reason, Revocation};
 use crate::serial::Serial;
@@ -195,4 +195,30 @@ pub(super) fn next_crl_number(store: &PgStore) -> Result<u64, StoreError> {
             .get(0))
     })?;
     u64::try_from(value).map_err(|_| StoreError::Corrupt("negative CRL number".into()))
+}
+
+/// Those of `serials` that are revoked, in the order given (the path's order), with one query
+/// on `db`: a pool connection for the per-request check, the batch's transaction for a
+/// redemption.
+pub(super) fn revoked_in(
+    db: &mut Db<'_, tokio_postgres::Client>,
+    serials: &[Serial],
+) -> Result<Vec<Serial>, DbError> {
+    if serials.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bytes: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let revoked: Vec<Vec<u8>> = db
+        .query(
+            "SELECT serial FROM revoked WHERE serial = ANY($1)",
+            &[&bytes],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(serials
+        .iter()
+        .filter(|s| revoked.iter().any(|r| r.as_slice() == s.as_bytes()))
+        .cloned()
+        .collect())
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tokio_postgres::{Client, Row};
 
 use super::conn::{Db, DbError};
-use super::{encode, unix, PgStore};
+use super::{certificates, encode, unix, PgStore};
 use crate::audit::entry::{Entry, EntryKind};
 use crate::store::entries::{self, Redemption};
 use crate::store::sqlite::rows::{
@@ -204,20 +204,10 @@ pub(super) fn redeem(
                 Ok(None) => return Ok(Redemption::AgentUnrecorded),
                 Err(e) => return Ok(Redemption::Corrupt(e)),
             };
-            // The whole path in one query, the first revoked certificate in path order.
-            let bytes: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
-            let revoked: Vec<Vec<u8>> = b
-                .db()?
-                .query(
-                    "SELECT serial FROM revoked WHERE serial = ANY($1)",
-                    &[&bytes],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if let Some(serial) = serials
+            // The whole path in one query; the first revoked certificate in path order.
+            if let Some(serial) = certificates::revoked_in(b.db()?, &serials)?
                 .into_iter()
-                .find(|s| revoked.iter().any(|r| r.as_slice() == s.as_bytes()))
+                .next()
             {
                 return Ok(Redemption::AgentRevoked(serial));
             }

@@ -455,15 +455,16 @@ fn follow(
                    ON n.level = w.level AND n.idx = w.idx",
                 &[&levels, &indexes],
             )?;
-            let found: Vec<(i32, i64, Vec<u8>)> = rows
+            let found: Vec<((i32, i64), Vec<u8>)> = rows
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
                 .collect();
             CompactRange::from_nodes(size, |level, idx| {
+                let key = (i32::try_from(level).unwrap_or(i32::MAX), sql_int(idx));
                 found
                     .iter()
-                    .find(|(l, i, _)| i64::from(*l) == i64::from(level) && *i == sql_int(idx))
-                    .and_then(|(_, _, hash)| Hash::try_from(hash.clone()).ok())
+                    .find(|(at, _)| *at == key)
+                    .and_then(|(_, hash)| Hash::try_from(hash.as_slice()).ok())
                     .ok_or_else(|| {
                         DbError::Corrupt(format!("audit node ({level}, {idx}) is missing"))
                     })
