@@ -48,10 +48,14 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colours only for a person at a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A log that cannot be written (a full disk, a file-size limit, a closed pipe) loses the
+    // line: the subscriber must not report it with `eprintln!`, which panics when stderr
+    // fails, in whichever thread logged (the store writer, a request).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        .log_internal_errors(false)
         .init();
 }
 

@@ -690,6 +690,64 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
 
+/// Sets the running broker's file-size limit (`prlimit`, as root).
+fn limit_file_size(s: &Setup, soft: &str) {
+    let pid = s.broker.child.as_ref().unwrap().id();
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--fsize={soft}:unlimited"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success());
+}
+
+#[test]
+fn a_file_size_limit_stops_issuance_without_ending_the_broker_then_recovers() {
+    let mut s = setup();
+    let mut delivered = traffic(&s, 3);
+    // Every file the broker writes is already past 4 KiB, its log (stderr, a file here)
+    // included: each write now fails with EFBIG (and raises SIGXFSZ, whose default action
+    // would end the process).
+    limit_file_size(&s, "4096");
+    let mut refused = 0;
+    for _ in 0..10 {
+        let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert!(
+            ["audit_unavailable", "store_unavailable"]
+                .contains(&r.body["error"]["code"].as_str().unwrap_or_default()),
+            "{}",
+            r.text
+        );
+        assert!(r.body.get("token").is_none());
+        refused += 1;
+    }
+    assert_eq!(refused, 10);
+    assert!(
+        s.broker.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the broker ended at the file-size limit"
+    );
+    // The limit lifted: issuance resumes without a restart, and the log has no gap.
+    limit_file_size(&s, "unlimited");
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    delivered.push(r.body["token"].as_str().unwrap().to_owned());
+    for token in &delivered {
+        let part = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        let index = claims["audit"]["index"].as_u64().unwrap();
+        let page = call(
+            &s,
+            "GET",
+            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
+            None,
+        );
+        assert_eq!(page.body["entries"][0]["entry"]["jti"], claims["jti"], "{}", page.text);
+    }
+    let stdout = ok(&audit(&s, &["verify"]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
+
 #[test]
 fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
     let mut s = setup();

@@ -116,6 +116,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
         .thread_name("seb-worker")
         .build()?;
     runtime.block_on(async move {
+        survive_file_size_limit();
         let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -218,6 +219,27 @@ async fn watch_policy(broker: Arc<Broker>) {
             }
         })
         .await;
+    }
+}
+
+/// A write past the process's file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) raises SIGXFSZ,
+/// whose default action ends the process. The broker catches it instead, so that the write
+/// fails with EFBIG like any other storage fault: no token, 503 `audit_unavailable` or
+/// `store_unavailable`, and issuance resumes once the limit is lifted.
+fn survive_file_size_limit() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+        Ok(mut xfsz) => {
+            tokio::spawn(async move {
+                while xfsz.recv().await.is_some() {
+                    tracing::error!(
+                        "a write went past the file-size limit (RLIMIT_FSIZE); it failed, and \
+                         issuance stops until the limit is raised"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file-size limit would end the broker"),
     }
 }
 
