@@ -690,6 +690,28 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
 
+#[test]
+fn entries_written_by_the_cli_beside_a_running_broker_cost_no_agent_a_token() {
+    let s = setup();
+    traffic(&s, 1);
+    // `seb cert revoke` and `seb epoch bump` on the host append to the log while the broker
+    // has already reserved its next index: the agent's next request still gets its token.
+    for (i, args) in [
+        vec!["cert", "revoke", "--serial", "0A0B0C11", "--unknown"],
+        vec!["epoch", "bump"],
+        vec!["cert", "revoke", "--serial", "0A0B0C12", "--unknown"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.hsm.seb_ok(args);
+        let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+        assert_eq!(r.status, 201, "request {i} after {args:?}: {}", r.text);
+    }
+    let stdout = ok(&audit(&s, &["verify"]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
+
 /// Sets the running broker's file-size limit (`prlimit`, as root).
 fn limit_file_size(s: &Setup, soft: &str) {
     let pid = s.broker.child.as_ref().unwrap().id();
@@ -724,7 +746,13 @@ fn a_file_size_limit_stops_issuance_without_ending_the_broker_then_recovers() {
     }
     assert_eq!(refused, 10);
     assert!(
-        s.broker.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        s.broker
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
         "the broker ended at the file-size limit"
     );
     // The limit lifted: issuance resumes without a restart, and the log has no gap.
@@ -742,7 +770,11 @@ fn a_file_size_limit_stops_issuance_without_ending_the_broker_then_recovers() {
             &format!("/v1/audit/entries?start={index}&end={}", index + 1),
             None,
         );
-        assert_eq!(page.body["entries"][0]["entry"]["jti"], claims["jti"], "{}", page.text);
+        assert_eq!(
+            page.body["entries"][0]["entry"]["jti"], claims["jti"],
+            "{}",
+            page.text
+        );
     }
     let stdout = ok(&audit(&s, &["verify"]));
     assert!(stdout.contains("audit log OK"), "{stdout}");

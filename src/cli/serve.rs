@@ -239,7 +239,9 @@ fn survive_file_size_limit() {
                 }
             });
         }
-        Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file-size limit would end the broker"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file-size limit would end the broker")
+        }
     }
 }
 
