@@ -546,6 +546,11 @@ fn malformed_input_gets_a_4xx_with_a_code() {
         ("POST", "/v1/executions", br#"{"operation":1,"resource":"a","params":{}}"#.to_vec(), 400, "invalid_request"),
         ("POST", "/v1/executions", br#"{"operation":"a.b","resource":"a","params":[]}"#.to_vec(), 400, "invalid_request"),
         ("POST", "/v1/executions", br#"{"operation":"a.b","resource":"a","params":{},"admin":true}"#.to_vec(), 400, "invalid_request"),
+        // An array is not the request object, even with its fields in order.
+        ("POST", "/v1/executions", br#"["deploy.rollout","prod/payments/api",{"replicas":3,"image":"registry.internal/payments/x"}]"#.to_vec(), 400, "invalid_request"),
+        // A number JSON does not carry exactly: 400 like every other `invalid_request`.
+        ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":9007199254740993,"image":"registry.internal/payments/x"}}"#.to_vec(), 400, "invalid_request"),
+        ("GET", "/v1/audit/entries?start=1&end=0", Vec::new(), 400, "invalid_request"),
         ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":1,"replicas":99}}"#.to_vec(), 400, "malformed_json"),
         ("POST", "/v1/executions", deep.into_bytes(), 400, "malformed_json"),
         ("POST", "/v1/executions", huge.into_bytes(), 413, "body_too_large"),
@@ -774,6 +779,55 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
             s.hsm.dir.path(),
         );
         assert!(listing.contains(&serial.to_uppercase()), "{listing}");
+        // The body is PEM, labelled as such; a client that asks for RFC 2585's type gets DER.
+        let der_path = s.hsm.path("served-der.crl");
+        let fetch = |accept: &[&str]| {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--fail", "-D", "-", "-o"])
+                .arg(&der_path)
+                .args(accept)
+                .arg("--cacert")
+                .arg(s.hsm.trust("root.pem"))
+                .arg("--cert")
+                .arg(&s.agent.cert)
+                .arg("--key")
+                .arg(&s.agent.key)
+                .arg(format!("{}/v1/crl", s.broker.url))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).to_lowercase()
+        };
+        let head = fetch(&[]);
+        assert!(
+            head.contains("content-type: application/x-pem-file"),
+            "{head}"
+        );
+        let head = fetch(&["-H", "Accept: application/pkix-crl"]);
+        assert!(
+            head.contains("content-type: application/pkix-crl"),
+            "{head}"
+        );
+        let (ok, text) = common::openssl(
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                der_path.to_str().unwrap(),
+                "-CAfile",
+                s.hsm.trust("root.pem").to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+            s.hsm.dir.path(),
+        );
+        assert!(ok && text.contains("verify OK"), "{text}");
+        assert!(text.contains(&serial.to_uppercase()), "{text}");
         let health = c.send("GET", "/healthz", None).await.unwrap();
         assert_eq!(health.status, 200, "{}", health.text);
         assert_eq!(health.body["status"], "ready");

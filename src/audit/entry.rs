@@ -46,13 +46,13 @@ pub enum EntryKind {
     ApprovalRejected,
     /// A request waiting for approvals expired.
     ApprovalExpired,
-    /// Reserved for outcome receipts.
+    /// An executor reported its signed receipt for a redeemed token.
     OutcomeReported,
-    /// Reserved: issuance frozen.
+    /// Issuance frozen (`seb freeze`).
     Frozen,
-    /// Reserved: issuance unfrozen.
+    /// Issuance unfrozen (`seb unfreeze`).
     Unfrozen,
-    /// Reserved: the policy epoch changed.
+    /// The policy epoch raised (`seb epoch bump`).
     EpochChanged,
 }
 
@@ -114,7 +114,7 @@ pub struct CertRef {
     /// base64url SHA-256 of the certificate's DER (empty when only the serial is known).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub thumbprint: String,
-    /// Serial number, lowercase hex (empty when unknown).
+    /// Serial number, upper-case hex as `seb cert list` shows it (empty when unknown).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub serial: String,
     /// Subject, RFC 4514 (empty when only the serial is known).

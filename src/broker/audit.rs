@@ -244,6 +244,11 @@ impl super::Broker {
         start: u64,
         end: Option<u64>,
     ) -> Result<Vec<ServedEntry>, BrokerError> {
+        if let Some(end) = end.filter(|&end| end < start) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "end {end} is before start {start}"
+            )));
+        }
         let size = self.store.audit_size().map_err(BrokerError::Store)?;
         let end = end
             .unwrap_or(u64::MAX)

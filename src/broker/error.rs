@@ -139,6 +139,13 @@ impl BrokerError {
     /// Status, code and safe message: the one mapping (ARCHITECTURE §7).
     pub fn disposition(&self) -> Disposition {
         let (status, code, message) = match self {
+            // A request the decision could not read (a number past what JSON carries exactly)
+            // is malformed, as everywhere else `invalid_request` is.
+            BrokerError::Denied {
+                code: DenyCode::InvalidRequest,
+                reason,
+                ..
+            } => (400, DenyCode::InvalidRequest.as_str(), reason.clone()),
             BrokerError::Denied { code, reason, .. } => (403, code.as_str(), reason.clone()),
             BrokerError::BadCertificate(m) => (403, "bad_certificate", m.clone()),
             BrokerError::Chain(e) => (403, "bad_certificate", format!("{}: {e}", e.code())),

@@ -122,6 +122,10 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     })?;
     let value =
         crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    // Every body is an object: serde would otherwise fill a struct from an array by position.
+    if !value.is_object() {
+        return Err(HttpError::InvalidBody("the body must be a JSON object".into()).into());
+    }
     Ok(serde_json::from_value(value).map_err(|e| HttpError::InvalidBody(e.to_string()))?)
 }
 
@@ -251,17 +255,35 @@ pub(super) async fn trust(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM).
+/// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM). PEM
+/// (`application/x-pem-file`) by default; DER under its registered type
+/// (`application/pkix-crl`, RFC 2585) for a client whose `Accept` names that type.
 pub(super) async fn crl(
     State(app): State<App>,
+    headers: axum::http::HeaderMap,
     query: QueryResult<CrlQuery>,
 ) -> Result<Response, ApiError> {
     let query = query_or(query, |_| {
         BrokerError::NoCrlIssuer("(malformed query)".into()).into()
     })?;
+    let der_wanted = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/pkix-crl"))
+        });
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem(query.issuer.as_deref())).await?;
-    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], pem).into_response())
+    if der_wanted {
+        let (_, der) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|e| BrokerError::Internal(format!("the CRL's PEM does not decode: {e}")))?;
+        return Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
 /// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
