@@ -391,6 +391,43 @@ fn renew_reissues_for_the_same_key_and_grants() {
         / 86_400;
     assert_eq!(days, 6, "--ttl 7d");
     assert_eq!(listed(&hsm, &["--role", "agent"]).len(), 2);
+    // An executor that serves HTTPS keeps its names and serverAuth; without --out the
+    // certificate is the standard output (the report goes to standard error).
+    let executor = hsm.issue(
+        "exec",
+        "CN=exec",
+        "executor",
+        &["--tls-name", "exec.internal", "--tls-name", "127.0.0.1"],
+    );
+    let exec_serial = openssl_serial(&hsm, &executor);
+    let done = hsm.seb(&["cert", "renew", "--serial", &exec_serial]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("renewed executor certificate"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let renewed_exec = hsm.path("exec-renewed.pem");
+    std::fs::write(&renewed_exec, &done.stdout).unwrap();
+    let (ok, text) = openssl(
+        &[
+            "x509",
+            "-in",
+            renewed_exec.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("DNS:exec.internal"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert_ne!(openssl_serial(&hsm, &renewed_exec), exec_serial);
     // Never over an existing file without --force; never a revoked certificate.
     assert_clean_failure(
         &hsm.seb(&[

@@ -19,6 +19,7 @@ use seb::serial::Serial;
 use seb::store::IssuedCertificate;
 
 use super::inventory::time_text;
+use super::say as seb_say;
 use super::{open_backend, open_store, write_file, CliError, CliResult};
 
 /// Options of `seb rotate`.
@@ -37,9 +38,10 @@ pub struct RenewArgs {
     /// Validity of the new certificate, e.g. "30d" (default: as long as the old one's).
     #[arg(long)]
     ttl: Option<String>,
-    /// Where to write the new certificate (PEM, with its issuing intermediates).
+    /// Where to write the new certificate (PEM, with its issuing intermediates); standard
+    /// output when left out.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -155,7 +157,9 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
 /// Re-issues a stored agent, approver or executor certificate for the same key, subject, role
 /// and grants, signed by the same issuer.
 pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
-    super::cert::refuse_overwrite(&args.out, args.force)?;
+    if let Some(out) = &args.out {
+        super::cert::refuse_overwrite(out, args.force)?;
+    }
     let serial = Serial::parse(&args.serial)?;
     let store = open_store(config)?;
     let record = store.issued_certificate(&serial)?.ok_or_else(|| {
@@ -211,7 +215,9 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         P384Signer::new(backend.as_ref(), &record.issuer_label).map_err(|e| -> CliError {
             format!("cannot sign with the issuer {:?}: {e}", record.issuer_label).into()
         })?;
-    let cert = ca::issue_leaf_under(
+    // An executor that serves HTTPS keeps its names (and with them serverAuth).
+    let tls_names = served_names(&old)?;
+    let cert = ca::issue_leaf_serving(
         &signer,
         &issuer_chain,
         LeafRequest {
@@ -221,6 +227,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
             grants,
             ttl,
         },
+        &tls_names,
         config.ca.max_leaf_validity,
         now,
     )?;
@@ -231,21 +238,77 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     for c in &issuer_chain[..issuer_chain.len().saturating_sub(1)] {
         out.push_str(&c.to_pem_string()?);
     }
-    write_file(&args.out, out.as_bytes(), false)?;
-    say!(
+    // Without --out the certificate is the standard output, and what was done is said on
+    // standard error (so `seb cert renew --serial S > new.pem` gives a clean file).
+    let report = |line: std::fmt::Arguments<'_>| match &args.out {
+        Some(_) => seb_say(line),
+        None => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    };
+    let written = match &args.out {
+        Some(path) => {
+            write_file(path, out.as_bytes(), false)?;
+            path.display().to_string()
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .lock()
+                .write_all(out.as_bytes())
+                .map_err(|e| format!("cannot write the certificate to standard output: {e}"))?;
+            "standard output".to_owned()
+        }
+    };
+    report(format_args!(
         "renewed {} certificate {} for {}: new serial {} until {}, written to {}",
         record.role,
         serial,
         cert.subject_string(),
         cert.serial_hex(),
         time_text(cert.not_after()),
-        args.out.display()
-    );
-    say!(
+        written
+    ));
+    report(format_args!(
         "  the old certificate stays valid until {}; once the new one is deployed: \
          seb cert revoke --serial {} --reason superseded",
         time_text(old.not_after()),
         serial
-    );
+    ));
     Ok(())
+}
+
+/// The DNS names and IP addresses a certificate serves HTTPS under (its SANs), as
+/// `cert issue --tls-name` took them.
+fn served_names(cert: &Certificate) -> Result<Vec<String>, CliError> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let Some(ext) = cert.extension(<SubjectAltName as der::oid::AssociatedOid>::OID) else {
+        return Ok(Vec::new());
+    };
+    let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
+        .map_err(|e| format!("the stored certificate's subjectAltName does not parse: {e}"))?;
+    let mut names = Vec::new();
+    for name in san.0 {
+        match name {
+            GeneralName::DnsName(dns) => names.push(dns.to_string()),
+            GeneralName::IpAddress(ip) => {
+                let bytes = ip.as_bytes();
+                let addr = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(bytes).map(std::net::IpAddr::from).ok(),
+                    16 => <[u8; 16]>::try_from(bytes).map(std::net::IpAddr::from).ok(),
+                    _ => None,
+                };
+                names.push(
+                    addr.ok_or("the stored certificate has a malformed IP address SAN")?
+                        .to_string(),
+                );
+            }
+            _ => {
+                return Err("the stored certificate has a subjectAltName seb does not issue".into())
+            }
+        }
+    }
+    Ok(names)
 }
