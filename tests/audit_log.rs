@@ -350,6 +350,25 @@ fn an_inserted_entry_is_detected() {
 }
 
 #[test]
+fn an_entry_appended_after_the_newest_checkpoint_is_detected() {
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let mut l = lines(&file);
+    let p = entry_positions(&l);
+    let mut forged = l[p[0]].clone();
+    forged["entry"]["kind"] = json!("certificate_revoked");
+    forged["entry"]["detail"] = json!("keyCompromise");
+    l.insert(*p.last().unwrap() + 1, forged);
+    renumber(&mut l);
+    write_lines(&file, &l);
+    rejected(
+        &audit(&s, &["verify", "--file", file.to_str().unwrap()]),
+        "covered by no signed checkpoint",
+    );
+}
+
+#[test]
 fn a_truncated_and_reappended_log_is_a_split_view() {
     let mut s = setup();
     traffic(&s, 4);

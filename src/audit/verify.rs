@@ -77,6 +77,15 @@ pub enum AuditError {
         /// Entries given.
         entries: u64,
     },
+    /// Entries past the newest checkpoint: nothing signed covers them, so they prove nothing
+    /// and may have been added by anyone (an export holds the log up to its newest checkpoint).
+    #[error("{extra} entries after the newest checkpoint (size {size}) are covered by no signed checkpoint: entries were added")]
+    UnsignedEntries {
+        /// Newest checkpoint's size.
+        size: u64,
+        /// Entries beyond it.
+        extra: u64,
+    },
     /// The log is not an extension of the checkpoint the auditor kept.
     #[error("the log is not an extension of the kept checkpoint (size {kept}): {reason}")]
     NotAnExtension {
@@ -311,6 +320,12 @@ pub fn verify_log(
         return Err(AuditError::MissingEntries {
             size: cp.size,
             entries: range.size(),
+        });
+    }
+    if range.size() > latest.size {
+        return Err(AuditError::UnsignedEntries {
+            size: latest.size,
+            extra: range.size() - latest.size,
         });
     }
     Ok(Verified {
