@@ -494,6 +494,65 @@ fn redemption_is_single_use_across_restarts() {
     assert_eq!(error_code(&bad), "invalid_token");
 }
 
+#[test]
+fn a_replay_after_the_token_expired_is_still_a_replay() {
+    let s = setup();
+    let quick = s.hsm.agent(
+        "quick-bot",
+        r#"
+[[grant]]
+operation = "deploy.rollout"
+resource  = "prod/payments/*"
+max_ttl   = "2s"
+params_any = true
+"#,
+    );
+    let executor = s
+        .hsm
+        .identity("executor", "CN=k8s-executor", "executor", &[]);
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let r = post(&s, &quick, "/v1/executions", &good_request());
+        assert_eq!(r.status, 201, "{}", r.text);
+        tokens.push(r.body["token"].as_str().unwrap().to_owned());
+    }
+    let (redeemed, unused) = (tokens[0].clone(), tokens[1].clone());
+    let first = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": redeemed}),
+    );
+    assert_eq!(first.status, 200, "{}", first.text);
+    // Past the token's two seconds and the 30 s the broker allows for clock skew.
+    std::thread::sleep(std::time::Duration::from_secs(34));
+    let replay = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": redeemed}),
+    );
+    assert_eq!(replay.status, 409, "{}", replay.text);
+    assert_eq!(error_code(&replay), "token_already_redeemed");
+    // A token that expired unused is refused as expired, and is not redeemed by the attempt.
+    let late = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": unused}),
+    );
+    assert_eq!(late.status, 400, "{}", late.text);
+    assert_eq!(error_code(&late), "invalid_token");
+    assert!(late.text.contains("expired"), "{}", late.text);
+    let again = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": unused}),
+    );
+    assert_eq!(again.status, 400, "{}", again.text);
+}
+
 /// curl sends `Expect: 100-continue` for large bodies. The broker must answer 413 from the
 /// declared length at once, not `100 Continue` followed by a dropped connection.
 #[test]

@@ -6,7 +6,7 @@
 //! and the store's record of the token id. The id is marked redeemed inside a group commit, so
 //! a token is usable once, across restarts.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{Broker, BrokerError, Caller};
 use crate::grants::RoleKind;
@@ -62,7 +62,17 @@ impl Broker {
             }
         }
         let now = SystemTime::now();
-        let claims = self.check_token(token, now)?;
+        let claims = match self.check_token(token, now) {
+            Ok(claims) => claims,
+            // A replay stays a replay after the token expires: 409, as the first replay got,
+            // and (through the store) a `token_redeemed` entry with its code. Only for a token
+            // this broker signed and that was redeemed: any other expired token is 400.
+            Err(expired @ BrokerError::InvalidToken(_)) => match self.expired_but_redeemed(token) {
+                Some(claims) => claims,
+                None => return Err(expired),
+            },
+            Err(e) => return Err(e),
+        };
         let detail = claims
             .authorization_details
             .first()
@@ -97,8 +107,34 @@ impl Broker {
         }
     }
 
+    /// The claims of a token that is refused only for having expired and whose id was
+    /// redeemed: verified as of the last second of its life (signature, issuer, epoch), so the
+    /// store's single-use record, not the clock, answers the replay.
+    fn expired_but_redeemed(&self, token: &str) -> Option<Claims> {
+        let Err(VerifyError::Expired { exp, .. }) = self.decode(token, SystemTime::now()) else {
+            return None;
+        };
+        let last_second = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.checked_sub(1)?);
+        let claims = self.decode(token, last_second).ok()?;
+        match self.store.redeemed_by(&claims.jti) {
+            Ok(Some(_)) => Some(claims),
+            _ => None,
+        }
+    }
+
     /// A live token signed by this broker's token key, of its current epoch, naming it.
     fn check_token(&self, token: &str, now: SystemTime) -> Result<Claims, BrokerError> {
+        self.decode(token, now).map_err(|e| match e {
+            VerifyError::StaleEpoch { epoch, min_epoch } => BrokerError::StaleEpoch {
+                epoch,
+                current: min_epoch,
+            },
+            e => BrokerError::InvalidToken(e.to_string()),
+        })
+    }
+
+    /// [`Broker::check_token`] as of `now`, with the verifier's own error.
+    fn decode(&self, token: &str, now: SystemTime) -> Result<Claims, VerifyError> {
         let rules = TokenRules {
             now,
             leeway: verify::CLOCK_SKEW,
@@ -116,16 +152,11 @@ impl Broker {
                 .ok_or_else(|| VerifyError::UnknownKey {
                     kid: header.kid.clone(),
                 })
-        })
-        .map_err(|e| match e {
-            VerifyError::StaleEpoch { epoch, min_epoch } => BrokerError::StaleEpoch {
-                epoch,
-                current: min_epoch,
-            },
-            e => BrokerError::InvalidToken(e.to_string()),
         })?;
         if decoded.claims.iss != self.config.broker_id {
-            return Err(BrokerError::InvalidToken("issued by another broker".into()));
+            return Err(VerifyError::InvalidClaims {
+                reason: "issued by another broker".into(),
+            });
         }
         Ok(decoded.claims)
     }
