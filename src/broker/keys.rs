@@ -114,6 +114,10 @@ impl BrokerKeys {
             retired_tokens.push(token_key(&retired.label, cert, alg)?);
             retired_files.push(retired.cert.as_str());
         }
+        // Retired audit certificates are published for good: the checkpoints they signed stay
+        // verifiable with the bundle alone (the newest one until the next entry, and any an
+        // auditor kept).
+        retired_files.extend(generations.retired_audit().map(|r| r.cert.as_str()));
         let mut others = Vec::new();
         for kind in [KeyKind::Tls, KeyKind::Audit] {
             if let Ok(cert) = read_certificate(&trust.service_path(kind)) {

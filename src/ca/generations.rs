@@ -214,6 +214,14 @@ impl KeyGenerations {
         *slot = Some(next);
     }
 
+    /// Every retired audit key: checkpoints it signed stay verifiable from the published
+    /// certificates, however old.
+    pub fn retired_audit(&self) -> impl Iterator<Item = &Retired> {
+        self.retired
+            .iter()
+            .filter(|r| r.kind == KeyKind::Audit.as_str())
+    }
+
     /// Retired token certificates that may still have signed a live token at `now`: those
     /// retired less than `window` ago (the longest token lifetime the broker accepts, plus the
     /// time a running broker takes to notice the rotation, plus clock skew).

@@ -324,7 +324,7 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         session,
         &root_pem,
         &args.broker,
-        &trust,
+        bundle,
         verified,
         state.map(PathBuf::as_path),
         &args.interval,
@@ -333,18 +333,21 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
 
 /// Polls the broker's checkpoint and checks each against the last verified one. A broker that
 /// cannot be reached is retried (a monitor outlives restarts); a log that is not an extension
-/// of the last verified checkpoint ends it with an error.
+/// of the last verified checkpoint ends it with an error. A checkpoint under a key it does not
+/// know yet (`seb rotate audit`) sends it to `/v1/trust` once for the new certificate, which
+/// counts only if the root issued it for the audit purpose.
 fn follow(
     mut session: Option<Session>,
     root_pem: &[u8],
     broker: &BrokerArgs,
-    trust: &TrustStore,
+    mut bundle: String,
     mut last: Verified,
     state: Option<&Path>,
     interval: &str,
 ) -> CliResult {
     let interval: Duration =
         seb::duration::parse(interval).map_err(|e| format!("--interval: {e}"))?;
+    let mut trust = trust_store(root_pem, &bundle)?;
     loop {
         std::thread::sleep(interval);
         let live = match session.take() {
@@ -365,8 +368,22 @@ fn follow(
                 continue;
             }
         };
-        let new = verify::open_checkpoint(trust, &note)
-            .map_err(|e| format!("audit log REJECTED: {e}"))?;
+        let new = match verify::open_checkpoint(&trust, &note) {
+            Ok(cp) => cp,
+            Err(_) => {
+                let published = match live.get("/v1/trust") {
+                    Ok(r) => r.text,
+                    Err(e) => {
+                        eprintln!("cannot fetch the broker's certificates ({e}); retrying");
+                        continue;
+                    }
+                };
+                bundle.push_str(&published);
+                trust = trust_store(root_pem, &bundle)?;
+                verify::open_checkpoint(&trust, &note)
+                    .map_err(|e| format!("audit log REJECTED: {e}"))?
+            }
+        };
         if new.size == last.checkpoint.size && new.root == last.checkpoint.root {
             session = Some(live);
             continue;
