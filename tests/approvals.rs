@@ -542,6 +542,24 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected"));
+
+    // `seb approve` gives the broker's code for a request it may not decide, and signs nothing.
+    let refused = |who: &Identity, id: &str, code: &str| {
+        let conn = approver_args(&s, who);
+        let mut args = vec!["approve"];
+        args.extend(conn.iter().map(String::as_str));
+        args.push(id);
+        let out = common::seb(&args, s.hsm.dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(code), "wanted {code}: {stderr}");
+    };
+    refused(&s.carol, &id, "request_closed");
+    refused(&s.carol, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not_found");
+    let (open, _) = ask(&s, 8);
+    refused(&dave, &open, "wrong_approval_group");
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{open}"), None);
+    assert_eq!(status.body["approvals"], json!([]), "{}", status.text);
 }
 
 /// A one-shot HTTP server on the loopback: answers the first `failures` requests 500, then

@@ -61,15 +61,29 @@ pub fn approve(args: ApproveArgs) -> CliResult {
             .map_err(|_| "the key file is not PEM text")?,
     )?;
     let requests = fetch_pending(&args.connection)?;
-    let request = requests
-        .as_array()
-        .and_then(|l| l.iter().find(|r| r["request_id"] == args.request_id.as_str()))
-        .ok_or_else(|| {
-            format!(
-                "request {} is not open for your decision (decided, expired, unknown, or not for your groups); see `seb pending`",
-                args.request_id
-            )
+    let decision = if args.reject {
+        Decision::Reject
+    } else {
+        Decision::Approve
+    };
+    let path = format!("/v1/executions/{}/approvals", args.request_id);
+    let Some(request) = requests.as_array().and_then(|l| {
+        l.iter()
+            .find(|r| r["request_id"] == args.request_id.as_str())
+    }) else {
+        // Not open for this approver: the broker says why with its own code (not_found,
+        // request_closed, request_expired, wrong_approval_group, self_approval), all checked
+        // before the signature, so nothing is signed for a request nobody was shown.
+        let body = serde_json::json!({"decision": decision.as_str(), "signature": ""});
+        let response = call(&args.connection, |mut client| async move {
+            client.post_json(&path, &body).await
         })?;
+        return Err(if response.status == 200 {
+            "the broker accepted an unsigned decision; refusing to go on".into()
+        } else {
+            api_error(&response)
+        });
+    };
     let text = |field: &str| -> Result<&str, CliError> {
         request[field]
             .as_str()
@@ -89,11 +103,6 @@ pub fn approve(args: ApproveArgs) -> CliResult {
     let agent = request["requester"]["x5t#S256"]
         .as_str()
         .ok_or("the broker's answer lacks the requester's thumbprint")?;
-    let decision = if args.reject {
-        Decision::Reject
-    } else {
-        Decision::Approve
-    };
     eprintln!("{}", describe(request));
     eprintln!("signing: {} request {}", decision.as_str(), args.request_id);
     let signature = key.sign(&approval::message(decision, &digest, agent));
@@ -104,7 +113,6 @@ pub fn approve(args: ApproveArgs) -> CliResult {
     if let Some(reason) = args.reason {
         body["reason"] = Value::String(reason);
     }
-    let path = format!("/v1/executions/{}/approvals", args.request_id);
     let response = call(&args.connection, |mut client| async move {
         client.post_json(&path, &body).await
     })?;
