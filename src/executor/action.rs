@@ -22,11 +22,87 @@ pub enum ActionKind {
     Http(HttpTemplate),
 }
 
-/// Programs refused as `argv[0]` (and after `env`) unless `allow_shell = true`: shells and
-/// the multi-call binaries that contain one.
+/// Programs refused as `argv[0]` (and anywhere after a wrapper) unless `allow_shell = true`:
+/// shells and the multi-call binaries that contain one. A name counts with a version or
+/// variant after it (`bash5`, `sh.distrib`, `ksh93`), and `rbash`, `pdksh`, `yash` too.
 const SHELLS: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "csh", "tcsh", "fish", "busybox", "toybox",
+    "sh", "bash", "rbash", "dash", "zsh", "ksh", "pdksh", "mksh", "ash", "yash", "csh", "tcsh",
+    "fish", "busybox", "toybox",
 ];
+
+/// Programs that run the program named in their arguments (`nice /bin/sh …`): the whole rest
+/// of the command line is searched for a shell.
+const WRAPPERS: &[&str] = &[
+    "env",
+    "nice",
+    "ionice",
+    "chrt",
+    "taskset",
+    "numactl",
+    "timeout",
+    "nohup",
+    "stdbuf",
+    "setsid",
+    "setpriv",
+    "prlimit",
+    "flock",
+    "time",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "xargs",
+    "watch",
+    "script",
+    "strace",
+    "ltrace",
+    "valgrind",
+    "firejail",
+    "systemd-run",
+    "cgexec",
+    "capsh",
+    "ssh",
+];
+
+/// Interpreters that take a program as an argument (`-c`, `-e`, `--eval`): refused with such
+/// an option. Running a script file with them stays allowed.
+const INTERPRETERS: &[&str] = &[
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "php",
+    "lua",
+    "luajit",
+    "tclsh",
+    "wish",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "expect",
+    "pwsh",
+    "osascript",
+    "R",
+    "Rscript",
+    "guile",
+    "racket",
+];
+
+/// Whether `name` (a file name) is `family` or `family` followed by a version or variant.
+fn is_named(name: &str, family: &str) -> bool {
+    name.strip_prefix(family).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '_')
+    })
+}
 
 /// The most output kept for the answer to the agent (the digest covers all of it).
 pub const MAX_KEPT_OUTPUT: usize = 64 * 1024;
@@ -132,26 +208,62 @@ impl ArgvTemplate {
 }
 
 /// Why `argv` looks like a shell invocation, if it does: a shell (or a multi-call binary
-/// holding one) as the program or run by `env`, or a literal `-c` (a command string, for
-/// shells and interpreters alike).
+/// holding one) as the program, or anywhere after a wrapper that runs another program (`env`,
+/// `nice`, `timeout`, `sudo`, … also as `env -S "sh -c …"`); an interpreter given its program
+/// inline (`perl -e`, `python3 -c`); or a literal `-c` or a short-option cluster ending in `c`
+/// (`-ec`), a command string for shells and interpreters alike. A symbolic link is judged by
+/// what it points to as well as by its own name. A heuristic with one purpose: to stop an
+/// accidental shell, not to sandbox a program that is meant to run arbitrary code.
 fn shell_reason(argv: &[String]) -> Option<String> {
-    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
-    let (program, rest) = argv.split_first()?;
-    if SHELLS.contains(&base(program).as_str()) {
-        return Some(format!("argv[0] {program:?} is a shell"));
-    }
-    if base(program) == "env" {
-        if let Some(first) = rest
-            .iter()
-            .find(|a| !a.starts_with('-') && !a.contains('='))
-        {
-            if SHELLS.contains(&base(first).as_str()) {
-                return Some(format!("env runs the shell {first:?}"));
+    let names = |p: &str| -> Vec<String> {
+        let mut names = vec![p.rsplit('/').next().unwrap_or(p).to_owned()];
+        if p.starts_with('/') {
+            if let Ok(real) = std::fs::canonicalize(p) {
+                if let Some(name) = real.file_name().and_then(|n| n.to_str()) {
+                    names.push(name.to_owned());
+                }
             }
         }
+        names
+    };
+    let is_shell = |p: &str| {
+        // `env -S "sh -c …"` splits one argument into words: judge its first word.
+        let first = p.split_whitespace().next().unwrap_or(p);
+        names(first)
+            .iter()
+            .any(|n| SHELLS.iter().any(|s| is_named(n, s)))
+    };
+    let (program, rest) = argv.split_first()?;
+    if is_shell(program) {
+        return Some(format!("argv[0] {program:?} is a shell"));
     }
-    if rest.iter().any(|a| a == "-c") {
-        return Some("a -c argument (a command string)".into());
+    let program_names = names(program);
+    let is = |list: &[&str]| {
+        program_names
+            .iter()
+            .any(|n| list.iter().any(|family| is_named(n, family)))
+    };
+    if is(WRAPPERS) {
+        if let Some(shell) = rest.iter().find(|a| is_shell(a)) {
+            return Some(format!("{program:?} runs the shell {shell:?}"));
+        }
+    }
+    let inline = |a: &str| {
+        matches!(
+            a,
+            "-e" | "-E" | "-c" | "-r" | "-p" | "--eval" | "--command" | "--print"
+        ) || (a.starts_with('-') && !a.starts_with("--") && (a.contains('e') || a.contains('c')))
+    };
+    if is(INTERPRETERS) {
+        if let Some(flag) = rest.iter().find(|a| inline(a)) {
+            return Some(format!("{program:?} is given its program inline ({flag})"));
+        }
+    }
+    if let Some(flag) = rest.iter().find(|a| {
+        *a == "-c"
+            || (a.starts_with('-') && !a.starts_with("--") && a.len() > 2 && a.ends_with('c'))
+    }) {
+        return Some(format!("a {flag} argument (a command string)"));
     }
     None
 }
@@ -432,10 +544,38 @@ mod tests {
             &["/usr/bin/env", "-i", "/bin/dash", "{x}"],
             &["/usr/bin/python3", "-c", "print(1)"],
             &["/bin/busybox", "sh"],
+            // Reported by a review: other names, wrappers, interpreters and option clusters.
+            &["/bin/rbash", "{x}"],
+            &["/bin/sh.distrib", "{x}"],
+            &["/usr/bin/perl", "-e", "{x}"],
+            &["/usr/bin/perl", "-ne", "{x}"],
+            &["/usr/bin/env", "-S", "sh -c", "{x}"],
+            &["/usr/bin/nice", "/bin/sh", "{x}"],
+            &["/usr/bin/timeout", "5", "/bin/bash", "{x}"],
+            &["/usr/bin/nice", "/bin/bash", "-ec", "{x}"],
+            &["/usr/bin/sudo", "-u", "app", "/bin/sh", "/opt/x.sh"],
+            &["/usr/bin/node", "--eval", "{x}"],
+            &["/usr/bin/awk", "-e", "{x}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
         assert!(ArgvTemplate::new(argv(&["/bin/sh", "/opt/x.sh", "{x}"]), true).is_ok());
+        // Programs that are not shells keep working, with their own options.
+        for good in [
+            &["/usr/bin/python3", "/opt/migrate.py", "--version", "{v}"][..],
+            &[
+                "/usr/bin/kubectl",
+                "scale",
+                "--replicas",
+                "{n}",
+                "deploy/api",
+            ],
+            &["/usr/bin/grep", "-r", "sh", "/srv"],
+            &["/usr/bin/nice", "/usr/bin/rsync", "-a", "{src}", "/backup/"],
+            &["/usr/bin/shred", "-u", "{file}"],
+        ] {
+            assert!(ArgvTemplate::new(argv(good), false).is_ok(), "{good:?}");
+        }
         assert!(
             ArgvTemplate::new(argv(&["/usr/bin/env", "FOO=1", "/usr/bin/true"]), false).is_ok()
         );
