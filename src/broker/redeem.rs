@@ -62,16 +62,18 @@ impl Broker {
             }
         }
         let now = SystemTime::now();
-        let claims = match self.check_token(token, now) {
+        let claims = match self.decode(token, now) {
             Ok(claims) => claims,
             // A replay stays a replay after the token expires: 409, as the first replay got,
             // and (through the store) a `token_redeemed` entry with its code. Only for a token
             // this broker signed and that was redeemed: any other expired token is 400.
-            Err(expired @ BrokerError::InvalidToken(_)) => match self.expired_but_redeemed(token) {
-                Some(claims) => claims,
-                None => return Err(expired),
-            },
-            Err(e) => return Err(e),
+            Err(VerifyError::Expired { now: at, exp }) => {
+                match self.expired_but_redeemed(token, exp) {
+                    Some(claims) => claims,
+                    None => return Err(token_error(VerifyError::Expired { now: at, exp })),
+                }
+            }
+            Err(e) => return Err(token_error(e)),
         };
         let detail = claims
             .authorization_details
@@ -107,13 +109,10 @@ impl Broker {
         }
     }
 
-    /// The claims of a token that is refused only for having expired and whose id was
-    /// redeemed: verified as of the last second of its life (signature, issuer, epoch), so the
-    /// store's single-use record, not the clock, answers the replay.
-    fn expired_but_redeemed(&self, token: &str) -> Option<Claims> {
-        let Err(VerifyError::Expired { exp, .. }) = self.decode(token, SystemTime::now()) else {
-            return None;
-        };
+    /// The claims of a token refused only for having expired (at `exp`) whose id was redeemed:
+    /// verified as of the last second of its life (signature, issuer, epoch), so the store's
+    /// single-use record, not the clock, answers the replay.
+    fn expired_but_redeemed(&self, token: &str, exp: u64) -> Option<Claims> {
         let last_second = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.checked_sub(1)?);
         let claims = self.decode(token, last_second).ok()?;
         match self.store.redeemed_by(&claims.jti) {
@@ -122,18 +121,8 @@ impl Broker {
         }
     }
 
-    /// A live token signed by this broker's token key, of its current epoch, naming it.
-    fn check_token(&self, token: &str, now: SystemTime) -> Result<Claims, BrokerError> {
-        self.decode(token, now).map_err(|e| match e {
-            VerifyError::StaleEpoch { epoch, min_epoch } => BrokerError::StaleEpoch {
-                epoch,
-                current: min_epoch,
-            },
-            e => BrokerError::InvalidToken(e.to_string()),
-        })
-    }
-
-    /// [`Broker::check_token`] as of `now`, with the verifier's own error.
+    /// A token signed by this broker's token key (the current one or a retired one whose
+    /// tokens may still be live), of its current epoch, naming it, live at `now`.
     fn decode(&self, token: &str, now: SystemTime) -> Result<Claims, VerifyError> {
         let rules = TokenRules {
             now,
@@ -159,5 +148,16 @@ impl Broker {
             });
         }
         Ok(decoded.claims)
+    }
+}
+
+/// The executor's answer for a token that does not verify.
+fn token_error(e: VerifyError) -> BrokerError {
+    match e {
+        VerifyError::StaleEpoch { epoch, min_epoch } => BrokerError::StaleEpoch {
+            epoch,
+            current: min_epoch,
+        },
+        e => BrokerError::InvalidToken(e.to_string()),
     }
 }
