@@ -19,7 +19,6 @@ use seb::serial::Serial;
 use seb::store::IssuedCertificate;
 
 use super::inventory::time_text;
-use super::say as seb_say;
 use super::{open_backend, open_store, write_file, CliError, CliResult};
 
 /// Options of `seb rotate`.
@@ -241,7 +240,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     // Without --out the certificate is the standard output, and what was done is said on
     // standard error (so `seb cert renew --serial S > new.pem` gives a clean file).
     let report = |line: std::fmt::Arguments<'_>| match &args.out {
-        Some(_) => seb_say(line),
+        Some(_) => super::say(line),
         None => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "{line}");
@@ -284,11 +283,9 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
 fn served_names(cert: &Certificate) -> Result<Vec<String>, CliError> {
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
-    let Some(ext) = cert.extension(<SubjectAltName as der::oid::AssociatedOid>::OID) else {
+    let Some(san) = cert.standard_extension::<SubjectAltName>()? else {
         return Ok(Vec::new());
     };
-    let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
-        .map_err(|e| format!("the stored certificate's subjectAltName does not parse: {e}"))?;
     let mut names = Vec::new();
     for name in san.0 {
         match name {
