@@ -50,6 +50,16 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether a write failed only because the log index reserved for it was taken (another
+    /// process appended first, or an earlier commit failed): nothing of it was stored, and
+    /// making it again takes the next index.
+    #[cfg(feature = "broker")]
+    pub fn is_index_taken(&self) -> bool {
+        sqlite::is_stale(self)
+    }
+}
+
 /// A certificate the CA issued, as recorded for the security team's inventory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedCertificate {

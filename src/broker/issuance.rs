@@ -31,13 +31,46 @@ pub struct Outcome {
 /// at once (it is then usually durable before the signature is ready). When signatures are
 /// queued, the record waits to share a commit with others, and the first signature that needs
 /// it durable starts that commit.
+///
+/// The index is reserved from the store's view of the log. When another process on the host
+/// (`seb cert revoke`, `seb epoch bump`) appended an entry in between, the write is refused
+/// whole and nothing of it is stored ([`StoreError::is_index_taken`]): the token named an
+/// index that is now taken. The issuance is then made again, with the next index and a new
+/// signature, up to three times.
 pub async fn sign_and_record<T>(
     store: &Arc<dyn Store>,
     signer: &SignQueue,
     label: Arc<str>,
     record: ExecutionRecord,
     entry: &Entry,
-    digest_for: impl FnOnce(LogPosition) -> Result<(Vec<u8>, T), String>,
+    mut digest_for: impl FnMut(LogPosition) -> Result<(Vec<u8>, T), String>,
+) -> Result<(Outcome, T), StoreError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (outcome, extra) = sign_and_record_once(
+            store,
+            signer,
+            label.clone(),
+            record.clone(),
+            entry,
+            &mut digest_for,
+        )
+        .await?;
+        match &outcome.stored {
+            Err(e) if attempts < 3 && e.is_index_taken() => continue,
+            _ => return Ok((outcome, extra)),
+        }
+    }
+}
+
+async fn sign_and_record_once<T>(
+    store: &Arc<dyn Store>,
+    signer: &SignQueue,
+    label: Arc<str>,
+    record: ExecutionRecord,
+    entry: &Entry,
+    digest_for: &mut impl FnMut(LogPosition) -> Result<(Vec<u8>, T), String>,
 ) -> Result<(Outcome, T), StoreError> {
     let (tx, rx) = oneshot::channel();
     let commit = if signer.would_start_now() {

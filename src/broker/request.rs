@@ -360,37 +360,25 @@ impl Broker {
             request_id: Some(request_id.clone()),
         };
         let token_key = keys.token.clone();
-        // The log's next index is reserved from the writer's view of it. When another process
-        // on the host (`seb cert revoke`, `seb epoch bump`) appended an entry in between, the
-        // write is refused as a whole and nothing of it is stored: the token named an index that
-        // is now taken. It is then made again, with the next index and a new signature.
-        let mut attempts = 0;
-        let (outcome, input) = loop {
-            attempts += 1;
-            let (outcome, input) = issuance::sign_and_record(
-                &self.store,
-                &self.signer,
-                keys.token.label.clone(),
-                record.clone(),
-                &entry,
-                |position| {
-                    claims.audit = Some(AuditRef {
-                        index: position.index,
-                        leaf_hash: leaf_b64(&position.leaf_hash),
-                    });
-                    let input = self
-                        .signing_input(&token_key, &claims)
-                        .map_err(|e| e.to_string())?;
-                    Ok((token_key.alg.digest(input.as_bytes()), input))
-                },
-            )
-            .await
-            .map_err(BrokerError::AuditUnavailable)?;
-            match &outcome.stored {
-                Err(e) if attempts < 3 && crate::store::sqlite::is_stale(e) => continue,
-                _ => break (outcome, input),
-            }
-        };
+        let (outcome, input) = issuance::sign_and_record(
+            &self.store,
+            &self.signer,
+            keys.token.label.clone(),
+            record,
+            &entry,
+            |position| {
+                claims.audit = Some(AuditRef {
+                    index: position.index,
+                    leaf_hash: leaf_b64(&position.leaf_hash),
+                });
+                let input = self
+                    .signing_input(&token_key, &claims)
+                    .map_err(|e| e.to_string())?;
+                Ok((token_key.alg.digest(input.as_bytes()), input))
+            },
+        )
+        .await
+        .map_err(BrokerError::AuditUnavailable)?;
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
             (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),

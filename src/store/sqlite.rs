@@ -634,10 +634,9 @@ fn finish<T>(
     }
 }
 
-/// Whether a write failed only because its reserved audit index was abandoned (another process
-/// appended to the log first, or an earlier commit failed): nothing of it was stored, and
-/// making it again takes the next index.
-pub fn is_stale(e: &StoreError) -> bool {
+/// Whether a write failed only because its reserved audit index was abandoned
+/// ([`StoreError::is_index_taken`]).
+pub(crate) fn is_stale(e: &StoreError) -> bool {
     match e {
         StoreError::Io { source, .. } => matches!(
             source.downcast_ref::<rusqlite::Error>(),
