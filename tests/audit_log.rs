@@ -153,6 +153,43 @@ fn entry_positions(lines: &[Value]) -> Vec<usize> {
         .collect()
 }
 
+/// The claims of `token` and the log's page holding the entry its `audit` claim names.
+fn named_entry(s: &Setup, token: &str) -> (Value, ApiResponse) {
+    let part = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+    let index = claims["audit"]["index"].as_u64().unwrap();
+    let page = call(
+        s,
+        "GET",
+        &format!("/v1/audit/entries?start={index}&end={}", index + 1),
+        None,
+    );
+    (claims, page)
+}
+
+/// Each delivered token's entry is in the log (no token without its entry), and the log
+/// verifies.
+fn every_token_is_in_the_log_which_verifies(s: &Setup, tokens: &[String]) {
+    for token in tokens {
+        let (claims, page) = named_entry(s, token);
+        assert_eq!(
+            page.body["entries"][0]["entry"]["jti"], claims["jti"],
+            "{}",
+            page.text
+        );
+    }
+    let stdout = ok(&audit(s, &["verify"]));
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+}
+
+/// How many certificates the broker publishes at `/v1/trust`.
+fn published_certificates(s: &Setup) -> usize {
+    call(s, "GET", "/v1/trust", None)
+        .text
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
 #[test]
 fn tokens_name_their_entries_and_the_log_verifies() {
     let s = setup();
@@ -161,17 +198,10 @@ fn tokens_name_their_entries_and_the_log_verifies() {
     let (body, _) = checkpoint::parse_note(&note).unwrap();
     let cp = Checkpoint::parse_body(&body).unwrap();
     for token in &tokens {
-        let part = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        // The entry the token names is the grant of this token...
+        let (claims, page) = named_entry(&s, token);
         let index = claims["audit"]["index"].as_u64().unwrap();
         let leaf = seb::base64url::decode(claims["audit"]["leaf_hash"].as_str().unwrap()).unwrap();
-        // The entry the token names is the grant of this token...
-        let page = call(
-            &s,
-            "GET",
-            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
-            None,
-        );
         let served = &page.body["entries"][0];
         assert_eq!(
             served["entry"]["kind"], "execution_granted",
@@ -547,15 +577,8 @@ fn after_sigkill_every_delivered_token_has_its_entry() {
 
     s.broker = Broker::start(&s.hsm);
     for token in &tokens {
-        let part = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
+        let (claims, page) = named_entry(&s, token);
         let index = claims["audit"]["index"].as_u64().unwrap();
-        let page = call(
-            &s,
-            "GET",
-            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
-            None,
-        );
         let served = &page.body["entries"][0];
         assert_eq!(
             served["entry"]["jti"], claims["jti"],
@@ -689,24 +712,7 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     assert_eq!(r.status, 201, "{}", r.text);
     delivered.push(r.body["token"].as_str().unwrap().to_owned());
     fresh_health(&s, |_| {}, |h| h.body["checks"]["audit"]["ok"] == true);
-    for token in &delivered {
-        let part = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
-        let index = claims["audit"]["index"].as_u64().unwrap();
-        let page = call(
-            &s,
-            "GET",
-            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
-            None,
-        );
-        assert_eq!(
-            page.body["entries"][0]["entry"]["jti"], claims["jti"],
-            "{}",
-            page.text
-        );
-    }
-    let stdout = ok(&audit(&s, &["verify"]));
-    assert!(stdout.contains("audit log OK"), "{stdout}");
+    every_token_is_in_the_log_which_verifies(&s, &delivered);
 }
 
 #[test]
@@ -779,24 +785,7 @@ fn a_file_size_limit_stops_issuance_without_ending_the_broker_then_recovers() {
     let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
     assert_eq!(r.status, 201, "{}", r.text);
     delivered.push(r.body["token"].as_str().unwrap().to_owned());
-    for token in &delivered {
-        let part = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap();
-        let index = claims["audit"]["index"].as_u64().unwrap();
-        let page = call(
-            &s,
-            "GET",
-            &format!("/v1/audit/entries?start={index}&end={}", index + 1),
-            None,
-        );
-        assert_eq!(
-            page.body["entries"][0]["entry"]["jti"], claims["jti"],
-            "{}",
-            page.text
-        );
-    }
-    let stdout = ok(&audit(&s, &["verify"]));
-    assert!(stdout.contains("audit log OK"), "{stdout}");
+    every_token_is_in_the_log_which_verifies(&s, &delivered);
 }
 
 #[test]
@@ -827,12 +816,7 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
     );
     // ... and across `seb rotate audit` (the new key's certificate is fetched when a
     // checkpoint under it first appears) ...
-    let published = || {
-        call(&s, "GET", "/v1/trust", None)
-            .text
-            .matches("BEGIN CERTIFICATE")
-            .count()
-    };
+    let published = || published_certificates(&s);
     let before = published();
     s.hsm.seb_ok(&["rotate", "audit"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -895,12 +879,7 @@ fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired
     traffic(&s, 2);
     let kept = s.hsm.path("kept.checkpoint");
     ok(&audit(&s, &["verify", "--save", kept.to_str().unwrap()]));
-    let published = || {
-        call(&s, "GET", "/v1/trust", None)
-            .text
-            .matches("BEGIN CERTIFICATE")
-            .count()
-    };
+    let published = || published_certificates(&s);
     let before = published();
     s.hsm.seb_ok(&["rotate", "audit"]);
     // Until the broker picks the rotation up, and after, the log verifies with what it

@@ -516,40 +516,28 @@ params_any = true
         assert_eq!(r.status, 201, "{}", r.text);
         tokens.push(r.body["token"].as_str().unwrap().to_owned());
     }
-    let (redeemed, unused) = (tokens[0].clone(), tokens[1].clone());
-    let first = post(
-        &s,
-        &executor,
-        "/v1/tokens/redeem",
-        &json!({"token": redeemed}),
-    );
+    let (redeemed, unused) = (tokens[0].as_str(), tokens[1].as_str());
+    let redeem = |token: &str| {
+        post(
+            &s,
+            &executor,
+            "/v1/tokens/redeem",
+            &json!({ "token": token }),
+        )
+    };
+    let first = redeem(redeemed);
     assert_eq!(first.status, 200, "{}", first.text);
     // Past the token's two seconds and the 30 s the broker allows for clock skew.
     std::thread::sleep(std::time::Duration::from_secs(34));
-    let replay = post(
-        &s,
-        &executor,
-        "/v1/tokens/redeem",
-        &json!({"token": redeemed}),
-    );
+    let replay = redeem(redeemed);
     assert_eq!(replay.status, 409, "{}", replay.text);
     assert_eq!(error_code(&replay), "token_already_redeemed");
     // A token that expired unused is refused as expired, and is not redeemed by the attempt.
-    let late = post(
-        &s,
-        &executor,
-        "/v1/tokens/redeem",
-        &json!({"token": unused}),
-    );
+    let late = redeem(unused);
     assert_eq!(late.status, 400, "{}", late.text);
     assert_eq!(error_code(&late), "invalid_token");
     assert!(late.text.contains("expired"), "{}", late.text);
-    let again = post(
-        &s,
-        &executor,
-        "/v1/tokens/redeem",
-        &json!({"token": unused}),
-    );
+    let again = redeem(unused);
     assert_eq!(again.status, 400, "{}", again.text);
 }
 
