@@ -101,6 +101,20 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
     hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     write("revoked.txt", &serial);
     hsm.seb_ok(&["crl", "--out", dir.join("crl.pem").to_str().unwrap()]);
+    // The same list as the broker serves it in DER to a client that asks for RFC 2585's type.
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "-H", "Accept: application/pkix-crl", "-o"])
+        .arg(dir.join("served-crl.der"))
+        .arg("--cacert")
+        .arg(hsm.trust("root.pem"))
+        .arg("--cert")
+        .arg(&agent.cert)
+        .arg("--key")
+        .arg(&agent.key)
+        .arg(format!("{}/v1/crl", broker.url))
+        .output()
+        .expect("run curl");
+    common::assert_success(&out, "curl /v1/crl (DER)");
 
     // The log: a checkpoint that covers the grants above (signed within a second or so), then
     // every entry up to now.
@@ -150,6 +164,7 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
         "trust bundle:",
         "token verified with PyJWT",
         "CRL signed by the root lists serial",
+        "served DER CRL signed by the root lists serial",
         "checkpoint of seb-dev/audit verified",
         "RFC 6962 root matches the checkpoint",
         "receipt verified under the executor certificate",

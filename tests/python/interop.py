@@ -9,6 +9,7 @@ Run by tests/python_interop.rs with the files it wrote into the current director
   token.jwt     a token issued to that agent for demo.write on demo/files
   params.json   the parameters it was issued for
   crl.pem       the root's CRL, after revoking the serial in revoked.txt
+  served-crl.der  GET /v1/crl with Accept: application/pkix-crl (DER), after the same
   checkpoint.txt, entries.json  GET /v1/audit/checkpoint and /v1/audit/entries
   receipt.json, executor.pem    an executor's receipt and its certificate
 
@@ -122,6 +123,11 @@ assert crl.is_signature_valid(root.public_key())
 revoked = int(read("revoked.txt").decode().strip(), 16)
 assert crl.get_revoked_certificate_by_serial_number(revoked) is not None
 print(f"CRL signed by the root lists serial {revoked:X}")
+served = x509.load_der_x509_crl(read("served-crl.der"))
+assert served.issuer == root.subject
+assert served.is_signature_valid(root.public_key())
+assert served.get_revoked_certificate_by_serial_number(revoked) is not None
+print(f"served DER CRL signed by the root lists serial {revoked:X}")
 
 # The checkpoint: a C2SP signed note, ECDSA P-384 over the body, key id over the audit SPKI.
 note = read("checkpoint.txt").decode()
