@@ -89,7 +89,6 @@ impl App {
         {
             Ok(())
         } else {
-            self.broker.metrics().record_request("any", "rate_limited");
             Err(HttpError::RateLimited {
                 what: "requests from this certificate",
             }
@@ -184,38 +183,69 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |req, next| {
-            refuse_declared_oversize(req, next, body_limit)
+            bounded(req, next, body_limit, timeout)
         }))
-        .layer(middleware::from_fn(move |req, next| {
-            request_context(req, next, timeout)
-        }))
+        .layer(middleware::from_fn_with_state(app.clone(), request_context))
         .with_state(app)
 }
 
-/// Answers 413 `body_too_large` from the `Content-Length` header alone, before any handler
-/// touches the body. hyper sends `100 Continue` to a client that sent `Expect: 100-continue`
-/// (curl does for large bodies) as soon as the body is first read, so a limit seen only while
-/// reading would come after the 100 and end in a dropped connection instead of an answer.
-/// Bodies without a length (chunked) are still bounded while they are read.
-async fn refuse_declared_oversize(
+/// The limits every request runs under, in this order:
+///
+/// 1. A body declared (`Content-Length`) larger than the limit gets 413 `body_too_large` at
+///    once. hyper sends `100 Continue` to a client that sent `Expect: 100-continue` (curl does
+///    for large bodies) as soon as the body is first read, so a limit seen only while reading
+///    would come after the 100 and end in a dropped connection instead of an answer.
+/// 2. The body is read whole within the request's time: a client too slow to send it gets 408
+///    `request_timeout` (its fault, not the broker's), a chunked body that runs over the limit
+///    413, one that breaks off 400 `bad_body`. These close the connection: the rest of the body
+///    is unread.
+/// 3. The route gets what is left of the time; past it, 503 `timeout` and no token.
+async fn bounded(
     req: Request<axum::body::Body>,
     next: Next,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Response {
+    let deadline = tokio::time::Instant::now() + timeout;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        let mut response = ApiError::from(HttpError::BodyTooLarge).into_response();
-        // The unread body makes the connection unusable for another request.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return closing(HttpError::BodyTooLarge);
     }
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let over = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return closing(if over {
+                HttpError::BodyTooLarge
+            } else {
+                HttpError::UnreadableBody
+            });
+        }
+        Err(_) => return closing(HttpError::RequestTimeout),
+    };
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::from(HttpError::Timeout).into_response(),
+    }
+}
+
+/// A refusal after which the connection is closed: the client's body was not read to its end,
+/// so nothing after it on the connection could be parsed.
+fn closing(refusal: HttpError) -> Response {
+    let mut response = ApiError::from(refusal).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Serves until `shutdown` turns true, then stops accepting and lets open requests finish.
@@ -380,20 +410,22 @@ async fn authorize(
     }
 }
 
-/// Request id, tracing span, time limit and security headers for every request.
+/// Request id, tracing span and security headers for every request; refusals made by the HTTP
+/// layer itself (bad bodies, unknown routes, time limits, rate limits) are counted in
+/// `/metrics` under `endpoint="http"`, as the broker counts its own.
 async fn request_context(
+    State(app): State<App>,
     req: Request<axum::body::Body>,
     next: Next,
-    timeout: std::time::Duration,
 ) -> Response {
     let mut id_bytes = [0u8; 12];
     let _ = getrandom::fill(&mut id_bytes);
     let request_id = hex::encode(id_bytes);
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
-    let mut response = match tokio::time::timeout(timeout, next.run(req).instrument(span)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::from(HttpError::Timeout).into_response(),
-    };
+    let mut response = next.run(req).instrument(span).await;
+    if let Some(refusal) = response.extensions().get::<error::HttpRefusal>() {
+        app.broker.metrics().record_request("http", refusal.code);
+    }
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);

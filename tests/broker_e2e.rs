@@ -578,6 +578,72 @@ fn an_oversized_body_announced_with_expect_100_continue_gets_413_not_100() {
     assert!(head.contains("body_too_large"), "{head}");
 }
 
+/// A client that sends its headers and then too little of its body, too slowly, is the
+/// client's fault: 408 `request_timeout` when the request's time runs out, the connection
+/// closed, counted in `/metrics`, and the broker goes on serving.
+#[test]
+fn a_body_that_does_not_arrive_in_time_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hsm = Hsm::initialised();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        config.replacen("[server]\n", "[server]\nrequest_timeout = \"2s\"\n", 1),
+    )
+    .unwrap();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let broker = Broker::start(&hsm);
+    let tls = hsm.tls(&agent, true);
+    let (answer, waited) = runtime().block_on(async {
+        let (mut stream, authority) = seb::client::connect_tls(&broker.url, &tls).await.unwrap();
+        let head = format!(
+            "POST /v1/executions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+             Content-Length: 200\r\n\r\n{{\"operation\""
+        );
+        let started = std::time::Instant::now();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut chunk))
+                .await
+                .expect("the broker answers a stalled body within its request timeout")
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1900),
+        "{waited:?}"
+    );
+    runtime().block_on(async {
+        let mut c = Client::connect(&broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        let metrics = c.send("GET", "/metrics", None).await.unwrap();
+        assert!(
+            metrics
+                .text
+                .contains("seb_requests_total{endpoint=\"http\",outcome=\"request_timeout\"} 1"),
+            "{}",
+            metrics.text
+        );
+    });
+}
+
 #[test]
 fn malformed_input_gets_a_4xx_with_a_code() {
     let s = setup();
@@ -635,13 +701,24 @@ fn malformed_input_gets_a_4xx_with_a_code() {
             );
         }
     });
-    // The broker is still healthy afterwards.
-    let r = runtime().block_on(async {
+    // The broker is still healthy afterwards, and counted what the HTTP layer refused before
+    // the broker saw it.
+    let (r, metrics) = runtime().block_on(async {
         let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
-        c.send("GET", "/healthz", None).await.unwrap()
+        let health = c.send("GET", "/healthz", None).await.unwrap();
+        (health, c.send("GET", "/metrics", None).await.unwrap())
     });
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(!s.broker.log_text().contains("panicked"));
+    for (outcome, n) in [
+        ("malformed_json", 5),
+        ("body_too_large", 1),
+        ("method_not_allowed", 1),
+        ("not_found", 1),
+    ] {
+        let line = format!("seb_requests_total{{endpoint=\"http\",outcome=\"{outcome}\"}} {n}\n");
+        assert!(metrics.text.contains(&line), "{line}in {}", metrics.text);
+    }
 }
 
 /// The distinct statuses of all recorded executions, read from the broker's store (another
@@ -714,6 +791,16 @@ fn lost_hsm_means_503_and_no_token_then_recovery() {
         let h = c.send("GET", "/healthz", None).await.unwrap();
         assert_eq!(h.status, 503, "{}", h.text);
         assert_eq!(h.body["checks"]["hsm"]["ok"], false);
+        // Unready is also an error answer in the API's shape, naming the failing check.
+        assert_eq!(error_code(&h), "not_ready");
+        assert!(
+            h.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("hsm: "),
+            "{}",
+            h.text
+        );
 
         // It comes back: the broker recovers without a restart.
         std::fs::rename(&aside, &token_dir).unwrap();

@@ -39,6 +39,8 @@ pub enum HttpError {
     QuoteFailed,
     /// The TPM is busy (the self-check goes first); the caller may retry.
     AttestationBusy,
+    /// The client did not send its whole body within `server.request_timeout`.
+    RequestTimeout,
     /// The request did not finish within `server.request_timeout`.
     Timeout,
     /// No route has this path.
@@ -107,6 +109,11 @@ impl HttpError {
                 "attestation_busy",
                 "the TPM is busy with the broker's own attestation; try again in a second".into(),
             ),
+            HttpError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time".into(),
+            ),
             HttpError::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -140,6 +147,15 @@ pub struct ApiError {
     pub code: &'static str,
     /// Safe, human-readable message.
     pub message: String,
+    /// Made by the HTTP layer (an [`HttpError`]), which the broker's metrics do not see.
+    http_layer: bool,
+}
+
+/// Marks a response as an [`HttpError`] refusal, for the request counter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HttpRefusal {
+    /// The refusal's code.
+    pub(super) code: &'static str,
 }
 
 impl From<HttpError> for ApiError {
@@ -150,6 +166,7 @@ impl From<HttpError> for ApiError {
             status,
             code,
             message,
+            http_layer: true,
         }
     }
 }
@@ -168,6 +185,7 @@ impl From<BrokerError> for ApiError {
             status,
             code: disposition.code,
             message: disposition.message,
+            http_layer: false,
         }
     }
 }
@@ -175,7 +193,13 @@ impl From<BrokerError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.http_layer {
+            response
+                .extensions_mut()
+                .insert(HttpRefusal { code: self.code });
+        }
+        response
     }
 }
 

@@ -385,7 +385,13 @@ pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError
             })
         })
         .collect();
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let failing = checks.iter().find_map(|(name, result)| {
+        result
+            .as_ref()
+            .err()
+            .map(|reason| format!("{name}: {reason}"))
+    });
+    let ready = failing.is_none();
     let detail: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
         .map(|(name, result)| {
@@ -396,20 +402,18 @@ pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError
             (name.to_owned(), value)
         })
         .collect();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": detail,
+        "warnings": warnings,
+    });
+    let Some(failing) = failing else {
+        return Ok((StatusCode::OK, Json(body)).into_response());
     };
-    Ok((
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": detail,
-            "warnings": warnings,
-        })),
-    )
-        .into_response())
+    // Unready is also an error answer in the API's shape, naming the first failing check, for
+    // clients and probes that read `error.code` from every non-2xx answer.
+    body["error"] = json!({"code": "not_ready", "message": failing});
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
 }
 
 /// What to do about a broker certificate that expires soon: `seb rotate` for the token, TLS
