@@ -1,6 +1,7 @@
 //! seb's certificates and tokens in an X.509 stack seb does not control: Go's standard library
 //! (`tests/go/interop.go`) loads agent, approver and executor certificates, talks to a live
-//! broker over mutual TLS with each, and verifies the token with `crypto/ecdsa`.
+//! broker over mutual TLS with each, verifies the token with `crypto/ecdsa`, and parses the
+//! broker's CRL (PEM and DER) with `crypto/x509`, checking its signature and the revoked serial.
 //!
 //! Go is a test dependency (Debian `golang-go`, installed by `deploy/install-deps.sh`). A
 //! missing `go` fails the test; it is never skipped.
@@ -38,6 +39,20 @@ fn a_go_program_with_only_the_standard_library_loads_seb_certificates_and_comple
         &["--group", "sre-leads"],
     );
     let executor = hsm.identity("go-executor", "CN=go-executor", "executor", &[]);
+    let revoked = hsm.agent("go-revoked", GRANTS);
+    let (ok, serial) = common::openssl(
+        &[
+            "x509",
+            "-noout",
+            "-serial",
+            "-in",
+            revoked.cert.to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "{serial}");
+    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     let broker = Broker::start(&hsm);
 
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
@@ -56,6 +71,7 @@ fn a_go_program_with_only_the_standard_library_loads_seb_certificates_and_comple
         .args(["-approver-key", &path(&approver.key)])
         .args(["-executor", &path(&executor.cert)])
         .args(["-executor-key", &path(&executor.key)])
+        .args(["-revoked-serial", &serial])
         // Standard library only: no module, no network.
         .env("GO111MODULE", "off")
         .env("GOPROXY", "off")
@@ -78,6 +94,7 @@ fn a_go_program_with_only_the_standard_library_loads_seb_certificates_and_comple
         "ES384 token verified with crypto/ecdsa",
         "GET /v1/executions/{id} as the approver: 200",
         "POST /v1/tokens/redeem as the executor: 200 redeemed",
+        "CRL parsed by crypto/x509 as PEM and DER, signed by the root, lists the revoked serial",
         "interop: ok",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");

@@ -5,13 +5,15 @@
 // crypto/x509 parses the agent, approver and executor certificates and every certificate of
 // the broker's trust bundle (before the OIDs moved off the 2.25 UUID arc, Go refused them with
 // "x509: malformed extension OID field"), crypto/tls completes mutual TLS with them, and
-// crypto/ecdsa verifies the ES384 token against the token certificate named by its kid.
+// crypto/ecdsa verifies the ES384 token against the token certificate named by its kid, and
+// crypto/x509 parses the broker's CRL (PEM and DER), checks the root's signature over it and
+// finds the revoked certificate's serial in it.
 //
 // Usage:
 //
 //	go run interop.go -broker https://127.0.0.1:PORT -root root.pem \
 //	    -agent agent.pem -agent-key agent.key -approver approver.pem -approver-key approver.key \
-//	    -executor executor.pem -executor-key executor.key
+//	    -executor executor.pem -executor-key executor.key -revoked-serial HEX
 //
 // It prints one line per step and "interop: ok" at the end; any failure exits with status 1
 // and says which step failed.
@@ -71,17 +73,23 @@ func main() {
 	approverKey := flag.String("approver-key", "", "approver key (PKCS#8 PEM)")
 	executorCert := flag.String("executor", "", "executor certificate chain (PEM)")
 	executorKey := flag.String("executor-key", "", "executor key (PKCS#8 PEM)")
+	revokedSerial := flag.String("revoked-serial", "", "serial (hex) of a certificate the root revoked")
 	flag.Parse()
+	revoked, ok := new(big.Int).SetString(*revokedSerial, 16)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "interop: -revoked-serial %q is not hex\n", *revokedSerial)
+		os.Exit(2)
+	}
 	if err := run(*broker, *rootPath, [3][2]string{
 		{*agentCert, *agentKey}, {*approverCert, *approverKey}, {*executorCert, *executorKey},
-	}); err != nil {
+	}, revoked); err != nil {
 		fmt.Fprintf(os.Stderr, "interop: %v\n", err)
 		os.Exit(1)
 	}
 	fmt.Println("interop: ok")
 }
 
-func run(broker, rootPath string, ids [3][2]string) error {
+func run(broker, rootPath string, ids [3][2]string, revoked *big.Int) error {
 	rootPEM, err := os.ReadFile(rootPath)
 	if err != nil {
 		return err
@@ -163,7 +171,52 @@ func run(broker, rootPath string, ids [3][2]string) error {
 		return fmt.Errorf("executor: status %d: %s", status, answer)
 	}
 	fmt.Println("interop: mTLS POST /v1/tokens/redeem as the executor: 200 redeemed")
+
+	// The CRL, as PEM (the default) and as DER (RFC 2585's media type, asked for by Accept).
+	for _, accept := range []string{"", "application/pkix-crl"} {
+		status, answer, err = fetch(broker, roots, root, executor, "GET", "/v1/crl", "", accept)
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("GET /v1/crl (Accept %q): status %d: %v", accept, status, err)
+		}
+		der := answer
+		if accept == "" {
+			block, _ := pem.Decode(answer)
+			if block == nil || block.Type != "X509 CRL" {
+				return fmt.Errorf("GET /v1/crl: not a PEM X509 CRL: %q", answer)
+			}
+			der = block.Bytes
+		}
+		if err := checkCRL(der, root, revoked); err != nil {
+			return fmt.Errorf("CRL (Accept %q): %w", accept, err)
+		}
+	}
+	fmt.Println("interop: CRL parsed by crypto/x509 as PEM and DER, signed by the root, lists the revoked serial")
 	return nil
+}
+
+// checkCRL parses a DER CRL with crypto/x509, checks the root's signature over it, its
+// issuer, that it is current, and that it lists the revoked serial.
+func checkCRL(der []byte, root *x509.Certificate, revoked *big.Int) error {
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	if err := crl.CheckSignatureFrom(root); err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	if !bytes.Equal(crl.RawIssuer, root.RawSubject) {
+		return errors.New("the issuer is not the root's subject")
+	}
+	now := time.Now()
+	if crl.ThisUpdate.After(now.Add(time.Minute)) || !crl.NextUpdate.After(now) {
+		return fmt.Errorf("not current: thisUpdate %v, nextUpdate %v", crl.ThisUpdate, crl.NextUpdate)
+	}
+	for _, entry := range crl.RevokedCertificates {
+		if entry.SerialNumber.Cmp(revoked) == 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("serial %X is not listed (%d entries)", revoked, len(crl.RevokedCertificates))
 }
 
 // load reads a certificate chain and key as tls.LoadX509KeyPair does, parses every certificate
@@ -222,6 +275,11 @@ func load(name, certPath, keyPath string, roots *x509.CertPool, want asn1.Enumer
 // call makes one HTTPS request with the identity's client certificate, trusting only the
 // root, and refusing a broker certificate that the root did not issue directly.
 func call(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Certificate, method, path, body string) (int, []byte, error) {
+	return fetch(broker, roots, root, id, method, path, body, "")
+}
+
+// fetch is call with an Accept header (none when empty).
+func fetch(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Certificate, method, path, body, accept string) (int, []byte, error) {
 	client := &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{
@@ -248,6 +306,9 @@ func call(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Ce
 	}
 	if body != "" {
 		req.Header.Set("content-type", "application/json")
+	}
+	if accept != "" {
+		req.Header.Set("accept", accept)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
