@@ -96,6 +96,69 @@ fn cert_list_shows_what_was_issued_with_openssl_serials_and_filters() {
     );
 }
 
+/// A certificate under a revoked intermediate authorizes nothing (the broker refuses the
+/// whole path), so the inventory must not call it `valid`.
+#[test]
+fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
+    let hsm = Hsm::initialised();
+    let grants = hsm.grants_file("grants.toml", GRANTS);
+    let ca_pem = hsm.path("team-ca.pem");
+    hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "team-ca",
+        "--subject",
+        "CN=team CA",
+        "--grants",
+        &grants,
+        "--ttl",
+        "60d",
+        "--out",
+        ca_pem.to_str().unwrap(),
+    ]);
+    let below = hsm.issue(
+        "team-bot",
+        "CN=team-bot",
+        "agent",
+        &["--grants", &grants, "--issuer", "team-ca"],
+    );
+    let beside = hsm.issue("root-bot", "CN=root-bot", "agent", &["--grants", &grants]);
+    let (below_serial, beside_serial) =
+        (openssl_serial(&hsm, &below), openssl_serial(&hsm, &beside));
+    let line = |lines: &[String], serial: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(serial))
+            .unwrap_or_else(|| panic!("{serial} not listed: {lines:?}"))
+            .clone()
+    };
+    assert!(line(&listed(&hsm, &[]), &below_serial).ends_with(" valid"));
+
+    let ca_serial = openssl_serial(&hsm, &ca_pem);
+    hsm.seb_ok(&["cert", "revoke", "--serial", &ca_serial]);
+    let all = listed(&hsm, &[]);
+    assert!(
+        line(&all, &ca_serial).ends_with("revoked:unspecified"),
+        "{all:?}"
+    );
+    assert!(
+        line(&all, &below_serial).ends_with("issuer-revoked"),
+        "{all:?}"
+    );
+    assert!(line(&all, &beside_serial).ends_with(" valid"), "{all:?}");
+    let revoked = listed(&hsm, &["--revoked"]);
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    assert!(listed(&hsm, &["--expiring", "400d"])
+        .iter()
+        .all(|l| !l.starts_with(&below_serial)));
+    let text = hsm.seb_ok(&["cert", "show", "--serial", &below_serial]);
+    assert!(
+        text.contains("status       issuer-revoked: CN=team CA above it is revoked"),
+        "{text}"
+    );
+}
+
 #[test]
 fn cert_show_decodes_role_chain_status_and_grants_back_to_toml() {
     let hsm = Hsm::initialised();

@@ -2,6 +2,7 @@
 //! `issued` records and from the certificates themselves (grants decoded back to the TOML the
 //! security team wrote). Read-only: nothing here opens the HSM.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +24,7 @@ pub struct ListArgs {
     /// Only certificates still valid that expire within this time, e.g. "30d".
     #[arg(long)]
     expiring: Option<String>,
-    /// Only revoked certificates.
+    /// Only revoked certificates, and those under a revoked CA (status `issuer-revoked`).
     #[arg(long)]
     revoked: bool,
 }
@@ -47,6 +48,8 @@ enum Status {
     NotYetValid,
     Expired,
     Revoked(Revocation),
+    /// A CA above it (named by subject) is revoked: the certificate authorizes nothing.
+    IssuerRevoked(String),
 }
 
 impl Status {
@@ -70,8 +73,30 @@ impl Status {
             Status::NotYetValid => "not-yet-valid".into(),
             Status::Expired => "expired".into(),
             Status::Revoked(r) => format!("revoked:{}", r.reason.as_str()),
+            Status::IssuerRevoked(_) => "issuer-revoked".into(),
         }
     }
+
+    /// This status, or [`Status::IssuerRevoked`] when a CA above the certificate is revoked
+    /// and the certificate is not revoked itself.
+    fn under(self, revoked_issuer: Option<String>) -> Self {
+        match (self, revoked_issuer) {
+            (own @ Status::Revoked(_), _) => own,
+            (_, Some(issuer)) => Status::IssuerRevoked(issuer),
+            (status, None) => status,
+        }
+    }
+}
+
+/// The subject of the first revoked CA among `issuers` (the CAs above a certificate).
+fn revoked_issuer(issuers: &[Certificate], revocations: &[Revocation]) -> Option<String> {
+    issuers.iter().find_map(|ca| {
+        let serial = Serial::of(ca).ok()?;
+        revocations
+            .iter()
+            .any(|r| r.serial == serial)
+            .then(|| ca.subject_string())
+    })
 }
 
 /// `seb cert list`: one line per issued certificate.
@@ -85,6 +110,9 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
     let store = open_store(config)?;
     let revocations = store.revocations()?;
     let now = SystemTime::now();
+    let trust = config.trust_dir();
+    // Per issuing CA: the revoked CA above its certificates, if any.
+    let mut revoked_above: HashMap<String, Option<String>> = HashMap::new();
     let mut rows = Vec::new();
     for record in store.issued_certificates()? {
         if args.role.as_deref().is_some_and(|r| r != record.role) {
@@ -100,8 +128,23 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
             .iter()
             .find(|r| r.serial == record.serial)
             .cloned();
-        let status = Status::of(cert.not_before(), record.not_after, revocation, now);
-        if args.revoked && !matches!(status, Status::Revoked(_)) {
+        let issuer_revoked = revoked_above
+            .entry(record.issuer_label.clone())
+            .or_insert_with(|| {
+                let mut issuers = if record.issuer_label == config.keys.root {
+                    Vec::new()
+                } else {
+                    trust
+                        .issuer_chain(Some(&record.issuer_label), now)
+                        .unwrap_or_default()
+                };
+                issuers.pop(); // the root
+                revoked_issuer(&issuers, &revocations)
+            })
+            .clone();
+        let status =
+            Status::of(cert.not_before(), record.not_after, revocation, now).under(issuer_revoked);
+        if args.revoked && !matches!(status, Status::Revoked(_) | Status::IssuerRevoked(_)) {
             continue;
         }
         if let Some(within) = within {
@@ -201,12 +244,16 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
                 leaf.not_after(),
                 store.revocation(&serial)?,
                 now,
-            );
+            )
+            .under(revoked_issuer(&chain[1..], &store.revocations()?));
             let text = match status {
                 Status::Revoked(r) => format!(
                     "revoked ({}) at {}",
                     r.reason.as_str(),
                     time_text(r.revoked_at)
+                ),
+                Status::IssuerRevoked(issuer) => format!(
+                    "issuer-revoked: {issuer} above it is revoked, so it authorizes nothing"
                 ),
                 other => other.short(),
             };
