@@ -306,6 +306,7 @@ impl Executor {
         let request_id = self.redeem(&body.token).await?;
         tracing::info!(%jti, %request_id, operation = %action.operation, "token redeemed; running the action");
         let timeout = action.timeout;
+        let http = matches!(prepared, Prepared::Http(_));
         let outcome = match prepared {
             Prepared::Argv((program, args)) => {
                 tokio::task::spawn_blocking(move || action::run_argv(&program, &args, timeout))
@@ -346,8 +347,11 @@ impl Executor {
                 false
             }
         };
+        // The receipt carries the raw status; the answer also says what it means.
+        let succeeded = outcome.succeeded(http);
         Ok(json!({
             "status": "executed",
+            "succeeded": succeeded,
             "receipt": receipt,
             "outcome_recorded": recorded,
             "stdout": String::from_utf8_lossy(&outcome.stdout),

@@ -113,6 +113,7 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     );
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["status"], "executed", "{answer}");
+    assert_eq!(answer["succeeded"], true, "{answer}");
     assert_eq!(answer["outcome_recorded"], true, "{answer}");
     let receipt = &answer["receipt"];
     assert_eq!(receipt["body"]["exit_code"], 0);
@@ -202,6 +203,49 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
         std::fs::read_to_string(s.out.join("third.txt")).unwrap(),
         "mine"
     );
+}
+
+/// An action that runs and fails is not a success for the agent's script: `seb request
+/// --execute` prints the answer (the receipt is still evidence, and recorded) and exits 1.
+#[test]
+fn an_action_that_runs_and_fails_makes_request_execute_exit_non_zero() {
+    let s = setup();
+    // `seb demo-write` refuses a name that is not a plain file name: the action exits 1.
+    let params = json!({"name": "../escape.txt", "text": "nope"});
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            &s.broker.url,
+            "--ca",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            s.agent.cert.to_str().unwrap(),
+            "--key",
+            s.agent.key.to_str().unwrap(),
+            "--operation",
+            "demo.write",
+            "--resource",
+            "demo/files",
+            "--params",
+            &params.to_string(),
+            "--execute",
+            &s.exec.url,
+        ],
+        s.hsm.dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the action ran and failed: exit status 1"),
+        "{stderr}"
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "executed", "{answer}");
+    assert_eq!(answer["succeeded"], false, "{answer}");
+    assert_eq!(answer["receipt"]["body"]["exit_code"], 1, "{answer}");
+    assert_eq!(answer["outcome_recorded"], true, "{answer}");
+    assert!(!s.hsm.path("escape.txt").exists());
 }
 
 #[test]

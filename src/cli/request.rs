@@ -31,7 +31,8 @@ pub struct RequestArgs {
     timeout: std::time::Duration,
     /// Once granted, present the token and the parameters to this executor
     /// (`https://host:port`, `seb exec`) over mutual TLS with the same certificate, and print
-    /// its answer (the signed receipt). Exit 0 only when the executor ran the action.
+    /// its answer (the signed receipt). Exit 0 only when the executor ran the action and it
+    /// succeeded (exit status 0, or HTTP 2xx); 1 when it was refused or the action failed.
     #[arg(long, value_name = "EXECUTOR_URL")]
     execute: Option<String>,
 }
@@ -159,7 +160,8 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
 }
 
 /// Presents `token` and `params` to the executor at `url` (`POST /v1/run`) and prints its
-/// answer. Exit 0 when it ran the action (the receipt is in the answer), 1 otherwise.
+/// answer. Exit 0 when it ran the action and the action succeeded (the receipt is in the
+/// answer), 1 otherwise: refused, or ran and failed (exit status, HTTP status or timeout).
 fn execute(
     runtime: &tokio::runtime::Runtime,
     url: &str,
@@ -176,6 +178,19 @@ fn execute(
         .map_err(|e| format!("cannot reach the executor at {url}: {e}"))?;
     say!("{}", answer.text);
     Ok(if answer.status == 200 {
+        if answer.body["succeeded"] == false {
+            let receipt = &answer.body["receipt"]["body"];
+            eprintln!(
+                "the action ran and failed: exit status {}{}",
+                receipt["exit_code"],
+                if receipt["timed_out"] == true {
+                    " (killed on its timeout)"
+                } else {
+                    ""
+                }
+            );
+            return Ok(std::process::ExitCode::FAILURE);
+        }
         std::process::ExitCode::SUCCESS
     } else {
         eprintln!(

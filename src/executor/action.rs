@@ -407,6 +407,19 @@ pub struct Outcome {
     pub finished: SystemTime,
 }
 
+impl Outcome {
+    /// Whether the action did what it was asked: a process that exited 0, or (`http`) an
+    /// answer in 2xx; never one killed on its timeout.
+    pub fn succeeded(&self, http: bool) -> bool {
+        !self.timed_out
+            && if http {
+                (200..300).contains(&self.exit_code)
+            } else {
+                self.exit_code == 0
+            }
+    }
+}
+
 /// Reads a pipe to its end: the digest of everything, the first bytes kept.
 fn drain(mut pipe: impl Read) -> ([u8; 32], Vec<u8>) {
     let mut hasher = Sha256::new();
@@ -630,9 +643,14 @@ mod tests {
         let out = run_argv("/bin/sleep", &argv(&["5"]), Duration::from_millis(200)).unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, -1);
+        assert!(!out.succeeded(false));
         let out = run_argv("/bin/echo", &argv(&["hi"]), Duration::from_secs(5)).unwrap();
         assert_eq!(out.exit_code, 0);
         assert_eq!(out.stdout, b"hi\n");
+        assert!(out.succeeded(false));
+        let out = run_argv("/bin/false", &[], Duration::from_secs(5)).unwrap();
+        assert_eq!(out.exit_code, 1);
+        assert!(!out.succeeded(false));
     }
 
     /// A one-connection HTTP server on loopback: answers the first request with `status` and
@@ -690,6 +708,9 @@ mod tests {
             .unwrap();
         assert_eq!(outcome.exit_code, 201);
         assert!(!outcome.timed_out);
+        assert!(outcome.succeeded(true));
+        // A status of a process would be a failure; as an HTTP status it is a success.
+        assert!(!outcome.succeeded(false));
         assert_eq!(outcome.stdout, b"{\"id\":7}");
         assert_eq!(
             outcome.stdout_sha256,
@@ -715,5 +736,16 @@ mod tests {
             .unwrap();
         assert!(outcome.timed_out);
         assert_eq!(outcome.exit_code, -1);
+        assert!(!outcome.succeeded(true));
+    }
+
+    #[tokio::test]
+    async fn an_http_action_answered_with_an_error_status_did_not_succeed() {
+        let (url, _served) = one_shot_server(Some((500, "{}"))).await;
+        let outcome = run_http("POST", &url, b"{}".to_vec(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_code, 500);
+        assert!(!outcome.succeeded(true));
     }
 }
