@@ -587,6 +587,53 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
         "{text}"
     );
 
+    // An agent certificate that expires within 30 days is a warning naming its serial and the
+    // renewal command; once renewed for longer, the old one is not worth a line.
+    let key = hsm.path("short.key");
+    let csr = hsm.path("short.csr");
+    let short = hsm.path("short.pem");
+    hsm.seb_ok(&[
+        "keygen",
+        "--out-key",
+        key.to_str().unwrap(),
+        "--out-csr",
+        csr.to_str().unwrap(),
+        "--subject",
+        "CN=short-lived",
+    ]);
+    let grants = hsm.grants_file("grants.toml", GRANTS);
+    hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--role",
+        "agent",
+        "--grants",
+        &grants,
+        "--ttl",
+        "10d",
+        "--out",
+        short.to_str().unwrap(),
+    ]);
+    let serial = openssl_serial(&hsm, &short);
+    let text = hsm.seb_ok(&["check"]);
+    assert!(text.contains("0 problem(s)"), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("warning  the agent certificate \"CN=short-lived\"")
+                && l.contains(&format!("seb cert renew --serial {serial}"))
+        ),
+        "{text}"
+    );
+    hsm.seb_ok(&["cert", "renew", "--serial", &serial, "--ttl", "90d"]);
+    let text = hsm.seb_ok(&["check"]);
+    assert!(!text.contains("CN=short-lived"), "{text}");
+    assert!(
+        text.contains("no issued certificate expires within 30 days (1 in use)"),
+        "{text}"
+    );
+
     std::fs::set_permissions(hsm.path("user.pin"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = hsm.seb_ok(&["check"]);
     assert!(

@@ -3,13 +3,16 @@
 //! One line per finding, each saying what to do; exit 0 only when there is no problem.
 //! Read-only: it signs nothing and writes nothing.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
 use seb::attest::policy::AttestPolicy;
+use seb::ca::crl::Revocation;
 use seb::ca::trust_dir::read_certificate;
 use seb::config::{BackendConfig, Config, PinSource, PostgresConfig, StoreConfig};
+use seb::store::IssuedCertificate;
 
 use super::inventory::time_text;
 use super::{open_backend, CliResult};
@@ -123,6 +126,18 @@ pub fn run(config: &Config) -> CliResult {
         }
     }
 
+    // Certificates this CA issued (agents, approvers, executors, intermediates) near expiry.
+    if trust.is_initialised() {
+        match super::open_store(config)
+            .and_then(|store| Ok((store.issued_certificates()?, store.revocations()?)))
+        {
+            Ok((issued, revocations)) => check_issued(&mut r, &issued, &revocations, now),
+            Err(e) => r.problem(&format!(
+                "the store cannot be read ({e}): check the state directory or the database"
+            )),
+        }
+    }
+
     // The device and every key.
     match open_backend(config, Some(1)) {
         Err(e) => r.problem(&format!(
@@ -208,6 +223,61 @@ fn renew_hint(what: &str) -> String {
         "plan a root rotation (docs/OPERATIONS.md, \"Year two\")".into()
     } else {
         format!("run `seb rotate {what}`")
+    }
+}
+
+/// One warning per holder whose newest certificate (by subject and role) expires within 30
+/// days and is not revoked: an older one that a renewal replaced is not worth a line.
+fn check_issued(
+    r: &mut Report,
+    issued: &[IssuedCertificate],
+    revocations: &[Revocation],
+    now: SystemTime,
+) {
+    let mut newest: BTreeMap<(&str, &str), &IssuedCertificate> = BTreeMap::new();
+    // The broker's own certificates (token, tls, audit) are checked above, from the trust
+    // directory.
+    let holders = ["agent", "approver", "executor", "intermediate"];
+    for record in issued.iter().filter(|c| holders.contains(&c.role.as_str())) {
+        let slot = newest
+            .entry((record.subject.as_str(), record.role.as_str()))
+            .or_insert(record);
+        if record.not_after > slot.not_after {
+            *slot = record;
+        }
+    }
+    let mut expiring = 0;
+    for record in newest.values() {
+        let revoked = revocations.iter().any(|v| v.serial == record.serial);
+        if revoked || record.not_after <= now {
+            continue;
+        }
+        if record.not_after <= now + seb::broker::EXPIRY_WARNING {
+            expiring += 1;
+            let what_to_do = if record.role == "intermediate" {
+                "issue a new intermediate (`seb cert issue-ca`) and the certificates below it"
+                    .to_owned()
+            } else {
+                format!(
+                    "renew it with `seb cert renew --serial {}` (same key, names and grants) \
+                     and hand it to its holder",
+                    record.serial
+                )
+            };
+            r.warn(&format!(
+                "the {} certificate {:?} (serial {}) expires at {} (within 30 days): {what_to_do}",
+                record.role,
+                record.subject,
+                record.serial,
+                time_text(record.not_after),
+            ));
+        }
+    }
+    if expiring == 0 {
+        r.ok(&format!(
+            "no issued certificate expires within 30 days ({} in use)",
+            newest.len()
+        ));
     }
 }
 
