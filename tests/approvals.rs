@@ -405,11 +405,22 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
         given.iter().any(|e| e["code"] == "duplicate_approval"),
         "{given:?}"
     );
+    // The grant after the quorum names the agent's certificate as a direct grant does:
+    // thumbprint, serial and subject.
+    let granted = audit_entries(&s.hsm, "execution_granted");
+    let agent = Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
+    assert!(
+        granted.iter().any(|e| e["decision"] == "granted"
+            && e["approvals_required"] == 2
+            && e["cert"]["serial"] == agent.serial_hex()
+            && e["cert"]["subject"] == "CN=deploy-bot"),
+        "{granted:#?}"
+    );
 }
 
 #[test]
 fn every_illegitimate_approval_is_refused_with_its_code() {
-    let s = setup("");
+    let mut s = setup("");
     let (id, digest) = ask(&s, 7);
 
     // An approver of another group.
@@ -560,6 +571,34 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     refused(&dave, &open, "wrong_approval_group");
     let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{open}"), None);
     assert_eq!(status.body["approvals"], json!([]), "{}", status.text);
+
+    // Every refused attempt is in the audit log with who tried, on which request, and why:
+    // a self-approval or a forged signature is what a SIEM alerts on.
+    assert!(s.broker.stop());
+    let given = audit_entries(&s.hsm, "approval_given");
+    let refusals = |code: &str, subject: &str| {
+        given
+            .iter()
+            .filter(|e| e["code"] == code && e["cert"]["subject"] == subject)
+            .count()
+    };
+    assert_eq!(refusals("wrong_approval_group", "CN=dave"), 2, "{given:#?}");
+    assert_eq!(
+        refusals("bad_approval_signature", "CN=alice"),
+        2,
+        "{given:#?}"
+    );
+    assert_eq!(refusals("self_approval", "CN=deploy-bot"), 1, "{given:#?}");
+    assert_eq!(refusals("request_closed", "CN=carol"), 2, "{given:#?}");
+    assert_eq!(refusals("not_found", "CN=carol"), 1, "{given:#?}");
+    let forged = given
+        .iter()
+        .find(|e| e["code"] == "bad_approval_signature")
+        .unwrap();
+    assert_eq!(forged["request_id"], id.as_str());
+    assert_eq!(forged["decision"], "approve");
+    let alice = Certificate::parse(&std::fs::read(&s.alice.cert).unwrap()).unwrap();
+    assert_eq!(forged["cert"]["serial"], alice.serial_hex());
 }
 
 /// A one-shot HTTP server on the loopback: answers the first `failures` requests 500, then

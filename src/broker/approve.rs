@@ -15,14 +15,19 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use super::audit::{cert_ref, entry_now};
 use super::request::{time_ordered_id, ApprovalSummary, IssuingGuard};
 use super::{Broker, BrokerError, Caller, ExecutionResponse, ExecutionState, Peer};
 use crate::approval::{self, Decision};
+use crate::audit::entry::EntryKind;
 use crate::authz::DenyCode;
 use crate::base64url;
 use crate::chain::CertKey;
 use crate::grants::{Role, RoleKind};
-use crate::store::{ApprovalOutcome, ApprovalRecord, ExecutionStatus, ReservedToken};
+use crate::store::{
+    ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, PendingApproval,
+    ReservedToken,
+};
 use crate::time::{from_unix, unix};
 use crate::token::{self, AuthorizationDetail, Claims, Confirmation};
 
@@ -81,6 +86,17 @@ pub struct PendingRequest {
     pub expires_at: u64,
 }
 
+/// A decision that passed every check made before the store.
+struct Admitted {
+    att: Option<token::Attestation>,
+    record: ExecutionRecord,
+    pending: PendingApproval,
+    signature: Vec<u8>,
+    now: SystemTime,
+    /// How long the requesting agent's certificate is still valid.
+    left: Duration,
+}
+
 /// What recording a decision left to do.
 #[derive(Debug)]
 pub enum ApprovalStep {
@@ -94,6 +110,8 @@ pub enum ApprovalStep {
 #[derive(Debug)]
 pub struct Issue {
     request_id: String,
+    /// The requesting agent's certificate serial, for the audit entry.
+    agent_serial: Option<crate::serial::Serial>,
     claims: Claims,
     response: ExecutionResponse,
 }
@@ -190,12 +208,16 @@ impl Broker {
         Ok(ids.len())
     }
 
-    fn decide_approval(
+    /// Everything checked before the store is asked to record the decision: the broker may
+    /// issue, the reason's length, the caller is an approver of the request's group and not its
+    /// requester, the request is open, the signature is the caller's over this request, and
+    /// (for an approval) the agent could still receive a token.
+    fn admit_approval(
         &self,
         peer: &Peer,
         request_id: &str,
-        body: ApprovalBody,
-    ) -> Result<ApprovalStep, BrokerError> {
+        body: &ApprovalBody,
+    ) -> Result<Admitted, BrokerError> {
         if self.is_frozen() {
             return Err(BrokerError::Frozen);
         }
@@ -203,7 +225,7 @@ impl Broker {
             Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
             None => None,
         };
-        if let Some(reason) = &body.reason {
+        if let Some(reason) = body.reason.as_ref() {
             if reason.chars().count() > super::MAX_JUSTIFICATION {
                 return Err(BrokerError::InvalidRequest(format!(
                     "reason is longer than {} characters",
@@ -237,10 +259,9 @@ impl Broker {
                 group: pending.group,
             });
         }
-        let approver_key = peer.key_id.clone();
         if peer.thumbprint == record.agent
             || peer.subject == record.agent_subject
-            || approver_key == pending.agent_key
+            || peer.key_id == pending.agent_key
         {
             return Err(BrokerError::SelfApproval);
         }
@@ -275,6 +296,37 @@ impl Broker {
                 "the requesting agent's certificate has expired; no token can be issued",
             ));
         }
+        Ok(Admitted {
+            att,
+            record,
+            pending,
+            signature,
+            now,
+            left,
+        })
+    }
+
+    fn decide_approval(
+        &self,
+        peer: &Peer,
+        request_id: &str,
+        body: ApprovalBody,
+    ) -> Result<ApprovalStep, BrokerError> {
+        let Admitted {
+            att,
+            record,
+            pending,
+            signature,
+            now,
+            left,
+        } = match self.admit_approval(peer, request_id, &body) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.audit_refused_approval(peer, request_id, &body, &e);
+                return Err(e);
+            }
+        };
+        let approver_key = peer.key_id.clone();
         let ttl = pending.token_ttl.min(left);
         let iat = unix(now);
         let exp = iat + ttl.as_secs().max(1);
@@ -374,6 +426,7 @@ impl Broker {
         response.expires_at = Some(exp);
         Ok(ApprovalStep::Issue(Box::new(Issue {
             request_id: request_id.to_owned(),
+            agent_serial: record.agent_serials.first().cloned(),
             claims,
             response,
         })))
@@ -434,9 +487,6 @@ impl Broker {
     }
 }
 
-/// The approver's role and groups. The caller's whole path (validity, revocation) was checked
-/// by [`Broker::authenticate`] for this request, and the route admits approvers only; the role
-/// is read again here so that this code never trusts the route table alone.
 /// The `execution_granted` entry of a request whose approval quorum was met.
 fn approved_entry(issue: &Issue) -> crate::audit::entry::Entry {
     let claims = &issue.claims;
@@ -444,7 +494,7 @@ fn approved_entry(issue: &Issue) -> crate::audit::entry::Entry {
     e.request_id = Some(issue.request_id.clone());
     e.cert = Some(super::audit::cert_ref(
         &claims.cnf.x5t_s256,
-        None,
+        issue.agent_serial.as_ref(),
         &claims.sub,
     ));
     if let Some(d) = claims.authorization_details.first() {
@@ -465,6 +515,51 @@ fn approved_entry(issue: &Issue) -> crate::audit::entry::Entry {
     e
 }
 
+impl Broker {
+    /// Logs a decision refused before the store saw it: who tried what on which request, and
+    /// the refusal's code. A self-approval, a forged signature or an approver of another group
+    /// is what a SIEM should see. Failures of the broker itself (frozen, attestation, store)
+    /// are not the approver's doing and are not logged here; refusals the store makes
+    /// (duplicate, closed, expired) are logged with the decision, in its commit.
+    fn audit_refused_approval(
+        &self,
+        peer: &Peer,
+        request_id: &str,
+        body: &ApprovalBody,
+        refusal: &BrokerError,
+    ) {
+        if matches!(
+            refusal,
+            BrokerError::Frozen
+                | BrokerError::Attestation(_)
+                | BrokerError::Store(_)
+                | BrokerError::Internal(_)
+        ) {
+            return;
+        }
+        let kind = match body.decision {
+            Decision::Approve => EntryKind::ApprovalGiven,
+            Decision::Reject => EntryKind::ApprovalRejected,
+        };
+        let mut entry = entry_now(kind);
+        // An id is at most 64 characters when it reaches here (longer ones are never looked up).
+        entry.request_id = Some(request_id.chars().take(64).collect());
+        entry.cert = Some(cert_ref(
+            &peer.thumbprint,
+            peer.serials().next(),
+            &peer.subject,
+        ));
+        entry.decision = Some(body.decision.as_str().to_owned());
+        entry.code = Some(refusal.code().to_owned());
+        if let Err(e) = self.store.append_audit(&entry) {
+            tracing::error!(error = %e, code = refusal.code(), "a refused approval could not be logged");
+        }
+    }
+}
+
+/// The approver's role and groups. The caller's whole path (validity, revocation) was checked
+/// by [`Broker::authenticate`] for this request, and the route admits approvers only; the role
+/// is read again here so that this code never trusts the route table alone.
 fn approver_role<'p>(peer: &'p Peer, action: &'static str) -> Result<&'p Role, BrokerError> {
     let chain = peer.verified_chain()?;
     match &chain.leaf.role {
