@@ -327,7 +327,13 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     std::fs::copy(hsm.trust("token.pem"), &no_root).unwrap();
     assert_code(&with(1, no_root.to_str().unwrap()), "invalid_trust_bundle");
     let root_only = hsm.trust("root.pem");
-    assert_code(&with(1, root_only.to_str().unwrap()), "unknown_key");
+    let out = with(1, root_only.to_str().unwrap());
+    assert_code(&out, "unknown_key");
+    // ... and says what to trust instead.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("GET /v1/trust"),
+        "{out:?}"
+    );
 
     // stdin.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))

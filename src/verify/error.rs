@@ -43,7 +43,11 @@ pub enum VerifyError {
         typ: String,
     },
     /// No certificate in the trust bundle has this thumbprint.
-    #[error("no certificate in the trust bundle has kid {kid:?}")]
+    #[error(
+        "no certificate in the trust bundle has kid {kid:?}: trust the broker's whole bundle \
+         (GET /v1/trust: root, token and audit certificates), not the root alone, and fetch it \
+         again after a `seb rotate token`"
+    )]
     UnknownKey {
         /// The header's `kid`.
         kid: String,
