@@ -526,7 +526,10 @@ pub async fn serve(
                     };
                 match agent_of(&executor, &tls) {
                     Ok(agent) => listen::serve_http1(tls, router, agent, watcher, remote).await,
-                    Err(reason) => tracing::info!(%remote, %reason, "client certificate refused"),
+                    Err(refusal) => {
+                        tracing::info!(%remote, reason = %refusal, "client certificate refused");
+                        listen::serve_http1(tls, refusal_router(refusal), (), watcher, remote).await
+                    }
                 }
             }
         },
@@ -535,12 +538,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// What a connection whose certificate was refused is served: every request gets the refusal
+/// (403 with its code) and the connection is closed, so the caller learns why instead of
+/// seeing a reset.
+fn refusal_router(refusal: ExecError) -> Router {
+    let refusal = Arc::new(refusal);
+    Router::new().fallback(move || {
+        let refusal = refusal.clone();
+        async move {
+            let mut response = error_response(&refusal);
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    })
+}
+
 /// The agent behind a connection: its chain validated to the pinned root (rustls did; seb's
 /// own path validation again, as the broker does) and the agent role.
 fn agent_of(
     executor: &Executor,
     tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-) -> Result<Agent, String> {
+) -> Result<Agent, ExecError> {
     let presented: Vec<Certificate> = tls
         .get_ref()
         .1
@@ -549,18 +570,25 @@ fn agent_of(
         .iter()
         .map(|c| Certificate::parse(c.as_ref()))
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let (leaf, rest) = presented.split_first().ok_or("no client certificate")?;
+        .map_err(|e| ExecError::BadCertificate(e.to_string()))?;
+    let (leaf, rest) = presented
+        .split_first()
+        .ok_or_else(|| ExecError::BadCertificate("no client certificate".into()))?;
     let path = crate::chain::validate(leaf, rest, &executor.roots, SystemTime::now())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ExecError::BadCertificate(e.to_string()))?;
     let now = SystemTime::now();
     for cert in path.path() {
         if now < cert.not_before() || now > cert.not_after() {
-            return Err(format!("{} is not valid now", cert.subject_string()));
+            return Err(ExecError::BadCertificate(format!(
+                "{} is not valid now",
+                cert.subject_string()
+            )));
         }
     }
-    if role_of(leaf) != Some(RoleKind::Agent) {
-        return Err("not an agent certificate".into());
+    match role_of(leaf) {
+        Some(RoleKind::Agent) => {}
+        Some(other) => return Err(ExecError::WrongRole(other.to_string())),
+        None => return Err(ExecError::WrongRole("none".into())),
     }
     Ok(Agent {
         leaf: Arc::new(leaf.clone()),

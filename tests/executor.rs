@@ -369,14 +369,18 @@ argv = ["/bin/sh", "-c", "echo {{text}} > /tmp/x"]
     );
     common::assert_clean_failure(&out, "never run a shell");
 
-    // An executor certificate is not an agent: the executor closes the connection.
-    let tls = s.hsm.tls(&s.executor, true);
-    let rt = common::runtime();
-    let refused = rt.block_on(async {
-        match seb::client::Client::connect(&s.exec.url, &tls).await {
-            Ok(mut c) => c.post_json("/v1/run", &json!({})).await.is_err(),
-            Err(_) => true,
-        }
-    });
-    assert!(refused);
+    // An executor certificate is not an agent: the executor says so (403 wrong_role, with the
+    // role it saw) and closes the connection; nothing runs.
+    let params = json!({"name": "x.txt", "text": "y"});
+    let t = token(&s, &params);
+    let (status, body) = run(&s, &s.executor, &t, &params);
+    assert_eq!((status, code(&body)), (403, "wrong_role"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("executor"),
+        "{body}"
+    );
+    assert!(!s.out.join("x.txt").exists());
 }

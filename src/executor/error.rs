@@ -31,9 +31,12 @@ pub enum ExecError {
     /// The body is larger than the limit.
     #[error("request body too large")]
     BodyTooLarge,
-    /// The caller's certificate is not an agent certificate of this deployment.
+    /// The caller's certificate does not chain to the pinned root, or is not valid now.
     #[error("client certificate refused: {0}")]
     BadCertificate(String),
+    /// The caller's certificate is valid but not an agent's (an executor, an approver...).
+    #[error("only agents may run actions here; the client certificate's role is {0}")]
+    WrongRole(String),
     /// The token did not verify (signature, chain, lifetime, epoch, action, binding, approvals).
     #[error("token refused: {0}")]
     TokenRefused(#[source] VerifyError),
@@ -79,6 +82,7 @@ impl ExecError {
             ExecError::InvalidRequest(_) => (400, "invalid_request"),
             ExecError::BodyTooLarge => (413, "body_too_large"),
             ExecError::BadCertificate(_) => (403, "bad_certificate"),
+            ExecError::WrongRole(_) => (403, "wrong_role"),
             ExecError::TokenRefused(e) => (403, e.code()),
             ExecError::AttestationStale(_) => (403, "attestation_stale"),
             ExecError::NoAction { .. } => (403, "no_action"),
