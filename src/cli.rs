@@ -217,11 +217,20 @@ impl std::error::Error for Explained {
 }
 
 /// Opens the configured store: SQLite in the state directory, or the shared PostgreSQL
-/// database (its schema created or migrated first).
+/// database, whose schema must be this seb's (`seb migrate` brings it there).
 pub fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
     Ok(match &config.store {
         StoreConfig::Sqlite => std::sync::Arc::new(SqliteStore::open(&config.state_dir)?),
         StoreConfig::Postgres(pg) => std::sync::Arc::new(PgStore::open(pg)?),
+    })
+}
+
+/// Opens the configured store for `seb init`: the PostgreSQL schema is created in an empty
+/// database (or migrated).
+pub fn create_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite => std::sync::Arc::new(SqliteStore::open(&config.state_dir)?),
+        StoreConfig::Postgres(pg) => std::sync::Arc::new(PgStore::create(pg)?),
     })
 }
 

@@ -54,7 +54,7 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
 
     // The store's schema (the shared PostgreSQL database, or seb.db), before any key exists:
     // a database that cannot be reached stops init with nothing generated.
-    drop(super::open_store(config)?);
+    drop(super::create_store(config)?);
     for (label, algorithm) in &all {
         backend.generate(label, *algorithm)?;
     }

@@ -126,9 +126,18 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
         tokio::spawn(watch_state_dir(broker.clone(), tls_cert, config.clone()));
         tokio::spawn(expire_pending(broker.clone()));
         tokio::spawn(watch_policy(broker.clone()));
+        // The replica's name in the shared store: unique even where every replica binds the
+        // same address as pid 1 (containers), so each one counts in the rate limits' shares.
+        let mut nonce = [0u8; 6];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
         tokio::spawn(heartbeat(
             broker.clone(),
-            format!("{}@{local}/{}", config.broker_id, std::process::id()),
+            format!(
+                "{}@{local}/{}/{}",
+                config.broker_id,
+                std::process::id(),
+                hex::encode(nonce)
+            ),
         ));
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -51,9 +51,10 @@ impl PostgresConfig {
         else {
             return invalid("url must start with postgres://");
         };
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        if let Some((user, _)) = authority.rsplit_once('@') {
-            if user.contains(':') {
+        // As the driver reads it: the credentials run to the first '@' anywhere in the URL,
+        // and a ':' in them starts a password ("postgres://seb:ab/cd@db" holds one).
+        if let Some((credentials, _)) = rest.split_once('@') {
+            if credentials.contains(':') {
                 return invalid(
                     "url must not hold a password: put it in password_file (mode 0600)",
                 );

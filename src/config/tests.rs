@@ -232,6 +232,10 @@ fn the_store_is_sqlite_unless_postgres_is_configured_without_a_password_in_the_u
         "postgres://seb:hunter2@db/seb",
         "postgresql://seb:hunter2@db:5432/seb",
         "postgres://seb@db/seb?password=hunter2",
+        // The driver reads credentials up to the first '@': a '/' in the password hides
+        // nothing.
+        "postgres://seb:hun/ter2@db/seb",
+        "postgres://seb:hunter2?x@db/seb",
     ] {
         let err = pg(&format!(
             "backend = \"postgres\"\nurl = \"{url}\"\npassword_file = \"p\"\n"

@@ -76,8 +76,16 @@ impl Drop for PgStore {
 }
 
 impl PgStore {
-    /// Connects to the database `config` names, creating or migrating the schema.
+    /// Connects to the database `config` names, whose schema must be this seb's version: a
+    /// replica (or a CLI command) never migrates a schema other replicas are using. `seb
+    /// migrate` migrates; [`PgStore::create`] (`seb init`) creates it.
     pub fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
+        Self::open_as(config, false, None)
+    }
+
+    /// Connects, creating the schema in an empty database or migrating an older one (`seb
+    /// init`).
+    pub fn create(config: &PostgresConfig) -> Result<Self, StoreError> {
         Self::open_as(config, true, None)
     }
 

@@ -224,6 +224,9 @@ pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc
     let mut edge: Option<CompactRange> = None;
     while let Some(batch) = jobs.take() {
         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            // A new connection may reach another server (a failover that lost commits): the
+            // tail kept from before is read again under the lock, never trusted.
+            edge = None;
             match connector.connect() {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
