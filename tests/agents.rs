@@ -316,7 +316,15 @@ fn get_grants_shows_the_agent_exactly_what_the_decision_applies() {
 }
 
 fn token_claims(token: &str) -> Value {
-    let part = token.split('.').nth(1).unwrap();
+    token_part(token, 1)
+}
+
+fn token_header(token: &str) -> Value {
+    token_part(token, 0)
+}
+
+fn token_part(token: &str, n: usize) -> Value {
+    let part = token.split('.').nth(n).unwrap();
     serde_json::from_slice(&seb::base64url::decode(part).unwrap()).unwrap()
 }
 
@@ -1008,6 +1016,34 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     assert_eq!(
         std::fs::read_to_string(dir.join("release-1.txt")).unwrap(),
         "approved"
+    );
+
+    // The broker re-keys (`seb rotate token`): a token under the new kid is not in the bundle
+    // the executor was started with. It fetches /v1/trust again (under the pinned root) and
+    // runs it, without a restart.
+    let old_kid =
+        token_header(&d.token("demo.write", &json!({"name": "a.txt", "text": "a"})))["kid"].clone();
+    d.hsm.seb_ok(&["rotate", "token"]);
+    let params = json!({"name": "rekeyed.txt", "text": "new key"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let token = loop {
+        let token = d.token("demo.write", &params);
+        if token_header(&token)["kid"] != old_kid {
+            break token;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker never switched keys"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    // At most one fetch per 5 s: the foreign-key case above may have used the last one.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let r = present(&d.agent, &token, &params);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("rekeyed.txt")).unwrap(),
+        "new key"
     );
 }
 

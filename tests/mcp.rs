@@ -266,10 +266,34 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
         );
         assert!(!tool["description"].as_str().unwrap().is_empty());
     }
+    // The answer's schema, or the refusal's: hosts check error results against it too.
+    let output = &request_tool["output_schema"];
     assert_eq!(
-        request_tool["output_schema"]["properties"]["status"]["$ref"],
+        output["anyOf"][0]["properties"]["status"]["$ref"],
         "#/$defs/ExecutionState"
     );
+    assert!(output["$defs"]["ExecutionState"].is_object(), "{output}");
+    assert_eq!(output["anyOf"][1]["required"], json!(["error"]), "{output}");
+    // `execute` takes a request or a request id, in one flat object: hosts refuse anyOf,
+    // oneOf or allOf at the top of an input schema (the Anthropic API fails the session).
+    let execute = &tools[3]["input_schema"];
+    for combinator in ["anyOf", "oneOf", "allOf"] {
+        assert!(execute.get(combinator).is_none(), "{execute}");
+    }
+    assert_eq!(execute["type"], "object");
+    assert_eq!(execute["additionalProperties"], false, "{execute}");
+    for field in [
+        "operation",
+        "resource",
+        "params",
+        "justification",
+        "request_id",
+    ] {
+        assert!(
+            execute["properties"][field].is_object(),
+            "{field}: {execute}"
+        );
+    }
 
     // 1. Its grants, as the broker states them: the tool passes the broker's answer through.
     let grants = host.ok("list_grants", json!({}));
@@ -295,8 +319,21 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
                "justification": "the user asked for it"}),
     );
     assert_eq!(executed["status"], "executed", "{executed}");
+    assert_eq!(executed["succeeded"], true, "{executed}");
     assert_eq!(executed["receipt"]["body"]["exit_code"], 0, "{executed}");
     assert!(executed["request_id"].is_string(), "{executed}");
+    // An action that ran and failed is an error result, with the receipt beside the code.
+    let failed = host.refused(
+        "execute",
+        json!({"operation": "demo.write", "resource": "demo/files",
+               "params": {"name": "../escape.txt", "text": "x"}}),
+    );
+    assert_eq!(failed["error"]["code"], "action_failed", "{failed}");
+    assert_eq!(failed["succeeded"], false, "{failed}");
+    assert_eq!(failed["receipt"]["body"]["exit_code"], 1, "{failed}");
+    // Neither form of the arguments half-given: a request without its resource.
+    let half = host.refused("execute", json!({"operation": "demo.write", "params": {}}));
+    assert_eq!(half["error"]["code"], "invalid_arguments", "{half}");
     assert_eq!(
         std::fs::read_to_string(out.join("mcp.txt")).unwrap(),
         "written by a model through MCP"

@@ -58,12 +58,16 @@ type executor struct {
 	brokerURL string
 	brokerID  string
 	trust     *trust
-	identity  tls.Certificate
-	leaf      *x509.Certificate
-	minEpoch  int64
-	dir       string
-	approvers []*x509.Certificate
-	client    *http.Client
+	// current is the trust tokens are verified against: the pinned bundle, or one fetched
+	// again from the broker after a re-key (refreshTrust), always under the pinned root.
+	current     atomic.Pointer[trust]
+	lastRefresh int64 // Unix seconds of the last fetch, for at most one per refreshEvery
+	identity    tls.Certificate
+	leaf        *x509.Certificate
+	minEpoch    int64
+	dir         string
+	approvers   []*x509.Certificate
+	client      *http.Client
 }
 
 func main() {
@@ -140,6 +144,7 @@ func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, min
 	}
 	e := &executor{brokerURL: strings.TrimRight(broker, "/"), brokerID: brokerID, trust: t,
 		identity: identity, leaf: leaf, minEpoch: minEpoch, dir: dir, approvers: approvers}
+	e.current.Store(t)
 	e.client = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		Certificates: []tls.Certificate{identity},
 		RootCAs:      t.roots,
@@ -160,6 +165,51 @@ func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, min
 		},
 	}}}
 	return e, nil
+}
+
+// refreshEvery bounds how often a token with an unknown kid makes the executor fetch the
+// broker's trust bundle again.
+const refreshEvery = 5
+
+// refreshTrust fetches GET /v1/trust from the broker (over the mTLS client that trusts only
+// the pinned root) and uses it from now on if its roots are exactly the pinned ones: a
+// re-keyed broker's new token certificate is found without a restart, and the trust anchor
+// never changes. At most once per refreshEvery seconds; reports whether a new bundle is in use.
+func (e *executor) refreshTrust() bool {
+	now := time.Now().Unix()
+	last := atomic.LoadInt64(&e.lastRefresh)
+	if now-last < refreshEvery || !atomic.CompareAndSwapInt64(&e.lastRefresh, last, now) {
+		return false
+	}
+	resp, err := e.client.Get(e.brokerURL + "/v1/trust")
+	if err != nil {
+		log.Printf("trust refresh: %v", err)
+		return false
+	}
+	defer resp.Body.Close()
+	bundle, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		log.Printf("trust refresh: status %d: %v", resp.StatusCode, err)
+		return false
+	}
+	fresh, err := loadTrust(bundle)
+	if err != nil {
+		log.Printf("trust refresh: %v", err)
+		return false
+	}
+	if len(fresh.root) != len(e.trust.root) {
+		log.Printf("trust refresh: the broker's bundle has other roots; keeping the pinned one")
+		return false
+	}
+	for i := range fresh.root {
+		if !fresh.root[i].Equal(e.trust.root[i]) {
+			log.Printf("trust refresh: the broker's bundle has other roots; keeping the pinned one")
+			return false
+		}
+	}
+	e.current.Store(fresh)
+	log.Printf("trust refresh: the broker's bundle is in use (%d certificates)", len(fresh.others)+len(fresh.root))
+	return true
 }
 
 // answer is a JSON response; failures are {"error": {"code", "message"}}.
@@ -210,7 +260,12 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// 3. The token, offline.
-	claims, err := verifyToken(token, e.trust, time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
+	claims, err := verifyToken(token, e.current.Load(), time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
+	var unknown *refusal
+	if errors.As(err, &unknown) && unknown.Code == "unknown_key" && e.refreshTrust() {
+		// The broker may have re-keyed (seb rotate token): once more, with its bundle now.
+		claims, err = verifyToken(token, e.current.Load(), time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
+	}
 	if err != nil {
 		var refused *refusal
 		if errors.As(err, &refused) {

@@ -45,6 +45,15 @@ pub struct McpArgs {
     /// (`https://host:port`, `seb exec`) with the same certificate, and return its receipt.
     #[arg(long, value_name = "EXECUTOR_URL")]
     executor: Option<String>,
+    /// How long `execute` waits for the executor's answer once the token is presented: at
+    /// least the longest action `timeout` the executor runs, plus a minute (its checks,
+    /// redemption and report). Past it the tool says it does not know whether the action ran.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    execute_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    seb::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// How long one broker or executor exchange may take before the tool reports
@@ -58,6 +67,7 @@ pub fn run(args: McpArgs) -> CliResult {
     let server = SebMcp {
         broker: args.connection.broker,
         executor: args.executor,
+        execute_timeout: args.execute_timeout,
         tls,
         asked: Arc::new(Mutex::new(VecDeque::new())),
     };
@@ -84,6 +94,7 @@ pub fn run(args: McpArgs) -> CliResult {
 struct SebMcp {
     broker: String,
     executor: Option<String>,
+    execute_timeout: Duration,
     tls: ClientTls,
     asked: Arc<Mutex<VecDeque<(String, Value)>>>,
 }
@@ -158,7 +169,7 @@ impl SebMcp {
                  param_constraint_violated): change the request to fit a grant, or stop.",
                 schema::<ExecutionRequest>(),
             )
-            .with_output_schema::<ExecutionResponse>()
+            .with_raw_output_schema(answer_or_refusal_schema::<ExecutionResponse>())
             .annotate(
                 ToolAnnotations::new()
                     .read_only(false)
@@ -174,7 +185,7 @@ impl SebMcp {
                  `request_execution` answered `pending_approval`.",
                 schema::<RequestRef>(),
             )
-            .with_output_schema::<ExecutionResponse>()
+            .with_raw_output_schema(answer_or_refusal_schema::<ExecutionResponse>())
             .annotate(read_only),
         ];
         if self.executor.is_some() {
@@ -183,7 +194,9 @@ impl SebMcp {
                     "execute",
                     "Request a token and run it at the executor, which verifies it, redeems it \
                      once, performs the mapped action and returns a receipt signed with its own \
-                     key (`status: executed`, `receipt`). Give the request (operation, \
+                     key (`status: executed`, `succeeded`, `receipt`). An action that ran and \
+                     failed is an error result with code `action_failed`, the receipt beside \
+                     it. Give the request (operation, \
                      resource, params, justification), or `request_id` alone to run a request \
                      made earlier in this session once its approvals are in. A request that \
                      waits for approvals returns `pending_approval` and runs nothing. A \
@@ -337,13 +350,31 @@ impl SebMcp {
             let mut client = Client::connect(executor, &self.tls).await?;
             client.post_json("/v1/run", &body).await
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        match tokio::time::timeout(self.execute_timeout, call).await {
             Ok(Ok(r)) if r.status == 200 => {
                 let mut value = r.body;
+                let failed = value["succeeded"] == false;
                 if let Some(object) = value.as_object_mut() {
                     object.insert("request_id".into(), Value::String(id));
                 }
-                Outcome::Ok(value, None)
+                if !failed {
+                    return Outcome::Ok(value, None);
+                }
+                // It ran and failed: an error result the model must not take for success, with
+                // the receipt (evidence of what ran) kept beside the code.
+                let receipt = &value["receipt"]["body"];
+                let message = format!(
+                    "the action ran and failed: exit status {}{}; the token is spent",
+                    receipt["exit_code"],
+                    if receipt["timed_out"] == true {
+                        " (killed on its timeout)"
+                    } else {
+                        ""
+                    }
+                );
+                value["error"] = json!({"code": "action_failed", "message": message});
+                value["source"] = json!("executor");
+                Outcome::Refused(value)
             }
             Ok(Ok(r)) => refusal_from("executor", &r),
             // Not connected: the token was never presented.
@@ -449,18 +480,74 @@ fn schema<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_type::<T>()
 }
 
-/// `execute` takes a request, or the id of one made earlier: either of the two schemas.
+/// `execute` takes a request, or the id of one made earlier. One flat object with the fields of
+/// both and none required: hosts refuse `anyOf`/`oneOf` at the top of an input schema (the
+/// Anthropic API fails every call of a session that offers such a tool), so which of the two
+/// was meant is decided when the call is parsed ([`SebMcp::execute`]: `request_id` present or
+/// not), and each form is then parsed strictly.
 fn execute_schema() -> Arc<JsonObject> {
-    let mut object = JsonObject::new();
-    object.insert("type".into(), json!("object"));
+    let mut object = schema::<ExecutionRequest>().as_ref().clone();
+    object.remove("required");
+    let reference = schema::<RequestRef>();
+    if let (Some(Value::Object(properties)), Some(Value::Object(id))) = (
+        object.get_mut("properties"),
+        reference
+            .get("properties")
+            .and_then(|p| p.get("request_id")),
+    ) {
+        let mut id = id.clone();
+        id.insert(
+            "description".into(),
+            json!(
+                "Instead of a request: the `request_id` of a request this session made \
+                 earlier, to run it once its approvals are in. Give it alone."
+            ),
+        );
+        properties.insert("request_id".into(), Value::Object(id));
+    }
     object.insert(
-        "anyOf".into(),
-        json!([
-            Value::Object(schema::<ExecutionRequest>().as_ref().clone()),
-            Value::Object(schema::<RequestRef>().as_ref().clone()),
-        ]),
+        "description".into(),
+        json!(
+            "Either a request (`operation`, `resource`, `params`, optional `justification`) \
+             or `request_id` alone."
+        ),
     );
     Arc::new(object)
+}
+
+/// The output schema of a tool that answers `T` or a refusal (`{"error": {"code",
+/// "message"}, "source", "http_status"}`, with `isError`): hosts check structured content
+/// against the output schema even for error results, so the schema admits both. The answer's
+/// `$defs` stay at the root, where its `$ref`s point.
+fn answer_or_refusal_schema<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
+    let mut answer = rmcp::handler::server::common::schema_for_output::<T>()
+        .as_ref()
+        .clone();
+    let mut root = JsonObject::new();
+    for hoisted in ["$schema", "$defs"] {
+        if let Some(value) = answer.remove(hoisted) {
+            root.insert(hoisted.into(), value);
+        }
+    }
+    let refusal = json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "The stable error code."},
+                    "message": {"type": "string"}
+                }
+            },
+            "source": {"type": "string", "enum": ["broker", "executor"]},
+            "http_status": {"type": "integer"}
+        }
+    });
+    root.insert("type".into(), json!("object"));
+    root.insert("anyOf".into(), json!([Value::Object(answer), refusal]));
+    Arc::new(root)
 }
 
 /// Tool arguments as `T`; anything else (an unknown field such as a certificate or a broker

@@ -85,7 +85,8 @@ class Client:
     """A client of the broker at ``broker`` (``https://host:port``) with the pinned root
     certificate ``ca`` (PEM path) and the caller's certificate chain and key (PEM paths)."""
 
-    def __init__(self, broker: str, ca: str, cert: str, key: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, broker: str, ca: str, cert: str, key: str, *, timeout: float = 30.0,
+                 execute_timeout: float = 600.0) -> None:
         self.broker = broker.rstrip("/")
         self._key_path = key
         with open(ca, "rb") as f:
@@ -96,7 +97,11 @@ class Client:
         # To executors: any server certificate that chains to the root.
         executor_context = ssl.create_default_context(cafile=ca)
         executor_context.load_cert_chain(cert, key)
-        self._executors = httpx.Client(verify=executor_context, timeout=timeout)
+        # An executor answers once the action has run: up to its longest action timeout (at
+        # most an hour) plus its checks. ``execute_timeout`` must cover that.
+        self._executors = httpx.Client(
+            verify=executor_context,
+            timeout=httpx.Timeout(timeout, read=execute_timeout, write=timeout))
 
     def close(self) -> None:
         self._http.close()
@@ -160,7 +165,17 @@ class Client:
         this client's certificate, which the token is bound to). Returns the executor's answer
         (``status``, the signed ``receipt``, ...); a refusal raises the exception of its code."""
         url = executor_url.rstrip("/") + "/v1/run"
-        response = self._executors.post(url, json={"token": token, "params": params})
+        try:
+            response = self._executors.post(url, json={"token": token, "params": params})
+        except httpx.ConnectError as e:
+            raise errors.from_answer(0, "executor_unreachable",
+                                     f"cannot reach the executor: {e}; the token was not "
+                                     "presented") from e
+        except httpx.TransportError as e:
+            raise errors.from_answer(0, "executor_unreachable",
+                                     f"no answer from the executor: {e!r}; it may have acted, "
+                                     "and the token is spent if it did (a retry cannot act "
+                                     "twice)") from e
         return _answer(response)
 
     # -- approvers ----------------------------------------------------------------------
@@ -212,8 +227,26 @@ class Client:
                 cause = cause.__cause__ or cause.__context__
             if cause is not None:
                 raise errors.ServerCertificateRefused(str(cause)) from e
-            raise
+            if _tls_failure(e):
+                # The broker's certificate does not chain to the pinned root (or the handshake
+                # failed): a configuration error, raised as the TLS stack reports it.
+                raise
+            raise errors.from_answer(0, "broker_unreachable",
+                                     f"cannot reach the broker at {self.broker}: {e}") from e
+        except httpx.TransportError as e:
+            raise errors.from_answer(0, "broker_unreachable",
+                                     f"no answer from the broker at {self.broker}: {e!r}") from e
         return _answer(response)
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Whether a connection failed in the TLS handshake rather than reaching the server."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class _RefusedServer(ssl.SSLError):

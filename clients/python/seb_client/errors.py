@@ -62,7 +62,8 @@ _DENY_CODES = [
 ]
 _UNAVAILABLE_CODES = [
     "hsm_unavailable", "audit_unavailable", "store_unavailable", "issuance_frozen",
-    "attestation_failed", "timeout", "broker_unavailable",
+    "attestation_failed", "timeout", "broker_unavailable", "broker_unreachable",
+    "executor_unreachable",
 ]
 _NOT_GRANTED_CODES = ["request_rejected", "request_expired", "request_denied", "issuance_failed"]
 

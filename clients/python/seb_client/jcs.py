@@ -98,10 +98,14 @@ def _write(out: list[str], value: Any, depth: int) -> None:
         if depth >= MAX_DEPTH:
             raise CanonicalError(f"nesting deeper than {MAX_DEPTH}")
         out.append("{")
-        # Members sorted by their names' UTF-16 code units (RFC 8785 section 3.2.3).
-        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be"))):
+        for key in value:
             if not isinstance(key, str):
                 raise CanonicalError("object keys must be strings")
+            # Checked before sorting: a lone surrogate has no UTF-16 form to sort by.
+            if any(0xD800 <= ord(ch) <= 0xDFFF for ch in key):
+                raise CanonicalError("lone surrogate in a member name")
+        # Members sorted by their names' UTF-16 code units (RFC 8785 section 3.2.3).
+        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be"))):
             if i:
                 out.append(",")
             _write_string(out, key)

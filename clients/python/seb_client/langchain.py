@@ -55,9 +55,14 @@ class SebExecuteTool(BaseTool):
         except SebError as e:
             raise ToolException(f"{e.code}: {e.message}") from e
         receipt = result.get("receipt", {}).get("body", {})
-        return json.dumps({"status": result.get("status"), "request_id": answer.request_id,
-                           "exit_code": receipt.get("exit_code"),
-                           "stdout": result.get("stdout", "")})
+        outcome = {"status": result.get("status"), "succeeded": result.get("succeeded"),
+                   "request_id": answer.request_id, "exit_code": receipt.get("exit_code"),
+                   "timed_out": receipt.get("timed_out"), "stdout": result.get("stdout", ""),
+                   "stderr": result.get("stderr", "")}
+        if result.get("succeeded") is False:
+            # It ran and failed: an error the model sees as one, with what the action said.
+            raise ToolException("action_failed: " + json.dumps(outcome))
+        return json.dumps(outcome)
 
 
 class SebGrantsTool(BaseTool):

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import approver, env, read
-from seb_client import Granted, Pending, errors, verify_token
+from seb_client import Client, Granted, Pending, errors, verify_token
 from seb_client.verify import TrustBundle
 
 
@@ -163,3 +163,11 @@ def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_reque
         assert seen == []
     finally:
         server.shutdown()
+
+
+def test_an_unreachable_broker_raises_a_typed_error():
+    with Client("https://127.0.0.1:1", env("SEB_ROOT"), env("SEB_AGENT_CERT"),
+                env("SEB_AGENT_KEY")) as nowhere:
+        with pytest.raises(errors.Unavailable) as raised:
+            nowhere.grants()
+    assert raised.value.code == "broker_unreachable"

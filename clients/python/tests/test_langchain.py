@@ -6,6 +6,7 @@ import os
 import uuid
 
 from conftest import env
+from seb_client import Client
 from seb_client.langchain import SebExecuteTool, SebGrantsTool, seb_tools
 
 
@@ -36,3 +37,29 @@ def test_the_grants_tool_lists_the_authority(agent):
     assert listed["frozen"] is False
     assert [g["operation"] for g in listed["grants"]] == ["demo.write", "demo.write",
                                                          "deploy.rollout", "demo.brief"]
+
+
+def test_an_unreachable_broker_or_executor_is_an_answer_not_a_crash(agent):
+    # Nothing listens on port 1: the model is told so and can re-plan.
+    with Client("https://127.0.0.1:1", env("SEB_ROOT"), env("SEB_AGENT_CERT"),
+                env("SEB_AGENT_KEY")) as nowhere:
+        for tool in seb_tools(nowhere, env("SEB_EXECUTOR_URL")):
+            args = {} if tool.name == "seb_grants" else {
+                "operation": "demo.write", "resource": "demo/files",
+                "params": {"name": "never.txt", "text": "x"}}
+            assert tool.invoke(args).startswith("broker_unreachable:")
+    tool = SebExecuteTool(client=agent, executor_url="https://127.0.0.1:1")
+    answer = tool.invoke({"operation": "demo.write", "resource": "demo/files",
+                          "params": {"name": "unrun.txt", "text": "x"}})
+    assert answer.startswith("executor_unreachable:")
+    assert not os.path.exists(os.path.join(env("SEB_OUT_DIR"), "unrun.txt"))
+
+
+def test_an_action_that_ran_and_failed_is_an_error_for_the_model(agent):
+    tool = SebExecuteTool(client=agent, executor_url=env("SEB_EXECUTOR_URL"))
+    # `seb demo-write` refuses a name that is not a plain file name: the action exits 1.
+    answer = tool.invoke({"operation": "demo.write", "resource": "demo/files",
+                          "params": {"name": "../escape.txt", "text": "x"}})
+    assert answer.startswith("action_failed: "), answer
+    outcome = json.loads(answer[len("action_failed: "):])
+    assert outcome["succeeded"] is False and outcome["exit_code"] == 1

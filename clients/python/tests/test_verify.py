@@ -134,6 +134,13 @@ def test_claims_are_checked_only_after_the_signature():
     assert verdict(case, token=truncated) == "bad_signature"
 
 
+def test_a_lone_surrogate_cannot_be_canonicalised_in_a_key_or_a_value():
+    from seb_client.jcs import CanonicalError
+    for value in ({"\ud800": 1}, {"a": "\udfff"}, ["\ud83d"]):
+        with pytest.raises(CanonicalError):
+            canonicalize(value)
+
+
 def test_jcs_known_answers():
     # RFC 8785 section 3.2.2 number serialisation and member ordering by UTF-16 code units.
     assert canonicalize([1.0, 1e21, 1e-7, 0.000001, -0.0, 333333333.33333329, 1e23]) == \
