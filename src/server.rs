@@ -379,8 +379,11 @@ async fn accept_connection(
 
 /// Admits a request to its route, or answers the refusal: the caller's rate limit (keyed on
 /// its key), then its whole path and role ([`Broker::authenticate`] with the route's
-/// [`Access`] from [`ROUTES`]). The handler gets the [`Caller`] as an extension. Runs on the
-/// async worker: the revocation lookups are indexed reads of a few pages, like the decision's.
+/// [`Access`] from [`ROUTES`]). The handler gets the [`Caller`] as an extension. With SQLite
+/// it runs on the async worker (the revocation lookups are indexed reads of a few local
+/// pages); with a shared PostgreSQL store they are network round trips that may wait for a
+/// connection, so they run on a blocking thread and a slow database holds that request only,
+/// never the worker the other connections need.
 async fn authorize(
     State(app): State<App>,
     mut req: Request<axum::body::Body>,
@@ -401,7 +404,18 @@ async fn authorize(
     if let Err(refused) = app.check_rate(&peer) {
         return refused.into_response();
     }
-    match app.broker.authenticate(peer, access, SystemTime::now()) {
+    let admitted = if matches!(
+        app.broker.config().store,
+        crate::config::StoreConfig::Postgres(_)
+    ) {
+        let broker = app.broker.clone();
+        tokio::task::spawn_blocking(move || broker.authenticate(peer, access, SystemTime::now()))
+            .await
+            .unwrap_or_else(|e| Err(BrokerError::Internal(format!("authentication task: {e}"))))
+    } else {
+        app.broker.authenticate(peer, access, SystemTime::now())
+    };
+    match admitted {
         Ok(caller) => {
             req.extensions_mut().insert(Arc::new(caller));
             next.run(req).await
