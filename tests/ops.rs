@@ -157,6 +157,12 @@ fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
         text.contains("status       issuer-revoked: CN=team CA above it is revoked"),
         "{text}"
     );
+    // Nor is anything renewed under the revoked CA, as nothing is issued under it.
+    assert_clean_failure(
+        &hsm.seb(&["cert", "renew", "--serial", &below_serial]),
+        "is revoked; nothing was issued",
+    );
+    assert_eq!(listed(&hsm, &[]).len(), 3, "nothing new was recorded");
 }
 
 #[test]

@@ -368,7 +368,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
 /// The issuing chain for `--issuer NAME` (validated against the root, so a tampered or
 /// foreign file in the trust directory cannot become an issuer), or just the root; with the
 /// issuing key's label.
-fn issuer_chain(
+pub(super) fn issuer_chain(
     config: &Config,
     issuer: Option<&str>,
     now: SystemTime,

@@ -205,10 +205,9 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     let now = SystemTime::now();
     let is_intermediate = record.issuer_label != config.keys.root;
     let issuer = is_intermediate.then_some(record.issuer_label.as_str());
-    let issuer_chain = config
-        .trust_dir()
-        .issuer_chain(issuer, now)
-        .map_err(|e| format!("the issuer {:?}: {e}", record.issuer_label))?;
+    // As for `cert issue`: nothing is signed under an intermediate that has expired or been
+    // revoked.
+    let (_, issuer_chain) = super::cert::issuer_chain(config, issuer, now)?;
     let backend = open_backend(config, Some(1))?;
     let signer =
         P384Signer::new(backend.as_ref(), &record.issuer_label).map_err(|e| -> CliError {
