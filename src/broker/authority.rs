@@ -101,12 +101,7 @@ impl Broker {
             .filter(|(_, facts)| facts.grants.is_some())
             .map(|(subject, _)| subject)
             .collect();
-        let chain_not_after = peer
-            .path
-            .iter()
-            .map(|c| c.not_after)
-            .min()
-            .unwrap_or(chain.leaf.not_after);
+        let chain_not_after = peer.path_not_after().unwrap_or(chain.leaf.not_after);
         let cap = authority.ttl_cap;
         Ok(AgentAuthority {
             subject: peer.subject.clone(),

@@ -104,6 +104,12 @@ impl Peer {
             .map_err(|e| BrokerError::Chain(e.clone()))
     }
 
+    /// When the first certificate of the caller's path expires (the leaf, or an intermediate
+    /// or the root above it that ends sooner): nothing bound to the caller may outlive it.
+    pub fn path_not_after(&self) -> Option<SystemTime> {
+        self.path.iter().map(|c| c.not_after).min()
+    }
+
     /// The serials of the caller's path, leaf first.
     pub fn serials(&self) -> impl Iterator<Item = &Serial> {
         self.path.iter().map(|c| &c.serial)

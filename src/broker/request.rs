@@ -286,7 +286,9 @@ impl Broker {
                 token_ttl: grant_ttl,
                 justification: request.justification.clone(),
                 agent_key: peer.key_id.clone(),
-                agent_not_after: chain.leaf.not_after,
+                // The whole path's: an approval later must not give a token past an
+                // intermediate that expired in between.
+                agent_not_after: peer.path_not_after().unwrap_or(chain.leaf.not_after),
                 expires_at,
             };
             let request_digest = record.request_digest.clone();
