@@ -291,6 +291,25 @@ pub struct AttestationConfig {
     /// How often the broker quotes itself and compares with the policy.
     #[serde(with = "duration_str", default = "default_attest_interval")]
     pub interval: Duration,
+    /// What a TPM reset or restart under the running broker does (its quotes' `resetCount` or
+    /// `restartCount` moved): `resume` fails that self-check (an `attestation_failed` audit
+    /// entry naming the reset) and goes on from the new counters, so a software or remote
+    /// TPM that restarts recovers; `stop` fails every check until `seb serve` restarts. With
+    /// a hardware TPM a reset is a reboot, which restarts the broker anyway: use `stop`, so a
+    /// process that reaches the TPM cannot reset it and replay the log to hide tampering.
+    #[serde(default)]
+    pub on_tpm_reset: OnTpmReset,
+}
+
+/// `[attestation] on_tpm_reset`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTpmReset {
+    /// Fail one self-check, then go on from the new counters.
+    #[default]
+    Resume,
+    /// Fail every self-check until the broker restarts.
+    Stop,
 }
 
 fn default_attest_interval() -> Duration {

@@ -43,6 +43,14 @@ pub struct AttestationState {
     interval: Duration,
     status: Mutex<Status>,
     turns: TpmTurns,
+    /// `resetCount` and `restartCount` of the good quotes since the broker started. They are
+    /// obfuscated by a per-key offset, but the offset is fixed for this AK, so any change means
+    /// the TPM was reset or restarted under the running broker. On real hardware that is a
+    /// reboot, which restarts the broker too; under a running broker it is also how a process
+    /// that reaches the TPM's controls brings tampered PCRs back to their expected values
+    /// (reset, then replay the log). What follows is `on_reset`'s.
+    boot_counters: Mutex<Option<(u32, u32)>>,
+    on_reset: crate::config::OnTpmReset,
 }
 
 impl std::fmt::Debug for AttestationState {
@@ -81,6 +89,8 @@ pub struct AttestationSetup {
     pub event_log: PathBuf,
     /// Self-check period.
     pub interval: Duration,
+    /// What a TPM reset under the running broker does.
+    pub on_reset: crate::config::OnTpmReset,
 }
 
 impl AttestationState {
@@ -97,6 +107,8 @@ impl AttestationState {
             interval: setup.interval,
             status: Mutex::new(Status::default()),
             turns: TpmTurns::default(),
+            boot_counters: Mutex::new(None),
+            on_reset: setup.on_reset,
         }
     }
 
@@ -146,6 +158,7 @@ impl AttestationState {
             tls_certificate,
             event_log: settings.event_log.clone(),
             interval: settings.interval,
+            on_reset: settings.on_tpm_reset,
         }))))
     }
 
@@ -315,6 +328,33 @@ impl AttestationState {
             ..evidence
         };
         let verified = verify_evidence(&evidence, &check).map_err(|e| e.to_string())?;
+        let counters = (verified.info.reset_count, verified.info.restart_count);
+        let mut first = self
+            .boot_counters
+            .lock()
+            .map_err(|_| "attestation state poisoned".to_owned())?;
+        match (*first, self.on_reset) {
+            (None, _) => *first = Some(counters),
+            (Some(seen), crate::config::OnTpmReset::Stop) if seen != counters => {
+                return Err(
+                    "the TPM was reset or restarted under the running broker (its resetCount or \
+                     restartCount changed): PCR values may have been replayed. Check the host, \
+                     then restart seb serve"
+                        .into(),
+                )
+            }
+            (Some(seen), crate::config::OnTpmReset::Resume) if seen != counters => {
+                // Logged as a failed check; the next one goes on from the new counters.
+                *first = Some(counters);
+                return Err(
+                    "the TPM was reset or restarted under the running broker (its resetCount or \
+                     restartCount changed); its PCRs are checked again from now on \
+                     (on_tpm_reset = \"resume\")"
+                        .into(),
+                );
+            }
+            (Some(_), _) => {}
+        }
         Ok(verified.info.pcr_digest)
     }
 
