@@ -647,6 +647,25 @@ fn forged_replayed_and_foreign_evidence_is_rejected() {
 #[test]
 fn broker_with_keys_in_the_tpm_issues_attested_tokens() {
     let s = setup(true);
+    // The AK must be a restricted signing key: one of the backend's own (unrestricted) key
+    // blobs put in its place would sign any digest, so any TPMS_ATTEST its holder wrote.
+    // Enrolling it is refused and nothing is certified.
+    let ak = s.hsm.path("state/attest/ak.tpmkey");
+    let aside = s.hsm.path("ak.aside");
+    std::fs::rename(&ak, &aside).unwrap();
+    let token_blob = std::fs::read_dir(s.hsm.path("state/tpm-keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("token"))
+        .expect("the token key's blob");
+    std::fs::copy(&token_blob, &ak).unwrap();
+    let before = std::fs::read(s.hsm.trust("ak.pem")).unwrap();
+    common::assert_clean_failure(
+        &s.hsm.seb(&["attest", "enroll"]),
+        "not an attestation key: it is not restricted",
+    );
+    assert_eq!(std::fs::read(s.hsm.trust("ak.pem")).unwrap(), before);
+    std::fs::rename(&aside, &ak).unwrap();
     let keys = s.hsm.seb_ok(&["keys"]);
     assert!(keys.contains("tpm swtpm:"), "{keys}");
     assert_eq!(keys.matches(" extractable=false").count(), 4, "{keys}");

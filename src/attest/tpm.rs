@@ -54,6 +54,25 @@ pub struct TpmAttestor {
     ak: Arc<KeyBlobHolder>,
 }
 
+/// Whether a key's public area is an attestation key's: a restricted signing key (it signs
+/// only what the TPM generated, such as quotes, never a digest handed to it, so it cannot sign
+/// a forged quote), made in this TPM and bound to it (fixedTPM, fixedParent,
+/// sensitiveDataOrigin), not a decryption key. Any other key the root would certify as the AK
+/// could sign any TPMS_ATTEST its holder wrote.
+fn is_attestation_key(public: &tss_esapi::structures::Public) -> Result<(), &'static str> {
+    let a = public.object_attributes();
+    if !a.sign_encrypt() || a.decrypt() {
+        return Err("it is not a signing-only key");
+    }
+    if !a.restricted() {
+        return Err("it is not restricted, so it would sign any digest, including a forged quote");
+    }
+    if !(a.fixed_tpm() && a.fixed_parent() && a.sensitive_data_origin()) {
+        return Err("it was not generated in this TPM and bound to it");
+    }
+    Ok(())
+}
+
 /// The AK blob (opaque outside this module).
 pub struct KeyBlobHolder(KeyBlob);
 
@@ -76,6 +95,15 @@ impl TpmAttestor {
             what: format!("attestation key blob {}", ak_path.display()),
             reason,
         })?;
+        if let Err(reason) = is_attestation_key(&blob.public) {
+            return Err(AttestError::File {
+                what: format!("attestation key blob {}", ak_path.display()),
+                reason: format!(
+                    "not an attestation key: {reason}. Remove it and run `seb attest enroll` to \
+                     create one"
+                ),
+            });
+        }
         Ok(Self {
             tpm,
             ak: Arc::new(KeyBlobHolder(blob)),
