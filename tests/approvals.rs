@@ -92,9 +92,10 @@ fn code(r: &ApiResponse) -> &str {
         .unwrap_or_else(|| panic!("no error code in {} {}", r.status, r.text))
 }
 
+/// The thumbprint of `who`'s certificate (the leaf of its chain file).
 fn thumbprint(who: &Identity) -> String {
-    let cert = Certificate::parse(&std::fs::read(&who.cert).unwrap()).unwrap();
-    seb::base64url::encode(&cert.thumbprint_sha256().unwrap())
+    let chain = Certificate::parse_pem_chain(&std::fs::read(&who.cert).unwrap()).unwrap();
+    seb::base64url::encode(&chain[0].thumbprint_sha256().unwrap())
 }
 
 /// `who` signs `decision` over `digest` for `agent`'s request with its own key.
@@ -416,6 +417,101 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
             && e["cert"]["subject"] == "CN=deploy-bot"),
         "{granted:#?}"
     );
+}
+
+/// An intermediate delegated to issue approvers (`issue-ca --roles agent,approver`) can give
+/// them any group. Its approvers decide for agents below it only: a request of the root's own
+/// agent is refused to them (and not listed for them), one of the team's agents is theirs.
+#[test]
+fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
+    let s = setup("");
+    let team_grants = s.hsm.grants_file("team.toml", GRANTS);
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "team",
+        "--subject",
+        "CN=team CA",
+        "--grants",
+        &team_grants,
+        "--roles",
+        "agent,approver",
+        "--ttl",
+        "60d",
+        "--out",
+        s.hsm.path("team.pem").to_str().unwrap(),
+    ]);
+    let member = |name: &str| {
+        s.hsm.identity(
+            name,
+            &format!("CN={name}"),
+            "approver",
+            &["--group", "sre-leads", "--issuer", "team"],
+        )
+    };
+    let (tina, tom) = (member("tina"), member("tom"));
+
+    // The root's agent: the team's approvers may neither decide nor see the request.
+    let (id, digest) = ask(&s, 21);
+    for who in [&tina, &tom] {
+        let r = decide(&s, who, &id, Decision::Approve, &digest);
+        assert_eq!(
+            (r.status, code(&r)),
+            (403, "approver_out_of_scope"),
+            "{}",
+            r.text
+        );
+        assert!(r.text.contains("CN=team CA"), "{}", r.text);
+        let listed = call(&s, who, "GET", "/v1/executions?status=pending", None);
+        assert_eq!(listed.status, 200, "{}", listed.text);
+        assert!(
+            listed.body["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["request_id"] != id.as_str()),
+            "{}",
+            listed.text
+        );
+    }
+    let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(status.body["approvals"], json!([]), "{}", status.text);
+    // The root's approvers decide it.
+    decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "granted", "{}", r.text);
+
+    // An agent under the team: the team's approvers decide its requests.
+    let team_agent = s.hsm.identity(
+        "team-bot",
+        "CN=team-bot",
+        "agent",
+        &["--grants", &team_grants, "--issuer", "team"],
+    );
+    let r = call(
+        &s,
+        &team_agent,
+        "POST",
+        "/v1/executions",
+        Some(&migrate(22)),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.body["request_id"].as_str().unwrap().to_owned();
+    let digest = r.body["request_digest"].as_str().unwrap().to_owned();
+    let mut last = None;
+    for who in [&tina, &tom] {
+        let sig = signature(who, Decision::Approve, &digest, &thumbprint(&team_agent));
+        last = Some(call(
+            &s,
+            who,
+            "POST",
+            &format!("/v1/executions/{id}/approvals"),
+            Some(&json!({"decision": "approve", "signature": sig})),
+        ));
+    }
+    let r = last.unwrap();
+    assert_eq!(r.body["status"], "granted", "{}", r.text);
 }
 
 #[test]

@@ -164,7 +164,9 @@ impl Broker {
             .map_err(BrokerError::Store)?;
         let mut out = Vec::new();
         for (record, pending) in open {
-            if !role.groups.contains(&pending.group) {
+            if !role.groups.contains(&pending.group)
+                || outside_scope(caller.peer(), &record.agent_serials).is_some()
+            {
                 continue;
             }
             let approvals = self
@@ -264,6 +266,9 @@ impl Broker {
             || peer.key_id == pending.agent_key
         {
             return Err(BrokerError::SelfApproval);
+        }
+        if let Some(intermediate) = outside_scope(peer, &record.agent_serials) {
+            return Err(BrokerError::ApproverOutOfScope { intermediate });
         }
         let signature = base64url::decode(&body.signature)
             .ok_or(BrokerError::BadApprovalSignature("not base64url"))?;
@@ -571,6 +576,21 @@ fn approver_role<'p>(peer: &'p Peer, action: &'static str) -> Result<&'p Role, B
             action,
         }),
     }
+}
+
+/// The first intermediate above the approver `peer` that is not on the requesting agent's
+/// path (`agent_serials`), by subject. An intermediate delegated to issue approvers (`issue-ca
+/// --roles approver`) could otherwise mint approvers for any group, and so approve requests
+/// of agents it has no authority over: its approvers decide for agents below it only. The
+/// root's approvers decide for everyone.
+fn outside_scope(peer: &Peer, agent_serials: &[crate::serial::Serial]) -> Option<String> {
+    let below_root = peer.path.len().saturating_sub(1);
+    peer.path
+        .iter()
+        .take(below_root)
+        .skip(1)
+        .find(|ca| !agent_serials.contains(&ca.serial))
+        .map(|ca| ca.subject.clone())
 }
 
 fn denied(code: DenyCode, reason: &str) -> BrokerError {

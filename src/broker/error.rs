@@ -101,6 +101,15 @@ pub enum BrokerError {
     /// The approver is the requester (same certificate, key or subject).
     #[error("the requester cannot approve its own request")]
     SelfApproval,
+    /// The approver was issued under an intermediate the requesting agent is not under: a CA
+    /// delegated to issue approvers decides for its own agents only.
+    #[error(
+        "this approver was issued under the intermediate {intermediate:?}, which the requesting agent is not under: approvers from an intermediate decide only on requests of agents below that intermediate"
+    )]
+    ApproverOutOfScope {
+        /// Subject of the approver's intermediate the agent's path lacks.
+        intermediate: String,
+    },
     /// This approver already decided on the request; it counts once.
     #[error("this approver has already decided on the request; it counts once")]
     DuplicateApproval,
@@ -193,6 +202,9 @@ impl BrokerError {
                 (403, "wrong_approval_group", self.to_string())
             }
             BrokerError::SelfApproval => (403, "self_approval", self.to_string()),
+            BrokerError::ApproverOutOfScope { .. } => {
+                (403, "approver_out_of_scope", self.to_string())
+            }
             BrokerError::DuplicateApproval => (409, "duplicate_approval", self.to_string()),
             BrokerError::BadApprovalSignature(_) => {
                 (400, "bad_approval_signature", self.to_string())
