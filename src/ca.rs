@@ -334,6 +334,27 @@ pub fn issue_leaf_serving(
             "only executor certificates serve HTTPS (--tls-name)".into(),
         ));
     }
+    // The subject is the holder's name in every log, audit entry and approval screen: one with
+    // a CN, as `seb keygen` writes, and never a CA's own name (a leaf named like its issuer is
+    // how a certificate passes itself off as the CA in a human's eyes).
+    let subject_text = request.subject.to_string();
+    let subject_err = |reason: &str| CaError::Subject {
+        subject: subject_text.clone(),
+        reason: reason.to_owned(),
+    };
+    if !request.subject.iter().any(|atv| atv.oid == COMMON_NAME) {
+        return Err(subject_err(
+            "the CSR's subject has no common name (CN=...); make the CSR with `seb keygen --subject \"CN=...\"`",
+        ));
+    }
+    if issuer_chain
+        .iter()
+        .any(|ca| ca.tbs().subject() == &request.subject)
+    {
+        return Err(subject_err(
+            "the CSR's subject is the name of a CA on the issuing chain",
+        ));
+    }
     if request.ttl > max_ttl {
         return Err(CaError::Validity(format!(
             "requested {} but the CA issues at most {}",

@@ -61,6 +61,27 @@ fn init_keys_are_sensitive_and_never_extractable() {
     assert!(!text.contains("decrypt"), "keys may only sign:\n{text}");
 }
 
+/// A configuration mistake in a name is found before any key is made: the token is left as
+/// it was, and init can run again once the configuration is fixed.
+#[test]
+fn a_bad_subject_in_the_configuration_stops_init_before_any_key_exists() {
+    let hsm = Hsm::provision();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        config.replacen("broker_id = \"seb-dev\"", "broker_id = \"seb,dev\"", 1),
+    )
+    .unwrap();
+    assert_clean_failure(&hsm.seb(&["init"]), "broker_id \"seb,dev\"");
+    assert!(
+        !hsm.pkcs11_private_keys().contains("seb-"),
+        "no key was generated: {}",
+        hsm.pkcs11_private_keys()
+    );
+    std::fs::write(hsm.config(), config).unwrap();
+    hsm.seb_ok(&["init"]);
+}
+
 #[test]
 fn init_twice_refuses_and_changes_nothing() {
     let hsm = Hsm::initialised();
@@ -382,6 +403,117 @@ fn bad_csrs_are_refused_cleanly() {
     std::fs::write(&bad, &tampered).unwrap();
     assert_clean_failure(&issue(&bad), "signature does not verify");
     assert!(!hsm.path("x.pem").exists(), "no certificate was written");
+
+    // CSRs openssl makes with an empty subject, or with the root's own name.
+    let key = hsm.path("o.key");
+    let root_subject = {
+        let (ok, text) = openssl(
+            &[
+                "x509",
+                "-in",
+                hsm.trust("root.pem").to_str().unwrap(),
+                "-noout",
+                "-subject",
+                "-nameopt",
+                "compat",
+            ],
+            hsm.dir.path(),
+        );
+        assert!(ok, "{text}");
+        text.trim().trim_start_matches("subject=").to_owned()
+    };
+    for (name, subject, refusal) in [
+        ("empty", "/".to_owned(), "has no common name"),
+        ("no-cn", "/O=payments".to_owned(), "has no common name"),
+        (
+            "root-name",
+            root_subject,
+            "is the name of a CA on the issuing chain",
+        ),
+    ] {
+        let csr = hsm.path(&format!("{name}.csr"));
+        let (ok, text) = openssl(
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-subj",
+                &subject,
+                "-out",
+                csr.to_str().unwrap(),
+            ],
+            hsm.dir.path(),
+        );
+        assert!(ok, "{text}");
+        assert_clean_failure(&issue(&csr), refusal);
+        assert!(
+            !hsm.path("x.pem").exists(),
+            "{name}: no certificate was written"
+        );
+    }
+}
+
+/// A serial no CRL can carry is refused at revocation: once stored, every later CRL of the
+/// issuer would fail. `unspecified` is left out of the CRL entry (RFC 5280 §5.3.1), and
+/// `ca-compromise` is a reason for an intermediate.
+#[test]
+fn revocations_keep_every_crl_encodable_and_reasons_as_rfc_5280_says() {
+    let hsm = Hsm::initialised();
+    let dir = hsm.dir.path();
+    let too_long = format!("80{}", "11".repeat(19));
+    let out = hsm.seb(&["cert", "revoke", "--serial", &too_long, "--unknown"]);
+    assert_clean_failure(&out, "needs more than 20 octets");
+    let grants = write_grants(&hsm, GRANTS);
+    let plain = hsm.issue("plain", "CN=plain-bot", "agent", &["--grants", &grants]);
+    let plain_serial = Certificate::parse(&std::fs::read(&plain).unwrap())
+        .unwrap()
+        .serial_hex();
+    hsm.seb_ok(&["cert", "revoke", "--serial", &plain_serial]);
+    let ca = hsm.path("team.pem");
+    hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "team",
+        "--subject",
+        "CN=team CA",
+        "--ttl",
+        "60d",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    let ca_serial =
+        Certificate::parse_pem_chain(&std::fs::read(&ca).unwrap()).unwrap()[0].serial_hex();
+    hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &ca_serial,
+        "--reason",
+        "ca-compromise",
+    ]);
+    let crl_pem = hsm.path("crl.pem");
+    hsm.seb_ok(&["crl", "--out", crl_pem.to_str().unwrap()]);
+    let (ok, text) = openssl(
+        &["crl", "-in", crl_pem.to_str().unwrap(), "-noout", "-text"],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let entry = |serial: &str| {
+        let start = text
+            .find(&format!("Serial Number: {serial}"))
+            .unwrap_or_else(|| panic!("{serial} in {text}"));
+        let rest = &text[start + 10..];
+        rest[..rest.find("Serial Number:").unwrap_or(rest.len())].to_owned()
+    };
+    assert!(!entry(&plain_serial).contains("Reason Code"), "{text}");
+    assert!(entry(&ca_serial).contains("CA Compromise"), "{text}");
 }
 
 #[test]

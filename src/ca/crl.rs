@@ -35,6 +35,8 @@ pub enum Reason {
     Unspecified,
     /// The subject's private key is believed compromised.
     KeyCompromise,
+    /// A CA's private key is believed compromised (for an intermediate).
+    CaCompromise,
     /// The subject changed role or organisation.
     AffiliationChanged,
     /// Replaced by a new certificate.
@@ -47,9 +49,10 @@ pub enum Reason {
 
 impl Reason {
     /// All accepted reasons with their command-line spelling.
-    pub const ALL: [(&'static str, Reason); 6] = [
+    pub const ALL: [(&'static str, Reason); 7] = [
         ("unspecified", Reason::Unspecified),
         ("key-compromise", Reason::KeyCompromise),
+        ("ca-compromise", Reason::CaCompromise),
         ("affiliation-changed", Reason::AffiliationChanged),
         ("superseded", Reason::Superseded),
         ("cessation-of-operation", Reason::CessationOfOperation),
@@ -73,6 +76,7 @@ impl Reason {
         match self {
             Reason::Unspecified => CrlReason::Unspecified,
             Reason::KeyCompromise => CrlReason::KeyCompromise,
+            Reason::CaCompromise => CrlReason::CaCompromise,
             Reason::AffiliationChanged => CrlReason::AffiliationChanged,
             Reason::Superseded => CrlReason::Superseded,
             Reason::CessationOfOperation => CrlReason::CessationOfOperation,
@@ -109,13 +113,18 @@ pub fn sign(
         .and_then(|t| Time::try_from(t).map_err(|e| CaError::Validity(e.to_string())))?;
     let mut entries = Vec::with_capacity(revoked.len());
     for r in revoked {
-        let reason = r.reason.code();
-        let ext = reason.to_extension(issuer.tbs().subject(), &[])?;
+        // RFC 5280 §5.3.1: reasonCode unspecified SHOULD be absent rather than stated.
+        let extensions = match r.reason {
+            Reason::Unspecified => None,
+            reason => Some(vec![reason
+                .code()
+                .to_extension(issuer.tbs().subject(), &[])?]),
+        };
         entries.push(RevokedCert {
             serial_number: SerialNumber::new(r.serial.as_bytes())?,
             revocation_date: Time::try_from(r.revoked_at)
                 .map_err(|e| CaError::Validity(e.to_string()))?,
-            crl_entry_extensions: Some(vec![ext]),
+            crl_entry_extensions: extensions,
         });
     }
     let issuer_name = issuer.tbs().subject().clone();

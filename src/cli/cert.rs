@@ -154,7 +154,8 @@ pub struct RevokeArgs {
     /// it: either case, colons, leading zeros (a `00` sign byte) and `0x` are all accepted.
     #[arg(long)]
     serial: String,
-    /// unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation,
+    /// unspecified (no reasonCode in the CRL), key-compromise, ca-compromise (an intermediate),
+    /// affiliation-changed, superseded, cessation-of-operation,
     /// privilege-withdrawn.
     #[arg(long, default_value = "unspecified")]
     reason: String,
@@ -455,6 +456,19 @@ fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError>
 
 fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let serial = Serial::parse(&args.serial)?;
+    // A CRL must be able to list it, or every CRL of its issuer would fail from now on: twenty
+    // octets with the top bit set take a sign byte more as a DER INTEGER, past RFC 5280's 20.
+    if x509_cert::serial_number::SerialNumber::<x509_cert::certificate::Rfc5280>::new(
+        serial.as_bytes(),
+    )
+    .is_err()
+    {
+        return Err(format!(
+            "serial {serial} needs more than 20 octets as a DER INTEGER (RFC 5280 §4.1.2.2): no \
+             CRL can list it, and no certificate of a conforming CA carries it; nothing changed"
+        )
+        .into());
+    }
     let reason = Reason::parse(&args.reason).ok_or_else(|| {
         let names: Vec<&str> = Reason::ALL.iter().map(|(n, _)| *n).collect();
         format!(

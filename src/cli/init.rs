@@ -52,6 +52,19 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
         .into());
     }
 
+    // Every name the certificates will carry, before any key exists: a configuration mistake
+    // (a comma in broker_id, a root subject without CN) must not leave keys on the token and
+    // no certificates, which init could not resume.
+    let root_subject = ca::parse_subject(&config.ca.root_subject)
+        .map_err(|e| format!("[ca] root_subject {:?}: {e}", config.ca.root_subject))?;
+    for cn in ["token signer", "audit signer", "broker"] {
+        ca::parse_subject(&format!("CN={} {cn},O=seb", config.broker_id)).map_err(|e| {
+            format!(
+                "broker_id {:?} does not fit a subject name: {e}",
+                config.broker_id
+            )
+        })?;
+    }
     // The store's schema (the shared PostgreSQL database, or seb.db), before any key exists:
     // a database that cannot be reached stops init with nothing generated.
     drop(super::create_store(config)?);
@@ -60,7 +73,6 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     }
     let now = SystemTime::now();
     let root_signer = P384Signer::new(backend.as_ref(), &labels.root)?;
-    let root_subject = ca::parse_subject(&config.ca.root_subject)?;
     let root = ca::self_signed_root(&root_signer, &root_subject, config.ca.root_validity, now)?;
 
     let service = |label: &str, cn: &str, kind: CertKind| -> Result<_, super::CliError> {
