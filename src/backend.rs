@@ -196,11 +196,14 @@ pub enum BackendError {
         /// The configured label.
         label: String,
     },
-    /// Login was refused because the PIN is wrong.
-    #[error("the HSM refused the user PIN")]
+    /// Login was refused because the PIN is wrong. The process does not offer it again.
+    #[error(
+        "the HSM refused the user PIN; seb does not try it again (HSMs lock the PIN after a few \
+         failures): fix the PIN, then start seb again"
+    )]
     PinIncorrect,
     /// The PIN is locked after too many failures.
-    #[error("the HSM user PIN is locked")]
+    #[error("the HSM user PIN is locked: the security officer must unlock or reset it")]
     PinLocked,
     /// The PIN could not be read from its configured source.
     #[error("cannot read the HSM PIN: {reason}")]

@@ -164,12 +164,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
+            let mut pin_refused = is_pin_refusal(err.as_ref());
             let mut source = std::error::Error::source(err.as_ref());
             while let Some(cause) = source {
                 eprintln!("  caused by: {cause}");
+                pin_refused |= is_pin_refusal(cause);
                 source = cause.source();
             }
-            ExitCode::FAILURE
+            if pin_refused {
+                // EX_CONFIG: deploy/seb.service does not restart on it, so a wrong PIN is not
+                // offered to the HSM again every few seconds until the HSM locks it.
+                ExitCode::from(PIN_REFUSED_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Exit status when the HSM refused the PIN (sysexits EX_CONFIG).
+const PIN_REFUSED_EXIT: u8 = 78;
+
+fn is_pin_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<seb::backend::BackendError>(),
+        Some(seb::backend::BackendError::PinIncorrect | seb::backend::BackendError::PinLocked)
+    )
 }

@@ -597,7 +597,20 @@ fn device_and_config_problems_are_clear_errors() {
     let config = std::fs::read_to_string(hsm.config()).unwrap();
 
     std::fs::write(hsm.path("user.pin"), "0000-wrong\n").unwrap();
-    assert_clean_failure(&hsm.seb(&["init"]), "refused the user PIN");
+    let refused = hsm.seb(&["init"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused the user PIN") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // Its own exit status (EX_CONFIG), which deploy/seb.service does not restart on: a wrong
+    // PIN offered again every few seconds would lock it on a real HSM.
+    assert_eq!(refused.status.code(), Some(78), "{refused:?}");
+    assert!(
+        std::fs::read_to_string(common::repo().join("deploy/seb.service"))
+            .unwrap()
+            .contains("RestartPreventExitStatus=78")
+    );
 
     let other_dir = tempfile::tempdir().unwrap();
     let write = |text: String| {

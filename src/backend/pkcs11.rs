@@ -75,6 +75,17 @@ pub struct Pkcs11Backend {
     settings: Pkcs11Settings,
     device: RwLock<Option<Arc<Device>>>,
     generation: Mutex<u64>,
+    /// Set once the device refused the PIN (wrong or locked): it is never offered again by
+    /// this process. Many HSMs lock the user PIN after a few failures, and a broker that
+    /// logged in again on every request after a reconnect would lock it within seconds.
+    pin_refused: Mutex<Option<PinRefusal>>,
+}
+
+/// Why the device refused the PIN.
+#[derive(Clone, Copy, Debug)]
+enum PinRefusal {
+    Incorrect,
+    Locked,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -92,6 +103,7 @@ impl Pkcs11Backend {
             settings,
             device: RwLock::new(None),
             generation: Mutex::new(0),
+            pin_refused: Mutex::new(None),
         };
         backend.device()?;
         Ok(backend)
@@ -143,12 +155,29 @@ impl Pkcs11Backend {
         if let Some(device) = slot.as_ref() {
             return Ok(device.clone());
         }
+        let mut refused = self.pin_refused.lock().map_err(|_| poisoned())?;
+        match *refused {
+            Some(PinRefusal::Incorrect) => return Err(BackendError::PinIncorrect),
+            Some(PinRefusal::Locked) => return Err(BackendError::PinLocked),
+            None => {}
+        }
         let generation = {
             let mut g = self.generation.lock().map_err(|_| poisoned())?;
             *g += 1;
             *g
         };
-        let device = Arc::new(Device::connect(&self.settings, generation)?);
+        let device = match Device::connect(&self.settings, generation) {
+            Ok(device) => Arc::new(device),
+            Err(e) => {
+                *refused = match e {
+                    BackendError::PinIncorrect => Some(PinRefusal::Incorrect),
+                    BackendError::PinLocked => Some(PinRefusal::Locked),
+                    _ => None,
+                };
+                return Err(e);
+            }
+        };
+        drop(refused);
         *slot = Some(device.clone());
         Ok(device)
     }
