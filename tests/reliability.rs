@@ -373,6 +373,22 @@ fn swtpm_killed_and_restarted(tpm_backend: bool) {
             "{o:?}"
         );
     }
+    // The restarted swtpm came back with TPM2_Startup(CLEAR): its reset counter moved, which
+    // the broker (on_tpm_reset = "resume", the default) logged as a failed check naming the
+    // reset before it went on.
+    {
+        use seb::store::Store;
+        let failures = seb::store::sqlite::SqliteStore::open(&hsm.path("state"))
+            .unwrap()
+            .events("attestation_failed")
+            .unwrap();
+        assert!(
+            failures
+                .iter()
+                .any(|(_, detail)| detail.contains("reset or restarted")),
+            "{failures:?}"
+        );
+    }
     let tokens = tokens_of(&outcomes);
     let entries = every_token_is_in_the_verified_log(&hsm, &broker, &agents[0], &tokens);
     figure(&format!("{name} requests"), outcomes.len());

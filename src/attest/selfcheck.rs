@@ -166,12 +166,19 @@ impl AttestationState {
     /// blocks). Every change between passing and failing is recorded durably in the store's
     /// event record (`attestation_failed` with the reason, `attestation_restored`).
     pub fn start_self_check(self: Arc<Self>, store: Arc<dyn Store>) {
-        let record = move |previous: Option<bool>, outcome: &Result<(), String>| {
+        // A failure is recorded when it starts and again whenever its reason changes (the TPM
+        // unreachable, then back but reset: both are worth a line in the log).
+        let mut recorded_reason: Option<String> = None;
+        let mut record = move |previous: Option<bool>, outcome: &Result<(), String>| {
             let (kind, detail) = match (previous, outcome) {
                 (Some(false), Ok(())) => ("attestation_restored", String::new()),
                 (None | Some(true), Err(reason)) => ("attestation_failed", reason.clone()),
+                (Some(false), Err(reason)) if recorded_reason.as_ref() != Some(reason) => {
+                    ("attestation_failed", reason.clone())
+                }
                 _ => return,
             };
+            recorded_reason = outcome.as_ref().err().cloned();
             if let Err(e) = store.record_event(kind, &detail, SystemTime::now()) {
                 tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
             }
