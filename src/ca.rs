@@ -487,6 +487,12 @@ fn signer_spki(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, CaErr
         .map_err(|e| CaError::Encoding(e.to_string()))
 }
 
+/// Checks that `names` can be written as subjectAltName entries (IP addresses, or DNS names
+/// in IA5), before anything is generated for them.
+pub fn check_tls_names(names: &[String]) -> Result<(), CaError> {
+    subject_alt_names(names).map(|_| ())
+}
+
 fn subject_alt_names(names: &[String]) -> Result<Extension, CaError> {
     use x509_cert::ext::pkix::SubjectAltName;
     let mut general = Vec::new();

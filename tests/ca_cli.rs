@@ -78,6 +78,18 @@ fn a_bad_subject_in_the_configuration_stops_init_before_any_key_exists() {
         "no key was generated: {}",
         hsm.pkcs11_private_keys()
     );
+    // A TLS name that is neither an IP address nor an ASCII DNS name, the same.
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[ca]\ntls_names = [\"127.0.0.1\", \"bröker.example\"]\n"),
+    )
+    .unwrap();
+    assert_clean_failure(&hsm.seb(&["init"]), "tls_names");
+    assert!(
+        !hsm.pkcs11_private_keys().contains("seb-"),
+        "no key was generated: {}",
+        hsm.pkcs11_private_keys()
+    );
     std::fs::write(hsm.config(), config).unwrap();
     hsm.seb_ok(&["init"]);
 }

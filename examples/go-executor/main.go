@@ -260,9 +260,11 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// 3. The token, offline.
-	claims, err := verifyToken(token, e.current.Load(), time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
+	used := e.current.Load()
+	claims, err := verifyToken(token, used, time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
 	var unknown *refusal
-	if errors.As(err, &unknown) && unknown.Code == "unknown_key" && e.refreshTrust() {
+	// Once more with a newer bundle: one another request fetched meanwhile, or one fetched now.
+	if errors.As(err, &unknown) && unknown.Code == "unknown_key" && (e.current.Load() != used || e.refreshTrust()) {
 		// The broker may have re-keyed (seb rotate token): once more, with its bundle now.
 		claims, err = verifyToken(token, e.current.Load(), time.Now(), e.brokerID, atomic.LoadInt64(&e.minEpoch), agent, e.approvers)
 	}

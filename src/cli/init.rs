@@ -57,6 +57,8 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     // no certificates, which init could not resume.
     let root_subject = ca::parse_subject(&config.ca.root_subject)
         .map_err(|e| format!("[ca] root_subject {:?}: {e}", config.ca.root_subject))?;
+    ca::check_tls_names(&config.ca.tls_names)
+        .map_err(|e| format!("[ca] tls_names {:?}: {e}", config.ca.tls_names))?;
     for cn in ["token signer", "audit signer", "broker"] {
         ca::parse_subject(&format!("CN={} {cn},O=seb", config.broker_id)).map_err(|e| {
             format!(

@@ -146,10 +146,20 @@ impl PgStore {
         let version = if migrate {
             schema::migrate(&mut first)
         } else {
-            first
-                .db()
-                .query_opt("SELECT version FROM seb_schema", &[])
-                .map(|r| r.map_or(0, |r| r.get(0)))
+            let mut db = first.db();
+            // An empty database is version 0 (run `seb migrate`), not a missing-table error.
+            db.exists(
+                "SELECT 1 FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'seb_schema'",
+                &[],
+            )
+            .and_then(|exists| {
+                if !exists {
+                    return Ok(0);
+                }
+                db.query_opt("SELECT version FROM seb_schema", &[])
+                    .map(|r| r.map_or(0, |r| r.get(0)))
+            })
         }
         .map_err(|e| open_err(Box::new(e)))?;
         if !migrate && version != schema::VERSION {

@@ -167,9 +167,13 @@ class Client:
         url = executor_url.rstrip("/") + "/v1/run"
         try:
             response = self._executors.post(url, json={"token": token, "params": params})
-        except httpx.ConnectError as e:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            if _tls_failure(e):
+                # The executor's certificate does not chain to the root: a configuration
+                # error, raised as the TLS stack reports it.
+                raise
             raise errors.from_answer(0, "executor_unreachable",
-                                     f"cannot reach the executor: {e}; the token was not "
+                                     f"cannot reach the executor: {e!r}; the token was not "
                                      "presented") from e
         except httpx.TransportError as e:
             raise errors.from_answer(0, "executor_unreachable",
