@@ -110,7 +110,6 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
     let store = open_store(config)?;
     let revocations = store.revocations()?;
     let now = SystemTime::now();
-    let trust = config.trust_dir();
     // Per issuing CA: the revoked CA above its certificates, if any.
     let mut revoked_above: HashMap<String, Option<String>> = HashMap::new();
     let mut rows = Vec::new();
@@ -131,15 +130,7 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
         let issuer_revoked = revoked_above
             .entry(record.issuer_label.clone())
             .or_insert_with(|| {
-                let mut issuers = if record.issuer_label == config.keys.root {
-                    Vec::new()
-                } else {
-                    trust
-                        .issuer_chain(Some(&record.issuer_label), now)
-                        .unwrap_or_default()
-                };
-                issuers.pop(); // the root
-                revoked_issuer(&issuers, &revocations)
+                revoked_issuer(&issuer_chain_below_root(config, &record, now), &revocations)
             })
             .clone();
         let status =

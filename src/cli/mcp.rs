@@ -353,25 +353,16 @@ impl SebMcp {
         match tokio::time::timeout(self.execute_timeout, call).await {
             Ok(Ok(r)) if r.status == 200 => {
                 let mut value = r.body;
-                let failed = value["succeeded"] == false;
+                let failure = super::request::action_failure(&value);
                 if let Some(object) = value.as_object_mut() {
                     object.insert("request_id".into(), Value::String(id));
                 }
-                if !failed {
+                let Some(failure) = failure else {
                     return Outcome::Ok(value, None);
-                }
+                };
                 // It ran and failed: an error result the model must not take for success, with
                 // the receipt (evidence of what ran) kept beside the code.
-                let receipt = &value["receipt"]["body"];
-                let message = format!(
-                    "the action ran and failed: exit status {}{}; the token is spent",
-                    receipt["exit_code"],
-                    if receipt["timed_out"] == true {
-                        " (killed on its timeout)"
-                    } else {
-                        ""
-                    }
-                );
+                let message = format!("{failure}; the token is spent");
                 value["error"] = json!({"code": "action_failed", "message": message});
                 value["source"] = json!("executor");
                 Outcome::Refused(value)

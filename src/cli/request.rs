@@ -178,17 +178,8 @@ fn execute(
         .map_err(|e| format!("cannot reach the executor at {url}: {e}"))?;
     say!("{}", answer.text);
     Ok(if answer.status == 200 {
-        if answer.body["succeeded"] == false {
-            let receipt = &answer.body["receipt"]["body"];
-            eprintln!(
-                "the action ran and failed: exit status {}{}",
-                receipt["exit_code"],
-                if receipt["timed_out"] == true {
-                    " (killed on its timeout)"
-                } else {
-                    ""
-                }
-            );
+        if let Some(failure) = action_failure(&answer.body) {
+            eprintln!("{failure}");
             return Ok(std::process::ExitCode::FAILURE);
         }
         std::process::ExitCode::SUCCESS
@@ -199,4 +190,22 @@ fn execute(
         );
         std::process::ExitCode::FAILURE
     })
+}
+
+/// What went wrong, when an executor's answer (`POST /v1/run`, 200) says the action ran and
+/// did not succeed: its exit status (or HTTP status), and whether it was killed on its timeout.
+pub(super) fn action_failure(answer: &serde_json::Value) -> Option<String> {
+    if answer["succeeded"] != false {
+        return None;
+    }
+    let receipt = &answer["receipt"]["body"];
+    let killed = if receipt["timed_out"] == true {
+        " (killed on its timeout)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "the action ran and failed: exit status {}{killed}",
+        receipt["exit_code"]
+    ))
 }

@@ -146,20 +146,7 @@ impl PgStore {
         let version = if migrate {
             schema::migrate(&mut first)
         } else {
-            let mut db = first.db();
-            // An empty database is version 0 (run `seb migrate`), not a missing-table error.
-            db.exists(
-                "SELECT 1 FROM information_schema.tables
-                 WHERE table_schema = current_schema() AND table_name = 'seb_schema'",
-                &[],
-            )
-            .and_then(|exists| {
-                if !exists {
-                    return Ok(0);
-                }
-                db.query_opt("SELECT version FROM seb_schema", &[])
-                    .map(|r| r.map_or(0, |r| r.get(0)))
-            })
+            schema::stored_version(&mut first)
         }
         .map_err(|e| open_err(Box::new(e)))?;
         if !migrate && version != schema::VERSION {
@@ -205,20 +192,9 @@ impl PgStore {
     /// writes, without changing anything.
     pub fn schema_version(config: &PostgresConfig) -> Result<(i32, i32), StoreError> {
         let (connector, runtime) = open_connector(config, None)?;
-        let result = connector.connect().and_then(|mut conn| {
-            let mut db = conn.db();
-            let exists = db.exists(
-                "SELECT 1 FROM information_schema.tables
-                 WHERE table_schema = current_schema() AND table_name = 'seb_schema'",
-                &[],
-            )?;
-            if !exists {
-                return Ok(0);
-            }
-            Ok(db
-                .query_opt("SELECT version FROM seb_schema", &[])?
-                .map_or(0, |r| r.get(0)))
-        });
+        let result = connector
+            .connect()
+            .and_then(|mut conn| schema::stored_version(&mut conn));
         runtime.shutdown_background();
         Ok((
             result.map_err(|e| e.into_store("read the schema version"))?,

@@ -168,7 +168,7 @@ class Client:
         try:
             response = self._executors.post(url, json={"token": token, "params": params})
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            if _tls_failure(e):
+            if _cause(e, ssl.SSLError) is not None:
                 # The executor's certificate does not chain to the root: a configuration
                 # error, raised as the TLS stack reports it.
                 raise
@@ -226,12 +226,10 @@ class Client:
             response = self._http.request(method, self.broker + path,
                                           json=body if body is not None else None)
         except httpx.ConnectError as e:
-            cause: BaseException | None = e
-            while cause is not None and not isinstance(cause, _RefusedServer):
-                cause = cause.__cause__ or cause.__context__
-            if cause is not None:
-                raise errors.ServerCertificateRefused(str(cause)) from e
-            if _tls_failure(e):
+            refused = _cause(e, _RefusedServer)
+            if refused is not None:
+                raise errors.ServerCertificateRefused(str(refused)) from e
+            if _cause(e, ssl.SSLError) is not None:
                 # The broker's certificate does not chain to the pinned root (or the handshake
                 # failed): a configuration error, raised as the TLS stack reports it.
                 raise
@@ -243,14 +241,13 @@ class Client:
         return _answer(response)
 
 
-def _tls_failure(error: BaseException) -> bool:
-    """Whether a connection failed in the TLS handshake rather than reaching the server."""
+def _cause(error: BaseException, kind: type) -> BaseException | None:
+    """The first exception of ``kind`` in ``error``'s chain of causes (itself included): a TLS
+    failure (``ssl.SSLError``) or the handshake's own refusal under an HTTP error."""
     cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return True
+    while cause is not None and not isinstance(cause, kind):
         cause = cause.__cause__ or cause.__context__
-    return False
+    return cause
 
 
 class _RefusedServer(ssl.SSLError):

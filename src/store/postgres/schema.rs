@@ -120,6 +120,23 @@ CREATE TABLE replicas (
 );
 ";
 
+/// The schema version the database holds, without changing anything: 0 for an empty
+/// database (no `seb_schema` table), which `seb migrate` fills.
+pub(super) fn stored_version(conn: &mut Conn) -> Result<i32, DbError> {
+    let mut db = conn.db();
+    let exists = db.exists(
+        "SELECT 1 FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name = 'seb_schema'",
+        &[],
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(db
+        .query_opt("SELECT version FROM seb_schema", &[])?
+        .map_or(0, |r| r.get(0)))
+}
+
 /// Creates the schema, or migrates it to [`VERSION`]; returns the version found before
 /// (0: none). A database written by a newer seb is refused.
 pub(super) fn migrate(conn: &mut Conn) -> Result<i32, DbError> {
