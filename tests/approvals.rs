@@ -426,22 +426,11 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
 fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     let s = setup("");
     let team_grants = s.hsm.grants_file("team.toml", GRANTS);
-    s.hsm.seb_ok(&[
-        "cert",
-        "issue-ca",
-        "--label",
+    s.hsm.issue_ca(
         "team",
-        "--subject",
         "CN=team CA",
-        "--grants",
-        &team_grants,
-        "--roles",
-        "agent,approver",
-        "--ttl",
-        "60d",
-        "--out",
-        s.hsm.path("team.pem").to_str().unwrap(),
-    ]);
+        &["--grants", &team_grants, "--roles", "agent,approver"],
+    );
     let member = |name: &str| {
         s.hsm.identity(
             name,

@@ -242,17 +242,10 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     // As on a host with a hardware TPM: a TPM reset under the running broker stops issuance
     // until it restarts (the default, `resume`, is what tests/reliability.rs shows).
     assert!(s.broker.stop());
-    let config = std::fs::read_to_string(s.hsm.config()).unwrap();
-    assert!(config.contains("[attestation]\n"), "{config}");
-    std::fs::write(
-        s.hsm.config(),
-        config.replacen(
-            "[attestation]\n",
-            "[attestation]\non_tpm_reset = \"stop\"\n",
-            1,
-        ),
-    )
-    .unwrap();
+    s.hsm.edit_config(
+        "[attestation]\n",
+        "[attestation]\non_tpm_reset = \"stop\"\n",
+    );
     s.broker = Broker::start(&s.hsm);
     // A relying party checks the broker.
     let out = attest_verify(&s);

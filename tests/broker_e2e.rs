@@ -585,12 +585,7 @@ fn an_oversized_body_announced_with_expect_100_continue_gets_413_not_100() {
 fn a_body_that_does_not_arrive_in_time_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hsm = Hsm::initialised();
-    let config = std::fs::read_to_string(hsm.config()).unwrap();
-    std::fs::write(
-        hsm.config(),
-        config.replacen("[server]\n", "[server]\nrequest_timeout = \"2s\"\n", 1),
-    )
-    .unwrap();
+    hsm.edit_config("[server]\n", "[server]\nrequest_timeout = \"2s\"\n");
     let agent = hsm.agent("deploy-bot", DEPLOY);
     let broker = Broker::start(&hsm);
     let tls = hsm.tls(&agent, true);

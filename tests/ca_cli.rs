@@ -67,11 +67,7 @@ fn init_keys_are_sensitive_and_never_extractable() {
 fn a_bad_subject_in_the_configuration_stops_init_before_any_key_exists() {
     let hsm = Hsm::provision();
     let config = std::fs::read_to_string(hsm.config()).unwrap();
-    std::fs::write(
-        hsm.config(),
-        config.replacen("broker_id = \"seb-dev\"", "broker_id = \"seb,dev\"", 1),
-    )
-    .unwrap();
+    hsm.edit_config("broker_id = \"seb-dev\"", "broker_id = \"seb,dev\"");
     assert_clean_failure(&hsm.seb(&["init"]), "broker_id \"seb,dev\"");
     assert!(
         !hsm.pkcs11_private_keys().contains("seb-"),
@@ -487,19 +483,7 @@ fn revocations_keep_every_crl_encodable_and_reasons_as_rfc_5280_says() {
         .unwrap()
         .serial_hex();
     hsm.seb_ok(&["cert", "revoke", "--serial", &plain_serial]);
-    let ca = hsm.path("team.pem");
-    hsm.seb_ok(&[
-        "cert",
-        "issue-ca",
-        "--label",
-        "team",
-        "--subject",
-        "CN=team CA",
-        "--ttl",
-        "60d",
-        "--out",
-        ca.to_str().unwrap(),
-    ]);
+    let ca = hsm.issue_ca("team", "CN=team CA", &[]);
     let ca_serial =
         Certificate::parse_pem_chain(&std::fs::read(&ca).unwrap()).unwrap()[0].serial_hex();
     hsm.seb_ok(&[

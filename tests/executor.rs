@@ -74,17 +74,9 @@ fn run(s: &Setup, agent: &Identity, token: &str, params: &Value) -> (u16, Value)
     (r.status, r.body)
 }
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
-}
-
-#[test]
-fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evidence() {
-    let s = setup();
-    let params = json!({"name": "hello.txt", "text": "hello from the agent"});
-
-    // The agent side in one command: request, then run at the executor; prints the answer.
-    let out = common::seb(
+/// `seb request ... --execute`: the agent side in one command, for `demo.write` with `params`.
+fn request_and_execute(s: &Setup, params: &Value) -> std::process::Output {
+    common::seb(
         &[
             "request",
             "--broker",
@@ -105,7 +97,20 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
             &s.exec.url,
         ],
         s.hsm.dir.path(),
-    );
+    )
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evidence() {
+    let s = setup();
+    let params = json!({"name": "hello.txt", "text": "hello from the agent"});
+
+    // The agent side in one command: request, then run at the executor; prints the answer.
+    let out = request_and_execute(&s, &params);
     common::assert_success(&out, "seb request --execute");
     assert_eq!(
         std::fs::read_to_string(s.out.join("hello.txt")).unwrap(),
@@ -212,28 +217,7 @@ fn an_action_that_runs_and_fails_makes_request_execute_exit_non_zero() {
     let s = setup();
     // `seb demo-write` refuses a name that is not a plain file name: the action exits 1.
     let params = json!({"name": "../escape.txt", "text": "nope"});
-    let out = common::seb(
-        &[
-            "request",
-            "--broker",
-            &s.broker.url,
-            "--ca",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-            "--cert",
-            s.agent.cert.to_str().unwrap(),
-            "--key",
-            s.agent.key.to_str().unwrap(),
-            "--operation",
-            "demo.write",
-            "--resource",
-            "demo/files",
-            "--params",
-            &params.to_string(),
-            "--execute",
-            &s.exec.url,
-        ],
-        s.hsm.dir.path(),
-    );
+    let out = request_and_execute(&s, &params);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

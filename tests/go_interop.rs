@@ -40,18 +40,7 @@ fn a_go_program_with_only_the_standard_library_loads_seb_certificates_and_comple
     );
     let executor = hsm.identity("go-executor", "CN=go-executor", "executor", &[]);
     let revoked = hsm.agent("go-revoked", GRANTS);
-    let (ok, serial) = common::openssl(
-        &[
-            "x509",
-            "-noout",
-            "-serial",
-            "-in",
-            revoked.cert.to_str().unwrap(),
-        ],
-        hsm.dir.path(),
-    );
-    assert!(ok, "{serial}");
-    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    let serial = common::openssl_serial(&revoked.cert);
     hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     let broker = Broker::start(&hsm);
 

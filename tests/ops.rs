@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_clean_failure, openssl, Hsm};
+use common::{assert_clean_failure, openssl, openssl_serial, Hsm};
 use seb::grants::GrantSet;
 
 const GRANTS: &str = r#"
@@ -25,16 +25,6 @@ max_ttl   = "30s"
 params_any = true
 "#;
 
-/// The serial `openssl x509 -noout -serial` prints for a certificate file.
-fn openssl_serial(hsm: &Hsm, cert: &std::path::Path) -> String {
-    let (ok, out) = openssl(
-        &["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"],
-        hsm.dir.path(),
-    );
-    assert!(ok, "{out}");
-    out.trim().trim_start_matches("serial=").to_owned()
-}
-
 /// The lines of `seb cert list ARGS` after the header.
 fn listed(hsm: &Hsm, args: &[&str]) -> Vec<String> {
     let mut full = vec!["cert", "list"];
@@ -52,7 +42,7 @@ fn cert_list_shows_what_was_issued_with_openssl_serials_and_filters() {
     let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", &grants]);
     let approver = hsm.issue("alice", "CN=alice", "approver", &["--group", "sre-leads"]);
     let executor = hsm.issue("k8s", "CN=k8s", "executor", &[]);
-    let executor_serial = openssl_serial(&hsm, &executor);
+    let executor_serial = openssl_serial(&executor);
     hsm.seb_ok(&[
         "cert",
         "revoke",
@@ -69,7 +59,7 @@ fn cert_list_shows_what_was_issued_with_openssl_serials_and_filters() {
         (&approver, "CN=alice", "approver"),
         (&executor, "CN=k8s", "executor"),
     ] {
-        let serial = openssl_serial(&hsm, cert);
+        let serial = openssl_serial(cert);
         let line = all
             .iter()
             .find(|l| l.starts_with(&serial))
@@ -102,21 +92,7 @@ fn cert_list_shows_what_was_issued_with_openssl_serials_and_filters() {
 fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
     let hsm = Hsm::initialised();
     let grants = hsm.grants_file("grants.toml", GRANTS);
-    let ca_pem = hsm.path("team-ca.pem");
-    hsm.seb_ok(&[
-        "cert",
-        "issue-ca",
-        "--label",
-        "team-ca",
-        "--subject",
-        "CN=team CA",
-        "--grants",
-        &grants,
-        "--ttl",
-        "60d",
-        "--out",
-        ca_pem.to_str().unwrap(),
-    ]);
+    let ca_pem = hsm.issue_ca("team-ca", "CN=team CA", &["--grants", &grants]);
     let below = hsm.issue(
         "team-bot",
         "CN=team-bot",
@@ -124,8 +100,7 @@ fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
         &["--grants", &grants, "--issuer", "team-ca"],
     );
     let beside = hsm.issue("root-bot", "CN=root-bot", "agent", &["--grants", &grants]);
-    let (below_serial, beside_serial) =
-        (openssl_serial(&hsm, &below), openssl_serial(&hsm, &beside));
+    let (below_serial, beside_serial) = (openssl_serial(&below), openssl_serial(&beside));
     let line = |lines: &[String], serial: &str| {
         lines
             .iter()
@@ -135,7 +110,7 @@ fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
     };
     assert!(line(&listed(&hsm, &[]), &below_serial).ends_with(" valid"));
 
-    let ca_serial = openssl_serial(&hsm, &ca_pem);
+    let ca_serial = openssl_serial(&ca_pem);
     hsm.seb_ok(&["cert", "revoke", "--serial", &ca_serial]);
     let all = listed(&hsm, &[]);
     assert!(
@@ -176,7 +151,7 @@ fn cert_show_decodes_role_chain_status_and_grants_back_to_toml() {
     common::assert_success(&out, "cert show FILE");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("role         agent"), "{text}");
-    assert!(text.contains(&openssl_serial(&hsm, &agent)), "{text}");
+    assert!(text.contains(&openssl_serial(&agent)), "{text}");
     assert!(text.contains("revocation not checked"), "{text}");
     let toml = text
         .split_once("grants (TOML, as `seb cert issue --grants` reads it):\n")
@@ -195,7 +170,7 @@ fn cert_show_decodes_role_chain_status_and_grants_back_to_toml() {
         "approver",
         &["--group", "sre-leads", "--group", "dba"],
     );
-    let serial = openssl_serial(&hsm, &approver);
+    let serial = openssl_serial(&approver);
     hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     let text = hsm.seb_ok(&["cert", "show", "--serial", &serial.to_lowercase()]);
     assert!(text.contains("role         approver"), "{text}");
@@ -306,7 +281,7 @@ fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_workin
     let old_token = before.body["token"].as_str().unwrap().to_owned();
     let old_bundle = get(&hsm, &broker, &agent, "/v1/trust").text;
     let old_tls_serial = served_tls_serial(&hsm, &broker, &agent);
-    assert_eq!(old_tls_serial, openssl_serial(&hsm, &hsm.trust("tls.pem")));
+    assert_eq!(old_tls_serial, openssl_serial(&hsm.trust("tls.pem")));
 
     // An open connection from before the TLS rotation.
     let tls = hsm.tls(&agent, false);
@@ -352,7 +327,7 @@ fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_workin
         kid_of(&new_token) != kid_of(&old_token)
     });
     // ... new connections see the new TLS certificate; the old connection still works.
-    let new_tls_serial = openssl_serial(&hsm, &hsm.trust("tls.pem"));
+    let new_tls_serial = openssl_serial(&hsm.trust("tls.pem"));
     assert_ne!(new_tls_serial, old_tls_serial);
     wait_until("the new TLS certificate", || {
         served_tls_serial(&hsm, &broker, &agent) == new_tls_serial
@@ -418,7 +393,7 @@ fn renew_reissues_for_the_same_key_and_grants() {
     let hsm = Hsm::initialised();
     let grants = hsm.grants_file("grants.toml", GRANTS);
     let agent = hsm.issue("agent", "CN=deploy-bot", "agent", &["--grants", &grants]);
-    let serial = openssl_serial(&hsm, &agent);
+    let serial = openssl_serial(&agent);
     let renewed = hsm.path("agent-renewed.pem");
     let out = hsm.seb_ok(&[
         "cert",
@@ -468,7 +443,7 @@ fn renew_reissues_for_the_same_key_and_grants() {
         "executor",
         &["--tls-name", "exec.internal", "--tls-name", "127.0.0.1"],
     );
-    let exec_serial = openssl_serial(&hsm, &executor);
+    let exec_serial = openssl_serial(&executor);
     let done = hsm.seb(&["cert", "renew", "--serial", &exec_serial]);
     assert!(
         done.status.success(),
@@ -496,7 +471,7 @@ fn renew_reissues_for_the_same_key_and_grants() {
     assert!(text.contains("DNS:exec.internal"), "{text}");
     assert!(text.contains("IP Address:127.0.0.1"), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
-    assert_ne!(openssl_serial(&hsm, &renewed_exec), exec_serial);
+    assert_ne!(openssl_serial(&renewed_exec), exec_serial);
     // Never over an existing file without --force; never a revoked certificate.
     assert_clean_failure(
         &hsm.seb(&[
@@ -595,34 +570,15 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
 
     // An agent certificate that expires within 30 days is a warning naming its serial and the
     // renewal command; once renewed for longer, the old one is not worth a line.
-    let key = hsm.path("short.key");
-    let csr = hsm.path("short.csr");
-    let short = hsm.path("short.pem");
-    hsm.seb_ok(&[
-        "keygen",
-        "--out-key",
-        key.to_str().unwrap(),
-        "--out-csr",
-        csr.to_str().unwrap(),
-        "--subject",
-        "CN=short-lived",
-    ]);
     let grants = hsm.grants_file("grants.toml", GRANTS);
-    hsm.seb_ok(&[
-        "cert",
-        "issue",
-        "--csr",
-        csr.to_str().unwrap(),
-        "--role",
-        "agent",
-        "--grants",
-        &grants,
-        "--ttl",
+    let short = hsm.issue_for(
         "10d",
-        "--out",
-        short.to_str().unwrap(),
-    ]);
-    let serial = openssl_serial(&hsm, &short);
+        "short",
+        "CN=short-lived",
+        "agent",
+        &["--grants", &grants],
+    );
+    let serial = openssl_serial(&short);
     let text = hsm.seb_ok(&["check"]);
     assert!(text.contains("0 problem(s)"), "{text}");
     assert!(
@@ -1020,7 +976,7 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
         "agent",
         &["--grants", &grants, "--issuer", "ops"],
     );
-    let serial = openssl_serial(&hsm, &bad.cert);
+    let serial = openssl_serial(&bad.cert);
     hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     let crl = hsm.path("ops.crl");
     let out = hsm.seb_ok(&["crl", "--issuer", "ops", "--out", crl.to_str().unwrap()]);
@@ -1089,7 +1045,7 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     hsm.seb_ok(&["cert", "revoke", "--serial", "0C0FFEE0", "--unknown"]);
 
     // Nothing is issued under a revoked intermediate.
-    let ops_serial = openssl_serial(&hsm, &ops_pem);
+    let ops_serial = openssl_serial(&ops_pem);
     hsm.seb_ok(&["cert", "revoke", "--serial", &ops_serial]);
     let out = hsm.seb(&[
         "cert",

@@ -86,18 +86,7 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
     write("receipt.json", &String::from_utf8_lossy(&out.stdout));
 
     // The CRL after a revocation.
-    let (ok, serial) = common::openssl(
-        &[
-            "x509",
-            "-noout",
-            "-serial",
-            "-in",
-            revoked.cert.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert!(ok, "{serial}");
-    let serial = serial.trim().trim_start_matches("serial=").to_owned();
+    let serial = common::openssl_serial(&revoked.cert);
     hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     write("revoked.txt", &serial);
     hsm.seb_ok(&["crl", "--out", dir.join("crl.pem").to_str().unwrap()]);

@@ -268,6 +268,13 @@ impl Hsm {
         self.path("state/trust").join(name)
     }
 
+    /// Replaces the first `from` in seb.toml (which must hold it) with `to`.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        assert!(config.contains(from), "seb.toml has no {from:?}:\n{config}");
+        std::fs::write(self.config(), config.replacen(from, to, 1)).unwrap();
+    }
+
     /// Opens this token in-process with `sessions` pool sessions. The caller must point the
     /// process's SoftHSM2 at this token first (`SOFTHSM2_CONF`, see `softhsm_conf`).
     pub fn backend(&self, sessions: usize) -> seb::backend::pkcs11::Pkcs11Backend {
@@ -311,8 +318,42 @@ impl Hsm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Makes a key + CSR with `seb keygen` and issues a certificate; returns the cert path.
+    /// Makes a key + CSR with `seb keygen` and issues a certificate for 30 days; returns the
+    /// cert path.
     pub fn issue(&self, name: &str, subject: &str, role: &str, extra: &[&str]) -> PathBuf {
+        self.issue_for("30d", name, subject, role, extra)
+    }
+
+    /// `seb cert issue-ca --label LABEL --subject SUBJECT --ttl 60d` with `extra`; returns the
+    /// path of the intermediate's certificate (`LABEL.pem`).
+    pub fn issue_ca(&self, label: &str, subject: &str, extra: &[&str]) -> PathBuf {
+        let out = self.path(&format!("{label}.pem"));
+        let mut args = vec![
+            "cert",
+            "issue-ca",
+            "--label",
+            label,
+            "--subject",
+            subject,
+            "--ttl",
+            "60d",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.seb_ok(&args);
+        out
+    }
+
+    /// As [`Hsm::issue`], valid for `ttl`.
+    pub fn issue_for(
+        &self,
+        ttl: &str,
+        name: &str,
+        subject: &str,
+        role: &str,
+        extra: &[&str],
+    ) -> PathBuf {
         let key = self.path(&format!("{name}.key"));
         let csr = self.path(&format!("{name}.csr"));
         let cert = self.path(&format!("{name}.pem"));
@@ -333,7 +374,7 @@ impl Hsm {
             "--role",
             role,
             "--ttl",
-            "30d",
+            ttl,
             "--out",
             cert.to_str().unwrap(),
         ];
@@ -398,6 +439,18 @@ pub fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// The serial `openssl x509 -noout -serial` prints for the certificate (the first of a chain)
+/// in `cert`.
+pub fn openssl_serial(cert: &Path) -> String {
+    let dir = cert.parent().unwrap_or(Path::new("."));
+    let (ok, out) = openssl(
+        &["x509", "-noout", "-serial", "-in", cert.to_str().unwrap()],
+        dir,
+    );
+    assert!(ok, "{out}");
+    out.trim().trim_start_matches("serial=").to_owned()
 }
 
 /// A free port P on the loopback interface with P+1 also free (swtpm server + control).
