@@ -747,6 +747,12 @@ fn migrate_creates_the_schema_once_and_check_reports_the_database() {
         report.contains("no seb schema: run `seb migrate`"),
         "{report}"
     );
+    // Opening the store (to read what was issued) says the same, not a missing-table error,
+    // and creates nothing: migrate below still finds version 0.
+    assert!(
+        report.contains("the database schema is version 0, this seb needs 1: run `seb migrate`"),
+        "{report}"
+    );
     let said = hsm.seb_ok(&["migrate"]);
     assert!(said.contains("migrated from version 0 to 1"), "{said}");
     let said = hsm.seb_ok(&["migrate"]);

@@ -133,7 +133,8 @@ pub fn run(config: &Config) -> CliResult {
         {
             Ok((issued, revocations)) => check_issued(&mut r, &issued, &revocations, now),
             Err(e) => r.problem(&format!(
-                "the store cannot be read ({e}): check the state directory or the database"
+                "the store cannot be read ({}): check the state directory or the database",
+                super::mcp::with_causes(e.as_ref())
             )),
         }
     }

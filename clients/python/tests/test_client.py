@@ -127,6 +127,22 @@ def test_the_broker_certificate_must_be_the_roots_own(agent, tmp_path):
             c.grants()
 
 
+def test_an_executor_outside_the_pinned_root_is_a_tls_failure_not_unreachable(agent):
+    # The executor's certificate does not chain to the root this client pins: a configuration
+    # error raised as the TLS stack reports it, never the retryable executor_unreachable.
+    import ssl
+
+    import httpx
+    granted = agent.request("demo.write", "demo/files", {"name": "never.txt", "text": "x"})
+    with Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
+                env("SEB_AGENT_KEY")) as c:
+        with pytest.raises((ssl.SSLError, httpx.ConnectError)) as raised:
+            c.execute(env("SEB_EXECUTOR_URL"), granted.token,
+                      {"name": "never.txt", "text": "x"})
+    assert not isinstance(raised.value, errors.SebError)
+    assert not os.path.exists(os.path.join(env("SEB_OUT_DIR"), "never.txt"))
+
+
 def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_request(agent):
     """An intermediate CA (certified by the root, for agents only) made a TLS certificate for
     the broker's address: it chains to the root, so TLS alone accepts it. The client refuses it
