@@ -11,7 +11,7 @@
 //! This module is pure (no I/O, no clock) and builds with `--no-default-features`. It never
 //! sees a broker key: receipts are signed by the executor's key.
 
-use sha2::{Digest, Sha256, Sha384};
+use sha2::{Digest, Sha256};
 
 use crate::approval::ApproverKey;
 use crate::base64url;
@@ -158,11 +158,7 @@ pub fn verify(receipt: &Receipt, executor: &Certificate) -> Result<(), ReceiptEr
     let signature = base64url::decode(&receipt.signature)
         .ok_or_else(|| ReceiptError::Malformed("signature is not base64url".into()))?;
     let message = signing_input(&receipt.body)?;
-    let ok = match key {
-        CertKey::P256(_) => key.verify_prehash_der(&Sha256::digest(&message), &signature),
-        CertKey::P384(_) => key.verify_prehash_der(&Sha384::digest(&message), &signature),
-    };
-    if ok {
+    if crate::approval::verify(&key, &message, &signature) {
         Ok(())
     } else {
         Err(ReceiptError::BadSignature)

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
 
+echo "== disk: a clean build and test run needs about 5 GB"
+df -h . | tail -n 1
+
 echo "== build and lint without default features (the offline verifier an executor links)"
 cargo clippy --locked --lib --no-default-features -- -D warnings
 
