@@ -1,4 +1,4 @@
-//! An executor's receipt as the broker's `/v1/receipts` and `seb receipt verify` read it:
+//! An executor's receipt as `seb receipt verify` reads it (and the outcome route carries it):
 //! strict JSON parsing, the canonical signing input of its body, and its DER signature checked
 //! under a fixed P-384 key.
 #![no_main]
