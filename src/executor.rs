@@ -513,17 +513,24 @@ pub async fn serve(
         listener,
         shutdown,
         MAX_CONNECTIONS,
-        |stream, remote, watcher| {
+        |stream, remote, watcher, handshaking| {
             let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
             async move {
-                let tls =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let tls = tokio::select! {
+                    handshake = handshake => match handshake {
                         Ok(Ok(tls)) => tls,
                         _ => {
                             tracing::info!(%remote, "TLS handshake failed");
                             return;
                         }
-                    };
+                    },
+                    () = handshaking.displaced() => {
+                        tracing::info!(%remote, "handshake unfinished at the connection limit; closed for a new connection");
+                        return;
+                    }
+                };
+                drop(handshaking);
                 match agent_of(&executor, &tls) {
                     Ok(agent) => listen::serve_http1(tls, router, agent, watcher, remote).await,
                     Err(refusal) => {

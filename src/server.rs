@@ -37,10 +37,11 @@ use ratelimit::RateLimiter;
 /// How long a client has to complete the TLS handshake, waiting for a slot included.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Handshakes in progress at once. Each holds a blocking thread (the HSM signature blocks);
-/// the bound keeps clients that stall their handshakes from taking every blocking thread away
-/// from token signing. A slot is taken only once the whole ClientHello has arrived, so
-/// connections that send nothing or part of a hello hold none (docs/RELIABILITY.md).
+/// ClientHellos answered at once. Each answer holds a blocking thread for the device's
+/// signature; the bound keeps a flood of hellos from taking every blocking thread away from
+/// token signing. A slot is taken only once the whole ClientHello has arrived and given back
+/// once the answer is made, so connections that send nothing, part of a hello, or a hello and
+/// then nothing hold none (docs/RELIABILITY.md).
 const HANDSHAKE_SLOTS: usize = 32;
 
 /// Shared state of the HTTP layer.
@@ -257,23 +258,25 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let router = router(app.clone());
-    let handle = tokio::runtime::Handle::current();
     let max_connections = app.broker.config().server.max_connections;
     listen::accept_until(
         listener,
         shutdown,
         max_connections,
-        |stream, remote, watcher| {
-            let (acceptor, router, app, handle) = (
-                acceptor.clone(),
-                router.clone(),
-                app.clone(),
-                handle.clone(),
-            );
+        |stream, remote, watcher, handshaking| {
+            let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
             async move {
-                if let Some((tls, peer)) =
-                    accept_connection(acceptor, stream, remote, app, handle).await
-                {
+                let broker = app.broker.clone();
+                let accepted = tokio::select! {
+                    accepted = accept_connection(acceptor, stream, remote, app) => accepted,
+                    () = handshaking.displaced() => {
+                        tracing::info!(%remote, "handshake unfinished at the connection limit; closed for a new connection");
+                        broker.metrics().record_request("tls", "displaced");
+                        None
+                    }
+                };
+                drop(handshaking);
+                if let Some((tls, peer)) = accepted {
                     listen::serve_http1(tls, router, peer, watcher, remote).await;
                 }
             }
@@ -283,14 +286,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs the TLS handshake on a blocking thread (the HSM signature blocks), then builds the
-/// peer identity from the verified client chain, also off the async workers.
+/// Runs the TLS handshake: the ClientHello is read on the async side, answered on a blocking
+/// thread (the server's first flight carries the HSM's signature, and the device blocks), and
+/// the rest (the client's certificate and Finished) read on the async side again. Then builds
+/// the peer identity from the verified client chain, off the async workers.
 async fn accept_connection(
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
     app: App,
-    handle: tokio::runtime::Handle,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     Arc<Peer>,
@@ -327,27 +331,31 @@ async fn accept_connection(
         return None;
     };
     let config = acceptor.config().clone();
-    let handshake = tokio::task::spawn_blocking(move || {
+    // Answering the ClientHello makes the server's whole first flight, CertificateVerify (the
+    // device's signature) included; nothing is read or written here. A client that stalls
+    // after its hello then holds neither a slot nor a blocking thread, only its connection.
+    let answered = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        handle.block_on(async move {
-            tokio::time::timeout_at(deadline, start.into_stream(config)).await
-        })
+        start.into_stream(config)
     });
-    let tls = match handshake.await {
-        Ok(Ok(Ok(tls))) => tls,
-        Ok(Ok(Err(e))) => {
+    let handshake = match answered.await {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            tracing::error!(%remote, error = %e, "handshake task failed");
+            return None;
+        }
+    };
+    let tls = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
             tracing::info!(%remote, error = %e, "TLS handshake failed");
             app.broker
                 .metrics()
                 .record_request("tls", "handshake_failed");
             return None;
         }
-        Ok(Err(_)) => {
+        Err(_) => {
             tracing::info!(%remote, "TLS handshake timed out");
-            return None;
-        }
-        Err(e) => {
-            tracing::error!(%remote, error = %e, "handshake task failed");
             return None;
         }
     };

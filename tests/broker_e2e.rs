@@ -1561,6 +1561,123 @@ fn stalled_handshakes_do_not_starve_token_signing() {
     });
 }
 
+/// The bytes of a real TLS ClientHello (what a client sends first), to send and then stall.
+fn client_hello(s: &Setup) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in seb::client::pem_blocks(
+        &std::fs::read(s.hsm.trust("root.pem")).unwrap(),
+        "CERTIFICATE",
+    )
+    .unwrap()
+    {
+        roots.add(der.into()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100, "no ClientHello written");
+    hello
+}
+
+#[test]
+fn clients_that_stall_after_their_client_hello_do_not_block_new_handshakes() {
+    // More stalled clients than there are handshake slots (32): each sent a whole ClientHello,
+    // got the server's answer (the HSM's signature) and then sends nothing. A new agent that
+    // makes a full handshake (no resumption) still gets its token long before their 10 s
+    // handshake deadline frees anything.
+    let s = setup();
+    let hello = client_hello(&s);
+    let addr = s.broker.url.trim_start_matches("https://").to_owned();
+    runtime().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stalled = Vec::new();
+        for _ in 0..48 {
+            let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            socket.write_all(&hello).await.unwrap();
+            stalled.push(socket);
+        }
+        // Every stalled client has had its answer: the server is waiting on them.
+        for socket in &mut stalled {
+            let mut first = [0u8; 1];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut first))
+                    .await
+                    .expect("no ServerHello within 5 s")
+                    .unwrap();
+            assert_eq!((n, first[0]), (1, 0x16), "not a TLS handshake record");
+        }
+        let started = std::time::Instant::now();
+        let tls = s.hsm.tls(&s.agent, false);
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "a new handshake waited {:?} behind stalled ones",
+            started.elapsed()
+        );
+        drop(stalled);
+    });
+}
+
+#[test]
+fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
+    // Every connection slot taken by sockets that connected and sent nothing (no certificate
+    // needed for that): a new agent still connects once they have had a second to start
+    // their handshake, and an agent connected before keeps being served.
+    let mut s = setup();
+    assert!(s.broker.stop());
+    s.hsm
+        .edit_config("[server]\n", "[server]\nmax_connections = 16\n");
+    s.broker = Broker::start(&s.hsm);
+    let addr = s.broker.url.trim_start_matches("https://").to_owned();
+    runtime().block_on(async {
+        let tls = s.hsm.tls(&s.agent, false);
+        let mut before = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..15 {
+            silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        let mut after = Vec::new();
+        for _ in 0..3 {
+            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+            let r = c
+                .post_json("/v1/executions", &good_request())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{}", r.text);
+            after.push(c);
+        }
+        let r = before
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        let metrics = before.send("GET", "/metrics", None).await.unwrap();
+        assert!(
+            metrics
+                .text
+                .contains(r#"seb_requests_total{endpoint="tls",outcome="displaced"} 3"#),
+            "{}",
+            metrics.text
+        );
+        drop(silent);
+    });
+}
+
 #[test]
 fn a_second_broker_on_the_same_sqlite_state_waits_for_the_first_to_exit() {
     // One broker per SQLite state directory (replicas share PostgreSQL): a second `seb serve`,

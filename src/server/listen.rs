@@ -1,10 +1,16 @@
 //! The accept loop and the HTTP/1.1 connection shared by the broker (`seb serve`) and the
 //! reference executor (`seb exec`): a bound on open connections, one task per connection,
 //! and a graceful stop that lets requests in flight finish.
+//!
+//! At the bound, a new connection takes the place of the oldest connection that has not
+//! finished its TLS handshake after [`PROVE_WITHIN`], if there is one: sockets that connect
+//! and send nothing (or stall mid-handshake) cost an attacker nothing and no certificate, so
+//! they must not be able to keep authenticated clients out (docs/RELIABILITY.md).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::Request;
@@ -13,7 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
@@ -22,21 +29,100 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stop waits for open connections before it gives up on them.
 const DRAIN: Duration = Duration::from_secs(15);
 
+/// How long a connection may take over its TLS handshake before a new connection may take its
+/// place when every connection slot is in use. A client a network away sends its ClientHello
+/// at once and finishes within a few round trips.
+pub(crate) const PROVE_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a new connection waits for the slot of the connection it displaced.
+const TAKE_OVER: Duration = Duration::from_millis(100);
+
+/// The connections still in their TLS handshake, oldest first.
+#[derive(Default)]
+struct Unproven {
+    next: u64,
+    queue: VecDeque<(u64, Instant, Arc<Notify>)>,
+}
+
+/// A connection's place among those still in their handshake; dropping it (the handshake is
+/// done, or failed) takes the connection out of the running for displacement.
+pub(crate) struct Handshaking {
+    id: u64,
+    displaced: Arc<Notify>,
+    set: Arc<Mutex<Unproven>>,
+}
+
+impl Handshaking {
+    fn register(set: &Arc<Mutex<Unproven>>) -> Self {
+        let mut unproven = set.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = unproven.next;
+        unproven.next += 1;
+        let displaced = Arc::new(Notify::new());
+        unproven
+            .queue
+            .push_back((id, Instant::now(), displaced.clone()));
+        Self {
+            id,
+            displaced,
+            set: set.clone(),
+        }
+    }
+
+    /// Completes when the accept loop gives this connection's slot to a new connection: the
+    /// connection should then close.
+    pub(crate) async fn displaced(&self) {
+        self.displaced.notified().await
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut unproven = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(at) = unproven
+            .queue
+            .binary_search_by_key(&self.id, |entry| entry.0)
+        {
+            unproven.queue.remove(at);
+        }
+    }
+}
+
+/// Tells the oldest connection that has been in its handshake for [`PROVE_WITHIN`] or more
+/// to close; whether there was one.
+fn displace_oldest(set: &Mutex<Unproven>) -> bool {
+    let mut unproven = set.lock().unwrap_or_else(PoisonError::into_inner);
+    match unproven.queue.front() {
+        Some((_, since, _)) if since.elapsed() >= PROVE_WITHIN => {}
+        _ => return false,
+    }
+    match unproven.queue.pop_front() {
+        Some((_, _, displaced)) => {
+            displaced.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
 /// Accepts connections until `shutdown` turns true and runs `on_connection` for each on its
-/// own task, at most `max_connections` at once: beyond that a new connection is closed at
-/// once. Then stops accepting and waits up to 15 s for the connections that `on_connection`
-/// registered with the [`Watcher`] it was given (through [`serve_http1`]).
+/// own task, at most `max_connections` at once. Beyond that, a new connection takes the slot
+/// of the oldest connection that has spent [`PROVE_WITHIN`] in its handshake without
+/// finishing it (`on_connection` must close a connection whose [`Handshaking`] says it was
+/// displaced, and drop it once the handshake is done); with none, the new connection is
+/// closed at once. Then stops accepting and waits up to 15 s for the connections that
+/// `on_connection` registered with the [`Watcher`] it was given (through [`serve_http1`]).
 pub(crate) async fn accept_until<F, Fut>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     max_connections: usize,
     mut on_connection: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Watcher, Handshaking) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(max_connections));
+    let unproven = Arc::new(Mutex::new(Unproven::default()));
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,12 +134,23 @@ pub(crate) async fn accept_until<F, Fut>(
             },
             _ = shutdown.changed() => break,
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if displace_oldest(&unproven) => {
+                tokio::time::timeout(TAKE_OVER, limit.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             tracing::warn!(%remote, "connection limit reached; closing");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = on_connection(stream, remote, graceful.watcher());
+        let handshaking = Handshaking::register(&unproven);
+        let connection = on_connection(stream, remote, graceful.watcher(), handshaking);
         tokio::spawn(async move {
             let _permit = permit;
             connection.await;
