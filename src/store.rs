@@ -237,6 +237,10 @@ pub struct ApprovalRecord {
     pub reason: Option<String>,
     /// When it was recorded.
     pub at: SystemTime,
+    /// Serials of the approver's certificate path (leaf first) as it approved; empty for an
+    /// approval recorded before seb kept them. An approval counts towards a quorum only while
+    /// none of these is revoked.
+    pub approver_serials: Vec<crate::serial::Serial>,
 }
 
 /// The token id and expiry reserved for a request in case an approval completes its quorum,

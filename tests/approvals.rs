@@ -423,6 +423,51 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
 /// them any group. Its approvers decide for agents below it only: a request of the root's own
 /// agent is refused to them (and not listed for them), one of the team's agents is theirs.
 #[test]
+fn an_approval_stops_counting_once_its_approver_is_revoked() {
+    // Alice approves, then her certificate is revoked (a stolen key): Bob's approval does not
+    // complete the quorum with hers; Carol's does, and the token names Bob and Carol only.
+    let s = setup("");
+    let (id, digest) = ask(&s, 9);
+    let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let serial = Certificate::parse(&std::fs::read(&s.alice.cert).unwrap())
+        .unwrap()
+        .serial_hex();
+    s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
+    let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    assert!(r.body.get("token").is_none(), "{}", r.text);
+
+    let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(r.body["status"], "granted", "{}", r.text);
+    let claims = claims_of(r.body["token"].as_str().unwrap());
+    assert_eq!(claims["authorization_details"][0]["approvals"], 2);
+    let named: Vec<String> = claims["approvals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no approvals in {claims}"))
+        .iter()
+        .map(|a| a["x5t#S256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        named,
+        vec![thumbprint(&s.bob), thumbprint(&s.carol)],
+        "{claims}"
+    );
+}
+
+#[test]
 fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     let s = setup("");
     let team_grants = s.hsm.grants_file("team.toml", GRANTS);

@@ -70,6 +70,8 @@ fn approval(id: &str, who: &str, decision: Decision) -> ApprovalRecord {
         signature: "sig".into(),
         reason: Some("looked at it".into()),
         at: now(),
+        // Each approver its own leaf under one shared intermediate.
+        approver_serials: vec![serial(0x80 | who.as_bytes()[0]), serial(0x7f)],
     }
 }
 
@@ -276,6 +278,55 @@ fn contract(store: &dyn Store) {
         ExecutionStatus::Expired
     );
     assert!(store.open_approval_requests(now(), 10).unwrap().is_empty());
+
+    // An approval stops counting once a certificate of its approver's path is revoked: the
+    // quorum needs two others, and only they are the approvals it reports.
+    let mut r = record("p4", ExecutionStatus::PendingApproval, None, &[]);
+    r.approvals_required = 2;
+    let mut w = wait_for.clone();
+    w.request_id = "p4".into();
+    wait(|done| {
+        store
+            .record_pending_then(r, w, &entry(EntryKind::ExecutionPending, "p4"), done)
+            .unwrap();
+    });
+    let decide = |who: &str| {
+        store
+            .add_approval(
+                approval("p4", who, Decision::Approve),
+                2,
+                now(),
+                reserve("jp4"),
+            )
+            .unwrap()
+    };
+    decide("dave");
+    let dave = approval("p4", "dave", Decision::Approve).approver_serials[0].clone();
+    store
+        .revoke_issued_by(&dave, Some("seb-approvers"), Reason::KeyCompromise, now())
+        .unwrap();
+    let after = decide("erin");
+    assert!(
+        matches!(&after, ApprovalOutcome::Approved { quorum: false, approvals } if approvals.len() == 1),
+        "{after:?}"
+    );
+    let ApprovalOutcome::Approved {
+        approvals,
+        quorum: true,
+    } = decide("fred")
+    else {
+        panic!("fred's approval did not complete the quorum")
+    };
+    let names: Vec<&str> = approvals
+        .iter()
+        .map(|a| a.approver_subject.as_str())
+        .collect();
+    assert_eq!(names, ["CN=erin", "CN=fred"]);
+    assert_eq!(store.approvals("p4").unwrap().len(), 3);
+    assert_eq!(
+        store.approvals("p4").unwrap()[0].approver_serials,
+        approval("p4", "dave", Decision::Approve).approver_serials
+    );
 
     // Revocations, their generation, CRL numbers.
     let generation = store.revocation_generation().unwrap();

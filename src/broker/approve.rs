@@ -348,6 +348,7 @@ impl Broker {
             signature: base64url::encode(&signature),
             reason: body.reason,
             at: now,
+            approver_serials: peer.serials().cloned().collect(),
         };
         let required = record.approvals_required;
         let outcome = self

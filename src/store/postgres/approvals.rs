@@ -7,12 +7,15 @@ use std::time::SystemTime;
 
 use tokio_postgres::Client;
 
+use super::certificates;
 use super::conn::{Db, DbError};
 use super::records::{corrupt, execution};
 use super::{encode, unix, PgStore};
 use crate::approval::Decision;
 use crate::store::entries;
-use crate::store::sqlite::rows::{from_unix, parsed, pending_from_row, PendingRow};
+use crate::store::sqlite::rows::{
+    approver_serials, from_unix, parsed, pending_from_row, serials_text, PendingRow,
+};
 use crate::store::{
     ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, PendingApproval,
     ReservedToken, StoreError,
@@ -69,7 +72,7 @@ pub(super) fn approvals_of(
 ) -> Result<Vec<ApprovalRecord>, DbError> {
     let rows = db.query(
         "SELECT request_id, approver, approver_subject, approver_key, decision, signature,
-            reason, at
+            reason, at, approver_serials
          FROM approvals WHERE request_id = $1 ORDER BY id",
         &[&request_id],
     )?;
@@ -86,6 +89,7 @@ pub(super) fn approvals_of(
                 signature: r.get(5),
                 reason: r.get(6),
                 at: from_unix(r.get(7)).map_err(corrupt)?,
+                approver_serials: approver_serials(r.get::<_, Option<&str>>(8)).map_err(corrupt)?,
             })
         })
         .collect()
@@ -183,8 +187,8 @@ fn add(
     }
     db.execute(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
-            signature, reason, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            signature, reason, at, approver_serials)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             id,
             &approval.approver,
@@ -194,6 +198,7 @@ fn add(
             &approval.signature,
             &approval.reason,
             &unix(approval.at),
+            &serials_text(&approval.approver_serials),
         ],
     )?;
     let (kind, detail) = entries::approval_note(approval);
@@ -202,10 +207,15 @@ fn add(
         close(db, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    let approvals: Vec<ApprovalRecord> = approvals_of(db, id)?
-        .into_iter()
-        .filter(|a| a.decision == Decision::Approve)
-        .collect();
+    // Approvals whose approver has been revoked since no longer count (as on SQLite).
+    let mut approvals = Vec::new();
+    for a in approvals_of(db, id)? {
+        if a.decision == Decision::Approve
+            && certificates::revoked_in(db, &a.approver_serials)?.is_empty()
+        {
+            approvals.push(a);
+        }
+    }
     let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
     if quorum {
         db.execute(

@@ -1,6 +1,6 @@
-//! The PostgreSQL schema, versioned in `seb_schema`. `seb init` and `seb migrate` create or
-//! bring it up to date (as does opening the store), inside one transaction holding an advisory
-//! lock, so replicas starting together cannot both migrate.
+//! The PostgreSQL schema, versioned in `seb_schema`. Only `seb init` and `seb migrate` create
+//! or bring it up to date (every other command refuses another version), inside one
+//! transaction holding an advisory lock, so two migrations cannot interleave.
 //!
 //! The tables are those of the SQLite store (see `sqlite/schema.rs`), with PostgreSQL types:
 //! times are Unix seconds (`BIGINT`), serials their canonical magnitude (`BYTEA`), and a `seq`
@@ -11,8 +11,9 @@
 
 use super::conn::{Conn, DbError};
 
-/// The schema version this code writes.
-pub(super) const VERSION: i32 = 1;
+/// The schema version this code writes. Version 2: `approvals.approver_serials`, the
+/// approver's path serials (canonical hex, space-separated; NULL in rows written before).
+pub(super) const VERSION: i32 = 2;
 
 /// Advisory lock key held while migrating ("seb" and 1).
 const MIGRATE_LOCK: i64 = 0x5345_4201;
@@ -155,9 +156,13 @@ pub(super) fn migrate(conn: &mut Conn) -> Result<i32, DbError> {
         }
         if found == 0 {
             db.batch(SCHEMA_V1)?;
-            db.execute("INSERT INTO seb_schema (version) VALUES ($1)", &[&VERSION])?;
+            db.execute("INSERT INTO seb_schema (version) VALUES (1)", &[])?;
         }
-        // Later versions: `if found < 2 { ... }`, each step in this same transaction.
+        // Each later version a step, all in this same transaction.
+        if found < 2 {
+            db.batch("ALTER TABLE approvals ADD COLUMN IF NOT EXISTS approver_serials TEXT")?;
+        }
+        db.execute("UPDATE seb_schema SET version = $1", &[&VERSION])?;
         Ok(found)
     })
 }

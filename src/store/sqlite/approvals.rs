@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{
-    approvals_of, execution_from_row, execution_row, insert_execution, insert_pending, parsed,
-    pending_from_row, pending_row, unix, EXECUTION_COLUMNS,
+    approvals_of, execution_from_row, execution_row, first_revoked, insert_execution,
+    insert_pending, parsed, pending_from_row, pending_row, serials_text, unix, EXECUTION_COLUMNS,
 };
 use super::{encode, SqliteStore};
 use crate::approval::Decision;
@@ -187,8 +187,8 @@ pub(super) fn add(
     }
     c.prepare_cached(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
-            signature, reason, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            signature, reason, at, approver_serials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
@@ -199,6 +199,7 @@ pub(super) fn add(
         approval.signature,
         approval.reason,
         unix(approval.at),
+        serials_text(&approval.approver_serials),
     ])?;
     let (kind, detail) = entries::approval_note(approval);
     event(c, kind, &detail, approval.at)?;
@@ -206,13 +207,21 @@ pub(super) fn add(
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    let approvals: Vec<ApprovalRecord> = match approvals_of(c, id)? {
-        Ok(all) => all
-            .into_iter()
-            .filter(|a| a.decision == Decision::Approve)
-            .collect(),
+    // Approvals whose approver has been revoked since (a certificate of its path) no longer
+    // count, and a token does not name them.
+    let mut approvals = Vec::new();
+    match approvals_of(c, id)? {
+        Ok(all) => {
+            for a in all {
+                if a.decision == Decision::Approve
+                    && first_revoked(c, &a.approver_serials)?.is_none()
+                {
+                    approvals.push(a);
+                }
+            }
+        }
         Err(e) => return Ok(Err(e)),
-    };
+    }
     let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
     if quorum {
         c.prepare_cached("UPDATE approval_requests SET closed = 'approved' WHERE request_id = ?1")?

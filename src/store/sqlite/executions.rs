@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
-    execution_from_row, execution_row, insert_execution, parse_serials, unix, EXECUTION_COLUMNS,
+    execution_from_row, execution_row, first_revoked, insert_execution, parse_serials, unix,
+    EXECUTION_COLUMNS,
 };
 use super::writer::Scope;
 use super::{encode, SqliteStore};
@@ -155,13 +156,8 @@ pub(super) fn redeem(
                 Ok(None) => return Ok(Redemption::AgentUnrecorded),
                 Err(e) => return Ok(Redemption::Corrupt(e)),
             };
-            for serial in serials {
-                let revoked = c
-                    .prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?
-                    .exists([serial.as_bytes()])?;
-                if revoked {
-                    return Ok(Redemption::AgentRevoked(serial));
-                }
+            if let Some(serial) = first_revoked(c, &serials)? {
+                return Ok(Redemption::AgentRevoked(serial));
             }
             let inserted = c
                 .prepare_cached(

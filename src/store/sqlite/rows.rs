@@ -113,6 +113,27 @@ pub(in crate::store) fn parse_serials(text: Option<&str>) -> Result<Option<Vec<S
         .map(Some)
 }
 
+/// The first of `serials` (a certificate path, leaf first) that is revoked, if any.
+pub(super) fn first_revoked(
+    c: &Connection,
+    serials: &[Serial],
+) -> rusqlite::Result<Option<Serial>> {
+    let mut stmt = c.prepare_cached("SELECT 1 FROM revoked WHERE serial = ?1")?;
+    for serial in serials {
+        if stmt.exists([serial.as_bytes()])? {
+            return Ok(Some(serial.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// The serials of `approvals.approver_serials`: none for a row written before they were kept.
+pub(in crate::store) fn approver_serials(text: Option<&str>) -> Result<Vec<Serial>, StoreError> {
+    parse_serials(text)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| StoreError::Corrupt(format!("approval: {e}")))
+}
+
 /// An `issued` row (serial, subject, role, issuer label, notAfter, PEM) as read.
 pub(super) fn issued_certificate(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedCertificate> {
     let not_after: i64 = r.get(4)?;
@@ -217,7 +238,7 @@ pub(super) fn approvals_of(
 ) -> rusqlite::Result<Result<Vec<ApprovalRecord>, StoreError>> {
     let mut stmt = c.prepare_cached(
         "SELECT request_id, approver, approver_subject, approver_key, decision, signature, reason,
-            at
+            at, approver_serials
          FROM approvals WHERE request_id = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map([request_id], approval)?;
@@ -237,6 +258,7 @@ fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, St
     let signature = r.get(5)?;
     let reason = r.get(6)?;
     let at: i64 = r.get(7)?;
+    let serials: Option<String> = r.get(8)?;
     Ok(
         parsed("approval decision", &decision, Decision::parse).and_then(|decision| {
             Ok(ApprovalRecord {
@@ -248,6 +270,7 @@ fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, St
                 signature,
                 reason,
                 at: from_unix(at)?,
+                approver_serials: approver_serials(serials.as_deref())?,
             })
         }),
     )

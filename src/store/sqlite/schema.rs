@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decision TEXT NOT NULL,
     signature TEXT NOT NULL,
     reason TEXT,
-    at INTEGER NOT NULL
+    at INTEGER NOT NULL,
+    approver_serials TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_request ON approvals (request_id);
 CREATE TABLE IF NOT EXISTS audit_entries (
@@ -110,8 +111,9 @@ CREATE TABLE IF NOT EXISTS health (
 /// The schema version this code writes (`PRAGMA user_version`). Version 1: every serial in
 /// `revoked` and `issued` is canonical (the minimal positive magnitude, [`Serial`]). Version
 /// 2: `executions.agent_serials`, the agent's path serials in canonical hex, space-separated
-/// (NULL in rows written before).
-pub(super) const VERSION: i64 = 2;
+/// (NULL in rows written before). Version 3: `approvals.approver_serials`, the approver's path
+/// serials in the same form (NULL in rows written before).
+pub(super) const VERSION: i64 = 3;
 
 /// Brings a store written by an earlier seb up to [`VERSION`], in one transaction, once.
 ///
@@ -130,16 +132,23 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if version < 1 {
         canonical_serials(&tx)?;
     }
-    // A store made before version 2 has `executions` without the column (CREATE TABLE IF
-    // NOT EXISTS left it as it was); a new one has it already.
-    let has_column: bool = tx
-        .prepare("SELECT 1 FROM pragma_table_info('executions') WHERE name = 'agent_serials'")?
-        .exists([])?;
-    if !has_column {
-        tx.execute_batch("ALTER TABLE executions ADD COLUMN agent_serials TEXT")?;
-    }
+    // A store made before version 2 (3) has `executions` (`approvals`) without the column
+    // (CREATE TABLE IF NOT EXISTS left it as it was); a new one has it already.
+    add_text_column(&tx, "executions", "agent_serials")?;
+    add_text_column(&tx, "approvals", "approver_serials")?;
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()
+}
+
+/// Adds the nullable text column `column` to `table` unless it is there.
+fn add_text_column(tx: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let has_column: bool = tx
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !has_column {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+    }
+    Ok(())
 }
 
 /// Version 1: every serial in `revoked` and `issued` canonical.
