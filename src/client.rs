@@ -37,17 +37,20 @@ pub enum ClientError {
     #[error("invalid broker URL {0:?}: expected https://host:port")]
     Url(String),
     /// Connecting or the TLS handshake failed.
-    #[error("cannot connect to the broker")]
+    #[error("cannot connect")]
     Connect(#[source] std::io::Error),
     /// HTTP failed.
-    #[error("HTTP error talking to the broker")]
+    #[error("HTTP error")]
     Http(#[source] hyper::Error),
 }
 
-/// TLS settings for talking to a broker.
+/// TLS settings for talking to a broker (or, through [`ClientTls::to_executors`], to
+/// executors).
 #[derive(Clone)]
 pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
+    /// The same identity, checking the server as an executor instead of the broker.
+    executor_config: Arc<rustls::ClientConfig>,
     /// The client's own chain and the pinned roots, parsed, to explain a failed connection.
     own_chain: Vec<Certificate>,
     roots: Vec<Certificate>,
@@ -78,10 +81,6 @@ impl ClientTls {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| ClientError::Input(format!("server verifier: {e}")))?;
-        let verifier = Arc::new(BrokerVerifier {
-            webpki,
-            roots: pinned,
-        });
         let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")?
             .into_iter()
             .map(CertificateDer::from)
@@ -91,22 +90,40 @@ impl ClientTls {
             .and_then(|blocks| blocks.into_iter().next())
             .ok_or_else(|| ClientError::Input(missing_key_hint(key_pem)))?;
         let key = PrivateKeyDer::Pkcs8(key.into());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Input(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| ClientError::Input(format!("client certificate or key: {e}")))?;
-        if !resumption {
-            config.resumption = rustls::client::Resumption::disabled();
-        }
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = |server: Server| {
+            let verifier = Arc::new(ServerVerifier {
+                webpki: webpki.clone(),
+                roots: pinned.clone(),
+                server,
+            });
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Input(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| ClientError::Input(format!("client certificate or key: {e}")))?;
+            if !resumption {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok::<_, ClientError>(Arc::new(config))
+        };
         Ok(Self {
-            config: Arc::new(config),
+            config: config(Server::Broker)?,
+            executor_config: config(Server::Executor)?,
             own_chain: Certificate::parse_pem_chain(chain_pem).unwrap_or_default(),
             roots: Certificate::parse_pem_chain(root_pem).unwrap_or_default(),
         })
+    }
+
+    /// The same identity and pinned root for talking to executors: the server must be an
+    /// executor ([`check_executor_certificate`]), not the broker.
+    pub fn to_executors(&self) -> Self {
+        Self {
+            config: self.executor_config.clone(),
+            ..self.clone()
+        }
     }
 
     /// What a person can do about `error`, a failed connection or request: the client's own
@@ -116,12 +133,15 @@ impl ClientTls {
     pub fn explain(&self, error: &ClientError, now: SystemTime) -> Option<String> {
         let text = error_text(error);
         let mut hints = Vec::new();
-        if text.contains("not issued directly by the root") || text.contains("lacks the serverAuth")
+        if text.contains("not issued directly by the root")
+            || text.contains("lacks the serverAuth")
+            || text.contains("it carries sebRole")
         {
             hints.push(
                 "the server's certificate is not the broker's own: only the root certifies the \
-                 broker, and this one was issued by an intermediate CA or lacks serverAuth. Do \
-                 not talk to this server; tell the security team"
+                 broker, and this one was issued by an intermediate CA, lacks serverAuth, or is \
+                 an agent's, approver's or executor's certificate. Do not talk to this server; \
+                 tell the security team"
                     .to_owned(),
             );
         } else if text.contains("invalid peer certificate") {
@@ -232,16 +252,24 @@ fn missing_key_hint(key_pem: &[u8]) -> String {
     }
 }
 
-/// The broker's server certificate check: rustls-webpki against the pinned root (signature
-/// path, validity, the server's name, serverAuth), then [`check_broker_certificate`]. Handshake
-/// signatures are webpki's to check.
-#[derive(Debug)]
-struct BrokerVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
-    roots: Vec<Certificate>,
+/// Which server a connection is for.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Broker,
+    Executor,
 }
 
-impl ServerCertVerifier for BrokerVerifier {
+/// The server certificate check: rustls-webpki against the pinned root (signature path,
+/// validity, the server's name, serverAuth), then [`check_broker_certificate`] or
+/// [`check_executor_certificate`]. Handshake signatures are webpki's to check.
+#[derive(Debug)]
+struct ServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    roots: Vec<Certificate>,
+    server: Server,
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -258,7 +286,13 @@ impl ServerCertVerifier for BrokerVerifier {
             now,
         )?;
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        check_broker_certificate(end_entity.as_ref(), &self.roots, now).map_err(|reason| {
+        let checked = match self.server {
+            Server::Broker => check_broker_certificate(end_entity.as_ref(), &self.roots, now),
+            Server::Executor => {
+                check_executor_certificate(end_entity.as_ref(), intermediates, &self.roots, now)
+            }
+        };
+        checked.map_err(|reason| {
             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
                 NotTheBroker(reason),
             ))))
@@ -307,9 +341,11 @@ const SERVER_AUTH: der::asn1::ObjectIdentifier =
 
 /// Whether the DER certificate `der` may be the broker's TLS certificate: issued directly by
 /// one of `roots` (a path of exactly the certificate and the root, checked with
-/// [`chain::validate`] offering no intermediates) and carrying serverAuth. Service
-/// certificates count only from the root: an intermediate, whatever it was delegated, cannot
-/// make a broker.
+/// [`chain::validate`] offering no intermediates), carrying serverAuth, and no seb role.
+/// Service certificates count only from the root: an intermediate, whatever it was delegated,
+/// cannot make a broker. An executor's certificate may be root-issued with serverAuth too,
+/// but it carries `sebRole` (executor), which the broker's own never does: whoever holds an
+/// executor's key must not be able to answer redemptions as the broker.
 pub fn check_broker_certificate(
     der: &[u8],
     roots: &[Certificate],
@@ -334,7 +370,58 @@ pub fn check_broker_certificate(
             cert.subject_string()
         ));
     }
+    if let Some(role) = seb_role(&cert) {
+        return Err(format!(
+            "the server certificate {:?} is an {role} certificate (it carries sebRole), not the \
+             broker's",
+            cert.subject_string()
+        ));
+    }
     Ok(())
+}
+
+/// Whether the DER certificate `der`, with the `intermediates` the server sent, may be an
+/// executor's TLS certificate: seb's own path validation to one of `roots` (a site CA may
+/// certify executors), the executor role in `sebRole`, delegated by every intermediate above
+/// it. serverAuth and the server's name are rustls-webpki's to check before this.
+pub fn check_executor_certificate(
+    der: &[u8],
+    intermediates: &[CertificateDer<'_>],
+    roots: &[Certificate],
+    now: SystemTime,
+) -> Result<(), String> {
+    let cert = Certificate::parse(der).map_err(|e| format!("the server certificate: {e}"))?;
+    let intermediates = intermediates
+        .iter()
+        .map(|c| Certificate::parse(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a certificate the server sent: {e}"))?;
+    let path = chain::validate(&cert, &intermediates, roots, now).map_err(|e| {
+        format!(
+            "the server certificate {:?} does not chain to the root ({})",
+            cert.subject_string(),
+            e.code()
+        )
+    })?;
+    match crate::authz::delegated_role(&path.chain_view()) {
+        Ok(role) if role.kind == crate::grants::RoleKind::Executor => Ok(()),
+        Ok(role) => Err(format!(
+            "the server certificate {:?} is an {} certificate, not an executor's",
+            cert.subject_string(),
+            role.kind
+        )),
+        Err((_, reason)) => Err(format!(
+            "the server certificate {:?} is not an executor's: {reason}",
+            cert.subject_string()
+        )),
+    }
+}
+
+/// The role in `cert`'s `sebRole` extension, if it carries one.
+fn seb_role(cert: &Certificate) -> Option<crate::grants::RoleKind> {
+    cert.extension(crate::cert::SEB_ROLE_OID)
+        .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok())
+        .map(|r| r.kind)
 }
 
 /// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS

@@ -913,7 +913,7 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     let present_at = |url: &str, who: &Identity, token: &str, params: &Value| {
         let tls = d.hsm.tls(who, false);
         runtime().block_on(async {
-            let mut client = Client::connect(url, &tls).await.unwrap();
+            let mut client = Client::connect(url, &tls.to_executors()).await.unwrap();
             client
                 .post_json("/v1/run", &json!({"token": token, "params": params}))
                 .await
@@ -974,7 +974,9 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     // a caller that is not an agent.
     let tls = d.hsm.tls(&d.agent, false);
     let raw = runtime().block_on(async {
-        let mut client = Client::connect(&exec.url, &tls).await.unwrap();
+        let mut client = Client::connect(&exec.url, &tls.to_executors())
+            .await
+            .unwrap();
         client
             .send(
                 "POST",

@@ -64,7 +64,7 @@ fn run(s: &Setup, agent: &Identity, token: &str, params: &Value) -> (u16, Value)
     let tls = s.hsm.tls(agent, true);
     let rt = common::runtime();
     let r = rt.block_on(async {
-        let mut c = seb::client::Client::connect(&s.exec.url, &tls)
+        let mut c = seb::client::Client::connect(&s.exec.url, &tls.to_executors())
             .await
             .unwrap();
         c.post_json("/v1/run", &json!({"token": token, "params": params}))
@@ -367,4 +367,80 @@ argv = ["/bin/sh", "-c", "echo {{text}} > /tmp/x"]
         "{body}"
     );
     assert!(!s.out.join("x.txt").exists());
+}
+
+#[test]
+fn an_executor_is_never_taken_for_the_broker_and_a_site_ca_may_certify_executors() {
+    // An executor's certificate is root-issued with serverAuth for its address, like the
+    // broker's: whoever holds an executor's key could otherwise answer redemptions as the
+    // broker. Its sebRole tells them apart.
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, false);
+    let rt = common::runtime();
+    let as_broker = rt.block_on(seb::client::Client::connect(&s.exec.url, &tls));
+    let Err(e) = as_broker else {
+        panic!("an executor's certificate was accepted as the broker's")
+    };
+    let text = format!("{e:?}");
+    assert!(text.contains("carries sebRole"), "{text}");
+    let hint = tls
+        .explain(&e, std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(hint.contains("not the broker's own"), "{hint}");
+    // And the broker is not an executor.
+    let as_executor = rt.block_on(seb::client::Client::connect(
+        &s.broker.url,
+        &tls.to_executors(),
+    ));
+    let Err(e) = as_executor else {
+        panic!("the broker's certificate was accepted as an executor's")
+    };
+    assert!(format!("{e:?}").contains("not an executor's"), "{e:?}");
+    // `seb request` pointed at the executor as its broker refuses to talk to it.
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            &s.exec.url,
+            "--ca",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            s.agent.cert.to_str().unwrap(),
+            "--key",
+            s.agent.key.to_str().unwrap(),
+            "--operation",
+            "demo.write",
+            "--resource",
+            "demo/files",
+            "--params",
+            r#"{"name":"x.txt","text":"x"}"#,
+        ],
+        s.hsm.dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("carries sebRole"), "{stderr}");
+
+    // An executor certified by a site CA (delegated the executor role) is reachable from
+    // `seb request --execute`.
+    drop(s.exec);
+    for old in ["executor.key", "executor.csr", "executor.pem"] {
+        std::fs::remove_file(s.hsm.path(old)).unwrap();
+    }
+    s.hsm
+        .issue_ca("site", "CN=site CA", &["--roles", "executor"]);
+    s.hsm.issue(
+        "executor",
+        "CN=site executor",
+        "executor",
+        &["--issuer", "site", "--tls-name", "127.0.0.1"],
+    );
+    let (exec, out) = Executor::demo_write(&s.hsm, &s.broker);
+    let s = Setup { exec, out, ..s };
+    let done = request_and_execute(&s, &json!({"name": "site.txt", "text": "from the site"}));
+    common::assert_success(&done, "seb request --execute through a site CA's executor");
+    assert_eq!(
+        std::fs::read_to_string(s.out.join("site.txt")).unwrap(),
+        "from the site"
+    );
 }

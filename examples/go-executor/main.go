@@ -149,11 +149,13 @@ func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, min
 		Certificates: []tls.Certificate{identity},
 		RootCAs:      t.roots,
 		MinVersion:   tls.VersionTLS12,
-		// Only a certificate the root issued directly, for serverAuth, is the broker: an
-		// intermediate CA may hold one for the broker's name that chains to the root as well.
+		// Only a certificate the root issued directly, for serverAuth, without a seb role, is
+		// the broker: an intermediate CA may hold one for the broker's name that chains to the
+		// root as well, and an executor's certificate may be root-issued with serverAuth (it
+		// carries sebRole).
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			for _, chain := range cs.VerifiedChains {
-				if len(chain) == 2 {
+				if len(chain) == 2 && !hasExtension(chain[0], sebOID(2)) {
 					for _, usage := range chain[0].ExtKeyUsage {
 						if usage == x509.ExtKeyUsageServerAuth {
 							return nil
@@ -161,7 +163,7 @@ func newExecutor(broker, brokerID, trustPath, certPath, keyPath, dir string, min
 					}
 				}
 			}
-			return errors.New("the broker's certificate is not issued directly by the root for serverAuth")
+			return errors.New("the broker's certificate is not issued directly by the root for serverAuth, or carries a seb role")
 		},
 	}}}
 	return e, nil

@@ -347,7 +347,7 @@ impl SebMcp {
         };
         let body = json!({"token": token, "params": params});
         let call = async {
-            let mut client = Client::connect(executor, &self.tls).await?;
+            let mut client = Client::connect(executor, &self.tls.to_executors()).await?;
             client.post_json("/v1/run", &body).await
         };
         match tokio::time::timeout(self.execute_timeout, call).await {

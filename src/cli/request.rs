@@ -172,10 +172,15 @@ fn execute(
     let body = serde_json::json!({ "token": token, "params": params });
     let answer = runtime
         .block_on(async {
-            let mut client = Client::connect(url, tls).await?;
+            let mut client = Client::connect(url, &tls.to_executors()).await?;
             client.post_json("/v1/run", &body).await
         })
-        .map_err(|e| format!("cannot reach the executor at {url}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach the executor at {url}: {}",
+                super::mcp::with_causes(&e)
+            )
+        })?;
     say!("{}", answer.text);
     Ok(if answer.status == 200 {
         if let Some(failure) = action_failure(&answer.body) {

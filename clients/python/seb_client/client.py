@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from . import errors
 from .jcs import canonicalize
+from .verify import SEB_ROLE
 
 
 def b64url(data: bytes) -> str:
@@ -290,7 +291,14 @@ def _server_certificate_problem(der: bytes | None, root: x509.Certificate) -> st
         return "the broker's certificate lacks serverAuth"
     if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
         return "the broker's certificate lacks serverAuth"
-    return None
+    try:
+        cert.extensions.get_extension_for_oid(SEB_ROLE)
+    except x509.ExtensionNotFound:
+        return None
+    # An executor's certificate may be root-issued with serverAuth too; it carries sebRole.
+    return "the server's certificate carries a seb role (an agent's, approver's or executor's), " \
+        "not the broker's"
+
 
 
 def _answer(response: httpx.Response) -> Any:

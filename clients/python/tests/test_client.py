@@ -181,6 +181,18 @@ def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_reque
         server.shutdown()
 
 
+def test_an_executor_is_not_taken_for_the_broker(agent):
+    """An executor's certificate is root-issued with serverAuth for its address too; whoever
+    holds its key must not be able to answer as the broker. It carries sebRole; the broker's
+    certificate never does."""
+    from seb_client import Client
+    with Client(env("SEB_EXECUTOR_URL"), env("SEB_ROOT"), env("SEB_AGENT_CERT"),
+                env("SEB_AGENT_KEY")) as c:
+        with pytest.raises(errors.ServerCertificateRefused) as refused:
+            c.request("demo.write", "demo/files", {"name": "x.txt", "text": "x"})
+        assert "carries a seb role" in str(refused.value)
+
+
 def test_an_unreachable_broker_raises_a_typed_error():
     with Client("https://127.0.0.1:1", env("SEB_ROOT"), env("SEB_AGENT_CERT"),
                 env("SEB_AGENT_KEY")) as nowhere:
