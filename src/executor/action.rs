@@ -67,6 +67,11 @@ const WRAPPERS: &[&str] = &[
     "ssh",
 ];
 
+/// Programs that join the arguments after the host into one command string and have a shell
+/// on the other host run it: a parameter after them is shell code there, so none is allowed
+/// (unless `allow_shell = true`). Matched by exact name (`ssh-keyscan` is not one).
+const REMOTE_SHELLS: &[&str] = &["ssh", "rsh", "slogin", "autossh"];
+
 /// Interpreters that take a program as an argument (`-c`, `-e`, `--eval`): refused with such
 /// an option. Running a script file with them stays allowed.
 const INTERPRETERS: &[&str] = &[
@@ -246,6 +251,19 @@ fn shell_reason(argv: &[String]) -> Option<String> {
     if is(WRAPPERS) {
         if let Some(shell) = rest.iter().find(|a| is_shell(a)) {
             return Some(format!("{program:?} runs the shell {shell:?}"));
+        }
+    }
+    let remote = |a: &String| names(a).iter().any(|n| REMOTE_SHELLS.contains(&n.as_str()));
+    if let Some(at) = argv.iter().position(remote) {
+        if let Some(param) = argv[at + 1..]
+            .iter()
+            .find(|a| matches!(placeholder(a), Ok(Some(_))))
+        {
+            return Some(format!(
+                "{:?} hands the parameter {param} to a shell on the remote host (it joins its \
+                 command into one string)",
+                argv[at]
+            ));
         }
     }
     let inline = |a: &str| {
@@ -569,6 +587,17 @@ mod tests {
             &["/usr/bin/sudo", "-u", "app", "/bin/sh", "/opt/x.sh"],
             &["/usr/bin/node", "--eval", "{x}"],
             &["/usr/bin/awk", "-e", "{x}"],
+            // ssh runs its command through the remote user's shell: a parameter is code there.
+            &[
+                "/usr/bin/ssh",
+                "-o",
+                "BatchMode=yes",
+                "deploy@db1",
+                "/usr/local/bin/deploy",
+                "--",
+                "{name}",
+            ],
+            &["/usr/bin/nice", "ssh", "db1", "deploy", "{v}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
@@ -586,6 +615,8 @@ mod tests {
             &["/usr/bin/grep", "-r", "sh", "/srv"],
             &["/usr/bin/nice", "/usr/bin/rsync", "-a", "{src}", "/backup/"],
             &["/usr/bin/shred", "-u", "{file}"],
+            &["/usr/bin/ssh", "db1", "/usr/local/bin/restart-api"],
+            &["/usr/bin/ssh-keyscan", "{host}"],
         ] {
             assert!(ArgvTemplate::new(argv(good), false).is_ok(), "{good:?}");
         }
