@@ -39,6 +39,7 @@ pub mod serial;
 #[cfg(feature = "broker")]
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod token;
 #[cfg(feature = "tpm")]

@@ -468,6 +468,51 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
 }
 
 #[test]
+fn a_justification_cannot_rewrite_what_approvers_see() {
+    // An agent that could put terminal escapes or bidirectional overrides in its
+    // justification could overwrite the parameters line an approver reads before signing.
+    let s = setup("");
+    for hostile in [
+        "INC-1\u{1b}[1A\r\u{1b}[2K  params         {\"version\":1}",
+        "looks fine \u{202e}1=noisrev",
+        "C1 \u{9b}2K",
+        "bell \u{7}",
+    ] {
+        let mut body = migrate(5);
+        body["justification"] = json!(hostile);
+        let r = call(&s, &s.agent, "POST", "/v1/executions", Some(&body));
+        assert_eq!(
+            (r.status, code(&r)),
+            (400, "invalid_request"),
+            "{hostile:?}: {}",
+            r.text
+        );
+    }
+    // Line feeds and tabs are allowed, and `seb pending` shows them as escapes.
+    let mut body = migrate(5);
+    body["justification"] = json!("two\nlines\tand a tab");
+    let r = call(&s, &s.agent, "POST", "/v1/executions", Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let mut args = vec!["pending".to_owned()];
+    args.extend(approver_args(&s, &s.alice));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::seb(&args, s.hsm.dir.path());
+    common::assert_success(&out, "seb pending");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(r"justification  two\u{a}lines\u{9}and a tab"),
+        "{shown}"
+    );
+    // The audit log keeps it as sent.
+    let logged = audit_entries(&s.hsm, "execution_pending");
+    assert_eq!(
+        logged.last().unwrap()["detail"],
+        "two\nlines\tand a tab",
+        "{logged:?}"
+    );
+}
+
+#[test]
 fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     let s = setup("");
     let team_grants = s.hsm.grants_file("team.toml", GRANTS);

@@ -39,8 +39,9 @@ pub struct ExecutionRequest {
     #[serde(default = "empty_object")]
     #[schemars(with = "serde_json::Map<String, Value>")]
     pub params: Value,
-    /// Why the agent asks: free text for the audit log and the approvers (at most 1024
-    /// characters).
+    /// Why the agent asks: free text for the audit log (the entry's `detail`) and the
+    /// approvers (at most 1024 characters; control characters other than line feed and tab,
+    /// and bidirectional formatting characters, are refused).
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub justification: Option<String>,
@@ -201,6 +202,16 @@ impl Broker {
                     "justification is longer than {MAX_JUSTIFICATION} characters"
                 )));
             }
+            // Approvers read it in a terminal, a chat message or a web page: escape sequences
+            // or bidirectional overrides could rewrite what they see next to it (the
+            // parameters they are asked to sign for).
+            if let Some(c) = j.chars().find(|&c| crate::text::hides_text(c)) {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "justification contains the control or bidirectional formatting character \
+                     U+{:04X}; only line feeds and tabs are allowed",
+                    u32::from(c)
+                )));
+            }
         }
         if !request.params.is_object() {
             return Err(BrokerError::InvalidRequest(
@@ -249,6 +260,7 @@ impl Broker {
         entry.params_digest = crate::canonical::params_digest(&req.params)
             .ok()
             .map(|d| base64url::encode(&d));
+        entry.detail = request.justification.clone();
         let (grant_ttl, approval, digest) = match decision {
             Decision::Deny { code, reason } => {
                 record.deny_code = Some(code.as_str().to_owned());

@@ -165,37 +165,38 @@ pub fn api_error(response: &ApiResponse) -> CliError {
 
 /// A request as an approver reads it.
 fn describe(r: &Value) -> String {
+    // Everything here came from the agent or an approver: shown with escapes, never obeyed
+    // by the terminal (seb::text::escaped).
+    let text = |v: &Value| seb::text::escaped(v.as_str().unwrap_or("?"));
     let approvals: Vec<String> = r["approvals"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["approver"].as_str().unwrap_or("?"),
-                a["decision"].as_str().unwrap_or("?")
-            )
-        })
+        .map(|a| format!("{} {}", text(&a["approver"]), text(&a["decision"])))
         .collect();
+    let params =
+        seb::canonical::canonicalize(&r["params"]).unwrap_or_else(|_| r["params"].to_string());
     format!(
         "request {id}\n  requester      {subject} (x5t#S256 {x5t})\n  operation      {op}\n  resource       {res}\n  params         {params}\n  justification  {just}\n  approvals      {n} of {req} from group {group}{list}\n  expires at     {exp} (Unix time)\n  request digest {digest}\n",
-        id = r["request_id"].as_str().unwrap_or("?"),
-        subject = r["requester"]["subject"].as_str().unwrap_or("?"),
-        x5t = r["requester"]["x5t#S256"].as_str().unwrap_or("?"),
-        op = r["operation"].as_str().unwrap_or("?"),
-        res = r["resource"].as_str().unwrap_or("?"),
-        params = seb::canonical::canonicalize(&r["params"]).unwrap_or_else(|_| r["params"].to_string()),
-        just = r["justification"].as_str().unwrap_or("(none)"),
+        id = text(&r["request_id"]),
+        subject = text(&r["requester"]["subject"]),
+        x5t = text(&r["requester"]["x5t#S256"]),
+        op = text(&r["operation"]),
+        res = text(&r["resource"]),
+        params = seb::text::escaped(&params),
+        just = r["justification"]
+            .as_str()
+            .map_or_else(|| "(none)".to_owned(), seb::text::escaped),
         n = approvals.len(),
         req = r["approvals_required"],
-        group = r["approval_group"].as_str().unwrap_or("?"),
+        group = text(&r["approval_group"]),
         list = if approvals.is_empty() {
             String::new()
         } else {
             format!(": {}", approvals.join(", "))
         },
         exp = r["expires_at"],
-        digest = r["request_digest"].as_str().unwrap_or("?"),
+        digest = text(&r["request_digest"]),
     )
 }
