@@ -347,6 +347,9 @@ impl Executor {
                 false
             }
         };
+        if !outcome.output_complete {
+            tracing::warn!(%request_id, "the action's output was still open 2 s after it ended (a descendant outside its process group); the receipt's digests are of what arrived until then");
+        }
         // The receipt carries the raw status; the answer also says what it means.
         let succeeded = outcome.succeeded(http);
         Ok(json!({
@@ -354,6 +357,7 @@ impl Executor {
             "succeeded": succeeded,
             "receipt": receipt,
             "outcome_recorded": recorded,
+            "output_complete": outcome.output_complete,
             "stdout": String::from_utf8_lossy(&outcome.stdout),
             "stderr": String::from_utf8_lossy(&outcome.stderr),
         }))

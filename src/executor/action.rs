@@ -8,6 +8,7 @@
 //! be read as an option). This module never builds a command line as text.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -423,6 +424,10 @@ pub struct Outcome {
     pub started: SystemTime,
     /// End.
     pub finished: SystemTime,
+    /// Whether both outputs were read to their end (false: a descendant outside the action's
+    /// process group still held a pipe 2 s after the action ended; the digests are of what
+    /// arrived until then).
+    pub output_complete: bool,
 }
 
 impl Outcome {
@@ -438,24 +443,46 @@ impl Outcome {
     }
 }
 
-/// Reads a pipe to its end: the digest of everything, the first bytes kept.
-fn drain(mut pipe: impl Read) -> ([u8; 32], Vec<u8>) {
-    let mut hasher = Sha256::new();
-    let mut kept = Vec::new();
+/// Reads a pipe to its end, sending each chunk as it arrives and then `None`.
+fn drain(mut pipe: impl Read, chunks: &std::sync::mpsc::Sender<Option<Vec<u8>>>) {
     let mut buf = [0u8; 8192];
     while let Ok(n) = pipe.read(&mut buf) {
-        if n == 0 {
+        if n == 0 || chunks.send(Some(buf[..n].to_vec())).is_err() {
             break;
         }
-        hasher.update(&buf[..n]);
-        let room = MAX_KEPT_OUTPUT.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
     }
-    (hasher.finalize().into(), kept)
+    let _ = chunks.send(None);
+}
+
+/// What [`drain`] sent until its end or `until`: the digest of all of it, the first bytes
+/// kept, and whether the pipe's end was reached.
+fn collected(
+    chunks: &std::sync::mpsc::Receiver<Option<Vec<u8>>>,
+    until: Instant,
+) -> ([u8; 32], Vec<u8>, bool) {
+    let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
+    let mut complete = false;
+    while let Ok(chunk) = chunks.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        let Some(chunk) = chunk else {
+            complete = true;
+            break;
+        };
+        hasher.update(&chunk);
+        let room = MAX_KEPT_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    (hasher.finalize().into(), kept, complete)
 }
 
 /// Runs `program args` with an empty environment (but `PATH` and `LANG=C`), stdin from
-/// /dev/null, in `/`; kills it at `timeout`. Blocking: call it from a blocking thread.
+/// /dev/null, in `/`, in a process group of its own; kills the whole group at `timeout`, and
+/// when the program exits (what it started in the background must not act after the receipt
+/// was signed). Blocking: call it from a blocking thread.
+///
+/// The output digests are of everything read. A descendant that left the group (`setsid`)
+/// and kept the pipes open is not waited for past 2 s: the digests are then of what arrived
+/// until then, and `output_complete` is false.
 pub fn run_argv(
     program: &str,
     args: &[String],
@@ -471,20 +498,22 @@ pub fn run_argv(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()?;
+    let group = rustix::process::Pid::from_child(&child);
+    let kill_group = || {
+        // ESRCH (nothing left in the group) is the usual answer once all have exited.
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (out_tx, out_rx) = std::sync::mpsc::channel();
     let (err_tx, err_rx) = std::sync::mpsc::channel();
     if let Some(pipe) = stdout {
-        std::thread::spawn(move || {
-            let _ = out_tx.send(drain(pipe));
-        });
+        std::thread::spawn(move || drain(pipe, &out_tx));
     }
     if let Some(pipe) = stderr {
-        std::thread::spawn(move || {
-            let _ = err_tx.send(drain(pipe));
-        });
+        std::thread::spawn(move || drain(pipe, &err_tx));
     }
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
@@ -494,17 +523,17 @@ pub fn run_argv(
         }
         if Instant::now() >= deadline {
             timed_out = true;
-            let _ = child.kill();
+            kill_group();
             break child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // A grandchild that kept the pipes open must not hold the answer: wait a little, then
-    // take the digest of nothing for what did not arrive.
-    let empty = || (Sha256::digest(b"").into(), Vec::new());
-    let wait = Duration::from_secs(2);
-    let (stdout_sha256, stdout) = out_rx.recv_timeout(wait).unwrap_or_else(|_| empty());
-    let (stderr_sha256, stderr) = err_rx.recv_timeout(wait).unwrap_or_else(|_| empty());
+    kill_group();
+    // A descendant outside the group that kept the pipes open must not hold the answer: wait
+    // a little, then take what arrived.
+    let wait = Instant::now() + Duration::from_secs(2);
+    let (stdout_sha256, stdout, out_complete) = collected(&out_rx, wait);
+    let (stderr_sha256, stderr, err_complete) = collected(&err_rx, wait);
     Ok(Outcome {
         exit_code: if timed_out {
             -1
@@ -518,6 +547,7 @@ pub fn run_argv(
         stderr,
         started,
         finished: SystemTime::now(),
+        output_complete: out_complete && err_complete,
     })
 }
 
@@ -542,6 +572,7 @@ pub async fn run_http(
             stderr: Vec::new(),
             started,
             finished: SystemTime::now(),
+            output_complete: true,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Ok(Outcome {
@@ -553,6 +584,7 @@ pub async fn run_http(
             stderr: Vec::new(),
             started,
             finished: SystemTime::now(),
+            output_complete: false,
         }),
     }
 }
@@ -564,6 +596,50 @@ mod tests {
 
     fn argv(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nothing_an_action_started_outlives_it_and_the_digests_are_of_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let late = dir.path().join("late");
+        let sh = |script: String, timeout: Duration| {
+            run_argv("/bin/sh", &["-c".to_owned(), script], timeout).unwrap()
+        };
+        // A background child that would write after the action exited (and holds its
+        // stdout meanwhile): killed with the action's process group, output complete.
+        let ran = sh(
+            format!("(sleep 1; touch {}) & echo hello", late.display()),
+            Duration::from_secs(10),
+        );
+        assert!(ran.output_complete && !ran.timed_out);
+        assert_eq!(ran.stdout, b"hello\n");
+        assert_eq!(
+            ran.stdout_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"hello\n"))
+        );
+        // Timed out: the whole group is killed, not only the first process.
+        let ran = sh(
+            format!("(sleep 1; touch {}) & sleep 10", late.display()),
+            Duration::from_millis(300),
+        );
+        assert!(ran.timed_out);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !late.exists(),
+            "a child of the action acted after it was killed"
+        );
+        // A descendant that left the group keeps the pipe: the digest is of what arrived,
+        // and the outcome says it is incomplete (never the digest of nothing).
+        let ran = sh(
+            "echo hello; setsid sleep 4 &".to_owned(),
+            Duration::from_secs(10),
+        );
+        assert!(!ran.output_complete);
+        assert_eq!(ran.stdout, b"hello\n");
+        assert_eq!(
+            ran.stdout_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"hello\n"))
+        );
     }
 
     #[test]
