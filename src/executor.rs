@@ -65,7 +65,9 @@ pub struct Executor {
     config: ExecutorConfig,
     roots: Vec<Certificate>,
     trust: RwLock<Arc<TrustStore>>,
-    approvers: Vec<Certificate>,
+    /// The approvers' certificates from the `approvers` file, re-read when a token names an
+    /// approver it does not hold (a renewed certificate added to the file).
+    approvers: RwLock<Arc<Vec<Certificate>>>,
     broker_tls: ClientTls,
     key: ApproverKey,
     thumbprint: String,
@@ -122,10 +124,7 @@ impl Executor {
         let key = ApproverKey::from_pkcs8_pem(&key_text)?;
         let broker_tls =
             ClientTls::new(&root_pem, &cert_pem, &key_pem, true).map_err(|e| e.to_string())?;
-        let approvers = match &config.approvers {
-            Some(path) => Certificate::parse_pem_chain(&read(path)?).map_err(|e| e.to_string())?,
-            None => Vec::new(),
-        };
+        let approvers = RwLock::new(Arc::new(read_approvers(&config)?));
         let epoch = AtomicU64::new(config.min_epoch);
         let placeholder =
             TrustStore::from_certificates(roots.clone()).map_err(|e| e.to_string())?;
@@ -170,6 +169,25 @@ impl Executor {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(store),
         }
         Ok(())
+    }
+
+    fn approvers(&self) -> Arc<Vec<Certificate>> {
+        match self.approvers.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the approvers file. A file that no longer parses leaves the certificates
+    /// read before in place (and says so in the log).
+    fn reload_approvers(&self) {
+        match read_approvers(&self.config) {
+            Ok(fresh) => match self.approvers.write() {
+                Ok(mut a) => *a = Arc::new(fresh),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot re-read the approvers file"),
+        }
     }
 
     fn trust(&self) -> Arc<TrustStore> {
@@ -274,12 +292,21 @@ impl Executor {
             Binding::agent((*agent.leaf).clone()),
         )
         .min_epoch(self.min_epoch())
-        .approvers(self.approvers.clone());
+        .approvers(self.approvers().as_ref().clone());
         if let Some(issuer) = &self.config.broker_id {
             expect = expect.issuer(issuer.clone());
         }
-        let verified =
-            verify::verify_token(&body.token, &trust, &expect).map_err(ExecError::TokenRefused)?;
+        let verified = match verify::verify_token(&body.token, &trust, &expect) {
+            // A renewed approver certificate is a new thumbprint: the operator adds it to the
+            // approvers file, which is read again here (no restart).
+            Err(verify::VerifyError::UnknownApprover { .. }) if self.config.approvers.is_some() => {
+                self.reload_approvers();
+                expect = expect.approvers(self.approvers().as_ref().clone());
+                verify::verify_token(&body.token, &trust, &expect)
+            }
+            other => other,
+        }
+        .map_err(ExecError::TokenRefused)?;
         if let Some(max_age) = self.config.max_attestation_age {
             let att = verified.claims.att.as_ref().ok_or_else(|| {
                 ExecError::AttestationStale("the token carries no attestation (att)".into())
@@ -503,6 +530,14 @@ fn router(executor: Arc<Executor>) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(executor)
+}
+
+/// The certificates of the configured `approvers` file (none without one).
+fn read_approvers(config: &ExecutorConfig) -> Result<Vec<Certificate>, String> {
+    match &config.approvers {
+        Some(path) => Certificate::parse_pem_chain(&read(path)?).map_err(|e| e.to_string()),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Serves until `shutdown` turns true.

@@ -444,3 +444,116 @@ fn an_executor_is_never_taken_for_the_broker_and_a_site_ca_may_certify_executors
         "from the site"
     );
 }
+
+#[test]
+fn a_renewed_approver_is_honoured_once_added_to_the_approvers_file_without_a_restart() {
+    // Renewal keeps the key but makes a new certificate (a new thumbprint). An executor that
+    // read its approvers file once would refuse every approved token of a renewed approver
+    // until restarted; it reads the file again when a token names an approver it lacks.
+    let hsm = Hsm::initialised();
+    common::exec::identity(&hsm);
+    let agent = hsm.agent(
+        "agent",
+        r#"
+[[grant]]
+operation = "demo.write"
+resource = "demo/files"
+max_ttl = "60s"
+params_any = true
+approval = { required = 1, group = "sre-leads" }
+"#,
+    );
+    let alice = hsm.identity("alice", "CN=alice", "approver", &["--group", "sre-leads"]);
+    let broker = Broker::start(&hsm);
+    std::fs::copy(&alice.cert, hsm.path("approvers.pem")).unwrap();
+    let out = hsm.path("demo-output");
+    let config = common::exec::config(
+        &hsm,
+        &broker,
+        &out,
+        r#"approvers = "approvers.pem""#,
+        &["demo/files"],
+    );
+    let exec = Executor::start(&hsm, &config);
+
+    let serial = seb::cert::Certificate::parse_pem_chain(&std::fs::read(&alice.cert).unwrap())
+        .unwrap()[0]
+        .serial_hex();
+    let renewed = hsm.path("alice-renewed.pem");
+    hsm.seb_ok(&[
+        "cert",
+        "renew",
+        "--serial",
+        &serial,
+        "--out",
+        renewed.to_str().unwrap(),
+    ]);
+
+    let params = json!({"name": "approved.txt", "text": "approved by a renewed approver"});
+    let tls = hsm.tls(&agent, true);
+    let rt = common::runtime();
+    let body = json!({"operation": "demo.write", "resource": "demo/files", "params": params});
+    let asked = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        c.post_json("/v1/executions", &body).await.unwrap()
+    });
+    assert_eq!(asked.status, 202, "{}", asked.text);
+    let id = asked.body["request_id"].as_str().unwrap().to_owned();
+    let approved = common::seb(
+        &[
+            "approve",
+            "--broker",
+            &broker.url,
+            "--ca",
+            hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            renewed.to_str().unwrap(),
+            "--key",
+            alice.key.to_str().unwrap(),
+            &id,
+        ],
+        hsm.dir.path(),
+    );
+    common::assert_success(&approved, "seb approve with the renewed certificate");
+    let token = rt.block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        let r = c
+            .send("GET", &format!("/v1/executions/{id}"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.body["status"], "granted", "{}", r.text);
+        r.body["token"].as_str().unwrap().to_owned()
+    });
+    let present = || {
+        rt.block_on(async {
+            let mut c = seb::client::Client::connect(&exec.url, &tls.to_executors())
+                .await
+                .unwrap();
+            c.post_json("/v1/run", &json!({"token": token, "params": params}))
+                .await
+                .unwrap()
+        })
+    };
+    // Not in the file yet: refused offline, so the token is not spent.
+    let r = present();
+    assert_eq!(
+        (r.status, code(&r.body)),
+        (403, "unknown_approver"),
+        "{}",
+        r.text
+    );
+    // The operator adds the renewed certificate; the same token now runs, once.
+    let mut bundle = std::fs::read(&alice.cert).unwrap();
+    bundle.extend(std::fs::read(&renewed).unwrap());
+    std::fs::write(hsm.path("approvers.pem"), bundle).unwrap();
+    let r = present();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        std::fs::read_to_string(out.join("approved.txt")).unwrap(),
+        "approved by a renewed approver"
+    );
+}
