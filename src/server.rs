@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tracing::Instrument;
 
-use crate::broker::{Access, Broker, BrokerError, Peer};
+use crate::broker::{Access, Broker, BrokerError, Peer, RefusedAttempt};
 use crate::grants::RoleKind;
 
 pub mod error;
@@ -412,6 +412,14 @@ async fn authorize(
     if let Err(refused) = app.check_rate(&peer) {
         return refused.into_response();
     }
+    // An agent asking or an executor redeeming with a certificate that does not count (revoked,
+    // expired, another role) is an audit entry: what a SIEM alerts on.
+    let attempt = match (req.method().as_str(), req.uri().path()) {
+        ("POST", "/v1/executions") => Some(RefusedAttempt::Execution),
+        ("POST", "/v1/tokens/redeem") => Some(RefusedAttempt::Redemption),
+        _ => None,
+    };
+    let caller = peer.clone();
     let admitted = if matches!(
         app.broker.config().store,
         crate::config::StoreConfig::Postgres(_)
@@ -428,8 +436,21 @@ async fn authorize(
             req.extensions_mut().insert(Arc::new(caller));
             next.run(req).await
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            if let Some(attempt) = attempt {
+                audit_refused(&app, caller, attempt, &e);
+            }
+            ApiError::from(e).into_response()
+        }
     }
+}
+
+/// Writes the audit entry of a refused attempt on a blocking thread, without waiting for it:
+/// the refusal does not depend on it (best effort, [`Broker::audit_refused_attempt`]).
+pub(crate) fn audit_refused(app: &App, peer: Arc<Peer>, attempt: RefusedAttempt, e: &BrokerError) {
+    let broker = app.broker.clone();
+    let code = e.code();
+    tokio::task::spawn_blocking(move || broker.audit_refused_attempt(&peer, attempt, code));
 }
 
 /// Request id, tracing span and security headers for every request; refusals made by the HTTP

@@ -934,3 +934,85 @@ fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired
     );
     assert!(ok(&out).contains("audit log OK"));
 }
+
+/// The entries of the running broker's log of `kind`, once `count` of them are there
+/// (refusals before a handler are logged without holding the answer back).
+fn entries_of(s: &Setup, kind: &str, count: usize) -> Vec<Value> {
+    use seb::store::Store;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let store = seb::store::sqlite::SqliteStore::open(&s.hsm.path("state")).unwrap();
+        let size = store.audit_size().unwrap();
+        let found: Vec<Value> = store
+            .audit_entries(0, size)
+            .unwrap()
+            .into_iter()
+            .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
+            .filter(|e| e["kind"] == kind)
+            .collect();
+        if found.len() >= count || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn attempts_refused_before_any_decision_are_in_the_log() {
+    // A revoked agent still asking, an agent trying to redeem, requests while frozen: what a
+    // SIEM alerts on, so each is an entry naming the certificate and the code.
+    let s = setup();
+    let serial = common::openssl_serial(&s.agent.cert);
+    let r = call(
+        &s,
+        "POST",
+        "/v1/tokens/redeem",
+        Some(&json!({"token": "x.y.z"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text);
+    s.hsm.seb_ok(&["freeze", "--reason", "drill"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (503, Some("issuance_frozen")),
+        "{}",
+        r.text
+    );
+    s.hsm.seb_ok(&["unfreeze"]);
+    s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (403, Some("certificate_revoked")),
+        "{}",
+        r.text
+    );
+
+    let denied = entries_of(&s, "execution_denied", 2);
+    let codes: Vec<&str> = denied.iter().filter_map(|e| e["code"].as_str()).collect();
+    assert_eq!(
+        codes,
+        ["issuance_frozen", "certificate_revoked"],
+        "{denied:?}"
+    );
+    for entry in &denied {
+        assert_eq!(entry["cert"]["subject"], "CN=deploy-bot", "{entry}");
+        assert_eq!(
+            entry["cert"]["serial"].as_str().unwrap().to_uppercase(),
+            serial.to_uppercase(),
+            "{entry}"
+        );
+    }
+    let redeemed = entries_of(&s, "token_redeemed", 1);
+    assert_eq!(redeemed.len(), 1, "{redeemed:?}");
+    assert_eq!(redeemed[0]["code"], "wrong_role", "{redeemed:?}");
+}

@@ -60,6 +60,11 @@ impl Caller {
         &self.peer
     }
 
+    /// Who is calling, shared (for work that outlives the request).
+    pub(crate) fn shared_peer(&self) -> Arc<Peer> {
+        self.peer.clone()
+    }
+
     /// The revocation state of the caller's path read when it was checked.
     pub(crate) fn revocations(&self) -> &RevokedSet {
         &self.revoked
@@ -126,5 +131,41 @@ impl Broker {
             }
         }
         Ok(Caller { peer, revoked })
+    }
+}
+
+/// Refusals made before a request reaches its handler that are audit entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedAttempt {
+    /// An execution request (`execution_denied`).
+    Execution,
+    /// A redemption (`token_redeemed` with the code).
+    Redemption,
+}
+
+impl Broker {
+    /// Records that `peer`'s attempt was refused with the code `code` before its handler ran (its
+    /// certificate revoked or expired, another role, the broker frozen): what a SIEM alerts on
+    /// (docs/AUDIT.md). Best effort: a failed write is logged, the refusal stands either way.
+    /// Blocking (a store write): call it from a blocking thread.
+    pub fn audit_refused_attempt(&self, peer: &Peer, attempt: RefusedAttempt, code: &str) {
+        use crate::audit::entry::EntryKind;
+        let kind = match attempt {
+            RefusedAttempt::Execution => EntryKind::ExecutionDenied,
+            RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
+        };
+        let mut entry = super::audit::entry_now(kind);
+        entry.cert = Some(super::audit::cert_ref(
+            &peer.thumbprint,
+            peer.serials().next(),
+            &peer.subject,
+        ));
+        if attempt == RefusedAttempt::Execution {
+            entry.decision = Some("denied".into());
+        }
+        entry.code = Some(code.to_owned());
+        if let Err(e) = self.store.append_audit(&entry) {
+            tracing::error!(error = %e, code, "a refused attempt could not be logged");
+        }
     }
 }

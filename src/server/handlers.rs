@@ -135,7 +135,22 @@ pub(super) async fn create_execution(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ExecutionRequest = parse_body(body)?;
-    let response = app.broker.request_execution(&caller, request).await?;
+    let response = match app.broker.request_execution(&caller, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            // Refused by the broker's own state before any decision: still an attempt the
+            // log records (decisions record themselves).
+            if matches!(e, BrokerError::Frozen | BrokerError::Attestation(_)) {
+                super::audit_refused(
+                    &app,
+                    caller.shared_peer(),
+                    crate::broker::RefusedAttempt::Execution,
+                    &e,
+                );
+            }
+            return Err(e.into());
+        }
+    };
     let status = if response.token.is_some() {
         StatusCode::CREATED
     } else {
