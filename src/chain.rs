@@ -175,6 +175,13 @@ pub enum ChainError {
         /// The extension's OID.
         oid: String,
     },
+    /// The leaf's key usage does not include digitalSignature: its key may not sign, and every
+    /// seb key signs (TLS, approvals, receipts, tokens, quotes).
+    #[error("{subject:?} has a keyUsage without digitalSignature: its key may not sign")]
+    LeafCannotSign {
+        /// Its subject.
+        subject: String,
+    },
     /// The leaf is itself one of the trusted roots.
     #[error("{subject:?} is a trusted root, not an end-entity certificate")]
     LeafIsRoot {
@@ -224,6 +231,7 @@ impl ChainError {
             ChainError::PathTooLong { .. } | ChainError::TooComplex { .. } => "path_too_long",
             ChainError::UnknownCriticalExtension { .. } => "unknown_critical_extension",
             ChainError::LeafIsRoot { .. } => "leaf_is_root",
+            ChainError::LeafCannotSign { .. } => "leaf_key_usage",
             ChainError::RootNotYetValid { .. } => "certificate_not_yet_valid",
             ChainError::RootExpired { .. } => "certificate_expired",
         }
@@ -374,6 +382,16 @@ pub fn validate<'a>(
             subject: root.subject_string(),
             now: now_s,
             not_after: unix(root.not_after()),
+        });
+    }
+    // Checked once the path is known (a root or a stranger is refused for that first).
+    // RFC 5280 §4.2.1.3: with a keyUsage, the key is used for those purposes only.
+    let usage = leaf
+        .standard_extension::<KeyUsage>()
+        .map_err(|e| malformed(leaf, e))?;
+    if usage.is_some_and(|ku| !ku.digital_signature()) {
+        return Err(ChainError::LeafCannotSign {
+            subject: leaf.subject_string(),
         });
     }
     // A zero or negative serial (RFC 5280 forbids both) could not be told apart from the

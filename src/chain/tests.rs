@@ -193,6 +193,26 @@ fn tampering_with_any_signed_byte_breaks_the_signature() {
 }
 
 #[test]
+fn a_leaf_whose_key_usage_forbids_signing_is_refused() {
+    // RFC 5280 §4.2.1.3: an agent certificate an offline CA issued with cRLSign only may not
+    // authenticate (TLS CertificateVerify) or sign approvals.
+    let root = Ca::root("root");
+    let leaf = root.agent("agent", &deploy()).unwrap();
+    let roots = [root.cert.clone()];
+    assert!(validate(&leaf, &[], &roots, now()).is_ok());
+    let mut crl_only = forge(&leaf);
+    crl_only.set_extension(standard(KeyUsage(KeyUsages::CRLSign.into()), true));
+    let crl_only = resign(crl_only, &root.key);
+    let err = validate(&crl_only, &[], &roots, now()).unwrap_err();
+    assert!(matches!(err, ChainError::LeafCannotSign { .. }), "{err}");
+    assert_eq!(err.code(), "leaf_key_usage");
+    // Without a keyUsage at all, nothing restricts the key.
+    let mut none = forge(&leaf);
+    none.remove_extension(KeyUsage::OID);
+    assert!(validate(&resign(none, &root.key), &[], &roots, now()).is_ok());
+}
+
+#[test]
 fn an_end_entity_cannot_act_as_a_ca() {
     let root = Ca::root("root");
     let (agent_key, agent) = root.agent_with_key("agent", &deploy());
