@@ -219,7 +219,33 @@ pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
     if !has_cn {
         return Err(err("a common name (CN=...) is required"));
     }
+    if let Some(problem) = attribute_problem(&name) {
+        return Err(err(&problem));
+    }
     Ok(name)
+}
+
+/// countryName (2.5.4.6).
+const COUNTRY_NAME: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.5.4.6");
+
+/// A subject attribute outside RFC 5280's upper bounds, which other tools refuse or warn
+/// about (Python's cryptography): a common name of 1 to 64 characters, a two-letter country.
+pub fn attribute_problem(name: &Name) -> Option<String> {
+    for atv in name.iter() {
+        let chars = std::str::from_utf8(atv.value.value())
+            .map(|text| text.chars().count())
+            .unwrap_or(usize::MAX);
+        if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
+            return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
+        }
+        if atv.oid == COUNTRY_NAME && chars != 2 {
+            return Some(
+                "the country (C) must be a two-letter code such as C=DE (RFC 5280)".into(),
+            );
+        }
+    }
+    None
 }
 
 /// A fresh random serial: 16 random bytes, positive, so at most 17 octets encoded (RFC 5280
@@ -346,6 +372,9 @@ pub fn issue_leaf_serving(
         return Err(subject_err(
             "the CSR's subject has no common name (CN=...); make the CSR with `seb keygen --subject \"CN=...\"`",
         ));
+    }
+    if let Some(problem) = attribute_problem(&request.subject) {
+        return Err(subject_err(&format!("the CSR's subject: {problem}")));
     }
     if issuer_chain
         .iter()

@@ -214,3 +214,17 @@ fn an_intermediate_issues_only_its_roles_and_passes_on_no_more() {
         Err(CaError::RoleNotDelegated { .. })
     ));
 }
+
+#[test]
+fn subjects_stay_within_rfc_5280_bounds() {
+    // Other tools refuse or warn about these (Python's cryptography under -W error fails).
+    for (subject, why) in [
+        ("CN=deploy-bot,C=USA", "two-letter"),
+        ("CN=deploy-bot,C=D", "two-letter"),
+        (&*format!("CN={}", "a".repeat(65)), "1 to 64"),
+    ] {
+        let err = parse_subject(subject).unwrap_err().to_string();
+        assert!(err.contains(why), "{subject}: {err}");
+    }
+    assert!(parse_subject(&format!("CN={},C=DE", "é".repeat(64))).is_ok());
+}
