@@ -84,7 +84,9 @@ enum Command {
     /// Run the broker (HTTPS with client certificates) until SIGTERM.
     Serve(cli::serve::ServeArgs),
     /// Create or bring up to date the store's schema (the PostgreSQL database of replicas, or
-    /// SQLite in the state directory). `seb init` and `seb serve` do it too.
+    /// SQLite in the state directory). `seb init` does it too; with SQLite every command
+    /// opening the store does, with PostgreSQL only `init` and `migrate` (the others refuse
+    /// another version).
     Migrate,
     /// Ask a broker for an execution token, as an agent. Exit status: 0 granted, 2 pending
     /// approval (without --wait), 1 denied, rejected, expired or error.
