@@ -465,7 +465,10 @@ async fn request_context(
     let _ = getrandom::fill(&mut id_bytes);
     let request_id = hex::encode(id_bytes);
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
-    let mut response = next.run(req).instrument(span).await;
+    let mut response = next.run(req).instrument(span.clone()).await;
+    // Refusals and failures log themselves (info and up); every answer is a debug line, so that
+    // any `x-request-id` can be found without a line per token at the default level.
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
     if let Some(refusal) = response.extensions().get::<error::HttpRefusal>() {
         app.broker.metrics().record_request("http", refusal.code);
     }
