@@ -386,10 +386,16 @@ pub fn validate<'a>(
     }
     // Checked once the path is known (a root or a stranger is refused for that first).
     // RFC 5280 §4.2.1.3: with a keyUsage, the key is used for those purposes only.
+    // A CA validated as the start of a path (an intermediate checked against its root) signs
+    // certificates, not messages: `check_issuer` holds its key usage to keyCertSign.
     let usage = leaf
         .standard_extension::<KeyUsage>()
         .map_err(|e| malformed(leaf, e))?;
-    if usage.is_some_and(|ku| !ku.digital_signature()) {
+    let is_ca = leaf
+        .standard_extension::<BasicConstraints>()
+        .map_err(|e| malformed(leaf, e))?
+        .is_some_and(|bc| bc.ca);
+    if !is_ca && usage.is_some_and(|ku| !ku.digital_signature()) {
         return Err(ChainError::LeafCannotSign {
             subject: leaf.subject_string(),
         });

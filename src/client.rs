@@ -196,6 +196,16 @@ impl ClientTls {
         if let Err(e) = crate::chain::validate(leaf, rest, &self.roots, now) {
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
+                    if leaf.tbs().issuer() == leaf.tbs().subject() =>
+                {
+                    problems.push(format!(
+                        "your certificate ({}) is self-signed: it must be issued by the \
+                         broker's CA (make a CSR with `seb keygen` and have the security team \
+                         run `seb cert issue`)",
+                        leaf.subject_string()
+                    ))
+                }
+                crate::chain::ChainError::UnknownIssuer { .. }
                     if rest.is_empty()
                         && !self
                             .roots
@@ -203,9 +213,11 @@ impl ClientTls {
                             .any(|r| r.tbs().subject() == leaf.tbs().issuer()) =>
                 {
                     problems.push(format!(
-                        "your certificate was issued by {}, an intermediate CA: send the chain, \
-                         not only the leaf (the certificate file must hold the leaf followed by \
-                         its intermediates, as `seb cert issue --out` writes it)",
+                        "your certificate was issued by {}, not by the --ca root: if that is an \
+                         intermediate CA of this broker, send the chain, not only the leaf (the \
+                         certificate file must hold the leaf followed by its intermediates, as \
+                         `seb cert issue --out` writes it); otherwise the certificate is from \
+                         another CA and this broker will not accept it",
                         leaf.issuer_string()
                     ))
                 }

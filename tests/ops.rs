@@ -867,6 +867,38 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
         "{stderr}"
     );
 
+    // A self-signed certificate is not sent looking for a chain that does not exist.
+    let own = common::Identity {
+        cert: hsm.path("self.pem"),
+        key: hsm.path("self.key"),
+    };
+    let (ok, text) = openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=self",
+            "-days",
+            "1",
+            "-keyout",
+            own.key.to_str().unwrap(),
+            "-out",
+            own.cert.to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    let out = seb_request(&hsm, &broker, &root, &own);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is self-signed"), "{stderr}");
+    assert!(!stderr.contains("send the chain"), "{stderr}");
+
     // A SEC1 key gets the command that converts it.
     let sec1 = hsm.path("sec1.key");
     let (ok, text) = openssl(
