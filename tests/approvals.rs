@@ -402,6 +402,14 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     assert!(counted
         .iter()
         .all(|e| e["decision"] == "approve" && e["request_id"].is_string()));
+    // Each names its approver's certificate in full: thumbprint, serial and subject.
+    let alice = Certificate::parse(&std::fs::read(&s.alice.cert).unwrap()).unwrap();
+    assert_eq!(counted[0]["cert"]["subject"], "CN=alice", "{given:?}");
+    assert_eq!(
+        counted[0]["cert"]["serial"].as_str().map(str::to_uppercase),
+        Some(alice.serial_hex().to_uppercase()),
+        "{given:?}"
+    );
     assert!(
         given.iter().any(|e| e["code"] == "duplicate_approval"),
         "{given:?}"

@@ -290,6 +290,22 @@ fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_workin
         .block_on(seb::client::Client::connect(&broker.url, &tls))
         .unwrap();
 
+    // The certificates the broker uses now cannot be revoked: rotate first.
+    let token_serial = openssl_serial(&hsm.trust("token.pem"));
+    for (serial, refusal) in [
+        (token_serial.clone(), "seb rotate token"),
+        (old_tls_serial.clone(), "seb rotate tls"),
+        (
+            openssl_serial(&hsm.trust("root.pem")),
+            "cannot be revoked on its own CRL",
+        ),
+    ] {
+        assert_clean_failure(
+            &hsm.seb(&["cert", "revoke", "--serial", &serial, "--unknown"]),
+            refusal,
+        );
+    }
+
     let out = hsm.seb_ok(&["rotate", "token"]);
     assert!(out.contains("\"seb-token.2\""), "{out}");
     let out = hsm.seb_ok(&["rotate", "tls"]);
@@ -386,6 +402,8 @@ fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_workin
     assert_eq!(listed(&hsm, &["--role", "token"]).len(), 1);
     assert_eq!(listed(&hsm, &["--role", "tls"]).len(), 1);
     assert_clean_failure(&hsm.seb(&["rotate", "root"]), "ceremony");
+    // Retired, the old token certificate may be revoked.
+    hsm.seb_ok(&["cert", "revoke", "--serial", &token_serial, "--unknown"]);
 }
 
 #[test]
@@ -1054,6 +1072,14 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     assert!(!ok && text.contains("certificate revoked"), "{text}");
     let none = get(&hsm, &broker, &good, "/v1/crl?issuer=nosuch");
     assert_eq!(none.status, 404, "{}", none.text);
+    assert_eq!(
+        none.body["error"]["code"], "unknown_crl_issuer",
+        "{}",
+        none.text
+    );
+    let odd = get(&hsm, &broker, &good, "/v1/crl?foo=bar");
+    assert_eq!(odd.status, 400, "{}", odd.text);
+    assert_eq!(odd.body["error"]["code"], "invalid_query", "{}", odd.text);
     drop(broker);
 
     // A serial nobody issued (a typo) is refused unless the operator says whose it is.

@@ -714,32 +714,43 @@ fn migrate_creates_the_schema_once_and_check_reports_the_database() {
     let hsm = Hsm::initialised_postgres();
     let text = hsm.seb_ok(&["check"]);
     assert!(
-        text.contains("PostgreSQL store reachable, schema version 1"),
+        text.contains("PostgreSQL store reachable, schema version 2"),
         "{text}"
     );
     assert!(text.contains("database password file"), "{text}");
     let said = hsm.seb_ok(&["migrate"]);
-    assert!(said.contains("up to date (version 1)"), "{said}");
+    assert!(said.contains("up to date (version 2)"), "{said}");
     // An empty database: check says what to do, migrate creates the schema, once.
     let password = std::fs::read_to_string(hsm.path("pg.password")).unwrap();
     let port = std::fs::read_to_string(hsm.path("pg.port")).unwrap();
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port.trim(),
-            "-U",
-            "seb",
-            "-d",
-            "seb",
-            "-qc",
-        ])
-        .arg("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        .env("PGPASSWORD", password.trim())
-        .output()
-        .unwrap();
-    common::assert_success(&out, "psql");
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port.trim(),
+                "-U",
+                "seb",
+                "-d",
+                "seb",
+                "-qc",
+            ])
+            .arg(sql)
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .unwrap();
+        common::assert_success(&out, "psql");
+    };
+    // A version-1 schema (before approvals kept their approvers' serials): serve refuses it,
+    // migrate brings it to 2 in one step.
+    psql("ALTER TABLE approvals DROP COLUMN approver_serials; UPDATE seb_schema SET version = 1");
+    let out = hsm.seb(&["check"]);
+    assert!(!out.status.success());
+    let said = hsm.seb_ok(&["migrate"]);
+    assert!(said.contains("migrated from version 1 to 2"), "{said}");
+    psql("SELECT approver_serials FROM approvals");
+    psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
     let out = hsm.seb(&["check"]);
     assert!(!out.status.success());
     let report = String::from_utf8_lossy(&out.stdout);
@@ -750,11 +761,11 @@ fn migrate_creates_the_schema_once_and_check_reports_the_database() {
     // Opening the store (to read what was issued) says the same, not a missing-table error,
     // and creates nothing: migrate below still finds version 0.
     assert!(
-        report.contains("the database schema is version 0, this seb needs 1: run `seb migrate`"),
+        report.contains("the database schema is version 0, this seb needs 2: run `seb migrate`"),
         "{report}"
     );
     let said = hsm.seb_ok(&["migrate"]);
-    assert!(said.contains("migrated from version 0 to 1"), "{said}");
+    assert!(said.contains("migrated from version 0 to 2"), "{said}");
     let said = hsm.seb_ok(&["migrate"]);
     assert!(said.contains("up to date"), "{said}");
     // The database down: check fails and says so, without the password.

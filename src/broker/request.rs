@@ -374,7 +374,7 @@ impl Broker {
             request_id: Some(request_id.clone()),
         };
         let token_key = keys.token.clone();
-        let (outcome, input) = issuance::sign_and_record(
+        let recorded = issuance::sign_and_record(
             &self.store,
             &self.signer,
             keys.token.label.clone(),
@@ -391,14 +391,24 @@ impl Broker {
                 Ok((token_key.alg.digest(input.as_bytes()), input))
             },
         )
-        .await
-        .map_err(BrokerError::AuditUnavailable)?;
+        .await;
+        let (outcome, input) = match recorded {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                guard.forget();
+                return Err(BrokerError::AuditUnavailable(e));
+            }
+        };
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
-            (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
             // Not durable (the record, or its audit entry): a signature, if one was made, is
-            // dropped here.
-            (Err(store), _) => return Err(BrokerError::AuditUnavailable(store)),
+            // dropped here. No record and no grant entry exist, so there is nothing to mark
+            // failed (an `issuance_failed` entry would name a request the log never saw).
+            (Err(store), _) => {
+                guard.forget();
+                return Err(BrokerError::AuditUnavailable(store));
+            }
+            (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
             (Ok(()), None) => {
                 return Err(BrokerError::Internal(
                     "issuance finished without a signature".into(),
@@ -547,6 +557,11 @@ pub(super) struct IssuingGuard<'a> {
 }
 
 impl IssuingGuard<'_> {
+    /// The record was never written: nothing to complete.
+    pub(super) fn forget(mut self) {
+        self.request_id = None;
+    }
+
     pub(super) fn complete(mut self, token: String) {
         if let Some(id) = self.request_id.take() {
             self.store

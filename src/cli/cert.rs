@@ -454,6 +454,37 @@ fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError>
     Ok(csr::verify(&read_file(path)?)?)
 }
 
+/// Refuses to revoke the root or a certificate the broker is using now (token, TLS, audit):
+/// the broker would go on signing with a key its own CRL disowns. A compromised service key
+/// is rotated first; the retired certificate may then be revoked.
+fn refuse_own_certificate(config: &Config, serial: &Serial) -> CliResult {
+    let trust = config.trust_dir();
+    let is = |cert: &Certificate| Serial::of(cert).is_ok_and(|s| s == *serial);
+    if trust.root().is_ok_and(|root| is(&root)) {
+        return Err(format!(
+            "{serial} is the root certificate: a root cannot be revoked on its own CRL. A \
+             compromised root means a new `seb init` and new certificates for everyone \
+             (docs/OPERATIONS.md §9); nothing was revoked"
+        )
+        .into());
+    }
+    for kind in seb::ca::generations::KeyKind::ALL {
+        let current = seb::ca::trust_dir::read_certificate(&trust.service_path(kind));
+        if current.is_ok_and(|cert| is(&cert)) {
+            let name = kind.as_str();
+            return Err(format!(
+                "{serial} is the broker's current {name} certificate: revoked, the broker would \
+                 go on using a key its own CRL disowns. Rotate first (`seb rotate {name}`; a \
+                 running broker switches within 5 s), then revoke the retired certificate \
+                 (trust/retired/; with `--unknown` if `cert list` does not show it); nothing \
+                 was revoked"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let serial = Serial::parse(&args.serial)?;
     // A CRL must be able to list it, or every CRL of its issuer would fail from now on: twenty
@@ -477,6 +508,7 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
             names.join(", ")
         )
     })?;
+    refuse_own_certificate(config, &serial)?;
     let store = open_store(config)?;
     if store.is_revoked(&serial)? {
         say!("{serial} was already revoked; nothing changed");

@@ -628,10 +628,10 @@ mod tests {
             !late.exists(),
             "a child of the action acted after it was killed"
         );
-        // A descendant that left the group keeps the pipe: the digest is of what arrived,
-        // and the outcome says it is incomplete (never the digest of nothing).
+        // A descendant that left the group (given the time to) keeps the pipe: the digest is of
+        // what arrived, and the outcome says it is incomplete (never the digest of nothing).
         let ran = sh(
-            "echo hello; setsid sleep 4 &".to_owned(),
+            "setsid sleep 4 & sleep 0.5; echo hello".to_owned(),
             Duration::from_secs(10),
         );
         assert!(!ran.output_complete);

@@ -278,9 +278,7 @@ pub(super) async fn crl(
     headers: axum::http::HeaderMap,
     query: QueryResult<CrlQuery>,
 ) -> Result<Response, ApiError> {
-    let query = query_or(query, |_| {
-        BrokerError::NoCrlIssuer("(malformed query)".into()).into()
-    })?;
+    let query = query_or(query, |_| HttpError::InvalidQuery.into())?;
     let der_wanted = headers
         .get_all(header::ACCEPT)
         .iter()

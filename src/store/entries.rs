@@ -37,7 +37,12 @@ pub(crate) fn approval(a: &ApprovalRecord, outcome: &Result<ApprovalOutcome, Sto
     };
     let mut e = Entry::new(kind, crate::time::unix_millis(a.at));
     e.request_id = Some(a.request_id.clone());
-    e.cert = cert(&a.approver, "", &a.approver_subject);
+    let serial = a
+        .approver_serials
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    e.cert = cert(&a.approver, &serial, &a.approver_subject);
     e.decision = Some(a.decision.as_str().to_owned());
     e.detail = a.reason.clone();
     e.code = match outcome {
