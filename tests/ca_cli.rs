@@ -414,12 +414,12 @@ fn bad_csrs_are_refused_cleanly() {
 
     // CSRs openssl makes with an empty subject, or with the root's own name.
     let key = hsm.path("o.key");
-    let root_subject = {
+    let subject_of = |file: &str| {
         let (ok, text) = openssl(
             &[
                 "x509",
                 "-in",
-                hsm.trust("root.pem").to_str().unwrap(),
+                hsm.trust(file).to_str().unwrap(),
                 "-noout",
                 "-subject",
                 "-nameopt",
@@ -430,6 +430,7 @@ fn bad_csrs_are_refused_cleanly() {
         assert!(ok, "{text}");
         text.trim().trim_start_matches("subject=").to_owned()
     };
+    let root_subject = subject_of("root.pem");
     for (name, subject, refusal) in [
         ("empty", "/".to_owned(), "has no common name"),
         ("no-cn", "/O=payments".to_owned(), "has no common name"),
@@ -437,6 +438,11 @@ fn bad_csrs_are_refused_cleanly() {
             "root-name",
             root_subject,
             "is the name of a CA on the issuing chain",
+        ),
+        (
+            "broker-name",
+            subject_of("tls.pem"),
+            "is the name of the broker's own",
         ),
     ] {
         let csr = hsm.path(&format!("{name}.csr"));

@@ -243,6 +243,7 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         None => now,
     };
     let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    refuse_service_name(config, &verified.subject)?;
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
     let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
@@ -452,6 +453,24 @@ fn read_grants(path: &std::path::Path) -> Result<GrantSet, super::CliError> {
 
 fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError> {
     Ok(csr::verify(&read_file(path)?)?)
+}
+
+/// Refuses a subject that is the name of one of the broker's own certificates (token, TLS,
+/// audit): a person reading a log or a certificate would take its holder for the broker.
+fn refuse_service_name(config: &Config, subject: &x509_cert::name::Name) -> CliResult {
+    let trust = config.trust_dir();
+    for kind in seb::ca::generations::KeyKind::ALL {
+        let current = seb::ca::trust_dir::read_certificate(&trust.service_path(kind));
+        if current.is_ok_and(|cert| cert.tbs().subject() == subject) {
+            return Err(format!(
+                "the CSR's subject {subject} is the name of the broker's own {} certificate; \
+                 give the holder a name of its own; nothing was issued",
+                kind.as_str()
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to revoke the root or a certificate the broker is using now (token, TLS, audit):
