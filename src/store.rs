@@ -6,6 +6,9 @@
 //! (committed and synced) before the call returns. Serials are [`Serial`]s, so every
 //! implementation stores and compares the one canonical form.
 
+/// The executor certificate a redemption or outcome names (its thumbprint is what the store
+/// keeps; all three fields go into the audit entry).
+pub use crate::audit::entry::CertRef;
 use std::time::{Duration, SystemTime};
 
 use crate::audit::entry::Entry;
@@ -389,7 +392,7 @@ pub trait Store: Send + Sync {
     fn redeem(
         &self,
         jti: &str,
-        executor: &str,
+        executor: &CertRef,
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError>;
     /// Records a request that waits for approvals: its execution record (status
@@ -457,7 +460,7 @@ pub trait Store: Send + Sync {
         &self,
         jti: &str,
         request_id: &str,
-        executor: &str,
+        executor: &CertRef,
         receipt_json: &str,
         at: SystemTime,
     ) -> Result<bool, StoreError>;

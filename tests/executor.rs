@@ -175,6 +175,20 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
         &serde_json::from_str::<Value>(&logged[0].1).unwrap(),
         receipt
     );
+    // The redemption and the outcome entries name the executor's certificate in full.
+    let size = store.audit_size().unwrap();
+    let exec_serial = common::openssl_serial(&s.executor.cert).to_uppercase();
+    for (_, text) in store.audit_entries(0, size).unwrap() {
+        let entry: Value = serde_json::from_str(&text).unwrap();
+        if entry["kind"] == "token_redeemed" || entry["kind"] == "outcome_reported" {
+            assert_eq!(entry["cert"]["subject"], "CN=demo-executor", "{entry}");
+            assert_eq!(
+                entry["cert"]["serial"].as_str().map(str::to_uppercase),
+                Some(exec_serial.clone()),
+                "{entry}"
+            );
+        }
+    }
 
     // A second presentation of a token is refused by the broker, and nothing runs again.
     let params2 = json!({"name": "second.txt", "text": "once"});

@@ -20,6 +20,15 @@ use seb::store::{
     RedeemOutcome, ReservedToken, RevokeOutcome, Store,
 };
 
+/// An executor certificate as the broker names it (thumbprint only here).
+fn executor(thumbprint: impl Into<String>) -> seb::store::CertRef {
+    seb::store::CertRef {
+        thumbprint: thumbprint.into(),
+        serial: String::new(),
+        subject: String::new(),
+    }
+}
+
 fn serial(n: u8) -> Serial {
     Serial::from_magnitude(&[n, 0x42]).unwrap()
 }
@@ -112,15 +121,15 @@ fn contract(store: &dyn Store) {
         .unwrap();
     let at = now();
     assert_eq!(
-        store.redeem("j1", "exec-x5t", at).unwrap(),
+        store.redeem("j1", &executor("exec-x5t"), at).unwrap(),
         RedeemOutcome::Redeemed
     );
     assert_eq!(
-        store.redeem("j1", "exec-x5t", at).unwrap(),
+        store.redeem("j1", &executor("exec-x5t"), at).unwrap(),
         RedeemOutcome::AlreadyRedeemed { at }
     );
     assert_eq!(
-        store.redeem("nope", "exec-x5t", at).unwrap(),
+        store.redeem("nope", &executor("exec-x5t"), at).unwrap(),
         RedeemOutcome::Unknown
     );
     assert_eq!(
@@ -133,7 +142,7 @@ fn contract(store: &dyn Store) {
         RevokeOutcome::Revoked { known: false }
     );
     assert_eq!(
-        store.redeem("j2", "exec-x5t", at).unwrap(),
+        store.redeem("j2", &executor("exec-x5t"), at).unwrap(),
         RedeemOutcome::AgentRevoked { serial: serial(3) }
     );
     assert_eq!(store.redeemed_by("j2").unwrap(), None);
@@ -370,10 +379,10 @@ fn contract(store: &dyn Store) {
 
     // Outcomes once per token.
     assert!(store
-        .record_outcome("j1", "r1", "exec-x5t", "{\"receipt\":1}", now())
+        .record_outcome("j1", "r1", &executor("exec-x5t"), "{\"receipt\":1}", now())
         .unwrap());
     assert!(!store
-        .record_outcome("j1", "r1", "exec-x5t", "{\"receipt\":2}", now())
+        .record_outcome("j1", "r1", &executor("exec-x5t"), "{\"receipt\":2}", now())
         .unwrap());
     assert_eq!(
         store.outcome("j1").unwrap().as_deref(),
@@ -434,8 +443,8 @@ fn the_postgres_store_keeps_the_contract() {
     let other = seb::store::postgres::PgStore::open(pg).unwrap();
     assert_eq!(other.audit_size().unwrap(), store.audit_size().unwrap());
     assert_eq!(
-        other.redeem("j1", "exec-x5t", now()).unwrap(),
-        store.redeem("j1", "exec-x5t", now()).unwrap()
+        other.redeem("j1", &executor("exec-x5t"), now()).unwrap(),
+        store.redeem("j1", &executor("exec-x5t"), now()).unwrap()
     );
     other.append_audit(&entry(EntryKind::Frozen, "x")).unwrap();
     let size = store.audit_size().unwrap();

@@ -86,7 +86,7 @@ impl Broker {
             .record_outcome(
                 &body.jti,
                 request_id,
-                &peer.thumbprint,
+                &super::audit::cert_ref(&peer.thumbprint, peer.serials().next(), &peer.subject),
                 &json,
                 SystemTime::now(),
             )

@@ -81,7 +81,7 @@ impl Broker {
             .ok_or_else(|| BrokerError::InvalidToken("no authorization details".into()))?;
         match self
             .store
-            .redeem(&claims.jti, &peer.thumbprint, now)
+            .redeem(&claims.jti, &super::audit::cert_ref(&peer.thumbprint, peer.serials().next(), &peer.subject), now)
             .map_err(BrokerError::Store)?
         {
             RedeemOutcome::Redeemed => Ok(Redemption {

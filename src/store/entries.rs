@@ -108,10 +108,10 @@ pub(crate) enum Redemption {
 impl Redemption {
     /// Every attempt that reaches the store is logged: a replay, a token the broker has no
     /// record of, or one whose agent was revoked is what a SIEM should alert on.
-    pub(crate) fn entry(&self, jti: &str, executor: &str, time_ms: u64) -> Entry {
+    pub(crate) fn entry(&self, jti: &str, executor: &CertRef, time_ms: u64) -> Entry {
         let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
         e.jti = Some(jti.to_owned());
-        e.cert = cert(executor, "", "");
+        e.cert = Some(executor.clone());
         e.code = match self {
             Redemption::Redeemed => None,
             Redemption::Unknown => Some("unknown_token".into()),
@@ -153,7 +153,7 @@ pub(crate) fn revocation(serial_hex: &str, reason: &str, already: bool, time_ms:
 pub(crate) fn outcome_reported(
     jti: &str,
     request_id: &str,
-    executor: &str,
+    executor: &CertRef,
     receipt_json: &str,
     already: bool,
     time_ms: u64,
@@ -161,7 +161,7 @@ pub(crate) fn outcome_reported(
     let mut e = Entry::new(EntryKind::OutcomeReported, time_ms);
     e.request_id = Some(request_id.to_owned());
     e.jti = Some(jti.to_owned());
-    e.cert = cert(executor, "", "");
+    e.cert = Some(executor.clone());
     e.detail = Some(receipt_json.to_owned());
     if already {
         e.code = Some("outcome_already_recorded".into());

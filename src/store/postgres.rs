@@ -15,6 +15,7 @@
 //! refuses with `store_unavailable`, and the next call opens a new connection, so it recovers
 //! when the database is back without a restart.
 
+use crate::store::CertRef;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -340,7 +341,7 @@ impl Store for PgStore {
     fn redeem(
         &self,
         jti: &str,
-        executor: &str,
+        executor: &CertRef,
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError> {
         records::redeem(self, jti, executor, at)
@@ -462,7 +463,7 @@ impl Store for PgStore {
         &self,
         jti: &str,
         request_id: &str,
-        executor: &str,
+        executor: &CertRef,
         receipt_json: &str,
         at: SystemTime,
     ) -> Result<bool, StoreError> {

@@ -14,6 +14,7 @@
 //! outcomes), `approvals.rs`, `policy.rs` (epoch and freeze) and `audit.rs`; `rows.rs` maps
 //! rows to records.
 
+use crate::store::CertRef;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc;
@@ -473,7 +474,7 @@ impl Store for SqliteStore {
     fn redeem(
         &self,
         jti: &str,
-        executor: &str,
+        executor: &CertRef,
         at: SystemTime,
     ) -> Result<RedeemOutcome, StoreError> {
         executions::redeem(self, jti, executor, at)
@@ -569,14 +570,14 @@ impl Store for SqliteStore {
         &self,
         jti: &str,
         request_id: &str,
-        executor: &str,
+        executor: &CertRef,
         receipt_json: &str,
         at: SystemTime,
     ) -> Result<bool, StoreError> {
         let outcome = executions::Outcome {
             jti: jti.to_owned(),
             request_id: request_id.to_owned(),
-            executor: executor.to_owned(),
+            executor: executor.clone(),
             receipt_json: receipt_json.to_owned(),
             at,
         };

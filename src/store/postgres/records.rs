@@ -5,6 +5,7 @@
 //! happen one at a time: two approvals completing a quorum through two replicas cannot both
 //! issue, and a token redeemed through two replicas at once is redeemed once.
 
+use crate::store::CertRef;
 use std::time::SystemTime;
 
 use tokio_postgres::{Client, Row};
@@ -181,11 +182,11 @@ pub(super) fn execution(
 pub(super) fn redeem(
     store: &PgStore,
     jti: &str,
-    executor: &str,
+    executor: &CertRef,
     at: SystemTime,
 ) -> Result<RedeemOutcome, StoreError> {
-    let (jti, executor) = (jti.to_owned(), executor.to_owned());
-    let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
+    let (entry_jti, entry_executor) = (jti.to_owned(), executor.clone());
+    let (jti, executor) = (jti.to_owned(), executor.thumbprint.clone());
     let time_ms = crate::time::unix_millis(at);
     // Every attempt that reaches the store is logged, as on SQLite.
     let (found, _) = store.write_audited(
@@ -250,22 +251,22 @@ pub(super) fn record_outcome(
     store: &PgStore,
     jti: &str,
     request_id: &str,
-    executor: &str,
+    executor: &CertRef,
     receipt_json: &str,
     at: SystemTime,
 ) -> Result<bool, StoreError> {
     let time_ms = crate::time::unix_millis(at);
+    let logged = (
+        jti.to_owned(),
+        request_id.to_owned(),
+        executor.clone(),
+        receipt_json.to_owned(),
+    );
     let (jti, request_id, executor, receipt) = (
         jti.to_owned(),
         request_id.to_owned(),
-        executor.to_owned(),
+        executor.thumbprint.clone(),
         receipt_json.to_owned(),
-    );
-    let logged = (
-        jti.clone(),
-        request_id.clone(),
-        executor.clone(),
-        receipt.clone(),
     );
     let (inserted, _) = store.write_audited(
         "record an execution outcome",

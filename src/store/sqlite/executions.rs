@@ -3,6 +3,7 @@
 //! revocations in the same transaction), and the executor's outcome receipt. Each is an audit
 //! entry in the same commit.
 
+use crate::store::CertRef;
 use std::time::SystemTime;
 
 use rusqlite::{params, OptionalExtension};
@@ -131,11 +132,11 @@ pub(super) fn request_of_token(
 pub(super) fn redeem(
     store: &SqliteStore,
     jti: &str,
-    executor: &str,
+    executor: &CertRef,
     at: SystemTime,
 ) -> Result<RedeemOutcome, StoreError> {
-    let (jti, executor) = (jti.to_owned(), executor.to_owned());
-    let (entry_jti, entry_executor) = (jti.clone(), executor.clone());
+    let (entry_jti, entry_executor) = (jti.to_owned(), executor.clone());
+    let (jti, executor) = (jti.to_owned(), executor.thumbprint.clone());
     let time_ms = crate::time::unix_millis(at);
     // Every attempt that reaches the store is logged: a replay, a token this broker has no
     // record of, or one whose agent was revoked is what a SIEM should alert on.
@@ -195,8 +196,8 @@ pub(super) fn redeemed_by(store: &SqliteStore, jti: &str) -> Result<Option<Strin
 pub(super) struct Outcome {
     pub(super) jti: String,
     pub(super) request_id: String,
-    /// The executor's certificate thumbprint.
-    pub(super) executor: String,
+    /// The executor's certificate (its thumbprint is stored).
+    pub(super) executor: CertRef,
     pub(super) receipt_json: String,
     pub(super) at: SystemTime,
 }
@@ -215,7 +216,7 @@ pub(super) fn record_outcome(store: &SqliteStore, outcome: Outcome) -> Result<bo
                 .execute(params![
                     outcome.jti,
                     outcome.request_id,
-                    outcome.executor,
+                    outcome.executor.thumbprint,
                     outcome.receipt_json,
                     unix(outcome.at)
                 ])?;

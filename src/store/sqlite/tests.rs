@@ -6,6 +6,15 @@ use std::time::UNIX_EPOCH;
 use super::*;
 use crate::store::ExecutionStatus;
 
+/// An executor certificate as the broker names it (thumbprint only here).
+fn executor(thumbprint: impl Into<String>) -> crate::store::CertRef {
+    crate::store::CertRef {
+        thumbprint: thumbprint.into(),
+        serial: String::new(),
+        subject: String::new(),
+    }
+}
+
 fn serial(bytes: &[u8]) -> Serial {
     Serial::from_magnitude(bytes).unwrap()
 }
@@ -226,7 +235,7 @@ fn an_issuance_is_reserved_then_completed_and_reads_see_the_completion() {
     // The token id is known to redemption as soon as it is reserved.
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
     assert_eq!(
-        store.redeem("jti-r1", "exec", at).unwrap(),
+        store.redeem("jti-r1", &executor("exec"), at).unwrap(),
         RedeemOutcome::Redeemed
     );
 
@@ -385,36 +394,50 @@ fn a_token_id_is_redeemed_once_by_anyone_and_across_reopening() {
         store.record_execution(&issuing("d1"), &entry()).unwrap();
         store.record_execution(&issuing("d2"), &entry()).unwrap();
         assert_eq!(
-            store.redeem("jti-d1", "executor-a", t(10)).unwrap(),
+            store
+                .redeem("jti-d1", &executor("executor-a"), t(10))
+                .unwrap(),
             RedeemOutcome::Redeemed
         );
         // The same executor again, then another executor: both too late, and told when
         // the first redemption happened.
         assert_eq!(
-            store.redeem("jti-d1", "executor-a", t(11)).unwrap(),
+            store
+                .redeem("jti-d1", &executor("executor-a"), t(11))
+                .unwrap(),
             RedeemOutcome::AlreadyRedeemed { at: t(10) }
         );
         assert_eq!(
-            store.redeem("jti-d1", "executor-b", t(12)).unwrap(),
+            store
+                .redeem("jti-d1", &executor("executor-b"), t(12))
+                .unwrap(),
             RedeemOutcome::AlreadyRedeemed { at: t(10) }
         );
         // The guard is per token id: another token still redeems once.
         assert_eq!(
-            store.redeem("jti-d2", "executor-b", t(13)).unwrap(),
+            store
+                .redeem("jti-d2", &executor("executor-b"), t(13))
+                .unwrap(),
             RedeemOutcome::Redeemed
         );
         assert_eq!(
-            store.redeem("jti-unknown", "executor-a", t(14)).unwrap(),
+            store
+                .redeem("jti-unknown", &executor("executor-a"), t(14))
+                .unwrap(),
             RedeemOutcome::Unknown
         );
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(
-        store.redeem("jti-d1", "executor-c", t(20)).unwrap(),
+        store
+            .redeem("jti-d1", &executor("executor-c"), t(20))
+            .unwrap(),
         RedeemOutcome::AlreadyRedeemed { at: t(10) }
     );
     assert_eq!(
-        store.redeem("jti-d2", "executor-a", t(21)).unwrap(),
+        store
+            .redeem("jti-d2", &executor("executor-a"), t(21))
+            .unwrap(),
         RedeemOutcome::AlreadyRedeemed { at: t(13) }
     );
 }
@@ -430,7 +453,7 @@ fn concurrent_redemptions_of_one_token_id_succeed_exactly_once() {
             let store = store.clone();
             std::thread::spawn(move || {
                 store
-                    .redeem("jti-d3", &format!("executor-{i}"), at)
+                    .redeem("jti-d3", &executor(format!("executor-{i}")), at)
                     .unwrap()
             })
         })
@@ -537,7 +560,7 @@ fn a_token_of_a_revoked_agent_is_not_redeemed_and_old_records_fail_closed() {
         .unwrap();
     for jti in ["jti-r1", "jti-r2"] {
         assert_eq!(
-            store.redeem(jti, "executor", at).unwrap(),
+            store.redeem(jti, &executor("executor"), at).unwrap(),
             RedeemOutcome::AgentRevoked {
                 serial: serial(&[0x80, 0x01])
             }
@@ -550,7 +573,7 @@ fn a_token_of_a_revoked_agent_is_not_redeemed_and_old_records_fail_closed() {
     };
     store.record_execution(&old, &entry()).unwrap();
     assert_eq!(
-        store.redeem("jti-r3", "executor", at).unwrap(),
+        store.redeem("jti-r3", &executor("executor"), at).unwrap(),
         RedeemOutcome::AgentUnrecorded
     );
     drop(store);
@@ -589,14 +612,14 @@ fn a_store_from_before_agent_serials_gains_the_column() {
         .is_empty());
     assert_eq!(
         store
-            .redeem("jti-old", "executor", SystemTime::now())
+            .redeem("jti-old", &executor("executor"), SystemTime::now())
             .unwrap(),
         RedeemOutcome::AgentUnrecorded
     );
     store.record_execution(&issuing("new"), &entry()).unwrap();
     assert_eq!(
         store
-            .redeem("jti-new", "executor", SystemTime::now())
+            .redeem("jti-new", &executor("executor"), SystemTime::now())
             .unwrap(),
         RedeemOutcome::Redeemed
     );
