@@ -331,21 +331,34 @@ async fn accept_connection(
         return None;
     };
     let config = acceptor.config().clone();
+    let handle = tokio::runtime::Handle::current();
     // Answering the ClientHello makes the server's whole first flight, CertificateVerify (the
     // device's signature) included; nothing is read or written here. A client that stalls
     // after its hello then holds neither a slot nor a blocking thread, only its connection.
+    // Unless the answer was a HelloRetryRequest (no key share the server takes): then the
+    // signature comes with the second ClientHello, so that handshake finishes here, on this
+    // blocking thread holding the slot, and never on an async worker.
     let answered = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        start.into_stream(config)
+        let mut retry = false;
+        let handshake = start.into_stream_with(config, |c| {
+            retry = c.handshake_kind() == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
+        });
+        if retry {
+            Err(handle.block_on(tokio::time::timeout_at(deadline, handshake)))
+        } else {
+            Ok(handshake)
+        }
     });
-    let handshake = match answered.await {
-        Ok(handshake) => handshake,
+    let finished = match answered.await {
+        Ok(Ok(handshake)) => tokio::time::timeout_at(deadline, handshake).await,
+        Ok(Err(finished)) => finished,
         Err(e) => {
             tracing::error!(%remote, error = %e, "handshake task failed");
             return None;
         }
     };
-    let tls = match tokio::time::timeout_at(deadline, handshake).await {
+    let tls = match finished {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%remote, error = %e, "TLS handshake failed");

@@ -1633,6 +1633,48 @@ fn clients_that_stall_after_their_client_hello_do_not_block_new_handshakes() {
 }
 
 #[test]
+fn a_handshake_that_needs_a_hello_retry_completes() {
+    // A client whose first key share is for a group the broker does not offer (X448) gets a
+    // HelloRetryRequest; its second ClientHello carries the signature's handshake, which the
+    // broker finishes on a blocking thread. openssl is that client.
+    let s = setup();
+    let addr = s.broker.url.trim_start_matches("https://").to_owned();
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-groups",
+            "X448:P-384",
+            "-msg",
+            "-CAfile",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            "-cert",
+            s.agent.cert.to_str().unwrap(),
+            "-key",
+            s.agent.key.to_str().unwrap(),
+            "-ign_eof",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Two ClientHellos: the retry happened.
+    assert_eq!(text.matches(", ClientHello").count(), 2, "{text}");
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
 fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
     // Every connection slot taken by sockets that connected and sent nothing (no certificate
     // needed for that): a new agent still connects once they have had a second to start
