@@ -451,19 +451,32 @@ async fn authorize(
         }
         Err(e) => {
             if let Some(attempt) = attempt {
-                audit_refused(&app, caller, attempt, &e);
+                audit_refused(&app, &caller, attempt, &e);
             }
             ApiError::from(e).into_response()
         }
     }
 }
 
-/// Writes the audit entry of a refused attempt on a blocking thread, without waiting for it:
-/// the refusal does not depend on it (best effort, [`Broker::audit_refused_attempt`]).
-pub(crate) fn audit_refused(app: &App, peer: Arc<Peer>, attempt: RefusedAttempt, e: &BrokerError) {
-    let broker = app.broker.clone();
+/// Queues the audit entry of an attempt refused for the caller's certificate (revoked,
+/// expired, another role) or the broker's kill switches (frozen, attestation), without waiting
+/// for it: the refusal does not depend on it ([`Broker::audit_refused_attempt`]). Other
+/// failures (store, internal) are not the caller's doing and are in the broker's log.
+pub(crate) fn audit_refused(app: &App, peer: &Peer, attempt: RefusedAttempt, e: &BrokerError) {
     let code = e.code();
-    tokio::task::spawn_blocking(move || broker.audit_refused_attempt(&peer, attempt, code));
+    let audited = [
+        "certificate_revoked",
+        "certificate_expired",
+        "certificate_not_yet_valid",
+        "bad_certificate",
+        "wrong_role",
+        "role_not_delegated",
+        "issuance_frozen",
+        "attestation_failed",
+    ];
+    if audited.contains(&code) {
+        app.broker.audit_refused_attempt(peer, attempt, code);
+    }
 }
 
 /// Request id, tracing span and security headers for every request; refusals made by the HTTP

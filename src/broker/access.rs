@@ -60,11 +60,6 @@ impl Caller {
         &self.peer
     }
 
-    /// Who is calling, shared (for work that outlives the request).
-    pub(crate) fn shared_peer(&self) -> Arc<Peer> {
-        self.peer.clone()
-    }
-
     /// The revocation state of the caller's path read when it was checked.
     pub(crate) fn revocations(&self) -> &RevokedSet {
         &self.revoked
@@ -146,8 +141,8 @@ pub enum RefusedAttempt {
 impl Broker {
     /// Records that `peer`'s attempt was refused with the code `code` before its handler ran (its
     /// certificate revoked or expired, another role, the broker frozen): what a SIEM alerts on
-    /// (docs/AUDIT.md). Best effort: a failed write is logged, the refusal stands either way.
-    /// Blocking (a store write): call it from a blocking thread.
+    /// (docs/AUDIT.md). Best effort and without waiting: the entry is queued to the store's
+    /// writer, a failed write is logged, and the refusal stands either way.
     pub fn audit_refused_attempt(&self, peer: &Peer, attempt: RefusedAttempt, code: &str) {
         use crate::audit::entry::EntryKind;
         let kind = match attempt {
@@ -164,8 +159,14 @@ impl Broker {
             entry.decision = Some("denied".into());
         }
         entry.code = Some(code.to_owned());
-        if let Err(e) = self.store.append_audit(&entry) {
-            tracing::error!(error = %e, code, "a refused attempt could not be logged");
-        }
+        let code = code.to_owned();
+        self.store.append_audit_then(
+            &entry,
+            Box::new(move |written| {
+                if let Err(e) = written {
+                    tracing::error!(error = %e, %code, "a refused attempt could not be logged");
+                }
+            }),
+        );
     }
 }

@@ -140,10 +140,11 @@ pub(super) async fn create_execution(
         Err(e) => {
             // Refused by the broker's own state before any decision: still an attempt the
             // log records (decisions record themselves).
+            // (A decision's own refusals are in the log already, with the request.)
             if matches!(e, BrokerError::Frozen | BrokerError::Attestation(_)) {
                 super::audit_refused(
                     &app,
-                    caller.shared_peer(),
+                    caller.peer(),
                     crate::broker::RefusedAttempt::Execution,
                     &e,
                 );
