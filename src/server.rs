@@ -286,6 +286,14 @@ pub async fn serve(
     Ok(())
 }
 
+/// Where a handshake stands when its ClientHello has been answered on the blocking thread.
+enum Step<A, F> {
+    /// The first flight is made; the rest is read on the async side.
+    Answered(A),
+    /// The whole handshake ran there (after a HelloRetryRequest).
+    Finished(F),
+}
+
 /// Runs the TLS handshake: the ClientHello is read on the async side, answered on a blocking
 /// thread (the server's first flight carries the HSM's signature, and the device blocks), and
 /// the rest (the client's certificate and Finished) read on the async side again. Then builds
@@ -345,14 +353,14 @@ async fn accept_connection(
             retry = c.handshake_kind() == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
         });
         if retry {
-            Err(handle.block_on(tokio::time::timeout_at(deadline, handshake)))
+            Step::Finished(handle.block_on(tokio::time::timeout_at(deadline, handshake)))
         } else {
-            Ok(handshake)
+            Step::Answered(handshake)
         }
     });
     let finished = match answered.await {
-        Ok(Ok(handshake)) => tokio::time::timeout_at(deadline, handshake).await,
-        Ok(Err(finished)) => finished,
+        Ok(Step::Answered(handshake)) => tokio::time::timeout_at(deadline, handshake).await,
+        Ok(Step::Finished(finished)) => finished,
         Err(e) => {
             tracing::error!(%remote, error = %e, "handshake task failed");
             return None;
