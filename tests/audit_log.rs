@@ -713,22 +713,6 @@ fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     delivered.push(r.body["token"].as_str().unwrap().to_owned());
     fresh_health(&s, |_| {}, |h| h.body["checks"]["audit"]["ok"] == true);
     every_token_is_in_the_log_which_verifies(&s, &delivered);
-    // A grant whose record and entry could not be written left nothing behind: no
-    // `issuance_failed` names a request the log never granted.
-    let log = lines(&export(&s, "after-full.jsonl"));
-    let entries: Vec<&Value> = log
-        .iter()
-        .filter(|l| l["type"] == "entry")
-        .map(|l| &l["entry"])
-        .collect();
-    for failed in entries.iter().filter(|e| e["kind"] == "issuance_failed") {
-        assert!(
-            entries.iter().any(
-                |e| e["kind"] == "execution_granted" && e["request_id"] == failed["request_id"]
-            ),
-            "an issuance_failed entry for a request never granted: {failed}"
-        );
-    }
 }
 
 #[test]

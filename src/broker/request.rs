@@ -392,23 +392,15 @@ impl Broker {
             },
         )
         .await;
-        let (outcome, input) = match recorded {
-            Ok(recorded) => recorded,
-            Err(e) => {
-                guard.forget();
-                return Err(BrokerError::AuditUnavailable(e));
-            }
-        };
+        let (outcome, input) = recorded.map_err(BrokerError::AuditUnavailable)?;
         let token = match (outcome.stored, outcome.signed) {
             (Ok(()), Some(Ok(signature))) => token::assemble(input, &signature.to_raw()),
-            // Not durable (the record, or its audit entry): a signature, if one was made, is
-            // dropped here. No record and no grant entry exist, so there is nothing to mark
-            // failed (an `issuance_failed` entry would name a request the log never saw).
-            (Err(store), _) => {
-                guard.forget();
-                return Err(BrokerError::AuditUnavailable(store));
-            }
             (_, Some(Err(device))) => return Err(BrokerError::Hsm(device)),
+            // Not durable (the record, or its audit entry): a signature, if one was made, is
+            // dropped here. The guard still marks the request failed: whether the write is
+            // known not to have committed is not always certain (a lost COMMIT answer), and an
+            // `issuance_failed` entry for a request the log never granted is the safe error.
+            (Err(store), _) => return Err(BrokerError::AuditUnavailable(store)),
             (Ok(()), None) => {
                 return Err(BrokerError::Internal(
                     "issuance finished without a signature".into(),
@@ -557,11 +549,6 @@ pub(super) struct IssuingGuard<'a> {
 }
 
 impl IssuingGuard<'_> {
-    /// The record was never written: nothing to complete.
-    pub(super) fn forget(mut self) {
-        self.request_id = None;
-    }
-
     pub(super) fn complete(mut self, token: String) {
         if let Some(id) = self.request_id.take() {
             self.store
