@@ -219,10 +219,21 @@ pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
     if !has_cn {
         return Err(err("a common name (CN=...) is required"));
     }
-    if let Some(problem) = attribute_problem(&name) {
-        return Err(err(&problem));
-    }
     Ok(name)
+}
+
+/// [`parse_subject`] for a name about to be given out (`seb keygen`, `init`, `issue-ca`): also
+/// within RFC 5280's bounds ([`attribute_problem`]). Names already issued (renewals, rotations
+/// of an existing deployment) are not held to it.
+pub fn parse_new_subject(subject: &str) -> Result<Name, CaError> {
+    let name = parse_subject(subject)?;
+    match attribute_problem(&name) {
+        Some(problem) => Err(CaError::Subject {
+            subject: subject.to_owned(),
+            reason: problem,
+        }),
+        None => Ok(name),
+    }
 }
 
 /// countryName (2.5.4.6).
@@ -233,9 +244,12 @@ const COUNTRY_NAME: der::asn1::ObjectIdentifier =
 /// about (Python's cryptography): a common name of 1 to 64 characters, a two-letter country.
 pub fn attribute_problem(name: &Name) -> Option<String> {
     for atv in name.iter() {
-        let chars = std::str::from_utf8(atv.value.value())
-            .map(|text| text.chars().count())
-            .unwrap_or(usize::MAX);
+        // UTF8String, PrintableString and IA5String are UTF-8 bytes; other string types are
+        // not measured here.
+        let Ok(text) = std::str::from_utf8(atv.value.value()) else {
+            continue;
+        };
+        let chars = text.chars().count();
         if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
             return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
         }
@@ -372,9 +386,6 @@ pub fn issue_leaf_serving(
         return Err(subject_err(
             "the CSR's subject has no common name (CN=...); make the CSR with `seb keygen --subject \"CN=...\"`",
         ));
-    }
-    if let Some(problem) = attribute_problem(&request.subject) {
-        return Err(subject_err(&format!("the CSR's subject: {problem}")));
     }
     if issuer_chain
         .iter()

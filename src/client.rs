@@ -135,7 +135,7 @@ impl ClientTls {
         let mut hints = Vec::new();
         if text.contains("not issued directly by the root")
             || text.contains("lacks the serverAuth")
-            || text.contains("it carries sebRole")
+            || text.contains("carries sebRole")
         {
             hints.push(
                 "the server's certificate is not the broker's own: only the root certifies the \
@@ -382,10 +382,12 @@ pub fn check_broker_certificate(
             cert.subject_string()
         ));
     }
-    if let Some(role) = seb_role(&cert) {
+    // Any sebRole at all, even one this version cannot read: the broker's never has one.
+    if cert.extension(crate::cert::SEB_ROLE_OID).is_some() {
+        let role = seb_role(&cert).map_or_else(|| "unreadable".to_owned(), |r| r.to_string());
         return Err(format!(
-            "the server certificate {:?} is an {role} certificate (it carries sebRole), not the \
-             broker's",
+            "the server certificate {:?} carries sebRole ({role}): it is an agent's, approver's \
+             or executor's certificate, not the broker's",
             cert.subject_string()
         ));
     }

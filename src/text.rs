@@ -1,15 +1,38 @@
 //! Text that people read: what may not be in it, and how to show it safely.
 
-/// Whether `c` can change how the text around it is displayed: a control character (C0 but
-/// line feed and tab, DEL, C1) or a bidirectional formatting character (U+061C, U+200E,
-/// U+200F, U+202A to U+202E, U+2066 to U+2069).
+/// Whether `c` can change how the text around it is displayed, or hide text: a control
+/// character (C0 but line feed and tab, DEL, C1), a line or paragraph separator (U+2028,
+/// U+2029, which renderers show as a new line), or a format character (Unicode category Cf:
+/// bidirectional overrides and isolates, zero-width characters, the byte order mark, the
+/// invisible tag characters U+E0000 to U+E007F, ...).
 pub fn hides_text(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t')
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
+    (c.is_control() && c != '\n' && c != '\t') || FORMAT.iter().any(|r| r.contains(&c))
 }
+
+/// Unicode's format characters (category Cf) and the two separators (Zl, Zp).
+const FORMAT: &[std::ops::RangeInclusive<char>] = &[
+    '\u{00AD}'..='\u{00AD}',
+    '\u{0600}'..='\u{0605}',
+    '\u{061C}'..='\u{061C}',
+    '\u{06DD}'..='\u{06DD}',
+    '\u{070F}'..='\u{070F}',
+    '\u{0890}'..='\u{0891}',
+    '\u{08E2}'..='\u{08E2}',
+    '\u{180E}'..='\u{180E}',
+    '\u{200B}'..='\u{200F}',
+    '\u{2028}'..='\u{202E}',
+    '\u{2060}'..='\u{2064}',
+    '\u{2066}'..='\u{206F}',
+    '\u{FEFF}'..='\u{FEFF}',
+    '\u{FFF9}'..='\u{FFFB}',
+    '\u{110BD}'..='\u{110BD}',
+    '\u{110CD}'..='\u{110CD}',
+    '\u{13430}'..='\u{1343F}',
+    '\u{1BCA0}'..='\u{1BCA3}',
+    '\u{1D173}'..='\u{1D17A}',
+    '\u{E0001}'..='\u{E0001}',
+    '\u{E0020}'..='\u{E007F}',
+];
 
 /// `text` for a terminal: every control and bidirectional formatting character, line feeds
 /// and tabs included, written as an escape (`\u{1b}`), so that what a caller sent cannot move
@@ -40,7 +63,17 @@ mod tests {
             escaped("schema change for INC-77 (é, 日本)"),
             "schema change for INC-77 (é, 日本)"
         );
-        assert!(hides_text('\u{9b}') && hides_text('\u{7f}') && hides_text('\u{2067}'));
+        for hidden in [
+            '\u{9b}',
+            '\u{7f}',
+            '\u{2067}',
+            '\u{2028}',
+            '\u{200b}',
+            '\u{feff}',
+            '\u{e0041}',
+        ] {
+            assert!(hides_text(hidden), "{hidden:?}");
+        }
         assert!(!hides_text('\n') && !hides_text('\t') && !hides_text('a'));
     }
 }

@@ -485,6 +485,8 @@ fn a_justification_cannot_rewrite_what_approvers_see() {
         "looks fine \u{202e}1=noisrev",
         "C1 \u{9b}2K",
         "bell \u{7}",
+        "a fake line\u{2028}  params         {\"version\":1}",
+        "hidden \u{e0041}\u{e0042} tags",
     ] {
         let mut body = migrate(5);
         body["justification"] = json!(hostile);

@@ -41,7 +41,7 @@ pub struct ExecutionRequest {
     pub params: Value,
     /// Why the agent asks: free text for the audit log (the entry's `detail`) and the
     /// approvers (at most 1024 characters; control characters other than line feed and tab,
-    /// and bidirectional formatting characters, are refused).
+    /// Unicode format characters and U+2028/U+2029 are refused).
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub justification: Option<String>,
@@ -207,8 +207,8 @@ impl Broker {
             // parameters they are asked to sign for).
             if let Some(c) = j.chars().find(|&c| crate::text::hides_text(c)) {
                 return Err(BrokerError::InvalidRequest(format!(
-                    "justification contains the control or bidirectional formatting character \
-                     U+{:04X}; only line feeds and tabs are allowed",
+                    "justification contains the control, format or separator character U+{:04X} \
+                     (only line feeds and tabs are allowed)",
                     u32::from(c)
                 )));
             }

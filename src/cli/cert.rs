@@ -205,7 +205,7 @@ pub fn keygen(args: KeygenArgs) -> CliResult {
         )
         .into());
     }
-    let subject = ca::parse_subject(&args.subject)?;
+    let subject = ca::parse_new_subject(&args.subject)?;
     let made = csr::generate(subject)?;
     write_file(&args.out_key, made.key_pem.expose_secret().as_bytes(), true)?;
     write_file(&args.out_csr, made.csr_pem.as_bytes(), false)?;
@@ -244,6 +244,13 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
     };
     let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
     refuse_service_name(config, &verified.subject)?;
+    if let Some(problem) = ca::attribute_problem(&verified.subject) {
+        return Err(format!(
+            "the CSR's subject {}: {problem}; nothing was issued",
+            verified.subject
+        )
+        .into());
+    }
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
     let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
@@ -294,7 +301,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         .map_err(|e| format!("invalid --roles {:?}: {e}", args.roles))?;
     let offline = args.csr.as_deref().map(read_csr).transpose()?;
     let subject = match (&args.subject, &offline) {
-        (Some(s), _) => ca::parse_subject(s)?,
+        (Some(s), _) => ca::parse_new_subject(s)?,
         (None, Some(csr)) => csr.subject.clone(),
         (None, None) => return Err("--subject is required (unless --csr gives one)".into()),
     };

@@ -55,12 +55,12 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     // Every name the certificates will carry, before any key exists: a configuration mistake
     // (a comma in broker_id, a root subject without CN) must not leave keys on the token and
     // no certificates, which init could not resume.
-    let root_subject = ca::parse_subject(&config.ca.root_subject)
+    let root_subject = ca::parse_new_subject(&config.ca.root_subject)
         .map_err(|e| format!("[ca] root_subject {:?}: {e}", config.ca.root_subject))?;
     ca::check_tls_names(&config.ca.tls_names)
         .map_err(|e| format!("[ca] tls_names {:?}: {e}", config.ca.tls_names))?;
     for cn in ["token signer", "audit signer", "broker"] {
-        ca::parse_subject(&format!("CN={} {cn},O=seb", config.broker_id)).map_err(|e| {
+        ca::parse_new_subject(&format!("CN={} {cn},O=seb", config.broker_id)).map_err(|e| {
             format!(
                 "broker_id {:?} does not fit a subject name: {e}",
                 config.broker_id
