@@ -268,7 +268,7 @@ pub async fn serve(
             async move {
                 let broker = app.broker.clone();
                 let accepted = tokio::select! {
-                    accepted = accept_connection(acceptor, stream, remote, app) => accepted,
+                    accepted = accept_connection(acceptor, stream, remote, app, &handshaking) => accepted,
                     () = handshaking.displaced() => {
                         tracing::info!(%remote, "handshake unfinished at the connection limit; closed for a new connection");
                         broker.metrics().record_request("tls", "displaced");
@@ -303,6 +303,7 @@ async fn accept_connection(
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
     app: App,
+    handshaking: &listen::Handshaking,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     Arc<Peer>,
@@ -316,7 +317,10 @@ async fn accept_connection(
     )
     .await;
     let start = match hello {
-        Ok(Ok(start)) => start,
+        Ok(Ok(start)) => {
+            handshaking.progressed();
+            start
+        }
         Ok(Err(e)) => {
             tracing::info!(%remote, error = %e, "TLS handshake failed before the ClientHello");
             app.broker

@@ -47,7 +47,8 @@ struct Unproven {
 /// A connection's place among those still in their handshake; dropping it (the handshake is
 /// done, or failed) takes the connection out of the running for displacement.
 pub(crate) struct Handshaking {
-    id: u64,
+    /// Its place in the queue (a new one when [`Handshaking::progressed`] moves it back).
+    id: std::sync::atomic::AtomicU64,
     displaced: Arc<Notify>,
     set: Arc<Mutex<Unproven>>,
 }
@@ -62,10 +63,29 @@ impl Handshaking {
             .queue
             .push_back((id, Instant::now(), displaced.clone()));
         Self {
-            id,
+            id: std::sync::atomic::AtomicU64::new(id),
             displaced,
             set: set.clone(),
         }
+    }
+
+    /// The client did its part so far (its whole ClientHello arrived): it goes to the back of
+    /// the queue with a fresh [`PROVE_WITHIN`], so that time the server itself spends (waiting
+    /// for a handshake slot, the device's signature) is not held against it.
+    pub(crate) fn progressed(&self) {
+        use std::sync::atomic::Ordering;
+        let mut unproven = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = self.id.load(Ordering::SeqCst);
+        let Ok(at) = unproven.queue.binary_search_by_key(&id, |entry| entry.0) else {
+            return; // already chosen for displacement
+        };
+        unproven.queue.remove(at);
+        let fresh = unproven.next;
+        unproven.next += 1;
+        unproven
+            .queue
+            .push_back((fresh, Instant::now(), self.displaced.clone()));
+        self.id.store(fresh, Ordering::SeqCst);
     }
 
     /// Completes when the accept loop gives this connection's slot to a new connection: the
@@ -77,11 +97,9 @@ impl Handshaking {
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
+        let id = *self.id.get_mut();
         let mut unproven = self.set.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(at) = unproven
-            .queue
-            .binary_search_by_key(&self.id, |entry| entry.0)
-        {
+        if let Ok(at) = unproven.queue.binary_search_by_key(&id, |entry| entry.0) {
             unproven.queue.remove(at);
         }
     }
@@ -192,5 +210,40 @@ pub(crate) async fn serve_http1<T, E>(
         );
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_unfinished_handshake_gives_way_and_progress_buys_time() {
+        let set = Arc::new(Mutex::new(Unproven::default()));
+        let first = Handshaking::register(&set);
+        let second = Handshaking::register(&set);
+        // Nobody has had its second yet.
+        assert!(!displace_oldest(&set));
+        std::thread::sleep(PROVE_WITHIN + Duration::from_millis(100));
+        // The first sent its ClientHello: the second is now the oldest, and gives way.
+        first.progressed();
+        assert!(displace_oldest(&set));
+        let left: Vec<u64> = set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(left, [first.id.load(std::sync::atomic::Ordering::SeqCst)]);
+        // The first has a fresh second: not displaced yet.
+        assert!(!displace_oldest(&set));
+        drop(second);
+        drop(first);
+        assert!(set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue
+            .is_empty());
     }
 }
