@@ -517,9 +517,19 @@ pub fn run_argv(
     }
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
+    // The group is killed before its leader is reaped: until then the leader (alive or a
+    // zombie) holds the group's id, so the signal cannot reach a group that reused it.
     let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+        let exited = rustix::process::waitid(
+            rustix::process::WaitId::Pid(group),
+            rustix::process::WaitIdOptions::EXITED
+                | rustix::process::WaitIdOptions::NOHANG
+                | rustix::process::WaitIdOptions::NOWAIT,
+        )
+        .map_err(std::io::Error::from)?;
+        if exited.is_some() {
+            kill_group();
+            break child.wait()?;
         }
         if Instant::now() >= deadline {
             timed_out = true;
@@ -528,7 +538,6 @@ pub fn run_argv(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    kill_group();
     // A descendant outside the group that kept the pipes open must not hold the answer: wait
     // a little, then take what arrived.
     let wait = Instant::now() + Duration::from_secs(2);
