@@ -441,14 +441,7 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
     let serial = Certificate::parse(&std::fs::read(&s.alice.cert).unwrap())
         .unwrap()
         .serial_hex();
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-    ]);
+    s.hsm.revoke_compromised(&serial);
     let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
@@ -637,14 +630,7 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     let serial = Certificate::parse(&std::fs::read(&erin.cert).unwrap())
         .unwrap()
         .serial_hex();
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-    ]);
+    s.hsm.revoke_compromised(&serial);
     let r = decide(&s, &erin, &id, Decision::Approve, &digest);
     assert_eq!(
         (r.status, code(&r)),

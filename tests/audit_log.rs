@@ -980,14 +980,7 @@ fn attempts_refused_before_any_decision_are_in_the_log() {
         r.text
     );
     s.hsm.seb_ok(&["unfreeze"]);
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-    ]);
+    s.hsm.revoke_compromised(&serial);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
     assert_eq!(

@@ -76,28 +76,32 @@ fn run(s: &Setup, agent: &Identity, token: &str, params: &Value) -> (u16, Value)
 
 /// `seb request ... --execute`: the agent side in one command, for `demo.write` with `params`.
 fn request_and_execute(s: &Setup, params: &Value) -> std::process::Output {
-    common::seb(
-        &[
-            "request",
-            "--broker",
-            &s.broker.url,
-            "--ca",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-            "--cert",
-            s.agent.cert.to_str().unwrap(),
-            "--key",
-            s.agent.key.to_str().unwrap(),
-            "--operation",
-            "demo.write",
-            "--resource",
-            "demo/files",
-            "--params",
-            &params.to_string(),
-            "--execute",
-            &s.exec.url,
-        ],
-        s.hsm.dir.path(),
-    )
+    seb_request(s, &s.broker.url, params, &["--execute", &s.exec.url])
+}
+
+/// `seb request` as the agent to the broker at `broker`, for `demo.write` with `params`.
+fn seb_request(s: &Setup, broker: &str, params: &Value, extra: &[&str]) -> std::process::Output {
+    let params = params.to_string();
+    let root = s.hsm.trust("root.pem");
+    let mut args = vec![
+        "request",
+        "--broker",
+        broker,
+        "--ca",
+        root.to_str().unwrap(),
+        "--cert",
+        s.agent.cert.to_str().unwrap(),
+        "--key",
+        s.agent.key.to_str().unwrap(),
+        "--operation",
+        "demo.write",
+        "--resource",
+        "demo/files",
+        "--params",
+        &params,
+    ];
+    args.extend_from_slice(extra);
+    common::seb(&args, s.hsm.dir.path())
 }
 
 fn code(body: &Value) -> &str {
@@ -411,26 +415,7 @@ fn an_executor_is_never_taken_for_the_broker_and_a_site_ca_may_certify_executors
     };
     assert!(format!("{e:?}").contains("not an executor's"), "{e:?}");
     // `seb request` pointed at the executor as its broker refuses to talk to it.
-    let out = common::seb(
-        &[
-            "request",
-            "--broker",
-            &s.exec.url,
-            "--ca",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-            "--cert",
-            s.agent.cert.to_str().unwrap(),
-            "--key",
-            s.agent.key.to_str().unwrap(),
-            "--operation",
-            "demo.write",
-            "--resource",
-            "demo/files",
-            "--params",
-            r#"{"name":"x.txt","text":"x"}"#,
-        ],
-        s.hsm.dir.path(),
-    );
+    let out = seb_request(&s, &s.exec.url, &json!({"name": "x.txt", "text": "x"}), &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("carries sebRole"), "{stderr}");

@@ -392,14 +392,7 @@ fn a_revocation_freeze_or_epoch_bump_takes_effect_on_the_other_replica_within_a_
     // The agent's certificate revoked with the CLI: both replicas refuse it at once.
     let cert = Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
     let serial = seb::serial::Serial::of(&cert).unwrap().to_string();
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-    ]);
+    s.hsm.revoke_compromised(&serial);
     let revoked_at = Instant::now();
     for url in [&s.b.url, &s.a.url] {
         let r = ask(&s, url, 2);

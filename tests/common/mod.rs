@@ -324,6 +324,18 @@ impl Hsm {
         self.issue_for("30d", name, subject, role, extra)
     }
 
+    /// `seb cert revoke --serial SERIAL --reason key-compromise`: a stolen key.
+    pub fn revoke_compromised(&self, serial: &str) {
+        self.seb_ok(&[
+            "cert",
+            "revoke",
+            "--serial",
+            serial,
+            "--reason",
+            "key-compromise",
+        ]);
+    }
+
     /// `seb cert issue-ca --label LABEL --subject SUBJECT --ttl 60d` with `extra`; returns the
     /// path of the intermediate's certificate (`LABEL.pem`).
     pub fn issue_ca(&self, label: &str, subject: &str, extra: &[&str]) -> PathBuf {
