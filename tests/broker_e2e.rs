@@ -1721,6 +1721,17 @@ fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
 }
 
 #[test]
+fn a_broker_stopped_as_soon_as_it_listens_stops_cleanly() {
+    // A supervisor may send SIGTERM the moment the broker says it listens: the handler must be
+    // in place by then (the default action would end the process with a failure status).
+    let mut s = setup();
+    for _ in 0..3 {
+        assert!(s.broker.stop(), "{}", s.broker.log_text());
+        s.broker = Broker::start(&s.hsm);
+    }
+}
+
+#[test]
 fn a_second_broker_on_the_same_sqlite_state_waits_for_the_first_to_exit() {
     // One broker per SQLite state directory (replicas share PostgreSQL): a second `seb serve`,
     // as a restart that overlaps the old process would start, waits for the first to exit and

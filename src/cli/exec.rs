@@ -23,8 +23,9 @@ pub fn exec(config: Option<&std::path::Path>) -> CliResult {
         let (listener, local) = seb::executor::bind(&config).await?;
         let executor = Arc::new(Executor::new(config).await?);
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let signalled = super::serve::shutdown_signal();
         tokio::spawn(async move {
-            super::serve::wait_for_signal().await;
+            signalled.await;
             let _ = tx.send(true);
         });
         say!("seb executor listening on https://{local}");

@@ -139,8 +139,9 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
                 hex::encode(nonce)
             ),
         ));
+        let signalled = shutdown_signal();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signalled.await;
             tracing::info!("shutting down");
             let _ = tx.send(true);
         });
@@ -254,19 +255,26 @@ fn survive_file_size_limit() {
     }
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT now, and returns what completes on either. Called before
+/// the process says it is listening: a supervisor (or a test) that stops it at once must find
+/// the handler in place, not the default action (which ends the process with a failure).
+/// Must be called inside the runtime.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let registered = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match registered {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending::<()>().await,
         }
-        _ => std::future::pending::<()>().await,
     }
 }
 
