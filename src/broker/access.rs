@@ -159,14 +159,32 @@ impl Broker {
             entry.decision = Some("denied".into());
         }
         entry.code = Some(code.to_owned());
-        let code = code.to_owned();
-        self.store.append_audit_then(
-            &entry,
-            Box::new(move |written| {
-                if let Err(e) = written {
-                    tracing::error!(error = %e, %code, "a refused attempt could not be logged");
-                }
-            }),
-        );
+        append_with_retries(self.store.clone(), entry, 3);
     }
+}
+
+/// Queues `entry` without waiting; when its reserved index was taken meanwhile (the CLI, a
+/// process of its own, appended an entry: `seb cert revoke`, `seb freeze`), queues it again
+/// at a fresh one, up to `attempts` times. The retry is queued from a thread of its own, never
+/// from inside the store writer's callback.
+fn append_with_retries(
+    store: Arc<dyn crate::store::Store>,
+    entry: crate::audit::entry::Entry,
+    attempts: u32,
+) {
+    let again = (store.clone(), entry.clone());
+    store.append_audit_then(
+        &entry,
+        Box::new(move |written| match written {
+            Err(e) if attempts > 1 && e.is_index_taken() => {
+                let (store, entry) = again;
+                std::thread::spawn(move || append_with_retries(store, entry, attempts - 1));
+            }
+            Err(e) => {
+                let code = again.1.code.unwrap_or_default();
+                tracing::error!(error = %e, %code, "a refused attempt could not be logged");
+            }
+            Ok(_) => {}
+        }),
+    );
 }
