@@ -225,6 +225,13 @@ impl Certificate {
         self.inner.to_pem(der::pem::LineEnding::LF)
     }
 
+    /// The role in the certificate's `sebRole` extension, if it carries a readable one.
+    pub fn seb_role(&self) -> Option<crate::grants::RoleKind> {
+        self.extension(SEB_ROLE_OID)
+            .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok())
+            .map(|r| r.kind)
+    }
+
     /// The extension with this OID, if present (at most one can be: see [`Certificate::parse`]).
     pub fn extension(&self, oid: ObjectIdentifier) -> Option<&Extension> {
         self.tbs().extensions()?.iter().find(|e| e.extn_id == oid)

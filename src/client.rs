@@ -384,7 +384,9 @@ pub fn check_broker_certificate(
     }
     // Any sebRole at all, even one this version cannot read: the broker's never has one.
     if cert.extension(crate::cert::SEB_ROLE_OID).is_some() {
-        let role = seb_role(&cert).map_or_else(|| "unreadable".to_owned(), |r| r.to_string());
+        let role = cert
+            .seb_role()
+            .map_or_else(|| "unreadable".to_owned(), |r| r.to_string());
         return Err(format!(
             "the server certificate {:?} carries sebRole ({role}): it is an agent's, approver's \
              or executor's certificate, not the broker's",
@@ -429,13 +431,6 @@ pub fn check_executor_certificate(
             cert.subject_string()
         )),
     }
-}
-
-/// The role in `cert`'s `sebRole` extension, if it carries one.
-fn seb_role(cert: &Certificate) -> Option<crate::grants::RoleKind> {
-    cert.extension(crate::cert::SEB_ROLE_OID)
-        .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok())
-        .map(|r| r.kind)
 }
 
 /// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS

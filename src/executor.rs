@@ -115,7 +115,7 @@ impl Executor {
         let leaf = chain
             .first()
             .ok_or("the executor certificate file is empty")?;
-        let role = role_of(leaf);
+        let role = leaf.seb_role();
         if role != Some(RoleKind::Executor) {
             return Err("the executor certificate does not carry the executor role".into());
         }
@@ -462,13 +462,6 @@ enum Prepared {
     Http((String, String, Vec<u8>)),
 }
 
-/// The role a certificate carries, if any.
-fn role_of(cert: &Certificate) -> Option<RoleKind> {
-    cert.extension(crate::cert::SEB_ROLE_OID)
-        .and_then(|e| crate::grants::Role::from_der(e.extn_value.as_bytes()).ok())
-        .map(|r| r.kind)
-}
-
 fn error_response(error: &ExecError) -> Response {
     let (status, code) = error.disposition();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -631,7 +624,7 @@ fn agent_of(
             )));
         }
     }
-    match role_of(leaf) {
+    match leaf.seb_role() {
         Some(RoleKind::Agent) => {}
         Some(other) => return Err(ExecError::WrongRole(other.to_string())),
         None => return Err(ExecError::WrongRole("none".into())),
