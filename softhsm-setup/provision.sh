@@ -600,7 +600,7 @@ if [ -n "$EXEC_PORT" ] && [ ! -f "$DIR/executor.toml" ]; then
   if [ ! -f "$DIR/executor.pem" ]; then
     rm -f "$DIR/executor.key" "$DIR/executor.csr"
     "$SEB" keygen --out-key "$DIR/executor.key" --out-csr "$DIR/executor.csr" --subject "CN=demo-executor,O=seb-dev" >/dev/null
-    "$SEB" --config "$DIR/seb.toml" cert issue --csr "$DIR/executor.csr" --role executor --ttl 30d \
+    "$SEB" --config "$DIR/seb.toml" cert issue --csr "$DIR/executor.csr" --role executor --ttl 90d \
       --tls-name 127.0.0.1 --tls-name localhost --out "$DIR/executor.pem"
   fi
   umask 022
@@ -613,7 +613,7 @@ broker_id = "seb-dev"
 root = "state/trust/root.pem"
 cert = "executor.pem"
 key = "executor.key"
-# approvers = "approvers.pem"     # approvers' certificates, for tokens issued after approvals
+# approvers = "approvers.pem"     # approvers' certificates (PEM bundle): needed for tokens issued after approvals (unknown_approver without it)
 # min_epoch = 1                   # refuse tokens of older policy epochs (it also learns newer ones)
 # max_attestation_age = "5m"      # require the broker's TPM self-attestation (att) this fresh
 

@@ -333,7 +333,7 @@ pub fn authority<'a>(
         None => {
             return Err((
                 DenyCode::WrongRole,
-                "certificate carries no sebRole extension".into(),
+                "certificate carries no readable sebRole extension (absent or malformed)".into(),
             ));
         }
     }
@@ -392,7 +392,7 @@ pub fn authority<'a>(
 pub fn delegated_role(chain: &ChainView) -> Result<&Role, (DenyCode, String)> {
     let role = chain.leaf.role.as_ref().ok_or((
         DenyCode::WrongRole,
-        "certificate carries no sebRole extension".to_owned(),
+        "certificate carries no readable sebRole extension (absent or malformed)".to_owned(),
     ))?;
     let mut sets: Vec<(usize, IssuableRoles)> = Vec::with_capacity(chain.ancestors.len());
     for (index, ca) in chain.ancestors.iter().enumerate() {

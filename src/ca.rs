@@ -240,15 +240,44 @@ pub fn parse_new_subject(subject: &str) -> Result<Name, CaError> {
 const COUNTRY_NAME: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("2.5.4.6");
 
-/// A subject attribute outside RFC 5280's upper bounds, which other tools refuse or warn
-/// about (Python's cryptography): a common name of 1 to 64 characters, a two-letter country.
+/// Most attributes a new subject may have.
+const MAX_ATTRIBUTES: usize = 16;
+
+/// A subject that should not be given out: an attribute outside RFC 5280's upper bounds, which
+/// other tools refuse or warn about (Python's cryptography: a common name of 1 to 64
+/// characters, a two-letter country); more than one common name (tools disagree on which one
+/// they show); more than [`MAX_ATTRIBUTES`] attributes; or a control or formatting character
+/// ([`crate::text::hides_text`], line feeds and tabs included), which could make the name an
+/// approver or auditor reads (`seb pending`, audit entries, the token's `sub`) look like
+/// another.
 pub fn attribute_problem(name: &Name) -> Option<String> {
-    for atv in name.iter() {
+    let attributes: Vec<_> = name.iter().collect();
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Some(format!("more than {MAX_ATTRIBUTES} attributes"));
+    }
+    if attributes
+        .iter()
+        .filter(|atv| atv.oid == COMMON_NAME)
+        .count()
+        > 1
+    {
+        return Some("more than one common name (CN)".into());
+    }
+    for atv in attributes {
         // UTF8String, PrintableString and IA5String are UTF-8 bytes; other string types are
         // not measured here.
         let Ok(text) = std::str::from_utf8(atv.value.value()) else {
             continue;
         };
+        if let Some(c) = text
+            .chars()
+            .find(|&c| c.is_control() || crate::text::hides_text(c))
+        {
+            return Some(format!(
+                "an attribute contains the control or formatting character U+{:04X}",
+                u32::from(c)
+            ));
+        }
         let chars = text.chars().count();
         if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
             return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
@@ -418,7 +447,7 @@ pub fn issue_leaf_serving(
         }
         (RoleKind::Approver | RoleKind::Executor, Some(_)) => {
             return Err(CaError::Role(format!(
-                "grants only make sense on agent certificates, not on a {} certificate",
+                "grants only make sense on agent certificates, not on an {} certificate",
                 request.role.kind
             )))
         }

@@ -150,9 +150,10 @@ impl Certificate {
             .position(|b| !b.is_ascii_whitespace())
             .unwrap_or(bytes.len());
         let (decoded, der) = if bytes[start..].starts_with(b"-----BEGIN") {
-            let cert = x509_cert::Certificate::from_pem(&bytes[start..]).map_err(malformed)?;
+            let pem = rewrap_pem(&bytes[start..]);
+            let cert = x509_cert::Certificate::from_pem(&pem).map_err(malformed)?;
             // PEM carries no encoding of its own to compare with: the base64 is the DER.
-            let der = pem_der(&bytes[start..])?;
+            let der = pem_der(&pem)?;
             (cert, der)
         } else {
             (
@@ -292,6 +293,45 @@ impl Certificate {
 
 fn malformed(e: impl std::fmt::Display) -> CertError {
     CertError::Malformed(e.to_string())
+}
+
+/// `pem` with the base64 of its first block wrapped at 64 columns, as RFC 7468's strict form
+/// (which the decoder takes) has it: tools that wrap at 76 (MIME) or not at all are common,
+/// and RFC 7468 asks parsers to accept them. Anything that is not one plain block (headers,
+/// no END line) is returned as it is, for the decoder to refuse with its own message. What
+/// follows the block is kept, so that trailing data is still refused.
+pub(crate) fn rewrap_pem(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    let Ok(text) = std::str::from_utf8(pem) else {
+        return Cow::Borrowed(pem);
+    };
+    let text = text.trim_start();
+    let Some(first) = text.lines().next() else {
+        return Cow::Borrowed(pem);
+    };
+    let Some(label) = first
+        .trim_end()
+        .strip_prefix("-----BEGIN ")
+        .and_then(|l| l.strip_suffix("-----"))
+    else {
+        return Cow::Borrowed(pem);
+    };
+    let end_line = format!("-----END {label}-----");
+    let Some(end) = text.find(&end_line) else {
+        return Cow::Borrowed(pem);
+    };
+    let body = &text[first.len()..end];
+    if body.contains(':') || body.contains('-') {
+        return Cow::Borrowed(pem);
+    }
+    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = format!("{first}\n", first = first.trim_end());
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&text[end..]);
+    Cow::Owned(out.into_bytes())
 }
 
 /// The DER inside one PEM `CERTIFICATE` block.

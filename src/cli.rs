@@ -268,7 +268,40 @@ pub fn write_file(path: &Path, contents: &[u8], private: bool) -> CliResult {
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
-/// Reads a whole file, naming it in the error.
+/// A request id as the broker makes them (30 base64url characters; a little leeway), so that
+/// nothing a user or a model writes in its place can change the route it is put into.
+pub fn is_request_id(id: &str) -> bool {
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The largest file [`read_file`] reads: far more than any certificate bundle, key, CSR,
+/// grants file, receipt or event log, so that a wrong path (a device, a huge file) is refused
+/// by size instead of filling memory.
+pub const MAX_INPUT_FILE: u64 = 16 << 20;
+
+/// Reads a whole file of at most [`MAX_INPUT_FILE`] bytes, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+    read_file_within(path, MAX_INPUT_FILE)
+}
+
+/// Reads a whole file of at most `limit` bytes, naming it in the error; reads no more than
+/// one byte past the limit.
+pub fn read_file_within(path: &Path, limit: u64) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "{} is larger than {} MiB; is it the right file?",
+            path.display(),
+            limit >> 20
+        )
+        .into());
+    }
+    Ok(bytes)
 }

@@ -102,7 +102,11 @@ impl ClientTls {
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| ClientError::Input(format!("client certificate or key: {e}")))?;
+                .map_err(|e| {
+                    ClientError::Input(format!(
+                        "client certificate or key: {e} (is --key the private key of --cert?)"
+                    ))
+                })?;
             if !resumption {
                 config.resumption = rustls::client::Resumption::disabled();
             }

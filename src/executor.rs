@@ -57,6 +57,8 @@ use action::ActionKind;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 256;
+/// How long a request's body may take to arrive once its headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the whole run may take beyond the action's own timeout (verify, redeem, report).
 const OVERHEAD: Duration = Duration::from_secs(30);
 
@@ -516,12 +518,20 @@ async fn not_found() -> Response {
 }
 
 /// The executor's routes.
+///
+/// A body must arrive within [`BODY_TIMEOUT`] and no larger than `max_body_bytes` (refused
+/// from its `Content-Length` before it is read): a client that announces a body and stalls
+/// holds its connection for seconds, not for good.
 fn router(executor: Arc<Executor>) -> Router {
     let limit = executor.config.max_body_bytes;
+    let answer_within = BODY_TIMEOUT + executor.run_deadline() + OVERHEAD;
     Router::new()
         .route("/v1/run", post(run_handler))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::server::bounded(req, next, limit, BODY_TIMEOUT, answer_within)
+        }))
         .with_state(executor)
 }
 

@@ -184,7 +184,7 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |req, next| {
-            bounded(req, next, body_limit, timeout)
+            bounded(req, next, body_limit, timeout, timeout)
         }))
         .layer(middleware::from_fn_with_state(app.clone(), request_context))
         .with_state(app)
@@ -201,13 +201,19 @@ pub fn router(app: App) -> Router {
 ///    413, one that breaks off 400 `bad_body`. These close the connection: the rest of the body
 ///    is unread.
 /// 3. The route gets what is left of the time; past it, 503 `timeout` and no token.
-async fn bounded(
+///
+/// The broker gives the body and the route the same time (`server.request_timeout`, counted
+/// from when the headers were read); `seb exec` gives the body a short time of its own and the
+/// route as long as its longest action may run.
+pub(crate) async fn bounded(
     req: Request<axum::body::Body>,
     next: Next,
     limit: usize,
-    timeout: std::time::Duration,
+    body_within: std::time::Duration,
+    answer_within: std::time::Duration,
 ) -> Response {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let start = tokio::time::Instant::now();
+    let (body_deadline, deadline) = (start + body_within, start + answer_within);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -216,8 +222,12 @@ async fn bounded(
     if declared.is_some_and(|len| len > limit as u64) {
         return closing(HttpError::BodyTooLarge);
     }
+    if !plain_body(req.headers()) {
+        return closing(HttpError::UnsupportedEncoding);
+    }
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout_at(body_deadline, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             let over = e
@@ -237,6 +247,22 @@ async fn bounded(
         Ok(response) => response,
         Err(_) => ApiError::from(HttpError::Timeout).into_response(),
     }
+}
+
+/// Whether the body is plain bytes as sent: no content coding but `identity`, no transfer
+/// coding but `chunked` (which hyper undoes). Anything else would reach the JSON parser still
+/// encoded.
+fn plain_body(headers: &axum::http::HeaderMap) -> bool {
+    let only = |name: header::HeaderName, allowed: &str| {
+        headers.get_all(name).iter().all(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(allowed))
+            })
+        })
+    };
+    only(header::CONTENT_ENCODING, "identity") && only(header::TRANSFER_ENCODING, "chunked")
 }
 
 /// A refusal after which the connection is closed: the client's body was not read to its end,

@@ -9,6 +9,23 @@ pub fn hides_text(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t') || FORMAT.iter().any(|r| r.contains(&c))
 }
 
+/// Checks free text a caller sends for people to read (a justification, an approver's
+/// reason): at most `max` characters, and none that [`hides_text`]. The error names `field`
+/// and the first offending character.
+pub fn check_readable(field: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.chars().count() > max {
+        return Err(format!("{field} is longer than {max} characters"));
+    }
+    match text.chars().find(|&c| hides_text(c)) {
+        Some(c) => Err(format!(
+            "{field} contains the control, format or separator character U+{:04X} \
+             (only line feeds and tabs are allowed)",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Unicode's format characters (category Cf) and the two separators (Zl, Zp).
 const FORMAT: &[std::ops::RangeInclusive<char>] = &[
     '\u{00AD}'..='\u{00AD}',

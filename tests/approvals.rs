@@ -513,6 +513,40 @@ fn a_justification_cannot_rewrite_what_approvers_see() {
         "two\nlines\tand a tab",
         "{logged:?}"
     );
+    // An approver's reason is shown to the other approvers and kept in the log: the same
+    // rules, and a refused reason does not count as an approval.
+    let id = r.body["request_id"].as_str().unwrap();
+    let digest = r.body["request_digest"].as_str().unwrap();
+    let sig = signature(&s.alice, Decision::Approve, digest, &thumbprint(&s.agent));
+    let hostile = "all good\u{1b}]0;x\u{7}\r\u{202e}ko";
+    let r = call(
+        &s,
+        &s.alice,
+        "POST",
+        &format!("/v1/executions/{id}/approvals"),
+        Some(&json!({"decision": "approve", "signature": sig, "reason": hostile})),
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{}", r.text);
+    let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["approvals"].as_array().is_none_or(|a| a.is_empty()),
+        "{}",
+        r.text
+    );
+    // `seb approve` puts the id into a URL: anything but an id is refused before any call.
+    for bad in [
+        "../../v1/tokens/redeem",
+        "a?status=pending&x=yyyyyyyyyyyyyyyy",
+    ] {
+        let mut args = vec!["approve".to_owned(), bad.to_owned()];
+        args.extend(approver_args(&s, &s.alice));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::seb(&args, s.hsm.dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: {stderr}");
+        assert!(stderr.contains("is not a request id"), "{bad}: {stderr}");
+    }
 }
 
 #[test]

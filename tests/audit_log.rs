@@ -1009,3 +1009,93 @@ fn attempts_refused_before_any_decision_are_in_the_log() {
     assert_eq!(redeemed.len(), 1, "{redeemed:?}");
     assert_eq!(redeemed[0]["code"], "wrong_role", "{redeemed:?}");
 }
+
+#[test]
+fn every_redemption_attempt_is_an_entry_and_a_replay_stays_409_after_an_epoch_bump() {
+    // A forged token, a token of an older epoch and a replay of a redeemed one after the
+    // epoch was raised: the executor gets each one's own code, and each is in the log.
+    let s = setup();
+    let executor = s
+        .hsm
+        .identity("executor", "CN=k8s-executor", "executor", &[]);
+    let tls = s.hsm.tls(&executor, false);
+    let redeem = |token: &str| {
+        runtime().block_on(async {
+            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+            c.post_json("/v1/tokens/redeem", &json!({ "token": token }))
+                .await
+                .unwrap()
+        })
+    };
+    let code = |r: &ApiResponse| {
+        (
+            r.status,
+            r.body["error"]["code"].as_str().map(str::to_owned),
+        )
+    };
+    let tokens = traffic(&s, 3);
+    let (used, unused) = (tokens[0].as_str(), tokens[1].as_str());
+    assert_eq!(redeem(used).status, 200);
+    let mut parts: Vec<String> = unused.split('.').map(str::to_owned).collect();
+    let flipped = if parts[2].starts_with('A') { "B" } else { "A" };
+    parts[2].replace_range(..1, flipped);
+    let forged = redeem(&parts.join("."));
+    assert_eq!(
+        code(&forged),
+        (400, Some("invalid_token".into())),
+        "{}",
+        forged.text
+    );
+
+    s.hsm.seb_ok(&["epoch", "bump"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let replay = redeem(used);
+    assert_eq!(
+        code(&replay),
+        (409, Some("token_already_redeemed".into())),
+        "{}",
+        replay.text
+    );
+    let stale = redeem(unused);
+    assert_eq!(
+        code(&stale),
+        (403, Some("stale_epoch".into())),
+        "{}",
+        stale.text
+    );
+    // The entry of a token refused because its agent was revoked names that, not the
+    // executor's certificate, and the agent's serial.
+    let fresh = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(fresh.status, 201, "{}", fresh.text);
+    let serial = common::openssl_serial(&s.agent.cert);
+    s.hsm.revoke_compromised(&serial);
+    let revoked = redeem(fresh.body["token"].as_str().unwrap());
+    assert_eq!(
+        code(&revoked),
+        (403, Some("agent_certificate_revoked".into())),
+        "{}",
+        revoked.text
+    );
+
+    let entries = entries_of(&s, "token_redeemed", 5);
+    let codes: Vec<Option<&str>> = entries.iter().map(|e| e["code"].as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some("invalid_token"),
+            Some("token_already_redeemed"),
+            Some("stale_epoch"),
+            Some("agent_certificate_revoked")
+        ],
+        "{entries:?}"
+    );
+    let detail = entries[4]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_uppercase();
+    assert!(detail.contains(&serial.to_uppercase()), "{}", entries[4]);
+    for entry in &entries {
+        assert_eq!(entry["cert"]["subject"], "CN=k8s-executor", "{entry}");
+    }
+}

@@ -578,6 +578,59 @@ fn an_oversized_body_announced_with_expect_100_continue_gets_413_not_100() {
     assert!(head.contains("body_too_large"), "{head}");
 }
 
+/// A body the broker would read still encoded (a content coding, a transfer coding other than
+/// chunked) is refused, not parsed as if it were plain: 415 `unsupported_encoding`.
+#[test]
+fn encoded_bodies_are_refused_with_415() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let tls = s.hsm.tls(&s.agent, true);
+    let body = good_request().to_string();
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    for (headers, payload) in [
+        (
+            format!(
+                "Content-Encoding: gzip\r\nContent-Length: {}\r\n",
+                body.len()
+            ),
+            body.clone(),
+        ),
+        (
+            "Transfer-Encoding: gzip, chunked\r\n".to_owned(),
+            chunked.clone(),
+        ),
+    ] {
+        let answer = runtime().block_on(async {
+            let (mut stream, authority) =
+                seb::client::connect_tls(&s.broker.url, &tls).await.unwrap();
+            let request = format!(
+                "POST /v1/executions HTTP/1.1\r\nHost: {authority}\r\n\
+                 Content-Type: application/json\r\n{headers}\r\n{payload}"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !String::from_utf8_lossy(&answer).contains("}}") {
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    stream.read(&mut chunk),
+                );
+                let n = read.await.expect("an answer").unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+        assert!(answer.starts_with("HTTP/1.1 415"), "{headers}: {answer}");
+        assert!(answer.contains("\"unsupported_encoding\""), "{answer}");
+    }
+    // Plain chunked bodies are fine.
+    let r = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
 /// A client that sends its headers and then too little of its body, too slowly, is the
 /// client's fault: 408 `request_timeout` when the request's time runs out, the connection
 /// closed, counted in `/metrics`, and the broker goes on serving.

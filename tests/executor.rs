@@ -556,3 +556,62 @@ approval = { required = 1, group = "sre-leads" }
         "approved by a renewed approver"
     );
 }
+
+/// Sends `head` on a new connection to the executor and reads the answer until the
+/// connection closes (or the first answer's body has arrived); returns it and how long it took.
+fn raw_exchange(s: &Setup, head: &str) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = s.hsm.tls(&s.agent, true).to_executors();
+    common::runtime().block_on(async {
+        let (mut stream, authority) = seb::client::connect_tls(&s.exec.url, &tls).await.unwrap();
+        let started = std::time::Instant::now();
+        let head = head.replace("{authority}", &authority);
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut chunk));
+            let n = read.await.expect("the executor answers").unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    })
+}
+
+#[test]
+fn a_stalled_or_oversized_body_does_not_hold_an_executor_connection() {
+    // Before, a body announced and never sent held its connection with no answer for good,
+    // and 256 of them locked every agent out of the executor.
+    let s = setup();
+    let (answer, waited) = raw_exchange(
+        &s,
+        "POST /v1/run HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{",
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(waited < std::time::Duration::from_secs(25), "{waited:?}");
+    let (answer, waited) = raw_exchange(
+        &s,
+        "POST /v1/run HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "a 413 at once, no 100: {answer}"
+    );
+    assert!(answer.contains("\"body_too_large\""), "{answer}");
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    // And the executor goes on serving.
+    let params = json!({"name": "after-stall", "text": "ok"});
+    let token = token(&s, &params);
+    let (status, body) = run(&s, &s.agent, &token, &params);
+    assert_eq!(status, 200, "{body}");
+}

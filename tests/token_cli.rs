@@ -357,3 +357,24 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     let out = child.wait_with_output().unwrap();
     common::assert_success(&out, "token from stdin");
 }
+
+#[test]
+fn a_trust_bundle_or_certificate_that_is_a_device_is_refused_by_size() {
+    // `--trust /dev/zero` used to be read whole: gigabytes of memory in seconds.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token.jwt");
+    std::fs::write(&token, "eyJhbGciOiJFUzM4NCJ9.e30.c2ln").unwrap();
+    let token = token.to_str().unwrap();
+    for args in [
+        ["--trust", "/dev/zero", "--token", token, "--signature-only"],
+        ["--trust", "/dev/null", "--token", token, "--signature-only"],
+    ] {
+        let out = verify(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if args[1] == "/dev/zero" {
+            assert!(stderr.contains("larger than 16 MiB"), "{stderr}");
+        }
+    }
+}

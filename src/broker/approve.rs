@@ -228,12 +228,9 @@ impl Broker {
             None => None,
         };
         if let Some(reason) = body.reason.as_ref() {
-            if reason.chars().count() > super::MAX_JUSTIFICATION {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "reason is longer than {} characters",
-                    super::MAX_JUSTIFICATION
-                )));
-            }
+            // Shown to the other approvers and kept in the log: the justification's rules.
+            crate::text::check_readable("reason", reason, super::MAX_JUSTIFICATION)
+                .map_err(BrokerError::InvalidRequest)?;
         }
         let now = SystemTime::now();
         let role = approver_role(peer, "decide on requests")?;

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::access::RefusedAttempt;
 use super::{Broker, BrokerError, Caller};
 use crate::grants::RoleKind;
 use crate::store::RedeemOutcome;
@@ -62,23 +63,30 @@ impl Broker {
             }
         }
         let now = SystemTime::now();
-        let claims = match self.decode(token, now) {
+        let refused = |e: BrokerError| {
+            // What reaches the store is logged there; a token refused before it is logged
+            // here, so that every attempt is an entry (a forged token is what a SIEM alerts on).
+            self.audit_refused_attempt(peer, RefusedAttempt::Redemption, e.code());
+            e
+        };
+        let claims = match self.decode(token, now, self.epoch()) {
             Ok(claims) => claims,
-            // A replay stays a replay after the token expires: 409, as the first replay got,
-            // and (through the store) a `token_redeemed` entry with its code. Only for a token
-            // this broker signed and that was redeemed: any other expired token is 400.
-            Err(VerifyError::Expired { now: at, exp }) => {
-                match self.expired_but_redeemed(token, exp) {
+            // A replay stays a replay after the token expires or the policy epoch is raised:
+            // 409, as the first replay got, and (through the store) a `token_redeemed` entry
+            // with its code. Only for a token this broker signed and that was redeemed: any
+            // other expired or stale token is refused as such.
+            Err(e @ (VerifyError::Expired { .. } | VerifyError::StaleEpoch { .. })) => {
+                match self.redeemed_before(token, now) {
                     Some(claims) => claims,
-                    None => return Err(token_error(VerifyError::Expired { now: at, exp })),
+                    None => return Err(refused(token_error(e))),
                 }
             }
-            Err(e) => return Err(token_error(e)),
+            Err(e) => return Err(refused(token_error(e))),
         };
         let detail = claims
             .authorization_details
             .first()
-            .ok_or_else(|| BrokerError::InvalidToken("no authorization details".into()))?;
+            .ok_or_else(|| refused(BrokerError::InvalidToken("no authorization details".into())))?;
         match self
             .store
             .redeem(&claims.jti, &super::audit::cert_ref(&peer.thumbprint, peer.serials().next(), &peer.subject), now)
@@ -109,12 +117,18 @@ impl Broker {
         }
     }
 
-    /// The claims of a token refused only for having expired (at `exp`) whose id was redeemed:
-    /// verified as of the last second of its life (signature, issuer, epoch), so the store's
-    /// single-use record, not the clock, answers the replay.
-    fn expired_but_redeemed(&self, token: &str, exp: u64) -> Option<Claims> {
-        let last_second = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.checked_sub(1)?);
-        let claims = self.decode(token, last_second).ok()?;
+    /// The claims of a token refused only for having expired or for an older policy epoch,
+    /// whose id was redeemed: verified as of the last second of its life (signature, issuer)
+    /// and whatever its epoch, so the store's single-use record, not the clock or the epoch,
+    /// answers the replay.
+    fn redeemed_before(&self, token: &str, now: SystemTime) -> Option<Claims> {
+        let claims = match self.decode(token, now, 0) {
+            Err(VerifyError::Expired { exp, .. }) => {
+                let last_second = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.checked_sub(1)?);
+                self.decode(token, last_second, 0).ok()?
+            }
+            other => other.ok()?,
+        };
         match self.store.redeemed_by(&claims.jti) {
             Ok(Some(_)) => Some(claims),
             _ => None,
@@ -122,15 +136,15 @@ impl Broker {
     }
 
     /// A token signed by this broker's token key (the current one or a retired one whose
-    /// tokens may still be live), of its current epoch, naming it, live at `now`.
-    fn decode(&self, token: &str, now: SystemTime) -> Result<Claims, VerifyError> {
+    /// tokens may still be live), of epoch `min_epoch` or later, naming it, live at `now`.
+    fn decode(&self, token: &str, now: SystemTime, min_epoch: u64) -> Result<Claims, VerifyError> {
         let rules = TokenRules {
             now,
             leeway: verify::CLOCK_SKEW,
             // The broker never signs longer than its own cap; the default bounds a cap raised
             // after issuance.
             max_lifetime: verify::DEFAULT_MAX_LIFETIME.max(self.config.policy.max_token_ttl),
-            min_epoch: self.epoch(),
+            min_epoch,
         };
         // The current token key, or a retired one whose tokens may still be live (`seb
         // rotate token`): an executor holding such a token must not be refused.

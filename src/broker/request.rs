@@ -197,21 +197,11 @@ impl Broker {
             None => None,
         };
         if let Some(j) = &request.justification {
-            if j.chars().count() > MAX_JUSTIFICATION {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "justification is longer than {MAX_JUSTIFICATION} characters"
-                )));
-            }
             // Approvers read it in a terminal, a chat message or a web page: escape sequences
             // or bidirectional overrides could rewrite what they see next to it (the
             // parameters they are asked to sign for).
-            if let Some(c) = j.chars().find(|&c| crate::text::hides_text(c)) {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "justification contains the control, format or separator character U+{:04X} \
-                     (only line feeds and tabs are allowed)",
-                    u32::from(c)
-                )));
-            }
+            crate::text::check_readable("justification", j, MAX_JUSTIFICATION)
+                .map_err(BrokerError::InvalidRequest)?;
         }
         if !request.params.is_object() {
             return Err(BrokerError::InvalidRequest(

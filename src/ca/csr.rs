@@ -105,7 +105,7 @@ fn parse(bytes: &[u8]) -> Result<CertReq, CaError> {
         .unwrap_or(bytes.len());
     let trimmed = &bytes[text_start..];
     let parsed = if trimmed.starts_with(b"-----BEGIN") {
-        CertReq::from_pem(trimmed)
+        CertReq::from_pem(crate::cert::rewrap_pem(trimmed))
     } else {
         CertReq::from_der(bytes)
     };
@@ -153,6 +153,41 @@ mod tests {
         let made = generate(parse_subject("CN=agent-1,O=test").unwrap()).unwrap();
         let csr = verify(made.csr_pem.as_bytes()).unwrap();
         assert_eq!(csr.subject.to_string(), "CN=agent-1,O=test");
+    }
+
+    /// `pem`'s base64 wrapped at `width` columns (0: one line).
+    fn rewrapped(pem: &str, width: usize) -> String {
+        let mut lines = pem.lines();
+        let (first, mut body, mut last) = (lines.next().unwrap(), String::new(), "");
+        for line in lines {
+            if line.starts_with("-----END") {
+                last = line;
+            } else {
+                body.push_str(line);
+            }
+        }
+        let width = if width == 0 { body.len() } else { width };
+        let wrapped: Vec<String> = body
+            .as_bytes()
+            .chunks(width)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        format!("{first}\r\n{}\r\n{last}\r\n", wrapped.join("\r\n"))
+    }
+
+    #[test]
+    fn a_csr_wrapped_at_76_columns_or_not_at_all_verifies() {
+        // MIME base64 (Python's base64.encodebytes, Java) wraps at 76; RFC 7468 asks parsers
+        // to accept any line length.
+        let made = generate(parse_subject("CN=agent-1,O=test").unwrap()).unwrap();
+        for width in [76, 0, 16] {
+            let pem = rewrapped(&made.csr_pem, width);
+            let csr = verify(pem.as_bytes()).unwrap_or_else(|e| panic!("{width}: {e}"));
+            assert_eq!(csr.subject.to_string(), "CN=agent-1,O=test");
+        }
+        // Trailing data after the block is still refused.
+        let trailing = format!("{}junk", rewrapped(&made.csr_pem, 76));
+        assert!(verify(trailing.as_bytes()).is_err());
     }
 
     #[test]

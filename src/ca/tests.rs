@@ -222,6 +222,16 @@ fn subjects_stay_within_rfc_5280_bounds() {
         ("CN=deploy-bot,C=USA", "two-letter"),
         ("CN=deploy-bot,C=D", "two-letter"),
         (&*format!("CN={}", "a".repeat(65)), "1 to 64"),
+        // Names that read as others in a terminal or a web page.
+        ("CN=ali\u{200b}ce,O=test", "U+200B"),
+        ("CN=deploy-bot\u{202e}\u{2066} approved,O=test", "U+202E"),
+        ("CN=bot\u{1b}[2K", "U+001B"),
+        ("CN=two\nlines", "U+000A"),
+        ("CN=alice,CN=mallory", "more than one common name"),
+        (
+            &*format!("CN=bot,{}", "OU=x,".repeat(16).trim_end_matches(',')),
+            "more than 16",
+        ),
     ] {
         let err = parse_new_subject(subject).unwrap_err().to_string();
         assert!(err.contains(why), "{subject}: {err}");

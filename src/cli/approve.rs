@@ -17,7 +17,8 @@ use super::{read_file, BrokerConnection, CliError, CliResult};
 pub struct PendingArgs {
     #[command(flatten)]
     connection: BrokerConnection,
-    /// Print the broker's JSON instead of the readable form.
+    /// Print the open requests as a JSON array (the `requests` of the broker's answer, each as
+    /// the broker sent it) instead of the readable form.
     #[arg(long)]
     json: bool,
 }
@@ -56,6 +57,13 @@ pub fn pending(args: PendingArgs) -> CliResult {
 
 /// Signs a decision on one request and posts it.
 pub fn approve(args: ApproveArgs) -> CliResult {
+    if !super::is_request_id(&args.request_id) {
+        return Err(format!(
+            "{:?} is not a request id (base64url, as `seb pending` shows it)",
+            args.request_id
+        )
+        .into());
+    }
     let key = ApproverKey::from_pkcs8_pem(
         std::str::from_utf8(&read_file(&args.connection.key)?)
             .map_err(|_| "the key file is not PEM text")?,

@@ -16,7 +16,7 @@ use seb::client::{Client, ClientTls};
 use seb::store::MAX_AUDIT_PAGE;
 use seb::verify::TrustStore;
 
-use super::{read_file, write_file, CliError, CliResult};
+use super::{read_file, read_file_within, write_file, CliError, CliResult};
 
 /// `seb audit ...`
 #[derive(Debug, clap::Subcommand)]
@@ -148,8 +148,11 @@ fn trust_store(root_pem: &[u8], bundle: &str) -> Result<TrustStore, CliError> {
     Ok(TrustStore::from_certificates(certs)?)
 }
 
+/// The largest export `audit verify --file` reads (it is held in memory whole).
+const MAX_EXPORT: u64 = 1 << 30;
+
 fn read_export(path: &Path) -> Result<Evidence, CliError> {
-    let text = String::from_utf8(read_file(path)?)
+    let text = String::from_utf8(read_file_within(path, MAX_EXPORT)?)
         .map_err(|_| format!("{} is not UTF-8", path.display()))?;
     let mut evidence = Evidence {
         bundle: String::new(),

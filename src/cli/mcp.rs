@@ -282,7 +282,7 @@ impl SebMcp {
 
     /// The request's status; returns the outcome and, when granted, the token.
     async fn execution_status(&self, id: &str) -> (Outcome, Option<String>) {
-        if !is_request_id(id) {
+        if !super::is_request_id(id) {
             return (
                 Outcome::refused(
                     "invalid_arguments",
@@ -548,15 +548,6 @@ fn parse<T: serde::de::DeserializeOwned>(arguments: Value) -> Result<T, Outcome>
         .map_err(|e| Outcome::refused("invalid_arguments", format!("invalid arguments: {e}")))
 }
 
-/// A request id as the broker makes them (30 base64url characters; a little leeway), so that
-/// nothing the model writes can change the route.
-fn is_request_id(id: &str) -> bool {
-    (16..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// A `201`/`202`/`200` answer about a request: the broker's body as it is, a line for the
 /// model about what to do next, and the token when there is one.
 fn execution_answer(response: ApiResponse) -> (Outcome, Option<String>) {
@@ -615,7 +606,9 @@ mod tests {
 
     #[test]
     fn request_ids_cannot_steer_the_route() {
-        assert!(is_request_id("AZLb0cYxAAAAbWFkZS11cC1yYW5kb20"));
+        assert!(super::super::is_request_id(
+            "AZLb0cYxAAAAbWFkZS11cC1yYW5kb20"
+        ));
         for bad in [
             "",
             "../trust",
@@ -624,7 +617,7 @@ mod tests {
             "AZLb0cYxAAAAbWFkZS11cC1yYW5kb20%2F",
             "short",
         ] {
-            assert!(!is_request_id(bad), "{bad}");
+            assert!(!super::super::is_request_id(bad), "{bad}");
         }
     }
 

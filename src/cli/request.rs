@@ -147,10 +147,12 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         None => say!("{}", status.text),
     }
     if !granted {
-        eprintln!(
-            "no token: the request is {}",
-            status.body["status"].as_str().unwrap_or("unknown")
-        );
+        let state = status.body["status"].as_str().unwrap_or("unknown");
+        if state == "pending_approval" {
+            eprintln!("no token: the request is still pending_approval after --timeout; stdout has its status");
+        } else {
+            eprintln!("no token: the request is {state}; stdout has the broker's answer");
+        }
     }
     Ok(if granted {
         std::process::ExitCode::SUCCESS

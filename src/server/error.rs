@@ -25,6 +25,8 @@ pub enum HttpError {
     BodyTooLarge,
     /// The body could not be read.
     UnreadableBody,
+    /// The body has a content or transfer coding the server does not decode.
+    UnsupportedEncoding,
     /// The body is not acceptable JSON (syntax, duplicate keys, depth, numbers).
     MalformedJson(String),
     /// The JSON does not have the expected fields.
@@ -62,7 +64,14 @@ impl HttpError {
             HttpError::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                "the request body is larger than the broker accepts".into(),
+                "the request body is larger than this server accepts".into(),
+            ),
+            HttpError::UnsupportedEncoding => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                "the body's Content-Encoding or Transfer-Encoding is not supported (send plain \
+                 JSON, chunked or with a Content-Length)"
+                    .into(),
             ),
             HttpError::UnreadableBody => (
                 StatusCode::BAD_REQUEST,
@@ -91,7 +100,8 @@ impl HttpError {
             HttpError::InvalidQuery => (
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
-                "the query string is not one this endpoint takes (listings need status=pending)"
+                "the query string is not one this endpoint takes (docs/API.md lists each \
+                 route's parameters)"
                     .into(),
             ),
             HttpError::AttestationNotConfigured => (

@@ -116,10 +116,13 @@ impl Redemption {
             Redemption::Redeemed => None,
             Redemption::Unknown => Some("unknown_token".into()),
             Redemption::Before(_) => Some("token_already_redeemed".into()),
-            Redemption::AgentRevoked(_) => Some("certificate_revoked".into()),
+            Redemption::AgentRevoked(_) => Some("agent_certificate_revoked".into()),
             Redemption::AgentUnrecorded => Some("agent_unrecorded".into()),
             Redemption::Corrupt(_) => Some("store_corrupt".into()),
         };
+        if let Redemption::AgentRevoked(serial) = self {
+            e.detail = Some(format!("the agent's path holds revoked serial {serial}"));
+        }
         e
     }
 
