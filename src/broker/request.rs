@@ -363,7 +363,7 @@ impl Broker {
             store: self.store.as_ref(),
             request_id: Some(request_id.clone()),
         };
-        let token_key = keys.token.clone();
+        let token_key = &keys.token;
         let recorded = issuance::sign_and_record(
             &self.store,
             &self.signer,
@@ -376,7 +376,7 @@ impl Broker {
                     leaf_hash: leaf_b64(&position.leaf_hash),
                 });
                 let input = self
-                    .signing_input(&token_key, &claims)
+                    .signing_input(token_key, &claims)
                     .map_err(|e| e.to_string())?;
                 Ok((token_key.alg.digest(input.as_bytes()), input))
             },
