@@ -152,6 +152,7 @@ pub fn verify(receipt: &Receipt, executor: &Certificate) -> Result<(), ReceiptEr
             given,
         });
     }
+    check_shape(&receipt.body)?;
     crate::chain::require_purpose(executor, Purpose::Receipt)
         .map_err(|e| ReceiptError::WrongKeyPurpose(e.to_string()))?;
     let key = CertKey::of(executor).map_err(ReceiptError::Key)?;
@@ -163,6 +164,29 @@ pub fn verify(receipt: &Receipt, executor: &Certificate) -> Result<(), ReceiptEr
     } else {
         Err(ReceiptError::BadSignature)
     }
+}
+
+/// What every receipt must look like whatever signed it: its digests are digests (base64url
+/// of 32 bytes for SHA-256, 48 for the SHA-384 `params_digest`) and it finished no earlier than
+/// it started.
+fn check_shape(body: &ReceiptBody) -> Result<(), ReceiptError> {
+    for (field, value, len) in [
+        ("params_digest", &body.params_digest, 48),
+        ("stdout_sha256", &body.stdout_sha256, 32),
+        ("stderr_sha256", &body.stderr_sha256, 32),
+    ] {
+        if base64url::decode(value).is_none_or(|bytes| bytes.len() != len) {
+            return Err(ReceiptError::Malformed(format!(
+                "{field} is not a base64url digest of {len} bytes"
+            )));
+        }
+    }
+    if body.finished_at_ms < body.started_at_ms {
+        return Err(ReceiptError::Malformed(
+            "finished_at_ms is before started_at_ms".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// base64url SHA-256 of `bytes`, as the receipt's output digests are written.
@@ -181,7 +205,7 @@ mod tests {
             request_id: "r".into(),
             operation: "demo.write".into(),
             resource: "demo/files".into(),
-            params_digest: "pd".into(),
+            params_digest: base64url::encode(&[7; 48]),
             exit_code: 0,
             timed_out: false,
             stdout_sha256: output_digest(b""),

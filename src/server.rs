@@ -468,6 +468,9 @@ async fn authorize(
     let attempt = match (req.method().as_str(), req.uri().path()) {
         ("POST", "/v1/executions") => Some(RefusedAttempt::Execution),
         ("POST", "/v1/tokens/redeem") => Some(RefusedAttempt::Redemption),
+        ("POST", p) if p.starts_with("/v1/executions/") && p.ends_with("/outcome") => {
+            Some(RefusedAttempt::Outcome)
+        }
         _ => None,
     };
     let caller = peer.clone();

@@ -615,3 +615,109 @@ fn a_stalled_or_oversized_body_does_not_hold_an_executor_connection() {
     let (status, body) = run(&s, &s.agent, &token, &params);
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn the_broker_records_only_outcomes_that_describe_the_token() {
+    // A receipt signed by the executor that redeemed the token, but for another operation, a
+    // made-up digest or impossible times, used to be recorded (and logged) as evidence.
+    use seb::receipt::{ReceiptBody, RECEIPT_TYPE};
+    let s = setup();
+    let params = json!({"name": "report.txt", "text": "ok"});
+    let (status, body) = request(&s, &s.agent, &params);
+    assert_eq!(status, 201, "{body}");
+    let (token, request_id) = (
+        body["token"].as_str().unwrap().to_owned(),
+        body["request_id"].as_str().unwrap().to_owned(),
+    );
+    let tls = s.hsm.tls(&s.executor, true);
+    let post = |path: &str, body: &Value| {
+        common::runtime().block_on(async {
+            let mut c = seb::client::Client::connect(&s.broker.url, &tls)
+                .await
+                .unwrap();
+            c.post_json(path, body).await.unwrap()
+        })
+    };
+    let redeemed = post("/v1/tokens/redeem", &json!({ "token": token }));
+    assert_eq!(redeemed.status, 200, "{}", redeemed.text);
+    let key = seb::approval::ApproverKey::from_pkcs8_pem(
+        &std::fs::read_to_string(&s.executor.key).unwrap(),
+    )
+    .unwrap();
+    let cert = seb::cert::Certificate::parse(&std::fs::read(&s.executor.cert).unwrap()).unwrap();
+    let now = seb::time::unix_millis(std::time::SystemTime::now());
+    let honest = ReceiptBody {
+        typ: RECEIPT_TYPE.into(),
+        jti: redeemed.body["jti"].as_str().unwrap().to_owned(),
+        request_id: request_id.clone(),
+        operation: "demo.write".into(),
+        resource: "demo/files".into(),
+        params_digest: redeemed.body["params_digest"].as_str().unwrap().to_owned(),
+        exit_code: 0,
+        timed_out: false,
+        stdout_sha256: seb::receipt::output_digest(b""),
+        stderr_sha256: seb::receipt::output_digest(b""),
+        started_at_ms: now - 5,
+        finished_at_ms: now,
+        executor: seb::base64url::encode(&cert.thumbprint_sha256().unwrap()),
+    };
+    let report = |body: ReceiptBody| {
+        let receipt = seb::receipt::sign(body, &key).unwrap();
+        post(
+            &format!("/v1/executions/{request_id}/outcome"),
+            &json!({ "receipt": receipt }),
+        )
+    };
+    let mut forged = Vec::new();
+    let mut b = honest.clone();
+    b.operation = "prod.dropdb".into();
+    forged.push(b);
+    let mut b = honest.clone();
+    b.params_digest = seb::base64url::encode(&[0u8; 48]);
+    forged.push(b);
+    let mut b = honest.clone();
+    b.stdout_sha256 = "x".into();
+    forged.push(b);
+    let mut b = honest.clone();
+    (b.started_at_ms, b.finished_at_ms) = (4_102_444_800_000, 4_102_444_800_001);
+    forged.push(b);
+    let mut b = honest.clone();
+    b.finished_at_ms = 1;
+    forged.push(b);
+    for body in forged {
+        let r = report(body.clone());
+        assert_eq!(r.status, 400, "{body:?}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], "invalid_receipt", "{}", r.text);
+    }
+    let r = report(honest);
+    assert_eq!(r.status, 201, "{}", r.text);
+    // Each refused report is in the log with its code, the recorded one without.
+    let config = seb::config::Config::load(&s.hsm.config()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let codes = loop {
+        let store = seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap();
+        use seb::store::Store as _;
+        let size = store.audit_size().unwrap();
+        let codes: Vec<Option<String>> = store
+            .audit_entries(0, size)
+            .unwrap()
+            .into_iter()
+            .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
+            .filter(|e| e["kind"] == "outcome_reported")
+            .map(|e| e["code"].as_str().map(str::to_owned))
+            .collect();
+        if codes.len() >= 6 || std::time::Instant::now() > deadline {
+            break codes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| c.as_deref() == Some("invalid_receipt"))
+            .count(),
+        5,
+        "{codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{codes:?}");
+}

@@ -136,6 +136,8 @@ pub enum RefusedAttempt {
     Execution,
     /// A redemption (`token_redeemed` with the code).
     Redemption,
+    /// An executor's outcome report (`outcome_reported` with the code).
+    Outcome,
 }
 
 impl Broker {
@@ -148,6 +150,7 @@ impl Broker {
         let kind = match attempt {
             RefusedAttempt::Execution => EntryKind::ExecutionDenied,
             RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
+            RefusedAttempt::Outcome => EntryKind::OutcomeReported,
         };
         let mut entry = super::audit::entry_now(kind);
         entry.cert = Some(super::audit::cert_ref(

@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use super::access::RefusedAttempt;
 use super::{Broker, BrokerError, Caller};
 use crate::grants::RoleKind;
 use crate::receipt::{self, Receipt};
@@ -19,11 +20,42 @@ pub struct OutcomeRecorded {
     pub jti: String,
 }
 
+/// How far a receipt's times may lie outside the request's life (clocks of two hosts).
+const RECEIPT_SKEW_MS: u64 = 30_000;
+
+/// Refuses a receipt that does not describe the token it reports on: the operation, resource
+/// and parameters the token was issued for, run between the request and now (give or take
+/// [`RECEIPT_SKEW_MS`]). The signature only proves who wrote the receipt; the log must not
+/// hold an executor's account of an action no token allowed.
+fn matches_token(
+    body: &receipt::ReceiptBody,
+    record: &crate::store::ExecutionRecord,
+    now: SystemTime,
+) -> Result<(), BrokerError> {
+    let refuse = |what: &str| Err(BrokerError::InvalidReceipt(what.to_owned()));
+    if body.operation != record.operation || body.resource != record.resource {
+        return refuse("the receipt's operation or resource is not the token's");
+    }
+    let params: serde_json::Value = serde_json::from_str(&record.params)
+        .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
+    let digest = crate::canonical::params_digest(&params)
+        .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
+    if body.params_digest != crate::base64url::encode(&digest) {
+        return refuse("the receipt's params_digest is not the token's");
+    }
+    let asked = crate::time::unix_millis(record.created_at).saturating_sub(RECEIPT_SKEW_MS);
+    let latest = crate::time::unix_millis(now).saturating_add(RECEIPT_SKEW_MS);
+    if body.started_at_ms < asked || body.finished_at_ms > latest {
+        return refuse("the receipt's times are outside the request's life");
+    }
+    Ok(())
+}
+
 impl Broker {
     /// Records an executor's signed receipt for request `request_id`. Refuses a receipt that
     /// does not verify under the caller's own certificate or does not name it, one for a token
-    /// of another request, one for a token this executor did not redeem, and a second outcome
-    /// for the same token.
+    /// of another request, one for a token this executor did not redeem, one that does not
+    /// describe the token ([`matches_token`]), and a second outcome for the same token.
     pub fn record_outcome(
         &self,
         caller: &Caller,
@@ -31,6 +63,19 @@ impl Broker {
         receipt: Receipt,
     ) -> Result<OutcomeRecorded, BrokerError> {
         let result = self.record_outcome_checked(caller, request_id, receipt);
+        if let Err(e) = &result {
+            // A second report is logged by the store with its code; the broker's own failures
+            // are not the executor's doing.
+            let logged_or_ours = matches!(
+                e,
+                BrokerError::OutcomeAlreadyRecorded
+                    | BrokerError::Store(_)
+                    | BrokerError::Internal(_)
+            );
+            if !logged_or_ours {
+                self.audit_refused_attempt(caller.peer(), RefusedAttempt::Outcome, e.code());
+            }
+        }
         self.metrics.record_request(
             "outcome",
             match &result {
@@ -79,6 +124,12 @@ impl Broker {
         if redeemed_by.as_deref() != Some(peer.thumbprint.as_str()) {
             return Err(BrokerError::NotRedeemedByCaller);
         }
+        let record = self
+            .store
+            .execution(request_id)
+            .map_err(BrokerError::Store)?
+            .ok_or(BrokerError::NotFound)?;
+        matches_token(body, &record, SystemTime::now())?;
         let json =
             serde_json::to_string(&receipt).map_err(|e| BrokerError::Internal(e.to_string()))?;
         let recorded = self
