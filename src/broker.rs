@@ -70,6 +70,9 @@ pub struct Broker {
     root: Certificate,
     roots: Vec<Certificate>,
     keys: std::sync::RwLock<Arc<keys::BrokerKeys>>,
+    /// The modification time of the key generations file when the keys were last loaded
+    /// ([`Broker::reload_if_rotated`]).
+    keys_stamp: Mutex<Option<SystemTime>>,
     epoch: AtomicU64,
     frozen: AtomicBool,
     /// Live replicas sharing the store, this one included (1 on SQLite).
@@ -159,6 +162,7 @@ impl Broker {
             roots: vec![root.clone()],
             root,
             keys: std::sync::RwLock::new(Arc::new(keys)),
+            keys_stamp: Mutex::new(None),
             epoch: AtomicU64::new(config.policy.epoch),
             frozen: AtomicBool::new(config.policy.frozen),
             replicas: std::sync::atomic::AtomicU32::new(1),
@@ -248,6 +252,22 @@ impl Broker {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
         }
         Ok(true)
+    }
+
+    /// [`Broker::reload`] if `seb rotate` wrote the key generations file since the keys were
+    /// last loaded (one `stat`). The trust bundle and checkpoint routes call it first, so that
+    /// a checkpoint signed by a just-rotated audit key (the signer follows the file) is never
+    /// served before the bundle that holds its certificate.
+    pub fn reload_if_rotated(&self) {
+        let path = crate::ca::generations::KeyGenerations::path(&self.config.state_dir);
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut last = self.keys_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp.is_some() && *last != stamp {
+            match self.reload() {
+                Ok(_) => *last = stamp,
+                Err(e) => tracing::warn!(error = %e, "cannot switch to the rotated keys yet"),
+            }
+        }
     }
 
     /// Re-reads the kill switches from the store: the policy epoch becomes the larger of the

@@ -76,7 +76,14 @@ pub struct Executor {
     /// The highest policy epoch seen from the broker (tokens, redemption answers), and at
     /// least the configured minimum: tokens below it are refused offline.
     epoch: AtomicU64,
+    /// When a token with an unknown `kid` last made the executor fetch the bundle again: at
+    /// most once per [`REFETCH_INTERVAL`], so that tokens naming made-up keys cannot turn
+    /// every request into a new connection to the broker.
+    refetched: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often an unknown `kid` may make the executor fetch the trust bundle again.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,9 +146,22 @@ impl Executor {
             key,
             thumbprint,
             epoch,
+            refetched: std::sync::Mutex::new(None),
         };
         executor.refresh_trust().await?;
         Ok(executor)
+    }
+
+    /// Whether an unknown `kid` may make the executor fetch the bundle now (and notes that it
+    /// did): not within [`REFETCH_INTERVAL`] of the last such fetch.
+    fn may_refetch(&self) -> bool {
+        let mut last = self.refetched.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFETCH_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Re-reads the token trust bundle (file or broker).
@@ -265,7 +285,7 @@ impl Executor {
             ..TokenRules::at(now)
         };
         let claims = match verify::verify_signature_only(&body.token, &trust, &rules) {
-            Err(verify::VerifyError::UnknownKey { .. }) => {
+            Err(verify::VerifyError::UnknownKey { .. }) if self.may_refetch() => {
                 // A rotated token key: fetch the bundle again once.
                 self.refresh_trust()
                     .await

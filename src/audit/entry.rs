@@ -54,6 +54,9 @@ pub enum EntryKind {
     Unfrozen,
     /// The policy epoch raised (`seb epoch bump`).
     EpochChanged,
+    /// A broker key was rotated (`seb rotate`; `cert` is the new certificate, `detail` names
+    /// the key and the generation it replaced).
+    KeyRotated,
 }
 
 impl EntryKind {
@@ -78,6 +81,7 @@ impl EntryKind {
             "frozen" => EntryKind::Frozen,
             "unfrozen" => EntryKind::Unfrozen,
             "epoch_changed" => EntryKind::EpochChanged,
+            "key_rotated" => EntryKind::KeyRotated,
             _ => return None,
         })
     }
@@ -103,6 +107,7 @@ impl EntryKind {
             EntryKind::Frozen => "frozen",
             EntryKind::Unfrozen => "unfrozen",
             EntryKind::EpochChanged => "epoch_changed",
+            EntryKind::KeyRotated => "key_rotated",
         }
     }
 }

@@ -115,6 +115,16 @@ fn send_loop(url: &str, rx: &Receiver<Value>) {
         let body = summary.to_string();
         let mut delay = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
+            // Behind a failing webhook a notification may wait for minutes: one whose request
+            // can no longer be approved is not worth sending.
+            let expires = summary["expires_at"].as_u64().unwrap_or(u64::MAX);
+            if unix(std::time::SystemTime::now()) >= expires {
+                tracing::warn!(
+                    request_id = summary["request_id"].as_str().unwrap_or_default(),
+                    "webhook notification dropped: its request expired before it could be sent"
+                );
+                break;
+            }
             let sent = runtime.block_on(async {
                 tokio::time::timeout(ATTEMPT_TIMEOUT, post(url, body.clone())).await
             });

@@ -87,8 +87,8 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
     // Evidence outlives certificates: the executor's must have been valid when the receipt
     // says the action finished (not necessarily now). Revocation is the CRL's to say.
-    let finished = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(receipt.body.finished_at_ms);
+    let finished =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(receipt.body.finished_at_ms);
     if finished < leaf.not_before() || finished > leaf.not_after() {
         return Err(format!(
             "certificate_not_valid_then: the executor certificate was not valid at the receipt's finished_at_ms ({})",

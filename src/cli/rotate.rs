@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use der::Decode;
+use seb::audit::entry::{CertRef, Entry, EntryKind};
 use seb::backend::{KeyAlgorithm, P384Signer};
+use seb::base64url;
 use seb::ca::generations::KeyKind;
 use seb::ca::{self, CertKind, LeafRequest};
 use seb::cert::{Certificate, Purpose, SEB_GRANTS_OID, SEB_ROLE_OID};
@@ -114,6 +116,33 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
     let record = IssuedCertificate::of(&cert, kind.as_str(), config.keys.root.clone())?;
     store.record_issued(&record)?;
     let pem = record.pem;
+
+    // Re-keying is a change auditors must see, as revocations and freezes are. Logged before
+    // the switch (no rotation without its entry), while the old audit key still signs the
+    // checkpoints that cover it.
+    let mut entry = Entry::new(EntryKind::KeyRotated, seb::time::unix_millis(now));
+    entry.cert = Some(CertRef {
+        thumbprint: base64url::encode(&cert.thumbprint_sha256()?),
+        serial: cert.serial_hex(),
+        subject: cert.subject_string(),
+    });
+    entry.detail = Some(format!(
+        "{} key generation {} ({:?}) replaces generation {} ({:?})",
+        kind.as_str(),
+        next.generation,
+        next.label,
+        old.generation,
+        old.label
+    ));
+    if let Err(e) = store.append_audit(&entry) {
+        return Err(format!(
+            "the key_rotated audit entry could not be written ({e}); nothing was switched, \
+             but the new key {:?} is in the device: remove it with the HSM's tools before \
+             rotating again",
+            next.label
+        )
+        .into());
+    }
 
     // The old certificate first (kept, and served while its tokens may live), then the new
     // one, then the generation record. A running broker checks that key and certificate

@@ -263,12 +263,18 @@ pub(super) async fn post_outcome(
     Ok((StatusCode::CREATED, Json(recorded)).into_response())
 }
 
-pub(super) async fn trust(State(app): State<App>) -> Response {
-    (
+pub(super) async fn trust(State(app): State<App>) -> Result<Response, ApiError> {
+    let broker = app.broker.clone();
+    let pem = blocking(move || {
+        broker.reload_if_rotated();
+        Ok(broker.trust_pem().to_owned())
+    })
+    .await?;
+    Ok((
         [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
-        app.broker.trust_pem().to_owned(),
+        pem,
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM). PEM
@@ -345,8 +351,12 @@ fn audit_query<T>(query: QueryResult<T>) -> Result<T, ApiError> {
 /// `GET /v1/audit/checkpoint`: the newest signed checkpoint (C2SP tlog-checkpoint text),
 /// signed now if the log grew since the last one.
 pub(super) async fn audit_checkpoint(State(app): State<App>) -> Result<Response, ApiError> {
-    let log = app.broker.audit_log().clone();
-    let note = blocking(move || log.checkpoint()).await?;
+    let broker = app.broker.clone();
+    let note = blocking(move || {
+        broker.reload_if_rotated();
+        broker.audit_log().checkpoint()
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
