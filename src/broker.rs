@@ -73,6 +73,9 @@ pub struct Broker {
     /// The modification time of the key generations file when the keys were last loaded
     /// ([`Broker::reload_if_rotated`]).
     keys_stamp: Mutex<Option<SystemTime>>,
+    /// Held across loading and switching the keys, so that two reloads (the poller's and a
+    /// route's) cannot finish in the wrong order and put back what the other replaced.
+    reloading: Mutex<()>,
     epoch: AtomicU64,
     frozen: AtomicBool,
     /// Live replicas sharing the store, this one included (1 on SQLite).
@@ -163,6 +166,7 @@ impl Broker {
             root,
             keys: std::sync::RwLock::new(Arc::new(keys)),
             keys_stamp: Mutex::new(None),
+            reloading: Mutex::new(()),
             epoch: AtomicU64::new(config.policy.epoch),
             frozen: AtomicBool::new(config.policy.frozen),
             replicas: std::sync::atomic::AtomicU32::new(1),
@@ -237,6 +241,7 @@ impl Broker {
     /// match its key in the device, half-written files) is refused and the current keys stay.
     /// Returns whether anything changed.
     pub fn reload(&self) -> Result<bool, BrokerError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = keys::BrokerKeys::load(&self.config, self.backend.as_ref(), SystemTime::now())?;
         let current = self.keys();
         if fresh.same_as(&current) {
@@ -263,9 +268,11 @@ impl Broker {
         let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut last = self.keys_stamp.lock().unwrap_or_else(|p| p.into_inner());
         if stamp.is_some() && *last != stamp {
-            match self.reload() {
-                Ok(_) => *last = stamp,
-                Err(e) => tracing::warn!(error = %e, "cannot switch to the rotated keys yet"),
+            // Noted whether or not the switch worked: a state that does not check out is
+            // retried by the poller every RELOAD_INTERVAL, not by every request.
+            *last = stamp;
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "cannot switch to the rotated keys yet");
             }
         }
     }

@@ -205,16 +205,7 @@ fn claims_of(token: &str) -> Value {
 
 /// The audit log's entries of `kind`, read from the stopped broker's store.
 fn audit_entries(hsm: &Hsm, kind: &str) -> Vec<Value> {
-    use seb::store::Store;
-    let store = seb::store::sqlite::SqliteStore::open(&hsm.path("state")).unwrap();
-    let size = store.audit_size().unwrap();
-    store
-        .audit_entries(0, size)
-        .unwrap()
-        .into_iter()
-        .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
-        .filter(|e| e["kind"] == kind)
-        .collect()
+    hsm.audit_entries(kind)
 }
 
 fn events(hsm: &Hsm, kind: &str) -> Vec<Value> {

@@ -938,23 +938,7 @@ fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired
 /// The entries of the running broker's log of `kind`, once `count` of them are there
 /// (refusals before a handler are logged without holding the answer back).
 fn entries_of(s: &Setup, kind: &str, count: usize) -> Vec<Value> {
-    use seb::store::Store;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let store = seb::store::sqlite::SqliteStore::open(&s.hsm.path("state")).unwrap();
-        let size = store.audit_size().unwrap();
-        let found: Vec<Value> = store
-            .audit_entries(0, size)
-            .unwrap()
-            .into_iter()
-            .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
-            .filter(|e| e["kind"] == kind)
-            .collect();
-        if found.len() >= count || std::time::Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    s.hsm.audit_entries_eventually(kind, count)
 }
 
 #[test]

@@ -670,3 +670,51 @@ fn dir_digest(dir: &std::path::Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+#[test]
+fn csr_subjects_with_hidden_characters_are_not_given_out() {
+    // A CSR made elsewhere (openssl) whose name reads as another in a terminal: refused for
+    // an agent and for an offline intermediate, whose name every leaf under it would carry.
+    let hsm = Hsm::initialised();
+    let grants = write_grants(&hsm, GRANTS);
+    let (ok, text) = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "odd.key",
+            "-utf8",
+            "-subj",
+            "/CN=deploy-bot\u{202e}ko/O=test",
+            "-out",
+            "odd.csr",
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "openssl req: {text}");
+    let csr = hsm.path("odd.csr").display().to_string();
+    let agent = [
+        "cert", "issue", "--csr", &csr, "--role", "agent", "--grants", &grants, "--ttl", "1d",
+        "--out", "odd.pem",
+    ];
+    assert_clean_failure(&hsm.seb(&agent), "U+202E");
+    let ca = [
+        "cert",
+        "issue-ca",
+        "--label",
+        "odd",
+        "--csr",
+        &csr,
+        "--ttl",
+        "30d",
+        "--out",
+        "odd-ca.pem",
+    ];
+    assert_clean_failure(&hsm.seb(&ca), "U+202E");
+    assert!(!hsm.path("odd.pem").exists() && !hsm.path("odd-ca.pem").exists());
+}

@@ -692,25 +692,12 @@ fn the_broker_records_only_outcomes_that_describe_the_token() {
     let r = report(honest);
     assert_eq!(r.status, 201, "{}", r.text);
     // Each refused report is in the log with its code, the recorded one without.
-    let config = seb::config::Config::load(&s.hsm.config()).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let codes = loop {
-        let store = seb::store::sqlite::SqliteStore::open(&config.state_dir).unwrap();
-        use seb::store::Store as _;
-        let size = store.audit_size().unwrap();
-        let codes: Vec<Option<String>> = store
-            .audit_entries(0, size)
-            .unwrap()
-            .into_iter()
-            .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
-            .filter(|e| e["kind"] == "outcome_reported")
-            .map(|e| e["code"].as_str().map(str::to_owned))
-            .collect();
-        if codes.len() >= 6 || std::time::Instant::now() > deadline {
-            break codes;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let codes: Vec<Option<String>> = s
+        .hsm
+        .audit_entries_eventually("outcome_reported", 6)
+        .iter()
+        .map(|e| e["code"].as_str().map(str::to_owned))
+        .collect();
     assert_eq!(
         codes
             .iter()

@@ -311,18 +311,7 @@ fn rotating_the_token_and_tls_keys_keeps_a_running_broker_and_live_tokens_workin
     let out = hsm.seb_ok(&["rotate", "tls"]);
     assert!(out.contains("\"seb-tls.2\""), "{out}");
     // Each rotation is an audit entry naming the new certificate and the generation replaced.
-    let rotated: Vec<serde_json::Value> = {
-        use seb::store::Store as _;
-        let store = seb::store::sqlite::SqliteStore::open(&hsm.path("state")).unwrap();
-        let size = store.audit_size().unwrap();
-        store
-            .audit_entries(0, size)
-            .unwrap()
-            .into_iter()
-            .map(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).unwrap())
-            .filter(|e| e["kind"] == "key_rotated")
-            .collect()
-    };
+    let rotated = hsm.audit_entries("key_rotated");
     let details: Vec<&str> = rotated
         .iter()
         .filter_map(|e| e["detail"].as_str())

@@ -146,6 +146,18 @@ impl Broker {
     /// (docs/AUDIT.md). Best effort and without waiting: the entry is queued to the store's
     /// writer, a failed write is logged, and the refusal stands either way.
     pub fn audit_refused_attempt(&self, peer: &Peer, attempt: RefusedAttempt, code: &str) {
+        self.audit_refused_attempt_on(peer, attempt, code, None);
+    }
+
+    /// [`Broker::audit_refused_attempt`] for an attempt about request `request_id` (an outcome
+    /// report names the request in its path).
+    pub fn audit_refused_attempt_on(
+        &self,
+        peer: &Peer,
+        attempt: RefusedAttempt,
+        code: &str,
+        request_id: Option<&str>,
+    ) {
         use crate::audit::entry::EntryKind;
         let kind = match attempt {
             RefusedAttempt::Execution => EntryKind::ExecutionDenied,
@@ -162,6 +174,7 @@ impl Broker {
             entry.decision = Some("denied".into());
         }
         entry.code = Some(code.to_owned());
+        entry.request_id = request_id.map(str::to_owned);
         append_with_retries(self.store.clone(), entry, 3);
     }
 }

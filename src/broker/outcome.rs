@@ -73,7 +73,18 @@ impl Broker {
                     | BrokerError::Internal(_)
             );
             if !logged_or_ours {
-                self.audit_refused_attempt(caller.peer(), RefusedAttempt::Outcome, e.code());
+                self.audit_refused_attempt_on(
+                    caller.peer(),
+                    RefusedAttempt::Outcome,
+                    e.code(),
+                    // The path's id, when it is one (it is the caller's text).
+                    Some(request_id).filter(|id| {
+                        id.len() <= 64
+                            && id
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    }),
+                );
             }
         }
         self.metrics.record_request(

@@ -302,7 +302,16 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     let offline = args.csr.as_deref().map(read_csr).transpose()?;
     let subject = match (&args.subject, &offline) {
         (Some(s), _) => ca::parse_new_subject(s)?,
-        (None, Some(csr)) => csr.subject.clone(),
+        (None, Some(csr)) => {
+            if let Some(problem) = ca::attribute_problem(&csr.subject) {
+                return Err(format!(
+                    "the CSR's subject {}: {problem}; nothing was issued (or give --subject)",
+                    csr.subject
+                )
+                .into());
+            }
+            csr.subject.clone()
+        }
         (None, None) => return Err("--subject is required (unless --csr gives one)".into()),
     };
     let now = SystemTime::now();

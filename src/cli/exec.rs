@@ -63,7 +63,12 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     let ReceiptCommand::Verify(args) = command;
     let text = if args.receipt.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        let limit = super::MAX_INPUT_FILE;
+        let mut stdin = std::io::Read::take(std::io::stdin(), limit + 1);
+        std::io::Read::read_to_end(&mut stdin, &mut buf)?;
+        if buf.len() as u64 > limit {
+            return Err("the receipt on standard input is larger than 16 MiB".into());
+        }
         buf
     } else {
         read_file(&args.receipt)?
@@ -74,9 +79,27 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     let chain = Certificate::parse_pem_chain(&read_file(&args.cert)?)?;
     let roots = Certificate::parse_pem_chain(&read_file(&args.trust)?)?;
     let (leaf, rest) = chain.split_first().ok_or("no certificate in --cert")?;
-    let now = std::time::SystemTime::now();
-    seb::chain::validate(leaf, rest, &roots, now)
+    // Evidence outlives certificates: the path is judged at the time the receipt says the
+    // action finished (not necessarily now). Revocation is the CRL's to say.
+    let finished = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(
+            receipt.body.finished_at_ms,
+        ))
+        .ok_or("malformed_receipt: finished_at_ms is out of range")?;
+    let validated = seb::chain::validate(leaf, rest, &roots, finished)
         .map_err(|e| format!("the executor certificate does not chain to the root: {e}"))?;
+    if let Some(cert) = validated
+        .path()
+        .iter()
+        .find(|c| finished < c.not_before() || finished > c.not_after())
+    {
+        return Err(format!(
+            "certificate_not_valid_then: {} was not valid at the receipt's finished_at_ms ({})",
+            cert.subject_string(),
+            receipt.body.finished_at_ms
+        )
+        .into());
+    }
     let role = leaf
         .extension(seb::cert::SEB_ROLE_OID)
         .and_then(|e| seb::grants::Role::from_der(e.extn_value.as_bytes()).ok())
@@ -85,17 +108,6 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         return Err("the certificate is not an executor certificate".into());
     }
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
-    // Evidence outlives certificates: the executor's must have been valid when the receipt
-    // says the action finished (not necessarily now). Revocation is the CRL's to say.
-    let finished =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(receipt.body.finished_at_ms);
-    if finished < leaf.not_before() || finished > leaf.not_after() {
-        return Err(format!(
-            "certificate_not_valid_then: the executor certificate was not valid at the receipt's finished_at_ms ({})",
-            receipt.body.finished_at_ms
-        )
-        .into());
-    }
     say!("{}", serde_json::to_string_pretty(&receipt.body)?);
     eprintln!("receipt verified: signed by {}", leaf.subject_string());
     Ok(())

@@ -148,10 +148,20 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
     // one, then the generation record. A running broker checks that key and certificate
     // belong together before it switches, so it never acts on a half-done rotation.
     let retired_name = format!("{}.{}.pem", kind.as_str(), old.generation);
-    write_file(&trust.retired_dir().join(&retired_name), &old_pem, false)?;
-    write_file(&current_path, pem.as_bytes(), false)?;
+    let half_done = |e: &dyn std::fmt::Display| {
+        format!(
+            "{e}; the key_rotated entry for generation {} is in the audit log, but the switch \
+             did not finish (see docs/OPERATIONS.md, \"Re-key\": a rotation that fails half-way)",
+            next.generation
+        )
+    };
+    write_file(&trust.retired_dir().join(&retired_name), &old_pem, false)
+        .map_err(|e| half_done(&e))?;
+    write_file(&current_path, pem.as_bytes(), false).map_err(|e| half_done(&e))?;
     generations.rotate(kind, configured, next.clone(), retired_name, now);
-    generations.save(&config.state_dir)?;
+    generations
+        .save(&config.state_dir)
+        .map_err(|e| half_done(&e))?;
 
     say!(
         "rotated {}: generation {} is {:?} in the device, certificate serial {} until {}",

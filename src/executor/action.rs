@@ -488,7 +488,7 @@ pub fn run_argv(
     args: &[String],
     timeout: Duration,
 ) -> Result<Outcome, std::io::Error> {
-    let started = SystemTime::now();
+    let (started, clock) = (SystemTime::now(), std::time::Instant::now());
     let mut child = Command::new(program)
         .args(args)
         .env_clear()
@@ -555,7 +555,7 @@ pub fn run_argv(
         stdout,
         stderr,
         started,
-        finished: SystemTime::now(),
+        finished: finished_since(started, clock),
         output_complete: out_complete && err_complete,
     })
 }
@@ -568,7 +568,7 @@ pub async fn run_http(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Outcome, String> {
-    let started = SystemTime::now();
+    let (started, clock) = (SystemTime::now(), std::time::Instant::now());
     let call = crate::client::plain_http_json(method, url, body, "seb-exec");
     let empty: [u8; 32] = Sha256::digest(b"").into();
     match tokio::time::timeout(timeout, call).await {
@@ -580,7 +580,7 @@ pub async fn run_http(
             stdout: bytes.into_iter().take(MAX_KEPT_OUTPUT).collect(),
             stderr: Vec::new(),
             started,
-            finished: SystemTime::now(),
+            finished: finished_since(started, clock),
             output_complete: true,
         }),
         Ok(Err(e)) => Err(e),
@@ -592,10 +592,17 @@ pub async fn run_http(
             stdout: Vec::new(),
             stderr: Vec::new(),
             started,
-            finished: SystemTime::now(),
+            finished: finished_since(started, clock),
             output_complete: false,
         }),
     }
+}
+
+/// When an action that started at `started` (wall clock) finished: `started` plus the time
+/// measured on the monotonic clock, so that a wall clock stepped back meanwhile (NTP) cannot
+/// make a receipt finish before it started.
+fn finished_since(started: SystemTime, clock: std::time::Instant) -> SystemTime {
+    started.checked_add(clock.elapsed()).unwrap_or(started)
 }
 
 #[cfg(test)]

@@ -354,7 +354,10 @@ pub(super) async fn audit_checkpoint(State(app): State<App>) -> Result<Response,
     let broker = app.broker.clone();
     let note = blocking(move || {
         broker.reload_if_rotated();
-        broker.audit_log().checkpoint()
+        let note = broker.audit_log().checkpoint();
+        // A rotation between the two: the bundle follows before the checkpoint is served.
+        broker.reload_if_rotated();
+        note
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())

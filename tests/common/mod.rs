@@ -260,6 +260,33 @@ impl Hsm {
         self.dir.path().join(name)
     }
 
+    /// The SQLite store's audit entries of `kind`, read now.
+    pub fn audit_entries(&self, kind: &str) -> Vec<serde_json::Value> {
+        use seb::store::Store;
+        let store = seb::store::sqlite::SqliteStore::open(&self.path("state")).unwrap();
+        let size = store.audit_size().unwrap();
+        store
+            .audit_entries(0, size)
+            .unwrap()
+            .into_iter()
+            .map(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).unwrap())
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    /// [`Hsm::audit_entries`] once there are `count` of them, or whatever there is after 10 s
+    /// (refusals are logged without holding the answer back).
+    pub fn audit_entries_eventually(&self, kind: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found = self.audit_entries(kind);
+            if found.len() >= count || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn config(&self) -> PathBuf {
         self.path("seb.toml")
     }
