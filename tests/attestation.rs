@@ -730,3 +730,62 @@ fn one_busy_caller_cannot_take_every_attestation_turn() {
         r.text
     );
 }
+
+#[test]
+fn a_tpm_that_hangs_stops_issuance_with_an_audit_entry_and_its_return_resumes_it() {
+    // A self-check blocked on a TPM that does not answer never returned, so the failure was
+    // never recorded: issuance stopped (max_age) with no attestation_failed entry.
+    let mut s = setup(false);
+    assert!(s.broker.stop());
+    s.hsm.edit_config("interval = \"5s\"", "interval = \"1s\"");
+    let policy_path = s.hsm.path("attest-policy.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("max_age"))
+        .unwrap_or_else(|| panic!("no max_age in {policy}"))
+        .to_owned();
+    std::fs::write(&policy_path, policy.replace(&line, "max_age = \"3s\"")).unwrap();
+    s.broker = Broker::start(&s.hsm);
+    assert_eq!(request(&s).status, 201);
+
+    let pid = std::fs::read_to_string(s.hsm.path("swtpm.pid")).unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid.trim()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let mut refused = None;
+    eventually("issuance refused while the TPM hangs", || {
+        let r = request(&s);
+        let stop = r.status == 503;
+        refused = Some(r);
+        stop
+    });
+    let r = refused.unwrap();
+    let failed = s.hsm.audit_entries_eventually("attestation_failed", 1);
+    signal("-CONT");
+    assert_eq!(r.body["error"]["code"], "attestation_failed", "{}", r.text);
+    assert!(
+        r.text.contains("has not finished in time"),
+        "says the TPM does not answer, not that measurements differ: {}",
+        r.text
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("overdue"),
+        "{failed:?}"
+    );
+    eventually("issuance resumes once the TPM answers", || {
+        request(&s).status == 201
+    });
+    let recovered = s.hsm.audit_entries_eventually("attestation_recovered", 1);
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+}

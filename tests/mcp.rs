@@ -390,6 +390,16 @@ fn an_agent_using_only_mcp_lists_grants_executes_is_denied_and_waits_for_two_app
             "{refused}"
         );
     }
+    // Params that are not an object, and a request too large for any broker, are the
+    // arguments' fault, said as such (not "broker unreachable").
+    for arguments in [
+        json!({"operation": "demo.write", "resource": "demo/files", "params": "notobj"}),
+        json!({"operation": "demo.write", "resource": "demo/files",
+               "params": {"name": "big.txt", "text": "x".repeat(2 << 20)}}),
+    ] {
+        let refused = host.refused("request_execution", arguments);
+        assert_eq!(refused["error"]["code"], "invalid_arguments", "{refused}");
+    }
     // Nor reach another route through a request id.
     for id in ["../../v1/trust", "x?status=pending", "../grants"] {
         let refused = host.refused("execution_status", json!({"request_id": id}));

@@ -166,23 +166,11 @@ impl AttestationState {
     /// blocks). Every change between passing and failing is recorded durably in the store's
     /// event record (`attestation_failed` with the reason, `attestation_restored`).
     pub fn start_self_check(self: Arc<Self>, store: Arc<dyn Store>) {
-        // A failure is recorded when it starts and again whenever its reason changes (the TPM
-        // unreachable, then back but reset: both are worth a line in the log).
-        let mut recorded_reason: Option<String> = None;
-        let mut record = move |previous: Option<bool>, outcome: &Result<(), String>| {
-            let (kind, detail) = match (previous, outcome) {
-                (Some(false), Ok(())) => ("attestation_restored", String::new()),
-                (None | Some(true), Err(reason)) => ("attestation_failed", reason.clone()),
-                (Some(false), Err(reason)) if recorded_reason.as_ref() != Some(reason) => {
-                    ("attestation_failed", reason.clone())
-                }
-                _ => return,
-            };
-            recorded_reason = outcome.as_ref().err().cloned();
-            if let Err(e) = store.record_event(kind, &detail, SystemTime::now()) {
-                tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
-            }
-        };
+        let transitions = Arc::new(Mutex::new(Transitions {
+            store,
+            passing: None,
+            recorded_reason: None,
+        }));
         let first = self.self_check();
         match &first {
             Err(reason) => {
@@ -192,20 +180,51 @@ impl AttestationState {
                 tracing::info!(policy = %self.policy_id(), "attestation self-check at start passed")
             }
         }
-        record(None, &first);
-        let mut passing = first.is_ok();
+        lock(&transitions).observe(&first);
         let interval = self.interval().max(Duration::from_secs(1));
+        let (checker, checked) = (self.clone(), transitions.clone());
         let spawned = std::thread::Builder::new()
             .name("seb-attest".into())
             .spawn(move || loop {
                 std::thread::sleep(interval);
-                let outcome = self.self_check();
-                record(Some(passing), &outcome);
-                passing = outcome.is_ok();
+                let outcome = checker.self_check();
+                lock(&checked).observe(&outcome);
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the self-check thread; issuance will stop when the last check ages out");
         }
+        // A check that never returns (a TPM that hangs) records nothing by itself: once the
+        // last good check is too old, this records the failure (once), and the check that
+        // finally returns records what follows.
+        let watched = std::thread::Builder::new()
+            .name("seb-attest-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                if self.is_stale() {
+                    let reason = format!(
+                        "{STALE_MARK}: no self-check has finished within the policy's max_age"
+                    );
+                    tracing::error!(%reason, "attestation self-check overdue; issuance refused");
+                    lock(&transitions).observe(&Err(reason));
+                }
+            });
+        if let Err(e) = watched {
+            tracing::error!(error = %e, "cannot start the self-check watchdog");
+        }
+    }
+
+    /// Whether the last good check is older than the policy allows while no check has
+    /// failed (one is overdue: the TPM does not answer).
+    fn is_stale(&self) -> bool {
+        let status = match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let max_age = self.policy.max_age.unwrap_or(self.interval * 3);
+        status.failure.is_none()
+            && status.last_good.is_some_and(|(at, _)| {
+                SystemTime::now().duration_since(at).unwrap_or_default() > max_age
+            })
     }
 
     /// The self-check period.
@@ -382,7 +401,7 @@ impl AttestationState {
         let age = SystemTime::now().duration_since(at).unwrap_or_default();
         if age > max_age {
             return Err(format!(
-                "the last good attestation self-check is {} s old (limit {} s)",
+                "{STALE_MARK}: the last good one is {} s old (limit {} s)",
                 age.as_secs(),
                 max_age.as_secs()
             ));
@@ -502,6 +521,43 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+/// The start of the reason recorded (and refused with) when a self-check is overdue.
+pub const STALE_MARK: &str = "attestation self-check overdue";
+
+/// Records every change between passing and failing in the store's event record
+/// (`attestation_failed` with the reason, `attestation_restored`), and a failure again
+/// whenever its reason changes (the TPM unreachable, then back but reset: both are worth a
+/// line in the log).
+struct Transitions {
+    store: Arc<dyn Store>,
+    passing: Option<bool>,
+    recorded_reason: Option<String>,
+}
+
+impl Transitions {
+    fn observe(&mut self, outcome: &Result<(), String>) {
+        let kind_detail = match (self.passing, outcome) {
+            (Some(false), Ok(())) => Some(("attestation_restored", String::new())),
+            (None | Some(true), Err(reason)) => Some(("attestation_failed", reason.clone())),
+            (Some(false), Err(reason)) if self.recorded_reason.as_ref() != Some(reason) => {
+                Some(("attestation_failed", reason.clone()))
+            }
+            _ => None,
+        };
+        self.passing = Some(outcome.is_ok());
+        if let Some((kind, detail)) = kind_detail {
+            self.recorded_reason = outcome.as_ref().err().cloned();
+            if let Err(e) = self.store.record_event(kind, &detail, SystemTime::now()) {
+                tracing::error!(error = %e, kind, "cannot record the attestation event in the store");
+            }
+        }
+    }
+}
+
+fn lock(t: &Mutex<Transitions>) -> std::sync::MutexGuard<'_, Transitions> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

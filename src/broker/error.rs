@@ -168,7 +168,9 @@ impl BrokerError {
             }
             BrokerError::InvalidToken(m) => (400, "invalid_token", format!("invalid token: {m}")),
             BrokerError::StaleEpoch { .. } => (403, "stale_epoch", self.to_string()),
-            BrokerError::InvalidReceipt(m) => (400, "invalid_receipt", format!("invalid receipt: {m}")),
+            BrokerError::InvalidReceipt(m) => {
+                (400, "invalid_receipt", format!("invalid receipt: {m}"))
+            }
             BrokerError::NotRedeemedByCaller => (403, "not_redeemed_by_caller", self.to_string()),
             BrokerError::OutcomeAlreadyRecorded => {
                 (409, "outcome_already_recorded", self.to_string())
@@ -193,10 +195,14 @@ impl BrokerError {
                 "issuance_frozen",
                 "issuance is frozen by the security team".into(),
             ),
-            BrokerError::Attestation(_) => (
+            BrokerError::Attestation(reason) => (
                 503,
                 "attestation_failed",
-                "the broker's attestation self-check does not match its reference measurements; no token was issued".into(),
+                if reason.contains(crate::attest::selfcheck::STALE_MARK) {
+                    "the broker's attestation self-check has not finished in time (the TPM does not answer); no token was issued".into()
+                } else {
+                    "the broker's attestation self-check does not match its reference measurements; no token was issued".into()
+                },
             ),
             BrokerError::WrongApprovalGroup { .. } => {
                 (403, "wrong_approval_group", self.to_string())

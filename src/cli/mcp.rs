@@ -251,6 +251,12 @@ impl SebMcp {
 
     /// Posts the request; returns the outcome and, when granted, the token.
     async fn request_execution(&self, request: &ExecutionRequest) -> (Outcome, Option<String>) {
+        if !request.params.is_object() {
+            return (
+                Outcome::refused("invalid_arguments", "params must be a JSON object"),
+                None,
+            );
+        }
         let mut body = json!({
             "operation": request.operation,
             "resource": request.resource,
@@ -258,6 +264,18 @@ impl SebMcp {
         });
         if let Some(j) = &request.justification {
             body["justification"] = Value::String(j.clone());
+        }
+        if serde_json::to_vec(&body).map_or(true, |b| b.len() > MAX_FORWARDED) {
+            return (
+                Outcome::refused(
+                    "invalid_arguments",
+                    format!(
+                        "the request is larger than {} KiB; send smaller params or justification",
+                        MAX_FORWARDED >> 10
+                    ),
+                ),
+                None,
+            );
         }
         let response = match self
             .broker_call("POST", "/v1/executions", Some(&body))
@@ -540,6 +558,11 @@ fn answer_or_refusal_schema<T: schemars::JsonSchema + 'static>() -> Arc<JsonObje
     root.insert("anyOf".into(), json!([Value::Object(answer), refusal]));
     Arc::new(root)
 }
+
+/// The largest request `seb mcp` forwards: far above the broker's default body limit (64 KiB),
+/// so that an oversized one is refused here as what it is rather than failing as if the
+/// broker were unreachable.
+const MAX_FORWARDED: usize = 1 << 20;
 
 /// Tool arguments as `T`; anything else (an unknown field such as a certificate or a broker
 /// URL, a missing or mistyped one) is an `invalid_arguments` refusal.

@@ -180,7 +180,11 @@ def _binding(agent_cert: Any) -> x509.Certificate | None:
             return x509.load_der_x509_certificate(data)
         except (ValueError, IndexError) as e:
             raise fail("invalid_input", f"unreadable agent certificate: {e}") from e
-    raise TypeError("agent_cert is a certificate, PEM/DER bytes or 'not_presented'")
+    # A coded refusal like every other, so that an executor catching VerifyError refuses the
+    # request instead of failing with an unexpected exception.
+    raise fail("invalid_input",
+               "agent_cert must be a certificate, PEM/DER bytes or 'not_presented' "
+               f"(got {type(agent_cert).__name__})")
 
 
 # -- steps 1 to 5 -----------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def test_expectations_are_exact():
     assert verdict(case, params='{"n": 9007199254740992}') == "invalid_params"
     # Binding: not presented must be said explicitly.
     assert verdict(case, agent_cert="not_presented") == "ok"
+    # Anything else is a coded refusal, not a TypeError an executor would not catch.
+    assert verdict(case, agent_cert=None) == "invalid_input"
     # Time: valid now, expired later, not valid long before.
     claims = json.loads(unb64(case["token"].split(".")[1]))
     assert verdict(case, now=claims["exp"]) == "token_expired"
