@@ -446,25 +446,7 @@ fn bad_csrs_are_refused_cleanly() {
         ),
     ] {
         let csr = hsm.path(&format!("{name}.csr"));
-        let (ok, text) = openssl(
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-subj",
-                &subject,
-                "-out",
-                csr.to_str().unwrap(),
-            ],
-            hsm.dir.path(),
-        );
-        assert!(ok, "{text}");
+        openssl_csr(&hsm, &key, &subject, &csr);
         assert_clean_failure(&issue(&csr), refusal);
         assert!(
             !hsm.path("x.pem").exists(),
@@ -677,27 +659,14 @@ fn csr_subjects_with_hidden_characters_are_not_given_out() {
     // an agent and for an offline intermediate, whose name every leaf under it would carry.
     let hsm = Hsm::initialised();
     let grants = write_grants(&hsm, GRANTS);
-    let (ok, text) = openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-384",
-            "-nodes",
-            "-keyout",
-            "odd.key",
-            "-utf8",
-            "-subj",
-            "/CN=deploy-bot\u{202e}ko/O=test",
-            "-out",
-            "odd.csr",
-        ],
-        hsm.dir.path(),
+    let csr = hsm.path("odd.csr");
+    openssl_csr(
+        &hsm,
+        &hsm.path("odd.key"),
+        "/CN=deploy-bot\u{202e}ko/O=test",
+        &csr,
     );
-    assert!(ok, "openssl req: {text}");
-    let csr = hsm.path("odd.csr").display().to_string();
+    let csr = csr.display().to_string();
     let agent = [
         "cert", "issue", "--csr", &csr, "--role", "agent", "--grants", &grants, "--ttl", "1d",
         "--out", "odd.pem",
@@ -717,4 +686,28 @@ fn csr_subjects_with_hidden_characters_are_not_given_out() {
     ];
     assert_clean_failure(&hsm.seb(&ca), "U+202E");
     assert!(!hsm.path("odd.pem").exists() && !hsm.path("odd-ca.pem").exists());
+}
+
+/// A CSR for a fresh P-256 key (`key`) made by openssl with the UTF-8 `subject`.
+fn openssl_csr(hsm: &Hsm, key: &std::path::Path, subject: &str, csr: &std::path::Path) {
+    let (ok, text) = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-utf8",
+            "-subj",
+            subject,
+            "-out",
+            csr.to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    assert!(ok, "openssl req: {text}");
 }
