@@ -264,11 +264,10 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
         return Some("more than one common name (CN)".into());
     }
     for atv in attributes {
-        // UTF8String, PrintableString and IA5String are UTF-8 bytes; other string types are
-        // not measured here.
-        let Ok(text) = std::str::from_utf8(atv.value.value()) else {
+        let Some(text) = attribute_text(&atv.value) else {
             continue;
         };
+        let text = text.as_str();
         if let Some(c) = text
             .chars()
             .find(|&c| c.is_control() || crate::text::hides_text(c))
@@ -289,6 +288,27 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
         }
     }
     None
+}
+
+/// The text of a directory string: UTF-8 for UTF8String, PrintableString, IA5String and
+/// TeletexString (as tools write them), UTF-16 for BMPString; `None` for anything else or
+/// bytes that do not decode (not measured).
+fn attribute_text(value: &der::Any) -> Option<String> {
+    let bytes = value.value();
+    match der::Tagged::tag(value) {
+        der::Tag::BmpString => {
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            (bytes.len() % 2 == 0).then(|| String::from_utf16(&units).ok())?
+        }
+        der::Tag::Utf8String
+        | der::Tag::PrintableString
+        | der::Tag::Ia5String
+        | der::Tag::TeletexString => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// A fresh random serial: 16 random bytes, positive, so at most 17 octets encoded (RFC 5280

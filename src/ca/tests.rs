@@ -240,3 +240,25 @@ fn subjects_stay_within_rfc_5280_bounds() {
     }
     assert!(parse_new_subject(&format!("CN={},C=DE", "é".repeat(64))).is_ok());
 }
+
+#[test]
+fn a_bmpstring_subject_is_read_as_utf_16() {
+    // Older tools write BMPString; read as UTF-8 its zero bytes looked like U+0000.
+    use der::Decode;
+    let name = |bmp: &[u8]| {
+        let mut atv = vec![0x06, 0x03, 0x55, 0x04, 0x03, 0x1e, bmp.len() as u8];
+        atv.extend_from_slice(bmp);
+        let mut seq = vec![0x30, atv.len() as u8];
+        seq.extend(atv);
+        let mut set = vec![0x31, seq.len() as u8];
+        set.extend(seq);
+        let mut der = vec![0x30, set.len() as u8];
+        der.extend(set);
+        x509_cert::name::Name::from_der(&der).unwrap()
+    };
+    let alice = name(&[0, b'a', 0, b'l', 0, b'i', 0, b'c', 0, b'e']);
+    assert_eq!(attribute_problem(&alice), None);
+    let hidden = name(&[0, b'a', 0x20, 0x2e, 0, b'b']);
+    let problem = attribute_problem(&hidden).unwrap_or_default();
+    assert!(problem.contains("U+202E"), "{problem}");
+}
