@@ -301,7 +301,10 @@ fn attribute_text(value: &der::Any) -> Option<String> {
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
                 .collect();
-            (bytes.len() % 2 == 0).then(|| String::from_utf16(&units).ok())?
+            bytes
+                .len()
+                .is_multiple_of(2)
+                .then(|| String::from_utf16(&units).ok())?
         }
         der::Tag::Utf8String
         | der::Tag::PrintableString
