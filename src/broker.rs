@@ -59,7 +59,8 @@ pub use outcome::OutcomeRecorded;
 pub use peer::{PathCert, Peer, PEER_CACHE_TTL};
 pub use redeem::Redemption;
 pub use request::{
-    ApprovalSummary, ExecutionRequest, ExecutionResponse, ExecutionState, MAX_JUSTIFICATION,
+    is_request_id, ApprovalSummary, ExecutionRequest, ExecutionResponse, ExecutionState,
+    MAX_JUSTIFICATION,
 };
 
 /// The broker: keys in the device, state in the store, policy from the configuration.
@@ -445,7 +446,10 @@ impl Broker {
             ),
         ];
         if let Some(state) = &self.attestation {
-            checks.push(("attestation", state.current().map(|_| ())));
+            checks.push((
+                "attestation",
+                state.current().map(|_| ()).map_err(|r| r.to_string()),
+            ));
         }
         checks
     }

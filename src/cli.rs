@@ -268,15 +268,6 @@ pub fn write_file(path: &Path, contents: &[u8], private: bool) -> CliResult {
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
-/// A request id as the broker makes them (30 base64url characters; a little leeway), so that
-/// nothing a user or a model writes in its place can change the route it is put into.
-pub fn is_request_id(id: &str) -> bool {
-    (16..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The largest file [`read_file`] reads: far more than any certificate bundle, key, CSR,
 /// grants file, receipt or event log, so that a wrong path (a device, a huge file) is refused
 /// by size instead of filling memory.

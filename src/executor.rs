@@ -544,6 +544,8 @@ async fn not_found() -> Response {
 /// holds its connection for seconds, not for good.
 fn router(executor: Arc<Executor>) -> Router {
     let limit = executor.config.max_body_bytes;
+    // A backstop only: the handler's own limit (`run_deadline`, counted once the body is in)
+    // answers first; the extra OVERHEAD keeps the two from racing.
     let answer_within = BODY_TIMEOUT + executor.run_deadline() + OVERHEAD;
     Router::new()
         .route("/v1/run", post(run_handler))

@@ -200,31 +200,16 @@ impl AttestationState {
             .name("seb-attest-watch".into())
             .spawn(move || loop {
                 std::thread::sleep(interval);
-                if self.is_stale() {
-                    let reason = format!(
-                        "{STALE_MARK}: no self-check has finished within the policy's max_age"
-                    );
-                    tracing::error!(%reason, "attestation self-check overdue; issuance refused");
-                    lock(&transitions).observe(&Err(reason));
+                if let Err(Refusal::Overdue(age)) = self.current() {
+                    tracing::error!(reason = %age, "attestation self-check overdue; issuance refused");
+                    // One fixed reason (the age in the refusal grows every tick), so that the
+                    // failure is recorded once.
+                    lock(&transitions).observe(&Err(OVERDUE.to_owned()));
                 }
             });
         if let Err(e) = watched {
             tracing::error!(error = %e, "cannot start the self-check watchdog");
         }
-    }
-
-    /// Whether the last good check is older than the policy allows while no check has
-    /// failed (one is overdue: the TPM does not answer).
-    fn is_stale(&self) -> bool {
-        let status = match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        let max_age = self.policy.max_age.unwrap_or(self.interval * 3);
-        status.failure.is_none()
-            && status.last_good.is_some_and(|(at, _)| {
-                SystemTime::now().duration_since(at).unwrap_or_default() > max_age
-            })
     }
 
     /// The self-check period.
@@ -385,26 +370,28 @@ impl AttestationState {
     }
 
     /// The `att` claim for a token being minted now, or why issuance must stop.
-    pub fn current(&self) -> Result<token::Attestation, String> {
+    pub fn current(&self) -> Result<token::Attestation, Refusal> {
         let status = self
             .status
             .lock()
-            .map_err(|_| "attestation state poisoned".to_owned())?
+            .map_err(|_| Refusal::Failed("attestation state poisoned".to_owned()))?
             .clone();
         if let Some(reason) = status.failure {
-            return Err(format!("attestation self-check failed: {reason}"));
+            return Err(Refusal::Failed(format!(
+                "attestation self-check failed: {reason}"
+            )));
         }
-        let (at, digest) = status
-            .last_good
-            .ok_or_else(|| "no attestation self-check has passed yet".to_owned())?;
+        let (at, digest) = status.last_good.ok_or_else(|| {
+            Refusal::Failed("no attestation self-check has passed yet".to_owned())
+        })?;
         let max_age = self.policy.max_age.unwrap_or(self.interval * 3);
         let age = SystemTime::now().duration_since(at).unwrap_or_default();
         if age > max_age {
-            return Err(format!(
-                "{STALE_MARK}: the last good one is {} s old (limit {} s)",
+            return Err(Refusal::Overdue(format!(
+                "{OVERDUE}: the last good one is {} s old (limit {} s)",
                 age.as_secs(),
                 max_age.as_secs()
-            ));
+            )));
         }
         Ok(token::Attestation {
             pcr_digest: base64url::encode(&digest),
@@ -423,7 +410,7 @@ impl AttestationState {
             ok: current.is_ok(),
             checked_at: status.checked_at.map_or(0, unix),
             last_good: status.last_good.as_ref().map(|(t, _)| unix(*t)),
-            reason: current.err(),
+            reason: current.err().map(|r| r.to_string()),
         }
     }
 
@@ -523,8 +510,27 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The start of the reason recorded (and refused with) when a self-check is overdue.
-pub const STALE_MARK: &str = "attestation self-check overdue";
+/// The reason recorded when a self-check is overdue.
+const OVERDUE: &str =
+    "attestation self-check overdue: none has finished within the policy's max_age";
+
+/// Why issuance must stop ([`AttestationState::current`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A self-check failed, or none has passed yet.
+    Failed(String),
+    /// The last good check is older than the policy allows and none has failed since: one is
+    /// overdue (the TPM does not answer).
+    Overdue(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Failed(reason) | Refusal::Overdue(reason) => f.write_str(reason),
+        }
+    }
+}
 
 /// Records every change between passing and failing in the store's event record
 /// (`attestation_failed` with the reason, `attestation_restored`), and a failure again

@@ -91,7 +91,7 @@ pub enum BrokerError {
     Frozen,
     /// The broker's attestation self-check failed or is too old: no token.
     #[error("attestation self-check not good: {0}")]
-    Attestation(String),
+    Attestation(crate::attest::selfcheck::Refusal),
     /// The approver is not a member of the group the grant names.
     #[error("this request needs approvers of group {group:?}; the certificate is not in it")]
     WrongApprovalGroup {
@@ -198,7 +198,7 @@ impl BrokerError {
             BrokerError::Attestation(reason) => (
                 503,
                 "attestation_failed",
-                if reason.contains(crate::attest::selfcheck::STALE_MARK) {
+                if matches!(reason, crate::attest::selfcheck::Refusal::Overdue(_)) {
                     "the broker's attestation self-check has not finished in time (the TPM does not answer); no token was issued".into()
                 } else {
                     "the broker's attestation self-check does not match its reference measurements; no token was issued".into()

@@ -78,12 +78,7 @@ impl Broker {
                     RefusedAttempt::Outcome,
                     e.code(),
                     // The path's id, when it is one (it is the caller's text).
-                    Some(request_id).filter(|id| {
-                        id.len() <= 64
-                            && id
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    }),
+                    Some(request_id).filter(|id| super::request::is_request_id(id)),
                 );
             }
         }
@@ -121,13 +116,13 @@ impl Broker {
                 "the receipt names another request than the path".into(),
             ));
         }
-        let of_request = self
+        // The request, and the token it was issued (ids are unique: the token's own request).
+        let record = self
             .store
-            .request_of_token(&body.jti)
-            .map_err(BrokerError::Store)?;
-        if of_request.as_deref() != Some(request_id) {
-            return Err(BrokerError::NotFound);
-        }
+            .execution(request_id)
+            .map_err(BrokerError::Store)?
+            .filter(|r| r.jti.as_deref() == Some(body.jti.as_str()))
+            .ok_or(BrokerError::NotFound)?;
         let redeemed_by = self
             .store
             .redeemed_by(&body.jti)
@@ -135,11 +130,6 @@ impl Broker {
         if redeemed_by.as_deref() != Some(peer.thumbprint.as_str()) {
             return Err(BrokerError::NotRedeemedByCaller);
         }
-        let record = self
-            .store
-            .execution(request_id)
-            .map_err(BrokerError::Store)?
-            .ok_or(BrokerError::NotFound)?;
         matches_token(body, &record, SystemTime::now())?;
         let json =
             serde_json::to_string(&receipt).map_err(|e| BrokerError::Internal(e.to_string()))?;

@@ -564,6 +564,16 @@ fn log_store_failure(result: Result<(), StoreError>) {
     }
 }
 
+/// Whether `id` can be a request id as [`time_ordered_id`] makes them (30 base64url
+/// characters; a little leeway): checked before a caller's id goes into a URL or a log entry,
+/// so that it cannot change the route or carry other text.
+pub fn is_request_id(id: &str) -> bool {
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A request or token id: 48 bits of milliseconds since the Unix epoch, then 128 random bits,
 /// base64url (30 characters). The random part makes ids unique and unguessable; the time
 /// prefix makes the store's indexes grow at one end, so that a group commit of many

@@ -57,7 +57,7 @@ pub fn pending(args: PendingArgs) -> CliResult {
 
 /// Signs a decision on one request and posts it.
 pub fn approve(args: ApproveArgs) -> CliResult {
-    if !super::is_request_id(&args.request_id) {
+    if !seb::broker::is_request_id(&args.request_id) {
         return Err(format!(
             "{:?} is not a request id (base64url, as `seb pending` shows it)",
             args.request_id

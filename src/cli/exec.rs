@@ -100,11 +100,7 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         )
         .into());
     }
-    let role = leaf
-        .extension(seb::cert::SEB_ROLE_OID)
-        .and_then(|e| seb::grants::Role::from_der(e.extn_value.as_bytes()).ok())
-        .map(|r| r.kind);
-    if role != Some(seb::grants::RoleKind::Executor) {
+    if leaf.seb_role() != Some(seb::grants::RoleKind::Executor) {
         return Err("the certificate is not an executor certificate".into());
     }
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;

@@ -300,7 +300,7 @@ impl SebMcp {
 
     /// The request's status; returns the outcome and, when granted, the token.
     async fn execution_status(&self, id: &str) -> (Outcome, Option<String>) {
-        if !super::is_request_id(id) {
+        if !seb::broker::is_request_id(id) {
             return (
                 Outcome::refused(
                     "invalid_arguments",
@@ -629,7 +629,7 @@ mod tests {
 
     #[test]
     fn request_ids_cannot_steer_the_route() {
-        assert!(super::super::is_request_id(
+        assert!(seb::broker::is_request_id(
             "AZLb0cYxAAAAbWFkZS11cC1yYW5kb20"
         ));
         for bad in [
@@ -640,7 +640,7 @@ mod tests {
             "AZLb0cYxAAAAbWFkZS11cC1yYW5kb20%2F",
             "short",
         ] {
-            assert!(!super::super::is_request_id(bad), "{bad}");
+            assert!(!seb::broker::is_request_id(bad), "{bad}");
         }
     }
 
