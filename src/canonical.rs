@@ -397,6 +397,8 @@ mod tests {
             );
         }
         // Beyond u64, serde_json already holds a double: canonicalised as ECMAScript would.
+        // (`json::parse_strict`, which every request and verifier reads with, refuses such an
+        // integer literal before it gets here.)
         assert_eq!(canon("18446744073709551616"), "18446744073709552000");
         // Beyond the double range, serde_json refuses to parse at all.
         assert!(serde_json::from_str::<Value>("1e400").is_err());

@@ -558,7 +558,10 @@ impl Client {
             .map_err(ClientError::Http)?
             .to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes)
+        // The broker's own strict parser: what a caller reads from an answer (an audit entry it
+        // hashes, a grant it shows) must not depend on which of two duplicate keys is kept.
+        // Anything else is kept as text.
+        let body = crate::json::parse_strict(&bytes)
             .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
         Ok(ApiResponse { status, body, text })
     }

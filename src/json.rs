@@ -1,7 +1,11 @@
 //! Strict JSON, for every JSON value whose meaning must not depend on the parser: the broker's
 //! request bodies and the parameters an executor checks a token against. Duplicate object keys
 //! are refused (two parsers must never disagree about which value was granted: serde_json keeps
-//! the last, other parsers the first), nesting is bounded, and numbers must be finite.
+//! the last, other parsers the first), nesting is bounded, numbers must be finite, and an
+//! integer written without a fraction or exponent must lie within ±(2^53−1). Such an integer
+//! beyond 64 bits would otherwise reach serde_json as a rounded double: `18446744073709551616`
+//! and `18446744073709551617` would be one value (and one digest) here and two values to a
+//! parser with big integers (Python's), so an executor could act on a number nobody approved.
 //!
 //! Pure and without I/O, so the offline verifier (`--no-default-features`) uses the same parser
 //! as the broker. It must never accept a document another JSON parser could read differently.
@@ -13,12 +17,82 @@ use serde_json::{Map, Value};
 /// Deepest nesting accepted (matches the canonicaliser's bound).
 pub const MAX_DEPTH: usize = crate::canonical::MAX_DEPTH;
 
-/// Parses `bytes` as one JSON value, refusing duplicate keys and deep nesting.
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+/// Why a document is not strict JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum StrictJsonError {
+    /// Not JSON, or JSON another parser could read differently (a duplicate key, deep nesting,
+    /// a number beyond the double range, trailing data).
+    #[error("{0}")]
+    Syntax(#[from] serde_json::Error),
+    /// An integer literal outside ±(2^53−1): well-formed JSON, but not a value every parser
+    /// holds the same way (RFC 7493 §2.2).
+    #[error("integer {0} is outside the I-JSON safe range ±(2^53-1)")]
+    UnsafeInteger(String),
+}
+
+/// Parses `bytes` as one JSON value, refusing duplicate keys, deep nesting and integer
+/// literals outside ±(2^53−1).
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Seed { depth: 0 }.deserialize(&mut de)?;
     de.end()?;
+    if let Some(literal) = unsafe_integer_literal(bytes) {
+        return Err(StrictJsonError::UnsafeInteger(literal));
+    }
     Ok(value)
+}
+
+/// The first integer literal (a number token with neither fraction nor exponent) whose
+/// magnitude exceeds 2^53−1, shortened for a message. `bytes` must already have parsed as
+/// JSON: strings are then well formed, so every number token lies outside them.
+fn unsafe_integer_literal(bytes: &[u8]) -> Option<String> {
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 2,
+                b'"' => {
+                    in_string = false;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = &bytes[start..i];
+                let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+                let digits = token.strip_prefix(b"-").unwrap_or(token);
+                // A valid JSON integer has no leading zeros, so more than 16 digits is always
+                // at least 10^16 > 2^53−1.
+                let safe = digits.len() <= 16
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u64>().ok())
+                        .is_some_and(|n| n <= crate::canonical::MAX_SAFE_INTEGER);
+                if integer && !safe {
+                    let shown = String::from_utf8_lossy(&token[..token.len().min(40)]);
+                    let more = if token.len() > 40 { "…" } else { "" };
+                    return Some(format!("{shown}{more}"));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[derive(Clone, Copy)]
@@ -130,5 +204,44 @@ mod tests {
         assert!(parse_strict(br#"{"a":1} x"#).is_err());
         assert!(parse_strict(b"").is_err());
         assert!(parse_strict(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn integer_literals_beyond_the_safe_range_are_refused_at_any_size() {
+        for text in [
+            "9007199254740992",
+            "-9007199254740992",
+            "18446744073709551615",
+            // Beyond 64 bits serde_json would round these to one double.
+            "18446744073709551616",
+            "18446744073709551617",
+            "-99999999999999999999999999",
+        ] {
+            let doc = format!(r#"{{"p":{{"n":[1,{text}]}}}}"#);
+            assert!(
+                matches!(
+                    parse_strict(doc.as_bytes()),
+                    Err(StrictJsonError::UnsafeInteger(_))
+                ),
+                "{text}"
+            );
+        }
+        // Safe integers, floats (a double by definition) and numbers inside strings pass.
+        for text in [
+            r#"9007199254740991"#,
+            r#"-9007199254740991"#,
+            r#"0"#,
+            r#"-0"#,
+            r#"18446744073709551616.0"#,
+            r#"1e20"#,
+            r#"1.5E+300"#,
+            r#""18446744073709551616""#,
+            r#""a\"18446744073709551616""#,
+            r#""\\" "#,
+        ] {
+            let doc = format!(r#"{{"n":{text}}}"#);
+            assert!(parse_strict(doc.as_bytes()).is_ok(), "{text}");
+        }
+        assert!(parse_strict(br#"{"a\\":"\"","n":18446744073709551616}"#).is_err());
     }
 }

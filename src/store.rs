@@ -23,6 +23,86 @@ pub mod postgres;
 #[cfg(feature = "broker")]
 pub mod sqlite;
 
+#[cfg(feature = "broker")]
+pub(crate) use write_health::WriteHealth;
+
+#[cfg(feature = "broker")]
+mod write_health {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// How long a failed commit keeps the audit check failing after later commits succeed. On
+    /// a nearly full disk, small writes (a health probe, an `issuance_failed` entry) may still
+    /// fit while every grant's larger write fails: a success right after a failure proves
+    /// little, so the check turns good only once no write has failed for this long. A write
+    /// failing again restarts it.
+    pub(crate) const FAILURE_HOLD: Duration = Duration::from_secs(5);
+
+    /// Whether the audit log's writes succeed, as `/healthz` reports it (`checks.audit`): set
+    /// by the store's writer after every commit, read by the health check.
+    #[derive(Debug, Default)]
+    pub(crate) struct WriteHealth(Mutex<Option<Failure>>);
+
+    /// The last failed commit, and whether one has succeeded since.
+    #[derive(Debug)]
+    struct Failure {
+        why: String,
+        at: Instant,
+        recovered: bool,
+    }
+
+    impl WriteHealth {
+        /// `Err(why)` until a commit has succeeded after the last failed one and
+        /// [`FAILURE_HOLD`] has passed since that failure.
+        pub(crate) fn get(&self) -> Result<(), String> {
+            match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(f) if !f.recovered || f.at.elapsed() < FAILURE_HOLD => Err(f.why.clone()),
+                _ => Ok(()),
+            }
+        }
+
+        /// A commit failed.
+        pub(crate) fn failed(&self, why: &str) {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
+                why: format!("the audit log cannot be written: {why}"),
+                at: Instant::now(),
+                recovered: false,
+            });
+        }
+
+        /// A commit succeeded.
+        pub(crate) fn succeeded(&self) {
+            if let Some(f) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                f.recovered = true;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_success_right_after_a_failure_does_not_clear_it() {
+            let health = WriteHealth::default();
+            assert!(health.get().is_ok());
+            health.failed("disk full");
+            assert!(health.get().unwrap_err().contains("disk full"));
+            health.succeeded();
+            assert!(health.get().is_err(), "held for FAILURE_HOLD");
+            // Once the hold has passed, the success counts; without a success it never does.
+            let long_ago = Instant::now().checked_sub(FAILURE_HOLD * 2);
+            if let Some(at) = long_ago {
+                health.0.lock().unwrap().as_mut().unwrap().at = at;
+                assert!(health.get().is_ok());
+                health.failed("disk full");
+                health.0.lock().unwrap().as_mut().unwrap().at = at;
+                assert!(health.get().is_err(), "no commit has succeeded since");
+            }
+        }
+    }
+}
+
 /// How recently a replica must have announced itself to count as live
 /// ([`Store::live_replicas`]).
 pub const REPLICA_LIVENESS: Duration = Duration::from_secs(5);

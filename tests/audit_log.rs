@@ -322,6 +322,38 @@ fn an_edited_entry_is_detected() {
 }
 
 #[test]
+fn a_duplicate_key_slipped_into_an_exported_entry_is_refused() {
+    // serde_json keeps the last of two keys, so the hashed entry would be the original while a
+    // SIEM reading the line may show the first: a file that verifies must mean one thing.
+    let s = setup();
+    traffic(&s, 3);
+    let file = export(&s, "export.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut forged = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if !forged && line.contains(r#""kind":"execution_granted""#) {
+                forged = true;
+                line.replacen(
+                    r#""entry":{"#,
+                    r#""entry":{"operation":"prod.wipe-everything","#,
+                    1,
+                )
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert!(forged, "no granted entry in {text}");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = audit(&s, &["verify", "--file", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("duplicate key"), "{stderr}");
+}
+
+#[test]
 fn a_deleted_entry_is_detected() {
     let s = setup();
     traffic(&s, 3);

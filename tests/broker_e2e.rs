@@ -711,6 +711,10 @@ fn malformed_input_gets_a_4xx_with_a_code() {
         ("POST", "/v1/executions", br#"["deploy.rollout","prod/payments/api",{"replicas":3,"image":"registry.internal/payments/x"}]"#.to_vec(), 400, "invalid_request"),
         // A number JSON does not carry exactly: 400 like every other `invalid_request`.
         ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":9007199254740993,"image":"registry.internal/payments/x"}}"#.to_vec(), 400, "invalid_request"),
+        // Beyond 64 bits an integer would reach the parser as a rounded double, one digest for
+        // several numbers: refused all the same.
+        ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":18446744073709551617}}"#.to_vec(), 400, "invalid_request"),
+        ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":-99999999999999999999999}}"#.to_vec(), 400, "invalid_request"),
         ("GET", "/v1/audit/entries?start=1&end=0", Vec::new(), 400, "invalid_request"),
         ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":1,"replicas":99}}"#.to_vec(), 400, "malformed_json"),
         ("POST", "/v1/executions", deep.into_bytes(), 400, "malformed_json"),

@@ -206,6 +206,57 @@ fn a_token_raced_through_both_replicas_is_redeemed_exactly_once() {
 }
 
 #[test]
+fn a_nul_in_a_request_is_denied_and_logged_without_failing_anyone_elses_write() {
+    // PostgreSQL's TEXT refuses U+0000: a denied request carrying one used to fail the whole
+    // batch of writes it was committed with (other agents' grants and approvals), and a NUL in
+    // a request id made a lookup a store failure.
+    let s = replicas();
+    for (operation, resource) in [
+        ("deploy.roll\u{0}out", "prod/payments/api"),
+        ("deploy.rollout", "prod/payments/a\u{0}pi"),
+    ] {
+        let before = checkpoint_size(&s, &s.a.url);
+        let body = json!({"operation": operation, "resource": resource, "params": {"replicas": 3}});
+        let r = call(
+            &s.hsm,
+            &s.a.url,
+            &s.agent,
+            "POST",
+            "/v1/executions",
+            Some(&body),
+        );
+        assert_eq!(r.status, 403, "{}", r.text);
+        // The denial is an entry of the one log, with the exact text asked for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let entry = loop {
+            let size = checkpoint_size(&s, &s.a.url);
+            if size > before {
+                break entry_at(&s, &s.a.url, size - 1);
+            }
+            assert!(Instant::now() < deadline, "the denial was not logged");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(entry["entry"]["kind"], "execution_denied", "{entry}");
+        assert_eq!(entry["entry"]["operation"], operation);
+        assert_eq!(entry["entry"]["resource"], resource);
+        // Writes committed after it go through, on either replica.
+        grant(&s, &s.a.url);
+        grant(&s, &s.b.url);
+    }
+    for path in [
+        "/v1/executions/%00abcdefghijklmnopqrst",
+        "/v1/executions/a%00",
+    ] {
+        let r = call(&s.hsm, &s.b.url, &s.agent, "GET", path, None);
+        assert_eq!(r.status, 404, "{path}: {}", r.text);
+    }
+    let h = call(&s.hsm, &s.a.url, &s.agent, "GET", "/healthz", None);
+    assert_eq!(h.status, 200, "{}", h.text);
+    let out = audit_verify(&s, &s.b.url);
+    assert!(out.contains("audit log OK"), "{out}");
+}
+
+#[test]
 fn a_log_written_through_both_replicas_is_one_tree() {
     let s = replicas();
     let mut tokens = Vec::new();

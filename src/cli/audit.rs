@@ -164,7 +164,11 @@ fn read_export(path: &Path) -> Result<Evidence, CliError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let line: Line = serde_json::from_str(line)
+        // Strictly: a duplicate key inside an entry would be hashed as one value (serde_json
+        // keeps the last) while a SIEM reading the same line may show the other.
+        let line: Line = seb::json::parse_strict(line.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|value| serde_json::from_value(value).map_err(|e| e.to_string()))
             .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
         match line {
             Line::Trust { pem } => evidence.bundle.push_str(&pem),

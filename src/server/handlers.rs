@@ -120,8 +120,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             HttpError::UnreadableBody
         }
     })?;
-    let value =
-        crate::json::parse_strict(&bytes).map_err(|e| HttpError::MalformedJson(e.to_string()))?;
+    let value = crate::json::parse_strict(&bytes).map_err(|e| match e {
+        // Well-formed JSON with a number not every parser holds alike: the same code as an
+        // unsafe integer found while canonicalising the parameters.
+        crate::json::StrictJsonError::UnsafeInteger(_) => HttpError::InvalidBody(e.to_string()),
+        crate::json::StrictJsonError::Syntax(_) => HttpError::MalformedJson(e.to_string()),
+    })?;
     // Every body is an object: serde would otherwise fill a struct from an array by position.
     if !value.is_object() {
         return Err(HttpError::InvalidBody("the body must be a JSON object".into()).into());
@@ -165,7 +169,7 @@ pub(super) async fn get_execution(
     Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if id.len() > 64 {
+    if !crate::broker::is_request_id(&id) {
         return Err(ApiError::from(BrokerError::NotFound));
     }
     blocking_json(&app, move |broker| broker.execution(&caller, &id)).await
@@ -214,7 +218,7 @@ pub(super) async fn post_approval(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if id.len() > 64 {
+    if !crate::broker::is_request_id(&id) {
         return Err(ApiError::from(BrokerError::NotFound));
     }
     let decision: ApprovalBody = parse_body(body)?;
@@ -254,7 +258,7 @@ pub(super) async fn post_outcome(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if id.len() > 64 {
+    if !crate::broker::is_request_id(&id) {
         return Err(ApiError::from(BrokerError::NotFound));
     }
     let OutcomeBody { receipt } = parse_body(body)?;

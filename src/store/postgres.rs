@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use conn::{Connector, Pool};
 use connect::{checked_namespace, connector_runtime, open_connector, redacted};
-use writer::{Health, Jobs};
+use writer::Jobs;
 
 use super::entries::encode;
 use super::sqlite::rows::unix;
@@ -51,7 +51,7 @@ pub struct PgStore {
     jobs: Arc<Jobs>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pool: Pool,
-    health: Arc<Health>,
+    health: Arc<super::WriteHealth>,
     /// Drives the connections; shut down last, without blocking (a store may be dropped on
     /// an async worker).
     runtime: Option<tokio::runtime::Runtime>,
@@ -161,7 +161,7 @@ impl PgStore {
         }
         drop(first);
         let jobs = Arc::new(Jobs::default());
-        let health = Arc::new(Health::default());
+        let health = Arc::new(super::WriteHealth::default());
         let writer = {
             let (jobs, connector, health) = (jobs.clone(), connector.clone(), health.clone());
             std::thread::Builder::new()

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
 
-use audit::{AuditShared, AuditTree};
+use audit::AuditTree;
 use rows::{from_unix, unix};
 use schema::SCHEMA;
 use writer::{
@@ -58,7 +58,7 @@ pub struct SqliteStore {
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     reader: Mutex<Connection>,
-    audit: Arc<AuditShared>,
+    audit: Arc<super::WriteHealth>,
     /// False only in `seb bench`'s baseline store (see [`SqliteStore::open_without_audit_log`]).
     audit_enabled: bool,
 }
@@ -113,7 +113,7 @@ impl SqliteStore {
         writer_conn
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_err(Box::new(e)))?;
-        let audit = Arc::new(AuditShared::default());
+        let audit = Arc::new(super::WriteHealth::default());
         let tree =
             AuditTree::load(&writer_conn, audit.clone()).map_err(|e| open_err(Box::new(e)))?;
         let checkpoint_conn = connect().map_err(|e| open_err(Box::new(e)))?;
@@ -559,7 +559,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_health(&self) -> Result<(), String> {
-        self.audit.health()
+        self.audit.get()
     }
 
     fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError> {

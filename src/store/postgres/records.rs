@@ -49,8 +49,8 @@ impl ExecutionColumns {
             request_id: col(rows, |r| r.request_id.clone()),
             agent: col(rows, |r| r.agent.clone()),
             agent_subject: col(rows, |r| r.agent_subject.clone()),
-            operation: col(rows, |r| r.operation.clone()),
-            resource: col(rows, |r| r.resource.clone()),
+            operation: col(rows, |r| text_column(&r.operation)),
+            resource: col(rows, |r| text_column(&r.resource)),
             params: col(rows, |r| r.params.clone()),
             request_digest: col(rows, |r| r.request_digest.clone()),
             status: col(rows, |r| r.status.as_str().to_owned()),
@@ -63,6 +63,14 @@ impl ExecutionColumns {
             agent_serials: col(rows, |r| serials_text(&r.agent_serials)),
         }
     }
+}
+
+/// `text` as a PostgreSQL `TEXT` value can hold it: U+0000 (which PostgreSQL refuses, failing
+/// the whole batch of other callers' writes with it) becomes U+FFFD. Only a denied request can
+/// carry one (operations and resources refuse control characters); its audit entry keeps the
+/// exact text, JSON-escaped.
+fn text_column(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// Inserts `rows` into `executions` with one statement.

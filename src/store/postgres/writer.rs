@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 use super::conn::{Conn, Connector, Db, DbError};
 use crate::audit::merkle::{self, CompactRange, Hash};
 pub(super) use crate::store::sqlite::rows::sql_int;
-use crate::store::{ExecutionRecord, LogPosition};
+use crate::store::{ExecutionRecord, LogPosition, WriteHealth};
 
 /// Advisory lock key of the audit log's tail ("seb" and 2).
 pub(super) const AUDIT_LOCK: i64 = 0x5345_4202;
@@ -201,25 +201,8 @@ impl Jobs {
     }
 }
 
-/// The last write failure of the audit log, for `/healthz`.
-#[derive(Default)]
-pub(super) struct Health(Mutex<Option<String>>);
-
-impl Health {
-    pub(super) fn get(&self) -> Result<(), String> {
-        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => Ok(()),
-            Some(why) => Err(why.clone()),
-        }
-    }
-
-    fn set(&self, why: Option<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-}
-
 /// The writer thread's loop: until the queue closes, one transaction per batch.
-pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc<Health>) {
+pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc<WriteHealth>) {
     let mut conn: Option<Conn> = None;
     let mut edge: Option<CompactRange> = None;
     while let Some(batch) = jobs.take() {
@@ -231,7 +214,7 @@ pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     let why = e.to_string();
-                    health.set(Some(format!("the audit log cannot be written: {why}")));
+                    health.failed(&why);
                     fail_all(batch, &why);
                     continue;
                 }
@@ -241,9 +224,9 @@ pub(super) fn write_loop(jobs: Arc<Jobs>, connector: Arc<Connector>, health: Arc
         // As on SQLite: any commit that fails marks the log unwritable, any that succeeds
         // shows the store (and so the log) writable again.
         match run_batch(c, &mut edge, batch) {
-            Ok(()) => health.set(None),
+            Ok(()) => health.succeeded(),
             Err(e) => {
-                health.set(Some(format!("the audit log cannot be written: {e}")));
+                health.failed(&e.to_string());
                 if e.breaks_connection() || c.client.is_closed() {
                     conn = None;
                 }

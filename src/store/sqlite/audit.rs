@@ -11,28 +11,13 @@
 //! index against its edge before appending: a write whose index was abandoned (a commit
 //! failed, another process appended) fails, and no token leaves without its entry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::sql_int;
 use crate::audit::merkle::{self, CompactRange, Hash};
-
-/// What the writer shares with readers: the last write failure.
-#[derive(Debug, Default)]
-pub(super) struct AuditShared {
-    failure: Mutex<Option<String>>,
-}
-
-impl AuditShared {
-    /// `Err(why)` while the last commit failed.
-    pub(super) fn health(&self) -> Result<(), String> {
-        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => Ok(()),
-            Some(why) => Err(why.clone()),
-        }
-    }
-}
+use crate::store::WriteHealth;
 
 /// The writer's view of the log: the right edge of the tree and the generation of the
 /// indexes it accepts.
@@ -40,7 +25,7 @@ pub(super) struct AuditTree {
     range: CompactRange,
     pub(super) generation: u64,
     abandoned: bool,
-    shared: Arc<AuditShared>,
+    shared: Arc<WriteHealth>,
 }
 
 /// The error a write gets when its reserved index is no longer the next one.
@@ -50,7 +35,7 @@ pub(super) struct StaleIndex;
 
 impl AuditTree {
     /// The edge of the log as stored.
-    pub(super) fn load(conn: &Connection, shared: Arc<AuditShared>) -> rusqlite::Result<Self> {
+    pub(super) fn load(conn: &Connection, shared: Arc<WriteHealth>) -> rusqlite::Result<Self> {
         let size = stored_size(conn)?;
         let range = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
         Ok(Self {
@@ -97,22 +82,14 @@ impl AuditTree {
         std::mem::take(&mut self.abandoned)
     }
 
-    /// A commit succeeded: the log is writable.
+    /// A commit succeeded.
     pub(super) fn committed(&self) {
-        *self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.succeeded();
     }
 
+    /// A commit failed: `/healthz` says why.
     pub(super) fn fail(&self, why: &str) {
-        *self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
-            Some(format!("the audit log cannot be written: {why}"));
+        self.shared.failed(why);
     }
 
     /// Appends `entry` at `index` (which must be the next one) with its leaf and the nodes it
