@@ -220,9 +220,25 @@ impl std::error::Error for Explained {
 /// database, whose schema must be this seb's (`seb migrate` brings it there).
 pub fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
     Ok(match &config.store {
-        StoreConfig::Sqlite => std::sync::Arc::new(SqliteStore::open(&config.state_dir)?),
+        StoreConfig::Sqlite => std::sync::Arc::new(SqliteStore::open(&initialised(config)?)?),
         StoreConfig::Postgres(pg) => std::sync::Arc::new(PgStore::open(pg)?),
     })
+}
+
+/// The SQLite store's directory, if `seb init` has made a store there. Opening a store creates
+/// an empty one: a `state_dir` with a typo would otherwise take a freeze, a revocation or an
+/// epoch bump, say it was done, and leave the broker's own store untouched.
+fn initialised(config: &Config) -> Result<std::path::PathBuf, CliError> {
+    let db = config.state_dir.join(SqliteStore::FILE);
+    if db.is_file() {
+        return Ok(config.state_dir.clone());
+    }
+    Err(format!(
+        "no store at {}: has `seb init` run with this configuration? (check `state_dir` in \
+         the config file)",
+        db.display(),
+    )
+    .into())
 }
 
 /// Opens the configured store for `seb init`: the PostgreSQL schema is created in an empty
@@ -238,10 +254,10 @@ pub fn create_store(config: &Config) -> Result<std::sync::Arc<dyn Store>, CliErr
 pub fn migrate(config: &Config) -> CliResult {
     match &config.store {
         StoreConfig::Sqlite => {
-            drop(SqliteStore::open(&config.state_dir)?);
+            drop(SqliteStore::open(&initialised(config)?)?);
             say!(
                 "SQLite store {} is up to date",
-                config.state_dir.join("seb.db").display()
+                config.state_dir.join(SqliteStore::FILE).display()
             );
         }
         StoreConfig::Postgres(pg) => {

@@ -590,11 +590,14 @@ fn device_and_config_problems_are_clear_errors() {
     // Its own exit status (EX_CONFIG), which deploy/seb.service does not restart on: a wrong
     // PIN offered again every few seconds would lock it on a real HSM.
     assert_eq!(refused.status.code(), Some(78), "{refused:?}");
-    assert!(
-        std::fs::read_to_string(common::repo().join("deploy/seb.service"))
-            .unwrap()
-            .contains("RestartPreventExitStatus=78")
-    );
+    for unit in ["deploy/seb.service", "deploy/seb-replica@.service"] {
+        assert!(
+            std::fs::read_to_string(common::repo().join(unit))
+                .unwrap()
+                .contains("RestartPreventExitStatus=78"),
+            "{unit}"
+        );
+    }
 
     let other_dir = tempfile::tempdir().unwrap();
     let write = |text: String| {

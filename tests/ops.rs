@@ -569,6 +569,20 @@ fn cert_issue_refuses_to_overwrite_without_force() {
 fn keys_fails_on_a_state_dir_never_initialised_and_a_closed_pipe_is_quiet() {
     let hsm = Hsm::provision();
     assert_clean_failure(&hsm.seb(&["keys"]), "run `seb init`");
+    // Commands that change or read the store refuse too, instead of making an empty store
+    // there and reporting a freeze, a revocation or an epoch bump the broker never sees.
+    for args in [
+        &["freeze", "--reason", "incident"][..],
+        &["unfreeze"],
+        &["epoch", "bump"],
+        &["cert", "revoke", "--serial", "0A", "--unknown"],
+        &["cert", "list"],
+        &["migrate"],
+    ] {
+        assert_clean_failure(&hsm.seb(args), "has `seb init` run");
+    }
+    let state = hsm.path("state");
+    assert!(!state.join("seb.db").exists(), "a store was created");
     hsm.seb_ok(&["init"]);
     // `seb keys | head -1`: the reader goes away before seb writes (it opens the HSM
     // first), so every line meets a closed pipe. `println!` would panic with exit 101.

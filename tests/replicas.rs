@@ -812,6 +812,24 @@ fn migrate_creates_the_schema_once_and_check_reports_the_database() {
     assert!(said.contains("migrated from version 0 to 2"), "{said}");
     let said = hsm.seb_ok(&["migrate"]);
     assert!(said.contains("up to date"), "{said}");
+    // A database a newer seb migrated: every command says to upgrade seb, none says to migrate.
+    psql("UPDATE seb_schema SET version = 3");
+    for args in [
+        &["migrate"][..],
+        &["cert", "list"],
+        &["freeze", "--reason", "x"],
+    ] {
+        let out = hsm.seb(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("newer than this seb knows (2): upgrade seb")
+                && !stderr.contains("run `seb migrate`")
+                && !stderr.contains("corrupt"),
+            "{args:?}: {stderr}"
+        );
+    }
+    psql("UPDATE seb_schema SET version = 2");
     // The database down: check fails and says so, without the password.
     hsm.pg_stop();
     let out = hsm.seb(&["check"]);

@@ -19,7 +19,7 @@ use crate::store::CertRef;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use conn::{Connector, Pool};
+use conn::{Connector, DbError, Pool};
 use connect::{checked_namespace, connector_runtime, open_connector, redacted};
 use writer::Jobs;
 
@@ -150,6 +150,12 @@ impl PgStore {
             schema::stored_version(&mut first)
         }
         .map_err(|e| open_err(Box::new(e)))?;
+        if !migrate && version > schema::VERSION {
+            return Err(open_err(Box::new(DbError::NewerSchema {
+                found: version,
+                known: schema::VERSION,
+            })));
+        }
         if !migrate && version != schema::VERSION {
             return Err(open_err(
                 format!(

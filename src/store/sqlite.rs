@@ -84,9 +84,12 @@ impl Drop for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The database's file name in the state directory.
+    pub const FILE: &'static str = "seb.db";
+
     /// Opens (creating if needed) `dir/seb.db`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("seb.db");
+        let path = dir.join(Self::FILE);
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: path.display().to_string(),
             source: e,

@@ -43,6 +43,16 @@ pub(super) enum DbError {
     /// The stored data does not make sense.
     #[error("{0}")]
     Corrupt(String),
+    /// The database was migrated by a newer seb: nothing is wrong with it, this binary is old.
+    #[error(
+        "the database schema is version {found}, newer than this seb knows ({known}): upgrade seb"
+    )]
+    NewerSchema {
+        /// The stored version.
+        found: i32,
+        /// The newest this binary writes.
+        known: i32,
+    },
 }
 
 impl DbError {
@@ -51,7 +61,7 @@ impl DbError {
         match self {
             DbError::Pg(e) => e.is_closed() || e.as_db_error().is_none(),
             DbError::Timeout(_) | DbError::Connect(_) => true,
-            DbError::Corrupt(_) => false,
+            DbError::Corrupt(_) | DbError::NewerSchema { .. } => false,
         }
     }
 

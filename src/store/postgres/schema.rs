@@ -149,10 +149,10 @@ pub(super) fn migrate(conn: &mut Conn) -> Result<i32, DbError> {
             .map(|r| r.get(0))
             .unwrap_or(0);
         if found > VERSION {
-            return Err(DbError::Corrupt(format!(
-                "the database schema is version {found}, newer than this seb knows ({VERSION}): \
-                 upgrade seb"
-            )));
+            return Err(DbError::NewerSchema {
+                found,
+                known: VERSION,
+            });
         }
         if found == 0 {
             db.batch(SCHEMA_V1)?;
