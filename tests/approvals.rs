@@ -664,6 +664,32 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
         r.text
     );
 
+    // An approver whose certificate ends before the request's approval deadline (an hour): its
+    // approval could be counted into a token issued after it expired, which every offline
+    // verifier would refuse. It is turned away with what to do.
+    s.hsm
+        .identity("frank", "CN=frank", "approver", &["--group", "sre-leads"]);
+    let frank = s.hsm.reissue(
+        "frank",
+        "frank-10min.pem",
+        &[
+            "--role",
+            "approver",
+            "--group",
+            "sre-leads",
+            "--ttl",
+            "600s",
+        ],
+    );
+    let r = decide(&s, &frank, &id, Decision::Approve, &digest);
+    assert_eq!(
+        (r.status, code(&r)),
+        (403, "approver_certificate_expiring"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("seb cert renew"), "{}", r.text);
+
     // A signature over other parameters.
     let other_digest = seb::base64url::encode(
         &seb::canonical::request_digest("db.migrate", "prod/payments/db", &json!({"version": 8}))

@@ -267,6 +267,16 @@ impl Broker {
         if let Some(intermediate) = outside_scope(peer, &record.agent_serials) {
             return Err(BrokerError::ApproverOutOfScope { intermediate });
         }
+        // A token names its approvals, and a verifier checks each approver's path at the
+        // token's `iat`, which may be as late as the approval deadline: an approval is taken
+        // only from a certificate path that lasts until then.
+        let path_end = peer.path_not_after();
+        if body.decision == Decision::Approve && path_end.is_some_and(|t| t < pending.expires_at) {
+            return Err(BrokerError::ApproverExpiresFirst {
+                not_after: path_end.map(unix).unwrap_or_default(),
+                deadline: unix(pending.expires_at),
+            });
+        }
         let signature = base64url::decode(&body.signature)
             .ok_or(BrokerError::BadApprovalSignature("not base64url"))?;
         let key = CertKey::of(&peer.leaf)

@@ -110,6 +110,18 @@ pub enum BrokerError {
         /// Subject of the approver's intermediate the agent's path lacks.
         intermediate: String,
     },
+    /// The approver's certificate (or one above it) expires before the request's approval
+    /// deadline: its approval could be counted in a token issued after it expired, which
+    /// every verifier checking the approvers' paths at the token's `iat` would refuse.
+    #[error(
+        "your certificate path expires at {not_after} (Unix seconds), before this request's approval deadline {deadline}: an approval must stay valid until the token is issued; renew the certificate (`seb cert renew`) and approve again"
+    )]
+    ApproverExpiresFirst {
+        /// When the approver's path expires.
+        not_after: u64,
+        /// The request's approval deadline.
+        deadline: u64,
+    },
     /// This approver already decided on the request; it counts once.
     #[error("this approver has already decided on the request; it counts once")]
     DuplicateApproval,
@@ -210,6 +222,9 @@ impl BrokerError {
             BrokerError::SelfApproval => (403, "self_approval", self.to_string()),
             BrokerError::ApproverOutOfScope { .. } => {
                 (403, "approver_out_of_scope", self.to_string())
+            }
+            BrokerError::ApproverExpiresFirst { .. } => {
+                (403, "approver_certificate_expiring", self.to_string())
             }
             BrokerError::DuplicateApproval => (409, "duplicate_approval", self.to_string()),
             BrokerError::BadApprovalSignature(_) => {

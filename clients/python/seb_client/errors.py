@@ -59,7 +59,7 @@ _DENY_CODES = [
     "bad_certificate", "wrong_role", "role_not_delegated", "invalid_grants_extension",
     "no_grants", "grant_chain_escalation", "invalid_operation", "invalid_resource",
     "agent_certificate_revoked", "wrong_approval_group", "self_approval",
-    "approver_out_of_scope",
+    "approver_out_of_scope", "approver_certificate_expiring",
 ]
 _UNAVAILABLE_CODES = [
     "hsm_unavailable", "audit_unavailable", "store_unavailable", "issuance_frozen",
