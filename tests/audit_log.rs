@@ -1013,6 +1013,17 @@ fn attempts_refused_before_any_decision_are_in_the_log() {
         ["issuance_frozen", "certificate_revoked"],
         "{denied:?}"
     );
+    // The request refused while frozen says what was asked for (by digest, as decisions do).
+    let asked = good_request();
+    assert_eq!(denied[0]["operation"], asked["operation"], "{}", denied[0]);
+    assert_eq!(denied[0]["resource"], asked["resource"], "{}", denied[0]);
+    let digest = seb::canonical::params_digest(&asked["params"]).unwrap();
+    assert_eq!(
+        denied[0]["params_digest"],
+        seb::base64url::encode(&digest),
+        "{}",
+        denied[0]
+    );
     for entry in &denied {
         assert_eq!(entry["cert"]["subject"], "CN=deploy-bot", "{entry}");
         assert_eq!(

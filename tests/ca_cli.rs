@@ -297,6 +297,11 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
     assert!(out.contains("revoked"), "{out}");
     let again = hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     assert!(again.contains("already revoked"), "{again}");
+    // Both attempts are entries: the second says it changed nothing.
+    let entries = hsm.audit_entries("certificate_revoked");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0].get("code").is_none(), "{}", entries[0]);
+    assert_eq!(entries[1]["code"], "already_revoked", "{}", entries[1]);
 
     let crl = hsm.path("crl.pem");
     let crl = crl.to_str().unwrap();

@@ -158,25 +158,40 @@ impl Broker {
         code: &str,
         request_id: Option<&str>,
     ) {
-        use crate::audit::entry::EntryKind;
-        let kind = match attempt {
-            RefusedAttempt::Execution => EntryKind::ExecutionDenied,
-            RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
-            RefusedAttempt::Outcome => EntryKind::OutcomeReported,
-        };
-        let mut entry = super::audit::entry_now(kind);
-        entry.cert = Some(super::audit::cert_ref(
-            &peer.thumbprint,
-            peer.serials().next(),
-            &peer.subject,
-        ));
-        if attempt == RefusedAttempt::Execution {
-            entry.decision = Some("denied".into());
-        }
-        entry.code = Some(code.to_owned());
+        let mut entry = refused_entry(peer, attempt, code);
         entry.request_id = request_id.map(str::to_owned);
+        self.append_refusal(entry);
+    }
+
+    /// Queues the entry of a refused attempt ([`refused_entry`]) without waiting for it.
+    pub(super) fn append_refusal(&self, entry: crate::audit::entry::Entry) {
         append_with_retries(self.store.clone(), entry, 3);
     }
+}
+
+/// The audit entry of an attempt refused before any decision: who, which code.
+pub(super) fn refused_entry(
+    peer: &Peer,
+    attempt: RefusedAttempt,
+    code: &str,
+) -> crate::audit::entry::Entry {
+    use crate::audit::entry::EntryKind;
+    let kind = match attempt {
+        RefusedAttempt::Execution => EntryKind::ExecutionDenied,
+        RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
+        RefusedAttempt::Outcome => EntryKind::OutcomeReported,
+    };
+    let mut entry = super::audit::entry_now(kind);
+    entry.cert = Some(super::audit::cert_ref(
+        &peer.thumbprint,
+        peer.serials().next(),
+        &peer.subject,
+    ));
+    if attempt == RefusedAttempt::Execution {
+        entry.decision = Some("denied".into());
+    }
+    entry.code = Some(code.to_owned());
+    entry
 }
 
 /// Queues `entry` without waiting; when its reserved index was taken meanwhile (the CLI, a

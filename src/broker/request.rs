@@ -183,6 +183,26 @@ impl Broker {
         result
     }
 
+    /// `refusal` (the broker frozen, its attestation failing), after queueing its audit entry:
+    /// no decision was made, but the log says who asked for what (by digest, as a decision's
+    /// entry does).
+    fn refused_before_deciding(
+        &self,
+        peer: &super::Peer,
+        request: &ExecutionRequest,
+        refusal: BrokerError,
+    ) -> BrokerError {
+        let mut entry =
+            super::access::refused_entry(peer, super::RefusedAttempt::Execution, refusal.code());
+        entry.operation = Some(request.operation.clone());
+        entry.resource = Some(request.resource.clone());
+        entry.params_digest = crate::canonical::params_digest(&request.params)
+            .ok()
+            .map(|d| base64url::encode(&d));
+        self.append_refusal(entry);
+        refusal
+    }
+
     async fn decide_and_issue(
         &self,
         caller: &Caller,
@@ -190,10 +210,12 @@ impl Broker {
     ) -> Result<ExecutionResponse, BrokerError> {
         let peer = caller.peer();
         if self.is_frozen() {
-            return Err(BrokerError::Frozen);
+            return Err(self.refused_before_deciding(peer, &request, BrokerError::Frozen));
         }
         let att = match &self.attestation {
-            Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
+            Some(state) => Some(state.current().map_err(|refusal| {
+                self.refused_before_deciding(peer, &request, BrokerError::Attestation(refusal))
+            })?),
             None => None,
         };
         if let Some(j) = &request.justification {

@@ -546,6 +546,9 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     refuse_own_certificate(config, &serial)?;
     let store = open_store(config)?;
     if store.is_revoked(&serial)? {
+        // Nothing changes, but the attempt is an audit entry (`code: already_revoked`): the
+        // issuer checks below would only stand in its way.
+        store.revoke_issued_by(&serial, None, reason, SystemTime::now())?;
         say!("{serial} was already revoked; nothing changed");
         return Ok(());
     }

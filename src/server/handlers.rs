@@ -141,20 +141,9 @@ pub(super) async fn create_execution(
     let request: ExecutionRequest = parse_body(body)?;
     let response = match app.broker.request_execution(&caller, request).await {
         Ok(response) => response,
-        Err(e) => {
-            // Refused by the broker's own state before any decision: still an attempt the
-            // log records (decisions record themselves).
-            // (A decision's own refusals are in the log already, with the request.)
-            if matches!(e, BrokerError::Frozen | BrokerError::Attestation(_)) {
-                super::audit_refused(
-                    &app,
-                    caller.peer(),
-                    crate::broker::RefusedAttempt::Execution,
-                    &e,
-                );
-            }
-            return Err(e.into());
-        }
+        // Every refusal is in the log already: a decision's with the request, one by the
+        // broker's own state (frozen, attestation) as a request refused before deciding.
+        Err(e) => return Err(e.into()),
     };
     let status = if response.token.is_some() {
         StatusCode::CREATED
