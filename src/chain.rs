@@ -358,6 +358,14 @@ pub fn validate<'a>(
         });
     }
     check_structure(leaf)?;
+    // Agents, approvers and executors hold ECDSA P-256 or P-384 keys (ARCHITECTURE §4), as
+    // `seb cert issue` requires of a CSR; an offline intermediate must not widen that.
+    CertKey::from_spki(leaf.tbs().subject_public_key_info()).map_err(|reason| {
+        ChainError::UnsupportedKey {
+            subject: leaf.subject_string(),
+            reason,
+        }
+    })?;
 
     let mut builder = Builder {
         intermediates,

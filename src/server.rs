@@ -265,6 +265,23 @@ fn plain_body(headers: &axum::http::HeaderMap) -> bool {
     only(header::CONTENT_ENCODING, "identity") && only(header::TRANSFER_ENCODING, "chunked")
 }
 
+/// The router of a connection whose client chain passed the TLS handshake but that seb cannot
+/// read at all (a certificate it cannot parse, such as one with an extension twice): every
+/// request gets `403 bad_certificate` saying why, and the connection closes, instead of a
+/// reset with no code.
+fn unusable_certificate(why: String) -> Router {
+    Router::new().fallback(move || {
+        let why = why.clone();
+        async move {
+            let mut response = ApiError::from(BrokerError::BadCertificate(why)).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    })
+}
+
 /// A refusal after which the connection is closed: the client's body was not read to its end,
 /// so nothing after it on the connection could be parsed.
 fn closing(refusal: HttpError) -> Response {
@@ -302,8 +319,15 @@ pub async fn serve(
                     }
                 };
                 drop(handshaking);
-                if let Some((tls, peer)) = accepted {
-                    listen::serve_http1(tls, router, peer, watcher, remote).await;
+                match accepted {
+                    Some((tls, Ok(peer))) => {
+                        listen::serve_http1(tls, router, peer, watcher, remote).await;
+                    }
+                    Some((tls, Err(why))) => {
+                        listen::serve_http1(tls, unusable_certificate(why), (), watcher, remote)
+                            .await;
+                    }
+                    None => {}
                 }
             }
         },
@@ -332,7 +356,7 @@ async fn accept_connection(
     handshaking: &listen::Handshaking,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    Arc<Peer>,
+    Result<Arc<Peer>, String>,
 )> {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // The ClientHello is read on the async side: waiting for it needs no device and no
@@ -428,10 +452,13 @@ async fn accept_connection(
         }
     };
     match peer {
-        Ok(peer) => Some((tls, peer)),
+        Ok(peer) => Some((tls, Ok(peer))),
         Err(e) => {
             tracing::info!(%remote, error = %e, "client certificate unusable");
-            None
+            app.broker
+                .metrics()
+                .record_request("tls", "bad_certificate");
+            Some((tls, Err(e.to_string())))
         }
     }
 }

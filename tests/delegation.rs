@@ -538,3 +538,78 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
     ]);
     common::assert_success(&out, "seb request against the broker");
 }
+
+#[test]
+fn a_chain_seb_cannot_read_gets_a_403_with_a_code_not_a_reset() {
+    // Chains that pass the TLS handshake (the WebPKI checks) but that seb refuses to read: a
+    // leaf with an extension twice, and more certificates than seb looks at. The caller gets
+    // `403` with a code and why, not a connection reset with nothing to go on.
+    use p384::elliptic_curve::Generate;
+    use p384::pkcs8::EncodePrivateKey;
+    let hsm = Hsm::initialised();
+    let (team, team_key) = hsm.offline_intermediate("team", &[]);
+    let role = seb::ca::role_extension(&Role::new(RoleKind::Agent, vec![]).unwrap()).unwrap();
+    let key = p384::ecdsa::SigningKey::try_generate().unwrap();
+    let twice =
+        common::offline_leaf_der(&team, &team_key, "CN=twice", vec![role.clone(), role], &key);
+    let pem =
+        |der: &[u8]| der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap();
+    let key_path = hsm.path("twice.key");
+    std::fs::write(
+        &key_path,
+        key.to_pkcs8_pem(p384::pkcs8::LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let team_pem = team.to_pem_string().unwrap();
+    let chain = hsm.path("twice.pem");
+    std::fs::write(&chain, format!("{}{team_pem}", pem(&twice))).unwrap();
+    // A good leaf of the same intermediate, sent with the intermediate nine times over.
+    let good = hsm.offline_identity(
+        "good",
+        &team,
+        &team_key,
+        Role::new(RoleKind::Agent, vec![]).unwrap(),
+    );
+    let leaf = std::fs::read_to_string(&good.cert).unwrap();
+    let long = hsm.path("long.pem");
+    std::fs::write(&long, format!("{leaf}{}", team_pem.repeat(8))).unwrap();
+    let broker = Broker::start(&hsm);
+
+    for (cert, key, code, why) in [
+        (&chain, &key_path, "bad_certificate", "more than once"),
+        (
+            &long,
+            &good.key,
+            "bad_certificate",
+            "chain_too_large: 10 certificates offered",
+        ),
+    ] {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(hsm.trust("root.pem"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("{}/v1/grants", broker.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(
+            status,
+            "403",
+            "{code}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{body}"
+        );
+    }
+}

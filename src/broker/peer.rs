@@ -161,7 +161,14 @@ impl PeerCache {
         if let Some(peer) = self.lookup(&slot, &chain) {
             return Ok(peer);
         }
-        let peer = Arc::new(validate(&certs, slot, roots, now)?);
+        // More than are looked at: the path cannot be judged from a part of what was sent.
+        let too_many =
+            (presented.len() > MAX_PRESENTED).then_some(ChainError::TooManyCertificates {
+                what: "certificates",
+                count: presented.len(),
+                max: MAX_PRESENTED,
+            });
+        let peer = Arc::new(validate(&certs, slot, roots, now, too_many)?);
         if peer.chain.is_ok() {
             if let Ok(mut cache) = self.entries.lock() {
                 if cache.len() >= PEER_CACHE_ENTRIES && !cache.contains_key(&slot) {
@@ -218,6 +225,7 @@ fn validate(
     key_id: [u8; 32],
     roots: &[Certificate],
     now: SystemTime,
+    refused: Option<ChainError>,
 ) -> Result<Peer, BrokerError> {
     let (leaf, rest) = certs
         .split_first()
@@ -225,7 +233,11 @@ fn validate(
     let leaf_der = leaf
         .to_der_bytes()
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
-    let (chain, path) = match chain::validate(leaf, rest, roots, now) {
+    let validated = match refused {
+        Some(e) => Err(e),
+        None => chain::validate(leaf, rest, roots, now),
+    };
+    let (chain, path) = match validated {
         Ok(v) => {
             let path = v
                 .path()

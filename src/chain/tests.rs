@@ -529,6 +529,14 @@ fn algorithm_rules() {
     rsa.tbs.signature.oid = sha256_rsa;
     let rsa = resign(rsa, &root.key);
     assert_eq!(code_now(&rsa, &[], &roots), "unsupported_algorithm");
+
+    // A leaf whose own key is not ECDSA P-256/P-384 (RSA here), however well signed.
+    let mut rsa_key = forge(&leaf);
+    rsa_key.tbs.subject_public_key_info.algorithm.oid =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    rsa_key.tbs.subject_public_key_info.algorithm.parameters = Some(der::Any::null());
+    let rsa_key = resign(rsa_key, &root.key);
+    assert_eq!(code_now(&rsa_key, &[], &roots), "unsupported_algorithm");
 }
 
 #[test]

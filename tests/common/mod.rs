@@ -1012,12 +1012,25 @@ pub fn offline_leaf(
     grants: Option<seb::grants::GrantSet>,
     leaf_key: &p384::ecdsa::SigningKey,
 ) -> seb::cert::Certificate {
-    use x509_cert::builder::{Builder, CertificateBuilder};
-
     let mut extra = vec![seb::ca::role_extension(&role).unwrap()];
     if let Some(grants) = &grants {
         extra.push(seb::ca::grants_extension(grants).unwrap());
     }
+    let der = offline_leaf_der(issuer, key, subject, extra, leaf_key);
+    seb::cert::Certificate::parse(&der).unwrap()
+}
+
+/// The DER of a leaf an offline intermediate signed, with `extra` extensions as given (also
+/// ones seb would refuse to parse, such as one twice).
+pub fn offline_leaf_der(
+    issuer: &seb::cert::Certificate,
+    key: &p384::ecdsa::SigningKey,
+    subject: &str,
+    extra: Vec<x509_cert::ext::Extension>,
+    leaf_key: &p384::ecdsa::SigningKey,
+) -> Vec<u8> {
+    use x509_cert::builder::{Builder, CertificateBuilder};
+
     let profile = OfflineProfile {
         issuer: issuer.tbs().subject().clone(),
         subject: seb::ca::parse_subject(subject).unwrap(),
@@ -1035,7 +1048,7 @@ pub fn offline_leaf(
     )
     .unwrap();
     let cert = builder.build::<_, p384::ecdsa::DerSignature>(key).unwrap();
-    seb::cert::Certificate::from_x509(cert).unwrap()
+    der::Encode::to_der(&cert).unwrap()
 }
 
 impl Hsm {
