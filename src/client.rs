@@ -36,9 +36,9 @@ pub enum ClientError {
     /// The broker URL is not `https://host:port`.
     #[error("invalid broker URL {0:?}: expected https://host:port")]
     Url(String),
-    /// Connecting or the TLS handshake failed.
-    #[error("cannot connect")]
-    Connect(#[source] std::io::Error),
+    /// Connecting to `host:port` or the TLS handshake failed.
+    #[error("cannot connect to {0}")]
+    Connect(String, #[source] std::io::Error),
     /// HTTP failed.
     #[error("HTTP error")]
     Http(#[source] hyper::Error),
@@ -69,7 +69,10 @@ impl ClientTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
-        for cert in pem_blocks(root_pem, "CERTIFICATE")? {
+        // Which input is wrong: the CLI reads these from --ca and --cert.
+        let named =
+            |what: &'static str| move |e: ClientError| ClientError::Input(format!("{what}: {e}"));
+        for cert in pem_blocks(root_pem, "CERTIFICATE").map_err(named("the root certificate"))? {
             pinned.push(
                 Certificate::parse(&cert)
                     .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?,
@@ -81,7 +84,8 @@ impl ClientTls {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| ClientError::Input(format!("server verifier: {e}")))?;
-        let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")?
+        let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")
+            .map_err(named("the client certificate"))?
             .into_iter()
             .map(CertificateDer::from)
             .collect();
@@ -463,13 +467,13 @@ pub async fn connect_tls(
         ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Url(url.to_owned()))?;
     let tcp = tokio::net::TcpStream::connect(&authority)
         .await
-        .map_err(ClientError::Connect)?;
+        .map_err(|e| ClientError::Connect(authority.clone(), e))?;
     let _ = tcp.set_nodelay(true);
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     let stream = connector
         .connect(server_name, tcp)
         .await
-        .map_err(ClientError::Connect)?;
+        .map_err(|e| ClientError::Connect(authority.clone(), e))?;
     Ok((stream, authority))
 }
 
@@ -502,10 +506,13 @@ impl Client {
             .and_then(|chain| chain.first())
             .map(|cert| cert.to_vec())
             .ok_or_else(|| {
-                ClientError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the broker presented no TLS certificate",
-                ))
+                ClientError::Connect(
+                    authority.clone(),
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the broker presented no TLS certificate",
+                    ),
+                )
             })?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -1161,3 +1161,45 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     assert!(!out.status.success());
     assert_clean_failure(&out, "is revoked");
 }
+
+#[test]
+fn common_mistakes_name_what_is_wrong() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    // A role that does not exist lists nothing silently: refused with the roles there are.
+    assert_clean_failure(
+        &hsm.seb(&["cert", "list", "--role", "agents"]),
+        "unknown --role \"agents\": one of agent, approver",
+    );
+    let root = hsm.trust("root.pem");
+    let request = |broker: &str, cert: &std::path::Path| {
+        hsm.seb(&[
+            "request",
+            "--broker",
+            broker,
+            "--ca",
+            root.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "k8s.read.pods",
+            "--resource",
+            "prod/x",
+            "--params",
+            "{}",
+        ])
+    };
+    // Nobody listening: the address tried is named.
+    let port = common::free_port();
+    assert_clean_failure(
+        &request(&format!("https://127.0.0.1:{port}"), &agent.cert),
+        &format!("cannot connect to 127.0.0.1:{port}"),
+    );
+    // A --cert that is not a certificate says which file is wrong, not just "no PEM block".
+    assert_clean_failure(
+        &request("https://127.0.0.1:1", &agent.key),
+        "the client certificate: no CERTIFICATE PEM block",
+    );
+}

@@ -555,8 +555,12 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     let issuer = match (store.issued_certificate(&serial)?, &args.issuer) {
         (Some(record), Some(named)) if record.issuer_label != *named => {
             return Err(format!(
-                "{serial} was issued by {:?}, not {named:?}; nothing was revoked",
-                record.issuer_label
+                "this broker's record says {serial} was issued by {:?}, not {named:?}; nothing \
+                 was revoked. A serial is revoked for every issuer at once: if {named:?} (an \
+                 offline intermediate) signed a certificate with this serial too, run this \
+                 again without --issuer, which also revokes the one {:?} issued, or revoke \
+                 {named:?} itself",
+                record.issuer_label, record.issuer_label
             )
             .into())
         }

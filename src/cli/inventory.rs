@@ -99,8 +99,28 @@ fn revoked_issuer(issuers: &[Certificate], revocations: &[Revocation]) -> Option
     })
 }
 
+/// The roles `seb cert list` records certificates under (`--role`).
+const LISTED_ROLES: [&str; 7] = [
+    "agent",
+    "approver",
+    "executor",
+    "intermediate",
+    "token",
+    "tls",
+    "audit",
+];
+
 /// `seb cert list`: one line per issued certificate.
 pub fn list(config: &Config, args: ListArgs) -> CliResult {
+    if let Some(role) = args.role.as_deref() {
+        if !LISTED_ROLES.contains(&role) {
+            return Err(format!(
+                "unknown --role {role:?}: one of {}",
+                LISTED_ROLES.join(", ")
+            )
+            .into());
+        }
+    }
     let within = args
         .expiring
         .as_deref()

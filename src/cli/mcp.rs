@@ -387,7 +387,7 @@ impl SebMcp {
             }
             Ok(Ok(r)) => refusal_from("executor", &r),
             // Not connected: the token was never presented.
-            Ok(Err(e @ seb::client::ClientError::Connect(_))) => Outcome::refused(
+            Ok(Err(e @ seb::client::ClientError::Connect(..))) => Outcome::refused(
                 "executor_unreachable",
                 format!(
                     "cannot reach the executor: {}; the token was not presented",
