@@ -623,35 +623,6 @@ fn after_sigkill_every_delivered_token_has_its_entry() {
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
 
-/// A tmpfs of a given size (tests run as root): a real fault that stops root too.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(path: PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("mount (tests run as root)");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs at {}",
-            path.display()
-        );
-        Self(path)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Asks `/healthz`, after `before` each time, until `fresh` holds of the answer (readiness
 /// answers are reused for up to a second, `HEALTH_TTL`), at most 10 s; returns that answer.
 fn fresh_health(
@@ -675,17 +646,7 @@ fn fresh_health(
 fn an_unwritable_log_stops_issuance_with_audit_unavailable_then_recovers() {
     let hsm = Hsm::initialised();
     let agent = hsm.agent("deploy-bot", DEPLOY);
-    let fs = SmallFs::mount(hsm.path("small-state"), "2m");
-    std::fs::create_dir_all(fs.0.join("trust")).unwrap();
-    for name in ["root.pem", "token.pem", "audit.pem", "tls.pem"] {
-        std::fs::copy(hsm.trust(name), fs.0.join("trust").join(name)).unwrap();
-    }
-    let config = std::fs::read_to_string(hsm.config()).unwrap();
-    std::fs::write(
-        hsm.config(),
-        config.replace("state_dir = \"state\"", "state_dir = \"small-state\""),
-    )
-    .unwrap();
+    let fs = hsm.state_on_small_fs("2m");
     let broker = Broker::start(&hsm);
     let s = Setup { hsm, broker, agent };
     let mut delivered = traffic(&s, 2);

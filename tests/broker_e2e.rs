@@ -1037,51 +1037,12 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
     });
 }
 
-/// A small tmpfs mounted for one test, unmounted on drop.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(path: std::path::PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("mount (tests run as root)");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs at {}",
-            path.display()
-        );
-        Self(path)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn full_store_means_503_and_no_token_then_recovery() {
     let hsm = Hsm::initialised();
     let agent = hsm.agent("deploy-bot", DEPLOY);
     // Move the state directory onto a 2 MiB filesystem.
-    let fs = SmallFs::mount(hsm.path("small-state"), "2m");
-    std::fs::create_dir_all(fs.0.join("trust")).unwrap();
-    for name in ["root.pem", "token.pem", "audit.pem", "tls.pem"] {
-        std::fs::copy(hsm.trust(name), fs.0.join("trust").join(name)).unwrap();
-    }
-    let config = std::fs::read_to_string(hsm.config()).unwrap();
-    std::fs::write(
-        hsm.config(),
-        config.replace("state_dir = \"state\"", "state_dir = \"small-state\""),
-    )
-    .unwrap();
+    let fs = hsm.state_on_small_fs("2m");
     let broker = Broker::start(&hsm);
     let s = Setup { hsm, broker, agent };
     let tls = s.hsm.tls(&s.agent, true);

@@ -1227,3 +1227,52 @@ pub fn spawn_serving(
         .to_owned();
     (child, url)
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (`2m`) at `path` (tests run as root).
+    pub fn mount(path: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (tests run as root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {}",
+            path.display()
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+impl Hsm {
+    /// Moves the initialised state directory (store and trust files) onto a small filesystem
+    /// of `size`, and points the configuration at it: a disk that can be filled.
+    pub fn state_on_small_fs(&self, size: &str) -> SmallFs {
+        let fs = SmallFs::mount(self.path("small-state"), size);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", self.path("state").display()))
+            .arg(&fs.0)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp -a state");
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(
+            self.config(),
+            config.replace("state_dir = \"state\"", "state_dir = \"small-state\""),
+        )
+        .unwrap();
+        fs
+    }
+}
