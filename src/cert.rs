@@ -291,6 +291,36 @@ impl Certificate {
     }
 }
 
+/// Whether two subjects (RFC 4514 strings, as [`Certificate::subject_string`] writes them) name
+/// the same entity as RFC 4518 prepares names for matching: case folded, and spaces at either
+/// end of a value or repeated inside one ignored. `CN=Alice,O=example`, `CN=alice ,O=example`
+/// and `CN=ALICE,O=example` are one name. Used where one person must not count twice (an
+/// approver, or the requester approving itself); it errs towards calling names the same.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a == b || name_key(a) == name_key(b)
+}
+
+/// [`same_name`]'s comparison form: escapes of spaces undone, case folded, whitespace runs
+/// collapsed and trimmed around the separators `,`, `+` and `=`.
+fn name_key(name: &str) -> String {
+    let folded = name.replace("\\ ", " ").to_lowercase();
+    let mut out = String::with_capacity(folded.len());
+    let mut space = false;
+    for c in folded.chars() {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        let separator = matches!(c, ',' | '+' | '=');
+        if space && !separator && !out.ends_with([',', '+', '=']) && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+    }
+    out
+}
+
 fn malformed(e: impl std::fmt::Display) -> CertError {
     CertError::Malformed(e.to_string())
 }
@@ -345,6 +375,25 @@ fn pem_der(pem: &[u8]) -> Result<Vec<u8>, CertError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn names_match_as_rfc_4518_prepares_them() {
+        for (a, b) in [
+            ("CN=Alice,O=example", "CN=alice,O=example"),
+            ("CN=agent\\ ,O=example", "CN=AGENT,O=example"),
+            ("CN=Jo  Smith,O=example", "CN=jo smith , O=Example"),
+        ] {
+            assert!(same_name(a, b), "{a} / {b}");
+        }
+        for (a, b) in [
+            ("CN=alice,O=example", "CN=alicia,O=example"),
+            ("CN=jo smith", "CN=josmith"),
+            ("CN=a,O=x", "CN=a,O=y"),
+        ] {
+            assert!(!same_name(a, b), "{a} / {b}");
+        }
+    }
+
     use super::*;
 
     #[test]

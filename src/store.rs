@@ -326,6 +326,17 @@ pub struct ApprovalRecord {
     pub approver_serials: Vec<crate::serial::Serial>,
 }
 
+impl ApprovalRecord {
+    /// Whether `other` was made by the same approver: the same certificate, the same key, or
+    /// the same subject as names are matched ([`crate::cert::same_name`]: case and
+    /// insignificant spaces do not make two people). Such an approver counts once.
+    pub fn same_approver(&self, other: &ApprovalRecord) -> bool {
+        self.approver == other.approver
+            || self.approver_key == other.approver_key
+            || crate::cert::same_name(&self.approver_subject, &other.approver_subject)
+    }
+}
+
 /// The token id and expiry reserved for a request in case an approval completes its quorum,
 /// so that the id is durable in the same commit as the approval that completes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -734,6 +734,16 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     );
     let r = decide(&s, &itself, &id, Decision::Approve, &digest);
     assert_eq!((r.status, code(&r)), (403, "self_approval"), "{}", r.text);
+    // A new key under the requester's name spelt in other case is the requester all the same
+    // (names match case-insensitively, RFC 4518).
+    let shouty = s.hsm.identity(
+        "deploy-bot-again",
+        "CN=Deploy-Bot",
+        "approver",
+        &["--group", "sre-leads"],
+    );
+    let r = decide(&s, &shouty, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "self_approval"), "{}", r.text);
 
     // None of these counted.
     let status = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
@@ -742,6 +752,20 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     // One approval, then one rejection closes the request; a later approval is refused.
     let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
     assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    // Alice again with a second key and her name in capitals counts once.
+    let alice_again = s.hsm.identity(
+        "alice-again",
+        "CN=ALICE",
+        "approver",
+        &["--group", "sre-leads"],
+    );
+    let r = decide(&s, &alice_again, &id, Decision::Approve, &digest);
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "duplicate_approval"),
+        "{}",
+        r.text
+    );
     let r = decide(&s, &s.bob, &id, Decision::Reject, &digest);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], "rejected");

@@ -259,7 +259,7 @@ impl Broker {
             });
         }
         if peer.thumbprint == record.agent
-            || peer.subject == record.agent_subject
+            || crate::cert::same_name(&peer.subject, &record.agent_subject)
             || peer.key_id == pending.agent_key
         {
             return Err(BrokerError::SelfApproval);

@@ -173,16 +173,10 @@ fn add(
         expired_event(db, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
-    if db.exists(
-        "SELECT 1 FROM approvals WHERE request_id = $1
-         AND (approver = $2 OR approver_subject = $3 OR approver_key = $4)",
-        &[
-            id,
-            &approval.approver,
-            &approval.approver_subject,
-            &approval.approver_key,
-        ],
-    )? {
+    if approvals_of(db, id)?
+        .iter()
+        .any(|a| a.same_approver(approval))
+    {
         return Ok(Ok(ApprovalOutcome::Duplicate));
     }
     db.execute(

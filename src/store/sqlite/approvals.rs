@@ -167,23 +167,12 @@ pub(super) fn add(
         expired_event(c, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
-    let seen: Option<i64> = c
-        .prepare_cached(
-            "SELECT 1 FROM approvals WHERE request_id = ?1
-             AND (approver = ?2 OR approver_subject = ?3 OR approver_key = ?4)",
-        )?
-        .query_row(
-            params![
-                id,
-                approval.approver,
-                approval.approver_subject,
-                approval.approver_key
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if seen.is_some() {
-        return Ok(Ok(ApprovalOutcome::Duplicate));
+    match approvals_of(c, id)? {
+        Ok(before) if before.iter().any(|a| a.same_approver(approval)) => {
+            return Ok(Ok(ApprovalOutcome::Duplicate));
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Err(e)),
     }
     c.prepare_cached(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
