@@ -251,6 +251,10 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     let out = attest_verify(&s);
     common::assert_success(&out, "seb attest verify");
     assert!(String::from_utf8_lossy(&out.stdout).contains("attestation OK"));
+    // The trust bundle carries the attestation key's certificate (ARCHITECTURE §7).
+    let bundle = call(&s, &s.agent, "GET", "/v1/trust", None);
+    let ak = std::fs::read_to_string(s.hsm.trust("ak.pem")).unwrap();
+    assert!(bundle.text.contains(ak.trim()), "{}", bundle.text);
 
     // Tokens carry the self-attestation.
     let r = request(&s);

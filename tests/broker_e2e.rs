@@ -188,6 +188,26 @@ fn each_grant_violation_has_its_own_code() {
             assert_eq!(r.status, 403, "{body} -> {}", r.text);
             assert_eq!(error_code(&r), code, "{body}");
             assert!(r.body.get("token").is_none());
+            // The denial names its record, which the agent can read back with the digest of
+            // what it asked.
+            let id = r.body["error"]["request_id"].as_str().unwrap().to_owned();
+            let got = c
+                .send("GET", &format!("/v1/executions/{id}"), None)
+                .await
+                .unwrap();
+            assert_eq!(got.body["status"], "denied", "{}", got.text);
+            let digest = seb::canonical::request_digest(
+                body["operation"].as_str().unwrap(),
+                body["resource"].as_str().unwrap(),
+                &body["params"],
+            )
+            .unwrap();
+            assert_eq!(
+                got.body["request_digest"],
+                seb::base64url::encode(&digest),
+                "{}",
+                got.text
+            );
         }
     });
 

@@ -93,3 +93,54 @@ fn openapi_document_matches_the_router() {
         );
     }
 }
+
+/// The snake_case string literals in the body of `fn disposition` in `file`: the error codes
+/// that function can answer with (its messages have spaces, so they are not taken).
+fn disposition_codes(file: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(common::repo().join(file)).unwrap();
+    let start = text.find("fn disposition(").unwrap();
+    let body = &text[start..];
+    let end = body.find("\n    }\n").unwrap();
+    body[..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && !s.starts_with('_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_error_code_the_broker_answers_with_is_in_the_documented_enum() {
+    // A client validating answers against docs/openapi.json must not meet a code it lists
+    // nowhere.
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let documented: BTreeSet<String> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let mut answered = disposition_codes("src/broker/error.rs");
+    answered.extend(disposition_codes("src/server/error.rs"));
+    answered.extend(
+        seb::authz::DenyCode::ALL
+            .iter()
+            .map(|c| c.as_str().to_owned()),
+    );
+    answered.insert("not_ready".into());
+    assert!(answered.len() > 40, "{answered:?}");
+    let missing: Vec<_> = answered.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "codes missing from docs/openapi.json: {missing:?}"
+    );
+}

@@ -276,6 +276,13 @@ impl Broker {
         let (grant_ttl, approval, digest) = match decision {
             Decision::Deny { code, reason } => {
                 record.deny_code = Some(code.as_str().to_owned());
+                // What was asked, by digest, as for a grant (when it has a canonical form).
+                if let Ok(digest) =
+                    crate::canonical::request_digest(&req.operation, &req.resource, &req.params)
+                {
+                    record.request_digest = base64url::encode(&digest);
+                    entry.request_digest = Some(record.request_digest.clone());
+                }
                 entry.decision = Some("denied".into());
                 entry.code = record.deny_code.clone();
                 // A denial is final whether or not it could be recorded (in the store and

@@ -195,8 +195,9 @@ impl TrustDir {
     }
 
     /// The PEM bundle relying parties need (`GET /v1/trust`): root, token, audit and TLS
-    /// certificates, then every intermediate so agent paths can be built from the bundle
-    /// alone. Files that do not exist are left out.
+    /// certificates, the attestation key's when the broker has one (ARCHITECTURE §7), then
+    /// every intermediate so agent paths can be built from the bundle alone. Files that do not
+    /// exist are left out.
     pub fn bundle_pem(&self) -> String {
         self.bundle_pem_with(&[])
     }
@@ -208,6 +209,7 @@ impl TrustDir {
         let mut bundle = String::new();
         let mut files = vec![self.root_path()];
         files.extend(SERVICE_FILES.iter().map(|name| self.dir.join(name)));
+        files.push(self.ak_path());
         files.extend(retired.iter().map(|name| self.retired_dir().join(name)));
         files.extend(self.intermediate_files().unwrap_or_default());
         for path in files {

@@ -159,6 +159,8 @@ pub struct ApiError {
     pub message: String,
     /// Made by the HTTP layer (an [`HttpError`]), which the broker's metrics do not see.
     http_layer: bool,
+    /// The request a denial was recorded under (`GET /v1/executions/{id}`, the audit log).
+    request_id: Option<String>,
 }
 
 /// Marks a response as an [`HttpError`] refusal, for the request counter.
@@ -177,6 +179,7 @@ impl From<HttpError> for ApiError {
             code,
             message,
             http_layer: true,
+            request_id: None,
         }
     }
 }
@@ -184,6 +187,10 @@ impl From<HttpError> for ApiError {
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         let disposition = e.disposition();
+        let request_id = match &e {
+            BrokerError::Denied { request_id, .. } => request_id.clone(),
+            _ => None,
+        };
         let status =
             StatusCode::from_u16(disposition.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
@@ -196,13 +203,17 @@ impl From<BrokerError> for ApiError {
             code: disposition.code,
             message: disposition.message,
             http_layer: false,
+            request_id,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(id) = self.request_id {
+            body["error"]["request_id"] = json!(id);
+        }
         let mut response = (self.status, Json(body)).into_response();
         if self.http_layer {
             response
