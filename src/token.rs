@@ -50,6 +50,11 @@ pub struct Claims {
     pub cnf: Confirmation,
     /// What the token authorizes: exactly one entry.
     pub authorization_details: Vec<AuthorizationDetail>,
+    /// The parameters' digest at the top level as well (ARCHITECTURE §6 lists it as a claim of
+    /// its own): always equal to `authorization_details[0].params_digest`, which verifiers
+    /// check. Absent from tokens of brokers before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_digest: Option<String>,
     /// The broker's latest good self-attestation, when the broker attests.
     pub att: Option<Attestation>,
     /// The audit entry that recorded the grant, when the audit log is enabled.
@@ -193,6 +198,7 @@ mod tests {
             cnf: Confirmation {
                 x5t_s256: b64(&[1; 32]),
             },
+            params_digest: Some(b64(&[2; 48])),
             authorization_details: vec![AuthorizationDetail {
                 kind: DETAIL_TYPE.into(),
                 operation: "deploy.rollout".into(),

@@ -90,6 +90,7 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
         cnf: Confirmation {
             x5t_s256: b64(&agent_cert.thumbprint_sha256().unwrap()),
         },
+        params_digest: Some(b64(&seb::canonical::params_digest(&params).unwrap())),
         authorization_details: vec![AuthorizationDetail {
             kind: DETAIL_TYPE.into(),
             operation: "deploy.rollout".into(),

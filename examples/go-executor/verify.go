@@ -388,7 +388,8 @@ func hasExtension(cert *x509.Certificate, oid asn1.ObjectIdentifier) bool {
 }
 
 var claimNames = map[string]bool{"iss": true, "sub": true, "jti": true, "iat": true, "nbf": true, "exp": true,
-	"cnf": true, "authorization_details": true, "att": true, "audit": true, "epoch": true, "approvals": true}
+	"cnf": true, "authorization_details": true, "params_digest": true, "att": true, "audit": true, "epoch": true,
+	"approvals": true}
 
 func readClaims(raw []byte) (*claims, error) {
 	bad := func(what string) error { return refuse("invalid_claims", "%s", what) }
@@ -467,6 +468,12 @@ func readClaims(raw []byte) (*claims, error) {
 		case "type", "operation", "resource", "params_digest", "request_digest", "approvals", "approval_group":
 		default:
 			return nil, bad("unknown member " + k + " in the authorization detail")
+		}
+	}
+	// The top-level copy of the digest (optional) must name the same parameters.
+	if top, present := m["params_digest"]; present {
+		if s, ok := top.(string); !ok || s != c.Detail.ParamsDigest {
+			return nil, bad("params_digest differs from the authorization detail's")
 		}
 	}
 	return c, nil

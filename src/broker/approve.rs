@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::audit::{cert_ref, entry_now};
-use super::request::{time_ordered_id, ApprovalSummary, IssuingGuard};
+use super::request::{token_id, ApprovalSummary, IssuingGuard};
 use super::{Broker, BrokerError, Caller, ExecutionResponse, ExecutionState, Peer};
 use crate::approval::{self, Decision};
 use crate::audit::entry::EntryKind;
@@ -343,7 +343,7 @@ impl Broker {
         let iat = unix(now);
         let exp = iat + ttl.as_secs().max(1);
         let reserve = ReservedToken {
-            jti: time_ordered_id()?,
+            jti: token_id()?,
             expires_at: from_unix(exp),
         };
         let approval = ApprovalRecord {
@@ -404,6 +404,7 @@ impl Broker {
         let params: Value = serde_json::from_str(&record.params)
             .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
         let params_digest = crate::canonical::params_digest(&params)
+            .map(|d| base64url::encode(&d))
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         let claims = Claims {
             iss: self.config.broker_id.clone(),
@@ -415,11 +416,12 @@ impl Broker {
             cnf: Confirmation {
                 x5t_s256: record.agent.clone(),
             },
+            params_digest: Some(params_digest.clone()),
             authorization_details: vec![AuthorizationDetail {
                 kind: token::DETAIL_TYPE.into(),
                 operation: record.operation.clone(),
                 resource: record.resource.clone(),
-                params_digest: base64url::encode(&params_digest),
+                params_digest: params_digest.clone(),
                 request_digest: record.request_digest.clone(),
                 approvals: required,
                 approval_group: Some(pending.group.clone()),

@@ -344,13 +344,14 @@ impl Broker {
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
         let iat = unix(now);
         let exp = iat + grant_ttl.as_secs().max(1);
-        let jti = time_ordered_id()?;
+        let jti = token_id()?;
         let epoch = self.epoch();
         entry.kind = EntryKind::ExecutionGranted;
         entry.decision = Some("granted".into());
         entry.jti = Some(jti.clone());
         entry.expires_at = Some(exp);
         entry.epoch = Some(epoch);
+        let params_digest = base64url::encode(&params_digest);
         let mut claims = Claims {
             iss: self.config.broker_id.clone(),
             sub: peer.subject.clone(),
@@ -361,11 +362,12 @@ impl Broker {
             cnf: Confirmation {
                 x5t_s256: peer.thumbprint.clone(),
             },
+            params_digest: Some(params_digest.clone()),
             authorization_details: vec![AuthorizationDetail {
                 kind: token::DETAIL_TYPE.into(),
                 operation: req.operation,
                 resource: req.resource,
-                params_digest: base64url::encode(&params_digest),
+                params_digest,
                 request_digest: record.request_digest.clone(),
                 approvals: 0,
                 approval_group: None,
@@ -603,15 +605,24 @@ pub fn is_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// A request or token id: 48 bits of milliseconds since the Unix epoch, then 128 random bits,
+/// A request id: 48 bits of milliseconds since the Unix epoch, then 128 random bits,
 /// base64url (30 characters). The random part makes ids unique and unguessable; the time
-/// prefix makes the store's indexes grow at one end, so that a group commit of many
-/// issuances touches a few index pages rather than one per token.
+/// prefix makes the store's primary index grow at one end, so that a group commit of many
+/// issuances touches a few index pages rather than one per request.
 pub(super) fn time_ordered_id() -> Result<String, BrokerError> {
     let millis = unix_millis(SystemTime::now());
     let mut id = [0u8; 22];
     id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     getrandom::fill(&mut id[6..])
         .map_err(|e| BrokerError::Internal(format!("no randomness: {e}")))?;
+    Ok(base64url::encode(&id))
+}
+
+/// A token id (`jti`): 128 random bits, base64url (22 characters), as ARCHITECTURE §6 gives
+/// it. Nothing about it but its uniqueness can be read or guessed (not even when it was made:
+/// `iat` says that).
+pub(super) fn token_id() -> Result<String, BrokerError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| BrokerError::Internal(format!("no randomness: {e}")))?;
     Ok(base64url::encode(&id))
 }

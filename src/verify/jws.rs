@@ -150,6 +150,17 @@ pub fn decode_verified<'c>(
             reason: format!("type {:?}, expected {DETAIL_TYPE:?}", detail.kind),
         });
     }
+    // Two places for one digest: they must agree, or an executor reading one and a verifier
+    // checking the other would act on different parameters.
+    if claims
+        .params_digest
+        .as_ref()
+        .is_some_and(|top| *top != detail.params_digest)
+    {
+        return Err(VerifyError::InvalidClaims {
+            reason: "params_digest differs from authorization_details[0].params_digest".into(),
+        });
+    }
     Ok(Decoded {
         header,
         claims,

@@ -149,6 +149,7 @@ impl Fixture {
             cnf: Confirmation {
                 x5t_s256: b64(&self.agent.thumbprint_sha256().unwrap()),
             },
+            params_digest: Some(b64(&crate::canonical::params_digest(&params()).unwrap())),
             authorization_details: vec![AuthorizationDetail {
                 kind: DETAIL_TYPE.into(),
                 operation: "deploy.rollout".into(),
@@ -314,6 +315,18 @@ fn signature_only_is_an_explicit_call_with_its_own_result() {
     let other = f.mint(&f.header(), &claims);
     assert!(verify_signature_only(&other, &f.trust, &TokenRules::at(now())).is_ok());
     assert_eq!(f.code(&other), "wrong_operation");
+}
+
+#[test]
+fn the_top_level_params_digest_must_agree_with_the_detail() {
+    let f = Fixture::new();
+    // Signed by the token key, but the two digests name different parameters.
+    let mut claims = f.claims();
+    claims.params_digest = Some(b64(&[9; 48]));
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_claims");
+    // A token without it (an older broker's) still verifies.
+    claims.params_digest = None;
+    assert_eq!(f.code(&f.mint(&f.header(), &claims)), "ok");
 }
 
 #[test]

@@ -105,6 +105,9 @@ detail = claims["authorization_details"][0]
 assert (detail["operation"], detail["resource"]) == ("demo.write", "demo/files"), detail
 params = json.loads(read("params.json"))
 assert detail["params_digest"] == b64url(hashlib.sha384(jcs(params)).digest()), detail
+# ARCHITECTURE §6: the digest is also a claim of its own, and jti is a 128-bit random id.
+assert claims["params_digest"] == detail["params_digest"], claims
+assert len(unb64url(claims["jti"])) == 16, claims["jti"]
 # Changing one character of the claims must break the signature.
 head, body, sig = token.split(".")
 forged = json.loads(unb64url(body))

@@ -52,9 +52,9 @@ _ORDERS = {
                      "581a0db248b0a77aecec196accc52973", 16),
     "secp256r1": int("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551", 16),
 }
-_CLAIMS = {"iss", "sub", "jti", "iat", "nbf", "exp", "cnf", "authorization_details", "att",
-           "audit", "epoch", "approvals"}
-_OPTIONAL_CLAIMS = {"att", "audit"}
+_CLAIMS = {"iss", "sub", "jti", "iat", "nbf", "exp", "cnf", "authorization_details",
+           "params_digest", "att", "audit", "epoch", "approvals"}
+_OPTIONAL_CLAIMS = {"att", "audit", "params_digest"}
 _PROCESSED_EXTENSIONS = {
     ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
     ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.SUBJECT_KEY_IDENTIFIER,
@@ -308,8 +308,13 @@ def _check_claim_types(c: dict) -> None:
         for a in c["approvals"]:
             ok = ok and isinstance(a, dict) and set(a) == {"x5t#S256", "sig"}
             ok = ok and all(isinstance(v, str) for v in a.values())
+        ok = ok and isinstance(c.get("params_digest", ""), str)
     if not ok:
         raise fail("invalid_claims", "a claim is missing, unknown or of the wrong type")
+    # The top-level copy of the digest must name the same parameters as the detail's.
+    details = c["authorization_details"]
+    if "params_digest" in c and len(details) == 1 and c["params_digest"] != details[0]["params_digest"]:
+        raise fail("invalid_claims", "params_digest differs from authorization_details[0]")
 
 
 # -- certificates -----------------------------------------------------------------------------
