@@ -389,7 +389,7 @@ pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError
         .await
         .unwrap_or_else(|_| vec![("health", Err("health check task failed".into()))]);
     // Warnings do not make the broker unready: an expiring certificate still works today.
-    let warnings: Vec<serde_json::Value> = app
+    let mut warnings: Vec<serde_json::Value> = app
         .broker
         .expiring_certificates(SystemTime::now())
         .into_iter()
@@ -405,6 +405,14 @@ pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError
             })
         })
         .collect();
+    if app.broker.config().attestation.is_none() {
+        // Allowed (a host without a TPM), but a security team should see it on every probe.
+        warnings.push(json!({
+            "check": "attestation",
+            "message": "no [attestation] is configured: the broker does not attest its own boot \
+                        state and its tokens carry no `att` claim (docs/ATTESTATION.md)",
+        }));
+    }
     let failing = checks.iter().find_map(|(name, result)| {
         result
             .as_ref()
