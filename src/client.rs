@@ -568,7 +568,7 @@ impl Client {
         // The broker's own strict parser: what a caller reads from an answer (an audit entry it
         // hashes, a grant it shows) must not depend on which of two duplicate keys is kept.
         // Anything else is kept as text.
-        let body = crate::json::parse_strict(&bytes)
+        let body = crate::json::parse_unambiguous(&bytes)
             .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
         Ok(ApiResponse { status, body, text })
     }

@@ -1,11 +1,13 @@
 //! Strict JSON, for every JSON value whose meaning must not depend on the parser: the broker's
 //! request bodies and the parameters an executor checks a token against. Duplicate object keys
 //! are refused (two parsers must never disagree about which value was granted: serde_json keeps
-//! the last, other parsers the first), nesting is bounded, numbers must be finite, and an
-//! integer written without a fraction or exponent must lie within ±(2^53−1). Such an integer
-//! beyond 64 bits would otherwise reach serde_json as a rounded double: `18446744073709551616`
-//! and `18446744073709551617` would be one value (and one digest) here and two values to a
-//! parser with big integers (Python's), so an executor could act on a number nobody approved.
+//! the last, other parsers the first), nesting is bounded, and every number must lie within
+//! ±(2^53−1) however it is written (RFC 7493 §2.2). An integer beyond 64 bits would otherwise
+//! reach serde_json as a rounded double: `18446744073709551616` and `18446744073709551617`
+//! would be one value (and one digest) here and two values to a parser with big integers
+//! (Python's), so an executor could act on a number nobody approved. A double that large is
+//! whole, and its canonical form (`1e16` is `10000000000000000`) reads back as an integer no
+//! strict reader takes, so it is refused too.
 //!
 //! Pure and without I/O, so the offline verifier (`--no-default-features`) uses the same parser
 //! as the broker. It must never accept a document another JSON parser could read differently.
@@ -24,28 +26,36 @@ pub enum StrictJsonError {
     /// a number beyond the double range, trailing data).
     #[error("{0}")]
     Syntax(#[from] serde_json::Error),
-    /// An integer literal outside ±(2^53−1): well-formed JSON, but not a value every parser
-    /// holds the same way (RFC 7493 §2.2).
-    #[error("integer {0} is outside the I-JSON safe range ±(2^53-1)")]
-    UnsafeInteger(String),
+    /// A number outside ±(2^53−1): well-formed JSON, but not a value every parser holds the
+    /// same way (RFC 7493 §2.2).
+    #[error("number {0} is outside the I-JSON safe range ±(2^53-1)")]
+    UnsafeNumber(String),
 }
 
-/// Parses `bytes` as one JSON value, refusing duplicate keys, deep nesting and integer
-/// literals outside ±(2^53−1).
+/// Parses `bytes` as one JSON value, refusing duplicate keys, deep nesting and numbers
+/// outside ±(2^53−1): what a request, or parameters an executor checks, must be.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Seed { depth: 0 }.deserialize(&mut de)?;
-    de.end()?;
-    if let Some(literal) = unsafe_integer_literal(bytes) {
-        return Err(StrictJsonError::UnsafeInteger(literal));
+    let value = parse_unambiguous(bytes)?;
+    if let Some(literal) = unsafe_number(bytes) {
+        return Err(StrictJsonError::UnsafeNumber(literal));
     }
     Ok(value)
 }
 
-/// The first integer literal (a number token with neither fraction nor exponent) whose
-/// magnitude exceeds 2^53−1, shortened for a message. `bytes` must already have parsed as
-/// JSON: strings are then well formed, so every number token lies outside them.
-fn unsafe_integer_literal(bytes: &[u8]) -> Option<String> {
+/// Parses `bytes` refusing duplicate keys and deep nesting only: for reading a broker's
+/// answers, whose stored values this seb may not have written (a record kept by an older
+/// one), where a number is shown, not acted on.
+pub fn parse_unambiguous(bytes: &[u8]) -> Result<Value, StrictJsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Seed { depth: 0 }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// The first number token whose magnitude exceeds 2^53−1, shortened for a message. `bytes`
+/// must already have parsed as JSON: strings are then well formed, so every number token lies
+/// outside them.
+fn unsafe_number(bytes: &[u8]) -> Option<String> {
     let mut i = 0;
     let mut in_string = false;
     while i < bytes.len() {
@@ -76,14 +86,21 @@ fn unsafe_integer_literal(bytes: &[u8]) -> Option<String> {
                 let token = &bytes[start..i];
                 let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
                 let digits = token.strip_prefix(b"-").unwrap_or(token);
-                // A valid JSON integer has no leading zeros, so more than 16 digits is always
-                // at least 10^16 > 2^53−1.
-                let safe = digits.len() <= 16
-                    && std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| d.parse::<u64>().ok())
-                        .is_some_and(|n| n <= crate::canonical::MAX_SAFE_INTEGER);
-                if integer && !safe {
+                let text = std::str::from_utf8(digits).ok();
+                let safe = if integer {
+                    // A valid JSON integer has no leading zeros, so more than 16 digits is
+                    // always at least 10^16 > 2^53−1.
+                    digits.len() <= 16
+                        && text
+                            .and_then(|d| d.parse::<u64>().ok())
+                            .is_some_and(|n| n <= crate::canonical::MAX_SAFE_INTEGER)
+                } else {
+                    // 2^53−1 is exact as a double: a fraction or exponent that rounds above it
+                    // (or to infinity, which the parse above already refused) is refused.
+                    text.and_then(|d| d.parse::<f64>().ok())
+                        .is_some_and(|f| f <= crate::canonical::MAX_SAFE_INTEGER as f64)
+                };
+                if !safe {
                     let shown = String::from_utf8_lossy(&token[..token.len().min(40)]);
                     let more = if token.len() > 40 { "…" } else { "" };
                     return Some(format!("{shown}{more}"));
@@ -207,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn integer_literals_beyond_the_safe_range_are_refused_at_any_size() {
+    fn numbers_beyond_the_safe_range_are_refused_however_written() {
         for text in [
             "9007199254740992",
             "-9007199254740992",
@@ -221,20 +238,41 @@ mod tests {
             assert!(
                 matches!(
                     parse_strict(doc.as_bytes()),
-                    Err(StrictJsonError::UnsafeInteger(_))
+                    Err(StrictJsonError::UnsafeNumber(_))
                 ),
                 "{text}"
             );
         }
-        // Safe integers, floats (a double by definition) and numbers inside strings pass.
+        // Written as doubles, the same: whole numbers whose canonical form reads back as an
+        // integer beyond the range.
+        for text in [
+            "1e16",
+            "-1E16",
+            "9007199254740992.0",
+            "1.5e300",
+            "18446744073709551616.0",
+        ] {
+            let doc = format!(r#"{{"n":{text}}}"#);
+            assert!(
+                matches!(
+                    parse_strict(doc.as_bytes()),
+                    Err(StrictJsonError::UnsafeNumber(_))
+                ),
+                "{text}"
+            );
+            // A broker's answer holding one (a record an older seb kept) is still readable.
+            assert!(parse_unambiguous(doc.as_bytes()).is_ok(), "{text}");
+        }
+        // Safe numbers and numbers inside strings pass.
         for text in [
             r#"9007199254740991"#,
             r#"-9007199254740991"#,
+            r#"9007199254740991.0"#,
             r#"0"#,
             r#"-0"#,
-            r#"18446744073709551616.0"#,
-            r#"1e20"#,
-            r#"1.5E+300"#,
+            r#"1e15"#,
+            r#"-2.5E-300"#,
+            r#"0.1"#,
             r#""18446744073709551616""#,
             r#""a\"18446744073709551616""#,
             r#""\\" "#,

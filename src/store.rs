@@ -91,14 +91,14 @@ mod write_health {
             health.succeeded();
             assert!(health.get().is_err(), "held for FAILURE_HOLD");
             // Once the hold has passed, the success counts; without a success it never does.
-            let long_ago = Instant::now().checked_sub(FAILURE_HOLD * 2);
-            if let Some(at) = long_ago {
-                health.0.lock().unwrap().as_mut().unwrap().at = at;
-                assert!(health.get().is_ok());
-                health.failed("disk full");
-                health.0.lock().unwrap().as_mut().unwrap().at = at;
-                assert!(health.get().is_err(), "no commit has succeeded since");
-            }
+            let at = Instant::now()
+                .checked_sub(FAILURE_HOLD * 2)
+                .expect("the monotonic clock is past the hold");
+            health.0.lock().unwrap().as_mut().unwrap().at = at;
+            assert!(health.get().is_ok());
+            health.failed("disk full");
+            health.0.lock().unwrap().as_mut().unwrap().at = at;
+            assert!(health.get().is_err(), "no commit has succeeded since");
         }
     }
 }

@@ -30,6 +30,12 @@ pub struct Header {
     pub kid: String,
 }
 
+/// An optional claim that, when present, is a string: `null` is refused, as the other
+/// verifiers (Python, Go) refuse it, rather than read as absent.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// The claims of an execution token (ARCHITECTURE.md §6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,8 +58,12 @@ pub struct Claims {
     pub authorization_details: Vec<AuthorizationDetail>,
     /// The parameters' digest at the top level as well (ARCHITECTURE §6 lists it as a claim of
     /// its own): always equal to `authorization_details[0].params_digest`, which verifiers
-    /// check. Absent from tokens of brokers before it was added.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// check. Absent from tokens of brokers before it was added; never `null`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub params_digest: Option<String>,
     /// The broker's latest good self-attestation, when the broker attests.
     pub att: Option<Attestation>,

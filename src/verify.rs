@@ -579,16 +579,16 @@ fn check_approvals(
             });
         }
         let key = spki_der(cert)?;
+        // Names compared as the broker compares them (`cert::same_name`).
         if approval.x5t_s256 == claims.cnf.x5t_s256
-            || subject == claims.sub
+            || crate::cert::same_name(&subject, &claims.sub)
             || agent_key.as_ref() == Some(&key)
         {
             return Err(VerifyError::SelfApproval { subject });
         }
-        if seen
-            .iter()
-            .any(|(x5t, s, k)| *x5t == approval.x5t_s256 || *s == subject || *k == key)
-        {
+        if seen.iter().any(|(x5t, s, k)| {
+            *x5t == approval.x5t_s256 || crate::cert::same_name(s, &subject) || *k == key
+        }) {
             return Err(VerifyError::DuplicateApprover { subject });
         }
         let signature = jws::strict_b64("approval signature", &approval.sig).map_err(|_| {

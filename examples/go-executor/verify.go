@@ -311,10 +311,12 @@ func checkApprovals(c *claims, t *trust, approvers []*x509.Certificate, agent *x
 			return refuse("wrong_approval_group", "%s is not in %s", cert.Subject, c.Detail.ApprovalGroup)
 		}
 		key, _ := x509.MarshalPKIXPublicKey(cert.PublicKey)
-		if entry.X5t == c.Cnf || bytes.Equal(cert.RawSubject, agent.RawSubject) || bytes.Equal(key, agentKey) {
+		// Names compared as the broker compares approvers (case- and space-insensitively).
+		if entry.X5t == c.Cnf || nameKey(cert.Subject.String()) == nameKey(agent.Subject.String()) ||
+			bytes.Equal(key, agentKey) {
 			return refuse("self_approval", "%s is the agent", cert.Subject)
 		}
-		for _, id := range []string{"c" + entry.X5t, "s" + string(cert.RawSubject), "k" + string(key)} {
+		for _, id := range []string{"c" + entry.X5t, "s" + nameKey(cert.Subject.String()), "k" + string(key)} {
 			if seen[id] {
 				return refuse("duplicate_approver", "%s appears twice", cert.Subject)
 			}
@@ -477,4 +479,45 @@ func readClaims(raw []byte) (*claims, error) {
 		}
 	}
 	return c, nil
+}
+
+// nameKey is a subject as the broker compares approvers (seb::cert::same_name): lower case,
+// escaped spaces unescaped, runs of spaces collapsed and dropped next to an unescaped ',', '+'
+// or '='; escaped separators stay part of the value.
+func nameKey(name string) string {
+	var out strings.Builder
+	space, afterSeparator := false, true
+	runes := []rune(strings.ToLower(name))
+	for i := 0; i < len(runes); i++ {
+		c := runes[i]
+		if c == '\\' {
+			i++
+			if i >= len(runes) {
+				out.WriteRune('\\')
+				break
+			}
+			if runes[i] == ' ' {
+				space = true
+				continue
+			}
+			if space && !afterSeparator {
+				out.WriteRune(' ')
+			}
+			out.WriteRune('\\')
+			out.WriteRune(runes[i])
+			space, afterSeparator = false, false
+			continue
+		}
+		if c == ' ' || c == '\t' || c == '\n' || c == '\r' {
+			space = true
+			continue
+		}
+		separator := c == ',' || c == '+' || c == '='
+		if space && !separator && !afterSeparator {
+			out.WriteRune(' ')
+		}
+		out.WriteRune(c)
+		space, afterSeparator = false, separator
+	}
+	return out.String()
 }

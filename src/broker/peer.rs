@@ -158,8 +158,12 @@ impl PeerCache {
             .first()
             .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
         let slot = key_id(leaf)?;
-        if let Some(peer) = self.lookup(&slot, &chain) {
-            return Ok(peer);
+        // The chain hash covers the first MAX_PRESENTED certificates only: a longer chain must
+        // never be answered from the entry of its first part.
+        if presented.len() <= MAX_PRESENTED {
+            if let Some(peer) = self.lookup(&slot, &chain) {
+                return Ok(peer);
+            }
         }
         // More than are looked at: the path cannot be judged from a part of what was sent.
         let too_many =
@@ -183,6 +187,9 @@ impl PeerCache {
     /// The cached identity for exactly these chain bytes, if there is one: what
     /// [`PeerCache::peer`] would return without validating. Parses only the leaf.
     pub(crate) fn cached(&self, presented: &[Vec<u8>]) -> Option<Arc<Peer>> {
+        if presented.len() > MAX_PRESENTED {
+            return None;
+        }
         let leaf = Certificate::parse(presented.first()?).ok()?;
         let slot = key_id(&leaf).ok()?;
         self.lookup(&slot, &chain_hash(presented))
@@ -324,6 +331,23 @@ mod tests {
             .unwrap();
         assert!(refused.chain.is_err());
         assert!(cache.cached(std::slice::from_ref(&foreign)).is_none());
+        // A chain longer than what is looked at, whose first part was cached, is not taken
+        // from that entry: it is refused as too long, both ways in.
+        let mut long = vec![der.clone()];
+        long.extend(std::iter::repeat_n(
+            root.cert.to_der_bytes().unwrap(),
+            MAX_PRESENTED,
+        ));
+        let first_part = &long[..MAX_PRESENTED];
+        assert!(cache.peer(first_part, &roots, now()).unwrap().chain.is_ok());
+        assert!(cache.cached(first_part).is_some());
+        assert!(cache.cached(&long).is_none());
+        let peer = cache.peer(&long, &roots, now()).unwrap();
+        assert!(
+            matches!(peer.chain, Err(ChainError::TooManyCertificates { .. })),
+            "{:?}",
+            peer.chain
+        );
     }
 
     #[test]

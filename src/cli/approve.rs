@@ -140,7 +140,16 @@ fn fetch_pending(connection: &BrokerConnection) -> Result<Value, CliError> {
     if response.status != 200 {
         return Err(api_error(&response));
     }
-    Ok(response.body["requests"].clone())
+    // An answer that is not the list (unreadable JSON, another shape) is an error, never "no
+    // open requests": an approver must not be told there is nothing to decide.
+    match &response.body["requests"] {
+        requests @ Value::Array(_) => Ok(requests.clone()),
+        _ => Err(format!(
+            "the broker's list of pending requests is unreadable: {}",
+            response.text.chars().take(200).collect::<String>()
+        )
+        .into()),
+    }
 }
 
 fn call<F, Fut>(connection: &BrokerConnection, f: F) -> Result<ApiResponse, CliError>

@@ -123,7 +123,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     let value = crate::json::parse_strict(&bytes).map_err(|e| match e {
         // Well-formed JSON with a number not every parser holds alike: the same code as an
         // unsafe integer found while canonicalising the parameters.
-        crate::json::StrictJsonError::UnsafeInteger(_) => HttpError::InvalidBody(e.to_string()),
+        crate::json::StrictJsonError::UnsafeNumber(_) => HttpError::InvalidBody(e.to_string()),
         crate::json::StrictJsonError::Syntax(_) => HttpError::MalformedJson(e.to_string()),
     })?;
     // Every body is an object: serde would otherwise fill a struct from an array by position.

@@ -324,9 +324,15 @@ fn the_top_level_params_digest_must_agree_with_the_detail() {
     let mut claims = f.claims();
     claims.params_digest = Some(b64(&[9; 48]));
     assert_eq!(f.code(&f.mint(&f.header(), &claims)), "invalid_claims");
-    // A token without it (an older broker's) still verifies.
+    // A token without it (an older broker's) still verifies; `null` is not "without it".
     claims.params_digest = None;
     assert_eq!(f.code(&f.mint(&f.header(), &claims)), "ok");
+    let mut raw = serde_json::to_value(&claims).unwrap();
+    raw["params_digest"] = serde_json::Value::Null;
+    assert_eq!(
+        f.code(&f.mint_json(&f.header_json(), &raw)),
+        "invalid_claims"
+    );
 }
 
 #[test]
@@ -1337,6 +1343,17 @@ fn removed_altered_or_misplaced_approvals_fail() {
     let mut c = q.claims();
     c.approvals[1] = c.approvals[0].clone();
     assert_eq!(q.code(&c), "duplicate_approver");
+    // Alice again under a second key, her name in capitals: the same person, as the broker
+    // counts approvers (`cert::same_name`).
+    let shouting = approver(&q.f.root, "ALICE", &["sre-leads"]);
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &shouting.0, &shouting.1);
+    let mut approvers = q.approvers();
+    approvers.push(shouting.0.clone());
+    assert_eq!(
+        q.code_with(&c, &q.f.expect().approvers(approvers)),
+        "duplicate_approver"
+    );
     // An approver of another group.
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &q.dave.0, &q.dave.1);

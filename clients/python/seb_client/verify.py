@@ -485,13 +485,17 @@ def _check_approvals(claims: dict, detail: dict, trust: TrustBundle,
             raise fail("wrong_approval_group", f"{cert.subject.rfc4514_string()} not in {group}")
         subject = cert.subject.rfc4514_string()
         key = _spki(cert)
-        if entry["x5t#S256"] == claims["cnf"]["x5t#S256"] or cert.subject == _subject_of(claims) \
+        agent_name = _subject_of(claims)
+        same_as_agent = agent_name is not None and \
+            _name_key(subject) == _name_key(agent_name.rfc4514_string())
+        if entry["x5t#S256"] == claims["cnf"]["x5t#S256"] or same_as_agent \
                 or (agent is not None and key == _spki(agent)):
             raise fail("self_approval", f"{subject} is the agent")
-        if entry["x5t#S256"] in seen_certs or subject in seen_subjects or key in seen_keys:
+        if entry["x5t#S256"] in seen_certs or _name_key(subject) in seen_subjects \
+                or key in seen_keys:
             raise fail("duplicate_approver", f"{subject} appears twice")
         seen_certs.add(entry["x5t#S256"])
-        seen_subjects.add(subject)
+        seen_subjects.add(_name_key(subject))
         seen_keys.add(key)
         public = cert.public_key()
         algorithm = hashes.SHA384() if public.curve.key_size == 384 else hashes.SHA256()
@@ -502,6 +506,36 @@ def _check_approvals(claims: dict, detail: dict, trust: TrustBundle,
         valid += 1
     if valid < required:
         raise fail("approval_quorum_not_met", f"{valid} valid approvals, {required} required")
+
+
+def _name_key(name: str) -> str:
+    """A subject as the broker compares approvers (seb::cert::same_name): case- and
+    space-insensitive, escaped separators kept as part of the value."""
+    out: list[str] = []
+    space, after_separator = False, True
+    chars = iter(name.lower())
+    for c in chars:
+        if c == "\\":
+            escaped = next(chars, None)
+            if escaped == " ":
+                space = True
+            elif escaped is None:
+                out.append("\\")
+            else:
+                if space and not after_separator:
+                    out.append(" ")
+                out.append("\\" + escaped)
+                space, after_separator = False, False
+            continue
+        if c.isspace():
+            space = True
+            continue
+        separator = c in ",+="
+        if space and not separator and not after_separator:
+            out.append(" ")
+        out.append(c)
+        space, after_separator = False, separator
+    return "".join(out)
 
 
 def _subject_of(claims: dict) -> Any:
