@@ -12,6 +12,8 @@
 //! Pure and without I/O, so the offline verifier (`--no-default-features`) uses the same parser
 //! as the broker. It must never accept a document another JSON parser could read differently.
 
+use std::cell::Cell;
+
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
 use serde_json::{Map, Value};
@@ -35,89 +37,56 @@ pub enum StrictJsonError {
 /// Parses `bytes` as one JSON value, refusing duplicate keys, deep nesting and numbers
 /// outside ±(2^53−1): what a request, or parameters an executor checks, must be.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
-    let value = parse_unambiguous(bytes)?;
-    if let Some(literal) = unsafe_number(bytes) {
-        return Err(StrictJsonError::UnsafeNumber(literal));
-    }
-    Ok(value)
+    let unsafe_number = Cell::new(None);
+    parse(bytes, Some(&unsafe_number)).map_err(|e| match unsafe_number.take() {
+        Some(number) => StrictJsonError::UnsafeNumber(number),
+        None => e,
+    })
 }
 
 /// Parses `bytes` refusing duplicate keys and deep nesting only: for reading a broker's
 /// answers, whose stored values this seb may not have written (a record kept by an older
 /// one), where a number is shown, not acted on.
 pub fn parse_unambiguous(bytes: &[u8]) -> Result<Value, StrictJsonError> {
+    parse(bytes, None)
+}
+
+/// One pass of the parser; with `numbers`, a number beyond ±(2^53−1) stops it and is left
+/// there for the caller's error.
+fn parse(bytes: &[u8], numbers: Option<&Cell<Option<String>>>) -> Result<Value, StrictJsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Seed { depth: 0 }.deserialize(&mut de)?;
+    let value = Seed { depth: 0, numbers }.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }
 
-/// The first number token whose magnitude exceeds 2^53−1, shortened for a message. `bytes`
-/// must already have parsed as JSON: strings are then well formed, so every number token lies
-/// outside them.
-fn unsafe_number(bytes: &[u8]) -> Option<String> {
-    let mut i = 0;
-    let mut in_string = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => i += 2,
-                b'"' => {
-                    in_string = false;
-                    i += 1;
-                }
-                _ => i += 1,
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    depth: usize,
+    /// Where a number outside ±(2^53−1) is reported, when numbers are checked. serde_json
+    /// hands every number over as an `i64`, a `u64` or (a fraction, an exponent, or an integer
+    /// beyond 64 bits) an `f64`, so the three visitors below see each one whatever its
+    /// spelling.
+    numbers: Option<&'a Cell<Option<String>>>,
+}
+
+impl Seed<'_> {
+    /// `value` if it may be taken: within ±(2^53−1), or numbers are not checked.
+    fn number<E: de::Error>(self, magnitude: f64, shown: String, value: Value) -> Result<Value, E> {
+        match self.numbers {
+            Some(report) if magnitude > crate::canonical::MAX_SAFE_INTEGER as f64 => {
+                let error = E::custom(format!(
+                    "number {shown} is outside the I-JSON safe range ±(2^53-1)"
+                ));
+                report.set(Some(shown));
+                Err(error)
             }
-            continue;
-        }
-        match b {
-            b'"' => {
-                in_string = true;
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while i < bytes.len()
-                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
-                    i += 1;
-                }
-                let token = &bytes[start..i];
-                let integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
-                let digits = token.strip_prefix(b"-").unwrap_or(token);
-                let text = std::str::from_utf8(digits).ok();
-                let safe = if integer {
-                    // A valid JSON integer has no leading zeros, so more than 16 digits is
-                    // always at least 10^16 > 2^53−1.
-                    digits.len() <= 16
-                        && text
-                            .and_then(|d| d.parse::<u64>().ok())
-                            .is_some_and(|n| n <= crate::canonical::MAX_SAFE_INTEGER)
-                } else {
-                    // 2^53−1 is exact as a double: a fraction or exponent that rounds above it
-                    // (or to infinity, which the parse above already refused) is refused.
-                    text.and_then(|d| d.parse::<f64>().ok())
-                        .is_some_and(|f| f <= crate::canonical::MAX_SAFE_INTEGER as f64)
-                };
-                if !safe {
-                    let shown = String::from_utf8_lossy(&token[..token.len().min(40)]);
-                    let more = if token.len() > 40 { "…" } else { "" };
-                    return Some(format!("{shown}{more}"));
-                }
-            }
-            _ => i += 1,
+            _ => Ok(value),
         }
     }
-    None
 }
 
-#[derive(Clone, Copy)]
-struct Seed {
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Seed {
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -125,7 +94,7 @@ impl<'de> DeserializeSeed<'de> for Seed {
     }
 }
 
-impl<'de> Visitor<'de> for Seed {
+impl<'de> Visitor<'de> for Seed<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,18 +105,20 @@ impl<'de> Visitor<'de> for Seed {
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        // Exact: 2^53−1 and every i64 convert to f64 on the right side of the bound.
+        self.number(v.unsigned_abs() as f64, v.to_string(), Value::from(v))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.number(v as f64, v.to_string(), Value::from(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
+        let value = serde_json::Number::from_f64(v)
             .map(Value::Number)
-            .ok_or_else(|| E::custom("number out of range"))
+            .ok_or_else(|| E::custom("number out of range"))?;
+        self.number(v.abs(), v.to_string(), value)
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -185,13 +156,14 @@ impl<'de> Visitor<'de> for Seed {
     }
 }
 
-impl Seed {
-    fn nested<E: de::Error>(self) -> Result<Seed, E> {
+impl<'a> Seed<'a> {
+    fn nested<E: de::Error>(self) -> Result<Seed<'a>, E> {
         if self.depth >= MAX_DEPTH {
             return Err(E::custom(format!("nesting deeper than {MAX_DEPTH}")));
         }
         Ok(Seed {
             depth: self.depth + 1,
+            numbers: self.numbers,
         })
     }
 }
