@@ -96,16 +96,14 @@ fn call(
     })
 }
 
+/// The agent posts `body` to `url`'s `/v1/executions`.
+fn execute(s: &Replicas, url: &str, body: &Value) -> ApiResponse {
+    call(&s.hsm, url, &s.agent, "POST", "/v1/executions", Some(body))
+}
+
 /// The agent asks `url` for a rollout to `replicas`.
 fn ask(s: &Replicas, url: &str, replicas: u32) -> ApiResponse {
-    call(
-        &s.hsm,
-        url,
-        &s.agent,
-        "POST",
-        "/v1/executions",
-        Some(&rollout(replicas)),
-    )
+    execute(s, url, &rollout(replicas))
 }
 
 fn grant(s: &Replicas, url: &str) -> String {
@@ -217,14 +215,7 @@ fn a_nul_in_a_request_is_denied_and_logged_without_failing_anyone_elses_write() 
     ] {
         let before = checkpoint_size(&s, &s.a.url);
         let body = json!({"operation": operation, "resource": resource, "params": {"replicas": 3}});
-        let r = call(
-            &s.hsm,
-            &s.a.url,
-            &s.agent,
-            "POST",
-            "/v1/executions",
-            Some(&body),
-        );
+        let r = execute(&s, &s.a.url, &body);
         assert_eq!(r.status, 403, "{}", r.text);
         // The denial is an entry of the one log, with the exact text asked for.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -302,15 +293,10 @@ fn approvals_through_each_replica_complete_one_quorum_once() {
         let cert = Certificate::parse(&std::fs::read(&s.agent.cert).unwrap()).unwrap();
         seb::base64url::encode(&cert.thumbprint_sha256().unwrap())
     };
-    let r = call(
-        &s.hsm,
+    let r = execute(
+        &s,
         &s.a.url,
-        &s.agent,
-        "POST",
-        "/v1/executions",
-        Some(
-            &json!({"operation": "db.migrate", "resource": "prod/payments/db", "params": {"version": 42}}),
-        ),
+        &json!({"operation": "db.migrate", "resource": "prod/payments/db", "params": {"version": 42}}),
     );
     assert_eq!(r.status, 202, "{}", r.text);
     let id = r.body["request_id"].as_str().unwrap().to_owned();
