@@ -255,6 +255,17 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     let bundle = call(&s, &s.agent, "GET", "/v1/trust", None);
     let ak = std::fs::read_to_string(s.hsm.trust("ak.pem")).unwrap();
     assert!(bundle.text.contains(ak.trim()), "{}", bundle.text);
+    // ...which openssl takes as issued by the root.
+    let (ok, text) = common::openssl(
+        &[
+            "verify",
+            "-CAfile",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            s.hsm.trust("ak.pem").to_str().unwrap(),
+        ],
+        s.hsm.dir.path(),
+    );
+    assert!(ok && text.contains(": OK"), "{text}");
 
     // Tokens carry the self-attestation.
     let r = request(&s);
