@@ -390,6 +390,9 @@ pub enum QuoteError {
         /// Maximum in seconds.
         max_secs: u64,
     },
+    /// The broker reports no good self-check since it started.
+    #[error("the broker has not passed a self-check since it started")]
+    NeverChecked,
 }
 
 impl QuoteError {
@@ -412,7 +415,7 @@ impl QuoteError {
             QuoteError::EventPolicy { .. } => "event_policy_mismatch",
             QuoteError::EkNotAccepted { .. } => "ek_not_accepted",
             QuoteError::ResettablePcr { .. } => "resettable_pcr",
-            QuoteError::Stale { .. } => "stale_self_check",
+            QuoteError::Stale { .. } | QuoteError::NeverChecked => "stale_self_check",
         }
     }
 }
@@ -473,6 +476,9 @@ pub fn verify_evidence(
         check
             .policy
             .check_ek_certificate(ek.as_bytes(), check.now)?;
+        if !check.policy.ek_cas().is_empty() {
+            check_ek_binding(&ak_cert, ek.as_bytes())?;
+        }
     } else if !check.policy.ek_cas().is_empty() {
         return Err(QuoteError::EkNotAccepted {
             reason: "the broker served no EK certificate".into(),
@@ -626,9 +632,40 @@ pub fn check_pcr_digest(
     Ok(())
 }
 
+/// SHA-256 of an EK certificate's DER: what the AK certificate's `sebEkCertificate` holds.
+pub fn ek_certificate_digest(ek: &Certificate) -> Result<[u8; 32], der::Error> {
+    Ok(Sha256::digest(ek.to_der_bytes()?).into())
+}
+
+/// The EK certificate a broker serves is not signed by anything that speaks for the broker:
+/// only the root-issued AK certificate ties it to the TPM that made the quote (enrolment proved
+/// the AK and that EK share a TPM, and wrote the EK certificate's digest into the AK's).
+fn check_ek_binding(ak_cert: &Certificate, ek_pem: &[u8]) -> Result<(), QuoteError> {
+    let bad = |reason: &str| QuoteError::EkNotAccepted {
+        reason: reason.into(),
+    };
+    let ek = Certificate::parse(ek_pem).map_err(|_| bad("the EK certificate is unparseable"))?;
+    let served =
+        ek_certificate_digest(&ek).map_err(|_| bad("the EK certificate is unparseable"))?;
+    let Some(ext) = ak_cert.extension(crate::cert::SEB_EK_CERTIFICATE_OID) else {
+        return Err(bad(
+            "the AK certificate names no EK certificate (enrolled by an older seb): run `seb \
+             attest enroll` on the broker host again",
+        ));
+    };
+    let bound = <der::asn1::OctetString as der::Decode>::from_der(ext.extn_value.as_bytes())
+        .map_err(|_| bad("the AK certificate's sebEkCertificate is malformed"))?;
+    if bound.as_bytes() != served.as_slice() {
+        return Err(bad(
+            "the EK certificate served is not the one the attestation key was enrolled against",
+        ));
+    }
+    Ok(())
+}
+
 fn check_age(last_good: Option<u64>, now: SystemTime, max: Duration) -> Result<(), QuoteError> {
     let now = crate::time::unix(now);
-    let age = last_good.map_or(u64::MAX, |t| now.saturating_sub(t));
+    let age = now.saturating_sub(last_good.ok_or(QuoteError::NeverChecked)?);
     if age > max.as_secs() {
         return Err(QuoteError::Stale {
             age_secs: age,

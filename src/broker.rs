@@ -337,13 +337,27 @@ impl Broker {
         self.frozen.load(Ordering::SeqCst)
     }
 
+    /// The certificates whose expiry is watched: root, token, TLS, audit, and the attestation
+    /// key's when the broker attests (as `ak`).
+    fn watched_certificates(&self) -> Vec<(String, Certificate)> {
+        let keys = self.keys();
+        let mut certs: Vec<(String, Certificate)> = keys
+            .service_certificates(&self.root)
+            .into_iter()
+            .map(|(what, cert)| (what, cert.clone()))
+            .collect();
+        if let Some(ak) = self.attestation.as_ref().and_then(|a| a.ak_certificate()) {
+            certs.push(("ak".to_owned(), ak));
+        }
+        certs
+    }
+
     /// Prometheus gauges of the broker's certificates: each one's notAfter (Unix seconds) and
     /// whether it expires within [`EXPIRY_WARNING`]. Labels are fixed names (root, token, tls,
-    /// audit), never subjects or serials.
+    /// audit, ak), never subjects or serials.
     pub fn certificate_metrics(&self, now: SystemTime) -> String {
         use std::fmt::Write;
-        let keys = self.keys();
-        let certs = keys.service_certificates(&self.root);
+        let certs = self.watched_certificates();
         let mut out = String::new();
         let _ = writeln!(out, "# HELP seb_certificate_not_after_seconds notAfter of the broker's certificates (Unix time).");
         let _ = writeln!(out, "# TYPE seb_certificate_not_after_seconds gauge");
@@ -369,9 +383,8 @@ impl Broker {
     /// Certificates of the broker that expire within [`EXPIRY_WARNING`] at `now`, as
     /// (what, notAfter).
     pub fn expiring_certificates(&self, now: SystemTime) -> Vec<(String, SystemTime)> {
-        let keys = self.keys();
         let mut out = Vec::new();
-        for (what, cert) in keys.service_certificates(&self.root) {
+        for (what, cert) in self.watched_certificates() {
             if cert.not_after() <= now + EXPIRY_WARNING {
                 out.push((what, cert.not_after()));
             }

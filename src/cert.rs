@@ -57,6 +57,14 @@ pub const SEB_ISSUABLE_ROLES_OID: ObjectIdentifier = ObjectIdentifier::new_unwra
     "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.3",
 );
 
+/// `sebEkCertificate` (arc.5): on the attestation key's certificate, the SHA-256 of the DER
+/// EK certificate the AK was enrolled against (credential activation proved that the AK and
+/// that EK share a TPM), as an OCTET STRING. A verifier that pins EK CAs checks the EK
+/// certificate a broker serves against it: the served one is otherwise unsigned.
+pub const SEB_EK_CERTIFICATE_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap(
+    "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.5",
+);
+
 /// Key purpose (extended key usage, arc.4.1): signs execution tokens.
 pub const SEB_KP_TOKEN: ObjectIdentifier = ObjectIdentifier::new_unwrap(
     "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.4.1",
@@ -423,6 +431,7 @@ mod tests {
         assert_eq!(SEB_GRANTS_OID.to_string(), format!("{SEB_ARC}.1"));
         assert_eq!(SEB_ROLE_OID.to_string(), format!("{SEB_ARC}.2"));
         assert_eq!(SEB_ISSUABLE_ROLES_OID.to_string(), format!("{SEB_ARC}.3"));
+        assert_eq!(SEB_EK_CERTIFICATE_OID.to_string(), format!("{SEB_ARC}.5"));
         for (purpose, n) in Purpose::ALL.into_iter().zip(1..) {
             assert_eq!(purpose.oid().to_string(), format!("{SEB_ARC}.4.{n}"));
             assert_eq!(Purpose::from_oid(&purpose.oid()), Some(purpose));

@@ -42,6 +42,35 @@ pub enum ClientError {
     /// HTTP failed.
     #[error("HTTP error")]
     Http(#[source] hyper::Error),
+    /// The answer's body was larger than [`MAX_ANSWER_BYTES`]: no seb answer is.
+    #[error("the answer is larger than {} MiB: not an answer seb sends", MAX_ANSWER_BYTES >> 20)]
+    TooLarge,
+}
+
+/// The largest answer body a client reads (a page of 1000 audit entries is a few MiB): a peer
+/// that streams more, such as a compromised broker answering an attestation check, is cut off
+/// instead of exhausting the caller's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A body read to its end, refused past `limit` bytes.
+async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ClientError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return ClientError::TooLarge;
+            }
+            match e.downcast::<hyper::Error>() {
+                Ok(e) => ClientError::Http(*e),
+                Err(e) => ClientError::Input(e.to_string()),
+            }
+        })
 }
 
 /// TLS settings for talking to a broker (or, through [`ClientTls::to_executors`], to
@@ -211,6 +240,21 @@ impl ClientTls {
                          broker's CA (make a CSR with `seb keygen` and have the security team \
                          run `seb cert issue`)",
                         leaf.subject_string()
+                    ))
+                }
+                crate::chain::ChainError::UnknownIssuer { .. }
+                    if !self.roots.is_empty()
+                        && self
+                            .roots
+                            .iter()
+                            .all(|r| r.tbs().issuer() != r.tbs().subject()) =>
+                {
+                    problems.push(format!(
+                        "the --ca file holds {}, which is not a root (it was issued by {}): \
+                         --ca must be the broker's root CA, the self-signed certificate \
+                         `trust/root.pem` (or the bundle `GET /v1/trust` serves)",
+                        self.roots[0].subject_string(),
+                        self.roots[0].issuer_string()
                     ))
                 }
                 crate::chain::ChainError::UnknownIssuer { .. }
@@ -558,12 +602,7 @@ impl Client {
             .await
             .map_err(ClientError::Http)?;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Http)?
-            .to_bytes();
+        let bytes = read_limited(response.into_body(), MAX_ANSWER_BYTES).await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         // The broker's own strict parser: what a caller reads from an answer (an audit entry it
         // hashes, a grant it shows) must not depend on which of two duplicate keys is kept.
@@ -663,6 +702,19 @@ use base64ct::Encoding as _;
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_refused_not_read_to_its_end() {
+        use super::{read_limited, ClientError};
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        let body = |n: usize| Full::new(Bytes::from(vec![b'x'; n]));
+        assert_eq!(read_limited(body(1024), 1024).await.unwrap().len(), 1024);
+        assert!(matches!(
+            read_limited(body(1025), 1024).await,
+            Err(ClientError::TooLarge)
+        ));
+    }
+
     use std::time::Duration;
 
     use super::*;

@@ -266,6 +266,21 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
         s.hsm.dir.path(),
     );
     assert!(ok && text.contains(": OK"), "{text}");
+    // Its expiry is watched like the service certificates'.
+    let metrics = call(&s, &s.agent, "GET", "/metrics", None);
+    assert!(
+        metrics
+            .text
+            .contains("seb_certificate_not_after_seconds{certificate=\"ak\"}"),
+        "{}",
+        metrics.text
+    );
+    let check = s.hsm.seb(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("the ak certificate is valid until"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // Tokens carry the self-attestation.
     let r = request(&s);

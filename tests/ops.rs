@@ -623,17 +623,40 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
         "{text}"
     );
 
-    // An agent certificate that expires within 30 days is a warning naming its serial and the
-    // renewal command; once renewed for longer, the old one is not worth a line.
+    // A certificate issued for 30 days or less is not a warning from the day it is issued: only
+    // in the last third of its life (30 days for longer ones).
     let grants = hsm.grants_file("grants.toml", GRANTS);
-    let short = hsm.issue_for(
+    hsm.issue_for(
         "10d",
+        "ten-days",
+        "CN=ten-days",
+        "agent",
+        &["--grants", &grants],
+    );
+    let text = hsm.seb_ok(&["check"]);
+    assert!(!text.contains("CN=ten-days"), "{text}");
+    assert!(
+        text.contains("no issued certificate expires within 30 days"),
+        "{text}"
+    );
+    // One in its last third is a warning naming its serial and the renewal command; once
+    // renewed for longer, the old one is not worth a line.
+    let short = hsm.issue_for(
+        "45s",
         "short",
         "CN=short-lived",
         "agent",
         &["--grants", &grants],
     );
     let serial = openssl_serial(&short);
+    let not_after = seb::cert::Certificate::parse(&std::fs::read(&short).unwrap())
+        .unwrap()
+        .not_after();
+    // 12 s before its end: inside the last 15 s, with time left to renew it.
+    let until = not_after - std::time::Duration::from_secs(12);
+    if let Ok(wait) = until.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
     let text = hsm.seb_ok(&["check"]);
     assert!(text.contains("0 problem(s)"), "{text}");
     assert!(
@@ -647,7 +670,7 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     let text = hsm.seb_ok(&["check"]);
     assert!(!text.contains("CN=short-lived"), "{text}");
     assert!(
-        text.contains("no issued certificate expires within 30 days (1 in use)"),
+        text.contains("no issued certificate expires within 30 days, or its last third of life for shorter ones (2 in use)"),
         "{text}"
     );
 
@@ -927,6 +950,20 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
         stderr.contains("send the chain, not only the leaf"),
         "{stderr}"
     );
+
+    // An intermediate given as --ca: the file is what is wrong, not the agent's certificate.
+    let ops = std::fs::read_to_string(hsm.path("ops.pem")).unwrap();
+    let ops_only = hsm.path("ops-only.pem");
+    std::fs::write(&ops_only, &ops[..ops.find(end).unwrap() + end.len()]).unwrap();
+    let out = seb_request(&hsm, &broker, &ops_only, &agent);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the --ca file holds CN=ops,O=seb, which is not a root")
+            && stderr.contains("trust/root.pem"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("send the chain"), "{stderr}");
 
     // A self-signed certificate is not sent looking for a chain that does not exist.
     let own = common::Identity {

@@ -94,6 +94,16 @@ pub struct AttestationSetup {
 }
 
 impl AttestationState {
+    /// The AK certificate the broker serves in its evidence (read at start): its expiry is
+    /// watched like the service certificates'.
+    pub fn ak_certificate(&self) -> Option<Certificate> {
+        let pem = self.ak_chain.first()?;
+        Certificate::parse_pem_chain(pem.as_bytes())
+            .ok()?
+            .into_iter()
+            .next()
+    }
+
     /// Builds the state; no check has run yet (issuance is refused until one passes).
     pub fn new(setup: AttestationSetup) -> Self {
         Self {
@@ -112,6 +122,23 @@ impl AttestationState {
         }
     }
 
+    /// Why a self-check `interval` does not fit the policy's `max_age`, if it does not: a
+    /// check must pass again before the last good one is `max_age` old, or issuance stops
+    /// between checks of a healthy TPM. (A third of `max_age` or less leaves room for a slow
+    /// or failed check; between the two is allowed, and `seb check` warns.)
+    pub fn interval_problem(interval: Duration, max_age: Option<Duration>) -> Option<String> {
+        let max_age = max_age?;
+        (interval >= max_age).then(|| {
+            format!(
+                "the self-check interval ({} s) is not shorter than the policy's max_age ({} s): \
+                 issuance would stop between two checks of a healthy TPM; set [attestation] \
+                 interval to at most a third of max_age",
+                interval.as_secs(),
+                max_age.as_secs()
+            )
+        })
+    }
+
     /// The broker's attestation state from its configuration (`[attestation]`: the TPM, the
     /// attestation key blob, the policy, `trust/ak.pem`, `trust/ek.pem` and the TLS server
     /// certificate `trust/tls.pem` its quotes are bound to), or `None` when the broker does not
@@ -124,6 +151,12 @@ impl AttestationState {
             what: format!("attestation policy {}", settings.policy.display()),
             reason: e.to_string(),
         })?;
+        if let Some(reason) = Self::interval_problem(settings.interval, policy.max_age) {
+            return Err(AttestError::File {
+                what: format!("attestation policy {}", settings.policy.display()),
+                reason,
+            });
+        }
         let tcti = config
             .attestation_tcti()
             .ok_or_else(|| AttestError::Identity("[attestation] names no TPM (tcti)".into()))?;

@@ -33,6 +33,11 @@ fn event(pcr: u8, data: &str) -> Event {
     }
 }
 
+/// The AK certificate's profile for a TPM without an EK certificate.
+const AK_UNBOUND: CertKind = CertKind::AttestationKey {
+    ek_certificate_sha256: None,
+};
+
 /// One hour: the lifetime of the AK certificates that tests forge under other issuers.
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -85,7 +90,7 @@ fn tls_cert(issuer: &Ca, subject: &str) -> Vec<u8> {
 fn fixture() -> Fixture {
     let root = Ca::root("seb root");
     let ak = crate::testkit::key();
-    let ak_pem = ak_cert(&root, &ak, CertKind::AttestationKey);
+    let ak_pem = ak_cert(&root, &ak, AK_UNBOUND);
     let tls = tls_cert(&root, "CN=b1 broker,O=seb");
     let log = EventLog {
         bank: PcrBank::Sha256,
@@ -258,7 +263,7 @@ fn ak_not_certified_by_our_root_is_rejected() {
     let f = fixture();
     let other = Ca::root("seb root");
     let mut e = f.good();
-    e.ak_chain = vec![ak_cert(&other, &f.ak, CertKind::AttestationKey)];
+    e.ak_chain = vec![ak_cert(&other, &f.ak, AK_UNBOUND)];
     let err = f.verify(&e).unwrap_err();
     assert!(matches!(err, QuoteError::AkNotCertified { .. }), "{err}");
 }
@@ -307,6 +312,16 @@ fn stale_self_check_is_rejected() {
         f.verify(&e).unwrap_err(),
         QuoteError::Stale { .. }
     ));
+    // A broker that never passed one says so, with the same code (not an age of 2^64 s).
+    e.self_check = Some(SelfCheckReport {
+        ok: false,
+        checked_at: 0,
+        last_good: None,
+        reason: None,
+    });
+    let err = f.verify(&e).unwrap_err();
+    assert_eq!(err.code(), "stale_self_check");
+    assert!(err.to_string().contains("not passed a self-check"), "{err}");
 }
 
 #[test]
@@ -385,7 +400,7 @@ fn an_ak_certificate_issued_by_an_agent_certificate_is_rejected() {
         "agent",
         &crate::testkit::grant("deploy.*", "prod/**", "60s"),
     );
-    let forged = ak_certificate_by(&agent_key, &agent, &f.ak, CertKind::AttestationKey, HOUR);
+    let forged = ak_certificate_by(&agent_key, &agent, &f.ak, AK_UNBOUND, HOUR);
     let mut e = f.good();
     e.ak_chain = vec![pem(&forged), pem(&agent)];
     let reason = not_certified(f.verify(&e));
@@ -401,7 +416,7 @@ fn an_ak_certificate_must_be_issued_directly_by_the_root() {
     // Even a genuine intermediate CA does not certify AKs: enrolment has the root do it.
     let f = fixture();
     let ops = f.root.intermediate("ops", None, None).unwrap();
-    let ak = ak_certificate_by(&ops.key, &ops.cert, &f.ak, CertKind::AttestationKey, HOUR);
+    let ak = ak_certificate_by(&ops.key, &ops.cert, &f.ak, AK_UNBOUND, HOUR);
     let mut e = f.good();
     e.ak_chain = vec![pem(&ak), pem(&ops.cert)];
     let reason = not_certified(f.verify(&e));
@@ -442,7 +457,7 @@ fn every_certificate_of_the_ak_path_must_be_valid_now() {
     // An intermediate between them (refused on its dates, before the rule that the root
     // certifies AKs directly).
     let ops = f.root.intermediate("ops", None, None).unwrap();
-    let under_ops = ak_certificate_by(&ops.key, &ops.cert, &f.ak, CertKind::AttestationKey, HOUR);
+    let under_ops = ak_certificate_by(&ops.key, &ops.cert, &f.ak, AK_UNBOUND, HOUR);
     for (from, to) in [expired, not_yet] {
         let dated_ops = crate::testkit::with_validity(&ops.cert, from, to, &f.root.key);
         let mut e = f.good();
@@ -557,7 +572,7 @@ fn a_quote_by_one_brokers_tpm_served_over_another_brokers_tls_is_refused() {
         &f.root.cert,
         crate::testkit::spki(&b2_ak),
         &ca::parse_subject("CN=b2 attestation key,O=seb").unwrap(),
-        CertKind::AttestationKey,
+        AK_UNBOUND,
         Duration::from_secs(86_400),
         now(),
     )
@@ -660,4 +675,68 @@ fn the_session_certificate_must_be_a_tls_certificate_issued_directly_by_the_aks_
 
     // Control.
     f.verify(&f.good()).unwrap();
+}
+
+/// A broker that pins EK CAs' verifiers is checked against the EK certificate its AK was
+/// enrolled against: serving another TPM's EK certificate (from an accepted maker too) is
+/// refused, and so is an AK certificate that names none.
+#[test]
+fn the_ek_certificate_served_must_be_the_one_the_ak_was_enrolled_against() {
+    let mut f = fixture();
+    let maker = Ca::root("tpm maker EK CA");
+    let ek = |name: &str| {
+        ca::issue_service(
+            &maker.key,
+            &maker.cert,
+            crate::testkit::spki(&crate::testkit::key()),
+            &ca::parse_subject(&format!("CN={name}")).unwrap(),
+            AK_UNBOUND,
+            Duration::from_secs(86_400),
+            now(),
+        )
+        .unwrap()
+    };
+    let (ours, theirs) = (ek("tpm a"), ek("tpm b"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("maker.pem"),
+        maker.cert.to_pem_string().unwrap(),
+    )
+    .unwrap();
+    let text = AttestPolicy::record_toml(
+        PcrBank::Sha256,
+        &f.pcrs,
+        Some(&f.log),
+        &["maker.pem".to_string()],
+        "5m",
+    );
+    f.policy = AttestPolicy::parse(&text, dir.path()).unwrap();
+    let bound = CertKind::AttestationKey {
+        ek_certificate_sha256: Some(super::ek_certificate_digest(&ours).unwrap()),
+    };
+    f.ak_pem = ak_cert(&f.root, &f.ak, bound);
+    let serving = |f: &Fixture, ek: &Certificate| {
+        let mut e = f.good();
+        e.ek_certificate = Some(ek.to_pem_string().unwrap());
+        e
+    };
+    f.verify(&serving(&f, &ours)).unwrap();
+    let err = f.verify(&serving(&f, &theirs)).unwrap_err();
+    assert_eq!(err.code(), "ek_not_accepted", "{err}");
+    assert!(err.to_string().contains("not the one"), "{err}");
+    // An AK certificate that names no EK certificate proves nothing about the one served.
+    f.ak_pem = ak_cert(&f.root, &f.ak, AK_UNBOUND);
+    let err = f.verify(&serving(&f, &ours)).unwrap_err();
+    assert_eq!(err.code(), "ek_not_accepted", "{err}");
+    assert!(err.to_string().contains("attest enroll"), "{err}");
+}
+
+#[test]
+fn a_self_check_interval_not_shorter_than_max_age_is_refused() {
+    use super::selfcheck::AttestationState;
+    let s = Duration::from_secs;
+    assert!(AttestationState::interval_problem(s(120), Some(s(60))).is_some());
+    assert!(AttestationState::interval_problem(s(60), Some(s(60))).is_some());
+    assert!(AttestationState::interval_problem(s(5), Some(s(60))).is_none());
+    assert!(AttestationState::interval_problem(s(120), None).is_none());
 }

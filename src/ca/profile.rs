@@ -51,8 +51,12 @@ pub enum CertKind {
         names: Vec<String>,
     },
     /// The broker's TPM attestation key (AK), certified after credential activation against
-    /// the EK: digitalSignature, EKU tcg-kp-AIKCertificate (2.23.133.8.3).
-    AttestationKey,
+    /// the EK: digitalSignature, EKU tcg-kp-AIKCertificate (2.23.133.8.3), and `sebEkCertificate`
+    /// naming the EK certificate when the TPM has one.
+    AttestationKey {
+        /// SHA-256 of the DER EK certificate the AK was enrolled against.
+        ek_certificate_sha256: Option<[u8; 32]>,
+    },
 }
 
 /// What the builder needs to make one certificate: names, kind and seb's own extensions.
@@ -133,7 +137,7 @@ fn extensions(
             KeyUsages::DigitalSignature.into(),
             Some(CLIENT_AUTH),
         ),
-        CertKind::AttestationKey => (
+        CertKind::AttestationKey { .. } => (
             false,
             None,
             KeyUsages::DigitalSignature.into(),

@@ -262,3 +262,55 @@ fn a_bmpstring_subject_is_read_as_utf_16() {
     let problem = attribute_problem(&hidden).unwrap_or_default();
     assert!(problem.contains("U+202E"), "{problem}");
 }
+
+#[test]
+fn tls_names_are_ip_addresses_or_dns_names_a_client_can_match() {
+    let good = [
+        "127.0.0.1",
+        "::1",
+        "broker.example.com",
+        "seb-1.internal",
+        "localhost",
+        "*.example.com",
+    ];
+    for name in good {
+        assert!(check_tls_names(&[name.to_string()]).is_ok(), "{name}");
+    }
+    let bad = [
+        "",
+        " ",
+        "exa mple.com",
+        "a_b.example",
+        "host.",
+        "1.2.3.4.5",
+        "10.0.0.256",
+        "fe80::1%eth0",
+        "-a.example",
+        "a..example",
+        "*.com",
+        "a.*.example",
+        "bröker.example",
+    ];
+    for name in bad {
+        let err = check_tls_names(&[name.to_string()]).unwrap_err();
+        assert!(matches!(err, CaError::TlsName { .. }), "{name:?}: {err}");
+    }
+}
+
+#[test]
+fn a_leaf_that_serves_no_names_carries_its_subject_as_its_alternative_name() {
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let root = Ca::root("root");
+    let agent = root
+        .agent("bot", &grant("deploy.*", "prod/*", "60s"))
+        .unwrap();
+    let san = agent
+        .standard_extension::<SubjectAltName>()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        san.0,
+        vec![GeneralName::DirectoryName(agent.tbs().subject().clone())]
+    );
+}

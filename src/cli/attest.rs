@@ -100,6 +100,9 @@ pub fn dispatch(config_path: Option<&Path>, command: AttestCommand) -> CliResult
     }
 }
 
+/// How long `seb attest verify` waits for the broker's evidence, connection included.
+const ATTEST_VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn attestation_config(config: &Config) -> Result<&AttestationConfig, CliError> {
     config
         .attestation
@@ -136,7 +139,7 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
             }
             let pem = cert.to_pem_string()?;
             policy.check_ek_certificate(pem.as_bytes(), SystemTime::now())?;
-            Some(pem)
+            Some((pem, attest::ek_certificate_digest(&cert)?))
         }
         None if !policy.ek_cas().is_empty() => return Err(
             "the TPM has no EK certificate, but the policy only accepts EKs certified by its ek_ca"
@@ -156,12 +159,14 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         &root,
         spki,
         &subject,
-        CertKind::AttestationKey,
+        CertKind::AttestationKey {
+            ek_certificate_sha256: ek_pem.as_ref().map(|(_, digest)| *digest),
+        },
         config.ca.service_validity,
         SystemTime::now(),
     )?;
     write_file(&trust.ak_path(), ak_cert.to_pem_string()?.as_bytes(), false)?;
-    if let Some(pem) = ek_pem {
+    if let Some((pem, _)) = ek_pem {
         write_file(&trust.ek_path(), pem.as_bytes(), false)?;
     }
     say!(
@@ -226,18 +231,29 @@ fn verify(args: VerifyArgs) -> CliResult {
         .enable_all()
         .build()?;
     // The evidence must be bound to the TLS certificate of the session it comes over.
+    // A broker that never answers (the host attestation guards against may be compromised)
+    // must not hold the relying party: a quote takes well under a second (ATTESTATION.md §7).
     let (response, tls_certificate) = runtime
         .block_on(async {
-            let mut client = Client::connect(&args.broker, &tls).await?;
-            let response = client
-                .send(
-                    "GET",
-                    &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
-                    None,
-                )
-                .await?;
-            Ok::<_, seb::client::ClientError>((response, client.server_certificate().to_vec()))
+            tokio::time::timeout(ATTEST_VERIFY_TIMEOUT, async {
+                let mut client = Client::connect(&args.broker, &tls).await?;
+                let response = client
+                    .send(
+                        "GET",
+                        &format!("/v1/attestation?nonce={}", hex::encode(nonce)),
+                        None,
+                    )
+                    .await?;
+                Ok::<_, seb::client::ClientError>((response, client.server_certificate().to_vec()))
+            })
+            .await
         })
+        .map_err(|_| {
+            format!(
+                "the broker did not answer within {} s: attestation not verified",
+                ATTEST_VERIFY_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| super::explained(&tls, e))?;
     if response.status != 200 {
         return Err(format!("the broker answered {}: {}", response.status, response.text).into());

@@ -101,6 +101,9 @@ pub fn run(config: &Config) -> CliResult {
         for kind in seb::ca::generations::KeyKind::ALL {
             certs.push((kind.as_str(), trust.service_path(kind)));
         }
+        if trust.ak_path().exists() {
+            certs.push(("ak", trust.ak_path()));
+        }
         for (what, path) in certs {
             match read_certificate(&path) {
                 Ok(cert) if cert.not_after() <= now => r.problem(&format!(
@@ -187,6 +190,20 @@ pub fn run(config: &Config) -> CliResult {
                     "attestation policy {} is valid",
                     a.policy.display()
                 ));
+                let interval_problem = seb::attest::selfcheck::AttestationState::interval_problem(
+                    a.interval,
+                    policy.max_age,
+                );
+                match (interval_problem, policy.max_age) {
+                    (Some(problem), _) => r.problem(&problem),
+                    (None, Some(max_age)) if a.interval * 3 > max_age => r.warn(&format!(
+                        "the self-check interval ({} s) is more than a third of the policy's \
+                         max_age ({} s): one slow or failed check stops issuance",
+                        a.interval.as_secs(),
+                        max_age.as_secs()
+                    )),
+                    _ => {}
+                }
                 if policy.ek_cas().is_empty() {
                     r.warn(
                         "the attestation policy pins no EK CA (ek_ca): any TPM's EK is \
@@ -222,13 +239,32 @@ pub fn run(config: &Config) -> CliResult {
 fn renew_hint(what: &str) -> String {
     if what == "root" {
         "plan a root rotation (docs/OPERATIONS.md, \"Year two\")".into()
+    } else if what == "ak" {
+        "run `seb attest enroll` (a new certificate for the same attestation key), then restart \
+         the broker"
+            .into()
     } else {
         format!("run `seb rotate {what}`")
     }
 }
 
-/// One warning per holder whose newest certificate (by subject and role) expires within 30
-/// days and is not revoked: an older one that a renewal replaced is not worth a line.
+/// How long before its end a holder's certificate is worth a warning: 30 days, or the last
+/// third of its lifetime when that is shorter, so that a certificate issued for 30 days (or
+/// less) is not a warning from the day it was issued.
+fn warning_window(record: &IssuedCertificate) -> std::time::Duration {
+    let lifetime = seb::cert::Certificate::parse_pem_chain(record.pem.as_bytes())
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .and_then(|cert| cert.not_after().duration_since(cert.not_before()).ok());
+    match lifetime {
+        Some(lifetime) => (lifetime / 3).min(seb::broker::EXPIRY_WARNING),
+        None => seb::broker::EXPIRY_WARNING,
+    }
+}
+
+/// One warning per holder whose newest certificate (by subject and role) is in its warning
+/// window ([`warning_window`]) and not revoked: an older one that a renewal replaced is not
+/// worth a line.
 fn check_issued(
     r: &mut Report,
     issued: &[IssuedCertificate],
@@ -253,7 +289,8 @@ fn check_issued(
         if revoked || record.not_after <= now {
             continue;
         }
-        if record.not_after <= now + seb::broker::EXPIRY_WARNING {
+        let window = warning_window(record);
+        if record.not_after <= now + window {
             expiring += 1;
             let what_to_do = if record.role == "intermediate" {
                 "issue a new intermediate (`seb cert issue-ca`) and the certificates below it"
@@ -266,17 +303,19 @@ fn check_issued(
                 )
             };
             r.warn(&format!(
-                "the {} certificate {:?} (serial {}) expires at {} (within 30 days): {what_to_do}",
+                "the {} certificate {:?} (serial {}) expires at {} (within {} days): {what_to_do}",
                 record.role,
                 record.subject,
                 record.serial,
                 time_text(record.not_after),
+                window.as_secs().div_ceil(86_400),
             ));
         }
     }
     if expiring == 0 {
         r.ok(&format!(
-            "no issued certificate expires within 30 days ({} in use)",
+            "no issued certificate expires within 30 days, or its last third of life for \
+             shorter ones ({} in use)",
             newest.len()
         ));
     }

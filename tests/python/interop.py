@@ -93,6 +93,16 @@ assert OID_GRANTS in exts and OID_ROLE in exts, list(exts)
 assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in eku(agent)
 print("agent certificate parsed with its sebGrants and sebRole extensions, issued by the root")
 
+# The library's own RFC 5280 path validation, as a Python executor checking an agent's mTLS
+# certificate runs it: its client policy wants a subjectAltName on every end-entity
+# certificate, and seb's agents carry their subject as one.
+from cryptography.x509.verification import PolicyBuilder, Store
+
+client_verifier = PolicyBuilder().store(Store([root])).build_client_verifier()
+verified = client_verifier.verify(agent, [])
+assert verified.subjects == [x509.DirectoryName(agent.subject)], verified.subjects
+print("agent certificate passes cryptography's client path validation to the root")
+
 # The token, with PyJWT: ES384 under the token certificate that its kid names.
 token = read("token.jwt").decode().strip()
 header = jwt.get_unverified_header(token)
