@@ -74,10 +74,12 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 
 # The Python client and its test tools, in a virtual environment of Debian's python3. Reinstalled
-# only when clients/python/pyproject.toml changed (the tests import the working tree's source).
+# whenever the package (its pyproject.toml or any module) changed, so that the copy in the venv
+# is always this tree's: executors use it, and an old copy refuses newer tokens.
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 VENV=/var/lib/seb-ci/agents-venv
-STAMP="$VENV/.seb-client-$(sha256sum "$HERE/clients/python/pyproject.toml" | cut -c1-16)"
+CLIENT_HASH=$(cat "$HERE/clients/python/pyproject.toml" "$HERE"/clients/python/seb_client/*.py | sha256sum | cut -c1-16)
+STAMP="$VENV/.seb-client-$CLIENT_HASH"
 if [ ! -e "$STAMP" ]; then
   echo "install-deps: Python environment $VENV (seb_client[langchain], pytest)"
   mkdir -p /var/lib/seb-ci

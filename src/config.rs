@@ -165,9 +165,7 @@ impl Config {
         if let StoreConfig::Postgres(pg) = &self.store {
             pg.validate()?;
         }
-        if self.broker_id.trim().is_empty() {
-            return Err(ConfigError::Invalid("broker_id must not be empty".into()));
-        }
+        check_broker_id(&self.broker_id)?;
         let labels = [
             &self.keys.root,
             &self.keys.token,
@@ -702,7 +700,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Inside `[backend]` (a tagged table) the TOML parser can only point at the table's header
-/// for an unknown key. This adds the line of the key itself (its number, not its text).
+/// for an unknown key. This names the line of the key itself instead (its number, not its
+/// text).
 fn with_key_line(text: &str, message: String) -> String {
     let Some(name) = message
         .split_once("unknown field `")
@@ -716,13 +715,15 @@ fn with_key_line(text: &str, message: String) -> String {
             .strip_prefix(name)
             .is_some_and(|rest| rest.trim_start().starts_with('='))
     });
-    match found {
-        Some((index, _)) => format!(
-            "{message}\nthe unknown key `{name}` is on line {}",
-            index + 1
-        ),
-        None => message,
-    }
+    let Some((index, _)) = found else {
+        return message;
+    };
+    // Name the key's line only, not the table header's as well.
+    let rest = message
+        .strip_prefix("line ")
+        .and_then(|m| m.split_once(": "))
+        .map_or(message.as_str(), |(_, rest)| rest);
+    format!("line {}: {rest}", index + 1)
 }
 
 /// Serde adapter for `"60s"`-style durations.
@@ -735,6 +736,27 @@ mod duration_str {
         let s = String::deserialize(d)?;
         crate::duration::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The longest `broker_id`: it is the prefix of the attestation key's common name
+/// (`<broker_id> attestation key`), which X.509 caps at 64 characters.
+const BROKER_ID_MAX: usize = 48;
+
+/// `broker_id` names this broker in tokens (`iss`), certificate subjects and the audit
+/// checkpoint's origin and key name (`<broker_id>/audit`), which the signed-note format
+/// forbids to hold spaces or `+`: a broker with such an id would sign checkpoints nobody can
+/// read back, so it is refused before anything is signed.
+fn check_broker_id(id: &str) -> Result<(), ConfigError> {
+    let bad = id
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '+');
+    if id.is_empty() || id.chars().count() > BROKER_ID_MAX || bad.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "broker_id {id:?} must be 1 to {BROKER_ID_MAX} characters without spaces, control \
+             characters or '+' (it names the audit checkpoints' signing key)"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -239,6 +239,14 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
     );
     assert_eq!(error_code(&r), "wrong_role");
 
+    // A token redeemed before the revocation below: its replay stays a replay after it.
+    let executor = s.hsm.identity("runner", "CN=runner", "executor", &[]);
+    let r = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let redeemed = json!({"token": r.body["token"]});
+    let r = post(&s, &executor, "/v1/tokens/redeem", &redeemed);
+    assert_eq!(r.status, 200, "{}", r.text);
+
     // Revocation takes effect on the next request, also on an open connection.
     let tls = s.hsm.tls(&s.agent, true);
     let serial = seb::cert::Certificate::parse(&std::fs::read(&s.agent.cert).unwrap())
@@ -281,11 +289,15 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
         }
         token
     });
-    // And an executor cannot redeem the token the agent got before.
-    let executor = s.hsm.identity("runner", "CN=runner", "executor", &[]);
+    // And an executor cannot redeem the token the agent got before; the one it redeemed
+    // before the revocation is still answered as a replay (what a SIEM alerts on), not as a
+    // revocation.
     let r = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": token}));
     assert_eq!(r.status, 403, "{}", r.text);
     assert_eq!(error_code(&r), "agent_certificate_revoked");
+    let r = post(&s, &executor, "/v1/tokens/redeem", &redeemed);
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(error_code(&r), "token_already_redeemed");
 
     // A certificate that expires while its connection stays open.
     let file = s.hsm.grants_file("short.toml", DEPLOY);

@@ -157,6 +157,32 @@ fn duplicate_labels_are_refused() {
 }
 
 #[test]
+fn a_broker_id_the_checkpoint_format_cannot_carry_is_refused() {
+    for id in [
+        "seb prod",
+        "seb\tprod",
+        "seb\u{a0}prod",
+        "seb+1",
+        "",
+        " ",
+        &"b".repeat(49),
+    ] {
+        let text = MINIMAL.replace("\"b1\"", &format!("\"{id}\""));
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("broker_id"), "{id:?}: {err}");
+    }
+    for id in [
+        "seb-prod-1",
+        "broker.example.com",
+        "b\u{e9}1",
+        &"b".repeat(48),
+    ] {
+        let text = MINIMAL.replace("\"b1\"", &format!("\"{id}\""));
+        assert_eq!(Config::parse(&text).unwrap().broker_id, id);
+    }
+}
+
+#[test]
 fn bad_duration_is_refused() {
     let text = format!("{MINIMAL}\n[ca]\ncrl_validity = \"7 days\"\n");
     assert!(Config::parse(&text).is_err());
@@ -205,9 +231,10 @@ fn a_typo_in_the_backend_table_names_its_own_line() {
         .unwrap()
         + 1;
     assert!(
-        err.contains(&format!("`token_lable` is on line {line}")),
+        err.contains(&format!("line {line}: unknown field `token_lable`")),
         "{err}"
     );
+    assert_eq!(err.matches("line ").count(), 1, "one line named: {err}");
 }
 
 #[test]

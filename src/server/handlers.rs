@@ -270,6 +270,29 @@ pub(super) async fn trust(State(app): State<App>) -> Result<Response, ApiError> 
         .into_response())
 }
 
+/// Whether the request's `Accept` names `media_type` itself with a weight above zero (RFC 9110
+/// §12.5.1: `q=0` means "not acceptable"). Wildcards do not count: PEM is the default.
+fn accepts(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let named = parts
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type));
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q")
+                        && v.trim().parse::<f32>().map_or(true, |q| q <= 0.0)
+                })
+            });
+            named && !refused
+        })
+}
+
 /// `GET /v1/crl[?issuer=NAME]`: the root's CRL, or an intermediate's (key in the HSM). PEM
 /// (`application/x-pem-file`) by default; DER under its registered type
 /// (`application/pkix-crl`, RFC 2585) for a client whose `Accept` names that type.
@@ -279,16 +302,7 @@ pub(super) async fn crl(
     query: QueryResult<CrlQuery>,
 ) -> Result<Response, ApiError> {
     let query = query_or(query, |_| HttpError::InvalidQuery.into())?;
-    let der_wanted = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/pkix-crl"))
-        });
+    let der_wanted = accepts(&headers, "application/pkix-crl");
     let broker = app.broker.clone();
     let pem = blocking(move || broker.crl_pem(query.issuer.as_deref())).await?;
     if der_wanted {
@@ -470,4 +484,45 @@ pub(super) async fn not_found() -> ApiError {
 
 pub(super) async fn method_not_allowed() -> ApiError {
     HttpError::MethodNotAllowed.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_media_type_refused_with_q_zero_is_not_accepted() {
+        let der = "application/pkix-crl";
+        assert!(super::accepts(&accept(&[der]), der));
+        assert!(super::accepts(
+            &accept(&["text/plain", "Application/PKIX-CRL; q=0.5"]),
+            der
+        ));
+        assert!(super::accepts(
+            &accept(&["application/x-pem-file;q=0.1, application/pkix-crl"]),
+            der
+        ));
+        assert!(!super::accepts(&accept(&[]), der));
+        assert!(!super::accepts(&accept(&["*/*"]), der));
+        assert!(!super::accepts(
+            &accept(&["application/x-pem-file, application/pkix-crl;q=0"]),
+            der
+        ));
+        assert!(!super::accepts(
+            &accept(&["application/pkix-crl; Q=0.000"]),
+            der
+        ));
+        assert!(!super::accepts(
+            &accept(&["application/pkix-crl;q=nonsense"]),
+            der
+        ));
+    }
 }

@@ -278,6 +278,16 @@ func call(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Ce
 	return fetch(broker, roots, root, id, method, path, body, "")
 }
 
+// hasRole is whether cert carries seb's role extension.
+func hasRole(cert *x509.Certificate) bool {
+	for _, ext := range cert.Extensions {
+		if ext.Id.Equal(oidRole) {
+			return true
+		}
+	}
+	return false
+}
+
 // fetch is call with an Accept header (none when empty).
 func fetch(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.Certificate, method, path, body, accept string) (int, []byte, error) {
 	client := &http.Client{
@@ -287,12 +297,15 @@ func fetch(broker string, roots *x509.CertPool, root *x509.Certificate, id tls.C
 			RootCAs:      roots,
 			MinVersion:   tls.VersionTLS12,
 			VerifyConnection: func(cs tls.ConnectionState) error {
+				// Root-issued directly, for serverAuth (Verify checked the usage), and no seb
+				// role: an executor's certificate with TLS names is root-issued for serverAuth
+				// too, but always carries sebRole; the broker's never does.
 				for _, chain := range cs.VerifiedChains {
-					if len(chain) == 2 && chain[1].Equal(root) {
+					if len(chain) == 2 && chain[1].Equal(root) && !hasRole(chain[0]) {
 						return nil
 					}
 				}
-				return errors.New("the broker's TLS certificate is not issued directly by the root")
+				return errors.New("the broker's TLS certificate is not issued directly by the root, or carries a seb role")
 			},
 		}},
 	}

@@ -200,13 +200,21 @@ pub(super) fn redeem(
     let (found, _) = store.write_audited(
         "redeem token",
         move |b| {
+            // A replay is answered as one before anything else (API.md: 409 every time after
+            // the first), even once the agent has been revoked: it is the signal a SIEM
+            // alerts on.
             let Some(row) = b.db()?.query_opt(
-                "SELECT agent_serials FROM executions WHERE jti = $1",
+                "SELECT agent_serials,
+                        (SELECT redeemed_at FROM redemptions WHERE jti = $1)
+                 FROM executions WHERE jti = $1",
                 &[&jti],
             )?
             else {
                 return Ok(Redemption::Unknown);
             };
+            if let Some(first) = row.get::<_, Option<i64>>(1) {
+                return Ok(Redemption::Before(first));
+            }
             let serials: Option<String> = row.get(0);
             let serials = match parse_serials(serials.as_deref()) {
                 Ok(Some(serials)) => serials,

@@ -143,13 +143,23 @@ pub(super) fn redeem(
     let (found, _) = store.write_audited(
         "redeem token",
         move |c| {
-            let serials: Option<Option<String>> = c
-                .prepare_cached("SELECT agent_serials FROM executions WHERE jti = ?1")?
-                .query_row([&jti], |r| r.get(0))
+            // A replay is answered as one before anything else (API.md: 409 every time after
+            // the first), even once the agent has been revoked: it is the signal a SIEM
+            // alerts on.
+            let found: Option<(Option<String>, Option<i64>)> = c
+                .prepare_cached(
+                    "SELECT agent_serials,
+                            (SELECT redeemed_at FROM redemptions WHERE jti = ?1)
+                     FROM executions WHERE jti = ?1",
+                )?
+                .query_row([&jti], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let Some(serials) = serials else {
+            let Some((serials, redeemed_at)) = found else {
                 return Ok(Redemption::Unknown);
             };
+            if let Some(first) = redeemed_at {
+                return Ok(Redemption::Before(first));
+            }
             // The agent's path, checked in the same transaction as the redemption: a
             // revocation committed before it is seen.
             let serials = match parse_serials(serials.as_deref()) {
