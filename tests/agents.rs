@@ -905,6 +905,12 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
         &["build", "-o", binary.to_str().unwrap(), "."],
         &common::repo().join("examples/go-executor"),
     );
+    // Its own unit tests: the claims' shapes it refuses, which a token signed by the broker
+    // never has (so they cannot be shown with one).
+    go(
+        &["test", "-count=1", "."],
+        &common::repo().join("examples/go-executor"),
+    );
     let both = d.hsm.path("approvers.pem");
     let mut pem = std::fs::read(&d.alice.cert).unwrap();
     pem.extend(std::fs::read(&d.bob.cert).unwrap());
@@ -964,11 +970,20 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     let receipt: seb::receipt::Receipt = serde_json::from_value(r.body["receipt"].clone()).unwrap();
     seb::receipt::verify(&receipt, &leaf(&d.executor.cert)).unwrap();
     assert_eq!(receipt.body.exit_code, 0);
+    assert_eq!(r.body["succeeded"], true, "{}", r.text);
     assert_eq!(receipt.body.jti, token_claims(&token)["jti"]);
     assert_eq!(
         std::fs::read_to_string(dir.join("go.txt")).unwrap(),
         "from go"
     );
+    // An action that fails says so, as seb exec's answer does (agents' tools read it).
+    std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+    let params = json!({"text": "x", "name": "a-directory"});
+    let token = d.token("demo.write", &params);
+    let r = present(&d.agent, &token, &params);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["succeeded"], false, "{}", r.text);
+    assert_eq!(r.body["receipt"]["body"]["exit_code"], 1, "{}", r.text);
 
     // Malformed input is a 4xx with a code: a duplicate key, a name that leaves the directory,
     // a caller that is not an agent.

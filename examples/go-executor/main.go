@@ -329,8 +329,10 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	recorded := e.report(requestID, receipt) == nil
+	// As seb exec answers: whether the action succeeded, beside the signed receipt that says so.
 	answer(w, http.StatusOK, map[string]interface{}{
-		"status": "executed", "receipt": receipt, "outcome_recorded": recorded,
+		"status": "executed", "succeeded": exitCode == 0, "stdout": "", "stderr": stderr,
+		"receipt": receipt, "outcome_recorded": recorded,
 	})
 }
 

@@ -393,6 +393,31 @@ var claimNames = map[string]bool{"iss": true, "sub": true, "jti": true, "iat": t
 	"cnf": true, "authorization_details": true, "params_digest": true, "att": true, "audit": true, "epoch": true,
 	"approvals": true}
 
+// objectOf is whether an optional claim is absent (or null) or an object of exactly these
+// members, each a "string" or an unsigned integer ("uint"), as seb's own verifier reads it.
+func objectOf(v interface{}, members map[string]string) bool {
+	if v == nil {
+		return true
+	}
+	obj, ok := v.(map[string]interface{})
+	if !ok || len(obj) != len(members) {
+		return false
+	}
+	for name, kind := range members {
+		switch kind {
+		case "string":
+			if _, ok := obj[name].(string); !ok {
+				return false
+			}
+		default:
+			if n, ok := obj[name].(int64); !ok || n < 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func readClaims(raw []byte) (*claims, error) {
 	bad := func(what string) error { return refuse("invalid_claims", "%s", what) }
 	v, err := parseStrict(raw)
@@ -411,6 +436,12 @@ func readClaims(raw []byte) (*claims, error) {
 	if !str("iss", &c.Iss) || !str("sub", &c.Sub) || !str("jti", &c.Jti) ||
 		!num("iat", &c.Iat) || !num("nbf", &c.Nbf) || !num("exp", &c.Exp) || !num("epoch", &c.Epoch) {
 		return nil, bad("a registered claim is missing or mistyped")
+	}
+	if !objectOf(m["att"], map[string]string{"pcr_digest": "string", "time": "uint"}) {
+		return nil, bad("att")
+	}
+	if !objectOf(m["audit"], map[string]string{"index": "uint", "leaf_hash": "string"}) {
+		return nil, bad("audit")
 	}
 	cnf, ok := m["cnf"].(map[string]interface{})
 	if !ok || len(cnf) != 1 {

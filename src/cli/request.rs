@@ -201,11 +201,16 @@ fn execute(
 
 /// What went wrong, when an executor's answer (`POST /v1/run`, 200) says the action ran and
 /// did not succeed: its exit status (or HTTP status), and whether it was killed on its timeout.
+/// An executor that does not say `succeeded` (the Go example) is judged by its receipt: exit
+/// status 0 and not killed; one that says neither has not shown that the action succeeded.
 pub(super) fn action_failure(answer: &serde_json::Value) -> Option<String> {
-    if answer["succeeded"] != false {
+    let receipt = &answer["receipt"]["body"];
+    let succeeded = answer["succeeded"]
+        .as_bool()
+        .unwrap_or_else(|| receipt["exit_code"] == 0 && receipt["timed_out"] != true);
+    if succeeded {
         return None;
     }
-    let receipt = &answer["receipt"]["body"];
     let killed = if receipt["timed_out"] == true {
         " (killed on its timeout)"
     } else {
@@ -215,4 +220,35 @@ pub(super) fn action_failure(answer: &serde_json::Value) -> Option<String> {
         "the action ran and failed: exit status {}{killed}",
         receipt["exit_code"]
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::action_failure;
+
+    #[test]
+    fn an_action_is_a_success_only_when_the_executor_or_its_receipt_says_so() {
+        let receipt = |exit: i64, timed_out: bool| json!({"body": {"exit_code": exit, "timed_out": timed_out}});
+        // seb exec says it.
+        let ran = json!({"status": "executed", "succeeded": true, "receipt": receipt(0, false)});
+        assert_eq!(action_failure(&ran), None);
+        let failed =
+            json!({"status": "executed", "succeeded": false, "receipt": receipt(1, false)});
+        assert!(action_failure(&failed).unwrap().contains("exit status 1"));
+        // An executor that does not say: its receipt decides.
+        assert_eq!(
+            action_failure(&json!({"status": "executed", "receipt": receipt(0, false)})),
+            None
+        );
+        let failed = json!({"status": "executed", "receipt": receipt(1, false)});
+        assert!(action_failure(&failed).unwrap().contains("exit status 1"));
+        let killed = json!({"status": "executed", "receipt": receipt(-1, true)});
+        assert!(action_failure(&killed)
+            .unwrap()
+            .contains("killed on its timeout"));
+        // Nothing that shows success is not a success.
+        assert!(action_failure(&json!({"status": "executed"})).is_some());
+    }
 }

@@ -73,6 +73,16 @@ const WRAPPERS: &[&str] = &[
 /// (unless `allow_shell = true`). Matched by exact name (`ssh-keyscan` is not one).
 const REMOTE_SHELLS: &[&str] = &["ssh", "rsh", "slogin", "autossh"];
 
+/// Programs that run their command argument through `sh -c` on this host (`sg group "cmd"`,
+/// `watch "cmd"`, a terminal multiplexer's or GNU parallel's command): a parameter after them
+/// is shell code, so none is allowed (unless `allow_shell = true`). Matched by exact name.
+const LOCAL_COMMAND_STRINGS: &[&str] = &["sg", "watch", "tmux", "screen", "byobu", "parallel"];
+
+/// Programs whose first operand is a program text unless an option gives the program (`awk
+/// 'prog' file`, `sed 's/a/b/e' file`; sed's `e` runs a shell command, awk's `system()` too):
+/// that text must not come from a parameter, nor the value of `-e` / `--expression`.
+const PROGRAM_OPERANDS: &[&str] = &["awk", "gawk", "mawk", "nawk", "busybox-awk", "sed", "gsed"];
+
 /// Interpreters that take a program as an argument (`-c`, `-e`, `--eval`): refused with such
 /// an option. Running a script file with them stays allowed.
 const INTERPRETERS: &[&str] = &[
@@ -267,6 +277,36 @@ fn shell_reason(argv: &[String]) -> Option<String> {
             ));
         }
     }
+    let local = |a: &String| {
+        names(a)
+            .iter()
+            .any(|n| LOCAL_COMMAND_STRINGS.contains(&n.as_str()))
+    };
+    if let Some(at) = argv.iter().position(local) {
+        if let Some(param) = argv[at + 1..]
+            .iter()
+            .find(|a| matches!(placeholder(a), Ok(Some(_))))
+        {
+            return Some(format!(
+                "{:?} hands the parameter {param} to a shell (it runs its command with sh -c)",
+                argv[at]
+            ));
+        }
+    }
+    let takes_program = |a: &String| {
+        names(a)
+            .iter()
+            .any(|n| PROGRAM_OPERANDS.iter().any(|family| is_named(n, family)))
+    };
+    if let Some(at) = argv.iter().position(takes_program) {
+        if let Some(param) = program_text_parameter(&argv[at + 1..]) {
+            return Some(format!(
+                "{:?} takes its program from the parameter {param} (a program text can run \
+                 shell commands)",
+                argv[at]
+            ));
+        }
+    }
     let inline = |a: &str| {
         matches!(
             a,
@@ -283,6 +323,38 @@ fn shell_reason(argv: &[String]) -> Option<String> {
             || (a.starts_with('-') && !a.starts_with("--") && a.len() > 2 && a.ends_with('c'))
     }) {
         return Some(format!("a {flag} argument (a command string)"));
+    }
+    None
+}
+
+/// The parameter an awk- or sed-like program takes as its program text, if one does: the value
+/// of `-e`/`--expression`, or the first operand when no `-e` or `-f` gives the program.
+fn program_text_parameter(args: &[String]) -> Option<&String> {
+    let is_param = |a: &String| matches!(placeholder(a), Ok(Some(_)));
+    let mut given = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--" => return args.next().filter(|a| !given && is_param(a)),
+            "-e" | "--expression" | "--source" => {
+                let text = args.next()?;
+                if is_param(text) {
+                    return Some(text);
+                }
+                given = true;
+            }
+            "-f" | "--file" => {
+                args.next();
+                given = true;
+            }
+            // Options of awk and sed that take the next argument as their value.
+            "-F" | "-v" | "-l" | "--assign" | "--field-separator" | "--line-length" => {
+                args.next();
+            }
+            a if a.starts_with("-f") || a.starts_with("--file=") => given = true,
+            a if a.starts_with('-') && a.len() > 1 => {}
+            _ => return Some(arg).filter(|a| !given && is_param(a)),
+        }
     }
     None
 }
@@ -690,6 +762,17 @@ mod tests {
                 "{name}",
             ],
             &["/usr/bin/nice", "ssh", "db1", "deploy", "{v}"],
+            // Reported by a later review: programs that hand their command to sh -c, and
+            // program texts taken from a parameter (awk's system(), sed's e command).
+            &["/usr/bin/sg", "root", "{cmd}"],
+            &["/usr/bin/watch", "-n", "1", "{cmd}"],
+            &["/usr/bin/nice", "/usr/bin/sg", "adm", "{cmd}"],
+            &["/usr/bin/awk", "{prog}"],
+            &["/usr/bin/gawk", "-F", ":", "{prog}", "/etc/passwd"],
+            &["/usr/bin/awk", "--", "{prog}"],
+            &["/bin/sed", "{script}", "/srv/file"],
+            &["/bin/sed", "-n", "-e", "{script}", "/srv/file"],
+            &["/usr/bin/timeout", "5", "/bin/sed", "{script}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
@@ -709,6 +792,12 @@ mod tests {
             &["/usr/bin/shred", "-u", "{file}"],
             &["/usr/bin/ssh", "db1", "/usr/local/bin/restart-api"],
             &["/usr/bin/ssh-keyscan", "{host}"],
+            // The program text is the configuration's own; parameters are data.
+            &["/usr/bin/awk", "-F", ":", "NR==1", "{file}"],
+            &["/usr/bin/awk", "-f", "/opt/report.awk", "{file}"],
+            &["/bin/sed", "s/a/b/", "{file}"],
+            &["/bin/sed", "-e", "s/a/b/", "{file}"],
+            &["/usr/bin/sg", "adm", "/usr/local/bin/rotate-logs"],
         ] {
             assert!(ArgvTemplate::new(argv(good), false).is_ok(), "{good:?}");
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -137,7 +138,12 @@ class Client:
         return _execution(self._call("POST", "/v1/executions", body))
 
     def status(self, request_id: str) -> dict:
-        """``GET /v1/executions/{id}`` as it is."""
+        """``GET /v1/executions/{id}`` as it is. A ``request_id`` that is not one (the
+        broker's are 16 to 64 characters of ``A-Za-z0-9_-``) is refused before any request
+        is made, so that it never steers the path to another route (``../trust``)."""
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+            raise errors.InvalidRequest(f"{request_id!r} is not a request id",
+                                        code="invalid_request_id")
         return self._call("GET", f"/v1/executions/{request_id}")
 
     def wait(self, request_id: str, *, timeout: float = 300.0, interval: float = 0.5) -> Granted:
@@ -301,6 +307,9 @@ def _server_certificate_problem(der: bytes | None, root: x509.Certificate) -> st
 
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
 def _answer(response: httpx.Response) -> Any:
     try:
         body = response.json()
@@ -311,6 +320,10 @@ def _answer(response: httpx.Response) -> Any:
         raise errors.from_answer(response.status_code, error.get("code", "http_error"),
                                  error.get("message", response.text[:200]),
                                  error.get("request_id"))
+    if not isinstance(body, dict):
+        # Every route this client calls answers a JSON object; anything else is not seb's.
+        raise errors.from_answer(response.status_code, "invalid_answer",
+                                 f"the answer is not a JSON object (HTTP {response.status_code})")
     return body
 
 

@@ -32,6 +32,19 @@ class InvalidRequest(SebError):
     """The request was malformed (400/404/409/413/...)."""
 
 
+class RateLimited(SebError):
+    """Too many requests from this certificate (429): nothing was decided; retry after a
+    pause."""
+
+    code = "rate_limited"
+
+
+class ActionFailed(SebError):
+    """The executor ran the action and it failed. The token is spent: do not retry it."""
+
+    code = "action_failed"
+
+
 class RequestNotGranted(SebError):
     """A request that was waited for ended without a token (rejected, expired, failed)."""
 
@@ -85,6 +98,9 @@ for _code in _UNAVAILABLE_CODES:
 for _code in _NOT_GRANTED_CODES:
     BY_CODE[_code] = _make(_code, RequestNotGranted)
 
+BY_CODE["rate_limited"] = RateLimited
+BY_CODE["action_failed"] = ActionFailed
+
 globals().update({cls.__name__: cls for cls in BY_CODE.values()})
 
 
@@ -92,5 +108,6 @@ def from_answer(status: int, code: str, message: str, request_id: str | None = N
     """The exception for an error answer: the class of its code, else one by status."""
     cls = BY_CODE.get(code)
     if cls is None:
-        cls = Denied if status == 403 else Unavailable if status >= 500 else InvalidRequest
+        cls = (Denied if status == 403 else RateLimited if status == 429
+               else Unavailable if status >= 500 else InvalidRequest)
     return cls(message, code=code, status=status, request_id=request_id)

@@ -55,11 +55,15 @@ class SebExecuteTool(BaseTool):
         except SebError as e:
             raise ToolException(f"{e.code}: {e.message}") from e
         receipt = result.get("receipt", {}).get("body", {})
-        outcome = {"status": result.get("status"), "succeeded": result.get("succeeded"),
+        succeeded = result.get("succeeded")
+        if not isinstance(succeeded, bool):
+            # An executor that does not say (the Go example): its signed receipt does.
+            succeeded = receipt.get("exit_code") == 0 and receipt.get("timed_out") is not True
+        outcome = {"status": result.get("status"), "succeeded": succeeded,
                    "request_id": answer.request_id, "exit_code": receipt.get("exit_code"),
                    "timed_out": receipt.get("timed_out"), "stdout": result.get("stdout", ""),
                    "stderr": result.get("stderr", "")}
-        if result.get("succeeded") is False:
+        if not succeeded:
             # It ran and failed: an error the model sees as one, with what the action said.
             raise ToolException("action_failed: " + json.dumps(outcome))
         return json.dumps(outcome)

@@ -285,6 +285,16 @@ def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _object_of(value: Any, members: dict) -> bool:
+    """An optional claim: absent (or null), or an object of exactly these members, each a
+    string or an unsigned integer, as seb's own verifier reads it."""
+    if value is None:
+        return True
+    return (isinstance(value, dict) and set(value) == set(members)
+            and all(_is_uint(value[k]) if t is int else isinstance(value[k], t)
+                    for k, t in members.items()))
+
+
 def _check_claim_types(c: dict) -> None:
     keys = set(c)
     if not (_CLAIMS - _OPTIONAL_CLAIMS) <= keys <= _CLAIMS:
@@ -295,8 +305,8 @@ def _check_claim_types(c: dict) -> None:
           and isinstance(c["cnf"]["x5t#S256"], str)
           and isinstance(c["authorization_details"], list)
           and isinstance(c["approvals"], list)
-          and (c.get("att") is None or isinstance(c["att"], dict))
-          and (c.get("audit") is None or isinstance(c["audit"], dict)))
+          and _object_of(c.get("att"), {"pcr_digest": str, "time": int})
+          and _object_of(c.get("audit"), {"index": int, "leaf_hash": str}))
     if ok:
         for d in c["authorization_details"]:
             required = {"type", "operation", "resource", "params_digest", "request_digest",

@@ -199,3 +199,24 @@ def test_an_unreachable_broker_raises_a_typed_error():
         with pytest.raises(errors.Unavailable) as raised:
             nowhere.grants()
     assert raised.value.code == "broker_unreachable"
+
+
+def test_a_request_id_that_is_not_one_never_reaches_the_broker(agent):
+    # A path such as "../trust" would otherwise fetch another route and read as a status.
+    for bad in ["../trust", "../grants", "a/b" * 8, "x" * 15, "", "é" * 20]:
+        with pytest.raises(errors.InvalidRequest) as refused:
+            agent.status(bad)
+        assert refused.value.code == "invalid_request_id"
+        with pytest.raises(errors.InvalidRequest):
+            agent.wait(bad, timeout=0.1)
+
+
+def test_codes_a_caller_handles_differently_get_their_own_classes():
+    limited = errors.from_answer(429, "rate_limited", "slow down")
+    assert isinstance(limited, errors.RateLimited) and not isinstance(limited,
+                                                                      errors.InvalidRequest)
+    assert isinstance(errors.from_answer(429, "something_new", "x"), errors.RateLimited)
+    failed = errors.from_answer(500, "action_failed", "exit 1")
+    assert isinstance(failed, errors.ActionFailed) and not isinstance(failed,
+                                                                     errors.Unavailable)
+    assert isinstance(errors.from_answer(503, "hsm_unavailable", "x"), errors.Unavailable)

@@ -173,3 +173,25 @@ def test_the_agents_grant_says_which_approvals_a_token_needs():
     assert grant_rule(agent, "deploy.rollout", "prod/billing/api", {"replicas": 3}) is None
     assert grant_rule(agent, "deploy.rollout", "prod/payments/api",
                       {"replicas": 3, "extra": 1}) is None
+
+
+def test_claim_shapes_are_read_as_seb_reads_them():
+    # A token signed by the broker never has these shapes, so they are checked on the claims
+    # alone: optional claims are absent (or null) or of exactly their type.
+    from seb_client.verify import _check_claim_types
+
+    issued = json.loads(unb64(good()["token"].split(".")[1]))
+    base = dict(issued, att={"pcr_digest": "AAAA", "time": 1764892800},
+                audit={"index": 7, "leaf_hash": "AAAA"})
+    base["params_digest"] = base["authorization_details"][0]["params_digest"]
+    _check_claim_types(base)
+    _check_claim_types({k: v for k, v in base.items() if k not in ("att", "audit")})
+    for change in [{"att": "x"}, {"audit": "x"}, {"att": {"foo": 1}},
+                   {"att": {"pcr_digest": "AAAA", "time": -1}},
+                   {"att": {"pcr_digest": "AAAA", "time": True}},
+                   {"audit": {"index": "7", "leaf_hash": "AAAA"}},
+                   {"audit": {"index": 7, "leaf_hash": "AAAA", "x": 1}},
+                   {"params_digest": "other"}, {"params_digest": None}]:
+        with pytest.raises(errors.VerifyError) as refused:
+            _check_claim_types(dict(base, **change))
+        assert refused.value.code == "invalid_claims", change
