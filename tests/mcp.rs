@@ -522,3 +522,95 @@ fn without_an_executor_there_is_no_execute_and_an_unreachable_broker_is_a_tool_e
     );
     common::assert_clean_failure(&out, "missing.key");
 }
+
+/// Input JSON-RPC 2.0 calls an error gets an error answer (a host waiting for one must not
+/// wait for ever), with the request's id when it can be read, and the session goes on.
+#[test]
+fn malformed_json_rpc_gets_an_error_answer_and_the_session_goes_on() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("agent", GRANTS);
+    let nowhere = format!("https://127.0.0.1:{}", common::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seb"))
+        .arg("mcp")
+        .args(connection(&hsm, &nowhere, &agent))
+        .current_dir(hsm.dir.path())
+        .env_remove("SEB_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (answers, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            let _ = answers.send(line);
+        }
+    });
+    let send = |stdin: &mut ChildStdin, line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let exchange = |stdin: &mut ChildStdin, line: &str| -> Value {
+        send(stdin, line);
+        let answer = received
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no answer to {line}"));
+        serde_json::from_str(&answer).unwrap()
+    };
+    let error = |answer: &Value| (answer["error"]["code"].clone(), answer["id"].clone());
+    assert_eq!(
+        error(&exchange(&mut stdin, "not json")),
+        (json!(-32700), Value::Null)
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(
+        error(&exchange(&mut stdin, &deep)),
+        (json!(-32700), Value::Null)
+    );
+    assert_eq!(
+        error(&exchange(
+            &mut stdin,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#
+        )),
+        (json!(-32600), Value::Null)
+    );
+    assert_eq!(
+        error(&exchange(
+            &mut stdin,
+            r#"{"jsonrpc":"1.0","id":21,"method":"ping"}"#
+        )),
+        (json!(-32600), json!(21))
+    );
+    let init = exchange(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+    );
+    assert_eq!(init["result"]["serverInfo"]["name"], "seb", "{init}");
+    send(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    for params in [
+        "",
+        r#","params":[]"#,
+        r#","params":{"name":"list_grants","arguments":[]}"#,
+    ] {
+        let line = format!(r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call"{params}}}"#);
+        assert_eq!(
+            error(&exchange(&mut stdin, &line)),
+            (json!(-32602), json!(5)),
+            "{line}"
+        );
+    }
+    let tools = exchange(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#,
+    );
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

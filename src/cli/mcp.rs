@@ -36,6 +36,8 @@ use serde_json::{json, Value};
 
 use super::{BrokerConnection, CliError, CliResult};
 
+mod framing;
+
 /// Options of `seb mcp`: the identity and the endpoints, fixed for the whole session.
 #[derive(Debug, clap::Args)]
 pub struct McpArgs {
@@ -75,17 +77,39 @@ pub fn run(args: McpArgs) -> CliResult {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
+        // The host's lines are screened before the session sees them (framing.rs); the
+        // session's answers and the screen's share one writer to stdout.
+        let (host_side, session_in) = tokio::io::duplex(64 << 10);
+        let (session_out, from_session) = tokio::io::duplex(64 << 10);
+        let (lines, to_stdout) = tokio::sync::mpsc::channel(64);
+        let writer = tokio::spawn(framing::write_lines(to_stdout, tokio::io::stdout()));
+        tokio::spawn(framing::session_output(
+            tokio::io::BufReader::new(from_session),
+            lines.clone(),
+        ));
+        tokio::spawn(framing::screen_input(
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            host_side,
+            lines,
+        ));
         let service = server
-            .serve(rmcp::transport::stdio())
+            .serve((session_in, session_out))
             .await
             .map_err(|e| -> CliError { format!("MCP initialisation failed: {e}").into() })?;
-        service
+        let ended = service
             .waiting()
             .await
-            .map_err(|e| -> CliError { format!("MCP session ended with an error: {e}").into() })?;
+            .map_err(|e| -> CliError { format!("MCP session ended with an error: {e}").into() });
+        // Everything answered reaches stdout before the process ends.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        ended?;
         Ok(())
-    })
+    });
+    // A read of stdin still waiting (the session ended before the host closed it) must not
+    // keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// The server: the session's fixed identity and endpoints, and the parameters of the last
