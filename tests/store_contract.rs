@@ -421,6 +421,31 @@ fn contract(store: &dyn Store) {
     merkle::verify_consistency(old, size, &proof, &old_root, &root).unwrap();
     store.check_writable().unwrap();
     store.audit_health().unwrap();
+    // A replay stays a replay once the agent is revoked (what a SIEM alerts on), not a
+    // revocation.
+    let at = now();
+    store
+        .record_execution(
+            &record(
+                "r-replay",
+                ExecutionStatus::Granted,
+                Some("j-replay"),
+                &[serial(99)],
+            ),
+            &entry(EntryKind::ExecutionGranted, "r-replay"),
+        )
+        .unwrap();
+    assert_eq!(
+        store.redeem("j-replay", &executor("exec-x5t"), at).unwrap(),
+        RedeemOutcome::Redeemed
+    );
+    store
+        .revoke(&serial(99), Reason::KeyCompromise, at)
+        .unwrap();
+    assert_eq!(
+        store.redeem("j-replay", &executor("exec-x5t"), at).unwrap(),
+        RedeemOutcome::AlreadyRedeemed { at }
+    );
 }
 
 #[test]
