@@ -424,6 +424,9 @@ fn record_serve_and_verify_refuse_a_policy_with_a_resettable_pcr() {
     // broker binary resets them and extends what the policy expects. No command takes them.
     let hsm = Hsm::provision_tpm(false);
     hsm.seb_ok(&["init"]);
+    // A PCR that does not exist is named as such, before the TPM is asked.
+    let out = hsm.seb(&["attest", "record", "--out", "p.toml", "--pcrs", "0,24"]);
+    common::assert_clean_failure(&out, "PCR 24 does not exist");
     for pcr in ["16", "23"] {
         let needle = format!("PCR {pcr} ");
         // Recording.

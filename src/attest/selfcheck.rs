@@ -319,8 +319,11 @@ impl AttestationState {
     /// Quotes with a random nonce and verifies the result against the policy; records the
     /// outcome. Returns the failure reason, if any.
     pub fn self_check(&self) -> Result<(), String> {
+        let outcome = self.check_once(SystemTime::now());
+        // Stamped when the check ends: a check the TPM held up for a while measured the state
+        // of when it answered, and must not count as already overdue (which would record a
+        // recovery while issuance is still refused).
         let now = SystemTime::now();
-        let outcome = self.check_once(now);
         let mut status = match self.status.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),

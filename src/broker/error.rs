@@ -213,7 +213,7 @@ impl BrokerError {
                 if matches!(reason, crate::attest::selfcheck::Refusal::Overdue(_)) {
                     "the broker's attestation self-check has not finished in time (the TPM does not answer); no token was issued".into()
                 } else {
-                    "the broker's attestation self-check does not match its reference measurements; no token was issued".into()
+                    "the broker's attestation self-check failed (its boot state does not match the policy, or the TPM cannot be used; /healthz says which); no token was issued".into()
                 },
             ),
             BrokerError::WrongApprovalGroup { .. } => {

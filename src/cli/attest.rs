@@ -184,6 +184,13 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
         "sha384" => PcrBank::Sha384,
         other => return Err(format!("unknown PCR bank {other:?} (sha256 or sha384)").into()),
     };
+    if let Some(pcr) = args.pcrs.iter().find(|p| **p > 23) {
+        return Err(format!(
+            "PCR {pcr} does not exist: a TPM 2.0 has PCRs 0 to 23 (record 0-15; see \
+             docs/ATTESTATION.md)"
+        )
+        .into());
+    }
     // A PCR that software can reset records nothing worth comparing: refuse before reading.
     attest::check_pcr_selection(&args.pcrs)
         .map_err(|e| format!("not recording ({}): {e}", e.code()))?;
