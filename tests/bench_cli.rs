@@ -11,6 +11,10 @@ use common::Hsm;
 #[test]
 fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
     let hsm = Hsm::initialised();
+    // What a bench killed before it could clean up left behind (no process has this id: it
+    // is above the kernel's largest); the next bench removes it.
+    let abandoned = hsm.path("state").join("bench-4294967");
+    std::fs::create_dir_all(abandoned.join("agent")).unwrap();
     let out = hsm.seb_ok(&[
         "bench",
         "broker",
@@ -23,6 +27,7 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         "--open-loop",
         "0.5",
     ]);
+    assert!(!abandoned.exists());
     let lines: Vec<&str> = out.lines().collect();
     // Each agent count with the audit log on and off (the default), side by side.
     let keep_alive: Vec<&&str> = lines
@@ -146,4 +151,27 @@ fn bench_broker_compares_the_postgres_store_with_one_and_two_replicas_to_sqlite(
         "0"
     );
     assert_eq!(psql("SELECT count(*) FROM public.executions"), "0");
+}
+
+/// Values the bench cannot run with are usage errors before anything starts (an infinite
+/// open-loop rate once made the load generator allocate until it aborted).
+#[test]
+fn bench_options_out_of_range_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (option, value, says) in [
+        ("--open-loop", "inf", "from 0 (skip) to 10"),
+        ("--open-loop", "1e12", "from 0 (skip) to 10"),
+        ("--open-loop", "NaN", "from 0 (skip) to 10"),
+        ("--seconds", "0", "--seconds"),
+        ("--seconds", "18446744073709551615", "--seconds"),
+        ("--agents", "0", "from 1 to 4096"),
+        ("--replicas", "0", "from 1 to 16"),
+    ] {
+        let out = common::seb(&["bench", "broker", option, value], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{option} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{option} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -31,17 +31,17 @@ use crate::cli::{open_backend, read_file, CliError, CliResult};
 #[derive(Debug, clap::Args)]
 pub struct BrokerBenchArgs {
     /// Concurrent keep-alive agents, comma-separated (one measurement each).
-    #[arg(long, default_value = "1,32", value_delimiter = ',')]
+    #[arg(long, default_value = "1,32", value_delimiter = ',', value_parser = agent_count)]
     agents: Vec<usize>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds per measurement (1 to 3600).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
-    /// Concurrent agents for the full-handshake measurement (0 skips it).
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent agents for the full-handshake measurement (0 skips it; at most 4096).
+    #[arg(long, default_value_t = 8, value_parser = handshake_count)]
     handshake_agents: usize,
     /// Open-loop loads to measure after the closed-loop ones, as fractions of the closed-loop
     /// rate of the largest agent count, comma-separated (0 skips them).
-    #[arg(long, default_value = "0.5,0.8", value_delimiter = ',')]
+    #[arg(long, default_value = "0.5,0.8", value_delimiter = ',', value_parser = open_loop_fraction)]
     open_loop: Vec<f64>,
     /// Audit log modes to measure side by side in this run, comma-separated: `on` (the
     /// broker as it serves) and `off` (a baseline store that writes no audit entries). The
@@ -59,7 +59,7 @@ pub struct BrokerBenchArgs {
     /// PostgreSQL: broker replicas sharing the store, comma-separated (one measurement each).
     /// They run in this process, each with its own store connections and listener; the
     /// agents are spread over them, as a TCP load balancer would.
-    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2", value_delimiter = ',', value_parser = replica_count)]
     replicas: Vec<usize>,
     /// Run the load generator as a separate process (`seb bench load`), so that the CPU
     /// reported per token is the broker process's own (broker, store and in-process
@@ -68,6 +68,46 @@ pub struct BrokerBenchArgs {
     #[arg(long)]
     external: bool,
 }
+
+/// A number of agents: 1 to 4096.
+pub(super) fn agent_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?}: a number of agents from 1 to 4096")),
+    }
+}
+
+/// Handshake agents: 0 (skip) to 4096.
+fn handshake_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Ok(0),
+        _ => agent_count(text),
+    }
+}
+
+/// Replicas: 1 to 16.
+fn replica_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?}: a number of replicas from 1 to 16")),
+    }
+}
+
+/// An open-loop fraction: finite, from 0 (skip) to 10 times the closed-loop rate.
+fn open_loop_fraction(text: &str) -> Result<f64, String> {
+    let fraction: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=10.0).contains(&fraction) {
+        return Err(format!(
+            "{text}: a fraction of the closed-loop rate from 0 (skip) to 10"
+        ));
+    }
+    Ok(fraction)
+}
+
+/// One thing measured: its label, and its brokers (one, or replicas sharing a store).
+type Variant = (String, Vec<Arc<Broker>>);
 
 /// Which store a measured broker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,6 +142,7 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
         single.1.as_secs_f64() * 1e3
     );
 
+    remove_abandoned_bench_dirs(&config.state_dir);
     let bench_dir = config
         .state_dir
         .join(format!("bench-{}", std::process::id()));
@@ -119,6 +160,27 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let result = run_load(config, backend, &bench_dir, &args, &raw);
     let _ = std::fs::remove_dir_all(&bench_dir);
     result
+}
+
+/// Removes the `bench-PID` directories of benches that ended without cleaning up (killed): their
+/// process no longer exists. They hold throwaway stores and, with `--external`, an agent key.
+fn remove_abandoned_bench_dirs(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("bench-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn run_load(
@@ -140,65 +202,76 @@ fn run_load(
         args.audit.clone()
     };
     // What is measured: a label, and the brokers (one, or replicas sharing a store).
-    let mut variants: Vec<(String, Vec<Arc<Broker>>)> = Vec::new();
+    // Every schema made is dropped at the end, also when making a later one failed.
     let mut namespaces = Vec::new();
     let stores = match (&args.store[..], &config.store) {
         ([], StoreConfig::Postgres(_)) => vec![StoreKind::Sqlite, StoreKind::Postgres],
         ([], StoreConfig::Sqlite) => vec![StoreKind::Sqlite],
         (chosen, _) => chosen.to_vec(),
     };
-    for kind in &stores {
-        match kind {
-            StoreKind::Sqlite => {
-                for mode in &modes {
-                    let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
-                    let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
-                        AuditMode::On => SqliteStore::open(&dir)?,
-                        AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
-                    });
-                    let label = match mode {
-                        AuditMode::On => "sqlite, audit log on",
-                        AuditMode::Off => "sqlite, audit log off",
-                    };
-                    let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
-                    variants.push((label.to_owned(), vec![broker]));
-                }
-            }
-            StoreKind::Postgres => {
-                let StoreConfig::Postgres(pg) = &config.store else {
-                    return Err("--store postgres needs [store] backend = \"postgres\" in the configuration (softhsm-setup/provision.sh DIR --postgres)".into());
-                };
-                for &replicas in &args.replicas {
-                    let namespace = format!("seb_bench_{}_{replicas}", std::process::id());
-                    namespaces.push((pg.clone(), namespace.clone()));
-                    let mut brokers = Vec::new();
-                    for _ in 0..replicas.max(1) {
-                        let store: Arc<dyn seb::store::Store> =
-                            Arc::new(PgStore::open_in_namespace(pg, &namespace)?);
-                        brokers.push(Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?));
+    let mut build = || -> Result<Vec<Variant>, CliError> {
+        let mut variants: Vec<Variant> = Vec::new();
+        for kind in &stores {
+            match kind {
+                StoreKind::Sqlite => {
+                    for mode in &modes {
+                        let dir = bench_dir.join(format!("{mode:?}").to_lowercase());
+                        let store: Arc<dyn seb::store::Store> = Arc::new(match mode {
+                            AuditMode::On => SqliteStore::open(&dir)?,
+                            AuditMode::Off => SqliteStore::open_without_audit_log(&dir)?,
+                        });
+                        let label = match mode {
+                            AuditMode::On => "sqlite, audit log on",
+                            AuditMode::Off => "sqlite, audit log off",
+                        };
+                        let broker = Arc::new(Broker::new(cfg.clone(), backend.clone(), store)?);
+                        variants.push((label.to_owned(), vec![broker]));
                     }
-                    let label = format!(
-                        "postgres, {} replica{}",
-                        replicas.max(1),
-                        if replicas > 1 { "s" } else { "" }
-                    );
-                    variants.push((label, brokers));
+                }
+                StoreKind::Postgres => {
+                    let StoreConfig::Postgres(pg) = &config.store else {
+                        return Err("--store postgres needs [store] backend = \"postgres\" in the configuration (softhsm-setup/provision.sh DIR --postgres)".into());
+                    };
+                    for &replicas in &args.replicas {
+                        let namespace = format!("seb_bench_{}_{replicas}", std::process::id());
+                        namespaces.push((pg.clone(), namespace.clone()));
+                        let mut brokers = Vec::new();
+                        for _ in 0..replicas.max(1) {
+                            let store: Arc<dyn seb::store::Store> =
+                                Arc::new(PgStore::open_in_namespace(pg, &namespace)?);
+                            brokers.push(Arc::new(Broker::new(
+                                cfg.clone(),
+                                backend.clone(),
+                                store,
+                            )?));
+                        }
+                        let label = format!(
+                            "postgres, {} replica{}",
+                            replicas.max(1),
+                            if replicas > 1 { "s" } else { "" }
+                        );
+                        variants.push((label, brokers));
+                    }
                 }
             }
         }
-    }
-    let measured = variants.first().and_then(|(_, b)| b.first().cloned());
-    let result = serve_and_measure(
-        config,
-        backend,
-        bench_dir,
-        args,
-        raw,
-        &cfg,
-        variants,
-        measured,
-        (cert_pem, key_pem, root_pem),
-    );
+        Ok(variants)
+    };
+    let built = build();
+    let result = built.and_then(|variants| {
+        let measured = variants.first().and_then(|(_, b)| b.first().cloned());
+        serve_and_measure(
+            config,
+            backend,
+            bench_dir,
+            args,
+            raw,
+            &cfg,
+            variants,
+            measured,
+            (cert_pem, key_pem, root_pem),
+        )
+    });
     for (pg, namespace) in namespaces {
         if let Err(e) = PgStore::drop_namespace(&pg, &namespace) {
             say!("could not drop the bench schema {namespace}: {e}");
@@ -258,7 +331,17 @@ fn serve_and_measure(
             );
             std::fs::write(&ca, &root_pem)?;
             std::fs::write(&cert, &cert_pem)?;
-            std::fs::write(&key, &key_pem)?;
+            // The agent's key, for the length of the run: readable by this user only.
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key)?
+                    .write_all(key_pem.as_bytes())?;
+            }
             Driver::External {
                 exe: std::env::current_exe()?,
                 ca,
@@ -330,7 +413,8 @@ fn serve_and_measure(
             let Some((agents, rate)) = peak else { break };
             let offered = fraction * rate;
             let agents = agents.max(1);
-            let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0));
+            let interval = Duration::from_secs_f64(agents as f64 / offered.max(1.0))
+                .max(Duration::from_micros(1));
             let before = measured.as_ref().map(|b| issuance_buckets(b)).unwrap_or_default();
             let stats = driver
                 .drive(&url, agents, seconds, Pace::Every(interval), Mode::KeepAlive)

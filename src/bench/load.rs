@@ -27,11 +27,11 @@ pub struct LoadArgs {
     /// The agent's private key (PKCS#8 PEM).
     #[arg(long)]
     key: std::path::PathBuf,
-    /// Concurrent agents.
-    #[arg(long)]
+    /// Concurrent agents (1 to 4096).
+    #[arg(long, value_parser = super::broker::agent_count)]
     agents: usize,
-    /// Seconds of load.
-    #[arg(long)]
+    /// Seconds of load (1 to 3600).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
     /// Open loop: each agent's interval between requests, in microseconds (0: closed loop).
     #[arg(long, default_value_t = 0)]
@@ -39,6 +39,10 @@ pub struct LoadArgs {
     /// What each agent does.
     #[arg(long, value_enum, default_value = "keep-alive")]
     mode: Mode,
+    /// Stop when standard input closes: `seb bench broker --external` starts its load
+    /// generator so, and a bench that dies does not leave it running.
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
 }
 
 /// What a load-generating agent does per request.
@@ -198,6 +202,8 @@ impl Driver {
                         Pace::Closed => "0".to_owned(),
                         Pace::Every(interval) => interval.as_micros().max(1).to_string(),
                     })
+                    .arg("--exit-with-stdin")
+                    .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped());
                 // The child's output is read on a blocking thread: the broker's async workers
                 // keep serving meanwhile.
@@ -266,6 +272,15 @@ fn external_load(mut command: std::process::Command) -> Result<Stats, CliError> 
 
 /// `seb bench load`: the load generator alone, in this process, against a running broker.
 pub fn run_load_process(args: LoadArgs) -> CliResult {
+    if args.exit_with_stdin {
+        // The parent holds the other end of the pipe; it closes when the parent ends.
+        std::thread::spawn(|| {
+            use std::io::Read;
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            std::process::exit(1);
+        });
+    }
     let root_pem = read_file(&args.ca)?;
     let cert_pem = read_file(&args.cert)?;
     let key_pem = read_file(&args.key)?;
