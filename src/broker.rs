@@ -368,7 +368,7 @@ impl Broker {
                 crate::time::unix(cert.not_after())
             );
         }
-        let _ = writeln!(out, "# HELP seb_certificate_expiring 1 when the certificate expires within 30 days (renew: seb rotate).");
+        let _ = writeln!(out, "# HELP seb_certificate_expiring 1 when the certificate expires within 30 days (renew: seb rotate; ak: seb attest enroll).");
         let _ = writeln!(out, "# TYPE seb_certificate_expiring gauge");
         for (what, cert) in &certs {
             let _ = writeln!(

@@ -165,7 +165,7 @@ impl Config {
         if let StoreConfig::Postgres(pg) = &self.store {
             pg.validate()?;
         }
-        check_broker_id(&self.broker_id)?;
+        check_broker_id(&self.broker_id, self.attestation.is_some())?;
         let labels = [
             &self.keys.root,
             &self.keys.token,
@@ -710,20 +710,37 @@ fn with_key_line(text: &str, message: String) -> String {
     else {
         return message;
     };
-    let found = text.lines().enumerate().find(|(_, line)| {
-        line.trim_start()
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    });
-    let Some((index, _)) = found else {
-        return message;
-    };
-    // Name the key's line only, not the table header's as well.
-    let rest = message
+    // The line the parser pointed at: a table's header (only a header line starts with '[').
+    let Some((header, rest)) = message
         .strip_prefix("line ")
         .and_then(|m| m.split_once(": "))
-        .map_or(message.as_str(), |(_, rest)| rest);
-    format!("line {}: {rest}", index + 1)
+        .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)))
+    else {
+        return message;
+    };
+    if !text
+        .lines()
+        .nth(header.wrapping_sub(1))
+        .is_some_and(|l| l.trim_start().starts_with('['))
+    {
+        return message;
+    }
+    // The key inside that table: after its header, before the next one.
+    let found = text
+        .lines()
+        .enumerate()
+        .skip(header)
+        .take_while(|(_, line)| !line.trim_start().starts_with('['))
+        .find(|(_, line)| {
+            line.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+    match found {
+        // Name the key's line only, not the table header's as well.
+        Some((index, _)) => format!("line {}: {rest}", index + 1),
+        None => message,
+    }
 }
 
 /// Serde adapter for `"60s"`-style durations.
@@ -738,22 +755,35 @@ mod duration_str {
     }
 }
 
-/// The longest `broker_id`: it is the prefix of the attestation key's common name
-/// (`<broker_id> attestation key`), which X.509 caps at 64 characters.
-const BROKER_ID_MAX: usize = 48;
+/// The longest `broker_id`: it is the prefix of the service certificates' common names
+/// (`<broker_id> token signer`), which X.509 caps at 64 characters; with attestation, of the
+/// attestation key's (`<broker_id> attestation key`).
+const BROKER_ID_MAX: usize = 51;
+const BROKER_ID_MAX_ATTESTING: usize = 48;
 
 /// `broker_id` names this broker in tokens (`iss`), certificate subjects and the audit
 /// checkpoint's origin and key name (`<broker_id>/audit`), which the signed-note format
 /// forbids to hold spaces or `+`: a broker with such an id would sign checkpoints nobody can
 /// read back, so it is refused before anything is signed.
-fn check_broker_id(id: &str) -> Result<(), ConfigError> {
+fn check_broker_id(id: &str, attesting: bool) -> Result<(), ConfigError> {
+    let max = if attesting {
+        BROKER_ID_MAX_ATTESTING
+    } else {
+        BROKER_ID_MAX
+    };
     let bad = id
         .chars()
         .find(|c| c.is_whitespace() || c.is_control() || *c == '+');
-    if id.is_empty() || id.chars().count() > BROKER_ID_MAX || bad.is_some() {
+    if id.is_empty() || id.chars().count() > max || bad.is_some() {
         return Err(ConfigError::Invalid(format!(
-            "broker_id {id:?} must be 1 to {BROKER_ID_MAX} characters without spaces, control \
-             characters or '+' (it names the audit checkpoints' signing key)"
+            "broker_id {id:?} must be 1 to {max} characters{} without spaces, control \
+             characters or '+' (it names the audit checkpoints' signing key and the broker's \
+             certificates)",
+            if attesting {
+                " (with [attestation])"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())

@@ -1246,3 +1246,32 @@ fn common_mistakes_name_what_is_wrong() {
         "the client certificate: no CERTIFICATE PEM block",
     );
 }
+
+/// A TLS name the certificate cannot carry stops `seb rotate tls` before a key is generated
+/// (a half-done rotation would leave a key behind that blocks the next attempt), and `seb
+/// check` says so first.
+#[test]
+fn rotate_tls_checks_the_names_before_generating_a_key() {
+    let hsm = Hsm::initialised();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[ca]\ntls_names = [\"localhost\", \"seb_broker\"]\n"),
+    )
+    .unwrap();
+    let check = hsm.seb(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("problem  [ca] tls_names"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    common::assert_clean_failure(&hsm.seb(&["rotate", "tls"]), "seb_broker");
+    assert!(
+        !hsm.pkcs11_private_keys().contains("seb-tls.2"),
+        "{}",
+        hsm.pkcs11_private_keys()
+    );
+    std::fs::write(hsm.config(), config).unwrap();
+    hsm.seb_ok(&["rotate", "tls"]);
+    assert!(hsm.pkcs11_private_keys().contains("seb-tls.2"));
+}

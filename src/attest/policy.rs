@@ -206,6 +206,16 @@ impl AttestPolicy {
     }
 
     /// The accepted EK CA certificates.
+    /// This policy without its EK pinning: what the broker's own self-check compares (its EK
+    /// was checked at enrolment; relying parties check the EK certificate it serves).
+    pub fn without_ek_pinning(&self) -> Self {
+        Self {
+            ek_cas: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The accepted EK CAs.
     pub fn ek_cas(&self) -> &[Certificate] {
         &self.ek_cas
     }

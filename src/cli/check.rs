@@ -95,6 +95,13 @@ pub fn run(config: &Config) -> CliResult {
         }
     };
 
+    if let Err(e) = seb::ca::check_tls_names(&config.ca.tls_names) {
+        r.problem(&format!(
+            "[ca] tls_names {:?}: {e}: `seb rotate tls` would refuse it",
+            config.ca.tls_names
+        ));
+    }
+
     // Certificates near expiry.
     if trust.is_initialised() {
         let mut certs = vec![("root", trust.root_path())];
@@ -203,6 +210,19 @@ pub fn run(config: &Config) -> CliResult {
                         max_age.as_secs()
                     )),
                     _ => {}
+                }
+                let trust = config.trust_dir();
+                let unbound = !policy.ek_cas().is_empty()
+                    && trust.ek_path().exists()
+                    && read_certificate(&trust.ak_path())
+                        .is_ok_and(|ak| ak.extension(seb::cert::SEB_EK_CERTIFICATE_OID).is_none());
+                if unbound {
+                    r.warn(
+                        "the attestation key's certificate names no EK certificate (enrolled by \
+                         an older seb): verifiers that pin EK CAs refuse this broker's \
+                         evidence (ek_not_accepted); run `seb attest enroll`, then restart the \
+                         broker",
+                    );
                 }
                 if policy.ek_cas().is_empty() {
                     r.warn(

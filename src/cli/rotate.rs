@@ -73,6 +73,15 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
         )
     })?;
 
+    // Everything the new certificate needs is checked before a key is generated for it.
+    if kind == KeyKind::Tls {
+        seb::ca::check_tls_names(&config.ca.tls_names).map_err(|e| {
+            format!(
+                "[ca] tls_names {:?}: {e}; fix it before rotating (nothing changed)",
+                config.ca.tls_names
+            )
+        })?;
+    }
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
     if backend.contains(&next.label)? {

@@ -165,7 +165,7 @@ fn a_broker_id_the_checkpoint_format_cannot_carry_is_refused() {
         "seb+1",
         "",
         " ",
-        &"b".repeat(49),
+        &"b".repeat(52),
     ] {
         let text = MINIMAL.replace("\"b1\"", &format!("\"{id}\""));
         let err = Config::parse(&text).unwrap_err().to_string();
@@ -175,11 +175,23 @@ fn a_broker_id_the_checkpoint_format_cannot_carry_is_refused() {
         "seb-prod-1",
         "broker.example.com",
         "b\u{e9}1",
-        &"b".repeat(48),
+        &"b".repeat(51),
     ] {
         let text = MINIMAL.replace("\"b1\"", &format!("\"{id}\""));
         assert_eq!(Config::parse(&text).unwrap().broker_id, id);
     }
+}
+
+#[test]
+fn with_attestation_the_broker_id_must_fit_the_attestation_keys_name() {
+    let text = MINIMAL.replace("\"b1\"", &format!("\"{}\"", "b".repeat(49)));
+    assert!(Config::parse(&text).is_ok());
+    let attesting = format!("{text}\n[attestation]\npolicy = \"p.toml\"\nevent_log = \"e.json\"\ntcti = \"swtpm:host=127.0.0.1,port=1\"\n");
+    let err = Config::parse(&attesting).unwrap_err().to_string();
+    assert!(
+        err.contains("broker_id") && err.contains("[attestation]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -235,6 +247,15 @@ fn a_typo_in_the_backend_table_names_its_own_line() {
         "{err}"
     );
     assert_eq!(err.matches("line ").count(), 1, "one line named: {err}");
+    // A key of the same name valid in another table is not taken for it: `sessions` belongs
+    // in [backend], not in [server].
+    let text = format!("{MINIMAL}sessions = 2\n[server]\nsessions = 4\n");
+    let err = Config::parse(&text).unwrap_err().to_string();
+    let line = text.lines().count();
+    assert!(
+        err.contains(&format!("line {line}: unknown field `sessions`")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -277,12 +277,17 @@ fn shell_reason(argv: &[String]) -> Option<String> {
             ));
         }
     }
-    let local = |a: &String| {
-        names(a)
-            .iter()
-            .any(|n| LOCAL_COMMAND_STRINGS.contains(&n.as_str()))
+    // sg, watch, awk, sed, ... count as the program (argv[0]) or, after a program that runs
+    // another (`nice`, `sudo -u app`, ...), anywhere: elsewhere they are words (`gh run watch`).
+    let wrapped = is(WRAPPERS);
+    let runs = |matches: &dyn Fn(&str) -> bool| -> Option<usize> {
+        argv.iter()
+            .enumerate()
+            .take(if wrapped { argv.len() } else { 1 })
+            .find(|(_, a)| names(a).iter().any(|n| matches(n)))
+            .map(|(at, _)| at)
     };
-    if let Some(at) = argv.iter().position(local) {
+    if let Some(at) = runs(&|n| LOCAL_COMMAND_STRINGS.contains(&n)) {
         if let Some(param) = argv[at + 1..]
             .iter()
             .find(|a| matches!(placeholder(a), Ok(Some(_))))
@@ -293,18 +298,9 @@ fn shell_reason(argv: &[String]) -> Option<String> {
             ));
         }
     }
-    let takes_program = |a: &String| {
-        names(a)
-            .iter()
-            .any(|n| PROGRAM_OPERANDS.iter().any(|family| is_named(n, family)))
-    };
-    if let Some(at) = argv.iter().position(takes_program) {
-        if let Some(param) = program_text_parameter(&argv[at + 1..]) {
-            return Some(format!(
-                "{:?} takes its program from the parameter {param} (a program text can run \
-                 shell commands)",
-                argv[at]
-            ));
+    if let Some(at) = runs(&|n| PROGRAM_OPERANDS.iter().any(|family| is_named(n, family))) {
+        if let Some(reason) = program_text_problem(&argv[at + 1..]) {
+            return Some(format!("{:?}: {reason}", argv[at]));
         }
     }
     let inline = |a: &str| {
@@ -327,34 +323,39 @@ fn shell_reason(argv: &[String]) -> Option<String> {
     None
 }
 
-/// The parameter an awk- or sed-like program takes as its program text, if one does: the value
-/// of `-e`/`--expression`, or the first operand when no `-e` or `-f` gives the program.
-fn program_text_parameter(args: &[String]) -> Option<&String> {
+/// Why an awk- or sed-like program could take code from a parameter, if it could. Their
+/// options differ between implementations, and several take a value that is code or a file to
+/// load (`-e`, `-W`, gawk's `-i`/`-l`/`--load`), so where a parameter sits cannot be told
+/// from the options: a parameter may only follow a literal `--`, and the program must then be
+/// given before it by an option (`-f FILE`; sed's `-e SCRIPT` too), since the first operand
+/// after `--` would otherwise be the program text.
+fn program_text_problem(args: &[String]) -> Option<String> {
     let is_param = |a: &String| matches!(placeholder(a), Ok(Some(_)));
-    let mut given = false;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--" => return args.next().filter(|a| !given && is_param(a)),
-            "-e" | "--expression" | "--source" => {
-                let text = args.next()?;
-                if is_param(text) {
-                    return Some(text);
-                }
-                given = true;
-            }
-            "-f" | "--file" => {
-                args.next();
-                given = true;
-            }
-            // Options of awk and sed that take the next argument as their value.
-            "-F" | "-v" | "-l" | "--assign" | "--field-separator" | "--line-length" => {
-                args.next();
-            }
-            a if a.starts_with("-f") || a.starts_with("--file=") => given = true,
-            a if a.starts_with('-') && a.len() > 1 => {}
-            _ => return Some(arg).filter(|a| !given && is_param(a)),
-        }
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let (options, operands) = args.split_at(end);
+    if let Some(param) = options.iter().find(|a| is_param(a)) {
+        return Some(format!(
+            "the parameter {param} comes before `--`: with awk or sed a parameter may only \
+             follow a literal `--` (an option's value or a program text would be code)"
+        ));
+    }
+    if !operands.iter().any(is_param) {
+        return None;
+    }
+    let gives_program = |a: &String| {
+        matches!(
+            a.as_str(),
+            "-f" | "--file" | "-E" | "--exec" | "-e" | "--expression"
+        ) || a.starts_with("--file=")
+            || a.starts_with("--expression=")
+            || (a.starts_with("-f") && !a.starts_with("--"))
+    };
+    if !options.iter().any(gives_program) {
+        return Some(
+            "a parameter follows `--`, but no `-f FILE` (or sed's `-e SCRIPT`) gives the \
+             program before it: the first operand would be taken as the program text"
+                .into(),
+        );
     }
     None
 }
@@ -773,6 +774,26 @@ mod tests {
             &["/bin/sed", "{script}", "/srv/file"],
             &["/bin/sed", "-n", "-e", "{script}", "/srv/file"],
             &["/usr/bin/timeout", "5", "/bin/sed", "{script}"],
+            // Options whose value is code, or a program the option parser takes for another
+            // option's value (reported by the review of the first version of this rule).
+            &[
+                "/usr/bin/awk",
+                "-W",
+                "interactive",
+                "{prog}",
+                "/etc/hostname",
+            ],
+            &["/usr/bin/gawk", "-i", "inplace", "{prog}", "/srv/file"],
+            &[
+                "/usr/bin/gawk",
+                "-f",
+                "/opt/r.awk",
+                "--load",
+                "{lib}",
+                "--",
+                "{f}",
+            ],
+            &["/bin/sed", "s/a/b/", "{file}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
@@ -792,12 +813,30 @@ mod tests {
             &["/usr/bin/shred", "-u", "{file}"],
             &["/usr/bin/ssh", "db1", "/usr/local/bin/restart-api"],
             &["/usr/bin/ssh-keyscan", "{host}"],
-            // The program text is the configuration's own; parameters are data.
-            &["/usr/bin/awk", "-F", ":", "NR==1", "{file}"],
-            &["/usr/bin/awk", "-f", "/opt/report.awk", "{file}"],
-            &["/bin/sed", "s/a/b/", "{file}"],
-            &["/bin/sed", "-e", "s/a/b/", "{file}"],
+            // The program is the configuration's own, and parameters follow `--`: data.
+            &[
+                "/usr/bin/awk",
+                "-F",
+                ":",
+                "-f",
+                "/opt/report.awk",
+                "--",
+                "{file}",
+            ],
+            &["/bin/sed", "-e", "s/a/b/", "--", "{file}"],
+            &["/bin/sed", "-n", "s/a/b/p", "/srv/file"],
             &["/usr/bin/sg", "adm", "/usr/local/bin/rotate-logs"],
+            // The same words as arguments of another program are words.
+            &["/usr/bin/gh", "run", "watch", "{run_id}"],
+            &[
+                "/usr/local/bin/deploy",
+                "--strategy",
+                "parallel",
+                "--",
+                "{service}",
+            ],
+            &["/usr/bin/grep", "-r", "sed", "{file}"],
+            &["/usr/bin/apt-get", "install", "-y", "gawk", "{pkg}"],
         ] {
             assert!(ArgvTemplate::new(argv(good), false).is_ok(), "{good:?}");
         }

@@ -286,7 +286,9 @@ fn accepts(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
             let refused = parts.any(|p| {
                 p.split_once('=').is_some_and(|(k, v)| {
                     k.trim().eq_ignore_ascii_case("q")
-                        && v.trim().parse::<f32>().map_or(true, |q| q <= 0.0)
+                        && v.trim()
+                            .parse::<f32>()
+                            .map_or(true, |q| !(q.is_finite() && q > 0.0))
                 })
             });
             named && !refused
@@ -465,6 +467,10 @@ fn renewal_hint(what: &str, at: &str) -> String {
         format!(
             "the root certificate expires at {at}; follow the root rotation plan in docs/OPERATIONS.md (a new root cross-signed by the old one)"
         )
+    } else if what == "ak" {
+        format!(
+            "the attestation key's certificate expires at {at}; renew it with `seb attest enroll` on the broker host, then restart the broker"
+        )
     } else {
         format!("the {what} certificate expires at {at}; renew it with `seb rotate {what}`")
     }
@@ -499,6 +505,17 @@ mod tests {
     }
 
     #[test]
+    fn each_certificate_is_renewed_with_a_command_that_exists() {
+        let hint = super::renewal_hint("ak", "2027-01-01");
+        assert!(
+            hint.contains("seb attest enroll") && !hint.contains("rotate"),
+            "{hint}"
+        );
+        assert!(super::renewal_hint("tls", "x").contains("seb rotate tls"));
+        assert!(super::renewal_hint("root", "x").contains("root rotation"));
+    }
+
+    #[test]
     fn a_media_type_refused_with_q_zero_is_not_accepted() {
         let der = "application/pkix-crl";
         assert!(super::accepts(&accept(&[der]), der));
@@ -520,9 +537,9 @@ mod tests {
             &accept(&["application/pkix-crl; Q=0.000"]),
             der
         ));
-        assert!(!super::accepts(
-            &accept(&["application/pkix-crl;q=nonsense"]),
-            der
-        ));
+        for refused in ["nonsense", "NaN", "inf", "-1"] {
+            let value = format!("application/pkix-crl;q={refused}");
+            assert!(!super::accepts(&accept(&[value.as_str()]), der), "{value}");
+        }
     }
 }
