@@ -15,6 +15,10 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
     // is above the kernel's largest); the next bench removes it.
     let abandoned = hsm.path("state").join("bench-4294967");
     std::fs::create_dir_all(abandoned.join("agent")).unwrap();
+    std::fs::write(abandoned.join(".seb-bench"), b"").unwrap();
+    // A directory of that form the bench did not make is not its to remove.
+    let foreign = hsm.path("state").join("bench-4294968");
+    std::fs::create_dir_all(&foreign).unwrap();
     let out = hsm.seb_ok(&[
         "bench",
         "broker",
@@ -28,6 +32,8 @@ fn bench_broker_reports_raw_rate_throughput_latency_and_cpu_with_no_failures() {
         "0.5",
     ]);
     assert!(!abandoned.exists());
+    assert!(foreign.exists());
+    std::fs::remove_dir(&foreign).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     // Each agent count with the audit log on and off (the default), side by side.
     let keep_alive: Vec<&&str> = lines

@@ -147,6 +147,7 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
         .state_dir
         .join(format!("bench-{}", std::process::id()));
     std::fs::create_dir_all(&bench_dir)?;
+    std::fs::write(bench_dir.join(BENCH_MARKER), b"")?;
     let sync = sync_latency(&bench_dir, 200)?;
     say!(
         "fdatasync of 4 KiB where the store lives, one at a time: p50 {:.2} ms  p99 {:.2} ms (the floor under a durable token)",
@@ -162,8 +163,12 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     result
 }
 
-/// Removes the `bench-PID` directories of benches that ended without cleaning up (killed): their
-/// process no longer exists. They hold throwaway stores and, with `--external`, an agent key.
+/// The file that marks a `bench-PID` directory as one `seb bench broker` made.
+const BENCH_MARKER: &str = ".seb-bench";
+
+/// Removes the `bench-PID` directories of benches that ended without cleaning up (killed): ones
+/// this code made (they hold [`BENCH_MARKER`]) whose process no longer exists. They hold
+/// throwaway stores and, with `--external`, an agent key.
 fn remove_abandoned_bench_dirs(state_dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(state_dir) else {
         return;
@@ -177,7 +182,11 @@ fn remove_abandoned_bench_dirs(state_dir: &std::path::Path) {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let ours = entry.path().join(BENCH_MARKER).is_file();
+        // Without /proc nothing can be told about the process: keep the directory.
+        let procfs = std::path::Path::new("/proc/self").exists();
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if ours && procfs && !alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

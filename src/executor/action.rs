@@ -83,6 +83,9 @@ const LOCAL_COMMAND_STRINGS: &[&str] = &["sg", "watch", "tmux", "screen", "byobu
 /// that text must not come from a parameter, nor the value of `-e` / `--expression`.
 const PROGRAM_OPERANDS: &[&str] = &["awk", "gawk", "mawk", "nawk", "busybox-awk", "sed", "gsed"];
 
+/// The sed family among [`PROGRAM_OPERANDS`]: `-e SCRIPT` gives their program too.
+const SED_FAMILY: &[&str] = &["sed", "gsed"];
+
 /// Interpreters that take a program as an argument (`-c`, `-e`, `--eval`): refused with such
 /// an option. Running a script file with them stays allowed.
 const INTERPRETERS: &[&str] = &[
@@ -280,14 +283,17 @@ fn shell_reason(argv: &[String]) -> Option<String> {
     // sg, watch, awk, sed, ... count as the program (argv[0]) or, after a program that runs
     // another (`nice`, `sudo -u app`, ...), anywhere: elsewhere they are words (`gh run watch`).
     let wrapped = is(WRAPPERS);
-    let runs = |matches: &dyn Fn(&str) -> bool| -> Option<usize> {
+    // Every place that may be the program is judged: after a wrapper, an earlier word that
+    // looks like one (a path in an option's value, a user name) must not stand in for it.
+    let runs = |matches: &dyn Fn(&str) -> bool| -> Vec<usize> {
         argv.iter()
             .enumerate()
             .take(if wrapped { argv.len() } else { 1 })
-            .find(|(_, a)| names(a).iter().any(|n| matches(n)))
+            .filter(|(_, a)| names(a).iter().any(|n| matches(n)))
             .map(|(at, _)| at)
+            .collect()
     };
-    if let Some(at) = runs(&|n| LOCAL_COMMAND_STRINGS.contains(&n)) {
+    if let Some(&at) = runs(&|n| LOCAL_COMMAND_STRINGS.contains(&n)).first() {
         if let Some(param) = argv[at + 1..]
             .iter()
             .find(|a| matches!(placeholder(a), Ok(Some(_))))
@@ -298,8 +304,10 @@ fn shell_reason(argv: &[String]) -> Option<String> {
             ));
         }
     }
-    if let Some(at) = runs(&|n| PROGRAM_OPERANDS.iter().any(|family| is_named(n, family))) {
-        if let Some(reason) = program_text_problem(&argv[at + 1..]) {
+    let is_sed = |n: &str| SED_FAMILY.iter().any(|family| is_named(n, family));
+    for at in runs(&|n| PROGRAM_OPERANDS.iter().any(|family| is_named(n, family))) {
+        let sed = names(&argv[at]).iter().any(|n| is_sed(n));
+        if let Some(reason) = program_text_problem(&argv[at + 1..], sed) {
             return Some(format!("{:?}: {reason}", argv[at]));
         }
     }
@@ -329,7 +337,7 @@ fn shell_reason(argv: &[String]) -> Option<String> {
 /// from the options: a parameter may only follow a literal `--`, and the program must then be
 /// given before it by an option (`-f FILE`; sed's `-e SCRIPT` too), since the first operand
 /// after `--` would otherwise be the program text.
-fn program_text_problem(args: &[String]) -> Option<String> {
+fn program_text_problem(args: &[String], sed: bool) -> Option<String> {
     let is_param = |a: &String| matches!(placeholder(a), Ok(Some(_)));
     let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
     let (options, operands) = args.split_at(end);
@@ -342,13 +350,14 @@ fn program_text_problem(args: &[String]) -> Option<String> {
     if !operands.iter().any(is_param) {
         return None;
     }
+    // Only the options that give the program: `-f FILE` for both, and sed's `-e SCRIPT`
+    // (sed's `-E` is extended regular expressions; gawk's `-E` is refused as inline anyway).
     let gives_program = |a: &String| {
-        matches!(
-            a.as_str(),
-            "-f" | "--file" | "-E" | "--exec" | "-e" | "--expression"
-        ) || a.starts_with("--file=")
-            || a.starts_with("--expression=")
+        matches!(a.as_str(), "-f" | "--file")
+            || a.starts_with("--file=")
             || (a.starts_with("-f") && !a.starts_with("--"))
+            || (sed
+                && (matches!(a.as_str(), "-e" | "--expression") || a.starts_with("--expression=")))
     };
     if !options.iter().any(gives_program) {
         return Some(
@@ -794,6 +803,29 @@ mod tests {
                 "{f}",
             ],
             &["/bin/sed", "s/a/b/", "{file}"],
+            // sed's -E is extended regular expressions, not a script file; a path or a user
+            // name that looks like awk or sed must not stand in for the wrapped program.
+            &["/bin/sed", "-E", "--", "{script}", "/srv/f"],
+            &["/usr/bin/nice", "/bin/sed", "-E", "--", "{script}"],
+            &[
+                "/usr/bin/systemd-run",
+                "--working-directory=/srv/awk",
+                "-E",
+                "LANG=C",
+                "--",
+                "/usr/bin/awk",
+                "{prog}",
+            ],
+            &[
+                "/usr/bin/sudo",
+                "-u",
+                "sed-ops",
+                "-E",
+                "--",
+                "/usr/bin/awk",
+                "{prog}",
+            ],
+            &["/usr/bin/awk", "-e", "BEGIN{}", "--", "{prog}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }

@@ -65,7 +65,12 @@ pub fn screen(line: &[u8]) -> Screened {
         }
     };
     let id = message.get("id");
-    let id_readable = matches!(id, Some(Value::String(_) | Value::Number(_)));
+    // rmcp reads a string or an integer of 64 bits; anything else it would answer without it.
+    let id_readable = match id {
+        Some(Value::String(_)) => true,
+        Some(Value::Number(n)) => n.is_i64() || n.is_u64(),
+        _ => false,
+    };
     let echo = if id_readable {
         id.cloned().unwrap_or(Value::Null)
     } else {
@@ -75,8 +80,15 @@ pub fn screen(line: &[u8]) -> Screened {
     if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return invalid("Invalid request: jsonrpc must be \"2.0\"");
     }
+    let response = !message.contains_key("method")
+        && (message.contains_key("result") || message.contains_key("error"));
+    if response && !id_readable {
+        // A response is never answered (JSON-RPC 2.0 §5), not even an ill-formed one, such
+        // as the host's own parse error about something the server sent (`id: null`).
+        return Screened::Ignore;
+    }
     if id.is_some() && !id_readable {
-        return invalid("Invalid request: id must be a string or a number");
+        return invalid("Invalid request: id must be a string or an integer");
     }
     match message.get("method") {
         Some(Value::String(method)) => {
@@ -91,11 +103,7 @@ pub fn screen(line: &[u8]) -> Screened {
         }
         Some(_) => invalid("Invalid request: method must be a string"),
         // A response to a request of the server's.
-        None if id.is_some()
-            && (message.contains_key("result") || message.contains_key("error")) =>
-        {
-            Screened::Forward
-        }
+        None if response => Screened::Forward,
         None => invalid("Invalid request: no method"),
     }
 }
@@ -105,7 +113,9 @@ fn is_tool_call(message: &Map<String, Value>) -> bool {
         return false;
     };
     params.get("name").is_some_and(Value::is_string)
-        && params.get("arguments").is_none_or(Value::is_object)
+        && params
+            .get("arguments")
+            .is_none_or(|a| a.is_object() || a.is_null())
 }
 
 /// The next line of `reader` into `line` (its newline included): `None` at the end of input,
@@ -282,10 +292,24 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"list_grants"}}"#,
             r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{}}}"#,
             r#"{"jsonrpc":"2.0","id":9,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":-3,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"t","arguments":null}}"#,
         ] {
             assert_eq!(screen(line.as_bytes()), Screened::Forward, "{line}");
         }
         assert_eq!(screen(b"  \r"), Screened::Ignore);
+        // A response is never answered, even an ill-formed one.
+        let parse_error = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#;
+        assert_eq!(screen(parse_error.as_bytes()), Screened::Ignore);
+        // Ids rmcp cannot read (a fraction, beyond 64 bits) are answered here, with id null.
+        assert_eq!(
+            code_and_id(r#"{"jsonrpc":"2.0","id":8.5,"method":"ping"}"#),
+            (-32600, Value::Null)
+        );
+        assert_eq!(
+            code_and_id(r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#),
+            (-32600, Value::Null)
+        );
     }
 
     #[tokio::test]
