@@ -255,6 +255,15 @@ fi
 SEB=""
 NEED_SEB=0
 if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then NEED_SEB=1; fi
+# An attestation key certificate made by a seb that did not yet name the EK certificate it was
+# enrolled against (sebEkCertificate, arc.5) is enrolled again at the end (the same AK, a new
+# certificate): relying parties that pin the EK CA refuse it (docs/OPERATIONS.md §11).
+AK_UNBOUND=0
+if [ "$TPM" = 1 ] && [ -f "$DIR/state/trust/ak.pem" ] && [ -f "$DIR/state/trust/ek.pem" ] \
+  && ! openssl x509 -in "$DIR/state/trust/ak.pem" -noout -text | grep -q '2628193\.9833871\.5:'; then
+  AK_UNBOUND=1
+  NEED_SEB=1
+fi
 if [ -n "$EXEC_PORT" ] && [ ! -f "$DIR/executor.toml" ]; then NEED_SEB=1; fi
 if [ "$NEED_SEB" = 1 ]; then
   if [ -n "${SEB_BIN:-}" ]; then
@@ -626,4 +635,9 @@ argv = ["$SEB", "demo-write", "--dir", "$DIR/demo-output", "--", "{name}", "{tex
 timeout = "10s"
 TOML
   echo "provision: wrote $DIR/executor.toml (executor on 127.0.0.1:$EXEC_PORT)"
+fi
+
+if [ "$AK_UNBOUND" = 1 ]; then
+  echo "provision: the attestation key's certificate names no EK certificate (an older seb made it); enrolling again"
+  "$SEB" --config "$DIR/seb.toml" attest enroll
 fi
