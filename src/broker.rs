@@ -347,7 +347,7 @@ impl Broker {
             .map(|(what, cert)| (what, cert.clone()))
             .collect();
         if let Some(ak) = self.attestation.as_ref().and_then(|a| a.ak_certificate()) {
-            certs.push(("ak".to_owned(), ak));
+            certs.push(("ak".to_owned(), ak.clone()));
         }
         certs
     }

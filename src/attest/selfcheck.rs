@@ -33,8 +33,13 @@ use crate::tpm::Tpm;
 pub struct AttestationState {
     attestor: Arc<dyn Attestor>,
     policy: AttestPolicy,
+    /// [`AttestationState::policy`] without its EK pinning: what the self-check compares (the
+    /// EK was checked at enrolment; relying parties check the EK certificate served).
+    self_check_policy: AttestPolicy,
     roots: Vec<Certificate>,
     ak_chain: Vec<String>,
+    /// The AK certificate of `ak_chain`, parsed once: its expiry is watched.
+    ak_certificate: Option<Certificate>,
     ek_certificate: Option<String>,
     /// The TLS server certificate (DER) the broker serves now; `seb rotate tls` changes it
     /// while the broker runs ([`AttestationState::serve_tls_certificate`]).
@@ -96,21 +101,25 @@ pub struct AttestationSetup {
 impl AttestationState {
     /// The AK certificate the broker serves in its evidence (read at start): its expiry is
     /// watched like the service certificates'.
-    pub fn ak_certificate(&self) -> Option<Certificate> {
-        let pem = self.ak_chain.first()?;
-        Certificate::parse_pem_chain(pem.as_bytes())
-            .ok()?
-            .into_iter()
-            .next()
+    pub fn ak_certificate(&self) -> Option<&Certificate> {
+        self.ak_certificate.as_ref()
     }
 
     /// Builds the state; no check has run yet (issuance is refused until one passes).
     pub fn new(setup: AttestationSetup) -> Self {
+        let ak_certificate = setup.ak_chain.first().and_then(|pem| {
+            Certificate::parse_pem_chain(pem.as_bytes())
+                .ok()?
+                .into_iter()
+                .next()
+        });
         Self {
             attestor: setup.attestor,
+            self_check_policy: setup.policy.without_ek_pinning(),
             policy: setup.policy,
             roots: setup.roots,
             ak_chain: setup.ak_chain,
+            ak_certificate,
             ek_certificate: setup.ek_certificate,
             tls_certificate: RwLock::new(Arc::new(setup.tls_certificate)),
             event_log: setup.event_log,
@@ -366,12 +375,11 @@ impl AttestationState {
         // broker serves against its AK certificate; the self-check compares the boot state.
         // (So an AK certificate enrolled before seb bound the EK keeps the broker issuing;
         // `seb check` says to enrol again.)
-        let policy = self.policy.without_ek_pinning();
         let check = QuoteCheck {
             nonce: &nonce,
             tls_certificate: &tls_certificate,
             roots: &self.roots,
-            policy: &policy,
+            policy: &self.self_check_policy,
             now,
         };
         // Our own report's age is not what is being checked here.
