@@ -332,6 +332,14 @@ impl Broker {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// `audit_unavailable` while the stored audit log does not extend the last checkpoint
+    /// this broker signed (see [`audit::AuditLog::integrity`]).
+    fn audit_intact(&self) -> Result<(), BrokerError> {
+        self.audit
+            .integrity()
+            .map_err(|why| BrokerError::AuditUnavailable(crate::store::StoreError::Corrupt(why)))
+    }
+
     /// Whether issuance is frozen now.
     pub fn is_frozen(&self) -> bool {
         self.frozen.load(Ordering::SeqCst)

@@ -154,7 +154,7 @@ pub enum Constraint {
 }
 
 /// A scalar value in `equals` / `one_of`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scalar {
     /// A JSON string.
     String(String),

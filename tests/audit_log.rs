@@ -470,6 +470,47 @@ fn a_truncated_and_reappended_log_is_a_split_view() {
 }
 
 #[test]
+fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log() {
+    let s = setup();
+    traffic(&s, 4);
+    // The broker signs a checkpoint over the whole log...
+    let note = call(&s, "GET", "/v1/audit/checkpoint", None);
+    assert_eq!(note.status, 200, "{}", note.text);
+    let (body, _) = checkpoint::parse_note(&note.text).unwrap();
+    let signed = Checkpoint::parse_body(&body).unwrap().size;
+    // ... then someone with the database cuts it back, tree nodes included, while it runs.
+    let keep = 3i64;
+    let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
+        [keep],
+    )
+    .unwrap();
+    drop(db);
+    // A refusal still reaches the (cut) log, so the broker sees the shorter log; it no longer
+    // signs a checkpoint of it, and grants nothing.
+    let denied = json!({"operation": "db.drop", "resource": "prod/payments/db", "params": {}});
+    assert_eq!(call(&s, "POST", "/v1/executions", Some(&denied)).status, 403);
+    let refused = call(&s, "GET", "/v1/audit/checkpoint", None);
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.body["error"]["code"], "audit_unavailable", "{}", refused.text);
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "audit_unavailable", "{}", r.text);
+    let health = fresh_health(&s, |_| {}, |h| h.status == 503);
+    let reason = health.body["checks"]["audit_checkpoints"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&format!("signed at {signed} entries")),
+        "{}",
+        health.text
+    );
+}
+
+#[test]
 fn an_old_checkpoint_replayed_is_detected() {
     let s = setup();
     traffic(&s, 2);

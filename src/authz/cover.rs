@@ -5,7 +5,7 @@
 //! The checks are conservative: when in doubt the answer is "not covered". They must never be
 //! generous, since a false "covered" is a privilege escalation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::grants::syntax::{self, OperationPattern, Segment};
 use crate::grants::{Constraint, Grant, GrantSet, Scalar};
@@ -26,8 +26,24 @@ pub struct NotCovered {
 
 /// Whether every child grant is covered by some parent grant.
 pub fn grant_set_covered(parent: &GrantSet, child: &GrantSet) -> Result<(), NotCovered> {
+    let mut unlimited = usize::MAX;
+    grant_set_covered_within(parent, child, &mut unlimited)
+}
+
+/// [`grant_set_covered`], counting each grant compared against `budget` and failing once it
+/// runs out: the chain's grant sets are chosen by whoever holds a CA key, and each comparison
+/// costs CPU on every request that presents them.
+pub fn grant_set_covered_within(
+    parent: &GrantSet,
+    child: &GrantSet,
+    budget: &mut usize,
+) -> Result<(), NotCovered> {
     for (child_index, c) in child.grants.iter().enumerate() {
-        if !parent.grants.iter().any(|p| covers(p, c)) {
+        let covered = parent.grants.iter().any(|p| {
+            *budget = budget.saturating_sub(1);
+            *budget > 0 && covers(p, c)
+        });
+        if !covered {
             return Err(NotCovered {
                 child_index,
                 operation: c.operation.clone(),
@@ -137,16 +153,39 @@ fn constraints_cover(
 pub fn constraint_covers(parent: &Constraint, child: &Constraint) -> bool {
     match child {
         Constraint::Equals(v) => scalar_allowed(parent, v),
-        Constraint::OneOf(vs) => vs.iter().all(|v| scalar_allowed(parent, v)),
+        Constraint::OneOf(vs) => match parent {
+            // Linear, not a scan of the parent's list per value: both lists come from
+            // certificates, and a CA's key holder chooses their length.
+            Constraint::OneOf(ps) => {
+                let listed: HashSet<&Scalar> = ps.iter().collect();
+                vs.iter().all(|v| listed.contains(v))
+            }
+            _ => vs.iter().all(|v| scalar_allowed(parent, v)),
+        },
         Constraint::Range { min, max } => match parent {
             Constraint::Range {
                 min: pmin,
                 max: pmax,
             } => pmin <= min && max <= pmax,
-            // A finite list covers a small range only if it lists every integer in it.
+            // A finite list covers a small range only if it lists every integer in it: the
+            // distinct listed integers inside the range must be as many as the range holds.
             Constraint::Equals(_) | Constraint::OneOf(_) => {
                 let width = i128::from(*max) - i128::from(*min);
-                width < 256 && (*min..=*max).all(|i| scalar_allowed(parent, &Scalar::Integer(i)))
+                let listed: &[Scalar] = match parent {
+                    Constraint::Equals(v) => std::slice::from_ref(v),
+                    Constraint::OneOf(vs) => vs,
+                    _ => &[],
+                };
+                let mut inside: Vec<i64> = listed
+                    .iter()
+                    .filter_map(|v| match v {
+                        Scalar::Integer(i) if min <= i && i <= max => Some(*i),
+                        _ => None,
+                    })
+                    .collect();
+                inside.sort_unstable();
+                inside.dedup();
+                width < 256 && i128::try_from(inside.len()).is_ok_and(|n| n == width + 1)
             }
             Constraint::Prefix(_) => false,
         },
@@ -210,6 +249,53 @@ mod tests {
         for (p, c) in no {
             assert!(!resource_covers(p, c), "{p} ⊉ {c}");
         }
+    }
+
+    #[test]
+    fn a_range_is_covered_by_a_list_only_when_every_integer_in_it_is_listed() {
+        use Constraint::*;
+        let ints = |v: &[i64]| OneOf(v.iter().map(|&i| Scalar::Integer(i)).collect());
+        // Duplicates, values outside the range and other types do not make up for a gap.
+        let mut listed = ints(&[1, 1, 3, 3, 9, -4]);
+        if let OneOf(values) = &mut listed {
+            values.push(Scalar::String("2".into()));
+        }
+        assert!(!constraint_covers(&listed, &Range { min: 1, max: 3 }));
+        assert!(constraint_covers(&ints(&[3, 2, 1, 2]), &Range { min: 1, max: 3 }));
+        assert!(constraint_covers(&Equals(Scalar::Integer(7)), &Range { min: 7, max: 7 }));
+        assert!(!constraint_covers(&Equals(Scalar::Integer(7)), &Range { min: 7, max: 8 }));
+        let all: Vec<i64> = (0..256).rev().collect();
+        assert!(constraint_covers(&ints(&all), &Range { min: 0, max: 255 }));
+        assert!(!constraint_covers(&ints(&all[1..]), &Range { min: 0, max: 255 }));
+        assert!(!constraint_covers(&ints(&all), &Range { min: 0, max: 256 }));
+        assert!(constraint_covers(&ints(&all), &ints(&[255, 0, 17])));
+        assert!(!constraint_covers(&ints(&all), &ints(&[255, 256])));
+    }
+
+    #[test]
+    fn the_comparison_budget_bounds_the_work_and_fails_closed() {
+        let grant = |op: &str| Grant {
+            operation: op.into(),
+            resource: "prod/**".into(),
+            max_ttl: std::time::Duration::from_secs(60),
+            params: BTreeMap::new(),
+            params_any: true,
+            approval: None,
+        };
+        let parent = GrantSet {
+            grants: (0..100).map(|i| grant(&format!("op{i}"))).collect(),
+        };
+        let child = GrantSet {
+            grants: vec![grant("op99"), grant("op98")],
+        };
+        assert!(grant_set_covered(&parent, &child).is_ok());
+        // The child's grants are found at positions 100 and 99 of the parent's list: 199
+        // comparisons, and the budget must outlast them.
+        let mut budget = 200;
+        assert!(grant_set_covered_within(&parent, &child, &mut budget).is_ok());
+        let mut budget = 199;
+        let refused = grant_set_covered_within(&parent, &child, &mut budget).unwrap_err();
+        assert_eq!((refused.child_index, budget), (1, 0));
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Broker {
         if self.is_frozen() {
             return Err(BrokerError::Frozen);
         }
+        self.audit_intact()?;
         let att = match &self.attestation {
             Some(state) => Some(state.current().map_err(BrokerError::Attestation)?),
             None => None,

@@ -33,6 +33,10 @@ pub struct AuditLog {
     latest: Mutex<Option<(Checkpoint, String)>>,
     /// The last checkpoint signing failure, for `/healthz`.
     failure: Mutex<Option<String>>,
+    /// Why the stored log is not an extension of the last checkpoint this process signed (a
+    /// truncation or rewrite by someone with the database): no checkpoint is signed and no
+    /// token issued until it is again.
+    diverged: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -58,6 +62,7 @@ impl AuditLog {
             origin: checkpoint::origin_for(&config.broker_id),
             latest: Mutex::new(None),
             failure: Mutex::new(None),
+            diverged: Mutex::new(None),
         };
         // Verifiers accept a checkpoint only under the audit key purpose: refuse to sign
         // checkpoints nobody will accept.
@@ -146,6 +151,19 @@ impl AuditLog {
             size,
             root,
         };
+        // The device signs only a history that extends the one it signed last: otherwise
+        // anyone with the database could have it sign a truncated or rewritten log.
+        let extends = latest
+            .as_ref()
+            .map_or(Ok(()), |(signed, _)| self.extends(signed, &cp));
+        *self.diverged.lock().unwrap_or_else(|p| p.into_inner()) = extends.clone().err();
+        if let Err(why) = extends {
+            tracing::error!(reason = %why, "the audit log does not extend the last signed checkpoint");
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            return Err(BrokerError::AuditUnavailable(
+                crate::store::StoreError::Corrupt(why),
+            ));
+        }
         let key = self
             .current_key()
             .and_then(|(label, spki)| self.check_certificate(&spki).map(|()| (label, spki)));
@@ -175,6 +193,52 @@ impl AuditLog {
                 *failure = Some(format!("cannot sign a checkpoint: {e}"));
                 Err(BrokerError::Hsm(e))
             }
+        }
+    }
+
+    /// Whether `new` (as stored now) extends `signed` (signed by this process): checked with
+    /// a consistency proof from the store, so a store that lies about its nodes fails too.
+    fn extends(&self, signed: &Checkpoint, new: &Checkpoint) -> Result<(), String> {
+        let diverged = |detail: String| {
+            format!(
+                "the audit log no longer extends the checkpoint this broker signed at {} \
+                 entries: {detail}; no checkpoint is signed and no token issued until it does \
+                 (docs/AUDIT.md, \"A log that does not extend its checkpoint\")",
+                signed.size
+            )
+        };
+        if signed.size == 0 {
+            return Ok(());
+        }
+        if new.size < signed.size {
+            return Err(diverged(format!(
+                "it now has {} entries (entries were deleted)",
+                new.size
+            )));
+        }
+        let proof = if new.size == signed.size {
+            Vec::new()
+        } else {
+            self.store
+                .audit_consistency_proof(signed.size, new.size)
+                .map_err(|e| diverged(format!("no consistency proof to {} entries: {e}", new.size)))?
+        };
+        crate::audit::merkle::verify_consistency(
+            signed.size,
+            new.size,
+            &proof,
+            &signed.root,
+            &new.root,
+        )
+        .map_err(|e| diverged(format!("its first {} entries were rewritten ({e})", signed.size)))
+    }
+
+    /// `Err(why)` while the stored log does not extend the last checkpoint this process
+    /// signed: issuance refuses (`audit_unavailable`).
+    pub fn integrity(&self) -> Result<(), String> {
+        match &*self.diverged.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
         }
     }
 

@@ -212,6 +212,9 @@ impl Broker {
         if self.is_frozen() {
             return Err(self.refused_before_deciding(peer, &request, BrokerError::Frozen));
         }
+        if let Err(refusal) = self.audit_intact() {
+            return Err(self.refused_before_deciding(peer, &request, refusal));
+        }
         let att = match &self.attestation {
             Some(state) => Some(state.current().map_err(|refusal| {
                 self.refused_before_deciding(peer, &request, BrokerError::Attestation(refusal))

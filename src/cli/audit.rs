@@ -343,6 +343,10 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
 /// of the last verified checkpoint ends it with an error. A checkpoint under a key it does not
 /// know yet (`seb rotate audit`) sends it to `/v1/trust` once for the new certificate, which
 /// counts only if the root issued it for the audit purpose.
+/// How many rounds in a row `--follow` accepts a newer signed checkpoint without its
+/// consistency proof before it raises the alarm.
+const UNPROVEN_LIMIT: u32 = 3;
+
 fn follow(
     mut session: Option<Session>,
     root_pem: &[u8],
@@ -355,6 +359,7 @@ fn follow(
     let interval: Duration =
         seb::duration::parse(interval).map_err(|e| format!("--interval: {e}"))?;
     let mut trust = trust_store(root_pem, &bundle)?;
+    let mut unproven = 0u32;
     loop {
         std::thread::sleep(interval);
         let live = match session.take() {
@@ -406,6 +411,19 @@ fn follow(
             match live.consistency(last.checkpoint.size, new.size) {
                 Ok(p) => p,
                 Err(e) => {
+                    // A broker that signs newer checkpoints but will not prove they extend
+                    // the verified one is what a rewritten history looks like: retried a few
+                    // times (a passing fault), then an alarm, not a wait for ever.
+                    unproven += 1;
+                    if unproven >= UNPROVEN_LIMIT {
+                        return Err(format!(
+                            "audit log REJECTED: the broker serves a signed checkpoint of {} \
+                             entries but gave no proof that it extends the {} verified, {unproven} \
+                             times in a row ({e})",
+                            new.size, last.checkpoint.size
+                        )
+                        .into());
+                    }
                     eprintln!("cannot fetch the consistency proof ({e}); retrying");
                     continue;
                 }
@@ -413,6 +431,7 @@ fn follow(
         } else {
             Vec::new()
         };
+        unproven = 0;
         verify::verify_extension(&last.checkpoint, &new, &proof)
             .map_err(|e| format!("audit log REJECTED: {e}"))?;
         say!("audit log extends to {} entries (consistent)", new.size);

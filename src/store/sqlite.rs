@@ -259,7 +259,11 @@ impl SqliteStore {
                             });
                             if !filled {
                                 txn.audit.restore(before);
-                                txn.audit.abandon();
+                                let why = result.as_ref().err().map(ToString::to_string);
+                                txn.audit.abandon(format!(
+                                    "an audit entry cannot be appended ({operation}: {})",
+                                    why.unwrap_or_default()
+                                ));
                             }
                         }
                         result.map_err(Some)

@@ -24,7 +24,8 @@ use crate::store::WriteHealth;
 pub(super) struct AuditTree {
     range: CompactRange,
     pub(super) generation: u64,
-    abandoned: bool,
+    /// Why an entry could not be appended in the current batch, if one could not.
+    abandoned: Option<String>,
     shared: Arc<WriteHealth>,
 }
 
@@ -41,7 +42,7 @@ impl AuditTree {
         Ok(Self {
             range,
             generation: 0,
-            abandoned: false,
+            abandoned: None,
             shared,
         })
     }
@@ -73,13 +74,14 @@ impl AuditTree {
         generation == self.generation && index == self.range.size()
     }
 
-    /// A write holding the next index failed on its own: the indexes after it are abandoned.
-    pub(super) fn abandon(&mut self) {
-        self.abandoned = true;
+    /// A write holding the next index failed on its own and no void entry could take its
+    /// place: the indexes after it are abandoned, and the log is not appendable (`why`).
+    pub(super) fn abandon(&mut self, why: String) {
+        self.abandoned = Some(why);
     }
 
-    pub(super) fn take_abandoned(&mut self) -> bool {
-        std::mem::take(&mut self.abandoned)
+    pub(super) fn take_abandoned(&mut self) -> Option<String> {
+        self.abandoned.take()
     }
 
     /// A commit succeeded.

@@ -757,3 +757,24 @@ fn appends_by_another_process_are_followed_not_overwritten() {
     assert_eq!(revoked.kind, EntryKind::CertificateRevoked);
     assert_eq!(revoked.cert.unwrap().serial, "07");
 }
+
+#[test]
+fn a_log_that_takes_no_entry_even_as_a_void_is_reported_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.record_execution(&issuing("h1"), &entry()).unwrap();
+    assert!(store.audit_health().is_ok());
+    // A stale tree node where the next leaf goes (a truncation by someone with the database
+    // file): every append, void entries included, fails its constraint while the commits
+    // that carry them go through.
+    let raw = Connection::open(dir.path().join("seb.db")).unwrap();
+    raw.execute(
+        "INSERT INTO audit_nodes (level, idx, hash) VALUES (0, 1, ?1)",
+        rusqlite::params![vec![0u8; 32]],
+    )
+    .unwrap();
+    drop(raw);
+    assert!(store.record_execution(&issuing("h2"), &entry()).is_err());
+    let why = store.audit_health().unwrap_err();
+    assert!(why.contains("cannot be appended"), "{why}");
+}

@@ -301,12 +301,16 @@ fn commit_batch(conn: &Connection, queue: &Jobs, audit: &mut AuditTree, batch: V
         let _ = conn.execute_batch("ROLLBACK");
     }
     match &commit {
-        Ok(()) => {
-            audit.committed();
-            if audit.take_abandoned() {
+        Ok(()) => match audit.take_abandoned() {
+            // The commit went through, but an entry could not be appended even as a void
+            // (a damaged tree, a constraint): the log is not appendable, and `/healthz`
+            // must say so rather than call the store healthy because something committed.
+            Some(why) => {
+                audit.fail(&why);
                 audit.generation = queue.reset_audit(audit.size());
             }
-        }
+            None => audit.committed(),
+        },
         Err(message) => {
             // The log's edge goes back to what is durable; every index handed out after it
             // is abandoned (those writes fail: no token).
