@@ -520,11 +520,13 @@ pub trait Store: Send + Sync {
     fn pending_approval(&self, request_id: &str) -> Result<Option<PendingApproval>, StoreError>;
     /// The decisions recorded on a request, oldest first.
     fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError>;
-    /// Requests open for approval at `now` (not decided, not expired), oldest first, at most
-    /// `limit`.
+    /// Requests open for approval at `now` (not decided, not expired) by one of `groups`,
+    /// oldest first, at most `limit`. The groups are chosen before the limit, so requests of
+    /// other groups cannot crowd an approver's out of the list.
     fn open_approval_requests(
         &self,
         now: SystemTime,
+        groups: &[String],
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError>;
     /// Records one approver's decision, atomically with the checks that the request is still

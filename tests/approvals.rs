@@ -460,6 +460,33 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
 }
 
 #[test]
+fn requests_and_quorums_right_after_the_cli_wrote_to_the_log_are_recorded() {
+    // `seb cert revoke` appends to the log from its own process; the broker's next audited
+    // write finds its reserved index taken and must make it again, not answer 503.
+    let s = setup("");
+    let revoke_a_spare = |name: &str| {
+        let spare = s
+            .hsm
+            .identity(name, &format!("CN={name}"), "approver", &["--group", "dba"]);
+        let serial = Certificate::parse(&std::fs::read(&spare.cert).unwrap())
+            .unwrap()
+            .serial_hex();
+        s.hsm.revoke_compromised(&serial);
+    };
+    for round in 0..2 {
+        revoke_a_spare(&format!("spare-a{round}"));
+        let (id, digest) = ask(&s, 30 + round);
+        let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+        assert_eq!(r.status, 200, "{}", r.text);
+        revoke_a_spare(&format!("spare-b{round}"));
+        let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
+        assert_eq!(r.body["status"], "granted", "{}", r.text);
+    }
+}
+
+#[test]
 fn a_justification_cannot_rewrite_what_approvers_see() {
     // An agent that could put terminal escapes or bidirectional overrides in its
     // justification could overwrite the parameters line an approver reads before signing.

@@ -492,10 +492,17 @@ fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log
     // A refusal still reaches the (cut) log, so the broker sees the shorter log; it no longer
     // signs a checkpoint of it, and grants nothing.
     let denied = json!({"operation": "db.drop", "resource": "prod/payments/db", "params": {}});
-    assert_eq!(call(&s, "POST", "/v1/executions", Some(&denied)).status, 403);
+    assert_eq!(
+        call(&s, "POST", "/v1/executions", Some(&denied)).status,
+        403
+    );
     let refused = call(&s, "GET", "/v1/audit/checkpoint", None);
     assert_eq!(refused.status, 503, "{}", refused.text);
-    assert_eq!(refused.body["error"]["code"], "audit_unavailable", "{}", refused.text);
+    assert_eq!(
+        refused.body["error"]["code"], "audit_unavailable",
+        "{}",
+        refused.text
+    );
     let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.body["error"]["code"], "audit_unavailable", "{}", r.text);

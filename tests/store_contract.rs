@@ -197,7 +197,24 @@ fn contract(store: &dyn Store) {
         store.pending_approval("p1").unwrap(),
         Some(wait_for.clone())
     );
-    assert_eq!(store.open_approval_requests(now(), 10).unwrap().len(), 1);
+    let groups = vec!["sre-leads".to_owned()];
+    assert_eq!(
+        store
+            .open_approval_requests(now(), &groups, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    // Another group's approvers do not see it, and it takes none of their list's places.
+    let others = vec!["dba".to_owned(), "sre".to_owned()];
+    assert!(store
+        .open_approval_requests(now(), &others, 10)
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .open_approval_requests(now(), &[], 10)
+        .unwrap()
+        .is_empty());
     let first = store
         .add_approval(
             approval("p1", "alice", Decision::Approve),
@@ -286,7 +303,10 @@ fn contract(store: &dyn Store) {
         store.execution("p3").unwrap().unwrap().status,
         ExecutionStatus::Expired
     );
-    assert!(store.open_approval_requests(now(), 10).unwrap().is_empty());
+    assert!(store
+        .open_approval_requests(now(), &groups, 10)
+        .unwrap()
+        .is_empty());
 
     // An approval stops counting once a certificate of its approver's path is revoked: the
     // quorum needs two others, and only they are the approvals it reports.

@@ -261,12 +261,24 @@ mod tests {
             values.push(Scalar::String("2".into()));
         }
         assert!(!constraint_covers(&listed, &Range { min: 1, max: 3 }));
-        assert!(constraint_covers(&ints(&[3, 2, 1, 2]), &Range { min: 1, max: 3 }));
-        assert!(constraint_covers(&Equals(Scalar::Integer(7)), &Range { min: 7, max: 7 }));
-        assert!(!constraint_covers(&Equals(Scalar::Integer(7)), &Range { min: 7, max: 8 }));
+        assert!(constraint_covers(
+            &ints(&[3, 2, 1, 2]),
+            &Range { min: 1, max: 3 }
+        ));
+        assert!(constraint_covers(
+            &Equals(Scalar::Integer(7)),
+            &Range { min: 7, max: 7 }
+        ));
+        assert!(!constraint_covers(
+            &Equals(Scalar::Integer(7)),
+            &Range { min: 7, max: 8 }
+        ));
         let all: Vec<i64> = (0..256).rev().collect();
         assert!(constraint_covers(&ints(&all), &Range { min: 0, max: 255 }));
-        assert!(!constraint_covers(&ints(&all[1..]), &Range { min: 0, max: 255 }));
+        assert!(!constraint_covers(
+            &ints(&all[1..]),
+            &Range { min: 0, max: 255 }
+        ));
         assert!(!constraint_covers(&ints(&all), &Range { min: 0, max: 256 }));
         assert!(constraint_covers(&ints(&all), &ints(&[255, 0, 17])));
         assert!(!constraint_covers(&ints(&all), &ints(&[255, 256])));

@@ -160,7 +160,7 @@ impl Broker {
         let now = SystemTime::now();
         let open = self
             .store
-            .open_approval_requests(now, MAX_LISTED)
+            .open_approval_requests(now, &role.groups, MAX_LISTED)
             .map_err(BrokerError::Store)?;
         let mut out = Vec::new();
         for (record, pending) in open {
@@ -458,22 +458,18 @@ impl Broker {
         // No log entry, no token: the grant's audit entry is durable before the device signs,
         // and the token names it.
         let entry = approved_entry(&issue);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.append_audit_then(
-            &entry,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        let position = rx
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::store::StoreError::Io {
-                    operation: "append audit entry",
-                    source: "the store dropped the write".into(),
-                })
-            })
-            .map_err(BrokerError::AuditUnavailable)?;
+        let position = super::request::retry_when_index_taken(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.store.append_audit_then(
+                &entry,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            super::request::received(rx, "append audit entry")
+        })
+        .await
+        .map_err(BrokerError::AuditUnavailable)?;
         issue.claims.audit = Some(token::AuditRef {
             index: position.index,
             leaf_hash: super::audit::leaf_b64(&position.leaf_hash),

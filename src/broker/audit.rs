@@ -221,7 +221,9 @@ impl AuditLog {
         } else {
             self.store
                 .audit_consistency_proof(signed.size, new.size)
-                .map_err(|e| diverged(format!("no consistency proof to {} entries: {e}", new.size)))?
+                .map_err(|e| {
+                    diverged(format!("no consistency proof to {} entries: {e}", new.size))
+                })?
         };
         crate::audit::merkle::verify_consistency(
             signed.size,
@@ -230,7 +232,12 @@ impl AuditLog {
             &signed.root,
             &new.root,
         )
-        .map_err(|e| diverged(format!("its first {} entries were rewritten ({e})", signed.size)))
+        .map_err(|e| {
+            diverged(format!(
+                "its first {} entries were rewritten ({e})",
+                signed.size
+            ))
+        })
     }
 
     /// `Err(why)` while the stored log does not extend the last checkpoint this process

@@ -451,42 +451,38 @@ impl Broker {
         pending: PendingApproval,
         entry: &Entry,
     ) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.record_pending_positioned(
-            record,
-            pending,
-            entry,
-            Box::new(|_| {}),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::Io {
-                operation: "record pending request",
-                source: "the store dropped the write".into(),
-            })
+        retry_when_index_taken(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.store.record_pending_positioned(
+                record.clone(),
+                pending.clone(),
+                entry,
+                Box::new(|_| {}),
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            received(rx, "record pending request")
         })
+        .await
     }
 
     /// Records `record` with its audit entry durably, waiting without holding a thread.
     async fn persist(&self, record: ExecutionRecord, entry: &Entry) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.record_execution_positioned(
-            record,
-            entry,
-            Commit::Now,
-            Box::new(|_| {}),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::Io {
-                operation: "record execution",
-                source: "the store dropped the write".into(),
-            })
+        retry_when_index_taken(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.store.record_execution_positioned(
+                record.clone(),
+                entry,
+                Commit::Now,
+                Box::new(|_| {}),
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            received(rx, "record execution")
         })
+        .await
     }
 
     /// The JWS signing input of a token with `claims`, under the token key's header.
@@ -628,4 +624,35 @@ pub(super) fn token_id() -> Result<String, BrokerError> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| BrokerError::Internal(format!("no randomness: {e}")))?;
     Ok(base64url::encode(&id))
+}
+
+/// The result a store callback sends, or an error naming `operation` if it never does.
+pub(super) async fn received<T>(
+    rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    operation: &'static str,
+) -> Result<T, StoreError> {
+    rx.await.unwrap_or_else(|_| {
+        Err(StoreError::Io {
+            operation,
+            source: "the store dropped the write".into(),
+        })
+    })
+}
+
+/// Makes an audited write again (up to three times in all) while it fails only because the
+/// log index reserved for it was taken: another process (`seb cert revoke`, `seb freeze`)
+/// appended first, and nothing of the write was stored.
+pub(super) async fn retry_when_index_taken<T, F>(
+    mut write: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(e) if attempt < 3 && e.is_index_taken() => attempt += 1,
+            done => return done,
+        }
+    }
 }

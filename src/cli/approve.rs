@@ -88,6 +88,15 @@ pub fn approve(args: ApproveArgs) -> CliResult {
         })?;
         return Err(if response.status == 200 {
             "the broker accepted an unsigned decision; refusing to go on".into()
+        } else if response.body["error"]["code"] == "bad_approval_signature" {
+            // Open and yours to decide, but not among the requests listed to you (the list
+            // holds the oldest 500): nothing is signed for a request that was not shown.
+            format!(
+                "request_not_listed: request {} is open but not in your list of pending \
+                 requests (`seb pending` shows the oldest 500); nothing was signed",
+                args.request_id
+            )
+            .into()
         } else {
             api_error(&response)
         });

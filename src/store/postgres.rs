@@ -426,10 +426,12 @@ impl Store for PgStore {
     fn open_approval_requests(
         &self,
         now: SystemTime,
+        groups: &[String],
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
+        let groups = groups.to_vec();
         self.write("list open approval requests", move |b| {
-            approvals::open_requests(b.db()?, now, limit)
+            approvals::open_requests(b.db()?, now, &groups, limit)
         })
     }
 

@@ -455,9 +455,10 @@ impl Store for SqliteStore {
     fn open_approval_requests(
         &self,
         now: SystemTime,
+        groups: &[String],
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
-        approvals::open_approval_requests(self, now, limit)
+        approvals::open_approval_requests(self, now, groups, limit)
     }
 
     fn add_approval(

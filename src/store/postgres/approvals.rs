@@ -98,15 +98,16 @@ pub(super) fn approvals_of(
 pub(super) fn open_requests(
     db: Txn<'_, '_>,
     now: SystemTime,
+    groups: &[String],
     limit: usize,
 ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, DbError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let ids: Vec<String> = db
         .query(
             "SELECT request_id FROM approval_requests
-             WHERE closed IS NULL AND expires_at > $1
+             WHERE closed IS NULL AND expires_at > $1 AND approval_group = ANY($3)
              ORDER BY request_id LIMIT $2",
-            &[&unix(now), &limit],
+            &[&unix(now), &limit, &groups],
         )?
         .iter()
         .map(|r| r.get(0))
