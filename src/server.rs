@@ -492,12 +492,21 @@ async fn authorize(
     }
     // An agent asking or an executor redeeming with a certificate that does not count (revoked,
     // expired, another role) is an audit entry: what a SIEM alerts on.
+    // So is an approver's decision (a revoked approver still trying is a stolen key at work),
+    // and one posted by another role.
     let attempt = match (req.method().as_str(), req.uri().path()) {
-        ("POST", "/v1/executions") => Some(RefusedAttempt::Execution),
-        ("POST", "/v1/tokens/redeem") => Some(RefusedAttempt::Redemption),
+        ("POST", "/v1/executions") => Some((RefusedAttempt::Execution, None)),
+        ("POST", "/v1/tokens/redeem") => Some((RefusedAttempt::Redemption, None)),
         ("POST", p) if p.starts_with("/v1/executions/") && p.ends_with("/outcome") => {
-            Some(RefusedAttempt::Outcome)
+            Some((RefusedAttempt::Outcome, None))
         }
+        ("POST", p) => p
+            .strip_prefix("/v1/executions/")
+            .and_then(|rest| rest.strip_suffix("/approvals"))
+            .map(|id| {
+                let named = crate::broker::is_request_id(id).then(|| id.to_owned());
+                (RefusedAttempt::Approval, named)
+            }),
         _ => None,
     };
     let caller = peer.clone();
@@ -518,8 +527,8 @@ async fn authorize(
             next.run(req).await
         }
         Err(e) => {
-            if let Some(attempt) = attempt {
-                audit_refused(&app, &caller, attempt, &e);
+            if let Some((attempt, request_id)) = attempt {
+                audit_refused(&app, &caller, attempt, request_id.as_deref(), &e);
             }
             ApiError::from(e).into_response()
         }
@@ -530,8 +539,19 @@ async fn authorize(
 /// expired, another role) or the broker's kill switches (frozen, attestation), without waiting
 /// for it: the refusal does not depend on it ([`Broker::audit_refused_attempt`]). Other
 /// failures (store, internal) are not the caller's doing and are in the broker's log.
-pub(crate) fn audit_refused(app: &App, peer: &Peer, attempt: RefusedAttempt, e: &BrokerError) {
+pub(crate) fn audit_refused(
+    app: &App,
+    peer: &Peer,
+    attempt: RefusedAttempt,
+    request_id: Option<&str>,
+    e: &BrokerError,
+) {
     let code = e.code();
+    // The broker's own state is not an approver's doing (docs/AUDIT.md).
+    let own_state = ["issuance_frozen", "attestation_failed"];
+    if attempt == RefusedAttempt::Approval && own_state.contains(&code) {
+        return;
+    }
     let audited = [
         "certificate_revoked",
         "certificate_expired",
@@ -543,7 +563,8 @@ pub(crate) fn audit_refused(app: &App, peer: &Peer, attempt: RefusedAttempt, e: 
         "attestation_failed",
     ];
     if audited.contains(&code) {
-        app.broker.audit_refused_attempt(peer, attempt, code);
+        app.broker
+            .audit_refused_attempt_on(peer, attempt, code, request_id);
     }
 }
 

@@ -864,6 +864,15 @@ fn every_illegitimate_approval_is_refused_with_its_code() {
     assert_eq!(refusals("self_approval", "CN=deploy-bot"), 1, "{given:#?}");
     assert_eq!(refusals("request_closed", "CN=carol"), 2, "{given:#?}");
     assert_eq!(refusals("not_found", "CN=carol"), 1, "{given:#?}");
+    // Refused before the handler read the decision: a revoked approver, another role.
+    assert_eq!(refusals("certificate_revoked", "CN=erin"), 1, "{given:#?}");
+    assert_eq!(refusals("wrong_role", "CN=other-bot"), 1, "{given:#?}");
+    let revoked = given
+        .iter()
+        .find(|e| e["code"] == "certificate_revoked")
+        .unwrap();
+    assert_eq!(revoked["request_id"], id.as_str(), "{revoked}");
+    assert!(revoked.get("decision").is_none(), "{revoked}");
     let forged = given
         .iter()
         .find(|e| e["code"] == "bad_approval_signature")

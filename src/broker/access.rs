@@ -138,6 +138,9 @@ pub enum RefusedAttempt {
     Redemption,
     /// An executor's outcome report (`outcome_reported` with the code).
     Outcome,
+    /// An approver's decision (`approval_given` with the code and no `decision`: the body,
+    /// which says which, is not read for a caller refused before its handler).
+    Approval,
 }
 
 impl Broker {
@@ -180,6 +183,7 @@ pub(super) fn refused_entry(
         RefusedAttempt::Execution => EntryKind::ExecutionDenied,
         RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
         RefusedAttempt::Outcome => EntryKind::OutcomeReported,
+        RefusedAttempt::Approval => EntryKind::ApprovalGiven,
     };
     let mut entry = super::audit::entry_now(kind);
     entry.cert = Some(super::audit::cert_ref(
