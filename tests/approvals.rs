@@ -571,10 +571,30 @@ fn a_justification_cannot_rewrite_what_approvers_see() {
 fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     let s = setup("");
     let team_grants = s.hsm.grants_file("team.toml", GRANTS);
-    s.hsm.issue_ca(
+    // Allowed, with a warning: whoever holds the team's key can issue an agent and all of the
+    // approvers its grants' approval rule asks for.
+    let team_pem = s.hsm.path("team.pem");
+    let out = s.hsm.seb(&[
+        "cert",
+        "issue-ca",
+        "--label",
         "team",
+        "--subject",
         "CN=team CA",
-        &["--grants", &team_grants, "--roles", "agent,approver"],
+        "--ttl",
+        "60d",
+        "--grants",
+        &team_grants,
+        "--roles",
+        "agent,approver",
+        "--out",
+        team_pem.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("every one of those approvers"),
+        "{stderr}"
     );
     let member = |name: &str| {
         s.hsm.identity(

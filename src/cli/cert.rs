@@ -325,6 +325,22 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         now,
     )?;
 
+    if let Some(rule) = grants
+        .iter()
+        .flat_map(|set| &set.grants)
+        .find_map(|g| g.approval.as_ref())
+        .filter(|_| roles.contains(RoleKind::Approver) && roles.contains(RoleKind::Agent))
+    {
+        // Allowed (a team that runs its own approvals), but M-of-N then means M certificates
+        // this key signed, not M people.
+        eprintln!(
+            "warning: {name:?} may issue both agents and approvers, and its grants require \
+             {} approvals from {:?}: whoever holds its key can issue an agent and every one of \
+             those approvers; issue approvers from the root where the rule must mean \
+             {} people (docs/GRANTS.md, \"Approvers under an intermediate\")",
+            rule.required, rule.group, rule.required
+        );
+    }
     let store = open_store(config)?;
     let backend = open_backend(config, Some(1))?;
     let signer = issuer_signer(backend.as_ref(), &issuer_label, args.issuer.is_some())?;
