@@ -830,6 +830,118 @@ fn a_file_size_limit_stops_issuance_without_ending_the_broker_then_recovers() {
 }
 
 #[test]
+fn follow_raises_the_alarm_when_newer_checkpoints_come_without_a_consistency_proof() {
+    let mut s = setup();
+    traffic(&s, 2);
+    let state = s.hsm.path("followed.checkpoint");
+    let root = s.hsm.trust("root.pem");
+    let monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
+        .arg(&root)
+        .args(["--broker", &s.broker.url, "--cert"])
+        .arg(&s.agent.cert)
+        .arg("--key")
+        .arg(&s.agent.key)
+        .arg("--save")
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !state.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first verification"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let verified = || {
+        let (body, _) = checkpoint::parse_note(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        Checkpoint::parse_body(&body).unwrap().size
+    };
+    // The monitor catches up with the broker at a size that is not a power of two (one whose
+    // consistency proofs need a node of the old tree).
+    loop {
+        let note = call(&s, "GET", "/v1/audit/checkpoint", None).text;
+        let (body, _) = checkpoint::parse_note(&note).unwrap();
+        let served = Checkpoint::parse_body(&body).unwrap().size;
+        if served.is_power_of_two() {
+            traffic(&s, 1);
+            continue;
+        }
+        if verified() == served {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The broker dies (no last checkpoint): the size the monitor verified stays put.
+    let mut child = s.broker.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = verified();
+    assert!(!kept.is_power_of_two());
+    // The log grows past the next power of two (entries the CLI writes), so that the smallest
+    // complete subtree of the verified tree is inside a larger one: no root or append needs
+    // it any more, only a consistency proof from the verified size does. Someone with the
+    // database deletes it; the restarted broker signs newer checkpoints it cannot prove.
+    let mut size = kept;
+    while size < kept.next_power_of_two() || size == kept {
+        s.hsm.seb_ok(&["epoch", "bump"]);
+        let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+        size = db
+            .query_row("SELECT COUNT(*) FROM audit_entries", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap() as u64;
+    }
+    let level = kept.trailing_zeros();
+    let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+    let removed = db
+        .execute(
+            "DELETE FROM audit_nodes WHERE level = ?1 AND idx = ?2",
+            [i64::from(level), ((kept >> level) - 1) as i64],
+        )
+        .unwrap();
+    assert_eq!(removed, 1);
+    drop(db);
+    s.broker = Broker::start(&s.hsm);
+    let mut monitor = monitor;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = monitor.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            let out = monitor.wait_with_output().unwrap();
+            panic!(
+                "the monitor waited for ever: {}\nbroker: {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(s.hsm.path("broker.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let out = monitor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("REJECTED") && stderr.contains("gave no proof"),
+        "{stderr}"
+    );
+    assert_eq!(
+        verified(),
+        kept,
+        "the monitor moved past what it could not prove"
+    );
+}
+
+#[test]
 fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
     let mut s = setup();
     traffic(&s, 3);
