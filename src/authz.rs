@@ -22,9 +22,10 @@ pub use cover::{covers, grant_set_covered, NotCovered};
 
 /// The most grant-against-grant comparisons the attenuation check of one chain makes; a chain
 /// that needs more is refused (`grant_chain_escalation`). A CA's key holder chooses the grant
-/// sets, and the check runs for every request: 16,384 comparisons take milliseconds, while
-/// real chains (tens of grants) need hundreds.
-pub const MAX_GRANT_COMPARISONS: usize = 1 << 14;
+/// sets. The check runs once per chain (the broker remembers its verdict with the chain);
+/// 65,536 comparisons take tens of milliseconds. A certificate with as many grants as its
+/// issuer needs n(n+1)/2 of them, so about 360 grants on each of two levels fit.
+pub const MAX_GRANT_COMPARISONS: usize = 1 << 16;
 
 /// What the decision needs to know about one certificate, extracted by the caller.
 #[derive(Debug)]
@@ -52,6 +53,20 @@ pub struct ChainView {
     /// The issuers, nearest first, up to but excluding the root (which authorises everything
     /// it signs and so imposes no grant bound).
     pub ancestors: Vec<CertFacts>,
+    /// The attenuation verdict ([`check_chain_attenuation`]), made on first use: it depends
+    /// on the certificates alone, and a chain is checked once however many requests it makes.
+    attenuation: std::sync::OnceLock<Result<(), (DenyCode, String)>>,
+}
+
+impl ChainView {
+    /// The view of a chain whose signatures were verified up to a trusted root.
+    pub fn new(leaf: CertFacts, ancestors: Vec<CertFacts>) -> Self {
+        Self {
+            leaf,
+            ancestors,
+            attenuation: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// The revocation status the broker knows.
@@ -369,32 +384,43 @@ pub fn authority<'a>(
         }
     };
 
-    // 4. Attenuation: every pair (descendant, ancestor) among certificates with grants, from
-    // the top down, so that a CA outside its issuer's grants fails before its own
-    // descendants are compared with it; and within a bounded number of grant comparisons.
-    let mut budget = MAX_GRANT_COMPARISONS;
-    for (i, (child_depth, child)) in sets.iter().enumerate().rev() {
-        for (parent_depth, parent) in sets[i + 1..].iter().rev() {
-            if let Err(e) = cover::grant_set_covered_within(parent, child, &mut budget) {
-                let why = if budget == 0 {
-                    format!(
-                        "the chain's grants need more than {MAX_GRANT_COMPARISONS} comparisons to check against their issuers'"
-                    )
-                } else {
-                    e.to_string()
-                };
-                return Err((
-                    DenyCode::GrantChainEscalation,
-                    format!(
-                        "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {why}"
-                    )));
-            }
-        }
-    }
+    // 4. Attenuation, once per chain (it depends on the certificates only).
+    chain
+        .attenuation
+        .get_or_init(|| check_chain_attenuation(&sets))
+        .clone()?;
     Ok(Authority {
         grants: leaf_grants,
         ttl_cap: remaining,
     })
+}
+
+/// Attenuation along a chain: every pair (descendant, ancestor) among the certificates with
+/// grants (`(depth, grants)`, leaf first), compared from the top of the chain down, so that a
+/// CA outside its issuer's grants fails before its descendants are compared with it; within
+/// [`MAX_GRANT_COMPARISONS`] comparisons in all. The CA runs the same check before it issues
+/// (`ca::check_attenuation`), so it never issues a certificate the decision refuses.
+pub fn check_chain_attenuation(sets: &[(usize, &GrantSet)]) -> Result<(), (DenyCode, String)> {
+    let mut budget = MAX_GRANT_COMPARISONS;
+    for (i, (child_depth, child)) in sets.iter().enumerate().rev() {
+        for (parent_depth, parent) in sets[i + 1..].iter().rev() {
+            let why = match cover::grant_set_covered_within(parent, child, &mut budget) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(cover::BudgetExhausted) => format!(
+                    "checking it takes more than {MAX_GRANT_COMPARISONS} grant comparisons \
+                     along the chain (fewer or narrower grants, or fewer levels, fit)"
+                ),
+            };
+            return Err((
+                DenyCode::GrantChainEscalation,
+                format!(
+                    "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {why}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The leaf's role, if the chain delegates it: every intermediate above the leaf may issue

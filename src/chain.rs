@@ -285,10 +285,7 @@ impl<'a> ValidatedChain<'a> {
     /// excluding the self-signed root (which authorises everything it signs).
     pub fn chain_view(&self) -> ChainView {
         let facts = |i: usize| cert_facts(self.path[i], self.serials[i].clone());
-        ChainView {
-            leaf: facts(0),
-            ancestors: (1..self.path.len() - 1).map(facts).collect(),
-        }
+        ChainView::new(facts(0), (1..self.path.len() - 1).map(facts).collect())
     }
 
     /// The canonical serials of the whole path, leaf first, root last.

@@ -27,32 +27,41 @@ pub struct NotCovered {
 /// Whether every child grant is covered by some parent grant.
 pub fn grant_set_covered(parent: &GrantSet, child: &GrantSet) -> Result<(), NotCovered> {
     let mut unlimited = usize::MAX;
-    grant_set_covered_within(parent, child, &mut unlimited)
+    grant_set_covered_within(parent, child, &mut unlimited).unwrap_or(Ok(()))
 }
 
-/// [`grant_set_covered`], counting each grant compared against `budget` and failing once it
-/// runs out: the chain's grant sets are chosen by whoever holds a CA key, and each comparison
-/// costs CPU on every request that presents them.
+/// [`grant_set_covered`] within `budget` grant-against-grant comparisons (spent from it):
+/// `Ok(Err(..))` when a child grant is not covered, `Err(BudgetExhausted)` when the budget ran
+/// out first. The chain's grant sets are chosen by whoever holds a CA key, and each comparison
+/// costs CPU.
 pub fn grant_set_covered_within(
     parent: &GrantSet,
     child: &GrantSet,
     budget: &mut usize,
-) -> Result<(), NotCovered> {
+) -> Result<Result<(), NotCovered>, BudgetExhausted> {
     for (child_index, c) in child.grants.iter().enumerate() {
-        let covered = parent.grants.iter().any(|p| {
-            *budget = budget.saturating_sub(1);
-            *budget > 0 && covers(p, c)
-        });
+        let mut covered = false;
+        for p in &parent.grants {
+            *budget = budget.checked_sub(1).ok_or(BudgetExhausted)?;
+            if covers(p, c) {
+                covered = true;
+                break;
+            }
+        }
         if !covered {
-            return Err(NotCovered {
+            return Ok(Err(NotCovered {
                 child_index,
                 operation: c.operation.clone(),
                 resource: c.resource.clone(),
-            });
+            }));
         }
     }
-    Ok(())
+    Ok(Ok(()))
 }
+
+/// The comparison budget of an attenuation check ran out before it could decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetExhausted;
 
 /// Whether `parent` covers `child`: operation, resource and parameters no wider, lifetime no
 /// longer, approval no weaker (same group, at least as many approvers).
@@ -302,12 +311,25 @@ mod tests {
         };
         assert!(grant_set_covered(&parent, &child).is_ok());
         // The child's grants are found at positions 100 and 99 of the parent's list: 199
-        // comparisons, and the budget must outlast them.
-        let mut budget = 200;
-        assert!(grant_set_covered_within(&parent, &child, &mut budget).is_ok());
+        // comparisons.
         let mut budget = 199;
-        let refused = grant_set_covered_within(&parent, &child, &mut budget).unwrap_err();
-        assert_eq!((refused.child_index, budget), (1, 0));
+        assert_eq!(
+            grant_set_covered_within(&parent, &child, &mut budget),
+            Ok(Ok(()))
+        );
+        assert_eq!(budget, 0);
+        let mut budget = 198;
+        assert_eq!(
+            grant_set_covered_within(&parent, &child, &mut budget),
+            Err(BudgetExhausted)
+        );
+        // A grant no parent covers is told apart from a budget that ran out.
+        let outside = GrantSet {
+            grants: vec![grant("op100")],
+        };
+        let mut budget = 100;
+        let refused = grant_set_covered_within(&parent, &outside, &mut budget).unwrap();
+        assert_eq!(refused.unwrap_err().child_index, 0);
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn set(toml: &str) -> Option<Result<GrantSet, GrantError>> {
 }
 
 fn chain(leaf: CertFacts, ancestors: Vec<CertFacts>) -> ChainView {
-    ChainView { leaf, ancestors }
+    ChainView::new(leaf, ancestors)
 }
 
 /// The serial `n` (1 to 255).
@@ -719,13 +719,7 @@ fn allow_carries_ttl_approval_and_digest() {
     let mut leaf = agent(set(GRANTS));
     leaf.not_after = now() + Duration::from_secs(7);
     let req = request("deploy.x", "dev/x", json!({}));
-    match decide_now(
-        &ChainView {
-            leaf,
-            ancestors: vec![],
-        },
-        &req,
-    ) {
+    match decide_now(&ChainView::new(leaf, vec![]), &req) {
         Decision::Allow { token_ttl, .. } => assert_eq!(token_ttl, Duration::from_secs(7)),
         other => panic!("{other:?}"),
     }

@@ -64,8 +64,13 @@ pub fn check_intermediate(
 
 /// Attenuation at issuance: every grant in `grants` must be covered by some grant of each CA
 /// in `issuer_chain` that carries `sebGrants` (a CA without grants bounds nothing).
+///
+/// Then the whole chain the new certificate makes is checked as the decision will check it
+/// ([`crate::authz::check_chain_attenuation`], within its bound on comparisons), so the CA
+/// never issues a certificate that every request would be refused for.
 pub fn check_attenuation(grants: &GrantSet, issuer_chain: &[Certificate]) -> Result<(), CaError> {
-    for ancestor in issuer_chain {
+    let mut bounds = Vec::new();
+    for (depth, ancestor) in issuer_chain.iter().enumerate() {
         let Some(ext) = ancestor.extension(SEB_GRANTS_OID) else {
             continue;
         };
@@ -77,8 +82,17 @@ pub fn check_attenuation(grants: &GrantSet, issuer_chain: &[Certificate]) -> Res
             ancestor: ancestor.subject_string(),
             source,
         })?;
+        bounds.push((depth + 1, bound));
     }
-    Ok(())
+    let mut sets: Vec<(usize, &GrantSet)> = vec![(0, grants)];
+    sets.extend(bounds.iter().map(|(depth, set)| (*depth, set)));
+    crate::authz::check_chain_attenuation(&sets).map_err(|(_, reason)| CaError::Issuer {
+        issuer: issuer_chain
+            .first()
+            .map(Certificate::subject_string)
+            .unwrap_or_default(),
+        reason,
+    })
 }
 
 /// Role delegation at issuance: every intermediate of `issuer_chain` (the root issues every
