@@ -332,12 +332,10 @@ impl Broker {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// `audit_unavailable` while the stored audit log does not extend the last checkpoint
+    /// `audit_log_diverged` while the stored audit log does not extend the last checkpoint
     /// this broker signed (see [`audit::AuditLog::integrity`]).
     fn audit_intact(&self) -> Result<(), BrokerError> {
-        self.audit
-            .integrity()
-            .map_err(|why| BrokerError::AuditUnavailable(crate::store::StoreError::Corrupt(why)))
+        self.audit.integrity().map_err(BrokerError::AuditDiverged)
     }
 
     /// Whether issuance is frozen now.

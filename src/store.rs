@@ -27,7 +27,7 @@ pub mod sqlite;
 pub(crate) use write_health::WriteHealth;
 
 #[cfg(feature = "broker")]
-mod write_health {
+pub(crate) mod write_health {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
@@ -521,12 +521,14 @@ pub trait Store: Send + Sync {
     /// The decisions recorded on a request, oldest first.
     fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError>;
     /// Requests open for approval at `now` (not decided, not expired) by one of `groups`,
-    /// oldest first, at most `limit`. The groups are chosen before the limit, so requests of
-    /// other groups cannot crowd an approver's out of the list.
+    /// oldest first, after the request id `after` if given (a page's last), at most `limit`.
+    /// The groups are chosen before the limit, so requests of other groups cannot crowd an
+    /// approver's out of the list.
     fn open_approval_requests(
         &self,
         now: SystemTime,
         groups: &[String],
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError>;
     /// Records one approver's decision, atomically with the checks that the request is still

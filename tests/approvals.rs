@@ -596,6 +596,46 @@ fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
         stderr.contains("warning") && stderr.contains("every one of those approvers"),
         "{stderr}"
     );
+    // So is one below a CA whose grants carry the rule, with no grants of its own.
+    let org_pem = s.hsm.path("org.pem");
+    let sub_pem = s.hsm.path("sub.pem");
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "org",
+        "--subject",
+        "CN=org CA",
+        "--ttl",
+        "60d",
+        "--grants",
+        &team_grants,
+        "--path-len",
+        "1",
+        "--roles",
+        "agent,approver",
+        "--out",
+        org_pem.to_str().unwrap(),
+    ]);
+    let out = s.hsm.seb(&[
+        "cert",
+        "issue-ca",
+        "--label",
+        "sub",
+        "--subject",
+        "CN=sub CA",
+        "--ttl",
+        "30d",
+        "--issuer",
+        "org",
+        "--roles",
+        "agent,approver",
+        "--out",
+        sub_pem.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("every one of those approvers"), "{stderr}");
     let member = |name: &str| {
         s.hsm.identity(
             name,

@@ -473,39 +473,59 @@ fn a_truncated_and_reappended_log_is_a_split_view() {
 fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log() {
     let s = setup();
     traffic(&s, 4);
-    // The broker signs a checkpoint over the whole log...
+    // The broker signs a checkpoint over the whole log, and a monitor follows it...
     let note = call(&s, "GET", "/v1/audit/checkpoint", None);
     assert_eq!(note.status, 200, "{}", note.text);
     let (body, _) = checkpoint::parse_note(&note.text).unwrap();
     let signed = Checkpoint::parse_body(&body).unwrap().size;
+    let kept = s.hsm.path("followed.checkpoint");
+    let monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
+        .arg(s.hsm.trust("root.pem"))
+        .args(["--broker", &s.broker.url, "--cert"])
+        .arg(&s.agent.cert)
+        .arg("--key")
+        .arg(&s.agent.key)
+        .arg("--save")
+        .arg(&kept)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kept.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first verification"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // ... then someone with the database cuts it back, tree nodes included, while it runs.
     let keep = 3i64;
     let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
-    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
+    let rows = |sql: &str| -> Vec<(i64, i64, Vec<u8>)> {
+        let mut statement = db.prepare(sql).unwrap();
+        let found = statement
+            .query_map([keep], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        found
+    };
+    let entries = rows("SELECT idx, 0, CAST(entry AS BLOB) FROM audit_entries WHERE idx >= ?1");
+    let nodes =
+        rows("SELECT level, idx, hash FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1");
+    let cut = |db: &rusqlite::Connection| {
+        db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
+            .unwrap();
+        db.execute(
+            "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
+            [keep],
+        )
         .unwrap();
-    db.execute(
-        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
-        [keep],
-    )
-    .unwrap();
-    drop(db);
-    // A refusal still reaches the (cut) log, so the broker sees the shorter log; it no longer
-    // signs a checkpoint of it, and grants nothing.
-    let denied = json!({"operation": "db.drop", "resource": "prod/payments/db", "params": {}});
-    assert_eq!(
-        call(&s, "POST", "/v1/executions", Some(&denied)).status,
-        403
-    );
-    let refused = call(&s, "GET", "/v1/audit/checkpoint", None);
-    assert_eq!(refused.status, 503, "{}", refused.text);
-    assert_eq!(
-        refused.body["error"]["code"], "audit_unavailable",
-        "{}",
-        refused.text
-    );
-    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
-    assert_eq!(r.status, 503, "{}", r.text);
-    assert_eq!(r.body["error"]["code"], "audit_unavailable", "{}", r.text);
+    };
+    cut(&db);
+    // The broker signs no checkpoint of the shorter log, grants nothing, and says why.
     let health = fresh_health(&s, |_| {}, |h| h.status == 503);
     let reason = health.body["checks"]["audit_checkpoints"]["reason"]
         .as_str()
@@ -515,6 +535,51 @@ fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log
         "{}",
         health.text
     );
+    let refused = call(&s, "GET", "/v1/audit/checkpoint", None);
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(
+        refused.body["error"]["code"], "audit_log_diverged",
+        "{}",
+        refused.text
+    );
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "audit_log_diverged", "{}", r.text);
+    assert!(r.body.get("token").is_none());
+    // The monitor raises the alarm while the broker still runs.
+    let out = monitor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("REJECTED") && stderr.contains("rewritten"),
+        "{stderr}"
+    );
+    // The history put back exactly (the refusal's entry on the cut log taken out again):
+    // the broker resumes by itself.
+    cut(&db);
+    for (idx, _, entry) in &entries {
+        db.execute(
+            "INSERT INTO audit_entries (idx, entry) VALUES (?1, ?2)",
+            rusqlite::params![idx, String::from_utf8(entry.clone()).unwrap()],
+        )
+        .unwrap();
+    }
+    for (level, idx, hash) in &nodes {
+        db.execute(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+            rusqlite::params![level, idx, hash],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let health = fresh_health(&s, |_| {}, |h| h.status == 200);
+    assert_eq!(health.body["status"], "ready", "{}", health.text);
+    let r = call(&s, "POST", "/v1/executions", Some(&good_request()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    ok(&audit(
+        &s,
+        &["verify", "--checkpoint", kept.to_str().unwrap()],
+    ));
 }
 
 #[test]

@@ -200,19 +200,27 @@ fn contract(store: &dyn Store) {
     let groups = vec!["sre-leads".to_owned()];
     assert_eq!(
         store
-            .open_approval_requests(now(), &groups, 10)
+            .open_approval_requests(now(), &groups, None, 10)
             .unwrap()
             .len(),
         1
     );
+    // Pages continue after the last request id of the page before.
+    let after = |id: &str| {
+        store
+            .open_approval_requests(now(), &groups, Some(id), 10)
+            .unwrap()
+            .len()
+    };
+    assert_eq!((after("p0"), after("p1")), (1, 0));
     // Another group's approvers do not see it, and it takes none of their list's places.
     let others = vec!["dba".to_owned(), "sre".to_owned()];
     assert!(store
-        .open_approval_requests(now(), &others, 10)
+        .open_approval_requests(now(), &others, None, 10)
         .unwrap()
         .is_empty());
     assert!(store
-        .open_approval_requests(now(), &[], 10)
+        .open_approval_requests(now(), &[], None, 10)
         .unwrap()
         .is_empty());
     let first = store
@@ -304,7 +312,7 @@ fn contract(store: &dyn Store) {
         ExecutionStatus::Expired
     );
     assert!(store
-        .open_approval_requests(now(), &groups, 10)
+        .open_approval_requests(now(), &groups, None, 10)
         .unwrap()
         .is_empty());
 

@@ -34,6 +34,10 @@ use crate::token::{self, AuthorizationDetail, Claims, Confirmation};
 /// Most open requests one listing returns.
 pub const MAX_LISTED: usize = 500;
 
+/// Most pages of [`MAX_LISTED`] open requests read for one list, when requests outside the
+/// caller's scope fill them.
+const MAX_PAGES: usize = 20;
+
 /// An approver's decision as posted.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,17 +162,29 @@ impl Broker {
     pub fn pending_requests(&self, caller: &Caller) -> Result<Vec<PendingRequest>, BrokerError> {
         let role = approver_role(caller.peer(), "list pending requests")?;
         let now = SystemTime::now();
-        let open = self
-            .store
-            .open_approval_requests(now, &role.groups, MAX_LISTED)
-            .map_err(BrokerError::Store)?;
+        // Page by page: requests of agents outside the caller's scope (another team's, for
+        // an approver under an intermediate) are dropped here, and must not take the places
+        // of those it may decide. At most MAX_PAGES pages are read.
+        let mut open = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .store
+                .open_approval_requests(now, &role.groups, after.as_deref(), MAX_LISTED)
+                .map_err(BrokerError::Store)?;
+            let full = page.len() == MAX_LISTED;
+            after = page.last().map(|(record, _)| record.request_id.clone());
+            open.extend(page.into_iter().filter(|(record, pending)| {
+                role.groups.contains(&pending.group)
+                    && outside_scope(caller.peer(), &record.agent_serials).is_none()
+            }));
+            if !full || open.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        open.truncate(MAX_LISTED);
         let mut out = Vec::new();
         for (record, pending) in open {
-            if !role.groups.contains(&pending.group)
-                || outside_scope(caller.peer(), &record.agent_serials).is_some()
-            {
-                continue;
-            }
             let approvals = self
                 .store
                 .approvals(&record.request_id)
@@ -545,6 +561,9 @@ impl Broker {
             BrokerError::Frozen
                 | BrokerError::Attestation(_)
                 | BrokerError::Store(_)
+                | BrokerError::AuditUnavailable(_)
+                | BrokerError::AuditDiverged(_)
+                | BrokerError::Hsm(_)
                 | BrokerError::Internal(_)
         ) {
             return;

@@ -141,7 +141,9 @@ impl AuditLog {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         let size = self.store.audit_size().map_err(BrokerError::Store)?;
         if let Some((cp, note)) = latest.as_ref() {
-            if cp.size == size {
+            // While the log has diverged, it is compared again even at the signed size: a
+            // restore of exactly that history ends the refusal.
+            if cp.size == size && self.integrity().is_ok() {
                 return Ok(note.clone());
             }
         }
@@ -160,9 +162,7 @@ impl AuditLog {
         if let Err(why) = extends {
             tracing::error!(reason = %why, "the audit log does not extend the last signed checkpoint");
             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-            return Err(BrokerError::AuditUnavailable(
-                crate::store::StoreError::Corrupt(why),
-            ));
+            return Err(BrokerError::AuditDiverged(why));
         }
         let key = self
             .current_key()

@@ -86,6 +86,10 @@ pub enum BrokerError {
     /// The audit log cannot durably record the decision: no token.
     #[error("audit log unavailable")]
     AuditUnavailable(#[source] StoreError),
+    /// The stored audit log no longer extends the checkpoint this broker signed last: no
+    /// checkpoint, no token, no approval until it does (docs/AUDIT.md §4).
+    #[error("{0}")]
+    AuditDiverged(String),
     /// Issuance is frozen by the security team.
     #[error("issuance is frozen")]
     Frozen,
@@ -202,6 +206,7 @@ impl BrokerError {
                 "audit_unavailable",
                 "the audit log cannot record the decision; no token was issued".into(),
             ),
+            BrokerError::AuditDiverged(why) => (503, "audit_log_diverged", why.clone()),
             BrokerError::Frozen => (
                 503,
                 "issuance_frozen",

@@ -211,7 +211,7 @@ impl Session {
     }
 
     fn get(&mut self, path: &str) -> Result<seb::client::ApiResponse, CliError> {
-        let response = self.runtime.block_on(self.client.send("GET", path, None))?;
+        let response = self.get_any(path)?;
         if response.status != 200 {
             return Err(format!(
                 "GET {path}: the broker answered {}: {}",
@@ -220,6 +220,11 @@ impl Session {
             .into());
         }
         Ok(response)
+    }
+
+    /// `GET path`, whatever the status.
+    fn get_any(&mut self, path: &str) -> Result<seb::client::ApiResponse, CliError> {
+        Ok(self.runtime.block_on(self.client.send("GET", path, None))?)
     }
 
     /// The published certificates, the newest checkpoint and every entry it covers.
@@ -373,8 +378,24 @@ fn follow(
                 continue;
             }
         };
-        let note = match live.get("/v1/audit/checkpoint") {
-            Ok(r) => r.text,
+        let note = match live.get_any("/v1/audit/checkpoint") {
+            Ok(r) if r.status == 200 => r.text,
+            // The broker itself found that its stored log no longer extends the checkpoint
+            // it signed: what the monitor is for, not an outage.
+            Ok(r) if r.body["error"]["code"] == "audit_log_diverged" => {
+                return Err(format!(
+                    "audit log REJECTED: the broker reports that its log was rewritten: {}",
+                    r.body["error"]["message"].as_str().unwrap_or_default()
+                )
+                .into());
+            }
+            Ok(r) => {
+                eprintln!(
+                    "cannot fetch the checkpoint (the broker answered {}: {}); retrying",
+                    r.status, r.text
+                );
+                continue;
+            }
             Err(e) => {
                 eprintln!("cannot fetch the checkpoint ({e}); retrying");
                 continue;

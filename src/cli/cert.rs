@@ -325,8 +325,16 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         now,
     )?;
 
+    // The rules that bind what this CA's agents may be granted: its own grants', and those
+    // of every CA above it (a CA without grants is still bounded by them).
+    let inherited: Vec<GrantSet> = issuer_chain
+        .iter()
+        .filter_map(|ca| ca.extension(seb::cert::SEB_GRANTS_OID))
+        .filter_map(|ext| GrantSet::from_der(ext.extn_value.as_bytes()).ok())
+        .collect();
     if let Some(rule) = grants
         .iter()
+        .chain(&inherited)
         .flat_map(|set| &set.grants)
         .find_map(|g| g.approval.as_ref())
         .filter(|_| roles.contains(RoleKind::Approver) && roles.contains(RoleKind::Agent))
@@ -334,8 +342,9 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         // Allowed (a team that runs its own approvals), but M-of-N then means M certificates
         // this key signed, not M people.
         eprintln!(
-            "warning: {name:?} may issue both agents and approvers, and its grants require \
-             {} approvals from {:?}: whoever holds its key can issue an agent and every one of \
+            "warning: {name:?} may issue both agents and approvers, and the grants that bind \
+             its agents require {} approvals from {:?}: whoever holds its key can issue an \
+             agent and every one of \
              those approvers; issue approvers from the root where the rule must mean \
              {} people (docs/GRANTS.md, \"Approvers under an intermediate\")",
             rule.required, rule.group, rule.required

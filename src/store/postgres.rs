@@ -427,11 +427,13 @@ impl Store for PgStore {
         &self,
         now: SystemTime,
         groups: &[String],
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
         let groups = groups.to_vec();
+        let after = after.unwrap_or_default().to_owned();
         self.write("list open approval requests", move |b| {
-            approvals::open_requests(b.db()?, now, &groups, limit)
+            approvals::open_requests(b.db()?, now, &groups, &after, limit)
         })
     }
 

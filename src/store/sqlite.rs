@@ -456,9 +456,10 @@ impl Store for SqliteStore {
         &self,
         now: SystemTime,
         groups: &[String],
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
-        approvals::open_approval_requests(self, now, groups, limit)
+        approvals::open_approval_requests(self, now, groups, after, limit)
     }
 
     fn add_approval(

@@ -99,6 +99,7 @@ pub(super) fn open_requests(
     db: Txn<'_, '_>,
     now: SystemTime,
     groups: &[String],
+    after: &str,
     limit: usize,
 ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, DbError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -106,8 +107,9 @@ pub(super) fn open_requests(
         .query(
             "SELECT request_id FROM approval_requests
              WHERE closed IS NULL AND expires_at > $1 AND approval_group = ANY($3)
+               AND request_id > $4
              ORDER BY request_id LIMIT $2",
-            &[&unix(now), &limit, &groups],
+            &[&unix(now), &limit, &groups, &after],
         )?
         .iter()
         .map(|r| r.get(0))

@@ -67,20 +67,23 @@ pub(super) fn open_approval_requests(
     store: &SqliteStore,
     now: SystemTime,
     groups: &[String],
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError> {
     let now = unix(now);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let groups = serde_json::Value::from(groups.to_vec()).to_string();
+    let after = after.unwrap_or_default().to_owned();
     let rows = store.write("list open approval requests", move |c| {
         let mut stmt = c.prepare_cached(
             "SELECT request_id FROM approval_requests
              WHERE closed IS NULL AND expires_at > ?1
                AND approval_group IN (SELECT value FROM json_each(?3))
+               AND request_id > ?4
              ORDER BY request_id LIMIT ?2",
         )?;
         let ids: Vec<String> = stmt
-            .query_map(params![now, limit, groups], |r| r.get(0))?
+            .query_map(params![now, limit, groups, after], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {

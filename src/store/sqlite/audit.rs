@@ -26,6 +26,9 @@ pub(super) struct AuditTree {
     pub(super) generation: u64,
     /// Why an entry could not be appended in the current batch, if one could not.
     abandoned: Option<String>,
+    /// Set when an entry could not be appended even as a void, until an entry is: commits
+    /// without entries (a health probe, a read) prove nothing about appends.
+    unappendable: Option<String>,
     shared: Arc<WriteHealth>,
 }
 
@@ -43,6 +46,7 @@ impl AuditTree {
             range,
             generation: 0,
             abandoned: None,
+            unappendable: None,
             shared,
         })
     }
@@ -84,9 +88,25 @@ impl AuditTree {
         self.abandoned.take()
     }
 
-    /// A commit succeeded.
-    pub(super) fn committed(&self) {
-        self.shared.succeeded();
+    pub(super) fn has_abandoned(&self) -> bool {
+        self.abandoned.is_some()
+    }
+
+    /// A commit succeeded; `appended` says whether it added entries to the log. After an
+    /// entry could not be appended at all, only a commit that appends one shows the log
+    /// appendable again.
+    pub(super) fn committed(&mut self, appended: bool) {
+        if let Some(why) = self.abandoned.take() {
+            self.shared.failed(&why);
+            self.unappendable = Some(why);
+        } else if appended {
+            self.unappendable = None;
+            self.shared.succeeded();
+        } else if let Some(why) = &self.unappendable {
+            self.shared.failed(why);
+        } else {
+            self.shared.succeeded();
+        }
     }
 
     /// A commit failed: `/healthz` says why.

@@ -777,4 +777,22 @@ fn a_log_that_takes_no_entry_even_as_a_void_is_reported_unhealthy() {
     assert!(store.record_execution(&issuing("h2"), &entry()).is_err());
     let why = store.audit_health().unwrap_err();
     assert!(why.contains("cannot be appended"), "{why}");
+    // Writes without entries (the health probe's) commit meanwhile; past the hold that a
+    // failure keeps, they still do not make the log healthy.
+    let hold = crate::store::write_health::FAILURE_HOLD + Duration::from_millis(300);
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        store.check_writable().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(store.audit_health().is_err());
+    // Once an entry is appended again, the log is healthy after the hold.
+    let raw = Connection::open(dir.path().join("seb.db")).unwrap();
+    raw.execute("DELETE FROM audit_nodes WHERE level = 0 AND idx = 1", [])
+        .unwrap();
+    drop(raw);
+    store.record_execution(&issuing("h3"), &entry()).unwrap();
+    std::thread::sleep(hold);
+    store.check_writable().unwrap();
+    assert!(store.audit_health().is_ok(), "{:?}", store.audit_health());
 }

@@ -301,19 +301,20 @@ fn commit_batch(conn: &Connection, queue: &Jobs, audit: &mut AuditTree, batch: V
         let _ = conn.execute_batch("ROLLBACK");
     }
     match &commit {
-        Ok(()) => match audit.take_abandoned() {
-            // The commit went through, but an entry could not be appended even as a void
-            // (a damaged tree, a constraint): the log is not appendable, and `/healthz`
-            // must say so rather than call the store healthy because something committed.
-            Some(why) => {
-                audit.fail(&why);
+        Ok(()) => {
+            // An entry that could not be appended even as a void (a damaged tree, a
+            // constraint) leaves the log unappendable however many other writes commit:
+            // `/healthz` says so until an entry is appended again.
+            let abandoned = audit.has_abandoned();
+            audit.committed(audit.size() > saved.size());
+            if abandoned {
                 audit.generation = queue.reset_audit(audit.size());
             }
-            None => audit.committed(),
-        },
+        }
         Err(message) => {
             // The log's edge goes back to what is durable; every index handed out after it
-            // is abandoned (those writes fail: no token).
+            // is abandoned (those writes fail: no token). The failure is reported below.
+            let _ = audit.take_abandoned();
             audit.restore(saved);
             audit.fail(message);
             audit.generation = queue.reset_audit(audit.size());
