@@ -22,10 +22,12 @@ pub use cover::{covers, grant_set_covered, NotCovered};
 
 /// The most grant-against-grant comparisons the attenuation check of one chain makes; a chain
 /// that needs more is refused (`grant_chain_escalation`). A CA's key holder chooses the grant
-/// sets. The check runs once per chain (the broker remembers its verdict with the chain);
-/// 65,536 comparisons take tens of milliseconds. A certificate with as many grants as its
-/// issuer needs n(n+1)/2 of them, so about 360 grants on each of two levels fit.
-pub const MAX_GRANT_COMPARISONS: usize = 1 << 16;
+/// sets. The verdict is remembered by the grant sets along the path, so a certificate holder
+/// cannot make it run again by presenting the same grants in new bytes; one with a CA key can
+/// by issuing new grant sets, and each costs at most this many comparisons (about 50 ms).
+/// A certificate with as many grants as its issuer needs n(n+1)/2, so about 180 grants on
+/// each of two levels fit.
+pub const MAX_GRANT_COMPARISONS: usize = 1 << 14;
 
 /// What the decision needs to know about one certificate, extracted by the caller.
 #[derive(Debug)]
@@ -53,20 +55,73 @@ pub struct ChainView {
     /// The issuers, nearest first, up to but excluding the root (which authorises everything
     /// it signs and so imposes no grant bound).
     pub ancestors: Vec<CertFacts>,
-    /// The attenuation verdict ([`check_chain_attenuation`]), made on first use: it depends
-    /// on the certificates alone, and a chain is checked once however many requests it makes.
-    attenuation: std::sync::OnceLock<Result<(), (DenyCode, String)>>,
+    /// SHA-256 over the grant sets along the path, leaf first: the attenuation verdict
+    /// depends on nothing else, so it is remembered under this key ([`VERDICTS`]). `None` if
+    /// a set could not be encoded again (then nothing is remembered).
+    grants_key: Option<[u8; 32]>,
 }
 
 impl ChainView {
     /// The view of a chain whose signatures were verified up to a trusted root.
     pub fn new(leaf: CertFacts, ancestors: Vec<CertFacts>) -> Self {
+        let grants_key = grants_key(std::iter::once(&leaf).chain(&ancestors));
         Self {
             leaf,
             ancestors,
-            attenuation: std::sync::OnceLock::new(),
+            grants_key,
         }
     }
+}
+
+/// The key of a path's grant sets (see [`ChainView`]): each certificate's position is marked,
+/// with its set's DER and length when it has one.
+fn grants_key<'a>(path: impl Iterator<Item = &'a CertFacts>) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for facts in path {
+        match &facts.grants {
+            None => hash.update([0]),
+            Some(Ok(set)) => {
+                let der = set.to_der().ok()?;
+                hash.update([1]);
+                hash.update((der.len() as u64).to_be_bytes());
+                hash.update(&der);
+            }
+            Some(Err(_)) => hash.update([2]),
+        }
+    }
+    Some(hash.finalize().into())
+}
+
+/// Attenuation verdicts by [`ChainView`]'s grants key: a chain whose certificates carry the
+/// same grants as one already checked (the same chain again, a new leaf with the same grants,
+/// a leaf whose signature was respelt) is not checked again. Emptied when it reaches
+/// [`MAX_VERDICTS`].
+type Verdicts = std::collections::HashMap<[u8; 32], Result<(), (DenyCode, String)>>;
+static VERDICTS: std::sync::LazyLock<std::sync::Mutex<Verdicts>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(Verdicts::new()));
+
+/// Most attenuation verdicts remembered.
+const MAX_VERDICTS: usize = 4096;
+
+/// [`check_chain_attenuation`] of `chain`'s grant sets, remembered by their key.
+fn attenuation_verdict(
+    chain: &ChainView,
+    sets: &[(usize, &GrantSet)],
+) -> Result<(), (DenyCode, String)> {
+    let Some(key) = chain.grants_key else {
+        return check_chain_attenuation(sets);
+    };
+    if let Some(known) = VERDICTS.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return known.clone();
+    }
+    let verdict = check_chain_attenuation(sets);
+    let mut verdicts = VERDICTS.lock().unwrap_or_else(|p| p.into_inner());
+    if verdicts.len() >= MAX_VERDICTS {
+        verdicts.clear();
+    }
+    verdicts.insert(key, verdict.clone());
+    verdict
 }
 
 /// The revocation status the broker knows.
@@ -384,11 +439,8 @@ pub fn authority<'a>(
         }
     };
 
-    // 4. Attenuation, once per chain (it depends on the certificates only).
-    chain
-        .attenuation
-        .get_or_init(|| check_chain_attenuation(&sets))
-        .clone()?;
+    // 4. Attenuation, once per set of grants along the path (it depends on nothing else).
+    attenuation_verdict(chain, &sets)?;
     Ok(Authority {
         grants: leaf_grants,
         ttl_cap: remaining,
@@ -406,18 +458,16 @@ pub fn check_chain_attenuation(sets: &[(usize, &GrantSet)]) -> Result<(), (DenyC
         for (parent_depth, parent) in sets[i + 1..].iter().rev() {
             let why = match cover::grant_set_covered_within(parent, child, &mut budget) {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => format!(
+                    "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {e}"
+                ),
                 Err(cover::BudgetExhausted) => format!(
-                    "checking it takes more than {MAX_GRANT_COMPARISONS} grant comparisons \
-                     along the chain (fewer or narrower grants, or fewer levels, fit)"
+                    "the grants along the chain take more than {MAX_GRANT_COMPARISONS} grant \
+                     comparisons to check (it ran out comparing depth {child_depth} with depth \
+                     {parent_depth}); fewer grants per certificate, or fewer levels, fit"
                 ),
             };
-            return Err((
-                DenyCode::GrantChainEscalation,
-                format!(
-                    "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {why}"
-                ),
-            ));
+            return Err((DenyCode::GrantChainEscalation, why));
         }
     }
     Ok(())

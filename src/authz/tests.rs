@@ -1303,3 +1303,36 @@ fn client_certificate_windows_hold_to_the_second_on_both_sides() {
         );
     }
 }
+
+#[test]
+fn attenuation_verdicts_are_remembered_by_the_grants_along_the_path_only() {
+    let wide = "[[grant]]\noperation = \"deploy.*\"\nresource = \"prod/**\"\nmax_ttl = \"60s\"\nparams_any = true\n";
+    let narrow = "[[grant]]\noperation = \"deploy.x\"\nresource = \"prod/a\"\nmax_ttl = \"60s\"\nparams_any = true\n";
+    let key = |leaf: CertFacts, ancestors: Vec<CertFacts>| chain(leaf, ancestors).grants_key;
+    // Another leaf (serial, validity) with the same grants under the same CA: the same key,
+    // so a respelt or re-issued certificate does not make the check run again.
+    let mut other = agent(set(narrow));
+    other.serial = sn(9);
+    other.not_after = now() + Duration::from_secs(60);
+    let first = key(agent(set(narrow)), vec![cert(2, set(wide))]);
+    assert!(first.is_some());
+    assert_eq!(first, key(other, vec![cert(3, set(wide))]));
+    // Other grants, or the same grants at other places in the path: another key.
+    assert_ne!(first, key(agent(set(wide)), vec![cert(2, set(wide))]));
+    assert_ne!(
+        first,
+        key(agent(set(narrow)), vec![cert(2, None), cert(3, set(wide))])
+    );
+    assert_ne!(first, key(agent(set(wide)), vec![cert(2, set(narrow))]));
+    // The verdict under a key is the check's own, allowed or denied.
+    let escalating = chain(agent(set(wide)), vec![cert(2, set(narrow))]);
+    for _ in 0..2 {
+        assert!(matches!(
+            decide_now(&escalating, &request("deploy.x", "prod/a", json!({}))),
+            Decision::Deny {
+                code: DenyCode::GrantChainEscalation,
+                ..
+            }
+        ));
+    }
+}

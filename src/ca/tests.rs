@@ -323,19 +323,19 @@ fn the_ca_issues_no_chain_the_decision_would_refuse_as_too_costly_to_check() {
             .collect()
     };
     let root = Ca::root("root");
-    let team = root.intermediate("team", Some(&many(400)), None).unwrap();
-    // The same 400 grants as the issuer: the i-th is found at the issuer's i-th, 80,200
+    let team = root.intermediate("team", Some(&many(200)), None).unwrap();
+    // The same 200 grants as the issuer: the i-th is found at the issuer's i-th, 20,100
     // comparisons in all, over the decision's bound. Refused before anything is signed.
-    let err = team.agent("agent", &many(400)).unwrap_err();
+    let err = team.agent("agent", &many(200)).unwrap_err();
     assert!(err.to_string().contains("grant comparisons"), "{err}");
-    // 300 of them: 45,150 comparisons, issued, and the decision's own check agrees.
-    team.agent("agent", &many(300)).unwrap();
+    // 150 of them: 11,325 comparisons, issued, and the decision's own check agrees.
+    team.agent("agent", &many(150)).unwrap();
     let (issuer, leaf) = (
-        crate::testkit::grants(&many(400)),
-        crate::testkit::grants(&many(300)),
+        crate::testkit::grants(&many(200)),
+        crate::testkit::grants(&many(150)),
     );
     assert!(crate::authz::check_chain_attenuation(&[(0, &leaf), (1, &issuer)]).is_ok());
-    let too_many = crate::testkit::grants(&many(400));
+    let too_many = crate::testkit::grants(&many(200));
     let (code, why) =
         crate::authz::check_chain_attenuation(&[(0, &too_many), (1, &issuer)]).unwrap_err();
     assert_eq!(code, crate::authz::DenyCode::GrantChainEscalation);

@@ -325,16 +325,19 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         now,
     )?;
 
-    // The rules that bind what this CA's agents may be granted: its own grants', and those
-    // of every CA above it (a CA without grants is still bounded by them).
+    // The grants that bind what this CA's agents may be granted: its own, or, if it has none,
+    // those of the CAs above it.
     let inherited: Vec<GrantSet> = issuer_chain
         .iter()
         .filter_map(|ca| ca.extension(seb::cert::SEB_GRANTS_OID))
         .filter_map(|ext| GrantSet::from_der(ext.extn_value.as_bytes()).ok())
         .collect();
-    if let Some(rule) = grants
-        .iter()
-        .chain(&inherited)
+    let binding: Vec<&GrantSet> = match &grants {
+        Some(own) => vec![own],
+        None => inherited.iter().collect(),
+    };
+    if let Some(rule) = binding
+        .into_iter()
         .flat_map(|set| &set.grants)
         .find_map(|g| g.approval.as_ref())
         .filter(|_| roles.contains(RoleKind::Approver) && roles.contains(RoleKind::Agent))
