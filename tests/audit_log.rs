@@ -440,15 +440,8 @@ fn a_truncated_and_reappended_log_is_a_split_view() {
     let old_size = Checkpoint::parse_body(&body).unwrap().size;
     assert!(s.broker.stop());
     // Someone with the database cuts the history back to 3 entries (tree nodes included)...
-    let keep = 3i64;
     let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
-    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
-        .unwrap();
-    db.execute(
-        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
-        [keep],
-    )
-    .unwrap();
+    truncate_log(&db, 3);
     drop(db);
     // ... and the broker writes a different history of the same length and more.
     s.broker = Broker::start(&s.hsm);
@@ -479,27 +472,8 @@ fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log
     let (body, _) = checkpoint::parse_note(&note.text).unwrap();
     let signed = Checkpoint::parse_body(&body).unwrap().size;
     let kept = s.hsm.path("followed.checkpoint");
-    let monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
-        .arg(s.hsm.trust("root.pem"))
-        .args(["--broker", &s.broker.url, "--cert"])
-        .arg(&s.agent.cert)
-        .arg("--key")
-        .arg(&s.agent.key)
-        .arg("--save")
-        .arg(&kept)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !kept.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no first verification"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let monitor = follow(&s, &kept);
+    first_verification(&kept);
     // ... then someone with the database cuts it back, tree nodes included, while it runs.
     let keep = 3i64;
     let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
@@ -515,15 +489,7 @@ fn a_running_broker_signs_no_checkpoint_and_issues_no_token_over_a_truncated_log
     let entries = rows("SELECT idx, 0, CAST(entry AS BLOB) FROM audit_entries WHERE idx >= ?1");
     let nodes =
         rows("SELECT level, idx, hash FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1");
-    let cut = |db: &rusqlite::Connection| {
-        db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
-            .unwrap();
-        db.execute(
-            "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
-            [keep],
-        )
-        .unwrap();
-    };
+    let cut = |db: &rusqlite::Connection| truncate_log(db, keep);
     cut(&db);
     // The broker signs no checkpoint of the shorter log, grants nothing, and says why.
     let health = fresh_health(&s, |_| {}, |h| h.status == 503);
@@ -736,6 +702,76 @@ fn after_sigkill_every_delivered_token_has_its_entry() {
     assert!(stdout.contains("audit log OK"), "{stdout}");
 }
 
+/// Cuts the log in the database back to its first `keep` entries, tree nodes included: what
+/// someone with the database file can do.
+fn truncate_log(db: &rusqlite::Connection, keep: i64) {
+    db.execute("DELETE FROM audit_entries WHERE idx >= ?1", [keep])
+        .unwrap();
+    db.execute(
+        "DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > ?1",
+        [keep],
+    )
+    .unwrap();
+}
+
+/// Waits (up to 30 s, running `between` meanwhile) for a `--follow` monitor to exit; returns
+/// its status and standard error.
+fn monitor_exit(
+    mut monitor: std::process::Child,
+    mut between: impl FnMut(),
+) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while monitor.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            let out = monitor.wait_with_output().unwrap();
+            panic!(
+                "the monitor did not stop: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        between();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = monitor.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `seb audit verify --follow` every second against the test's broker, keeping what it
+/// verified in `state`; its output is piped.
+fn follow(s: &Setup, state: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
+        .arg(s.hsm.trust("root.pem"))
+        .args(["--broker", &s.broker.url, "--cert"])
+        .arg(&s.agent.cert)
+        .arg("--key")
+        .arg(&s.agent.key)
+        .arg("--save")
+        .arg(state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 30 s) for a monitor's first full verification to be saved in `state`;
+/// returns that deadline.
+fn first_verification(state: &Path) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !state.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first verification"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    deadline
+}
+
 /// Asks `/healthz`, after `before` each time, until `fresh` holds of the answer (readiness
 /// answers are reused for up to a second, `HEALTH_TTL`), at most 10 s; returns that answer.
 fn fresh_health(
@@ -899,28 +935,8 @@ fn follow_raises_the_alarm_when_newer_checkpoints_come_without_a_consistency_pro
     let mut s = setup();
     traffic(&s, 2);
     let state = s.hsm.path("followed.checkpoint");
-    let root = s.hsm.trust("root.pem");
-    let monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
-        .arg(&root)
-        .args(["--broker", &s.broker.url, "--cert"])
-        .arg(&s.agent.cert)
-        .arg("--key")
-        .arg(&s.agent.key)
-        .arg("--save")
-        .arg(&state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !state.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no first verification"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let monitor = follow(&s, &state);
+    let deadline = first_verification(&state);
     let verified = || {
         let (body, _) = checkpoint::parse_note(&std::fs::read_to_string(&state).unwrap()).unwrap();
         Checkpoint::parse_body(&body).unwrap().size
@@ -975,25 +991,7 @@ fn follow_raises_the_alarm_when_newer_checkpoints_come_without_a_consistency_pro
     assert_eq!(removed, 1);
     drop(db);
     s.broker = Broker::start(&s.hsm);
-    let mut monitor = monitor;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = monitor.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = monitor.kill();
-            let out = monitor.wait_with_output().unwrap();
-            panic!(
-                "the monitor waited for ever: {}\nbroker: {}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(s.hsm.path("broker.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
-    let out = monitor.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stderr) = monitor_exit(monitor, || {});
     assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("REJECTED") && stderr.contains("gave no proof"),
@@ -1011,20 +1009,7 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
     let mut s = setup();
     traffic(&s, 3);
     let state = s.hsm.path("followed.checkpoint");
-    let root = s.hsm.trust("root.pem");
-    let mut monitor = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
-        .args(["audit", "verify", "--follow", "--interval", "1s", "--trust"])
-        .arg(&root)
-        .args(["--broker", &s.broker.url, "--cert"])
-        .arg(&s.agent.cert)
-        .arg("--key")
-        .arg(&s.agent.key)
-        .arg("--save")
-        .arg(&state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut monitor = follow(&s, &state);
     // It follows an honest log as it grows...
     traffic(&s, 2);
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -1070,20 +1055,10 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
     );
     s.broker = Broker::start(&s.hsm);
     traffic(&s, 12);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = monitor.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = monitor.kill();
-            panic!("the monitor did not notice the rewritten log");
-        }
+    let (status, stderr) = monitor_exit(monitor, || {
         traffic(&s, 1);
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
-    let out = monitor.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
     assert!(!status.success());
     assert!(
         stderr.contains("audit log REJECTED") && stderr.contains("not an extension"),
