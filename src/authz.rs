@@ -56,8 +56,9 @@ pub struct ChainView {
     /// it signs and so imposes no grant bound).
     pub ancestors: Vec<CertFacts>,
     /// SHA-256 over the grant sets along the path, leaf first: the attenuation verdict
-    /// depends on nothing else, so it is remembered under this key ([`VERDICTS`]). `None` if
-    /// a set could not be encoded again (then nothing is remembered).
+    /// depends on nothing else, so it is remembered under this key ([`VERDICTS`]). `None`
+    /// when fewer than two certificates carry grants, or a set could not be encoded again
+    /// (then nothing is remembered).
     grants_key: Option<[u8; 32]>,
 }
 
@@ -74,9 +75,13 @@ impl ChainView {
 }
 
 /// The key of a path's grant sets (see [`ChainView`]): each certificate's position is marked,
-/// with its set's DER and length when it has one.
-fn grants_key<'a>(path: impl Iterator<Item = &'a CertFacts>) -> Option<[u8; 32]> {
+/// with its set's DER and length when it has one. `None` with fewer than two sets: there is
+/// no pair to compare, and nothing worth remembering.
+fn grants_key<'a>(path: impl Iterator<Item = &'a CertFacts> + Clone) -> Option<[u8; 32]> {
     use sha2::{Digest, Sha256};
+    if path.clone().filter(|facts| facts.grants.is_some()).count() < 2 {
+        return None;
+    }
     let mut hash = Sha256::new();
     for facts in path {
         match &facts.grants {
@@ -109,7 +114,8 @@ fn attenuation_verdict(
     chain: &ChainView,
     sets: &[(usize, &GrantSet)],
 ) -> Result<(), (DenyCode, String)> {
-    let Some(key) = chain.grants_key else {
+    // One set (a root-issued agent): no pair to compare, no lookup on the request's path.
+    let Some(key) = chain.grants_key.filter(|_| sets.len() > 1) else {
         return check_chain_attenuation(sets);
     };
     if let Some(known) = VERDICTS.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {

@@ -133,6 +133,10 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How many times in all an audited write is made when its reserved log index keeps being
+/// taken by another process ([`StoreError::is_index_taken`]).
+pub const INDEX_TAKEN_ATTEMPTS: u32 = 3;
+
 impl StoreError {
     /// Whether a write failed only because the log index reserved for it was taken (another
     /// process appended first, or an earlier commit failed): nothing of it was stored, and

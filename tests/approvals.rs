@@ -676,7 +676,27 @@ fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
     assert_eq!(r.body["status"], "granted", "{}", r.text);
 
-    // An agent under the team: the team's approvers decide its requests.
+    // The root's agent fills a whole page of the pending list with requests the team's
+    // approvers may not decide, all older than the team's next one.
+    let tls = s.hsm.tls(&s.agent, true);
+    runtime().block_on(async {
+        let mut client = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut filed = 0;
+        while filed < seb::broker::MAX_LISTED {
+            let r = client
+                .post_json("/v1/executions", &migrate(100 + filed as i64))
+                .await
+                .unwrap();
+            if r.status == 429 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(r.status, 202, "{}", r.text);
+            filed += 1;
+        }
+    });
+
+    // An agent under the team: the team's approvers see and decide its requests.
     let team_agent = s.hsm.identity(
         "team-bot",
         "CN=team-bot",
@@ -693,6 +713,18 @@ fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
     assert_eq!(r.status, 202, "{}", r.text);
     let id = r.body["request_id"].as_str().unwrap().to_owned();
     let digest = r.body["request_digest"].as_str().unwrap().to_owned();
+    let listed = call(&s, &tina, "GET", "/v1/executions?status=pending", None);
+    let ids: Vec<&str> = listed.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id.as_str()],
+        "the team's request is listed, and only it"
+    );
     let mut last = None;
     for who in [&tina, &tom] {
         let sig = signature(who, Decision::Approve, &digest, &thumbprint(&team_agent));

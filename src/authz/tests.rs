@@ -1317,6 +1317,8 @@ fn attenuation_verdicts_are_remembered_by_the_grants_along_the_path_only() {
     let first = key(agent(set(narrow)), vec![cert(2, set(wide))]);
     assert!(first.is_some());
     assert_eq!(first, key(other, vec![cert(3, set(wide))]));
+    // A root-issued agent's one set has nothing to compare: nothing is remembered.
+    assert_eq!(key(agent(set(narrow)), vec![]), None);
     // Other grants, or the same grants at other places in the path: another key.
     assert_ne!(first, key(agent(set(wide)), vec![cert(2, set(wide))]));
     assert_ne!(

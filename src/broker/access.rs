@@ -168,7 +168,11 @@ impl Broker {
 
     /// Queues the entry of a refused attempt ([`refused_entry`]) without waiting for it.
     pub(super) fn append_refusal(&self, entry: crate::audit::entry::Entry) {
-        append_with_retries(self.store.clone(), entry, 3);
+        append_with_retries(
+            self.store.clone(),
+            entry,
+            crate::store::INDEX_TAKEN_ATTEMPTS,
+        );
     }
 }
 

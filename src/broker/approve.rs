@@ -474,7 +474,7 @@ impl Broker {
         // No log entry, no token: the grant's audit entry is durable before the device signs,
         // and the token names it.
         let entry = approved_entry(&issue);
-        let position = super::request::retry_when_index_taken(|| {
+        let position = super::issuance::retry_when_index_taken(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.store.append_audit_then(
                 &entry,
@@ -482,7 +482,7 @@ impl Broker {
                     let _ = tx.send(result);
                 }),
             );
-            super::request::received(rx, "append audit entry")
+            super::issuance::received(rx, "append audit entry")
         })
         .await
         .map_err(BrokerError::AuditUnavailable)?;

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::signer::{SignQueue, SignWaiter};
 use crate::audit::entry::Entry;
 use crate::backend::{BackendError, Signature};
-use crate::store::{Commit, ExecutionRecord, LogPosition, Store, StoreError};
+use crate::store::{Commit, ExecutionRecord, LogPosition, Store, StoreError, INDEX_TAKEN_ATTEMPTS};
 
 /// Both results of an issuance.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Outcome {
 /// (`seb cert revoke`, `seb epoch bump`) appended an entry in between, the write is refused
 /// whole and nothing of it is stored ([`StoreError::is_index_taken`]): the token named an
 /// index that is now taken. The issuance is then made again, with the next index and a new
-/// signature, up to three times.
+/// signature, up to [`INDEX_TAKEN_ATTEMPTS`] times.
 pub async fn sign_and_record<T>(
     store: &Arc<dyn Store>,
     signer: &SignQueue,
@@ -58,7 +58,7 @@ pub async fn sign_and_record<T>(
         )
         .await?;
         match &outcome.stored {
-            Err(e) if attempts < 3 && e.is_index_taken() => continue,
+            Err(e) if attempts < INDEX_TAKEN_ATTEMPTS && e.is_index_taken() => continue,
             _ => return Ok((outcome, extra)),
         }
     }
@@ -100,12 +100,7 @@ async fn sign_and_record_once<T>(
         }),
         Box::new(move |r| half.stored(r)),
     );
-    let position = placed_rx.await.unwrap_or_else(|_| {
-        Err(StoreError::Io {
-            operation: "record execution",
-            source: "the store dropped the write".into(),
-        })
-    })?;
+    let position = received(placed_rx, "record execution").await?;
     let (digest, extra) = digest_for(position).map_err(|e| StoreError::Io {
         operation: "build the token",
         source: e.into(),
@@ -188,6 +183,37 @@ impl SignWaiter for SignedHalf {
             if let Some(store) = self.0.store.upgrade() {
                 store.flush();
             }
+        }
+    }
+}
+
+/// The result a store callback sends, or an error naming `operation` if it never does.
+pub(super) async fn received<T>(
+    rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    operation: &'static str,
+) -> Result<T, StoreError> {
+    rx.await.unwrap_or_else(|_| {
+        Err(StoreError::Io {
+            operation,
+            source: "the store dropped the write".into(),
+        })
+    })
+}
+
+/// Makes an audited write again (up to [`INDEX_TAKEN_ATTEMPTS`] times in all) while it fails only because the
+/// log index reserved for it was taken: another process (`seb cert revoke`, `seb freeze`)
+/// appended first, and nothing of the write was stored.
+pub(super) async fn retry_when_index_taken<T, F>(
+    mut write: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(e) if attempt < INDEX_TAKEN_ATTEMPTS && e.is_index_taken() => attempt += 1,
+            done => return done,
         }
     }
 }

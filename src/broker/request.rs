@@ -451,7 +451,7 @@ impl Broker {
         pending: PendingApproval,
         entry: &Entry,
     ) -> Result<(), StoreError> {
-        retry_when_index_taken(|| {
+        issuance::retry_when_index_taken(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.store.record_pending_positioned(
                 record.clone(),
@@ -462,14 +462,14 @@ impl Broker {
                     let _ = tx.send(result);
                 }),
             );
-            received(rx, "record pending request")
+            issuance::received(rx, "record pending request")
         })
         .await
     }
 
     /// Records `record` with its audit entry durably, waiting without holding a thread.
     async fn persist(&self, record: ExecutionRecord, entry: &Entry) -> Result<(), StoreError> {
-        retry_when_index_taken(|| {
+        issuance::retry_when_index_taken(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.store.record_execution_positioned(
                 record.clone(),
@@ -480,7 +480,7 @@ impl Broker {
                     let _ = tx.send(result);
                 }),
             );
-            received(rx, "record execution")
+            issuance::received(rx, "record execution")
         })
         .await
     }
@@ -624,35 +624,4 @@ pub(super) fn token_id() -> Result<String, BrokerError> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| BrokerError::Internal(format!("no randomness: {e}")))?;
     Ok(base64url::encode(&id))
-}
-
-/// The result a store callback sends, or an error naming `operation` if it never does.
-pub(super) async fn received<T>(
-    rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
-    operation: &'static str,
-) -> Result<T, StoreError> {
-    rx.await.unwrap_or_else(|_| {
-        Err(StoreError::Io {
-            operation,
-            source: "the store dropped the write".into(),
-        })
-    })
-}
-
-/// Makes an audited write again (up to three times in all) while it fails only because the
-/// log index reserved for it was taken: another process (`seb cert revoke`, `seb freeze`)
-/// appended first, and nothing of the write was stored.
-pub(super) async fn retry_when_index_taken<T, F>(
-    mut write: impl FnMut() -> F,
-) -> Result<T, StoreError>
-where
-    F: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match write().await {
-            Err(e) if attempt < 3 && e.is_index_taken() => attempt += 1,
-            done => return done,
-        }
-    }
 }

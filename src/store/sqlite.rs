@@ -312,7 +312,7 @@ impl SqliteStore {
             )?;
             let result = rx.recv().unwrap_or_else(|_| Err(writer_gone(operation)));
             match result {
-                Err(e) if attempt < 3 && is_stale(&e) => continue,
+                Err(e) if attempt < super::INDEX_TAKEN_ATTEMPTS && is_stale(&e) => continue,
                 other => return other,
             }
         }

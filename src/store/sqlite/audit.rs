@@ -88,18 +88,17 @@ impl AuditTree {
         self.abandoned.take()
     }
 
-    pub(super) fn has_abandoned(&self) -> bool {
-        self.abandoned.is_some()
-    }
-
     /// A commit succeeded; `appended` says whether it added entries to the log. After an
     /// entry could not be appended at all, only a commit that appends one shows the log
-    /// appendable again.
-    pub(super) fn committed(&mut self, appended: bool) {
+    /// appendable again. True when an entry of this commit could not be appended (the indexes
+    /// handed out after it are abandoned).
+    pub(super) fn committed(&mut self, appended: bool) -> bool {
         if let Some(why) = self.abandoned.take() {
             self.shared.failed(&why);
             self.unappendable = Some(why);
-        } else if appended {
+            return true;
+        }
+        if appended {
             self.unappendable = None;
             self.shared.succeeded();
         } else if let Some(why) = &self.unappendable {
@@ -107,6 +106,7 @@ impl AuditTree {
         } else {
             self.shared.succeeded();
         }
+        false
     }
 
     /// A commit failed: `/healthz` says why.

@@ -305,9 +305,8 @@ fn commit_batch(conn: &Connection, queue: &Jobs, audit: &mut AuditTree, batch: V
             // An entry that could not be appended even as a void (a damaged tree, a
             // constraint) leaves the log unappendable however many other writes commit:
             // `/healthz` says so until an entry is appended again.
-            let abandoned = audit.has_abandoned();
-            audit.committed(audit.size() > saved.size());
-            if abandoned {
+            let appended = audit.size() > saved.size();
+            if audit.committed(appended) {
                 audit.generation = queue.reset_audit(audit.size());
             }
         }
