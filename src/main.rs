@@ -132,7 +132,9 @@ fn main() -> ExitCode {
         Command::Rotate(a) => {
             cli::with_config(args.config.as_deref(), |c| cli::rotate::rotate(c, a))
         }
-        Command::Check => cli::with_config(args.config.as_deref(), cli::check::run),
+        Command::Check => cli::with_config(args.config.as_deref(), |config| {
+            cli::check::run(config, args.config.as_deref())
+        }),
         Command::Keys => cli::with_config(args.config.as_deref(), cli::init::keys),
         Command::SealPin(a) => cli::with_config(args.config.as_deref(), |c| cli::seal::run(c, a)),
         Command::Token(t) => match cli::token::run(t) {

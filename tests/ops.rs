@@ -680,11 +680,60 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
         text.contains("warning  PIN file") && text.contains("chmod 0600"),
         "{text}"
     );
+    // The configuration names the module the broker loads; the state directory holds the
+    // store and keys.toml.
+    assert!(!text.contains("warning  configuration file"), "{text}");
+    assert!(!text.contains("warning  state directory"), "{text}");
+    std::fs::set_permissions(hsm.config(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(hsm.path("state"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = hsm.seb_ok(&["check"]);
+    assert!(
+        text.lines().any(|l| l.starts_with("warning  configuration file")
+            && l.contains("mode 666")
+            && l.contains("chmod go-w")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("warning  state directory")
+            && l.contains("mode 755")
+            && l.contains("chmod 0700")),
+        "{text}"
+    );
 
     std::fs::write(hsm.path("state/keys.toml"), "tokn = 1\n").unwrap();
     let out = hsm.seb(&["check"]);
     assert_clean_failure(&out, "problem(s) found");
     assert!(String::from_utf8_lossy(&out.stdout).contains("keys.toml"));
+}
+
+/// A state directory restored without its keys.toml after a rotation (or taken from another
+/// installation) names keys whose public halves differ from its certificates: `check` and
+/// `keys` fail on it, and `serve` refuses with the same explanation, instead of passing the
+/// checks and failing at start-up.
+#[test]
+fn check_keys_and_serve_refuse_a_state_whose_certificates_the_device_keys_do_not_match() {
+    let hsm = Hsm::initialised();
+    hsm.seb_ok(&["rotate", "token"]);
+    let text = hsm.seb_ok(&["check"]);
+    assert!(text.contains("0 problem(s)"), "{text}");
+    hsm.seb_ok(&["keys"]);
+
+    // keys.toml lost: the configured label is the first generation again, whose key is not
+    // the one trust/token.pem now certifies.
+    std::fs::remove_file(hsm.path("state/keys.toml")).unwrap();
+    let out = hsm.seb(&["check"]);
+    assert_clean_failure(&out, "problem(s) found");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("problem  the key \"seb-token\" in the device does not match")
+            && l.contains("token.pem")
+            && l.contains("keys.toml")),
+        "{text}"
+    );
+    let out = hsm.seb(&["keys"]);
+    assert_clean_failure(&out, "does not match");
+    let out = hsm.seb(&["serve"]);
+    assert_clean_failure(&out, "restore the state directory together with its keys.toml");
 }
 
 /// Broker certificates that expire within 30 days show as warnings in `/healthz` (the broker

@@ -250,6 +250,19 @@ impl TrustDir {
     }
 }
 
+/// What a broker key whose public half differs from its certificate in the trust directory
+/// means, and what to do: the state directory (with its `keys.toml`) and the device are not
+/// from the same installation.
+pub fn key_mismatch(label: &str, cert: &Path) -> String {
+    format!(
+        "the key {label:?} in the device does not match {}: this state directory and this \
+         token are not from the same installation; restore the state directory together with \
+         its keys.toml from one backup (keys.toml names the current key generations), or point \
+         [backend] at the token it was made with",
+        cert.display()
+    )
+}
+
 /// Reads one PEM or DER certificate.
 pub fn read_certificate(path: &Path) -> Result<Certificate, TrustDirError> {
     let bytes = std::fs::read(path).map_err(|source| TrustDirError::Read {

@@ -40,13 +40,34 @@ impl Report {
     }
 }
 
-/// Runs every check; fails when any problem was found (warnings alone pass).
-pub fn run(config: &Config) -> CliResult {
+/// Runs every check on the configuration read from `config_file`; fails when any problem was
+/// found (warnings alone pass).
+pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
     let mut r = Report::default();
     r.ok("configuration parses and validates");
     let now = SystemTime::now();
 
     // Files and their modes.
+    if let Some(path) = config_file {
+        check_mode(
+            &mut r,
+            "configuration file",
+            path,
+            0o022,
+            "writable by others than its owner (it names the PKCS#11 module the broker loads \
+             and where its PIN comes from); chmod go-w it",
+        );
+    }
+    if config.state_dir.exists() {
+        check_mode(
+            &mut r,
+            "state directory",
+            &config.state_dir,
+            0o077,
+            "open to others than its owner (it holds the store, the audit log and keys.toml); \
+             chmod 0700 it",
+        );
+    }
     if let BackendConfig::Pkcs11(p) = &config.backend {
         if let PinSource::File(path) = &p.pin {
             check_pin_file(&mut r, path);
@@ -158,15 +179,25 @@ pub fn run(config: &Config) -> CliResult {
         Ok(backend) => {
             r.ok(&format!("{} reachable and logged in", backend.describe()));
             if generations.is_some() {
-                let labels = super::init::broker_key_labels(config)?;
-                for (what, label) in labels {
+                for key in super::init::broker_keys(config)? {
+                    let (what, label) = (key.what, &key.label);
                     match backend
-                        .contains(&label)
-                        .and_then(|present| present.then(|| backend.protection(&label)).transpose())
+                        .contains(label)
+                        .and_then(|present| present.then(|| backend.protection(label)).transpose())
                     {
-                        Ok(Some(p)) if p.is_hardware_bound() => r.ok(&format!(
-                            "{what} key {label:?} is sensitive and never extractable"
-                        )),
+                        Ok(Some(p)) if p.is_hardware_bound() => {
+                            r.ok(&format!(
+                                "{what} key {label:?} is sensitive and never extractable"
+                            ));
+                            match key.matches_certificate(backend.as_ref()) {
+                                Ok(Some(false)) => r.problem(&seb::ca::trust_dir::key_mismatch(
+                                    label,
+                                    &key.certificate,
+                                )),
+                                Ok(_) => {}
+                                Err(e) => r.problem(&format!("{what} key {label:?}: {e}")),
+                            }
+                        }
                         Ok(Some(_)) => r.problem(&format!(
                             "{what} key {label:?} is not bound to the device (extractable or \
                              not sensitive): re-key it (`seb rotate {what}`, or a new root)"
@@ -338,6 +369,19 @@ fn check_issued(
              shorter ones ({} in use)",
             newest.len()
         ));
+    }
+}
+
+/// Warns when `path`'s mode has any of the bits in `forbidden`; a path that cannot be read is
+/// left to the checks that need it.
+fn check_mode(r: &mut Report, what: &str, path: &Path, forbidden: u32, why: &str) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & forbidden != 0 {
+            r.warn(&format!("{what} {} has mode {mode:o}: {why}", path.display()));
+        } else {
+            r.ok(&format!("{what} {} has mode {mode:o}", path.display()));
+        }
     }
 }
 

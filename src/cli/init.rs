@@ -1,10 +1,12 @@
 //! `seb init` and `seb keys`: generating the broker's keys inside the device and writing the
 //! trust material that everyone else pins.
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
 use seb::ca::generations::KeyKind;
+use seb::ca::trust_dir::read_certificate;
 use seb::ca::{self, CertKind};
 use seb::cert::Purpose;
 use seb::config::Config;
@@ -148,14 +150,19 @@ pub fn keys(config: &Config) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     say!("{}", backend.describe());
     let mut all_bound = true;
-    for (what, label) in broker_key_labels(config)? {
-        if !backend.contains(&label)? {
+    let mut mismatched = Vec::new();
+    for key in broker_keys(config)? {
+        let (what, label) = (key.what, &key.label);
+        if !backend.contains(label)? {
             say!("  {label:<12} missing ({what})");
             all_bound = false;
             continue;
         }
-        let public = backend.public_key(&label)?;
-        let p = backend.protection(&label)?;
+        if key.matches_certificate(backend.as_ref())? == Some(false) {
+            mismatched.push(seb::ca::trust_dir::key_mismatch(label, &key.certificate));
+        }
+        let public = backend.public_key(label)?;
+        let p = backend.protection(label)?;
         all_bound &= p.is_hardware_bound();
         say!(
             "  {label:<12} {}  sensitive={} extractable={} always_sensitive={} never_extractable={} private_value_readable={}",
@@ -178,23 +185,58 @@ pub fn keys(config: &Config) -> CliResult {
     if !all_bound {
         return Err("not every broker key is present and bound to the device".into());
     }
+    if !mismatched.is_empty() {
+        return Err(mismatched.join("; ").into());
+    }
     Ok(())
 }
 
-/// The device labels of the broker's keys now: the root, and the current generation of the
-/// token, TLS and audit keys (`seb rotate`).
-pub fn broker_key_labels(config: &Config) -> Result<Vec<(&'static str, String)>, super::CliError> {
+/// The broker's keys now: the root, and the current generation of the token, TLS and audit
+/// keys (`seb rotate`), each with its device label and its certificate in the trust directory.
+pub fn broker_keys(config: &Config) -> Result<Vec<BrokerKey>, super::CliError> {
     let generations = config.key_generations()?;
-    let mut labels = vec![("root", config.keys.root.clone())];
+    let trust = config.trust_dir();
+    let mut keys = vec![BrokerKey {
+        what: "root",
+        label: config.keys.root.clone(),
+        certificate: trust.root_path(),
+    }];
     for kind in KeyKind::ALL {
-        labels.push((
-            kind.as_str(),
-            generations
+        keys.push(BrokerKey {
+            what: kind.as_str(),
+            label: generations
                 .current(kind, config.keys.configured_label(kind))
                 .label,
-        ));
+            certificate: trust.service_path(kind),
+        });
     }
-    Ok(labels)
+    Ok(keys)
+}
+
+/// One of the broker's own keys.
+pub struct BrokerKey {
+    /// "root", "token", "tls" or "audit".
+    pub what: &'static str,
+    /// Its label in the device.
+    pub label: String,
+    /// Its certificate in the trust directory.
+    pub certificate: PathBuf,
+}
+
+impl BrokerKey {
+    /// Whether the device's public key is the one the trust directory's certificate certifies;
+    /// `None` when that certificate cannot be read (the directory was never initialised).
+    pub fn matches_certificate(
+        &self,
+        backend: &dyn KeyBackend,
+    ) -> Result<Option<bool>, super::CliError> {
+        let Ok(cert) = read_certificate(&self.certificate) else {
+            return Ok(None);
+        };
+        let device = backend.public_key(&self.label)?.to_spki_der()?;
+        let certified = der::Encode::to_der(cert.tbs().subject_public_key_info())?;
+        Ok(Some(device == certified))
+    }
 }
 
 fn spki_of(

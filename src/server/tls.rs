@@ -70,10 +70,7 @@ fn current_tls(
     let cert_spki =
         der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| e.to_string())?;
     if public != cert_spki {
-        return Err(format!(
-            "the key {label:?} in the device does not match {}",
-            path.display()
-        ));
+        return Err(crate::ca::trust_dir::key_mismatch(&label, &path));
     }
     let der = cert.to_der_bytes().map_err(|e| e.to_string())?;
     Ok((label, der))
