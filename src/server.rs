@@ -269,7 +269,7 @@ fn plain_body(headers: &axum::http::HeaderMap) -> bool {
 /// read at all (a certificate it cannot parse, such as one with an extension twice): every
 /// request gets `403 bad_certificate` saying why, and the connection closes, instead of a
 /// reset with no code.
-fn unusable_certificate(why: String) -> Router {
+fn unusable_certificate(app: App, why: String) -> Router {
     Router::new().fallback(move || {
         let why = why.clone();
         async move {
@@ -280,6 +280,8 @@ fn unusable_certificate(why: String) -> Router {
             response
         }
     })
+    // The same request id and headers as every other answer.
+    .layer(middleware::from_fn_with_state(app, request_context))
 }
 
 /// A refusal after which the connection is closed: the client's body was not read to its end,
@@ -311,7 +313,7 @@ pub async fn serve(
             async move {
                 let broker = app.broker.clone();
                 let accepted = tokio::select! {
-                    accepted = accept_connection(acceptor, stream, remote, app, &handshaking) => accepted,
+                    accepted = accept_connection(acceptor, stream, remote, app.clone(), &handshaking) => accepted,
                     () = handshaking.displaced() => {
                         tracing::info!(%remote, "handshake unfinished at the connection limit; closed for a new connection");
                         broker.metrics().record_request("tls", "displaced");
@@ -324,8 +326,8 @@ pub async fn serve(
                         listen::serve_http1(tls, router, peer, watcher, remote).await;
                     }
                     Some((tls, Err(why))) => {
-                        listen::serve_http1(tls, unusable_certificate(why), (), watcher, remote)
-                            .await;
+                        let router = unusable_certificate(app, why);
+                        listen::serve_http1(tls, router, (), watcher, remote).await;
                     }
                     None => {}
                 }
@@ -458,7 +460,11 @@ async fn accept_connection(
             app.broker
                 .metrics()
                 .record_request("tls", "bad_certificate");
-            Some((tls, Err(e.to_string())))
+            let why = match e {
+                BrokerError::BadCertificate(why) => why,
+                other => other.to_string(),
+            };
+            Some((tls, Err(why)))
         }
     }
 }

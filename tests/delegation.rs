@@ -593,12 +593,19 @@ fn a_chain_seb_cannot_read_gets_a_403_with_a_code_not_a_reset() {
             .arg(cert)
             .arg("--key")
             .arg(key)
+            .arg("-D")
+            .arg(hsm.path("headers.txt"))
             .args(["-w", "\n%{http_code}"])
             .arg(format!("{}/v1/grants", broker.url))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let (body, status) = text.rsplit_once('\n').unwrap();
+        // The headers every answer carries.
+        let headers = std::fs::read_to_string(hsm.path("headers.txt")).unwrap();
+        for header in ["x-request-id: ", "cache-control: no-store"] {
+            assert!(headers.contains(header), "{header}: {headers}");
+        }
         assert_eq!(
             status,
             "403",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -153,14 +153,22 @@ pub(super) async fn create_execution(
     Ok((status, Json(response)).into_response())
 }
 
+/// The request id in a path: one that cannot be a request id (not even text, such as `%FF`)
+/// names no request, so it is `404 not_found` like any unknown id, not axum's own plain-text
+/// refusal.
+fn request_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    match id {
+        Ok(Path(id)) if crate::broker::is_request_id(&id) => Ok(id),
+        _ => Err(ApiError::from(BrokerError::NotFound)),
+    }
+}
+
 pub(super) async fn get_execution(
     State(app): State<App>,
     Extension(caller): Extension<Arc<Caller>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    if !crate::broker::is_request_id(&id) {
-        return Err(ApiError::from(BrokerError::NotFound));
-    }
+    let id = request_id(id)?;
     blocking_json(&app, move |broker| broker.execution(&caller, &id)).await
 }
 
@@ -204,12 +212,10 @@ pub(super) async fn list_executions(
 pub(super) async fn post_approval(
     State(app): State<App>,
     Extension(caller): Extension<Arc<Caller>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !crate::broker::is_request_id(&id) {
-        return Err(ApiError::from(BrokerError::NotFound));
-    }
+    let id = request_id(id)?;
     let decision: ApprovalBody = parse_body(body)?;
     let broker = app.broker.clone();
     let task = tokio::spawn(async move {
@@ -244,12 +250,10 @@ pub(super) async fn redeem(
 pub(super) async fn post_outcome(
     State(app): State<App>,
     Extension(caller): Extension<Arc<Caller>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !crate::broker::is_request_id(&id) {
-        return Err(ApiError::from(BrokerError::NotFound));
-    }
+    let id = request_id(id)?;
     let OutcomeBody { receipt } = parse_body(body)?;
     let broker = app.broker.clone();
     let recorded = blocking(move || broker.record_outcome(&caller, &id, receipt)).await?;

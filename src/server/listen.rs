@@ -29,6 +29,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stop waits for open connections before it gives up on them.
 const DRAIN: Duration = Duration::from_secs(15);
 
+/// How long, and how much, a closing connection goes on reading what its client still sends
+/// ([`Lingering`]).
+const LINGER: Duration = Duration::from_secs(3);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
 /// How long a connection may take over its TLS handshake before a new connection may take its
 /// place when every connection slot is in use. A client a network away sends its ClientHello
 /// at once and finishes within a few round trips.
@@ -205,11 +210,98 @@ pub(crate) async fn serve_http1<T, E>(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true)
         .serve_connection(
-            TokioIo::new(io),
+            TokioIo::new(Lingering::new(io)),
             hyper_util::service::TowerToHyperService::new(service),
         );
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection's stream that, once the server has shut down its side (after a refusal that
+/// closes the connection, such as `413` from the declared length of a body), goes on reading
+/// and discarding what the client still sends, for at most [`LINGER`] and [`LINGER_BYTES`],
+/// until the client closes. Closing a socket with unread data makes the kernel reset the
+/// connection, and the reset can destroy the answer before the client has read it: a client
+/// that sends its whole body without `Expect: 100-continue` would get a broken pipe instead of
+/// its `413`.
+struct Lingering<T> {
+    io: T,
+    /// Set once the write side is shut down: the deadline and the bytes left to discard.
+    draining: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl<T> Lingering<T> {
+    fn new(io: T) -> Self {
+        Self { io, draining: None }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.draining.is_none() {
+            std::task::ready!(std::pin::Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.draining = Some((Box::pin(tokio::time::sleep(LINGER)), LINGER_BYTES));
+        }
+        let Some((deadline, left)) = this.draining.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            if *left == 0 || deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                // The client closed (or broke off): nothing unread is left to cause a reset.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *left = left.saturating_sub(buf.filled().len()),
+            }
+        }
     }
 }
 
