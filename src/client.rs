@@ -33,8 +33,8 @@ pub enum ClientError {
     /// A file could not be read or parsed.
     #[error("{0}")]
     Input(String),
-    /// The broker URL is not `https://host:port`.
-    #[error("invalid broker URL {0:?}: expected https://host:port")]
+    /// A broker or executor URL is not `https://host:port`.
+    #[error("invalid URL {0:?}: expected https://host:port")]
     Url(String),
     /// Connecting to `host:port` or the TLS handshake failed.
     #[error("cannot connect to {0}")]
@@ -485,18 +485,9 @@ pub fn check_executor_certificate(
     }
 }
 
-/// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS
-/// handshake; returns the stream and the URL's authority (`host:port`).
-pub async fn connect_tls(
-    url: &str,
-    tls: &ClientTls,
-) -> Result<
-    (
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        String,
-    ),
-    ClientError,
-> {
+/// Reads `https://host:port` (a trailing `/` allowed) into its authority (`host:port`) and the
+/// name the server's certificate must carry.
+pub fn parse_url(url: &str) -> Result<(String, ServerName<'static>), ClientError> {
     let authority = url
         .strip_prefix("https://")
         .map(|rest| rest.trim_end_matches('/'))
@@ -509,6 +500,22 @@ pub async fn connect_tls(
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let server_name =
         ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Url(url.to_owned()))?;
+    Ok((authority, server_name))
+}
+
+/// Opens a TCP connection to `url` (`https://host:port`) and completes the mutual-TLS
+/// handshake; returns the stream and the URL's authority (`host:port`).
+pub async fn connect_tls(
+    url: &str,
+    tls: &ClientTls,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        String,
+    ),
+    ClientError,
+> {
+    let (authority, server_name) = parse_url(url)?;
     let tcp = tokio::net::TcpStream::connect(&authority)
         .await
         .map_err(|e| ClientError::Connect(authority.clone(), e))?;

@@ -537,6 +537,16 @@ async fn not_found() -> Response {
         .into_response()
 }
 
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(
+            json!({"error": {"code": "method_not_allowed", "message": "/v1/run takes POST only"}}),
+        ),
+    )
+        .into_response()
+}
+
 /// The executor's routes.
 ///
 /// A body must arrive within [`BODY_TIMEOUT`] and no larger than `max_body_bytes` (refused
@@ -550,6 +560,7 @@ fn router(executor: Arc<Executor>) -> Router {
     Router::new()
         .route("/v1/run", post(run_handler))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::server::bounded(req, next, limit, BODY_TIMEOUT, answer_within)

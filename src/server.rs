@@ -270,18 +270,19 @@ fn plain_body(headers: &axum::http::HeaderMap) -> bool {
 /// request gets `403 bad_certificate` saying why, and the connection closes, instead of a
 /// reset with no code.
 fn unusable_certificate(app: App, why: String) -> Router {
-    Router::new().fallback(move || {
-        let why = why.clone();
-        async move {
-            let mut response = ApiError::from(BrokerError::BadCertificate(why)).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
-    })
-    // The same request id and headers as every other answer.
-    .layer(middleware::from_fn_with_state(app, request_context))
+    Router::new()
+        .fallback(move || {
+            let why = why.clone();
+            async move {
+                let mut response = ApiError::from(BrokerError::BadCertificate(why)).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+        })
+        // The same request id and headers as every other answer.
+        .layer(middleware::from_fn_with_state(app, request_context))
 }
 
 /// A refusal after which the connection is closed: the client's body was not read to its end,

@@ -163,6 +163,22 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
         s.hsm.dir.path(),
     );
     common::assert_clean_failure(&refused, "bad_receipt_signature");
+    // Nor under a certificate that is not an executor's: a stable code says so.
+    std::fs::write(&receipt_file, serde_json::to_vec(&answer).unwrap()).unwrap();
+    let refused = common::seb(
+        &[
+            "receipt",
+            "verify",
+            "--receipt",
+            receipt_file.to_str().unwrap(),
+            "--cert",
+            s.agent.cert.to_str().unwrap(),
+            "--trust",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+        ],
+        s.hsm.dir.path(),
+    );
+    common::assert_clean_failure(&refused, "not_an_executor");
 
     // Recorded at the broker: the receipt, as the executor signed it, once.
     let jti = receipt["body"]["jti"].as_str().unwrap();
@@ -609,6 +625,14 @@ fn a_stalled_or_oversized_body_does_not_hold_an_executor_connection() {
     );
     assert!(answer.contains("\"body_too_large\""), "{answer}");
     assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    // Another method on its one route: 405 with the JSON shape of every other refusal.
+    let (answer, _) = raw_exchange(&s, "GET /v1/run HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: post"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"method_not_allowed\""), "{answer}");
     // And the executor goes on serving.
     let params = json!({"name": "after-stall", "text": "ok"});
     let token = token(&s, &params);

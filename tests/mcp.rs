@@ -521,6 +521,28 @@ fn without_an_executor_there_is_no_execute_and_an_unreachable_broker_is_a_tool_e
         hsm.dir.path(),
     );
     common::assert_clean_failure(&out, "missing.key");
+
+    // So are the URLs: an executor URL that is not https would otherwise be found out only
+    // after the broker had issued (and spent) a token for it.
+    for (option, url) in [
+        ("--executor", "http://127.0.0.1:18202"),
+        ("--broker", "http://127.0.0.1:18201"),
+    ] {
+        let mut args = vec!["mcp".to_owned()];
+        args.extend(connection(&hsm, &nowhere, &agent));
+        match args.iter().position(|a| a == option) {
+            Some(at) => args[at + 1] = url.to_owned(),
+            None => args.extend([option.to_owned(), url.to_owned()]),
+        }
+        let out = common::seb(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            hsm.dir.path(),
+        );
+        common::assert_clean_failure(
+            &out,
+            &format!("invalid URL \"{url}\": expected https://host:port"),
+        );
+    }
 }
 
 /// Input JSON-RPC 2.0 calls an error gets an error answer (a host waiting for one must not

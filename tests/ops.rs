@@ -688,15 +688,17 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     std::fs::set_permissions(hsm.path("state"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let text = hsm.seb_ok(&["check"]);
     assert!(
-        text.lines().any(|l| l.starts_with("warning  configuration file")
-            && l.contains("mode 666")
-            && l.contains("chmod go-w")),
+        text.lines()
+            .any(|l| l.starts_with("warning  configuration file")
+                && l.contains("mode 666")
+                && l.contains("chmod go-w")),
         "{text}"
     );
     assert!(
-        text.lines().any(|l| l.starts_with("warning  state directory")
-            && l.contains("mode 755")
-            && l.contains("chmod 0700")),
+        text.lines()
+            .any(|l| l.starts_with("warning  state directory")
+                && l.contains("mode 755")
+                && l.contains("chmod 0700")),
         "{text}"
     );
 
@@ -725,7 +727,8 @@ fn check_keys_and_serve_refuse_a_state_whose_certificates_the_device_keys_do_not
     assert_clean_failure(&out, "problem(s) found");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.lines().any(|l| l.starts_with("problem  the key \"seb-token\" in the device does not match")
+        text.lines().any(|l| l
+            .starts_with("problem  the key \"seb-token\" in the device does not match")
             && l.contains("token.pem")
             && l.contains("keys.toml")),
         "{text}"
@@ -733,7 +736,10 @@ fn check_keys_and_serve_refuse_a_state_whose_certificates_the_device_keys_do_not
     let out = hsm.seb(&["keys"]);
     assert_clean_failure(&out, "does not match");
     let out = hsm.seb(&["serve"]);
-    assert_clean_failure(&out, "restore the state directory together with its keys.toml");
+    assert_clean_failure(
+        &out,
+        "restore the state directory together with its keys.toml",
+    );
 }
 
 /// Broker certificates that expire within 30 days show as warnings in `/healthz` (the broker

@@ -146,11 +146,11 @@ func verifyToken(token string, t *trust, now time.Time, issuer string, minEpoch 
 	if err != nil || !ok || len(header) != 3 {
 		return nil, refuse("malformed_token", "the header is not exactly {alg, typ, kid}")
 	}
-	alg, _ := header["alg"].(string)
-	typ, _ := header["typ"].(string)
+	alg, okAlg := header["alg"].(string)
+	typ, okTyp := header["typ"].(string)
 	kid, okKid := header["kid"].(string)
-	if !okKid {
-		return nil, refuse("malformed_token", "no kid")
+	if !okAlg || !okTyp || !okKid {
+		return nil, refuse("malformed_token", "alg, typ and kid must be strings")
 	}
 	if alg != "ES384" && alg != "ES256" {
 		return nil, refuse("unsupported_algorithm", "alg %q", alg)
@@ -169,8 +169,17 @@ func verifyToken(token string, t *trust, now time.Time, issuer string, minEpoch 
 	if signer == nil {
 		return nil, refuse("unknown_key", "no certificate in the bundle has kid %s", kid)
 	}
+	// The bundle's CAs may complete a path, so that a token certificate under an intermediate
+	// is refused for what it is (not_issued_by_root), as seb refuses it.
+	bundleCAs := x509.NewCertPool()
+	for _, c := range t.others {
+		if c.IsCA {
+			bundleCAs.AddCert(c)
+		}
+	}
 	chains, err := signer.Verify(x509.VerifyOptions{
-		Roots: t.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		Roots: t.roots, Intermediates: bundleCAs, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
 		var invalid x509.CertificateInvalidError

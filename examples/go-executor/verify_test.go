@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"testing"
+	"time"
 )
 
 // claimsWith is a well-formed claims set with its members replaced (a nil value removes one).
@@ -60,6 +62,23 @@ func TestClaimShapesAreSebs(t *testing.T) {
 		_, err := readClaims(claimsWith(t, changes))
 		if e, ok := err.(*refusal); !ok || e.Code != "invalid_claims" {
 			t.Errorf("%s: want invalid_claims, got %v", name, err)
+		}
+	}
+}
+
+// A header member of the wrong type is a malformed token, as seb reads it, not an unsupported
+// algorithm; the header is checked before anything else is looked up.
+func TestHeaderMembersMustBeStrings(t *testing.T) {
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, header := range []string{
+		`{"alg":["ES384"],"typ":"seb-exec+jwt","kid":"x"}`,
+		`{"alg":"ES384","typ":1,"kid":"x"}`,
+		`{"alg":"ES384","typ":"seb-exec+jwt","kid":null}`,
+	} {
+		token := enc(header) + "." + enc(`{}`) + "." + enc("sig")
+		_, err := verifyToken(token, &trust{}, time.Unix(1764892800, 0), "seb-dev", 0, nil, nil)
+		if e, ok := err.(*refusal); !ok || e.Code != "malformed_token" {
+			t.Errorf("%s: want malformed_token, got %v", header, err)
 		}
 	}
 }

@@ -76,9 +76,10 @@ impl BrokerKeys {
         let cert_spki =
             der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| internal(&e))?;
         if spki != cert_spki {
-            return Err(BrokerError::Internal(
-                crate::ca::trust_dir::key_mismatch(&current.label, &trust.token_path()),
-            ));
+            return Err(BrokerError::Internal(crate::ca::trust_dir::key_mismatch(
+                &current.label,
+                &trust.token_path(),
+            )));
         }
         // Executors accept a token only under the root's certificate for the token key
         // purpose; refuse to sign tokens nobody will accept.

@@ -378,7 +378,10 @@ fn check_mode(r: &mut Report, what: &str, path: &Path, forbidden: u32, why: &str
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & forbidden != 0 {
-            r.warn(&format!("{what} {} has mode {mode:o}: {why}", path.display()));
+            r.warn(&format!(
+                "{what} {} has mode {mode:o}: {why}",
+                path.display()
+            ));
         } else {
             r.ok(&format!("{what} {} has mode {mode:o}", path.display()));
         }

@@ -86,8 +86,12 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
             receipt.body.finished_at_ms,
         ))
         .ok_or("malformed_receipt: finished_at_ms is out of range")?;
-    let validated = seb::chain::validate(leaf, rest, &roots, finished)
-        .map_err(|e| format!("the executor certificate does not chain to the root: {e}"))?;
+    let validated = seb::chain::validate(leaf, rest, &roots, finished).map_err(|e| {
+        format!(
+            "untrusted_executor: the executor certificate does not chain to the root: {}: {e}",
+            e.code()
+        )
+    })?;
     if let Some(cert) = validated
         .path()
         .iter()
@@ -101,7 +105,7 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         .into());
     }
     if leaf.seb_role() != Some(seb::grants::RoleKind::Executor) {
-        return Err("the certificate is not an executor certificate".into());
+        return Err("not_an_executor: the certificate's role is not executor".into());
     }
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
     say!("{}", serde_json::to_string_pretty(&receipt.body)?);

@@ -64,8 +64,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the MCP server on stdin/stdout until the host closes it.
 pub fn run(args: McpArgs) -> CliResult {
-    // Read the files before serving: a wrong path is a start-up error, not a tool error.
+    // Read the files and URLs before serving: a wrong path or URL is a start-up error, not a
+    // tool error (and an executor URL found wrong only after a token was issued would spend
+    // it for nothing).
     let tls = args.connection.tls()?;
+    seb::client::parse_url(&args.connection.broker)?;
+    if let Some(executor) = &args.executor {
+        seb::client::parse_url(executor)?;
+    }
     let server = SebMcp {
         broker: args.connection.broker,
         executor: args.executor,
@@ -411,7 +417,9 @@ impl SebMcp {
             }
             Ok(Ok(r)) => refusal_from("executor", &r),
             // Not connected: the token was never presented.
-            Ok(Err(e @ seb::client::ClientError::Connect(..))) => Outcome::refused(
+            Ok(Err(
+                e @ (seb::client::ClientError::Connect(..) | seb::client::ClientError::Url(_)),
+            )) => Outcome::refused(
                 "executor_unreachable",
                 format!(
                     "cannot reach the executor: {}; the token was not presented",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import ssl
 import time
@@ -131,8 +132,8 @@ class Client:
                 justification: str | None = None) -> Granted | Pending:
         """Asks for a token. Returns ``Granted`` or ``Pending``; a refusal raises the
         exception of its code (``errors.OperationNotGranted``, ...)."""
-        body: dict[str, Any] = {"operation": operation, "resource": resource,
-                                "params": params if params is not None else {}}
+        params = _json_params(params if params is not None else {})
+        body: dict[str, Any] = {"operation": operation, "resource": resource, "params": params}
         if justification is not None:
             body["justification"] = justification
         return _execution(self._call("POST", "/v1/executions", body))
@@ -172,6 +173,7 @@ class Client:
         this client's certificate, which the token is bound to). Returns the executor's answer
         (``status``, the signed ``receipt``, ...); a refusal raises the exception of its code."""
         url = executor_url.rstrip("/") + "/v1/run"
+        params = _json_params(params)
         try:
             response = self._executors.post(url, json={"token": token, "params": params})
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
@@ -246,6 +248,18 @@ class Client:
             raise errors.from_answer(0, "broker_unreachable",
                                      f"no answer from the broker at {self.broker}: {e!r}") from e
         return _answer(response)
+
+
+def _json_params(params: Any) -> Any:
+    """``params`` if JSON can carry them, else ``errors.InvalidRequest`` (``invalid_params``)
+    before anything is sent: NaN and the infinities (which ``json.loads`` accepts, so a model's
+    tool call can hold them) and values JSON has no form for."""
+    try:
+        json.dumps(params, allow_nan=False)
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidRequest(f"the parameters are not JSON: {e}",
+                                    code="invalid_params") from e
+    return params
 
 
 def _cause(error: BaseException, kind: type) -> BaseException | None:

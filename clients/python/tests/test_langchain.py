@@ -29,6 +29,16 @@ def test_a_refusal_is_the_tools_answer_not_a_crash(agent):
     assert answer.startswith("operation_not_granted:")
 
 
+def test_parameters_json_cannot_carry_are_refused_before_anything_is_sent(agent):
+    # A model's tool call parsed with json.loads may hold NaN or an infinity.
+    tool = SebExecuteTool(client=agent, executor_url=env("SEB_EXECUTOR_URL"))
+    for bad in (float("nan"), float("inf")):
+        answer = tool.invoke({"operation": "demo.write", "resource": "demo/files",
+                              "params": {"name": "nan.txt", "text": "x", "n": bad}})
+        assert answer.startswith("invalid_params:"), answer
+    assert not os.path.exists(os.path.join(env("SEB_OUT_DIR"), "nan.txt"))
+
+
 def test_the_grants_tool_lists_the_authority(agent):
     tools = {t.name: t for t in seb_tools(agent, env("SEB_EXECUTOR_URL"))}
     assert set(tools) == {"seb_grants", "seb_execute"}

@@ -9,7 +9,9 @@
 //! * a batch (MCP has none), a non-object, a wrong `jsonrpc`, a non-string `method` or an `id`
 //!   that is neither a string nor a number gets `-32600` (invalid request), with the `id` when
 //!   one can be read;
-//! * a `tools/call` without `{name, arguments: {...}}` gets `-32602` (invalid params);
+//! * a key twice anywhere in the message, or an integer `id` past ±(2^63−1), gets `-32600`;
+//! * a request whose `params` (or their `_meta`) are not an object gets `-32602` (invalid
+//!   params), and so does a `tools/call` without `{name, arguments: {...}}`;
 //! * a line longer than [`MAX_LINE`] is discarded to its end and answered `-32700`;
 //!
 //! and everything else goes to rmcp unchanged. Both answer streams reach stdout through one
@@ -64,21 +66,31 @@ pub fn screen(line: &[u8]) -> Screened {
             ))
         }
     };
+    // A key twice: serde_json kept the last, and rmcp answers such a line without its id. The
+    // id is echoed only when it is not itself one of the doubled keys.
+    let doubled = seb::json::parse_unambiguous(text).err();
     let id = message.get("id");
-    // rmcp reads a string or an integer of 64 bits; anything else it would answer without it.
+    // rmcp reads a string or a signed 64-bit integer; anything else it would answer without
+    // the id. An unsigned one past that range is answered here, with the id echoed.
     let id_readable = match id {
         Some(Value::String(_)) => true,
         Some(Value::Number(n)) => n.is_i64() || n.is_u64(),
         _ => false,
     };
-    let echo = if id_readable {
-        id.cloned().unwrap_or(Value::Null)
-    } else {
-        Value::Null
+    let echo = match (id_readable, &doubled) {
+        (true, Some(e)) if e.to_string().contains("\"id\"") => Value::Null,
+        (true, _) => id.cloned().unwrap_or(Value::Null),
+        (false, _) => Value::Null,
     };
     let invalid = |why: &str| Screened::Answer(error(echo.clone(), -32600, why));
+    if let Some(e) = doubled {
+        return invalid(&format!("Invalid request: {e}"));
+    }
     if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return invalid("Invalid request: jsonrpc must be \"2.0\"");
+    }
+    if id.and_then(Value::as_number).is_some_and(|n| !n.is_i64()) && id_readable {
+        return invalid("Invalid request: id must be an integer within ±(2^63-1) or a string");
     }
     let response = !message.contains_key("method")
         && (message.contains_key("result") || message.contains_key("error"));
@@ -92,7 +104,20 @@ pub fn screen(line: &[u8]) -> Screened {
     }
     match message.get("method") {
         Some(Value::String(method)) => {
-            if method == "tools/call" && id.is_some() && !is_tool_call(&message) {
+            // MCP's methods take an object (rmcp answers anything else without the id).
+            let params = message.get("params");
+            let params_ok = params.is_none_or(|p| p.is_object() || p.is_null())
+                && params
+                    .and_then(|p| p.get("_meta"))
+                    .is_none_or(|m| m.is_object() || m.is_null());
+            if id.is_some() && !params_ok && method != "tools/call" {
+                return Screened::Answer(error(
+                    echo,
+                    -32602,
+                    "Invalid params: params must be an object, and its _meta an object",
+                ));
+            }
+            if method == "tools/call" && id.is_some() && !(params_ok && is_tool_call(&message)) {
                 return Screened::Answer(error(
                     echo,
                     -32602,
@@ -309,6 +334,46 @@ mod tests {
         assert_eq!(
             code_and_id(r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#),
             (-32600, Value::Null)
+        );
+        // Past i64 but within u64: readable here, not by rmcp; answered with the id.
+        assert_eq!(
+            code_and_id(r#"{"jsonrpc":"2.0","id":9223372036854775808,"method":"ping"}"#),
+            (-32600, json!(9223372036854775808u64))
+        );
+    }
+
+    #[test]
+    fn shapes_rmcp_would_answer_without_the_id_are_answered_here_with_it() {
+        // Params that are not an object, and a _meta that is not one.
+        for line in [
+            r#"{"jsonrpc":"2.0","id":35,"method":"ping","params":5}"#,
+            r#"{"jsonrpc":"2.0","id":35,"method":"tools/list","params":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":35,"method":"initialize","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":35,"method":"tools/call","params":{"name":"list_grants","arguments":{},"_meta":5}}"#,
+        ] {
+            assert_eq!(code_and_id(line), (-32602, json!(35)), "{line}");
+        }
+        // A key twice, anywhere: the id is echoed unless it is the doubled key.
+        for (line, id) in [
+            (
+                r#"{"jsonrpc":"2.0","id":37,"method":"tools/call","params":{"name":"list_grants","arguments":{},"name":"list_grants"}}"#,
+                json!(37),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":38,"method":"ping","method":"ping"}"#,
+                json!(38),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":31,"id":32,"method":"ping"}"#,
+                Value::Null,
+            ),
+        ] {
+            assert_eq!(code_and_id(line), (-32600, id), "{line}");
+        }
+        // A notification with odd params is not answered (nothing waits for it).
+        assert_eq!(
+            screen(br#"{"jsonrpc":"2.0","method":"notifications/initialized","params":5}"#),
+            Screened::Forward
         );
     }
 
