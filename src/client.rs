@@ -170,6 +170,12 @@ impl ClientTls {
     pub fn explain(&self, error: &ClientError, now: SystemTime) -> Option<String> {
         let text = error_text(error);
         let mut hints = Vec::new();
+        // The server's certificate was refused here: the broker never saw ours, and a chain
+        // check of ours against a --ca that may be the wrong one would blame it for nothing.
+        let server_refused = text.contains("not issued directly by the root")
+            || text.contains("lacks the serverAuth")
+            || text.contains("carries sebRole")
+            || text.contains("invalid peer certificate");
         if text.contains("not issued directly by the root")
             || text.contains("lacks the serverAuth")
             || text.contains("carries sebRole")
@@ -192,7 +198,7 @@ impl ClientTls {
         let refused_by_broker = text.contains("received fatal alert")
             || text.contains("connection closed before message completed")
             || text.contains("Connection reset");
-        let own = self.own_problems(now);
+        let own = self.own_problems(now, !server_refused);
         if refused_by_broker || !own.is_empty() {
             if own.is_empty() {
                 hints.push(
@@ -206,8 +212,9 @@ impl ClientTls {
         (!hints.is_empty()).then(|| hints.join("; "))
     }
 
-    /// Problems with the client's own certificate file, as seen locally.
-    fn own_problems(&self, now: SystemTime) -> Vec<String> {
+    /// Problems with the client's own certificate file, as seen locally: its validity now, a
+    /// --ca file that holds no root, and, with `chain`, its path to the --ca root.
+    fn own_problems(&self, now: SystemTime, chain: bool) -> Vec<String> {
         let Some((leaf, rest)) = self.own_chain.split_first() else {
             return vec!["the certificate file holds no certificate".into()];
         };
@@ -231,6 +238,15 @@ impl ClientTls {
             ));
         }
         if let Err(e) = crate::chain::validate(leaf, rest, &self.roots, now) {
+            let ca_not_a_root = matches!(e, crate::chain::ChainError::UnknownIssuer { .. })
+                && !self.roots.is_empty()
+                && self
+                    .roots
+                    .iter()
+                    .all(|r| r.tbs().issuer() != r.tbs().subject());
+            if !chain && !ca_not_a_root {
+                return problems;
+            }
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
                     if leaf.tbs().issuer() == leaf.tbs().subject() =>

@@ -972,6 +972,8 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--ca is this broker's root"), "{stderr}");
+    // The broker's certificate was refused here, before ours was sent: ours is not blamed.
+    assert!(!stderr.contains("your certificate"), "{stderr}");
 
     // Only the leaf of a certificate issued by an intermediate.
     hsm.seb_ok(&[
@@ -1236,6 +1238,19 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     );
     assert!(listing.contains("0BADC0FFEE"), "{listing}");
     hsm.seb_ok(&["cert", "revoke", "--serial", "0C0FFEE0", "--unknown"]);
+    // Both are in the list of revoked certificates, though the broker issued neither, and
+    // `cert show` says the serial is revoked.
+    let listed = hsm.seb_ok(&["cert", "list", "--revoked"]);
+    for serial in ["0BADC0FFEE", "0C0FFEE0"] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(serial)
+                && l.contains("(no issuance record)")
+                && l.ends_with("revoked:unspecified")),
+            "{serial}: {listed}"
+        );
+    }
+    let out = hsm.seb(&["cert", "show", "--serial", "0C0FFEE0"]);
+    assert_clean_failure(&out, "the serial is revoked (unspecified at ");
 
     // Nothing is issued under a revoked intermediate.
     let ops_serial = openssl_serial(&ops_pem);

@@ -133,7 +133,26 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
     // Per issuing CA: the revoked CA above its certificates, if any.
     let mut revoked_above: HashMap<String, Option<String>> = HashMap::new();
     let mut rows = Vec::new();
-    for record in store.issued_certificates()? {
+    let issued = store.issued_certificates()?;
+    if args.revoked && args.role.is_none() && within.is_none() {
+        // Revocations of serials this broker has no record of issuing (`cert revoke --issuer`
+        // for an offline intermediate's certificate, `--unknown`, a retired service
+        // certificate): in a CRL all the same.
+        for r in &revocations {
+            if issued.iter().all(|record| record.serial != r.serial) {
+                rows.push([
+                    r.serial.to_string(),
+                    "(no issuance record)".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    format!("revoked:{}", r.reason.as_str()),
+                ]);
+            }
+        }
+    }
+    for record in issued {
         if args.role.as_deref().is_some_and(|r| r != record.role) {
             continue;
         }
@@ -211,11 +230,20 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
                 .zip(store.as_ref())
                 .ok_or("--serial needs --config FILE (the store is in its state_dir)")?;
             let serial = Serial::parse(serial)?;
-            let record = store.issued_certificate(&serial)?.ok_or_else(|| {
-                format!(
-                    "this broker has no record of issuing serial {serial} (see `seb cert list`)"
-                )
-            })?;
+            let Some(record) = store.issued_certificate(&serial)? else {
+                return Err(match store.revocation(&serial)? {
+                    Some(r) => format!(
+                        "this broker has no record of issuing serial {serial}, but the serial \
+                         is revoked ({} at {}) and in a CRL",
+                        r.reason.as_str(),
+                        time_text(r.revoked_at)
+                    ),
+                    None => format!(
+                        "this broker has no record of issuing serial {serial} (see `seb cert list`)"
+                    ),
+                }
+                .into());
+            };
             let mut chain = vec![Certificate::parse(record.pem.as_bytes())?];
             chain.extend(issuer_chain_below_root(config, &record, now));
             ("the store".to_owned(), chain)
