@@ -252,7 +252,7 @@ pub enum BackendError {
         label: String,
     },
     /// The device failed or is unreachable; the operation names what we were doing.
-    #[error("HSM unavailable during {operation}")]
+    #[error("key device (HSM or TPM) unavailable during {operation}")]
     Unavailable {
         /// What we were doing.
         operation: &'static str,

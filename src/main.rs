@@ -55,7 +55,7 @@ enum Command {
     /// Issue and revoke certificates.
     #[command(subcommand)]
     Cert(cli::cert::CertCommand),
-    /// Write a CRL signed by the root key in the HSM.
+    /// Write a CRL signed in the HSM by the root key, or with --issuer by an intermediate whose key is there.
     Crl(cli::cert::CrlArgs),
     /// List the broker's keys in the HSM and how the device protects them.
     Keys,

@@ -670,7 +670,7 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     let text = hsm.seb_ok(&["check"]);
     assert!(!text.contains("CN=short-lived"), "{text}");
     assert!(
-        text.contains("no issued certificate expires within 30 days, or its last third of life for shorter ones (2 in use)"),
+        text.contains("no issued certificate expires within 30 days, or its last third of life for shorter ones (2 in use:"),
         "{text}"
     );
 

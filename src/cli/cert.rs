@@ -627,7 +627,7 @@ fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
     Ok(())
 }
 
-/// Writes a fresh CRL signed by the root key.
+/// Writes a fresh CRL signed by the root key, or by the intermediate `--issuer` names.
 pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
     let now = SystemTime::now();
     let (label, chain) = issuer_chain(config, args.issuer.as_deref(), now)?;

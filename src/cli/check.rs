@@ -271,7 +271,8 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                     Some(tcti) => match seb::tpm::Tpm::open(&tcti).and_then(|tpm| tpm.ping()) {
                         Ok(()) => r.ok(&format!("TPM reachable at {tcti}")),
                         Err(e) => r.problem(&format!(
-                            "TPM at {tcti} does not answer ({e}): check the TCTI and the TPM"
+                            "TPM at {tcti} does not answer ({}): check the TCTI and the TPM",
+                            super::mcp::with_causes(&e)
                         )),
                     },
                     None => r.problem("[attestation] has no TCTI: set [attestation] tcti"),
@@ -334,12 +335,13 @@ fn check_issued(
             *slot = record;
         }
     }
-    let mut expiring = 0;
+    let (mut expiring, mut in_use) = (0, 0);
     for record in newest.values() {
         let revoked = revocations.iter().any(|v| v.serial == record.serial);
         if revoked || record.not_after <= now {
             continue;
         }
+        in_use += 1;
         let window = warning_window(record);
         if record.not_after <= now + window {
             expiring += 1;
@@ -353,21 +355,23 @@ fn check_issued(
                     record.serial
                 )
             };
+            let days = window.as_secs().div_ceil(86_400);
             r.warn(&format!(
-                "the {} certificate {:?} (serial {}) expires at {} (within {} days): {what_to_do}",
+                "the {} certificate {:?} (serial {}) expires at {} (within {days} day{}): \
+                 {what_to_do}",
                 record.role,
                 record.subject,
                 record.serial,
                 time_text(record.not_after),
-                window.as_secs().div_ceil(86_400),
+                if days == 1 { "" } else { "s" },
             ));
         }
     }
     if expiring == 0 {
         r.ok(&format!(
             "no issued certificate expires within 30 days, or its last third of life for \
-             shorter ones ({} in use)",
-            newest.len()
+             shorter ones ({in_use} in use: the newest of each holder, neither revoked nor \
+             expired)"
         ));
     }
 }

@@ -217,9 +217,14 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     })?;
     if !["agent", "approver", "executor"].contains(&record.role.as_str()) {
         return Err(format!(
-            "serial {} is a {} certificate: renew agent, approver and executor certificates \
-             here; broker keys with `seb rotate`, intermediates with a new `seb cert issue-ca`",
-            serial, record.role
+            "serial {} is {}: renew agent, approver and executor certificates here; broker \
+             keys with `seb rotate`, intermediates with a new `seb cert issue-ca`",
+            serial,
+            if record.role == "intermediate" {
+                "an intermediate CA's certificate".to_owned()
+            } else {
+                format!("a {} certificate", record.role)
+            }
         )
         .into());
     }
@@ -316,12 +321,19 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
         time_text(cert.not_after()),
         written
     ));
-    report(format_args!(
-        "  the old certificate stays valid until {}; once the new one is deployed: \
-         seb cert revoke --serial {} --reason superseded",
-        time_text(old.not_after()),
-        serial
-    ));
+    if old.not_after() > SystemTime::now() {
+        report(format_args!(
+            "  the old certificate stays valid until {}; once the new one is deployed: \
+             seb cert revoke --serial {} --reason superseded",
+            time_text(old.not_after()),
+            serial
+        ));
+    } else {
+        report(format_args!(
+            "  the old certificate expired at {}",
+            time_text(old.not_after())
+        ));
+    }
     Ok(())
 }
 
