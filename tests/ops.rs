@@ -1345,3 +1345,108 @@ fn rotate_tls_checks_the_names_before_generating_a_key() {
     hsm.seb_ok(&["rotate", "tls"]);
     assert!(hsm.pkcs11_private_keys().contains("seb-tls.2"));
 }
+
+/// Root rotation (docs/OPERATIONS.md, "Rotate the root"): the current root certifies a new
+/// root's key under the new root's name. openssl, trusting only the old root, then accepts a
+/// certificate the new root issued when the cross-certificate is offered as an intermediate;
+/// seb's own path validation does too. A certificate that is not a self-signed P-384 CA, or a
+/// new root that reuses the old one's name, is refused before anything is signed.
+#[test]
+fn the_old_root_cross_signs_a_new_root_that_standard_tools_then_accept() {
+    let old = Hsm::initialised();
+    let new = Hsm::provision();
+    let config = std::fs::read_to_string(new.config()).unwrap();
+    std::fs::write(
+        new.config(),
+        format!("{config}\n[ca]\nroot_subject = \"CN=seb root CA 2,O=seb\"\n"),
+    )
+    .unwrap();
+    new.seb_ok(&["init"]);
+    let agent = new.agent("after-rotation", GRANTS);
+
+    let cross = old.path("cross.pem");
+    let new_root = new.trust("root.pem");
+    let said = old.seb_ok(&[
+        "cert",
+        "cross-sign",
+        "--root",
+        new_root.to_str().unwrap(),
+        "--ttl",
+        "365d",
+        "--out",
+        cross.to_str().unwrap(),
+    ]);
+    assert!(
+        said.contains("CN=seb root CA 2,O=seb certified by CN=seb root CA,O=seb"),
+        "{said}"
+    );
+
+    let old_root = old.trust("root.pem");
+    let verify = |untrusted: Option<&std::path::Path>| {
+        let mut args = vec![
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            old_root.to_str().unwrap(),
+        ];
+        if let Some(u) = untrusted {
+            args.extend(["-untrusted", u.to_str().unwrap()]);
+        }
+        args.push(agent.cert.to_str().unwrap());
+        openssl(&args, old.dir.path())
+    };
+    let (ok, text) = verify(Some(&cross));
+    assert!(ok, "through the cross-certificate: {text}");
+    let (ok, text) = verify(None);
+    assert!(
+        !ok,
+        "without it the old root knows nothing of the new one: {text}"
+    );
+    let (ok, text) = openssl(
+        &["x509", "-in", cross.to_str().unwrap(), "-noout", "-text"],
+        old.dir.path(),
+    );
+    assert!(
+        ok && text.contains("CA:TRUE") && text.contains("Certificate Sign"),
+        "{text}"
+    );
+
+    // seb's own path validation, trusting only the old root.
+    let read = |p: &std::path::Path| {
+        seb::cert::Certificate::parse_pem_chain(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let leaf = read(&agent.cert).remove(0);
+    seb::chain::validate(
+        &leaf,
+        &read(&cross),
+        &read(&old_root),
+        std::time::SystemTime::now(),
+    )
+    .expect("the new root's certificate chains to the old root through the cross-certificate");
+
+    // Recorded where operators look.
+    let listed = old.seb_ok(&["cert", "list", "--role", "cross-certificate"]);
+    assert!(listed.contains("CN=seb root CA 2,O=seb"), "{listed}");
+
+    // Refused: a root with the old one's name, and something that is not a root at all.
+    let same_name = Hsm::initialised();
+    for (root, why) in [
+        (same_name.trust("root.pem"), "has the current root's name"),
+        (agent.cert.clone(), "is not self-signed"),
+    ] {
+        let out = old.seb(&[
+            "cert",
+            "cross-sign",
+            "--root",
+            root.to_str().unwrap(),
+            "--ttl",
+            "365d",
+            "--out",
+            old.path("refused.pem").to_str().unwrap(),
+        ]);
+        assert_clean_failure(&out, why);
+        assert!(!old.path("refused.pem").exists());
+    }
+}

@@ -49,6 +49,24 @@ pub enum CertCommand {
     /// Re-issue a stored agent, approver or executor certificate for the same key, subject,
     /// role and grants.
     Renew(super::rotate::RenewArgs),
+    /// Root rotation: have this broker's root certify a new root's key (a cross-certificate),
+    /// so that relying parties that trust only this root accept chains ending in the new one.
+    CrossSign(CrossSignArgs),
+}
+
+/// Options of `seb cert cross-sign`.
+#[derive(Debug, clap::Args)]
+pub struct CrossSignArgs {
+    /// The new root's self-signed certificate (the `trust/root.pem` of the installation made
+    /// for it).
+    #[arg(long)]
+    root: PathBuf,
+    /// Validity, e.g. "730d"; never beyond either root.
+    #[arg(long)]
+    ttl: String,
+    /// Where to write the cross-certificate (PEM).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Options of `seb cert issue`.
@@ -223,7 +241,46 @@ pub fn run(config: &Config, command: CertCommand) -> CliResult {
         CertCommand::List(a) => super::inventory::list(config, a),
         CertCommand::Show(a) => super::inventory::show(Some(config), a),
         CertCommand::Renew(a) => super::rotate::renew(config, a),
+        CertCommand::CrossSign(a) => cross_sign(config, a),
     }
+}
+
+/// `seb cert cross-sign`: the root certifies a new root's key under the new root's name
+/// (docs/OPERATIONS.md, "Rotate the root"). Recorded in the store, under the role
+/// `cross-certificate`.
+fn cross_sign(config: &Config, args: CrossSignArgs) -> CliResult {
+    let ttl = seb::duration::parse(&args.ttl)?;
+    if args.out.exists() {
+        return Err(format!(
+            "{} already exists; choose another --out",
+            args.out.display()
+        )
+        .into());
+    }
+    let new_root = Certificate::parse(&read_file(&args.root)?)
+        .map_err(|e| format!("{}: {e}", args.root.display()))?;
+    let old_root = config.trust_dir().root()?;
+    let now = SystemTime::now();
+    let store = open_store(config)?;
+    let backend = open_backend(config, Some(1))?;
+    let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
+    let cert = ca::cross_certificate(&signer, &old_root, &new_root, ttl, now)?;
+    let record = IssuedCertificate::of(&cert, "cross-certificate", config.keys.root.clone())?;
+    store.record_issued(&record)?;
+    write_file(&args.out, record.pem.as_bytes(), false)?;
+    say!(
+        "issued cross-certificate serial {}: {} certified by {} until {}",
+        cert.serial_hex(),
+        cert.subject_string(),
+        cert.issuer_string(),
+        cert.tbs().validity().not_after
+    );
+    say!(
+        "relying parties that trust only {} accept chains ending in the new root when this \
+         certificate is sent or installed as an intermediate",
+        old_root.subject_string()
+    );
+    Ok(())
 }
 
 fn issue(config: &Config, args: IssueArgs) -> CliResult {

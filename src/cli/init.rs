@@ -69,6 +69,16 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
             )
         })?;
     }
+    // The state directory, private to the broker's user when init makes it (one that exists
+    // keeps the mode its operator gave it; `seb check` warns when others may read it).
+    if !config.state_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))?;
+    }
     // The store's schema (the shared PostgreSQL database, or seb.db), before any key exists:
     // a database that cannot be reached stops init with nothing generated.
     drop(super::create_store(config)?);

@@ -100,11 +100,12 @@ fn revoked_issuer(issuers: &[Certificate], revocations: &[Revocation]) -> Option
 }
 
 /// The roles `seb cert list` records certificates under (`--role`).
-const LISTED_ROLES: [&str; 7] = [
+const LISTED_ROLES: [&str; 8] = [
     "agent",
     "approver",
     "executor",
     "intermediate",
+    "cross-certificate",
     "token",
     "tls",
     "audit",
