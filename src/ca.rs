@@ -452,11 +452,18 @@ pub fn cross_certificate(
         clamp_to_issuer(validity_from(now, ttl)?, new_root),
         old_root,
     );
+    // Through it, generic path validation reaches the old root; seb's role delegation does not:
+    // the old root's broker, which knows nothing of the new root's revocations, must not
+    // serve the new root's holders.
+    let no_roles = seb_extension(
+        SEB_ISSUABLE_ROLES_OID,
+        IssuableRoles::NONE.to_der().map_err(CaError::Grants)?,
+    )?;
     let unsigned = Unsigned {
         issuer: old_root.tbs().subject().clone(),
         subject: tbs.subject().clone(),
         kind: CertKind::Root,
-        extra: Vec::new(),
+        extra: vec![no_roles],
         validity,
         public_key: tbs.subject_public_key_info().clone(),
     };

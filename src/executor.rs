@@ -183,8 +183,16 @@ impl Executor {
             }
         };
         let store = TrustStore::from_pem(&pem).map_err(|e| e.to_string())?;
-        if store.roots() != self.roots.as_slice() {
-            return Err("the trust bundle's roots are not the pinned root".into());
+        // The same roots, in any order (a bundle of two installations during a root rotation
+        // may list them either way).
+        let pinned = self.roots.as_slice();
+        let same = store.roots().len() == pinned.len()
+            && store.roots().iter().all(|r| pinned.contains(r))
+            && pinned.iter().all(|r| store.roots().contains(r));
+        if !same {
+            return Err(
+                "the trust bundle's roots are not the pinned roots (the `root` file)".into(),
+            );
         }
         match self.trust.write() {
             Ok(mut t) => *t = Arc::new(store),

@@ -510,6 +510,16 @@ impl IssuableRoles {
         executor: false,
     };
 
+    /// No role at all: a CA through which no agent, approver or executor certificate counts
+    /// (`role_not_delegated`). `seb cert cross-sign` writes it into a cross-certificate, so
+    /// that a new root's holders cannot use the old root's broker through it. An encoded empty
+    /// list; never given to an intermediate (`new` refuses it).
+    pub const NONE: Self = Self {
+        agent: false,
+        approver: false,
+        executor: false,
+    };
+
     /// Every role an intermediate can be given: agents, approvers and executors.
     pub const ALL: Self = Self {
         agent: true,
@@ -574,11 +584,15 @@ impl IssuableRoles {
         asn1::encode_role_kinds(&self.kinds())
     }
 
-    /// Decodes a `sebIssuableRoles` extension value: DER only, 1..=3 roles in ascending order,
-    /// no duplicates, no `broker`.
+    /// Decodes a `sebIssuableRoles` extension value: DER only, up to 3 roles in ascending
+    /// order, no duplicates, no `broker`; the empty list is [`Self::NONE`].
     pub fn from_der(bytes: &[u8]) -> Result<Self, GrantError> {
         let kinds = asn1::decode_role_kinds(bytes)?;
-        let set = Self::new(kinds.iter().copied())?;
+        let set = if kinds.is_empty() {
+            Self::NONE
+        } else {
+            Self::new(kinds.iter().copied())?
+        };
         if asn1::encode_role_kinds(&set.kinds())? != bytes {
             return Err(GrantError::NonCanonicalDer {
                 what: asn1::ISSUABLE_ROLES,
@@ -591,6 +605,9 @@ impl IssuableRoles {
 impl fmt::Display for IssuableRoles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.kinds().into_iter().map(RoleKind::as_str).collect();
+        if names.is_empty() {
+            return f.write_str("none");
+        }
         f.write_str(&names.join(","))
     }
 }

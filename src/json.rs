@@ -38,7 +38,7 @@ pub enum StrictJsonError {
 /// outside ±(2^53−1): what a request, or parameters an executor checks, must be.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     let unsafe_number = Cell::new(None);
-    parse(bytes, Some(&unsafe_number)).map_err(|e| match unsafe_number.take() {
+    parse(bytes, Some(&unsafe_number), MAX_DEPTH).map_err(|e| match unsafe_number.take() {
         Some(number) => StrictJsonError::UnsafeNumber(number),
         None => e,
     })
@@ -48,14 +48,30 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
 /// answers, whose stored values this seb may not have written (a record kept by an older
 /// one), where a number is shown, not acted on.
 pub fn parse_unambiguous(bytes: &[u8]) -> Result<Value, StrictJsonError> {
-    parse(bytes, None)
+    parse(bytes, None, MAX_DEPTH)
+}
+
+/// Like [`parse_unambiguous`], with nesting up to `max_depth`: for a message that wraps a
+/// strict document a few levels down (an MCP tool call), where the document's own parser
+/// applies its bound.
+pub fn parse_unambiguous_within(bytes: &[u8], max_depth: usize) -> Result<Value, StrictJsonError> {
+    parse(bytes, None, max_depth)
 }
 
 /// One pass of the parser; with `numbers`, a number beyond ±(2^53−1) stops it and is left
 /// there for the caller's error.
-fn parse(bytes: &[u8], numbers: Option<&Cell<Option<String>>>) -> Result<Value, StrictJsonError> {
+fn parse(
+    bytes: &[u8],
+    numbers: Option<&Cell<Option<String>>>,
+    limit: usize,
+) -> Result<Value, StrictJsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Seed { depth: 0, numbers }.deserialize(&mut de)?;
+    let value = Seed {
+        depth: 0,
+        limit,
+        numbers,
+    }
+    .deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }
@@ -63,6 +79,8 @@ fn parse(bytes: &[u8], numbers: Option<&Cell<Option<String>>>) -> Result<Value, 
 #[derive(Clone, Copy)]
 struct Seed<'a> {
     depth: usize,
+    /// The deepest nesting taken.
+    limit: usize,
     /// Where a number outside ±(2^53−1) is reported, when numbers are checked. serde_json
     /// hands every number over as an `i64`, a `u64` or (a fraction, an exponent, or an integer
     /// beyond 64 bits) an `f64`, so the three visitors below see each one whatever its
@@ -158,11 +176,12 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
 impl<'a> Seed<'a> {
     fn nested<E: de::Error>(self) -> Result<Seed<'a>, E> {
-        if self.depth >= MAX_DEPTH {
-            return Err(E::custom(format!("nesting deeper than {MAX_DEPTH}")));
+        if self.depth >= self.limit {
+            return Err(E::custom(format!("nesting deeper than {}", self.limit)));
         }
         Ok(Seed {
             depth: self.depth + 1,
+            limit: self.limit,
             numbers: self.numbers,
         })
     }

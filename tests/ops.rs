@@ -1430,6 +1430,31 @@ fn the_old_root_cross_signs_a_new_root_that_standard_tools_then_accept() {
     let listed = old.seb_ok(&["cert", "list", "--role", "cross-certificate"]);
     assert!(listed.contains("CN=seb root CA 2,O=seb"), "{listed}");
 
+    // The old root's broker does not serve the new root's holders through it: it knows
+    // nothing of the new installation's revocations. The cross-certificate delegates no role.
+    let through = common::Identity {
+        cert: old.path("through-cross.pem"),
+        key: agent.key.clone(),
+    };
+    std::fs::write(
+        &through.cert,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&agent.cert).unwrap(),
+            std::fs::read_to_string(&cross).unwrap()
+        ),
+    )
+    .unwrap();
+    let broker = common::Broker::start(&old);
+    let refused = post(&old, &broker, &through, "/v1/executions", &request_body());
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(
+        refused.body["error"]["code"], "role_not_delegated",
+        "{}",
+        refused.text
+    );
+    drop(broker);
+
     // Refused: a root with the old one's name, and something that is not a root at all.
     let same_name = Hsm::initialised();
     for (root, why) in [

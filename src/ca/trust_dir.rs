@@ -255,10 +255,10 @@ impl TrustDir {
 /// from the same installation.
 pub fn key_mismatch(label: &str, cert: &Path) -> String {
     format!(
-        "the key {label:?} in the device does not match {}: this state directory and this \
-         token are not from the same installation; restore the state directory together with \
+        "the key {label:?} in the device does not match {}: this state directory and these \
+         keys are not from the same installation; restore the state directory together with \
          its keys.toml from one backup (keys.toml names the current key generations), or point \
-         [backend] at the token it was made with",
+         [backend] and the [keys] labels at the token and keys it was made with",
         cert.display()
     )
 }

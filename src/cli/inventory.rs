@@ -18,7 +18,8 @@ use super::{open_store, read_file, CliError, CliResult};
 /// Options of `seb cert list`.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// Only this role: agent, approver, executor, intermediate or a broker key (token, tls, audit).
+    /// Only this role: agent, approver, executor, intermediate, cross-certificate or a broker
+    /// key (token, tls, audit).
     #[arg(long)]
     role: Option<String>,
     /// Only certificates still valid that expire within this time, e.g. "30d".

@@ -231,12 +231,20 @@ fn issuable_roles() {
     ] {
         assert!(bad.parse::<IssuableRoles>().is_err(), "{bad:?}");
     }
-    // Decoding: only the one sorted, duplicate-free encoding, without broker, not empty.
+    // The empty list is a CA that delegates no role (a cross-certificate), not "agents only"
+    // as a missing extension is.
+    let none = IssuableRoles::from_der(&[0x30, 0x00]).unwrap();
+    assert_eq!(none, IssuableRoles::NONE);
+    assert_eq!(none.to_der().unwrap(), [0x30, 0x00]);
+    assert!([Agent, Approver, Executor, Broker]
+        .into_iter()
+        .all(|k| !none.contains(k)));
+    assert!(IssuableRoles::new([]).is_err());
+    // Decoding: only the one sorted, duplicate-free encoding, without broker.
     for der in [
         &[0x30, 0x06, 0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00][..], // unsorted
         &[0x30, 0x06, 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x00],     // duplicate
         &[0x30, 0x03, 0x0a, 0x01, 0x03],                       // broker
-        &[0x30, 0x00],                                         // empty
         &[0x30, 0x03, 0x0a, 0x01, 0x07],                       // unknown role
         &[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00],                 // trailing byte
         &[0x30, 0x81, 0x03, 0x0a, 0x01, 0x00],                 // long-form length

@@ -201,16 +201,32 @@ pub(crate) async fn serve_http1<T, E>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Clone + Send + Sync + 'static,
 {
-    let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(identity.clone());
-        req
-    });
+    // Set when an answer closes the connection (a refusal that left the body unread): only
+    // then is what the client still sends read and discarded ([`Lingering`]). An idle
+    // connection closed by a stop, or one the client closed, is not held.
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marks = refused.clone();
+    let service = router
+        .map_request(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(identity.clone());
+            req
+        })
+        .map_response(move |response: axum::response::Response| {
+            let closes = response
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            if closes {
+                marks.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            response
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true)
         .serve_connection(
-            TokioIo::new(Lingering::new(io)),
+            TokioIo::new(Lingering::new(io, refused)),
             hyper_util::service::TowerToHyperService::new(service),
         );
     if let Err(e) = watcher.watch(connection).await {
@@ -218,8 +234,8 @@ pub(crate) async fn serve_http1<T, E>(
     }
 }
 
-/// A connection's stream that, once the server has shut down its side (after a refusal that
-/// closes the connection, such as `413` from the declared length of a body), goes on reading
+/// A connection's stream that, once the server has shut down its side after a refusal that
+/// closes the connection (such as `413` from the declared length of a body), goes on reading
 /// and discarding what the client still sends, for at most [`LINGER`] and [`LINGER_BYTES`],
 /// until the client closes. Closing a socket with unread data makes the kernel reset the
 /// connection, and the reset can destroy the answer before the client has read it: a client
@@ -227,13 +243,19 @@ pub(crate) async fn serve_http1<T, E>(
 /// its `413`.
 struct Lingering<T> {
     io: T,
+    /// Whether an answer closed the connection with the request's body unread.
+    refused: Arc<std::sync::atomic::AtomicBool>,
     /// Set once the write side is shut down: the deadline and the bytes left to discard.
     draining: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl<T> Lingering<T> {
-    fn new(io: T) -> Self {
-        Self { io, draining: None }
+    fn new(io: T, refused: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            io,
+            refused,
+            draining: None,
+        }
     }
 }
 
@@ -283,6 +305,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
         let this = &mut *self;
         if this.draining.is_none() {
             std::task::ready!(std::pin::Pin::new(&mut this.io).poll_shutdown(cx))?;
+            if !this.refused.load(std::sync::atomic::Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
             this.draining = Some((Box::pin(tokio::time::sleep(LINGER)), LINGER_BYTES));
         }
         let Some((deadline, left)) = this.draining.as_mut() else {

@@ -67,8 +67,9 @@ pub fn screen(line: &[u8]) -> Screened {
         }
     };
     // A key twice: serde_json kept the last, and rmcp answers such a line without its id. The
-    // id is echoed only when it is not itself one of the doubled keys.
-    let doubled = seb::json::parse_unambiguous(text).err();
+    // id is echoed only when it is not itself one of the doubled keys. Nesting is bounded as
+    // serde_json bounds it: the broker applies its own bound to the parameters.
+    let doubled = seb::json::parse_unambiguous_within(text, SERDE_JSON_DEPTH).err();
     let id = message.get("id");
     // rmcp reads a string or a signed 64-bit integer; anything else it would answer without
     // the id. An unsigned one past that range is answered here, with the id echoed.
@@ -77,10 +78,10 @@ pub fn screen(line: &[u8]) -> Screened {
         Some(Value::Number(n)) => n.is_i64() || n.is_u64(),
         _ => false,
     };
-    let echo = match (id_readable, &doubled) {
-        (true, Some(e)) if e.to_string().contains("\"id\"") => Value::Null,
-        (true, _) => id.cloned().unwrap_or(Value::Null),
-        (false, _) => Value::Null,
+    let echo = if id_readable && ids_at_top(text) == 1 {
+        id.cloned().unwrap_or(Value::Null)
+    } else {
+        Value::Null
     };
     let invalid = |why: &str| Screened::Answer(error(echo.clone(), -32600, why));
     if let Some(e) = doubled {
@@ -131,6 +132,33 @@ pub fn screen(line: &[u8]) -> Screened {
         None if response => Screened::Forward,
         None => invalid("Invalid request: no method"),
     }
+}
+
+/// serde_json's own recursion limit: a line nested deeper is not JSON to it (`-32700`).
+const SERDE_JSON_DEPTH: usize = 128;
+
+/// How many times the top-level object of `text` names `id` (serde_json keeps the last of
+/// duplicates, so the parsed message cannot tell).
+fn ids_at_top(text: &[u8]) -> usize {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut ids = 0;
+            while let Some(key) = map.next_key::<String>()? {
+                ids += usize::from(key == "id");
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(ids)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde::Deserializer::deserialize_map(&mut de, Keys).unwrap_or(0)
 }
 
 fn is_tool_call(message: &Map<String, Value>) -> bool {
@@ -367,9 +395,22 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":31,"id":32,"method":"ping"}"#,
                 Value::Null,
             ),
+            // A doubled `id` deeper down is not the message's id.
+            (
+                r#"{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"request_execution","arguments":{"params":{"id":1,"id":2}}}}"#,
+                json!(77),
+            ),
         ] {
             assert_eq!(code_and_id(line), (-32600, id), "{line}");
         }
+        // Deep parameters are the broker's to bound (32 levels of its own body), not the
+        // screen's: a tool call 40 levels deep reaches the session.
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":40,"method":"tools/call","params":{{"name":"request_execution","arguments":{{"params":{}1{}}}}}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert_eq!(screen(deep.as_bytes()), Screened::Forward, "{deep}");
         // A notification with odd params is not answered (nothing waits for it).
         assert_eq!(
             screen(br#"{"jsonrpc":"2.0","method":"notifications/initialized","params":5}"#),
