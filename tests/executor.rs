@@ -130,55 +130,29 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
 
     // The receipt verifies under the executor certificate, offline.
     let receipt_file = s.hsm.path("receipt.json");
-    std::fs::write(&receipt_file, serde_json::to_vec(&answer).unwrap()).unwrap();
-    let verified = common::seb(
-        &[
-            "receipt",
-            "verify",
-            "--receipt",
-            receipt_file.to_str().unwrap(),
-            "--cert",
-            s.executor.cert.to_str().unwrap(),
-            "--trust",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-        ],
-        s.hsm.dir.path(),
-    );
-    common::assert_success(&verified, "seb receipt verify");
+    let verify = |answer: &Value, cert: &std::path::Path| {
+        std::fs::write(&receipt_file, serde_json::to_vec(answer).unwrap()).unwrap();
+        common::seb(
+            &[
+                "receipt",
+                "verify",
+                "--receipt",
+                receipt_file.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--trust",
+                s.hsm.trust("root.pem").to_str().unwrap(),
+            ],
+            s.hsm.dir.path(),
+        )
+    };
+    common::assert_success(&verify(&answer, &s.executor.cert), "seb receipt verify");
     // A changed receipt does not.
     let mut forged = answer.clone();
     forged["receipt"]["body"]["exit_code"] = json!(1);
-    std::fs::write(&receipt_file, serde_json::to_vec(&forged).unwrap()).unwrap();
-    let refused = common::seb(
-        &[
-            "receipt",
-            "verify",
-            "--receipt",
-            receipt_file.to_str().unwrap(),
-            "--cert",
-            s.executor.cert.to_str().unwrap(),
-            "--trust",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-        ],
-        s.hsm.dir.path(),
-    );
-    common::assert_clean_failure(&refused, "bad_receipt_signature");
+    common::assert_clean_failure(&verify(&forged, &s.executor.cert), "bad_receipt_signature");
     // Nor under a certificate that is not an executor's: a stable code says so.
-    std::fs::write(&receipt_file, serde_json::to_vec(&answer).unwrap()).unwrap();
-    let refused = common::seb(
-        &[
-            "receipt",
-            "verify",
-            "--receipt",
-            receipt_file.to_str().unwrap(),
-            "--cert",
-            s.agent.cert.to_str().unwrap(),
-            "--trust",
-            s.hsm.trust("root.pem").to_str().unwrap(),
-        ],
-        s.hsm.dir.path(),
-    );
-    common::assert_clean_failure(&refused, "not_an_executor");
+    common::assert_clean_failure(&verify(&answer, &s.agent.cert), "not_an_executor");
 
     // Recorded at the broker: the receipt, as the executor signed it, once.
     let jti = receipt["body"]["jti"].as_str().unwrap();
