@@ -64,6 +64,13 @@ set -euo pipefail
 usage() { echo "usage: $0 DIR [--port PORT] [--label LABEL] [--p11kit] [--tpm [--tpm-port P] [--backend pkcs11|tpm]] [--executor-port PORT] [--postgres [--pg-port P]]" >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
+case "$1" in
+  -h|--help)
+    # The header above this script's `set` line is its manual.
+    sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0 ;;
+  -*) echo "the first argument is the directory DIR, not an option ($1)" >&2; usage ;;
+esac
 DIR=$1; shift
 PORT=8443
 LABEL=seb

@@ -393,6 +393,13 @@ pub enum QuoteError {
     /// The broker reports no good self-check since it started.
     #[error("the broker has not passed a self-check since it started")]
     NeverChecked,
+    /// The broker reports that its latest self-check failed (it refuses to issue tokens): the
+    /// quote may be good while the broker itself says its state is not.
+    #[error("the broker reports that its latest self-check failed: {reason}")]
+    SelfCheckFailed {
+        /// The broker's reason.
+        reason: String,
+    },
 }
 
 impl QuoteError {
@@ -416,6 +423,7 @@ impl QuoteError {
             QuoteError::EkNotAccepted { .. } => "ek_not_accepted",
             QuoteError::ResettablePcr { .. } => "resettable_pcr",
             QuoteError::Stale { .. } | QuoteError::NeverChecked => "stale_self_check",
+            QuoteError::SelfCheckFailed { .. } => "self_check_failed",
         }
     }
 }
@@ -484,8 +492,18 @@ pub fn verify_evidence(
             reason: "the broker served no EK certificate".into(),
         });
     }
-    if let (Some(report), Some(max)) = (&evidence.self_check, check.policy.max_age) {
-        check_age(report.last_good, check.now, max)?;
+    if let Some(report) = &evidence.self_check {
+        if let Some(max) = check.policy.max_age {
+            check_age(report.last_good, check.now, max)?;
+        }
+        if !report.ok {
+            return Err(QuoteError::SelfCheckFailed {
+                reason: report
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into()),
+            });
+        }
     }
     Ok(VerifiedQuote {
         info,

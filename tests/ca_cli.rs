@@ -447,7 +447,19 @@ fn bad_csrs_are_refused_cleanly() {
         (
             "broker-name",
             subject_of("tls.pem"),
-            "is the name of the broker's own",
+            "has the name of the broker's own tls certificate",
+        ),
+        // The broker's common name under another organisation: what a verifier matching
+        // `CN=<broker_id> broker` would take for the broker.
+        (
+            "broker-cn",
+            "/O=evil/CN=seb-dev broker".to_owned(),
+            "has the name of the broker's own tls certificate",
+        ),
+        (
+            "token-cn",
+            "/CN=seb-dev token signer".to_owned(),
+            "has the name of the broker's own token certificate",
         ),
     ] {
         let csr = hsm.path(&format!("{name}.csr"));

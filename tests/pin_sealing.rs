@@ -31,8 +31,14 @@ impl Sealed {
         common::assert_success(&out, "seb init --seal-pin");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(stdout.contains("sealed the HSM user PIN"), "{stdout}");
-        assert!(stdout.contains("pin_sealed = \""), "{stdout}");
         let sealed = hsm.path("state/pin.sealed");
+        // The line to paste names the file absolutely: the configuration's relative paths are
+        // relative to the configuration file, not to where `seb` ran.
+        let absolute = std::fs::canonicalize(&sealed).unwrap();
+        assert!(
+            stdout.contains(&format!("pin_sealed = \"{}\"", absolute.display())),
+            "{stdout}"
+        );
         assert_eq!(mode(&sealed), 0o600);
         let agent = hsm.agent("deploy-bot", common::TPM_TEST_GRANTS);
         // Switch to the sealed PIN and take the plain one away: nothing may fall back to it.

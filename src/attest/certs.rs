@@ -76,6 +76,15 @@ pub fn certified_tls(
             tls.subject_string()
         )));
     }
+    // An agent's, approver's or executor's certificate may carry serverAuth (an executor
+    // serving agents does) and a name like the broker's; it never speaks for the broker.
+    if tls.extension(crate::cert::SEB_ROLE_OID).is_some() {
+        return Err(bad(format!(
+            "{:?} carries sebRole: it is an agent's, approver's or executor's certificate, not \
+             the broker's",
+            tls.subject_string()
+        )));
+    }
     let root = issued_directly_by_a_root(&tls, &[], roots, now).map_err(bad)?;
     if root != ak_root {
         return Err(bad(format!(

@@ -322,6 +322,25 @@ fn stale_self_check_is_rejected() {
     let err = f.verify(&e).unwrap_err();
     assert_eq!(err.code(), "stale_self_check");
     assert!(err.to_string().contains("not passed a self-check"), "{err}");
+    // A recent good check, but the latest one failed (a TPM reset under the running broker,
+    // a PCR changed): the broker refuses tokens, and the verifier does not say OK either.
+    e.self_check = Some(SelfCheckReport {
+        ok: false,
+        checked_at: crate::time::unix(now()),
+        last_good: Some(crate::time::unix(now()) - 10),
+        reason: Some("the TPM was reset or restarted under the running broker".into()),
+    });
+    let err = f.verify(&e).unwrap_err();
+    assert_eq!(err.code(), "self_check_failed");
+    assert!(err.to_string().contains("TPM was reset"), "{err}");
+    // Control: the same report with its latest check good.
+    e.self_check = Some(SelfCheckReport {
+        ok: true,
+        checked_at: crate::time::unix(now()),
+        last_good: Some(crate::time::unix(now()) - 10),
+        reason: None,
+    });
+    f.verify(&e).unwrap();
 }
 
 #[test]
@@ -644,6 +663,28 @@ fn the_session_certificate_must_be_a_tls_certificate_issued_directly_by_the_aks_
     // ... or by a root we do not trust at all.
     let reason = refused(&from_other, ours);
     assert!(!reason.is_empty());
+
+    // An executor serving agents has serverAuth, and may be named like the broker: its
+    // sebRole says whose it is.
+    let executor = ca::issue_leaf_serving(
+        &f.root.key,
+        std::slice::from_ref(&f.root.cert),
+        ca::LeafRequest {
+            public_key: crate::testkit::spki(&crate::testkit::key()),
+            subject: ca::parse_subject("CN=b1 broker,O=evil").unwrap(),
+            role: crate::grants::Role::new(crate::grants::RoleKind::Executor, vec![]).unwrap(),
+            grants: None,
+            ttl: Duration::from_secs(86_400),
+        },
+        &["localhost".to_owned()],
+        Duration::from_secs(86_400),
+        now(),
+    )
+    .unwrap()
+    .to_der_bytes()
+    .unwrap();
+    let reason = refused(&executor, ours);
+    assert!(reason.contains("sebRole"), "{reason}");
 
     // A client certificate of our root is no TLS server certificate.
     let agent = f

@@ -138,7 +138,9 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
                 return Err("the EK certificate in NV does not certify this TPM's EK".into());
             }
             let pem = cert.to_pem_string()?;
-            policy.check_ek_certificate(pem.as_bytes(), SystemTime::now())?;
+            policy
+                .check_ek_certificate(pem.as_bytes(), SystemTime::now())
+                .map_err(|e| format!("{} ({e})", e.code()))?;
             Some((pem, attest::ek_certificate_digest(&cert)?))
         }
         None if !policy.ek_cas().is_empty() => return Err(
@@ -268,8 +270,9 @@ fn verify(args: VerifyArgs) -> CliResult {
     if let Some(path) = &args.save {
         write_file(path, response.text.as_bytes(), false)?;
     }
-    let evidence: Evidence = serde_json::from_slice(response.text.as_bytes())
-        .map_err(|e| format!("the broker's evidence is malformed: {e}"))?;
+    let evidence: Evidence = serde_json::from_slice(response.text.as_bytes()).map_err(|e| {
+        format!("malformed_evidence: the broker's evidence is not what it should be: {e}")
+    })?;
     let check = QuoteCheck {
         nonce: &nonce,
         tls_certificate: &tls_certificate,
@@ -292,6 +295,12 @@ fn verify(args: VerifyArgs) -> CliResult {
             );
             // resetCount/restartCount are obfuscated by the TPM for owner-hierarchy signers.
             say!("  TPM clock {} ms", v.info.clock);
+            if check.policy.ek_cas().is_empty() {
+                eprintln!(
+                    "warning: the policy pins no EK CA (ek_ca), so the TPM itself was not \
+                     checked: any TPM's EK is accepted (docs/ATTESTATION.md)"
+                );
+            }
             Ok(())
         }
         Err(e) => Err(format!("attestation REJECTED ({}): {e}", e.code()).into()),

@@ -556,17 +556,39 @@ fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError>
     Ok(csr::verify(&read_file(path)?)?)
 }
 
-/// Refuses a subject that is the name of one of the broker's own certificates (token, TLS,
-/// audit): a person reading a log or a certificate would take its holder for the broker.
+/// Refuses a subject that is, or has the common name of, one of the broker's own certificates
+/// (token, TLS, audit, attestation key): a person reading a log or a certificate, or a
+/// verifier matching `CN=<broker_id> broker`, would take its holder for the broker.
 fn refuse_service_name(config: &Config, subject: &x509_cert::name::Name) -> CliResult {
     let trust = config.trust_dir();
-    for kind in seb::ca::generations::KeyKind::ALL {
-        let current = seb::ca::trust_dir::read_certificate(&trust.service_path(kind));
-        if current.is_ok_and(|cert| cert.tbs().subject() == subject) {
+    let common_names = |name: &x509_cert::name::Name| -> Vec<String> {
+        let cn = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+        name.iter()
+            .filter(|a| a.oid == cn)
+            .filter_map(|a| {
+                x509_cert::ext::pkix::name::DirectoryString::try_from(&a.value)
+                    .ok()
+                    .map(|v| v.value().trim().to_owned())
+            })
+            .collect()
+    };
+    let asked = common_names(subject);
+    let services = seb::ca::generations::KeyKind::ALL
+        .into_iter()
+        .map(|kind| (kind.as_str(), trust.service_path(kind)))
+        .chain([("attestation key", trust.ak_path())]);
+    for (what, path) in services {
+        let current = seb::ca::trust_dir::read_certificate(&path);
+        let clash = current.is_ok_and(|cert| {
+            cert.tbs().subject() == subject
+                || common_names(cert.tbs().subject())
+                    .iter()
+                    .any(|own| asked.contains(own))
+        });
+        if clash {
             return Err(format!(
-                "the CSR's subject {subject} is the name of the broker's own {} certificate; \
-                 give the holder a name of its own; nothing was issued",
-                kind.as_str()
+                "the CSR's subject {subject} has the name of the broker's own {what} \
+                 certificate; give the holder a name of its own; nothing was issued"
             )
             .into());
         }

@@ -78,6 +78,9 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
     }
     let out = args.out.unwrap_or_else(|| config.default_sealed_pin());
     write_file(&out, &sealed.encode()?, true)?;
+    // Absolute, so that the line to paste means this file wherever the configuration is (its
+    // relative paths are relative to the configuration file, not to where this ran).
+    let out = std::fs::canonicalize(&out).unwrap_or(out);
 
     let pcrs: Vec<String> = sealed.pcrs().iter().map(u8::to_string).collect();
     say!(
@@ -90,7 +93,7 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
     );
     say!("wrote {} (mode 0600)", out.display());
     match &p11.pin {
-        PinSource::Sealed { path, .. } if *path == out => {
+        PinSource::Sealed { path, .. } if std::fs::canonicalize(path).is_ok_and(|p| p == out) => {
             say!("the configuration already reads the PIN from this file");
         }
         current => {
