@@ -254,6 +254,16 @@ const COUNTRY_NAME: der::asn1::ObjectIdentifier =
 /// Most attributes a new subject may have.
 const MAX_ATTRIBUTES: usize = 16;
 
+/// The text of `name`'s common name, when it has exactly one that reads as text.
+pub fn common_name(name: &Name) -> Option<String> {
+    let mut names = name.iter().filter(|atv| atv.oid == COMMON_NAME);
+    let cn = names.next()?;
+    if names.next().is_some() {
+        return None;
+    }
+    attribute_text(&cn.value)
+}
+
 /// A subject that should not be given out: an attribute outside RFC 5280's upper bounds, which
 /// other tools refuse or warn about (Python's cryptography: a common name of 1 to 64
 /// characters, a two-letter country); more than one common name (tools disagree on which one

@@ -288,6 +288,12 @@ impl Certificate {
         self.tbs().validity().not_after.to_system_time()
     }
 
+    /// The certified public key as DER SubjectPublicKeyInfo, to compare with a device's key
+    /// (`KeyBackend::public_key(..).to_spki_der()`).
+    pub fn public_key_der(&self) -> Result<Vec<u8>, der::Error> {
+        der::Encode::to_der(self.tbs().subject_public_key_info())
+    }
+
     /// Subject as an RFC 4514 string.
     pub fn subject_string(&self) -> String {
         self.tbs().subject().to_string()

@@ -238,18 +238,14 @@ impl ClientTls {
             ));
         }
         if let Err(e) = crate::chain::validate(leaf, rest, &self.roots, now) {
-            let ca_not_a_root = matches!(e, crate::chain::ChainError::UnknownIssuer { .. })
-                && !self.roots.is_empty()
+            let ca_not_a_root = !self.roots.is_empty()
                 && self
                     .roots
                     .iter()
                     .all(|r| r.tbs().issuer() != r.tbs().subject());
-            if !chain && !ca_not_a_root {
-                return problems;
-            }
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
-                    if leaf.tbs().issuer() == leaf.tbs().subject() =>
+                    if chain && leaf.tbs().issuer() == leaf.tbs().subject() =>
                 {
                     problems.push(format!(
                         "your certificate ({}) is self-signed: it must be issued by the \
@@ -258,13 +254,7 @@ impl ClientTls {
                         leaf.subject_string()
                     ))
                 }
-                crate::chain::ChainError::UnknownIssuer { .. }
-                    if !self.roots.is_empty()
-                        && self
-                            .roots
-                            .iter()
-                            .all(|r| r.tbs().issuer() != r.tbs().subject()) =>
-                {
+                crate::chain::ChainError::UnknownIssuer { .. } if ca_not_a_root => {
                     problems.push(format!(
                         "the --ca file holds {}, which is not a root (it was issued by {}): \
                          --ca must be the broker's root CA, the self-signed certificate \
@@ -273,6 +263,8 @@ impl ClientTls {
                         self.roots[0].issuer_string()
                     ))
                 }
+                // The broker's certificate was refused: ours was never sent.
+                _ if !chain => {}
                 crate::chain::ChainError::UnknownIssuer { .. }
                     if rest.is_empty()
                         && !self

@@ -273,22 +273,17 @@ fn unusable_certificate(app: App, why: String) -> Router {
     Router::new()
         .fallback(move || {
             let why = why.clone();
-            async move {
-                let mut response = ApiError::from(BrokerError::BadCertificate(why)).into_response();
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                response
-            }
+            async move { closing(BrokerError::BadCertificate(why)) }
         })
         // The same request id and headers as every other answer.
         .layer(middleware::from_fn_with_state(app, request_context))
 }
 
-/// A refusal after which the connection is closed: the client's body was not read to its end,
-/// so nothing after it on the connection could be parsed.
-fn closing(refusal: HttpError) -> Response {
-    let mut response = ApiError::from(refusal).into_response();
+/// A refusal after which the connection is closed: the client's body was not read to its end
+/// (or the client's certificate is one seb cannot use), so nothing after it on the connection
+/// is worth parsing.
+fn closing(refusal: impl Into<ApiError>) -> Response {
+    let mut response = refusal.into().into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

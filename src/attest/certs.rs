@@ -156,13 +156,7 @@ pub(super) fn same_broker(ak: &Certificate, tls: &Certificate) -> Result<String,
 
 /// The broker id in a service certificate's single common name `<broker_id><suffix>`.
 fn broker_of(cert: &Certificate, suffix: &str) -> Option<String> {
-    let common_name = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let mut names = cert.tbs().subject().iter().filter(|a| a.oid == common_name);
-    let name = names.next()?;
-    if names.next().is_some() {
-        return None;
-    }
-    let value = x509_cert::ext::pkix::name::DirectoryString::try_from(&name.value).ok()?;
-    let id = value.value().strip_suffix(suffix)?.to_owned();
+    let common_name = crate::ca::common_name(cert.tbs().subject())?;
+    let id = common_name.strip_suffix(suffix)?.to_owned();
     (!id.trim().is_empty()).then_some(id)
 }

@@ -73,9 +73,7 @@ impl BrokerKeys {
             .public_key(&current.label)
             .map_err(BrokerError::Hsm)?;
         let spki = public.to_spki_der().map_err(BrokerError::Hsm)?;
-        let cert_spki =
-            der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| internal(&e))?;
-        if spki != cert_spki {
+        if spki != cert.public_key_der().map_err(|e| internal(&e))? {
             return Err(BrokerError::Internal(crate::ca::trust_dir::key_mismatch(
                 &current.label,
                 &trust.token_path(),

@@ -561,18 +561,9 @@ fn read_csr(path: &std::path::Path) -> Result<csr::VerifiedCsr, super::CliError>
 /// verifier matching `CN=<broker_id> broker`, would take its holder for the broker.
 fn refuse_service_name(config: &Config, subject: &x509_cert::name::Name) -> CliResult {
     let trust = config.trust_dir();
-    let common_names = |name: &x509_cert::name::Name| -> Vec<String> {
-        let cn = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-        name.iter()
-            .filter(|a| a.oid == cn)
-            .filter_map(|a| {
-                x509_cert::ext::pkix::name::DirectoryString::try_from(&a.value)
-                    .ok()
-                    .map(|v| v.value().trim().to_owned())
-            })
-            .collect()
-    };
-    let asked = common_names(subject);
+    let common_name =
+        |name: &x509_cert::name::Name| ca::common_name(name).map(|cn| cn.trim().to_owned());
+    let asked = common_name(subject);
     let services = seb::ca::generations::KeyKind::ALL
         .into_iter()
         .map(|kind| (kind.as_str(), trust.service_path(kind)))
@@ -581,9 +572,7 @@ fn refuse_service_name(config: &Config, subject: &x509_cert::name::Name) -> CliR
         let current = seb::ca::trust_dir::read_certificate(&path);
         let clash = current.is_ok_and(|cert| {
             cert.tbs().subject() == subject
-                || common_names(cert.tbs().subject())
-                    .iter()
-                    .any(|own| asked.contains(own))
+                || (asked.is_some() && common_name(cert.tbs().subject()) == asked)
         });
         if clash {
             return Err(format!(

@@ -189,7 +189,11 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                             r.ok(&format!(
                                 "{what} key {label:?} is sensitive and never extractable"
                             ));
-                            match key.matches_certificate(backend.as_ref()) {
+                            let device = backend
+                                .public_key(label)
+                                .and_then(|public| public.to_spki_der())
+                                .map_err(super::CliError::from);
+                            match device.and_then(|d| key.matches_certificate(&d)) {
                                 Ok(Some(false)) => r.problem(&seb::ca::trust_dir::key_mismatch(
                                     label,
                                     &key.certificate,

@@ -168,10 +168,10 @@ pub fn keys(config: &Config) -> CliResult {
             all_bound = false;
             continue;
         }
-        if key.matches_certificate(backend.as_ref())? == Some(false) {
+        let public = backend.public_key(label)?;
+        if key.matches_certificate(&public.to_spki_der()?)? == Some(false) {
             mismatched.push(seb::ca::trust_dir::key_mismatch(label, &key.certificate));
         }
-        let public = backend.public_key(label)?;
         let p = backend.protection(label)?;
         all_bound &= p.is_hardware_bound();
         say!(
@@ -234,18 +234,14 @@ pub struct BrokerKey {
 }
 
 impl BrokerKey {
-    /// Whether the device's public key is the one the trust directory's certificate certifies;
-    /// `None` when that certificate cannot be read (the directory was never initialised).
-    pub fn matches_certificate(
-        &self,
-        backend: &dyn KeyBackend,
-    ) -> Result<Option<bool>, super::CliError> {
+    /// Whether `device` (the key's public half in the device, DER SubjectPublicKeyInfo) is
+    /// the key the trust directory's certificate certifies; `None` when that certificate
+    /// cannot be read (the directory was never initialised).
+    pub fn matches_certificate(&self, device: &[u8]) -> Result<Option<bool>, super::CliError> {
         let Ok(cert) = read_certificate(&self.certificate) else {
             return Ok(None);
         };
-        let device = backend.public_key(&self.label)?.to_spki_der()?;
-        let certified = der::Encode::to_der(cert.tbs().subject_public_key_info())?;
-        Ok(Some(device == certified))
+        Ok(Some(cert.public_key_der()? == device))
     }
 }
 

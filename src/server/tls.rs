@@ -67,9 +67,7 @@ fn current_tls(
         .public_key(&label)
         .and_then(|k| k.to_spki_der())
         .map_err(|e| format!("TLS key {label:?}: {e}"))?;
-    let cert_spki =
-        der::Encode::to_der(cert.tbs().subject_public_key_info()).map_err(|e| e.to_string())?;
-    if public != cert_spki {
+    if public != cert.public_key_der().map_err(|e| e.to_string())? {
         return Err(crate::ca::trust_dir::key_mismatch(&label, &path));
     }
     let der = cert.to_der_bytes().map_err(|e| e.to_string())?;
