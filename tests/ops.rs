@@ -1347,9 +1347,10 @@ fn rotate_tls_checks_the_names_before_generating_a_key() {
 }
 
 /// Root rotation (docs/OPERATIONS.md, "Rotate the root"): the current root certifies a new
-/// root's key under the new root's name. openssl, trusting only the old root, then accepts a
-/// certificate the new root issued when the cross-certificate is offered as an intermediate;
-/// seb's own path validation does too. A certificate that is not a self-signed P-384 CA, or a
+/// root's key under the new root's name. openssl, Go's standard library and Python's
+/// `cryptography`, trusting only the old root, then accept a certificate the new root issued
+/// when the cross-certificate is offered as an intermediate; seb's own path validation does
+/// too. A certificate that is not a self-signed P-384 CA, or a
 /// new root that reuses the old one's name, is refused before anything is signed.
 #[test]
 fn the_old_root_cross_signs_a_new_root_that_standard_tools_then_accept() {
@@ -1411,6 +1412,85 @@ fn the_old_root_cross_signs_a_new_root_that_standard_tools_then_accept() {
     assert!(
         ok && text.contains("CA:TRUE") && text.contains("Certificate Sign"),
         "{text}"
+    );
+
+    // Go's standard library and Python's `cryptography`, each trusting only the old root,
+    // with the cross-certificate as the one intermediate.
+    let go_program = old.path("cross.go");
+    std::fs::write(
+        &go_program,
+        r#"package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+)
+
+func load(path string) *x509.Certificate {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	block, _ := pem.Decode(raw)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		panic(err)
+	}
+	return cert
+}
+
+func main() {
+	roots, middle := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(load(os.Args[1]))
+	middle.AddCert(load(os.Args[2]))
+	chains, err := load(os.Args[3]).Verify(x509.VerifyOptions{Roots: roots, Intermediates: middle,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		fmt.Println("refused:", err)
+		os.Exit(1)
+	}
+	fmt.Println("chain of", len(chains[0]))
+}
+"#,
+    )
+    .unwrap();
+    let go = std::process::Command::new("go")
+        .arg("run")
+        .arg(&go_program)
+        .args([&old_root, &cross, &agent.cert])
+        .env("GO111MODULE", "off")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .current_dir(old.dir.path())
+        .output()
+        .expect("`go` is installed (deploy/install-deps.sh)");
+    let said = String::from_utf8_lossy(&go.stdout);
+    assert!(
+        go.status.success() && said.contains("chain of 3"),
+        "Go: {said}{}",
+        String::from_utf8_lossy(&go.stderr)
+    );
+    let python = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(
+            "import sys\n\
+             from cryptography import x509\n\
+             from cryptography.x509.verification import PolicyBuilder, Store\n\
+             load = lambda p: x509.load_pem_x509_certificate(open(p, 'rb').read())\n\
+             verifier = PolicyBuilder().store(Store([load(sys.argv[1])])).build_client_verifier()\n\
+             chain = verifier.verify(load(sys.argv[3]), [load(sys.argv[2])]).chain\n\
+             print('chain of', len(chain))\n",
+        )
+        .args([&old_root, &cross, &agent.cert])
+        .output()
+        .expect("run python");
+    let said = String::from_utf8_lossy(&python.stdout);
+    assert!(
+        python.status.success() && said.contains("chain of 3"),
+        "Python: {said}{}",
+        String::from_utf8_lossy(&python.stderr)
     );
 
     // seb's own path validation, trusting only the old root.
