@@ -266,6 +266,23 @@ fn shell_reason(argv: &[String]) -> Option<String> {
         if let Some(shell) = rest.iter().find(|a| is_shell(a)) {
             return Some(format!("{program:?} runs the shell {shell:?}"));
         }
+        // A wrapper's options differ from one to the next, so the program it runs is taken to
+        // be the first absolute path to an executable file that is not itself a wrapper: a
+        // parameter before it could be that program (`env {name}` with name = "sh"). Wrappers
+        // by their exact names here (`ssh-keyscan {host}` runs nothing).
+        let is_wrapper = |a: &str| names(a).iter().any(|n| WRAPPERS.contains(&n.as_str()));
+        let runs_a_program = is_wrapper(program);
+        for a in rest.iter().take_while(|_| runs_a_program) {
+            if matches!(placeholder(a), Ok(Some(_))) {
+                return Some(format!(
+                    "the parameter {a} could be the program that {program:?} runs: name that \
+                     program by its absolute path before any parameter"
+                ));
+            }
+            if a.starts_with('/') && is_executable_file(a) && !is_wrapper(a) {
+                break;
+            }
+        }
     }
     let remote = |a: &String| names(a).iter().any(|n| REMOTE_SHELLS.contains(&n.as_str()));
     if let Some(at) = argv.iter().position(remote) {
@@ -329,6 +346,13 @@ fn shell_reason(argv: &[String]) -> Option<String> {
         return Some(format!("a {flag} argument (a command string)"));
     }
     None
+}
+
+/// Whether `path` is a file that someone may execute (a directory or a data file is an
+/// option's value, not the program a wrapper runs).
+fn is_executable_file(path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Why an awk- or sed-like program could take code from a parameter, if it could. Their
@@ -826,6 +850,18 @@ mod tests {
                 "{prog}",
             ],
             &["/usr/bin/awk", "-e", "BEGIN{}", "--", "{prog}"],
+            // A parameter where a wrapper expects its program: the agent would pick `sh`
+            // (reported by the review of issue 14's text). An option's value that is a
+            // directory or a plain file is not taken for the program.
+            &["/usr/bin/env", "{name}", "{text}"],
+            &["/usr/bin/sudo", "-u", "nobody", "{name}"],
+            &["/usr/bin/setsid", "{name}"],
+            &["/usr/bin/xargs", "{name}"],
+            &["/usr/bin/timeout", "5", "{name}", "/srv/f"],
+            &["/usr/bin/env", "/usr/bin/nice", "{name}"],
+            &["/usr/bin/env", "-C", "/usr/bin", "{name}"],
+            &["/usr/bin/flock", "/etc/passwd", "{name}"],
+            &["/usr/bin/timeout", "5", "cp", "{a}", "{b}"],
         ] {
             assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
         }
@@ -841,7 +877,9 @@ mod tests {
                 "deploy/api",
             ],
             &["/usr/bin/grep", "-r", "sh", "/srv"],
-            &["/usr/bin/nice", "/usr/bin/rsync", "-a", "{src}", "/backup/"],
+            &["/usr/bin/nice", "/usr/bin/cp", "-a", "{src}", "/backup/"],
+            &["/usr/bin/timeout", "5", "/usr/bin/cp", "{a}", "{b}"],
+            &["/usr/bin/env", "/usr/bin/nice", "/usr/bin/cp", "{a}", "/b"],
             &["/usr/bin/shred", "-u", "{file}"],
             &["/usr/bin/ssh", "db1", "/usr/local/bin/restart-api"],
             &["/usr/bin/ssh-keyscan", "{host}"],
