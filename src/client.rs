@@ -195,6 +195,18 @@ impl ClientTls {
                     .to_owned(),
             );
         }
+        // A server that closes a handshake without an alert could not finish its side of it:
+        // the broker's TLS key is in its HSM, so this is what a new connection gets while the
+        // HSM is unavailable.
+        if text.to_ascii_lowercase().contains("handshake eof") {
+            hints.push(
+                "the broker closed the TLS handshake without saying why: it cannot sign its side \
+                 of a new handshake while its HSM is unavailable (connections already open get \
+                 503 hsm_unavailable). Check the broker's log and its /healthz, and retry once \
+                 the HSM is back"
+                    .to_owned(),
+            );
+        }
         let refused_by_broker = text.contains("received fatal alert")
             || text.contains("connection closed before message completed")
             || text.contains("Connection reset");

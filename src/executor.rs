@@ -38,9 +38,10 @@ use tokio::sync::watch;
 use crate::approval::ApproverKey;
 use crate::base64url;
 use crate::cert::Certificate;
-use crate::client::{pem_blocks, Client, ClientTls};
+use crate::client::{pem_blocks, Client, ClientError, ClientTls};
 use crate::grants::RoleKind;
 use crate::receipt::{self, Receipt, ReceiptBody, RECEIPT_TYPE};
+use crate::server::error::ErrorChain;
 use crate::server::listen;
 use crate::verify::{self, Action, Binding, Expectations, Params, TokenRules, TrustStore};
 
@@ -164,6 +165,17 @@ impl Executor {
         true
     }
 
+    /// A failed exchange with the broker, with its causes and what to do about it when that
+    /// can be told (an expired executor certificate, the wrong `root`, an impostor broker).
+    fn broker_failure(&self, what: &str, error: &ClientError) -> String {
+        let mut text = format!("{what}: {}", ErrorChain(error));
+        if let Some(hint) = self.broker_tls.explain(error, SystemTime::now()) {
+            text.push_str("; ");
+            text.push_str(&hint);
+        }
+        text
+    }
+
     /// Re-reads the token trust bundle (file or broker).
     async fn refresh_trust(&self) -> Result<(), String> {
         let pem = match &self.config.trust_bundle {
@@ -171,11 +183,13 @@ impl Executor {
             None => {
                 let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
                     .await
-                    .map_err(|e| format!("cannot fetch the trust bundle from the broker: {e}"))?;
+                    .map_err(|e| {
+                        self.broker_failure("cannot fetch the trust bundle from the broker", &e)
+                    })?;
                 let response = client
                     .send("GET", "/v1/trust", None)
                     .await
-                    .map_err(|e| format!("cannot fetch the trust bundle: {e}"))?;
+                    .map_err(|e| self.broker_failure("cannot fetch the trust bundle", &e))?;
                 if response.status != 200 {
                     return Err(format!("GET /v1/trust answered {}", response.status));
                 }
@@ -422,13 +436,14 @@ impl Executor {
 
     /// Single-use redemption at the broker; the request id of the token.
     async fn redeem(&self, token: &str) -> Result<String, ExecError> {
+        let unavailable = |e| ExecError::BrokerUnavailable(self.broker_failure("redemption", &e));
         let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
             .await
-            .map_err(|e| ExecError::BrokerUnavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         let response = client
             .post_json("/v1/tokens/redeem", &json!({ "token": token }))
             .await
-            .map_err(|e| ExecError::BrokerUnavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         if response.status != 200 {
             let code = response.body["error"]["code"]
                 .as_str()

@@ -378,6 +378,45 @@ argv = ["/bin/sh", "-c", "echo {{text}} > /tmp/x"]
 }
 
 #[test]
+fn an_executor_whose_certificate_expired_says_so_at_start() {
+    // Issue 17: the executor side says what is wrong and what to do, as `seb request` does,
+    // instead of only that it cannot fetch the trust bundle.
+    let s = setup();
+    s.hsm.issue_for(
+        "2s",
+        "late",
+        "CN=late executor",
+        "executor",
+        &["--tls-name", "127.0.0.1"],
+    );
+    let config = std::fs::read_to_string(s.hsm.path("executor.toml"))
+        .unwrap()
+        .lines()
+        .map(|line| match line.split_once(" = ") {
+            Some(("listen", _)) => "listen = \"127.0.0.1:0\"".to_owned(),
+            Some(("cert", _)) => "cert = \"late.pem\"".to_owned(),
+            Some(("key", _)) => "key = \"late.key\"".to_owned(),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let late = s.hsm.path("late.toml");
+    std::fs::write(&late, config).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = common::seb(
+        &["exec", "--config", late.to_str().unwrap()],
+        s.hsm.dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("your certificate (CN=late executor) expired at")
+            && stderr.contains("seb cert renew --serial"),
+        "the executor does not say its certificate expired: {stderr}"
+    );
+}
+
+#[test]
 fn an_executor_is_never_taken_for_the_broker_and_a_site_ca_may_certify_executors() {
     // An executor's certificate is root-issued with serverAuth for its address, like the
     // broker's: whoever holds an executor's key could otherwise answer redemptions as the

@@ -167,6 +167,38 @@ fn a_pulled_network_hsm_means_503_then_recovery_without_restart() {
                     >= 16
             },
         );
+        if round == 0 {
+            // A new connection cannot be finished without the TLS key, which is in the same
+            // HSM: `seb request` must say so instead of only "tls handshake eof".
+            let request = good_request();
+            let out = common::seb(
+                &[
+                    "request",
+                    "--broker",
+                    &broker.url,
+                    "--ca",
+                    hsm.trust("root.pem").to_str().unwrap(),
+                    "--cert",
+                    agents[0].cert.to_str().unwrap(),
+                    "--key",
+                    agents[0].key.to_str().unwrap(),
+                    "--operation",
+                    request["operation"].as_str().unwrap(),
+                    "--resource",
+                    request["resource"].as_str().unwrap(),
+                    "--params",
+                    &request["params"].to_string(),
+                ],
+                hsm.dir.path(),
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(out.stdout.is_empty(), "{stderr}");
+            assert!(
+                stderr.contains("while its HSM is unavailable"),
+                "no hint at the HSM: {stderr}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
         let plugged = Instant::now();
         hsm.hsm_start();
