@@ -171,7 +171,9 @@ class Client:
     def execute(self, executor_url: str, token: str, params: dict) -> dict:
         """Presents the token and the exact parameters to an executor (``POST /v1/run``, on
         this client's certificate, which the token is bound to). Returns the executor's answer
-        (``status``, the signed ``receipt``, ...); a refusal raises the exception of its code."""
+        (``status``, ``succeeded``, the signed ``receipt``, ...) when the action succeeded; a
+        refusal raises the exception of its code, and an action that ran and failed raises
+        ``errors.ActionFailed`` with the answer (and its receipt) attached."""
         url = executor_url.rstrip("/") + "/v1/run"
         params = _json_params(params)
         try:
@@ -189,7 +191,15 @@ class Client:
                                      f"no answer from the executor: {e!r}; it may have acted, "
                                      "and the token is spent if it did (a retry cannot act "
                                      "twice)") from e
-        return _answer(response)
+        answer = _answer(response)
+        if not _succeeded(answer):
+            body = answer.get("receipt", {}).get("body", {}) if isinstance(
+                answer.get("receipt"), dict) else {}
+            raise errors.ActionFailed(
+                f"the action ran and failed (exit code {body.get('exit_code')!r}, timed out "
+                f"{body.get('timed_out')!r}); the token is spent", answer=answer,
+                status=response.status_code, request_id=answer.get("request_id"))
+        return answer
 
     # -- approvers ----------------------------------------------------------------------
 
@@ -339,6 +349,17 @@ def _answer(response: httpx.Response) -> Any:
         raise errors.from_answer(response.status_code, "invalid_answer",
                                  f"the answer is not a JSON object (HTTP {response.status_code})")
     return body
+
+
+def _succeeded(answer: dict) -> bool:
+    """Whether an executor's answer says the action succeeded; an executor that does not say
+    (the Go example) is read from its signed receipt: exit code 0 and not timed out."""
+    succeeded = answer.get("succeeded")
+    if isinstance(succeeded, bool):
+        return succeeded
+    receipt = answer.get("receipt")
+    body = receipt.get("body", {}) if isinstance(receipt, dict) else {}
+    return body.get("exit_code") == 0 and body.get("timed_out") is not True
 
 
 def _execution(body: dict) -> Granted | Pending:

@@ -29,7 +29,8 @@ class Unavailable(SebError):
 
 
 class InvalidRequest(SebError):
-    """The request was malformed (400/404/409/413/...)."""
+    """The request cannot be served as sent (400/404/405/408/409/413/415): malformed, too
+    large, unknown, or in conflict with the request's state."""
 
 
 class RateLimited(SebError):
@@ -40,9 +41,22 @@ class RateLimited(SebError):
 
 
 class ActionFailed(SebError):
-    """The executor ran the action and it failed. The token is spent: do not retry it."""
+    """The executor ran the action and it failed, or could not start it. The token is spent:
+    do not retry it. ``answer`` is the executor's answer when it gave one (``succeeded``
+    false, with the signed ``receipt``, ``stdout`` and ``stderr``), else None."""
 
     code = "action_failed"
+
+    def __init__(self, message: str = "", *, answer: dict | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.answer = answer
+        self.receipt = answer.get("receipt") if isinstance(answer, dict) else None
+
+
+class TokenRefused(Denied):
+    """The executor refused the token before acting (403, or 409 for a token already
+    redeemed): it did not verify here (signature, chain, lifetime, epoch, action, parameters,
+    agent, approvals) or the broker refused its redemption. Nothing ran."""
 
 
 class RequestNotGranted(SebError):
@@ -80,6 +94,31 @@ _UNAVAILABLE_CODES = [
     "executor_unreachable",
 ]
 _NOT_GRANTED_CODES = ["request_rejected", "request_expired", "request_denied", "issuance_failed"]
+# What an executor answers when a token does not verify or cannot be redeemed: the offline
+# verifier's codes (docs/VERIFYING.md), the executor's own and the broker's redemption codes.
+_TOKEN_CODES = [
+    "token_already_redeemed", "invalid_token", "stale_epoch", "wrong_params",
+    "wrong_certificate", "wrong_operation", "wrong_resource", "wrong_issuer",
+    "wrong_token_type", "wrong_key_purpose", "bad_signature", "non_canonical_signature",
+    "malformed_token", "token_too_large", "token_expired", "token_not_yet_valid",
+    "invalid_claims", "invalid_lifetime", "invalid_params", "invalid_approvals",
+    "invalid_authorization_details", "invalid_trust_bundle", "unknown_key",
+    "unsupported_algorithm", "algorithm_key_mismatch", "not_a_token_certificate",
+    "not_issued_by_root", "untrusted_token_certificate", "approval_quorum_not_met",
+    "duplicate_approver", "unknown_approver", "untrusted_approver", "not_an_approver",
+    "attestation_stale", "no_action", "not_redeemed_by_caller",
+]
+# Requests that cannot be served as sent (4xx other than 403 and 429).
+_REQUEST_CODES = [
+    "malformed_json", "invalid_request", "invalid_query", "invalid_nonce", "invalid_receipt",
+    "body_too_large", "unsupported_encoding", "request_timeout", "not_found",
+    "method_not_allowed", "params_refused", "bad_approval_signature", "duplicate_approval",
+    "request_closed", "outcome_already_recorded", "unknown_crl_issuer",
+    "attestation_not_configured",
+]
+_MORE_UNAVAILABLE_CODES = [
+    "audit_log_diverged", "attestation_busy", "not_ready", "internal_error",
+]
 
 
 def _class_name(code: str) -> str:
@@ -97,6 +136,12 @@ for _code in _UNAVAILABLE_CODES:
     BY_CODE[_code] = _make(_code, Unavailable)
 for _code in _NOT_GRANTED_CODES:
     BY_CODE[_code] = _make(_code, RequestNotGranted)
+for _code in _TOKEN_CODES:
+    BY_CODE.setdefault(_code, _make(_code, TokenRefused))
+for _code in _REQUEST_CODES:
+    BY_CODE.setdefault(_code, _make(_code, InvalidRequest))
+for _code in _MORE_UNAVAILABLE_CODES:
+    BY_CODE.setdefault(_code, _make(_code, Unavailable))
 
 BY_CODE["rate_limited"] = RateLimited
 BY_CODE["action_failed"] = ActionFailed

@@ -16,7 +16,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from .client import Client, Pending
-from .errors import SebError
+from .errors import ActionFailed, SebError
 
 
 class ExecuteInput(BaseModel):
@@ -52,13 +52,14 @@ class SebExecuteTool(BaseTool):
             if isinstance(answer, Pending):
                 answer = self.client.wait(answer.request_id, timeout=self.approval_timeout)
             result = self.client.execute(self.executor_url, answer.token, params)
+            succeeded = True
+        except ActionFailed as e:
+            if e.answer is None:
+                raise ToolException(f"{e.code}: {e.message}") from e
+            result, succeeded = e.answer, False
         except SebError as e:
             raise ToolException(f"{e.code}: {e.message}") from e
         receipt = result.get("receipt", {}).get("body", {})
-        succeeded = result.get("succeeded")
-        if not isinstance(succeeded, bool):
-            # An executor that does not say (the Go example): its signed receipt does.
-            succeeded = receipt.get("exit_code") == 0 and receipt.get("timed_out") is not True
         outcome = {"status": result.get("status"), "succeeded": succeeded,
                    "request_id": answer.request_id, "exit_code": receipt.get("exit_code"),
                    "timed_out": receipt.get("timed_out"), "stdout": result.get("stdout", ""),

@@ -48,15 +48,29 @@ def test_request_verify_execute_once(agent):
     with open(os.path.join(env("SEB_OUT_DIR"), name)) as f:
         assert f.read() == "hello from python"
     # Single use: the second presentation is refused, with its code.
-    with pytest.raises(errors.SebError) as refused:
+    with pytest.raises(errors.TokenAlreadyRedeemed) as refused:
         agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
-    assert refused.value.code == "token_already_redeemed"
+    assert refused.value.code == "token_already_redeemed" and refused.value.status == 409
+    assert isinstance(refused.value, errors.TokenRefused)
+
+
+def test_an_action_that_ran_and_failed_raises_action_failed_with_its_receipt(agent):
+    # `seb demo-write` refuses a name that is not a plain file name: the action exits 1.
+    params = {"name": "../escape.txt", "text": "x"}
+    granted = agent.request("demo.write", "demo/files", params)
+    with pytest.raises(errors.ActionFailed) as failed:
+        agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
+    assert failed.value.code == "action_failed"
+    assert failed.value.answer["status"] == "executed"
+    assert failed.value.answer["succeeded"] is False
+    assert failed.value.receipt["body"]["exit_code"] == 1
+    assert failed.value.receipt["body"]["request_id"] == granted.request_id
 
 
 def test_another_agent_cannot_use_the_token(agent, other_agent):
     params = {"name": unique("stolen"), "text": "x"}
     granted = agent.request("demo.write", "demo/files", params)
-    with pytest.raises(errors.SebError) as refused:
+    with pytest.raises(errors.WrongCertificate) as refused:
         other_agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
     assert refused.value.code == "wrong_certificate"
     assert not os.path.exists(os.path.join(env("SEB_OUT_DIR"), params["name"]))
@@ -216,6 +230,14 @@ def test_codes_a_caller_handles_differently_get_their_own_classes():
     assert isinstance(limited, errors.RateLimited) and not isinstance(limited,
                                                                       errors.InvalidRequest)
     assert isinstance(errors.from_answer(429, "something_new", "x"), errors.RateLimited)
+    # Every code the executor answers with has its class (docs/VERIFYING.md, docs/API.md).
+    for code, cls in [("stale_epoch", errors.StaleEpoch), ("wrong_params", errors.WrongParams),
+                      ("params_refused", errors.ParamsRefused),
+                      ("invalid_token", errors.InvalidToken),
+                      ("bad_signature", errors.BadSignature),
+                      ("malformed_json", errors.MalformedJson),
+                      ("audit_log_diverged", errors.AuditLogDiverged)]:
+        assert type(errors.from_answer(400, code, "x")) is cls, code
     failed = errors.from_answer(500, "action_failed", "exit 1")
     assert isinstance(failed, errors.ActionFailed) and not isinstance(failed,
                                                                      errors.Unavailable)
