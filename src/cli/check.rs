@@ -304,23 +304,8 @@ fn renew_hint(what: &str) -> String {
     }
 }
 
-/// How long before its end a holder's certificate is worth a warning: 30 days, or the last
-/// third of its lifetime when that is shorter, so that a certificate issued for 30 days (or
-/// less) is not a warning from the day it was issued.
-fn warning_window(record: &IssuedCertificate) -> std::time::Duration {
-    let lifetime = seb::cert::Certificate::parse_pem_chain(record.pem.as_bytes())
-        .ok()
-        .and_then(|certs| certs.into_iter().next())
-        .and_then(|cert| cert.not_after().duration_since(cert.not_before()).ok());
-    match lifetime {
-        Some(lifetime) => (lifetime / 3).min(seb::broker::EXPIRY_WARNING),
-        None => seb::broker::EXPIRY_WARNING,
-    }
-}
-
-/// One warning per holder whose newest certificate (by subject and role) is in its warning
-/// window ([`warning_window`]) and not revoked: an older one that a renewal replaced is not
-/// worth a line.
+/// One warning per holder whose newest certificate (by subject and role) expires within 30
+/// days and is not revoked: an older one that a renewal replaced is not worth a line.
 fn check_issued(
     r: &mut Report,
     issued: &[IssuedCertificate],
@@ -346,8 +331,7 @@ fn check_issued(
             continue;
         }
         in_use += 1;
-        let window = warning_window(record);
-        if record.not_after <= now + window {
+        if record.not_after <= now + seb::broker::EXPIRY_WARNING {
             expiring += 1;
             let what_to_do = if record.role == "intermediate" {
                 "issue a new intermediate (`seb cert issue-ca`) and the certificates below it"
@@ -359,23 +343,20 @@ fn check_issued(
                     record.serial
                 )
             };
-            let days = window.as_secs().div_ceil(86_400);
             r.warn(&format!(
-                "the {} certificate {:?} (serial {}) expires at {} (within {days} day{}): \
+                "the {} certificate {:?} (serial {}) expires at {} (within 30 days): \
                  {what_to_do}",
                 record.role,
                 record.subject,
                 record.serial,
                 time_text(record.not_after),
-                if days == 1 { "" } else { "s" },
             ));
         }
     }
     if expiring == 0 {
         r.ok(&format!(
-            "no issued certificate expires within 30 days, or its last third of life for \
-             shorter ones ({in_use} in use: the newest of each holder, neither revoked nor \
-             expired)"
+            "no issued certificate expires within 30 days ({in_use} in use: the newest of \
+             each holder, neither revoked nor expired)"
         ));
     }
 }
