@@ -292,6 +292,17 @@ fn tokens_name_their_entries_and_the_log_verifies() {
         ],
     ));
     assert!(stdout.contains("audit log OK"), "{stdout}");
+    // `--out -`: the JSON lines alone on stdout (for a pipe), the verdict on stderr; what
+    // arrives there verifies as a file.
+    let piped = audit(&s, &["export", "--out", "-"]);
+    common::assert_success(&piped, "seb audit export --out -");
+    assert!(!s.hsm.path("-").exists());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains("audit log OK"), "{stderr}");
+    let file = s.hsm.path("piped.jsonl");
+    std::fs::write(&file, &piped.stdout).unwrap();
+    assert_eq!(lines(&file)[0]["type"], "trust", "{stderr}");
+    ok(&audit(&s, &["verify", "--file", file.to_str().unwrap()]));
 }
 
 #[test]

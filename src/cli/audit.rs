@@ -83,7 +83,7 @@ pub struct ExportArgs {
     trust: PathBuf,
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Where to write the JSON lines.
+    /// Where to write the JSON lines (`-`: standard output, with the verdict on stderr).
     #[arg(long)]
     out: PathBuf,
 }
@@ -279,14 +279,18 @@ impl Session {
 }
 
 fn report(v: &Verified) {
-    say!(
+    say!("{}", verified_text(v));
+}
+
+fn verified_text(v: &Verified) -> String {
+    format!(
         "audit log OK: {} entries, {} checkpoint(s) verified; log {} size {} root {}",
         v.entries,
         v.checkpoints,
         v.checkpoint.origin,
         v.checkpoint.size,
         <base64ct::Base64 as base64ct::Encoding>::encode_string(&v.checkpoint.root)
-    );
+    )
 }
 
 fn verify_cmd(args: VerifyArgs) -> CliResult {
@@ -498,6 +502,17 @@ fn export(args: ExportArgs) -> CliResult {
     }
     for note in &evidence.notes {
         line(&Line::Checkpoint { note: note.clone() })?;
+    }
+    if args.out.as_os_str() == "-" {
+        // The JSON lines alone on stdout (for a pipe into a SIEM); the verdict on stderr. An
+        // export that could not be delivered whole is a failure.
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&out)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("cannot write the export to standard output: {e}"))?;
+        eprintln!("{}", verified_text(&verified));
+        return Ok(());
     }
     write_file(&args.out, &out, false)?;
     report(&verified);
