@@ -439,6 +439,25 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
     let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
     assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
     assert!(r.body.get("token").is_none(), "{}", r.text);
+    // Nobody is told that the quorum is met: the status and the pending list show the
+    // approvals that count (Bob's), not Alice's.
+    let who = |approvals: &Value| -> Vec<String> {
+        approvals
+            .as_array()
+            .unwrap_or_else(|| panic!("no approvals in {approvals}"))
+            .iter()
+            .map(|a| a["approver"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(who(&r.body["approvals"]), vec!["CN=bob"], "{}", r.text);
+    let r = call(&s, &s.carol, "GET", "/v1/executions?status=pending", None);
+    let listed = r.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {}", r.text));
+    assert_eq!(who(&listed["approvals"]), vec!["CN=bob"], "{}", r.text);
 
     let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
     assert_eq!(r.status, 200, "{}", r.text);

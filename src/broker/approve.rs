@@ -185,10 +185,7 @@ impl Broker {
         open.truncate(MAX_LISTED);
         let mut out = Vec::new();
         for (record, pending) in open {
-            let approvals = self
-                .store
-                .approvals(&record.request_id)
-                .map_err(BrokerError::Store)?;
+            let approvals = self.approvals_that_count(&record.request_id)?;
             let params = serde_json::from_str(&record.params)
                 .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
             out.push(PendingRequest {
@@ -502,6 +499,32 @@ impl Broker {
         guard.complete(token);
         tracing::info!(request_id = %issue.request_id, "approval quorum met; token issued");
         Ok(issue.response)
+    }
+
+    /// The decisions on a request still open for approval, without the approvals whose
+    /// approver's path has been revoked since: they no longer count towards the quorum
+    /// ([`Store::add_approval`]), so approvers must not be told that it is met.
+    pub(super) fn approvals_that_count(
+        &self,
+        request_id: &str,
+    ) -> Result<Vec<ApprovalRecord>, BrokerError> {
+        let mut counting = Vec::new();
+        for a in self
+            .store
+            .approvals(request_id)
+            .map_err(BrokerError::Store)?
+        {
+            let revoked = a.decision == Decision::Approve
+                && !self
+                    .store
+                    .revoked_among(&a.approver_serials)
+                    .map_err(BrokerError::Store)?
+                    .is_empty();
+            if !revoked {
+                counting.push(a);
+            }
+        }
+        Ok(counting)
     }
 
     fn summaries(&self, request_id: &str) -> Result<Vec<ApprovalSummary>, BrokerError> {

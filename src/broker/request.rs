@@ -532,10 +532,14 @@ impl Broker {
                 .pending_approval(&record.request_id)
                 .map_err(BrokerError::Store)?
                 .map(|p| p.group);
-            let approvals = self
-                .store
-                .approvals(&record.request_id)
-                .map_err(BrokerError::Store)?;
+            // While the request is open, the approvals that count; afterwards, its history.
+            let approvals = if status == ExecutionState::PendingApproval {
+                self.approvals_that_count(&record.request_id)?
+            } else {
+                self.store
+                    .approvals(&record.request_id)
+                    .map_err(BrokerError::Store)?
+            };
             (
                 group,
                 Some(approvals.iter().map(ApprovalSummary::from).collect()),
