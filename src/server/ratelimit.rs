@@ -31,11 +31,13 @@ impl RateLimiter {
         self.allow_share(client, now, 1)
     }
 
-    /// Like [`RateLimiter::allow`] with the rate and burst divided among `replicas` brokers
-    /// (each at least one request), so a client spreading over them gets no more in all.
+    /// Like [`RateLimiter::allow`] with the rate and burst divided among `replicas` brokers,
+    /// so a client spreading over them gets no more in all. The rate is divided exactly (a
+    /// replica may allow one request every few seconds); the burst is at least one request,
+    /// or a replica could never allow any.
     pub fn allow_share(&self, client: &str, now: Instant, replicas: u32) -> bool {
         let share = f64::from(replicas.max(1));
-        let (rate, burst) = ((self.rate / share).max(1.0), (self.burst / share).max(1.0));
+        let (rate, burst) = (self.rate / share, (self.burst / share).max(1.0));
         let Ok(mut buckets) = self.buckets.lock() else {
             return false;
         };
@@ -78,5 +80,19 @@ mod tests {
             "refilled"
         );
         assert!(!limiter.allow("a", t0 + Duration::from_millis(111)));
+    }
+
+    #[test]
+    fn replicas_share_a_limit_smaller_than_their_number() {
+        // 1 request/s, burst 1, over 2 replicas: each allows one request every 2 s (after
+        // its burst of one), so a client alternating between them gets about 1/s in all,
+        // not 1/s from each.
+        let limiter = RateLimiter::new(1, 1);
+        let t0 = Instant::now();
+        let allowed = (0..100)
+            .filter(|i| limiter.allow_share("a", t0 + Duration::from_millis(100 * i), 2))
+            .count();
+        // 10 s on one replica's share: 1 + 0.5/s × 9.9 s.
+        assert_eq!(allowed, 5);
     }
 }

@@ -52,6 +52,7 @@ fn connector(
         .url
         .replace("sslmode=verify-full", "sslmode=require")
         .replace("sslmode=verify-ca", "sslmode=require");
+    sslmode_accepted(&url)?;
     // libpq's `sslrootcert=PATH` in the URL names the CA as `ca_file` does.
     let (url, root_cert) = take_query_param(&url, "sslrootcert");
     if let Some(root) = &root_cert {
@@ -124,7 +125,12 @@ fn connector(
         matches!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) || ca_file.is_some();
     let tls = if wants_tls {
         let Some(ca) = &ca_file else {
-            return Err("[store] sslmode=require needs ca_file or the url's sslrootcert (the database's CA, PEM)".into());
+            return Err(
+                "[store] TLS to the database (sslmode=require, verify-ca or verify-full) \
+                        needs ca_file or the url's sslrootcert: the CA (PEM) that signed the \
+                        database's certificate"
+                    .into(),
+            );
         };
         let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
         pg.ssl_mode(tokio_postgres::config::SslMode::Require);
@@ -192,9 +198,51 @@ pub(super) fn redacted(url: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
+/// Refuses libpq's modes that may fall back to plain TCP (`allow`, `prefer`) and unknown
+/// ones, naming those seb takes, instead of tokio-postgres's "invalid connection string".
+fn sslmode_accepted(url: &str) -> Result<(), String> {
+    let (_, mode) = take_query_param(url, "sslmode");
+    match mode.as_deref() {
+        None | Some("disable" | "require") => Ok(()),
+        Some(mode @ ("allow" | "prefer")) => Err(format!(
+            "[store] url: sslmode={mode} may fall back to plain TCP without saying so: use \
+             sslmode=require (or verify-ca, verify-full) with ca_file, or sslmode=disable on a \
+             trusted network"
+        )),
+        Some(mode) => Err(format!(
+            "[store] url: unknown sslmode={mode:?} (seb takes disable, require, verify-ca or \
+             verify-full)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod redaction_tests {
     use super::redacted;
+
+    #[test]
+    fn sslmodes_that_may_fall_back_to_plain_tcp_are_refused_by_name() {
+        for url in ["postgres://db/seb", "postgres://db/seb?sslmode=require&x=1"] {
+            assert_eq!(super::sslmode_accepted(url), Ok(()), "{url}");
+        }
+        for (url, says) in [
+            (
+                "postgres://db/seb?sslmode=prefer",
+                "sslmode=prefer may fall back",
+            ),
+            (
+                "postgres://db/seb?x=1&sslmode=allow",
+                "sslmode=allow may fall back",
+            ),
+            (
+                "postgres://db/seb?sslmode=verify",
+                "unknown sslmode=\"verify\"",
+            ),
+        ] {
+            let e = super::sslmode_accepted(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+        }
+    }
 
     #[test]
     fn messages_never_carry_a_password_or_the_options() {
