@@ -786,7 +786,7 @@ fn a_body_that_does_not_arrive_in_time_gets_408() {
         assert!(
             metrics
                 .text
-                .contains("seb_requests_total{endpoint=\"http\",outcome=\"request_timeout\"} 1"),
+                .contains("seb_requests_total{endpoint=\"http\",outcome=\"refused\",code=\"request_timeout\"} 1"),
             "{}",
             metrics.text
         );
@@ -866,7 +866,9 @@ fn malformed_input_gets_a_4xx_with_a_code() {
         ("method_not_allowed", 1),
         ("not_found", 1),
     ] {
-        let line = format!("seb_requests_total{{endpoint=\"http\",outcome=\"{outcome}\"}} {n}\n");
+        let line = format!(
+            "seb_requests_total{{endpoint=\"http\",outcome=\"refused\",code=\"{outcome}\"}} {n}\n"
+        );
         assert!(metrics.text.contains(&line), "{line}in {}", metrics.text);
     }
 }
@@ -987,7 +989,7 @@ fn health_checks_are_cached_and_rate_limited() {
             .text
             .lines()
             .find_map(|l| {
-                l.strip_prefix("seb_requests_total{endpoint=\"healthz\",outcome=\"checked\"} ")
+                l.strip_prefix("seb_requests_total{endpoint=\"healthz\",outcome=\"success\",code=\"checked\"} ")
             })
             .unwrap_or_else(|| panic!("no health check counter: {}", metrics.text))
             .parse()
@@ -1119,7 +1121,7 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
         assert!(
             metrics
                 .text
-                .contains("seb_requests_total{endpoint=\"executions\",outcome=\"granted\"} 1"),
+                .contains("seb_requests_total{endpoint=\"executions\",outcome=\"success\",code=\"granted\"} 1"),
             "{}",
             metrics.text
         );
@@ -1832,9 +1834,9 @@ fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
         assert_eq!(r.status, 201, "{}", r.text);
         let metrics = before.send("GET", "/metrics", None).await.unwrap();
         assert!(
-            metrics
-                .text
-                .contains(r#"seb_requests_total{endpoint="tls",outcome="displaced"} 3"#),
+            metrics.text.contains(
+                r#"seb_requests_total{endpoint="tls",outcome="refused",code="displaced"} 3"#
+            ),
             "{}",
             metrics.text
         );

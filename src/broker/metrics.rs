@@ -57,6 +57,18 @@ impl Histogram {
     }
 }
 
+/// The codes of answers that did what was asked (a token, a pending request, a recorded
+/// decision or outcome, a redemption, a health check); every other code is a refusal.
+const SUCCESSES: &[&str] = &[
+    "granted",
+    "pending_approval",
+    "rejected",
+    "ok",
+    "redeemed",
+    "recorded",
+    "checked",
+];
+
 /// The broker's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -88,14 +100,21 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP seb_requests_total Requests by endpoint and outcome code."
+            "# HELP seb_requests_total Requests by endpoint, outcome (success or refused) and \
+             code (the answer's status or its stable error code)."
         );
         let _ = writeln!(out, "# TYPE seb_requests_total counter");
         if let Ok(map) = self.requests.lock() {
-            for ((endpoint, outcome), n) in map.iter() {
+            for ((endpoint, code), n) in map.iter() {
+                let outcome = if SUCCESSES.contains(code) {
+                    "success"
+                } else {
+                    "refused"
+                };
                 let _ = writeln!(
                     out,
-                    "seb_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
+                    "seb_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\",\
+                     code=\"{code}\"}} {n}"
                 );
             }
         }
@@ -126,8 +145,13 @@ mod tests {
         m.observe_issuance(Duration::from_micros(700));
         m.observe_issuance(Duration::from_millis(3));
         let text = m.render();
-        assert!(text.contains("seb_requests_total{endpoint=\"executions\",outcome=\"granted\"} 2"));
-        assert!(text.contains("outcome=\"operation_not_granted\"} 1"));
+        assert!(text.contains(
+            "seb_requests_total{endpoint=\"executions\",outcome=\"success\",code=\"granted\"} 2"
+        ));
+        assert!(text.contains(
+            "seb_requests_total{endpoint=\"executions\",outcome=\"refused\",\
+             code=\"operation_not_granted\"} 1"
+        ));
         assert!(text.contains("seb_issuance_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("seb_issuance_seconds_bucket{le=\"0.004\"} 2"));
         assert!(text.contains("seb_issuance_seconds_count 2"));
