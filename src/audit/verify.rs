@@ -43,7 +43,10 @@ pub enum AuditError {
         index: u64,
     },
     /// A checkpoint is malformed or its signature does not verify.
-    #[error("checkpoint of size {size:?}: {source}")]
+    #[error(
+        "checkpoint{}: {source}",
+        .size.map(|n| format!(" of size {n}")).unwrap_or_default()
+    )]
     Checkpoint {
         /// Its size, when readable.
         size: Option<u64>,
@@ -372,6 +375,22 @@ mod tests {
     use super::*;
     use crate::ca::{self, CertKind};
     use crate::testkit::{forge, key, now, resign, spki, Ca};
+
+    #[test]
+    fn a_checkpoint_error_names_its_size_as_a_number() {
+        let error = |size| AuditError::Checkpoint {
+            size,
+            source: CheckpointError::Malformed("no size line"),
+        };
+        assert_eq!(
+            error(Some(46)).to_string(),
+            "checkpoint of size 46: malformed checkpoint: no size line"
+        );
+        assert_eq!(
+            error(None).to_string(),
+            "checkpoint: malformed checkpoint: no size line"
+        );
+    }
 
     #[test]
     fn only_the_audit_key_purpose_signs_checkpoints() {
