@@ -73,8 +73,13 @@ run_at_executor() { # token params: POST /v1/run as the agent, print the answer
 
 echo
 echo "== 1. granted and executed: the agent writes hello.txt through the executor"
-echo "   before: $(ls demo-output/hello.txt 2>/dev/null || echo 'demo-output/hello.txt does not exist')"
-P1='{"name":"hello.txt","text":"written by demo-bot through seb"}'
+if [ -f demo-output/hello.txt ]; then
+  echo "   before: demo-output/hello.txt contains: $(cat demo-output/hello.txt)"
+else
+  echo "   before: demo-output/hello.txt does not exist"
+fi
+# The time in the text makes a second run's change visible too.
+P1="{\"name\":\"hello.txt\",\"text\":\"written by demo-bot through seb at $(date -u +%H:%M:%S)\"}"
 "$SEB" request "${AGENT[@]}" --operation demo.write --resource demo/files --params "$P1" \
   --justification "demo" --execute "$EXE" > run1.json
 echo "   after:  demo-output/hello.txt contains: $(cat demo-output/hello.txt)"
@@ -104,10 +109,15 @@ if [ -z "$ID" ]; then
 fi
 echo "   pending request $ID; alice sees:"
 "$SEB" pending "${APPROVE[@]}" --cert alice.pem --key alice.key
-"$SEB" approve "${APPROVE[@]}" --cert alice.pem --key alice.key --reason "looks right" "$ID" >/dev/null
-echo "   alice approved"
-"$SEB" approve "${APPROVE[@]}" --cert bob.pem --key bob.key --reason "agreed" "$ID" >/dev/null
-echo "   bob approved"
+# `seb approve` shows the request again and what it signs (on stderr); the demo printed the
+# request once above, so that is kept in approve.log and shown only if approving fails.
+approve() {
+  "$SEB" approve "${APPROVE[@]}" --cert "$1.pem" --key "$1.key" --reason "$2" "$ID" \
+    >/dev/null 2>approve.log || { cat approve.log >&2; exit 1; }
+  echo "   $1 approved"
+}
+approve alice "looks right"
+approve bob "agreed"
 wait "$WAITER"
 echo "   executed: demo-output/release-notes.txt contains: $(cat demo-output/release-notes.txt)"
 echo "   receipt: $(jq -c '.receipt.body | {jti, exit_code}' run3.json)"
