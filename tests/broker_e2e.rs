@@ -522,6 +522,38 @@ fn redemption_is_single_use_across_restarts() {
 }
 
 #[test]
+fn an_intermediate_that_expires_under_an_open_connection_is_refused_on_every_route() {
+    // The handshake checked the whole path, but a connection (or a resumed session) outlives
+    // that check: every request dates every certificate of the path again, the intermediate
+    // included, here one whose leaf (signed offline) is still valid.
+    let s = setup();
+    let (ops, ops_key) = s.hsm.offline_intermediate("brief-ops", &["--ttl", "4s"]);
+    let agent = s.hsm.offline_identity(
+        "brief-agent",
+        &ops,
+        &ops_key,
+        seb::grants::Role::new(seb::grants::RoleKind::Agent, vec![]).unwrap(),
+    );
+    let tls = s.hsm.tls(&agent, true);
+    runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let r = c.send("GET", "/v1/trust", None).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        // webpki compares whole seconds; wait well past the intermediate's notAfter.
+        let until = ops.not_after() + std::time::Duration::from_millis(1500);
+        if let Ok(wait) = until.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        for path in ["/v1/trust", "/v1/grants", "/healthz"] {
+            let r = c.send("GET", path, None).await.unwrap();
+            assert_eq!(r.status, 403, "{path}: {}", r.text);
+            assert_eq!(error_code(&r), "certificate_expired", "{path}");
+            assert!(r.text.contains("depth 1"), "{path}: {}", r.text);
+        }
+    });
+}
+
+#[test]
 fn a_replay_after_the_token_expired_is_still_a_replay() {
     let s = setup();
     let quick = s.hsm.agent(

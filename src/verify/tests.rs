@@ -1309,6 +1309,36 @@ fn a_quorum_of_valid_approvals_verifies_offline() {
 }
 
 #[test]
+fn an_approver_certificate_outside_its_validity_at_issuance_does_not_count() {
+    // chain::validate dates the root only: the approver's own dates are checked at the
+    // token's `iat`, so an expired (or not yet valid) approver cannot make up a quorum.
+    let q = Quorum::new();
+    let day = Duration::from_secs(86_400);
+    for (from, until, expected) in [
+        (now() - 40 * day, now() - 10 * day, "certificate_expired"),
+        (
+            now() + 10 * day,
+            now() + 40 * day,
+            "certificate_not_yet_valid",
+        ),
+    ] {
+        let (cert, key) = approver(&q.f.root, "late", &["sre-leads"]);
+        let late = (
+            crate::testkit::with_validity(&cert, from, until, &q.f.root.key),
+            key,
+        );
+        let mut c = q.claims();
+        c.approvals[1] = approval_by(&c, &late.0, &late.1);
+        let mut approvers = q.approvers();
+        approvers.push(late.0.clone());
+        assert_eq!(
+            q.code_with(&c, &q.f.expect().approvers(approvers)),
+            expected
+        );
+    }
+}
+
+#[test]
 fn removed_altered_or_misplaced_approvals_fail() {
     let q = Quorum::new();
     // Removed: fewer approvals than the token requires.

@@ -1085,8 +1085,8 @@ impl Hsm {
     }
 
     /// An offline intermediate: a key made in software (`seb keygen`, standing for a key held
-    /// elsewhere), certified by the root with `seb cert issue-ca --csr` and `extra` options.
-    /// Returns its certificate and key.
+    /// elsewhere), certified by the root with `seb cert issue-ca --csr` and `extra` options
+    /// (for 30 days unless they hold `--ttl`). Returns its certificate and key.
     pub fn offline_intermediate(
         &self,
         label: &str,
@@ -1112,11 +1112,12 @@ impl Hsm {
             label,
             "--csr",
             csr.to_str().unwrap(),
-            "--ttl",
-            "30d",
             "--out",
             out.to_str().unwrap(),
         ];
+        if !extra.contains(&"--ttl") {
+            args.extend(["--ttl", "30d"]);
+        }
         args.extend_from_slice(extra);
         self.seb_ok(&args);
         let cert = seb::cert::Certificate::parse(&std::fs::read(&out).unwrap()).unwrap();
