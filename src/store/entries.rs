@@ -56,22 +56,6 @@ pub(crate) fn approval(a: &ApprovalRecord, outcome: &Result<ApprovalOutcome, Sto
     e
 }
 
-/// The store's own note of a recorded decision (the `events` table): its kind and detail.
-pub(crate) fn approval_note(a: &ApprovalRecord) -> (&'static str, String) {
-    let detail = serde_json::json!({
-        "request_id": a.request_id,
-        "approver": a.approver_subject,
-        "x5t#S256": a.approver,
-        "decision": a.decision.as_str(),
-        "reason": a.reason,
-    });
-    let kind = match a.decision {
-        Decision::Approve => "approval",
-        Decision::Reject => "approval_rejected",
-    };
-    (kind, detail.to_string())
-}
-
 /// The store's note of a request that expired unapproved.
 pub(crate) fn expiry_note(request_id: &str) -> String {
     serde_json::json!({ "request_id": request_id }).to_string()

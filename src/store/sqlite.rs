@@ -500,8 +500,8 @@ impl Store for SqliteStore {
     }
 
     fn events(&self, kind: &str) -> Result<Vec<(SystemTime, String)>, StoreError> {
-        // Notes still kept in `events` (schema migrations; approval decisions and expiry,
-        // committed with the decision), then the audit entries of that kind.
+        // Notes still kept in `events` (schema migrations; approval expiries, committed with
+        // the close), then the audit entries of that kind.
         let legacy: Vec<(i64, String)> = self.read("list events", |c| {
             let mut stmt =
                 c.prepare("SELECT at, detail FROM events WHERE kind = ?1 ORDER BY id")?;

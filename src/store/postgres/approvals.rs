@@ -198,8 +198,6 @@ fn add(
             &serials_text(&approval.approver_serials),
         ],
     )?;
-    let (kind, detail) = entries::approval_note(approval);
-    event(db, kind, &detail, approval.at)?;
     if approval.decision == Decision::Reject {
         close(db, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));

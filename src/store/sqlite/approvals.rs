@@ -196,8 +196,6 @@ pub(super) fn add(
         unix(approval.at),
         serials_text(&approval.approver_serials),
     ])?;
-    let (kind, detail) = entries::approval_note(approval);
-    event(c, kind, &detail, approval.at)?;
     if approval.decision == Decision::Reject {
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));

@@ -2,7 +2,8 @@
 //! stores written by earlier versions.
 //!
 //! Broker events are audit log entries (`audit_entries`, `audit_nodes`; see `audit.rs`). The
-//! `events` table keeps only the notes of one-off schema migrations.
+//! `events` table keeps only the notes of one-off schema migrations and of approval
+//! requests that expired (written in the commit that closes them; their audit entries follow).
 
 use rusqlite::{Connection, OptionalExtension};
 
