@@ -83,7 +83,7 @@ POSTGRES=0
 PG_PORT=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --port) [ $# -ge 2 ] || usage; PORT=$2; shift 2 ;;
+    --port) [ $# -ge 2 ] || usage; PORT=$2; PORT_GIVEN=1; shift 2 ;;
     --label) [ $# -ge 2 ] || usage; LABEL=$2; shift 2 ;;
     --tpm) TPM=1; shift ;;
     --p11kit) P11KIT=1; shift ;;
@@ -600,6 +600,11 @@ elif [ -n "$STORE_TOML" ] && ! grep -q '^\[store\]' "$DIR/seb.toml"; then
   echo "provision: added [store] (PostgreSQL on 127.0.0.1:$PG_PORT) to $DIR/seb.toml"
 else
   echo "provision: $DIR/seb.toml exists; left unchanged"
+fi
+# A re-run keeps the configuration it finds: say so when it listens elsewhere than --port.
+KEPT_LISTEN=$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$DIR/seb.toml" | head -1)
+if [ -n "${PORT_GIVEN:-}" ] && [ -n "$KEPT_LISTEN" ] && [ "$KEPT_LISTEN" != "127.0.0.1:$PORT" ]; then
+  echo "provision: warning: $DIR/seb.toml listens on $KEPT_LISTEN, not on port $PORT; edit its listen line to change it" >&2
 fi
 
 if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then

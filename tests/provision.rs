@@ -160,3 +160,37 @@ fn a_postgres_cluster_is_provisioned_once_runs_as_postgres_and_stop_stops_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A re-run keeps the configuration it finds (idempotent), and says so when `--port` asks for
+/// another port than the one it keeps.
+#[test]
+fn a_rerun_with_another_port_keeps_the_configuration_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let provision = |port: u16| {
+        Command::new("bash")
+            .arg(repo().join("softhsm-setup/provision.sh"))
+            .arg(dir.path())
+            .args(["--port", &port.to_string()])
+            .output()
+            .expect("run provision.sh")
+    };
+    let (first, second) = (free_port(), free_port());
+    common::assert_success(&provision(first), "provision.sh");
+    let again = provision(first);
+    common::assert_success(&again, "provision.sh again");
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("warning"));
+    let other = provision(second);
+    common::assert_success(&other, "provision.sh with another port");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "listens on 127.0.0.1:{first}, not on port {second}"
+        )),
+        "{stderr}"
+    );
+    let config = std::fs::read_to_string(dir.path().join("seb.toml")).unwrap();
+    assert!(
+        config.contains(&format!("listen = \"127.0.0.1:{first}\"")),
+        "{config}"
+    );
+}
