@@ -465,7 +465,13 @@ pub fn check_chain_attenuation(sets: &[(usize, &GrantSet)]) -> Result<(), (DenyC
             let why = match cover::grant_set_covered_within(parent, child, &mut budget) {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => format!(
-                    "certificate at depth {child_depth} exceeds the grants of its issuer at depth {parent_depth}: {e}"
+                    "certificate at depth {child_depth} exceeds the grants of its {} at depth \
+                     {parent_depth}: {e}",
+                    if *parent_depth == child_depth + 1 {
+                        "issuer"
+                    } else {
+                        "ancestor"
+                    }
                 ),
                 Err(cover::BudgetExhausted) => format!(
                     "the grants along the chain take more than {MAX_GRANT_COMPARISONS} grant \

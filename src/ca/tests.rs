@@ -341,3 +341,20 @@ fn the_ca_issues_no_chain_the_decision_would_refuse_as_too_costly_to_check() {
     assert_eq!(code, crate::authz::DenyCode::GrantChainEscalation);
     assert!(why.contains("grant comparisons"), "{why}");
 }
+
+#[test]
+fn an_escalation_names_the_issuer_or_an_ancestor_above_it() {
+    let narrow = crate::testkit::grants(&grant("deploy.rollout", "prod/api", "60s"));
+    let wide = crate::testkit::grants(&grant("deploy.*", "prod/**", "60s"));
+    let (_, why) = crate::authz::check_chain_attenuation(&[(0, &wide), (1, &narrow)]).unwrap_err();
+    assert!(
+        why.contains("exceeds the grants of its issuer at depth 1"),
+        "{why}"
+    );
+    // A CA without grants between them (depth 1): the one exceeded is the leaf's ancestor.
+    let (_, why) = crate::authz::check_chain_attenuation(&[(0, &wide), (2, &narrow)]).unwrap_err();
+    assert!(
+        why.contains("exceeds the grants of its ancestor at depth 2"),
+        "{why}"
+    );
+}
