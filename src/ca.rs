@@ -6,14 +6,12 @@
 //! and checks what comes in (CSRs). It never touches a device directly and never sees a private
 //! key: it is handed a signer.
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{Ia5String, ObjectIdentifier, OctetString};
+use der::asn1::{ObjectIdentifier, OctetString};
 use der::Encode;
 use spki::{AlgorithmIdentifierOwned, SignatureBitStringEncoding, SubjectPublicKeyInfoOwned};
 use x509_cert::builder::{Builder, CertificateBuilder};
-use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
@@ -24,20 +22,25 @@ use crate::cert::{
 };
 use crate::grants::{GrantError, GrantSet, IssuableRoles, Role, RoleKind};
 
+mod alt_names;
 pub mod crl;
+mod cross;
 pub mod csr;
 pub mod generations;
 mod issuer;
 mod profile;
+mod subject;
 pub mod trust_dir;
 
+pub use alt_names::check_tls_names;
+use alt_names::{subject_alt_names, subject_as_alt_name};
+pub use cross::cross_certificate;
 pub use issuer::{check_attenuation, check_intermediate};
 use issuer::{check_issuer_chain, check_role_delegation};
 pub use profile::CertKind;
+use subject::COMMON_NAME;
+pub use subject::{attribute_problem, common_name, parse_new_subject, parse_subject};
 pub use trust_dir::{TrustDir, TrustDirError};
-
-/// id-at-commonName.
-const COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
 
 /// Clock skew tolerated for freshly issued certificates: notBefore is set this far in the past.
 pub const BACKDATE: Duration = Duration::from_secs(60);
@@ -214,127 +217,6 @@ pub struct IntermediateRequest {
     pub ttl: Duration,
 }
 
-/// Parses an RFC 4514 subject such as `CN=deploy-bot,O=example`. It must have a CN.
-pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
-    let err = |reason: &str| CaError::Subject {
-        subject: subject.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if !subject.contains('=') {
-        return Err(err(&format!(
-            "write it as an RFC 4514 name, for example \"CN={subject},O=example\""
-        )));
-    }
-    let name = Name::from_str(subject).map_err(|e| err(&e.to_string()))?;
-    let has_cn = name.iter().any(|atv| atv.oid == COMMON_NAME);
-    if !has_cn {
-        return Err(err("a common name (CN=...) is required"));
-    }
-    Ok(name)
-}
-
-/// [`parse_subject`] for a name about to be given out (`seb keygen`, `init`, `issue-ca`): also
-/// within RFC 5280's bounds ([`attribute_problem`]). Names already issued (renewals, rotations
-/// of an existing deployment) are not held to it.
-pub fn parse_new_subject(subject: &str) -> Result<Name, CaError> {
-    let name = parse_subject(subject)?;
-    match attribute_problem(&name) {
-        Some(problem) => Err(CaError::Subject {
-            subject: subject.to_owned(),
-            reason: problem,
-        }),
-        None => Ok(name),
-    }
-}
-
-/// countryName (2.5.4.6).
-const COUNTRY_NAME: der::asn1::ObjectIdentifier =
-    der::asn1::ObjectIdentifier::new_unwrap("2.5.4.6");
-
-/// Most attributes a new subject may have.
-const MAX_ATTRIBUTES: usize = 16;
-
-/// The text of `name`'s common name, when it has exactly one that reads as text.
-pub fn common_name(name: &Name) -> Option<String> {
-    let mut names = name.iter().filter(|atv| atv.oid == COMMON_NAME);
-    let cn = names.next()?;
-    if names.next().is_some() {
-        return None;
-    }
-    attribute_text(&cn.value)
-}
-
-/// A subject that should not be given out: an attribute outside RFC 5280's upper bounds, which
-/// other tools refuse or warn about (Python's cryptography: a common name of 1 to 64
-/// characters, a two-letter country); more than one common name (tools disagree on which one
-/// they show); more than [`MAX_ATTRIBUTES`] attributes; or a control or formatting character
-/// ([`crate::text::hides_text`], line feeds and tabs included), which could make the name an
-/// approver or auditor reads (`seb pending`, audit entries, the token's `sub`) look like
-/// another.
-pub fn attribute_problem(name: &Name) -> Option<String> {
-    let attributes: Vec<_> = name.iter().collect();
-    if attributes.len() > MAX_ATTRIBUTES {
-        return Some(format!("more than {MAX_ATTRIBUTES} attributes"));
-    }
-    if attributes
-        .iter()
-        .filter(|atv| atv.oid == COMMON_NAME)
-        .count()
-        > 1
-    {
-        return Some("more than one common name (CN)".into());
-    }
-    for atv in attributes {
-        let Some(text) = attribute_text(&atv.value) else {
-            continue;
-        };
-        let text = text.as_str();
-        if let Some(c) = text
-            .chars()
-            .find(|&c| c.is_control() || crate::text::hides_text(c))
-        {
-            return Some(format!(
-                "an attribute contains the control or formatting character U+{:04X}",
-                u32::from(c)
-            ));
-        }
-        let chars = text.chars().count();
-        if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
-            return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
-        }
-        if atv.oid == COUNTRY_NAME && chars != 2 {
-            return Some(
-                "the country (C) must be a two-letter code such as C=DE (RFC 5280)".into(),
-            );
-        }
-    }
-    None
-}
-
-/// The text of a directory string: UTF-8 for UTF8String, PrintableString, IA5String and
-/// TeletexString (as tools write them), UTF-16 for BMPString; `None` for anything else or
-/// bytes that do not decode (not measured).
-fn attribute_text(value: &der::Any) -> Option<String> {
-    let bytes = value.value();
-    match der::Tagged::tag(value) {
-        der::Tag::BmpString => {
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            bytes
-                .len()
-                .is_multiple_of(2)
-                .then(|| String::from_utf16(&units).ok())?
-        }
-        der::Tag::Utf8String
-        | der::Tag::PrintableString
-        | der::Tag::Ia5String
-        | der::Tag::TeletexString => std::str::from_utf8(bytes).ok().map(str::to_owned),
-        _ => None,
-    }
-}
-
 /// A fresh random serial: 16 random bytes, positive, so at most 17 octets encoded (RFC 5280
 /// §4.1.2.2 allows 20), with 127 bits of entropy.
 pub fn random_serial() -> Result<SerialNumber, CaError> {
@@ -411,73 +293,6 @@ pub fn issue_service(
         public_key,
     };
     unsigned.sign(root_signer)
-}
-
-/// A cross-certificate for root rotation: the current root (`old_root`, its key behind
-/// `signer`) certifies another root's key under that root's own name, as a CA without a path
-/// length limit. A relying party that trusts only the old root then accepts a chain that ends
-/// in the new root, with this certificate in place of the new root's self-signed one. Valid
-/// for `ttl` at most, and never beyond either root.
-///
-/// Refuses a `new_root` that is not a self-signed CA certificate whose self-signature verifies
-/// (the proof that whoever asks holds the new root's key), that is not P-384 like every
-/// broker-held key, or that shares the old root's name or key.
-pub fn cross_certificate(
-    signer: &dyn CaSigner,
-    old_root: &Certificate,
-    new_root: &Certificate,
-    ttl: Duration,
-    now: SystemTime,
-) -> Result<Certificate, CaError> {
-    let refuse = |why: &str| Err(CaError::CrossCertificate(format!("the new root {why}")));
-    let tbs = new_root.tbs();
-    if tbs.issuer() != tbs.subject() || crate::chain::verify_signature(new_root, new_root).is_err()
-    {
-        return refuse("is not self-signed (its signature does not verify under its own key)");
-    }
-    let is_ca = new_root
-        .standard_extension::<x509_cert::ext::pkix::BasicConstraints>()
-        .ok()
-        .flatten()
-        .is_some_and(|bc| bc.ca);
-    if !is_ca {
-        return refuse("is not a CA certificate (basicConstraints cA)");
-    }
-    if !matches!(
-        crate::chain::CertKey::of(new_root),
-        Ok(crate::chain::CertKey::P384(_))
-    ) {
-        return refuse("key is not ECDSA P-384");
-    }
-    if tbs.subject() == old_root.tbs().subject() {
-        return refuse("has the current root's name: give it a new one ([ca] root_subject)");
-    }
-    if tbs.subject_public_key_info() == old_root.tbs().subject_public_key_info() {
-        return refuse("has the current root's key");
-    }
-    if new_root.not_after() <= now {
-        return refuse("has expired");
-    }
-    let validity = clamp_to_issuer(
-        clamp_to_issuer(validity_from(now, ttl)?, new_root),
-        old_root,
-    );
-    // Through it, generic path validation reaches the old root; seb's role delegation does not:
-    // the old root's broker, which knows nothing of the new root's revocations, must not
-    // serve the new root's holders.
-    let no_roles = seb_extension(
-        SEB_ISSUABLE_ROLES_OID,
-        IssuableRoles::NONE.to_der().map_err(CaError::Grants)?,
-    )?;
-    let unsigned = Unsigned {
-        issuer: old_root.tbs().subject().clone(),
-        subject: tbs.subject().clone(),
-        kind: CertKind::Root,
-        extra: vec![no_roles],
-        validity,
-        public_key: tbs.subject_public_key_info().clone(),
-    };
-    unsigned.sign(signer)
 }
 
 /// Issues a certificate for an agent, approver or executor directly under `issuer` (the root,
@@ -676,95 +491,6 @@ fn seb_extension(oid: ObjectIdentifier, value: Vec<u8>) -> Result<Extension, CaE
 fn signer_spki(signer: &dyn CaSigner) -> Result<SubjectPublicKeyInfoOwned, CaError> {
     SubjectPublicKeyInfoOwned::from_key(&signer.verifying_key())
         .map_err(|e| CaError::Encoding(e.to_string()))
-}
-
-/// Checks that `names` can be written as subjectAltName entries (IP addresses, or DNS names
-/// in the preferred name syntax), before anything is generated for them.
-pub fn check_tls_names(names: &[String]) -> Result<(), CaError> {
-    subject_alt_names(names).map(|_| ())
-}
-
-/// Why `name` is not a DNS name a client can match (RFC 5280 §4.2.1.6: the preferred name
-/// syntax of RFC 1034 §3.5 as RFC 1123 relaxed it; a leftmost `*` label for a wildcard).
-/// An all-numeric last label is refused too: no top-level domain is one, and it is how a
-/// mistyped IP address (`10.0.0.256`, `1.2.3.4.5`) would otherwise become a DNS name.
-fn dns_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        return Some("empty");
-    }
-    if name.len() > 253 {
-        return Some("longer than 253 characters");
-    }
-    if name.ends_with('.') {
-        return Some("a trailing dot (write the name without it)");
-    }
-    let labels: Vec<&str> = name.split('.').collect();
-    for (i, label) in labels.iter().enumerate() {
-        if i == 0 && *label == "*" && labels.len() > 2 {
-            continue;
-        }
-        if label.is_empty() || label.len() > 63 {
-            return Some("every label must be 1 to 63 characters");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Some(
-                "neither an IP address nor a DNS name (letters, digits, '-' and '.' only; \
-                 IPv6 zones are not allowed)",
-            );
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Some("a label starts or ends with '-'");
-        }
-    }
-    if labels
-        .last()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Some("neither an IP address nor a DNS name (its last label is all digits)");
-    }
-    None
-}
-
-/// A subjectAltName holding the subject itself (a directoryName), for leaf certificates that
-/// serve no names: path validators that require every end-entity certificate to carry one
-/// (Python `cryptography`'s client verifier, the CA/Browser profiles it follows) accept them,
-/// and it names nothing the subject does not already name.
-fn subject_as_alt_name(subject: &Name) -> Result<Extension, CaError> {
-    use x509_cert::ext::pkix::SubjectAltName;
-    let san = SubjectAltName(vec![GeneralName::DirectoryName(subject.clone())]);
-    seb_extension(
-        <SubjectAltName as der::oid::AssociatedOid>::OID,
-        san.to_der()?,
-    )
-}
-
-fn subject_alt_names(names: &[String]) -> Result<Extension, CaError> {
-    use x509_cert::ext::pkix::SubjectAltName;
-    let mut general = Vec::new();
-    for name in names {
-        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-            let bytes = match ip {
-                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-            };
-            general.push(GeneralName::IpAddress(OctetString::new(bytes)?));
-        } else if let Some(reason) = dns_name_problem(name) {
-            return Err(CaError::TlsName {
-                name: name.clone(),
-                reason,
-            });
-        } else {
-            general.push(GeneralName::DnsName(Ia5String::new(name)?));
-        }
-    }
-    let san = SubjectAltName(general);
-    seb_extension(
-        <SubjectAltName as der::oid::AssociatedOid>::OID,
-        san.to_der()?,
-    )
 }
 
 fn clamp_to_issuer(mut validity: Validity, issuer: &Certificate) -> Validity {

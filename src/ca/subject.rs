@@ -1,0 +1,134 @@
+//! Subject names: parsing RFC 4514 subjects, reading a common name, and the bounds a name about
+//! to be given out must keep (RFC 5280's upper bounds, one common name, no control or
+//! formatting characters).
+
+use std::str::FromStr;
+
+use x509_cert::name::Name;
+
+use super::CaError;
+
+/// id-at-commonName.
+pub(super) const COMMON_NAME: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+
+/// Parses an RFC 4514 subject such as `CN=deploy-bot,O=example`. It must have a CN.
+pub fn parse_subject(subject: &str) -> Result<Name, CaError> {
+    let err = |reason: &str| CaError::Subject {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !subject.contains('=') {
+        return Err(err(&format!(
+            "write it as an RFC 4514 name, for example \"CN={subject},O=example\""
+        )));
+    }
+    let name = Name::from_str(subject).map_err(|e| err(&e.to_string()))?;
+    let has_cn = name.iter().any(|atv| atv.oid == COMMON_NAME);
+    if !has_cn {
+        return Err(err("a common name (CN=...) is required"));
+    }
+    Ok(name)
+}
+
+/// [`parse_subject`] for a name about to be given out (`seb keygen`, `init`, `issue-ca`): also
+/// within RFC 5280's bounds ([`attribute_problem`]). Names already issued (renewals, rotations
+/// of an existing deployment) are not held to it.
+pub fn parse_new_subject(subject: &str) -> Result<Name, CaError> {
+    let name = parse_subject(subject)?;
+    match attribute_problem(&name) {
+        Some(problem) => Err(CaError::Subject {
+            subject: subject.to_owned(),
+            reason: problem,
+        }),
+        None => Ok(name),
+    }
+}
+
+/// countryName (2.5.4.6).
+const COUNTRY_NAME: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.5.4.6");
+
+/// Most attributes a new subject may have.
+const MAX_ATTRIBUTES: usize = 16;
+
+/// The text of `name`'s common name, when it has exactly one that reads as text.
+pub fn common_name(name: &Name) -> Option<String> {
+    let mut names = name.iter().filter(|atv| atv.oid == COMMON_NAME);
+    let cn = names.next()?;
+    if names.next().is_some() {
+        return None;
+    }
+    attribute_text(&cn.value)
+}
+
+/// A subject that should not be given out: an attribute outside RFC 5280's upper bounds, which
+/// other tools refuse or warn about (Python's cryptography: a common name of 1 to 64
+/// characters, a two-letter country); more than one common name (tools disagree on which one
+/// they show); more than [`MAX_ATTRIBUTES`] attributes; or a control or formatting character
+/// ([`crate::text::hides_text`], line feeds and tabs included), which could make the name an
+/// approver or auditor reads (`seb pending`, audit entries, the token's `sub`) look like
+/// another.
+pub fn attribute_problem(name: &Name) -> Option<String> {
+    let attributes: Vec<_> = name.iter().collect();
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Some(format!("more than {MAX_ATTRIBUTES} attributes"));
+    }
+    if attributes
+        .iter()
+        .filter(|atv| atv.oid == COMMON_NAME)
+        .count()
+        > 1
+    {
+        return Some("more than one common name (CN)".into());
+    }
+    for atv in attributes {
+        let Some(text) = attribute_text(&atv.value) else {
+            continue;
+        };
+        let text = text.as_str();
+        if let Some(c) = text
+            .chars()
+            .find(|&c| c.is_control() || crate::text::hides_text(c))
+        {
+            return Some(format!(
+                "an attribute contains the control or formatting character U+{:04X}",
+                u32::from(c)
+            ));
+        }
+        let chars = text.chars().count();
+        if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
+            return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
+        }
+        if atv.oid == COUNTRY_NAME && chars != 2 {
+            return Some(
+                "the country (C) must be a two-letter code such as C=DE (RFC 5280)".into(),
+            );
+        }
+    }
+    None
+}
+
+/// The text of a directory string: UTF-8 for UTF8String, PrintableString, IA5String and
+/// TeletexString (as tools write them), UTF-16 for BMPString; `None` for anything else or
+/// bytes that do not decode (not measured).
+fn attribute_text(value: &der::Any) -> Option<String> {
+    let bytes = value.value();
+    match der::Tagged::tag(value) {
+        der::Tag::BmpString => {
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            bytes
+                .len()
+                .is_multiple_of(2)
+                .then(|| String::from_utf16(&units).ok())?
+        }
+        der::Tag::Utf8String
+        | der::Tag::PrintableString
+        | der::Tag::Ia5String
+        | der::Tag::TeletexString => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        _ => None,
+    }
+}
