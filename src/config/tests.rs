@@ -1,5 +1,7 @@
 //! Parsing and validating `seb.toml`: defaults, typos, PIN sources, relative paths.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 const MINIMAL: &str = r#"
