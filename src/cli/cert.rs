@@ -5,16 +5,20 @@ use std::time::SystemTime;
 
 use der::Decode;
 use seb::backend::{KeyAlgorithm, P384Signer};
-use seb::ca::crl::{self, Reason};
 use seb::ca::{self, csr, IntermediateRequest, LeafRequest};
 use seb::cert::Certificate;
 use seb::config::Config;
 use seb::grants::{GrantSet, IssuableRoles, Role, RoleKind};
 use seb::serial::Serial;
-use seb::store::{IssuedCertificate, RevokeOutcome};
+use seb::store::IssuedCertificate;
 use secrecy::ExposeSecret;
 
 use super::{open_backend, open_store, read_file, write_file, CliResult};
+
+mod revocation;
+
+use revocation::revoke;
+pub use revocation::{crl, CrlArgs, RevokeArgs};
 
 /// Options of `seb keygen`.
 #[derive(Debug, clap::Args)]
@@ -161,42 +165,6 @@ pub struct IssueCaArgs {
     #[arg(long)]
     csr: Option<PathBuf>,
     /// Parent intermediate (default: the root).
-    #[arg(long)]
-    issuer: Option<String>,
-}
-
-/// Options of `seb cert revoke`.
-#[derive(Debug, clap::Args)]
-pub struct RevokeArgs {
-    /// Serial number in hex, as `seb cert issue` or `openssl x509 -serial` / `-text` prints
-    /// it: either case, colons, leading zeros (a `00` sign byte) and `0x` are all accepted.
-    #[arg(long)]
-    serial: String,
-    /// unspecified (no reasonCode in the CRL), key-compromise, ca-compromise (an intermediate),
-    /// affiliation-changed, superseded, cessation-of-operation,
-    /// privilege-withdrawn.
-    #[arg(long, default_value = "unspecified")]
-    reason: String,
-    /// For a certificate this broker has no record of issuing (an offline intermediate's):
-    /// the intermediate that issued it (`--label` of `cert issue-ca`), so that its CRL lists it.
-    #[arg(long, conflicts_with = "unknown")]
-    issuer: Option<String>,
-    /// Revoke a serial this broker has no record of issuing, and whose issuer is unknown (it
-    /// goes into the root's CRL). Without this or --issuer, an unknown serial (a typo) is
-    /// refused.
-    #[arg(long)]
-    unknown: bool,
-}
-
-/// Options of `seb crl`.
-#[derive(Debug, clap::Args)]
-pub struct CrlArgs {
-    /// Where to write the CRL (PEM).
-    #[arg(long)]
-    out: PathBuf,
-    /// Sign the CRL of this intermediate (`--label` of `cert issue-ca`; its key must be in the
-    /// HSM) instead of the root's: it lists the revoked certificates that intermediate issued,
-    /// which is where `openssl verify -crl_check` looks for a certificate under it.
     #[arg(long)]
     issuer: Option<String>,
 }
@@ -582,144 +550,6 @@ fn refuse_service_name(config: &Config, subject: &x509_cert::name::Name) -> CliR
             .into());
         }
     }
-    Ok(())
-}
-
-/// Refuses to revoke the root or a certificate the broker is using now (token, TLS, audit):
-/// the broker would go on signing with a key its own CRL disowns. A compromised service key
-/// is rotated first; the retired certificate may then be revoked.
-fn refuse_own_certificate(config: &Config, serial: &Serial) -> CliResult {
-    let trust = config.trust_dir();
-    let is = |cert: &Certificate| Serial::of(cert).is_ok_and(|s| s == *serial);
-    if trust.root().is_ok_and(|root| is(&root)) {
-        return Err(format!(
-            "{serial} is the root certificate: a root cannot be revoked on its own CRL. A \
-             compromised root means a new `seb init` and new certificates for everyone \
-             (docs/OPERATIONS.md §9); nothing was revoked"
-        )
-        .into());
-    }
-    for kind in seb::ca::generations::KeyKind::ALL {
-        let current = seb::ca::trust_dir::read_certificate(&trust.service_path(kind));
-        if current.is_ok_and(|cert| is(&cert)) {
-            let name = kind.as_str();
-            return Err(format!(
-                "{serial} is the broker's current {name} certificate: revoked, the broker would \
-                 go on using a key its own CRL disowns. Rotate first (`seb rotate {name}`; a \
-                 running broker switches within 5 s), then revoke the retired certificate \
-                 (trust/retired/; with `--unknown` if `cert list` does not show it); nothing \
-                 was revoked"
-            )
-            .into());
-        }
-    }
-    Ok(())
-}
-
-fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
-    let serial = Serial::parse(&args.serial)?;
-    // A CRL must be able to list it, or every CRL of its issuer would fail from now on: twenty
-    // octets with the top bit set take a sign byte more as a DER INTEGER, past RFC 5280's 20.
-    if x509_cert::serial_number::SerialNumber::<x509_cert::certificate::Rfc5280>::new(
-        serial.as_bytes(),
-    )
-    .is_err()
-    {
-        return Err(format!(
-            "serial {serial} needs more than 20 octets as a DER INTEGER (RFC 5280 §4.1.2.2): no \
-             CRL can list it, and no certificate of a conforming CA carries it; nothing changed"
-        )
-        .into());
-    }
-    let reason = Reason::parse(&args.reason).ok_or_else(|| {
-        let names: Vec<&str> = Reason::ALL.iter().map(|(n, _)| *n).collect();
-        format!(
-            "unknown reason {:?} (one of {})",
-            args.reason,
-            names.join(", ")
-        )
-    })?;
-    refuse_own_certificate(config, &serial)?;
-    let store = open_store(config)?;
-    if store.is_revoked(&serial)? {
-        // Nothing changes, but the attempt is an audit entry (`code: already_revoked`): the
-        // issuer checks below would only stand in its way.
-        store.revoke_issued_by(&serial, None, reason, SystemTime::now())?;
-        say!("{serial} was already revoked; nothing changed");
-        return Ok(());
-    }
-    let issuer = match (store.issued_certificate(&serial)?, &args.issuer) {
-        (Some(record), Some(named)) if record.issuer_label != *named => {
-            return Err(format!(
-                "this broker's record says {serial} was issued by {:?}, not {named:?}; nothing \
-                 was revoked. A serial is revoked for every issuer at once: if {named:?} (an \
-                 offline intermediate) signed a certificate with this serial too, run this \
-                 again without --issuer, which also revokes the one {:?} issued, or revoke \
-                 {named:?} itself",
-                record.issuer_label, record.issuer_label
-            )
-            .into())
-        }
-        (Some(_), _) => None,
-        (None, Some(named)) => {
-            // The issuer must be one this broker knows, so the revocation reaches a CRL.
-            if *named != config.keys.root {
-                config
-                    .trust_dir()
-                    .issuer_chain(Some(named), SystemTime::now())?;
-            }
-            Some(named.as_str())
-        }
-        (None, None) if args.unknown => None,
-        (None, None) => {
-            return Err(format!(
-                "this broker has no record of issuing {serial}: give --issuer NAME (the \
-                 intermediate that issued it, so that its CRL lists it) or --unknown; nothing \
-                 was revoked (check the serial for a typo)"
-            )
-            .into())
-        }
-    };
-    match store.revoke_issued_by(&serial, issuer, reason, SystemTime::now())? {
-        RevokeOutcome::Revoked { known: true } => {
-            say!("revoked {serial} ({})", reason.as_str())
-        }
-        RevokeOutcome::Revoked { known: false } => say!(
-            "revoked {serial} ({}); note: this broker has no record of issuing it",
-            reason.as_str()
-        ),
-        RevokeOutcome::AlreadyRevoked => {
-            say!("{serial} was already revoked; nothing changed")
-        }
-    }
-    Ok(())
-}
-
-/// Writes a fresh CRL signed by the root key, or by the intermediate `--issuer` names.
-pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
-    let now = SystemTime::now();
-    let (label, chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
-    let issuer = chain.first().ok_or("no issuing certificate")?;
-    let store = open_store(config)?;
-    let revoked = store.revocations_issued_by(&label, args.issuer.is_none())?;
-    let backend = open_backend(config, Some(1))?;
-    let signer = issuer_signer(backend.as_ref(), &label, args.issuer.is_some())?;
-    let number = store.next_crl_number()?;
-    let list = crl::sign(
-        &signer,
-        issuer,
-        number,
-        &revoked,
-        now,
-        config.ca.crl_validity,
-    )?;
-    write_file(&args.out, crl::to_pem(&list)?.as_bytes(), false)?;
-    say!(
-        "CRL number {number} of {} with {} revoked certificate(s) written to {}",
-        issuer.subject_string(),
-        revoked.len(),
-        args.out.display()
-    );
     Ok(())
 }
 
