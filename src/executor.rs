@@ -19,21 +19,12 @@
 //! It never acts before the redemption succeeded, and never redeems before every offline
 //! check passed. Its key is its own (a PKCS#8 file); it holds no broker key.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Json, Router};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::approval::ApproverKey;
 use crate::base64url;
@@ -42,24 +33,19 @@ use crate::client::{pem_blocks, Client, ClientError, ClientTls};
 use crate::grants::RoleKind;
 use crate::receipt::{self, Receipt, ReceiptBody, RECEIPT_TYPE};
 use crate::server::error::ErrorChain;
-use crate::server::listen;
 use crate::verify::{self, Action, Binding, Expectations, Params, TokenRules, TrustStore};
 
 pub mod action;
 pub mod config;
 mod error;
+mod http;
 
 pub use config::ExecutorConfig;
 pub use error::{ConfigError, ExecError};
+pub use http::{bind, serve};
 
 use action::ActionKind;
 
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 256;
-/// How long a request's body may take to arrive once its headers have.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the whole run may take beyond the action's own timeout (verify, redeem, report).
 const OVERHEAD: Duration = Duration::from_secs(30);
 
@@ -507,204 +493,10 @@ enum Prepared {
     Http((String, String, Vec<u8>)),
 }
 
-fn error_response(error: &ExecError) -> Response {
-    let (status, code) = error.disposition();
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = match error {
-        // Never a path or an OS detail of the executor's host to the agent.
-        ExecError::ActionFailed(_) => "the action could not run; see the executor's log".into(),
-        ExecError::Internal(_) => "internal error".into(),
-        other => other.to_string(),
-    };
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
-async fn run_handler(
-    State(executor): State<Arc<Executor>>,
-    Extension(agent): Extension<Agent>,
-    body: Bytes,
-) -> Response {
-    let result = async {
-        if body.len() > executor.config.max_body_bytes {
-            return Err(ExecError::BodyTooLarge);
-        }
-        let value = crate::json::parse_strict(&body)
-            .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
-        let run: RunBody =
-            serde_json::from_value(value).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
-        match tokio::time::timeout(executor.run_deadline(), executor.run(&agent, run)).await {
-            Ok(result) => result,
-            Err(_) => Err(ExecError::Internal("the run took too long".into())),
-        }
-    }
-    .await;
-    match result {
-        Ok(value) => (StatusCode::OK, Json(value)).into_response(),
-        Err(e) => {
-            let (_, code) = e.disposition();
-            tracing::info!(%code, error = %e, "run refused");
-            error_response(&e)
-        }
-    }
-}
-
-async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": {"code": "no_such_endpoint", "message": "POST /v1/run is the only endpoint"}})),
-    )
-        .into_response()
-}
-
-async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(
-            json!({"error": {"code": "method_not_allowed", "message": "/v1/run takes POST only"}}),
-        ),
-    )
-        .into_response()
-}
-
-/// The executor's routes.
-///
-/// A body must arrive within [`BODY_TIMEOUT`] and no larger than `max_body_bytes` (refused
-/// from its `Content-Length` before it is read): a client that announces a body and stalls
-/// holds its connection for seconds, not for good.
-fn router(executor: Arc<Executor>) -> Router {
-    let limit = executor.config.max_body_bytes;
-    // A backstop only: the handler's own limit (`run_deadline`, counted once the body is in)
-    // answers first; the extra OVERHEAD keeps the two from racing.
-    let answer_within = BODY_TIMEOUT + executor.run_deadline() + OVERHEAD;
-    Router::new()
-        .route("/v1/run", post(run_handler))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::server::bounded(req, next, limit, BODY_TIMEOUT, answer_within)
-        }))
-        .with_state(executor)
-}
-
 /// The certificates of the configured `approvers` file (none without one).
 fn read_approvers(config: &ExecutorConfig) -> Result<Vec<Certificate>, String> {
     match &config.approvers {
         Some(path) => Certificate::parse_pem_chain(&read(path)?).map_err(|e| e.to_string()),
         None => Ok(Vec::new()),
     }
-}
-
-/// Serves until `shutdown` turns true.
-pub async fn serve(
-    executor: Arc<Executor>,
-    listener: TcpListener,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(executor.tls_config()?));
-    let router = router(executor.clone());
-    listen::accept_until(
-        listener,
-        shutdown,
-        MAX_CONNECTIONS,
-        |stream, remote, watcher, handshaking| {
-            let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
-            async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                let tls = tokio::select! {
-                    handshake = handshake => match handshake {
-                        Ok(Ok(tls)) => tls,
-                        _ => {
-                            tracing::info!(%remote, "TLS handshake failed");
-                            return;
-                        }
-                    },
-                    () = handshaking.displaced() => {
-                        tracing::info!(%remote, "handshake unfinished at the connection limit; closed for a new connection");
-                        return;
-                    }
-                };
-                drop(handshaking);
-                match agent_of(&executor, &tls) {
-                    Ok(agent) => listen::serve_http1(tls, router, agent, watcher, remote).await,
-                    Err(refusal) => {
-                        tracing::info!(%remote, reason = %refusal, "client certificate refused");
-                        listen::serve_http1(tls, refusal_router(refusal), (), watcher, remote).await
-                    }
-                }
-            }
-        },
-    )
-    .await;
-    Ok(())
-}
-
-/// What a connection whose certificate was refused is served: every request gets the refusal
-/// (403 with its code) and the connection is closed, so the caller learns why instead of
-/// seeing a reset.
-fn refusal_router(refusal: ExecError) -> Router {
-    let refusal = Arc::new(refusal);
-    Router::new().fallback(move || {
-        let refusal = refusal.clone();
-        async move {
-            let mut response = error_response(&refusal);
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            response
-        }
-    })
-}
-
-/// The agent behind a connection: its chain validated to the pinned root (rustls did; seb's
-/// own path validation again, as the broker does) and the agent role.
-fn agent_of(
-    executor: &Executor,
-    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-) -> Result<Agent, ExecError> {
-    let presented: Vec<Certificate> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| Certificate::parse(c.as_ref()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ExecError::BadCertificate(e.to_string()))?;
-    let (leaf, rest) = presented
-        .split_first()
-        .ok_or_else(|| ExecError::BadCertificate("no client certificate".into()))?;
-    let path = crate::chain::validate(leaf, rest, &executor.roots, SystemTime::now())
-        .map_err(|e| ExecError::BadCertificate(e.to_string()))?;
-    let now = SystemTime::now();
-    for cert in path.path() {
-        if now < cert.not_before() || now > cert.not_after() {
-            return Err(ExecError::BadCertificate(format!(
-                "{} is not valid now",
-                cert.subject_string()
-            )));
-        }
-    }
-    match leaf.seb_role() {
-        Some(RoleKind::Agent) => {}
-        Some(other) => return Err(ExecError::WrongRole(other.to_string())),
-        None => return Err(ExecError::WrongRole("none".into())),
-    }
-    Ok(Agent {
-        leaf: Arc::new(leaf.clone()),
-    })
-}
-
-/// Binds `config.listen`, then serves; returns the bound address through `bound` first.
-pub async fn bind(config: &ExecutorConfig) -> Result<(TcpListener, SocketAddr), String> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (listen): {e}", config.listen))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    Ok((listener, local))
 }
