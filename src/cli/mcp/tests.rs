@@ -1,3 +1,4 @@
+use super::tools::schema;
 use super::*;
 
 #[test]
