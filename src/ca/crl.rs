@@ -59,9 +59,21 @@ impl Reason {
         ("privilege-withdrawn", Reason::PrivilegeWithdrawn),
     ];
 
-    /// Parses the command-line spelling (`key-compromise`, ...).
+    /// Parses the command-line spelling (`key-compromise`, ...), also as RFC 5280 and
+    /// openssl's `-crl_reason` write it (`keyCompromise`, `CACompromise`): case, `-` and `_`
+    /// do not count.
     pub fn parse(s: &str) -> Option<Reason> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+        let folded = |t: &str| -> String {
+            t.chars()
+                .filter(|c| !matches!(c, '-' | '_'))
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        let wanted = folded(s);
+        Self::ALL
+            .iter()
+            .find(|(n, _)| folded(n) == wanted)
+            .map(|(_, r)| *r)
     }
 
     /// The command-line spelling.
@@ -181,6 +193,16 @@ mod tests {
             assert_eq!(Reason::parse(name), Some(reason));
             assert_eq!(reason.as_str(), name);
         }
-        assert_eq!(Reason::parse("KeyCompromise"), None);
+        // RFC 5280's and openssl's names are the same reasons.
+        for (name, reason) in [
+            ("keyCompromise", Reason::KeyCompromise),
+            ("CACompromise", Reason::CaCompromise),
+            ("cessationOfOperation", Reason::CessationOfOperation),
+            ("privilege_withdrawn", Reason::PrivilegeWithdrawn),
+        ] {
+            assert_eq!(Reason::parse(name), Some(reason), "{name}");
+        }
+        assert_eq!(Reason::parse("removeFromCRL"), None);
+        assert_eq!(Reason::parse("key compromise"), None);
     }
 }
