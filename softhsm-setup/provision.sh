@@ -647,6 +647,11 @@ argv = ["$SEB", "demo-write", "--dir", "$DIR/demo-output", "--", "{name}", "{tex
 timeout = "10s"
 TOML
   echo "provision: wrote $DIR/executor.toml (executor on 127.0.0.1:$EXEC_PORT)"
+elif [ -n "$EXEC_PORT" ]; then
+  KEPT_EXEC=$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$DIR/executor.toml" | head -1)
+  if [ -n "$KEPT_EXEC" ] && [ "$KEPT_EXEC" != "127.0.0.1:$EXEC_PORT" ]; then
+    echo "provision: warning: $DIR/executor.toml exists and listens on $KEPT_EXEC, not on port $EXEC_PORT; edit its listen line to change it" >&2
+  fi
 fi
 
 if [ "$AK_UNBOUND" = 1 ]; then

@@ -197,15 +197,17 @@ impl ClientTls {
                     .to_owned(),
             );
         }
-        // A server that closes a handshake without an alert could not finish its side of it:
-        // the broker's TLS key is in its HSM, so this is what a new connection gets while the
-        // HSM is unavailable.
+        // A server that closes a handshake without an alert could not or would not finish its
+        // side of it: the broker's TLS key is in its HSM, so this is what a new connection
+        // gets while the HSM is unavailable; also when the broker has no handshake slot free,
+        // or a TCP load balancer has no broker behind it.
         if text.to_ascii_lowercase().contains("handshake eof") {
             hints.push(
-                "the broker closed the TLS handshake without saying why: it cannot sign its side \
-                 of a new handshake while its HSM is unavailable (connections already open get \
-                 503 hsm_unavailable). Check the broker's log and its /healthz, and retry once \
-                 the HSM is back"
+                "the server closed the TLS handshake without saying why: the broker's HSM may be \
+                 unavailable (it cannot sign its side of a new handshake then; connections \
+                 already open get 503 hsm_unavailable), the broker may be overloaded, or a load \
+                 balancer may have no broker behind it. Check the broker's log and its /healthz, \
+                 and retry"
                     .to_owned(),
             );
         }

@@ -422,7 +422,8 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
 #[test]
 fn an_approval_stops_counting_once_its_approver_is_revoked() {
     // Alice approves, then her certificate is revoked (a stolen key): Bob's approval does not
-    // complete the quorum with hers; Carol's does, and the token names Bob and Carol only.
+    // complete the quorum with hers; Alice's with a new certificate does, and the token names
+    // Bob and Alice's new certificate only.
     let s = setup("");
     let (id, digest) = ask(&s, 9);
     let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
@@ -457,7 +458,15 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
         .unwrap_or_else(|| panic!("{id} not listed: {}", r.text));
     assert_eq!(who(&listed["approvals"]), vec!["CN=bob"], "{}", r.text);
 
-    let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
+    // Alice, with a new certificate (a new key), may decide again: her revoked approval does
+    // not count, so the new one is no duplicate, and it completes the quorum with Bob's.
+    let alice_again = s.hsm.identity(
+        "alice-new",
+        "CN=alice",
+        "approver",
+        &["--group", "sre-leads"],
+    );
+    let r = decide(&s, &alice_again, &id, Decision::Approve, &digest);
     assert_eq!(r.status, 200, "{}", r.text);
     let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);
     assert_eq!(r.body["status"], "granted", "{}", r.text);
@@ -471,9 +480,12 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
         .collect();
     assert_eq!(
         named,
-        vec![thumbprint(&s.bob), thumbprint(&s.carol)],
+        vec![thumbprint(&s.bob), thumbprint(&alice_again)],
         "{claims}"
     );
+    // Closed now: a late approver is told so.
+    let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (409, "request_closed"), "{}", r.text);
 }
 
 #[test]

@@ -527,7 +527,8 @@ fn an_intermediate_that_expires_under_an_open_connection_is_refused_on_every_rou
     // that check: every request dates every certificate of the path again, the intermediate
     // included, here one whose leaf (signed offline) is still valid.
     let s = setup();
-    let (ops, ops_key) = s.hsm.offline_intermediate("brief-ops", &["--ttl", "4s"]);
+    // Time enough to sign the leaf and finish the handshake on a loaded machine.
+    let (ops, ops_key) = s.hsm.offline_intermediate("brief-ops", &["--ttl", "10s"]);
     let agent = s.hsm.offline_identity(
         "brief-agent",
         &ops,

@@ -166,25 +166,39 @@ fn a_postgres_cluster_is_provisioned_once_runs_as_postgres_and_stop_stops_it() {
 #[test]
 fn a_rerun_with_another_port_keeps_the_configuration_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let provision = |port: u16| {
+    let provision = |port: u16, exec_port: u16| {
         Command::new("bash")
             .arg(repo().join("softhsm-setup/provision.sh"))
             .arg(dir.path())
             .args(["--port", &port.to_string()])
+            .args(["--executor-port", &exec_port.to_string()])
+            .env("SEB_BIN", env!("CARGO_BIN_EXE_seb"))
             .output()
             .expect("run provision.sh")
     };
-    let (first, second) = (free_port(), free_port());
-    common::assert_success(&provision(first), "provision.sh");
-    let again = provision(first);
+    let ports: Vec<u16> = (0..16).map(|_| free_port()).collect();
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let [first, second, exec_first, exec_second] = distinct[..4] else {
+        panic!("no four distinct free ports in {ports:?}")
+    };
+    common::assert_success(&provision(first, exec_first), "provision.sh");
+    let again = provision(first, exec_first);
     common::assert_success(&again, "provision.sh again");
     assert!(!String::from_utf8_lossy(&again.stderr).contains("warning"));
-    let other = provision(second);
-    common::assert_success(&other, "provision.sh with another port");
+    let other = provision(second, exec_second);
+    common::assert_success(&other, "provision.sh with other ports");
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(
         stderr.contains(&format!(
             "listens on 127.0.0.1:{first}, not on port {second}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "executor.toml exists and listens on 127.0.0.1:{exec_first}, not on port {exec_second}"
         )),
         "{stderr}"
     );

@@ -195,7 +195,7 @@ fn a_pulled_network_hsm_means_503_then_recovery_without_restart() {
             assert_eq!(out.status.code(), Some(1), "{stderr}");
             assert!(out.stdout.is_empty(), "{stderr}");
             assert!(
-                stderr.contains("while its HSM is unavailable"),
+                stderr.contains("the broker's HSM may be unavailable"),
                 "no hint at the HSM: {stderr}"
             );
         }

@@ -347,18 +347,25 @@ fn contract(store: &dyn Store) {
         matches!(&after, ApprovalOutcome::Approved { quorum: false, approvals } if approvals.len() == 1),
         "{after:?}"
     );
+    // Dave again, with a new certificate: his revoked decision does not count, so this one
+    // is no duplicate, and it completes the quorum.
+    let mut renewed = approval("p4", "dave", Decision::Approve);
+    renewed.approver = "dave-renewed-x5t".into();
+    renewed.approver_serials[0] = serial(0x11);
     let ApprovalOutcome::Approved {
         approvals,
         quorum: true,
-    } = decide("fred")
+    } = store
+        .add_approval(renewed, 2, now(), reserve("jp4"))
+        .unwrap()
     else {
-        panic!("fred's approval did not complete the quorum")
+        panic!("dave's renewed approval did not complete the quorum")
     };
     let names: Vec<&str> = approvals
         .iter()
         .map(|a| a.approver_subject.as_str())
         .collect();
-    assert_eq!(names, ["CN=erin", "CN=fred"]);
+    assert_eq!(names, ["CN=erin", "CN=dave"]);
     assert_eq!(store.approvals("p4").unwrap().len(), 3);
     assert_eq!(
         store.approvals("p4").unwrap()[0].approver_serials,

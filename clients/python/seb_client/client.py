@@ -198,7 +198,7 @@ class Client:
             raise errors.ActionFailed(
                 f"the action ran and failed (exit code {body.get('exit_code')!r}, timed out "
                 f"{body.get('timed_out')!r}); the token is spent", answer=answer,
-                status=response.status_code, request_id=answer.get("request_id"))
+                status=response.status_code, request_id=body.get("request_id"))
         return answer
 
     # -- approvers ----------------------------------------------------------------------
@@ -267,8 +267,7 @@ def _json_params(params: Any) -> Any:
     try:
         json.dumps(params, allow_nan=False)
     except (ValueError, TypeError) as e:
-        raise errors.InvalidRequest(f"the parameters are not JSON: {e}",
-                                    code="invalid_params") from e
+        raise errors.from_answer(0, "invalid_params", f"the parameters are not JSON: {e}") from e
     return params
 
 

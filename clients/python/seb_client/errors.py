@@ -101,7 +101,7 @@ _TOKEN_CODES = [
     "wrong_certificate", "wrong_operation", "wrong_resource", "wrong_issuer",
     "wrong_token_type", "wrong_key_purpose", "bad_signature", "non_canonical_signature",
     "malformed_token", "token_too_large", "token_expired", "token_not_yet_valid",
-    "invalid_claims", "invalid_lifetime", "invalid_params", "invalid_approvals",
+    "invalid_claims", "invalid_lifetime", "invalid_approvals",
     "invalid_authorization_details", "invalid_trust_bundle", "unknown_key",
     "unsupported_algorithm", "algorithm_key_mismatch", "not_a_token_certificate",
     "not_issued_by_root", "untrusted_token_certificate", "approval_quorum_not_met",
@@ -110,7 +110,7 @@ _TOKEN_CODES = [
 ]
 # Requests that cannot be served as sent (4xx other than 403 and 429).
 _REQUEST_CODES = [
-    "malformed_json", "invalid_request", "invalid_query", "invalid_nonce", "invalid_receipt",
+    "malformed_json", "invalid_params", "invalid_query", "invalid_nonce", "invalid_receipt",
     "body_too_large", "unsupported_encoding", "request_timeout", "not_found",
     "method_not_allowed", "params_refused", "bad_approval_signature", "duplicate_approval",
     "request_closed", "outcome_already_recorded", "unknown_crl_issuer",
@@ -145,8 +145,12 @@ for _code in _MORE_UNAVAILABLE_CODES:
 
 BY_CODE["rate_limited"] = RateLimited
 BY_CODE["action_failed"] = ActionFailed
+BY_CODE["invalid_request"] = InvalidRequest
 
-globals().update({cls.__name__: cls for cls in BY_CODE.values()})
+# Each code's class by name (``errors.TokenAlreadyRedeemed``); never in place of a base class
+# of the same name.
+globals().update({cls.__name__: cls for cls in BY_CODE.values()
+                  if cls.__name__ not in globals()})
 
 
 def from_answer(status: int, code: str, message: str, request_id: str | None = None) -> SebError:

@@ -65,6 +65,7 @@ def test_an_action_that_ran_and_failed_raises_action_failed_with_its_receipt(age
     assert failed.value.answer["succeeded"] is False
     assert failed.value.receipt["body"]["exit_code"] == 1
     assert failed.value.receipt["body"]["request_id"] == granted.request_id
+    assert failed.value.request_id == granted.request_id
 
 
 def test_another_agent_cannot_use_the_token(agent, other_agent):
@@ -238,6 +239,12 @@ def test_codes_a_caller_handles_differently_get_their_own_classes():
                       ("malformed_json", errors.MalformedJson),
                       ("audit_log_diverged", errors.AuditLogDiverged)]:
         assert type(errors.from_answer(400, code, "x")) is cls, code
+    # A code's class sits under its base: `except errors.InvalidRequest` still catches them.
+    for code in ["params_refused", "malformed_json", "invalid_params", "not_found",
+                 "invalid_request"]:
+        assert isinstance(errors.from_answer(400, code, "x"), errors.InvalidRequest), code
+    assert errors.InvalidRequest.__name__ == "InvalidRequest"
+    assert errors.BY_CODE["invalid_request"] is errors.InvalidRequest
     failed = errors.from_answer(500, "action_failed", "exit 1")
     assert isinstance(failed, errors.ActionFailed) and not isinstance(failed,
                                                                      errors.Unavailable)

@@ -47,6 +47,16 @@ const WRAPPERS: &[&str] = &[
     "systemd-run",
     "cgexec",
     "capsh",
+    "setarch",
+    "linux32",
+    "linux64",
+    "choom",
+    "runcon",
+    "fakeroot",
+    "run0",
+    "chpst",
+    "dbus-run-session",
+    "ssh-agent",
     "ssh",
 ];
 
@@ -148,18 +158,36 @@ pub(super) fn shell_reason(argv: &[String]) -> Option<String> {
         // A wrapper's options differ from one to the next, so the program it runs is taken to
         // be the first absolute path to an executable file that is not itself a wrapper: a
         // parameter before it could be that program (`env {name}` with name = "sh"). Wrappers
-        // by their exact names here (`ssh-keyscan {host}` runs nothing).
-        let is_wrapper = |a: &str| names(a).iter().any(|n| WRAPPERS.contains(&n.as_str()));
+        // count with a version or variant in the name (`sudo.ws`, `sudo-rs`), except `ssh`,
+        // whose variants (`ssh-keyscan {host}`) run nothing (ssh itself has its own rule).
+        // The files are judged on this host, not inside a chroot or namespace.
+        let is_wrapper = |a: &str| {
+            names(a).iter().any(|n| {
+                WRAPPERS.iter().any(|family| match *family {
+                    "ssh" => n == "ssh",
+                    family => is_named(n, family),
+                })
+            })
+        };
         let runs_a_program = is_wrapper(program);
+        let mut not_a_program: Option<&String> = None;
         for a in rest.iter().take_while(|_| runs_a_program) {
             if matches!(placeholder(a), Ok(Some(_))) {
+                let hint = not_a_program.map_or_else(String::new, |p| {
+                    format!(" ({p:?} is not an executable file on this host)")
+                });
                 return Some(format!(
                     "the parameter {a} could be the program that {program:?} runs: name that \
-                     program by its absolute path before any parameter"
+                     program by the absolute path of an executable file before any \
+                     parameter{hint}"
                 ));
             }
-            if a.starts_with('/') && is_executable_file(a) && !is_wrapper(a) {
-                break;
+            if a.starts_with('/') {
+                if !is_executable_file(a) {
+                    not_a_program = Some(a);
+                } else if !is_wrapper(a) {
+                    break;
+                }
             }
         }
     }

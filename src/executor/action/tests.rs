@@ -147,10 +147,34 @@ fn shells_are_refused_unless_allowed() {
         &["/usr/bin/env", "-C", "/usr/bin", "{name}"],
         &["/usr/bin/flock", "/etc/passwd", "{name}"],
         &["/usr/bin/timeout", "5", "cp", "{a}", "{b}"],
+        // Wrappers under a variant name, and more programs that run another (reported by the
+        // review of the rule).
+        &["/opt/sudo/sudo.ws", "-u", "app", "{name}"],
+        &["/usr/bin/timeout", "5", "/usr/local/bin/sudo-rs", "{name}"],
+        &["/usr/bin/setarch", "x86_64", "{name}"],
+        &[
+            "/usr/bin/timeout",
+            "5",
+            "/usr/bin/setarch",
+            "x86_64",
+            "{name}",
+        ],
+        &["/usr/bin/ssh-agent", "{name}"],
+        &["/usr/bin/dbus-run-session", "--", "{name}"],
     ] {
         assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
     }
     assert!(ArgvTemplate::new(argv(&["/bin/sh", "/opt/x.sh", "{x}"]), true).is_ok());
+    // A wrapped program that is not on this host is named as the cause.
+    let e = ArgvTemplate::new(
+        argv(&["/usr/bin/timeout", "5", "/opt/not-there/deploy", "{v}"]),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("\"/opt/not-there/deploy\" is not an executable file on this host"),
+        "{e}"
+    );
     // Programs that are not shells keep working, with their own options.
     for good in [
         &["/usr/bin/python3", "/opt/migrate.py", "--version", "{v}"][..],

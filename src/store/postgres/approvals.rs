@@ -176,11 +176,14 @@ fn add(
         expired_event(db, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
-    if approvals_of(db, id)?
+    // The same approver again, unless with a certificate revoked since (as on SQLite).
+    for a in approvals_of(db, id)?
         .iter()
-        .any(|a| a.same_approver(approval))
+        .filter(|a| a.same_approver(approval))
     {
-        return Ok(Ok(ApprovalOutcome::Duplicate));
+        if certificates::revoked_in(db, &a.approver_serials)?.is_empty() {
+            return Ok(Ok(ApprovalOutcome::Duplicate));
+        }
     }
     db.execute(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,

@@ -173,11 +173,17 @@ pub(super) fn add(
         expired_event(c, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
+    // The same approver again is a duplicate, unless the earlier decision was made with a
+    // certificate revoked since: it no longer counts, and the approver may decide again with
+    // a new one.
     match approvals_of(c, id)? {
-        Ok(before) if before.iter().any(|a| a.same_approver(approval)) => {
-            return Ok(Ok(ApprovalOutcome::Duplicate));
+        Ok(before) => {
+            for a in before.iter().filter(|a| a.same_approver(approval)) {
+                if first_revoked(c, &a.approver_serials)?.is_none() {
+                    return Ok(Ok(ApprovalOutcome::Duplicate));
+                }
+            }
         }
-        Ok(_) => {}
         Err(e) => return Ok(Err(e)),
     }
     c.prepare_cached(
