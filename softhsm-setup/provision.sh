@@ -604,7 +604,7 @@ fi
 # A re-run keeps the configuration it finds: say so when it listens elsewhere than --port.
 KEPT_LISTEN=$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$DIR/seb.toml" | head -1)
 if [ -n "${PORT_GIVEN:-}" ] && [ -n "$KEPT_LISTEN" ] && [ "$KEPT_LISTEN" != "127.0.0.1:$PORT" ]; then
-  echo "provision: warning: $DIR/seb.toml listens on $KEPT_LISTEN, not on port $PORT; edit its listen line to change it" >&2
+  echo "provision: warning: $DIR/seb.toml listens on $KEPT_LISTEN, not on port $PORT; edit its listen line to change it (and broker_url in executor.toml, if there is one)" >&2
 fi
 
 if [ "$TPM" = 1 ] && [ ! -f "$DIR/attest-policy.toml" ]; then

@@ -57,8 +57,25 @@ const WRAPPERS: &[&str] = &[
     "chpst",
     "dbus-run-session",
     "ssh-agent",
+    "start-stop-daemon",
+    "bwrap",
+    "pkexec",
+    "gosu",
+    "su-exec",
+    "setuidgid",
+    "envdir",
+    "softlimit",
+    "setlock",
+    "faketime",
+    "eatmydata",
+    "xvfb-run",
+    "systemd-nspawn",
     "ssh",
 ];
+
+/// Variants of a wrapper's name that are the same program (`sudo-rs`, `sudo.ws`,
+/// `fakeroot-sysv`), beside a version after the name (`timeout2`, `env.1`).
+const WRAPPER_VARIANTS: &[&str] = &["-rs", ".ws", "-sysv", "-tcp"];
 
 /// Programs that join the arguments after the host into one command string and have a shell
 /// on the other host run it: a parameter after them is shell code there, so none is allowed
@@ -158,14 +175,22 @@ pub(super) fn shell_reason(argv: &[String]) -> Option<String> {
         // A wrapper's options differ from one to the next, so the program it runs is taken to
         // be the first absolute path to an executable file that is not itself a wrapper: a
         // parameter before it could be that program (`env {name}` with name = "sh"). Wrappers
-        // count with a version or variant in the name (`sudo.ws`, `sudo-rs`), except `ssh`,
-        // whose variants (`ssh-keyscan {host}`) run nothing (ssh itself has its own rule).
-        // The files are judged on this host, not inside a chroot or namespace.
+        // count by name, with a version after it or a known variant (`sudo-rs`); other names
+        // that merely start with one (`time-tracker`, `env.sh`, `ssh-keyscan`) are programs
+        // of their own. The files are judged on this host, not inside a chroot or namespace.
         let is_wrapper = |a: &str| {
             names(a).iter().any(|n| {
-                WRAPPERS.iter().any(|family| match *family {
-                    "ssh" => n == "ssh",
-                    family => is_named(n, family),
+                WRAPPERS.iter().any(|family| {
+                    n.strip_prefix(family).is_some_and(|rest| {
+                        let mut chars = rest.chars();
+                        rest.is_empty()
+                            || WRAPPER_VARIANTS.contains(&rest)
+                            || match chars.next() {
+                                Some(c) if c.is_ascii_digit() => true,
+                                Some('.') => chars.next().is_some_and(|c| c.is_ascii_digit()),
+                                _ => false,
+                            }
+                    })
                 })
             })
         };
@@ -184,7 +209,7 @@ pub(super) fn shell_reason(argv: &[String]) -> Option<String> {
             }
             if a.starts_with('/') {
                 if !is_executable_file(a) {
-                    not_a_program = Some(a);
+                    not_a_program.get_or_insert(a);
                 } else if !is_wrapper(a) {
                     break;
                 }

@@ -165,9 +165,37 @@ fn shells_are_refused_unless_allowed() {
         assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
     }
     assert!(ArgvTemplate::new(argv(&["/bin/sh", "/opt/x.sh", "{x}"]), true).is_ok());
-    // A wrapped program that is not on this host is named as the cause.
+    // Programs whose names merely start with a wrapper's are programs of their own (reported
+    // by the review of the variant rule).
+    for good in [
+        &["/opt/bin/time-tracker", "--date", "{x}"][..],
+        &["/usr/local/bin/env-sync", "{x}"],
+        &["/opt/bin/script.sh", "{x}"],
+        &["/usr/bin/strace-log-merge", "{x}"],
+        &["/usr/bin/ssh-keyscan", "{host}"],
+        &["/usr/bin/timeout", "5", "/usr/bin/cp", "--", "{a}", "{b}"],
+    ] {
+        assert!(ArgvTemplate::new(argv(good), false).is_ok(), "{good:?}");
+    }
+    for bad in [
+        &["/usr/bin/timeout2", "{x}"][..],
+        &["/usr/bin/fakeroot-sysv", "{x}"],
+        &["/usr/sbin/start-stop-daemon", "--start", "--exec", "{x}"],
+        &["/usr/bin/bwrap", "--ro-bind", "/", "/", "{x}"],
+    ] {
+        assert!(ArgvTemplate::new(argv(bad), false).is_err(), "{bad:?}");
+    }
+    // A wrapped program that is not on this host is named as the cause, not a later option's
+    // value.
     let e = ArgvTemplate::new(
-        argv(&["/usr/bin/timeout", "5", "/opt/not-there/deploy", "{v}"]),
+        argv(&[
+            "/usr/bin/timeout",
+            "5",
+            "/opt/not-there/deploy",
+            "--config",
+            "/etc/app.toml",
+            "{v}",
+        ]),
         false,
     )
     .unwrap_err();
