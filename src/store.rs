@@ -328,6 +328,9 @@ pub struct ApprovalRecord {
     /// approval recorded before seb kept them. An approval counts towards a quorum only while
     /// none of these is revoked.
     pub approver_serials: Vec<crate::serial::Serial>,
+    /// The request's canonical digest (base64url SHA-384), which the approval signs; named in
+    /// the decision's audit entry. Read back from the request's own record.
+    pub request_digest: String,
 }
 
 impl ApprovalRecord {

@@ -387,6 +387,13 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     let counted: Vec<_> = given.iter().filter(|e| e.get("code").is_none()).collect();
     assert_eq!(counted.len(), 2, "{given:?}");
     assert_eq!(counted[0]["detail"], "reviewed the migration", "{given:?}");
+    // Each names the canonical request digest it signed (issue 12: an entry names it).
+    assert!(
+        counted
+            .iter()
+            .all(|e| e["request_digest"] == digest.as_str()),
+        "{given:?}"
+    );
     assert_eq!(counted[1]["cert"]["subject"], "CN=bob", "{given:?}");
     assert!(counted
         .iter()

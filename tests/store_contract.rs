@@ -81,6 +81,7 @@ fn approval(id: &str, who: &str, decision: Decision) -> ApprovalRecord {
         at: now(),
         // Each approver its own leaf under one shared intermediate.
         approver_serials: vec![serial(0x80 | who.as_bytes()[0]), serial(0x7f)],
+        request_digest: format!("digest-{id}"),
     }
 }
 
@@ -367,6 +368,12 @@ fn contract(store: &dyn Store) {
         .collect();
     assert_eq!(names, ["CN=erin", "CN=dave"]);
     assert_eq!(store.approvals("p4").unwrap().len(), 3);
+    // Read back with the request's own digest, which each approval signed.
+    assert!(store
+        .approvals("p4")
+        .unwrap()
+        .iter()
+        .all(|a| a.request_digest == "digest-p4"));
     assert_eq!(
         store.approvals("p4").unwrap()[0].approver_serials,
         approval("p4", "dave", Decision::Approve).approver_serials

@@ -370,6 +370,7 @@ impl Broker {
             reason: body.reason,
             at: now,
             approver_serials: peer.serials().cloned().collect(),
+            request_digest: record.request_digest.clone(),
         };
         let required = record.approvals_required;
         let outcome = self

@@ -44,6 +44,7 @@ pub(crate) fn approval(a: &ApprovalRecord, outcome: &Result<ApprovalOutcome, Sto
         .unwrap_or_default();
     e.cert = cert(&a.approver, &serial, &a.approver_subject);
     e.decision = Some(a.decision.as_str().to_owned());
+    e.request_digest = Some(a.request_digest.clone()).filter(|d| !d.is_empty());
     e.detail = a.reason.clone();
     e.code = match outcome {
         Ok(ApprovalOutcome::Approved { .. } | ApprovalOutcome::Rejected) => None,

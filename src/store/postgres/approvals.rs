@@ -71,9 +71,10 @@ pub(super) fn approvals_of(
     request_id: &str,
 ) -> Result<Vec<ApprovalRecord>, DbError> {
     let rows = db.query(
-        "SELECT request_id, approver, approver_subject, approver_key, decision, signature,
-            reason, at, approver_serials
-         FROM approvals WHERE request_id = $1 ORDER BY id",
+        "SELECT a.request_id, a.approver, a.approver_subject, a.approver_key, a.decision,
+            a.signature, a.reason, a.at, a.approver_serials,
+            (SELECT e.request_digest FROM executions e WHERE e.request_id = a.request_id)
+         FROM approvals a WHERE a.request_id = $1 ORDER BY a.id",
         &[&request_id],
     )?;
     rows.iter()
@@ -90,6 +91,7 @@ pub(super) fn approvals_of(
                 reason: r.get(6),
                 at: from_unix(r.get(7)).map_err(corrupt)?,
                 approver_serials: approver_serials(r.get::<_, Option<&str>>(8)).map_err(corrupt)?,
+                request_digest: r.get::<_, Option<String>>(9).unwrap_or_default(),
             })
         })
         .collect()

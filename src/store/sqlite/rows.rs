@@ -237,9 +237,10 @@ pub(super) fn approvals_of(
     request_id: &str,
 ) -> rusqlite::Result<Result<Vec<ApprovalRecord>, StoreError>> {
     let mut stmt = c.prepare_cached(
-        "SELECT request_id, approver, approver_subject, approver_key, decision, signature, reason,
-            at, approver_serials
-         FROM approvals WHERE request_id = ?1 ORDER BY id",
+        "SELECT a.request_id, a.approver, a.approver_subject, a.approver_key, a.decision,
+            a.signature, a.reason, a.at, a.approver_serials,
+            (SELECT e.request_digest FROM executions e WHERE e.request_id = a.request_id)
+         FROM approvals a WHERE a.request_id = ?1 ORDER BY a.id",
     )?;
     let rows = stmt.query_map([request_id], approval)?;
     Ok(rows
@@ -259,6 +260,7 @@ fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, St
     let reason = r.get(6)?;
     let at: i64 = r.get(7)?;
     let serials: Option<String> = r.get(8)?;
+    let request_digest: Option<String> = r.get(9)?;
     Ok(
         parsed("approval decision", &decision, Decision::parse).and_then(|decision| {
             Ok(ApprovalRecord {
@@ -271,6 +273,7 @@ fn approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ApprovalRecord, St
                 reason,
                 at: from_unix(at)?,
                 approver_serials: approver_serials(serials.as_deref())?,
+                request_digest: request_digest.unwrap_or_default(),
             })
         }),
     )
