@@ -1297,4 +1297,21 @@ fn every_redemption_attempt_is_an_entry_and_a_replay_stays_409_after_an_epoch_bu
     for entry in &entries {
         assert_eq!(entry["cert"]["subject"], "CN=k8s-executor", "{entry}");
     }
+    // A redemption the store knows names the token's request and its canonical digest
+    // (issue 12: an entry names the request digest), the first and its replay alike.
+    let payload = used.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&seb::base64url::decode(payload).unwrap()).unwrap();
+    assert_eq!(entries[0]["jti"], claims["jti"], "{}", entries[0]);
+    assert_eq!(
+        entries[0]["request_digest"], claims["authorization_details"][0]["request_digest"],
+        "{}",
+        entries[0]
+    );
+    assert!(entries[0]["request_id"].is_string(), "{}", entries[0]);
+    assert_eq!(
+        entries[2]["request_id"], entries[0]["request_id"],
+        "{}",
+        entries[2]
+    );
+    assert_eq!(entries[2]["request_digest"], entries[0]["request_digest"]);
 }

@@ -93,9 +93,21 @@ pub(crate) enum Redemption {
 impl Redemption {
     /// Every attempt that reaches the store is logged: a replay, a token the broker has no
     /// record of, or one whose agent was revoked is what a SIEM should alert on.
-    pub(crate) fn entry(&self, jti: &str, executor: &CertRef, time_ms: u64) -> Entry {
+    /// `request`: the token's request id and canonical request digest, when the store knows
+    /// the token.
+    pub(crate) fn entry(
+        &self,
+        jti: &str,
+        executor: &CertRef,
+        request: Option<&(String, String)>,
+        time_ms: u64,
+    ) -> Entry {
         let mut e = Entry::new(EntryKind::TokenRedeemed, time_ms);
         e.jti = Some(jti.to_owned());
+        if let Some((request_id, request_digest)) = request {
+            e.request_id = Some(request_id.clone());
+            e.request_digest = Some(request_digest.clone());
+        }
         e.cert = Some(executor.clone());
         e.code = match self {
             Redemption::Redeemed => None,

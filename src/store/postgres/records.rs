@@ -205,28 +205,31 @@ pub(super) fn redeem(
             // alerts on.
             let Some(row) = b.db()?.query_opt(
                 "SELECT agent_serials,
-                        (SELECT redeemed_at FROM redemptions WHERE jti = $1)
+                        (SELECT redeemed_at FROM redemptions WHERE jti = $1),
+                        request_id, request_digest
                  FROM executions WHERE jti = $1",
                 &[&jti],
             )?
             else {
-                return Ok(Redemption::Unknown);
+                return Ok((Redemption::Unknown, None));
             };
+            let request = Some((row.get::<_, String>(2), row.get::<_, String>(3)));
+            let with = |r: Redemption| Ok((r, request.clone()));
             if let Some(first) = row.get::<_, Option<i64>>(1) {
-                return Ok(Redemption::Before(first));
+                return with(Redemption::Before(first));
             }
             let serials: Option<String> = row.get(0);
             let serials = match parse_serials(serials.as_deref()) {
                 Ok(Some(serials)) => serials,
-                Ok(None) => return Ok(Redemption::AgentUnrecorded),
-                Err(e) => return Ok(Redemption::Corrupt(e)),
+                Ok(None) => return with(Redemption::AgentUnrecorded),
+                Err(e) => return with(Redemption::Corrupt(e)),
             };
             // The whole path in one query; the first revoked certificate in path order.
             if let Some(serial) = certificates::revoked_in(b.db()?, &serials)?
                 .into_iter()
                 .next()
             {
-                return Ok(Redemption::AgentRevoked(serial));
+                return with(Redemption::AgentRevoked(serial));
             }
             // Redeemed now, or when it was first: one round trip. The outer query's snapshot
             // does not see the row the insert adds, only one committed before the statement.
@@ -244,9 +247,9 @@ pub(super) fn redeem(
             )?;
             let (added, first): (i64, Option<i64>) = (row.get(0), row.get(1));
             match (added, first) {
-                (1, _) => Ok(Redemption::Redeemed),
-                (_, Some(first)) => Ok(Redemption::Before(first)),
-                (_, None) => Ok(Redemption::Before(
+                (1, _) => with(Redemption::Redeemed),
+                (_, Some(first)) => with(Redemption::Before(first)),
+                (_, None) => with(Redemption::Before(
                     b.db()?
                         .query_one(
                             "SELECT redeemed_at FROM redemptions WHERE jti = $1",
@@ -256,11 +259,12 @@ pub(super) fn redeem(
                 )),
             }
         },
-        move |found: &Redemption| {
-            encode(&found.entry(&entry_jti, &entry_executor, time_ms)).unwrap_or_default()
+        move |(found, request): &(Redemption, Option<(String, String)>)| {
+            encode(&found.entry(&entry_jti, &entry_executor, request.as_ref(), time_ms))
+                .unwrap_or_default()
         },
     )?;
-    found.outcome()
+    found.0.outcome()
 }
 
 pub(super) fn record_outcome(

@@ -146,51 +146,56 @@ pub(super) fn redeem(
             // A replay is answered as one before anything else (API.md: 409 every time after
             // the first), even once the agent has been revoked: it is the signal a SIEM
             // alerts on.
-            let found: Option<(Option<String>, Option<i64>)> = c
+            let found: Option<(Option<String>, Option<i64>, String, String)> = c
                 .prepare_cached(
                     "SELECT agent_serials,
-                            (SELECT redeemed_at FROM redemptions WHERE jti = ?1)
+                            (SELECT redeemed_at FROM redemptions WHERE jti = ?1),
+                            request_id, request_digest
                      FROM executions WHERE jti = ?1",
                 )?
-                .query_row([&jti], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([&jti], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let Some((serials, redeemed_at)) = found else {
-                return Ok(Redemption::Unknown);
+            let Some((serials, redeemed_at, request_id, request_digest)) = found else {
+                return Ok((Redemption::Unknown, None));
             };
-            if let Some(first) = redeemed_at {
-                return Ok(Redemption::Before(first));
-            }
-            // The agent's path, checked in the same transaction as the redemption: a
-            // revocation committed before it is seen.
-            let serials = match parse_serials(serials.as_deref()) {
-                Ok(Some(serials)) => serials,
-                Ok(None) => return Ok(Redemption::AgentUnrecorded),
-                Err(e) => return Ok(Redemption::Corrupt(e)),
+            let redemption = 'found: {
+                if let Some(first) = redeemed_at {
+                    break 'found Redemption::Before(first);
+                }
+                // The agent's path, checked in the same transaction as the redemption: a
+                // revocation committed before it is seen.
+                let serials = match parse_serials(serials.as_deref()) {
+                    Ok(Some(serials)) => serials,
+                    Ok(None) => break 'found Redemption::AgentUnrecorded,
+                    Err(e) => break 'found Redemption::Corrupt(e),
+                };
+                if let Some(serial) = first_revoked(c, &serials)? {
+                    break 'found Redemption::AgentRevoked(serial);
+                }
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(jti) DO NOTHING",
+                    )?
+                    .execute(params![jti, executor, unix(at)])?;
+                if inserted == 1 {
+                    break 'found Redemption::Redeemed;
+                }
+                let first: i64 = c.query_row(
+                    "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
+                    [&jti],
+                    |r| r.get(0),
+                )?;
+                Redemption::Before(first)
             };
-            if let Some(serial) = first_revoked(c, &serials)? {
-                return Ok(Redemption::AgentRevoked(serial));
-            }
-            let inserted = c
-                .prepare_cached(
-                    "INSERT INTO redemptions (jti, executor, redeemed_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(jti) DO NOTHING",
-                )?
-                .execute(params![jti, executor, unix(at)])?;
-            if inserted == 1 {
-                return Ok(Redemption::Redeemed);
-            }
-            let first: i64 = c.query_row(
-                "SELECT redeemed_at FROM redemptions WHERE jti = ?1",
-                [&jti],
-                |r| r.get(0),
-            )?;
-            Ok(Redemption::Before(first))
+            Ok((redemption, Some((request_id, request_digest))))
         },
-        move |found: &Redemption| {
-            encode(&found.entry(&entry_jti, &entry_executor, time_ms)).unwrap_or_default()
+        move |(found, request): &(Redemption, Option<(String, String)>)| {
+            encode(&found.entry(&entry_jti, &entry_executor, request.as_ref(), time_ms))
+                .unwrap_or_default()
         },
     )?;
-    found.outcome()
+    found.0.outcome()
 }
 
 pub(super) fn redeemed_by(store: &SqliteStore, jti: &str) -> Result<Option<String>, StoreError> {
