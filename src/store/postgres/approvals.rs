@@ -178,14 +178,15 @@ fn add(
         expired_event(db, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
-    // The same approver again, unless with a certificate revoked since (as on SQLite).
-    for a in approvals_of(db, id)?
-        .iter()
-        .filter(|a| a.same_approver(approval))
-    {
+    // The decisions that still count, and the same approver again a duplicate (as on SQLite).
+    let mut live = Vec::new();
+    for a in approvals_of(db, id)? {
         if certificates::revoked_in(db, &a.approver_serials)?.is_empty() {
-            return Ok(Ok(ApprovalOutcome::Duplicate));
+            live.push(a);
         }
+    }
+    if live.iter().any(|a| a.same_approver(approval)) {
+        return Ok(Ok(ApprovalOutcome::Duplicate));
     }
     db.execute(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
@@ -207,14 +208,12 @@ fn add(
         close(db, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    // Approvals whose approver has been revoked since no longer count (as on SQLite).
-    let mut approvals = Vec::new();
-    for a in approvals_of(db, id)? {
-        if a.decision == Decision::Approve
-            && certificates::revoked_in(db, &a.approver_serials)?.is_empty()
-        {
-            approvals.push(a);
-        }
+    let mut approvals: Vec<ApprovalRecord> = live
+        .into_iter()
+        .filter(|a| a.decision == Decision::Approve)
+        .collect();
+    if certificates::revoked_in(db, &approval.approver_serials)?.is_empty() {
+        approvals.push(approval.clone());
     }
     let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
     if quorum {

@@ -173,18 +173,22 @@ pub(super) fn add(
         expired_event(c, id, now)?;
         return Ok(Ok(ApprovalOutcome::Expired));
     }
-    // The same approver again is a duplicate, unless the earlier decision was made with a
-    // certificate revoked since: it no longer counts, and the approver may decide again with
-    // a new one.
+    // The decisions that still count: one whose approver's path (a certificate of it) has
+    // been revoked since counts for nothing, a token does not name it, and that approver may
+    // decide again with a new certificate. The same approver again is a duplicate.
+    let mut live = Vec::new();
     match approvals_of(c, id)? {
         Ok(before) => {
-            for a in before.iter().filter(|a| a.same_approver(approval)) {
+            for a in before {
                 if first_revoked(c, &a.approver_serials)?.is_none() {
-                    return Ok(Ok(ApprovalOutcome::Duplicate));
+                    live.push(a);
                 }
             }
         }
         Err(e) => return Ok(Err(e)),
+    }
+    if live.iter().any(|a| a.same_approver(approval)) {
+        return Ok(Ok(ApprovalOutcome::Duplicate));
     }
     c.prepare_cached(
         "INSERT INTO approvals (request_id, approver, approver_subject, approver_key, decision,
@@ -206,20 +210,12 @@ pub(super) fn add(
         close(c, id, "rejected")?;
         return Ok(Ok(ApprovalOutcome::Rejected));
     }
-    // Approvals whose approver has been revoked since (a certificate of its path) no longer
-    // count, and a token does not name them.
-    let mut approvals = Vec::new();
-    match approvals_of(c, id)? {
-        Ok(all) => {
-            for a in all {
-                if a.decision == Decision::Approve
-                    && first_revoked(c, &a.approver_serials)?.is_none()
-                {
-                    approvals.push(a);
-                }
-            }
-        }
-        Err(e) => return Ok(Err(e)),
+    let mut approvals: Vec<ApprovalRecord> = live
+        .into_iter()
+        .filter(|a| a.decision == Decision::Approve)
+        .collect();
+    if first_revoked(c, &approval.approver_serials)?.is_none() {
+        approvals.push(approval.clone());
     }
     let quorum = approvals.len() >= usize::try_from(required).unwrap_or(usize::MAX);
     if quorum {
