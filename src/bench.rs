@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use seb::backend::{KeyBackend, P384Signer};
+use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
 use seb::ca::{self, csr, LeafRequest};
 use seb::config::Config;
 use seb::grants::{GrantSet, Role, RoleKind};
@@ -137,7 +137,7 @@ fn issue_latency(config: &Config, count: usize) -> CliResult {
     let backend = open_backend(config, Some(1))?;
     let signer = P384Signer::new(backend.as_ref(), &config.keys.root)?;
     let root = config.trust_dir().root()?;
-    let made = csr::generate(ca::parse_subject("CN=bench-agent")?)?;
+    let made = csr::generate(ca::parse_subject("CN=bench-agent")?, KeyAlgorithm::EcP384)?;
     let verified = csr::verify(made.csr_pem.as_bytes())?;
     let grants = GrantSet::from_toml_str(
         "[[grant]]\noperation = \"deploy.rollout\"\nresource = \"prod/payments/*\"\nmax_ttl = \"60s\"\nparams_any = true\n",

@@ -1385,6 +1385,92 @@ fn openssl_der(bytes: &[u8]) -> String {
 }
 
 #[test]
+fn an_agent_with_a_p256_key_from_seb_keygen_gets_a_token() {
+    let s = setup();
+    let dir = s.hsm.dir.path();
+    let path = |name: &str| s.hsm.path(name).to_str().unwrap().to_owned();
+    let out = s.hsm.seb_ok(&[
+        "keygen",
+        "--curve",
+        "p256",
+        "--out-key",
+        &path("light.key"),
+        "--out-csr",
+        &path("light.csr"),
+        "--subject",
+        "CN=light-bot",
+    ]);
+    assert!(out.contains("ec-p256 key written"), "{out}");
+    // openssl reads the key as P-256 and the CSR's self-signature as ECDSA with SHA-256.
+    let (ok, key) = common::openssl(&["pkey", "-in", "light.key", "-noout", "-text"], dir);
+    assert!(ok && key.contains("prime256v1"), "{key}");
+    let (ok, csr) = common::openssl(
+        &["req", "-in", "light.csr", "-verify", "-noout", "-text"],
+        dir,
+    );
+    assert!(ok, "{csr}");
+    assert!(csr.contains("ecdsa-with-SHA256"), "{csr}");
+    let grants = s.hsm.grants_file("light-grants.toml", DEPLOY);
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        &path("light.csr"),
+        "--role",
+        "agent",
+        "--grants",
+        &grants,
+        "--ttl",
+        "1d",
+        "--out",
+        &path("light.pem"),
+    ]);
+    let (ok, text) = common::openssl(
+        &[
+            "verify",
+            "-CAfile",
+            s.hsm.trust("root.pem").to_str().unwrap(),
+            "-purpose",
+            "sslclient",
+            "light.pem",
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+
+    // The agent's TLS handshake (CertificateVerify with its P-256 key) and the token.
+    let light = Identity {
+        cert: s.hsm.path("light.pem"),
+        key: s.hsm.path("light.key"),
+    };
+    let r = post(&s, &light, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "granted");
+    let token = r.body["token"].as_str().unwrap();
+    let subject = claims_of(token)["sub"].as_str().unwrap().to_owned();
+    assert!(subject.contains("light-bot"), "{subject}");
+
+    // An unknown curve is refused by name.
+    let out = common::seb(
+        &[
+            "keygen",
+            "--curve",
+            "p521",
+            "--out-key",
+            "x.key",
+            "--out-csr",
+            "x.csr",
+            "--subject",
+            "CN=x",
+        ],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("p256 or p384"));
+    assert!(!dir.join("x.key").exists());
+}
+
+#[test]
 fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
     let s = setup();
     let dir = s.hsm.dir.path();

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use seb::backend::{KeyBackend, P384Signer};
+use seb::backend::{KeyAlgorithm, KeyBackend, P384Signer};
 use seb::broker::Broker;
 use seb::ca::{self, csr, LeafRequest};
 use seb::client::ClientTls;
@@ -67,6 +67,11 @@ pub struct BrokerBenchArgs {
     /// without a request, to split the CPU of a new connection into handshake and token.
     #[arg(long)]
     external: bool,
+    /// Curve of the bench agent's key: p384 (default) or p256. The broker checks the agent's
+    /// TLS CertificateVerify signature on every new connection, so this moves the handshake's
+    /// cost.
+    #[arg(long, default_value = "p384", value_parser = crate::cli::cert::curve)]
+    agent_curve: KeyAlgorithm,
 }
 
 /// A number of agents: 1 to 4096.
@@ -134,7 +139,10 @@ pub fn run(config: &Config, args: BrokerBenchArgs) -> CliResult {
     let token_label = config.keys.token.clone();
     let algorithm = backend.public_key(&token_label)?.algorithm();
     say!("device: {}", backend.describe());
-    say!("token key: {algorithm}, {sessions} HSM session(s)");
+    say!(
+        "token key: {algorithm}, {sessions} HSM session(s); bench agent key: {}",
+        args.agent_curve
+    );
     let single = sign_latency(backend.as_ref(), &token_label, 300)?;
     say!(
         "raw HSM sign latency, one signature at a time: p50 {:.2} ms  p99 {:.2} ms",
@@ -199,7 +207,7 @@ fn run_load(
     args: &BrokerBenchArgs,
     raw: &RawRate,
 ) -> CliResult {
-    let (cert_pem, key_pem) = bench_agent(config, backend.as_ref())?;
+    let (cert_pem, key_pem) = bench_agent(config, backend.as_ref(), args.agent_curve)?;
     let root_pem = read_file(&config.trust_dir().root_path())?;
     let mut cfg = config.clone();
     cfg.server.rate_limit_per_second = 10_000_000;
@@ -581,9 +589,13 @@ fn issuance_buckets(broker: &Broker) -> Vec<(f64, u64)> {
 
 /// A bench agent: a software key (the agent's, not the broker's) certified by the root key in
 /// the device, with one grant for the bench operation.
-fn bench_agent(config: &Config, backend: &dyn KeyBackend) -> Result<(String, String), CliError> {
+fn bench_agent(
+    config: &Config,
+    backend: &dyn KeyBackend,
+    curve: KeyAlgorithm,
+) -> Result<(String, String), CliError> {
     use secrecy::ExposeSecret;
-    let made = csr::generate(ca::parse_subject("CN=seb-bench-agent")?)?;
+    let made = csr::generate(ca::parse_subject("CN=seb-bench-agent")?, curve)?;
     let verified = csr::verify(made.csr_pem.as_bytes())?;
     let grants = GrantSet::from_toml_str(
         "[[grant]]\noperation = \"bench.run\"\nresource = \"bench/*\"\nmax_ttl = \"60s\"\nparams_any = true\n",

@@ -14,6 +14,7 @@ use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 
 use super::CaError;
+use crate::backend::KeyAlgorithm;
 
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -112,8 +113,8 @@ fn parse(bytes: &[u8]) -> Result<CertReq, CaError> {
     parsed.map_err(|e| CaError::MalformedCsr(e.to_string()))
 }
 
-/// A freshly generated P-384 key for an agent or approver, with its CSR. The key is made in
-/// software on purpose: it belongs to the requester, not the broker, and is written to the
+/// A freshly generated key for an agent, approver or executor, with its CSR. The key is made
+/// in software on purpose: it belongs to the requester, not the broker, and is written to the
 /// requester's own file.
 pub struct KeyAndCsr {
     /// PKCS#8 PEM of the private key.
@@ -122,17 +123,34 @@ pub struct KeyAndCsr {
     pub csr_pem: String,
 }
 
-/// Generates a P-384 key pair and a CSR for `subject`.
-pub fn generate(subject: Name) -> Result<KeyAndCsr, CaError> {
-    use p384::elliptic_curve::Generate;
-    use p384::pkcs8::EncodePrivateKey;
+/// Generates a key pair on `curve` (P-384 by default in `seb keygen`; P-256 where a cheaper
+/// handshake matters) and a CSR for `subject`, signed with ECDSA and the curve's hash.
+pub fn generate(subject: Name, curve: KeyAlgorithm) -> Result<KeyAndCsr, CaError> {
+    match curve {
+        KeyAlgorithm::EcP256 => {
+            generate_with::<p256::ecdsa::SigningKey, p256::ecdsa::DerSignature>(subject)
+        }
+        KeyAlgorithm::EcP384 => {
+            generate_with::<p384::ecdsa::SigningKey, p384::ecdsa::DerSignature>(subject)
+        }
+    }
+}
+
+fn generate_with<K, S>(subject: Name) -> Result<KeyAndCsr, CaError>
+where
+    K: p384::elliptic_curve::Generate
+        + p384::pkcs8::EncodePrivateKey
+        + signature::Keypair
+        + signature::Signer<S>
+        + spki::DynSignatureAlgorithmIdentifier,
+    K::VerifyingKey: spki::EncodePublicKey,
+    S: spki::SignatureBitStringEncoding,
+{
     use x509_cert::builder::Builder;
     use x509_cert::request::RequestBuilder;
 
-    let key = p384::ecdsa::SigningKey::try_generate()
-        .map_err(|e| CaError::Encoding(format!("no randomness: {e}")))?;
-    let builder = RequestBuilder::new(subject)?;
-    let req = builder.build::<_, p384::ecdsa::DerSignature>(&key)?;
+    let key = K::try_generate().map_err(|e| CaError::Encoding(format!("no randomness: {e}")))?;
+    let req = RequestBuilder::new(subject)?.build::<_, S>(&key)?;
     let key_pem = key
         .to_pkcs8_pem(der::pem::LineEnding::LF)
         .map_err(|e| CaError::Encoding(e.to_string()))?;
@@ -149,10 +167,53 @@ mod tests {
     use crate::ca::parse_subject;
 
     #[test]
-    fn generated_csr_verifies() {
-        let made = generate(parse_subject("CN=agent-1,O=test").unwrap()).unwrap();
-        let csr = verify(made.csr_pem.as_bytes()).unwrap();
-        assert_eq!(csr.subject.to_string(), "CN=agent-1,O=test");
+    fn generated_csrs_verify_on_either_curve_with_its_own_hash() {
+        use der::DecodePem;
+        for (curve, curve_oid, algorithm) in [
+            (KeyAlgorithm::EcP256, P256, ECDSA_SHA256),
+            (KeyAlgorithm::EcP384, P384, ECDSA_SHA384),
+        ] {
+            let made = generate(parse_subject("CN=agent-1,O=test").unwrap(), curve).unwrap();
+            let csr = verify(made.csr_pem.as_bytes()).unwrap();
+            assert_eq!(csr.subject.to_string(), "CN=agent-1,O=test");
+            let params: ObjectIdentifier = csr
+                .public_key
+                .algorithm
+                .parameters
+                .as_ref()
+                .unwrap()
+                .decode_as()
+                .unwrap();
+            assert_eq!(params, curve_oid, "{curve}");
+            let req = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap();
+            assert_eq!(req.algorithm.oid, algorithm, "{curve}");
+            // The key file holds the same key as the CSR.
+            use secrecy::ExposeSecret;
+            let key_pem = made.key_pem.expose_secret();
+            let public = match curve {
+                KeyAlgorithm::EcP256 => {
+                    use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
+                    p256::ecdsa::SigningKey::from_pkcs8_pem(key_pem)
+                        .unwrap()
+                        .verifying_key()
+                        .to_public_key_der()
+                        .unwrap()
+                }
+                KeyAlgorithm::EcP384 => {
+                    use p384::pkcs8::{DecodePrivateKey, EncodePublicKey};
+                    p384::ecdsa::SigningKey::from_pkcs8_pem(key_pem)
+                        .unwrap()
+                        .verifying_key()
+                        .to_public_key_der()
+                        .unwrap()
+                }
+            };
+            assert_eq!(
+                public.as_bytes(),
+                csr.public_key.to_der().unwrap(),
+                "{curve}"
+            );
+        }
     }
 
     /// `pem`'s base64 wrapped at `width` columns (0: one line).
@@ -179,7 +240,11 @@ mod tests {
     fn a_csr_wrapped_at_76_columns_or_not_at_all_verifies() {
         // MIME base64 (Python's base64.encodebytes, Java) wraps at 76; RFC 7468 asks parsers
         // to accept any line length.
-        let made = generate(parse_subject("CN=agent-1,O=test").unwrap()).unwrap();
+        let made = generate(
+            parse_subject("CN=agent-1,O=test").unwrap(),
+            KeyAlgorithm::EcP384,
+        )
+        .unwrap();
         for width in [76, 0, 16] {
             let pem = rewrapped(&made.csr_pem, width);
             let csr = verify(pem.as_bytes()).unwrap_or_else(|e| panic!("{width}: {e}"));
@@ -193,11 +258,16 @@ mod tests {
     #[test]
     fn tampered_csr_is_refused() {
         use der::DecodePem;
-        let made = generate(parse_subject("CN=agent-1").unwrap()).unwrap();
-        let mut req = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap();
-        req.info.subject = parse_subject("CN=root-impersonator").unwrap();
-        let der = req.to_der().unwrap();
-        assert!(matches!(verify(&der), Err(CaError::CsrSignature)));
+        for curve in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
+            let made = generate(parse_subject("CN=agent-1").unwrap(), curve).unwrap();
+            let mut req = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap();
+            req.info.subject = parse_subject("CN=root-impersonator").unwrap();
+            let der = req.to_der().unwrap();
+            assert!(
+                matches!(verify(&der), Err(CaError::CsrSignature)),
+                "{curve}"
+            );
+        }
     }
 
     #[test]
@@ -219,7 +289,7 @@ mod tests {
     #[test]
     fn trailing_bytes_after_der_are_refused() {
         use der::DecodePem;
-        let made = generate(parse_subject("CN=a").unwrap()).unwrap();
+        let made = generate(parse_subject("CN=a").unwrap(), KeyAlgorithm::EcP256).unwrap();
         let mut der = CertReq::from_pem(made.csr_pem.as_bytes())
             .unwrap()
             .to_der()
