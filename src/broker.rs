@@ -50,7 +50,7 @@ mod redeem;
 mod request;
 pub mod signer;
 
-pub use access::{Access, Caller, RefusedAttempt};
+pub use access::{refused_entry, Access, Caller, RefusedAttempt};
 pub use approve::{ApprovalBody, ApprovalStep, PendingRequest, Requester, MAX_LISTED};
 pub use authority::{AgentAuthority, EffectiveGrant};
 pub use error::{BrokerError, Disposition};

@@ -87,7 +87,42 @@ pub fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> CliResult) ->
             std::env::set_var(key, value);
         }
     }
+    warn_if_root_in_another_users_state(&config);
     f(&config)
+}
+
+/// Root working in a state directory that belongs to the broker's own user leaves files, and
+/// with SoftHSM2 key objects (one file per object, readable by its creator only), that the
+/// broker cannot read: an intermediate made so has "no key" as far as the broker can tell.
+fn warn_if_root_in_another_users_state(config: &Config) {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Ok(owner) = std::fs::metadata(&config.state_dir).map(|m| m.uid()) else {
+        return;
+    };
+    if owner == 0 {
+        return;
+    }
+    let user = user_name(owner).unwrap_or_else(|| owner.to_string());
+    eprintln!(
+        "warning: running as root, but the state directory {} belongs to {user}: files and \
+         HSM key objects this command creates may be unreadable by the broker; run it as that \
+         user (sudo -u {user} seb ...)",
+        config.state_dir.display()
+    );
+}
+
+/// The name of the user with `uid`, from /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?;
+        (id.parse() == Ok(uid)).then(|| name.to_owned())
+    })
 }
 
 /// Like [`with_config`], for commands that also work without a configuration.

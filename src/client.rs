@@ -26,6 +26,7 @@ use crate::cert::Certificate;
 
 mod server_cert;
 
+pub(crate) use server_cert::SERVER_AUTH;
 pub use server_cert::{check_broker_certificate, check_executor_certificate};
 use server_cert::{Server, ServerVerifier};
 

@@ -98,6 +98,26 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// Agents reach the executor over HTTPS with its own certificate, so it must carry serverAuth
+/// and the names agents use: refused at start, not at every agent's first connection.
+fn serves_https(leaf: &Certificate) -> Result<(), String> {
+    use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
+    let usages = leaf
+        .standard_extension::<ExtendedKeyUsage>()
+        .map_err(|e| e.to_string())?;
+    let server_auth = usages.is_some_and(|u| u.0.contains(&crate::client::SERVER_AUTH));
+    let names = leaf.extension(<SubjectAltName as der::oid::AssociatedOid>::OID);
+    if server_auth && names.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "the executor certificate {:?} has no serverAuth usage and no names, so agents cannot \
+         connect to this executor over HTTPS: issue it with `seb cert issue --role executor \
+         --tls-name HOST [--tls-name IP]` (docs/OPERATIONS.md §7a)",
+        leaf.subject_string()
+    ))
+}
+
 impl Executor {
     /// Loads the credentials and trust material the configuration names. The trust bundle
     /// comes from `trust_bundle` or else the broker's `GET /v1/trust` (over TLS pinned to the
@@ -115,6 +135,7 @@ impl Executor {
         if role != Some(RoleKind::Executor) {
             return Err("the executor certificate does not carry the executor role".into());
         }
+        serves_https(leaf)?;
         let thumbprint = base64url::encode(&leaf.thumbprint_sha256().map_err(|e| e.to_string())?);
         let key_text = String::from_utf8(key_pem.clone()).map_err(|_| "key is not PEM")?;
         let key = ApproverKey::from_pkcs8_pem(&key_text)?;

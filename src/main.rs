@@ -50,7 +50,8 @@ struct Args {
 enum Command {
     /// Generate the broker's keys inside the HSM and write the root and service certificates.
     Init(cli::init::InitArgs),
-    /// Generate a P-384 key pair and a CSR for an agent, approver or executor (runs anywhere).
+    /// Generate a key pair (P-384, or P-256 with --curve p256) and a CSR for an agent,
+    /// approver or executor (runs anywhere).
     Keygen(cli::cert::KeygenArgs),
     /// Issue and revoke certificates.
     #[command(subcommand)]

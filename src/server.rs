@@ -511,6 +511,10 @@ async fn authorize(
             }),
         _ => None,
     };
+    // Any other route refused for the caller's own certificate: a revoked or expired key
+    // still in use, even only to look.
+    let route = || format!("{} {}", req.method(), req.uri().path());
+    let looked = attempt.is_none().then(route);
     let caller = peer.clone();
     let admitted = if matches!(
         app.broker.config().store,
@@ -531,9 +535,31 @@ async fn authorize(
         Err(e) => {
             if let Some((attempt, request_id)) = attempt {
                 audit_refused(&app, &caller, attempt, request_id.as_deref(), &e);
+            } else if let Some(route) = looked {
+                audit_refused_access(&app, &caller, &route, &e);
             }
             ApiError::from(e).into_response()
         }
+    }
+}
+
+/// Queues the `access_refused` entry of a request on `route` (not one that acts: those have
+/// entries of their own kinds) refused for the caller's own certificate. Another role's
+/// `wrong_role` on a read is not logged: it is a misdirected client, not a key that should no
+/// longer be in use.
+fn audit_refused_access(app: &App, peer: &Peer, route: &str, e: &BrokerError) {
+    let code = e.code();
+    let audited = [
+        "certificate_revoked",
+        "certificate_expired",
+        "certificate_not_yet_valid",
+        "bad_certificate",
+        "role_not_delegated",
+    ];
+    if audited.contains(&code) {
+        let mut entry = crate::broker::refused_entry(peer, RefusedAttempt::Access, code);
+        entry.detail = Some(route.to_owned());
+        app.broker.append_refusal(entry);
     }
 }
 

@@ -1207,6 +1207,41 @@ fn attempts_refused_before_any_decision_are_in_the_log() {
     let redeemed = entries_of(&s, "token_redeemed", 1);
     assert_eq!(redeemed.len(), 1, "{redeemed:?}");
     assert_eq!(redeemed[0]["code"], "wrong_role", "{redeemed:?}");
+
+    // The revoked key only looking (its grants, the bundle, health) is logged too, with the
+    // route: a key that should be out of use is still in someone's hands.
+    for path in ["/v1/grants", "/v1/trust", "/healthz"] {
+        let r = call(&s, "GET", path, None);
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (403, Some("certificate_revoked")),
+            "{path}: {}",
+            r.text
+        );
+    }
+    let looked = entries_of(&s, "access_refused", 3);
+    let routes: Vec<&str> = looked.iter().filter_map(|e| e["detail"].as_str()).collect();
+    assert_eq!(
+        routes,
+        ["GET /v1/grants", "GET /v1/trust", "GET /healthz"],
+        "{looked:?}"
+    );
+    for entry in &looked {
+        assert_eq!(entry["code"], "certificate_revoked", "{entry}");
+        assert_eq!(entry["cert"]["subject"], "CN=deploy-bot", "{entry}");
+    }
+    // Another role on a read it may not use is a misdirected client, not logged.
+    let approver = s
+        .hsm
+        .identity("alice", "CN=alice", "approver", &["--group", "sre-leads"]);
+    let tls = s.hsm.tls(&approver, false);
+    let r = runtime().block_on(async {
+        let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+        c.send("GET", "/v1/grants", None).await.unwrap()
+    });
+    assert_eq!(r.status, 403, "{}", r.text);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(s.hsm.audit_entries("access_refused").len(), 3);
 }
 
 #[test]

@@ -389,30 +389,53 @@ fn an_executor_whose_certificate_expired_says_so_at_start() {
         "executor",
         &["--tls-name", "127.0.0.1"],
     );
-    let config = std::fs::read_to_string(s.hsm.path("executor.toml"))
-        .unwrap()
-        .lines()
-        .map(|line| match line.split_once(" = ") {
-            Some(("listen", _)) => "listen = \"127.0.0.1:0\"".to_owned(),
-            Some(("cert", _)) => "cert = \"late.pem\"".to_owned(),
-            Some(("key", _)) => "key = \"late.key\"".to_owned(),
-            _ => line.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let late = s.hsm.path("late.toml");
-    std::fs::write(&late, config).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let out = common::seb(
-        &["exec", "--config", late.to_str().unwrap()],
-        s.hsm.dir.path(),
-    );
+    let out = exec_as(&s, "late");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("your certificate (CN=late executor) expired at")
             && stderr.contains("seb cert renew --serial"),
         "the executor does not say its certificate expired: {stderr}"
+    );
+}
+
+/// Runs `seb exec` with the setup's executor.toml, but as the identity `name` (NAME.pem,
+/// NAME.key) on a free port; returns when it exits.
+fn exec_as(s: &Setup, name: &str) -> std::process::Output {
+    let config = std::fs::read_to_string(s.hsm.path("executor.toml"))
+        .unwrap()
+        .lines()
+        .map(|line| match line.split_once(" = ") {
+            Some(("listen", _)) => "listen = \"127.0.0.1:0\"".to_owned(),
+            Some(("cert", _)) => format!("cert = \"{name}.pem\""),
+            Some(("key", _)) => format!("key = \"{name}.key\""),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = s.hsm.path(&format!("{name}.toml"));
+    std::fs::write(&file, config).unwrap();
+    common::seb(
+        &["exec", "--config", file.to_str().unwrap()],
+        s.hsm.dir.path(),
+    )
+}
+
+#[test]
+fn an_executor_certificate_without_tls_names_is_refused_at_start() {
+    // Without --tls-name the certificate has no serverAuth and no names: agents could not
+    // connect, and would find out only at their first execution.
+    let s = setup();
+    s.hsm
+        .issue("nameless", "CN=nameless executor", "executor", &[]);
+    let out = exec_as(&s, "nameless");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"CN=nameless executor\" has no serverAuth usage")
+            && stderr.contains("--tls-name HOST"),
+        "{stderr}"
     );
 }
 

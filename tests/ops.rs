@@ -1534,3 +1534,25 @@ func main() {
         assert!(!old.path("refused.pem").exists());
     }
 }
+
+#[test]
+fn root_is_warned_off_a_state_directory_that_belongs_to_the_brokers_user() {
+    // With SoftHSM2, a key object belongs to the OS user that created it (a file only it can
+    // read): an intermediate made by root is invisible to a broker running as its own user.
+    let hsm = Hsm::initialised();
+    let state = hsm.path("state");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("the tests run as root");
+    let out = hsm.seb(&["keys"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: running as root, but the state directory")
+            && stderr.contains("sudo -u nobody seb"),
+        "{stderr}"
+    );
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    let out = hsm.seb(&["keys"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("running as root"), "{stderr}");
+}

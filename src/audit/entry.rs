@@ -57,6 +57,10 @@ pub enum EntryKind {
     /// A broker key was rotated (`seb rotate`; `cert` is the new certificate, `detail` names
     /// the key and the generation it replaced).
     KeyRotated,
+    /// A request on another route (a read: grants, status, trust, CRL, the log) refused for
+    /// the caller's own certificate: revoked, expired, not yet valid, or not usable (`code`;
+    /// `detail` is the method and route).
+    AccessRefused,
 }
 
 impl EntryKind {
@@ -82,6 +86,7 @@ impl EntryKind {
             "unfrozen" => EntryKind::Unfrozen,
             "epoch_changed" => EntryKind::EpochChanged,
             "key_rotated" => EntryKind::KeyRotated,
+            "access_refused" => EntryKind::AccessRefused,
             _ => return None,
         })
     }
@@ -108,6 +113,7 @@ impl EntryKind {
             EntryKind::Unfrozen => "unfrozen",
             EntryKind::EpochChanged => "epoch_changed",
             EntryKind::KeyRotated => "key_rotated",
+            EntryKind::AccessRefused => "access_refused",
         }
     }
 }

@@ -141,6 +141,8 @@ pub enum RefusedAttempt {
     /// An approver's decision (`approval_given` with the code and no `decision`: the body,
     /// which says which, is not read for a caller refused before its handler).
     Approval,
+    /// Any other route (`access_refused`): only for the caller's own certificate.
+    Access,
 }
 
 impl Broker {
@@ -167,7 +169,7 @@ impl Broker {
     }
 
     /// Queues the entry of a refused attempt ([`refused_entry`]) without waiting for it.
-    pub(super) fn append_refusal(&self, entry: crate::audit::entry::Entry) {
+    pub fn append_refusal(&self, entry: crate::audit::entry::Entry) {
         append_with_retries(
             self.store.clone(),
             entry,
@@ -177,7 +179,7 @@ impl Broker {
 }
 
 /// The audit entry of an attempt refused before any decision: who, which code.
-pub(super) fn refused_entry(
+pub fn refused_entry(
     peer: &Peer,
     attempt: RefusedAttempt,
     code: &str,
@@ -188,6 +190,7 @@ pub(super) fn refused_entry(
         RefusedAttempt::Redemption => EntryKind::TokenRedeemed,
         RefusedAttempt::Outcome => EntryKind::OutcomeReported,
         RefusedAttempt::Approval => EntryKind::ApprovalGiven,
+        RefusedAttempt::Access => EntryKind::AccessRefused,
     };
     let mut entry = super::audit::entry_now(kind);
     entry.cert = Some(super::audit::cert_ref(

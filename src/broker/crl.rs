@@ -89,9 +89,15 @@ impl Broker {
     ) -> Result<String, BrokerError> {
         let signer = match P384Signer::new(self.backend.as_ref(), label) {
             Ok(signer) => signer,
-            // An offline intermediate: its CRL is signed where its key is held.
+            // An offline intermediate: its CRL is signed where its key is held. Or a key the
+            // broker's user cannot see (made by another OS user): the operator's log says so.
             Err(BackendError::KeyNotFound { .. }) => {
-                return Err(BrokerError::NoCrlIssuer(label.to_owned()))
+                tracing::warn!(
+                    issuer = label,
+                    "no CRL: the intermediate's key is not visible in the device (an offline \
+                     intermediate, or a key object created by another OS user)"
+                );
+                return Err(BrokerError::NoCrlIssuer(label.to_owned()));
             }
             Err(e) => return Err(BrokerError::Hsm(e)),
         };

@@ -46,7 +46,7 @@ pub enum BrokerError {
     NotFound,
     /// No CRL for this issuer here: no such intermediate, or one whose key is not in this
     /// broker's device (an offline intermediate signs its own CRL).
-    #[error("no CRL for issuer {0:?} here: not an intermediate whose key this broker holds")]
+    #[error("no CRL for issuer {0:?} here: not an intermediate whose key this broker can use")]
     NoCrlIssuer(String),
     /// The token was redeemed before.
     #[error("token already redeemed")]

@@ -146,11 +146,25 @@ where
     K::VerifyingKey: spki::EncodePublicKey,
     S: spki::SignatureBitStringEncoding,
 {
-    use x509_cert::builder::Builder;
-    use x509_cert::request::RequestBuilder;
+    use x509_cert::request::{CertReqInfo, Version};
 
     let key = K::try_generate().map_err(|e| CaError::Encoding(format!("no randomness: {e}")))?;
-    let req = RequestBuilder::new(subject)?.build::<_, S>(&key)?;
+    // Built by hand: no attributes at all. (x509-cert's builder adds an empty
+    // extensionRequest, which RFC 2985 does not allow: `Extensions` has SIZE (1..MAX).)
+    let bad = |e: &dyn std::fmt::Display| CaError::Encoding(e.to_string());
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject,
+        public_key: SubjectPublicKeyInfoOwned::from_key(&key.verifying_key())
+            .map_err(|e| bad(&e))?,
+        attributes: Default::default(),
+    };
+    let signature = signature::Signer::<S>::try_sign(&key, &info.to_der()?).map_err(|e| bad(&e))?;
+    let req = CertReq {
+        info,
+        algorithm: key.signature_algorithm_identifier().map_err(|e| bad(&e))?,
+        signature: signature.to_bitstring()?,
+    };
     let key_pem = key
         .to_pkcs8_pem(der::pem::LineEnding::LF)
         .map_err(|e| CaError::Encoding(e.to_string()))?;
@@ -187,6 +201,8 @@ mod tests {
             assert_eq!(params, curve_oid, "{curve}");
             let req = CertReq::from_pem(made.csr_pem.as_bytes()).unwrap();
             assert_eq!(req.algorithm.oid, algorithm, "{curve}");
+            // No empty extensionRequest (RFC 2985: `Extensions` has at least one).
+            assert!(req.info.attributes.is_empty(), "{curve}");
             // The key file holds the same key as the CSR.
             use secrecy::ExposeSecret;
             let key_pem = made.key_pem.expose_secret();

@@ -504,8 +504,10 @@ fn issuer_signer<'b>(
     match P384Signer::new(backend, label) {
         Ok(signer) => Ok(signer),
         Err(seb::backend::BackendError::KeyNotFound { .. }) if is_intermediate => Err(format!(
-            "intermediate {label:?} has no key in this HSM: it is an offline intermediate, \
-             whose certificates are signed where its key is held"
+            "intermediate {label:?} has no key in this HSM that this user can see: either it is \
+             an offline intermediate, whose certificates are signed where its key is held, or \
+             its key object was created by another OS user (SoftHSM2 keeps each object in a file \
+             only its creator can read: run seb as the broker's user, e.g. sudo -u seb)"
         )
         .into()),
         Err(e) => Err(e.into()),

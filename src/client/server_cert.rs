@@ -99,7 +99,7 @@ impl std::fmt::Debug for NotTheBroker {
 }
 
 /// id-kp-serverAuth.
-const SERVER_AUTH: der::asn1::ObjectIdentifier =
+pub(crate) const SERVER_AUTH: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
 
 /// Whether the DER certificate `der` may be the broker's TLS certificate: issued directly by

@@ -267,11 +267,10 @@ pub(super) async fn trust(State(app): State<App>) -> Result<Response, ApiError> 
         Ok(broker.trust_pem().to_owned())
     })
     .await?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
-        pem,
-    )
-        .into_response())
+    // A bundle, not a chain: RFC 8555's application/pem-certificate-chain means an end-entity
+    // certificate first and each next one certifying the one before, and this starts with
+    // the root.
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
 /// Whether the request's `Accept` names `media_type` itself with a weight above zero (RFC 9110
