@@ -545,6 +545,23 @@ fn a_justification_cannot_rewrite_what_approvers_see() {
             r.text
         );
     }
+    // Each attempt leaves a trace (refused before any decision, so no request id), and so
+    // does params that is not an object.
+    let mut body = migrate(5);
+    body["params"] = json!([5]);
+    let r = call(&s, &s.agent, "POST", "/v1/executions", Some(&body));
+    assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{}", r.text);
+    let refused = s.hsm.audit_entries_eventually("execution_denied", 7);
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    for entry in &refused {
+        assert_eq!(entry["code"], "invalid_request", "{entry}");
+        assert_eq!(entry["operation"], "db.migrate", "{entry}");
+        assert!(entry.get("request_id").is_none(), "{entry}");
+        assert!(entry.get("detail").is_none(), "{entry}");
+    }
+    // What was asked for, by digest, as a decision's entry says it.
+    let digest = seb::canonical::params_digest(&json!([5])).unwrap();
+    assert_eq!(refused[6]["params_digest"], seb::base64url::encode(&digest));
     // Line feeds and tabs are allowed, and `seb pending` shows them as escapes.
     let mut body = migrate(5);
     body["justification"] = json!("two\nlines\tand a tab");
@@ -1126,4 +1143,101 @@ fn pending_requests_notify_the_webhook_and_expire() {
         logged.iter().any(|e| e["request_id"] == id.as_str()),
         "{logged:?}"
     );
+}
+
+/// An approver whose key and CSR openssl made, with `subject` in openssl's `/A=x/B=y` form
+/// (attributes in that order) and its strings as BMPString where `bmp`.
+fn openssl_approver(s: &Setup, name: &str, subject: &str, bmp: bool) -> Identity {
+    let path = |file: &str| s.hsm.path(&format!("{name}.{file}"));
+    let mask = if bmp { "MASK:0x800" } else { "utf8only" };
+    std::fs::write(
+        path("cnf"),
+        format!("[req]\ndistinguished_name=dn\nstring_mask={mask}\nprompt=no\n[dn]\n"),
+    )
+    .unwrap();
+    let (ok, text) = common::openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-config",
+            path("cnf").to_str().unwrap(),
+            "-keyout",
+            path("key").to_str().unwrap(),
+            "-out",
+            path("csr").to_str().unwrap(),
+        ],
+        s.hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        path("csr").to_str().unwrap(),
+        "--role",
+        "approver",
+        "--group",
+        "sre-leads",
+        "--ttl",
+        "30d",
+        "--out",
+        path("pem").to_str().unwrap(),
+    ]);
+    Identity {
+        cert: path("pem"),
+        key: path("key"),
+    }
+}
+
+#[test]
+fn one_person_counts_once_whatever_tool_encoded_the_name() {
+    // seb keygen and openssl write a name's attributes in opposite orders, and a BMPString
+    // CN has no text form in RFC 4514 (it is written as hex): neither makes another person.
+    let s = setup("");
+    let dora = s.hsm.identity(
+        "dora",
+        "CN=dora,O=example",
+        "approver",
+        &["--group", "sre-leads"],
+    );
+    let dora_again = openssl_approver(&s, "dora-again", "/CN=dora/O=example", false);
+    let shown = |who: &Identity| {
+        seb::cert::Certificate::parse(&std::fs::read(&who.cert).unwrap())
+            .unwrap()
+            .subject_string()
+    };
+    assert_ne!(
+        shown(&dora),
+        shown(&dora_again),
+        "the test needs two spellings"
+    );
+    let itself = openssl_approver(&s, "bmp-bot", "/CN=deploy-bot", true);
+    assert!(
+        shown(&itself).starts_with("2.5.4.3=#1e"),
+        "{}",
+        shown(&itself)
+    );
+
+    let (id, digest) = ask(&s, 31);
+    let r = decide(&s, &itself, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "self_approval"), "{}", r.text);
+    let r = decide(&s, &dora, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    let r = decide(&s, &dora_again, &id, Decision::Approve, &digest);
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "duplicate_approval"),
+        "{}",
+        r.text
+    );
+    // A second person completes the quorum.
+    let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "granted", "{}", r.text);
 }

@@ -12,12 +12,17 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // sebArc is the project's OID arc (docs/GRANTS.md §1).
@@ -521,43 +526,169 @@ func readClaims(raw []byte) (*claims, error) {
 	return c, nil
 }
 
-// nameKey is a subject as the broker compares approvers (seb::cert::same_name): lower case,
-// escaped spaces unescaped, runs of spaces collapsed and dropped next to an unescaped ',', '+'
-// or '='; escaped separators stay part of the value.
+// nameKey is a subject (RFC 4514) as the broker compares approvers (seb::cert::same_name):
+// every attribute as (type, value), sorted, so that order and grouping do not count; types by
+// name or OID alike; #hex values decoded from their DER string type; escapes undone; values
+// lower-cased with spaces at either end dropped and runs of them collapsed. Known answers
+// shared with the broker: tests/data/same_names.json.
 func nameKey(name string) string {
-	var out strings.Builder
-	space, afterSeparator := false, true
-	runes := []rune(strings.ToLower(name))
-	for i := 0; i < len(runes); i++ {
-		c := runes[i]
-		if c == '\\' {
-			i++
-			if i >= len(runes) {
-				out.WriteRune('\\')
-				break
+	var key []string
+	var kind strings.Builder
+	var raw []byte
+	inValue, hexForm, first := false, false, true
+	flush := func() {
+		text := strings.ToValidUTF8(string(raw), "\uFFFD")
+		value := text
+		if hexForm {
+			if decoded, ok := derString(text[1:]); ok {
+				value = decoded
+			} else {
+				value = strings.ToLower(text)
 			}
-			if runes[i] == ' ' {
-				space = true
-				continue
-			}
-			if space && !afterSeparator {
-				out.WriteRune(' ')
-			}
-			out.WriteRune('\\')
-			out.WriteRune(runes[i])
-			space, afterSeparator = false, false
-			continue
 		}
-		if c == ' ' || c == '\t' || c == '\n' || c == '\r' {
-			space = true
-			continue
+		if strings.TrimSpace(kind.String()) != "" || value != "" {
+			prepared := strings.Join(strings.Fields(strings.ToLower(value)), " ")
+			key = append(key, strconv.Quote(attributeType(kind.String()))+"="+strconv.Quote(prepared))
 		}
-		separator := c == ',' || c == '+' || c == '='
-		if space && !separator && !afterSeparator {
-			out.WriteRune(' ')
-		}
-		out.WriteRune(c)
-		space, afterSeparator = false, separator
+		kind.Reset()
+		raw = nil
+		inValue, hexForm, first = false, false, true
 	}
-	return out.String()
+	for i := 0; i < len(name); {
+		c := name[i]
+		if c == ',' || c == '+' {
+			flush()
+			i++
+			continue
+		}
+		if !inValue {
+			if c == '=' {
+				inValue = true
+			} else {
+				kind.WriteByte(c)
+			}
+			i++
+			continue
+		}
+		if first && c == '#' {
+			hexForm = true
+		}
+		first = false
+		if c == '\\' {
+			if i+2 < len(name) && isHex(name[i+1]) && isHex(name[i+2]) {
+				b, _ := strconv.ParseUint(name[i+1:i+3], 16, 8)
+				raw = append(raw, byte(b))
+				i += 3
+			} else if i+1 < len(name) {
+				// An escaped character: all of its UTF-8 bytes.
+				_, size := utf8.DecodeRuneInString(name[i+1:])
+				raw = append(raw, name[i+1:i+1+size]...)
+				i += 1 + size
+			} else {
+				i++
+			}
+			continue
+		}
+		raw = append(raw, c)
+		i++
+	}
+	flush()
+	sort.Strings(key)
+	return strings.Join(key, ",")
+}
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}
+
+var attributeTypes = map[string]string{
+	"cn": "2.5.4.3", "commonname": "2.5.4.3", "sn": "2.5.4.4", "surname": "2.5.4.4",
+	"serialnumber": "2.5.4.5", "c": "2.5.4.6", "countryname": "2.5.4.6",
+	"l": "2.5.4.7", "localityname": "2.5.4.7", "st": "2.5.4.8", "s": "2.5.4.8",
+	"stateorprovincename": "2.5.4.8", "street": "2.5.4.9", "streetaddress": "2.5.4.9",
+	"o": "2.5.4.10", "organizationname": "2.5.4.10", "ou": "2.5.4.11",
+	"organizationalunitname": "2.5.4.11", "title": "2.5.4.12", "givenname": "2.5.4.42",
+	"gn": "2.5.4.42", "initials": "2.5.4.43", "uid": "0.9.2342.19200300.100.1.1",
+	"userid": "0.9.2342.19200300.100.1.1", "dc": "0.9.2342.19200300.100.1.25",
+	"domaincomponent": "0.9.2342.19200300.100.1.25", "emailaddress": "1.2.840.113549.1.9.1",
+	"email": "1.2.840.113549.1.9.1",
+}
+
+// attributeType is an attribute type as an OID where it is one of the common names, else
+// lower-cased as written.
+func attributeType(kind string) string {
+	kind = strings.ToLower(strings.TrimSpace(kind))
+	if oid, ok := attributeTypes[kind]; ok {
+		return oid
+	}
+	return strings.TrimPrefix(kind, "oid.")
+}
+
+// derString is the text of a DER string value given as hex.
+func derString(hexText string) (string, bool) {
+	data, err := hex.DecodeString(hexText)
+	if err != nil || len(data) < 2 {
+		return "", false
+	}
+	tag, first, rest := data[0], data[1], data[2:]
+	var length int
+	switch {
+	case first < 0x80:
+		length = int(first)
+	case first == 0x81 && len(rest) >= 1:
+		length, rest = int(rest[0]), rest[1:]
+	case first == 0x82 && len(rest) >= 2:
+		length, rest = int(rest[0])<<8|int(rest[1]), rest[2:]
+	default:
+		return "", false
+	}
+	if len(rest) < length {
+		return "", false
+	}
+	content := rest[:length]
+	switch tag {
+	case 0x0c, 0x12, 0x13, 0x16, 0x1a:
+		return string(content), utf8.Valid(content)
+	case 0x14:
+		runes := make([]rune, len(content))
+		for i, b := range content {
+			runes[i] = rune(b)
+		}
+		return string(runes), true
+	case 0x1e:
+		if len(content)%2 != 0 {
+			return "", false
+		}
+		units := make([]uint16, len(content)/2)
+		for i := range units {
+			units[i] = uint16(content[2*i])<<8 | uint16(content[2*i+1])
+		}
+		// Lone surrogates are not text.
+		for i := 0; i < len(units); i++ {
+			switch u := units[i]; {
+			case 0xd800 <= u && u < 0xdc00:
+				if i+1 >= len(units) || units[i+1] < 0xdc00 || units[i+1] >= 0xe000 {
+					return "", false
+				}
+				i++
+			case 0xdc00 <= u && u < 0xe000:
+				return "", false
+			}
+		}
+		return string(utf16.Decode(units)), true
+	case 0x1c:
+		if len(content)%4 != 0 {
+			return "", false
+		}
+		var out strings.Builder
+		for i := 0; i < len(content); i += 4 {
+			r := rune(uint32(content[i])<<24 | uint32(content[i+1])<<16 | uint32(content[i+2])<<8 | uint32(content[i+3]))
+			if !utf8.ValidRune(r) {
+				return "", false
+			}
+			out.WriteRune(r)
+		}
+		return out.String(), true
+	}
+	return "", false
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"os"
 	"testing"
 	"time"
 )
@@ -80,5 +81,36 @@ func TestHeaderMembersMustBeStrings(t *testing.T) {
 		if e, ok := err.(*refusal); !ok || e.Code != "malformed_token" {
 			t.Errorf("%s: want malformed_token, got %v", header, err)
 		}
+	}
+}
+
+// Approver names compare as the broker compares them: the known answers seb's own verifier
+// is tested with (src/cert/name.rs).
+func TestNamesCompareAsTheBrokerCompares(t *testing.T) {
+	raw, err := os.ReadFile("../../tests/data/same_names.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		A, B, Why string
+		Same      bool
+	}
+	if err := json.Unmarshal(raw, &cases); err != nil {
+		t.Fatal(err)
+	}
+	if len(cases) < 20 {
+		t.Fatalf("only %d cases", len(cases))
+	}
+	for _, c := range cases {
+		for _, pair := range [][2]string{{c.A, c.B}, {c.B, c.A}} {
+			same := pair[0] == pair[1] || nameKey(pair[0]) == nameKey(pair[1])
+			if same != c.Same {
+				t.Errorf("%s: %q / %q: same %v (keys %s / %s)", c.Why, pair[0], pair[1], same,
+					nameKey(pair[0]), nameKey(pair[1]))
+			}
+		}
+	}
+	for _, odd := range []string{"", "=", ",,", "CN", "CN=\\", "CN=#", "CN=#1e01", "CN=#0c7f61", "+=+"} {
+		nameKey(odd)
 	}
 }

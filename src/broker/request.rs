@@ -183,7 +183,8 @@ impl Broker {
         result
     }
 
-    /// `refusal` (the broker frozen, its attestation failing), after queueing its audit entry:
+    /// `refusal` (the broker frozen, its attestation failing, a request no decision can be
+    /// made on), after queueing its audit entry:
     /// no decision was made, but the log says who asked for what (by digest, as a decision's
     /// entry does).
     fn refused_before_deciding(
@@ -225,13 +226,19 @@ impl Broker {
             // Approvers read it in a terminal, a chat message or a web page: escape sequences
             // or bidirectional overrides could rewrite what they see next to it (the
             // parameters they are asked to sign for).
-            crate::text::check_readable("justification", j, MAX_JUSTIFICATION)
-                .map_err(BrokerError::InvalidRequest)?;
+            // Refused before any decision, but logged: an agent slipping such characters
+            // towards approvers leaves a trace.
+            if let Err(why) = crate::text::check_readable("justification", j, MAX_JUSTIFICATION) {
+                return Err(self.refused_before_deciding(
+                    peer,
+                    &request,
+                    BrokerError::InvalidRequest(why),
+                ));
+            }
         }
         if !request.params.is_object() {
-            return Err(BrokerError::InvalidRequest(
-                "params must be a JSON object".into(),
-            ));
+            let refusal = BrokerError::InvalidRequest("params must be a JSON object".into());
+            return Err(self.refused_before_deciding(peer, &request, refusal));
         }
         let chain = peer.verified_chain()?;
         // The revocation state read when the caller was authenticated, a moment ago.

@@ -495,17 +495,16 @@ def _check_approvals(claims: dict, detail: dict, trust: TrustBundle,
             raise fail("wrong_approval_group", f"{cert.subject.rfc4514_string()} not in {group}")
         subject = cert.subject.rfc4514_string()
         key = _spki(cert)
-        agent_name = _subject_of(claims)
-        same_as_agent = agent_name is not None and \
-            _name_key(subject) == _name_key(agent_name.rfc4514_string())
+        same_as_agent = isinstance(claims.get("sub"), str) and \
+            _name_key(subject) == _name_key(claims["sub"])
         if entry["x5t#S256"] == claims["cnf"]["x5t#S256"] or same_as_agent \
                 or (agent is not None and key == _spki(agent)):
             raise fail("self_approval", f"{subject} is the agent")
-        if entry["x5t#S256"] in seen_certs or _name_key(subject) in seen_subjects \
+        if entry["x5t#S256"] in seen_certs or str(_name_key(subject)) in seen_subjects \
                 or key in seen_keys:
             raise fail("duplicate_approver", f"{subject} appears twice")
         seen_certs.add(entry["x5t#S256"])
-        seen_subjects.add(_name_key(subject))
+        seen_subjects.add(str(_name_key(subject)))
         seen_keys.add(key)
         public = cert.public_key()
         algorithm = hashes.SHA384() if public.curve.key_size == 384 else hashes.SHA256()
@@ -518,41 +517,108 @@ def _check_approvals(claims: dict, detail: dict, trust: TrustBundle,
         raise fail("approval_quorum_not_met", f"{valid} valid approvals, {required} required")
 
 
-def _name_key(name: str) -> str:
-    """A subject as the broker compares approvers (seb::cert::same_name): case- and
-    space-insensitive, escaped separators kept as part of the value."""
-    out: list[str] = []
-    space, after_separator = False, True
-    chars = iter(name.lower())
-    for c in chars:
-        if c == "\\":
-            escaped = next(chars, None)
-            if escaped == " ":
-                space = True
-            elif escaped is None:
-                out.append("\\")
+def _name_key(name: str) -> list:
+    """A subject (RFC 4514) as the broker compares approvers (seb::cert::same_name): every
+    attribute as (type, value), sorted, so that order and grouping do not count; types by
+    name or OID alike; `#hex` values decoded from their DER string type; escapes undone;
+    values lower-cased with spaces at either end dropped and runs of them collapsed.
+    Known answers shared with the broker: tests/data/same_names.json."""
+    key = []
+    kind, raw, in_value, hex_form, first = "", bytearray(), False, False, True
+    i, n = 0, len(name)
+    while True:
+        c = name[i] if i < n else None
+        if c is None or c in ",+":
+            text = raw.decode("utf-8", "replace")
+            value = text
+            if hex_form:
+                value = _der_string(text[1:])
+                if value is None:
+                    value = text.lower()
+            if kind.strip() or value:
+                key.append((_attribute_type(kind), " ".join(value.lower().split())))
+            if c is None:
+                break
+            kind, raw, in_value, hex_form, first = "", bytearray(), False, False, True
+            i += 1
+            continue
+        if not in_value:
+            if c == "=":
+                in_value = True
             else:
-                if space and not after_separator:
-                    out.append(" ")
-                out.append("\\" + escaped)
-                space, after_separator = False, False
+                kind += c
+            i += 1
             continue
-        if c.isspace():
-            space = True
+        if first and c == "#":
+            hex_form = True
+        first = False
+        if c == "\\":
+            pair = name[i + 1:i + 3]
+            if len(pair) == 2 and all(h in "0123456789abcdefABCDEF" for h in pair):
+                raw.append(int(pair, 16))
+                i += 3
+            elif i + 1 < n:
+                raw.extend(name[i + 1].encode())
+                i += 2
+            else:
+                i += 1
             continue
-        separator = c in ",+="
-        if space and not separator and not after_separator:
-            out.append(" ")
-        out.append(c)
-        space, after_separator = False, separator
-    return "".join(out)
+        raw.extend(c.encode("utf-8", "surrogatepass"))
+        i += 1
+    return sorted(key)
 
 
-def _subject_of(claims: dict) -> Any:
+_ATTRIBUTE_TYPES = {
+    "2.5.4.3": ("cn", "commonname"), "2.5.4.4": ("sn", "surname"),
+    "2.5.4.5": ("serialnumber",), "2.5.4.6": ("c", "countryname"),
+    "2.5.4.7": ("l", "localityname"), "2.5.4.8": ("st", "s", "stateorprovincename"),
+    "2.5.4.9": ("street", "streetaddress"), "2.5.4.10": ("o", "organizationname"),
+    "2.5.4.11": ("ou", "organizationalunitname"), "2.5.4.12": ("title",),
+    "2.5.4.42": ("givenname", "gn"), "2.5.4.43": ("initials",),
+    "0.9.2342.19200300.100.1.1": ("uid", "userid"),
+    "0.9.2342.19200300.100.1.25": ("dc", "domaincomponent"),
+    "1.2.840.113549.1.9.1": ("emailaddress", "email"),
+}
+_TYPE_BY_NAME = {name: oid for oid, names in _ATTRIBUTE_TYPES.items() for name in names}
+
+
+def _attribute_type(kind: str) -> str:
+    kind = kind.strip().lower()
+    if kind in _TYPE_BY_NAME:
+        return _TYPE_BY_NAME[kind]
+    return kind[4:] if kind.startswith("oid.") else kind
+
+
+def _der_string(hex_text: str):
+    """The text of a DER string value given as hex, or None."""
     try:
-        return x509.Name.from_rfc4514_string(claims["sub"])
-    except ValueError:
+        data = bytes.fromhex(hex_text)
+        tag, first, rest = data[0], data[1], data[2:]
+    except (ValueError, IndexError):
         return None
+    if first < 0x80:
+        length, rest = first, rest
+    elif first == 0x81 and rest:
+        length, rest = rest[0], rest[1:]
+    elif first == 0x82 and len(rest) >= 2:
+        length, rest = int.from_bytes(rest[:2], "big"), rest[2:]
+    else:
+        return None
+    if len(rest) < length:
+        return None
+    content = rest[:length]
+    try:
+        if tag in (0x0C, 0x12, 0x13, 0x16, 0x1A):
+            return content.decode("utf-8")
+        if tag == 0x14:
+            return content.decode("latin-1")
+        if tag == 0x1E and len(content) % 2 == 0:
+            return content.decode("utf-16-be")
+        if tag == 0x1C and len(content) % 4 == 0:
+            return content.decode("utf-32-be")
+    except UnicodeDecodeError:
+        return None
+    return None
 
 
 # A small strict DER reader for seb's role extensions (docs/GRANTS.md section 2).

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import env, read
 from seb_client import canonicalize, errors, params_digest, verify_token
-from seb_client.verify import TrustBundle, thumbprint
+from seb_client.verify import TrustBundle, _name_key, thumbprint
 
 
 def cases():
@@ -195,3 +195,17 @@ def test_claim_shapes_are_read_as_seb_reads_them():
         with pytest.raises(errors.VerifyError) as refused:
             _check_claim_types(dict(base, **change))
         assert refused.value.code == "invalid_claims", change
+
+
+def test_approver_names_compare_as_the_broker_compares_them():
+    # The known answers seb's own verifier is tested with (src/cert/name.rs).
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[3] / "tests" / "data" / "same_names.json"
+    names = json.loads(path.read_text(encoding="utf-8"))
+    assert len(names) > 20
+    for case in names:
+        for a, b in ((case["a"], case["b"]), (case["b"], case["a"])):
+            same = a == b or _name_key(a) == _name_key(b)
+            assert same == case["same"], (case["why"], a, b)
+    for odd in ["", "=", ",,", "CN", "CN=\\", "CN=#", "CN=#1e01", "CN=#0c7f61", "+=+"]:
+        _name_key(odd)
