@@ -39,7 +39,9 @@ pub use issuer::{check_attenuation, check_intermediate};
 use issuer::{check_issuer_chain, check_role_delegation};
 pub use profile::CertKind;
 use subject::COMMON_NAME;
-pub use subject::{attribute_problem, common_name, parse_new_subject, parse_subject};
+pub use subject::{
+    attribute_problem, common_name, hidden_character, parse_new_subject, parse_subject,
+};
 pub use trust_dir::{TrustDir, TrustDirError};
 
 /// Clock skew tolerated for freshly issued certificates: notBefore is set this far in the past.

@@ -51,6 +51,53 @@ pub fn parse_unambiguous(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     parse(bytes, None, MAX_DEPTH)
 }
 
+/// `value` read as `T` where the document says an object: `value` itself, and the member at
+/// each path of `objects` when it is present, must be JSON objects (serde alone fills a struct
+/// from an array, by position). Errors speak of the document, never of this program's types.
+pub fn object_as<T: serde::de::DeserializeOwned>(
+    value: Value,
+    objects: &[&[&str]],
+) -> Result<T, String> {
+    if !value.is_object() {
+        return Err("expected a JSON object".into());
+    }
+    for path in objects {
+        let member = path.iter().try_fold(&value, |at, name| at.get(name));
+        if member.is_some_and(|m| !m.is_object()) {
+            return Err(format!("`{}` must be a JSON object", path.join(".")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| shape_message(&e))
+}
+
+/// A serde error about a document's shape in the document's terms: `struct Receipt` is "an
+/// object", and positional element counts are left out.
+pub fn shape_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        out.push_str("an object");
+        rest = rest[at + "struct ".len()..]
+            .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        // ` with 13 elements`
+        if let Some(after) = rest.strip_prefix(" with ") {
+            let count = after.trim_start_matches(|c: char| c.is_ascii_digit());
+            if count.len() < after.len() {
+                if let Some(r) = count
+                    .strip_prefix(" elements")
+                    .or_else(|| count.strip_prefix(" element"))
+                {
+                    rest = r;
+                }
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Like [`parse_unambiguous`], with nesting up to `max_depth`: for a message that wraps a
 /// strict document a few levels down (an MCP tool call), where the document's own parser
 /// applies its bound.
@@ -189,6 +236,50 @@ impl<'a> Seed<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        a: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Inner,
+        name: String,
+    }
+
+    #[test]
+    fn objects_are_objects_and_errors_name_no_types() {
+        use serde_json::json;
+        let read = |v: Value| super::object_as::<Outer>(v, &[&["inner"]]);
+        assert!(read(json!({"inner": {"a": 1}, "name": "x"})).is_ok());
+        // What serde alone would take by position.
+        assert_eq!(
+            read(json!([{"a": 1}, "x"])).unwrap_err(),
+            "expected a JSON object"
+        );
+        assert_eq!(
+            read(json!({"inner": [1], "name": "x"})).unwrap_err(),
+            "`inner` must be a JSON object"
+        );
+        for wrong in [
+            json!({"inner": 1, "name": "x"}),
+            json!({"inner": {"a": "1"}, "name": "x"}),
+            json!({"inner": {"a": 1}}),
+        ] {
+            let e = super::object_as::<Outer>(wrong.clone(), &[]).unwrap_err();
+            assert!(!e.contains("Outer") && !e.contains("Inner"), "{wrong}: {e}");
+        }
+        let e = super::object_as::<Outer>(json!({"inner": [], "name": "x"}), &[]).unwrap_err();
+        assert!(
+            e.contains("expected an object") && !e.contains("element"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -131,7 +131,7 @@ pub fn parse(text: &[u8]) -> Result<Receipt, ReceiptError> {
     }
     let value =
         crate::json::parse_strict(text).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-    serde_json::from_value(value).map_err(|e| ReceiptError::Malformed(e.to_string()))
+    crate::json::object_as(value, &[&["body"]]).map_err(ReceiptError::Malformed)
 }
 
 /// Verifies that `receipt` was signed by the key of `executor`, names that certificate, and

@@ -499,16 +499,16 @@ async fn authorize(
     let attempt = match (req.method().as_str(), req.uri().path()) {
         ("POST", "/v1/executions") => Some((RefusedAttempt::Execution, None)),
         ("POST", "/v1/tokens/redeem") => Some((RefusedAttempt::Redemption, None)),
-        ("POST", p) if p.starts_with("/v1/executions/") && p.ends_with("/outcome") => {
-            Some((RefusedAttempt::Outcome, None))
-        }
-        ("POST", p) => p
-            .strip_prefix("/v1/executions/")
-            .and_then(|rest| rest.strip_suffix("/approvals"))
-            .map(|id| {
-                let named = crate::broker::is_request_id(id).then(|| id.to_owned());
-                (RefusedAttempt::Approval, named)
-            }),
+        ("POST", p) => p.strip_prefix("/v1/executions/").and_then(|rest| {
+            // The request id from the path, when it is one.
+            let named = |id: &str| crate::broker::is_request_id(id).then(|| id.to_owned());
+            if let Some(id) = rest.strip_suffix("/outcome") {
+                Some((RefusedAttempt::Outcome, named(id)))
+            } else {
+                rest.strip_suffix("/approvals")
+                    .map(|id| (RefusedAttempt::Approval, named(id)))
+            }
+        }),
         _ => None,
     };
     // Any other route refused for the caller's own certificate: a revoked or expired key

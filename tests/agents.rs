@@ -1003,7 +1003,7 @@ fn the_go_executor_verifies_offline_redeems_acts_and_signs_a_receipt() {
     });
     assert_eq!(
         (raw.status, code(&raw)),
-        (400, "invalid_request"),
+        (400, "malformed_json"),
         "{}",
         raw.text
     );

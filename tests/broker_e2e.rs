@@ -852,6 +852,10 @@ fn malformed_input_gets_a_4xx_with_a_code() {
         // As a double too: 1e16 is whole, and its canonical form is the integer above.
         ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":1e16}}"#.to_vec(), 400, "invalid_request"),
         ("GET", "/v1/audit/entries?start=1&end=0", Vec::new(), 400, "invalid_request"),
+        // A query the route does not take, as every route answers it.
+        ("GET", "/v1/audit/entries?start=abc", Vec::new(), 400, "invalid_query"),
+        ("GET", "/v1/audit/entries?start=0&foo=1", Vec::new(), 400, "invalid_query"),
+        ("GET", "/v1/audit/proof/inclusion?index=x", Vec::new(), 400, "invalid_query"),
         ("POST", "/v1/executions", br#"{"operation":"deploy.rollout","resource":"prod/payments/api","params":{"replicas":1,"replicas":99}}"#.to_vec(), 400, "malformed_json"),
         ("POST", "/v1/executions", deep.into_bytes(), 400, "malformed_json"),
         ("POST", "/v1/executions", huge.into_bytes(), 413, "body_too_large"),
@@ -1568,6 +1572,59 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
     };
     let r = post(&s, &agent, "/v1/executions", &good_request());
     assert_eq!(r.status, 201, "{}", r.text);
+
+    // The same CA signs a name with a right-to-left override, which `seb cert issue` would
+    // refuse: the broker refuses it too, since approvers, the log and webhooks show it.
+    let (ok, text) = common::openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            &path("top.key"),
+            "-utf8",
+            "-subj",
+            "/CN=deploy-bot\u{202e}tob-yolped",
+            "-out",
+            &path("rlo.csr"),
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = common::openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path("rlo.csr"),
+            "-CA",
+            &path("offline-chain.pem"),
+            "-CAkey",
+            &path("offline.key"),
+            "-days",
+            "2",
+            "-sha384",
+            "-extfile",
+            &path("top.ext"),
+            "-out",
+            &path("rlo-leaf.pem"),
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let leaf = std::fs::read_to_string(s.hsm.path("rlo-leaf.pem")).unwrap();
+    std::fs::write(s.hsm.path("rlo.pem"), format!("{leaf}{intermediate}")).unwrap();
+    let hidden = Identity {
+        cert: s.hsm.path("rlo.pem"),
+        key: s.hsm.path("top.key"),
+    };
+    let r = post(&s, &hidden, "/v1/executions", &good_request());
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (403, "bad_certificate"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("U+202E"), "{}", r.text);
 
     // Revoked by the serial exactly as `openssl x509 -serial` prints it.
     let (ok, printed) = common::openssl(

@@ -669,6 +669,38 @@ fn a_stalled_or_oversized_body_does_not_hold_an_executor_connection() {
         "{answer}"
     );
     assert!(answer.contains("\"method_not_allowed\""), "{answer}");
+    // Another path: the broker's code for it.
+    let (answer, _) = raw_exchange(&s, "GET /v1/grants HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("\"not_found\""), "{answer}");
+    // Bodies: JSON another parser could read differently is malformed_json, as at the broker;
+    // the members by position are not the object the API documents, and no message names
+    // the executor's own types.
+    for (body, expected) in [
+        (
+            r#"{"token":"a.b.c","params":{},"params":{}}"#,
+            "malformed_json",
+        ),
+        ("{", "malformed_json"),
+        (r#"["a.b.c",{}]"#, "invalid_request"),
+        ("null", "invalid_request"),
+        (r#"{"token":"a.b.c"}"#, "invalid_request"),
+    ] {
+        let (answer, _) = raw_exchange(
+            &s,
+            &format!(
+                "POST /v1/run HTTP/1.1\r\nHost: {{authority}}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body}: {answer}");
+        assert!(
+            answer.contains(&format!("\"{expected}\"")),
+            "{body}: {answer}"
+        );
+        assert!(!answer.contains("struct"), "{body}: {answer}");
+    }
     // And the executor goes on serving.
     let params = json!({"name": "after-stall", "text": "ok"});
     let token = token(&s, &params);
@@ -767,4 +799,35 @@ fn the_broker_records_only_outcomes_that_describe_the_token() {
         "{codes:?}"
     );
     assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{codes:?}");
+
+    // A receipt by position is not the object the API documents; no message names types.
+    for shape in [json!([]), json!({"body": [], "signature": "AA"}), json!(1)] {
+        let r = post(
+            &format!("/v1/executions/{request_id}/outcome"),
+            &json!({ "receipt": shape }),
+        );
+        assert_eq!(r.status, 400, "{shape}: {}", r.text);
+        assert!(!r.text.contains("struct"), "{shape}: {}", r.text);
+    }
+    // Another role reporting is refused before the handler, and its entry names the request
+    // from the path.
+    let tls = s.hsm.tls(&s.agent, false);
+    let r = common::runtime().block_on(async {
+        let mut c = seb::client::Client::connect(&s.broker.url, &tls)
+            .await
+            .unwrap();
+        c.post_json(
+            &format!("/v1/executions/{request_id}/outcome"),
+            &json!({"receipt": {}}),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(r.body["error"]["code"], "wrong_role", "{}", r.text);
+    let entries = s.hsm.audit_entries_eventually("outcome_reported", 7);
+    let refused = entries
+        .iter()
+        .find(|e| e["code"] == "wrong_role")
+        .expect("an entry for the agent's report");
+    assert_eq!(refused["request_id"], request_id.as_str(), "{refused}");
 }

@@ -250,8 +250,13 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	parsed, err := parseStrict(body)
+	if err != nil {
+		// Not JSON, or JSON another parser could read differently (seb exec's code too).
+		fail(w, http.StatusBadRequest, "malformed_json", err.Error())
+		return
+	}
 	run, ok := parsed.(map[string]interface{})
-	if err != nil || !ok || len(run) != 2 {
+	if !ok || len(run) != 2 {
 		fail(w, http.StatusBadRequest, "invalid_request", "the body is not exactly {token, params}")
 		return
 	}

@@ -240,6 +240,17 @@ fn validate(
     let leaf_der = leaf
         .to_der_bytes()
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
+    // A name shown to approvers, in the log and in webhooks must read as what it is. seb's CA
+    // never writes such a name; an offline intermediate could.
+    for (depth, cert) in certs.iter().enumerate() {
+        if let Some(c) = crate::ca::hidden_character(cert.tbs().subject()) {
+            return Err(BrokerError::BadCertificate(format!(
+                "the subject of the certificate at depth {depth} contains the control or \
+                 formatting character U+{:04X}, which could make it look like another name",
+                u32::from(c)
+            )));
+        }
+    }
     let validated = match refused {
         Some(e) => Err(e),
         None => chain::validate(leaf, rest, roots, now),

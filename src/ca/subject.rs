@@ -82,20 +82,16 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
     {
         return Some("more than one common name (CN)".into());
     }
+    if let Some(c) = hidden_character(name) {
+        return Some(format!(
+            "an attribute contains the control or formatting character U+{:04X}",
+            u32::from(c)
+        ));
+    }
     for atv in attributes {
         let Some(text) = attribute_text(&atv.value) else {
             continue;
         };
-        let text = text.as_str();
-        if let Some(c) = text
-            .chars()
-            .find(|&c| c.is_control() || crate::text::hides_text(c))
-        {
-            return Some(format!(
-                "an attribute contains the control or formatting character U+{:04X}",
-                u32::from(c)
-            ));
-        }
         let chars = text.chars().count();
         if atv.oid == COMMON_NAME && !(1..=64).contains(&chars) {
             return Some("the common name (CN) must be 1 to 64 characters (RFC 5280)".into());
@@ -112,6 +108,19 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
 /// The text of a directory string: UTF-8 for UTF8String, PrintableString, IA5String and
 /// TeletexString (as tools write them), UTF-16 for BMPString; `None` for anything else or
 /// bytes that do not decode (not measured).
+/// The first control or formatting character ([`crate::text::hides_text`], line feeds and tabs
+/// included) in an attribute of `name` that reads as text: what would let the name, shown to an
+/// approver or an auditor, look like another. `seb cert issue` never writes one; a certificate
+/// an offline intermediate signed might hold one, and the broker refuses it.
+pub fn hidden_character(name: &Name) -> Option<char> {
+    name.iter()
+        .filter_map(|atv| attribute_text(&atv.value))
+        .find_map(|text| {
+            text.chars()
+                .find(|&c| c.is_control() || crate::text::hides_text(c))
+        })
+}
+
 fn attribute_text(value: &der::Any) -> Option<String> {
     let bytes = value.value();
     match der::Tagged::tag(value) {

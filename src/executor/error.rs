@@ -28,6 +28,10 @@ pub enum ExecError {
     /// The body is not `{token, params}` as required.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The body is not JSON, or JSON another parser could read differently (a duplicate key,
+    /// deep nesting): the broker's code for the same.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
     /// The body is larger than the limit.
     #[error("request body too large")]
     BodyTooLarge,
@@ -80,6 +84,7 @@ impl ExecError {
     pub fn disposition(&self) -> (u16, String) {
         let (status, code): (u16, &str) = match self {
             ExecError::InvalidRequest(_) => (400, "invalid_request"),
+            ExecError::MalformedJson(_) => (400, "malformed_json"),
             ExecError::BodyTooLarge => (413, "body_too_large"),
             ExecError::BadCertificate(_) => (403, "bad_certificate"),
             ExecError::WrongRole(_) => (403, "wrong_role"),

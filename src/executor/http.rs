@@ -54,10 +54,13 @@ async fn run_handler(
         if body.len() > executor.config.max_body_bytes {
             return Err(ExecError::BodyTooLarge);
         }
-        let value = crate::json::parse_strict(&body)
-            .map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
-        let run: RunBody =
-            serde_json::from_value(value).map_err(|e| ExecError::InvalidRequest(e.to_string()))?;
+        let value = crate::json::parse_strict(&body).map_err(|e| match e {
+            crate::json::StrictJsonError::Syntax(_) => ExecError::MalformedJson(e.to_string()),
+            crate::json::StrictJsonError::UnsafeNumber(_) => {
+                ExecError::InvalidRequest(e.to_string())
+            }
+        })?;
+        let run: RunBody = crate::json::object_as(value, &[]).map_err(ExecError::InvalidRequest)?;
         match tokio::time::timeout(executor.run_deadline(), executor.run(&agent, run)).await {
             Ok(result) => result,
             Err(_) => Err(ExecError::Internal("the run took too long".into())),
@@ -77,7 +80,9 @@ async fn run_handler(
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": {"code": "no_such_endpoint", "message": "POST /v1/run is the only endpoint"}})),
+        Json(
+            json!({"error": {"code": "not_found", "message": "POST /v1/run is the only endpoint"}}),
+        ),
     )
         .into_response()
 }

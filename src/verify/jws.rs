@@ -88,8 +88,11 @@ pub fn decode_verified<'c>(
     let signature = strict_b64("signature", signature_b64)?;
 
     // 2. Header. `alg` is looked at before anything else is trusted.
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|e| malformed("header", e.to_string()))?;
+    // Duplicate members are refused (a parser that kept the first `alg` would read another).
+    let header: Header = crate::json::parse_unambiguous(&header_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|value| crate::json::object_as(value, &[]))
+        .map_err(|e| malformed("header", e))?;
     if header.alg != "ES384" && header.alg != "ES256" {
         return Err(VerifyError::UnsupportedAlgorithm { alg: header.alg });
     }
@@ -126,10 +129,10 @@ pub fn decode_verified<'c>(
     }
 
     // 5. Claims, only now that they are known to come from the signer's key.
-    let claims: Claims =
-        serde_json::from_slice(&claims_bytes).map_err(|e| VerifyError::InvalidClaims {
-            reason: e.to_string(),
-        })?;
+    let claims: Claims = crate::json::parse_unambiguous(&claims_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|value| crate::json::object_as(value, &[]))
+        .map_err(|reason| VerifyError::InvalidClaims { reason })?;
     check_lifetime(&claims, rules)?;
     if claims.epoch < rules.min_epoch {
         return Err(VerifyError::StaleEpoch {
