@@ -335,8 +335,9 @@ pub struct ApprovalRecord {
 
 impl ApprovalRecord {
     /// Whether `other` was made by the same approver: the same certificate, the same key, or
-    /// the same subject as names are matched ([`crate::cert::same_name`]: case and
-    /// insignificant spaces do not make two people). Such an approver counts once.
+    /// the same subject as names are matched ([`crate::cert::same_name`]: attribute order,
+    /// string types, case and insignificant spaces do not make two people). Such an approver
+    /// counts once.
     pub fn same_approver(&self, other: &ApprovalRecord) -> bool {
         self.approver == other.approver
             || self.approver_key == other.approver_key

@@ -464,6 +464,17 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
         .find(|p| p["request_id"] == id.as_str())
         .unwrap_or_else(|| panic!("{id} not listed: {}", r.text));
     assert_eq!(who(&listed["approvals"]), vec!["CN=bob"], "{}", r.text);
+    // Bob, whose approval counts, is not offered the request again (his would be refused as
+    // a duplicate); Alice with a new certificate, whose approval no longer counts, is.
+    let listed_for = |who: &Identity| {
+        let r = call(&s, who, "GET", "/v1/executions?status=pending", None);
+        r.body["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["request_id"] == id.as_str())
+    };
+    assert!(!listed_for(&s.bob));
 
     // Alice, with a new certificate (a new key), may decide again: her revoked approval does
     // not count, so the new one is no duplicate, and it completes the quorum with Bob's.
@@ -473,6 +484,7 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
         "approver",
         &["--group", "sre-leads"],
     );
+    assert!(listed_for(&alice_again));
     let r = decide(&s, &alice_again, &id, Decision::Approve, &digest);
     assert_eq!(r.status, 200, "{}", r.text);
     let r = call(&s, &s.agent, "GET", &format!("/v1/executions/{id}"), None);

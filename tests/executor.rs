@@ -146,7 +146,27 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
             s.hsm.dir.path(),
         )
     };
-    common::assert_success(&verify(&answer, &s.executor.cert), "seb receipt verify");
+    let out = verify(&answer, &s.executor.cert);
+    common::assert_success(&out, "seb receipt verify");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("stdout: the answer's text is what the receipt's digest covers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The answer's output or verdict changed next to an intact receipt: refused, since the
+    // signature would vouch for something else than what the reader sees.
+    let mut shown = answer.clone();
+    shown["stdout"] = json!("all rows deleted");
+    common::assert_clean_failure(&verify(&shown, &s.executor.cert), "output_mismatch");
+    let mut shown = answer.clone();
+    shown["succeeded"] = json!(false);
+    common::assert_clean_failure(&verify(&shown, &s.executor.cert), "output_mismatch");
+    // The receipt alone verifies as before.
+    common::assert_success(
+        &verify(&answer["receipt"], &s.executor.cert),
+        "seb receipt verify of the receipt alone",
+    );
     // A changed receipt does not.
     let mut forged = answer.clone();
     forged["receipt"]["body"]["exit_code"] = json!(1);

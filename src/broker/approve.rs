@@ -158,7 +158,9 @@ impl Broker {
         result
     }
 
-    /// Open requests the approver `peer` may decide: those whose group it is in, oldest first.
+    /// Open requests the approver `peer` may decide: those whose group it is in, oldest first,
+    /// and not those it already approved (as itself: by certificate, key or name, as the
+    /// duplicate check counts people), where another approval of its would be refused.
     pub fn pending_requests(&self, caller: &Caller) -> Result<Vec<PendingRequest>, BrokerError> {
         let role = approver_role(caller.peer(), "list pending requests")?;
         let now = SystemTime::now();
@@ -184,8 +186,17 @@ impl Broker {
         }
         open.truncate(MAX_LISTED);
         let mut out = Vec::new();
+        let peer = caller.peer();
         for (record, pending) in open {
             let approvals = self.approvals_that_count(&record.request_id)?;
+            let decided = approvals.iter().any(|a| {
+                a.approver == peer.thumbprint
+                    || a.approver_key == peer.key_id
+                    || crate::cert::same_name(&a.approver_subject, &peer.subject)
+            });
+            if decided {
+                continue;
+            }
             let params = serde_json::from_str(&record.params)
                 .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
             out.push(PendingRequest {

@@ -74,7 +74,10 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         read_file(&args.receipt)?
     };
     let value = seb::json::parse_strict(&text).map_err(|e| format!("receipt: {e}"))?;
-    let inner = value.get("receipt").cloned().unwrap_or(value);
+    let inner = value
+        .get("receipt")
+        .cloned()
+        .unwrap_or_else(|| value.clone());
     let receipt = seb::receipt::parse(&serde_json::to_vec(&inner)?)?;
     let chain = Certificate::parse_pem_chain(&read_file(&args.cert)?)?;
     let roots = Certificate::parse_pem_chain(&read_file(&args.trust)?)?;
@@ -108,9 +111,81 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         return Err("not_an_executor: the certificate's role is not executor".into());
     }
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
+    // The executor's whole answer: what it shows next to the receipt must be what the receipt
+    // says, or the signature vouches for something else than the reader sees.
+    let notes = if value.get("receipt").is_some() {
+        answer_matches(&value, &receipt.body)?
+    } else {
+        Vec::new()
+    };
     say!("{}", serde_json::to_string_pretty(&receipt.body)?);
+    for note in notes {
+        eprintln!("{note}");
+    }
     eprintln!("receipt verified: signed by {}", leaf.subject_string());
     Ok(())
+}
+
+/// Checks an executor's answer against its receipt: `stdout` and `stderr` (the first
+/// [`seb::executor::action::MAX_KEPT_OUTPUT`] bytes of each, as text) against the digests, and
+/// `succeeded` against the exit status. An output shown whole that does not hash to its digest
+/// is refused (`output_mismatch`); one the executor cut, or that was not UTF-8, cannot be
+/// compared, which a note says.
+fn answer_matches(
+    answer: &serde_json::Value,
+    body: &seb::receipt::ReceiptBody,
+) -> Result<Vec<String>, super::CliError> {
+    let mut notes = Vec::new();
+    for (name, digest) in [
+        ("stdout", &body.stdout_sha256),
+        ("stderr", &body.stderr_sha256),
+    ] {
+        let Some(shown) = answer.get(name) else {
+            continue;
+        };
+        let shown = shown
+            .as_str()
+            .ok_or(format!("output_mismatch: the answer's {name} is not text"))?;
+        if seb::receipt::output_digest(shown.as_bytes()) == *digest {
+            notes.push(format!(
+                "{name}: the answer's text is what the receipt's digest covers"
+            ));
+        } else if shown.len() >= seb::executor::action::MAX_KEPT_OUTPUT
+            || shown.contains(char::REPLACEMENT_CHARACTER)
+        {
+            notes.push(format!(
+                "{name}: the answer shows only part of it, or not its exact bytes (not UTF-8); \
+                 the receipt's digest covers the whole raw output, which cannot be compared here"
+            ));
+        } else {
+            return Err(format!(
+                "output_mismatch: the answer's {name} does not hash to the receipt's \
+                 {name}_sha256: it is not the output the executor signed for"
+            )
+            .into());
+        }
+    }
+    if let Some(succeeded) = answer.get("succeeded") {
+        // A command succeeded when it exited 0, an HTTP action when it answered 2xx; neither
+        // after a timeout. The receipt does not say which kind of action it was.
+        // An HTTP status is 100 to 599, so exit code 0 was a command's.
+        let command = !body.timed_out && body.exit_code == 0;
+        let http = (100..600)
+            .contains(&body.exit_code)
+            .then_some(!body.timed_out && (200..300).contains(&body.exit_code));
+        if !succeeded
+            .as_bool()
+            .is_some_and(|s| s == command || Some(s) == http)
+        {
+            return Err(format!(
+                "output_mismatch: the answer says succeeded = {succeeded}, but the receipt has \
+                 exit_code {} and timed_out {}",
+                body.exit_code, body.timed_out
+            )
+            .into());
+        }
+    }
+    Ok(notes)
 }
 
 /// Options of `seb demo-write`.

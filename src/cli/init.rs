@@ -41,7 +41,8 @@ pub fn run(config: &Config, args: InitArgs) -> CliResult {
     if !present.is_empty() {
         return Err(format!(
             "the token is already initialised (keys {present:?} exist); init changed nothing. \
-             To start over, create a new token and run init again"
+             `seb check` shows the state of this deployment (provision.sh --executor-port runs \
+             init itself). Only to start over: create a new token and run init again"
         )
         .into());
     }

@@ -15,6 +15,9 @@
 //	    -agent agent.pem -agent-key agent.key -approver approver.pem -approver-key approver.key \
 //	    -executor executor.pem -executor-key executor.key -revoked-serial HEX
 //
+// The agent must hold a grant for deploy.rollout on prod/payments/api with {"replicas": 3}
+// (tests/go_interop.rs issues it one), and the approver and executor certificates those roles.
+//
 // It prints one line per step and "interop: ok" at the end; any failure exits with status 1
 // and says which step failed.
 package main
