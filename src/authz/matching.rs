@@ -59,6 +59,14 @@ pub enum ParamViolation {
     Missing(String),
     /// A parameter the grant does not name, and the grant is not `params_any`.
     NotPermitted(String),
+    /// With `params_any`, an unnamed parameter that a reader ignoring case or invisible
+    /// characters would take for a constrained one (`REPLICAS` next to `replicas`).
+    Shadows {
+        /// The unnamed parameter.
+        name: String,
+        /// The constrained parameter it could be read as.
+        constrained: String,
+    },
     /// A constrained parameter holds an object, array or null.
     NotScalar(String),
     /// A constrained parameter's value does not satisfy the constraint.
@@ -79,6 +87,11 @@ impl std::fmt::Display for ParamViolation {
         match self {
             ParamViolation::Missing(n) => write!(f, "parameter {n:?} is required"),
             ParamViolation::NotPermitted(n) => write!(f, "parameter {n:?} is not permitted"),
+            ParamViolation::Shadows { name, constrained } => write!(
+                f,
+                "parameter {name:?} is not permitted: a program that ignores case or invisible \
+                 characters in names would read it as the constrained {constrained:?}"
+            ),
             ParamViolation::NotScalar(n) => {
                 write!(f, "parameter {n:?} must be a string, integer or boolean")
             }
@@ -124,12 +137,38 @@ pub fn params_satisfy(
             });
         }
     }
-    if !params_any {
-        if let Some(extra) = params.keys().find(|k| !constraints.contains_key(*k)) {
+    let extras = params.keys().filter(|k| !constraints.contains_key(*k));
+    for extra in extras {
+        if !params_any {
             return Err(ParamViolation::NotPermitted(extra.clone()));
+        }
+        // Many programs match names case-insensitively or after dropping what does not
+        // show (.NET's JSON binding, configuration loaders): such a reader would act on this
+        // value instead of the one the constraint checked.
+        let folded = folded_name(extra);
+        if let Some(constrained) = constraints.keys().find(|c| folded_name(c) == folded) {
+            return Err(ParamViolation::Shadows {
+                name: extra.clone(),
+                constrained: constrained.clone(),
+            });
         }
     }
     Ok(())
+}
+
+/// A parameter name as a lenient reader may match it: lower case, without whitespace, control
+/// or formatting characters (zero-width spaces, bidirectional marks), `-` and `_`.
+fn folded_name(name: &str) -> String {
+    name.chars()
+        .filter(|&c| {
+            !(c.is_whitespace()
+                || c.is_control()
+                || crate::text::hides_text(c)
+                || c == '-'
+                || c == '_')
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// Whether a JSON value satisfies a constraint; types are exact.
@@ -258,5 +297,50 @@ mod tests {
         for (p, r) in no {
             assert!(!resource_matches(p, r), "{p} !~ {r}");
         }
+    }
+
+    #[test]
+    fn with_params_any_an_unnamed_parameter_may_not_pass_for_a_constrained_one() {
+        let mut constraints = std::collections::BTreeMap::new();
+        constraints.insert(
+            "max_replicas".to_owned(),
+            Constraint::Range { min: 1, max: 10 },
+        );
+        let with = |extra: &str| {
+            let mut params = Map::new();
+            params.insert("max_replicas".into(), Value::from(5));
+            params.insert(extra.into(), Value::from(1000));
+            params_satisfy(&constraints, true, &params)
+        };
+        for shadow in [
+            "MAX_REPLICAS",
+            "Max_Replicas",
+            "maxReplicas",
+            "max-replicas",
+            "max_replicas ",
+            "max_replicas\u{200b}",
+            "max\u{202e}_replicas",
+        ] {
+            assert_eq!(
+                with(shadow),
+                Err(ParamViolation::Shadows {
+                    name: shadow.into(),
+                    constrained: "max_replicas".into()
+                }),
+                "{shadow:?}"
+            );
+        }
+        // Other names stay free, as params_any says.
+        for free in ["replicas", "max_replica", "image", "notes"] {
+            assert_eq!(with(free), Ok(()), "{free:?}");
+        }
+        // Without params_any they were refused anyway.
+        let mut params = Map::new();
+        params.insert("max_replicas".into(), Value::from(5));
+        params.insert("MAX_REPLICAS".into(), Value::from(1000));
+        assert_eq!(
+            params_satisfy(&constraints, false, &params),
+            Err(ParamViolation::NotPermitted("MAX_REPLICAS".into()))
+        );
     }
 }
