@@ -1540,36 +1540,52 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
         ),
     )
     .unwrap();
-    let (ok, text) = common::openssl(
-        &[
+    // The offline CA signs a CSR with the agent extensions above, as NAME-leaf.pem; the chain
+    // (leaf, intermediate) goes to NAME.pem.
+    let intermediate = std::fs::read_to_string(s.hsm.path("offline-chain.pem")).unwrap();
+    let (offline_chain, offline_key, ext) = (
+        path("offline-chain.pem"),
+        path("offline.key"),
+        path("top.ext"),
+    );
+    let offline_sign = |csr: &str, name: &str, extra: &[&str]| {
+        let (leaf, csr) = (path(&format!("{name}-leaf.pem")), path(csr));
+        let mut args = vec![
             "x509",
             "-req",
             "-in",
-            &path("top.csr"),
+            &csr,
             "-CA",
-            &path("offline-chain.pem"),
+            &offline_chain,
             "-CAkey",
-            &path("offline.key"),
-            "-set_serial",
-            "0x80a1b2c3d4e5f60718293a4b5c6d7e8f",
+            &offline_key,
             "-days",
             "2",
             "-sha384",
             "-extfile",
-            &path("top.ext"),
+            &ext,
             "-out",
-            &path("top-leaf.pem"),
-        ],
-        dir,
-    );
-    assert!(ok, "{text}");
-    let leaf = std::fs::read_to_string(s.hsm.path("top-leaf.pem")).unwrap();
-    let intermediate = std::fs::read_to_string(s.hsm.path("offline-chain.pem")).unwrap();
-    std::fs::write(s.hsm.path("top.pem"), format!("{leaf}{intermediate}")).unwrap();
-    let agent = Identity {
-        cert: s.hsm.path("top.pem"),
-        key: s.hsm.path("top.key"),
+            &leaf,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, text) = common::openssl(&args, dir);
+        assert!(ok, "{text}");
+        let leaf = std::fs::read_to_string(&leaf).unwrap();
+        std::fs::write(
+            s.hsm.path(&format!("{name}.pem")),
+            format!("{leaf}{intermediate}"),
+        )
+        .unwrap();
+        Identity {
+            cert: s.hsm.path(&format!("{name}.pem")),
+            key: s.hsm.path("top.key"),
+        }
     };
+    let agent = offline_sign(
+        "top.csr",
+        "top",
+        &["-set_serial", "0x80a1b2c3d4e5f60718293a4b5c6d7e8f"],
+    );
     let r = post(&s, &agent, "/v1/executions", &good_request());
     assert_eq!(r.status, 201, "{}", r.text);
 
@@ -1590,33 +1606,7 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
         dir,
     );
     assert!(ok, "{text}");
-    let (ok, text) = common::openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &path("rlo.csr"),
-            "-CA",
-            &path("offline-chain.pem"),
-            "-CAkey",
-            &path("offline.key"),
-            "-days",
-            "2",
-            "-sha384",
-            "-extfile",
-            &path("top.ext"),
-            "-out",
-            &path("rlo-leaf.pem"),
-        ],
-        dir,
-    );
-    assert!(ok, "{text}");
-    let leaf = std::fs::read_to_string(s.hsm.path("rlo-leaf.pem")).unwrap();
-    std::fs::write(s.hsm.path("rlo.pem"), format!("{leaf}{intermediate}")).unwrap();
-    let hidden = Identity {
-        cert: s.hsm.path("rlo.pem"),
-        key: s.hsm.path("top.key"),
-    };
+    let hidden = offline_sign("rlo.csr", "rlo", &[]);
     let r = post(&s, &hidden, "/v1/executions", &good_request());
     assert_eq!(
         (r.status, error_code(&r)),
