@@ -1167,27 +1167,14 @@ fn openssl_approver(s: &Setup, name: &str, subject: &str, bmp: bool) -> Identity
         format!("[req]\ndistinguished_name=dn\nstring_mask={mask}\nprompt=no\n[dn]\n"),
     )
     .unwrap();
-    let (ok, text) = common::openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            subject,
-            "-config",
-            path("cnf").to_str().unwrap(),
-            "-keyout",
-            path("key").to_str().unwrap(),
-            "-out",
-            path("csr").to_str().unwrap(),
-        ],
+    let config = path("cnf");
+    common::openssl_csr(
         s.hsm.dir.path(),
+        &path("key"),
+        subject,
+        &path("csr"),
+        &["-config", config.to_str().unwrap()],
     );
-    assert!(ok, "{text}");
     s.hsm.seb_ok(&[
         "cert",
         "issue",

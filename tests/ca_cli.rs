@@ -463,7 +463,7 @@ fn bad_csrs_are_refused_cleanly() {
         ),
     ] {
         let csr = hsm.path(&format!("{name}.csr"));
-        openssl_csr(&hsm, &key, &subject, &csr);
+        common::openssl_csr(hsm.dir.path(), &key, &subject, &csr, &[]);
         assert_clean_failure(&issue(&csr), refusal);
         assert!(
             !hsm.path("x.pem").exists(),
@@ -680,11 +680,12 @@ fn csr_subjects_with_hidden_characters_are_not_given_out() {
     let hsm = Hsm::initialised();
     let grants = write_grants(&hsm, GRANTS);
     let csr = hsm.path("odd.csr");
-    openssl_csr(
-        &hsm,
+    common::openssl_csr(
+        hsm.dir.path(),
         &hsm.path("odd.key"),
         "/CN=deploy-bot\u{202e}ko/O=test",
         &csr,
+        &[],
     );
     let csr = csr.display().to_string();
     let agent = [
@@ -706,28 +707,4 @@ fn csr_subjects_with_hidden_characters_are_not_given_out() {
     ];
     assert_clean_failure(&hsm.seb(&ca), "U+202E");
     assert!(!hsm.path("odd.pem").exists() && !hsm.path("odd-ca.pem").exists());
-}
-
-/// A CSR for a fresh P-256 key (`key`) made by openssl with the UTF-8 `subject`.
-fn openssl_csr(hsm: &Hsm, key: &std::path::Path, subject: &str, csr: &std::path::Path) {
-    let (ok, text) = openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-utf8",
-            "-subj",
-            subject,
-            "-out",
-            csr.to_str().unwrap(),
-        ],
-        hsm.dir.path(),
-    );
-    assert!(ok, "openssl req: {text}");
 }

@@ -480,6 +480,30 @@ pub fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A CSR for a fresh P-256 key (`key`) made by openssl in `dir` with the UTF-8 `subject`
+/// (`/A=x/B=y`, attributes in that order) and `extra` options (`-config FILE`).
+pub fn openssl_csr(dir: &Path, key: &Path, subject: &str, csr: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-utf8",
+        "-subj",
+        subject,
+        "-out",
+        csr.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = openssl(&args, dir);
+    assert!(ok, "openssl req: {text}");
+}
+
 /// The serial `openssl x509 -noout -serial` prints for the certificate (the first of a chain)
 /// in `cert`.
 pub fn openssl_serial(cert: &Path) -> String {
