@@ -34,6 +34,7 @@ use x509_cert::TbsCertificate;
 mod name;
 
 pub use name::same_name;
+pub(crate) use name::string_text;
 
 pub use x509_cert::ext::Extension;
 

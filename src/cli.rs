@@ -105,11 +105,15 @@ fn warn_if_root_in_another_users_state(config: &Config) {
     if owner == 0 {
         return;
     }
-    let user = user_name(owner).unwrap_or_else(|| owner.to_string());
+    // sudo takes a numeric user id as `#UID`.
+    let (user, sudo_user) = match user_name(owner) {
+        Some(name) => (name.clone(), name),
+        None => (format!("user id {owner}"), format!("'#{owner}'")),
+    };
     eprintln!(
         "warning: running as root, but the state directory {} belongs to {user}: files and \
          HSM key objects this command creates may be unreadable by the broker; run it as that \
-         user (sudo -u {user} seb ...)",
+         user (sudo -u {sudo_user} seb ...)",
         config.state_dir.display()
     );
 }

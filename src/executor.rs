@@ -106,14 +106,19 @@ fn serves_https(leaf: &Certificate) -> Result<(), String> {
         .standard_extension::<ExtendedKeyUsage>()
         .map_err(|e| e.to_string())?;
     let server_auth = usages.is_some_and(|u| u.0.contains(&crate::client::SERVER_AUTH));
-    let names = leaf.extension(<SubjectAltName as der::oid::AssociatedOid>::OID);
-    if server_auth && names.is_some() {
-        return Ok(());
-    }
+    let names = leaf
+        .extension(<SubjectAltName as der::oid::AssociatedOid>::OID)
+        .is_some();
+    let missing = match (server_auth, names) {
+        (true, true) => return Ok(()),
+        (false, false) => "no serverAuth usage and no names",
+        (false, true) => "no serverAuth usage",
+        (true, false) => "no names (subjectAltName)",
+    };
     Err(format!(
-        "the executor certificate {:?} has no serverAuth usage and no names, so agents cannot \
-         connect to this executor over HTTPS: issue it with `seb cert issue --role executor \
-         --tls-name HOST [--tls-name IP]` (docs/OPERATIONS.md §7a)",
+        "the executor certificate {:?} has {missing}, so agents cannot connect to this \
+         executor over HTTPS: issue it with `seb cert issue --role executor --tls-name HOST \
+         [--tls-name IP]` (docs/OPERATIONS.md §7a)",
         leaf.subject_string()
     ))
 }

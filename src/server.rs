@@ -513,7 +513,15 @@ async fn authorize(
     };
     // Any other route refused for the caller's own certificate: a revoked or expired key
     // still in use, even only to look.
-    let route = || format!("{} {}", req.method(), req.uri().path());
+    // The route as the router knows it (`/v1/executions/{id}`), never the raw path the caller
+    // sent, which could be long or hold escapes.
+    let route = || {
+        let template = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("(unknown route)", |p| p.as_str());
+        format!("{} {template}", req.method())
+    };
     let looked = attempt.is_none().then(route);
     let caller = peer.clone();
     let admitted = if matches!(

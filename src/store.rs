@@ -339,9 +339,19 @@ impl ApprovalRecord {
     /// string types, case and insignificant spaces do not make two people). Such an approver
     /// counts once.
     pub fn same_approver(&self, other: &ApprovalRecord) -> bool {
-        self.approver == other.approver
-            || self.approver_key == other.approver_key
-            || crate::cert::same_name(&self.approver_subject, &other.approver_subject)
+        self.made_by(
+            &other.approver,
+            &other.approver_key,
+            &other.approver_subject,
+        )
+    }
+
+    /// Whether this approval was made by the approver with certificate thumbprint
+    /// `certificate`, key thumbprint `key` or subject `subject` ([`Self::same_approver`]).
+    pub fn made_by(&self, certificate: &str, key: &str, subject: &str) -> bool {
+        self.approver == certificate
+            || self.approver_key == key
+            || crate::cert::same_name(&self.approver_subject, subject)
     }
 }
 

@@ -1104,10 +1104,10 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
         assert!(listing.contains(&serial.to_uppercase()), "{listing}");
         // The body is PEM, labelled as such; a client that asks for RFC 2585's type gets DER.
         let der_path = s.hsm.path("served-der.crl");
-        let fetch = |accept: &[&str]| {
+        let fetch_to = |route: &str, accept: &[&str], body: &std::path::Path| {
             let out = std::process::Command::new("curl")
                 .args(["-sS", "--fail", "-D", "-", "-o"])
-                .arg(&der_path)
+                .arg(body)
                 .args(accept)
                 .arg("--cacert")
                 .arg(s.hsm.trust("root.pem"))
@@ -1115,7 +1115,7 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
                 .arg(&s.agent.cert)
                 .arg("--key")
                 .arg(&s.agent.key)
-                .arg(format!("{}/v1/crl", s.broker.url))
+                .arg(format!("{}{route}", s.broker.url))
                 .output()
                 .unwrap();
             assert!(
@@ -1125,6 +1125,13 @@ fn public_endpoints_serve_trust_crl_health_and_metrics() {
             );
             String::from_utf8_lossy(&out.stdout).to_lowercase()
         };
+        let fetch = |accept: &[&str]| fetch_to("/v1/crl", accept, &der_path);
+        // The trust bundle is a bundle, not RFC 8555's chain (which starts at the end entity).
+        let head = fetch_to("/v1/trust", &[], &s.hsm.path("served-trust.pem"));
+        assert!(
+            head.contains("content-type: application/x-pem-file"),
+            "{head}"
+        );
         let head = fetch(&[]);
         assert!(
             head.contains("content-type: application/x-pem-file"),

@@ -601,17 +601,37 @@ func isHex(c byte) bool {
 	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
 }
 
+// attributeTypes is the same table as seb::cert::name::ATTRIBUTE_TYPES, by name.
 var attributeTypes = map[string]string{
-	"cn": "2.5.4.3", "commonname": "2.5.4.3", "sn": "2.5.4.4", "surname": "2.5.4.4",
-	"serialnumber": "2.5.4.5", "c": "2.5.4.6", "countryname": "2.5.4.6",
-	"l": "2.5.4.7", "localityname": "2.5.4.7", "st": "2.5.4.8", "s": "2.5.4.8",
-	"stateorprovincename": "2.5.4.8", "street": "2.5.4.9", "streetaddress": "2.5.4.9",
-	"o": "2.5.4.10", "organizationname": "2.5.4.10", "ou": "2.5.4.11",
-	"organizationalunitname": "2.5.4.11", "title": "2.5.4.12", "givenname": "2.5.4.42",
-	"gn": "2.5.4.42", "initials": "2.5.4.43", "uid": "0.9.2342.19200300.100.1.1",
-	"userid": "0.9.2342.19200300.100.1.1", "dc": "0.9.2342.19200300.100.1.25",
-	"domaincomponent": "0.9.2342.19200300.100.1.25", "emailaddress": "1.2.840.113549.1.9.1",
-	"email": "1.2.840.113549.1.9.1",
+	"cn": "2.5.4.3", "commonname": "2.5.4.3",
+	"sn": "2.5.4.4", "surname": "2.5.4.4",
+	"serialnumber": "2.5.4.5",
+	"c":            "2.5.4.6", "countryname": "2.5.4.6",
+	"l": "2.5.4.7", "localityname": "2.5.4.7",
+	"st": "2.5.4.8", "s": "2.5.4.8", "stateorprovincename": "2.5.4.8",
+	"street": "2.5.4.9", "streetaddress": "2.5.4.9",
+	"o": "2.5.4.10", "organizationname": "2.5.4.10",
+	"ou": "2.5.4.11", "organizationalunitname": "2.5.4.11",
+	"title":            "2.5.4.12",
+	"description":      "2.5.4.13",
+	"businesscategory": "2.5.4.15",
+	"postaladdress":    "2.5.4.16",
+	"postalcode":       "2.5.4.17",
+	"postofficebox":    "2.5.4.18",
+	"telephonenumber":  "2.5.4.20",
+	"name":             "2.5.4.41",
+	"givenname":        "2.5.4.42", "gn": "2.5.4.42",
+	"initials":             "2.5.4.43",
+	"generationqualifier":  "2.5.4.44",
+	"x500uniqueidentifier": "2.5.4.45",
+	"dnqualifier":          "2.5.4.46",
+	"houseidentifier":      "2.5.4.51",
+	"dmdname":              "2.5.4.54",
+	"pseudonym":            "2.5.4.65",
+	"role":                 "2.5.4.72", "id-at-role": "2.5.4.72",
+	"uid": "0.9.2342.19200300.100.1.1", "userid": "0.9.2342.19200300.100.1.1",
+	"dc": "0.9.2342.19200300.100.1.25", "domaincomponent": "0.9.2342.19200300.100.1.25",
+	"emailaddress": "1.2.840.113549.1.9.1", "email": "1.2.840.113549.1.9.1", "pkcs-9-at-emailaddress": "1.2.840.113549.1.9.1",
 }
 
 // attributeType is an attribute type as an OID where it is one of the common names, else

@@ -156,18 +156,15 @@ pub fn params_satisfy(
     Ok(())
 }
 
-/// A parameter name as a lenient reader may match it: lower case, without whitespace, control
-/// or formatting characters (zero-width spaces, bidirectional marks), `-` and `_`.
+/// A parameter name as a lenient reader may match it: case-folded (upper case, then lower, so
+/// that `ſ` is `s` and `ı` is `i`, as Go's encoding/json and Python's `casefold` have it), with
+/// only letters and digits kept (no whitespace, punctuation, `-`, `_`, control or formatting
+/// characters).
 fn folded_name(name: &str) -> String {
     name.chars()
-        .filter(|&c| {
-            !(c.is_whitespace()
-                || c.is_control()
-                || crate::text::hides_text(c)
-                || c == '-'
-                || c == '_')
-        })
+        .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
         .collect()
 }
 
@@ -320,6 +317,9 @@ mod tests {
             "max_replicas ",
             "max_replicas\u{200b}",
             "max\u{202e}_replicas",
+            "max_replicaſ",
+            "max_replıcas",
+            "max.replicas",
         ] {
             assert_eq!(
                 with(shadow),
@@ -330,6 +330,8 @@ mod tests {
                 "{shadow:?}"
             );
         }
+        // The Kelvin sign is a K to Go's encoding/json.
+        assert_eq!(folded_name("ma\u{212a}e"), folded_name("make"));
         // Other names stay free, as params_any says.
         for free in ["replicas", "max_replica", "image", "notes"] {
             assert_eq!(with(free), Ok(()), "{free:?}");

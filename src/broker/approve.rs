@@ -167,6 +167,8 @@ impl Broker {
         // Page by page: requests of agents outside the caller's scope (another team's, for
         // an approver under an intermediate) are dropped here, and must not take the places
         // of those it may decide. At most MAX_PAGES pages are read.
+        // Neither do requests the caller already approved.
+        let peer = caller.peer();
         let mut open = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -176,27 +178,27 @@ impl Broker {
                 .map_err(BrokerError::Store)?;
             let full = page.len() == MAX_LISTED;
             after = page.last().map(|(record, _)| record.request_id.clone());
-            open.extend(page.into_iter().filter(|(record, pending)| {
-                role.groups.contains(&pending.group)
-                    && outside_scope(caller.peer(), &record.agent_serials).is_none()
-            }));
+            for (record, pending) in page {
+                if !role.groups.contains(&pending.group)
+                    || outside_scope(peer, &record.agent_serials).is_some()
+                {
+                    continue;
+                }
+                let approvals = self.approvals_that_count(&record.request_id)?;
+                let decided = approvals
+                    .iter()
+                    .any(|a| a.made_by(&peer.thumbprint, &peer.key_id, &peer.subject));
+                if !decided {
+                    open.push((record, pending, approvals));
+                }
+            }
             if !full || open.len() >= MAX_LISTED {
                 break;
             }
         }
         open.truncate(MAX_LISTED);
         let mut out = Vec::new();
-        let peer = caller.peer();
-        for (record, pending) in open {
-            let approvals = self.approvals_that_count(&record.request_id)?;
-            let decided = approvals.iter().any(|a| {
-                a.approver == peer.thumbprint
-                    || a.approver_key == peer.key_id
-                    || crate::cert::same_name(&a.approver_subject, &peer.subject)
-            });
-            if decided {
-                continue;
-            }
+        for (record, pending, approvals) in open {
             let params = serde_json::from_str(&record.params)
                 .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
             out.push(PendingRequest {

@@ -105,9 +105,6 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
     None
 }
 
-/// The text of a directory string: UTF-8 for UTF8String, PrintableString, IA5String and
-/// TeletexString (as tools write them), UTF-16 for BMPString; `None` for anything else or
-/// bytes that do not decode (not measured).
 /// The first control or formatting character ([`crate::text::hides_text`], line feeds and tabs
 /// included) in an attribute of `name` that reads as text: what would let the name, shown to an
 /// approver or an auditor, look like another. `seb cert issue` never writes one; a certificate
@@ -121,23 +118,9 @@ pub fn hidden_character(name: &Name) -> Option<char> {
         })
 }
 
+/// The text of a directory string, whatever its string type ([`crate::cert::string_text`], as
+/// names are compared); `None` for another type or bytes that do not decode.
 fn attribute_text(value: &der::Any) -> Option<String> {
-    let bytes = value.value();
-    match der::Tagged::tag(value) {
-        der::Tag::BmpString => {
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            bytes
-                .len()
-                .is_multiple_of(2)
-                .then(|| String::from_utf16(&units).ok())?
-        }
-        der::Tag::Utf8String
-        | der::Tag::PrintableString
-        | der::Tag::Ia5String
-        | der::Tag::TeletexString => std::str::from_utf8(bytes).ok().map(str::to_owned),
-        _ => None,
-    }
+    let tag = der::Encode::to_der(&der::Tagged::tag(value)).ok()?;
+    crate::cert::string_text(*tag.first()?, value.value())
 }

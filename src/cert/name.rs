@@ -67,10 +67,7 @@ fn attributes(name: &str) -> Vec<(String, String)> {
             match c {
                 '\\' => {
                     let hex: String = chars.clone().take(2).collect();
-                    match (hex.len() == 2)
-                        .then(|| u8::from_str_radix(&hex, 16).ok())
-                        .flatten()
-                    {
+                    match hex_byte(&hex) {
                         Some(byte) => {
                             raw.push(byte);
                             chars.next();
@@ -109,12 +106,21 @@ fn attributes(name: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Two hexadecimal digits as a byte; anything else (`+1`, which `from_str_radix` takes) is
+/// not one.
+fn hex_byte(pair: &str) -> Option<u8> {
+    let digits = pair.as_bytes();
+    (digits.len() == 2 && digits.iter().all(u8::is_ascii_hexdigit))
+        .then(|| u8::from_str_radix(pair, 16).ok())
+        .flatten()
+}
+
 /// The text of a DER string value given as hex (`0c05616c696365`): the string types a
 /// certificate subject uses. `None` for anything else, which is then compared as hex.
 fn decode_der_string(hex: &str) -> Option<String> {
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .map(|i| hex_byte(hex.get(i..i + 2)?))
         .collect::<Option<_>>()?;
     let (&tag, rest) = bytes.split_first()?;
     let (&first, rest) = rest.split_first()?;
@@ -127,12 +133,17 @@ fn decode_der_string(hex: &str) -> Option<String> {
         }
         _ => return None,
     };
+    string_text(tag, content)
+}
+
+/// The text of a string value of DER type `tag` with contents `content`: UTF8String,
+/// NumericString, PrintableString, IA5String, VisibleString (UTF-8), TeletexString (read as
+/// Latin-1, as common software does), BMPString (UTF-16) and UniversalString (UTF-32). `None`
+/// for another type or contents that are not text.
+pub(crate) fn string_text(tag: u8, content: &[u8]) -> Option<String> {
     match tag {
-        // UTF8String, NumericString, PrintableString, IA5String, VisibleString.
         0x0c | 0x12 | 0x13 | 0x16 | 0x1a => String::from_utf8(content.to_vec()).ok(),
-        // TeletexString, read as Latin-1 (as common software does).
         0x14 => Some(content.iter().map(|&b| char::from(b)).collect()),
-        // BMPString: UTF-16, big-endian.
         0x1e if content.len() % 2 == 0 => {
             let units: Vec<u16> = content
                 .chunks_exact(2)
@@ -140,7 +151,6 @@ fn decode_der_string(hex: &str) -> Option<String> {
                 .collect();
             String::from_utf16(&units).ok()
         }
-        // UniversalString: UTF-32, big-endian.
         0x1c if content.len() % 4 == 0 => content
             .chunks_exact(4)
             .map(|q| char::from_u32(u32::from_be_bytes([q[0], q[1], q[2], q[3]])))
@@ -149,30 +159,55 @@ fn decode_der_string(hex: &str) -> Option<String> {
     }
 }
 
-/// An attribute type as an OID in dotted form where it is one of the common names, else
-/// lower-cased as written.
+/// An attribute type as an OID in dotted form when it is one of [`ATTRIBUTE_TYPES`]' names
+/// (any case) or an OID, else lower-cased as written.
 fn attribute_type(kind: &str) -> String {
     let kind = kind.trim().to_ascii_lowercase();
-    let oid = match kind.as_str() {
-        "cn" | "commonname" => "2.5.4.3",
-        "sn" | "surname" => "2.5.4.4",
-        "serialnumber" => "2.5.4.5",
-        "c" | "countryname" => "2.5.4.6",
-        "l" | "localityname" => "2.5.4.7",
-        "st" | "s" | "stateorprovincename" => "2.5.4.8",
-        "street" | "streetaddress" => "2.5.4.9",
-        "o" | "organizationname" => "2.5.4.10",
-        "ou" | "organizationalunitname" => "2.5.4.11",
-        "title" => "2.5.4.12",
-        "givenname" | "gn" => "2.5.4.42",
-        "initials" => "2.5.4.43",
-        "uid" | "userid" => "0.9.2342.19200300.100.1.1",
-        "dc" | "domaincomponent" => "0.9.2342.19200300.100.1.25",
-        "emailaddress" | "email" => "1.2.840.113549.1.9.1",
-        _ => return kind.strip_prefix("oid.").unwrap_or(&kind).to_owned(),
-    };
-    oid.to_owned()
+    let kind = kind.strip_prefix("oid.").unwrap_or(&kind);
+    ATTRIBUTE_TYPES
+        .iter()
+        .find(|(_, names)| names.contains(&kind))
+        .map_or_else(|| kind.to_owned(), |(oid, _)| (*oid).to_owned())
 }
+
+/// Attribute types by OID and the names RFC 4514 strings give them: for the attributes
+/// subjects use, the names the formatters of x509-cert (the broker's), Python's cryptography
+/// and Go's crypto/x509 write, and their RFC 4519 long forms. Others are compared by OID or
+/// as written. The Python client and the Go example carry the same table.
+const ATTRIBUTE_TYPES: &[(&str, &[&str])] = &[
+    ("2.5.4.3", &["cn", "commonname"]),
+    ("2.5.4.4", &["sn", "surname"]),
+    ("2.5.4.5", &["serialnumber"]),
+    ("2.5.4.6", &["c", "countryname"]),
+    ("2.5.4.7", &["l", "localityname"]),
+    ("2.5.4.8", &["st", "s", "stateorprovincename"]),
+    ("2.5.4.9", &["street", "streetaddress"]),
+    ("2.5.4.10", &["o", "organizationname"]),
+    ("2.5.4.11", &["ou", "organizationalunitname"]),
+    ("2.5.4.12", &["title"]),
+    ("2.5.4.13", &["description"]),
+    ("2.5.4.15", &["businesscategory"]),
+    ("2.5.4.16", &["postaladdress"]),
+    ("2.5.4.17", &["postalcode"]),
+    ("2.5.4.18", &["postofficebox"]),
+    ("2.5.4.20", &["telephonenumber"]),
+    ("2.5.4.41", &["name"]),
+    ("2.5.4.42", &["givenname", "gn"]),
+    ("2.5.4.43", &["initials"]),
+    ("2.5.4.44", &["generationqualifier"]),
+    ("2.5.4.45", &["x500uniqueidentifier"]),
+    ("2.5.4.46", &["dnqualifier"]),
+    ("2.5.4.51", &["houseidentifier"]),
+    ("2.5.4.54", &["dmdname"]),
+    ("2.5.4.65", &["pseudonym"]),
+    ("2.5.4.72", &["role", "id-at-role"]),
+    ("0.9.2342.19200300.100.1.1", &["uid", "userid"]),
+    ("0.9.2342.19200300.100.1.25", &["dc", "domaincomponent"]),
+    (
+        "1.2.840.113549.1.9.1",
+        &["emailaddress", "email", "pkcs-9-at-emailaddress"],
+    ),
+];
 
 /// A value prepared for matching: lower case, whitespace at either end dropped and runs of it
 /// inside collapsed to one space.

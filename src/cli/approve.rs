@@ -90,10 +90,12 @@ pub fn approve(args: ApproveArgs) -> CliResult {
             "the broker accepted an unsigned decision; refusing to go on".into()
         } else if response.body["error"]["code"] == "bad_approval_signature" {
             // Open and yours to decide, but not among the requests listed to you (the list
-            // holds the oldest 500): nothing is signed for a request that was not shown.
+            // holds the oldest 500, and leaves out what you approved already): nothing is
+            // signed for a request that was not shown.
             format!(
                 "request_not_listed: request {} is open but not in your list of pending \
-                 requests (`seb pending` shows the oldest 500); nothing was signed",
+                 requests: you approved it already (an approval of yours counts once), or it \
+                 is not among the oldest 500 `seb pending` shows; nothing was signed",
                 args.request_id
             )
             .into()

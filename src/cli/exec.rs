@@ -126,11 +126,10 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     Ok(())
 }
 
-/// Checks an executor's answer against its receipt: `stdout` and `stderr` (the first
-/// [`seb::executor::action::MAX_KEPT_OUTPUT`] bytes of each, as text) against the digests, and
-/// `succeeded` against the exit status. An output shown whole that does not hash to its digest
-/// is refused (`output_mismatch`); one the executor cut, or that was not UTF-8, cannot be
-/// compared, which a note says.
+/// Checks an executor's answer against its receipt: `stdout` and `stderr` (the first 64 KiB of
+/// each, as text) against the digests, and `succeeded` against the exit status. Output that
+/// does not hash to its digest is refused (`output_mismatch`), also when the executor cut it:
+/// an edited answer could pass for a cut one.
 fn answer_matches(
     answer: &serde_json::Value,
     body: &seb::receipt::ReceiptBody,
@@ -146,24 +145,20 @@ fn answer_matches(
         let shown = shown
             .as_str()
             .ok_or(format!("output_mismatch: the answer's {name} is not text"))?;
-        if seb::receipt::output_digest(shown.as_bytes()) == *digest {
-            notes.push(format!(
-                "{name}: the answer's text is what the receipt's digest covers"
-            ));
-        } else if shown.len() >= seb::executor::action::MAX_KEPT_OUTPUT
-            || shown.contains(char::REPLACEMENT_CHARACTER)
-        {
-            notes.push(format!(
-                "{name}: the answer shows only part of it, or not its exact bytes (not UTF-8); \
-                 the receipt's digest covers the whole raw output, which cannot be compared here"
-            ));
-        } else {
+        if seb::receipt::output_digest(shown.as_bytes()) != *digest {
+            // Refused even when the executor may have cut it (64 KiB) or it was not UTF-8:
+            // whoever edits an answer can make it look so, and then nothing is verified.
             return Err(format!(
                 "output_mismatch: the answer's {name} does not hash to the receipt's \
-                 {name}_sha256: it is not the output the executor signed for"
+                 {name}_sha256: it was altered, or the executor showed only part of it (the \
+                 first 64 KiB) or not its exact bytes (not UTF-8). Verify the receipt alone \
+                 (its `receipt` member) to check the signature without the output"
             )
             .into());
         }
+        notes.push(format!(
+            "{name}: the answer's text is what the receipt's digest covers"
+        ));
     }
     if let Some(succeeded) = answer.get("succeeded") {
         // A command succeeded when it exited 0, an HTTP action when it answered 2xx; neither

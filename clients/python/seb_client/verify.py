@@ -568,16 +568,36 @@ def _name_key(name: str) -> list:
     return sorted(key)
 
 
-_ATTRIBUTE_TYPES = {
-    "2.5.4.3": ("cn", "commonname"), "2.5.4.4": ("sn", "surname"),
-    "2.5.4.5": ("serialnumber",), "2.5.4.6": ("c", "countryname"),
-    "2.5.4.7": ("l", "localityname"), "2.5.4.8": ("st", "s", "stateorprovincename"),
-    "2.5.4.9": ("street", "streetaddress"), "2.5.4.10": ("o", "organizationname"),
-    "2.5.4.11": ("ou", "organizationalunitname"), "2.5.4.12": ("title",),
-    "2.5.4.42": ("givenname", "gn"), "2.5.4.43": ("initials",),
+_ATTRIBUTE_TYPES = {  # the same table as seb::cert::name::ATTRIBUTE_TYPES
+    "2.5.4.3": ("cn", "commonname"),
+    "2.5.4.4": ("sn", "surname"),
+    "2.5.4.5": ("serialnumber",),
+    "2.5.4.6": ("c", "countryname"),
+    "2.5.4.7": ("l", "localityname"),
+    "2.5.4.8": ("st", "s", "stateorprovincename"),
+    "2.5.4.9": ("street", "streetaddress"),
+    "2.5.4.10": ("o", "organizationname"),
+    "2.5.4.11": ("ou", "organizationalunitname"),
+    "2.5.4.12": ("title",),
+    "2.5.4.13": ("description",),
+    "2.5.4.15": ("businesscategory",),
+    "2.5.4.16": ("postaladdress",),
+    "2.5.4.17": ("postalcode",),
+    "2.5.4.18": ("postofficebox",),
+    "2.5.4.20": ("telephonenumber",),
+    "2.5.4.41": ("name",),
+    "2.5.4.42": ("givenname", "gn"),
+    "2.5.4.43": ("initials",),
+    "2.5.4.44": ("generationqualifier",),
+    "2.5.4.45": ("x500uniqueidentifier",),
+    "2.5.4.46": ("dnqualifier",),
+    "2.5.4.51": ("houseidentifier",),
+    "2.5.4.54": ("dmdname",),
+    "2.5.4.65": ("pseudonym",),
+    "2.5.4.72": ("role", "id-at-role"),
     "0.9.2342.19200300.100.1.1": ("uid", "userid"),
     "0.9.2342.19200300.100.1.25": ("dc", "domaincomponent"),
-    "1.2.840.113549.1.9.1": ("emailaddress", "email"),
+    "1.2.840.113549.1.9.1": ("emailaddress", "email", "pkcs-9-at-emailaddress"),
 }
 _TYPE_BY_NAME = {name: oid for oid, names in _ATTRIBUTE_TYPES.items() for name in names}
 
