@@ -1556,3 +1556,51 @@ fn root_is_warned_off_a_state_directory_that_belongs_to_the_brokers_user() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("running as root"), "{stderr}");
 }
+
+#[test]
+fn the_configured_kill_switches_hold_at_every_start_and_the_epoch_floor_is_kept() {
+    // After a restore the broker is started frozen (`[policy] frozen = true`): that must hold
+    // even on a store where `seb unfreeze` was run once. `[policy] epoch` is a floor the store
+    // keeps: removing the line later must not lower the epoch executors have learnt.
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    hsm.seb_ok(&["freeze", "--reason", "drill"]);
+    hsm.seb_ok(&["unfreeze"]);
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[policy]\nfrozen = true\nepoch = 5\n"),
+    )
+    .unwrap();
+    let mut broker = common::Broker::start(&hsm);
+    let r = post(&hsm, &broker, &agent, "/v1/executions", &request_body());
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (503, Some("issuance_frozen")),
+        "{}",
+        r.text
+    );
+    let frozen = hsm.audit_entries("frozen");
+    assert!(
+        frozen
+            .last()
+            .is_some_and(|e| e["detail"].as_str().unwrap_or("").contains("[policy] frozen")),
+        "{frozen:?}"
+    );
+    hsm.seb_ok(&["unfreeze"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let r = post(&hsm, &broker, &agent, "/v1/executions", &request_body());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let claims = common::load::claims(r.body["token"].as_str().unwrap());
+    assert_eq!(claims["epoch"], 5, "{claims}");
+    assert!(broker.stop());
+
+    // The lines removed: the epoch stays 5, and nothing is frozen.
+    std::fs::write(hsm.config(), &config).unwrap();
+    assert_eq!(hsm.seb_ok(&["epoch", "show"]).trim(), "5");
+    let broker = common::Broker::start(&hsm);
+    let r = post(&hsm, &broker, &agent, "/v1/executions", &request_body());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let claims = common::load::claims(r.body["token"].as_str().unwrap());
+    assert_eq!(claims["epoch"], 5, "{claims}");
+}

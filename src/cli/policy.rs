@@ -3,7 +3,8 @@
 //! Each writes the store in the state directory (with an event in the same commit); the
 //! running broker reads it every `seb::broker::POLICY_INTERVAL`, so the change takes effect
 //! within a second without a restart. `policy.epoch` and `policy.frozen` in the configuration
-//! are only the initial values.
+//! are applied by `seb serve` at every start (`cli::serve`): a floor for the epoch, and a
+//! freeze.
 
 use std::time::SystemTime;
 

@@ -81,6 +81,32 @@ fn one_broker_per_state_dir(state_dir: &Path) -> Result<File, CliError> {
 }
 
 /// Runs the broker until SIGTERM or SIGINT.
+/// The configuration's kill switches, made the store's at every start, each with its audit
+/// entry: `[policy] frozen = true` freezes issuance (after a restore, docs/OPERATIONS.md §9)
+/// until `seb unfreeze`, even when an earlier `seb unfreeze` is stored; `[policy] epoch` is a
+/// floor the store keeps, so that removing the line later cannot lower the epoch.
+fn apply_configured_policy(config: &Config, store: &dyn seb::store::Store) -> CliResult {
+    let state = store.policy_state()?;
+    let now = std::time::SystemTime::now();
+    if config.policy.frozen && state.frozen != Some(true) {
+        store.set_frozen(
+            true,
+            "[policy] frozen = true in the configuration, at start",
+            now,
+        )?;
+        eprintln!(
+            "issuance frozen at start ([policy] frozen = true): `seb unfreeze` resumes it; \
+             remove the line once it is no longer needed"
+        );
+    }
+    if config.policy.epoch > state.epoch.unwrap_or(0) {
+        // One more than the floor given: exactly the configured epoch.
+        let epoch = store.bump_epoch(config.policy.epoch - 1, now)?;
+        eprintln!("policy epoch {epoch} from [policy] epoch, kept in the store");
+    }
+    Ok(())
+}
+
 pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
     let mut config = config.clone();
     if let Some(listen) = args.listen {
@@ -96,6 +122,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
     };
     let backend: Arc<dyn seb::backend::KeyBackend> = Arc::from(open_backend(config, None)?);
     let store = open_store(config)?;
+    apply_configured_policy(config, store.as_ref())?;
     let mut broker = Broker::new(config.clone(), backend.clone(), store.clone())?;
     if let Some(state) = AttestationState::from_config(config)? {
         state.clone().start_self_check(store);
