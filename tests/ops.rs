@@ -1582,9 +1582,10 @@ fn the_configured_kill_switches_hold_at_every_start_and_the_epoch_floor_is_kept(
     );
     let frozen = hsm.audit_entries("frozen");
     assert!(
-        frozen
-            .last()
-            .is_some_and(|e| e["detail"].as_str().unwrap_or("").contains("[policy] frozen")),
+        frozen.last().is_some_and(|e| e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("[policy] frozen")),
         "{frozen:?}"
     );
     hsm.seb_ok(&["unfreeze"]);
@@ -1603,4 +1604,22 @@ fn the_configured_kill_switches_hold_at_every_start_and_the_epoch_floor_is_kept(
     assert_eq!(r.status, 201, "{}", r.text);
     let claims = common::load::claims(r.body["token"].as_str().unwrap());
     assert_eq!(claims["epoch"], 5, "{claims}");
+}
+
+#[test]
+fn a_store_written_by_a_newer_seb_is_refused_not_misread() {
+    // A binary rolled back after `seb migrate`, or a newer store restored: the rows may mean
+    // what this seb does not know. PostgreSQL refused it already; SQLite took it silently.
+    let hsm = Hsm::initialised();
+    let db = rusqlite::Connection::open(hsm.path("state/seb.db")).unwrap();
+    db.pragma_update(None, "user_version", 99).unwrap();
+    drop(db);
+    for command in [&["migrate"][..], &["cert", "list"]] {
+        let out = hsm.seb(command);
+        assert_clean_failure(&out, "newer than this seb's");
+    }
+    let out = hsm.seb(&["check"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("newer than this seb's"), "{report}");
 }

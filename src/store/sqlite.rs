@@ -106,6 +106,7 @@ impl SqliteStore {
             Ok(conn)
         };
         let writer_conn = connect().map_err(|e| open_err(Box::new(e)))?;
+        schema::refuse_newer(&writer_conn).map_err(open_err)?;
         writer_conn
             .execute_batch(SCHEMA)
             .map_err(|e| open_err(Box::new(e)))?;

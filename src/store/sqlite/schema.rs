@@ -116,6 +116,24 @@ CREATE TABLE IF NOT EXISTS health (
 /// serials in the same form (NULL in rows written before).
 pub(super) const VERSION: i64 = 3;
 
+/// Refuses a store whose schema is newer than this seb's ([`VERSION`]): written by a newer
+/// seb (a binary rolled back after an upgrade, or a newer store restored), whose rows this one
+/// would misread or whose checks it would skip.
+pub(super) fn refuse_newer(
+    conn: &Connection,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > VERSION {
+        return Err(format!(
+            "the store's schema is version {version}, newer than this seb's ({VERSION}): it was \
+             written by a newer seb. Run that seb; to go back to this one, restore the backup \
+             taken before the upgrade (docs/OPERATIONS.md §11, \"Upgrading\")"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Brings a store written by an earlier seb up to [`VERSION`], in one transaction, once.
 ///
 /// Version 0 kept serials as they were typed to `seb cert revoke` (with a DER sign byte or
