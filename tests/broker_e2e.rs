@@ -2064,3 +2064,96 @@ fn a_second_broker_on_the_same_sqlite_state_waits_for_the_first_to_exit() {
         assert_eq!(r.status, 201, "{}", r.text);
     });
 }
+
+#[test]
+fn a_token_signed_with_the_token_key_but_not_as_issued_or_by_a_revoked_key_is_not_redeemed() {
+    // Someone who can make the device sign with the token key (a stolen HSM session, a key
+    // that was not this broker's alone) takes a real token id and changes its parameters:
+    // redemption must refuse it, and must not burn the real token.
+    let mut s = setup();
+    let executor = s.hsm.identity("runner", "CN=runner", "executor", &[]);
+    let r = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let real = r.body["token"].as_str().unwrap().to_owned();
+    assert!(s.broker.stop());
+
+    let mut claims = claims_of(&real);
+    let other = seb::canonical::params_digest(&json!({"replicas": 99, "image": "evil/x:1"}))
+        .map(|d| seb::base64url::encode(&d))
+        .unwrap();
+    claims["params_digest"] = json!(other);
+    claims["authorization_details"][0]["params_digest"] = json!(other);
+    claims["authorization_details"][0]["request_digest"] = json!(other);
+    let header = real.split('.').next().unwrap();
+    let input = format!(
+        "{header}.{}",
+        seb::base64url::encode(claims.to_string().as_bytes())
+    );
+    let config = seb::config::Config::load(&s.hsm.config()).unwrap();
+    std::env::set_var("SOFTHSM2_CONF", s.hsm.softhsm_conf());
+    let backend = s.hsm.backend(1);
+    let signer = seb::backend::P384Signer::new(&backend, &config.keys.token).unwrap();
+    let signature = signer.sign_message(input.as_bytes()).unwrap();
+    let signature = signature.normalize_s();
+    let forged = format!("{input}.{}", seb::base64url::encode(&signature.to_bytes()));
+    drop(signer);
+    drop(backend);
+    s.broker = Broker::start(&s.hsm);
+
+    let r = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": forged}),
+    );
+    assert_eq!(error_code(&r), "invalid_token", "{}", r.text);
+    assert!(r.text.contains("not what this broker issued"), "{}", r.text);
+    let r = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": real}));
+    assert_eq!(r.status, 200, "the real token was not burned: {}", r.text);
+
+    // The token key rotated and its old certificate revoked as compromised: tokens it signed
+    // are not redeemed any more, new ones are.
+    let old = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(old.status, 201, "{}", old.text);
+    s.hsm.seb_ok(&["rotate", "token"]);
+    let retired = s.hsm.trust("retired");
+    let retired_cert = std::fs::read_dir(&retired)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("token")
+        })
+        .expect("the retired token certificate");
+    let serial = common::openssl_serial(&retired_cert);
+    // `--unknown`: the certificates `init` made are not in the issuance record.
+    s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+        "--unknown",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let r = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": old.body["token"]}),
+    );
+    assert_eq!(error_code(&r), "invalid_token", "{}", r.text);
+    assert!(r.text.contains("revoked"), "{}", r.text);
+    let new = post(&s, &s.agent, "/v1/executions", &good_request());
+    assert_eq!(new.status, 201, "{}", new.text);
+    let r = post(
+        &s,
+        &executor,
+        "/v1/tokens/redeem",
+        &json!({"token": new.body["token"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+}

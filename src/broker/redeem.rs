@@ -87,6 +87,13 @@ impl Broker {
             .authorization_details
             .first()
             .ok_or_else(|| refused(BrokerError::InvalidToken("no authorization details".into())))?;
+        // What this broker recorded under the token's id must be what the token says: a token
+        // signed with a token key that is no longer this broker's alone (a compromised key, a
+        // retired one) carries a real id with other parameters or another agent, and must not
+        // burn the real token or be logged as its redemption.
+        if let Some(mismatch) = self.issued_otherwise(&claims, detail)? {
+            return Err(refused(BrokerError::InvalidToken(mismatch)));
+        }
         match self
             .store
             .redeem(&claims.jti, &super::audit::cert_ref(&peer.thumbprint, peer.serials().next(), &peer.subject), now)
@@ -115,6 +122,46 @@ impl Broker {
                 "this broker has no record of issuing the token".into(),
             )),
         }
+    }
+
+    /// Why the record this broker keeps for the token's id does not describe this token (its
+    /// request digest, the agent it is bound to, its operation and resource), if it does not.
+    /// A token without a record is left to the store (`unknown_token`).
+    fn issued_otherwise(
+        &self,
+        claims: &Claims,
+        detail: &crate::token::AuthorizationDetail,
+    ) -> Result<Option<String>, BrokerError> {
+        let Some(request_id) = self
+            .store
+            .request_of_token(&claims.jti)
+            .map_err(BrokerError::Store)?
+        else {
+            return Ok(None);
+        };
+        let Some(record) = self
+            .store
+            .execution(&request_id)
+            .map_err(BrokerError::Store)?
+        else {
+            return Ok(None);
+        };
+        let differs = if record.request_digest != detail.request_digest {
+            Some("request digest")
+        } else if record.agent != claims.cnf.x5t_s256 {
+            Some("agent")
+        } else if record.operation != detail.operation || record.resource != detail.resource {
+            Some("operation or resource")
+        } else {
+            None
+        };
+        Ok(differs.map(|what| {
+            format!(
+                "the token's {what} is not what this broker issued under its id: it was not \
+                 signed by this broker for that request (a token key that is not this broker's \
+                 alone?)"
+            )
+        }))
     }
 
     /// The claims of a token refused only for having expired or for an older policy epoch,
@@ -156,6 +203,21 @@ impl Broker {
                     kid: header.kid.clone(),
                 })
         })?;
+        // A token certificate revoked (`seb cert revoke` of a retired token key suspected
+        // compromised) signs nothing this broker redeems.
+        if let Some(signer) = keys.token_by_kid(&decoded.header.kid) {
+            let revoked = crate::serial::Serial::of(&signer.cert)
+                .ok()
+                .map(|serial| self.store.is_revoked(&serial))
+                .transpose();
+            if !matches!(revoked, Ok(Some(false))) {
+                return Err(VerifyError::InvalidClaims {
+                    reason: "signed by a token key whose certificate is revoked (or whose \
+                             revocation cannot be read)"
+                        .into(),
+                });
+            }
+        }
         if decoded.claims.iss != self.config.broker_id {
             return Err(VerifyError::InvalidClaims {
                 reason: "issued by another broker".into(),
