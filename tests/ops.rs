@@ -1623,3 +1623,23 @@ fn a_store_written_by_a_newer_seb_is_refused_not_misread() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("newer than this seb's"), "{report}");
 }
+
+#[test]
+fn seb_check_warns_a_year_before_the_root_expires() {
+    // Its successor is a ceremony (OPERATIONS §11): 30 days' notice is too little, and
+    // certificates under it cannot outlive it.
+    let hsm = Hsm::provision();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[ca]\nroot_validity = \"200d\"\n"),
+    )
+    .unwrap();
+    hsm.seb_ok(&["init"]);
+    let out = hsm.seb(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("the root certificate expires at") && report.contains("within a year"),
+        "{report}"
+    );
+}

@@ -139,7 +139,14 @@ impl AuditLog {
     /// new one signed now. Callers at the same moment share one signature.
     pub fn checkpoint(&self) -> Result<String, BrokerError> {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let size = self.store.audit_size().map_err(BrokerError::Store)?;
+        // A store that cannot be read fails this attempt as any other failure does, and
+        // `/healthz` says so.
+        let failed = |e: crate::store::StoreError| {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("cannot sign a checkpoint: the store: {e}"));
+            BrokerError::Store(e)
+        };
+        let size = self.store.audit_size().map_err(failed)?;
         if let Some((cp, note)) = latest.as_ref() {
             // While the log has diverged, it is compared again even at the signed size: a
             // restore of exactly that history ends the refusal.
@@ -147,7 +154,7 @@ impl AuditLog {
                 return Ok(note.clone());
             }
         }
-        let root = self.store.audit_root(size).map_err(BrokerError::Store)?;
+        let root = self.store.audit_root(size).map_err(failed)?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
             size,

@@ -42,6 +42,9 @@ impl Report {
 
 /// Runs every check on the configuration read from `config_file`; fails when any problem was
 /// found (warnings alone pass).
+/// How long before the root expires `seb check` warns: its rotation is a ceremony.
+const ROOT_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
     let mut r = Report::default();
     r.ok("configuration parses and validates");
@@ -139,6 +142,19 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                     time_text(cert.not_after()),
                     renew_hint(what)
                 )),
+                // The root's successor is a ceremony planned a year ahead (OPERATIONS §11).
+                Ok(cert)
+                    if what == "root"
+                        && cert.not_after() <= now + ROOT_EXPIRY_WARNING
+                        && cert.not_after() > now + seb::broker::EXPIRY_WARNING =>
+                {
+                    r.warn(&format!(
+                        "the root certificate expires at {} (within a year): plan the root \
+                         rotation now (docs/OPERATIONS.md §11, \"Rotate the root\"); \
+                         certificates under it cannot outlive it",
+                        time_text(cert.not_after())
+                    ))
+                }
                 Ok(cert) if cert.not_after() <= now + seb::broker::EXPIRY_WARNING => {
                     r.warn(&format!(
                         "the {what} certificate expires at {} (within 30 days): {}",
