@@ -216,8 +216,23 @@ impl ClientTls {
             || text.contains("connection closed before message completed")
             || text.contains("Connection reset");
         let own = self.own_problems(now, !server_refused);
+        // An alert names what the server did not accept: UnknownCA is a certificate from a
+        // root it does not trust (after a root rotation, the other installation's), never a
+        // revocation (which is a 403 after the handshake).
+        let unknown_ca = text.contains("UnknownCA") || text.contains("UnknownIssuer");
+        // DecryptError: a signature did not verify, which is what a root of the same name as
+        // the server's, but another key (another installation's), gives.
+        let bad_signature = text.contains("DecryptError");
         if refused_by_broker || !own.is_empty() {
-            if own.is_empty() {
+            if own.is_empty() && (unknown_ca || bad_signature) {
+                hints.push(
+                    "the server does not trust the root your certificate chains to: it belongs \
+                     to another installation (after a root rotation, use the certificate issued \
+                     under the root this server trusts), or, if a signature failed, your key \
+                     does not match your certificate"
+                        .to_owned(),
+                );
+            } else if own.is_empty() {
                 hints.push(
                     "the broker refused the connection; your certificate looks valid and chains \
                      to --ca here, so it may be revoked, or its role may not use this endpoint"

@@ -954,6 +954,22 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
     // The broker's certificate was refused here, before ours was sent: ours is not blamed.
     assert!(!stderr.contains("your certificate"), "{stderr}");
 
+    // A certificate of the other installation, with --ca holding both roots (as during a root
+    // rotation): the broker does not trust its root, which is not a revocation.
+    let stranger = other.agent("stranger-bot", GRANTS);
+    let both = hsm.path("both-roots.pem");
+    let mut pem = std::fs::read(&root).unwrap();
+    pem.extend(std::fs::read(other.trust("root.pem")).unwrap());
+    std::fs::write(&both, pem).unwrap();
+    let out = seb_request(&hsm, &broker, &both, &stranger);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not trust the root your certificate chains to"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("may be revoked"), "{stderr}");
+
     // Only the leaf of a certificate issued by an intermediate.
     hsm.seb_ok(&[
         "cert",
