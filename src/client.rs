@@ -202,7 +202,9 @@ impl ClientTls {
         // side of it: the broker's TLS key is in its HSM, so this is what a new connection
         // gets while the HSM is unavailable; also when the broker has no handshake slot free,
         // or a TCP load balancer has no broker behind it.
-        if text.to_ascii_lowercase().contains("handshake eof") {
+        // The same seen as a reset: the server closed with bytes of ours unread.
+        if text.to_ascii_lowercase().contains("handshake eof") || text.contains("Connection reset")
+        {
             hints.push(
                 "the server closed the TLS handshake without saying why: the broker's HSM may be \
                  unavailable (it cannot sign its side of a new handshake then; connections \
@@ -213,8 +215,7 @@ impl ClientTls {
             );
         }
         let refused_by_broker = text.contains("received fatal alert")
-            || text.contains("connection closed before message completed")
-            || text.contains("Connection reset");
+            || text.contains("connection closed before message completed");
         let own = self.own_problems(now, !server_refused);
         // An alert names what the server did not accept: UnknownCA is a certificate from a
         // root it does not trust (after a root rotation, the other installation's), never a

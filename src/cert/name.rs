@@ -144,14 +144,14 @@ pub(crate) fn string_text(tag: u8, content: &[u8]) -> Option<String> {
     match tag {
         0x0c | 0x12 | 0x13 | 0x16 | 0x1a => String::from_utf8(content.to_vec()).ok(),
         0x14 => Some(content.iter().map(|&b| char::from(b)).collect()),
-        0x1e if content.len() % 2 == 0 => {
+        0x1e if content.len().is_multiple_of(2) => {
             let units: Vec<u16> = content
                 .chunks_exact(2)
                 .map(|p| u16::from_be_bytes([p[0], p[1]]))
                 .collect();
             String::from_utf16(&units).ok()
         }
-        0x1c if content.len() % 4 == 0 => content
+        0x1c if content.len().is_multiple_of(4) => content
             .chunks_exact(4)
             .map(|q| char::from_u32(u32::from_be_bytes([q[0], q[1], q[2], q[3]])))
             .collect(),

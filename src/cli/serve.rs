@@ -99,7 +99,8 @@ fn apply_configured_policy(config: &Config, store: &dyn seb::store::Store) -> Cl
              remove the line once it is no longer needed"
         );
     }
-    if config.policy.epoch > state.epoch.unwrap_or(0) {
+    // A store that never had an epoch is at 1, as a fresh broker is.
+    if config.policy.epoch > state.epoch.unwrap_or(1) {
         // One more than the floor given: exactly the configured epoch.
         let epoch = store.bump_epoch(config.policy.epoch - 1, now)?;
         eprintln!("policy epoch {epoch} from [policy] epoch, kept in the store");
