@@ -2077,37 +2077,55 @@ fn a_token_signed_with_the_token_key_but_not_as_issued_or_by_a_revoked_key_is_no
     let real = r.body["token"].as_str().unwrap().to_owned();
     assert!(s.broker.stop());
 
-    let mut claims = claims_of(&real);
     let other = seb::canonical::params_digest(&json!({"replicas": 99, "image": "evil/x:1"}))
         .map(|d| seb::base64url::encode(&d))
         .unwrap();
-    claims["params_digest"] = json!(other);
-    claims["authorization_details"][0]["params_digest"] = json!(other);
-    claims["authorization_details"][0]["request_digest"] = json!(other);
-    let header = real.split('.').next().unwrap();
-    let input = format!(
-        "{header}.{}",
-        seb::base64url::encode(claims.to_string().as_bytes())
-    );
     let config = seb::config::Config::load(&s.hsm.config()).unwrap();
     std::env::set_var("SOFTHSM2_CONF", s.hsm.softhsm_conf());
     let backend = s.hsm.backend(1);
     let signer = seb::backend::P384Signer::new(&backend, &config.keys.token).unwrap();
-    let signature = signer.sign_message(input.as_bytes()).unwrap();
-    let signature = signature.normalize_s();
-    let forged = format!("{input}.{}", seb::base64url::encode(&signature.to_bytes()));
+    let header = real.split('.').next().unwrap();
+    // The real token with the digest of other parameters in `fields` of its claims (`detail.`:
+    // of its authorization detail).
+    let forge = |fields: &[&str]| {
+        let mut claims = claims_of(&real);
+        for field in fields {
+            match field.strip_prefix("detail.") {
+                Some(name) => claims["authorization_details"][0][name] = json!(other),
+                None => claims[*field] = json!(other),
+            }
+        }
+        let input = format!(
+            "{header}.{}",
+            seb::base64url::encode(claims.to_string().as_bytes())
+        );
+        let signature = signer.sign_message(input.as_bytes()).unwrap().normalize_s();
+        format!("{input}.{}", seb::base64url::encode(&signature.to_bytes()))
+    };
+    let forged = [
+        // Only the parameters the executor acts on.
+        forge(&["params_digest", "detail.params_digest"]),
+        // And the request digest with them.
+        forge(&[
+            "params_digest",
+            "detail.params_digest",
+            "detail.request_digest",
+        ]),
+    ];
     drop(signer);
     drop(backend);
     s.broker = Broker::start(&s.hsm);
 
-    let r = post(
-        &s,
-        &executor,
-        "/v1/tokens/redeem",
-        &json!({"token": forged}),
-    );
-    assert_eq!(error_code(&r), "invalid_token", "{}", r.text);
-    assert!(r.text.contains("not what this broker issued"), "{}", r.text);
+    for forged in &forged {
+        let r = post(
+            &s,
+            &executor,
+            "/v1/tokens/redeem",
+            &json!({"token": forged}),
+        );
+        assert_eq!(error_code(&r), "invalid_token", "{}", r.text);
+        assert!(r.text.contains("not what this broker issued"), "{}", r.text);
+    }
     let r = post(&s, &executor, "/v1/tokens/redeem", &json!({"token": real}));
     assert_eq!(r.status, 200, "the real token was not burned: {}", r.text);
 

@@ -637,11 +637,11 @@ var attributeTypes = map[string]string{
 // attributeType is an attribute type as an OID where it is one of the common names, else
 // lower-cased as written.
 func attributeType(kind string) string {
-	kind = strings.ToLower(strings.TrimSpace(kind))
+	kind = strings.TrimPrefix(strings.ToLower(strings.TrimSpace(kind)), "oid.")
 	if oid, ok := attributeTypes[kind]; ok {
 		return oid
 	}
-	return strings.TrimPrefix(kind, "oid.")
+	return kind
 }
 
 // derString is the text of a DER string value given as hex.

@@ -151,6 +151,8 @@ impl AuditLog {
             // While the log has diverged, it is compared again even at the signed size: a
             // restore of exactly that history ends the refusal.
             if cp.size == size && self.integrity().is_ok() {
+                // Nothing to sign, and the store answered: an earlier failure is over.
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Ok(note.clone());
             }
         }

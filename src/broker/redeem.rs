@@ -124,8 +124,9 @@ impl Broker {
         }
     }
 
-    /// Why the record this broker keeps for the token's id does not describe this token (its
-    /// request digest, the agent it is bound to, its operation and resource), if it does not.
+    /// Why the record this broker keeps for the token's id does not describe this token (the
+    /// digest of its parameters, its request digest, the agent it is bound to, its operation
+    /// and resource), if it does not.
     /// A token without a record is left to the store (`unknown_token`).
     fn issued_otherwise(
         &self,
@@ -146,7 +147,19 @@ impl Broker {
         else {
             return Ok(None);
         };
-        let differs = if record.request_digest != detail.request_digest {
+        let params: serde_json::Value = serde_json::from_str(&record.params)
+            .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
+        let params_digest = crate::canonical::params_digest(&params)
+            .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
+        // The executor acts on the parameters `params_digest` names: that one above all.
+        let differs = if detail.params_digest != crate::base64url::encode(&params_digest)
+            || claims
+                .params_digest
+                .as_ref()
+                .is_some_and(|top| *top != detail.params_digest)
+        {
+            Some("params digest")
+        } else if record.request_digest != detail.request_digest {
             Some("request digest")
         } else if record.agent != claims.cnf.x5t_s256 {
             Some("agent")

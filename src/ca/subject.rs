@@ -110,12 +110,19 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
 /// approver or an auditor, look like another. `seb cert issue` never writes one; a certificate
 /// an offline intermediate signed might hold one, and the broker refuses it.
 pub fn hidden_character(name: &Name) -> Option<char> {
-    name.iter()
-        .filter_map(|atv| attribute_text(&atv.value))
-        .find_map(|text| {
-            text.chars()
-                .find(|&c| c.is_control() || crate::text::hides_text(c))
-        })
+    let hidden = |text: &str| {
+        text.chars()
+            .find(|&c| c.is_control() || crate::text::hides_text(c))
+    };
+    name.iter().find_map(|atv| {
+        // A TeletexString is read as Latin-1 here and as UTF-8 by other software (Go's
+        // crypto/x509, Python's cryptography): a character hidden in either reading counts.
+        let utf8 = (der::Tagged::tag(&atv.value) == der::Tag::TeletexString)
+            .then(|| std::str::from_utf8(atv.value.value()).ok())
+            .flatten()
+            .and_then(hidden);
+        utf8.or_else(|| attribute_text(&atv.value).as_deref().and_then(hidden))
+    })
 }
 
 /// The text of a directory string, whatever its string type ([`crate::cert::string_text`], as

@@ -264,6 +264,35 @@ fn a_bmpstring_subject_is_read_as_utf_16() {
 }
 
 #[test]
+fn a_character_hidden_in_either_reading_of_a_teletexstring_counts() {
+    // seb reads TeletexString as Latin-1, Go and Python's cryptography as UTF-8: the UTF-8
+    // bytes of U+FEFF are harmless Latin-1 letters, and a hidden U+FEFF to the others.
+    use der::Decode;
+    let name = |value: &[u8]| {
+        let mut atv = vec![0x06, 0x03, 0x55, 0x04, 0x03, 0x14, value.len() as u8];
+        atv.extend_from_slice(value);
+        let mut seq = vec![0x30, atv.len() as u8];
+        seq.extend(atv);
+        let mut set = vec![0x31, seq.len() as u8];
+        set.extend(seq);
+        let mut der = vec![0x30, set.len() as u8];
+        der.extend(set);
+        x509_cert::name::Name::from_der(&der).unwrap()
+    };
+    assert_eq!(hidden_character(&name(b"opsbot")), None);
+    assert_eq!(
+        hidden_character(&name("ops\u{feff}bot".as_bytes())),
+        Some('\u{feff}')
+    );
+    assert_eq!(
+        hidden_character(&name("ops\u{200b}bot".as_bytes())),
+        Some('\u{200b}')
+    );
+    // Latin-1 only: 0x9B is a C1 control there, and not UTF-8 at all.
+    assert_eq!(hidden_character(&name(b"ops\x9bbot")), Some('\u{9b}'));
+}
+
+#[test]
 fn tls_names_are_ip_addresses_or_dns_names_a_client_can_match() {
     let good = [
         "127.0.0.1",

@@ -40,11 +40,11 @@ impl Report {
     }
 }
 
-/// Runs every check on the configuration read from `config_file`; fails when any problem was
-/// found (warnings alone pass).
 /// How long before the root expires `seb check` warns: its rotation is a ceremony.
 const ROOT_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
+/// Runs every check on the configuration read from `config_file`; fails when any problem was
+/// found (warnings alone pass).
 pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
     let mut r = Report::default();
     r.ok("configuration parses and validates");

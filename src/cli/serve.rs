@@ -80,7 +80,6 @@ fn one_broker_per_state_dir(state_dir: &Path) -> Result<File, CliError> {
     }
 }
 
-/// Runs the broker until SIGTERM or SIGINT.
 /// The configuration's kill switches, made the store's at every start, each with its audit
 /// entry: `[policy] frozen = true` freezes issuance (after a restore, docs/OPERATIONS.md §9)
 /// until `seb unfreeze`, even when an earlier `seb unfreeze` is stored; `[policy] epoch` is a
@@ -108,6 +107,7 @@ fn apply_configured_policy(config: &Config, store: &dyn seb::store::Store) -> Cl
     Ok(())
 }
 
+/// Runs the broker until SIGTERM or SIGINT.
 pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
     let mut config = config.clone();
     if let Some(listen) = args.listen {

@@ -604,9 +604,8 @@ _TYPE_BY_NAME = {name: oid for oid, names in _ATTRIBUTE_TYPES.items() for name i
 
 def _attribute_type(kind: str) -> str:
     kind = kind.strip().lower()
-    if kind in _TYPE_BY_NAME:
-        return _TYPE_BY_NAME[kind]
-    return kind[4:] if kind.startswith("oid.") else kind
+    kind = kind[4:] if kind.startswith("oid.") else kind
+    return _TYPE_BY_NAME.get(kind, kind)
 
 
 def _der_string(hex_text: str):
