@@ -241,21 +241,24 @@ fn subjects_stay_within_rfc_5280_bounds() {
     assert!(parse_new_subject(&format!("CN={},C=DE", "é".repeat(64))).is_ok());
 }
 
+/// A name of one common name, a string of DER type `tag` holding `value` (short).
+fn common_name(tag: u8, value: &[u8]) -> x509_cert::name::Name {
+    use der::Decode;
+    let mut atv = vec![0x06, 0x03, 0x55, 0x04, 0x03, tag, value.len() as u8];
+    atv.extend_from_slice(value);
+    let mut seq = vec![0x30, atv.len() as u8];
+    seq.extend(atv);
+    let mut set = vec![0x31, seq.len() as u8];
+    set.extend(seq);
+    let mut der = vec![0x30, set.len() as u8];
+    der.extend(set);
+    x509_cert::name::Name::from_der(&der).unwrap()
+}
+
 #[test]
 fn a_bmpstring_subject_is_read_as_utf_16() {
     // Older tools write BMPString; read as UTF-8 its zero bytes looked like U+0000.
-    use der::Decode;
-    let name = |bmp: &[u8]| {
-        let mut atv = vec![0x06, 0x03, 0x55, 0x04, 0x03, 0x1e, bmp.len() as u8];
-        atv.extend_from_slice(bmp);
-        let mut seq = vec![0x30, atv.len() as u8];
-        seq.extend(atv);
-        let mut set = vec![0x31, seq.len() as u8];
-        set.extend(seq);
-        let mut der = vec![0x30, set.len() as u8];
-        der.extend(set);
-        x509_cert::name::Name::from_der(&der).unwrap()
-    };
+    let name = |bmp: &[u8]| common_name(0x1e, bmp);
     let alice = name(&[0, b'a', 0, b'l', 0, b'i', 0, b'c', 0, b'e']);
     assert_eq!(attribute_problem(&alice), None);
     let hidden = name(&[0, b'a', 0x20, 0x2e, 0, b'b']);
@@ -267,18 +270,7 @@ fn a_bmpstring_subject_is_read_as_utf_16() {
 fn a_character_hidden_in_either_reading_of_a_teletexstring_counts() {
     // seb reads TeletexString as Latin-1, Go and Python's cryptography as UTF-8: the UTF-8
     // bytes of U+FEFF are harmless Latin-1 letters, and a hidden U+FEFF to the others.
-    use der::Decode;
-    let name = |value: &[u8]| {
-        let mut atv = vec![0x06, 0x03, 0x55, 0x04, 0x03, 0x14, value.len() as u8];
-        atv.extend_from_slice(value);
-        let mut seq = vec![0x30, atv.len() as u8];
-        seq.extend(atv);
-        let mut set = vec![0x31, seq.len() as u8];
-        set.extend(seq);
-        let mut der = vec![0x30, set.len() as u8];
-        der.extend(set);
-        x509_cert::name::Name::from_der(&der).unwrap()
-    };
+    let name = |value: &[u8]| common_name(0x14, value);
     assert_eq!(hidden_character(&name(b"opsbot")), None);
     assert_eq!(
         hidden_character(&name("ops\u{feff}bot".as_bytes())),
