@@ -183,6 +183,22 @@ fn cert_show_decodes_role_chain_status_and_grants_back_to_toml() {
         &hsm.seb(&["cert", "show", "--serial", "0badc0de"]),
         "no record of issuing serial 0BADC0DE",
     );
+
+    // An executor's TLS names, which its successor must carry too (root rotation, step 4).
+    let executor = hsm.issue(
+        "runner",
+        "CN=runner",
+        "executor",
+        &["--tls-name", "exec.internal", "--tls-name", "10.0.0.7"],
+    );
+    let text = hsm.seb_ok(&["cert", "show", executor.to_str().unwrap()]);
+    assert!(
+        text.contains("tls names    exec.internal, 10.0.0.7"),
+        "{text}"
+    );
+    assert!(!hsm
+        .seb_ok(&["cert", "show", "--serial", &serial])
+        .contains("tls names"));
 }
 
 const DEPLOY: &str = r#"

@@ -270,6 +270,13 @@ pub fn show(config: Option<&Config>, args: ShowArgs) -> CliResult {
         },
         None => say!("role         none (a CA or a broker service certificate)"),
     }
+    // What `cert issue --tls-name` gave an executor (or the broker's TLS certificate): needed
+    // to issue its successor with the same names.
+    match super::rotate::served_names(leaf) {
+        Ok(names) if names.is_empty() => {}
+        Ok(names) => say!("tls names    {}", names.join(", ")),
+        Err(e) => say!("tls names    {e}"),
+    }
     say!(
         "validity     {} to {} ({})",
         time_text(leaf.not_before()),

@@ -339,7 +339,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
 
 /// The DNS names and IP addresses a certificate serves HTTPS under (its SANs), as
 /// `cert issue --tls-name` took them.
-fn served_names(cert: &Certificate) -> Result<Vec<String>, CliError> {
+pub(super) fn served_names(cert: &Certificate) -> Result<Vec<String>, CliError> {
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
     let Some(san) = cert.standard_extension::<SubjectAltName>()? else {
