@@ -473,3 +473,13 @@ impl Broker {
         checks
     }
 }
+
+/// The params digest (base64url) of the parameters `record` holds: what the token issued for
+/// it names, and what its redemption and its executor's receipt must name too.
+fn recorded_params_digest(record: &crate::store::ExecutionRecord) -> Result<String, BrokerError> {
+    let stored = |e: &dyn std::fmt::Display| BrokerError::Internal(format!("stored params: {e}"));
+    let params: serde_json::Value = serde_json::from_str(&record.params).map_err(|e| stored(&e))?;
+    crate::canonical::params_digest(&params)
+        .map(|d| crate::base64url::encode(&d))
+        .map_err(|e| stored(&e))
+}

@@ -511,18 +511,6 @@ async fn authorize(
         }),
         _ => None,
     };
-    // Any other route refused for the caller's own certificate: a revoked or expired key
-    // still in use, even only to look.
-    // The route as the router knows it (`/v1/executions/{id}`), never the raw path the caller
-    // sent, which could be long or hold escapes.
-    let route = || {
-        let template = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("(unknown route)", |p| p.as_str());
-        format!("{} {template}", req.method())
-    };
-    let looked = attempt.is_none().then(route);
     let caller = peer.clone();
     let admitted = if matches!(
         app.broker.config().store,
@@ -543,7 +531,15 @@ async fn authorize(
         Err(e) => {
             if let Some((attempt, request_id)) = attempt {
                 audit_refused(&app, &caller, attempt, request_id.as_deref(), &e);
-            } else if let Some(route) = looked {
+            } else {
+                // Any other route refused for the caller's own certificate: a revoked or
+                // expired key still in use, even only to look. The route as the router knows
+                // it (`/v1/executions/{id}`), never the raw path the caller sent.
+                let template = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("(unknown route)", |p| p.as_str());
+                let route = format!("{} {template}", req.method());
                 audit_refused_access(&app, &caller, &route, &e);
             }
             ApiError::from(e).into_response()
@@ -551,20 +547,23 @@ async fn authorize(
     }
 }
 
+/// Refusals for the caller's own certificate (its path revoked, out of its validity, unusable,
+/// or its role not delegated): audited on every route.
+const CALLER_CERTIFICATE_CODES: [&str; 5] = [
+    "certificate_revoked",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "bad_certificate",
+    "role_not_delegated",
+];
+
 /// Queues the `access_refused` entry of a request on `route` (not one that acts: those have
 /// entries of their own kinds) refused for the caller's own certificate. Another role's
 /// `wrong_role` on a read is not logged: it is a misdirected client, not a key that should no
 /// longer be in use.
 fn audit_refused_access(app: &App, peer: &Peer, route: &str, e: &BrokerError) {
     let code = e.code();
-    let audited = [
-        "certificate_revoked",
-        "certificate_expired",
-        "certificate_not_yet_valid",
-        "bad_certificate",
-        "role_not_delegated",
-    ];
-    if audited.contains(&code) {
+    if CALLER_CERTIFICATE_CODES.contains(&code) {
         let mut entry = crate::broker::refused_entry(peer, RefusedAttempt::Access, code);
         entry.detail = Some(route.to_owned());
         app.broker.append_refusal(entry);
@@ -588,17 +587,9 @@ pub(crate) fn audit_refused(
     if attempt == RefusedAttempt::Approval && own_state.contains(&code) {
         return;
     }
-    let audited = [
-        "certificate_revoked",
-        "certificate_expired",
-        "certificate_not_yet_valid",
-        "bad_certificate",
-        "wrong_role",
-        "role_not_delegated",
-        "issuance_frozen",
-        "attestation_failed",
-    ];
-    if audited.contains(&code) {
+    let audited = CALLER_CERTIFICATE_CODES.contains(&code)
+        || ["wrong_role", "issuance_frozen", "attestation_failed"].contains(&code);
+    if audited {
         app.broker
             .audit_refused_attempt_on(peer, attempt, code, request_id);
     }

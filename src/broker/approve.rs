@@ -429,11 +429,7 @@ impl Broker {
         response.approvals = Some(approvals.iter().map(ApprovalSummary::from).collect());
 
         // The quorum is met and the token id is durable: the token is signed next.
-        let params: Value = serde_json::from_str(&record.params)
-            .map_err(|e| BrokerError::Internal(format!("stored params are not JSON: {e}")))?;
-        let params_digest = crate::canonical::params_digest(&params)
-            .map(|d| base64url::encode(&d))
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let params_digest = super::recorded_params_digest(&record)?;
         let claims = Claims {
             iss: self.config.broker_id.clone(),
             sub: record.agent_subject.clone(),

@@ -36,11 +36,7 @@ fn matches_token(
     if body.operation != record.operation || body.resource != record.resource {
         return refuse("the receipt's operation or resource is not the token's");
     }
-    let params: serde_json::Value = serde_json::from_str(&record.params)
-        .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
-    let digest = crate::canonical::params_digest(&params)
-        .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
-    if body.params_digest != crate::base64url::encode(&digest) {
+    if body.params_digest != super::recorded_params_digest(record)? {
         return refuse("the receipt's params_digest is not the token's");
     }
     let asked = crate::time::unix_millis(record.created_at).saturating_sub(RECEIPT_SKEW_MS);

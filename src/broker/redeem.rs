@@ -147,12 +147,8 @@ impl Broker {
         else {
             return Ok(None);
         };
-        let params: serde_json::Value = serde_json::from_str(&record.params)
-            .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
-        let params_digest = crate::canonical::params_digest(&params)
-            .map_err(|e| BrokerError::Internal(format!("stored params: {e}")))?;
         // The executor acts on the parameters `params_digest` names: that one above all.
-        let differs = if detail.params_digest != crate::base64url::encode(&params_digest)
+        let differs = if detail.params_digest != super::recorded_params_digest(&record)?
             || claims
                 .params_digest
                 .as_ref()
