@@ -436,10 +436,23 @@ fn exec_as(s: &Setup, name: &str) -> std::process::Output {
         .join("\n");
     let file = s.hsm.path(&format!("{name}.toml"));
     std::fs::write(&file, config).unwrap();
-    common::seb(
-        &["exec", "--config", file.to_str().unwrap()],
-        s.hsm.dir.path(),
-    )
+    // An executor that starts runs until stopped: give it 30 s to refuse, so that a missing
+    // check fails the test instead of hanging it.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["exec", "--config", file.to_str().unwrap()])
+        .current_dir(s.hsm.dir.path())
+        .env_remove("SEB_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run seb exec");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
 }
 
 #[test]
