@@ -98,7 +98,7 @@ impl ClientTls {
         key_pem: &[u8],
         resumption: bool,
     ) -> Result<Self, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
         // Which input is wrong: the CLI reads these from --ca and --cert.

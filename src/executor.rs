@@ -265,7 +265,7 @@ impl Executor {
     /// The rustls server configuration: the executor's own certificate and key, client
     /// certificates required and verified against the pinned root.
     pub fn tls_config(&self) -> Result<rustls::ServerConfig, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
         for der in
             pem_blocks(&read(&self.config.root)?, "CERTIFICATE").map_err(|e| e.to_string())?

@@ -41,6 +41,8 @@ pub mod server;
 pub mod store;
 pub mod text;
 pub mod time;
+#[cfg(feature = "broker")]
+pub mod tls;
 pub mod token;
 #[cfg(feature = "tpm")]
 pub mod tpm;

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::ring;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
@@ -162,7 +161,7 @@ fn server_config_with(
     root_der: Vec<u8>,
     resumption: bool,
 ) -> Result<ServerConfig, String> {
-    let provider = Arc::new(ring::default_provider());
+    let provider = crate::tls::provider();
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from(root_der))

@@ -234,12 +234,10 @@ mod tests {
         roots
             .add(CertificateDer::from(root.cert.to_der_bytes().unwrap()))
             .unwrap();
-        let webpki = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
+        let webpki =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+                .build()
+                .unwrap();
         let counting = Arc::new(Counting {
             inner: webpki,
             asked: AtomicUsize::new(0),

@@ -1,5 +1,5 @@
 //! TLS to the database with rustls, verifying the server against the roots in `ca_file`
-//! (the broker's own rustls and ring; no second TLS stack).
+//! (the broker's own rustls and crypto provider, `crate::tls`; no second TLS stack).
 
 use std::future::Future;
 use std::io;
@@ -32,7 +32,7 @@ impl TlsConnector {
                 .add(CertificateDer::from(der))
                 .map_err(|e| format!("ca_file: {e}"))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
