@@ -17,6 +17,7 @@
 use crate::store::CertRef;
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -131,6 +132,7 @@ impl SqliteStore {
                 audit_generation: 0,
             }),
             ready: Condvar::new(),
+            log_long: AtomicBool::new(false),
         });
         let queue = jobs.clone();
         let writer = std::thread::Builder::new()
@@ -138,9 +140,10 @@ impl SqliteStore {
             .spawn(move || write_loop(writer_conn, &queue, tree))
             .map_err(|e| open_err(Box::new(e)))?;
         let (stop, stopped) = mpsc::channel::<()>();
+        let asks = jobs.clone();
         let checkpointer = std::thread::Builder::new()
             .name("seb-store-ckpt".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .spawn(move || checkpoint_loop(checkpoint_conn, &asks, stopped))
             .map_err(|e| open_err(Box::new(e)))?;
         Ok(Self {
             jobs,
