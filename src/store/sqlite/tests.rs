@@ -847,5 +847,5 @@ fn the_write_ahead_log_starts_over_under_steady_load() {
 /// What the log may reach under steady load: the checkpointer's threshold (4 MiB) and what a
 /// checkpoint interval of commits adds on top of it (about 13 MB at this test's 2,900 records
 /// a second in a debug build; without the writer's part of the checkpoint, the log grew by
-/// about 22 KB a record, 270 MB by the end).
+/// about 30 KB a record, to 732 MB by the end).
 const LOG_BOUND: u64 = 32 << 20;
