@@ -849,3 +849,68 @@ fn the_write_ahead_log_starts_over_under_steady_load() {
 /// a second in a debug build; without the writer's part of the checkpoint, the log grew by
 /// about 30 KB a record, to 732 MB by the end).
 const LOG_BOUND: u64 = 32 << 20;
+
+/// Frames in the store's write-ahead log now: `mxFrame` of the WAL-index header at the start
+/// of `seb.db-shm` (SQLite's documented WAL-index format: a native-endian u32 at offset 16).
+/// Read from the file, so that looking does not checkpoint.
+fn log_frames(dir: &Path) -> u32 {
+    let shm = std::fs::read(dir.join("seb.db-shm")).unwrap();
+    u32::from_ne_bytes(shm[16..20].try_into().unwrap())
+}
+
+/// An operator's `.backup` holds an old snapshot for as long as it runs: no checkpoint can copy
+/// past it, so the log cannot start over meanwhile. The backlog is left to the checkpointer
+/// (not to the writer, on the request path), and once the reader lets go the log starts over
+/// again under the same steady load.
+#[test]
+fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let db = dir.path().join("seb.db");
+    let pin = rusqlite::Connection::open(&db).unwrap();
+    pin.execute_batch("BEGIN").unwrap();
+    let _: i64 = pin
+        .query_row("SELECT count(*) FROM executions", [], |row| row.get(0))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let store = store.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store
+                        .record_execution(&issuing(&format!("w{w}-{i}")), &entry())
+                        .unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pinned = log_frames(dir.path());
+    while pinned < 3000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        pinned = log_frames(dir.path());
+    }
+    assert!(
+        pinned >= 3000,
+        "the log did not grow past the pinned snapshot: {pinned}"
+    );
+    pin.execute_batch("COMMIT").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut now = log_frames(dir.path());
+    while now >= pinned && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        now = log_frames(dir.path());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert!(
+        now < pinned,
+        "the log never started over after the reader let go: {now} frames, {pinned} while pinned"
+    );
+}

@@ -206,11 +206,23 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// pages, SQLite's own default for its automatic checkpoints.
 const LOG_START_OVER: i64 = 1000;
 
-/// Runs `PRAGMA wal_checkpoint(mode)` and returns the number of frames in the log.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+/// Most frames the checkpointer may leave uncopied and still ask the writer to finish: a
+/// reader holding an old snapshot (an operator's `.backup`, a long export) stops a checkpoint
+/// short, and when it lets go the whole backlog would fall to the writer, on the request path.
+const LEFT_FOR_WRITER: i64 = LOG_START_OVER / 4;
+
+/// Runs `PRAGMA wal_checkpoint(mode)`: the frames in the log, and how many of them are in the
+/// database now.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        row.get(1)
+        Ok((row.get(1)?, row.get(2)?))
     })
+}
+
+/// Whether the writer should finish a checkpoint that copied `copied` of `frames`: the log is
+/// long enough to start over, and what is left is little (see [`LEFT_FOR_WRITER`]).
+fn writer_should_finish(frames: i64, copied: i64) -> bool {
+    frames >= LOG_START_OVER && frames - copied <= LEFT_FOR_WRITER
 }
 
 /// The checkpointer thread: a passive checkpoint (it never blocks the writer) every interval,
@@ -219,15 +231,15 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
 /// A passive checkpoint copies the log into the database but cannot make the log start over:
 /// SQLite reuses the log from its beginning only when a write begins with every frame already
 /// copied, and under steady load a commit always lands while the checkpoint runs. So when the
-/// log has grown past [`LOG_START_OVER`] frames this thread asks the writer to copy the few
-/// frames committed meanwhile, between two commits, after which the next commit starts the log
-/// over. Without that the log grows by every commit for as long as the load lasts (732 MB
+/// log has grown past [`LOG_START_OVER`] frames and this pass copied nearly all of it, this
+/// thread asks the writer to copy the few frames committed meanwhile, between two commits,
+/// after which the next commit starts the log over. Without that the log grows by every commit for as long as the load lasts (732 MB
 /// after the 24,577 records of `the_write_ahead_log_starts_over_under_steady_load`), and each
 /// commit syncs the file's new size as well as its pages.
 pub(super) fn checkpoint_loop(conn: Connection, jobs: &Jobs, stop: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
         match checkpoint(&conn, "PASSIVE") {
-            Ok(frames) if frames >= LOG_START_OVER => {
+            Ok((frames, copied)) if writer_should_finish(frames, copied) => {
                 jobs.log_long.store(true, Ordering::Relaxed);
             }
             Ok(_) => {}
