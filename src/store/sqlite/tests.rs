@@ -797,6 +797,35 @@ fn a_log_that_takes_no_entry_even_as_a_void_is_reported_unhealthy() {
     assert!(store.audit_health().is_ok(), "{:?}", store.audit_health());
 }
 
+/// Steady load: two threads recording issuances without a pause (so a write is always queued
+/// while the other's commit is answered), until `stop` is set. Returns the count of records
+/// so far and the threads.
+fn steady_writers(
+    store: &Arc<SqliteStore>,
+    stop: &Arc<AtomicBool>,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers = (0..2)
+        .map(|w| {
+            let (store, stop, written) = (store.clone(), stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store
+                        .record_execution(&issuing(&format!("w{w}-{i}")), &entry())
+                        .unwrap();
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    (written, workers)
+}
+
 /// A broker under steady load never pauses long enough for a background checkpoint to catch
 /// up with the writer; the write-ahead log must still start over from its beginning, or it
 /// grows by every commit for as long as the load lasts (and every commit also has to sync the
@@ -808,27 +837,15 @@ fn the_write_ahead_log_starts_over_under_steady_load() {
     // Each record adds at least one 4 KiB page to the log unless it starts over (about five
     // are measured); the load runs until that alone is three times the bound.
     const RECORDS: u64 = 3 * LOG_BOUND / 4096;
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, workers) = steady_writers(&store, &stop);
     let cap = std::time::Instant::now() + Duration::from_secs(60);
-    // Two writers, so that a write is always queued while the other's commit is answered.
-    let workers: Vec<_> = (0..2)
-        .map(|w| {
-            let store = store.clone();
-            let written = written.clone();
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while written.load(std::sync::atomic::Ordering::Relaxed) < RECORDS
-                    && std::time::Instant::now() < cap
-                {
-                    store
-                        .record_execution(&issuing(&format!("w{w}-{i}")), &entry())
-                        .unwrap();
-                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    while written.load(std::sync::atomic::Ordering::Relaxed) < RECORDS
+        && std::time::Instant::now() < cap
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for worker in workers {
         worker.join().unwrap();
     }
@@ -849,7 +866,6 @@ fn the_write_ahead_log_starts_over_under_steady_load() {
 /// a second in a debug build; without the writer's part of the checkpoint, the log grew by
 /// about 30 KB a record, to 732 MB by the end).
 const LOG_BOUND: u64 = 32 << 20;
-
 /// Frames in the store's write-ahead log now: `mxFrame` of the WAL-index header at the start
 /// of `seb.db-shm` (SQLite's documented WAL-index format: a native-endian u32 at offset 16).
 /// Read from the file, so that looking does not checkpoint.
@@ -873,21 +889,7 @@ fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
         .query_row("SELECT count(*) FROM executions", [], |row| row.get(0))
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|w| {
-            let store = store.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    store
-                        .record_execution(&issuing(&format!("w{w}-{i}")), &entry())
-                        .unwrap();
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    let (_, workers) = steady_writers(&store, &stop);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut pinned = log_frames(dir.path());
     while pinned < 3000 && std::time::Instant::now() < deadline {
