@@ -17,7 +17,7 @@
 use crate::store::CertRef;
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -133,6 +133,7 @@ impl SqliteStore {
             }),
             ready: Condvar::new(),
             log_long: AtomicBool::new(false),
+            writer_checkpoints: AtomicU64::new(0),
         });
         let queue = jobs.clone();
         let writer = std::thread::Builder::new()

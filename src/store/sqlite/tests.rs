@@ -875,9 +875,9 @@ fn log_frames(dir: &Path) -> u32 {
 }
 
 /// An operator's `.backup` holds an old snapshot for as long as it runs: no checkpoint can copy
-/// past it, so the log cannot start over meanwhile. The backlog is left to the checkpointer
-/// (not to the writer, on the request path), and once the reader lets go the log starts over
-/// again under the same steady load.
+/// past it, so the log cannot start over meanwhile. The writer is not handed a checkpoint
+/// meanwhile (the backlog, once the reader lets go, would fall on the request path), and once
+/// the reader lets go the log starts over again under the same steady load.
 #[test]
 fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,15 +890,30 @@ fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (_, workers) = steady_writers(&store, &stop);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Long enough for several of the checkpointer's passes (every 200 ms) over a long log.
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
     let mut pinned = log_frames(dir.path());
-    while pinned < 3000 && std::time::Instant::now() < deadline {
+    while (pinned < 3000 || started.elapsed() < Duration::from_millis(1200))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
         pinned = log_frames(dir.path());
     }
     assert!(
         pinned >= 3000,
         "the log did not grow past the pinned snapshot: {pinned}"
+    );
+    let writer_checkpoints = || {
+        store
+            .jobs
+            .writer_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        writer_checkpoints(),
+        0,
+        "the writer was handed a checkpoint the pinned reader kept from getting anywhere"
     );
     pin.execute_batch("COMMIT").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -914,5 +929,9 @@ fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
     assert!(
         now < pinned,
         "the log never started over after the reader let go: {now} frames, {pinned} while pinned"
+    );
+    assert!(
+        writer_checkpoints() > 0,
+        "the log started over without the writer's part"
     );
 }

@@ -9,7 +9,7 @@
 //! A second thread copies the write-ahead log into the database, off every request's path.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +64,8 @@ pub(super) struct Jobs {
     /// frames; the writer then finishes the checkpoint between two commits (see
     /// [`finish_checkpoint`]).
     pub(super) log_long: AtomicBool,
+    /// Checkpoints the writer finished itself (see [`finish_checkpoint`]).
+    pub(super) writer_checkpoints: AtomicU64,
 }
 
 impl Jobs {
@@ -262,6 +264,7 @@ fn finish_checkpoint(conn: &Connection, jobs: &Jobs) {
     if !jobs.log_long.swap(false, Ordering::Relaxed) {
         return;
     }
+    jobs.writer_checkpoints.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = checkpoint(conn, "PASSIVE") {
         // The checkpointer asks again after its next pass.
         tracing::debug!(error = %e, "the writer's checkpoint did not finish");
