@@ -290,6 +290,17 @@ fn closing(refusal: impl Into<ApiError>) -> Response {
     response
 }
 
+/// The runtime the broker serves on: `worker_threads` async workers (`[server]`), named
+/// `seb-worker`. `seb serve` and `seb bench broker` both run on it, so the bench measures the
+/// runtime the broker serves with.
+pub fn runtime(config: &crate::config::Config) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
+        .enable_all()
+        .thread_name("seb-worker")
+        .build()
+}
+
 /// Serves until `shutdown` turns true, then stops accepting and lets open requests finish.
 pub async fn serve(
     app: App,

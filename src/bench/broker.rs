@@ -311,10 +311,7 @@ fn serve_and_measure(
     (cert_pem, key_pem, root_pem): (String, String, Vec<u8>),
 ) -> CliResult {
     let tls = server::tls::broker_server_config(backend.clone(), cfg, true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads())
-        .enable_all()
-        .build()?;
+    let runtime = server::runtime(config)?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();

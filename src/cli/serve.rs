@@ -138,11 +138,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> CliResult {
         // Quotes are bound to exactly the certificate the TLS layer serves.
         attestation.serve_tls_certificate(tls_cert.certificate_der());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads())
-        .enable_all()
-        .thread_name("seb-worker")
-        .build()?;
+    let runtime = server::runtime(config)?;
     runtime.block_on(async move {
         survive_file_size_limit();
         let listen = config.server.listen;
