@@ -54,10 +54,16 @@ impl Serial {
         Self::from_der_integer(cert.serial())
     }
 
-    /// From the contents octets of a DER INTEGER (two's complement, big-endian).
+    /// From the contents octets of a DER INTEGER (two's complement, big-endian). More than
+    /// [`MAX_SERIAL_LEN`] octets is refused, sign byte included: RFC 5280 §4.1.2.2 bounds the
+    /// encoded integer, a CRL can list no such serial, and `seb cert revoke` refuses it, so a
+    /// certificate carrying one could be authorised but never revoked.
     pub fn from_der_integer(contents: &[u8]) -> Result<Self, SerialError> {
         if contents.first().is_some_and(|b| b & 0x80 != 0) {
             return Err(SerialError::Negative);
+        }
+        if contents.len() > MAX_SERIAL_LEN {
+            return Err(SerialError::TooLong(contents.len()));
         }
         Self::from_magnitude(contents)
     }
@@ -178,6 +184,16 @@ mod tests {
             Serial::parse(&"01".repeat(21)),
             Err(SerialError::TooLong(21))
         );
+        // In a certificate the sign byte counts: twenty octets with the top bit set are 21 as
+        // a DER INTEGER, which no CRL can list.
+        let signed = [&[0u8][..], &[0xff; 20][..]].concat();
+        assert_eq!(
+            Serial::from_der_integer(&signed),
+            Err(SerialError::TooLong(21))
+        );
+        assert!(Serial::from_der_integer(&signed[1..]).is_err(), "negative");
+        let nineteen = [&[0u8][..], &[0xff; 19][..]].concat();
+        assert!(Serial::from_der_integer(&nineteen).is_ok());
     }
 
     #[test]

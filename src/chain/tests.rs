@@ -758,10 +758,11 @@ fn certificates_read_back_from_der_still_verify() {
 }
 
 #[test]
-fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
-    // RFC 5280 forbids both; seb's canonical serial is the positive integer, so a negative one
-    // (80 ...) could not be told apart from the positive serial with the same bytes, and a
-    // revocation could miss it.
+fn a_zero_negative_or_overlong_serial_is_refused_anywhere_on_the_path() {
+    // RFC 5280 forbids all three; seb's canonical serial is the positive integer, so a
+    // negative one (80 ...) could not be told apart from the positive serial with the same
+    // bytes, and a revocation could miss it. Twenty octets with the top bit set are 21 as a
+    // DER INTEGER: no CRL can list such a serial, so `seb cert revoke` could not stop it.
     use der::Decode;
     let root = Ca::root("root");
     let ca = root.intermediate("ca", None, None).unwrap();
@@ -770,8 +771,15 @@ fn a_zero_or_negative_serial_is_refused_anywhere_on_the_path() {
     let good = validate(&leaf, std::slice::from_ref(&ca.cert), &roots, now()).unwrap();
     assert_eq!(good.serials()[0], crate::serial::Serial::of(&leaf).unwrap());
     assert_eq!(good.serials().len(), 3, "leaf, intermediate, root");
-    for der in [[0x02, 0x01, 0x80], [0x02, 0x01, 0x00], [0x02, 0x01, 0xff]] {
-        let serial = x509_cert::serial_number::SerialNumber::from_der(&der).unwrap();
+    let overlong: Vec<u8> = [&[0x02, 21, 0x00][..], &[0xff; 20][..]].concat();
+    let cases: [&[u8]; 4] = [
+        &[0x02, 0x01, 0x80],
+        &[0x02, 0x01, 0x00],
+        &[0x02, 0x01, 0xff],
+        &overlong,
+    ];
+    for der in cases {
+        let serial = x509_cert::serial_number::SerialNumber::from_der(der).unwrap();
         let mut bad_leaf = forge(&leaf);
         bad_leaf.tbs.serial_number = serial.clone();
         let bad_leaf = resign(bad_leaf, &ca.key);

@@ -1341,6 +1341,38 @@ fn an_approver_certificate_outside_its_validity_at_issuance_does_not_count() {
 }
 
 #[test]
+fn an_intermediate_above_an_approver_outside_its_validity_at_issuance_does_not_count() {
+    // The approver's whole path is dated at the token's `iat`, not only the approver: an
+    // expired (or not yet valid) intermediate that may issue approvers makes up no quorum.
+    let q = Quorum::new();
+    let day = Duration::from_secs(86_400);
+    let approving =
+        q.f.root
+            .intermediate_for("approving", None, None, "approver".parse().unwrap())
+            .unwrap();
+    let carol = approver(&approving, "carol", &["sre-leads"]);
+    for (from, until, expected) in [
+        (now() - day, now() + 40 * day, "ok"),
+        (now() - 40 * day, now() - 10 * day, "certificate_expired"),
+        (
+            now() + 10 * day,
+            now() + 40 * day,
+            "certificate_not_yet_valid",
+        ),
+    ] {
+        let dated = crate::testkit::with_validity(&approving.cert, from, until, &q.f.root.key);
+        let mut c = q.claims();
+        c.approvals[1] = approval_by(&c, &carol.0, &carol.1);
+        let mut approvers = q.approvers();
+        approvers.extend([carol.0.clone(), dated]);
+        assert_eq!(
+            q.code_with(&c, &q.f.expect().approvers(approvers)),
+            expected
+        );
+    }
+}
+
+#[test]
 fn removed_altered_or_misplaced_approvals_fail() {
     let q = Quorum::new();
     // Removed: fewer approvals than the token requires.
