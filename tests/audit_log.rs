@@ -1048,6 +1048,21 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
         "the monitor stopped at an audit key rotation"
     );
     // ... until the broker restarts with a rewritten history.
+    rewrite_history(&mut s);
+    let (status, stderr) = monitor_exit(monitor, || {
+        traffic(&s, 1);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    assert!(!status.success());
+    assert!(
+        stderr.contains("audit log REJECTED") && stderr.contains("not an extension"),
+        "{stderr}"
+    );
+}
+
+/// Stops the broker, cuts its log back to two entries (what an attacker with the database
+/// would do), starts it again on the same port and grows the log past where it was.
+fn rewrite_history(s: &mut Setup) {
     assert!(s.broker.stop());
     let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
     db.execute("DELETE FROM audit_entries WHERE idx >= 2", [])
@@ -1065,15 +1080,47 @@ fn follow_exits_non_zero_when_the_log_stops_extending_what_it_verified() {
         "the broker listens where the config says"
     );
     s.broker = Broker::start(&s.hsm);
-    traffic(&s, 12);
-    let (status, stderr) = monitor_exit(monitor, || {
-        traffic(&s, 1);
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    });
-    assert!(!status.success());
+    traffic(s, 12);
+}
+
+#[test]
+fn a_monitor_run_again_with_its_saved_checkpoint_refuses_a_log_rewritten_in_between() {
+    // cron or systemd runs the same command each time: `--save FILE` is both the record the
+    // log must extend and where the next one goes. A file not there yet starts the record.
+    let mut s = setup();
+    traffic(&s, 3);
+    let saved = s.hsm.path("monitor.checkpoint");
+    let save = ["verify", "--save", saved.to_str().unwrap()];
+    ok(&audit(&s, &save));
+    let first = std::fs::read(&saved).unwrap();
+    // An honest log that grew: accepted, and the record moves on.
+    traffic(&s, 2);
+    ok(&audit(&s, &save));
+    let second = std::fs::read(&saved).unwrap();
+    assert_ne!(first, second, "the record did not move on");
+    // The history rewritten while no monitor ran: refused, naming the file, and the evidence
+    // is left as it was.
+    rewrite_history(&mut s);
+    let out = audit(&s, &save);
+    rejected(&out, "split view");
     assert!(
-        stderr.contains("audit log REJECTED") && stderr.contains("not an extension"),
-        "{stderr}"
+        String::from_utf8_lossy(&out.stderr).contains(saved.to_str().unwrap()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        second,
+        "the evidence was overwritten"
+    );
+    // So does a --follow monitor started with it.
+    let (status, stderr) = monitor_exit(follow(&s, &saved), || {});
+    assert!(!status.success());
+    assert!(stderr.contains("audit log REJECTED"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        second,
+        "the evidence was overwritten"
     );
 }
 

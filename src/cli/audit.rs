@@ -62,7 +62,10 @@ pub struct VerifyArgs {
     /// checkpoint. They must chain to --trust like any other.
     #[arg(long = "audit-cert")]
     audit_certs: Vec<PathBuf>,
-    /// Write the newest verified checkpoint here (to pass as --checkpoint next time).
+    /// Write the newest verified checkpoint here. A checkpoint already in the file is one the
+    /// log must extend first, like --checkpoint: a monitor restarted by cron or systemd with
+    /// the same command picks up where it stopped, and a rewritten log is refused without
+    /// overwriting the evidence. A file that does not exist yet starts a new record.
     #[arg(long)]
     save: Option<PathBuf>,
     /// Keep watching the broker: verify each new checkpoint against the last verified one
@@ -295,13 +298,7 @@ fn verified_text(v: &Verified) -> String {
 
 fn verify_cmd(args: VerifyArgs) -> CliResult {
     let root_pem = read_file(&args.trust)?;
-    let kept = match &args.checkpoint {
-        Some(path) => Some(
-            String::from_utf8(read_file(path)?)
-                .map_err(|_| format!("{} is not UTF-8", path.display()))?,
-        ),
-        None => None,
-    };
+    let kept = kept_checkpoints(&args)?;
     let mut session = match &args.file {
         Some(_) => None,
         None => Some(Session::open(&root_pem, &args.broker)?),
@@ -319,15 +316,32 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         );
     }
     let trust = trust_store(&root_pem, &bundle)?;
-    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, kept.as_deref())
-        .map_err(|e| format!("audit log REJECTED: {e}"))?;
-    // With a broker, also check the proof it serves from the kept checkpoint.
-    if let (Some(kept), Some(s)) = (kept.as_deref(), session.as_mut()) {
-        let old = verify::open_checkpoint(&trust, kept)?;
-        let proof = s.consistency(old.size, verified.checkpoint.size)?;
-        verify::verify_extension(&old, &verified.checkpoint, &proof)
-            .map_err(|e| format!("audit log REJECTED: {e}"))?;
+    let rejected = |path: Option<&PathBuf>, e: &dyn std::fmt::Display| match path {
+        Some(path) => format!(
+            "audit log REJECTED against the checkpoint in {}: {e}",
+            path.display()
+        ),
+        None => format!("audit log REJECTED: {e}"),
+    };
+    let mut verified = None;
+    for (path, kept) in &kept {
+        let checked = verify::verify_log(&trust, &evidence.entries, &evidence.notes, Some(kept))
+            .map_err(|e| rejected(Some(path), &e))?;
+        // With a broker, also check the proof it serves from the kept checkpoint.
+        if let Some(s) = session.as_mut() {
+            let old = verify::open_checkpoint(&trust, kept)
+                .map_err(|e| format!("the checkpoint in {}: {e}", path.display()))?;
+            let proof = s.consistency(old.size, checked.checkpoint.size)?;
+            verify::verify_extension(&old, &checked.checkpoint, &proof)
+                .map_err(|e| rejected(Some(path), &e))?;
+        }
+        verified = Some(checked);
     }
+    let verified = match verified {
+        Some(verified) => verified,
+        None => verify::verify_log(&trust, &evidence.entries, &evidence.notes, None)
+            .map_err(|e| rejected(None, &e))?,
+    };
     report(&verified);
     let state = args.save.as_ref().or(args.checkpoint.as_ref());
     if let Some(path) = &args.save {
@@ -345,6 +359,31 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         state.map(PathBuf::as_path),
         &args.interval,
     )
+}
+
+/// The checkpoints the log must extend, with the files they came from: `--checkpoint`'s,
+/// and the one a `--save` file already holds (the last run's record; a file not there yet
+/// holds none).
+fn kept_checkpoints(args: &VerifyArgs) -> Result<Vec<(PathBuf, String)>, CliError> {
+    let text = |path: &PathBuf, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))
+    };
+    let mut kept = Vec::new();
+    if let Some(path) = &args.checkpoint {
+        kept.push((path.clone(), text(path, read_file(path)?)?));
+    }
+    if let Some(path) = args
+        .save
+        .as_ref()
+        .filter(|p| args.checkpoint.as_ref() != Some(*p))
+    {
+        match std::fs::read(path) {
+            Ok(bytes) => kept.push((path.clone(), text(path, bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+        }
+    }
+    Ok(kept)
 }
 
 /// Polls the broker's checkpoint and checks each against the last verified one. A broker that
