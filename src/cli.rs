@@ -42,6 +42,14 @@ pub fn say(args: std::fmt::Arguments<'_>) {
     let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
 }
 
+/// Writes one line to stderr (the [`tell!`] macro): messages for the person at the terminal,
+/// verdicts and errors. A closed pipe drops the line; the command exits with its own status.
+pub fn tell(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
 /// Logs go to stderr; `RUST_LOG` sets the filter (default: warnings and errors).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -110,7 +118,7 @@ fn warn_if_root_in_another_users_state(config: &Config) {
         Some(name) => (name.clone(), name),
         None => (format!("user id {owner}"), format!("'#{owner}'")),
     };
-    eprintln!(
+    tell!(
         "warning: running as root, but the state directory {} belongs to {user}: files and \
          HSM key objects this command creates may be unreadable by the broker; run it as that \
          user (sudo -u {sudo_user} seb ...)",

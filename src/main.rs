@@ -24,6 +24,14 @@ macro_rules! say {
     };
 }
 
+/// Writes one line to stderr ([`cli::tell`]): like `eprintln!`, but a closed stderr (`seb …
+/// 2>&1 | head -1`) drops the line instead of panicking.
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        $crate::cli::tell(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod cli;
 
@@ -168,11 +176,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            tell!("error: {err}");
             let mut pin_refused = is_pin_refusal(err.as_ref());
             let mut source = std::error::Error::source(err.as_ref());
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                tell!("  caused by: {cause}");
                 pin_refused |= is_pin_refusal(cause);
                 source = cause.source();
             }

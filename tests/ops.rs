@@ -613,6 +613,21 @@ fn keys_fails_on_a_state_dir_never_initialised_and_a_closed_pipe_is_quiet() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // `seb … 2>&1 | head -1` after the first line: stderr closed too. The error still ends
+    // the command with its own status (1), not a panic (101). The pipe's reader is closed
+    // before seb starts, so every write meets it.
+    for args in [&["keys"][..], &["cert", "list"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+            .args(["--config", "/nonexistent/seb.toml"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
 }
 
 #[test]

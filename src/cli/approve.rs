@@ -122,8 +122,8 @@ pub fn approve(args: ApproveArgs) -> CliResult {
     let agent = request["requester"]["x5t#S256"]
         .as_str()
         .ok_or("the broker's answer lacks the requester's thumbprint")?;
-    eprintln!("{}", describe(request));
-    eprintln!("signing: {} request {}", decision.as_str(), args.request_id);
+    tell!("{}", describe(request));
+    tell!("signing: {} request {}", decision.as_str(), args.request_id);
     let signature = key.sign(&approval::message(decision, &digest, agent));
     let mut body = serde_json::json!({
         "decision": decision.as_str(),

@@ -205,7 +205,7 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
     log.check_replay(bank, &pcrs)
         .map_err(|e| format!("not recording: {e}"))?;
     if args.ek_ca.is_empty() {
-        eprintln!(
+        tell!(
             "warning: the policy has no EK pinning (no --ek-ca): any TPM, a software one \
              included, can enroll an attestation key under it. Pass the TPM vendor's EK CA \
              certificate with --ek-ca (docs/ATTESTATION.md)"
@@ -296,7 +296,7 @@ fn verify(args: VerifyArgs) -> CliResult {
             // resetCount/restartCount are obfuscated by the TPM for owner-hierarchy signers.
             say!("  TPM clock {} ms", v.info.clock);
             if check.policy.ek_cas().is_empty() {
-                eprintln!(
+                tell!(
                     "warning: the policy pins no EK CA (ek_ca), so the TPM itself was not \
                      checked: any TPM's EK is accepted (docs/ATTESTATION.md)"
                 );

@@ -417,7 +417,7 @@ fn follow(
         let mut live = match live {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("cannot reach the broker ({e}); retrying");
+                tell!("cannot reach the broker ({e}); retrying");
                 continue;
             }
         };
@@ -433,14 +433,15 @@ fn follow(
                 .into());
             }
             Ok(r) => {
-                eprintln!(
+                tell!(
                     "cannot fetch the checkpoint (the broker answered {}: {}); retrying",
-                    r.status, r.text
+                    r.status,
+                    r.text
                 );
                 continue;
             }
             Err(e) => {
-                eprintln!("cannot fetch the checkpoint ({e}); retrying");
+                tell!("cannot fetch the checkpoint ({e}); retrying");
                 continue;
             }
         };
@@ -450,7 +451,7 @@ fn follow(
                 let published = match live.get("/v1/trust") {
                     Ok(r) => r.text,
                     Err(e) => {
-                        eprintln!("cannot fetch the broker's certificates ({e}); retrying");
+                        tell!("cannot fetch the broker's certificates ({e}); retrying");
                         continue;
                     }
                 };
@@ -488,7 +489,7 @@ fn follow(
                         )
                         .into());
                     }
-                    eprintln!("cannot fetch the consistency proof ({e}); retrying");
+                    tell!("cannot fetch the consistency proof ({e}); retrying");
                     continue;
                 }
             }
@@ -550,7 +551,7 @@ fn export(args: ExportArgs) -> CliResult {
             .write_all(&out)
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("cannot write the export to standard output: {e}"))?;
-        eprintln!("{}", verified_text(&verified));
+        tell!("{}", verified_text(&verified));
         return Ok(());
     }
     write_file(&args.out, &out, false)?;

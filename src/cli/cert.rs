@@ -391,13 +391,15 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     {
         // Allowed (a team that runs its own approvals), but M-of-N then means M certificates
         // this key signed, not M people.
-        eprintln!(
+        tell!(
             "warning: {name:?} may issue both agents and approvers, and the grants that bind \
              its agents require {} approvals from {:?}: whoever holds its key can issue an \
              agent and every one of \
              those approvers; issue approvers from the root where the rule must mean \
              {} people (docs/GRANTS.md, \"Approvers under an intermediate\")",
-            rule.required, rule.group, rule.required
+            rule.required,
+            rule.group,
+            rule.required
         );
     }
     let store = open_store(config)?;

@@ -120,9 +120,9 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     };
     say!("{}", serde_json::to_string_pretty(&receipt.body)?);
     for note in notes {
-        eprintln!("{note}");
+        tell!("{note}");
     }
-    eprintln!("receipt verified: signed by {}", leaf.subject_string());
+    tell!("receipt verified: signed by {}", leaf.subject_string());
     Ok(())
 }
 

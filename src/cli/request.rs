@@ -75,7 +75,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
                 .as_str()
                 .ok_or("the broker's answer has no token")?;
             let id = response.body["request_id"].as_str().unwrap_or("?");
-            eprintln!("granted: request {id}");
+            tell!("granted: request {id}");
             return execute(&runtime, executor, &tls, token, &params);
         }
     }
@@ -91,7 +91,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         .as_str()
         .ok_or("the broker's answer has no request_id")?
         .to_owned();
-    eprintln!(
+    tell!(
         "pending approval: request {id} needs {} approval(s) from group {}; waiting up to {}s",
         response.body["approvals_required"],
         response.body["approval_group"].as_str().unwrap_or("?"),
@@ -138,7 +138,7 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
         .flatten();
     let granted = token.is_some();
     if let (Some(token), Some(executor)) = (token, &args.execute) {
-        eprintln!("approved and granted: request {id}");
+        tell!("approved and granted: request {id}");
         return execute(&runtime, executor, &tls, token, &params);
     }
     match token {
@@ -149,9 +149,9 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     if !granted {
         let state = status.body["status"].as_str().unwrap_or("unknown");
         if state == "pending_approval" {
-            eprintln!("no token: the request is still pending_approval after --timeout; stdout has its status");
+            tell!("no token: the request is still pending_approval after --timeout; stdout has its status");
         } else {
-            eprintln!("no token: the request is {state}; stdout has the broker's answer");
+            tell!("no token: the request is {state}; stdout has the broker's answer");
         }
     }
     Ok(if granted {
@@ -186,12 +186,12 @@ fn execute(
     say!("{}", answer.text);
     Ok(if answer.status == 200 {
         if let Some(failure) = action_failure(&answer.body) {
-            eprintln!("{failure}");
+            tell!("{failure}");
             return Ok(std::process::ExitCode::FAILURE);
         }
         std::process::ExitCode::SUCCESS
     } else {
-        eprintln!(
+        tell!(
             "the executor refused: {}",
             answer.body["error"]["code"].as_str().unwrap_or("unknown")
         );

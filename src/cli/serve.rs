@@ -93,7 +93,7 @@ fn apply_configured_policy(config: &Config, store: &dyn seb::store::Store) -> Cl
             "[policy] frozen = true in the configuration, at start",
             now,
         )?;
-        eprintln!(
+        tell!(
             "issuance frozen at start ([policy] frozen = true): `seb unfreeze` resumes it; \
              remove the line once it is no longer needed"
         );
@@ -102,7 +102,7 @@ fn apply_configured_policy(config: &Config, store: &dyn seb::store::Store) -> Cl
     if config.policy.epoch > state.epoch.unwrap_or(1) {
         // One more than the floor given: exactly the configured epoch.
         let epoch = store.bump_epoch(config.policy.epoch - 1, now)?;
-        eprintln!("policy epoch {epoch} from [policy] epoch, kept in the store");
+        tell!("policy epoch {epoch} from [policy] epoch, kept in the store");
     }
     Ok(())
 }

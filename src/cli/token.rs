@@ -152,7 +152,7 @@ fn signature_only(
         "claims": checked.claims,
     });
     say!("{}", serde_json::to_string_pretty(&out)?);
-    eprintln!(
+    tell!(
         "warning: signature_only: the signature, signing certificate, lifetime and epoch verified; \
          the operation, resource, params and agent binding were NOT checked (exit {SIGNATURE_ONLY_EXIT}): do not act on this token"
     );
