@@ -578,6 +578,30 @@ fn bad_options_are_refused_cleanly() {
         ]),
         "refusing to overwrite",
     );
+    // `cert issue-ca --out` onto an existing certificate: refused before any key is made
+    // (the same label then goes through with --force).
+    let team = hsm.issue_ca("team4", "CN=team4", &[]);
+    let before = std::fs::read(&team).unwrap();
+    let onto_team4 = |force: &[&str]| {
+        let mut args = vec![
+            "cert",
+            "issue-ca",
+            "--label",
+            "team5",
+            "--subject",
+            "CN=team5",
+            "--ttl",
+            "30d",
+            "--out",
+            team.to_str().unwrap(),
+        ];
+        args.extend_from_slice(force);
+        hsm.seb(&args)
+    };
+    assert_clean_failure(&onto_team4(&[]), "refusing to overwrite");
+    assert_eq!(std::fs::read(&team).unwrap(), before);
+    common::assert_success(&onto_team4(&["--force"]), "issue-ca --force");
+    assert_ne!(std::fs::read(&team).unwrap(), before);
     assert_clean_failure(
         &hsm.seb(&[
             "keygen",

@@ -179,6 +179,9 @@ pub struct IssueCaArgs {
     /// excluding the root.
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists (without it, an existing file is never overwritten).
+    #[arg(long)]
+    force: bool,
     /// Certify an offline intermediate from its CSR instead of generating a key in the HSM.
     #[arg(long)]
     csr: Option<PathBuf>,
@@ -340,6 +343,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         )
         .into());
     }
+    refuse_overwrite(&args.out, args.force)?;
     let ttl = seb::duration::parse(&args.ttl)?;
     let grants = args.grants.as_deref().map(read_grants).transpose()?;
     let roles: IssuableRoles = args
