@@ -631,6 +631,40 @@ fn keys_fails_on_a_state_dir_never_initialised_and_a_closed_pipe_is_quiet() {
 }
 
 #[test]
+fn check_does_not_suggest_renewing_a_certificate_under_a_revoked_ca() {
+    // `cert renew` refuses it (its issuer is revoked), and it authorizes nothing: a renewal
+    // hint would send the operator into a refusal.
+    let hsm = Hsm::initialised();
+    let grants = hsm.grants_file("grants.toml", GRANTS);
+    let ca = hsm.issue_ca("team4", "CN=team4", &[]);
+    hsm.issue_for(
+        "10d",
+        "u4",
+        "CN=u4",
+        "agent",
+        &["--grants", &grants, "--issuer", "team4"],
+    );
+    let warned = |text: &str| {
+        text.lines()
+            .any(|l| l.contains("\"CN=u4\"") && l.contains("renew"))
+    };
+    let text = hsm.seb_ok(&["check"]);
+    assert!(warned(&text), "{text}");
+    let ca_serial = openssl_serial(&ca);
+    hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &ca_serial,
+        "--reason",
+        "ca-compromise",
+    ]);
+    let text = hsm.seb_ok(&["check"]);
+    assert!(!warned(&text), "{text}");
+    assert!(text.contains("0 problem(s)"), "{text}");
+}
+
+#[test]
 fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     use std::os::unix::fs::PermissionsExt;
     let hsm = Hsm::provision();

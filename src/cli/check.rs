@@ -178,7 +178,7 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
         match super::open_store(config)
             .and_then(|store| Ok((store.issued_certificates()?, store.revocations()?)))
         {
-            Ok((issued, revocations)) => check_issued(&mut r, &issued, &revocations, now),
+            Ok((issued, revocations)) => check_issued(&mut r, config, &issued, &revocations, now),
             Err(e) => r.problem(&format!(
                 "the store cannot be read ({}): check the state directory or the database",
                 super::mcp::with_causes(e.as_ref())
@@ -321,9 +321,11 @@ fn renew_hint(what: &str) -> String {
 }
 
 /// One warning per holder whose newest certificate (by subject and role) expires within 30
-/// days and is not revoked: an older one that a renewal replaced is not worth a line.
+/// days and is not revoked, nor under a revoked CA (it authorizes nothing, and `cert renew`
+/// refuses it): an older one that a renewal replaced is not worth a line.
 fn check_issued(
     r: &mut Report,
+    config: &Config,
     issued: &[IssuedCertificate],
     revocations: &[Revocation],
     now: SystemTime,
@@ -341,9 +343,18 @@ fn check_issued(
         }
     }
     let (mut expiring, mut in_use) = (0, 0);
+    let mut revoked_issuers = BTreeMap::new();
     for record in newest.values() {
         let revoked = revocations.iter().any(|v| v.serial == record.serial);
         if revoked || record.not_after <= now {
+            continue;
+        }
+        let under_revoked = revoked_issuers
+            .entry(record.issuer_label.as_str())
+            .or_insert_with(|| {
+                super::inventory::revoked_above(config, record, revocations, now).is_some()
+            });
+        if *under_revoked {
             continue;
         }
         in_use += 1;
@@ -372,7 +383,7 @@ fn check_issued(
     if expiring == 0 {
         r.ok(&format!(
             "no issued certificate expires within 30 days ({in_use} in use: the newest of \
-             each holder, neither revoked nor expired)"
+             each holder, neither revoked, under a revoked CA nor expired)"
         ));
     }
 }

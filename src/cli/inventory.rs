@@ -342,6 +342,17 @@ fn read_chain(path: &Path) -> Result<Vec<Certificate>, CliError> {
 }
 
 /// The intermediates that issued a stored certificate, from the trust directory.
+/// The subject of a revoked CA above `record` (between it and the root), if there is one: the
+/// certificate then authorizes nothing, and `seb cert renew` refuses it.
+pub(super) fn revoked_above(
+    config: &Config,
+    record: &IssuedCertificate,
+    revocations: &[Revocation],
+    now: SystemTime,
+) -> Option<String> {
+    revoked_issuer(&issuer_chain_below_root(config, record, now), revocations)
+}
+
 fn issuer_chain_below_root(
     config: &Config,
     record: &IssuedCertificate,
