@@ -85,6 +85,26 @@ pub enum ApproverKey {
     P384(p384::ecdsa::SigningKey),
 }
 
+/// Why a key file that seb cannot read is not the unencrypted PKCS#8 key it wants, with the
+/// fix, when it is one of the usual other forms (a SEC1 or an encrypted key).
+pub fn not_pkcs8(key_pem: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(key_pem);
+    if text.contains("BEGIN EC PRIVATE KEY") {
+        Some(
+            "the key file holds a SEC1 key (BEGIN EC PRIVATE KEY); seb reads PKCS#8: convert it \
+             with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8` (or make keys with \
+             `seb keygen`)",
+        )
+    } else if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
+        Some(
+            "the key file is encrypted; seb reads an unencrypted PKCS#8 key (BEGIN PRIVATE KEY) \
+             from a file only its holder can read",
+        )
+    } else {
+        None
+    }
+}
+
 impl ApproverKey {
     /// Reads a PKCS#8 PEM private key of either curve.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, String> {
@@ -94,7 +114,10 @@ impl ApproverKey {
         }
         p256::ecdsa::SigningKey::from_pkcs8_pem(pem)
             .map(ApproverKey::P256)
-            .map_err(|_| "the key is not a PKCS#8 EC P-256 or P-384 private key".to_owned())
+            .map_err(|_| match not_pkcs8(pem.as_bytes()) {
+                Some(why) => why.to_owned(),
+                None => "the key is not a PKCS#8 EC P-256 or P-384 private key".to_owned(),
+            })
     }
 
     /// Signs `message` (DER signature).

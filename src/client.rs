@@ -343,18 +343,9 @@ fn error_text(error: &ClientError) -> String {
 
 /// Why no PKCS#8 key was found, with the fix for the usual cause.
 fn missing_key_hint(key_pem: &[u8]) -> String {
-    let text = String::from_utf8_lossy(key_pem);
-    if text.contains("BEGIN EC PRIVATE KEY") {
-        "the key file holds a SEC1 key (BEGIN EC PRIVATE KEY); seb reads PKCS#8: convert it with \
-         `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8` (or make keys with `seb keygen`)"
-            .into()
-    } else if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
-        "the key file is encrypted; seb reads an unencrypted PKCS#8 key (BEGIN PRIVATE KEY) from \
-         a file only the agent can read"
-            .into()
-    } else {
-        "no PKCS#8 PRIVATE KEY in the key file".into()
-    }
+    crate::approval::not_pkcs8(key_pem)
+        .unwrap_or("no PKCS#8 PRIVATE KEY in the key file")
+        .to_owned()
 }
 
 /// Reads `https://host:port` (a trailing `/` allowed) into its authority (`host:port`) and the

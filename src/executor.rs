@@ -142,8 +142,10 @@ impl Executor {
         }
         serves_https(leaf)?;
         let thumbprint = base64url::encode(&leaf.thumbprint_sha256().map_err(|e| e.to_string())?);
-        let key_text = String::from_utf8(key_pem.clone()).map_err(|_| "key is not PEM")?;
-        let key = ApproverKey::from_pkcs8_pem(&key_text)?;
+        let key = String::from_utf8(key_pem.clone())
+            .map_err(|_| "the key file is not PEM text".to_owned())
+            .and_then(|text| ApproverKey::from_pkcs8_pem(&text))
+            .map_err(|e| format!("key {}: {e}", config.key.display()))?;
         let broker_tls =
             ClientTls::new(&root_pem, &cert_pem, &key_pem, true).map_err(|e| e.to_string())?;
         let approvers = RwLock::new(Arc::new(read_approvers(&config)?));

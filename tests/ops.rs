@@ -1138,6 +1138,25 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("openssl pkcs8 -topk8"), "{stderr}");
+    // So does an approver's signing key, named by its file.
+    let out = hsm.seb(&[
+        "approve",
+        "--broker",
+        &broker.url,
+        "--ca",
+        root.to_str().unwrap(),
+        "--cert",
+        with_sec1.cert.to_str().unwrap(),
+        "--key",
+        with_sec1.key.to_str().unwrap(),
+        "AAAAAAAAAAAAAAAAAAAAAA",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("openssl pkcs8 -topk8") && stderr.contains("sec1.key"),
+        "{stderr}"
+    );
 }
 
 /// Small errors that now say what to do: a subject without `CN=`, a listen address in use.

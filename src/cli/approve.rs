@@ -64,10 +64,11 @@ pub fn approve(args: ApproveArgs) -> CliResult {
         )
         .into());
     }
-    let key = ApproverKey::from_pkcs8_pem(
-        std::str::from_utf8(&read_file(&args.connection.key)?)
-            .map_err(|_| "the key file is not PEM text")?,
-    )?;
+    let key_path = &args.connection.key;
+    let key = std::str::from_utf8(&read_file(key_path)?)
+        .map_err(|_| "the key file is not PEM text".to_owned())
+        .and_then(ApproverKey::from_pkcs8_pem)
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
     let requests = fetch_pending(&args.connection)?;
     let decision = if args.reject {
         Decision::Reject
