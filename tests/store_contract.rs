@@ -302,12 +302,25 @@ fn contract(store: &dyn Store) {
         store.execution("p2").unwrap().unwrap().status,
         ExecutionStatus::Rejected
     );
+    let size = store.audit_size().unwrap();
     assert_eq!(
         store
             .expire_approval_requests(now() + Duration::from_secs(1))
             .unwrap(),
         vec!["p3".to_owned()]
     );
+    // Closed in the commit that appended its entry: the next entry of the log is its expiry.
+    assert_eq!(store.audit_size().unwrap(), size + 1);
+    let (_, text) = store.audit_entries(size, size + 1).unwrap().remove(0);
+    let logged: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(logged["kind"], "approval_expired", "{text}");
+    assert_eq!(logged["request_id"], "p3", "{text}");
+    // Nothing is left to expire, and nothing more is logged.
+    assert!(store
+        .expire_approval_requests(now() + Duration::from_secs(2))
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.audit_size().unwrap(), size + 1);
     assert_eq!(
         store.execution("p3").unwrap().unwrap().status,
         ExecutionStatus::Expired

@@ -222,8 +222,8 @@ impl Broker {
         Ok(out)
     }
 
-    /// Marks every request past its approval deadline expired (each is recorded as an
-    /// `approval_expired` event in the same commit); returns how many. The running broker calls
+    /// Marks every request past its approval deadline expired (each in the commit that
+    /// appends its `approval_expired` entry); returns how many. The running broker calls
     /// this periodically; an approval that arrives late finds the request expired either way.
     pub fn expire_pending(&self, now: SystemTime) -> Result<usize, BrokerError> {
         let ids = self

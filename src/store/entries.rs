@@ -69,6 +69,26 @@ pub(crate) fn approval_expired(request_id: &str, now: SystemTime) -> Entry {
     e
 }
 
+/// The entry of an expiry sweep's write for `request_id`, by whether it closed the request:
+/// `approval_expired`, or a void entry when a decision closed it first (the index reserved
+/// for the write is filled either way).
+pub(crate) fn expiry_entry(
+    request_id: &str,
+    now: SystemTime,
+) -> Result<impl Fn(bool) -> String + Send + Clone + 'static, StoreError> {
+    let expired = encode(&approval_expired(request_id, now))?;
+    let mut void = Entry::new(EntryKind::Void, crate::time::unix_millis(now));
+    void.detail = Some("an approval request closed before its expiry was recorded".into());
+    let void = encode(&void)?;
+    Ok(move |closed: bool| {
+        if closed {
+            expired.clone()
+        } else {
+            void.clone()
+        }
+    })
+}
+
 /// A granted request whose token never left (the device failed, the client went away).
 pub(crate) fn issuance_failed(request_id: &str) -> Entry {
     let mut e = Entry::new(

@@ -448,17 +448,7 @@ impl Store for PgStore {
     }
 
     fn expire_approval_requests(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
-        let ids = self.write("expire approval requests", move |b| {
-            approvals::expire(b.db()?, now)
-        })?;
-        for id in &ids {
-            let mut e = Entry::new(EntryKind::ApprovalExpired, crate::time::unix_millis(now));
-            e.request_id = Some(id.clone());
-            if let Err(err) = self.append_audit(&e) {
-                tracing::error!(error = %err, request_id = %id, "cannot log an approval expiry");
-            }
-        }
-        Ok(ids)
+        approvals::expire_approval_requests(self, now)
     }
 
     fn redeemed_by(&self, jti: &str) -> Result<Option<String>, StoreError> {

@@ -243,22 +243,53 @@ fn close(db: Txn<'_, '_>, request_id: &str, how: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The atomic step of `expire_approval_requests`.
-pub(super) fn expire(db: Txn<'_, '_>, now: SystemTime) -> Result<Vec<String>, DbError> {
-    let ids: Vec<String> = db
-        .query(
-            "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= $1
-             FOR UPDATE",
-            &[&unix(now)],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for id in &ids {
-        close(db, id, "expired")?;
-        expired_event(db, id, now)?;
+/// Closes every request still open past its deadline at `now`, each in the commit that
+/// appends its `approval_expired` entry (or not at all); the ones closed.
+pub(super) fn expire_approval_requests(
+    store: &PgStore,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let due: Vec<String> = store.read("find expired approval requests", |db| {
+        Ok(db
+            .query(
+                "SELECT request_id FROM approval_requests
+                 WHERE closed IS NULL AND expires_at <= $1",
+                &[&unix(now)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    })?;
+    let mut expired = Vec::new();
+    for id in due {
+        let (one, entry) = (id.clone(), entries::expiry_entry(&id, now)?);
+        let (closed, _) = store.write_audited(
+            "expire approval request",
+            move |b| expire_one(b.db()?, &one, now),
+            move |closed| entry(*closed),
+        )?;
+        if closed {
+            expired.push(id);
+        }
     }
-    Ok(ids)
+    Ok(expired)
+}
+
+/// Closes `request_id` as expired if it is still open and past its deadline at `now`, with its
+/// event; whether it did.
+fn expire_one(db: Txn<'_, '_>, request_id: &str, now: SystemTime) -> Result<bool, DbError> {
+    let still_open = db
+        .query_opt(
+            "SELECT 1 FROM approval_requests
+             WHERE request_id = $1 AND closed IS NULL AND expires_at <= $2 FOR UPDATE",
+            &[&request_id, &unix(now)],
+        )?
+        .is_some();
+    if still_open {
+        close(db, request_id, "expired")?;
+        expired_event(db, request_id, now)?;
+    }
+    Ok(still_open)
 }
 
 fn event(db: Txn<'_, '_>, kind: &str, detail: &str, at: SystemTime) -> Result<(), DbError> {

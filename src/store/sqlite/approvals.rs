@@ -21,7 +21,7 @@ use crate::audit::merkle;
 use crate::store::entries;
 use crate::store::{
     ApprovalOutcome, ApprovalRecord, ExecutionRecord, ExecutionStatus, LogPosition,
-    PendingApproval, ReservedToken, Store, StoreError, WriteDone,
+    PendingApproval, ReservedToken, StoreError, WriteDone,
 };
 
 pub(super) fn record_pending_then(
@@ -129,16 +129,22 @@ pub(super) fn expire_approval_requests(
     store: &SqliteStore,
     now: SystemTime,
 ) -> Result<Vec<String>, StoreError> {
-    let ids = store.write("expire approval requests", move |c| expire(c, now))?;
-    // One entry per expired request, after the commit that closed them: a request whose
-    // entry failed is closed all the same (nothing can be issued for it any more), and the
-    // failure shows in the audit health check.
-    for id in &ids {
-        if let Err(err) = store.append_audit(&entries::approval_expired(id, now)) {
-            tracing::error!(error = %err, request_id = %id, "cannot log an approval expiry");
+    let due = store.read("find expired approval requests", move |c| due(c, now))?;
+    let mut expired = Vec::new();
+    for id in due {
+        // One audited write per request: it is closed in the commit that appends its
+        // `approval_expired` entry, or not at all.
+        let (one, entry) = (id.clone(), entries::expiry_entry(&id, now)?);
+        let (closed, _) = store.write_audited(
+            "expire approval request",
+            move |c| expire_one(c, &one, now),
+            move |closed| entry(*closed),
+        )?;
+        if closed {
+            expired.push(id);
         }
     }
-    Ok(ids)
+    Ok(expired)
 }
 
 /// The atomic step of [`crate::store::Store::add_approval`].
@@ -243,18 +249,29 @@ fn close(c: &Connection, request_id: &str, how: &str) -> rusqlite::Result<()> {
 }
 
 /// The atomic step of [`crate::store::Store::expire_approval_requests`].
-pub(super) fn expire(c: &Connection, now: SystemTime) -> rusqlite::Result<Vec<String>> {
-    let ids: Vec<String> = c
+/// The requests still open past their deadline at `now`.
+fn due(c: &Connection, now: SystemTime) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached(
+        "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= ?1",
+    )?
+    .query_map([unix(now)], |r| r.get(0))?
+    .collect()
+}
+
+/// Closes `request_id` as expired if it is still open and past its deadline at `now`, with its
+/// event; whether it did.
+fn expire_one(c: &Connection, request_id: &str, now: SystemTime) -> rusqlite::Result<bool> {
+    let still_open = c
         .prepare_cached(
-            "SELECT request_id FROM approval_requests WHERE closed IS NULL AND expires_at <= ?1",
+            "SELECT 1 FROM approval_requests
+             WHERE request_id = ?1 AND closed IS NULL AND expires_at <= ?2",
         )?
-        .query_map([unix(now)], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for id in &ids {
-        close(c, id, "expired")?;
-        expired_event(c, id, now)?;
+        .exists(params![request_id, unix(now)])?;
+    if still_open {
+        close(c, request_id, "expired")?;
+        expired_event(c, request_id, now)?;
     }
-    Ok(ids)
+    Ok(still_open)
 }
 
 /// Records an event in the same commit as the change it describes (the store's event record,
