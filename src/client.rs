@@ -98,6 +98,21 @@ impl ClientTls {
         key_pem: &[u8],
         resumption: bool,
     ) -> Result<Self, ClientError> {
+        Self::build(root_pem, Some((chain_pem, key_pem)), resumption)
+    }
+
+    /// Trusts `root_pem` only and presents no client certificate: enough for the routes the
+    /// broker serves to anyone (`/v1/trust`, `/v1/crl`, `/v1/attestation`), as a relying
+    /// party without a certificate of its own (`seb attest verify`) uses them.
+    pub fn anonymous(root_pem: &[u8]) -> Result<Self, ClientError> {
+        Self::build(root_pem, None, false)
+    }
+
+    fn build(
+        root_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        resumption: bool,
+    ) -> Result<Self, ClientError> {
         let provider = crate::tls::provider();
         let mut roots = RootCertStore::empty();
         let mut pinned = Vec::new();
@@ -116,33 +131,42 @@ impl ClientTls {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| ClientError::Input(format!("server verifier: {e}")))?;
-        let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")
-            .map_err(named("the client certificate"))?
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-        let key = pem_blocks(key_pem, "PRIVATE KEY")
-            .ok()
-            .and_then(|blocks| blocks.into_iter().next())
-            .ok_or_else(|| ClientError::Input(missing_key_hint(key_pem)))?;
-        let key = PrivateKeyDer::Pkcs8(key.into());
+        let identity = match identity {
+            Some((chain_pem, key_pem)) => {
+                let chain: Vec<CertificateDer<'static>> = pem_blocks(chain_pem, "CERTIFICATE")
+                    .map_err(named("the client certificate"))?
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+                let key = pem_blocks(key_pem, "PRIVATE KEY")
+                    .ok()
+                    .and_then(|blocks| blocks.into_iter().next())
+                    .ok_or_else(|| ClientError::Input(missing_key_hint(key_pem)))?;
+                Some((chain, PrivateKeyDer::Pkcs8(key.into()), chain_pem))
+            }
+            None => None,
+        };
         let config = |server: Server| {
             let verifier = Arc::new(ServerVerifier {
                 webpki: webpki.clone(),
                 roots: pinned.clone(),
                 server,
             });
-            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| ClientError::Input(e.to_string()))?
                 .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| {
-                    ClientError::Input(format!(
-                        "client certificate or key: {e} (is --key the private key of --cert?)"
-                    ))
-                })?;
+                .with_custom_certificate_verifier(verifier);
+            let mut config = match &identity {
+                Some((chain, key, _)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| {
+                        ClientError::Input(format!(
+                            "client certificate or key: {e} (is --key the private key of --cert?)"
+                        ))
+                    })?,
+                None => builder.with_no_client_auth(),
+            };
             if !resumption {
                 config.resumption = rustls::client::Resumption::disabled();
             }
@@ -152,7 +176,10 @@ impl ClientTls {
         Ok(Self {
             config: config(Server::Broker)?,
             executor_config: config(Server::Executor)?,
-            own_chain: Certificate::parse_pem_chain(chain_pem).unwrap_or_default(),
+            own_chain: identity
+                .as_ref()
+                .and_then(|(_, _, pem)| Certificate::parse_pem_chain(pem).ok())
+                .unwrap_or_default(),
             roots: Certificate::parse_pem_chain(root_pem).unwrap_or_default(),
         })
     }

@@ -82,20 +82,38 @@ impl App {
         }
     }
 
-    fn check_rate(&self, peer: &Peer) -> Result<(), ApiError> {
-        // Keyed on the client's key, not its certificate's encoding (see `Peer::key_id`).
+    /// The caller's request rate: `key` is a certificate's key (`Peer::key_id`, not its
+    /// certificate's encoding) or, without a certificate, the client's address.
+    fn check_rate(&self, key: &str, what: &'static str) -> Result<(), ApiError> {
         if self
             .limiter
-            .allow_share(&peer.key_id, Instant::now(), self.broker.replicas())
+            .allow_share(key, Instant::now(), self.broker.replicas())
         {
             Ok(())
         } else {
-            Err(HttpError::RateLimited {
-                what: "requests from this certificate",
-            }
-            .into())
+            Err(HttpError::RateLimited { what }.into())
         }
     }
+}
+
+/// A connection that presented no client certificate, and the address it came from: it may
+/// use the routes for anyone ([`Access::Anyone`]) and no other.
+#[derive(Clone, Copy, Debug)]
+pub struct Anonymous(pub std::net::IpAddr);
+
+/// What a request's rate limits are keyed on, set by [`authorize`]: the caller's key, or the
+/// address of a client without a certificate.
+#[derive(Clone, Debug)]
+pub(crate) struct RateKey(pub(crate) String);
+
+/// Who is at the other end of a connection, once its handshake is done.
+enum Client {
+    /// A certificate chain that validated to the root.
+    Certified(Arc<Peer>),
+    /// A chain TLS accepted that seb cannot use, and why.
+    Unusable(String),
+    /// No client certificate.
+    Anonymous,
 }
 
 const AGENT: &[RoleKind] = &[RoleKind::Agent];
@@ -110,9 +128,10 @@ const EXECUTOR: &[RoleKind] = &[RoleKind::Executor];
 /// describe exactly these routes, with these roles in `x-seb-roles` (a test checks both
 /// against the router).
 ///
-/// "Public" routes ([`Access::AnyCertificate`]) still need a client certificate whose path
-/// validates to the root and is valid and unrevoked now: the trust bundle, the CRL, health,
-/// metrics and attestation are for any certificate holder, not for anyone on the network.
+/// The trust bundle, the CRL and attestation are for anyone ([`Access::Anyone`], ARCHITECTURE
+/// §7): a relying party checking the broker's boot state, or fetching the CRL, needs no
+/// certificate of its own. Health, metrics and the audit routes ([`Access::AnyCertificate`])
+/// need a client certificate whose path validates to the root and is valid and unrevoked now.
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/executions", Access::Roles(AGENT)),
     ("GET", "/v1/executions", Access::Roles(APPROVER)),
@@ -133,11 +152,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/executions/{id}/outcome",
         Access::Roles(EXECUTOR),
     ),
-    ("GET", "/v1/trust", Access::AnyCertificate),
-    ("GET", "/v1/crl", Access::AnyCertificate),
+    ("GET", "/v1/trust", Access::Anyone),
+    ("GET", "/v1/crl", Access::Anyone),
     ("GET", "/healthz", Access::AnyCertificate),
     ("GET", "/metrics", Access::AnyCertificate),
-    ("GET", "/v1/attestation", Access::AnyCertificate),
+    ("GET", "/v1/attestation", Access::Anyone),
     ("GET", "/v1/audit/checkpoint", Access::AnyCertificate),
     ("GET", "/v1/audit/entries", Access::AnyCertificate),
     ("GET", "/v1/audit/proof/inclusion", Access::AnyCertificate),
@@ -329,10 +348,14 @@ pub async fn serve(
                 };
                 drop(handshaking);
                 match accepted {
-                    Some((tls, Ok(peer))) => {
+                    Some((tls, Client::Certified(peer))) => {
                         listen::serve_http1(tls, router, peer, watcher, remote).await;
                     }
-                    Some((tls, Err(why))) => {
+                    Some((tls, Client::Anonymous)) => {
+                        let anonymous = Anonymous(remote.ip());
+                        listen::serve_http1(tls, router, anonymous, watcher, remote).await;
+                    }
+                    Some((tls, Client::Unusable(why))) => {
                         let router = unusable_certificate(app, why);
                         listen::serve_http1(tls, router, (), watcher, remote).await;
                     }
@@ -365,7 +388,7 @@ async fn accept_connection(
     handshaking: &listen::Handshaking,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    Result<Arc<Peer>, String>,
+    Client,
 )> {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // The ClientHello is read on the async side: waiting for it needs no device and no
@@ -449,6 +472,9 @@ async fn accept_connection(
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
         .unwrap_or_default();
+    if presented.is_empty() {
+        return Some((tls, Client::Anonymous));
+    }
     // A returning client's validated path comes from the cache, here on the async worker;
     // validating a new chain checks signatures in software, on a blocking thread.
     let peer = match app.broker.cached_peer(&presented) {
@@ -461,7 +487,7 @@ async fn accept_connection(
         }
     };
     match peer {
-        Ok(peer) => Some((tls, Ok(peer))),
+        Ok(peer) => Some((tls, Client::Certified(peer))),
         Err(e) => {
             tracing::info!(%remote, error = %e, "client certificate unusable");
             app.broker
@@ -471,7 +497,7 @@ async fn accept_connection(
                 BrokerError::BadCertificate(why) => why,
                 other => other.to_string(),
             };
-            Some((tls, Err(why)))
+            Some((tls, Client::Unusable(why)))
         }
     }
 }
@@ -497,10 +523,25 @@ async fn authorize(
         return ApiError::from(HttpError::NoAccessRule).into_response();
     };
     let Some(peer) = req.extensions().get::<Arc<Peer>>().cloned() else {
-        return ApiError::from(BrokerError::BadCertificate("no client certificate".into()))
-            .into_response();
+        return match req.extensions().get::<Anonymous>().copied() {
+            // A client without a certificate: the routes for anyone, rate-limited by address.
+            Some(anonymous) if access == Access::Anyone => {
+                let key = RateKey(format!("address {}", anonymous.0));
+                if let Err(refused) = app.check_rate(&key.0, "requests from this address") {
+                    return refused.into_response();
+                }
+                req.extensions_mut().insert(key);
+                next.run(req).await
+            }
+            _ => ApiError::from(BrokerError::BadCertificate(
+                "no client certificate: this route needs one that chains to the broker's root \
+                 (only /v1/trust, /v1/crl and /v1/attestation answer without)"
+                    .into(),
+            ))
+            .into_response(),
+        };
     };
-    if let Err(refused) = app.check_rate(&peer) {
+    if let Err(refused) = app.check_rate(&peer.key_id, "requests from this certificate") {
         return refused.into_response();
     }
     // An agent asking or an executor redeeming with a certificate that does not count (revoked,
@@ -536,6 +577,8 @@ async fn authorize(
     };
     match admitted {
         Ok(caller) => {
+            req.extensions_mut()
+                .insert(RateKey(caller.peer().key_id.clone()));
             req.extensions_mut().insert(Arc::new(caller));
             next.run(req).await
         }

@@ -102,26 +102,36 @@ fn check(
     )
 }
 
+/// `seb attest verify --broker URL --trust ROOT --policy FILE`, exactly as issue 5 gives it: a
+/// relying party with the root and the policy, and no certificate of its own.
 fn attest_verify(s: &Setup) -> std::process::Output {
-    attest_verify_at(s, &s.broker.url)
+    attest_verify_at(s, &s.broker.url, &[])
 }
 
-/// `seb attest verify` against `url` (the broker, or something in front of it).
-fn attest_verify_at(s: &Setup, url: &str) -> std::process::Output {
-    s.hsm.seb(&[
+/// `seb attest verify` against `url` (the broker, or something in front of it), with `more`.
+fn attest_verify_at(s: &Setup, url: &str, more: &[&str]) -> std::process::Output {
+    let (root, policy) = (s.hsm.trust("root.pem"), s.hsm.path("attest-policy.toml"));
+    let mut args = vec![
         "attest",
         "verify",
         "--broker",
         url,
         "--trust",
-        s.hsm.trust("root.pem").to_str().unwrap(),
+        root.to_str().unwrap(),
         "--policy",
-        s.hsm.path("attest-policy.toml").to_str().unwrap(),
-        "--cert",
+        policy.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    s.hsm.seb(&args)
+}
+
+/// `seb attest verify` presenting the executor's certificate, as a certificate holder may.
+fn attest_verify_with_certificate(s: &Setup) -> std::process::Output {
+    let (cert, key) = (
         s.executor.cert.to_str().unwrap(),
-        "--key",
         s.executor.key.to_str().unwrap(),
-    ])
+    );
+    attest_verify_at(s, &s.broker.url, &["--cert", cert, "--key", key])
 }
 
 /// A TLS relay in front of the broker: it holds a genuine TLS server certificate from the
@@ -245,10 +255,11 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
         "[attestation]\non_tpm_reset = \"stop\"\n",
     );
     s.broker = Broker::start(&s.hsm);
-    // A relying party checks the broker.
-    let out = attest_verify(&s);
-    common::assert_success(&out, "seb attest verify");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("attestation OK"));
+    // A relying party checks the broker, with no certificate of its own or with one.
+    for out in [attest_verify(&s), attest_verify_with_certificate(&s)] {
+        common::assert_success(&out, "seb attest verify");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("attestation OK"));
+    }
     // The trust bundle carries the attestation key's certificate (ARCHITECTURE §7).
     let bundle = call(&s, &s.agent, "GET", "/v1/trust", None);
     let ak = std::fs::read_to_string(s.hsm.trust("ak.pem")).unwrap();
@@ -526,7 +537,7 @@ fn evidence_relayed_over_another_tls_certificate_is_refused() {
     let s = setup(false);
     common::assert_success(&attest_verify(&s), "seb attest verify at the broker");
     let relay = Relay::start(&s);
-    let out = attest_verify_at(&s, &relay.url);
+    let out = attest_verify_at(&s, &relay.url, &[]);
     common::assert_clean_failure(&out, "tls_binding_mismatch");
 
     // The same in the library: evidence fetched through the relay, checked against the

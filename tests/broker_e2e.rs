@@ -601,6 +601,94 @@ params_any = true
     assert_eq!(again.status, 400, "{}", again.text);
 }
 
+/// The trust bundle, the CRL and attestation are for anyone (ARCHITECTURE §7): a client with
+/// no certificate completes the handshake and reads them; every other route refuses it with
+/// 403 `bad_certificate`. Checked with seb's client and with curl, which sends no certificate
+/// unless told to.
+#[test]
+fn a_client_without_a_certificate_reads_only_the_routes_for_anyone() {
+    let s = setup();
+    let root = std::fs::read(s.hsm.trust("root.pem")).unwrap();
+    let tls = seb::client::ClientTls::anonymous(&root).unwrap();
+    let answers = runtime().block_on(async {
+        let mut client = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut answers = Vec::new();
+        for (method, path, body) in [
+            ("GET", "/v1/trust", None),
+            ("GET", "/v1/crl", None),
+            (
+                "GET",
+                "/v1/attestation?nonce=00112233445566778899aabbccddeeff",
+                None,
+            ),
+            ("POST", "/v1/executions", Some(good_request())),
+            ("GET", "/healthz", None),
+            ("GET", "/metrics", None),
+            ("GET", "/v1/audit/checkpoint", None),
+        ] {
+            let r = client
+                .send(
+                    method,
+                    path,
+                    body.map(|b: Value| b.to_string().into_bytes()),
+                )
+                .await
+                .unwrap();
+            answers.push((path, r));
+        }
+        answers
+    });
+    let bundle = std::fs::read_to_string(s.hsm.trust("token.pem")).unwrap();
+    for (path, r) in answers {
+        match path {
+            "/v1/trust" => assert!(
+                r.status == 200 && r.text.contains(bundle.trim()),
+                "{}",
+                r.text
+            ),
+            "/v1/crl" => assert!(
+                r.status == 200 && r.text.contains("BEGIN X509 CRL"),
+                "{}",
+                r.text
+            ),
+            p if p.starts_with("/v1/attestation") => assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (404, Some("attestation_not_configured")),
+                "{}",
+                r.text
+            ),
+            _ => assert_eq!(
+                (r.status, r.body["error"]["code"].as_str()),
+                (403, Some("bad_certificate")),
+                "{path}: {}",
+                r.text
+            ),
+        }
+    }
+    let port = s.broker.url.rsplit(':').next().unwrap();
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(s.hsm.trust("root.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg(format!("https://localhost:{port}{path}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(curl("/v1/trust").ends_with("\n200"));
+    let refused = curl("/healthz");
+    assert!(
+        refused.ends_with("\n403") && refused.contains("bad_certificate"),
+        "{refused}"
+    );
+}
+
 /// curl sends `Expect: 100-continue` for large bodies. The broker must answer 413 from the
 /// declared length at once, not `100 Continue` followed by a dropped connection.
 #[test]

@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::Request;
 use common::{Hsm, Identity};
+use seb::broker::Access;
 use seb::broker::{Broker, Peer};
-use seb::server::{router, App, ROUTES};
+use seb::server::{router, Anonymous, App, ROUTES};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -40,10 +41,11 @@ impl Harness {
         self.broker.peer(&der, SystemTime::now()).unwrap()
     }
 
-    /// (status, error code or "", body) of `method path` with `body`, as `peer`.
-    fn call(
+    /// (status, error code or "", body) of `method path` with `body`, as `peer` (the
+    /// connection's identity: a certificate's [`Peer`], or [`Anonymous`] without one).
+    fn call<P: Clone + Send + Sync + 'static>(
         &self,
-        peer: &Arc<Peer>,
+        peer: &P,
         method: &str,
         path: &str,
         body: &Value,
@@ -241,6 +243,33 @@ fn every_route_checks_the_whole_chain_and_the_role_of_the_caller() {
     let (status, _, seen) = h.call(&approver_p, "GET", &own, &Value::Null);
     assert_eq!(status, 200, "{seen}");
     assert!(seen.get("token").is_none(), "approvers see the status only");
+    // Without a certificate: the routes for anyone answer (attestation as it would to a
+    // certificate holder), every other route is refused, and says why.
+    let anonymous = Anonymous("127.0.0.1".parse().unwrap());
+    for ((method, uri, body), (_, _, access)) in every_route(&id, "a.b.c").into_iter().zip(ROUTES) {
+        let (status, code, answer) = h.call(&anonymous, method, &uri, &body);
+        match access {
+            Access::Anyone if uri.starts_with("/v1/attestation") => assert_eq!(
+                (status, code.as_str()),
+                (404, "attestation_not_configured"),
+                "{uri}: {answer}"
+            ),
+            Access::Anyone => assert_eq!(status, 200, "{uri}: {code}"),
+            _ => {
+                assert_eq!(
+                    (status, code.as_str()),
+                    (403, "bad_certificate"),
+                    "{method} {uri}: {answer}"
+                );
+                assert!(
+                    answer["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("no client certificate")),
+                    "{answer}"
+                );
+            }
+        }
+    }
     // Any good certificate may read the public routes.
     for peer in [&agent_p, &executor_p, &approver_p] {
         for path in ["/v1/trust", "/v1/crl", "/healthz", "/metrics"] {

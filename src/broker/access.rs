@@ -28,17 +28,23 @@ use crate::grants::RoleKind;
 /// What a route requires of its caller beyond a path that is valid now and unrevoked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Anyone, with or without a client certificate (ARCHITECTURE §7: the trust bundle, the
+    /// CRL, attestation). A certificate that is presented is checked as for
+    /// [`Access::AnyCertificate`]: a revoked or expired one is refused, not ignored.
+    Anyone,
     /// Any certificate whose path validates to the broker's root, every certificate of it
-    /// valid now and none revoked, whatever its role (or none): the public routes.
+    /// valid now and none revoked, whatever its role (or none).
     AnyCertificate,
     /// As [`Access::AnyCertificate`], and the leaf's `sebRole` is one of these.
     Roles(&'static [RoleKind]),
 }
 
 impl Access {
-    /// The role names admitted, for documentation (`["any"]` for any certificate).
+    /// The role names admitted, for documentation (`["any"]` for any certificate,
+    /// `["anyone"]` for no certificate needed).
     pub fn names(&self) -> Vec<String> {
         match self {
+            Access::Anyone => vec!["anyone".into()],
             Access::AnyCertificate => vec!["any".into()],
             Access::Roles(roles) => roles.iter().map(|r| r.to_string()).collect(),
         }

@@ -76,12 +76,13 @@ pub struct VerifyArgs {
     /// The attestation policy (reference measurements).
     #[arg(long)]
     policy: PathBuf,
-    /// Client certificate chain (PEM) for the broker's mutual TLS.
-    #[arg(long)]
-    cert: PathBuf,
-    /// Client private key (PKCS#8 PEM).
-    #[arg(long)]
-    key: PathBuf,
+    /// Client certificate chain (PEM), if the relying party has one; attestation is served
+    /// to anyone, so without --cert and --key the check presents no certificate.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PKCS#8 PEM), with --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Also write the evidence received to this file.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -228,12 +229,12 @@ fn verify(args: VerifyArgs) -> CliResult {
     let root_pem = read_file(&args.trust)?;
     let roots = Certificate::parse_pem_chain(&root_pem)?;
     let policy = AttestPolicy::load(&args.policy)?;
-    let tls = ClientTls::new(
-        &root_pem,
-        &read_file(&args.cert)?,
-        &read_file(&args.key)?,
-        false,
-    )?;
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            ClientTls::new(&root_pem, &read_file(cert)?, &read_file(key)?, false)?
+        }
+        _ => ClientTls::anonymous(&root_pem)?,
+    };
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -322,12 +322,11 @@ pub(super) async fn crl(
 /// they serialise on the TPM.
 pub(super) async fn attestation(
     State(app): State<App>,
-    Extension(caller): Extension<Arc<Caller>>,
+    Extension(caller): Extension<super::RateKey>,
     query: QueryResult<AttestationQuery>,
 ) -> Result<Response, ApiError> {
     let now = Instant::now();
-    if !app.attest_limiter.allow(&caller.peer().key_id, now) || !app.attest_global.allow("all", now)
-    {
+    if !app.attest_limiter.allow(&caller.0, now) || !app.attest_global.allow("all", now) {
         return Err(HttpError::RateLimited {
             what: "attestation requests",
         }
