@@ -257,9 +257,25 @@ fn two_of_three_approvals_end_to_end_survive_a_restart_and_verify_offline() {
     assert_eq!(status.body["status"], "pending_approval", "{}", status.text);
     assert_eq!(status.body["approvals"].as_array().unwrap().len(), 1);
     assert!(status.body.get("token").is_none());
+    // `seb approve` run again says so, and posts nothing: no refused decision of Alice's
+    // reaches the audit log from it.
+    let out = common::seb(&args, &dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("duplicate_approval"), "{stderr}");
 
     // The pending request survives a broker restart.
     assert!(s.broker.stop());
+    let alices: Vec<Value> = audit_entries(&s.hsm, "approval_given")
+        .into_iter()
+        .filter(|e| e["cert"]["subject"] == "CN=alice")
+        .collect();
+    let codes: Vec<&Value> = alices.iter().map(|e| &e["code"]).collect();
+    assert_eq!(
+        codes,
+        [&Value::Null, &json!("duplicate_approval")],
+        "{alices:#?}"
+    );
     s.broker = Broker::start(&s.hsm);
     let shown = wait_for_pending(&s, &s.bob);
     assert_eq!(shown["request_id"], id.as_str());

@@ -80,6 +80,12 @@ pub fn approve(args: ApproveArgs) -> CliResult {
         l.iter()
             .find(|r| r["request_id"] == args.request_id.as_str())
     }) else {
+        // Yours already: the request's own status lists the decisions that count, so a second
+        // `seb approve` is told so without posting anything (the audit log then holds no
+        // refused decision for a person who only ran the command twice).
+        if let Some(why) = decided_already(&args.connection, &args.request_id)? {
+            return Err(why.into());
+        }
         // Not open for this approver: the broker says why with its own code (not_found,
         // request_closed, request_expired, wrong_approval_group, self_approval), all checked
         // before the signature, so nothing is signed for a request nobody was shown.
@@ -141,6 +147,50 @@ pub fn approve(args: ApproveArgs) -> CliResult {
     }
     say!("{}", response.text);
     Ok(())
+}
+
+/// Why `request_id` is not for this approver to decide, when its status says so: it is open
+/// and a decision of this approver (this certificate, or another of the same name) is among
+/// those that count. `None` otherwise (the broker is asked then, and says why).
+fn decided_already(
+    connection: &BrokerConnection,
+    request_id: &str,
+) -> Result<Option<String>, CliError> {
+    let path = format!("/v1/executions/{request_id}");
+    let response = call(connection, |mut client| async move {
+        client.send("GET", &path, None).await
+    })?;
+    if response.status != 200 {
+        return Ok(None);
+    }
+    if response.body["status"] != "pending_approval" {
+        // Closed: the broker's own answer names how (request_closed, request_expired).
+        return Ok(None);
+    }
+    let own = seb::cert::Certificate::parse_pem_chain(&read_file(&connection.cert)?)?;
+    let Some(leaf) = own.first() else {
+        return Ok(None);
+    };
+    let thumbprint = seb::base64url::encode(&leaf.thumbprint_sha256()?);
+    let subject = leaf.subject_string();
+    let mine = response.body["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| {
+            a["x5t#S256"] == thumbprint.as_str()
+                || a["approver"]
+                    .as_str()
+                    .is_some_and(|name| seb::cert::same_name(name, &subject))
+        });
+    Ok(mine.map(|a| {
+        format!(
+            "duplicate_approval: you decided request {request_id} already ({} at {}); an \
+             approver counts once; nothing was signed",
+            a["decision"].as_str().unwrap_or("a decision"),
+            a["at"]
+        )
+    }))
 }
 
 fn fetch_pending(connection: &BrokerConnection) -> Result<Value, CliError> {
