@@ -51,6 +51,8 @@ pub enum HttpError {
     MethodNotAllowed,
     /// The route has no entry in the access table (`server::ROUTES`): refused, never open.
     NoAccessRule,
+    /// `/healthz`: a readiness check failed; the message names the first one.
+    NotReady(String),
 }
 
 impl HttpError {
@@ -143,6 +145,11 @@ impl HttpError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "internal error".into(),
+            ),
+            HttpError::NotReady(failing) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                failing.clone(),
             ),
         }
     }

@@ -458,8 +458,9 @@ pub(super) async fn healthz(State(app): State<App>) -> Result<Response, ApiError
     };
     // Unready is also an error answer in the API's shape, naming the first failing check, for
     // clients and probes that read `error.code` from every non-2xx answer.
-    body["error"] = json!({"code": "not_ready", "message": failing});
-    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+    let unready = ApiError::from(HttpError::NotReady(failing));
+    body["error"] = json!({"code": unready.code, "message": unready.message});
+    Ok((unready.status, Json(body)).into_response())
 }
 
 /// What to do about a broker certificate that expires soon: `seb rotate` for the token, TLS
