@@ -31,7 +31,11 @@ mod jws;
 pub use error::VerifyError;
 #[cfg(test)]
 use jws::strict_b64;
-pub use jws::{decode_verified, Decoded, TokenRules};
+// Format, header, signature and time only, with a signer the caller picks: the broker's
+// redemption uses it with its own token key. Not public: a verifier outside the crate goes
+// through `Expectations` (the action and agent too) or `verify_signature_only`.
+pub(crate) use jws::decode_verified;
+pub use jws::{Decoded, TokenRules};
 
 /// Default longest token lifetime (`exp - nbf`) accepted.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
