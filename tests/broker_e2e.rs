@@ -674,11 +674,7 @@ fn a_client_without_a_certificate_reads_only_the_routes_for_anyone() {
             .arg(format!("https://localhost:{port}{path}"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out, "curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(curl("/v1/trust").ends_with("\n200"));

@@ -650,15 +650,7 @@ fn check_does_not_suggest_renewing_a_certificate_under_a_revoked_ca() {
     };
     let text = hsm.seb_ok(&["check"]);
     assert!(warned(&text), "{text}");
-    let ca_serial = openssl_serial(&ca);
-    hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &ca_serial,
-        "--reason",
-        "ca-compromise",
-    ]);
+    hsm.revoke_for(&openssl_serial(&ca), "ca-compromise");
     let text = hsm.seb_ok(&["check"]);
     assert!(!warned(&text), "{text}");
     assert!(text.contains("0 problem(s)"), "{text}");

@@ -353,14 +353,12 @@ impl Hsm {
 
     /// `seb cert revoke --serial SERIAL --reason key-compromise`: a stolen key.
     pub fn revoke_compromised(&self, serial: &str) {
-        self.seb_ok(&[
-            "cert",
-            "revoke",
-            "--serial",
-            serial,
-            "--reason",
-            "key-compromise",
-        ]);
+        self.revoke_for(serial, "key-compromise");
+    }
+
+    /// `seb cert revoke --serial SERIAL --reason REASON`.
+    pub fn revoke_for(&self, serial: &str, reason: &str) {
+        self.seb_ok(&["cert", "revoke", "--serial", serial, "--reason", reason]);
     }
 
     /// `seb cert issue-ca --label LABEL --subject SUBJECT --ttl 60d` with `extra`; returns the
