@@ -1,5 +1,6 @@
-//! The broker over HTTPS: a tokio-rustls accept loop with mandatory client certificates, an
-//! axum router for the v1 API, and graceful shutdown.
+//! The broker over HTTPS: a tokio-rustls accept loop that asks every client for a certificate
+//! (and serves a client without one only the routes for anyone), an axum router for the v1
+//! API, and graceful shutdown.
 //!
 //! Device calls and store writes never run on async workers: TLS handshake signatures and
 //! other blocking work run on blocking threads, token signatures on the broker's signing
@@ -52,6 +53,7 @@ pub struct App {
     limiter: Arc<RateLimiter>,
     attest_limiter: Arc<RateLimiter>,
     attest_global: Arc<RateLimiter>,
+    attest_anonymous: Arc<RateLimiter>,
     handshakes: Arc<Semaphore>,
 }
 
@@ -60,6 +62,9 @@ pub struct App {
 const ATTESTATION_PER_CERT: (u32, u32) = (2, 5);
 /// Quotes per second (and burst) for all callers together.
 const ATTESTATION_ALL: (u32, u32) = (20, 40);
+/// Quotes per second (and burst) for all callers without a certificate together: a share of
+/// [`ATTESTATION_ALL`], so that many addresses cannot spend the budget of certificate holders.
+const ATTESTATION_ANONYMOUS: (u32, u32) = (5, 10);
 
 impl App {
     /// Wraps a broker with the HTTP layer's own state.
@@ -78,6 +83,10 @@ impl App {
                 ATTESTATION_PER_CERT.1,
             )),
             attest_global: Arc::new(RateLimiter::new(ATTESTATION_ALL.0, ATTESTATION_ALL.1)),
+            attest_anonymous: Arc::new(RateLimiter::new(
+                ATTESTATION_ANONYMOUS.0,
+                ATTESTATION_ANONYMOUS.1,
+            )),
             handshakes: Arc::new(Semaphore::new(HANDSHAKE_SLOTS)),
         }
     }
@@ -100,6 +109,25 @@ impl App {
 /// use the routes for anyone ([`Access::Anyone`]) and no other.
 #[derive(Clone, Copy, Debug)]
 pub struct Anonymous(pub std::net::IpAddr);
+
+impl Anonymous {
+    /// What its requests are counted under: its IPv4 address, or its IPv6 /64 (one host
+    /// commonly holds a whole /64, and would otherwise have as many budgets as addresses).
+    fn rate_key(&self) -> RateKey {
+        RateKey(match self.0 {
+            std::net::IpAddr::V4(v4) => format!("address {v4}"),
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("address {:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        })
+    }
+
+    /// Whether `key` is one [`Anonymous::rate_key`] made.
+    pub(crate) fn made(key: &RateKey) -> bool {
+        key.0.starts_with("address ")
+    }
+}
 
 /// What a request's rate limits are keyed on, set by [`authorize`]: the caller's key, or the
 /// address of a client without a certificate.
@@ -173,7 +201,8 @@ fn access_for(method: &str, path: &str) -> Option<Access> {
 }
 
 /// The v1 API routes. Every route runs [`authorize`] first, which needs the [`Peer`]
-/// extension the accept loop adds from the connection's client certificate.
+/// extension the accept loop adds from the connection's client certificate, or [`Anonymous`]
+/// for a connection without one (admitted to [`Access::Anyone`] routes only).
 pub fn router(app: App) -> Router {
     let config = &app.broker.config().server;
     let timeout = config.request_timeout;
@@ -346,16 +375,27 @@ pub async fn serve(
                         None
                     }
                 };
-                drop(handshaking);
                 match accepted {
                     Some((tls, Client::Certified(peer))) => {
+                        drop(handshaking);
                         listen::serve_http1(tls, router, peer, watcher, remote).await;
                     }
+                    // A connection without a certificate proved nothing and costs nothing to
+                    // hold: it stays in the running for displacement, like an unfinished
+                    // handshake, so anonymous clients cannot keep certificate holders out at
+                    // the connection limit.
                     Some((tls, Client::Anonymous)) => {
                         let anonymous = Anonymous(remote.ip());
-                        listen::serve_http1(tls, router, anonymous, watcher, remote).await;
+                        tokio::select! {
+                            () = listen::serve_http1(tls, router, anonymous, watcher, remote) => {}
+                            () = handshaking.displaced() => {
+                                tracing::info!(%remote, "connection without a certificate closed for a new connection");
+                                broker.metrics().record_request("tls", "displaced");
+                            }
+                        }
                     }
                     Some((tls, Client::Unusable(why))) => {
+                        drop(handshaking);
                         let router = unusable_certificate(app, why);
                         listen::serve_http1(tls, router, (), watcher, remote).await;
                     }
@@ -526,7 +566,7 @@ async fn authorize(
         return match req.extensions().get::<Anonymous>().copied() {
             // A client without a certificate: the routes for anyone, rate-limited by address.
             Some(anonymous) if access == Access::Anyone => {
-                let key = RateKey(format!("address {}", anonymous.0));
+                let key = anonymous.rate_key();
                 if let Err(refused) = app.check_rate(&key.0, "requests from this address") {
                     return refused.into_response();
                 }

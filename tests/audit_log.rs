@@ -1091,8 +1091,21 @@ fn a_monitor_run_again_with_its_saved_checkpoint_refuses_a_log_rewritten_in_betw
     traffic(&s, 3);
     let saved = s.hsm.path("monitor.checkpoint");
     let save = ["verify", "--save", saved.to_str().unwrap()];
+    // Made empty beforehand (`touch`, `mktemp`, a unit's setup): a new record too.
+    std::fs::write(&saved, "").unwrap();
     ok(&audit(&s, &save));
     let first = std::fs::read(&saved).unwrap();
+    // A file that holds something else is a mistake to report, not a log to reject.
+    let other = s.hsm.path("not-a-checkpoint");
+    std::fs::write(&other, "hello\n").unwrap();
+    let out = audit(&s, &["verify", "--save", other.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds no checkpoint") && !stderr.contains("REJECTED"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), b"hello\n");
     // An honest log that grew: accepted, and the record moves on.
     traffic(&s, 2);
     ok(&audit(&s, &save));

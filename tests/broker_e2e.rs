@@ -2100,6 +2100,56 @@ fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
 }
 
 #[test]
+fn at_the_connection_limit_connections_without_a_certificate_give_way_to_new_clients() {
+    // Every other slot taken by clients without a certificate that finished their handshake
+    // and read the trust bundle (which anyone may): they are displaced like unfinished
+    // handshakes, so certificate holders still connect.
+    let mut s = setup();
+    assert!(s.broker.stop());
+    s.hsm
+        .edit_config("[server]\n", "[server]\nmax_connections = 8\n");
+    s.broker = Broker::start(&s.hsm);
+    let root = std::fs::read(s.hsm.trust("root.pem")).unwrap();
+    let anonymous = seb::client::ClientTls::anonymous(&root).unwrap();
+    runtime().block_on(async {
+        let tls = s.hsm.tls(&s.agent, false);
+        let mut before = Client::connect(&s.broker.url, &tls).await.unwrap();
+        let mut holding = Vec::new();
+        for _ in 0..7 {
+            let mut c = Client::connect(&s.broker.url, &anonymous).await.unwrap();
+            let r = c.send("GET", "/v1/trust", None).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text);
+            holding.push(c);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        let mut after = Vec::new();
+        for _ in 0..3 {
+            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
+            let r = c
+                .post_json("/v1/executions", &good_request())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{}", r.text);
+            after.push(c);
+        }
+        let r = before
+            .post_json("/v1/executions", &good_request())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        let metrics = before.send("GET", "/metrics", None).await.unwrap();
+        assert!(
+            metrics.text.contains(
+                r#"seb_requests_total{endpoint="tls",outcome="refused",code="displaced"} 3"#
+            ),
+            "{}",
+            metrics.text
+        );
+        drop(holding);
+    });
+}
+
+#[test]
 fn a_broker_stopped_as_soon_as_it_listens_stops_cleanly() {
     // A supervisor may send SIGTERM the moment the broker says it listens: the handler must be
     // in place by then (the default action would end the process with a failure status).

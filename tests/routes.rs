@@ -270,6 +270,25 @@ fn every_route_checks_the_whole_chain_and_the_role_of_the_caller() {
             }
         }
     }
+    // Quotes for callers without a certificate come out of a budget of their own (5/s, burst
+    // 10), so many addresses cannot spend the one certificate holders share (20/s, burst 40).
+    let quote = "/v1/attestation?nonce=00112233445566778899aabbccddeeff";
+    let mut limited = 0;
+    for i in 0..14 {
+        let elsewhere = Anonymous(format!("192.0.2.{i}").parse().unwrap());
+        let (status, code, answer) = h.call(&elsewhere, "GET", quote, &Value::Null);
+        match status {
+            429 => limited += 1,
+            _ => assert_eq!(
+                (status, code.as_str()),
+                (404, "attestation_not_configured"),
+                "{answer}"
+            ),
+        }
+    }
+    assert!(limited >= 3, "{limited} of 14 quotes refused");
+    let (status, code, _) = h.call(&agent_p, "GET", quote, &Value::Null);
+    assert_eq!((status, code.as_str()), (404, "attestation_not_configured"));
     // Any good certificate may read the public routes.
     for peer in [&agent_p, &executor_p, &approver_p] {
         for path in ["/v1/trust", "/v1/crl", "/healthz", "/metrics"] {

@@ -377,11 +377,23 @@ fn kept_checkpoints(args: &VerifyArgs) -> Result<Vec<(PathBuf, String)>, CliErro
         .as_ref()
         .filter(|p| args.checkpoint.as_ref() != Some(*p))
     {
-        match std::fs::read(path) {
-            Ok(bytes) => kept.push((path.clone(), text(path, bytes)?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+        // Not there yet, or made empty beforehand (`touch`, `mktemp`): no record to extend.
+        if path.exists() {
+            let saved = text(path, read_file(path)?)?;
+            if !saved.trim().is_empty() {
+                kept.push((path.clone(), saved));
+            }
         }
+    }
+    // A file that holds no checkpoint is a mistake to report, not a log to reject.
+    for (path, note) in &kept {
+        seb::audit::checkpoint::parse_note(note).map_err(|e| {
+            format!(
+                "{} holds no checkpoint ({e}): give the file a previous `seb audit verify \
+                 --save` wrote; nothing was verified",
+                path.display()
+            )
+        })?;
     }
     Ok(kept)
 }

@@ -341,7 +341,6 @@ fn read_chain(path: &Path) -> Result<Vec<Certificate>, CliError> {
     parsed.map_err(|e| format!("{} is not a certificate: {e}", path.display()).into())
 }
 
-/// The intermediates that issued a stored certificate, from the trust directory.
 /// The subject of a revoked CA above `record` (between it and the root), if there is one: the
 /// certificate then authorizes nothing, and `seb cert renew` refuses it.
 pub(super) fn revoked_above(
@@ -353,6 +352,7 @@ pub(super) fn revoked_above(
     revoked_issuer(&issuer_chain_below_root(config, record, now), revocations)
 }
 
+/// The intermediates that issued a stored certificate, from the trust directory.
 fn issuer_chain_below_root(
     config: &Config,
     record: &IssuedCertificate,

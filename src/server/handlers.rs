@@ -318,15 +318,20 @@ pub(super) async fn crl(
 }
 
 /// `GET /v1/attestation?nonce=HEX`: a fresh quote for the caller's nonce. Rate-limited per
-/// certificate like every route, then again per certificate and globally for quotes, since
-/// they serialise on the TPM.
+/// certificate (or address) like every route, then again per caller and globally for quotes,
+/// since they serialise on the TPM; callers without a certificate share a smaller budget of
+/// their own inside the global one.
 pub(super) async fn attestation(
     State(app): State<App>,
     Extension(caller): Extension<super::RateKey>,
     query: QueryResult<AttestationQuery>,
 ) -> Result<Response, ApiError> {
     let now = Instant::now();
-    if !app.attest_limiter.allow(&caller.0, now) || !app.attest_global.allow("all", now) {
+    let anonymous = super::Anonymous::made(&caller);
+    if !app.attest_limiter.allow(&caller.0, now)
+        || (anonymous && !app.attest_anonymous.allow("all", now))
+        || !app.attest_global.allow("all", now)
+    {
         return Err(HttpError::RateLimited {
             what: "attestation requests",
         }

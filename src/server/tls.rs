@@ -1,5 +1,6 @@
 //! TLS for the broker: the server key is `seb-tls` inside the device (rustls signs through
-//! the key backend), client certificates are mandatory and verified against seb's root.
+//! the key backend); a client certificate is asked for and, when sent, verified against seb's
+//! root (a client without one gets only the routes for anyone, `server::Anonymous`).
 //!
 //! The device call blocks, so handshakes run on blocking threads (see `server::serve`); this
 //! module never touches key bytes.
