@@ -193,17 +193,63 @@ fn explain_module_failure(module: &Path, error: seb::backend::BackendError) -> C
         || "/etc/softhsm/softhsm2.conf".into(),
         std::path::PathBuf::from,
     );
-    match std::fs::File::open(&conf) {
-        Ok(_) => error.into(),
-        Err(io) => format!(
-            "{error}: SoftHSM2 cannot read its configuration {} ({io}). Set SOFTHSM2_CONF in \
-             [backend.module_env] to a readable file; Debian's /etc/softhsm/softhsm2.conf is \
-             root:softhsm 0640, so a dedicated seb user must be in the softhsm group \
-             (docs/OPERATIONS.md)",
+    let text = match std::fs::read_to_string(&conf) {
+        Ok(text) => text,
+        Err(io) => {
+            return format!(
+                "{error}: SoftHSM2 cannot read its configuration {} ({io}). Set SOFTHSM2_CONF in \
+                 [backend.module_env] to a readable file; Debian's /etc/softhsm/softhsm2.conf is \
+                 root:softhsm 0640, so a dedicated seb user must be in the softhsm group \
+                 (docs/OPERATIONS.md)",
+                conf.display()
+            )
+            .into()
+        }
+    };
+    match unreadable_token_file(&text) {
+        Some((path, io)) => format!(
+            "{error}: SoftHSM2 cannot read {} ({io}), under directories.tokendir of {}. The \
+             token directory and every file in it must exist and be readable and writable by \
+             the user seb runs as; Debian's /var/lib/softhsm/tokens is root:softhsm 2770, so a \
+             dedicated seb user must be in the softhsm group, and tokens made by root belong to \
+             root (docs/OPERATIONS.md)",
+            path.display(),
             conf.display()
         )
         .into(),
+        None => error.into(),
     }
+}
+
+/// The first part of SoftHSM2's token directory (`directories.tokendir` in its configuration
+/// `conf_text`) this process cannot read: the directory, a token's directory, or a file in
+/// one; with why.
+fn unreadable_token_file(conf_text: &str) -> Option<(std::path::PathBuf, std::io::Error)> {
+    let dir = conf_text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "directories.tokendir").then(|| std::path::PathBuf::from(value.trim()))
+    })?;
+    let entries = |dir: &Path| -> Result<Vec<std::path::PathBuf>, std::io::Error> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect()
+    };
+    let tokens = match entries(&dir) {
+        Ok(tokens) => tokens,
+        Err(io) => return Some((dir, io)),
+    };
+    for token in tokens.into_iter().filter(|t| t.is_dir()) {
+        let files = match entries(&token) {
+            Ok(files) => files,
+            Err(io) => return Some((token, io)),
+        };
+        for file in files {
+            if let Err(io) = std::fs::File::open(&file) {
+                return Some((file, io));
+            }
+        }
+    }
+    None
 }
 
 /// How a client (agent, approver) reaches the broker: the same four options everywhere.

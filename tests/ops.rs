@@ -865,6 +865,35 @@ fn an_unreadable_softhsm_configuration_is_named_in_the_error() {
     assert_clean_failure(&out, "softhsm group");
 }
 
+/// The same "horrible error" when SoftHSM2 cannot read its token directory (missing, or not
+/// the user's: Debian's is root:softhsm 2770): seb names the directory and says what to do.
+#[test]
+fn an_unreadable_softhsm_token_directory_is_named_in_the_error() {
+    let hsm = Hsm::initialised();
+    let conf = hsm.path("softhsm2.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let moved = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("directories.tokendir") {
+                "directories.tokendir = /nonexistent/tokens".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(
+        moved, text,
+        "the provisioned configuration names its token directory"
+    );
+    std::fs::write(&conf, moved).unwrap();
+    let out = hsm.seb(&["keys"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/tokens"), "{stderr}");
+    assert_clean_failure(&out, "softhsm group");
+}
+
 /// Logs carry no ANSI colour codes when stderr is not a terminal (journald, files).
 #[test]
 fn logs_are_plain_text_off_a_terminal() {
