@@ -2053,24 +2053,24 @@ fn a_handshake_that_needs_a_hello_retry_completes() {
     assert!(text.contains("HTTP/1.1 200"), "{text}");
 }
 
-#[test]
-fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
-    // Every connection slot taken by sockets that connected and sent nothing (no certificate
-    // needed for that): a new agent still connects once they have had a second to start
-    // their handshake, and an agent connected before keeps being served.
+/// A broker limited to `max_connections`, with an agent's connection open and every other
+/// slot taken by what `occupy` opens; after a second, three new agents each get a token, the
+/// agent connected before keeps being served, and three connections were displaced.
+fn at_the_connection_limit<T>(
+    max_connections: usize,
+    occupy: impl AsyncFnOnce(&Setup, usize) -> Vec<T>,
+) {
     let mut s = setup();
     assert!(s.broker.stop());
-    s.hsm
-        .edit_config("[server]\n", "[server]\nmax_connections = 16\n");
+    s.hsm.edit_config(
+        "[server]\n",
+        &format!("[server]\nmax_connections = {max_connections}\n"),
+    );
     s.broker = Broker::start(&s.hsm);
-    let addr = s.broker.url.trim_start_matches("https://").to_owned();
     runtime().block_on(async {
         let tls = s.hsm.tls(&s.agent, false);
         let mut before = Client::connect(&s.broker.url, &tls).await.unwrap();
-        let mut silent = Vec::new();
-        for _ in 0..15 {
-            silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-        }
+        let held = occupy(&s, max_connections - 1).await;
         tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         let mut after = Vec::new();
         for _ in 0..3 {
@@ -2095,7 +2095,22 @@ fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
             "{}",
             metrics.text
         );
-        drop(silent);
+        drop(held);
+    });
+}
+
+#[test]
+fn at_the_connection_limit_silent_connections_give_way_to_new_clients() {
+    // Every other slot taken by sockets that connected and sent nothing (no certificate
+    // needed for that): a new agent still connects once they have had a second to start
+    // their handshake, and an agent connected before keeps being served.
+    at_the_connection_limit(16, async |s: &Setup, n| {
+        let addr = s.broker.url.trim_start_matches("https://").to_owned();
+        let mut silent = Vec::new();
+        for _ in 0..n {
+            silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        silent
     });
 }
 
@@ -2104,48 +2119,17 @@ fn at_the_connection_limit_connections_without_a_certificate_give_way_to_new_cli
     // Every other slot taken by clients without a certificate that finished their handshake
     // and read the trust bundle (which anyone may): they are displaced like unfinished
     // handshakes, so certificate holders still connect.
-    let mut s = setup();
-    assert!(s.broker.stop());
-    s.hsm
-        .edit_config("[server]\n", "[server]\nmax_connections = 8\n");
-    s.broker = Broker::start(&s.hsm);
-    let root = std::fs::read(s.hsm.trust("root.pem")).unwrap();
-    let anonymous = seb::client::ClientTls::anonymous(&root).unwrap();
-    runtime().block_on(async {
-        let tls = s.hsm.tls(&s.agent, false);
-        let mut before = Client::connect(&s.broker.url, &tls).await.unwrap();
+    at_the_connection_limit(8, async |s: &Setup, n| {
+        let root = std::fs::read(s.hsm.trust("root.pem")).unwrap();
+        let anonymous = seb::client::ClientTls::anonymous(&root).unwrap();
         let mut holding = Vec::new();
-        for _ in 0..7 {
+        for _ in 0..n {
             let mut c = Client::connect(&s.broker.url, &anonymous).await.unwrap();
             let r = c.send("GET", "/v1/trust", None).await.unwrap();
             assert_eq!(r.status, 200, "{}", r.text);
             holding.push(c);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-        let mut after = Vec::new();
-        for _ in 0..3 {
-            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
-            let r = c
-                .post_json("/v1/executions", &good_request())
-                .await
-                .unwrap();
-            assert_eq!(r.status, 201, "{}", r.text);
-            after.push(c);
-        }
-        let r = before
-            .post_json("/v1/executions", &good_request())
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text);
-        let metrics = before.send("GET", "/metrics", None).await.unwrap();
-        assert!(
-            metrics.text.contains(
-                r#"seb_requests_total{endpoint="tls",outcome="refused",code="displaced"} 3"#
-            ),
-            "{}",
-            metrics.text
-        );
-        drop(holding);
+        holding
     });
 }
 
