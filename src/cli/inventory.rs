@@ -133,7 +133,7 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
     let revocations = store.revocations()?;
     let now = SystemTime::now();
     // Per issuing CA: the revoked CA above its certificates, if any.
-    let mut revoked_above: HashMap<String, Option<String>> = HashMap::new();
+    let mut issuers_revoked: HashMap<String, Option<String>> = HashMap::new();
     let mut rows = Vec::new();
     let issued = store.issued_certificates()?;
     if args.revoked && args.role.is_none() && within.is_none() {
@@ -168,11 +168,9 @@ pub fn list(config: &Config, args: ListArgs) -> CliResult {
             .iter()
             .find(|r| r.serial == record.serial)
             .cloned();
-        let issuer_revoked = revoked_above
+        let issuer_revoked = issuers_revoked
             .entry(record.issuer_label.clone())
-            .or_insert_with(|| {
-                revoked_issuer(&issuer_chain_below_root(config, &record, now), &revocations)
-            })
+            .or_insert_with(|| revoked_above(config, &record, &revocations, now))
             .clone();
         let status =
             Status::of(cert.not_before(), record.not_after, revocation, now).under(issuer_revoked);

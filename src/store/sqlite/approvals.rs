@@ -248,7 +248,6 @@ fn close(c: &Connection, request_id: &str, how: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The atomic step of [`crate::store::Store::expire_approval_requests`].
 /// The requests still open past their deadline at `now`.
 fn due(c: &Connection, now: SystemTime) -> rusqlite::Result<Vec<String>> {
     c.prepare_cached(
