@@ -113,26 +113,35 @@ pub struct Anonymous(pub std::net::IpAddr);
 impl Anonymous {
     /// What its requests are counted under: its IPv4 address, or its IPv6 /64 (one host
     /// commonly holds a whole /64, and would otherwise have as many budgets as addresses).
-    fn rate_key(&self) -> RateKey {
-        RateKey(match self.0 {
-            std::net::IpAddr::V4(v4) => format!("address {v4}"),
+    pub(crate) fn rate_key(&self) -> RateKey {
+        RateKey::Address(match self.0 {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
             std::net::IpAddr::V6(v6) => {
                 let s = v6.segments();
-                format!("address {:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
         })
     }
-
-    /// Whether `key` is one [`Anonymous::rate_key`] made.
-    pub(crate) fn made(key: &RateKey) -> bool {
-        key.0.starts_with("address ")
-    }
 }
 
-/// What a request's rate limits are keyed on, set by [`authorize`]: the caller's key, or the
-/// address of a client without a certificate.
+/// What a request's rate limits are keyed on.
 #[derive(Clone, Debug)]
-pub(crate) struct RateKey(pub(crate) String);
+pub(crate) enum RateKey {
+    /// The caller's certificate key (`Peer::key_id`).
+    Certificate(String),
+    /// The address (IPv4, or IPv6 /64) of a client without a certificate.
+    Address(String),
+}
+
+impl RateKey {
+    /// The limiter's key; the two kinds never collide.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            RateKey::Certificate(key) => key.clone(),
+            RateKey::Address(address) => format!("address {address}"),
+        }
+    }
+}
 
 /// Who is at the other end of a connection, once its handshake is done.
 enum Client {
@@ -567,10 +576,9 @@ async fn authorize(
             // A client without a certificate: the routes for anyone, rate-limited by address.
             Some(anonymous) if access == Access::Anyone => {
                 let key = anonymous.rate_key();
-                if let Err(refused) = app.check_rate(&key.0, "requests from this address") {
+                if let Err(refused) = app.check_rate(&key.key(), "requests from this address") {
                     return refused.into_response();
                 }
-                req.extensions_mut().insert(key);
                 next.run(req).await
             }
             _ => ApiError::from(BrokerError::BadCertificate(
@@ -617,8 +625,6 @@ async fn authorize(
     };
     match admitted {
         Ok(caller) => {
-            req.extensions_mut()
-                .insert(RateKey(caller.peer().key_id.clone()));
             req.extensions_mut().insert(Arc::new(caller));
             next.run(req).await
         }

@@ -323,12 +323,19 @@ pub(super) async fn crl(
 /// their own inside the global one.
 pub(super) async fn attestation(
     State(app): State<App>,
-    Extension(caller): Extension<super::RateKey>,
+    caller: Option<Extension<Arc<Caller>>>,
+    anonymous: Option<Extension<super::Anonymous>>,
     query: QueryResult<AttestationQuery>,
 ) -> Result<Response, ApiError> {
+    // `authorize` admitted a certificate holder (a `Caller`) or a client without one.
+    let caller = match (caller, anonymous) {
+        (Some(Extension(caller)), _) => super::RateKey::Certificate(caller.peer().key_id.clone()),
+        (None, Some(Extension(anonymous))) => anonymous.rate_key(),
+        (None, None) => return Err(BrokerError::Internal("no caller".into()).into()),
+    };
     let now = Instant::now();
-    let anonymous = super::Anonymous::made(&caller);
-    if !app.attest_limiter.allow(&caller.0, now)
+    let anonymous = matches!(caller, super::RateKey::Address(_));
+    if !app.attest_limiter.allow(&caller.key(), now)
         || (anonymous && !app.attest_anonymous.allow("all", now))
         || !app.attest_global.allow("all", now)
     {
