@@ -229,21 +229,25 @@ pub struct LoggedEntry {
 }
 
 /// Verifies a whole log: `entries` (every entry from index 0), every checkpoint note in
-/// `notes`, and, when the auditor kept one, that the log extends `kept`.
+/// `notes`, and that the log extends every checkpoint the auditor kept (`kept`, often one or
+/// none), in one pass over the entries.
 pub fn verify_log(
     trust: &TrustStore,
     entries: &[LoggedEntry],
     notes: &[String],
-    kept: Option<&str>,
+    kept: &[&str],
 ) -> Result<Verified, AuditError> {
     let mut checkpoints: Vec<(Checkpoint, &String)> = Vec::new();
     for note in notes {
         checkpoints.push((open_checkpoint(trust, note)?, note));
     }
     checkpoints.sort_by_key(|(cp, _)| cp.size);
-    let kept = kept.map(|k| open_checkpoint(trust, k)).transpose()?;
+    let kept = kept
+        .iter()
+        .map(|k| open_checkpoint(trust, k))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(first) = checkpoints.first() {
-        let all = checkpoints.iter().map(|(cp, _)| cp).chain(kept.as_ref());
+        let all = checkpoints.iter().map(|(cp, _)| cp).chain(&kept);
         for cp in all {
             if cp.origin != first.0.origin {
                 return Err(AuditError::Origins(
@@ -256,7 +260,7 @@ pub fn verify_log(
     let Some((latest, latest_note)) = checkpoints.last().cloned() else {
         return Err(AuditError::NoCheckpoint);
     };
-    if let Some(kept) = &kept {
+    for kept in &kept {
         if kept.size > latest.size {
             return Err(AuditError::NotAnExtension {
                 kept: kept.size,
@@ -269,9 +273,7 @@ pub fn verify_log(
     }
     // Every checkpoint (and the kept one) must be matched by the recomputed root at its size.
     let mut targets: Vec<&Checkpoint> = checkpoints.iter().map(|(cp, _)| cp).collect();
-    if let Some(k) = &kept {
-        targets.push(k);
-    }
+    targets.extend(&kept);
     targets.sort_by_key(|cp| cp.size);
     let mut range = CompactRange::default();
     let mut next = targets.iter().peekable();
@@ -294,7 +296,7 @@ pub fn verify_log(
             })
         }
     };
-    let is_kept = |cp: &Checkpoint| kept.as_ref().is_some_and(|k| std::ptr::eq(k, cp));
+    let is_kept = |cp: &Checkpoint| kept.iter().any(|k| std::ptr::eq(k, cp));
     while let Some(cp) = next.next_if(|cp| cp.size == 0) {
         check(&range, cp, is_kept(cp))?;
     }

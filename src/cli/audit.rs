@@ -316,32 +316,31 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         );
     }
     let trust = trust_store(&root_pem, &bundle)?;
-    let rejected = |path: Option<&PathBuf>, e: &dyn std::fmt::Display| match path {
-        Some(path) => format!(
+    // Against every kept checkpoint in one pass; a rejection names the files they came from.
+    let rejected = |e: &dyn std::fmt::Display| match kept.as_slice() {
+        [] => format!("audit log REJECTED: {e}"),
+        files => format!(
             "audit log REJECTED against the checkpoint in {}: {e}",
-            path.display()
+            files
+                .iter()
+                .map(|(path, _)| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
         ),
-        None => format!("audit log REJECTED: {e}"),
     };
-    let mut verified = None;
-    for (path, kept) in &kept {
-        let checked = verify::verify_log(&trust, &evidence.entries, &evidence.notes, Some(kept))
-            .map_err(|e| rejected(Some(path), &e))?;
-        // With a broker, also check the proof it serves from the kept checkpoint.
-        if let Some(s) = session.as_mut() {
-            let old = verify::open_checkpoint(&trust, kept)
+    let notes: Vec<&str> = kept.iter().map(|(_, note)| note.as_str()).collect();
+    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, &notes)
+        .map_err(|e| rejected(&e))?;
+    // With a broker, also check the proof it serves from each kept checkpoint.
+    if let Some(s) = session.as_mut() {
+        for (path, note) in &kept {
+            let old = verify::open_checkpoint(&trust, note)
                 .map_err(|e| format!("the checkpoint in {}: {e}", path.display()))?;
-            let proof = s.consistency(old.size, checked.checkpoint.size)?;
-            verify::verify_extension(&old, &checked.checkpoint, &proof)
-                .map_err(|e| rejected(Some(path), &e))?;
+            let proof = s.consistency(old.size, verified.checkpoint.size)?;
+            verify::verify_extension(&old, &verified.checkpoint, &proof)
+                .map_err(|e| rejected(&e))?;
         }
-        verified = Some(checked);
     }
-    let verified = match verified {
-        Some(verified) => verified,
-        None => verify::verify_log(&trust, &evidence.entries, &evidence.notes, None)
-            .map_err(|e| rejected(None, &e))?,
-    };
     report(&verified);
     let state = args.save.as_ref().or(args.checkpoint.as_ref());
     if let Some(path) = &args.save {
@@ -531,7 +530,7 @@ fn export(args: ExportArgs) -> CliResult {
     let evidence = session.fetch()?;
     // Checked before it is written: an export is evidence.
     let trust = trust_store(&root_pem, &evidence.bundle)?;
-    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, None)
+    let verified = verify::verify_log(&trust, &evidence.entries, &evidence.notes, &[])
         .map_err(|e| format!("audit log REJECTED: {e}"))?;
     let mut out = Vec::new();
     let mut line = |l: &Line| -> CliResult {
