@@ -1299,6 +1299,34 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
         hsm.dir.path(),
     );
     assert!(!listing.contains(&serial), "{listing}");
+    // The whole path under openssl's strict checks, with both CRLs (root's and ops's).
+    let strict = |cert: &std::path::Path| {
+        let (leaf, crls) = (hsm.path("leaf.pem"), hsm.path("both.crl"));
+        leaf_only(cert, &leaf);
+        let both = [&root_crl, &crl].map(|f| std::fs::read_to_string(f).unwrap());
+        std::fs::write(&crls, both.concat()).unwrap();
+        openssl(
+            &[
+                "verify",
+                "-x509_strict",
+                "-crl_check_all",
+                "-purpose",
+                "sslclient",
+                "-CAfile",
+                root.to_str().unwrap(),
+                "-untrusted",
+                ops_pem.to_str().unwrap(),
+                "-CRLfile",
+                crls.to_str().unwrap(),
+                leaf.to_str().unwrap(),
+            ],
+            hsm.dir.path(),
+        )
+    };
+    let (ok, text) = strict(&good.cert);
+    assert!(ok && text.contains(": OK"), "{text}");
+    let (ok, text) = strict(&bad.cert);
+    assert!(!ok && text.contains("error 23 at 0 depth"), "{text}");
 
     // The broker serves the intermediate's CRL too.
     let broker = common::Broker::start(&hsm);
@@ -1352,9 +1380,13 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     let out = hsm.seb(&["cert", "show", "--serial", "0C0FFEE0"]);
     assert_clean_failure(&out, "the serial is revoked (unspecified at ");
 
-    // Nothing is issued under a revoked intermediate.
+    // Nothing is issued under a revoked intermediate, and openssl refuses the path at the
+    // intermediate once the root's CRL lists it.
     let ops_serial = openssl_serial(&ops_pem);
     hsm.seb_ok(&["cert", "revoke", "--serial", &ops_serial]);
+    hsm.seb_ok(&["crl", "--out", root_crl.to_str().unwrap()]);
+    let (ok, text) = strict(&good.cert);
+    assert!(!ok && text.contains("error 23 at 1 depth"), "{text}");
     let out = hsm.seb(&[
         "cert",
         "issue",
