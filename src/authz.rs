@@ -517,7 +517,8 @@ pub fn delegated_role(chain: &ChainView) -> Result<&Role, (DenyCode, String)> {
             return Err((
                 DenyCode::RoleNotDelegated,
                 format!(
-                    "the issuer certificate at depth {depth} may issue {roles} certificates, not {}",
+                    "the issuer certificate at depth {depth} may issue {} certificates, not {}",
+                    roles.as_phrase(),
                     role.kind
                 ),
             ));

@@ -146,7 +146,7 @@ pub enum CaError {
     },
     /// A CA in the issuing chain may not issue this role (`sebIssuableRoles`, docs/GRANTS.md
     /// §5.1): a certificate of the role, or an intermediate that may issue more roles.
-    #[error("role not delegated: the issuing CA {ancestor:?} may issue {allowed} certificates, not {requested} (see `seb cert issue-ca --roles`)")]
+    #[error("role not delegated: the issuing CA {ancestor:?} may issue {} certificates, not {requested} (see `seb cert issue-ca --roles`)", .allowed.as_phrase())]
     RoleNotDelegated {
         /// The CA that does not delegate the role.
         ancestor: String,

@@ -602,6 +602,17 @@ impl IssuableRoles {
     }
 }
 
+impl IssuableRoles {
+    /// The roles as the object of "may issue … certificates": `no` for none.
+    pub fn as_phrase(&self) -> String {
+        if self.kinds().is_empty() {
+            "no".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl fmt::Display for IssuableRoles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.kinds().into_iter().map(RoleKind::as_str).collect();

@@ -1093,7 +1093,8 @@ fn a_monitor_run_again_with_its_saved_checkpoint_refuses_a_log_rewritten_in_betw
     let save = ["verify", "--save", saved.to_str().unwrap()];
     // Made empty beforehand (`touch`, `mktemp`, a unit's setup): a new record too.
     std::fs::write(&saved, "").unwrap();
-    ok(&audit(&s, &save));
+    let out = ok(&audit(&s, &save));
+    assert!(!out.contains("it extends the checkpoint"), "{out}");
     let first = std::fs::read(&saved).unwrap();
     // A file that holds something else is a mistake to report, not a log to reject.
     let other = s.hsm.path("not-a-checkpoint");
@@ -1108,7 +1109,9 @@ fn a_monitor_run_again_with_its_saved_checkpoint_refuses_a_log_rewritten_in_betw
     assert_eq!(std::fs::read(&other).unwrap(), b"hello\n");
     // An honest log that grew: accepted, and the record moves on.
     traffic(&s, 2);
-    ok(&audit(&s, &save));
+    let out = ok(&audit(&s, &save));
+    let extends = format!("it extends the checkpoint in {}", saved.display());
+    assert!(out.contains(&extends), "{out}");
     let second = std::fs::read(&saved).unwrap();
     assert_ne!(first, second, "the record did not move on");
     // The history rewritten while no monitor ran: refused, naming the file, and the evidence

@@ -3,7 +3,8 @@
 //! purposes), the token in PyJWT (ES384 under the certificate its `kid` names, bound to the
 //! agent, the parameters' digest), the root's CRL, the audit checkpoint (the C2SP note's ECDSA
 //! signature under the audit certificate) with the RFC 6962 root rebuilt from the entries, and
-//! an executor's receipt.
+//! an executor's receipt. Then docs/VERIFYING.md §3's PyJWT and shell-and-OpenSSL recipes, run
+//! as written, on the same token and on a forged one.
 //!
 //! Python with `cryptography` and PyJWT comes from `deploy/install-deps.sh` (the virtual
 //! environment named by `common::python()`). A missing interpreter or package fails the test;
@@ -161,5 +162,79 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
+    verifying_md_recipes_check_the_token(dir, &hsm.trust("token.pem"));
     drop(exec);
+}
+
+/// The first fenced block of `lang` after `marker` in docs/VERIFYING.md.
+fn verifying_md_block(marker: &str, lang: &str) -> String {
+    let doc = std::fs::read_to_string(common::repo().join("docs/VERIFYING.md")).unwrap();
+    let after = &doc[doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} not in VERIFYING.md"))..];
+    let fence = format!("```{lang}\n");
+    let start = after.find(&fence).unwrap() + fence.len();
+    let len = after[start..].find("```").unwrap();
+    after[start..start + len].to_owned()
+}
+
+/// VERIFYING.md §3's PyJWT and shell-and-OpenSSL recipes, run as written, accept the token in
+/// `dir` (token.jwt, with trust.pem and root.pem beside it) and refuse it with one signature
+/// byte changed.
+fn verifying_md_recipes_check_the_token(dir: &std::path::Path, token_pem: &std::path::Path) {
+    std::fs::copy(dir.join("trust.pem"), dir.join("bundle.pem")).unwrap();
+    std::fs::copy(token_pem, dir.join("token.pem")).unwrap();
+    let token = std::fs::read_to_string(dir.join("token.jwt")).unwrap();
+    let token = token.trim();
+    let sig_at = token.rfind('.').unwrap() + 10;
+    let flipped = if &token[sig_at..=sig_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{flipped}{}", &token[..sig_at], &token[sig_at + 1..]);
+    let python = format!(
+        "import sys\ntoken = sys.argv[1]\n{}\nprint('recipe accepted', claims['jti'])\n",
+        verifying_md_block("Python (PyJWT + cryptography), steps 1 to 3", "python")
+    );
+    std::fs::write(dir.join("recipe.py"), python).unwrap();
+    let shell = verifying_md_block("With nothing but a shell and OpenSSL", "sh");
+    let run = |token: &str| {
+        let py = Command::new(common::python())
+            .arg("recipe.py")
+            .arg(token)
+            .current_dir(dir)
+            .output()
+            .expect("run python");
+        let sh = Command::new("bash")
+            .args(["-c", &shell])
+            .env("TOKEN", token)
+            .current_dir(dir)
+            .output()
+            .expect("run bash");
+        (py, String::from_utf8_lossy(&sh.stdout).into_owned())
+    };
+    let (py, sh) = run(token);
+    assert!(
+        py.status.success() && String::from_utf8_lossy(&py.stdout).contains("recipe accepted"),
+        "the PyJWT recipe refused a good token:\n{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert!(sh.contains("Verified OK"), "the OpenSSL recipe:\n{sh}");
+    let kid: Value = sh
+        .lines()
+        .next()
+        .and_then(|header| serde_json::from_str(header).ok())
+        .unwrap_or_else(|| panic!("no JWS header on the first line:\n{sh}"));
+    let thumbprint = sh.lines().nth(1).unwrap_or_default();
+    assert_eq!(kid["kid"], thumbprint, "{sh}");
+    let (py, sh) = run(&forged);
+    assert!(
+        !py.status.success(),
+        "the PyJWT recipe accepted a forged token"
+    );
+    assert!(
+        sh.contains("Verification failure") && !sh.contains("Verified OK"),
+        "the OpenSSL recipe:\n{sh}"
+    );
 }

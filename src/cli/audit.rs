@@ -342,6 +342,17 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         }
     }
     report(&verified);
+    for (path, note) in &kept {
+        let size = seb::audit::checkpoint::parse_note(note)
+            .and_then(|(body, _)| seb::audit::checkpoint::Checkpoint::parse_body(&body))
+            .map(|c| c.size);
+        if let Ok(size) = size {
+            say!(
+                "it extends the checkpoint in {} ({size} entries)",
+                path.display()
+            );
+        }
+    }
     let state = args.save.as_ref().or(args.checkpoint.as_ref());
     if let Some(path) = &args.save {
         write_file(path, verified.note.as_bytes(), false)?;

@@ -30,6 +30,9 @@ pub enum TokenCommand {
 /// `--skip-binding`) are all given, or `--signature-only` is: leaving them out is a usage
 /// error, never a check of less.
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("binding")
+    .args(["cert", "skip_binding", "signature_only"])
+    .required(true))]
 pub struct VerifyArgs {
     /// PEM bundle to trust (what `GET /v1/trust` serves): its self-signed certificates are the
     /// roots, the rest (intermediates, token certificate) may be used on the path.
@@ -49,7 +52,7 @@ pub struct VerifyArgs {
     #[arg(long, required_unless_present = "signature_only")]
     params: Option<String>,
     /// The certificate (PEM) of the agent presenting the token; the token must be bound to it.
-    #[arg(long, required_unless_present_any = ["skip_binding", "signature_only"])]
+    #[arg(long)]
     cert: Option<PathBuf>,
     /// No agent presented a certificate to this executor: do not check the token's binding.
     #[arg(long, conflicts_with = "cert")]
