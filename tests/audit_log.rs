@@ -1146,6 +1146,7 @@ fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired
     traffic(&s, 2);
     let kept = s.hsm.path("kept.checkpoint");
     ok(&audit(&s, &["verify", "--save", kept.to_str().unwrap()]));
+    let before_rotation = export(&s, "before-rotation.jsonl");
     let published = || published_certificates(&s);
     let before = published();
     s.hsm.seb_ok(&["rotate", "audit"]);
@@ -1200,6 +1201,24 @@ fn checkpoints_follow_an_audit_key_rotation_and_old_ones_verify_with_the_retired
         ],
     );
     assert!(ok(&out).contains("audit log OK"));
+    // An export from before the rotation against a checkpoint kept after it: named for what
+    // it is (a log older than the kept checkpoint), not only as an unknown signer.
+    let after = s.hsm.path("after.checkpoint");
+    ok(&audit(&s, &["verify", "--save", after.to_str().unwrap()]));
+    let out = audit(
+        &s,
+        &[
+            "verify",
+            "--file",
+            before_rotation.to_str().unwrap(),
+            "--checkpoint",
+            after.to_str().unwrap(),
+        ],
+    );
+    rejected(
+        &out,
+        "an old checkpoint is being replayed, or the log was truncated",
+    );
 }
 
 /// The entries of the running broker's log of `kind`, once `count` of them are there

@@ -228,6 +228,34 @@ pub struct LoggedEntry {
     pub leaf_hash: Option<Hash>,
 }
 
+/// Opens a checkpoint the auditor kept. One whose signer is not among the log's certificates
+/// is refused as such, and when it also covers more entries than the log's newest checkpoint,
+/// as what that most likely means: a log older than the kept checkpoint (replayed, truncated,
+/// or an export made before `seb rotate audit`).
+fn open_kept(
+    trust: &TrustStore,
+    note: &str,
+    newest: Option<u64>,
+) -> Result<Checkpoint, AuditError> {
+    match open_checkpoint(trust, note) {
+        Err(AuditError::Signer { size, reason }) => match newest {
+            Some(newest) if size > newest => Err(AuditError::NotAnExtension {
+                kept: size,
+                reason: format!(
+                    "the newest checkpoint has only {newest} entries: an old checkpoint is being replayed, or the log was truncated (and the kept checkpoint's signer is not among this log's audit certificates: {reason})"
+                ),
+            }),
+            _ => Err(AuditError::Signer {
+                size,
+                reason: format!(
+                    "{reason}; a kept checkpoint may be signed by an audit key this log's certificates do not include (give its certificate with --audit-cert)"
+                ),
+            }),
+        },
+        other => other,
+    }
+}
+
 /// Verifies a whole log: `entries` (every entry from index 0), every checkpoint note in
 /// `notes`, and that the log extends every checkpoint the auditor kept (`kept`, often one or
 /// none), in one pass over the entries.
@@ -242,9 +270,10 @@ pub fn verify_log(
         checkpoints.push((open_checkpoint(trust, note)?, note));
     }
     checkpoints.sort_by_key(|(cp, _)| cp.size);
+    let newest = checkpoints.last().map(|(cp, _)| cp.size);
     let kept = kept
         .iter()
-        .map(|k| open_checkpoint(trust, k))
+        .map(|k| open_kept(trust, k, newest))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(first) = checkpoints.first() {
         let all = checkpoints.iter().map(|(cp, _)| cp).chain(&kept);
