@@ -255,10 +255,27 @@ impl Grant {
                 ),
             ));
         }
+        let mut folded: Vec<(String, &String)> = Vec::with_capacity(self.params.len());
         for (name, constraint) in &self.params {
             let at = format!("params.{name}");
             syntax::validate_param_name(name).map_err(|reason| (at.clone(), reason))?;
-            constraint.validate().map_err(|reason| (at, reason))?;
+            constraint
+                .validate()
+                .map_err(|reason| (at.clone(), reason))?;
+            // A reader that matches names leniently would take either for the other: the
+            // broker could check one value and the executor act on the other, and an
+            // attenuation check could not tell which of the two a parent's constraint covers.
+            let key = syntax::folded_name(name);
+            if let Some((_, other)) = folded.iter().find(|(k, _)| *k == key) {
+                return Err((
+                    at,
+                    format!(
+                        "constrains {other:?} too, a name that differs only in case, `_` or `-`: \
+                         a program that matches names leniently would confuse them"
+                    ),
+                ));
+            }
+            folded.push((key, name));
         }
         if let Some(rule) = &self.approval {
             rule.validate()

@@ -145,8 +145,11 @@ pub fn params_satisfy(
         // Many programs match names case-insensitively or after dropping what does not
         // show (.NET's JSON binding, configuration loaders): such a reader would act on this
         // value instead of the one the constraint checked.
-        let folded = folded_name(extra);
-        if let Some(constrained) = constraints.keys().find(|c| folded_name(c) == folded) {
+        let folded = syntax::folded_name(extra);
+        if let Some(constrained) = constraints
+            .keys()
+            .find(|c| syntax::folded_name(c) == folded)
+        {
             return Err(ParamViolation::Shadows {
                 name: extra.clone(),
                 constrained: constrained.clone(),
@@ -154,18 +157,6 @@ pub fn params_satisfy(
         }
     }
     Ok(())
-}
-
-/// A parameter name as a lenient reader may match it: case-folded (upper case, then lower, so
-/// that `ſ` is `s` and `ı` is `i`, as Go's encoding/json and Python's `casefold` have it), with
-/// only letters and digits kept (no whitespace, punctuation, `-`, `_`, control or formatting
-/// characters).
-fn folded_name(name: &str) -> String {
-    name.chars()
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .filter(|c| c.is_alphanumeric())
-        .collect()
 }
 
 /// Whether a JSON value satisfies a constraint; types are exact.
@@ -331,7 +322,10 @@ mod tests {
             );
         }
         // The Kelvin sign is a K to Go's encoding/json.
-        assert_eq!(folded_name("ma\u{212a}e"), folded_name("make"));
+        assert_eq!(
+            syntax::folded_name("ma\u{212a}e"),
+            syntax::folded_name("make")
+        );
         // Other names stay free, as params_any says.
         for free in ["replicas", "max_replica", "image", "notes"] {
             assert_eq!(with(free), Ok(()), "{free:?}");

@@ -176,6 +176,19 @@ pub fn validate_param_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A parameter name as a lenient reader may match it: case-folded (upper case, then lower, so
+/// that `ſ` is `s` and `ı` is `i`, as Go's encoding/json and Python's `casefold` have it), with
+/// only letters and digits kept (no whitespace, punctuation, `-`, `_`, control or formatting
+/// characters). A request may not carry an unconstrained name that folds to a constrained one,
+/// and one grant may not constrain two names that fold to the same.
+pub fn folded_name(name: &str) -> String {
+    name.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
 /// Checks an approver group name: `[a-z0-9][a-z0-9._-]*`, at most 64 bytes.
 pub fn validate_group(group: &str) -> Result<(), String> {
     let mut chars = group.chars();

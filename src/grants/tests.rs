@@ -477,3 +477,40 @@ proptest! {
         }
     }
 }
+
+/// One grant may not constrain two names a lenient reader confuses: from a grant file, in a
+/// certificate's extension (encoded without the check), or through `to_der`. A parent with
+/// `replicas` and a child adding `REPLICAS` could otherwise carry a value the parent refuses.
+#[test]
+fn names_that_fold_together_are_refused_in_one_grant() {
+    for (a, b) in [
+        ("replicas", "REPLICAS"),
+        ("max_replicas", "maxReplicas"),
+        ("dry-run", "dry_run"),
+    ] {
+        let err = toml_err(&format!(
+            "{BASE}\nparams_any = true\nparams.{a} = {{ min = 1, max = 2 }}\nparams.{b} = {{ min = 99, max = 99 }}"
+        ));
+        assert!(err.contains("differs only in case"), "{a}/{b}: {err}");
+        let mut set = example();
+        set.grants[0].params = [a, b]
+            .into_iter()
+            .map(|n| (n.to_owned(), Constraint::Range { min: 1, max: 2 }))
+            .collect();
+        assert!(set.to_der().is_err(), "{a}/{b}");
+        let der = asn1::encode_grants(&set).unwrap();
+        assert!(
+            matches!(
+                GrantSet::from_der(&der),
+                Err(GrantError::InvalidGrant { index: 0, .. })
+            ),
+            "{a}/{b}"
+        );
+    }
+    // Distinct names are fine, in other grants too.
+    let ok = format!(
+        "[[grant]]\n{BASE}\nparams.replicas = {{ min = 1, max = 2 }}\nparams.region = {{ equals = \"eu\" }}\n\
+         [[grant]]\n{BASE}\nparams.REPLICAS = {{ min = 1, max = 2 }}\n"
+    );
+    GrantSet::from_toml_str(&ok).unwrap();
+}
