@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::extract::{MatchedPath, State};
-use axum::http::{header, HeaderValue, Request};
+use axum::http::{header, HeaderValue, Method, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -282,6 +282,11 @@ pub(crate) async fn bounded(
     if !plain_body(req.headers()) {
         return closing(HttpError::UnsupportedEncoding);
     }
+    let declared_type = req.headers().get(header::CONTENT_TYPE).map(is_json);
+    let takes_body = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if takes_body && declared_type == Some(false) {
+        return closing(HttpError::UnsupportedMediaType);
+    }
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, limit);
     let bytes = match tokio::time::timeout_at(body_deadline, read).await {
@@ -299,11 +304,28 @@ pub(crate) async fn bounded(
         }
         Err(_) => return closing(HttpError::RequestTimeout),
     };
+    // A body without a declared type: what a browser's form or `text/plain` fetch cannot
+    // send either, but a client that forgot the header can.
+    if takes_body && declared_type.is_none() && !bytes.is_empty() {
+        return closing(HttpError::UnsupportedMediaType);
+    }
     let req = Request::from_parts(parts, axum::body::Body::from(bytes));
     match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::from(HttpError::Timeout).into_response(),
     }
+}
+
+/// Whether a `Content-Type` is JSON: `application/json`, with parameters (`; charset=utf-8`)
+/// or not. Anything else, such as the `text/plain` or form types a web page can make a
+/// browser send to another site with the user's client certificate, is refused before the
+/// body is read.
+fn is_json(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    })
 }
 
 /// Whether the body is plain bytes as sent: no content coding but `identity`, no transfer

@@ -796,39 +796,85 @@ fn an_oversized_body_sent_whole_without_expect_still_gets_its_413() {
     }
 }
 
+/// Whether `answer` holds a whole HTTP/1.1 response with a `content-length` body.
+fn complete_response(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .is_some_and(|length| body.len() >= length)
+}
+
 /// A body the broker would read still encoded (a content coding, a transfer coding other than
-/// chunked) is refused, not parsed as if it were plain: 415 `unsupported_encoding`.
+/// chunked) is refused, not parsed as if it were plain: 415 `unsupported_encoding`. A body not
+/// declared JSON (the `text/plain` and form types a web page can make a browser send with the
+/// user's client certificate, or no type at all) is refused too: 415 `unsupported_media_type`,
+/// no token.
 #[test]
-fn encoded_bodies_are_refused_with_415() {
+fn encoded_or_undeclared_bodies_are_refused_with_415() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = setup();
     let tls = s.hsm.tls(&s.agent, true);
     let body = good_request().to_string();
     let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
-    for (headers, payload) in [
+    let length = format!("Content-Length: {}\r\n", body.len());
+    let json = "Content-Type: application/json\r\n";
+    for (headers, payload, expected) in [
         (
-            format!(
-                "Content-Encoding: gzip\r\nContent-Length: {}\r\n",
-                body.len()
-            ),
-            body.clone(),
+            format!("{json}Content-Encoding: gzip\r\n{length}"),
+            &body,
+            "415 Unsupported Media Type|unsupported_encoding",
         ),
         (
-            "Transfer-Encoding: gzip, chunked\r\n".to_owned(),
-            chunked.clone(),
+            format!("{json}Transfer-Encoding: gzip, chunked\r\n"),
+            &chunked,
+            "415 Unsupported Media Type|unsupported_encoding",
+        ),
+        (
+            format!("Content-Type: text/plain\r\n{length}"),
+            &body,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
+            format!("Content-Type: application/x-www-form-urlencoded\r\n{length}"),
+            &body,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
+            format!("Content-Type: application/jsonp\r\n{length}"),
+            &body,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
+            length.clone(),
+            &body,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
+            "Transfer-Encoding: chunked\r\n".to_owned(),
+            &chunked,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
+            format!("Content-Type: Application/JSON; charset=utf-8\r\n{length}"),
+            &body,
+            "201 Created|\"granted\"",
         ),
     ] {
         let answer = runtime().block_on(async {
             let (mut stream, authority) =
                 seb::client::connect_tls(&s.broker.url, &tls).await.unwrap();
             let request = format!(
-                "POST /v1/executions HTTP/1.1\r\nHost: {authority}\r\n\
-                 Content-Type: application/json\r\n{headers}\r\n{payload}"
+                "POST /v1/executions HTTP/1.1\r\nHost: {authority}\r\n{headers}\r\n{payload}"
             );
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut answer = Vec::new();
             let mut chunk = [0u8; 4096];
-            while !String::from_utf8_lossy(&answer).contains("}}") {
+            while !complete_response(&answer) {
                 let read = tokio::time::timeout(
                     std::time::Duration::from_secs(10),
                     stream.read(&mut chunk),
@@ -841,8 +887,17 @@ fn encoded_bodies_are_refused_with_415() {
             }
             String::from_utf8_lossy(&answer).into_owned()
         });
-        assert!(answer.starts_with("HTTP/1.1 415"), "{headers}: {answer}");
-        assert!(answer.contains("\"unsupported_encoding\""), "{answer}");
+        let (status, code) = expected.split_once('|').unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{headers}: {answer}"
+        );
+        assert!(answer.contains(code), "{headers}: {answer}");
+        assert_eq!(
+            answer.contains("\"token\""),
+            status.starts_with("201"),
+            "{headers}: {answer}"
+        );
     }
     // Plain chunked bodies are fine.
     let r = post(&s, &s.agent, "/v1/executions", &good_request());

@@ -702,6 +702,14 @@ fn a_stalled_or_oversized_body_does_not_hold_an_executor_connection() {
         "{answer}"
     );
     assert!(answer.contains("\"method_not_allowed\""), "{answer}");
+    // A body not declared JSON (what a web page can make a browser send): 415.
+    let (answer, _) = raw_exchange(
+        &s,
+        "POST /v1/run HTTP/1.1\r\nHost: {authority}\r\nContent-Type: text/plain\r\n\
+         Content-Length: 2\r\n\r\n{}",
+    );
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(answer.contains("\"unsupported_media_type\""), "{answer}");
     // Another path: the broker's code for it.
     let (answer, _) = raw_exchange(&s, "GET /v1/grants HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");

@@ -27,6 +27,8 @@ pub enum HttpError {
     UnreadableBody,
     /// The body has a content or transfer coding the server does not decode.
     UnsupportedEncoding,
+    /// A request body that is not declared `application/json`.
+    UnsupportedMediaType,
     /// The body is not acceptable JSON (syntax, duplicate keys, depth, numbers).
     MalformedJson(String),
     /// The JSON does not have the expected fields.
@@ -74,6 +76,11 @@ impl HttpError {
                 "the body's Content-Encoding or Transfer-Encoding is not supported (send plain \
                  JSON, chunked or with a Content-Length)"
                     .into(),
+            ),
+            HttpError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "a request body must be JSON, sent with Content-Type: application/json".into(),
             ),
             HttpError::UnreadableBody => (
                 StatusCode::BAD_REQUEST,
