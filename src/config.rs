@@ -452,6 +452,10 @@ pub struct ServerConfig {
     pub rate_limit_burst: u32,
     /// Most concurrent TLS connections.
     pub max_connections: usize,
+    /// Most concurrent connections of one client certificate's key; a newer one closes that
+    /// key's oldest. Give each agent process its own certificate, or raise this for a fleet
+    /// that shares one.
+    pub max_connections_per_certificate: usize,
     /// Whether TLS session resumption is offered (it skips the HSM signature).
     pub tls_resumption: bool,
     /// Async worker threads (TLS records, HTTP, JSON, decisions). Unset: the CPUs the signing
@@ -468,6 +472,7 @@ impl Default for ServerConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             max_connections: 1024,
+            max_connections_per_certificate: 64,
             tls_resumption: true,
             worker_threads: None,
         }

@@ -390,12 +390,15 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let router = router(app.clone());
     let max_connections = app.broker.config().server.max_connections;
+    let per_certificate = app.broker.config().server.max_connections_per_certificate;
+    let clients = Arc::new(std::sync::Mutex::new(listen::PerClient::default()));
     listen::accept_until(
         listener,
         shutdown,
         max_connections,
         |stream, remote, watcher, handshaking| {
             let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
+            let clients = clients.clone();
             async move {
                 let broker = app.broker.clone();
                 let accepted = tokio::select! {
@@ -409,7 +412,14 @@ pub async fn serve(
                 match accepted {
                     Some((tls, Client::Certified(peer))) => {
                         drop(handshaking);
-                        listen::serve_http1(tls, router, peer, watcher, remote).await;
+                        let slot = listen::ClientSlot::register(&clients, &peer.key_id, per_certificate);
+                        tokio::select! {
+                            () = listen::serve_http1(tls, router, peer, watcher, remote) => {}
+                            () = slot.displaced() => {
+                                tracing::info!(%remote, "closed for a newer connection of the same certificate (server.max_connections_per_certificate)");
+                                broker.metrics().record_request("tls", "displaced");
+                            }
+                        }
                     }
                     // A connection without a certificate proved nothing and costs nothing to
                     // hold: it stays in the running for displacement, like an unfinished
@@ -663,6 +673,11 @@ async fn authorize(
                     .map_or("(unknown route)", |p| p.as_str());
                 let route = format!("{} {template}", req.method());
                 audit_refused_access(&app, &caller, &route, &e);
+            }
+            // A certificate that does not count now will not on this connection either: the
+            // connection is closed, so a revoked key cannot keep holding it.
+            if CALLER_CERTIFICATE_CODES.contains(&e.code()) {
+                return closing(e);
             }
             ApiError::from(e).into_response()
         }

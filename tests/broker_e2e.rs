@@ -2346,3 +2346,69 @@ fn a_token_signed_with_the_token_key_but_not_as_issued_or_by_a_revoked_key_is_no
     );
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// One certificate cannot hold every connection slot (outside review: a revoked agent kept
+/// 1,024 connections open with a request every 20 s and locked every other agent out). A
+/// certificate's connections beyond `max_connections_per_certificate` close its oldest, other
+/// certificates are untouched, and a refusal for the caller's own certificate (revoked here)
+/// closes the connection it came on.
+#[test]
+fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_closed() {
+    let hsm = Hsm::initialised();
+    hsm.edit_config(
+        "[server]\n",
+        "[server]\nmax_connections_per_certificate = 3\n",
+    );
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let other = hsm.agent("other-bot", DEPLOY);
+    let broker = Broker::start(&hsm);
+    let (tls, other_tls) = (hsm.tls(&agent, true), hsm.tls(&other, true));
+    runtime().block_on(async {
+        let mut bystander = Client::connect(&broker.url, &other_tls).await.unwrap();
+        assert_eq!(
+            bystander
+                .send("GET", "/v1/grants", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let mut c = Client::connect(&broker.url, &tls).await.unwrap();
+            assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);
+            open.push(c);
+        }
+        // The fourth closed the first; the other three and the other agent's still answer.
+        assert!(open[0].send("GET", "/v1/grants", None).await.is_err());
+        for c in &mut open[1..] {
+            assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);
+        }
+        assert_eq!(
+            bystander
+                .send("GET", "/v1/grants", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+
+        // Revoked: the refusal closes its connection.
+        let serial = seb::cert::Certificate::parse(&std::fs::read(&agent.cert).unwrap())
+            .unwrap()
+            .serial_hex();
+        hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
+        let refused = open[1].send("GET", "/v1/grants", None).await.unwrap();
+        assert_eq!(refused.status, 403, "{}", refused.text);
+        assert_eq!(refused.body["error"]["code"], "certificate_revoked");
+        assert!(open[1].send("GET", "/v1/grants", None).await.is_err());
+        assert_eq!(
+            bystander
+                .send("GET", "/v1/grants", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    });
+}

@@ -212,6 +212,8 @@ fn run_load(
     let mut cfg = config.clone();
     cfg.server.rate_limit_per_second = 10_000_000;
     cfg.server.rate_limit_burst = 10_000_000;
+    // Every bench agent presents the same certificate.
+    cfg.server.max_connections_per_certificate = usize::MAX;
     cfg.server.tls_resumption = true;
     let modes = if args.audit.is_empty() {
         vec![AuditMode::On]

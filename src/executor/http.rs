@@ -26,6 +26,8 @@ use crate::server::listen;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Most concurrent connections of one agent certificate; a newer one closes its oldest.
+const MAX_CONNECTIONS_PER_CERTIFICATE: usize = 32;
 /// How long a request's body may take to arrive once its headers have.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -126,12 +128,14 @@ pub async fn serve(
 ) -> Result<(), String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(executor.tls_config()?));
     let router = router(executor.clone());
+    let clients = Arc::new(std::sync::Mutex::new(listen::PerClient::default()));
     listen::accept_until(
         listener,
         shutdown,
         MAX_CONNECTIONS,
         |stream, remote, watcher, handshaking| {
             let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
+            let clients = clients.clone();
             async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                 let tls = tokio::select! {
@@ -149,7 +153,24 @@ pub async fn serve(
                 };
                 drop(handshaking);
                 match agent_of(&executor, &tls) {
-                    Ok(agent) => listen::serve_http1(tls, router, agent, watcher, remote).await,
+                    Ok(agent) => {
+                        let key = agent
+                            .leaf
+                            .thumbprint_sha256()
+                            .map(|t| crate::base64url::encode(&t))
+                            .unwrap_or_default();
+                        let slot = listen::ClientSlot::register(
+                            &clients,
+                            &key,
+                            MAX_CONNECTIONS_PER_CERTIFICATE,
+                        );
+                        tokio::select! {
+                            () = listen::serve_http1(tls, router, agent, watcher, remote) => {}
+                            () = slot.displaced() => {
+                                tracing::info!(%remote, "closed for a newer connection of the same certificate");
+                            }
+                        }
+                    }
                     Err(refusal) => {
                         tracing::info!(%remote, reason = %refusal, "client certificate refused");
                         listen::serve_http1(tls, refusal_router(refusal), (), watcher, remote).await

@@ -7,7 +7,7 @@
 //! and send nothing (or stall mid-handshake) cost an attacker nothing and no certificate, so
 //! they must not be able to keep authenticated clients out (docs/RELIABILITY.md).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -124,6 +124,64 @@ fn displace_oldest(set: &Mutex<Unproven>) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// The open connections of each client key (the certificate's key), oldest first.
+#[derive(Default)]
+pub(crate) struct PerClient {
+    next: u64,
+    open: HashMap<String, VecDeque<(u64, Arc<Notify>)>>,
+}
+
+/// A connection's place among those of its client key. At the cap a new connection of the same
+/// key displaces that key's oldest one: one certificate (valid, or revoked and still in use)
+/// cannot hold every connection slot, and a client whose old connections went stale is not
+/// locked out by them. Dropping it gives the place up.
+pub(crate) struct ClientSlot {
+    key: String,
+    id: u64,
+    displaced: Arc<Notify>,
+    set: Arc<Mutex<PerClient>>,
+}
+
+impl ClientSlot {
+    /// Takes a place for `key`, displacing its oldest connections beyond `cap - 1`.
+    pub(crate) fn register(set: &Arc<Mutex<PerClient>>, key: &str, cap: usize) -> Self {
+        let mut clients = set.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = clients.next;
+        clients.next += 1;
+        let open = clients.open.entry(key.to_owned()).or_default();
+        while open.len() >= cap.max(1) {
+            if let Some((_, displaced)) = open.pop_front() {
+                displaced.notify_one();
+            }
+        }
+        let displaced = Arc::new(Notify::new());
+        open.push_back((id, displaced.clone()));
+        Self {
+            key: key.to_owned(),
+            id,
+            displaced,
+            set: set.clone(),
+        }
+    }
+
+    /// Resolves once a newer connection of the same key has taken this one's place.
+    pub(crate) async fn displaced(&self) {
+        self.displaced.notified().await
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = clients.open.get_mut(&self.key) {
+            open.retain(|(id, _)| *id != self.id);
+            if open.is_empty() {
+                clients.open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -333,6 +391,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_at_its_cap_gives_up_its_oldest_connection() {
+        let set = Arc::new(Mutex::new(PerClient::default()));
+        let first = ClientSlot::register(&set, "a", 2);
+        let second = ClientSlot::register(&set, "a", 2);
+        let other = ClientSlot::register(&set, "b", 2);
+        let is_displaced = |slot: &ClientSlot| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(10), slot.displaced())
+                    .await
+                    .is_ok()
+            })
+        };
+        assert!(!is_displaced(&first) && !is_displaced(&second));
+        let third = ClientSlot::register(&set, "a", 2);
+        assert!(is_displaced(&first), "the oldest of key a gives way");
+        assert!(!is_displaced(&second) && !is_displaced(&third) && !is_displaced(&other));
+        drop(first);
+        // Closing a connection frees its place: no one else is displaced for the next.
+        drop(second);
+        let fourth = ClientSlot::register(&set, "a", 2);
+        assert!(!is_displaced(&third) && !is_displaced(&fourth));
+        drop((third, fourth, other));
+        assert!(set.lock().unwrap().open.is_empty());
+    }
 
     #[test]
     fn the_oldest_unfinished_handshake_gives_way_and_progress_buys_time() {
