@@ -349,6 +349,10 @@ pub struct ApprovalsConfig {
     /// `http://host:port/path` that gets a JSON POST for each new pending request (no secret
     /// is ever sent). Unset: no notifications.
     pub webhook_url: Option<String>,
+    /// Most requests one agent key may have open for approval at once; more are refused
+    /// (`429 too_many_pending`), so that one agent cannot bury its group's other requests in
+    /// the approvers' list.
+    pub max_open_per_agent: usize,
 }
 
 impl Default for ApprovalsConfig {
@@ -356,6 +360,7 @@ impl Default for ApprovalsConfig {
         Self {
             ttl: Duration::from_secs(3600),
             webhook_url: None,
+            max_open_per_agent: 50,
         }
     }
 }

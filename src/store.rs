@@ -549,6 +549,8 @@ pub trait Store: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(ExecutionRecord, PendingApproval)>, StoreError>;
+    /// How many requests of the agent key `agent_key` are open for decision at `now`.
+    fn open_requests_of(&self, agent_key: &str, now: SystemTime) -> Result<usize, StoreError>;
     /// Records one approver's decision, atomically with the checks that the request is still
     /// open at `now` and that this approver (certificate, key or subject) has not decided
     /// before. A rejection closes the request. An approval that completes the quorum marks the

@@ -1256,3 +1256,37 @@ fn one_person_counts_once_whatever_tool_encoded_the_name() {
     let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
     assert_eq!(r.body["status"], "granted", "{}", r.text);
 }
+
+/// One agent cannot bury its group's requests in the approvers' list (outside review: 520
+/// requests of one agent pushed another agent's out of the 500 listed). Beyond
+/// `[approvals] max_open_per_agent` open requests, a new one is refused with 429
+/// `too_many_pending` and logged; a decision frees a place; another agent is not affected;
+/// the list says whether it is complete.
+#[test]
+fn one_agent_may_have_only_so_many_requests_open_for_approval() {
+    let s = setup("[approvals]\nmax_open_per_agent = 2");
+    let (first, first_digest) = ask(&s, 1);
+    ask(&s, 2);
+    let refused = call(&s, &s.agent, "POST", "/v1/executions", Some(&migrate(3)));
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(code(&refused), "too_many_pending");
+    assert!(refused.body["request_id"].is_null(), "{}", refused.text);
+    let logged = s.hsm.audit_entries_eventually("execution_denied", 1);
+    assert!(
+        logged
+            .iter()
+            .any(|e| e["code"] == "too_many_pending" && e["operation"] == "db.migrate"),
+        "{logged:?}"
+    );
+    // Another agent of the same group still gets its request in front of the approvers.
+    let other = s.hsm.agent("other-bot", GRANTS);
+    let r = call(&s, &other, "POST", "/v1/executions", Some(&migrate(9)));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let listed = call(&s, &s.alice, "GET", "/v1/executions?status=pending", None);
+    assert_eq!(listed.body["requests"].as_array().unwrap().len(), 3);
+    assert_eq!(listed.body["truncated"], false, "{}", listed.text);
+    // A decision (a rejection closes the request) frees a place.
+    let r = decide(&s, &s.alice, &first, Decision::Reject, &first_digest);
+    assert_eq!(r.status, 200, "{}", r.text);
+    ask(&s, 4);
+}

@@ -224,6 +224,16 @@ fn contract(store: &dyn Store) {
         .open_approval_requests(now(), &[], None, 10)
         .unwrap()
         .is_empty());
+    // Counted per agent key while open (`[approvals] max_open_per_agent`).
+    assert_eq!(store.open_requests_of("agent-key", now()).unwrap(), 1);
+    assert_eq!(store.open_requests_of("another-key", now()).unwrap(), 0);
+    assert_eq!(
+        store
+            .open_requests_of("agent-key", now() + Duration::from_secs(601))
+            .unwrap(),
+        0,
+        "an expired request is not open"
+    );
     let first = store
         .add_approval(
             approval("p1", "alice", Decision::Approve),
@@ -329,6 +339,7 @@ fn contract(store: &dyn Store) {
         .open_approval_requests(now(), &groups, None, 10)
         .unwrap()
         .is_empty());
+    assert_eq!(store.open_requests_of("agent-key", now()).unwrap(), 0);
 
     // An approval stops counting once a certificate of its approver's path is revoked: the
     // quorum needs two others, and only they are the approvals it reports.

@@ -93,6 +93,12 @@ pub enum BrokerError {
     /// Issuance is frozen by the security team.
     #[error("issuance is frozen")]
     Frozen,
+    /// The agent already has `limit` requests open for approval.
+    #[error("{limit} requests of this agent already wait for approval")]
+    TooManyPending {
+        /// `[approvals] max_open_per_agent`.
+        limit: usize,
+    },
     /// The broker's attestation self-check failed or is too old: no token.
     #[error("attestation self-check not good: {0}")]
     Attestation(crate::attest::selfcheck::Refusal),
@@ -211,6 +217,14 @@ impl BrokerError {
                 503,
                 "issuance_frozen",
                 "issuance is frozen by the security team".into(),
+            ),
+            BrokerError::TooManyPending { limit } => (
+                429,
+                "too_many_pending",
+                format!(
+                    "{limit} requests of this agent already wait for approval (the most one agent \
+                     may have open); wait for decisions or expiry"
+                ),
             ),
             BrokerError::Attestation(reason) => (
                 503,

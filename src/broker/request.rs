@@ -314,6 +314,22 @@ impl Broker {
         record.request_digest = base64url::encode(&digest);
         entry.request_digest = Some(record.request_digest.clone());
         if let Some(rule) = approval {
+            // One agent may not bury its group's other requests in the approvers' list.
+            let limit = self.config.approvals.max_open_per_agent;
+            if self.open_requests_of(&peer.key_id, now).await? >= limit {
+                let refusal = BrokerError::TooManyPending { limit };
+                let mut refused = super::access::refused_entry(
+                    peer,
+                    super::RefusedAttempt::Execution,
+                    refusal.code(),
+                );
+                refused.operation = entry.operation.clone();
+                refused.resource = entry.resource.clone();
+                refused.params_digest = entry.params_digest.clone();
+                refused.request_digest = entry.request_digest.clone();
+                self.append_refusal(refused);
+                return Err(refusal);
+            }
             record.status = ExecutionStatus::PendingApproval;
             record.approvals_required = rule.required;
             entry.kind = EntryKind::ExecutionPending;
@@ -449,6 +465,19 @@ impl Broker {
             approval_group: None,
             approvals: None,
         })
+    }
+
+    /// How many requests of `agent_key` are open for approval, read off the async workers.
+    async fn open_requests_of(
+        &self,
+        agent_key: &str,
+        now: SystemTime,
+    ) -> Result<usize, BrokerError> {
+        let (store, key) = (self.store.clone(), agent_key.to_owned());
+        tokio::task::spawn_blocking(move || store.open_requests_of(&key, now))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("counting open requests: {e}")))?
+            .map_err(BrokerError::Store)
     }
 
     /// Records a pending request durably, waiting without holding a thread.

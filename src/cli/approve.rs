@@ -40,7 +40,7 @@ pub struct ApproveArgs {
 
 /// Lists the open requests this approver may decide.
 pub fn pending(args: PendingArgs) -> CliResult {
-    let requests = fetch_pending(&args.connection)?;
+    let (requests, truncated) = fetch_pending(&args.connection)?;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&requests)?);
         return Ok(());
@@ -51,6 +51,13 @@ pub fn pending(args: PendingArgs) -> CliResult {
     }
     for request in list {
         say!("{}", describe(request));
+    }
+    if truncated {
+        tell!(
+            "only the {} oldest open requests are shown; more wait (decide these, or ask the \
+             security team: an agent may be flooding its group)",
+            list.len()
+        );
     }
     Ok(())
 }
@@ -69,7 +76,7 @@ pub fn approve(args: ApproveArgs) -> CliResult {
         .map_err(|_| "the key file is not PEM text".to_owned())
         .and_then(ApproverKey::from_pkcs8_pem)
         .map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let requests = fetch_pending(&args.connection)?;
+    let (requests, _) = fetch_pending(&args.connection)?;
     let decision = if args.reject {
         Decision::Reject
     } else {
@@ -193,7 +200,8 @@ fn decided_already(
     }))
 }
 
-fn fetch_pending(connection: &BrokerConnection) -> Result<Value, CliError> {
+/// The open requests the approver may decide, and whether the broker left some out.
+fn fetch_pending(connection: &BrokerConnection) -> Result<(Value, bool), CliError> {
     let response = call(connection, |mut client| async move {
         client
             .send("GET", "/v1/executions?status=pending", None)
@@ -205,7 +213,10 @@ fn fetch_pending(connection: &BrokerConnection) -> Result<Value, CliError> {
     // An answer that is not the list (unreadable JSON, another shape) is an error, never "no
     // open requests": an approver must not be told there is nothing to decide.
     match &response.body["requests"] {
-        requests @ Value::Array(_) => Ok(requests.clone()),
+        requests @ Value::Array(_) => Ok((
+            requests.clone(),
+            response.body["truncated"].as_bool().unwrap_or(false),
+        )),
         _ => Err(format!(
             "the broker's list of pending requests is unreadable: {}",
             response.text.chars().take(200).collect::<String>()

@@ -202,7 +202,9 @@ pub(super) async fn list_executions(
     }
     let broker = app.broker.clone();
     let requests = blocking(move || broker.pending_requests(&caller)).await?;
-    Ok(Json(json!({ "requests": requests })).into_response())
+    // A full list may have left requests out: say so, so that no approver takes it for all.
+    let truncated = requests.len() >= crate::broker::MAX_LISTED;
+    Ok(Json(json!({ "requests": requests, "truncated": truncated })).into_response())
 }
 
 /// `POST /v1/executions/{id}/approvals`: an approver's signed decision. The work runs in a

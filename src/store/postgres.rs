@@ -423,6 +423,21 @@ impl Store for PgStore {
         })
     }
 
+    fn open_requests_of(&self, agent_key: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let key = agent_key.to_owned();
+        self.write("count an agent's open requests", move |b| {
+            let open: i64 = b
+                .db()?
+                .query_one(
+                    "SELECT count(*) FROM approval_requests
+                     WHERE closed IS NULL AND expires_at > $1 AND agent_key = $2",
+                    &[&unix(now), &key],
+                )?
+                .get(0);
+            Ok(usize::try_from(open).unwrap_or(usize::MAX))
+        })
+    }
+
     fn open_approval_requests(
         &self,
         now: SystemTime,

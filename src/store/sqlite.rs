@@ -467,6 +467,18 @@ impl Store for SqliteStore {
         approvals::open_approval_requests(self, now, groups, after, limit)
     }
 
+    fn open_requests_of(&self, agent_key: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let (key, now) = (agent_key.to_owned(), crate::time::unix(now));
+        let open: i64 = self.read("count an agent's open requests", move |c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM approval_requests
+                 WHERE closed IS NULL AND expires_at > ?1 AND agent_key = ?2",
+            )?
+            .query_row(rusqlite::params![now, key], |r| r.get(0))
+        })?;
+        Ok(usize::try_from(open).unwrap_or(usize::MAX))
+    }
+
     fn add_approval(
         &self,
         approval: ApprovalRecord,
