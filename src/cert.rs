@@ -283,6 +283,12 @@ impl Certificate {
         Ok(Sha256::digest(self.inner.to_der()?).into())
     }
 
+    /// SHA-256 over the SubjectPublicKeyInfo DER: names the key, whichever certificate
+    /// carries it (per-key limits, caches).
+    pub fn spki_sha256(&self) -> Result<[u8; 32], der::Error> {
+        Ok(Sha256::digest(self.tbs().subject_public_key_info().to_der()?).into())
+    }
+
     /// notBefore.
     pub fn not_before(&self) -> SystemTime {
         self.tbs().validity().not_before.to_system_time()

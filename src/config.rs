@@ -203,6 +203,21 @@ impl Config {
                 "[approvals] ttl must be at least 1s".into(),
             ));
         }
+        // Zero would refuse every request that needs approval, or every connection.
+        for (name, value) in [
+            (
+                "[approvals] max_open_per_agent",
+                self.approvals.max_open_per_agent,
+            ),
+            (
+                "[server] max_connections_per_certificate",
+                self.server.max_connections_per_certificate,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
         if let Some(url) = &self.approvals.webhook_url {
             let rest = url.strip_prefix("http://").unwrap_or("");
             let authority = rest.split('/').next().unwrap_or("");

@@ -396,7 +396,7 @@ pub async fn serve(
         listener,
         shutdown,
         max_connections,
-        |stream, remote, watcher, handshaking| {
+        |stream, remote, lifetime, handshaking| {
             let (acceptor, router, app) = (acceptor.clone(), router.clone(), app.clone());
             let clients = clients.clone();
             async move {
@@ -413,13 +413,13 @@ pub async fn serve(
                     Some((tls, Client::Certified(peer))) => {
                         drop(handshaking);
                         let slot = listen::ClientSlot::register(&clients, &peer.key_id, per_certificate);
-                        tokio::select! {
-                            () = listen::serve_http1(tls, router, peer, watcher, remote) => {}
-                            () = slot.displaced() => {
-                                tracing::info!(%remote, "closed for a newer connection of the same certificate (server.max_connections_per_certificate)");
-                                broker.metrics().record_request("tls", "displaced");
-                            }
-                        }
+                        // Closed gracefully: a request in progress is answered first.
+                        let leave = async {
+                            slot.displaced().await;
+                            tracing::info!(%remote, "closing for a newer connection of the same certificate (server.max_connections_per_certificate)");
+                            broker.metrics().record_request("tls", "displaced");
+                        };
+                        listen::serve_http1(tls, router, peer, lifetime, remote, leave).await;
                     }
                     // A connection without a certificate proved nothing and costs nothing to
                     // hold: it stays in the running for displacement, like an unfinished
@@ -428,7 +428,7 @@ pub async fn serve(
                     Some((tls, Client::Anonymous)) => {
                         let anonymous = Anonymous(remote.ip());
                         tokio::select! {
-                            () = listen::serve_http1(tls, router, anonymous, watcher, remote) => {}
+                            () = listen::serve_http1(tls, router, anonymous, lifetime, remote, std::future::pending()) => {}
                             () = handshaking.displaced() => {
                                 tracing::info!(%remote, "connection without a certificate closed for a new connection");
                                 broker.metrics().record_request("tls", "displaced");
@@ -438,7 +438,8 @@ pub async fn serve(
                     Some((tls, Client::Unusable(why))) => {
                         drop(handshaking);
                         let router = unusable_certificate(app, why);
-                        listen::serve_http1(tls, router, (), watcher, remote).await;
+                        listen::serve_http1(tls, router, (), lifetime, remote, std::future::pending())
+                            .await;
                     }
                     None => {}
                 }

@@ -275,7 +275,9 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
             .unwrap();
         assert_eq!(r.status, 403, "{}", r.text);
         assert_eq!(error_code(&r), "certificate_revoked");
-        // Every route, on the same connection: not its live token, not even the trust bundle.
+        // The refusal closed the connection; every route on a new one: not its live token,
+        // not even the trust bundle.
+        assert!(c.send("GET", "/v1/trust", None).await.is_err());
         for path in [
             status_path.as_str(),
             "/v1/trust",
@@ -283,6 +285,7 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
             "/healthz",
             "/metrics",
         ] {
+            let mut c = Client::connect(&s.broker.url, &tls).await.unwrap();
             let r = c.send("GET", path, None).await.unwrap();
             assert_eq!(r.status, 403, "{path}: {}", r.text);
             assert_eq!(error_code(&r), "certificate_revoked", "{path}");
@@ -353,7 +356,7 @@ fn wrong_role_revoked_and_expired_certificates_are_refused() {
 /// paths it has validated, so a returning agent's full handshake skips those checks. That must
 /// change nothing for revocation: once the certificate is revoked, the connection that was
 /// open, a connection made after it from the remembered chain, and a connection made after the
-/// revocation are all refused, on every request.
+/// revocation are all refused, and each is closed after its refusal.
 #[test]
 fn a_remembered_chain_is_refused_once_revoked_on_open_and_new_connections() {
     let s = setup();
@@ -390,14 +393,19 @@ fn a_remembered_chain_is_refused_once_revoked_on_open_and_new_connections() {
             ("second", &mut second),
             ("third", &mut third),
         ] {
-            for _ in 0..2 {
-                let r = c
-                    .post_json("/v1/executions", &good_request())
+            let r = c
+                .post_json("/v1/executions", &good_request())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 403, "{name}: {}", r.text);
+            assert_eq!(error_code(&r), "certificate_revoked", "{name}");
+            // The refusal closes the connection: a revoked key cannot keep holding it.
+            assert!(
+                c.post_json("/v1/executions", &good_request())
                     .await
-                    .unwrap();
-                assert_eq!(r.status, 403, "{name}: {}", r.text);
-                assert_eq!(error_code(&r), "certificate_revoked", "{name}");
-            }
+                    .is_err(),
+                "{name}: still open"
+            );
         }
     });
 }
@@ -545,11 +553,21 @@ fn an_intermediate_that_expires_under_an_open_connection_is_refused_on_every_rou
         if let Ok(wait) = until.duration_since(std::time::SystemTime::now()) {
             tokio::time::sleep(wait).await;
         }
+        // The open connection first, then resumed ones: the refusal closes each.
+        let mut open = Some(c);
         for path in ["/v1/trust", "/v1/grants", "/healthz"] {
+            let mut c = match open.take() {
+                Some(c) => c,
+                None => Client::connect(&s.broker.url, &tls).await.unwrap(),
+            };
             let r = c.send("GET", path, None).await.unwrap();
             assert_eq!(r.status, 403, "{path}: {}", r.text);
             assert_eq!(error_code(&r), "certificate_expired", "{path}");
             assert!(r.text.contains("depth 1"), "{path}: {}", r.text);
+            assert!(
+                c.send("GET", path, None).await.is_err(),
+                "{path}: still open"
+            );
         }
     });
 }
@@ -2379,7 +2397,9 @@ fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_c
             assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);
             open.push(c);
         }
-        // The fourth closed the first; the other three and the other agent's still answer.
+        // The fourth closed the first (gracefully: at once, as it was idle); the other three
+        // and the other agent's still answer.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(open[0].send("GET", "/v1/grants", None).await.is_err());
         for c in &mut open[1..] {
             assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);

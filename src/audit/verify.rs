@@ -242,7 +242,7 @@ fn open_kept(
             Some(newest) if size > newest => Err(AuditError::NotAnExtension {
                 kept: size,
                 reason: format!(
-                    "the newest checkpoint has only {newest} entries: an old checkpoint is being replayed, or the log was truncated (and the kept checkpoint's signer is not among this log's audit certificates: {reason})"
+                    "the newest checkpoint has only {newest} entries: an old checkpoint is being replayed, or the log was truncated (or it is an export made before `seb rotate audit`, or the kept file is not genuine: its signer is not among this log's audit certificates: {reason})"
                 ),
             }),
             _ => Err(AuditError::Signer {

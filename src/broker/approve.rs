@@ -160,8 +160,13 @@ impl Broker {
 
     /// Open requests the approver `peer` may decide: those whose group it is in, oldest first,
     /// and not those it already approved (as itself: by certificate, key or name, as the
-    /// duplicate check counts people), where another approval of its would be refused.
-    pub fn pending_requests(&self, caller: &Caller) -> Result<Vec<PendingRequest>, BrokerError> {
+    /// duplicate check counts people), where another approval of its would be refused. At
+    /// most [`MAX_LISTED`]; the flag is true when others may be left out (the list is full and
+    /// more were seen, or the pages read ran out before the open requests did).
+    pub fn pending_requests(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Vec<PendingRequest>, bool), BrokerError> {
         let role = approver_role(caller.peer(), "list pending requests")?;
         let now = SystemTime::now();
         // Page by page: requests of agents outside the caller's scope (another team's, for
@@ -171,6 +176,7 @@ impl Broker {
         let peer = caller.peer();
         let mut open = Vec::new();
         let mut after: Option<String> = None;
+        let mut truncated = false;
         for _ in 0..MAX_PAGES {
             let page = self
                 .store
@@ -192,10 +198,13 @@ impl Broker {
                     open.push((record, pending, approvals));
                 }
             }
+            // A full page leaves more unread: the list is cut short unless a later page ends.
+            truncated = full;
             if !full || open.len() >= MAX_LISTED {
                 break;
             }
         }
+        truncated |= open.len() > MAX_LISTED;
         open.truncate(MAX_LISTED);
         let mut out = Vec::new();
         for (record, pending, approvals) in open {
@@ -219,7 +228,7 @@ impl Broker {
                 expires_at: unix(pending.expires_at),
             });
         }
-        Ok(out)
+        Ok((out, truncated))
     }
 
     /// Marks every request past its approval deadline expired (each in the commit that

@@ -215,9 +215,8 @@ fn chain_hash(presented: &[Vec<u8>]) -> [u8; 32] {
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
 fn key_id(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
-    let spki = der::Encode::to_der(cert.tbs().subject_public_key_info())
-        .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
-    Ok(Sha256::digest(&spki).into())
+    cert.spki_sha256()
+        .map_err(|e| BrokerError::BadCertificate(e.to_string()))
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub fn pending(args: PendingArgs) -> CliResult {
     let (requests, truncated) = fetch_pending(&args.connection)?;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&requests)?);
+        if truncated {
+            tell!("the broker listed only the oldest open requests; more wait");
+        }
         return Ok(());
     }
     let list = requests.as_array().map(Vec::as_slice).unwrap_or_default();

@@ -388,3 +388,22 @@ fn a_secret_in_place_of_a_path_is_not_repeated_in_the_error() {
         );
     }
 }
+
+#[test]
+fn per_agent_and_per_certificate_limits_of_zero_are_refused() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.approvals.max_open_per_agent, 50);
+    assert_eq!(c.server.max_connections_per_certificate, 64);
+    for (table, key) in [
+        ("approvals", "max_open_per_agent"),
+        ("server", "max_connections_per_certificate"),
+    ] {
+        let text = format!("{MINIMAL}\n[{table}]\n{key} = 0\n");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("[{table}] {key} must be at least 1")),
+            "{err}"
+        );
+        Config::parse(&format!("{MINIMAL}\n[{table}]\n{key} = 1\n")).unwrap();
+    }
+}

@@ -133,7 +133,7 @@ pub async fn serve(
         listener,
         shutdown,
         MAX_CONNECTIONS,
-        |stream, remote, watcher, handshaking| {
+        |stream, remote, lifetime, handshaking| {
             let (acceptor, router, executor) = (acceptor.clone(), router.clone(), executor.clone());
             let clients = clients.clone();
             async move {
@@ -154,26 +154,35 @@ pub async fn serve(
                 drop(handshaking);
                 match agent_of(&executor, &tls) {
                     Ok(agent) => {
+                        // Keyed like the broker's: the SHA-256 of the certificate's public key.
                         let key = agent
                             .leaf
-                            .thumbprint_sha256()
-                            .map(|t| crate::base64url::encode(&t))
+                            .spki_sha256()
+                            .map(|k| crate::base64url::encode(&k))
                             .unwrap_or_default();
                         let slot = listen::ClientSlot::register(
                             &clients,
                             &key,
                             MAX_CONNECTIONS_PER_CERTIFICATE,
                         );
-                        tokio::select! {
-                            () = listen::serve_http1(tls, router, agent, watcher, remote) => {}
-                            () = slot.displaced() => {
-                                tracing::info!(%remote, "closed for a newer connection of the same certificate");
-                            }
-                        }
+                        // Closed gracefully: a run in progress is answered first.
+                        let leave = async {
+                            slot.displaced().await;
+                            tracing::info!(%remote, "closing for a newer connection of the same certificate");
+                        };
+                        listen::serve_http1(tls, router, agent, lifetime, remote, leave).await;
                     }
                     Err(refusal) => {
                         tracing::info!(%remote, reason = %refusal, "client certificate refused");
-                        listen::serve_http1(tls, refusal_router(refusal), (), watcher, remote).await
+                        listen::serve_http1(
+                            tls,
+                            refusal_router(refusal),
+                            (),
+                            lifetime,
+                            remote,
+                            std::future::pending(),
+                        )
+                        .await
                     }
                 }
             }

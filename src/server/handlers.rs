@@ -201,9 +201,8 @@ pub(super) async fn list_executions(
         return Err(HttpError::InvalidQuery.into());
     }
     let broker = app.broker.clone();
-    let requests = blocking(move || broker.pending_requests(&caller)).await?;
-    // A full list may have left requests out: say so, so that no approver takes it for all.
-    let truncated = requests.len() >= crate::broker::MAX_LISTED;
+    let (requests, truncated) = blocking(move || broker.pending_requests(&caller)).await?;
+    // A list that left requests out says so, so that no approver takes it for all.
     Ok(Json(json!({ "requests": requests, "truncated": truncated })).into_response())
 }
 

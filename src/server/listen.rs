@@ -191,14 +191,14 @@ impl Drop for ClientSlot {
 /// finishing it (`on_connection` must close a connection whose [`Handshaking`] says it was
 /// displaced, and drop it once the handshake is done); with none, the new connection is
 /// closed at once. Then stops accepting and waits up to 15 s for the connections that
-/// `on_connection` registered with the [`Watcher`] it was given (through [`serve_http1`]).
+/// `on_connection` was given a [`Lifetime`] for (and passed on to [`serve_http1`]).
 pub(crate) async fn accept_until<F, Fut>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     max_connections: usize,
     mut on_connection: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, Watcher, Handshaking) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Lifetime, Handshaking) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -231,7 +231,11 @@ pub(crate) async fn accept_until<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handshaking = Handshaking::register(&unproven);
-        let connection = on_connection(stream, remote, graceful.watcher(), handshaking);
+        let lifetime = Lifetime {
+            stop: shutdown.clone(),
+            _counted: graceful.watcher(),
+        };
+        let connection = on_connection(stream, remote, lifetime, handshaking);
         tokio::spawn(async move {
             let _permit = permit;
             connection.await;
@@ -246,15 +250,24 @@ pub(crate) async fn accept_until<F, Fut>(
     }
 }
 
+/// A connection's part in a graceful stop: the stop signal, and a token whose drop tells the
+/// stop that the connection is gone.
+pub(crate) struct Lifetime {
+    stop: watch::Receiver<bool>,
+    _counted: Watcher,
+}
+
 /// Serves HTTP/1.1 with keep-alive over `io` (an established TLS stream) with `router`,
 /// handing every request `identity` (the authenticated caller) as an extension, until the
-/// client closes or a graceful stop drains it.
+/// client closes, or until a stop or `leave` (a newer connection took this one's place) closes
+/// it gracefully: a request in progress is answered first, then the connection closes.
 pub(crate) async fn serve_http1<T, E>(
     io: T,
     router: Router,
     identity: E,
-    watcher: Watcher,
+    lifetime: Lifetime,
     remote: SocketAddr,
+    leave: impl Future<Output = ()>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Clone + Send + Sync + 'static,
@@ -287,7 +300,28 @@ pub(crate) async fn serve_http1<T, E>(
             TokioIo::new(Lingering::new(io, refused)),
             hyper_util::service::TowerToHyperService::new(service),
         );
-    if let Err(e) = watcher.watch(connection).await {
+    let mut connection = std::pin::pin!(connection);
+    let mut leave = std::pin::pin!(leave);
+    let Lifetime {
+        mut stop,
+        _counted: counted,
+    } = lifetime;
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            _ = stop.wait_for(|stopping| *stopping), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut leave, if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    };
+    drop(counted);
+    if let Err(e) = ended {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
     }
 }
