@@ -461,6 +461,23 @@ fn check_expectations(claims: &Claims, expect: &Expectations) -> Result<(), Veri
             token: detail.params_digest.clone(),
         });
     }
+    // What approvers signed is the request digest: it must be this action's, or approvals
+    // given for another request of the same agent could be carried into this token.
+    let digest = crate::canonical::request_digest(
+        &action.operation,
+        &action.resource,
+        action.params.value(),
+    )
+    .map_err(|e| VerifyError::InvalidParams {
+        reason: e.to_string(),
+    })?;
+    if base64url::encode(&digest) != detail.request_digest {
+        return Err(VerifyError::InvalidAuthorizationDetails {
+            reason: "request_digest is not the digest of this operation, resource and \
+                     parameters"
+                .into(),
+        });
+    }
     if let Binding::Agent(agent) = &expect.binding {
         let thumbprint = agent
             .thumbprint_sha256()

@@ -743,8 +743,11 @@ fn impostor_server_certificate(hsm: &Hsm) -> (std::path::PathBuf, std::path::Pat
     ]);
     std::fs::write(
         hsm.path("impostor.ext"),
+        // serverAuth for the broker's address, and sebRole executor: what a team CA (agents
+        // only) would mint to pass for the broker or for an executor.
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n\
+         1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871.2=DER:30:05:0A:01:02:30:00\n",
     )
     .unwrap();
     key("impostor.key");

@@ -2382,19 +2382,15 @@ fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_c
     let broker = Broker::start(&hsm);
     let (tls, other_tls) = (hsm.tls(&agent, true), hsm.tls(&other, true));
     runtime().block_on(async {
+        async fn grants(c: &mut Client) -> u16 {
+            c.send("GET", "/v1/grants", None).await.unwrap().status
+        }
         let mut bystander = Client::connect(&broker.url, &other_tls).await.unwrap();
-        assert_eq!(
-            bystander
-                .send("GET", "/v1/grants", None)
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!(grants(&mut bystander).await, 200);
         let mut open = Vec::new();
         for _ in 0..4 {
             let mut c = Client::connect(&broker.url, &tls).await.unwrap();
-            assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);
+            assert_eq!(grants(&mut c).await, 200);
             open.push(c);
         }
         // The fourth closed the first (gracefully: at once, as it was idle); the other three
@@ -2402,16 +2398,9 @@ fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_c
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(open[0].send("GET", "/v1/grants", None).await.is_err());
         for c in &mut open[1..] {
-            assert_eq!(c.send("GET", "/v1/grants", None).await.unwrap().status, 200);
+            assert_eq!(grants(c).await, 200);
         }
-        assert_eq!(
-            bystander
-                .send("GET", "/v1/grants", None)
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!(grants(&mut bystander).await, 200);
 
         // Revoked: the refusal closes its connection.
         let serial = seb::cert::Certificate::parse(&std::fs::read(&agent.cert).unwrap())
@@ -2422,13 +2411,6 @@ fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_c
         assert_eq!(refused.status, 403, "{}", refused.text);
         assert_eq!(refused.body["error"]["code"], "certificate_revoked");
         assert!(open[1].send("GET", "/v1/grants", None).await.is_err());
-        assert_eq!(
-            bystander
-                .send("GET", "/v1/grants", None)
-                .await
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!(grants(&mut bystander).await, 200);
     });
 }

@@ -872,3 +872,85 @@ fn the_broker_records_only_outcomes_that_describe_the_token() {
         .expect("an entry for the agent's report");
     assert_eq!(refused["request_id"], request_id.as_str(), "{refused}");
 }
+
+/// Once a token is redeemed, the run goes on to its receipt and outcome report even when the
+/// agent closes its connection half-way (outside review: the handler was dropped with the
+/// connection, so the action ran but the broker's log showed only the redemption).
+#[test]
+fn a_run_goes_on_to_its_outcome_when_the_agent_hangs_up() {
+    use tokio::io::AsyncWriteExt;
+    const SLOW: &str = r#"
+[[grant]]
+operation = "demo.slow"
+resource = "demo/slow"
+max_ttl = "60s"
+params.seconds = { one_of = ["2"] }
+"#;
+    let hsm = Hsm::initialised();
+    common::exec::identity(&hsm);
+    let agent = hsm.agent("agent", SLOW);
+    let broker = Broker::start(&hsm);
+    let config = hsm.path("slow-executor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+broker_url = "{broker}"
+broker_id = "seb-dev"
+root = "state/trust/root.pem"
+cert = "executor.pem"
+key = "executor.key"
+
+[[action]]
+operation = "demo.slow"
+resource = "demo/slow"
+argv = ["/bin/sleep", "{{seconds}}"]
+timeout = "10s"
+"#,
+            port = common::free_port(),
+            broker = broker.url,
+        ),
+    )
+    .unwrap();
+    let exec = Executor::start(&hsm, &config);
+    let tls = hsm.tls(&agent, true);
+    let params = json!({"seconds": "2"});
+    let granted = common::runtime().block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        let body = json!({"operation": "demo.slow", "resource": "demo/slow", "params": params});
+        c.post_json("/v1/executions", &body).await.unwrap()
+    });
+    assert_eq!(granted.status, 201, "{}", granted.text);
+    let token = granted.body["token"].as_str().unwrap().to_owned();
+    let claims: Value =
+        serde_json::from_slice(&seb::base64url::decode(token.split('.').nth(1).unwrap()).unwrap())
+            .unwrap();
+    let jti = claims["jti"].clone();
+    common::runtime().block_on(async {
+        let (mut stream, authority) = seb::client::connect_tls(&exec.url, &tls.to_executors())
+            .await
+            .unwrap();
+        let body = json!({"token": token, "params": params}).to_string();
+        let head = format!(
+            "POST /v1/run HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Redeemed by now, the action still sleeping: hang up.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        drop(stream);
+    });
+    let redeemed = hsm.audit_entries_eventually("token_redeemed", 1);
+    assert!(redeemed.iter().any(|e| e["jti"] == jti), "{redeemed:?}");
+    let reported = hsm.audit_entries_eventually("outcome_reported", 1);
+    let outcome = reported
+        .iter()
+        .find(|e| e["jti"] == jti)
+        .unwrap_or_else(|| panic!("no outcome for {jti}: {reported:?}"));
+    assert_eq!(outcome["code"], Value::Null, "{outcome}");
+    drop(exec);
+}

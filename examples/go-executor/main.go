@@ -300,6 +300,21 @@ func (e *executor) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusForbidden, "wrong_params", "the parameters' digest differs from params_digest")
 		return
 	}
+	// What approvers signed is the request digest: it must be this action's, or approvals
+	// given for another request of the same agent could be carried into this token.
+	request, err := canonical(map[string]interface{}{
+		"operation": claims.Detail.Operation, "resource": claims.Detail.Resource, "params": params,
+	})
+	if err != nil {
+		fail(w, http.StatusBadRequest, "invalid_params", err.Error())
+		return
+	}
+	requestDigest := sha512.Sum384(request)
+	if base64.RawURLEncoding.EncodeToString(requestDigest[:]) != claims.Detail.RequestDigest {
+		fail(w, http.StatusForbidden, "invalid_authorization_details",
+			"request_digest is not the digest of this operation, resource and parameters")
+		return
+	}
 	name, okName := params["name"].(string)
 	text, okText := params["text"].(string)
 	if !okName || !okText || len(params) != 2 || !safeName(name) {

@@ -63,8 +63,15 @@ async fn run_handler(
             }
         })?;
         let run: RunBody = crate::json::object_as(value, &[]).map_err(ExecError::InvalidRequest)?;
-        match tokio::time::timeout(executor.run_deadline(), executor.run(&agent, run)).await {
-            Ok(result) => result,
+        // On a task of its own: once the token is redeemed, the action, its receipt and the
+        // outcome report must not stop half-way because the agent closed its connection or
+        // the answer's time ran out (hyper drops a handler whose client went away).
+        let deadline = executor.run_deadline();
+        let (executor, agent) = (executor.clone(), agent.clone());
+        let task = tokio::spawn(async move { executor.run(&agent, run).await });
+        match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(ExecError::Internal(format!("the run failed: {e}"))),
             Err(_) => Err(ExecError::Internal("the run took too long".into())),
         }
     }

@@ -155,7 +155,12 @@ impl Fixture {
                 operation: "deploy.rollout".into(),
                 resource: "prod/payments/api".into(),
                 params_digest: b64(&crate::canonical::params_digest(&params()).unwrap()),
-                request_digest: b64(&[3; 48]),
+                request_digest: b64(&crate::canonical::request_digest(
+                    "deploy.rollout",
+                    "prod/payments/api",
+                    &params(),
+                )
+                .unwrap()),
                 approvals: 0,
                 approval_group: None,
             }],
@@ -1395,6 +1400,16 @@ fn removed_altered_or_misplaced_approvals_fail() {
     other.authorization_details[0].request_digest = b64(&[4; 48]);
     c.approvals[1].sig = approval_by(&other, &q.bob.0, &q.bob.1).sig;
     assert_eq!(q.code(&c), "bad_approval_signature");
+    // Approvals given for another request of the same agent, carried into a token for this
+    // action with that request's digest: every signature holds, but the digest is not this
+    // action's (a broker host that can sign anything must not reuse old approvals).
+    let mut c = q.claims();
+    c.authorization_details[0].request_digest = b64(&[4; 48]);
+    c.approvals = vec![
+        approval_by(&c, &q.alice.0, &q.alice.1),
+        approval_by(&c, &q.bob.0, &q.bob.1),
+    ];
+    assert_eq!(q.code(&c), "invalid_authorization_details");
     // A signature that is not base64url DER.
     let mut c = q.claims();
     c.approvals[0].sig = "not-a-signature".into();

@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from . import errors
 from .jcs import canonicalize
-from .verify import SEB_ROLE
+from .verify import SEB_ROLE, _issuable_roles, _role
 
 
 def b64url(data: bytes) -> str:
@@ -97,9 +97,11 @@ class Client:
         # To the broker: only a server certificate the root issued directly, with serverAuth,
         # checked in the handshake, before any request is written.
         self._http = httpx.Client(verify=_pinned_context(ca, cert, key, root), timeout=timeout)
-        # To executors: any server certificate that chains to the root.
-        executor_context = ssl.create_default_context(cafile=ca)
-        executor_context.load_cert_chain(cert, key)
+        # To executors: a server certificate that chains to the root and is an executor's (its
+        # role, and every intermediate above it delegated executors), checked in the handshake
+        # before the token is sent: a team CA's TLS certificate for the executor's address
+        # chains to the root as well.
+        executor_context = _executor_context(ca, cert, key)
         # An executor answers once the action has run: up to its longest action timeout (at
         # most an hour) plus its checks. ``execute_timeout`` must cover that.
         self._executors = httpx.Client(
@@ -179,6 +181,9 @@ class Client:
         try:
             response = self._executors.post(url, json={"token": token, "params": params})
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            refused = _cause(e, _RefusedServer)
+            if refused is not None:
+                raise errors.ServerCertificateRefused(str(refused)) from e
             if _cause(e, ssl.SSLError) is not None:
                 # The executor's certificate does not chain to the root: a configuration
                 # error, raised as the TLS stack reports it.
@@ -301,6 +306,52 @@ def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl
 
     context.sslsocket_class = PinnedSocket
     return context
+
+
+def _executor_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+
+    class ExecutorSocket(ssl.SSLSocket):
+        def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+            super().do_handshake(*args, **kwargs)
+            reason = _executor_certificate_problem(_verified_chain(self))
+            if reason is not None:
+                raise _RefusedServer(reason)
+
+    context.sslsocket_class = ExecutorSocket
+    return context
+
+
+def _verified_chain(sock: ssl.SSLSocket) -> list[bytes]:
+    """The chain TLS verified, leaf first, root last (DER). Python 3.13 names it
+    ``get_verified_chain``; 3.10 to 3.12 have it on the socket object underneath. Without
+    either, only the leaf."""
+    for owner in (sock, getattr(sock, "_sslobj", None)):
+        get = getattr(owner, "get_verified_chain", None)
+        if get is not None:
+            chain = get()
+            return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
+                    for c in chain]
+    leaf = sock.getpeercert(True)
+    return [leaf] if leaf else []
+
+
+def _executor_certificate_problem(chain: list[bytes]) -> str | None:
+    if not chain:
+        return "the executor presented no certificate"
+    certs = [x509.load_der_x509_certificate(der) for der in chain]
+    kind, _ = _role(certs[0])
+    if kind != "executor":
+        what = "no seb" if kind is None else ("an " if kind[0] in "aeiou" else "a ") + kind
+        return (f"the server's certificate {certs[0].subject.rfc4514_string()} is {what} "
+                "certificate, not an executor's")
+    # Between the leaf and the root: each intermediate must be delegated executors.
+    for ca in certs[1:-1]:
+        if "executor" not in _issuable_roles(ca):
+            return (f"the executor's certificate was issued under {ca.subject.rfc4514_string()}, "
+                    "which may not issue executors")
+    return None
 
 
 def _server_certificate_problem(der: bytes | None, root: x509.Certificate) -> str | None:

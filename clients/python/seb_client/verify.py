@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtensionOID
 
 from .errors import VerifyError
-from .jcs import CanonicalError, params_digest, parse_strict
+from .jcs import CanonicalError, params_digest, parse_strict, request_digest
 
 ARC = "1.2.840.113556.1.8000.2554.11087.30221.20830.16501.40880.2628193.9833871"
 SEB_GRANTS = x509.ObjectIdentifier(ARC + ".1")
@@ -156,6 +156,11 @@ def verify_token(token: str, trust_bundle: TrustBundle | bytes | str, operation:
         raise fail("wrong_resource", f"token for {detail['resource']!r}, not {resource!r}")
     if detail["params_digest"] != digest:
         raise fail("wrong_params", "the parameters' digest differs from params_digest")
+    # What approvers signed is the request digest: it must be this action's, or approvals
+    # given for another request of the same agent could be carried into this token.
+    if detail["request_digest"] != _b64(request_digest(operation, resource, params_value)):
+        raise fail("invalid_authorization_details",
+                   "request_digest is not the digest of this operation, resource and parameters")
     if binding is not None and claims["cnf"]["x5t#S256"] != thumbprint(binding):
         raise fail("wrong_certificate", "the token is bound to another agent certificate")
 

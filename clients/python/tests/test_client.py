@@ -208,6 +208,48 @@ def test_an_executor_is_not_taken_for_the_broker(agent):
         assert "carries a seb role" in str(refused.value)
 
 
+def test_only_an_executors_certificate_gets_the_token(agent):
+    """The broker's certificate, and a TLS certificate a team CA (agents only) made, chain to
+    the root: TLS alone would take either for an executor and hand it the token. The client
+    refuses both in the handshake, and the token is still good for the real executor."""
+    import http.server
+    import ssl
+    import threading
+
+    params = {"name": "only-executor.txt", "text": "x"}
+    granted = agent.request("demo.write", "demo/files", params)
+    with pytest.raises(errors.ServerCertificateRefused) as refused:
+        agent.execute(env("SEB_BROKER_URL"), granted.token, params)
+    assert "not an executor's" in str(refused.value)
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # It carries sebRole executor, but the team CA above it may issue agents only.
+        with pytest.raises(errors.ServerCertificateRefused) as refused:
+            agent.execute(f"https://127.0.0.1:{server.server_address[1]}", granted.token, params)
+        assert "may not issue executors" in str(refused.value)
+        assert seen == []
+    finally:
+        server.shutdown()
+    done = agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
+    assert done["succeeded"] is True
+
+
 def test_an_unreachable_broker_raises_a_typed_error():
     with Client("https://127.0.0.1:1", env("SEB_ROOT"), env("SEB_AGENT_CERT"),
                 env("SEB_AGENT_KEY")) as nowhere:
