@@ -890,29 +890,19 @@ params.seconds = { one_of = ["2"] }
     common::exec::identity(&hsm);
     let agent = hsm.agent("agent", SLOW);
     let broker = Broker::start(&hsm);
-    let config = hsm.path("slow-executor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:{port}"
-broker_url = "{broker}"
-broker_id = "seb-dev"
-root = "state/trust/root.pem"
-cert = "executor.pem"
-key = "executor.key"
-
+    let config = common::exec::with_actions(
+        &hsm,
+        &broker,
+        "slow-executor.toml",
+        "",
+        r#"
 [[action]]
 operation = "demo.slow"
 resource = "demo/slow"
-argv = ["/bin/sleep", "{{seconds}}"]
+argv = ["/bin/sleep", "{seconds}"]
 timeout = "10s"
 "#,
-            port = common::free_port(),
-            broker = broker.url,
-        ),
-    )
-    .unwrap();
+    );
     let exec = Executor::start(&hsm, &config);
     let tls = hsm.tls(&agent, true);
     let params = json!({"seconds": "2"});

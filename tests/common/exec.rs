@@ -46,7 +46,13 @@ timeout = "10s"
             )
         })
         .collect();
-    let config = hsm.path("executor.toml");
+    with_actions(hsm, broker, "executor.toml", extra, &actions)
+}
+
+/// Writes `name` in the test directory: an executor configuration with the certificate of
+/// [`identity`], `extra` top-level lines and the `[[action]]` tables in `actions`.
+pub fn with_actions(hsm: &Hsm, broker: &Broker, name: &str, extra: &str, actions: &str) -> PathBuf {
+    let config = hsm.path(name);
     std::fs::write(
         &config,
         format!(

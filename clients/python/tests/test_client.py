@@ -1,7 +1,11 @@
 """The agent and approver sides of seb_client against a real broker and executor."""
 
+import contextlib
+import http.server
 import json
 import os
+import ssl
+import threading
 import uuid
 
 import pytest
@@ -13,6 +17,34 @@ from seb_client.verify import TrustBundle
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.txt"
+
+
+@contextlib.contextmanager
+def impostor_server():
+    """An HTTPS server with the impostor's certificate (a team CA's, agents only, for the
+    broker's address, claiming the executor role). Yields (URL, the paths it was asked for)."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
 
 
 def test_grants_show_the_agents_authority(agent):
@@ -162,38 +194,12 @@ def test_a_server_certificate_an_intermediate_issued_is_refused_before_any_reque
     """An intermediate CA (certified by the root, for agents only) made a TLS certificate for
     the broker's address: it chains to the root, so TLS alone accepts it. The client refuses it
     in the handshake, and the impostor never sees a request."""
-    import http.server
-    import ssl
-    import threading
-
-    seen = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{server.server_address[1]}"
-    try:
-        from seb_client import Client
+    with impostor_server() as (url, seen):
         with Client(url, env("SEB_ROOT"), env("SEB_AGENT_CERT"), env("SEB_AGENT_KEY")) as c:
             with pytest.raises(errors.ServerCertificateRefused) as refused:
                 c.request("demo.write", "demo/files", {"name": "secret.txt", "text": "x"})
             assert "not issued directly by the pinned root" in str(refused.value)
         assert seen == []
-    finally:
-        server.shutdown()
 
 
 def test_an_executor_is_not_taken_for_the_broker(agent):
@@ -212,40 +218,17 @@ def test_only_an_executors_certificate_gets_the_token(agent):
     """The broker's certificate, and a TLS certificate a team CA (agents only) made, chain to
     the root: TLS alone would take either for an executor and hand it the token. The client
     refuses both in the handshake, and the token is still good for the real executor."""
-    import http.server
-    import ssl
-    import threading
-
     params = {"name": "only-executor.txt", "text": "x"}
     granted = agent.request("demo.write", "demo/files", params)
     with pytest.raises(errors.ServerCertificateRefused) as refused:
         agent.execute(env("SEB_BROKER_URL"), granted.token, params)
     assert "not an executor's" in str(refused.value)
-
-    seen = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(env("SEB_IMPOSTOR_CERT"), env("SEB_IMPOSTOR_KEY"))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        # It carries sebRole executor, but the team CA above it may issue agents only.
+    # The impostor carries sebRole executor, but the team CA above it may issue agents only.
+    with impostor_server() as (url, seen):
         with pytest.raises(errors.ServerCertificateRefused) as refused:
-            agent.execute(f"https://127.0.0.1:{server.server_address[1]}", granted.token, params)
+            agent.execute(url, granted.token, params)
         assert "may not issue executors" in str(refused.value)
         assert seen == []
-    finally:
-        server.shutdown()
     done = agent.execute(env("SEB_EXECUTOR_URL"), granted.token, params)
     assert done["succeeded"] is True
 
