@@ -49,6 +49,15 @@ use action::ActionKind;
 /// How long the whole run may take beyond the action's own timeout (verify, redeem, report).
 const OVERHEAD: Duration = Duration::from_secs(30);
 
+/// Waits before each further attempt to report an outcome the broker did not take (7.5 s in
+/// all, inside [`OVERHEAD`]).
+const REPORT_RETRIES: [Duration; 4] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
 /// The running executor's state.
 pub struct Executor {
     config: ExecutorConfig,
@@ -486,21 +495,41 @@ impl Executor {
     }
 
     /// Posts the receipt to the broker.
+    /// Posts the receipt, again after [`REPORT_RETRIES`] when the broker cannot be reached or
+    /// answers 5xx: the action has run, and the log should say how it went. A retry that finds
+    /// the outcome already recorded (the answer to an earlier attempt was lost) is success.
     async fn report(&self, request_id: &str, receipt: &Receipt) -> Result<(), String> {
+        let mut waits = REPORT_RETRIES.iter();
+        loop {
+            match self.report_once(request_id, receipt).await {
+                Ok(()) => return Ok(()),
+                Err((retry, why)) => match waits.next() {
+                    Some(wait) if retry => {
+                        tracing::warn!(%request_id, error = %why, "reporting the outcome again in {wait:?}");
+                        tokio::time::sleep(*wait).await;
+                    }
+                    _ => return Err(why),
+                },
+            }
+        }
+    }
+
+    /// One report; on failure, whether another attempt may succeed, and why.
+    async fn report_once(&self, request_id: &str, receipt: &Receipt) -> Result<(), (bool, String)> {
         let mut client = Client::connect(&self.config.broker_url, &self.broker_tls)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (true, e.to_string()))?;
         let response = client
             .post_json(
                 &format!("/v1/executions/{request_id}/outcome"),
                 &json!({ "receipt": receipt }),
             )
             .await
-            .map_err(|e| e.to_string())?;
-        if response.status == 201 {
-            Ok(())
-        } else {
-            Err(format!("{}: {}", response.status, response.text))
+            .map_err(|e| (true, e.to_string()))?;
+        match response.status {
+            201 => Ok(()),
+            409 if response.body["error"]["code"] == "outcome_already_recorded" => Ok(()),
+            status => Err((status >= 500, format!("{status}: {}", response.text))),
         }
     }
 

@@ -8,6 +8,8 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use common::{Broker, Hsm, Identity};
 use serde_json::{json, Value};
@@ -873,12 +875,14 @@ fn the_broker_records_only_outcomes_that_describe_the_token() {
     assert_eq!(refused["request_id"], request_id.as_str(), "{refused}");
 }
 
-/// Once a token is redeemed, the run goes on to its receipt and outcome report even when the
-/// agent closes its connection half-way (outside review: the handler was dropped with the
-/// connection, so the action ran but the broker's log showed only the redemption).
-#[test]
-fn a_run_goes_on_to_its_outcome_when_the_agent_hangs_up() {
-    use tokio::io::AsyncWriteExt;
+/// An agent whose grant allows `demo.slow` (`/bin/sleep 2` at the executor), a `seb exec` with
+/// that action that reaches the broker at `broker_url` (the broker's own URL, or a proxy's), and
+/// a token for it: (executor, the agent's TLS, token, its jti, the parameters).
+fn slow_run(
+    hsm: &Hsm,
+    broker: &Broker,
+    broker_url: &str,
+) -> (Executor, seb::client::ClientTls, String, Value, Value) {
     const SLOW: &str = r#"
 [[grant]]
 operation = "demo.slow"
@@ -886,13 +890,11 @@ resource = "demo/slow"
 max_ttl = "60s"
 params.seconds = { one_of = ["2"] }
 "#;
-    let hsm = Hsm::initialised();
-    common::exec::identity(&hsm);
+    common::exec::identity(hsm);
     let agent = hsm.agent("agent", SLOW);
-    let broker = Broker::start(&hsm);
     let config = common::exec::with_actions(
-        &hsm,
-        &broker,
+        hsm,
+        broker,
         "slow-executor.toml",
         "",
         r#"
@@ -903,7 +905,9 @@ argv = ["/bin/sleep", "{seconds}"]
 timeout = "10s"
 "#,
     );
-    let exec = Executor::start(&hsm, &config);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&broker.url, broker_url)).unwrap();
+    let exec = Executor::start(hsm, &config);
     let tls = hsm.tls(&agent, true);
     let params = json!({"seconds": "2"});
     let granted = common::runtime().block_on(async {
@@ -918,7 +922,18 @@ timeout = "10s"
     let claims: Value =
         serde_json::from_slice(&seb::base64url::decode(token.split('.').nth(1).unwrap()).unwrap())
             .unwrap();
-    let jti = claims["jti"].clone();
+    (exec, tls, token, claims["jti"].clone(), params)
+}
+
+/// Once a token is redeemed, the run goes on to its receipt and outcome report even when the
+/// agent closes its connection half-way (outside review: the handler was dropped with the
+/// connection, so the action ran but the broker's log showed only the redemption).
+#[test]
+fn a_run_goes_on_to_its_outcome_when_the_agent_hangs_up() {
+    use tokio::io::AsyncWriteExt;
+    let hsm = Hsm::initialised();
+    let broker = Broker::start(&hsm);
+    let (exec, tls, token, jti, params) = slow_run(&hsm, &broker, &broker.url);
     common::runtime().block_on(async {
         let (mut stream, authority) = seb::client::connect_tls(&exec.url, &tls.to_executors())
             .await
@@ -942,5 +957,72 @@ timeout = "10s"
         .find(|e| e["jti"] == jti)
         .unwrap_or_else(|| panic!("no outcome for {jti}: {reported:?}"));
     assert_eq!(outcome["code"], Value::Null, "{outcome}");
+    drop(exec);
+}
+
+/// A TCP forwarder to `target` on a free loopback port; while `down` is set it accepts and
+/// closes every connection at once (a broker that cannot be reached).
+fn flaky_proxy(target: std::net::SocketAddr, down: Arc<AtomicBool>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if down.load(Ordering::SeqCst) {
+                continue; // dropped: closed at once
+            }
+            let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut c_read, mut u_write) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut u_read, mut c_write) = (upstream, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut u_write);
+                let _ = u_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// The broker out of reach when the action ends: the executor reports the outcome again until
+/// the broker takes it, and the agent hears `outcome_recorded: true`.
+#[test]
+fn an_outcome_the_broker_missed_is_reported_again() {
+    let hsm = Hsm::initialised();
+    let broker = Broker::start(&hsm);
+    let target: std::net::SocketAddr = broker.url.trim_start_matches("https://").parse().unwrap();
+    let down = Arc::new(AtomicBool::new(false));
+    let proxy = flaky_proxy(target, down.clone());
+    let (exec, tls, token, jti, params) =
+        slow_run(&hsm, &broker, &format!("https://127.0.0.1:{proxy}"));
+    let answer = std::thread::spawn({
+        let (url, tls) = (exec.url.clone(), tls.to_executors());
+        move || {
+            common::runtime().block_on(async {
+                let mut c = seb::client::Client::connect(&url, &tls).await.unwrap();
+                c.post_json("/v1/run", &json!({"token": token, "params": params}))
+                    .await
+                    .unwrap()
+            })
+        }
+    });
+    // Once the token is redeemed (through the proxy), the broker is out of reach until the
+    // action (2 s) has ended and the first report has failed.
+    let redeemed = hsm.audit_entries_eventually("token_redeemed", 1);
+    down.store(true, Ordering::SeqCst);
+    let since = std::time::Instant::now();
+    assert!(redeemed.iter().any(|e| e["jti"] == jti), "{redeemed:?}");
+    std::thread::sleep(std::time::Duration::from_millis(2600).saturating_sub(since.elapsed()));
+    down.store(false, Ordering::SeqCst);
+    let answer = answer.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["outcome_recorded"], true, "{}", answer.text);
+    let reported = hsm.audit_entries_eventually("outcome_reported", 1);
+    assert!(reported.iter().any(|e| e["jti"] == jti), "{reported:?}");
     drop(exec);
 }
