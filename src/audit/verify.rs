@@ -125,6 +125,8 @@ pub struct Verified {
     pub entries: u64,
     /// Checkpoints whose signatures and roots were verified.
     pub checkpoints: usize,
+    /// The checkpoints the auditor kept, opened and found extended, in the order given.
+    pub kept: Vec<Checkpoint>,
 }
 
 /// Verifies a checkpoint note: a well-formed C2SP checkpoint signed by a certificate of
@@ -367,6 +369,7 @@ pub fn verify_log(
         note: latest_note.clone(),
         entries: range.size(),
         checkpoints: checkpoints.len(),
+        kept,
     })
 }
 

@@ -333,25 +333,19 @@ fn verify_cmd(args: VerifyArgs) -> CliResult {
         .map_err(|e| rejected(&e))?;
     // With a broker, also check the proof it serves from each kept checkpoint.
     if let Some(s) = session.as_mut() {
-        for (path, note) in &kept {
-            let old = verify::open_checkpoint(&trust, note)
-                .map_err(|e| format!("the checkpoint in {}: {e}", path.display()))?;
+        for old in &verified.kept {
             let proof = s.consistency(old.size, verified.checkpoint.size)?;
-            verify::verify_extension(&old, &verified.checkpoint, &proof)
+            verify::verify_extension(old, &verified.checkpoint, &proof)
                 .map_err(|e| rejected(&e))?;
         }
     }
     report(&verified);
-    for (path, note) in &kept {
-        let size = seb::audit::checkpoint::parse_note(note)
-            .and_then(|(body, _)| seb::audit::checkpoint::Checkpoint::parse_body(&body))
-            .map(|c| c.size);
-        if let Ok(size) = size {
-            say!(
-                "it extends the checkpoint in {} ({size} entries)",
-                path.display()
-            );
-        }
+    for ((path, _), old) in kept.iter().zip(&verified.kept) {
+        say!(
+            "it extends the checkpoint in {} ({} entries)",
+            path.display(),
+            old.size
+        );
     }
     let state = args.save.as_ref().or(args.checkpoint.as_ref());
     if let Some(path) = &args.save {
@@ -530,6 +524,7 @@ fn follow(
             note,
             entries: last.entries,
             checkpoints: last.checkpoints + 1,
+            kept: Vec::new(),
         };
         session = Some(live);
     }
