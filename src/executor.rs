@@ -494,7 +494,6 @@ impl Executor {
             .ok_or_else(|| ExecError::BrokerUnavailable("redemption without a request id".into()))
     }
 
-    /// Posts the receipt to the broker.
     /// Posts the receipt, again after [`REPORT_RETRIES`] when the broker cannot be reached or
     /// answers 5xx: the action has run, and the log should say how it went. A retry that finds
     /// the outcome already recorded (the answer to an earlier attempt was lost) is success.

@@ -596,6 +596,15 @@ impl IssuableRoles {
             .collect()
     }
 
+    /// The roles as the object of "may issue … certificates": `no` for none.
+    pub fn as_phrase(self) -> String {
+        if self.kinds().is_empty() {
+            "no".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Encodes the `sebIssuableRoles` extension value (sorted, unique).
     pub fn to_der(self) -> Result<Vec<u8>, GrantError> {
         asn1::encode_role_kinds(&self.kinds())
@@ -616,17 +625,6 @@ impl IssuableRoles {
             });
         }
         Ok(set)
-    }
-}
-
-impl IssuableRoles {
-    /// The roles as the object of "may issue … certificates": `no` for none.
-    pub fn as_phrase(&self) -> String {
-        if self.kinds().is_empty() {
-            "no".to_owned()
-        } else {
-            self.to_string()
-        }
     }
 }
 

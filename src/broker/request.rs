@@ -193,13 +193,27 @@ impl Broker {
         request: &ExecutionRequest,
         refusal: BrokerError,
     ) -> BrokerError {
+        self.refused_request(peer, refusal, |entry| {
+            entry.operation = Some(request.operation.clone());
+            entry.resource = Some(request.resource.clone());
+            entry.params_digest = crate::canonical::params_digest(&request.params)
+                .ok()
+                .map(|d| base64url::encode(&d));
+        })
+    }
+
+    /// `refusal` of an agent's request that records no request, after queueing its audit
+    /// entry (`execution_denied` with the refusal's code), which `describe` fills with what
+    /// was asked.
+    fn refused_request(
+        &self,
+        peer: &super::Peer,
+        refusal: BrokerError,
+        describe: impl FnOnce(&mut Entry),
+    ) -> BrokerError {
         let mut entry =
             super::access::refused_entry(peer, super::RefusedAttempt::Execution, refusal.code());
-        entry.operation = Some(request.operation.clone());
-        entry.resource = Some(request.resource.clone());
-        entry.params_digest = crate::canonical::params_digest(&request.params)
-            .ok()
-            .map(|d| base64url::encode(&d));
+        describe(&mut entry);
         self.append_refusal(entry);
         refusal
     }
@@ -318,17 +332,12 @@ impl Broker {
             let limit = self.config.approvals.max_open_per_agent;
             if self.open_requests_of(&peer.key_id, now).await? >= limit {
                 let refusal = BrokerError::TooManyPending { limit };
-                let mut refused = super::access::refused_entry(
-                    peer,
-                    super::RefusedAttempt::Execution,
-                    refusal.code(),
-                );
-                refused.operation = entry.operation.clone();
-                refused.resource = entry.resource.clone();
-                refused.params_digest = entry.params_digest.clone();
-                refused.request_digest = entry.request_digest.clone();
-                self.append_refusal(refused);
-                return Err(refusal);
+                return Err(self.refused_request(peer, refusal, |refused| {
+                    refused.operation = entry.operation.clone();
+                    refused.resource = entry.resource.clone();
+                    refused.params_digest = entry.params_digest.clone();
+                    refused.request_digest = entry.request_digest.clone();
+                }));
             }
             record.status = ExecutionStatus::PendingApproval;
             record.approvals_required = rule.required;
