@@ -807,6 +807,23 @@ fn approvers_from_an_intermediate_decide_only_for_agents_below_it() {
         vec![id.as_str()],
         "the team's request is listed, and only it"
     );
+    // Every open request was looked through for the team's approver: the list is complete.
+    assert_eq!(listed.body["truncated"], false, "{}", listed.text);
+    // A root approver of the group has 501 open requests to decide and sees the 500 oldest:
+    // the list says it is cut short, and `seb pending` says so too.
+    let full = call(&s, &s.alice, "GET", "/v1/executions?status=pending", None);
+    assert_eq!(
+        full.body["requests"].as_array().unwrap().len(),
+        seb::broker::MAX_LISTED
+    );
+    assert_eq!(full.body["truncated"], true);
+    let conn = approver_args(&s, &s.alice);
+    let mut args = vec!["pending"];
+    args.extend(conn.iter().map(String::as_str));
+    let out = common::seb(&args, s.hsm.dir.path());
+    common::assert_success(&out, "seb pending");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more wait"), "{stderr}");
     let mut last = None;
     for who in [&tina, &tom] {
         let sig = signature(who, Decision::Approve, &digest, &thumbprint(&team_agent));

@@ -41,19 +41,16 @@ pub struct ApproveArgs {
 /// Lists the open requests this approver may decide.
 pub fn pending(args: PendingArgs) -> CliResult {
     let (requests, truncated) = fetch_pending(&args.connection)?;
+    let list = requests.as_array().map(Vec::as_slice).unwrap_or_default();
     if args.json {
         say!("{}", serde_json::to_string_pretty(&requests)?);
-        if truncated {
-            tell!("the broker listed only the oldest open requests; more wait");
+    } else {
+        if list.is_empty() {
+            say!("no open requests for your groups");
         }
-        return Ok(());
-    }
-    let list = requests.as_array().map(Vec::as_slice).unwrap_or_default();
-    if list.is_empty() {
-        say!("no open requests for your groups");
-    }
-    for request in list {
-        say!("{}", describe(request));
+        for request in list {
+            say!("{}", describe(request));
+        }
     }
     if truncated {
         tell!(

@@ -209,3 +209,14 @@ def test_approver_names_compare_as_the_broker_compares_them():
             assert same == case["same"], (case["why"], a, b)
     for odd in ["", "=", ",,", "CN", "CN=\\", "CN=#", "CN=#1e01", "CN=#0c7f61", "+=+"]:
         _name_key(odd)
+
+
+def test_the_request_digest_must_be_the_digest_of_this_action(monkeypatch):
+    """What approvers signed is the token's request_digest: the verifier recomputes it from
+    the action it is about to run. A broker-signed token with another one cannot be made here,
+    so the recomputation is made to disagree instead."""
+    import seb_client.verify as verify
+    case = good()
+    assert verdict(case) == "ok"
+    monkeypatch.setattr(verify, "request_digest", lambda *_: b"\0" * 48)
+    assert verdict(case) == "invalid_authorization_details"
