@@ -1269,24 +1269,25 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     let out = hsm.seb_ok(&["crl", "--issuer", "ops", "--out", crl.to_str().unwrap()]);
     assert!(out.contains("CN=ops"), "{out}");
     let root = hsm.trust("root.pem");
-    let verify = |cert: &std::path::Path| {
+    // `openssl verify` of `cert`'s leaf under the root, with ops as an untrusted intermediate,
+    // `checks` (`-crl_check`, or stricter) and the CRLs in `crls`.
+    let openssl_verify = |cert: &std::path::Path, checks: &[&str], crls: &std::path::Path| {
         let leaf = hsm.path("leaf.pem");
         leaf_only(cert, &leaf);
-        openssl(
-            &[
-                "verify",
-                "-crl_check",
-                "-CAfile",
-                root.to_str().unwrap(),
-                "-untrusted",
-                ops_pem.to_str().unwrap(),
-                "-CRLfile",
-                crl.to_str().unwrap(),
-                leaf.to_str().unwrap(),
-            ],
-            hsm.dir.path(),
-        )
+        let mut args = vec!["verify"];
+        args.extend_from_slice(checks);
+        args.extend([
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            ops_pem.to_str().unwrap(),
+            "-CRLfile",
+            crls.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ]);
+        openssl(&args, hsm.dir.path())
     };
+    let verify = |cert: &std::path::Path| openssl_verify(cert, &["-crl_check"], &crl);
     let (ok, text) = verify(&bad.cert);
     assert!(!ok && text.contains("certificate revoked"), "{text}");
     let (ok, text) = verify(&good.cert);
@@ -1301,27 +1302,11 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     assert!(!listing.contains(&serial), "{listing}");
     // The whole path under openssl's strict checks, with both CRLs (root's and ops's).
     let strict = |cert: &std::path::Path| {
-        let (leaf, crls) = (hsm.path("leaf.pem"), hsm.path("both.crl"));
-        leaf_only(cert, &leaf);
+        let crls = hsm.path("both.crl");
         let both = [&root_crl, &crl].map(|f| std::fs::read_to_string(f).unwrap());
         std::fs::write(&crls, both.concat()).unwrap();
-        openssl(
-            &[
-                "verify",
-                "-x509_strict",
-                "-crl_check_all",
-                "-purpose",
-                "sslclient",
-                "-CAfile",
-                root.to_str().unwrap(),
-                "-untrusted",
-                ops_pem.to_str().unwrap(),
-                "-CRLfile",
-                crls.to_str().unwrap(),
-                leaf.to_str().unwrap(),
-            ],
-            hsm.dir.path(),
-        )
+        let checks = ["-x509_strict", "-crl_check_all", "-purpose", "sslclient"];
+        openssl_verify(cert, &checks, &crls)
     };
     let (ok, text) = strict(&good.cert);
     assert!(ok && text.contains(": OK"), "{text}");
