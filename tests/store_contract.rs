@@ -547,3 +547,61 @@ fn the_postgres_store_keeps_the_contract() {
         "the second replica follows the first's appends"
     );
 }
+
+/// The stored tree's root at the log's size, against the root of its entries recomputed.
+fn assert_tree_matches_entries(store: &dyn Store) {
+    let size = store.audit_size().unwrap();
+    let leaves: Vec<_> = store
+        .audit_entries(0, size)
+        .unwrap()
+        .iter()
+        .map(|(_, text)| merkle::leaf_hash(text.as_bytes()))
+        .collect();
+    assert_eq!(leaves.len() as u64, size);
+    assert_eq!(store.audit_root(size).unwrap(), merkle::root_of(&leaves));
+}
+
+#[test]
+fn a_replica_whose_last_commit_was_lost_follows_the_log_as_stored() {
+    let hsm = common::Hsm::initialised_postgres();
+    let config = seb::config::Config::load(&hsm.config()).unwrap();
+    let seb::config::StoreConfig::Postgres(pg) = &config.store else {
+        panic!("provision.sh --postgres wrote no [store]")
+    };
+    let first = seb::store::postgres::PgStore::open(pg).unwrap();
+    for i in 0..11 {
+        first
+            .append_audit(&entry(EntryKind::Frozen, &format!("f{i}")))
+            .unwrap();
+    }
+    let size = first.audit_size().unwrap();
+    // A promoted standby that lost the first replica's last commit: its entry and leaf gone.
+    let password =
+        std::fs::read_to_string(hsm.config().parent().unwrap().join(&pg.password_file)).unwrap();
+    let out = std::process::Command::new("psql")
+        .arg(&pg.url)
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!(
+            "DELETE FROM audit_entries WHERE idx = {last}; \
+             DELETE FROM audit_nodes WHERE level = 0 AND idx = {last};",
+            last = size - 1
+        ))
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .unwrap();
+    common::assert_success(&out, "psql");
+    // Another replica makes the log as long again, with an entry of its own.
+    let second = seb::store::postgres::PgStore::open(pg).unwrap();
+    second
+        .append_audit(&entry(EntryKind::Unfrozen, "second"))
+        .unwrap();
+    assert_eq!(second.audit_size().unwrap(), size);
+    // The first replica's next appends build on the stored log, not on its memory of it.
+    for i in 0..6 {
+        first
+            .append_audit(&entry(EntryKind::Frozen, &format!("g{i}")))
+            .unwrap();
+    }
+    assert_eq!(first.audit_size().unwrap(), size + 6);
+    assert_tree_matches_entries(&first);
+}

@@ -99,6 +99,11 @@ impl CompactRange {
         self.size
     }
 
+    /// The perfect subtrees' hashes, largest (leftmost) first: at [`Self::peak_positions`].
+    pub fn peak_hashes(&self) -> impl Iterator<Item = &Hash> {
+        self.peaks.iter().map(|(_, hash)| hash)
+    }
+
     /// Appends a leaf hash; returns the perfect nodes this completes, as (level, index, hash),
     /// the leaf itself first (level 0).
     pub fn push(&mut self, leaf: Hash) -> Vec<(u32, u64, Hash)> {

@@ -377,11 +377,16 @@ fn serve_and_measure(
             // shared virtual machine), so it is measured right before and right after each
             // load and the load compared with their mean.
             for (label, variant_urls) in &urls {
+                // One agent waits for one signature at a time: its floor is the latency of one
+                // signature, measured around the load like the rate.
+                let lone = agents <= 1;
+                let single_before = if lone { Some(raw.latency(&backend).await?) } else { None };
                 let before = raw.measure(&backend).await?;
                 let stats = driver
                     .drive(variant_urls, agents.max(1), seconds, Pace::Closed, Mode::KeepAlive)
                     .await?;
                 let after = raw.measure(&backend).await?;
+                let single_after = if lone { Some(raw.latency(&backend).await?) } else { None };
                 let raw_mean = (before + after) / 2.0;
                 say!(
                     "broker {agents:>3} keep-alive agent(s), {label}: {:>6.0} tokens/s ({:.0} % of raw {:.0}/s, measured {:.0} before and {:.0} after)  {}  ({})",
@@ -393,6 +398,22 @@ fn serve_and_measure(
                     stats.latency(),
                     stats.counts(),
                 );
+                if let (Some(a), Some(b)) = (single_before, single_after) {
+                    let raw_p50 = (a + b) / 2.0;
+                    say!(
+                        "broker {agents:>3} keep-alive agent(s), {label}: p50 {:+.2} ms over one raw signature's p50 {:.2} ms (measured {:.2} before and {:.2} after)",
+                        stats.pct(0.50) - raw_p50,
+                        raw_p50,
+                        a,
+                        b,
+                    );
+                } else if stats.ok > 0 {
+                    let floor = 1e3 * agents as f64 / stats.rate();
+                    say!(
+                        "broker {agents:>3} keep-alive agent(s), {label}: p99 {:.2} × the Little's-law floor of {floor:.2} ms ({agents} / throughput)",
+                        stats.pct(0.99) / floor,
+                    );
+                }
                 rates_by_label.push((label.clone(), agents, stats.rate()));
                 if variant_urls == &url && peak.is_none_or(|(most, _)| agents >= most) {
                     peak = Some((agents, stats.rate()));
@@ -561,6 +582,15 @@ impl RawRate {
             sign_rate(&backend, &label, sessions, Duration::from_secs(2))
         })
         .await?
+    }
+
+    /// The median latency in milliseconds of signatures made one at a time.
+    async fn latency(&self, backend: &Arc<dyn KeyBackend>) -> Result<f64, CliError> {
+        let (backend, label) = (backend.clone(), self.label.clone());
+        let (p50, _) =
+            tokio::task::spawn_blocking(move || sign_latency(backend.as_ref(), &label, 200))
+                .await??;
+        Ok(p50.as_secs_f64() * 1e3)
     }
 }
 

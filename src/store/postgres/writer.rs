@@ -291,21 +291,27 @@ fn in_batch(
     audited: bool,
     completions: &mut Vec<Completion>,
 ) -> Result<Option<CompactRange>, DbError> {
-    // One round trip: begin, wait for the other replicas' batches, read the log's size.
+    // One round trip: begin, wait for the other replicas' batches, read the log's size and
+    // the stored nodes of the edge this replica knows.
     let prelude = if audited {
+        let known = edge.take();
         db.simple_last_value(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK}); SELECT MAX(idx) FROM audit_entries"
+            "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_LOCK}); {}",
+            size_and_nodes_query(known.as_ref())
         ))
-        .and_then(|max| {
+        .and_then(|answer| {
+            let answer = answer.unwrap_or_default();
+            let (max, nodes) = answer.split_once('/').unwrap_or((&answer, ""));
             let size = match max {
-                None => 0,
-                Some(m) => {
+                "" => 0,
+                m => {
                     m.parse::<u64>()
                         .map_err(|_| DbError::Corrupt(format!("audit index {m:?}")))?
                         + 1
                 }
             };
-            follow(db, edge.take(), size)
+            let known = known.filter(|edge| edge.size() == size && hex_nodes(edge) == nodes);
+            follow(db, known, size)
         })
     } else {
         db.batch("BEGIN").map(|()| CompactRange::default())
@@ -418,7 +424,35 @@ fn in_batch(
     Ok(appended.then_some(tail))
 }
 
-/// The log's tail of `size` entries: `known` if no replica appended since, else read again.
+/// The statement that reads the log's size and, in hex, the stored nodes at the places of
+/// `known`'s edge, as `SIZE-1/HEX`. An edge whose size matches but whose nodes do not (a log
+/// cut short and appended to again, a promoted standby that lost commits which were then
+/// made up by other appends) is read again rather than appended to.
+fn size_and_nodes_query(known: Option<&CompactRange>) -> String {
+    let places: Vec<String> = known
+        .map(|edge| CompactRange::peak_positions(edge.size()))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(level, idx)| format!("({level}, {idx})"))
+        .collect();
+    let filter = if places.is_empty() {
+        "false".to_owned()
+    } else {
+        format!("(n.level, n.idx) IN ({})", places.join(", "))
+    };
+    format!(
+        "SELECT concat((SELECT MAX(idx) FROM audit_entries), '/', \
+         (SELECT string_agg(encode(n.hash, 'hex'), '' ORDER BY n.level DESC) \
+          FROM audit_nodes n WHERE {filter}))"
+    )
+}
+
+/// An edge's nodes in hex, largest first, as [`size_and_nodes_query`] reads them.
+fn hex_nodes(edge: &CompactRange) -> String {
+    edge.peak_hashes().map(hex::encode).collect()
+}
+
+/// The log's tail of `size` entries: `known` if it is still the stored one, else read again.
 fn follow(
     db: &mut Db<'_, Client>,
     known: Option<CompactRange>,

@@ -23,6 +23,9 @@ use crate::store::WriteHealth;
 /// indexes it accepts.
 pub(super) struct AuditTree {
     range: CompactRange,
+    /// `PRAGMA data_version` when the edge was last compared with the database: it changes
+    /// only when another connection commits.
+    seen_version: Option<i64>,
     pub(super) generation: u64,
     /// Why an entry could not be appended in the current batch, if one could not.
     abandoned: Option<String>,
@@ -44,6 +47,7 @@ impl AuditTree {
         let range = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
         Ok(Self {
             range,
+            seen_version: None,
             generation: 0,
             abandoned: None,
             unappendable: None,
@@ -55,13 +59,25 @@ impl AuditTree {
         self.range.size()
     }
 
-    /// Follows appends made by another process; true when the edge moved.
+    /// Follows what another connection committed (`seb cert revoke` appending, or the log
+    /// edited or put back under the broker); true when the edge moved. The whole edge is
+    /// compared, not only its size: a log cut short and then appended to again, or put back
+    /// after the broker appended in its place, has the size the writer knows with other
+    /// nodes, and an append built on the old ones would store a tree its entries contradict.
     pub(super) fn sync_with(&mut self, conn: &Connection) -> rusqlite::Result<bool> {
-        let size = stored_size(conn)?;
-        if size == self.range.size() {
+        let version: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.seen_version == Some(version) {
             return Ok(false);
         }
-        self.range = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
+        let size = stored_size(conn)?;
+        let stored = CompactRange::from_nodes(size, |level, idx| node(conn, level, idx))?;
+        self.seen_version = Some(version);
+        if stored == self.range {
+            return Ok(false);
+        }
+        self.range = stored;
         Ok(true)
     }
 

@@ -935,3 +935,53 @@ fn a_reader_holding_an_old_snapshot_only_delays_the_start_over() {
         "the log started over without the writer's part"
     );
 }
+
+#[test]
+fn a_log_cut_short_then_put_back_under_the_writer_is_followed_not_built_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = SqliteStore::open(dir.path()).unwrap();
+    let append = |id: &str| {
+        let mut e = entry();
+        e.request_id = Some(id.to_owned());
+        broker.record_execution(&issuing(id), &e).unwrap()
+    };
+    for i in 0..11 {
+        append(&format!("k{i}"));
+    }
+    let root_11 = broker.audit_root(11).unwrap();
+    // Someone with the database cuts the last entry (and its leaf) off, keeping a copy.
+    let db = rusqlite::Connection::open(dir.path().join("seb.db")).unwrap();
+    let (text, leaf): (String, Vec<u8>) = db
+        .query_row(
+            "SELECT e.entry, n.hash FROM audit_entries e, audit_nodes n
+             WHERE e.idx = 10 AND n.level = 0 AND n.idx = 10",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    db.execute_batch(
+        "DELETE FROM audit_entries WHERE idx = 10; DELETE FROM audit_nodes WHERE level = 0 AND idx = 10",
+    )
+    .unwrap();
+    // The broker appends in its place: the log has 11 entries again, the last one its own.
+    let p = append("in-its-place");
+    assert_eq!(p.index, 10);
+    // The original is put back over it: the same size the writer knows, other nodes.
+    db.execute(
+        "UPDATE audit_entries SET entry = ?1 WHERE idx = 10",
+        rusqlite::params![text],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE audit_nodes SET hash = ?1 WHERE level = 0 AND idx = 10",
+        rusqlite::params![leaf],
+    )
+    .unwrap();
+    drop(db);
+    assert_eq!(broker.audit_root(11).unwrap(), root_11);
+    // The next appends build on the log as stored, not on the writer's memory of it.
+    for i in 0..6 {
+        append(&format!("after{i}"));
+    }
+    assert_eq!(assert_log_consistent(&broker), 17);
+}
