@@ -283,10 +283,17 @@ impl Certificate {
         Ok(Sha256::digest(self.inner.to_der()?).into())
     }
 
-    /// SHA-256 over the SubjectPublicKeyInfo DER: names the key, whichever certificate
-    /// carries it (per-key limits, caches).
+    /// SHA-256 over the SubjectPublicKeyInfo DER, its EC point uncompressed
+    /// ([`canonical_spki_der`]): names the key, whichever certificate carries it and however
+    /// that certificate spells the point (per-key limits, approvers counted once, caches).
     pub fn spki_sha256(&self) -> Result<[u8; 32], der::Error> {
-        Ok(Sha256::digest(self.tbs().subject_public_key_info().to_der()?).into())
+        Ok(Sha256::digest(self.canonical_spki_der()?).into())
+    }
+
+    /// The certified public key as SubjectPublicKeyInfo DER with its EC point in the
+    /// uncompressed form ([`canonical_spki_der`]).
+    pub fn canonical_spki_der(&self) -> Result<Vec<u8>, der::Error> {
+        Ok(canonical_spki_der(&self.public_key_der()?))
     }
 
     /// notBefore.
@@ -314,6 +321,23 @@ impl Certificate {
     pub fn issuer_string(&self) -> String {
         self.tbs().issuer().to_string()
     }
+}
+
+/// One encoding per key: a P-256 or P-384 SubjectPublicKeyInfo re-encoded with its point
+/// uncompressed (SEC 1 `0x04 || X || Y`). A compressed (`0x02`/`0x03`) or hybrid
+/// (`0x06`/`0x07`) spelling of the same point would otherwise hash as another key, and one
+/// person could count as two approvers. Anything else (not a valid point of those curves) is
+/// returned as it is: it names no key that could sign.
+pub fn canonical_spki_der(spki_der: &[u8]) -> Vec<u8> {
+    use spki::{DecodePublicKey, EncodePublicKey};
+    let reencoded = match p384::PublicKey::from_public_key_der(spki_der) {
+        Ok(key) => key.to_public_key_der(),
+        Err(_) => match p256::PublicKey::from_public_key_der(spki_der) {
+            Ok(key) => key.to_public_key_der(),
+            Err(_) => return spki_der.to_vec(),
+        },
+    };
+    reencoded.map_or_else(|_| spki_der.to_vec(), |d| d.into_vec())
 }
 
 fn malformed(e: impl std::fmt::Display) -> CertError {

@@ -34,6 +34,16 @@ pub fn spki(key: &p384::ecdsa::SigningKey) -> SubjectPublicKeyInfoOwned {
     SubjectPublicKeyInfoOwned::from_key(key.verifying_key()).unwrap()
 }
 
+/// `key`'s SubjectPublicKeyInfo with the point compressed (SEC 1 `0x02`/`0x03`): the same key
+/// spelled another way.
+pub fn compressed_spki(key: &p384::ecdsa::SigningKey) -> SubjectPublicKeyInfoOwned {
+    let point = key.verifying_key().to_sec1_point(true);
+    SubjectPublicKeyInfoOwned {
+        algorithm: spki(key).algorithm,
+        subject_public_key: der::asn1::BitString::from_bytes(point.as_bytes()).unwrap(),
+    }
+}
+
 /// Parses a grant file.
 pub fn grants(toml: &str) -> GrantSet {
     GrantSet::from_toml_str(toml).unwrap()

@@ -659,13 +659,10 @@ fn grant_rule(
         .map(|rule| (rule.required, rule.group.clone())))
 }
 
-/// A certificate's SubjectPublicKeyInfo DER (the same key under two certificates compares
-/// equal).
+/// A certificate's SubjectPublicKeyInfo DER, its point uncompressed (the same key under two
+/// certificates compares equal, however each spells the point).
 fn spki_der(cert: &Certificate) -> Result<Vec<u8>, VerifyError> {
-    use der::Encode;
-    cert.tbs()
-        .subject_public_key_info()
-        .to_der()
+    cert.canonical_spki_der()
         .map_err(|e| VerifyError::InvalidClaims {
             reason: format!("cannot encode a certificate's public key: {e}"),
         })

@@ -1275,6 +1275,120 @@ fn one_person_counts_once_whatever_tool_encoded_the_name() {
     assert_eq!(r.body["status"], "granted", "{}", r.text);
 }
 
+/// `who`'s key under another certificate: openssl writes the key with its point compressed,
+/// makes a CSR of it under `subject`, and seb certifies it as an approver of `sre-leads`. The
+/// identity presents that certificate with `who`'s own key file.
+fn same_key_compressed(s: &Setup, who: &Identity, name: &str, subject: &str) -> Identity {
+    let path = |file: &str| s.hsm.path(&format!("{name}.{file}"));
+    let dir = s.hsm.dir.path();
+    let (ok, text) = common::openssl(
+        &[
+            "ec",
+            "-in",
+            who.key.to_str().unwrap(),
+            "-conv_form",
+            "compressed",
+            "-out",
+            path("key").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(ok, "openssl ec: {text}");
+    let (ok, text) = common::openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            path("key").to_str().unwrap(),
+            "-subj",
+            subject,
+            "-out",
+            path("csr").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(ok, "openssl req: {text}");
+    let (ok, text) = common::openssl(
+        &[
+            "req",
+            "-in",
+            path("csr").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+        dir,
+    );
+    assert!(ok, "{text}");
+    let after_pub = text.split("pub:").nth(1).unwrap_or_default().trim_start();
+    assert!(
+        after_pub.starts_with("02") || after_pub.starts_with("03"),
+        "the CSR's point is not compressed: {text}"
+    );
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        path("csr").to_str().unwrap(),
+        "--role",
+        "approver",
+        "--group",
+        "sre-leads",
+        "--ttl",
+        "30d",
+        "--out",
+        path("pem").to_str().unwrap(),
+    ]);
+    Identity {
+        cert: path("pem"),
+        key: who.key.clone(),
+    }
+}
+
+/// One key is one person however a certificate spells its point (outside review: a
+/// compressed point made a second approver of the same key, and let an agent's own key
+/// approve its request). seb certifies the point uncompressed, and the broker names keys by
+/// their uncompressed form.
+#[test]
+fn one_key_counts_once_however_its_point_is_spelled() {
+    let s = setup("");
+    let alice_again = same_key_compressed(&s, &s.alice, "alice-again", "/CN=alice-again");
+    let (ok, text) = common::openssl(
+        &[
+            "x509",
+            "-in",
+            alice_again.cert.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+        s.hsm.dir.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.split("pub:")
+            .nth(1)
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with("04"),
+        "seb certified the point as the CSR spelled it: {text}"
+    );
+    let bot_as_approver = same_key_compressed(&s, &s.agent, "bot-approver", "/CN=release-reviewer");
+
+    let (id, digest) = ask(&s, 41);
+    let r = decide(&s, &bot_as_approver, &id, Decision::Approve, &digest);
+    assert_eq!((r.status, code(&r)), (403, "self_approval"), "{}", r.text);
+    let r = decide(&s, &s.alice, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "pending_approval", "{}", r.text);
+    let r = decide(&s, &alice_again, &id, Decision::Approve, &digest);
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "duplicate_approval"),
+        "{}",
+        r.text
+    );
+    let r = decide(&s, &s.bob, &id, Decision::Approve, &digest);
+    assert_eq!(r.body["status"], "granted", "{}", r.text);
+}
+
 /// One agent cannot bury its group's requests in the approvers' list (outside review: 520
 /// requests of one agent pushed another agent's out of the 500 listed). Beyond
 /// `[approvals] max_open_per_agent` open requests, a new one is refused with 429

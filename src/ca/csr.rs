@@ -92,9 +92,12 @@ pub fn verify(bytes: &[u8]) -> Result<VerifiedCsr, CaError> {
     if !verified {
         return Err(CaError::CsrSignature);
     }
+    // Certified with the point uncompressed, however the CSR spelled it: one key, one
+    // encoding in every certificate seb issues.
+    let canonical = crate::cert::canonical_spki_der(&spki_der);
     Ok(VerifiedCsr {
         subject: req.info.subject.clone(),
-        public_key: req.info.public_key.clone(),
+        public_key: SubjectPublicKeyInfoOwned::from_der(&canonical)?,
     })
 }
 

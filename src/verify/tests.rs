@@ -1433,6 +1433,44 @@ fn removed_altered_or_misplaced_approvals_fail() {
         q.code_with(&c, &q.f.expect().approvers(approvers)),
         "duplicate_approver"
     );
+    // Alice's own key in a certificate under another name, its point compressed: one key
+    // counts once however a certificate spells it.
+    let compressed = ca::issue_leaf_under(
+        &q.f.root.key,
+        &q.f.root.chain,
+        ca::LeafRequest {
+            public_key: crate::testkit::compressed_spki(&q.alice.1),
+            subject: ca::parse_subject("CN=alice-two").unwrap(),
+            role: crate::grants::Role::new(
+                crate::grants::RoleKind::Approver,
+                vec!["sre-leads".to_owned()],
+            )
+            .unwrap(),
+            grants: None,
+            ttl: Duration::from_secs(86_400),
+        },
+        Duration::from_secs(365 * 86_400),
+        now(),
+    )
+    .unwrap();
+    assert_ne!(
+        compressed.public_key_der().unwrap(),
+        q.alice.0.public_key_der().unwrap(),
+        "the test needs two spellings"
+    );
+    let mut c = q.claims();
+    c.approvals[1] = approval_by(&c, &compressed, &q.alice.1);
+    let mut approvers = q.approvers();
+    approvers.push(compressed.clone());
+    assert_eq!(
+        q.code_with(&c, &q.f.expect().approvers(approvers)),
+        "duplicate_approver"
+    );
+    assert_eq!(
+        compressed.spki_sha256().unwrap(),
+        q.alice.0.spki_sha256().unwrap(),
+        "the broker's key id names the key, not its spelling"
+    );
     // An approver of another group.
     let mut c = q.claims();
     c.approvals[1] = approval_by(&c, &q.dave.0, &q.dave.1);
