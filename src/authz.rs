@@ -275,11 +275,15 @@ impl std::fmt::Display for DenyCode {
 
 /// What a chain authorizes before any request is looked at: the leaf's grants once the chain
 /// passed [`decide`]'s steps 1 to 4, and the longest token lifetime it still allows.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Authority<'a> {
     /// The leaf's grants. Each is covered by a grant of every ancestor that carries grants
     /// (attenuation holds), so no intermediate's limit widens or narrows them further.
     pub grants: &'a GrantSet,
+    /// The grants of the issuers that carry some, as (depth, grants), nearest first: a request
+    /// is decided by each of them too, and the strictest approval rule along the chain holds
+    /// (attenuation compares grants one by one; the decision is first-match per set).
+    pub issuers: Vec<(usize, &'a GrantSet)>,
     /// min(broker max lifetime, time left before the first certificate of the chain expires):
     /// no token outlives it, whatever a grant's `max_ttl` says.
     pub ttl_cap: Duration,
@@ -307,6 +311,7 @@ pub fn decide(
 ) -> Decision {
     let Authority {
         grants: leaf_grants,
+        issuers,
         ttl_cap: remaining,
     } = match authority(chain, revoked, now, broker_max_ttl) {
         Ok(authority) => authority,
@@ -329,20 +334,112 @@ pub fn decide(
         Err(e) => return Decision::deny(DenyCode::InvalidRequest, e.to_string()),
     };
 
-    // 6. Matching: the first grant that allows wins; otherwise the most specific failure.
+    // 6. Matching: the grant that decides (the first that allows, unless a stricter one
+    // before it covers the request), then each issuer's grants the same way; the strictest
+    // approval rule along the chain holds.
+    let (grant_index, grant) =
+        match deciding_grant(leaf_grants, &req.operation, &req.resource, params) {
+            Ok(found) => found,
+            Err((code, reason)) => return Decision::deny(code, reason),
+        };
+    let mut approval = grant.approval.clone();
+    for (depth, set) in &issuers {
+        let issuer_rule = match deciding_grant(set, &req.operation, &req.resource, params) {
+            Ok((_, g)) => g.approval.as_ref(),
+            Err((_, reason)) => {
+                return Decision::deny(
+                    DenyCode::GrantChainEscalation,
+                    format!(
+                    "the issuer certificate at depth {depth} does not allow the request: {reason}"
+                ),
+                )
+            }
+        };
+        approval = match stricter_rule(approval, issuer_rule) {
+            Ok(rule) => rule,
+            Err(why) => {
+                return Decision::deny(
+                    DenyCode::GrantChainEscalation,
+                    format!("the issuer certificate at depth {depth}: {why}"),
+                )
+            }
+        };
+    }
+    Decision::Allow {
+        grant_index,
+        grant: grant.clone(),
+        token_ttl: grant.max_ttl.min(remaining),
+        approval,
+        request_digest,
+    }
+}
+
+/// The approval rule that holds when `issuer`'s grant also decides a request that `current`
+/// governs: the more approvers of the same group; an issuer's rule where the leaf's grant has
+/// none. Two rules naming different groups cannot both be met by one token's approvals.
+fn stricter_rule(
+    current: Option<ApprovalRule>,
+    issuer: Option<&ApprovalRule>,
+) -> Result<Option<ApprovalRule>, String> {
+    match (current, issuer) {
+        (current, None) => Ok(current),
+        (None, Some(rule)) => Ok(Some(rule.clone())),
+        (Some(mine), Some(theirs)) if mine.group == theirs.group => Ok(Some(ApprovalRule {
+            required: mine.required.max(theirs.required),
+            group: mine.group,
+        })),
+        (Some(mine), Some(theirs)) => Err(format!(
+            "its grant for this request needs approvals of {:?}, the agent's of {:?}",
+            theirs.group, mine.group
+        )),
+    }
+}
+
+/// The grant of `set` that decides a request, with its position: the first grant that allows
+/// it, except that a laxer grant later in the list does not stand in for a stricter one. A
+/// grant with an approval rule whose every parameter constraint the request meets (it
+/// constrains at least one), but which refuses the request for another parameter (one it does
+/// not permit, or a lookalike of a constrained name), still governs it: a later grant allows it
+/// only with an approval rule at least as strict (the same group, at least as many approvers),
+/// else the request is refused.
+///
+/// Without an allowing grant, the most specific failure is returned.
+pub fn deciding_grant<'g>(
+    set: &'g GrantSet,
+    operation: &str,
+    resource: &str,
+    params: &Map<String, Value>,
+) -> Result<(usize, &'g Grant), (DenyCode, String)> {
     let mut best: Option<(DenyCode, String)> = None;
-    for (grant_index, grant) in leaf_grants.grants.iter().enumerate() {
-        match check_grant(grant, &req.operation, &req.resource, params) {
+    // Grants that cover the request's constrained parameters but refused it: (index, grant).
+    let mut governing: Vec<(usize, &Grant)> = Vec::new();
+    for (grant_index, grant) in set.grants.iter().enumerate() {
+        match check_grant(grant, operation, resource, params) {
             Ok(()) => {
-                return Decision::Allow {
-                    grant_index,
-                    grant: grant.clone(),
-                    token_ttl: grant.max_ttl.min(remaining),
-                    approval: grant.approval.clone(),
-                    request_digest,
-                };
+                if let Some((earlier, stricter)) = governing
+                    .iter()
+                    .find(|(_, g)| !cover::approval_covers(g, grant))
+                {
+                    return Err((
+                        DenyCode::ParamConstraintViolated,
+                        format!(
+                            "grant #{earlier} covers this request's constrained parameters and                              needs {}, but does not permit all of its parameters; grant                              #{grant_index}, which needs less, does not stand in for it",
+                            stricter.approval.as_ref().map_or_else(String::new, |r| format!(
+                                "{} approval(s) of {:?}",
+                                r.required, r.group
+                            ))
+                        ),
+                    ));
+                }
+                return Ok((grant_index, grant));
             }
             Err((code, reason)) => {
+                if code == DenyCode::ParamConstraintViolated
+                    && grant.approval.is_some()
+                    && matching::constraints_met(&grant.params, params)
+                {
+                    governing.push((grant_index, grant));
+                }
                 if best
                     .as_ref()
                     .is_none_or(|(b, _)| specificity(code) > specificity(*b))
@@ -352,13 +449,13 @@ pub fn decide(
             }
         }
     }
-    match best {
-        Some((DenyCode::OperationNotGranted, _)) | None => Decision::deny(
+    Err(match best {
+        Some((DenyCode::OperationNotGranted, _)) | None => (
             DenyCode::OperationNotGranted,
-            format!("no grant covers operation {:?}", req.operation),
+            format!("no grant covers operation {operation:?}"),
         ),
-        Some((code, reason)) => Decision::deny(code, reason),
-    }
+        Some(found) => found,
+    })
 }
 
 /// Steps 1 to 4 of [`decide`]: whether the chain authorizes anything at `now`, and if so the
@@ -449,6 +546,7 @@ pub fn authority<'a>(
     attenuation_verdict(chain, &sets)?;
     Ok(Authority {
         grants: leaf_grants,
+        issuers: sets[1..].to_vec(),
         ttl_cap: remaining,
     })
 }

@@ -651,11 +651,16 @@ fn grant_rule(
     else {
         return Ok(None);
     };
-    let grant = grants.grants.iter().find(|g| {
-        crate::authz::check_grant(g, &detail.operation, &detail.resource, params).is_ok()
-    });
+    // The grant the broker's decision uses (`authz::deciding_grant`): a token for an action
+    // the agent's grants refuse was not issued by a broker that follows them.
+    let (_, grant) =
+        crate::authz::deciding_grant(&grants, &detail.operation, &detail.resource, params)
+            .map_err(|(code, reason)| VerifyError::InvalidAuthorizationDetails {
+                reason: format!("the agent's grants refuse this action ({code}): {reason}"),
+            })?;
     Ok(grant
-        .and_then(|g| g.approval.as_ref())
+        .approval
+        .as_ref()
         .map(|rule| (rule.required, rule.group.clone())))
 }
 

@@ -73,7 +73,9 @@ pub fn covers(parent: &Grant, child: &Grant) -> bool {
         && params_cover(parent, child)
 }
 
-fn approval_covers(parent: &Grant, child: &Grant) -> bool {
+/// Whether `child`'s approval rule is no weaker than `parent`'s: none needed by the parent, or
+/// the same group with at least as many approvers.
+pub fn approval_covers(parent: &Grant, child: &Grant) -> bool {
     match (&parent.approval, &child.approval) {
         (None, _) => true,
         (Some(_), None) => false,

@@ -159,6 +159,20 @@ pub fn params_satisfy(
     Ok(())
 }
 
+/// Whether the request meets every constraint of a grant that constrains something: each
+/// constrained parameter present with a value its constraint allows (extra parameters aside).
+pub fn constraints_met(
+    constraints: &std::collections::BTreeMap<String, Constraint>,
+    params: &Map<String, Value>,
+) -> bool {
+    !constraints.is_empty()
+        && constraints.iter().all(|(name, constraint)| {
+            params
+                .get(name)
+                .is_some_and(|value| constraint_allows(constraint, value))
+        })
+}
+
 /// Whether a JSON value satisfies a constraint; types are exact.
 pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
     match constraint {

@@ -1268,6 +1268,163 @@ fn the_demo_grants_decide_as_the_demo_shows() {
     );
 }
 
+/// What `chain` decides for `params` on the demo's write: the approval rule, or the code.
+fn demo_write(chain: &ChainView, params: Value) -> Result<Option<(u32, String)>, DenyCode> {
+    match decide_now(chain, &request("demo.write", "demo/files", params)) {
+        Decision::Allow { approval, .. } => Ok(approval.map(|a| (a.required, a.group))),
+        Decision::Deny { code, .. } => Err(code),
+    }
+}
+
+/// A laxer grant later in the list does not stand in for a stricter one whose scope the
+/// request is in (outside review: a lookalike `NAME` beside `name`, or a parameter the strict
+/// grant does not permit, made the demo's release files skip their two approvals).
+#[test]
+fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
+    let demo = chain(
+        agent(set(include_str!("../../deploy/demo-grants.toml"))),
+        vec![],
+    );
+    let two = Ok(Some((2, "demo-approvers".to_string())));
+    // A lookalike of a constrained name beside it: the strict grant refuses, and still
+    // governs the request.
+    for shadow in ["NAME", "na\u{200b}me", "Name"] {
+        let params = json!({"name": "release-notes.txt", shadow: "x", "text": "t"});
+        assert_eq!(
+            demo_write(&demo, params),
+            Err(ParamConstraintViolated),
+            "{shadow}"
+        );
+    }
+    assert_eq!(
+        demo_write(&demo, json!({"name": "release-notes.txt", "text": "t"})),
+        two
+    );
+    assert_eq!(
+        demo_write(&demo, json!({"name": "notes.txt", "text": "t"})),
+        Ok(None)
+    );
+
+    // The strict grant without params_any: an extra parameter does not move the request to
+    // the lax grant, but a later grant at least as strict may take it.
+    let strict_first = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.name = { prefix = "release-" }
+        approval = { required = 2, group = "demo-approvers" }
+
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params_any = true
+    "#;
+    let c = chain(agent(set(strict_first)), vec![]);
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
+        Err(ParamConstraintViolated)
+    );
+    assert_eq!(demo_write(&c, json!({"name": "release-notes.txt"})), two);
+    assert_eq!(
+        demo_write(&c, json!({"name": "notes.txt", "text": "t"})),
+        Ok(None)
+    );
+    let then_as_strict = format!(
+        "{strict_first}\n[[grant]]\noperation = \"demo.write\"\nresource = \"demo/files\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = {{ required = 3, group = \"demo-approvers\" }}\n"
+    );
+    let c = chain(agent(set(&then_as_strict)), vec![]);
+    // The lax grant (#1) still comes before: refused; a list whose only later grant is as
+    // strict lets that one decide.
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
+        Err(ParamConstraintViolated)
+    );
+    let strict_then_stricter = strict_first.replace(
+        "params_any = true",
+        "params_any = true\n        approval = { required = 3, group = \"demo-approvers\" }",
+    );
+    let c = chain(agent(set(&strict_then_stricter)), vec![]);
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
+        Ok(Some((3, "demo-approvers".to_string())))
+    );
+
+    // First match is otherwise unchanged: a grant that constrains nothing does not govern
+    // the requests a later, narrower grant allows.
+    let open_first = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        approval = { required = 2, group = "demo-approvers" }
+
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.replicas = { min = 0, max = 3 }
+    "#;
+    let c = chain(agent(set(open_first)), vec![]);
+    assert_eq!(demo_write(&c, json!({"replicas": 2})), Ok(None));
+    assert_eq!(demo_write(&c, json!({})), two);
+}
+
+/// An issuer's approval rule holds below it (outside review: a team CA with the demo's grants
+/// issued an agent only the lax grant, and that agent's release files needed no approvals).
+#[test]
+fn an_issuers_approval_rule_holds_for_the_agents_below_it() {
+    let demo = include_str!("../../deploy/demo-grants.toml");
+    let lax_only = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params_any = true
+    "#;
+    let c = chain(agent(set(lax_only)), vec![cert(2, set(demo))]);
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
+        Ok(Some((2, "demo-approvers".to_string())))
+    );
+    assert_eq!(demo_write(&c, json!({"name": "notes.txt"})), Ok(None));
+    // The same group with more approvers below: the leaf's count holds.
+    let more = demo.replace("required = 2", "required = 3");
+    let c = chain(agent(set(&more)), vec![cert(2, set(demo))]);
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt"})),
+        Ok(Some((3, "demo-approvers".to_string())))
+    );
+    // Another group below an issuer's rule cannot be met by one token's approvals.
+    let other_group = format!(
+        "{}\n[[grant]]\noperation = \"demo.write\"\nresource = \"demo/files\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = {{ required = 2, group = \"demo-approvers\" }}\n",
+        r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.name = { prefix = "release-" }
+        params_any = true
+        approval = { required = 2, group = "other-team" }
+        "#
+    );
+    let parent_all = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params_any = true
+        approval = { required = 1, group = "demo-approvers" }
+    "#;
+    let c = chain(agent(set(&other_group)), vec![cert(2, set(parent_all))]);
+    let d = decide_now(
+        &c,
+        &request("demo.write", "demo/files", json!({"name": "release-x"})),
+    );
+    assert_eq!(code(&d), Some(GrantChainEscalation), "{d:?}");
+}
+
 /// Clock edges (docs/RELIABILITY.md): the other side of each bound `certificate_validity_and_
 /// revocation` refuses. A certificate valid from this very second is accepted, and so is one
 /// with a second left (the token is cut to it); a second earlier or later is refused.
