@@ -864,3 +864,195 @@ fn a_flood_of_hostile_clients_does_not_starve_well_behaved_agents() {
     figure("flood broker peak RSS VmHWM (KiB)", peak);
     figure("flood broker RSS idle after (KiB)", idle_after);
 }
+
+/// A proxy on the path between p11-kit's client module and `p11-kit server` that, when armed,
+/// forwards only the 12-byte header of the next answer and then closes the connection: a
+/// network HSM whose link drops in the middle of a frame. It waits for an answer while another
+/// call is outstanding on the same connection when there is one within two seconds (the case
+/// in which p11-kit's client leaves the other callers waiting for ever), else takes the next.
+struct CutProxy {
+    armed: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CutProxy {
+    fn start(listen: PathBuf, upstream: PathBuf) -> Self {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::{AtomicIsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let armed: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = UnixListener::bind(&listen).unwrap();
+        let (armed2, cuts2) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue; // the HSM is not there: the client module sees a refusal
+                };
+                let outstanding = Arc::new(AtomicIsize::new(0));
+                // One version byte each way, then frames: a header (call code, options
+                // length, body length; big-endian u32s) and options and body.
+                fn frame(from: &mut UnixStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+                    use std::io::Read;
+                    let mut header = vec![0u8; 12];
+                    from.read_exact(&mut header)?;
+                    let len = |at: usize| {
+                        u32::from_be_bytes(header[at..at + 4].try_into().unwrap()) as usize
+                    };
+                    let mut rest = vec![0u8; len(4) + len(8)];
+                    from.read_exact(&mut rest)?;
+                    Ok((header, rest))
+                }
+                fn version(from: &mut UnixStream, to: &mut UnixStream) -> std::io::Result<()> {
+                    use std::io::{Read, Write};
+                    let mut byte = [0u8; 1];
+                    from.read_exact(&mut byte)?;
+                    to.write_all(&byte)
+                }
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let calls = outstanding.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    if version(&mut c_in, &mut s_out).is_err() {
+                        return;
+                    }
+                    while let Ok((header, rest)) = frame(&mut c_in) {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        if s_out
+                            .write_all(&header)
+                            .and_then(|()| s_out.write_all(&rest))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let (armed, cuts) = (armed2.clone(), cuts2.clone());
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    if version(&mut s_in, &mut c_out).is_err() {
+                        return;
+                    }
+                    while let Ok((header, rest)) = frame(&mut s_in) {
+                        let cut = {
+                            let mut armed = armed.lock().unwrap();
+                            let due = armed.is_some_and(|since| {
+                                outstanding.load(Ordering::SeqCst) >= 2
+                                    || since.elapsed() > Duration::from_secs(2)
+                            });
+                            if due {
+                                *armed = None;
+                            }
+                            due
+                        };
+                        if cut {
+                            let _ = c_out.write_all(&header);
+                            let _ = c_out.shutdown(std::net::Shutdown::Both);
+                            let _ = s_in.shutdown(std::net::Shutdown::Both);
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                        if c_out
+                            .write_all(&header)
+                            .and_then(|()| c_out.write_all(&rest))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { armed, cuts }
+    }
+
+    /// Cuts the next answer (see the type); returns once it is cut.
+    fn cut(&self) {
+        let before = self.cuts.load(std::sync::atomic::Ordering::SeqCst);
+        *self.armed.lock().unwrap() = Some(Instant::now());
+        wait_until("the cut", Duration::from_secs(30), || {
+            self.cuts.load(std::sync::atomic::Ordering::SeqCst) > before
+        });
+    }
+}
+
+/// Outside review: a network HSM's link dropping after an answer's header left the other
+/// threads calling into p11-kit's client module waiting for ever (they share its one
+/// connection), until both signing threads hung and issuance stopped for good with `/healthz`
+/// ready. The broker makes its calls into that module one at a time, so a cut costs one
+/// failed call and a reconnect, and tokens flow again after every cut.
+#[test]
+fn a_network_hsm_link_cut_mid_answer_leaves_no_call_hanging() {
+    let hsm = Hsm::provision_p11kit();
+    let real = hsm.path("p11kit/hsm.sock");
+    let proxied = hsm.path("p11kit/proxy.sock");
+    let proxy = CutProxy::start(proxied.clone(), real.clone());
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    let pointed = config.replace(
+        &format!("unix:path={}", real.display()),
+        &format!("unix:path={}", proxied.display()),
+    );
+    assert_ne!(
+        config, pointed,
+        "the configuration names the server's socket"
+    );
+    std::fs::write(hsm.config(), pointed).unwrap();
+    hsm.seb_ok(&["init"]);
+    let agents = agents(&hsm, 8);
+    let broker = Broker::start(&hsm);
+    let pid = broker.child.as_ref().unwrap().id();
+    let load = Load::start(
+        &broker.url,
+        agents.iter().map(|a| hsm.tls(a, true)).collect(),
+        good_request(),
+    );
+    wait_until(
+        "tokens before the first cut",
+        Duration::from_secs(30),
+        || load.outcomes().iter().filter(|o| o.status == 201).count() >= 20,
+    );
+    for round in 0..8 {
+        proxy.cut();
+        let cut = Instant::now();
+        let recovered = wait_until(
+            &format!("a token after cut {round}"),
+            Duration::from_secs(30),
+            || {
+                load.outcomes()
+                    .iter()
+                    .filter(|o| o.status == 201 && o.sent > cut)
+                    .count()
+                    >= 4
+            },
+        );
+        figure(
+            &format!("cut {round}: tokens again after (ms)"),
+            recovered.as_millis(),
+        );
+    }
+    let outcomes = load.stop();
+    assert_eq!(broker.child.as_ref().unwrap().id(), pid);
+    let log = broker.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    // A call into the module that never returned keeps the old context from being drained.
+    assert!(
+        !log.contains("still in use after drain timeout"),
+        "a device call was left hanging: {log}"
+    );
+    for o in &outcomes {
+        assert!(
+            o.status == 201
+                || (o.status == 503 && ["hsm_unavailable", "timeout"].contains(&o.code.as_str()))
+                || (o.status == 429 && o.code == "rate_limited"),
+            "unexpected answer {o:?}"
+        );
+        assert_eq!(o.token.is_some(), o.status == 201, "{o:?}");
+    }
+    figure("cut-proxy answers", format!("{:?}", tally(&outcomes)));
+}

@@ -74,6 +74,21 @@ pub struct Pkcs11Backend {
     /// this process. Many HSMs lock the user PIN after a few failures, and a broker that
     /// logged in again on every request after a reconnect would lock it within seconds.
     pin_refused: Mutex<Option<PinRefusal>>,
+    /// Held around every call when the module cannot take concurrent calls safely
+    /// ([`one_call_at_a_time`]).
+    turn: Option<Mutex<()>>,
+}
+
+/// Whether calls into `module` must be made one at a time. p11-kit's client module (a network
+/// HSM behind `p11-kit server`) sends every thread's calls over one connection, and a
+/// connection cut while one thread's answer is half read leaves the other threads waiting on
+/// it for ever (seen as signing threads that never return after an HSM came back). Its server
+/// answers one call at a time per connection anyway, so this costs nothing there.
+fn one_call_at_a_time(module: &std::path::Path) -> bool {
+    module
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("p11-kit-client"))
 }
 
 /// Why the device refused the PIN.
@@ -94,11 +109,13 @@ impl std::fmt::Debug for Pkcs11Backend {
 impl Pkcs11Backend {
     /// Loads the module, finds the token and logs in. Fails if any of that fails.
     pub fn open(settings: Pkcs11Settings) -> Result<Self, BackendError> {
+        let turn = one_call_at_a_time(&settings.module).then(|| Mutex::new(()));
         let backend = Self {
             settings,
             device: RwLock::new(None),
             generation: Mutex::new(0),
             pin_refused: Mutex::new(None),
+            turn,
         };
         backend.device()?;
         Ok(backend)
@@ -123,8 +140,19 @@ impl Pkcs11Backend {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let device = self.device()?;
-            match op(&device) {
+            let outcome = {
+                // Taken before the device, so that nobody waiting for a turn holds the
+                // context a rebuild waits to drain.
+                let _turn = self
+                    .turn
+                    .as_ref()
+                    .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
+                let device = self.device()?;
+                let outcome = op(&device);
+                (outcome, device)
+            };
+            let (outcome, device) = outcome;
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(Failure::Backend(err)) => return Err(err),
                 Err(Failure::Ck(what, err)) if is_recoverable(&err) => {
