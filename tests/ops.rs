@@ -1781,3 +1781,78 @@ fn seb_check_warns_a_year_before_the_root_expires() {
         "{report}"
     );
 }
+
+/// Outside review: `seb check` chose the newest certificate of each holder before leaving out
+/// revoked ones, so a renewal revoked as superseded hid the re-keyed certificate in use beside
+/// it, expiring unseen.
+#[test]
+fn check_warns_about_the_certificate_in_use_not_a_revoked_renewal_beside_it() {
+    let hsm = Hsm::initialised();
+    let grants = hsm.grants_file("grants.toml", GRANTS);
+    let first = hsm.issue_for(
+        "40d",
+        "holder",
+        "CN=holder",
+        "agent",
+        &["--grants", &grants],
+    );
+    let renewed = hsm.path("holder-renewed.pem");
+    hsm.seb_ok(&[
+        "cert",
+        "renew",
+        "--serial",
+        &openssl_serial(&first),
+        "--ttl",
+        "60d",
+        "--out",
+        renewed.to_str().unwrap(),
+    ]);
+    // Re-keyed with a fresh CSR, for 10 days; the renewal is then revoked as superseded.
+    let rekeyed = hsm.issue_for(
+        "10d",
+        "holder-new",
+        "CN=holder",
+        "agent",
+        &["--grants", &grants],
+    );
+    hsm.revoke_for(&openssl_serial(&first), "superseded");
+    hsm.revoke_for(&openssl_serial(&renewed), "superseded");
+    let text = hsm.seb_ok(&["check"]);
+    let serial = openssl_serial(&rekeyed);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("warning  the agent certificate \"CN=holder\"")
+                && l.contains(&format!("seb cert renew --serial {serial}"))
+        ),
+        "{text}"
+    );
+}
+
+/// A database damaged on disk (as a backup restored beside the old write-ahead log comes out)
+/// is a problem `seb check` names, with what to do, instead of "0 problem(s)".
+#[test]
+fn check_finds_a_damaged_database() {
+    let hsm = Hsm::initialised();
+    let text = hsm.seb_ok(&["check"]);
+    assert!(
+        text.contains("the database passes SQLite's quick_check"),
+        "{text}"
+    );
+    let db = hsm.path("state/seb.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len >= 4 * 4096, "a database of {len} bytes");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        // Page 3's b-tree header and cell pointers.
+        file.write_all_at(&[0xA5; 64], 2 * 4096).unwrap();
+    }
+    let out = hsm.seb(&["check"]);
+    assert_clean_failure(&out, "problem(s) found");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("problem  the database is damaged") && l.contains("seb.db-wal")),
+        "{text}"
+    );
+}

@@ -173,6 +173,26 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
         }
     }
 
+    // The embedded database is sound (a restore beside an old write-ahead log is not).
+    if matches!(config.store, StoreConfig::Sqlite)
+        && config
+            .state_dir
+            .join(seb::store::sqlite::SqliteStore::FILE)
+            .exists()
+    {
+        match seb::store::sqlite::SqliteStore::quick_check(&config.state_dir) {
+            Ok(found) if found.is_empty() => r.ok("the database passes SQLite's quick_check"),
+            Ok(found) => r.problem(&format!(
+                "the database is damaged ({}): stop the broker and restore a backup, deleting                  seb.db-wal and seb.db-shm before copying it in (docs/OPERATIONS.md §9)",
+                found.into_iter().take(3).collect::<Vec<_>>().join("; ")
+            )),
+            Err(e) => r.problem(&format!(
+                "the database cannot be checked ({}): stop the broker and restore a backup                  (docs/OPERATIONS.md §9)",
+                super::mcp::with_causes(&e)
+            )),
+        }
+    }
+
     // Certificates this CA issued (agents, approvers, executors, intermediates) near expiry.
     if trust.is_initialised() {
         match super::open_store(config)
@@ -330,11 +350,26 @@ fn check_issued(
     revocations: &[Revocation],
     now: SystemTime,
 ) {
-    let mut newest: BTreeMap<(&str, &str), &IssuedCertificate> = BTreeMap::new();
-    // The broker's own certificates (token, tls, audit) are checked above, from the trust
-    // directory.
+    // The newest certificate in use of each holder (subject and role): revoked, expired and
+    // under-a-revoked-CA ones are left out first, so that a renewal revoked as superseded
+    // does not hide the re-keyed certificate beside it. The broker's own certificates (token,
+    // tls, audit) are checked above, from the trust directory.
     let holders = ["agent", "approver", "executor", "intermediate"];
+    let mut revoked_issuers = BTreeMap::new();
+    let mut newest: BTreeMap<(&str, &str), &IssuedCertificate> = BTreeMap::new();
     for record in issued.iter().filter(|c| holders.contains(&c.role.as_str())) {
+        let revoked = revocations.iter().any(|v| v.serial == record.serial);
+        if revoked || record.not_after <= now {
+            continue;
+        }
+        let under_revoked = *revoked_issuers
+            .entry(record.issuer_label.as_str())
+            .or_insert_with(|| {
+                super::inventory::revoked_above(config, record, revocations, now).is_some()
+            });
+        if under_revoked {
+            continue;
+        }
         let slot = newest
             .entry((record.subject.as_str(), record.role.as_str()))
             .or_insert(record);
@@ -343,20 +378,7 @@ fn check_issued(
         }
     }
     let (mut expiring, mut in_use) = (0, 0);
-    let mut revoked_issuers = BTreeMap::new();
     for record in newest.values() {
-        let revoked = revocations.iter().any(|v| v.serial == record.serial);
-        if revoked || record.not_after <= now {
-            continue;
-        }
-        let under_revoked = revoked_issuers
-            .entry(record.issuer_label.as_str())
-            .or_insert_with(|| {
-                super::inventory::revoked_above(config, record, revocations, now).is_some()
-            });
-        if *under_revoked {
-            continue;
-        }
         in_use += 1;
         if record.not_after <= now + seb::broker::EXPIRY_WARNING {
             expiring += 1;
