@@ -2414,3 +2414,50 @@ fn one_certificate_holds_at_most_its_share_of_connections_and_a_revoked_one_is_c
         assert_eq!(grants(&mut bystander).await, 200);
     });
 }
+
+/// Outside review: on a state directory it could not write, SQLite opened the store
+/// read-only without a word; the broker started, refused every write, and stayed that way
+/// after the file system was writable again. It now refuses to start and says why.
+#[test]
+fn a_store_that_can_only_be_read_stops_the_start_with_a_reason() {
+    let hsm = Hsm::initialised();
+    // The database file alone made read-only (a bind mount over itself); the directory, and
+    // so the broker's lock file beside it, stays writable.
+    let db = hsm.path("state/seb.db");
+    let mount = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(&db)
+            .arg(&db)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?}");
+    };
+    mount(&["--bind"]);
+    let _unmount = common::SmallFs(db.clone());
+    mount(&["-o", "remount,ro,bind"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", hsm.config().to_str().unwrap(), "serve"])
+        .current_dir(hsm.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("seb serve started on a read-only store");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

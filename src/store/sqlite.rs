@@ -129,6 +129,19 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
         let connect = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(&path)?;
+            // SQLite opens a file it may not write read-only, without an error: a broker
+            // started on a read-only file system would refuse every write and never
+            // recover, since this connection stays read-only after the file system does not.
+            if conn.is_readonly(rusqlite::MAIN_DB)? {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some(format!(
+                        "{} can only be opened read-only (a read-only file system or \
+                         mount?); seb needs to write it",
+                        path.display()
+                    )),
+                ));
+            }
             conn.busy_timeout(Duration::from_secs(5))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
