@@ -147,6 +147,14 @@ fn sealed_pin_opens_the_hsm_only_in_the_sealed_boot_state() {
     // Good state: the broker unseals at start and issues tokens.
     let out = s.seb(&["keys"]);
     common::assert_success(&out, "seb keys with the sealed PIN");
+    // With the PIN sealed, `seb check` has no warning about attestation resting on a root
+    // key any boot state could use (docs/ATTESTATION.md §5.2).
+    let out = s.seb(&["check"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("the PIN is not sealed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // tpm2-tss would hex-dump the decrypted PIN at trace level; seb caps it.
     let out = Command::new(env!("CARGO_BIN_EXE_seb"))
         .args(["--config", s.hsm.config().to_str().unwrap(), "keys"])

@@ -295,6 +295,19 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                          broker",
                     );
                 }
+                // The evidence rests on the root key certifying the AK: a host that booted
+                // into another state must not be able to use it (docs/ATTESTATION.md §5.2).
+                match &config.backend {
+                    BackendConfig::Pkcs11(p) if !matches!(p.pin, PinSource::Sealed { .. }) => {
+                        r.warn(
+                            "the PIN is not sealed to the boot state (pin_file or pin_env): a                              host booted into another state can still use the root key, certify                              a key of its own as the AK and forge evidence that `seb attest                              verify` accepts; seal it with `seb seal-pin` and set pin_sealed                              (docs/ATTESTATION.md §5.2, §9)",
+                        );
+                    }
+                    BackendConfig::Tpm(_) => r.warn(
+                        "the broker's keys are in the TPM with no PCR policy: a host booted into                          another state can still use the root key and forge attestation                          evidence (docs/ATTESTATION.md §5.2); keep the keys in an HSM with a                          sealed PIN where attestation matters",
+                    ),
+                    BackendConfig::Pkcs11(_) => {}
+                }
                 if policy.ek_cas().is_empty() {
                     r.warn(
                         "the attestation policy pins no EK CA (ek_ca): any TPM's EK is \
