@@ -25,6 +25,84 @@ struct Setup {
     out: PathBuf,
 }
 
+/// An executor certificate (role, receipt purpose and all) that openssl signed under an
+/// offline intermediate the root allowed to issue agents only: `NAME.pem` holds it and the
+/// intermediate, `NAME.key` its PKCS#8 key.
+fn rogue_executor(s: &Setup) -> Identity {
+    let (ca, _) = s
+        .hsm
+        .offline_intermediate("agents-only", &["--roles", "agent"]);
+    let dir = s.hsm.dir.path();
+    let path = |f: &str| s.hsm.path(f);
+    let ca_key_file = path("agents-only-ca.key");
+    let run = |args: &[&str]| {
+        let (ok, text) = common::openssl(args, dir);
+        assert!(ok, "openssl {args:?}: {text}");
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-out",
+        path("rogue.key").to_str().unwrap(),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        path("rogue.key").to_str().unwrap(),
+        "-subj",
+        "/CN=demo-executor",
+        "-out",
+        path("rogue.csr").to_str().unwrap(),
+    ]);
+    std::fs::write(
+        path("rogue.ext"),
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth,serverAuth,{}\n{}=DER:30050A01023000\n",
+            seb::cert::SEB_KP_RECEIPT,
+            seb::cert::SEB_ROLE_OID
+        ),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        path("rogue.csr").to_str().unwrap(),
+        "-CA",
+        path("agents-only-ca.pem").to_str().unwrap(),
+        "-CAkey",
+        ca_key_file.to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-sha384",
+        "-extfile",
+        path("rogue.ext").to_str().unwrap(),
+        "-out",
+        path("rogue-leaf.pem").to_str().unwrap(),
+    ]);
+    let leaf = std::fs::read_to_string(path("rogue-leaf.pem")).unwrap();
+    let cert = path("rogue.pem");
+    std::fs::write(&cert, format!("{leaf}{}", ca.to_pem_string().unwrap())).unwrap();
+    let role = seb::cert::Certificate::parse(leaf.as_bytes())
+        .unwrap()
+        .seb_role();
+    assert_eq!(
+        role,
+        Some(seb::grants::RoleKind::Executor),
+        "the test needs an executor role"
+    );
+    Identity {
+        cert,
+        key: path("rogue.key"),
+    }
+}
+
 fn setup() -> Setup {
     let hsm = Hsm::initialised();
     let executor = common::exec::identity(&hsm);
@@ -175,6 +253,24 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     common::assert_clean_failure(&verify(&forged, &s.executor.cert), "bad_receipt_signature");
     // Nor under a certificate that is not an executor's: a stable code says so.
     common::assert_clean_failure(&verify(&answer, &s.agent.cert), "not_an_executor");
+    // Nor under an executor certificate minted by an intermediate that may issue agents only
+    // (outside review: the broker refuses its holder, the receipt check did not).
+    let rogue = rogue_executor(&s);
+    let mut body: seb::receipt::ReceiptBody =
+        serde_json::from_value(receipt["body"].clone()).unwrap();
+    body.executor = seb::base64url::encode(
+        &seb::cert::Certificate::parse_pem_chain(&std::fs::read(&rogue.cert).unwrap()).unwrap()[0]
+            .thumbprint_sha256()
+            .unwrap(),
+    );
+    let key =
+        seb::approval::ApproverKey::from_pkcs8_pem(&std::fs::read_to_string(&rogue.key).unwrap())
+            .unwrap();
+    let forged = seb::receipt::sign(body, &key).unwrap();
+    common::assert_clean_failure(
+        &verify(&serde_json::to_value(&forged).unwrap(), &rogue.cert),
+        "role_not_delegated",
+    );
 
     // Recorded at the broker: the receipt, as the executor signed it, once.
     let jti = receipt["body"]["jti"].as_str().unwrap();

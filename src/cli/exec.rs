@@ -110,6 +110,11 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     if leaf.seb_role() != Some(seb::grants::RoleKind::Executor) {
         return Err("not_an_executor: the certificate's role is not executor".into());
     }
+    // The role counts only if every intermediate above the executor may issue executors, as
+    // the broker requires (a role minted by an intermediate that may not counts for nothing).
+    if let Err((_, reason)) = seb::authz::delegated_role(&validated.chain_view()) {
+        return Err(format!("role_not_delegated: {reason}").into());
+    }
     seb::receipt::verify(&receipt, leaf).map_err(|e| format!("{}: {e}", e.code()))?;
     // The executor's whole answer: what it shows next to the receipt must be what the receipt
     // says, or the signature vouches for something else than the reader sees.
