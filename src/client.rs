@@ -557,14 +557,17 @@ pub(crate) async fn plain_http_json(
         .await
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
+    let bytes = http_body_util::Limited::new(response.into_body(), MAX_PLAIN_RESPONSE)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the answer's body: {e} (at most {MAX_PLAIN_RESPONSE} bytes)"))?
         .to_bytes();
     Ok((status, bytes.to_vec()))
 }
+
+/// The most [`plain_http_json`] reads of an answer's body: an upstream that streams without
+/// end cannot fill the caller's memory.
+const MAX_PLAIN_RESPONSE: usize = 16 << 20;
 
 /// The DER contents of every PEM block with `label` (e.g. "CERTIFICATE", "PRIVATE KEY").
 pub fn pem_blocks(pem: &[u8], label: &str) -> Result<Vec<Vec<u8>>, ClientError> {

@@ -401,19 +401,30 @@ impl Executor {
         tracing::info!(%jti, %request_id, operation = %action.operation, "token redeemed; running the action");
         let timeout = action.timeout;
         let http = matches!(prepared, Prepared::Http(_));
-        let outcome = match prepared {
+        let started = SystemTime::now();
+        let ran = match prepared {
             Prepared::Argv((program, args)) => {
-                tokio::task::spawn_blocking(move || action::run_argv(&program, &args, timeout))
-                    .await
-                    .map_err(|e| ExecError::Internal(e.to_string()))?
-                    .map_err(|e| ExecError::ActionFailed(e.to_string()))?
+                match tokio::task::spawn_blocking(move || {
+                    action::run_argv(&program, &args, timeout)
+                })
+                .await
+                {
+                    Ok(ran) => ran.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the action's thread failed: {e}")),
+                }
             }
             Prepared::Http((method, url, payload)) => {
-                action::run_http(&method, &url, payload, timeout)
-                    .await
-                    .map_err(ExecError::ActionFailed)?
+                action::run_http(&method, &url, payload, timeout).await
             }
         };
+        // The token is spent: a failure now (a program that cannot start, an upstream that
+        // hangs up mid-answer, which may have acted) is signed and reported like any outcome,
+        // so the log never shows a redemption without one.
+        let failure = ran.as_ref().err().cloned();
+        let outcome = ran.unwrap_or_else(|e| {
+            tracing::error!(%jti, %request_id, error = %e, "the action failed after its token was redeemed; its outcome is unknown");
+            action::Outcome::unknown(started)
+        });
         let millis = |t: SystemTime| crate::time::unix_millis(t);
         let receipt = receipt::sign(
             ReceiptBody {
@@ -443,6 +454,12 @@ impl Executor {
         };
         if !outcome.output_complete {
             tracing::warn!(%request_id, "the action's output was still open 2 s after it ended (a descendant outside its process group); the receipt's digests are of what arrived until then");
+        }
+        if failure.is_some() {
+            return Err(ExecError::OutcomeUnknown {
+                receipt: Box::new(receipt),
+                recorded,
+            });
         }
         // The receipt carries the raw status; the answer also says what it means.
         let succeeded = outcome.succeeded(http);

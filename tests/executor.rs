@@ -1122,3 +1122,115 @@ fn an_outcome_the_broker_missed_is_reported_again() {
     assert!(reported.iter().any(|e| e["jti"] == jti), "{reported:?}");
     drop(exec);
 }
+
+/// Outside review: an HTTP action whose upstream read the request and closed the connection
+/// without answering (it may have acted) left the token redeemed with no receipt and no
+/// outcome in the log. Now the failed run is signed and reported like any outcome: `exit_code`
+/// -2 (outcome unknown), and the agent's answer carries the receipt beside `action_failed`.
+#[test]
+fn an_action_that_fails_after_redemption_leaves_a_receipt_and_an_outcome() {
+    use std::io::Read;
+    const CALL: &str = r#"
+[[grant]]
+operation = "demo.call"
+resource = "demo/upstream"
+max_ttl = "60s"
+params.item = { prefix = "t-" }
+"#;
+    let hsm = Hsm::initialised();
+    let broker = Broker::start(&hsm);
+    common::exec::identity(&hsm);
+    let agent = hsm.agent("agent", CALL);
+    // The upstream reads the request, then hangs up without a word.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let (seen_tx, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming().flatten() {
+            let mut conn = conn;
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let _ = seen_tx.send(String::from_utf8_lossy(&got).into_owned());
+        }
+    });
+    let config = common::exec::with_actions(
+        &hsm,
+        &broker,
+        "http-executor.toml",
+        &format!("http_allow = [\"http://127.0.0.1:{port}/\"]"),
+        &format!(
+            r#"
+[[action]]
+operation = "demo.call"
+resource = "demo/upstream"
+http = {{ method = "POST", url = "http://127.0.0.1:{port}/do/{{item}}" }}
+timeout = "10s"
+"#
+        ),
+    );
+    let exec = Executor::start(&hsm, &config);
+    let tls = hsm.tls(&agent, true);
+    let params = json!({"item": "t-1000"});
+    let answer = common::runtime().block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        let body = json!({"operation": "demo.call", "resource": "demo/upstream", "params": params});
+        let granted = c.post_json("/v1/executions", &body).await.unwrap();
+        assert_eq!(granted.status, 201, "{}", granted.text);
+        let token = granted.body["token"].as_str().unwrap().to_owned();
+        let mut c = seb::client::Client::connect(&exec.url, &tls.to_executors())
+            .await
+            .unwrap();
+        c.post_json("/v1/run", &json!({"token": token, "params": params}))
+            .await
+            .unwrap()
+    });
+    let request = seen
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(request.starts_with("POST /do/t-1000 "), "{request}");
+    assert_eq!(answer.status, 500, "{}", answer.text);
+    assert_eq!(
+        answer.body["error"]["code"], "action_failed",
+        "{}",
+        answer.text
+    );
+    assert!(
+        !answer.text.contains(&port.to_string()),
+        "the upstream's address reached the agent: {}",
+        answer.text
+    );
+    let receipt = &answer.body["receipt"];
+    assert_eq!(receipt["body"]["exit_code"], -2, "{}", answer.text);
+    assert_eq!(answer.body["outcome_recorded"], true, "{}", answer.text);
+    // The receipt verifies offline, and the log has the outcome beside the redemption.
+    let file = hsm.path("failed-receipt.json");
+    std::fs::write(&file, serde_json::to_vec(receipt).unwrap()).unwrap();
+    let out = common::seb(
+        &[
+            "receipt",
+            "verify",
+            "--receipt",
+            file.to_str().unwrap(),
+            "--cert",
+            hsm.path("executor.pem").to_str().unwrap(),
+            "--trust",
+            hsm.trust("root.pem").to_str().unwrap(),
+        ],
+        hsm.dir.path(),
+    );
+    common::assert_success(&out, "seb receipt verify of the failed run's receipt");
+    let jti = receipt["body"]["jti"].clone();
+    let reported = hsm.audit_entries_eventually("outcome_reported", 1);
+    assert!(reported.iter().any(|e| e["jti"] == jti), "{reported:?}");
+    drop(exec);
+}

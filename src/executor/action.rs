@@ -273,7 +273,32 @@ pub struct Outcome {
     pub output_complete: bool,
 }
 
+/// The receipt's `exit_code` of an action that could not run, or whose result is unknown (an
+/// upstream that closed the connection mid-answer may have acted).
+pub const EXIT_OUTCOME_UNKNOWN: i64 = -2;
+
+/// What a run whose outcome is unknown leaves on its stderr (and what its digest covers); the
+/// cause is in the executor's log, never in an answer to the agent.
+pub const OUTCOME_UNKNOWN_TEXT: &str =
+    "seb exec: the action failed after its token was redeemed; its outcome is unknown";
+
 impl Outcome {
+    /// An action that could not run, or whose result is unknown, started at `started`.
+    pub fn unknown(started: SystemTime) -> Self {
+        let stderr = OUTCOME_UNKNOWN_TEXT.as_bytes().to_vec();
+        Outcome {
+            exit_code: EXIT_OUTCOME_UNKNOWN,
+            timed_out: false,
+            stdout_sha256: Sha256::digest(b"").into(),
+            stderr_sha256: Sha256::digest(&stderr).into(),
+            stdout: Vec::new(),
+            stderr,
+            started,
+            finished: SystemTime::now().max(started),
+            output_complete: true,
+        }
+    }
+
     /// Whether the action did what it was asked: a process that exited 0, or (`http`) an
     /// answer in 2xx; never one killed on its timeout.
     pub fn succeeded(&self, http: bool) -> bool {

@@ -71,9 +71,15 @@ pub enum ExecError {
     /// The broker could not be reached or answered nonsense: nothing ran.
     #[error("the broker is unavailable: {0}")]
     BrokerUnavailable(String),
-    /// The action could not be started (after redemption: the token is spent).
-    #[error("the action could not run: {0}")]
-    ActionFailed(String),
+    /// The token was redeemed and then the action failed: it could not start, or its
+    /// result is unknown. A receipt says so (`exit_code` -2) and was reported.
+    #[error("the action failed after its token was redeemed; its outcome is unknown")]
+    OutcomeUnknown {
+        /// The signed receipt of the failed run.
+        receipt: Box<crate::receipt::Receipt>,
+        /// Whether the broker recorded it.
+        recorded: bool,
+    },
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,7 +103,7 @@ impl ExecError {
                 return (status, code.clone());
             }
             ExecError::BrokerUnavailable(_) => (502, "broker_unavailable"),
-            ExecError::ActionFailed(_) => (500, "action_failed"),
+            ExecError::OutcomeUnknown { .. } => (500, "action_failed"),
             ExecError::Internal(_) => (500, "internal_error"),
         };
         (status, code.to_owned())

@@ -36,15 +36,19 @@ fn error_response(error: &ExecError) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let message = match error {
         // Never a path or an OS detail of the executor's host to the agent.
-        ExecError::ActionFailed(_) => "the action could not run; see the executor's log".into(),
+        ExecError::OutcomeUnknown { .. } => "the token was redeemed and the action failed: it \
+            could not start, or its result is unknown (it may have acted); the receipt records \
+            it, and the executor's log says why"
+            .into(),
         ExecError::Internal(_) => "internal error".into(),
         other => other.to_string(),
     };
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    let mut body = json!({"error": {"code": code, "message": message}});
+    if let ExecError::OutcomeUnknown { receipt, recorded } = error {
+        body["receipt"] = json!(receipt);
+        body["outcome_recorded"] = json!(recorded);
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn run_handler(
