@@ -337,15 +337,14 @@ pub fn decide(
     // 6. Matching: the grant that decides (the first that allows, unless a stricter one
     // before it covers the request), then each issuer's grants the same way; the strictest
     // approval rule along the chain holds.
-    let (grant_index, grant) =
+    let (grant_index, grant, mut approval) =
         match deciding_grant(leaf_grants, &req.operation, &req.resource, params) {
             Ok(found) => found,
             Err((code, reason)) => return Decision::deny(code, reason),
         };
-    let mut approval = grant.approval.clone();
     for (depth, set) in &issuers {
         let issuer_rule = match deciding_grant(set, &req.operation, &req.resource, params) {
-            Ok((_, g)) => g.approval.as_ref(),
+            Ok((_, _, rule)) => rule,
             Err((_, reason)) => {
                 return Decision::deny(
                     DenyCode::GrantChainEscalation,
@@ -355,7 +354,7 @@ pub fn decide(
                 )
             }
         };
-        approval = match stricter_rule(approval, issuer_rule) {
+        approval = match stricter_rule(approval, issuer_rule.as_ref()) {
             Ok(rule) => rule,
             Err(why) => {
                 return Decision::deny(
@@ -374,9 +373,10 @@ pub fn decide(
     }
 }
 
-/// The approval rule that holds when `issuer`'s grant also decides a request that `current`
-/// governs: the more approvers of the same group; an issuer's rule where the leaf's grant has
-/// none. Two rules naming different groups cannot both be met by one token's approvals.
+/// The approval rule that holds when two rules apply to one request (a governing grant's, or
+/// an issuer's, beside the deciding grant's): the more approvers of the same group; either
+/// rule where the other is none. Two rules naming different groups cannot both be met by one
+/// token's approvals.
 fn stricter_rule(
     current: Option<ApprovalRule>,
     issuer: Option<&ApprovalRule>,
@@ -389,19 +389,28 @@ fn stricter_rule(
             group: mine.group,
         })),
         (Some(mine), Some(theirs)) => Err(format!(
-            "its grant for this request needs approvals of {:?}, the agent's of {:?}",
+            "one rule needs approvals of {:?}, the other of {:?}, and one token's approvals \
+             cannot meet both",
             theirs.group, mine.group
         )),
     }
 }
 
-/// The grant of `set` that decides a request, with its position: the first grant that allows
-/// it, except that a laxer grant later in the list does not stand in for a stricter one. A
-/// grant with an approval rule whose every parameter constraint the request meets (it
-/// constrains at least one), but which refuses the request for another parameter (one it does
-/// not permit, or a lookalike of a constrained name), still governs it: a later grant allows it
-/// only with an approval rule at least as strict (the same group, at least as many approvers),
-/// else the request is refused.
+/// The grant of `set` that decides a request: the first grant that allows it, with its
+/// position, and the approval rule the request needs, which may be stricter than that
+/// grant's own. A laxer grant later in the list does not lower the approvals of a stricter
+/// grant whose scope the request is in:
+///
+/// * a request parameter that a reader ignoring case or invisible characters would take for
+///   one a grant (for this operation and resource) constrains, under another spelling
+///   (`NAME` where `name` is constrained), refuses the request outright;
+/// * a grant with an approval rule whose every parameter constraint the request meets (it
+///   constrains at least one), but which refuses it for parameters it does not permit,
+///   governs it: a later grant that allows the request stands in for it only if that grant
+///   constrains each of those parameters itself (a deliberate exception, such as a dry run);
+///   otherwise the governing grant's approval rule holds too (the stricter of the two, the
+///   same group; rules of two groups cannot be met by one token's approvals and refuse the
+///   request).
 ///
 /// Without an allowing grant, the most specific failure is returned.
 pub fn deciding_grant<'g>(
@@ -409,29 +418,51 @@ pub fn deciding_grant<'g>(
     operation: &str,
     resource: &str,
     params: &Map<String, Value>,
-) -> Result<(usize, &'g Grant), (DenyCode, String)> {
+) -> Result<(usize, &'g Grant, Option<ApprovalRule>), (DenyCode, String)> {
+    let in_scope = |g: &Grant| {
+        matching::operation_matches(&g.operation, operation)
+            && matching::resource_matches(&g.resource, resource)
+    };
+    for (grant_index, grant) in set.grants.iter().enumerate().filter(|(_, g)| in_scope(g)) {
+        if let Some((name, constrained)) = matching::lookalike(&grant.params, params) {
+            return Err((
+                DenyCode::ParamConstraintViolated,
+                format!(
+                    "grant #{grant_index}: parameter {name:?} is not permitted: a program that \
+                     ignores case or invisible characters in names would read it as the \
+                     constrained {constrained:?}"
+                ),
+            ));
+        }
+    }
     let mut best: Option<(DenyCode, String)> = None;
     // Grants that cover the request's constrained parameters but refused it: (index, grant).
     let mut governing: Vec<(usize, &Grant)> = Vec::new();
     for (grant_index, grant) in set.grants.iter().enumerate() {
         match check_grant(grant, operation, resource, params) {
             Ok(()) => {
-                if let Some((earlier, stricter)) = governing
-                    .iter()
-                    .find(|(_, g)| !cover::approval_covers(g, grant))
-                {
-                    return Err((
-                        DenyCode::ParamConstraintViolated,
-                        format!(
-                            "grant #{earlier} covers this request's constrained parameters and                              needs {}, but does not permit all of its parameters; grant                              #{grant_index}, which needs less, does not stand in for it",
-                            stricter.approval.as_ref().map_or_else(String::new, |r| format!(
-                                "{} approval(s) of {:?}",
-                                r.required, r.group
-                            ))
-                        ),
-                    ));
+                let mut rule = grant.approval.clone();
+                for (earlier, g) in &governing {
+                    // A grant that names every parameter the governing one refused is a
+                    // deliberate exception to it.
+                    let exception = params
+                        .keys()
+                        .filter(|k| !g.params.contains_key(*k))
+                        .all(|k| grant.params.contains_key(k));
+                    if exception {
+                        continue;
+                    }
+                    rule = stricter_rule(rule, g.approval.as_ref()).map_err(|why| {
+                        (
+                            DenyCode::ParamConstraintViolated,
+                            format!(
+                                "grant #{grant_index} allows the request, but grant #{earlier}, \
+                                 whose constraints it meets, governs it too: {why}"
+                            ),
+                        )
+                    })?;
                 }
-                return Ok((grant_index, grant));
+                return Ok((grant_index, grant, rule));
             }
             Err((code, reason)) => {
                 if code == DenyCode::ParamConstraintViolated

@@ -653,15 +653,12 @@ fn grant_rule(
     };
     // The grant the broker's decision uses (`authz::deciding_grant`): a token for an action
     // the agent's grants refuse was not issued by a broker that follows them.
-    let (_, grant) =
+    let (_, _, rule) =
         crate::authz::deciding_grant(&grants, &detail.operation, &detail.resource, params)
             .map_err(|(code, reason)| VerifyError::InvalidAuthorizationDetails {
                 reason: format!("the agent's grants refuse this action ({code}): {reason}"),
             })?;
-    Ok(grant
-        .approval
-        .as_ref()
-        .map(|rule| (rule.required, rule.group.clone())))
+    Ok(rule.map(|rule| (rule.required, rule.group)))
 }
 
 /// A certificate's SubjectPublicKeyInfo DER, its point uncompressed (the same key under two

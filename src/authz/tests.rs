@@ -1295,6 +1295,13 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
             Err(ParamConstraintViolated),
             "{shadow}"
         );
+        // The lookalike in place of the real name: refused too, not left to the lax grant.
+        let params = json!({shadow: "release-notes.txt", "text": "t"});
+        assert_eq!(
+            demo_write(&demo, params),
+            Err(ParamConstraintViolated),
+            "{shadow} alone"
+        );
     }
     assert_eq!(
         demo_write(&demo, json!({"name": "release-notes.txt", "text": "t"})),
@@ -1305,8 +1312,8 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
         Ok(None)
     );
 
-    // The strict grant without params_any: an extra parameter does not move the request to
-    // the lax grant, but a later grant at least as strict may take it.
+    // The strict grant without params_any: an extra parameter moves the request to the lax
+    // grant, which allows it, but the strict grant's two approvals still hold.
     let strict_first = r#"
         [[grant]]
         operation = "demo.write"
@@ -1324,7 +1331,7 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
     let c = chain(agent(set(strict_first)), vec![]);
     assert_eq!(
         demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
-        Err(ParamConstraintViolated)
+        two
     );
     assert_eq!(demo_write(&c, json!({"name": "release-notes.txt"})), two);
     assert_eq!(
@@ -1335,11 +1342,10 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
         "{strict_first}\n[[grant]]\noperation = \"demo.write\"\nresource = \"demo/files\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = {{ required = 3, group = \"demo-approvers\" }}\n"
     );
     let c = chain(agent(set(&then_as_strict)), vec![]);
-    // The lax grant (#1) still comes before: refused; a list whose only later grant is as
-    // strict lets that one decide.
+    // The lax grant (#1) still comes first and decides, with the strict grant's rule.
     assert_eq!(
         demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
-        Err(ParamConstraintViolated)
+        two
     );
     let strict_then_stricter = strict_first.replace(
         "params_any = true",
@@ -1349,6 +1355,44 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
     assert_eq!(
         demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
         Ok(Some((3, "demo-approvers".to_string())))
+    );
+
+    // A later grant that names the parameter the strict one does not permit is a deliberate
+    // exception: a dry run of a production change needs no approvals.
+    let dry_run = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.env = { equals = "prod" }
+        approval = { required = 2, group = "demo-approvers" }
+
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.env = { equals = "prod" }
+        params.dry_run = { equals = true }
+    "#;
+    let c = chain(agent(set(dry_run)), vec![]);
+    assert_eq!(
+        demo_write(&c, json!({"env": "prod", "dry_run": true})),
+        Ok(None)
+    );
+    assert_eq!(demo_write(&c, json!({"env": "prod"})), two);
+    // Two groups' rules on one request cannot both be met: refused.
+    let other_group = strict_first.replace(
+        "params_any = true",
+        "params_any = true\n        approval = { required = 1, group = \"other-team\" }",
+    );
+    let c = chain(agent(set(&other_group)), vec![]);
+    assert_eq!(
+        demo_write(&c, json!({"name": "release-notes.txt", "text": "t"})),
+        Err(ParamConstraintViolated)
+    );
+    assert_eq!(
+        demo_write(&c, json!({"name": "notes.txt"})),
+        Ok(Some((1, "other-team".to_string())))
     );
 
     // First match is otherwise unchanged: a grant that constrains nothing does not govern
@@ -1396,33 +1440,27 @@ fn an_issuers_approval_rule_holds_for_the_agents_below_it() {
         demo_write(&c, json!({"name": "release-notes.txt"})),
         Ok(Some((3, "demo-approvers".to_string())))
     );
-    // Another group below an issuer's rule cannot be met by one token's approvals.
-    let other_group = format!(
-        "{}\n[[grant]]\noperation = \"demo.write\"\nresource = \"demo/files\"\nmax_ttl = \"60s\"\nparams_any = true\napproval = {{ required = 2, group = \"demo-approvers\" }}\n",
-        r#"
-        [[grant]]
-        operation = "demo.write"
-        resource = "demo/files"
-        max_ttl = "60s"
-        params.name = { prefix = "release-" }
-        params_any = true
-        approval = { required = 2, group = "other-team" }
-        "#
-    );
-    let parent_all = r#"
+    // Another group's rule below an issuer's (attenuation holds: the issuer's lax grant
+    // covers any rule) cannot be met by one token's approvals.
+    let other_group = r#"
         [[grant]]
         operation = "demo.write"
         resource = "demo/files"
         max_ttl = "60s"
         params_any = true
-        approval = { required = 1, group = "demo-approvers" }
+        approval = { required = 1, group = "other-team" }
     "#;
-    let c = chain(agent(set(&other_group)), vec![cert(2, set(parent_all))]);
+    let c = chain(agent(set(other_group)), vec![cert(2, set(demo))]);
     let d = decide_now(
         &c,
         &request("demo.write", "demo/files", json!({"name": "release-x"})),
     );
     assert_eq!(code(&d), Some(GrantChainEscalation), "{d:?}");
+    assert!(format!("{d:?}").contains("cannot meet both"), "{d:?}");
+    assert_eq!(
+        demo_write(&c, json!({"name": "notes.txt"})),
+        Ok(Some((1, "other-team".to_string())))
+    );
 }
 
 /// Clock edges (docs/RELIABILITY.md): the other side of each bound `certificate_validity_and_
