@@ -159,6 +159,22 @@ pub fn params_satisfy(
     Ok(())
 }
 
+/// A request parameter that folds (case, `_`, `-`, invisible characters:
+/// [`syntax::folded_name`]) to a name `constraints` constrains, under another spelling, with
+/// that name: (`NAME`, `name`).
+pub fn lookalike<'a>(
+    constraints: &'a std::collections::BTreeMap<String, Constraint>,
+    params: &'a Map<String, Value>,
+) -> Option<(&'a String, &'a String)> {
+    params.keys().find_map(|name| {
+        let folded = syntax::folded_name(name);
+        constraints
+            .keys()
+            .find(|c| *c != name && syntax::folded_name(c) == folded)
+            .map(|c| (name, c))
+    })
+}
+
 /// Whether the request meets every constraint of a grant that constrains something: each
 /// constrained parameter present with a value its constraint allows (extra parameters aside).
 pub fn constraints_met(
@@ -183,8 +199,15 @@ pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
         }
         Constraint::Prefix(prefix) => value
             .as_str()
-            .is_some_and(|s| s.starts_with(prefix.as_str())),
+            .is_some_and(|s| s.starts_with(prefix.as_str()) && !climbs(s)),
     }
+}
+
+/// Whether a string has a `..` path segment (between `/` or `\` separators, or at either
+/// end): a value under a prefix that a reader taking it for a path would resolve outside the
+/// prefix (`registry.internal/payments/../../other`, `release-/../../etc/passwd`).
+fn climbs(value: &str) -> bool {
+    value.split(['/', '\\']).any(|segment| segment == "..")
 }
 
 /// The one JSON type a constraint takes, if it takes only one.
@@ -298,6 +321,32 @@ mod tests {
         ];
         for (p, r) in no {
             assert!(!resource_matches(p, r), "{p} !~ {r}");
+        }
+    }
+
+    /// Outside review: `prefix = "registry.internal/payments/"` granted
+    /// `registry.internal/payments/../../evil`.
+    #[test]
+    fn a_prefix_does_not_admit_a_value_that_climbs_out_of_it() {
+        let images = Constraint::Prefix("registry.internal/payments/".into());
+        let files = Constraint::Prefix("release-".into());
+        for (constraint, value, allowed) in [
+            (&images, "registry.internal/payments/api:1.4", true),
+            (&images, "registry.internal/payments/a..b/c", true),
+            (&images, "registry.internal/payments/..hidden", true),
+            (&images, "registry.internal/payments/../../evil", false),
+            (&images, "registry.internal/payments/x/..", false),
+            (&images, "registry.internal/payments/x\\..\\..\\evil", false),
+            (&images, "registry.internal/other", false),
+            (&files, "release-notes.txt", true),
+            (&files, "release-/../../etc/passwd", false),
+            (&files, "release-..", true),
+        ] {
+            assert_eq!(
+                constraint_allows(constraint, &Value::String(value.into())),
+                allowed,
+                "{value}"
+            );
         }
     }
 
