@@ -273,9 +273,17 @@ pub fn verify_evidence(
     let info = verify_quote_signature(&attest, &signature, &ak)?;
     check_binding(&info, evidence, check)?;
     let broker_id = same_broker(&ak_cert, &tls)?;
-    let pcrs = decode_pcrs(&evidence.pcrs, evidence.pcr_bank)?;
-    check_pcr_digest(&info, evidence.pcr_bank, &pcrs, &check.policy.pcrs)?;
-    evidence.event_log.check_replay(evidence.pcr_bank, &pcrs)?;
+    // The bank is the policy's, whatever the evidence says it is.
+    let bank = check.policy.bank;
+    if evidence.pcr_bank != bank {
+        return Err(QuoteError::SelectionMismatch {
+            quoted: format!("the {} bank", evidence.pcr_bank),
+            required: format!("the {bank} bank"),
+        });
+    }
+    let pcrs = decode_pcrs(&evidence.pcrs, bank)?;
+    check_pcr_digest(&info, bank, &pcrs, &check.policy.pcrs)?;
+    evidence.event_log.check_replay(bank, &pcrs)?;
     check.policy.compare(&pcrs, &evidence.event_log)?;
     if let Some(ek) = &evidence.ek_certificate {
         check

@@ -232,6 +232,18 @@ fn tampered_pcr_values_are_rejected() {
     assert_eq!(f.verify(&e).unwrap_err(), QuoteError::PcrDigestMismatch);
 }
 
+/// The bank is the policy's (outside review: the evidence named its own, which only value
+/// lengths kept from mattering).
+#[test]
+fn evidence_naming_another_bank_than_the_policy_is_rejected() {
+    let f = fixture();
+    let mut e = f.good();
+    e.pcr_bank = PcrBank::Sha384;
+    let err = f.verify(&e).unwrap_err();
+    assert_eq!(err.code(), "pcr_selection_mismatch", "{err}");
+    assert!(err.to_string().contains("sha384"), "{err}");
+}
+
 #[test]
 fn event_log_that_does_not_replay_is_rejected() {
     let f = fixture();
