@@ -140,19 +140,15 @@ impl Pkcs11Backend {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = {
-                // Taken before the device, so that nobody waiting for a turn holds the
-                // context a rebuild waits to drain.
-                let _turn = self
-                    .turn
-                    .as_ref()
-                    .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
-                let device = self.device()?;
-                let outcome = op(&device);
-                (outcome, device)
-            };
-            let (outcome, device) = outcome;
-            match outcome {
+            // Held for the whole attempt, the connect and a rebuild after a fault included
+            // (finalising is a call too), and taken before the device: nobody waiting for a
+            // turn holds the context a rebuild drains, so the drain is immediate.
+            let _turn = self
+                .turn
+                .as_ref()
+                .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
+            let device = self.device()?;
+            match op(&device) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Backend(err)) => return Err(err),
                 Err(Failure::Ck(what, err)) if is_recoverable(&err) => {
