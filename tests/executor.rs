@@ -258,6 +258,9 @@ fn a_token_is_executed_once_by_its_agent_with_its_params_and_the_receipt_is_evid
     let rogue = rogue_executor(&s);
     let mut body: seb::receipt::ReceiptBody =
         serde_json::from_value(receipt["body"].clone()).unwrap();
+    // Within the rogue certificate's validity, which began after the real run.
+    let now_ms = seb::time::unix_millis(std::time::SystemTime::now());
+    (body.started_at_ms, body.finished_at_ms) = (now_ms, now_ms);
     body.executor = seb::base64url::encode(
         &seb::cert::Certificate::parse_pem_chain(&std::fs::read(&rogue.cert).unwrap()).unwrap()[0]
             .thumbprint_sha256()
@@ -1232,5 +1235,35 @@ timeout = "10s"
     let jti = receipt["body"]["jti"].clone();
     let reported = hsm.audit_entries_eventually("outcome_reported", 1);
     assert!(reported.iter().any(|e| e["jti"] == jti), "{reported:?}");
+    // `seb request --execute` prints the answer with its receipt and says the outcome is
+    // unknown, not that the executor refused.
+    let root = hsm.trust("root.pem");
+    let out = common::seb(
+        &[
+            "request",
+            "--broker",
+            &broker.url,
+            "--ca",
+            root.to_str().unwrap(),
+            "--cert",
+            agent.cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "demo.call",
+            "--resource",
+            "demo/upstream",
+            "--params",
+            &json!({"item": "t-2000"}).to_string(),
+            "--execute",
+            &exec.url,
+        ],
+        hsm.dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("its outcome is unknown"), "{stderr}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["receipt"]["body"]["exit_code"], -2, "{printed}");
     drop(exec);
 }

@@ -499,11 +499,19 @@ fn refusal_from(source: &str, response: &ApiResponse) -> Outcome {
     let message = response.body["error"]["message"]
         .as_str()
         .map_or_else(|| format!("HTTP {}", response.status), str::to_owned);
-    Outcome::Refused(json!({
+    let mut refused = json!({
         "error": {"code": code, "message": message},
         "source": source,
         "http_status": response.status,
-    }))
+    });
+    // An executor's action that failed after its token was redeemed: the signed receipt of
+    // the failed run, and whether the broker recorded it, go to the agent too.
+    for field in ["receipt", "outcome_recorded"] {
+        if let Some(value) = response.body.get(field) {
+            refused[field] = value.clone();
+        }
+    }
+    Outcome::Refused(refused)
 }
 
 #[cfg(test)]

@@ -190,6 +190,14 @@ fn execute(
             return Ok(std::process::ExitCode::FAILURE);
         }
         std::process::ExitCode::SUCCESS
+    } else if answer.body.get("receipt").is_some() {
+        // The token was redeemed; the action failed after that and may have acted.
+        tell!(
+            "the token was redeemed, then the action failed ({}): its outcome is unknown; the \
+             executor signed a receipt of the failed run (above) and reported it",
+            answer.body["error"]["code"].as_str().unwrap_or("unknown")
+        );
+        std::process::ExitCode::FAILURE
     } else {
         tell!(
             "the executor refused: {}",

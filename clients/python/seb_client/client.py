@@ -391,9 +391,16 @@ def _answer(response: httpx.Response) -> Any:
         body = None
     if response.status_code >= 400:
         error = body.get("error", {}) if isinstance(body, dict) else {}
-        raise errors.from_answer(response.status_code, error.get("code", "http_error"),
-                                 error.get("message", response.text[:200]),
-                                 error.get("request_id"))
+        failure = errors.from_answer(response.status_code, error.get("code", "http_error"),
+                                     error.get("message", response.text[:200]),
+                                     error.get("request_id"))
+        # An executor whose action failed after the token was redeemed answers 500
+        # action_failed with the signed receipt of the failed run (exit_code -2) beside it.
+        if isinstance(failure, errors.ActionFailed) and isinstance(body, dict) \
+                and isinstance(body.get("receipt"), dict):
+            failure.answer = body
+            failure.receipt = body["receipt"]
+        raise failure
     if not isinstance(body, dict):
         # Every route this client calls answers a JSON object; anything else is not seb's.
         raise errors.from_answer(response.status_code, "invalid_answer",

@@ -41,9 +41,11 @@ class RateLimited(SebError):
 
 
 class ActionFailed(SebError):
-    """The executor ran the action and it failed, or could not start it. The token is spent:
-    do not retry it. ``answer`` is the executor's answer when it gave one (``succeeded``
-    false, with the signed ``receipt``, ``stdout`` and ``stderr``), else None."""
+    """The executor ran the action and it failed, or could not start it, or its result is
+    unknown. The token is spent: do not retry it. ``answer`` is the executor's answer when it
+    gave one (``succeeded`` false, with the signed ``receipt``, ``stdout`` and ``stderr``; or,
+    for a run that failed after the redemption, the error with the signed ``receipt`` whose
+    ``exit_code`` is -2 and ``outcome_recorded``), else None."""
 
     code = "action_failed"
 

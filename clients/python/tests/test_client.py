@@ -274,3 +274,20 @@ def test_codes_a_caller_handles_differently_get_their_own_classes():
     assert isinstance(failed, errors.ActionFailed) and not isinstance(failed,
                                                                      errors.Unavailable)
     assert isinstance(errors.from_answer(503, "hsm_unavailable", "x"), errors.Unavailable)
+
+
+def test_a_run_that_failed_after_redemption_raises_action_failed_with_its_receipt():
+    # The executor's 500 action_failed after the token was redeemed carries the signed
+    # receipt of the failed run (exit_code -2): the exception keeps it (outside review).
+    import httpx
+    from seb_client.client import _answer
+    body = {"error": {"code": "action_failed", "message": "the token was redeemed ..."},
+            "receipt": {"body": {"exit_code": -2}, "signature": "sig"},
+            "outcome_recorded": True}
+    with pytest.raises(errors.ActionFailed) as failed:
+        _answer(httpx.Response(500, json=body))
+    assert failed.value.receipt == body["receipt"]
+    assert failed.value.answer["outcome_recorded"] is True
+    with pytest.raises(errors.ActionFailed) as plain:
+        _answer(httpx.Response(500, json={"error": {"code": "action_failed", "message": "m"}}))
+    assert plain.value.receipt is None

@@ -44,3 +44,33 @@ fn tool_inputs_have_no_identity_fields_and_refuse_unknown_ones() {
     assert_eq!(v["error"]["code"], "invalid_arguments");
     assert!(v["error"]["message"].as_str().unwrap().contains("cert"));
 }
+
+/// An executor's 500 `action_failed` after the redemption carries the failed run's receipt:
+/// the agent's tool result keeps it (outside review: only the code and message were kept).
+#[test]
+fn a_refusal_keeps_the_receipt_of_a_run_that_failed_after_redemption() {
+    let answer = seb::client::ApiResponse {
+        status: 500,
+        body: json!({
+            "error": {"code": "action_failed", "message": "the token was redeemed ..."},
+            "receipt": {"body": {"exit_code": -2}, "signature": "sig"},
+            "outcome_recorded": true,
+        }),
+        text: String::new(),
+    };
+    let Outcome::Refused(refused) = refusal_from("executor", &answer) else {
+        panic!("not a refusal")
+    };
+    assert_eq!(refused["error"]["code"], "action_failed");
+    assert_eq!(refused["receipt"]["body"]["exit_code"], -2, "{refused}");
+    assert_eq!(refused["outcome_recorded"], true, "{refused}");
+    let plain = seb::client::ApiResponse {
+        status: 403,
+        body: json!({"error": {"code": "wrong_params", "message": "m"}}),
+        text: String::new(),
+    };
+    let Outcome::Refused(refused) = refusal_from("executor", &plain) else {
+        panic!("not a refusal")
+    };
+    assert!(refused.get("receipt").is_none(), "{refused}");
+}
