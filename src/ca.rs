@@ -405,9 +405,7 @@ pub fn issue_leaf_serving(
     }
     let validity = validity_from(now, request.ttl)?;
     if validity.not_after.to_system_time() > issuer.not_after() {
-        return Err(CaError::Validity(
-            "the certificate would outlive its issuer; use a shorter --ttl".into(),
-        ));
+        return Err(outlives_issuer(issuer, now));
     }
     if tls_names.is_empty() {
         extra.push(subject_as_alt_name(&request.subject)?);
@@ -468,6 +466,22 @@ pub fn issue_intermediate(
         public_key: request.public_key,
     };
     unsigned.sign(signer)
+}
+
+/// The refusal of a certificate that would end after its issuer: which issuer, until when,
+/// the longest `--ttl` that fits, and what to do when that is too short.
+pub(crate) fn outlives_issuer(issuer: &Certificate, now: SystemTime) -> CaError {
+    let until = der::DateTime::from_system_time(issuer.not_after())
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| "an unreadable date".into());
+    let left = issuer.not_after().duration_since(now).unwrap_or_default();
+    CaError::Validity(format!(
+        "the certificate would outlive its issuer {:?}, valid until {until}: the longest \
+         --ttl that fits is {}h; if that is too short, the issuer itself needs replacing (a new \
+         intermediate with `seb cert issue-ca`, or a new root: docs/OPERATIONS.md §11)",
+        issuer.subject_string(),
+        left.as_secs() / 3600
+    ))
 }
 
 /// The `sebRole` extension (non-critical: generic tools such as `openssl verify` must accept

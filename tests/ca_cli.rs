@@ -297,6 +297,9 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
     assert!(out.contains("revoked"), "{out}");
     let again = hsm.seb_ok(&["cert", "revoke", "--serial", &serial]);
     assert!(again.contains("already revoked"), "{again}");
+    // It says when and why, and that another reason does not replace the first.
+    assert!(again.contains("(key-compromise, at 20"), "{again}");
+    assert!(again.contains("is not changed afterwards"), "{again}");
     // Both attempts are entries: the second says it changed nothing.
     let entries = hsm.audit_entries("certificate_revoked");
     assert_eq!(entries.len(), 2, "{entries:?}");

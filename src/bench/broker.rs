@@ -401,7 +401,7 @@ fn serve_and_measure(
                 if let (Some(a), Some(b)) = (single_before, single_after) {
                     let raw_p50 = (a + b) / 2.0;
                     say!(
-                        "broker {agents:>3} keep-alive agent(s), {label}: p50 {:+.2} ms over one raw signature's p50 {:.2} ms (measured {:.2} before and {:.2} after)",
+                        "broker {agents:>3} keep-alive agent(s) ({label}): p50 {:+.2} ms over one raw signature's p50 {:.2} ms (measured {:.2} before and {:.2} after)",
                         stats.pct(0.50) - raw_p50,
                         raw_p50,
                         a,
@@ -410,7 +410,7 @@ fn serve_and_measure(
                 } else if stats.ok > 0 {
                     let floor = 1e3 * agents as f64 / stats.rate();
                     say!(
-                        "broker {agents:>3} keep-alive agent(s), {label}: p99 {:.2} × the Little's-law floor of {floor:.2} ms ({agents} / throughput)",
+                        "broker {agents:>3} keep-alive agent(s) ({label}): p99 {:.2} × the Little's-law floor of {floor:.2} ms ({agents} / throughput)",
                         stats.pct(0.99) / floor,
                     );
                 }

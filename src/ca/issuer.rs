@@ -36,9 +36,7 @@ pub fn check_intermediate(
     }
     let validity = validity_from(now, ttl)?;
     if validity.not_after.to_system_time() > issuer.not_after() {
-        return Err(CaError::Validity(
-            "the certificate would outlive its issuer; use a shorter --ttl".into(),
-        ));
+        return Err(super::outlives_issuer(issuer, now));
     }
     // The most intermediates the new CA may have below it without breaking an ancestor's
     // pathLenConstraint: ancestor i already has i intermediates plus the new one below it.

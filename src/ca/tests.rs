@@ -115,6 +115,16 @@ fn only_a_valid_ca_issues() {
     )
     .unwrap_err();
     assert!(matches!(err, CaError::Validity(_)), "{err}");
+    // The refusal names the issuer, its end and the longest --ttl that fits, and says what to
+    // do when that is too short (a day-two review: "use a shorter --ttl" sent operators to
+    // shorten renewals under an intermediate about to expire).
+    let text = err.to_string();
+    assert!(
+        text.contains("CN=short") && text.contains("valid until"),
+        "{text}"
+    );
+    assert!(text.contains("the longest --ttl that fits is"), "{text}");
+    assert!(text.contains("seb cert issue-ca"), "{text}");
 
     // An expired issuer issues nothing.
     let later = now() + Duration::from_secs(400 * 86_400);

@@ -183,11 +183,14 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
         match seb::store::sqlite::SqliteStore::quick_check(&config.state_dir) {
             Ok(found) if found.is_empty() => r.ok("the database passes SQLite's quick_check"),
             Ok(found) => r.problem(&format!(
-                "the database is damaged ({}): stop the broker and restore a backup, deleting                  seb.db-wal and seb.db-shm before copying it in (docs/OPERATIONS.md §9)",
+                "the database is damaged ({}): stop the broker and restore a backup, deleting \
+                 seb.db-wal and seb.db-shm before copying it in (docs/OPERATIONS.md §9)",
                 found.into_iter().take(3).collect::<Vec<_>>().join("; ")
             )),
             Err(e) => r.problem(&format!(
-                "the database cannot be checked ({}): stop the broker and restore a backup                  (docs/OPERATIONS.md §9)",
+                "the database cannot be checked ({}): run `seb check` as the broker's user; \
+                 if that cannot open it either, it is damaged: stop the broker and restore a \
+                 backup (docs/OPERATIONS.md §9)",
                 super::mcp::with_causes(&e)
             )),
         }
@@ -300,11 +303,18 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                 match &config.backend {
                     BackendConfig::Pkcs11(p) if !matches!(p.pin, PinSource::Sealed { .. }) => {
                         r.warn(
-                            "the PIN is not sealed to the boot state (pin_file or pin_env): a                              host booted into another state can still use the root key, certify                              a key of its own as the AK and forge evidence that `seb attest                              verify` accepts; seal it with `seb seal-pin` and set pin_sealed                              (docs/ATTESTATION.md §5.2, §9)",
+                            "the PIN is not sealed to the boot state (pin_file or pin_env): a \
+                             host booted into another state can still use the root key, certify \
+                             a key of its own as the AK and forge evidence that `seb attest \
+                             verify` accepts; seal it with `seb seal-pin` and set pin_sealed \
+                             (docs/ATTESTATION.md §5.2, §9)",
                         );
                     }
                     BackendConfig::Tpm(_) => r.warn(
-                        "the broker's keys are in the TPM with no PCR policy: a host booted into                          another state can still use the root key and forge attestation                          evidence (docs/ATTESTATION.md §5.2); keep the keys in an HSM with a                          sealed PIN where attestation matters",
+                        "the broker's keys are in the TPM with no PCR policy: a host booted into \
+                         another state can still use the root key and forge attestation \
+                         evidence (docs/ATTESTATION.md §5.2); keep the keys in an HSM with a \
+                         sealed PIN where attestation matters",
                     ),
                     BackendConfig::Pkcs11(_) => {}
                 }

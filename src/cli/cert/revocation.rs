@@ -109,7 +109,7 @@ pub(super) fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
         // Nothing changes, but the attempt is an audit entry (`code: already_revoked`): the
         // issuer checks below would only stand in its way.
         store.revoke_issued_by(&serial, None, reason, SystemTime::now())?;
-        say!("{serial} was already revoked; nothing changed");
+        say!("{}", already_revoked(store.as_ref(), &serial, reason));
         return Ok(());
     }
     let issuer = match (store.issued_certificate(&serial)?, &args.issuer) {
@@ -153,10 +153,34 @@ pub(super) fn revoke(config: &Config, args: RevokeArgs) -> CliResult {
             reason.as_str()
         ),
         RevokeOutcome::AlreadyRevoked => {
-            say!("{serial} was already revoked; nothing changed")
+            say!("{}", already_revoked(store.as_ref(), &serial, reason))
         }
     }
     Ok(())
+}
+
+/// What to say when `serial` was revoked before: when and why, and that the reason asked for
+/// now (`asked`) does not replace it.
+fn already_revoked(store: &dyn seb::store::Store, serial: &Serial, asked: Reason) -> String {
+    let earlier = store
+        .revocations()
+        .ok()
+        .and_then(|all| all.into_iter().find(|r| r.serial == *serial));
+    match earlier {
+        Some(r) if r.reason != asked => format!(
+            "{serial} was already revoked ({}, at {}); nothing changed: a revocation's reason \
+             is not changed afterwards, and the CRLs keep saying {}",
+            r.reason.as_str(),
+            super::super::inventory::time_text(r.revoked_at),
+            r.reason.as_str()
+        ),
+        Some(r) => format!(
+            "{serial} was already revoked ({}, at {}); nothing changed",
+            r.reason.as_str(),
+            super::super::inventory::time_text(r.revoked_at)
+        ),
+        None => format!("{serial} was already revoked; nothing changed"),
+    }
 }
 
 /// Writes a fresh CRL signed by the root key, or by the intermediate `--issuer` names.
