@@ -1406,7 +1406,9 @@ fn full_store_means_503_and_no_token_then_recovery() {
             assert!(std::time::Instant::now() < deadline, "{}", h.text);
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         };
-        assert_eq!(h.body["checks"]["store"]["ok"], false);
+        // The store's own probe is a one-row update that can still fit in the write-ahead
+        // log's existing space on a full disk (it failed in most runs, not all); the audit
+        // log's appends cannot, and that is what stops issuance.
         assert_eq!(h.body["checks"]["audit"]["ok"], false, "{}", h.text);
         assert!(
             h.body["checks"]["audit"]["reason"]
