@@ -837,3 +837,40 @@ fn a_tpm_that_hangs_stops_issuance_with_an_audit_entry_and_its_return_resumes_it
     let recovered = s.hsm.audit_entries_eventually("attestation_recovered", 1);
     assert_eq!(recovered.len(), 1, "{recovered:?}");
 }
+
+/// Outside review: revoking the attestation key's certificate changed nothing: the broker
+/// went on attesting and issuing attested tokens. Its self-check now reads the revocation from
+/// the store and fails closed until a new AK is enrolled.
+#[test]
+fn a_revoked_attestation_key_stops_attested_issuance() {
+    let s = setup(false);
+    let r = request(&s);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ak = s.hsm.trust("ak.pem");
+    let serial = seb::cert::Certificate::parse(&std::fs::read(&ak).unwrap())
+        .unwrap()
+        .serial_hex();
+    s.hsm.seb_ok(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+        "--unknown",
+    ]);
+    eventually("issuance stops", || {
+        let r = request(&s);
+        r.status == 503 && r.body["error"]["code"] == "attestation_failed"
+    });
+    let health = call(&s, &s.executor, "GET", "/healthz", None);
+    assert_eq!(health.status, 503, "{}", health.text);
+    let reason = health.body["checks"]["attestation"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("is revoked") && reason.contains("seb attest enroll"),
+        "{}",
+        health.text
+    );
+}

@@ -208,12 +208,13 @@ impl AttestationState {
     /// blocks). Every change between passing and failing is recorded durably in the store's
     /// event record (`attestation_failed` with the reason, `attestation_restored`).
     pub fn start_self_check(self: Arc<Self>, store: Arc<dyn Store>) {
+        let revocations = store.clone();
         let transitions = Arc::new(Mutex::new(Transitions {
             store,
             passing: None,
             recorded_reason: None,
         }));
-        let first = self.self_check();
+        let first = self.self_check_with(Some(revocations.as_ref()));
         match &first {
             Err(reason) => {
                 tracing::error!(%reason, "attestation self-check at start failed; issuance refused until it passes")
@@ -229,7 +230,7 @@ impl AttestationState {
             .name("seb-attest".into())
             .spawn(move || loop {
                 std::thread::sleep(interval);
-                let outcome = checker.self_check();
+                let outcome = checker.self_check_with(Some(revocations.as_ref()));
                 lock(&checked).observe(&outcome);
             });
         if let Err(e) = spawned {
@@ -328,7 +329,32 @@ impl AttestationState {
     /// Quotes with a random nonce and verifies the result against the policy; records the
     /// outcome. Returns the failure reason, if any.
     pub fn self_check(&self) -> Result<(), String> {
-        let outcome = self.check_once(SystemTime::now());
+        self.self_check_with(None)
+    }
+
+    /// [`Self::self_check`], and with the broker's `store`, that the attestation key's
+    /// certificate is not revoked there: a revoked AK (`seb cert revoke` of the serial of
+    /// `trust/ak.pem`) stops attested issuance like a failed quote, until a new one is enrolled.
+    fn self_check_with(&self, store: Option<&dyn Store>) -> Result<(), String> {
+        let outcome = self.check_once(SystemTime::now()).and_then(|digest| {
+            match (store, &self.ak_certificate) {
+                (Some(store), Some(ak)) => {
+                    let serial = crate::serial::Serial::of(ak)
+                        .map_err(|e| format!("the AK certificate's serial: {e}"))?;
+                    match store.is_revoked(&serial) {
+                        Ok(false) => Ok(digest),
+                        Ok(true) => Err(format!(
+                            "the attestation key's certificate (serial {serial}) is revoked: \
+                             enrol a new one (`seb attest enroll`) and restart the broker"
+                        )),
+                        Err(e) => Err(format!(
+                            "cannot read whether the attestation key's certificate is revoked: {e}"
+                        )),
+                    }
+                }
+                _ => Ok(digest),
+            }
+        });
         // Stamped when the check ends: a check the TPM held up for a while measured the state
         // of when it answered, and must not count as already overdue (which would record a
         // recovery while issuance is still refused).
