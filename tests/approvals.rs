@@ -1191,6 +1191,24 @@ fn pending_requests_notify_the_webhook_and_expire() {
     );
 }
 
+/// `seb cert issue` of the CSR in `csr` as an approver of `sre-leads` for 30 days, to `pem`.
+fn certify_approver(s: &Setup, csr: &std::path::Path, pem: &std::path::Path) {
+    s.hsm.seb_ok(&[
+        "cert",
+        "issue",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--role",
+        "approver",
+        "--group",
+        "sre-leads",
+        "--ttl",
+        "30d",
+        "--out",
+        pem.to_str().unwrap(),
+    ]);
+}
+
 /// An approver whose key and CSR openssl made, with `subject` in openssl's `/A=x/B=y` form
 /// (attributes in that order) and its strings as BMPString where `bmp`.
 fn openssl_approver(s: &Setup, name: &str, subject: &str, bmp: bool) -> Identity {
@@ -1209,20 +1227,7 @@ fn openssl_approver(s: &Setup, name: &str, subject: &str, bmp: bool) -> Identity
         &path("csr"),
         &["-config", config.to_str().unwrap()],
     );
-    s.hsm.seb_ok(&[
-        "cert",
-        "issue",
-        "--csr",
-        path("csr").to_str().unwrap(),
-        "--role",
-        "approver",
-        "--group",
-        "sre-leads",
-        "--ttl",
-        "30d",
-        "--out",
-        path("pem").to_str().unwrap(),
-    ]);
+    certify_approver(s, &path("csr"), &path("pem"));
     Identity {
         cert: path("pem"),
         key: path("key"),
@@ -1324,20 +1329,7 @@ fn same_key_compressed(s: &Setup, who: &Identity, name: &str, subject: &str) -> 
         after_pub.starts_with("02") || after_pub.starts_with("03"),
         "the CSR's point is not compressed: {text}"
     );
-    s.hsm.seb_ok(&[
-        "cert",
-        "issue",
-        "--csr",
-        path("csr").to_str().unwrap(),
-        "--role",
-        "approver",
-        "--group",
-        "sre-leads",
-        "--ttl",
-        "30d",
-        "--out",
-        path("pem").to_str().unwrap(),
-    ]);
+    certify_approver(s, &path("csr"), &path("pem"));
     Identity {
         cert: path("pem"),
         key: who.key.clone(),
