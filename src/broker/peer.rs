@@ -157,7 +157,7 @@ impl PeerCache {
         let leaf = certs
             .first()
             .ok_or_else(|| BrokerError::BadCertificate("no client certificate".into()))?;
-        let slot = key_id(leaf)?;
+        let slot = slot_of(leaf)?;
         // The chain hash covers the first MAX_PRESENTED certificates only: a longer chain must
         // never be answered from the entry of its first part.
         if presented.len() <= MAX_PRESENTED {
@@ -172,7 +172,7 @@ impl PeerCache {
                 count: presented.len(),
                 max: MAX_PRESENTED,
             });
-        let peer = Arc::new(validate(&certs, slot, roots, now, too_many)?);
+        let peer = Arc::new(validate(&certs, key_id(leaf)?, roots, now, too_many)?);
         if peer.chain.is_ok() {
             if let Ok(mut cache) = self.entries.lock() {
                 if cache.len() >= PEER_CACHE_ENTRIES && !cache.contains_key(&slot) {
@@ -191,7 +191,7 @@ impl PeerCache {
             return None;
         }
         let leaf = Certificate::parse(presented.first()?).ok()?;
-        let slot = key_id(&leaf).ok()?;
+        let slot = slot_of(&leaf).ok()?;
         self.lookup(&slot, &chain_hash(presented))
     }
 
@@ -213,9 +213,19 @@ fn chain_hash(presented: &[Vec<u8>]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// SHA-256 of a certificate's SubjectPublicKeyInfo DER.
+/// The peer's key id: SHA-256 of its SubjectPublicKeyInfo with the point uncompressed
+/// ([`Certificate::spki_sha256`]). Made on a cache miss only: the decoding it takes is too
+/// dear for every request.
 fn key_id(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
     cert.spki_sha256()
+        .map_err(|e| BrokerError::BadCertificate(e.to_string()))
+}
+
+/// The cache's slot for a leaf: SHA-256 of its SubjectPublicKeyInfo as spelt (the two
+/// spellings of one key take two slots, which costs a validation, not a wrong answer).
+fn slot_of(cert: &Certificate) -> Result<[u8; 32], BrokerError> {
+    cert.public_key_der()
+        .map(|der| Sha256::digest(der).into())
         .map_err(|e| BrokerError::BadCertificate(e.to_string()))
 }
 
