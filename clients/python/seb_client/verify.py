@@ -718,10 +718,48 @@ def grant_rule(agent: x509.Certificate, operation: str, resource: str,
         grants = _decode_grants(ext.value.value)
     except (ValueError, UnicodeDecodeError, IndexError):
         return None
+    return _deciding_rule(grants, operation, resource, params)
+
+
+def _deciding_rule(grants: list[dict], operation: str, resource: str,
+                   params: dict) -> tuple[int, str] | None:
+    """The approval rule the broker's decision gives the action (seb's
+    ``authz::deciding_grant``): the first grant that allows it, with the rule of an earlier
+    grant whose constraints the action meets but which refused it (unless the allowing grant
+    names every parameter that one refused); ``None`` when no grant allows it, a parameter is a
+    lookalike of a constrained name, or two rules of different groups meet."""
+    for grant in grants:
+        if _in_scope(grant, operation, resource) and any(
+                c != name and _folded(c) == _folded(name)
+                for name in params for c in grant["params"]):
+            return None
+    governing = []
     for grant in grants:
         if _allows(grant, operation, resource, params):
-            return grant["approval"]
+            rule = grant["approval"]
+            for earlier in governing:
+                refused = [k for k in params if k not in earlier["params"]]
+                if all(k in grant["params"] for k in refused):
+                    continue
+                theirs = earlier["approval"]
+                if rule is None:
+                    rule = theirs
+                elif rule[1] != theirs[1]:
+                    return None
+                else:
+                    rule = (max(rule[0], theirs[0]), rule[1])
+            return rule
+        if grant["approval"] is not None and grant["params"] \
+                and _in_scope(grant, operation, resource) \
+                and all(name in params and _satisfies(kind, want, params[name])
+                        for name, (kind, want) in grant["params"].items()):
+            governing.append(grant)
     return None
+
+
+def _folded(name: str) -> str:
+    # seb's grants::syntax::folded_name: case folded, only letters and digits kept.
+    return "".join(c for c in name.upper().lower() if c.isalnum())
 
 
 def _integer(data: bytes) -> int:
@@ -772,7 +810,7 @@ def _decode_grants(der: bytes) -> list[dict]:
     return grants
 
 
-def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:
+def _in_scope(grant: dict, operation: str, resource: str) -> bool:
     pattern = grant["operation"]
     if pattern != "*":
         if pattern.endswith(".*"):
@@ -781,21 +819,30 @@ def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:
                 return False
         elif pattern != operation:
             return False
-    if not _glob(grant["resource"].split("/"), resource.split("/")):
+    return _glob(grant["resource"].split("/"), resource.split("/"))
+
+
+def _satisfies(kind: str, want: Any, value: Any) -> bool:
+    if not isinstance(value, (str, int)) or isinstance(value, float):
+        return False
+    if kind == "equals":
+        return _same(value, want)
+    if kind == "one_of":
+        return any(_same(value, w) for w in want)
+    if kind == "range":
+        return type(value) is int and want[0] <= value <= want[1]
+    if kind == "prefix":
+        # A value with a ".." path segment climbs out of its prefix (seb refuses it too).
+        return type(value) is str and value.startswith(want) and \
+            ".." not in value.replace("\\", "/").split("/")
+    return False
+
+
+def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:
+    if not _in_scope(grant, operation, resource):
         return False
     for name, (kind, want) in grant["params"].items():
-        if name not in params:
-            return False
-        value = params[name]
-        if not isinstance(value, (str, int)) or isinstance(value, float):
-            return False
-        if kind == "equals" and not _same(value, want):
-            return False
-        if kind == "one_of" and not any(_same(value, w) for w in want):
-            return False
-        if kind == "range" and (type(value) is not int or not want[0] <= value <= want[1]):
-            return False
-        if kind == "prefix" and (type(value) is not str or not value.startswith(want)):
+        if name not in params or not _satisfies(kind, want, params[name]):
             return False
     return grant["params_any"] or set(params) <= set(grant["params"])
 

@@ -220,3 +220,31 @@ def test_the_request_digest_must_be_the_digest_of_this_action(monkeypatch):
     assert verdict(case) == "ok"
     monkeypatch.setattr(verify, "request_digest", lambda *_: b"\0" * 48)
     assert verdict(case) == "invalid_authorization_details"
+
+
+def test_the_rule_of_a_stricter_grant_the_action_is_within_holds_as_at_the_broker():
+    # seb's authz::deciding_grant: a laxer grant later in the list does not lower the
+    # approvals of a stricter one whose constraints the action meets (outside review).
+    from seb_client.verify import _deciding_rule
+
+    def grant(params, approval=None, params_any=False):
+        return {"operation": "demo.write", "resource": "demo/files", "params": params,
+                "params_any": params_any, "approval": approval}
+    strict = grant({"name": ("prefix", "release-")}, (2, "leads"))
+    lax = grant({}, None, params_any=True)
+    rule = lambda grants, params: _deciding_rule(grants, "demo.write", "demo/files", params)
+    assert rule([strict, lax], {"name": "release-1"}) == (2, "leads")
+    # One more parameter moves the action to the lax grant; the two approvals still hold.
+    assert rule([strict, lax], {"name": "release-1", "text": "t"}) == (2, "leads")
+    assert rule([strict, lax], {"name": "notes.txt", "text": "t"}) is None
+    # A lookalike of a constrained name: no grant allows it.
+    assert rule([strict, lax], {"NAME": "release-1"}) is None
+    assert rule([strict, lax], {"name": "release-1", "Name": "x"}) is None
+    # A later grant that names the parameter the strict one refused is an exception.
+    dry = grant({"name": ("prefix", "release-"), "dry_run": ("equals", True)})
+    assert rule([strict, dry], {"name": "release-1", "dry_run": True}) is None
+    # Two groups cannot both be met.
+    other = grant({}, (1, "others"), params_any=True)
+    assert rule([strict, other], {"name": "release-1", "text": "t"}) is None
+    # A prefix does not admit a value that climbs out of it.
+    assert rule([strict], {"name": "release-/../x"}) is None
