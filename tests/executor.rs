@@ -39,25 +39,13 @@ fn rogue_executor(s: &Setup) -> Identity {
         let (ok, text) = common::openssl(args, dir);
         assert!(ok, "openssl {args:?}: {text}");
     };
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-384",
-        "-out",
-        path("rogue.key").to_str().unwrap(),
-    ]);
-    run(&[
-        "req",
-        "-new",
-        "-key",
-        path("rogue.key").to_str().unwrap(),
-        "-subj",
+    common::openssl_csr(
+        dir,
+        &path("rogue.key"),
         "/CN=demo-executor",
-        "-out",
-        path("rogue.csr").to_str().unwrap(),
-    ]);
+        &path("rogue.csr"),
+        &[],
+    );
     std::fs::write(
         path("rogue.ext"),
         format!(
@@ -1009,19 +997,27 @@ timeout = "10s"
     let exec = Executor::start(hsm, &config);
     let tls = hsm.tls(&agent, true);
     let params = json!({"seconds": "2"});
-    let granted = common::runtime().block_on(async {
-        let mut c = seb::client::Client::connect(&broker.url, &tls)
-            .await
-            .unwrap();
-        let body = json!({"operation": "demo.slow", "resource": "demo/slow", "params": params});
-        c.post_json("/v1/executions", &body).await.unwrap()
-    });
-    assert_eq!(granted.status, 201, "{}", granted.text);
-    let token = granted.body["token"].as_str().unwrap().to_owned();
+    let token = granted_token(
+        broker,
+        &tls,
+        &json!({"operation": "demo.slow", "resource": "demo/slow", "params": params}),
+    );
     let claims: Value =
         serde_json::from_slice(&seb::base64url::decode(token.split('.').nth(1).unwrap()).unwrap())
             .unwrap();
     (exec, tls, token, claims["jti"].clone(), params)
+}
+
+/// The token the broker grants `body` at once (201) for the agent behind `tls`.
+fn granted_token(broker: &Broker, tls: &seb::client::ClientTls, body: &Value) -> String {
+    let granted = common::runtime().block_on(async {
+        let mut c = seb::client::Client::connect(&broker.url, tls)
+            .await
+            .unwrap();
+        c.post_json("/v1/executions", body).await.unwrap()
+    });
+    assert_eq!(granted.status, 201, "{}", granted.text);
+    granted.body["token"].as_str().unwrap().to_owned()
 }
 
 /// Once a token is redeemed, the run goes on to its receipt and outcome report even when the
@@ -1182,14 +1178,12 @@ timeout = "10s"
     let exec = Executor::start(&hsm, &config);
     let tls = hsm.tls(&agent, true);
     let params = json!({"item": "t-1000"});
+    let token = granted_token(
+        &broker,
+        &tls,
+        &json!({"operation": "demo.call", "resource": "demo/upstream", "params": params}),
+    );
     let answer = common::runtime().block_on(async {
-        let mut c = seb::client::Client::connect(&broker.url, &tls)
-            .await
-            .unwrap();
-        let body = json!({"operation": "demo.call", "resource": "demo/upstream", "params": params});
-        let granted = c.post_json("/v1/executions", &body).await.unwrap();
-        assert_eq!(granted.status, 201, "{}", granted.text);
-        let token = granted.body["token"].as_str().unwrap().to_owned();
         let mut c = seb::client::Client::connect(&exec.url, &tls.to_executors())
             .await
             .unwrap();
