@@ -744,6 +744,30 @@ fn check_passes_only_a_deployment_in_order_and_says_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("keys.toml"));
 }
 
+/// A state directory on a filesystem about to fill is a problem `seb check` names before the
+/// broker starts refusing tokens for want of space; a roomy one is a line that says so.
+#[test]
+fn check_names_a_state_directory_about_to_run_out_of_space() {
+    let hsm = Hsm::initialised();
+    let text = hsm.seb_ok(&["check"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok       ") && l.contains(" free of ")),
+        "{text}"
+    );
+    let _fs = hsm.state_on_small_fs("16m");
+    let out = hsm.seb(&["check"]);
+    assert_clean_failure(&out, "problem(s) found");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("problem  ")
+            && l.contains(" MiB free of 16.0 MiB on the filesystem of ")
+            && l.contains("small-state")
+            && l.contains("free space or move the state directory")),
+        "{text}"
+    );
+}
+
 /// A state directory restored without its keys.toml after a rotation (or taken from another
 /// installation) names keys whose public halves differ from its certificates: `check` and
 /// `keys` fail on it, and `serve` refuses with the same explanation, instead of passing the

@@ -196,6 +196,11 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
         }
     }
 
+    // Room to write: with a full disk the broker refuses every token (no log entry, no token).
+    if config.state_dir.exists() {
+        check_free_space(&mut r, &config.state_dir);
+    }
+
     // Certificates this CA issued (agents, approvers, executors, intermediates) near expiry.
     if trust.is_initialised() {
         match super::open_store(config)
@@ -435,6 +440,74 @@ fn check_issued(
 
 /// Warns when `path`'s mode has any of the bits in `forbidden`; a path that cannot be read is
 /// left to the checks that need it.
+/// Below this much free space (or this many free inodes) on the state directory's filesystem
+/// the broker is close to refusing tokens: a problem.
+const FREE_SPACE_PROBLEM: u64 = 64 << 20;
+const FREE_INODES_PROBLEM: u64 = 1_000;
+/// Below this much, or this share of the filesystem, a warning.
+const FREE_SPACE_WARNING: u64 = 1 << 30;
+const FREE_SHARE_WARNING_PERCENT: u64 = 5;
+
+/// The free space and inodes left to unprivileged writers where the store, the audit log and
+/// the trust files are written.
+fn check_free_space(r: &mut Report, dir: &Path) {
+    let fs = match rustix::fs::statvfs(dir) {
+        Ok(fs) => fs,
+        Err(e) => {
+            r.warn(&format!(
+                "the free space under {} cannot be read ({e})",
+                dir.display()
+            ));
+            return;
+        }
+    };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let share = if size == 0 {
+        100
+    } else {
+        free.saturating_mul(100) / size
+    };
+    let what = format!(
+        "{} free of {} on the filesystem of {} ({share} %)",
+        bytes_text(free),
+        bytes_text(size),
+        dir.display()
+    );
+    let inodes = (fs.f_files > 0).then_some(fs.f_favail);
+    if free < FREE_SPACE_PROBLEM || inodes.is_some_and(|n| n < FREE_INODES_PROBLEM) {
+        r.problem(&format!(
+            "{what}, {} inodes free: when a write fails the broker refuses every token \
+             (503 audit_unavailable); free space or move the state directory to a larger \
+             filesystem (docs/OPERATIONS.md §9, \"How the store grows\")",
+            inodes.map_or("unlimited".to_owned(), |n| n.to_string())
+        ));
+    } else if free < FREE_SPACE_WARNING || share < FREE_SHARE_WARNING_PERCENT {
+        r.warn(&format!(
+            "{what}: the audit log grows with every decision; free space or move the state \
+             directory to a larger filesystem before it fills (docs/OPERATIONS.md §9, \"How the store \
+             grows\")"
+        ));
+    } else {
+        r.ok(&what);
+    }
+}
+
+/// `1.5 GiB`, `12.0 MiB`: a size an operator reads at a glance.
+fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn check_mode(r: &mut Report, what: &str, path: &Path, forbidden: u32, why: &str) {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
