@@ -132,12 +132,24 @@ fn certificates_under_a_revoked_intermediate_are_listed_as_issuer_revoked() {
         text.contains("status       issuer-revoked: CN=team CA above it is revoked"),
         "{text}"
     );
-    // Nor is anything renewed under the revoked CA, as nothing is issued under it.
+    // Nor is anything renewed under the revoked CA, as nothing is issued under it; the
+    // refusal says where a new certificate can come from.
     assert_clean_failure(
         &hsm.seb(&["cert", "renew", "--serial", &below_serial]),
-        "is revoked; nothing was issued",
+        "is revoked; nothing was renewed",
+    );
+    assert_clean_failure(
+        &hsm.seb(&["cert", "renew", "--serial", &below_serial]),
+        "seb cert issue --issuer NAME",
     );
     assert_eq!(listed(&hsm, &[]).len(), 3, "nothing new was recorded");
+    // Its own CRL would be refused with it; the root's CRL, which lists it, is the one to
+    // publish.
+    let crl = hsm.path("team.crl");
+    let out = hsm.seb(&["crl", "--issuer", "team-ca", "--out", crl.to_str().unwrap()]);
+    assert_clean_failure(&out, "is revoked; no CRL was written");
+    assert_clean_failure(&out, "through the root's CRL");
+    assert!(!crl.exists());
 }
 
 #[test]
@@ -1414,6 +1426,25 @@ fn intermediates_sign_their_own_crls_that_openssl_checks() {
     ]);
     assert!(!out.status.success());
     assert_clean_failure(&out, "is revoked");
+    // Nor does it get a fresh CRL, from the command or the broker: one that still lists only
+    // `bad` would pass `good` for a relying party that checks the leaf's CRL alone.
+    let out = hsm.seb(&["crl", "--issuer", "ops", "--out", crl.to_str().unwrap()]);
+    assert_clean_failure(&out, "no CRL was written");
+    let watcher = hsm.identity("watcher", "CN=watcher", "agent", &["--grants", &grants]);
+    let broker = common::Broker::start(&hsm);
+    let gone = get(&hsm, &broker, &watcher, "/v1/crl?issuer=ops");
+    assert_eq!(gone.status, 410, "{}", gone.text);
+    assert_eq!(
+        gone.body["error"]["code"], "crl_issuer_invalid",
+        "{}",
+        gone.text
+    );
+    assert!(
+        gone.text.contains("CN=ops,O=seb") && gone.text.contains("is revoked"),
+        "{}",
+        gone.text
+    );
+    assert_eq!(get(&hsm, &broker, &watcher, "/v1/crl").status, 200);
 }
 
 #[test]

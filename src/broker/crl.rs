@@ -56,6 +56,22 @@ impl Broker {
                     .trust_dir()
                     .issuer_chain(Some(name), SystemTime::now())
                     .map_err(|_| BrokerError::NoCrlIssuer(name.to_owned()))?;
+                // A revoked or expired intermediate gets no fresh CRL: a relying party that
+                // checks only the leaf's CRL would otherwise keep accepting what it issued.
+                // The root's CRL lists it.
+                let now = SystemTime::now();
+                for cert in &chain {
+                    let serial = crate::serial::Serial::of(cert)
+                        .map_err(|e| BrokerError::BadCertificate(e.to_string()))?;
+                    let revoked = self.store.is_revoked(&serial).map_err(BrokerError::Store)?;
+                    if revoked || now > cert.not_after() {
+                        return Err(BrokerError::CrlIssuerInvalid {
+                            name: name.to_owned(),
+                            ca: cert.subject_string(),
+                            why: if revoked { "revoked" } else { "expired" },
+                        });
+                    }
+                }
                 let cert = chain
                     .into_iter()
                     .next()

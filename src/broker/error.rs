@@ -48,6 +48,18 @@ pub enum BrokerError {
     /// broker's device (an offline intermediate signs its own CRL).
     #[error("no CRL for issuer {0:?} here: not an intermediate whose key this broker can use")]
     NoCrlIssuer(String),
+    /// The intermediate named for a CRL, or a CA above it, is revoked or expired: its CRL
+    /// would be refused with it, and a fresh one would mislead a relying party that checks
+    /// only the leaf's CRL. The root's CRL lists a revoked intermediate.
+    #[error(
+        "no CRL for issuer {name:?}: the CA {ca:?} of its chain is {why}; everything under it is \
+         refused through the root's CRL (GET /v1/crl)"
+    )]
+    CrlIssuerInvalid {
+        name: String,
+        ca: String,
+        why: &'static str,
+    },
     /// The token was redeemed before.
     #[error("token already redeemed")]
     AlreadyRedeemed,
@@ -184,6 +196,7 @@ impl BrokerError {
             BrokerError::InvalidRequest(m) => (400, "invalid_request", m.clone()),
             BrokerError::NotFound => (404, "not_found", self.to_string()),
             BrokerError::NoCrlIssuer(_) => (404, "unknown_crl_issuer", self.to_string()),
+            BrokerError::CrlIssuerInvalid { .. } => (410, "crl_issuer_invalid", self.to_string()),
             BrokerError::AlreadyRedeemed => (409, "token_already_redeemed", self.to_string()),
             BrokerError::AgentRevoked { .. } => {
                 (403, "agent_certificate_revoked", self.to_string())

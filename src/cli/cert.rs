@@ -292,7 +292,8 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
         Some(text) => parse_not_before(text, now)?,
         None => now,
     };
-    let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    let (issuer_label, issuer_chain) =
+        issuer_chain(config, args.issuer.as_deref(), now, NOTHING_ISSUED)?;
     refuse_service_name(config, &verified.subject)?;
     if let Some(problem) = ca::attribute_problem(&verified.subject) {
         return Err(format!(
@@ -366,7 +367,8 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         (None, None) => return Err("--subject is required (unless --csr gives one)".into()),
     };
     let now = SystemTime::now();
-    let (issuer_label, issuer_chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    let (issuer_label, issuer_chain) =
+        issuer_chain(config, args.issuer.as_deref(), now, NOTHING_ISSUED)?;
     ca::check_intermediate(
         &issuer_chain,
         grants.as_ref(),
@@ -464,13 +466,17 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     Ok(())
 }
 
+/// How a refusal to issue ends.
+const NOTHING_ISSUED: &str = "nothing was issued";
+
 /// The issuing chain for `--issuer NAME` (validated against the root, so a tampered or
 /// foreign file in the trust directory cannot become an issuer), or just the root; with the
-/// issuing key's label.
+/// issuing key's label. `refused` ends the message of a refusal: what was not done.
 pub(super) fn issuer_chain(
     config: &Config,
     issuer: Option<&str>,
     now: SystemTime,
+    refused: &str,
 ) -> Result<(String, Vec<Certificate>), super::CliError> {
     let chain = config
         .trust_dir()
@@ -485,15 +491,13 @@ pub(super) fn issuer_chain(
             let name = cert.subject_string();
             if now > cert.not_after() {
                 return Err(format!(
-                    "the issuing CA {name:?} expired at {}; nothing was issued",
+                    "the issuing CA {name:?} expired at {}; {refused}",
                     cert.tbs().validity().not_after
                 )
                 .into());
             }
             if store.is_revoked(&Serial::of(cert)?)? {
-                return Err(
-                    format!("the issuing CA {name:?} is revoked; nothing was issued").into(),
-                );
+                return Err(format!("the issuing CA {name:?} is revoked; {refused}").into());
             }
         }
     }

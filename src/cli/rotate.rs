@@ -260,7 +260,13 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     let issuer = is_intermediate.then_some(record.issuer_label.as_str());
     // As for `cert issue`: nothing is signed under an intermediate that has expired or been
     // revoked.
-    let (_, issuer_chain) = super::cert::issuer_chain(config, issuer, now)?;
+    let (_, issuer_chain) = super::cert::issuer_chain(
+        config,
+        issuer,
+        now,
+        "nothing was renewed: a renewal keeps its issuer; issue the holder a certificate under \
+         a valid one (`seb cert issue --issuer NAME`, or without --issuer for the root)",
+    )?;
     let backend = open_backend(config, Some(1))?;
     let signer =
         P384Signer::new(backend.as_ref(), &record.issuer_label).map_err(|e| -> CliError {

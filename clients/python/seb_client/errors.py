@@ -115,7 +115,7 @@ _REQUEST_CODES = [
     "malformed_json", "invalid_params", "invalid_query", "invalid_nonce", "invalid_receipt",
     "body_too_large", "unsupported_encoding", "request_timeout", "not_found",
     "method_not_allowed", "params_refused", "bad_approval_signature", "duplicate_approval",
-    "request_closed", "outcome_already_recorded", "unknown_crl_issuer",
+    "request_closed", "outcome_already_recorded", "unknown_crl_issuer", "crl_issuer_invalid",
     "attestation_not_configured",
 ]
 _MORE_UNAVAILABLE_CODES = [

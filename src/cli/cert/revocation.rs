@@ -186,7 +186,15 @@ fn already_revoked(store: &dyn seb::store::Store, serial: &Serial, asked: Reason
 /// Writes a fresh CRL signed by the root key, or by the intermediate `--issuer` names.
 pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
     let now = SystemTime::now();
-    let (label, chain) = issuer_chain(config, args.issuer.as_deref(), now)?;
+    // A revoked or expired intermediate's own CRL would be refused with it: the root's CRL
+    // lists the intermediate, and that cuts off everything below it.
+    let (label, chain) = issuer_chain(
+        config,
+        args.issuer.as_deref(),
+        now,
+        "no CRL was written: relying parties refuse everything it issued through the root's \
+         CRL (`seb crl`), which is the one to publish",
+    )?;
     let issuer = chain.first().ok_or("no issuing certificate")?;
     let store = open_store(config)?;
     let revoked = store.revocations_issued_by(&label, args.issuer.is_none())?;
