@@ -463,11 +463,7 @@ fn check_free_space(r: &mut Report, dir: &Path) {
     };
     let free = fs.f_bavail.saturating_mul(fs.f_frsize);
     let size = fs.f_blocks.saturating_mul(fs.f_frsize);
-    let share = if size == 0 {
-        100
-    } else {
-        free.saturating_mul(100) / size
-    };
+    let share = free.saturating_mul(100).checked_div(size).unwrap_or(100);
     let what = format!(
         "{} free of {} on the filesystem of {} ({share} %)",
         bytes_text(free),
