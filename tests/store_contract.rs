@@ -546,6 +546,13 @@ fn the_postgres_store_keeps_the_contract() {
         position.index, size,
         "the second replica follows the first's appends"
     );
+
+    // Replicas count each other on the database's clock: one whose own clock runs an hour
+    // ahead (or behind) still counts the other, so neither hands out the whole rate.
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(other.live_replicas("replica-b", now()).unwrap(), 1);
+    assert_eq!(store.live_replicas("replica-a", now() + hour).unwrap(), 2);
+    assert_eq!(other.live_replicas("replica-b", now() - hour).unwrap(), 2);
 }
 
 /// The stored tree's root at the log's size, against the root of its entries recomputed.

@@ -577,19 +577,23 @@ impl Store for PgStore {
         self.health.get()
     }
 
-    fn live_replicas(&self, replica: &str, now: SystemTime) -> Result<u32, StoreError> {
-        let now_ms = i64::try_from(crate::time::unix_millis(now)).unwrap_or(i64::MAX);
-        let since = now_ms - i64::try_from(super::REPLICA_LIVENESS.as_millis()).unwrap_or(0);
+    fn live_replicas(&self, replica: &str, _now: SystemTime) -> Result<u32, StoreError> {
+        // The database's clock, not this host's: a replica whose clock runs behind would
+        // otherwise stop counting the others (each then hands out the whole rate), and one
+        // running ahead would keep a stopped replica counted.
+        let window_ms = i64::try_from(super::REPLICA_LIVENESS.as_millis()).unwrap_or(i64::MAX);
         self.read("replica heartbeat", |db| {
-            db.execute(
-                "INSERT INTO replicas (id, seen_at_ms) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
-                &[&replica, &now_ms],
-            )?;
             let n: i64 = db
                 .query_one(
-                    "SELECT COUNT(*) FROM replicas WHERE seen_at_ms > $1",
-                    &[&since],
+                    "WITH now_ms AS (
+                         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms
+                     ), seen AS (
+                         INSERT INTO replicas (id, seen_at_ms) SELECT $1, ms FROM now_ms
+                         ON CONFLICT (id) DO UPDATE SET seen_at_ms = excluded.seen_at_ms
+                     )
+                     SELECT 1 + COUNT(*) FROM replicas, now_ms
+                     WHERE id <> $1 AND seen_at_ms > now_ms.ms - $2",
+                    &[&replica, &window_ms],
                 )?
                 .get(0);
             Ok(u32::try_from(n).unwrap_or(u32::MAX).max(1))
