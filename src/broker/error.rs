@@ -218,12 +218,13 @@ impl BrokerError {
             BrokerError::Store(_) => (
                 503,
                 "store_unavailable",
-                "the broker's store is unavailable; no token was issued".into(),
+                "the broker's store is unavailable; nothing was issued, redeemed or recorded".into(),
             ),
             BrokerError::AuditUnavailable(_) => (
                 503,
                 "audit_unavailable",
-                "the audit log cannot record the decision; no token was issued".into(),
+                "the audit log cannot record the decision; nothing was issued, redeemed or recorded"
+                    .into(),
             ),
             BrokerError::AuditDiverged(why) => (503, "audit_log_diverged", why.clone()),
             BrokerError::Frozen => (
