@@ -197,24 +197,88 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     assert_code(&with(13, "4"), "stale_epoch");
     assert_code(&with(15, "another-broker"), "wrong_issuer");
 
-    // Checking nothing is not a pass. Without --signature-only, operation, resource and
-    // params are required, and the agent binding is either checked (--cert) or explicitly
-    // skipped (--skip-binding): a usage error (exit 2) otherwise, with nothing on stdout.
+    // Checking nothing is not a pass. Operation, resource and params come together or not at
+    // all, and the binding options only with them: a usage error (exit 2) otherwise, with
+    // nothing on stdout.
     let usage = |out: &Output, needle: &str| {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
         assert!(out.stdout.is_empty(), "nothing on stdout on a usage error");
         assert!(stderr.contains(needle), "expected {needle}:\n{stderr}");
     };
-    usage(&verify(dir, &full[..4]), "--operation");
+    usage(&verify(dir, &full[..6]), "--resource");
     usage(&verify(dir, &full[..8]), "--params");
-    usage(&verify(dir, &full[..10]), "--cert");
+    let mut cert_alone = full[..4].to_vec();
+    cert_alone.extend_from_slice(&full[10..12]);
+    usage(&verify(dir, &cert_alone), "--operation");
+    // The action without --cert (issue 4's `seb token verify --trust ROOT --token FILE
+    // --operation OP --resource RES --params JSON`): everything but the binding is checked,
+    // and stderr says the binding was not; --skip-binding says so on purpose, silently.
+    let unbound = verify(dir, &full[..10]);
+    common::assert_success(&unbound, "the action without --cert");
+    assert_eq!(
+        serde_json::from_slice::<Claims>(&unbound.stdout).unwrap(),
+        claims
+    );
+    assert!(
+        String::from_utf8_lossy(&unbound.stderr).contains("agent_binding not checked"),
+        "{}",
+        String::from_utf8_lossy(&unbound.stderr)
+    );
+    assert_code(
+        &verify(dir, &[&full[..8], &["--params", "{}"]].concat()),
+        "wrong_params",
+    );
     let mut skipped = full[..10].to_vec();
     skipped.push("--skip-binding");
-    common::assert_success(&verify(dir, &skipped), "explicitly unbound");
+    let out = verify(dir, &skipped);
+    common::assert_success(&out, "explicitly unbound");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut both = full.to_vec();
     both.push("--skip-binding");
     usage(&verify(dir, &both), "--skip-binding");
+
+    // Without the action, only the token's own validity: exit 3, as with --signature-only.
+    let bare = verify(dir, &full[..4]);
+    assert_eq!(
+        bare.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&bare.stdout).unwrap();
+    assert_eq!(printed["checked"], "signature_only");
+
+    // The root alone, where the broker keeps it: the token certificate beside it is read as
+    // the path (never as a root); the trust directory itself works the same. A root copied
+    // away from its directory finds no token certificate.
+    for pinned in [hsm.trust("root.pem"), hsm.path("state/trust")] {
+        let mut args = full.to_vec();
+        args[1] = pinned.to_str().unwrap();
+        let out = verify(dir, &args);
+        common::assert_success(&out, "--trust root.pem in its trust directory");
+        assert_eq!(
+            serde_json::from_slice::<Claims>(&out.stdout).unwrap(),
+            claims
+        );
+    }
+    let lone = hsm.path("lone-root.pem");
+    std::fs::copy(hsm.trust("root.pem"), &lone).unwrap();
+    let mut args = full.to_vec();
+    args[1] = lone.to_str().unwrap();
+    assert_code(&verify(dir, &args), "unknown_key");
+    // A token certificate beside the root that another root issued is no path to it.
+    let foreign = Hsm::initialised();
+    let planted = hsm.path("planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::copy(hsm.trust("root.pem"), planted.join("root.pem")).unwrap();
+    std::fs::copy(foreign.trust("token.pem"), planted.join("token.pem")).unwrap();
+    args[1] = planted.to_str().unwrap();
+    assert!(!verify(dir, &args).status.success());
 
     // Only the signature, on request: exit 3 (not 0, so `verify && act` never acts), and
     // stdout says what was not checked.
@@ -323,11 +387,11 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     assert!(seb::verify::verify_token(&token, &store, &expect).is_ok());
 
     // Trust: the token certificate alone has no root; a bundle without the token certificate
-    // does not know the kid.
+    // (and nothing beside it) does not know the kid.
     let no_root = hsm.path("no-root.pem");
     std::fs::copy(hsm.trust("token.pem"), &no_root).unwrap();
     assert_code(&with(1, no_root.to_str().unwrap()), "invalid_trust_bundle");
-    let root_only = hsm.trust("root.pem");
+    let root_only = hsm.path("lone-root.pem");
     let out = with(1, root_only.to_str().unwrap());
     assert_code(&out, "unknown_key");
     // ... and says what to trust instead.

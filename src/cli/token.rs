@@ -1,12 +1,13 @@
 //! `seb token verify`: the offline verifier on the command line, for executors and auditors.
 //!
 //! Needs no configuration, no HSM and no network: a trust bundle, a token, and what the token
-//! must authorize (operation, resource, params, and the agent certificate or an explicit
-//! `--skip-binding`). Prints the verified claims as JSON (exit 0), or `error: <code>: <message>`
-//! (exit 1). `--signature-only` checks the token's own validity alone and says so: a JSON
-//! object with `"checked": "signature_only"` on stdout, a warning on stderr, exit 3.
+//! must authorize (operation, resource, params, and the agent certificate when one was
+//! presented). Prints the verified claims as JSON (exit 0), or `error: <code>: <message>`
+//! (exit 1); without `--cert` stderr warns that the binding was not checked. Without the
+//! action (or with `--signature-only`) it checks the token's own validity alone and says so: a
+//! JSON object with `"checked": "signature_only"` on stdout, a warning on stderr, exit 3.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -26,39 +27,42 @@ pub enum TokenCommand {
 
 /// Options of `seb token verify`.
 ///
-/// Either the action (`--operation`, `--resource`, `--params`) and the binding (`--cert` or
-/// `--skip-binding`) are all given, or `--signature-only` is: leaving them out is a usage
-/// error, never a check of less.
+/// With the action (`--operation`, `--resource`, `--params`, all three) everything is checked,
+/// the binding too when `--cert` is given; without `--cert` the binding is not checked and
+/// stderr says so (`--skip-binding` says it on purpose: no agent presented a certificate).
+/// Without the action only the token's own validity is checked, and the exit status is 3, not
+/// 0 (`--signature-only` asks for that explicitly).
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("binding")
-    .args(["cert", "skip_binding", "signature_only"])
-    .required(true))]
 pub struct VerifyArgs {
-    /// PEM bundle to trust (what `GET /v1/trust` serves): its self-signed certificates are the
-    /// roots, the rest (intermediates, token certificate) may be used on the path.
+    /// The pinned trust: the PEM bundle `GET /v1/trust` serves (its self-signed certificates
+    /// are the roots, the rest may be used on the path), or a broker's trust directory, or the
+    /// root.pem in one (the token certificate and intermediates beside it are then read as the
+    /// path to that root, never as roots).
     #[arg(long)]
     trust: PathBuf,
     /// File holding the compact token (surrounding whitespace is ignored); `-` reads stdin.
     #[arg(long)]
     token: PathBuf,
     /// The operation about to be performed; must equal the token's.
-    #[arg(long, required_unless_present = "signature_only")]
+    #[arg(long, requires_all = ["resource", "params"])]
     operation: Option<String>,
     /// The resource about to be acted on; must equal the token's.
-    #[arg(long, required_unless_present = "signature_only")]
+    #[arg(long, requires_all = ["operation", "params"])]
     resource: Option<String>,
     /// The parameters about to be used, as JSON (parsed strictly, as the broker parses them);
     /// their JCS SHA-384 digest must equal the token's params_digest.
-    #[arg(long, required_unless_present = "signature_only")]
+    #[arg(long, requires_all = ["operation", "resource"])]
     params: Option<String>,
     /// The certificate (PEM) of the agent presenting the token; the token must be bound to it.
-    #[arg(long)]
+    #[arg(long, requires = "operation")]
     cert: Option<PathBuf>,
-    /// No agent presented a certificate to this executor: do not check the token's binding.
-    #[arg(long, conflicts_with = "cert")]
+    /// No agent presented a certificate to this executor: do not check the token's binding
+    /// (and do not warn that it was not checked).
+    #[arg(long, conflicts_with = "cert", requires = "operation")]
     skip_binding: bool,
     /// Check only the token's signature, signing certificate, lifetime and epoch, not the
-    /// action or binding. Exit status 3 on success, so that `verify && act` never acts.
+    /// action or binding (what leaving out the action does). Exit status 3 on success, so
+    /// that `verify && act` never acts.
     #[arg(
         long,
         conflicts_with_all = ["operation", "resource", "params", "cert", "skip_binding", "issuer"]
@@ -66,10 +70,10 @@ pub struct VerifyArgs {
     signature_only: bool,
     /// PEM bundle of approver certificates: needed for tokens issued after approvals, whose
     /// approvers' signatures, roles, groups and chains are checked against it.
-    #[arg(long, conflicts_with = "signature_only")]
+    #[arg(long, conflicts_with = "signature_only", requires = "operation")]
     approvers: Option<PathBuf>,
     /// The broker id the token must name as issuer.
-    #[arg(long)]
+    #[arg(long, requires = "operation")]
     issuer: Option<String>,
     /// Refuse tokens of an older policy epoch.
     #[arg(long, default_value_t = 0)]
@@ -96,8 +100,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, CliError> {
 fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
     let input =
         |what: &str, e: CliError| -> CliError { format!("invalid_input: {what}: {e}").into() };
-    let trust = TrustStore::from_pem(&read_file(&args.trust).map_err(|e| input("--trust", e))?)
-        .map_err(|e| format!("{}: {e}", e.code()))?;
+    let trust = read_trust(&args.trust)?;
     let token = read_token(&args.token)?;
     let now = match args.now {
         Some(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
@@ -107,7 +110,8 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
     let (Some(operation), Some(resource), Some(params)) =
         (args.operation, args.resource, args.params)
     else {
-        // clap admits a missing action only with --signature-only.
+        // clap admits the three together or none of them: without the action, only the
+        // token's own validity can be checked, and that is said loudly (exit 3).
         return signature_only(&token, &trust, now, args.min_epoch);
     };
     let params =
@@ -118,7 +122,10 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
                 .map_err(|e| input("--cert", e.into()))?,
         ),
         (None, true) => Binding::NotPresented,
-        _ => return Err("invalid_input: give exactly one of --cert and --skip-binding".into()),
+        (None, false) => Binding::NotPresented,
+        (Some(_), true) => {
+            return Err("invalid_input: give at most one of --cert and --skip-binding".into())
+        }
     };
     let mut expect = Expectations::new(now, Action::new(operation, resource, params), binding)
         .min_epoch(args.min_epoch);
@@ -133,7 +140,82 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
     }
     let verified = verify::verify_token(&token, &trust, &expect).map_err(refused)?;
     say!("{}", serde_json::to_string_pretty(&verified.claims)?);
+    if args.cert.is_none() && !args.skip_binding {
+        tell!(
+            "warning: agent_binding not checked: no --cert was given. An executor that was \
+             presented an agent's certificate passes it with --cert; --skip-binding says that \
+             none was"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The trust bundle `--trust` names: a PEM bundle (what `GET /v1/trust` serves), or a
+/// broker's trust directory, or a root certificate inside one. When the file holds roots
+/// only, the certificates beside it in a trust directory's layout (the token certificate,
+/// intermediates, retired token certificates) are read as candidates for the path to those
+/// roots, never as roots themselves: they widen nothing, as every path must end at a root
+/// the caller named.
+fn read_trust(path: &Path) -> Result<TrustStore, CliError> {
+    let file = if path.is_dir() {
+        path.join("root.pem")
+    } else {
+        path.to_owned()
+    };
+    let bundle = read_file(&file).map_err(|e| format!("invalid_input: --trust: {e}"))?;
+    let invalid = |e: VerifyError| -> CliError { format!("{}: {e}", e.code()).into() };
+    let store = TrustStore::from_pem(&bundle).map_err(invalid)?;
+    if !store.others().is_empty() {
+        return Ok(store);
+    }
+    let Some(dir) = file.parent().filter(|d| d.join("token.pem").is_file()) else {
+        return Ok(store);
+    };
+    let mut certs = store.roots().to_vec();
+    let mut beside = Vec::new();
+    for sub in [
+        dir.to_owned(),
+        dir.join("intermediates"),
+        dir.join("retired"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "pem")
+                    && p.is_file()
+                    && *p != file
+                    // The TPM maker's endorsement certificate belongs in no token bundle.
+                    && p.file_name().is_some_and(|n| n != "ek.pem")
+            })
+            .collect();
+        files.sort();
+        beside.extend(files);
+    }
+    for other in &beside {
+        let Ok(found) = read_file(other)
+            .ok()
+            .map(|b| Certificate::parse_pem_chain(&b))
+            .transpose()
+        else {
+            continue;
+        };
+        certs.extend(
+            found
+                .into_iter()
+                .flatten()
+                .filter(|c| c.tbs().issuer() != c.tbs().subject()),
+        );
+    }
+    tell!(
+        "note: {} holds only the root; the certificates beside it in {} were read as the path \
+         to it (pin the bundle GET /v1/trust serves to verify elsewhere)",
+        file.display(),
+        dir.display()
+    );
+    TrustStore::from_certificates(certs).map_err(invalid)
 }
 
 /// `--signature-only`: the token's own checks, said loudly to be only those.
