@@ -214,7 +214,12 @@ fn scalar_allowed(parent: &Constraint, value: &Scalar) -> bool {
         Constraint::Range { min, max } => {
             matches!(value, Scalar::Integer(i) if min <= i && i <= max)
         }
-        Constraint::Prefix(p) => matches!(value, Scalar::String(s) if s.starts_with(p.as_str())),
+        // As the decision reads a prefix: a value that climbs out of it with a `..` segment
+        // is not under it, so a child may not name one as its own.
+        Constraint::Prefix(p) => matches!(
+            value,
+            Scalar::String(s) if s.starts_with(p.as_str()) && !super::matching::climbs(s)
+        ),
     }
 }
 
@@ -377,6 +382,15 @@ mod tests {
         assert!(!constraint_covers(
             &OneOf(vec![s("reg/a")]),
             &Prefix("reg/a".into())
+        ));
+        // A value the prefix would refuse at the decision (`..` climbs out of it).
+        assert!(!constraint_covers(
+            &Prefix("reg/pay/".into()),
+            &Equals(s("reg/pay/../../x"))
+        ));
+        assert!(!constraint_covers(
+            &Prefix("reg/pay/".into()),
+            &OneOf(vec![s("reg/pay/a"), s("reg/pay/..")])
         ));
         assert!(!constraint_covers(
             &Equals(Scalar::Bool(true)),

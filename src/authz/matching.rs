@@ -206,7 +206,7 @@ pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
 /// Whether a string has a `..` path segment (between `/` or `\` separators, or at either
 /// end): a value under a prefix that a reader taking it for a path would resolve outside the
 /// prefix (`registry.internal/payments/../../other`, `release-/../../etc/passwd`).
-fn climbs(value: &str) -> bool {
+pub(crate) fn climbs(value: &str) -> bool {
     value.split(['/', '\\']).any(|segment| segment == "..")
 }
 
