@@ -308,7 +308,7 @@ impl Executor {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, PrivateKeyDer::Pkcs8(key.into()))
             .map_err(|e| format!("executor certificate or key: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = crate::tls::SERVER_ALPN.map(<[u8]>::to_vec).to_vec();
         Ok(config)
     }
 

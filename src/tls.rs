@@ -10,6 +10,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+/// The application protocols seb's HTTPS servers (broker and executor) accept in ALPN: HTTP/1.1,
+/// and HTTP/1.0 for clients that offer only that (`curl --http1.0`). HTTP/2 is not served; a
+/// client offering it and HTTP/1.1 gets HTTP/1.1.
+pub const SERVER_ALPN: [&[u8]; 2] = [b"http/1.1", b"http/1.0"];
+
 /// The crypto provider for every rustls configuration seb builds.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

@@ -703,6 +703,31 @@ fn a_client_without_a_certificate_reads_only_the_routes_for_anyone() {
     );
 }
 
+/// What curl makes of the request head: HTTP/1.0 (offered in ALPN as `http/1.0` alone) is
+/// served, and a head larger than the parser's 64 KiB buffer is refused with 431, as API.md
+/// says, rather than buffered.
+#[test]
+fn curl_over_http_1_0_is_served_and_an_oversized_header_gets_431() {
+    let s = setup();
+    let port = s.broker.url.rsplit(':').next().unwrap();
+    let big = s.hsm.path("big-header.txt");
+    std::fs::write(&big, format!("X-Big: {}\n", "a".repeat(100 * 1024))).unwrap();
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(s.hsm.trust("root.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(extra)
+            .arg(format!("https://localhost:{port}/v1/trust"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "200");
+    assert_eq!(curl(&["--http1.0"]), "200");
+    assert_eq!(curl(&["-H", &format!("@{}", big.display())]), "431");
+}
+
 /// curl sends `Expect: 100-continue` for large bodies. The broker must answer 413 from the
 /// declared length at once, not `100 Continue` followed by a dropped connection.
 #[test]

@@ -25,6 +25,11 @@ use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The read buffer's limit: a request head (request line and headers) still incomplete once
+/// the buffer holds this much is refused with 431. hyper reads in growing steps, so heads up
+/// to about 40 KiB pass and every head over 64 KiB is refused. Requests' heads are a few
+/// hundred bytes (a client certificate travels in the handshake, not a header).
+const MAX_HEAD_BUFFER: usize = 32 * 1024;
 
 /// How long a stop waits for open connections before it gives up on them.
 const DRAIN: Duration = Duration::from_secs(15);
@@ -295,6 +300,7 @@ pub(crate) async fn serve_http1<T, E>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BUFFER)
         .keep_alive(true)
         .serve_connection(
             TokioIo::new(Lingering::new(io, refused)),

@@ -186,7 +186,7 @@ fn server_config_with(
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = crate::tls::SERVER_ALPN.map(<[u8]>::to_vec).to_vec();
     Ok(config)
 }
 

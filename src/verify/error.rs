@@ -23,7 +23,7 @@ pub enum VerifyError {
         max: usize,
     },
     /// Not three base64url parts, or a header that is not the expected JSON.
-    #[error("malformed token {part}: {reason}")]
+    #[error("malformed token{}: {reason}", if *part == "token" { String::new() } else { format!(" {part}") })]
     Malformed {
         /// `token`, `header`, `claims` or `signature`.
         part: &'static str,
