@@ -70,7 +70,12 @@ pub enum ParamViolation {
     /// A constrained parameter holds an object, array or null.
     NotScalar(String),
     /// A constrained parameter's value does not satisfy the constraint.
-    Violated(String),
+    Violated {
+        /// The parameter.
+        name: String,
+        /// What its constraint asks, as said to the agent (its grants show it anyway).
+        wants: String,
+    },
     /// A constrained parameter has another JSON type than its constraint takes.
     WrongType {
         /// The parameter.
@@ -95,8 +100,8 @@ impl std::fmt::Display for ParamViolation {
             ParamViolation::NotScalar(n) => {
                 write!(f, "parameter {n:?} must be a string, integer or boolean")
             }
-            ParamViolation::Violated(n) => {
-                write!(f, "parameter {n:?} does not satisfy its constraint")
+            ParamViolation::Violated { name, wants } => {
+                write!(f, "parameter {name:?} does not satisfy its constraint: {wants}")
             }
             ParamViolation::WrongType {
                 name,
@@ -133,7 +138,10 @@ pub fn params_satisfy(
                     expected,
                     got,
                 },
-                _ => ParamViolation::Violated(name.clone()),
+                _ => ParamViolation::Violated {
+                    name: name.clone(),
+                    wants: wants(constraint),
+                },
             });
         }
     }
@@ -210,6 +218,25 @@ pub(crate) fn climbs(value: &str) -> bool {
     value.split(['/', '\\']).any(|segment| segment == "..")
 }
 
+/// What a constraint asks of a value, in words: `must be from 1 to 10`.
+fn wants(constraint: &Constraint) -> String {
+    match constraint {
+        Constraint::Equals(s) => format!("must equal {s}"),
+        Constraint::OneOf(options) => format!(
+            "must be one of {}",
+            options
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Constraint::Range { min, max } => format!("must be an integer from {min} to {max}"),
+        Constraint::Prefix(p) => {
+            format!("must start with {p:?} and have no \"..\" path segment")
+        }
+    }
+}
+
 /// The one JSON type a constraint takes, if it takes only one.
 fn expected_type(constraint: &Constraint) -> Option<&'static str> {
     let of = |s: &Scalar| match s {
@@ -279,7 +306,10 @@ mod tests {
         let params: Map<String, Value> = serde_json::from_str(r#"{"replicas": 30}"#).unwrap();
         assert_eq!(
             params_satisfy(&constraints, false, &params).unwrap_err(),
-            ParamViolation::Violated("replicas".into())
+            ParamViolation::Violated {
+                name: "replicas".into(),
+                wants: "must be an integer from 1 to 10".into()
+            }
         );
     }
 
