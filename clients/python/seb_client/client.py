@@ -184,7 +184,7 @@ class Client:
             refused = _cause(e, _RefusedServer)
             if refused is not None:
                 raise errors.ServerCertificateRefused(str(refused)) from e
-            if _cause(e, ssl.SSLError) is not None:
+            if _cause(e, ssl.SSLError) is not None and not _closed_handshake(e):
                 # The executor's certificate does not chain to the root: a configuration
                 # error, raised as the TLS stack reports it.
                 raise
@@ -253,9 +253,14 @@ class Client:
             refused = _cause(e, _RefusedServer)
             if refused is not None:
                 raise errors.ServerCertificateRefused(str(refused)) from e
+            if _closed_handshake(e):
+                raise errors.from_answer(0, "broker_unreachable",
+                                         f"cannot reach the broker at {self.broker}: {e}; "
+                                         f"{_CLOSED_HANDSHAKE}") from e
             if _cause(e, ssl.SSLError) is not None:
-                # The broker's certificate does not chain to the pinned root (or the handshake
-                # failed): a configuration error, raised as the TLS stack reports it.
+                # The broker's certificate does not chain to the pinned root, or the broker
+                # refused this client's certificate with an alert: a configuration error,
+                # raised as the TLS stack reports it.
                 raise
             raise errors.from_answer(0, "broker_unreachable",
                                      f"cannot reach the broker at {self.broker}: {e}") from e
@@ -274,6 +279,22 @@ def _json_params(params: Any) -> Any:
     except (ValueError, TypeError) as e:
         raise errors.from_answer(0, "invalid_params", f"the parameters are not JSON: {e}") from e
     return params
+
+
+_CLOSED_HANDSHAKE = (
+    "the server closed the TLS handshake without saying why: the broker's HSM may be "
+    "unavailable (it cannot sign its side of a new handshake then; connections already open "
+    "get 503 hsm_unavailable), the broker may be overloaded, or a load balancer may have no "
+    "broker behind it. Check the broker's log and its /healthz, and retry")
+
+
+def _closed_handshake(error: BaseException) -> bool:
+    """Whether the server closed the TLS handshake without an alert (an EOF or a reset), as a
+    broker does whose HSM cannot sign: the server is unavailable, not misconfigured."""
+    if _cause(error, ssl.SSLCertVerificationError) is not None:
+        return False
+    return any(_cause(error, kind) is not None
+               for kind in (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError))
 
 
 def _cause(error: BaseException, kind: type) -> BaseException | None:

@@ -241,6 +241,37 @@ def test_an_unreachable_broker_raises_a_typed_error():
     assert raised.value.code == "broker_unreachable"
 
 
+def test_a_handshake_the_server_closes_is_unavailable_not_a_crash():
+    """A broker whose HSM is pulled cannot sign its side of a new handshake and closes it
+    without an alert: the caller (and a LangChain tool) gets the retryable broker_unreachable
+    with the hint, not a raw TLS exception."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def close_each_handshake():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(4096)  # the ClientHello, then nothing
+            conn.close()
+    threading.Thread(target=close_each_handshake, daemon=True).start()
+    try:
+        with Client(f"https://127.0.0.1:{port}", env("SEB_ROOT"), env("SEB_AGENT_CERT"),
+                    env("SEB_AGENT_KEY")) as c:
+            with pytest.raises(errors.Unavailable) as raised:
+                c.grants()
+        assert raised.value.code == "broker_unreachable"
+        assert "HSM may be unavailable" in str(raised.value)
+    finally:
+        listener.close()
+
+
 def test_a_request_id_that_is_not_one_never_reaches_the_broker(agent):
     # A path such as "../trust" would otherwise fetch another route and read as a status.
     for bad in ["../trust", "../grants", "a/b" * 8, "x" * 15, "", "é" * 20]:
