@@ -92,6 +92,7 @@ class Client:
                  execute_timeout: float = 600.0) -> None:
         self.broker = broker.rstrip("/")
         self._key_path = key
+        self._cert_path = cert
         with open(ca, "rb") as f:
             root = x509.load_pem_x509_certificate(f.read())
         # To the broker: only a server certificate the root issued directly, with serverAuth,
@@ -220,8 +221,7 @@ class Client:
             raise ValueError("decision is approve or reject")
         shown = next((r for r in self.pending() if r["request_id"] == request_id), None)
         if shown is None:
-            raise errors.InvalidRequest(f"request {request_id} is not pending for this approver",
-                                        code="not_found", status=404)
+            self._not_open(request_id, decision)
         digest = b64url(hashlib.sha384(canonicalize(
             {"operation": shown["operation"], "resource": shown["resource"],
              "params": shown["params"]}).encode("utf-8")).digest())
@@ -234,6 +234,35 @@ class Client:
         if reason is not None:
             body["reason"] = reason
         return self._call("POST", f"/v1/executions/{request_id}/approvals", body)
+
+    def _not_open(self, request_id: str, decision: str) -> None:
+        """Raises why a request is not among this approver's pending ones, in the broker's
+        words, with nothing signed (as ``seb approve`` does): ``duplicate_approval`` when its
+        status lists a decision of this approver, else the broker's answer to an unsigned
+        decision (``not_found``, ``request_closed``, ``request_expired``,
+        ``wrong_approval_group``, ``self_approval``), all checked before the signature."""
+        status = self.status(request_id)
+        if status.get("status") == "pending_approval":
+            with open(self._cert_path, "rb") as f:
+                own = x509.load_pem_x509_certificate(f.read())
+            thumbprint = b64url(hashlib.sha256(
+                own.public_bytes(serialization.Encoding.DER)).digest())
+            mine = next((a for a in status.get("approvals") or []
+                         if a.get("x5t#S256") == thumbprint), None)
+            if mine is not None:
+                raise errors.from_answer(
+                    409, "duplicate_approval",
+                    f"you decided request {request_id} already ({mine.get('decision')} at "
+                    f"{mine.get('at')}); an approver counts once; nothing was signed")
+        try:
+            self._call("POST", f"/v1/executions/{request_id}/approvals",
+                       {"decision": decision, "signature": ""})
+        except errors.SebError as e:
+            if e.code != "bad_approval_signature":
+                raise
+        raise errors.InvalidRequest(
+            f"request {request_id} is open but not in this approver's pending list (the oldest "
+            "500 are listed); nothing was signed", code="request_not_listed")
 
     def _sign(self, message: bytes) -> bytes:
         with open(self._key_path, "rb") as f:

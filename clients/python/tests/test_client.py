@@ -132,7 +132,20 @@ def test_approvals_pending_approve_wait_and_verify(agent):
             listed = [r for r in a.pending() if r["request_id"] == pending.request_id]
             assert listed and listed[0]["params"] == params
             a.approve(pending.request_id, reason="reviewed")
+            if name == "ALICE":
+                # A second decision of hers is told so, in the broker's code, unsigned.
+                with pytest.raises(errors.SebError) as again:
+                    a.approve(pending.request_id)
+                assert again.value.code == "duplicate_approval"
     granted = agent.wait(pending.request_id, timeout=30)
+    # Decided: the broker's own code says so.
+    with approver("ALICE") as a:
+        with pytest.raises(errors.SebError) as closed:
+            a.approve(pending.request_id)
+        assert closed.value.code == "request_closed"
+        with pytest.raises(errors.SebError) as unknown:
+            a.approve("A" * 22)
+        assert unknown.value.code == "not_found"
     assert isinstance(granted, Granted)
 
     trust = TrustBundle(read("SEB_TRUST"))
