@@ -101,7 +101,10 @@ impl std::fmt::Display for ParamViolation {
                 write!(f, "parameter {n:?} must be a string, integer or boolean")
             }
             ParamViolation::Violated { name, wants } => {
-                write!(f, "parameter {name:?} does not satisfy its constraint: {wants}")
+                write!(
+                    f,
+                    "parameter {name:?} does not satisfy its constraint: {wants}"
+                )
             }
             ParamViolation::WrongType {
                 name,
