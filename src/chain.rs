@@ -613,6 +613,26 @@ fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Resu
     Ok(())
 }
 
+/// The trust anchors of a bundle: its self-issued certificates, each of which must be validly
+/// self-signed. The rest (intermediates and service certificates, which `GET /v1/trust` serves
+/// beside the root) anchors nothing: a path may go through an intermediate, and a service
+/// certificate must still be issued by one of these directly.
+pub fn bundle_roots(certs: &[Certificate]) -> Result<Vec<Certificate>, String> {
+    let mut roots = Vec::new();
+    for cert in certs {
+        if cert.tbs().issuer() == cert.tbs().subject() {
+            verify_signature(cert, cert).map_err(|e| {
+                format!(
+                    "self-issued certificate {:?} is not validly self-signed: {e}",
+                    cert.subject_string()
+                )
+            })?;
+            roots.push(cert.clone());
+        }
+    }
+    Ok(roots)
+}
+
 /// Verifies `child`'s signature under `issuer`'s public key (and nothing else: no CA or name
 /// checks). Used for self-signatures of roots in a trust bundle.
 pub fn verify_signature(child: &Certificate, issuer: &Certificate) -> Result<(), ChainError> {

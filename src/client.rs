@@ -119,14 +119,34 @@ impl ClientTls {
         // Which input is wrong: the CLI reads these from --ca and --cert.
         let named =
             |what: &'static str| move |e: ClientError| ClientError::Input(format!("{what}: {e}"));
-        for cert in pem_blocks(root_pem, "CERTIFICATE").map_err(named("the root certificate"))? {
-            pinned.push(
-                Certificate::parse(&cert)
+        let mut given = Vec::new();
+        for der in pem_blocks(root_pem, "CERTIFICATE").map_err(named("the root certificate"))? {
+            given.push(
+                Certificate::parse(&der)
                     .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?,
             );
-            roots
-                .add(CertificateDer::from(cert))
+        }
+        // Only the self-signed certificates are pinned: an intermediate in the file (the
+        // bundle `GET /v1/trust` serves holds them) would otherwise certify a broker or an
+        // attestation key of its own making.
+        for root in crate::chain::bundle_roots(&given)
+            .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?
+        {
+            let der = root
+                .to_der_bytes()
                 .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?;
+            roots
+                .add(CertificateDer::from(der))
+                .map_err(|e| ClientError::Input(format!("root certificate: {e}")))?;
+            pinned.push(root);
+        }
+        if pinned.is_empty() {
+            return Err(ClientError::Input(
+                "the root certificate file holds no self-signed root certificate (an \
+                 intermediate or a service certificate cannot be pinned): give the broker's \
+                 root, trust/root.pem, or the bundle GET /v1/trust serves"
+                    .into(),
+            ));
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
@@ -180,7 +200,7 @@ impl ClientTls {
                 .as_ref()
                 .and_then(|(_, _, pem)| Certificate::parse_pem_chain(pem).ok())
                 .unwrap_or_default(),
-            roots: Certificate::parse_pem_chain(root_pem).unwrap_or_default(),
+            roots: pinned,
         })
     }
 

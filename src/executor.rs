@@ -140,7 +140,17 @@ impl Executor {
         let root_pem = read(&config.root)?;
         let cert_pem = read(&config.cert)?;
         let key_pem = read(&config.key)?;
-        let roots = Certificate::parse_pem_chain(&root_pem).map_err(|e| e.to_string())?;
+        // The self-signed certificates of the file: an intermediate beside the root anchors
+        // nothing (agents under it chain to the root through it).
+        let roots = Certificate::parse_pem_chain(&root_pem)
+            .map_err(|e| e.to_string())
+            .and_then(|certs| crate::chain::bundle_roots(&certs))?;
+        if roots.is_empty() {
+            return Err(format!(
+                "{} holds no self-signed root certificate",
+                config.root.display()
+            ));
+        }
         let chain = Certificate::parse_pem_chain(&cert_pem).map_err(|e| e.to_string())?;
         let leaf = chain
             .first()
@@ -278,9 +288,10 @@ impl Executor {
     pub fn tls_config(&self) -> Result<rustls::ServerConfig, String> {
         let provider = crate::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
-        for der in
-            pem_blocks(&read(&self.config.root)?, "CERTIFICATE").map_err(|e| e.to_string())?
-        {
+        for root in &self.roots {
+            let der = root
+                .to_der_bytes()
+                .map_err(|e| format!("root certificate: {e}"))?;
             roots
                 .add(CertificateDer::from(der))
                 .map_err(|e| format!("root certificate: {e}"))?;

@@ -88,21 +88,12 @@ impl TrustStore {
                 ),
             });
         }
-        let mut roots = Vec::new();
-        let mut others = Vec::new();
-        for cert in certs {
-            if cert.tbs().issuer() == cert.tbs().subject() {
-                chain::verify_signature(&cert, &cert).map_err(|e| VerifyError::TrustBundle {
-                    reason: format!(
-                        "self-issued certificate {:?} is not validly self-signed: {e}",
-                        cert.subject_string()
-                    ),
-                })?;
-                roots.push(cert);
-            } else {
-                others.push(cert);
-            }
-        }
+        let roots =
+            chain::bundle_roots(&certs).map_err(|reason| VerifyError::TrustBundle { reason })?;
+        let others: Vec<Certificate> = certs
+            .into_iter()
+            .filter(|c| c.tbs().issuer() != c.tbs().subject())
+            .collect();
         if roots.is_empty() {
             return Err(VerifyError::TrustBundle {
                 reason: "no self-signed root certificate".into(),

@@ -518,15 +518,68 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
     );
     assert_clean_failure(&out, "not issued directly by the root");
     assert!(out.stdout.is_empty(), "nothing was sent to it");
+    // The same with the intermediate in the --ca file beside the root (as the bundle
+    // `/v1/trust` serves holds intermediates): it is not a root, so it certifies no broker.
+    let both = hsm.path("root-and-ops.pem");
+    std::fs::write(
+        &both,
+        [hsm.trust("root.pem"), hsm.path("ops.pem")]
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .concat(),
+    )
+    .unwrap();
+    let out = seb_within(
+        &hsm,
+        30,
+        &[
+            "request",
+            "--broker",
+            &format!("https://127.0.0.1:{}", server.port),
+            "--ca",
+            both.to_str().unwrap(),
+            "--cert",
+            agent.cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "deploy.rollout",
+            "--resource",
+            "staging/api",
+        ],
+    );
+    assert_clean_failure(&out, "not issued directly by the root");
+    assert!(out.stdout.is_empty(), "nothing was sent to it");
+    // The intermediate alone pins nothing.
+    let out = seb_within(
+        &hsm,
+        30,
+        &[
+            "request",
+            "--broker",
+            &format!("https://127.0.0.1:{}", server.port),
+            "--ca",
+            hsm.path("ops.pem").to_str().unwrap(),
+            "--cert",
+            agent.cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "deploy.rollout",
+            "--resource",
+            "staging/api",
+        ],
+    );
+    assert_clean_failure(&out, "holds no self-signed root certificate");
 
-    // Control: the same client against the real broker, whose certificate the root issued.
+    // Control: the same client against the real broker, whose certificate the root issued,
+    // pinned through the file with the intermediate in it.
     let broker = Broker::start(&hsm);
     let out = hsm.seb(&[
         "request",
         "--broker",
         &broker.url,
         "--ca",
-        hsm.trust("root.pem").to_str().unwrap(),
+        both.to_str().unwrap(),
         "--cert",
         agent.cert.to_str().unwrap(),
         "--key",

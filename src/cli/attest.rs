@@ -227,7 +227,9 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
 
 fn verify(args: VerifyArgs) -> CliResult {
     let root_pem = read_file(&args.trust)?;
-    let roots = Certificate::parse_pem_chain(&root_pem)?;
+    // The self-signed certificates only: an intermediate in the file must not pass for the
+    // root that certifies the attestation key and the broker's TLS certificate directly.
+    let roots = seb::chain::bundle_roots(&Certificate::parse_pem_chain(&root_pem)?)?;
     let policy = AttestPolicy::load(&args.policy)?;
     let tls = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {

@@ -80,7 +80,9 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
         .unwrap_or_else(|| value.clone());
     let receipt = seb::receipt::parse(&serde_json::to_vec(&inner)?)?;
     let chain = Certificate::parse_pem_chain(&read_file(&args.cert)?)?;
-    let roots = Certificate::parse_pem_chain(&read_file(&args.trust)?)?;
+    // Only the self-signed certificates of --trust are roots (an intermediate beside the root
+    // must not pass for the root that issues executors' certificates).
+    let roots = seb::chain::bundle_roots(&Certificate::parse_pem_chain(&read_file(&args.trust)?)?)?;
     let (leaf, rest) = chain.split_first().ok_or("no certificate in --cert")?;
     // Evidence outlives certificates: the path is judged at the time the receipt says the
     // action finished (not necessarily now). Revocation is the CRL's to say.
