@@ -11,7 +11,7 @@
 //! issued for the broker's name is refused even though it chains to the root.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -45,6 +45,9 @@ pub enum ClientError {
     /// HTTP failed.
     #[error("HTTP error")]
     Http(#[source] hyper::Error),
+    /// No connection, or no whole answer, within the time allowed.
+    #[error("{0} gave no answer within {1} s")]
+    TimedOut(String, u64),
     /// The answer's body was larger than [`MAX_ANSWER_BYTES`]: no seb answer is.
     #[error("the answer is larger than {} MiB: not an answer seb sends", MAX_ANSWER_BYTES >> 20)]
     TooLarge,
@@ -438,11 +441,21 @@ pub async fn connect_tls(
     Ok((stream, authority))
 }
 
-/// One keep-alive connection to a broker.
+/// How long a connection and its TLS handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker's whole answer may take: it answers within its `request_timeout` (10 s
+/// by default) or not at all, so a server that holds a request open is not one.
+pub const BROKER_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an executor's answer may take: it answers once the action ran, and an action may
+/// be given up to an hour.
+pub const EXECUTOR_ANSWER_TIMEOUT: Duration = Duration::from_secs(3_660);
+
+/// One keep-alive connection to a broker (or an executor).
 pub struct Client {
     sender: SendRequest<Full<Bytes>>,
     authority: String,
     server_certificate: Vec<u8>,
+    answer_timeout: Duration,
 }
 
 /// A response: status and parsed JSON (or the raw text as a JSON string).
@@ -459,7 +472,9 @@ pub struct ApiResponse {
 impl Client {
     /// Connects and completes the TLS handshake.
     pub async fn connect(url: &str, tls: &ClientTls) -> Result<Self, ClientError> {
-        let (stream, authority) = connect_tls(url, tls).await?;
+        let (stream, authority) = tokio::time::timeout(CONNECT_TIMEOUT, connect_tls(url, tls))
+            .await
+            .map_err(|_| ClientError::TimedOut(url.to_owned(), CONNECT_TIMEOUT.as_secs()))??;
         let server_certificate = stream
             .get_ref()
             .1
@@ -485,7 +500,15 @@ impl Client {
             sender,
             authority,
             server_certificate,
+            answer_timeout: BROKER_ANSWER_TIMEOUT,
         })
+    }
+
+    /// Waits up to `timeout` for each answer instead of [`BROKER_ANSWER_TIMEOUT`] (an
+    /// executor's: [`EXECUTOR_ANSWER_TIMEOUT`]).
+    pub fn answer_within(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout;
+        self
     }
 
     /// The DER TLS server certificate this connection's handshake received (and rustls checked
@@ -512,14 +535,25 @@ impl Client {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Input(e.to_string()))?;
-        self.sender.ready().await.map_err(ClientError::Http)?;
-        let response = self
-            .sender
-            .send_request(request)
+        let exchange = async {
+            self.sender.ready().await.map_err(ClientError::Http)?;
+            let response = self
+                .sender
+                .send_request(request)
+                .await
+                .map_err(ClientError::Http)?;
+            let status = response.status().as_u16();
+            let bytes = read_limited(response.into_body(), MAX_ANSWER_BYTES).await?;
+            Ok::<_, ClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.answer_timeout, exchange)
             .await
-            .map_err(ClientError::Http)?;
-        let status = response.status().as_u16();
-        let bytes = read_limited(response.into_body(), MAX_ANSWER_BYTES).await?;
+            .map_err(|_| {
+                ClientError::TimedOut(
+                    format!("{} ({method} {path})", self.authority),
+                    self.answer_timeout.as_secs(),
+                )
+            })??;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         // The broker's own strict parser: what a caller reads from an answer (an audit entry it
         // hashes, a grant it shows) must not depend on which of two duplicate keys is kept.

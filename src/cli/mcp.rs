@@ -321,7 +321,10 @@ impl SebMcp {
         };
         let body = json!({"token": token, "params": params});
         let call = async {
-            let mut client = Client::connect(executor, &self.tls.to_executors()).await?;
+            // Its own limit (`--execute-timeout`) holds the whole call.
+            let mut client = Client::connect(executor, &self.tls.to_executors())
+                .await?
+                .answer_within(seb::client::EXECUTOR_ANSWER_TIMEOUT);
             client.post_json("/v1/run", &body).await
         };
         match tokio::time::timeout(self.execute_timeout, call).await {

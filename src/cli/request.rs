@@ -174,7 +174,9 @@ fn execute(
     let body = serde_json::json!({ "token": token, "params": params });
     let answer = runtime
         .block_on(async {
-            let mut client = Client::connect(url, &tls.to_executors()).await?;
+            let mut client = Client::connect(url, &tls.to_executors())
+                .await?
+                .answer_within(seb::client::EXECUTOR_ANSWER_TIMEOUT);
             client.post_json("/v1/run", &body).await
         })
         .map_err(|e| {
