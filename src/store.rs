@@ -604,6 +604,10 @@ pub trait Store: Send + Sync {
     fn audit_size(&self) -> Result<u64, StoreError>;
     /// Audit entries `start..end` (at most [`MAX_AUDIT_PAGE`]) as (index, canonical JSON).
     fn audit_entries(&self, start: u64, end: u64) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The stored leaf hashes (level-0 nodes of the tree) of entries `start..end` (at most
+    /// [`MAX_AUDIT_PAGE`]): what the tree was built from, served beside each entry so that an
+    /// entry edited in place is named by a verifier (its text no longer hashes to its leaf).
+    fn audit_leaf_hashes(&self, start: u64, end: u64) -> Result<Vec<(u64, Hash)>, StoreError>;
     /// The root hash of the first `size` entries.
     fn audit_root(&self, size: u64) -> Result<Hash, StoreError>;
     /// The inclusion proof of entry `index` in the tree of `size` entries.

@@ -332,6 +332,42 @@ fn an_edited_entry_is_detected() {
     );
 }
 
+/// An entry edited in the broker's database (not in an export) is named by its index: the
+/// broker serves the leaf hash the tree was built from, which the edited text no longer hashes
+/// to. A row that is no longer JSON at all is served as its text and named the same way, and
+/// the rest of the log can still be read.
+#[test]
+fn an_entry_edited_in_the_database_is_named_by_its_index() {
+    let s = setup();
+    traffic(&s, 2);
+    let db = rusqlite::Connection::open(s.hsm.path("state/seb.db")).unwrap();
+    let text: String = db
+        .query_row("SELECT entry FROM audit_entries WHERE idx = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let edited = text.replacen("CN=deploy-bot", "CN=deploy-bat", 1);
+    assert_ne!(edited, text, "entry 2 names the agent: {text}");
+    db.execute(
+        "UPDATE audit_entries SET entry = ?1 WHERE idx = 2",
+        [&edited],
+    )
+    .unwrap();
+    rejected(
+        &audit(&s, &["verify"]),
+        "entry 2: its leaf hash does not match",
+    );
+    db.execute(
+        "UPDATE audit_entries SET entry = 'garbage' WHERE idx = 2",
+        [],
+    )
+    .unwrap();
+    let page = call(&s, "GET", "/v1/audit/entries?start=0&end=4", None);
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["entries"][2]["entry"], "garbage", "{}", page.text);
+    rejected(&audit(&s, &["verify"]), "entry 2");
+}
+
 #[test]
 fn a_duplicate_key_slipped_into_an_exported_entry_is_refused() {
     // serde_json keeps the last of two keys, so the hashed entry would be the original while a

@@ -474,6 +474,14 @@ fn contract(store: &dyn Store) {
         })
         .collect();
     assert_eq!(leaves[placed.index as usize], placed.leaf_hash);
+    // The stored leaves the tree was built from are the entries' hashes.
+    let stored: Vec<(u64, merkle::Hash)> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as u64, *h))
+        .collect();
+    assert_eq!(store.audit_leaf_hashes(0, size).unwrap(), stored);
+    assert_eq!(store.audit_leaf_hashes(2, 3).unwrap(), stored[2..3]);
     let root = store.audit_root(size).unwrap();
     assert_eq!(root, merkle::root_of(&leaves));
     for index in [0, size / 2, size - 1] {

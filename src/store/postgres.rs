@@ -555,6 +555,25 @@ impl Store for PgStore {
         })
     }
 
+    fn audit_leaf_hashes(&self, start: u64, end: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let end = end.min(start.saturating_add(MAX_AUDIT_PAGE));
+        self.read("audit leaf hashes", |db| {
+            let rows = db.query(
+                "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 \
+                 ORDER BY idx",
+                &[&writer::sql_int(start), &writer::sql_int(end)],
+            )?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    let idx = u64::try_from(r.get::<_, i64>(0)).ok()?;
+                    let hash = Hash::try_from(r.get::<_, Vec<u8>>(1)).ok()?;
+                    Some((idx, hash))
+                })
+                .collect())
+        })
+    }
+
     fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
         self.read("audit root", |db| {
             merkle::range_root(0, size, &mut |level, idx| writer::node(db, level, idx))

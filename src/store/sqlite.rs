@@ -580,6 +580,11 @@ impl Store for SqliteStore {
         self.read("audit entries", |c| audit::entries(c, start, end))
     }
 
+    fn audit_leaf_hashes(&self, start: u64, end: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let end = end.min(start.saturating_add(MAX_AUDIT_PAGE));
+        self.read("audit leaf hashes", |c| audit::leaves(c, start, end))
+    }
+
     fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
         self.read("audit root", |c| {
             merkle::range_root(0, size, &mut |level, idx| audit::node(c, level, idx))

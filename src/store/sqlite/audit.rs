@@ -177,6 +177,28 @@ pub(super) fn node(conn: &Connection, level: u32, idx: u64) -> rusqlite::Result<
         .ok_or(rusqlite::Error::QueryReturnedNoRows)
 }
 
+/// The level-0 nodes of entries `start..end`, as (index, hash).
+pub(super) fn leaves(
+    conn: &Connection,
+    start: u64,
+    end: u64,
+) -> rusqlite::Result<Vec<(u64, Hash)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![sql_int(start), sql_int(end)], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut leaves = Vec::new();
+    for row in rows {
+        let (idx, hash) = row?;
+        if let (Ok(idx), Ok(hash)) = (u64::try_from(idx), Hash::try_from(hash)) {
+            leaves.push((idx, hash));
+        }
+    }
+    Ok(leaves)
+}
+
 /// Entries `start..end` as (index, text).
 pub(super) fn entries(
     conn: &Connection,
