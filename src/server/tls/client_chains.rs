@@ -5,7 +5,10 @@
 //! cache only when its bytes are exactly those of a chain the WebPKI verifier accepted against
 //! the same roots (this verifier belongs to one server configuration and its roots), less than
 //! [`CHAIN_CACHE_TTL`] ago, and when every certificate presented is within its validity period
-//! now. Anything else goes to the WebPKI verifier again. The handshake signature
+//! now. Anything else goes to the WebPKI verifier again, which judges a chain outside its
+//! validity period as at the nearest moment inside it: the broker refuses such a caller on every
+//! request with `403 certificate_expired` (or `certificate_not_yet_valid`) and an audit entry,
+//! which a TLS alert would not give it. The handshake signature
 //! (CertificateVerify, over this connection's transcript) is verified every time: it is what
 //! proves the client holds the key.
 //!
@@ -94,6 +97,15 @@ fn validity(
     window.filter(|(b, a)| b <= a)
 }
 
+/// `at` as rustls counts time (whole seconds since the epoch, rounded down: a `notAfter` is a
+/// whole second, so that moment is inside the window).
+fn unix_time(at: SystemTime) -> UnixTime {
+    UnixTime::since_unix_epoch(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
 impl ClientCertVerifier for CachedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
@@ -125,10 +137,21 @@ impl ClientCertVerifier for CachedClientVerifier {
                 }
             }
         }
+        // The chain's signatures, names and key usages are checked here; its time is checked
+        // by the broker on every request (`certificate_expired`, `certificate_not_yet_valid`:
+        // a 403 the caller can read, and an audit entry), so a chain outside its validity is
+        // judged as at the nearest moment inside it. A chain whose certificates share no such
+        // moment is refused here.
+        let window = validity(end_entity, intermediates);
+        let judged_at = match window {
+            Some((not_before, _)) if at < not_before => unix_time(not_before),
+            Some((_, not_after)) if at > not_after => unix_time(not_after),
+            _ => now,
+        };
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if let Some((not_before, not_after)) = validity(end_entity, intermediates) {
+            .verify_client_cert(end_entity, intermediates, judged_at)?;
+        if let Some((not_before, not_after)) = window {
             if let Ok(mut cache) = self.accepted.lock() {
                 if cache.len() >= CHAIN_CACHE_ENTRIES && !cache.contains_key(&key) {
                     cache.clear();
@@ -269,17 +292,25 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_chain_outside_its_validity_goes_to_webpki_and_is_refused() {
+    fn a_chain_outside_its_validity_goes_to_webpki_judged_inside_its_window() {
+        // Not from the cache: WebPKI checks its signatures again, as at the nearest moment of
+        // its validity (the broker refuses it with certificate_expired on every request).
         let root = Ca::root("root");
         let (cached, webpki) = verifier(&root);
         let agent = der(&root.agent("agent", &grant("a.*", "r/*", "60s")).unwrap());
         cached.verify_client_cert(&agent, &[], at(now())).unwrap();
         // The agent certificate is valid for 30 days from `now()`.
         let later = now() + Duration::from_secs(31 * 86_400);
-        assert!(cached.verify_client_cert(&agent, &[], at(later)).is_err());
+        cached.verify_client_cert(&agent, &[], at(later)).unwrap();
         let earlier = now() - Duration::from_secs(86_400);
-        assert!(cached.verify_client_cert(&agent, &[], at(earlier)).is_err());
+        cached.verify_client_cert(&agent, &[], at(earlier)).unwrap();
         assert_eq!(webpki.asked.load(Ordering::SeqCst), 3);
+        // Judged in its window, a foreign chain is still refused.
+        let stranger = Ca::root("stranger");
+        let foreign = der(&stranger
+            .agent("agent", &grant("a.*", "r/*", "60s"))
+            .unwrap());
+        assert!(cached.verify_client_cert(&foreign, &[], at(later)).is_err());
     }
 
     #[test]
