@@ -277,9 +277,11 @@ pub(crate) async fn serve_http1<T, E>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Clone + Send + Sync + 'static,
 {
-    // Set when an answer closes the connection (a refusal that left the body unread): only
-    // then is what the client still sends read and discarded ([`Lingering`]). An idle
-    // connection closed by a stop, or one the client closed, is not held.
+    // Set while bytes have been read that no answer has followed yet (a request being read,
+    // or one hyper refused itself, such as a head too large: 431), and when an answer closes
+    // the connection (a refusal that left the body unread): only then is what the client
+    // still sends read and discarded ([`Lingering`]). An idle connection closed by a stop, or
+    // one the client closed, is not held.
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let marks = refused.clone();
     let service = router
@@ -292,9 +294,7 @@ pub(crate) async fn serve_http1<T, E>(
                 .headers()
                 .get(axum::http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            if closes {
-                marks.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            marks.store(closes, std::sync::atomic::Ordering::Relaxed);
             response
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -341,7 +341,8 @@ pub(crate) async fn serve_http1<T, E>(
 /// its `413`.
 struct Lingering<T> {
     io: T,
-    /// Whether an answer closed the connection with the request's body unread.
+    /// Whether bytes were read that no answer followed, or an answer closed the connection
+    /// with the request's body unread.
     refused: Arc<std::sync::atomic::AtomicBool>,
     /// Set once the write side is shut down: the deadline and the bytes left to discard.
     draining: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, usize)>,
@@ -363,7 +364,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            // Unanswered bytes: if the connection is closed before an answer clears this,
+            // hyper refused them itself, and the client may still be sending.
+            self.refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        read
     }
 }
 
