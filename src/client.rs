@@ -144,12 +144,15 @@ impl ClientTls {
             pinned.push(root);
         }
         if pinned.is_empty() {
-            return Err(ClientError::Input(
-                "the root certificate file holds no self-signed root certificate (an \
-                 intermediate or a service certificate cannot be pinned): give the broker's \
-                 root, trust/root.pem, or the bundle GET /v1/trust serves"
-                    .into(),
-            ));
+            let held = given
+                .first()
+                .map_or_else(|| "no certificate".to_owned(), Certificate::subject_string);
+            return Err(ClientError::Input(format!(
+                "the --ca file holds {held}, which is not a root: it holds no self-signed root \
+                 certificate (an intermediate or a service certificate cannot be pinned); give \
+                 the broker's root (<state_dir>/trust/root.pem on the broker host, or the bundle \
+                 GET /v1/trust serves)"
+            )));
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
@@ -293,6 +296,21 @@ impl ClientTls {
             hints.extend(own);
         }
         (!hints.is_empty()).then(|| hints.join("; "))
+    }
+
+    /// What the client's own certificate file says about a refusal the broker answered for the
+    /// caller's certificate (`certificate_expired`, `certificate_not_yet_valid`,
+    /// `bad_certificate`): its validity and path as seen here, with what to do. `None` for
+    /// other codes, or when nothing is found locally.
+    pub fn explain_refusal(&self, code: &str, now: SystemTime) -> Option<String> {
+        if !matches!(
+            code,
+            "certificate_expired" | "certificate_not_yet_valid" | "bad_certificate"
+        ) {
+            return None;
+        }
+        let own = self.own_problems(now, true);
+        (!own.is_empty()).then(|| own.join("; "))
     }
 
     /// Problems with the client's own certificate file, as seen locally: its validity now, a

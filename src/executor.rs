@@ -224,7 +224,21 @@ impl Executor {
                     .await
                     .map_err(|e| self.broker_failure("cannot fetch the trust bundle", &e))?;
                 if response.status != 200 {
-                    return Err(format!("GET /v1/trust answered {}", response.status));
+                    let mut why = format!(
+                        "cannot fetch the trust bundle: GET /v1/trust answered {}: {}",
+                        response.status,
+                        response.body["error"]["message"]
+                            .as_str()
+                            .unwrap_or(&response.text)
+                    );
+                    if let Some(hint) = response.body["error"]["code"]
+                        .as_str()
+                        .and_then(|c| self.broker_tls.explain_refusal(c, SystemTime::now()))
+                    {
+                        why.push_str("; ");
+                        why.push_str(&hint);
+                    }
+                    return Err(why);
                 }
                 response.text.into_bytes()
             }

@@ -81,6 +81,13 @@ pub fn run(args: RequestArgs) -> Result<std::process::ExitCode, CliError> {
     }
     if response.status != 202 || !args.wait {
         say!("{}", response.text);
+        // A refusal of the caller's own certificate: what its file says, and what to do.
+        if let Some(hint) = response.body["error"]["code"]
+            .as_str()
+            .and_then(|code| tls.explain_refusal(code, std::time::SystemTime::now()))
+        {
+            tell!("{hint}");
+        }
         return Ok(match response.status {
             201 => std::process::ExitCode::SUCCESS,
             202 => std::process::ExitCode::from(2),
