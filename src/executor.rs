@@ -132,6 +132,33 @@ fn serves_https(leaf: &Certificate) -> Result<(), String> {
     ))
 }
 
+/// How long `seb exec` waits at start for the broker's port to accept connections (a broker
+/// and its executors started together, the broker still opening its device).
+const BROKER_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until the broker at `url` accepts TCP connections, for at most
+/// [`BROKER_STARTUP_WAIT`], saying so while it waits. Only the connection is waited for: a
+/// broker that answers and refuses (a wrong root, an expired certificate) is reported at once
+/// by the fetch that follows.
+async fn wait_for_broker(url: &str) {
+    let Ok((authority, _)) = crate::client::parse_url(url) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + BROKER_STARTUP_WAIT;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match tokio::net::TcpStream::connect(&authority).await {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%authority, error = %e, "the broker does not accept connections yet; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 impl Executor {
     /// Loads the credentials and trust material the configuration names. The trust bundle
     /// comes from `trust_bundle` or else the broker's `GET /v1/trust` (over TLS pinned to the
@@ -182,6 +209,9 @@ impl Executor {
             epoch,
             refetched: std::sync::Mutex::new(None),
         };
+        if executor.config.trust_bundle.is_none() {
+            wait_for_broker(&executor.config.broker_url).await;
+        }
         executor.refresh_trust().await?;
         Ok(executor)
     }

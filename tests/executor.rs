@@ -1261,3 +1261,48 @@ timeout = "10s"
     assert_eq!(printed["receipt"]["body"]["exit_code"], -2, "{printed}");
     drop(exec);
 }
+
+/// An executor started before its broker (both started together, the broker still opening its
+/// device) waits for the broker's port instead of exiting, then serves.
+#[test]
+fn an_executor_started_before_its_broker_waits_for_it() {
+    let hsm = Hsm::initialised();
+    common::exec::identity(&hsm);
+    let mut broker = Broker::start(&hsm);
+    let out = hsm.path("demo-output");
+    let config = common::exec::config(&hsm, &broker, &out, "", &["demo/files"]);
+    assert!(broker.stop(), "the broker stops cleanly");
+    let started = std::thread::spawn({
+        let dir = hsm.dir.path().to_owned();
+        move || {
+            let hsm_dir = dir;
+            let log = hsm_dir.join("executor.log");
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+                .args(["exec", "--config", config.to_str().unwrap()])
+                .current_dir(&hsm_dir)
+                .env_remove("SEB_CONFIG")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            let stdout = child.stdout.take().unwrap();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+            (first, std::fs::read_to_string(&log).unwrap_or_default())
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _broker = Broker::start(&hsm);
+    let (first, log) = started.join().unwrap();
+    assert!(
+        first.contains("https://127.0.0.1:"),
+        "the executor serves once the broker is up: {first:?}\n{log}"
+    );
+    assert!(
+        log.contains("does not accept connections yet"),
+        "it said why it waited: {log}"
+    );
+}
