@@ -324,9 +324,18 @@ pub(crate) async fn bounded(
 /// body is read.
 fn is_json(value: &HeaderValue) -> bool {
     value.to_str().is_ok_and(|v| {
-        v.split(';')
-            .next()
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+        let mut parts = v.split(';');
+        let media = parts.next().unwrap_or_default();
+        // JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset would be read as
+        // something its sender did not mean.
+        let charset_ok = parts.all(|p| match p.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let value = value.trim().trim_matches('"');
+                value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        });
+        media.trim().eq_ignore_ascii_case("application/json") && charset_ok
     })
 }
 

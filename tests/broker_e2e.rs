@@ -905,7 +905,17 @@ fn encoded_or_undeclared_bodies_are_refused_with_415() {
             "415 Unsupported Media Type|unsupported_media_type",
         ),
         (
+            format!("Content-Type: application/json; charset=latin1\r\n{length}"),
+            &body,
+            "415 Unsupported Media Type|unsupported_media_type",
+        ),
+        (
             format!("Content-Type: Application/JSON; charset=utf-8\r\n{length}"),
+            &body,
+            "201 Created|\"granted\"",
+        ),
+        (
+            format!("Content-Type: application/json; charset=\"UTF-8\"\r\n{length}"),
             &body,
             "201 Created|\"granted\"",
         ),
