@@ -137,25 +137,35 @@ fn serves_https(leaf: &Certificate) -> Result<(), String> {
 const BROKER_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Waits until the broker at `url` accepts TCP connections, for at most
-/// [`BROKER_STARTUP_WAIT`], saying so while it waits. Only the connection is waited for: a
-/// broker that answers and refuses (a wrong root, an expired certificate) is reported at once
-/// by the fetch that follows.
-async fn wait_for_broker(url: &str) {
+/// [`BROKER_STARTUP_WAIT`], saying so while it waits; whether it waited and the port now
+/// accepts them. `false` at once when the port accepts connections already (the broker is
+/// up, and what failed was something else).
+async fn wait_for_broker(url: &str) -> bool {
     let Ok((authority, _)) = crate::client::parse_url(url) else {
-        return;
+        return false;
     };
     let deadline = std::time::Instant::now() + BROKER_STARTUP_WAIT;
     let mut pause = std::time::Duration::from_millis(250);
+    let mut waited = false;
     loop {
-        match tokio::net::TcpStream::connect(&authority).await {
-            Ok(_) => return,
-            Err(e) if std::time::Instant::now() + pause < deadline => {
-                tracing::warn!(%authority, error = %e, "the broker does not accept connections yet; retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(_) => return,
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = tokio::time::timeout(
+            left.min(std::time::Duration::from_secs(5)),
+            tokio::net::TcpStream::connect(&authority),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(_)) => return waited,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer to the connection".to_owned(),
+        };
+        if std::time::Instant::now() + pause >= deadline {
+            return false;
         }
+        tracing::warn!(%authority, %error, "the broker does not accept connections yet; retrying in {pause:?}");
+        waited = true;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }
 
@@ -209,10 +219,16 @@ impl Executor {
             epoch,
             refetched: std::sync::Mutex::new(None),
         };
-        if executor.config.trust_bundle.is_none() {
-            wait_for_broker(&executor.config.broker_url).await;
+        if let Err(e) = executor.refresh_trust().await {
+            // A broker not listening yet (both started together) is waited for; one that
+            // answered and refused is reported at once.
+            if executor.config.trust_bundle.is_some()
+                || !wait_for_broker(&executor.config.broker_url).await
+            {
+                return Err(e);
+            }
+            executor.refresh_trust().await?;
         }
-        executor.refresh_trust().await?;
         Ok(executor)
     }
 

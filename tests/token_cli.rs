@@ -278,7 +278,18 @@ fn seb_token_verify_checks_an_hsm_signed_token_without_configuration() {
     std::fs::copy(hsm.trust("root.pem"), planted.join("root.pem")).unwrap();
     std::fs::copy(foreign.trust("token.pem"), planted.join("token.pem")).unwrap();
     args[1] = planted.to_str().unwrap();
-    assert!(!verify(dir, &args).status.success());
+    let out = verify(dir, &args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: unknown_key: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Named from inside the trust directory.
+    let mut args = full.to_vec();
+    args[1] = "root.pem";
+    let out = verify(&hsm.path("state/trust"), &args);
+    common::assert_success(&out, "--trust root.pem from inside the trust directory");
 
     // Only the signature, on request: exit 3 (not 0, so `verify && act` never acts), and
     // stdout says what was not checked.

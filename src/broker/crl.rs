@@ -25,6 +25,8 @@ struct CachedCrl {
     pem: String,
     generation: u64,
     made: Instant,
+    /// The end of the signing CA's chain's validity.
+    issuer_until: SystemTime,
 }
 
 impl Broker {
@@ -44,12 +46,19 @@ impl Broker {
         if let Some(cached) = cache.get(&key) {
             if cached.generation == generation
                 && cached.made.elapsed() < self.config.ca.crl_validity / 2
+                && SystemTime::now() <= cached.issuer_until
             {
                 return Ok(cached.pem.clone());
             }
         }
-        let (label, issuer_cert) = match issuer {
-            None => (self.config.keys.root.clone(), self.root.clone()),
+        // The CA signing it, and until when its chain is valid: a cached CRL is not served past
+        // that (an intermediate that expired gets none).
+        let (label, issuer_cert, issuer_until) = match issuer {
+            None => (
+                self.config.keys.root.clone(),
+                self.root.clone(),
+                self.root.not_after(),
+            ),
             Some(name) => {
                 let chain = self
                     .config
@@ -72,11 +81,16 @@ impl Broker {
                         });
                     }
                 }
+                let issuer_until = chain
+                    .iter()
+                    .map(Certificate::not_after)
+                    .min()
+                    .unwrap_or(now);
                 let cert = chain
                     .into_iter()
                     .next()
                     .ok_or_else(|| BrokerError::NoCrlIssuer(name.to_owned()))?;
-                (name.to_owned(), cert)
+                (name.to_owned(), cert, issuer_until)
             }
         };
         // Read after the generation: a revocation in between is in the list, and the next
@@ -92,6 +106,7 @@ impl Broker {
                 pem: pem.clone(),
                 generation,
                 made: Instant::now(),
+                issuer_until,
             },
         );
         Ok(pem)

@@ -438,8 +438,6 @@ fn check_issued(
     }
 }
 
-/// Warns when `path`'s mode has any of the bits in `forbidden`; a path that cannot be read is
-/// left to the checks that need it.
 /// Below this much free space (or this many free inodes) on the state directory's filesystem
 /// the broker is close to refusing tokens: a problem.
 const FREE_SPACE_PROBLEM: u64 = 64 << 20;
@@ -504,6 +502,8 @@ fn bytes_text(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Warns when `path`'s mode has any of the bits in `forbidden`; a path that cannot be read is
+/// left to the checks that need it.
 fn check_mode(r: &mut Report, what: &str, path: &Path, forbidden: u32, why: &str) {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;

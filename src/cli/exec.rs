@@ -81,9 +81,21 @@ pub fn receipt(command: ReceiptCommand) -> CliResult {
     let receipt = seb::receipt::parse(&serde_json::to_vec(&inner)?)?;
     let chain = Certificate::parse_pem_chain(&read_file(&args.cert)?)?;
     // Only the self-signed certificates of --trust are roots (an intermediate beside the root
-    // must not pass for the root that issues executors' certificates).
-    let roots = seb::chain::bundle_roots(&Certificate::parse_pem_chain(&read_file(&args.trust)?)?)?;
-    let (leaf, rest) = chain.split_first().ok_or("no certificate in --cert")?;
+    // must not pass for the root that issues executors' certificates); its other CA
+    // certificates may be on the path, as the chain --cert carries may be.
+    let trust = seb::verify::TrustStore::from_pem(&read_file(&args.trust)?)
+        .map_err(|e| format!("{}: --trust: {e}", e.code()))?;
+    let roots = trust.roots().to_vec();
+    let (leaf, presented) = chain.split_first().ok_or("no certificate in --cert")?;
+    let mut rest = presented.to_vec();
+    rest.extend(
+        trust
+            .others()
+            .iter()
+            .filter(|c| !presented.contains(c))
+            .cloned(),
+    );
+    let rest = rest.as_slice();
     // Evidence outlives certificates: the path is judged at the time the receipt says the
     // action finished (not necessarily now). Revocation is the CRL's to say.
     let finished = std::time::UNIX_EPOCH

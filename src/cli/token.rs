@@ -152,10 +152,9 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
 
 /// The trust bundle `--trust` names: a PEM bundle (what `GET /v1/trust` serves), or a
 /// broker's trust directory, or a root certificate inside one. When the file holds roots
-/// only, the certificates beside it in a trust directory's layout (the token certificate,
-/// intermediates, retired token certificates) are read as candidates for the path to those
-/// roots, never as roots themselves: they widen nothing, as every path must end at a root
-/// the caller named.
+/// only, the certificates beside it in a trust directory's layout (the token certificate and
+/// the intermediates) are read as candidates for the path to those roots, never as roots
+/// themselves: every path must still end at a root the caller named.
 fn read_trust(path: &Path) -> Result<TrustStore, CliError> {
     let file = if path.is_dir() {
         path.join("root.pem")
@@ -168,16 +167,21 @@ fn read_trust(path: &Path) -> Result<TrustStore, CliError> {
     if !store.others().is_empty() {
         return Ok(store);
     }
-    let Some(dir) = file.parent().filter(|d| d.join("token.pem").is_file()) else {
-        return Ok(store);
+    // `root.pem` named from inside its directory has the empty path as its parent.
+    let dir = match file.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => return Ok(store),
     };
+    if !dir.join("token.pem").is_file() {
+        return Ok(store);
+    }
     let mut certs = store.roots().to_vec();
     let mut beside = Vec::new();
-    for sub in [
-        dir.to_owned(),
-        dir.join("intermediates"),
-        dir.join("retired"),
-    ] {
+    // Not `retired/`: it keeps every certificate of a key `seb rotate` replaced, while the
+    // bundle the broker serves keeps a retired token certificate only while a token it
+    // signed may still be live. Tokens from before a rotation need that bundle.
+    for sub in [dir.to_owned(), dir.join("intermediates")] {
         let Ok(entries) = std::fs::read_dir(&sub) else {
             continue;
         };
