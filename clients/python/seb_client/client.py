@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -93,8 +94,7 @@ class Client:
         self.broker = broker.rstrip("/")
         self._key_path = key
         self._cert_path = cert
-        with open(ca, "rb") as f:
-            root = x509.load_pem_x509_certificate(f.read())
+        root = _pinned_roots(ca)[0]
         # To the broker: only a server certificate the root issued directly, with serverAuth,
         # checked in the handshake, before any request is written.
         self._http = httpx.Client(verify=_pinned_context(ca, cert, key, root), timeout=timeout)
@@ -344,7 +344,7 @@ def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl
     certificate issued directly by ``root`` and carrying serverAuth (docs/API.md, Transport):
     an intermediate CA may hold a certificate for the broker's name that chains to the root
     just as well."""
-    context = ssl.create_default_context(cafile=ca)
+    context = _roots_context(ca)
     context.load_cert_chain(cert, key)
 
     class PinnedSocket(ssl.SSLSocket):
@@ -358,8 +358,41 @@ def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl
     return context
 
 
+def _pinned_roots(ca: str) -> list[x509.Certificate]:
+    """The self-signed certificates of the ``ca`` file: the only ones pinned. An intermediate
+    in it (the bundle ``/v1/trust`` serves holds them) anchors nothing, as in seb's own
+    clients."""
+    with open(ca, "rb") as f:
+        certs = x509.load_pem_x509_certificates(f.read())
+    roots = []
+    for c in certs:
+        if c.subject != c.issuer:
+            continue
+        try:
+            c.verify_directly_issued_by(c)
+        except (ValueError, TypeError, InvalidSignature) as e:
+            raise ValueError(f"{ca}: self-issued {c.subject.rfc4514_string()} is not validly "
+                             f"self-signed: {e}") from e
+        roots.append(c)
+    if not roots:
+        raise ValueError(f"{ca} holds no self-signed root certificate: give the broker's root "
+                         "(trust/root.pem) or the bundle GET /v1/trust serves")
+    return roots
+
+
+def _roots_context(ca: str) -> ssl.SSLContext:
+    """A TLS client context that trusts the self-signed certificates of ``ca`` only, and never
+    a partial chain (Python 3.13 allows one by default: an intermediate in the file would be
+    an anchor then)."""
+    pem = "".join(r.public_bytes(serialization.Encoding.PEM).decode("ascii")
+                  for r in _pinned_roots(ca))
+    context = ssl.create_default_context(cadata=pem)
+    context.verify_flags &= ~ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def _executor_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca)
+    context = _roots_context(ca)
     context.load_cert_chain(cert, key)
 
     class ExecutorSocket(ssl.SSLSocket):

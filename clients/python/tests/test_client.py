@@ -175,6 +175,27 @@ def test_a_rejection_ends_the_wait(agent):
     assert ended.value.code == "request_rejected"
 
 
+def _foreign_root(tmp_path) -> str:
+    """A self-signed CA certificate of no installation of seb's, as a PEM file."""
+    import datetime
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "another root")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (cx509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(cx509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(cx509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA384()))
+    path = tmp_path / "another-root.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
 def test_the_broker_certificate_must_be_the_roots_own(agent, tmp_path):
     # Pinning another root: the TLS handshake itself fails.
     import ssl
@@ -182,19 +203,24 @@ def test_the_broker_certificate_must_be_the_roots_own(agent, tmp_path):
     import httpx
     from seb_client import Client
     with pytest.raises((ssl.SSLError, httpx.ConnectError)):
-        with Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
+        with Client(env("SEB_BROKER_URL"), _foreign_root(tmp_path), env("SEB_AGENT_CERT"),
                     env("SEB_AGENT_KEY")) as c:
             c.grants()
+    # A file without a root (the audit certificate, or an intermediate) pins nothing.
+    with pytest.raises(ValueError) as refused:
+        Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
+               env("SEB_AGENT_KEY"))
+    assert "holds no self-signed root" in str(refused.value)
 
 
-def test_an_executor_outside_the_pinned_root_is_a_tls_failure_not_unreachable(agent):
+def test_an_executor_outside_the_pinned_root_is_a_tls_failure_not_unreachable(agent, tmp_path):
     # The executor's certificate does not chain to the root this client pins: a configuration
     # error raised as the TLS stack reports it, never the retryable executor_unreachable.
     import ssl
 
     import httpx
     granted = agent.request("demo.write", "demo/files", {"name": "never.txt", "text": "x"})
-    with Client(env("SEB_BROKER_URL"), env("SEB_AUDIT_CERT"), env("SEB_AGENT_CERT"),
+    with Client(env("SEB_BROKER_URL"), _foreign_root(tmp_path), env("SEB_AGENT_CERT"),
                 env("SEB_AGENT_KEY")) as c:
         with pytest.raises((ssl.SSLError, httpx.ConnectError)) as raised:
             c.execute(env("SEB_EXECUTOR_URL"), granted.token,
