@@ -497,25 +497,28 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
     let server = TlsServer::start(dir, "server.pem", "server.key", "ops.pem");
     // With a deadline: a client that accepts the server would send its request to an HTTP
     // server that never ends its answer.
-    let out = seb_within(
-        &hsm,
-        30,
-        &[
-            "request",
-            "--broker",
-            &format!("https://127.0.0.1:{}", server.port),
-            "--ca",
-            hsm.trust("root.pem").to_str().unwrap(),
-            "--cert",
-            agent.cert.to_str().unwrap(),
-            "--key",
-            agent.key.to_str().unwrap(),
-            "--operation",
-            "deploy.rollout",
-            "--resource",
-            "staging/api",
-        ],
-    );
+    let request_pinning = |ca: &std::path::Path| {
+        seb_within(
+            &hsm,
+            30,
+            &[
+                "request",
+                "--broker",
+                &format!("https://127.0.0.1:{}", server.port),
+                "--ca",
+                ca.to_str().unwrap(),
+                "--cert",
+                agent.cert.to_str().unwrap(),
+                "--key",
+                agent.key.to_str().unwrap(),
+                "--operation",
+                "deploy.rollout",
+                "--resource",
+                "staging/api",
+            ],
+        )
+    };
+    let out = request_pinning(&hsm.trust("root.pem"));
     assert_clean_failure(&out, "not issued directly by the root");
     assert!(out.stdout.is_empty(), "nothing was sent to it");
     // The same with the intermediate in the --ca file beside the root (as the bundle
@@ -528,47 +531,11 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
             .concat(),
     )
     .unwrap();
-    let out = seb_within(
-        &hsm,
-        30,
-        &[
-            "request",
-            "--broker",
-            &format!("https://127.0.0.1:{}", server.port),
-            "--ca",
-            both.to_str().unwrap(),
-            "--cert",
-            agent.cert.to_str().unwrap(),
-            "--key",
-            agent.key.to_str().unwrap(),
-            "--operation",
-            "deploy.rollout",
-            "--resource",
-            "staging/api",
-        ],
-    );
+    let out = request_pinning(&both);
     assert_clean_failure(&out, "not issued directly by the root");
     assert!(out.stdout.is_empty(), "nothing was sent to it");
     // The intermediate alone pins nothing.
-    let out = seb_within(
-        &hsm,
-        30,
-        &[
-            "request",
-            "--broker",
-            &format!("https://127.0.0.1:{}", server.port),
-            "--ca",
-            hsm.path("ops.pem").to_str().unwrap(),
-            "--cert",
-            agent.cert.to_str().unwrap(),
-            "--key",
-            agent.key.to_str().unwrap(),
-            "--operation",
-            "deploy.rollout",
-            "--resource",
-            "staging/api",
-        ],
-    );
+    let out = request_pinning(&hsm.path("ops.pem"));
     assert_clean_failure(&out, "holds no self-signed root certificate");
 
     // Control: the same client against the real broker, whose certificate the root issued,
