@@ -285,6 +285,41 @@ fn contract(store: &dyn Store) {
         ApprovalOutcome::Closed(ExecutionStatus::Issuing)
     );
     assert_eq!(store.approvals("p1").unwrap().len(), 2);
+    // Three approvers of a two-approval request at once (three replicas, or three requests
+    // on one broker): one of them completes the quorum and reserves the token, once.
+    let mut r = record("p-race", ExecutionStatus::PendingApproval, None, &[]);
+    r.approvals_required = 2;
+    let mut w = wait_for.clone();
+    w.request_id = "p-race".into();
+    wait(|done| {
+        store
+            .record_pending_then(r, w, &entry(EntryKind::ExecutionPending, "p-race"), done)
+            .unwrap();
+    });
+    let outcomes: Vec<ApprovalOutcome> = std::thread::scope(|scope| {
+        let racers: Vec<_> = ["ann", "ben", "cat"]
+            .map(|who| {
+                scope.spawn(move || {
+                    store
+                        .add_approval(
+                            approval("p-race", who, Decision::Approve),
+                            2,
+                            now(),
+                            reserve("jp-race"),
+                        )
+                        .unwrap()
+                })
+            })
+            .into_iter()
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let quorums = outcomes
+        .iter()
+        .filter(|o| matches!(o, ApprovalOutcome::Approved { quorum: true, .. }))
+        .count();
+    assert_eq!(quorums, 1, "{outcomes:?}");
+    assert_eq!(store.approvals("p-race").unwrap().len(), 2, "{outcomes:?}");
     for (id, expires) in [("p2", 600), ("p3", 0)] {
         let mut r = record(id, ExecutionStatus::PendingApproval, None, &[]);
         r.approvals_required = 2;
