@@ -312,6 +312,12 @@ impl Certificate {
         der::Encode::to_der(self.tbs().subject_public_key_info())
     }
 
+    /// Whether its issuer is its subject: a root candidate (whether it is validly self-signed
+    /// is [`crate::chain::bundle_roots`]'s to check).
+    pub fn is_self_issued(&self) -> bool {
+        self.tbs().issuer() == self.tbs().subject()
+    }
+
     /// Subject as an RFC 4514 string.
     pub fn subject_string(&self) -> String {
         self.tbs().subject().to_string()

@@ -620,7 +620,7 @@ fn check_issuer(child: &Certificate, issuer: &Certificate, below: usize) -> Resu
 pub fn bundle_roots(certs: &[Certificate]) -> Result<Vec<Certificate>, String> {
     let mut roots = Vec::new();
     for cert in certs {
-        if cert.tbs().issuer() == cert.tbs().subject() {
+        if cert.is_self_issued() {
             verify_signature(cert, cert).map_err(|e| {
                 format!(
                     "self-issued certificate {:?} is not validly self-signed: {e}",

@@ -144,11 +144,18 @@ impl ClientTls {
             pinned.push(root);
         }
         if pinned.is_empty() {
-            let held = given
-                .first()
-                .map_or_else(|| "no certificate".to_owned(), Certificate::subject_string);
+            let held = given.first().map_or_else(
+                || "no certificate".to_owned(),
+                |c| {
+                    format!(
+                        "{}, which is not a root (it was issued by {})",
+                        c.subject_string(),
+                        c.issuer_string()
+                    )
+                },
+            );
             return Err(ClientError::Input(format!(
-                "the --ca file holds {held}, which is not a root: it holds no self-signed root \
+                "the --ca file holds {held}: it holds no self-signed root \
                  certificate (an intermediate or a service certificate cannot be pinned); give \
                  the broker's root (<state_dir>/trust/root.pem on the broker host, or the bundle \
                  GET /v1/trust serves)"
@@ -338,30 +345,18 @@ impl ClientTls {
                 at(leaf.not_before())
             ));
         }
+        // The pinned roots are self-signed ones only (a --ca file without one is refused when
+        // the client is built, naming what it holds).
         if let Err(e) = crate::chain::validate(leaf, rest, &self.roots, now) {
-            let ca_not_a_root = !self.roots.is_empty()
-                && self
-                    .roots
-                    .iter()
-                    .all(|r| r.tbs().issuer() != r.tbs().subject());
             match e {
                 crate::chain::ChainError::UnknownIssuer { .. }
-                    if chain && leaf.tbs().issuer() == leaf.tbs().subject() =>
+                    if chain && leaf.is_self_issued() =>
                 {
                     problems.push(format!(
                         "your certificate ({}) is self-signed: it must be issued by the \
                          broker's CA (make a CSR with `seb keygen` and have the security team \
                          run `seb cert issue`)",
                         leaf.subject_string()
-                    ))
-                }
-                crate::chain::ChainError::UnknownIssuer { .. } if ca_not_a_root => {
-                    problems.push(format!(
-                        "the --ca file holds {}, which is not a root (it was issued by {}): \
-                         --ca must be the broker's root CA, the self-signed certificate \
-                         `trust/root.pem` (or the bundle `GET /v1/trust` serves)",
-                        self.roots[0].subject_string(),
-                        self.roots[0].issuer_string()
                     ))
                 }
                 // The broker's certificate was refused: ours was never sent.

@@ -179,15 +179,10 @@ impl Executor {
         let key_pem = read(&config.key)?;
         // The self-signed certificates of the file: an intermediate beside the root anchors
         // nothing (agents under it chain to the root through it).
-        let roots = Certificate::parse_pem_chain(&root_pem)
-            .map_err(|e| e.to_string())
-            .and_then(|certs| crate::chain::bundle_roots(&certs))?;
-        if roots.is_empty() {
-            return Err(format!(
-                "{} holds no self-signed root certificate",
-                config.root.display()
-            ));
-        }
+        let roots = TrustStore::from_pem(&root_pem)
+            .map_err(|e| format!("{}: {e}", config.root.display()))?
+            .roots()
+            .to_vec();
         let chain = Certificate::parse_pem_chain(&cert_pem).map_err(|e| e.to_string())?;
         let leaf = chain
             .first()

@@ -90,16 +90,26 @@ impl TrustStore {
         }
         let roots =
             chain::bundle_roots(&certs).map_err(|reason| VerifyError::TrustBundle { reason })?;
-        let others: Vec<Certificate> = certs
-            .into_iter()
-            .filter(|c| c.tbs().issuer() != c.tbs().subject())
-            .collect();
+        let others: Vec<Certificate> = certs.into_iter().filter(|c| !c.is_self_issued()).collect();
         if roots.is_empty() {
             return Err(VerifyError::TrustBundle {
                 reason: "no self-signed root certificate".into(),
             });
         }
         Ok(TrustStore { roots, others })
+    }
+
+    /// A store whose roots are the self-signed certificates of `pinned` (what the caller
+    /// trusts), with the certificates of `published` that are not self-issued as candidates for
+    /// paths: a broker's bundle or trust directory, read as found, may extend a path but never
+    /// add a root.
+    pub fn pinned_with(
+        pinned: Vec<Certificate>,
+        published: Vec<Certificate>,
+    ) -> Result<Self, VerifyError> {
+        let mut certs = pinned;
+        certs.extend(published.into_iter().filter(|c| !c.is_self_issued()));
+        Self::from_certificates(certs)
     }
 
     /// The trusted roots.

@@ -126,7 +126,7 @@ pub(super) fn check_role_delegation(
 /// Whether `ca` is a root: self-issued and self-signed. (An intermediate given the root's
 /// name is not: its key is not the one that signed it.)
 fn is_root(ca: &Certificate) -> bool {
-    ca.tbs().issuer() == ca.tbs().subject() && crate::chain::verify_signature(ca, ca).is_ok()
+    ca.is_self_issued() && crate::chain::verify_signature(ca, ca).is_ok()
 }
 
 /// Checks the issuing chain and that `signer` holds the issuer's key; returns the issuer.

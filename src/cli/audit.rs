@@ -138,17 +138,12 @@ fn logged(index: u64, leaf_hash: &str, entry: &serde_json::Value) -> Result<Logg
 
 /// The trusted roots (from --trust only) plus the non-root certificates the broker publishes.
 fn trust_store(root_pem: &[u8], bundle: &str) -> Result<TrustStore, CliError> {
-    let mut certs = Certificate::parse_pem_chain(root_pem).map_err(|e| format!("--trust: {e}"))?;
-    for cert in Certificate::parse_pem_chain(bundle.as_bytes())
-        .map_err(|e| format!("the published certificates: {e}"))?
-    {
-        // Only --trust names roots: a self-issued certificate from the broker or the file is
-        // ignored, never trusted.
-        if cert.tbs().issuer() != cert.tbs().subject() {
-            certs.push(cert);
-        }
-    }
-    Ok(TrustStore::from_certificates(certs)?)
+    // Only --trust names roots: a self-issued certificate from the broker or the file is
+    // ignored, never trusted.
+    let pinned = Certificate::parse_pem_chain(root_pem).map_err(|e| format!("--trust: {e}"))?;
+    let published = Certificate::parse_pem_chain(bundle.as_bytes())
+        .map_err(|e| format!("the published certificates: {e}"))?;
+    Ok(TrustStore::pinned_with(pinned, published)?)
 }
 
 /// The largest export `audit verify --file` reads (it is held in memory whole).

@@ -176,50 +176,22 @@ fn read_trust(path: &Path) -> Result<TrustStore, CliError> {
     if !dir.join("token.pem").is_file() {
         return Ok(store);
     }
-    let mut certs = store.roots().to_vec();
-    let mut beside = Vec::new();
-    // Not `retired/`: it keeps every certificate of a key `seb rotate` replaced, while the
-    // bundle the broker serves keeps a retired token certificate only while a token it
-    // signed may still be live. Tokens from before a rotation need that bundle.
-    for sub in [dir.to_owned(), dir.join("intermediates")] {
-        let Ok(entries) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "pem")
-                    && p.is_file()
-                    && *p != file
-                    // The TPM maker's endorsement certificate belongs in no token bundle.
-                    && p.file_name().is_some_and(|n| n != "ek.pem")
-            })
-            .collect();
-        files.sort();
-        beside.extend(files);
-    }
-    for other in &beside {
-        let Ok(found) = read_file(other)
-            .ok()
-            .map(|b| Certificate::parse_pem_chain(&b))
-            .transpose()
-        else {
-            continue;
-        };
-        certs.extend(
-            found
-                .into_iter()
-                .flatten()
-                .filter(|c| c.tbs().issuer() != c.tbs().subject()),
-        );
-    }
+    // What the broker serves from that directory, less the retired token certificates
+    // (`retired/` keeps every replaced key's, while `GET /v1/trust` keeps one only while a
+    // token it signed may be live): the token, audit and TLS certificates and intermediates.
+    let published = Certificate::parse_pem_chain(
+        seb::ca::trust_dir::TrustDir::new(dir)
+            .bundle_pem()
+            .as_bytes(),
+    )
+    .unwrap_or_default();
     tell!(
         "note: {} holds only the root; the certificates beside it in {} were read as the path \
          to it (pin the bundle GET /v1/trust serves to verify elsewhere)",
         file.display(),
         dir.display()
     );
-    TrustStore::from_certificates(certs).map_err(invalid)
+    TrustStore::pinned_with(store.roots().to_vec(), published).map_err(invalid)
 }
 
 /// `--signature-only`: the token's own checks, said loudly to be only those.
