@@ -850,15 +850,7 @@ fn a_revoked_attestation_key_stops_attested_issuance() {
     let serial = seb::cert::Certificate::parse(&std::fs::read(&ak).unwrap())
         .unwrap()
         .serial_hex();
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-        "--unknown",
-    ]);
+    s.hsm.revoke_unrecorded(&serial, "key-compromise");
     eventually("issuance stops", || {
         let r = request(&s);
         r.status == 503 && r.body["error"]["code"] == "attestation_failed"

@@ -2376,15 +2376,7 @@ fn a_token_signed_with_the_token_key_but_not_as_issued_or_by_a_revoked_key_is_no
         .expect("the retired token certificate");
     let serial = common::openssl_serial(&retired_cert);
     // `--unknown`: the certificates `init` made are not in the issuance record.
-    s.hsm.seb_ok(&[
-        "cert",
-        "revoke",
-        "--serial",
-        &serial,
-        "--reason",
-        "key-compromise",
-        "--unknown",
-    ]);
+    s.hsm.revoke_unrecorded(&serial, "key-compromise");
     std::thread::sleep(std::time::Duration::from_secs(6));
     let r = post(
         &s,

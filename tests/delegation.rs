@@ -497,14 +497,15 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
     let server = TlsServer::start(dir, "server.pem", "server.key", "ops.pem");
     // With a deadline: a client that accepts the server would send its request to an HTTP
     // server that never ends its answer.
-    let request_pinning = |ca: &std::path::Path| {
+    let impostor = format!("https://127.0.0.1:{}", server.port);
+    let request_at = |broker: &str, ca: &std::path::Path| {
         seb_within(
             &hsm,
             30,
             &[
                 "request",
                 "--broker",
-                &format!("https://127.0.0.1:{}", server.port),
+                broker,
                 "--ca",
                 ca.to_str().unwrap(),
                 "--cert",
@@ -518,7 +519,7 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
             ],
         )
     };
-    let out = request_pinning(&hsm.trust("root.pem"));
+    let out = request_at(&impostor, &hsm.trust("root.pem"));
     assert_clean_failure(&out, "not issued directly by the root");
     assert!(out.stdout.is_empty(), "nothing was sent to it");
     // The same with the intermediate in the --ca file beside the root (as the bundle
@@ -531,31 +532,17 @@ fn seb_request_refuses_a_tls_server_certificate_that_the_root_did_not_issue_dire
             .concat(),
     )
     .unwrap();
-    let out = request_pinning(&both);
+    let out = request_at(&impostor, &both);
     assert_clean_failure(&out, "not issued directly by the root");
     assert!(out.stdout.is_empty(), "nothing was sent to it");
     // The intermediate alone pins nothing.
-    let out = request_pinning(&hsm.path("ops.pem"));
+    let out = request_at(&impostor, &hsm.path("ops.pem"));
     assert_clean_failure(&out, "holds no self-signed root certificate");
 
     // Control: the same client against the real broker, whose certificate the root issued,
     // pinned through the file with the intermediate in it.
     let broker = Broker::start(&hsm);
-    let out = hsm.seb(&[
-        "request",
-        "--broker",
-        &broker.url,
-        "--ca",
-        both.to_str().unwrap(),
-        "--cert",
-        agent.cert.to_str().unwrap(),
-        "--key",
-        agent.key.to_str().unwrap(),
-        "--operation",
-        "deploy.rollout",
-        "--resource",
-        "staging/api",
-    ]);
+    let out = request_at(&broker.url, &both);
     common::assert_success(&out, "seb request against the broker");
 }
 

@@ -361,6 +361,20 @@ impl Hsm {
         self.seb_ok(&["cert", "revoke", "--serial", serial, "--reason", reason]);
     }
 
+    /// `seb cert revoke --unknown` of a certificate the issuance record does not hold (those
+    /// `seb init` made: the service certificates, the attestation key's), into the root's CRL.
+    pub fn revoke_unrecorded(&self, serial: &str, reason: &str) {
+        self.seb_ok(&[
+            "cert",
+            "revoke",
+            "--serial",
+            serial,
+            "--reason",
+            reason,
+            "--unknown",
+        ]);
+    }
+
     /// `seb cert issue-ca --label LABEL --subject SUBJECT --ttl 60d` with `extra`; returns the
     /// path of the intermediate's certificate (`LABEL.pem`).
     pub fn issue_ca(&self, label: &str, subject: &str, extra: &[&str]) -> PathBuf {
