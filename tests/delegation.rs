@@ -627,3 +627,45 @@ fn a_chain_seb_cannot_read_gets_a_403_with_a_code_not_a_reset() {
         );
     }
 }
+
+/// A broker that stops answering (frozen: its port still accepts connections, nothing more)
+/// makes `seb request` fail with what happened, not hang: the connection and its handshake
+/// have 30 s.
+#[test]
+fn seb_request_gives_up_on_a_broker_that_stops_answering() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let broker = Broker::start(&hsm);
+    let pid = broker.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let out = seb_within(
+        &hsm,
+        50,
+        &[
+            "request",
+            "--broker",
+            &broker.url,
+            "--ca",
+            hsm.trust("root.pem").to_str().unwrap(),
+            "--cert",
+            agent.cert.to_str().unwrap(),
+            "--key",
+            agent.key.to_str().unwrap(),
+            "--operation",
+            "deploy.rollout",
+            "--resource",
+            "staging/api",
+        ],
+    );
+    signal("-CONT");
+    assert_clean_failure(&out, "gave no answer within 30 s");
+    assert!(out.stdout.is_empty());
+}
