@@ -99,10 +99,9 @@ impl TrustStore {
         Ok(TrustStore { roots, others })
     }
 
-    /// A store whose roots are the self-signed certificates of `pinned` (what the caller
-    /// trusts), with the certificates of `published` that are not self-issued as candidates for
-    /// paths: a broker's bundle or trust directory, read as found, may extend a path but never
-    /// add a root.
+    /// Roots: the self-signed certificates of `pinned` (what the caller trusts); path
+    /// candidates: the certificates of `published` that are not self-issued (a broker's bundle
+    /// or trust directory may extend a path, never add a root).
     pub fn pinned_with(
         pinned: Vec<Certificate>,
         published: Vec<Certificate>,
