@@ -377,6 +377,27 @@ pub fn write_file(path: &Path, contents: &[u8], private: bool) -> CliResult {
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
+/// Refuses, before anything that cannot be undone, an output path [`write_file`] could not
+/// write (its directory missing or not writable): a certificate is never issued and recorded
+/// without reaching its file.
+pub fn check_writable(path: &Path) -> CliResult {
+    files::probe_writable(path).map_err(|e| -> CliError {
+        format!("cannot write {}: {e}; nothing was issued", path.display()).into()
+    })
+}
+
+/// [`write_file`] for a certificate the store has recorded already: a failure says that
+/// certificate `serial` exists and is valid until revoked.
+pub fn write_issued(path: &Path, contents: &[u8], serial: &str) -> CliResult {
+    write_file(path, contents, false).map_err(|e| -> CliError {
+        format!(
+            "{e}; certificate serial {serial} was issued and recorded: revoke it \
+             (`seb cert revoke --serial {serial}`) before issuing another"
+        )
+        .into()
+    })
+}
+
 /// The largest file [`read_file`] reads: far more than any certificate bundle, key, CSR,
 /// grants file, receipt or event log, so that a wrong path (a device, a huge file) is refused
 /// by size instead of filling memory.

@@ -90,6 +90,36 @@ fn temporary_name(path: &Path) -> std::io::Result<PathBuf> {
     )))
 }
 
+/// Whether [`write`] could put a file at `path` without creating a directory: the directory
+/// exists and a file can be made in it (a temporary one, removed at once), and `path` is not a
+/// directory. For commands that do something that cannot be undone (issue a certificate)
+/// before they write its result, so that a mistyped or unwritable `--out` refuses first.
+pub fn probe_writable(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the directory {} does not exist", dir.display()),
+        ));
+    }
+    if path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is a directory",
+        ));
+    }
+    let tmp = temporary_name(path)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
 /// Makes the new name durable. Best effort: some file systems refuse to sync a directory.
 fn sync_directory(path: &Path) {
     let dir = match path.parent() {
@@ -138,6 +168,17 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&blob).unwrap(), b"first");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn probing_refuses_a_missing_directory_and_a_directory_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = probe_writable(&dir.path().join("no/such/x.pem")).unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        assert!(!dir.path().join("no").exists());
+        assert!(probe_writable(dir.path()).is_err());
+        probe_writable(&dir.path().join("x.pem")).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -563,6 +563,29 @@ fn bad_options_are_refused_cleanly() {
         "invalid grants file",
     );
     assert!(!hsm.path("a.pem").exists());
+    // An --out that cannot be written is refused before the certificate exists: a mistyped
+    // directory, and one where no file can be made (/proc refuses even root). Nothing is
+    // recorded, so no valid certificate is left that nobody received.
+    let listed = hsm.seb_ok(&["cert", "list"]);
+    for unwritable in [hsm.path("no-such-dir/a.pem"), "/proc/a.pem".into()] {
+        let output = hsm.seb(&[
+            "cert",
+            "issue",
+            "--csr",
+            &csr,
+            "--out",
+            unwritable.to_str().unwrap(),
+            "--grants",
+            &grants,
+            "--role",
+            "agent",
+            "--ttl",
+            "1d",
+        ]);
+        assert_clean_failure(&output, "nothing was issued");
+    }
+    assert!(!hsm.path("no-such-dir").exists());
+    assert_eq!(hsm.seb_ok(&["cert", "list"]), listed);
 
     assert_clean_failure(&hsm.seb(&["cert", "revoke", "--serial", "zz"]), "not hex");
     assert_clean_failure(

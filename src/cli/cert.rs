@@ -13,7 +13,9 @@ use seb::serial::Serial;
 use seb::store::IssuedCertificate;
 use secrecy::ExposeSecret;
 
-use super::{open_backend, open_store, read_file, write_file, CliResult};
+use super::{
+    check_writable, open_backend, open_store, read_file, write_file, write_issued, CliResult,
+};
 
 mod revocation;
 
@@ -250,6 +252,7 @@ fn cross_sign(config: &Config, args: CrossSignArgs) -> CliResult {
         )
         .into());
     }
+    check_writable(&args.out)?;
     let new_root = Certificate::parse(&read_file(&args.root)?)
         .map_err(|e| format!("{}: {e}", args.root.display()))?;
     let old_root = config.trust_dir().root()?;
@@ -260,7 +263,7 @@ fn cross_sign(config: &Config, args: CrossSignArgs) -> CliResult {
     let cert = ca::cross_certificate(&signer, &old_root, &new_root, ttl, now)?;
     let record = IssuedCertificate::of(&cert, "cross-certificate", config.keys.root.clone())?;
     store.record_issued(&record)?;
-    write_file(&args.out, record.pem.as_bytes(), false)?;
+    write_issued(&args.out, record.pem.as_bytes(), &cert.serial_hex())?;
     say!(
         "issued cross-certificate serial {}: {} certified by {} until {}",
         cert.serial_hex(),
@@ -279,6 +282,7 @@ fn cross_sign(config: &Config, args: CrossSignArgs) -> CliResult {
 fn issue(config: &Config, args: IssueArgs) -> CliResult {
     // Check everything the user gave us before touching the device.
     refuse_overwrite(&args.out, args.force)?;
+    check_writable(&args.out)?;
     let request = read_file(&args.csr)?;
     let verified = csr::verify(&request)?;
     let ttl = seb::duration::parse(&args.ttl)?;
@@ -322,7 +326,11 @@ fn issue(config: &Config, args: IssueArgs) -> CliResult {
     let record = IssuedCertificate::of(&cert, kind.to_string(), issuer_label)?;
     store.record_issued(&record)?;
     let pem = record.pem;
-    write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
+    write_issued(
+        &args.out,
+        chain_pem(&pem, &issuer_chain)?.as_bytes(),
+        &cert.serial_hex(),
+    )?;
     say!(
         "issued {kind} certificate serial {} for {} until {}",
         cert.serial_hex(),
@@ -345,6 +353,7 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
         .into());
     }
     refuse_overwrite(&args.out, args.force)?;
+    check_writable(&args.out)?;
     let ttl = seb::duration::parse(&args.ttl)?;
     let grants = args.grants.as_deref().map(read_grants).transpose()?;
     let roles: IssuableRoles = args
@@ -455,8 +464,13 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     let record = IssuedCertificate::of(&cert, "intermediate", issuer_label)?;
     store.record_issued(&record)?;
     let pem = record.pem;
-    write_file(&cert_path, pem.as_bytes(), false)?;
-    write_file(&args.out, chain_pem(&pem, &issuer_chain)?.as_bytes(), false)?;
+    let serial = cert.serial_hex();
+    write_issued(&cert_path, pem.as_bytes(), &serial)?;
+    write_issued(
+        &args.out,
+        chain_pem(&pem, &issuer_chain)?.as_bytes(),
+        &serial,
+    )?;
     say!(
         "issued intermediate CA {name:?} serial {} for {} until {} ({held}); it may issue: {roles}",
         cert.serial_hex(),

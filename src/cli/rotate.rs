@@ -206,6 +206,7 @@ pub fn rotate(config: &Config, args: RotateArgs) -> CliResult {
 pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     if let Some(out) = &args.out {
         super::cert::refuse_overwrite(out, args.force)?;
+        super::check_writable(out)?;
     }
     let serial = Serial::parse(&args.serial)?;
     let store = open_store(config)?;
@@ -306,7 +307,7 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
     };
     let written = match &args.out {
         Some(path) => {
-            write_file(path, out.as_bytes(), false)?;
+            super::write_issued(path, out.as_bytes(), &cert.serial_hex())?;
             path.display().to_string()
         }
         None => {
