@@ -88,6 +88,9 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
             u32::from(c)
         ));
     }
+    if let Some(problem) = attributes.iter().find_map(|atv| alphabet_problem(atv)) {
+        return Some(problem);
+    }
     for atv in attributes {
         let Some(text) = attribute_text(&atv.value) else {
             continue;
@@ -103,6 +106,43 @@ pub fn attribute_problem(name: &Name) -> Option<String> {
         }
     }
     None
+}
+
+/// A value holding a character its string type does not allow: PrintableString (what
+/// `C=` and `serialNumber=` are written as), IA5String (`DC=`, `emailAddress=`),
+/// NumericString, VisibleString. openssl accepts such a certificate; Go's crypto/x509 and
+/// Python's cryptography refuse to parse it at all, and with it every certificate it issues.
+fn alphabet_problem(atv: &x509_cert::attr::AttributeTypeAndValue) -> Option<String> {
+    let printable = |c: char| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c);
+    let (kind, allowed, alphabet): (_, &dyn Fn(char) -> bool, _) =
+        match der::Tagged::tag(&atv.value) {
+            der::Tag::PrintableString => (
+                "PrintableString",
+                &printable,
+                "A-Z, a-z, 0-9, space and ' ( ) + , - . / : = ?",
+            ),
+            der::Tag::Ia5String => ("IA5String", &|c: char| c.is_ascii(), "ASCII"),
+            der::Tag::NumericString => (
+                "NumericString",
+                &|c: char| c.is_ascii_digit() || c == ' ',
+                "digits and space",
+            ),
+            der::Tag::VisibleString => (
+                "VisibleString",
+                &|c: char| c.is_ascii_graphic() || c == ' ',
+                "printable ASCII",
+            ),
+            _ => return None,
+        };
+    let text = String::from_utf8_lossy(atv.value.value());
+    let bad = text.chars().find(|&c| !allowed(c))?;
+    let name = der::oid::db::DB
+        .by_oid(&atv.oid)
+        .map_or_else(|| atv.oid.to_string(), str::to_owned);
+    Some(format!(
+        "the {name} value holds {bad:?}, which its string type ({kind}) cannot hold \
+         (only {alphabet}); Go and Python's cryptography refuse such a certificate"
+    ))
 }
 
 /// The first control or formatting character ([`crate::text::hides_text`], line feeds and tabs

@@ -238,6 +238,11 @@ fn subjects_stay_within_rfc_5280_bounds() {
         ("CN=bot\u{1b}[2K", "U+001B"),
         ("CN=two\nlines", "U+000A"),
         ("CN=alice,CN=mallory", "more than one common name"),
+        // Characters their string type cannot hold, which Go and Python refuse to parse.
+        ("CN=bot,serialNumber=dev_01", "PrintableString"),
+        ("CN=bot,C=u$", "PrintableString"),
+        ("CN=bot,DC=ex\u{e4}mple", "IA5String"),
+        ("CN=bot,emailAddress=\u{fc}@example.com", "IA5String"),
         (
             &*format!("CN=bot,{}", "OU=x,".repeat(16).trim_end_matches(',')),
             "more than 16",
@@ -249,6 +254,10 @@ fn subjects_stay_within_rfc_5280_bounds() {
         assert!(parse_subject(subject).is_ok(), "{subject}");
     }
     assert!(parse_new_subject(&format!("CN={},C=DE", "é".repeat(64))).is_ok());
+    assert!(parse_new_subject(
+        "CN=bot,serialNumber=dev-01 (A:B),DC=example,emailAddress=a@b.example,O=Ä_$"
+    )
+    .is_ok());
 }
 
 /// A name of one common name, a string of DER type `tag` holding `value` (short).
