@@ -28,9 +28,10 @@ pub enum StrictJsonError {
     /// a number beyond the double range, trailing data).
     #[error("{0}")]
     Syntax(#[from] serde_json::Error),
-    /// A number outside ±(2^53−1): well-formed JSON, but not a value every parser holds the
-    /// same way (RFC 7493 §2.2).
-    #[error("number {0} is outside the I-JSON safe range ±(2^53-1)")]
+    /// A number outside ±(2^53−1) (RFC 7493 §2.2), or one a double does not hold as written
+    /// (`1e-400`, `1.00000000000000000000000001`): well-formed JSON, but not a value every
+    /// parser holds the same way. The message says which.
+    #[error("{0}")]
     UnsafeNumber(String),
 }
 
@@ -38,10 +39,90 @@ pub enum StrictJsonError {
 /// outside ±(2^53−1): what a request, or parameters an executor checks, must be.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     let unsafe_number = Cell::new(None);
-    parse(bytes, Some(&unsafe_number), MAX_DEPTH).map_err(|e| match unsafe_number.take() {
-        Some(number) => StrictJsonError::UnsafeNumber(number),
-        None => e,
-    })
+    let value =
+        parse(bytes, Some(&unsafe_number), MAX_DEPTH).map_err(|e| match unsafe_number.take() {
+            Some(number) => StrictJsonError::UnsafeNumber(format!(
+                "number {number} is outside the I-JSON safe range ±(2^53-1)"
+            )),
+            None => e,
+        })?;
+    match inexact_number(bytes) {
+        Some((literal, read)) => Err(StrictJsonError::UnsafeNumber(format!(
+            "number {literal} is not held exactly by a double (it reads as {read}); a parser \
+             of exact decimals would read another number than the one signed: send it as a \
+             string, or as the number it reads as"
+        ))),
+        None => Ok(value),
+    }
+}
+
+/// The first number of `bytes` (a document the parser took) written with a fraction or an
+/// exponent whose decimal value is not that of the shortest decimal naming the double it
+/// rounds to, with that double: `1e-400` (0), `1.00000000000000000000000001` (1),
+/// `0.30000000000000001` (0.3). Such a number and the one it rounds to would be one value, and
+/// one digest, here and in every double-based reader, and two numbers to a reader of exact
+/// decimals (Python's `Decimal`, Go's `json.Number`, Java's `BigDecimal`). Trailing zeros and
+/// the exponent's spelling (`2.50`, `25e-1`) change no value and pass.
+fn inexact_number(bytes: &[u8]) -> Option<(String, f64)> {
+    let mut at = 0;
+    let mut in_string = false;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        if in_string {
+            match byte {
+                b'\\' => at += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            let start = at - 1;
+            while bytes
+                .get(at)
+                .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            {
+                at += 1;
+            }
+            let literal = std::str::from_utf8(&bytes[start..at]).ok()?;
+            if literal.contains(['.', 'e', 'E']) {
+                let read: f64 = literal.parse().ok()?;
+                if decimal(literal) != decimal(&format!("{read:e}")) {
+                    return Some((literal.to_owned(), read));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The value of a decimal number as (negative, its significant digits without leading or
+/// trailing zeros, the power of ten of the last one); zero, whatever its sign, is
+/// `(false, "", 0)`.
+fn decimal(text: &str) -> (bool, String, i64) {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        // An exponent beyond i64 came from a literal serde_json read as 0 or refused.
+        Some((m, e)) => (m, e.parse::<i64>().unwrap_or(i64::MAX / 2)),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits = format!("{whole}{fraction}");
+    let mut power = exponent.saturating_sub(fraction.len() as i64);
+    while digits.ends_with('0') {
+        digits.pop();
+        power = power.saturating_add(1);
+    }
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return (false, String::new(), 0);
+    }
+    (negative, digits.to_owned(), power)
 }
 
 /// Parses `bytes` refusing duplicate keys and deep nesting only: for reading a broker's
@@ -363,5 +444,47 @@ mod tests {
             assert!(parse_strict(doc.as_bytes()).is_ok(), "{text}");
         }
         assert!(parse_strict(br#"{"a\\":"\"","n":18446744073709551616}"#).is_err());
+    }
+
+    #[test]
+    fn numbers_a_double_does_not_hold_as_written_are_refused() {
+        // Each reads as the double of a shorter decimal: one digest for two numbers to a
+        // reader of exact decimals.
+        for text in [
+            "1e-400",
+            "-1e-400",
+            "1.00000000000000000000000001",
+            "0.30000000000000001",
+            "123456789.123456789123",
+            "2.4703282292062328e-324",
+        ] {
+            let doc = format!(r#"{{"p":{{"x":[1,"1e-400",{text}]}}}}"#);
+            match parse_strict(doc.as_bytes()) {
+                Err(StrictJsonError::UnsafeNumber(why)) => {
+                    assert!(why.contains(text) && why.contains("string"), "{why}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+            // A broker's answer holding one is still readable.
+            assert!(parse_unambiguous(doc.as_bytes()).is_ok(), "{text}");
+        }
+        // The same value however written, and numbers the shortest decimal of their double.
+        for text in [
+            "0.1",
+            "0.10",
+            "1e-1",
+            "10E-2",
+            "2.5",
+            "25e-1",
+            "-0.0",
+            "0e-999",
+            "1.0",
+            "5e-324",
+            "0.30000000000000004",
+            "123456789.12345679",
+        ] {
+            let doc = format!(r#"{{"n":{text},"s":"1e-400 \"1.000000000000000001"}}"#);
+            assert!(parse_strict(doc.as_bytes()).is_ok(), "{text}");
+        }
     }
 }

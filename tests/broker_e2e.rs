@@ -1043,6 +1043,10 @@ fn malformed_input_gets_a_4xx_with_a_code() {
         // several numbers: refused all the same.
         ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":18446744073709551617}}"#.to_vec(), 400, "invalid_request"),
         ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":-99999999999999999999999}}"#.to_vec(), 400, "invalid_request"),
+        // A double that does not hold the number as written (1e-400 reads as 0, the long one
+        // as 1): one digest for two numbers to an executor reading exact decimals.
+        ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":1e-400}}"#.to_vec(), 400, "invalid_request"),
+        ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":1.00000000000000000000000001}}"#.to_vec(), 400, "invalid_request"),
         // As a double too: 1e16 is whole, and its canonical form is the integer above.
         ("POST", "/v1/executions", br#"{"operation":"k8s.read.pods","resource":"prod/x","params":{"n":1e16}}"#.to_vec(), 400, "invalid_request"),
         ("GET", "/v1/audit/entries?start=1&end=0", Vec::new(), 400, "invalid_request"),

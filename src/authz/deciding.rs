@@ -39,8 +39,9 @@ pub(super) fn stricter_rule(
 ///   one a grant (for this operation and resource) constrains, under another spelling
 ///   (`NAME` where `name` is constrained), refuses the request outright;
 /// * a grant with an approval rule whose every parameter constraint the request meets (it
-///   constrains at least one), but which refuses it for parameters it does not permit,
-///   governs it: a later grant that allows the request stands in for it only if that grant
+///   constrains at least one), also when a value meets it only as a program converting types
+///   would read it (`"50"` for `50`, [`matching::lenient_readings`]), but which refuses it for
+///   parameters it does not permit or for such a value's type, governs it: a later grant that allows the request stands in for it only if that grant
 ///   constrains each of those parameters itself (a deliberate exception, such as a dry run);
 ///   otherwise the governing grant's approval rule holds too (the stricter of the two, the
 ///   same group; rules of two groups cannot be met by one token's approvals and refuse the
@@ -77,12 +78,17 @@ pub fn deciding_grant<'g>(
             Ok(()) => {
                 let mut rule = grant.approval.clone();
                 for (earlier, g) in &governing {
-                    // A grant that names every parameter the governing one refused is a
-                    // deliberate exception to it.
+                    // A grant that constrains every parameter the governing one refused (one
+                    // it does not name, or one whose value it takes only in another type) is
+                    // a deliberate exception to it.
                     let exception = params
-                        .keys()
-                        .filter(|k| !g.params.contains_key(*k))
-                        .all(|k| grant.params.contains_key(k));
+                        .iter()
+                        .filter(|(k, v)| {
+                            g.params
+                                .get(*k)
+                                .is_none_or(|c| !matching::constraint_allows(c, v))
+                        })
+                        .all(|(k, _)| grant.params.contains_key(k));
                     if exception {
                         continue;
                     }
@@ -101,7 +107,7 @@ pub fn deciding_grant<'g>(
             Err((code, reason)) => {
                 if code == DenyCode::ParamConstraintViolated
                     && grant.approval.is_some()
-                    && matching::constraints_met(&grant.params, params)
+                    && matching::constraints_met_leniently(&grant.params, params)
                 {
                     governing.push((grant_index, grant));
                 }

@@ -200,6 +200,71 @@ pub fn constraints_met(
         })
 }
 
+/// [`constraints_met`] as a reader that converts types would take the values: each
+/// constrained parameter present with a value whose exact form or one of its
+/// [`lenient_readings`] the constraint allows. For which grant *governs* a request
+/// ([`super::deciding::deciding_grant`]): sending `"50"` for `50`, or `["release-1"]` for
+/// `"release-1"`, must not move a request out of the grant whose approvals it needs and onto
+/// a laxer one, when an executor would act on it as the value the strict grant constrains.
+pub fn constraints_met_leniently(
+    constraints: &std::collections::BTreeMap<String, Constraint>,
+    params: &Map<String, Value>,
+) -> bool {
+    !constraints.is_empty()
+        && constraints.iter().all(|(name, constraint)| {
+            params.get(name).is_some_and(|value| {
+                lenient_readings(value)
+                    .iter()
+                    .any(|reading| constraint_allows(constraint, reading))
+            })
+        })
+}
+
+/// `value` and what programs that convert types would take it for: a string that spells a
+/// decimal number or a boolean (`"50"`, `" +50 "`, `"5e1"`, `"5_0"`, `"True"`) as that
+/// number or boolean, a whole double (`50.0`) as the integer, a number or boolean as its text,
+/// and the only element of a one-element array as that element and its readings.
+pub(crate) fn lenient_readings(value: &Value) -> Vec<Value> {
+    let whole = |f: f64| {
+        (f.is_finite() && f.fract() == 0.0 && f.abs() <= crate::grants::MAX_SAFE_INTEGER as f64)
+            .then_some(f as i64)
+    };
+    let mut out = vec![value.clone()];
+    match value {
+        Value::String(text) => {
+            let text = text.trim();
+            match text.to_ascii_lowercase().as_str() {
+                "true" => out.push(Value::Bool(true)),
+                "false" => out.push(Value::Bool(false)),
+                _ => {}
+            }
+            let digits = text.strip_prefix('+').unwrap_or(text).replace('_', "");
+            let looks_decimal = digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+            if let Some(i) = digits
+                .parse::<f64>()
+                .ok()
+                .filter(|_| looks_decimal)
+                .and_then(whole)
+            {
+                out.push(Value::from(i));
+            }
+        }
+        Value::Number(n) => {
+            out.push(Value::String(n.to_string()));
+            if let Some(i) = n.as_f64().filter(|_| n.is_f64()).and_then(whole) {
+                out.push(Value::from(i));
+                out.push(Value::String(i.to_string()));
+            }
+        }
+        Value::Bool(b) => out.push(Value::String(b.to_string())),
+        Value::Array(items) if items.len() == 1 => out.extend(lenient_readings(&items[0])),
+        _ => {}
+    }
+    out
+}
+
 /// Whether a JSON value satisfies a constraint; types are exact.
 pub fn constraint_allows(constraint: &Constraint, value: &Value) -> bool {
     match constraint {

@@ -1311,6 +1311,90 @@ fn a_laxer_grant_does_not_stand_in_for_a_stricter_one_the_request_is_within() {
         demo_write(&demo, json!({"name": "notes.txt", "text": "t"})),
         Ok(None)
     );
+    // The constrained value in another type, which an executor that converts types acts on
+    // as the value itself (outside review: `["release-1"]` and `"50"` were granted at once by
+    // the lax grant): the strict grant still governs.
+    for (name, why) in [
+        (json!(["release-1"]), "a one-element array"),
+        (json!([["release-1"]]), "nested"),
+    ] {
+        assert_eq!(
+            demo_write(&demo, json!({"name": name, "text": "t"})),
+            two,
+            "{why}"
+        );
+    }
+    assert_eq!(
+        demo_write(&demo, json!({"name": ["notes.txt"], "text": "t"})),
+        Ok(None)
+    );
+    let scale = r#"
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.replicas = { min = 10, max = 100 }
+        params.strategy = { one_of = ["rolling", "5"] }
+        params.canary = { equals = true }
+        params_any = true
+        approval = { required = 2, group = "demo-approvers" }
+
+        [[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params_any = true
+    "#;
+    let c = chain(agent(set(scale)), vec![]);
+    let exact = json!({"replicas": 50, "strategy": "rolling", "canary": true});
+    assert_eq!(demo_write(&c, exact.clone()), two);
+    for (member, value) in [
+        ("replicas", json!("50")),
+        ("replicas", json!(" +50 ")),
+        ("replicas", json!("5e1")),
+        ("replicas", json!("5_0")),
+        ("replicas", json!(50.0)),
+        ("replicas", json!([50])),
+        ("strategy", json!(5)),
+        ("strategy", json!(["rolling"])),
+        ("canary", json!("true")),
+        ("canary", json!("TRUE")),
+        ("canary", json!(["true"])),
+    ] {
+        let mut params = exact.clone();
+        params[member] = value.clone();
+        assert_eq!(demo_write(&c, params), two, "{member}: {value}");
+    }
+    // Values the strict grant refuses however they are read fall to the lax grant, as the
+    // first-match order says.
+    for (member, value) in [
+        ("replicas", json!(500)),
+        ("replicas", json!("500")),
+        ("replicas", json!("0x32")),
+        ("replicas", json!([50, 60])),
+        ("canary", json!("yes")),
+    ] {
+        let mut params = exact.clone();
+        params[member] = value.clone();
+        assert_eq!(demo_write(&c, params), Ok(None), "{member}: {value}");
+    }
+    // A later grant that itself takes the other type is a deliberate exception.
+    let text_exception = format!(
+        "{}{}",
+        &scale[..scale.rfind("[[grant]]").unwrap()],
+        r#"[[grant]]
+        operation = "demo.write"
+        resource = "demo/files"
+        max_ttl = "60s"
+        params.replicas = { equals = "50" }
+        params_any = true
+        "#
+    );
+    let c = chain(agent(set(&text_exception)), vec![]);
+    let mut text = exact.clone();
+    text["replicas"] = json!("50");
+    assert_eq!(demo_write(&c, text), Ok(None));
+    assert_eq!(demo_write(&c, exact.clone()), two);
 
     // The strict grant without params_any: an extra parameter moves the request to the lax
     // grant, which allows it, but the strict grant's two approvals still hold.

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 import time
 from typing import Any, Iterable
@@ -738,7 +739,8 @@ def _deciding_rule(grants: list[dict], operation: str, resource: str,
         if _allows(grant, operation, resource, params):
             rule = grant["approval"]
             for earlier in governing:
-                refused = [k for k in params if k not in earlier["params"]]
+                refused = [k for k in params if k not in earlier["params"]
+                           or not _satisfies(*earlier["params"][k], params[k])]
                 if all(k in grant["params"] for k in refused):
                     continue
                 theirs = earlier["approval"]
@@ -751,7 +753,9 @@ def _deciding_rule(grants: list[dict], operation: str, resource: str,
             return rule
         if grant["approval"] is not None and grant["params"] \
                 and _in_scope(grant, operation, resource) \
-                and all(name in params and _satisfies(kind, want, params[name])
+                and all(name in params
+                        and any(_satisfies(kind, want, reading)
+                                for reading in _lenient_readings(params[name]))
                         for name, (kind, want) in grant["params"].items()):
             governing.append(grant)
     return None
@@ -836,6 +840,41 @@ def _satisfies(kind: str, want: Any, value: Any) -> bool:
         return type(value) is str and value.startswith(want) and \
             ".." not in value.replace("\\", "/").split("/")
     return False
+
+
+def _lenient_readings(value: Any) -> list:
+    # seb's authz::matching::lenient_readings: the value and what a program converting
+    # types would take it for, so that "50" for 50 stays under the grant governing 50.
+    def whole(f: float) -> Any:
+        if math.isfinite(f) and f == int(f) and abs(f) <= 2**53 - 1:
+            return int(f)
+        return None
+
+    out = [value]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("true", "false"):
+            out.append(text.lower() == "true")
+        digits = (text[1:] if text.startswith("+") else text).replace("_", "")
+        if digits and all(c in "0123456789-+.eE" for c in digits):
+            try:
+                number = whole(float(digits))
+            except ValueError:
+                number = None
+            if number is not None:
+                out.append(number)
+    elif isinstance(value, bool):
+        out.append("true" if value else "false")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(json.dumps(value))
+        number = whole(value)
+        if number is not None:
+            out += [number, str(number)]
+    elif isinstance(value, list) and len(value) == 1:
+        out += _lenient_readings(value[0])
+    return out
 
 
 def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:

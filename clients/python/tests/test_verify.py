@@ -248,3 +248,16 @@ def test_the_rule_of_a_stricter_grant_the_action_is_within_holds_as_at_the_broke
     assert rule([strict, other], {"name": "release-1", "text": "t"}) is None
     # A prefix does not admit a value that climbs out of it.
     assert rule([strict], {"name": "release-/../x"}) is None
+    # The constrained value in another type, which a converting executor acts on as the
+    # value itself: the strict grant still governs (as seb's lenient_readings).
+    assert rule([strict, lax], {"name": ["release-1"]}) == (2, "leads")
+    scale = grant({"replicas": ("range", (10, 100)), "canary": ("equals", True)},
+                  (2, "leads"), params_any=True)
+    for replicas in ["50", " +50 ", "5e1", "5_0", 50.0, [50]]:
+        assert rule([scale, lax], {"replicas": replicas, "canary": True}) == (2, "leads")
+    assert rule([scale, lax], {"replicas": 50, "canary": "TRUE"}) == (2, "leads")
+    for replicas in [500, "500", "0x32", [50, 60]]:
+        assert rule([scale, lax], {"replicas": replicas, "canary": True}) is None
+    # A later grant that takes the other type itself is an exception.
+    text = grant({"replicas": ("equals", "50")}, None, params_any=True)
+    assert rule([scale, text], {"replicas": "50", "canary": True}) is None
