@@ -144,6 +144,7 @@ impl Config {
             pg.password_file = base.join(&pg.password_file);
             pg.ca_file = pg.ca_file.as_ref().map(|f| base.join(f));
         }
+        config.bind_sealed_pin();
         Ok(config)
     }
 
@@ -154,13 +155,21 @@ impl Config {
             message: with_key_line(text, describe(text, &e)),
         })?;
         config.validate()?;
-        let attestation_tcti = config.attestation_tcti();
-        if let BackendConfig::Pkcs11(p) = &mut config.backend {
-            if let PinSource::Sealed { tcti, .. } = &mut p.pin {
+        config.bind_sealed_pin();
+        Ok(config)
+    }
+
+    /// Gives a sealed PIN source the `[attestation]` TPM that unseals it and the policy whose
+    /// PCRs the blob must cover.
+    fn bind_sealed_pin(&mut self) {
+        let attestation_tcti = self.attestation_tcti();
+        let attestation_policy = self.attestation.as_ref().map(|a| a.policy.clone());
+        if let BackendConfig::Pkcs11(p) = &mut self.backend {
+            if let PinSource::Sealed { tcti, policy, .. } = &mut p.pin {
                 *tcti = attestation_tcti;
+                *policy = attestation_policy;
             }
         }
-        Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -303,3 +303,31 @@ fn the_pin_is_never_sealed_to_a_resettable_pcr() {
         pin.expose_secret()
     );
 }
+
+#[test]
+fn a_pin_sealed_to_fewer_pcrs_than_the_policy_opens_nothing() {
+    // Outside review: a blob sealed under a weaker policy (PCR 0 alone) opened the HSM while
+    // the configured policy's PCR 10 showed a tampered boot.
+    let mut s = Sealed::setup();
+    let device = seb::tpm::Tpm::open(&s.hsm.tcti()).unwrap();
+    let values =
+        seb::attest::tpm::read_pcrs_of(&device, seb::attest::PcrBank::Sha256, &[0]).unwrap();
+    let pin = secrecy::SecretString::from(s.pin.clone());
+    let weak =
+        seb::attest::seal::SealedPin::seal(&device, seb::attest::PcrBank::Sha256, &values, &pin)
+            .unwrap();
+    drop(device);
+    std::fs::write(s.hsm.path("state/pin.sealed"), weak.encode().unwrap()).unwrap();
+    for out in [s.seb(&["keys"]), s.serve_refused()] {
+        common::assert_clean_failure(&out, "do not cover the attestation policy's PCRs");
+    }
+    let out = s.seb(&["check"]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("do not cover the attestation policy's PCRs"),
+        "{text}"
+    );
+    s.assert_pin_never_shown();
+}

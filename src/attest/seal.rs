@@ -60,6 +60,24 @@ pub enum SealError {
         /// Which PCRs differ from the values recorded at sealing, as far as they can be read.
         changed: String,
     },
+    /// The blob is bound to fewer PCRs than the attestation policy quotes, or to another
+    /// bank: the TPM would release the PIN in boot states the policy refuses.
+    #[error(
+        "the sealed HSM PIN is bound to PCRs {sealed} ({sealed_bank}), which do not cover the \
+         attestation policy's PCRs {policy} ({policy_bank}): the TPM would release it in boot \
+         states the policy refuses. Re-seal it from a known-good state with `seb seal-pin` \
+         (which seals to the policy's PCRs)"
+    )]
+    NarrowerThanPolicy {
+        /// The sealed selection.
+        sealed: String,
+        /// Its bank.
+        sealed_bank: PcrBank,
+        /// The policy's PCRs.
+        policy: String,
+        /// The policy's bank.
+        policy_bank: PcrBank,
+    },
     /// The TPM cannot load the blob: it was made by another TPM (or the owner seed changed).
     #[error(
         "the TPM refused to load the sealed HSM PIN: it was sealed by another TPM, or this \
@@ -135,8 +153,15 @@ impl std::fmt::Debug for SealedPin {
     }
 }
 
-/// Reads the sealed PIN at `path` and unseals it with the TPM at `tcti`.
-pub fn unseal_file(tcti: &str, path: &Path) -> Result<SecretString, SealError> {
+/// Reads the sealed PIN at `path` and unseals it with the TPM at `tcti`. With the attestation
+/// `policy`, the blob must be bound to all of its PCRs, in its bank: a blob sealed to fewer
+/// (under a weaker policy, or an older one) would be released in boot states the policy
+/// refuses.
+pub fn unseal_file(
+    tcti: &str,
+    path: &Path,
+    policy: Option<&Path>,
+) -> Result<SecretString, SealError> {
     let bytes = std::fs::read(path).map_err(|e| SealError::File {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -146,6 +171,13 @@ pub fn unseal_file(tcti: &str, path: &Path) -> Result<SecretString, SealError> {
         reason,
     })?;
     check_selection(&sealed.pcrs())?;
+    if let Some(policy_path) = policy {
+        let policy = super::AttestPolicy::load(policy_path).map_err(|e| SealError::File {
+            path: policy_path.to_owned(),
+            reason: format!("the attestation policy, which the sealed PIN must cover: {e}"),
+        })?;
+        sealed.covers(policy.bank, &policy.pcrs)?;
+    }
     let tpm = Tpm::open(tcti).map_err(|source| SealError::Tpm {
         operation: "reach the TPM to unseal the HSM PIN",
         tcti: tcti.to_owned(),
@@ -280,6 +312,20 @@ impl SealedPin {
         let pin = String::from_utf8(outcome.value().to_vec())
             .map_err(|_| SealError::Input("the unsealed PIN is not UTF-8".into()))?;
         Ok(SecretString::from(pin))
+    }
+
+    /// Refuses a blob not bound to every PCR of `pcrs` in `bank`.
+    fn covers(&self, bank: PcrBank, pcrs: &[u8]) -> Result<(), SealError> {
+        let sealed = self.pcrs();
+        if bank == self.bank && pcrs.iter().all(|p| sealed.contains(p)) {
+            return Ok(());
+        }
+        Err(SealError::NarrowerThanPolicy {
+            sealed: join(&sealed),
+            sealed_bank: self.bank,
+            policy: join(pcrs),
+            policy_bank: bank,
+        })
     }
 
     /// The sealed PCR indices, ascending.
@@ -518,13 +564,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_sealed_to_fewer_pcrs_than_the_policy_is_refused() {
+        // Sealed to 0 and 10 (sha256): covers a policy of 0 or 0,10, not 0,7,10 nor sha384.
+        let sealed = SealedPin {
+            values: BTreeMap::from([(0, vec![1u8; 32]), (10, vec![2u8; 32])]),
+            ..sample()
+        };
+        assert!(sealed.covers(PcrBank::Sha256, &[0]).is_ok());
+        assert!(sealed.covers(PcrBank::Sha256, &[0, 10]).is_ok());
+        let err = sealed
+            .covers(PcrBank::Sha256, &[0, 7, 10])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PCRs 0,10 (sha256)"), "{err}");
+        assert!(err.contains("0,7,10"), "{err}");
+        assert!(err.contains("seb seal-pin"), "{err}");
+        assert!(sealed.covers(PcrBank::Sha384, &[0]).is_err());
+    }
+
+    #[test]
     fn a_pin_sealed_to_a_resettable_pcr_is_refused_before_the_tpm_is_asked() {
         // A blob sealed to PCR 23 (by an older seb) opens for anyone who resets PCR 23 and
         // extends the sealed value. It is refused, naming the PCR, without reaching the TPM.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin.sealed");
         std::fs::write(&path, sample().encode().unwrap()).unwrap();
-        let err = unseal_file("swtpm:host=127.0.0.1,port=1", &path)
+        let err = unseal_file("swtpm:host=127.0.0.1,port=1", &path, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("resettable_pcr"), "{err}");

@@ -217,8 +217,9 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
     // The device and every key.
     match open_backend(config, Some(1)) {
         Err(e) => r.problem(&format!(
-            "the key device cannot be opened or logged in to ({e}): check [backend], the \
-             token and the PIN (docs/OPERATIONS.md §10)"
+            "the key device cannot be opened or logged in to ({}): check [backend], the \
+             token and the PIN (docs/OPERATIONS.md §10)",
+            super::mcp::with_causes(e.as_ref())
         )),
         Ok(backend) => {
             r.ok(&format!("{} reachable and logged in", backend.describe()));

@@ -91,11 +91,11 @@ impl Pkcs11Config {
                 })?;
                 non_empty_pin(raw.trim(), desc)
             }
-            PinSource::Sealed { path, tcti } => {
+            PinSource::Sealed { path, tcti, policy } => {
                 let tcti = tcti
                     .as_deref()
                     .ok_or_else(|| ConfigError::Invalid(SEALED_NEEDS_TPM.into()))?;
-                unseal_pin(path, tcti)
+                unseal_pin(path, tcti, policy.as_deref())
             }
         }
     }
@@ -114,15 +114,19 @@ impl Pkcs11Config {
 }
 
 #[cfg(feature = "tpm")]
-fn unseal_pin(path: &Path, tcti: &str) -> Result<SecretString, ConfigError> {
-    crate::attest::seal::unseal_file(tcti, path).map_err(|e| ConfigError::SealedPin {
+fn unseal_pin(path: &Path, tcti: &str, policy: Option<&Path>) -> Result<SecretString, ConfigError> {
+    crate::attest::seal::unseal_file(tcti, path, policy).map_err(|e| ConfigError::SealedPin {
         path: path.to_owned(),
         source: Box::new(e),
     })
 }
 
 #[cfg(not(feature = "tpm"))]
-fn unseal_pin(_path: &Path, _tcti: &str) -> Result<SecretString, ConfigError> {
+fn unseal_pin(
+    _path: &Path,
+    _tcti: &str,
+    _policy: Option<&Path>,
+) -> Result<SecretString, ConfigError> {
     Err(ConfigError::NotCompiled {
         what: "pin_sealed (a TPM-sealed HSM PIN)",
         feature: "tpm",
@@ -143,6 +147,8 @@ pub enum PinSource {
         /// The TPM that unseals it: `[attestation]`'s TCTI, filled in by
         /// [`Config::parse`](super::Config::parse) (not a configuration key).
         tcti: Option<String>,
+        /// `[attestation]`'s policy, whose PCRs the blob must cover, filled in the same way.
+        policy: Option<PathBuf>,
     },
 }
 
@@ -179,7 +185,11 @@ impl TryFrom<RawPkcs11Config> for Pkcs11Config {
         let pin = match (raw.pin_file, raw.pin_env, raw.pin_sealed) {
             (Some(path), None, None) => PinSource::File(path),
             (None, Some(var), None) => PinSource::Env(var),
-            (None, None, Some(path)) => PinSource::Sealed { path, tcti: None },
+            (None, None, Some(path)) => PinSource::Sealed {
+                path,
+                tcti: None,
+                policy: None,
+            },
             _ => return Err(PIN_SOURCES),
         };
         Ok(Pkcs11Config {
