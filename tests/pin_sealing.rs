@@ -331,3 +331,28 @@ fn a_pin_sealed_to_fewer_pcrs_than_the_policy_opens_nothing() {
     );
     s.assert_pin_never_shown();
 }
+
+#[test]
+fn objects_a_killed_process_left_in_the_tpm_do_not_lock_seb_out() {
+    // Outside review: a seb killed in the middle of a TPM batch leaves its transient objects
+    // loaded in a TPM without a resource manager (swtpm here); after a few, every load failed
+    // with "out of memory for object contexts", across restarts, until the TPM restarted.
+    // tpm2-tools leave their objects loaded the same way.
+    let mut s = Sealed::setup();
+    let handles = |s: &Sealed| {
+        let out = s.hsm.tpm_tool(&["tpm2_getcap", "handles-transient"]);
+        common::assert_success(&out, "tpm2_getcap");
+        String::from_utf8_lossy(&out.stdout).matches("0x80").count()
+    };
+    for i in 0..3 {
+        let ctx = s.hsm.path(&format!("left{i}.ctx"));
+        let out = s
+            .hsm
+            .tpm_tool(&["tpm2_createprimary", "-C", "o", "-c", ctx.to_str().unwrap()]);
+        common::assert_success(&out, "tpm2_createprimary");
+    }
+    assert_eq!(handles(&s), 3, "the TPM's three object slots are taken");
+    common::assert_success(&s.seb(&["keys"]), "seb keys with the TPM's slots taken");
+    assert_eq!(handles(&s), 0);
+    s.assert_pin_never_shown();
+}

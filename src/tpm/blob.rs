@@ -1,8 +1,10 @@
 //! Key blobs: a TPM object kept outside the TPM as its public area and its private part, which
 //! the TPM encrypted to the storage primary, so only this TPM can load it. The key backend's
 //! keys and the attestation key are created into a [`KeyBlob`], written once to an owner-only
-//! file, and loaded, used and flushed for each batch (load–use–flush), so the TPM's few
-//! transient slots are never exhausted and nothing persistent is created.
+//! file, and loaded, used and flushed for each batch (load–use–flush), so seb never holds
+//! more than a batch's worth of the TPM's few transient slots (what a killed process leaves
+//! behind is swept when seb next connects, [`super::context`]) and nothing persistent is
+//! created.
 //!
 //! A key blob file is `SEBTPMK1 ‖ alg(u8) ‖ object`, where `object` is `u32 len ‖ TPMT_PUBLIC ‖
 //! u32 len ‖ TPM2B_PRIVATE buffer` ([`encode_object`]). The sealed PIN's file has the same

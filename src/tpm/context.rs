@@ -75,7 +75,10 @@ impl Tpm {
             tcti_text: tcti.to_owned(),
             lock: Mutex::new(()),
         });
-        tpm.ping()?;
+        tpm.run("reach the TPM", |ctx| {
+            sweep(ctx);
+            Ok(())
+        })?;
         Ok(tpm)
     }
 
@@ -110,6 +113,18 @@ impl Tpm {
         match op(&mut ctx) {
             Ok(v) => Ok(v),
             Err(Failure::Backend(e)) => Err(e),
+            // Out of slots: most likely objects a killed process left behind. This batch
+            // fails; the leftovers are flushed on a fresh connection so the next one runs.
+            Err(Failure::Tss(e)) if out_of_slots(&e) => {
+                drop(ctx);
+                if let Ok(mut fresh) = Context::new(self.tcti.clone()) {
+                    sweep(&mut fresh);
+                }
+                Err(BackendError::Unavailable {
+                    operation,
+                    source: Box::new(e),
+                })
+            }
             // Every TSS error fails closed as "unavailable": the broker refuses to issue either
             // way, and the source chain (with the TPM response code) goes to the operator's log.
             Err(Failure::Tss(e)) => Err(BackendError::Unavailable {
@@ -137,6 +152,51 @@ impl Tpm {
             CapabilityData::EccCurves(list) => list.contains(&curve.into()),
             _ => false,
         })
+    }
+}
+
+/// Whether a TPM error says it has no room for another transient object or session.
+fn out_of_slots(e: &tss_esapi::Error) -> bool {
+    use tss_esapi::constants::Tss2ResponseCodeKind as Kind;
+    matches!(e, tss_esapi::Error::Tss2Error(rc) if matches!(
+        rc.kind(),
+        Some(Kind::ObjectMemory | Kind::SessionMemory | Kind::ObjectHandles | Kind::SessionHandles)
+    ))
+}
+
+/// Flushes every transient object and loaded session a fresh connection finds. seb loads,
+/// uses and flushes within one batch and never keeps a context open between batches, so on a
+/// TPM without a resource manager (`swtpm:`, `mssim:`, `device:/dev/tpm0`, which serve one
+/// connection at a time) whatever is loaded when a connection opens was left by a process
+/// killed in the middle of a batch: nothing else would free it, and a TPM has only a few slots
+/// (three objects on swtpm), so issuance and attestation would fail until the TPM restarts.
+/// Behind a resource manager (`/dev/tpmrm0`, tabrmd) a new connection sees only its own
+/// handles: none. Best effort, logged.
+fn sweep(ctx: &mut Context) {
+    let mut flushed = 0;
+    // Transient objects, HMAC and policy sessions (TPM_HT_TRANSIENT, _HMAC_SESSION,
+    // _POLICY_SESSION).
+    for first in [0x8000_0000u32, 0x0200_0000, 0x0300_0000] {
+        let Ok((CapabilityData::Handles(list), _)) =
+            ctx.get_capability(CapabilityType::Handles, first, 32)
+        else {
+            continue;
+        };
+        for handle in list.iter() {
+            let freed = ctx
+                .tr_from_tpm_public(*handle)
+                .and_then(|object| ctx.flush_context(object));
+            match freed {
+                Ok(()) => flushed += 1,
+                Err(e) => tracing::warn!(error = %e, ?handle, "cannot flush a leftover TPM handle"),
+            }
+        }
+    }
+    if flushed > 0 {
+        tracing::warn!(
+            flushed,
+            "flushed transient TPM objects or sessions a killed process had left loaded"
+        );
     }
 }
 
