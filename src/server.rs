@@ -149,8 +149,8 @@ impl RateKey {
 enum Client {
     /// A certificate chain that validated to the root.
     Certified(Arc<Peer>),
-    /// A chain TLS accepted that seb cannot use, and why.
-    Unusable(String),
+    /// A chain TLS accepted that seb cannot use, why, and its leaf as the audit log names it.
+    Unusable(String, Option<crate::audit::entry::CertRef>),
     /// No client certificate.
     Anonymous,
 }
@@ -359,14 +359,44 @@ fn plain_body(headers: &axum::http::HeaderMap) -> bool {
 /// read at all (a certificate it cannot parse, such as one with an extension twice): every
 /// request gets `403 bad_certificate` saying why, and the connection closes, instead of a
 /// reset with no code.
-fn unusable_certificate(app: App, why: String) -> Router {
+fn unusable_certificate(
+    app: App,
+    why: String,
+    cert: Option<crate::audit::entry::CertRef>,
+) -> Router {
+    let broker = app.broker.clone();
     Router::new()
-        .fallback(move || {
+        .fallback(move |method: Method| {
+            // Audited like every refusal for the caller's own certificate: one an offline
+            // intermediate signed with a name that reads as another is what an auditor must
+            // see.
+            if let Some(cert) = &cert {
+                let mut entry =
+                    crate::broker::audit::entry_now(crate::audit::entry::EntryKind::AccessRefused);
+                entry.cert = Some(cert.clone());
+                entry.code = Some("bad_certificate".into());
+                entry.detail = Some(format!("{method}: {}", crate::text::escaped(&why)));
+                broker.append_refusal(entry);
+            }
             let why = why.clone();
             async move { closing(BrokerError::BadCertificate(why)) }
         })
         // The same request id and headers as every other answer.
         .layer(middleware::from_fn_with_state(app, request_context))
+}
+
+/// How the audit log names a client certificate seb cannot use: the thumbprint of its bytes,
+/// and its serial and subject (control and formatting characters escaped) when it parses.
+fn unusable_leaf(der: &[u8]) -> crate::audit::entry::CertRef {
+    use sha2::Digest;
+    let parsed = crate::cert::Certificate::parse(der).ok();
+    crate::audit::entry::CertRef {
+        thumbprint: crate::base64url::encode(&sha2::Sha256::digest(der)),
+        serial: parsed.as_ref().map(|c| c.serial_hex()).unwrap_or_default(),
+        subject: parsed
+            .map(|c| crate::text::escaped(&c.subject_string()))
+            .unwrap_or_default(),
+    }
 }
 
 /// A refusal after which the connection is closed: the client's body was not read to its end
@@ -446,9 +476,9 @@ pub async fn serve(
                             }
                         }
                     }
-                    Some((tls, Client::Unusable(why))) => {
+                    Some((tls, Client::Unusable(why, cert))) => {
                         drop(handshaking);
-                        let router = unusable_certificate(app, why);
+                        let router = unusable_certificate(app, why, cert);
                         listen::serve_http1(tls, router, (), lifetime, remote, std::future::pending())
                             .await;
                     }
@@ -570,13 +600,16 @@ async fn accept_connection(
     }
     // A returning client's validated path comes from the cache, here on the async worker;
     // validating a new chain checks signatures in software, on a blocking thread.
-    let peer = match app.broker.cached_peer(&presented) {
-        Some(peer) => Ok(peer),
+    let (peer, leaf) = match app.broker.cached_peer(&presented) {
+        Some(peer) => (Ok(peer), None),
         None => {
+            let leaf = presented.first().cloned();
             let broker = app.broker.clone();
-            tokio::task::spawn_blocking(move || broker.peer(&presented, SystemTime::now()))
-                .await
-                .ok()?
+            let peer =
+                tokio::task::spawn_blocking(move || broker.peer(&presented, SystemTime::now()))
+                    .await
+                    .ok()?;
+            (peer, leaf)
         }
     };
     match peer {
@@ -590,7 +623,10 @@ async fn accept_connection(
                 BrokerError::BadCertificate(why) => why,
                 other => other.to_string(),
             };
-            Some((tls, Client::Unusable(why)))
+            Some((
+                tls,
+                Client::Unusable(why, leaf.as_deref().map(unusable_leaf)),
+            ))
         }
     }
 }

@@ -1823,6 +1823,21 @@ fn a_certificate_revoked_by_the_serial_openssl_prints_is_refused() {
         r.text
     );
     assert!(r.text.contains("U+202E"), "{}", r.text);
+    // And audited, with the name escaped (outside review: it was only logged).
+    let refused = s.hsm.audit_entries_eventually("access_refused", 1);
+    let entry = refused
+        .iter()
+        .find(|e| e["code"] == "bad_certificate")
+        .unwrap_or_else(|| panic!("no bad_certificate entry in {refused:?}"));
+    let subject = entry["cert"]["subject"].as_str().unwrap();
+    assert!(
+        subject.contains("\\u{202e}") && !subject.contains('\u{202e}'),
+        "{subject}"
+    );
+    assert!(
+        entry["detail"].as_str().unwrap().starts_with("POST: "),
+        "{entry}"
+    );
 
     // Revoked by the serial exactly as `openssl x509 -serial` prints it.
     let (ok, printed) = common::openssl(
