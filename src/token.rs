@@ -151,6 +151,21 @@ pub enum TokenError {
     Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The approver certificate thumbprints a token this broker issued carries (its `approvals`
+/// claim): the approvals that counted when it was granted. Reads the payload without checking
+/// the signature: only for tokens from the broker's own store. `None` if it does not read.
+pub fn approvers_of(token: &str) -> Option<Vec<String>> {
+    let payload = crate::base64url::decode(token.split('.').nth(1)?)?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    Some(
+        claims["approvals"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["x5t#S256"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
 /// The JWS `alg` for a token key.
 pub fn alg_for(algorithm: KeyAlgorithm) -> &'static str {
     match algorithm {

@@ -518,6 +518,14 @@ fn an_approval_stops_counting_once_its_approver_is_revoked() {
         vec![thumbprint(&s.bob), thumbprint(&alice_again)],
         "{claims}"
     );
+    // Once granted, the status shows the approvals the token carries, not the revoked one.
+    let shown: Vec<String> = r.body["approvals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no approvals in {}", r.text))
+        .iter()
+        .map(|a| a["x5t#S256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, named, "{}", r.text);
     // Closed now: a late approver is told so.
     let r = decide(&s, &s.carol, &id, Decision::Approve, &digest);
     assert_eq!((r.status, code(&r)), (409, "request_closed"), "{}", r.text);

@@ -577,13 +577,26 @@ impl Broker {
                 .pending_approval(&record.request_id)
                 .map_err(BrokerError::Store)?
                 .map(|p| p.group);
-            // While the request is open, the approvals that count; afterwards, its history.
+            // While the request is open, the approvals that count; once a token exists, the
+            // approvals it carries (not one whose approver was revoked before the grant);
+            // otherwise (rejected, expired unapproved) its history.
             let approvals = if status == ExecutionState::PendingApproval {
                 self.approvals_that_count(&record.request_id)?
             } else {
-                self.store
+                let history = self
+                    .store
                     .approvals(&record.request_id)
-                    .map_err(BrokerError::Store)?
+                    .map_err(BrokerError::Store)?;
+                match record.token.as_deref().and_then(crate::token::approvers_of) {
+                    Some(counted) => history
+                        .into_iter()
+                        .filter(|a| {
+                            a.decision != crate::approval::Decision::Approve
+                                || counted.contains(&a.approver)
+                        })
+                        .collect(),
+                    None => history,
+                }
             };
             (
                 group,
