@@ -1476,3 +1476,41 @@ fn every_redemption_attempt_is_an_entry_and_a_replay_stays_409_after_an_epoch_bu
     );
     assert_eq!(entries[2]["request_digest"], entries[0]["request_digest"]);
 }
+
+#[test]
+fn every_certificate_the_ca_issues_is_an_audit_entry() {
+    // Outside review: issuing a certificate (the act that gives an agent its authority) left
+    // no entry; only the store's `issued` table, which anyone with the database can edit.
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", common::TPM_TEST_GRANTS);
+    let leaf =
+        &seb::cert::Certificate::parse_pem_chain(&std::fs::read(&agent.cert).unwrap()).unwrap()[0];
+    let issued = hsm.audit_entries("certificate_issued");
+    let entry = issued
+        .iter()
+        .find(|e| e["cert"]["serial"] == leaf.serial_hex().as_str())
+        .unwrap_or_else(|| panic!("no entry for {}: {issued:#?}", leaf.serial_hex()));
+    assert_eq!(
+        entry["cert"]["thumbprint"],
+        seb::base64url::encode(&leaf.thumbprint_sha256().unwrap()).as_str()
+    );
+    assert_eq!(entry["cert"]["subject"], "CN=deploy-bot");
+    let detail = entry["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("role agent, issued by the key "),
+        "{detail}"
+    );
+    // A renewal is an issuance too.
+    hsm.seb_ok(&[
+        "cert",
+        "renew",
+        "--serial",
+        &leaf.serial_hex(),
+        "--out",
+        hsm.path("renewed.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        hsm.audit_entries("certificate_issued").len(),
+        issued.len() + 1
+    );
+}

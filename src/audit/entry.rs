@@ -48,6 +48,10 @@ pub enum EntryKind {
     ApprovalExpired,
     /// An executor reported its signed receipt for a redeemed token.
     OutcomeReported,
+    /// A certificate issued by seb's CA (`seb cert issue`, `issue-ca`, `renew`, `cross-sign`,
+    /// `seb rotate`, `seb attest enroll`): `cert` is the new certificate, `detail` its role,
+    /// issuer and end.
+    CertificateIssued,
     /// Issuance frozen (`seb freeze`).
     Frozen,
     /// Issuance unfrozen (`seb unfreeze`).
@@ -73,6 +77,7 @@ impl EntryKind {
             "execution_pending" => EntryKind::ExecutionPending,
             "token_redeemed" => EntryKind::TokenRedeemed,
             "certificate_revoked" => EntryKind::CertificateRevoked,
+            "certificate_issued" => EntryKind::CertificateIssued,
             "attestation_failed" => EntryKind::AttestationFailed,
             "attestation_recovered" | "attestation_restored" => EntryKind::AttestationRecovered,
             "broker_started" => EntryKind::BrokerStarted,
@@ -100,6 +105,7 @@ impl EntryKind {
             EntryKind::ExecutionPending => "execution_pending",
             EntryKind::TokenRedeemed => "token_redeemed",
             EntryKind::CertificateRevoked => "certificate_revoked",
+            EntryKind::CertificateIssued => "certificate_issued",
             EntryKind::AttestationFailed => "attestation_failed",
             EntryKind::AttestationRecovered => "attestation_recovered",
             EntryKind::BrokerStarted => "broker_started",

@@ -157,6 +157,24 @@ impl Redemption {
     }
 }
 
+/// A certificate seb's CA issued: who was given which role by which issuer key, until when.
+pub(crate) fn certificate_issued(issued: &crate::store::IssuedCertificate, time_ms: u64) -> Entry {
+    let mut e = Entry::new(EntryKind::CertificateIssued, time_ms);
+    let thumbprint = crate::cert::Certificate::parse(issued.pem.as_bytes())
+        .ok()
+        .and_then(|c| c.thumbprint_sha256().ok())
+        .map(|digest| crate::base64url::encode(&digest))
+        .unwrap_or_default();
+    e.cert = cert(&thumbprint, &issued.serial.to_string(), &issued.subject);
+    let until = der::DateTime::from_system_time(issued.not_after)
+        .map_or_else(|_| "?".to_owned(), |t| t.to_string());
+    e.detail = Some(format!(
+        "role {}, issued by the key {:?}, valid until {until}",
+        issued.role, issued.issuer_label
+    ));
+    e
+}
+
 /// A revocation (`already`: it was revoked before, nothing changed).
 pub(crate) fn revocation(serial_hex: &str, reason: &str, already: bool, time_ms: u64) -> Entry {
     let mut e = Entry::new(EntryKind::CertificateRevoked, time_ms);

@@ -15,23 +15,31 @@ use crate::store::sqlite::rows::{from_unix, parsed, revocation_from_row};
 use crate::store::{IssuedCertificate, RevokeOutcome, StoreError};
 
 pub(super) fn record_issued(store: &PgStore, cert: &IssuedCertificate) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    let entry = entries::certificate_issued(cert, crate::time::unix_millis(now));
     let cert = cert.clone();
-    store.read("record issued certificate", |db| {
-        db.execute(
-            "INSERT INTO issued (serial, subject, role, issuer_label, not_after, issued_at, pem)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &cert.serial.as_bytes(),
-                &cert.subject,
-                &cert.role,
-                &cert.issuer_label,
-                &unix(cert.not_after),
-                &unix(SystemTime::now()),
-                &cert.pem,
-            ],
-        )
-        .map(|_| ())
-    })
+    store.write_audited(
+        "record issued certificate",
+        move |b| {
+            b.db()?
+                .execute(
+                    "INSERT INTO issued (serial, subject, role, issuer_label, not_after, issued_at, pem)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &cert.serial.as_bytes(),
+                        &cert.subject,
+                        &cert.role,
+                        &cert.issuer_label,
+                        &unix(cert.not_after),
+                        &unix(now),
+                        &cert.pem,
+                    ],
+                )
+                .map(|_| ())
+        },
+        move |()| encode(&entry).unwrap_or_default(),
+    )?;
+    Ok(())
 }
 
 fn issued(r: &Row) -> Result<IssuedCertificate, DbError> {
