@@ -79,6 +79,9 @@ pub struct Broker {
     reloading: Mutex<()>,
     epoch: AtomicU64,
     frozen: AtomicBool,
+    /// Whether the kill switches have been read from the store once: the first read states
+    /// them, later ones warn when they change.
+    policy_read: AtomicBool,
     /// Live replicas sharing the store, this one included (1 on SQLite).
     replicas: std::sync::atomic::AtomicU32,
     metrics: Arc<Metrics>,
@@ -170,6 +173,7 @@ impl Broker {
             reloading: Mutex::new(()),
             epoch: AtomicU64::new(config.policy.epoch),
             frozen: AtomicBool::new(config.policy.frozen),
+            policy_read: AtomicBool::new(false),
             replicas: std::sync::atomic::AtomicU32::new(1),
             signer,
             metrics,
@@ -286,13 +290,19 @@ impl Broker {
         let state = self.store.policy_state().map_err(BrokerError::Store)?;
         let epoch = state.epoch.unwrap_or(0).max(self.config.policy.epoch);
         let before = self.epoch.fetch_max(epoch, Ordering::SeqCst);
-        if epoch > before {
-            tracing::warn!(epoch, "policy epoch raised: older tokens are refused");
-        }
         let frozen = state.frozen.unwrap_or(self.config.policy.frozen);
         let changed = self.frozen.swap(frozen, Ordering::SeqCst) != frozen;
-        if changed {
-            tracing::warn!(frozen, "issuance freeze changed");
+        if !self.policy_read.swap(true, Ordering::SeqCst) {
+            // What an earlier `seb epoch bump` or `seb freeze` left is the state at start,
+            // not a change to alert on.
+            tracing::info!(epoch, frozen, "policy state");
+        } else {
+            if epoch > before {
+                tracing::warn!(epoch, "policy epoch raised: older tokens are refused");
+            }
+            if changed {
+                tracing::warn!(frozen, "issuance freeze changed");
+            }
         }
         if changed || epoch > before {
             // The command that changed the switch appended its audit entry from another

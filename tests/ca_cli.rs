@@ -342,6 +342,29 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
         dir,
     );
     assert!(ok, "an unrevoked certificate still verifies: {text}");
+    // A relying party whose clock is 30 s behind: the fresh CRL is backdated like the
+    // certificates, so it is already valid there (it was "not yet valid", and every
+    // certificate refused).
+    let behind = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 30;
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-attime",
+            &behind.to_string(),
+            "-crl_check",
+            "-CRLfile",
+            crl,
+            "-CAfile",
+            root,
+            other.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(ok, "a clock 30 s behind: {text}");
 
     // CRL numbers grow.
     let crl2 = hsm.path("crl2.pem");

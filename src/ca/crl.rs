@@ -118,7 +118,11 @@ pub fn sign(
     validity: Duration,
 ) -> Result<CertificateList, CaError> {
     let number = CrlNumber(Uint::new(&crl_number.to_be_bytes())?);
-    let this_update = Time::try_from(now).map_err(|e| CaError::Validity(e.to_string()))?;
+    // Backdated like certificates ([`super::BACKDATE`]): a relying party whose clock is a few
+    // seconds behind would otherwise find a fresh CRL not yet valid, and with `-crl_check`
+    // refuse every certificate, not only the revoked ones.
+    let this_update = Time::try_from(now.checked_sub(super::BACKDATE).unwrap_or(now))
+        .map_err(|e| CaError::Validity(e.to_string()))?;
     let next_update = now
         .checked_add(validity)
         .ok_or_else(|| CaError::Validity("overflow".into()))
