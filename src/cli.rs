@@ -69,9 +69,14 @@ pub fn init_tracing() {
 
 /// Caps tpm2-tss' own logging (`TSS2_LOG`) at warning. Its info/debug/trace levels hex-dump
 /// command and response parameters after session decryption, which would print the unsealed
-/// HSM PIN (and sealing's input) to stderr. Called first thing in `main`, before any thread.
+/// HSM PIN (and sealing's input) to stderr. Unset, it is `all+none`: tpm2-tss would
+/// otherwise print its own `WARNING:esys…`/`ERROR:esys…` lines before seb's error, which names
+/// the TPM's response code itself (set `TSS2_LOG=all+error` to see them). Called first thing
+/// in `main`, before any thread.
 pub fn cap_tss_logging() {
     let Ok(requested) = std::env::var("TSS2_LOG") else {
+        // Runs before any thread exists, so no other code is reading the environment.
+        std::env::set_var("TSS2_LOG", "all+none");
         return;
     };
     let lower = requested.to_ascii_lowercase();

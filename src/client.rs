@@ -307,9 +307,21 @@ impl ClientTls {
 
     /// What the client's own certificate file says about a refusal the broker answered for the
     /// caller's certificate (`certificate_expired`, `certificate_not_yet_valid`,
-    /// `bad_certificate`): its validity and path as seen here, with what to do. `None` for
-    /// other codes, or when nothing is found locally.
+    /// `bad_certificate`): its validity and path as seen here, with what to do; for
+    /// `certificate_revoked`, that revocation is final and what to do instead. `None` for other
+    /// codes, or when nothing is found locally.
     pub fn explain_refusal(&self, code: &str, now: SystemTime) -> Option<String> {
+        if code == "certificate_revoked" {
+            let leaf = self.own_chain.first()?;
+            return Some(format!(
+                "your certificate ({}, serial {}) or a CA above it is revoked, for good: it \
+                 authorizes nothing any more. Make a new key (`seb keygen`) and ask the \
+                 security team for a new certificate; if you did not expect this, your key may \
+                 have been reported compromised",
+                leaf.subject_string(),
+                leaf.serial_hex()
+            ));
+        }
         if !matches!(
             code,
             "certificate_expired" | "certificate_not_yet_valid" | "bad_certificate"

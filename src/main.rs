@@ -46,7 +46,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "seb", version, about, propagate_version = true)]
 struct Args {
-    /// Configuration file (seb.toml). Required by commands that use the HSM or the state.
+    /// Configuration file: seb.toml, or executor.toml for `seb exec`. Required by commands that
+    /// use the HSM or the state, and by `seb exec`.
     #[arg(long, global = true, env = "SEB_CONFIG")]
     config: Option<PathBuf>,
 

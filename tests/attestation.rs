@@ -442,6 +442,19 @@ fn record_serve_and_verify_refuse_a_policy_with_a_resettable_pcr() {
     // A PCR that does not exist is named as such, before the TPM is asked.
     let out = hsm.seb(&["attest", "record", "--out", "p.toml", "--pcrs", "0,24"]);
     common::assert_clean_failure(&out, "PCR 24 does not exist");
+    // What is recorded is said as written: PCR 0 and its events only.
+    let log: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::repo().join("firmware-config/swtpm-eventlog.json")).unwrap(),
+    )
+    .unwrap();
+    let events = log["events"].as_array().unwrap();
+    let of_pcr0 = events.iter().filter(|e| e["pcr"] == 0).count();
+    assert!(0 < of_pcr0 && of_pcr0 < events.len());
+    let said = hsm.seb_ok(&["attest", "record", "--out", "p0.toml", "--pcrs", "0"]);
+    assert!(
+        said.contains(&format!("recorded 1 PCRs (sha256) and {of_pcr0} events")),
+        "{said}"
+    );
     for pcr in ["16", "23"] {
         let needle = format!("PCR {pcr} ");
         // Recording.

@@ -1075,6 +1075,18 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
     assert!(stderr.contains("--ca is this broker's root"), "{stderr}");
     // The broker's certificate was refused here, before ours was sent: ours is not blamed.
     assert!(!stderr.contains("your certificate"), "{stderr}");
+    // A revoked certificate: the broker's code, and that a new key and certificate are needed.
+    let revoked = hsm.agent("revoked-bot", GRANTS);
+    hsm.revoke_compromised(&openssl_serial(&revoked.cert));
+    let out = seb_request(&hsm, &broker, &root, &revoked);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("certificate_revoked"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is revoked, for good") && stderr.contains("seb keygen"),
+        "{stderr}"
+    );
 
     // A certificate of the other installation, with --ca holding both roots (as during a root
     // rotation): the broker does not trust its root, which is not a revocation.

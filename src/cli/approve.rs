@@ -268,7 +268,7 @@ fn describe(r: &Value) -> String {
     let params =
         seb::canonical::canonicalize(&r["params"]).unwrap_or_else(|_| r["params"].to_string());
     format!(
-        "request {id}\n  requester      {subject} (x5t#S256 {x5t})\n  operation      {op}\n  resource       {res}\n  params         {params}\n  justification  {just}\n  approvals      {n} of {req} from group {group}{list}\n  expires at     {exp} (Unix time)\n  request digest {digest}\n",
+        "request {id}\n  requester      {subject} (x5t#S256 {x5t})\n  operation      {op}\n  resource       {res}\n  params         {params}\n  justification  {just}\n  approvals      {n} of {req} from group {group}{list}\n  expires at     {exp}\n  request digest {digest}\n",
         id = text(&r["request_id"]),
         subject = text(&r["requester"]["subject"]),
         x5t = text(&r["requester"]["x5t#S256"]),
@@ -286,7 +286,14 @@ fn describe(r: &Value) -> String {
         } else {
             format!(": {}", approvals.join(", "))
         },
-        exp = r["expires_at"],
+        exp = r["expires_at"].as_u64().map_or_else(
+            || text(&r["expires_at"]),
+            |secs| {
+                let at = seb::time::from_unix(secs);
+                der::DateTime::from_system_time(at)
+                    .map_or_else(|_| secs.to_string(), |d| format!("{d} ({secs})"))
+            }
+        ),
         digest = text(&r["request_digest"]),
     )
 }

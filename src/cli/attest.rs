@@ -219,7 +219,10 @@ fn record(config: &Config, args: RecordArgs) -> CliResult {
     say!(
         "recorded {} PCRs ({bank}) and {} events into {}",
         pcrs.len(),
-        log.events.len(),
+        log.events
+            .iter()
+            .filter(|e| pcrs.contains_key(&e.pcr))
+            .count(),
         args.out.display()
     );
     Ok(())
