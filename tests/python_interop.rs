@@ -32,6 +32,10 @@ fn python_cryptography_and_pyjwt_accept_certificates_tokens_crls_checkpoints_and
         "interop.py reads executor.pem"
     );
     let revoked = hsm.identity("gone", "CN=gone", "executor", &[]);
+    // Rotated once: the trust bundle holds retired token and audit certificates beside the
+    // current ones, and verifiers must pick by kid and key id, not by position.
+    hsm.seb_ok(&["rotate", "token"]);
+    hsm.seb_ok(&["rotate", "audit"]);
     let broker = Broker::start(&hsm);
     let (exec, _) = Executor::demo_write(&hsm, &broker);
     let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();

@@ -73,6 +73,10 @@ assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 print("root certificate parsed, self-signed, a CA")
 
 bundle = x509.load_pem_x509_certificates(read("trust.pem"))
+# By purpose, every certificate of each: after `seb rotate token|audit` the bundle also holds
+# the retired ones (their tokens and checkpoints still verify), so a verifier picks the token
+# certificate by the token's kid and the audit certificate by the signature's key id, never
+# by position (API.md).
 by_purpose = {}
 for cert in bundle:
     if cert == root:
@@ -82,7 +86,7 @@ for cert in bundle:
         if oid in eku(cert):
             # A broker key certificate carries its one purpose and nothing else.
             assert eku(cert) == {oid}, (cert.subject, eku(cert))
-            by_purpose[name] = cert
+            by_purpose.setdefault(name, []).append(cert)
 assert set(by_purpose) == {"token", "audit"}, by_purpose
 print(f"trust bundle: {len(bundle)} certificates, each issued by the root; token and audit key purposes exclusive")
 
@@ -106,9 +110,10 @@ print("agent certificate passes cryptography's client path validation to the roo
 # The token, with PyJWT: ES384 under the token certificate that its kid names.
 token = read("token.jwt").decode().strip()
 header = jwt.get_unverified_header(token)
-token_cert = by_purpose["token"]
+named = [c for c in by_purpose["token"] if b64url(c.fingerprint(hashes.SHA256())) == header.get("kid")]
+assert len(named) == 1, (header, by_purpose["token"])
+token_cert = named[0]
 assert header["alg"] == "ES384" and header["typ"] == "seb-exec+jwt", header
-assert header["kid"] == b64url(token_cert.fingerprint(hashes.SHA256())), header
 claims = jwt.decode(token, key=token_cert.public_key(), algorithms=["ES384"], options={"verify_aud": False})
 assert claims["cnf"]["x5t#S256"] == b64url(agent.fingerprint(hashes.SHA256()))
 detail = claims["authorization_details"][0]
@@ -146,16 +151,20 @@ print(f"served DER CRL signed by the root lists serial {revoked:X}")
 note = read("checkpoint.txt").decode()
 body_text, signatures = note.split("\n\n", 1)
 origin, size, root_hash = body_text.split("\n")
-audit_cert = by_purpose["audit"]
-spki = audit_cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-key_id = hashlib.sha256(origin.encode() + b"\n\xff" + spki).digest()[:4]
+
+def key_id(cert):
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(origin.encode() + b"\n\xff" + spki).digest()[:4]
+
+
 verified = False
 for line in signatures.strip().split("\n"):
     name, blob = line[len("\u2014 "):].split(" ")
     raw = base64.b64decode(blob)
-    if name == origin and raw[:4] == key_id:
-        audit_cert.public_key().verify(raw[4:], (body_text + "\n").encode(), ec.ECDSA(hashes.SHA384()))
-        verified = True
+    for audit_cert in by_purpose["audit"]:
+        if name == origin and raw[:4] == key_id(audit_cert):
+            audit_cert.public_key().verify(raw[4:], (body_text + "\n").encode(), ec.ECDSA(hashes.SHA384()))
+            verified = True
 assert verified, note
 print(f"checkpoint of {origin} verified under the audit certificate (size {size})")
 
