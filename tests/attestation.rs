@@ -351,6 +351,15 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     assert!(reason.contains(&pcr_name), "{reason}");
     let out = attest_verify(&s);
     common::assert_clean_failure(&out, "event_log_mismatch");
+    // `seb check` on the host says so too (it said "0 problem(s)" while every request failed).
+    let out = s.hsm.seb(&["check"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("the boot state does not match the attestation policy")
+            && report.contains(&pcr_name),
+        "{report}"
+    );
     // The failure is recorded durably in the broker's store, with its reason.
     eventually("the failure is recorded", || {
         events("attestation_failed")

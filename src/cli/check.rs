@@ -337,8 +337,11 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                     ));
                 }
                 match config.attestation_tcti() {
-                    Some(tcti) => match seb::tpm::Tpm::open(&tcti).and_then(|tpm| tpm.ping()) {
-                        Ok(()) => r.ok(&format!("TPM reachable at {tcti}")),
+                    Some(tcti) => match seb::tpm::Tpm::open(&tcti) {
+                        Ok(tpm) => {
+                            r.ok(&format!("TPM reachable at {tcti}"));
+                            check_boot_state(&mut r, &tpm, &policy, &a.event_log);
+                        }
                         Err(e) => r.problem(&format!(
                             "TPM at {tcti} does not answer ({}): check the TCTI and the TPM",
                             super::mcp::with_causes(&e)
@@ -355,6 +358,39 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
         return Err(format!("{} problem(s) found", r.problems).into());
     }
     Ok(())
+}
+
+/// The boot state as the broker's self-check will judge it: the policy's PCRs read from the
+/// TPM, the event log replayed to them, both compared with the policy. A mismatch is a
+/// problem: the broker answers every request `503 attestation_failed`.
+fn check_boot_state(r: &mut Report, tpm: &seb::tpm::Tpm, policy: &AttestPolicy, log: &Path) {
+    let judged = seb::attest::tpm::read_pcrs_of(tpm, policy.bank, &policy.pcrs)
+        .map_err(|e| format!("cannot read the PCRs ({})", super::mcp::with_causes(&e)))
+        .and_then(|values| {
+            let text = std::fs::read(log).map_err(|e| format!("{}: {e}", log.display()))?;
+            let events = seb::attest::EventLog::from_json(&text)
+                .map_err(|e| format!("event log {}: {e}", log.display()))?;
+            events
+                .check_replay(policy.bank, &values)
+                .and_then(|()| policy.compare(&values, &events))
+                .map_err(|e| e.to_string())
+        });
+    match judged {
+        Ok(()) => r.ok(&format!(
+            "the TPM's PCRs {} and the event log match the attestation policy",
+            policy
+                .pcrs
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        Err(why) => r.problem(&format!(
+            "the boot state does not match the attestation policy ({why}): the broker refuses \
+             every request with 503 attestation_failed; boot a known-good state, or record the \
+             new one after a planned change (docs/OPERATIONS.md §2)"
+        )),
+    }
 }
 
 fn renew_hint(what: &str) -> String {
