@@ -287,6 +287,18 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     let check = s.hsm.seb(&["check"]);
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(text.contains("the ak certificate is valid until"), "{text}");
+    assert!(!text.contains("the attestation key ("), "{text}");
+    // Without the AK's blob `seb serve` does not start: `seb check` says so (it said nothing).
+    let blob = s.hsm.path("state/attest/ak.tpmkey");
+    std::fs::rename(&blob, s.hsm.path("ak.moved")).unwrap();
+    let missing = s.hsm.seb(&["check"]);
+    std::fs::rename(s.hsm.path("ak.moved"), &blob).unwrap();
+    assert!(!missing.status.success());
+    let report = String::from_utf8_lossy(&missing.stdout);
+    assert!(
+        report.contains("the attestation key (") && report.contains("seb attest enroll"),
+        "{report}"
+    );
     // The PIN comes from a file: a host in another boot state could use the root key and
     // forge evidence (outside review), which `seb check` says.
     assert!(

@@ -330,6 +330,16 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
                             accepted; add the TPM maker's CA (docs/ATTESTATION.md)",
                     );
                 }
+                let ak_blob = config.ak_blob();
+                if !ak_blob.exists() || !trust.ak_path().exists() {
+                    r.problem(&format!(
+                        "the attestation key ({} and {}) is missing: `seb serve` will not start; \
+                         run `seb attest enroll` (or restore them from the backup, \
+                         docs/OPERATIONS.md §9)",
+                        ak_blob.display(),
+                        trust.ak_path().display()
+                    ));
+                }
                 if !a.event_log.exists() {
                     r.problem(&format!(
                         "event log {} does not exist: fix [attestation] event_log",
