@@ -39,9 +39,9 @@ pub(super) fn stricter_rule(
 ///   one a grant (for this operation and resource) constrains, under another spelling
 ///   (`NAME` where `name` is constrained), refuses the request outright;
 /// * a grant with an approval rule whose every parameter constraint the request meets (it
-///   constrains at least one), also when a value meets it only as a program converting types
-///   would read it (`"50"` for `50`, [`matching::lenient_readings`]), but which refuses it for
-///   parameters it does not permit or for such a value's type, governs it: a later grant that allows the request stands in for it only if that grant
+///   constrains at least one), a value of another JSON type than the constraint takes counting
+///   as meeting it (`"50"` for `50`, [`matching::constraints_met_or_evaded`]), but which
+///   refuses it for parameters it does not permit or for such a value's type, governs it: a later grant that allows the request stands in for it only if that grant
 ///   constrains each of those parameters itself (a deliberate exception, such as a dry run);
 ///   otherwise the governing grant's approval rule holds too (the stricter of the two, the
 ///   same group; rules of two groups cannot be met by one token's approvals and refuse the
@@ -79,14 +79,13 @@ pub fn deciding_grant<'g>(
                 let mut rule = grant.approval.clone();
                 for (earlier, g) in &governing {
                     // A grant that constrains every parameter the governing one refused (one
-                    // it does not name, or one whose value it takes only in another type) is
-                    // a deliberate exception to it.
+                    // it does not name and does not take under `params_any`, or one whose
+                    // value it refuses) is a deliberate exception to it.
                     let exception = params
                         .iter()
-                        .filter(|(k, v)| {
-                            g.params
-                                .get(*k)
-                                .is_none_or(|c| !matching::constraint_allows(c, v))
+                        .filter(|(k, v)| match g.params.get(*k) {
+                            None => !g.params_any,
+                            Some(c) => !matching::constraint_allows(c, v),
                         })
                         .all(|(k, _)| grant.params.contains_key(k));
                     if exception {
@@ -107,7 +106,7 @@ pub fn deciding_grant<'g>(
             Err((code, reason)) => {
                 if code == DenyCode::ParamConstraintViolated
                     && grant.approval.is_some()
-                    && matching::constraints_met_leniently(&grant.params, params)
+                    && matching::constraints_met_or_evaded(&grant.params, params)
                 {
                     governing.push((grant_index, grant));
                 }

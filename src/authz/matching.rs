@@ -200,69 +200,40 @@ pub fn constraints_met(
         })
 }
 
-/// [`constraints_met`] as a reader that converts types would take the values: each
-/// constrained parameter present with a value whose exact form or one of its
-/// [`lenient_readings`] the constraint allows. For which grant *governs* a request
-/// ([`super::deciding::deciding_grant`]): sending `"50"` for `50`, or `["release-1"]` for
-/// `"release-1"`, must not move a request out of the grant whose approvals it needs and onto
-/// a laxer one, when an executor would act on it as the value the strict grant constrains.
-pub fn constraints_met_leniently(
+/// [`constraints_met`], counting a value of another JSON type than its constraint takes as
+/// meeting it ([`same_kind`]). For which grant *governs* a request
+/// ([`super::deciding::deciding_grant`]): programs convert types in too many ways (`"50"`,
+/// `"0x32"`, `"５０"` or `50.0` for `50`; `"t"`, `"1"` or `1` for `true`; `["release-1"]` for
+/// `"release-1"`) for any list of readings to be complete, so a value the strict grant could
+/// only refuse for its type must not move the request to a laxer grant without the strict
+/// grant's approvals. A value of the constraint's own type that it refuses (`500` above
+/// `max = 100`) is outside the strict grant, and first match decides.
+pub fn constraints_met_or_evaded(
     constraints: &std::collections::BTreeMap<String, Constraint>,
     params: &Map<String, Value>,
 ) -> bool {
     !constraints.is_empty()
         && constraints.iter().all(|(name, constraint)| {
             params.get(name).is_some_and(|value| {
-                lenient_readings(value)
-                    .iter()
-                    .any(|reading| constraint_allows(constraint, reading))
+                constraint_allows(constraint, value) || !same_kind(constraint, value)
             })
         })
 }
 
-/// `value` and what programs that convert types would take it for: a string that spells a
-/// decimal number or a boolean (`"50"`, `" +50 "`, `"5e1"`, `"5_0"`, `"True"`) as that
-/// number or boolean, a whole double (`50.0`) as the integer, a number or boolean as its text,
-/// and the only element of a one-element array as that element and its readings.
-pub(crate) fn lenient_readings(value: &Value) -> Vec<Value> {
-    let whole = |f: f64| {
-        (f.is_finite() && f.fract() == 0.0 && f.abs() <= crate::grants::MAX_SAFE_INTEGER as f64)
-            .then_some(f as i64)
+/// Whether `value` is of a JSON type `constraint` takes: an integer for a range, a string for
+/// a prefix, the type of the scalar (or of one of the scalars) for `equals` / `one_of`.
+fn same_kind(constraint: &Constraint, value: &Value) -> bool {
+    let of_scalar = |scalar: &Scalar| match scalar {
+        Scalar::String(_) => value.is_string(),
+        Scalar::Integer(_) => json_integer(value).is_some(),
+        Scalar::Bool(_) => value.is_boolean(),
     };
-    let mut out = vec![value.clone()];
-    match value {
-        Value::String(text) => {
-            let text = text.trim();
-            match text.to_ascii_lowercase().as_str() {
-                "true" => out.push(Value::Bool(true)),
-                "false" => out.push(Value::Bool(false)),
-                _ => {}
-            }
-            let digits = text.strip_prefix('+').unwrap_or(text).replace('_', "");
-            let looks_decimal = digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
-            if let Some(i) = digits
-                .parse::<f64>()
-                .ok()
-                .filter(|_| looks_decimal)
-                .and_then(whole)
-            {
-                out.push(Value::from(i));
-            }
-        }
-        Value::Number(n) => {
-            out.push(Value::String(n.to_string()));
-            if let Some(i) = n.as_f64().filter(|_| n.is_f64()).and_then(whole) {
-                out.push(Value::from(i));
-                out.push(Value::String(i.to_string()));
-            }
-        }
-        Value::Bool(b) => out.push(Value::String(b.to_string())),
-        Value::Array(items) if items.len() == 1 => out.extend(lenient_readings(&items[0])),
-        _ => {}
+    match constraint {
+        Constraint::Equals(scalar) => of_scalar(scalar),
+        Constraint::OneOf(options) => options.iter().any(of_scalar),
+        Constraint::Range { .. } => json_integer(value).is_some(),
+        Constraint::Prefix(_) => value.is_string(),
     }
-    out
 }
 
 /// Whether a JSON value satisfies a constraint; types are exact.

@@ -8,6 +8,7 @@ not finite, integers beyond +/-(2^53 - 1).
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
@@ -35,13 +36,25 @@ def parse_strict(text: str | bytes) -> Any:
     def constant(name: str) -> Any:
         raise CanonicalError(f"{name} is not a JSON number")
 
+    def exact_float(literal: str) -> float:
+        # As seb's json::inexact_number: a number written with more precision than a double
+        # holds, or too small for one ("1e-400" reads as 0.0), is refused. It and the double
+        # it rounds to would share one digest, and an executor reading exact decimals would
+        # act on a number nobody was granted.
+        number = float(literal)
+        if decimal.Decimal(literal) != decimal.Decimal(repr(number)):
+            raise CanonicalError(
+                f"number {literal} is not held exactly by a double (it reads as {number!r})")
+        return number
+
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise CanonicalError("not UTF-8") from e
     try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant,
+                           parse_float=exact_float)
     except RecursionError as e:
         raise CanonicalError("nesting too deep") from e
     except json.JSONDecodeError as e:

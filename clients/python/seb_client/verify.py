@@ -14,7 +14,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import re
 import time
 from typing import Any, Iterable
@@ -739,8 +738,10 @@ def _deciding_rule(grants: list[dict], operation: str, resource: str,
         if _allows(grant, operation, resource, params):
             rule = grant["approval"]
             for earlier in governing:
-                refused = [k for k in params if k not in earlier["params"]
-                           or not _satisfies(*earlier["params"][k], params[k])]
+                refused = [k for k in params
+                           if (k not in earlier["params"] and not earlier["params_any"])
+                           or (k in earlier["params"]
+                               and not _satisfies(*earlier["params"][k], params[k]))]
                 if all(k in grant["params"] for k in refused):
                     continue
                 theirs = earlier["approval"]
@@ -754,8 +755,8 @@ def _deciding_rule(grants: list[dict], operation: str, resource: str,
         if grant["approval"] is not None and grant["params"] \
                 and _in_scope(grant, operation, resource) \
                 and all(name in params
-                        and any(_satisfies(kind, want, reading)
-                                for reading in _lenient_readings(params[name]))
+                        and (_satisfies(kind, want, params[name])
+                             or not _same_kind(kind, want, params[name]))
                         for name, (kind, want) in grant["params"].items()):
             governing.append(grant)
     return None
@@ -842,39 +843,15 @@ def _satisfies(kind: str, want: Any, value: Any) -> bool:
     return False
 
 
-def _lenient_readings(value: Any) -> list:
-    # seb's authz::matching::lenient_readings: the value and what a program converting
-    # types would take it for, so that "50" for 50 stays under the grant governing 50.
-    def whole(f: float) -> Any:
-        if math.isfinite(f) and f == int(f) and abs(f) <= 2**53 - 1:
-            return int(f)
-        return None
-
-    out = [value]
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("true", "false"):
-            out.append(text.lower() == "true")
-        digits = (text[1:] if text.startswith("+") else text).replace("_", "")
-        if digits and all(c in "0123456789-+.eE" for c in digits):
-            try:
-                number = whole(float(digits))
-            except ValueError:
-                number = None
-            if number is not None:
-                out.append(number)
-    elif isinstance(value, bool):
-        out.append("true" if value else "false")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append(json.dumps(value))
-        number = whole(value)
-        if number is not None:
-            out += [number, str(number)]
-    elif isinstance(value, list) and len(value) == 1:
-        out += _lenient_readings(value[0])
-    return out
+def _same_kind(kind: str, want: Any, value: Any) -> bool:
+    # seb's authz::matching::same_kind: whether the value is of a JSON type the constraint
+    # takes (bool is not int here).
+    if kind == "range":
+        return type(value) is int
+    if kind == "prefix":
+        return type(value) is str
+    options = want if kind == "one_of" else [want]
+    return any(type(value) is type(w) for w in options)
 
 
 def _allows(grant: dict, operation: str, resource: str, params: dict) -> bool:

@@ -143,6 +143,15 @@ def test_a_lone_surrogate_cannot_be_canonicalised_in_a_key_or_a_value():
             canonicalize(value)
 
 
+def test_numbers_a_double_does_not_hold_as_written_are_refused_as_the_broker_does():
+    from seb_client.jcs import CanonicalError, parse_strict
+    for text in ["1e-400", "1.00000000000000000000000001", "0.30000000000000001"]:
+        with pytest.raises(CanonicalError, match="not held exactly"):
+            parse_strict('{"x": [1, "1e-400", %s]}' % text)
+    for text in ["0.1", "0.10", "25e-1", "-0.0", "5e-324", "0.30000000000000004"]:
+        parse_strict('{"x": %s, "s": "1e-400"}' % text)
+
+
 def test_jcs_known_answers():
     # RFC 8785 section 3.2.2 number serialisation and member ordering by UTF-16 code units.
     assert canonicalize([1.0, 1e21, 1e-7, 0.000001, -0.0, 333333333.33333329, 1e23]) == \
@@ -248,16 +257,20 @@ def test_the_rule_of_a_stricter_grant_the_action_is_within_holds_as_at_the_broke
     assert rule([strict, other], {"name": "release-1", "text": "t"}) is None
     # A prefix does not admit a value that climbs out of it.
     assert rule([strict], {"name": "release-/../x"}) is None
-    # The constrained value in another type, which a converting executor acts on as the
-    # value itself: the strict grant still governs (as seb's lenient_readings).
+    # The constrained value in another type, which a converting executor may act on as the
+    # value itself: the strict grant still governs (as seb's constraints_met_or_evaded).
     assert rule([strict, lax], {"name": ["release-1"]}) == (2, "leads")
+    assert rule([strict, lax], {"name": ["notes.txt"]}) == (2, "leads")
     scale = grant({"replicas": ("range", (10, 100)), "canary": ("equals", True)},
                   (2, "leads"), params_any=True)
-    for replicas in ["50", " +50 ", "5e1", "5_0", 50.0, [50]]:
+    for replicas in ["50", " +50 ", "0x32", "\uff15\uff10", "500", 50.0, [50], None]:
         assert rule([scale, lax], {"replicas": replicas, "canary": True}) == (2, "leads")
-    assert rule([scale, lax], {"replicas": 50, "canary": "TRUE"}) == (2, "leads")
-    for replicas in [500, "500", "0x32", [50, 60]]:
-        assert rule([scale, lax], {"replicas": replicas, "canary": True}) is None
+    for canary in ["TRUE", "t", 1, ["true"]]:
+        assert rule([scale, lax], {"replicas": 50, "canary": canary}) == (2, "leads")
+    # A value of the constraint's own type that it refuses falls to the lax grant.
+    assert rule([scale, lax], {"replicas": 500, "canary": True}) is None
+    assert rule([scale, lax], {"replicas": 50, "canary": False}) is None
     # A later grant that takes the other type itself is an exception.
     text = grant({"replicas": ("equals", "50")}, None, params_any=True)
     assert rule([scale, text], {"replicas": "50", "canary": True}) is None
+    assert rule([scale, text], {"replicas": "50", "canary": True, "note": "x"}) is None
