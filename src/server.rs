@@ -375,6 +375,12 @@ fn unusable_certificate(
                     crate::broker::audit::entry_now(crate::audit::entry::EntryKind::AccessRefused);
                 entry.cert = Some(cert.clone());
                 entry.code = Some("bad_certificate".into());
+                // The method as a client may send any token: a known one, or a mark, never
+                // a 15 KB string kept in the log for good.
+                let method = match method.as_str() {
+                    m if m.len() <= 10 && m.bytes().all(|b| b.is_ascii_uppercase()) => m,
+                    _ => "(other method)",
+                };
                 entry.detail = Some(format!("{method}: {}", crate::text::escaped(&why)));
                 broker.append_refusal(entry);
             }

@@ -288,6 +288,18 @@ fn good_quote_verifies_tampering_stops_issuance_and_repair_resumes_it() {
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(text.contains("the ak certificate is valid until"), "{text}");
     assert!(!text.contains("the attestation key ("), "{text}");
+    // The root issued the AK certificate: recorded and audited like every other issuance, so
+    // `seb cert revoke --serial` knows it.
+    let ak = seb::cert::Certificate::parse(&std::fs::read(s.hsm.trust("ak.pem")).unwrap()).unwrap();
+    assert!(
+        s.hsm
+            .audit_entries("certificate_issued")
+            .iter()
+            .any(|e| e["cert"]["serial"] == ak.serial_hex().as_str()),
+        "no certificate_issued entry for the AK"
+    );
+    let listed = s.hsm.seb_ok(&["cert", "list"]);
+    assert!(listed.contains(&ak.serial_hex()), "{listed}");
     // Without the AK's blob `seb serve` does not start: `seb check` says so (it said nothing).
     let blob = s.hsm.path("state/attest/ak.tpmkey");
     std::fs::rename(&blob, s.hsm.path("ak.moved")).unwrap();

@@ -1928,3 +1928,35 @@ fn check_finds_a_damaged_database() {
         "{text}"
     );
 }
+
+/// A renewal to standard output that cannot be written (a full disk behind a redirect) names
+/// the serial it issued and recorded, so that certificate can be revoked.
+#[test]
+fn a_renewal_that_cannot_reach_standard_output_names_its_serial() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("deploy-bot", GRANTS);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seb"))
+        .args(["--config", hsm.config().to_str().unwrap()])
+        .args(["cert", "renew", "--serial", &openssl_serial(&agent.cert)])
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let listed = hsm.seb_ok(&["cert", "list"]);
+    let renewed = listed
+        .lines()
+        .filter(|l| l.contains("CN=deploy-bot"))
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|serial| *serial != openssl_serial(&agent.cert))
+        .unwrap_or_else(|| panic!("no renewal listed: {listed}"));
+    assert!(
+        stderr.contains(&format!("seb cert revoke --serial {renewed}")),
+        "{stderr}\n{listed}"
+    );
+}

@@ -151,6 +151,7 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         None => None,
     };
     let root = trust.root()?;
+    let store = super::open_store(config)?;
     let signer = P384Signer::new(backend, &config.keys.root)?;
     let spki = {
         use der::Decode;
@@ -168,7 +169,16 @@ pub fn enroll(config: &Config, backend: &dyn KeyBackend) -> CliResult {
         config.ca.service_validity,
         SystemTime::now(),
     )?;
-    write_file(&trust.ak_path(), ak_cert.to_pem_string()?.as_bytes(), false)?;
+    // Recorded like every certificate the root issues (`seb cert list`, revocable by its
+    // serial, a certificate_issued audit entry).
+    let record =
+        seb::store::IssuedCertificate::of(&ak_cert, "attestation-key", config.keys.root.clone())?;
+    store.record_issued(&record)?;
+    super::write_issued(
+        &trust.ak_path(),
+        record.pem.as_bytes(),
+        &ak_cert.serial_hex(),
+    )?;
     if let Some((pem, _)) = ek_pem {
         write_file(&trust.ek_path(), pem.as_bytes(), false)?;
     }

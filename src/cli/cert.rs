@@ -354,6 +354,13 @@ fn issue_ca(config: &Config, args: IssueCaArgs) -> CliResult {
     }
     refuse_overwrite(&args.out, args.force)?;
     check_writable(&args.out)?;
+    // The certificate also goes into the trust directory, before --out: that must be
+    // writable too, or a key and a recorded intermediate would be left without their file.
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}; nothing was issued", dir.display()))?;
+    }
+    check_writable(&cert_path)?;
     let ttl = seb::duration::parse(&args.ttl)?;
     let grants = args.grants.as_deref().map(read_grants).transpose()?;
     let roles: IssuableRoles = args

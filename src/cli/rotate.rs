@@ -315,7 +315,14 @@ pub fn renew(config: &Config, args: RenewArgs) -> CliResult {
             std::io::stdout()
                 .lock()
                 .write_all(out.as_bytes())
-                .map_err(|e| format!("cannot write the certificate to standard output: {e}"))?;
+                .map_err(|e| {
+                    let serial = cert.serial_hex();
+                    format!(
+                        "cannot write the certificate to standard output: {e}; certificate \
+                         serial {serial} was issued and recorded: revoke it (`seb cert revoke \
+                         --serial {serial}`) before issuing another"
+                    )
+                })?;
             "standard output".to_owned()
         }
     };

@@ -174,9 +174,10 @@ fn out_of_slots(e: &tss_esapi::Error) -> bool {
 /// handles: none. Best effort, logged.
 fn sweep(ctx: &mut Context) {
     let mut flushed = 0;
-    // Transient objects, HMAC and policy sessions (TPM_HT_TRANSIENT, _HMAC_SESSION,
-    // _POLICY_SESSION).
-    for first in [0x8000_0000u32, 0x0200_0000, 0x0300_0000] {
+    // Transient objects and loaded sessions (TPM_HT_TRANSIENT, TPM_HT_LOADED_SESSION). Not
+    // saved sessions (0x03): a program keeps those on purpose between its commands (tpm2-tools'
+    // session files), and flushing one would break it.
+    for first in [0x8000_0000u32, 0x0200_0000] {
         let Ok((CapabilityData::Handles(list), _)) =
             ctx.get_capability(CapabilityType::Handles, first, 32)
         else {
