@@ -636,3 +636,29 @@ fn malformed_json_rpc_gets_an_error_answer_and_the_session_goes_on() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// After a token was issued, every answer of `execute` names its request, so the retry its
+/// message offers (`execute {request_id}`, the same single-use token) can be made (outside
+/// review: it was missing, and the only retry left was a new request that could act twice).
+#[test]
+fn an_execute_that_cannot_reach_the_executor_names_the_request_to_retry() {
+    let hsm = Hsm::initialised();
+    let agent = hsm.agent("agent", GRANTS);
+    let broker = Broker::start(&hsm);
+    let mut args = connection(&hsm, &broker.url, &agent);
+    let nowhere = format!("https://127.0.0.1:{}", common::free_port());
+    args.extend(["--executor".into(), nowhere]);
+    let (mut host, _) = Host::start(hsm.dir.path(), &args);
+    let refused = host.refused(
+        "execute",
+        json!({"operation": "demo.write", "resource": "demo/files",
+               "params": {"name": "notes.txt", "text": "x"}}),
+    );
+    assert_eq!(refused["error"]["code"], "executor_unreachable", "{refused}");
+    let id = refused["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no request_id in {refused}"));
+    let status = host.call("execution_status", json!({"request_id": id}));
+    assert_eq!(status["structured"]["status"], "granted", "{status}");
+    host.finish();
+}

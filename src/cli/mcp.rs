@@ -327,12 +327,12 @@ impl SebMcp {
                 .answer_within(seb::client::EXECUTOR_ANSWER_TIMEOUT);
             client.post_json("/v1/run", &body).await
         };
-        match tokio::time::timeout(self.execute_timeout, call).await {
+        let outcome = match tokio::time::timeout(self.execute_timeout, call).await {
             Ok(Ok(r)) if r.status == 200 => {
                 let mut value = r.body;
                 let failure = super::request::action_failure(&value);
                 if let Some(object) = value.as_object_mut() {
-                    object.insert("request_id".into(), Value::String(id));
+                    object.insert("request_id".into(), Value::String(id.clone()));
                 }
                 let Some(failure) = failure else {
                     return Outcome::Ok(value, None);
@@ -371,6 +371,18 @@ impl SebMcp {
                  with execute {request_id} is safe: the token is single-use, so the executor \
                  acts at most once",
             ),
+        };
+        // Every answer after a token was issued names its request: the retry the messages
+        // offer (`execute {request_id}`) presents the same single-use token again, where a
+        // retry with the action would be a new request and could act twice.
+        match outcome {
+            Outcome::Refused(mut value) if !id.is_empty() => {
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("request_id".into(), Value::String(id));
+                }
+                Outcome::Refused(value)
+            }
+            other => other,
         }
     }
 
