@@ -94,10 +94,11 @@ class Client:
         self.broker = broker.rstrip("/")
         self._key_path = key
         self._cert_path = cert
-        root = _pinned_roots(ca)[0]
-        # To the broker: only a server certificate the root issued directly, with serverAuth,
-        # checked in the handshake, before any request is written.
-        self._http = httpx.Client(verify=_pinned_context(ca, cert, key, root), timeout=timeout)
+        roots = _pinned_roots(ca)
+        # To the broker: only a server certificate one of the pinned roots issued directly
+        # (both during a root rotation, docs/OPERATIONS.md), with serverAuth, checked in the
+        # handshake, before any request is written.
+        self._http = httpx.Client(verify=_pinned_context(ca, cert, key, roots), timeout=timeout)
         # To executors: a server certificate that chains to the root and is an executor's (its
         # role, and every intermediate above it delegated executors), checked in the handshake
         # before the token is sent: a team CA's TLS certificate for the executor's address
@@ -195,8 +196,9 @@ class Client:
         except httpx.TransportError as e:
             raise errors.from_answer(0, "executor_unreachable",
                                      f"no answer from the executor: {e!r}; it may have acted, "
-                                     "and the token is spent if it did (a retry cannot act "
-                                     "twice)") from e
+                                     "and the token is spent if it did: present the same token "
+                                     "again to retry (it acts at most once); a new request "
+                                     "would get a new token, which could act twice") from e
         answer = _answer(response)
         if not _succeeded(answer):
             body = answer.get("receipt", {}).get("body", {}) if isinstance(
@@ -339,9 +341,10 @@ class _RefusedServer(ssl.SSLError):
     """Raised inside the handshake; an OSError, so the HTTP stack closes the connection."""
 
 
-def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl.SSLContext:
+def _pinned_context(ca: str, cert: str, key: str,
+                    roots: list[x509.Certificate]) -> ssl.SSLContext:
     """A TLS context that, after the usual chain and name checks, accepts only a server
-    certificate issued directly by ``root`` and carrying serverAuth (docs/API.md, Transport):
+    certificate issued directly by one of ``roots`` and carrying serverAuth (docs/API.md, Transport):
     an intermediate CA may hold a certificate for the broker's name that chains to the root
     just as well."""
     context = _roots_context(ca)
@@ -350,9 +353,10 @@ def _pinned_context(ca: str, cert: str, key: str, root: x509.Certificate) -> ssl
     class PinnedSocket(ssl.SSLSocket):
         def do_handshake(self, *args: Any, **kwargs: Any) -> None:
             super().do_handshake(*args, **kwargs)
-            reason = _server_certificate_problem(self.getpeercert(True), root)
-            if reason is not None:
-                raise _RefusedServer(reason)
+            der = self.getpeercert(True)
+            reasons = [_server_certificate_problem(der, root) for root in roots]
+            if None not in reasons:
+                raise _RefusedServer(reasons[0])
 
     context.sslsocket_class = PinnedSocket
     return context
