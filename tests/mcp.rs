@@ -654,7 +654,10 @@ fn an_execute_that_cannot_reach_the_executor_names_the_request_to_retry() {
         json!({"operation": "demo.write", "resource": "demo/files",
                "params": {"name": "notes.txt", "text": "x"}}),
     );
-    assert_eq!(refused["error"]["code"], "executor_unreachable", "{refused}");
+    assert_eq!(
+        refused["error"]["code"], "executor_unreachable",
+        "{refused}"
+    );
     let id = refused["request_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no request_id in {refused}"));

@@ -1960,3 +1960,27 @@ fn a_renewal_that_cannot_reach_standard_output_names_its_serial() {
         "{stderr}\n{listed}"
     );
 }
+
+/// The demo's action writes plain file names only: no separators, and no control or
+/// formatting characters a terminal listing the directory would obey (outside review).
+#[test]
+fn demo_write_refuses_names_that_are_not_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().display().to_string();
+    for name in [
+        "a/b",
+        "..",
+        "\u{1b}]0;pwned\u{7}.txt",
+        "nl\nx",
+        "rlo\u{202e}txt.exe",
+    ] {
+        let out = common::seb(&["demo-write", "--dir", &target, name, "x"], dir.path());
+        assert_clean_failure(&out, "a plain file name only");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let out = common::seb(
+        &["demo-write", "--dir", &target, "notes.txt", "x"],
+        dir.path(),
+    );
+    common::assert_success(&out, "demo-write notes.txt");
+}

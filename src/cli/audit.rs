@@ -559,10 +559,13 @@ fn export(args: ExportArgs) -> CliResult {
         // The JSON lines alone on stdout (for a pipe into a SIEM); the verdict on stderr. An
         // export that could not be delivered whole is a failure.
         let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(&out)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| format!("cannot write the export to standard output: {e}"))?;
+        match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            // The reader took what it wanted and left (`| head`): quiet, as every command is
+            // on a broken pipe, but not a success, since the export was not delivered whole.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(1),
+            Err(e) => return Err(format!("cannot write the export to standard output: {e}").into()),
+        }
         tell!("{}", verified_text(&verified));
         return Ok(());
     }

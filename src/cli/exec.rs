@@ -208,7 +208,8 @@ pub struct DemoWriteArgs {
     /// The directory files are written in.
     #[arg(long)]
     dir: PathBuf,
-    /// A plain file name (no separators, not `.` or `..`).
+    /// A plain file name (no separators, no control or formatting characters, not `.` or
+    /// `..`).
     name: String,
     /// The text written into it.
     text: String,
@@ -222,7 +223,9 @@ pub fn demo_write(args: DemoWriteArgs) -> CliResult {
         && name != ".."
         && !name.contains('/')
         && !name.contains('\\')
-        && !name.contains('\0')
+        && !name
+            .chars()
+            .any(|c| c.is_control() || seb::text::hides_text(c))
         && !name.starts_with('-')
         && name.len() <= 128;
     if !plain {

@@ -214,6 +214,12 @@ impl HttpTemplate {
             if text == "." || text == ".." {
                 return Err(format!("parameter {name:?} is a relative path segment"));
             }
+            // Empty, `/users/{id}` would name `/users/`: another resource than any id.
+            if text.is_empty() {
+                return Err(format!(
+                    "parameter {name:?} is empty, which would drop its part of the URL"
+                ));
+            }
             url.push_str(&percent_encode(&text));
             rest = &after[end + 1..];
         }

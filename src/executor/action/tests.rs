@@ -292,6 +292,11 @@ fn http_urls_stay_under_their_prefix() {
     let t = HttpTemplate::new("POST", "http://127.0.0.1:9/items/{x}", &allow).unwrap();
     let (_, url, _) = t.render(&json!({"x": "../../admin?a=1"})).unwrap();
     assert_eq!(url, "http://127.0.0.1:9/items/..%2F..%2Fadmin%3Fa%3D1");
+    // Neither a relative segment nor an empty one (`/items/`, the collection) is one item.
+    for x in [".", "..", ""] {
+        let err = t.render(&json!({ "x": x })).unwrap_err();
+        assert!(err.contains("\"x\""), "{x:?}: {err}");
+    }
 }
 
 #[test]
