@@ -413,6 +413,30 @@ impl Broker {
         &self.roots
     }
 
+    /// The latest `exp` (Unix seconds) a token signed at `now` may carry: its signing
+    /// certificate's notAfter, since verifiers refuse a token under an expired certificate.
+    /// Outside that certificate's validity nothing is signed.
+    pub(crate) fn token_deadline(&self, now: SystemTime) -> Result<u64, BrokerError> {
+        let keys = self.keys();
+        let cert = &keys.token.cert;
+        let at = |t: SystemTime| {
+            der::DateTime::from_system_time(t).map_or_else(|_| "?".into(), |d| d.to_string())
+        };
+        if now >= cert.not_after() {
+            return Err(BrokerError::TokenCertificateInvalid(format!(
+                "it expired at {}",
+                at(cert.not_after())
+            )));
+        }
+        if now < cert.not_before() {
+            return Err(BrokerError::TokenCertificateInvalid(format!(
+                "it is valid only from {}",
+                at(cert.not_before())
+            )));
+        }
+        Ok(crate::time::unix(cert.not_after()))
+    }
+
     /// The current token signing certificate.
     pub fn token_certificate(&self) -> Certificate {
         self.keys().token.cert.clone()
@@ -480,6 +504,26 @@ impl Broker {
                 state.current().map(|_| ()).map_err(|r| r.to_string()),
             ));
         }
+        // An expired token certificate stops issuance ([`Broker::token_deadline`]); the
+        // others make tokens, the TLS service or checkpoints unverifiable.
+        let now = SystemTime::now();
+        let expired: Vec<String> = self
+            .watched_certificates()
+            .into_iter()
+            .filter(|(_, cert)| cert.not_after() <= now)
+            .map(|(what, _)| what)
+            .collect();
+        checks.push((
+            "certificates",
+            if expired.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expired: the {} certificate; renew with `seb rotate` (docs/OPERATIONS.md)",
+                    expired.join(", the ")
+                ))
+            },
+        ));
         checks
     }
 }

@@ -1984,3 +1984,61 @@ fn demo_write_refuses_names_that_are_not_plain() {
     );
     common::assert_success(&out, "demo-write notes.txt");
 }
+
+/// A token never outlives the certificate verifiers check it under, and once the token
+/// certificate has expired nothing is signed: `503 token_certificate_invalid`, and `/healthz`
+/// is not ready (outside review: the broker went on issuing tokens every verifier refused).
+#[test]
+fn an_expired_token_certificate_stops_issuance() {
+    let hsm = Hsm::provision();
+    let config = std::fs::read_to_string(hsm.config()).unwrap();
+    std::fs::write(
+        hsm.config(),
+        format!("{config}\n[ca]\nservice_validity = \"8s\"\n"),
+    )
+    .unwrap();
+    hsm.seb_ok(&["init"]);
+    let token_cert =
+        seb::cert::Certificate::parse(&std::fs::read(hsm.trust("token.pem")).unwrap()).unwrap();
+    let agent = hsm.agent("deploy-bot", DEPLOY);
+    let broker = common::Broker::start(&hsm);
+    let tls = hsm.tls(&agent, false);
+    common::runtime().block_on(async {
+        // One connection for the whole test: the broker's TLS certificate expires too, and a
+        // new handshake would be refused by the client.
+        let mut client = seb::client::Client::connect(&broker.url, &tls)
+            .await
+            .unwrap();
+        let r = client
+            .post_json("/v1/executions", &request_body())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        let claims = common::load::claims(r.body["token"].as_str().unwrap());
+        let until = seb::time::unix(token_cert.not_after());
+        assert!(claims["exp"].as_u64().unwrap() <= until, "{claims}");
+        let wait = token_cert
+            .not_after()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait + std::time::Duration::from_secs(2)).await;
+        let r = client
+            .post_json("/v1/executions", &request_body())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (503, Some("token_certificate_invalid")),
+            "{}",
+            r.text
+        );
+        assert!(r.body.get("token").is_none());
+        let health = client.send("GET", "/healthz", None).await.unwrap();
+        assert_eq!(health.status, 503, "{}", health.text);
+        assert_eq!(
+            health.body["checks"]["certificates"]["ok"], false,
+            "{}",
+            health.text
+        );
+    });
+}

@@ -377,7 +377,7 @@ impl Broker {
         let approver_key = peer.key_id.clone();
         let ttl = pending.token_ttl.min(left);
         let iat = unix(now);
-        let exp = iat + ttl.as_secs().max(1);
+        let exp = (iat + ttl.as_secs().max(1)).min(self.token_deadline(now)?);
         let reserve = ReservedToken {
             jti: token_id()?,
             expires_at: from_unix(exp),

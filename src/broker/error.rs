@@ -156,6 +156,13 @@ pub enum BrokerError {
     /// The request expired before the decision.
     #[error("the request expired before enough approvers decided")]
     RequestExpired,
+    /// The token signing certificate is expired or not yet valid: every verifier would refuse
+    /// what the broker signs. `seb rotate token` ends it.
+    #[error(
+        "the broker's token certificate is not valid now ({0}); no token was issued. The \
+         security team renews it with `seb rotate token`"
+    )]
+    TokenCertificateInvalid(String),
     /// Internal invariant broken (encoding); no token.
     #[error("internal error: {0}")]
     Internal(String),
@@ -227,6 +234,9 @@ impl BrokerError {
                     .into(),
             ),
             BrokerError::AuditDiverged(why) => (503, "audit_log_diverged", why.clone()),
+            BrokerError::TokenCertificateInvalid(_) => {
+                (503, "token_certificate_invalid", self.to_string())
+            }
             BrokerError::Frozen => (
                 503,
                 "issuance_frozen",

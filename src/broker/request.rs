@@ -378,7 +378,7 @@ impl Broker {
         let params_digest = crate::canonical::params_digest(&req.params)
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
         let iat = unix(now);
-        let exp = iat + grant_ttl.as_secs().max(1);
+        let exp = (iat + grant_ttl.as_secs().max(1)).min(self.token_deadline(now)?);
         let jti = token_id()?;
         let epoch = self.epoch();
         entry.kind = EntryKind::ExecutionGranted;
