@@ -49,6 +49,11 @@ use action::ActionKind;
 /// How long the whole run may take beyond the action's own timeout (verify, redeem, report).
 const OVERHEAD: Duration = Duration::from_secs(30);
 
+/// How often an outcome the broker missed is reported again after the agent's answer.
+const LATE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// For how long.
+const LATE_REPORT_FOR: Duration = Duration::from_secs(3_600);
+
 /// Waits before each further attempt to report an outcome the broker did not take (7.5 s in
 /// all, inside [`OVERHEAD`]).
 const REPORT_RETRIES: [Duration; 4] = [
@@ -380,7 +385,11 @@ impl Executor {
 
     /// Verifies, redeems, runs and reports (module documentation). Returns the receipt, the
     /// first bytes of the output and whether the broker recorded the outcome.
-    async fn run(&self, agent: &Agent, body: RunBody) -> Result<serde_json::Value, ExecError> {
+    async fn run(
+        self: &Arc<Self>,
+        agent: &Agent,
+        body: RunBody,
+    ) -> Result<serde_json::Value, ExecError> {
         // The parameters exactly as posted, with the broker's strict rules (the body was
         // parsed strictly already), so that their digest is the digest of one meaning.
         let params_text =
@@ -513,8 +522,14 @@ impl Executor {
         .map_err(|e| ExecError::Internal(e.to_string()))?;
         let recorded = match self.report(&request_id, &receipt).await {
             Ok(()) => true,
-            Err(e) => {
-                tracing::error!(%request_id, error = %e, "the broker did not record the outcome");
+            Err((retry, e)) => {
+                // The receipt in the log, so it can be posted by hand whatever happens next
+                // (`POST /v1/executions/{request_id}/outcome`, docs/VERIFYING.md §6).
+                let text = serde_json::to_string(&receipt).unwrap_or_default();
+                tracing::error!(%request_id, error = %e, receipt = %text, "the broker did not record the outcome");
+                if retry {
+                    self.keep_reporting(request_id.clone(), receipt.clone());
+                }
                 false
             }
         };
@@ -580,7 +595,8 @@ impl Executor {
     /// Posts the receipt, again after [`REPORT_RETRIES`] when the broker cannot be reached or
     /// answers 5xx: the action has run, and the log should say how it went. A retry that finds
     /// the outcome already recorded (the answer to an earlier attempt was lost) is success.
-    async fn report(&self, request_id: &str, receipt: &Receipt) -> Result<(), String> {
+    /// On failure, whether the broker may still take it, and why.
+    async fn report(&self, request_id: &str, receipt: &Receipt) -> Result<(), (bool, String)> {
         let mut waits = REPORT_RETRIES.iter();
         loop {
             match self.report_once(request_id, receipt).await {
@@ -590,10 +606,38 @@ impl Executor {
                         tracing::warn!(%request_id, error = %why, "reporting the outcome again in {wait:?}");
                         tokio::time::sleep(*wait).await;
                     }
-                    _ => return Err(why),
+                    _ => return Err((retry, why)),
                 },
             }
         }
+    }
+
+    /// Goes on reporting an outcome the broker could not take while the agent waited: every
+    /// [`LATE_REPORT_INTERVAL`], for [`LATE_REPORT_FOR`], so that a broker down for longer
+    /// than the agent's answer can wait still gets the receipt (no redemption without an
+    /// outcome). Lost if the executor stops first; the receipt is in its log.
+    fn keep_reporting(self: &Arc<Self>, request_id: String, receipt: Receipt) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LATE_REPORT_FOR;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(LATE_REPORT_INTERVAL).await;
+                match executor.report_once(&request_id, &receipt).await {
+                    Ok(()) => {
+                        tracing::info!(%request_id, "the broker recorded the outcome after all");
+                        return;
+                    }
+                    Err((true, why)) => {
+                        tracing::debug!(%request_id, error = %why, "the outcome is still not recorded");
+                    }
+                    Err((false, why)) => {
+                        tracing::error!(%request_id, error = %why, "the broker refused the outcome");
+                        return;
+                    }
+                }
+            }
+            tracing::error!(%request_id, "gave up reporting the outcome: post the receipt in the log by hand");
+        });
     }
 
     /// One report; on failure, whether another attempt may succeed, and why.

@@ -1122,6 +1122,49 @@ fn an_outcome_the_broker_missed_is_reported_again() {
     drop(exec);
 }
 
+/// The broker out of reach for longer than the agent's answer waits: the agent hears
+/// `outcome_recorded: false`, and the executor goes on reporting until the broker takes it
+/// (outside review: the receipt was lost for good, a redemption without an outcome).
+#[test]
+fn an_outcome_the_broker_missed_for_long_is_reported_once_it_is_back() {
+    let hsm = Hsm::initialised();
+    let broker = Broker::start(&hsm);
+    let target: std::net::SocketAddr = broker.url.trim_start_matches("https://").parse().unwrap();
+    let down = Arc::new(AtomicBool::new(false));
+    let proxy = flaky_proxy(target, down.clone());
+    let (exec, tls, token, jti, params) =
+        slow_run(&hsm, &broker, &format!("https://127.0.0.1:{proxy}"));
+    let answer = std::thread::spawn({
+        let (url, tls) = (exec.url.clone(), tls.to_executors());
+        move || {
+            common::runtime().block_on(async {
+                let mut c = seb::client::Client::connect(&url, &tls).await.unwrap();
+                c.post_json("/v1/run", &json!({"token": token, "params": params}))
+                    .await
+                    .unwrap()
+            })
+        }
+    });
+    let redeemed = hsm.audit_entries_eventually("token_redeemed", 1);
+    down.store(true, Ordering::SeqCst);
+    assert!(redeemed.iter().any(|e| e["jti"] == jti), "{redeemed:?}");
+    let answer = answer.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["outcome_recorded"], false, "{}", answer.text);
+    assert!(hsm.audit_entries("outcome_reported").is_empty());
+    down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let reported = loop {
+        let found = hsm.audit_entries("outcome_reported");
+        if found.iter().any(|e| e["jti"] == jti) || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(reported.iter().any(|e| e["jti"] == jti), "{reported:?}");
+    drop(exec);
+}
+
 /// Outside review: an HTTP action whose upstream read the request and closed the connection
 /// without answering (it may have acted) left the token redeemed with no receipt and no
 /// outcome in the log. Now the failed run is signed and reported like any outcome: `exit_code`
