@@ -152,8 +152,12 @@ pub async fn serve(
                 let tls = tokio::select! {
                     handshake = handshake => match handshake {
                         Ok(Ok(tls)) => tls,
-                        _ => {
-                            tracing::info!(%remote, "TLS handshake failed");
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "TLS handshake timed out");
                             return;
                         }
                     },
