@@ -186,22 +186,10 @@ pub fn lookalike<'a>(
     })
 }
 
-/// Whether the request meets every constraint of a grant that constrains something: each
-/// constrained parameter present with a value its constraint allows (extra parameters aside).
-pub fn constraints_met(
-    constraints: &std::collections::BTreeMap<String, Constraint>,
-    params: &Map<String, Value>,
-) -> bool {
-    !constraints.is_empty()
-        && constraints.iter().all(|(name, constraint)| {
-            params
-                .get(name)
-                .is_some_and(|value| constraint_allows(constraint, value))
-        })
-}
-
-/// [`constraints_met`], counting a value of another JSON type than its constraint takes as
-/// meeting it ([`same_kind`]). For which grant *governs* a request
+/// Whether the request meets every constraint of a grant that constrains something (each
+/// constrained parameter present with a value its constraint allows, extra parameters aside),
+/// counting a value of another JSON type than its constraint takes as meeting it
+/// ([`same_kind`]). For which grant *governs* a request
 /// ([`super::deciding::deciding_grant`]): programs convert types in too many ways (`"50"`,
 /// `"0x32"`, `"５０"` or `50.0` for `50`; `"t"`, `"1"` or `1` for `true`; `["release-1"]` for
 /// `"release-1"`) for any list of readings to be complete, so a value the strict grant could
