@@ -161,10 +161,17 @@ impl ExecutorConfig {
                 )));
             }
             let kind = match (a.argv, a.http) {
-                (Some(argv), None) => ActionKind::Argv(
-                    ArgvTemplate::new(argv, a.allow_shell)
-                        .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?,
-                ),
+                (Some(argv), None) => {
+                    if a.allow_shell {
+                        // Allowed on purpose, but never silently: a shell reads its parameters
+                        // as code if the template lets them reach it.
+                        tracing::warn!(action = %what, "allow_shell = true: this action may run a shell");
+                    }
+                    ActionKind::Argv(
+                        ArgvTemplate::new(argv, a.allow_shell)
+                            .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?,
+                    )
+                }
                 (None, Some(http)) => {
                     if a.allow_shell {
                         return Err(ConfigError::Invalid(format!(
