@@ -316,31 +316,20 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
     assert!(text.contains("Key Compromise"), "{text}");
     assert!(text.contains("Next Update"), "{text}");
 
-    let (ok, text) = openssl(
-        &[
-            "verify",
-            "-crl_check",
-            "-CRLfile",
-            crl,
-            "-CAfile",
-            root,
-            agent.to_str().unwrap(),
-        ],
-        dir,
-    );
+    // `openssl verify -crl_check` of `cert` against the CRL, with `at` (`-attime`) if given.
+    let verify = |cert: &std::path::Path, at: Option<u64>| {
+        let at = at.map(|t| t.to_string());
+        let mut args = vec!["verify"];
+        if let Some(at) = &at {
+            args.extend(["-attime", at.as_str()]);
+        }
+        args.extend(["-crl_check", "-CRLfile", crl, "-CAfile", root]);
+        args.push(cert.to_str().unwrap());
+        openssl(&args, dir)
+    };
+    let (ok, text) = verify(&agent, None);
     assert!(!ok && text.contains("certificate revoked"), "{text}");
-    let (ok, text) = openssl(
-        &[
-            "verify",
-            "-crl_check",
-            "-CRLfile",
-            crl,
-            "-CAfile",
-            root,
-            other.to_str().unwrap(),
-        ],
-        dir,
-    );
+    let (ok, text) = verify(&other, None);
     assert!(ok, "an unrevoked certificate still verifies: {text}");
     // A relying party whose clock is 30 s behind: the fresh CRL is backdated like the
     // certificates, so it is already valid there (it was "not yet valid", and every
@@ -350,20 +339,7 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
         .unwrap()
         .as_secs()
         - 30;
-    let (ok, text) = openssl(
-        &[
-            "verify",
-            "-attime",
-            &behind.to_string(),
-            "-crl_check",
-            "-CRLfile",
-            crl,
-            "-CAfile",
-            root,
-            other.to_str().unwrap(),
-        ],
-        dir,
-    );
+    let (ok, text) = verify(&other, Some(behind));
     assert!(ok, "a clock 30 s behind: {text}");
 
     // CRL numbers grow.

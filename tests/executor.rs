@@ -1084,17 +1084,23 @@ fn flaky_proxy(target: std::net::SocketAddr, down: Arc<AtomicBool>) -> u16 {
     port
 }
 
-/// The broker out of reach when the action ends: the executor reports the outcome again until
-/// the broker takes it, and the agent hears `outcome_recorded: true`.
-#[test]
-fn an_outcome_the_broker_missed_is_reported_again() {
-    let hsm = Hsm::initialised();
-    let broker = Broker::start(&hsm);
+/// A [`slow_run`] whose executor reaches the broker through a [`flaky_proxy`], presented by
+/// the agent in a thread of its own: the switch that cuts the broker off, the agent's answer,
+/// the token id and the executor.
+fn slow_run_behind_a_switch(
+    hsm: &Hsm,
+    broker: &Broker,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<seb::client::ApiResponse>,
+    Value,
+    Executor,
+) {
     let target: std::net::SocketAddr = broker.url.trim_start_matches("https://").parse().unwrap();
     let down = Arc::new(AtomicBool::new(false));
     let proxy = flaky_proxy(target, down.clone());
     let (exec, tls, token, jti, params) =
-        slow_run(&hsm, &broker, &format!("https://127.0.0.1:{proxy}"));
+        slow_run(hsm, broker, &format!("https://127.0.0.1:{proxy}"));
     let answer = std::thread::spawn({
         let (url, tls) = (exec.url.clone(), tls.to_executors());
         move || {
@@ -1106,6 +1112,16 @@ fn an_outcome_the_broker_missed_is_reported_again() {
             })
         }
     });
+    (down, answer, jti, exec)
+}
+
+/// The broker out of reach when the action ends: the executor reports the outcome again until
+/// the broker takes it, and the agent hears `outcome_recorded: true`.
+#[test]
+fn an_outcome_the_broker_missed_is_reported_again() {
+    let hsm = Hsm::initialised();
+    let broker = Broker::start(&hsm);
+    let (down, answer, jti, exec) = slow_run_behind_a_switch(&hsm, &broker);
     // Once the token is redeemed (through the proxy), the broker is out of reach until the
     // action (2 s) has ended and the first report has failed.
     let redeemed = hsm.audit_entries_eventually("token_redeemed", 1);
@@ -1129,22 +1145,7 @@ fn an_outcome_the_broker_missed_is_reported_again() {
 fn an_outcome_the_broker_missed_for_long_is_reported_once_it_is_back() {
     let hsm = Hsm::initialised();
     let broker = Broker::start(&hsm);
-    let target: std::net::SocketAddr = broker.url.trim_start_matches("https://").parse().unwrap();
-    let down = Arc::new(AtomicBool::new(false));
-    let proxy = flaky_proxy(target, down.clone());
-    let (exec, tls, token, jti, params) =
-        slow_run(&hsm, &broker, &format!("https://127.0.0.1:{proxy}"));
-    let answer = std::thread::spawn({
-        let (url, tls) = (exec.url.clone(), tls.to_executors());
-        move || {
-            common::runtime().block_on(async {
-                let mut c = seb::client::Client::connect(&url, &tls).await.unwrap();
-                c.post_json("/v1/run", &json!({"token": token, "params": params}))
-                    .await
-                    .unwrap()
-            })
-        }
-    });
+    let (down, answer, jti, exec) = slow_run_behind_a_switch(&hsm, &broker);
     let redeemed = hsm.audit_entries_eventually("token_redeemed", 1);
     down.store(true, Ordering::SeqCst);
     assert!(redeemed.iter().any(|e| e["jti"] == jti), "{redeemed:?}");
