@@ -353,6 +353,16 @@ fn revoked_certificate_is_in_a_crl_that_openssl_verifies() {
         text.contains("crlNumber=0x02") || text.contains("crlNumber=02"),
         "{text}"
     );
+    // `--out -`: the PEM alone on standard output, no file named `-`.
+    let out = hsm.seb(&["crl", "--out", "-"]);
+    common::assert_success(&out, "seb crl --out -");
+    let pem = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        pem.starts_with("-----BEGIN X509 CRL-----")
+            && pem.trim_end().ends_with("-----END X509 CRL-----"),
+        "{pem}"
+    );
+    assert!(!hsm.path("-").exists());
 }
 
 #[test]

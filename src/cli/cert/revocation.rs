@@ -39,7 +39,7 @@ pub struct RevokeArgs {
 /// Options of `seb crl`.
 #[derive(Debug, clap::Args)]
 pub struct CrlArgs {
-    /// Where to write the CRL (PEM).
+    /// Where to write the CRL (PEM); `-` for standard output.
     #[arg(long)]
     out: PathBuf,
     /// Sign the CRL of this intermediate (`--label` of `cert issue-ca`; its key must be in the
@@ -209,12 +209,29 @@ pub fn crl(config: &Config, args: CrlArgs) -> CliResult {
         now,
         config.ca.crl_validity,
     )?;
-    write_file(&args.out, crl::to_pem(&list)?.as_bytes(), false)?;
-    say!(
-        "CRL number {number} of {} with {} revoked certificate(s) written to {}",
+    let pem = crl::to_pem(&list)?;
+    let summary = format!(
+        "CRL number {number} of {} with {} revoked certificate(s)",
         issuer.subject_string(),
-        revoked.len(),
-        args.out.display()
+        revoked.len()
     );
+    if args.out.as_os_str() == "-" {
+        // The PEM alone on stdout (for a pipe into a web server's CRL file); what was signed
+        // on stderr.
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(pem.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(1),
+            Err(e) => return Err(format!("cannot write the CRL to standard output: {e}").into()),
+        }
+        tell!("{summary} written to standard output");
+        return Ok(());
+    }
+    write_file(&args.out, pem.as_bytes(), false)?;
+    say!("{summary} written to {}", args.out.display());
     Ok(())
 }
