@@ -252,9 +252,10 @@ impl ClientTls {
             );
         } else if text.contains("invalid peer certificate") {
             hints.push(
-                "the broker's TLS certificate was not accepted: check that --ca is this broker's \
-                 root certificate (<state_dir>/trust/root.pem on the broker host) and that the \
-                 URL's host is one of the names in its TLS certificate (ca.tls_names)"
+                "the broker's TLS certificate was not accepted: check that the pinned root \
+                 (--ca, or --trust) is this broker's root certificate (<state_dir>/trust/root.pem \
+                 on the broker host), that the URL's host is one of the names in its TLS \
+                 certificate (ca.tls_names), and that it has not expired (`seb rotate tls`)"
                     .to_owned(),
             );
         }
@@ -296,7 +297,8 @@ impl ClientTls {
             } else if own.is_empty() {
                 hints.push(
                     "the broker refused the connection; your certificate looks valid and chains \
-                     to --ca here, so it may be revoked, or its role may not use this endpoint"
+                     to the pinned root here, so it may be revoked, or its role may not use this \
+                     endpoint"
                         .to_owned(),
                 );
             }

@@ -1072,7 +1072,10 @@ fn seb_request_says_what_is_wrong_with_a_certificate_and_what_to_do() {
     let out = seb_request(&hsm, &broker, &other.trust("root.pem"), &agent);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--ca is this broker's root"), "{stderr}");
+    assert!(
+        stderr.contains("the pinned root (--ca, or --trust) is this broker's root"),
+        "{stderr}"
+    );
     // The broker's certificate was refused here, before ours was sent: ours is not blamed.
     assert!(!stderr.contains("your certificate"), "{stderr}");
     // A revoked certificate: the broker's code, and that a new key and certificate are needed.
