@@ -419,19 +419,16 @@ impl Broker {
     pub(crate) fn token_deadline(&self, now: SystemTime) -> Result<u64, BrokerError> {
         let keys = self.keys();
         let cert = &keys.token.cert;
-        let at = |t: SystemTime| {
-            der::DateTime::from_system_time(t).map_or_else(|_| "?".into(), |d| d.to_string())
-        };
         if now >= cert.not_after() {
             return Err(BrokerError::TokenCertificateInvalid(format!(
                 "it expired at {}",
-                at(cert.not_after())
+                crate::time::rfc3339(cert.not_after())
             )));
         }
         if now < cert.not_before() {
             return Err(BrokerError::TokenCertificateInvalid(format!(
                 "it is valid only from {}",
-                at(cert.not_before())
+                crate::time::rfc3339(cert.not_before())
             )));
         }
         Ok(crate::time::unix(cert.not_after()))

@@ -17,6 +17,12 @@ pub fn unix_millis(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `t` as RFC 3339 UTC to the second (`2027-01-06T21:41:35Z`), as messages, audit details and
+/// the CLI show times; the debug form for a time no certificate could carry.
+pub fn rfc3339(t: SystemTime) -> String {
+    der::DateTime::from_system_time(t).map_or_else(|_| format!("{t:?}"), |d| d.to_string())
+}
+
 /// The time `secs` seconds after the Unix epoch.
 pub fn from_unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)

@@ -288,11 +288,7 @@ fn describe(r: &Value) -> String {
         },
         exp = r["expires_at"].as_u64().map_or_else(
             || text(&r["expires_at"]),
-            |secs| {
-                let at = seb::time::from_unix(secs);
-                der::DateTime::from_system_time(at)
-                    .map_or_else(|_| secs.to_string(), |d| format!("{d} ({secs})"))
-            }
+            |secs| format!("{} ({secs})", seb::time::rfc3339(seb::time::from_unix(secs)))
         ),
         digest = text(&r["request_digest"]),
     )

@@ -374,19 +374,8 @@ pub fn run(config: &Config, config_file: Option<&Path>) -> CliResult {
 /// TPM, the event log replayed to them, both compared with the policy. A mismatch is a
 /// problem: the broker answers every request `503 attestation_failed`.
 fn check_boot_state(r: &mut Report, tpm: &seb::tpm::Tpm, policy: &AttestPolicy, log: &Path) {
-    let judged = seb::attest::tpm::read_pcrs_of(tpm, policy.bank, &policy.pcrs)
-        .map_err(|e| format!("cannot read the PCRs ({})", super::mcp::with_causes(&e)))
-        .and_then(|values| {
-            let text = std::fs::read(log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let events = seb::attest::EventLog::from_json(&text)
-                .map_err(|e| format!("event log {}: {e}", log.display()))?;
-            events
-                .check_replay(policy.bank, &values)
-                .and_then(|()| policy.compare(&values, &events))
-                .map_err(|e| e.to_string())
-        });
-    match judged {
-        Ok(()) => r.ok(&format!(
+    match super::seal::boot_state(tpm, policy, log) {
+        Ok(Ok(_)) => r.ok(&format!(
             "the TPM's PCRs {} and the event log match the attestation policy",
             policy
                 .pcrs
@@ -395,10 +384,14 @@ fn check_boot_state(r: &mut Report, tpm: &seb::tpm::Tpm, policy: &AttestPolicy, 
                 .collect::<Vec<_>>()
                 .join(",")
         )),
-        Err(why) => r.problem(&format!(
+        Ok(Err(why)) => r.problem(&format!(
             "the boot state does not match the attestation policy ({why}): the broker refuses \
              every request with 503 attestation_failed; boot a known-good state, or record the \
              new one after a planned change (docs/OPERATIONS.md §2)"
+        )),
+        Err(e) => r.problem(&format!(
+            "the boot state cannot be judged ({}): check the TPM and [attestation] event_log",
+            super::mcp::with_causes(e.as_ref())
         )),
     }
 }

@@ -407,9 +407,7 @@ fn chain_text(config: Option<&Config>, chain: &[Certificate], now: SystemTime) -
 
 /// RFC 3339 UTC, to the second.
 pub fn time_text(t: SystemTime) -> String {
-    der::DateTime::from_system_time(t)
-        .map(|d| d.to_string())
-        .unwrap_or_else(|_| format!("{t:?}"))
+    seb::time::rfc3339(t)
 }
 
 /// "expires in 29 days" / "expired 3 days ago".

@@ -5,6 +5,7 @@
 //! PIN logs in to the token before sealing it, and unseals the new blob once before writing it,
 //! so a written blob is known to open in the state it was sealed in. It never prints the PIN.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use seb::attest::seal::SealedPin;
@@ -16,6 +17,24 @@ use seb::tpm::Tpm;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{read_file, write_file, CliResult};
+
+/// The policy's PCRs as the TPM holds them now, judged as the broker's self-check judges them:
+/// the event log must replay to them and both must match the policy. The outer error is one
+/// of reading (the TPM, the log file); the inner one says why the state is not the policy's.
+pub(super) fn boot_state(
+    tpm: &Tpm,
+    policy: &AttestPolicy,
+    event_log: &std::path::Path,
+) -> Result<Result<BTreeMap<u8, Vec<u8>>, String>, super::CliError> {
+    let values = read_pcrs_of(tpm, policy.bank, &policy.pcrs)?;
+    let log = EventLog::from_json(&read_file(event_log)?)
+        .map_err(|e| format!("event log {}: {e}", event_log.display()))?;
+    Ok(log
+        .check_replay(policy.bank, &values)
+        .and_then(|()| policy.compare(&values, &log))
+        .map(|()| values)
+        .map_err(|e| e.to_string()))
+}
 
 /// Options of `seb seal-pin`.
 #[derive(Debug, Default, clap::Args)]
@@ -53,17 +72,12 @@ pub fn run(config: &Config, args: SealArgs) -> CliResult {
 
     // Seal only to a state the attestation policy accepts.
     let tpm = Tpm::open(&tcti)?;
-    let values = read_pcrs_of(&tpm, policy.bank, &policy.pcrs)?;
-    let log = EventLog::from_json(&read_file(&settings.event_log)?)
-        .map_err(|e| format!("event log {}: {e}", settings.event_log.display()))?;
-    log.check_replay(policy.bank, &values)
-        .and_then(|()| policy.compare(&values, &log))
-        .map_err(|e| {
-            format!(
-                "not sealing: the current boot state is not the one the attestation policy \
-                 accepts ({e}); seal from a known-good state"
-            )
-        })?;
+    let values = boot_state(&tpm, &policy, &settings.event_log)?.map_err(|why| {
+        format!(
+            "not sealing: the current boot state is not the one the attestation policy \
+             accepts ({why}); seal from a known-good state"
+        )
+    })?;
 
     let started = std::time::Instant::now();
     let sealed = SealedPin::seal(&tpm, policy.bank, &values, &pin)?;

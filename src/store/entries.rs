@@ -166,11 +166,11 @@ pub(crate) fn certificate_issued(issued: &crate::store::IssuedCertificate, time_
         .map(|digest| crate::base64url::encode(&digest))
         .unwrap_or_default();
     e.cert = cert(&thumbprint, &issued.serial.to_string(), &issued.subject);
-    let until = der::DateTime::from_system_time(issued.not_after)
-        .map_or_else(|_| "?".to_owned(), |t| t.to_string());
     e.detail = Some(format!(
-        "role {}, issued by the key {:?}, valid until {until}",
-        issued.role, issued.issuer_label
+        "role {}, issued by the key {:?}, valid until {}",
+        issued.role,
+        issued.issuer_label,
+        crate::time::rfc3339(issued.not_after)
     ));
     e
 }

@@ -76,6 +76,7 @@ impl Tpm {
             lock: Mutex::new(()),
         });
         tpm.run("reach the TPM", |ctx| {
+            ctx.get_capability(CapabilityType::TpmProperties, 0x100, 1)?;
             sweep(ctx);
             Ok(())
         })?;
